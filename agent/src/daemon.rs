@@ -1,0 +1,101 @@
+//! `bpfbridge agent`: set the node up, serve the API, and leave the dataplane in place on
+//! exit so that a restarted agent re-adopts it without dropping published ports.
+
+use std::{
+    os::unix::fs::PermissionsExt as _,
+    path::{Path, PathBuf},
+    sync::Arc,
+};
+
+use tokio::{net::UnixListener, signal::unix::SignalKind, sync::Mutex};
+
+use crate::{
+    Error, Result, api,
+    dataplane::{Dataplane, ebpf::EbpfDataplane},
+    service::{Paths, Service},
+};
+
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub uplink: Option<String>,
+    pub state_dir: PathBuf,
+    pub pin_dir: PathBuf,
+    pub socket: PathBuf,
+    pub netns_dir: PathBuf,
+    pub dataplane: String,
+}
+
+/// Binds the API socket, refusing to steal it from a live agent.
+async fn bind(socket: &Path) -> Result<UnixListener> {
+    if let Some(dir) = socket.parent() {
+        std::fs::create_dir_all(dir).map_err(Error::io(format!("creating {}", dir.display())))?;
+    }
+    if socket.exists() {
+        if tokio::net::UnixStream::connect(socket).await.is_ok() {
+            return Err(Error::Conflict(format!(
+                "another agent is serving {}",
+                socket.display()
+            )));
+        }
+        std::fs::remove_file(socket).map_err(Error::io(format!(
+            "removing stale socket {}",
+            socket.display()
+        )))?;
+    }
+    let listener =
+        UnixListener::bind(socket).map_err(Error::io(format!("binding {}", socket.display())))?;
+    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o660)).map_err(Error::io(
+        format!("setting the mode of {}", socket.display()),
+    ))?;
+    Ok(listener)
+}
+
+pub async fn run(options: Options) -> Result<()> {
+    if options.dataplane != "ebpf" {
+        return Err(Error::InvalidArgument(format!(
+            "dataplane {:?} is not available (only \"ebpf\" so far)",
+            options.dataplane
+        )));
+    }
+    let (connection, handle, _) =
+        rtnetlink::new_connection().map_err(Error::io("opening a netlink socket"))?;
+    tokio::spawn(connection);
+    let paths = Paths {
+        state_dir: options.state_dir.clone(),
+        pin_dir: options.pin_dir.clone(),
+        netns_dir: options.netns_dir.clone(),
+    };
+    let pin_dir = options.pin_dir.clone();
+    let service = Service::start(
+        handle,
+        options.uplink.clone(),
+        paths,
+        move |uplink, ifindex| {
+            Ok(Box::new(EbpfDataplane::start(&pin_dir, uplink, ifindex)?) as Box<dyn Dataplane>)
+        },
+    )
+    .await?;
+    let info = service.info()?;
+    let listener = bind(&options.socket).await?;
+    tracing::info!(
+        uplink = %info.uplink, bridge = %info.bridge, subnet = %info.subnet,
+        containers = info.containers, socket = %options.socket.display(),
+        "bpfbridge agent ready"
+    );
+    let app = api::router(Arc::new(Mutex::new(service)));
+    let mut term = tokio::signal::unix::signal(SignalKind::terminate())
+        .map_err(Error::io("SIGTERM handler"))?;
+    let shutdown = async move {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        tracing::info!("shutting down; the dataplane stays in place for the next agent");
+    };
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+        .map_err(Error::io("serving the API"))?;
+    let _ = std::fs::remove_file(&options.socket);
+    Ok(())
+}

@@ -1,0 +1,339 @@
+//! The eBPF dataplane: XDP on the uplink, TC (TCX) on each container's node-side veth, maps
+//! and links pinned under the pin directory so that a restarted agent re-adopts them with
+//! no gap in service.
+
+use std::{
+    collections::HashSet,
+    fs,
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{HashMap, MapData, PerCpuArray},
+    programs::{
+        SchedClassifier, TcAttachType, Xdp, XdpMode,
+        links::{FdLink, PinnedLink},
+        tc::SchedClassifierLink,
+        xdp::XdpLink,
+    },
+};
+use dataplane_common::{
+    Counter, FlowKey, FlowOrigin, NAT_FLOWS, NODE_ADDRS, NodeAddr, NodeAddrKey, PUBLISHED_PORTS,
+    PortKey, PortTarget, STATS, stats::Stat,
+};
+
+use super::{Dataplane, Endpoint};
+use crate::{
+    Error, Result,
+    model::{PortBinding, PublishedPort, StatCounter},
+};
+
+/// The compiled programs, built by build.rs.
+pub static EBPF_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/bpfbridge-dataplane"));
+
+pub const UPLINK_PROGRAM: &str = "uplink_ingress";
+pub const CONTAINER_PROGRAM: &str = "container_ingress";
+const LINKS_DIR: &str = "links";
+
+/// Loads the object with its maps pinned (or re-adopted) under `pin_dir`.
+pub fn load_object(pin_dir: &Path) -> Result<Ebpf> {
+    fs::create_dir_all(pin_dir)
+        .map_err(Error::io(format!("creating pin dir {}", pin_dir.display())))?;
+    EbpfLoader::new()
+        .default_map_pin_directory(pin_dir)
+        .load(EBPF_OBJECT)
+        .map_err(Error::dataplane("loading the eBPF object"))
+}
+
+pub struct EbpfDataplane {
+    ebpf: Ebpf,
+    links_dir: PathBuf,
+}
+
+fn port_key(port: &PortBinding) -> PortKey {
+    PortKey {
+        host_ip_be: u32::from(port.host_ip).to_be(),
+        host_port_be: port.host_port.to_be(),
+        proto: port.proto.ip_proto(),
+        _pad: 0,
+    }
+}
+
+fn port_target(endpoint: &Endpoint, port: &PortBinding) -> PortTarget {
+    PortTarget {
+        container_ip_be: u32::from(endpoint.container_ip).to_be(),
+        container_port_be: port.container_port.to_be(),
+        _pad0: 0,
+        host_veth_ifindex: endpoint.host_veth_ifindex,
+        container_mac: endpoint.container_mac,
+        host_veth_mac: endpoint.host_veth_mac,
+    }
+}
+
+fn is_not_found(e: &aya::programs::links::LinkError) -> bool {
+    matches!(e, aya::programs::links::LinkError::SyscallError(s) if s.io_error.kind() == std::io::ErrorKind::NotFound)
+}
+
+impl EbpfDataplane {
+    /// Loads the programs and attaches XDP to `uplink`, replacing atomically the program of
+    /// a link that an earlier agent pinned.
+    pub fn start(pin_dir: &Path, uplink: &str, uplink_ifindex: u32) -> Result<Self> {
+        let mut ebpf = load_object(pin_dir)?;
+        let links_dir = pin_dir.join(LINKS_DIR);
+        fs::create_dir_all(&links_dir)
+            .map_err(Error::io(format!("creating {}", links_dir.display())))?;
+        let xdp: &mut Xdp = program(&mut ebpf, UPLINK_PROGRAM)?;
+        xdp.load()
+            .map_err(Error::dataplane("loading the XDP program"))?;
+        let pin = links_dir.join(format!("xdp_{uplink}"));
+        match PinnedLink::from_pin(&pin) {
+            Ok(old) => {
+                let link = XdpLink::try_from(FdLink::from(old))
+                    .map_err(Error::dataplane("adopting the pinned XDP link"))?;
+                let id = xdp
+                    .attach_to_link(link)
+                    .map_err(Error::dataplane("replacing the XDP program"))?;
+                // The link stays pinned; dropping our handle only closes a descriptor.
+                drop(xdp.take_link(id));
+            }
+            Err(e) if is_not_found(&e) => {
+                let id = xdp
+                    .attach_to_if_index(uplink_ifindex, XdpMode::Default)
+                    .or_else(|_| xdp.attach_to_if_index(uplink_ifindex, XdpMode::Skb))
+                    .map_err(Error::dataplane(format!("attaching XDP to {uplink}")))?;
+                let link = xdp
+                    .take_link(id)
+                    .map_err(Error::dataplane("taking the XDP link"))?;
+                let fd_link = FdLink::try_from(link)
+                    .map_err(Error::dataplane("XDP link is not a bpf_link"))?;
+                fd_link
+                    .pin(&pin)
+                    .map_err(Error::dataplane(format!("pinning {}", pin.display())))?;
+            }
+            Err(e) => return Err(Error::dataplane(format!("opening {}", pin.display()))(e)),
+        }
+        let tc: &mut SchedClassifier = program(&mut ebpf, CONTAINER_PROGRAM)?;
+        tc.load()
+            .map_err(Error::dataplane("loading the TC program"))?;
+        Ok(EbpfDataplane { ebpf, links_dir })
+    }
+
+    fn tc_pin(&self, host_veth: &str) -> PathBuf {
+        self.links_dir.join(format!("tc_{host_veth}"))
+    }
+
+    fn map_mut(&mut self, name: &str) -> Result<&mut aya::maps::Map> {
+        self.ebpf
+            .map_mut(name)
+            .ok_or_else(|| Error::dataplane("map lookup")(MissingMap(name.to_string())))
+    }
+
+    fn map(&self, name: &str) -> Result<&aya::maps::Map> {
+        self.ebpf
+            .map(name)
+            .ok_or_else(|| Error::dataplane("map lookup")(MissingMap(name.to_string())))
+    }
+
+    fn ports_mut(&mut self) -> Result<HashMap<&mut MapData, PortKey, PortTarget>> {
+        HashMap::try_from(self.map_mut(PUBLISHED_PORTS)?).map_err(Error::dataplane(PUBLISHED_PORTS))
+    }
+
+    fn forget_flows(&mut self, container_ip: Ipv4Addr) -> Result<()> {
+        let ip_be = u32::from(container_ip).to_be();
+        let mut flows: HashMap<&mut MapData, FlowKey, FlowOrigin> =
+            HashMap::try_from(self.map_mut(NAT_FLOWS)?).map_err(Error::dataplane(NAT_FLOWS))?;
+        let stale: Vec<FlowKey> = flows
+            .keys()
+            .filter_map(|k| k.ok())
+            .filter(|k| k.container_ip_be == ip_be)
+            .collect();
+        for key in stale {
+            match flows.remove(&key) {
+                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+                Err(e) => return Err(Error::dataplane("removing a flow")(e)),
+            }
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("the eBPF object has no map or program named {0}")]
+struct MissingMap(String);
+
+fn program<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    let program = ebpf
+        .program_mut(name)
+        .ok_or_else(|| Error::dataplane("program lookup")(MissingMap(name.to_string())))?;
+    program
+        .try_into()
+        .map_err(Error::dataplane(format!("program {name}")))
+}
+
+impl Dataplane for EbpfDataplane {
+    fn name(&self) -> &'static str {
+        "ebpf"
+    }
+
+    fn set_node_addresses(&mut self, addresses: &[(u32, Ipv4Addr)]) -> Result<()> {
+        let mut map: HashMap<&mut MapData, NodeAddrKey, NodeAddr> =
+            HashMap::try_from(self.map_mut(NODE_ADDRS)?).map_err(Error::dataplane(NODE_ADDRS))?;
+        let wanted: HashSet<u32> = addresses
+            .iter()
+            .map(|(_, ip)| u32::from(*ip).to_be())
+            .collect();
+        let stale: Vec<NodeAddrKey> = map
+            .keys()
+            .filter_map(|k| k.ok())
+            .filter(|k| !wanted.contains(&k.addr_be))
+            .collect();
+        for key in stale {
+            map.remove(&key)
+                .map_err(Error::dataplane("removing a node address"))?;
+        }
+        for (ifindex, ip) in addresses {
+            map.insert(
+                NodeAddrKey {
+                    addr_be: u32::from(*ip).to_be(),
+                },
+                NodeAddr { ifindex: *ifindex },
+                0,
+            )
+            .map_err(Error::dataplane("adding a node address"))?;
+        }
+        Ok(())
+    }
+
+    fn attach_endpoint(&mut self, endpoint: &Endpoint) -> Result<()> {
+        let pin = self.tc_pin(&endpoint.host_veth);
+        let tc: &mut SchedClassifier = program(&mut self.ebpf, CONTAINER_PROGRAM)?;
+        let id = match PinnedLink::from_pin(&pin) {
+            Ok(old) => {
+                let link = SchedClassifierLink::try_from(FdLink::from(old))
+                    .map_err(Error::dataplane("adopting a pinned TC link"))?;
+                tc.attach_to_link(link).map_err(Error::dataplane(format!(
+                    "replacing TC on {}",
+                    endpoint.host_veth
+                )))?
+            }
+            Err(e) if is_not_found(&e) => {
+                let id = tc
+                    .attach(&endpoint.host_veth, TcAttachType::Ingress)
+                    .map_err(Error::dataplane(format!(
+                        "attaching TC to {}",
+                        endpoint.host_veth
+                    )))?;
+                let link = tc
+                    .take_link(id)
+                    .map_err(Error::dataplane("taking the TC link"))?;
+                let fd_link = FdLink::try_from(link).map_err(Error::dataplane(
+                    "TC link is not a bpf_link (TCX needs kernel >= 6.6)",
+                ))?;
+                fd_link
+                    .pin(&pin)
+                    .map_err(Error::dataplane(format!("pinning {}", pin.display())))?;
+                return Ok(());
+            }
+            Err(e) => return Err(Error::dataplane(format!("opening {}", pin.display()))(e)),
+        };
+        drop(tc.take_link(id));
+        Ok(())
+    }
+
+    fn detach_endpoint(&mut self, endpoint: &Endpoint) -> Result<()> {
+        let mut errors = Vec::new();
+        // Removing the pin drops the last reference to the link, which detaches it.
+        let pin = self.tc_pin(&endpoint.host_veth);
+        if let Err(e) = fs::remove_file(&pin) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                errors.push(Error::io(format!("removing {}", pin.display()))(e));
+            }
+        }
+        if let Err(e) = self.forget_flows(endpoint.container_ip) {
+            errors.push(e);
+        }
+        Error::collect(errors)
+    }
+
+    fn publish(&mut self, endpoint: &Endpoint, port: &PortBinding) -> Result<()> {
+        self.ports_mut()?
+            .insert(port_key(port), port_target(endpoint, port), 0)
+            .map_err(Error::dataplane("adding a published port"))
+    }
+
+    fn unpublish(&mut self, port: &PortBinding) -> Result<()> {
+        match self.ports_mut()?.remove(&port_key(port)) {
+            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            Err(e) => Err(Error::dataplane("removing a published port")(e)),
+        }
+    }
+
+    fn sync_published(&mut self, wanted: &[(Endpoint, PortBinding)]) -> Result<()> {
+        let wanted_keys: HashSet<PortKey> = wanted.iter().map(|(_, p)| port_key(p)).collect();
+        let mut ports = self.ports_mut()?;
+        let stale: Vec<PortKey> = ports
+            .keys()
+            .filter_map(|k| k.ok())
+            .filter(|k| !wanted_keys.contains(k))
+            .collect();
+        for key in stale {
+            ports
+                .remove(&key)
+                .map_err(Error::dataplane("removing a stale published port"))?;
+        }
+        for (endpoint, port) in wanted {
+            ports
+                .insert(port_key(port), port_target(endpoint, port), 0)
+                .map_err(Error::dataplane("restoring a published port"))?;
+        }
+        Ok(())
+    }
+
+    fn published(&self) -> Result<Vec<PublishedPort>> {
+        let map: HashMap<&MapData, PortKey, PortTarget> =
+            HashMap::try_from(self.map(PUBLISHED_PORTS)?)
+                .map_err(Error::dataplane(PUBLISHED_PORTS))?;
+        let mut out = Vec::new();
+        for entry in map.iter() {
+            let (key, target) = entry.map_err(Error::dataplane("reading published ports"))?;
+            out.push(PublishedPort {
+                host_ip: Ipv4Addr::from(u32::from_be(key.host_ip_be)),
+                host_port: u16::from_be(key.host_port_be),
+                proto: match key.proto {
+                    dataplane_common::IPPROTO_TCP => "tcp".into(),
+                    dataplane_common::IPPROTO_UDP => "udp".into(),
+                    other => other.to_string(),
+                },
+                container_ip: Ipv4Addr::from(u32::from_be(target.container_ip_be)),
+                container_port: u16::from_be(target.container_port_be),
+                host_veth_ifindex: target.host_veth_ifindex,
+            });
+        }
+        out.sort_by_key(|p| (p.host_port, p.host_ip));
+        Ok(out)
+    }
+
+    fn stats(&self) -> Result<Vec<StatCounter>> {
+        let map: PerCpuArray<&MapData, Counter> =
+            PerCpuArray::try_from(self.map(STATS)?).map_err(Error::dataplane(STATS))?;
+        Stat::ALL
+            .iter()
+            .map(|stat| {
+                let per_cpu = map
+                    .get(&(*stat as u32), 0)
+                    .map_err(Error::dataplane("reading counters"))?;
+                Ok(StatCounter {
+                    name: stat.name().to_string(),
+                    packets: per_cpu.iter().map(|c| c.packets).sum(),
+                    bytes: per_cpu.iter().map(|c| c.bytes).sum(),
+                })
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,43 @@
+//! The packet-processing backend behind the agent. The agent decides *what* (endpoints,
+//! published ports); a `Dataplane` decides *how*. `ebpf` is the fast path; an `iptables`
+//! backend that reproduces Docker's rules for comparison comes with the benchmark work.
+
+pub mod ebpf;
+
+use std::net::Ipv4Addr;
+
+use crate::{
+    Result,
+    model::{PortBinding, PublishedPort, StatCounter},
+};
+
+/// A container's attachment as the dataplane sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Endpoint {
+    pub container_ip: Ipv4Addr,
+    pub container_mac: [u8; 6],
+    /// The node-side end of the veth pair.
+    pub host_veth: String,
+    pub host_veth_ifindex: u32,
+    pub host_veth_mac: [u8; 6],
+}
+
+/// The dataplane backends' common interface.
+pub trait Dataplane: Send {
+    /// `ebpf` or `iptables`, as given to `--dataplane`.
+    fn name(&self) -> &'static str;
+    /// The node's own addresses, on which ports bound to `0.0.0.0` answer.
+    fn set_node_addresses(&mut self, addresses: &[(u32, Ipv4Addr)]) -> Result<()>;
+    /// Starts handling traffic from a container's veth.
+    fn attach_endpoint(&mut self, endpoint: &Endpoint) -> Result<()>;
+    /// Stops handling a container's traffic and forgets its flows.
+    fn detach_endpoint(&mut self, endpoint: &Endpoint) -> Result<()>;
+    fn publish(&mut self, endpoint: &Endpoint, port: &PortBinding) -> Result<()>;
+    fn unpublish(&mut self, port: &PortBinding) -> Result<()>;
+    /// Makes the installed mappings exactly `wanted`: used when an agent starts over state
+    /// that a previous agent left.
+    fn sync_published(&mut self, wanted: &[(Endpoint, PortBinding)]) -> Result<()>;
+    /// The installed mappings, read back from the dataplane.
+    fn published(&self) -> Result<Vec<PublishedPort>>;
+    fn stats(&self) -> Result<Vec<StatCounter>>;
+}

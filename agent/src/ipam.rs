@@ -1,0 +1,125 @@
+//! IPv4 address management for one network: the gateway, network and broadcast addresses
+//! are never handed out, nor is an address in use; allocation continues after the last one
+//! handed out (like Docker), so a just-released address is not reused at once.
+
+use std::{collections::BTreeSet, net::Ipv4Addr};
+
+use ipnet::Ipv4Net;
+
+use crate::{Error, Result};
+
+/// Candidate default-network subnets, in Docker's order: 172.17.0.0/16 … 172.31.0.0/16,
+/// then 192.168.0.0/20 blocks.
+pub fn default_pool_candidates() -> impl Iterator<Item = Ipv4Net> {
+    let b = (17u8..=31)
+        .map(|second| Ipv4Net::new(Ipv4Addr::new(172, second, 0, 0), 16).expect("valid /16"));
+    let c = (0u8..16)
+        .map(|block| Ipv4Net::new(Ipv4Addr::new(192, 168, block * 16, 0), 20).expect("valid /20"));
+    b.chain(c)
+}
+
+/// The first candidate that overlaps none of `routed`.
+pub fn first_free_subnet(routed: &[Ipv4Net]) -> Option<Ipv4Net> {
+    default_pool_candidates().find(|candidate| {
+        !routed.iter().any(|r| {
+            // A default route overlaps everything but does not make a subnet "taken".
+            r.prefix_len() > 0
+                && (r.contains(&candidate.network()) || candidate.contains(&r.network()))
+        })
+    })
+}
+
+/// The gateway Docker picks: the first host address.
+pub fn default_gateway(subnet: Ipv4Net) -> Ipv4Addr {
+    Ipv4Addr::from(u32::from(subnet.network()) + 1)
+}
+
+/// Allocates an address in `subnet`, skipping `gateway` and `in_use`, starting after `last`.
+pub fn allocate(
+    network: &str,
+    subnet: Ipv4Net,
+    gateway: Ipv4Addr,
+    in_use: &BTreeSet<Ipv4Addr>,
+    last: Option<Ipv4Addr>,
+) -> Result<Ipv4Addr> {
+    let first = u32::from(subnet.network()) + 1;
+    let end = u32::from(subnet.broadcast()); // exclusive
+    if first >= end {
+        return Err(Error::PoolExhausted {
+            network: network.to_string(),
+        });
+    }
+    let span = end - first;
+    let start = match last.map(u32::from) {
+        Some(l) if l >= first && l < end => l + 1 - first,
+        _ => 0,
+    };
+    for step in 0..span {
+        let candidate = Ipv4Addr::from(first + (start + step) % span);
+        if candidate != gateway && !in_use.contains(&candidate) {
+            return Ok(candidate);
+        }
+    }
+    Err(Error::PoolExhausted {
+        network: network.to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn net(s: &str) -> Ipv4Net {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn picks_the_first_unrouted_pool() {
+        assert_eq!(first_free_subnet(&[]), Some(net("172.17.0.0/16")));
+        assert_eq!(
+            first_free_subnet(&[net("0.0.0.0/0"), net("172.17.5.0/24")]),
+            Some(net("172.18.0.0/16"))
+        );
+        assert_eq!(
+            first_free_subnet(&[net("172.16.0.0/12")]),
+            Some(net("192.168.0.0/20"))
+        );
+        let all: Vec<_> = default_pool_candidates().collect();
+        assert_eq!(first_free_subnet(&all), None);
+    }
+
+    #[test]
+    fn skips_reserved_and_used_addresses() {
+        let subnet = net("10.0.0.0/29"); // .1 .. .6 usable
+        let gw = default_gateway(subnet);
+        assert_eq!(gw, Ipv4Addr::new(10, 0, 0, 1));
+        let mut used = BTreeSet::new();
+        let mut last = None;
+        for expected in 2..=6 {
+            let ip = allocate("n", subnet, gw, &used, last).unwrap();
+            assert_eq!(ip, Ipv4Addr::new(10, 0, 0, expected));
+            used.insert(ip);
+            last = Some(ip);
+        }
+        assert!(matches!(
+            allocate("n", subnet, gw, &used, last),
+            Err(Error::PoolExhausted { .. })
+        ));
+    }
+
+    #[test]
+    fn released_address_is_not_reused_at_once() {
+        let subnet = net("10.0.0.0/24");
+        let gw = default_gateway(subnet);
+        let mut used = BTreeSet::from([Ipv4Addr::new(10, 0, 0, 2)]);
+        let second = allocate("n", subnet, gw, &used, Some(Ipv4Addr::new(10, 0, 0, 2))).unwrap();
+        assert_eq!(second, Ipv4Addr::new(10, 0, 0, 3));
+        used.remove(&Ipv4Addr::new(10, 0, 0, 2));
+        used.insert(second);
+        let third = allocate("n", subnet, gw, &used, Some(second)).unwrap();
+        assert_eq!(third, Ipv4Addr::new(10, 0, 0, 4));
+        // Wraps around past the end, still skipping the gateway.
+        let wrapped = allocate("n", subnet, gw, &used, Some(Ipv4Addr::new(10, 0, 0, 254))).unwrap();
+        assert_eq!(wrapped, Ipv4Addr::new(10, 0, 0, 2));
+    }
+}

@@ -1,0 +1,280 @@
+//! The link, address and route operations the agent needs, over rtnetlink.
+
+use std::{net::Ipv4Addr, os::fd::AsRawFd as _};
+
+use futures::TryStreamExt as _;
+use ipnet::Ipv4Net;
+use rtnetlink::{
+    Handle, LinkBridge, LinkUnspec, LinkVeth, RouteMessageBuilder,
+    packet_route::{
+        AddressFamily,
+        address::AddressAttribute,
+        link::{LinkAttribute, LinkMessage},
+        route::{RouteAddress, RouteAttribute},
+    },
+};
+
+use crate::{Error, Result};
+
+const RT_TABLE_MAIN: u32 = 254;
+
+/// What the agent needs to know of a link.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Link {
+    pub index: u32,
+    pub name: String,
+    pub mtu: u32,
+    pub mac: Option<[u8; 6]>,
+}
+
+fn link_from_message(msg: LinkMessage) -> Link {
+    let mut link = Link {
+        index: msg.header.index,
+        name: String::new(),
+        mtu: 0,
+        mac: None,
+    };
+    for attr in msg.attributes {
+        match attr {
+            LinkAttribute::IfName(name) => link.name = name,
+            LinkAttribute::Mtu(mtu) => link.mtu = mtu,
+            LinkAttribute::Address(bytes) => link.mac = bytes.try_into().ok(),
+            _ => {}
+        }
+    }
+    link
+}
+
+fn is_not_found(e: &rtnetlink::Error) -> bool {
+    matches!(e, rtnetlink::Error::NetlinkError(m) if m.raw_code() == -libc::ENODEV)
+}
+
+pub async fn link_by_name(h: &Handle, name: &str) -> Result<Option<Link>> {
+    let mut links = h.link().get().match_name(name.to_string()).execute();
+    match links.try_next().await {
+        Ok(msg) => Ok(msg.map(link_from_message)),
+        Err(e) if is_not_found(&e) => Ok(None),
+        Err(e) => Err(Error::netlink(format!("looking up link {name}"))(e)),
+    }
+}
+
+pub async fn link_by_index(h: &Handle, index: u32) -> Result<Option<Link>> {
+    let mut links = h.link().get().match_index(index).execute();
+    match links.try_next().await {
+        Ok(msg) => Ok(msg.map(link_from_message)),
+        Err(e) if is_not_found(&e) => Ok(None),
+        Err(e) => Err(Error::netlink(format!("looking up link {index}"))(e)),
+    }
+}
+
+pub async fn create_bridge(h: &Handle, name: &str, mtu: u32) -> Result<()> {
+    h.link()
+        .add(LinkBridge::new(name).mtu(mtu).build())
+        .execute()
+        .await
+        .map_err(Error::netlink(format!("creating bridge {name}")))
+}
+
+/// Creates a veth pair; both ends start in the current namespace, down.
+pub async fn create_veth(h: &Handle, name: &str, peer: &str, mtu: u32) -> Result<()> {
+    h.link()
+        .add(LinkVeth::new(name, peer).mtu(mtu).build())
+        .execute()
+        .await
+        .map_err(Error::netlink(format!("creating veth pair {name}/{peer}")))
+}
+
+pub async fn delete_link(h: &Handle, index: u32) -> Result<()> {
+    match h.link().del(index).execute().await {
+        Ok(()) => Ok(()),
+        Err(e) if is_not_found(&e) => Ok(()),
+        Err(e) => Err(Error::netlink(format!("deleting link {index}"))(e)),
+    }
+}
+
+async fn set_link(h: &Handle, msg: LinkMessage, what: String) -> Result<()> {
+    h.link()
+        .set(msg)
+        .execute()
+        .await
+        .map_err(Error::netlink(what))
+}
+
+pub async fn set_up(h: &Handle, index: u32) -> Result<()> {
+    set_link(
+        h,
+        LinkUnspec::new_with_index(index).up().build(),
+        format!("setting link {index} up"),
+    )
+    .await
+}
+
+pub async fn set_mac(h: &Handle, index: u32, mac: [u8; 6]) -> Result<()> {
+    set_link(
+        h,
+        LinkUnspec::new_with_index(index)
+            .address(mac.to_vec())
+            .build(),
+        format!("setting MAC of link {index}"),
+    )
+    .await
+}
+
+pub async fn set_name(h: &Handle, index: u32, name: &str) -> Result<()> {
+    set_link(
+        h,
+        LinkUnspec::new_with_index(index).name(name).build(),
+        format!("renaming link {index} to {name}"),
+    )
+    .await
+}
+
+pub async fn set_controller(h: &Handle, index: u32, bridge: u32) -> Result<()> {
+    set_link(
+        h,
+        LinkUnspec::new_with_index(index).controller(bridge).build(),
+        format!("attaching link {index} to bridge {bridge}"),
+    )
+    .await
+}
+
+/// Moves a link into the network namespace of `netns`.
+pub async fn move_to_netns(h: &Handle, index: u32, netns: &std::fs::File) -> Result<()> {
+    set_link(
+        h,
+        LinkUnspec::new_with_index(index)
+            .setns_by_fd(netns.as_raw_fd())
+            .build(),
+        format!("moving link {index} to another namespace"),
+    )
+    .await
+}
+
+pub async fn add_address(h: &Handle, index: u32, net: Ipv4Net) -> Result<()> {
+    h.address()
+        .add(index, net.addr().into(), net.prefix_len())
+        .execute()
+        .await
+        .map_err(Error::netlink(format!(
+            "adding address {net} to link {index}"
+        )))
+}
+
+pub async fn add_default_route(h: &Handle, gateway: Ipv4Addr) -> Result<()> {
+    let route = RouteMessageBuilder::<Ipv4Addr>::new()
+        .gateway(gateway)
+        .build();
+    h.route()
+        .add(route)
+        .execute()
+        .await
+        .map_err(Error::netlink(format!(
+            "adding default route via {gateway}"
+        )))
+}
+
+/// An IPv4 route of the main table: destination and output interface.
+#[derive(Clone, Debug)]
+pub struct Route {
+    pub destination: Ipv4Net,
+    pub oif: Option<u32>,
+}
+
+pub async fn ipv4_routes(h: &Handle) -> Result<Vec<Route>> {
+    let mut stream = h
+        .route()
+        .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
+        .execute();
+    let mut routes = Vec::new();
+    while let Some(msg) = stream
+        .try_next()
+        .await
+        .map_err(Error::netlink("listing routes"))?
+    {
+        let mut table = u32::from(msg.header.table);
+        let mut dst = Ipv4Addr::UNSPECIFIED;
+        let mut oif = None;
+        for attr in &msg.attributes {
+            match attr {
+                RouteAttribute::Table(t) => table = *t,
+                RouteAttribute::Destination(RouteAddress::Inet(ip)) => dst = *ip,
+                RouteAttribute::Oif(i) => oif = Some(*i),
+                _ => {}
+            }
+        }
+        if table != RT_TABLE_MAIN {
+            continue;
+        }
+        if let Ok(destination) = Ipv4Net::new(dst, msg.header.destination_prefix_length) {
+            routes.push(Route { destination, oif });
+        }
+    }
+    Ok(routes)
+}
+
+/// The IPv4 addresses of the namespace, with their interface.
+pub async fn ipv4_addresses(h: &Handle) -> Result<Vec<(u32, Ipv4Net)>> {
+    let mut stream = h.address().get().execute();
+    let mut out = Vec::new();
+    while let Some(msg) = stream
+        .try_next()
+        .await
+        .map_err(Error::netlink("listing addresses"))?
+    {
+        if msg.header.family != AddressFamily::Inet {
+            continue;
+        }
+        for attr in &msg.attributes {
+            if let AddressAttribute::Local(std::net::IpAddr::V4(ip)) = attr {
+                if let Ok(net) = Ipv4Net::new(*ip, msg.header.prefix_len) {
+                    out.push((msg.header.index, net));
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Turns GRO on for `ifname` (ethtool `ETHTOOL_SGRO`). A veth end that receives frames
+/// redirected by native XDP needs NAPI, which GRO enables; without it such frames vanish
+/// without a counter (shared/reference/kernel-facts.md).
+pub fn enable_gro(ifname: &str) -> Result<()> {
+    const SIOCETHTOOL: libc::c_ulong = 0x8946;
+    const ETHTOOL_SGRO: u32 = 0x2c;
+    #[repr(C)]
+    struct EthtoolValue {
+        cmd: u32,
+        data: u32,
+    }
+    let mut value = EthtoolValue {
+        cmd: ETHTOOL_SGRO,
+        data: 1,
+    };
+    // SAFETY: all-zero is a valid ifreq.
+    let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
+    if ifname.len() >= ifr.ifr_name.len() {
+        return Err(Error::InvalidArgument(format!(
+            "interface name {ifname} is too long"
+        )));
+    }
+    for (dst, src) in ifr.ifr_name.iter_mut().zip(ifname.bytes()) {
+        *dst = src as libc::c_char;
+    }
+    ifr.ifr_ifru.ifru_data = (&mut value as *mut EthtoolValue).cast();
+    // SAFETY: plain socket call.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(Error::io("socket for ethtool")(
+            std::io::Error::last_os_error(),
+        ));
+    }
+    // SAFETY: `ifr` points at `value`, both live across the call.
+    let rc = unsafe { libc::ioctl(fd, SIOCETHTOOL as _, &mut ifr) };
+    let err = std::io::Error::last_os_error();
+    // SAFETY: closing the descriptor we opened.
+    unsafe { libc::close(fd) };
+    if rc < 0 {
+        return Err(Error::io(format!("enabling GRO on {ifname}"))(err));
+    }
+    Ok(())
+}

@@ -1,0 +1,113 @@
+//! Map names and the layouts of their keys and values.
+//!
+//! Rules for every type here: `#[repr(C)]`, plain integers and byte arrays only, padding
+//! spelled out as `_pad` fields (so that the kernel never hashes uninitialised bytes), and a
+//! compile-time size check. Fields in network byte order end in `_be`.
+
+use core::mem::size_of;
+
+/// Published ports: `(host address, host port, protocol)` → where to send the connection.
+pub const PUBLISHED_PORTS: &str = "PUBLISHED_PORTS";
+/// Addresses owned by the node; a mapping bound to `0.0.0.0` answers on each of them.
+pub const NODE_ADDRS: &str = "NODE_ADDRS";
+/// Translated flows, keyed as the container sees them, so replies can be translated back.
+pub const NAT_FLOWS: &str = "NAT_FLOWS";
+/// Per-CPU packet and byte counters, indexed by [`crate::stats::Stat`].
+pub const STATS: &str = "STATS";
+
+pub const PUBLISHED_PORTS_MAX: u32 = 65_536;
+pub const NODE_ADDRS_MAX: u32 = 256;
+pub const NAT_FLOWS_MAX: u32 = 262_144;
+
+pub const IPPROTO_TCP: u8 = 6;
+pub const IPPROTO_UDP: u8 = 17;
+
+/// Key of [`PUBLISHED_PORTS`]. `host_ip_be == 0` means "every node address".
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct PortKey {
+    pub host_ip_be: u32,
+    pub host_port_be: u16,
+    pub proto: u8,
+    pub _pad: u8,
+}
+
+/// Value of [`PUBLISHED_PORTS`]: the container end of a published port and the L2 facts
+/// the XDP program needs to hand the frame straight to the container's veth.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PortTarget {
+    pub container_ip_be: u32,
+    pub container_port_be: u16,
+    pub _pad0: u16,
+    /// The node-side end of the container's veth pair.
+    pub host_veth_ifindex: u32,
+    pub container_mac: [u8; 6],
+    pub host_veth_mac: [u8; 6],
+}
+
+/// Key of [`NODE_ADDRS`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct NodeAddrKey {
+    pub addr_be: u32,
+}
+
+/// Value of [`NODE_ADDRS`]: the interface that holds the address.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NodeAddr {
+    pub ifindex: u32,
+}
+
+/// Key of [`NAT_FLOWS`]: a translated flow as the container sees it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    pub container_ip_be: u32,
+    pub remote_ip_be: u32,
+    pub container_port_be: u16,
+    pub remote_port_be: u16,
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+
+/// Value of [`NAT_FLOWS`]: the address and port the remote client originally connected to,
+/// which replies must carry as their source.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowOrigin {
+    pub host_ip_be: u32,
+    pub host_port_be: u16,
+    pub _pad: u16,
+}
+
+/// Value of [`STATS`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counter {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+const _: () = assert!(size_of::<PortKey>() == 8);
+const _: () = assert!(size_of::<PortTarget>() == 24);
+const _: () = assert!(size_of::<NodeAddrKey>() == 4);
+const _: () = assert!(size_of::<NodeAddr>() == 4);
+const _: () = assert!(size_of::<FlowKey>() == 16);
+const _: () = assert!(size_of::<FlowOrigin>() == 8);
+const _: () = assert!(size_of::<Counter>() == 16);
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: each type is repr(C), made of integers and byte arrays, with explicit padding
+    // fields, so every bit pattern is valid and no byte is uninitialised.
+    unsafe impl aya::Pod for PortKey {}
+    unsafe impl aya::Pod for PortTarget {}
+    unsafe impl aya::Pod for NodeAddrKey {}
+    unsafe impl aya::Pod for NodeAddr {}
+    unsafe impl aya::Pod for FlowKey {}
+    unsafe impl aya::Pod for FlowOrigin {}
+    unsafe impl aya::Pod for Counter {}
+}

@@ -1,0 +1,64 @@
+//! Counter indices of the [`crate::maps::STATS`] map: every verdict a program can reach,
+//! with a named reason. Drops in particular are never silent.
+
+macro_rules! stats {
+    ($($variant:ident = $name:literal,)+) => {
+        /// One counter slot. The discriminant is the index into the per-CPU array.
+        #[repr(u32)]
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        pub enum Stat {
+            $($variant,)+
+        }
+
+        impl Stat {
+            pub const ALL: &'static [Stat] = &[$(Stat::$variant,)+];
+
+            /// `program.verdict.reason`, as shown by `bpfbridge stats`.
+            pub const fn name(self) -> &'static str {
+                match self {
+                    $(Stat::$variant => $name,)+
+                }
+            }
+        }
+    };
+}
+
+stats! {
+    UplinkPassNotIpv4 = "uplink_ingress.pass.not_ipv4",
+    UplinkPassNotTcpUdp = "uplink_ingress.pass.not_tcp_udp",
+    UplinkPassFragment = "uplink_ingress.pass.fragment",
+    UplinkPassNotPublished = "uplink_ingress.pass.not_published",
+    UplinkRedirectDnat = "uplink_ingress.redirect.dnat",
+    UplinkDropMalformed = "uplink_ingress.drop.malformed",
+    UplinkDropTtlExpired = "uplink_ingress.drop.ttl_expired",
+    UplinkDropFlowTableFull = "uplink_ingress.drop.flow_table_full",
+    ContainerPassNotIpv4 = "container_ingress.pass.not_ipv4",
+    ContainerPassNotTcpUdp = "container_ingress.pass.not_tcp_udp",
+    ContainerPassFragment = "container_ingress.pass.fragment",
+    ContainerPassNoFlow = "container_ingress.pass.no_flow",
+    ContainerRedirectReply = "container_ingress.redirect.reply",
+    ContainerRedirectReplyNeigh = "container_ingress.redirect.reply_resolve_neighbour",
+    ContainerDropMalformed = "container_ingress.drop.malformed",
+    ContainerDropNoRoute = "container_ingress.drop.no_route",
+    ContainerDropTtlExpired = "container_ingress.drop.ttl_expired",
+    ContainerDropRewriteFailed = "container_ingress.drop.rewrite_failed",
+}
+
+/// Size of the per-CPU counter array.
+pub const STATS_LEN: u32 = Stat::ALL.len() as u32;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn indices_are_dense_and_names_unique() {
+        for (index, stat) in Stat::ALL.iter().enumerate() {
+            assert_eq!(*stat as usize, index);
+        }
+        let mut names: Vec<_> = Stat::ALL.iter().map(|s| s.name()).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), Stat::ALL.len());
+    }
+}

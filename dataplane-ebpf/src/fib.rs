@@ -1,0 +1,56 @@
+//! Forwarding without the node's stack: a FIB lookup and a redirect out of the egress
+//! device, with neighbour resolution delegated to the kernel when the MAC is not known yet.
+
+use core::{mem::size_of, ptr};
+
+use aya_ebpf::{
+    bindings::{BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, TC_ACT_SHOT, bpf_fib_lookup},
+    helpers::{bpf_fib_lookup as fib_lookup, bpf_redirect, bpf_redirect_neigh},
+    programs::TcContext,
+};
+use dataplane_common::{
+    parse::{Ipv4, L4},
+    stats::Stat,
+};
+
+const AF_INET: u8 = 2;
+
+/// Sends the (already translated) packet from `src_be` towards its destination.
+#[inline(always)]
+pub fn forward(ctx: &TcContext, ip: &Ipv4, l4: &L4, src_be: u32) -> (i32, Stat) {
+    // SAFETY: an all-zero bpf_fib_lookup is a valid request to fill in.
+    let mut params: bpf_fib_lookup = unsafe { core::mem::zeroed() };
+    params.family = AF_INET;
+    params.l4_protocol = ip.protocol;
+    params.sport = l4.sport_be;
+    params.dport = l4.dport_be;
+    params.__bindgen_anon_1.tot_len = ip.total_len;
+    // SAFETY: reading a field of the context the kernel handed us.
+    params.ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    params.__bindgen_anon_3.ipv4_src = src_be;
+    params.__bindgen_anon_4.ipv4_dst = ip.dst_be;
+
+    // SAFETY: helper call with a correctly sized parameter block.
+    let ret = unsafe {
+        fib_lookup(
+            ctx.skb.skb.cast(),
+            &mut params,
+            size_of::<bpf_fib_lookup>() as i32,
+            0,
+        )
+    };
+    if ret == i64::from(BPF_FIB_LKUP_RET_SUCCESS) {
+        if ctx.store(0, &params.dmac, 0).is_err() || ctx.store(6, &params.smac, 0).is_err() {
+            return (TC_ACT_SHOT, Stat::ContainerDropRewriteFailed);
+        }
+        // SAFETY: plain helper call.
+        let verdict = unsafe { bpf_redirect(params.ifindex, 0) } as i32;
+        return (verdict, Stat::ContainerRedirectReply);
+    }
+    if ret == i64::from(BPF_FIB_LKUP_RET_NO_NEIGH) {
+        // SAFETY: plain helper call; a null nexthop makes the kernel route the packet itself.
+        let verdict = unsafe { bpf_redirect_neigh(params.ifindex, ptr::null_mut(), 0, 0) } as i32;
+        return (verdict, Stat::ContainerRedirectReplyNeigh);
+    }
+    (TC_ACT_SHOT, Stat::ContainerDropNoRoute)
+}

@@ -1,0 +1,172 @@
+//! bpfbridge's development tasks, run as `cargo xtask <task>` (an alias in .cargo/config.toml).
+
+mod cmd;
+mod demo;
+mod setup;
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "cargo xtask",
+    bin_name = "cargo xtask",
+    about = "Development tasks for bpfbridge (run as root)"
+)]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what the build and tests need (apt packages, bpf-linker, the debian-bpf rustup
+    /// toolchain, bpffs); each step is skipped when already done.
+    Setup,
+    /// Run setup, then build the workspace's binaries (the BPF object is built by agent/build.rs).
+    Build {
+        /// Build with the release profile.
+        #[arg(long)]
+        release: bool,
+    },
+    /// Run setup, build the binaries the integration tests spawn, then run all tests.
+    Test {
+        /// Also run `cargo fmt --check` and `cargo clippy -D warnings` first.
+        #[arg(long)]
+        lint: bool,
+        /// Extra arguments for `cargo test` (after `--`).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<OsString>,
+    },
+    /// Run setup and build, then run `bpfbridge ARGS...`, or with no ARGS the demo: an agent,
+    /// a container with a published port, and a client in network namespaces of their own.
+    Run {
+        /// Arguments for the bpfbridge binary (after `--`), e.g. `agent --uplink eth0`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<OsString>,
+    },
+}
+
+fn main() -> ExitCode {
+    let result = match Cli::parse().task {
+        Task::Setup => setup::setup(),
+        Task::Build { release } => build(release),
+        Task::Test { lint, args } => test(lint, &args),
+        Task::Run { args } => run(&args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn build(release: bool) -> Result<()> {
+    setup::setup()?;
+    cargo_build(release)
+}
+
+fn cargo_build(release: bool) -> Result<()> {
+    // No --workspace: the default members are every crate but dataplane-ebpf, which only builds
+    // for the BPF target (agent/build.rs builds it).
+    let mut cargo = cargo();
+    cargo.args(["build", "--bins"]);
+    if release {
+        cargo.arg("--release");
+    }
+    cmd::run(&mut cargo)
+}
+
+fn test(lint: bool, args: &[OsString]) -> Result<()> {
+    setup::setup()?;
+    if lint {
+        cmd::run(cargo().args(["fmt", "--all", "--", "--check"]))?;
+        cmd::run(cargo().args(["clippy", "--all-targets", "--", "-D", "warnings"]))?;
+    }
+    // The integration tests spawn target/debug/bpfbridge, which `cargo test` does not build for
+    // another package's tests.
+    cargo_build(false)?;
+    cmd::run(cargo().arg("test").args(args))
+}
+
+fn run(args: &[OsString]) -> Result<()> {
+    setup::setup()?;
+    cargo_build(false)?;
+    let bpfbridge = target_dir().join("debug").join("bpfbridge");
+    if args.is_empty() {
+        demo::run(&bpfbridge)
+    } else {
+        Err(cmd::exec(Command::new(&bpfbridge).args(args)))
+    }
+}
+
+/// A `cargo` command run from the repository root, using the same cargo that runs xtask.
+pub fn cargo() -> Command {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut command = Command::new(cargo);
+    command.current_dir(repo_root());
+    command
+}
+
+/// The workspace root: xtask lives one level below it.
+pub fn repo_root() -> PathBuf {
+    let manifest_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+    manifest_dir.parent().unwrap_or(manifest_dir).to_path_buf()
+}
+
+fn target_dir() -> PathBuf {
+    // Joining an absolute CARGO_TARGET_DIR replaces the root, as cargo does.
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(dir) if !dir.is_empty() => repo_root().join(dir),
+        _ => repo_root().join("target"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    fn parse(args: &[&str]) -> Task {
+        Cli::try_parse_from(std::iter::once("xtask").chain(args.iter().copied()))
+            .unwrap()
+            .task
+    }
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn forwards_arguments_after_double_dash() {
+        let Task::Run { args } = parse(&["run", "--", "agent", "--uplink", "eth0"]) else {
+            panic!("not run");
+        };
+        assert_eq!(args, ["agent", "--uplink", "eth0"]);
+
+        let Task::Test { lint, args } = parse(&["test", "--", "-p", "agent", "--", "--nocapture"])
+        else {
+            panic!("not test");
+        };
+        assert!(!lint);
+        assert_eq!(args, ["-p", "agent", "--", "--nocapture"]);
+
+        let Task::Test { lint, args } = parse(&["test", "--lint"]) else {
+            panic!("not test");
+        };
+        assert!(lint);
+        assert!(args.is_empty());
+
+        let Task::Run { args } = parse(&["run"]) else {
+            panic!("not run");
+        };
+        assert!(args.is_empty());
+    }
+}

@@ -1,0 +1,292 @@
+//! `cargo xtask setup`: installs what building and testing bpfbridge needs on a Debian 12 machine.
+//!
+//! Every step checks first and does nothing when its work is already done, so running setup again
+//! takes seconds. Each step prints one line: `ok (already)` or what it did.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+
+use crate::cmd;
+
+/// Debian packages the build, the tests and the demo use.
+const APT_PACKAGES: &[&str] = &[
+    "llvm-22-dev",
+    "rustc-web",
+    "cargo-web",
+    "rust-web-src",
+    "iproute2",
+    "iptables",
+    "nftables",
+    "bpftool",
+    "busybox-static",
+    "util-linux",
+    "procps",
+    "ethtool",
+];
+
+/// Where Debian's LLVM 22 lives; bpf-linker is built against it.
+const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
+
+/// The rustup toolchain linked to Debian's rustc in /usr, which agent/build.rs builds the BPF
+/// crate with (Debian ships rust-src for it, which -Z build-std needs).
+const BPF_TOOLCHAIN: &str = "debian-bpf";
+const BPF_TOOLCHAIN_ROOT: &str = "/usr";
+
+const BPFFS: &str = "/sys/fs/bpf";
+
+const ALREADY: &str = "ok (already)";
+
+pub fn setup() -> Result<()> {
+    if !nix::unistd::geteuid().is_root() {
+        bail!(
+            "`cargo xtask setup` must run as root: it installs packages and mounts bpffs, and the \
+             build, tests and demo load BPF programs and create network namespaces"
+        );
+    }
+    step("apt packages", apt_packages)?;
+    step("bpf-linker (LLVM 22)", bpf_linker)?;
+    step("rustup toolchain debian-bpf", bpf_toolchain)?;
+    step("bpffs at /sys/fs/bpf", bpffs)?;
+    step("cgroup2 mount", cgroup2)?;
+    Ok(())
+}
+
+fn step(name: &str, work: impl FnOnce() -> Result<String>) -> Result<()> {
+    let done = work().with_context(|| format!("setup step `{name}` failed"))?;
+    println!("setup: {name:<28} {done}");
+    Ok(())
+}
+
+fn apt_packages() -> Result<String> {
+    let missing = missing_packages()?;
+    if missing.is_empty() {
+        return Ok(ALREADY.into());
+    }
+    println!("setup: installing {}", missing.join(" "));
+    cmd::run(Command::new("apt-get").arg("update"))?;
+    cmd::run(
+        Command::new("apt-get")
+            .args(["install", "-y"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )?;
+    let still = missing_packages()?;
+    if !still.is_empty() {
+        bail!(
+            "apt-get install finished but these are still not installed: {}",
+            still.join(" ")
+        );
+    }
+    Ok(format!("installed {}", missing.join(" ")))
+}
+
+fn missing_packages() -> Result<Vec<&'static str>> {
+    let mut missing = Vec::new();
+    for &package in APT_PACKAGES {
+        if !package_installed(package)? {
+            missing.push(package);
+        }
+    }
+    Ok(missing)
+}
+
+fn package_installed(package: &str) -> Result<bool> {
+    let out = Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}", package])
+        .output()
+        .context("could not run dpkg-query (setup supports Debian 12)")?;
+    // dpkg-query exits non-zero for a package it has never heard of.
+    Ok(out.status.success()
+        && String::from_utf8_lossy(&out.stdout).trim() == "install ok installed")
+}
+
+fn bpf_linker() -> Result<String> {
+    if bpf_linker_works() {
+        return Ok(ALREADY.into());
+    }
+    println!("setup: building bpf-linker against {LLVM_PREFIX} (takes a few minutes)");
+    let path = match std::env::var_os("PATH") {
+        Some(path) => {
+            let mut dirs = vec![PathBuf::from(LLVM_PREFIX).join("bin")];
+            dirs.extend(std::env::split_paths(&path));
+            std::env::join_paths(dirs).context("PATH")?
+        }
+        None => Path::new(LLVM_PREFIX).join("bin").into_os_string(),
+    };
+    cmd::run(
+        crate::cargo()
+            .args(["install", "bpf-linker", "--no-default-features"])
+            .args(["--features", "llvm-22"])
+            .env("LLVM_PREFIX", LLVM_PREFIX)
+            .env("PATH", path),
+    )?;
+    if !bpf_linker_works() {
+        bail!(
+            "bpf-linker was installed but `bpf-linker --version` still fails: put cargo's bin \
+             directory ($CARGO_HOME/bin, usually ~/.cargo/bin) on PATH"
+        );
+    }
+    Ok("installed bpf-linker with `cargo install`".into())
+}
+
+fn bpf_linker_works() -> bool {
+    cmd::succeeds(Command::new("bpf-linker").arg("--version"))
+}
+
+fn bpf_toolchain() -> Result<String> {
+    let list = cmd::output(Command::new("rustup").args(["toolchain", "list"]))
+        .context("rustup is needed to build bpfbridge")?;
+    if has_toolchain(&list, BPF_TOOLCHAIN) {
+        return Ok(ALREADY.into());
+    }
+    let rustc = Path::new(BPF_TOOLCHAIN_ROOT).join("bin/rustc");
+    if !rustc.exists() {
+        bail!(
+            "{} is missing (it comes with the rustc-web package)",
+            rustc.display()
+        );
+    }
+    cmd::run(Command::new("rustup").args([
+        "toolchain",
+        "link",
+        BPF_TOOLCHAIN,
+        BPF_TOOLCHAIN_ROOT,
+    ]))?;
+    Ok(format!("linked {BPF_TOOLCHAIN} to {BPF_TOOLCHAIN_ROOT}"))
+}
+
+/// True if `rustup toolchain list` output names `toolchain` (lines look like
+/// `stable-x86_64-unknown-linux-gnu (active, default)` or `debian-bpf`).
+fn has_toolchain(list: &str, toolchain: &str) -> bool {
+    list.lines()
+        .any(|line| line.split_whitespace().next() == Some(toolchain))
+}
+
+fn bpffs() -> Result<String> {
+    if bpffs_mounted()? {
+        return Ok(ALREADY.into());
+    }
+    if !Path::new(BPFFS).is_dir() {
+        bail!(
+            "{BPFFS} does not exist: is the kernel built with CONFIG_BPF_SYSCALL and sysfs mounted?"
+        );
+    }
+    cmd::output(Command::new("mount").args(["-t", "bpf", "bpf", BPFFS]))?;
+    if !bpffs_mounted()? {
+        bail!("`mount -t bpf bpf {BPFFS}` succeeded but no bpf filesystem shows at {BPFFS}");
+    }
+    Ok(format!("mounted bpffs at {BPFFS}"))
+}
+
+fn bpffs_mounted() -> Result<bool> {
+    Ok(mounts()?
+        .iter()
+        .any(|m| m.fstype == "bpf" && m.target == Path::new(BPFFS)))
+}
+
+fn cgroup2() -> Result<String> {
+    match mounts()?.into_iter().find(|m| m.fstype == "cgroup2") {
+        Some(m) => Ok(format!("{ALREADY}: cgroup2 at {}", m.target.display())),
+        None => bail!(
+            "no cgroup2 filesystem is mounted (see /proc/self/mounts); bpfbridge needs one, e.g. \
+             `mount -t cgroup2 none /sys/fs/cgroup` on a machine that does not mount it itself"
+        ),
+    }
+}
+
+#[derive(Debug, PartialEq)]
+struct Mount {
+    target: PathBuf,
+    fstype: String,
+}
+
+fn mounts() -> Result<Vec<Mount>> {
+    let text = fs::read_to_string("/proc/self/mounts").context("reading /proc/self/mounts")?;
+    Ok(parse_mounts(&text))
+}
+
+/// Parses /proc/self/mounts: `SOURCE TARGET FSTYPE OPTIONS DUMP PASS`, with spaces and other
+/// special characters in paths written as octal escapes (`\040`).
+fn parse_mounts(text: &str) -> Vec<Mount> {
+    text.lines()
+        .filter_map(|line| {
+            let mut fields = line.split_whitespace();
+            let _source = fields.next()?;
+            let target = fields.next()?;
+            let fstype = fields.next()?;
+            Some(Mount {
+                target: PathBuf::from(unescape_octal(target)),
+                fstype: fstype.to_string(),
+            })
+        })
+        .collect()
+}
+
+fn unescape_octal(field: &str) -> String {
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let escape = bytes
+            .get(i + 1..i + 4)
+            .filter(|digits| bytes[i] == b'\\' && digits.iter().all(|d| (b'0'..=b'7').contains(d)));
+        match escape {
+            Some(digits) => {
+                let value = digits
+                    .iter()
+                    .fold(0u32, |acc, d| acc * 8 + u32::from(d - b'0'));
+                out.push(value as u8);
+                i += 4;
+            }
+            None => {
+                out.push(bytes[i]);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_mounts_and_finds_bpffs_and_cgroup2() {
+        let text = "\
+tmpfs /sys/fs/cgroup tmpfs rw,relatime,mode=755 0 0
+cgroup /sys/fs/cgroup/cpu cgroup rw,relatime,cpu 0 0
+cgroup2 /sys/fs/cgroup/unified cgroup2 rw,relatime 0 0
+bpf /sys/fs/bpf bpf rw,relatime 0 0
+tmpfs /mnt/with\\040space tmpfs rw 0 0
+";
+        let mounts = parse_mounts(text);
+        assert_eq!(mounts.len(), 5);
+        let cgroup2 = mounts.iter().find(|m| m.fstype == "cgroup2").unwrap();
+        assert_eq!(cgroup2.target, Path::new("/sys/fs/cgroup/unified"));
+        assert!(
+            mounts
+                .iter()
+                .any(|m| m.fstype == "bpf" && m.target == Path::new(BPFFS))
+        );
+        assert_eq!(mounts[4].target, Path::new("/mnt/with space"));
+    }
+
+    #[test]
+    fn unescapes_only_octal_escapes() {
+        assert_eq!(unescape_octal(r"a\040b\011c"), "a b\tc");
+        assert_eq!(unescape_octal(r"plain\x"), r"plain\x");
+        assert_eq!(unescape_octal(r"end\04"), r"end\04");
+    }
+
+    #[test]
+    fn finds_linked_toolchain() {
+        let list = "stable-x86_64-unknown-linux-gnu (active, default)\nnightly-x86_64-unknown-linux-gnu\ndebian-bpf\n";
+        assert!(has_toolchain(list, "debian-bpf"));
+        assert!(!has_toolchain("debian-bpf-old\n", "debian-bpf"));
+        assert!(!has_toolchain("", "debian-bpf"));
+    }
+}
