@@ -225,10 +225,10 @@ pub async fn ipv4_addresses(h: &Handle) -> Result<Vec<(u32, Ipv4Net)>> {
             continue;
         }
         for attr in &msg.attributes {
-            if let AddressAttribute::Local(std::net::IpAddr::V4(ip)) = attr {
-                if let Ok(net) = Ipv4Net::new(*ip, msg.header.prefix_len) {
-                    out.push((msg.header.index, net));
-                }
+            if let AddressAttribute::Local(std::net::IpAddr::V4(ip)) = attr
+                && let Ok(net) = Ipv4Net::new(*ip, msg.header.prefix_len)
+            {
+                out.push((msg.header.index, net));
             }
         }
     }

@@ -81,16 +81,18 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("nested")).unwrap();
         assert_eq!(store.load().unwrap(), State::default());
-        let mut state = State::default();
-        state.network = Some(NetworkRecord {
-            name: "bridge".into(),
-            id: "abc".into(),
-            created: "now".into(),
-            bridge: "bpfbr0".into(),
-            subnet: "172.17.0.0/16".parse().unwrap(),
-            gateway: "172.17.0.1".parse().unwrap(),
-            last_allocated: None,
-        });
+        let state = State {
+            network: Some(NetworkRecord {
+                name: "bridge".into(),
+                id: "abc".into(),
+                created: "now".into(),
+                bridge: "bpfbr0".into(),
+                subnet: "172.17.0.0/16".parse().unwrap(),
+                gateway: "172.17.0.1".parse().unwrap(),
+                last_allocated: None,
+            }),
+            ..State::default()
+        };
         store.save(&state).unwrap();
         assert_eq!(store.load().unwrap(), state);
         assert!(!dir.path().join("nested/state.json.tmp").exists());

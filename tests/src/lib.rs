@@ -1,1 +1,418 @@
+//! The hermetic test topology that every integration test builds on:
+//!
+//! ```text
+//!   world netns                 node netns (agent runs here)            container netns
+//!   wl0 198.51.100.2/24 <-veth-> up0 198.51.100.1/24   bpfbr0 <- vethXXX <-veth-> eth0
+//! ```
+//!
+//! Every name is unique per test, everything is removed by `Drop` (also when a test
+//! panics), and nothing touches the root network namespace.
 
+pub mod packet;
+
+use std::{
+    fs,
+    io::{Read as _, Write as _},
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream},
+    os::unix::process::CommandExt as _,
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail, ensure};
+use nix::sched::{CloneFlags, setns};
+
+pub const NODE_IP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
+pub const WORLD_IP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 2);
+pub const UPLINK: &str = "up0";
+const WORLD_LINK: &str = "wl0";
+
+/// A name no other test (or test run) on this machine uses at the same time.
+pub fn unique(role: &str) -> String {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "bpfbt-{}-{}-{role}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Runs a command; an error carries its command line and stderr.
+pub fn run(program: &str, args: &[&str]) -> Result<Output> {
+    let output = Command::new(program)
+        .args(args)
+        .output()
+        .with_context(|| format!("spawning {program}"))?;
+    ensure!(
+        output.status.success(),
+        "{program} {}: {}: {}",
+        args.join(" "),
+        output.status,
+        String::from_utf8_lossy(&output.stderr).trim()
+    );
+    Ok(output)
+}
+
+/// A named network namespace (`ip netns add`), deleted on drop.
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    pub fn new(role: &str) -> Result<Self> {
+        let name = unique(role);
+        run("ip", &["netns", "add", &name])?;
+        let ns = Netns { name };
+        ns.ip(&["link", "set", "lo", "up"])?;
+        Ok(ns)
+    }
+
+    pub fn path(&self) -> PathBuf {
+        PathBuf::from("/run/netns").join(&self.name)
+    }
+
+    /// `ip -n NAME ARGS`.
+    pub fn ip(&self, args: &[&str]) -> Result<Output> {
+        let mut full = vec!["-n", self.name.as_str()];
+        full.extend_from_slice(args);
+        run("ip", &full)
+    }
+
+    /// Runs a program inside the namespace (`ip netns exec`: private /sys, fine for tools
+    /// that only need the network).
+    pub fn exec(&self, program: &str, args: &[&str]) -> Result<Output> {
+        let mut full = vec!["netns", "exec", self.name.as_str(), program];
+        full.extend_from_slice(args);
+        run("ip", &full)
+    }
+
+    /// Runs `f` on a thread inside this namespace.
+    pub fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+        in_netns(&self.path(), f)
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+/// Runs `f` on a thread that entered the network namespace at `path` (and only that).
+pub fn in_netns<T: Send>(path: &Path, f: impl FnOnce() -> T + Send) -> T {
+    thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                let file =
+                    fs::File::open(path).unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
+                setns(&file, CloneFlags::CLONE_NEWNET)
+                    .unwrap_or_else(|e| panic!("setns {}: {e}", path.display()));
+                f()
+            })
+            .join()
+            .unwrap_or_else(|p| std::panic::resume_unwind(p))
+    })
+}
+
+/// The world and node namespaces joined by the uplink veth.
+pub struct Topology {
+    pub node: Netns,
+    pub world: Netns,
+}
+
+impl Topology {
+    pub fn new() -> Result<Self> {
+        let node = Netns::new("node")?;
+        let world = Netns::new("world")?;
+        node.ip(&[
+            "link",
+            "add",
+            UPLINK,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            WORLD_LINK,
+            "netns",
+            &world.name,
+        ])?;
+        node.ip(&["addr", "add", &format!("{NODE_IP}/24"), "dev", UPLINK])?;
+        world.ip(&["addr", "add", &format!("{WORLD_IP}/24"), "dev", WORLD_LINK])?;
+        node.ip(&["link", "set", UPLINK, "up"])?;
+        world.ip(&["link", "set", WORLD_LINK, "up"])?;
+        world.ip(&["route", "add", "default", "via", &NODE_IP.to_string()])?;
+        // The world side plays a remote host, whose frames arrive with complete checksums
+        // (veth would otherwise hand over CHECKSUM_PARTIAL packets).
+        world.exec("ethtool", &["-K", WORLD_LINK, "tx", "off"])?;
+        Ok(Topology { node, world })
+    }
+}
+
+/// The `bpfbridge` binary the tests drive (built by `cargo xtask test` before the tests).
+pub fn bpfbridge_bin() -> PathBuf {
+    if let Some(path) = std::env::var_os("BPFBRIDGE_BIN") {
+        return path.into();
+    }
+    // target/debug/deps/<test> → target/debug/bpfbridge
+    let exe = std::env::current_exe().expect("current_exe");
+    let bin = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target dir")
+        .join("bpfbridge");
+    assert!(
+        bin.exists(),
+        "{} is missing: build it first (`cargo xtask test` does)",
+        bin.display()
+    );
+    bin
+}
+
+/// The cgroup2 mount point, found in /proc/self/mounts.
+pub fn cgroup2_mount() -> Result<PathBuf> {
+    let mounts = fs::read_to_string("/proc/self/mounts")?;
+    mounts
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            let (_, dir, fstype) = (f.next()?, f.next()?, f.next()?);
+            (fstype == "cgroup2").then(|| PathBuf::from(dir))
+        })
+        .next()
+        .context("no cgroup2 mount")
+}
+
+/// A bpfbridge agent running in the node namespace with private socket, state, pin
+/// directory, namespace directory and cgroup; stopped and cleaned up on drop.
+pub struct Agent {
+    child: Option<Child>,
+    pub dir: tempfile::TempDir,
+    pub socket: PathBuf,
+    pub pin_dir: PathBuf,
+    pub netns_dir: PathBuf,
+    pub cgroup: PathBuf,
+    node_path: PathBuf,
+}
+
+impl Agent {
+    pub fn start(topology: &Topology) -> Result<Self> {
+        let dir = tempfile::Builder::new().prefix("bpfbt-agent-").tempdir()?;
+        let name = unique("agent");
+        let cgroup = cgroup2_mount()?.join(&name);
+        fs::create_dir(&cgroup).with_context(|| format!("creating cgroup {}", cgroup.display()))?;
+        let mut agent = Agent {
+            child: None,
+            socket: dir.path().join("bpfbridge.sock"),
+            pin_dir: PathBuf::from("/sys/fs/bpf").join(&name),
+            netns_dir: dir.path().join("netns"),
+            cgroup,
+            node_path: topology.node.path(),
+            dir,
+        };
+        agent.spawn()?;
+        Ok(agent)
+    }
+
+    /// Starts the agent process (again) and waits until its API answers.
+    pub fn spawn(&mut self) -> Result<()> {
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("agent.log"))?;
+        let node = fs::File::open(&self.node_path)?;
+        let mut command = Command::new(bpfbridge_bin());
+        command
+            .arg("--socket")
+            .arg(&self.socket)
+            .args(["agent", "--uplink", UPLINK, "--state-dir"])
+            .arg(self.dir.path().join("state"))
+            .arg("--pin-dir")
+            .arg(&self.pin_dir)
+            .arg("--netns-dir")
+            .arg(&self.netns_dir)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        // Enter only the network namespace: the agent must see the host's bpffs and cgroup2.
+        // SAFETY: setns is async-signal-safe; nothing else runs between fork and exec.
+        unsafe {
+            command.pre_exec(move || {
+                setns(&node, CloneFlags::CLONE_NEWNET).map_err(std::io::Error::from)
+            });
+        }
+        let child = command.spawn().context("spawning the agent")?;
+        fs::write(self.cgroup.join("cgroup.procs"), child.id().to_string())?;
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if self
+                .cli(&["info"])
+                .map(|o| o.status.success())
+                .unwrap_or(false)
+            {
+                return Ok(());
+            }
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                bail!("agent exited with {status}: {}", self.log());
+            }
+            if Instant::now() > deadline {
+                bail!("agent not ready after 20 s: {}", self.log());
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Stops the agent with SIGTERM (the dataplane stays in place).
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(child.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+                thread::sleep(Duration::from_millis(50));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.dir.path().join("agent.log")).unwrap_or_default()
+    }
+
+    /// Runs `bpfbridge --socket SOCKET ARGS` and returns its output whatever the status.
+    pub fn cli(&self, args: &[&str]) -> Result<Output> {
+        Ok(Command::new(bpfbridge_bin())
+            .arg("--socket")
+            .arg(&self.socket)
+            .args(args)
+            .output()?)
+    }
+
+    /// Runs the CLI and parses its JSON output; a failure carries stderr.
+    pub fn cli_json(&self, args: &[&str]) -> Result<serde_json::Value> {
+        let out = self.cli(args)?;
+        ensure!(
+            out.status.success(),
+            "bpfbridge {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(serde_json::from_slice(&out.stdout)?)
+    }
+
+    /// Creates a container and returns `(inspect JSON, its network namespace path)`.
+    pub fn create_container(&self, args: &[&str]) -> Result<(serde_json::Value, PathBuf)> {
+        let mut full = vec!["container", "create"];
+        full.extend_from_slice(args);
+        let json = self.cli_json(&full)?;
+        let netns = json["NetworkSettings"]["SandboxKey"]
+            .as_str()
+            .context("SandboxKey")?
+            .into();
+        Ok((json, netns))
+    }
+
+    /// The counter named `name`, summed over CPUs.
+    pub fn counter(&self, name: &str) -> Result<u64> {
+        let out = self.cli(&["stats"])?;
+        ensure!(
+            out.status.success(),
+            "stats: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8(out.stdout)?;
+        text.lines()
+            .find_map(|l| {
+                let mut f = l.split_whitespace();
+                (f.next()? == name).then(|| f.next()?.parse().ok())?
+            })
+            .with_context(|| format!("no counter {name} in\n{text}"))
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.stop();
+        // Pinned links and maps: removing the pins detaches the programs.
+        let _ = fs::remove_dir_all(&self.pin_dir);
+        if let Ok(entries) = fs::read_dir(&self.netns_dir) {
+            for entry in entries.flatten() {
+                let _ = nix::mount::umount2(&entry.path(), nix::mount::MntFlags::MNT_DETACH);
+                let _ = fs::remove_file(entry.path());
+            }
+        }
+        let _ = fs::remove_dir(&self.cgroup);
+    }
+}
+
+/// A TCP server in a namespace that answers one connection: it reads one line and replies
+/// `pong <line>`; the handle returns the peer address it saw.
+pub fn serve_once(netns: &Path, port: u16) -> thread::JoinHandle<Result<SocketAddr>> {
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let netns = netns.to_path_buf();
+    let handle = thread::spawn(move || -> Result<SocketAddr> {
+        let file = fs::File::open(&netns)?;
+        setns(&file, CloneFlags::CLONE_NEWNET)?;
+        let listener = TcpListener::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port))?;
+        listener.set_nonblocking(true)?;
+        let _ = ready_tx.send(());
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let (mut stream, peer) = loop {
+            match listener.accept() {
+                Ok(conn) => break conn,
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::WouldBlock && Instant::now() < deadline =>
+                {
+                    thread::sleep(Duration::from_millis(10))
+                }
+                Err(e) => return Err(e).context("accept"),
+            }
+        };
+        stream.set_nonblocking(false)?;
+        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+        let mut buf = [0u8; 256];
+        let n = stream.read(&mut buf)?;
+        stream.write_all(b"pong ")?;
+        stream.write_all(&buf[..n])?;
+        Ok(peer)
+    });
+    let _ = ready_rx.recv_timeout(Duration::from_secs(5));
+    handle
+}
+
+/// Connects from a namespace, sends `message` and returns the whole answer.
+pub fn request(netns: &Path, to: SocketAddrV4, message: &str) -> std::io::Result<String> {
+    in_netns(netns, || {
+        let mut stream = TcpStream::connect_timeout(&to.into(), Duration::from_secs(3))?;
+        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+        stream.write_all(message.as_bytes())?;
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer)?;
+        Ok(answer)
+    })
+}
+
+/// Names of the links in a namespace.
+pub fn links(netns: &Netns) -> Result<Vec<String>> {
+    let out = netns.ip(&["-o", "link", "show"])?;
+    Ok(String::from_utf8(out.stdout)?
+        .lines()
+        .filter_map(|l| {
+            l.split(": ")
+                .nth(1)
+                .map(|n| n.split('@').next().unwrap_or(n).to_string())
+        })
+        .collect())
+}

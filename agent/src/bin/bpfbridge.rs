@@ -107,6 +107,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         .unwrap_or_else(|_| "info".into()),
                 )
                 .with_writer(std::io::stderr)
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
                 .init();
             daemon::run(daemon::Options {
                 uplink,

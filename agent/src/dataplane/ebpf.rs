@@ -250,10 +250,10 @@ impl Dataplane for EbpfDataplane {
         let mut errors = Vec::new();
         // Removing the pin drops the last reference to the link, which detaches it.
         let pin = self.tc_pin(&endpoint.host_veth);
-        if let Err(e) = fs::remove_file(&pin) {
-            if e.kind() != std::io::ErrorKind::NotFound {
-                errors.push(Error::io(format!("removing {}", pin.display()))(e));
-            }
+        if let Err(e) = fs::remove_file(&pin)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            errors.push(Error::io(format!("removing {}", pin.display()))(e));
         }
         if let Err(e) = self.forget_flows(endpoint.container_ip) {
             errors.push(e);

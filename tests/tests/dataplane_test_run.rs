@@ -1,0 +1,440 @@
+//! Table-driven BPF_PROG_TEST_RUN tests of the eBPF programs: for each input frame, the
+//! verdict, the output frame and the counter that must move (and no other).
+
+use std::{net::Ipv4Addr, path::PathBuf};
+
+use anyhow::{Context as _, Result};
+use aya::{
+    Ebpf,
+    maps::{HashMap, MapData, PerCpuArray},
+    programs::{SchedClassifier, TestRun, TestRunOptions, Xdp},
+};
+use bpfbridge::dataplane::ebpf::{CONTAINER_PROGRAM, UPLINK_PROGRAM, load_object};
+use bpfbridge_tests::{
+    NODE_IP, Netns, WORLD_IP,
+    packet::{ETH_HLEN, Packet, View, ipv4_checksum_ok, l4_checksum_ok},
+    unique,
+};
+use dataplane_common::{
+    Counter, FlowKey, FlowOrigin, IPPROTO_TCP, NAT_FLOWS, NODE_ADDRS, NodeAddr, NodeAddrKey,
+    PUBLISHED_PORTS, PortKey, PortTarget, STATS, stats::Stat,
+};
+
+const XDP_DROP: u32 = 1;
+const XDP_PASS: u32 = 2;
+const XDP_REDIRECT: u32 = 4;
+const TC_ACT_OK: u32 = 0;
+const TC_ACT_SHOT: u32 = 2;
+const TC_ACT_REDIRECT: u32 = 7;
+
+const CONTAINER_IP: Ipv4Addr = Ipv4Addr::new(172, 17, 0, 2);
+const EXACT_BOUND_IP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 7);
+const CONTAINER_MAC: [u8; 6] = [0x02, 0x42, 172, 17, 0, 2];
+const HOST_VETH_MAC: [u8; 6] = [0x0a, 0, 0, 0, 0, 0x0a];
+const HOST_VETH_IFINDEX: u32 = 42;
+
+/// The eBPF object loaded with its maps pinned in a private directory, removed on drop.
+struct Fixture {
+    ebpf: Ebpf,
+    pin_dir: PathBuf,
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.pin_dir);
+    }
+}
+
+impl Fixture {
+    /// Node address 198.51.100.1; 8080/tcp published on every node address and 9090/tcp on
+    /// 198.51.100.7 only, both to 172.17.0.2:80.
+    fn new() -> Result<Self> {
+        let pin_dir = PathBuf::from("/sys/fs/bpf").join(unique("testrun"));
+        let ebpf = load_object(&pin_dir)?;
+        let mut f = Fixture { ebpf, pin_dir };
+        let xdp: &mut Xdp = f.ebpf.program_mut(UPLINK_PROGRAM).unwrap().try_into()?;
+        xdp.load()?;
+        let tc: &mut SchedClassifier = f.ebpf.program_mut(CONTAINER_PROGRAM).unwrap().try_into()?;
+        tc.load()?;
+        let mut addrs: HashMap<&mut MapData, NodeAddrKey, NodeAddr> =
+            HashMap::try_from(f.ebpf.map_mut(NODE_ADDRS).unwrap())?;
+        addrs.insert(
+            NodeAddrKey {
+                addr_be: u32::from(NODE_IP).to_be(),
+            },
+            NodeAddr { ifindex: 2 },
+            0,
+        )?;
+        let mut ports: HashMap<&mut MapData, PortKey, PortTarget> =
+            HashMap::try_from(f.ebpf.map_mut(PUBLISHED_PORTS).unwrap())?;
+        for (host_ip, host_port) in [(Ipv4Addr::UNSPECIFIED, 8080u16), (EXACT_BOUND_IP, 9090)] {
+            ports.insert(
+                PortKey {
+                    host_ip_be: u32::from(host_ip).to_be(),
+                    host_port_be: host_port.to_be(),
+                    proto: IPPROTO_TCP,
+                    _pad: 0,
+                },
+                PortTarget {
+                    container_ip_be: u32::from(CONTAINER_IP).to_be(),
+                    container_port_be: 80u16.to_be(),
+                    _pad0: 0,
+                    host_veth_ifindex: HOST_VETH_IFINDEX,
+                    container_mac: CONTAINER_MAC,
+                    host_veth_mac: HOST_VETH_MAC,
+                },
+                0,
+            )?;
+        }
+        Ok(f)
+    }
+
+    fn counters(&self) -> Result<Vec<u64>> {
+        let stats: PerCpuArray<&MapData, Counter> =
+            PerCpuArray::try_from(self.ebpf.map(STATS).unwrap())?;
+        Stat::ALL
+            .iter()
+            .map(|s| Ok(stats.get(&(*s as u32), 0)?.iter().map(|c| c.packets).sum()))
+            .collect()
+    }
+
+    fn flow(&self, key: &FlowKey) -> Option<FlowOrigin> {
+        let flows: HashMap<&MapData, FlowKey, FlowOrigin> =
+            HashMap::try_from(self.ebpf.map(NAT_FLOWS).unwrap()).ok()?;
+        flows.get(key, 0).ok()
+    }
+
+    /// Runs `program` on `frame`; returns the verdict, the output frame and which counter
+    /// moved (asserting that exactly one moved by exactly one).
+    fn run(&mut self, program: &str, frame: &[u8]) -> Result<(u32, Vec<u8>, Stat)> {
+        let before = self.counters()?;
+        let mut out = vec![0u8; frame.len() + 256];
+        let opts = TestRunOptions {
+            data_in: Some(frame),
+            data_out: Some(&mut out),
+            ..TestRunOptions::default()
+        };
+        let result = if program == UPLINK_PROGRAM {
+            let p: &mut Xdp = self.ebpf.program_mut(program).unwrap().try_into()?;
+            p.test_run(opts)?
+        } else {
+            let p: &mut SchedClassifier = self.ebpf.program_mut(program).unwrap().try_into()?;
+            p.test_run(opts)?
+        };
+        out.truncate(result.data_size_out as usize);
+        let after = self.counters()?;
+        let moved: Vec<(Stat, u64)> = Stat::ALL
+            .iter()
+            .zip(before.iter().zip(&after))
+            .filter(|(_, (b, a))| a != b)
+            .map(|(s, (b, a))| (*s, a - b))
+            .collect();
+        assert!(
+            matches!(moved.as_slice(), [(_, 1)]),
+            "exactly one counter must move by one, got {moved:?}"
+        );
+        Ok((result.return_value, out, moved[0].0))
+    }
+}
+
+fn syn_to(dst: Ipv4Addr, dport: u16) -> Packet {
+    Packet::tcp_syn(WORLD_IP, 40000, dst, dport)
+}
+
+#[test]
+fn uplink_ingress_table() -> Result<()> {
+    let mut fx = Fixture::new()?;
+    let mut not_ipv4 = syn_to(NODE_IP, 8080).build();
+    not_ipv4[12..14].copy_from_slice(&0x0806u16.to_be_bytes()); // ARP
+    let mut ipv6 = syn_to(NODE_IP, 8080).build();
+    ipv6[12..14].copy_from_slice(&0x86ddu16.to_be_bytes());
+    let mut more_fragments = syn_to(NODE_IP, 8080).build();
+    more_fragments[ETH_HLEN + 6] = 0x20;
+    let mut later_fragment = syn_to(NODE_IP, 8080).build();
+    later_fragment[ETH_HLEN + 6..ETH_HLEN + 8].copy_from_slice(&0x0010u16.to_be_bytes());
+    let mut icmp = syn_to(NODE_IP, 8080).build();
+    icmp[ETH_HLEN + 9] = 1;
+    let mut bad_ihl = syn_to(NODE_IP, 8080).build();
+    bad_ihl[ETH_HLEN] = 0x44;
+    let mut bad_version = syn_to(NODE_IP, 8080).build();
+    bad_version[ETH_HLEN] = 0x65;
+    let mut bad_total_len = syn_to(NODE_IP, 8080).build();
+    bad_total_len[ETH_HLEN + 2..ETH_HLEN + 4].copy_from_slice(&1500u16.to_be_bytes());
+    let udp_to_tcp_port = Packet {
+        protocol: 17,
+        ..syn_to(NODE_IP, 8080)
+    }
+    .build();
+    let ttl_one = Packet {
+        ttl: 1,
+        ..syn_to(NODE_IP, 8080)
+    }
+    .build();
+
+    // (name, frame, verdict, counter, translated to 172.17.0.2:80?)
+    let cases: Vec<(&str, Vec<u8>, u32, Stat, bool)> = vec![
+        (
+            "published port on a node address",
+            syn_to(NODE_IP, 8080).build(),
+            XDP_REDIRECT,
+            Stat::UplinkRedirectDnat,
+            true,
+        ),
+        (
+            "published port bound to its exact address",
+            syn_to(EXACT_BOUND_IP, 9090).build(),
+            XDP_REDIRECT,
+            Stat::UplinkRedirectDnat,
+            true,
+        ),
+        (
+            "exact-bound port at another node address",
+            syn_to(NODE_IP, 9090).build(),
+            XDP_PASS,
+            Stat::UplinkPassNotPublished,
+            false,
+        ),
+        (
+            "unpublished port",
+            syn_to(NODE_IP, 8081).build(),
+            XDP_PASS,
+            Stat::UplinkPassNotPublished,
+            false,
+        ),
+        (
+            "published port at a foreign address",
+            syn_to(Ipv4Addr::new(203, 0, 113, 9), 8080).build(),
+            XDP_PASS,
+            Stat::UplinkPassNotPublished,
+            false,
+        ),
+        (
+            "udp to a tcp-only port",
+            udp_to_tcp_port,
+            XDP_PASS,
+            Stat::UplinkPassNotPublished,
+            false,
+        ),
+        ("arp", not_ipv4, XDP_PASS, Stat::UplinkPassNotIpv4, false),
+        ("ipv6", ipv6, XDP_PASS, Stat::UplinkPassNotIpv4, false),
+        (
+            "first fragment",
+            more_fragments,
+            XDP_PASS,
+            Stat::UplinkPassFragment,
+            false,
+        ),
+        (
+            "later fragment",
+            later_fragment,
+            XDP_PASS,
+            Stat::UplinkPassFragment,
+            false,
+        ),
+        ("icmp", icmp, XDP_PASS, Stat::UplinkPassNotTcpUdp, false),
+        (
+            "ihl below 5",
+            bad_ihl,
+            XDP_DROP,
+            Stat::UplinkDropMalformed,
+            false,
+        ),
+        (
+            "ip version 6 in an ipv4 frame",
+            bad_version,
+            XDP_DROP,
+            Stat::UplinkDropMalformed,
+            false,
+        ),
+        (
+            "total length past the frame",
+            bad_total_len,
+            XDP_DROP,
+            Stat::UplinkDropMalformed,
+            false,
+        ),
+        (
+            "ttl 1",
+            ttl_one,
+            XDP_DROP,
+            Stat::UplinkDropTtlExpired,
+            false,
+        ),
+    ];
+    for (name, frame, verdict, stat, translated) in cases {
+        let (got, out, moved) = fx.run(UPLINK_PROGRAM, &frame)?;
+        assert_eq!((got, moved), (verdict, stat), "{name}");
+        if translated {
+            assert_dnat(&out, &frame, name);
+        } else {
+            assert_eq!(out, frame, "{name}: frame must pass untouched");
+        }
+    }
+    Ok(())
+}
+
+/// The frame was rewritten to 172.17.0.2:80 for the container's veth, and nothing else.
+fn assert_dnat(out: &[u8], input: &[u8], name: &str) {
+    let (o, i) = (View(out), View(input));
+    assert_eq!(out.len(), input.len(), "{name}");
+    assert_eq!(o.dst(), CONTAINER_IP, "{name}");
+    assert_eq!(o.dport(), 80, "{name}");
+    assert_eq!(
+        o.src(),
+        i.src(),
+        "{name}: the container sees the client's real address"
+    );
+    assert_eq!(o.sport(), i.sport(), "{name}");
+    assert_eq!(o.ttl(), i.ttl() - 1, "{name}");
+    assert_eq!(
+        (o.dst_mac(), o.src_mac()),
+        (CONTAINER_MAC, HOST_VETH_MAC),
+        "{name}"
+    );
+    assert!(ipv4_checksum_ok(out), "{name}: IPv4 checksum");
+    assert!(l4_checksum_ok(out), "{name}: TCP checksum");
+}
+
+#[test]
+fn ip_options_are_skipped_by_ihl() -> Result<()> {
+    let mut fx = Fixture::new()?;
+    for options in [4, 12, 40] {
+        let frame = Packet {
+            ip_options: options,
+            ..syn_to(NODE_IP, 8080)
+        }
+        .build();
+        let (verdict, out, stat) = fx.run(UPLINK_PROGRAM, &frame)?;
+        assert_eq!(
+            (verdict, stat),
+            (XDP_REDIRECT, Stat::UplinkRedirectDnat),
+            "options={options}"
+        );
+        assert_dnat(&out, &frame, &format!("{options} option bytes"));
+    }
+    Ok(())
+}
+
+#[test]
+fn truncated_frames_are_dropped_and_counted_at_every_length() -> Result<()> {
+    let mut fx = Fixture::new()?;
+    let frame = Packet {
+        ip_options: 8,
+        ..syn_to(NODE_IP, 8080)
+    }
+    .build();
+    // Below an Ethernet header the kernel refuses the test run itself.
+    for len in ETH_HLEN..frame.len() {
+        let (verdict, _, stat) = fx.run(UPLINK_PROGRAM, &frame[..len])?;
+        assert_eq!(
+            (verdict, stat),
+            (XDP_DROP, Stat::UplinkDropMalformed),
+            "len={len}"
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn translated_flow_is_recorded_for_replies() -> Result<()> {
+    let mut fx = Fixture::new()?;
+    let (verdict, _, _) = fx.run(UPLINK_PROGRAM, &syn_to(NODE_IP, 8080).build())?;
+    assert_eq!(verdict, XDP_REDIRECT);
+    let key = FlowKey {
+        container_ip_be: u32::from(CONTAINER_IP).to_be(),
+        remote_ip_be: u32::from(WORLD_IP).to_be(),
+        container_port_be: 80u16.to_be(),
+        remote_port_be: 40000u16.to_be(),
+        proto: IPPROTO_TCP,
+        _pad: [0; 3],
+    };
+    let origin = fx.flow(&key).expect("flow recorded");
+    assert_eq!(origin.host_ip_be, u32::from(NODE_IP).to_be());
+    assert_eq!(origin.host_port_be, 8080u16.to_be());
+    // A packet that was not translated leaves no flow behind.
+    fx.run(UPLINK_PROGRAM, &syn_to(NODE_IP, 8081).build())?;
+    assert!(
+        fx.flow(&FlowKey {
+            container_port_be: 81u16.to_be(),
+            ..key
+        })
+        .is_none()
+    );
+    Ok(())
+}
+
+#[test]
+fn container_ingress_table() -> Result<()> {
+    // The reply path looks routes up in the caller's namespace: give it a private one with
+    // a route and a neighbour, so the result does not depend on the host.
+    let ns = Netns::new("tcrun")?;
+    // The FIB helper refuses to forward unless forwarding is on (the agent turns it on).
+    ns.exec("sysctl", &["-qw", "net.ipv4.ip_forward=1"])?;
+    ns.ip(&[
+        "link", "add", "up0", "type", "veth", "peer", "name", "up0peer",
+    ])?;
+    ns.ip(&["link", "set", "up0peer", "up"])?;
+    ns.ip(&["link", "set", "up0", "address", "0a:00:00:00:00:01", "up"])?;
+    ns.ip(&["addr", "add", "198.51.100.1/24", "dev", "up0"])?;
+    ns.ip(&[
+        "neigh",
+        "add",
+        "198.51.100.2",
+        "lladdr",
+        "0a:00:00:00:00:02",
+        "dev",
+        "up0",
+        "nud",
+        "permanent",
+    ])?;
+    ns.run(|| -> Result<()> {
+        let mut fx = Fixture::new()?;
+        let reply = Packet {
+            src_mac: CONTAINER_MAC,
+            dst_mac: HOST_VETH_MAC,
+            ..Packet::tcp_syn(CONTAINER_IP, 80, WORLD_IP, 40000)
+        }
+        .build();
+
+        // No flow yet: the container's own traffic passes untouched.
+        let (verdict, out, stat) = fx.run(CONTAINER_PROGRAM, &reply)?;
+        assert_eq!((verdict, stat), (TC_ACT_OK, Stat::ContainerPassNoFlow));
+        assert_eq!(out, reply);
+
+        // The inbound SYN records the flow; the reply is translated back and forwarded.
+        let (verdict, _, _) = fx.run(UPLINK_PROGRAM, &syn_to(NODE_IP, 8080).build())?;
+        assert_eq!(verdict, XDP_REDIRECT);
+        let (verdict, out, stat) = fx.run(CONTAINER_PROGRAM, &reply)?;
+        assert_eq!(
+            (verdict, stat),
+            (TC_ACT_REDIRECT, Stat::ContainerRedirectReply)
+        );
+        let o = View(&out);
+        assert_eq!(
+            (o.src(), o.sport()),
+            (NODE_IP, 8080),
+            "reply comes from the published address"
+        );
+        assert_eq!((o.dst(), o.dport()), (WORLD_IP, 40000));
+        assert_eq!(o.ttl(), 63);
+        assert_eq!(
+            o.dst_mac(),
+            [0x0a, 0, 0, 0, 0, 0x02],
+            "next hop's MAC from the neighbour table"
+        );
+        assert_eq!(o.src_mac(), [0x0a, 0, 0, 0, 0, 0x01]);
+        assert!(ipv4_checksum_ok(&out) && l4_checksum_ok(&out), "checksums");
+
+        let mut truncated = reply.clone();
+        // Ends inside the TCP header (the kernel refuses shorter IPv4 skbs to test runs).
+        truncated.truncate(ETH_HLEN + 20 + 10);
+        truncated[ETH_HLEN + 2..ETH_HLEN + 4].copy_from_slice(&30u16.to_be_bytes());
+        let (verdict, _, stat) = fx.run(CONTAINER_PROGRAM, &truncated).context("truncated")?;
+        assert_eq!((verdict, stat), (TC_ACT_SHOT, Stat::ContainerDropMalformed));
+        let mut arp = reply.clone();
+        arp[12..14].copy_from_slice(&0x0806u16.to_be_bytes());
+        let (verdict, _, stat) = fx.run(CONTAINER_PROGRAM, &arp)?;
+        assert_eq!((verdict, stat), (TC_ACT_OK, Stat::ContainerPassNotIpv4));
+        Ok(())
+    })
+}

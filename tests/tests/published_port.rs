@@ -1,0 +1,171 @@
+//! End to end in namespaces: a world client reaches a container through a published port
+//! on the node's uplink address, served by the XDP and TC programs.
+
+use std::{
+    net::{SocketAddr, SocketAddrV4},
+    path::Path,
+};
+
+use anyhow::{Context as _, Result, ensure};
+use bpfbridge_tests::{Agent, NODE_IP, Netns, Topology, WORLD_IP, links, request, run, serve_once};
+
+fn published(port: u16) -> SocketAddrV4 {
+    SocketAddrV4::new(NODE_IP, port)
+}
+
+/// One request through the published port; returns what the server saw as the client.
+fn round_trip(
+    topology: &Topology,
+    container_ns: &Path,
+    host_port: u16,
+    container_port: u16,
+) -> Result<SocketAddr> {
+    let server = serve_once(container_ns, container_port);
+    let answer =
+        request(&topology.world.path(), published(host_port), "ping\n").context("client")?;
+    let peer = server.join().expect("server thread")?;
+    ensure!(answer == "pong ping\n", "unexpected answer {answer:?}");
+    Ok(peer)
+}
+
+#[test]
+fn world_client_reaches_published_port_and_server_sees_its_real_address() -> Result<()> {
+    let topology = Topology::new()?;
+    let agent = Agent::start(&topology)?;
+    let (json, netns) = agent.create_container(&["--name", "web", "-p", "8080:80"])?;
+    assert_eq!(
+        json["NetworkSettings"]["Ports"]["80/tcp"][0]["HostPort"],
+        "8080"
+    );
+    assert_eq!(json["NetworkSettings"]["IPAddress"], "172.17.0.2");
+    assert_eq!(json["NetworkSettings"]["MacAddress"], "02:42:ac:11:00:02");
+
+    let peer = round_trip(&topology, &netns, 8080, 80)?;
+    assert_eq!(peer.ip(), WORLD_IP, "no SNAT on the way in");
+
+    // The fast path did the work: the uplink program translated, the veth program replied.
+    assert!(
+        agent.counter("uplink_ingress.redirect.dnat")? >= 3,
+        "{}",
+        agent.log()
+    );
+    assert!(agent.counter("container_ingress.redirect.reply")? >= 2);
+    assert_eq!(agent.counter("uplink_ingress.drop.malformed")?, 0);
+
+    // A second connection works as well (new flow, new source port).
+    assert_eq!(round_trip(&topology, &netns, 8080, 80)?.ip(), WORLD_IP);
+    Ok(())
+}
+
+#[test]
+fn container_rm_closes_the_port_and_removes_everything() -> Result<()> {
+    let topology = Topology::new()?;
+    let agent = Agent::start(&topology)?;
+    let links_before = links(&topology.node)?;
+    let (json, netns) = agent.create_container(&["--name", "web", "-p", "8080:80"])?;
+    let veth = json["HostVeth"].as_str().context("HostVeth")?.to_string();
+    assert!(links(&topology.node)?.contains(&veth));
+    round_trip(&topology, &netns, 8080, 80)?;
+
+    let out = agent.cli(&["container", "rm", "web"])?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Nothing answers: with no mapping the node's own stack refuses the connection.
+    let _server = serve_once(&netns, 80);
+    let err = request(&topology.world.path(), published(8080), "ping\n")
+        .expect_err("port must be closed");
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused, "{err}");
+    assert_eq!(links(&topology.node)?, links_before, "veth removed");
+    assert_eq!(
+        agent.cli_json(&["ports"])?,
+        serde_json::json!([]),
+        "map entries removed"
+    );
+    assert!(!netns.exists(), "the namespace the agent made is gone");
+    let ls = agent.cli(&["container", "ls"])?;
+    assert!(!String::from_utf8_lossy(&ls.stdout).contains("web"));
+    Ok(())
+}
+
+#[test]
+fn container_in_an_existing_namespace() -> Result<()> {
+    let topology = Topology::new()?;
+    let agent = Agent::start(&topology)?;
+    let ns = Netns::new("ctr")?;
+    let path = ns.path();
+    let (json, netns) = agent.create_container(&[
+        "--name",
+        "app",
+        "--netns",
+        path.to_str().unwrap(),
+        "-p",
+        "9000:9000",
+    ])?;
+    assert_eq!(netns, path);
+    let addr = ns.ip(&["-4", "-o", "addr", "show", "dev", "eth0"])?;
+    let ip = json["NetworkSettings"]["IPAddress"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(String::from_utf8_lossy(&addr.stdout).contains(&ip));
+    assert_eq!(round_trip(&topology, &netns, 9000, 9000)?.ip(), WORLD_IP);
+
+    // Removing the container leaves a namespace it did not create in place, empty.
+    agent.cli_json(&["container", "inspect", "app"])?;
+    assert!(agent.cli(&["container", "rm", "app"])?.status.success());
+    assert!(path.exists());
+    assert!(!links(&ns)?.iter().any(|l| l == "eth0"));
+    Ok(())
+}
+
+#[test]
+fn restarted_agent_readopts_the_dataplane_and_keeps_serving() -> Result<()> {
+    let topology = Topology::new()?;
+    let mut agent = Agent::start(&topology)?;
+    let (_, netns) = agent.create_container(&["--name", "web", "-p", "8080:80"])?;
+    round_trip(&topology, &netns, 8080, 80)?;
+
+    agent.stop();
+    // With the agent gone, the pinned programs and maps keep the port working.
+    round_trip(&topology, &netns, 8080, 80)?;
+    agent.spawn()?;
+    round_trip(&topology, &netns, 8080, 80)?;
+    let ls = agent.cli(&["container", "ls"])?;
+    assert!(String::from_utf8_lossy(&ls.stdout).contains("web"));
+    // The restarted agent attached no second XDP program.
+    let link = topology.node.ip(&["-d", "link", "show", "up0"])?;
+    assert_eq!(
+        String::from_utf8_lossy(&link.stdout)
+            .matches("prog/xdp")
+            .count(),
+        1
+    );
+    // A new container after the restart gets the next address, not a reused one.
+    let (json, _) = agent.create_container(&["--name", "second"])?;
+    assert_eq!(json["NetworkSettings"]["IPAddress"], "172.17.0.3");
+    Ok(())
+}
+
+#[test]
+fn node_namespace_has_no_nat_rules() -> Result<()> {
+    let topology = Topology::new()?;
+    let agent = Agent::start(&topology)?;
+    let (_, netns) = agent.create_container(&["--name", "web", "-p", "8080:80"])?;
+    round_trip(&topology, &netns, 8080, 80)?;
+    let ruleset = topology.node.exec("nft", &["list", "ruleset"])?;
+    let ruleset = String::from_utf8_lossy(&ruleset.stdout);
+    assert!(
+        ruleset.trim().is_empty(),
+        "bpfbridge writes no nftables/iptables rules:\n{ruleset}"
+    );
+    let saved = run(
+        "ip",
+        &["netns", "exec", &topology.node.name, "iptables-save"],
+    )?;
+    assert!(!String::from_utf8_lossy(&saved.stdout).contains("DNAT"));
+    Ok(())
+}
