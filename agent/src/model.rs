@@ -206,13 +206,24 @@ pub struct CreateContainer {
     pub port_bindings: PortMap,
 }
 
-/// A container's network settings, shaped like `docker inspect`'s `NetworkSettings`.
+/// A container's network settings, shaped like `docker inspect`'s `NetworkSettings`: the
+/// primary network's addressing at the top level, every network's under `Networks`.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct NetworkSettings {
     #[serde(rename = "SandboxKey")]
     pub sandbox_key: String,
     #[serde(rename = "Ports")]
     pub ports: PortMap,
+    #[serde(flatten)]
+    pub primary: EndpointAddressing,
+    #[serde(rename = "Networks")]
+    pub networks: BTreeMap<String, EndpointSettings>,
+}
+
+/// The addressing fields an endpoint shows, both at the top of `NetworkSettings` and in
+/// each entry of its `Networks`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct EndpointAddressing {
     #[serde(rename = "EndpointID")]
     pub endpoint_id: String,
     #[serde(rename = "Gateway")]
@@ -223,24 +234,14 @@ pub struct NetworkSettings {
     pub ip_prefix_len: u8,
     #[serde(rename = "MacAddress")]
     pub mac_address: String,
-    #[serde(rename = "Networks")]
-    pub networks: BTreeMap<String, EndpointSettings>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct EndpointSettings {
     #[serde(rename = "NetworkID")]
     pub network_id: String,
-    #[serde(rename = "EndpointID")]
-    pub endpoint_id: String,
-    #[serde(rename = "Gateway")]
-    pub gateway: String,
-    #[serde(rename = "IPAddress")]
-    pub ip_address: String,
-    #[serde(rename = "IPPrefixLen")]
-    pub ip_prefix_len: u8,
-    #[serde(rename = "MacAddress")]
-    pub mac_address: String,
+    #[serde(flatten)]
+    pub addressing: EndpointAddressing,
 }
 
 /// `GET /containers/{name}`.
@@ -260,13 +261,16 @@ pub struct ContainerInspect {
 
 impl ContainerInspect {
     pub fn new(c: &ContainerRecord, net: &NetworkRecord) -> Self {
-        let endpoint = EndpointSettings {
-            network_id: net.id.clone(),
+        let addressing = EndpointAddressing {
             endpoint_id: c.endpoint_id.clone(),
             gateway: net.gateway.to_string(),
             ip_address: c.ip.to_string(),
             ip_prefix_len: net.subnet.prefix_len(),
             mac_address: c.mac.clone(),
+        };
+        let endpoint = EndpointSettings {
+            network_id: net.id.clone(),
+            addressing: addressing.clone(),
         };
         ContainerInspect {
             id: c.id.clone(),
@@ -276,11 +280,7 @@ impl ContainerInspect {
             network_settings: NetworkSettings {
                 sandbox_key: c.netns.display().to_string(),
                 ports: port_map(&c.ports),
-                endpoint_id: c.endpoint_id.clone(),
-                gateway: endpoint.gateway.clone(),
-                ip_address: endpoint.ip_address.clone(),
-                ip_prefix_len: endpoint.ip_prefix_len,
-                mac_address: c.mac.clone(),
+                primary: addressing,
                 networks: BTreeMap::from([(net.name.clone(), endpoint)]),
             },
         }

@@ -25,6 +25,8 @@ pub struct Link {
     pub name: String,
     pub mtu: u32,
     pub mac: Option<[u8; 6]>,
+    /// The bridge (or other controller) the link is enslaved to.
+    pub controller: Option<u32>,
 }
 
 fn link_from_message(msg: LinkMessage) -> Link {
@@ -33,12 +35,14 @@ fn link_from_message(msg: LinkMessage) -> Link {
         name: String::new(),
         mtu: 0,
         mac: None,
+        controller: None,
     };
     for attr in msg.attributes {
         match attr {
             LinkAttribute::IfName(name) => link.name = name,
             LinkAttribute::Mtu(mtu) => link.mtu = mtu,
             LinkAttribute::Address(bytes) => link.mac = bytes.try_into().ok(),
+            LinkAttribute::Controller(index) => link.controller = Some(index),
             _ => {}
         }
     }
@@ -65,6 +69,19 @@ pub async fn link_by_index(h: &Handle, index: u32) -> Result<Option<Link>> {
         Err(e) if is_not_found(&e) => Ok(None),
         Err(e) => Err(Error::netlink(format!("looking up link {index}"))(e)),
     }
+}
+
+pub async fn all_links(h: &Handle) -> Result<Vec<Link>> {
+    let mut stream = h.link().get().execute();
+    let mut out = Vec::new();
+    while let Some(msg) = stream
+        .try_next()
+        .await
+        .map_err(Error::netlink("listing links"))?
+    {
+        out.push(link_from_message(msg));
+    }
+    Ok(out)
 }
 
 pub async fn create_bridge(h: &Handle, name: &str, mtu: u32) -> Result<()> {

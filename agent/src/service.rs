@@ -182,8 +182,27 @@ impl Service {
     }
 
     /// Re-adopts the endpoints of saved containers and makes the published-port map match
-    /// the state exactly; a container whose veth is gone publishes nothing.
+    /// the state exactly; a container whose veth is gone publishes nothing. Veths on our
+    /// bridge that no record owns (a crash in the middle of a create) are removed.
     async fn restore_containers(&mut self) -> Result<()> {
+        let owned: Vec<String> = self
+            .state
+            .containers
+            .values()
+            .map(|c| c.host_veth.clone())
+            .collect();
+        let network = self.network()?.clone();
+        let links = netlink::all_links(&self.handle).await?;
+        if let Some(bridge) = links.iter().find(|l| l.name == network.bridge) {
+            for orphan in links
+                .iter()
+                .filter(|l| l.controller == Some(bridge.index) && !owned.contains(&l.name))
+            {
+                tracing::warn!(veth = %orphan.name, "removing a veth that no container owns");
+                netlink::delete_link(&self.handle, orphan.index).await?;
+            }
+        }
+        self.dataplane.retain_endpoints(&owned)?;
         let mut wanted = Vec::new();
         let containers: Vec<ContainerRecord> = self.state.containers.values().cloned().collect();
         for container in containers {

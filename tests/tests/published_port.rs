@@ -169,3 +169,31 @@ fn node_namespace_has_no_nat_rules() -> Result<()> {
     assert!(!String::from_utf8_lossy(&saved.stdout).contains("DNAT"));
     Ok(())
 }
+
+#[test]
+fn restart_removes_a_veth_that_no_container_owns() -> Result<()> {
+    let topology = Topology::new()?;
+    let mut agent = Agent::start(&topology)?;
+    agent.create_container(&["--name", "kept"])?;
+    agent.stop();
+    // What a crash between creating a veth and recording the container leaves behind.
+    topology.node.ip(&[
+        "link",
+        "add",
+        "vethorphan",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "bpfcorphan",
+    ])?;
+    topology
+        .node
+        .ip(&["link", "set", "vethorphan", "master", "bpfbr0"])?;
+    agent.spawn()?;
+    let names = links(&topology.node)?;
+    assert!(!names.iter().any(|l| l.contains("orphan")), "{names:?}");
+    let ls = agent.cli(&["container", "ls"])?;
+    assert!(String::from_utf8_lossy(&ls.stdout).contains("kept"));
+    Ok(())
+}

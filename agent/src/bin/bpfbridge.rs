@@ -163,7 +163,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     "{:<14} {:<20} {:<16} {:<12} {}",
                     &c.id[..12.min(c.id.len())],
                     c.name,
-                    c.network_settings.ip_address,
+                    c.network_settings.primary.ip_address,
                     c.host_veth,
                     ports.join(", ")
                 );

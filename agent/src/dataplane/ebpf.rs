@@ -246,6 +246,24 @@ impl Dataplane for EbpfDataplane {
         Ok(())
     }
 
+    fn retain_endpoints(&mut self, keep: &[String]) -> Result<()> {
+        let entries = fs::read_dir(&self.links_dir)
+            .map_err(Error::io(format!("listing {}", self.links_dir.display())))?;
+        let mut errors = Vec::new();
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some(veth) = name.strip_prefix("tc_") else {
+                continue;
+            };
+            if !keep.iter().any(|k| k == veth)
+                && let Err(e) = fs::remove_file(entry.path())
+            {
+                errors.push(Error::io(format!("removing {}", entry.path().display()))(e));
+            }
+        }
+        Error::collect(errors)
+    }
+
     fn detach_endpoint(&mut self, endpoint: &Endpoint) -> Result<()> {
         let mut errors = Vec::new();
         // Removing the pin drops the last reference to the link, which detaches it.

@@ -30,6 +30,9 @@ pub trait Dataplane: Send {
     fn set_node_addresses(&mut self, addresses: &[(u32, Ipv4Addr)]) -> Result<()>;
     /// Starts handling traffic from a container's veth.
     fn attach_endpoint(&mut self, endpoint: &Endpoint) -> Result<()>;
+    /// Drops the attachments of every node-side veth not named in `keep`: debris of a
+    /// crash between attaching and recording a container.
+    fn retain_endpoints(&mut self, keep: &[String]) -> Result<()>;
     /// Stops handling a container's traffic and forgets its flows.
     fn detach_endpoint(&mut self, endpoint: &Endpoint) -> Result<()>;
     fn publish(&mut self, endpoint: &Endpoint, port: &PortBinding) -> Result<()>;
