@@ -9,12 +9,16 @@ use axum::{
     extract::{Path, State},
     http::StatusCode,
     response::{IntoResponse, Response},
-    routing::get,
+    routing::{get, post},
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 
-use crate::{Error, model::CreateContainer, service::Service};
+use crate::{
+    Error,
+    model::{ConnectRequest, CreateContainer, CreateNetwork, DisconnectRequest},
+    service::Service,
+};
 
 pub type Shared = Arc<Mutex<Service>>;
 
@@ -36,6 +40,7 @@ pub fn status_of(e: &Error) -> StatusCode {
     match e {
         Error::InvalidArgument(_) => StatusCode::BAD_REQUEST,
         Error::NotFound(_) => StatusCode::NOT_FOUND,
+        Error::Forbidden(_) => StatusCode::FORBIDDEN,
         Error::Conflict(_) => StatusCode::CONFLICT,
         Error::PoolExhausted { .. } => StatusCode::SERVICE_UNAVAILABLE,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
@@ -63,40 +68,82 @@ type ApiResult<T> = Result<T, ApiError>;
 pub fn router(service: Shared) -> Router {
     Router::new()
         .route("/info", get(info))
-        .route("/containers", get(list).post(create))
-        .route("/containers/{name}", get(inspect).delete(remove))
+        .route("/containers", get(list_containers).post(create_container))
+        .route("/containers/{name}", get(inspect_container).delete(remove_container))
+        .route("/networks", get(list_networks).post(create_network))
+        .route("/networks/prune", post(prune_networks))
+        .route("/networks/{id}", get(inspect_network).delete(remove_network))
+        .route("/networks/{id}/connect", post(connect))
+        .route("/networks/{id}/disconnect", post(disconnect))
         .route("/ports", get(ports))
         .route("/stats", get(stats))
         .fallback(|| async { ApiError(Error::NotFound("no such API endpoint".into())) })
         .with_state(service)
 }
 
+/// Parses a JSON body by hand, so that a bad body gets the same error shape as everything
+/// else.
+fn body<T: serde::de::DeserializeOwned>(bytes: &Bytes) -> Result<T, ApiError> {
+    serde_json::from_slice(bytes)
+        .map_err(|e| ApiError(Error::InvalidArgument(format!("invalid request body: {e}"))))
+}
+
 async fn info(State(s): State<Shared>) -> ApiResult<impl IntoResponse> {
     Ok(Json(s.lock().await.info()?))
 }
 
-async fn list(State(s): State<Shared>) -> ApiResult<impl IntoResponse> {
-    Ok(Json(s.lock().await.list()?))
+async fn list_containers(State(s): State<Shared>) -> ApiResult<impl IntoResponse> {
+    Ok(Json(s.lock().await.list_containers()?))
 }
 
-async fn create(State(s): State<Shared>, body: Bytes) -> ApiResult<impl IntoResponse> {
-    // Parsed by hand so that a bad body gets the same JSON error shape as everything else.
-    let request: CreateContainer = serde_json::from_slice(&body)
-        .map_err(|e| Error::InvalidArgument(format!("invalid request body: {e}")))?;
-    let created = s.lock().await.create(request).await?;
+async fn create_container(State(s): State<Shared>, bytes: Bytes) -> ApiResult<impl IntoResponse> {
+    let request: CreateContainer = body(&bytes)?;
+    let created = s.lock().await.create_container(request).await?;
     Ok((StatusCode::CREATED, Json(created)))
 }
 
-async fn inspect(
-    State(s): State<Shared>,
-    Path(name): Path<String>,
-) -> ApiResult<impl IntoResponse> {
-    Ok(Json(s.lock().await.inspect(&name)?))
+async fn inspect_container(State(s): State<Shared>, Path(name): Path<String>) -> ApiResult<impl IntoResponse> {
+    Ok(Json(s.lock().await.inspect_container(&name)?))
 }
 
-async fn remove(State(s): State<Shared>, Path(name): Path<String>) -> ApiResult<impl IntoResponse> {
-    s.lock().await.remove(&name).await?;
+async fn remove_container(State(s): State<Shared>, Path(name): Path<String>) -> ApiResult<impl IntoResponse> {
+    s.lock().await.remove_container(&name).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+async fn list_networks(State(s): State<Shared>) -> ApiResult<impl IntoResponse> {
+    Ok(Json(s.lock().await.list_networks()?))
+}
+
+async fn create_network(State(s): State<Shared>, bytes: Bytes) -> ApiResult<impl IntoResponse> {
+    let request: CreateNetwork = body(&bytes)?;
+    let created = s.lock().await.create_network(request).await?;
+    Ok((StatusCode::CREATED, Json(created)))
+}
+
+async fn inspect_network(State(s): State<Shared>, Path(id): Path<String>) -> ApiResult<impl IntoResponse> {
+    Ok(Json(s.lock().await.inspect_network(&id)?))
+}
+
+async fn remove_network(State(s): State<Shared>, Path(id): Path<String>) -> ApiResult<impl IntoResponse> {
+    s.lock().await.remove_network(&id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn prune_networks(State(s): State<Shared>) -> ApiResult<impl IntoResponse> {
+    Ok(Json(s.lock().await.prune_networks().await?))
+}
+
+async fn connect(State(s): State<Shared>, Path(id): Path<String>, bytes: Bytes) -> ApiResult<impl IntoResponse> {
+    let request: ConnectRequest = body(&bytes)?;
+    s.lock().await.connect(&id, request).await?;
+    Ok(StatusCode::OK)
+}
+
+async fn disconnect(State(s): State<Shared>, Path(id): Path<String>, bytes: Bytes) -> ApiResult<impl IntoResponse> {
+    let request: DisconnectRequest = body(&bytes)?;
+    s.lock().await.disconnect(&id, request).await?;
+    Ok(StatusCode::OK)
 }
 
 async fn ports(State(s): State<Shared>) -> ApiResult<impl IntoResponse> {

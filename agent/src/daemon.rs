@@ -12,18 +12,9 @@ use tokio::{net::UnixListener, signal::unix::SignalKind, sync::Mutex};
 use crate::{
     Error, Result, api,
     dataplane::{Dataplane, ebpf::EbpfDataplane},
-    service::{Paths, Service},
+    config::Settings,
+    service::Service,
 };
-
-#[derive(Clone, Debug)]
-pub struct Options {
-    pub uplink: Option<String>,
-    pub state_dir: PathBuf,
-    pub pin_dir: PathBuf,
-    pub socket: PathBuf,
-    pub netns_dir: PathBuf,
-    pub dataplane: String,
-}
 
 /// Binds the API socket, refusing to steal it from a live agent.
 async fn bind(socket: &Path) -> Result<UnixListener> {
@@ -50,37 +41,19 @@ async fn bind(socket: &Path) -> Result<UnixListener> {
     Ok(listener)
 }
 
-pub async fn run(options: Options) -> Result<()> {
-    if options.dataplane != "ebpf" {
-        return Err(Error::InvalidArgument(format!(
-            "dataplane {:?} is not available (only \"ebpf\" so far)",
-            options.dataplane
-        )));
-    }
-    let (connection, handle, _) =
-        rtnetlink::new_connection().map_err(Error::io("opening a netlink socket"))?;
+pub async fn run(settings: Settings, socket: PathBuf) -> Result<()> {
+    let (connection, handle, _) = rtnetlink::new_connection().map_err(Error::io("opening a netlink socket"))?;
     tokio::spawn(connection);
-    let paths = Paths {
-        state_dir: options.state_dir.clone(),
-        pin_dir: options.pin_dir.clone(),
-        netns_dir: options.netns_dir.clone(),
-    };
-    let pin_dir = options.pin_dir.clone();
-    let service = Service::start(
-        handle,
-        options.uplink.clone(),
-        paths,
-        move |uplink, ifindex| {
-            Ok(Box::new(EbpfDataplane::start(&pin_dir, uplink, ifindex)?) as Box<dyn Dataplane>)
-        },
-    )
+    let pin_dir = settings.pin_dir.clone();
+    let service = Service::start(handle, settings, move |uplink, ifindex| {
+        Ok(Box::new(EbpfDataplane::start(&pin_dir, uplink, ifindex)?) as Box<dyn Dataplane>)
+    })
     .await?;
     let info = service.info()?;
-    let listener = bind(&options.socket).await?;
+    let listener = bind(&socket).await?;
     tracing::info!(
-        uplink = %info.uplink, bridge = %info.bridge, subnet = %info.subnet,
-        containers = info.containers, socket = %options.socket.display(),
-        "bpfbridge agent ready"
+        uplink = %info.uplink, networks = info.networks, containers = info.containers,
+        socket = %socket.display(), "bpfbridge agent ready"
     );
     let app = api::router(Arc::new(Mutex::new(service)));
     let mut term = tokio::signal::unix::signal(SignalKind::terminate())
@@ -96,6 +69,6 @@ pub async fn run(options: Options) -> Result<()> {
         .with_graceful_shutdown(shutdown)
         .await
         .map_err(Error::io("serving the API"))?;
-    let _ = std::fs::remove_file(&options.socket);
+    let _ = std::fs::remove_file(&socket);
     Ok(())
 }

@@ -12,6 +12,9 @@ pub enum Error {
     InvalidArgument(String),
     #[error("{0}")]
     NotFound(String),
+    /// The request is understood but not allowed (removing a predefined network, ...).
+    #[error("{0}")]
+    Forbidden(String),
     /// The request clashes with existing state (duplicate name, port already published).
     #[error("{0}")]
     Conflict(String),
@@ -40,6 +43,12 @@ pub enum Error {
         path: PathBuf,
         #[source]
         source: serde_json::Error,
+    },
+    #[error("state database {path}: {source}")]
+    Store {
+        path: PathBuf,
+        #[source]
+        source: Box<redb::Error>,
     },
     #[error("dataplane: {context}: {source}")]
     Dataplane {

@@ -6,27 +6,22 @@ use std::{collections::BTreeSet, net::Ipv4Addr};
 
 use ipnet::Ipv4Net;
 
-use crate::{Error, Result};
+use crate::{Error, Result, config::AddressPool};
 
-/// Candidate default-network subnets, in Docker's order: 172.17.0.0/16 … 172.31.0.0/16,
-/// then 192.168.0.0/20 blocks.
-pub fn default_pool_candidates() -> impl Iterator<Item = Ipv4Net> {
-    let b = (17u8..=31)
-        .map(|second| Ipv4Net::new(Ipv4Addr::new(172, second, 0, 0), 16).expect("valid /16"));
-    let c = (0u8..16)
-        .map(|block| Ipv4Net::new(Ipv4Addr::new(192, 168, block * 16, 0), 20).expect("valid /20"));
-    b.chain(c)
+/// Every subnet the pools offer, in order: each pool's base split into `/size` blocks.
+pub fn pool_candidates(pools: &[AddressPool]) -> impl Iterator<Item = Ipv4Net> + '_ {
+    pools.iter().flat_map(|pool| pool.base.subnets(pool.size).into_iter().flatten())
 }
 
-/// The first candidate that overlaps none of `routed`.
-pub fn first_free_subnet(routed: &[Ipv4Net]) -> Option<Ipv4Net> {
-    default_pool_candidates().find(|candidate| {
-        !routed.iter().any(|r| {
-            // A default route overlaps everything but does not make a subnet "taken".
-            r.prefix_len() > 0
-                && (r.contains(&candidate.network()) || candidate.contains(&r.network()))
-        })
-    })
+/// Whether two subnets share any address.
+pub fn overlaps(a: &Ipv4Net, b: &Ipv4Net) -> bool {
+    a.contains(&b.network()) || b.contains(&a.network())
+}
+
+/// The first pool subnet that overlaps none of `taken` (routes on the node and existing
+/// networks). A default route overlaps everything but takes nothing.
+pub fn first_free_subnet(pools: &[AddressPool], taken: &[Ipv4Net]) -> Option<Ipv4Net> {
+    pool_candidates(pools).find(|candidate| !taken.iter().any(|t| t.prefix_len() > 0 && overlaps(t, candidate)))
 }
 
 /// The gateway Docker picks: the first host address.
@@ -34,16 +29,19 @@ pub fn default_gateway(subnet: Ipv4Net) -> Ipv4Addr {
     Ipv4Addr::from(u32::from(subnet.network()) + 1)
 }
 
-/// Allocates an address in `subnet`, skipping `gateway` and `in_use`, starting after `last`.
+/// Allocates an address in `range` (a network's `--ip-range`, else its subnet) inside
+/// `subnet`, skipping the network and broadcast addresses, `gateway` and `in_use`, starting
+/// after `last`.
 pub fn allocate(
     network: &str,
     subnet: Ipv4Net,
+    range: Ipv4Net,
     gateway: Ipv4Addr,
     in_use: &BTreeSet<Ipv4Addr>,
     last: Option<Ipv4Addr>,
 ) -> Result<Ipv4Addr> {
-    let first = u32::from(subnet.network()) + 1;
-    let end = u32::from(subnet.broadcast()); // exclusive
+    let first = u32::from(range.network()).max(u32::from(subnet.network()) + 1);
+    let end = (u32::from(range.broadcast()) + 1).min(u32::from(subnet.broadcast())); // exclusive
     if first >= end {
         return Err(Error::PoolExhausted {
             network: network.to_string(),
@@ -63,6 +61,25 @@ pub fn allocate(
     Err(Error::PoolExhausted {
         network: network.to_string(),
     })
+}
+
+/// Checks that a requested `--ip` can be given.
+pub fn check_requested(
+    network: &str,
+    subnet: Ipv4Net,
+    gateway: Ipv4Addr,
+    in_use: &BTreeSet<Ipv4Addr>,
+    ip: Ipv4Addr,
+) -> Result<()> {
+    if !subnet.contains(&ip) || ip == subnet.network() || ip == subnet.broadcast() {
+        return Err(Error::InvalidArgument(format!(
+            "IP address {ip} is not a usable address of network {network} ({subnet})"
+        )));
+    }
+    if ip == gateway || in_use.contains(&ip) {
+        return Err(Error::Conflict(format!("IP address {ip} is already in use on network {network}")));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -96,13 +113,13 @@ mod tests {
         let mut used = BTreeSet::new();
         let mut last = None;
         for expected in 2..=6 {
-            let ip = allocate("n", subnet, gw, &used, last).unwrap();
+            let ip = allocate("n", subnet, subnet, gw, &used, last).unwrap();
             assert_eq!(ip, Ipv4Addr::new(10, 0, 0, expected));
             used.insert(ip);
             last = Some(ip);
         }
         assert!(matches!(
-            allocate("n", subnet, gw, &used, last),
+            allocate("n", subnet, subnet, gw, &used, last),
             Err(Error::PoolExhausted { .. })
         ));
     }
@@ -112,14 +129,14 @@ mod tests {
         let subnet = net("10.0.0.0/24");
         let gw = default_gateway(subnet);
         let mut used = BTreeSet::from([Ipv4Addr::new(10, 0, 0, 2)]);
-        let second = allocate("n", subnet, gw, &used, Some(Ipv4Addr::new(10, 0, 0, 2))).unwrap();
+        let second = allocate("n", subnet, subnet, gw, &used, Some(Ipv4Addr::new(10, 0, 0, 2))).unwrap();
         assert_eq!(second, Ipv4Addr::new(10, 0, 0, 3));
         used.remove(&Ipv4Addr::new(10, 0, 0, 2));
         used.insert(second);
-        let third = allocate("n", subnet, gw, &used, Some(second)).unwrap();
+        let third = allocate("n", subnet, subnet, gw, &used, Some(second)).unwrap();
         assert_eq!(third, Ipv4Addr::new(10, 0, 0, 4));
         // Wraps around past the end, still skipping the gateway.
-        let wrapped = allocate("n", subnet, gw, &used, Some(Ipv4Addr::new(10, 0, 0, 254))).unwrap();
+        let wrapped = allocate("n", subnet, subnet, gw, &used, Some(Ipv4Addr::new(10, 0, 0, 254))).unwrap();
         assert_eq!(wrapped, Ipv4Addr::new(10, 0, 0, 2));
     }
 }

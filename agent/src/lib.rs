@@ -3,8 +3,10 @@
 
 pub mod api;
 pub mod client;
+pub mod config;
 pub mod daemon;
 pub mod dataplane;
+pub mod dns;
 pub mod error;
 pub mod ipam;
 pub mod model;

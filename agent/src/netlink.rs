@@ -177,17 +177,30 @@ pub async fn add_address(h: &Handle, index: u32, net: Ipv4Net) -> Result<()> {
         )))
 }
 
-pub async fn add_default_route(h: &Handle, gateway: Ipv4Addr) -> Result<()> {
-    let route = RouteMessageBuilder::<Ipv4Addr>::new()
-        .gateway(gateway)
-        .build();
+/// Adds the default route via `gateway`, replacing one that is already there.
+pub async fn set_default_route(h: &Handle, gateway: Ipv4Addr) -> Result<()> {
+    let route = RouteMessageBuilder::<Ipv4Addr>::new().gateway(gateway).build();
     h.route()
         .add(route)
+        .replace()
         .execute()
         .await
-        .map_err(Error::netlink(format!(
-            "adding default route via {gateway}"
-        )))
+        .map_err(Error::netlink(format!("setting the default route via {gateway}")))
+}
+
+/// Removes the default route, if any.
+pub async fn delete_default_route(h: &Handle) -> Result<()> {
+    let route = RouteMessageBuilder::<Ipv4Addr>::new().build();
+    match h.route().del(route).execute().await {
+        Ok(()) => Ok(()),
+        Err(rtnetlink::Error::NetlinkError(m)) if m.raw_code() == -libc::ESRCH => Ok(()),
+        Err(e) => Err(Error::netlink("removing the default route")(e)),
+    }
+}
+
+pub async fn set_mtu(h: &Handle, index: u32, mtu: u32) -> Result<()> {
+    let msg = LinkUnspec::new_with_index(index).mtu(mtu).build();
+    set_link(h, msg, format!("setting MTU of link {index}")).await
 }
 
 /// An IPv4 route of the main table: destination and output interface.

@@ -1,108 +1,207 @@
-//! Crash-safe persistence of the agent's state: one JSON document, replaced atomically
-//! (write a temporary file, fsync it, rename it over the old one, fsync the directory), so a
-//! crash leaves either the old state or the new one, never a torn file.
+//! Crash-safe persistence of the agent's records in an embedded redb database: every change
+//! is one durable transaction, so a crash leaves either the old record or the new one.
+//! A corrupt or truncated database is an error that names the file; the agent never starts
+//! over empty on its own.
 
 use std::{
     collections::BTreeMap,
-    fs,
-    io::Write as _,
     path::{Path, PathBuf},
 };
 
-use serde::{Deserialize, Serialize};
+use redb::{Database, ReadableDatabase as _, ReadableTable as _, TableDefinition};
+use serde::{Serialize, de::DeserializeOwned};
 
 use crate::{
     Error, Result,
     model::{ContainerRecord, NetworkRecord},
 };
 
-const STATE_FILE: &str = "state.json";
+const DB_FILE: &str = "bpfbridge.redb";
+/// Network name → JSON record.
+const NETWORKS: TableDefinition<&str, &[u8]> = TableDefinition::new("networks");
+/// Container name → JSON record.
+const CONTAINERS: TableDefinition<&str, &[u8]> = TableDefinition::new("containers");
+/// Small facts such as the ids of the predefined `host` and `none` networks.
+const META: TableDefinition<&str, &str> = TableDefinition::new("meta");
 
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// Everything the store holds, loaded at start.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct State {
-    pub network: Option<NetworkRecord>,
+    pub networks: BTreeMap<String, NetworkRecord>,
     pub containers: BTreeMap<String, ContainerRecord>,
+    pub meta: BTreeMap<String, String>,
 }
 
 pub struct Store {
-    dir: PathBuf,
+    db: Database,
+    path: PathBuf,
 }
 
 impl Store {
-    /// Opens (creating if needed) the state directory.
+    /// Opens (creating if needed) the database in `dir`.
     pub fn open(dir: &Path) -> Result<Self> {
-        fs::create_dir_all(dir)
-            .map_err(Error::io(format!("creating state dir {}", dir.display())))?;
-        Ok(Store {
-            dir: dir.to_path_buf(),
+        std::fs::create_dir_all(dir).map_err(Error::io(format!("creating state dir {}", dir.display())))?;
+        let path = dir.join(DB_FILE);
+        let db = Database::create(&path).map_err(|e| store_error(&path, e))?;
+        let store = Store { db, path };
+        // Make sure both tables exist, so that reads never meet a missing table.
+        store.write(|txn| {
+            txn.open_table(NETWORKS)?;
+            txn.open_table(CONTAINERS)?;
+            txn.open_table(META)?;
+            Ok(())
+        })?;
+        Ok(store)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn write(&self, f: impl FnOnce(&redb::WriteTransaction) -> std::result::Result<(), redb::Error>) -> Result<()> {
+        let run = || -> std::result::Result<(), redb::Error> {
+            let txn = self.db.begin_write()?;
+            f(&txn)?;
+            txn.commit()?;
+            Ok(())
+        };
+        run().map_err(|e| store_error(&self.path, e))
+    }
+
+    pub fn load(&self) -> Result<State> {
+        let read = || -> std::result::Result<State, redb::Error> {
+            let txn = self.db.begin_read()?;
+            Ok(State {
+                networks: read_table(&txn.open_table(NETWORKS)?)?,
+                containers: read_table(&txn.open_table(CONTAINERS)?)?,
+                meta: txn
+                    .open_table(META)?
+                    .iter()?
+                    .map(|e| e.map(|(k, v)| (k.value().to_string(), v.value().to_string())))
+                    .collect::<std::result::Result<_, _>>()?,
+            })
+        };
+        read().map_err(|e| store_error(&self.path, e))
+    }
+
+    pub fn put_network(&self, network: &NetworkRecord) -> Result<()> {
+        let bytes = encode(&self.path, network)?;
+        self.write(|txn| {
+            txn.open_table(NETWORKS)?.insert(network.name.as_str(), bytes.as_slice())?;
+            Ok(())
         })
     }
 
-    fn path(&self) -> PathBuf {
-        self.dir.join(STATE_FILE)
+    pub fn delete_network(&self, name: &str) -> Result<()> {
+        self.write(|txn| {
+            txn.open_table(NETWORKS)?.remove(name)?;
+            Ok(())
+        })
     }
 
-    /// The saved state, or the empty state on first start.
-    pub fn load(&self) -> Result<State> {
-        let path = self.path();
-        match fs::read(&path) {
-            Ok(bytes) => {
-                serde_json::from_slice(&bytes).map_err(|source| Error::State { path, source })
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(State::default()),
-            Err(e) => Err(Error::io(format!("reading {}", path.display()))(e)),
-        }
+    pub fn put_meta(&self, key: &str, value: &str) -> Result<()> {
+        self.write(|txn| {
+            txn.open_table(META)?.insert(key, value)?;
+            Ok(())
+        })
     }
 
-    pub fn save(&self, state: &State) -> Result<()> {
-        let path = self.path();
-        let tmp = self.dir.join(format!("{STATE_FILE}.tmp"));
-        let bytes = serde_json::to_vec_pretty(state).map_err(|source| Error::State {
-            path: path.clone(),
-            source,
+    pub fn put_container(&self, container: &ContainerRecord) -> Result<()> {
+        let bytes = encode(&self.path, container)?;
+        self.write(|txn| {
+            txn.open_table(CONTAINERS)?.insert(container.name.as_str(), bytes.as_slice())?;
+            Ok(())
+        })
+    }
+
+    pub fn delete_container(&self, name: &str) -> Result<()> {
+        self.write(|txn| {
+            txn.open_table(CONTAINERS)?.remove(name)?;
+            Ok(())
+        })
+    }
+}
+
+fn encode<T: Serialize>(path: &Path, value: &T) -> Result<Vec<u8>> {
+    serde_json::to_vec(value).map_err(|source| Error::State { path: path.to_path_buf(), source })
+}
+
+fn read_table<T: DeserializeOwned>(
+    table: &redb::ReadOnlyTable<&str, &[u8]>,
+) -> std::result::Result<BTreeMap<String, T>, redb::Error> {
+    let mut out = BTreeMap::new();
+    for entry in table.iter()? {
+        let (key, value) = entry?;
+        let record = serde_json::from_slice(value.value()).map_err(|e| {
+            redb::Error::Corrupted(format!("record {:?} does not decode: {e}", key.value()))
         })?;
-        let write = || -> std::io::Result<()> {
-            let mut file = fs::File::create(&tmp)?;
-            file.write_all(&bytes)?;
-            file.sync_all()?;
-            fs::rename(&tmp, &path)?;
-            fs::File::open(&self.dir)?.sync_all()
-        };
-        write().map_err(Error::io(format!("writing {}", path.display())))
+        out.insert(key.value().to_string(), record);
     }
+    Ok(out)
+}
+
+fn store_error(path: &Path, source: impl Into<redb::Error>) -> Error {
+    Error::Store { path: path.to_path_buf(), source: Box::new(source.into()) }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn round_trip_and_empty_start() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("nested")).unwrap();
-        assert_eq!(store.load().unwrap(), State::default());
-        let state = State {
-            network: Some(NetworkRecord {
-                name: "bridge".into(),
-                id: "abc".into(),
-                created: "now".into(),
-                bridge: "bpfbr0".into(),
-                subnet: "172.17.0.0/16".parse().unwrap(),
-                gateway: "172.17.0.1".parse().unwrap(),
-                last_allocated: None,
-            }),
-            ..State::default()
-        };
-        store.save(&state).unwrap();
-        assert_eq!(store.load().unwrap(), state);
-        assert!(!dir.path().join("nested/state.json.tmp").exists());
+    fn network(name: &str) -> NetworkRecord {
+        NetworkRecord {
+            name: name.into(),
+            id: "abc".into(),
+            created: "now".into(),
+            bridge: "bpfbr0".into(),
+            subnet: "172.17.0.0/16".parse().unwrap(),
+            gateway: "172.17.0.1".parse().unwrap(),
+            ip_range: None,
+            internal: false,
+            enable_icc: true,
+            enable_ip_masquerade: true,
+            host_binding_ipv4: None,
+            mtu: 1500,
+            options: BTreeMap::new(),
+            labels: BTreeMap::new(),
+            last_allocated: None,
+            pending: false,
+        }
     }
 
     #[test]
-    fn corrupt_state_is_an_error_not_a_reset() {
+    fn round_trip_survives_reopen() {
         let dir = tempfile::tempdir().unwrap();
-        fs::write(dir.path().join(STATE_FILE), b"{not json").unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        assert!(matches!(store.load(), Err(Error::State { .. })));
+        {
+            let store = Store::open(&dir.path().join("nested")).unwrap();
+            assert_eq!(store.load().unwrap(), State::default());
+            store.put_network(&network("bridge")).unwrap();
+            store.put_network(&network("other")).unwrap();
+            store.delete_network("other").unwrap();
+        }
+        let store = Store::open(&dir.path().join("nested")).unwrap();
+        let state = store.load().unwrap();
+        assert_eq!(state.networks.keys().collect::<Vec<_>>(), ["bridge"]);
+        assert_eq!(state.networks["bridge"], network("bridge"));
+    }
+
+    #[test]
+    fn truncated_or_garbage_database_is_an_error_naming_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            store.put_network(&network("bridge")).unwrap();
+        }
+        let path = dir.path().join(DB_FILE);
+        let len = std::fs::metadata(&path).unwrap().len();
+        let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        file.set_len(len / 3).unwrap();
+        drop(file);
+        let err = Store::open(dir.path()).and_then(|s| s.load()).expect_err("truncated database");
+        assert!(err.to_string().contains(DB_FILE), "{err}");
+
+        std::fs::write(&path, b"not a database at all").unwrap();
+        let err = Store::open(dir.path()).and_then(|s| s.load()).expect_err("garbage database");
+        assert!(err.to_string().contains(DB_FILE), "{err}");
     }
 }

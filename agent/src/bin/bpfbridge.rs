@@ -1,32 +1,27 @@
-//! `bpfbridge`: the node agent (`bpfbridge agent`) and a thin CLI client of its API.
+//! `bpfbridge`: the node agent (`bpfbridge agent`) and a thin CLI client of its API, with
+//! Docker's command and flag names.
 
-use std::{path::PathBuf, process::ExitCode};
+use std::{collections::BTreeMap, net::SocketAddr, path::PathBuf, process::ExitCode};
 
-use anyhow::Context as _;
+use anyhow::{Context as _, bail};
 use bpfbridge::{
     client::Client,
+    config::{AddressPool, Overrides, Settings},
     daemon,
     model::{
-        ContainerInspect, CreateContainer, Info, PortMap, PublishedPort, StatCounter,
-        parse_publish_flag,
+        ConnectRequest, ContainerInspect, CreateContainer, CreateNetwork, DisconnectRequest,
+        EndpointConfig, EndpointIpamConfig, HostConfig, Info, Ipam, IpamConfig, NetworkCreated,
+        NetworkInspect, NetworkingConfig, NetworksPruned, PortMap, PublishedPort, StatCounter,
+        parse_publish_flag, short_id,
     },
 };
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(
-    name = "bpfbridge",
-    version,
-    about = "Docker-style bridge networking with an eBPF/XDP fast path"
-)]
+#[command(name = "bpfbridge", version, about = "Docker-style bridge networking with an eBPF/XDP fast path")]
 struct Cli {
     /// The agent's API socket.
-    #[arg(
-        long,
-        global = true,
-        env = "BPFBRIDGE_SOCKET",
-        default_value = "/run/bpfbridge/bpfbridge.sock"
-    )]
+    #[arg(long, global = true, env = "BPFBRIDGE_SOCKET", default_value = "/run/bpfbridge/bpfbridge.sock")]
     socket: PathBuf,
     #[command(subcommand)]
     command: Command,
@@ -35,55 +30,249 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the node agent in the current network namespace.
-    Agent {
-        /// Interface facing the outside world (default: the default route's).
-        #[arg(long)]
-        uplink: Option<String>,
-        #[arg(long, default_value = "/var/lib/bpfbridge")]
-        state_dir: PathBuf,
-        /// bpffs directory for the pinned maps and links.
-        #[arg(long, default_value = "/sys/fs/bpf/bpfbridge")]
-        pin_dir: PathBuf,
-        /// Where namespaces that the agent creates for containers are pinned.
-        #[arg(long, default_value = bpfbridge::netns::NETNS_RUN_DIR)]
-        netns_dir: PathBuf,
-        #[arg(long, default_value = "ebpf", value_parser = ["ebpf"])]
-        dataplane: String,
-    },
+    Agent(AgentArgs),
     /// Manage containers' network attachments.
     #[command(subcommand)]
     Container(ContainerCommand),
+    /// Manage networks.
+    #[command(subcommand)]
+    Network(NetworkCommand),
     /// Show the published-port entries of the dataplane.
     Ports,
     /// Show the dataplane's packet and byte counters.
     Stats,
-    /// Show the agent's settings.
+    /// Show the agent's effective settings, versions and counts.
     Info,
+}
+
+#[derive(Args)]
+struct AgentArgs {
+    /// Config file (TOML, or JSON when named *.json) with the same keys as these flags.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Interface facing the outside world (default: the default route's).
+    #[arg(long)]
+    uplink: Option<String>,
+    /// Where the state database lives [default: /var/lib/bpfbridge].
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
+    /// bpffs directory for the pinned maps and links [default: /sys/fs/bpf/bpfbridge].
+    #[arg(long)]
+    pin_dir: Option<PathBuf>,
+    /// Where namespaces the agent creates for containers are pinned [default: /run/netns].
+    #[arg(long)]
+    netns_dir: Option<PathBuf>,
+    /// The dataplane [default: ebpf].
+    #[arg(long)]
+    dataplane: Option<String>,
+    /// Turn on net.ipv4.ip_forward [default: true].
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    ip_forward: Option<bool>,
+    /// The default bridge's gateway address and prefix, e.g. 172.26.0.1/16.
+    #[arg(long)]
+    bip: Option<ipnet::Ipv4Net>,
+    /// Pools for network subnets: base=CIDR,size=N (repeatable).
+    #[arg(long = "default-address-pool", value_name = "base=CIDR,size=N")]
+    default_address_pools: Vec<AddressPool>,
+    /// MTU of the default bridge and new networks [default: the uplink's].
+    #[arg(long)]
+    mtu: Option<u32>,
+    /// Inter-container communication on the default bridge [default: true].
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    icc: Option<bool>,
+    /// Masquerade the default bridge's outgoing traffic [default: true].
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    ip_masq: Option<bool>,
+    /// Default host address of published ports [default: 0.0.0.0].
+    #[arg(long)]
+    ip: Option<std::net::Ipv4Addr>,
+    /// Upstream resolvers for containers' DNS (IP:PORT, repeatable) [default: /etc/resolv.conf].
+    #[arg(long)]
+    dns: Vec<SocketAddr>,
+}
+
+impl AgentArgs {
+    fn settings(self) -> anyhow::Result<Settings> {
+        let mut settings = Settings::default();
+        if let Some(path) = &self.config {
+            settings = Overrides::from_file(path)?.apply(settings)?;
+        }
+        let flags = Overrides {
+            uplink: self.uplink,
+            state_dir: self.state_dir,
+            pin_dir: self.pin_dir,
+            netns_dir: self.netns_dir,
+            dataplane: self.dataplane,
+            ip_forward: self.ip_forward,
+            bip: self.bip,
+            default_address_pools: (!self.default_address_pools.is_empty()).then_some(self.default_address_pools),
+            mtu: self.mtu,
+            icc: self.icc,
+            ip_masq: self.ip_masq,
+            ip: self.ip,
+            dns: (!self.dns.is_empty()).then_some(self.dns),
+        };
+        Ok(flags.apply(settings)?)
+    }
 }
 
 #[derive(Subcommand)]
 enum ContainerCommand {
-    /// Attach a container to the default bridge network.
-    Create {
-        #[arg(long)]
-        name: String,
-        /// An existing network namespace (default: the agent creates one).
-        #[arg(long)]
-        netns: Option<PathBuf>,
-        /// Publish a port: HOSTPORT:CONTAINERPORT[/tcp].
-        #[arg(
-            short = 'p',
-            long = "publish",
-            value_name = "HOSTPORT:CONTAINERPORT[/tcp]"
-        )]
-        publish: Vec<String>,
-    },
-    /// Detach a container and remove everything made for it.
-    Rm { name: String },
+    /// Attach a container's network namespace (a new one unless --netns is given).
+    Create(CreateArgs),
+    /// Detach containers and remove everything made for them.
+    Rm { names: Vec<String> },
     /// List containers.
-    Ls,
-    /// Show a container's network settings (JSON).
-    Inspect { name: String },
+    Ls {
+        /// `json` for one JSON object per container.
+        #[arg(long)]
+        format: Option<String>,
+    },
+    /// Show containers' network settings (JSON).
+    Inspect { names: Vec<String> },
+}
+
+#[derive(Args)]
+struct CreateArgs {
+    /// The container's name.
+    #[arg(value_name = "NAME", required_unless_present = "name")]
+    positional_name: Option<String>,
+    #[arg(long, conflicts_with = "positional_name")]
+    name: Option<String>,
+    /// An existing network namespace (default: the agent creates one).
+    #[arg(long)]
+    netns: Option<PathBuf>,
+    /// Networks to attach to, the first one primary (or host, none, container:NAME).
+    #[arg(long = "network", visible_alias = "net")]
+    networks: Vec<String>,
+    /// bridge (default), host, none or container:NAME.
+    #[arg(long)]
+    network_mode: Option<String>,
+    /// A fixed address on the first network.
+    #[arg(long)]
+    ip: Option<std::net::Ipv4Addr>,
+    /// A network-scoped alias on the first network (repeatable).
+    #[arg(long = "alias")]
+    aliases: Vec<String>,
+    /// Link to another container: OTHER[:ALIAS] (repeatable).
+    #[arg(long = "link")]
+    links: Vec<String>,
+    /// Expose a port: PORT[/tcp|udp] (repeatable).
+    #[arg(long = "expose")]
+    expose: Vec<String>,
+    /// Publish a port: HOSTPORT:CONTAINERPORT[/tcp] (repeatable).
+    #[arg(short = 'p', long = "publish", value_name = "HOSTPORT:CONTAINERPORT[/tcp]")]
+    publish: Vec<String>,
+}
+
+impl CreateArgs {
+    fn request(self) -> anyhow::Result<CreateContainer> {
+        let name = self.name.or(self.positional_name).context("a container name is needed")?;
+        let mut port_bindings = PortMap::new();
+        for spec in &self.publish {
+            let (key, host) = parse_publish_flag(spec)?;
+            port_bindings.entry(key).or_default().push(host);
+        }
+        let is_mode = |n: &str| ["host", "none"].contains(&n) || n.starts_with("container:");
+        let mut network_mode = self.network_mode;
+        let mut networks = self.networks;
+        if network_mode.is_none() && networks.first().is_some_and(|n| is_mode(n)) {
+            network_mode = Some(networks.remove(0));
+        }
+        if network_mode.is_none() {
+            network_mode = networks.first().cloned();
+        }
+        let mut endpoints_config = BTreeMap::new();
+        for (i, network) in networks.iter().enumerate() {
+            let mut config = EndpointConfig::default();
+            if i == 0 {
+                config.aliases = self.aliases.clone();
+                config.ipam_config = self.ip.map(|ip| EndpointIpamConfig { ipv4_address: ip.to_string() });
+            }
+            endpoints_config.insert(network.clone(), config);
+        }
+        if networks.is_empty() && (self.ip.is_some() || !self.aliases.is_empty()) {
+            let config = EndpointConfig {
+                aliases: self.aliases,
+                ipam_config: self.ip.map(|ip| EndpointIpamConfig { ipv4_address: ip.to_string() }),
+            };
+            endpoints_config.insert(network_mode.clone().unwrap_or_else(|| "bridge".into()), config);
+        }
+        Ok(CreateContainer {
+            name,
+            netns: self.netns.map(|p| p.display().to_string()),
+            host_config: HostConfig { network_mode, port_bindings, links: self.links },
+            exposed_ports: self.expose.into_iter().map(|p| (p, serde_json::json!({}))).collect(),
+            networking_config: NetworkingConfig { endpoints_config },
+        })
+    }
+}
+
+#[derive(Subcommand)]
+enum NetworkCommand {
+    /// Create a bridge network.
+    Create {
+        name: String,
+        #[arg(long, short = 'd', default_value = "bridge")]
+        driver: String,
+        #[arg(long)]
+        subnet: Option<String>,
+        #[arg(long)]
+        gateway: Option<String>,
+        #[arg(long)]
+        ip_range: Option<String>,
+        /// No way out: no masquerade, no published ports.
+        #[arg(long)]
+        internal: bool,
+        /// Driver options, KEY=VALUE (repeatable), e.g. com.docker.network.bridge.enable_icc=false.
+        #[arg(short = 'o', long = "opt")]
+        options: Vec<String>,
+        /// KEY=VALUE (repeatable).
+        #[arg(long = "label")]
+        labels: Vec<String>,
+    },
+    /// List networks.
+    Ls {
+        /// `json` for one JSON object per network.
+        #[arg(long)]
+        format: Option<String>,
+    },
+    /// Show networks (JSON).
+    Inspect { names: Vec<String> },
+    /// Remove networks.
+    Rm { names: Vec<String> },
+    /// Remove all unused user-defined networks.
+    Prune {
+        /// Do not prompt (there is no prompt; accepted for Docker compatibility).
+        #[arg(short, long)]
+        force: bool,
+    },
+    /// Connect a container to a network.
+    Connect {
+        network: String,
+        container: String,
+        #[arg(long)]
+        ip: Option<std::net::Ipv4Addr>,
+        #[arg(long = "alias")]
+        aliases: Vec<String>,
+    },
+    /// Disconnect a container from a network.
+    Disconnect {
+        network: String,
+        container: String,
+        #[arg(short, long)]
+        force: bool,
+    },
+}
+
+fn key_values(pairs: &[String], what: &str) -> anyhow::Result<BTreeMap<String, String>> {
+    pairs
+        .iter()
+        .map(|p| match p.split_once('=') {
+            Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+            _ => bail!("invalid {what} {p:?}: expected KEY=VALUE"),
+        })
+        .collect()
 }
 
 fn print_json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
@@ -91,88 +280,161 @@ fn print_json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn run(cli: Cli) -> anyhow::Result<()> {
-    let client = Client::new(&cli.socket);
-    match cli.command {
-        Command::Agent {
-            uplink,
-            state_dir,
-            pin_dir,
-            netns_dir,
-            dataplane,
-        } => {
-            tracing_subscriber::fmt()
-                .with_env_filter(
-                    tracing_subscriber::EnvFilter::try_from_default_env()
-                        .unwrap_or_else(|_| "info".into()),
-                )
-                .with_writer(std::io::stderr)
-                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-                .init();
-            daemon::run(daemon::Options {
-                uplink,
-                state_dir,
-                pin_dir,
-                socket: cli.socket,
-                netns_dir,
-                dataplane,
-            })
-            .await?;
-        }
-        Command::Container(ContainerCommand::Create {
-            name,
-            netns,
-            publish,
-        }) => {
-            let mut port_bindings = PortMap::new();
-            for spec in &publish {
-                let (key, host) = parse_publish_flag(spec)?;
-                port_bindings.entry(key).or_default().push(host);
-            }
-            let netns = netns.map(|p| p.display().to_string());
-            let request = CreateContainer {
+async fn network_command(client: &Client, command: NetworkCommand) -> anyhow::Result<()> {
+    match command {
+        NetworkCommand::Create { name, driver, subnet, gateway, ip_range, internal, options, labels } => {
+            let ipam = (subnet.is_some() || gateway.is_some() || ip_range.is_some()).then(|| Ipam {
+                driver: "default".into(),
+                options: BTreeMap::new(),
+                config: vec![IpamConfig { subnet, ip_range, gateway }],
+            });
+            let request = CreateNetwork {
                 name,
-                netns,
-                port_bindings,
+                driver: Some(driver),
+                internal,
+                ipam,
+                options: key_values(&options, "option")?,
+                labels: key_values(&labels, "label")?,
             };
+            let created: NetworkCreated = client.post("/networks", &request).await?;
+            println!("{}", created.id);
+        }
+        NetworkCommand::Ls { format } => {
+            let networks: Vec<NetworkInspect> = client.get("/networks").await?;
+            if format.as_deref() == Some("json") {
+                for n in networks {
+                    let line = serde_json::json!({
+                        "CreatedAt": n.created, "Driver": n.driver, "ID": short_id(&n.id),
+                        "IPv6": n.enable_ipv6.to_string(), "Internal": n.internal.to_string(),
+                        "Labels": n.labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(","),
+                        "Name": n.name, "Scope": n.scope,
+                    });
+                    println!("{line}");
+                }
+            } else if let Some(other) = format {
+                bail!("unknown format {other:?} (only json)");
+            } else {
+                println!("{:<14} {:<20} {:<9} SCOPE", "NETWORK ID", "NAME", "DRIVER");
+                for n in networks {
+                    println!("{:<14} {:<20} {:<9} {}", short_id(&n.id), n.name, n.driver, n.scope);
+                }
+            }
+        }
+        NetworkCommand::Inspect { names } => {
+            let mut out = Vec::new();
+            for name in &names {
+                out.push(client.get::<NetworkInspect>(&format!("/networks/{name}")).await?);
+            }
+            print_json(&out)?;
+        }
+        NetworkCommand::Rm { names } => {
+            for name in &names {
+                client.delete(&format!("/networks/{name}")).await?;
+                println!("{name}");
+            }
+        }
+        NetworkCommand::Prune { force: _ } => {
+            let pruned: NetworksPruned = client.post("/networks/prune", &serde_json::json!({})).await?;
+            if !pruned.networks_deleted.is_empty() {
+                println!("Deleted Networks:");
+                for name in pruned.networks_deleted {
+                    println!("{name}");
+                }
+            }
+        }
+        NetworkCommand::Connect { network, container, ip, aliases } => {
+            let request = ConnectRequest {
+                container,
+                endpoint_config: EndpointConfig {
+                    ipam_config: ip.map(|ip| EndpointIpamConfig { ipv4_address: ip.to_string() }),
+                    aliases,
+                },
+            };
+            client.post_empty(&format!("/networks/{network}/connect"), &request).await?;
+        }
+        NetworkCommand::Disconnect { network, container, force } => {
+            let request = DisconnectRequest { container, force };
+            client.post_empty(&format!("/networks/{network}/disconnect"), &request).await?;
+        }
+    }
+    Ok(())
+}
+
+async fn container_command(client: &Client, command: ContainerCommand) -> anyhow::Result<()> {
+    match command {
+        ContainerCommand::Create(args) => {
+            let request = args.request()?;
             let created: ContainerInspect = client.post("/containers", &request).await?;
+            for warning in &created.warnings {
+                eprintln!("WARNING: {warning}");
+            }
             print_json(&created)?;
         }
-        Command::Container(ContainerCommand::Rm { name }) => {
-            client.delete(&format!("/containers/{name}")).await?;
-            println!("{name}");
+        ContainerCommand::Rm { names } => {
+            for name in &names {
+                client.delete(&format!("/containers/{name}")).await?;
+                println!("{name}");
+            }
         }
-        Command::Container(ContainerCommand::Ls) => {
+        ContainerCommand::Ls { format } => {
             let containers: Vec<ContainerInspect> = client.get("/containers").await?;
-            println!(
-                "{:<14} {:<20} {:<16} {:<12} PORTS",
-                "CONTAINER ID", "NAME", "IP ADDRESS", "VETH"
-            );
+            if format.as_deref() == Some("json") {
+                for c in containers {
+                    println!("{}", serde_json::to_string(&c)?);
+                }
+                return Ok(());
+            }
+            println!("{:<14} {:<20} {:<16} {:<32} PORTS", "CONTAINER ID", "NAME", "NETWORK MODE", "ADDRESSES");
             for c in containers {
+                let addresses: Vec<String> = c
+                    .network_settings
+                    .networks
+                    .iter()
+                    .filter(|(_, e)| !e.addressing.ip_address.is_empty())
+                    .map(|(n, e)| format!("{n}={}", e.addressing.ip_address))
+                    .collect();
                 let ports: Vec<String> = c
                     .network_settings
                     .ports
                     .iter()
-                    .flat_map(|(ctr, hosts)| {
-                        hosts
-                            .iter()
-                            .map(move |h| format!("{}:{}->{}", h.host_ip, h.host_port, ctr))
-                    })
+                    .flat_map(|(ctr, hosts)| hosts.iter().map(move |h| format!("{}:{}->{}", h.host_ip, h.host_port, ctr)))
                     .collect();
                 println!(
-                    "{:<14} {:<20} {:<16} {:<12} {}",
-                    &c.id[..12.min(c.id.len())],
-                    c.name,
-                    c.network_settings.primary.ip_address,
-                    c.host_veth,
+                    "{:<14} {:<20} {:<16} {:<32} {}",
+                    short_id(&c.id),
+                    c.name.trim_start_matches('/'),
+                    c.host_config.network_mode,
+                    addresses.join(","),
                     ports.join(", ")
                 );
             }
         }
-        Command::Container(ContainerCommand::Inspect { name }) => {
-            let c: ContainerInspect = client.get(&format!("/containers/{name}")).await?;
-            print_json(&c)?;
+        ContainerCommand::Inspect { names } => {
+            let mut out = Vec::new();
+            for name in &names {
+                out.push(client.get::<ContainerInspect>(&format!("/containers/{name}")).await?);
+            }
+            print_json(&out)?;
         }
+    }
+    Ok(())
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let client = Client::new(&cli.socket);
+    match cli.command {
+        Command::Agent(args) => {
+            tracing_subscriber::fmt()
+                .with_env_filter(
+                    tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+                )
+                .with_writer(std::io::stderr)
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+                .init();
+            daemon::run(args.settings()?, cli.socket).await?;
+        }
+        Command::Container(command) => container_command(&client, command).await?,
+        Command::Network(command) => network_command(&client, command).await?,
         Command::Ports => {
             let ports: Vec<PublishedPort> = client.get("/ports").await?;
             print_json(&ports)?;

@@ -23,7 +23,7 @@ pub struct Endpoint {
 }
 
 /// The dataplane backends' common interface.
-pub trait Dataplane: Send {
+pub trait Dataplane: Send + Sync {
     /// `ebpf` or `iptables`, as given to `--dataplane`.
     fn name(&self) -> &'static str;
     /// The node's own addresses, on which ports bound to `0.0.0.0` answer.

@@ -1,0 +1,237 @@
+//! The daemon's settings: built-in defaults, overridden by a config file (TOML or JSON,
+//! keys like dockerd's daemon.json), overridden by command-line flags.
+
+use std::{
+    net::{Ipv4Addr, SocketAddr},
+    path::{Path, PathBuf},
+    str::FromStr,
+};
+
+use ipnet::Ipv4Net;
+use serde::{Deserialize, Serialize};
+
+use crate::{Error, Result};
+
+/// A pool that network subnets are carved from: `base` split into blocks of `/size`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AddressPool {
+    pub base: Ipv4Net,
+    pub size: u8,
+}
+
+impl AddressPool {
+    /// Docker's defaults: 172.17.0.0/16 … 172.31.0.0/16, then 192.168.0.0/20 blocks.
+    pub fn docker_defaults() -> Vec<AddressPool> {
+        vec![
+            AddressPool { base: "172.17.0.0/16".parse().expect("valid"), size: 16 },
+            AddressPool { base: "172.18.0.0/15".parse().expect("valid"), size: 16 },
+            AddressPool { base: "172.20.0.0/14".parse().expect("valid"), size: 16 },
+            AddressPool { base: "172.24.0.0/14".parse().expect("valid"), size: 16 },
+            AddressPool { base: "172.28.0.0/14".parse().expect("valid"), size: 16 },
+            AddressPool { base: "192.168.0.0/16".parse().expect("valid"), size: 20 },
+        ]
+    }
+
+    fn validate(&self) -> Result<()> {
+        if self.size < self.base.prefix_len() || self.size > 30 {
+            return Err(Error::InvalidArgument(format!(
+                "address pool {}: size /{} must be between /{} and /30",
+                self.base,
+                self.size,
+                self.base.prefix_len()
+            )));
+        }
+        Ok(())
+    }
+}
+
+impl FromStr for AddressPool {
+    type Err = Error;
+
+    /// dockerd's flag form: `base=10.10.0.0/16,size=24`.
+    fn from_str(s: &str) -> Result<Self> {
+        let bad = || Error::InvalidArgument(format!("invalid address pool {s:?}: expected base=CIDR,size=N"));
+        let (mut base, mut size) = (None, None);
+        for part in s.split(',') {
+            match part.split_once('=') {
+                Some(("base", v)) => base = Some(v.parse::<Ipv4Net>().map_err(|_| bad())?.trunc()),
+                Some(("size", v)) => size = Some(v.parse::<u8>().map_err(|_| bad())?),
+                _ => return Err(bad()),
+            }
+        }
+        let pool = AddressPool { base: base.ok_or_else(bad)?, size: size.ok_or_else(bad)? };
+        pool.validate()?;
+        Ok(pool)
+    }
+}
+
+/// The effective settings, as `bpfbridge info` shows them.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct Settings {
+    pub uplink: Option<String>,
+    pub state_dir: PathBuf,
+    pub pin_dir: PathBuf,
+    pub netns_dir: PathBuf,
+    pub dataplane: String,
+    /// Whether the agent turns on net.ipv4.ip_forward (false leaves it alone).
+    pub ip_forward: bool,
+    /// The default bridge's gateway address and prefix, e.g. 172.26.0.1/16.
+    pub bip: Option<Ipv4Net>,
+    pub default_address_pools: Vec<AddressPool>,
+    /// MTU of the default bridge and of new networks (default: the uplink's).
+    pub mtu: Option<u32>,
+    /// Inter-container communication on the default bridge.
+    pub icc: bool,
+    /// Masquerade of the default bridge's outgoing traffic.
+    pub ip_masq: bool,
+    /// Default host address of published ports.
+    pub ip: Ipv4Addr,
+    /// Where containers' DNS servers forward names that are not containers' (default: the
+    /// node's /etc/resolv.conf).
+    pub dns: Option<Vec<SocketAddr>>,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            uplink: None,
+            state_dir: "/var/lib/bpfbridge".into(),
+            pin_dir: "/sys/fs/bpf/bpfbridge".into(),
+            netns_dir: crate::netns::NETNS_RUN_DIR.into(),
+            dataplane: "ebpf".into(),
+            ip_forward: true,
+            bip: None,
+            default_address_pools: AddressPool::docker_defaults(),
+            mtu: None,
+            icc: true,
+            ip_masq: true,
+            ip: Ipv4Addr::UNSPECIFIED,
+            dns: None,
+        }
+    }
+}
+
+/// Settings that may be given, by a config file or by flags; unset fields keep what the
+/// layer below says.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct Overrides {
+    pub uplink: Option<String>,
+    pub state_dir: Option<PathBuf>,
+    pub pin_dir: Option<PathBuf>,
+    pub netns_dir: Option<PathBuf>,
+    pub dataplane: Option<String>,
+    pub ip_forward: Option<bool>,
+    pub bip: Option<Ipv4Net>,
+    pub default_address_pools: Option<Vec<AddressPool>>,
+    pub mtu: Option<u32>,
+    pub icc: Option<bool>,
+    pub ip_masq: Option<bool>,
+    pub ip: Option<Ipv4Addr>,
+    pub dns: Option<Vec<SocketAddr>>,
+}
+
+impl Overrides {
+    /// Reads a config file: `.json` as JSON, anything else as TOML.
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(Error::io(format!("reading config file {}", path.display())))?;
+        let bad = |e: String| Error::InvalidArgument(format!("config file {}: {e}", path.display()));
+        if path.extension().is_some_and(|e| e == "json") {
+            serde_json::from_str(&text).map_err(|e| bad(e.to_string()))
+        } else {
+            toml::from_str(&text).map_err(|e| bad(e.to_string()))
+        }
+    }
+
+    /// `self` on top of `base`.
+    pub fn apply(self, base: Settings) -> Result<Settings> {
+        let settings = Settings {
+            uplink: self.uplink.or(base.uplink),
+            state_dir: self.state_dir.unwrap_or(base.state_dir),
+            pin_dir: self.pin_dir.unwrap_or(base.pin_dir),
+            netns_dir: self.netns_dir.unwrap_or(base.netns_dir),
+            dataplane: self.dataplane.unwrap_or(base.dataplane),
+            ip_forward: self.ip_forward.unwrap_or(base.ip_forward),
+            bip: self.bip.or(base.bip),
+            default_address_pools: self.default_address_pools.unwrap_or(base.default_address_pools),
+            mtu: self.mtu.or(base.mtu),
+            icc: self.icc.unwrap_or(base.icc),
+            ip_masq: self.ip_masq.unwrap_or(base.ip_masq),
+            ip: self.ip.unwrap_or(base.ip),
+            dns: self.dns.or(base.dns),
+        };
+        settings.validate()?;
+        Ok(settings)
+    }
+}
+
+impl Settings {
+    fn validate(&self) -> Result<()> {
+        if self.dataplane != "ebpf" {
+            return Err(Error::InvalidArgument(format!(
+                "dataplane {:?} is not available (only \"ebpf\" so far)",
+                self.dataplane
+            )));
+        }
+        if let Some(bip) = self.bip
+            && (bip.prefix_len() > 30 || bip.addr() == bip.network() || bip.addr() == bip.broadcast())
+        {
+            return Err(Error::InvalidArgument(format!("--bip {bip}: give the gateway address and prefix, e.g. 172.26.0.1/16")));
+        }
+        if let Some(mtu) = self.mtu
+            && !(68..=65535).contains(&mtu)
+        {
+            return Err(Error::InvalidArgument(format!("--mtu {mtu}: must be between 68 and 65535")));
+        }
+        if self.default_address_pools.is_empty() {
+            return Err(Error::InvalidArgument("default-address-pools must not be empty".into()));
+        }
+        self.default_address_pools.iter().try_for_each(AddressPool::validate)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layers_and_formats() {
+        let dir = tempfile::tempdir().unwrap();
+        let toml_path = dir.path().join("bpfbridge.toml");
+        std::fs::write(
+            &toml_path,
+            "mtu = 1400\nicc = false\nbip = \"172.26.0.1/16\"\ndefault-address-pools = [{ base = \"10.10.0.0/16\", size = 24 }]\n",
+        )
+        .unwrap();
+        let file = Overrides::from_file(&toml_path).unwrap();
+        let settings = file.apply(Settings::default()).unwrap();
+        assert_eq!(settings.mtu, Some(1400));
+        assert!(!settings.icc && settings.ip_masq);
+        assert_eq!(settings.default_address_pools, vec!["base=10.10.0.0/16,size=24".parse().unwrap()]);
+        let flags = Overrides { icc: Some(true), ..Overrides::default() };
+        assert!(flags.apply(settings).unwrap().icc, "flags override the file");
+
+        let json_path = dir.path().join("daemon.json");
+        std::fs::write(&json_path, r#"{"ip-forward": false, "ip": "127.0.0.1"}"#).unwrap();
+        let s = Overrides::from_file(&json_path).unwrap().apply(Settings::default()).unwrap();
+        assert!(!s.ip_forward);
+        assert_eq!(s.ip, Ipv4Addr::LOCALHOST);
+    }
+
+    #[test]
+    fn bad_settings_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bad.toml");
+        std::fs::write(&path, "no-such-key = 1\n").unwrap();
+        assert!(Overrides::from_file(&path).is_err());
+        for pool in ["base=10.0.0.0/16", "size=24", "base=10.0.0.0/16,size=8", "base=x,size=24"] {
+            assert!(pool.parse::<AddressPool>().is_err(), "{pool}");
+        }
+        let bad_bip = Overrides { bip: Some("172.26.0.0/16".parse().unwrap()), ..Default::default() };
+        assert!(bad_bip.apply(Settings::default()).is_err());
+        let bad_mtu = Overrides { mtu: Some(10), ..Default::default() };
+        assert!(bad_mtu.apply(Settings::default()).is_err());
+    }
+}

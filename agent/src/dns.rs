@@ -1,0 +1,770 @@
+//! The embedded DNS server that Docker runs at 127.0.0.11 inside containers on user-defined
+//! networks: containers find each other by name, alias and short id, but only on the
+//! networks they share; every other name goes to the node's resolvers.
+//!
+//! One [`Resolver`] holds the records of the whole node; each container gets its own server
+//! (a UDP socket and a TCP listener on its loopback) whose tasks run on the agent's runtime.
+//! Only those listening sockets live in the container's namespace: the sockets that forward
+//! to the upstreams are created by the tasks, in the agent's namespace, from where the node's
+//! resolvers are reachable.
+
+use std::{
+    collections::{HashMap, HashSet},
+    fs, io,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6},
+    os::unix::fs::MetadataExt as _,
+    path::Path,
+    sync::{Arc, Mutex, PoisonError, RwLock},
+    time::Duration,
+};
+
+use hickory_proto::{
+    op::{
+        DEFAULT_MAX_PAYLOAD_LEN, Edns, Header, Message, MessageType, Metadata, OpCode, ResponseCode,
+    },
+    rr::{DNSClass, RData, Record as DnsRecord, RecordType, rdata::A},
+    serialize::binary::BinDecodable as _,
+};
+use nix::sched::{CloneFlags, setns};
+use tokio::{
+    io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _},
+    net::{TcpListener, TcpStream, UdpSocket},
+    task::{AbortHandle, JoinSet},
+    time::timeout,
+};
+use tracing::{debug, warn};
+
+use crate::{Error, Result};
+
+/// Where Docker's embedded server listens inside a container.
+const LISTEN: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(127, 0, 0, 11), 53);
+/// Docker's TTL for container names.
+const TTL: u32 = 600;
+/// How long one upstream gets to answer.
+const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a TCP connection may stay silent (or stall a read or write) before it is closed.
+const TCP_IDLE: Duration = Duration::from_secs(10);
+/// Bounds what one container can make its server hold: beyond these, queries are dropped
+/// (UDP clients retry) and connections refused.
+const MAX_UDP_IN_FLIGHT: usize = 256;
+const MAX_TCP_CONNECTIONS: usize = 64;
+/// The largest DNS message (the TCP length prefix is 16 bits); also the receive buffer, so
+/// that no datagram is silently cut.
+const MAX_MESSAGE: usize = u16::MAX as usize;
+
+/// One name record: a container's address on one network, under all its names.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Record {
+    /// Full id of the container owning the address.
+    pub container_id: String,
+    /// Network name.
+    pub network: String,
+    /// Container name, network aliases, short id (12 hex).
+    pub names: Vec<String>,
+    pub ip: Ipv4Addr,
+}
+
+/// The resolver shared by all containers' DNS servers. Cheap to clone (Arc inside); when the
+/// last clone is dropped, all servers stop.
+#[derive(Clone)]
+pub struct Resolver {
+    shared: Arc<Shared>,
+    servers: Arc<Mutex<HashMap<String, Server>>>,
+}
+
+/// What the serving tasks read.
+struct Shared {
+    upstreams: Vec<SocketAddr>,
+    /// Swapped whole by `set_records`, so a query works on one consistent snapshot.
+    records: RwLock<Arc<[Record]>>,
+}
+
+impl Shared {
+    fn records(&self) -> Arc<[Record]> {
+        // A panic elsewhere cannot leave a half-written Arc behind: the data is still good.
+        self.records
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+}
+
+/// One container's server; dropping it stops it.
+struct Server {
+    /// (device, inode) of the network namespace the sockets are bound in.
+    netns: (u64, u64),
+    udp: Arc<UdpSocket>,
+    tcp: Arc<TcpListener>,
+    tasks: [AbortHandle; 2],
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+impl Resolver {
+    /// `upstreams`: the node's resolvers, where names that are not containers' go.
+    pub fn new(upstreams: Vec<SocketAddr>) -> Self {
+        Resolver {
+            shared: Arc::new(Shared {
+                upstreams,
+                records: RwLock::new(Arc::new([])),
+            }),
+            servers: Arc::default(),
+        }
+    }
+
+    /// Replaces the whole record set (called after every change).
+    pub fn set_records(&self, records: Vec<Record>) {
+        *self
+            .shared
+            .records
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = records.into();
+    }
+
+    /// Starts a DNS server (UDP and TCP, 127.0.0.11:53) inside the network namespace at
+    /// `netns`, answering for container `container_id`. Idempotent: a second call for the
+    /// same id replaces the first server. Must be called within a tokio runtime, whose
+    /// threads are in the namespace the upstreams are reached from.
+    pub fn serve(&self, container_id: &str, netns: &Path) -> Result<()> {
+        let runtime = tokio::runtime::Handle::try_current().map_err(|e| Error::Io {
+            context: format!("starting the DNS server of container {container_id}"),
+            source: io::Error::other(e),
+        })?;
+        let metadata =
+            fs::metadata(netns).map_err(Error::io(format!("stat {}", netns.display())))?;
+        let identity = (metadata.dev(), metadata.ino());
+        let mut servers = self.servers.lock().unwrap_or_else(PoisonError::into_inner);
+        let (udp, tcp) = match servers.get(container_id) {
+            // The old server's sockets stay bound until its aborted tasks are dropped, which
+            // may be later (or, on a current-thread runtime, only after this call returns):
+            // binding again would fail, so the new server takes them over.
+            Some(old) if old.netns == identity => (old.udp.clone(), old.tcp.clone()),
+            _ => {
+                let (udp, tcp) = bind_in(netns)?;
+                let context = || format!("registering the DNS sockets of {container_id}");
+                (
+                    Arc::new(UdpSocket::from_std(udp).map_err(Error::io(context()))?),
+                    Arc::new(TcpListener::from_std(tcp).map_err(Error::io(context()))?),
+                )
+            }
+        };
+        let client: Arc<str> = container_id.into();
+        let tasks = [
+            runtime
+                .spawn(serve_udp(self.shared.clone(), client.clone(), udp.clone()))
+                .abort_handle(),
+            runtime
+                .spawn(serve_tcp(self.shared.clone(), client, tcp.clone()))
+                .abort_handle(),
+        ];
+        // Dropping the replaced server (if any) aborts its tasks.
+        servers.insert(
+            container_id.to_string(),
+            Server {
+                netns: identity,
+                udp,
+                tcp,
+                tasks,
+            },
+        );
+        debug!(container_id, netns = %netns.display(), "DNS server started");
+        Ok(())
+    }
+
+    /// Stops that container's server (no-op if none).
+    pub fn stop(&self, container_id: &str) {
+        let removed = self
+            .servers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(container_id);
+        if removed.is_some() {
+            debug!(container_id, "DNS server stopped");
+        }
+    }
+
+    /// The upstreams from a resolv.conf file: its nameserver lines (IPv4 and IPv6, port 53),
+    /// in order and without duplicates. Loopback ones are returned too: the agent decides.
+    pub fn upstreams_from_resolv_conf(text: &str) -> Vec<SocketAddr> {
+        let mut upstreams = Vec::new();
+        for line in text.lines() {
+            let mut fields = line.split_whitespace();
+            if fields.next() != Some("nameserver") {
+                continue;
+            }
+            let Some(address) = fields.next() else {
+                continue;
+            };
+            match parse_nameserver(address) {
+                Some(upstream) if !upstreams.contains(&upstream) => upstreams.push(upstream),
+                Some(_) => {}
+                None => warn!(address, "ignoring an unparsable nameserver in resolv.conf"),
+            }
+        }
+        upstreams
+    }
+}
+
+fn parse_nameserver(text: &str) -> Option<SocketAddr> {
+    if let Ok(ip) = text.parse::<IpAddr>() {
+        return Some(SocketAddr::new(ip, 53));
+    }
+    // A link-local IPv6 server names its interface: fe80::1%eth0 (or %2).
+    let (ip, zone) = text.split_once('%')?;
+    let ip: Ipv6Addr = ip.parse().ok()?;
+    let scope = zone
+        .parse()
+        .ok()
+        .or_else(|| nix::net::if_::if_nametoindex(zone).ok())?;
+    Some(SocketAddrV6::new(ip, 53, 0, scope).into())
+}
+
+/// Binds the listening sockets inside the namespace at `netns`.
+fn bind_in(netns: &Path) -> Result<(std::net::UdpSocket, std::net::TcpListener)> {
+    let netns = netns.to_path_buf();
+    let name = netns.display().to_string();
+    // setns moves only the calling thread, and for good: a throwaway thread binds the
+    // sockets, which keep the namespace they were created in once handed back.
+    let thread = std::thread::Builder::new()
+        .name("dns-bind".into())
+        .spawn(move || -> Result<_> {
+            let file = fs::File::open(&netns)
+                .map_err(Error::io(format!("opening {}", netns.display())))?;
+            setns(&file, CloneFlags::CLONE_NEWNET)
+                .map_err(Error::sys(format!("entering {}", netns.display())))?;
+            let bound = |what| format!("binding {what} {LISTEN} in {}", netns.display());
+            let udp = std::net::UdpSocket::bind(LISTEN).map_err(Error::io(bound("UDP")))?;
+            udp.set_nonblocking(true).map_err(Error::io(bound("UDP")))?;
+            let tcp = std::net::TcpListener::bind(LISTEN).map_err(Error::io(bound("TCP")))?;
+            tcp.set_nonblocking(true).map_err(Error::io(bound("TCP")))?;
+            Ok((udp, tcp))
+        })
+        .map_err(Error::io(format!("spawning a thread to enter {name}")))?;
+    thread.join().map_err(|_| Error::Io {
+        context: format!("binding the DNS sockets in {name}"),
+        source: io::Error::other("thread panicked"),
+    })?
+}
+
+async fn serve_udp(shared: Arc<Shared>, client: Arc<str>, socket: Arc<UdpSocket>) {
+    // Owned here so that aborting this task also aborts the queries in flight.
+    let mut in_flight = JoinSet::new();
+    let mut buf = vec![0; MAX_MESSAGE];
+    loop {
+        let (len, peer) = match socket.recv_from(&mut buf).await {
+            Ok(received) => received,
+            Err(e) => {
+                // Errors here concern one datagram, but a pause keeps a persistent one from
+                // spinning the loop.
+                debug!(client = &*client, "DNS UDP receive: {e}");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        while in_flight.try_join_next().is_some() {}
+        if in_flight.len() >= MAX_UDP_IN_FLIGHT {
+            debug!(client = &*client, "DNS query dropped: too many in flight");
+            continue;
+        }
+        let query = buf[..len].to_vec();
+        let (shared, client, socket) = (shared.clone(), client.clone(), socket.clone());
+        in_flight.spawn(async move {
+            let Some(answer) = handle(&shared, &client, &query, Transport::Udp).await else {
+                return;
+            };
+            if let Err(e) = socket.send_to(&answer, peer).await {
+                debug!(client = &*client, %peer, "DNS UDP answer: {e}");
+            }
+        });
+    }
+}
+
+async fn serve_tcp(shared: Arc<Shared>, client: Arc<str>, listener: Arc<TcpListener>) {
+    // Owned here so that aborting this task also closes the connections.
+    let mut connections = JoinSet::new();
+    loop {
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // As for UDP: e.g. out of file descriptors, which may pass.
+                debug!(client = &*client, "DNS TCP accept: {e}");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        while connections.try_join_next().is_some() {}
+        if connections.len() >= MAX_TCP_CONNECTIONS {
+            debug!(client = &*client, "DNS connection refused: too many open");
+            continue;
+        }
+        connections.spawn(serve_connection(shared.clone(), client.clone(), stream));
+    }
+}
+
+/// Answers the queries of one TCP connection, in order, until it closes or idles.
+async fn serve_connection(shared: Arc<Shared>, client: Arc<str>, mut stream: TcpStream) {
+    loop {
+        let query = match timeout(TCP_IDLE, read_framed(&mut stream)).await {
+            Ok(Ok(query)) => query,
+            // Closed by the client, broken, or idle.
+            Ok(Err(_)) | Err(_) => return,
+        };
+        // Whoever sends non-DNS data over a DNS connection gets it closed.
+        let Some(answer) = handle(&shared, &client, &query, Transport::Tcp).await else {
+            return;
+        };
+        if !matches!(
+            timeout(TCP_IDLE, write_framed(&mut stream, &answer)).await,
+            Ok(Ok(()))
+        ) {
+            return;
+        }
+    }
+}
+
+/// Reads one message with its 2-byte length prefix.
+async fn read_framed(stream: &mut (impl AsyncRead + Unpin)) -> io::Result<Vec<u8>> {
+    let len = stream.read_u16().await?;
+    let mut message = vec![0; usize::from(len)];
+    stream.read_exact(&mut message).await?;
+    Ok(message)
+}
+
+/// Writes one message with its 2-byte length prefix.
+async fn write_framed(stream: &mut (impl AsyncWrite + Unpin), message: &[u8]) -> io::Result<()> {
+    let len = u16::try_from(message.len())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "DNS message over 64 KiB"))?;
+    let mut framed = Vec::with_capacity(2 + message.len());
+    framed.extend_from_slice(&len.to_be_bytes());
+    framed.extend_from_slice(message);
+    stream.write_all(&framed).await
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Transport {
+    Udp,
+    Tcp,
+}
+
+/// The answer to one query from container `client`, if it deserves one.
+async fn handle(
+    shared: &Shared,
+    client: &str,
+    query: &[u8],
+    transport: Transport,
+) -> Option<Vec<u8>> {
+    let request = match decide(&shared.records(), client, query, transport) {
+        Action::Ignore => return None,
+        Action::Reply(answer) => return Some(answer),
+        Action::Forward(request) => request,
+    };
+    if let Some(answer) = forward(&shared.upstreams, query, request.metadata.id, transport).await {
+        return Some(answer);
+    }
+    encode(&response_to(&request, ResponseCode::ServFail), None)
+}
+
+#[derive(Debug)]
+enum Action {
+    /// Send these bytes back.
+    Reply(Vec<u8>),
+    /// Not a name of ours: the upstreams answer; the request is kept to answer SERVFAIL if
+    /// they do not.
+    Forward(Message),
+    /// Not a DNS query: answering could feed a loop (a response) or answer noise.
+    Ignore,
+}
+
+/// What to do with `query` from container `client`, given the node's `records`.
+fn decide(records: &[Record], client: &str, query: &[u8], transport: Transport) -> Action {
+    let Ok(header) = Header::from_bytes(query) else {
+        return Action::Ignore;
+    };
+    if header.metadata.message_type != MessageType::Query {
+        return Action::Ignore;
+    }
+    let request = match Message::from_vec(query) {
+        Ok(request) => request,
+        Err(e) => {
+            debug!(client, "malformed DNS query: {e}");
+            let mut response = Message::new(0, MessageType::Response, OpCode::Query);
+            response.metadata = response_metadata(&header.metadata, ResponseCode::FormErr);
+            return reply(&response, None);
+        }
+    };
+    if request.metadata.op_code != OpCode::Query {
+        return reply(&response_to(&request, ResponseCode::NotImp), None);
+    }
+    // Every server in practice rejects several questions in one query: their answers
+    // could not be told apart.
+    let [question] = request.queries.as_slice() else {
+        return reply(&response_to(&request, ResponseCode::FormErr), None);
+    };
+    if question.query_class() != DNSClass::IN {
+        return Action::Forward(request);
+    }
+    let ips = lookup(records, client, &question.name().to_ascii());
+    if ips.is_empty() {
+        return Action::Forward(request);
+    }
+    let mut response = response_to(&request, ResponseCode::NoError);
+    // Containers have only IPv4 addresses: any other type is an empty answer for a name
+    // that exists (NOERROR, not NXDOMAIN, so that clients go on to the A answer).
+    if question.query_type() == RecordType::A {
+        for ip in ips {
+            response.add_answer(DnsRecord::from_rdata(
+                question.name().clone(),
+                TTL,
+                RData::A(A(ip)),
+            ));
+        }
+    }
+    let limit = (transport == Transport::Udp).then(|| usize::from(request.max_payload()));
+    reply(&response, limit)
+}
+
+fn reply(response: &Message, limit: Option<usize>) -> Action {
+    encode(response, limit).map_or(Action::Ignore, Action::Reply)
+}
+
+/// Encodes `response`, or its truncated form (TC set, so the client retries over TCP) if it
+/// exceeds `limit` bytes.
+fn encode(response: &Message, limit: Option<usize>) -> Option<Vec<u8>> {
+    let encoded = match response.to_vec() {
+        Ok(bytes) => match limit {
+            Some(limit) if bytes.len() > limit => response.truncate().to_vec(),
+            _ => Ok(bytes),
+        },
+        Err(e) => Err(e),
+    };
+    encoded
+        .inspect_err(|e| warn!("encoding a DNS response: {e}"))
+        .ok()
+}
+
+/// A response to `request` with code `code`, its question and no records yet.
+fn response_to(request: &Message, code: ResponseCode) -> Message {
+    let mut response = Message::new(0, MessageType::Response, OpCode::Query);
+    response.metadata = response_metadata(&request.metadata, code);
+    response.add_queries(request.queries.iter().cloned());
+    // RFC 6891: a request with OPT gets a response with OPT.
+    if request.edns.is_some() {
+        let mut edns = Edns::new();
+        edns.set_max_payload(DEFAULT_MAX_PAYLOAD_LEN);
+        response.set_edns(edns);
+    }
+    response
+}
+
+fn response_metadata(request: &Metadata, code: ResponseCode) -> Metadata {
+    let mut metadata = Metadata::response_from_request(request);
+    // Like Docker's: not authoritative for anything, but recursive on behalf of the client.
+    metadata.recursion_available = true;
+    metadata.response_code = code;
+    metadata
+}
+
+/// The addresses `name` has for container `client`: those of the records with that name on
+/// the networks `client` is on, without duplicates.
+fn lookup(records: &[Record], client: &str, name: &str) -> Vec<Ipv4Addr> {
+    let networks: HashSet<&str> = records
+        .iter()
+        .filter(|r| r.container_id == client)
+        .map(|r| r.network.as_str())
+        .collect();
+    let mut ips = Vec::new();
+    for record in records {
+        if networks.contains(record.network.as_str())
+            && record.names.iter().any(|n| same_name(n, name))
+            && !ips.contains(&record.ip)
+        {
+            ips.push(record.ip);
+        }
+    }
+    ips
+}
+
+/// DNS names compare case-insensitively, and "c2" is "c2." fully qualified.
+fn same_name(a: &str, b: &str) -> bool {
+    let a = a.strip_suffix('.').unwrap_or(a);
+    let b = b.strip_suffix('.').unwrap_or(b);
+    // The root (a query for ".") is nobody's name.
+    !a.is_empty() && a.eq_ignore_ascii_case(b)
+}
+
+/// Tries the upstreams in order; the first answer wins.
+async fn forward(
+    upstreams: &[SocketAddr],
+    query: &[u8],
+    id: u16,
+    transport: Transport,
+) -> Option<Vec<u8>> {
+    for &upstream in upstreams {
+        let answer = match timeout(UPSTREAM_TIMEOUT, forward_udp(upstream, query, id)).await {
+            Ok(Ok(answer)) => answer,
+            Ok(Err(e)) => {
+                debug!(%upstream, "forwarding a DNS query: {e}");
+                continue;
+            }
+            Err(_) => {
+                debug!(%upstream, "forwarding a DNS query: no answer in time");
+                continue;
+            }
+        };
+        // A UDP client retries over TCP by itself when told the answer was truncated; a TCP
+        // client cannot, so it gets the whole answer over TCP.
+        if transport == Transport::Tcp && is_truncated(&answer) {
+            match timeout(UPSTREAM_TIMEOUT, forward_tcp(upstream, query, id)).await {
+                Ok(Ok(full)) => return Some(full),
+                Ok(Err(e)) => debug!(%upstream, "forwarding a DNS query over TCP: {e}"),
+                Err(_) => debug!(%upstream, "forwarding a DNS query over TCP: no answer in time"),
+            }
+        }
+        return Some(answer);
+    }
+    None
+}
+
+async fn forward_udp(upstream: SocketAddr, query: &[u8], id: u16) -> io::Result<Vec<u8>> {
+    let local: SocketAddr = match upstream {
+        SocketAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
+        SocketAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
+    };
+    // A fresh socket per query gets a random source port, and connecting it makes the
+    // kernel drop datagrams from anyone but the upstream: both against spoofed answers.
+    let socket = UdpSocket::bind(local).await?;
+    socket.connect(upstream).await?;
+    socket.send(query).await?;
+    let mut buf = vec![0; MAX_MESSAGE];
+    loop {
+        let len = socket.recv(&mut buf).await?;
+        // Anything else (e.g. a late answer to an earlier query) is skipped; the caller's
+        // timeout bounds the wait.
+        if answers(&buf[..len], id) {
+            buf.truncate(len);
+            return Ok(buf);
+        }
+    }
+}
+
+async fn forward_tcp(upstream: SocketAddr, query: &[u8], id: u16) -> io::Result<Vec<u8>> {
+    let mut stream = TcpStream::connect(upstream).await?;
+    write_framed(&mut stream, query).await?;
+    let answer = read_framed(&mut stream).await?;
+    if answers(&answer, id) {
+        Ok(answer)
+    } else {
+        Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "not an answer to the query",
+        ))
+    }
+}
+
+/// Whether `message` is a response to the query with id `id`.
+fn answers(message: &[u8], id: u16) -> bool {
+    Header::from_bytes(message)
+        .is_ok_and(|h| h.metadata.id == id && h.metadata.message_type == MessageType::Response)
+}
+
+fn is_truncated(message: &[u8]) -> bool {
+    Header::from_bytes(message).is_ok_and(|h| h.metadata.truncation)
+}
+
+#[cfg(test)]
+mod tests {
+    use hickory_proto::{op::Query, rr::Name};
+
+    use super::*;
+
+    fn record(container_id: &str, network: &str, names: &[&str], ip: [u8; 4]) -> Record {
+        Record {
+            container_id: container_id.into(),
+            network: network.into(),
+            names: names.iter().map(|n| n.to_string()).collect(),
+            ip: ip.into(),
+        }
+    }
+
+    /// c1 and c2 on "a", c3 on "b", c4 on both.
+    fn records() -> Vec<Record> {
+        vec![
+            record("id1", "a", &["c1", "111111111111"], [10, 0, 1, 1]),
+            record("id2", "a", &["c2", "db", "222222222222"], [10, 0, 1, 2]),
+            record("id3", "b", &["c3"], [10, 0, 2, 3]),
+            record("id4", "a", &["c4"], [10, 0, 1, 4]),
+            record("id4", "b", &["c4"], [10, 0, 2, 4]),
+        ]
+    }
+
+    #[test]
+    fn names_match_without_case_and_trailing_dot() {
+        for (a, b, same) in [
+            ("c2", "c2", true),
+            ("c2", "C2.", true),
+            ("C2.", "c2", true),
+            ("web.local", "WEB.Local.", true),
+            ("c2", "c20", false),
+            ("c2", "c2.a", false),
+            ("", "", false),
+            ("", ".", false),
+            ("c2", "", false),
+        ] {
+            assert_eq!(same_name(a, b), same, "{a:?} vs {b:?}");
+        }
+    }
+
+    #[test]
+    fn lookup_is_limited_to_shared_networks() {
+        let records = records();
+        let ip = |a, b, c, d| vec![Ipv4Addr::new(a, b, c, d)];
+        for (client, name, expected) in [
+            ("id1", "c2", ip(10, 0, 1, 2)),
+            ("id1", "DB.", ip(10, 0, 1, 2)),
+            ("id1", "222222222222", ip(10, 0, 1, 2)),
+            ("id1", "c1", ip(10, 0, 1, 1)),
+            ("id1", "c3", vec![]),
+            ("id1", "c4", ip(10, 0, 1, 4)),
+            ("id3", "c4", ip(10, 0, 2, 4)),
+            ("id3", "c2", vec![]),
+            (
+                "id4",
+                "c4",
+                vec![[10, 0, 1, 4].into(), [10, 0, 2, 4].into()],
+            ),
+            ("unknown", "c2", vec![]),
+        ] {
+            assert_eq!(lookup(&records, client, name), expected, "{client} {name}");
+        }
+    }
+
+    fn query(name: &str, record_type: RecordType) -> Message {
+        let mut message = Message::query();
+        message.metadata.recursion_desired = true;
+        message.add_query(Query::query(Name::from_ascii(name).unwrap(), record_type));
+        message
+    }
+
+    fn decided(records: &[Record], query: &[u8], transport: Transport) -> Option<Message> {
+        match decide(records, "id1", query, transport) {
+            Action::Reply(bytes) => Some(Message::from_vec(&bytes).unwrap()),
+            Action::Forward(_) => None,
+            Action::Ignore => panic!("ignored"),
+        }
+    }
+
+    #[test]
+    fn local_names_are_answered() {
+        let request = query("C2.", RecordType::A);
+        let response = decided(&records(), &request.to_vec().unwrap(), Transport::Udp).unwrap();
+        assert_eq!(response.metadata.id, request.metadata.id);
+        assert_eq!(response.metadata.message_type, MessageType::Response);
+        assert_eq!(response.metadata.response_code, ResponseCode::NoError);
+        assert!(!response.metadata.authoritative);
+        assert!(response.metadata.recursion_available);
+        assert!(response.metadata.recursion_desired);
+        assert_eq!(response.queries, request.queries);
+        let answers: Vec<_> = response
+            .answers
+            .iter()
+            .map(|r| (r.ttl, r.data.clone()))
+            .collect();
+        assert_eq!(answers, [(TTL, RData::A(A::new(10, 0, 1, 2)))]);
+
+        let aaaa = query("c2", RecordType::AAAA).to_vec().unwrap();
+        let response = decided(&records(), &aaaa, Transport::Udp).unwrap();
+        assert_eq!(response.metadata.response_code, ResponseCode::NoError);
+        assert!(response.answers.is_empty());
+    }
+
+    #[test]
+    fn other_names_are_forwarded() {
+        for name in ["c3", "example.com", "."] {
+            let request = query(name, RecordType::A).to_vec().unwrap();
+            assert!(
+                decided(&records(), &request, Transport::Udp).is_none(),
+                "{name}"
+            );
+        }
+    }
+
+    #[test]
+    fn large_answers_are_truncated_over_udp_only() {
+        let many: Vec<Record> = (0..100)
+            .map(|i| record(&format!("id{i}"), "a", &["svc"], [10, 0, 3, i]))
+            .chain([record("id1", "a", &["c1"], [10, 0, 1, 1])])
+            .collect();
+        let request = query("svc", RecordType::A).to_vec().unwrap();
+        let udp = decided(&many, &request, Transport::Udp).unwrap();
+        assert!(udp.metadata.truncation);
+        assert!(udp.answers.is_empty());
+        let tcp = decided(&many, &request, Transport::Tcp).unwrap();
+        assert!(!tcp.metadata.truncation);
+        assert_eq!(tcp.answers.len(), 100);
+    }
+
+    #[test]
+    fn bad_messages_get_formerr_or_nothing() {
+        let records = records();
+        // Not even a header.
+        assert!(matches!(
+            decide(&records, "id1", b"\x01\x02\x03", Transport::Udp),
+            Action::Ignore
+        ));
+        // A header announcing a question that is not there.
+        let truncated = b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00";
+        let response = decided(&records, truncated, Transport::Udp).unwrap();
+        assert_eq!(response.metadata.id, 0x1234);
+        assert_eq!(response.metadata.response_code, ResponseCode::FormErr);
+        // Two questions.
+        let mut two = query("c2", RecordType::A);
+        two.add_query(Query::query(Name::from_ascii("c1").unwrap(), RecordType::A));
+        let response = decided(&records, &two.to_vec().unwrap(), Transport::Udp).unwrap();
+        assert_eq!(response.metadata.response_code, ResponseCode::FormErr);
+        // Another opcode.
+        let mut notify = query("c2", RecordType::SOA);
+        notify.metadata.op_code = OpCode::Notify;
+        let response = decided(&records, &notify.to_vec().unwrap(), Transport::Udp).unwrap();
+        assert_eq!(response.metadata.response_code, ResponseCode::NotImp);
+        // A response is never answered.
+        let mut response = query("c2", RecordType::A);
+        response.metadata.message_type = MessageType::Response;
+        assert!(matches!(
+            decide(&records, "id1", &response.to_vec().unwrap(), Transport::Udp),
+            Action::Ignore
+        ));
+    }
+
+    #[test]
+    fn upstreams_come_from_nameserver_lines() {
+        let text = "\
+# Generated
+; comment
+search example.com
+nameserver 192.0.2.1
+nameserver   2001:db8::53   # trailing comment
+nameserver 127.0.0.53
+nameserver ::1
+nameserver 192.0.2.1
+nameserver fe80::1%7
+nameserver not-an-address
+nameserver
+options edns0
+";
+        let expected: Vec<SocketAddr> = vec![
+            "192.0.2.1:53".parse().unwrap(),
+            "[2001:db8::53]:53".parse().unwrap(),
+            "127.0.0.53:53".parse().unwrap(),
+            "[::1]:53".parse().unwrap(),
+            SocketAddrV6::new("fe80::1".parse().unwrap(), 53, 0, 7).into(),
+        ];
+        assert_eq!(Resolver::upstreams_from_resolv_conf(text), expected);
+        assert!(Resolver::upstreams_from_resolv_conf("").is_empty());
+    }
+}

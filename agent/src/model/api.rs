@@ -1,0 +1,324 @@
+//! The API's request and response bodies, in Docker's shapes and field names.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::ports::PortMap;
+
+/// `POST /networks`, like Docker's `NetworkCreateRequest`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateNetwork {
+    #[serde(rename = "Name")]
+    pub name: String,
+    #[serde(rename = "Driver", default, skip_serializing_if = "Option::is_none")]
+    pub driver: Option<String>,
+    #[serde(rename = "Internal", default)]
+    pub internal: bool,
+    #[serde(rename = "IPAM", default, skip_serializing_if = "Option::is_none")]
+    pub ipam: Option<Ipam>,
+    #[serde(rename = "Options", default)]
+    pub options: BTreeMap<String, String>,
+    #[serde(rename = "Labels", default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Ipam {
+    #[serde(rename = "Driver", default = "default_driver")]
+    pub driver: String,
+    #[serde(rename = "Options", default)]
+    pub options: BTreeMap<String, String>,
+    #[serde(rename = "Config", default)]
+    pub config: Vec<IpamConfig>,
+}
+
+fn default_driver() -> String {
+    "default".into()
+}
+
+impl Default for Ipam {
+    fn default() -> Self {
+        Ipam { driver: default_driver(), options: BTreeMap::new(), config: Vec::new() }
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IpamConfig {
+    #[serde(rename = "Subnet", default, skip_serializing_if = "Option::is_none")]
+    pub subnet: Option<String>,
+    #[serde(rename = "IPRange", default, skip_serializing_if = "Option::is_none")]
+    pub ip_range: Option<String>,
+    #[serde(rename = "Gateway", default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<String>,
+}
+
+/// The answer to `POST /networks`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct NetworkCreated {
+    #[serde(rename = "Id")]
+    pub id: String,
+    #[serde(rename = "Warning")]
+    pub warning: String,
+}
+
+/// `GET /networks/{id}`, like `docker network inspect`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct NetworkInspect {
+    #[serde(rename = "Name")]
+    pub name: String,
+    #[serde(rename = "Id")]
+    pub id: String,
+    #[serde(rename = "Created")]
+    pub created: String,
+    #[serde(rename = "Scope")]
+    pub scope: String,
+    #[serde(rename = "Driver")]
+    pub driver: String,
+    #[serde(rename = "EnableIPv6")]
+    pub enable_ipv6: bool,
+    #[serde(rename = "IPAM")]
+    pub ipam: Ipam,
+    #[serde(rename = "Internal")]
+    pub internal: bool,
+    #[serde(rename = "Attachable")]
+    pub attachable: bool,
+    #[serde(rename = "Ingress")]
+    pub ingress: bool,
+    #[serde(rename = "ConfigOnly")]
+    pub config_only: bool,
+    #[serde(rename = "Containers")]
+    pub containers: BTreeMap<String, NetworkContainer>,
+    #[serde(rename = "Options")]
+    pub options: BTreeMap<String, String>,
+    #[serde(rename = "Labels")]
+    pub labels: BTreeMap<String, String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct NetworkContainer {
+    #[serde(rename = "Name")]
+    pub name: String,
+    #[serde(rename = "EndpointID")]
+    pub endpoint_id: String,
+    #[serde(rename = "MacAddress")]
+    pub mac_address: String,
+    #[serde(rename = "IPv4Address")]
+    pub ipv4_address: String,
+    #[serde(rename = "IPv6Address")]
+    pub ipv6_address: String,
+}
+
+/// `POST /networks/prune`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct NetworksPruned {
+    #[serde(rename = "NetworksDeleted")]
+    pub networks_deleted: Vec<String>,
+}
+
+/// Per-network endpoint settings of a create or connect request.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct EndpointConfig {
+    #[serde(rename = "IPAMConfig", default, skip_serializing_if = "Option::is_none")]
+    pub ipam_config: Option<EndpointIpamConfig>,
+    #[serde(rename = "Aliases", default)]
+    pub aliases: Vec<String>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct EndpointIpamConfig {
+    #[serde(rename = "IPv4Address", default)]
+    pub ipv4_address: String,
+}
+
+/// `POST /networks/{id}/connect`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConnectRequest {
+    #[serde(rename = "Container")]
+    pub container: String,
+    #[serde(rename = "EndpointConfig", default)]
+    pub endpoint_config: EndpointConfig,
+}
+
+/// `POST /networks/{id}/disconnect`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DisconnectRequest {
+    #[serde(rename = "Container")]
+    pub container: String,
+    #[serde(rename = "Force", default)]
+    pub force: bool,
+}
+
+/// `HostConfig` of a container create request: the networking part of Docker's.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostConfig {
+    /// `bridge` (default), a network name, `host`, `none` or `container:NAME`.
+    #[serde(rename = "NetworkMode", default, skip_serializing_if = "Option::is_none")]
+    pub network_mode: Option<String>,
+    #[serde(rename = "PortBindings", default)]
+    pub port_bindings: PortMap,
+    /// `OTHER:ALIAS` (or `OTHER`, aliased as itself).
+    #[serde(rename = "Links", default)]
+    pub links: Vec<String>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct NetworkingConfig {
+    #[serde(rename = "EndpointsConfig", default)]
+    pub endpoints_config: BTreeMap<String, EndpointConfig>,
+}
+
+/// `POST /containers`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateContainer {
+    #[serde(rename = "Name")]
+    pub name: String,
+    /// Path of an existing network namespace; the agent makes one when absent.
+    #[serde(rename = "NetNs", default, skip_serializing_if = "Option::is_none")]
+    pub netns: Option<String>,
+    #[serde(rename = "HostConfig", default)]
+    pub host_config: HostConfig,
+    /// `"5432/tcp": {}` like Docker's.
+    #[serde(rename = "ExposedPorts", default)]
+    pub exposed_ports: BTreeMap<String, serde_json::Value>,
+    /// Extra networks (besides the one `NetworkMode` names) and per-network settings.
+    #[serde(rename = "NetworkingConfig", default)]
+    pub networking_config: NetworkingConfig,
+}
+
+/// A container's network settings, shaped like `docker inspect`'s `NetworkSettings`: the
+/// primary network's addressing at the top level, every network's under `Networks`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct NetworkSettings {
+    #[serde(rename = "SandboxKey")]
+    pub sandbox_key: String,
+    #[serde(rename = "Ports")]
+    pub ports: PortMap,
+    #[serde(flatten)]
+    pub primary: EndpointAddressing,
+    #[serde(rename = "Networks")]
+    pub networks: BTreeMap<String, EndpointSettings>,
+}
+
+/// The addressing fields an endpoint shows, both at the top of `NetworkSettings` and in
+/// each entry of its `Networks`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct EndpointAddressing {
+    #[serde(rename = "EndpointID")]
+    pub endpoint_id: String,
+    #[serde(rename = "Gateway")]
+    pub gateway: String,
+    #[serde(rename = "IPAddress")]
+    pub ip_address: String,
+    #[serde(rename = "IPPrefixLen")]
+    pub ip_prefix_len: u8,
+    #[serde(rename = "MacAddress")]
+    pub mac_address: String,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct EndpointSettings {
+    #[serde(rename = "IPAMConfig")]
+    pub ipam_config: Option<EndpointIpamConfig>,
+    #[serde(rename = "Aliases")]
+    pub aliases: Option<Vec<String>>,
+    #[serde(rename = "NetworkID")]
+    pub network_id: String,
+    #[serde(flatten)]
+    pub addressing: EndpointAddressing,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ContainerHostConfig {
+    #[serde(rename = "NetworkMode")]
+    pub network_mode: String,
+}
+
+/// What `--link` gives the linking container, for its runtime to write: /etc/hosts lines
+/// and environment variables, exactly as Docker writes them.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct LinkInfo {
+    #[serde(rename = "HostsEntries")]
+    pub hosts_entries: Vec<String>,
+    #[serde(rename = "Env")]
+    pub env: Vec<String>,
+}
+
+/// `GET /containers/{name}`, and the answer to `POST /containers`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ContainerInspect {
+    #[serde(rename = "Id")]
+    pub id: String,
+    /// Docker's form, with a leading slash.
+    #[serde(rename = "Name")]
+    pub name: String,
+    #[serde(rename = "Created")]
+    pub created: String,
+    #[serde(rename = "HostConfig")]
+    pub host_config: ContainerHostConfig,
+    #[serde(rename = "NetworkSettings")]
+    pub network_settings: NetworkSettings,
+    #[serde(rename = "LinkInfo")]
+    pub link_info: LinkInfo,
+    /// Options that were accepted but have no effect (Docker's `Warnings`).
+    #[serde(rename = "Warnings", default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
+}
+
+/// One entry of the published-ports BPF map, for `bpfbridge ports`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PublishedPort {
+    #[serde(rename = "HostIp")]
+    pub host_ip: std::net::Ipv4Addr,
+    #[serde(rename = "HostPort")]
+    pub host_port: u16,
+    #[serde(rename = "Proto")]
+    pub proto: String,
+    #[serde(rename = "ContainerIp")]
+    pub container_ip: std::net::Ipv4Addr,
+    #[serde(rename = "ContainerPort")]
+    pub container_port: u16,
+    #[serde(rename = "HostVethIfindex")]
+    pub host_veth_ifindex: u32,
+}
+
+/// One counter summed over CPUs, for `bpfbridge stats`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatCounter {
+    #[serde(rename = "Name")]
+    pub name: String,
+    #[serde(rename = "Packets")]
+    pub packets: u64,
+    #[serde(rename = "Bytes")]
+    pub bytes: u64,
+}
+
+/// `GET /info`: the effective settings, versions and counts.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Info {
+    #[serde(rename = "Version")]
+    pub version: String,
+    #[serde(rename = "KernelVersion")]
+    pub kernel_version: String,
+    #[serde(rename = "Dataplane")]
+    pub dataplane: String,
+    #[serde(rename = "Uplink")]
+    pub uplink: String,
+    #[serde(rename = "Settings")]
+    pub settings: crate::config::Settings,
+    #[serde(rename = "IPForwardEnabled")]
+    pub ip_forward_enabled: bool,
+    #[serde(rename = "Networks")]
+    pub networks: usize,
+    #[serde(rename = "Containers")]
+    pub containers: usize,
+    #[serde(rename = "PublishedPorts")]
+    pub published_ports: usize,
+    #[serde(rename = "PinDir")]
+    pub pin_dir: String,
+}

@@ -1,0 +1,141 @@
+//! The records the agent persists: networks, containers and their endpoints. Everything on
+//! the node (bridges, veths, map entries) is derived from these and reconciled on start.
+
+use std::{collections::BTreeMap, net::Ipv4Addr, path::PathBuf};
+
+use ipnet::Ipv4Net;
+use serde::{Deserialize, Serialize};
+
+use super::ports::{PortBinding, Proto};
+
+/// Docker's option keys for bridge networks.
+pub const OPT_BRIDGE_NAME: &str = "com.docker.network.bridge.name";
+pub const OPT_ENABLE_ICC: &str = "com.docker.network.bridge.enable_icc";
+pub const OPT_ENABLE_IP_MASQUERADE: &str = "com.docker.network.bridge.enable_ip_masquerade";
+pub const OPT_HOST_BINDING_IPV4: &str = "com.docker.network.bridge.host_binding_ipv4";
+pub const OPT_MTU: &str = "com.docker.network.driver.mtu";
+pub const KNOWN_OPTIONS: &[&str] =
+    &[OPT_BRIDGE_NAME, OPT_ENABLE_ICC, OPT_ENABLE_IP_MASQUERADE, OPT_HOST_BINDING_IPV4, OPT_MTU];
+
+/// A bridge network (the default `bridge` or a user-defined one).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkRecord {
+    pub name: String,
+    pub id: String,
+    pub created: String,
+    /// The Linux bridge device.
+    pub bridge: String,
+    pub subnet: Ipv4Net,
+    pub gateway: Ipv4Addr,
+    /// Where dynamic addresses come from (default: the whole subnet).
+    pub ip_range: Option<Ipv4Net>,
+    pub internal: bool,
+    pub enable_icc: bool,
+    pub enable_ip_masquerade: bool,
+    /// Default host address of ports published by containers on this network.
+    pub host_binding_ipv4: Option<Ipv4Addr>,
+    pub mtu: u32,
+    /// The `-o` options as given, for `network inspect`.
+    pub options: BTreeMap<String, String>,
+    pub labels: BTreeMap<String, String>,
+    /// Where the next sequential allocation starts, so a freed address is not handed out
+    /// again at once.
+    pub last_allocated: Option<Ipv4Addr>,
+    /// Set while the network is being created: a record still pending on start is debris of
+    /// a crash and is rolled back.
+    #[serde(default)]
+    pub pending: bool,
+}
+
+impl NetworkRecord {
+    /// The default `bridge` network: no name resolution, legacy links.
+    pub fn is_default(&self) -> bool {
+        self.name == crate::service::DEFAULT_NETWORK
+    }
+}
+
+/// How a container is networked (`--network-mode`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NetworkMode {
+    /// Attached to bridge networks (the default).
+    Bridge,
+    /// The node's own namespace: no veth, no address of its own.
+    Host,
+    /// A namespace with loopback only.
+    None,
+    /// Shares the namespace of the container with this id.
+    Container(String),
+}
+
+/// A container's attachment to one network.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EndpointRecord {
+    pub network_id: String,
+    pub endpoint_id: String,
+    pub ip: Ipv4Addr,
+    pub mac: String,
+    /// The interface inside the container (eth0, eth1, ...).
+    pub ifname: String,
+    /// The node-side end of the veth pair.
+    pub host_veth: String,
+    pub host_veth_ifindex: u32,
+    pub host_veth_mac: String,
+    pub aliases: Vec<String>,
+    /// The address asked for with `--ip`, if any.
+    pub requested_ip: Option<Ipv4Addr>,
+    /// Set while the endpoint is being made; see [`NetworkRecord::pending`].
+    #[serde(default)]
+    pub pending: bool,
+}
+
+/// A port a container exposes (`--expose`, and every published container port).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct ExposedPort {
+    pub port: u16,
+    pub proto: Proto,
+}
+
+/// `--link OTHER:ALIAS`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LinkRecord {
+    /// The linked container's id.
+    pub container_id: String,
+    pub alias: String,
+}
+
+/// A container known to the agent.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerRecord {
+    pub id: String,
+    pub name: String,
+    pub created: String,
+    pub mode: NetworkMode,
+    /// The network namespace (bind-mounted nsfs file); for host mode, the agent's own.
+    pub netns: PathBuf,
+    /// Whether the agent created the namespace (and so deletes it on removal).
+    pub netns_owned: bool,
+    /// Attachments in order: the first one holds the default route and the published ports.
+    pub endpoints: Vec<EndpointRecord>,
+    pub ports: Vec<PortBinding>,
+    pub exposed: Vec<ExposedPort>,
+    pub links: Vec<LinkRecord>,
+    /// Set while the container is being created; see [`NetworkRecord::pending`].
+    #[serde(default)]
+    pub pending: bool,
+}
+
+impl ContainerRecord {
+    pub fn endpoint(&self, network_id: &str) -> Option<&EndpointRecord> {
+        self.endpoints.iter().find(|e| e.network_id == network_id)
+    }
+
+    /// Exposed ports including the container side of every published port, sorted.
+    pub fn all_exposed(&self) -> Vec<ExposedPort> {
+        let mut all = self.exposed.clone();
+        all.extend(self.ports.iter().map(|p| ExposedPort { port: p.container_port, proto: p.proto }));
+        all.sort();
+        all.dedup();
+        all
+    }
+}

@@ -1,0 +1,116 @@
+//! A container's attachment to one network: the veth pair, the addressing inside the
+//! container's namespace, and the dataplane's hold on the node-side end.
+
+use std::path::Path;
+
+use ipnet::Ipv4Net;
+
+use super::{Service, Step, Undo, dataplane_endpoint, veth_names};
+use crate::{
+    Error, Result,
+    dataplane::Endpoint,
+    model::{ContainerRecord, EndpointRecord, NetworkRecord, format_mac, mac_for_ip, parse_mac},
+    netlink, netns,
+};
+
+/// The lowest `ethN` a container does not use yet.
+pub(super) fn next_ifname(container: &ContainerRecord) -> String {
+    (0..)
+        .map(|n| format!("eth{n}"))
+        .find(|name| !container.endpoints.iter().any(|e| &e.ifname == name))
+        .expect("an unused interface name")
+}
+
+/// The dataplane's view of an endpoint for tearing it down; an endpoint whose creation was
+/// cut short may not know its MACs yet, which teardown does not need.
+fn teardown_endpoint(e: &EndpointRecord) -> Endpoint {
+    dataplane_endpoint(e).unwrap_or_else(|_| Endpoint {
+        container_ip: e.ip,
+        container_mac: parse_mac(&e.mac).unwrap_or_default(),
+        host_veth: e.host_veth.clone(),
+        host_veth_ifindex: e.host_veth_ifindex,
+        host_veth_mac: [0; 6],
+    })
+}
+
+/// The steps that undo an endpoint: the dataplane's hold first, then the veth (deleting one
+/// end deletes the pair).
+pub(super) fn teardown_steps(e: &EndpointRecord) -> Vec<Step> {
+    vec![Step::DetachEndpoint(teardown_endpoint(e)), Step::DeleteLink(e.host_veth.clone())]
+}
+
+impl Service {
+    /// Creates `endpoint`'s veth pair on `network`'s bridge, configures the container side
+    /// inside `netns` (name, MAC, address, and the default route when `default_route`), and
+    /// attaches the dataplane. Records the node-side index and MAC in `endpoint`.
+    pub(super) async fn make_endpoint(
+        &mut self,
+        netns: &Path,
+        network: &NetworkRecord,
+        endpoint: &mut EndpointRecord,
+        default_route: bool,
+        undo: &mut Undo,
+    ) -> Result<()> {
+        let bridge = netlink::link_by_name(&self.handle, &network.bridge)
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("bridge {} does not exist", network.bridge)))?;
+        let (host_veth, peer) = veth_names(&endpoint.endpoint_id);
+        netlink::create_veth(&self.handle, &host_veth, &peer, network.mtu).await?;
+        undo.steps.push(Step::DeleteLink(host_veth.clone()));
+        let peer_link = netlink::link_by_name(&self.handle, &peer)
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("veth peer {peer} vanished")))?;
+        netlink::set_mac(&self.handle, peer_link.index, mac_for_ip(endpoint.ip)).await?;
+        netlink::enable_gro(&peer)?;
+        let netns_file = std::fs::File::open(netns)
+            .map_err(Error::io(format!("opening {}", netns.display())))?;
+        netlink::move_to_netns(&self.handle, peer_link.index, &netns_file).await?;
+        let host = netlink::link_by_name(&self.handle, &host_veth)
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("veth {host_veth} vanished")))?;
+        netlink::set_controller(&self.handle, host.index, bridge.index).await?;
+        netlink::set_up(&self.handle, host.index).await?;
+        let host_mac = host.mac.ok_or_else(|| Error::NotFound(format!("veth {host_veth} has no MAC")))?;
+
+        let address = Ipv4Net::new(endpoint.ip, network.subnet.prefix_len()).expect("prefix of a valid net");
+        let gateway = default_route.then_some(network.gateway);
+        let ifname = endpoint.ifname.clone();
+        netns::with_netlink_in(netns, |h| async move {
+            let link = netlink::link_by_name(&h, &peer)
+                .await?
+                .ok_or_else(|| Error::NotFound(format!("{peer} did not arrive in the namespace")))?;
+            netlink::set_name(&h, link.index, &ifname).await?;
+            netlink::add_address(&h, link.index, address).await?;
+            netlink::set_up(&h, link.index).await?;
+            if let Some(lo) = netlink::link_by_name(&h, "lo").await? {
+                netlink::set_up(&h, lo.index).await?;
+            }
+            match gateway {
+                Some(gateway) => netlink::set_default_route(&h, gateway).await,
+                None => Ok(()),
+            }
+        })?;
+        endpoint.host_veth = host_veth;
+        endpoint.host_veth_ifindex = host.index;
+        endpoint.host_veth_mac = format_mac(host_mac);
+        let dp = dataplane_endpoint(endpoint)?;
+        self.dataplane.attach_endpoint(&dp)?;
+        undo.steps.push(Step::DetachEndpoint(dp));
+        Ok(())
+    }
+
+    /// Points the container's default route at the gateway of its port endpoint (the first
+    /// attachment with a way out), or removes it when there is none.
+    pub(super) async fn fix_default_route(&self, container: &ContainerRecord) -> Result<()> {
+        let gateway = match self.port_endpoint(container) {
+            Some(e) => Some(self.network_by_id(&e.network_id)?.gateway),
+            None => None,
+        };
+        netns::with_netlink_in(&container.netns, |h| async move {
+            match gateway {
+                Some(gateway) => netlink::set_default_route(&h, gateway).await,
+                None => netlink::delete_default_route(&h).await,
+            }
+        })
+    }
+}

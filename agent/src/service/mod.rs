@@ -1,0 +1,350 @@
+//! The agent's operations on networks, containers and their endpoints. Every operation
+//! either completes or undoes what it did; records are written before and after the work
+//! (`pending` while it runs), so that a crash at any point is rolled back on the next start
+//! and nothing leaks.
+
+mod containers;
+mod endpoints;
+mod networks;
+mod reconcile;
+
+use std::{fs, net::Ipv4Addr, path::PathBuf};
+
+use rtnetlink::Handle;
+
+use crate::{
+    Error, Result,
+    config::Settings,
+    dataplane::{Dataplane, Endpoint},
+    dns,
+    model::{
+        ContainerRecord, EndpointRecord, Info, NetworkMode, NetworkRecord, PortBinding,
+        PublishedPort, StatCounter, parse_mac, random_id,
+    },
+    netlink, netns,
+    store::{State, Store},
+};
+
+pub const DEFAULT_NETWORK: &str = "bridge";
+pub const DEFAULT_BRIDGE: &str = "bpfbr0";
+pub const HOST_NETWORK: &str = "host";
+pub const NONE_NETWORK: &str = "none";
+/// Bridges the agent names itself start with this, so that on start it can tell its own
+/// leftovers from other bridges on the node.
+pub const BRIDGE_PREFIX: &str = "bpfbr";
+
+pub struct Service {
+    handle: Handle,
+    store: Store,
+    state: State,
+    dataplane: Box<dyn Dataplane>,
+    dns: dns::Resolver,
+    settings: Settings,
+    uplink: String,
+    uplink_mtu: u32,
+}
+
+/// The interface of the default route, the usual uplink.
+pub async fn default_route_interface(handle: &Handle) -> Result<String> {
+    let routes = netlink::ipv4_routes(handle).await?;
+    let oif = routes
+        .iter()
+        .find(|r| r.destination.prefix_len() == 0)
+        .and_then(|r| r.oif)
+        .ok_or_else(|| Error::InvalidArgument("no default route: give --uplink".into()))?;
+    let link = netlink::link_by_index(handle, oif).await?;
+    link.map(|l| l.name)
+        .ok_or_else(|| Error::NotFound(format!("default route interface {oif} vanished")))
+}
+
+/// Docker's forwarding switch, for the agent's own namespace (/proc/sys/net is per netns).
+fn enable_ip_forward() -> Result<()> {
+    fs::write("/proc/sys/net/ipv4/ip_forward", b"1")
+        .map_err(Error::io("enabling net.ipv4.ip_forward"))
+}
+
+fn ip_forward_enabled() -> bool {
+    fs::read_to_string("/proc/sys/net/ipv4/ip_forward").is_ok_and(|v| v.trim() == "1")
+}
+
+/// The node's own namespace as a path, for host-mode containers' `SandboxKey`.
+fn node_netns() -> PathBuf {
+    PathBuf::from(format!("/proc/{}/ns/net", std::process::id()))
+}
+
+/// Where names that are not containers' go: `--dns`, else the node's resolv.conf.
+fn dns_upstreams(settings: &Settings) -> Vec<std::net::SocketAddr> {
+    match &settings.dns {
+        Some(servers) => servers.clone(),
+        None => fs::read_to_string("/etc/resolv.conf")
+            .map(|text| dns::Resolver::upstreams_from_resolv_conf(&text))
+            .unwrap_or_default(),
+    }
+}
+
+impl Service {
+    /// Brings the node to the saved state (see [`reconcile`]). `make_dataplane` gets the
+    /// uplink's name and index.
+    pub async fn start(
+        handle: Handle,
+        settings: Settings,
+        make_dataplane: impl FnOnce(&str, u32) -> Result<Box<dyn Dataplane>>,
+    ) -> Result<Self> {
+        let uplink = match &settings.uplink {
+            Some(u) => u.clone(),
+            None => default_route_interface(&handle).await?,
+        };
+        let uplink_link = netlink::link_by_name(&handle, &uplink)
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("uplink interface {uplink} does not exist")))?;
+        let store = Store::open(&settings.state_dir)?;
+        let state = store.load()?;
+        if settings.ip_forward {
+            enable_ip_forward()?;
+        }
+        let dataplane = make_dataplane(&uplink, uplink_link.index)?;
+        let dns = dns::Resolver::new(dns_upstreams(&settings));
+        let mut service = Service {
+            handle,
+            store,
+            state,
+            dataplane,
+            dns,
+            settings,
+            uplink,
+            uplink_mtu: uplink_link.mtu,
+        };
+        service.reconcile().await?;
+        Ok(service)
+    }
+
+    pub fn info(&self) -> Result<Info> {
+        let kernel = nix::sys::utsname::uname()
+            .map(|u| u.release().to_string_lossy().into_owned())
+            .unwrap_or_default();
+        Ok(Info {
+            version: env!("CARGO_PKG_VERSION").into(),
+            kernel_version: kernel,
+            dataplane: self.dataplane.name().into(),
+            uplink: self.uplink.clone(),
+            settings: self.settings.clone(),
+            ip_forward_enabled: ip_forward_enabled(),
+            networks: self.state.networks.len(),
+            containers: self.state.containers.len(),
+            published_ports: self.state.containers.values().map(|c| c.ports.len()).sum(),
+            pin_dir: self.settings.pin_dir.display().to_string(),
+        })
+    }
+
+    pub fn published(&self) -> Result<Vec<PublishedPort>> {
+        self.dataplane.published()
+    }
+
+    pub fn stats(&self) -> Result<Vec<StatCounter>> {
+        self.dataplane.stats()
+    }
+
+    /// A network by name, full id or unique id prefix, like Docker.
+    fn network(&self, reference: &str) -> Result<&NetworkRecord> {
+        if let Some(n) = self.state.networks.get(reference) {
+            return Ok(n);
+        }
+        let mut matches = self.state.networks.values().filter(|n| n.id.starts_with(reference));
+        match (matches.next(), matches.next(), reference.is_empty()) {
+            (Some(n), None, false) => Ok(n),
+            (Some(_), Some(_), false) => Err(Error::InvalidArgument(format!(
+                "network {reference} is ambiguous: several networks match"
+            ))),
+            _ => Err(Error::NotFound(format!("network {reference} not found"))),
+        }
+    }
+
+    fn network_by_id(&self, id: &str) -> Result<&NetworkRecord> {
+        self.state
+            .networks
+            .values()
+            .find(|n| n.id == id)
+            .ok_or_else(|| Error::NotFound(format!("network {id} not found")))
+    }
+
+    /// A container by name, full id or unique id prefix.
+    fn container(&self, reference: &str) -> Result<&ContainerRecord> {
+        let reference = reference.strip_prefix('/').unwrap_or(reference);
+        if let Some(c) = self.state.containers.get(reference) {
+            return Ok(c);
+        }
+        let mut matches = self.state.containers.values().filter(|c| c.id.starts_with(reference));
+        match (matches.next(), matches.next(), reference.is_empty()) {
+            (Some(c), None, false) => Ok(c),
+            (Some(_), Some(_), false) => Err(Error::InvalidArgument(format!(
+                "container {reference} is ambiguous: several containers match"
+            ))),
+            _ => Err(Error::NotFound(format!("no such container: {reference}"))),
+        }
+    }
+
+    fn container_by_id(&self, id: &str) -> Option<&ContainerRecord> {
+        self.state.containers.values().find(|c| c.id == id)
+    }
+
+    /// The id of a predefined network (`host`, `none`), made once and kept.
+    fn predefined_id(&mut self, name: &str) -> Result<String> {
+        let key = format!("{name}-network-id");
+        if let Some(id) = self.state.meta.get(&key) {
+            return Ok(id.clone());
+        }
+        let id = random_id();
+        self.store.put_meta(&key, &id)?;
+        self.state.meta.insert(key, id.clone());
+        Ok(id)
+    }
+
+    fn save_container(&mut self, container: ContainerRecord) -> Result<()> {
+        self.store.put_container(&container)?;
+        self.state.containers.insert(container.name.clone(), container);
+        Ok(())
+    }
+
+    fn save_network(&mut self, network: NetworkRecord) -> Result<()> {
+        self.store.put_network(&network)?;
+        self.state.networks.insert(network.name.clone(), network);
+        Ok(())
+    }
+
+    /// The endpoint that carries a container's published ports and default route: the
+    /// first one on a network with a way out (not `--internal`).
+    fn port_endpoint<'a>(&self, container: &'a ContainerRecord) -> Option<&'a EndpointRecord> {
+        container.endpoints.iter().find(|e| {
+            !e.pending && self.network_by_id(&e.network_id).is_ok_and(|n| !n.internal)
+        })
+    }
+
+    /// What the dataplane should hold for `container`'s ports.
+    fn mappings_of(&self, container: &ContainerRecord) -> Result<Vec<(Endpoint, PortBinding)>> {
+        if container.mode != NetworkMode::Bridge {
+            return Ok(Vec::new());
+        }
+        let Some(endpoint) = self.port_endpoint(container) else {
+            return Ok(Vec::new());
+        };
+        let endpoint = dataplane_endpoint(endpoint)?;
+        Ok(container.ports.iter().map(|p| (endpoint.clone(), *p)).collect())
+    }
+
+    /// Makes the DNS servers' view match the state: one record per container per
+    /// user-defined network; a server in each namespace that is on a user-defined network.
+    fn refresh_dns(&mut self) -> Result<()> {
+        let mut records = Vec::new();
+        for c in self.state.containers.values().filter(|c| !c.pending) {
+            for e in c.endpoints.iter().filter(|e| !e.pending) {
+                let Ok(network) = self.network_by_id(&e.network_id) else { continue };
+                if network.is_default() {
+                    continue;
+                }
+                let mut names = vec![c.name.clone(), crate::model::short_id(&c.id).to_string()];
+                names.extend(e.aliases.iter().cloned());
+                records.push(dns::Record {
+                    container_id: c.id.clone(),
+                    network: network.name.clone(),
+                    names,
+                    ip: e.ip,
+                });
+            }
+        }
+        self.dns.set_records(records);
+        Ok(())
+    }
+
+    /// Starts or stops the DNS server of one container, as its networks say.
+    fn dns_for(&self, container: &ContainerRecord) -> Result<()> {
+        let on_user_network = container.endpoints.iter().any(|e| {
+            !e.pending && self.network_by_id(&e.network_id).is_ok_and(|n| !n.is_default())
+        });
+        if on_user_network && container.mode == NetworkMode::Bridge {
+            self.dns.serve(&container.id, &container.netns)
+        } else {
+            self.dns.stop(&container.id);
+            Ok(())
+        }
+    }
+}
+
+/// The dataplane's view of an endpoint.
+fn dataplane_endpoint(e: &EndpointRecord) -> Result<Endpoint> {
+    let bad_mac = |m: &str| Error::InvalidArgument(format!("endpoint {}: bad MAC {m} in state", e.endpoint_id));
+    Ok(Endpoint {
+        container_ip: e.ip,
+        container_mac: parse_mac(&e.mac).ok_or_else(|| bad_mac(&e.mac))?,
+        host_veth: e.host_veth.clone(),
+        host_veth_ifindex: e.host_veth_ifindex,
+        host_veth_mac: parse_mac(&e.host_veth_mac).ok_or_else(|| bad_mac(&e.host_veth_mac))?,
+    })
+}
+
+/// What a half-done operation has changed, to be undone in reverse order.
+#[derive(Default)]
+struct Undo {
+    steps: Vec<Step>,
+}
+
+enum Step {
+    DeleteNetns(PathBuf),
+    DeleteLink(String),
+    DetachEndpoint(Endpoint),
+    Unpublish(PortBinding),
+    DeleteContainerRecord(String),
+    DeleteNetworkRecord(String),
+}
+
+impl Service {
+    async fn rollback(&mut self, undo: Undo) {
+        for step in undo.steps.into_iter().rev() {
+            if let Err(e) = self.run_step(step).await {
+                tracing::error!("rolling back a failed operation: {e}");
+            }
+        }
+    }
+
+    async fn run_step(&mut self, step: Step) -> Result<()> {
+        match step {
+            Step::DeleteNetns(path) => netns::delete_named(&path),
+            Step::DeleteLink(name) => match netlink::link_by_name(&self.handle, &name).await? {
+                Some(link) => netlink::delete_link(&self.handle, link.index).await,
+                None => Ok(()),
+            },
+            Step::DetachEndpoint(endpoint) => self.dataplane.detach_endpoint(&endpoint),
+            Step::Unpublish(port) => self.dataplane.unpublish(&port),
+            Step::DeleteContainerRecord(name) => {
+                self.store.delete_container(&name)?;
+                self.state.containers.remove(&name);
+                Ok(())
+            }
+            Step::DeleteNetworkRecord(name) => {
+                self.store.delete_network(&name)?;
+                self.state.networks.remove(&name);
+                Ok(())
+            }
+        }
+    }
+
+    /// Runs every step, collecting the errors instead of stopping at the first.
+    async fn run_all(&mut self, steps: Vec<Step>) -> Result<()> {
+        let mut errors = Vec::new();
+        for step in steps {
+            if let Err(e) = self.run_step(step).await {
+                errors.push(e);
+            }
+        }
+        Error::collect(errors)
+    }
+}
+
+/// A veth name for an endpoint: the node side and the temporary name of the peer.
+fn veth_names(endpoint_id: &str) -> (String, String) {
+    (format!("veth{}", &endpoint_id[..7]), format!("bpfc{}", &endpoint_id[..7]))
+}
+
+/// The address a port binding uses when none is given.
+fn default_host_ip(settings: &Settings, network: Option<&NetworkRecord>) -> Ipv4Addr {
+    network.and_then(|n| n.host_binding_ipv4).unwrap_or(settings.ip)
+}

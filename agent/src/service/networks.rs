@@ -1,0 +1,559 @@
+//! Networks: the default `bridge`, user-defined bridge networks, and the predefined `host`
+//! and `none`; connecting and disconnecting containers.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::Ipv4Addr,
+};
+
+use ipnet::Ipv4Net;
+
+use super::{
+    BRIDGE_PREFIX, DEFAULT_NETWORK, HOST_NETWORK, NONE_NETWORK, Service, Step, Undo,
+    endpoints::{next_ifname, teardown_steps},
+};
+use crate::{
+    Error, Result, ipam,
+    model::{
+        ConnectRequest, ContainerRecord, CreateNetwork, DisconnectRequest, EndpointRecord, Ipam,
+        IpamConfig, KNOWN_OPTIONS, NetworkContainer, NetworkCreated, NetworkInspect,
+        NetworkMode, NetworkRecord, NetworksPruned, OPT_BRIDGE_NAME, OPT_ENABLE_ICC,
+        OPT_ENABLE_IP_MASQUERADE, OPT_HOST_BINDING_IPV4, OPT_MTU, now, random_id,
+        validate_name,
+    },
+    netlink,
+};
+
+fn parse_bool_option(key: &str, value: &str) -> Result<bool> {
+    value.parse().map_err(|_| Error::InvalidArgument(format!("option {key}={value:?}: expected true or false")))
+}
+
+/// Parses a CIDR that must be a network address (no host bits), like Docker.
+fn parse_subnet(what: &str, s: &str) -> Result<Ipv4Net> {
+    let net: Ipv4Net = s.parse().map_err(|_| Error::InvalidArgument(format!("invalid {what} {s:?}")))?;
+    if net.trunc() != net {
+        return Err(Error::InvalidArgument(format!("invalid {what} {s}: host bits set; did you mean {}?", net.trunc())));
+    }
+    if net.prefix_len() > 30 {
+        return Err(Error::InvalidArgument(format!("invalid {what} {s}: a /{} has no room for containers", net.prefix_len())));
+    }
+    Ok(net)
+}
+
+/// A valid Linux interface name that does not exist yet.
+fn check_bridge_name(name: &str) -> Result<()> {
+    if name.is_empty() || name.len() > 15 || name.contains(['/', ' ', ':']) {
+        return Err(Error::InvalidArgument(format!("invalid bridge name {name:?} (at most 15 characters, no '/', ':' or space)")));
+    }
+    Ok(())
+}
+
+impl Service {
+    /// Subnets in use: by networks and by routes on the node that are not our bridges'.
+    async fn taken_subnets(&self) -> Result<Vec<(Ipv4Net, String)>> {
+        let mut taken: Vec<(Ipv4Net, String)> =
+            self.state.networks.values().map(|n| (n.subnet, format!("network {}", n.name))).collect();
+        let ours: BTreeSet<Ipv4Net> = self.state.networks.values().map(|n| n.subnet).collect();
+        for route in netlink::ipv4_routes(&self.handle).await? {
+            if route.destination.prefix_len() > 0 && !ours.contains(&route.destination) {
+                taken.push((route.destination, "a route on the node".into()));
+            }
+        }
+        Ok(taken)
+    }
+
+    /// Creates the network's bridge if it is missing, and gives it its address, MTU and
+    /// link state.
+    pub(super) async fn ensure_bridge(&self, network: &NetworkRecord) -> Result<()> {
+        let bridge = match netlink::link_by_name(&self.handle, &network.bridge).await? {
+            Some(link) => link,
+            None => {
+                netlink::create_bridge(&self.handle, &network.bridge, network.mtu).await?;
+                netlink::link_by_name(&self.handle, &network.bridge)
+                    .await?
+                    .ok_or_else(|| Error::NotFound(format!("bridge {} vanished", network.bridge)))?
+            }
+        };
+        if bridge.mtu != network.mtu {
+            netlink::set_mtu(&self.handle, bridge.index, network.mtu).await?;
+        }
+        let gateway = Ipv4Net::new(network.gateway, network.subnet.prefix_len()).expect("prefix of a valid net");
+        let addresses = netlink::ipv4_addresses(&self.handle).await?;
+        if !addresses.iter().any(|(i, a)| *i == bridge.index && *a == gateway) {
+            netlink::add_address(&self.handle, bridge.index, gateway).await?;
+        }
+        netlink::set_up(&self.handle, bridge.index).await
+    }
+
+    /// Validates a create request into a (pending) record, without changing anything.
+    async fn plan_network(&self, request: &CreateNetwork, is_default: bool) -> Result<NetworkRecord> {
+        validate_name("network", &request.name)?;
+        if self.state.networks.contains_key(&request.name) || [HOST_NETWORK, NONE_NETWORK].contains(&request.name.as_str()) {
+            return Err(Error::Conflict(format!("network with name {} already exists", request.name)));
+        }
+        if let Some(driver) = request.driver.as_deref().filter(|d| *d != "bridge") {
+            return Err(Error::InvalidArgument(format!("network driver {driver:?} is not supported (only \"bridge\")")));
+        }
+        let ipam = request.ipam.clone().unwrap_or_default();
+        if ipam.driver != "default" {
+            return Err(Error::InvalidArgument(format!("IPAM driver {:?} is not supported (only \"default\")", ipam.driver)));
+        }
+        if ipam.config.len() > 1 {
+            return Err(Error::InvalidArgument("only one IPAM config (one IPv4 subnet) per network is supported".into()));
+        }
+        let config = ipam.config.first().cloned().unwrap_or_default();
+        if config.subnet.is_none() && (config.gateway.is_some() || config.ip_range.is_some()) {
+            return Err(Error::InvalidArgument("--gateway and --ip-range need --subnet".into()));
+        }
+        let taken = self.taken_subnets().await?;
+        let subnet = match &config.subnet {
+            Some(s) => {
+                let subnet = parse_subnet("subnet", s)?;
+                if let Some((_, owner)) = taken.iter().find(|(t, _)| ipam::overlaps(t, &subnet)) {
+                    return Err(Error::Conflict(format!("subnet {subnet} overlaps with {owner}")));
+                }
+                subnet
+            }
+            None => {
+                let taken: Vec<Ipv4Net> = taken.iter().map(|(t, _)| *t).collect();
+                ipam::first_free_subnet(&self.settings.default_address_pools, &taken).ok_or_else(|| {
+                    Error::PoolExhausted { network: request.name.clone() }
+                })?
+            }
+        };
+        let gateway = match &config.gateway {
+            Some(g) => {
+                let gateway: Ipv4Addr = g.parse().map_err(|_| Error::InvalidArgument(format!("invalid gateway {g:?}")))?;
+                if !subnet.contains(&gateway) || gateway == subnet.network() || gateway == subnet.broadcast() {
+                    return Err(Error::InvalidArgument(format!("gateway {gateway} is not a usable address of subnet {subnet}")));
+                }
+                gateway
+            }
+            None => ipam::default_gateway(subnet),
+        };
+        let ip_range = match &config.ip_range {
+            Some(r) => {
+                let range = parse_subnet("ip-range", r)?;
+                if !subnet.contains(&range) {
+                    return Err(Error::InvalidArgument(format!("ip-range {range} is not inside subnet {subnet}")));
+                }
+                Some(range)
+            }
+            None => None,
+        };
+
+        let id = random_id();
+        let mut network = NetworkRecord {
+            name: request.name.clone(),
+            created: now(),
+            bridge: format!("{BRIDGE_PREFIX}-{}", &id[..9]),
+            id,
+            subnet,
+            gateway,
+            ip_range,
+            internal: request.internal,
+            enable_icc: if is_default { self.settings.icc } else { true },
+            enable_ip_masquerade: if is_default { self.settings.ip_masq } else { true },
+            host_binding_ipv4: None,
+            mtu: self.settings.mtu.unwrap_or(self.uplink_mtu),
+            options: request.options.clone(),
+            labels: request.labels.clone(),
+            last_allocated: None,
+            pending: true,
+        };
+        for (key, value) in &request.options {
+            match key.as_str() {
+                OPT_BRIDGE_NAME => {
+                    check_bridge_name(value)?;
+                    if self.state.networks.values().any(|n| &n.bridge == value)
+                        || netlink::link_by_name(&self.handle, value).await?.is_some()
+                    {
+                        return Err(Error::Conflict(format!("bridge name {value} is already in use on the node")));
+                    }
+                    network.bridge = value.clone();
+                }
+                OPT_ENABLE_ICC => network.enable_icc = parse_bool_option(key, value)?,
+                OPT_ENABLE_IP_MASQUERADE => network.enable_ip_masquerade = parse_bool_option(key, value)?,
+                OPT_HOST_BINDING_IPV4 => {
+                    network.host_binding_ipv4 = Some(value.parse().map_err(|_| {
+                        Error::InvalidArgument(format!("option {key}={value:?}: expected an IPv4 address"))
+                    })?)
+                }
+                OPT_MTU => {
+                    network.mtu = value
+                        .parse()
+                        .ok()
+                        .filter(|m| (68..=65535).contains(m))
+                        .ok_or_else(|| Error::InvalidArgument(format!("option {key}={value:?}: expected an MTU between 68 and 65535")))?
+                }
+                other => {
+                    return Err(Error::InvalidArgument(format!(
+                        "unknown network option {other:?} (known: {})",
+                        KNOWN_OPTIONS.join(", ")
+                    )))
+                }
+            }
+        }
+        Ok(network)
+    }
+
+    pub async fn create_network(&mut self, request: CreateNetwork) -> Result<NetworkCreated> {
+        let network = self.plan_network(&request, false).await?;
+        self.add_network(network).await.map(|n| NetworkCreated { id: n.id, warning: String::new() })
+    }
+
+    /// Records a planned network (pending), makes its bridge, then marks it done; undoes
+    /// everything if a step fails.
+    pub(super) async fn add_network(&mut self, mut network: NetworkRecord) -> Result<NetworkRecord> {
+        let mut undo = Undo::default();
+        let result = async {
+            self.save_network(network.clone())?;
+            undo.steps.push(Step::DeleteNetworkRecord(network.name.clone()));
+            undo.steps.push(Step::DeleteLink(network.bridge.clone()));
+            self.ensure_bridge(&network).await?;
+            network.pending = false;
+            self.save_network(network.clone())
+        }
+        .await;
+        match result {
+            Ok(()) => Ok(network),
+            Err(e) => {
+                self.rollback(undo).await;
+                Err(e)
+            }
+        }
+    }
+
+    /// The default network's planned record, from `--bip` or the address pools.
+    pub(super) async fn plan_default_network(&self) -> Result<NetworkRecord> {
+        let mut request = CreateNetwork { name: DEFAULT_NETWORK.into(), ..CreateNetwork::default() };
+        if let Some(bip) = self.settings.bip {
+            request.ipam = Some(Ipam {
+                driver: "default".into(),
+                config: vec![IpamConfig {
+                    subnet: Some(bip.trunc().to_string()),
+                    gateway: Some(bip.addr().to_string()),
+                    ip_range: None,
+                }],
+                ..Ipam::default()
+            });
+        }
+        let mut network = self.plan_network(&request, true).await?;
+        network.bridge = super::DEFAULT_BRIDGE.into();
+        network.host_binding_ipv4 = Some(self.settings.ip);
+        Ok(network)
+    }
+
+    pub async fn remove_network(&mut self, reference: &str) -> Result<()> {
+        if [DEFAULT_NETWORK, HOST_NETWORK, NONE_NETWORK].contains(&reference) {
+            return Err(Error::Forbidden(format!("{reference} is a pre-defined network and cannot be removed")));
+        }
+        let network = self.network(reference)?.clone();
+        if network.is_default() {
+            return Err(Error::Forbidden(format!("{} is a pre-defined network and cannot be removed", network.name)));
+        }
+        let users: Vec<&str> = self
+            .state
+            .containers
+            .values()
+            .filter(|c| c.endpoint(&network.id).is_some())
+            .map(|c| c.name.as_str())
+            .collect();
+        if !users.is_empty() {
+            return Err(Error::Conflict(format!(
+                "error while removing network: network {} id {} has active endpoints ({})",
+                network.name,
+                network.id,
+                users.join(", ")
+            )));
+        }
+        // Pending while the bridge goes, so a crash in between finishes the removal on start.
+        self.save_network(NetworkRecord { pending: true, ..network.clone() })?;
+        self.run_all(vec![Step::DeleteLink(network.bridge.clone()), Step::DeleteNetworkRecord(network.name)])
+            .await
+    }
+
+    pub async fn prune_networks(&mut self) -> Result<NetworksPruned> {
+        let unused: Vec<String> = self
+            .state
+            .networks
+            .values()
+            .filter(|n| !n.is_default())
+            .filter(|n| !self.state.containers.values().any(|c| c.endpoint(&n.id).is_some()))
+            .map(|n| n.name.clone())
+            .collect();
+        let mut pruned = NetworksPruned::default();
+        for name in unused {
+            self.remove_network(&name).await?;
+            pruned.networks_deleted.push(name);
+        }
+        Ok(pruned)
+    }
+
+    fn network_inspect_record(&self, n: &NetworkRecord) -> NetworkInspect {
+        let containers = self
+            .state
+            .containers
+            .values()
+            .filter_map(|c| {
+                let e = c.endpoint(&n.id)?;
+                Some((
+                    c.id.clone(),
+                    NetworkContainer {
+                        name: c.name.clone(),
+                        endpoint_id: e.endpoint_id.clone(),
+                        mac_address: e.mac.clone(),
+                        ipv4_address: format!("{}/{}", e.ip, n.subnet.prefix_len()),
+                        ipv6_address: String::new(),
+                    },
+                ))
+            })
+            .collect();
+        let mut options = n.options.clone();
+        if n.is_default() {
+            // What Docker shows for its default bridge: the effective settings.
+            options = BTreeMap::from([
+                ("com.docker.network.bridge.default_bridge".into(), "true".into()),
+                (OPT_ENABLE_ICC.into(), n.enable_icc.to_string()),
+                (OPT_ENABLE_IP_MASQUERADE.into(), n.enable_ip_masquerade.to_string()),
+                (OPT_HOST_BINDING_IPV4.into(), n.host_binding_ipv4.unwrap_or(Ipv4Addr::UNSPECIFIED).to_string()),
+                (OPT_BRIDGE_NAME.into(), n.bridge.clone()),
+                (OPT_MTU.into(), n.mtu.to_string()),
+            ]);
+        }
+        NetworkInspect {
+            name: n.name.clone(),
+            id: n.id.clone(),
+            created: n.created.clone(),
+            scope: "local".into(),
+            driver: "bridge".into(),
+            enable_ipv6: false,
+            ipam: Ipam {
+                driver: "default".into(),
+                options: BTreeMap::new(),
+                config: vec![IpamConfig {
+                    subnet: Some(n.subnet.to_string()),
+                    ip_range: n.ip_range.map(|r| r.to_string()),
+                    gateway: Some(n.gateway.to_string()),
+                }],
+            },
+            internal: n.internal,
+            attachable: false,
+            ingress: false,
+            config_only: false,
+            containers,
+            options,
+            labels: n.labels.clone(),
+        }
+    }
+
+    fn predefined_inspect(&mut self, name: &str) -> Result<NetworkInspect> {
+        let id = self.predefined_id(name)?;
+        let mode = if name == HOST_NETWORK { NetworkMode::Host } else { NetworkMode::None };
+        let containers = self
+            .state
+            .containers
+            .values()
+            .filter(|c| c.mode == mode)
+            .map(|c| {
+                let e = NetworkContainer {
+                    name: c.name.clone(),
+                    endpoint_id: String::new(),
+                    mac_address: String::new(),
+                    ipv4_address: String::new(),
+                    ipv6_address: String::new(),
+                };
+                (c.id.clone(), e)
+            })
+            .collect();
+        Ok(NetworkInspect {
+            name: name.into(),
+            id,
+            created: String::new(),
+            scope: "local".into(),
+            driver: if name == HOST_NETWORK { "host" } else { "null" }.into(),
+            enable_ipv6: false,
+            ipam: Ipam { driver: "default".into(), ..Ipam::default() },
+            internal: false,
+            attachable: false,
+            ingress: false,
+            config_only: false,
+            containers,
+            options: BTreeMap::new(),
+            labels: BTreeMap::new(),
+        })
+    }
+
+    pub fn list_networks(&mut self) -> Result<Vec<NetworkInspect>> {
+        let mut out: Vec<NetworkInspect> =
+            self.state.networks.values().filter(|n| !n.pending).map(|n| self.network_inspect_record(n)).collect();
+        out.push(self.predefined_inspect(HOST_NETWORK)?);
+        out.push(self.predefined_inspect(NONE_NETWORK)?);
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    pub fn inspect_network(&mut self, reference: &str) -> Result<NetworkInspect> {
+        if [HOST_NETWORK, NONE_NETWORK].contains(&reference) {
+            return self.predefined_inspect(reference);
+        }
+        for name in [HOST_NETWORK, NONE_NETWORK] {
+            if !reference.is_empty() && self.predefined_id(name)?.starts_with(reference) {
+                return self.predefined_inspect(name);
+            }
+        }
+        let network = self.network(reference)?;
+        Ok(self.network_inspect_record(network))
+    }
+
+    /// Plans an endpoint on `network` for `container`: address (requested or allocated),
+    /// interface name and aliases. Pending until made.
+    pub(super) fn plan_endpoint(
+        &self,
+        container: &ContainerRecord,
+        network: &NetworkRecord,
+        requested_ip: Option<Ipv4Addr>,
+        aliases: Vec<String>,
+        in_use_extra: &BTreeSet<Ipv4Addr>,
+    ) -> Result<EndpointRecord> {
+        if network.is_default() && requested_ip.is_some() {
+            return Err(Error::InvalidArgument("user specified IP address is supported on user defined networks only".into()));
+        }
+        if network.is_default() && !aliases.is_empty() {
+            return Err(Error::InvalidArgument("network-scoped aliases are supported for user defined networks only".into()));
+        }
+        for alias in &aliases {
+            validate_name("alias", alias)?;
+        }
+        let mut in_use: BTreeSet<Ipv4Addr> = self
+            .state
+            .containers
+            .values()
+            .filter_map(|c| c.endpoint(&network.id))
+            .map(|e| e.ip)
+            .collect();
+        in_use.extend(in_use_extra);
+        let ip = match requested_ip {
+            Some(ip) => {
+                ipam::check_requested(&network.name, network.subnet, network.gateway, &in_use, ip)?;
+                ip
+            }
+            None => ipam::allocate(
+                &network.name,
+                network.subnet,
+                network.ip_range.unwrap_or(network.subnet),
+                network.gateway,
+                &in_use,
+                network.last_allocated,
+            )?,
+        };
+        Ok(EndpointRecord {
+            network_id: network.id.clone(),
+            endpoint_id: random_id(),
+            ip,
+            mac: crate::model::format_mac(crate::model::mac_for_ip(ip)),
+            ifname: next_ifname(container),
+            host_veth: String::new(),
+            host_veth_ifindex: 0,
+            host_veth_mac: String::new(),
+            aliases,
+            requested_ip,
+            pending: true,
+        })
+    }
+
+    /// Remembers the last address handed out on a network (sequential allocation).
+    pub(super) fn note_allocation(&mut self, network_id: &str, ip: Ipv4Addr) -> Result<()> {
+        let mut network = self.network_by_id(network_id)?.clone();
+        network.last_allocated = Some(ip);
+        self.save_network(network)
+    }
+
+    pub async fn connect(&mut self, reference: &str, request: ConnectRequest) -> Result<()> {
+        if [HOST_NETWORK, NONE_NETWORK].contains(&reference) {
+            return Err(Error::Forbidden(format!("container cannot be connected to the {reference} network")));
+        }
+        let network = self.network(reference)?.clone();
+        let mut container = self.container(&request.container)?.clone();
+        if container.mode != NetworkMode::Bridge {
+            return Err(Error::Forbidden(format!(
+                "container {} cannot be connected to network {}: it does not use bridge networking",
+                container.name, network.name
+            )));
+        }
+        if container.endpoint(&network.id).is_some() {
+            return Err(Error::Conflict(format!(
+                "endpoint with name {} already exists in network {}",
+                container.name, network.name
+            )));
+        }
+        let requested_ip = parse_requested_ip(&request.endpoint_config)?;
+        let mut endpoint =
+            self.plan_endpoint(&container, &network, requested_ip, request.endpoint_config.aliases.clone(), &BTreeSet::new())?;
+        let had_port_endpoint = self.port_endpoint(&container).map(|e| e.endpoint_id.clone());
+        container.endpoints.push(endpoint.clone());
+        self.save_container(container.clone())?;
+        let mut undo = Undo::default();
+        let becomes_primary = had_port_endpoint.is_none() && !network.internal;
+        let result = self.make_endpoint(&container.netns, &network, &mut endpoint, becomes_primary, &mut undo).await;
+        let position = container.endpoints.len() - 1;
+        match result {
+            Ok(()) => {
+                endpoint.pending = false;
+                container.endpoints[position] = endpoint.clone();
+                self.save_container(container.clone())?;
+                self.note_allocation(&network.id, endpoint.ip)?;
+                if becomes_primary {
+                    for (ep, port) in self.mappings_of(&container)? {
+                        self.dataplane.publish(&ep, &port)?;
+                    }
+                }
+                self.refresh_dns()?;
+                self.dns_for(&container)
+            }
+            Err(e) => {
+                self.rollback(undo).await;
+                container.endpoints.pop();
+                self.save_container(container)?;
+                Err(e)
+            }
+        }
+    }
+
+    pub async fn disconnect(&mut self, reference: &str, request: DisconnectRequest) -> Result<()> {
+        let network = self.network(reference)?.clone();
+        let mut container = self.container(&request.container)?.clone();
+        let Some(position) = container.endpoints.iter().position(|e| e.network_id == network.id) else {
+            return Err(Error::NotFound(format!(
+                "container {} is not connected to network {}",
+                container.name, network.name
+            )));
+        };
+        let was_primary = self.port_endpoint(&container).map(|e| e.endpoint_id.clone())
+            == Some(container.endpoints[position].endpoint_id.clone());
+        let mut steps = Vec::new();
+        if was_primary {
+            steps.extend(container.ports.iter().map(|p| Step::Unpublish(*p)));
+        }
+        steps.extend(teardown_steps(&container.endpoints[position]));
+        self.run_all(steps).await?;
+        container.endpoints.remove(position);
+        self.save_container(container.clone())?;
+        if was_primary {
+            for (ep, port) in self.mappings_of(&container)? {
+                self.dataplane.publish(&ep, &port)?;
+            }
+            self.fix_default_route(&container).await?;
+        }
+        self.refresh_dns()?;
+        self.dns_for(&container)
+    }
+}
+
+/// `--ip` from an endpoint config.
+pub(super) fn parse_requested_ip(config: &crate::model::EndpointConfig) -> Result<Option<Ipv4Addr>> {
+    match config.ipam_config.as_ref().map(|c| c.ipv4_address.as_str()).filter(|s| !s.is_empty()) {
+        Some(s) => s.parse().map(Some).map_err(|_| Error::InvalidArgument(format!("invalid IP address {s:?}"))),
+        None => Ok(None),
+    }
+}
