@@ -56,29 +56,39 @@ pub fn run(program: &str, args: &[&str]) -> Result<Output> {
     Ok(output)
 }
 
-/// A named network namespace (`ip netns add`), deleted on drop.
+/// A network namespace: one the test made (`ip netns add`, deleted on drop), or one made by
+/// someone else and only used here.
 pub struct Netns {
     pub name: String,
+    /// Where the namespace is pinned, for namespaces outside /run/netns.
+    path: Option<PathBuf>,
 }
 
 impl Netns {
     pub fn new(role: &str) -> Result<Self> {
         let name = unique(role);
         run("ip", &["netns", "add", &name])?;
-        let ns = Netns { name };
+        let ns = Netns { name, path: None };
         ns.ip(&["link", "set", "lo", "up"])?;
         Ok(ns)
     }
 
-    pub fn path(&self) -> PathBuf {
-        PathBuf::from("/run/netns").join(&self.name)
+    /// A namespace pinned at `path` by someone else (e.g. the agent); not deleted on drop.
+    pub fn borrowed(path: PathBuf) -> Self {
+        Netns { name: String::new(), path: Some(path) }
     }
 
-    /// `ip -n NAME ARGS`.
+    pub fn path(&self) -> PathBuf {
+        self.path.clone().unwrap_or_else(|| PathBuf::from("/run/netns").join(&self.name))
+    }
+
+    /// `ip ARGS` inside the namespace.
     pub fn ip(&self, args: &[&str]) -> Result<Output> {
-        let mut full = vec!["-n", self.name.as_str()];
+        let path = self.path();
+        let net = format!("--net={}", path.display());
+        let mut full = vec![net.as_str(), "ip"];
         full.extend_from_slice(args);
-        run("ip", &full)
+        run("nsenter", &full)
     }
 
     /// Runs a program inside the namespace (`ip netns exec`: private /sys, fine for tools
@@ -191,6 +201,8 @@ pub fn cgroup2_mount() -> Result<PathBuf> {
 /// directory, namespace directory and cgroup; stopped and cleaned up on drop.
 pub struct Agent {
     child: Option<Child>,
+    /// Extra `bpfbridge agent` flags, kept for restarts.
+    args: Vec<String>,
     pub dir: tempfile::TempDir,
     pub socket: PathBuf,
     pub pin_dir: PathBuf,
@@ -201,12 +213,18 @@ pub struct Agent {
 
 impl Agent {
     pub fn start(topology: &Topology) -> Result<Self> {
+        Self::start_with(topology, &[])
+    }
+
+    /// Starts an agent with extra `bpfbridge agent` flags.
+    pub fn start_with(topology: &Topology, args: &[&str]) -> Result<Self> {
         let dir = tempfile::Builder::new().prefix("bpfbt-agent-").tempdir()?;
         let name = unique("agent");
         let cgroup = cgroup2_mount()?.join(&name);
         fs::create_dir(&cgroup).with_context(|| format!("creating cgroup {}", cgroup.display()))?;
         let mut agent = Agent {
             child: None,
+            args: args.iter().map(|a| a.to_string()).collect(),
             socket: dir.path().join("bpfbridge.sock"),
             pin_dir: PathBuf::from("/sys/fs/bpf").join(&name),
             netns_dir: dir.path().join("netns"),
@@ -235,6 +253,7 @@ impl Agent {
             .arg(&self.pin_dir)
             .arg("--netns-dir")
             .arg(&self.netns_dir)
+            .args(&self.args)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
@@ -269,6 +288,28 @@ impl Agent {
             }
             thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    /// Starts the agent process and returns at once, without waiting for it to be ready
+    /// (for tests that expect it to fail).
+    pub fn spawn_expecting_failure(&mut self) -> Result<String> {
+        match self.spawn() {
+            Ok(()) => bail!("the agent started"),
+            Err(e) => Ok(e.to_string()),
+        }
+    }
+
+    /// Kills the agent with SIGKILL, as a crash would.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// The agent's state directory.
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("state")
     }
 
     /// Stops the agent with SIGTERM (the dataplane stays in place).
