@@ -92,17 +92,33 @@ mod tests {
 
     #[test]
     fn picks_the_first_unrouted_pool() {
-        assert_eq!(first_free_subnet(&[]), Some(net("172.17.0.0/16")));
-        assert_eq!(
-            first_free_subnet(&[net("0.0.0.0/0"), net("172.17.5.0/24")]),
-            Some(net("172.18.0.0/16"))
-        );
-        assert_eq!(
-            first_free_subnet(&[net("172.16.0.0/12")]),
-            Some(net("192.168.0.0/20"))
-        );
-        let all: Vec<_> = default_pool_candidates().collect();
-        assert_eq!(first_free_subnet(&all), None);
+        let pools = AddressPool::docker_defaults();
+        assert_eq!(first_free_subnet(&pools, &[]), Some(net("172.17.0.0/16")));
+        let routed = [net("0.0.0.0/0"), net("172.17.5.0/24")];
+        assert_eq!(first_free_subnet(&pools, &routed), Some(net("172.18.0.0/16")));
+        assert_eq!(first_free_subnet(&pools, &[net("172.16.0.0/12")]), Some(net("192.168.0.0/20")));
+        let all: Vec<_> = pool_candidates(&pools).collect();
+        assert_eq!(all.len(), 15 + 16);
+        assert_eq!(all[15], net("192.168.0.0/20"));
+        assert_eq!(first_free_subnet(&pools, &all), None);
+        let custom: Vec<AddressPool> = vec!["base=10.10.0.0/16,size=24".parse().unwrap()];
+        assert_eq!(first_free_subnet(&custom, &[net("10.10.0.0/24")]), Some(net("10.10.1.0/24")));
+    }
+
+    #[test]
+    fn ip_range_and_requested_addresses() {
+        let subnet = net("10.0.0.0/24");
+        let gw = default_gateway(subnet);
+        let used = BTreeSet::new();
+        let range = net("10.0.0.128/25");
+        let ip = allocate("n", subnet, range, gw, &used, None).unwrap();
+        assert_eq!(ip, Ipv4Addr::new(10, 0, 0, 128));
+        let last = allocate("n", subnet, range, gw, &used, Some(Ipv4Addr::new(10, 0, 0, 253))).unwrap();
+        assert_eq!(last, Ipv4Addr::new(10, 0, 0, 254), "never the broadcast address");
+        assert!(check_requested("n", subnet, gw, &used, Ipv4Addr::new(10, 0, 0, 9)).is_ok());
+        assert!(check_requested("n", subnet, gw, &used, gw).is_err());
+        assert!(check_requested("n", subnet, gw, &used, Ipv4Addr::new(10, 0, 1, 9)).is_err());
+        assert!(check_requested("n", subnet, gw, &used, Ipv4Addr::new(10, 0, 0, 255)).is_err());
     }
 
     #[test]

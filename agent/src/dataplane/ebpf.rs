@@ -73,6 +73,15 @@ fn port_target(endpoint: &Endpoint, port: &PortBinding) -> PortTarget {
     }
 }
 
+/// A delete of a key that is not there: fine for idempotent removal.
+fn is_missing_key(e: &aya::maps::MapError) -> bool {
+    match e {
+        aya::maps::MapError::KeyNotFound => true,
+        aya::maps::MapError::SyscallError(s) => s.io_error.kind() == std::io::ErrorKind::NotFound,
+        _ => false,
+    }
+}
+
 fn is_not_found(e: &aya::programs::links::LinkError) -> bool {
     matches!(e, aya::programs::links::LinkError::SyscallError(s) if s.io_error.kind() == std::io::ErrorKind::NotFound)
 }
@@ -152,7 +161,8 @@ impl EbpfDataplane {
             .collect();
         for key in stale {
             match flows.remove(&key) {
-                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+                Ok(()) => {}
+                Err(e) if is_missing_key(&e) => {}
                 Err(e) => return Err(Error::dataplane("removing a flow")(e)),
             }
         }
@@ -287,7 +297,8 @@ impl Dataplane for EbpfDataplane {
 
     fn unpublish(&mut self, port: &PortBinding) -> Result<()> {
         match self.ports_mut()?.remove(&port_key(port)) {
-            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            Ok(()) => Ok(()),
+            Err(e) if is_missing_key(&e) => Ok(()),
             Err(e) => Err(Error::dataplane("removing a published port")(e)),
         }
     }
