@@ -457,3 +457,81 @@ pub fn links(netns: &Netns) -> Result<Vec<String>> {
         })
         .collect())
 }
+
+/// Asks the container DNS server at 127.0.0.11:53, from inside `netns`, for `name`'s A
+/// records. `Ok(None)`: the server answered without an address (NXDOMAIN, SERVFAIL, none);
+/// `Err`: nothing answered within `wait`.
+pub fn dns_lookup(netns: &Path, name: &str, wait: Duration) -> Result<Option<Vec<Ipv4Addr>>> {
+    use hickory_proto::{
+        op::{Message, Query, ResponseCode},
+        rr::{Name, RData, RecordType},
+    };
+    let mut query = Message::query();
+    query.metadata.recursion_desired = true;
+    let mut fqdn = Name::from_ascii(name)?;
+    fqdn.set_fqdn(true);
+    query.add_query(Query::query(fqdn, RecordType::A));
+    let bytes = query.to_vec()?;
+    let answer = in_netns(netns, || -> std::io::Result<Vec<u8>> {
+        let socket = std::net::UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))?;
+        socket.connect((Ipv4Addr::new(127, 0, 0, 11), 53))?;
+        socket.set_read_timeout(Some(wait))?;
+        socket.send(&bytes)?;
+        let mut buf = vec![0; 4096];
+        let len = socket.recv(&mut buf)?;
+        buf.truncate(len);
+        Ok(buf)
+    })?;
+    let response = Message::from_vec(&answer)?;
+    ensure!(response.metadata.id == query.metadata.id, "answer to another query");
+    let ips: Vec<Ipv4Addr> = response
+        .answers
+        .iter()
+        .filter_map(|r| match &r.data {
+            RData::A(a) => Some(a.0),
+            _ => None,
+        })
+        .collect();
+    Ok((response.metadata.response_code == ResponseCode::NoError && !ips.is_empty()).then_some(ips))
+}
+
+/// A stand-in for the node's upstream resolver, in the world namespace: answers every query
+/// with NXDOMAIN, for a bounded time.
+pub struct FakeUpstream {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+impl FakeUpstream {
+    pub fn start(world: &Netns, port: u16) -> Result<Self> {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let socket = world.run(|| std::net::UdpSocket::bind((WORLD_IP, port)))?;
+        socket.set_read_timeout(Some(Duration::from_millis(100)))?;
+        let flag = stop.clone();
+        let thread = thread::spawn(move || {
+            let deadline = Instant::now() + Duration::from_secs(120);
+            let mut buf = vec![0; 4096];
+            while !flag.load(Ordering::Relaxed) && Instant::now() < deadline {
+                let Ok((len, from)) = socket.recv_from(&mut buf) else { continue };
+                let Ok(query) = hickory_proto::op::Message::from_vec(&buf[..len]) else { continue };
+                let mut answer = query.clone();
+                answer.metadata.message_type = hickory_proto::op::MessageType::Response;
+                answer.metadata.recursion_available = true;
+                answer.metadata.response_code = hickory_proto::op::ResponseCode::NXDomain;
+                if let Ok(bytes) = answer.to_vec() {
+                    let _ = socket.send_to(&bytes, from);
+                }
+            }
+        });
+        Ok(FakeUpstream { stop, thread: Some(thread) })
+    }
+}
+
+impl Drop for FakeUpstream {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
