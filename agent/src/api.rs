@@ -69,10 +69,16 @@ pub fn router(service: Shared) -> Router {
     Router::new()
         .route("/info", get(info))
         .route("/containers", get(list_containers).post(create_container))
-        .route("/containers/{name}", get(inspect_container).delete(remove_container))
+        .route(
+            "/containers/{name}",
+            get(inspect_container).delete(remove_container),
+        )
         .route("/networks", get(list_networks).post(create_network))
         .route("/networks/prune", post(prune_networks))
-        .route("/networks/{id}", get(inspect_network).delete(remove_network))
+        .route(
+            "/networks/{id}",
+            get(inspect_network).delete(remove_network),
+        )
         .route("/networks/{id}/connect", post(connect))
         .route("/networks/{id}/disconnect", post(disconnect))
         .route("/ports", get(ports))
@@ -102,11 +108,17 @@ async fn create_container(State(s): State<Shared>, bytes: Bytes) -> ApiResult<im
     Ok((StatusCode::CREATED, Json(created)))
 }
 
-async fn inspect_container(State(s): State<Shared>, Path(name): Path<String>) -> ApiResult<impl IntoResponse> {
+async fn inspect_container(
+    State(s): State<Shared>,
+    Path(name): Path<String>,
+) -> ApiResult<impl IntoResponse> {
     Ok(Json(s.lock().await.inspect_container(&name)?))
 }
 
-async fn remove_container(State(s): State<Shared>, Path(name): Path<String>) -> ApiResult<impl IntoResponse> {
+async fn remove_container(
+    State(s): State<Shared>,
+    Path(name): Path<String>,
+) -> ApiResult<impl IntoResponse> {
     s.lock().await.remove_container(&name).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -121,11 +133,17 @@ async fn create_network(State(s): State<Shared>, bytes: Bytes) -> ApiResult<impl
     Ok((StatusCode::CREATED, Json(created)))
 }
 
-async fn inspect_network(State(s): State<Shared>, Path(id): Path<String>) -> ApiResult<impl IntoResponse> {
+async fn inspect_network(
+    State(s): State<Shared>,
+    Path(id): Path<String>,
+) -> ApiResult<impl IntoResponse> {
     Ok(Json(s.lock().await.inspect_network(&id)?))
 }
 
-async fn remove_network(State(s): State<Shared>, Path(id): Path<String>) -> ApiResult<impl IntoResponse> {
+async fn remove_network(
+    State(s): State<Shared>,
+    Path(id): Path<String>,
+) -> ApiResult<impl IntoResponse> {
     s.lock().await.remove_network(&id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -134,13 +152,21 @@ async fn prune_networks(State(s): State<Shared>) -> ApiResult<impl IntoResponse>
     Ok(Json(s.lock().await.prune_networks().await?))
 }
 
-async fn connect(State(s): State<Shared>, Path(id): Path<String>, bytes: Bytes) -> ApiResult<impl IntoResponse> {
+async fn connect(
+    State(s): State<Shared>,
+    Path(id): Path<String>,
+    bytes: Bytes,
+) -> ApiResult<impl IntoResponse> {
     let request: ConnectRequest = body(&bytes)?;
     s.lock().await.connect(&id, request).await?;
     Ok(StatusCode::OK)
 }
 
-async fn disconnect(State(s): State<Shared>, Path(id): Path<String>, bytes: Bytes) -> ApiResult<impl IntoResponse> {
+async fn disconnect(
+    State(s): State<Shared>,
+    Path(id): Path<String>,
+    bytes: Bytes,
+) -> ApiResult<impl IntoResponse> {
     let request: DisconnectRequest = body(&bytes)?;
     s.lock().await.disconnect(&id, request).await?;
     Ok(StatusCode::OK)

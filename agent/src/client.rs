@@ -93,7 +93,9 @@ impl Client {
 
     /// A POST whose answer has no body worth reading.
     pub async fn post_empty<B: Serialize>(&self, path: &str, body: &B) -> Result<(), ClientError> {
-        self.raw(Method::POST, path, Some(serde_json::to_vec(body)?)).await.map(drop)
+        self.raw(Method::POST, path, Some(serde_json::to_vec(body)?))
+            .await
+            .map(drop)
     }
 
     pub async fn delete(&self, path: &str) -> Result<(), ClientError> {

@@ -24,12 +24,30 @@ impl AddressPool {
     /// Docker's defaults: 172.17.0.0/16 … 172.31.0.0/16, then 192.168.0.0/20 blocks.
     pub fn docker_defaults() -> Vec<AddressPool> {
         vec![
-            AddressPool { base: "172.17.0.0/16".parse().expect("valid"), size: 16 },
-            AddressPool { base: "172.18.0.0/15".parse().expect("valid"), size: 16 },
-            AddressPool { base: "172.20.0.0/14".parse().expect("valid"), size: 16 },
-            AddressPool { base: "172.24.0.0/14".parse().expect("valid"), size: 16 },
-            AddressPool { base: "172.28.0.0/14".parse().expect("valid"), size: 16 },
-            AddressPool { base: "192.168.0.0/16".parse().expect("valid"), size: 20 },
+            AddressPool {
+                base: "172.17.0.0/16".parse().expect("valid"),
+                size: 16,
+            },
+            AddressPool {
+                base: "172.18.0.0/15".parse().expect("valid"),
+                size: 16,
+            },
+            AddressPool {
+                base: "172.20.0.0/14".parse().expect("valid"),
+                size: 16,
+            },
+            AddressPool {
+                base: "172.24.0.0/14".parse().expect("valid"),
+                size: 16,
+            },
+            AddressPool {
+                base: "172.28.0.0/14".parse().expect("valid"),
+                size: 16,
+            },
+            AddressPool {
+                base: "192.168.0.0/16".parse().expect("valid"),
+                size: 20,
+            },
         ]
     }
 
@@ -51,7 +69,11 @@ impl FromStr for AddressPool {
 
     /// dockerd's flag form: `base=10.10.0.0/16,size=24`.
     fn from_str(s: &str) -> Result<Self> {
-        let bad = || Error::InvalidArgument(format!("invalid address pool {s:?}: expected base=CIDR,size=N"));
+        let bad = || {
+            Error::InvalidArgument(format!(
+                "invalid address pool {s:?}: expected base=CIDR,size=N"
+            ))
+        };
         let (mut base, mut size) = (None, None);
         for part in s.split(',') {
             match part.split_once('=') {
@@ -60,7 +82,10 @@ impl FromStr for AddressPool {
                 _ => return Err(bad()),
             }
         }
-        let pool = AddressPool { base: base.ok_or_else(bad)?, size: size.ok_or_else(bad)? };
+        let pool = AddressPool {
+            base: base.ok_or_else(bad)?,
+            size: size.ok_or_else(bad)?,
+        };
         pool.validate()?;
         Ok(pool)
     }
@@ -136,8 +161,10 @@ pub struct Overrides {
 impl Overrides {
     /// Reads a config file: `.json` as JSON, anything else as TOML.
     pub fn from_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(Error::io(format!("reading config file {}", path.display())))?;
-        let bad = |e: String| Error::InvalidArgument(format!("config file {}: {e}", path.display()));
+        let text = std::fs::read_to_string(path)
+            .map_err(Error::io(format!("reading config file {}", path.display())))?;
+        let bad =
+            |e: String| Error::InvalidArgument(format!("config file {}: {e}", path.display()));
         if path.extension().is_some_and(|e| e == "json") {
             serde_json::from_str(&text).map_err(|e| bad(e.to_string()))
         } else {
@@ -155,7 +182,9 @@ impl Overrides {
             dataplane: self.dataplane.unwrap_or(base.dataplane),
             ip_forward: self.ip_forward.unwrap_or(base.ip_forward),
             bip: self.bip.or(base.bip),
-            default_address_pools: self.default_address_pools.unwrap_or(base.default_address_pools),
+            default_address_pools: self
+                .default_address_pools
+                .unwrap_or(base.default_address_pools),
             mtu: self.mtu.or(base.mtu),
             icc: self.icc.unwrap_or(base.icc),
             ip_masq: self.ip_masq.unwrap_or(base.ip_masq),
@@ -176,19 +205,29 @@ impl Settings {
             )));
         }
         if let Some(bip) = self.bip
-            && (bip.prefix_len() > 30 || bip.addr() == bip.network() || bip.addr() == bip.broadcast())
+            && (bip.prefix_len() > 30
+                || bip.addr() == bip.network()
+                || bip.addr() == bip.broadcast())
         {
-            return Err(Error::InvalidArgument(format!("--bip {bip}: give the gateway address and prefix, e.g. 172.26.0.1/16")));
+            return Err(Error::InvalidArgument(format!(
+                "--bip {bip}: give the gateway address and prefix, e.g. 172.26.0.1/16"
+            )));
         }
         if let Some(mtu) = self.mtu
             && !(68..=65535).contains(&mtu)
         {
-            return Err(Error::InvalidArgument(format!("--mtu {mtu}: must be between 68 and 65535")));
+            return Err(Error::InvalidArgument(format!(
+                "--mtu {mtu}: must be between 68 and 65535"
+            )));
         }
         if self.default_address_pools.is_empty() {
-            return Err(Error::InvalidArgument("default-address-pools must not be empty".into()));
+            return Err(Error::InvalidArgument(
+                "default-address-pools must not be empty".into(),
+            ));
         }
-        self.default_address_pools.iter().try_for_each(AddressPool::validate)
+        self.default_address_pools
+            .iter()
+            .try_for_each(AddressPool::validate)
     }
 }
 
@@ -209,13 +248,25 @@ mod tests {
         let settings = file.apply(Settings::default()).unwrap();
         assert_eq!(settings.mtu, Some(1400));
         assert!(!settings.icc && settings.ip_masq);
-        assert_eq!(settings.default_address_pools, vec!["base=10.10.0.0/16,size=24".parse().unwrap()]);
-        let flags = Overrides { icc: Some(true), ..Overrides::default() };
-        assert!(flags.apply(settings).unwrap().icc, "flags override the file");
+        assert_eq!(
+            settings.default_address_pools,
+            vec!["base=10.10.0.0/16,size=24".parse().unwrap()]
+        );
+        let flags = Overrides {
+            icc: Some(true),
+            ..Overrides::default()
+        };
+        assert!(
+            flags.apply(settings).unwrap().icc,
+            "flags override the file"
+        );
 
         let json_path = dir.path().join("daemon.json");
         std::fs::write(&json_path, r#"{"ip-forward": false, "ip": "127.0.0.1"}"#).unwrap();
-        let s = Overrides::from_file(&json_path).unwrap().apply(Settings::default()).unwrap();
+        let s = Overrides::from_file(&json_path)
+            .unwrap()
+            .apply(Settings::default())
+            .unwrap();
         assert!(!s.ip_forward);
         assert_eq!(s.ip, Ipv4Addr::LOCALHOST);
     }
@@ -226,12 +277,23 @@ mod tests {
         let path = dir.path().join("bad.toml");
         std::fs::write(&path, "no-such-key = 1\n").unwrap();
         assert!(Overrides::from_file(&path).is_err());
-        for pool in ["base=10.0.0.0/16", "size=24", "base=10.0.0.0/16,size=8", "base=x,size=24"] {
+        for pool in [
+            "base=10.0.0.0/16",
+            "size=24",
+            "base=10.0.0.0/16,size=8",
+            "base=x,size=24",
+        ] {
             assert!(pool.parse::<AddressPool>().is_err(), "{pool}");
         }
-        let bad_bip = Overrides { bip: Some("172.26.0.0/16".parse().unwrap()), ..Default::default() };
+        let bad_bip = Overrides {
+            bip: Some("172.26.0.0/16".parse().unwrap()),
+            ..Default::default()
+        };
         assert!(bad_bip.apply(Settings::default()).is_err());
-        let bad_mtu = Overrides { mtu: Some(10), ..Default::default() };
+        let bad_mtu = Overrides {
+            mtu: Some(10),
+            ..Default::default()
+        };
         assert!(bad_mtu.apply(Settings::default()).is_err());
     }
 }

@@ -11,8 +11,8 @@ use tokio::{net::UnixListener, signal::unix::SignalKind, sync::Mutex};
 
 use crate::{
     Error, Result, api,
-    dataplane::{Dataplane, ebpf::EbpfDataplane},
     config::Settings,
+    dataplane::{Dataplane, ebpf::EbpfDataplane},
     service::Service,
 };
 
@@ -42,7 +42,8 @@ async fn bind(socket: &Path) -> Result<UnixListener> {
 }
 
 pub async fn run(settings: Settings, socket: PathBuf) -> Result<()> {
-    let (connection, handle, _) = rtnetlink::new_connection().map_err(Error::io("opening a netlink socket"))?;
+    let (connection, handle, _) =
+        rtnetlink::new_connection().map_err(Error::io("opening a netlink socket"))?;
     tokio::spawn(connection);
     let pin_dir = settings.pin_dir.clone();
     let service = Service::start(handle, settings, move |uplink, ifindex| {

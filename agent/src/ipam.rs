@@ -10,7 +10,9 @@ use crate::{Error, Result, config::AddressPool};
 
 /// Every subnet the pools offer, in order: each pool's base split into `/size` blocks.
 pub fn pool_candidates(pools: &[AddressPool]) -> impl Iterator<Item = Ipv4Net> + '_ {
-    pools.iter().flat_map(|pool| pool.base.subnets(pool.size).into_iter().flatten())
+    pools
+        .iter()
+        .flat_map(|pool| pool.base.subnets(pool.size).into_iter().flatten())
 }
 
 /// Whether two subnets share any address.
@@ -21,7 +23,11 @@ pub fn overlaps(a: &Ipv4Net, b: &Ipv4Net) -> bool {
 /// The first pool subnet that overlaps none of `taken` (routes on the node and existing
 /// networks). A default route overlaps everything but takes nothing.
 pub fn first_free_subnet(pools: &[AddressPool], taken: &[Ipv4Net]) -> Option<Ipv4Net> {
-    pool_candidates(pools).find(|candidate| !taken.iter().any(|t| t.prefix_len() > 0 && overlaps(t, candidate)))
+    pool_candidates(pools).find(|candidate| {
+        !taken
+            .iter()
+            .any(|t| t.prefix_len() > 0 && overlaps(t, candidate))
+    })
 }
 
 /// The gateway Docker picks: the first host address.
@@ -77,7 +83,9 @@ pub fn check_requested(
         )));
     }
     if ip == gateway || in_use.contains(&ip) {
-        return Err(Error::Conflict(format!("IP address {ip} is already in use on network {network}")));
+        return Err(Error::Conflict(format!(
+            "IP address {ip} is already in use on network {network}"
+        )));
     }
     Ok(())
 }
@@ -95,14 +103,23 @@ mod tests {
         let pools = AddressPool::docker_defaults();
         assert_eq!(first_free_subnet(&pools, &[]), Some(net("172.17.0.0/16")));
         let routed = [net("0.0.0.0/0"), net("172.17.5.0/24")];
-        assert_eq!(first_free_subnet(&pools, &routed), Some(net("172.18.0.0/16")));
-        assert_eq!(first_free_subnet(&pools, &[net("172.16.0.0/12")]), Some(net("192.168.0.0/20")));
+        assert_eq!(
+            first_free_subnet(&pools, &routed),
+            Some(net("172.18.0.0/16"))
+        );
+        assert_eq!(
+            first_free_subnet(&pools, &[net("172.16.0.0/12")]),
+            Some(net("192.168.0.0/20"))
+        );
         let all: Vec<_> = pool_candidates(&pools).collect();
         assert_eq!(all.len(), 15 + 16);
         assert_eq!(all[15], net("192.168.0.0/20"));
         assert_eq!(first_free_subnet(&pools, &all), None);
         let custom: Vec<AddressPool> = vec!["base=10.10.0.0/16,size=24".parse().unwrap()];
-        assert_eq!(first_free_subnet(&custom, &[net("10.10.0.0/24")]), Some(net("10.10.1.0/24")));
+        assert_eq!(
+            first_free_subnet(&custom, &[net("10.10.0.0/24")]),
+            Some(net("10.10.1.0/24"))
+        );
     }
 
     #[test]
@@ -113,8 +130,20 @@ mod tests {
         let range = net("10.0.0.128/25");
         let ip = allocate("n", subnet, range, gw, &used, None).unwrap();
         assert_eq!(ip, Ipv4Addr::new(10, 0, 0, 128));
-        let last = allocate("n", subnet, range, gw, &used, Some(Ipv4Addr::new(10, 0, 0, 253))).unwrap();
-        assert_eq!(last, Ipv4Addr::new(10, 0, 0, 254), "never the broadcast address");
+        let last = allocate(
+            "n",
+            subnet,
+            range,
+            gw,
+            &used,
+            Some(Ipv4Addr::new(10, 0, 0, 253)),
+        )
+        .unwrap();
+        assert_eq!(
+            last,
+            Ipv4Addr::new(10, 0, 0, 254),
+            "never the broadcast address"
+        );
         assert!(check_requested("n", subnet, gw, &used, Ipv4Addr::new(10, 0, 0, 9)).is_ok());
         assert!(check_requested("n", subnet, gw, &used, gw).is_err());
         assert!(check_requested("n", subnet, gw, &used, Ipv4Addr::new(10, 0, 1, 9)).is_err());
@@ -145,14 +174,30 @@ mod tests {
         let subnet = net("10.0.0.0/24");
         let gw = default_gateway(subnet);
         let mut used = BTreeSet::from([Ipv4Addr::new(10, 0, 0, 2)]);
-        let second = allocate("n", subnet, subnet, gw, &used, Some(Ipv4Addr::new(10, 0, 0, 2))).unwrap();
+        let second = allocate(
+            "n",
+            subnet,
+            subnet,
+            gw,
+            &used,
+            Some(Ipv4Addr::new(10, 0, 0, 2)),
+        )
+        .unwrap();
         assert_eq!(second, Ipv4Addr::new(10, 0, 0, 3));
         used.remove(&Ipv4Addr::new(10, 0, 0, 2));
         used.insert(second);
         let third = allocate("n", subnet, subnet, gw, &used, Some(second)).unwrap();
         assert_eq!(third, Ipv4Addr::new(10, 0, 0, 4));
         // Wraps around past the end, still skipping the gateway.
-        let wrapped = allocate("n", subnet, subnet, gw, &used, Some(Ipv4Addr::new(10, 0, 0, 254))).unwrap();
+        let wrapped = allocate(
+            "n",
+            subnet,
+            subnet,
+            gw,
+            &used,
+            Some(Ipv4Addr::new(10, 0, 0, 254)),
+        )
+        .unwrap();
         assert_eq!(wrapped, Ipv4Addr::new(10, 0, 0, 2));
     }
 }

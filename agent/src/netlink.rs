@@ -179,13 +179,17 @@ pub async fn add_address(h: &Handle, index: u32, net: Ipv4Net) -> Result<()> {
 
 /// Adds the default route via `gateway`, replacing one that is already there.
 pub async fn set_default_route(h: &Handle, gateway: Ipv4Addr) -> Result<()> {
-    let route = RouteMessageBuilder::<Ipv4Addr>::new().gateway(gateway).build();
+    let route = RouteMessageBuilder::<Ipv4Addr>::new()
+        .gateway(gateway)
+        .build();
     h.route()
         .add(route)
         .replace()
         .execute()
         .await
-        .map_err(Error::netlink(format!("setting the default route via {gateway}")))
+        .map_err(Error::netlink(format!(
+            "setting the default route via {gateway}"
+        )))
 }
 
 /// Removes the default route, if any.

@@ -40,7 +40,8 @@ pub struct Store {
 impl Store {
     /// Opens (creating if needed) the database in `dir`.
     pub fn open(dir: &Path) -> Result<Self> {
-        std::fs::create_dir_all(dir).map_err(Error::io(format!("creating state dir {}", dir.display())))?;
+        std::fs::create_dir_all(dir)
+            .map_err(Error::io(format!("creating state dir {}", dir.display())))?;
         let path = dir.join(DB_FILE);
         let db = Database::create(&path).map_err(|e| store_error(&path, e))?;
         let store = Store { db, path };
@@ -58,7 +59,10 @@ impl Store {
         &self.path
     }
 
-    fn write(&self, f: impl FnOnce(&redb::WriteTransaction) -> std::result::Result<(), redb::Error>) -> Result<()> {
+    fn write(
+        &self,
+        f: impl FnOnce(&redb::WriteTransaction) -> std::result::Result<(), redb::Error>,
+    ) -> Result<()> {
         let run = || -> std::result::Result<(), redb::Error> {
             let txn = self.db.begin_write()?;
             f(&txn)?;
@@ -87,7 +91,8 @@ impl Store {
     pub fn put_network(&self, network: &NetworkRecord) -> Result<()> {
         let bytes = encode(&self.path, network)?;
         self.write(|txn| {
-            txn.open_table(NETWORKS)?.insert(network.name.as_str(), bytes.as_slice())?;
+            txn.open_table(NETWORKS)?
+                .insert(network.name.as_str(), bytes.as_slice())?;
             Ok(())
         })
     }
@@ -109,7 +114,8 @@ impl Store {
     pub fn put_container(&self, container: &ContainerRecord) -> Result<()> {
         let bytes = encode(&self.path, container)?;
         self.write(|txn| {
-            txn.open_table(CONTAINERS)?.insert(container.name.as_str(), bytes.as_slice())?;
+            txn.open_table(CONTAINERS)?
+                .insert(container.name.as_str(), bytes.as_slice())?;
             Ok(())
         })
     }
@@ -123,7 +129,10 @@ impl Store {
 }
 
 fn encode<T: Serialize>(path: &Path, value: &T) -> Result<Vec<u8>> {
-    serde_json::to_vec(value).map_err(|source| Error::State { path: path.to_path_buf(), source })
+    serde_json::to_vec(value).map_err(|source| Error::State {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 fn read_table<T: DeserializeOwned>(
@@ -141,7 +150,10 @@ fn read_table<T: DeserializeOwned>(
 }
 
 fn store_error(path: &Path, source: impl Into<redb::Error>) -> Error {
-    Error::Store { path: path.to_path_buf(), source: Box::new(source.into()) }
+    Error::Store {
+        path: path.to_path_buf(),
+        source: Box::new(source.into()),
+    }
 }
 
 #[cfg(test)]
@@ -197,11 +209,15 @@ mod tests {
         let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
         file.set_len(len / 3).unwrap();
         drop(file);
-        let err = Store::open(dir.path()).and_then(|s| s.load()).expect_err("truncated database");
+        let err = Store::open(dir.path())
+            .and_then(|s| s.load())
+            .expect_err("truncated database");
         assert!(err.to_string().contains(DB_FILE), "{err}");
 
         std::fs::write(&path, b"not a database at all").unwrap();
-        let err = Store::open(dir.path()).and_then(|s| s.load()).expect_err("garbage database");
+        let err = Store::open(dir.path())
+            .and_then(|s| s.load())
+            .expect_err("garbage database");
         assert!(err.to_string().contains(DB_FILE), "{err}");
     }
 }

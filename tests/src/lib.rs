@@ -75,11 +75,16 @@ impl Netns {
 
     /// A namespace pinned at `path` by someone else (e.g. the agent); not deleted on drop.
     pub fn borrowed(path: PathBuf) -> Self {
-        Netns { name: String::new(), path: Some(path) }
+        Netns {
+            name: String::new(),
+            path: Some(path),
+        }
     }
 
     pub fn path(&self) -> PathBuf {
-        self.path.clone().unwrap_or_else(|| PathBuf::from("/run/netns").join(&self.name))
+        self.path
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("/run/netns").join(&self.name))
     }
 
     /// `ip ARGS` inside the namespace.
@@ -483,7 +488,10 @@ pub fn dns_lookup(netns: &Path, name: &str, wait: Duration) -> Result<Option<Vec
         Ok(buf)
     })?;
     let response = Message::from_vec(&answer)?;
-    ensure!(response.metadata.id == query.metadata.id, "answer to another query");
+    ensure!(
+        response.metadata.id == query.metadata.id,
+        "answer to another query"
+    );
     let ips: Vec<Ipv4Addr> = response
         .answers
         .iter()
@@ -492,7 +500,10 @@ pub fn dns_lookup(netns: &Path, name: &str, wait: Duration) -> Result<Option<Vec
             _ => None,
         })
         .collect();
-    Ok((response.metadata.response_code == ResponseCode::NoError && !ips.is_empty()).then_some(ips))
+    Ok(
+        (response.metadata.response_code == ResponseCode::NoError && !ips.is_empty())
+            .then_some(ips),
+    )
 }
 
 /// A stand-in for the node's upstream resolver, in the world namespace: answers every query
@@ -512,8 +523,12 @@ impl FakeUpstream {
             let deadline = Instant::now() + Duration::from_secs(120);
             let mut buf = vec![0; 4096];
             while !flag.load(Ordering::Relaxed) && Instant::now() < deadline {
-                let Ok((len, from)) = socket.recv_from(&mut buf) else { continue };
-                let Ok(query) = hickory_proto::op::Message::from_vec(&buf[..len]) else { continue };
+                let Ok((len, from)) = socket.recv_from(&mut buf) else {
+                    continue;
+                };
+                let Ok(query) = hickory_proto::op::Message::from_vec(&buf[..len]) else {
+                    continue;
+                };
                 let mut answer = query.clone();
                 answer.metadata.message_type = hickory_proto::op::MessageType::Response;
                 answer.metadata.recursion_available = true;
@@ -523,7 +538,10 @@ impl FakeUpstream {
                 }
             }
         });
-        Ok(FakeUpstream { stop, thread: Some(thread) })
+        Ok(FakeUpstream {
+            stop,
+            thread: Some(thread),
+        })
     }
 }
 

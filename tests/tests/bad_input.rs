@@ -138,7 +138,9 @@ fn api_returns_json_errors_with_http_status() -> Result<()> {
             ),
             StatusCode::BAD_REQUEST
         );
-        let bad_port = br#"{"Name":"x","HostConfig":{"PortBindings":{"80/tcp":[{"HostPort":"99999"}]}}}"#.to_vec();
+        let bad_port =
+            br#"{"Name":"x","HostConfig":{"PortBindings":{"80/tcp":[{"HostPort":"99999"}]}}}"#
+                .to_vec();
         assert_eq!(
             status(
                 client

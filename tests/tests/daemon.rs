@@ -14,13 +14,22 @@ use serde_json::Value;
 
 fn containers(agent: &Agent) -> Result<Vec<Value>> {
     let out = agent.cli(&["container", "ls", "--format", "json"])?;
-    ensure!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    Ok(String::from_utf8(out.stdout)?.lines().map(serde_json::from_str).collect::<Result<_, _>>()?)
+    ensure!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8(out.stdout)?
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()?)
 }
 
 /// Veths enslaved to the default bridge in the node namespace.
 fn bridge_ports(topology: &Topology) -> Result<usize> {
-    let out = topology.node.ip(&["-o", "link", "show", "master", "bpfbr0"])?;
+    let out = topology
+        .node
+        .ip(&["-o", "link", "show", "master", "bpfbr0"])?;
     Ok(String::from_utf8(out.stdout)?.lines().count())
 }
 
@@ -49,13 +58,33 @@ fn kill_9_during_a_batch_of_creates_leaks_nothing() -> Result<()> {
         let listed = containers(&agent)?;
         let ips: BTreeSet<String> = listed
             .iter()
-            .map(|c| c["NetworkSettings"]["IPAddress"].as_str().unwrap_or_default().to_string())
+            .map(|c| {
+                c["NetworkSettings"]["IPAddress"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string()
+            })
             .collect();
         assert_eq!(ips.len(), listed.len(), "addresses are unique");
-        assert_eq!(bridge_ports(&topology)?, listed.len(), "one veth per recorded container, none leaked");
+        assert_eq!(
+            bridge_ports(&topology)?,
+            listed.len(),
+            "one veth per recorded container, none leaked"
+        );
         let published: Vec<Value> = serde_json::from_value(agent.cli_json(&["ports"])?)?;
-        let with_ports = listed.iter().filter(|c| c["NetworkSettings"]["Ports"].as_object().is_some_and(|p| !p.is_empty())).count();
-        assert_eq!(published.len(), with_ports, "one mapping per recorded published port");
+        let with_ports = listed
+            .iter()
+            .filter(|c| {
+                c["NetworkSettings"]["Ports"]
+                    .as_object()
+                    .is_some_and(|p| !p.is_empty())
+            })
+            .count();
+        assert_eq!(
+            published.len(),
+            with_ports,
+            "one mapping per recorded published port"
+        );
         let namespaces = std::fs::read_dir(&agent.netns_dir)?.count();
         assert_eq!(namespaces, listed.len(), "no namespace leaked");
         for c in &listed {
@@ -64,7 +93,10 @@ fn kill_9_during_a_batch_of_creates_leaks_nothing() -> Result<()> {
         }
         // A new container gets an address nobody has.
         let (fresh, _) = agent.create_container(&[&format!("fresh{round}")])?;
-        let ip = fresh["NetworkSettings"]["IPAddress"].as_str().unwrap().to_string();
+        let ip = fresh["NetworkSettings"]["IPAddress"]
+            .as_str()
+            .unwrap()
+            .to_string();
         assert!(!ips.contains(&ip), "{ip} handed out twice");
     }
     Ok(())
@@ -78,49 +110,102 @@ fn truncated_state_database_stops_the_agent_and_names_the_file() -> Result<()> {
     agent.stop();
     let db = agent.state_dir().join("bpfbridge.redb");
     let len = std::fs::metadata(&db)?.len();
-    std::fs::OpenOptions::new().write(true).open(&db)?.set_len(len / 3)?;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&db)?
+        .set_len(len / 3)?;
     let error = agent.spawn_expecting_failure()?;
     assert!(error.contains("bpfbridge.redb"), "{error}");
-    assert!(std::fs::metadata(&db)?.len() > 0, "the damaged file is left for inspection");
+    assert!(
+        std::fs::metadata(&db)?.len() > 0,
+        "the damaged file is left for inspection"
+    );
     Ok(())
 }
 
 #[test]
 fn daemon_flags_shape_the_default_network_and_info() -> Result<()> {
     let topology = Topology::new()?;
-    let agent = Agent::start_with(&topology, &[
-        "--bip", "10.99.0.1/24", "--mtu", "1400", "--ip-forward=false", "--icc=false",
-        "--ip-masq=false", "--default-address-pool", "base=10.123.0.0/16,size=24", "--ip", "127.0.0.1",
-    ])?;
+    let agent = Agent::start_with(
+        &topology,
+        &[
+            "--bip",
+            "10.99.0.1/24",
+            "--mtu",
+            "1400",
+            "--ip-forward=false",
+            "--icc=false",
+            "--ip-masq=false",
+            "--default-address-pool",
+            "base=10.123.0.0/16,size=24",
+            "--ip",
+            "127.0.0.1",
+        ],
+    )?;
     let info = agent.cli_json(&["info"])?;
     assert_eq!(info["Dataplane"], "ebpf");
-    assert_eq!(info["IPForwardEnabled"], false, "--ip-forward=false leaves the sysctl alone (off in a new namespace)");
+    assert_eq!(
+        info["IPForwardEnabled"], false,
+        "--ip-forward=false leaves the sysctl alone (off in a new namespace)"
+    );
     assert_eq!(info["Settings"]["ip-forward"], false);
     assert_eq!(info["Settings"]["icc"], false);
     assert_eq!(info["Settings"]["mtu"], 1400);
     assert!(info["Version"].as_str().is_some_and(|v| !v.is_empty()));
-    assert!(info["KernelVersion"].as_str().is_some_and(|v| !v.is_empty()));
+    assert!(
+        info["KernelVersion"]
+            .as_str()
+            .is_some_and(|v| !v.is_empty())
+    );
 
     let bridge = agent.cli_json(&["network", "inspect", "bridge"])?[0].clone();
     assert_eq!(bridge["IPAM"]["Config"][0]["Subnet"], "10.99.0.0/24");
     assert_eq!(bridge["IPAM"]["Config"][0]["Gateway"], "10.99.0.1");
-    assert_eq!(bridge["Options"]["com.docker.network.bridge.enable_icc"], "false");
-    assert_eq!(bridge["Options"]["com.docker.network.bridge.enable_ip_masquerade"], "false");
-    assert_eq!(bridge["Options"]["com.docker.network.bridge.host_binding_ipv4"], "127.0.0.1");
+    assert_eq!(
+        bridge["Options"]["com.docker.network.bridge.enable_icc"],
+        "false"
+    );
+    assert_eq!(
+        bridge["Options"]["com.docker.network.bridge.enable_ip_masquerade"],
+        "false"
+    );
+    assert_eq!(
+        bridge["Options"]["com.docker.network.bridge.host_binding_ipv4"],
+        "127.0.0.1"
+    );
     assert_eq!(bridge["Options"]["com.docker.network.driver.mtu"], "1400");
     let link = topology.node.ip(&["-o", "link", "show", "bpfbr0"])?;
     assert!(String::from_utf8_lossy(&link.stdout).contains("mtu 1400"));
-    let forward = topology.node.exec("sysctl", &["-n", "net.ipv4.ip_forward"])?;
+    let forward = topology
+        .node
+        .exec("sysctl", &["-n", "net.ipv4.ip_forward"])?;
     assert_eq!(String::from_utf8_lossy(&forward.stdout).trim(), "0");
 
     let out = agent.cli(&["network", "create", "pooled"])?;
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let pooled = agent.cli_json(&["network", "inspect", "pooled"])?[0].clone();
-    assert_eq!(pooled["IPAM"]["Config"][0]["Subnet"], "10.123.0.0/24", "from --default-address-pool");
+    assert_eq!(
+        pooled["IPAM"]["Config"][0]["Subnet"], "10.123.0.0/24",
+        "from --default-address-pool"
+    );
     let (web, _) = agent.create_container(&["web", "-p", "8080:80"])?;
-    assert_eq!(web["NetworkSettings"]["Ports"]["80/tcp"][0]["HostIp"], "127.0.0.1", "--ip is the default host address");
+    assert_eq!(
+        web["NetworkSettings"]["Ports"]["80/tcp"][0]["HostIp"], "127.0.0.1",
+        "--ip is the default host address"
+    );
     let info = agent.cli_json(&["info"])?;
-    assert_eq!((info["Networks"].as_u64(), info["Containers"].as_u64(), info["PublishedPorts"].as_u64()), (Some(2), Some(1), Some(1)));
+    assert_eq!(
+        (
+            info["Networks"].as_u64(),
+            info["Containers"].as_u64(),
+            info["PublishedPorts"].as_u64()
+        ),
+        (Some(2), Some(1), Some(1))
+    );
     Ok(())
 }
 
@@ -140,10 +225,23 @@ fn config_file_then_flags() -> Result<()> {
 
     let bad = dir.path().join("bad.toml");
     std::fs::write(&bad, "no-such-setting = true\n")?;
-    let mut agent = Agent::start_with(&topology, &["--config", "/nonexistent/x.toml"]).err().map(|e| e.to_string());
-    assert!(agent.take().is_some_and(|e| e.contains("/nonexistent/x.toml")));
-    let error = Agent::start_with(&topology, &["--config", bad.to_str().unwrap()]).err().map(|e| e.to_string());
-    assert!(error.as_deref().is_some_and(|e| e.contains("bad.toml") && e.contains("no-such-setting")), "{error:?}");
+    let mut agent = Agent::start_with(&topology, &["--config", "/nonexistent/x.toml"])
+        .err()
+        .map(|e| e.to_string());
+    assert!(
+        agent
+            .take()
+            .is_some_and(|e| e.contains("/nonexistent/x.toml"))
+    );
+    let error = Agent::start_with(&topology, &["--config", bad.to_str().unwrap()])
+        .err()
+        .map(|e| e.to_string());
+    assert!(
+        error
+            .as_deref()
+            .is_some_and(|e| e.contains("bad.toml") && e.contains("no-such-setting")),
+        "{error:?}"
+    );
     Ok(())
 }
 
@@ -165,5 +263,79 @@ fn socket_is_for_root_only() -> Result<()> {
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("Permission denied"), "{stderr}");
+    Ok(())
+}
+
+#[test]
+fn restart_recreates_what_is_missing_and_removes_what_no_record_owns() -> Result<()> {
+    let topology = Topology::new()?;
+    let mut agent = Agent::start(&topology)?;
+    let (_, web_ns) = agent.create_container(&["web", "-p", "8080:80"])?;
+    assert!(agent.cli(&["network", "create", "kept"])?.status.success());
+    agent.stop();
+    // While the agent is away: the container's veth disappears, and a bridge named like
+    // the agent's but owned by no network appears.
+    let veth = String::from_utf8(
+        topology
+            .node
+            .ip(&["-o", "link", "show", "master", "bpfbr0"])?
+            .stdout,
+    )?
+    .split(": ")
+    .nth(1)
+    .and_then(|n| n.split('@').next())
+    .map(str::to_string)
+    .expect("web's veth");
+    topology.node.ip(&["link", "del", &veth])?;
+    topology
+        .node
+        .ip(&["link", "add", "bpfbr-junk0001", "type", "bridge"])?;
+    agent.spawn()?;
+
+    let names = bpfbridge_tests::links(&topology.node)?;
+    assert!(names.contains(&veth), "veth recreated: {names:?}");
+    assert!(
+        !names.contains(&"bpfbr-junk0001".to_string()),
+        "unowned bridge removed"
+    );
+    assert_eq!(
+        agent.cli_json(&["network", "inspect", "kept"])?[0]["Name"],
+        "kept"
+    );
+    assert_eq!(bridge_ports(&topology)?, 1);
+    // And the published port answers again through the recreated veth.
+    let server = bpfbridge_tests::serve_once(&web_ns, 80);
+    let to = std::net::SocketAddrV4::new(bpfbridge_tests::NODE_IP, 8080);
+    let answer = bpfbridge_tests::request(&topology.world.path(), to, "ping\n")?;
+    assert_eq!(answer, "pong ping\n");
+    assert_eq!(
+        server.join().expect("server")?.ip(),
+        bpfbridge_tests::WORLD_IP
+    );
+    Ok(())
+}
+
+#[test]
+fn internal_network_gives_no_default_route_and_publishes_nothing() -> Result<()> {
+    let topology = Topology::new()?;
+    let agent = Agent::start(&topology)?;
+    assert!(
+        agent
+            .cli(&["network", "create", "inner", "--internal"])?
+            .status
+            .success()
+    );
+    assert_eq!(
+        agent.cli_json(&["network", "inspect", "inner"])?[0]["Internal"],
+        true
+    );
+    let (_, ns) = agent.create_container(&["db", "--network", "inner", "-p", "5432:5432"])?;
+    let routes = bpfbridge_tests::Netns::borrowed(ns).ip(&["route", "show", "default"])?;
+    assert!(
+        routes.stdout.is_empty(),
+        "no way out: {}",
+        String::from_utf8_lossy(&routes.stdout)
+    );
+    assert_eq!(agent.cli_json(&["ports"])?, serde_json::json!([]));
     Ok(())
 }

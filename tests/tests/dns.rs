@@ -11,7 +11,11 @@ use serde_json::Value;
 const WAIT: Duration = Duration::from_secs(3);
 
 fn ip(container: &Value, network: &str) -> Ipv4Addr {
-    container["NetworkSettings"]["Networks"][network]["IPAddress"].as_str().unwrap().parse().unwrap()
+    container["NetworkSettings"]["Networks"][network]["IPAddress"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap()
 }
 
 #[test]
@@ -21,7 +25,11 @@ fn names_resolve_on_shared_networks_only() -> Result<()> {
     let mut agent = Agent::start_with(&topology, &["--dns", "198.51.100.2:5353"])?;
     for net in ["a", "b"] {
         let out = agent.cli(&["network", "create", net])?;
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     let (c1, c1_ns) = agent.create_container(&["c1", "--network", "a"])?;
     let (c2, _) = agent.create_container(&["c2", "--network", "a", "--alias", "api"])?;
@@ -46,9 +54,17 @@ fn names_resolve_on_shared_networks_only() -> Result<()> {
         (&c1_ns, "c4", None),
     ];
     for (ns, name, expected) in &cases {
-        assert_eq!(&dns_lookup(ns, name, WAIT)?, expected, "{name} from {}", ns.display());
+        assert_eq!(
+            &dns_lookup(ns, name, WAIT)?,
+            expected,
+            "{name} from {}",
+            ns.display()
+        );
     }
-    assert!(dns_lookup(&c4_ns, "c1", Duration::from_millis(500)).is_err(), "no resolver on the default bridge");
+    assert!(
+        dns_lookup(&c4_ns, "c1", Duration::from_millis(500)).is_err(),
+        "no resolver on the default bridge"
+    );
 
     // Removal and restart: the view follows the records.
     assert!(agent.cli(&["container", "rm", "c2"])?.status.success());

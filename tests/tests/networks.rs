@@ -13,7 +13,12 @@ use serde_json::Value;
 /// Runs the CLI and expects success; returns stdout.
 fn ok(agent: &Agent, args: &[&str]) -> Result<String> {
     let out = agent.cli(args)?;
-    ensure!(out.status.success(), "bpfbridge {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+    ensure!(
+        out.status.success(),
+        "bpfbridge {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
     Ok(String::from_utf8(out.stdout)?)
 }
 
@@ -21,8 +26,16 @@ fn ok(agent: &Agent, args: &[&str]) -> Result<String> {
 fn refused(agent: &Agent, args: &[&str], expected: &str) -> Result<()> {
     let out = agent.cli(args)?;
     let stderr = String::from_utf8_lossy(&out.stderr);
-    ensure!(!out.status.success(), "bpfbridge {} must fail", args.join(" "));
-    ensure!(stderr.contains(expected), "bpfbridge {}: expected {expected:?} in {stderr:?}", args.join(" "));
+    ensure!(
+        !out.status.success(),
+        "bpfbridge {} must fail",
+        args.join(" ")
+    );
+    ensure!(
+        stderr.contains(expected),
+        "bpfbridge {}: expected {expected:?} in {stderr:?}",
+        args.join(" ")
+    );
     ensure!(stderr.trim_end().lines().count() == 1, "one line: {stderr}");
     Ok(())
 }
@@ -46,7 +59,11 @@ fn reaches(from: &Path, server_ns: &Path, to: Ipv4Addr, port: u16) -> bool {
     let connected = answer.as_deref().is_ok_and(|a| a == "pong hi\n");
     if !connected {
         // Unblock the server's accept by connecting locally, so the thread ends.
-        let _ = request(server_ns, SocketAddrV4::new(Ipv4Addr::LOCALHOST, port), "bye\n");
+        let _ = request(
+            server_ns,
+            SocketAddrV4::new(Ipv4Addr::LOCALHOST, port),
+            "bye\n",
+        );
     }
     let _ = server.join();
     connected
@@ -58,14 +75,32 @@ fn create_inspect_ls_rm_prune() -> Result<()> {
     let agent = Agent::start(&topology)?;
     let id = ok(&agent, &["network", "create", "auto"])?;
     assert_eq!(id.trim().len(), 64);
-    ok(&agent, &[
-        "network", "create", "custom", "--subnet", "10.20.0.0/24", "--gateway", "10.20.0.254",
-        "--ip-range", "10.20.0.128/25", "-o", "com.docker.network.bridge.name=br-custom",
-        "-o", "com.docker.network.driver.mtu=1400", "--label", "team=net",
-    ])?;
+    ok(
+        &agent,
+        &[
+            "network",
+            "create",
+            "custom",
+            "--subnet",
+            "10.20.0.0/24",
+            "--gateway",
+            "10.20.0.254",
+            "--ip-range",
+            "10.20.0.128/25",
+            "-o",
+            "com.docker.network.bridge.name=br-custom",
+            "-o",
+            "com.docker.network.driver.mtu=1400",
+            "--label",
+            "team=net",
+        ],
+    )?;
 
     let auto = inspect_network(&agent, "auto")?;
-    assert_eq!(auto["IPAM"]["Config"][0]["Subnet"], "172.18.0.0/16", "next free pool after the default bridge's");
+    assert_eq!(
+        auto["IPAM"]["Config"][0]["Subnet"], "172.18.0.0/16",
+        "next free pool after the default bridge's"
+    );
     assert_eq!(auto["IPAM"]["Config"][0]["Gateway"], "172.18.0.1");
     let custom = inspect_network(&agent, "custom")?;
     assert_eq!(custom["Driver"], "bridge");
@@ -73,9 +108,14 @@ fn create_inspect_ls_rm_prune() -> Result<()> {
     assert_eq!(custom["Internal"], false);
     assert_eq!(custom["IPAM"]["Config"][0]["IPRange"], "10.20.0.128/25");
     assert_eq!(custom["IPAM"]["Config"][0]["Gateway"], "10.20.0.254");
-    assert_eq!(custom["Options"]["com.docker.network.bridge.name"], "br-custom");
+    assert_eq!(
+        custom["Options"]["com.docker.network.bridge.name"],
+        "br-custom"
+    );
     assert_eq!(custom["Labels"]["team"], "net");
-    let bridge = topology.node.ip(&["-o", "addr", "show", "dev", "br-custom"])?;
+    let bridge = topology
+        .node
+        .ip(&["-o", "addr", "show", "dev", "br-custom"])?;
     assert!(String::from_utf8_lossy(&bridge.stdout).contains("10.20.0.254/24"));
     let link = topology.node.ip(&["-o", "link", "show", "br-custom"])?;
     assert!(String::from_utf8_lossy(&link.stdout).contains("mtu 1400"));
@@ -84,28 +124,56 @@ fn create_inspect_ls_rm_prune() -> Result<()> {
     assert_eq!(by_id["Name"], "custom");
 
     let ls = ok(&agent, &["network", "ls"])?;
-    let names: Vec<&str> = ls.lines().skip(1).filter_map(|l| l.split_whitespace().nth(1)).collect();
+    let names: Vec<&str> = ls
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_whitespace().nth(1))
+        .collect();
     assert_eq!(names, ["auto", "bridge", "custom", "host", "none"]);
     assert!(ls.starts_with("NETWORK ID"));
     let json_lines = ok(&agent, &["network", "ls", "--format", "json"])?;
-    let drivers: Vec<Value> = json_lines.lines().map(serde_json::from_str).collect::<Result<_, _>>()?;
-    assert!(drivers.iter().any(|d| d["Name"] == "host" && d["Driver"] == "host"));
-    assert!(drivers.iter().any(|d| d["Name"] == "none" && d["Driver"] == "null"));
+    let drivers: Vec<Value> = json_lines
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()?;
+    assert!(
+        drivers
+            .iter()
+            .any(|d| d["Name"] == "host" && d["Driver"] == "host")
+    );
+    assert!(
+        drivers
+            .iter()
+            .any(|d| d["Name"] == "none" && d["Driver"] == "null")
+    );
 
     // A container on the network: its address comes from the range, and inspect lists it.
     let (c, _) = agent.create_container(&["web", "--network", "custom"])?;
     let ip = ip_on(&c, "custom")?;
-    assert!("10.20.0.128/25".parse::<ipnet::Ipv4Net>()?.contains(&ip), "{ip}");
-    assert_eq!(c["NetworkSettings"]["IPAddress"], "", "top-level fields are the default bridge's only, like Docker");
+    assert!(
+        "10.20.0.128/25".parse::<ipnet::Ipv4Net>()?.contains(&ip),
+        "{ip}"
+    );
+    assert_eq!(
+        c["NetworkSettings"]["IPAddress"], "",
+        "top-level fields are the default bridge's only, like Docker"
+    );
     let custom = inspect_network(&agent, "custom")?;
     let entry = custom["Containers"][c["Id"].as_str().unwrap()].clone();
     assert_eq!(entry["Name"], "web");
     assert_eq!(entry["IPv4Address"], format!("{ip}/24"));
-    assert_eq!(entry["MacAddress"], c["NetworkSettings"]["Networks"]["custom"]["MacAddress"]);
+    assert_eq!(
+        entry["MacAddress"],
+        c["NetworkSettings"]["Networks"]["custom"]["MacAddress"]
+    );
 
     refused(&agent, &["network", "rm", "custom"], "has active endpoints")?;
     for predefined in ["bridge", "host", "none"] {
-        refused(&agent, &["network", "rm", predefined], "pre-defined network")?;
+        refused(
+            &agent,
+            &["network", "rm", predefined],
+            "pre-defined network",
+        )?;
     }
     ok(&agent, &["container", "rm", "web"])?;
     ok(&agent, &["network", "rm", "custom"])?;
@@ -121,41 +189,160 @@ fn create_inspect_ls_rm_prune() -> Result<()> {
 fn bad_network_requests_change_nothing() -> Result<()> {
     let topology = Topology::new()?;
     let agent = Agent::start(&topology)?;
-    ok(&agent, &["network", "create", "a", "--subnet", "10.30.0.0/24"])?;
+    ok(
+        &agent,
+        &["network", "create", "a", "--subnet", "10.30.0.0/24"],
+    )?;
     agent.create_container(&["one", "--network", "a", "--ip", "10.30.0.50"])?;
     let links_before = links(&topology.node)?;
     let cases: &[(&[&str], &str)] = &[
         (&["network", "create", "a"], "already exists"),
         (&["network", "create", "bridge"], "already exists"),
         (&["network", "create", "host"], "already exists"),
-        (&["network", "create", "b", "--subnet", "10.30.0.128/25"], "overlaps with network a"),
-        (&["network", "create", "b", "--subnet", "198.51.100.0/24"], "overlaps with a route on the node"),
-        (&["network", "create", "b", "--subnet", "10.31.0.0"], "invalid subnet"),
-        (&["network", "create", "b", "--subnet", "10.31.0.1/24"], "host bits set"),
-        (&["network", "create", "b", "--subnet", "10.31.0.0/24", "--gateway", "10.32.0.1"], "not a usable address"),
-        (&["network", "create", "b", "--subnet", "10.31.0.0/24", "--ip-range", "10.32.0.0/25"], "not inside subnet"),
-        (&["network", "create", "b", "--gateway", "10.31.0.1"], "need --subnet"),
-        (&["network", "create", "b", "-o", "com.example.nope=1"], "unknown network option"),
-        (&["network", "create", "b", "-o", "com.docker.network.driver.mtu=9"], "expected an MTU"),
-        (&["network", "create", "b", "-o", "com.docker.network.bridge.enable_icc=maybe"], "expected true or false"),
-        (&["network", "create", "b", "-d", "overlay"], "not supported"),
+        (
+            &["network", "create", "b", "--subnet", "10.30.0.128/25"],
+            "overlaps with network a",
+        ),
+        (
+            &["network", "create", "b", "--subnet", "198.51.100.0/24"],
+            "overlaps with a route on the node",
+        ),
+        (
+            &["network", "create", "b", "--subnet", "10.31.0.0"],
+            "invalid subnet",
+        ),
+        (
+            &["network", "create", "b", "--subnet", "10.31.0.1/24"],
+            "host bits set",
+        ),
+        (
+            &[
+                "network",
+                "create",
+                "b",
+                "--subnet",
+                "10.31.0.0/24",
+                "--gateway",
+                "10.32.0.1",
+            ],
+            "not a usable address",
+        ),
+        (
+            &[
+                "network",
+                "create",
+                "b",
+                "--subnet",
+                "10.31.0.0/24",
+                "--ip-range",
+                "10.32.0.0/25",
+            ],
+            "not inside subnet",
+        ),
+        (
+            &["network", "create", "b", "--gateway", "10.31.0.1"],
+            "need --subnet",
+        ),
+        (
+            &["network", "create", "b", "-o", "com.example.nope=1"],
+            "unknown network option",
+        ),
+        (
+            &[
+                "network",
+                "create",
+                "b",
+                "-o",
+                "com.docker.network.driver.mtu=9",
+            ],
+            "expected an MTU",
+        ),
+        (
+            &[
+                "network",
+                "create",
+                "b",
+                "-o",
+                "com.docker.network.bridge.enable_icc=maybe",
+            ],
+            "expected true or false",
+        ),
+        (
+            &["network", "create", "b", "-d", "overlay"],
+            "not supported",
+        ),
         (&["network", "create", "bad name"], "invalid network name"),
         (&["network", "rm", "nope"], "network nope not found"),
         (&["network", "inspect", "nope"], "network nope not found"),
-        (&["container", "create", "two", "--network", "nope"], "network nope not found"),
-        (&["container", "create", "two", "--network", "a", "--ip", "10.30.1.5"], "not a usable address"),
-        (&["container", "create", "two", "--network", "a", "--ip", "10.30.0.50"], "already in use"),
-        (&["container", "create", "two", "--network", "a", "--ip", "10.30.0.1"], "already in use"),
-        (&["container", "create", "two", "--ip", "172.17.0.9"], "user defined networks only"),
-        (&["container", "create", "two", "--alias", "x"], "user defined networks only"),
-        (&["network", "connect", "a", "one"], "already exists in network a"),
-        (&["network", "connect", "a", "nope"], "no such container: nope"),
-        (&["network", "disconnect", "bridge", "one"], "is not connected to network bridge"),
+        (
+            &["container", "create", "two", "--network", "nope"],
+            "network nope not found",
+        ),
+        (
+            &[
+                "container",
+                "create",
+                "two",
+                "--network",
+                "a",
+                "--ip",
+                "10.30.1.5",
+            ],
+            "not a usable address",
+        ),
+        (
+            &[
+                "container",
+                "create",
+                "two",
+                "--network",
+                "a",
+                "--ip",
+                "10.30.0.50",
+            ],
+            "already in use",
+        ),
+        (
+            &[
+                "container",
+                "create",
+                "two",
+                "--network",
+                "a",
+                "--ip",
+                "10.30.0.1",
+            ],
+            "already in use",
+        ),
+        (
+            &["container", "create", "two", "--ip", "172.17.0.9"],
+            "user defined networks only",
+        ),
+        (
+            &["container", "create", "two", "--alias", "x"],
+            "user defined networks only",
+        ),
+        (
+            &["network", "connect", "a", "one"],
+            "already exists in network a",
+        ),
+        (
+            &["network", "connect", "a", "nope"],
+            "no such container: nope",
+        ),
+        (
+            &["network", "disconnect", "bridge", "one"],
+            "is not connected to network bridge",
+        ),
     ];
     for (args, expected) in cases {
         refused(&agent, args, expected)?;
     }
-    assert_eq!(links(&topology.node)?, links_before, "no half-made bridge or veth");
+    assert_eq!(
+        links(&topology.node)?,
+        links_before,
+        "no half-made bridge or veth"
+    );
     let ls = ok(&agent, &["network", "ls"])?;
     assert_eq!(ls.lines().count(), 5, "{ls}");
     Ok(())
@@ -165,25 +352,59 @@ fn bad_network_requests_change_nothing() -> Result<()> {
 fn container_on_two_networks_and_connect_disconnect() -> Result<()> {
     let topology = Topology::new()?;
     let agent = Agent::start(&topology)?;
-    ok(&agent, &["network", "create", "front", "--subnet", "10.40.0.0/24"])?;
-    ok(&agent, &["network", "create", "back", "--subnet", "10.41.0.0/24"])?;
-    let (web, web_ns) = agent.create_container(&["web", "--network", "front", "--network", "back"])?;
+    ok(
+        &agent,
+        &["network", "create", "front", "--subnet", "10.40.0.0/24"],
+    )?;
+    ok(
+        &agent,
+        &["network", "create", "back", "--subnet", "10.41.0.0/24"],
+    )?;
+    let (web, web_ns) =
+        agent.create_container(&["web", "--network", "front", "--network", "back"])?;
     let (f, f_ns) = agent.create_container(&["f", "--network", "front"])?;
     let (b, b_ns) = agent.create_container(&["b", "--network", "back"])?;
 
     let routes = Netns::at(&web_ns).ip(&["route", "show", "default"])?;
-    assert!(String::from_utf8_lossy(&routes.stdout).contains("via 10.40.0.1 dev eth0"), "primary network holds the default route");
+    assert!(
+        String::from_utf8_lossy(&routes.stdout).contains("via 10.40.0.1 dev eth0"),
+        "primary network holds the default route"
+    );
     let eth1 = Netns::at(&web_ns).ip(&["-o", "addr", "show", "dev", "eth1"])?;
     assert!(String::from_utf8_lossy(&eth1.stdout).contains(&ip_on(&web, "back")?.to_string()));
-    assert!(reaches(&f_ns, &web_ns, ip_on(&web, "front")?, 7001), "front peer reaches web");
-    assert!(reaches(&b_ns, &web_ns, ip_on(&web, "back")?, 7002), "back peer reaches web");
+    assert!(
+        reaches(&f_ns, &web_ns, ip_on(&web, "front")?, 7001),
+        "front peer reaches web"
+    );
+    assert!(
+        reaches(&b_ns, &web_ns, ip_on(&web, "back")?, 7002),
+        "back peer reaches web"
+    );
 
     // Connect f to back with a fixed address and an alias; then disconnect it again.
-    ok(&agent, &["network", "connect", "back", "f", "--ip", "10.41.0.77", "--alias", "fb"])?;
+    ok(
+        &agent,
+        &[
+            "network",
+            "connect",
+            "back",
+            "f",
+            "--ip",
+            "10.41.0.77",
+            "--alias",
+            "fb",
+        ],
+    )?;
     let f2 = agent.cli_json(&["container", "inspect", "f"])?[0].clone();
     assert_eq!(ip_on(&f2, "back")?, Ipv4Addr::new(10, 41, 0, 77));
-    assert_eq!(f2["NetworkSettings"]["Networks"]["back"]["IPAMConfig"]["IPv4Address"], "10.41.0.77");
-    let aliases = f2["NetworkSettings"]["Networks"]["back"]["Aliases"].as_array().unwrap().clone();
+    assert_eq!(
+        f2["NetworkSettings"]["Networks"]["back"]["IPAMConfig"]["IPv4Address"],
+        "10.41.0.77"
+    );
+    let aliases = f2["NetworkSettings"]["Networks"]["back"]["Aliases"]
+        .as_array()
+        .unwrap()
+        .clone();
     assert!(aliases.contains(&Value::from("fb")));
     assert!(reaches(&b_ns, &f_ns, Ipv4Addr::new(10, 41, 0, 77), 7003));
     ok(&agent, &["network", "disconnect", "back", "f"])?;
@@ -194,7 +415,11 @@ fn container_on_two_networks_and_connect_disconnect() -> Result<()> {
     // Disconnecting web's primary network moves its default route to the other one.
     ok(&agent, &["network", "disconnect", "front", "web"])?;
     let routes = Netns::at(&web_ns).ip(&["route", "show", "default"])?;
-    assert!(String::from_utf8_lossy(&routes.stdout).contains("via 10.41.0.1"), "{}", String::from_utf8_lossy(&routes.stdout));
+    assert!(
+        String::from_utf8_lossy(&routes.stdout).contains("via 10.41.0.1"),
+        "{}",
+        String::from_utf8_lossy(&routes.stdout)
+    );
     let _ = (f, b);
     Ok(())
 }
@@ -205,13 +430,31 @@ fn network_modes_host_none_and_container() -> Result<()> {
     let agent = Agent::start(&topology)?;
     let links_before = links(&topology.node)?;
 
-    let out = agent.cli(&["container", "create", "h", "--network", "host", "-p", "8080:80"])?;
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("WARNING: Published ports are discarded"));
+    let out = agent.cli(&[
+        "container",
+        "create",
+        "h",
+        "--network",
+        "host",
+        "-p",
+        "8080:80",
+    ])?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("WARNING: Published ports are discarded")
+    );
     let h: Value = serde_json::from_slice(&out.stdout)?;
     assert_eq!(h["HostConfig"]["NetworkMode"], "host");
     assert!(h["NetworkSettings"]["Networks"]["host"].is_object());
-    assert_eq!(links(&topology.node)?, links_before, "host mode makes no veth");
+    assert_eq!(
+        links(&topology.node)?,
+        links_before,
+        "host mode makes no veth"
+    );
     assert_eq!(agent.cli_json(&["ports"])?, serde_json::json!([]));
 
     let (n, n_ns) = agent.create_container(&["n", "--network", "none"])?;
@@ -223,12 +466,42 @@ fn network_modes_host_none_and_container() -> Result<()> {
     let (web, web_ns) = agent.create_container(&["web", "-p", "8080:80"])?;
     let (side, side_ns) = agent.create_container(&["side", "--network", "container:web"])?;
     assert_eq!(side_ns, web_ns, "joins the other container's namespace");
-    assert_eq!(side["HostConfig"]["NetworkMode"], format!("container:{}", web["Id"].as_str().unwrap()));
-    assert!(links(&Netns::at(&side_ns))?.contains(&"eth0".to_string()), "sees its interfaces");
-    refused(&agent, &["container", "rm", "web"], "shares its network namespace with side")?;
-    refused(&agent, &["container", "create", "x", "--network", "container:x"], "cannot join own network namespace")?;
-    refused(&agent, &["container", "create", "x", "--network", "container:nope"], "no such container: nope")?;
-    refused(&agent, &["container", "create", "x", "--network", "container:web", "-p", "9:9"], "conflicting options")?;
+    assert_eq!(
+        side["HostConfig"]["NetworkMode"],
+        format!("container:{}", web["Id"].as_str().unwrap())
+    );
+    assert!(
+        links(&Netns::at(&side_ns))?.contains(&"eth0".to_string()),
+        "sees its interfaces"
+    );
+    refused(
+        &agent,
+        &["container", "rm", "web"],
+        "shares its network namespace with side",
+    )?;
+    refused(
+        &agent,
+        &["container", "create", "x", "--network", "container:x"],
+        "cannot join own network namespace",
+    )?;
+    refused(
+        &agent,
+        &["container", "create", "x", "--network", "container:nope"],
+        "no such container: nope",
+    )?;
+    refused(
+        &agent,
+        &[
+            "container",
+            "create",
+            "x",
+            "--network",
+            "container:web",
+            "-p",
+            "9:9",
+        ],
+        "conflicting options",
+    )?;
     ok(&agent, &["container", "rm", "side"])?;
     ok(&agent, &["container", "rm", "web"])?;
     ok(&agent, &["container", "rm", "n", "h"])?;
@@ -242,7 +515,10 @@ fn link_gives_docker_hosts_lines_and_environment() -> Result<()> {
     let agent = Agent::start(&topology)?;
     let (db, _) = agent.create_container(&["db", "--expose", "5432", "--expose", "53/udp"])?;
     let (app, _) = agent.create_container(&["app", "--link", "db:database"])?;
-    let db_ip = db["NetworkSettings"]["IPAddress"].as_str().unwrap().to_string();
+    let db_ip = db["NetworkSettings"]["IPAddress"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let db_short = &db["Id"].as_str().unwrap()[..12];
     let hosts: Vec<String> = serde_json::from_value(app["LinkInfo"]["HostsEntries"].clone())?;
     assert_eq!(hosts[0], format!("{db_ip}\tdatabase {db_short} db"));
@@ -261,7 +537,11 @@ fn link_gives_docker_hosts_lines_and_environment() -> Result<()> {
     ]
     .into();
     assert_eq!(env, expected);
-    refused(&agent, &["container", "create", "x", "--link", "nope:alias"], "could not get container for nope")?;
+    refused(
+        &agent,
+        &["container", "create", "x", "--link", "nope:alias"],
+        "could not get container for nope",
+    )?;
     Ok(())
 }
 

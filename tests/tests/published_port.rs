@@ -63,8 +63,14 @@ fn container_rm_closes_the_port_and_removes_everything() -> Result<()> {
     let agent = Agent::start(&topology)?;
     let links_before = links(&topology.node)?;
     let (_, netns) = agent.create_container(&["--name", "web", "-p", "8080:80"])?;
-    let veths: Vec<String> = links(&topology.node)?.into_iter().filter(|l| !links_before.contains(l)).collect();
-    assert!(matches!(veths.as_slice(), [v] if v.starts_with("veth")), "{veths:?}");
+    let veths: Vec<String> = links(&topology.node)?
+        .into_iter()
+        .filter(|l| !links_before.contains(l))
+        .collect();
+    assert!(
+        matches!(veths.as_slice(), [v] if v.starts_with("veth")),
+        "{veths:?}"
+    );
     round_trip(&topology, &netns, 8080, 80)?;
 
     let out = agent.cli(&["container", "rm", "web"])?;

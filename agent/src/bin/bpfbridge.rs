@@ -18,10 +18,19 @@ use bpfbridge::{
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "bpfbridge", version, about = "Docker-style bridge networking with an eBPF/XDP fast path")]
+#[command(
+    name = "bpfbridge",
+    version,
+    about = "Docker-style bridge networking with an eBPF/XDP fast path"
+)]
 struct Cli {
     /// The agent's API socket.
-    #[arg(long, global = true, env = "BPFBRIDGE_SOCKET", default_value = "/run/bpfbridge/bpfbridge.sock")]
+    #[arg(
+        long,
+        global = true,
+        env = "BPFBRIDGE_SOCKET",
+        default_value = "/run/bpfbridge/bpfbridge.sock"
+    )]
     socket: PathBuf,
     #[command(subcommand)]
     command: Command,
@@ -105,7 +114,8 @@ impl AgentArgs {
             dataplane: self.dataplane,
             ip_forward: self.ip_forward,
             bip: self.bip,
-            default_address_pools: (!self.default_address_pools.is_empty()).then_some(self.default_address_pools),
+            default_address_pools: (!self.default_address_pools.is_empty())
+                .then_some(self.default_address_pools),
             mtu: self.mtu,
             icc: self.icc,
             ip_masq: self.ip_masq,
@@ -161,13 +171,20 @@ struct CreateArgs {
     #[arg(long = "expose")]
     expose: Vec<String>,
     /// Publish a port: HOSTPORT:CONTAINERPORT[/tcp] (repeatable).
-    #[arg(short = 'p', long = "publish", value_name = "HOSTPORT:CONTAINERPORT[/tcp]")]
+    #[arg(
+        short = 'p',
+        long = "publish",
+        value_name = "HOSTPORT:CONTAINERPORT[/tcp]"
+    )]
     publish: Vec<String>,
 }
 
 impl CreateArgs {
     fn request(self) -> anyhow::Result<CreateContainer> {
-        let name = self.name.or(self.positional_name).context("a container name is needed")?;
+        let name = self
+            .name
+            .or(self.positional_name)
+            .context("a container name is needed")?;
         let mut port_bindings = PortMap::new();
         for spec in &self.publish {
             let (key, host) = parse_publish_flag(spec)?;
@@ -187,22 +204,37 @@ impl CreateArgs {
             let mut config = EndpointConfig::default();
             if i == 0 {
                 config.aliases = self.aliases.clone();
-                config.ipam_config = self.ip.map(|ip| EndpointIpamConfig { ipv4_address: ip.to_string() });
+                config.ipam_config = self.ip.map(|ip| EndpointIpamConfig {
+                    ipv4_address: ip.to_string(),
+                });
             }
             endpoints_config.insert(network.clone(), config);
         }
         if networks.is_empty() && (self.ip.is_some() || !self.aliases.is_empty()) {
             let config = EndpointConfig {
                 aliases: self.aliases,
-                ipam_config: self.ip.map(|ip| EndpointIpamConfig { ipv4_address: ip.to_string() }),
+                ipam_config: self.ip.map(|ip| EndpointIpamConfig {
+                    ipv4_address: ip.to_string(),
+                }),
             };
-            endpoints_config.insert(network_mode.clone().unwrap_or_else(|| "bridge".into()), config);
+            endpoints_config.insert(
+                network_mode.clone().unwrap_or_else(|| "bridge".into()),
+                config,
+            );
         }
         Ok(CreateContainer {
             name,
             netns: self.netns.map(|p| p.display().to_string()),
-            host_config: HostConfig { network_mode, port_bindings, links: self.links },
-            exposed_ports: self.expose.into_iter().map(|p| (p, serde_json::json!({}))).collect(),
+            host_config: HostConfig {
+                network_mode,
+                port_bindings,
+                links: self.links,
+            },
+            exposed_ports: self
+                .expose
+                .into_iter()
+                .map(|p| (p, serde_json::json!({})))
+                .collect(),
             networking_config: NetworkingConfig { endpoints_config },
         })
     }
@@ -282,12 +314,26 @@ fn print_json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
 
 async fn network_command(client: &Client, command: NetworkCommand) -> anyhow::Result<()> {
     match command {
-        NetworkCommand::Create { name, driver, subnet, gateway, ip_range, internal, options, labels } => {
-            let ipam = (subnet.is_some() || gateway.is_some() || ip_range.is_some()).then(|| Ipam {
-                driver: "default".into(),
-                options: BTreeMap::new(),
-                config: vec![IpamConfig { subnet, ip_range, gateway }],
-            });
+        NetworkCommand::Create {
+            name,
+            driver,
+            subnet,
+            gateway,
+            ip_range,
+            internal,
+            options,
+            labels,
+        } => {
+            let ipam =
+                (subnet.is_some() || gateway.is_some() || ip_range.is_some()).then(|| Ipam {
+                    driver: "default".into(),
+                    options: BTreeMap::new(),
+                    config: vec![IpamConfig {
+                        subnet,
+                        ip_range,
+                        gateway,
+                    }],
+                });
             let request = CreateNetwork {
                 name,
                 driver: Some(driver),
@@ -316,14 +362,24 @@ async fn network_command(client: &Client, command: NetworkCommand) -> anyhow::Re
             } else {
                 println!("{:<14} {:<20} {:<9} SCOPE", "NETWORK ID", "NAME", "DRIVER");
                 for n in networks {
-                    println!("{:<14} {:<20} {:<9} {}", short_id(&n.id), n.name, n.driver, n.scope);
+                    println!(
+                        "{:<14} {:<20} {:<9} {}",
+                        short_id(&n.id),
+                        n.name,
+                        n.driver,
+                        n.scope
+                    );
                 }
             }
         }
         NetworkCommand::Inspect { names } => {
             let mut out = Vec::new();
             for name in &names {
-                out.push(client.get::<NetworkInspect>(&format!("/networks/{name}")).await?);
+                out.push(
+                    client
+                        .get::<NetworkInspect>(&format!("/networks/{name}"))
+                        .await?,
+                );
             }
             print_json(&out)?;
         }
@@ -334,7 +390,9 @@ async fn network_command(client: &Client, command: NetworkCommand) -> anyhow::Re
             }
         }
         NetworkCommand::Prune { force: _ } => {
-            let pruned: NetworksPruned = client.post("/networks/prune", &serde_json::json!({})).await?;
+            let pruned: NetworksPruned = client
+                .post("/networks/prune", &serde_json::json!({}))
+                .await?;
             if !pruned.networks_deleted.is_empty() {
                 println!("Deleted Networks:");
                 for name in pruned.networks_deleted {
@@ -342,19 +400,34 @@ async fn network_command(client: &Client, command: NetworkCommand) -> anyhow::Re
                 }
             }
         }
-        NetworkCommand::Connect { network, container, ip, aliases } => {
+        NetworkCommand::Connect {
+            network,
+            container,
+            ip,
+            aliases,
+        } => {
             let request = ConnectRequest {
                 container,
                 endpoint_config: EndpointConfig {
-                    ipam_config: ip.map(|ip| EndpointIpamConfig { ipv4_address: ip.to_string() }),
+                    ipam_config: ip.map(|ip| EndpointIpamConfig {
+                        ipv4_address: ip.to_string(),
+                    }),
                     aliases,
                 },
             };
-            client.post_empty(&format!("/networks/{network}/connect"), &request).await?;
+            client
+                .post_empty(&format!("/networks/{network}/connect"), &request)
+                .await?;
         }
-        NetworkCommand::Disconnect { network, container, force } => {
+        NetworkCommand::Disconnect {
+            network,
+            container,
+            force,
+        } => {
             let request = DisconnectRequest { container, force };
-            client.post_empty(&format!("/networks/{network}/disconnect"), &request).await?;
+            client
+                .post_empty(&format!("/networks/{network}/disconnect"), &request)
+                .await?;
         }
     }
     Ok(())
@@ -384,7 +457,10 @@ async fn container_command(client: &Client, command: ContainerCommand) -> anyhow
                 }
                 return Ok(());
             }
-            println!("{:<14} {:<20} {:<16} {:<32} PORTS", "CONTAINER ID", "NAME", "NETWORK MODE", "ADDRESSES");
+            println!(
+                "{:<14} {:<20} {:<16} {:<32} PORTS",
+                "CONTAINER ID", "NAME", "NETWORK MODE", "ADDRESSES"
+            );
             for c in containers {
                 let addresses: Vec<String> = c
                     .network_settings
@@ -397,7 +473,11 @@ async fn container_command(client: &Client, command: ContainerCommand) -> anyhow
                     .network_settings
                     .ports
                     .iter()
-                    .flat_map(|(ctr, hosts)| hosts.iter().map(move |h| format!("{}:{}->{}", h.host_ip, h.host_port, ctr)))
+                    .flat_map(|(ctr, hosts)| {
+                        hosts
+                            .iter()
+                            .map(move |h| format!("{}:{}->{}", h.host_ip, h.host_port, ctr))
+                    })
                     .collect();
                 println!(
                     "{:<14} {:<20} {:<16} {:<32} {}",
@@ -412,7 +492,11 @@ async fn container_command(client: &Client, command: ContainerCommand) -> anyhow
         ContainerCommand::Inspect { names } => {
             let mut out = Vec::new();
             for name in &names {
-                out.push(client.get::<ContainerInspect>(&format!("/containers/{name}")).await?);
+                out.push(
+                    client
+                        .get::<ContainerInspect>(&format!("/containers/{name}"))
+                        .await?,
+                );
             }
             print_json(&out)?;
         }
@@ -426,7 +510,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Agent(args) => {
             tracing_subscriber::fmt()
                 .with_env_filter(
-                    tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+                    tracing_subscriber::EnvFilter::try_from_default_env()
+                        .unwrap_or_else(|_| "info".into()),
                 )
                 .with_writer(std::io::stderr)
                 .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))

@@ -223,36 +223,43 @@ impl Dataplane for EbpfDataplane {
     fn attach_endpoint(&mut self, endpoint: &Endpoint) -> Result<()> {
         let pin = self.tc_pin(&endpoint.host_veth);
         let tc: &mut SchedClassifier = program(&mut self.ebpf, CONTAINER_PROGRAM)?;
-        let id = match PinnedLink::from_pin(&pin) {
+        match PinnedLink::from_pin(&pin) {
             Ok(old) => {
                 let link = SchedClassifierLink::try_from(FdLink::from(old))
                     .map_err(Error::dataplane("adopting a pinned TC link"))?;
-                tc.attach_to_link(link).map_err(Error::dataplane(format!(
-                    "replacing TC on {}",
-                    endpoint.host_veth
-                )))?
+                match tc.attach_to_link(link) {
+                    Ok(id) => {
+                        // The link stays pinned; dropping our handle only closes a descriptor.
+                        drop(tc.take_link(id));
+                        return Ok(());
+                    }
+                    // The veth it was attached to is gone (and now made again): the old
+                    // link is severed, so drop its pin and attach afresh below.
+                    Err(e) => {
+                        tracing::info!(veth = %endpoint.host_veth, "pinned TC link is stale ({e}); attaching anew");
+                        fs::remove_file(&pin)
+                            .map_err(Error::io(format!("removing {}", pin.display())))?;
+                    }
+                }
             }
-            Err(e) if is_not_found(&e) => {
-                let id = tc
-                    .attach(&endpoint.host_veth, TcAttachType::Ingress)
-                    .map_err(Error::dataplane(format!(
-                        "attaching TC to {}",
-                        endpoint.host_veth
-                    )))?;
-                let link = tc
-                    .take_link(id)
-                    .map_err(Error::dataplane("taking the TC link"))?;
-                let fd_link = FdLink::try_from(link).map_err(Error::dataplane(
-                    "TC link is not a bpf_link (TCX needs kernel >= 6.6)",
-                ))?;
-                fd_link
-                    .pin(&pin)
-                    .map_err(Error::dataplane(format!("pinning {}", pin.display())))?;
-                return Ok(());
-            }
+            Err(e) if is_not_found(&e) => {}
             Err(e) => return Err(Error::dataplane(format!("opening {}", pin.display()))(e)),
-        };
-        drop(tc.take_link(id));
+        }
+        let id = tc
+            .attach(&endpoint.host_veth, TcAttachType::Ingress)
+            .map_err(Error::dataplane(format!(
+                "attaching TC to {}",
+                endpoint.host_veth
+            )))?;
+        let link = tc
+            .take_link(id)
+            .map_err(Error::dataplane("taking the TC link"))?;
+        let fd_link = FdLink::try_from(link).map_err(Error::dataplane(
+            "TC link is not a bpf_link (TCX needs kernel >= 6.6)",
+        ))?;
+        fd_link
+            .pin(&pin)
+            .map_err(Error::dataplane(format!("pinning {}", pin.display())))?;
         Ok(())
     }
 

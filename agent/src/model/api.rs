@@ -40,7 +40,11 @@ fn default_driver() -> String {
 
 impl Default for Ipam {
     fn default() -> Self {
-        Ipam { driver: default_driver(), options: BTreeMap::new(), config: Vec::new() }
+        Ipam {
+            driver: default_driver(),
+            options: BTreeMap::new(),
+            config: Vec::new(),
+        }
     }
 }
 
@@ -120,7 +124,11 @@ pub struct NetworksPruned {
 /// Per-network endpoint settings of a create or connect request.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct EndpointConfig {
-    #[serde(rename = "IPAMConfig", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "IPAMConfig",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub ipam_config: Option<EndpointIpamConfig>,
     #[serde(rename = "Aliases", default)]
     pub aliases: Vec<String>,
@@ -157,7 +165,11 @@ pub struct DisconnectRequest {
 #[serde(deny_unknown_fields)]
 pub struct HostConfig {
     /// `bridge` (default), a network name, `host`, `none` or `container:NAME`.
-    #[serde(rename = "NetworkMode", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "NetworkMode",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub network_mode: Option<String>,
     #[serde(rename = "PortBindings", default)]
     pub port_bindings: PortMap,

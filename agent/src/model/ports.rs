@@ -20,7 +20,9 @@ impl Proto {
         match s {
             "tcp" => Ok(Proto::Tcp),
             "udp" => Ok(Proto::Udp),
-            other => Err(Error::InvalidArgument(format!("invalid protocol {other:?} (tcp or udp)"))),
+            other => Err(Error::InvalidArgument(format!(
+                "invalid protocol {other:?} (tcp or udp)"
+            ))),
         }
     }
 
@@ -42,7 +44,9 @@ impl Proto {
     fn check_publishable(self) -> Result<()> {
         match self {
             Proto::Tcp => Ok(()),
-            Proto::Udp => Err(Error::InvalidArgument("publishing udp ports is not supported yet (only tcp)".into())),
+            Proto::Udp => Err(Error::InvalidArgument(
+                "publishing udp ports is not supported yet (only tcp)".into(),
+            )),
         }
     }
 }
@@ -121,7 +125,10 @@ pub type PortMap = BTreeMap<String, Vec<HostBinding>>;
 /// Validates a Docker-shaped port map and flattens it.
 /// An empty `HostIp` binds `default_host_ip` (the network's `host_binding_ipv4`, else the
 /// daemon's `--ip`).
-pub fn port_bindings_from_map(map: &PortMap, default_host_ip: Ipv4Addr) -> Result<Vec<PortBinding>> {
+pub fn port_bindings_from_map(
+    map: &PortMap,
+    default_host_ip: Ipv4Addr,
+) -> Result<Vec<PortBinding>> {
     let mut out = Vec::new();
     for (key, hosts) in map {
         let (port, proto) = key.split_once('/').unwrap_or((key.as_str(), "tcp"));
@@ -240,5 +247,4 @@ mod tests {
         )]);
         assert!(port_bindings_from_map(&bad_ip, Ipv4Addr::UNSPECIFIED).is_err());
     }
-
 }

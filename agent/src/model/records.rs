@@ -14,8 +14,13 @@ pub const OPT_ENABLE_ICC: &str = "com.docker.network.bridge.enable_icc";
 pub const OPT_ENABLE_IP_MASQUERADE: &str = "com.docker.network.bridge.enable_ip_masquerade";
 pub const OPT_HOST_BINDING_IPV4: &str = "com.docker.network.bridge.host_binding_ipv4";
 pub const OPT_MTU: &str = "com.docker.network.driver.mtu";
-pub const KNOWN_OPTIONS: &[&str] =
-    &[OPT_BRIDGE_NAME, OPT_ENABLE_ICC, OPT_ENABLE_IP_MASQUERADE, OPT_HOST_BINDING_IPV4, OPT_MTU];
+pub const KNOWN_OPTIONS: &[&str] = &[
+    OPT_BRIDGE_NAME,
+    OPT_ENABLE_ICC,
+    OPT_ENABLE_IP_MASQUERADE,
+    OPT_HOST_BINDING_IPV4,
+    OPT_MTU,
+];
 
 /// A bridge network (the default `bridge` or a user-defined one).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -133,7 +138,10 @@ impl ContainerRecord {
     /// Exposed ports including the container side of every published port, sorted.
     pub fn all_exposed(&self) -> Vec<ExposedPort> {
         let mut all = self.exposed.clone();
-        all.extend(self.ports.iter().map(|p| ExposedPort { port: p.container_port, proto: p.proto }));
+        all.extend(self.ports.iter().map(|p| ExposedPort {
+            port: p.container_port,
+            proto: p.proto,
+        }));
         all.sort();
         all.dedup();
         all

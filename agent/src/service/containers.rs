@@ -14,8 +14,8 @@ use crate::{
     model::{
         ContainerHostConfig, ContainerInspect, ContainerRecord, CreateContainer,
         EndpointAddressing, EndpointIpamConfig, EndpointRecord, EndpointSettings, ExposedPort,
-        LinkInfo, LinkRecord, NetworkMode, NetworkRecord, NetworkSettings, now,
-        parse_port_proto, port_bindings_from_map, port_map, random_id, short_id, validate_name,
+        LinkInfo, LinkRecord, NetworkMode, NetworkRecord, NetworkSettings, now, parse_port_proto,
+        port_bindings_from_map, port_map, random_id, short_id, validate_name,
     },
     netlink, netns,
 };
@@ -58,52 +58,68 @@ impl Service {
         let has_ports = !request.host_config.port_bindings.is_empty();
 
         // Where the container's network namespace comes from.
-        let (netns_path, create_netns) = match &mode {
-            NetworkMode::Host | NetworkMode::Container(_) if request.netns.is_some() => {
-                return Err(conflict("a network namespace cannot be given with host or container network mode"));
-            }
-            NetworkMode::Host => (PathBuf::new(), false),
-            NetworkMode::Container(target) => {
-                if target == &request.name {
-                    return Err(Error::InvalidArgument("cannot join own network namespace".into()));
+        let (netns_path, create_netns) =
+            match &mode {
+                NetworkMode::Host | NetworkMode::Container(_) if request.netns.is_some() => {
+                    return Err(conflict(
+                        "a network namespace cannot be given with host or container network mode",
+                    ));
                 }
-                let target = self.container(target)?;
-                if has_ports {
-                    return Err(conflict("port publishing and the container type network mode"));
-                }
-                // Joining a joiner means joining the namespace it joined.
-                let target_id = match &target.mode {
-                    NetworkMode::Container(id) => id.clone(),
-                    _ => target.id.clone(),
-                };
-                let netns = target.netns.clone();
-                mode = NetworkMode::Container(target_id);
-                (netns, false)
-            }
-            NetworkMode::Bridge | NetworkMode::None => match &request.netns {
-                Some(path) => {
-                    let path = Path::new(path);
-                    if !path.exists() {
-                        return Err(Error::NotFound(format!("network namespace {} does not exist", path.display())));
+                NetworkMode::Host => (PathBuf::new(), false),
+                NetworkMode::Container(target) => {
+                    if target == &request.name {
+                        return Err(Error::InvalidArgument(
+                            "cannot join own network namespace".into(),
+                        ));
                     }
-                    netns::is_netns(path)?;
-                    if let Some(user) = self.state.containers.values().find(|c| c.netns == path && !matches!(c.mode, NetworkMode::Container(_))) {
-                        return Err(Error::Conflict(format!(
-                            "network namespace {} is already used by container {}",
-                            path.display(),
-                            user.name
-                        )));
+                    let target = self.container(target)?;
+                    if has_ports {
+                        return Err(conflict(
+                            "port publishing and the container type network mode",
+                        ));
                     }
-                    (path.to_path_buf(), false)
+                    // Joining a joiner means joining the namespace it joined.
+                    let target_id = match &target.mode {
+                        NetworkMode::Container(id) => id.clone(),
+                        _ => target.id.clone(),
+                    };
+                    let netns = target.netns.clone();
+                    mode = NetworkMode::Container(target_id);
+                    (netns, false)
                 }
-                None => (PathBuf::new(), true),
-            },
-        };
+                NetworkMode::Bridge | NetworkMode::None => match &request.netns {
+                    Some(path) => {
+                        let path = Path::new(path);
+                        if !path.exists() {
+                            return Err(Error::NotFound(format!(
+                                "network namespace {} does not exist",
+                                path.display()
+                            )));
+                        }
+                        netns::is_netns(path)?;
+                        if let Some(user) = self.state.containers.values().find(|c| {
+                            c.netns == path && !matches!(c.mode, NetworkMode::Container(_))
+                        }) {
+                            return Err(Error::Conflict(format!(
+                                "network namespace {} is already used by container {}",
+                                path.display(),
+                                user.name
+                            )));
+                        }
+                        (path.to_path_buf(), false)
+                    }
+                    None => (PathBuf::new(), true),
+                },
+            };
         if mode != NetworkMode::Bridge && !extra_networks.is_empty() {
-            return Err(conflict("networks cannot be given with host, none or container network mode"));
+            return Err(conflict(
+                "networks cannot be given with host, none or container network mode",
+            ));
         }
         if matches!(mode, NetworkMode::Host | NetworkMode::None) && has_ports {
-            warnings.push("Published ports are discarded when using host or none network mode".to_string());
+            warnings.push(
+                "Published ports are discarded when using host or none network mode".to_string(),
+            );
         }
 
         // Networks in order, the primary first.
@@ -118,7 +134,12 @@ impl Service {
             let host_ip = default_host_ip(&self.settings, networks.first());
             let ports = port_bindings_from_map(&request.host_config.port_bindings, host_ip)?;
             for port in &ports {
-                if let Some(other) = self.state.containers.values().find(|c| c.ports.iter().any(|p| p.overlaps(port))) {
+                if let Some(other) = self
+                    .state
+                    .containers
+                    .values()
+                    .find(|c| c.ports.iter().any(|p| p.overlaps(port)))
+                {
                     return Err(Error::Conflict(format!(
                         "host port {}:{}/{} is already published by container {}",
                         port.host_ip,
@@ -140,11 +161,14 @@ impl Service {
         let mut links = Vec::new();
         for spec in &request.host_config.links {
             let (target, alias) = spec.split_once(':').unwrap_or((spec, spec));
-            let target = self.container(target).map_err(|_| {
-                Error::NotFound(format!("could not get container for {target}"))
-            })?;
+            let target = self
+                .container(target)
+                .map_err(|_| Error::NotFound(format!("could not get container for {target}")))?;
             validate_name("link alias", alias)?;
-            links.push(LinkRecord { container_id: target.id.clone(), alias: alias.to_string() });
+            links.push(LinkRecord {
+                container_id: target.id.clone(),
+                alias: alias.to_string(),
+            });
         }
 
         let id = random_id();
@@ -162,12 +186,26 @@ impl Service {
             pending: true,
         };
         if create_netns {
-            container.netns = self.settings.netns_dir.join(format!("bpfb-{}", short_id(&container.id)));
+            container.netns = self
+                .settings
+                .netns_dir
+                .join(format!("bpfb-{}", short_id(&container.id)));
         }
         let mut planned_ips = BTreeSet::new();
         for network in &networks {
-            let config = request.networking_config.endpoints_config.get(&network.name).cloned().unwrap_or_default();
-            let endpoint = self.plan_endpoint(&container, network, parse_requested_ip(&config)?, config.aliases, &planned_ips)?;
+            let config = request
+                .networking_config
+                .endpoints_config
+                .get(&network.name)
+                .cloned()
+                .unwrap_or_default();
+            let endpoint = self.plan_endpoint(
+                &container,
+                network,
+                parse_requested_ip(&config)?,
+                config.aliases,
+                &planned_ips,
+            )?;
             planned_ips.insert(endpoint.ip);
             container.endpoints.push(endpoint);
         }
@@ -176,7 +214,8 @@ impl Service {
         // on the next start.
         let mut undo = Undo::default();
         self.save_container(container.clone())?;
-        undo.steps.push(Step::DeleteContainerRecord(container.name.clone()));
+        undo.steps
+            .push(Step::DeleteContainerRecord(container.name.clone()));
         match self.attach(&mut container, &networks, &mut undo).await {
             Ok(()) => {
                 let mut inspect = self.inspect_container(&container.name)?;
@@ -191,9 +230,19 @@ impl Service {
     }
 
     /// Makes everything a planned container needs, then records it as done.
-    async fn attach(&mut self, container: &mut ContainerRecord, networks: &[NetworkRecord], undo: &mut Undo) -> Result<()> {
+    async fn attach(
+        &mut self,
+        container: &mut ContainerRecord,
+        networks: &[NetworkRecord],
+        undo: &mut Undo,
+    ) -> Result<()> {
         if container.netns_owned {
-            let name = container.netns.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
+            let name = container
+                .netns
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or_default()
+                .to_string();
             container.netns = netns::create_named(&self.settings.netns_dir, &name)?;
             undo.steps.push(Step::DeleteNetns(container.netns.clone()));
         }
@@ -208,7 +257,14 @@ impl Service {
         let port_network = networks.iter().position(|n| !n.internal);
         for (i, network) in networks.iter().enumerate() {
             let mut endpoint = container.endpoints[i].clone();
-            self.make_endpoint(&container.netns, network, &mut endpoint, Some(i) == port_network, undo).await?;
+            self.make_endpoint(
+                &container.netns,
+                network,
+                &mut endpoint,
+                Some(i) == port_network,
+                undo,
+            )
+            .await?;
             endpoint.pending = false;
             container.endpoints[i] = endpoint;
         }
@@ -255,7 +311,10 @@ impl Service {
             )));
         }
         // Pending while it goes: a crash in the middle finishes the removal on start.
-        self.save_container(ContainerRecord { pending: true, ..container.clone() })?;
+        self.save_container(ContainerRecord {
+            pending: true,
+            ..container.clone()
+        })?;
         self.dns.stop(&container.id);
         let steps = self.container_teardown_steps(&container);
         let result = self.run_all(steps).await;
@@ -276,7 +335,11 @@ impl Service {
         self.inspect_record(self.container(reference)?)
     }
 
-    fn endpoint_settings(&self, c: &ContainerRecord, e: &EndpointRecord) -> Result<(String, EndpointSettings)> {
+    fn endpoint_settings(
+        &self,
+        c: &ContainerRecord,
+        e: &EndpointRecord,
+    ) -> Result<(String, EndpointSettings)> {
         let network = self.network_by_id(&e.network_id)?;
         let mut aliases = Vec::new();
         if !network.is_default() {
@@ -286,7 +349,9 @@ impl Service {
         Ok((
             network.name.clone(),
             EndpointSettings {
-                ipam_config: e.requested_ip.map(|ip| EndpointIpamConfig { ipv4_address: ip.to_string() }),
+                ipam_config: e.requested_ip.map(|ip| EndpointIpamConfig {
+                    ipv4_address: ip.to_string(),
+                }),
                 aliases: (!aliases.is_empty()).then_some(aliases),
                 network_id: network.id.clone(),
                 addressing: EndpointAddressing {
@@ -321,9 +386,24 @@ impl Service {
             NetworkMode::Container(id) => format!("container:{id}"),
         };
         if matches!(c.mode, NetworkMode::Host | NetworkMode::None) {
-            let name = if c.mode == NetworkMode::Host { HOST_NETWORK } else { NONE_NETWORK };
-            let id = self.state.meta.get(&format!("{name}-network-id")).cloned().unwrap_or_default();
-            networks.insert(name.into(), EndpointSettings { network_id: id, ..EndpointSettings::default() });
+            let name = if c.mode == NetworkMode::Host {
+                HOST_NETWORK
+            } else {
+                NONE_NETWORK
+            };
+            let id = self
+                .state
+                .meta
+                .get(&format!("{name}-network-id"))
+                .cloned()
+                .unwrap_or_default();
+            networks.insert(
+                name.into(),
+                EndpointSettings {
+                    network_id: id,
+                    ..EndpointSettings::default()
+                },
+            );
         }
         let sandbox_key = match &c.mode {
             NetworkMode::Host => node_netns(),
@@ -336,7 +416,11 @@ impl Service {
             host_config: ContainerHostConfig { network_mode },
             network_settings: NetworkSettings {
                 sandbox_key: sandbox_key.display().to_string(),
-                ports: if c.mode == NetworkMode::Bridge { port_map(&c.ports) } else { Default::default() },
+                ports: if c.mode == NetworkMode::Bridge {
+                    port_map(&c.ports)
+                } else {
+                    Default::default()
+                },
                 primary,
                 networks,
             },
@@ -349,9 +433,12 @@ impl Service {
     /// linked containers' current addresses and exposed ports.
     fn link_info(&self, c: &ContainerRecord) -> LinkInfo {
         let mut info = LinkInfo::default();
-        let my_networks: BTreeSet<&str> = c.endpoints.iter().map(|e| e.network_id.as_str()).collect();
+        let my_networks: BTreeSet<&str> =
+            c.endpoints.iter().map(|e| e.network_id.as_str()).collect();
         for link in &c.links {
-            let Some(other) = self.container_by_id(&link.container_id) else { continue };
+            let Some(other) = self.container_by_id(&link.container_id) else {
+                continue;
+            };
             let Some(endpoint) = other
                 .endpoints
                 .iter()
@@ -365,12 +452,18 @@ impl Service {
             if other.name != link.alias {
                 names.push(other.name.clone());
             }
-            info.hosts_entries.push(format!("{ip}\t{}", names.join(" ")));
+            info.hosts_entries
+                .push(format!("{ip}\t{}", names.join(" ")));
             let prefix = link.alias.to_uppercase().replace(['-', '.'], "_");
-            info.env.push(format!("{prefix}_NAME=/{}/{}", c.name, link.alias));
+            info.env
+                .push(format!("{prefix}_NAME=/{}/{}", c.name, link.alias));
             let exposed = other.all_exposed();
             if let Some(first) = exposed.first() {
-                info.env.push(format!("{prefix}_PORT={}://{ip}:{}", first.proto.as_str(), first.port));
+                info.env.push(format!(
+                    "{prefix}_PORT={}://{ip}:{}",
+                    first.proto.as_str(),
+                    first.port
+                ));
             }
             for port in exposed {
                 let (number, proto) = (port.port, port.proto.as_str());
@@ -382,7 +475,8 @@ impl Service {
             }
         }
         if let Some(own) = c.endpoints.first() {
-            info.hosts_entries.push(format!("{}\t{}", own.ip, short_id(&c.id)));
+            info.hosts_entries
+                .push(format!("{}\t{}", own.ip, short_id(&c.id)));
         }
         info
     }

@@ -36,7 +36,10 @@ fn teardown_endpoint(e: &EndpointRecord) -> Endpoint {
 /// The steps that undo an endpoint: the dataplane's hold first, then the veth (deleting one
 /// end deletes the pair).
 pub(super) fn teardown_steps(e: &EndpointRecord) -> Vec<Step> {
-    vec![Step::DetachEndpoint(teardown_endpoint(e)), Step::DeleteLink(e.host_veth.clone())]
+    vec![
+        Step::DetachEndpoint(teardown_endpoint(e)),
+        Step::DeleteLink(e.host_veth.clone()),
+    ]
 }
 
 impl Service {
@@ -70,15 +73,18 @@ impl Service {
             .ok_or_else(|| Error::NotFound(format!("veth {host_veth} vanished")))?;
         netlink::set_controller(&self.handle, host.index, bridge.index).await?;
         netlink::set_up(&self.handle, host.index).await?;
-        let host_mac = host.mac.ok_or_else(|| Error::NotFound(format!("veth {host_veth} has no MAC")))?;
+        let host_mac = host
+            .mac
+            .ok_or_else(|| Error::NotFound(format!("veth {host_veth} has no MAC")))?;
 
-        let address = Ipv4Net::new(endpoint.ip, network.subnet.prefix_len()).expect("prefix of a valid net");
+        let address =
+            Ipv4Net::new(endpoint.ip, network.subnet.prefix_len()).expect("prefix of a valid net");
         let gateway = default_route.then_some(network.gateway);
         let ifname = endpoint.ifname.clone();
         netns::with_netlink_in(netns, |h| async move {
-            let link = netlink::link_by_name(&h, &peer)
-                .await?
-                .ok_or_else(|| Error::NotFound(format!("{peer} did not arrive in the namespace")))?;
+            let link = netlink::link_by_name(&h, &peer).await?.ok_or_else(|| {
+                Error::NotFound(format!("{peer} did not arrive in the namespace"))
+            })?;
             netlink::set_name(&h, link.index, &ifname).await?;
             netlink::add_address(&h, link.index, address).await?;
             netlink::set_up(&h, link.index).await?;

@@ -149,7 +149,11 @@ impl Service {
         if let Some(n) = self.state.networks.get(reference) {
             return Ok(n);
         }
-        let mut matches = self.state.networks.values().filter(|n| n.id.starts_with(reference));
+        let mut matches = self
+            .state
+            .networks
+            .values()
+            .filter(|n| n.id.starts_with(reference));
         match (matches.next(), matches.next(), reference.is_empty()) {
             (Some(n), None, false) => Ok(n),
             (Some(_), Some(_), false) => Err(Error::InvalidArgument(format!(
@@ -173,7 +177,11 @@ impl Service {
         if let Some(c) = self.state.containers.get(reference) {
             return Ok(c);
         }
-        let mut matches = self.state.containers.values().filter(|c| c.id.starts_with(reference));
+        let mut matches = self
+            .state
+            .containers
+            .values()
+            .filter(|c| c.id.starts_with(reference));
         match (matches.next(), matches.next(), reference.is_empty()) {
             (Some(c), None, false) => Ok(c),
             (Some(_), Some(_), false) => Err(Error::InvalidArgument(format!(
@@ -201,7 +209,9 @@ impl Service {
 
     fn save_container(&mut self, container: ContainerRecord) -> Result<()> {
         self.store.put_container(&container)?;
-        self.state.containers.insert(container.name.clone(), container);
+        self.state
+            .containers
+            .insert(container.name.clone(), container);
         Ok(())
     }
 
@@ -214,9 +224,10 @@ impl Service {
     /// The endpoint that carries a container's published ports and default route: the
     /// first one on a network with a way out (not `--internal`).
     fn port_endpoint<'a>(&self, container: &'a ContainerRecord) -> Option<&'a EndpointRecord> {
-        container.endpoints.iter().find(|e| {
-            !e.pending && self.network_by_id(&e.network_id).is_ok_and(|n| !n.internal)
-        })
+        container
+            .endpoints
+            .iter()
+            .find(|e| !e.pending && self.network_by_id(&e.network_id).is_ok_and(|n| !n.internal))
     }
 
     /// What the dataplane should hold for `container`'s ports.
@@ -228,7 +239,11 @@ impl Service {
             return Ok(Vec::new());
         };
         let endpoint = dataplane_endpoint(endpoint)?;
-        Ok(container.ports.iter().map(|p| (endpoint.clone(), *p)).collect())
+        Ok(container
+            .ports
+            .iter()
+            .map(|p| (endpoint.clone(), *p))
+            .collect())
     }
 
     /// Makes the DNS servers' view match the state: one record per container per
@@ -237,7 +252,9 @@ impl Service {
         let mut records = Vec::new();
         for c in self.state.containers.values().filter(|c| !c.pending) {
             for e in c.endpoints.iter().filter(|e| !e.pending) {
-                let Ok(network) = self.network_by_id(&e.network_id) else { continue };
+                let Ok(network) = self.network_by_id(&e.network_id) else {
+                    continue;
+                };
                 if network.is_default() {
                     continue;
                 }
@@ -258,7 +275,10 @@ impl Service {
     /// Starts or stops the DNS server of one container, as its networks say.
     fn dns_for(&self, container: &ContainerRecord) -> Result<()> {
         let on_user_network = container.endpoints.iter().any(|e| {
-            !e.pending && self.network_by_id(&e.network_id).is_ok_and(|n| !n.is_default())
+            !e.pending
+                && self
+                    .network_by_id(&e.network_id)
+                    .is_ok_and(|n| !n.is_default())
         });
         if on_user_network && container.mode == NetworkMode::Bridge {
             self.dns.serve(&container.id, &container.netns)
@@ -271,7 +291,9 @@ impl Service {
 
 /// The dataplane's view of an endpoint.
 fn dataplane_endpoint(e: &EndpointRecord) -> Result<Endpoint> {
-    let bad_mac = |m: &str| Error::InvalidArgument(format!("endpoint {}: bad MAC {m} in state", e.endpoint_id));
+    let bad_mac = |m: &str| {
+        Error::InvalidArgument(format!("endpoint {}: bad MAC {m} in state", e.endpoint_id))
+    };
     Ok(Endpoint {
         container_ip: e.ip,
         container_mac: parse_mac(&e.mac).ok_or_else(|| bad_mac(&e.mac))?,
@@ -341,10 +363,15 @@ impl Service {
 
 /// A veth name for an endpoint: the node side and the temporary name of the peer.
 fn veth_names(endpoint_id: &str) -> (String, String) {
-    (format!("veth{}", &endpoint_id[..7]), format!("bpfc{}", &endpoint_id[..7]))
+    (
+        format!("veth{}", &endpoint_id[..7]),
+        format!("bpfc{}", &endpoint_id[..7]),
+    )
 }
 
 /// The address a port binding uses when none is given.
 fn default_host_ip(settings: &Settings, network: Option<&NetworkRecord>) -> Ipv4Addr {
-    network.and_then(|n| n.host_binding_ipv4).unwrap_or(settings.ip)
+    network
+        .and_then(|n| n.host_binding_ipv4)
+        .unwrap_or(settings.ip)
 }

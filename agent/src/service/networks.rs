@@ -16,26 +16,35 @@ use crate::{
     Error, Result, ipam,
     model::{
         ConnectRequest, ContainerRecord, CreateNetwork, DisconnectRequest, EndpointRecord, Ipam,
-        IpamConfig, KNOWN_OPTIONS, NetworkContainer, NetworkCreated, NetworkInspect,
-        NetworkMode, NetworkRecord, NetworksPruned, OPT_BRIDGE_NAME, OPT_ENABLE_ICC,
-        OPT_ENABLE_IP_MASQUERADE, OPT_HOST_BINDING_IPV4, OPT_MTU, now, random_id,
-        validate_name,
+        IpamConfig, KNOWN_OPTIONS, NetworkContainer, NetworkCreated, NetworkInspect, NetworkMode,
+        NetworkRecord, NetworksPruned, OPT_BRIDGE_NAME, OPT_ENABLE_ICC, OPT_ENABLE_IP_MASQUERADE,
+        OPT_HOST_BINDING_IPV4, OPT_MTU, now, random_id, validate_name,
     },
     netlink,
 };
 
 fn parse_bool_option(key: &str, value: &str) -> Result<bool> {
-    value.parse().map_err(|_| Error::InvalidArgument(format!("option {key}={value:?}: expected true or false")))
+    value.parse().map_err(|_| {
+        Error::InvalidArgument(format!("option {key}={value:?}: expected true or false"))
+    })
 }
 
 /// Parses a CIDR that must be a network address (no host bits), like Docker.
 fn parse_subnet(what: &str, s: &str) -> Result<Ipv4Net> {
-    let net: Ipv4Net = s.parse().map_err(|_| Error::InvalidArgument(format!("invalid {what} {s:?}")))?;
+    let net: Ipv4Net = s
+        .parse()
+        .map_err(|_| Error::InvalidArgument(format!("invalid {what} {s:?}")))?;
     if net.trunc() != net {
-        return Err(Error::InvalidArgument(format!("invalid {what} {s}: host bits set; did you mean {}?", net.trunc())));
+        return Err(Error::InvalidArgument(format!(
+            "invalid {what} {s}: host bits set; did you mean {}?",
+            net.trunc()
+        )));
     }
     if net.prefix_len() > 30 {
-        return Err(Error::InvalidArgument(format!("invalid {what} {s}: a /{} has no room for containers", net.prefix_len())));
+        return Err(Error::InvalidArgument(format!(
+            "invalid {what} {s}: a /{} has no room for containers",
+            net.prefix_len()
+        )));
     }
     Ok(net)
 }
@@ -43,7 +52,9 @@ fn parse_subnet(what: &str, s: &str) -> Result<Ipv4Net> {
 /// A valid Linux interface name that does not exist yet.
 fn check_bridge_name(name: &str) -> Result<()> {
     if name.is_empty() || name.len() > 15 || name.contains(['/', ' ', ':']) {
-        return Err(Error::InvalidArgument(format!("invalid bridge name {name:?} (at most 15 characters, no '/', ':' or space)")));
+        return Err(Error::InvalidArgument(format!(
+            "invalid bridge name {name:?} (at most 15 characters, no '/', ':' or space)"
+        )));
     }
     Ok(())
 }
@@ -51,8 +62,12 @@ fn check_bridge_name(name: &str) -> Result<()> {
 impl Service {
     /// Subnets in use: by networks and by routes on the node that are not our bridges'.
     async fn taken_subnets(&self) -> Result<Vec<(Ipv4Net, String)>> {
-        let mut taken: Vec<(Ipv4Net, String)> =
-            self.state.networks.values().map(|n| (n.subnet, format!("network {}", n.name))).collect();
+        let mut taken: Vec<(Ipv4Net, String)> = self
+            .state
+            .networks
+            .values()
+            .map(|n| (n.subnet, format!("network {}", n.name)))
+            .collect();
         let ours: BTreeSet<Ipv4Net> = self.state.networks.values().map(|n| n.subnet).collect();
         for route in netlink::ipv4_routes(&self.handle).await? {
             if route.destination.prefix_len() > 0 && !ours.contains(&route.destination) {
@@ -77,55 +92,88 @@ impl Service {
         if bridge.mtu != network.mtu {
             netlink::set_mtu(&self.handle, bridge.index, network.mtu).await?;
         }
-        let gateway = Ipv4Net::new(network.gateway, network.subnet.prefix_len()).expect("prefix of a valid net");
+        let gateway = Ipv4Net::new(network.gateway, network.subnet.prefix_len())
+            .expect("prefix of a valid net");
         let addresses = netlink::ipv4_addresses(&self.handle).await?;
-        if !addresses.iter().any(|(i, a)| *i == bridge.index && *a == gateway) {
+        if !addresses
+            .iter()
+            .any(|(i, a)| *i == bridge.index && *a == gateway)
+        {
             netlink::add_address(&self.handle, bridge.index, gateway).await?;
         }
         netlink::set_up(&self.handle, bridge.index).await
     }
 
     /// Validates a create request into a (pending) record, without changing anything.
-    async fn plan_network(&self, request: &CreateNetwork, is_default: bool) -> Result<NetworkRecord> {
+    async fn plan_network(
+        &self,
+        request: &CreateNetwork,
+        is_default: bool,
+    ) -> Result<NetworkRecord> {
         validate_name("network", &request.name)?;
-        if self.state.networks.contains_key(&request.name) || [HOST_NETWORK, NONE_NETWORK].contains(&request.name.as_str()) {
-            return Err(Error::Conflict(format!("network with name {} already exists", request.name)));
+        if self.state.networks.contains_key(&request.name)
+            || [HOST_NETWORK, NONE_NETWORK].contains(&request.name.as_str())
+        {
+            return Err(Error::Conflict(format!(
+                "network with name {} already exists",
+                request.name
+            )));
         }
         if let Some(driver) = request.driver.as_deref().filter(|d| *d != "bridge") {
-            return Err(Error::InvalidArgument(format!("network driver {driver:?} is not supported (only \"bridge\")")));
+            return Err(Error::InvalidArgument(format!(
+                "network driver {driver:?} is not supported (only \"bridge\")"
+            )));
         }
         let ipam = request.ipam.clone().unwrap_or_default();
         if ipam.driver != "default" {
-            return Err(Error::InvalidArgument(format!("IPAM driver {:?} is not supported (only \"default\")", ipam.driver)));
+            return Err(Error::InvalidArgument(format!(
+                "IPAM driver {:?} is not supported (only \"default\")",
+                ipam.driver
+            )));
         }
         if ipam.config.len() > 1 {
-            return Err(Error::InvalidArgument("only one IPAM config (one IPv4 subnet) per network is supported".into()));
+            return Err(Error::InvalidArgument(
+                "only one IPAM config (one IPv4 subnet) per network is supported".into(),
+            ));
         }
         let config = ipam.config.first().cloned().unwrap_or_default();
         if config.subnet.is_none() && (config.gateway.is_some() || config.ip_range.is_some()) {
-            return Err(Error::InvalidArgument("--gateway and --ip-range need --subnet".into()));
+            return Err(Error::InvalidArgument(
+                "--gateway and --ip-range need --subnet".into(),
+            ));
         }
         let taken = self.taken_subnets().await?;
         let subnet = match &config.subnet {
             Some(s) => {
                 let subnet = parse_subnet("subnet", s)?;
                 if let Some((_, owner)) = taken.iter().find(|(t, _)| ipam::overlaps(t, &subnet)) {
-                    return Err(Error::Conflict(format!("subnet {subnet} overlaps with {owner}")));
+                    return Err(Error::Conflict(format!(
+                        "subnet {subnet} overlaps with {owner}"
+                    )));
                 }
                 subnet
             }
             None => {
                 let taken: Vec<Ipv4Net> = taken.iter().map(|(t, _)| *t).collect();
-                ipam::first_free_subnet(&self.settings.default_address_pools, &taken).ok_or_else(|| {
-                    Error::PoolExhausted { network: request.name.clone() }
-                })?
+                ipam::first_free_subnet(&self.settings.default_address_pools, &taken).ok_or_else(
+                    || Error::PoolExhausted {
+                        network: request.name.clone(),
+                    },
+                )?
             }
         };
         let gateway = match &config.gateway {
             Some(g) => {
-                let gateway: Ipv4Addr = g.parse().map_err(|_| Error::InvalidArgument(format!("invalid gateway {g:?}")))?;
-                if !subnet.contains(&gateway) || gateway == subnet.network() || gateway == subnet.broadcast() {
-                    return Err(Error::InvalidArgument(format!("gateway {gateway} is not a usable address of subnet {subnet}")));
+                let gateway: Ipv4Addr = g
+                    .parse()
+                    .map_err(|_| Error::InvalidArgument(format!("invalid gateway {g:?}")))?;
+                if !subnet.contains(&gateway)
+                    || gateway == subnet.network()
+                    || gateway == subnet.broadcast()
+                {
+                    return Err(Error::InvalidArgument(format!(
+                        "gateway {gateway} is not a usable address of subnet {subnet}"
+                    )));
                 }
                 gateway
             }
@@ -135,7 +183,9 @@ impl Service {
             Some(r) => {
                 let range = parse_subnet("ip-range", r)?;
                 if !subnet.contains(&range) {
-                    return Err(Error::InvalidArgument(format!("ip-range {range} is not inside subnet {subnet}")));
+                    return Err(Error::InvalidArgument(format!(
+                        "ip-range {range} is not inside subnet {subnet}"
+                    )));
                 }
                 Some(range)
             }
@@ -153,7 +203,11 @@ impl Service {
             ip_range,
             internal: request.internal,
             enable_icc: if is_default { self.settings.icc } else { true },
-            enable_ip_masquerade: if is_default { self.settings.ip_masq } else { true },
+            enable_ip_masquerade: if is_default {
+                self.settings.ip_masq
+            } else {
+                true
+            },
             host_binding_ipv4: None,
             mtu: self.settings.mtu.unwrap_or(self.uplink_mtu),
             options: request.options.clone(),
@@ -168,15 +222,21 @@ impl Service {
                     if self.state.networks.values().any(|n| &n.bridge == value)
                         || netlink::link_by_name(&self.handle, value).await?.is_some()
                     {
-                        return Err(Error::Conflict(format!("bridge name {value} is already in use on the node")));
+                        return Err(Error::Conflict(format!(
+                            "bridge name {value} is already in use on the node"
+                        )));
                     }
                     network.bridge = value.clone();
                 }
                 OPT_ENABLE_ICC => network.enable_icc = parse_bool_option(key, value)?,
-                OPT_ENABLE_IP_MASQUERADE => network.enable_ip_masquerade = parse_bool_option(key, value)?,
+                OPT_ENABLE_IP_MASQUERADE => {
+                    network.enable_ip_masquerade = parse_bool_option(key, value)?
+                }
                 OPT_HOST_BINDING_IPV4 => {
                     network.host_binding_ipv4 = Some(value.parse().map_err(|_| {
-                        Error::InvalidArgument(format!("option {key}={value:?}: expected an IPv4 address"))
+                        Error::InvalidArgument(format!(
+                            "option {key}={value:?}: expected an IPv4 address"
+                        ))
                     })?)
                 }
                 OPT_MTU => {
@@ -184,13 +244,17 @@ impl Service {
                         .parse()
                         .ok()
                         .filter(|m| (68..=65535).contains(m))
-                        .ok_or_else(|| Error::InvalidArgument(format!("option {key}={value:?}: expected an MTU between 68 and 65535")))?
+                        .ok_or_else(|| {
+                            Error::InvalidArgument(format!(
+                                "option {key}={value:?}: expected an MTU between 68 and 65535"
+                            ))
+                        })?
                 }
                 other => {
                     return Err(Error::InvalidArgument(format!(
                         "unknown network option {other:?} (known: {})",
                         KNOWN_OPTIONS.join(", ")
-                    )))
+                    )));
                 }
             }
         }
@@ -199,16 +263,23 @@ impl Service {
 
     pub async fn create_network(&mut self, request: CreateNetwork) -> Result<NetworkCreated> {
         let network = self.plan_network(&request, false).await?;
-        self.add_network(network).await.map(|n| NetworkCreated { id: n.id, warning: String::new() })
+        self.add_network(network).await.map(|n| NetworkCreated {
+            id: n.id,
+            warning: String::new(),
+        })
     }
 
     /// Records a planned network (pending), makes its bridge, then marks it done; undoes
     /// everything if a step fails.
-    pub(super) async fn add_network(&mut self, mut network: NetworkRecord) -> Result<NetworkRecord> {
+    pub(super) async fn add_network(
+        &mut self,
+        mut network: NetworkRecord,
+    ) -> Result<NetworkRecord> {
         let mut undo = Undo::default();
         let result = async {
             self.save_network(network.clone())?;
-            undo.steps.push(Step::DeleteNetworkRecord(network.name.clone()));
+            undo.steps
+                .push(Step::DeleteNetworkRecord(network.name.clone()));
             undo.steps.push(Step::DeleteLink(network.bridge.clone()));
             self.ensure_bridge(&network).await?;
             network.pending = false;
@@ -226,7 +297,10 @@ impl Service {
 
     /// The default network's planned record, from `--bip` or the address pools.
     pub(super) async fn plan_default_network(&self) -> Result<NetworkRecord> {
-        let mut request = CreateNetwork { name: DEFAULT_NETWORK.into(), ..CreateNetwork::default() };
+        let mut request = CreateNetwork {
+            name: DEFAULT_NETWORK.into(),
+            ..CreateNetwork::default()
+        };
         if let Some(bip) = self.settings.bip {
             request.ipam = Some(Ipam {
                 driver: "default".into(),
@@ -246,11 +320,16 @@ impl Service {
 
     pub async fn remove_network(&mut self, reference: &str) -> Result<()> {
         if [DEFAULT_NETWORK, HOST_NETWORK, NONE_NETWORK].contains(&reference) {
-            return Err(Error::Forbidden(format!("{reference} is a pre-defined network and cannot be removed")));
+            return Err(Error::Forbidden(format!(
+                "{reference} is a pre-defined network and cannot be removed"
+            )));
         }
         let network = self.network(reference)?.clone();
         if network.is_default() {
-            return Err(Error::Forbidden(format!("{} is a pre-defined network and cannot be removed", network.name)));
+            return Err(Error::Forbidden(format!(
+                "{} is a pre-defined network and cannot be removed",
+                network.name
+            )));
         }
         let users: Vec<&str> = self
             .state
@@ -268,9 +347,15 @@ impl Service {
             )));
         }
         // Pending while the bridge goes, so a crash in between finishes the removal on start.
-        self.save_network(NetworkRecord { pending: true, ..network.clone() })?;
-        self.run_all(vec![Step::DeleteLink(network.bridge.clone()), Step::DeleteNetworkRecord(network.name)])
-            .await
+        self.save_network(NetworkRecord {
+            pending: true,
+            ..network.clone()
+        })?;
+        self.run_all(vec![
+            Step::DeleteLink(network.bridge.clone()),
+            Step::DeleteNetworkRecord(network.name),
+        ])
+        .await
     }
 
     pub async fn prune_networks(&mut self) -> Result<NetworksPruned> {
@@ -279,7 +364,13 @@ impl Service {
             .networks
             .values()
             .filter(|n| !n.is_default())
-            .filter(|n| !self.state.containers.values().any(|c| c.endpoint(&n.id).is_some()))
+            .filter(|n| {
+                !self
+                    .state
+                    .containers
+                    .values()
+                    .any(|c| c.endpoint(&n.id).is_some())
+            })
             .map(|n| n.name.clone())
             .collect();
         let mut pruned = NetworksPruned::default();
@@ -313,10 +404,21 @@ impl Service {
         if n.is_default() {
             // What Docker shows for its default bridge: the effective settings.
             options = BTreeMap::from([
-                ("com.docker.network.bridge.default_bridge".into(), "true".into()),
+                (
+                    "com.docker.network.bridge.default_bridge".into(),
+                    "true".into(),
+                ),
                 (OPT_ENABLE_ICC.into(), n.enable_icc.to_string()),
-                (OPT_ENABLE_IP_MASQUERADE.into(), n.enable_ip_masquerade.to_string()),
-                (OPT_HOST_BINDING_IPV4.into(), n.host_binding_ipv4.unwrap_or(Ipv4Addr::UNSPECIFIED).to_string()),
+                (
+                    OPT_ENABLE_IP_MASQUERADE.into(),
+                    n.enable_ip_masquerade.to_string(),
+                ),
+                (
+                    OPT_HOST_BINDING_IPV4.into(),
+                    n.host_binding_ipv4
+                        .unwrap_or(Ipv4Addr::UNSPECIFIED)
+                        .to_string(),
+                ),
                 (OPT_BRIDGE_NAME.into(), n.bridge.clone()),
                 (OPT_MTU.into(), n.mtu.to_string()),
             ]);
@@ -349,7 +451,11 @@ impl Service {
 
     fn predefined_inspect(&mut self, name: &str) -> Result<NetworkInspect> {
         let id = self.predefined_id(name)?;
-        let mode = if name == HOST_NETWORK { NetworkMode::Host } else { NetworkMode::None };
+        let mode = if name == HOST_NETWORK {
+            NetworkMode::Host
+        } else {
+            NetworkMode::None
+        };
         let containers = self
             .state
             .containers
@@ -373,7 +479,10 @@ impl Service {
             scope: "local".into(),
             driver: if name == HOST_NETWORK { "host" } else { "null" }.into(),
             enable_ipv6: false,
-            ipam: Ipam { driver: "default".into(), ..Ipam::default() },
+            ipam: Ipam {
+                driver: "default".into(),
+                ..Ipam::default()
+            },
             internal: false,
             attachable: false,
             ingress: false,
@@ -385,8 +494,13 @@ impl Service {
     }
 
     pub fn list_networks(&mut self) -> Result<Vec<NetworkInspect>> {
-        let mut out: Vec<NetworkInspect> =
-            self.state.networks.values().filter(|n| !n.pending).map(|n| self.network_inspect_record(n)).collect();
+        let mut out: Vec<NetworkInspect> = self
+            .state
+            .networks
+            .values()
+            .filter(|n| !n.pending)
+            .map(|n| self.network_inspect_record(n))
+            .collect();
         out.push(self.predefined_inspect(HOST_NETWORK)?);
         out.push(self.predefined_inspect(NONE_NETWORK)?);
         out.sort_by(|a, b| a.name.cmp(&b.name));
@@ -417,10 +531,14 @@ impl Service {
         in_use_extra: &BTreeSet<Ipv4Addr>,
     ) -> Result<EndpointRecord> {
         if network.is_default() && requested_ip.is_some() {
-            return Err(Error::InvalidArgument("user specified IP address is supported on user defined networks only".into()));
+            return Err(Error::InvalidArgument(
+                "user specified IP address is supported on user defined networks only".into(),
+            ));
         }
         if network.is_default() && !aliases.is_empty() {
-            return Err(Error::InvalidArgument("network-scoped aliases are supported for user defined networks only".into()));
+            return Err(Error::InvalidArgument(
+                "network-scoped aliases are supported for user defined networks only".into(),
+            ));
         }
         for alias in &aliases {
             validate_name("alias", alias)?;
@@ -471,7 +589,9 @@ impl Service {
 
     pub async fn connect(&mut self, reference: &str, request: ConnectRequest) -> Result<()> {
         if [HOST_NETWORK, NONE_NETWORK].contains(&reference) {
-            return Err(Error::Forbidden(format!("container cannot be connected to the {reference} network")));
+            return Err(Error::Forbidden(format!(
+                "container cannot be connected to the {reference} network"
+            )));
         }
         let network = self.network(reference)?.clone();
         let mut container = self.container(&request.container)?.clone();
@@ -488,14 +608,29 @@ impl Service {
             )));
         }
         let requested_ip = parse_requested_ip(&request.endpoint_config)?;
-        let mut endpoint =
-            self.plan_endpoint(&container, &network, requested_ip, request.endpoint_config.aliases.clone(), &BTreeSet::new())?;
-        let had_port_endpoint = self.port_endpoint(&container).map(|e| e.endpoint_id.clone());
+        let mut endpoint = self.plan_endpoint(
+            &container,
+            &network,
+            requested_ip,
+            request.endpoint_config.aliases.clone(),
+            &BTreeSet::new(),
+        )?;
+        let had_port_endpoint = self
+            .port_endpoint(&container)
+            .map(|e| e.endpoint_id.clone());
         container.endpoints.push(endpoint.clone());
         self.save_container(container.clone())?;
         let mut undo = Undo::default();
         let becomes_primary = had_port_endpoint.is_none() && !network.internal;
-        let result = self.make_endpoint(&container.netns, &network, &mut endpoint, becomes_primary, &mut undo).await;
+        let result = self
+            .make_endpoint(
+                &container.netns,
+                &network,
+                &mut endpoint,
+                becomes_primary,
+                &mut undo,
+            )
+            .await;
         let position = container.endpoints.len() - 1;
         match result {
             Ok(()) => {
@@ -523,13 +658,19 @@ impl Service {
     pub async fn disconnect(&mut self, reference: &str, request: DisconnectRequest) -> Result<()> {
         let network = self.network(reference)?.clone();
         let mut container = self.container(&request.container)?.clone();
-        let Some(position) = container.endpoints.iter().position(|e| e.network_id == network.id) else {
+        let Some(position) = container
+            .endpoints
+            .iter()
+            .position(|e| e.network_id == network.id)
+        else {
             return Err(Error::NotFound(format!(
                 "container {} is not connected to network {}",
                 container.name, network.name
             )));
         };
-        let was_primary = self.port_endpoint(&container).map(|e| e.endpoint_id.clone())
+        let was_primary = self
+            .port_endpoint(&container)
+            .map(|e| e.endpoint_id.clone())
             == Some(container.endpoints[position].endpoint_id.clone());
         let mut steps = Vec::new();
         if was_primary {
@@ -551,9 +692,19 @@ impl Service {
 }
 
 /// `--ip` from an endpoint config.
-pub(super) fn parse_requested_ip(config: &crate::model::EndpointConfig) -> Result<Option<Ipv4Addr>> {
-    match config.ipam_config.as_ref().map(|c| c.ipv4_address.as_str()).filter(|s| !s.is_empty()) {
-        Some(s) => s.parse().map(Some).map_err(|_| Error::InvalidArgument(format!("invalid IP address {s:?}"))),
+pub(super) fn parse_requested_ip(
+    config: &crate::model::EndpointConfig,
+) -> Result<Option<Ipv4Addr>> {
+    match config
+        .ipam_config
+        .as_ref()
+        .map(|c| c.ipv4_address.as_str())
+        .filter(|s| !s.is_empty())
+    {
+        Some(s) => s
+            .parse()
+            .map(Some)
+            .map_err(|_| Error::InvalidArgument(format!("invalid IP address {s:?}"))),
         None => Ok(None),
     }
 }

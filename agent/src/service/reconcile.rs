@@ -41,7 +41,12 @@ impl Service {
         self.refresh_node_addresses().await?;
         let mut wanted = Vec::new();
         // A container whose namespace is gone publishes nothing: no stale mapping answers.
-        for container in self.state.containers.values().filter(|c| netns::is_netns(&c.netns).is_ok()) {
+        for container in self
+            .state
+            .containers
+            .values()
+            .filter(|c| netns::is_netns(&c.netns).is_ok())
+        {
             wanted.extend(self.mappings_of(container)?);
         }
         self.dataplane.sync_published(&wanted)?;
@@ -57,11 +62,20 @@ impl Service {
     }
 
     async fn remove_half_made_networks(&mut self) -> Result<()> {
-        let pending: Vec<NetworkRecord> = self.state.networks.values().filter(|n| n.pending).cloned().collect();
+        let pending: Vec<NetworkRecord> = self
+            .state
+            .networks
+            .values()
+            .filter(|n| n.pending)
+            .cloned()
+            .collect();
         for network in pending {
             tracing::warn!(network = %network.name, "rolling back a network create or removal that a crash interrupted");
-            self.run_all(vec![Step::DeleteLink(network.bridge.clone()), Step::DeleteNetworkRecord(network.name)])
-                .await?;
+            self.run_all(vec![
+                Step::DeleteLink(network.bridge.clone()),
+                Step::DeleteNetworkRecord(network.name),
+            ])
+            .await?;
         }
         Ok(())
     }
@@ -69,7 +83,8 @@ impl Service {
     /// Bridges named like ours that no network record owns.
     async fn remove_orphan_bridges(&mut self) -> Result<()> {
         for link in netlink::all_links(&self.handle).await? {
-            let ours = link.name == DEFAULT_BRIDGE || link.name.starts_with(&format!("{BRIDGE_PREFIX}-"));
+            let ours =
+                link.name == DEFAULT_BRIDGE || link.name.starts_with(&format!("{BRIDGE_PREFIX}-"));
             if ours && !self.state.networks.values().any(|n| n.bridge == link.name) {
                 tracing::warn!(bridge = %link.name, "removing a bridge that no network owns");
                 netlink::delete_link(&self.handle, link.index).await?;
@@ -89,7 +104,11 @@ impl Service {
             .collect();
         for link in &links {
             let on_our_bridge = link.controller.is_some_and(|c| bridges.contains(&c));
-            let owned = self.state.containers.values().any(|c| c.endpoints.iter().any(|e| e.host_veth == link.name));
+            let owned = self
+                .state
+                .containers
+                .values()
+                .any(|c| c.endpoints.iter().any(|e| e.host_veth == link.name));
             if on_our_bridge && !owned {
                 tracing::warn!(veth = %link.name, "removing a veth that no container owns");
                 netlink::delete_link(&self.handle, link.index).await?;
@@ -109,7 +128,11 @@ impl Service {
         if let Some(bip) = self.settings.bip
             && (network.subnet != bip.trunc() || network.gateway != bip.addr())
         {
-            let in_use = self.state.containers.values().any(|c| c.endpoint(&network.id).is_some());
+            let in_use = self
+                .state
+                .containers
+                .values()
+                .any(|c| c.endpoint(&network.id).is_some());
             if in_use {
                 return Err(Error::Conflict(format!(
                     "--bip {bip} differs from the default network's {}/{} and containers are attached to it; remove them first",
@@ -117,8 +140,11 @@ impl Service {
                     network.subnet.prefix_len()
                 )));
             }
-            self.run_all(vec![Step::DeleteLink(network.bridge.clone()), Step::DeleteNetworkRecord(network.name.clone())])
-                .await?;
+            self.run_all(vec![
+                Step::DeleteLink(network.bridge.clone()),
+                Step::DeleteNetworkRecord(network.name.clone()),
+            ])
+            .await?;
             let planned = self.plan_default_network().await?;
             self.add_network(planned).await?;
             return Ok(());
@@ -143,14 +169,17 @@ impl Service {
     /// namespace still exists, and rolls back endpoints a crash left half-made.
     async fn restore_endpoints(&mut self, mut container: ContainerRecord) -> Result<()> {
         let mut changed = false;
-        let (half_made, live): (Vec<_>, Vec<_>) = container.endpoints.drain(..).partition(|e| e.pending);
+        let (half_made, live): (Vec<_>, Vec<_>) =
+            container.endpoints.drain(..).partition(|e| e.pending);
         for endpoint in half_made {
             self.run_all(teardown_steps(&endpoint)).await?;
             changed = true;
         }
         container.endpoints = live;
         let netns_alive = netns::is_netns(&container.netns).is_ok();
-        let port_endpoint = self.port_endpoint(&container).map(|e| e.endpoint_id.clone());
+        let port_endpoint = self
+            .port_endpoint(&container)
+            .map(|e| e.endpoint_id.clone());
         for i in 0..container.endpoints.len() {
             let mut endpoint = container.endpoints[i].clone();
             match netlink::link_by_name(&self.handle, &endpoint.host_veth).await? {
@@ -159,14 +188,24 @@ impl Service {
                         endpoint.host_veth_ifindex = link.index;
                         changed = true;
                     }
-                    self.dataplane.attach_endpoint(&dataplane_endpoint(&endpoint)?)?;
+                    self.dataplane
+                        .attach_endpoint(&dataplane_endpoint(&endpoint)?)?;
                 }
                 None if netns_alive => {
                     tracing::warn!(container = %container.name, veth = %endpoint.host_veth, "recreating a missing veth");
                     let network = self.network_by_id(&endpoint.network_id)?.clone();
                     let mut undo = Undo::default();
                     let primary = port_endpoint.as_deref() == Some(endpoint.endpoint_id.as_str());
-                    if let Err(e) = self.make_endpoint(&container.netns, &network, &mut endpoint, primary, &mut undo).await {
+                    if let Err(e) = self
+                        .make_endpoint(
+                            &container.netns,
+                            &network,
+                            &mut endpoint,
+                            primary,
+                            &mut undo,
+                        )
+                        .await
+                    {
                         self.rollback(undo).await;
                         return Err(e);
                     }
