@@ -9,14 +9,14 @@ use axum::{
     extract::{Path, State},
     http::StatusCode,
     response::{IntoResponse, Response},
-    routing::{get, post},
+    routing::{delete, get, post},
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 
 use crate::{
     Error,
-    model::{ConnectRequest, CreateContainer, CreateNetwork, DisconnectRequest},
+    model::{ConnectRequest, CreateContainer, CreateFilter, CreateNetwork, DisconnectRequest},
     service::Service,
 };
 
@@ -81,6 +81,9 @@ pub fn router(service: Shared) -> Router {
         )
         .route("/networks/{id}/connect", post(connect))
         .route("/networks/{id}/disconnect", post(disconnect))
+        .route("/filters", get(list_filters).post(add_filter))
+        .route("/filters/{id}", delete(remove_filter))
+        .route("/conntrack", get(list_flows).delete(flush_flows))
         .route("/ports", get(ports))
         .route("/stats", get(stats))
         .fallback(|| async { ApiError(Error::NotFound("no such API endpoint".into())) })
@@ -178,4 +181,36 @@ async fn ports(State(s): State<Shared>) -> ApiResult<impl IntoResponse> {
 
 async fn stats(State(s): State<Shared>) -> ApiResult<impl IntoResponse> {
     Ok(Json(s.lock().await.stats()?))
+}
+
+async fn list_filters(State(s): State<Shared>) -> ApiResult<impl IntoResponse> {
+    Ok(Json(s.lock().await.list_filters()?))
+}
+
+async fn add_filter(State(s): State<Shared>, bytes: Bytes) -> ApiResult<impl IntoResponse> {
+    let request: CreateFilter = body(&bytes)?;
+    let added = s.lock().await.add_filter(request)?;
+    Ok((StatusCode::CREATED, Json(added)))
+}
+
+async fn remove_filter(
+    State(s): State<Shared>,
+    Path(id): Path<String>,
+) -> ApiResult<impl IntoResponse> {
+    let id: u32 = id.parse().map_err(|_| {
+        ApiError(Error::InvalidArgument(format!(
+            "invalid filter rule id {id:?}"
+        )))
+    })?;
+    s.lock().await.remove_filter(id)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn list_flows(State(s): State<Shared>) -> ApiResult<impl IntoResponse> {
+    Ok(Json(s.lock().await.list_flows()?))
+}
+
+async fn flush_flows(State(s): State<Shared>) -> ApiResult<impl IntoResponse> {
+    let removed = s.lock().await.flush_flows()?;
+    Ok(Json(serde_json::json!({ "Flushed": removed })))
 }

@@ -98,6 +98,12 @@ impl Client {
             .map(drop)
     }
 
+    /// A DELETE whose answer is JSON.
+    pub async fn delete_json<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
+        let bytes = self.raw(Method::DELETE, path, None).await?;
+        Ok(serde_json::from_slice(&bytes)?)
+    }
+
     pub async fn delete(&self, path: &str) -> Result<(), ClientError> {
         self.raw(Method::DELETE, path, None).await.map(drop)
     }

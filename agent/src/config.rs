@@ -116,6 +116,15 @@ pub struct Settings {
     /// Where containers' DNS servers forward names that are not containers' (default: the
     /// node's /etc/resolv.conf).
     pub dns: Option<Vec<SocketAddr>>,
+    /// Host ports handed out for `-p CTRPORT` and `-P`: `START-END`.
+    pub port_range: String,
+    /// Seconds a translated UDP flow may be idle before it is forgotten.
+    pub udp_idle_timeout: u64,
+    /// Seconds a translated TCP flow may be idle before it is forgotten.
+    pub tcp_idle_timeout: u64,
+    /// The cgroup (v2) whose sockets get node-local access to published ports (default:
+    /// the cgroup2 root).
+    pub cgroup: Option<PathBuf>,
 }
 
 impl Default for Settings {
@@ -134,6 +143,10 @@ impl Default for Settings {
             ip_masq: true,
             ip: Ipv4Addr::UNSPECIFIED,
             dns: None,
+            port_range: "32768-60999".into(),
+            udp_idle_timeout: 30,
+            tcp_idle_timeout: 7200,
+            cgroup: None,
         }
     }
 }
@@ -156,6 +169,10 @@ pub struct Overrides {
     pub ip_masq: Option<bool>,
     pub ip: Option<Ipv4Addr>,
     pub dns: Option<Vec<SocketAddr>>,
+    pub port_range: Option<String>,
+    pub udp_idle_timeout: Option<u64>,
+    pub tcp_idle_timeout: Option<u64>,
+    pub cgroup: Option<PathBuf>,
 }
 
 impl Overrides {
@@ -190,6 +207,10 @@ impl Overrides {
             ip_masq: self.ip_masq.unwrap_or(base.ip_masq),
             ip: self.ip.unwrap_or(base.ip),
             dns: self.dns.or(base.dns),
+            port_range: self.port_range.unwrap_or(base.port_range),
+            udp_idle_timeout: self.udp_idle_timeout.unwrap_or(base.udp_idle_timeout),
+            tcp_idle_timeout: self.tcp_idle_timeout.unwrap_or(base.tcp_idle_timeout),
+            cgroup: self.cgroup.or(base.cgroup),
         };
         settings.validate()?;
         Ok(settings)
@@ -197,7 +218,32 @@ impl Overrides {
 }
 
 impl Settings {
+    /// The dynamic host port range, inclusive.
+    pub fn port_range(&self) -> Result<(u16, u16)> {
+        let bad = || {
+            Error::InvalidArgument(format!(
+                "port range {:?}: expected START-END within 1-65535",
+                self.port_range
+            ))
+        };
+        let (start, end) = self.port_range.split_once('-').ok_or_else(bad)?;
+        let (start, end): (u16, u16) = (
+            start.parse().map_err(|_| bad())?,
+            end.parse().map_err(|_| bad())?,
+        );
+        if start == 0 || end < start {
+            return Err(bad());
+        }
+        Ok((start, end))
+    }
+
     fn validate(&self) -> Result<()> {
+        self.port_range()?;
+        if self.udp_idle_timeout == 0 || self.tcp_idle_timeout == 0 {
+            return Err(Error::InvalidArgument(
+                "idle timeouts must be at least one second".into(),
+            ));
+        }
         if self.dataplane != "ebpf" {
             return Err(Error::InvalidArgument(format!(
                 "dataplane {:?} is not available (only \"ebpf\" so far)",

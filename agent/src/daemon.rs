@@ -56,7 +56,9 @@ pub async fn run(settings: Settings, socket: PathBuf) -> Result<()> {
         uplink = %info.uplink, networks = info.networks, containers = info.containers,
         socket = %socket.display(), "bpfbridge agent ready"
     );
-    let app = api::router(Arc::new(Mutex::new(service)));
+    let service = Arc::new(Mutex::new(service));
+    let app = api::router(service.clone());
+    let gc = tokio::spawn(expire_idle_flows(service));
     let mut term = tokio::signal::unix::signal(SignalKind::terminate())
         .map_err(Error::io("SIGTERM handler"))?;
     let shutdown = async move {
@@ -70,6 +72,19 @@ pub async fn run(settings: Settings, socket: PathBuf) -> Result<()> {
         .with_graceful_shutdown(shutdown)
         .await
         .map_err(Error::io("serving the API"))?;
+    gc.abort();
     let _ = std::fs::remove_file(&socket);
     Ok(())
+}
+
+/// Forgets idle translated flows now and then, so that a UDP mapping's state does not
+/// outlive its conversation.
+async fn expire_idle_flows(service: api::Shared) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(2));
+    loop {
+        tick.tick().await;
+        if let Err(e) = service.lock().await.expire_idle_flows() {
+            tracing::warn!("expiring idle flows: {e}");
+        }
+    }
 }

@@ -13,7 +13,7 @@ use serde::{Serialize, de::DeserializeOwned};
 
 use crate::{
     Error, Result,
-    model::{ContainerRecord, NetworkRecord},
+    model::{ContainerRecord, FilterRecord, NetworkRecord},
 };
 
 const DB_FILE: &str = "bpfbridge.redb";
@@ -21,6 +21,8 @@ const DB_FILE: &str = "bpfbridge.redb";
 const NETWORKS: TableDefinition<&str, &[u8]> = TableDefinition::new("networks");
 /// Container name → JSON record.
 const CONTAINERS: TableDefinition<&str, &[u8]> = TableDefinition::new("containers");
+/// Filter rule id → JSON record.
+const FILTERS: TableDefinition<u32, &[u8]> = TableDefinition::new("filters");
 /// Small facts such as the ids of the predefined `host` and `none` networks.
 const META: TableDefinition<&str, &str> = TableDefinition::new("meta");
 
@@ -30,6 +32,7 @@ pub struct State {
     pub networks: BTreeMap<String, NetworkRecord>,
     pub containers: BTreeMap<String, ContainerRecord>,
     pub meta: BTreeMap<String, String>,
+    pub filters: BTreeMap<u32, FilterRecord>,
 }
 
 pub struct Store {
@@ -50,6 +53,7 @@ impl Store {
             txn.open_table(NETWORKS)?;
             txn.open_table(CONTAINERS)?;
             txn.open_table(META)?;
+            txn.open_table(FILTERS)?;
             Ok(())
         })?;
         Ok(store)
@@ -83,6 +87,20 @@ impl Store {
                     .iter()?
                     .map(|e| e.map(|(k, v)| (k.value().to_string(), v.value().to_string())))
                     .collect::<std::result::Result<_, _>>()?,
+                filters: txn
+                    .open_table(FILTERS)?
+                    .iter()?
+                    .map(|e| {
+                        let (k, v) = e?;
+                        let record = serde_json::from_slice(v.value()).map_err(|e| {
+                            redb::Error::Corrupted(format!(
+                                "filter {} does not decode: {e}",
+                                k.value()
+                            ))
+                        })?;
+                        Ok((k.value(), record))
+                    })
+                    .collect::<std::result::Result<_, redb::Error>>()?,
             })
         };
         read().map_err(|e| store_error(&self.path, e))
@@ -100,6 +118,22 @@ impl Store {
     pub fn delete_network(&self, name: &str) -> Result<()> {
         self.write(|txn| {
             txn.open_table(NETWORKS)?.remove(name)?;
+            Ok(())
+        })
+    }
+
+    pub fn put_filter(&self, filter: &FilterRecord) -> Result<()> {
+        let bytes = encode(&self.path, filter)?;
+        self.write(|txn| {
+            txn.open_table(FILTERS)?
+                .insert(filter.id, bytes.as_slice())?;
+            Ok(())
+        })
+    }
+
+    pub fn delete_filter(&self, id: u32) -> Result<()> {
+        self.write(|txn| {
+            txn.open_table(FILTERS)?.remove(id)?;
             Ok(())
         })
     }

@@ -14,10 +14,18 @@ pub const NODE_ADDRS: &str = "NODE_ADDRS";
 pub const NAT_FLOWS: &str = "NAT_FLOWS";
 /// Per-CPU packet and byte counters, indexed by [`crate::stats::Stat`].
 pub const STATS: &str = "STATS";
+/// Containers' endpoints by address: where to hand a frame for a local container directly.
+pub const ENDPOINTS: &str = "ENDPOINTS";
+/// Source filters on published ports (the DOCKER-USER use case), longest prefix first.
+pub const FILTER_RULES: &str = "FILTER_RULES";
+/// Per-CPU hit counters of the filter rules, indexed by [`FilterRule::rule_id`].
+pub const FILTER_HITS: &str = "FILTER_HITS";
 
 pub const PUBLISHED_PORTS_MAX: u32 = 65_536;
 pub const NODE_ADDRS_MAX: u32 = 256;
 pub const NAT_FLOWS_MAX: u32 = 262_144;
+pub const ENDPOINTS_MAX: u32 = 65_536;
+pub const FILTER_RULES_MAX: u32 = 4096;
 
 pub const IPPROTO_TCP: u8 = 6;
 pub const IPPROTO_UDP: u8 = 17;
@@ -72,14 +80,68 @@ pub struct FlowKey {
     pub _pad: [u8; 3],
 }
 
-/// Value of [`NAT_FLOWS`]: the address and port the remote client originally connected to,
-/// which replies must carry as their source.
+/// Value of [`NAT_FLOWS`]: how to translate a reply back. The client connected to
+/// `frontend` (a published address and port); when the backend could not see the client's
+/// own address (a container reaching its own published port), the client was also
+/// translated, and `client` is where the reply really goes.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct FlowOrigin {
-    pub host_ip_be: u32,
+pub struct NatFlow {
+    pub frontend_ip_be: u32,
+    pub frontend_port_be: u16,
+    pub _pad0: u16,
+    pub client_ip_be: u32,
+    pub client_port_be: u16,
+    pub _pad1: u16,
+    /// `bpf_ktime_get_ns()` of the last packet, for idle timeouts.
+    pub last_seen_ns: u64,
+}
+
+/// Key of [`ENDPOINTS`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct EndpointKey {
+    pub ip_be: u32,
+}
+
+/// Value of [`ENDPOINTS`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EndpointInfo {
+    /// The node-side end of the container's veth.
+    pub host_veth_ifindex: u32,
+    /// The gateway of the endpoint's network: the source a container sees when it reaches
+    /// its own published port (hairpin).
+    pub gateway_ip_be: u32,
+    pub container_mac: [u8; 6],
+    pub host_veth_mac: [u8; 6],
+}
+
+/// The data of a [`FILTER_RULES`] key. The trie matches `prefix_len` leading bits of it:
+/// 32 bits of scope (a published host port and protocol, or zeros for "every published
+/// port") and then up to 32 bits of source address.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FilterKey {
     pub host_port_be: u16,
-    pub _pad: u16,
+    pub proto: u8,
+    pub _pad: u8,
+    pub src_ip_be: u32,
+}
+
+/// Bits of a [`FilterKey`] that are scope, before the source prefix.
+pub const FILTER_SCOPE_BITS: u32 = 32;
+
+pub const FILTER_ALLOW: u32 = 1;
+pub const FILTER_DENY: u32 = 2;
+
+/// Value of [`FILTER_RULES`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FilterRule {
+    pub rule_id: u32,
+    /// [`FILTER_ALLOW`] or [`FILTER_DENY`].
+    pub action: u32,
 }
 
 /// Value of [`STATS`].
@@ -95,7 +157,11 @@ const _: () = assert!(size_of::<PortTarget>() == 24);
 const _: () = assert!(size_of::<NodeAddrKey>() == 4);
 const _: () = assert!(size_of::<NodeAddr>() == 4);
 const _: () = assert!(size_of::<FlowKey>() == 16);
-const _: () = assert!(size_of::<FlowOrigin>() == 8);
+const _: () = assert!(size_of::<NatFlow>() == 24);
+const _: () = assert!(size_of::<EndpointKey>() == 4);
+const _: () = assert!(size_of::<EndpointInfo>() == 20);
+const _: () = assert!(size_of::<FilterKey>() == 8);
+const _: () = assert!(size_of::<FilterRule>() == 8);
 const _: () = assert!(size_of::<Counter>() == 16);
 
 #[cfg(feature = "user")]
@@ -108,6 +174,10 @@ mod pod {
     unsafe impl aya::Pod for NodeAddrKey {}
     unsafe impl aya::Pod for NodeAddr {}
     unsafe impl aya::Pod for FlowKey {}
-    unsafe impl aya::Pod for FlowOrigin {}
+    unsafe impl aya::Pod for NatFlow {}
+    unsafe impl aya::Pod for EndpointKey {}
+    unsafe impl aya::Pod for EndpointInfo {}
+    unsafe impl aya::Pod for FilterKey {}
+    unsafe impl aya::Pod for FilterRule {}
     unsafe impl aya::Pod for Counter {}
 }

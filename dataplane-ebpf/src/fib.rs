@@ -15,9 +15,9 @@ use dataplane_common::{
 
 const AF_INET: u8 = 2;
 
-/// Sends the (already translated) packet from `src_be` towards its destination.
+/// Sends the (already translated, TTL already decremented) packet from `src_be` to `dst_be`.
 #[inline(always)]
-pub fn forward(ctx: &TcContext, ip: &Ipv4, l4: &L4, src_be: u32) -> (i32, Stat) {
+pub fn forward(ctx: &TcContext, ip: &Ipv4, l4: &L4, src_be: u32, dst_be: u32) -> (i32, Stat) {
     // SAFETY: an all-zero bpf_fib_lookup is a valid request to fill in.
     let mut params: bpf_fib_lookup = unsafe { core::mem::zeroed() };
     params.family = AF_INET;
@@ -28,7 +28,7 @@ pub fn forward(ctx: &TcContext, ip: &Ipv4, l4: &L4, src_be: u32) -> (i32, Stat) 
     // SAFETY: reading a field of the context the kernel handed us.
     params.ifindex = unsafe { (*ctx.skb.skb).ifindex };
     params.__bindgen_anon_3.ipv4_src = src_be;
-    params.__bindgen_anon_4.ipv4_dst = ip.dst_be;
+    params.__bindgen_anon_4.ipv4_dst = dst_be;
 
     // SAFETY: helper call with a correctly sized parameter block.
     let ret = unsafe {

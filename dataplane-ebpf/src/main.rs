@@ -7,6 +7,7 @@ mod fib;
 mod frame;
 mod maps;
 mod nat;
+mod policy;
 mod stats;
 
 use aya_ebpf::{

@@ -3,11 +3,12 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{HashMap, LruHashMap, PerCpuArray},
+    maps::{HashMap, LpmTrie, LruHashMap, PerCpuArray},
 };
 use dataplane_common::{
-    Counter, FlowKey, FlowOrigin, NAT_FLOWS_MAX, NODE_ADDRS_MAX, NodeAddr, NodeAddrKey,
-    PUBLISHED_PORTS_MAX, PortKey, PortTarget, stats::STATS_LEN,
+    Counter, ENDPOINTS_MAX, EndpointInfo, EndpointKey, FILTER_RULES_MAX, FilterKey, FilterRule,
+    FlowKey, NAT_FLOWS_MAX, NODE_ADDRS_MAX, NatFlow, NodeAddr, NodeAddrKey, PUBLISHED_PORTS_MAX,
+    PortKey, PortTarget, stats::STATS_LEN,
 };
 
 #[map]
@@ -17,9 +18,18 @@ pub static PUBLISHED_PORTS: HashMap<PortKey, PortTarget> = HashMap::pinned(PUBLI
 pub static NODE_ADDRS: HashMap<NodeAddrKey, NodeAddr> = HashMap::pinned(NODE_ADDRS_MAX, 0);
 
 // An LRU map for now: the connection-tracking work (GC that never evicts a live flow)
-// replaces it.
+// replaces it. The agent expires idle entries.
 #[map]
-pub static NAT_FLOWS: LruHashMap<FlowKey, FlowOrigin> = LruHashMap::pinned(NAT_FLOWS_MAX, 0);
+pub static NAT_FLOWS: LruHashMap<FlowKey, NatFlow> = LruHashMap::pinned(NAT_FLOWS_MAX, 0);
+
+#[map]
+pub static ENDPOINTS: HashMap<EndpointKey, EndpointInfo> = HashMap::pinned(ENDPOINTS_MAX, 0);
+
+#[map]
+pub static FILTER_RULES: LpmTrie<FilterKey, FilterRule> = LpmTrie::pinned(FILTER_RULES_MAX, 0);
+
+#[map]
+pub static FILTER_HITS: PerCpuArray<Counter> = PerCpuArray::pinned(FILTER_RULES_MAX, 0);
 
 #[map]
 pub static STATS: PerCpuArray<Counter> = PerCpuArray::pinned(STATS_LEN, 0);

@@ -1,12 +1,14 @@
-//! Published ports: destination NAT on the way in (XDP), the reverse on the way out (TC).
+//! Published ports: destination NAT of connections from outside (XDP on the uplink) and
+//! from containers through the node's address (hairpin, TC), and the reverse translation
+//! of their replies (TC).
 
 use aya_ebpf::{
     bindings::{BPF_F_PSEUDO_HDR, TC_ACT_OK, TC_ACT_SHOT, xdp_action},
-    helpers::bpf_redirect,
+    helpers::{bpf_ktime_get_ns, bpf_redirect},
     programs::{TcContext, XdpContext},
 };
 use dataplane_common::{
-    FlowKey, FlowOrigin, IPPROTO_UDP, NodeAddrKey, PortKey, PortTarget, csum,
+    EndpointKey, FlowKey, IPPROTO_UDP, NatFlow, NodeAddrKey, PortKey, PortTarget, csum,
     parse::{
         ETH_HLEN, Frame as _, IPV4_CHECK_OFF, IPV4_DST_OFF, IPV4_SRC_OFF, IPV4_TTL_OFF, Ipv4, L4,
         L4_DPORT_OFF, L4_SPORT_OFF, Malformed, Parsed, parse,
@@ -17,12 +19,19 @@ use dataplane_common::{
 use crate::{
     fib,
     frame::{TcFrame, XdpFrame},
-    maps::{NAT_FLOWS, NODE_ADDRS, PUBLISHED_PORTS},
+    maps::{ENDPOINTS, NAT_FLOWS, NODE_ADDRS, PUBLISHED_PORTS},
+    policy,
 };
 
 /// Headers the TC program wants in the linear part of the skb: Ethernet, IPv4 with the
 /// longest options, and a TCP header.
 const MAX_HEADERS: u32 = (ETH_HLEN + 60 + 60) as u32;
+
+/// 127.0.0.0/8 in network order: never a published address from the wire (moby#45610).
+#[inline(always)]
+fn is_loopback(ip_be: u32) -> bool {
+    u32::from_be(ip_be) >> 24 == 127
+}
 
 /// The port mapping that a packet to `dst:port` hits: one bound to that exact address first,
 /// then one bound to every node address.
@@ -56,6 +65,18 @@ fn ttl_words(ip: &Ipv4) -> (u16, u16) {
     (old, new)
 }
 
+#[inline(always)]
+fn now_ns() -> u64 {
+    // SAFETY: plain helper call.
+    unsafe { bpf_ktime_get_ns() }
+}
+
+/// Whether the packet's L4 checksum is in use (a UDP checksum of zero means "none").
+#[inline(always)]
+fn has_l4_checksum(ip: &Ipv4, l4: &L4) -> bool {
+    !(ip.protocol == IPPROTO_UDP && l4.check == csum::UDP_NO_CHECKSUM)
+}
+
 pub fn uplink_ingress(ctx: &XdpContext, len: usize) -> (u32, Stat) {
     let frame = XdpFrame(ctx);
     let (ip, l4) = match parse(&frame, len) {
@@ -67,9 +88,17 @@ pub fn uplink_ingress(ctx: &XdpContext, len: usize) -> (u32, Stat) {
         }
         Ok(Parsed::Transport(ip, l4)) => (ip, l4),
     };
+    // A frame from the wire addressed to loopback is never translated, whatever is
+    // published on 127.0.0.1; the stack drops it as a martian.
+    if is_loopback(ip.dst_be) {
+        return (xdp_action::XDP_PASS, Stat::UplinkPassLoopbackDestination);
+    }
     let Some(target) = published_target(ip.dst_be, l4.dport_be, ip.protocol) else {
         return (xdp_action::XDP_PASS, Stat::UplinkPassNotPublished);
     };
+    if !policy::source_allowed(ip.src_be, l4.dport_be, ip.protocol, len) {
+        return (xdp_action::XDP_DROP, Stat::UplinkDropFilter);
+    }
     // We forward the packet, so we act as a router: an expiring TTL ends here.
     if ip.ttl <= 1 {
         return (xdp_action::XDP_DROP, Stat::UplinkDropTtlExpired);
@@ -85,12 +114,16 @@ pub fn uplink_ingress(ctx: &XdpContext, len: usize) -> (u32, Stat) {
         proto: ip.protocol,
         _pad: [0; 3],
     };
-    let origin = FlowOrigin {
-        host_ip_be: ip.dst_be,
-        host_port_be: l4.dport_be,
-        _pad: 0,
+    let nat = NatFlow {
+        frontend_ip_be: ip.dst_be,
+        frontend_port_be: l4.dport_be,
+        _pad0: 0,
+        client_ip_be: ip.src_be,
+        client_port_be: l4.sport_be,
+        _pad1: 0,
+        last_seen_ns: now_ns(),
     };
-    if NAT_FLOWS.insert(&flow, &origin, 0).is_err() {
+    if NAT_FLOWS.insert(&flow, &nat, 0).is_err() {
         return (xdp_action::XDP_DROP, Stat::UplinkDropFlowTableFull);
     }
     // SAFETY: a plain helper call.
@@ -111,7 +144,7 @@ fn rewrite_destination(frame: &XdpFrame, ip: &Ipv4, l4: &L4, target: &PortTarget
     frame.store(ETH_HLEN + IPV4_CHECK_OFF, check)?;
 
     // A UDP checksum of zero means "none" and stays so; a computed zero is sent as 0xffff.
-    if !(ip.protocol == IPPROTO_UDP && l4.check == csum::UDP_NO_CHECKSUM) {
+    if has_l4_checksum(ip, l4) {
         let check = csum::replace4(l4.check, ip.dst_be, target.container_ip_be);
         let mut check = csum::replace2(check, l4.dport_be, target.container_port_be);
         if ip.protocol == IPPROTO_UDP && check == 0 {
@@ -146,6 +179,84 @@ pub fn container_ingress(ctx: &TcContext) -> (i32, Stat) {
         Ok(Parsed::OtherProtocol(_)) => return (TC_ACT_OK, Stat::ContainerPassNotTcpUdp),
         Ok(Parsed::Transport(ip, l4)) => (ip, l4),
     };
+    if !is_loopback(ip.dst_be)
+        && let Some(target) = published_target(ip.dst_be, l4.dport_be, ip.protocol)
+    {
+        return hairpin(ctx, &ip, &l4, &target);
+    }
+    reply(ctx, &ip, &l4)
+}
+
+/// A container reaching a published port through the node's address: translate to the
+/// backend and hand the packet straight to its veth. A container reaching its own port
+/// would see a packet from itself, so its source becomes its network's gateway, as Docker's
+/// hairpin masquerade does.
+#[inline(always)]
+fn hairpin(ctx: &TcContext, ip: &Ipv4, l4: &L4, target: &PortTarget) -> (i32, Stat) {
+    if ip.ttl <= 1 {
+        return (TC_ACT_SHOT, Stat::ContainerDropTtlExpired);
+    }
+    let mut remote_ip_be = ip.src_be;
+    if target.container_ip_be == ip.src_be {
+        // SAFETY: plain data copied out at once.
+        let Some(source) = (unsafe { ENDPOINTS.get(&EndpointKey { ip_be: ip.src_be }) }) else {
+            return (TC_ACT_SHOT, Stat::ContainerDropRewriteFailed);
+        };
+        remote_ip_be = source.gateway_ip_be;
+    }
+    let flow = FlowKey {
+        container_ip_be: target.container_ip_be,
+        remote_ip_be,
+        container_port_be: target.container_port_be,
+        remote_port_be: l4.sport_be,
+        proto: ip.protocol,
+        _pad: [0; 3],
+    };
+    let nat = NatFlow {
+        frontend_ip_be: ip.dst_be,
+        frontend_port_be: l4.dport_be,
+        _pad0: 0,
+        client_ip_be: ip.src_be,
+        client_port_be: l4.sport_be,
+        _pad1: 0,
+        last_seen_ns: now_ns(),
+    };
+    if NAT_FLOWS.insert(&flow, &nat, 0).is_err() {
+        return (TC_ACT_SHOT, Stat::ContainerDropFlowTableFull);
+    }
+    let rewritten = decrement_ttl(ctx, ip)
+        .and_then(|()| {
+            rewrite_address(ctx, ip, l4, IPV4_DST_OFF, ip.dst_be, target.container_ip_be)
+        })
+        .and_then(|()| {
+            rewrite_port(
+                ctx,
+                ip,
+                l4,
+                L4_DPORT_OFF,
+                l4.dport_be,
+                target.container_port_be,
+            )
+        })
+        .and_then(|()| match remote_ip_be == ip.src_be {
+            true => Ok(()),
+            false => rewrite_address(ctx, ip, l4, IPV4_SRC_OFF, ip.src_be, remote_ip_be),
+        })
+        .and_then(|()| ctx.store(0, &target.container_mac, 0))
+        .and_then(|()| ctx.store(6, &target.host_veth_mac, 0));
+    if rewritten.is_err() {
+        return (TC_ACT_SHOT, Stat::ContainerDropRewriteFailed);
+    }
+    // SAFETY: plain helper call.
+    let verdict = unsafe { bpf_redirect(target.host_veth_ifindex, 0) } as i32;
+    (verdict, Stat::ContainerRedirectHairpin)
+}
+
+/// A reply of a translated flow: its source becomes the published address again (and its
+/// destination the real client, when that was translated too); then it goes to the client,
+/// a local container directly, anything else by the FIB.
+#[inline(always)]
+fn reply(ctx: &TcContext, ip: &Ipv4, l4: &L4) -> (i32, Stat) {
     let flow = FlowKey {
         container_ip_be: ip.src_be,
         remote_ip_be: ip.dst_be,
@@ -154,50 +265,88 @@ pub fn container_ingress(ctx: &TcContext) -> (i32, Stat) {
         proto: ip.protocol,
         _pad: [0; 3],
     };
-    // SAFETY: plain data copied out at once.
-    let Some(origin) = (unsafe { NAT_FLOWS.get(&flow) }).copied() else {
+    let Some(entry) = NAT_FLOWS.get_ptr_mut(&flow) else {
         return (TC_ACT_OK, Stat::ContainerPassNoFlow);
+    };
+    // SAFETY: the pointer is to a live map value; fields are plain data.
+    let nat = unsafe {
+        (*entry).last_seen_ns = now_ns();
+        *entry
     };
     if ip.ttl <= 1 {
         return (TC_ACT_SHOT, Stat::ContainerDropTtlExpired);
     }
-    if rewrite_source(ctx, &ip, &l4, &origin).is_err() {
+    let rewritten = decrement_ttl(ctx, ip)
+        .and_then(|()| rewrite_address(ctx, ip, l4, IPV4_SRC_OFF, ip.src_be, nat.frontend_ip_be))
+        .and_then(|()| rewrite_port(ctx, ip, l4, L4_SPORT_OFF, l4.sport_be, nat.frontend_port_be))
+        .and_then(|()| match nat.client_ip_be == ip.dst_be {
+            true => Ok(()),
+            false => rewrite_address(ctx, ip, l4, IPV4_DST_OFF, ip.dst_be, nat.client_ip_be),
+        });
+    if rewritten.is_err() {
         return (TC_ACT_SHOT, Stat::ContainerDropRewriteFailed);
     }
-    fib::forward(ctx, &ip, &l4, origin.host_ip_be)
+    // SAFETY: plain data copied out at once.
+    if let Some(local) = unsafe {
+        ENDPOINTS.get(&EndpointKey {
+            ip_be: nat.client_ip_be,
+        })
+    } {
+        if ctx.store(0, &local.container_mac, 0).is_err()
+            || ctx.store(6, &local.host_veth_mac, 0).is_err()
+        {
+            return (TC_ACT_SHOT, Stat::ContainerDropRewriteFailed);
+        }
+        // SAFETY: plain helper call.
+        let verdict = unsafe { bpf_redirect(local.host_veth_ifindex, 0) } as i32;
+        return (verdict, Stat::ContainerRedirectReplyLocal);
+    }
+    fib::forward(ctx, ip, l4, nat.frontend_ip_be, nat.client_ip_be)
 }
 
-/// Rewrites source address and port back to the published ones and decrements the TTL.
-/// Uses the checksum helpers: packets a container sends often carry only a partial L4
-/// checksum (offload), which the helpers know how to adjust.
 #[inline(always)]
-fn rewrite_source(ctx: &TcContext, ip: &Ipv4, l4: &L4, origin: &FlowOrigin) -> Result<(), i64> {
-    let ip_check = ETH_HLEN + IPV4_CHECK_OFF;
+fn decrement_ttl(ctx: &TcContext, ip: &Ipv4) -> Result<(), i64> {
     let (old_ttl, new_ttl) = ttl_words(ip);
-    ctx.l3_csum_replace(ip_check, u64::from(old_ttl), u64::from(new_ttl), 2)?;
-    ctx.store(ETH_HLEN + IPV4_TTL_OFF, &new_ttl, 0)?;
     ctx.l3_csum_replace(
-        ip_check,
-        u64::from(ip.src_be),
-        u64::from(origin.host_ip_be),
-        4,
+        ETH_HLEN + IPV4_CHECK_OFF,
+        u64::from(old_ttl),
+        u64::from(new_ttl),
+        2,
     )?;
-    ctx.store(ETH_HLEN + IPV4_SRC_OFF, &origin.host_ip_be, 0)?;
-    if !(ip.protocol == IPPROTO_UDP && l4.check == csum::UDP_NO_CHECKSUM) {
+    ctx.store(ETH_HLEN + IPV4_TTL_OFF, &new_ttl, 0)
+}
+
+/// Rewrites the IPv4 address at `field` (source or destination offset in the header) and
+/// adjusts both checksums. Uses the checksum helpers: packets a container sends often carry
+/// only a partial L4 checksum (offload), which the helpers know how to adjust.
+#[inline(always)]
+fn rewrite_address(
+    ctx: &TcContext,
+    ip: &Ipv4,
+    l4: &L4,
+    field: usize,
+    old: u32,
+    new: u32,
+) -> Result<(), i64> {
+    ctx.l3_csum_replace(ETH_HLEN + IPV4_CHECK_OFF, u64::from(old), u64::from(new), 4)?;
+    if has_l4_checksum(ip, l4) {
         let pseudo = u64::from(BPF_F_PSEUDO_HDR) | 4;
-        ctx.l4_csum_replace(
-            l4.check_offset,
-            u64::from(ip.src_be),
-            u64::from(origin.host_ip_be),
-            pseudo,
-        )?;
-        ctx.l4_csum_replace(
-            l4.check_offset,
-            u64::from(l4.sport_be),
-            u64::from(origin.host_port_be),
-            2,
-        )?;
+        ctx.l4_csum_replace(l4.check_offset, u64::from(old), u64::from(new), pseudo)?;
     }
-    ctx.store(ip.l4_offset() + L4_SPORT_OFF, &origin.host_port_be, 0)?;
-    Ok(())
+    ctx.store(ETH_HLEN + field, &new, 0)
+}
+
+#[inline(always)]
+fn rewrite_port(
+    ctx: &TcContext,
+    ip: &Ipv4,
+    l4: &L4,
+    field: usize,
+    old: u16,
+    new: u16,
+) -> Result<(), i64> {
+    if has_l4_checksum(ip, l4) {
+        ctx.l4_csum_replace(l4.check_offset, u64::from(old), u64::from(new), 2)?;
+    }
+    ctx.store(ip.l4_offset() + field, &new, 0)
 }

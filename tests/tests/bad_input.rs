@@ -53,9 +53,9 @@ fn bad_requests_are_refused_without_side_effects() -> Result<()> {
                 "--name",
                 "other",
                 "-p",
-                "8081:80/udp",
+                "8081:80/sctp",
             ],
-            "not supported yet",
+            "unknown protocol",
         ),
         (
             &[

@@ -16,7 +16,7 @@ use bpfbridge_tests::{
     unique,
 };
 use dataplane_common::{
-    Counter, FlowKey, FlowOrigin, IPPROTO_TCP, NAT_FLOWS, NODE_ADDRS, NodeAddr, NodeAddrKey,
+    Counter, FlowKey, IPPROTO_TCP, NAT_FLOWS, NODE_ADDRS, NatFlow, NodeAddr, NodeAddrKey,
     PUBLISHED_PORTS, PortKey, PortTarget, STATS, stats::Stat,
 };
 
@@ -98,8 +98,8 @@ impl Fixture {
             .collect()
     }
 
-    fn flow(&self, key: &FlowKey) -> Option<FlowOrigin> {
-        let flows: HashMap<&MapData, FlowKey, FlowOrigin> =
+    fn flow(&self, key: &FlowKey) -> Option<NatFlow> {
+        let flows: HashMap<&MapData, FlowKey, NatFlow> =
             HashMap::try_from(self.ebpf.map(NAT_FLOWS).unwrap()).ok()?;
         flows.get(key, 0).ok()
     }
@@ -349,8 +349,8 @@ fn translated_flow_is_recorded_for_replies() -> Result<()> {
         _pad: [0; 3],
     };
     let origin = fx.flow(&key).expect("flow recorded");
-    assert_eq!(origin.host_ip_be, u32::from(NODE_IP).to_be());
-    assert_eq!(origin.host_port_be, 8080u16.to_be());
+    assert_eq!(origin.frontend_ip_be, u32::from(NODE_IP).to_be());
+    assert_eq!(origin.frontend_port_be, 8080u16.to_be());
     // A packet that was not translated leaves no flow behind.
     fx.run(UPLINK_PROGRAM, &syn_to(NODE_IP, 8081).build())?;
     assert!(

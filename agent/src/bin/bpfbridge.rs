@@ -9,10 +9,11 @@ use bpfbridge::{
     config::{AddressPool, Overrides, Settings},
     daemon,
     model::{
-        ConnectRequest, ContainerInspect, CreateContainer, CreateNetwork, DisconnectRequest,
-        EndpointConfig, EndpointIpamConfig, HostConfig, Info, Ipam, IpamConfig, NetworkCreated,
-        NetworkInspect, NetworkingConfig, NetworksPruned, PortMap, PublishedPort, StatCounter,
-        parse_publish_flag, short_id,
+        ConnectRequest, ContainerInspect, CreateContainer, CreateFilter, CreateNetwork,
+        DisconnectRequest, EndpointConfig, EndpointIpamConfig, FilterInfo, FlowInfo, HostConfig,
+        Info, Ipam, IpamConfig, NetworkCreated, NetworkInspect, NetworkingConfig, NetworksPruned,
+        PortMap, PublishedPort, StatCounter, bindings_from_port_map, parse_port_proto,
+        parse_publish_flag, port_lines, short_id,
     },
 };
 use clap::{Args, Parser, Subcommand};
@@ -46,6 +47,18 @@ enum Command {
     /// Manage networks.
     #[command(subcommand)]
     Network(NetworkCommand),
+    /// List a container's published ports, like `docker port`.
+    Port {
+        container: String,
+        /// Only this container port: PORT[/tcp|udp].
+        port: Option<String>,
+    },
+    /// Manage source filters on published ports (Docker's DOCKER-USER use case).
+    #[command(subcommand)]
+    Filter(FilterCommand),
+    /// The translated flows, like `conntrack -L`.
+    #[command(subcommand)]
+    Conntrack(ConntrackCommand),
     /// Show the published-port entries of the dataplane.
     Ports,
     /// Show the dataplane's packet and byte counters.
@@ -98,6 +111,19 @@ struct AgentArgs {
     /// Upstream resolvers for containers' DNS (IP:PORT, repeatable) [default: /etc/resolv.conf].
     #[arg(long)]
     dns: Vec<SocketAddr>,
+    /// Host ports for dynamic publishing, START-END [default: 32768-60999].
+    #[arg(long)]
+    port_range: Option<String>,
+    /// Seconds before an idle translated UDP flow is forgotten [default: 30].
+    #[arg(long)]
+    udp_idle_timeout: Option<u64>,
+    /// Seconds before an idle translated TCP flow is forgotten [default: 7200].
+    #[arg(long)]
+    tcp_idle_timeout: Option<u64>,
+    /// cgroup v2 whose processes reach published ports through 127.0.0.1 and the node's
+    /// addresses [default: the cgroup2 root].
+    #[arg(long)]
+    cgroup: Option<PathBuf>,
 }
 
 impl AgentArgs {
@@ -121,6 +147,10 @@ impl AgentArgs {
             ip_masq: self.ip_masq,
             ip: self.ip,
             dns: (!self.dns.is_empty()).then_some(self.dns),
+            port_range: self.port_range,
+            udp_idle_timeout: self.udp_idle_timeout,
+            tcp_idle_timeout: self.tcp_idle_timeout,
+            cgroup: self.cgroup,
         };
         Ok(flags.apply(settings)?)
     }
@@ -170,13 +200,16 @@ struct CreateArgs {
     /// Expose a port: PORT[/tcp|udp] (repeatable).
     #[arg(long = "expose")]
     expose: Vec<String>,
-    /// Publish a port: HOSTPORT:CONTAINERPORT[/tcp] (repeatable).
+    /// Publish ports: [IP:][HOSTPORT[-END]:]CONTAINERPORT[-END][/tcp|udp] (repeatable).
     #[arg(
         short = 'p',
         long = "publish",
-        value_name = "HOSTPORT:CONTAINERPORT[/tcp]"
+        value_name = "[IP:][HOSTPORT:]CONTAINERPORT[/PROTO]"
     )]
     publish: Vec<String>,
+    /// Publish every exposed port on a dynamic host port.
+    #[arg(short = 'P', long = "publish-all")]
+    publish_all: bool,
 }
 
 impl CreateArgs {
@@ -187,8 +220,9 @@ impl CreateArgs {
             .context("a container name is needed")?;
         let mut port_bindings = PortMap::new();
         for spec in &self.publish {
-            let (key, host) = parse_publish_flag(spec)?;
-            port_bindings.entry(key).or_default().push(host);
+            for (key, host) in parse_publish_flag(spec)? {
+                port_bindings.entry(key).or_default().push(host);
+            }
         }
         let is_mode = |n: &str| ["host", "none"].contains(&n) || n.starts_with("container:");
         let mut network_mode = self.network_mode;
@@ -228,6 +262,7 @@ impl CreateArgs {
             host_config: HostConfig {
                 network_mode,
                 port_bindings,
+                publish_all_ports: self.publish_all,
                 links: self.links,
             },
             exposed_ports: self
@@ -238,6 +273,35 @@ impl CreateArgs {
             networking_config: NetworkingConfig { endpoints_config },
         })
     }
+}
+
+#[derive(Subcommand)]
+enum FilterCommand {
+    /// Add a rule: the longest matching source prefix decides; rules for a port before
+    /// rules for every port; no match allows. A /0 rule is a scope's default.
+    Add {
+        /// Source prefix, e.g. 192.0.2.0/24.
+        #[arg(long)]
+        source: String,
+        /// Only this published host port: PORT[/tcp|udp].
+        #[arg(long)]
+        port: Option<String>,
+        /// allow or deny.
+        #[arg(long)]
+        action: String,
+    },
+    /// Remove a rule by id.
+    Rm { id: u32 },
+    /// List rules with their hit counters.
+    Ls,
+}
+
+#[derive(Subcommand)]
+enum ConntrackCommand {
+    /// List translated flows.
+    Ls,
+    /// Forget every translated flow.
+    Flush,
 }
 
 #[derive(Subcommand)]
@@ -520,6 +584,81 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Container(command) => container_command(&client, command).await?,
         Command::Network(command) => network_command(&client, command).await?,
+        Command::Port { container, port } => {
+            let c: ContainerInspect = client.get(&format!("/containers/{container}")).await?;
+            let only = port.as_deref().map(parse_port_proto).transpose()?;
+            let bindings = bindings_from_port_map(&c.network_settings.ports)?;
+            let lines = port_lines(&bindings, only);
+            if let (Some(p), true) = (&port, lines.is_empty()) {
+                let key = if p.contains('/') {
+                    p.clone()
+                } else {
+                    format!("{p}/tcp")
+                };
+                bail!("No public port '{key}' published for {container}");
+            }
+            for line in lines {
+                println!("{line}");
+            }
+        }
+        Command::Filter(FilterCommand::Add {
+            source,
+            port,
+            action,
+        }) => {
+            let rule: FilterInfo = client
+                .post(
+                    "/filters",
+                    &CreateFilter {
+                        source,
+                        port,
+                        action,
+                    },
+                )
+                .await?;
+            println!("{}", rule.id);
+        }
+        Command::Filter(FilterCommand::Rm { id }) => {
+            client.delete(&format!("/filters/{id}")).await?;
+            println!("{id}");
+        }
+        Command::Filter(FilterCommand::Ls) => {
+            let rules: Vec<FilterInfo> = client.get("/filters").await?;
+            println!(
+                "{:<5} {:<20} {:<12} {:<7} {:>10} {:>12}",
+                "ID", "SOURCE", "PORT", "ACTION", "PACKETS", "BYTES"
+            );
+            for r in rules {
+                let action = serde_json::to_value(r.action)?
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string();
+                println!(
+                    "{:<5} {:<20} {:<12} {:<7} {:>10} {:>12}",
+                    r.id, r.source, r.port, action, r.packets, r.bytes
+                );
+            }
+        }
+        Command::Conntrack(ConntrackCommand::Ls) => {
+            let flows: Vec<FlowInfo> = client.get("/conntrack").await?;
+            for f in &flows {
+                println!(
+                    "{} src={} dst={} backend={} seen-as={} idle={}s",
+                    f.proto, f.client, f.frontend, f.backend, f.seen_as, f.idle_seconds
+                );
+            }
+            eprintln!(
+                "bpfbridge conntrack: {} flow entries have been shown.",
+                flows.len()
+            );
+        }
+        Command::Conntrack(ConntrackCommand::Flush) => {
+            let flushed: serde_json::Value = client.delete_json("/conntrack").await?;
+            eprintln!(
+                "bpfbridge conntrack: {} flow entries have been deleted.",
+                flushed["Flushed"]
+            );
+        }
         Command::Ports => {
             let ports: Vec<PublishedPort> = client.get("/ports").await?;
             print_json(&ports)?;

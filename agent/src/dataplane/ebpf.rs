@@ -11,7 +11,10 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{HashMap, MapData, PerCpuArray},
+    maps::{
+        HashMap, MapData, PerCpuArray, PerCpuValues,
+        lpm_trie::{Key, LpmTrie},
+    },
     programs::{
         SchedClassifier, TcAttachType, Xdp, XdpMode,
         links::{FdLink, PinnedLink},
@@ -20,14 +23,16 @@ use aya::{
     },
 };
 use dataplane_common::{
-    Counter, FlowKey, FlowOrigin, NAT_FLOWS, NODE_ADDRS, NodeAddr, NodeAddrKey, PUBLISHED_PORTS,
-    PortKey, PortTarget, STATS, stats::Stat,
+    Counter, ENDPOINTS, EndpointInfo, EndpointKey, FILTER_ALLOW, FILTER_DENY, FILTER_HITS,
+    FILTER_RULES, FILTER_SCOPE_BITS, FilterKey, FilterRule, FlowKey, IPPROTO_TCP, NAT_FLOWS,
+    NODE_ADDRS, NatFlow, NodeAddr, NodeAddrKey, PUBLISHED_PORTS, PortKey, PortTarget, STATS,
+    stats::Stat,
 };
 
-use super::{Dataplane, Endpoint};
+use super::{Dataplane, Endpoint, FilterHits, FlowTimeouts};
 use crate::{
     Error, Result,
-    model::{PortBinding, PublishedPort, StatCounter},
+    model::{FilterAction, FilterRecord, FlowInfo, PortBinding, PublishedPort, StatCounter},
 };
 
 /// The compiled programs, built by build.rs.
@@ -71,6 +76,41 @@ fn port_target(endpoint: &Endpoint, port: &PortBinding) -> PortTarget {
         container_mac: endpoint.container_mac,
         host_veth_mac: endpoint.host_veth_mac,
     }
+}
+
+/// The clock `bpf_ktime_get_ns` reads.
+fn monotonic_ns() -> Result<u64> {
+    let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+        .map_err(Error::sys("reading the monotonic clock"))?;
+    Ok(now.tv_sec() as u64 * 1_000_000_000 + now.tv_nsec() as u64)
+}
+
+/// The trie entry of a filter rule: 32 bits of scope, then the source prefix.
+fn filter_entry(rule: &FilterRecord) -> (Key<FilterKey>, FilterRule) {
+    let (host_port_be, proto) = match rule.scope {
+        Some(scope) => (scope.host_port.to_be(), scope.proto.ip_proto()),
+        None => (0, 0),
+    };
+    let data = FilterKey {
+        host_port_be,
+        proto,
+        _pad: 0,
+        src_ip_be: u32::from(rule.source.network()).to_be(),
+    };
+    let action = match rule.action {
+        FilterAction::Allow => FILTER_ALLOW,
+        FilterAction::Deny => FILTER_DENY,
+    };
+    (
+        Key::new(
+            FILTER_SCOPE_BITS + u32::from(rule.source.prefix_len()),
+            data,
+        ),
+        FilterRule {
+            rule_id: rule.id,
+            action,
+        },
+    )
 }
 
 /// A delete of a key that is not there: fine for idempotent removal.
@@ -150,9 +190,21 @@ impl EbpfDataplane {
         HashMap::try_from(self.map_mut(PUBLISHED_PORTS)?).map_err(Error::dataplane(PUBLISHED_PORTS))
     }
 
+    fn forget_endpoint(&mut self, container_ip: Ipv4Addr) -> Result<()> {
+        let mut endpoints: HashMap<&mut MapData, EndpointKey, EndpointInfo> =
+            HashMap::try_from(self.map_mut(ENDPOINTS)?).map_err(Error::dataplane(ENDPOINTS))?;
+        match endpoints.remove(&EndpointKey {
+            ip_be: u32::from(container_ip).to_be(),
+        }) {
+            Ok(()) => Ok(()),
+            Err(e) if is_missing_key(&e) => Ok(()),
+            Err(e) => Err(Error::dataplane("removing an endpoint")(e)),
+        }
+    }
+
     fn forget_flows(&mut self, container_ip: Ipv4Addr) -> Result<()> {
         let ip_be = u32::from(container_ip).to_be();
-        let mut flows: HashMap<&mut MapData, FlowKey, FlowOrigin> =
+        let mut flows: HashMap<&mut MapData, FlowKey, NatFlow> =
             HashMap::try_from(self.map_mut(NAT_FLOWS)?).map_err(Error::dataplane(NAT_FLOWS))?;
         let stale: Vec<FlowKey> = flows
             .keys()
@@ -221,6 +273,23 @@ impl Dataplane for EbpfDataplane {
     }
 
     fn attach_endpoint(&mut self, endpoint: &Endpoint) -> Result<()> {
+        let info = EndpointInfo {
+            host_veth_ifindex: endpoint.host_veth_ifindex,
+            gateway_ip_be: u32::from(endpoint.gateway).to_be(),
+            container_mac: endpoint.container_mac,
+            host_veth_mac: endpoint.host_veth_mac,
+        };
+        let mut endpoints: HashMap<&mut MapData, EndpointKey, EndpointInfo> =
+            HashMap::try_from(self.map_mut(ENDPOINTS)?).map_err(Error::dataplane(ENDPOINTS))?;
+        endpoints
+            .insert(
+                EndpointKey {
+                    ip_be: u32::from(endpoint.container_ip).to_be(),
+                },
+                info,
+                0,
+            )
+            .map_err(Error::dataplane("adding an endpoint"))?;
         let pin = self.tc_pin(&endpoint.host_veth);
         let tc: &mut SchedClassifier = program(&mut self.ebpf, CONTAINER_PROGRAM)?;
         match PinnedLink::from_pin(&pin) {
@@ -291,6 +360,9 @@ impl Dataplane for EbpfDataplane {
             errors.push(Error::io(format!("removing {}", pin.display()))(e));
         }
         if let Err(e) = self.forget_flows(endpoint.container_ip) {
+            errors.push(e);
+        }
+        if let Err(e) = self.forget_endpoint(endpoint.container_ip) {
             errors.push(e);
         }
         Error::collect(errors)
@@ -371,5 +443,121 @@ impl Dataplane for EbpfDataplane {
                 })
             })
             .collect()
+    }
+
+    fn set_filters(&mut self, rules: &[FilterRecord]) -> Result<()> {
+        let wanted: Vec<(Key<FilterKey>, FilterRule)> = rules.iter().map(filter_entry).collect();
+        let mut trie: LpmTrie<&mut MapData, FilterKey, FilterRule> =
+            LpmTrie::try_from(self.map_mut(FILTER_RULES)?)
+                .map_err(Error::dataplane(FILTER_RULES))?;
+        let present: Vec<Key<FilterKey>> = trie.keys().filter_map(|k| k.ok()).collect();
+        let mut added = Vec::new();
+        for (key, rule) in &wanted {
+            let old = trie.get(key, 0).ok();
+            if old != Some(*rule) {
+                trie.insert(key, *rule, 0)
+                    .map_err(Error::dataplane("adding a filter rule"))?;
+                added.push(rule.rule_id);
+            }
+        }
+        for key in present {
+            let keep = wanted
+                .iter()
+                .any(|(k, _)| k.prefix_len() == key.prefix_len() && k.data() == key.data());
+            if !keep {
+                match trie.remove(&key) {
+                    Ok(()) => {}
+                    Err(e) if is_missing_key(&e) => {}
+                    Err(e) => return Err(Error::dataplane("removing a filter rule")(e)),
+                }
+            }
+        }
+        // A rule id may be a reused one: its counters start from zero.
+        let cpus = aya::util::nr_cpus().map_err(|(_, e)| Error::io("counting CPUs")(e))?;
+        let mut hits: PerCpuArray<&mut MapData, Counter> =
+            PerCpuArray::try_from(self.map_mut(FILTER_HITS)?)
+                .map_err(Error::dataplane(FILTER_HITS))?;
+        for id in added {
+            let zero = PerCpuValues::try_from(vec![Counter::default(); cpus])
+                .map_err(|e| Error::io("per-CPU values")(e))?;
+            hits.set(id, zero, 0)
+                .map_err(Error::dataplane("resetting filter hits"))?;
+        }
+        Ok(())
+    }
+
+    fn filter_hits(&self, rule_id: u32) -> Result<FilterHits> {
+        let hits: PerCpuArray<&MapData, Counter> =
+            PerCpuArray::try_from(self.map(FILTER_HITS)?).map_err(Error::dataplane(FILTER_HITS))?;
+        let per_cpu = hits
+            .get(&rule_id, 0)
+            .map_err(Error::dataplane("reading filter hits"))?;
+        Ok(FilterHits {
+            packets: per_cpu.iter().map(|c| c.packets).sum(),
+            bytes: per_cpu.iter().map(|c| c.bytes).sum(),
+        })
+    }
+
+    fn flows(&self) -> Result<Vec<FlowInfo>> {
+        let now = monotonic_ns()?;
+        let flows: HashMap<&MapData, FlowKey, NatFlow> =
+            HashMap::try_from(self.map(NAT_FLOWS)?).map_err(Error::dataplane(NAT_FLOWS))?;
+        let endpoint = |ip_be: u32, port_be: u16| {
+            format!(
+                "{}:{}",
+                Ipv4Addr::from(u32::from_be(ip_be)),
+                u16::from_be(port_be)
+            )
+        };
+        let mut out = Vec::new();
+        for entry in flows.iter() {
+            let (key, flow) = entry.map_err(Error::dataplane("reading flows"))?;
+            out.push(FlowInfo {
+                proto: if key.proto == IPPROTO_TCP {
+                    "tcp"
+                } else {
+                    "udp"
+                }
+                .into(),
+                client: endpoint(flow.client_ip_be, flow.client_port_be),
+                frontend: endpoint(flow.frontend_ip_be, flow.frontend_port_be),
+                backend: endpoint(key.container_ip_be, key.container_port_be),
+                seen_as: endpoint(key.remote_ip_be, key.remote_port_be),
+                idle_seconds: now.saturating_sub(flow.last_seen_ns) / 1_000_000_000,
+            });
+        }
+        out.sort_by(|a, b| (&a.backend, &a.client).cmp(&(&b.backend, &b.client)));
+        Ok(out)
+    }
+
+    fn expire_flows(&mut self, timeouts: Option<FlowTimeouts>) -> Result<usize> {
+        let now = monotonic_ns()?;
+        let mut flows: HashMap<&mut MapData, FlowKey, NatFlow> =
+            HashMap::try_from(self.map_mut(NAT_FLOWS)?).map_err(Error::dataplane(NAT_FLOWS))?;
+        let expired: Vec<FlowKey> = flows
+            .iter()
+            .filter_map(|e| e.ok())
+            .filter(|(key, flow)| match timeouts {
+                None => true,
+                Some(t) => {
+                    let limit = if key.proto == IPPROTO_TCP {
+                        t.tcp
+                    } else {
+                        t.udp
+                    };
+                    now.saturating_sub(flow.last_seen_ns) > limit.as_nanos() as u64
+                }
+            })
+            .map(|(key, _)| key)
+            .collect();
+        let mut removed = 0;
+        for key in expired {
+            match flows.remove(&key) {
+                Ok(()) => removed += 1,
+                Err(e) if is_missing_key(&e) => {}
+                Err(e) => return Err(Error::dataplane("expiring a flow")(e)),
+            }
+        }
+        Ok(removed)
     }
 }

@@ -7,8 +7,8 @@ pub mod ebpf;
 use std::net::Ipv4Addr;
 
 use crate::{
-    Result,
-    model::{PortBinding, PublishedPort, StatCounter},
+    Error, Result,
+    model::{FilterRecord, FlowInfo, PortBinding, PublishedPort, StatCounter},
 };
 
 /// A container's attachment as the dataplane sees it.
@@ -20,6 +20,28 @@ pub struct Endpoint {
     pub host_veth: String,
     pub host_veth_ifindex: u32,
     pub host_veth_mac: [u8; 6],
+    /// The gateway of the endpoint's network.
+    pub gateway: Ipv4Addr,
+}
+
+/// Hits of one filter rule.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FilterHits {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+/// Idle times after which translated flows are forgotten.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FlowTimeouts {
+    pub tcp: std::time::Duration,
+    pub udp: std::time::Duration,
+}
+
+fn unsupported(what: &str, dataplane: &str) -> Error {
+    Error::InvalidArgument(format!(
+        "{what} is not supported by the {dataplane} dataplane"
+    ))
 }
 
 /// The dataplane backends' common interface.
@@ -43,4 +65,24 @@ pub trait Dataplane: Send + Sync {
     /// The installed mappings, read back from the dataplane.
     fn published(&self) -> Result<Vec<PublishedPort>>;
     fn stats(&self) -> Result<Vec<StatCounter>>;
+    /// Installs exactly `rules` as the source filters of published ports.
+    fn set_filters(&mut self, rules: &[FilterRecord]) -> Result<()> {
+        match rules.is_empty() {
+            true => Ok(()),
+            false => Err(unsupported("source filtering", self.name())),
+        }
+    }
+    /// Hits of a filter rule.
+    fn filter_hits(&self, _rule_id: u32) -> Result<FilterHits> {
+        Ok(FilterHits::default())
+    }
+    /// The translated flows.
+    fn flows(&self) -> Result<Vec<FlowInfo>> {
+        Err(unsupported("listing flows", self.name()))
+    }
+    /// Forgets flows idle longer than their timeout (all flows with `None`); returns how
+    /// many were removed.
+    fn expire_flows(&mut self, _timeouts: Option<FlowTimeouts>) -> Result<usize> {
+        Ok(0)
+    }
 }

@@ -173,6 +173,9 @@ pub struct HostConfig {
     pub network_mode: Option<String>,
     #[serde(rename = "PortBindings", default)]
     pub port_bindings: PortMap,
+    /// `-P`: publish every exposed port on a dynamic host port.
+    #[serde(rename = "PublishAllPorts", default)]
+    pub publish_all_ports: bool,
     /// `OTHER:ALIAS` (or `OTHER`, aliased as itself).
     #[serde(rename = "Links", default)]
     pub links: Vec<String>,

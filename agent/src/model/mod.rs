@@ -2,12 +2,14 @@
 //! (Docker-shaped JSON, [`api`]).
 
 pub mod api;
+pub mod filters;
 pub mod ports;
 pub mod records;
 
 use std::net::Ipv4Addr;
 
 pub use api::*;
+pub use filters::*;
 pub use ports::*;
 pub use records::*;
 

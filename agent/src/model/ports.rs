@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{Error, Result};
 
-/// Transport protocol of a published port.
+/// Transport protocol of a published or exposed port.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Proto {
@@ -39,16 +39,6 @@ impl Proto {
             Proto::Udp => dataplane_common::IPPROTO_UDP,
         }
     }
-
-    /// Only TCP is published so far; UDP can be exposed (for links) but not published.
-    fn check_publishable(self) -> Result<()> {
-        match self {
-            Proto::Tcp => Ok(()),
-            Proto::Udp => Err(Error::InvalidArgument(
-                "publishing udp ports is not supported yet (only tcp)".into(),
-            )),
-        }
-    }
 }
 
 /// One published port: `host_ip:host_port` on the node → `container_port` in the container.
@@ -73,10 +63,29 @@ impl PortBinding {
     }
 }
 
+/// The host side of a requested binding, before dynamic ports are chosen.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HostPort {
+    Fixed(u16),
+    /// Any free port in the range (inclusive), as `8000-8010:80` asks.
+    Range(u16, u16),
+    /// Any free port of the dynamic range, as `-p 80` or `-P` ask.
+    Dynamic,
+}
+
+/// A requested binding: what `PortBindings` says, validated.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PortRequest {
+    pub proto: Proto,
+    pub container_port: u16,
+    pub host_ip: Ipv4Addr,
+    pub host_port: HostPort,
+}
+
 /// Parses `PORT[/PROTO]`, as in `--expose` and `ExposedPorts` keys.
 pub fn parse_port_proto(s: &str) -> Result<(u16, Proto)> {
     let (port, proto) = s.split_once('/').unwrap_or((s, "tcp"));
-    Ok((parse_port(port, "exposed")?, Proto::parse(proto)?))
+    Ok((parse_port(port, "container")?, Proto::parse(proto)?))
 }
 
 fn parse_port(s: &str, what: &str) -> Result<u16> {
@@ -89,25 +98,75 @@ fn parse_port(s: &str, what: &str) -> Result<u16> {
     }
 }
 
-/// Parses the `-p HOSTPORT:CTRPORT[/tcp]` form into Docker's `PortBindings` shape.
-pub fn parse_publish_flag(spec: &str) -> Result<(String, HostBinding)> {
-    let (ports, proto) = spec.split_once('/').unwrap_or((spec, "tcp"));
-    let proto = Proto::parse(proto)?;
-    proto.check_publishable()?;
-    let Some((host, container)) = ports.split_once(':') else {
-        return Err(Error::InvalidArgument(format!(
-            "invalid port mapping {spec:?}: expected HOSTPORT:CONTAINERPORT[/tcp]"
-        )));
+/// `PORT` or `START-END`.
+fn parse_range(s: &str, what: &str) -> Result<(u16, u16)> {
+    match s.split_once('-') {
+        Some((start, end)) => {
+            let (start, end) = (parse_port(start, what)?, parse_port(end, what)?);
+            if end < start {
+                return Err(Error::InvalidArgument(format!(
+                    "invalid {what} port range {s}: the end is before the start"
+                )));
+            }
+            Ok((start, end))
+        }
+        None => parse_port(s, what).map(|p| (p, p)),
+    }
+}
+
+/// Parses a `-p` value in any of Docker's forms into `PortBindings` entries:
+/// `CTR`, `HOST:CTR`, `IP:HOST:CTR`, `IP::CTR`, ranges `8000-8010:80-90` (one entry per
+/// port) and `8000-8010:80` (one entry whose host port is the range), each with an optional
+/// `/tcp` or `/udp`.
+pub fn parse_publish_flag(spec: &str) -> Result<Vec<(String, HostBinding)>> {
+    let bad = |why: &str| Error::InvalidArgument(format!("invalid port mapping {spec:?}: {why}"));
+    let (ports, proto) = spec.rsplit_once('/').unwrap_or((spec, "tcp"));
+    let proto = Proto::parse(proto)
+        .map_err(|_| bad(&format!("unknown protocol {proto:?} (tcp or udp)")))?;
+    let parts: Vec<&str> = ports.split(':').collect();
+    let (host_ip, host, container) = match parts.as_slice() {
+        [container] => ("", "", *container),
+        [host, container] => ("", *host, *container),
+        [ip, host, container] => (*ip, *host, *container),
+        _ => return Err(bad("expected [IP:][HOSTPORT:]CONTAINERPORT[/PROTO]")),
     };
-    let container = parse_port(container, "container")?;
-    let host = parse_port(host, "host")?;
-    Ok((
-        format!("{container}/{}", proto.as_str()),
-        HostBinding {
-            host_ip: String::new(),
-            host_port: host.to_string(),
-        },
-    ))
+    if !host_ip.is_empty() {
+        host_ip
+            .parse::<Ipv4Addr>()
+            .map_err(|_| bad(&format!("invalid host IP {host_ip:?}")))?;
+    }
+    if container.is_empty() {
+        return Err(bad("no container port"));
+    }
+    let (c_start, c_end) = parse_range(container, "container")?;
+    let entry = |c: u16, host_port: String| {
+        (
+            format!("{c}/{}", proto.as_str()),
+            HostBinding {
+                host_ip: host_ip.to_string(),
+                host_port,
+            },
+        )
+    };
+    if host.is_empty() {
+        return Ok((c_start..=c_end).map(|c| entry(c, String::new())).collect());
+    }
+    let (h_start, h_end) = parse_range(host, "host")?;
+    if c_start == c_end {
+        let host_port = if h_start == h_end {
+            h_start.to_string()
+        } else {
+            format!("{h_start}-{h_end}")
+        };
+        return Ok(vec![entry(c_start, host_port)]);
+    }
+    if h_end - h_start != c_end - c_start {
+        return Err(bad("host and container port ranges have different lengths"));
+    }
+    Ok((c_start..=c_end)
+        .zip(h_start..=h_end)
+        .map(|(c, h)| entry(c, h.to_string()))
+        .collect())
 }
 
 /// Docker's `{"HostIp": "", "HostPort": "8080"}`.
@@ -122,19 +181,16 @@ pub struct HostBinding {
 /// Docker's `PortBindings`/`Ports` map: `"80/tcp"` → host bindings.
 pub type PortMap = BTreeMap<String, Vec<HostBinding>>;
 
-/// Validates a Docker-shaped port map and flattens it.
-/// An empty `HostIp` binds `default_host_ip` (the network's `host_binding_ipv4`, else the
-/// daemon's `--ip`).
-pub fn port_bindings_from_map(
+/// Validates a Docker-shaped port map. An empty `HostIp` binds `default_host_ip` (the
+/// network's `host_binding_ipv4`, else the daemon's `--ip`); an empty `HostPort` asks for a
+/// dynamic one.
+pub fn port_requests_from_map(
     map: &PortMap,
     default_host_ip: Ipv4Addr,
-) -> Result<Vec<PortBinding>> {
+) -> Result<Vec<PortRequest>> {
     let mut out = Vec::new();
     for (key, hosts) in map {
-        let (port, proto) = key.split_once('/').unwrap_or((key.as_str(), "tcp"));
-        let proto = Proto::parse(proto)?;
-        proto.check_publishable()?;
-        let container_port = parse_port(port, "container")?;
+        let (container_port, proto) = parse_port_proto(key)?;
         for host in hosts {
             let host_ip = if host.host_ip.is_empty() {
                 default_host_ip
@@ -143,28 +199,19 @@ pub fn port_bindings_from_map(
                     Error::InvalidArgument(format!("invalid host IP {:?}", host.host_ip))
                 })?
             };
-            if host.host_port.is_empty() {
-                return Err(Error::InvalidArgument(format!(
-                    "port {key}: dynamic host ports are not supported yet; give HostPort"
-                )));
-            }
-            let host_port = parse_port(&host.host_port, "host")?;
-            let binding = PortBinding {
+            let host_port = match host.host_port.as_str() {
+                "" => HostPort::Dynamic,
+                p => match parse_range(p, "host")? {
+                    (start, end) if start == end => HostPort::Fixed(start),
+                    (start, end) => HostPort::Range(start, end),
+                },
+            };
+            out.push(PortRequest {
                 proto,
                 container_port,
                 host_ip,
                 host_port,
-            };
-            if let Some(other) = out.iter().find(|b: &&PortBinding| b.overlaps(&binding)) {
-                return Err(Error::InvalidArgument(format!(
-                    "host port {}/{} is requested twice ({} and {})",
-                    host_port,
-                    proto.as_str(),
-                    other.container_port,
-                    container_port
-                )));
-            }
-            out.push(binding);
+            });
         }
     }
     Ok(out)
@@ -184,67 +231,180 @@ pub fn port_map(bindings: &[PortBinding]) -> PortMap {
     map
 }
 
+/// The bindings a `Ports` map shows (the inverse of [`port_map`]).
+pub fn bindings_from_port_map(map: &PortMap) -> Result<Vec<PortBinding>> {
+    let mut out = Vec::new();
+    for (key, hosts) in map {
+        let (container_port, proto) = parse_port_proto(key)?;
+        for host in hosts {
+            let host_ip = host.host_ip.parse().map_err(|_| {
+                Error::InvalidArgument(format!("invalid host IP {:?}", host.host_ip))
+            })?;
+            let host_port = parse_port(&host.host_port, "host")?;
+            out.push(PortBinding {
+                proto,
+                container_port,
+                host_ip,
+                host_port,
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// `docker port` lines for `bindings`, optionally only those of one container port
+/// (`PORT[/PROTO]`): sorted by port, protocol and host address, like Docker.
+pub fn port_lines(bindings: &[PortBinding], only: Option<(u16, Proto)>) -> Vec<String> {
+    let mut sorted: Vec<&PortBinding> = bindings
+        .iter()
+        .filter(|b| only.is_none_or(|(port, proto)| b.container_port == port && b.proto == proto))
+        .collect();
+    sorted.sort_by_key(|b| {
+        (
+            b.container_port,
+            b.proto,
+            b.host_ip.to_string(),
+            b.host_port,
+        )
+    });
+    sorted
+        .into_iter()
+        .map(|b| match only {
+            Some(_) => format!("{}:{}", b.host_ip, b.host_port),
+            None => format!(
+                "{}/{} -> {}:{}",
+                b.container_port,
+                b.proto.as_str(),
+                b.host_ip,
+                b.host_port
+            ),
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn flag(spec: &str) -> Vec<(String, String, String)> {
+        parse_publish_flag(spec)
+            .unwrap()
+            .into_iter()
+            .map(|(k, h)| (k, h.host_ip, h.host_port))
+            .collect()
+    }
+
+    fn t(k: &str, ip: &str, port: &str) -> (String, String, String) {
+        (k.into(), ip.into(), port.into())
+    }
+
     #[test]
-    fn publish_flag_forms() {
-        let (key, host) = parse_publish_flag("8080:80").unwrap();
-        assert_eq!(key, "80/tcp");
-        assert_eq!(host.host_port, "8080");
-        assert_eq!(parse_publish_flag("8080:80/tcp").unwrap().0, "80/tcp");
+    fn every_publish_form() {
+        assert_eq!(flag("80"), [t("80/tcp", "", "")]);
+        assert_eq!(flag("8080:80"), [t("80/tcp", "", "8080")]);
+        assert_eq!(
+            flag("127.0.0.1:8081:80"),
+            [t("80/tcp", "127.0.0.1", "8081")]
+        );
+        assert_eq!(flag("127.0.0.1::80"), [t("80/tcp", "127.0.0.1", "")]);
+        assert_eq!(flag("53/udp"), [t("53/udp", "", "")]);
+        assert_eq!(
+            flag("8000-8002:80-82"),
+            [
+                t("80/tcp", "", "8000"),
+                t("81/tcp", "", "8001"),
+                t("82/tcp", "", "8002")
+            ]
+        );
+        assert_eq!(flag("8000-8010:80/udp"), [t("80/udp", "", "8000-8010")]);
+        assert_eq!(flag("80-81"), [t("80/tcp", "", ""), t("81/tcp", "", "")]);
+    }
+
+    #[test]
+    fn malformed_publish_specs_are_refused() {
         for bad in [
-            "80",
+            "",
+            "80:",
+            ":80",
+            "70000",
             "0:80",
             "8080:0",
-            "70000:80",
             "a:80",
-            "8080:80/udp",
-            "8080:80/xyz",
-            ":80",
+            "80/sctp",
+            "8010-8000:80",
+            "8000-8005:80-81",
+            "1.2.3:80:80",
+            "1:2:3:4",
+            "80-",
         ] {
-            assert!(parse_publish_flag(bad).is_err(), "{bad} should be refused");
+            assert!(
+                parse_publish_flag(bad).is_err(),
+                "{bad:?} should be refused"
+            );
         }
     }
 
     #[test]
-    fn port_map_validation() {
+    fn port_map_requests() {
         let map = PortMap::from([(
             "80/tcp".to_string(),
-            vec![HostBinding {
-                host_ip: String::new(),
-                host_port: "8080".into(),
-            }],
-        )]);
-        let b = port_bindings_from_map(&map, Ipv4Addr::UNSPECIFIED).unwrap();
-        assert_eq!(b[0].host_ip, Ipv4Addr::UNSPECIFIED);
-        assert_eq!(port_map(&b)["80/tcp"][0].host_ip, "0.0.0.0");
-
-        let twice = PortMap::from([
-            (
-                "80/tcp".to_string(),
-                vec![HostBinding {
+            vec![
+                HostBinding {
                     host_ip: String::new(),
                     host_port: "8080".into(),
-                }],
-            ),
-            (
-                "81/tcp".to_string(),
-                vec![HostBinding {
-                    host_ip: "10.0.0.1".into(),
-                    host_port: "8080".into(),
-                }],
-            ),
-        ]);
-        assert!(port_bindings_from_map(&twice, Ipv4Addr::UNSPECIFIED).is_err());
+                },
+                HostBinding {
+                    host_ip: "127.0.0.1".into(),
+                    host_port: "".into(),
+                },
+                HostBinding {
+                    host_ip: String::new(),
+                    host_port: "9000-9009".into(),
+                },
+            ],
+        )]);
+        let r = port_requests_from_map(&map, Ipv4Addr::UNSPECIFIED).unwrap();
+        assert_eq!(r[0].host_port, HostPort::Fixed(8080));
+        assert_eq!(
+            (r[1].host_ip, r[1].host_port),
+            (Ipv4Addr::LOCALHOST, HostPort::Dynamic)
+        );
+        assert_eq!(r[2].host_port, HostPort::Range(9000, 9009));
         let bad_ip = PortMap::from([(
             "80/tcp".to_string(),
             vec![HostBinding {
                 host_ip: "nope".into(),
-                host_port: "8080".into(),
+                host_port: "1".into(),
             }],
         )]);
-        assert!(port_bindings_from_map(&bad_ip, Ipv4Addr::UNSPECIFIED).is_err());
+        assert!(port_requests_from_map(&bad_ip, Ipv4Addr::UNSPECIFIED).is_err());
+    }
+
+    #[test]
+    fn docker_port_output() {
+        let b = |port, proto, ip: [u8; 4], host| PortBinding {
+            proto,
+            container_port: port,
+            host_ip: ip.into(),
+            host_port: host,
+        };
+        let bindings = [
+            b(80, Proto::Tcp, [127, 0, 0, 1], 8081),
+            b(80, Proto::Tcp, [0, 0, 0, 0], 8080),
+            b(53, Proto::Udp, [0, 0, 0, 0], 32768),
+        ];
+        assert_eq!(
+            port_lines(&bindings, None),
+            [
+                "53/udp -> 0.0.0.0:32768",
+                "80/tcp -> 0.0.0.0:8080",
+                "80/tcp -> 127.0.0.1:8081"
+            ]
+        );
+        assert_eq!(
+            port_lines(&bindings, Some((80, Proto::Tcp))),
+            ["0.0.0.0:8080", "127.0.0.1:8081"]
+        );
+        assert!(port_lines(&bindings, Some((81, Proto::Tcp))).is_empty());
     }
 }

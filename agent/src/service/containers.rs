@@ -14,8 +14,9 @@ use crate::{
     model::{
         ContainerHostConfig, ContainerInspect, ContainerRecord, CreateContainer,
         EndpointAddressing, EndpointIpamConfig, EndpointRecord, EndpointSettings, ExposedPort,
-        LinkInfo, LinkRecord, NetworkMode, NetworkRecord, NetworkSettings, now, parse_port_proto,
-        port_bindings_from_map, port_map, random_id, short_id, validate_name,
+        HostPort, LinkInfo, LinkRecord, NetworkMode, NetworkRecord, NetworkSettings, PortRequest,
+        now, parse_port_proto, port_map, port_requests_from_map, random_id, short_id,
+        validate_name,
     },
     netlink, netns,
 };
@@ -55,7 +56,8 @@ impl Service {
             .filter(|n| Some(*n) != primary.as_ref())
             .cloned()
             .collect();
-        let has_ports = !request.host_config.port_bindings.is_empty();
+        let has_ports =
+            !request.host_config.port_bindings.is_empty() || request.host_config.publish_all_ports;
 
         // Where the container's network namespace comes from.
         let (netns_path, create_netns) =
@@ -130,34 +132,33 @@ impl Service {
                 .collect::<Result<_>>()?,
             _ => Vec::new(),
         };
-        let ports = if mode == NetworkMode::Bridge {
-            let host_ip = default_host_ip(&self.settings, networks.first());
-            let ports = port_bindings_from_map(&request.host_config.port_bindings, host_ip)?;
-            for port in &ports {
-                if let Some(other) = self
-                    .state
-                    .containers
-                    .values()
-                    .find(|c| c.ports.iter().any(|p| p.overlaps(port)))
-                {
-                    return Err(Error::Conflict(format!(
-                        "host port {}:{}/{} is already published by container {}",
-                        port.host_ip,
-                        port.host_port,
-                        port.proto.as_str(),
-                        other.name
-                    )));
-                }
-            }
-            ports
-        } else {
-            Vec::new()
-        };
         let mut exposed = Vec::new();
         for key in request.exposed_ports.keys() {
             let (port, proto) = parse_port_proto(key)?;
             exposed.push(ExposedPort { port, proto });
         }
+        let ports = if mode == NetworkMode::Bridge {
+            let host_ip = default_host_ip(&self.settings, networks.first());
+            let mut requests = port_requests_from_map(&request.host_config.port_bindings, host_ip)?;
+            if request.host_config.publish_all_ports {
+                for e in &exposed {
+                    if !requests
+                        .iter()
+                        .any(|r| r.container_port == e.port && r.proto == e.proto)
+                    {
+                        requests.push(PortRequest {
+                            proto: e.proto,
+                            container_port: e.port,
+                            host_ip,
+                            host_port: HostPort::Dynamic,
+                        });
+                    }
+                }
+            }
+            self.resolve_ports(&requests)?
+        } else {
+            Vec::new()
+        };
         let mut links = Vec::new();
         for spec in &request.host_config.links {
             let (target, alias) = spec.split_once(':').unwrap_or((spec, spec));

@@ -1,7 +1,7 @@
 //! A container's attachment to one network: the veth pair, the addressing inside the
 //! container's namespace, and the dataplane's hold on the node-side end.
 
-use std::path::Path;
+use std::{net::Ipv4Addr, path::Path};
 
 use ipnet::Ipv4Net;
 
@@ -24,12 +24,13 @@ pub(super) fn next_ifname(container: &ContainerRecord) -> String {
 /// The dataplane's view of an endpoint for tearing it down; an endpoint whose creation was
 /// cut short may not know its MACs yet, which teardown does not need.
 fn teardown_endpoint(e: &EndpointRecord) -> Endpoint {
-    dataplane_endpoint(e).unwrap_or_else(|_| Endpoint {
+    dataplane_endpoint(e, Ipv4Addr::UNSPECIFIED).unwrap_or_else(|_| Endpoint {
         container_ip: e.ip,
         container_mac: parse_mac(&e.mac).unwrap_or_default(),
         host_veth: e.host_veth.clone(),
         host_veth_ifindex: e.host_veth_ifindex,
         host_veth_mac: [0; 6],
+        gateway: Ipv4Addr::UNSPECIFIED,
     })
 }
 
@@ -99,7 +100,7 @@ impl Service {
         endpoint.host_veth = host_veth;
         endpoint.host_veth_ifindex = host.index;
         endpoint.host_veth_mac = format_mac(host_mac);
-        let dp = dataplane_endpoint(endpoint)?;
+        let dp = dataplane_endpoint(endpoint, network.gateway)?;
         self.dataplane.attach_endpoint(&dp)?;
         undo.steps.push(Step::DetachEndpoint(dp));
         Ok(())

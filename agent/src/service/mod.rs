@@ -5,7 +5,9 @@
 
 mod containers;
 mod endpoints;
+mod filters;
 mod networks;
+mod ports;
 mod reconcile;
 
 use std::{fs, net::Ipv4Addr, path::PathBuf};
@@ -230,6 +232,11 @@ impl Service {
             .find(|e| !e.pending && self.network_by_id(&e.network_id).is_ok_and(|n| !n.internal))
     }
 
+    /// The dataplane's view of one of our endpoints.
+    fn endpoint_view(&self, endpoint: &EndpointRecord) -> Result<Endpoint> {
+        dataplane_endpoint(endpoint, self.network_by_id(&endpoint.network_id)?.gateway)
+    }
+
     /// What the dataplane should hold for `container`'s ports.
     fn mappings_of(&self, container: &ContainerRecord) -> Result<Vec<(Endpoint, PortBinding)>> {
         if container.mode != NetworkMode::Bridge {
@@ -238,7 +245,7 @@ impl Service {
         let Some(endpoint) = self.port_endpoint(container) else {
             return Ok(Vec::new());
         };
-        let endpoint = dataplane_endpoint(endpoint)?;
+        let endpoint = self.endpoint_view(endpoint)?;
         Ok(container
             .ports
             .iter()
@@ -289,8 +296,8 @@ impl Service {
     }
 }
 
-/// The dataplane's view of an endpoint.
-fn dataplane_endpoint(e: &EndpointRecord) -> Result<Endpoint> {
+/// The dataplane's view of an endpoint on a network whose gateway is `gateway`.
+fn dataplane_endpoint(e: &EndpointRecord, gateway: Ipv4Addr) -> Result<Endpoint> {
     let bad_mac = |m: &str| {
         Error::InvalidArgument(format!("endpoint {}: bad MAC {m} in state", e.endpoint_id))
     };
@@ -300,6 +307,7 @@ fn dataplane_endpoint(e: &EndpointRecord) -> Result<Endpoint> {
         host_veth: e.host_veth.clone(),
         host_veth_ifindex: e.host_veth_ifindex,
         host_veth_mac: parse_mac(&e.host_veth_mac).ok_or_else(|| bad_mac(&e.host_veth_mac))?,
+        gateway,
     })
 }
 

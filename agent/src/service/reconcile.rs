@@ -3,8 +3,7 @@
 //! recreated; what no record owns, and what a crash left half-done, is removed.
 
 use super::{
-    BRIDGE_PREFIX, DEFAULT_BRIDGE, DEFAULT_NETWORK, Service, Step, Undo, dataplane_endpoint,
-    endpoints::teardown_steps,
+    BRIDGE_PREFIX, DEFAULT_BRIDGE, DEFAULT_NETWORK, Service, Step, Undo, endpoints::teardown_steps,
 };
 use crate::{
     Error, Result,
@@ -50,6 +49,7 @@ impl Service {
             wanted.extend(self.mappings_of(container)?);
         }
         self.dataplane.sync_published(&wanted)?;
+        self.restore_filters()?;
         self.refresh_dns()?;
         for container in self.state.containers.values() {
             if netns::is_netns(&container.netns).is_ok()
@@ -188,8 +188,8 @@ impl Service {
                         endpoint.host_veth_ifindex = link.index;
                         changed = true;
                     }
-                    self.dataplane
-                        .attach_endpoint(&dataplane_endpoint(&endpoint)?)?;
+                    let view = self.endpoint_view(&endpoint)?;
+                    self.dataplane.attach_endpoint(&view)?;
                 }
                 None if netns_alive => {
                     tracing::warn!(container = %container.name, veth = %endpoint.host_veth, "recreating a missing veth");

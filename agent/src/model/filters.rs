@@ -1,0 +1,173 @@
+//! Source filters on published ports (Docker's DOCKER-USER use case) and the translated
+//! flows the dataplane tracks.
+
+use std::net::Ipv4Addr;
+
+use ipnet::Ipv4Net;
+use serde::{Deserialize, Serialize};
+
+use super::ports::{Proto, parse_port_proto};
+use crate::{Error, Result};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FilterAction {
+    Allow,
+    Deny,
+}
+
+/// A published port and protocol a rule is limited to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FilterScope {
+    pub host_port: u16,
+    pub proto: Proto,
+}
+
+/// A filter rule as persisted and installed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FilterRecord {
+    pub id: u32,
+    pub source: Ipv4Net,
+    /// `None`: every published port.
+    pub scope: Option<FilterScope>,
+    pub action: FilterAction,
+}
+
+/// `POST /filters`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateFilter {
+    /// A source prefix such as 192.0.2.0/24 (a bare address means /32).
+    #[serde(rename = "Source")]
+    pub source: String,
+    /// `HOSTPORT[/tcp|udp]`; absent for every published port.
+    #[serde(rename = "Port", default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<String>,
+    /// `allow` or `deny`.
+    #[serde(rename = "Action")]
+    pub action: String,
+}
+
+impl CreateFilter {
+    /// Validates the request into the rule's parts.
+    pub fn parse(&self) -> Result<(Ipv4Net, Option<FilterScope>, FilterAction)> {
+        let source: Ipv4Net = match self.source.parse::<Ipv4Net>() {
+            Ok(net) => net,
+            Err(_) => self
+                .source
+                .parse::<Ipv4Addr>()
+                .map(Ipv4Net::from)
+                .map_err(|_| {
+                    Error::InvalidArgument(format!(
+                        "invalid source {:?}: expected CIDR or address",
+                        self.source
+                    ))
+                })?,
+        };
+        if source.trunc() != source {
+            return Err(Error::InvalidArgument(format!(
+                "invalid source {source}: host bits set; did you mean {}?",
+                source.trunc()
+            )));
+        }
+        let scope = match &self.port {
+            Some(p) => {
+                let (host_port, proto) = parse_port_proto(p)?;
+                Some(FilterScope { host_port, proto })
+            }
+            None => None,
+        };
+        let action = match self.action.as_str() {
+            "allow" => FilterAction::Allow,
+            "deny" => FilterAction::Deny,
+            other => {
+                return Err(Error::InvalidArgument(format!(
+                    "invalid action {other:?}: allow or deny"
+                )));
+            }
+        };
+        Ok((source, scope, action))
+    }
+}
+
+/// `GET /filters`: a rule with its hit counters.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct FilterInfo {
+    #[serde(rename = "Id")]
+    pub id: u32,
+    #[serde(rename = "Source")]
+    pub source: String,
+    /// `HOSTPORT/proto`, or `*` for every published port.
+    #[serde(rename = "Port")]
+    pub port: String,
+    #[serde(rename = "Action")]
+    pub action: FilterAction,
+    #[serde(rename = "Packets")]
+    pub packets: u64,
+    #[serde(rename = "Bytes")]
+    pub bytes: u64,
+}
+
+/// `GET /conntrack`: one translated flow.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FlowInfo {
+    #[serde(rename = "Proto")]
+    pub proto: String,
+    /// Who opened the connection.
+    #[serde(rename = "Client")]
+    pub client: String,
+    /// The published address it connected to.
+    #[serde(rename = "Frontend")]
+    pub frontend: String,
+    /// The container behind it.
+    #[serde(rename = "Backend")]
+    pub backend: String,
+    /// The client as the container sees it (its network's gateway for hairpin to itself).
+    #[serde(rename = "SeenAs")]
+    pub seen_as: String,
+    #[serde(rename = "IdleSeconds")]
+    pub idle_seconds: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn filter_requests() {
+        let ok = CreateFilter {
+            source: "192.0.2.0/24".into(),
+            port: Some("8080/tcp".into()),
+            action: "deny".into(),
+        };
+        let (source, scope, action) = ok.parse().unwrap();
+        assert_eq!(source.to_string(), "192.0.2.0/24");
+        assert_eq!(
+            scope,
+            Some(FilterScope {
+                host_port: 8080,
+                proto: Proto::Tcp
+            })
+        );
+        assert_eq!(action, FilterAction::Deny);
+        let bare = CreateFilter {
+            source: "192.0.2.9".into(),
+            port: None,
+            action: "allow".into(),
+        };
+        assert_eq!(bare.parse().unwrap().0.prefix_len(), 32);
+        for (source, port, action) in [
+            ("x", None, "allow"),
+            ("192.0.2.1/24", None, "allow"),
+            ("10.0.0.0/8", Some("0"), "allow"),
+            ("10.0.0.0/8", None, "maybe"),
+        ] {
+            let bad = CreateFilter {
+                source: source.into(),
+                port: port.map(Into::into),
+                action: action.into(),
+            };
+            assert!(bad.parse().is_err(), "{source} {port:?} {action}");
+        }
+    }
+}
