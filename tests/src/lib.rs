@@ -555,3 +555,96 @@ impl Drop for FakeUpstream {
         }
     }
 }
+
+/// A UDP server in a namespace that answers one datagram with `pong <datagram>`; the handle
+/// returns the peer address it saw.
+pub fn udp_serve_once(netns: &Path, port: u16) -> thread::JoinHandle<Result<SocketAddr>> {
+    let netns = netns.to_path_buf();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let handle = thread::spawn(move || -> Result<SocketAddr> {
+        let file = fs::File::open(&netns)?;
+        setns(&file, CloneFlags::CLONE_NEWNET)?;
+        let socket = std::net::UdpSocket::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port))?;
+        socket.set_read_timeout(Some(Duration::from_secs(10)))?;
+        let _ = ready_tx.send(());
+        let mut buf = [0u8; 512];
+        let (n, peer) = socket.recv_from(&mut buf).context("no datagram arrived")?;
+        let mut answer = b"pong ".to_vec();
+        answer.extend_from_slice(&buf[..n]);
+        socket.send_to(&answer, peer)?;
+        Ok(peer)
+    });
+    let _ = ready_rx.recv_timeout(Duration::from_secs(5));
+    handle
+}
+
+/// Sends one datagram from a namespace; returns the answer and the address it came from.
+pub fn udp_request(
+    netns: &Path,
+    to: SocketAddrV4,
+    message: &str,
+) -> std::io::Result<(String, SocketAddr)> {
+    in_netns(netns, || {
+        let socket = std::net::UdpSocket::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0))?;
+        socket.set_read_timeout(Some(Duration::from_secs(3)))?;
+        socket.send_to(message.as_bytes(), to)?;
+        let mut buf = [0u8; 512];
+        let (n, from) = socket.recv_from(&mut buf)?;
+        Ok((String::from_utf8_lossy(&buf[..n]).into_owned(), from))
+    })
+}
+
+/// Like [`request`], from a given source address of the namespace.
+pub fn request_from(
+    netns: &Path,
+    from: Ipv4Addr,
+    to: SocketAddrV4,
+    message: &str,
+) -> std::io::Result<String> {
+    in_netns(netns, || {
+        let socket = nix::sys::socket::socket(
+            nix::sys::socket::AddressFamily::Inet,
+            nix::sys::socket::SockType::Stream,
+            nix::sys::socket::SockFlag::empty(),
+            None,
+        )?;
+        nix::sys::socket::bind(
+            std::os::fd::AsRawFd::as_raw_fd(&socket),
+            &nix::sys::socket::SockaddrIn::from(SocketAddrV4::new(from, 0)),
+        )?;
+        let mut stream = TcpStream::from(socket);
+        // Connect with a deadline: a filtered SYN is dropped, not refused.
+        stream.set_nonblocking(true)?;
+        match nix::sys::socket::connect(
+            std::os::fd::AsRawFd::as_raw_fd(&stream),
+            &nix::sys::socket::SockaddrIn::from(to),
+        ) {
+            Ok(()) | Err(nix::errno::Errno::EINPROGRESS) => {}
+            Err(e) => return Err(e.into()),
+        }
+        let deadline = Instant::now() + Duration::from_secs(2);
+        loop {
+            match stream.peer_addr() {
+                Ok(_) => break,
+                Err(_) if Instant::now() < deadline => {
+                    if let Ok(Some(e)) = stream.take_error() {
+                        return Err(e);
+                    }
+                    thread::sleep(Duration::from_millis(10));
+                }
+                Err(_) => {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "connect timed out",
+                    ));
+                }
+            }
+        }
+        stream.set_nonblocking(false)?;
+        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+        stream.write_all(message.as_bytes())?;
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer)?;
+        Ok(answer)
+    })
+}
