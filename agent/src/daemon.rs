@@ -46,8 +46,15 @@ pub async fn run(settings: Settings, socket: PathBuf) -> Result<()> {
         rtnetlink::new_connection().map_err(Error::io("opening a netlink socket"))?;
     tokio::spawn(connection);
     let pin_dir = settings.pin_dir.clone();
+    let cgroup = match &settings.cgroup {
+        Some(path) => path.clone(),
+        None => crate::netns::cgroup2_mount()?,
+    };
     let service = Service::start(handle, settings, move |uplink, ifindex| {
-        Ok(Box::new(EbpfDataplane::start(&pin_dir, uplink, ifindex)?) as Box<dyn Dataplane>)
+        Ok(
+            Box::new(EbpfDataplane::start(&pin_dir, uplink, ifindex, &cgroup)?)
+                as Box<dyn Dataplane>,
+        )
     })
     .await?;
     let info = service.info()?;

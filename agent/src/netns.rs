@@ -36,6 +36,21 @@ pub fn is_netns(path: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Where the cgroup v2 hierarchy is mounted (found in /proc/self/mounts, not assumed).
+pub fn cgroup2_mount() -> Result<PathBuf> {
+    let mounts =
+        fs::read_to_string("/proc/self/mounts").map_err(Error::io("reading /proc/self/mounts"))?;
+    mounts
+        .lines()
+        .filter_map(|line| {
+            let mut fields = line.split_whitespace();
+            let (_, dir, fstype) = (fields.next()?, fields.next()?, fields.next()?);
+            (fstype == "cgroup2").then(|| PathBuf::from(dir))
+        })
+        .next()
+        .ok_or_else(|| Error::NotFound("no cgroup2 filesystem is mounted; give --cgroup".into()))
+}
+
 /// Creates a new, empty network namespace and pins it at `dir/name`.
 pub fn create_named(dir: &Path, name: &str) -> Result<PathBuf> {
     fs::create_dir_all(dir).map_err(Error::io(format!("creating {}", dir.display())))?;

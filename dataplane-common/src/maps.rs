@@ -20,12 +20,18 @@ pub const ENDPOINTS: &str = "ENDPOINTS";
 pub const FILTER_RULES: &str = "FILTER_RULES";
 /// Per-CPU hit counters of the filter rules, indexed by [`FilterRule::rule_id`].
 pub const FILTER_HITS: &str = "FILTER_HITS";
+/// Translations made at the socket (node-local access to published ports), so that
+/// replies and `getpeername` show the address the application used.
+pub const SOCK_NAT: &str = "SOCK_NAT";
+/// One [`NodeConfig`], set by the agent.
+pub const NODE_CONFIG: &str = "NODE_CONFIG";
 
 pub const PUBLISHED_PORTS_MAX: u32 = 65_536;
 pub const NODE_ADDRS_MAX: u32 = 256;
 pub const NAT_FLOWS_MAX: u32 = 262_144;
 pub const ENDPOINTS_MAX: u32 = 65_536;
 pub const FILTER_RULES_MAX: u32 = 4096;
+pub const SOCK_NAT_MAX: u32 = 65_536;
 
 pub const IPPROTO_TCP: u8 = 6;
 pub const IPPROTO_UDP: u8 = 17;
@@ -144,6 +150,33 @@ pub struct FilterRule {
     pub action: u32,
 }
 
+/// Key of [`SOCK_NAT`]: a socket and the backend it was sent to.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SockNatKey {
+    pub socket_cookie: u64,
+    pub backend_ip_be: u32,
+    pub backend_port_be: u16,
+    pub _pad: u16,
+}
+
+/// Value of [`SOCK_NAT`]: the published address the application asked for.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SockNatValue {
+    pub frontend_ip_be: u32,
+    pub frontend_port_be: u16,
+    pub _pad: u16,
+}
+
+/// The value of [`NODE_CONFIG`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NodeConfig {
+    /// The network namespace the agent manages: socket programs act only there.
+    pub netns_cookie: u64,
+}
+
 /// Value of [`STATS`].
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -162,6 +195,9 @@ const _: () = assert!(size_of::<EndpointKey>() == 4);
 const _: () = assert!(size_of::<EndpointInfo>() == 20);
 const _: () = assert!(size_of::<FilterKey>() == 8);
 const _: () = assert!(size_of::<FilterRule>() == 8);
+const _: () = assert!(size_of::<SockNatKey>() == 16);
+const _: () = assert!(size_of::<SockNatValue>() == 8);
+const _: () = assert!(size_of::<NodeConfig>() == 8);
 const _: () = assert!(size_of::<Counter>() == 16);
 
 #[cfg(feature = "user")]
@@ -179,5 +215,8 @@ mod pod {
     unsafe impl aya::Pod for EndpointInfo {}
     unsafe impl aya::Pod for FilterKey {}
     unsafe impl aya::Pod for FilterRule {}
+    unsafe impl aya::Pod for SockNatKey {}
+    unsafe impl aya::Pod for SockNatValue {}
+    unsafe impl aya::Pod for NodeConfig {}
     unsafe impl aya::Pod for Counter {}
 }

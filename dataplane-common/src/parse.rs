@@ -101,6 +101,19 @@ pub struct L4 {
     /// Offset of the checksum field in the frame.
     pub check_offset: usize,
     pub check: u16,
+    /// The TCP flags byte (CWR..FIN); zero for UDP.
+    pub tcp_flags: u8,
+}
+
+pub const TCP_FLAG_SYN: u8 = 0x02;
+pub const TCP_FLAG_ACK: u8 = 0x10;
+
+impl L4 {
+    /// A TCP segment that opens a connection (SYN without ACK).
+    #[inline(always)]
+    pub fn is_tcp_syn(&self) -> bool {
+        self.tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK) == TCP_FLAG_SYN
+    }
 }
 
 /// Parses the Ethernet, IPv4 and TCP/UDP headers of `frame`, whose length is `frame_len`.
@@ -146,6 +159,7 @@ pub fn parse<F: Frame + ?Sized>(frame: &F, frame_len: usize) -> Result<Parsed, M
     }
     let l4 = ip.l4_offset();
     let payload_len = usize::from(total_len) - header_len;
+    let mut tcp_flags = 0;
     let check_offset = match ip.protocol {
         IPPROTO_TCP => {
             let data_offset: u8 = frame.load(l4 + 12).ok_or(Malformed::Truncated)?;
@@ -153,9 +167,8 @@ pub fn parse<F: Frame + ?Sized>(frame: &F, frame_len: usize) -> Result<Parsed, M
             if tcp_len < TCP_MIN_HLEN || tcp_len > payload_len {
                 return Err(Malformed::BadTransportHeader);
             }
-            frame
-                .load::<[u8; TCP_MIN_HLEN]>(l4)
-                .ok_or(Malformed::Truncated)?;
+            let header: [u8; TCP_MIN_HLEN] = frame.load(l4).ok_or(Malformed::Truncated)?;
+            tcp_flags = header[13];
             l4 + TCP_CHECK_OFF
         }
         IPPROTO_UDP => {
@@ -175,6 +188,7 @@ pub fn parse<F: Frame + ?Sized>(frame: &F, frame_len: usize) -> Result<Parsed, M
             dport_be: u16::from_ne_bytes([ports[2], ports[3]]),
             check_offset,
             check: u16::from_ne_bytes(check),
+            tcp_flags,
         },
     ))
 }
@@ -226,6 +240,7 @@ mod tests {
             assert_eq!(u16::from_be(l4.dport_be), 8080);
             assert_eq!(u16::from_be(l4.sport_be), 40000);
             assert_eq!(l4.check_offset, ETH_HLEN + 20 + options + TCP_CHECK_OFF);
+            assert!(l4.is_tcp_syn());
         }
     }
 

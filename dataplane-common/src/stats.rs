@@ -47,6 +47,7 @@ stats! {
     ContainerDropTtlExpired = "container_ingress.drop.ttl_expired",
     ContainerDropRewriteFailed = "container_ingress.drop.rewrite_failed",
     ContainerDropFlowTableFull = "container_ingress.drop.flow_table_full",
+    SocketTranslated = "sock_addr.translate.node_local",
 }
 
 /// Size of the per-CPU counter array.

@@ -8,11 +8,12 @@ mod frame;
 mod maps;
 mod nat;
 mod policy;
+mod sock;
 mod stats;
 
 use aya_ebpf::{
-    macros::{classifier, xdp},
-    programs::{TcContext, XdpContext},
+    macros::{cgroup_sock_addr, classifier, xdp},
+    programs::{SockAddrContext, TcContext, XdpContext},
 };
 
 /// XDP on the node's uplink: translates connections to published ports and hands them
@@ -33,6 +34,30 @@ pub fn container_ingress(ctx: TcContext) -> i32 {
     let (verdict, stat) = nat::container_ingress(&ctx);
     stats::count(stat, len);
     verdict
+}
+
+/// Node-local TCP connects and connected UDP sockets to a published address.
+#[cgroup_sock_addr(connect4)]
+pub fn sock_connect4(ctx: SockAddrContext) -> i32 {
+    sock::to_backend(&ctx)
+}
+
+/// Node-local UDP datagrams sent to a published address.
+#[cgroup_sock_addr(sendmsg4)]
+pub fn sock_sendmsg4(ctx: SockAddrContext) -> i32 {
+    sock::to_backend(&ctx)
+}
+
+/// Replies to node-local UDP sockets: from the published address.
+#[cgroup_sock_addr(recvmsg4)]
+pub fn sock_recvmsg4(ctx: SockAddrContext) -> i32 {
+    sock::to_frontend(&ctx)
+}
+
+/// `getpeername` on node-local sockets: the published address.
+#[cgroup_sock_addr(getpeername4)]
+pub fn sock_getpeername4(ctx: SockAddrContext) -> i32 {
+    sock::to_frontend(&ctx)
 }
 
 #[cfg(not(test))]

@@ -3,12 +3,13 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{HashMap, LpmTrie, LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
 };
 use dataplane_common::{
     Counter, ENDPOINTS_MAX, EndpointInfo, EndpointKey, FILTER_RULES_MAX, FilterKey, FilterRule,
-    FlowKey, NAT_FLOWS_MAX, NODE_ADDRS_MAX, NatFlow, NodeAddr, NodeAddrKey, PUBLISHED_PORTS_MAX,
-    PortKey, PortTarget, stats::STATS_LEN,
+    FlowKey, NAT_FLOWS_MAX, NODE_ADDRS_MAX, NatFlow, NodeAddr, NodeAddrKey, NodeConfig,
+    PUBLISHED_PORTS_MAX, PortKey, PortTarget, SOCK_NAT_MAX, SockNatKey, SockNatValue,
+    stats::STATS_LEN,
 };
 
 #[map]
@@ -33,3 +34,9 @@ pub static FILTER_HITS: PerCpuArray<Counter> = PerCpuArray::pinned(FILTER_RULES_
 
 #[map]
 pub static STATS: PerCpuArray<Counter> = PerCpuArray::pinned(STATS_LEN, 0);
+
+#[map]
+pub static SOCK_NAT: LruHashMap<SockNatKey, SockNatValue> = LruHashMap::pinned(SOCK_NAT_MAX, 0);
+
+#[map]
+pub static NODE_CONFIG: Array<NodeConfig> = Array::pinned(1, 0);

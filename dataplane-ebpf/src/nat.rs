@@ -179,12 +179,25 @@ pub fn container_ingress(ctx: &TcContext) -> (i32, Stat) {
         Ok(Parsed::OtherProtocol(_)) => return (TC_ACT_OK, Stat::ContainerPassNotTcpUdp),
         Ok(Parsed::Transport(ip, l4)) => (ip, l4),
     };
+    // A reply of a translated flow first: a container answering a node-local client (whose
+    // ephemeral port may equal some published port) must not be taken for a new hairpin.
+    let flow = FlowKey {
+        container_ip_be: ip.src_be,
+        remote_ip_be: ip.dst_be,
+        container_port_be: l4.sport_be,
+        remote_port_be: l4.dport_be,
+        proto: ip.protocol,
+        _pad: [0; 3],
+    };
+    if let Some(entry) = NAT_FLOWS.get_ptr_mut(&flow) {
+        return reply(ctx, &ip, &l4, entry);
+    }
     if !is_loopback(ip.dst_be)
         && let Some(target) = published_target(ip.dst_be, l4.dport_be, ip.protocol)
     {
         return hairpin(ctx, &ip, &l4, &target);
     }
-    reply(ctx, &ip, &l4)
+    (TC_ACT_OK, Stat::ContainerPassNoFlow)
 }
 
 /// A container reaching a published port through the node's address: translate to the
@@ -212,6 +225,22 @@ fn hairpin(ctx: &TcContext, ip: &Ipv4, l4: &L4, target: &PortTarget) -> (i32, St
         proto: ip.protocol,
         _pad: [0; 3],
     };
+    // Only a TCP SYN opens a new hairpin flow; a later segment must belong to one. A
+    // container answering a node-local client (whose ephemeral port may equal a published
+    // port) is not taken for a new one. Likewise UDP sent to the sender's own gateway,
+    // where those clients' datagrams come from, only continues a flow.
+    let opens = match ip.protocol {
+        IPPROTO_UDP => {
+            // SAFETY: plain data copied out at once.
+            let source = unsafe { ENDPOINTS.get(&EndpointKey { ip_be: ip.src_be }) };
+            source.is_none_or(|s| s.gateway_ip_be != ip.dst_be)
+        }
+        _ => l4.is_tcp_syn(),
+    };
+    // SAFETY: only checking presence.
+    if !opens && unsafe { NAT_FLOWS.get(&flow) }.is_none() {
+        return (TC_ACT_OK, Stat::ContainerPassNoFlow);
+    }
     let nat = NatFlow {
         frontend_ip_be: ip.dst_be,
         frontend_port_be: l4.dport_be,
@@ -256,18 +285,7 @@ fn hairpin(ctx: &TcContext, ip: &Ipv4, l4: &L4, target: &PortTarget) -> (i32, St
 /// destination the real client, when that was translated too); then it goes to the client,
 /// a local container directly, anything else by the FIB.
 #[inline(always)]
-fn reply(ctx: &TcContext, ip: &Ipv4, l4: &L4) -> (i32, Stat) {
-    let flow = FlowKey {
-        container_ip_be: ip.src_be,
-        remote_ip_be: ip.dst_be,
-        container_port_be: l4.sport_be,
-        remote_port_be: l4.dport_be,
-        proto: ip.protocol,
-        _pad: [0; 3],
-    };
-    let Some(entry) = NAT_FLOWS.get_ptr_mut(&flow) else {
-        return (TC_ACT_OK, Stat::ContainerPassNoFlow);
-    };
+fn reply(ctx: &TcContext, ip: &Ipv4, l4: &L4, entry: *mut NatFlow) -> (i32, Stat) {
     // SAFETY: the pointer is to a live map value; fields are plain data.
     let nat = unsafe {
         (*entry).last_seen_ns = now_ns();

@@ -260,6 +260,9 @@ impl Agent {
             .arg(&self.pin_dir)
             .arg("--netns-dir")
             .arg(&self.netns_dir)
+            // Never the root cgroup: the socket programs go to this test's own.
+            .arg("--cgroup")
+            .arg(&self.cgroup)
             .args(&self.args)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
@@ -647,4 +650,44 @@ pub fn request_from(
         stream.read_to_string(&mut answer)?;
         Ok(answer)
     })
+}
+
+/// Runs the `nettool` test client (tests/src/bin/nettool.rs) inside `netns`, optionally
+/// inside `cgroup`; returns its `key=value` lines.
+pub fn nettool(
+    netns: &Path,
+    cgroup: Option<&Path>,
+    args: &[&str],
+) -> Result<std::collections::BTreeMap<String, String>> {
+    let bin = bpfbridge_bin().with_file_name("nettool");
+    let netns_file = fs::File::open(netns)?;
+    let procs = cgroup.map(|c| c.join("cgroup.procs"));
+    let mut command = Command::new(&bin);
+    command.args(args);
+    // SAFETY: only async-signal-safe calls (open/write/close via std fs on a path, setns)
+    // between fork and exec in a single-threaded child.
+    unsafe {
+        command.pre_exec(move || {
+            if let Some(procs) = &procs {
+                fs::write(procs, b"0")?;
+            }
+            setns(&netns_file, CloneFlags::CLONE_NEWNET).map_err(std::io::Error::from)
+        });
+    }
+    let out = command
+        .output()
+        .with_context(|| format!("running {}", bin.display()))?;
+    ensure!(
+        out.status.success(),
+        "nettool {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    Ok(String::from_utf8(out.stdout)?
+        .lines()
+        .filter_map(|l| {
+            l.split_once('=')
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+        })
+        .collect())
 }

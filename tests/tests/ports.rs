@@ -533,3 +533,74 @@ fn disconnect_and_idle_udp_flows_leave_nothing_behind() -> Result<()> {
     assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused);
     Ok(())
 }
+
+#[test]
+fn node_local_access_without_a_proxy() -> Result<()> {
+    use bpfbridge_tests::nettool;
+    let topology = Topology::new()?;
+    let agent = Agent::start(&topology)?;
+    let (web, ns) = agent.create_container(&[
+        "web",
+        "-p",
+        "8080:80",
+        "-p",
+        "127.0.0.1:8081:81",
+        "-p",
+        "5353:53/udp",
+    ])?;
+    let gateway: Ipv4Addr = web["NetworkSettings"]["Gateway"]
+        .as_str()
+        .unwrap()
+        .parse()?;
+    let node_ns = topology.node.path();
+    let cgroup = Some(agent.cgroup.as_path());
+
+    for (addr, container_port) in [
+        ("127.0.0.1:8080", 80),
+        ("198.51.100.1:8080", 80),
+        ("127.0.0.1:8081", 81),
+    ] {
+        let server = serve_once(&ns, container_port);
+        let out = nettool(&node_ns, cgroup, &["tcp", addr, "ping\n"]);
+        if out.is_err() {
+            let _ = request(
+                &ns,
+                SocketAddrV4::new(Ipv4Addr::LOCALHOST, container_port),
+                "x",
+            );
+        }
+        let out = out?;
+        assert_eq!(out["answer"], "pong ping", "{addr}");
+        assert_eq!(
+            out["peer"], addr,
+            "getpeername shows the address the client used"
+        );
+        assert_eq!(
+            server.join().expect("server")?.ip(),
+            gateway,
+            "from the node, via the bridge"
+        );
+    }
+    let server = udp_serve_once(&ns, 53);
+    let out = nettool(&node_ns, cgroup, &["udp", "127.0.0.1:5353", "ping"])?;
+    server.join().expect("server")?;
+    assert_eq!(out["answer"], "pong ping");
+    assert_eq!(
+        out["from"], "127.0.0.1:5353",
+        "the UDP reply comes from the address the client used"
+    );
+    assert!(agent.counter("sock_addr.translate.node_local")? >= 4);
+
+    // Outside the agent's cgroup, or in another namespace, nothing is translated.
+    let err =
+        nettool(&node_ns, None, &["tcp", "127.0.0.1:8080", "x"]).expect_err("not in the cgroup");
+    assert!(err.to_string().contains("refused"), "{err}");
+    let err = nettool(
+        &topology.world.path(),
+        cgroup,
+        &["tcp", "127.0.0.1:8080", "x"],
+    )
+    .expect_err("other namespace");
+    assert!(err.to_string().contains("refused"), "{err}");
+    Ok(())
+}

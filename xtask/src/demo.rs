@@ -139,6 +139,9 @@ struct Demo {
     socket: PathBuf,
     pin_dir: PathBuf,
     pin_dir_ours: bool,
+    /// A cgroup of the demo's own for the agent's socket programs (never the root one).
+    cgroup: PathBuf,
+    cgroup_ours: bool,
     agent: Option<Child>,
     httpd: Option<Child>,
     container_created: bool,
@@ -151,6 +154,7 @@ impl Demo {
         let world = format!("bpfb-demo-world-{pid}");
         let node = format!("bpfb-demo-node-{pid}");
         let pin_dir = PathBuf::from(format!("/sys/fs/bpf/bpfb-demo-{pid}"));
+        let cgroup = crate::setup::cgroup2_mount()?.join(format!("bpfb-demo-{pid}"));
         for netns in [&world, &node] {
             if netns_path(netns).exists() {
                 bail!(
@@ -182,6 +186,8 @@ impl Demo {
             dir_path,
             pin_dir,
             pin_dir_ours: false,
+            cgroup,
+            cgroup_ours: false,
             agent: None,
             httpd: None,
             container_created: false,
@@ -261,6 +267,8 @@ impl Demo {
             .arg(&state_dir)
             .arg("--pin-dir")
             .arg(&self.pin_dir)
+            .arg("--cgroup")
+            .arg(&self.cgroup)
             .arg("--socket")
             .arg(&self.socket)
             .args(["--dataplane", "ebpf"])
@@ -272,6 +280,9 @@ impl Demo {
             .stderr(log)
             // Its own process group: Ctrl-C reaches only xtask, which then stops things in order.
             .process_group(0);
+        fs::create_dir(&self.cgroup)
+            .with_context(|| format!("creating cgroup {}", self.cgroup.display()))?;
+        self.cgroup_ours = true;
         println!("demo: starting the agent: {}", cmd::display(&agent));
         self.pin_dir_ours = true;
         self.agent = Some(cmd::spawn(&mut agent)?);
@@ -531,6 +542,12 @@ impl Demo {
             if !self.pin_dir.exists() {
                 println!("demo cleanup: removed {}", self.pin_dir.display());
             }
+        }
+        if std::mem::take(&mut self.cgroup_ours) {
+            note(
+                fs::remove_dir(&self.cgroup)
+                    .with_context(|| format!("removing cgroup {}", self.cgroup.display())),
+            );
         }
         if let Some(dir) = self.dir.take() {
             note(

@@ -187,6 +187,15 @@ fn bpffs_mounted() -> Result<bool> {
         .any(|m| m.fstype == "bpf" && m.target == Path::new(BPFFS)))
 }
 
+/// Where the cgroup v2 hierarchy is mounted.
+pub fn cgroup2_mount() -> Result<PathBuf> {
+    mounts()?
+        .into_iter()
+        .find(|m| m.fstype == "cgroup2")
+        .map(|m| m.target)
+        .ok_or_else(|| anyhow::anyhow!("no cgroup2 filesystem is mounted"))
+}
+
 fn cgroup2() -> Result<String> {
     match mounts()?.into_iter().find(|m| m.fstype == "cgroup2") {
         Some(m) => Ok(format!("{ALREADY}: cgroup2 at {}", m.target.display())),

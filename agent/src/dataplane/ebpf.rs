@@ -12,11 +12,11 @@ use std::{
 use aya::{
     Ebpf, EbpfLoader,
     maps::{
-        HashMap, MapData, PerCpuArray, PerCpuValues,
+        Array, HashMap, MapData, PerCpuArray, PerCpuValues,
         lpm_trie::{Key, LpmTrie},
     },
     programs::{
-        SchedClassifier, TcAttachType, Xdp, XdpMode,
+        CgroupAttachMode, CgroupSockAddr, SchedClassifier, TcAttachType, Xdp, XdpMode,
         links::{FdLink, PinnedLink},
         tc::SchedClassifierLink,
         xdp::XdpLink,
@@ -25,8 +25,8 @@ use aya::{
 use dataplane_common::{
     Counter, ENDPOINTS, EndpointInfo, EndpointKey, FILTER_ALLOW, FILTER_DENY, FILTER_HITS,
     FILTER_RULES, FILTER_SCOPE_BITS, FilterKey, FilterRule, FlowKey, IPPROTO_TCP, NAT_FLOWS,
-    NODE_ADDRS, NatFlow, NodeAddr, NodeAddrKey, PUBLISHED_PORTS, PortKey, PortTarget, STATS,
-    stats::Stat,
+    NODE_ADDRS, NODE_CONFIG, NatFlow, NodeAddr, NodeAddrKey, NodeConfig, PUBLISHED_PORTS, PortKey,
+    PortTarget, STATS, stats::Stat,
 };
 
 use super::{Dataplane, Endpoint, FilterHits, FlowTimeouts};
@@ -41,6 +41,13 @@ pub static EBPF_OBJECT: &[u8] =
 
 pub const UPLINK_PROGRAM: &str = "uplink_ingress";
 pub const CONTAINER_PROGRAM: &str = "container_ingress";
+/// The cgroup socket-address programs, by name.
+pub const SOCKET_PROGRAMS: [&str; 4] = [
+    "sock_connect4",
+    "sock_sendmsg4",
+    "sock_recvmsg4",
+    "sock_getpeername4",
+];
 const LINKS_DIR: &str = "links";
 
 /// Loads the object with its maps pinned (or re-adopted) under `pin_dir`.
@@ -76,6 +83,32 @@ fn port_target(endpoint: &Endpoint, port: &PortBinding) -> PortTarget {
         container_mac: endpoint.container_mac,
         host_veth_mac: endpoint.host_veth_mac,
     }
+}
+
+/// The cookie of this process's network namespace (`SO_NETNS_COOKIE`), what
+/// `bpf_get_netns_cookie` returns for its sockets.
+fn netns_cookie() -> Result<u64> {
+    const SO_NETNS_COOKIE: libc::c_int = 71;
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0")
+        .map_err(Error::io("socket for the netns cookie"))?;
+    let mut cookie: u64 = 0;
+    let mut len = size_of::<u64>() as libc::socklen_t;
+    // SAFETY: `cookie` and `len` are valid for the call.
+    let rc = unsafe {
+        libc::getsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(&socket),
+            libc::SOL_SOCKET,
+            SO_NETNS_COOKIE,
+            (&mut cookie as *mut u64).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(Error::io("reading SO_NETNS_COOKIE")(
+            std::io::Error::last_os_error(),
+        ));
+    }
+    Ok(cookie)
 }
 
 /// The clock `bpf_ktime_get_ns` reads.
@@ -129,7 +162,9 @@ fn is_not_found(e: &aya::programs::links::LinkError) -> bool {
 impl EbpfDataplane {
     /// Loads the programs and attaches XDP to `uplink`, replacing atomically the program of
     /// a link that an earlier agent pinned.
-    pub fn start(pin_dir: &Path, uplink: &str, uplink_ifindex: u32) -> Result<Self> {
+    /// Loads the programs, attaches XDP to `uplink` (atomically replacing the program of a
+    /// link an earlier agent pinned), and the socket programs to `cgroup`.
+    pub fn start(pin_dir: &Path, uplink: &str, uplink_ifindex: u32, cgroup: &Path) -> Result<Self> {
         let mut ebpf = load_object(pin_dir)?;
         let links_dir = pin_dir.join(LINKS_DIR);
         fs::create_dir_all(&links_dir)
@@ -167,7 +202,62 @@ impl EbpfDataplane {
         let tc: &mut SchedClassifier = program(&mut ebpf, CONTAINER_PROGRAM)?;
         tc.load()
             .map_err(Error::dataplane("loading the TC program"))?;
-        Ok(EbpfDataplane { ebpf, links_dir })
+        let mut dataplane = EbpfDataplane { ebpf, links_dir };
+        dataplane.set_node_netns()?;
+        dataplane.attach_socket_programs(cgroup)?;
+        Ok(dataplane)
+    }
+
+    /// Tells the socket programs which namespace is the node's: this process's.
+    fn set_node_netns(&mut self) -> Result<()> {
+        let cookie = netns_cookie()?;
+        let mut config: Array<&mut MapData, NodeConfig> =
+            Array::try_from(self.map_mut(NODE_CONFIG)?).map_err(Error::dataplane(NODE_CONFIG))?;
+        config
+            .set(
+                0,
+                NodeConfig {
+                    netns_cookie: cookie,
+                },
+                0,
+            )
+            .map_err(Error::dataplane("setting the node's namespace"))
+    }
+
+    /// Attaches the cgroup socket-address programs (node-local access to published ports).
+    /// A restarted agent attaches its programs next to the old ones first, then drops the
+    /// old links, so that node-local connections are translated throughout.
+    fn attach_socket_programs(&mut self, cgroup: &Path) -> Result<()> {
+        let cgroup_dir = fs::File::open(cgroup)
+            .map_err(Error::io(format!("opening cgroup {}", cgroup.display())))?;
+        for name in SOCKET_PROGRAMS {
+            let pin = self.links_dir.join(format!("cgroup_{name}"));
+            let program: &mut CgroupSockAddr = program(&mut self.ebpf, name)?;
+            program
+                .load()
+                .map_err(Error::dataplane(format!("loading {name}")))?;
+            let id = program
+                // Link-based attachments always coexist with others; flags must be zero.
+                .attach(&cgroup_dir, CgroupAttachMode::Single)
+                .map_err(Error::dataplane(format!(
+                    "attaching {name} to {}",
+                    cgroup.display()
+                )))?;
+            let link = program
+                .take_link(id)
+                .map_err(Error::dataplane("taking a cgroup link"))?;
+            let fd_link = FdLink::try_from(link)
+                .map_err(Error::dataplane("cgroup link is not a bpf_link"))?;
+            match fs::remove_file(&pin) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(Error::io(format!("removing {}", pin.display()))(e)),
+            }
+            fd_link
+                .pin(&pin)
+                .map_err(Error::dataplane(format!("pinning {}", pin.display())))?;
+        }
+        Ok(())
     }
 
     fn tc_pin(&self, host_veth: &str) -> PathBuf {
