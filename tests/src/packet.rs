@@ -52,6 +52,8 @@ pub struct Packet {
     pub protocol: u8,
     /// IPv4 option bytes (a multiple of 4, at most 40).
     pub ip_options: usize,
+    /// TCP flags (SYN by default).
+    pub tcp_flags: u8,
     pub payload: Vec<u8>,
 }
 
@@ -67,6 +69,7 @@ impl Packet {
             ttl: 64,
             protocol: 6,
             ip_options: 0,
+            tcp_flags: 0x02,
             payload: Vec::new(),
         }
     }
@@ -103,7 +106,7 @@ impl Packet {
             if self.protocol == 6 {
                 l4[4..8].copy_from_slice(&1000u32.to_be_bytes());
                 l4[12] = 5 << 4;
-                l4[13] = 0x02; // SYN
+                l4[13] = self.tcp_flags;
                 l4[14..16].copy_from_slice(&64240u16.to_be_bytes());
                 l4[20..].copy_from_slice(&self.payload);
             } else {

@@ -6,7 +6,10 @@ use std::{net::Ipv4Addr, path::PathBuf};
 use anyhow::{Context as _, Result};
 use aya::{
     Ebpf,
-    maps::{HashMap, MapData, PerCpuArray},
+    maps::{
+        HashMap, MapData, PerCpuArray,
+        lpm_trie::{Key, LpmTrie},
+    },
     programs::{SchedClassifier, TestRun, TestRunOptions, Xdp},
 };
 use bpfbridge::dataplane::ebpf::{CONTAINER_PROGRAM, UPLINK_PROGRAM, load_object};
@@ -16,8 +19,10 @@ use bpfbridge_tests::{
     unique,
 };
 use dataplane_common::{
-    Counter, FlowKey, IPPROTO_TCP, NAT_FLOWS, NODE_ADDRS, NatFlow, NodeAddr, NodeAddrKey,
-    PUBLISHED_PORTS, PortKey, PortTarget, STATS, stats::Stat,
+    Counter, ENDPOINTS, EndpointInfo, EndpointKey, FILTER_ALLOW, FILTER_DENY, FILTER_RULES,
+    FILTER_SCOPE_BITS, FilterKey, FilterRule, FlowKey, IPPROTO_TCP, IPPROTO_UDP, NAT_FLOWS,
+    NODE_ADDRS, NatFlow, NodeAddr, NodeAddrKey, PUBLISHED_PORTS, PortKey, PortTarget, STATS,
+    stats::Stat,
 };
 
 const XDP_DROP: u32 = 1;
@@ -28,6 +33,7 @@ const TC_ACT_SHOT: u32 = 2;
 const TC_ACT_REDIRECT: u32 = 7;
 
 const CONTAINER_IP: Ipv4Addr = Ipv4Addr::new(172, 17, 0, 2);
+const GATEWAY: Ipv4Addr = Ipv4Addr::new(172, 17, 0, 1);
 const EXACT_BOUND_IP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 7);
 const CONTAINER_MAC: [u8; 6] = [0x02, 0x42, 172, 17, 0, 2];
 const HOST_VETH_MAC: [u8; 6] = [0x0a, 0, 0, 0, 0, 0x0a];
@@ -67,12 +73,19 @@ impl Fixture {
         )?;
         let mut ports: HashMap<&mut MapData, PortKey, PortTarget> =
             HashMap::try_from(f.ebpf.map_mut(PUBLISHED_PORTS).unwrap())?;
-        for (host_ip, host_port) in [(Ipv4Addr::UNSPECIFIED, 8080u16), (EXACT_BOUND_IP, 9090)] {
+        let published = [
+            (Ipv4Addr::UNSPECIFIED, 8080u16, IPPROTO_TCP),
+            (EXACT_BOUND_IP, 9090, IPPROTO_TCP),
+            (Ipv4Addr::LOCALHOST, 8081, IPPROTO_TCP),
+            (Ipv4Addr::UNSPECIFIED, 5353, IPPROTO_UDP),
+            (Ipv4Addr::UNSPECIFIED, 8090, IPPROTO_TCP),
+        ];
+        for (host_ip, host_port, proto) in published {
             ports.insert(
                 PortKey {
                     host_ip_be: u32::from(host_ip).to_be(),
                     host_port_be: host_port.to_be(),
-                    proto: IPPROTO_TCP,
+                    proto,
                     _pad: 0,
                 },
                 PortTarget {
@@ -82,6 +95,46 @@ impl Fixture {
                     host_veth_ifindex: HOST_VETH_IFINDEX,
                     container_mac: CONTAINER_MAC,
                     host_veth_mac: HOST_VETH_MAC,
+                },
+                0,
+            )?;
+        }
+        let mut endpoints: HashMap<&mut MapData, EndpointKey, EndpointInfo> =
+            HashMap::try_from(f.ebpf.map_mut(ENDPOINTS).unwrap())?;
+        endpoints.insert(
+            EndpointKey {
+                ip_be: u32::from(CONTAINER_IP).to_be(),
+            },
+            EndpointInfo {
+                host_veth_ifindex: HOST_VETH_IFINDEX,
+                gateway_ip_be: u32::from(GATEWAY).to_be(),
+                container_mac: CONTAINER_MAC,
+                host_veth_mac: HOST_VETH_MAC,
+            },
+            0,
+        )?;
+        // On 8090/tcp only: allow 198.51.100.0/24 but not .3, deny everything else.
+        let mut filters: LpmTrie<&mut MapData, FilterKey, FilterRule> =
+            LpmTrie::try_from(f.ebpf.map_mut(FILTER_RULES).unwrap())?;
+        let scope = |src: [u8; 4]| FilterKey {
+            host_port_be: 8090u16.to_be(),
+            proto: IPPROTO_TCP,
+            _pad: 0,
+            src_ip_be: u32::from_ne_bytes(src),
+        };
+        for (id, (src, len, action)) in [
+            ([198, 51, 100, 0], 24, FILTER_ALLOW),
+            ([198, 51, 100, 3], 32, FILTER_DENY),
+            ([0, 0, 0, 0], 0, FILTER_DENY),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            filters.insert(
+                &Key::new(FILTER_SCOPE_BITS + len, scope(src)),
+                FilterRule {
+                    rule_id: id as u32,
+                    action,
                 },
                 0,
             )?;
@@ -260,6 +313,42 @@ fn uplink_ingress_table() -> Result<()> {
             Stat::UplinkDropTtlExpired,
             false,
         ),
+        // moby#45610: a frame from the wire to 127.0.0.1 never reaches a loopback-bound port.
+        (
+            "loopback destination",
+            syn_to(Ipv4Addr::LOCALHOST, 8081).build(),
+            XDP_PASS,
+            Stat::UplinkPassLoopbackDestination,
+            false,
+        ),
+        (
+            "filter: inside the allowed /24",
+            syn_to(NODE_IP, 8090).build(),
+            XDP_REDIRECT,
+            Stat::UplinkRedirectDnat,
+            true,
+        ),
+        (
+            "filter: the denied /32",
+            Packet::tcp_syn(Ipv4Addr::new(198, 51, 100, 3), 40000, NODE_IP, 8090).build(),
+            XDP_DROP,
+            Stat::UplinkDropFilter,
+            false,
+        ),
+        (
+            "filter: the /0 default",
+            Packet::tcp_syn(Ipv4Addr::new(203, 0, 113, 1), 40000, NODE_IP, 8090).build(),
+            XDP_DROP,
+            Stat::UplinkDropFilter,
+            false,
+        ),
+        (
+            "filter: other ports unfiltered",
+            Packet::tcp_syn(Ipv4Addr::new(203, 0, 113, 1), 40000, NODE_IP, 8080).build(),
+            XDP_REDIRECT,
+            Stat::UplinkRedirectDnat,
+            true,
+        ),
     ];
     for (name, frame, verdict, stat, translated) in cases {
         let (got, out, moved) = fx.run(UPLINK_PROGRAM, &frame)?;
@@ -293,6 +382,38 @@ fn assert_dnat(out: &[u8], input: &[u8], name: &str) {
     );
     assert!(ipv4_checksum_ok(out), "{name}: IPv4 checksum");
     assert!(l4_checksum_ok(out), "{name}: TCP checksum");
+}
+
+#[test]
+fn udp_is_translated_with_valid_checksums() -> Result<()> {
+    let mut fx = Fixture::new()?;
+    let frame = Packet {
+        protocol: IPPROTO_UDP,
+        payload: b"query".to_vec(),
+        ..syn_to(NODE_IP, 5353)
+    }
+    .build();
+    let (verdict, out, stat) = fx.run(UPLINK_PROGRAM, &frame)?;
+    assert_eq!((verdict, stat), (XDP_REDIRECT, Stat::UplinkRedirectDnat));
+    let (o, i) = (View(&out), View(&frame));
+    assert_eq!(
+        (o.dst(), o.dport(), o.src(), o.sport()),
+        (CONTAINER_IP, 80, i.src(), i.sport())
+    );
+    assert!(
+        ipv4_checksum_ok(&out) && l4_checksum_ok(&out),
+        "UDP checksum valid after rewrite"
+    );
+
+    // A UDP checksum of zero means "none" and stays zero.
+    let mut unchecked = frame.clone();
+    let at = ETH_HLEN + 20 + 6;
+    unchecked[at..at + 2].copy_from_slice(&[0, 0]);
+    let (verdict, out, _) = fx.run(UPLINK_PROGRAM, &unchecked)?;
+    assert_eq!(verdict, XDP_REDIRECT);
+    assert_eq!(&out[at..at + 2], &[0, 0]);
+    assert!(ipv4_checksum_ok(&out));
+    Ok(())
 }
 
 #[test]
@@ -435,6 +556,57 @@ fn container_ingress_table() -> Result<()> {
         arp[12..14].copy_from_slice(&0x0806u16.to_be_bytes());
         let (verdict, _, stat) = fx.run(CONTAINER_PROGRAM, &arp)?;
         assert_eq!((verdict, stat), (TC_ACT_OK, Stat::ContainerPassNotIpv4));
+
+        // Hairpin: the container reaches its own published port through the node's
+        // address; it is seen from its gateway, and the reply comes back to it directly.
+        let to_own_port = Packet {
+            src_mac: CONTAINER_MAC,
+            dst_mac: HOST_VETH_MAC,
+            ..Packet::tcp_syn(CONTAINER_IP, 40001, NODE_IP, 8080)
+        };
+        let ack = Packet {
+            tcp_flags: 0x10,
+            ..to_own_port.clone()
+        }
+        .build();
+        let (verdict, out, stat) = fx.run(CONTAINER_PROGRAM, &ack)?;
+        assert_eq!(
+            (verdict, stat),
+            (TC_ACT_OK, Stat::ContainerPassNoFlow),
+            "only a SYN opens a hairpin flow"
+        );
+        assert_eq!(out, ack);
+        let (verdict, out, stat) = fx.run(CONTAINER_PROGRAM, &to_own_port.build())?;
+        assert_eq!(
+            (verdict, stat),
+            (TC_ACT_REDIRECT, Stat::ContainerRedirectHairpin)
+        );
+        let o = View(&out);
+        assert_eq!(
+            (o.src(), o.sport(), o.dst(), o.dport()),
+            (GATEWAY, 40001, CONTAINER_IP, 80)
+        );
+        assert_eq!((o.dst_mac(), o.src_mac()), (CONTAINER_MAC, HOST_VETH_MAC));
+        assert!(ipv4_checksum_ok(&out) && l4_checksum_ok(&out));
+        let syn_ack = Packet {
+            src_mac: CONTAINER_MAC,
+            dst_mac: HOST_VETH_MAC,
+            tcp_flags: 0x12,
+            ..Packet::tcp_syn(CONTAINER_IP, 80, GATEWAY, 40001)
+        }
+        .build();
+        let (verdict, out, stat) = fx.run(CONTAINER_PROGRAM, &syn_ack)?;
+        assert_eq!(
+            (verdict, stat),
+            (TC_ACT_REDIRECT, Stat::ContainerRedirectReplyLocal)
+        );
+        let o = View(&out);
+        assert_eq!(
+            (o.src(), o.sport(), o.dst(), o.dport()),
+            (NODE_IP, 8080, CONTAINER_IP, 40001)
+        );
+        assert_eq!((o.dst_mac(), o.src_mac()), (CONTAINER_MAC, HOST_VETH_MAC));
+        assert!(ipv4_checksum_ok(&out) && l4_checksum_ok(&out));
         Ok(())
     })
 }

@@ -408,7 +408,7 @@ fn source_filters_longest_prefix_with_counters() -> Result<()> {
     topology
         .world
         .ip(&["addr", "add", "198.51.100.3/24", "dev", "wl0"])?;
-    let agent = Agent::start(&topology)?;
+    let mut agent = Agent::start(&topology)?;
     let (_, ns) = agent.create_container(&["web", "-p", "8080:80", "-p", "8090:90"])?;
     let world = topology.world.path();
     let add = |source: &str, port: Option<&str>, action: &str| -> Result<String> {
@@ -490,6 +490,11 @@ fn source_filters_longest_prefix_with_counters() -> Result<()> {
     assert_eq!(hits(&default_deny), 0, "{ls}");
     assert!(agent.counter("uplink_ingress.drop.filter")? >= 1);
 
+    // Rules survive a restart of the agent.
+    agent.stop();
+    agent.spawn()?;
+    let denied = request_from(&world, Ipv4Addr::new(198, 51, 100, 3), node(8080), "hi\n");
+    assert!(denied.is_err(), "still denied after a restart");
     // Removing the deny rule lets .3 in again.
     assert!(agent.cli(&["filter", "rm", &deny_one])?.status.success());
     let server = serve_once(&ns, 80);

@@ -173,6 +173,20 @@ fn node_namespace_has_no_nat_rules() -> Result<()> {
         &["netns", "exec", &topology.node.name, "iptables-save"],
     )?;
     assert!(!String::from_utf8_lossy(&saved.stdout).contains("DNAT"));
+    // No proxy process either: the only process in the node's namespace is the agent.
+    let node_ns = std::fs::metadata(topology.node.path())?;
+    let mut in_node = Vec::new();
+    for entry in std::fs::read_dir("/proc")?.flatten() {
+        let Ok(ns) = std::fs::metadata(entry.path().join("ns/net")) else {
+            continue;
+        };
+        if std::os::unix::fs::MetadataExt::ino(&ns) == std::os::unix::fs::MetadataExt::ino(&node_ns)
+        {
+            let comm = std::fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
+            in_node.push(comm.trim().to_string());
+        }
+    }
+    assert_eq!(in_node, ["bpfbridge"], "processes in the node namespace");
     Ok(())
 }
 
