@@ -25,6 +25,8 @@ pub const FILTER_HITS: &str = "FILTER_HITS";
 pub const SOCK_NAT: &str = "SOCK_NAT";
 /// One [`NodeConfig`], set by the agent.
 pub const NODE_CONFIG: &str = "NODE_CONFIG";
+/// The bridge networks' subnets, longest prefix first: which network an address is on.
+pub const NETWORKS: &str = "NETWORKS";
 
 pub const PUBLISHED_PORTS_MAX: u32 = 65_536;
 pub const NODE_ADDRS_MAX: u32 = 256;
@@ -32,6 +34,7 @@ pub const NAT_FLOWS_MAX: u32 = 262_144;
 pub const ENDPOINTS_MAX: u32 = 65_536;
 pub const FILTER_RULES_MAX: u32 = 4096;
 pub const SOCK_NAT_MAX: u32 = 65_536;
+pub const NETWORKS_MAX: u32 = 1024;
 
 pub const IPPROTO_TCP: u8 = 6;
 pub const IPPROTO_UDP: u8 = 17;
@@ -169,6 +172,30 @@ pub struct SockNatValue {
     pub _pad: u16,
 }
 
+/// The data of a [`NETWORKS`] key: an address, matched on the subnet's prefix length.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct NetworkKey {
+    pub addr_be: u32,
+}
+
+/// [`NetworkInfo::flags`]: containers on the network may talk to each other.
+pub const NETWORK_ICC: u32 = 1;
+/// [`NetworkInfo::flags`]: the network has no way out (`--internal`).
+pub const NETWORK_INTERNAL: u32 = 2;
+/// [`NetworkInfo::flags`]: outgoing traffic is masqueraded.
+pub const NETWORK_MASQUERADE: u32 = 4;
+
+/// Value of [`NETWORKS`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NetworkInfo {
+    /// A small number naming the network (the agent's choice).
+    pub index: u32,
+    /// `NETWORK_*` bits.
+    pub flags: u32,
+}
+
 /// The value of [`NODE_CONFIG`].
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -198,6 +225,8 @@ const _: () = assert!(size_of::<FilterRule>() == 8);
 const _: () = assert!(size_of::<SockNatKey>() == 16);
 const _: () = assert!(size_of::<SockNatValue>() == 8);
 const _: () = assert!(size_of::<NodeConfig>() == 8);
+const _: () = assert!(size_of::<NetworkKey>() == 4);
+const _: () = assert!(size_of::<NetworkInfo>() == 8);
 const _: () = assert!(size_of::<Counter>() == 16);
 
 #[cfg(feature = "user")]
@@ -218,5 +247,7 @@ mod pod {
     unsafe impl aya::Pod for SockNatKey {}
     unsafe impl aya::Pod for SockNatValue {}
     unsafe impl aya::Pod for NodeConfig {}
+    unsafe impl aya::Pod for NetworkKey {}
+    unsafe impl aya::Pod for NetworkInfo {}
     unsafe impl aya::Pod for Counter {}
 }

@@ -38,6 +38,9 @@ stats! {
     ContainerPassNotTcpUdp = "container_ingress.pass.not_tcp_udp",
     ContainerPassFragment = "container_ingress.pass.fragment",
     ContainerPassNoFlow = "container_ingress.pass.no_flow",
+    ContainerPassToNode = "container_ingress.pass.to_node",
+    ContainerPassSameNetwork = "container_ingress.pass.same_network",
+    ContainerPassOutside = "container_ingress.pass.outside",
     ContainerRedirectReply = "container_ingress.redirect.reply",
     ContainerRedirectReplyNeigh = "container_ingress.redirect.reply_resolve_neighbour",
     ContainerRedirectReplyLocal = "container_ingress.redirect.reply_to_container",
@@ -47,6 +50,9 @@ stats! {
     ContainerDropTtlExpired = "container_ingress.drop.ttl_expired",
     ContainerDropRewriteFailed = "container_ingress.drop.rewrite_failed",
     ContainerDropFlowTableFull = "container_ingress.drop.flow_table_full",
+    ContainerDropPolicyIcc = "container_ingress.drop.policy_icc",
+    ContainerDropIsolation = "container_ingress.drop.isolation",
+    ContainerDropInternal = "container_ingress.drop.internal_network",
     SocketTranslated = "sock_addr.translate.node_local",
 }
 

@@ -7,9 +7,9 @@ use aya_ebpf::{
 };
 use dataplane_common::{
     Counter, ENDPOINTS_MAX, EndpointInfo, EndpointKey, FILTER_RULES_MAX, FilterKey, FilterRule,
-    FlowKey, NAT_FLOWS_MAX, NODE_ADDRS_MAX, NatFlow, NodeAddr, NodeAddrKey, NodeConfig,
-    PUBLISHED_PORTS_MAX, PortKey, PortTarget, SOCK_NAT_MAX, SockNatKey, SockNatValue,
-    stats::STATS_LEN,
+    FlowKey, NAT_FLOWS_MAX, NETWORKS_MAX, NODE_ADDRS_MAX, NatFlow, NetworkInfo, NetworkKey,
+    NodeAddr, NodeAddrKey, NodeConfig, PUBLISHED_PORTS_MAX, PortKey, PortTarget, SOCK_NAT_MAX,
+    SockNatKey, SockNatValue, stats::STATS_LEN,
 };
 
 #[map]
@@ -40,3 +40,6 @@ pub static SOCK_NAT: LruHashMap<SockNatKey, SockNatValue> = LruHashMap::pinned(S
 
 #[map]
 pub static NODE_CONFIG: Array<NodeConfig> = Array::pinned(1, 0);
+
+#[map]
+pub static NETWORKS: LpmTrie<NetworkKey, NetworkInfo> = LpmTrie::pinned(NETWORKS_MAX, 0);

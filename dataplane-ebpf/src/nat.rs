@@ -20,7 +20,7 @@ use crate::{
     fib,
     frame::{TcFrame, XdpFrame},
     maps::{ENDPOINTS, NAT_FLOWS, NODE_ADDRS, PUBLISHED_PORTS},
-    policy,
+    policy::{self, Destination},
 };
 
 /// Headers the TC program wants in the linear part of the skb: Ethernet, IPv4 with the
@@ -175,8 +175,9 @@ pub fn container_ingress(ctx: &TcContext) -> (i32, Stat) {
     let (ip, l4) = match parsed {
         Err(_) => return (TC_ACT_SHOT, Stat::ContainerDropMalformed),
         Ok(Parsed::NotIpv4) => return (TC_ACT_OK, Stat::ContainerPassNotIpv4),
-        Ok(Parsed::Fragment(_)) => return (TC_ACT_OK, Stat::ContainerPassFragment),
-        Ok(Parsed::OtherProtocol(_)) => return (TC_ACT_OK, Stat::ContainerPassNotTcpUdp),
+        // Fragments and other protocols (ICMP, ...) are judged by addresses alone.
+        Ok(Parsed::Fragment(ip)) => return policy_verdict(&ip, Stat::ContainerPassFragment),
+        Ok(Parsed::OtherProtocol(ip)) => return policy_verdict(&ip, Stat::ContainerPassNotTcpUdp),
         Ok(Parsed::Transport(ip, l4)) => (ip, l4),
     };
     // A reply of a translated flow first: a container answering a node-local client (whose
@@ -197,7 +198,25 @@ pub fn container_ingress(ctx: &TcContext) -> (i32, Stat) {
     {
         return hairpin(ctx, &ip, &l4, &target);
     }
-    (TC_ACT_OK, Stat::ContainerPassNoFlow)
+    policy_verdict(&ip, Stat::ContainerPassNoFlow)
+}
+
+/// What the networks' policy says of a packet that is not part of a translated flow:
+/// isolation between networks, `icc`, `--internal`. `unknown` counts a sender that is on no
+/// network the agent knows.
+#[inline(always)]
+fn policy_verdict(ip: &Ipv4, unknown: Stat) -> (i32, Stat) {
+    match policy::classify(ip.src_be, ip.dst_be) {
+        None => (TC_ACT_OK, unknown),
+        Some(Destination::Node) => (TC_ACT_OK, Stat::ContainerPassToNode),
+        Some(Destination::SameNetwork { icc: true }) => (TC_ACT_OK, Stat::ContainerPassSameNetwork),
+        Some(Destination::SameNetwork { icc: false }) => {
+            (TC_ACT_SHOT, Stat::ContainerDropPolicyIcc)
+        }
+        Some(Destination::OtherNetwork) => (TC_ACT_SHOT, Stat::ContainerDropIsolation),
+        Some(Destination::Outside { internal: true }) => (TC_ACT_SHOT, Stat::ContainerDropInternal),
+        Some(Destination::Outside { internal: false }) => (TC_ACT_OK, Stat::ContainerPassOutside),
+    }
 }
 
 /// A container reaching a published port through the node's address: translate to the

@@ -41,3 +41,45 @@ pub fn source_allowed(src_be: u32, host_port_be: u16, proto: u8, bytes: usize) -
         None => true,
     }
 }
+
+/// Where a container's packet is going, as far as the bridge networks are concerned.
+pub enum Destination {
+    /// An address of the node itself (its gateways included): allowed, like Docker's INPUT.
+    Node,
+    /// Another address of the sender's own network.
+    SameNetwork { icc: bool },
+    /// An address on another bridge network: isolated, like DOCKER-ISOLATION.
+    OtherNetwork,
+    /// Anything else; `internal` when the sender's network has no way out.
+    Outside { internal: bool },
+}
+
+/// Classifies a packet from a container at `src_be` to `dst_be`. `None`: the sender is
+/// not on any network the agent knows (not ours to judge).
+#[inline(always)]
+pub fn classify(src_be: u32, dst_be: u32) -> Option<Destination> {
+    use aya_ebpf::maps::lpm_trie::Key as LpmKey;
+    use dataplane_common::{NETWORK_ICC, NETWORK_INTERNAL, NetworkKey, NodeAddrKey};
+
+    use crate::maps::{NETWORKS, NODE_ADDRS};
+
+    let source = NETWORKS.get(&LpmKey::new(32, NetworkKey { addr_be: src_be }))?;
+    // SAFETY: only checking presence.
+    if unsafe { NODE_ADDRS.get(&NodeAddrKey { addr_be: dst_be }) }.is_some() {
+        return Some(Destination::Node);
+    }
+    // Broadcast and multicast stay on the link; the bridge decides.
+    let first_octet = u32::from_be(dst_be) >> 24;
+    if dst_be == u32::MAX || (224..240).contains(&first_octet) {
+        return Some(Destination::Node);
+    }
+    match NETWORKS.get(&LpmKey::new(32, NetworkKey { addr_be: dst_be })) {
+        Some(dest) if dest.index == source.index => Some(Destination::SameNetwork {
+            icc: source.flags & NETWORK_ICC != 0,
+        }),
+        Some(_) => Some(Destination::OtherNetwork),
+        None => Some(Destination::Outside {
+            internal: source.flags & NETWORK_INTERNAL != 0,
+        }),
+    }
+}

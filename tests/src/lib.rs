@@ -691,3 +691,104 @@ pub fn nettool(
         })
         .collect())
 }
+
+/// TCP and UDP echo servers on `port` in a namespace, answering `pong <message>` until
+/// dropped (at most two minutes).
+pub struct Echo {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    threads: Vec<thread::JoinHandle<()>>,
+}
+
+impl Echo {
+    pub fn start(netns: &Path, port: u16) -> Result<Self> {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (tcp, udp) = in_netns(netns, || -> std::io::Result<_> {
+            let addr = SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port);
+            Ok((TcpListener::bind(addr)?, std::net::UdpSocket::bind(addr)?))
+        })?;
+        tcp.set_nonblocking(true)?;
+        udp.set_read_timeout(Some(Duration::from_millis(50)))?;
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let flag = stop.clone();
+        let tcp_thread = thread::spawn(move || {
+            while !flag.load(Ordering::Relaxed) && Instant::now() < deadline {
+                match tcp.accept() {
+                    Ok((mut stream, _)) => {
+                        let _ = stream.set_nonblocking(false);
+                        let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+                        let mut buf = [0u8; 256];
+                        if let Ok(n) = stream.read(&mut buf) {
+                            let _ = stream.write_all(b"pong ");
+                            let _ = stream.write_all(&buf[..n]);
+                        }
+                    }
+                    Err(_) => thread::sleep(Duration::from_millis(10)),
+                }
+            }
+        });
+        let flag = stop.clone();
+        let udp_thread = thread::spawn(move || {
+            let mut buf = [0u8; 256];
+            while !flag.load(Ordering::Relaxed) && Instant::now() < deadline {
+                if let Ok((n, peer)) = udp.recv_from(&mut buf) {
+                    let mut answer = b"pong ".to_vec();
+                    answer.extend_from_slice(&buf[..n]);
+                    let _ = udp.send_to(&answer, peer);
+                }
+            }
+        });
+        Ok(Echo {
+            stop,
+            threads: vec![tcp_thread, udp_thread],
+        })
+    }
+}
+
+impl Drop for Echo {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Whether a TCP exchange from `netns` to `to` succeeds within `wait`.
+pub fn tcp_reaches(netns: &Path, to: SocketAddrV4, wait: Duration) -> bool {
+    in_netns(netns, || {
+        let Ok(mut stream) = TcpStream::connect_timeout(&to.into(), wait) else {
+            return false;
+        };
+        let _ = stream.set_read_timeout(Some(wait));
+        if stream.write_all(b"hi").is_err() {
+            return false;
+        }
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).is_ok() && answer == "pong hi"
+    })
+}
+
+/// Whether a UDP exchange from `netns` to `to` gets its answer within `wait`.
+pub fn udp_reaches(netns: &Path, to: SocketAddrV4, wait: Duration) -> bool {
+    in_netns(netns, || {
+        let Ok(socket) = std::net::UdpSocket::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0))
+        else {
+            return false;
+        };
+        let _ = socket.set_read_timeout(Some(wait));
+        if socket.send_to(b"hi", to).is_err() {
+            return false;
+        }
+        let mut buf = [0u8; 64];
+        matches!(socket.recv_from(&mut buf), Ok((n, _)) if &buf[..n] == b"pong hi")
+    })
+}
+
+/// Whether one ICMP echo from `netns` to `to` is answered within a second (busybox ping).
+pub fn ping_reaches(netns: &Path, to: Ipv4Addr) -> bool {
+    Command::new("nsenter")
+        .arg(format!("--net={}", netns.display()))
+        .args(["busybox", "ping", "-c", "1", "-W", "1", &to.to_string()])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}

@@ -21,8 +21,8 @@ use bpfbridge_tests::{
 use dataplane_common::{
     Counter, ENDPOINTS, EndpointInfo, EndpointKey, FILTER_ALLOW, FILTER_DENY, FILTER_RULES,
     FILTER_SCOPE_BITS, FilterKey, FilterRule, FlowKey, IPPROTO_TCP, IPPROTO_UDP, NAT_FLOWS,
-    NODE_ADDRS, NatFlow, NodeAddr, NodeAddrKey, PUBLISHED_PORTS, PortKey, PortTarget, STATS,
-    stats::Stat,
+    NETWORK_ICC, NETWORK_INTERNAL, NETWORKS, NODE_ADDRS, NatFlow, NetworkInfo, NetworkKey,
+    NodeAddr, NodeAddrKey, PUBLISHED_PORTS, PortKey, PortTarget, STATS, stats::Stat,
 };
 
 const XDP_DROP: u32 = 1;
@@ -140,6 +140,30 @@ impl Fixture {
             )?;
         }
         Ok(f)
+    }
+
+    /// Installs bridge networks (subnet, prefix, flags) for the policy.
+    fn networks(&mut self, networks: &[(&str, u32, u32)]) -> Result<()> {
+        let mut trie: LpmTrie<&mut MapData, NetworkKey, NetworkInfo> =
+            LpmTrie::try_from(self.ebpf.map_mut(NETWORKS).unwrap())?;
+        for (index, (addr, len, flags)) in networks.iter().enumerate() {
+            let addr: Ipv4Addr = addr.parse()?;
+            let key = Key::new(
+                *len,
+                NetworkKey {
+                    addr_be: u32::from(addr).to_be(),
+                },
+            );
+            trie.insert(
+                &key,
+                NetworkInfo {
+                    index: index as u32 + 1,
+                    flags: *flags,
+                },
+                0,
+            )?;
+        }
+        Ok(())
     }
 
     fn counters(&self) -> Result<Vec<u64>> {
@@ -521,6 +545,77 @@ fn container_ingress_table() -> Result<()> {
         let (verdict, out, stat) = fx.run(CONTAINER_PROGRAM, &reply)?;
         assert_eq!((verdict, stat), (TC_ACT_OK, Stat::ContainerPassNoFlow));
         assert_eq!(out, reply);
+
+        // The networks' policy: isolation, icc=false, --internal; each drop named.
+        fx.networks(&[
+            ("172.17.0.0", 16, NETWORK_ICC),
+            ("10.62.0.0", 24, 0),
+            ("10.63.0.0", 24, NETWORK_INTERNAL | NETWORK_ICC),
+        ])?;
+        let udp = |src: [u8; 4], dst: [u8; 4]| {
+            Packet {
+                protocol: IPPROTO_UDP,
+                ..Packet::tcp_syn(src.into(), 40000, dst.into(), 53)
+            }
+            .build()
+        };
+        let mut icmp = udp([10, 62, 0, 2], [10, 62, 0, 3]);
+        icmp[ETH_HLEN + 9] = 1;
+        let policy_cases: Vec<(&str, Vec<u8>, u32, Stat)> = vec![
+            (
+                "to the world",
+                reply.clone(),
+                TC_ACT_OK,
+                Stat::ContainerPassOutside,
+            ),
+            (
+                "same network, icc",
+                udp([172, 17, 0, 2], [172, 17, 0, 3]),
+                TC_ACT_OK,
+                Stat::ContainerPassSameNetwork,
+            ),
+            (
+                "same network, icc=false",
+                udp([10, 62, 0, 2], [10, 62, 0, 3]),
+                TC_ACT_SHOT,
+                Stat::ContainerDropPolicyIcc,
+            ),
+            (
+                "icmp, icc=false",
+                icmp,
+                TC_ACT_SHOT,
+                Stat::ContainerDropPolicyIcc,
+            ),
+            (
+                "another network",
+                udp([172, 17, 0, 2], [10, 62, 0, 3]),
+                TC_ACT_SHOT,
+                Stat::ContainerDropIsolation,
+            ),
+            (
+                "from an internal network out",
+                udp([10, 63, 0, 2], [203, 0, 113, 1]),
+                TC_ACT_SHOT,
+                Stat::ContainerDropInternal,
+            ),
+            (
+                "inside an internal network",
+                udp([10, 63, 0, 2], [10, 63, 0, 3]),
+                TC_ACT_OK,
+                Stat::ContainerPassSameNetwork,
+            ),
+            (
+                "to the node",
+                udp([10, 62, 0, 2], [198, 51, 100, 1]),
+                TC_ACT_OK,
+                Stat::ContainerPassToNode,
+            ),
+        ];
+        for (name, frame, verdict, stat) in policy_cases {
+            let (got, out, moved) = fx.run(CONTAINER_PROGRAM, &frame)?;
+            assert_eq!((got, moved), (verdict, stat), "{name}");
+            assert_eq!(out, frame, "{name}: untouched");
+        }
 
         // The inbound SYN records the flow; the reply is translated back and forwarded.
         let (verdict, _, _) = fx.run(UPLINK_PROGRAM, &syn_to(NODE_IP, 8080).build())?;

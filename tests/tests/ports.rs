@@ -614,12 +614,37 @@ fn node_local_access_without_a_proxy() -> Result<()> {
 fn network_host_binding_option_sets_the_default_address() -> Result<()> {
     let topology = Topology::new()?;
     let agent = Agent::start(&topology)?;
-    let out = agent.cli(&["network", "create", "local", "-o", "com.docker.network.bridge.host_binding_ipv4=127.0.0.1"])?;
-    ensure!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let (c, _) = agent.create_container(&["web", "--network", "local", "-p", "8080:80", "-p", "198.51.100.1:8081:81"])?;
-    assert_eq!(c["NetworkSettings"]["Ports"]["80/tcp"][0]["HostIp"], "127.0.0.1", "the network's default");
-    assert_eq!(c["NetworkSettings"]["Ports"]["81/tcp"][0]["HostIp"], "198.51.100.1", "an explicit address wins");
-    let err = request(&topology.world.path(), node(8080), "x").expect_err("loopback-only by default");
+    let out = agent.cli(&[
+        "network",
+        "create",
+        "local",
+        "-o",
+        "com.docker.network.bridge.host_binding_ipv4=127.0.0.1",
+    ])?;
+    ensure!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (c, _) = agent.create_container(&[
+        "web",
+        "--network",
+        "local",
+        "-p",
+        "8080:80",
+        "-p",
+        "198.51.100.1:8081:81",
+    ])?;
+    assert_eq!(
+        c["NetworkSettings"]["Ports"]["80/tcp"][0]["HostIp"], "127.0.0.1",
+        "the network's default"
+    );
+    assert_eq!(
+        c["NetworkSettings"]["Ports"]["81/tcp"][0]["HostIp"], "198.51.100.1",
+        "an explicit address wins"
+    );
+    let err =
+        request(&topology.world.path(), node(8080), "x").expect_err("loopback-only by default");
     assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused);
     Ok(())
 }

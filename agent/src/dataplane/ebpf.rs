@@ -25,11 +25,12 @@ use aya::{
 use dataplane_common::{
     Counter, ENDPOINTS, EndpointInfo, EndpointKey, FILTER_ALLOW, FILTER_DENY, FILTER_HITS,
     FILTER_RULES, FILTER_SCOPE_BITS, FilterKey, FilterRule, FlowKey, IPPROTO_TCP, NAT_FLOWS,
-    NODE_ADDRS, NODE_CONFIG, NatFlow, NodeAddr, NodeAddrKey, NodeConfig, PUBLISHED_PORTS, PortKey,
+    NETWORK_ICC, NETWORK_INTERNAL, NETWORK_MASQUERADE, NETWORKS, NODE_ADDRS, NODE_CONFIG, NatFlow,
+    NetworkInfo, NetworkKey, NodeAddr, NodeAddrKey, NodeConfig, PUBLISHED_PORTS, PortKey,
     PortTarget, STATS, stats::Stat,
 };
 
-use super::{Dataplane, Endpoint, FilterHits, FlowTimeouts};
+use super::{Dataplane, Endpoint, FilterHits, FlowTimeouts, NetworkPolicy};
 use crate::{
     Error, Result,
     model::{FilterAction, FilterRecord, FlowInfo, PortBinding, PublishedPort, StatCounter},
@@ -533,6 +534,50 @@ impl Dataplane for EbpfDataplane {
                 })
             })
             .collect()
+    }
+
+    fn set_networks(&mut self, networks: &[NetworkPolicy]) -> Result<()> {
+        let wanted: Vec<(Key<NetworkKey>, NetworkInfo)> = networks
+            .iter()
+            .map(|n| {
+                let flags = if n.icc { NETWORK_ICC } else { 0 }
+                    | if n.internal { NETWORK_INTERNAL } else { 0 }
+                    | if n.masquerade { NETWORK_MASQUERADE } else { 0 };
+                let key = Key::new(
+                    u32::from(n.subnet.prefix_len()),
+                    NetworkKey {
+                        addr_be: u32::from(n.subnet.network()).to_be(),
+                    },
+                );
+                (
+                    key,
+                    NetworkInfo {
+                        index: n.index,
+                        flags,
+                    },
+                )
+            })
+            .collect();
+        let mut trie: LpmTrie<&mut MapData, NetworkKey, NetworkInfo> =
+            LpmTrie::try_from(self.map_mut(NETWORKS)?).map_err(Error::dataplane(NETWORKS))?;
+        let present: Vec<Key<NetworkKey>> = trie.keys().filter_map(|k| k.ok()).collect();
+        for (key, info) in &wanted {
+            trie.insert(key, *info, 0)
+                .map_err(Error::dataplane("adding a network"))?;
+        }
+        for key in present {
+            let keep = wanted
+                .iter()
+                .any(|(k, _)| k.prefix_len() == key.prefix_len() && k.data() == key.data());
+            if !keep {
+                match trie.remove(&key) {
+                    Ok(()) => {}
+                    Err(e) if is_missing_key(&e) => {}
+                    Err(e) => return Err(Error::dataplane("removing a network")(e)),
+                }
+            }
+        }
+        Ok(())
     }
 
     fn set_filters(&mut self, rules: &[FilterRecord]) -> Result<()> {

@@ -31,6 +31,19 @@ pub struct FilterHits {
     pub bytes: u64,
 }
 
+/// A bridge network as the dataplane's policy sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NetworkPolicy {
+    /// A number naming the network, unique among the networks.
+    pub index: u32,
+    pub subnet: ipnet::Ipv4Net,
+    /// Containers on the network may talk to each other.
+    pub icc: bool,
+    /// No way out.
+    pub internal: bool,
+    pub masquerade: bool,
+}
+
 /// Idle times after which translated flows are forgotten.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FlowTimeouts {
@@ -65,6 +78,13 @@ pub trait Dataplane: Send + Sync {
     /// The installed mappings, read back from the dataplane.
     fn published(&self) -> Result<Vec<PublishedPort>>;
     fn stats(&self) -> Result<Vec<StatCounter>>;
+    /// Installs exactly `networks` for the isolation, icc and internal-network policy.
+    fn set_networks(&mut self, networks: &[NetworkPolicy]) -> Result<()> {
+        match networks.is_empty() {
+            true => Ok(()),
+            false => Err(unsupported("network policy", self.name())),
+        }
+    }
     /// Installs exactly `rules` as the source filters of published ports.
     fn set_filters(&mut self, rules: &[FilterRecord]) -> Result<()> {
         match rules.is_empty() {

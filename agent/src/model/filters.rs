@@ -6,7 +6,7 @@ use std::net::Ipv4Addr;
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
-use super::ports::{Proto, parse_port_proto};
+use super::ports::{Proto, parse_port_proto_of};
 use crate::{Error, Result};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -72,7 +72,7 @@ impl CreateFilter {
         }
         let scope = match &self.port {
             Some(p) => {
-                let (host_port, proto) = parse_port_proto(p)?;
+                let (host_port, proto) = parse_port_proto_of("host", p)?;
                 Some(FilterScope { host_port, proto })
             }
             None => None,

@@ -84,8 +84,13 @@ pub struct PortRequest {
 
 /// Parses `PORT[/PROTO]`, as in `--expose` and `ExposedPorts` keys.
 pub fn parse_port_proto(s: &str) -> Result<(u16, Proto)> {
+    parse_port_proto_of("container", s)
+}
+
+/// Parses `PORT[/PROTO]` naming a `what` (container or host) port in errors.
+pub fn parse_port_proto_of(what: &str, s: &str) -> Result<(u16, Proto)> {
     let (port, proto) = s.split_once('/').unwrap_or((s, "tcp"));
-    Ok((parse_port(port, "container")?, Proto::parse(proto)?))
+    Ok((parse_port(port, what)?, Proto::parse(proto)?))
 }
 
 fn parse_port(s: &str, what: &str) -> Result<u16> {

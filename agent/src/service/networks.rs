@@ -13,7 +13,9 @@ use super::{
     endpoints::{next_ifname, teardown_steps},
 };
 use crate::{
-    Error, Result, ipam,
+    Error, Result,
+    dataplane::NetworkPolicy,
+    ipam,
     model::{
         ConnectRequest, ContainerRecord, CreateNetwork, DisconnectRequest, EndpointRecord, Ipam,
         IpamConfig, KNOWN_OPTIONS, NetworkContainer, NetworkCreated, NetworkInspect, NetworkMode,
@@ -60,6 +62,24 @@ fn check_bridge_name(name: &str) -> Result<()> {
 }
 
 impl Service {
+    /// Tells the dataplane the networks' policy (isolation, icc, internal, masquerade).
+    pub(super) fn sync_networks(&mut self) -> Result<()> {
+        let policies: Vec<NetworkPolicy> = self
+            .state
+            .networks
+            .values()
+            .filter(|n| !n.pending)
+            .map(|n| NetworkPolicy {
+                index: network_index(&n.id),
+                subnet: n.subnet,
+                icc: n.enable_icc,
+                internal: n.internal,
+                masquerade: n.enable_ip_masquerade && !n.internal,
+            })
+            .collect();
+        self.dataplane.set_networks(&policies)
+    }
+
     /// Subnets in use: by networks and by routes on the node that are not our bridges'.
     async fn taken_subnets(&self) -> Result<Vec<(Ipv4Net, String)>> {
         let mut taken: Vec<(Ipv4Net, String)> = self
@@ -283,7 +303,8 @@ impl Service {
             undo.steps.push(Step::DeleteLink(network.bridge.clone()));
             self.ensure_bridge(&network).await?;
             network.pending = false;
-            self.save_network(network.clone())
+            self.save_network(network.clone())?;
+            self.sync_networks()
         }
         .await;
         match result {
@@ -355,7 +376,8 @@ impl Service {
             Step::DeleteLink(network.bridge.clone()),
             Step::DeleteNetworkRecord(network.name),
         ])
-        .await
+        .await?;
+        self.sync_networks()
     }
 
     pub async fn prune_networks(&mut self) -> Result<NetworksPruned> {
@@ -689,6 +711,11 @@ impl Service {
         self.refresh_dns()?;
         self.dns_for(&container)
     }
+}
+
+/// A number naming a network for the dataplane, from its (random) id.
+fn network_index(id: &str) -> u32 {
+    u32::from_str_radix(&id[..8.min(id.len())], 16).unwrap_or(0)
 }
 
 /// `--ip` from an endpoint config.

@@ -50,6 +50,7 @@ impl Service {
         }
         self.dataplane.sync_published(&wanted)?;
         self.restore_filters()?;
+        self.sync_networks()?;
         self.refresh_dns()?;
         for container in self.state.containers.values() {
             if netns::is_netns(&container.netns).is_ok()
