@@ -118,6 +118,9 @@ pub struct Settings {
     pub dns: Option<Vec<SocketAddr>>,
     /// Host ports handed out for `-p CTRPORT` and `-P`: `START-END`.
     pub port_range: String,
+    /// Source ports masquerade hands out: `START-END`, apart from the node's ephemeral
+    /// ports (net.ipv4.ip_local_port_range, 32768-60999 by default).
+    pub masquerade_port_range: String,
     /// Seconds a translated UDP flow may be idle before it is forgotten.
     pub udp_idle_timeout: u64,
     /// Seconds a translated TCP flow may be idle before it is forgotten.
@@ -144,6 +147,7 @@ impl Default for Settings {
             ip: Ipv4Addr::UNSPECIFIED,
             dns: None,
             port_range: "32768-60999".into(),
+            masquerade_port_range: "61000-65535".into(),
             udp_idle_timeout: 30,
             tcp_idle_timeout: 7200,
             cgroup: None,
@@ -170,6 +174,7 @@ pub struct Overrides {
     pub ip: Option<Ipv4Addr>,
     pub dns: Option<Vec<SocketAddr>>,
     pub port_range: Option<String>,
+    pub masquerade_port_range: Option<String>,
     pub udp_idle_timeout: Option<u64>,
     pub tcp_idle_timeout: Option<u64>,
     pub cgroup: Option<PathBuf>,
@@ -208,6 +213,9 @@ impl Overrides {
             ip: self.ip.unwrap_or(base.ip),
             dns: self.dns.or(base.dns),
             port_range: self.port_range.unwrap_or(base.port_range),
+            masquerade_port_range: self
+                .masquerade_port_range
+                .unwrap_or(base.masquerade_port_range),
             udp_idle_timeout: self.udp_idle_timeout.unwrap_or(base.udp_idle_timeout),
             tcp_idle_timeout: self.tcp_idle_timeout.unwrap_or(base.tcp_idle_timeout),
             cgroup: self.cgroup.or(base.cgroup),
@@ -220,25 +228,17 @@ impl Overrides {
 impl Settings {
     /// The dynamic host port range, inclusive.
     pub fn port_range(&self) -> Result<(u16, u16)> {
-        let bad = || {
-            Error::InvalidArgument(format!(
-                "port range {:?}: expected START-END within 1-65535",
-                self.port_range
-            ))
-        };
-        let (start, end) = self.port_range.split_once('-').ok_or_else(bad)?;
-        let (start, end): (u16, u16) = (
-            start.parse().map_err(|_| bad())?,
-            end.parse().map_err(|_| bad())?,
-        );
-        if start == 0 || end < start {
-            return Err(bad());
-        }
-        Ok((start, end))
+        parse_port_range("port-range", &self.port_range)
+    }
+
+    /// The masquerade source port range, inclusive.
+    pub fn masquerade_port_range(&self) -> Result<(u16, u16)> {
+        parse_port_range("masquerade-port-range", &self.masquerade_port_range)
     }
 
     fn validate(&self) -> Result<()> {
         self.port_range()?;
+        self.masquerade_port_range()?;
         if self.udp_idle_timeout == 0 || self.tcp_idle_timeout == 0 {
             return Err(Error::InvalidArgument(
                 "idle timeouts must be at least one second".into(),
@@ -275,6 +275,24 @@ impl Settings {
             .iter()
             .try_for_each(AddressPool::validate)
     }
+}
+
+/// `START-END`, inclusive, within 1-65535.
+fn parse_port_range(name: &str, value: &str) -> Result<(u16, u16)> {
+    let bad = || {
+        Error::InvalidArgument(format!(
+            "{name} {value:?}: expected START-END within 1-65535"
+        ))
+    };
+    let (start, end) = value.split_once('-').ok_or_else(bad)?;
+    let (start, end): (u16, u16) = (
+        start.parse().map_err(|_| bad())?,
+        end.parse().map_err(|_| bad())?,
+    );
+    if start == 0 || end < start {
+        return Err(bad());
+    }
+    Ok((start, end))
 }
 
 #[cfg(test)]

@@ -27,6 +27,10 @@ pub const SOCK_NAT: &str = "SOCK_NAT";
 pub const NODE_CONFIG: &str = "NODE_CONFIG";
 /// The bridge networks' subnets, longest prefix first: which network an address is on.
 pub const NETWORKS: &str = "NETWORKS";
+/// Connection tracking of masqueraded flows: one entry per direction. A plain hash map,
+/// not an LRU one, so that a full table refuses new flows instead of evicting live ones;
+/// the agent removes idle entries.
+pub const CONNTRACK: &str = "CONNTRACK";
 
 pub const PUBLISHED_PORTS_MAX: u32 = 65_536;
 pub const NODE_ADDRS_MAX: u32 = 256;
@@ -35,6 +39,7 @@ pub const ENDPOINTS_MAX: u32 = 65_536;
 pub const FILTER_RULES_MAX: u32 = 4096;
 pub const SOCK_NAT_MAX: u32 = 65_536;
 pub const NETWORKS_MAX: u32 = 1024;
+pub const CONNTRACK_MAX: u32 = 262_144;
 
 pub const IPPROTO_TCP: u8 = 6;
 pub const IPPROTO_UDP: u8 = 17;
@@ -202,6 +207,50 @@ pub struct NetworkInfo {
 pub struct NodeConfig {
     /// The network namespace the agent manages: socket programs act only there.
     pub netns_cookie: u64,
+    /// The source address of masqueraded traffic (the uplink's), 0 for none.
+    pub masquerade_ip_be: u32,
+    /// The source ports masquerade hands out, inclusive, in host order.
+    pub masquerade_port_min: u16,
+    pub masquerade_port_max: u16,
+}
+
+/// Key of [`CONNTRACK`]: a packet's 5-tuple as it appears on the wire in one direction.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct CtKey {
+    pub src_ip_be: u32,
+    pub dst_ip_be: u32,
+    pub sport_be: u16,
+    pub dport_be: u16,
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+
+/// [`CtEntry::direction`]: the container's packets, whose source is translated.
+pub const CT_ORIGINAL: u8 = 0;
+/// [`CtEntry::direction`]: the replies, whose destination is translated back.
+pub const CT_REPLY: u8 = 1;
+
+/// [`CtEntry::tcp_state`] values; the agent's idle timeouts depend on them.
+pub const CT_TCP_NEW: u8 = 0;
+pub const CT_TCP_ESTABLISHED: u8 = 1;
+pub const CT_TCP_CLOSING: u8 = 2;
+
+/// Value of [`CONNTRACK`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CtEntry {
+    /// The address and port that replace the source ([`CT_ORIGINAL`]) or the destination
+    /// ([`CT_REPLY`]).
+    pub nat_ip_be: u32,
+    pub nat_port_be: u16,
+    pub direction: u8,
+    pub tcp_state: u8,
+    pub last_seen_ns: u64,
+    /// For replies: the container's veth and MACs, to hand the frame straight over.
+    pub host_veth_ifindex: u32,
+    pub container_mac: [u8; 6],
+    pub host_veth_mac: [u8; 6],
 }
 
 /// Value of [`STATS`].
@@ -224,7 +273,9 @@ const _: () = assert!(size_of::<FilterKey>() == 8);
 const _: () = assert!(size_of::<FilterRule>() == 8);
 const _: () = assert!(size_of::<SockNatKey>() == 16);
 const _: () = assert!(size_of::<SockNatValue>() == 8);
-const _: () = assert!(size_of::<NodeConfig>() == 8);
+const _: () = assert!(size_of::<NodeConfig>() == 16);
+const _: () = assert!(size_of::<CtKey>() == 16);
+const _: () = assert!(size_of::<CtEntry>() == 32);
 const _: () = assert!(size_of::<NetworkKey>() == 4);
 const _: () = assert!(size_of::<NetworkInfo>() == 8);
 const _: () = assert!(size_of::<Counter>() == 16);
@@ -247,6 +298,8 @@ mod pod {
     unsafe impl aya::Pod for SockNatKey {}
     unsafe impl aya::Pod for SockNatValue {}
     unsafe impl aya::Pod for NodeConfig {}
+    unsafe impl aya::Pod for CtKey {}
+    unsafe impl aya::Pod for CtEntry {}
     unsafe impl aya::Pod for NetworkKey {}
     unsafe impl aya::Pod for NetworkInfo {}
     unsafe impl aya::Pod for Counter {}

@@ -30,6 +30,7 @@ stats! {
     UplinkPassNotPublished = "uplink_ingress.pass.not_published",
     UplinkPassLoopbackDestination = "uplink_ingress.pass.loopback_destination",
     UplinkRedirectDnat = "uplink_ingress.redirect.dnat",
+    UplinkRedirectMasqueradeReply = "uplink_ingress.redirect.masquerade_reply",
     UplinkDropMalformed = "uplink_ingress.drop.malformed",
     UplinkDropTtlExpired = "uplink_ingress.drop.ttl_expired",
     UplinkDropFlowTableFull = "uplink_ingress.drop.flow_table_full",
@@ -45,6 +46,8 @@ stats! {
     ContainerRedirectReplyNeigh = "container_ingress.redirect.reply_resolve_neighbour",
     ContainerRedirectReplyLocal = "container_ingress.redirect.reply_to_container",
     ContainerRedirectHairpin = "container_ingress.redirect.hairpin",
+    ContainerRedirectMasquerade = "container_ingress.redirect.masquerade",
+    ContainerRedirectMasqueradeNeigh = "container_ingress.redirect.masquerade_resolve_neighbour",
     ContainerDropMalformed = "container_ingress.drop.malformed",
     ContainerDropNoRoute = "container_ingress.drop.no_route",
     ContainerDropTtlExpired = "container_ingress.drop.ttl_expired",
@@ -53,6 +56,8 @@ stats! {
     ContainerDropPolicyIcc = "container_ingress.drop.policy_icc",
     ContainerDropIsolation = "container_ingress.drop.isolation",
     ContainerDropInternal = "container_ingress.drop.internal_network",
+    ContainerDropNatExhausted = "container_ingress.drop.nat_exhausted",
+    ContainerDropConntrackFull = "container_ingress.drop.conntrack_full",
     SocketTranslated = "sock_addr.translate.node_local",
 }
 

@@ -17,7 +17,15 @@ const AF_INET: u8 = 2;
 
 /// Sends the (already translated, TTL already decremented) packet from `src_be` to `dst_be`.
 #[inline(always)]
-pub fn forward(ctx: &TcContext, ip: &Ipv4, l4: &L4, src_be: u32, dst_be: u32) -> (i32, Stat) {
+/// `redirected` and `resolving` name the two successful outcomes for the counters.
+pub fn forward(
+    ctx: &TcContext,
+    ip: &Ipv4,
+    l4: &L4,
+    src_be: u32,
+    dst_be: u32,
+    (redirected, resolving): (Stat, Stat),
+) -> (i32, Stat) {
     // SAFETY: an all-zero bpf_fib_lookup is a valid request to fill in.
     let mut params: bpf_fib_lookup = unsafe { core::mem::zeroed() };
     params.family = AF_INET;
@@ -45,12 +53,12 @@ pub fn forward(ctx: &TcContext, ip: &Ipv4, l4: &L4, src_be: u32, dst_be: u32) ->
         }
         // SAFETY: plain helper call.
         let verdict = unsafe { bpf_redirect(params.ifindex, 0) } as i32;
-        return (verdict, Stat::ContainerRedirectReply);
+        return (verdict, redirected);
     }
     if ret == i64::from(BPF_FIB_LKUP_RET_NO_NEIGH) {
         // SAFETY: plain helper call; a null nexthop makes the kernel route the packet itself.
         let verdict = unsafe { bpf_redirect_neigh(params.ifindex, ptr::null_mut(), 0, 0) } as i32;
-        return (verdict, Stat::ContainerRedirectReplyNeigh);
+        return (verdict, resolving);
     }
     (TC_ACT_SHOT, Stat::ContainerDropNoRoute)
 }

@@ -6,10 +6,10 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
 };
 use dataplane_common::{
-    Counter, ENDPOINTS_MAX, EndpointInfo, EndpointKey, FILTER_RULES_MAX, FilterKey, FilterRule,
-    FlowKey, NAT_FLOWS_MAX, NETWORKS_MAX, NODE_ADDRS_MAX, NatFlow, NetworkInfo, NetworkKey,
-    NodeAddr, NodeAddrKey, NodeConfig, PUBLISHED_PORTS_MAX, PortKey, PortTarget, SOCK_NAT_MAX,
-    SockNatKey, SockNatValue, stats::STATS_LEN,
+    CONNTRACK_MAX, Counter, CtEntry, CtKey, ENDPOINTS_MAX, EndpointInfo, EndpointKey,
+    FILTER_RULES_MAX, FilterKey, FilterRule, FlowKey, NAT_FLOWS_MAX, NETWORKS_MAX, NODE_ADDRS_MAX,
+    NatFlow, NetworkInfo, NetworkKey, NodeAddr, NodeAddrKey, NodeConfig, PUBLISHED_PORTS_MAX,
+    PortKey, PortTarget, SOCK_NAT_MAX, SockNatKey, SockNatValue, stats::STATS_LEN,
 };
 
 #[map]
@@ -43,3 +43,6 @@ pub static NODE_CONFIG: Array<NodeConfig> = Array::pinned(1, 0);
 
 #[map]
 pub static NETWORKS: LpmTrie<NetworkKey, NetworkInfo> = LpmTrie::pinned(NETWORKS_MAX, 0);
+
+#[map]
+pub static CONNTRACK: HashMap<CtKey, CtEntry> = HashMap::pinned(CONNTRACK_MAX, 0);

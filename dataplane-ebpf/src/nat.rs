@@ -17,7 +17,7 @@ use dataplane_common::{
 };
 
 use crate::{
-    fib,
+    conntrack, fib,
     frame::{TcFrame, XdpFrame},
     maps::{ENDPOINTS, NAT_FLOWS, NODE_ADDRS, PUBLISHED_PORTS},
     policy::{self, Destination},
@@ -88,6 +88,9 @@ pub fn uplink_ingress(ctx: &XdpContext, len: usize) -> (u32, Stat) {
         }
         Ok(Parsed::Transport(ip, l4)) => (ip, l4),
     };
+    if let Some(verdict) = conntrack::masquerade_reply(&frame, &ip, &l4) {
+        return verdict;
+    }
     // A frame from the wire addressed to loopback is never translated, whatever is
     // published on 127.0.0.1; the stack drops it as a martian.
     if is_loopback(ip.dst_be) {
@@ -176,8 +179,12 @@ pub fn container_ingress(ctx: &TcContext) -> (i32, Stat) {
         Err(_) => return (TC_ACT_SHOT, Stat::ContainerDropMalformed),
         Ok(Parsed::NotIpv4) => return (TC_ACT_OK, Stat::ContainerPassNotIpv4),
         // Fragments and other protocols (ICMP, ...) are judged by addresses alone.
-        Ok(Parsed::Fragment(ip)) => return policy_verdict(&ip, Stat::ContainerPassFragment),
-        Ok(Parsed::OtherProtocol(ip)) => return policy_verdict(&ip, Stat::ContainerPassNotTcpUdp),
+        Ok(Parsed::Fragment(ip)) => {
+            return policy_verdict(ctx, &ip, None, Stat::ContainerPassFragment);
+        }
+        Ok(Parsed::OtherProtocol(ip)) => {
+            return policy_verdict(ctx, &ip, None, Stat::ContainerPassNotTcpUdp);
+        }
         Ok(Parsed::Transport(ip, l4)) => (ip, l4),
     };
     // A reply of a translated flow first: a container answering a node-local client (whose
@@ -198,14 +205,14 @@ pub fn container_ingress(ctx: &TcContext) -> (i32, Stat) {
     {
         return hairpin(ctx, &ip, &l4, &target);
     }
-    policy_verdict(&ip, Stat::ContainerPassNoFlow)
+    policy_verdict(ctx, &ip, Some(&l4), Stat::ContainerPassNoFlow)
 }
 
 /// What the networks' policy says of a packet that is not part of a translated flow:
 /// isolation between networks, `icc`, `--internal`. `unknown` counts a sender that is on no
 /// network the agent knows.
 #[inline(always)]
-fn policy_verdict(ip: &Ipv4, unknown: Stat) -> (i32, Stat) {
+fn policy_verdict(ctx: &TcContext, ip: &Ipv4, l4: Option<&L4>, unknown: Stat) -> (i32, Stat) {
     match policy::classify(ip.src_be, ip.dst_be) {
         None => (TC_ACT_OK, unknown),
         Some(Destination::Node) => (TC_ACT_OK, Stat::ContainerPassToNode),
@@ -214,8 +221,21 @@ fn policy_verdict(ip: &Ipv4, unknown: Stat) -> (i32, Stat) {
             (TC_ACT_SHOT, Stat::ContainerDropPolicyIcc)
         }
         Some(Destination::OtherNetwork) => (TC_ACT_SHOT, Stat::ContainerDropIsolation),
-        Some(Destination::Outside { internal: true }) => (TC_ACT_SHOT, Stat::ContainerDropInternal),
-        Some(Destination::Outside { internal: false }) => (TC_ACT_OK, Stat::ContainerPassOutside),
+        Some(Destination::Outside { internal: true, .. }) => {
+            (TC_ACT_SHOT, Stat::ContainerDropInternal)
+        }
+        Some(Destination::Outside {
+            internal: false,
+            masquerade: false,
+        }) => (TC_ACT_OK, Stat::ContainerPassOutside),
+        Some(Destination::Outside {
+            internal: false,
+            masquerade: true,
+        }) => match l4 {
+            Some(l4) => conntrack::masquerade(ctx, ip, l4),
+            // Only TCP and UDP are masqueraded; other protocols leave as they are.
+            None => (TC_ACT_OK, Stat::ContainerPassOutside),
+        },
     }
 }
 
@@ -338,11 +358,15 @@ fn reply(ctx: &TcContext, ip: &Ipv4, l4: &L4, entry: *mut NatFlow) -> (i32, Stat
         let verdict = unsafe { bpf_redirect(local.host_veth_ifindex, 0) } as i32;
         return (verdict, Stat::ContainerRedirectReplyLocal);
     }
-    fib::forward(ctx, ip, l4, nat.frontend_ip_be, nat.client_ip_be)
+    let stats = (
+        Stat::ContainerRedirectReply,
+        Stat::ContainerRedirectReplyNeigh,
+    );
+    fib::forward(ctx, ip, l4, nat.frontend_ip_be, nat.client_ip_be, stats)
 }
 
 #[inline(always)]
-fn decrement_ttl(ctx: &TcContext, ip: &Ipv4) -> Result<(), i64> {
+pub(crate) fn decrement_ttl(ctx: &TcContext, ip: &Ipv4) -> Result<(), i64> {
     let (old_ttl, new_ttl) = ttl_words(ip);
     ctx.l3_csum_replace(
         ETH_HLEN + IPV4_CHECK_OFF,
@@ -357,7 +381,7 @@ fn decrement_ttl(ctx: &TcContext, ip: &Ipv4) -> Result<(), i64> {
 /// adjusts both checksums. Uses the checksum helpers: packets a container sends often carry
 /// only a partial L4 checksum (offload), which the helpers know how to adjust.
 #[inline(always)]
-fn rewrite_address(
+pub(crate) fn rewrite_address(
     ctx: &TcContext,
     ip: &Ipv4,
     l4: &L4,
@@ -374,7 +398,7 @@ fn rewrite_address(
 }
 
 #[inline(always)]
-fn rewrite_port(
+pub(crate) fn rewrite_port(
     ctx: &TcContext,
     ip: &Ipv4,
     l4: &L4,

@@ -50,8 +50,9 @@ pub enum Destination {
     SameNetwork { icc: bool },
     /// An address on another bridge network: isolated, like DOCKER-ISOLATION.
     OtherNetwork,
-    /// Anything else; `internal` when the sender's network has no way out.
-    Outside { internal: bool },
+    /// Anything else; `internal` when the sender's network has no way out, `masquerade`
+    /// when its traffic leaves with the node's address.
+    Outside { internal: bool, masquerade: bool },
 }
 
 /// Classifies a packet from a container at `src_be` to `dst_be`. `None`: the sender is
@@ -59,7 +60,9 @@ pub enum Destination {
 #[inline(always)]
 pub fn classify(src_be: u32, dst_be: u32) -> Option<Destination> {
     use aya_ebpf::maps::lpm_trie::Key as LpmKey;
-    use dataplane_common::{NETWORK_ICC, NETWORK_INTERNAL, NetworkKey, NodeAddrKey};
+    use dataplane_common::{
+        NETWORK_ICC, NETWORK_INTERNAL, NETWORK_MASQUERADE, NetworkKey, NodeAddrKey,
+    };
 
     use crate::maps::{NETWORKS, NODE_ADDRS};
 
@@ -80,6 +83,7 @@ pub fn classify(src_be: u32, dst_be: u32) -> Option<Destination> {
         Some(_) => Some(Destination::OtherNetwork),
         None => Some(Destination::Outside {
             internal: source.flags & NETWORK_INTERNAL != 0,
+            masquerade: source.flags & NETWORK_MASQUERADE != 0,
         }),
     }
 }

@@ -114,6 +114,9 @@ struct AgentArgs {
     /// Host ports for dynamic publishing, START-END [default: 32768-60999].
     #[arg(long)]
     port_range: Option<String>,
+    /// Source ports for masqueraded traffic, START-END [default: 61000-65535].
+    #[arg(long)]
+    masquerade_port_range: Option<String>,
     /// Seconds before an idle translated UDP flow is forgotten [default: 30].
     #[arg(long)]
     udp_idle_timeout: Option<u64>,
@@ -148,6 +151,7 @@ impl AgentArgs {
             ip: self.ip,
             dns: (!self.dns.is_empty()).then_some(self.dns),
             port_range: self.port_range,
+            masquerade_port_range: self.masquerade_port_range,
             udp_idle_timeout: self.udp_idle_timeout,
             tcp_idle_timeout: self.tcp_idle_timeout,
             cgroup: self.cgroup,
@@ -643,8 +647,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let flows: Vec<FlowInfo> = client.get("/conntrack").await?;
             for f in &flows {
                 println!(
-                    "{} src={} dst={} backend={} seen-as={} idle={}s",
-                    f.proto, f.client, f.frontend, f.backend, f.seen_as, f.idle_seconds
+                    "{} {} src={} dst={} backend={} seen-as={} idle={}s",
+                    f.kind, f.proto, f.client, f.frontend, f.backend, f.seen_as, f.idle_seconds
                 );
             }
             eprintln!(

@@ -23,11 +23,12 @@ use aya::{
     },
 };
 use dataplane_common::{
-    Counter, ENDPOINTS, EndpointInfo, EndpointKey, FILTER_ALLOW, FILTER_DENY, FILTER_HITS,
-    FILTER_RULES, FILTER_SCOPE_BITS, FilterKey, FilterRule, FlowKey, IPPROTO_TCP, NAT_FLOWS,
-    NETWORK_ICC, NETWORK_INTERNAL, NETWORK_MASQUERADE, NETWORKS, NODE_ADDRS, NODE_CONFIG, NatFlow,
-    NetworkInfo, NetworkKey, NodeAddr, NodeAddrKey, NodeConfig, PUBLISHED_PORTS, PortKey,
-    PortTarget, STATS, stats::Stat,
+    CONNTRACK, CT_ORIGINAL, CT_REPLY, CT_TCP_CLOSING, CT_TCP_ESTABLISHED, Counter, CtEntry, CtKey,
+    ENDPOINTS, EndpointInfo, EndpointKey, FILTER_ALLOW, FILTER_DENY, FILTER_HITS, FILTER_RULES,
+    FILTER_SCOPE_BITS, FilterKey, FilterRule, FlowKey, IPPROTO_TCP, NAT_FLOWS, NETWORK_ICC,
+    NETWORK_INTERNAL, NETWORK_MASQUERADE, NETWORKS, NODE_ADDRS, NODE_CONFIG, NatFlow, NetworkInfo,
+    NetworkKey, NodeAddr, NodeAddrKey, NodeConfig, PUBLISHED_PORTS, PortKey, PortTarget, STATS,
+    stats::Stat,
 };
 
 use super::{Dataplane, Endpoint, FilterHits, FlowTimeouts, NetworkPolicy};
@@ -64,6 +65,8 @@ pub fn load_object(pin_dir: &Path) -> Result<Ebpf> {
 pub struct EbpfDataplane {
     ebpf: Ebpf,
     links_dir: PathBuf,
+    /// What NODE_CONFIG holds (written whole).
+    node_config: NodeConfig,
 }
 
 fn port_key(port: &PortBinding) -> PortKey {
@@ -203,7 +206,11 @@ impl EbpfDataplane {
         let tc: &mut SchedClassifier = program(&mut ebpf, CONTAINER_PROGRAM)?;
         tc.load()
             .map_err(Error::dataplane("loading the TC program"))?;
-        let mut dataplane = EbpfDataplane { ebpf, links_dir };
+        let mut dataplane = EbpfDataplane {
+            ebpf,
+            links_dir,
+            node_config: NodeConfig::default(),
+        };
         dataplane.set_node_netns()?;
         dataplane.attach_socket_programs(cgroup)?;
         Ok(dataplane)
@@ -211,18 +218,48 @@ impl EbpfDataplane {
 
     /// Tells the socket programs which namespace is the node's: this process's.
     fn set_node_netns(&mut self) -> Result<()> {
-        let cookie = netns_cookie()?;
+        self.node_config.netns_cookie = netns_cookie()?;
+        self.write_node_config()
+    }
+
+    fn write_node_config(&mut self) -> Result<()> {
+        let value = self.node_config;
         let mut config: Array<&mut MapData, NodeConfig> =
             Array::try_from(self.map_mut(NODE_CONFIG)?).map_err(Error::dataplane(NODE_CONFIG))?;
         config
-            .set(
-                0,
-                NodeConfig {
-                    netns_cookie: cookie,
-                },
-                0,
-            )
-            .map_err(Error::dataplane("setting the node's namespace"))
+            .set(0, value, 0)
+            .map_err(Error::dataplane("writing the node's settings"))
+    }
+
+    /// The masqueraded flows (original direction) and their reply keys.
+    fn conntrack_pairs(&self) -> Result<Vec<(CtKey, CtEntry, CtKey, Option<CtEntry>)>> {
+        let ct: HashMap<&MapData, CtKey, CtEntry> =
+            HashMap::try_from(self.map(CONNTRACK)?).map_err(Error::dataplane(CONNTRACK))?;
+        let mut pairs = Vec::new();
+        for entry in ct.iter() {
+            let (key, value) = entry.map_err(Error::dataplane("reading conntrack"))?;
+            if value.direction != CT_ORIGINAL {
+                continue;
+            }
+            let reply_key = CtKey {
+                src_ip_be: key.dst_ip_be,
+                dst_ip_be: value.nat_ip_be,
+                sport_be: key.dport_be,
+                dport_be: value.nat_port_be,
+                proto: key.proto,
+                _pad: [0; 3],
+            };
+            let reply = ct.get(&reply_key, 0).ok();
+            pairs.push((key, value, reply_key, reply));
+        }
+        // Replies whose original is gone (a GC cut short): paired with nothing.
+        for entry in ct.iter() {
+            let (key, value) = entry.map_err(Error::dataplane("reading conntrack"))?;
+            if value.direction == CT_REPLY && !pairs.iter().any(|(_, _, r, _)| *r == key) {
+                pairs.push((CtKey::default(), CtEntry::default(), key, Some(value)));
+            }
+        }
+        Ok(pairs)
     }
 
     /// Attaches the cgroup socket-address programs (node-local access to published ports).
@@ -307,6 +344,20 @@ impl EbpfDataplane {
                 Ok(()) => {}
                 Err(e) if is_missing_key(&e) => {}
                 Err(e) => return Err(Error::dataplane("removing a flow")(e)),
+            }
+        }
+        let pairs = self.conntrack_pairs()?;
+        let mut ct: HashMap<&mut MapData, CtKey, CtEntry> =
+            HashMap::try_from(self.map_mut(CONNTRACK)?).map_err(Error::dataplane(CONNTRACK))?;
+        for (key, _, reply_key, reply) in pairs {
+            if key.src_ip_be == ip_be || reply.is_some_and(|r| r.nat_ip_be == ip_be) {
+                for k in [key, reply_key] {
+                    match ct.remove(&k) {
+                        Ok(()) => {}
+                        Err(e) if is_missing_key(&e) => {}
+                        Err(e) => return Err(Error::dataplane("removing a conntrack entry")(e)),
+                    }
+                }
             }
         }
         Ok(())
@@ -648,6 +699,7 @@ impl Dataplane for EbpfDataplane {
         for entry in flows.iter() {
             let (key, flow) = entry.map_err(Error::dataplane("reading flows"))?;
             out.push(FlowInfo {
+                kind: "dnat".into(),
                 proto: if key.proto == IPPROTO_TCP {
                     "tcp"
                 } else {
@@ -661,12 +713,37 @@ impl Dataplane for EbpfDataplane {
                 idle_seconds: now.saturating_sub(flow.last_seen_ns) / 1_000_000_000,
             });
         }
+        for (key, original, _, reply) in self.conntrack_pairs()? {
+            if key == CtKey::default() {
+                continue;
+            }
+            let last_seen = original
+                .last_seen_ns
+                .max(reply.map_or(0, |r| r.last_seen_ns));
+            out.push(FlowInfo {
+                kind: "masquerade".into(),
+                proto: if key.proto == IPPROTO_TCP {
+                    "tcp"
+                } else {
+                    "udp"
+                }
+                .into(),
+                client: endpoint(key.src_ip_be, key.sport_be),
+                frontend: endpoint(key.dst_ip_be, key.dport_be),
+                backend: endpoint(key.dst_ip_be, key.dport_be),
+                seen_as: endpoint(original.nat_ip_be, original.nat_port_be),
+                idle_seconds: now.saturating_sub(last_seen) / 1_000_000_000,
+            });
+        }
         out.sort_by(|a, b| (&a.backend, &a.client).cmp(&(&b.backend, &b.client)));
         Ok(out)
     }
 
     fn expire_flows(&mut self, timeouts: Option<FlowTimeouts>) -> Result<usize> {
         let now = monotonic_ns()?;
+        let idle = |last_seen: u64, limit: std::time::Duration| {
+            now.saturating_sub(last_seen) > limit.as_nanos() as u64
+        };
         let mut flows: HashMap<&mut MapData, FlowKey, NatFlow> =
             HashMap::try_from(self.map_mut(NAT_FLOWS)?).map_err(Error::dataplane(NAT_FLOWS))?;
         let expired: Vec<FlowKey> = flows
@@ -674,14 +751,14 @@ impl Dataplane for EbpfDataplane {
             .filter_map(|e| e.ok())
             .filter(|(key, flow)| match timeouts {
                 None => true,
-                Some(t) => {
-                    let limit = if key.proto == IPPROTO_TCP {
+                Some(t) => idle(
+                    flow.last_seen_ns,
+                    if key.proto == IPPROTO_TCP {
                         t.tcp
                     } else {
                         t.udp
-                    };
-                    now.saturating_sub(flow.last_seen_ns) > limit.as_nanos() as u64
-                }
+                    },
+                ),
             })
             .map(|(key, _)| key)
             .collect();
@@ -693,6 +770,46 @@ impl Dataplane for EbpfDataplane {
                 Err(e) => return Err(Error::dataplane("expiring a flow")(e)),
             }
         }
+        // Masqueraded flows go as pairs, judged by the later-seen direction and the TCP
+        // state: never a live flow, whatever the table's fill.
+        let pairs = self.conntrack_pairs()?;
+        let mut ct: HashMap<&mut MapData, CtKey, CtEntry> =
+            HashMap::try_from(self.map_mut(CONNTRACK)?).map_err(Error::dataplane(CONNTRACK))?;
+        for (key, original, reply_key, reply) in pairs {
+            let last_seen = original
+                .last_seen_ns
+                .max(reply.map_or(0, |r| r.last_seen_ns));
+            let state = original.tcp_state.max(reply.map_or(0, |r| r.tcp_state));
+            let expire = match timeouts {
+                None => true,
+                Some(t) if key.proto == IPPROTO_TCP => idle(
+                    last_seen,
+                    match state {
+                        CT_TCP_ESTABLISHED => t.tcp,
+                        CT_TCP_CLOSING => t.tcp_closing,
+                        _ => t.tcp_new,
+                    },
+                ),
+                Some(t) => idle(last_seen, t.udp),
+            };
+            if !expire {
+                continue;
+            }
+            for k in [key, reply_key] {
+                match ct.remove(&k) {
+                    Ok(()) => removed += 1,
+                    Err(e) if is_missing_key(&e) => {}
+                    Err(e) => return Err(Error::dataplane("expiring a conntrack entry")(e)),
+                }
+            }
+        }
         Ok(removed)
+    }
+
+    fn set_masquerade(&mut self, source: Option<Ipv4Addr>, (min, max): (u16, u16)) -> Result<()> {
+        self.node_config.masquerade_ip_be = source.map_or(0, |ip| u32::from(ip).to_be());
+        self.node_config.masquerade_port_min = min;
+        self.node_config.masquerade_port_max = max;
+        self.write_node_config()
     }
 }

@@ -47,7 +47,12 @@ pub struct NetworkPolicy {
 /// Idle times after which translated flows are forgotten.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FlowTimeouts {
+    /// Established TCP flows (and published-port flows).
     pub tcp: std::time::Duration,
+    /// Masqueraded TCP flows not yet answered.
+    pub tcp_new: std::time::Duration,
+    /// Masqueraded TCP flows after FIN or RST.
+    pub tcp_closing: std::time::Duration,
     pub udp: std::time::Duration,
 }
 
@@ -83,6 +88,13 @@ pub trait Dataplane: Send + Sync {
         match networks.is_empty() {
             true => Ok(()),
             false => Err(unsupported("network policy", self.name())),
+        }
+    }
+    /// The source address (`None`: no masquerade) and port range of masqueraded traffic.
+    fn set_masquerade(&mut self, source: Option<Ipv4Addr>, _ports: (u16, u16)) -> Result<()> {
+        match source {
+            None => Ok(()),
+            Some(_) => Err(unsupported("masquerade", self.name())),
         }
     }
     /// Installs exactly `rules` as the source filters of published ports.

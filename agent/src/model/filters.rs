@@ -111,6 +111,9 @@ pub struct FilterInfo {
 /// `GET /conntrack`: one translated flow.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FlowInfo {
+    /// `dnat` (a published port) or `masquerade` (a container's flow to the outside).
+    #[serde(rename = "Kind")]
+    pub kind: String,
     #[serde(rename = "Proto")]
     pub proto: String,
     /// Who opened the connection.

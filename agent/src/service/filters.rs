@@ -96,6 +96,8 @@ impl Service {
     pub fn expire_idle_flows(&mut self) -> Result<usize> {
         let timeouts = FlowTimeouts {
             tcp: Duration::from_secs(self.settings.tcp_idle_timeout),
+            tcp_new: Duration::from_secs(120.min(self.settings.tcp_idle_timeout)),
+            tcp_closing: Duration::from_secs(10.min(self.settings.tcp_idle_timeout)),
             udp: Duration::from_secs(self.settings.udp_idle_timeout),
         };
         self.dataplane.expire_flows(Some(timeouts))

@@ -232,6 +232,16 @@ impl Service {
             .map(|(i, a)| (i, a.addr()))
             .filter(|(_, a)| !a.is_loopback())
             .collect();
-        self.dataplane.set_node_addresses(&addresses)
+        self.dataplane.set_node_addresses(&addresses)?;
+        // Masqueraded traffic leaves with the uplink's (first) address.
+        let uplink = netlink::link_by_name(&self.handle, &self.uplink).await?;
+        let source = uplink
+            .and_then(|l| addresses.iter().find(|(i, _)| *i == l.index))
+            .map(|(_, a)| *a);
+        if source.is_none() {
+            tracing::warn!(uplink = %self.uplink, "the uplink has no IPv4 address: no masquerade");
+        }
+        let ports = self.settings.masquerade_port_range()?;
+        self.dataplane.set_masquerade(source, ports)
     }
 }

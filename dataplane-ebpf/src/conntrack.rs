@@ -1,0 +1,270 @@
+//! Masquerade with connection tracking: a container's TCP/UDP flow to the outside leaves
+//! with the node's address and a source port picked here; its replies are translated back
+//! on the uplink. Each flow has two entries (one per direction) in a plain hash map, so a
+//! full table refuses new flows rather than evicting live ones.
+
+use aya_ebpf::{
+    bindings::{BPF_NOEXIST, TC_ACT_SHOT, bpf_sock_tuple, xdp_action},
+    helpers::{
+        bpf_ktime_get_ns, bpf_redirect, bpf_sk_lookup_tcp, bpf_sk_lookup_udp, bpf_sk_release,
+    },
+    programs::TcContext,
+};
+use dataplane_common::{
+    CT_ORIGINAL, CT_REPLY, CT_TCP_CLOSING, CT_TCP_ESTABLISHED, CT_TCP_NEW, CtEntry, CtKey,
+    EndpointKey, IPPROTO_TCP, IPPROTO_UDP, csum,
+    parse::{
+        ETH_HLEN, Frame as _, IPV4_CHECK_OFF, IPV4_DST_OFF, IPV4_TTL_OFF, Ipv4, L4, L4_DPORT_OFF,
+        L4_SPORT_OFF,
+    },
+    stats::Stat,
+};
+
+use crate::{
+    fib,
+    frame::XdpFrame,
+    maps::{CONNTRACK, ENDPOINTS, NODE_CONFIG},
+    nat::{decrement_ttl, rewrite_address, rewrite_port},
+};
+
+/// Source ports tried for a new flow before it is refused as exhausted.
+const PORT_TRIES: u32 = 16;
+const TCP_FIN: u8 = 0x01;
+const TCP_SYN: u8 = 0x02;
+const TCP_RST: u8 = 0x04;
+const TCP_ACK: u8 = 0x10;
+/// `-EEXIST` from a map update: the key is taken.
+const EEXIST: i64 = -17;
+
+#[inline(always)]
+fn now_ns() -> u64 {
+    // SAFETY: plain helper call.
+    unsafe { bpf_ktime_get_ns() }
+}
+
+/// The TCP state after a packet with `flags` in `direction`.
+#[inline(always)]
+fn next_tcp_state(state: u8, flags: u8, direction: u8) -> u8 {
+    if flags & (TCP_FIN | TCP_RST) != 0 {
+        return CT_TCP_CLOSING;
+    }
+    if state == CT_TCP_NEW && direction == CT_REPLY && flags & (TCP_SYN | TCP_ACK) != 0 {
+        return CT_TCP_ESTABLISHED;
+    }
+    state
+}
+
+/// Refreshes an entry for a packet and returns it.
+#[inline(always)]
+fn touch(entry: *mut CtEntry, ip: &Ipv4, l4: &L4) -> CtEntry {
+    // SAFETY: a pointer to a live map value; fields are plain data.
+    unsafe {
+        (*entry).last_seen_ns = now_ns();
+        if ip.protocol == IPPROTO_TCP {
+            (*entry).tcp_state =
+                next_tcp_state((*entry).tcp_state, l4.tcp_flags, (*entry).direction);
+        }
+        *entry
+    }
+}
+
+/// Whether a socket of the node would take packets to `ip:port` from this flow's remote
+/// end, so the port must not be handed out.
+#[inline(always)]
+fn node_socket_uses(ctx: &TcContext, ip: &Ipv4, l4: &L4, nat_ip_be: u32, port_be: u16) -> bool {
+    // SAFETY: an all-zero tuple is valid; we fill the IPv4 part.
+    let mut tuple: bpf_sock_tuple = unsafe { core::mem::zeroed() };
+    // Writing a union member of plain integers is safe.
+    tuple.__bindgen_anon_1.ipv4.saddr = ip.dst_be;
+    tuple.__bindgen_anon_1.ipv4.daddr = nat_ip_be;
+    tuple.__bindgen_anon_1.ipv4.sport = l4.dport_be;
+    tuple.__bindgen_anon_1.ipv4.dport = port_be;
+    let size = core::mem::size_of::<u32>() as u32 * 2 + core::mem::size_of::<u16>() as u32 * 2;
+    let current_netns = u64::from(u32::MAX);
+    // SAFETY: helper calls with a correctly sized tuple; a socket found is released.
+    unsafe {
+        let sk = if ip.protocol == IPPROTO_UDP {
+            bpf_sk_lookup_udp(ctx.skb.skb.cast(), &mut tuple, size, current_netns, 0)
+        } else {
+            bpf_sk_lookup_tcp(ctx.skb.skb.cast(), &mut tuple, size, current_netns, 0)
+        };
+        if sk.is_null() {
+            return false;
+        }
+        bpf_sk_release(sk.cast());
+        true
+    }
+}
+
+/// Masquerades a container's TCP or UDP packet to the outside and forwards it.
+#[inline(always)]
+pub fn masquerade(ctx: &TcContext, ip: &Ipv4, l4: &L4) -> (i32, Stat) {
+    let Some(config) = NODE_CONFIG.get(0).copied() else {
+        return (aya_ebpf::bindings::TC_ACT_OK, Stat::ContainerPassOutside);
+    };
+    if config.masquerade_ip_be == 0 || config.masquerade_port_max < config.masquerade_port_min {
+        return (aya_ebpf::bindings::TC_ACT_OK, Stat::ContainerPassOutside);
+    }
+    if ip.ttl <= 1 {
+        return (TC_ACT_SHOT, Stat::ContainerDropTtlExpired);
+    }
+    let key = CtKey {
+        src_ip_be: ip.src_be,
+        dst_ip_be: ip.dst_be,
+        sport_be: l4.sport_be,
+        dport_be: l4.dport_be,
+        proto: ip.protocol,
+        _pad: [0; 3],
+    };
+    let entry = match CONNTRACK.get_ptr_mut(&key) {
+        Some(entry) => touch(entry, ip, l4),
+        None => match open_flow(ctx, ip, l4, &key, &config) {
+            Ok(entry) => entry,
+            Err(stat) => return (TC_ACT_SHOT, stat),
+        },
+    };
+    let rewritten = decrement_ttl(ctx, ip)
+        .and_then(|()| {
+            rewrite_address(
+                ctx,
+                ip,
+                l4,
+                dataplane_common::parse::IPV4_SRC_OFF,
+                ip.src_be,
+                entry.nat_ip_be,
+            )
+        })
+        .and_then(|()| rewrite_port(ctx, ip, l4, L4_SPORT_OFF, l4.sport_be, entry.nat_port_be));
+    if rewritten.is_err() {
+        return (TC_ACT_SHOT, Stat::ContainerDropRewriteFailed);
+    }
+    let stats = (
+        Stat::ContainerRedirectMasquerade,
+        Stat::ContainerRedirectMasqueradeNeigh,
+    );
+    fib::forward(ctx, ip, l4, entry.nat_ip_be, ip.dst_be, stats)
+}
+
+/// Picks a source port for a new flow and records both directions.
+#[inline(always)]
+fn open_flow(
+    ctx: &TcContext,
+    ip: &Ipv4,
+    l4: &L4,
+    key: &CtKey,
+    config: &dataplane_common::NodeConfig,
+) -> Result<CtEntry, Stat> {
+    // SAFETY: plain data copied out at once.
+    let Some(endpoint) = (unsafe { ENDPOINTS.get(&EndpointKey { ip_be: ip.src_be }) }).copied()
+    else {
+        return Err(Stat::ContainerDropRewriteFailed);
+    };
+    let now = now_ns();
+    let span = u32::from(config.masquerade_port_max - config.masquerade_port_min) + 1;
+    // Spread flows over the range so that tries rarely meet a taken port.
+    let start = (ip.src_be
+        ^ ip.dst_be.rotate_left(7)
+        ^ (u32::from(l4.sport_be) << 16)
+        ^ u32::from(l4.dport_be))
+    .wrapping_mul(0x9e37_79b1)
+        % span;
+    for i in 0..PORT_TRIES {
+        let port = config.masquerade_port_min + ((start + i) % span) as u16;
+        let port_be = port.to_be();
+        if node_socket_uses(ctx, ip, l4, config.masquerade_ip_be, port_be) {
+            continue;
+        }
+        let reply_key = CtKey {
+            src_ip_be: ip.dst_be,
+            dst_ip_be: config.masquerade_ip_be,
+            sport_be: l4.dport_be,
+            dport_be: port_be,
+            proto: ip.protocol,
+            _pad: [0; 3],
+        };
+        let reply = CtEntry {
+            nat_ip_be: ip.src_be,
+            nat_port_be: l4.sport_be,
+            direction: CT_REPLY,
+            tcp_state: CT_TCP_NEW,
+            last_seen_ns: now,
+            host_veth_ifindex: endpoint.host_veth_ifindex,
+            container_mac: endpoint.container_mac,
+            host_veth_mac: endpoint.host_veth_mac,
+        };
+        match CONNTRACK.insert(&reply_key, &reply, u64::from(BPF_NOEXIST)) {
+            Ok(()) => {}
+            Err(e) if i64::from(e) == EEXIST => continue,
+            Err(_) => return Err(Stat::ContainerDropConntrackFull),
+        }
+        let original = CtEntry {
+            nat_ip_be: config.masquerade_ip_be,
+            nat_port_be: port_be,
+            direction: CT_ORIGINAL,
+            tcp_state: CT_TCP_NEW,
+            last_seen_ns: now,
+            ..CtEntry::default()
+        };
+        if CONNTRACK
+            .insert(key, &original, u64::from(BPF_NOEXIST))
+            .is_err()
+        {
+            let _ = CONNTRACK.remove(&reply_key);
+            return Err(Stat::ContainerDropConntrackFull);
+        }
+        return Ok(original);
+    }
+    Err(Stat::ContainerDropNatExhausted)
+}
+
+/// On the uplink: a reply of a masqueraded flow goes back to the container. `None`: not
+/// one of ours.
+#[inline(always)]
+pub fn masquerade_reply(frame: &XdpFrame, ip: &Ipv4, l4: &L4) -> Option<(u32, Stat)> {
+    let key = CtKey {
+        src_ip_be: ip.src_be,
+        dst_ip_be: ip.dst_be,
+        sport_be: l4.sport_be,
+        dport_be: l4.dport_be,
+        proto: ip.protocol,
+        _pad: [0; 3],
+    };
+    let entry = CONNTRACK.get_ptr_mut(&key)?;
+    let entry = touch(entry, ip, l4);
+    if entry.direction != CT_REPLY {
+        return None;
+    }
+    if ip.ttl <= 1 {
+        return Some((xdp_action::XDP_DROP, Stat::UplinkDropTtlExpired));
+    }
+    if rewrite_reply(frame, ip, l4, &entry).is_none() {
+        return Some((xdp_action::XDP_DROP, Stat::UplinkDropMalformed));
+    }
+    // SAFETY: plain helper call.
+    let verdict = unsafe { bpf_redirect(entry.host_veth_ifindex, 0) } as u32;
+    Some((verdict, Stat::UplinkRedirectMasqueradeReply))
+}
+
+#[inline(always)]
+fn rewrite_reply(frame: &XdpFrame, ip: &Ipv4, l4: &L4, entry: &CtEntry) -> Option<()> {
+    let old_ttl = u16::from_ne_bytes([ip.ttl, ip.protocol]);
+    let new_ttl = u16::from_ne_bytes([ip.ttl - 1, ip.protocol]);
+    let check: u16 = frame.load(ETH_HLEN + IPV4_CHECK_OFF)?;
+    let check = csum::replace2(check, old_ttl, new_ttl);
+    let check = csum::replace4(check, ip.dst_be, entry.nat_ip_be);
+    frame.store(ETH_HLEN + IPV4_TTL_OFF, new_ttl)?;
+    frame.store(ETH_HLEN + IPV4_DST_OFF, entry.nat_ip_be)?;
+    frame.store(ETH_HLEN + IPV4_CHECK_OFF, check)?;
+    if !(ip.protocol == IPPROTO_UDP && l4.check == csum::UDP_NO_CHECKSUM) {
+        let check = csum::replace4(l4.check, ip.dst_be, entry.nat_ip_be);
+        let mut check = csum::replace2(check, l4.dport_be, entry.nat_port_be);
+        if ip.protocol == IPPROTO_UDP && check == 0 {
+            check = 0xffff;
+        }
+        frame.store(l4.check_offset, check)?;
+    }
+    frame.store(ip.l4_offset() + L4_DPORT_OFF, entry.nat_port_be)?;
+    frame.store(0, entry.container_mac)?;
+    frame.store(6, entry.host_veth_mac)?;
+    Some(())
+}

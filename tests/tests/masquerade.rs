@@ -1,0 +1,157 @@
+//! Masquerade: containers reach the world with the node's address; ports are handed out
+//! from a range and refused, counted, when it runs out; idle flows expire, live ones stay.
+
+use std::{
+    io::{Read as _, Write as _},
+    net::{Ipv4Addr, SocketAddrV4, TcpStream, UdpSocket},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Result, ensure};
+use bpfbridge_tests::{
+    Agent, Echo, NODE_IP, Topology, WORLD_IP, in_netns, request, serve_once, udp_request,
+    udp_serve_once,
+};
+
+const WORLD_PORT: u16 = 7300;
+
+fn world(port: u16) -> SocketAddrV4 {
+    SocketAddrV4::new(WORLD_IP, port)
+}
+
+#[test]
+fn containers_reach_the_world_with_the_node_address() -> Result<()> {
+    let topology = Topology::new()?;
+    let agent = Agent::start(&topology)?;
+    let out = agent.cli(&[
+        "network",
+        "create",
+        "plain",
+        "-o",
+        "com.docker.network.bridge.enable_ip_masquerade=false",
+    ])?;
+    ensure!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (_, masq_ns) = agent.create_container(&["masq"])?;
+    let (plain, plain_ns) = agent.create_container(&["plain", "--network", "plain"])?;
+    let world_ns = topology.world.path();
+
+    let server = serve_once(&world_ns, WORLD_PORT);
+    assert_eq!(request(&masq_ns, world(WORLD_PORT), "hi\n")?, "pong hi\n");
+    let peer = server.join().expect("server")?;
+    assert_eq!(peer.ip(), NODE_IP, "the world sees the node's address");
+    assert!(
+        (61000..=65535).contains(&peer.port()),
+        "port from the masquerade range: {peer}"
+    );
+
+    let server = udp_serve_once(&world_ns, WORLD_PORT + 1);
+    let (answer, from) = udp_request(&masq_ns, world(WORLD_PORT + 1), "hi")?;
+    assert_eq!(
+        (answer.as_str(), from),
+        ("pong hi", world(WORLD_PORT + 1).into())
+    );
+    assert_eq!(server.join().expect("server")?.ip(), NODE_IP);
+
+    let flows = String::from_utf8(agent.cli(&["conntrack", "ls"])?.stdout)?;
+    assert!(flows.contains("masquerade udp"), "{flows}");
+    assert!(
+        agent.counter("container_ingress.redirect.masquerade")?
+            + agent.counter("container_ingress.redirect.masquerade_resolve_neighbour")?
+            >= 2
+    );
+    assert!(agent.counter("uplink_ingress.redirect.masquerade_reply")? >= 2);
+
+    // enable_ip_masquerade=false: routed, the world sees the container's own address.
+    let plain_ip: Ipv4Addr = plain["NetworkSettings"]["Networks"]["plain"]["IPAddress"]
+        .as_str()
+        .unwrap()
+        .parse()?;
+    let server = serve_once(&world_ns, WORLD_PORT + 2);
+    assert_eq!(
+        request(&plain_ns, world(WORLD_PORT + 2), "hi\n")?,
+        "pong hi\n"
+    );
+    assert_eq!(server.join().expect("server")?.ip(), plain_ip);
+    Ok(())
+}
+
+#[test]
+fn exhausted_source_ports_refuse_new_flows_and_keep_old_ones() -> Result<()> {
+    let topology = Topology::new()?;
+    let agent = Agent::start_with(&topology, &["--masquerade-port-range", "61000-61001"])?;
+    let (_, ns) = agent.create_container(&["c"])?;
+    let _echo = Echo::start(&topology.world.path(), WORLD_PORT)?;
+    // Three UDP flows to the same world service need three source ports; there are two.
+    let sockets: Vec<UdpSocket> = in_netns(&ns, || -> std::io::Result<Vec<UdpSocket>> {
+        (0..3)
+            .map(|_| {
+                let s = UdpSocket::bind("0.0.0.0:0")?;
+                s.set_read_timeout(Some(Duration::from_millis(800)))?;
+                Ok(s)
+            })
+            .collect()
+    })?;
+    let exchange = |s: &UdpSocket| -> bool {
+        let mut buf = [0u8; 32];
+        s.send_to(b"hi", world(WORLD_PORT)).is_ok()
+            && matches!(s.recv_from(&mut buf), Ok((n, _)) if &buf[..n] == b"pong hi")
+    };
+    assert!(
+        exchange(&sockets[0]) && exchange(&sockets[1]),
+        "two flows fit"
+    );
+    assert!(!exchange(&sockets[2]), "the third is refused");
+    assert!(agent.counter("container_ingress.drop.nat_exhausted")? >= 1);
+    assert!(
+        exchange(&sockets[0]) && exchange(&sockets[1]),
+        "existing flows are intact"
+    );
+    Ok(())
+}
+
+#[test]
+fn idle_flows_expire_and_active_ones_survive() -> Result<()> {
+    let topology = Topology::new()?;
+    let agent = Agent::start_with(&topology, &["--udp-idle-timeout", "1"])?;
+    let (_, ns) = agent.create_container(&["c"])?;
+    let _echo = Echo::start(&topology.world.path(), WORLD_PORT)?;
+    // A long-lived TCP connection through the masquerade, kept busy.
+    let world_ns = topology.world.path();
+    let listener = in_netns(&world_ns, || {
+        std::net::TcpListener::bind((WORLD_IP, WORLD_PORT + 5))
+    })?;
+    let mut client = in_netns(&ns, || {
+        TcpStream::connect_timeout(&world(WORLD_PORT + 5).into(), Duration::from_secs(3))
+    })?;
+    let (mut server, _) = listener.accept()?;
+    client.set_read_timeout(Some(Duration::from_secs(2)))?;
+    server.set_read_timeout(Some(Duration::from_secs(2)))?;
+    // An idle UDP flow next to it.
+    assert!(bpfbridge_tests::udp_reaches(
+        &ns,
+        world(WORLD_PORT),
+        Duration::from_secs(2)
+    ));
+    let deadline = Instant::now() + Duration::from_secs(6);
+    let mut udp_gone = false;
+    while Instant::now() < deadline {
+        client.write_all(b"x")?;
+        let mut b = [0u8; 1];
+        server.read_exact(&mut b)?;
+        server.write_all(b"y")?;
+        client.read_exact(&mut b)?;
+        let flows = String::from_utf8(agent.cli(&["conntrack", "ls"])?.stdout)?;
+        ensure!(
+            flows.contains("masquerade tcp"),
+            "the active TCP flow was removed: {flows}"
+        );
+        udp_gone |= !flows.contains("masquerade udp");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    assert!(udp_gone, "the idle UDP flow never expired");
+    Ok(())
+}
