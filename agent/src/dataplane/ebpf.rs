@@ -150,6 +150,9 @@ fn filter_entry(rule: &FilterRecord) -> (Key<FilterKey>, FilterRule) {
     )
 }
 
+/// A tracked flow: its original key and entry, its reply key, and the reply entry if present.
+type CtPair = (CtKey, CtEntry, CtKey, Option<CtEntry>);
+
 /// A delete of a key that is not there: fine for idempotent removal.
 fn is_missing_key(e: &aya::maps::MapError) -> bool {
     match e {
@@ -232,7 +235,7 @@ impl EbpfDataplane {
     }
 
     /// The masqueraded flows (original direction) and their reply keys.
-    fn conntrack_pairs(&self) -> Result<Vec<(CtKey, CtEntry, CtKey, Option<CtEntry>)>> {
+    fn conntrack_pairs(&self) -> Result<Vec<CtPair>> {
         let ct: HashMap<&MapData, CtKey, CtEntry> =
             HashMap::try_from(self.map(CONNTRACK)?).map_err(Error::dataplane(CONNTRACK))?;
         let mut pairs = Vec::new();
