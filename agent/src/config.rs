@@ -244,9 +244,9 @@ impl Settings {
                 "idle timeouts must be at least one second".into(),
             ));
         }
-        if self.dataplane != "ebpf" {
+        if self.dataplane != "ebpf" && self.dataplane != "iptables" {
             return Err(Error::InvalidArgument(format!(
-                "dataplane {:?} is not available (only \"ebpf\" so far)",
+                "dataplane {:?} is not available (\"ebpf\" or \"iptables\")",
                 self.dataplane
             )));
         }

@@ -12,7 +12,7 @@ use tokio::{net::UnixListener, signal::unix::SignalKind, sync::Mutex};
 use crate::{
     Error, Result, api,
     config::Settings,
-    dataplane::{Dataplane, ebpf::EbpfDataplane},
+    dataplane::{Dataplane, ebpf::EbpfDataplane, iptables::IptablesDataplane},
     service::Service,
 };
 
@@ -50,7 +50,11 @@ pub async fn run(settings: Settings, socket: PathBuf) -> Result<()> {
         Some(path) => path.clone(),
         None => crate::netns::cgroup2_mount()?,
     };
+    let iptables = settings.dataplane == "iptables";
     let service = Service::start(handle, settings, move |uplink, ifindex| {
+        if iptables {
+            return Ok(Box::new(IptablesDataplane::start()?) as Box<dyn Dataplane>);
+        }
         Ok(
             Box::new(EbpfDataplane::start(&pin_dir, uplink, ifindex, &cgroup)?)
                 as Box<dyn Dataplane>,

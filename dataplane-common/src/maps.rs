@@ -31,6 +31,8 @@ pub const NETWORKS: &str = "NETWORKS";
 /// not an LRU one, so that a full table refuses new flows instead of evicting live ones;
 /// the agent removes idle entries.
 pub const CONNTRACK: &str = "CONNTRACK";
+/// What `--link` allows through `icc=false`: a container to another's exposed port.
+pub const LINKS: &str = "LINKS";
 
 pub const PUBLISHED_PORTS_MAX: u32 = 65_536;
 pub const NODE_ADDRS_MAX: u32 = 256;
@@ -40,6 +42,7 @@ pub const FILTER_RULES_MAX: u32 = 4096;
 pub const SOCK_NAT_MAX: u32 = 65_536;
 pub const NETWORKS_MAX: u32 = 1024;
 pub const CONNTRACK_MAX: u32 = 262_144;
+pub const LINKS_MAX: u32 = 65_536;
 
 pub const IPPROTO_TCP: u8 = 6;
 pub const IPPROTO_UDP: u8 = 17;
@@ -226,6 +229,17 @@ pub struct CtKey {
     pub _pad: [u8; 3],
 }
 
+/// Key of [`LINKS`]; the value is unused (presence allows).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct LinkKey {
+    pub src_ip_be: u32,
+    pub dst_ip_be: u32,
+    pub dport_be: u16,
+    pub proto: u8,
+    pub _pad: u8,
+}
+
 /// [`CtEntry::direction`]: the container's packets, whose source is translated.
 pub const CT_ORIGINAL: u8 = 0;
 /// [`CtEntry::direction`]: the replies, whose destination is translated back.
@@ -275,6 +289,7 @@ const _: () = assert!(size_of::<SockNatKey>() == 16);
 const _: () = assert!(size_of::<SockNatValue>() == 8);
 const _: () = assert!(size_of::<NodeConfig>() == 16);
 const _: () = assert!(size_of::<CtKey>() == 16);
+const _: () = assert!(size_of::<LinkKey>() == 12);
 const _: () = assert!(size_of::<CtEntry>() == 32);
 const _: () = assert!(size_of::<NetworkKey>() == 4);
 const _: () = assert!(size_of::<NetworkInfo>() == 8);
@@ -299,6 +314,7 @@ mod pod {
     unsafe impl aya::Pod for SockNatValue {}
     unsafe impl aya::Pod for NodeConfig {}
     unsafe impl aya::Pod for CtKey {}
+    unsafe impl aya::Pod for LinkKey {}
     unsafe impl aya::Pod for CtEntry {}
     unsafe impl aya::Pod for NetworkKey {}
     unsafe impl aya::Pod for NetworkInfo {}

@@ -42,6 +42,8 @@ stats! {
     ContainerPassToNode = "container_ingress.pass.to_node",
     ContainerPassSameNetwork = "container_ingress.pass.same_network",
     ContainerPassOutside = "container_ingress.pass.outside",
+    ContainerPassLink = "container_ingress.pass.link",
+    ContainerPassTracked = "container_ingress.pass.tracked_reply",
     ContainerRedirectReply = "container_ingress.redirect.reply",
     ContainerRedirectReplyNeigh = "container_ingress.redirect.reply_resolve_neighbour",
     ContainerRedirectReplyLocal = "container_ingress.redirect.reply_to_container",

@@ -12,7 +12,7 @@ use aya_ebpf::{
 };
 use dataplane_common::{
     CT_ORIGINAL, CT_REPLY, CT_TCP_CLOSING, CT_TCP_ESTABLISHED, CT_TCP_NEW, CtEntry, CtKey,
-    EndpointKey, IPPROTO_TCP, IPPROTO_UDP, csum,
+    EndpointKey, IPPROTO_TCP, IPPROTO_UDP, LinkKey, csum,
     parse::{
         ETH_HLEN, Frame as _, IPV4_CHECK_OFF, IPV4_DST_OFF, IPV4_TTL_OFF, Ipv4, L4, L4_DPORT_OFF,
         L4_SPORT_OFF,
@@ -23,7 +23,7 @@ use dataplane_common::{
 use crate::{
     fib,
     frame::XdpFrame,
-    maps::{CONNTRACK, ENDPOINTS, NODE_CONFIG},
+    maps::{CONNTRACK, ENDPOINTS, LINKS, NODE_CONFIG},
     nat::{decrement_ttl, rewrite_address, rewrite_port},
 };
 
@@ -267,4 +267,69 @@ fn rewrite_reply(frame: &XdpFrame, ip: &Ipv4, l4: &L4, entry: &CtEntry) -> Optio
     frame.store(0, entry.container_mac)?;
     frame.store(6, entry.host_veth_mac)?;
     Some(())
+}
+
+/// `icc=false` with `--link`: a packet between two containers passes when it belongs to a
+/// tracked flow (a reply, or more of a flow the link allowed), or when a link allows it,
+/// which starts tracking it. A source port is no proof of a reply; the table is.
+#[inline(always)]
+pub fn linked(ip: &Ipv4, l4: &L4) -> (i32, Stat) {
+    let key = CtKey {
+        src_ip_be: ip.src_be,
+        dst_ip_be: ip.dst_be,
+        sport_be: l4.sport_be,
+        dport_be: l4.dport_be,
+        proto: ip.protocol,
+        _pad: [0; 3],
+    };
+    if let Some(entry) = CONNTRACK.get_ptr_mut(&key) {
+        touch(entry, ip, l4);
+        return (aya_ebpf::bindings::TC_ACT_OK, Stat::ContainerPassTracked);
+    }
+    let link = LinkKey {
+        src_ip_be: ip.src_be,
+        dst_ip_be: ip.dst_be,
+        dport_be: l4.dport_be,
+        proto: ip.protocol,
+        _pad: 0,
+    };
+    // SAFETY: only checking presence.
+    if unsafe { LINKS.get(&link) }.is_none() {
+        return (TC_ACT_SHOT, Stat::ContainerDropPolicyIcc);
+    }
+    // Only a TCP SYN (or any UDP datagram) opens a flow.
+    if ip.protocol == IPPROTO_TCP && !l4.is_tcp_syn() {
+        return (TC_ACT_SHOT, Stat::ContainerDropPolicyIcc);
+    }
+    let now = now_ns();
+    // No translation: each direction's "nat" address is its own source, which keeps the
+    // pair findable by the agent like a masqueraded one.
+    let original = CtEntry {
+        nat_ip_be: ip.src_be,
+        nat_port_be: l4.sport_be,
+        direction: CT_ORIGINAL,
+        last_seen_ns: now,
+        ..CtEntry::default()
+    };
+    let reply_key = CtKey {
+        src_ip_be: ip.dst_be,
+        dst_ip_be: ip.src_be,
+        sport_be: l4.dport_be,
+        dport_be: l4.sport_be,
+        proto: ip.protocol,
+        _pad: [0; 3],
+    };
+    let reply = CtEntry {
+        nat_ip_be: ip.dst_be,
+        nat_port_be: l4.dport_be,
+        direction: CT_REPLY,
+        last_seen_ns: now,
+        ..CtEntry::default()
+    };
+    if CONNTRACK.insert(&reply_key, &reply, 0).is_err()
+        || CONNTRACK.insert(&key, &original, 0).is_err()
+    {
+        return (TC_ACT_SHOT, Stat::ContainerDropConntrackFull);
+    }
+    (aya_ebpf::bindings::TC_ACT_OK, Stat::ContainerPassLink)
 }

@@ -7,9 +7,10 @@ use aya_ebpf::{
 };
 use dataplane_common::{
     CONNTRACK_MAX, Counter, CtEntry, CtKey, ENDPOINTS_MAX, EndpointInfo, EndpointKey,
-    FILTER_RULES_MAX, FilterKey, FilterRule, FlowKey, NAT_FLOWS_MAX, NETWORKS_MAX, NODE_ADDRS_MAX,
-    NatFlow, NetworkInfo, NetworkKey, NodeAddr, NodeAddrKey, NodeConfig, PUBLISHED_PORTS_MAX,
-    PortKey, PortTarget, SOCK_NAT_MAX, SockNatKey, SockNatValue, stats::STATS_LEN,
+    FILTER_RULES_MAX, FilterKey, FilterRule, FlowKey, LINKS_MAX, LinkKey, NAT_FLOWS_MAX,
+    NETWORKS_MAX, NODE_ADDRS_MAX, NatFlow, NetworkInfo, NetworkKey, NodeAddr, NodeAddrKey,
+    NodeConfig, PUBLISHED_PORTS_MAX, PortKey, PortTarget, SOCK_NAT_MAX, SockNatKey, SockNatValue,
+    stats::STATS_LEN,
 };
 
 #[map]
@@ -46,3 +47,6 @@ pub static NETWORKS: LpmTrie<NetworkKey, NetworkInfo> = LpmTrie::pinned(NETWORKS
 
 #[map]
 pub static CONNTRACK: HashMap<CtKey, CtEntry> = HashMap::pinned(CONNTRACK_MAX, 0);
+
+#[map]
+pub static LINKS: HashMap<LinkKey, u32> = HashMap::pinned(LINKS_MAX, 0);

@@ -217,9 +217,10 @@ fn policy_verdict(ctx: &TcContext, ip: &Ipv4, l4: Option<&L4>, unknown: Stat) ->
         None => (TC_ACT_OK, unknown),
         Some(Destination::Node) => (TC_ACT_OK, Stat::ContainerPassToNode),
         Some(Destination::SameNetwork { icc: true }) => (TC_ACT_OK, Stat::ContainerPassSameNetwork),
-        Some(Destination::SameNetwork { icc: false }) => {
-            (TC_ACT_SHOT, Stat::ContainerDropPolicyIcc)
-        }
+        Some(Destination::SameNetwork { icc: false }) => match l4 {
+            Some(l4) => conntrack::linked(ip, l4),
+            None => (TC_ACT_SHOT, Stat::ContainerDropPolicyIcc),
+        },
         Some(Destination::OtherNetwork) => (TC_ACT_SHOT, Stat::ContainerDropIsolation),
         Some(Destination::Outside { internal: true, .. }) => {
             (TC_ACT_SHOT, Stat::ContainerDropInternal)

@@ -229,9 +229,17 @@ impl Agent {
         let name = unique("agent");
         let cgroup = cgroup2_mount()?.join(&name);
         fs::create_dir(&cgroup).with_context(|| format!("creating cgroup {}", cgroup.display()))?;
+        let mut args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        // BPFBRIDGE_TEST_DATAPLANE=iptables runs the suite against the iptables dataplane.
+        if !args.iter().any(|a| a.starts_with("--dataplane"))
+            && let Ok(dataplane) = std::env::var("BPFBRIDGE_TEST_DATAPLANE")
+            && !dataplane.is_empty()
+        {
+            args.extend(["--dataplane".to_string(), dataplane]);
+        }
         let mut agent = Agent {
             child: None,
-            args: args.iter().map(|a| a.to_string()).collect(),
+            args,
             socket: dir.path().join("bpfbridge.sock"),
             pin_dir: PathBuf::from("/sys/fs/bpf").join(&name),
             netns_dir: dir.path().join("netns"),

@@ -132,3 +132,119 @@ fn reachability_matrix_tcp_udp_icmp() -> Result<()> {
     // world never reach the dataplane; the drop reason is covered by the test-run cases.
     Ok(())
 }
+
+#[test]
+fn link_opens_exposed_ports_through_icc_false_one_way() -> Result<()> {
+    let topology = Topology::new()?;
+    let agent = Agent::start(&topology)?;
+    let out = agent.cli(&[
+        "network",
+        "create",
+        "quiet",
+        "-o",
+        "com.docker.network.bridge.enable_icc=false",
+    ])?;
+    ensure!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (db, db_ns) = agent.create_container(&[
+        "db",
+        "--network",
+        "quiet",
+        "--expose",
+        "5432",
+        "--expose",
+        "5432/udp",
+    ])?;
+    let (app, app_ns) =
+        agent.create_container(&["app", "--network", "quiet", "--link", "db:database"])?;
+    let (_, other_ns) = agent.create_container(&["other", "--network", "quiet"])?;
+    let ip = |c: &Value| -> Ipv4Addr {
+        c["NetworkSettings"]["Networks"]["quiet"]["IPAddress"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    let (db_ip, app_ip) = (ip(&db), ip(&app));
+    let _db_exposed = Echo::start(&db_ns, 5432)?;
+    let _db_other = Echo::start(&db_ns, PORT)?;
+    let _app_echo = Echo::start(&app_ns, PORT)?;
+
+    assert!(
+        tcp_reaches(&app_ns, SocketAddrV4::new(db_ip, 5432), WAIT),
+        "linked: exposed TCP port"
+    );
+    assert!(
+        udp_reaches(&app_ns, SocketAddrV4::new(db_ip, 5432), WAIT),
+        "linked: exposed UDP port"
+    );
+    assert!(
+        !tcp_reaches(&app_ns, SocketAddrV4::new(db_ip, PORT), WAIT),
+        "a port db does not expose"
+    );
+    assert!(
+        !ping_reaches(&app_ns, db_ip),
+        "nothing but the exposed ports"
+    );
+    assert!(
+        !tcp_reaches(&db_ns, SocketAddrV4::new(app_ip, PORT), WAIT),
+        "the reverse direction stays closed"
+    );
+    assert!(!udp_reaches(&db_ns, SocketAddrV4::new(app_ip, PORT), WAIT));
+    assert!(
+        !tcp_reaches(&other_ns, SocketAddrV4::new(db_ip, 5432), WAIT),
+        "an unlinked container"
+    );
+    let flows = String::from_utf8(agent.cli(&["conntrack", "ls"])?.stdout)?;
+    assert!(
+        flows.contains("link tcp") && flows.contains("link udp"),
+        "{flows}"
+    );
+    assert!(agent.counter("container_ingress.pass.link")? >= 2);
+    assert!(agent.counter("container_ingress.pass.tracked_reply")? >= 2);
+
+    // Bad links: a missing container, one on no shared network, an alias given twice.
+    let refused = |args: &[&str], expected: &str| -> Result<()> {
+        let out = agent.cli(args)?;
+        ensure!(
+            !out.status.success() && String::from_utf8_lossy(&out.stderr).contains(expected),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(())
+    };
+    refused(
+        &[
+            "container",
+            "create",
+            "x",
+            "--network",
+            "quiet",
+            "--link",
+            "nope:n",
+        ],
+        "could not get container for nope",
+    )?;
+    refused(
+        &["container", "create", "x", "--link", "db:d"],
+        "on no network this container joins",
+    )?;
+    refused(
+        &[
+            "container",
+            "create",
+            "x",
+            "--network",
+            "quiet",
+            "--link",
+            "db:d",
+            "--link",
+            "other:d",
+        ],
+        "given twice",
+    )?;
+    Ok(())
+}

@@ -25,13 +25,13 @@ use aya::{
 use dataplane_common::{
     CONNTRACK, CT_ORIGINAL, CT_REPLY, CT_TCP_CLOSING, CT_TCP_ESTABLISHED, Counter, CtEntry, CtKey,
     ENDPOINTS, EndpointInfo, EndpointKey, FILTER_ALLOW, FILTER_DENY, FILTER_HITS, FILTER_RULES,
-    FILTER_SCOPE_BITS, FilterKey, FilterRule, FlowKey, IPPROTO_TCP, NAT_FLOWS, NETWORK_ICC,
-    NETWORK_INTERNAL, NETWORK_MASQUERADE, NETWORKS, NODE_ADDRS, NODE_CONFIG, NatFlow, NetworkInfo,
-    NetworkKey, NodeAddr, NodeAddrKey, NodeConfig, PUBLISHED_PORTS, PortKey, PortTarget, STATS,
-    stats::Stat,
+    FILTER_SCOPE_BITS, FilterKey, FilterRule, FlowKey, IPPROTO_TCP, LINKS, LinkKey, NAT_FLOWS,
+    NETWORK_ICC, NETWORK_INTERNAL, NETWORK_MASQUERADE, NETWORKS, NODE_ADDRS, NODE_CONFIG, NatFlow,
+    NetworkInfo, NetworkKey, NodeAddr, NodeAddrKey, NodeConfig, PUBLISHED_PORTS, PortKey,
+    PortTarget, STATS, stats::Stat,
 };
 
-use super::{Dataplane, Endpoint, FilterHits, FlowTimeouts, NetworkPolicy};
+use super::{Dataplane, Endpoint, FilterHits, FlowTimeouts, LinkRule, NetworkPolicy};
 use crate::{
     Error, Result,
     model::{FilterAction, FilterRecord, FlowInfo, PortBinding, PublishedPort, StatCounter},
@@ -723,8 +723,9 @@ impl Dataplane for EbpfDataplane {
             let last_seen = original
                 .last_seen_ns
                 .max(reply.map_or(0, |r| r.last_seen_ns));
+            let link = original.nat_ip_be == key.src_ip_be;
             out.push(FlowInfo {
-                kind: "masquerade".into(),
+                kind: if link { "link" } else { "masquerade" }.into(),
                 proto: if key.proto == IPPROTO_TCP {
                     "tcp"
                 } else {
@@ -807,6 +808,38 @@ impl Dataplane for EbpfDataplane {
             }
         }
         Ok(removed)
+    }
+
+    fn set_links(&mut self, links: &[LinkRule]) -> Result<()> {
+        let wanted: HashSet<LinkKey> = links
+            .iter()
+            .map(|l| LinkKey {
+                src_ip_be: u32::from(l.from).to_be(),
+                dst_ip_be: u32::from(l.to).to_be(),
+                dport_be: l.port.to_be(),
+                proto: l.proto.ip_proto(),
+                _pad: 0,
+            })
+            .collect();
+        let mut map: HashMap<&mut MapData, LinkKey, u32> =
+            HashMap::try_from(self.map_mut(LINKS)?).map_err(Error::dataplane(LINKS))?;
+        let present: Vec<LinkKey> = map.keys().filter_map(|k| k.ok()).collect();
+        for key in &present {
+            if !wanted.contains(key) {
+                match map.remove(key) {
+                    Ok(()) => {}
+                    Err(e) if is_missing_key(&e) => {}
+                    Err(e) => return Err(Error::dataplane("removing a link")(e)),
+                }
+            }
+        }
+        for key in wanted {
+            if !present.contains(&key) {
+                map.insert(key, 1, 0)
+                    .map_err(Error::dataplane("adding a link"))?;
+            }
+        }
+        Ok(())
     }
 
     fn set_masquerade(&mut self, source: Option<Ipv4Addr>, (min, max): (u16, u16)) -> Result<()> {

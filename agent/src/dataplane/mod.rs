@@ -3,6 +3,7 @@
 //! backend that reproduces Docker's rules for comparison comes with the benchmark work.
 
 pub mod ebpf;
+pub mod iptables;
 
 use std::net::Ipv4Addr;
 
@@ -42,6 +43,15 @@ pub struct NetworkPolicy {
     /// No way out.
     pub internal: bool,
     pub masquerade: bool,
+}
+
+/// What a `--link` allows through `icc=false`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LinkRule {
+    pub from: Ipv4Addr,
+    pub to: Ipv4Addr,
+    pub port: u16,
+    pub proto: crate::model::Proto,
 }
 
 /// Idle times after which translated flows are forgotten.
@@ -88,6 +98,13 @@ pub trait Dataplane: Send + Sync {
         match networks.is_empty() {
             true => Ok(()),
             false => Err(unsupported("network policy", self.name())),
+        }
+    }
+    /// Installs exactly `links` as the `--link` allow-list.
+    fn set_links(&mut self, links: &[LinkRule]) -> Result<()> {
+        match links.is_empty() {
+            true => Ok(()),
+            false => Err(unsupported("links", self.name())),
         }
     }
     /// The source address (`None`: no masquerade) and port range of masqueraded traffic.

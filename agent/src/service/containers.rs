@@ -166,6 +166,18 @@ impl Service {
                 .container(target)
                 .map_err(|_| Error::NotFound(format!("could not get container for {target}")))?;
             validate_name("link alias", alias)?;
+            if links.iter().any(|l: &LinkRecord| l.alias == alias) {
+                return Err(Error::InvalidArgument(format!(
+                    "link alias {alias} is given twice"
+                )));
+            }
+            let shared = networks.iter().any(|n| target.endpoint(&n.id).is_some());
+            if !shared {
+                return Err(Error::InvalidArgument(format!(
+                    "cannot link to container {}: it is on no network this container joins",
+                    target.name
+                )));
+            }
             links.push(LinkRecord {
                 container_id: target.id.clone(),
                 alias: alias.to_string(),
@@ -278,7 +290,7 @@ impl Service {
         for endpoint in &container.endpoints {
             self.note_allocation(&endpoint.network_id, endpoint.ip)?;
         }
-        self.refresh_dns()?;
+        self.refresh_views()?;
         self.dns_for(container)
     }
 
@@ -319,7 +331,7 @@ impl Service {
         self.dns.stop(&container.id);
         let steps = self.container_teardown_steps(&container);
         let result = self.run_all(steps).await;
-        self.refresh_dns()?;
+        self.refresh_views()?;
         result
     }
 

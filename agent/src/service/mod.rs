@@ -17,7 +17,7 @@ use rtnetlink::Handle;
 use crate::{
     Error, Result,
     config::Settings,
-    dataplane::{Dataplane, Endpoint},
+    dataplane::{Dataplane, Endpoint, LinkRule},
     dns,
     model::{
         ContainerRecord, EndpointRecord, Info, NetworkMode, NetworkRecord, PortBinding,
@@ -251,6 +251,39 @@ impl Service {
             .iter()
             .map(|p| (endpoint.clone(), *p))
             .collect())
+    }
+
+    /// Makes the DNS records and the dataplane's link allow-list match the state.
+    fn refresh_views(&mut self) -> Result<()> {
+        self.refresh_dns()?;
+        self.sync_links()
+    }
+
+    /// `--link` allow-lists: from each linking container's address to each exposed port of
+    /// the linked container, on every network they share.
+    fn sync_links(&mut self) -> Result<()> {
+        let mut rules = Vec::new();
+        for c in self.state.containers.values().filter(|c| !c.pending) {
+            for link in &c.links {
+                let Some(other) = self.container_by_id(&link.container_id) else {
+                    continue;
+                };
+                for mine in &c.endpoints {
+                    let Some(theirs) = other.endpoint(&mine.network_id) else {
+                        continue;
+                    };
+                    for port in other.all_exposed() {
+                        rules.push(LinkRule {
+                            from: mine.ip,
+                            to: theirs.ip,
+                            port: port.port,
+                            proto: port.proto,
+                        });
+                    }
+                }
+            }
+        }
+        self.dataplane.set_links(&rules)
     }
 
     /// Makes the DNS servers' view match the state: one record per container per

@@ -665,7 +665,7 @@ impl Service {
                         self.dataplane.publish(&ep, &port)?;
                     }
                 }
-                self.refresh_dns()?;
+                self.refresh_views()?;
                 self.dns_for(&container)
             }
             Err(e) => {
@@ -708,7 +708,7 @@ impl Service {
             }
             self.fix_default_route(&container).await?;
         }
-        self.refresh_dns()?;
+        self.refresh_views()?;
         self.dns_for(&container)
     }
 }

@@ -51,7 +51,7 @@ impl Service {
         self.dataplane.sync_published(&wanted)?;
         self.restore_filters()?;
         self.sync_networks()?;
-        self.refresh_dns()?;
+        self.refresh_views()?;
         for container in self.state.containers.values() {
             if netns::is_netns(&container.netns).is_ok()
                 && let Err(e) = self.dns_for(container)

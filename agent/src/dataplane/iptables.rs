@@ -1,0 +1,841 @@
+//! The `iptables` dataplane: the same behaviour as the eBPF fast path, programmed the way
+//! Docker 20.10's bridge driver does it (shared/reference/docker-20.10/iptables-save.*.txt),
+//! so that the two can be compared. It exists for the benchmark (`cargo xtask bench`) and
+//! as a reference behaviour, not as the product.
+//!
+//! Like dockerd, every rule is one `iptables` process: `-C` to see whether it is there,
+//! then `-A`/`-I` (or `-D`). The rules live in the namespace the agent runs in; this module
+//! never enters or names another namespace.
+//!
+//! What it keeps:
+//! - the published ports it installed, keyed like the eBPF map (protocol, host address,
+//!   host port), read back from `iptables -t nat -S DOCKER` when it starts, so that a
+//!   restarted agent knows what a previous one left;
+//! - the rules it installed for each network (FORWARD, isolation, masquerade), to remove
+//!   them when the network goes.
+//!
+//! `stats()` returns the packet and byte counters of the DNAT rules in nat/DOCKER
+//! (`iptables -t nat -L DOCKER -v -x -n`), one counter per published port, named
+//! `dnat.PROTO.HOSTIP:HOSTPORT`.
+//!
+//! Not done here (Docker's userland proxy covers them): node-local access through
+//! 127.0.0.1 and containers reaching their own network's published ports through the
+//! node's address (the DNAT rules carry `! -i BRIDGE`, as with `--userland-proxy=true`).
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::Ipv4Addr,
+    process::{Command, Output, Stdio},
+};
+
+use ipnet::Ipv4Net;
+
+use super::{Dataplane, Endpoint, NetworkPolicy};
+use crate::{
+    Error, Result,
+    model::{PortBinding, Proto, PublishedPort, StatCounter},
+};
+
+pub const CHAIN_DOCKER: &str = "DOCKER";
+pub const CHAIN_ISOLATION_1: &str = "DOCKER-ISOLATION-STAGE-1";
+pub const CHAIN_ISOLATION_2: &str = "DOCKER-ISOLATION-STAGE-2";
+pub const CHAIN_USER: &str = "DOCKER-USER";
+
+/// One rule: table, chain and match/target arguments (without `-A CHAIN`).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Rule {
+    pub table: &'static str,
+    pub chain: &'static str,
+    pub args: Vec<String>,
+}
+
+impl Rule {
+    fn new(table: &'static str, chain: &'static str, args: &[&str]) -> Self {
+        Rule {
+            table,
+            chain,
+            args: args.iter().map(|a| a.to_string()).collect(),
+        }
+    }
+
+    /// The rule as `iptables-save` prints it.
+    pub fn save_line(&self) -> String {
+        format!("-A {} {}", self.chain, self.args.join(" "))
+    }
+}
+
+/// Where rules go in their chain.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Position {
+    Append,
+    Insert,
+}
+
+/// The key of a published port, as in the eBPF map.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+struct PortId {
+    proto: Proto,
+    host_ip: Ipv4Addr,
+    host_port: u16,
+}
+
+impl PortId {
+    fn of(port: &PortBinding) -> Self {
+        PortId {
+            proto: port.proto,
+            host_ip: port.host_ip,
+            host_port: port.host_port,
+        }
+    }
+}
+
+/// Where a published port leads.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Mapping {
+    container_ip: Ipv4Addr,
+    container_port: u16,
+    bridge: String,
+    host_veth_ifindex: u32,
+}
+
+/// The DNAT rule of a published port (nat/DOCKER).
+pub fn dnat_rule(
+    proto: Proto,
+    host_ip: Ipv4Addr,
+    host_port: u16,
+    bridge: &str,
+    container_ip: Ipv4Addr,
+    container_port: u16,
+) -> Rule {
+    let p = proto.as_str();
+    let mut args: Vec<String> = Vec::new();
+    if !host_ip.is_unspecified() {
+        args.extend(["-d".into(), format!("{host_ip}/32")]);
+    }
+    args.extend(
+        [
+            "!",
+            "-i",
+            bridge,
+            "-p",
+            p,
+            "-m",
+            p,
+            "--dport",
+            &host_port.to_string(),
+            "-j",
+            "DNAT",
+            "--to-destination",
+            &format!("{container_ip}:{container_port}"),
+        ]
+        .map(String::from),
+    );
+    Rule {
+        table: "nat",
+        chain: CHAIN_DOCKER,
+        args,
+    }
+}
+
+/// The filter/DOCKER ACCEPT and nat/POSTROUTING hairpin MASQUERADE rules of a container
+/// port (shared by every host port that leads to it).
+pub fn target_rules(
+    proto: Proto,
+    bridge: &str,
+    container_ip: Ipv4Addr,
+    container_port: u16,
+) -> [Rule; 2] {
+    let p = proto.as_str();
+    let ip = format!("{container_ip}/32");
+    let port = container_port.to_string();
+    [
+        Rule::new(
+            "filter",
+            CHAIN_DOCKER,
+            &[
+                "-d", &ip, "!", "-i", bridge, "-o", bridge, "-p", p, "-m", p, "--dport", &port,
+                "-j", "ACCEPT",
+            ],
+        ),
+        Rule::new(
+            "nat",
+            "POSTROUTING",
+            &[
+                "-s",
+                &ip,
+                "-d",
+                &ip,
+                "-p",
+                p,
+                "-m",
+                p,
+                "--dport",
+                &port,
+                "-j",
+                "MASQUERADE",
+            ],
+        ),
+    ]
+}
+
+/// The rules of one bridge network, in the order they are installed, each with its position.
+fn network_rules(bridge: &str, policy: &NetworkPolicy) -> Vec<(Rule, Position)> {
+    use Position::*;
+    let subnet = policy.subnet.to_string();
+    let icc = if policy.icc { "ACCEPT" } else { "DROP" };
+    let mut rules = Vec::new();
+    if policy.internal {
+        rules.push((
+            Rule::new(
+                "filter",
+                "FORWARD",
+                &["-i", bridge, "-o", bridge, "-j", icc],
+            ),
+            Append,
+        ));
+        rules.push((
+            Rule::new(
+                "filter",
+                CHAIN_ISOLATION_1,
+                &["!", "-d", &subnet, "-i", bridge, "-j", "DROP"],
+            ),
+            Insert,
+        ));
+        rules.push((
+            Rule::new(
+                "filter",
+                CHAIN_ISOLATION_1,
+                &["!", "-s", &subnet, "-o", bridge, "-j", "DROP"],
+            ),
+            Insert,
+        ));
+    } else {
+        // Inserted in reverse, so that they read in Docker's order.
+        for args in [
+            &["-i", bridge, "-o", bridge, "-j", icc][..],
+            &["-i", bridge, "!", "-o", bridge, "-j", "ACCEPT"],
+            &["-o", bridge, "-j", CHAIN_DOCKER],
+            &[
+                "-o",
+                bridge,
+                "-m",
+                "conntrack",
+                "--ctstate",
+                "RELATED,ESTABLISHED",
+                "-j",
+                "ACCEPT",
+            ],
+        ] {
+            rules.push((Rule::new("filter", "FORWARD", args), Insert));
+        }
+        rules.push((
+            Rule::new(
+                "filter",
+                CHAIN_ISOLATION_1,
+                &["-i", bridge, "!", "-o", bridge, "-j", CHAIN_ISOLATION_2],
+            ),
+            Insert,
+        ));
+        rules.push((
+            Rule::new("filter", CHAIN_ISOLATION_2, &["-o", bridge, "-j", "DROP"]),
+            Insert,
+        ));
+        rules.push((
+            Rule::new("nat", CHAIN_DOCKER, &["-i", bridge, "-j", "RETURN"]),
+            Insert,
+        ));
+        if policy.masquerade {
+            rules.push((
+                Rule::new(
+                    "nat",
+                    "POSTROUTING",
+                    &["-s", &subnet, "!", "-o", bridge, "-j", "MASQUERADE"],
+                ),
+                Insert,
+            ));
+        }
+    }
+    rules
+}
+
+/// Parses a DNAT rule of nat/DOCKER as `iptables -S` prints it.
+fn parse_dnat(line: &str) -> Option<(PortId, Mapping)> {
+    let words: Vec<&str> = line.split_whitespace().collect();
+    if words.first() != Some(&"-A") || words.get(1) != Some(&CHAIN_DOCKER) {
+        return None;
+    }
+    let value = |flag: &str| {
+        words
+            .iter()
+            .position(|w| *w == flag)
+            .and_then(|i| words.get(i + 1).copied())
+    };
+    if value("-j") != Some("DNAT") {
+        return None;
+    }
+    let host_ip = match value("-d") {
+        Some(d) => d.parse::<Ipv4Net>().ok()?.addr(),
+        None => Ipv4Addr::UNSPECIFIED,
+    };
+    let bridge = words
+        .windows(3)
+        .find(|w| w[0] == "!" && w[1] == "-i")
+        .map(|w| w[2].to_string())?;
+    let proto = Proto::parse(value("-p")?).ok()?;
+    let host_port = value("--dport")?.parse().ok()?;
+    let (ip, port) = value("--to-destination")?.split_once(':')?;
+    Some((
+        PortId {
+            proto,
+            host_ip,
+            host_port,
+        },
+        Mapping {
+            container_ip: ip.parse().ok()?,
+            container_port: port.parse().ok()?,
+            bridge,
+            host_veth_ifindex: 0,
+        },
+    ))
+}
+
+/// The bridge a veth is enslaved to (`ip -o link show dev VETH`: `... master BR ...`).
+fn veth_master(veth: &str) -> Result<String> {
+    let out = run("ip", &["-o", "link", "show", "dev", veth])?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let words: Vec<&str> = text.split_whitespace().collect();
+    words
+        .windows(2)
+        .find(|w| w[0] == "master")
+        .map(|w| w[1].to_string())
+        .ok_or_else(|| Error::NotFound(format!("{veth} is not attached to a bridge")))
+}
+
+/// The interface holding an address of `subnet` (a bridge holds its gateway address).
+fn bridge_of_subnet(subnet: &Ipv4Net) -> Result<Option<String>> {
+    let out = run("ip", &["-o", "-4", "addr", "show"])?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    for line in text.lines() {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let (Some(name), Some(i)) = (words.get(1), words.iter().position(|w| *w == "inet")) else {
+            continue;
+        };
+        let Some(addr) = words.get(i + 1).and_then(|a| a.parse::<Ipv4Net>().ok()) else {
+            continue;
+        };
+        if addr.trunc() == subnet.trunc() {
+            return Ok(Some(name.trim_end_matches(':').to_string()));
+        }
+    }
+    Ok(None)
+}
+
+fn run(program: &str, args: &[&str]) -> Result<Output> {
+    let out = Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(Error::io(format!("running {program}")))?;
+    if !out.status.success() {
+        return Err(Error::Dataplane {
+            context: format!("{program} {}", args.join(" ")),
+            source: Box::new(std::io::Error::other(format!(
+                "{}: {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            ))),
+        });
+    }
+    Ok(out)
+}
+
+pub struct IptablesDataplane {
+    /// The iptables binary (`iptables`, i.e. iptables-nft on Debian 12).
+    binary: String,
+    ports: BTreeMap<PortId, Mapping>,
+    /// The rules installed per network (by its index).
+    networks: BTreeMap<u32, Vec<(Rule, Position)>>,
+    /// How many invocations of iptables this backend made, for the benchmark.
+    invocations: u64,
+}
+
+impl IptablesDataplane {
+    /// Creates Docker's chains and base rules in this namespace (idempotent) and reads back
+    /// the published ports a previous agent left.
+    pub fn start() -> Result<Self> {
+        let mut dp = IptablesDataplane {
+            binary: "iptables".into(),
+            ports: BTreeMap::new(),
+            networks: BTreeMap::new(),
+            invocations: 0,
+        };
+        dp.ensure_chain("nat", CHAIN_DOCKER)?;
+        for chain in [
+            CHAIN_DOCKER,
+            CHAIN_ISOLATION_1,
+            CHAIN_ISOLATION_2,
+            CHAIN_USER,
+        ] {
+            dp.ensure_chain("filter", chain)?;
+        }
+        let base = [
+            Rule::new(
+                "nat",
+                "PREROUTING",
+                &["-m", "addrtype", "--dst-type", "LOCAL", "-j", CHAIN_DOCKER],
+            ),
+            Rule::new(
+                "nat",
+                "OUTPUT",
+                &[
+                    "!",
+                    "-d",
+                    "127.0.0.0/8",
+                    "-m",
+                    "addrtype",
+                    "--dst-type",
+                    "LOCAL",
+                    "-j",
+                    CHAIN_DOCKER,
+                ],
+            ),
+            Rule::new("filter", CHAIN_ISOLATION_1, &["-j", "RETURN"]),
+            Rule::new("filter", CHAIN_ISOLATION_2, &["-j", "RETURN"]),
+            Rule::new("filter", CHAIN_USER, &["-j", "RETURN"]),
+        ];
+        for rule in &base {
+            dp.add(rule, Position::Append)?;
+        }
+        dp.ensure_forward_jumps()?;
+        dp.ipt(&["-P", "FORWARD", "DROP"])?;
+        let out = dp.ipt(&["-t", "nat", "-S", CHAIN_DOCKER])?;
+        dp.ports = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(parse_dnat)
+            .collect();
+        tracing::info!(
+            ports = dp.ports.len(),
+            invocations = dp.invocations,
+            "iptables dataplane ready"
+        );
+        Ok(dp)
+    }
+
+    fn ipt(&mut self, args: &[&str]) -> Result<Output> {
+        self.invocations += 1;
+        let mut full = vec!["-w"];
+        full.extend_from_slice(args);
+        run(&self.binary, &full)
+    }
+
+    /// `iptables -t TABLE -C CHAIN ARGS` succeeds.
+    fn exists(&mut self, rule: &Rule) -> bool {
+        self.invocations += 1;
+        Command::new(&self.binary)
+            .args(["-w", "-t", rule.table, "-C", rule.chain])
+            .args(&rule.args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+
+    fn with_rule(&mut self, op: &str, rule: &Rule) -> Result<()> {
+        let mut args = vec!["-t", rule.table, op, rule.chain];
+        args.extend(rule.args.iter().map(String::as_str));
+        self.ipt(&args).map(drop)
+    }
+
+    /// Adds `rule` unless it is there, as dockerd does (`-C`, then `-A` or `-I`).
+    fn add(&mut self, rule: &Rule, position: Position) -> Result<()> {
+        if self.exists(rule) {
+            return Ok(());
+        }
+        match position {
+            Position::Append => self.with_rule("-A", rule),
+            Position::Insert => self.with_rule("-I", rule),
+        }
+    }
+
+    /// Removes `rule` if it is there (`-C`, then `-D`).
+    fn remove(&mut self, rule: &Rule) -> Result<()> {
+        if !self.exists(rule) {
+            return Ok(());
+        }
+        self.with_rule("-D", rule)
+    }
+
+    fn ensure_chain(&mut self, table: &str, chain: &str) -> Result<()> {
+        if self.ipt(&["-t", table, "-S", chain]).is_ok() {
+            return Ok(());
+        }
+        self.ipt(&["-t", table, "-N", chain]).map(drop)
+    }
+
+    /// FORWARD starts with `-j DOCKER-USER`, then `-j DOCKER-ISOLATION-STAGE-1`: dockerd
+    /// deletes and re-inserts both whenever it adds a network.
+    fn ensure_forward_jumps(&mut self) -> Result<()> {
+        for chain in [CHAIN_ISOLATION_1, CHAIN_USER] {
+            let jump = Rule::new("filter", "FORWARD", &["-j", chain]);
+            self.remove(&jump)?;
+            self.with_rule("-I", &jump)?;
+        }
+        Ok(())
+    }
+
+    fn install(&mut self, id: PortId, mapping: Mapping) -> Result<()> {
+        if let Some(old) = self.ports.get(&id) {
+            if *old == mapping {
+                return Ok(());
+            }
+            self.uninstall(id)?;
+        }
+        let dnat = dnat_rule(
+            id.proto,
+            id.host_ip,
+            id.host_port,
+            &mapping.bridge,
+            mapping.container_ip,
+            mapping.container_port,
+        );
+        self.add(&dnat, Position::Append)?;
+        for rule in target_rules(
+            id.proto,
+            &mapping.bridge,
+            mapping.container_ip,
+            mapping.container_port,
+        ) {
+            self.add(&rule, Position::Append)?;
+        }
+        self.ports.insert(id, mapping);
+        Ok(())
+    }
+
+    /// Removes a port's rules, trying every one; the ACCEPT and hairpin rules stay while
+    /// another host port leads to the same container port.
+    fn uninstall(&mut self, id: PortId) -> Result<()> {
+        let Some(mapping) = self.ports.remove(&id) else {
+            return Ok(());
+        };
+        let mut errors = Vec::new();
+        let dnat = dnat_rule(
+            id.proto,
+            id.host_ip,
+            id.host_port,
+            &mapping.bridge,
+            mapping.container_ip,
+            mapping.container_port,
+        );
+        if let Err(e) = self.remove(&dnat) {
+            errors.push(e);
+        }
+        let shared = self.ports.iter().any(|(other, m)| {
+            other.proto == id.proto
+                && m.container_ip == mapping.container_ip
+                && m.container_port == mapping.container_port
+        });
+        if !shared {
+            for rule in target_rules(
+                id.proto,
+                &mapping.bridge,
+                mapping.container_ip,
+                mapping.container_port,
+            ) {
+                if let Err(e) = self.remove(&rule) {
+                    errors.push(e);
+                }
+            }
+        }
+        Error::collect(errors)
+    }
+
+    fn mapping(endpoint: &Endpoint, port: &PortBinding) -> Result<Mapping> {
+        Ok(Mapping {
+            container_ip: endpoint.container_ip,
+            container_port: port.container_port,
+            bridge: veth_master(&endpoint.host_veth)?,
+            host_veth_ifindex: endpoint.host_veth_ifindex,
+        })
+    }
+
+    /// How many times this backend ran iptables.
+    pub fn invocations(&self) -> u64 {
+        self.invocations
+    }
+}
+
+impl Dataplane for IptablesDataplane {
+    fn name(&self) -> &'static str {
+        "iptables"
+    }
+
+    /// Docker matches the node's addresses with `-m addrtype --dst-type LOCAL`.
+    fn set_node_addresses(&mut self, _addresses: &[(u32, Ipv4Addr)]) -> Result<()> {
+        Ok(())
+    }
+
+    /// Masquerade is per network (`-s SUBNET ! -o BRIDGE -j MASQUERADE`, in set_networks).
+    fn set_masquerade(&mut self, _source: Option<Ipv4Addr>, _ports: (u16, u16)) -> Result<()> {
+        Ok(())
+    }
+
+    fn attach_endpoint(&mut self, _endpoint: &Endpoint) -> Result<()> {
+        Ok(())
+    }
+
+    fn retain_endpoints(&mut self, _keep: &[String]) -> Result<()> {
+        Ok(())
+    }
+
+    /// Removes whatever ports still lead to the container, trying every one.
+    fn detach_endpoint(&mut self, endpoint: &Endpoint) -> Result<()> {
+        let ids: Vec<PortId> = self
+            .ports
+            .iter()
+            .filter(|(_, m)| m.container_ip == endpoint.container_ip)
+            .map(|(id, _)| *id)
+            .collect();
+        let errors = ids
+            .into_iter()
+            .filter_map(|id| self.uninstall(id).err())
+            .collect();
+        Error::collect(errors)
+    }
+
+    fn publish(&mut self, endpoint: &Endpoint, port: &PortBinding) -> Result<()> {
+        let mapping = Self::mapping(endpoint, port)?;
+        self.install(PortId::of(port), mapping)
+    }
+
+    fn unpublish(&mut self, port: &PortBinding) -> Result<()> {
+        self.uninstall(PortId::of(port))
+    }
+
+    fn sync_published(&mut self, wanted: &[(Endpoint, PortBinding)]) -> Result<()> {
+        let mut want: HashMap<PortId, Mapping> = HashMap::new();
+        for (endpoint, port) in wanted {
+            want.insert(PortId::of(port), Self::mapping(endpoint, port)?);
+        }
+        let mut errors = Vec::new();
+        let installed: Vec<(PortId, Mapping)> =
+            self.ports.iter().map(|(i, m)| (*i, m.clone())).collect();
+        for (id, mapping) in installed {
+            let keep = want.get(&id).is_some_and(|w| {
+                w.container_ip == mapping.container_ip
+                    && w.container_port == mapping.container_port
+                    && w.bridge == mapping.bridge
+            });
+            if !keep && let Err(e) = self.uninstall(id) {
+                errors.push(e);
+            }
+        }
+        for (id, mapping) in want {
+            match self.ports.get_mut(&id) {
+                // Read back from iptables, which does not know the veth's index.
+                Some(m) => m.host_veth_ifindex = mapping.host_veth_ifindex,
+                None => {
+                    if let Err(e) = self.install(id, mapping) {
+                        errors.push(e);
+                    }
+                }
+            }
+        }
+        Error::collect(errors)
+    }
+
+    fn published(&self) -> Result<Vec<PublishedPort>> {
+        let mut out: Vec<PublishedPort> = self
+            .ports
+            .iter()
+            .map(|(id, m)| PublishedPort {
+                host_ip: id.host_ip,
+                host_port: id.host_port,
+                proto: id.proto.as_str().into(),
+                container_ip: m.container_ip,
+                container_port: m.container_port,
+                host_veth_ifindex: m.host_veth_ifindex,
+            })
+            .collect();
+        out.sort_by_key(|p| (p.host_port, p.host_ip));
+        Ok(out)
+    }
+
+    /// The counters of the DNAT rules, `dnat.PROTO.HOSTIP:HOSTPORT`.
+    fn stats(&self) -> Result<Vec<StatCounter>> {
+        let out = run(
+            &self.binary,
+            &["-w", "-t", "nat", "-L", CHAIN_DOCKER, "-v", "-x", "-n"],
+        )?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        Ok(text.lines().filter_map(parse_counter).collect())
+    }
+
+    fn set_networks(&mut self, networks: &[NetworkPolicy]) -> Result<()> {
+        let mut errors = Vec::new();
+        let gone: Vec<u32> = self
+            .networks
+            .keys()
+            .filter(|i| !networks.iter().any(|n| n.index == **i))
+            .copied()
+            .collect();
+        for index in gone {
+            let rules = self.networks.remove(&index).unwrap_or_default();
+            for (rule, _) in rules.iter().rev() {
+                if let Err(e) = self.remove(rule) {
+                    errors.push(e);
+                }
+            }
+        }
+        let mut added = false;
+        for policy in networks {
+            let bridge = match bridge_of_subnet(&policy.subnet) {
+                Ok(Some(bridge)) => bridge,
+                Ok(None) => {
+                    tracing::warn!(subnet = %policy.subnet, "no bridge holds the subnet yet");
+                    continue;
+                }
+                Err(e) => {
+                    errors.push(e);
+                    continue;
+                }
+            };
+            let rules = network_rules(&bridge, policy);
+            if self.networks.get(&policy.index) == Some(&rules) {
+                continue;
+            }
+            if let Some(old) = self.networks.remove(&policy.index) {
+                for (rule, _) in old.iter().rev() {
+                    if !rules.iter().any(|(r, _)| r == rule)
+                        && let Err(e) = self.remove(rule)
+                    {
+                        errors.push(e);
+                    }
+                }
+            }
+            let mut ok = true;
+            for (rule, position) in &rules {
+                if let Err(e) = self.add(rule, *position) {
+                    errors.push(e);
+                    ok = false;
+                }
+            }
+            if ok {
+                self.networks.insert(policy.index, rules);
+            }
+            added = true;
+        }
+        if added && let Err(e) = self.ensure_forward_jumps() {
+            errors.push(e);
+        }
+        Error::collect(errors)
+    }
+}
+
+/// One line of `iptables -t nat -L DOCKER -v -x -n` for a DNAT rule:
+/// `pkts bytes DNAT tcp -- !br0 * 0.0.0.0/0 0.0.0.0/0 tcp dpt:8080 to:172.17.0.2:80`.
+fn parse_counter(line: &str) -> Option<StatCounter> {
+    let words: Vec<&str> = line.split_whitespace().collect();
+    if words.get(2) != Some(&"DNAT") {
+        return None;
+    }
+    let packets = words[0].parse().ok()?;
+    let bytes = words.get(1)?.parse().ok()?;
+    let proto = words.get(3)?;
+    let dst = words.get(8)?.trim_end_matches("/0").trim_end_matches("/32");
+    let dst = if dst == "0.0.0.0" { "0.0.0.0" } else { dst };
+    let port = words.iter().find_map(|w| w.strip_prefix("dpt:"))?;
+    Some(StatCounter {
+        name: format!("dnat.{proto}.{dst}:{port}"),
+        packets,
+        bytes,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rules_read_like_dockers() {
+        let dnat = dnat_rule(
+            Proto::Tcp,
+            Ipv4Addr::UNSPECIFIED,
+            8080,
+            "docker0",
+            "172.17.0.2".parse().unwrap(),
+            80,
+        );
+        assert_eq!(
+            dnat.save_line(),
+            "-A DOCKER ! -i docker0 -p tcp -m tcp --dport 8080 -j DNAT --to-destination 172.17.0.2:80"
+        );
+        let local = dnat_rule(
+            Proto::Tcp,
+            Ipv4Addr::LOCALHOST,
+            8081,
+            "docker0",
+            "172.17.0.2".parse().unwrap(),
+            80,
+        );
+        assert_eq!(
+            local.save_line(),
+            "-A DOCKER -d 127.0.0.1/32 ! -i docker0 -p tcp -m tcp --dport 8081 -j DNAT --to-destination 172.17.0.2:80"
+        );
+        let [accept, hairpin] =
+            target_rules(Proto::Udp, "docker0", "172.17.0.2".parse().unwrap(), 53);
+        assert_eq!(
+            accept.save_line(),
+            "-A DOCKER -d 172.17.0.2/32 ! -i docker0 -o docker0 -p udp -m udp --dport 53 -j ACCEPT"
+        );
+        assert_eq!(
+            hairpin.save_line(),
+            "-A POSTROUTING -s 172.17.0.2/32 -d 172.17.0.2/32 -p udp -m udp --dport 53 -j MASQUERADE"
+        );
+        assert_eq!(parse_dnat(&local.save_line()).unwrap().0.host_port, 8081);
+        let (id, m) = parse_dnat(&dnat.save_line()).unwrap();
+        assert_eq!(id.host_ip, Ipv4Addr::UNSPECIFIED);
+        assert_eq!((m.bridge.as_str(), m.container_port), ("docker0", 80));
+    }
+
+    #[test]
+    fn network_rules_follow_the_reference() {
+        let policy = NetworkPolicy {
+            index: 1,
+            subnet: "172.17.0.0/16".parse().unwrap(),
+            icc: true,
+            internal: false,
+            masquerade: true,
+        };
+        let lines: Vec<String> = network_rules("docker0", &policy)
+            .iter()
+            .map(|(r, _)| r.save_line())
+            .collect();
+        for expected in [
+            "-A FORWARD -o docker0 -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
+            "-A FORWARD -o docker0 -j DOCKER",
+            "-A FORWARD -i docker0 ! -o docker0 -j ACCEPT",
+            "-A FORWARD -i docker0 -o docker0 -j ACCEPT",
+            "-A DOCKER-ISOLATION-STAGE-1 -i docker0 ! -o docker0 -j DOCKER-ISOLATION-STAGE-2",
+            "-A DOCKER-ISOLATION-STAGE-2 -o docker0 -j DROP",
+            "-A POSTROUTING -s 172.17.0.0/16 ! -o docker0 -j MASQUERADE",
+            "-A DOCKER -i docker0 -j RETURN",
+        ] {
+            assert!(
+                lines.iter().any(|l| l == expected),
+                "{expected} in {lines:#?}"
+            );
+        }
+    }
+
+    #[test]
+    fn counters_of_dnat_rules() {
+        let line = "      12     720 DNAT       tcp  --  !bpfbr0 *       0.0.0.0/0            0.0.0.0/0            tcp dpt:8080 to:172.17.0.2:80";
+        let c = parse_counter(line).unwrap();
+        assert_eq!(
+            (c.name.as_str(), c.packets, c.bytes),
+            ("dnat.tcp.0.0.0.0:8080", 12, 720)
+        );
+        assert!(parse_counter("   0 0 RETURN all -- bpfbr0 * 0.0.0.0/0 0.0.0.0/0").is_none());
+    }
+}
