@@ -51,7 +51,10 @@ fn published_port_through_iptables_rules_and_removed_with_the_container() -> Res
             "-A DOCKER ! -i bpfbr0 -p udp -m udp --dport 5353 -j DNAT --to-destination {ip}:53"
         ),
     ] {
-        ensure!(rules.contains(&expected), "{expected:?} missing in\n{rules}");
+        ensure!(
+            rules.contains(&expected),
+            "{expected:?} missing in\n{rules}"
+        );
     }
     let ports = agent.cli(&["ports"])?;
     ensure!(

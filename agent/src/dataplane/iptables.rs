@@ -741,7 +741,12 @@ fn parse_counter(line: &str) -> Option<StatCounter> {
     }
     let packets = words[0].parse().ok()?;
     let bytes = words.get(1)?.parse().ok()?;
-    let proto = words.get(3)?;
+    // `-n` prints protocols by number.
+    let proto = match *words.get(3)? {
+        "6" => "tcp",
+        "17" => "udp",
+        other => other,
+    };
     let dst = words.get(8)?.trim_end_matches("/0").trim_end_matches("/32");
     let dst = if dst == "0.0.0.0" { "0.0.0.0" } else { dst };
     let port = words.iter().find_map(|w| w.strip_prefix("dpt:"))?;
@@ -830,7 +835,7 @@ mod tests {
 
     #[test]
     fn counters_of_dnat_rules() {
-        let line = "      12     720 DNAT       tcp  --  !bpfbr0 *       0.0.0.0/0            0.0.0.0/0            tcp dpt:8080 to:172.17.0.2:80";
+        let line = "      12     720 DNAT       6    --  !bpfbr0 *       0.0.0.0/0            0.0.0.0/0            tcp dpt:8080 to:172.17.0.2:80";
         let c = parse_counter(line).unwrap();
         assert_eq!(
             (c.name.as_str(), c.packets, c.bytes),
