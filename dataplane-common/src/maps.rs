@@ -46,6 +46,7 @@ pub const LINKS_MAX: u32 = 65_536;
 
 pub const IPPROTO_TCP: u8 = 6;
 pub const IPPROTO_UDP: u8 = 17;
+pub const IPPROTO_ICMP: u8 = 1;
 
 /// Key of [`PUBLISHED_PORTS`]. `host_ip_be == 0` means "every node address".
 #[repr(C)]

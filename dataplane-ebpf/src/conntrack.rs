@@ -12,9 +12,9 @@ use aya_ebpf::{
 };
 use dataplane_common::{
     CT_ORIGINAL, CT_REPLY, CT_TCP_CLOSING, CT_TCP_ESTABLISHED, CT_TCP_NEW, CtEntry, CtKey,
-    EndpointKey, IPPROTO_TCP, IPPROTO_UDP, LinkKey, csum,
+    EndpointKey, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, LinkKey, csum,
     parse::{
-        ETH_HLEN, Frame as _, IPV4_CHECK_OFF, IPV4_DST_OFF, IPV4_TTL_OFF, Ipv4, L4, L4_DPORT_OFF,
+        ETH_HLEN, Frame, IPV4_CHECK_OFF, IPV4_DST_OFF, IPV4_TTL_OFF, Ipv4, L4, L4_DPORT_OFF,
         L4_SPORT_OFF,
     },
     stats::Stat,
@@ -26,6 +26,49 @@ use crate::{
     maps::{CONNTRACK, ENDPOINTS, LINKS, NODE_CONFIG},
     nat::{decrement_ttl, rewrite_address, rewrite_port},
 };
+
+/// ICMP echo request and reply types.
+const ICMP_ECHO_REQUEST: u8 = 8;
+const ICMP_ECHO_REPLY: u8 = 0;
+/// Offset of the identifier in an ICMP echo header.
+const ICMP_ID_OFF: usize = 4;
+
+/// An ICMP echo request (`request`) or reply, seen as a flow: its identifier takes the
+/// place of the source port (request) or the destination port (reply), so that the same
+/// tracking and translation serve pings.
+#[inline(always)]
+pub fn icmp_echo<F: Frame>(frame: &F, ip: &Ipv4, request: bool) -> Option<L4> {
+    if ip.protocol != IPPROTO_ICMP || usize::from(ip.total_len) < ip.header_len + 8 {
+        return None;
+    }
+    let header: [u8; 8] = frame.load(ip.l4_offset())?;
+    let wanted = if request {
+        ICMP_ECHO_REQUEST
+    } else {
+        ICMP_ECHO_REPLY
+    };
+    if header[0] != wanted || header[1] != 0 {
+        return None;
+    }
+    let id_be = u16::from_ne_bytes([header[4], header[5]]);
+    Some(L4 {
+        sport_be: if request { id_be } else { 0 },
+        dport_be: if request { 0 } else { id_be },
+        check_offset: ip.l4_offset() + 2,
+        check: u16::from_ne_bytes([header[2], header[3]]),
+        tcp_flags: 0,
+    })
+}
+
+/// Where the translated "port" sits: the echo identifier for ICMP, else `port_off`.
+#[inline(always)]
+fn port_field(ip: &Ipv4, port_off: usize) -> usize {
+    if ip.protocol == IPPROTO_ICMP {
+        ICMP_ID_OFF
+    } else {
+        port_off
+    }
+}
 
 /// Source ports tried for a new flow before it is refused as exhausted.
 const PORT_TRIES: u32 = 16;
@@ -72,6 +115,9 @@ fn touch(entry: *mut CtEntry, ip: &Ipv4, l4: &L4) -> CtEntry {
 /// end, so the port must not be handed out.
 #[inline(always)]
 fn node_socket_uses(ctx: &TcContext, ip: &Ipv4, l4: &L4, nat_ip_be: u32, port_be: u16) -> bool {
+    if ip.protocol == IPPROTO_ICMP {
+        return false;
+    }
     // SAFETY: an all-zero tuple is valid; we fill the IPv4 part.
     let mut tuple: bpf_sock_tuple = unsafe { core::mem::zeroed() };
     // Writing a union member of plain integers is safe.
@@ -134,7 +180,16 @@ pub fn masquerade(ctx: &TcContext, ip: &Ipv4, l4: &L4) -> (i32, Stat) {
                 entry.nat_ip_be,
             )
         })
-        .and_then(|()| rewrite_port(ctx, ip, l4, L4_SPORT_OFF, l4.sport_be, entry.nat_port_be));
+        .and_then(|()| {
+            rewrite_port(
+                ctx,
+                ip,
+                l4,
+                port_field(ip, L4_SPORT_OFF),
+                l4.sport_be,
+                entry.nat_port_be,
+            )
+        });
     if rewritten.is_err() {
         return (TC_ACT_SHOT, Stat::ContainerDropRewriteFailed);
     }
@@ -255,7 +310,13 @@ fn rewrite_reply(frame: &XdpFrame, ip: &Ipv4, l4: &L4, entry: &CtEntry) -> Optio
     frame.store(ETH_HLEN + IPV4_TTL_OFF, new_ttl)?;
     frame.store(ETH_HLEN + IPV4_DST_OFF, entry.nat_ip_be)?;
     frame.store(ETH_HLEN + IPV4_CHECK_OFF, check)?;
-    if !(ip.protocol == IPPROTO_UDP && l4.check == csum::UDP_NO_CHECKSUM) {
+    if ip.protocol == IPPROTO_ICMP {
+        // No pseudo-header: only the identifier counts.
+        frame.store(
+            l4.check_offset,
+            csum::replace2(l4.check, l4.dport_be, entry.nat_port_be),
+        )?;
+    } else if !(ip.protocol == IPPROTO_UDP && l4.check == csum::UDP_NO_CHECKSUM) {
         let check = csum::replace4(l4.check, ip.dst_be, entry.nat_ip_be);
         let mut check = csum::replace2(check, l4.dport_be, entry.nat_port_be);
         if ip.protocol == IPPROTO_UDP && check == 0 {
@@ -263,7 +324,10 @@ fn rewrite_reply(frame: &XdpFrame, ip: &Ipv4, l4: &L4, entry: &CtEntry) -> Optio
         }
         frame.store(l4.check_offset, check)?;
     }
-    frame.store(ip.l4_offset() + L4_DPORT_OFF, entry.nat_port_be)?;
+    frame.store(
+        ip.l4_offset() + port_field(ip, L4_DPORT_OFF),
+        entry.nat_port_be,
+    )?;
     frame.store(0, entry.container_mac)?;
     frame.store(6, entry.host_veth_mac)?;
     Some(())

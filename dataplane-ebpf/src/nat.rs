@@ -8,7 +8,8 @@ use aya_ebpf::{
     programs::{TcContext, XdpContext},
 };
 use dataplane_common::{
-    EndpointKey, FlowKey, IPPROTO_UDP, NatFlow, NodeAddrKey, PortKey, PortTarget, csum,
+    EndpointKey, FlowKey, IPPROTO_ICMP, IPPROTO_UDP, NatFlow, NodeAddrKey, PortKey, PortTarget,
+    csum,
     parse::{
         ETH_HLEN, Frame as _, IPV4_CHECK_OFF, IPV4_DST_OFF, IPV4_SRC_OFF, IPV4_TTL_OFF, Ipv4, L4,
         L4_DPORT_OFF, L4_SPORT_OFF, Malformed, Parsed, parse,
@@ -83,7 +84,13 @@ pub fn uplink_ingress(ctx: &XdpContext, len: usize) -> (u32, Stat) {
         Err(_) => return (xdp_action::XDP_DROP, Stat::UplinkDropMalformed),
         Ok(Parsed::NotIpv4) => return (xdp_action::XDP_PASS, Stat::UplinkPassNotIpv4),
         Ok(Parsed::Fragment(_)) => return (xdp_action::XDP_PASS, Stat::UplinkPassFragment),
-        Ok(Parsed::OtherProtocol(_)) => {
+        Ok(Parsed::OtherProtocol(ip)) => {
+            // An echo reply to a masqueraded ping goes back to its container.
+            if let Some(echo) = conntrack::icmp_echo(&frame, &ip, false)
+                && let Some(verdict) = conntrack::masquerade_reply(&frame, &ip, &echo)
+            {
+                return verdict;
+            }
             return (xdp_action::XDP_PASS, Stat::UplinkPassNotTcpUdp);
         }
         Ok(Parsed::Transport(ip, l4)) => (ip, l4),
@@ -234,8 +241,12 @@ fn policy_verdict(ctx: &TcContext, ip: &Ipv4, l4: Option<&L4>, unknown: Stat) ->
             masquerade: true,
         }) => match l4 {
             Some(l4) => conntrack::masquerade(ctx, ip, l4),
-            // Only TCP and UDP are masqueraded; other protocols leave as they are.
-            None => (TC_ACT_OK, Stat::ContainerPassOutside),
+            // ICMP echo requests are masqueraded by identifier; other protocols leave as
+            // they are.
+            None => match conntrack::icmp_echo(&TcFrame(ctx), ip, true) {
+                Some(echo) => conntrack::masquerade(ctx, ip, &echo),
+                None => (TC_ACT_OK, Stat::ContainerPassOutside),
+            },
         },
     }
 }
@@ -391,7 +402,8 @@ pub(crate) fn rewrite_address(
     new: u32,
 ) -> Result<(), i64> {
     ctx.l3_csum_replace(ETH_HLEN + IPV4_CHECK_OFF, u64::from(old), u64::from(new), 4)?;
-    if has_l4_checksum(ip, l4) {
+    // ICMP's checksum covers no pseudo-header: an address change leaves it alone.
+    if ip.protocol != IPPROTO_ICMP && has_l4_checksum(ip, l4) {
         let pseudo = u64::from(BPF_F_PSEUDO_HDR) | 4;
         ctx.l4_csum_replace(l4.check_offset, u64::from(old), u64::from(new), pseudo)?;
     }

@@ -155,3 +155,20 @@ fn idle_flows_expire_and_active_ones_survive() -> Result<()> {
     assert!(udp_gone, "the idle UDP flow never expired");
     Ok(())
 }
+
+#[test]
+fn ping_is_masqueraded_by_identifier() -> Result<()> {
+    let topology = Topology::new()?;
+    let agent = Agent::start(&topology)?;
+    let (_, ns) = agent.create_container(&["c"])?;
+    assert!(
+        bpfbridge_tests::ping_reaches(&ns, WORLD_IP),
+        "ping to the world"
+    );
+    // The echo reply came back to the node's address and was handed to the container.
+    assert!(agent.counter("uplink_ingress.redirect.masquerade_reply")? >= 1);
+    let flows = String::from_utf8(agent.cli(&["conntrack", "ls"])?.stdout)?;
+    assert!(flows.contains("masquerade icmp"), "{flows}");
+    assert!(flows.contains("seen-as=198.51.100.1:"), "{flows}");
+    Ok(())
+}

@@ -150,6 +150,15 @@ fn filter_entry(rule: &FilterRecord) -> (Key<FilterKey>, FilterRule) {
     )
 }
 
+fn proto_name(proto: u8) -> String {
+    match proto {
+        IPPROTO_TCP => "tcp".into(),
+        dataplane_common::IPPROTO_UDP => "udp".into(),
+        dataplane_common::IPPROTO_ICMP => "icmp".into(),
+        other => other.to_string(),
+    }
+}
+
 /// A tracked flow: its original key and entry, its reply key, and the reply entry if present.
 type CtPair = (CtKey, CtEntry, CtKey, Option<CtEntry>);
 
@@ -703,12 +712,7 @@ impl Dataplane for EbpfDataplane {
             let (key, flow) = entry.map_err(Error::dataplane("reading flows"))?;
             out.push(FlowInfo {
                 kind: "dnat".into(),
-                proto: if key.proto == IPPROTO_TCP {
-                    "tcp"
-                } else {
-                    "udp"
-                }
-                .into(),
+                proto: proto_name(key.proto),
                 client: endpoint(flow.client_ip_be, flow.client_port_be),
                 frontend: endpoint(flow.frontend_ip_be, flow.frontend_port_be),
                 backend: endpoint(key.container_ip_be, key.container_port_be),
@@ -726,12 +730,7 @@ impl Dataplane for EbpfDataplane {
             let link = original.nat_ip_be == key.src_ip_be;
             out.push(FlowInfo {
                 kind: if link { "link" } else { "masquerade" }.into(),
-                proto: if key.proto == IPPROTO_TCP {
-                    "tcp"
-                } else {
-                    "udp"
-                }
-                .into(),
+                proto: proto_name(key.proto),
                 client: endpoint(key.src_ip_be, key.sport_be),
                 frontend: endpoint(key.dst_ip_be, key.dport_be),
                 backend: endpoint(key.dst_ip_be, key.dport_be),
