@@ -91,6 +91,9 @@ pub fn uplink_ingress(ctx: &XdpContext, len: usize) -> (u32, Stat) {
             {
                 return verdict;
             }
+            if let Some(verdict) = conntrack::icmp_error_reply(&frame, &ip) {
+                return verdict;
+            }
             return (xdp_action::XDP_PASS, Stat::UplinkPassNotTcpUdp);
         }
         Ok(Parsed::Transport(ip, l4)) => (ip, l4),

@@ -172,3 +172,23 @@ fn ping_is_masqueraded_by_identifier() -> Result<()> {
     assert!(flows.contains("seen-as=198.51.100.1:"), "{flows}");
     Ok(())
 }
+
+#[test]
+fn icmp_errors_for_masqueraded_flows_are_translated_back() -> Result<()> {
+    let topology = Topology::new()?;
+    let agent = Agent::start(&topology)?;
+    let (_, ns) = agent.create_container(&["c"])?;
+    // Nothing listens on this world port: the world answers "port unreachable" to the
+    // node's address, which must reach the container's socket as a refusal.
+    let result = in_netns(&ns, || -> std::io::Result<()> {
+        let socket = UdpSocket::bind("0.0.0.0:0")?;
+        socket.connect(world(7399))?;
+        socket.set_read_timeout(Some(Duration::from_secs(3)))?;
+        socket.send(b"anyone?")?;
+        let mut buf = [0u8; 16];
+        socket.recv(&mut buf).map(drop)
+    });
+    let err = result.expect_err("no answer can come");
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused, "{err}");
+    Ok(())
+}
