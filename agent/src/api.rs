@@ -84,6 +84,7 @@ pub fn router(service: Shared) -> Router {
         .route("/filters", get(list_filters).post(add_filter))
         .route("/filters/{id}", delete(remove_filter))
         .route("/conntrack", get(list_flows).delete(flush_flows))
+        .route("/monitor", get(monitor))
         .route("/ports", get(ports))
         .route("/stats", get(stats))
         .fallback(|| async { ApiError(Error::NotFound("no such API endpoint".into())) })
@@ -213,4 +214,38 @@ async fn list_flows(State(s): State<Shared>) -> ApiResult<impl IntoResponse> {
 async fn flush_flows(State(s): State<Shared>) -> ApiResult<impl IntoResponse> {
     let removed = s.lock().await.flush_flows()?;
     Ok(Json(serde_json::json!({ "Flushed": removed })))
+}
+
+/// Drop and new-flow events as newline-delimited JSON, for as long as the client reads.
+async fn monitor(State(s): State<Shared>) -> ApiResult<Response> {
+    let receiver = s.lock().await.subscribe().ok_or_else(|| {
+        ApiError(Error::InvalidArgument(
+            "this dataplane has no event feed".into(),
+        ))
+    })?;
+    let lines = futures::stream::unfold(receiver, |mut receiver| async move {
+        loop {
+            match receiver.recv().await {
+                Ok(event) => {
+                    let mut line = serde_json::to_vec(&event).unwrap_or_default();
+                    line.push(b'\n');
+                    return Some((
+                        Ok::<_, std::convert::Infallible>(Bytes::from(line)),
+                        receiver,
+                    ));
+                }
+                // A slow reader misses events rather than holding the agent up.
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    });
+    Response::builder()
+        .header("content-type", "application/x-ndjson")
+        .body(axum::body::Body::from_stream(lines))
+        .map_err(|e| {
+            ApiError(Error::InvalidArgument(format!(
+                "building the response: {e}"
+            )))
+        })
 }

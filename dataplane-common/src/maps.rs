@@ -33,6 +33,13 @@ pub const NETWORKS: &str = "NETWORKS";
 pub const CONNTRACK: &str = "CONNTRACK";
 /// What `--link` allows through `icc=false`: a container to another's exposed port.
 pub const LINKS: &str = "LINKS";
+/// Drop and new-flow [`Event`]s for `bpfbridge monitor` (a ring buffer).
+pub const EVENTS: &str = "EVENTS";
+/// Per-CPU token bucket that limits [`EVENTS`], so a flood cannot swamp the agent.
+pub const EVENT_BUDGET: &str = "EVENT_BUDGET";
+pub const EVENTS_BYTES: u32 = 256 * 1024;
+/// Events per second and CPU that the ring buffer takes; the rest are only counted.
+pub const EVENTS_PER_SECOND: u64 = 1000;
 
 pub const PUBLISHED_PORTS_MAX: u32 = 65_536;
 pub const NODE_ADDRS_MAX: u32 = 256;
@@ -230,6 +237,33 @@ pub struct CtKey {
     pub _pad: [u8; 3],
 }
 
+/// [`Event::kind`].
+pub const EVENT_DROP: u32 = 1;
+pub const EVENT_NEW_FLOW: u32 = 2;
+
+/// A record of [`EVENTS`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Event {
+    pub kind: u32,
+    /// The [`crate::stats::Stat`] that counted the packet.
+    pub stat: u32,
+    pub src_ip_be: u32,
+    pub dst_ip_be: u32,
+    pub sport_be: u16,
+    pub dport_be: u16,
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+
+/// Value of [`EVENT_BUDGET`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EventBudget {
+    pub tokens: u64,
+    pub refilled_ns: u64,
+}
+
 /// Key of [`LINKS`]; the value is unused (presence allows).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -291,6 +325,8 @@ const _: () = assert!(size_of::<SockNatValue>() == 8);
 const _: () = assert!(size_of::<NodeConfig>() == 16);
 const _: () = assert!(size_of::<CtKey>() == 16);
 const _: () = assert!(size_of::<LinkKey>() == 12);
+const _: () = assert!(size_of::<Event>() == 24);
+const _: () = assert!(size_of::<EventBudget>() == 16);
 const _: () = assert!(size_of::<CtEntry>() == 32);
 const _: () = assert!(size_of::<NetworkKey>() == 4);
 const _: () = assert!(size_of::<NetworkInfo>() == 8);
@@ -316,6 +352,8 @@ mod pod {
     unsafe impl aya::Pod for NodeConfig {}
     unsafe impl aya::Pod for CtKey {}
     unsafe impl aya::Pod for LinkKey {}
+    unsafe impl aya::Pod for Event {}
+    unsafe impl aya::Pod for EventBudget {}
     unsafe impl aya::Pod for CtEntry {}
     unsafe impl aya::Pod for NetworkKey {}
     unsafe impl aya::Pod for NetworkInfo {}

@@ -61,6 +61,7 @@ stats! {
     ContainerDropNatExhausted = "container_ingress.drop.nat_exhausted",
     ContainerDropConntrackFull = "container_ingress.drop.conntrack_full",
     SocketTranslated = "sock_addr.translate.node_local",
+    MonitorSuppressed = "monitor.events_suppressed",
 }
 
 /// Size of the per-CPU counter array.

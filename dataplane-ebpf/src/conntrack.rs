@@ -267,6 +267,14 @@ fn open_flow(
             let _ = CONNTRACK.remove(&reply_key);
             return Err(Stat::ContainerDropConntrackFull);
         }
+        crate::events::new_flow(
+            Stat::ContainerRedirectMasquerade,
+            ip.protocol,
+            ip.src_be,
+            ip.dst_be,
+            l4.sport_be,
+            l4.dport_be,
+        );
         return Ok(original);
     }
     Err(Stat::ContainerDropNatExhausted)
@@ -395,6 +403,14 @@ pub fn linked(ip: &Ipv4, l4: &L4) -> (i32, Stat) {
     {
         return (TC_ACT_SHOT, Stat::ContainerDropConntrackFull);
     }
+    crate::events::new_flow(
+        Stat::ContainerPassLink,
+        ip.protocol,
+        ip.src_be,
+        ip.dst_be,
+        l4.sport_be,
+        l4.dport_be,
+    );
     (aya_ebpf::bindings::TC_ACT_OK, Stat::ContainerPassLink)
 }
 

@@ -4,6 +4,7 @@
 #![no_main]
 
 mod conntrack;
+mod events;
 mod fib;
 mod frame;
 mod maps;
@@ -13,6 +14,7 @@ mod sock;
 mod stats;
 
 use aya_ebpf::{
+    bindings::{TC_ACT_SHOT, xdp_action},
     macros::{cgroup_sock_addr, classifier, xdp},
     programs::{SockAddrContext, TcContext, XdpContext},
 };
@@ -24,6 +26,12 @@ pub fn uplink_ingress(ctx: XdpContext) -> u32 {
     let len = ctx.data_end() - ctx.data();
     let (verdict, stat) = nat::uplink_ingress(&ctx, len);
     stats::count(stat, len);
+    events::on_verdict(
+        &frame::XdpFrame(&ctx),
+        len,
+        stat,
+        verdict == xdp_action::XDP_DROP,
+    );
     verdict
 }
 
@@ -34,6 +42,7 @@ pub fn container_ingress(ctx: TcContext) -> i32 {
     let len = ctx.len() as usize;
     let (verdict, stat) = nat::container_ingress(&ctx);
     stats::count(stat, len);
+    events::on_verdict(&frame::TcFrame(&ctx), len, stat, verdict == TC_ACT_SHOT);
     verdict
 }
 

@@ -3,14 +3,14 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use dataplane_common::{
-    CONNTRACK_MAX, Counter, CtEntry, CtKey, ENDPOINTS_MAX, EndpointInfo, EndpointKey,
-    FILTER_RULES_MAX, FilterKey, FilterRule, FlowKey, LINKS_MAX, LinkKey, NAT_FLOWS_MAX,
-    NETWORKS_MAX, NODE_ADDRS_MAX, NatFlow, NetworkInfo, NetworkKey, NodeAddr, NodeAddrKey,
-    NodeConfig, PUBLISHED_PORTS_MAX, PortKey, PortTarget, SOCK_NAT_MAX, SockNatKey, SockNatValue,
-    stats::STATS_LEN,
+    CONNTRACK_MAX, Counter, CtEntry, CtKey, ENDPOINTS_MAX, EVENTS_BYTES, EndpointInfo, EndpointKey,
+    EventBudget, FILTER_RULES_MAX, FilterKey, FilterRule, FlowKey, LINKS_MAX, LinkKey,
+    NAT_FLOWS_MAX, NETWORKS_MAX, NODE_ADDRS_MAX, NatFlow, NetworkInfo, NetworkKey, NodeAddr,
+    NodeAddrKey, NodeConfig, PUBLISHED_PORTS_MAX, PortKey, PortTarget, SOCK_NAT_MAX, SockNatKey,
+    SockNatValue, stats::STATS_LEN,
 };
 
 #[map]
@@ -50,3 +50,9 @@ pub static CONNTRACK: HashMap<CtKey, CtEntry> = HashMap::pinned(CONNTRACK_MAX, 0
 
 #[map]
 pub static LINKS: HashMap<LinkKey, u32> = HashMap::pinned(LINKS_MAX, 0);
+
+#[map]
+pub static EVENTS: RingBuf = RingBuf::pinned(EVENTS_BYTES, 0);
+
+#[map]
+pub static EVENT_BUDGET: PerCpuArray<EventBudget> = PerCpuArray::pinned(1, 0);

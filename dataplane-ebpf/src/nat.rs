@@ -139,6 +139,16 @@ pub fn uplink_ingress(ctx: &XdpContext, len: usize) -> (u32, Stat) {
     if NAT_FLOWS.insert(&flow, &nat, 0).is_err() {
         return (xdp_action::XDP_DROP, Stat::UplinkDropFlowTableFull);
     }
+    if l4.is_tcp_syn() {
+        crate::events::new_flow(
+            Stat::UplinkRedirectDnat,
+            ip.protocol,
+            ip.src_be,
+            ip.dst_be,
+            l4.sport_be,
+            l4.dport_be,
+        );
+    }
     // SAFETY: a plain helper call.
     let verdict = unsafe { bpf_redirect(target.host_veth_ifindex, 0) } as u32;
     (verdict, Stat::UplinkRedirectDnat)

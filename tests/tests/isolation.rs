@@ -248,3 +248,65 @@ fn link_opens_exposed_ports_through_icc_false_one_way() -> Result<()> {
     )?;
     Ok(())
 }
+
+#[test]
+fn monitor_streams_drops_and_a_flood_is_rate_limited() -> Result<()> {
+    use std::{io::Read as _, process::Stdio, time::Instant};
+    let topology = Topology::new()?;
+    let agent = Agent::start(&topology)?;
+    for (name, subnet) in [("left", "10.71.0.0/24"), ("right", "10.72.0.0/24")] {
+        let out = agent.cli(&["network", "create", name, "--subnet", subnet])?;
+        ensure!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let (_, x_ns) = agent.create_container(&["x", "--network", "left"])?;
+    let (y, _) = agent.create_container(&["y", "--network", "right"])?;
+    let y_ip: Ipv4Addr = y["NetworkSettings"]["Networks"]["right"]["IPAddress"]
+        .as_str()
+        .unwrap()
+        .parse()?;
+
+    let mut monitor = std::process::Command::new(bpfbridge_tests::bpfbridge_bin())
+        .arg("--socket")
+        .arg(&agent.socket)
+        .args(["monitor", "--count", "1"])
+        .stdout(Stdio::piped())
+        .spawn()?;
+    std::thread::sleep(Duration::from_millis(300)); // let it subscribe
+    assert!(!udp_reaches(
+        &x_ns,
+        SocketAddrV4::new(y_ip, PORT),
+        Duration::from_millis(300)
+    ));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while monitor.try_wait()?.is_none() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = monitor.kill();
+    let mut out = String::new();
+    monitor
+        .stdout
+        .take()
+        .expect("stdout")
+        .read_to_string(&mut out)?;
+    let event: Value = serde_json::from_str(out.lines().next().unwrap_or("null"))?;
+    assert_eq!(event["Kind"], "drop", "{out}");
+    assert_eq!(event["Reason"], "container_ingress.drop.isolation");
+    assert_eq!(event["Destination"], format!("{y_ip}:{PORT}"));
+
+    // A flood of drops: the kernel keeps most of them out of the ring buffer, and the agent
+    // stays responsive.
+    bpfbridge_tests::in_netns(&x_ns, || -> std::io::Result<()> {
+        let socket = std::net::UdpSocket::bind("0.0.0.0:0")?;
+        for _ in 0..5000 {
+            let _ = socket.send_to(b"flood", SocketAddrV4::new(y_ip, PORT));
+        }
+        Ok(())
+    })?;
+    assert!(agent.counter("monitor.events_suppressed")? > 0);
+    assert!(agent.cli(&["info"])?.status.success());
+    Ok(())
+}

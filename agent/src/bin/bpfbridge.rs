@@ -59,6 +59,12 @@ enum Command {
     /// The translated flows, like `conntrack -L`.
     #[command(subcommand)]
     Conntrack(ConntrackCommand),
+    /// Stream drop and new-flow events as JSON lines (rate-limited in the kernel).
+    Monitor {
+        /// Stop after this many events.
+        #[arg(long)]
+        count: Option<usize>,
+    },
     /// Show the published-port entries of the dataplane.
     Ports,
     /// Show the dataplane's packet and byte counters.
@@ -662,6 +668,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 "bpfbridge conntrack: {} flow entries have been deleted.",
                 flushed["Flushed"]
             );
+        }
+        Command::Monitor { count } => {
+            let mut seen = 0;
+            client
+                .stream_lines("/monitor", |line| {
+                    println!("{line}");
+                    seen += 1;
+                    count.is_none_or(|c| seen < c)
+                })
+                .await?;
         }
         Command::Ports => {
             let ports: Vec<PublishedPort> = client.get("/ports").await?;

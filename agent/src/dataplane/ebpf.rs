@@ -12,7 +12,7 @@ use std::{
 use aya::{
     Ebpf, EbpfLoader,
     maps::{
-        Array, HashMap, MapData, PerCpuArray, PerCpuValues,
+        Array, HashMap, MapData, PerCpuArray, PerCpuValues, RingBuf,
         lpm_trie::{Key, LpmTrie},
     },
     programs::{
@@ -24,17 +24,19 @@ use aya::{
 };
 use dataplane_common::{
     CONNTRACK, CT_ORIGINAL, CT_REPLY, CT_TCP_CLOSING, CT_TCP_ESTABLISHED, Counter, CtEntry, CtKey,
-    ENDPOINTS, EndpointInfo, EndpointKey, FILTER_ALLOW, FILTER_DENY, FILTER_HITS, FILTER_RULES,
-    FILTER_SCOPE_BITS, FilterKey, FilterRule, FlowKey, IPPROTO_TCP, LINKS, LinkKey, NAT_FLOWS,
-    NETWORK_ICC, NETWORK_INTERNAL, NETWORK_MASQUERADE, NETWORKS, NODE_ADDRS, NODE_CONFIG, NatFlow,
-    NetworkInfo, NetworkKey, NodeAddr, NodeAddrKey, NodeConfig, PUBLISHED_PORTS, PortKey,
-    PortTarget, STATS, stats::Stat,
+    ENDPOINTS, EVENT_DROP, EVENTS, EndpointInfo, EndpointKey, Event, FILTER_ALLOW, FILTER_DENY,
+    FILTER_HITS, FILTER_RULES, FILTER_SCOPE_BITS, FilterKey, FilterRule, FlowKey, IPPROTO_TCP,
+    LINKS, LinkKey, NAT_FLOWS, NETWORK_ICC, NETWORK_INTERNAL, NETWORK_MASQUERADE, NETWORKS,
+    NODE_ADDRS, NODE_CONFIG, NatFlow, NetworkInfo, NetworkKey, NodeAddr, NodeAddrKey, NodeConfig,
+    PUBLISHED_PORTS, PortKey, PortTarget, STATS, stats::Stat,
 };
 
 use super::{Dataplane, Endpoint, FilterHits, FlowTimeouts, LinkRule, NetworkPolicy};
 use crate::{
     Error, Result,
-    model::{FilterAction, FilterRecord, FlowInfo, PortBinding, PublishedPort, StatCounter},
+    model::{
+        FilterAction, FilterRecord, FlowInfo, MonitorEvent, PortBinding, PublishedPort, StatCounter,
+    },
 };
 
 /// The compiled programs, built by build.rs.
@@ -67,6 +69,8 @@ pub struct EbpfDataplane {
     links_dir: PathBuf,
     /// What NODE_CONFIG holds (written whole).
     node_config: NodeConfig,
+    /// Events read from the ring buffer, for `bpfbridge monitor`.
+    events: tokio::sync::broadcast::Sender<MonitorEvent>,
 }
 
 fn port_key(port: &PortBinding) -> PortKey {
@@ -150,6 +154,55 @@ fn filter_entry(rule: &FilterRecord) -> (Key<FilterKey>, FilterRule) {
     )
 }
 
+/// Forwards the ring buffer's events to the monitor's subscribers until the agent stops.
+async fn read_events(ring: RingBuf<MapData>, events: tokio::sync::broadcast::Sender<MonitorEvent>) {
+    // SAFETY: the ring buffer owns its map descriptor, which stays open and the same for
+    // as long as the AsyncFd holds the ring buffer.
+    let mut ring = match unsafe { tokio::io::unix::AsyncFd::register(ring) } {
+        Ok(ring) => ring,
+        Err(e) => {
+            tracing::warn!("no monitor events: {e}");
+            return;
+        }
+    };
+    let endpoint = |ip_be: u32, port_be: u16| match port_be {
+        0 => Ipv4Addr::from(u32::from_be(ip_be)).to_string(),
+        port => format!(
+            "{}:{}",
+            Ipv4Addr::from(u32::from_be(ip_be)),
+            u16::from_be(port)
+        ),
+    };
+    loop {
+        let Ok(mut guard) = ring.readable_mut().await else {
+            return;
+        };
+        while let Some(item) = guard.get_inner_mut().next() {
+            if item.len() < size_of::<Event>() {
+                continue;
+            }
+            // SAFETY: the programs write whole `Event`s; read without alignment.
+            let event: Event = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
+            let reason = Stat::ALL
+                .get(event.stat as usize)
+                .map_or("unknown", |s| s.name());
+            let _ = events.send(MonitorEvent {
+                kind: if event.kind == EVENT_DROP {
+                    "drop"
+                } else {
+                    "new-flow"
+                }
+                .into(),
+                reason: reason.into(),
+                proto: event.proto,
+                source: endpoint(event.src_ip_be, event.sport_be),
+                destination: endpoint(event.dst_ip_be, event.dport_be),
+            });
+        }
+        guard.clear_ready();
+    }
+}
+
 fn proto_name(proto: u8) -> String {
     match proto {
         IPPROTO_TCP => "tcp".into(),
@@ -218,10 +271,17 @@ impl EbpfDataplane {
         let tc: &mut SchedClassifier = program(&mut ebpf, CONTAINER_PROGRAM)?;
         tc.load()
             .map_err(Error::dataplane("loading the TC program"))?;
+        let (events, _) = tokio::sync::broadcast::channel(1024);
+        let ring = ebpf
+            .take_map(EVENTS)
+            .ok_or_else(|| Error::dataplane("map lookup")(MissingMap(EVENTS.into())))?;
+        let ring = RingBuf::try_from(ring).map_err(Error::dataplane(EVENTS))?;
+        tokio::spawn(read_events(ring, events.clone()));
         let mut dataplane = EbpfDataplane {
             ebpf,
             links_dir,
             node_config: NodeConfig::default(),
+            events,
         };
         dataplane.set_node_netns()?;
         dataplane.attach_socket_programs(cgroup)?;
@@ -807,6 +867,10 @@ impl Dataplane for EbpfDataplane {
             }
         }
         Ok(removed)
+    }
+
+    fn subscribe(&self) -> Option<tokio::sync::broadcast::Receiver<MonitorEvent>> {
+        Some(self.events.subscribe())
     }
 
     fn set_links(&mut self, links: &[LinkRule]) -> Result<()> {

@@ -9,7 +9,7 @@ use std::net::Ipv4Addr;
 
 use crate::{
     Error, Result,
-    model::{FilterRecord, FlowInfo, PortBinding, PublishedPort, StatCounter},
+    model::{FilterRecord, FlowInfo, MonitorEvent, PortBinding, PublishedPort, StatCounter},
 };
 
 /// A container's attachment as the dataplane sees it.
@@ -99,6 +99,10 @@ pub trait Dataplane: Send + Sync {
             true => Ok(()),
             false => Err(unsupported("network policy", self.name())),
         }
+    }
+    /// A feed of drop and new-flow events, if the dataplane has one.
+    fn subscribe(&self) -> Option<tokio::sync::broadcast::Receiver<MonitorEvent>> {
+        None
     }
     /// Installs exactly `links` as the `--link` allow-list.
     fn set_links(&mut self, links: &[LinkRule]) -> Result<()> {

@@ -108,6 +108,23 @@ pub struct FilterInfo {
     pub bytes: u64,
 }
 
+/// One line of `GET /monitor` (newline-delimited JSON): a drop or a new flow.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MonitorEvent {
+    /// `drop` or `new-flow`.
+    #[serde(rename = "Kind")]
+    pub kind: String,
+    /// The counter that counted the packet, e.g. `container_ingress.drop.isolation`.
+    #[serde(rename = "Reason")]
+    pub reason: String,
+    #[serde(rename = "Proto")]
+    pub proto: u8,
+    #[serde(rename = "Source")]
+    pub source: String,
+    #[serde(rename = "Destination")]
+    pub destination: String,
+}
+
 /// `GET /conntrack`: one translated flow.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FlowInfo {

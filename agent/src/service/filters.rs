@@ -84,6 +84,13 @@ impl Service {
         self.dataplane.set_filters(&wanted)
     }
 
+    /// The dataplane's drop and new-flow events, if it has a feed.
+    pub fn subscribe(
+        &self,
+    ) -> Option<tokio::sync::broadcast::Receiver<crate::model::MonitorEvent>> {
+        self.dataplane.subscribe()
+    }
+
     pub fn list_flows(&self) -> Result<Vec<FlowInfo>> {
         self.dataplane.flows()
     }
