@@ -7,7 +7,7 @@ use anyhow::{Context as _, Result};
 use aya::{
     Ebpf,
     maps::{
-        HashMap, MapData, PerCpuArray,
+        Array, HashMap, MapData, PerCpuArray,
         lpm_trie::{Key, LpmTrie},
     },
     programs::{SchedClassifier, TestRun, TestRunOptions, Xdp},
@@ -19,10 +19,11 @@ use bpfbridge_tests::{
     unique,
 };
 use dataplane_common::{
-    Counter, ENDPOINTS, EndpointInfo, EndpointKey, FILTER_ALLOW, FILTER_DENY, FILTER_RULES,
-    FILTER_SCOPE_BITS, FilterKey, FilterRule, FlowKey, IPPROTO_TCP, IPPROTO_UDP, NAT_FLOWS,
-    NETWORK_ICC, NETWORK_INTERNAL, NETWORKS, NODE_ADDRS, NatFlow, NetworkInfo, NetworkKey,
-    NodeAddr, NodeAddrKey, PUBLISHED_PORTS, PortKey, PortTarget, STATS, stats::Stat,
+    CONNTRACK, Counter, CtEntry, CtKey, ENDPOINTS, EndpointInfo, EndpointKey, FILTER_ALLOW,
+    FILTER_DENY, FILTER_RULES, FILTER_SCOPE_BITS, FilterKey, FilterRule, FlowKey, IPPROTO_TCP,
+    IPPROTO_UDP, NAT_FLOWS, NETWORK_ICC, NETWORK_INTERNAL, NETWORK_MASQUERADE, NETWORKS,
+    NODE_ADDRS, NODE_CONFIG, NatFlow, NetworkInfo, NetworkKey, NodeAddr, NodeAddrKey, NodeConfig,
+    PUBLISHED_PORTS, PortKey, PortTarget, STATS, stats::Stat,
 };
 
 const XDP_DROP: u32 = 1;
@@ -508,10 +509,9 @@ fn translated_flow_is_recorded_for_replies() -> Result<()> {
     Ok(())
 }
 
-#[test]
-fn container_ingress_table() -> Result<()> {
-    // The reply path looks routes up in the caller's namespace: give it a private one with
-    // a route and a neighbour, so the result does not depend on the host.
+/// A namespace whose FIB reaches the world (198.51.100.2 on `up0`, a known neighbour), for
+/// the programs that forward by FIB lookup: test runs use the caller's namespace.
+fn forwarding_namespace() -> Result<Netns> {
     let ns = Netns::new("tcrun")?;
     // The FIB helper refuses to forward unless forwarding is on (the agent turns it on).
     ns.exec("sysctl", &["-qw", "net.ipv4.ip_forward=1"])?;
@@ -532,6 +532,102 @@ fn container_ingress_table() -> Result<()> {
         "nud",
         "permanent",
     ])?;
+    Ok(ns)
+}
+
+#[test]
+fn masquerade_table() -> Result<()> {
+    let ns = forwarding_namespace()?;
+    ns.run(|| -> Result<()> {
+        let mut fx = Fixture::new()?;
+        fx.networks(&[("172.17.0.0", 16, NETWORK_ICC | NETWORK_MASQUERADE)])?;
+        let mut config: Array<&mut MapData, NodeConfig> =
+            Array::try_from(fx.ebpf.map_mut(NODE_CONFIG).unwrap())?;
+        config.set(
+            0,
+            NodeConfig {
+                netns_cookie: 0,
+                masquerade_ip_be: u32::from(NODE_IP).to_be(),
+                masquerade_port_min: 61000,
+                masquerade_port_max: 61000,
+            },
+            0,
+        )?;
+        let conntrack = |fx: &Fixture| -> Result<usize> {
+            let ct: HashMap<&MapData, CtKey, CtEntry> =
+                HashMap::try_from(fx.ebpf.map(CONNTRACK).unwrap())?;
+            Ok(ct.keys().count())
+        };
+        let out_of = |sport: u16| Packet {
+            src_mac: CONTAINER_MAC,
+            dst_mac: HOST_VETH_MAC,
+            protocol: IPPROTO_UDP,
+            payload: b"query".to_vec(),
+            ..Packet::tcp_syn(CONTAINER_IP, sport, WORLD_IP, 53)
+        };
+
+        // An invalid packet creates no entry.
+        let mut truncated = out_of(5000).build();
+        truncated.truncate(ETH_HLEN + 24);
+        truncated[ETH_HLEN + 2..ETH_HLEN + 4].copy_from_slice(&24u16.to_be_bytes());
+        let (verdict, _, stat) = fx.run(CONTAINER_PROGRAM, &truncated)?;
+        assert_eq!((verdict, stat), (TC_ACT_SHOT, Stat::ContainerDropMalformed));
+        assert_eq!(conntrack(&fx)?, 0);
+
+        // A flow out: the node's address and the one port of the range, both directions
+        // tracked.
+        let (verdict, out, stat) = fx.run(CONTAINER_PROGRAM, &out_of(5000).build())?;
+        assert_eq!(
+            (verdict, stat),
+            (TC_ACT_REDIRECT, Stat::ContainerRedirectMasquerade)
+        );
+        let o = View(&out);
+        assert_eq!(
+            (o.src(), o.sport(), o.dst(), o.dport()),
+            (NODE_IP, 61000, WORLD_IP, 53)
+        );
+        assert!(ipv4_checksum_ok(&out) && l4_checksum_ok(&out));
+        assert_eq!(conntrack(&fx)?, 2);
+
+        // The reply on the uplink goes back to the container.
+        let reply = Packet {
+            protocol: IPPROTO_UDP,
+            payload: b"answer".to_vec(),
+            ..Packet::tcp_syn(WORLD_IP, 53, NODE_IP, 61000)
+        }
+        .build();
+        let (verdict, out, stat) = fx.run(UPLINK_PROGRAM, &reply)?;
+        assert_eq!(
+            (verdict, stat),
+            (XDP_REDIRECT, Stat::UplinkRedirectMasqueradeReply)
+        );
+        let o = View(&out);
+        assert_eq!(
+            (o.src(), o.sport(), o.dst(), o.dport()),
+            (WORLD_IP, 53, CONTAINER_IP, 5000)
+        );
+        assert_eq!((o.dst_mac(), o.src_mac()), (CONTAINER_MAC, HOST_VETH_MAC));
+        assert!(ipv4_checksum_ok(&out) && l4_checksum_ok(&out));
+
+        // A second flow finds the range used up: refused and counted, the first intact.
+        let (verdict, _, stat) = fx.run(CONTAINER_PROGRAM, &out_of(5001).build())?;
+        assert_eq!(
+            (verdict, stat),
+            (TC_ACT_SHOT, Stat::ContainerDropNatExhausted)
+        );
+        assert_eq!(conntrack(&fx)?, 2);
+        let (verdict, _, stat) = fx.run(CONTAINER_PROGRAM, &out_of(5000).build())?;
+        assert_eq!(
+            (verdict, stat),
+            (TC_ACT_REDIRECT, Stat::ContainerRedirectMasquerade)
+        );
+        Ok(())
+    })
+}
+
+#[test]
+fn container_ingress_table() -> Result<()> {
+    let ns = forwarding_namespace()?;
     ns.run(|| -> Result<()> {
         let mut fx = Fixture::new()?;
         let reply = Packet {
