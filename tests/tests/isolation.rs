@@ -61,17 +61,24 @@ fn reachability_matrix_tcp_udp_icmp() -> Result<()> {
         );
     }
     let mut containers = Vec::new();
-    for (name, networks) in [
-        ("a", &["open"][..]),
-        ("b", &["open", "quiet"]),
-        ("c", &["quiet"]),
-        ("d", &["inner"]),
-        ("e", &["inner"]),
+    // b exposes the test port; c links to b, which opens b's exposed ports to c through
+    // icc=false (but not ICMP, and not the other way round).
+    for (name, networks, extra) in [
+        ("a", &["open"][..], &[][..]),
+        (
+            "b",
+            &["open", "quiet"],
+            &["--expose", "7100", "--expose", "7100/udp"],
+        ),
+        ("c", &["quiet"], &["--link", "b:bee"]),
+        ("d", &["inner"], &[]),
+        ("e", &["inner"], &[]),
     ] {
         let mut args = vec![name];
         for n in networks {
             args.extend(["--network", n]);
         }
+        args.extend(extra);
         let (json, netns) = agent.create_container(&args)?;
         containers.push(Container { name, netns, json });
     }
@@ -81,25 +88,27 @@ fn reachability_matrix_tcp_udp_icmp() -> Result<()> {
         .collect::<Result<_>>()?;
     let world_echo = Echo::start(&topology.world.path(), PORT)?;
 
-    // (from, to, network of the target address or "world", reachable)
-    let expected: &[(&str, &str, &str, bool)] = &[
-        ("a", "b", "open", true),
-        ("b", "a", "open", true),
-        ("b", "c", "quiet", false), // icc=false
-        ("c", "b", "quiet", false),
-        ("a", "c", "quiet", false), // another network
-        ("c", "a", "open", false),
-        ("a", "d", "inner", false),
-        ("d", "a", "open", false),
-        ("d", "e", "inner", true), // internal networks still talk inside
-        ("e", "d", "inner", true),
-        ("b", "d", "inner", false),
-        ("d", "world", "world", false), // internal: no way out
-        ("a", "world", "world", true),
+    // (from, to, network of the target address or "world", [tcp, udp, icmp] reachable)
+    const ALL: [bool; 3] = [true, true, true];
+    const NONE: [bool; 3] = [false, false, false];
+    let expected: &[(&str, &str, &str, [bool; 3])] = &[
+        ("a", "b", "open", ALL),
+        ("b", "a", "open", ALL),
+        ("b", "c", "quiet", NONE),                // icc=false
+        ("c", "b", "quiet", [true, true, false]), // the link: exposed ports only
+        ("a", "c", "quiet", NONE),                // another network
+        ("c", "a", "open", NONE),
+        ("a", "d", "inner", NONE),
+        ("d", "a", "open", NONE),
+        ("d", "e", "inner", ALL), // internal networks still talk inside
+        ("e", "d", "inner", ALL),
+        ("b", "d", "inner", NONE),
+        ("d", "world", "world", NONE), // internal: no way out
+        ("a", "world", "world", ALL),
     ];
     let by_name = |n: &str| containers.iter().find(|c| c.name == n).expect("container");
     let mut mismatches = Vec::new();
-    for &(from, to, network, want) in expected {
+    for &(from, to, network, wants) in expected {
         let target = if to == "world" {
             WORLD_IP
         } else {
@@ -112,7 +121,7 @@ fn reachability_matrix_tcp_udp_icmp() -> Result<()> {
             ("udp", udp_reaches(source, addr, WAIT)),
             ("icmp", ping_reaches(source, target)),
         ];
-        for (proto, reached) in got {
+        for ((proto, reached), want) in got.into_iter().zip(wants) {
             if reached != want {
                 mismatches.push(format!(
                     "{from} -> {to} ({network}) {proto}: expected {want}, got {reached}"
