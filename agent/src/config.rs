@@ -121,6 +121,8 @@ pub struct Settings {
     /// Source ports masquerade hands out: `START-END`, apart from the node's ephemeral
     /// ports (net.ipv4.ip_local_port_range, 32768-60999 by default).
     pub masquerade_port_range: String,
+    /// Entries of the connection-tracking table (two per masqueraded or linked flow).
+    pub conntrack_max: u32,
     /// Seconds a translated UDP flow may be idle before it is forgotten.
     pub udp_idle_timeout: u64,
     /// Seconds a translated TCP flow may be idle before it is forgotten.
@@ -148,6 +150,7 @@ impl Default for Settings {
             dns: None,
             port_range: "32768-60999".into(),
             masquerade_port_range: "61000-65535".into(),
+            conntrack_max: dataplane_common::CONNTRACK_MAX,
             udp_idle_timeout: 30,
             tcp_idle_timeout: 7200,
             cgroup: None,
@@ -175,6 +178,7 @@ pub struct Overrides {
     pub dns: Option<Vec<SocketAddr>>,
     pub port_range: Option<String>,
     pub masquerade_port_range: Option<String>,
+    pub conntrack_max: Option<u32>,
     pub udp_idle_timeout: Option<u64>,
     pub tcp_idle_timeout: Option<u64>,
     pub cgroup: Option<PathBuf>,
@@ -216,6 +220,7 @@ impl Overrides {
             masquerade_port_range: self
                 .masquerade_port_range
                 .unwrap_or(base.masquerade_port_range),
+            conntrack_max: self.conntrack_max.unwrap_or(base.conntrack_max),
             udp_idle_timeout: self.udp_idle_timeout.unwrap_or(base.udp_idle_timeout),
             tcp_idle_timeout: self.tcp_idle_timeout.unwrap_or(base.tcp_idle_timeout),
             cgroup: self.cgroup.or(base.cgroup),
@@ -239,6 +244,9 @@ impl Settings {
     fn validate(&self) -> Result<()> {
         self.port_range()?;
         self.masquerade_port_range()?;
+        if self.conntrack_max < 2 {
+            return Err(Error::InvalidArgument("conntrack-max must be at least 2".into()));
+        }
         if self.udp_idle_timeout == 0 || self.tcp_idle_timeout == 0 {
             return Err(Error::InvalidArgument(
                 "idle timeouts must be at least one second".into(),

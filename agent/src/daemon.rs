@@ -46,6 +46,7 @@ pub async fn run(settings: Settings, socket: PathBuf) -> Result<()> {
         rtnetlink::new_connection().map_err(Error::io("opening a netlink socket"))?;
     tokio::spawn(connection);
     let pin_dir = settings.pin_dir.clone();
+    let conntrack_max = settings.conntrack_max;
     let cgroup = match &settings.cgroup {
         Some(path) => path.clone(),
         None => crate::netns::cgroup2_mount()?,
@@ -56,7 +57,7 @@ pub async fn run(settings: Settings, socket: PathBuf) -> Result<()> {
             return Ok(Box::new(IptablesDataplane::start()?) as Box<dyn Dataplane>);
         }
         Ok(
-            Box::new(EbpfDataplane::start(&pin_dir, uplink, ifindex, &cgroup)?)
+            Box::new(EbpfDataplane::start(&pin_dir, uplink, ifindex, &cgroup, conntrack_max)?)
                 as Box<dyn Dataplane>,
         )
     })

@@ -192,3 +192,53 @@ fn icmp_errors_for_masqueraded_flows_are_translated_back() -> Result<()> {
     assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused, "{err}");
     Ok(())
 }
+
+#[test]
+fn a_full_table_refuses_new_flows_and_gc_never_evicts_a_live_one() -> Result<()> {
+    let topology = Topology::new()?;
+    // Eight entries: four flows, two entries each.
+    let agent = Agent::start_with(
+        &topology,
+        &["--conntrack-max", "8", "--udp-idle-timeout", "1"],
+    )?;
+    let (_, ns) = agent.create_container(&["c"])?;
+    let world_ns = topology.world.path();
+    let _echo = Echo::start(&world_ns, WORLD_PORT)?;
+    let listener = in_netns(&world_ns, || {
+        std::net::TcpListener::bind((WORLD_IP, WORLD_PORT + 5))
+    })?;
+    let mut client = in_netns(&ns, || {
+        TcpStream::connect_timeout(&world(WORLD_PORT + 5).into(), Duration::from_secs(3))
+    })?;
+    let (mut server, _) = listener.accept()?;
+    client.set_read_timeout(Some(Duration::from_secs(2)))?;
+    server.set_read_timeout(Some(Duration::from_secs(2)))?;
+    let mut ping_pong = || -> Result<()> {
+        let mut b = [0u8; 1];
+        client.write_all(b"x")?;
+        server.read_exact(&mut b)?;
+        server.write_all(b"y")?;
+        client.read_exact(&mut b)?;
+        Ok(())
+    };
+    // Three UDP flows fill the table next to the TCP one; a fifth flow does not fit.
+    let udp = |n| -> bool {
+        bpfbridge_tests::udp_reaches(&ns, world(WORLD_PORT), Duration::from_millis(n))
+    };
+    for _ in 0..3 {
+        assert!(udp(1500), "a UDP flow that fits");
+    }
+    assert!(!udp(500), "the table is full");
+    assert!(agent.counter("container_ingress.drop.conntrack_full")? >= 1);
+    // GC passes run while the TCP flow stays busy: the idle UDP flows go, it stays.
+    let deadline = Instant::now() + Duration::from_secs(8);
+    let mut room = false;
+    while Instant::now() < deadline && !room {
+        ping_pong()?;
+        std::thread::sleep(Duration::from_millis(300));
+        room = udp(500);
+    }
+    assert!(room, "expired flows made room");
+    ping_pong()?;
+    Ok(())
+}

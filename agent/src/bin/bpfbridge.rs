@@ -123,6 +123,9 @@ struct AgentArgs {
     /// Source ports for masqueraded traffic, START-END [default: 61000-65535].
     #[arg(long)]
     masquerade_port_range: Option<String>,
+    /// Entries of the connection-tracking table [default: 262144].
+    #[arg(long)]
+    conntrack_max: Option<u32>,
     /// Seconds before an idle translated UDP flow is forgotten [default: 30].
     #[arg(long)]
     udp_idle_timeout: Option<u64>,
@@ -158,6 +161,7 @@ impl AgentArgs {
             dns: (!self.dns.is_empty()).then_some(self.dns),
             port_range: self.port_range,
             masquerade_port_range: self.masquerade_port_range,
+            conntrack_max: self.conntrack_max,
             udp_idle_timeout: self.udp_idle_timeout,
             tcp_idle_timeout: self.tcp_idle_timeout,
             cgroup: self.cgroup,

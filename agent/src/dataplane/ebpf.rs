@@ -23,7 +23,7 @@ use aya::{
     },
 };
 use dataplane_common::{
-    CONNTRACK, CT_ORIGINAL, CT_REPLY, CT_TCP_CLOSING, CT_TCP_ESTABLISHED, Counter, CtEntry, CtKey,
+    CONNTRACK, CONNTRACK_MAX, CT_ORIGINAL, CT_REPLY, CT_TCP_CLOSING, CT_TCP_ESTABLISHED, Counter, CtEntry, CtKey,
     ENDPOINTS, EVENT_DROP, EVENTS, EndpointInfo, EndpointKey, Event, FILTER_ALLOW, FILTER_DENY,
     FILTER_HITS, FILTER_RULES, FILTER_SCOPE_BITS, FilterKey, FilterRule, FlowKey, IPPROTO_TCP,
     LINKS, LinkKey, NAT_FLOWS, NETWORK_ICC, NETWORK_INTERNAL, NETWORK_MASQUERADE, NETWORKS,
@@ -56,10 +56,17 @@ const LINKS_DIR: &str = "links";
 
 /// Loads the object with its maps pinned (or re-adopted) under `pin_dir`.
 pub fn load_object(pin_dir: &Path) -> Result<Ebpf> {
+    load_object_sized(pin_dir, CONNTRACK_MAX)
+}
+
+/// [`load_object`] with a connection-tracking table of `conntrack_max` entries (when the
+/// table is made, not when an earlier agent's pinned one is re-adopted).
+pub fn load_object_sized(pin_dir: &Path, conntrack_max: u32) -> Result<Ebpf> {
     fs::create_dir_all(pin_dir)
         .map_err(Error::io(format!("creating pin dir {}", pin_dir.display())))?;
     EbpfLoader::new()
         .default_map_pin_directory(pin_dir)
+        .map_max_entries(CONNTRACK, conntrack_max)
         .load(EBPF_OBJECT)
         .map_err(Error::dataplane("loading the eBPF object"))
 }
@@ -233,8 +240,14 @@ impl EbpfDataplane {
     /// a link that an earlier agent pinned.
     /// Loads the programs, attaches XDP to `uplink` (atomically replacing the program of a
     /// link an earlier agent pinned), and the socket programs to `cgroup`.
-    pub fn start(pin_dir: &Path, uplink: &str, uplink_ifindex: u32, cgroup: &Path) -> Result<Self> {
-        let mut ebpf = load_object(pin_dir)?;
+    pub fn start(
+        pin_dir: &Path,
+        uplink: &str,
+        uplink_ifindex: u32,
+        cgroup: &Path,
+        conntrack_max: u32,
+    ) -> Result<Self> {
+        let mut ebpf = load_object_sized(pin_dir, conntrack_max)?;
         let links_dir = pin_dir.join(LINKS_DIR);
         fs::create_dir_all(&links_dir)
             .map_err(Error::io(format!("creating {}", links_dir.display())))?;
