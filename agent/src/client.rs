@@ -3,10 +3,13 @@
 use std::path::{Path, PathBuf};
 
 use http_body_util::{BodyExt as _, Full};
-use hyper::{Method, Request, StatusCode, body::Bytes};
+use hyper::{
+    Method, Request, StatusCode,
+    body::{Bytes, Incoming},
+};
 use hyper_util::rt::TokioIo;
 use serde::{Serialize, de::DeserializeOwned};
-use tokio::net::UnixStream;
+use tokio::{net::UnixStream, task::JoinHandle};
 
 use crate::api::ErrorBody;
 
@@ -39,13 +42,14 @@ impl Client {
         }
     }
 
-    /// Sends one request; returns the body of a 2xx answer.
-    pub async fn raw(
+    /// Connects, sends one request and returns the answer's status and body, with the task
+    /// that drives the connection (abort it when done with the body).
+    async fn send(
         &self,
         method: Method,
         path: &str,
         body: Option<Vec<u8>>,
-    ) -> Result<Bytes, ClientError> {
+    ) -> Result<(StatusCode, Incoming, JoinHandle<hyper::Result<()>>), ClientError> {
         let stream =
             UnixStream::connect(&self.socket)
                 .await
@@ -63,16 +67,32 @@ impl Client {
             .header("content-type", "application/json")
             .body(Full::new(Bytes::from(body.unwrap_or_default())))?;
         let response = sender.send_request(request).await?;
-        let status = response.status();
-        let bytes = response.into_body().collect().await?.to_bytes();
+        Ok((response.status(), response.into_body(), driver))
+    }
+
+    /// The error an unsuccessful answer carries.
+    fn api_error(status: StatusCode, bytes: &[u8]) -> ClientError {
+        let message = serde_json::from_slice::<ErrorBody>(bytes)
+            .map(|e| e.message)
+            .unwrap_or_else(|_| String::from_utf8_lossy(bytes).into_owned());
+        ClientError::Api { status, message }
+    }
+
+    /// Sends one request; returns the body of a 2xx answer.
+    pub async fn raw(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<Bytes, ClientError> {
+        let (status, body, driver) = self.send(method, path, body).await?;
+        let bytes = body.collect().await?.to_bytes();
         driver.abort();
         if status.is_success() {
-            return Ok(bytes);
+            Ok(bytes)
+        } else {
+            Err(Self::api_error(status, &bytes))
         }
-        let message = serde_json::from_slice::<ErrorBody>(&bytes)
-            .map(|e| e.message)
-            .unwrap_or_else(|_| String::from_utf8_lossy(&bytes).into_owned());
-        Err(ClientError::Api { status, message })
     }
 
     /// Reads a streaming answer line by line; `on_line` returns false to stop.
@@ -81,31 +101,11 @@ impl Client {
         path: &str,
         mut on_line: impl FnMut(&str) -> bool,
     ) -> Result<(), ClientError> {
-        let stream =
-            UnixStream::connect(&self.socket)
-                .await
-                .map_err(|source| ClientError::Connect {
-                    socket: self.socket.clone(),
-                    source,
-                })?;
-        let (mut sender, connection) =
-            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-        let driver = tokio::spawn(connection);
-        let request = Request::builder()
-            .method(Method::GET)
-            .uri(path)
-            .header("host", "bpfbridge")
-            .body(Full::new(Bytes::new()))?;
-        let response = sender.send_request(request).await?;
-        let status = response.status();
-        let mut body = response.into_body();
+        let (status, mut body, driver) = self.send(Method::GET, path, None).await?;
         if !status.is_success() {
             let bytes = body.collect().await?.to_bytes();
             driver.abort();
-            let message = serde_json::from_slice::<ErrorBody>(&bytes)
-                .map(|e| e.message)
-                .unwrap_or_else(|_| String::from_utf8_lossy(&bytes).into_owned());
-            return Err(ClientError::Api { status, message });
+            return Err(Self::api_error(status, &bytes));
         }
         let mut pending = Vec::new();
         while let Some(frame) = body.frame().await {

@@ -85,6 +85,19 @@ fn now_ns() -> u64 {
     unsafe { bpf_ktime_get_ns() }
 }
 
+/// A packet's tracking key, as it is on the wire.
+#[inline(always)]
+fn key_of(ip: &Ipv4, l4: &L4) -> CtKey {
+    CtKey {
+        src_ip_be: ip.src_be,
+        dst_ip_be: ip.dst_be,
+        sport_be: l4.sport_be,
+        dport_be: l4.dport_be,
+        proto: ip.protocol,
+        _pad: [0; 3],
+    }
+}
+
 /// The TCP state after a packet with `flags` in `direction`.
 #[inline(always)]
 fn next_tcp_state(state: u8, flags: u8, direction: u8) -> u8 {
@@ -154,14 +167,7 @@ pub fn masquerade(ctx: &TcContext, ip: &Ipv4, l4: &L4) -> (i32, Stat) {
     if ip.ttl <= 1 {
         return (TC_ACT_SHOT, Stat::ContainerDropTtlExpired);
     }
-    let key = CtKey {
-        src_ip_be: ip.src_be,
-        dst_ip_be: ip.dst_be,
-        sport_be: l4.sport_be,
-        dport_be: l4.dport_be,
-        proto: ip.protocol,
-        _pad: [0; 3],
-    };
+    let key = key_of(ip, l4);
     let entry = match CONNTRACK.get_ptr_mut(&key) {
         Some(entry) => touch(entry, ip, l4),
         None => match open_flow(ctx, ip, l4, &key, &config) {
@@ -284,14 +290,7 @@ fn open_flow(
 /// one of ours.
 #[inline(always)]
 pub fn masquerade_reply(frame: &XdpFrame, ip: &Ipv4, l4: &L4) -> Option<(u32, Stat)> {
-    let key = CtKey {
-        src_ip_be: ip.src_be,
-        dst_ip_be: ip.dst_be,
-        sport_be: l4.sport_be,
-        dport_be: l4.dport_be,
-        proto: ip.protocol,
-        _pad: [0; 3],
-    };
+    let key = key_of(ip, l4);
     let entry = CONNTRACK.get_ptr_mut(&key)?;
     let entry = touch(entry, ip, l4);
     if entry.direction != CT_REPLY {
@@ -346,14 +345,7 @@ fn rewrite_reply(frame: &XdpFrame, ip: &Ipv4, l4: &L4, entry: &CtEntry) -> Optio
 /// which starts tracking it. A source port is no proof of a reply; the table is.
 #[inline(always)]
 pub fn linked(ip: &Ipv4, l4: &L4) -> (i32, Stat) {
-    let key = CtKey {
-        src_ip_be: ip.src_be,
-        dst_ip_be: ip.dst_be,
-        sport_be: l4.sport_be,
-        dport_be: l4.dport_be,
-        proto: ip.protocol,
-        _pad: [0; 3],
-    };
+    let key = key_of(ip, l4);
     if let Some(entry) = CONNTRACK.get_ptr_mut(&key) {
         touch(entry, ip, l4);
         return (aya_ebpf::bindings::TC_ACT_OK, Stat::ContainerPassTracked);

@@ -72,6 +72,21 @@ fn now_ns() -> u64 {
     unsafe { bpf_ktime_get_ns() }
 }
 
+/// The translation record of a new published-port flow: the client as it came, and the
+/// published address it asked for.
+#[inline(always)]
+fn nat_flow_of(ip: &Ipv4, l4: &L4) -> NatFlow {
+    NatFlow {
+        frontend_ip_be: ip.dst_be,
+        frontend_port_be: l4.dport_be,
+        _pad0: 0,
+        client_ip_be: ip.src_be,
+        client_port_be: l4.sport_be,
+        _pad1: 0,
+        last_seen_ns: now_ns(),
+    }
+}
+
 /// Whether the packet's L4 checksum is in use (a UDP checksum of zero means "none").
 #[inline(always)]
 fn has_l4_checksum(ip: &Ipv4, l4: &L4) -> bool {
@@ -127,15 +142,7 @@ pub fn uplink_ingress(ctx: &XdpContext, len: usize) -> (u32, Stat) {
         proto: ip.protocol,
         _pad: [0; 3],
     };
-    let nat = NatFlow {
-        frontend_ip_be: ip.dst_be,
-        frontend_port_be: l4.dport_be,
-        _pad0: 0,
-        client_ip_be: ip.src_be,
-        client_port_be: l4.sport_be,
-        _pad1: 0,
-        last_seen_ns: now_ns(),
-    };
+    let nat = nat_flow_of(&ip, &l4);
     if NAT_FLOWS.insert(&flow, &nat, 0).is_err() {
         return (xdp_action::XDP_DROP, Stat::UplinkDropFlowTableFull);
     }
@@ -305,15 +312,7 @@ fn hairpin(ctx: &TcContext, ip: &Ipv4, l4: &L4, target: &PortTarget) -> (i32, St
     if !opens && unsafe { NAT_FLOWS.get(&flow) }.is_none() {
         return (TC_ACT_OK, Stat::ContainerPassNoFlow);
     }
-    let nat = NatFlow {
-        frontend_ip_be: ip.dst_be,
-        frontend_port_be: l4.dport_be,
-        _pad0: 0,
-        client_ip_be: ip.src_be,
-        client_port_be: l4.sport_be,
-        _pad1: 0,
-        last_seen_ns: now_ns(),
-    };
+    let nat = nat_flow_of(ip, l4);
     if NAT_FLOWS.insert(&flow, &nat, 0).is_err() {
         return (TC_ACT_SHOT, Stat::ContainerDropFlowTableFull);
     }
