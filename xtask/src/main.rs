@@ -1,5 +1,7 @@
 //! bpfbridge's development tasks, run as `cargo xtask <task>` (an alias in .cargo/config.toml).
 
+mod bench;
+mod bench_report;
 mod cmd;
 mod demo;
 mod setup;
@@ -42,6 +44,19 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<OsString>,
     },
+    /// Build in release and benchmark the ebpf dataplane against the iptables one and plain
+    /// routing in a lab of network namespaces; writes target/bench/{results.json,report.md,*.png}.
+    Bench {
+        /// The short version (under 5 minutes).
+        #[arg(long)]
+        quick: bool,
+        /// A tiny version (seconds) that only checks the harness; writes target/bench-smoke.
+        #[arg(long)]
+        smoke: bool,
+        /// Only these scenarios (programming, latency, udp, bulk, connrate, restart).
+        #[arg(long = "scenario", value_name = "NAME")]
+        scenarios: Vec<String>,
+    },
     /// Run setup and build, then run `bpfbridge ARGS...`, or with no ARGS the demo: an agent,
     /// a container with a published port, and a client in network namespaces of their own.
     Run {
@@ -57,6 +72,11 @@ fn main() -> ExitCode {
         Task::Build { release } => build(release),
         Task::Test { lint, args } => test(lint, &args),
         Task::Run { args } => run(&args),
+        Task::Bench {
+            quick,
+            smoke,
+            scenarios,
+        } => bench_task(quick, smoke, scenarios),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -92,7 +112,47 @@ fn test(lint: bool, args: &[OsString]) -> Result<()> {
     // The integration tests spawn target/debug/bpfbridge, which `cargo test` does not build for
     // another package's tests.
     cargo_build(false)?;
-    cmd::run(cargo().arg("test").args(args))
+    cmd::run(cargo().arg("test").args(args))?;
+    // The bench harness, tiny: it runs, reports and cleans up (BPFBRIDGE_SKIP_BENCH_SMOKE=1
+    // skips it).
+    if std::env::var_os("BPFBRIDGE_SKIP_BENCH_SMOKE").is_none() {
+        bench_smoke()?;
+    }
+    Ok(())
+}
+
+fn bench_task(quick: bool, smoke: bool, scenarios: Vec<String>) -> Result<()> {
+    setup::setup()?;
+    let out_dir = target_dir().join(if smoke { "bench-smoke" } else { "bench" });
+    bench::run(&bench::Options {
+        quick,
+        smoke,
+        scenarios,
+        out_dir,
+    })
+}
+
+/// `cargo xtask bench --smoke`, checked: it ran, wrote valid JSON with samples and a report,
+/// and left no namespace behind. No timing is asserted.
+fn bench_smoke() -> Result<()> {
+    let out_dir = target_dir().join("bench-smoke");
+    let _ = std::fs::remove_dir_all(&out_dir);
+    bench::run(&bench::Options {
+        quick: true,
+        smoke: true,
+        scenarios: vec![],
+        out_dir: out_dir.clone(),
+    })?;
+    let text = std::fs::read_to_string(out_dir.join("results.json"))?;
+    let results: serde_json::Value = serde_json::from_str(&text)?;
+    let samples = results["samples"].as_array().map(Vec::len).unwrap_or(0);
+    anyhow::ensure!(samples > 0, "the smoke bench recorded no sample");
+    let report = std::fs::read_to_string(out_dir.join("report.md"))?;
+    anyhow::ensure!(report.contains("## Targets"), "report.md is incomplete");
+    let left = bench::leftover_namespaces(bench::PREFIX)?;
+    anyhow::ensure!(left.is_empty(), "the bench left namespaces: {left:?}");
+    println!("bench smoke: ok ({samples} samples, report.md written, no namespace left)");
+    Ok(())
 }
 
 fn run(args: &[OsString]) -> Result<()> {
@@ -120,7 +180,7 @@ pub fn repo_root() -> PathBuf {
     manifest_dir.parent().unwrap_or(manifest_dir).to_path_buf()
 }
 
-fn target_dir() -> PathBuf {
+pub fn target_dir() -> PathBuf {
     // Joining an absolute CARGO_TARGET_DIR replaces the root, as cargo does.
     match std::env::var_os("CARGO_TARGET_DIR") {
         Some(dir) if !dir.is_empty() => repo_root().join(dir),

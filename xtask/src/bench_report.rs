@@ -1,0 +1,651 @@
+//! report.md and the PNG plots of `cargo xtask bench`, from its results.json.
+
+use std::{collections::BTreeSet, fmt::Write as _, fs, path::Path};
+
+use anyhow::{Context as _, Result};
+use plotters::prelude::*;
+use serde_json::Value;
+
+const PATHS: [&str; 3] = ["ebpf", "iptables", "direct"];
+
+/// Median, minimum and maximum.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Spread {
+    pub median: f64,
+    pub min: f64,
+    pub max: f64,
+    pub count: usize,
+}
+
+pub fn spread(values: &[f64]) -> Option<Spread> {
+    let mut v: Vec<f64> = values.iter().copied().filter(|x| x.is_finite()).collect();
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    let n = v.len();
+    let median = if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    };
+    Some(Spread {
+        median,
+        min: v[0],
+        max: v[n - 1],
+        count: n,
+    })
+}
+
+fn samples<'a>(results: &'a Value, scenario: &'a str) -> impl Iterator<Item = &'a Value> + 'a {
+    results["samples"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(move |s| s["scenario"] == scenario)
+}
+
+fn metric(
+    results: &Value,
+    scenario: &str,
+    dataplane: &str,
+    key: &str,
+    filter: impl Fn(&Value) -> bool,
+) -> Option<Spread> {
+    let values: Vec<f64> = samples(results, scenario)
+        .filter(|s| s["dataplane"] == dataplane && filter(s))
+        .filter_map(|s| s[key].as_f64())
+        .collect();
+    spread(&values)
+}
+
+fn fmt_spread(s: Option<Spread>, digits: usize) -> String {
+    match s {
+        Some(s) if s.count > 1 => {
+            format!("{:.d$} [{:.d$}–{:.d$}]", s.median, s.min, s.max, d = digits)
+        }
+        Some(s) => format!("{:.d$}", s.median, d = digits),
+        None => "—".into(),
+    }
+}
+
+fn ratio(a: Option<Spread>, b: Option<Spread>) -> Option<f64> {
+    match (a, b) {
+        (Some(a), Some(b)) if b.median > 0.0 => Some(a.median / b.median),
+        _ => None,
+    }
+}
+
+fn fmt_ratio(r: Option<f64>) -> String {
+    r.map(|r| format!("{r:.2}×")).unwrap_or_else(|| "—".into())
+}
+
+fn verdict(met: Option<bool>) -> &'static str {
+    match met {
+        Some(true) => "met",
+        Some(false) => "**missed**",
+        None => "not measured",
+    }
+}
+
+/// Writes report.md and the plots into `dir`.
+pub fn write(results: &Value, dir: &Path) -> Result<()> {
+    let mut md = String::new();
+    let m = &results["machine"];
+    writeln!(
+        md,
+        "# bpfbridge benchmark ({} mode)\n",
+        results["mode"].as_str().unwrap_or("?")
+    )?;
+    writeln!(
+        md,
+        "Kernel {}, {} CPUs ({}), {}; {}; {}; commit {}{}. Run took {:.0} s.\n",
+        m["kernel"].as_str().unwrap_or("?"),
+        m["cpus"],
+        m["cpu_model"].as_str().unwrap_or("?"),
+        m["memory"].as_str().unwrap_or("?"),
+        m["iptables"].as_str().unwrap_or("?"),
+        m["bpfbridge"].as_str().unwrap_or("?"),
+        m["git_commit"].as_str().unwrap_or("?"),
+        if m["git_dirty"] == true {
+            " (with uncommitted changes)"
+        } else {
+            ""
+        },
+        results["duration_seconds"].as_f64().unwrap_or(0.0),
+    )?;
+    writeln!(
+        md,
+        "Paths: **ebpf** = {}; **iptables** = {}; **direct** = {}. Values are medians \
+         [min–max] over the repetitions; the paths are interleaved within each repetition. \
+         Load generator pinned to CPU 0, server to CPU 1 (on veth the kernel work of a packet \
+         runs on the sending CPU). Every sample is in results.json.\n",
+        results["paths"]["ebpf"].as_str().unwrap_or(""),
+        results["paths"]["iptables"].as_str().unwrap_or(""),
+        results["paths"]["direct"].as_str().unwrap_or(""),
+    )?;
+
+    // Connection rate.
+    let ns: BTreeSet<u64> = samples(results, "connrate")
+        .filter_map(|s| s["other_mappings"].as_u64())
+        .collect();
+    let rate = |dp: &str, n: u64| {
+        metric(results, "connrate", dp, "rate", |s| {
+            s["other_mappings"] == n
+        })
+    };
+    let cpu = |dp: &str, n: u64| {
+        metric(results, "connrate", dp, "cpu_us_per_connection", |s| {
+            s["other_mappings"] == n
+        })
+    };
+    if !ns.is_empty() {
+        writeln!(
+            md,
+            "## Connection rate (new TCP connections/s: connect, 1 request, 1 response, close)\n"
+        )?;
+        writeln!(
+            md,
+            "{} s per point, {} concurrent client threads.\n",
+            results["plan"]["connrate_seconds"], results["plan"]["concurrency"]
+        )?;
+        writeln!(
+            md,
+            "| other mappings | ebpf | iptables | direct | ebpf/iptables | ebpf/direct | CPU µs/conn ebpf | iptables | direct |"
+        )?;
+        writeln!(md, "|---|---|---|---|---|---|---|---|---|")?;
+        for &n in &ns {
+            let (e, i, d) = (rate("ebpf", n), rate("iptables", n), rate("direct", n));
+            writeln!(
+                md,
+                "| {n} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                fmt_spread(e, 0),
+                fmt_spread(i, 0),
+                fmt_spread(d, 0),
+                fmt_ratio(ratio(e, i)),
+                fmt_ratio(ratio(e, d)),
+                fmt_spread(cpu("ebpf", n), 1),
+                fmt_spread(cpu("iptables", n), 1),
+                fmt_spread(cpu("direct", n), 1),
+            )?;
+        }
+        let errors: u64 = samples(results, "connrate")
+            .map(|s| {
+                ["refused", "timeout", "reset", "other"]
+                    .iter()
+                    .filter_map(|k| s["errors"][k].as_u64())
+                    .sum::<u64>()
+            })
+            .sum();
+        writeln!(
+            md,
+            "\nFailed connections over all conn-rate samples: {errors}.\n"
+        )?;
+        writeln!(md, "![connection rate](connrate.png)\n")?;
+    }
+
+    // Programming time.
+    let pns: BTreeSet<u64> = samples(results, "programming")
+        .filter_map(|s| s["n"].as_u64())
+        .collect();
+    let prog =
+        |dp: &str, n: u64, key: &str| metric(results, "programming", dp, key, |s| s["n"] == n);
+    if !pns.is_empty() {
+        writeln!(
+            md,
+            "## Programming time (API call until the last of N mappings answers / stops answering)\n"
+        )?;
+        writeln!(
+            md,
+            "| N | publish ebpf (s) | publish iptables (s) | iptables/ebpf | remove ebpf (s) | remove iptables (s) | iptables/ebpf |"
+        )?;
+        writeln!(md, "|---|---|---|---|---|---|---|")?;
+        for &n in &pns {
+            let (pe, pi) = (
+                prog("ebpf", n, "publish_seconds"),
+                prog("iptables", n, "publish_seconds"),
+            );
+            let (re, ri) = (
+                prog("ebpf", n, "remove_seconds"),
+                prog("iptables", n, "remove_seconds"),
+            );
+            writeln!(
+                md,
+                "| {n} | {} | {} | {} | {} | {} | {} |",
+                fmt_spread(pe, 3),
+                fmt_spread(pi, 3),
+                fmt_ratio(ratio(pi, pe)),
+                fmt_spread(re, 3),
+                fmt_spread(ri, 3),
+                fmt_ratio(ratio(ri, re)),
+            )?;
+        }
+        writeln!(md)?;
+        writeln!(md, "![programming time](programming.png)\n")?;
+    }
+
+    // Latency.
+    let lat = |dp: &str, key: &str| metric(results, "latency", dp, key, |_| true);
+    if samples(results, "latency").next().is_some() {
+        writeln!(
+            md,
+            "## Latency (64-byte TCP request/response on one connection, µs)\n"
+        )?;
+        writeln!(md, "| path | p50 | p99 | p99.9 | p99 vs direct |")?;
+        writeln!(md, "|---|---|---|---|---|")?;
+        for dp in PATHS {
+            writeln!(
+                md,
+                "| {dp} | {} | {} | {} | {} |",
+                fmt_spread(lat(dp, "p50_us"), 1),
+                fmt_spread(lat(dp, "p99_us"), 1),
+                fmt_spread(lat(dp, "p999_us"), 1),
+                fmt_ratio(ratio(lat(dp, "p99_us"), lat("direct", "p99_us"))),
+            )?;
+        }
+        writeln!(md, "\n![latency](latency.png)\n")?;
+    }
+
+    // UDP.
+    let udp = |dp: &str| metric(results, "udp", dp, "rate", |_| true);
+    if samples(results, "udp").next().is_some() {
+        writeln!(
+            md,
+            "## Small packets (UDP, 64-byte payloads, 2 sending threads; datagrams/s that reached the container)\n"
+        )?;
+        writeln!(md, "| path | datagrams/s | vs iptables | vs direct |")?;
+        writeln!(md, "|---|---|---|---|")?;
+        for dp in PATHS {
+            writeln!(
+                md,
+                "| {dp} | {} | {} | {} |",
+                fmt_spread(udp(dp), 0),
+                fmt_ratio(ratio(udp(dp), udp("iptables"))),
+                fmt_ratio(ratio(udp(dp), udp("direct"))),
+            )?;
+        }
+        writeln!(md)?;
+    }
+
+    // Bulk.
+    let bulk = |dp: &str| metric(results, "bulk", dp, "gbit_per_s", |_| true);
+    if samples(results, "bulk").next().is_some() {
+        writeln!(md, "## Bulk TCP (one connection, Gbit/s)\n")?;
+        writeln!(md, "| path | Gbit/s | vs iptables | vs direct |")?;
+        writeln!(md, "|---|---|---|---|")?;
+        for dp in PATHS {
+            writeln!(
+                md,
+                "| {dp} | {} | {} | {} |",
+                fmt_spread(bulk(dp), 2),
+                fmt_ratio(ratio(bulk(dp), bulk("iptables"))),
+                fmt_ratio(ratio(bulk(dp), bulk("direct"))),
+            )?;
+        }
+        writeln!(md)?;
+    }
+
+    // Restart.
+    let restarts: Vec<&Value> = samples(results, "restart").collect();
+    if !restarts.is_empty() {
+        writeln!(
+            md,
+            "## Restart (the agent is stopped and started again under conn-rate load)\n"
+        )?;
+        writeln!(
+            md,
+            "| dataplane | connections ok | refused | timed out | reset | other | agent back after (s) |"
+        )?;
+        writeln!(md, "|---|---|---|---|---|---|---|")?;
+        for s in &restarts {
+            writeln!(
+                md,
+                "| {} | {} | {} | {} | {} | {} | {:.2} |",
+                s["dataplane"].as_str().unwrap_or("?"),
+                s["connections"],
+                s["errors"]["refused"],
+                s["errors"]["timeout"],
+                s["errors"]["reset"],
+                s["errors"]["other"],
+                s["agent_back_seconds"].as_f64().unwrap_or(0.0),
+            )?;
+        }
+        writeln!(md)?;
+    }
+
+    // Targets.
+    writeln!(md, "## Targets of the ebpf dataplane\n")?;
+    writeln!(md, "| target | measured | |")?;
+    writeln!(md, "|---|---|---|")?;
+    let nmax = ns.iter().copied().max();
+    let conn_vs_ipt = nmax.and_then(|n| ratio(rate("ebpf", n), rate("iptables", n)));
+    let conn_vs_self = nmax.and_then(|n| ratio(rate("ebpf", n), rate("ebpf", 1)));
+    let pmax = pns.iter().copied().max();
+    let prog_e = pmax.and_then(|n| prog("ebpf", n, "publish_seconds"));
+    let prog_ratio = pmax.and_then(|n| {
+        ratio(
+            prog("iptables", n, "publish_seconds"),
+            prog("ebpf", n, "publish_seconds"),
+        )
+    });
+    let udp_ratio = ratio(udp("ebpf"), udp("iptables"));
+    let lat_ratio = ratio(lat("ebpf", "p99_us"), lat("direct", "p99_us"));
+    let bulk_ratio = ratio(bulk("ebpf"), bulk("direct"));
+    let restart_errors: Option<u64> = restarts.iter().find(|s| s["dataplane"] == "ebpf").map(|s| {
+        ["refused", "timeout", "reset", "other"]
+            .iter()
+            .filter_map(|k| s["errors"][k].as_u64())
+            .sum()
+    });
+    let rows: Vec<(String, String, Option<bool>)> = vec![
+        (
+            format!(
+                "conn rate with {} other mappings ≥ 10× iptables",
+                nmax.unwrap_or(0)
+            ),
+            fmt_ratio(conn_vs_ipt),
+            conn_vs_ipt.map(|r| r >= 10.0),
+        ),
+        (
+            format!(
+                "conn rate with {} mappings within 10% of 1 mapping",
+                nmax.unwrap_or(0)
+            ),
+            fmt_ratio(conn_vs_self),
+            conn_vs_self.map(|r| r >= 0.9),
+        ),
+        (
+            format!("{} mappings programmed in < 1 s", pmax.unwrap_or(0)),
+            fmt_spread(prog_e, 3),
+            prog_e.map(|s| s.median < 1.0),
+        ),
+        (
+            format!("{} mappings ≥ 100× faster than iptables", pmax.unwrap_or(0)),
+            fmt_ratio(prog_ratio),
+            prog_ratio.map(|r| r >= 100.0),
+        ),
+        (
+            "UDP 64-byte rate ≥ 2× iptables".into(),
+            fmt_ratio(udp_ratio),
+            udp_ratio.map(|r| r >= 2.0),
+        ),
+        (
+            "latency p99 ≤ 1.05× direct".into(),
+            fmt_ratio(lat_ratio),
+            lat_ratio.map(|r| r <= 1.05),
+        ),
+        (
+            "bulk ≥ 0.95× direct".into(),
+            fmt_ratio(bulk_ratio),
+            bulk_ratio.map(|r| r >= 0.95),
+        ),
+        (
+            "restart: 0 failed connections".into(),
+            restart_errors
+                .map(|e| e.to_string())
+                .unwrap_or_else(|| "—".into()),
+            restart_errors.map(|e| e == 0),
+        ),
+    ];
+    for (target, measured, met) in rows {
+        writeln!(md, "| {target} | {measured} | {} |", verdict(met))?;
+    }
+    let notes: Vec<&str> = results["notes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect();
+    let mode = results["mode"].as_str().unwrap_or("");
+    writeln!(md, "\n## Notes\n")?;
+    if mode != "full" {
+        writeln!(
+            md,
+            "- A {mode} run: the targets speak of 10,000 mappings, which only the full run (`cargo xtask bench`) installs."
+        )?;
+    }
+    writeln!(
+        md,
+        "- The other mappings of the conn-rate scenario are installed through the agent's API in ebpf mode; in iptables mode they are loaded by one `iptables-restore --noflush` of exactly the rules the iptables dataplane writes for a port (DNAT, ACCEPT, hairpin MASQUERADE), because programming them one `iptables` process at a time is what the programming scenario measures. The measured container is created last, so its rules are at the end of every chain (the worst case of the linear walk)."
+    )?;
+    writeln!(
+        md,
+        "- `direct` goes through the ebpf node: the XDP program parses the packet, finds no published port and passes it to the kernel, which routes it (no netfilter rule there)."
+    )?;
+    writeln!(
+        md,
+        "- Both agents run with `--ip-masq=false`: with masquerade on, the ebpf dataplane masquerades the replies of connections routed straight to a container's address (the direct path), which then fail."
+    )?;
+    writeln!(
+        md,
+        "- Conntrack is not flushed between runs (the lab installs no conntrack tool); each path has its own client address."
+    )?;
+    writeln!(
+        md,
+        "- The restart scenario counts failed connections of the conn-rate client while the agent is stopped (SIGTERM) and started again; packets lost are not counted separately."
+    )?;
+    for note in notes {
+        writeln!(md, "- {note}")?;
+    }
+    let plots = plots(results, dir);
+    if let Err(e) = &plots {
+        writeln!(md, "- No plots: {e:#}")?;
+    }
+    fs::write(dir.join("report.md"), md)?;
+    Ok(())
+}
+
+/// Registers DejaVu Sans for the plots' text, if the machine has it.
+fn font() -> Result<()> {
+    static DONE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let ok = *DONE.get_or_init(|| {
+        [
+            "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
+            "/usr/share/fonts/dejavu/DejaVuSans.ttf",
+        ]
+        .iter()
+        .find_map(|p| fs::read(p).ok())
+        .map(|bytes| {
+            let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
+            plotters::style::register_font("sans-serif", FontStyle::Normal, bytes).is_ok()
+        })
+        .unwrap_or(false)
+    });
+    anyhow::ensure!(
+        ok,
+        "no DejaVuSans.ttf for the plots' text (apt-get install fonts-dejavu-core)"
+    );
+    Ok(())
+}
+
+fn color(dp: &str) -> RGBColor {
+    match dp {
+        "ebpf" => RGBColor(0x1f, 0x77, 0xb4),
+        "iptables" => RGBColor(0xd6, 0x27, 0x28),
+        _ => RGBColor(0x2c, 0xa0, 0x2c),
+    }
+}
+
+type Series = Vec<(String, RGBColor, Vec<(f64, f64)>)>;
+
+/// A line plot with a log-scale x axis.
+fn line_plot(
+    path: &Path,
+    title: &str,
+    xlabel: &str,
+    ylabel: &str,
+    series: &Series,
+    log_y: bool,
+) -> Result<()> {
+    let points = series.iter().flat_map(|s| s.2.iter());
+    let (mut xmax, mut ymax, mut ymin) = (1.0f64, 0.0f64, f64::MAX);
+    for &(x, y) in points {
+        xmax = xmax.max(x);
+        ymax = ymax.max(y);
+        ymin = ymin.min(y);
+    }
+    if ymax <= 0.0 {
+        return Ok(());
+    }
+    let root = BitMapBackend::new(path, (900, 560)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let mut builder = ChartBuilder::on(&root);
+    builder
+        .caption(title, ("sans-serif", 22))
+        .margin(14)
+        .x_label_area_size(44)
+        .y_label_area_size(80);
+    let x_range = (0.8f64..xmax * 1.25).log_scale();
+    macro_rules! draw {
+        ($chart:expr) => {{
+            let mut chart = $chart;
+            chart
+                .configure_mesh()
+                .x_desc(xlabel)
+                .y_desc(ylabel)
+                .label_style(("sans-serif", 14))
+                .draw()?;
+            for (name, c, pts) in series {
+                let c = *c;
+                chart
+                    .draw_series(LineSeries::new(pts.iter().copied(), c.stroke_width(2)))?
+                    .label(name.as_str())
+                    .legend(move |(x, y)| {
+                        PathElement::new(vec![(x, y), (x + 18, y)], c.stroke_width(2))
+                    });
+                chart.draw_series(pts.iter().map(|&p| Circle::new(p, 4, c.filled())))?;
+            }
+            chart
+                .configure_series_labels()
+                .background_style(WHITE.mix(0.8))
+                .border_style(BLACK)
+                .label_font(("sans-serif", 14))
+                .draw()?;
+        }};
+    }
+    if log_y {
+        draw!(builder.build_cartesian_2d(x_range, (ymin.max(1e-4) / 2.0..ymax * 2.0).log_scale())?);
+    } else {
+        draw!(builder.build_cartesian_2d(x_range, 0.0..ymax * 1.15)?);
+    }
+    root.present()?;
+    Ok(())
+}
+
+fn plots(results: &Value, dir: &Path) -> Result<()> {
+    font()?;
+    let ns: BTreeSet<u64> = samples(results, "connrate")
+        .filter_map(|s| s["other_mappings"].as_u64())
+        .collect();
+    let series: Series = PATHS
+        .iter()
+        .map(|dp| {
+            let pts = ns
+                .iter()
+                .filter_map(|&n| {
+                    metric(results, "connrate", dp, "rate", |s| {
+                        s["other_mappings"] == n
+                    })
+                    .map(|s| (n as f64, s.median))
+                })
+                .collect();
+            (dp.to_string(), color(dp), pts)
+        })
+        .collect();
+    line_plot(
+        &dir.join("connrate.png"),
+        "New TCP connections/s through the published port",
+        "other published mappings installed",
+        "connections/s (median)",
+        &series,
+        false,
+    )
+    .context("connrate.png")?;
+
+    let pns: BTreeSet<u64> = samples(results, "programming")
+        .filter_map(|s| s["n"].as_u64())
+        .collect();
+    let mut series: Series = Vec::new();
+    for dp in ["ebpf", "iptables"] {
+        for (key, what) in [("publish_seconds", "publish"), ("remove_seconds", "remove")] {
+            let pts = pns
+                .iter()
+                .filter_map(|&n| {
+                    metric(results, "programming", dp, key, |s| s["n"] == n)
+                        .map(|s| (n as f64, s.median))
+                })
+                .collect();
+            let mut c = color(dp);
+            if what == "remove" {
+                c = RGBColor(c.0 / 2 + 0x60, c.1 / 2 + 0x60, c.2 / 2 + 0x60);
+            }
+            series.push((format!("{dp} {what}"), c, pts));
+        }
+    }
+    line_plot(
+        &dir.join("programming.png"),
+        "Programming time: API call until the last mapping answers (or stops)",
+        "mappings (N)",
+        "seconds",
+        &series,
+        true,
+    )
+    .context("programming.png")?;
+
+    // Latency percentiles: x = 50, 99, 99.9 as "nines" positions 1, 2, 3.
+    let series: Series = PATHS
+        .iter()
+        .map(|dp| {
+            let pts = [("p50_us", 1.0), ("p99_us", 10.0), ("p999_us", 100.0)]
+                .iter()
+                .filter_map(|(k, x)| {
+                    metric(results, "latency", dp, k, |_| true).map(|s| (*x, s.median))
+                })
+                .collect();
+            (dp.to_string(), color(dp), pts)
+        })
+        .collect();
+    line_plot(
+        &dir.join("latency.png"),
+        "TCP request/response latency (1 = p50, 10 = p99, 100 = p99.9)",
+        "percentile",
+        "µs (median over repetitions)",
+        &series,
+        false,
+    )
+    .context("latency.png")?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spread_is_median_min_max() {
+        let s = spread(&[3.0, 1.0, 2.0, 10.0]).unwrap();
+        assert_eq!((s.median, s.min, s.max, s.count), (2.5, 1.0, 10.0, 4));
+        assert!(spread(&[]).is_none());
+    }
+
+    #[test]
+    fn report_from_a_small_result() {
+        let dir = tempfile::tempdir().unwrap();
+        let results = serde_json::json!({
+            "mode": "smoke", "duration_seconds": 1.0,
+            "machine": {"kernel": "6.x", "cpus": 2},
+            "plan": {"connrate_seconds": 1, "concurrency": 1},
+            "paths": {}, "notes": ["a note"],
+            "samples": [
+                {"scenario": "connrate", "dataplane": "ebpf", "other_mappings": 1, "rate": 100.0, "errors": {"reset": 0}},
+                {"scenario": "connrate", "dataplane": "iptables", "other_mappings": 1, "rate": 50.0, "errors": {"reset": 1}},
+                {"scenario": "programming", "dataplane": "ebpf", "n": 10, "publish_seconds": 0.01, "remove_seconds": 0.01},
+                {"scenario": "latency", "dataplane": "direct", "p50_us": 10.0, "p99_us": 20.0, "p999_us": 30.0},
+            ],
+        });
+        write(&results, dir.path()).unwrap();
+        let md = fs::read_to_string(dir.path().join("report.md")).unwrap();
+        assert!(md.contains("| 1 | 100 | 50 | — | 2.00× |"), "{md}");
+        assert!(md.contains("a note"));
+    }
+}
