@@ -217,7 +217,6 @@ pub fn run(opts: &Options) -> Result<()> {
                 failures.push(format!("scenario {name} failed: {e:#}"));
             }
         }
-        drop(run_one);
         notes.extend(failures);
         lab.teardown()?;
     }
