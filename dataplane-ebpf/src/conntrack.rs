@@ -170,6 +170,11 @@ pub fn masquerade(ctx: &TcContext, ip: &Ipv4, l4: &L4) -> (i32, Stat) {
     let key = key_of(ip, l4);
     let entry = match CONNTRACK.get_ptr_mut(&key) {
         Some(entry) => touch(entry, ip, l4),
+        // Only a SYN opens a TCP flow: a segment of a connection someone opened to the
+        // container's own address is a reply, routed as it is.
+        None if ip.protocol == IPPROTO_TCP && !l4.is_tcp_syn() => {
+            return (aya_ebpf::bindings::TC_ACT_OK, Stat::ContainerPassOutside);
+        }
         None => match open_flow(ctx, ip, l4, &key, &config) {
             Ok(entry) => entry,
             Err(stat) => return (TC_ACT_SHOT, stat),

@@ -242,3 +242,23 @@ fn a_full_table_refuses_new_flows_and_gc_never_evicts_a_live_one() -> Result<()>
     ping_pong()?;
     Ok(())
 }
+
+#[test]
+fn replies_of_connections_routed_to_a_container_are_not_masqueraded() -> Result<()> {
+    let topology = Topology::new()?;
+    let agent = Agent::start(&topology)?;
+    let (c, ns) = agent.create_container(&["c"])?;
+    let ip: Ipv4Addr = c["NetworkSettings"]["IPAddress"]
+        .as_str()
+        .unwrap()
+        .parse()?;
+    // The world reaches the container's own address through the node (routed, no port
+    // published): the replies must keep the container's address.
+    let server = serve_once(&ns, 7400);
+    assert_eq!(
+        request(&topology.world.path(), SocketAddrV4::new(ip, 7400), "hi\n")?,
+        "pong hi\n"
+    );
+    assert_eq!(server.join().expect("server")?.ip(), WORLD_IP);
+    Ok(())
+}
