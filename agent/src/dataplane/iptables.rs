@@ -30,7 +30,7 @@ use std::{
 
 use ipnet::Ipv4Net;
 
-use super::{Dataplane, Endpoint, NetworkPolicy};
+use super::{Dataplane, Endpoint, LinkRule, NetworkPolicy};
 use crate::{
     Error, Result,
     model::{PortBinding, Proto, PublishedPort, StatCounter},
@@ -258,6 +258,43 @@ fn network_rules(bridge: &str, policy: &NetworkPolicy) -> Vec<(Rule, Position)> 
     rules
 }
 
+/// The filter/DOCKER pair Docker writes for a `--link` through `icc=false`: the request
+/// and its answers.
+pub fn link_rules(bridge: &str, link: &LinkRule) -> [Rule; 2] {
+    let p = link.proto.as_str();
+    let (from, to, port) = (
+        format!("{}/32", link.from),
+        format!("{}/32", link.to),
+        link.port.to_string(),
+    );
+    let rule = |src: &str, dst: &str, dir: &str| {
+        Rule::new(
+            "filter",
+            CHAIN_DOCKER,
+            &[
+                "-s", src, "-d", dst, "-i", bridge, "-o", bridge, "-p", p, "-m", p, dir, &port,
+                "-j", "ACCEPT",
+            ],
+        )
+    };
+    [rule(&from, &to, "--dport"), rule(&to, &from, "--sport")]
+}
+
+/// The node's IPv4 addresses with their interfaces (`ip -o -4 addr show`).
+fn interface_addresses() -> Result<Vec<(String, Ipv4Net)>> {
+    let out = run("ip", &["-o", "-4", "addr", "show"])?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    Ok(text
+        .lines()
+        .filter_map(|line| {
+            let words: Vec<&str> = line.split_whitespace().collect();
+            let name = words.get(1)?.trim_end_matches(':').to_string();
+            let i = words.iter().position(|w| *w == "inet")?;
+            Some((name, words.get(i + 1)?.parse().ok()?))
+        })
+        .collect())
+}
+
 /// Parses a DNAT rule of nat/DOCKER as `iptables -S` prints it.
 fn parse_dnat(line: &str) -> Option<(PortId, Mapping)> {
     let words: Vec<&str> = line.split_whitespace().collect();
@@ -313,21 +350,10 @@ fn veth_master(veth: &str) -> Result<String> {
 
 /// The interface holding an address of `subnet` (a bridge holds its gateway address).
 fn bridge_of_subnet(subnet: &Ipv4Net) -> Result<Option<String>> {
-    let out = run("ip", &["-o", "-4", "addr", "show"])?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    for line in text.lines() {
-        let words: Vec<&str> = line.split_whitespace().collect();
-        let (Some(name), Some(i)) = (words.get(1), words.iter().position(|w| *w == "inet")) else {
-            continue;
-        };
-        let Some(addr) = words.get(i + 1).and_then(|a| a.parse::<Ipv4Net>().ok()) else {
-            continue;
-        };
-        if addr.trunc() == subnet.trunc() {
-            return Ok(Some(name.trim_end_matches(':').to_string()));
-        }
-    }
-    Ok(None)
+    Ok(interface_addresses()?
+        .into_iter()
+        .find(|(_, addr)| addr.trunc() == subnet.trunc())
+        .map(|(name, _)| name))
 }
 
 fn run(program: &str, args: &[&str]) -> Result<Output> {
@@ -355,6 +381,8 @@ pub struct IptablesDataplane {
     ports: BTreeMap<PortId, Mapping>,
     /// The rules installed per network (by its index).
     networks: BTreeMap<u32, Vec<(Rule, Position)>>,
+    /// The `--link` rules installed.
+    links: Vec<Rule>,
     /// How many invocations of iptables this backend made, for the benchmark.
     invocations: u64,
 }
@@ -367,6 +395,7 @@ impl IptablesDataplane {
             binary: "iptables".into(),
             ports: BTreeMap::new(),
             networks: BTreeMap::new(),
+            links: Vec::new(),
             invocations: 0,
         };
         dp.ensure_chain("nat", CHAIN_DOCKER)?;
@@ -671,6 +700,48 @@ impl Dataplane for IptablesDataplane {
         Ok(text.lines().filter_map(parse_counter).collect())
     }
 
+    /// Docker's ACCEPT pairs in filter/DOCKER. They only matter where bridged traffic goes
+    /// through iptables (br_netfilter), which this dataplane does not load: loading the
+    /// module would change every namespace of the host.
+    fn set_links(&mut self, links: &[LinkRule]) -> Result<()> {
+        let addresses = if links.is_empty() {
+            Vec::new()
+        } else {
+            interface_addresses()?
+        };
+        let mut wanted: Vec<Rule> = Vec::new();
+        for link in links {
+            let Some((bridge, _)) = addresses.iter().find(|(_, a)| a.contains(&link.from)) else {
+                tracing::warn!(from = %link.from, "no bridge holds the link's address");
+                continue;
+            };
+            for rule in link_rules(bridge, link) {
+                if !wanted.contains(&rule) {
+                    wanted.push(rule);
+                }
+            }
+        }
+        let mut errors = Vec::new();
+        for rule in std::mem::take(&mut self.links) {
+            if !wanted.contains(&rule)
+                && let Err(e) = self.remove(&rule)
+            {
+                errors.push(e);
+                self.links.push(rule);
+            }
+        }
+        for rule in wanted {
+            if self.links.contains(&rule) {
+                continue;
+            }
+            match self.add(&rule, Position::Append) {
+                Ok(()) => self.links.push(rule),
+                Err(e) => errors.push(e),
+            }
+        }
+        Error::collect(errors)
+    }
+
     fn set_networks(&mut self, networks: &[NetworkPolicy]) -> Result<()> {
         let mut errors = Vec::new();
         let gone: Vec<u32> = self
@@ -831,6 +902,25 @@ mod tests {
                 "{expected} in {lines:#?}"
             );
         }
+    }
+
+    #[test]
+    fn link_rules_follow_the_reference() {
+        let link = LinkRule {
+            from: "172.17.0.3".parse().unwrap(),
+            to: "172.17.0.2".parse().unwrap(),
+            port: 5432,
+            proto: Proto::Tcp,
+        };
+        let [there, back] = link_rules("docker0", &link);
+        assert_eq!(
+            there.save_line(),
+            "-A DOCKER -s 172.17.0.3/32 -d 172.17.0.2/32 -i docker0 -o docker0 -p tcp -m tcp --dport 5432 -j ACCEPT"
+        );
+        assert_eq!(
+            back.save_line(),
+            "-A DOCKER -s 172.17.0.2/32 -d 172.17.0.3/32 -i docker0 -o docker0 -p tcp -m tcp --sport 5432 -j ACCEPT"
+        );
     }
 
     #[test]
