@@ -1,11 +1,15 @@
 //! `bpfbridge agent --dataplane iptables`: published ports programmed with Docker 20.10's
 //! iptables rules in the node namespace, reached from the world namespace.
 
-use std::{net::SocketAddrV4, time::Duration};
+use std::{
+    net::{Ipv4Addr, SocketAddrV4},
+    time::Duration,
+};
 
 use anyhow::{Context as _, Result, ensure};
 use bpfbridge_tests::{
-    Agent, Echo, NODE_IP, Topology, WORLD_IP, request, serve_once, tcp_reaches, udp_reaches,
+    Agent, Echo, NODE_IP, Topology, WORLD_IP, in_netns, request, serve_once, tcp_reaches,
+    udp_reaches,
 };
 
 /// `iptables-save` of the node namespace (never the root one).
@@ -74,6 +78,23 @@ fn published_port_through_iptables_rules_and_removed_with_the_container() -> Res
     let peer = server.join().expect("server thread")?;
     ensure!(answer == "pong ping\n", "answer {answer:?}");
     assert_eq!(peer.ip(), WORLD_IP, "no SNAT on the way in");
+    // From the node through 127.0.0.1, and from another container through the node's
+    // address: the userland proxy (the server sees the proxy's connection).
+    let server = serve_once(&netns, 80);
+    let answer = request(
+        &topology.node.path(),
+        SocketAddrV4::new(Ipv4Addr::LOCALHOST, 8080),
+        "local\n",
+    )
+    .context("node-local client")?;
+    server.join().expect("server thread")?;
+    ensure!(answer == "pong local\n", "answer {answer:?}");
+    let (_, other) = agent.create_container(&["--name", "other"])?;
+    let server = serve_once(&netns, 80);
+    let answer =
+        request(&other, SocketAddrV4::new(NODE_IP, 8080), "hairpin\n").context("hairpin client")?;
+    server.join().expect("server thread")?;
+    ensure!(answer == "pong hairpin\n", "answer {answer:?}");
     {
         let echo = Echo::start(&netns, 53)?;
         // UDP to 5353 lands on 53 in the container.
@@ -122,6 +143,14 @@ fn published_port_through_iptables_rules_and_removed_with_the_container() -> Res
             Duration::from_millis(500)
         ),
         "port 8080 still answers"
+    );
+    ensure!(
+        in_netns(&topology.node.path(), || std::net::TcpStream::connect((
+            Ipv4Addr::LOCALHOST,
+            8080
+        )))
+        .is_err(),
+        "the userland proxy still listens on 127.0.0.1:8080"
     );
     Ok(())
 }

@@ -18,9 +18,12 @@
 //! (`iptables -t nat -L DOCKER -v -x -n`), one counter per published port, named
 //! `dnat.PROTO.HOSTIP:HOSTPORT`.
 //!
-//! Not done here (Docker's userland proxy covers them): node-local access through
-//! 127.0.0.1 and containers reaching their own network's published ports through the
-//! node's address (the DNAT rules carry `! -i BRIDGE`, as with `--userland-proxy=true`).
+//! The DNAT rules carry `! -i BRIDGE`, Docker's layout with `--userland-proxy=true`: node-local
+//! access through 127.0.0.1 and containers reaching published ports through the node's
+//! address go through the userland proxy ([`proxy`], TCP only), one listener per published
+//! TCP port, as docker-proxy does.
+
+mod proxy;
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -383,19 +386,27 @@ pub struct IptablesDataplane {
     networks: BTreeMap<u32, Vec<(Rule, Position)>>,
     /// The `--link` rules installed.
     links: Vec<Rule>,
+    /// The userland proxies of published TCP ports (`None`: no proxy).
+    proxies: Option<HashMap<PortId, proxy::Proxy>>,
     /// How many invocations of iptables this backend made, for the benchmark.
     invocations: u64,
 }
 
 impl IptablesDataplane {
     /// Creates Docker's chains and base rules in this namespace (idempotent) and reads back
-    /// the published ports a previous agent left.
+    /// the published ports a previous agent left; with the userland proxy.
     pub fn start() -> Result<Self> {
+        Self::start_with(true)
+    }
+
+    /// Like [`start`](Self::start), with or without the userland proxy.
+    pub fn start_with(userland_proxy: bool) -> Result<Self> {
         let mut dp = IptablesDataplane {
             binary: "iptables".into(),
             ports: BTreeMap::new(),
             networks: BTreeMap::new(),
             links: Vec::new(),
+            proxies: userland_proxy.then(HashMap::new),
             invocations: 0,
         };
         dp.ensure_chain("nat", CHAIN_DOCKER)?;
@@ -513,13 +524,33 @@ impl IptablesDataplane {
         Ok(())
     }
 
+    /// Starts the userland proxy of a TCP port unless it runs (or there is no proxy).
+    fn ensure_proxy(&mut self, id: PortId, mapping: &Mapping) -> Result<()> {
+        let Some(proxies) = self.proxies.as_mut() else {
+            return Ok(());
+        };
+        if id.proto != Proto::Tcp || proxies.contains_key(&id) {
+            return Ok(());
+        }
+        let listen = std::net::SocketAddrV4::new(id.host_ip, id.host_port);
+        let target = std::net::SocketAddrV4::new(mapping.container_ip, mapping.container_port);
+        let proxy = proxy::Proxy::start(listen, target).map_err(|e| {
+            Error::Conflict(format!("userland proxy: cannot listen on {listen}: {e}"))
+        })?;
+        proxies.insert(id, proxy);
+        Ok(())
+    }
+
     fn install(&mut self, id: PortId, mapping: Mapping) -> Result<()> {
         if let Some(old) = self.ports.get(&id) {
             if *old == mapping {
-                return Ok(());
+                return self.ensure_proxy(id, &mapping);
             }
             self.uninstall(id)?;
         }
+        // The proxy first: like dockerd, a port the node already uses is refused before any
+        // rule is written.
+        self.ensure_proxy(id, &mapping)?;
         let dnat = dnat_rule(
             id.proto,
             id.host_ip,
@@ -544,6 +575,9 @@ impl IptablesDataplane {
     /// Removes a port's rules, trying every one; the ACCEPT and hairpin rules stay while
     /// another host port leads to the same container port.
     fn uninstall(&mut self, id: PortId) -> Result<()> {
+        if let Some(proxies) = self.proxies.as_mut() {
+            proxies.remove(&id);
+        }
         let Some(mapping) = self.ports.remove(&id) else {
             return Ok(());
         };
@@ -661,8 +695,14 @@ impl Dataplane for IptablesDataplane {
         }
         for (id, mapping) in want {
             match self.ports.get_mut(&id) {
-                // Read back from iptables, which does not know the veth's index.
-                Some(m) => m.host_veth_ifindex = mapping.host_veth_ifindex,
+                // Read back from iptables, which does not know the veth's index; the
+                // previous agent's proxy ended with it.
+                Some(m) => {
+                    m.host_veth_ifindex = mapping.host_veth_ifindex;
+                    if let Err(e) = self.ensure_proxy(id, &mapping) {
+                        tracing::warn!("{e}");
+                    }
+                }
                 None => {
                     if let Err(e) = self.install(id, mapping) {
                         errors.push(e);
