@@ -23,12 +23,12 @@ use aya::{
     },
 };
 use dataplane_common::{
-    CONNTRACK, CONNTRACK_MAX, CT_ORIGINAL, CT_REPLY, CT_TCP_CLOSING, CT_TCP_ESTABLISHED, Counter, CtEntry, CtKey,
-    ENDPOINTS, EVENT_DROP, EVENTS, EndpointInfo, EndpointKey, Event, FILTER_ALLOW, FILTER_DENY,
-    FILTER_HITS, FILTER_RULES, FILTER_SCOPE_BITS, FilterKey, FilterRule, FlowKey, IPPROTO_TCP,
-    LINKS, LinkKey, NAT_FLOWS, NETWORK_ICC, NETWORK_INTERNAL, NETWORK_MASQUERADE, NETWORKS,
-    NODE_ADDRS, NODE_CONFIG, NatFlow, NetworkInfo, NetworkKey, NodeAddr, NodeAddrKey, NodeConfig,
-    PUBLISHED_PORTS, PortKey, PortTarget, STATS, stats::Stat,
+    CONNTRACK, CONNTRACK_MAX, CT_ORIGINAL, CT_REPLY, CT_TCP_CLOSING, CT_TCP_ESTABLISHED, Counter,
+    CtEntry, CtKey, ENDPOINTS, EVENT_DROP, EVENTS, EndpointInfo, EndpointKey, Event, FILTER_ALLOW,
+    FILTER_DENY, FILTER_HITS, FILTER_RULES, FILTER_SCOPE_BITS, FilterKey, FilterRule, FlowKey,
+    IPPROTO_TCP, LINKS, LinkKey, NAT_FLOWS, NETWORK_ICC, NETWORK_INTERNAL, NETWORK_MASQUERADE,
+    NETWORKS, NODE_ADDRS, NODE_CONFIG, NatFlow, NetworkInfo, NetworkKey, NodeAddr, NodeAddrKey,
+    NodeConfig, PUBLISHED_PORTS, PortKey, PortTarget, STATS, stats::Stat,
 };
 
 use super::{Dataplane, Endpoint, FilterHits, FlowTimeouts, LinkRule, NetworkPolicy};
@@ -217,6 +217,24 @@ fn proto_name(proto: u8) -> String {
         dataplane_common::IPPROTO_ICMP => "icmp".into(),
         other => other.to_string(),
     }
+}
+
+/// Removes `keys` from `map`; a key already gone is fine (removal is idempotent). Returns
+/// how many were removed.
+fn remove_keys<K: aya::Pod, V: aya::Pod>(
+    map: &mut HashMap<&mut MapData, K, V>,
+    keys: impl IntoIterator<Item = K>,
+    what: &str,
+) -> Result<usize> {
+    let mut removed = 0;
+    for key in keys {
+        match map.remove(&key) {
+            Ok(()) => removed += 1,
+            Err(e) if is_missing_key(&e) => {}
+            Err(e) => return Err(Error::dataplane(what.to_string())(e)),
+        }
+    }
+    Ok(removed)
 }
 
 /// A tracked flow: its original key and entry, its reply key, and the reply entry if present.
@@ -419,33 +437,25 @@ impl EbpfDataplane {
         let ip_be = u32::from(container_ip).to_be();
         let mut flows: HashMap<&mut MapData, FlowKey, NatFlow> =
             HashMap::try_from(self.map_mut(NAT_FLOWS)?).map_err(Error::dataplane(NAT_FLOWS))?;
+        // Flows to the container, and hairpin flows it opened as a client.
         let stale: Vec<FlowKey> = flows
-            .keys()
-            .filter_map(|k| k.ok())
-            .filter(|k| k.container_ip_be == ip_be)
+            .iter()
+            .filter_map(|e| e.ok())
+            .filter(|(k, v)| k.container_ip_be == ip_be || v.client_ip_be == ip_be)
+            .map(|(k, _)| k)
             .collect();
-        for key in stale {
-            match flows.remove(&key) {
-                Ok(()) => {}
-                Err(e) if is_missing_key(&e) => {}
-                Err(e) => return Err(Error::dataplane("removing a flow")(e)),
-            }
-        }
-        let pairs = self.conntrack_pairs()?;
+        remove_keys(&mut flows, stale, "removing a flow")?;
+        let stale: Vec<CtKey> = self
+            .conntrack_pairs()?
+            .into_iter()
+            .filter(|(key, _, _, reply)| {
+                key.src_ip_be == ip_be || reply.is_some_and(|r| r.nat_ip_be == ip_be)
+            })
+            .flat_map(|(key, _, reply_key, _)| [key, reply_key])
+            .collect();
         let mut ct: HashMap<&mut MapData, CtKey, CtEntry> =
             HashMap::try_from(self.map_mut(CONNTRACK)?).map_err(Error::dataplane(CONNTRACK))?;
-        for (key, _, reply_key, reply) in pairs {
-            if key.src_ip_be == ip_be || reply.is_some_and(|r| r.nat_ip_be == ip_be) {
-                for k in [key, reply_key] {
-                    match ct.remove(&k) {
-                        Ok(()) => {}
-                        Err(e) if is_missing_key(&e) => {}
-                        Err(e) => return Err(Error::dataplane("removing a conntrack entry")(e)),
-                    }
-                }
-            }
-        }
-        Ok(())
+        remove_keys(&mut ct, stale, "removing a conntrack entry").map(drop)
     }
 }
 
@@ -838,20 +848,11 @@ impl Dataplane for EbpfDataplane {
             })
             .map(|(key, _)| key)
             .collect();
-        let mut removed = 0;
-        for key in expired {
-            match flows.remove(&key) {
-                Ok(()) => removed += 1,
-                Err(e) if is_missing_key(&e) => {}
-                Err(e) => return Err(Error::dataplane("expiring a flow")(e)),
-            }
-        }
+        let mut removed = remove_keys(&mut flows, expired, "expiring a flow")?;
         // Masqueraded flows go as pairs, judged by the later-seen direction and the TCP
         // state: never a live flow, whatever the table's fill.
-        let pairs = self.conntrack_pairs()?;
-        let mut ct: HashMap<&mut MapData, CtKey, CtEntry> =
-            HashMap::try_from(self.map_mut(CONNTRACK)?).map_err(Error::dataplane(CONNTRACK))?;
-        for (key, original, reply_key, reply) in pairs {
+        let mut expired = Vec::new();
+        for (key, original, reply_key, reply) in self.conntrack_pairs()? {
             let last_seen = original
                 .last_seen_ns
                 .max(reply.map_or(0, |r| r.last_seen_ns));
@@ -868,17 +869,13 @@ impl Dataplane for EbpfDataplane {
                 ),
                 Some(t) => idle(last_seen, t.udp),
             };
-            if !expire {
-                continue;
-            }
-            for k in [key, reply_key] {
-                match ct.remove(&k) {
-                    Ok(()) => removed += 1,
-                    Err(e) if is_missing_key(&e) => {}
-                    Err(e) => return Err(Error::dataplane("expiring a conntrack entry")(e)),
-                }
+            if expire {
+                expired.extend([key, reply_key]);
             }
         }
+        let mut ct: HashMap<&mut MapData, CtKey, CtEntry> =
+            HashMap::try_from(self.map_mut(CONNTRACK)?).map_err(Error::dataplane(CONNTRACK))?;
+        removed += remove_keys(&mut ct, expired, "expiring a conntrack entry")?;
         Ok(removed)
     }
 
