@@ -219,6 +219,36 @@ fn proto_name(proto: u8) -> String {
     }
 }
 
+/// Makes `trie` hold exactly `wanted`; returns the indices of the entries it had to write.
+fn sync_trie<K: aya::Pod + PartialEq, V: aya::Pod + PartialEq>(
+    trie: &mut LpmTrie<&mut MapData, K, V>,
+    wanted: &[(Key<K>, V)],
+    what: &str,
+) -> Result<Vec<usize>> {
+    let present: Vec<Key<K>> = trie.keys().filter_map(|k| k.ok()).collect();
+    let mut written = Vec::new();
+    for (i, (key, value)) in wanted.iter().enumerate() {
+        if trie.get(key, 0).ok().as_ref() != Some(value) {
+            trie.insert(key, *value, 0)
+                .map_err(Error::dataplane(format!("adding a {what}")))?;
+            written.push(i);
+        }
+    }
+    for key in present {
+        let keep = wanted
+            .iter()
+            .any(|(k, _)| k.prefix_len() == key.prefix_len() && k.data() == key.data());
+        if !keep {
+            match trie.remove(&key) {
+                Ok(()) => {}
+                Err(e) if is_missing_key(&e) => {}
+                Err(e) => return Err(Error::dataplane(format!("removing a {what}"))(e)),
+            }
+        }
+    }
+    Ok(written)
+}
+
 /// Removes `keys` from `map`; a key already gone is fine (removal is idempotent). Returns
 /// how many were removed.
 fn remove_keys<K: aya::Pod, V: aya::Pod>(
@@ -706,24 +736,7 @@ impl Dataplane for EbpfDataplane {
             .collect();
         let mut trie: LpmTrie<&mut MapData, NetworkKey, NetworkInfo> =
             LpmTrie::try_from(self.map_mut(NETWORKS)?).map_err(Error::dataplane(NETWORKS))?;
-        let present: Vec<Key<NetworkKey>> = trie.keys().filter_map(|k| k.ok()).collect();
-        for (key, info) in &wanted {
-            trie.insert(key, *info, 0)
-                .map_err(Error::dataplane("adding a network"))?;
-        }
-        for key in present {
-            let keep = wanted
-                .iter()
-                .any(|(k, _)| k.prefix_len() == key.prefix_len() && k.data() == key.data());
-            if !keep {
-                match trie.remove(&key) {
-                    Ok(()) => {}
-                    Err(e) if is_missing_key(&e) => {}
-                    Err(e) => return Err(Error::dataplane("removing a network")(e)),
-                }
-            }
-        }
-        Ok(())
+        sync_trie(&mut trie, &wanted, "network").map(drop)
     }
 
     fn set_filters(&mut self, rules: &[FilterRecord]) -> Result<()> {
@@ -731,28 +744,10 @@ impl Dataplane for EbpfDataplane {
         let mut trie: LpmTrie<&mut MapData, FilterKey, FilterRule> =
             LpmTrie::try_from(self.map_mut(FILTER_RULES)?)
                 .map_err(Error::dataplane(FILTER_RULES))?;
-        let present: Vec<Key<FilterKey>> = trie.keys().filter_map(|k| k.ok()).collect();
-        let mut added = Vec::new();
-        for (key, rule) in &wanted {
-            let old = trie.get(key, 0).ok();
-            if old != Some(*rule) {
-                trie.insert(key, *rule, 0)
-                    .map_err(Error::dataplane("adding a filter rule"))?;
-                added.push(rule.rule_id);
-            }
-        }
-        for key in present {
-            let keep = wanted
-                .iter()
-                .any(|(k, _)| k.prefix_len() == key.prefix_len() && k.data() == key.data());
-            if !keep {
-                match trie.remove(&key) {
-                    Ok(()) => {}
-                    Err(e) if is_missing_key(&e) => {}
-                    Err(e) => return Err(Error::dataplane("removing a filter rule")(e)),
-                }
-            }
-        }
+        let added: Vec<u32> = sync_trie(&mut trie, &wanted, "filter rule")?
+            .into_iter()
+            .map(|i| wanted[i].1.rule_id)
+            .collect();
         // A rule id may be a reused one: its counters start from zero.
         let cpus = aya::util::nr_cpus().map_err(|(_, e)| Error::io("counting CPUs")(e))?;
         let mut hits: PerCpuArray<&mut MapData, Counter> =
