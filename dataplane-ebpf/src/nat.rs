@@ -30,14 +30,20 @@ const MAX_HEADERS: u32 = (ETH_HLEN + 60 + 60) as u32;
 
 /// 127.0.0.0/8 in network order: never a published address from the wire (moby#45610).
 #[inline(always)]
-fn is_loopback(ip_be: u32) -> bool {
+pub(crate) fn is_loopback(ip_be: u32) -> bool {
     u32::from_be(ip_be) >> 24 == 127
 }
 
 /// The port mapping that a packet to `dst:port` hits: one bound to that exact address first,
-/// then one bound to every node address.
+/// then one bound to every node address, loopback counting as one when `loopback_is_node`
+/// (sockets on the node itself).
 #[inline(always)]
-fn published_target(dst_be: u32, port_be: u16, proto: u8) -> Option<PortTarget> {
+pub(crate) fn published_target(
+    dst_be: u32,
+    port_be: u16,
+    proto: u8,
+    loopback_is_node: bool,
+) -> Option<PortTarget> {
     let exact = PortKey {
         host_ip_be: dst_be,
         host_port_be: port_be,
@@ -49,7 +55,10 @@ fn published_target(dst_be: u32, port_be: u16, proto: u8) -> Option<PortTarget> 
         return Some(*target);
     }
     // SAFETY: as above.
-    unsafe { NODE_ADDRS.get(&NodeAddrKey { addr_be: dst_be }) }?;
+    let node_address = unsafe { NODE_ADDRS.get(&NodeAddrKey { addr_be: dst_be }) }.is_some();
+    if !node_address && !(loopback_is_node && is_loopback(dst_be)) {
+        return None;
+    }
     let any = PortKey {
         host_ip_be: 0,
         ..exact
@@ -121,7 +130,7 @@ pub fn uplink_ingress(ctx: &XdpContext, len: usize) -> (u32, Stat) {
     if is_loopback(ip.dst_be) {
         return (xdp_action::XDP_PASS, Stat::UplinkPassLoopbackDestination);
     }
-    let Some(target) = published_target(ip.dst_be, l4.dport_be, ip.protocol) else {
+    let Some(target) = published_target(ip.dst_be, l4.dport_be, ip.protocol, false) else {
         return (xdp_action::XDP_PASS, Stat::UplinkPassNotPublished);
     };
     if !policy::source_allowed(ip.src_be, l4.dport_be, ip.protocol, len) {
@@ -228,7 +237,7 @@ pub fn container_ingress(ctx: &TcContext) -> (i32, Stat) {
         return reply(ctx, &ip, &l4, entry);
     }
     if !is_loopback(ip.dst_be)
-        && let Some(target) = published_target(ip.dst_be, l4.dport_be, ip.protocol)
+        && let Some(target) = published_target(ip.dst_be, l4.dport_be, ip.protocol, false)
     {
         return hairpin(ctx, &ip, &l4, &target);
     }

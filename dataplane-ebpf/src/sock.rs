@@ -7,10 +7,11 @@ use aya_ebpf::{
     helpers::{bpf_get_netns_cookie, bpf_get_socket_cookie},
     programs::SockAddrContext,
 };
-use dataplane_common::{NodeAddrKey, PortKey, PortTarget, SockNatKey, SockNatValue, stats::Stat};
+use dataplane_common::{SockNatKey, SockNatValue, stats::Stat};
 
 use crate::{
-    maps::{NODE_ADDRS, NODE_CONFIG, PUBLISHED_PORTS, SOCK_NAT},
+    maps::{NODE_CONFIG, SOCK_NAT},
+    nat::published_target,
     stats::count,
 };
 
@@ -28,35 +29,6 @@ fn in_managed_netns(ctx: &SockAddrContext) -> bool {
         .is_some_and(|c| c.netns_cookie != 0 && c.netns_cookie == cookie)
 }
 
-/// The mapping a local socket reaches at `ip:port`: one bound to that address, or, for
-/// loopback and the node's own addresses, one bound to every address.
-#[inline(always)]
-fn local_target(ip_be: u32, port_be: u16, proto: u8) -> Option<PortTarget> {
-    let exact = PortKey {
-        host_ip_be: ip_be,
-        host_port_be: port_be,
-        proto,
-        _pad: 0,
-    };
-    // SAFETY: values are plain data copied out at once.
-    if let Some(target) = unsafe { PUBLISHED_PORTS.get(&exact) } {
-        return Some(*target);
-    }
-    let loopback = u32::from_be(ip_be) >> 24 == 127;
-    // SAFETY: as above.
-    if !loopback && unsafe { NODE_ADDRS.get(&NodeAddrKey { addr_be: ip_be }) }.is_none() {
-        return None;
-    }
-    // SAFETY: as above.
-    unsafe {
-        PUBLISHED_PORTS.get(&PortKey {
-            host_ip_be: 0,
-            ..exact
-        })
-    }
-    .copied()
-}
-
 /// `connect4` and `sendmsg4`: a published address becomes the container's.
 #[inline(always)]
 pub fn to_backend(ctx: &SockAddrContext) -> i32 {
@@ -67,7 +39,7 @@ pub fn to_backend(ctx: &SockAddrContext) -> i32 {
     // SAFETY: the context fields the verifier lets these hooks read.
     let (ip_be, port_be, proto) =
         unsafe { ((*sa).user_ip4, (*sa).user_port as u16, (*sa).protocol as u8) };
-    let Some(target) = local_target(ip_be, port_be, proto) else {
+    let Some(target) = published_target(ip_be, port_be, proto, true) else {
         return ALLOW;
     };
     // SAFETY: plain helper call on our context.
