@@ -25,7 +25,15 @@ const APT_PACKAGES: &[&str] = &[
     "util-linux",
     "procps",
     "ethtool",
+    // dockerd 20.10 and its client, for the Docker plugin tests and `bench --with-docker`; they
+    // only ever run it inside a test's own network namespace.
+    "docker.io",
 ];
+
+/// While this file exists and exits 101, Debian's maintainer scripts start no service: installing
+/// docker.io must not start a dockerd in the root network namespace, where it would add a
+/// bridge and iptables rules.
+const POLICY_RC_D: &str = "/usr/sbin/policy-rc.d";
 
 /// Where Debian's LLVM 22 lives; bpf-linker is built against it.
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
@@ -67,6 +75,7 @@ fn apt_packages() -> Result<String> {
     }
     println!("setup: installing {}", missing.join(" "));
     cmd::run(Command::new("apt-get").arg("update"))?;
+    let _no_service_starts = NoServiceStarts::new()?;
     cmd::run(
         Command::new("apt-get")
             .args(["install", "-y"])
@@ -81,6 +90,34 @@ fn apt_packages() -> Result<String> {
         );
     }
     Ok(format!("installed {}", missing.join(" ")))
+}
+
+/// Keeps maintainer scripts from starting services until dropped; an existing policy-rc.d (the
+/// machine's own) is left alone.
+struct NoServiceStarts {
+    created: bool,
+}
+
+impl NoServiceStarts {
+    fn new() -> Result<Self> {
+        use std::os::unix::fs::PermissionsExt;
+        let path = std::path::Path::new(POLICY_RC_D);
+        if path.exists() {
+            return Ok(Self { created: false });
+        }
+        std::fs::write(path, "#!/bin/sh\nexit 101\n")
+            .with_context(|| format!("writing {POLICY_RC_D}"))?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755))?;
+        Ok(Self { created: true })
+    }
+}
+
+impl Drop for NoServiceStarts {
+    fn drop(&mut self) {
+        if self.created {
+            let _ = std::fs::remove_file(POLICY_RC_D);
+        }
+    }
 }
 
 fn missing_packages() -> Result<Vec<&'static str>> {
