@@ -130,7 +130,14 @@ pub struct Settings {
     /// The cgroup (v2) whose sockets get node-local access to published ports (default:
     /// the cgroup2 root).
     pub cgroup: Option<PathBuf>,
+    /// Serve Docker's remote network and IPAM driver protocol under this plugin name.
+    pub docker_plugin: Option<String>,
+    /// The plugin's socket (default: /run/docker/plugins/NAME.sock, where dockerd looks).
+    pub docker_plugin_socket: Option<PathBuf>,
 }
+
+/// Where dockerd discovers plugins by their socket's name.
+pub const DOCKER_PLUGIN_DIR: &str = "/run/docker/plugins";
 
 impl Default for Settings {
     fn default() -> Self {
@@ -154,6 +161,8 @@ impl Default for Settings {
             udp_idle_timeout: 30,
             tcp_idle_timeout: 7200,
             cgroup: None,
+            docker_plugin: None,
+            docker_plugin_socket: None,
         }
     }
 }
@@ -182,6 +191,8 @@ pub struct Overrides {
     pub udp_idle_timeout: Option<u64>,
     pub tcp_idle_timeout: Option<u64>,
     pub cgroup: Option<PathBuf>,
+    pub docker_plugin: Option<String>,
+    pub docker_plugin_socket: Option<PathBuf>,
 }
 
 impl Overrides {
@@ -224,6 +235,8 @@ impl Overrides {
             udp_idle_timeout: self.udp_idle_timeout.unwrap_or(base.udp_idle_timeout),
             tcp_idle_timeout: self.tcp_idle_timeout.unwrap_or(base.tcp_idle_timeout),
             cgroup: self.cgroup.or(base.cgroup),
+            docker_plugin: self.docker_plugin.or(base.docker_plugin),
+            docker_plugin_socket: self.docker_plugin_socket.or(base.docker_plugin_socket),
         };
         settings.validate()?;
         Ok(settings)
@@ -241,11 +254,30 @@ impl Settings {
         parse_port_range("masquerade-port-range", &self.masquerade_port_range)
     }
 
+    /// The Docker plugin's name and socket, when the agent serves one.
+    pub fn docker_plugin(&self) -> Option<(&str, PathBuf)> {
+        let name = self.docker_plugin.as_deref()?;
+        let socket = self
+            .docker_plugin_socket
+            .clone()
+            .unwrap_or_else(|| Path::new(DOCKER_PLUGIN_DIR).join(format!("{name}.sock")));
+        Some((name, socket))
+    }
+
     fn validate(&self) -> Result<()> {
+        if let Some(name) = &self.docker_plugin {
+            crate::model::validate_name("Docker plugin", name)?;
+        } else if self.docker_plugin_socket.is_some() {
+            return Err(Error::InvalidArgument(
+                "docker-plugin-socket needs docker-plugin NAME".into(),
+            ));
+        }
         self.port_range()?;
         self.masquerade_port_range()?;
         if self.conntrack_max < 2 {
-            return Err(Error::InvalidArgument("conntrack-max must be at least 2".into()));
+            return Err(Error::InvalidArgument(
+                "conntrack-max must be at least 2".into(),
+            ));
         }
         if self.udp_idle_timeout == 0 || self.tcp_idle_timeout == 0 {
             return Err(Error::InvalidArgument(

@@ -13,6 +13,7 @@ use crate::{
     Error, Result, api,
     config::Settings,
     dataplane::{Dataplane, ebpf::EbpfDataplane, iptables::IptablesDataplane},
+    docker_plugin,
     service::Service,
 };
 
@@ -52,14 +53,20 @@ pub async fn run(settings: Settings, socket: PathBuf) -> Result<()> {
         None => crate::netns::cgroup2_mount()?,
     };
     let iptables = settings.dataplane == "iptables";
+    let docker_plugin = settings
+        .docker_plugin()
+        .map(|(name, socket)| (name.to_string(), socket));
     let service = Service::start(handle, settings, move |uplink, ifindex| {
         if iptables {
             return Ok(Box::new(IptablesDataplane::start()?) as Box<dyn Dataplane>);
         }
-        Ok(
-            Box::new(EbpfDataplane::start(&pin_dir, uplink, ifindex, &cgroup, conntrack_max)?)
-                as Box<dyn Dataplane>,
-        )
+        Ok(Box::new(EbpfDataplane::start(
+            &pin_dir,
+            uplink,
+            ifindex,
+            &cgroup,
+            conntrack_max,
+        )?) as Box<dyn Dataplane>)
     })
     .await?;
     let info = service.info()?;
@@ -70,6 +77,19 @@ pub async fn run(settings: Settings, socket: PathBuf) -> Result<()> {
     );
     let service = Arc::new(Mutex::new(service));
     let app = api::router(service.clone());
+    let plugin = match &docker_plugin {
+        Some((name, socket)) => {
+            let listener = bind(socket).await?;
+            tracing::info!(plugin = %name, socket = %socket.display(), "serving the Docker network and IPAM driver");
+            let router = docker_plugin::router(service.clone());
+            Some(tokio::spawn(async move {
+                if let Err(e) = axum::serve(listener, router).await {
+                    tracing::error!("serving the Docker plugin: {e}");
+                }
+            }))
+        }
+        None => None,
+    };
     let gc = tokio::spawn(expire_idle_flows(service));
     let mut term = tokio::signal::unix::signal(SignalKind::terminate())
         .map_err(Error::io("SIGTERM handler"))?;
@@ -86,6 +106,10 @@ pub async fn run(settings: Settings, socket: PathBuf) -> Result<()> {
         .map_err(Error::io("serving the API"))?;
     gc.abort();
     let _ = std::fs::remove_file(&socket);
+    if let (Some(task), Some((_, plugin_socket))) = (plugin, &docker_plugin) {
+        task.abort();
+        let _ = std::fs::remove_file(plugin_socket);
+    }
     Ok(())
 }
 

@@ -7,6 +7,7 @@ pub mod config;
 pub mod daemon;
 pub mod dataplane;
 pub mod dns;
+pub mod docker_plugin;
 pub mod error;
 pub mod ipam;
 pub mod model;

@@ -13,7 +13,7 @@ use serde::{Serialize, de::DeserializeOwned};
 
 use crate::{
     Error, Result,
-    model::{ContainerRecord, FilterRecord, NetworkRecord},
+    model::{ContainerRecord, DockerEndpointRecord, FilterRecord, IpamPoolRecord, NetworkRecord},
 };
 
 const DB_FILE: &str = "bpfbridge.redb";
@@ -25,6 +25,11 @@ const CONTAINERS: TableDefinition<&str, &[u8]> = TableDefinition::new("container
 const FILTERS: TableDefinition<u32, &[u8]> = TableDefinition::new("filters");
 /// Small facts such as the ids of the predefined `host` and `none` networks.
 const META: TableDefinition<&str, &str> = TableDefinition::new("meta");
+/// Endpoints Docker has created through the plugin but not (yet) joined to a sandbox.
+const DOCKER_ENDPOINTS: TableDefinition<&str, &[u8]> = TableDefinition::new("docker_endpoints");
+/// Address pools handed to Docker by the plugin's IPAM driver.
+const IPAM_POOLS: TableDefinition<&str, &[u8]> = TableDefinition::new("ipam_pools");
+type JsonTable = TableDefinition<'static, &'static str, &'static [u8]>;
 
 /// Everything the store holds, loaded at start.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -33,6 +38,8 @@ pub struct State {
     pub containers: BTreeMap<String, ContainerRecord>,
     pub meta: BTreeMap<String, String>,
     pub filters: BTreeMap<u32, FilterRecord>,
+    pub docker_endpoints: BTreeMap<String, DockerEndpointRecord>,
+    pub ipam_pools: BTreeMap<String, IpamPoolRecord>,
 }
 
 pub struct Store {
@@ -54,6 +61,8 @@ impl Store {
             txn.open_table(CONTAINERS)?;
             txn.open_table(META)?;
             txn.open_table(FILTERS)?;
+            txn.open_table(DOCKER_ENDPOINTS)?;
+            txn.open_table(IPAM_POOLS)?;
             Ok(())
         })?;
         Ok(store)
@@ -101,25 +110,50 @@ impl Store {
                         Ok((k.value(), record))
                     })
                     .collect::<std::result::Result<_, redb::Error>>()?,
+                docker_endpoints: read_table(&txn.open_table(DOCKER_ENDPOINTS)?)?,
+                ipam_pools: read_table(&txn.open_table(IPAM_POOLS)?)?,
             })
         };
         read().map_err(|e| store_error(&self.path, e))
     }
 
-    pub fn put_network(&self, network: &NetworkRecord) -> Result<()> {
-        let bytes = encode(&self.path, network)?;
+    fn put_json<T: Serialize>(&self, table: JsonTable, key: &str, value: &T) -> Result<()> {
+        let bytes = encode(&self.path, value)?;
         self.write(|txn| {
-            txn.open_table(NETWORKS)?
-                .insert(network.name.as_str(), bytes.as_slice())?;
+            txn.open_table(table)?.insert(key, bytes.as_slice())?;
             Ok(())
         })
     }
 
-    pub fn delete_network(&self, name: &str) -> Result<()> {
+    fn delete_key(&self, table: JsonTable, key: &str) -> Result<()> {
         self.write(|txn| {
-            txn.open_table(NETWORKS)?.remove(name)?;
+            txn.open_table(table)?.remove(key)?;
             Ok(())
         })
+    }
+
+    pub fn put_network(&self, network: &NetworkRecord) -> Result<()> {
+        self.put_json(NETWORKS, &network.name, network)
+    }
+
+    pub fn delete_network(&self, name: &str) -> Result<()> {
+        self.delete_key(NETWORKS, name)
+    }
+
+    pub fn put_docker_endpoint(&self, endpoint: &DockerEndpointRecord) -> Result<()> {
+        self.put_json(DOCKER_ENDPOINTS, &endpoint.endpoint_id, endpoint)
+    }
+
+    pub fn delete_docker_endpoint(&self, endpoint_id: &str) -> Result<()> {
+        self.delete_key(DOCKER_ENDPOINTS, endpoint_id)
+    }
+
+    pub fn put_ipam_pool(&self, pool: &IpamPoolRecord) -> Result<()> {
+        self.put_json(IPAM_POOLS, &pool.pool_id, pool)
+    }
+
+    pub fn delete_ipam_pool(&self, pool_id: &str) -> Result<()> {
+        self.delete_key(IPAM_POOLS, pool_id)
     }
 
     pub fn put_filter(&self, filter: &FilterRecord) -> Result<()> {
@@ -146,19 +180,11 @@ impl Store {
     }
 
     pub fn put_container(&self, container: &ContainerRecord) -> Result<()> {
-        let bytes = encode(&self.path, container)?;
-        self.write(|txn| {
-            txn.open_table(CONTAINERS)?
-                .insert(container.name.as_str(), bytes.as_slice())?;
-            Ok(())
-        })
+        self.put_json(CONTAINERS, &container.name, container)
     }
 
     pub fn delete_container(&self, name: &str) -> Result<()> {
-        self.write(|txn| {
-            txn.open_table(CONTAINERS)?.remove(name)?;
-            Ok(())
-        })
+        self.delete_key(CONTAINERS, name)
     }
 }
 
@@ -193,6 +219,7 @@ fn store_error(path: &Path, source: impl Into<redb::Error>) -> Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::ManagedBy;
 
     fn network(name: &str) -> NetworkRecord {
         NetworkRecord {
@@ -212,6 +239,7 @@ mod tests {
             labels: BTreeMap::new(),
             last_allocated: None,
             pending: false,
+            managed_by: ManagedBy::Bpfbridge,
         }
     }
 

@@ -8,6 +8,7 @@
 //! Every name is unique per test, everything is removed by `Drop` (also when a test
 //! panics), and nothing touches the root network namespace.
 
+pub mod docker;
 pub mod packet;
 
 use std::{

@@ -136,6 +136,13 @@ struct AgentArgs {
     /// addresses [default: the cgroup2 root].
     #[arg(long)]
     cgroup: Option<PathBuf>,
+    /// Serve Docker's remote network and IPAM driver protocol as plugin NAME
+    /// (`docker network create -d NAME [--ipam-driver NAME]`).
+    #[arg(long, value_name = "NAME")]
+    docker_plugin: Option<String>,
+    /// The plugin's socket [default: /run/docker/plugins/NAME.sock].
+    #[arg(long, value_name = "PATH")]
+    docker_plugin_socket: Option<PathBuf>,
 }
 
 impl AgentArgs {
@@ -165,6 +172,8 @@ impl AgentArgs {
             udp_idle_timeout: self.udp_idle_timeout,
             tcp_idle_timeout: self.tcp_idle_timeout,
             cgroup: self.cgroup,
+            docker_plugin: self.docker_plugin,
+            docker_plugin_socket: self.docker_plugin_socket,
         };
         Ok(flags.apply(settings)?)
     }

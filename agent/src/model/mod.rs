@@ -2,6 +2,7 @@
 //! (Docker-shaped JSON, [`api`]).
 
 pub mod api;
+pub mod docker;
 pub mod filters;
 pub mod ports;
 pub mod records;

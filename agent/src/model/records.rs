@@ -50,6 +50,18 @@ pub struct NetworkRecord {
     /// a crash and is rolled back.
     #[serde(default)]
     pub pending: bool,
+    #[serde(default)]
+    pub managed_by: ManagedBy,
+}
+
+/// Who drives a network or container: the bpfbridge API, or Docker through the plugin. Docker
+/// keeps its own view of what it drives, so the bpfbridge API only reads it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ManagedBy {
+    #[default]
+    Bpfbridge,
+    Docker,
 }
 
 impl NetworkRecord {
@@ -128,6 +140,8 @@ pub struct ContainerRecord {
     /// Set while the container is being created; see [`NetworkRecord::pending`].
     #[serde(default)]
     pub pending: bool,
+    #[serde(default)]
+    pub managed_by: ManagedBy,
 }
 
 impl ContainerRecord {
@@ -146,4 +160,28 @@ impl ContainerRecord {
         all.dedup();
         all
     }
+}
+
+/// An endpoint Docker created through the plugin (`NetworkDriver.CreateEndpoint`): the address
+/// Docker's IPAM gave it and the ports to publish once it is the sandbox's way out. It becomes an
+/// [`EndpointRecord`] of the sandbox's container on `Join`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DockerEndpointRecord {
+    pub endpoint_id: String,
+    pub network_id: String,
+    pub ip: Ipv4Addr,
+    pub mac: String,
+    pub port_map: Vec<super::docker::DockerPortBinding>,
+    pub exposed: Vec<ExposedPort>,
+}
+
+/// An address pool the plugin's IPAM driver handed to Docker, and the addresses it gave out.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IpamPoolRecord {
+    pub pool_id: String,
+    pub pool: Ipv4Net,
+    /// `--ip-range`: where dynamic addresses come from (default: the whole pool).
+    pub sub_pool: Option<Ipv4Net>,
+    pub allocated: std::collections::BTreeSet<Ipv4Addr>,
+    pub last_allocated: Option<Ipv4Addr>,
 }

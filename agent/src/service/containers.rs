@@ -7,15 +7,17 @@ use std::{
 
 use super::{
     DEFAULT_NETWORK, HOST_NETWORK, NONE_NETWORK, Service, Step, Undo, default_host_ip,
-    endpoints::teardown_steps, networks::parse_requested_ip, node_netns,
+    endpoints::teardown_steps,
+    networks::{parse_requested_ip, refuse_docker_managed},
+    node_netns,
 };
 use crate::{
     Error, Result,
     model::{
         ContainerHostConfig, ContainerInspect, ContainerRecord, CreateContainer,
         EndpointAddressing, EndpointIpamConfig, EndpointRecord, EndpointSettings, ExposedPort,
-        HostPort, LinkInfo, LinkRecord, NetworkMode, NetworkRecord, NetworkSettings, PortRequest,
-        now, parse_port_proto, port_map, port_requests_from_map, random_id, short_id,
+        HostPort, LinkInfo, LinkRecord, ManagedBy, NetworkMode, NetworkRecord, NetworkSettings,
+        PortRequest, now, parse_port_proto, port_map, port_requests_from_map, random_id, short_id,
         validate_name,
     },
     netlink, netns,
@@ -128,7 +130,11 @@ impl Service {
         let networks: Vec<NetworkRecord> = match (&mode, &primary) {
             (NetworkMode::Bridge, Some(primary)) => std::iter::once(primary)
                 .chain(extra_networks.iter())
-                .map(|n| self.network(n).cloned())
+                .map(|n| {
+                    let network = self.network(n)?;
+                    refuse_docker_managed("network", &network.name, network.managed_by)?;
+                    Ok(network.clone())
+                })
                 .collect::<Result<_>>()?,
             _ => Vec::new(),
         };
@@ -197,6 +203,7 @@ impl Service {
             exposed,
             links,
             pending: true,
+            managed_by: ManagedBy::Bpfbridge,
         };
         if create_netns {
             container.netns = self
@@ -309,6 +316,7 @@ impl Service {
 
     pub async fn remove_container(&mut self, reference: &str) -> Result<()> {
         let container = self.container(reference)?.clone();
+        refuse_docker_managed("container", &container.name, container.managed_by)?;
         let joiners: Vec<&str> = self
             .state
             .containers

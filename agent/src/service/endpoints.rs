@@ -44,17 +44,15 @@ pub(super) fn teardown_steps(e: &EndpointRecord) -> Vec<Step> {
 }
 
 impl Service {
-    /// Creates `endpoint`'s veth pair on `network`'s bridge, configures the container side
-    /// inside `netns` (name, MAC, address, and the default route when `default_route`), and
-    /// attaches the dataplane. Records the node-side index and MAC in `endpoint`.
-    pub(super) async fn make_endpoint(
+    /// Creates `endpoint`'s veth pair on `network`'s bridge, with the container side (its
+    /// MAC set) still in the node's namespace, and attaches the dataplane. Records the
+    /// node-side name, index and MAC in `endpoint`; returns the container side's link.
+    pub(super) async fn make_veth_on_bridge(
         &mut self,
-        netns: &Path,
         network: &NetworkRecord,
         endpoint: &mut EndpointRecord,
-        default_route: bool,
         undo: &mut Undo,
-    ) -> Result<()> {
+    ) -> Result<netlink::Link> {
         let bridge = netlink::link_by_name(&self.handle, &network.bridge)
             .await?
             .ok_or_else(|| Error::NotFound(format!("bridge {} does not exist", network.bridge)))?;
@@ -64,11 +62,9 @@ impl Service {
         let peer_link = netlink::link_by_name(&self.handle, &peer)
             .await?
             .ok_or_else(|| Error::NotFound(format!("veth peer {peer} vanished")))?;
-        netlink::set_mac(&self.handle, peer_link.index, mac_for_ip(endpoint.ip)).await?;
+        let mac = parse_mac(&endpoint.mac).unwrap_or_else(|| mac_for_ip(endpoint.ip));
+        netlink::set_mac(&self.handle, peer_link.index, mac).await?;
         netlink::enable_gro(&peer)?;
-        let netns_file = std::fs::File::open(netns)
-            .map_err(Error::io(format!("opening {}", netns.display())))?;
-        netlink::move_to_netns(&self.handle, peer_link.index, &netns_file).await?;
         let host = netlink::link_by_name(&self.handle, &host_veth)
             .await?
             .ok_or_else(|| Error::NotFound(format!("veth {host_veth} vanished")))?;
@@ -77,6 +73,30 @@ impl Service {
         let host_mac = host
             .mac
             .ok_or_else(|| Error::NotFound(format!("veth {host_veth} has no MAC")))?;
+        endpoint.host_veth = host_veth;
+        endpoint.host_veth_ifindex = host.index;
+        endpoint.host_veth_mac = format_mac(host_mac);
+        let dp = dataplane_endpoint(endpoint, network.gateway)?;
+        self.dataplane.attach_endpoint(&dp)?;
+        undo.steps.push(Step::DetachEndpoint(dp));
+        Ok(peer_link)
+    }
+
+    /// Makes `endpoint` with [`Self::make_veth_on_bridge`] and configures the container side
+    /// inside `netns`: name, address, and the default route when `default_route`.
+    pub(super) async fn make_endpoint(
+        &mut self,
+        netns: &Path,
+        network: &NetworkRecord,
+        endpoint: &mut EndpointRecord,
+        default_route: bool,
+        undo: &mut Undo,
+    ) -> Result<()> {
+        let peer_link = self.make_veth_on_bridge(network, endpoint, undo).await?;
+        let peer = peer_link.name.clone();
+        let netns_file = std::fs::File::open(netns)
+            .map_err(Error::io(format!("opening {}", netns.display())))?;
+        netlink::move_to_netns(&self.handle, peer_link.index, &netns_file).await?;
 
         let address =
             Ipv4Net::new(endpoint.ip, network.subnet.prefix_len()).expect("prefix of a valid net");
@@ -96,14 +116,34 @@ impl Service {
                 Some(gateway) => netlink::set_default_route(&h, gateway).await,
                 None => Ok(()),
             }
-        })?;
-        endpoint.host_veth = host_veth;
-        endpoint.host_veth_ifindex = host.index;
-        endpoint.host_veth_mac = format_mac(host_mac);
-        let dp = dataplane_endpoint(endpoint, network.gateway)?;
-        self.dataplane.attach_endpoint(&dp)?;
-        undo.steps.push(Step::DetachEndpoint(dp));
-        Ok(())
+        })
+    }
+
+    /// Takes `container`'s endpoint at `position` off the node and out of its record (saved).
+    /// When that endpoint carried the published ports, they move to the next way out, and
+    /// the answer is true.
+    pub(super) async fn remove_endpoint(
+        &mut self,
+        container: &mut ContainerRecord,
+        position: usize,
+    ) -> Result<bool> {
+        let was_primary = self
+            .port_endpoint(container)
+            .is_some_and(|e| e.endpoint_id == container.endpoints[position].endpoint_id);
+        let mut steps = Vec::new();
+        if was_primary {
+            steps.extend(container.ports.iter().map(|p| Step::Unpublish(*p)));
+        }
+        steps.extend(teardown_steps(&container.endpoints[position]));
+        self.run_all(steps).await?;
+        container.endpoints.remove(position);
+        self.save_container(container.clone())?;
+        if was_primary {
+            for (ep, port) in self.mappings_of(container)? {
+                self.dataplane.publish(&ep, &port)?;
+            }
+        }
+        Ok(was_primary)
     }
 
     /// Points the container's default route at the gateway of its port endpoint (the first

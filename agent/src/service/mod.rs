@@ -4,11 +4,15 @@
 //! and nothing leaks.
 
 mod containers;
+mod docker;
+mod docker_ipam;
 mod endpoints;
 mod filters;
 mod networks;
 mod ports;
 mod reconcile;
+
+pub use docker_ipam::ADDRESS_SPACES;
 
 use std::{fs, net::Ipv4Addr, path::PathBuf};
 
@@ -20,7 +24,7 @@ use crate::{
     dataplane::{Dataplane, Endpoint, LinkRule},
     dns,
     model::{
-        ContainerRecord, EndpointRecord, Info, NetworkMode, NetworkRecord, PortBinding,
+        ContainerRecord, EndpointRecord, Info, ManagedBy, NetworkMode, NetworkRecord, PortBinding,
         PublishedPort, StatCounter, parse_mac, random_id,
     },
     netlink, netns,
@@ -290,7 +294,9 @@ impl Service {
     /// user-defined network; a server in each namespace that is on a user-defined network.
     fn refresh_dns(&mut self) -> Result<()> {
         let mut records = Vec::new();
-        for c in self.state.containers.values().filter(|c| !c.pending) {
+        // Docker's embedded DNS answers for the sandboxes it drives.
+        let ours = |c: &&ContainerRecord| !c.pending && c.managed_by == ManagedBy::Bpfbridge;
+        for c in self.state.containers.values().filter(ours) {
             for e in c.endpoints.iter().filter(|e| !e.pending) {
                 let Ok(network) = self.network_by_id(&e.network_id) else {
                     continue;
@@ -320,7 +326,10 @@ impl Service {
                     .network_by_id(&e.network_id)
                     .is_ok_and(|n| !n.is_default())
         });
-        if on_user_network && container.mode == NetworkMode::Bridge {
+        if on_user_network
+            && container.mode == NetworkMode::Bridge
+            && container.managed_by == ManagedBy::Bpfbridge
+        {
             self.dns.serve(&container.id, &container.netns)
         } else {
             self.dns.stop(&container.id);

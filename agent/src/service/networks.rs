@@ -10,7 +10,7 @@ use ipnet::Ipv4Net;
 
 use super::{
     BRIDGE_PREFIX, DEFAULT_NETWORK, HOST_NETWORK, NONE_NETWORK, Service, Step, Undo,
-    endpoints::{next_ifname, teardown_steps},
+    endpoints::next_ifname,
 };
 use crate::{
     Error, Result,
@@ -18,9 +18,9 @@ use crate::{
     ipam,
     model::{
         ConnectRequest, ContainerRecord, CreateNetwork, DisconnectRequest, EndpointRecord, Ipam,
-        IpamConfig, KNOWN_OPTIONS, NetworkContainer, NetworkCreated, NetworkInspect, NetworkMode,
-        NetworkRecord, NetworksPruned, OPT_BRIDGE_NAME, OPT_ENABLE_ICC, OPT_ENABLE_IP_MASQUERADE,
-        OPT_HOST_BINDING_IPV4, OPT_MTU, now, random_id, validate_name,
+        IpamConfig, KNOWN_OPTIONS, ManagedBy, NetworkContainer, NetworkCreated, NetworkInspect,
+        NetworkMode, NetworkRecord, NetworksPruned, OPT_BRIDGE_NAME, OPT_ENABLE_ICC,
+        OPT_ENABLE_IP_MASQUERADE, OPT_HOST_BINDING_IPV4, OPT_MTU, now, random_id, validate_name,
     },
     netlink,
 };
@@ -32,7 +32,7 @@ fn parse_bool_option(key: &str, value: &str) -> Result<bool> {
 }
 
 /// Parses a CIDR that must be a network address (no host bits), like Docker.
-fn parse_subnet(what: &str, s: &str) -> Result<Ipv4Net> {
+pub(super) fn parse_subnet(what: &str, s: &str) -> Result<Ipv4Net> {
     let net: Ipv4Net = s
         .parse()
         .map_err(|_| Error::InvalidArgument(format!("invalid {what} {s:?}")))?;
@@ -80,14 +80,26 @@ impl Service {
         self.dataplane.set_networks(&policies)
     }
 
-    /// Subnets in use: by networks and by routes on the node that are not our bridges'.
-    async fn taken_subnets(&self) -> Result<Vec<(Ipv4Net, String)>> {
+    /// Subnets in use: by networks, by pools the Docker IPAM driver handed out (but
+    /// `own_pool`, the one a network is being made for) and by routes on the node that are not
+    /// our bridges'.
+    pub(super) async fn taken_subnets(
+        &self,
+        own_pool: Option<Ipv4Net>,
+    ) -> Result<Vec<(Ipv4Net, String)>> {
         let mut taken: Vec<(Ipv4Net, String)> = self
             .state
             .networks
             .values()
             .map(|n| (n.subnet, format!("network {}", n.name)))
             .collect();
+        taken.extend(
+            self.state
+                .ipam_pools
+                .values()
+                .filter(|p| Some(p.pool) != own_pool)
+                .map(|p| (p.pool, format!("Docker IPAM pool {}", p.pool_id))),
+        );
         let ours: BTreeSet<Ipv4Net> = self.state.networks.values().map(|n| n.subnet).collect();
         for route in netlink::ipv4_routes(&self.handle).await? {
             if route.destination.prefix_len() > 0 && !ours.contains(&route.destination) {
@@ -125,10 +137,11 @@ impl Service {
     }
 
     /// Validates a create request into a (pending) record, without changing anything.
-    async fn plan_network(
+    pub(super) async fn plan_network(
         &self,
         request: &CreateNetwork,
         is_default: bool,
+        own_pool: Option<Ipv4Net>,
     ) -> Result<NetworkRecord> {
         validate_name("network", &request.name)?;
         if self.state.networks.contains_key(&request.name)
@@ -162,7 +175,7 @@ impl Service {
                 "--gateway and --ip-range need --subnet".into(),
             ));
         }
-        let taken = self.taken_subnets().await?;
+        let taken = self.taken_subnets(own_pool).await?;
         let subnet = match &config.subnet {
             Some(s) => {
                 let subnet = parse_subnet("subnet", s)?;
@@ -234,6 +247,7 @@ impl Service {
             labels: request.labels.clone(),
             last_allocated: None,
             pending: true,
+            managed_by: ManagedBy::Bpfbridge,
         };
         for (key, value) in &request.options {
             match key.as_str() {
@@ -282,7 +296,7 @@ impl Service {
     }
 
     pub async fn create_network(&mut self, request: CreateNetwork) -> Result<NetworkCreated> {
-        let network = self.plan_network(&request, false).await?;
+        let network = self.plan_network(&request, false, None).await?;
         self.add_network(network).await.map(|n| NetworkCreated {
             id: n.id,
             warning: String::new(),
@@ -333,7 +347,7 @@ impl Service {
                 ..Ipam::default()
             });
         }
-        let mut network = self.plan_network(&request, true).await?;
+        let mut network = self.plan_network(&request, true, None).await?;
         network.bridge = super::DEFAULT_BRIDGE.into();
         network.host_binding_ipv4 = Some(self.settings.ip);
         Ok(network)
@@ -352,6 +366,12 @@ impl Service {
                 network.name
             )));
         }
+        refuse_docker_managed("network", &network.name, network.managed_by)?;
+        self.remove_network_record(network).await
+    }
+
+    /// Removes a network that no container uses: its bridge, then its record.
+    pub(super) async fn remove_network_record(&mut self, network: NetworkRecord) -> Result<()> {
         let users: Vec<&str> = self
             .state
             .containers
@@ -385,7 +405,7 @@ impl Service {
             .state
             .networks
             .values()
-            .filter(|n| !n.is_default())
+            .filter(|n| !n.is_default() && n.managed_by == ManagedBy::Bpfbridge)
             .filter(|n| {
                 !self
                     .state
@@ -617,6 +637,8 @@ impl Service {
         }
         let network = self.network(reference)?.clone();
         let mut container = self.container(&request.container)?.clone();
+        refuse_docker_managed("network", &network.name, network.managed_by)?;
+        refuse_docker_managed("container", &container.name, container.managed_by)?;
         if container.mode != NetworkMode::Bridge {
             return Err(Error::Forbidden(format!(
                 "container {} cannot be connected to network {}: it does not use bridge networking",
@@ -680,6 +702,7 @@ impl Service {
     pub async fn disconnect(&mut self, reference: &str, request: DisconnectRequest) -> Result<()> {
         let network = self.network(reference)?.clone();
         let mut container = self.container(&request.container)?.clone();
+        refuse_docker_managed("container", &container.name, container.managed_by)?;
         let Some(position) = container
             .endpoints
             .iter()
@@ -690,26 +713,22 @@ impl Service {
                 container.name, network.name
             )));
         };
-        let was_primary = self
-            .port_endpoint(&container)
-            .map(|e| e.endpoint_id.clone())
-            == Some(container.endpoints[position].endpoint_id.clone());
-        let mut steps = Vec::new();
-        if was_primary {
-            steps.extend(container.ports.iter().map(|p| Step::Unpublish(*p)));
-        }
-        steps.extend(teardown_steps(&container.endpoints[position]));
-        self.run_all(steps).await?;
-        container.endpoints.remove(position);
-        self.save_container(container.clone())?;
-        if was_primary {
-            for (ep, port) in self.mappings_of(&container)? {
-                self.dataplane.publish(&ep, &port)?;
-            }
+        if self.remove_endpoint(&mut container, position).await? {
             self.fix_default_route(&container).await?;
         }
         self.refresh_views()?;
         self.dns_for(&container)
+    }
+}
+
+/// Docker keeps its own state of what it drives through the plugin; changing it behind
+/// Docker's back would leave the two disagreeing.
+pub(super) fn refuse_docker_managed(kind: &str, name: &str, managed_by: ManagedBy) -> Result<()> {
+    match managed_by {
+        ManagedBy::Bpfbridge => Ok(()),
+        ManagedBy::Docker => Err(Error::Forbidden(format!(
+            "{kind} {name} is managed by Docker through the bpfbridge plugin; change it with docker"
+        ))),
     }
 }
 

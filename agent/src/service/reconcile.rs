@@ -7,7 +7,7 @@ use super::{
 };
 use crate::{
     Error, Result,
-    model::{ContainerRecord, NetworkRecord},
+    model::{ContainerRecord, ManagedBy, NetworkRecord},
     netlink, netns,
 };
 
@@ -181,9 +181,18 @@ impl Service {
         let port_endpoint = self
             .port_endpoint(&container)
             .map(|e| e.endpoint_id.clone());
+        let mut gone = Vec::new();
         for i in 0..container.endpoints.len() {
             let mut endpoint = container.endpoints[i].clone();
             match netlink::link_by_name(&self.handle, &endpoint.host_veth).await? {
+                // Docker made the container side and removes it with the sandbox: a missing
+                // veth is a sandbox that went while the agent was down.
+                None if container.managed_by == ManagedBy::Docker => {
+                    tracing::warn!(container = %container.name, endpoint = %endpoint.endpoint_id, "forgetting a Docker endpoint whose veth is gone");
+                    self.run_all(teardown_steps(&endpoint)).await?;
+                    gone.push(endpoint.endpoint_id.clone());
+                    changed = true;
+                }
                 Some(link) => {
                     if link.index != endpoint.host_veth_ifindex {
                         endpoint.host_veth_ifindex = link.index;
@@ -218,7 +227,13 @@ impl Service {
             }
             container.endpoints[i] = endpoint;
         }
-        if changed {
+        container
+            .endpoints
+            .retain(|e| !gone.contains(&e.endpoint_id));
+        if container.managed_by == ManagedBy::Docker && container.endpoints.is_empty() {
+            self.store.delete_container(&container.name)?;
+            self.state.containers.remove(&container.name);
+        } else if changed {
             self.save_container(container)?;
         }
         Ok(())

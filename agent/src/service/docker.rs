@@ -1,0 +1,667 @@
+//! Docker's remote network driver: each call becomes what the bpfbridge API does for the same
+//! change. A Docker network is a bpfbridge network with Docker's id; a Docker sandbox (the
+//! container's network namespace) is a bpfbridge container named after it, whose endpoints
+//! are the sandbox's endpoints on our networks. Docker moves and addresses the interface
+//! itself, so the agent only makes the veth on the bridge and attaches the dataplane.
+//!
+//! Every call is safe to repeat: a create for something that exists with the same settings
+//! succeeds, a removal of something unknown succeeds.
+
+use std::{collections::BTreeMap, net::Ipv4Addr, path::PathBuf};
+
+use super::{Service, Undo, default_host_ip, endpoints::next_ifname, veth_names};
+use crate::{
+    Error, Result,
+    model::{
+        ContainerRecord, CreateNetwork, DockerEndpointRecord, EndpointRecord, ExposedPort,
+        HostPort, Ipam, IpamConfig, ManagedBy, NetworkMode, NetworkRecord, PortBinding,
+        PortRequest,
+        docker::{
+            CreateEndpointReply, CreateEndpointRequest, CreateNetworkRequest, DockerPortBinding,
+            ExternalConnectivityRequest, InterfaceName, InterfaceReply, JoinReply, JoinRequest,
+            OPT_ENABLE_IPV6, OPT_GENERIC, OPT_INTERNAL, OPT_PORT_MAP, endpoint_ports,
+            proto_from_number,
+        },
+        format_mac, mac_for_ip, now, parse_mac, random_id,
+    },
+};
+
+/// Docker names the interface it moves into the sandbox this prefix plus a number.
+const INTERFACE_PREFIX: &str = "eth";
+
+/// Docker's ids are 64 hex digits; anything else is not from Docker.
+fn check_docker_id(kind: &str, id: &str) -> Result<()> {
+    if id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        Ok(())
+    } else {
+        Err(Error::InvalidArgument(format!(
+            "invalid {kind} id {id:?}: expected 64 hex digits"
+        )))
+    }
+}
+
+/// The bpfbridge name of a Docker network: Docker does not tell drivers its names.
+fn network_name(network_id: &str) -> String {
+    format!("docker-{}", &network_id[..12])
+}
+
+/// The bpfbridge name of a Docker sandbox: the sandbox id that names its namespace file
+/// (`docker inspect -f '{{.NetworkSettings.SandboxKey}}'`).
+fn sandbox_name(sandbox: &std::path::Path) -> String {
+    let id = sandbox
+        .file_name()
+        .and_then(|n| n.to_str())
+        .filter(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_alphanumeric()))
+        .map(str::to_string)
+        .unwrap_or_else(|| random_id()[..12].to_string());
+    format!("docker-{id}")
+}
+
+/// An option that Docker sends as a JSON boolean (or, from older clients, a string).
+fn bool_option(options: &crate::model::docker::Options, key: &str) -> Result<bool> {
+    match options.get(key) {
+        None | Some(serde_json::Value::Null) => Ok(false),
+        Some(serde_json::Value::Bool(b)) => Ok(*b),
+        Some(serde_json::Value::String(s)) if s == "true" || s == "false" => Ok(s == "true"),
+        Some(other) => Err(Error::InvalidArgument(format!(
+            "option {key}: expected true or false, got {other}"
+        ))),
+    }
+}
+
+/// The `-o` options, as the strings `docker network create` was given.
+fn generic_options(options: &crate::model::docker::Options) -> Result<BTreeMap<String, String>> {
+    let Some(generic) = options.get(OPT_GENERIC) else {
+        return Ok(BTreeMap::new());
+    };
+    let serde_json::Value::Object(map) = generic else {
+        return Ok(BTreeMap::new());
+    };
+    map.iter()
+        .map(|(k, v)| match v {
+            serde_json::Value::String(s) => Ok((k.clone(), s.clone())),
+            serde_json::Value::Bool(_) | serde_json::Value::Number(_) => {
+                Ok((k.clone(), v.to_string()))
+            }
+            other => Err(Error::InvalidArgument(format!(
+                "option {k}: expected a string, got {other}"
+            ))),
+        })
+        .collect()
+}
+
+/// `ADDRESS/PREFIX` or `ADDRESS`, as Docker writes addresses.
+pub(super) fn parse_cidr_address(what: &str, s: &str) -> Result<Ipv4Addr> {
+    s.split('/')
+        .next()
+        .and_then(|a| a.parse().ok())
+        .ok_or_else(|| Error::InvalidArgument(format!("invalid {what} {s:?}")))
+}
+
+/// The port map as bpfbridge's requests: an empty host address means the network's default,
+/// host port 0 a dynamic port, an end above the start a range.
+fn port_requests(map: &[DockerPortBinding], default_ip: Ipv4Addr) -> Result<Vec<PortRequest>> {
+    map.iter()
+        .map(|b| {
+            let host_ip = match b.host_ip.as_str() {
+                "" => default_ip,
+                ip => ip.parse().map_err(|_| {
+                    Error::InvalidArgument(format!(
+                        "host IP {ip:?}: bpfbridge publishes on IPv4 addresses only"
+                    ))
+                })?,
+            };
+            if b.port == 0 {
+                return Err(Error::InvalidArgument(
+                    "container port 0 in port map".into(),
+                ));
+            }
+            let host_port = match (b.host_port, b.host_port_end) {
+                (0, _) => HostPort::Dynamic,
+                (start, end) if end > start => HostPort::Range(start, end),
+                (port, _) => HostPort::Fixed(port),
+            };
+            Ok(PortRequest {
+                proto: proto_from_number(b.proto)?,
+                container_port: b.port,
+                host_ip,
+                host_port,
+            })
+        })
+        .collect()
+}
+
+/// Whether `bindings` are what `requests` asked for (a repeated call).
+fn satisfies(bindings: &[PortBinding], requests: &[PortRequest]) -> bool {
+    bindings.len() == requests.len()
+        && requests.iter().zip(bindings).all(|(r, b)| {
+            r.proto == b.proto
+                && r.container_port == b.container_port
+                && r.host_ip == b.host_ip
+                && match r.host_port {
+                    HostPort::Fixed(p) => b.host_port == p,
+                    HostPort::Range(start, end) => (start..=end).contains(&b.host_port),
+                    HostPort::Dynamic => true,
+                }
+        })
+}
+
+impl Service {
+    /// The sandbox container holding the Docker endpoint `endpoint_id`, if it joined one.
+    fn holder_of(&self, endpoint_id: &str) -> Option<&ContainerRecord> {
+        self.state.containers.values().find(|c| {
+            c.managed_by == ManagedBy::Docker
+                && c.endpoints.iter().any(|e| e.endpoint_id == endpoint_id)
+        })
+    }
+
+    fn docker_network(&self, network_id: &str) -> Result<&NetworkRecord> {
+        self.state
+            .networks
+            .values()
+            .find(|n| n.id == network_id && n.managed_by == ManagedBy::Docker)
+            .ok_or_else(|| Error::NotFound(format!("network {network_id} not found")))
+    }
+
+    pub async fn docker_create_network(&mut self, request: CreateNetworkRequest) -> Result<()> {
+        check_docker_id("network", &request.network_id)?;
+        if !request.ipv6_data.is_empty() || bool_option(&request.options, OPT_ENABLE_IPV6)? {
+            return Err(Error::InvalidArgument(
+                "bpfbridge supports IPv4 only: create the network without --ipv6".into(),
+            ));
+        }
+        let [ipv4] = request.ipv4_data.as_slice() else {
+            return Err(Error::InvalidArgument(format!(
+                "bpfbridge needs exactly one IPv4 subnet per network, got {}",
+                request.ipv4_data.len()
+            )));
+        };
+        if !ipv4.aux_addresses.is_empty() {
+            return Err(Error::InvalidArgument(
+                "--aux-address is not supported by bpfbridge".into(),
+            ));
+        }
+        let pool = super::networks::parse_subnet("subnet", &ipv4.pool)?;
+        let gateway = match ipv4.gateway.as_str() {
+            "" => None,
+            g => Some(parse_cidr_address("gateway", g)?.to_string()),
+        };
+        let internal = bool_option(&request.options, OPT_INTERNAL)?;
+        let options = generic_options(&request.options)?;
+        if let Some(existing) = self
+            .state
+            .networks
+            .values()
+            .find(|n| n.id == request.network_id)
+        {
+            let same = existing.subnet == pool
+                && gateway
+                    .as_ref()
+                    .is_none_or(|g| *g == existing.gateway.to_string())
+                && existing.internal == internal
+                && existing.options == options;
+            return if same {
+                Ok(())
+            } else {
+                Err(Error::Conflict(format!(
+                    "network {} exists with other settings",
+                    request.network_id
+                )))
+            };
+        }
+        let create = CreateNetwork {
+            name: network_name(&request.network_id),
+            driver: None,
+            internal,
+            ipam: Some(Ipam {
+                config: vec![IpamConfig {
+                    subnet: Some(pool.to_string()),
+                    ip_range: None,
+                    gateway,
+                }],
+                ..Ipam::default()
+            }),
+            options,
+            labels: BTreeMap::new(),
+        };
+        let mut network = self.plan_network(&create, false, Some(pool)).await?;
+        network.id = request.network_id;
+        network.managed_by = ManagedBy::Docker;
+        self.add_network(network).await.map(drop)
+    }
+
+    pub async fn docker_delete_network(&mut self, network_id: &str) -> Result<()> {
+        let Ok(network) = self.docker_network(network_id).cloned() else {
+            return Ok(());
+        };
+        // Endpoints Docker created but never deleted go with their network.
+        let leftovers: Vec<String> = self
+            .state
+            .docker_endpoints
+            .values()
+            .filter(|e| e.network_id == network.id)
+            .map(|e| e.endpoint_id.clone())
+            .collect();
+        for endpoint_id in leftovers {
+            self.docker_delete_endpoint(&endpoint_id).await?;
+        }
+        self.remove_network_record(network).await
+    }
+
+    pub fn docker_create_endpoint(
+        &mut self,
+        request: CreateEndpointRequest,
+    ) -> Result<CreateEndpointReply> {
+        check_docker_id("endpoint", &request.endpoint_id)?;
+        let network = self.docker_network(&request.network_id)?.clone();
+        let interface = &request.interface;
+        if !interface.address_ipv6.is_empty() {
+            return Err(Error::InvalidArgument(
+                "bpfbridge supports IPv4 only: no IPv6 address can be given".into(),
+            ));
+        }
+        if interface.address.is_empty() {
+            return Err(Error::InvalidArgument(
+                "the endpoint has no IPv4 address: Docker's IPAM (or --ipam-driver) must give one"
+                    .into(),
+            ));
+        }
+        let ip = parse_cidr_address("address", &interface.address)?;
+        let subnet = network.subnet;
+        if !subnet.contains(&ip)
+            || [subnet.network(), subnet.broadcast(), network.gateway].contains(&ip)
+        {
+            return Err(Error::InvalidArgument(format!(
+                "IP address {ip} is not a usable container address of network {} ({subnet})",
+                network.name
+            )));
+        }
+        let mac =
+            match interface.mac_address.as_str() {
+                "" => format_mac(mac_for_ip(ip)),
+                given => format_mac(parse_mac(given).ok_or_else(|| {
+                    Error::InvalidArgument(format!("invalid MAC address {given:?}"))
+                })?),
+            };
+        let (port_map, exposed) = endpoint_ports(&request.options)?;
+        port_requests(&port_map, Ipv4Addr::UNSPECIFIED)?;
+        let exposed = exposed
+            .iter()
+            .map(|p| {
+                Ok(ExposedPort {
+                    port: p.port,
+                    proto: proto_from_number(p.proto)?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let record = DockerEndpointRecord {
+            endpoint_id: request.endpoint_id.clone(),
+            network_id: network.id.clone(),
+            ip,
+            mac: mac.clone(),
+            port_map,
+            exposed,
+        };
+        let reply = CreateEndpointReply {
+            interface: interface
+                .mac_address
+                .is_empty()
+                .then_some(InterfaceReply { mac_address: mac }),
+        };
+        if let Some(existing) = self.state.docker_endpoints.get(&request.endpoint_id) {
+            return if *existing == record {
+                Ok(reply)
+            } else {
+                Err(Error::Conflict(format!(
+                    "endpoint {} exists with other settings",
+                    request.endpoint_id
+                )))
+            };
+        }
+        let in_use = self
+            .state
+            .containers
+            .values()
+            .filter_map(|c| c.endpoint(&network.id))
+            .map(|e| e.ip)
+            .chain(
+                self.state
+                    .docker_endpoints
+                    .values()
+                    .filter(|e| e.network_id == network.id)
+                    .map(|e| e.ip),
+            )
+            .any(|used| used == ip);
+        if in_use {
+            return Err(Error::Conflict(format!(
+                "IP address {ip} is already in use on network {}",
+                network.name
+            )));
+        }
+        self.store.put_docker_endpoint(&record)?;
+        self.state
+            .docker_endpoints
+            .insert(record.endpoint_id.clone(), record);
+        Ok(reply)
+    }
+
+    pub async fn docker_delete_endpoint(&mut self, endpoint_id: &str) -> Result<()> {
+        // A Leave that never came (the agent was down) is done now.
+        self.docker_leave(endpoint_id).await?;
+        if self.state.docker_endpoints.contains_key(endpoint_id) {
+            self.store.delete_docker_endpoint(endpoint_id)?;
+            self.state.docker_endpoints.remove(endpoint_id);
+        }
+        Ok(())
+    }
+
+    /// What `EndpointOperInfo` reports: the address and the ports as published, host ports
+    /// chosen. Docker 20.10 shows none of it in `docker port` (see the README).
+    pub fn docker_endpoint_info(&self, endpoint_id: &str) -> BTreeMap<String, serde_json::Value> {
+        let mut info = BTreeMap::new();
+        if let Some(record) = self.state.docker_endpoints.get(endpoint_id) {
+            info.insert("IPAddress".into(), record.ip.to_string().into());
+        }
+        if let Some(container) = self.holder_of(endpoint_id) {
+            let published: Vec<DockerPortBinding> = container
+                .ports
+                .iter()
+                .map(|p| DockerPortBinding {
+                    proto: p.proto.ip_proto(),
+                    ip: String::new(),
+                    port: p.container_port,
+                    host_ip: p.host_ip.to_string(),
+                    host_port: p.host_port,
+                    host_port_end: p.host_port,
+                })
+                .collect();
+            info.insert(
+                OPT_PORT_MAP.into(),
+                serde_json::to_value(published).unwrap_or_default(),
+            );
+        }
+        info
+    }
+
+    pub async fn docker_join(&mut self, request: JoinRequest) -> Result<JoinReply> {
+        let record = self
+            .state
+            .docker_endpoints
+            .get(&request.endpoint_id)
+            .cloned()
+            .ok_or_else(|| {
+                Error::NotFound(format!("endpoint {} not found", request.endpoint_id))
+            })?;
+        if record.network_id != request.network_id {
+            return Err(Error::InvalidArgument(format!(
+                "endpoint {} belongs to network {}, not {}",
+                record.endpoint_id, record.network_id, request.network_id
+            )));
+        }
+        let network = self.docker_network(&record.network_id)?.clone();
+        // Docker binds the namespace there only after Join, when the container starts.
+        let sandbox = PathBuf::from(&request.sandbox_key);
+        if !sandbox.is_absolute() {
+            return Err(Error::InvalidArgument(format!(
+                "sandbox key {:?} is not an absolute path",
+                request.sandbox_key
+            )));
+        }
+        let reply = JoinReply {
+            interface_name: InterfaceName {
+                src_name: veth_names(&record.endpoint_id).1,
+                dst_prefix: INTERFACE_PREFIX,
+            },
+            gateway: (!network.internal).then_some(network.gateway),
+            disable_gateway_service: false,
+        };
+        if let Some(holder) = self.holder_of(&record.endpoint_id) {
+            return if holder.netns == sandbox {
+                Ok(reply)
+            } else {
+                Err(Error::Conflict(format!(
+                    "endpoint {} has joined another sandbox",
+                    record.endpoint_id
+                )))
+            };
+        }
+        let mut container = match self
+            .state
+            .containers
+            .values()
+            .find(|c| c.managed_by == ManagedBy::Docker && c.netns == sandbox)
+        {
+            Some(c) => c.clone(),
+            None => ContainerRecord {
+                id: random_id(),
+                name: sandbox_name(&sandbox),
+                created: now(),
+                mode: NetworkMode::Bridge,
+                netns: sandbox,
+                netns_owned: false,
+                endpoints: Vec::new(),
+                ports: Vec::new(),
+                exposed: Vec::new(),
+                links: Vec::new(),
+                pending: false,
+                managed_by: ManagedBy::Docker,
+            },
+        };
+        let mut endpoint = EndpointRecord {
+            network_id: network.id.clone(),
+            endpoint_id: record.endpoint_id.clone(),
+            ip: record.ip,
+            mac: record.mac.clone(),
+            ifname: next_ifname(&container),
+            host_veth: String::new(),
+            host_veth_ifindex: 0,
+            host_veth_mac: String::new(),
+            aliases: Vec::new(),
+            requested_ip: None,
+            pending: true,
+        };
+        // The pending endpoint in the record: a crash from here on is rolled back on start.
+        container.endpoints.push(endpoint.clone());
+        self.save_container(container.clone())?;
+        let mut undo = Undo::default();
+        let made = self
+            .make_veth_on_bridge(&network, &mut endpoint, &mut undo)
+            .await;
+        let position = container.endpoints.len() - 1;
+        match made {
+            Ok(_) => {
+                endpoint.pending = false;
+                container.endpoints[position] = endpoint;
+                self.save_container(container)?;
+                self.refresh_views()?;
+                Ok(reply)
+            }
+            Err(e) => {
+                self.rollback(undo).await;
+                container.endpoints.pop();
+                self.forget_or_save_sandbox(container)?;
+                Err(e)
+            }
+        }
+    }
+
+    /// Saves a sandbox's container, or deletes its record once no endpoint is left.
+    fn forget_or_save_sandbox(&mut self, container: ContainerRecord) -> Result<()> {
+        if container.endpoints.is_empty() {
+            self.store.delete_container(&container.name)?;
+            self.state.containers.remove(&container.name);
+            Ok(())
+        } else {
+            self.save_container(container)
+        }
+    }
+
+    pub async fn docker_leave(&mut self, endpoint_id: &str) -> Result<()> {
+        let Some(mut container) = self.holder_of(endpoint_id).cloned() else {
+            return Ok(());
+        };
+        let position = container
+            .endpoints
+            .iter()
+            .position(|e| e.endpoint_id == endpoint_id)
+            .expect("the holder holds the endpoint");
+        self.remove_endpoint(&mut container, position).await?;
+        if container.endpoints.is_empty() {
+            self.forget_or_save_sandbox(container)?;
+        }
+        self.refresh_views()
+    }
+
+    /// Publishes the sandbox's ports through this endpoint, its way out.
+    pub async fn docker_program_external(
+        &mut self,
+        request: ExternalConnectivityRequest,
+    ) -> Result<()> {
+        let mut container = self
+            .holder_of(&request.endpoint_id)
+            .cloned()
+            .ok_or_else(|| {
+                Error::NotFound(format!("endpoint {} has not joined", request.endpoint_id))
+            })?;
+        let network = self.docker_network(&request.network_id)?.clone();
+        let (port_map, exposed) = endpoint_ports(&request.options)?;
+        let requests = port_requests(&port_map, default_host_ip(&self.settings, Some(&network)))?;
+        if !container.ports.is_empty() {
+            if satisfies(&container.ports, &requests) {
+                return Ok(());
+            }
+            self.docker_revoke_external(&request.endpoint_id).await?;
+            container = self
+                .holder_of(&request.endpoint_id)
+                .cloned()
+                .expect("revoking keeps the endpoint");
+        }
+        let ports = self.resolve_ports(&requests)?;
+        let before = container.clone();
+        container.ports = ports;
+        for p in exposed {
+            let port = ExposedPort {
+                port: p.port,
+                proto: proto_from_number(p.proto)?,
+            };
+            if !container.exposed.contains(&port) {
+                container.exposed.push(port);
+            }
+        }
+        // Recorded first: a crash before the dataplane has them is made good on start.
+        self.save_container(container.clone())?;
+        let mut published = Vec::new();
+        for (ep, port) in self.mappings_of(&container)? {
+            if let Err(e) = self.dataplane.publish(&ep, &port) {
+                for done in &published {
+                    let _ = self.dataplane.unpublish(done);
+                }
+                self.save_container(before)?;
+                return Err(e);
+            }
+            published.push(port);
+        }
+        self.refresh_views()
+    }
+
+    pub async fn docker_revoke_external(&mut self, endpoint_id: &str) -> Result<()> {
+        let Some(mut container) = self.holder_of(endpoint_id).cloned() else {
+            return Ok(());
+        };
+        let mut errors = Vec::new();
+        for port in &container.ports {
+            if let Err(e) = self.dataplane.unpublish(port) {
+                errors.push(e);
+            }
+        }
+        container.ports.clear();
+        self.save_container(container)?;
+        Error::collect(errors)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Proto;
+
+    fn binding(host_port: u16, host_port_end: u16) -> DockerPortBinding {
+        DockerPortBinding {
+            proto: 6,
+            ip: String::new(),
+            port: 80,
+            host_ip: String::new(),
+            host_port,
+            host_port_end,
+        }
+    }
+
+    #[test]
+    fn port_map_entries_become_requests() {
+        let default_ip: Ipv4Addr = "192.0.2.1".parse().unwrap();
+        let map = [
+            binding(8080, 8080),
+            binding(0, 0),
+            binding(8000, 8010),
+            DockerPortBinding {
+                proto: 17,
+                host_ip: "127.0.0.1".into(),
+                ..binding(53, 0)
+            },
+        ];
+        let requests = port_requests(&map, default_ip).unwrap();
+        let host_ports: Vec<HostPort> = requests.iter().map(|r| r.host_port).collect();
+        assert_eq!(
+            host_ports,
+            [
+                HostPort::Fixed(8080),
+                HostPort::Dynamic,
+                HostPort::Range(8000, 8010),
+                HostPort::Fixed(53)
+            ]
+        );
+        assert_eq!(requests[0].host_ip, default_ip);
+        assert_eq!(
+            (requests[3].proto, requests[3].host_ip),
+            (Proto::Udp, Ipv4Addr::LOCALHOST)
+        );
+        let v6 = DockerPortBinding {
+            host_ip: "::".into(),
+            ..binding(80, 80)
+        };
+        assert!(port_requests(&[v6], default_ip).is_err());
+    }
+
+    #[test]
+    fn a_repeated_program_call_is_recognised() {
+        let ip = Ipv4Addr::UNSPECIFIED;
+        let requests = port_requests(&[binding(0, 0), binding(8000, 8010)], ip).unwrap();
+        let bound = |first: u16, second: u16| {
+            [first, second].map(|host_port| PortBinding {
+                proto: Proto::Tcp,
+                container_port: 80,
+                host_ip: ip,
+                host_port,
+            })
+        };
+        assert!(satisfies(&bound(32768, 8005), &requests));
+        assert!(!satisfies(&bound(32768, 9000), &requests));
+        assert!(!satisfies(&bound(32768, 8005)[..1], &requests));
+    }
+
+    #[test]
+    fn names_and_ids() {
+        assert!(check_docker_id("network", &"a".repeat(64)).is_ok());
+        assert!(check_docker_id("network", "abc").is_err());
+        assert!(check_docker_id("network", &"g".repeat(64)).is_err());
+        assert_eq!(
+            sandbox_name(std::path::Path::new("/var/run/docker/netns/88d6dedf4868")),
+            "docker-88d6dedf4868"
+        );
+        assert_eq!(
+            parse_cidr_address("a", "10.0.0.2/24").unwrap(),
+            Ipv4Addr::new(10, 0, 0, 2)
+        );
+        assert!(parse_cidr_address("a", "fe80::1/64").is_err());
+    }
+}

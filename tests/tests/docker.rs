@@ -1,0 +1,572 @@
+//! bpfbridge as Docker's network and IPAM driver, driven by a real dockerd 20.10 and the real
+//! docker client in the node namespace: networks, containers, published ports reached from
+//! the world namespace, icc, isolation, masquerade, connect and disconnect, removal, the IPAM
+//! driver, refused options and an agent crash. Skipped (and says so) without docker.io.
+
+use std::{
+    io::{Read as _, Write as _},
+    net::{Ipv4Addr, SocketAddrV4},
+    os::unix::net::UnixStream,
+    path::Path,
+    time::Duration,
+};
+
+use anyhow::{Context as _, Result, ensure};
+use bpfbridge_tests::{
+    Agent, Echo, NODE_IP, Topology, WORLD_IP,
+    docker::{self, Dockerd, IMAGE},
+    links, request, serve_once, tcp_reaches, udp_reaches,
+};
+
+const WAIT: Duration = Duration::from_secs(2);
+
+fn skipped() -> bool {
+    if docker::available() {
+        return false;
+    }
+    eprintln!("skipped: docker.io is not installed (`cargo xtask setup` installs it)");
+    true
+}
+
+/// The agent (with the plugin) and dockerd, in the order that tears dockerd down first.
+struct Node {
+    topology: Topology,
+    agent: Agent,
+    plugin: String,
+    plugin_socket: std::path::PathBuf,
+    dockerd: Option<Dockerd>,
+}
+
+impl Node {
+    fn start() -> Result<Self> {
+        let topology = Topology::new()?;
+        let (plugin, plugin_socket) = docker::plugin("dk");
+        let agent = Agent::start_with(&topology, &["--docker-plugin", &plugin])?;
+        let dockerd = Dockerd::start(&topology.node)?;
+        Ok(Node {
+            topology,
+            agent,
+            plugin,
+            plugin_socket,
+            dockerd: Some(dockerd),
+        })
+    }
+
+    fn docker(&self) -> &Dockerd {
+        self.dockerd.as_ref().expect("dockerd runs")
+    }
+
+    fn world(&self) -> std::path::PathBuf {
+        self.topology.world.path()
+    }
+
+    /// `docker run -d ARGS IMAGE sleep 600`: a container that idles while the test serves
+    /// from inside its namespace.
+    fn run(&self, args: &[&str]) -> Result<()> {
+        let mut full = vec!["run", "-d"];
+        full.extend_from_slice(args);
+        full.extend([IMAGE, "sleep", "600"]);
+        self.docker().ok(&full).map(drop)
+    }
+
+    fn ip_on(&self, container: &str, network: &str) -> Result<Ipv4Addr> {
+        let ip = self.docker().inspect(
+            container,
+            &format!("{{{{(index .NetworkSettings.Networks \"{network}\").IPAddress}}}}"),
+        )?;
+        ip.parse()
+            .with_context(|| format!("{container}'s address on {network}: {ip:?}"))
+    }
+
+    /// `bpfbridge port` for a Docker container.
+    fn ports(&self, container: &str) -> Result<String> {
+        let name = self.docker().bpfbridge_name(container)?;
+        let out = self.agent.cli(&["port", &name])?;
+        ensure!(
+            out.status.success(),
+            "bpfbridge port {name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(String::from_utf8(out.stdout)?)
+    }
+
+    /// The user-defined networks bpfbridge has (not bridge, host and none).
+    fn bpfbridge_networks(&self) -> Result<Vec<String>> {
+        let out = self.agent.cli_json(&["network", "ls", "--format", "json"]);
+        // `ls --format json` prints one object per line.
+        let out = match out {
+            Ok(v) => vec![v],
+            Err(_) => {
+                let raw = self.agent.cli(&["network", "ls", "--format", "json"])?;
+                String::from_utf8(raw.stdout)?
+                    .lines()
+                    .map(serde_json::from_str)
+                    .collect::<Result<_, _>>()?
+            }
+        };
+        Ok(out
+            .iter()
+            .filter_map(|n| n["Name"].as_str().map(str::to_string))
+            .filter(|n| !["bridge", "host", "none"].contains(&n.as_str()))
+            .collect())
+    }
+
+    /// Veths left in the node namespace.
+    fn veths(&self) -> Result<Vec<String>> {
+        Ok(links(&self.topology.node)?
+            .into_iter()
+            .filter(|l| l.contains("veth") || l.contains("bpfc"))
+            .collect())
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        // dockerd first, while the plugin still answers its teardown calls.
+        self.dockerd.take();
+    }
+}
+
+fn no_docker_proxy() -> Result<()> {
+    for entry in std::fs::read_dir("/proc")?.flatten() {
+        let comm = std::fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
+        ensure!(
+            comm.trim() != "docker-proxy",
+            "a docker-proxy runs: {entry:?}"
+        );
+    }
+    Ok(())
+}
+
+/// A POST of `body` to the plugin socket; returns the status line and the JSON answer.
+fn plugin_call(socket: &Path, method: &str, body: &str) -> Result<(String, serde_json::Value)> {
+    let mut stream = UnixStream::connect(socket)?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(
+        stream,
+        "POST /{method} HTTP/1.0\r\nHost: plugin\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer)?;
+    let (head, json) = answer.split_once("\r\n\r\n").context("no HTTP body")?;
+    let status = head.lines().next().unwrap_or_default().to_string();
+    Ok((status, serde_json::from_str(json).context(answer.clone())?))
+}
+
+#[test]
+fn docker_drives_networks_ports_icc_isolation_and_masquerade() -> Result<()> {
+    if skipped() {
+        return Ok(());
+    }
+    let node = Node::start()?;
+    let docker = node.docker();
+    let world = node.world();
+    docker.ok(&[
+        "network",
+        "create",
+        "-d",
+        &node.plugin,
+        "--subnet",
+        "10.20.0.0/24",
+        "-o",
+        "com.docker.network.bridge.enable_icc=false",
+        "app-net",
+    ])?;
+    let network_id = docker.ok(&["network", "inspect", "-f", "{{.Id}}", "app-net"])?;
+    let ours = node.agent.cli_json(&["network", "inspect", &network_id])?[0].clone();
+    ensure!(ours["Id"] == network_id.as_str(), "{ours}");
+    ensure!(
+        ours["IPAM"]["Config"][0]["Subnet"] == "10.20.0.0/24",
+        "{ours}"
+    );
+
+    // Published ports, every form, reached from the world.
+    node.run(&[
+        "--network",
+        "app-net",
+        "--name",
+        "web",
+        "-p",
+        "8080:80",
+        "-p",
+        "127.0.0.1:8081:80",
+        "-p",
+        "5353:53/udp",
+    ])?;
+    let web_ip = node.ip_on("web", "app-net")?;
+    ensure!(web_ip == Ipv4Addr::new(10, 20, 0, 2), "web is at {web_ip}");
+    let web_ns = docker.sandbox("web")?;
+    let _web_http = Echo::start(&web_ns, 80)?;
+    let _web_dns = Echo::start(&web_ns, 53)?;
+    ensure!(
+        tcp_reaches(&world, SocketAddrV4::new(NODE_IP, 8080), WAIT),
+        "world → node:8080 → web:80"
+    );
+    ensure!(
+        udp_reaches(&world, SocketAddrV4::new(NODE_IP, 5353), WAIT),
+        "world → node:5353/udp → web:53"
+    );
+    ensure!(
+        !tcp_reaches(&world, SocketAddrV4::new(NODE_IP, 8081), WAIT),
+        "8081 is published on 127.0.0.1 only"
+    );
+    let ports = node.ports("web")?;
+    for line in [
+        "80/tcp -> 0.0.0.0:8080",
+        "80/tcp -> 127.0.0.1:8081",
+        "53/udp -> 0.0.0.0:5353",
+    ] {
+        ensure!(
+            ports.contains(line),
+            "bpfbridge port lacks {line}:\n{ports}"
+        );
+    }
+    no_docker_proxy()?;
+    let rules = String::from_utf8(node.topology.node.exec("iptables-save", &[])?.stdout)?;
+    ensure!(
+        !rules.lines().any(|l| l.starts_with("-A")),
+        "iptables rules in the node namespace:\n{rules}"
+    );
+
+    // icc=false: containers on app-net do not reach each other; the world they do, masqueraded.
+    node.run(&["--network", "app-net", "--name", "client"])?;
+    let client_ns = docker.sandbox("client")?;
+    ensure!(
+        !tcp_reaches(&client_ns, SocketAddrV4::new(web_ip, 80), WAIT),
+        "icc=false: client must not reach web"
+    );
+    let server = serve_once(&world, 7000);
+    let answer = request(&client_ns, SocketAddrV4::new(WORLD_IP, 7000), "hi")?;
+    ensure!(answer == "pong hi", "{answer}");
+    let seen = server.join().expect("server thread")?;
+    ensure!(seen.ip() == NODE_IP, "the world saw {seen}, not the node");
+
+    // Docker's embedded DNS names containers on user-defined networks.
+    let lookup = docker.ok(&["exec", "client", "nslookup", "web"])?;
+    ensure!(
+        lookup.contains(&web_ip.to_string()),
+        "nslookup web:\n{lookup}"
+    );
+
+    // Isolation between networks; connect and disconnect.
+    docker.ok(&["network", "create", "-d", &node.plugin, "other-net"])?;
+    node.run(&["--network", "other-net", "--name", "db"])?;
+    let db_ip = node.ip_on("db", "other-net")?;
+    let _db = Echo::start(&docker.sandbox("db")?, 5432)?;
+    let db = SocketAddrV4::new(db_ip, 5432);
+    ensure!(
+        !tcp_reaches(&client_ns, db, WAIT),
+        "isolation: client must not reach db"
+    );
+    docker.ok(&["network", "connect", "other-net", "client"])?;
+    ensure!(
+        tcp_reaches(&client_ns, db, WAIT),
+        "connected: client reaches db"
+    );
+    let client = docker.bpfbridge_name("client")?;
+    let inspect = node.agent.cli_json(&["container", "inspect", &client])?[0].clone();
+    ensure!(
+        inspect["NetworkSettings"]["Networks"]
+            .as_object()
+            .is_some_and(|n| n.len() == 2),
+        "{inspect}"
+    );
+    docker.ok(&["network", "disconnect", "other-net", "client"])?;
+    ensure!(
+        !tcp_reaches(&client_ns, db, WAIT),
+        "disconnected: client must not reach db"
+    );
+
+    // -P and a host port range.
+    node.run(&[
+        "--network",
+        "app-net",
+        "--name",
+        "multi",
+        "-P",
+        "--expose",
+        "9000",
+        "-p",
+        "9100-9110:90",
+    ])?;
+    let multi_ns = docker.sandbox("multi")?;
+    let _multi_exposed = Echo::start(&multi_ns, 9000)?;
+    let _multi_ranged = Echo::start(&multi_ns, 90)?;
+    let ports = node.ports("multi")?;
+    ensure!(ports.contains("90/tcp -> 0.0.0.0:9100"), "{ports}");
+    let dynamic: u16 = ports
+        .lines()
+        .find_map(|l| l.strip_prefix("9000/tcp -> 0.0.0.0:"))
+        .with_context(|| format!("no dynamic port for 9000/tcp:\n{ports}"))?
+        .trim()
+        .parse()?;
+    for port in [dynamic, 9100] {
+        ensure!(
+            tcp_reaches(&world, SocketAddrV4::new(NODE_IP, port), WAIT),
+            "world → node:{port}"
+        );
+    }
+
+    // Removal takes everything with it.
+    docker.ok(&["rm", "-f", "web"])?;
+    ensure!(
+        !tcp_reaches(&world, SocketAddrV4::new(NODE_IP, 8080), WAIT),
+        "8080 must close with web"
+    );
+    docker.ok(&["rm", "-f", "client", "db", "multi"])?;
+    docker.ok(&["network", "rm", "app-net", "other-net"])?;
+    let networks = node.bpfbridge_networks()?;
+    ensure!(networks.is_empty(), "networks left: {networks:?}");
+    let veths = node.veths()?;
+    ensure!(veths.is_empty(), "veths left: {veths:?}");
+    Ok(())
+}
+
+#[test]
+fn docker_ipam_driver_refused_options_and_bad_calls() -> Result<()> {
+    if skipped() {
+        return Ok(());
+    }
+    let node = Node::start()?;
+    let docker = node.docker();
+    let plugin = node.plugin.as_str();
+
+    // bpfbridge's IPAM hands out the subnet and the addresses.
+    docker.ok(&[
+        "network",
+        "create",
+        "-d",
+        plugin,
+        "--ipam-driver",
+        plugin,
+        "pooled",
+    ])?;
+    let subnet = docker.ok(&[
+        "network",
+        "inspect",
+        "-f",
+        "{{(index .IPAM.Config 0).Subnet}}",
+        "pooled",
+    ])?;
+    let id = docker.ok(&["network", "inspect", "-f", "{{.Id}}", "pooled"])?;
+    let ours = node.agent.cli_json(&["network", "inspect", &id])?[0].clone();
+    ensure!(
+        ours["IPAM"]["Config"][0]["Subnet"] == subnet.as_str(),
+        "{ours} vs {subnet}"
+    );
+    let subnet: ipnet::Ipv4Net = subnet.parse()?;
+    node.run(&["--network", "pooled", "--name", "first"])?;
+    let first = node.ip_on("first", "pooled")?;
+    ensure!(
+        first == Ipv4Addr::from(u32::from(subnet.network()) + 2),
+        "first address {first} in {subnet}"
+    );
+    // A given subnet and --ip-range; --ip (Docker allows it with a given subnet only).
+    docker.ok(&[
+        "network",
+        "create",
+        "-d",
+        plugin,
+        "--ipam-driver",
+        plugin,
+        "--subnet",
+        "10.43.0.0/24",
+        "--ip-range",
+        "10.43.0.128/25",
+        "ranged",
+    ])?;
+    node.run(&["--network", "ranged", "--name", "dynamic"])?;
+    let dynamic = node.ip_on("dynamic", "ranged")?;
+    ensure!(
+        dynamic == Ipv4Addr::new(10, 43, 0, 128),
+        "dynamic address {dynamic}"
+    );
+    node.run(&[
+        "--network",
+        "ranged",
+        "--ip",
+        "10.43.0.50",
+        "--name",
+        "fixed",
+    ])?;
+    ensure!(node.ip_on("fixed", "ranged")? == Ipv4Addr::new(10, 43, 0, 50));
+    let taken = docker.fails(&[
+        "run",
+        "-d",
+        "--network",
+        "ranged",
+        "--ip",
+        "10.43.0.50",
+        "--name",
+        "again",
+        IMAGE,
+        "sleep",
+        "600",
+    ])?;
+    ensure!(taken.contains("in use"), "{taken}");
+
+    // Options bpfbridge does not support are refused with a message Docker shows.
+    let unknown = docker.fails(&[
+        "network",
+        "create",
+        "-d",
+        plugin,
+        "-o",
+        "foo=bar",
+        "--subnet",
+        "10.41.0.0/24",
+        "bad",
+    ])?;
+    ensure!(
+        unknown.contains("unknown network option \"foo\""),
+        "{unknown}"
+    );
+    let v6 = docker.fails(&[
+        "network",
+        "create",
+        "-d",
+        plugin,
+        "--ipv6",
+        "--subnet",
+        "10.42.0.0/24",
+        "--subnet",
+        "fd00:42::/64",
+        "v6",
+    ])?;
+    ensure!(v6.contains("IPv4 only"), "{v6}");
+    let out = node
+        .agent
+        .cli(&["network", "create", "--subnet", "10.99.0.0/24", "mine"])?;
+    ensure!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let overlap = docker.fails(&[
+        "network",
+        "create",
+        "-d",
+        plugin,
+        "--subnet",
+        "10.99.0.0/25",
+        "clash",
+    ])?;
+    ensure!(overlap.contains("overlaps with network mine"), "{overlap}");
+    let networks = node.bpfbridge_networks()?;
+    ensure!(
+        networks.len() == 3,
+        "a refused network was half made: {networks:?}"
+    );
+
+    // What Docker drives, the bpfbridge CLI only reads.
+    let name = format!("docker-{}", &id[..12]);
+    let out = node.agent.cli(&["network", "rm", &name])?;
+    ensure!(
+        !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("managed by Docker"),
+        "bpfbridge network rm of a Docker network: {out:?}"
+    );
+
+    // Malformed or out-of-order calls get the protocol's error form, or succeed when they
+    // ask for what is already so.
+    let socket = &node.plugin_socket;
+    let (status, body) = plugin_call(socket, "NetworkDriver.CreateNetwork", "{")?;
+    ensure!(
+        !status.contains("200") && body["Err"].as_str().is_some_and(|e| !e.is_empty()),
+        "{status} {body}"
+    );
+    let unknown_endpoint = format!(
+        r#"{{"NetworkID":"{id}","EndpointID":"{}","SandboxKey":"/nonexistent","Options":{{}}}}"#,
+        "e".repeat(64)
+    );
+    let (_, body) = plugin_call(socket, "NetworkDriver.Join", &unknown_endpoint)?;
+    ensure!(
+        body["Err"]
+            .as_str()
+            .is_some_and(|e| e.contains("not found")),
+        "{body}"
+    );
+    for method in ["NetworkDriver.Leave", "NetworkDriver.DeleteEndpoint"] {
+        let (status, body) = plugin_call(socket, method, &unknown_endpoint)?;
+        ensure!(
+            status.contains("200") && body == serde_json::json!({}),
+            "{method}: {status} {body}"
+        );
+    }
+    let (_, body) = plugin_call(socket, "NetworkDriver.AllocateNetwork", "{}")?;
+    ensure!(
+        body["Err"]
+            .as_str()
+            .is_some_and(|e| e.contains("not supported")),
+        "{body}"
+    );
+
+    docker.ok(&["rm", "-f", "first", "dynamic", "fixed"])?;
+    docker.ok(&["network", "rm", "pooled", "ranged"])?;
+    // The pool went back: the next network gets the same subnet.
+    docker.ok(&[
+        "network",
+        "create",
+        "-d",
+        plugin,
+        "--ipam-driver",
+        plugin,
+        "again",
+    ])?;
+    let again = docker.ok(&[
+        "network",
+        "inspect",
+        "-f",
+        "{{(index .IPAM.Config 0).Subnet}}",
+        "again",
+    ])?;
+    ensure!(again == subnet.to_string(), "{again} vs {subnet}");
+    Ok(())
+}
+
+#[test]
+fn docker_calls_keep_working_after_an_agent_crash() -> Result<()> {
+    if skipped() {
+        return Ok(());
+    }
+    let mut node = Node::start()?;
+    let world = node.world();
+    node.docker().ok(&[
+        "network",
+        "create",
+        "-d",
+        &node.plugin,
+        "--subnet",
+        "10.30.0.0/24",
+        "crashy",
+    ])?;
+    node.run(&["--network", "crashy", "--name", "web", "-p", "8080:80"])?;
+    let _web = Echo::start(&node.docker().sandbox("web")?, 80)?;
+    let published = SocketAddrV4::new(NODE_IP, 8080);
+    ensure!(tcp_reaches(&world, published, WAIT), "before the crash");
+
+    node.agent.kill();
+    node.agent.spawn()?;
+    ensure!(tcp_reaches(&world, published, WAIT), "after the restart");
+
+    node.run(&["--network", "crashy", "--name", "late", "-p", "8090:80"])?;
+    let _late = Echo::start(&node.docker().sandbox("late")?, 80)?;
+    ensure!(
+        tcp_reaches(&world, SocketAddrV4::new(NODE_IP, 8090), WAIT),
+        "a container started after the restart"
+    );
+    node.docker().ok(&["rm", "-f", "web", "late"])?;
+    ensure!(
+        !tcp_reaches(&world, published, WAIT),
+        "8080 must close with web"
+    );
+    node.docker().ok(&["network", "rm", "crashy"])?;
+    let networks = node.bpfbridge_networks()?;
+    ensure!(networks.is_empty(), "networks left: {networks:?}");
+    let containers = node.agent.cli(&["container", "ls"])?;
+    let listed = String::from_utf8(containers.stdout)?;
+    ensure!(!listed.contains("docker-"), "containers left:\n{listed}");
+    ensure!(node.veths()?.is_empty(), "veths left: {:?}", node.veths()?);
+    node.dockerd.take();
+    Ok(())
+}
