@@ -9,7 +9,7 @@ use std::{
 };
 
 use anyhow::{Result, ensure};
-use bpfbridge_tests::{Agent, Topology, bpfbridge_bin};
+use bpfbridge_tests::{Agent, Netns, Topology, bpfbridge_bin};
 use serde_json::Value;
 
 fn containers(agent: &Agent) -> Result<Vec<Value>> {
@@ -192,7 +192,11 @@ fn daemon_flags_shape_the_default_network_and_info() -> Result<()> {
         pooled["IPAM"]["Config"][0]["Subnet"], "10.123.0.0/24",
         "from --default-address-pool"
     );
-    let (web, _) = agent.create_container(&["web", "-p", "8080:80"])?;
+    let (web, web_netns) = agent.create_container(&["web", "-p", "8080:80"])?;
+    // Both ends of a container's veth follow the network's MTU.
+    let eth0 = Netns::borrowed(web_netns).ip(&["-o", "link", "show", "eth0"])?;
+    let eth0 = String::from_utf8_lossy(&eth0.stdout);
+    assert!(eth0.contains("mtu 1400"), "{eth0}");
     assert_eq!(
         web["NetworkSettings"]["Ports"]["80/tcp"][0]["HostIp"], "127.0.0.1",
         "--ip is the default host address"

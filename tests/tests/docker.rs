@@ -222,6 +222,13 @@ fn docker_drives_networks_ports_icc_isolation_and_masquerade() -> Result<()> {
             "bpfbridge port lacks {line}:\n{ports}"
         );
     }
+    // Docker 20.10 drops a remote driver's port map: `docker port` shows nothing (README,
+    // "Use with Docker"). Should a Docker show ports, they must be bpfbridge's.
+    let docker_ports = docker.ok(&["port", "web"])?;
+    ensure!(
+        docker_ports.lines().all(|l| ports.contains(l)),
+        "docker port disagrees with bpfbridge port:\n{docker_ports}\nvs\n{ports}"
+    );
     no_docker_proxy()?;
     let rules = String::from_utf8(node.topology.node.exec("iptables-save", &[])?.stdout)?;
     ensure!(
@@ -278,6 +285,45 @@ fn docker_drives_networks_ports_icc_isolation_and_masquerade() -> Result<()> {
         "disconnected: client must not reach db"
     );
 
+    // --internal: no way out; the MTU option; a network-scoped alias in Docker's DNS.
+    let _world_echo = Echo::start(&world, 7001)?;
+    let outside = SocketAddrV4::new(WORLD_IP, 7001);
+    ensure!(
+        tcp_reaches(&client_ns, outside, WAIT),
+        "client reaches the world"
+    );
+    docker.ok(&[
+        "network",
+        "create",
+        "-d",
+        &node.plugin,
+        "--internal",
+        "-o",
+        "com.docker.network.driver.mtu=1400",
+        "inner",
+    ])?;
+    node.run(&[
+        "--network",
+        "inner",
+        "--name",
+        "hermit",
+        "--network-alias",
+        "recluse",
+    ])?;
+    node.run(&["--network", "inner", "--name", "neighbour"])?;
+    ensure!(
+        !tcp_reaches(&docker.sandbox("hermit")?, outside, WAIT),
+        "internal: hermit must not reach the world"
+    );
+    let mtu = docker.ok(&["exec", "hermit", "cat", "/sys/class/net/eth0/mtu"])?;
+    ensure!(mtu == "1400", "eth0 MTU {mtu}");
+    let hermit_ip = node.ip_on("hermit", "inner")?;
+    let lookup = docker.ok(&["exec", "neighbour", "nslookup", "recluse"])?;
+    ensure!(
+        lookup.contains(&hermit_ip.to_string()),
+        "nslookup recluse:\n{lookup}"
+    );
+
     // -P and a host port range.
     node.run(&[
         "--network",
@@ -314,8 +360,8 @@ fn docker_drives_networks_ports_icc_isolation_and_masquerade() -> Result<()> {
         !tcp_reaches(&world, SocketAddrV4::new(NODE_IP, 8080), WAIT),
         "8080 must close with web"
     );
-    docker.ok(&["rm", "-f", "client", "db", "multi"])?;
-    docker.ok(&["network", "rm", "app-net", "other-net"])?;
+    docker.ok(&["rm", "-f", "client", "db", "multi", "hermit", "neighbour"])?;
+    docker.ok(&["network", "rm", "app-net", "other-net", "inner"])?;
     let networks = node.bpfbridge_networks()?;
     ensure!(networks.is_empty(), "networks left: {networks:?}");
     let veths = node.veths()?;

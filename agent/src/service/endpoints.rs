@@ -62,6 +62,10 @@ impl Service {
         let peer_link = netlink::link_by_name(&self.handle, &peer)
             .await?
             .ok_or_else(|| Error::NotFound(format!("veth peer {peer} vanished")))?;
+        // The MTU given at creation is the node side's only.
+        if peer_link.mtu != network.mtu {
+            netlink::set_mtu(&self.handle, peer_link.index, network.mtu).await?;
+        }
         let mac = parse_mac(&endpoint.mac).unwrap_or_else(|| mac_for_ip(endpoint.ip));
         netlink::set_mac(&self.handle, peer_link.index, mac).await?;
         netlink::enable_gro(&peer)?;
