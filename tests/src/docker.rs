@@ -5,17 +5,14 @@
 
 use std::{
     fs,
-    os::unix::process::CommandExt as _,
     path::{Path, PathBuf},
     process::{Child, Command, Output, Stdio},
     thread,
     time::{Duration, Instant},
 };
 
-use anyhow::{Context as _, Result, bail, ensure};
-use nix::sched::{CloneFlags, setns};
-
 use crate::Netns;
+use anyhow::{Context as _, Result, bail, ensure};
 
 /// Debian's docker.io client; /usr/local/bin may hold a newer one.
 pub const DOCKER: &str = "/usr/bin/docker";
@@ -43,7 +40,6 @@ impl Dockerd {
         let dir = tempfile::Builder::new().prefix("bpfbt-docker-").tempdir()?;
         let log = fs::File::create(dir.path().join("dockerd.log"))?;
         let host = format!("unix://{}", dir.path().join("docker.sock").display());
-        let netns = fs::File::open(node.path())?;
         let mut command = Command::new(DOCKERD);
         command
             .arg("--data-root")
@@ -57,15 +53,9 @@ impl Dockerd {
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
-        // Only the network namespace, like `nsenter --net`: `ip netns exec` would remount
-        // /sys and dockerd would find no cgroups.
-        // SAFETY: setns is async-signal-safe; nothing else runs between fork and exec.
-        unsafe {
-            command.pre_exec(move || {
-                setns(&netns, CloneFlags::CLONE_NEWNET).map_err(std::io::Error::from)
-            });
-        }
-        let child = command.spawn().context("spawning dockerd")?;
+        // dockerd must see the host's cgroups.
+        let child =
+            crate::spawn_in_netns(&mut command, &node.path()).context("spawning dockerd")?;
         let mut dockerd = Dockerd {
             child: Some(child),
             dir,

@@ -191,6 +191,19 @@ pub fn bpfbridge_bin() -> PathBuf {
     bin
 }
 
+/// Spawns `command` in the network namespace `netns` and no other, as `nsenter --net` does
+/// (`ip netns exec` would also give it a private /sys without the host's bpffs and cgroups).
+pub fn spawn_in_netns(command: &mut Command, netns: &Path) -> Result<Child> {
+    let netns = fs::File::open(netns).with_context(|| format!("opening {}", netns.display()))?;
+    // SAFETY: setns is async-signal-safe; nothing else runs between fork and exec.
+    unsafe {
+        command.pre_exec(move || {
+            setns(&netns, CloneFlags::CLONE_NEWNET).map_err(std::io::Error::from)
+        });
+    }
+    Ok(command.spawn()?)
+}
+
 /// The cgroup2 mount point, found in /proc/self/mounts.
 pub fn cgroup2_mount() -> Result<PathBuf> {
     let mounts = fs::read_to_string("/proc/self/mounts")?;
@@ -258,7 +271,6 @@ impl Agent {
             .create(true)
             .append(true)
             .open(self.dir.path().join("agent.log"))?;
-        let node = fs::File::open(&self.node_path)?;
         let mut command = Command::new(bpfbridge_bin());
         command
             .arg("--socket")
@@ -276,14 +288,8 @@ impl Agent {
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
-        // Enter only the network namespace: the agent must see the host's bpffs and cgroup2.
-        // SAFETY: setns is async-signal-safe; nothing else runs between fork and exec.
-        unsafe {
-            command.pre_exec(move || {
-                setns(&node, CloneFlags::CLONE_NEWNET).map_err(std::io::Error::from)
-            });
-        }
-        let child = command.spawn().context("spawning the agent")?;
+        // The agent must see the host's bpffs and cgroup2.
+        let child = spawn_in_netns(&mut command, &self.node_path).context("spawning the agent")?;
         fs::write(self.cgroup.join("cgroup.procs"), child.id().to_string())?;
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(20);

@@ -20,14 +20,6 @@ use bpfbridge_tests::{
 
 const WAIT: Duration = Duration::from_secs(2);
 
-fn skipped() -> bool {
-    if docker::available() {
-        return false;
-    }
-    eprintln!("skipped: docker.io is not installed (`cargo xtask setup` installs it)");
-    true
-}
-
 /// The agent (with the plugin) and dockerd, in the order that tears dockerd down first.
 struct Node {
     topology: Topology,
@@ -38,18 +30,37 @@ struct Node {
 }
 
 impl Node {
-    fn start() -> Result<Self> {
+    /// The node, or `None` (said on stderr) without docker.io.
+    fn start() -> Result<Option<Self>> {
+        if !docker::available() {
+            eprintln!("skipped: docker.io is not installed (`cargo xtask setup` installs it)");
+            return Ok(None);
+        }
         let topology = Topology::new()?;
         let (plugin, plugin_socket) = docker::plugin("dk");
         let agent = Agent::start_with(&topology, &["--docker-plugin", &plugin])?;
         let dockerd = Dockerd::start(&topology.node)?;
-        Ok(Node {
+        Ok(Some(Node {
             topology,
             agent,
             plugin,
             plugin_socket,
             dockerd: Some(dockerd),
-        })
+        }))
+    }
+
+    /// Nothing of Docker's is left in bpfbridge or on the node.
+    fn ensure_clean(&self) -> Result<()> {
+        let networks = self.bpfbridge_networks()?;
+        ensure!(networks.is_empty(), "networks left: {networks:?}");
+        let containers = String::from_utf8(self.agent.cli(&["container", "ls"])?.stdout)?;
+        ensure!(
+            !containers.contains("docker-"),
+            "containers left:\n{containers}"
+        );
+        let veths = self.veths()?;
+        ensure!(veths.is_empty(), "veths left: {veths:?}");
+        Ok(())
     }
 
     fn docker(&self) -> &Dockerd {
@@ -156,10 +167,9 @@ fn plugin_call(socket: &Path, method: &str, body: &str) -> Result<(String, serde
 
 #[test]
 fn docker_drives_networks_ports_icc_isolation_and_masquerade() -> Result<()> {
-    if skipped() {
+    let Some(node) = Node::start()? else {
         return Ok(());
-    }
-    let node = Node::start()?;
+    };
     let docker = node.docker();
     let world = node.world();
     docker.ok(&[
@@ -362,19 +372,14 @@ fn docker_drives_networks_ports_icc_isolation_and_masquerade() -> Result<()> {
     );
     docker.ok(&["rm", "-f", "client", "db", "multi", "hermit", "neighbour"])?;
     docker.ok(&["network", "rm", "app-net", "other-net", "inner"])?;
-    let networks = node.bpfbridge_networks()?;
-    ensure!(networks.is_empty(), "networks left: {networks:?}");
-    let veths = node.veths()?;
-    ensure!(veths.is_empty(), "veths left: {veths:?}");
-    Ok(())
+    node.ensure_clean()
 }
 
 #[test]
 fn docker_ipam_driver_refused_options_and_bad_calls() -> Result<()> {
-    if skipped() {
+    let Some(node) = Node::start()? else {
         return Ok(());
-    }
-    let node = Node::start()?;
+    };
     let docker = node.docker();
     let plugin = node.plugin.as_str();
 
@@ -572,10 +577,9 @@ fn docker_ipam_driver_refused_options_and_bad_calls() -> Result<()> {
 
 #[test]
 fn docker_calls_keep_working_after_an_agent_crash() -> Result<()> {
-    if skipped() {
+    let Some(mut node) = Node::start()? else {
         return Ok(());
-    }
-    let mut node = Node::start()?;
+    };
     let world = node.world();
     node.docker().ok(&[
         "network",
@@ -607,12 +611,5 @@ fn docker_calls_keep_working_after_an_agent_crash() -> Result<()> {
         "8080 must close with web"
     );
     node.docker().ok(&["network", "rm", "crashy"])?;
-    let networks = node.bpfbridge_networks()?;
-    ensure!(networks.is_empty(), "networks left: {networks:?}");
-    let containers = node.agent.cli(&["container", "ls"])?;
-    let listed = String::from_utf8(containers.stdout)?;
-    ensure!(!listed.contains("docker-"), "containers left:\n{listed}");
-    ensure!(node.veths()?.is_empty(), "veths left: {:?}", node.veths()?);
-    node.dockerd.take();
-    Ok(())
+    node.ensure_clean()
 }

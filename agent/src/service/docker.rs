@@ -568,14 +568,13 @@ impl Service {
         let Some(mut container) = self.holder_of(endpoint_id).cloned() else {
             return Ok(());
         };
-        let mut errors = Vec::new();
-        for port in &container.ports {
-            if let Err(e) = self.dataplane.unpublish(port) {
-                errors.push(e);
-            }
-        }
-        container.ports.clear();
+        // Recorded first: after a crash, the start-up sync withdraws what is left.
+        let ports = std::mem::take(&mut container.ports);
         self.save_container(container)?;
+        let errors = ports
+            .iter()
+            .filter_map(|port| self.dataplane.unpublish(port).err())
+            .collect();
         Error::collect(errors)
     }
 }
