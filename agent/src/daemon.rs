@@ -52,14 +52,20 @@ pub async fn run(settings: Settings, socket: PathBuf) -> Result<()> {
         None => crate::netns::cgroup2_mount()?,
     };
     let iptables = settings.dataplane == "iptables";
+    let userland_proxy = settings.userland_proxy;
     let service = Service::start(handle, settings, move |uplink, ifindex| {
         if iptables {
-            return Ok(Box::new(IptablesDataplane::start()?) as Box<dyn Dataplane>);
+            return Ok(
+                Box::new(IptablesDataplane::start(uplink, userland_proxy)?) as Box<dyn Dataplane>
+            );
         }
-        Ok(
-            Box::new(EbpfDataplane::start(&pin_dir, uplink, ifindex, &cgroup, conntrack_max)?)
-                as Box<dyn Dataplane>,
-        )
+        Ok(Box::new(EbpfDataplane::start(
+            &pin_dir,
+            uplink,
+            ifindex,
+            &cgroup,
+            conntrack_max,
+        )?) as Box<dyn Dataplane>)
     })
     .await?;
     let info = service.info()?;
