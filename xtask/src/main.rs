@@ -10,7 +10,7 @@ use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
-use anyhow::Result;
+use anyhow::{Context as _, Result};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -113,11 +113,68 @@ fn test(lint: bool, args: &[OsString]) -> Result<()> {
     // another package's tests.
     cargo_build(false)?;
     cmd::run(cargo().arg("test").args(args))?;
+    // A run narrowed by extra arguments is someone's targeted run: no second pass.
+    if args.is_empty() {
+        test_iptables_dataplane()?;
+    }
     // The bench harness, tiny: it runs, reports and cleans up (BPFBRIDGE_SKIP_BENCH_SMOKE=1
     // skips it).
     if std::env::var_os("BPFBRIDGE_SKIP_BENCH_SMOKE").is_none() {
         bench_smoke()?;
     }
+    Ok(())
+}
+
+/// The integration suites about what a Docker user sees, which hold for both dataplanes.
+const BEHAVIOUR_SUITES: [&str; 9] = [
+    "published_port",
+    "ports",
+    "isolation",
+    "masquerade",
+    "networks",
+    "dns",
+    "dns_resolver",
+    "daemon",
+    "bad_input",
+];
+
+/// The behaviour suites again, against the iptables dataplane with the same expectations,
+/// one suite at a time: prints cargo test's summary line of each and what its tests left
+/// out there (everything when a suite fails).
+fn test_iptables_dataplane() -> Result<()> {
+    println!("again on the iptables dataplane:");
+    let mut failed = Vec::new();
+    for suite in BEHAVIOUR_SUITES {
+        let mut cargo = cargo();
+        cargo
+            .args(["test", "-p", "bpfbridge-tests", "--test", suite])
+            .env("BPFBRIDGE_TEST_DATAPLANE", "iptables")
+            .stdin(std::process::Stdio::null());
+        let output = cargo
+            .output()
+            .with_context(|| format!("running {}", cmd::display(&cargo)))?;
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        if !output.status.success() {
+            print!("{stdout}{stderr}");
+            failed.push(suite);
+            continue;
+        }
+        for line in stdout.lines().filter(|l| l.starts_with("test result:")) {
+            println!("  {suite}: {line}");
+        }
+        for line in stderr
+            .lines()
+            .filter(|l| l.ends_with("(not on the iptables dataplane)"))
+        {
+            println!("    {line}");
+        }
+    }
+    anyhow::ensure!(
+        failed.is_empty(),
+        "on the iptables dataplane, these suites failed: {}",
+        failed.join(", ")
+    );
     Ok(())
 }
 
