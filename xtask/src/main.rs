@@ -1,6 +1,7 @@
 //! bpfbridge's development tasks, run as `cargo xtask <task>` (an alias in .cargo/config.toml).
 
 mod bench;
+mod bench_docker;
 mod bench_report;
 mod cmd;
 mod demo;
@@ -56,6 +57,10 @@ enum Task {
         /// Only these scenarios (programming, latency, udp, bulk, connrate, restart).
         #[arg(long = "scenario", value_name = "NAME")]
         scenarios: Vec<String>,
+        /// Also measure real Docker: dockerd 20.10 (docker.io) in a namespace of its own
+        /// (skipped, and said so, when docker.io is not installed; never in smoke runs).
+        #[arg(long)]
+        with_docker: bool,
     },
     /// Run setup and build, then run `bpfbridge ARGS...`, or with no ARGS the demo: an agent,
     /// a container with a published port, and a client in network namespaces of their own.
@@ -76,7 +81,8 @@ fn main() -> ExitCode {
             quick,
             smoke,
             scenarios,
-        } => bench_task(quick, smoke, scenarios),
+            with_docker,
+        } => bench_task(quick, smoke, scenarios, with_docker),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -178,13 +184,14 @@ fn test_iptables_dataplane() -> Result<()> {
     Ok(())
 }
 
-fn bench_task(quick: bool, smoke: bool, scenarios: Vec<String>) -> Result<()> {
+fn bench_task(quick: bool, smoke: bool, scenarios: Vec<String>, with_docker: bool) -> Result<()> {
     setup::setup()?;
     let out_dir = target_dir().join(if smoke { "bench-smoke" } else { "bench" });
     bench::run(&bench::Options {
         quick,
         smoke,
         scenarios,
+        with_docker,
         out_dir,
     })
 }
@@ -198,6 +205,7 @@ fn bench_smoke() -> Result<()> {
         quick: true,
         smoke: true,
         scenarios: vec![],
+        with_docker: false,
         out_dir: out_dir.clone(),
     })?;
     let text = std::fs::read_to_string(out_dir.join("results.json"))?;
