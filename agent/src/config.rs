@@ -100,6 +100,11 @@ pub struct Settings {
     pub pin_dir: PathBuf,
     pub netns_dir: PathBuf,
     pub dataplane: String,
+    /// With `--dataplane iptables`: a userland proxy per published TCP port for node-local
+    /// and hairpin access, as dockerd's default; false writes Docker's
+    /// `--userland-proxy=false` rules instead (hairpin DNAT, route_localnet). The eBPF
+    /// dataplane needs no proxy and ignores it.
+    pub userland_proxy: bool,
     /// Whether the agent turns on net.ipv4.ip_forward (false leaves it alone).
     pub ip_forward: bool,
     /// The default bridge's gateway address and prefix, e.g. 172.26.0.1/16.
@@ -147,6 +152,7 @@ impl Default for Settings {
             pin_dir: "/sys/fs/bpf/bpfbridge".into(),
             netns_dir: crate::netns::NETNS_RUN_DIR.into(),
             dataplane: "ebpf".into(),
+            userland_proxy: true,
             ip_forward: true,
             bip: None,
             default_address_pools: AddressPool::docker_defaults(),
@@ -177,6 +183,7 @@ pub struct Overrides {
     pub pin_dir: Option<PathBuf>,
     pub netns_dir: Option<PathBuf>,
     pub dataplane: Option<String>,
+    pub userland_proxy: Option<bool>,
     pub ip_forward: Option<bool>,
     pub bip: Option<Ipv4Net>,
     pub default_address_pools: Option<Vec<AddressPool>>,
@@ -217,6 +224,7 @@ impl Overrides {
             pin_dir: self.pin_dir.unwrap_or(base.pin_dir),
             netns_dir: self.netns_dir.unwrap_or(base.netns_dir),
             dataplane: self.dataplane.unwrap_or(base.dataplane),
+            userland_proxy: self.userland_proxy.unwrap_or(base.userland_proxy),
             ip_forward: self.ip_forward.unwrap_or(base.ip_forward),
             bip: self.bip.or(base.bip),
             default_address_pools: self

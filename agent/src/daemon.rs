@@ -56,9 +56,12 @@ pub async fn run(settings: Settings, socket: PathBuf) -> Result<()> {
     let docker_plugin = settings
         .docker_plugin()
         .map(|(name, socket)| (name.to_string(), socket));
+    let userland_proxy = settings.userland_proxy;
     let service = Service::start(handle, settings, move |uplink, ifindex| {
         if iptables {
-            return Ok(Box::new(IptablesDataplane::start()?) as Box<dyn Dataplane>);
+            return Ok(
+                Box::new(IptablesDataplane::start(uplink, userland_proxy)?) as Box<dyn Dataplane>
+            );
         }
         Ok(Box::new(EbpfDataplane::start(
             &pin_dir,

@@ -171,6 +171,50 @@ impl Topology {
     }
 }
 
+/// The dataplane this run's agents use: `BPFBRIDGE_TEST_DATAPLANE`, `ebpf` when unset.
+pub fn dataplane() -> String {
+    std::env::var("BPFBRIDGE_TEST_DATAPLANE")
+        .ok()
+        .filter(|d| !d.is_empty())
+        .unwrap_or_else(|| "ebpf".into())
+}
+
+fn is_ebpf() -> bool {
+    dataplane() == "ebpf"
+}
+
+/// Says on stderr, past the test harness's capture so that it shows in every run, that
+/// the current test leaves something out on this run's dataplane.
+fn say_left_out(what: &str) {
+    let test = thread::current().name().unwrap_or("?").to_string();
+    let _ = writeln!(
+        std::io::stderr(),
+        "{test}: {what} (not on the {} dataplane)",
+        dataplane()
+    );
+}
+
+/// For a test of something only the eBPF dataplane has: on another dataplane, says why the
+/// test does not apply and returns true, and the test returns.
+pub fn skip_unless_ebpf(reason: &str) -> bool {
+    if is_ebpf() {
+        return false;
+    }
+    say_left_out(&format!("skipped: {reason}"));
+    true
+}
+
+/// Guards the checks of a test that concern only the eBPF dataplane (`what`: its counters,
+/// its flow table, ...): true on the eBPF dataplane; on another one, says what is not
+/// checked and returns false. The test's checks of behaviour run on every dataplane.
+pub fn ebpf_checks(what: &str) -> bool {
+    if is_ebpf() {
+        return true;
+    }
+    say_left_out(&format!("not checked: {what}"));
+    false
+}
+
 /// The `bpfbridge` binary the tests drive (built by `cargo xtask test` before the tests).
 pub fn bpfbridge_bin() -> PathBuf {
     if let Some(path) = std::env::var_os("BPFBRIDGE_BIN") {
@@ -244,12 +288,14 @@ impl Agent {
         let cgroup = cgroup2_mount()?.join(&name);
         fs::create_dir(&cgroup).with_context(|| format!("creating cgroup {}", cgroup.display()))?;
         let mut args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
-        // BPFBRIDGE_TEST_DATAPLANE=iptables runs the suite against the iptables dataplane.
-        if !args.iter().any(|a| a.starts_with("--dataplane"))
-            && let Ok(dataplane) = std::env::var("BPFBRIDGE_TEST_DATAPLANE")
-            && !dataplane.is_empty()
-        {
-            args.extend(["--dataplane".to_string(), dataplane]);
+        // BPFBRIDGE_TEST_DATAPLANE=iptables runs the suite against the iptables dataplane,
+        // without the userland proxy: the eBPF dataplane has none and does what Docker does
+        // with --userland-proxy=false, so that is where the same expectations hold.
+        if !args.iter().any(|a| a.starts_with("--dataplane")) && !is_ebpf() {
+            args.extend(["--dataplane".to_string(), dataplane()]);
+            if !args.iter().any(|a| a.starts_with("--userland-proxy")) {
+                args.push("--userland-proxy=false".into());
+            }
         }
         let mut agent = Agent {
             child: None,

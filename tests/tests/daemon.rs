@@ -143,7 +143,7 @@ fn daemon_flags_shape_the_default_network_and_info() -> Result<()> {
         ],
     )?;
     let info = agent.cli_json(&["info"])?;
-    assert_eq!(info["Dataplane"], "ebpf");
+    assert_eq!(info["Dataplane"], bpfbridge_tests::dataplane());
     assert_eq!(
         info["IPForwardEnabled"], false,
         "--ip-forward=false leaves the sysctl alone (off in a new namespace)"

@@ -8,7 +8,10 @@ use std::{
 };
 
 use anyhow::{Result, ensure};
-use bpfbridge_tests::{Agent, Echo, Topology, WORLD_IP, ping_reaches, tcp_reaches, udp_reaches};
+use bpfbridge_tests::{
+    Agent, Echo, Topology, WORLD_IP, ebpf_checks, ping_reaches, skip_unless_ebpf, tcp_reaches,
+    udp_reaches,
+};
 use serde_json::Value;
 
 const PORT: u16 = 7100;
@@ -135,8 +138,10 @@ fn reachability_matrix_tcp_udp_icmp() -> Result<()> {
         "reachability differs:\n{}",
         mismatches.join("\n")
     );
-    assert!(agent.counter("container_ingress.drop.policy_icc")? > 0);
-    assert!(agent.counter("container_ingress.drop.isolation")? > 0);
+    if ebpf_checks("the TC program's drop counters") {
+        assert!(agent.counter("container_ingress.drop.policy_icc")? > 0);
+        assert!(agent.counter("container_ingress.drop.isolation")? > 0);
+    }
     // An internal network's containers have no default route, so their packets to the
     // world never reach the dataplane; the drop reason is covered by the test-run cases.
     Ok(())
@@ -207,13 +212,15 @@ fn link_opens_exposed_ports_through_icc_false_one_way() -> Result<()> {
         !tcp_reaches(&other_ns, SocketAddrV4::new(db_ip, 5432), WAIT),
         "an unlinked container"
     );
-    let flows = String::from_utf8(agent.cli(&["conntrack", "ls"])?.stdout)?;
-    assert!(
-        flows.contains("link tcp") && flows.contains("link udp"),
-        "{flows}"
-    );
-    assert!(agent.counter("container_ingress.pass.link")? >= 2);
-    assert!(agent.counter("container_ingress.pass.tracked_reply")? >= 2);
+    if ebpf_checks("the link flows in the agent's conntrack table and their counters") {
+        let flows = String::from_utf8(agent.cli(&["conntrack", "ls"])?.stdout)?;
+        assert!(
+            flows.contains("link tcp") && flows.contains("link udp"),
+            "{flows}"
+        );
+        assert!(agent.counter("container_ingress.pass.link")? >= 2);
+        assert!(agent.counter("container_ingress.pass.tracked_reply")? >= 2);
+    }
 
     // Bad links: a missing container, one on no shared network, an alias given twice.
     let refused = |args: &[&str], expected: &str| -> Result<()> {
@@ -261,6 +268,9 @@ fn link_opens_exposed_ports_through_icc_false_one_way() -> Result<()> {
 #[test]
 fn monitor_streams_drops_and_a_flood_is_rate_limited() -> Result<()> {
     use std::{io::Read as _, process::Stdio, time::Instant};
+    if skip_unless_ebpf("`monitor` streams the eBPF programs' ring buffer of drop events") {
+        return Ok(());
+    }
     let topology = Topology::new()?;
     let agent = Agent::start(&topology)?;
     for (name, subnet) in [("left", "10.71.0.0/24"), ("right", "10.72.0.0/24")] {

@@ -9,9 +9,15 @@ use std::{
 
 use anyhow::{Result, ensure};
 use bpfbridge_tests::{
-    Agent, Echo, NODE_IP, Topology, WORLD_IP, in_netns, request, serve_once, udp_request,
-    udp_serve_once,
+    Agent, Echo, NODE_IP, Topology, WORLD_IP, ebpf_checks, in_netns, request, serve_once,
+    skip_unless_ebpf, udp_request, udp_serve_once,
 };
+
+/// Why the tests of the agent's own connection tracking do not apply to the iptables
+/// dataplane, where the kernel's conntrack does that work with its own settings.
+const KERNEL_CONNTRACK: &str = "the iptables dataplane masquerades with the kernel's \
+    conntrack, which --masquerade-port-range, --conntrack-max, --udp-idle-timeout and \
+    `conntrack ls` do not govern";
 
 const WORLD_PORT: u16 = 7300;
 
@@ -43,10 +49,12 @@ fn containers_reach_the_world_with_the_node_address() -> Result<()> {
     assert_eq!(request(&masq_ns, world(WORLD_PORT), "hi\n")?, "pong hi\n");
     let peer = server.join().expect("server")?;
     assert_eq!(peer.ip(), NODE_IP, "the world sees the node's address");
-    assert!(
-        (61000..=65535).contains(&peer.port()),
-        "port from the masquerade range: {peer}"
-    );
+    if ebpf_checks("the masquerade port range (Docker's MASQUERADE keeps the source port)") {
+        assert!(
+            (61000..=65535).contains(&peer.port()),
+            "port from the masquerade range: {peer}"
+        );
+    }
 
     let server = udp_serve_once(&world_ns, WORLD_PORT + 1);
     let (answer, from) = udp_request(&masq_ns, world(WORLD_PORT + 1), "hi")?;
@@ -56,14 +64,16 @@ fn containers_reach_the_world_with_the_node_address() -> Result<()> {
     );
     assert_eq!(server.join().expect("server")?.ip(), NODE_IP);
 
-    let flows = String::from_utf8(agent.cli(&["conntrack", "ls"])?.stdout)?;
-    assert!(flows.contains("masquerade udp"), "{flows}");
-    assert!(
-        agent.counter("container_ingress.redirect.masquerade")?
-            + agent.counter("container_ingress.redirect.masquerade_resolve_neighbour")?
-            >= 2
-    );
-    assert!(agent.counter("uplink_ingress.redirect.masquerade_reply")? >= 2);
+    if ebpf_checks("the masquerade flows in the agent's table and their counters") {
+        let flows = String::from_utf8(agent.cli(&["conntrack", "ls"])?.stdout)?;
+        assert!(flows.contains("masquerade udp"), "{flows}");
+        assert!(
+            agent.counter("container_ingress.redirect.masquerade")?
+                + agent.counter("container_ingress.redirect.masquerade_resolve_neighbour")?
+                >= 2
+        );
+        assert!(agent.counter("uplink_ingress.redirect.masquerade_reply")? >= 2);
+    }
 
     // enable_ip_masquerade=false: routed, the world sees the container's own address.
     let plain_ip: Ipv4Addr = plain["NetworkSettings"]["Networks"]["plain"]["IPAddress"]
@@ -81,6 +91,9 @@ fn containers_reach_the_world_with_the_node_address() -> Result<()> {
 
 #[test]
 fn exhausted_source_ports_refuse_new_flows_and_keep_old_ones() -> Result<()> {
+    if skip_unless_ebpf(KERNEL_CONNTRACK) {
+        return Ok(());
+    }
     let topology = Topology::new()?;
     let agent = Agent::start_with(&topology, &["--masquerade-port-range", "61000-61001"])?;
     let (_, ns) = agent.create_container(&["c"])?;
@@ -115,6 +128,9 @@ fn exhausted_source_ports_refuse_new_flows_and_keep_old_ones() -> Result<()> {
 
 #[test]
 fn idle_flows_expire_and_active_ones_survive() -> Result<()> {
+    if skip_unless_ebpf(KERNEL_CONNTRACK) {
+        return Ok(());
+    }
     let topology = Topology::new()?;
     let agent = Agent::start_with(&topology, &["--udp-idle-timeout", "1"])?;
     let (_, ns) = agent.create_container(&["c"])?;
@@ -166,10 +182,12 @@ fn ping_is_masqueraded_by_identifier() -> Result<()> {
         "ping to the world"
     );
     // The echo reply came back to the node's address and was handed to the container.
-    assert!(agent.counter("uplink_ingress.redirect.masquerade_reply")? >= 1);
-    let flows = String::from_utf8(agent.cli(&["conntrack", "ls"])?.stdout)?;
-    assert!(flows.contains("masquerade icmp"), "{flows}");
-    assert!(flows.contains("seen-as=198.51.100.1:"), "{flows}");
+    if ebpf_checks("the ICMP flow in the agent's table and its counter") {
+        assert!(agent.counter("uplink_ingress.redirect.masquerade_reply")? >= 1);
+        let flows = String::from_utf8(agent.cli(&["conntrack", "ls"])?.stdout)?;
+        assert!(flows.contains("masquerade icmp"), "{flows}");
+        assert!(flows.contains("seen-as=198.51.100.1:"), "{flows}");
+    }
     Ok(())
 }
 
@@ -195,6 +213,9 @@ fn icmp_errors_for_masqueraded_flows_are_translated_back() -> Result<()> {
 
 #[test]
 fn a_full_table_refuses_new_flows_and_gc_never_evicts_a_live_one() -> Result<()> {
+    if skip_unless_ebpf(KERNEL_CONNTRACK) {
+        return Ok(());
+    }
     let topology = Topology::new()?;
     // Eight entries: four flows, two entries each.
     let agent = Agent::start_with(
@@ -245,6 +266,12 @@ fn a_full_table_refuses_new_flows_and_gc_never_evicts_a_live_one() -> Result<()>
 
 #[test]
 fn replies_of_connections_routed_to_a_container_are_not_masqueraded() -> Result<()> {
+    if skip_unless_ebpf(
+        "Docker 20.10 drops connections from outside to a container's own address \
+         (FORWARD policy DROP; filter/DOCKER accepts published ports only)",
+    ) {
+        return Ok(());
+    }
     let topology = Topology::new()?;
     let agent = Agent::start(&topology)?;
     let (c, ns) = agent.create_container(&["c"])?;

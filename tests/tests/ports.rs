@@ -10,8 +10,8 @@ use std::{
 
 use anyhow::{Context as _, Result, ensure};
 use bpfbridge_tests::{
-    Agent, NODE_IP, Topology, WORLD_IP, packet::Packet, request, request_from, serve_once,
-    udp_request, udp_serve_once,
+    Agent, NODE_IP, Topology, WORLD_IP, ebpf_checks, packet::Packet, request, request_from,
+    serve_once, udp_request, udp_serve_once,
 };
 
 fn node(port: u16) -> SocketAddrV4 {
@@ -335,25 +335,30 @@ fn loopback_only_ports_are_unreachable_from_the_world_and_containers() -> Result
     let agent = Agent::start(&topology)?;
     let (_, web_ns) = agent.create_container(&["web", "-p", "127.0.0.1:8081:81"])?;
     let (_, other_ns) = agent.create_container(&["other"])?;
-    let before = agent.counter("uplink_ingress.pass.loopback_destination")?;
     let server = serve_once(&web_ns, 81);
-    send_syn_to_loopback(&topology, 8081)?;
-    // Nothing arrives: the server gives up accepting (bounded), the counter moved.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while agent.counter("uplink_ingress.pass.loopback_destination")? == before
-        && Instant::now() < deadline
+    // Docker 20.10's rules do translate it (nat/PREROUTING matches 127.0.0.1 as a local
+    // address; later Docker versions drop such packets in the raw table).
+    if ebpf_checks("a world packet to 127.0.0.1 is never translated (Docker 20.10's DNAT takes it)")
     {
-        std::thread::sleep(Duration::from_millis(50));
+        let before = agent.counter("uplink_ingress.pass.loopback_destination")?;
+        send_syn_to_loopback(&topology, 8081)?;
+        // Nothing arrives: the server gives up accepting (bounded), the counter moved.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while agent.counter("uplink_ingress.pass.loopback_destination")? == before
+            && Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert_eq!(
+            agent.counter("uplink_ingress.pass.loopback_destination")?,
+            before + 1
+        );
+        assert_eq!(
+            agent.counter("uplink_ingress.redirect.dnat")?,
+            0,
+            "never translated"
+        );
     }
-    assert_eq!(
-        agent.counter("uplink_ingress.pass.loopback_destination")?,
-        before + 1
-    );
-    assert_eq!(
-        agent.counter("uplink_ingress.redirect.dnat")?,
-        0,
-        "never translated"
-    );
     // From a container, neither the node's address nor 127.0.0.1 reach it.
     let err = request(&other_ns, node(8081), "x").expect_err("not published on the node address");
     assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused);
@@ -397,8 +402,10 @@ fn hairpin_to_own_and_other_containers_published_ports() -> Result<()> {
     assert_eq!((peer.ip(), from), (client_ip.into(), node(5353).into()));
     let (peer, from) = udp_via(&web_ns, &web_ns, node(5353), 53)?;
     assert_eq!((peer.ip(), from), (gateway.into(), node(5353).into()));
-    assert!(agent.counter("container_ingress.redirect.hairpin")? >= 4);
-    assert!(agent.counter("container_ingress.redirect.reply_to_container")? >= 4);
+    if ebpf_checks("the TC program's hairpin counters") {
+        assert!(agent.counter("container_ingress.redirect.hairpin")? >= 4);
+        assert!(agent.counter("container_ingress.redirect.reply_to_container")? >= 4);
+    }
     Ok(())
 }
 
@@ -488,7 +495,9 @@ fn source_filters_longest_prefix_with_counters() -> Result<()> {
     assert!(hits(&allow_net) >= 3, "{ls}");
     assert!(hits(&deny_one) >= 1, "{ls}");
     assert_eq!(hits(&default_deny), 0, "{ls}");
-    assert!(agent.counter("uplink_ingress.drop.filter")? >= 1);
+    if ebpf_checks("the XDP program's filter drop counter") {
+        assert!(agent.counter("uplink_ingress.drop.filter")? >= 1);
+    }
 
     // Rules survive a restart of the agent.
     agent.stop();
@@ -512,19 +521,21 @@ fn disconnect_and_idle_udp_flows_leave_nothing_behind() -> Result<()> {
     let agent = Agent::start_with(&topology, &["--udp-idle-timeout", "1"])?;
     let (_, ns) = agent.create_container(&["web", "-p", "5353:53/udp", "-p", "8080:80"])?;
     udp_via(&topology.world.path(), &ns, node(5353), 53)?;
-    let flows = String::from_utf8(agent.cli(&["conntrack", "ls"])?.stdout)?;
-    assert!(flows.contains("udp src=198.51.100.2:"), "{flows}");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
+    if ebpf_checks("the agent's flow table and --udp-idle-timeout") {
         let flows = String::from_utf8(agent.cli(&["conntrack", "ls"])?.stdout)?;
-        if !flows.contains("udp ") {
-            break;
+        assert!(flows.contains("udp src=198.51.100.2:"), "{flows}");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let flows = String::from_utf8(agent.cli(&["conntrack", "ls"])?.stdout)?;
+            if !flows.contains("udp ") {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "idle UDP flow never expired: {flows}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
         }
-        assert!(
-            Instant::now() < deadline,
-            "idle UDP flow never expired: {flows}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
     }
     // Disconnecting the container's only network closes its ports at once.
     assert!(
@@ -594,12 +605,15 @@ fn node_local_access_without_a_proxy() -> Result<()> {
         out["from"], "127.0.0.1:5353",
         "the UDP reply comes from the address the client used"
     );
-    assert!(agent.counter("sock_addr.translate.node_local")? >= 4);
-
-    // Outside the agent's cgroup, or in another namespace, nothing is translated.
-    let err =
-        nettool(&node_ns, None, &["tcp", "127.0.0.1:8080", "x"]).expect_err("not in the cgroup");
-    assert!(err.to_string().contains("refused"), "{err}");
+    // The socket hooks work per cgroup; iptables' nat/OUTPUT rules cover the whole namespace.
+    if ebpf_checks("the socket hooks' counter and their cgroup scope") {
+        assert!(agent.counter("sock_addr.translate.node_local")? >= 4);
+        // Outside the agent's cgroup nothing is translated.
+        let err = nettool(&node_ns, None, &["tcp", "127.0.0.1:8080", "x"])
+            .expect_err("not in the cgroup");
+        assert!(err.to_string().contains("refused"), "{err}");
+    }
+    // Nor in another namespace.
     let err = nettool(
         &topology.world.path(),
         cgroup,

@@ -7,7 +7,10 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, ensure};
-use bpfbridge_tests::{Agent, NODE_IP, Netns, Topology, WORLD_IP, links, request, run, serve_once};
+use bpfbridge_tests::{
+    Agent, NODE_IP, Netns, Topology, WORLD_IP, ebpf_checks, links, request, run, serve_once,
+    skip_unless_ebpf,
+};
 
 fn published(port: u16) -> SocketAddrV4 {
     SocketAddrV4::new(NODE_IP, port)
@@ -44,13 +47,15 @@ fn world_client_reaches_published_port_and_server_sees_its_real_address() -> Res
     assert_eq!(peer.ip(), WORLD_IP, "no SNAT on the way in");
 
     // The fast path did the work: the uplink program translated, the veth program replied.
-    assert!(
-        agent.counter("uplink_ingress.redirect.dnat")? >= 3,
-        "{}",
-        agent.log()
-    );
-    assert!(agent.counter("container_ingress.redirect.reply")? >= 2);
-    assert_eq!(agent.counter("uplink_ingress.drop.malformed")?, 0);
+    if ebpf_checks("the XDP and TC programs' counters") {
+        assert!(
+            agent.counter("uplink_ingress.redirect.dnat")? >= 3,
+            "{}",
+            agent.log()
+        );
+        assert!(agent.counter("container_ingress.redirect.reply")? >= 2);
+        assert_eq!(agent.counter("uplink_ingress.drop.malformed")?, 0);
+    }
 
     // A second connection works as well (new flow, new source port).
     assert_eq!(round_trip(&topology, &netns, 8080, 80)?.ip(), WORLD_IP);
@@ -143,13 +148,15 @@ fn restarted_agent_readopts_the_dataplane_and_keeps_serving() -> Result<()> {
     let ls = agent.cli(&["container", "ls"])?;
     assert!(String::from_utf8_lossy(&ls.stdout).contains("web"));
     // The restarted agent attached no second XDP program.
-    let link = topology.node.ip(&["-d", "link", "show", "up0"])?;
-    assert_eq!(
-        String::from_utf8_lossy(&link.stdout)
-            .matches("prog/xdp")
-            .count(),
-        1
-    );
+    if ebpf_checks("the XDP program on the uplink") {
+        let link = topology.node.ip(&["-d", "link", "show", "up0"])?;
+        assert_eq!(
+            String::from_utf8_lossy(&link.stdout)
+                .matches("prog/xdp")
+                .count(),
+            1
+        );
+    }
     // A new container after the restart gets the next address, not a reused one.
     let (json, _) = agent.create_container(&["--name", "second"])?;
     assert_eq!(json["NetworkSettings"]["IPAddress"], "172.17.0.3");
@@ -158,6 +165,9 @@ fn restarted_agent_readopts_the_dataplane_and_keeps_serving() -> Result<()> {
 
 #[test]
 fn node_namespace_has_no_nat_rules() -> Result<()> {
+    if skip_unless_ebpf("the iptables dataplane is made of NAT rules") {
+        return Ok(());
+    }
     let topology = Topology::new()?;
     let agent = Agent::start(&topology)?;
     let (_, netns) = agent.create_container(&["--name", "web", "-p", "8080:80"])?;

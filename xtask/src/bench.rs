@@ -17,6 +17,11 @@
 //! - `direct`: 198.51.100.3 -> the ebpf container's own address, port 80, routed by the ebpf
 //!   node with no translation (the XDP program looks the packet up and passes it on).
 //!
+//! With `--with-docker` a third node runs real Docker ([`bench_docker`]): world interface
+//! wd0 192.0.2.2 <-veth-> up0 192.0.2.1, dockerd with bip 172.28.0.1/16, the same container
+//! `bench` (`docker run -p 8080:80 -p 8082:82/udp`) and server, and the path
+//! - `docker`: 192.0.2.2 -> 192.0.2.1:8080 (DNAT by dockerd's own rules).
+//!
 //! Each path has its own client address (a TIME_WAIT left by one path never meets another's
 //! SYN). Points are repeated and the paths interleaved within each repetition. Everything the
 //! bench makes is removed by [`Lab`]'s `Drop`, also on error, panic and Ctrl-C.
@@ -36,12 +41,13 @@ use anyhow::{Context as _, Result, bail, ensure};
 use nix::sys::signal::{self, SaFlags, SigAction, SigHandler, SigSet, Signal};
 use serde_json::{Value, json};
 
-use crate::{bench_report, cmd};
+use crate::{bench_docker::Dockerd, bench_report, cmd};
 
 /// Everything the bench makes is named `bpfb-bench-PID-...`.
 pub const PREFIX: &str = "bpfb-bench";
 const WORLD_EBPF_IF: &str = "we0";
 const WORLD_IPT_IF: &str = "wi0";
+const WORLD_DOCKER_IF: &str = "wd0";
 const UPLINK: &str = "up0";
 const BENCH_TCP: u16 = 80;
 const BENCH_UDP: u16 = 82;
@@ -93,6 +99,8 @@ pub struct Options {
     pub quick: bool,
     pub smoke: bool,
     pub scenarios: Vec<String>,
+    /// Also measure real Docker (dockerd), when docker.io is installed.
+    pub with_docker: bool,
     /// Where results.json, report.md and the plots go.
     pub out_dir: PathBuf,
 }
@@ -179,8 +187,17 @@ pub fn run(opts: &Options) -> Result<()> {
     let mut notes: Vec<String> = Vec::new();
     let facts = machine_facts(&bins);
     let prefix = format!("{PREFIX}-{}", std::process::id());
+    let with_docker = opts.with_docker && !opts.smoke && crate::bench_docker::available();
+    if opts.with_docker && !with_docker {
+        let note = match opts.smoke {
+            true => "--with-docker: not in a smoke run",
+            false => "--with-docker: skipped, docker.io is not installed (/usr/sbin/dockerd)",
+        };
+        eprintln!("bench: {note}");
+        notes.push(note.to_string());
+    }
     {
-        let mut lab = Lab::new(&prefix, &bins)?;
+        let mut lab = Lab::new(&prefix, &bins, with_docker)?;
         eprintln!("bench: lab {prefix} ready ({} mode)", plan.mode);
         let mut run_one = |name: &str, lab: &mut Lab, samples: &mut Vec<Value>| -> Result<()> {
             if !wanted(name) {
@@ -243,6 +260,9 @@ pub fn run(opts: &Options) -> Result<()> {
             "ebpf": "198.51.100.2 -> 198.51.100.1:8080, XDP translation",
             "iptables": "203.0.113.2 -> 203.0.113.1:8080, Docker 20.10 rules (DNAT)",
             "direct": "198.51.100.3 -> the ebpf container's address:80, routed, no translation",
+            "docker": with_docker.then_some(
+                "192.0.2.2 -> 192.0.2.1:8080, dockerd 20.10's own rules (DNAT), --userland-proxy=false"
+            ),
         },
         "machine": facts,
         "notes": notes,
@@ -302,6 +322,7 @@ fn machine_facts(bins: &Bins) -> Value {
         "iptables": text(Command::new("iptables").arg("--version")),
         "rustc": text(Command::new("rustc").arg("--version")),
         "bpfbridge": text(Command::new(&bins.bpfbridge).arg("--version")),
+        "dockerd": crate::bench_docker::version(),
         "git_commit": text(Command::new("git").arg("-C").arg(&root).args(["rev-parse", "HEAD"])),
         "git_dirty": !text(Command::new("git").arg("-C").arg(&root).args(["status", "--porcelain", "--untracked-files=no"])).is_empty(),
     })
@@ -348,8 +369,9 @@ fn netns_path(name: &str) -> PathBuf {
     PathBuf::from("/run/netns").join(name)
 }
 
-/// One node: a namespace with an agent and its private directories.
+/// One node: a namespace with an agent (or dockerd) and its private directories.
 struct Node {
+    /// `ebpf` or `iptables` (agents), or `docker`.
     dataplane: &'static str,
     netns: String,
     node_ip: Ipv4Addr,
@@ -359,6 +381,7 @@ struct Node {
     pin_dir: PathBuf,
     cgroup: PathBuf,
     agent: Option<Child>,
+    dockerd: Option<Dockerd>,
     /// The measured container: its address and namespace, and its server.
     bench_ip: Option<Ipv4Addr>,
     bench_netns: Option<PathBuf>,
@@ -442,20 +465,78 @@ impl Node {
         }
     }
 
+    /// Starts what serves this node: dockerd on the docker node, else the agent.
+    fn start(&mut self, bins: &Bins) -> Result<()> {
+        match self.dataplane {
+            "docker" => {
+                self.dockerd = Some(Dockerd::start(
+                    &netns_path(&self.netns),
+                    &self.dir.join("docker"),
+                    self.bip,
+                )?);
+                Ok(())
+            }
+            _ => self.start_agent(bins),
+        }
+    }
+
     fn stop_agent(&mut self) {
         if let Some(child) = self.agent.take() {
             stop_child(child);
         }
     }
+
+    /// Creates a container publishing `ports` (`-p` values), through the agent's API or
+    /// dockerd; returns its address and network namespace.
+    fn create_container(
+        &self,
+        bins: &Bins,
+        name: &str,
+        ports: &[String],
+        timeout: Duration,
+    ) -> Result<(Ipv4Addr, PathBuf)> {
+        if let Some(dockerd) = &self.dockerd {
+            dockerd.run(name, ports, timeout)?;
+            return dockerd.inspect(name);
+        }
+        let mut args = vec!["container", "create", name];
+        for p in ports {
+            args.extend(["-p", p.as_str()]);
+        }
+        let out = self.cli(bins, &args, timeout)?;
+        let json: Value = serde_json::from_str(&out).context("container create output")?;
+        let ip: Ipv4Addr = json["NetworkSettings"]["IPAddress"]
+            .as_str()
+            .context("IPAddress")?
+            .parse()?;
+        let netns = json["NetworkSettings"]["SandboxKey"]
+            .as_str()
+            .context("SandboxKey")?;
+        Ok((ip, netns.into()))
+    }
+
+    fn remove_container(&self, bins: &Bins, name: &str, timeout: Duration) -> Result<()> {
+        match &self.dockerd {
+            Some(dockerd) => dockerd.rm(name, timeout),
+            None => self
+                .cli(bins, &["container", "rm", name], timeout)
+                .map(drop),
+        }
+    }
+}
+
+/// SIGTERM, a grace period of 5 s, then SIGKILL.
+fn stop_child(child: Child) {
+    stop_child_within(child, Duration::from_secs(5));
 }
 
 /// SIGTERM, a grace period, then SIGKILL.
-fn stop_child(mut child: Child) {
+pub fn stop_child_within(mut child: Child, grace: Duration) {
     let _ = signal::kill(
         nix::unistd::Pid::from_raw(child.id() as i32),
         Signal::SIGTERM,
     );
-    let deadline = Instant::now() + Duration::from_secs(5);
+    let deadline = Instant::now() + grace;
     while child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
         thread::sleep(Duration::from_millis(20));
     }
@@ -479,7 +560,7 @@ const EBPF: usize = 0;
 const IPTABLES: usize = 1;
 
 impl Lab {
-    fn new(prefix: &str, bins: &Bins) -> Result<Self> {
+    fn new(prefix: &str, bins: &Bins, with_docker: bool) -> Result<Self> {
         let dir = tempfile::Builder::new().prefix("bpfb-bench-").tempdir()?;
         let cgroot = crate::setup::cgroup2_mount()?;
         let node = |dataplane: &'static str, short: &str, node_ip, client_ip, bip| {
@@ -494,6 +575,7 @@ impl Lab {
                 pin_dir: PathBuf::from("/sys/fs/bpf").join(&name),
                 cgroup: cgroot.join(&name),
                 agent: None,
+                dockerd: None,
                 bench_ip: None,
                 bench_netns: None,
                 server: None,
@@ -501,6 +583,31 @@ impl Lab {
                 fills: Vec::new(),
             }
         };
+        let mut nodes = vec![
+            node(
+                "ebpf",
+                "ebpf",
+                Ipv4Addr::new(198, 51, 100, 1),
+                Ipv4Addr::new(198, 51, 100, 2),
+                "172.26.0.1/16",
+            ),
+            node(
+                "iptables",
+                "ipt",
+                Ipv4Addr::new(203, 0, 113, 1),
+                Ipv4Addr::new(203, 0, 113, 2),
+                "172.27.0.1/16",
+            ),
+        ];
+        if with_docker {
+            nodes.push(node(
+                "docker",
+                "dock",
+                Ipv4Addr::new(192, 0, 2, 1),
+                Ipv4Addr::new(192, 0, 2, 2),
+                "172.28.0.1/16",
+            ));
+        }
         let mut lab = Lab {
             prefix: prefix.to_string(),
             bins: Bins {
@@ -509,22 +616,7 @@ impl Lab {
             },
             world: format!("{prefix}-world"),
             namespaces: Vec::new(),
-            nodes: vec![
-                node(
-                    "ebpf",
-                    "ebpf",
-                    Ipv4Addr::new(198, 51, 100, 1),
-                    Ipv4Addr::new(198, 51, 100, 2),
-                    "172.26.0.1/16",
-                ),
-                node(
-                    "iptables",
-                    "ipt",
-                    Ipv4Addr::new(203, 0, 113, 1),
-                    Ipv4Addr::new(203, 0, 113, 2),
-                    "172.27.0.1/16",
-                ),
-            ],
+            nodes,
             _dir: dir,
             pin: thread::available_parallelism()
                 .map(|n| n.get())
@@ -533,6 +625,13 @@ impl Lab {
         };
         lab.build()?;
         Ok(lab)
+    }
+
+    /// The paths measured: every node's published port, and `direct`.
+    fn paths(&self) -> Vec<&'static str> {
+        let mut paths = vec!["ebpf", "iptables", "direct"];
+        paths.extend(self.nodes.iter().skip(2).map(|n| n.dataplane));
+        paths
     }
 
     fn add_netns(&mut self, name: &str) -> Result<()> {
@@ -554,7 +653,8 @@ impl Lab {
             "sysctl",
             &["-qw", "net.ipv4.ip_local_port_range=1024 65000"],
         )?;
-        for (i, world_if) in [(EBPF, WORLD_EBPF_IF), (IPTABLES, WORLD_IPT_IF)] {
+        let world_ifs = [WORLD_EBPF_IF, WORLD_IPT_IF, WORLD_DOCKER_IF];
+        for (i, world_if) in world_ifs.into_iter().enumerate().take(self.nodes.len()) {
             let (netns, node_ip, client_ip) = {
                 let n = &self.nodes[i];
                 (n.netns.clone(), n.node_ip, n.client_ip)
@@ -581,8 +681,10 @@ impl Lab {
             nsexec(&world, "ethtool", &["-K", world_if, "tx", "off"])?;
             let n = &mut self.nodes[i];
             fs::create_dir_all(&n.dir)?;
-            fs::create_dir(&n.cgroup)
-                .with_context(|| format!("creating cgroup {}", n.cgroup.display()))?;
+            if n.dataplane != "docker" {
+                fs::create_dir(&n.cgroup)
+                    .with_context(|| format!("creating cgroup {}", n.cgroup.display()))?;
+            }
         }
         // The direct path's own client address, and its route to the ebpf node's containers.
         ip(
@@ -593,8 +695,8 @@ impl Lab {
             &world,
             &["route", "add", "172.26.0.0/16", "via", "198.51.100.1"],
         )?;
-        for i in [EBPF, IPTABLES] {
-            self.nodes[i].start_agent(&self.bins)?;
+        for i in 0..self.nodes.len() {
+            self.nodes[i].start(&self.bins)?;
             self.create_bench(i)?;
         }
         Ok(())
@@ -616,31 +718,17 @@ impl Lab {
             stop_child(server);
         }
         if node.bench_ip.take().is_some() {
-            node.cli(bins, &["container", "rm", "bench"], COMMAND_TIMEOUT)?;
+            node.remove_container(bins, "bench", COMMAND_TIMEOUT)?;
         }
-        let out = node.cli(
+        let (ip, netns) = node.create_container(
             bins,
+            "bench",
             &[
-                "container",
-                "create",
-                "bench",
-                "-p",
-                &format!("{PUBLISHED_TCP}:{BENCH_TCP}"),
-                "-p",
-                &format!("{PUBLISHED_UDP}:{BENCH_UDP}/udp"),
+                format!("{PUBLISHED_TCP}:{BENCH_TCP}"),
+                format!("{PUBLISHED_UDP}:{BENCH_UDP}/udp"),
             ],
             COMMAND_TIMEOUT,
         )?;
-        let json: Value = serde_json::from_str(&out).context("container create output")?;
-        let ip: Ipv4Addr = json["NetworkSettings"]["IPAddress"]
-            .as_str()
-            .context("IPAddress")?
-            .parse()?;
-        let netns = PathBuf::from(
-            json["NetworkSettings"]["SandboxKey"]
-                .as_str()
-                .context("SandboxKey")?,
-        );
         node.bench_ip = Some(ip);
         node.bench_netns = Some(netns.clone());
         let server = self.start_server(&netns, BENCH_TCP, Some(BENCH_UDP))?;
@@ -699,30 +787,26 @@ impl Lab {
             (false, false) => BENCH_UDP,
         };
         match path {
-            "ebpf" => {
-                let n = &self.nodes[EBPF];
-                (n.client_ip, SocketAddrV4::new(n.node_ip, port(true)))
-            }
-            "iptables" => {
-                let n = &self.nodes[IPTABLES];
-                (n.client_ip, SocketAddrV4::new(n.node_ip, port(true)))
-            }
-            _ => (
+            "direct" => (
                 Ipv4Addr::new(198, 51, 100, 3),
                 SocketAddrV4::new(
                     self.nodes[EBPF].bench_ip.unwrap_or(Ipv4Addr::UNSPECIFIED),
                     port(false),
                 ),
             ),
+            _ => {
+                let n = &self.nodes[self.path_node(path)];
+                (n.client_ip, SocketAddrV4::new(n.node_ip, port(true)))
+            }
         }
     }
 
-    /// The container of a path (direct goes to the ebpf node's).
-    fn path_node(path: &str) -> usize {
-        match path {
-            "iptables" => IPTABLES,
-            _ => EBPF,
-        }
+    /// The node whose container a path reaches (direct goes to the ebpf node's).
+    fn path_node(&self, path: &str) -> usize {
+        self.nodes
+            .iter()
+            .position(|n| n.dataplane == path)
+            .unwrap_or(EBPF)
     }
 
     /// Brings node `i` to `n` other published mappings (never fewer than it has).
@@ -737,39 +821,19 @@ impl Lab {
         match node.dataplane {
             // Through the agent's API, one container holding the range.
             "ebpf" => {
-                node.cli(
+                node.create_container(
                     &self.bins,
-                    &[
-                        "container",
-                        "create",
-                        &name,
-                        "-p",
-                        &format!("{first}-{last}:{first}-{last}"),
-                    ],
+                    &name,
+                    &[format!("{first}-{last}:{first}-{last}")],
                     Duration::from_secs(600),
                 )?;
             }
-            // The same rules the agent writes for each port, loaded by one iptables-restore:
-            // through the agent this takes what the programming scenario measures.
+            // The same rules the iptables dataplane (or dockerd) writes for each port, loaded
+            // by one iptables-restore: one rule at a time takes what the programming
+            // scenario measures.
             _ => {
-                let out = node.cli(&self.bins, &["container", "create", &name], COMMAND_TIMEOUT)?;
-                let json: Value = serde_json::from_str(&out)?;
-                let ip = json["NetworkSettings"]["IPAddress"]
-                    .as_str()
-                    .context("IPAddress")?
-                    .to_string();
-                let mut nat = String::from("*nat\n");
-                let mut filter = String::from("*filter\n");
-                for port in first..=last {
-                    nat.push_str(&format!(
-                        "-A DOCKER ! -i bpfbr0 -p tcp -m tcp --dport {port} -j DNAT --to-destination {ip}:{port}\n\
-                         -A POSTROUTING -s {ip}/32 -d {ip}/32 -p tcp -m tcp --dport {port} -j MASQUERADE\n"
-                    ));
-                    filter.push_str(&format!(
-                        "-A DOCKER -d {ip}/32 ! -i bpfbr0 -o bpfbr0 -p tcp -m tcp --dport {port} -j ACCEPT\n"
-                    ));
-                }
-                let rules = format!("{nat}COMMIT\n{filter}COMMIT\n");
+                let (ip, _) = node.create_container(&self.bins, &name, &[], COMMAND_TIMEOUT)?;
+                let rules = fill_rules(node.dataplane, ip, first..=last);
                 let mut child = cmd::spawn(
                     Command::new("nsenter")
                         .arg(format!("--net={}", netns_path(&node.netns).display()))
@@ -799,6 +863,11 @@ impl Lab {
                 stop_child(server);
             }
             node.stop_agent();
+            if let Some(mut dockerd) = node.dockerd.take()
+                && let Err(e) = dockerd.stop()
+            {
+                errors.push(format!("{e:#}"));
+            }
             if node.pin_dir.exists()
                 && let Err(e) = fs::remove_dir_all(&node.pin_dir)
             {
@@ -832,6 +901,29 @@ impl Drop for Lab {
             eprintln!("bench: {} {e:#}", self.prefix);
         }
     }
+}
+
+/// The rules of TCP ports `ports` published to the same container port of a container at
+/// `ip`, in iptables-restore form, as the `dataplane` node writes them: the iptables
+/// dataplane with its userland proxy (DNAT `! -i BRIDGE`), dockerd with
+/// `--userland-proxy=false` (DNAT from the bridge too).
+fn fill_rules(dataplane: &str, ip: Ipv4Addr, ports: std::ops::RangeInclusive<usize>) -> String {
+    let (bridge, dnat_from) = match dataplane {
+        "docker" => ("docker0", String::new()),
+        _ => ("bpfbr0", "! -i bpfbr0 ".to_string()),
+    };
+    let mut nat = String::from("*nat\n");
+    let mut filter = String::from("*filter\n");
+    for port in ports {
+        nat.push_str(&format!(
+            "-A DOCKER {dnat_from}-p tcp -m tcp --dport {port} -j DNAT --to-destination {ip}:{port}\n\
+             -A POSTROUTING -s {ip}/32 -d {ip}/32 -p tcp -m tcp --dport {port} -j MASQUERADE\n"
+        ));
+        filter.push_str(&format!(
+            "-A DOCKER -d {ip}/32 ! -i {bridge} -o {bridge} -p tcp -m tcp --dport {port} -j ACCEPT\n"
+        ));
+    }
+    format!("{nat}COMMIT\n{filter}COMMIT\n")
 }
 
 /// Runs the load generator in the world namespace.
@@ -881,9 +973,10 @@ fn path_args(kind: &str, from: Ipv4Addr, to: SocketAddrV4, seconds: f64) -> Vec<
 }
 
 /// The paths in a different order each repetition, so that drift hits every path alike.
-fn rotation(rep: usize) -> [&'static str; 3] {
-    let paths = ["ebpf", "iptables", "direct"];
-    [paths[rep % 3], paths[(rep + 1) % 3], paths[(rep + 2) % 3]]
+fn rotation(rep: usize, paths: &[&'static str]) -> Vec<&'static str> {
+    let mut order = paths.to_vec();
+    order.rotate_left(rep % paths.len().max(1));
+    order
 }
 
 fn sample(scenario: &str, dataplane: &str, rep: usize, mut value: Value) -> Value {
@@ -897,11 +990,11 @@ fn sample(scenario: &str, dataplane: &str, rep: usize, mut value: Value) -> Valu
 /// other mappings installed.
 fn connrate(lab: &mut Lab, plan: &Plan, samples: &mut Vec<Value>) -> Result<()> {
     for &n in &plan.fill {
-        for i in [EBPF, IPTABLES] {
+        for i in 0..lab.nodes.len() {
             lab.fill(i, n)?;
         }
         for rep in 0..plan.reps {
-            for path in rotation(rep) {
+            for path in rotation(rep, &lab.paths()) {
                 check_stop()?;
                 let (from, to) = lab.path(path, true);
                 let mut args = path_args("connrate", from, to, plan.connrate_seconds);
@@ -931,7 +1024,7 @@ fn connrate(lab: &mut Lab, plan: &Plan, samples: &mut Vec<Value>) -> Result<()> 
 
 fn latency(lab: &mut Lab, plan: &Plan, samples: &mut Vec<Value>) -> Result<()> {
     for rep in 0..plan.reps {
-        for path in rotation(rep) {
+        for path in rotation(rep, &lab.paths()) {
             check_stop()?;
             let (from, to) = lab.path(path, true);
             let v = lab.client(
@@ -946,7 +1039,7 @@ fn latency(lab: &mut Lab, plan: &Plan, samples: &mut Vec<Value>) -> Result<()> {
 
 fn bulk(lab: &mut Lab, plan: &Plan, samples: &mut Vec<Value>) -> Result<()> {
     for rep in 0..plan.reps {
-        for path in rotation(rep) {
+        for path in rotation(rep, &lab.paths()) {
             check_stop()?;
             let (from, to) = lab.path(path, true);
             let v = lab.client(
@@ -981,10 +1074,10 @@ fn udp_arrived(netns: &Path) -> Result<u64> {
 
 fn udp(lab: &mut Lab, plan: &Plan, samples: &mut Vec<Value>) -> Result<()> {
     for rep in 0..plan.reps {
-        for path in rotation(rep) {
+        for path in rotation(rep, &lab.paths()) {
             check_stop()?;
             let (from, to) = lab.path(path, false);
-            let netns = lab.nodes[Lab::path_node(path)]
+            let netns = lab.nodes[lab.path_node(path)]
                 .bench_netns
                 .clone()
                 .context("bench netns")?;
@@ -1047,14 +1140,15 @@ fn programming(
     notes: &mut Vec<String>,
 ) -> Result<()> {
     let world = netns_path(&lab.world);
-    let mut seen: [Option<(usize, f64)>; 2] = [None, None];
+    // Per node, the last point measured: N and the longer of its two times.
+    let mut seen: Vec<Option<(usize, f64)>> = vec![None; lab.nodes.len()];
     for &n in &plan.program {
-        for i in [EBPF, IPTABLES] {
+        for (i, last_point) in seen.iter_mut().enumerate() {
             check_stop()?;
             let dataplane = lab.nodes[i].dataplane;
             // Skip what would blow the time budget, judging by the last point (growth
             // taken as N^1.5: every `-C` walks a longer chain).
-            if let Some((prev_n, prev_s)) = seen[i] {
+            if let Some((prev_n, prev_s)) = *last_point {
                 let estimate = prev_s * (n as f64 / prev_n as f64).powf(1.5);
                 if estimate > plan.program_budget.as_secs_f64() {
                     let note = format!(
@@ -1072,28 +1166,54 @@ fn programming(
                 }
             }
             let last = PROGRAM_BASE + n as u16 - 1;
-            let ns = format!("{}-prog", lab.prefix);
-            lab.add_netns(&ns)?;
-            let server = lab.start_server(&netns_path(&ns), last, None)?;
+            // An agent publishes into a namespace made beforehand, whose server listens
+            // already. A docker container's namespace only exists once `docker run` has
+            // returned: its server starts then, a few ms inside the measured time.
+            let prog_ns = match lab.nodes[i].dockerd {
+                Some(_) => None,
+                None => {
+                    let ns = format!("{}-prog", lab.prefix);
+                    lab.add_netns(&ns)?;
+                    Some(ns)
+                }
+            };
+            let mut server = match &prog_ns {
+                Some(ns) => Some(lab.start_server(&netns_path(ns), last, None)?),
+                None => None,
+            };
             let node = &lab.nodes[i];
             let to = SocketAddrV4::new(node.node_ip, last);
             let range = format!("{PROGRAM_BASE}-{last}:{PROGRAM_BASE}-{last}");
             let limit = plan.program_budget * 3;
             let t0 = Instant::now();
-            let created = node.cli(
-                &lab.bins,
-                &[
-                    "container",
-                    "create",
-                    "prog",
-                    "--netns",
-                    &netns_path(&ns).to_string_lossy(),
-                    "-p",
-                    &range,
-                ],
-                limit,
-            );
+            let created = match &prog_ns {
+                Some(ns) => node
+                    .cli(
+                        &lab.bins,
+                        &[
+                            "container",
+                            "create",
+                            "prog",
+                            "--netns",
+                            &netns_path(ns).to_string_lossy(),
+                            "-p",
+                            &range,
+                        ],
+                        limit,
+                    )
+                    .map(|_| None),
+                None => node
+                    .create_container(&lab.bins, "prog", std::slice::from_ref(&range), limit)
+                    .map(|(_, netns)| Some(netns)),
+            };
             let api = t0.elapsed();
+            let created = match created {
+                Ok(Some(netns)) => lab.start_server(&netns, last, None).map(|s| {
+                    server = Some(s);
+                }),
+                Ok(None) => Ok(()),
+                Err(e) => Err(e),
+            };
             let ready = created.as_ref().ok().and_then(|_| {
                 wait_for(&world, to, true, Duration::from_secs(10))
                     .ok()
@@ -1101,13 +1221,17 @@ fn programming(
             });
             let publish = ready.map(|t| t - t0);
             let t1 = Instant::now();
-            let removed = node.cli(&lab.bins, &["container", "rm", "prog"], limit);
+            let removed = node.remove_container(&lab.bins, "prog", limit);
             let rm_api = t1.elapsed();
             let gone = wait_for(&world, to, false, Duration::from_secs(10))?;
             let remove = gone.map(|t| t - t1);
-            stop_child(server);
-            let _ = cmd::output(Command::new("ip").args(["netns", "del", &ns]));
-            lab.namespaces.retain(|x| *x != ns);
+            if let Some(server) = server {
+                stop_child(server);
+            }
+            if let Some(ns) = prog_ns {
+                let _ = cmd::output(Command::new("ip").args(["netns", "del", &ns]));
+                lab.namespaces.retain(|x| *x != ns);
+            }
             created.context("creating the programming container")?;
             removed.context("removing the programming container")?;
             let (Some(publish), Some(remove)) = (publish, remove) else {
@@ -1120,7 +1244,7 @@ fn programming(
                 publish.as_secs_f64(),
                 remove.as_secs_f64()
             );
-            seen[i] = Some((n, publish.as_secs_f64().max(remove.as_secs_f64())));
+            *last_point = Some((n, publish.as_secs_f64().max(remove.as_secs_f64())));
             samples.push(json!({
                 "scenario": "programming", "dataplane": dataplane, "n": n, "rep": 0,
                 "publish_api_seconds": api.as_secs_f64(),
@@ -1169,8 +1293,13 @@ mod tests {
 
     #[test]
     fn rotation_puts_every_path_first_once() {
-        let firsts: Vec<&str> = (0..3).map(|r| rotation(r)[0]).collect();
-        assert_eq!(firsts, ["ebpf", "iptables", "direct"]);
+        let paths = ["ebpf", "iptables", "direct", "docker"];
+        let firsts: Vec<&str> = (0..4).map(|r| rotation(r, &paths)[0]).collect();
+        assert_eq!(firsts, paths);
+        assert_eq!(
+            rotation(1, &paths),
+            ["iptables", "direct", "docker", "ebpf"]
+        );
     }
 
     #[test]
@@ -1179,6 +1308,7 @@ mod tests {
             quick,
             smoke,
             scenarios: vec![],
+            with_docker: false,
             out_dir: PathBuf::new(),
         };
         assert_eq!(Plan::new(&opts(false, true)).fill, [1]);

@@ -7,6 +7,22 @@ use plotters::prelude::*;
 use serde_json::Value;
 
 const PATHS: [&str; 3] = ["ebpf", "iptables", "direct"];
+/// The path through real Docker, measured with `--with-docker`.
+const DOCKER: &str = "docker";
+
+/// The paths with samples in `results`: the three of every run, and docker when measured.
+fn paths(results: &Value) -> Vec<&'static str> {
+    let mut paths = PATHS.to_vec();
+    let sampled = |dp: &str| {
+        results["samples"]
+            .as_array()
+            .is_some_and(|all| all.iter().any(|s| s["dataplane"] == dp))
+    };
+    if sampled(DOCKER) {
+        paths.push(DOCKER);
+    }
+    paths
+}
 
 /// Median, minimum and maximum.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -124,6 +140,15 @@ pub fn write(results: &Value, dir: &Path) -> Result<()> {
         results["paths"]["iptables"].as_str().unwrap_or(""),
         results["paths"]["direct"].as_str().unwrap_or(""),
     )?;
+    let docker = paths(results).contains(&DOCKER);
+    if docker {
+        writeln!(
+            md,
+            "**docker** = {}, dockerd {}.\n",
+            results["paths"]["docker"].as_str().unwrap_or(""),
+            results["machine"]["dockerd"].as_str().unwrap_or("?"),
+        )?;
+    }
 
     // Connection rate.
     let ns: BTreeSet<u64> = samples(results, "connrate")
@@ -149,16 +174,32 @@ pub fn write(results: &Value, dir: &Path) -> Result<()> {
             "{} s per point, {} concurrent client threads.\n",
             results["plan"]["connrate_seconds"], results["plan"]["concurrency"]
         )?;
+        let (docker_head, docker_rule) = match docker {
+            true => (
+                " docker | ebpf/docker | CPU µs/conn docker |",
+                "---|---|---|",
+            ),
+            false => ("", ""),
+        };
         writeln!(
             md,
-            "| other mappings | ebpf | iptables | direct | ebpf/iptables | ebpf/direct | CPU µs/conn ebpf | iptables | direct |"
+            "| other mappings | ebpf | iptables | direct | ebpf/iptables | ebpf/direct | CPU µs/conn ebpf | iptables | direct |{docker_head}"
         )?;
-        writeln!(md, "|---|---|---|---|---|---|---|---|---|")?;
+        writeln!(md, "|---|---|---|---|---|---|---|---|---|{docker_rule}")?;
         for &n in &ns {
             let (e, i, d) = (rate("ebpf", n), rate("iptables", n), rate("direct", n));
+            let docker_cells = match docker {
+                true => format!(
+                    " {} | {} | {} |",
+                    fmt_spread(rate(DOCKER, n), 0),
+                    fmt_ratio(ratio(e, rate(DOCKER, n))),
+                    fmt_spread(cpu(DOCKER, n), 1),
+                ),
+                false => String::new(),
+            };
             writeln!(
                 md,
-                "| {n} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                "| {n} | {} | {} | {} | {} | {} | {} | {} | {} |{docker_cells}",
                 fmt_spread(e, 0),
                 fmt_spread(i, 0),
                 fmt_spread(d, 0),
@@ -195,11 +236,18 @@ pub fn write(results: &Value, dir: &Path) -> Result<()> {
             md,
             "## Programming time (API call until the last of N mappings answers / stops answering)\n"
         )?;
+        let (docker_head, docker_rule) = match docker {
+            true => (
+                " publish docker (s) | docker/ebpf | remove docker (s) | docker/ebpf |",
+                "---|---|---|---|",
+            ),
+            false => ("", ""),
+        };
         writeln!(
             md,
-            "| N | publish ebpf (s) | publish iptables (s) | iptables/ebpf | remove ebpf (s) | remove iptables (s) | iptables/ebpf |"
+            "| N | publish ebpf (s) | publish iptables (s) | iptables/ebpf | remove ebpf (s) | remove iptables (s) | iptables/ebpf |{docker_head}"
         )?;
-        writeln!(md, "|---|---|---|---|---|---|---|")?;
+        writeln!(md, "|---|---|---|---|---|---|---|{docker_rule}")?;
         for &n in &pns {
             let (pe, pi) = (
                 prog("ebpf", n, "publish_seconds"),
@@ -209,9 +257,25 @@ pub fn write(results: &Value, dir: &Path) -> Result<()> {
                 prog("ebpf", n, "remove_seconds"),
                 prog("iptables", n, "remove_seconds"),
             );
+            let docker_cells = match docker {
+                true => {
+                    let (pd, rd) = (
+                        prog(DOCKER, n, "publish_seconds"),
+                        prog(DOCKER, n, "remove_seconds"),
+                    );
+                    format!(
+                        " {} | {} | {} | {} |",
+                        fmt_spread(pd, 3),
+                        fmt_ratio(ratio(pd, pe)),
+                        fmt_spread(rd, 3),
+                        fmt_ratio(ratio(rd, re)),
+                    )
+                }
+                false => String::new(),
+            };
             writeln!(
                 md,
-                "| {n} | {} | {} | {} | {} | {} | {} |",
+                "| {n} | {} | {} | {} | {} | {} | {} |{docker_cells}",
                 fmt_spread(pe, 3),
                 fmt_spread(pi, 3),
                 fmt_ratio(ratio(pi, pe)),
@@ -233,7 +297,7 @@ pub fn write(results: &Value, dir: &Path) -> Result<()> {
         )?;
         writeln!(md, "| path | p50 | p99 | p99.9 | p99 vs direct |")?;
         writeln!(md, "|---|---|---|---|---|")?;
-        for dp in PATHS {
+        for dp in paths(results) {
             writeln!(
                 md,
                 "| {dp} | {} | {} | {} | {} |",
@@ -255,7 +319,7 @@ pub fn write(results: &Value, dir: &Path) -> Result<()> {
         )?;
         writeln!(md, "| path | datagrams/s | vs iptables | vs direct |")?;
         writeln!(md, "|---|---|---|---|")?;
-        for dp in PATHS {
+        for dp in paths(results) {
             writeln!(
                 md,
                 "| {dp} | {} | {} | {} |",
@@ -273,7 +337,7 @@ pub fn write(results: &Value, dir: &Path) -> Result<()> {
         writeln!(md, "## Bulk TCP (one connection, Gbit/s)\n")?;
         writeln!(md, "| path | Gbit/s | vs iptables | vs direct |")?;
         writeln!(md, "|---|---|---|---|")?;
-        for dp in PATHS {
+        for dp in paths(results) {
             writeln!(
                 md,
                 "| {dp} | {} | {} | {} |",
@@ -433,6 +497,12 @@ pub fn write(results: &Value, dir: &Path) -> Result<()> {
         md,
         "- The restart scenario counts failed connections of the conn-rate client while the agent is stopped (SIGTERM) and started again; packets lost are not counted separately."
     )?;
+    if docker {
+        writeln!(
+            md,
+            "- docker: dockerd runs with `--userland-proxy=false` (with the proxy it starts a docker-proxy process per published port) and the vfs storage driver. Its other conn-rate mappings are loaded like the iptables node's, by `iptables-restore` of the rules dockerd writes for a port; the programming scenario goes through `docker run -p RANGE` and `docker rm -f`, and its time includes starting the container (the server joins the container's namespace once `docker run` returns). The restart scenario does not cover dockerd: without `--live-restore` a restart stops the containers."
+        )?;
+    }
     for note in notes {
         writeln!(md, "- {note}")?;
     }
@@ -471,6 +541,7 @@ fn color(dp: &str) -> RGBColor {
     match dp {
         "ebpf" => RGBColor(0x1f, 0x77, 0xb4),
         "iptables" => RGBColor(0xd6, 0x27, 0x28),
+        DOCKER => RGBColor(0x94, 0x67, 0xbd),
         _ => RGBColor(0x2c, 0xa0, 0x2c),
     }
 }
@@ -546,7 +617,7 @@ fn plots(results: &Value, dir: &Path) -> Result<()> {
     let ns: BTreeSet<u64> = samples(results, "connrate")
         .filter_map(|s| s["other_mappings"].as_u64())
         .collect();
-    let series: Series = PATHS
+    let series: Series = paths(results)
         .iter()
         .map(|dp| {
             let pts = ns
@@ -575,7 +646,11 @@ fn plots(results: &Value, dir: &Path) -> Result<()> {
         .filter_map(|s| s["n"].as_u64())
         .collect();
     let mut series: Series = Vec::new();
-    for dp in ["ebpf", "iptables"] {
+    let programmed: Vec<&str> = paths(results)
+        .into_iter()
+        .filter(|dp| *dp != "direct")
+        .collect();
+    for dp in programmed {
         for (key, what) in [("publish_seconds", "publish"), ("remove_seconds", "remove")] {
             let pts = pns
                 .iter()
@@ -602,7 +677,7 @@ fn plots(results: &Value, dir: &Path) -> Result<()> {
     .context("programming.png")?;
 
     // Latency percentiles: x = 50, 99, 99.9 as "nines" positions 1, 2, 3.
-    let series: Series = PATHS
+    let series: Series = paths(results)
         .iter()
         .map(|dp| {
             let pts = [("p50_us", 1.0), ("p99_us", 10.0), ("p999_us", 100.0)]
@@ -656,5 +731,42 @@ mod tests {
         let md = fs::read_to_string(dir.path().join("report.md")).unwrap();
         assert!(md.contains("| 1 | 100 | 50 | — | 2.00× |"), "{md}");
         assert!(md.contains("a note"));
+        assert!(
+            !md.contains("docker"),
+            "no docker column without docker samples"
+        );
+    }
+
+    #[test]
+    fn docker_columns_when_docker_was_measured() {
+        let dir = tempfile::tempdir().unwrap();
+        let results = serde_json::json!({
+            "mode": "quick", "duration_seconds": 1.0,
+            "machine": {"kernel": "6.x", "cpus": 2, "dockerd": "Docker version 20.10.24"},
+            "plan": {"connrate_seconds": 1, "concurrency": 1},
+            "paths": {"docker": "to dockerd"}, "notes": [],
+            "samples": [
+                {"scenario": "connrate", "dataplane": "ebpf", "other_mappings": 1, "rate": 100.0},
+                {"scenario": "connrate", "dataplane": "docker", "other_mappings": 1, "rate": 40.0},
+                {"scenario": "programming", "dataplane": "ebpf", "n": 10, "publish_seconds": 0.01, "remove_seconds": 0.01},
+                {"scenario": "programming", "dataplane": "docker", "n": 10, "publish_seconds": 1.0, "remove_seconds": 0.5},
+                {"scenario": "udp", "dataplane": "docker", "rate": 1000.0},
+            ],
+        });
+        write(&results, dir.path()).unwrap();
+        let md = fs::read_to_string(dir.path().join("report.md")).unwrap();
+        assert!(
+            md.contains("**docker** = to dockerd, dockerd Docker version 20.10.24"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| 40 | 2.50× |"),
+            "conn rate and ebpf/docker: {md}"
+        );
+        assert!(
+            md.contains("| 1.000 | 100.00× | 0.500 | 50.00× |"),
+            "programming: {md}"
+        );
+        assert!(md.contains("| docker | 1000 |"), "UDP row: {md}");
     }
 }

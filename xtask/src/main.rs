@@ -1,6 +1,7 @@
 //! bpfbridge's development tasks, run as `cargo xtask <task>` (an alias in .cargo/config.toml).
 
 mod bench;
+mod bench_docker;
 mod bench_report;
 mod cmd;
 mod demo;
@@ -10,7 +11,7 @@ use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
-use anyhow::Result;
+use anyhow::{Context as _, Result};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -56,6 +57,10 @@ enum Task {
         /// Only these scenarios (programming, latency, udp, bulk, connrate, restart).
         #[arg(long = "scenario", value_name = "NAME")]
         scenarios: Vec<String>,
+        /// Also measure real Docker: dockerd 20.10 (docker.io) in a namespace of its own
+        /// (skipped, and said so, when docker.io is not installed; never in smoke runs).
+        #[arg(long)]
+        with_docker: bool,
     },
     /// Run setup and build, then run `bpfbridge ARGS...`, or with no ARGS the demo: an agent,
     /// a container with a published port, and a client in network namespaces of their own.
@@ -76,7 +81,8 @@ fn main() -> ExitCode {
             quick,
             smoke,
             scenarios,
-        } => bench_task(quick, smoke, scenarios),
+            with_docker,
+        } => bench_task(quick, smoke, scenarios, with_docker),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -113,6 +119,10 @@ fn test(lint: bool, args: &[OsString]) -> Result<()> {
     // another package's tests.
     cargo_build(false)?;
     cmd::run(cargo().arg("test").args(args))?;
+    // A run narrowed by extra arguments is someone's targeted run: no second pass.
+    if args.is_empty() {
+        test_iptables_dataplane()?;
+    }
     // The bench harness, tiny: it runs, reports and cleans up (BPFBRIDGE_SKIP_BENCH_SMOKE=1
     // skips it).
     if std::env::var_os("BPFBRIDGE_SKIP_BENCH_SMOKE").is_none() {
@@ -121,13 +131,67 @@ fn test(lint: bool, args: &[OsString]) -> Result<()> {
     Ok(())
 }
 
-fn bench_task(quick: bool, smoke: bool, scenarios: Vec<String>) -> Result<()> {
+/// The integration suites about what a Docker user sees, which hold for both dataplanes.
+const BEHAVIOUR_SUITES: [&str; 9] = [
+    "published_port",
+    "ports",
+    "isolation",
+    "masquerade",
+    "networks",
+    "dns",
+    "dns_resolver",
+    "daemon",
+    "bad_input",
+];
+
+/// The behaviour suites again, against the iptables dataplane with the same expectations,
+/// one suite at a time: prints cargo test's summary line of each and what its tests left
+/// out there (everything when a suite fails).
+fn test_iptables_dataplane() -> Result<()> {
+    println!("again on the iptables dataplane:");
+    let mut failed = Vec::new();
+    for suite in BEHAVIOUR_SUITES {
+        let mut cargo = cargo();
+        cargo
+            .args(["test", "-p", "bpfbridge-tests", "--test", suite])
+            .env("BPFBRIDGE_TEST_DATAPLANE", "iptables")
+            .stdin(std::process::Stdio::null());
+        let output = cargo
+            .output()
+            .with_context(|| format!("running {}", cmd::display(&cargo)))?;
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        if !output.status.success() {
+            print!("{stdout}{stderr}");
+            failed.push(suite);
+            continue;
+        }
+        for line in stdout.lines().filter(|l| l.starts_with("test result:")) {
+            println!("  {suite}: {line}");
+        }
+        for line in stderr
+            .lines()
+            .filter(|l| l.ends_with("(not on the iptables dataplane)"))
+        {
+            println!("    {line}");
+        }
+    }
+    anyhow::ensure!(
+        failed.is_empty(),
+        "on the iptables dataplane, these suites failed: {}",
+        failed.join(", ")
+    );
+    Ok(())
+}
+
+fn bench_task(quick: bool, smoke: bool, scenarios: Vec<String>, with_docker: bool) -> Result<()> {
     setup::setup()?;
     let out_dir = target_dir().join(if smoke { "bench-smoke" } else { "bench" });
     bench::run(&bench::Options {
         quick,
         smoke,
         scenarios,
+        with_docker,
         out_dir,
     })
 }
@@ -141,6 +205,7 @@ fn bench_smoke() -> Result<()> {
         quick: true,
         smoke: true,
         scenarios: vec![],
+        with_docker: false,
         out_dir: out_dir.clone(),
     })?;
     let text = std::fs::read_to_string(out_dir.join("results.json"))?;

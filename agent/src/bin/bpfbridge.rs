@@ -93,6 +93,10 @@ struct AgentArgs {
     /// The dataplane [default: ebpf].
     #[arg(long)]
     dataplane: Option<String>,
+    /// With --dataplane iptables: proxy node-local and hairpin connections to published TCP
+    /// ports in userland, as dockerd does by default [default: true].
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    userland_proxy: Option<bool>,
     /// Turn on net.ipv4.ip_forward [default: true].
     #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
     ip_forward: Option<bool>,
@@ -157,6 +161,7 @@ impl AgentArgs {
             pin_dir: self.pin_dir,
             netns_dir: self.netns_dir,
             dataplane: self.dataplane,
+            userland_proxy: self.userland_proxy,
             ip_forward: self.ip_forward,
             bip: self.bip,
             default_address_pools: (!self.default_address_pools.is_empty())

@@ -18,10 +18,21 @@
 //! (`iptables -t nat -L DOCKER -v -x -n`), one counter per published port, named
 //! `dnat.PROTO.HOSTIP:HOSTPORT`.
 //!
-//! The DNAT rules carry `! -i BRIDGE`, Docker's layout with `--userland-proxy=true`: node-local
+//! With the userland proxy (dockerd's default) the DNAT rules carry `! -i BRIDGE`: node-local
 //! access through 127.0.0.1 and containers reaching published ports through the node's
 //! address go through the userland proxy ([`proxy`], TCP only), one listener per published
-//! TCP port, as docker-proxy does.
+//! TCP port, as docker-proxy does. Without it (`--userland-proxy=false`) the rules are
+//! Docker's hairpin layout: DNAT from the bridges too, nat/OUTPUT also for 127.0.0.0/8,
+//! `route_localnet` on the bridges and a MASQUERADE of the node's own addresses into them.
+//!
+//! Bridged traffic (container to container) only meets the filter rules with br_netfilter:
+//! like dockerd, this dataplane turns on net.bridge.bridge-nf-call-iptables, a per-namespace
+//! setting, in the namespace it runs in.
+//!
+//! Source filters (`bpfbridge filter add`) go to DOCKER-USER, where Docker's documentation
+//! puts them: matched on the original destination port of DNATed connections from the
+//! uplink, ordered so that the first match is the longest prefix, each tagged with a
+//! comment naming its rule id (its hits are the rule's packet counter).
 
 mod proxy;
 
@@ -33,10 +44,10 @@ use std::{
 
 use ipnet::Ipv4Net;
 
-use super::{Dataplane, Endpoint, LinkRule, NetworkPolicy};
+use super::{Dataplane, Endpoint, FilterHits, LinkRule, NetworkPolicy};
 use crate::{
     Error, Result,
-    model::{PortBinding, Proto, PublishedPort, StatCounter},
+    model::{FilterAction, FilterRecord, PortBinding, Proto, PublishedPort, StatCounter},
 };
 
 pub const CHAIN_DOCKER: &str = "DOCKER";
@@ -101,6 +112,14 @@ struct Mapping {
     host_veth_ifindex: u32,
 }
 
+/// Whether published ports are reached from the node and from containers through a
+/// userland proxy or through DNAT (Docker's `--userland-proxy=false`, "hairpin mode").
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LocalAccess {
+    Proxy,
+    Hairpin,
+}
+
 /// The DNAT rule of a published port (nat/DOCKER).
 pub fn dnat_rule(
     proto: Proto,
@@ -109,17 +128,18 @@ pub fn dnat_rule(
     bridge: &str,
     container_ip: Ipv4Addr,
     container_port: u16,
+    access: LocalAccess,
 ) -> Rule {
     let p = proto.as_str();
     let mut args: Vec<String> = Vec::new();
     if !host_ip.is_unspecified() {
         args.extend(["-d".into(), format!("{host_ip}/32")]);
     }
+    if access == LocalAccess::Proxy {
+        args.extend(["!".into(), "-i".into(), bridge.into()]);
+    }
     args.extend(
         [
-            "!",
-            "-i",
-            bridge,
             "-p",
             p,
             "-m",
@@ -182,7 +202,11 @@ pub fn target_rules(
 }
 
 /// The rules of one bridge network, in the order they are installed, each with its position.
-fn network_rules(bridge: &str, policy: &NetworkPolicy) -> Vec<(Rule, Position)> {
+fn network_rules(
+    bridge: &str,
+    policy: &NetworkPolicy,
+    access: LocalAccess,
+) -> Vec<(Rule, Position)> {
     use Position::*;
     let subnet = policy.subnet.to_string();
     let icc = if policy.icc { "ACCEPT" } else { "DROP" };
@@ -243,10 +267,13 @@ fn network_rules(bridge: &str, policy: &NetworkPolicy) -> Vec<(Rule, Position)> 
             Rule::new("filter", CHAIN_ISOLATION_2, &["-o", bridge, "-j", "DROP"]),
             Insert,
         ));
-        rules.push((
-            Rule::new("nat", CHAIN_DOCKER, &["-i", bridge, "-j", "RETURN"]),
-            Insert,
-        ));
+        // Without the proxy, containers reach published ports through DNAT too.
+        if policy.masquerade && access == LocalAccess::Proxy {
+            rules.push((
+                Rule::new("nat", CHAIN_DOCKER, &["-i", bridge, "-j", "RETURN"]),
+                Insert,
+            ));
+        }
         if policy.masquerade {
             rules.push((
                 Rule::new(
@@ -257,8 +284,95 @@ fn network_rules(bridge: &str, policy: &NetworkPolicy) -> Vec<(Rule, Position)> 
                 Insert,
             ));
         }
+        // The node's connections DNATed into the bridge leave with the gateway's address,
+        // so that the answers come back through the node (127.0.0.1 included).
+        if access == LocalAccess::Hairpin {
+            rules.push((
+                Rule::new(
+                    "nat",
+                    "POSTROUTING",
+                    &[
+                        "-o",
+                        bridge,
+                        "-m",
+                        "addrtype",
+                        "--src-type",
+                        "LOCAL",
+                        "-j",
+                        "MASQUERADE",
+                    ],
+                ),
+                Insert,
+            ));
+        }
     }
     rules
+}
+
+/// The DOCKER-USER rule of a source filter. `-s` first and the rest in the order in which
+/// `iptables -S` prints them, so that a rule read back compares equal.
+fn filter_rule(uplink: &str, record: &FilterRecord) -> Rule {
+    let mut args: Vec<String> = Vec::new();
+    if record.source.prefix_len() > 0 {
+        args.extend(["-s".into(), record.source.to_string()]);
+    }
+    args.extend(["-i".into(), uplink.into()]);
+    if let Some(scope) = record.scope {
+        args.extend(["-p".into(), scope.proto.as_str().into()]);
+    }
+    args.extend(["-m", "conntrack", "--ctstate", "DNAT"].map(String::from));
+    if let Some(scope) = record.scope {
+        args.extend(["--ctorigdstport".into(), scope.host_port.to_string()]);
+    }
+    args.extend(
+        [
+            "--ctdir",
+            "ORIGINAL",
+            "-m",
+            "comment",
+            "--comment",
+            &filter_comment(record.id),
+            "-j",
+            match record.action {
+                // Not ACCEPT: an allowed connection still meets Docker's own rules.
+                FilterAction::Allow => "RETURN",
+                FilterAction::Deny => "DROP",
+            },
+        ]
+        .map(String::from),
+    );
+    Rule {
+        table: "filter",
+        chain: CHAIN_USER,
+        args,
+    }
+}
+
+fn filter_comment(id: u32) -> String {
+    format!("bpfbridge-filter-{id}")
+}
+
+/// The rule id in a line of `iptables -S DOCKER-USER` or `-L DOCKER-USER`.
+fn filter_id(line: &str) -> Option<u32> {
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix("bpfbridge-filter-"))?
+        .parse()
+        .ok()
+}
+
+/// Source filters in the order that makes iptables' first match the eBPF dataplane's
+/// choice: rules for one published port before rules for every port, longer prefixes
+/// first.
+fn filter_order(rules: &[FilterRecord]) -> Vec<&FilterRecord> {
+    let mut ordered: Vec<&FilterRecord> = rules.iter().collect();
+    ordered.sort_by_key(|r| {
+        (
+            r.scope.is_none(),
+            std::cmp::Reverse(r.source.prefix_len()),
+            r.id,
+        )
+    });
+    ordered
 }
 
 /// The filter/DOCKER pair Docker writes for a `--link` through `icc=false`: the request
@@ -317,10 +431,12 @@ fn parse_dnat(line: &str) -> Option<(PortId, Mapping)> {
         Some(d) => d.parse::<Ipv4Net>().ok()?.addr(),
         None => Ipv4Addr::UNSPECIFIED,
     };
+    // Hairpin rules name no bridge: the caller finds it from the container's address.
     let bridge = words
         .windows(3)
         .find(|w| w[0] == "!" && w[1] == "-i")
-        .map(|w| w[2].to_string())?;
+        .map(|w| w[2].to_string())
+        .unwrap_or_default();
     let proto = Proto::parse(value("-p")?).ok()?;
     let host_port = value("--dport")?.parse().ok()?;
     let (ip, port) = value("--to-destination")?.split_once(':')?;
@@ -349,6 +465,36 @@ fn veth_master(veth: &str) -> Result<String> {
         .find(|w| w[0] == "master")
         .map(|w| w[1].to_string())
         .ok_or_else(|| Error::NotFound(format!("{veth} is not attached to a bridge")))
+}
+
+/// The interface whose subnet contains `ip`.
+fn interface_holding(addresses: &[(String, Ipv4Net)], ip: Ipv4Addr) -> Option<&str> {
+    addresses
+        .iter()
+        .find(|(_, net)| net.contains(&ip))
+        .map(|(name, _)| name.as_str())
+}
+
+/// Sets a sysctl of the namespace this process runs in.
+fn set_sysctl(key: &str, value: &str) -> std::io::Result<()> {
+    std::fs::write(
+        std::path::Path::new("/proc/sys").join(key.replace('.', "/")),
+        value,
+    )
+}
+
+/// net.bridge.bridge-nf-call-iptables=1 in this namespace, so that bridged traffic meets
+/// the FORWARD rules (icc, links, isolation); loads br_netfilter when the setting is absent.
+fn bridge_netfilter_on() -> Result<()> {
+    const KEY: &str = "net.bridge.bridge-nf-call-iptables";
+    if set_sysctl(KEY, "1").is_ok() {
+        return Ok(());
+    }
+    // Built into some kernels; a module on others.
+    let _ = run("modprobe", &["br_netfilter"]);
+    set_sysctl(KEY, "1").map_err(Error::io(format!(
+        "setting {KEY} (is br_netfilter available?)"
+    )))
 }
 
 /// The interface holding an address of `subnet` (a bridge holds its gateway address).
@@ -381,11 +527,16 @@ fn run(program: &str, args: &[&str]) -> Result<Output> {
 pub struct IptablesDataplane {
     /// The iptables binary (`iptables`, i.e. iptables-nft on Debian 12).
     binary: String,
+    /// The interface the world is behind; source filters match it.
+    uplink: String,
+    access: LocalAccess,
     ports: BTreeMap<PortId, Mapping>,
     /// The rules installed per network (by its index).
     networks: BTreeMap<u32, Vec<(Rule, Position)>>,
     /// The `--link` rules installed.
     links: Vec<Rule>,
+    /// The source filter rules installed, by rule id, in their order in DOCKER-USER.
+    filters: Vec<(u32, Rule)>,
     /// The userland proxies of published TCP ports (`None`: no proxy).
     proxies: Option<HashMap<PortId, proxy::Proxy>>,
     /// How many invocations of iptables this backend made, for the benchmark.
@@ -393,19 +544,22 @@ pub struct IptablesDataplane {
 }
 
 impl IptablesDataplane {
-    /// Creates Docker's chains and base rules in this namespace (idempotent) and reads back
-    /// the published ports a previous agent left; with the userland proxy.
-    pub fn start() -> Result<Self> {
-        Self::start_with(true)
-    }
-
-    /// Like [`start`](Self::start), with or without the userland proxy.
-    pub fn start_with(userland_proxy: bool) -> Result<Self> {
+    /// Creates Docker's chains and base rules in this namespace (idempotent), with or
+    /// without the userland proxy, and reads back the published ports and source filters a
+    /// previous agent left.
+    pub fn start(uplink: &str, userland_proxy: bool) -> Result<Self> {
+        bridge_netfilter_on()?;
         let mut dp = IptablesDataplane {
             binary: "iptables".into(),
+            uplink: uplink.into(),
+            access: match userland_proxy {
+                true => LocalAccess::Proxy,
+                false => LocalAccess::Hairpin,
+            },
             ports: BTreeMap::new(),
             networks: BTreeMap::new(),
             links: Vec::new(),
+            filters: Vec::new(),
             proxies: userland_proxy.then(HashMap::new),
             invocations: 0,
         };
@@ -424,21 +578,29 @@ impl IptablesDataplane {
                 "PREROUTING",
                 &["-m", "addrtype", "--dst-type", "LOCAL", "-j", CHAIN_DOCKER],
             ),
-            Rule::new(
-                "nat",
-                "OUTPUT",
-                &[
-                    "!",
-                    "-d",
-                    "127.0.0.0/8",
-                    "-m",
-                    "addrtype",
-                    "--dst-type",
-                    "LOCAL",
-                    "-j",
-                    CHAIN_DOCKER,
-                ],
-            ),
+            // Without the proxy, 127.0.0.1 is translated too.
+            match dp.access {
+                LocalAccess::Proxy => Rule::new(
+                    "nat",
+                    "OUTPUT",
+                    &[
+                        "!",
+                        "-d",
+                        "127.0.0.0/8",
+                        "-m",
+                        "addrtype",
+                        "--dst-type",
+                        "LOCAL",
+                        "-j",
+                        CHAIN_DOCKER,
+                    ],
+                ),
+                LocalAccess::Hairpin => Rule::new(
+                    "nat",
+                    "OUTPUT",
+                    &["-m", "addrtype", "--dst-type", "LOCAL", "-j", CHAIN_DOCKER],
+                ),
+            },
             Rule::new("filter", CHAIN_ISOLATION_1, &["-j", "RETURN"]),
             Rule::new("filter", CHAIN_ISOLATION_2, &["-j", "RETURN"]),
             Rule::new("filter", CHAIN_USER, &["-j", "RETURN"]),
@@ -452,6 +614,29 @@ impl IptablesDataplane {
         dp.ports = String::from_utf8_lossy(&out.stdout)
             .lines()
             .filter_map(parse_dnat)
+            .collect();
+        if dp.ports.values().any(|m| m.bridge.is_empty()) {
+            let addresses = interface_addresses()?;
+            for mapping in dp.ports.values_mut().filter(|m| m.bridge.is_empty()) {
+                mapping.bridge = interface_holding(&addresses, mapping.container_ip)
+                    .unwrap_or_default()
+                    .into();
+            }
+        }
+        let out = dp.ipt(&["-S", CHAIN_USER])?;
+        dp.filters = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|line| {
+                let args = line.strip_prefix(&format!("-A {CHAIN_USER} "))?;
+                Some((
+                    filter_id(args)?,
+                    Rule {
+                        table: "filter",
+                        chain: CHAIN_USER,
+                        args: args.split_whitespace().map(String::from).collect(),
+                    },
+                ))
+            })
             .collect();
         tracing::info!(
             ports = dp.ports.len(),
@@ -558,6 +743,7 @@ impl IptablesDataplane {
             &mapping.bridge,
             mapping.container_ip,
             mapping.container_port,
+            self.access,
         );
         self.add(&dnat, Position::Append)?;
         for rule in target_rules(
@@ -589,6 +775,7 @@ impl IptablesDataplane {
             &mapping.bridge,
             mapping.container_ip,
             mapping.container_port,
+            self.access,
         );
         if let Err(e) = self.remove(&dnat) {
             errors.push(e);
@@ -643,7 +830,25 @@ impl Dataplane for IptablesDataplane {
         Ok(())
     }
 
-    fn attach_endpoint(&mut self, _endpoint: &Endpoint) -> Result<()> {
+    /// Without the proxy, a container reaching its own published port is DNATed back out
+    /// of the bridge port it came in by: like dockerd, turn on hairpin mode on that port.
+    fn attach_endpoint(&mut self, endpoint: &Endpoint) -> Result<()> {
+        if self.access == LocalAccess::Hairpin {
+            let veth = endpoint.host_veth.as_str();
+            run(
+                "ip",
+                &[
+                    "link",
+                    "set",
+                    "dev",
+                    veth,
+                    "type",
+                    "bridge_slave",
+                    "hairpin",
+                    "on",
+                ],
+            )?;
+        }
         Ok(())
     }
 
@@ -740,9 +945,8 @@ impl Dataplane for IptablesDataplane {
         Ok(text.lines().filter_map(parse_counter).collect())
     }
 
-    /// Docker's ACCEPT pairs in filter/DOCKER. They only matter where bridged traffic goes
-    /// through iptables (br_netfilter), which this dataplane does not load: loading the
-    /// module would change every namespace of the host.
+    /// Docker's ACCEPT pairs in filter/DOCKER (bridged traffic meets them through
+    /// br_netfilter).
     fn set_links(&mut self, links: &[LinkRule]) -> Result<()> {
         let addresses = if links.is_empty() {
             Vec::new()
@@ -751,7 +955,7 @@ impl Dataplane for IptablesDataplane {
         };
         let mut wanted: Vec<Rule> = Vec::new();
         for link in links {
-            let Some((bridge, _)) = addresses.iter().find(|(_, a)| a.contains(&link.from)) else {
+            let Some(bridge) = interface_holding(&addresses, link.from) else {
                 tracing::warn!(from = %link.from, "no bridge holds the link's address");
                 continue;
             };
@@ -811,9 +1015,15 @@ impl Dataplane for IptablesDataplane {
                     continue;
                 }
             };
-            let rules = network_rules(&bridge, policy);
+            let rules = network_rules(&bridge, policy, self.access);
             if self.networks.get(&policy.index) == Some(&rules) {
                 continue;
+            }
+            // Docker's hairpin mode: 127.0.0.1 may be routed into the bridge.
+            if self.access == LocalAccess::Hairpin
+                && let Err(e) = set_sysctl(&format!("net.ipv4.conf.{bridge}.route_localnet"), "1")
+            {
+                errors.push(Error::io(format!("route_localnet on {bridge}"))(e));
             }
             if let Some(old) = self.networks.remove(&policy.index) {
                 for (rule, _) in old.iter().rev() {
@@ -840,6 +1050,53 @@ impl Dataplane for IptablesDataplane {
             errors.push(e);
         }
         Error::collect(errors)
+    }
+
+    /// Removes the rules no longer wanted, then inserts the new ones at their place in the
+    /// order, so that kept rules keep their counters.
+    fn set_filters(&mut self, rules: &[FilterRecord]) -> Result<()> {
+        let wanted: Vec<(u32, Rule)> = filter_order(rules)
+            .into_iter()
+            .map(|r| (r.id, filter_rule(&self.uplink, r)))
+            .collect();
+        let mut errors = Vec::new();
+        for installed in std::mem::take(&mut self.filters) {
+            if wanted.contains(&installed) {
+                self.filters.push(installed);
+            } else if let Err(e) = self.remove(&installed.1) {
+                errors.push(e);
+                self.filters.push(installed);
+            }
+        }
+        for (place, entry) in wanted.into_iter().enumerate() {
+            if self.filters.contains(&entry) {
+                continue;
+            }
+            let position = (place + 1).to_string();
+            let mut args = vec!["-I", CHAIN_USER, position.as_str()];
+            args.extend(entry.1.args.iter().map(String::as_str));
+            match self.ipt(&args) {
+                Ok(_) => self.filters.insert(place.min(self.filters.len()), entry),
+                Err(e) => errors.push(e),
+            }
+        }
+        Error::collect(errors)
+    }
+
+    /// The counters of the rule's DOCKER-USER entry.
+    fn filter_hits(&self, rule_id: u32) -> Result<FilterHits> {
+        let out = run(&self.binary, &["-w", "-L", CHAIN_USER, "-v", "-x", "-n"])?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let counters = text
+            .lines()
+            .find(|line| filter_id(line) == Some(rule_id))
+            .and_then(|line| {
+                let mut words = line.split_whitespace();
+                Some((words.next()?.parse().ok()?, words.next()?.parse().ok()?))
+            });
+        Ok(counters
+            .map(|(packets, bytes)| FilterHits { packets, bytes })
+            .unwrap_or_default())
     }
 }
 
@@ -872,16 +1129,33 @@ fn parse_counter(line: &str) -> Option<StatCounter> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn rules_read_like_dockers() {
-        let dnat = dnat_rule(
+    /// `-p 8080:80` of a container at 172.17.0.2 on docker0.
+    fn web_dnat(access: LocalAccess) -> Rule {
+        dnat_rule(
             Proto::Tcp,
             Ipv4Addr::UNSPECIFIED,
             8080,
             "docker0",
             "172.17.0.2".parse().unwrap(),
             80,
-        );
+            access,
+        )
+    }
+
+    /// The default bridge network as dockerd sets it up.
+    fn default_bridge() -> NetworkPolicy {
+        NetworkPolicy {
+            index: 1,
+            subnet: "172.17.0.0/16".parse().unwrap(),
+            icc: true,
+            internal: false,
+            masquerade: true,
+        }
+    }
+
+    #[test]
+    fn rules_read_like_dockers() {
+        let dnat = web_dnat(LocalAccess::Proxy);
         assert_eq!(
             dnat.save_line(),
             "-A DOCKER ! -i docker0 -p tcp -m tcp --dport 8080 -j DNAT --to-destination 172.17.0.2:80"
@@ -893,6 +1167,7 @@ mod tests {
             "docker0",
             "172.17.0.2".parse().unwrap(),
             80,
+            LocalAccess::Proxy,
         );
         assert_eq!(
             local.save_line(),
@@ -916,14 +1191,7 @@ mod tests {
 
     #[test]
     fn network_rules_follow_the_reference() {
-        let policy = NetworkPolicy {
-            index: 1,
-            subnet: "172.17.0.0/16".parse().unwrap(),
-            icc: true,
-            internal: false,
-            masquerade: true,
-        };
-        let lines: Vec<String> = network_rules("docker0", &policy)
+        let lines: Vec<String> = network_rules("docker0", &default_bridge(), LocalAccess::Proxy)
             .iter()
             .map(|(r, _)| r.save_line())
             .collect();
@@ -942,6 +1210,72 @@ mod tests {
                 "{expected} in {lines:#?}"
             );
         }
+    }
+
+    #[test]
+    fn hairpin_mode_translates_from_the_bridge_and_masquerades_the_node() {
+        let dnat = web_dnat(LocalAccess::Hairpin);
+        assert_eq!(
+            dnat.save_line(),
+            "-A DOCKER -p tcp -m tcp --dport 8080 -j DNAT --to-destination 172.17.0.2:80"
+        );
+        let (_, mapping) = parse_dnat(&dnat.save_line()).unwrap();
+        assert_eq!(
+            mapping.bridge, "",
+            "found later from the container's address"
+        );
+        let masquerade_node =
+            "-A POSTROUTING -o docker0 -m addrtype --src-type LOCAL -j MASQUERADE";
+        let lines = |access| -> Vec<String> {
+            network_rules("docker0", &default_bridge(), access)
+                .iter()
+                .map(|(r, _)| r.save_line())
+                .collect()
+        };
+        let skip_dnat = "-A DOCKER -i docker0 -j RETURN";
+        let hairpin = lines(LocalAccess::Hairpin);
+        assert!(hairpin.iter().any(|l| l == masquerade_node), "{hairpin:#?}");
+        assert!(!hairpin.iter().any(|l| l == skip_dnat), "{hairpin:#?}");
+        let proxy = lines(LocalAccess::Proxy);
+        assert!(!proxy.iter().any(|l| l == masquerade_node), "{proxy:#?}");
+        assert!(proxy.iter().any(|l| l == skip_dnat), "{proxy:#?}");
+    }
+
+    #[test]
+    fn source_filters_in_longest_prefix_order() {
+        use crate::model::FilterScope;
+        let record = |id, source: &str, port: Option<u16>, action| FilterRecord {
+            id,
+            source: source.parse().unwrap(),
+            scope: port.map(|host_port| FilterScope {
+                host_port,
+                proto: Proto::Tcp,
+            }),
+            action,
+        };
+        let rules = [
+            record(1, "0.0.0.0/0", None, FilterAction::Deny),
+            record(2, "198.51.100.0/24", Some(8080), FilterAction::Allow),
+            record(3, "198.51.100.3/32", Some(8080), FilterAction::Deny),
+            record(4, "192.0.2.0/24", None, FilterAction::Allow),
+        ];
+        let ids: Vec<u32> = filter_order(&rules).iter().map(|r| r.id).collect();
+        assert_eq!(ids, [3, 2, 4, 1]);
+        let scoped = filter_rule("up0", &rules[1]);
+        assert_eq!(
+            scoped.save_line(),
+            "-A DOCKER-USER -s 198.51.100.0/24 -i up0 -p tcp -m conntrack --ctstate DNAT \
+             --ctorigdstport 8080 --ctdir ORIGINAL -m comment --comment bpfbridge-filter-2 -j RETURN"
+        );
+        let everything = filter_rule("up0", &rules[0]);
+        assert_eq!(
+            everything.save_line(),
+            "-A DOCKER-USER -i up0 -m conntrack --ctstate DNAT --ctdir ORIGINAL -m comment \
+             --comment bpfbridge-filter-1 -j DROP"
+        );
+        assert_eq!(filter_id(&everything.save_line()), Some(1));
+        let listed = "   3   180 DROP   0 --  up0  *  0.0.0.0/0  0.0.0.0/0  ctstate DNAT ctdir ORIGINAL /* bpfbridge-filter-1 */";
+        assert_eq!(filter_id(listed), Some(1));
     }
 
     #[test]
