@@ -8,6 +8,10 @@ use core::mem::size_of;
 
 /// Published ports: `(host address, host port, protocol)` → where to send the connection.
 pub const PUBLISHED_PORTS: &str = "PUBLISHED_PORTS";
+/// The container ends of published ports, with how many host ports lead to each. Like
+/// Docker's FORWARD rules, the outside may reach a container on a masquerading or internal
+/// network at its own address only on these.
+pub const PUBLISHED_BACKENDS: &str = "PUBLISHED_BACKENDS";
 /// Addresses owned by the node; a mapping bound to `0.0.0.0` answers on each of them.
 pub const NODE_ADDRS: &str = "NODE_ADDRS";
 /// Translated flows, keyed as the container sees them, so replies can be translated back.
@@ -61,6 +65,16 @@ pub const IPPROTO_ICMP: u8 = 1;
 pub struct PortKey {
     pub host_ip_be: u32,
     pub host_port_be: u16,
+    pub proto: u8,
+    pub _pad: u8,
+}
+
+/// Key of [`PUBLISHED_BACKENDS`]; the value is a `u32` count of host ports.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct BackendKey {
+    pub container_ip_be: u32,
+    pub container_port_be: u16,
     pub proto: u8,
     pub _pad: u8,
 }
@@ -312,6 +326,7 @@ pub struct Counter {
 
 const _: () = assert!(size_of::<PortKey>() == 8);
 const _: () = assert!(size_of::<PortTarget>() == 24);
+const _: () = assert!(size_of::<BackendKey>() == 8);
 const _: () = assert!(size_of::<NodeAddrKey>() == 4);
 const _: () = assert!(size_of::<NodeAddr>() == 4);
 const _: () = assert!(size_of::<FlowKey>() == 16);
@@ -339,6 +354,7 @@ mod pod {
     // fields, so every bit pattern is valid and no byte is uninitialised.
     unsafe impl aya::Pod for PortKey {}
     unsafe impl aya::Pod for PortTarget {}
+    unsafe impl aya::Pod for BackendKey {}
     unsafe impl aya::Pod for NodeAddrKey {}
     unsafe impl aya::Pod for NodeAddr {}
     unsafe impl aya::Pod for FlowKey {}

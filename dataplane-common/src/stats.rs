@@ -62,6 +62,7 @@ stats! {
     ContainerDropConntrackFull = "container_ingress.drop.conntrack_full",
     SocketTranslated = "sock_addr.translate.node_local",
     MonitorSuppressed = "monitor.events_suppressed",
+    UplinkDropDirectAccess = "uplink_ingress.drop.direct_access",
 }
 
 /// Size of the per-CPU counter array.

@@ -6,8 +6,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use dataplane_common::{
-    CONNTRACK_MAX, Counter, CtEntry, CtKey, ENDPOINTS_MAX, EVENTS_BYTES, EndpointInfo, EndpointKey,
-    EventBudget, FILTER_RULES_MAX, FilterKey, FilterRule, FlowKey, LINKS_MAX, LinkKey,
+    BackendKey, CONNTRACK_MAX, Counter, CtEntry, CtKey, ENDPOINTS_MAX, EVENTS_BYTES, EndpointInfo,
+    EndpointKey, EventBudget, FILTER_RULES_MAX, FilterKey, FilterRule, FlowKey, LINKS_MAX, LinkKey,
     NAT_FLOWS_MAX, NETWORKS_MAX, NODE_ADDRS_MAX, NatFlow, NetworkInfo, NetworkKey, NodeAddr,
     NodeAddrKey, NodeConfig, PUBLISHED_PORTS_MAX, PortKey, PortTarget, SOCK_NAT_MAX, SockNatKey,
     SockNatValue, stats::STATS_LEN,
@@ -15,6 +15,9 @@ use dataplane_common::{
 
 #[map]
 pub static PUBLISHED_PORTS: HashMap<PortKey, PortTarget> = HashMap::pinned(PUBLISHED_PORTS_MAX, 0);
+
+#[map]
+pub static PUBLISHED_BACKENDS: HashMap<BackendKey, u32> = HashMap::pinned(PUBLISHED_PORTS_MAX, 0);
 
 #[map]
 pub static NODE_ADDRS: HashMap<NodeAddrKey, NodeAddr> = HashMap::pinned(NODE_ADDRS_MAX, 0);

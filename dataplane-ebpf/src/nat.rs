@@ -118,6 +118,9 @@ pub fn uplink_ingress(ctx: &XdpContext, len: usize) -> (u32, Stat) {
             if let Some(verdict) = conntrack::icmp_error_reply(&frame, &ip) {
                 return verdict;
             }
+            if !policy::direct_access_allowed(ip.dst_be, None) {
+                return (xdp_action::XDP_DROP, Stat::UplinkDropDirectAccess);
+            }
             return (xdp_action::XDP_PASS, Stat::UplinkPassNotTcpUdp);
         }
         Ok(Parsed::Transport(ip, l4)) => (ip, l4),
@@ -131,6 +134,9 @@ pub fn uplink_ingress(ctx: &XdpContext, len: usize) -> (u32, Stat) {
         return (xdp_action::XDP_PASS, Stat::UplinkPassLoopbackDestination);
     }
     let Some(target) = published_target(ip.dst_be, l4.dport_be, ip.protocol, false) else {
+        if !policy::direct_access_allowed(ip.dst_be, Some((l4.dport_be, ip.protocol))) {
+            return (xdp_action::XDP_DROP, Stat::UplinkDropDirectAccess);
+        }
         return (xdp_action::XDP_PASS, Stat::UplinkPassNotPublished);
     };
     if !policy::source_allowed(ip.src_be, l4.dport_be, ip.protocol, len) {

@@ -42,6 +42,43 @@ pub fn source_allowed(src_be: u32, host_port_be: u16, proto: u8, bytes: usize) -
     }
 }
 
+/// Whether the outside may reach `dst_be` (with `dport_be`/`proto`, where the protocol has
+/// ports) directly, not through a published host port. Like Docker's FORWARD chain with its
+/// DROP policy: containers on a masquerading or internal network only at their published
+/// container ports. The node's own addresses (gateways included) and other addresses (not
+/// ours, or on a network routed without masquerade) are not ours to judge.
+#[inline(always)]
+pub fn direct_access_allowed(dst_be: u32, ports: Option<(u16, u8)>) -> bool {
+    use aya_ebpf::maps::lpm_trie::Key as LpmKey;
+    use dataplane_common::{
+        BackendKey, NETWORK_INTERNAL, NETWORK_MASQUERADE, NetworkKey, NodeAddrKey,
+    };
+
+    use crate::maps::{NETWORKS, NODE_ADDRS, PUBLISHED_BACKENDS};
+
+    // SAFETY: the value is only tested for presence.
+    if unsafe { NODE_ADDRS.get(&NodeAddrKey { addr_be: dst_be }) }.is_some() {
+        return true;
+    }
+    let Some(network) = NETWORKS.get(&LpmKey::new(32, NetworkKey { addr_be: dst_be })) else {
+        return true;
+    };
+    if network.flags & (NETWORK_MASQUERADE | NETWORK_INTERNAL) == 0 {
+        return true;
+    }
+    let Some((container_port_be, proto)) = ports else {
+        return false;
+    };
+    let backend = BackendKey {
+        container_ip_be: dst_be,
+        container_port_be,
+        proto,
+        _pad: 0,
+    };
+    // SAFETY: the value is only tested for presence.
+    unsafe { PUBLISHED_BACKENDS.get(&backend) }.is_some()
+}
+
 /// Where a container's packet is going, as far as the bridge networks are concerned.
 pub enum Destination {
     /// An address of the node itself (its gateways included): allowed, like Docker's INPUT.

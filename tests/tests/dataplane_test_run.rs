@@ -19,11 +19,11 @@ use bpfbridge_tests::{
     unique,
 };
 use dataplane_common::{
-    CONNTRACK, Counter, CtEntry, CtKey, ENDPOINTS, EndpointInfo, EndpointKey, FILTER_ALLOW,
-    FILTER_DENY, FILTER_RULES, FILTER_SCOPE_BITS, FilterKey, FilterRule, FlowKey, IPPROTO_TCP,
-    IPPROTO_UDP, NAT_FLOWS, NETWORK_ICC, NETWORK_INTERNAL, NETWORK_MASQUERADE, NETWORKS,
-    NODE_ADDRS, NODE_CONFIG, NatFlow, NetworkInfo, NetworkKey, NodeAddr, NodeAddrKey, NodeConfig,
-    PUBLISHED_PORTS, PortKey, PortTarget, STATS, stats::Stat,
+    BackendKey, CONNTRACK, Counter, CtEntry, CtKey, ENDPOINTS, EndpointInfo, EndpointKey,
+    FILTER_ALLOW, FILTER_DENY, FILTER_RULES, FILTER_SCOPE_BITS, FilterKey, FilterRule, FlowKey,
+    IPPROTO_TCP, IPPROTO_UDP, NAT_FLOWS, NETWORK_ICC, NETWORK_INTERNAL, NETWORK_MASQUERADE,
+    NETWORKS, NODE_ADDRS, NODE_CONFIG, NatFlow, NetworkInfo, NetworkKey, NodeAddr, NodeAddrKey,
+    NodeConfig, PUBLISHED_BACKENDS, PUBLISHED_PORTS, PortKey, PortTarget, STATS, stats::Stat,
 };
 
 const XDP_DROP: u32 = 1;
@@ -100,6 +100,19 @@ impl Fixture {
                 0,
             )?;
         }
+        // What the agent keeps beside them: 172.17.0.2:80/tcp is some published port's end.
+        let mut backends: HashMap<&mut MapData, BackendKey, u32> =
+            HashMap::try_from(f.ebpf.map_mut(PUBLISHED_BACKENDS).unwrap())?;
+        backends.insert(
+            BackendKey {
+                container_ip_be: u32::from(CONTAINER_IP).to_be(),
+                container_port_be: 80u16.to_be(),
+                proto: IPPROTO_TCP,
+                _pad: 0,
+            },
+            4,
+            0,
+        )?;
         let mut endpoints: HashMap<&mut MapData, EndpointKey, EndpointInfo> =
             HashMap::try_from(f.ebpf.map_mut(ENDPOINTS).unwrap())?;
         endpoints.insert(
@@ -383,6 +396,85 @@ fn uplink_ingress_table() -> Result<()> {
         } else {
             assert_eq!(out, frame, "{name}: frame must pass untouched");
         }
+    }
+    Ok(())
+}
+
+/// From the outside straight to a container's own address, as Docker's FORWARD chain
+/// decides: on a masquerading or internal network only published container ports pass.
+#[test]
+fn direct_access_table() -> Result<()> {
+    let mut fx = Fixture::new()?;
+    fx.networks(&[
+        ("172.17.0.0", 16, NETWORK_ICC | NETWORK_MASQUERADE),
+        ("172.18.0.0", 16, NETWORK_ICC),
+        ("172.19.0.0", 16, NETWORK_INTERNAL),
+    ])?;
+    let mut addrs: HashMap<&mut MapData, NodeAddrKey, NodeAddr> =
+        HashMap::try_from(fx.ebpf.map_mut(NODE_ADDRS).unwrap())?;
+    addrs.insert(
+        NodeAddrKey {
+            addr_be: u32::from(GATEWAY).to_be(),
+        },
+        NodeAddr { ifindex: 3 },
+        0,
+    )?;
+    let mut ping = syn_to(CONTAINER_IP, 80).build();
+    ping[ETH_HLEN + 9] = 1;
+    let udp_to_tcp_backend = Packet {
+        protocol: 17,
+        ..syn_to(CONTAINER_IP, 80)
+    }
+    .build();
+    let cases: Vec<(&str, Vec<u8>, u32, Stat)> = vec![
+        (
+            "published container port",
+            syn_to(CONTAINER_IP, 80).build(),
+            XDP_PASS,
+            Stat::UplinkPassNotPublished,
+        ),
+        (
+            "unpublished container port",
+            syn_to(CONTAINER_IP, 22).build(),
+            XDP_DROP,
+            Stat::UplinkDropDirectAccess,
+        ),
+        (
+            "udp to a tcp-only container port",
+            udp_to_tcp_backend,
+            XDP_DROP,
+            Stat::UplinkDropDirectAccess,
+        ),
+        ("ping", ping, XDP_DROP, Stat::UplinkDropDirectAccess),
+        (
+            "the gateway, a node address",
+            syn_to(GATEWAY, 22).build(),
+            XDP_PASS,
+            Stat::UplinkPassNotPublished,
+        ),
+        (
+            "a network routed without masquerade",
+            syn_to(Ipv4Addr::new(172, 18, 0, 5), 22).build(),
+            XDP_PASS,
+            Stat::UplinkPassNotPublished,
+        ),
+        (
+            "an internal network",
+            syn_to(Ipv4Addr::new(172, 19, 0, 5), 80).build(),
+            XDP_DROP,
+            Stat::UplinkDropDirectAccess,
+        ),
+        (
+            "not a bridge network",
+            syn_to(Ipv4Addr::new(203, 0, 113, 9), 22).build(),
+            XDP_PASS,
+            Stat::UplinkPassNotPublished,
+        ),
+    ];
+    for (name, frame, verdict, stat) in cases {
+        let (got, out, moved) = fx.run(UPLINK_PROGRAM, &frame)?;
+        assert_eq!((got, moved), (verdict, stat), "{name}");
+        assert_eq!(out, frame, "{name}: frame must pass untouched");
     }
     Ok(())
 }

@@ -2,14 +2,15 @@
 //! on the node's uplink address, served by the XDP and TC programs.
 
 use std::{
-    net::{SocketAddr, SocketAddrV4},
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4},
     path::Path,
+    time::Duration,
 };
 
 use anyhow::{Context as _, Result, ensure};
 use bpfbridge_tests::{
-    Agent, NODE_IP, Netns, Topology, WORLD_IP, ebpf_checks, links, request, run, serve_once,
-    skip_unless_ebpf,
+    Agent, Echo, NODE_IP, Netns, Topology, WORLD_IP, ebpf_checks, links, ping_reaches, request,
+    run, serve_once, skip_unless_ebpf, tcp_reaches, udp_reaches,
 };
 
 fn published(port: u16) -> SocketAddrV4 {
@@ -59,6 +60,40 @@ fn world_client_reaches_published_port_and_server_sees_its_real_address() -> Res
 
     // A second connection works as well (new flow, new source port).
     assert_eq!(round_trip(&topology, &netns, 8080, 80)?.ip(), WORLD_IP);
+    Ok(())
+}
+
+/// Like Docker's FORWARD chain: the outside reaches a container at its own address only on
+/// its published container ports.
+#[test]
+fn outside_reaches_a_container_directly_only_on_published_container_ports() -> Result<()> {
+    let topology = Topology::new()?;
+    let agent = Agent::start(&topology)?;
+    let (json, netns) = agent.create_container(&["--name", "web", "-p", "8080:80"])?;
+    let ip: Ipv4Addr = json["NetworkSettings"]["IPAddress"]
+        .as_str()
+        .context("IPAddress")?
+        .parse()?;
+    let _published = Echo::start(&netns, 80)?;
+    let _unpublished = Echo::start(&netns, 22)?;
+    let world = topology.world.path();
+    let wait = Duration::from_secs(1);
+    ensure!(
+        tcp_reaches(&world, SocketAddrV4::new(ip, 80), wait),
+        "the published container port, at the container's address"
+    );
+    ensure!(
+        !tcp_reaches(&world, SocketAddrV4::new(ip, 22), wait),
+        "an unpublished TCP port"
+    );
+    ensure!(
+        !udp_reaches(&world, SocketAddrV4::new(ip, 22), wait),
+        "an unpublished UDP port"
+    );
+    ensure!(!ping_reaches(&world, ip), "ping");
+    if ebpf_checks("the direct-access drop counter") {
+        ensure!(agent.counter("uplink_ingress.drop.direct_access")? >= 3);
+    }
     Ok(())
 }
 

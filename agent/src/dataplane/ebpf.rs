@@ -23,12 +23,13 @@ use aya::{
     },
 };
 use dataplane_common::{
-    CONNTRACK, CONNTRACK_MAX, CT_ORIGINAL, CT_REPLY, CT_TCP_CLOSING, CT_TCP_ESTABLISHED, Counter,
-    CtEntry, CtKey, ENDPOINTS, EVENT_DROP, EVENTS, EndpointInfo, EndpointKey, Event, FILTER_ALLOW,
-    FILTER_DENY, FILTER_HITS, FILTER_RULES, FILTER_SCOPE_BITS, FilterKey, FilterRule, FlowKey,
-    IPPROTO_TCP, LINKS, LinkKey, NAT_FLOWS, NETWORK_ICC, NETWORK_INTERNAL, NETWORK_MASQUERADE,
-    NETWORKS, NODE_ADDRS, NODE_CONFIG, NatFlow, NetworkInfo, NetworkKey, NodeAddr, NodeAddrKey,
-    NodeConfig, PUBLISHED_PORTS, PortKey, PortTarget, STATS, stats::Stat,
+    BackendKey, CONNTRACK, CONNTRACK_MAX, CT_ORIGINAL, CT_REPLY, CT_TCP_CLOSING,
+    CT_TCP_ESTABLISHED, Counter, CtEntry, CtKey, ENDPOINTS, EVENT_DROP, EVENTS, EndpointInfo,
+    EndpointKey, Event, FILTER_ALLOW, FILTER_DENY, FILTER_HITS, FILTER_RULES, FILTER_SCOPE_BITS,
+    FilterKey, FilterRule, FlowKey, IPPROTO_TCP, LINKS, LinkKey, NAT_FLOWS, NETWORK_ICC,
+    NETWORK_INTERNAL, NETWORK_MASQUERADE, NETWORKS, NODE_ADDRS, NODE_CONFIG, NatFlow, NetworkInfo,
+    NetworkKey, NodeAddr, NodeAddrKey, NodeConfig, PUBLISHED_BACKENDS, PUBLISHED_PORTS, PortKey,
+    PortTarget, STATS, stats::Stat,
 };
 
 use super::{Dataplane, Endpoint, FilterHits, FlowTimeouts, LinkRule, NetworkPolicy};
@@ -85,6 +86,16 @@ fn port_key(port: &PortBinding) -> PortKey {
         host_ip_be: u32::from(port.host_ip).to_be(),
         host_port_be: port.host_port.to_be(),
         proto: port.proto.ip_proto(),
+        _pad: 0,
+    }
+}
+
+/// The container end that published port `key` leads to.
+fn backend_of(key: &PortKey, target: &PortTarget) -> BackendKey {
+    BackendKey {
+        container_ip_be: target.container_ip_be,
+        container_port_be: target.container_port_be,
+        proto: key.proto,
         _pad: 0,
     }
 }
@@ -451,6 +462,34 @@ impl EbpfDataplane {
         HashMap::try_from(self.map_mut(PUBLISHED_PORTS)?).map_err(Error::dataplane(PUBLISHED_PORTS))
     }
 
+    fn backends_mut(&mut self) -> Result<HashMap<&mut MapData, BackendKey, u32>> {
+        HashMap::try_from(self.map_mut(PUBLISHED_BACKENDS)?)
+            .map_err(Error::dataplane(PUBLISHED_BACKENDS))
+    }
+
+    /// One more host port leads to `key`.
+    fn hold_backend(&mut self, key: BackendKey) -> Result<()> {
+        let mut map = self.backends_mut()?;
+        let count = map.get(&key, 0).unwrap_or(0);
+        map.insert(key, count + 1, 0)
+            .map_err(Error::dataplane("adding a published backend"))
+    }
+
+    /// One host port less leads to `key`; the last one takes it away.
+    fn release_backend(&mut self, key: BackendKey) -> Result<()> {
+        let mut map = self.backends_mut()?;
+        let result = match map.get(&key, 0) {
+            Ok(count) if count > 1 => map.insert(key, count - 1, 0),
+            Ok(_) => map.remove(&key),
+            Err(_) => return Ok(()),
+        };
+        match result {
+            Ok(()) => Ok(()),
+            Err(e) if is_missing_key(&e) => Ok(()),
+            Err(e) => Err(Error::dataplane("removing a published backend")(e)),
+        }
+    }
+
     fn forget_endpoint(&mut self, container_ip: Ipv4Addr) -> Result<()> {
         let mut endpoints: HashMap<&mut MapData, EndpointKey, EndpointInfo> =
             HashMap::try_from(self.map_mut(ENDPOINTS)?).map_err(Error::dataplane(ENDPOINTS))?;
@@ -636,17 +675,29 @@ impl Dataplane for EbpfDataplane {
     }
 
     fn publish(&mut self, endpoint: &Endpoint, port: &PortBinding) -> Result<()> {
+        let key = port_key(port);
+        let target = port_target(endpoint, port);
+        let previous = self.ports_mut()?.get(&key, 0).ok();
         self.ports_mut()?
-            .insert(port_key(port), port_target(endpoint, port), 0)
-            .map_err(Error::dataplane("adding a published port"))
+            .insert(key, target, 0)
+            .map_err(Error::dataplane("adding a published port"))?;
+        if let Some(previous) = previous {
+            self.release_backend(backend_of(&key, &previous))?;
+        }
+        self.hold_backend(backend_of(&key, &target))
     }
 
     fn unpublish(&mut self, port: &PortBinding) -> Result<()> {
-        match self.ports_mut()?.remove(&port_key(port)) {
-            Ok(()) => Ok(()),
-            Err(e) if is_missing_key(&e) => Ok(()),
-            Err(e) => Err(Error::dataplane("removing a published port")(e)),
+        let key = port_key(port);
+        let Ok(previous) = self.ports_mut()?.get(&key, 0) else {
+            return Ok(());
+        };
+        match self.ports_mut()?.remove(&key) {
+            Ok(()) => {}
+            Err(e) if is_missing_key(&e) => {}
+            Err(e) => return Err(Error::dataplane("removing a published port")(e)),
         }
+        self.release_backend(backend_of(&key, &previous))
     }
 
     fn sync_published(&mut self, wanted: &[(Endpoint, PortBinding)]) -> Result<()> {
@@ -662,10 +713,27 @@ impl Dataplane for EbpfDataplane {
                 .remove(&key)
                 .map_err(Error::dataplane("removing a stale published port"))?;
         }
+        let mut backends: std::collections::HashMap<BackendKey, u32> = Default::default();
         for (endpoint, port) in wanted {
+            let (key, target) = (port_key(port), port_target(endpoint, port));
             ports
-                .insert(port_key(port), port_target(endpoint, port), 0)
+                .insert(key, target, 0)
                 .map_err(Error::dataplane("restoring a published port"))?;
+            *backends.entry(backend_of(&key, &target)).or_default() += 1;
+        }
+        let mut map = self.backends_mut()?;
+        let stale: Vec<BackendKey> = map
+            .keys()
+            .filter_map(|k| k.ok())
+            .filter(|k| !backends.contains_key(k))
+            .collect();
+        for key in stale {
+            map.remove(&key)
+                .map_err(Error::dataplane("removing a stale published backend"))?;
+        }
+        for (key, count) in backends {
+            map.insert(key, count, 0)
+                .map_err(Error::dataplane("restoring a published backend"))?;
         }
         Ok(())
     }
