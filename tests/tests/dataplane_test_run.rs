@@ -63,15 +63,7 @@ impl Fixture {
         xdp.load()?;
         let tc: &mut SchedClassifier = f.ebpf.program_mut(CONTAINER_PROGRAM).unwrap().try_into()?;
         tc.load()?;
-        let mut addrs: HashMap<&mut MapData, NodeAddrKey, NodeAddr> =
-            HashMap::try_from(f.ebpf.map_mut(NODE_ADDRS).unwrap())?;
-        addrs.insert(
-            NodeAddrKey {
-                addr_be: u32::from(NODE_IP).to_be(),
-            },
-            NodeAddr { ifindex: 2 },
-            0,
-        )?;
+        f.node_address(NODE_IP, 2)?;
         let mut ports: HashMap<&mut MapData, PortKey, PortTarget> =
             HashMap::try_from(f.ebpf.map_mut(PUBLISHED_PORTS).unwrap())?;
         let published = [
@@ -154,6 +146,20 @@ impl Fixture {
             )?;
         }
         Ok(f)
+    }
+
+    /// Makes `ip` an address of the node, on interface `ifindex`.
+    fn node_address(&mut self, ip: Ipv4Addr, ifindex: u32) -> Result<()> {
+        let mut addrs: HashMap<&mut MapData, NodeAddrKey, NodeAddr> =
+            HashMap::try_from(self.ebpf.map_mut(NODE_ADDRS).unwrap())?;
+        addrs.insert(
+            NodeAddrKey {
+                addr_be: u32::from(ip).to_be(),
+            },
+            NodeAddr { ifindex },
+            0,
+        )?;
+        Ok(())
     }
 
     /// Installs bridge networks (subnet, prefix, flags) for the policy.
@@ -410,15 +416,7 @@ fn direct_access_table() -> Result<()> {
         ("172.18.0.0", 16, NETWORK_ICC),
         ("172.19.0.0", 16, NETWORK_INTERNAL),
     ])?;
-    let mut addrs: HashMap<&mut MapData, NodeAddrKey, NodeAddr> =
-        HashMap::try_from(fx.ebpf.map_mut(NODE_ADDRS).unwrap())?;
-    addrs.insert(
-        NodeAddrKey {
-            addr_be: u32::from(GATEWAY).to_be(),
-        },
-        NodeAddr { ifindex: 3 },
-        0,
-    )?;
+    fx.node_address(GATEWAY, 3)?;
     let mut ping = syn_to(CONTAINER_IP, 80).build();
     ping[ETH_HLEN + 9] = 1;
     let udp_to_tcp_backend = Packet {

@@ -63,6 +63,22 @@ impl Node {
         Ok(())
     }
 
+    /// `docker network create -d PLUGIN ARGS...`, expected to work.
+    fn network_create(&self, args: &[&str]) -> Result<String> {
+        self.docker().ok(&self.network_create_args(args))
+    }
+
+    /// `docker network create -d PLUGIN ARGS...`, expected to fail; returns docker's stderr.
+    fn network_create_fails(&self, args: &[&str]) -> Result<String> {
+        self.docker().fails(&self.network_create_args(args))
+    }
+
+    fn network_create_args<'a>(&'a self, args: &[&'a str]) -> Vec<&'a str> {
+        let mut full = vec!["network", "create", "-d", self.plugin.as_str()];
+        full.extend_from_slice(args);
+        full
+    }
+
     fn docker(&self) -> &Dockerd {
         self.dockerd.as_ref().expect("dockerd runs")
     }
@@ -172,11 +188,7 @@ fn docker_drives_networks_ports_icc_isolation_and_masquerade() -> Result<()> {
     };
     let docker = node.docker();
     let world = node.world();
-    docker.ok(&[
-        "network",
-        "create",
-        "-d",
-        &node.plugin,
+    node.network_create(&[
         "--subnet",
         "10.20.0.0/24",
         "-o",
@@ -267,7 +279,7 @@ fn docker_drives_networks_ports_icc_isolation_and_masquerade() -> Result<()> {
     );
 
     // Isolation between networks; connect and disconnect.
-    docker.ok(&["network", "create", "-d", &node.plugin, "other-net"])?;
+    node.network_create(&["other-net"])?;
     node.run(&["--network", "other-net", "--name", "db"])?;
     let db_ip = node.ip_on("db", "other-net")?;
     let _db = Echo::start(&docker.sandbox("db")?, 5432)?;
@@ -302,11 +314,7 @@ fn docker_drives_networks_ports_icc_isolation_and_masquerade() -> Result<()> {
         tcp_reaches(&client_ns, outside, WAIT),
         "client reaches the world"
     );
-    docker.ok(&[
-        "network",
-        "create",
-        "-d",
-        &node.plugin,
+    node.network_create(&[
         "--internal",
         "-o",
         "com.docker.network.driver.mtu=1400",
@@ -384,15 +392,7 @@ fn docker_ipam_driver_refused_options_and_bad_calls() -> Result<()> {
     let plugin = node.plugin.as_str();
 
     // bpfbridge's IPAM hands out the subnet and the addresses.
-    docker.ok(&[
-        "network",
-        "create",
-        "-d",
-        plugin,
-        "--ipam-driver",
-        plugin,
-        "pooled",
-    ])?;
+    node.network_create(&["--ipam-driver", plugin, "pooled"])?;
     let subnet = docker.ok(&[
         "network",
         "inspect",
@@ -414,11 +414,7 @@ fn docker_ipam_driver_refused_options_and_bad_calls() -> Result<()> {
         "first address {first} in {subnet}"
     );
     // A given subnet and --ip-range; --ip (Docker allows it with a given subnet only).
-    docker.ok(&[
-        "network",
-        "create",
-        "-d",
-        plugin,
+    node.network_create(&[
         "--ipam-driver",
         plugin,
         "--subnet",
@@ -458,26 +454,13 @@ fn docker_ipam_driver_refused_options_and_bad_calls() -> Result<()> {
     ensure!(taken.contains("in use"), "{taken}");
 
     // Options bpfbridge does not support are refused with a message Docker shows.
-    let unknown = docker.fails(&[
-        "network",
-        "create",
-        "-d",
-        plugin,
-        "-o",
-        "foo=bar",
-        "--subnet",
-        "10.41.0.0/24",
-        "bad",
-    ])?;
+    let unknown =
+        node.network_create_fails(&["-o", "foo=bar", "--subnet", "10.41.0.0/24", "bad"])?;
     ensure!(
         unknown.contains("unknown network option \"foo\""),
         "{unknown}"
     );
-    let v6 = docker.fails(&[
-        "network",
-        "create",
-        "-d",
-        plugin,
+    let v6 = node.network_create_fails(&[
         "--ipv6",
         "--subnet",
         "10.42.0.0/24",
@@ -494,15 +477,7 @@ fn docker_ipam_driver_refused_options_and_bad_calls() -> Result<()> {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let overlap = docker.fails(&[
-        "network",
-        "create",
-        "-d",
-        plugin,
-        "--subnet",
-        "10.99.0.0/25",
-        "clash",
-    ])?;
+    let overlap = node.network_create_fails(&["--subnet", "10.99.0.0/25", "clash"])?;
     ensure!(overlap.contains("overlaps with network mine"), "{overlap}");
     let networks = node.bpfbridge_networks()?;
     ensure!(
@@ -555,15 +530,7 @@ fn docker_ipam_driver_refused_options_and_bad_calls() -> Result<()> {
     docker.ok(&["rm", "-f", "first", "dynamic", "fixed"])?;
     docker.ok(&["network", "rm", "pooled", "ranged"])?;
     // The pool went back: the next network gets the same subnet.
-    docker.ok(&[
-        "network",
-        "create",
-        "-d",
-        plugin,
-        "--ipam-driver",
-        plugin,
-        "again",
-    ])?;
+    node.network_create(&["--ipam-driver", plugin, "again"])?;
     let again = docker.ok(&[
         "network",
         "inspect",
@@ -581,15 +548,7 @@ fn docker_calls_keep_working_after_an_agent_crash() -> Result<()> {
         return Ok(());
     };
     let world = node.world();
-    node.docker().ok(&[
-        "network",
-        "create",
-        "-d",
-        &node.plugin,
-        "--subnet",
-        "10.30.0.0/24",
-        "crashy",
-    ])?;
+    node.network_create(&["--subnet", "10.30.0.0/24", "crashy"])?;
     node.run(&["--network", "crashy", "--name", "web", "-p", "8080:80"])?;
     let _web = Echo::start(&node.docker().sandbox("web")?, 80)?;
     let published = SocketAddrV4::new(NODE_IP, 8080);

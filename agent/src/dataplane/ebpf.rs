@@ -278,6 +278,25 @@ fn remove_keys<K: aya::Pod, V: aya::Pod>(
     Ok(removed)
 }
 
+/// Makes a hash map hold exactly `wanted`.
+fn sync_hash_map<K: aya::Pod + Eq + std::hash::Hash, V: aya::Pod>(
+    map: &mut HashMap<&mut MapData, K, V>,
+    wanted: &std::collections::HashMap<K, V>,
+    what: &str,
+) -> Result<()> {
+    let stale: Vec<K> = map
+        .keys()
+        .filter_map(|k| k.ok())
+        .filter(|k| !wanted.contains_key(k))
+        .collect();
+    remove_keys(map, stale, &format!("removing a stale {what}"))?;
+    for (key, value) in wanted {
+        map.insert(key, value, 0)
+            .map_err(Error::dataplane(format!("restoring a {what}")))?;
+    }
+    Ok(())
+}
+
 /// A tracked flow: its original key and entry, its reply key, and the reply entry if present.
 type CtPair = (CtKey, CtEntry, CtKey, Option<CtEntry>);
 
@@ -692,50 +711,21 @@ impl Dataplane for EbpfDataplane {
         let Ok(previous) = self.ports_mut()?.get(&key, 0) else {
             return Ok(());
         };
-        match self.ports_mut()?.remove(&key) {
-            Ok(()) => {}
-            Err(e) if is_missing_key(&e) => {}
-            Err(e) => return Err(Error::dataplane("removing a published port")(e)),
-        }
+        remove_keys(&mut self.ports_mut()?, [key], "removing a published port")?;
         self.release_backend(backend_of(&key, &previous))
     }
 
     fn sync_published(&mut self, wanted: &[(Endpoint, PortBinding)]) -> Result<()> {
-        let wanted_keys: HashSet<PortKey> = wanted.iter().map(|(_, p)| port_key(p)).collect();
-        let mut ports = self.ports_mut()?;
-        let stale: Vec<PortKey> = ports
-            .keys()
-            .filter_map(|k| k.ok())
-            .filter(|k| !wanted_keys.contains(k))
+        let ports: std::collections::HashMap<PortKey, PortTarget> = wanted
+            .iter()
+            .map(|(endpoint, port)| (port_key(port), port_target(endpoint, port)))
             .collect();
-        for key in stale {
-            ports
-                .remove(&key)
-                .map_err(Error::dataplane("removing a stale published port"))?;
-        }
         let mut backends: std::collections::HashMap<BackendKey, u32> = Default::default();
-        for (endpoint, port) in wanted {
-            let (key, target) = (port_key(port), port_target(endpoint, port));
-            ports
-                .insert(key, target, 0)
-                .map_err(Error::dataplane("restoring a published port"))?;
-            *backends.entry(backend_of(&key, &target)).or_default() += 1;
+        for (key, target) in &ports {
+            *backends.entry(backend_of(key, target)).or_default() += 1;
         }
-        let mut map = self.backends_mut()?;
-        let stale: Vec<BackendKey> = map
-            .keys()
-            .filter_map(|k| k.ok())
-            .filter(|k| !backends.contains_key(k))
-            .collect();
-        for key in stale {
-            map.remove(&key)
-                .map_err(Error::dataplane("removing a stale published backend"))?;
-        }
-        for (key, count) in backends {
-            map.insert(key, count, 0)
-                .map_err(Error::dataplane("restoring a published backend"))?;
-        }
-        Ok(())
+        sync_hash_map(&mut self.ports_mut()?, &ports, "published port")?;
+        sync_hash_map(&mut self.backends_mut()?, &backends, "published backend")
     }
 
     fn published(&self) -> Result<Vec<PublishedPort>> {
