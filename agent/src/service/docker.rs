@@ -9,7 +9,7 @@
 
 use std::{collections::BTreeMap, net::Ipv4Addr, path::PathBuf};
 
-use super::{Service, Undo, default_host_ip, endpoints::next_ifname, veth_names};
+use super::{Service, Step, Undo, default_host_ip, endpoints::next_ifname, veth_names};
 use crate::{
     Error, Result,
     model::{
@@ -18,9 +18,9 @@ use crate::{
         PortRequest,
         docker::{
             CreateEndpointReply, CreateEndpointRequest, CreateNetworkRequest, DockerPortBinding,
-            ExternalConnectivityRequest, InterfaceName, InterfaceReply, JoinReply, JoinRequest,
-            OPT_ENABLE_IPV6, OPT_GENERIC, OPT_INTERNAL, OPT_PORT_MAP, endpoint_ports,
-            proto_from_number,
+            DockerTransportPort, ExternalConnectivityRequest, InterfaceName, InterfaceReply,
+            JoinReply, JoinRequest, OPT_ENABLE_IPV6, OPT_GENERIC, OPT_INTERNAL, OPT_PORT_MAP,
+            endpoint_ports, proto_from_number,
         },
         format_mac, mac_for_ip, now, parse_mac, random_id,
     },
@@ -126,6 +126,18 @@ fn port_requests(map: &[DockerPortBinding], default_ip: Ipv4Addr) -> Result<Vec<
                 container_port: b.port,
                 host_ip,
                 host_port,
+            })
+        })
+        .collect()
+}
+
+/// `com.docker.network.endpoint.exposedports` as bpfbridge's exposed ports.
+fn exposed_ports(list: &[DockerTransportPort]) -> Result<Vec<ExposedPort>> {
+    list.iter()
+        .map(|p| {
+            Ok(ExposedPort {
+                port: p.port,
+                proto: proto_from_number(p.proto)?,
             })
         })
         .collect()
@@ -285,15 +297,7 @@ impl Service {
             };
         let (port_map, exposed) = endpoint_ports(&request.options)?;
         port_requests(&port_map, Ipv4Addr::UNSPECIFIED)?;
-        let exposed = exposed
-            .iter()
-            .map(|p| {
-                Ok(ExposedPort {
-                    port: p.port,
-                    proto: proto_from_number(p.proto)?,
-                })
-            })
-            .collect::<Result<Vec<_>>>()?;
+        let exposed = exposed_ports(&exposed)?;
         let record = DockerEndpointRecord {
             endpoint_id: request.endpoint_id.clone(),
             network_id: network.id.clone(),
@@ -488,9 +492,7 @@ impl Service {
     /// Saves a sandbox's container, or deletes its record once no endpoint is left.
     fn forget_or_save_sandbox(&mut self, container: ContainerRecord) -> Result<()> {
         if container.endpoints.is_empty() {
-            self.store.delete_container(&container.name)?;
-            self.state.containers.remove(&container.name);
-            Ok(())
+            self.forget_container(&container.name)
         } else {
             self.save_container(container)
         }
@@ -531,35 +533,27 @@ impl Service {
                 return Ok(());
             }
             self.docker_revoke_external(&request.endpoint_id).await?;
-            container = self
-                .holder_of(&request.endpoint_id)
-                .cloned()
-                .expect("revoking keeps the endpoint");
+            // What revoking recorded.
+            container.ports.clear();
         }
         let ports = self.resolve_ports(&requests)?;
         let before = container.clone();
         container.ports = ports;
-        for p in exposed {
-            let port = ExposedPort {
-                port: p.port,
-                proto: proto_from_number(p.proto)?,
-            };
+        for port in exposed_ports(&exposed)? {
             if !container.exposed.contains(&port) {
                 container.exposed.push(port);
             }
         }
         // Recorded first: a crash before the dataplane has them is made good on start.
         self.save_container(container.clone())?;
-        let mut published = Vec::new();
+        let mut undo = Undo::default();
         for (ep, port) in self.mappings_of(&container)? {
             if let Err(e) = self.dataplane.publish(&ep, &port) {
-                for done in &published {
-                    let _ = self.dataplane.unpublish(done);
-                }
+                self.rollback(undo).await;
                 self.save_container(before)?;
                 return Err(e);
             }
-            published.push(port);
+            undo.steps.push(Step::Unpublish(port));
         }
         self.refresh_views()
     }
@@ -569,13 +563,12 @@ impl Service {
             return Ok(());
         };
         // Recorded first: after a crash, the start-up sync withdraws what is left.
-        let ports = std::mem::take(&mut container.ports);
-        self.save_container(container)?;
-        let errors = ports
-            .iter()
-            .filter_map(|port| self.dataplane.unpublish(port).err())
+        let steps = std::mem::take(&mut container.ports)
+            .into_iter()
+            .map(Step::Unpublish)
             .collect();
-        Error::collect(errors)
+        self.save_container(container)?;
+        self.run_all(steps).await
     }
 }
 

@@ -66,17 +66,13 @@ impl Service {
             "" => None,
             s => Some(parse_subnet("ip-range", s)?),
         };
+        let taken = self.taken_subnets(None).await?;
         let pool = match request.pool.as_str() {
             "" if sub_pool.is_some() => {
                 return Err(Error::InvalidArgument("--ip-range needs --subnet".into()));
             }
             "" => {
-                let taken: Vec<Ipv4Net> = self
-                    .taken_subnets(None)
-                    .await?
-                    .into_iter()
-                    .map(|(t, _)| t)
-                    .collect();
+                let taken: Vec<Ipv4Net> = taken.iter().map(|(t, _)| *t).collect();
                 ipam::first_free_subnet(&self.settings.default_address_pools, &taken).ok_or_else(
                     || Error::PoolExhausted {
                         network: "(Docker IPAM)".into(),
@@ -103,9 +99,7 @@ impl Service {
                 )))
             };
         }
-        if let Some((_, owner)) = self
-            .taken_subnets(None)
-            .await?
+        if let Some((_, owner)) = taken
             .iter()
             .find(|(t, _)| t.prefix_len() > 0 && ipam::overlaps(t, &pool))
         {

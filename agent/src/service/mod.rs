@@ -221,6 +221,12 @@ impl Service {
         Ok(())
     }
 
+    fn forget_container(&mut self, name: &str) -> Result<()> {
+        self.store.delete_container(name)?;
+        self.state.containers.remove(name);
+        Ok(())
+    }
+
     fn save_network(&mut self, network: NetworkRecord) -> Result<()> {
         self.store.put_network(&network)?;
         self.state.networks.insert(network.name.clone(), network);
@@ -386,11 +392,7 @@ impl Service {
             },
             Step::DetachEndpoint(endpoint) => self.dataplane.detach_endpoint(&endpoint),
             Step::Unpublish(port) => self.dataplane.unpublish(&port),
-            Step::DeleteContainerRecord(name) => {
-                self.store.delete_container(&name)?;
-                self.state.containers.remove(&name);
-                Ok(())
-            }
+            Step::DeleteContainerRecord(name) => self.forget_container(&name),
             Step::DeleteNetworkRecord(name) => {
                 self.store.delete_network(&name)?;
                 self.state.networks.remove(&name);

@@ -231,8 +231,7 @@ impl Service {
             .endpoints
             .retain(|e| !gone.contains(&e.endpoint_id));
         if container.managed_by == ManagedBy::Docker && container.endpoints.is_empty() {
-            self.store.delete_container(&container.name)?;
-            self.state.containers.remove(&container.name);
+            self.forget_container(&container.name)?;
         } else if changed {
             self.save_container(container)?;
         }
