@@ -56,14 +56,16 @@ pub fn direct_access_allowed(dst_be: u32, ports: Option<(u16, u8)>) -> bool {
 
     use crate::maps::{NETWORKS, NODE_ADDRS, PUBLISHED_BACKENDS};
 
-    // SAFETY: the value is only tested for presence.
-    if unsafe { NODE_ADDRS.get(&NodeAddrKey { addr_be: dst_be }) }.is_some() {
-        return true;
-    }
+    // The network first: the node's uplink addresses are in none, so the common case costs
+    // one lookup; only a gateway address is in both.
     let Some(network) = NETWORKS.get(&LpmKey::new(32, NetworkKey { addr_be: dst_be })) else {
         return true;
     };
     if network.flags & (NETWORK_MASQUERADE | NETWORK_INTERNAL) == 0 {
+        return true;
+    }
+    // SAFETY: the value is only tested for presence.
+    if unsafe { NODE_ADDRS.get(&NodeAddrKey { addr_be: dst_be }) }.is_some() {
         return true;
     }
     let Some((container_port_be, proto)) = ports else {

@@ -119,19 +119,18 @@ impl Node {
 
     /// The user-defined networks bpfbridge has (not bridge, host and none).
     fn bpfbridge_networks(&self) -> Result<Vec<String>> {
-        let out = self.agent.cli_json(&["network", "ls", "--format", "json"]);
-        // `ls --format json` prints one object per line.
-        let out = match out {
-            Ok(v) => vec![v],
-            Err(_) => {
-                let raw = self.agent.cli(&["network", "ls", "--format", "json"])?;
-                String::from_utf8(raw.stdout)?
-                    .lines()
-                    .map(serde_json::from_str)
-                    .collect::<Result<_, _>>()?
-            }
-        };
-        Ok(out
+        let raw = self.agent.cli(&["network", "ls", "--format", "json"])?;
+        ensure!(
+            raw.status.success(),
+            "{}",
+            String::from_utf8_lossy(&raw.stderr)
+        );
+        // One object per line.
+        let networks: Vec<serde_json::Value> = String::from_utf8(raw.stdout)?
+            .lines()
+            .map(serde_json::from_str)
+            .collect::<Result<_, _>>()?;
+        Ok(networks
             .iter()
             .filter_map(|n| n["Name"].as_str().map(str::to_string))
             .filter(|n| !["bridge", "host", "none"].contains(&n.as_str()))

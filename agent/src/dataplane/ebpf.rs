@@ -696,8 +696,9 @@ impl Dataplane for EbpfDataplane {
     fn publish(&mut self, endpoint: &Endpoint, port: &PortBinding) -> Result<()> {
         let key = port_key(port);
         let target = port_target(endpoint, port);
-        let previous = self.ports_mut()?.get(&key, 0).ok();
-        self.ports_mut()?
+        let mut ports = self.ports_mut()?;
+        let previous = ports.get(&key, 0).ok();
+        ports
             .insert(key, target, 0)
             .map_err(Error::dataplane("adding a published port"))?;
         if let Some(previous) = previous {

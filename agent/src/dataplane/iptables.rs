@@ -726,6 +726,19 @@ impl IptablesDataplane {
         Ok(())
     }
 
+    /// The nat/DOCKER rule of one published port.
+    fn dnat(&self, id: PortId, mapping: &Mapping) -> Rule {
+        dnat_rule(
+            id.proto,
+            id.host_ip,
+            id.host_port,
+            &mapping.bridge,
+            mapping.container_ip,
+            mapping.container_port,
+            self.access,
+        )
+    }
+
     fn install(&mut self, id: PortId, mapping: Mapping) -> Result<()> {
         if let Some(old) = self.ports.get(&id) {
             if *old == mapping {
@@ -736,16 +749,7 @@ impl IptablesDataplane {
         // The proxy first: like dockerd, a port the node already uses is refused before any
         // rule is written.
         self.ensure_proxy(id, &mapping)?;
-        let dnat = dnat_rule(
-            id.proto,
-            id.host_ip,
-            id.host_port,
-            &mapping.bridge,
-            mapping.container_ip,
-            mapping.container_port,
-            self.access,
-        );
-        self.add(&dnat, Position::Append)?;
+        self.add(&self.dnat(id, &mapping), Position::Append)?;
         for rule in target_rules(
             id.proto,
             &mapping.bridge,
@@ -768,16 +772,7 @@ impl IptablesDataplane {
             return Ok(());
         };
         let mut errors = Vec::new();
-        let dnat = dnat_rule(
-            id.proto,
-            id.host_ip,
-            id.host_port,
-            &mapping.bridge,
-            mapping.container_ip,
-            mapping.container_port,
-            self.access,
-        );
-        if let Err(e) = self.remove(&dnat) {
+        if let Err(e) = self.remove(&self.dnat(id, &mapping)) {
             errors.push(e);
         }
         let shared = self.ports.iter().any(|(other, m)| {
