@@ -128,7 +128,9 @@ pub struct FlowKey {
 pub struct NatFlow {
     pub frontend_ip_be: u32,
     pub frontend_port_be: u16,
-    pub _pad0: u16,
+    /// A `CT_*` state: [`CT_NEW`] until the container answers.
+    pub state: u8,
+    pub _pad0: u8,
     pub client_ip_be: u32,
     pub client_port_be: u16,
     pub _pad1: u16,
@@ -294,10 +296,14 @@ pub const CT_ORIGINAL: u8 = 0;
 /// [`CtEntry::direction`]: the replies, whose destination is translated back.
 pub const CT_REPLY: u8 = 1;
 
-/// [`CtEntry::tcp_state`] values; the agent's idle timeouts depend on them.
-pub const CT_TCP_NEW: u8 = 0;
-pub const CT_TCP_ESTABLISHED: u8 = 1;
-pub const CT_TCP_CLOSING: u8 = 2;
+/// Flow states ([`CtEntry::state`], [`NatFlow::state`]), as nf_conntrack sees them; the
+/// agent's idle timeouts depend on them, and only [`CT_NEW`] flows may be evicted early.
+/// No reply seen yet (TCP: the SYN; UDP and ICMP: datagrams one way).
+pub const CT_NEW: u8 = 0;
+/// Both directions seen (TCP: the SYN-ACK came back): never evicted for room.
+pub const CT_ESTABLISHED: u8 = 1;
+/// TCP only: a FIN was seen; a new SYN may take the tuple over (as TIME_WAIT reuse).
+pub const CT_CLOSING: u8 = 2;
 
 /// Value of [`CONNTRACK`].
 #[repr(C)]
@@ -308,7 +314,8 @@ pub struct CtEntry {
     pub nat_ip_be: u32,
     pub nat_port_be: u16,
     pub direction: u8,
-    pub tcp_state: u8,
+    /// A `CT_*` state, the same in both entries of a flow.
+    pub state: u8,
     pub last_seen_ns: u64,
     /// For replies: the container's veth and MACs, to hand the frame straight over.
     pub host_veth_ifindex: u32,

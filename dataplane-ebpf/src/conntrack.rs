@@ -11,7 +11,7 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use dataplane_common::{
-    CT_ORIGINAL, CT_REPLY, CT_TCP_CLOSING, CT_TCP_ESTABLISHED, CT_TCP_NEW, CtEntry, CtKey,
+    CT_ORIGINAL, CT_REPLY, CT_CLOSING, CT_ESTABLISHED, CT_NEW, CtEntry, CtKey,
     EndpointKey, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, LinkKey, csum,
     parse::{
         ETH_HLEN, Frame, IPV4_CHECK_OFF, IPV4_DST_OFF, IPV4_TTL_OFF, Ipv4, L4, L4_DPORT_OFF,
@@ -102,10 +102,10 @@ fn key_of(ip: &Ipv4, l4: &L4) -> CtKey {
 #[inline(always)]
 fn next_tcp_state(state: u8, flags: u8, direction: u8) -> u8 {
     if flags & (TCP_FIN | TCP_RST) != 0 {
-        return CT_TCP_CLOSING;
+        return CT_CLOSING;
     }
-    if state == CT_TCP_NEW && direction == CT_REPLY && flags & (TCP_SYN | TCP_ACK) != 0 {
-        return CT_TCP_ESTABLISHED;
+    if state == CT_NEW && direction == CT_REPLY && flags & (TCP_SYN | TCP_ACK) != 0 {
+        return CT_ESTABLISHED;
     }
     state
 }
@@ -117,8 +117,8 @@ fn touch(entry: *mut CtEntry, ip: &Ipv4, l4: &L4) -> CtEntry {
     unsafe {
         (*entry).last_seen_ns = now_ns();
         if ip.protocol == IPPROTO_TCP {
-            (*entry).tcp_state =
-                next_tcp_state((*entry).tcp_state, l4.tcp_flags, (*entry).direction);
+            (*entry).state =
+                next_tcp_state((*entry).state, l4.tcp_flags, (*entry).direction);
         }
         *entry
     }
@@ -252,7 +252,7 @@ fn open_flow(
             nat_ip_be: ip.src_be,
             nat_port_be: l4.sport_be,
             direction: CT_REPLY,
-            tcp_state: CT_TCP_NEW,
+            state: CT_NEW,
             last_seen_ns: now,
             host_veth_ifindex: endpoint.host_veth_ifindex,
             container_mac: endpoint.container_mac,
@@ -267,7 +267,7 @@ fn open_flow(
             nat_ip_be: config.masquerade_ip_be,
             nat_port_be: port_be,
             direction: CT_ORIGINAL,
-            tcp_state: CT_TCP_NEW,
+            state: CT_NEW,
             last_seen_ns: now,
             ..CtEntry::default()
         };

@@ -23,8 +23,8 @@ use aya::{
     },
 };
 use dataplane_common::{
-    BackendKey, CONNTRACK, CONNTRACK_MAX, CT_ORIGINAL, CT_REPLY, CT_TCP_CLOSING,
-    CT_TCP_ESTABLISHED, Counter, CtEntry, CtKey, ENDPOINTS, EVENT_DROP, EVENTS, EndpointInfo,
+    BackendKey, CONNTRACK, CONNTRACK_MAX, CT_ORIGINAL, CT_REPLY, CT_CLOSING,
+    CT_ESTABLISHED, Counter, CtEntry, CtKey, ENDPOINTS, EVENT_DROP, EVENTS, EndpointInfo,
     EndpointKey, Event, FILTER_ALLOW, FILTER_DENY, FILTER_HITS, FILTER_RULES, FILTER_SCOPE_BITS,
     FilterKey, FilterRule, FlowKey, IPPROTO_TCP, LINKS, LinkKey, NAT_FLOWS, NETWORK_ICC,
     NETWORK_INTERNAL, NETWORK_MASQUERADE, NETWORKS, NODE_ADDRS, NODE_CONFIG, NatFlow, NetworkInfo,
@@ -910,14 +910,14 @@ impl Dataplane for EbpfDataplane {
             let last_seen = original
                 .last_seen_ns
                 .max(reply.map_or(0, |r| r.last_seen_ns));
-            let state = original.tcp_state.max(reply.map_or(0, |r| r.tcp_state));
+            let state = original.state.max(reply.map_or(0, |r| r.state));
             let expire = match timeouts {
                 None => true,
                 Some(t) if key.proto == IPPROTO_TCP => idle(
                     last_seen,
                     match state {
-                        CT_TCP_ESTABLISHED => t.tcp,
-                        CT_TCP_CLOSING => t.tcp_closing,
+                        CT_ESTABLISHED => t.tcp,
+                        CT_CLOSING => t.tcp_closing,
                         _ => t.tcp_new,
                     },
                 ),
