@@ -88,6 +88,7 @@ fn nat_flow_of(ip: &Ipv4, l4: &L4) -> NatFlow {
     NatFlow {
         frontend_ip_be: ip.dst_be,
         frontend_port_be: l4.dport_be,
+        state: dataplane_common::CT_NEW,
         _pad0: 0,
         client_ip_be: ip.src_be,
         client_port_be: l4.sport_be,
