@@ -162,7 +162,7 @@ impl Default for Settings {
             ip: Ipv4Addr::UNSPECIFIED,
             dns: None,
             port_range: "32768-60999".into(),
-            masquerade_port_range: "61000-65535".into(),
+            masquerade_port_range: MASQUERADE_PORTS_AUTO.into(),
             conntrack_max: dataplane_common::CONNTRACK_MAX,
             udp_idle_timeout: 30,
             tcp_idle_timeout: 7200,
@@ -257,9 +257,13 @@ impl Settings {
         parse_port_range("port-range", &self.port_range)
     }
 
-    /// The masquerade source port range, inclusive.
-    pub fn masquerade_port_range(&self) -> Result<(u16, u16)> {
-        parse_port_range("masquerade-port-range", &self.masquerade_port_range)
+    /// The masquerade source port range, inclusive; `None` ("auto"): netfilter's choice,
+    /// the container's own port when free, else one of the kernel's range for its class.
+    pub fn masquerade_port_range(&self) -> Result<Option<(u16, u16)>> {
+        if self.masquerade_port_range == MASQUERADE_PORTS_AUTO {
+            return Ok(None);
+        }
+        parse_port_range("masquerade-port-range", &self.masquerade_port_range).map(Some)
     }
 
     /// The Docker plugin's name and socket, when the agent serves one.
@@ -326,6 +330,9 @@ impl Settings {
 }
 
 /// `START-END`, inclusive, within 1-65535.
+/// `--masquerade-port-range` when no range is set.
+pub const MASQUERADE_PORTS_AUTO: &str = "auto";
+
 fn parse_port_range(name: &str, value: &str) -> Result<(u16, u16)> {
     let bad = || {
         Error::InvalidArgument(format!(

@@ -41,6 +41,15 @@ pub const LINKS: &str = "LINKS";
 pub const EVENTS: &str = "EVENTS";
 /// Per-CPU token bucket that limits [`EVENTS`], so a flood cannot swamp the agent.
 pub const EVENT_BUDGET: &str = "EVENT_BUDGET";
+/// Recently opened flows of [`CONNTRACK`] (their reply keys) and of [`NAT_FLOWS`]: where
+/// a full table looks for an unanswered flow to evict (early drop).
+pub const CT_UNREPLIED: &str = "CT_UNREPLIED";
+pub const NAT_UNREPLIED: &str = "NAT_UNREPLIED";
+/// Each ring's cursors: the next slot to write and the next to examine for eviction;
+/// [`CT_UNREPLIED`]'s at 0 and 1, [`NAT_UNREPLIED`]'s at 2 and 3.
+pub const UNREPLIED_CURSORS: &str = "UNREPLIED_CURSORS";
+/// Slots of each early-drop ring (a power of two).
+pub const UNREPLIED_RING_LEN: u32 = 256;
 pub const EVENTS_BYTES: u32 = 256 * 1024;
 /// Events per second and CPU that the ring buffer takes; the rest are only counted.
 pub const EVENTS_PER_SECOND: u64 = 1000;
@@ -236,7 +245,9 @@ pub struct NodeConfig {
     pub netns_cookie: u64,
     /// The source address of masqueraded traffic (the uplink's), 0 for none.
     pub masquerade_ip_be: u32,
-    /// The source ports masquerade hands out, inclusive, in host order.
+    /// The source ports masquerade hands out, inclusive, in host order. Both zero: keep
+    /// the container's port when free, else pick from the kernel's range for its class
+    /// (1-511, 600-1023 or 1024-65535), as netfilter's MASQUERADE does.
     pub masquerade_port_min: u16,
     pub masquerade_port_max: u16,
 }

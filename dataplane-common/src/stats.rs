@@ -63,6 +63,8 @@ stats! {
     SocketTranslated = "sock_addr.translate.node_local",
     MonitorSuppressed = "monitor.events_suppressed",
     UplinkDropDirectAccess = "uplink_ingress.drop.direct_access",
+    FlowEarlyDrop = "flow_table.evict.unreplied",
+    ContainerDropNoEndpoint = "container_ingress.drop.no_endpoint",
 }
 
 /// Size of the per-CPU counter array.

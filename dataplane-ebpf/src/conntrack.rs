@@ -1,37 +1,35 @@
-//! Masquerade with connection tracking: a container's TCP/UDP flow to the outside leaves
-//! with the node's address and a source port picked here; its replies are translated back
-//! on the uplink. Each flow has two entries (one per direction) in a plain hash map, so a
-//! full table refuses new flows rather than evicting live ones.
+//! Masquerade with connection tracking: a container's TCP/UDP/ICMP-echo flow to the
+//! outside leaves with the node's address and a source port picked as netfilter's
+//! MASQUERADE picks it; its replies are translated back on the uplink. Each flow has two
+//! entries in CONNTRACK (one per direction, see flowtable.rs). The same table tracks the
+//! flows that `--link` lets through `icc=false`.
 
 use aya_ebpf::{
-    bindings::{BPF_NOEXIST, TC_ACT_SHOT, bpf_sock_tuple, xdp_action},
+    bindings::{TC_ACT_OK, TC_ACT_SHOT, bpf_sock_tuple, xdp_action},
     helpers::{
-        bpf_ktime_get_ns, bpf_redirect, bpf_sk_lookup_tcp, bpf_sk_lookup_udp, bpf_sk_release,
+        bpf_get_prandom_u32, bpf_ktime_get_ns, bpf_redirect, bpf_sk_lookup_tcp, bpf_sk_lookup_udp,
+        bpf_sk_release,
     },
     programs::TcContext,
 };
 use dataplane_common::{
-    CT_ORIGINAL, CT_REPLY, CT_CLOSING, CT_ESTABLISHED, CT_NEW, CtEntry, CtKey,
-    EndpointKey, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, LinkKey, csum,
-    parse::{
-        ETH_HLEN, Frame, IPV4_CHECK_OFF, IPV4_DST_OFF, IPV4_TTL_OFF, Ipv4, L4, L4_DPORT_OFF,
-        L4_SPORT_OFF,
-    },
+    CT_CLOSING, CT_ESTABLISHED, CT_NEW, CT_ORIGINAL, CT_REPLY, CtEntry, CtKey, EndpointInfo,
+    EndpointKey, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, LinkKey, NodeConfig,
+    parse::{Frame, IPV4_SRC_OFF, Ipv4, L4, L4_SPORT_OFF},
     stats::Stat,
 };
 
 use crate::{
     fib,
+    flowtable::{self, InsertError},
     frame::XdpFrame,
     maps::{CONNTRACK, ENDPOINTS, LINKS, NODE_CONFIG},
-    nat::{decrement_ttl, rewrite_address, rewrite_port},
+    rewrite::{self, XdpTarget},
 };
 
 /// ICMP echo request and reply types.
 const ICMP_ECHO_REQUEST: u8 = 8;
 const ICMP_ECHO_REPLY: u8 = 0;
-/// Offset of the identifier in an ICMP echo header.
-const ICMP_ID_OFF: usize = 4;
 
 /// An ICMP echo request (`request`) or reply, seen as a flow: its identifier takes the
 /// place of the source port (request) or the destination port (reply), so that the same
@@ -60,24 +58,12 @@ pub fn icmp_echo<F: Frame>(frame: &F, ip: &Ipv4, request: bool) -> Option<L4> {
     })
 }
 
-/// Where the translated "port" sits: the echo identifier for ICMP, else `port_off`.
-#[inline(always)]
-fn port_field(ip: &Ipv4, port_off: usize) -> usize {
-    if ip.protocol == IPPROTO_ICMP {
-        ICMP_ID_OFF
-    } else {
-        port_off
-    }
-}
-
-/// Source ports tried for a new flow before it is refused as exhausted.
-const PORT_TRIES: u32 = 16;
+/// Ports tried for a new flow (after the container's own) before it is refused as
+/// exhausted. Random probes, as the kernel makes: with a range half full, 32 tries all
+/// failing has odds of 2^-32.
+const PORT_TRIES: u32 = 32;
 const TCP_FIN: u8 = 0x01;
-const TCP_SYN: u8 = 0x02;
 const TCP_RST: u8 = 0x04;
-const TCP_ACK: u8 = 0x10;
-/// `-EEXIST` from a map update: the key is taken.
-const EEXIST: i64 = -17;
 
 #[inline(always)]
 fn now_ns() -> u64 {
@@ -98,30 +84,57 @@ fn key_of(ip: &Ipv4, l4: &L4) -> CtKey {
     }
 }
 
-/// The TCP state after a packet with `flags` in `direction`.
-#[inline(always)]
-fn next_tcp_state(state: u8, flags: u8, direction: u8) -> u8 {
-    if flags & (TCP_FIN | TCP_RST) != 0 {
-        return CT_CLOSING;
-    }
-    if state == CT_NEW && direction == CT_REPLY && flags & (TCP_SYN | TCP_ACK) != 0 {
-        return CT_ESTABLISHED;
-    }
-    state
+/// What a packet does to its flow.
+#[derive(PartialEq, Eq)]
+enum Seen {
+    /// Nothing but the flow's last-seen time.
+    Packet,
+    /// Moves the flow to this state (both entries).
+    State(u8),
+    /// A TCP reset: the flow ends once this packet is through.
+    Reset,
 }
 
-/// Refreshes an entry for a packet and returns it.
+/// What a packet in `direction` does to a flow in `state` (nf_conntrack's view, without
+/// the sequence windows): a reply answers a new flow, a FIN closes, a RST ends, and a SYN
+/// from the original side takes a closing flow over as a new one (TIME_WAIT reuse).
 #[inline(always)]
-fn touch(entry: *mut CtEntry, ip: &Ipv4, l4: &L4) -> CtEntry {
-    // SAFETY: a pointer to a live map value; fields are plain data.
-    unsafe {
-        (*entry).last_seen_ns = now_ns();
-        if ip.protocol == IPPROTO_TCP {
-            (*entry).state =
-                next_tcp_state((*entry).state, l4.tcp_flags, (*entry).direction);
+fn seen(state: u8, direction: u8, ip: &Ipv4, l4: &L4) -> Seen {
+    if ip.protocol == IPPROTO_TCP {
+        if l4.tcp_flags & TCP_RST != 0 {
+            return Seen::Reset;
         }
-        *entry
+        if l4.tcp_flags & TCP_FIN != 0 {
+            return match state {
+                CT_CLOSING => Seen::Packet,
+                _ => Seen::State(CT_CLOSING),
+            };
+        }
+        if state == CT_CLOSING && direction == CT_ORIGINAL && l4.is_tcp_syn() {
+            return Seen::State(CT_NEW);
+        }
     }
+    if state == CT_NEW && direction == CT_REPLY {
+        return Seen::State(CT_ESTABLISHED);
+    }
+    Seen::Packet
+}
+
+/// Refreshes the flow of `entry` (at `key`) for a packet; returns a copy of the entry and
+/// what the packet did.
+#[inline(always)]
+fn touch(key: &CtKey, entry: *mut CtEntry, ip: &Ipv4, l4: &L4) -> (CtEntry, Seen) {
+    // SAFETY: a pointer to a live map value; fields are plain data.
+    let (state, direction) = unsafe {
+        (*entry).last_seen_ns = now_ns();
+        ((*entry).state, (*entry).direction)
+    };
+    let what = seen(state, direction, ip, l4);
+    if let Seen::State(next) = what {
+        flowtable::ct_set_state(key, entry, next);
+    }
+    // SAFETY: as above.
+    (unsafe { *entry }, what)
 }
 
 /// Whether a socket of the node would take packets to `ip:port` from this flow's remote
@@ -155,52 +168,49 @@ fn node_socket_uses(ctx: &TcContext, ip: &Ipv4, l4: &L4, nat_ip_be: u32, port_be
     }
 }
 
-/// Masquerades a container's TCP or UDP packet to the outside and forwards it.
+/// Masquerades a container's TCP or UDP packet (or ICMP echo request) to the outside and
+/// forwards it.
 #[inline(always)]
 pub fn masquerade(ctx: &TcContext, ip: &Ipv4, l4: &L4) -> (i32, Stat) {
     let Some(config) = NODE_CONFIG.get(0).copied() else {
-        return (aya_ebpf::bindings::TC_ACT_OK, Stat::ContainerPassOutside);
+        return (TC_ACT_OK, Stat::ContainerPassOutside);
     };
     if config.masquerade_ip_be == 0 || config.masquerade_port_max < config.masquerade_port_min {
-        return (aya_ebpf::bindings::TC_ACT_OK, Stat::ContainerPassOutside);
+        return (TC_ACT_OK, Stat::ContainerPassOutside);
     }
     if ip.ttl <= 1 {
         return (TC_ACT_SHOT, Stat::ContainerDropTtlExpired);
     }
     let key = key_of(ip, l4);
-    let entry = match CONNTRACK.get_ptr_mut(&key) {
-        Some(entry) => touch(entry, ip, l4),
+    let (entry, what) = match CONNTRACK.get_ptr_mut(&key) {
+        Some(entry) => touch(&key, entry, ip, l4),
         // Only a SYN opens a TCP flow: a segment of a connection someone opened to the
         // container's own address is a reply, routed as it is.
         None if ip.protocol == IPPROTO_TCP && !l4.is_tcp_syn() => {
-            return (aya_ebpf::bindings::TC_ACT_OK, Stat::ContainerPassOutside);
+            return (TC_ACT_OK, Stat::ContainerPassOutside);
         }
         None => match open_flow(ctx, ip, l4, &key, &config) {
-            Ok(entry) => entry,
+            Ok(entry) => (entry, Seen::Packet),
             Err(stat) => return (TC_ACT_SHOT, stat),
         },
     };
-    let rewritten = decrement_ttl(ctx, ip)
+    let rewritten = rewrite::decrement_ttl(ctx, ip)
         .and_then(|()| {
-            rewrite_address(
-                ctx,
-                ip,
-                l4,
-                dataplane_common::parse::IPV4_SRC_OFF,
-                ip.src_be,
-                entry.nat_ip_be,
-            )
+            rewrite::rewrite_address(ctx, ip, l4, IPV4_SRC_OFF, ip.src_be, entry.nat_ip_be)
         })
         .and_then(|()| {
-            rewrite_port(
+            rewrite::rewrite_port(
                 ctx,
                 ip,
                 l4,
-                port_field(ip, L4_SPORT_OFF),
+                rewrite::port_field(ip, L4_SPORT_OFF),
                 l4.sport_be,
                 entry.nat_port_be,
             )
         });
+    if what == Seen::Reset {
+        flowtable::ct_remove(&key, &entry);
+    }
     if rewritten.is_err() {
         return (TC_ACT_SHOT, Stat::ContainerDropRewriteFailed);
     }
@@ -211,84 +221,156 @@ pub fn masquerade(ctx: &TcContext, ip: &Ipv4, l4: &L4) -> (i32, Stat) {
     fib::forward(ctx, ip, l4, entry.nat_ip_be, ip.dst_be, stats)
 }
 
-/// Picks a source port for a new flow and records both directions.
+/// The source ports a new flow may leave with: `(first, count)`. The configured range,
+/// else the kernel's range for the class of the container's own port.
+#[inline(always)]
+fn port_range(config: &NodeConfig, ip: &Ipv4, sport: u16) -> (u32, u32) {
+    if config.masquerade_port_max != 0 {
+        // At least one port: the verifier must see that the modulo cannot divide by zero
+        // (the caller has checked that max >= min).
+        let span = config
+            .masquerade_port_max
+            .wrapping_sub(config.masquerade_port_min);
+        return (u32::from(config.masquerade_port_min), u32::from(span) + 1);
+    }
+    if ip.protocol == IPPROTO_ICMP {
+        return (0, 65536);
+    }
+    match sport {
+        0..512 => (1, 511),
+        512..1024 => (600, 424),
+        _ => (1024, 64512),
+    }
+}
+
+/// Picks a source port for a new flow and records both directions. The container's own
+/// port when its reply tuple is free (so that most flows keep their port, as with
+/// netfilter); else random probes of the range. A taken tuple whose flow is closing goes
+/// to a new TCP connection (TIME_WAIT reuse); one held by a node socket is never taken. A
+/// full table evicts an unanswered flow and the port found is tried once more.
 #[inline(always)]
 fn open_flow(
     ctx: &TcContext,
     ip: &Ipv4,
     l4: &L4,
     key: &CtKey,
-    config: &dataplane_common::NodeConfig,
+    config: &NodeConfig,
 ) -> Result<CtEntry, Stat> {
     // SAFETY: plain data copied out at once.
     let Some(endpoint) = (unsafe { ENDPOINTS.get(&EndpointKey { ip_be: ip.src_be }) }).copied()
     else {
-        return Err(Stat::ContainerDropRewriteFailed);
+        return Err(Stat::ContainerDropNoEndpoint);
     };
-    let now = now_ns();
-    let span = u32::from(config.masquerade_port_max - config.masquerade_port_min) + 1;
-    // Spread flows over the range so that tries rarely meet a taken port.
-    let start = (ip.src_be
-        ^ ip.dst_be.rotate_left(7)
-        ^ (u32::from(l4.sport_be) << 16)
-        ^ u32::from(l4.dport_be))
-    .wrapping_mul(0x9e37_79b1)
-        % span;
-    for i in 0..PORT_TRIES {
-        let port = config.masquerade_port_min + ((start + i) % span) as u16;
-        let port_be = port.to_be();
+    let flow = NewFlow {
+        ip,
+        l4,
+        key,
+        nat_ip_be: config.masquerade_ip_be,
+        endpoint: &endpoint,
+        now: now_ns(),
+    };
+    let sport = u16::from_be(l4.sport_be);
+    let (first, count) = port_range(config, ip, sport);
+    let own = u32::from(sport);
+    let mut full_at = None;
+    for i in 0..=PORT_TRIES {
+        let port = if i == 0 {
+            if own < first || own >= first + count {
+                continue;
+            }
+            own
+        } else {
+            // SAFETY: plain helper call.
+            first + unsafe { bpf_get_prandom_u32() } % count
+        };
+        let port_be = (port as u16).to_be();
+        let reply_key = flow.reply_key(port_be);
+        // SAFETY: plain data copied out at once.
+        if let Some(taken) = unsafe { CONNTRACK.get(&reply_key) }.copied() {
+            if !(l4.is_tcp_syn() && taken.state == CT_CLOSING) {
+                continue;
+            }
+            flowtable::ct_remove(&reply_key, &taken);
+        }
         if node_socket_uses(ctx, ip, l4, config.masquerade_ip_be, port_be) {
             continue;
         }
-        let reply_key = CtKey {
-            src_ip_be: ip.dst_be,
-            dst_ip_be: config.masquerade_ip_be,
-            sport_be: l4.dport_be,
+        match flow.record(port_be) {
+            Ok(entry) => return Ok(entry),
+            // Taken meanwhile (another CPU): try another port.
+            Err(InsertError::Exists) => continue,
+            Err(InsertError::Full) => {
+                full_at = Some(port_be);
+                break;
+            }
+        }
+    }
+    let Some(port_be) = full_at else {
+        return Err(Stat::ContainerDropNatExhausted);
+    };
+    if !flowtable::ct_make_room() {
+        return Err(Stat::ContainerDropConntrackFull);
+    }
+    flow.record(port_be)
+        .map_err(|_| Stat::ContainerDropConntrackFull)
+}
+
+/// A container's flow on its way out, before its source port is chosen.
+struct NewFlow<'a> {
+    ip: &'a Ipv4,
+    l4: &'a L4,
+    key: &'a CtKey,
+    nat_ip_be: u32,
+    endpoint: &'a EndpointInfo,
+    now: u64,
+}
+
+impl NewFlow<'_> {
+    /// How replies come back when the flow leaves from `port_be`.
+    #[inline(always)]
+    fn reply_key(&self, port_be: u16) -> CtKey {
+        CtKey {
+            src_ip_be: self.ip.dst_be,
+            dst_ip_be: self.nat_ip_be,
+            sport_be: self.l4.dport_be,
             dport_be: port_be,
-            proto: ip.protocol,
+            proto: self.ip.protocol,
             _pad: [0; 3],
-        };
+        }
+    }
+
+    /// Records both directions with source port `port_be`; returns the original entry.
+    #[inline(always)]
+    fn record(&self, port_be: u16) -> Result<CtEntry, InsertError> {
         let reply = CtEntry {
-            nat_ip_be: ip.src_be,
-            nat_port_be: l4.sport_be,
+            nat_ip_be: self.ip.src_be,
+            nat_port_be: self.l4.sport_be,
             direction: CT_REPLY,
             state: CT_NEW,
-            last_seen_ns: now,
-            host_veth_ifindex: endpoint.host_veth_ifindex,
-            container_mac: endpoint.container_mac,
-            host_veth_mac: endpoint.host_veth_mac,
+            last_seen_ns: self.now,
+            host_veth_ifindex: self.endpoint.host_veth_ifindex,
+            container_mac: self.endpoint.container_mac,
+            host_veth_mac: self.endpoint.host_veth_mac,
         };
-        match CONNTRACK.insert(&reply_key, &reply, u64::from(BPF_NOEXIST)) {
-            Ok(()) => {}
-            Err(e) if i64::from(e) == EEXIST => continue,
-            Err(_) => return Err(Stat::ContainerDropConntrackFull),
-        }
         let original = CtEntry {
-            nat_ip_be: config.masquerade_ip_be,
+            nat_ip_be: self.nat_ip_be,
             nat_port_be: port_be,
             direction: CT_ORIGINAL,
             state: CT_NEW,
-            last_seen_ns: now,
+            last_seen_ns: self.now,
             ..CtEntry::default()
         };
-        if CONNTRACK
-            .insert(key, &original, u64::from(BPF_NOEXIST))
-            .is_err()
-        {
-            let _ = CONNTRACK.remove(&reply_key);
-            return Err(Stat::ContainerDropConntrackFull);
-        }
+        flowtable::ct_insert(self.key, &original, &self.reply_key(port_be), &reply)?;
         crate::events::new_flow(
             Stat::ContainerRedirectMasquerade,
-            ip.protocol,
-            ip.src_be,
-            ip.dst_be,
-            l4.sport_be,
-            l4.dport_be,
+            self.ip.protocol,
+            self.ip.src_be,
+            self.ip.dst_be,
+            self.l4.sport_be,
+            self.l4.dport_be,
         );
-        return Ok(original);
+        Ok(original)
     }
-    Err(Stat::ContainerDropNatExhausted)
 }
 
 /// On the uplink: a reply of a masqueraded flow goes back to the container. `None`: not
@@ -297,52 +379,29 @@ fn open_flow(
 pub fn masquerade_reply(frame: &XdpFrame, ip: &Ipv4, l4: &L4) -> Option<(u32, Stat)> {
     let key = key_of(ip, l4);
     let entry = CONNTRACK.get_ptr_mut(&key)?;
-    let entry = touch(entry, ip, l4);
-    if entry.direction != CT_REPLY {
+    // SAFETY: a pointer to a live map value of plain data.
+    if unsafe { (*entry).direction } != CT_REPLY {
         return None;
     }
     if ip.ttl <= 1 {
         return Some((xdp_action::XDP_DROP, Stat::UplinkDropTtlExpired));
     }
-    if rewrite_reply(frame, ip, l4, &entry).is_none() {
+    let (entry, what) = touch(&key, entry, ip, l4);
+    if what == Seen::Reset {
+        flowtable::ct_remove(&key, &entry);
+    }
+    let to = XdpTarget {
+        ip_be: entry.nat_ip_be,
+        port_be: entry.nat_port_be,
+        dst_mac: entry.container_mac,
+        src_mac: entry.host_veth_mac,
+    };
+    if rewrite::xdp_to(frame, ip, l4, &to).is_none() {
         return Some((xdp_action::XDP_DROP, Stat::UplinkDropMalformed));
     }
     // SAFETY: plain helper call.
     let verdict = unsafe { bpf_redirect(entry.host_veth_ifindex, 0) } as u32;
     Some((verdict, Stat::UplinkRedirectMasqueradeReply))
-}
-
-#[inline(always)]
-fn rewrite_reply(frame: &XdpFrame, ip: &Ipv4, l4: &L4, entry: &CtEntry) -> Option<()> {
-    let old_ttl = u16::from_ne_bytes([ip.ttl, ip.protocol]);
-    let new_ttl = u16::from_ne_bytes([ip.ttl - 1, ip.protocol]);
-    let check: u16 = frame.load(ETH_HLEN + IPV4_CHECK_OFF)?;
-    let check = csum::replace2(check, old_ttl, new_ttl);
-    let check = csum::replace4(check, ip.dst_be, entry.nat_ip_be);
-    frame.store(ETH_HLEN + IPV4_TTL_OFF, new_ttl)?;
-    frame.store(ETH_HLEN + IPV4_DST_OFF, entry.nat_ip_be)?;
-    frame.store(ETH_HLEN + IPV4_CHECK_OFF, check)?;
-    if ip.protocol == IPPROTO_ICMP {
-        // No pseudo-header: only the identifier counts.
-        frame.store(
-            l4.check_offset,
-            csum::replace2(l4.check, l4.dport_be, entry.nat_port_be),
-        )?;
-    } else if !(ip.protocol == IPPROTO_UDP && l4.check == csum::UDP_NO_CHECKSUM) {
-        let check = csum::replace4(l4.check, ip.dst_be, entry.nat_ip_be);
-        let mut check = csum::replace2(check, l4.dport_be, entry.nat_port_be);
-        if ip.protocol == IPPROTO_UDP && check == 0 {
-            check = 0xffff;
-        }
-        frame.store(l4.check_offset, check)?;
-    }
-    frame.store(
-        ip.l4_offset() + port_field(ip, L4_DPORT_OFF),
-        entry.nat_port_be,
-    )?;
-    frame.store(0, entry.container_mac)?;
-    frame.store(6, entry.host_veth_mac)?;
-    Some(())
 }
 
 /// `icc=false` with `--link`: a packet between two containers passes when it belongs to a
@@ -352,8 +411,11 @@ fn rewrite_reply(frame: &XdpFrame, ip: &Ipv4, l4: &L4, entry: &CtEntry) -> Optio
 pub fn linked(ip: &Ipv4, l4: &L4) -> (i32, Stat) {
     let key = key_of(ip, l4);
     if let Some(entry) = CONNTRACK.get_ptr_mut(&key) {
-        touch(entry, ip, l4);
-        return (aya_ebpf::bindings::TC_ACT_OK, Stat::ContainerPassTracked);
+        let (entry, what) = touch(&key, entry, ip, l4);
+        if what == Seen::Reset {
+            flowtable::ct_remove(&key, &entry);
+        }
+        return (TC_ACT_OK, Stat::ContainerPassTracked);
     }
     let link = LinkKey {
         src_ip_be: ip.src_be,
@@ -371,8 +433,8 @@ pub fn linked(ip: &Ipv4, l4: &L4) -> (i32, Stat) {
         return (TC_ACT_SHOT, Stat::ContainerDropPolicyIcc);
     }
     let now = now_ns();
-    // No translation: each direction's "nat" address is its own source, which keeps the
-    // pair findable by the agent like a masqueraded one.
+    // No translation: both entries' "nat" address is the client's own, which keeps the
+    // pair findable from either entry like a masqueraded one.
     let original = CtEntry {
         nat_ip_be: ip.src_be,
         nat_port_be: l4.sport_be,
@@ -389,16 +451,18 @@ pub fn linked(ip: &Ipv4, l4: &L4) -> (i32, Stat) {
         _pad: [0; 3],
     };
     let reply = CtEntry {
-        nat_ip_be: ip.dst_be,
-        nat_port_be: l4.dport_be,
         direction: CT_REPLY,
-        last_seen_ns: now,
-        ..CtEntry::default()
+        ..original
     };
-    if CONNTRACK.insert(&reply_key, &reply, 0).is_err()
-        || CONNTRACK.insert(&key, &original, 0).is_err()
-    {
-        return (TC_ACT_SHOT, Stat::ContainerDropConntrackFull);
+    let mut recorded = flowtable::ct_insert(&key, &original, &reply_key, &reply);
+    if matches!(recorded, Err(InsertError::Full)) && flowtable::ct_make_room() {
+        recorded = flowtable::ct_insert(&key, &original, &reply_key, &reply);
+    }
+    match recorded {
+        Ok(()) => {}
+        // Opened meanwhile on another CPU: the flow is tracked.
+        Err(InsertError::Exists) => return (TC_ACT_OK, Stat::ContainerPassTracked),
+        Err(InsertError::Full) => return (TC_ACT_SHOT, Stat::ContainerDropConntrackFull),
     }
     crate::events::new_flow(
         Stat::ContainerPassLink,
@@ -408,106 +472,5 @@ pub fn linked(ip: &Ipv4, l4: &L4) -> (i32, Stat) {
         l4.sport_be,
         l4.dport_be,
     );
-    (aya_ebpf::bindings::TC_ACT_OK, Stat::ContainerPassLink)
-}
-
-const ICMP_DEST_UNREACHABLE: u8 = 3;
-const ICMP_TIME_EXCEEDED: u8 = 11;
-
-/// On the uplink: an ICMP error (unreachable, time exceeded) about a packet we masqueraded
-/// goes back to its container, with the quoted packet translated too, so the container's
-/// socket sees e.g. "connection refused".
-#[inline(always)]
-pub fn icmp_error_reply(frame: &XdpFrame, ip: &Ipv4) -> Option<(u32, Stat)> {
-    if ip.protocol != IPPROTO_ICMP {
-        return None;
-    }
-    let icmp = ip.l4_offset();
-    let head: [u8; 4] = frame.load(icmp)?;
-    if head[0] != ICMP_DEST_UNREACHABLE && head[0] != ICMP_TIME_EXCEEDED {
-        return None;
-    }
-    let inner = icmp + 8;
-    let inner_ip: [u8; 20] = frame.load(inner)?;
-    // The quoted packet is one we sent, without IP options.
-    let proto = inner_ip[9];
-    if inner_ip[0] != 0x45 || (proto != IPPROTO_TCP && proto != IPPROTO_UDP) {
-        return None;
-    }
-    let inner_src = u32::from_ne_bytes([inner_ip[12], inner_ip[13], inner_ip[14], inner_ip[15]]);
-    let inner_dst = u32::from_ne_bytes([inner_ip[16], inner_ip[17], inner_ip[18], inner_ip[19]]);
-    let ports: [u8; 4] = frame.load(inner + 20)?;
-    let inner_sport = u16::from_ne_bytes([ports[0], ports[1]]);
-    let inner_dport = u16::from_ne_bytes([ports[2], ports[3]]);
-    let key = CtKey {
-        src_ip_be: inner_dst,
-        dst_ip_be: inner_src,
-        sport_be: inner_dport,
-        dport_be: inner_sport,
-        proto,
-        _pad: [0; 3],
-    };
-    // SAFETY: plain data copied out at once.
-    let entry = unsafe { CONNTRACK.get(&key) }.copied()?;
-    if entry.direction != CT_REPLY || entry.nat_ip_be == inner_dst {
-        return None;
-    }
-    if ip.ttl <= 1 {
-        return Some((xdp_action::XDP_DROP, Stat::UplinkDropTtlExpired));
-    }
-    // Checksums from what was read above: reading again at another variable offset is
-    // what the verifier cannot follow.
-    let quoted = Quoted {
-        offset: inner,
-        src_be: inner_src,
-        sport_be: inner_sport,
-        ip_check: u16::from_ne_bytes([inner_ip[10], inner_ip[11]]),
-        icmp_check: u16::from_ne_bytes([head[2], head[3]]),
-    };
-    if rewrite_icmp_error(frame, ip, &quoted, &entry).is_none() {
-        return Some((xdp_action::XDP_DROP, Stat::UplinkDropMalformed));
-    }
-    // SAFETY: plain helper call.
-    let verdict = unsafe { bpf_redirect(entry.host_veth_ifindex, 0) } as u32;
-    Some((verdict, Stat::UplinkRedirectMasqueradeReply))
-}
-
-/// The packet an ICMP error quotes, and the checksums that cover it.
-struct Quoted {
-    offset: usize,
-    src_be: u32,
-    sport_be: u16,
-    ip_check: u16,
-    icmp_check: u16,
-}
-
-#[inline(always)]
-fn rewrite_icmp_error(frame: &XdpFrame, ip: &Ipv4, quoted: &Quoted, entry: &CtEntry) -> Option<()> {
-    let inner = quoted.offset;
-    // Outer header: destination back to the container, TTL down.
-    let old_ttl = u16::from_ne_bytes([ip.ttl, ip.protocol]);
-    let new_ttl = u16::from_ne_bytes([ip.ttl - 1, ip.protocol]);
-    let check: u16 = frame.load(ETH_HLEN + IPV4_CHECK_OFF)?;
-    let check = csum::replace2(check, old_ttl, new_ttl);
-    let check = csum::replace4(check, ip.dst_be, entry.nat_ip_be);
-    frame.store(ETH_HLEN + IPV4_TTL_OFF, new_ttl)?;
-    frame.store(ETH_HLEN + IPV4_DST_OFF, entry.nat_ip_be)?;
-    frame.store(ETH_HLEN + IPV4_CHECK_OFF, check)?;
-    // Quoted header: its source back to the container's address and port. The ICMP
-    // checksum covers the quote, so it follows every change.
-    let new_inner_check = csum::replace4(quoted.ip_check, quoted.src_be, entry.nat_ip_be);
-    let icmp_check_at = ip.l4_offset() + 2;
-    let icmp_check = csum::replace4(quoted.icmp_check, quoted.src_be, entry.nat_ip_be);
-    let icmp_check = csum::replace2(icmp_check, quoted.ip_check, new_inner_check);
-    let icmp_check = csum::replace2(icmp_check, quoted.sport_be, entry.nat_port_be);
-    frame.store(
-        inner + dataplane_common::parse::IPV4_SRC_OFF,
-        entry.nat_ip_be,
-    )?;
-    frame.store(inner + IPV4_CHECK_OFF, new_inner_check)?;
-    frame.store(inner + 20 + L4_SPORT_OFF, entry.nat_port_be)?;
-    frame.store(icmp_check_at, icmp_check)?;
-    frame.store(0, entry.container_mac)?;
-    frame.store(6, entry.host_veth_mac)?;
-    Some(())
+    (TC_ACT_OK, Stat::ContainerPassLink)
 }

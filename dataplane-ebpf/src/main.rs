@@ -3,15 +3,26 @@
 #![no_std]
 #![no_main]
 
+// Layers, lowest first; a module uses only those of lower layers:
+// 1. frame, maps, stats, events, fib, rewrite, flowtable: packet access, maps, counters,
+//    forwarding, rewrites with their checksums, the flow tables' storage;
+// 2. nat (published ports), conntrack (masquerade, links), icmp (errors about flows),
+//    policy (isolation, filters), sock (node-local sockets);
+// 3. uplink, container: what each program does with a frame, over the modules of 2.
 mod conntrack;
+mod container;
 mod events;
 mod fib;
+mod flowtable;
 mod frame;
+mod icmp;
 mod maps;
 mod nat;
 mod policy;
+mod rewrite;
 mod sock;
 mod stats;
+mod uplink;
 
 use aya_ebpf::{
     bindings::{TC_ACT_SHOT, xdp_action},
@@ -24,7 +35,7 @@ use aya_ebpf::{
 #[xdp]
 pub fn uplink_ingress(ctx: XdpContext) -> u32 {
     let len = ctx.data_end() - ctx.data();
-    let (verdict, stat) = nat::uplink_ingress(&ctx, len);
+    let (verdict, stat) = uplink::ingress(&ctx, len);
     stats::count(stat, len);
     events::on_verdict(
         &frame::XdpFrame(&ctx),
@@ -40,7 +51,7 @@ pub fn uplink_ingress(ctx: XdpContext) -> u32 {
 #[classifier]
 pub fn container_ingress(ctx: TcContext) -> i32 {
     let len = ctx.len() as usize;
-    let (verdict, stat) = nat::container_ingress(&ctx);
+    let (verdict, stat) = container::ingress(&ctx);
     stats::count(stat, len);
     events::on_verdict(&frame::TcFrame(&ctx), len, stat, verdict == TC_ACT_SHOT);
     verdict

@@ -2,6 +2,7 @@
 //! published ports keep answering while it restarts).
 
 use aya_ebpf::{
+    bindings::BPF_F_NO_PREALLOC,
     macros::map,
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
@@ -10,25 +11,30 @@ use dataplane_common::{
     EndpointKey, EventBudget, FILTER_RULES_MAX, FilterKey, FilterRule, FlowKey, LINKS_MAX, LinkKey,
     NAT_FLOWS_MAX, NETWORKS_MAX, NODE_ADDRS_MAX, NatFlow, NetworkInfo, NetworkKey, NodeAddr,
     NodeAddrKey, NodeConfig, PUBLISHED_PORTS_MAX, PortKey, PortTarget, SOCK_NAT_MAX, SockNatKey,
-    SockNatValue, stats::STATS_LEN,
+    SockNatValue, UNREPLIED_RING_LEN, stats::STATS_LEN,
 };
 
 #[map]
-pub static PUBLISHED_PORTS: HashMap<PortKey, PortTarget> = HashMap::pinned(PUBLISHED_PORTS_MAX, 0);
+pub static PUBLISHED_PORTS: HashMap<PortKey, PortTarget> =
+    HashMap::pinned(PUBLISHED_PORTS_MAX, BPF_F_NO_PREALLOC);
 
 #[map]
-pub static PUBLISHED_BACKENDS: HashMap<BackendKey, u32> = HashMap::pinned(PUBLISHED_PORTS_MAX, 0);
+pub static PUBLISHED_BACKENDS: HashMap<BackendKey, u32> =
+    HashMap::pinned(PUBLISHED_PORTS_MAX, BPF_F_NO_PREALLOC);
 
 #[map]
-pub static NODE_ADDRS: HashMap<NodeAddrKey, NodeAddr> = HashMap::pinned(NODE_ADDRS_MAX, 0);
+pub static NODE_ADDRS: HashMap<NodeAddrKey, NodeAddr> =
+    HashMap::pinned(NODE_ADDRS_MAX, BPF_F_NO_PREALLOC);
 
-// An LRU map for now: the connection-tracking work (GC that never evicts a live flow)
-// replaces it. The agent expires idle entries.
+// The flow tables are plain hash maps, allocated per flow: a full one evicts only
+// unanswered flows (flowtable.rs), and the agent expires idle ones. Tables the agent alone
+// writes are allocated per entry too, so that an idle node holds little memory.
 #[map]
-pub static NAT_FLOWS: LruHashMap<FlowKey, NatFlow> = LruHashMap::pinned(NAT_FLOWS_MAX, 0);
+pub static NAT_FLOWS: HashMap<FlowKey, NatFlow> = HashMap::pinned(NAT_FLOWS_MAX, BPF_F_NO_PREALLOC);
 
 #[map]
-pub static ENDPOINTS: HashMap<EndpointKey, EndpointInfo> = HashMap::pinned(ENDPOINTS_MAX, 0);
+pub static ENDPOINTS: HashMap<EndpointKey, EndpointInfo> =
+    HashMap::pinned(ENDPOINTS_MAX, BPF_F_NO_PREALLOC);
 
 #[map]
 pub static FILTER_RULES: LpmTrie<FilterKey, FilterRule> = LpmTrie::pinned(FILTER_RULES_MAX, 0);
@@ -49,10 +55,19 @@ pub static NODE_CONFIG: Array<NodeConfig> = Array::pinned(1, 0);
 pub static NETWORKS: LpmTrie<NetworkKey, NetworkInfo> = LpmTrie::pinned(NETWORKS_MAX, 0);
 
 #[map]
-pub static CONNTRACK: HashMap<CtKey, CtEntry> = HashMap::pinned(CONNTRACK_MAX, 0);
+pub static CONNTRACK: HashMap<CtKey, CtEntry> = HashMap::pinned(CONNTRACK_MAX, BPF_F_NO_PREALLOC);
 
 #[map]
-pub static LINKS: HashMap<LinkKey, u32> = HashMap::pinned(LINKS_MAX, 0);
+pub static CT_UNREPLIED: Array<CtKey> = Array::pinned(UNREPLIED_RING_LEN, 0);
+
+#[map]
+pub static NAT_UNREPLIED: Array<FlowKey> = Array::pinned(UNREPLIED_RING_LEN, 0);
+
+#[map]
+pub static UNREPLIED_CURSORS: Array<u32> = Array::pinned(4, 0);
+
+#[map]
+pub static LINKS: HashMap<LinkKey, u32> = HashMap::pinned(LINKS_MAX, BPF_F_NO_PREALLOC);
 
 #[map]
 pub static EVENTS: RingBuf = RingBuf::pinned(EVENTS_BYTES, 0);

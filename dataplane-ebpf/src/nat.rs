@@ -1,32 +1,30 @@
 //! Published ports: destination NAT of connections from outside (XDP on the uplink) and
 //! from containers through the node's address (hairpin, TC), and the reverse translation
-//! of their replies (TC).
+//! of their replies (TC). Flows live in NAT_FLOWS, keyed as the container sees them.
 
 use aya_ebpf::{
-    bindings::{BPF_F_PSEUDO_HDR, TC_ACT_OK, TC_ACT_SHOT, xdp_action},
+    bindings::{TC_ACT_OK, TC_ACT_SHOT, xdp_action},
     helpers::{bpf_ktime_get_ns, bpf_redirect},
-    programs::{TcContext, XdpContext},
+    programs::TcContext,
 };
 use dataplane_common::{
-    EndpointKey, FlowKey, IPPROTO_ICMP, IPPROTO_UDP, NatFlow, NodeAddrKey, PortKey, PortTarget,
-    csum,
-    parse::{
-        ETH_HLEN, Frame as _, IPV4_CHECK_OFF, IPV4_DST_OFF, IPV4_SRC_OFF, IPV4_TTL_OFF, Ipv4, L4,
-        L4_DPORT_OFF, L4_SPORT_OFF, Malformed, Parsed, parse,
-    },
+    CT_CLOSING, CT_ESTABLISHED, CT_NEW, EndpointKey, FlowKey, IPPROTO_TCP, IPPROTO_UDP, NatFlow,
+    NodeAddrKey, PortKey, PortTarget,
+    parse::{IPV4_DST_OFF, IPV4_SRC_OFF, Ipv4, L4, L4_DPORT_OFF, L4_SPORT_OFF},
     stats::Stat,
 };
 
 use crate::{
-    conntrack, fib,
-    frame::{TcFrame, XdpFrame},
+    fib,
+    flowtable::{self, InsertError},
+    frame::XdpFrame,
     maps::{ENDPOINTS, NAT_FLOWS, NODE_ADDRS, PUBLISHED_PORTS},
-    policy::{self, Destination},
+    policy,
+    rewrite::{self, XdpTarget},
 };
 
-/// Headers the TC program wants in the linear part of the skb: Ethernet, IPv4 with the
-/// longest options, and a TCP header.
-const MAX_HEADERS: u32 = (ETH_HLEN + 60 + 60) as u32;
+const TCP_FIN: u8 = 0x01;
+const TCP_RST: u8 = 0x04;
 
 /// 127.0.0.0/8 in network order: never a published address from the wire (moby#45610).
 #[inline(always)]
@@ -67,28 +65,77 @@ pub(crate) fn published_target(
     unsafe { PUBLISHED_PORTS.get(&any) }.copied()
 }
 
-/// The TTL/protocol word of the IPv4 header with the TTL decremented, for the checksum.
-#[inline(always)]
-fn ttl_words(ip: &Ipv4) -> (u16, u16) {
-    let old = u16::from_ne_bytes([ip.ttl, ip.protocol]);
-    let new = u16::from_ne_bytes([ip.ttl - 1, ip.protocol]);
-    (old, new)
-}
-
 #[inline(always)]
 fn now_ns() -> u64 {
     // SAFETY: plain helper call.
     unsafe { bpf_ktime_get_ns() }
 }
 
-/// The translation record of a new published-port flow: the client as it came, and the
+/// What a packet does to a published-port flow: `None` for a TCP reset (the flow ends once
+/// the packet is through), else the flow's next state. The client's SYN takes a closing
+/// flow over as a new one; the container's first packet answers it.
+#[inline(always)]
+fn next_state(state: u8, from_container: bool, ip: &Ipv4, l4: &L4) -> Option<u8> {
+    if ip.protocol == IPPROTO_TCP {
+        if l4.tcp_flags & TCP_RST != 0 {
+            return None;
+        }
+        if l4.tcp_flags & TCP_FIN != 0 {
+            return Some(CT_CLOSING);
+        }
+        if !from_container && state == CT_CLOSING && l4.is_tcp_syn() {
+            return Some(CT_NEW);
+        }
+    }
+    if from_container && state == CT_NEW {
+        return Some(CT_ESTABLISHED);
+    }
+    Some(state)
+}
+
+/// Records a packet of the flow at `flow`, opening it when `opens`: updates the existing
+/// entry in place (so its state survives), or inserts a new one (with early drop when the
+/// table is full). `Err` is the drop reason.
+#[inline(always)]
+fn track(
+    flow: &FlowKey,
+    nat: NatFlow,
+    opens: bool,
+    ip: &Ipv4,
+    l4: &L4,
+    full: Stat,
+) -> Result<(), Stat> {
+    if let Some(entry) = NAT_FLOWS.get_ptr_mut(flow) {
+        // SAFETY: a pointer to a live map value of plain data.
+        unsafe {
+            let state = (*entry).state;
+            *entry = nat;
+            match next_state(state, false, ip, l4) {
+                Some(state) => (*entry).state = state,
+                None => {
+                    let _ = NAT_FLOWS.remove(flow);
+                }
+            }
+        }
+        return Ok(());
+    }
+    if !opens {
+        return Ok(());
+    }
+    match flowtable::nat_insert(flow, &nat) {
+        Ok(()) | Err(InsertError::Exists) => Ok(()),
+        Err(InsertError::Full) => Err(full),
+    }
+}
+
+/// The translation record of a published-port flow: the client as it came, and the
 /// published address it asked for.
 #[inline(always)]
 fn nat_flow_of(ip: &Ipv4, l4: &L4) -> NatFlow {
     NatFlow {
         frontend_ip_be: ip.dst_be,
         frontend_port_be: l4.dport_be,
-        state: dataplane_common::CT_NEW,
+        state: CT_NEW,
         _pad0: 0,
         client_ip_be: ip.src_be,
         client_port_be: l4.sport_be,
@@ -97,38 +144,11 @@ fn nat_flow_of(ip: &Ipv4, l4: &L4) -> NatFlow {
     }
 }
 
-/// Whether the packet's L4 checksum is in use (a UDP checksum of zero means "none").
+/// On the uplink: a packet to a published port goes straight to its container; anything
+/// else is the node's (or dropped, like Docker's FORWARD policy, when it tries to reach a
+/// container directly).
 #[inline(always)]
-fn has_l4_checksum(ip: &Ipv4, l4: &L4) -> bool {
-    !(ip.protocol == IPPROTO_UDP && l4.check == csum::UDP_NO_CHECKSUM)
-}
-
-pub fn uplink_ingress(ctx: &XdpContext, len: usize) -> (u32, Stat) {
-    let frame = XdpFrame(ctx);
-    let (ip, l4) = match parse(&frame, len) {
-        Err(_) => return (xdp_action::XDP_DROP, Stat::UplinkDropMalformed),
-        Ok(Parsed::NotIpv4) => return (xdp_action::XDP_PASS, Stat::UplinkPassNotIpv4),
-        Ok(Parsed::Fragment(_)) => return (xdp_action::XDP_PASS, Stat::UplinkPassFragment),
-        Ok(Parsed::OtherProtocol(ip)) => {
-            // An echo reply to a masqueraded ping goes back to its container.
-            if let Some(echo) = conntrack::icmp_echo(&frame, &ip, false)
-                && let Some(verdict) = conntrack::masquerade_reply(&frame, &ip, &echo)
-            {
-                return verdict;
-            }
-            if let Some(verdict) = conntrack::icmp_error_reply(&frame, &ip) {
-                return verdict;
-            }
-            if !policy::direct_access_allowed(ip.dst_be, None) {
-                return (xdp_action::XDP_DROP, Stat::UplinkDropDirectAccess);
-            }
-            return (xdp_action::XDP_PASS, Stat::UplinkPassNotTcpUdp);
-        }
-        Ok(Parsed::Transport(ip, l4)) => (ip, l4),
-    };
-    if let Some(verdict) = conntrack::masquerade_reply(&frame, &ip, &l4) {
-        return verdict;
-    }
+pub fn from_outside(frame: &XdpFrame, ip: &Ipv4, l4: &L4, len: usize) -> (u32, Stat) {
     // A frame from the wire addressed to loopback is never translated, whatever is
     // published on 127.0.0.1; the stack drops it as a martian.
     if is_loopback(ip.dst_be) {
@@ -147,9 +167,6 @@ pub fn uplink_ingress(ctx: &XdpContext, len: usize) -> (u32, Stat) {
     if ip.ttl <= 1 {
         return (xdp_action::XDP_DROP, Stat::UplinkDropTtlExpired);
     }
-    if rewrite_destination(&frame, &ip, &l4, &target).is_none() {
-        return (xdp_action::XDP_DROP, Stat::UplinkDropMalformed);
-    }
     let flow = FlowKey {
         container_ip_be: target.container_ip_be,
         remote_ip_be: ip.src_be,
@@ -158,9 +175,19 @@ pub fn uplink_ingress(ctx: &XdpContext, len: usize) -> (u32, Stat) {
         proto: ip.protocol,
         _pad: [0; 3],
     };
-    let nat = nat_flow_of(&ip, &l4);
-    if NAT_FLOWS.insert(&flow, &nat, 0).is_err() {
-        return (xdp_action::XDP_DROP, Stat::UplinkDropFlowTableFull);
+    // Any packet may (re)open a flow from outside: the container answers what reaches it.
+    let nat = nat_flow_of(ip, l4);
+    if let Err(stat) = track(&flow, nat, true, ip, l4, Stat::UplinkDropFlowTableFull) {
+        return (xdp_action::XDP_DROP, stat);
+    }
+    let to = XdpTarget {
+        ip_be: target.container_ip_be,
+        port_be: target.container_port_be,
+        dst_mac: target.container_mac,
+        src_mac: target.host_veth_mac,
+    };
+    if rewrite::xdp_to(frame, ip, l4, &to).is_none() {
+        return (xdp_action::XDP_DROP, Stat::UplinkDropMalformed);
     }
     if l4.is_tcp_syn() {
         crate::events::new_flow(
@@ -177,61 +204,9 @@ pub fn uplink_ingress(ctx: &XdpContext, len: usize) -> (u32, Stat) {
     (verdict, Stat::UplinkRedirectDnat)
 }
 
-/// Rewrites destination address and port to the container's, decrements the TTL, fixes both
-/// checksums incrementally and readdresses the Ethernet header to the container's veth.
+/// The published-port flow a container's packet answers, if any.
 #[inline(always)]
-fn rewrite_destination(frame: &XdpFrame, ip: &Ipv4, l4: &L4, target: &PortTarget) -> Option<()> {
-    let (old_ttl, new_ttl) = ttl_words(ip);
-    let check: u16 = frame.load(ETH_HLEN + IPV4_CHECK_OFF)?;
-    let check = csum::replace2(check, old_ttl, new_ttl);
-    let check = csum::replace4(check, ip.dst_be, target.container_ip_be);
-    frame.store(ETH_HLEN + IPV4_TTL_OFF, new_ttl)?;
-    frame.store(ETH_HLEN + IPV4_DST_OFF, target.container_ip_be)?;
-    frame.store(ETH_HLEN + IPV4_CHECK_OFF, check)?;
-
-    // A UDP checksum of zero means "none" and stays so; a computed zero is sent as 0xffff.
-    if has_l4_checksum(ip, l4) {
-        let check = csum::replace4(l4.check, ip.dst_be, target.container_ip_be);
-        let mut check = csum::replace2(check, l4.dport_be, target.container_port_be);
-        if ip.protocol == IPPROTO_UDP && check == 0 {
-            check = 0xffff;
-        }
-        frame.store(l4.check_offset, check)?;
-    }
-    frame.store(ip.l4_offset() + L4_DPORT_OFF, target.container_port_be)?;
-    frame.store(0, target.container_mac)?;
-    frame.store(6, target.host_veth_mac)?;
-    Some(())
-}
-
-pub fn container_ingress(ctx: &TcContext) -> (i32, Stat) {
-    let len = ctx.len() as usize;
-    let mut parsed = parse(&TcFrame(ctx), len);
-    if parsed == Err(Malformed::Truncated) && ctx.data_end() - ctx.data() < len {
-        // The headers may sit partly outside the linear area: pull them in and retry.
-        let want = if len < MAX_HEADERS as usize {
-            len as u32
-        } else {
-            MAX_HEADERS
-        };
-        if ctx.pull_data(want).is_ok() {
-            parsed = parse(&TcFrame(ctx), len);
-        }
-    }
-    let (ip, l4) = match parsed {
-        Err(_) => return (TC_ACT_SHOT, Stat::ContainerDropMalformed),
-        Ok(Parsed::NotIpv4) => return (TC_ACT_OK, Stat::ContainerPassNotIpv4),
-        // Fragments and other protocols (ICMP, ...) are judged by addresses alone.
-        Ok(Parsed::Fragment(ip)) => {
-            return policy_verdict(ctx, &ip, None, Stat::ContainerPassFragment);
-        }
-        Ok(Parsed::OtherProtocol(ip)) => {
-            return policy_verdict(ctx, &ip, None, Stat::ContainerPassNotTcpUdp);
-        }
-        Ok(Parsed::Transport(ip, l4)) => (ip, l4),
-    };
-    // A reply of a translated flow first: a container answering a node-local client (whose
-    // ephemeral port may equal some published port) must not be taken for a new hairpin.
+pub fn reply_flow(ip: &Ipv4, l4: &L4) -> Option<(FlowKey, *mut NatFlow)> {
     let flow = FlowKey {
         container_ip_be: ip.src_be,
         remote_ip_be: ip.dst_be,
@@ -240,51 +215,8 @@ pub fn container_ingress(ctx: &TcContext) -> (i32, Stat) {
         proto: ip.protocol,
         _pad: [0; 3],
     };
-    if let Some(entry) = NAT_FLOWS.get_ptr_mut(&flow) {
-        return reply(ctx, &ip, &l4, entry);
-    }
-    if !is_loopback(ip.dst_be)
-        && let Some(target) = published_target(ip.dst_be, l4.dport_be, ip.protocol, false)
-    {
-        return hairpin(ctx, &ip, &l4, &target);
-    }
-    policy_verdict(ctx, &ip, Some(&l4), Stat::ContainerPassNoFlow)
-}
-
-/// What the networks' policy says of a packet that is not part of a translated flow:
-/// isolation between networks, `icc`, `--internal`. `unknown` counts a sender that is on no
-/// network the agent knows.
-#[inline(always)]
-fn policy_verdict(ctx: &TcContext, ip: &Ipv4, l4: Option<&L4>, unknown: Stat) -> (i32, Stat) {
-    match policy::classify(ip.src_be, ip.dst_be) {
-        None => (TC_ACT_OK, unknown),
-        Some(Destination::Node) => (TC_ACT_OK, Stat::ContainerPassToNode),
-        Some(Destination::SameNetwork { icc: true }) => (TC_ACT_OK, Stat::ContainerPassSameNetwork),
-        Some(Destination::SameNetwork { icc: false }) => match l4 {
-            Some(l4) => conntrack::linked(ip, l4),
-            None => (TC_ACT_SHOT, Stat::ContainerDropPolicyIcc),
-        },
-        Some(Destination::OtherNetwork) => (TC_ACT_SHOT, Stat::ContainerDropIsolation),
-        Some(Destination::Outside { internal: true, .. }) => {
-            (TC_ACT_SHOT, Stat::ContainerDropInternal)
-        }
-        Some(Destination::Outside {
-            internal: false,
-            masquerade: false,
-        }) => (TC_ACT_OK, Stat::ContainerPassOutside),
-        Some(Destination::Outside {
-            internal: false,
-            masquerade: true,
-        }) => match l4 {
-            Some(l4) => conntrack::masquerade(ctx, ip, l4),
-            // ICMP echo requests are masqueraded by identifier; other protocols leave as
-            // they are.
-            None => match conntrack::icmp_echo(&TcFrame(ctx), ip, true) {
-                Some(echo) => conntrack::masquerade(ctx, ip, &echo),
-                None => (TC_ACT_OK, Stat::ContainerPassOutside),
-            },
-        },
-    }
+    let entry = NAT_FLOWS.get_ptr_mut(&flow)?;
+    Some((flow, entry))
 }
 
 /// A container reaching a published port through the node's address: translate to the
@@ -292,15 +224,16 @@ fn policy_verdict(ctx: &TcContext, ip: &Ipv4, l4: Option<&L4>, unknown: Stat) ->
 /// would see a packet from itself, so its source becomes its network's gateway, as Docker's
 /// hairpin masquerade does.
 #[inline(always)]
-fn hairpin(ctx: &TcContext, ip: &Ipv4, l4: &L4, target: &PortTarget) -> (i32, Stat) {
+pub fn hairpin(ctx: &TcContext, ip: &Ipv4, l4: &L4, target: &PortTarget) -> (i32, Stat) {
     if ip.ttl <= 1 {
         return (TC_ACT_SHOT, Stat::ContainerDropTtlExpired);
     }
+    // SAFETY: plain data copied out at once.
+    let source = unsafe { ENDPOINTS.get(&EndpointKey { ip_be: ip.src_be }) }.copied();
     let mut remote_ip_be = ip.src_be;
     if target.container_ip_be == ip.src_be {
-        // SAFETY: plain data copied out at once.
-        let Some(source) = (unsafe { ENDPOINTS.get(&EndpointKey { ip_be: ip.src_be }) }) else {
-            return (TC_ACT_SHOT, Stat::ContainerDropRewriteFailed);
+        let Some(source) = source else {
+            return (TC_ACT_SHOT, Stat::ContainerDropNoEndpoint);
         };
         remote_ip_be = source.gateway_ip_be;
     }
@@ -317,27 +250,29 @@ fn hairpin(ctx: &TcContext, ip: &Ipv4, l4: &L4, target: &PortTarget) -> (i32, St
     // port) is not taken for a new one. Likewise UDP sent to the sender's own gateway,
     // where those clients' datagrams come from, only continues a flow.
     let opens = match ip.protocol {
-        IPPROTO_UDP => {
-            // SAFETY: plain data copied out at once.
-            let source = unsafe { ENDPOINTS.get(&EndpointKey { ip_be: ip.src_be }) };
-            source.is_none_or(|s| s.gateway_ip_be != ip.dst_be)
-        }
+        IPPROTO_UDP => source.is_none_or(|s| s.gateway_ip_be != ip.dst_be),
         _ => l4.is_tcp_syn(),
     };
     // SAFETY: only checking presence.
     if !opens && unsafe { NAT_FLOWS.get(&flow) }.is_none() {
         return (TC_ACT_OK, Stat::ContainerPassNoFlow);
     }
-    let nat = nat_flow_of(ip, l4);
-    if NAT_FLOWS.insert(&flow, &nat, 0).is_err() {
-        return (TC_ACT_SHOT, Stat::ContainerDropFlowTableFull);
+    if let Err(stat) = track(
+        &flow,
+        nat_flow_of(ip, l4),
+        opens,
+        ip,
+        l4,
+        Stat::ContainerDropFlowTableFull,
+    ) {
+        return (TC_ACT_SHOT, stat);
     }
-    let rewritten = decrement_ttl(ctx, ip)
+    let rewritten = rewrite::decrement_ttl(ctx, ip)
         .and_then(|()| {
-            rewrite_address(ctx, ip, l4, IPV4_DST_OFF, ip.dst_be, target.container_ip_be)
+            rewrite::rewrite_address(ctx, ip, l4, IPV4_DST_OFF, ip.dst_be, target.container_ip_be)
         })
         .and_then(|()| {
-            rewrite_port(
+            rewrite::rewrite_port(
                 ctx,
                 ip,
                 l4,
@@ -348,10 +283,9 @@ fn hairpin(ctx: &TcContext, ip: &Ipv4, l4: &L4, target: &PortTarget) -> (i32, St
         })
         .and_then(|()| match remote_ip_be == ip.src_be {
             true => Ok(()),
-            false => rewrite_address(ctx, ip, l4, IPV4_SRC_OFF, ip.src_be, remote_ip_be),
+            false => rewrite::rewrite_address(ctx, ip, l4, IPV4_SRC_OFF, ip.src_be, remote_ip_be),
         })
-        .and_then(|()| ctx.store(0, &target.container_mac, 0))
-        .and_then(|()| ctx.store(6, &target.host_veth_mac, 0));
+        .and_then(|()| rewrite::set_macs(ctx, &target.container_mac, &target.host_veth_mac));
     if rewritten.is_err() {
         return (TC_ACT_SHOT, Stat::ContainerDropRewriteFailed);
     }
@@ -364,21 +298,40 @@ fn hairpin(ctx: &TcContext, ip: &Ipv4, l4: &L4, target: &PortTarget) -> (i32, St
 /// destination the real client, when that was translated too); then it goes to the client,
 /// a local container directly, anything else by the FIB.
 #[inline(always)]
-fn reply(ctx: &TcContext, ip: &Ipv4, l4: &L4, entry: *mut NatFlow) -> (i32, Stat) {
+pub fn reply(
+    ctx: &TcContext,
+    ip: &Ipv4,
+    l4: &L4,
+    flow: &FlowKey,
+    entry: *mut NatFlow,
+) -> (i32, Stat) {
     // SAFETY: the pointer is to a live map value; fields are plain data.
     let nat = unsafe {
         (*entry).last_seen_ns = now_ns();
         *entry
     };
+    match next_state(nat.state, true, ip, l4) {
+        // SAFETY: as above.
+        Some(state) => unsafe { (*entry).state = state },
+        None => {
+            let _ = NAT_FLOWS.remove(flow);
+        }
+    }
     if ip.ttl <= 1 {
         return (TC_ACT_SHOT, Stat::ContainerDropTtlExpired);
     }
-    let rewritten = decrement_ttl(ctx, ip)
-        .and_then(|()| rewrite_address(ctx, ip, l4, IPV4_SRC_OFF, ip.src_be, nat.frontend_ip_be))
-        .and_then(|()| rewrite_port(ctx, ip, l4, L4_SPORT_OFF, l4.sport_be, nat.frontend_port_be))
+    let rewritten = rewrite::decrement_ttl(ctx, ip)
+        .and_then(|()| {
+            rewrite::rewrite_address(ctx, ip, l4, IPV4_SRC_OFF, ip.src_be, nat.frontend_ip_be)
+        })
+        .and_then(|()| {
+            rewrite::rewrite_port(ctx, ip, l4, L4_SPORT_OFF, l4.sport_be, nat.frontend_port_be)
+        })
         .and_then(|()| match nat.client_ip_be == ip.dst_be {
             true => Ok(()),
-            false => rewrite_address(ctx, ip, l4, IPV4_DST_OFF, ip.dst_be, nat.client_ip_be),
+            false => {
+                rewrite::rewrite_address(ctx, ip, l4, IPV4_DST_OFF, ip.dst_be, nat.client_ip_be)
+            }
         });
     if rewritten.is_err() {
         return (TC_ACT_SHOT, Stat::ContainerDropRewriteFailed);
@@ -389,9 +342,7 @@ fn reply(ctx: &TcContext, ip: &Ipv4, l4: &L4, entry: *mut NatFlow) -> (i32, Stat
             ip_be: nat.client_ip_be,
         })
     } {
-        if ctx.store(0, &local.container_mac, 0).is_err()
-            || ctx.store(6, &local.host_veth_mac, 0).is_err()
-        {
+        if rewrite::set_macs(ctx, &local.container_mac, &local.host_veth_mac).is_err() {
             return (TC_ACT_SHOT, Stat::ContainerDropRewriteFailed);
         }
         // SAFETY: plain helper call.
@@ -403,52 +354,4 @@ fn reply(ctx: &TcContext, ip: &Ipv4, l4: &L4, entry: *mut NatFlow) -> (i32, Stat
         Stat::ContainerRedirectReplyNeigh,
     );
     fib::forward(ctx, ip, l4, nat.frontend_ip_be, nat.client_ip_be, stats)
-}
-
-#[inline(always)]
-pub(crate) fn decrement_ttl(ctx: &TcContext, ip: &Ipv4) -> Result<(), i64> {
-    let (old_ttl, new_ttl) = ttl_words(ip);
-    ctx.l3_csum_replace(
-        ETH_HLEN + IPV4_CHECK_OFF,
-        u64::from(old_ttl),
-        u64::from(new_ttl),
-        2,
-    )?;
-    ctx.store(ETH_HLEN + IPV4_TTL_OFF, &new_ttl, 0)
-}
-
-/// Rewrites the IPv4 address at `field` (source or destination offset in the header) and
-/// adjusts both checksums. Uses the checksum helpers: packets a container sends often carry
-/// only a partial L4 checksum (offload), which the helpers know how to adjust.
-#[inline(always)]
-pub(crate) fn rewrite_address(
-    ctx: &TcContext,
-    ip: &Ipv4,
-    l4: &L4,
-    field: usize,
-    old: u32,
-    new: u32,
-) -> Result<(), i64> {
-    ctx.l3_csum_replace(ETH_HLEN + IPV4_CHECK_OFF, u64::from(old), u64::from(new), 4)?;
-    // ICMP's checksum covers no pseudo-header: an address change leaves it alone.
-    if ip.protocol != IPPROTO_ICMP && has_l4_checksum(ip, l4) {
-        let pseudo = u64::from(BPF_F_PSEUDO_HDR) | 4;
-        ctx.l4_csum_replace(l4.check_offset, u64::from(old), u64::from(new), pseudo)?;
-    }
-    ctx.store(ETH_HLEN + field, &new, 0)
-}
-
-#[inline(always)]
-pub(crate) fn rewrite_port(
-    ctx: &TcContext,
-    ip: &Ipv4,
-    l4: &L4,
-    field: usize,
-    old: u16,
-    new: u16,
-) -> Result<(), i64> {
-    if has_l4_checksum(ip, l4) {
-        ctx.l4_csum_replace(l4.check_offset, u64::from(old), u64::from(new), 2)?;
-    }
-    ctx.store(ip.l4_offset() + field, &new, 0)
 }

@@ -12,18 +12,19 @@ use aya::{
     },
     programs::{SchedClassifier, TestRun, TestRunOptions, Xdp},
 };
-use bpfbridge::dataplane::ebpf::{CONTAINER_PROGRAM, UPLINK_PROGRAM, load_object};
+use bpfbridge::dataplane::ebpf::{CONTAINER_PROGRAM, UPLINK_PROGRAM, load_object_sized};
 use bpfbridge_tests::{
     NODE_IP, Netns, WORLD_IP,
     packet::{ETH_HLEN, Packet, View, ipv4_checksum_ok, l4_checksum_ok},
     unique,
 };
 use dataplane_common::{
-    BackendKey, CONNTRACK, Counter, CtEntry, CtKey, ENDPOINTS, EndpointInfo, EndpointKey,
-    FILTER_ALLOW, FILTER_DENY, FILTER_RULES, FILTER_SCOPE_BITS, FilterKey, FilterRule, FlowKey,
-    IPPROTO_TCP, IPPROTO_UDP, NAT_FLOWS, NETWORK_ICC, NETWORK_INTERNAL, NETWORK_MASQUERADE,
-    NETWORKS, NODE_ADDRS, NODE_CONFIG, NatFlow, NetworkInfo, NetworkKey, NodeAddr, NodeAddrKey,
-    NodeConfig, PUBLISHED_BACKENDS, PUBLISHED_PORTS, PortKey, PortTarget, STATS, stats::Stat,
+    BackendKey, CONNTRACK, CONNTRACK_MAX, CT_CLOSING, CT_ESTABLISHED, CT_NEW, Counter, CtEntry,
+    CtKey, ENDPOINTS, EndpointInfo, EndpointKey, FILTER_ALLOW, FILTER_DENY, FILTER_RULES,
+    FILTER_SCOPE_BITS, FilterKey, FilterRule, FlowKey, IPPROTO_TCP, IPPROTO_UDP, NAT_FLOWS,
+    NETWORK_ICC, NETWORK_INTERNAL, NETWORK_MASQUERADE, NETWORKS, NODE_ADDRS, NODE_CONFIG, NatFlow,
+    NetworkInfo, NetworkKey, NodeAddr, NodeAddrKey, NodeConfig, PUBLISHED_BACKENDS,
+    PUBLISHED_PORTS, PortKey, PortTarget, STATS, stats::Stat,
 };
 
 const XDP_DROP: u32 = 1;
@@ -39,6 +40,9 @@ const EXACT_BOUND_IP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 7);
 const CONTAINER_MAC: [u8; 6] = [0x02, 0x42, 172, 17, 0, 2];
 const HOST_VETH_MAC: [u8; 6] = [0x0a, 0, 0, 0, 0, 0x0a];
 const HOST_VETH_IFINDEX: u32 = 42;
+
+/// The counters a test run moved, and by how much.
+type Moved = Vec<(Stat, u64)>;
 
 /// The eBPF object loaded with its maps pinned in a private directory, removed on drop.
 struct Fixture {
@@ -56,8 +60,13 @@ impl Fixture {
     /// Node address 198.51.100.1; 8080/tcp published on every node address and 9090/tcp on
     /// 198.51.100.7 only, both to 172.17.0.2:80.
     fn new() -> Result<Self> {
+        Self::with_conntrack_max(CONNTRACK_MAX)
+    }
+
+    /// [`Fixture::new`] with a connection-tracking table of `conntrack_max` entries.
+    fn with_conntrack_max(conntrack_max: u32) -> Result<Self> {
         let pin_dir = PathBuf::from("/sys/fs/bpf").join(unique("testrun"));
-        let ebpf = load_object(&pin_dir)?;
+        let ebpf = load_object_sized(&pin_dir, conntrack_max)?;
         let mut f = Fixture { ebpf, pin_dir };
         let xdp: &mut Xdp = f.ebpf.program_mut(UPLINK_PROGRAM).unwrap().try_into()?;
         xdp.load()?;
@@ -204,6 +213,21 @@ impl Fixture {
     /// Runs `program` on `frame`; returns the verdict, the output frame and which counter
     /// moved (asserting that exactly one moved by exactly one).
     fn run(&mut self, program: &str, frame: &[u8]) -> Result<(u32, Vec<u8>, Stat)> {
+        let (verdict, out, moved) = self.run_counting(program, frame)?;
+        assert!(
+            matches!(moved.as_slice(), [(_, 1)]),
+            "exactly one counter must move by one, got {moved:?}"
+        );
+        Ok((verdict, out, moved[0].0))
+    }
+
+    /// Runs `program` on `frame`; returns the verdict, the output frame and every counter
+    /// that moved, with how much.
+    fn run_counting(
+        &mut self,
+        program: &str,
+        frame: &[u8],
+    ) -> Result<(u32, Vec<u8>, Moved)> {
         let before = self.counters()?;
         let mut out = vec![0u8; frame.len() + 256];
         let opts = TestRunOptions {
@@ -226,11 +250,7 @@ impl Fixture {
             .filter(|(_, (b, a))| a != b)
             .map(|(s, (b, a))| (*s, a - b))
             .collect();
-        assert!(
-            matches!(moved.as_slice(), [(_, 1)]),
-            "exactly one counter must move by one, got {moved:?}"
-        );
-        Ok((result.return_value, out, moved[0].0))
+        Ok((result.return_value, out, moved))
     }
 }
 
@@ -888,6 +908,320 @@ fn container_ingress_table() -> Result<()> {
         );
         assert_eq!((o.dst_mac(), o.src_mac()), (CONTAINER_MAC, HOST_VETH_MAC));
         assert!(ipv4_checksum_ok(&out) && l4_checksum_ok(&out));
+        Ok(())
+    })
+}
+
+const OTHER_CONTAINER_IP: Ipv4Addr = Ipv4Addr::new(172, 17, 0, 3);
+const OTHER_CONTAINER_MAC: [u8; 6] = [0x02, 0x42, 172, 17, 0, 3];
+
+impl Fixture {
+    /// Masquerade through the node's address, with netfilter's choice of ports (no range),
+    /// for 172.17.0.0/16 where a second container sits at 172.17.0.3.
+    fn masquerading(conntrack_max: u32) -> Result<Self> {
+        let mut fx = Fixture::with_conntrack_max(conntrack_max)?;
+        fx.networks(&[("172.17.0.0", 16, NETWORK_ICC | NETWORK_MASQUERADE)])?;
+        let mut config: Array<&mut MapData, NodeConfig> =
+            Array::try_from(fx.ebpf.map_mut(NODE_CONFIG).unwrap())?;
+        config.set(
+            0,
+            NodeConfig {
+                netns_cookie: 0,
+                masquerade_ip_be: u32::from(NODE_IP).to_be(),
+                masquerade_port_min: 0,
+                masquerade_port_max: 0,
+            },
+            0,
+        )?;
+        let mut endpoints: HashMap<&mut MapData, EndpointKey, EndpointInfo> =
+            HashMap::try_from(fx.ebpf.map_mut(ENDPOINTS).unwrap())?;
+        endpoints.insert(
+            EndpointKey {
+                ip_be: u32::from(OTHER_CONTAINER_IP).to_be(),
+            },
+            EndpointInfo {
+                host_veth_ifindex: HOST_VETH_IFINDEX + 1,
+                gateway_ip_be: u32::from(GATEWAY).to_be(),
+                container_mac: OTHER_CONTAINER_MAC,
+                host_veth_mac: HOST_VETH_MAC,
+            },
+            0,
+        )?;
+        Ok(fx)
+    }
+
+    /// Every CONNTRACK entry.
+    fn conntrack(&self) -> Result<Vec<(CtKey, CtEntry)>> {
+        let ct: HashMap<&MapData, CtKey, CtEntry> =
+            HashMap::try_from(self.ebpf.map(CONNTRACK).unwrap())?;
+        Ok(ct.iter().collect::<Result<_, _>>()?)
+    }
+
+    /// The states of the entries of the flow whose reply comes to the node at `port`.
+    fn states_at(&self, port: u16) -> Result<Vec<u8>> {
+        Ok(self
+            .conntrack()?
+            .into_iter()
+            .filter(|(k, e)| {
+                u16::from_be(k.dport_be) == port || u16::from_be(e.nat_port_be) == port
+            })
+            .map(|(_, e)| e.state)
+            .collect())
+    }
+}
+
+/// A container's packet to the world server 198.51.100.2:`dport`.
+fn from_container(src: Ipv4Addr, sport: u16, dport: u16, protocol: u8, flags: u8) -> Vec<u8> {
+    let mac = if src == CONTAINER_IP {
+        CONTAINER_MAC
+    } else {
+        OTHER_CONTAINER_MAC
+    };
+    Packet {
+        src_mac: mac,
+        dst_mac: HOST_VETH_MAC,
+        protocol,
+        tcp_flags: flags,
+        payload: b"data".to_vec(),
+        ..Packet::tcp_syn(src, sport, WORLD_IP, dport)
+    }
+    .build()
+}
+
+/// The world server's packet to the node's `port`.
+fn from_world(sport: u16, port: u16, protocol: u8, flags: u8) -> Vec<u8> {
+    Packet {
+        protocol,
+        tcp_flags: flags,
+        payload: b"data".to_vec(),
+        ..Packet::tcp_syn(WORLD_IP, sport, NODE_IP, port)
+    }
+    .build()
+}
+
+const SYN: u8 = 0x02;
+const SYN_ACK: u8 = 0x12;
+const ACK: u8 = 0x10;
+const FIN_ACK: u8 = 0x11;
+const RST: u8 = 0x04;
+
+#[test]
+fn masquerade_port_allocation_table() -> Result<()> {
+    let ns = forwarding_namespace()?;
+    ns.run(|| -> Result<()> {
+        let mut fx = Fixture::masquerading(CONNTRACK_MAX)?;
+
+        // (name, container, source port, the port the world must see: Some(kept) or None
+        // for "another one, from the kernel's range for the class").
+        let cases: Vec<(&str, Ipv4Addr, u16, Option<u16>)> = vec![
+            ("a free port is kept", CONTAINER_IP, 40000, Some(40000)),
+            (
+                "the same port from another container is remapped",
+                OTHER_CONTAINER_IP,
+                40000,
+                None,
+            ),
+            ("a privileged port is kept", CONTAINER_IP, 700, Some(700)),
+            (
+                "a taken privileged port is remapped among 600-1023",
+                OTHER_CONTAINER_IP,
+                700,
+                None,
+            ),
+            ("a port below 512 is kept", CONTAINER_IP, 53, Some(53)),
+            (
+                "a taken port below 512 is remapped among 1-511",
+                OTHER_CONTAINER_IP,
+                53,
+                None,
+            ),
+        ];
+        for (name, src, sport, kept) in cases {
+            let (verdict, out, stat) = fx.run(
+                CONTAINER_PROGRAM,
+                &from_container(src, sport, 53, IPPROTO_UDP, 0),
+            )?;
+            assert_eq!(
+                (verdict, stat),
+                (TC_ACT_REDIRECT, Stat::ContainerRedirectMasquerade),
+                "{name}"
+            );
+            let o = View(&out);
+            assert_eq!(o.src(), NODE_IP, "{name}");
+            assert!(
+                ipv4_checksum_ok(&out) && l4_checksum_ok(&out),
+                "{name}: checksums"
+            );
+            let class = match sport {
+                0..512 => 1..=511,
+                512..1024 => 600..=1023,
+                _ => 1024..=65535,
+            };
+            match kept {
+                Some(port) => assert_eq!(o.sport(), port, "{name}"),
+                None => assert!(
+                    o.sport() != sport && class.contains(&o.sport()),
+                    "{name}: {}",
+                    o.sport()
+                ),
+            }
+            // The reply finds its way back to the right container and port.
+            let (verdict, out, stat) =
+                fx.run(UPLINK_PROGRAM, &from_world(53, o.sport(), IPPROTO_UDP, 0))?;
+            assert_eq!(
+                (verdict, stat),
+                (XDP_REDIRECT, Stat::UplinkRedirectMasqueradeReply),
+                "{name}"
+            );
+            let back = View(&out);
+            assert_eq!((back.dst(), back.dport()), (src, sport), "{name}: reply");
+            assert!(
+                ipv4_checksum_ok(&out) && l4_checksum_ok(&out),
+                "{name}: reply checksums"
+            );
+        }
+        // Answered flows are established, both entries.
+        assert!(
+            fx.conntrack()?
+                .iter()
+                .all(|(_, e)| e.state == CT_ESTABLISHED)
+        );
+        Ok(())
+    })
+}
+
+#[test]
+fn masquerade_tcp_states_table() -> Result<()> {
+    let ns = forwarding_namespace()?;
+    ns.run(|| -> Result<()> {
+        let mut fx = Fixture::masquerading(CONNTRACK_MAX)?;
+        let out = |fx: &mut Fixture, flags: u8| -> Result<Stat> {
+            let (verdict, _, stat) = fx.run(
+                CONTAINER_PROGRAM,
+                &from_container(CONTAINER_IP, 40000, 80, IPPROTO_TCP, flags),
+            )?;
+            assert_eq!(verdict, TC_ACT_REDIRECT, "{stat:?}");
+            Ok(stat)
+        };
+        let back = |fx: &mut Fixture, flags: u8| -> Result<Stat> {
+            let (verdict, _, stat) =
+                fx.run(UPLINK_PROGRAM, &from_world(80, 40000, IPPROTO_TCP, flags))?;
+            assert_eq!(verdict, XDP_REDIRECT, "{stat:?}");
+            Ok(stat)
+        };
+
+        // (step, packet, the states of both entries after it)
+        out(&mut fx, SYN)?;
+        assert_eq!(fx.states_at(40000)?, [CT_NEW, CT_NEW], "SYN out: new");
+        back(&mut fx, SYN_ACK)?;
+        assert_eq!(
+            fx.states_at(40000)?,
+            [CT_ESTABLISHED; 2],
+            "SYN-ACK back: established"
+        );
+        out(&mut fx, ACK)?;
+        assert_eq!(fx.states_at(40000)?, [CT_ESTABLISHED; 2], "ACK: unchanged");
+        back(&mut fx, FIN_ACK)?;
+        assert_eq!(fx.states_at(40000)?, [CT_CLOSING; 2], "FIN: closing");
+        out(&mut fx, SYN)?;
+        assert_eq!(
+            fx.states_at(40000)?,
+            [CT_NEW; 2],
+            "a SYN takes the closing tuple over"
+        );
+        back(&mut fx, SYN_ACK)?;
+        assert_eq!(fx.states_at(40000)?, [CT_ESTABLISHED; 2]);
+
+        // A reset goes through and ends the flow at once.
+        back(&mut fx, RST)?;
+        assert!(fx.conntrack()?.is_empty(), "RST removes both entries");
+        // Without its flow, a late segment from the world is not translated.
+        let (verdict, _, stat) =
+            fx.run(UPLINK_PROGRAM, &from_world(80, 40000, IPPROTO_TCP, ACK))?;
+        assert_eq!((verdict, stat), (XDP_PASS, Stat::UplinkPassNotPublished));
+
+        // Another container's SYN may take over a tuple whose flow is closing.
+        out(&mut fx, SYN)?;
+        back(&mut fx, SYN_ACK)?;
+        out(&mut fx, FIN_ACK)?;
+        assert_eq!(fx.states_at(40000)?, [CT_CLOSING; 2]);
+        let (verdict, out_frame, _) = fx.run(
+            CONTAINER_PROGRAM,
+            &from_container(OTHER_CONTAINER_IP, 40000, 80, IPPROTO_TCP, SYN),
+        )?;
+        assert_eq!(verdict, TC_ACT_REDIRECT);
+        assert_eq!(
+            View(&out_frame).sport(),
+            40000,
+            "the closing tuple is reused"
+        );
+        let (_, back_frame, _) =
+            fx.run(UPLINK_PROGRAM, &from_world(80, 40000, IPPROTO_TCP, SYN_ACK))?;
+        assert_eq!(View(&back_frame).dst(), OTHER_CONTAINER_IP);
+        assert_eq!(fx.conntrack()?.len(), 2, "the old flow is gone");
+        Ok(())
+    })
+}
+
+#[test]
+fn full_table_early_drop_table() -> Result<()> {
+    let ns = forwarding_namespace()?;
+    ns.run(|| -> Result<()> {
+        // Room for two flows (two entries each).
+        let mut fx = Fixture::masquerading(4)?;
+        let udp_out = |fx: &mut Fixture, sport: u16| {
+            fx.run_counting(
+                CONTAINER_PROGRAM,
+                &from_container(CONTAINER_IP, sport, 53, IPPROTO_UDP, 0),
+            )
+        };
+        for sport in [5001, 5002] {
+            let (verdict, _, moved) = udp_out(&mut fx, sport)?;
+            assert_eq!(
+                (verdict, moved),
+                (
+                    TC_ACT_REDIRECT,
+                    vec![(Stat::ContainerRedirectMasquerade, 1)]
+                )
+            );
+        }
+        // Full of unanswered flows: the oldest gives way.
+        let (verdict, _, moved) = udp_out(&mut fx, 5003)?;
+        assert_eq!(verdict, TC_ACT_REDIRECT);
+        assert_eq!(
+            moved,
+            vec![
+                (Stat::ContainerRedirectMasquerade, 1),
+                (Stat::FlowEarlyDrop, 1)
+            ]
+        );
+        let ports: Vec<u16> = fx
+            .conntrack()?
+            .iter()
+            .map(|(k, _)| u16::from_be(k.sport_be))
+            .collect();
+        assert!(
+            !ports.contains(&5001) && ports.contains(&5002) && ports.contains(&5003),
+            "{ports:?}"
+        );
+        // Both answered: established flows are never evicted, so the next is refused.
+        for port in [5002, 5003] {
+            let (verdict, _, _) = fx.run(UPLINK_PROGRAM, &from_world(53, port, IPPROTO_UDP, 0))?;
+            assert_eq!(verdict, XDP_REDIRECT);
+        }
+        let (verdict, _, moved) = udp_out(&mut fx, 5004)?;
+        assert_eq!(
+            (verdict, moved),
+            (TC_ACT_SHOT, vec![(Stat::ContainerDropConntrackFull, 1)])
+        );
+        assert_eq!(fx.conntrack()?.len(), 4);
+        // The live flows still carry data both ways.
+        for port in [5002, 5003] {
+            let (verdict, _, _) = udp_out(&mut fx, port)?;
+            assert_eq!(verdict, TC_ACT_REDIRECT);
+            let (verdict, _, _) = fx.run(UPLINK_PROGRAM, &from_world(53, port, IPPROTO_UDP, 0))?;
+            assert_eq!(verdict, XDP_REDIRECT);
+        }
         Ok(())
     })
 }

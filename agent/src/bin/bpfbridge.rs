@@ -124,7 +124,8 @@ struct AgentArgs {
     /// Host ports for dynamic publishing, START-END [default: 32768-60999].
     #[arg(long)]
     port_range: Option<String>,
-    /// Source ports for masqueraded traffic, START-END [default: 61000-65535].
+    /// Source ports for masqueraded traffic, START-END, or "auto": keep the container's
+    /// port when free, else pick from the kernel's range (as MASQUERADE does) [default: auto].
     #[arg(long)]
     masquerade_port_range: Option<String>,
     /// Entries of the connection-tracking table [default: 262144].

@@ -23,13 +23,13 @@ use aya::{
     },
 };
 use dataplane_common::{
-    BackendKey, CONNTRACK, CONNTRACK_MAX, CT_ORIGINAL, CT_REPLY, CT_CLOSING,
-    CT_ESTABLISHED, Counter, CtEntry, CtKey, ENDPOINTS, EVENT_DROP, EVENTS, EndpointInfo,
-    EndpointKey, Event, FILTER_ALLOW, FILTER_DENY, FILTER_HITS, FILTER_RULES, FILTER_SCOPE_BITS,
-    FilterKey, FilterRule, FlowKey, IPPROTO_TCP, LINKS, LinkKey, NAT_FLOWS, NETWORK_ICC,
-    NETWORK_INTERNAL, NETWORK_MASQUERADE, NETWORKS, NODE_ADDRS, NODE_CONFIG, NatFlow, NetworkInfo,
-    NetworkKey, NodeAddr, NodeAddrKey, NodeConfig, PUBLISHED_BACKENDS, PUBLISHED_PORTS, PortKey,
-    PortTarget, STATS, stats::Stat,
+    BackendKey, CONNTRACK, CONNTRACK_MAX, CT_CLOSING, CT_ESTABLISHED, CT_ORIGINAL, CT_REPLY,
+    Counter, CtEntry, CtKey, ENDPOINTS, EVENT_DROP, EVENTS, EndpointInfo, EndpointKey, Event,
+    FILTER_ALLOW, FILTER_DENY, FILTER_HITS, FILTER_RULES, FILTER_SCOPE_BITS, FilterKey, FilterRule,
+    FlowKey, IPPROTO_TCP, LINKS, LinkKey, NAT_FLOWS, NETWORK_ICC, NETWORK_INTERNAL,
+    NETWORK_MASQUERADE, NETWORKS, NODE_ADDRS, NODE_CONFIG, NatFlow, NetworkInfo, NetworkKey,
+    NodeAddr, NodeAddrKey, NodeConfig, PUBLISHED_BACKENDS, PUBLISHED_PORTS, PortKey, PortTarget,
+    STATS, stats::Stat,
 };
 
 use super::{Dataplane, Endpoint, FilterHits, FlowTimeouts, LinkRule, NetworkPolicy};
@@ -969,7 +969,13 @@ impl Dataplane for EbpfDataplane {
         Ok(())
     }
 
-    fn set_masquerade(&mut self, source: Option<Ipv4Addr>, (min, max): (u16, u16)) -> Result<()> {
+    fn set_masquerade(
+        &mut self,
+        source: Option<Ipv4Addr>,
+        ports: Option<(u16, u16)>,
+    ) -> Result<()> {
+        // Zeros tell the programs to choose as netfilter does.
+        let (min, max) = ports.unwrap_or((0, 0));
         self.node_config.masquerade_ip_be = source.map_or(0, |ip| u32::from(ip).to_be());
         self.node_config.masquerade_port_min = min;
         self.node_config.masquerade_port_max = max;

@@ -821,7 +821,11 @@ impl Dataplane for IptablesDataplane {
     }
 
     /// Masquerade is per network (`-s SUBNET ! -o BRIDGE -j MASQUERADE`, in set_networks).
-    fn set_masquerade(&mut self, _source: Option<Ipv4Addr>, _ports: (u16, u16)) -> Result<()> {
+    fn set_masquerade(
+        &mut self,
+        _source: Option<Ipv4Addr>,
+        _ports: Option<(u16, u16)>,
+    ) -> Result<()> {
         Ok(())
     }
 

@@ -111,8 +111,13 @@ pub trait Dataplane: Send + Sync {
             false => Err(unsupported("links", self.name())),
         }
     }
-    /// The source address (`None`: no masquerade) and port range of masqueraded traffic.
-    fn set_masquerade(&mut self, source: Option<Ipv4Addr>, _ports: (u16, u16)) -> Result<()> {
+    /// The source address (`None`: no masquerade) and port range (`None`: netfilter's
+    /// choice) of masqueraded traffic.
+    fn set_masquerade(
+        &mut self,
+        source: Option<Ipv4Addr>,
+        _ports: Option<(u16, u16)>,
+    ) -> Result<()> {
         match source {
             None => Ok(()),
             Some(_) => Err(unsupported("masquerade", self.name())),
