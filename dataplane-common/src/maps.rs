@@ -50,6 +50,10 @@ pub const NAT_UNREPLIED: &str = "NAT_UNREPLIED";
 pub const UNREPLIED_CURSORS: &str = "UNREPLIED_CURSORS";
 /// Slots of each early-drop ring (a power of two).
 pub const UNREPLIED_RING_LEN: u32 = 256;
+/// Translations of fragmented datagrams, recorded from their first fragment (the one with
+/// the ports) for the fragments that follow. An LRU map: fragments are short-lived, and an
+/// evicted entry costs one datagram, never a flow.
+pub const FRAGMENTS: &str = "FRAGMENTS";
 pub const EVENTS_BYTES: u32 = 256 * 1024;
 /// Events per second and CPU that the ring buffer takes; the rest are only counted.
 pub const EVENTS_PER_SECOND: u64 = 1000;
@@ -63,6 +67,11 @@ pub const SOCK_NAT_MAX: u32 = 65_536;
 pub const NETWORKS_MAX: u32 = 1024;
 pub const CONNTRACK_MAX: u32 = 262_144;
 pub const LINKS_MAX: u32 = 65_536;
+/// Datagrams in reassembly at once (Cilium's default for its fragment map).
+pub const FRAGMENTS_MAX: u32 = 8192;
+/// How long a [`FRAGMENTS`] entry is used: the kernel's reassembly timeout (`ipfrag_time`),
+/// after which the receiver has given the datagram up and its IP id may come back.
+pub const FRAGMENT_TIMEOUT_NS: u64 = 30_000_000_000;
 
 pub const IPPROTO_TCP: u8 = 6;
 pub const IPPROTO_UDP: u8 = 17;
@@ -334,6 +343,32 @@ pub struct CtEntry {
     pub host_veth_mac: [u8; 6],
 }
 
+/// Key of [`FRAGMENTS`]: a fragmented datagram as it arrived (RFC 791's reassembly key).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FragmentKey {
+    pub src_ip_be: u32,
+    pub dst_ip_be: u32,
+    pub id_be: u16,
+    pub proto: u8,
+    pub _pad: u8,
+}
+
+/// Value of [`FRAGMENTS`]: what the first fragment was translated to, and where it went.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FragmentEntry {
+    pub src_ip_be: u32,
+    pub dst_ip_be: u32,
+    /// The veth the first fragment was handed to, with the MACs it got; 0: it was
+    /// forwarded by a FIB lookup, which each fragment repeats.
+    pub ifindex: u32,
+    pub dst_mac: [u8; 6],
+    pub src_mac: [u8; 6],
+    /// `bpf_ktime_get_ns()` of the first fragment, for [`FRAGMENT_TIMEOUT_NS`].
+    pub first_seen_ns: u64,
+}
+
 /// Value of [`STATS`].
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -364,6 +399,8 @@ const _: () = assert!(size_of::<CtEntry>() == 32);
 const _: () = assert!(size_of::<NetworkKey>() == 4);
 const _: () = assert!(size_of::<NetworkInfo>() == 8);
 const _: () = assert!(size_of::<Counter>() == 16);
+const _: () = assert!(size_of::<FragmentKey>() == 12);
+const _: () = assert!(size_of::<FragmentEntry>() == 32);
 
 #[cfg(feature = "user")]
 mod pod {
@@ -392,4 +429,6 @@ mod pod {
     unsafe impl aya::Pod for NetworkKey {}
     unsafe impl aya::Pod for NetworkInfo {}
     unsafe impl aya::Pod for Counter {}
+    unsafe impl aya::Pod for FragmentKey {}
+    unsafe impl aya::Pod for FragmentEntry {}
 }

@@ -65,6 +65,13 @@ stats! {
     UplinkDropDirectAccess = "uplink_ingress.drop.direct_access",
     FlowEarlyDrop = "flow_table.evict.unreplied",
     ContainerDropNoEndpoint = "container_ingress.drop.no_endpoint",
+    UplinkRedirectIcmpError = "uplink_ingress.redirect.icmp_error",
+    UplinkRedirectFragment = "uplink_ingress.redirect.fragment",
+    ContainerRedirectFragment = "container_ingress.redirect.fragment",
+    ContainerRedirectFragmentNeigh = "container_ingress.redirect.fragment_resolve_neighbour",
+    ContainerDropFragmentUntracked = "container_ingress.drop.fragment_untracked",
+    ContainerRedirectIcmpError = "container_ingress.redirect.icmp_error",
+    ContainerRedirectIcmpErrorNeigh = "container_ingress.redirect.icmp_error_resolve_neighbour",
 }
 
 /// Size of the per-CPU counter array.

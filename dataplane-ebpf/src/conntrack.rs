@@ -15,48 +15,18 @@ use aya_ebpf::{
 use dataplane_common::{
     CT_CLOSING, CT_ESTABLISHED, CT_NEW, CT_ORIGINAL, CT_REPLY, CtEntry, CtKey, EndpointInfo,
     EndpointKey, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, LinkKey, NodeConfig,
-    parse::{Frame, IPV4_SRC_OFF, Ipv4, L4, L4_SPORT_OFF},
+    parse::{IPV4_SRC_OFF, Ipv4, L4, L4_SPORT_OFF},
     stats::Stat,
 };
 
 use crate::{
     fib,
     flowtable::{self, InsertError},
+    frag,
     frame::XdpFrame,
     maps::{CONNTRACK, ENDPOINTS, LINKS, NODE_CONFIG},
     rewrite::{self, XdpTarget},
 };
-
-/// ICMP echo request and reply types.
-const ICMP_ECHO_REQUEST: u8 = 8;
-const ICMP_ECHO_REPLY: u8 = 0;
-
-/// An ICMP echo request (`request`) or reply, seen as a flow: its identifier takes the
-/// place of the source port (request) or the destination port (reply), so that the same
-/// tracking and translation serve pings.
-#[inline(always)]
-pub fn icmp_echo<F: Frame>(frame: &F, ip: &Ipv4, request: bool) -> Option<L4> {
-    if ip.protocol != IPPROTO_ICMP || usize::from(ip.total_len) < ip.header_len + 8 {
-        return None;
-    }
-    let header: [u8; 8] = frame.load(ip.l4_offset())?;
-    let wanted = if request {
-        ICMP_ECHO_REQUEST
-    } else {
-        ICMP_ECHO_REPLY
-    };
-    if header[0] != wanted || header[1] != 0 {
-        return None;
-    }
-    let id_be = u16::from_ne_bytes([header[4], header[5]]);
-    Some(L4 {
-        sport_be: if request { id_be } else { 0 },
-        dport_be: if request { 0 } else { id_be },
-        check_offset: ip.l4_offset() + 2,
-        check: u16::from_ne_bytes([header[2], header[3]]),
-        tcp_flags: 0,
-    })
-}
 
 /// Ports tried for a new flow (after the container's own) before it is refused as
 /// exhausted. Random probes, as the kernel makes: with a range half full, 32 tries all
@@ -399,6 +369,14 @@ pub fn masquerade_reply(frame: &XdpFrame, ip: &Ipv4, l4: &L4) -> Option<(u32, St
     if rewrite::xdp_to(frame, ip, l4, &to).is_none() {
         return Some((xdp_action::XDP_DROP, Stat::UplinkDropMalformed));
     }
+    frag::remember(
+        ip,
+        ip.src_be,
+        entry.nat_ip_be,
+        entry.host_veth_ifindex,
+        entry.container_mac,
+        entry.host_veth_mac,
+    );
     // SAFETY: plain helper call.
     let verdict = unsafe { bpf_redirect(entry.host_veth_ifindex, 0) } as u32;
     Some((verdict, Stat::UplinkRedirectMasqueradeReply))

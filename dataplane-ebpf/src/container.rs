@@ -1,21 +1,22 @@
 //! What the TC program on a container's veth does with what the container sends: replies
 //! of published-port flows go back to their clients, connections to a published port
-//! through the node's address go to its container (hairpin), and the rest is judged by
-//! the networks' policy, masqueraded on its way out.
+//! through the node's address go to its container (hairpin), fragments follow their first
+//! fragment, ICMP errors about translated flows leave as the remote end knows the flow, and
+//! the rest is judged by the networks' policy, masqueraded on its way out.
 
 use aya_ebpf::{
     bindings::{TC_ACT_OK, TC_ACT_SHOT},
     programs::TcContext,
 };
 use dataplane_common::{
-    parse::{ETH_HLEN, Ipv4, L4, Malformed, Parsed, parse},
+    parse::{ETH_HLEN, Ipv4, L4, Malformed, Parsed, icmp_echo, parse},
     stats::Stat,
 };
 
 use crate::{
-    conntrack,
+    conntrack, frag,
     frame::TcFrame,
-    nat,
+    icmp, nat,
     policy::{self, Destination},
 };
 
@@ -40,11 +41,18 @@ pub fn ingress(ctx: &TcContext) -> (i32, Stat) {
     let (ip, l4) = match parsed {
         Err(_) => return (TC_ACT_SHOT, Stat::ContainerDropMalformed),
         Ok(Parsed::NotIpv4) => return (TC_ACT_OK, Stat::ContainerPassNotIpv4),
-        // Fragments and other protocols (ICMP, ...) are judged by addresses alone.
+        // A fragment after the first follows its first fragment; without one, it and other
+        // protocols (ICMP, ...) are judged by addresses alone.
         Ok(Parsed::Fragment(ip)) => {
+            if let Some(verdict) = frag::container_following(ctx, &ip) {
+                return verdict;
+            }
             return policy_verdict(ctx, &ip, None, Stat::ContainerPassFragment);
         }
         Ok(Parsed::OtherProtocol(ip)) => {
+            if let Some(verdict) = icmp::container_error(ctx, &ip) {
+                return verdict;
+            }
             return policy_verdict(ctx, &ip, None, Stat::ContainerPassNotTcpUdp);
         }
         Ok(Parsed::Transport(ip, l4)) => (ip, l4),
@@ -89,9 +97,14 @@ fn policy_verdict(ctx: &TcContext, ip: &Ipv4, l4: Option<&L4>, unknown: Stat) ->
         }) => match l4 {
             Some(l4) => conntrack::masquerade(ctx, ip, l4),
             // ICMP echo requests are masqueraded by identifier; other protocols leave as
-            // they are.
-            None => match conntrack::icmp_echo(&TcFrame(ctx), ip, true) {
+            // they are. A later fragment of a datagram we would have translated, but whose
+            // first fragment was not (refused), would leave with the container's own
+            // address: dropped.
+            None => match icmp_echo(&TcFrame(ctx), ip, true) {
                 Some(echo) => conntrack::masquerade(ctx, ip, &echo),
+                None if frag::is_translated_protocol(ip) && ip.fragment_offset() != 0 => {
+                    (TC_ACT_SHOT, Stat::ContainerDropFragmentUntracked)
+                }
                 None => (TC_ACT_OK, Stat::ContainerPassOutside),
             },
         },

@@ -26,6 +26,9 @@ pub fn forward(
     dst_be: u32,
     (redirected, resolving): (Stat, Stat),
 ) -> (i32, Stat) {
+    // Every translated packet routed out passes here: a first fragment's translation is
+    // remembered for the fragments that follow.
+    crate::frag::remember(ip, src_be, dst_be, 0, [0; 6], [0; 6]);
     // SAFETY: an all-zero bpf_fib_lookup is a valid request to fill in.
     let mut params: bpf_fib_lookup = unsafe { core::mem::zeroed() };
     params.family = AF_INET;

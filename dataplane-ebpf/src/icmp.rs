@@ -1,112 +1,298 @@
-//! ICMP errors about translated flows: translated back to the container that sent the
-//! packet they quote.
+//! ICMP errors about translated flows (destination unreachable, fragmentation needed, time
+//! exceeded, parameter problem), both ways, as netfilter's NAT translates them:
+//!
+//! - on the uplink, an error sent to the node's address about a packet that a container
+//!   sent through a published port or masquerade goes back to that container, its quote
+//!   translated back too, so that its socket sees "connection refused" and its TCP learns
+//!   the path MTU from a router's "fragmentation needed";
+//! - at the container's veth, an error that a container sends about a packet it received
+//!   through a published port or masquerade leaves from the address the remote end used,
+//!   with the quote showing that address, so that the remote socket recognises it.
+//!
+//! An error that matches no flow is left alone.
 
-use aya_ebpf::{bindings::xdp_action, helpers::bpf_redirect};
+use aya_ebpf::{
+    bindings::{TC_ACT_SHOT, xdp_action},
+    helpers::bpf_redirect,
+    programs::TcContext,
+};
 use dataplane_common::{
-    CT_REPLY, CtEntry, CtKey, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, csum,
-    parse::{ETH_HLEN, Frame as _, IPV4_CHECK_OFF, IPV4_DST_OFF, IPV4_TTL_OFF, Ipv4, L4_SPORT_OFF},
+    CT_ORIGINAL, CT_REPLY, CtKey, FlowKey, IPPROTO_TCP, IPPROTO_UDP, csum,
+    parse::{
+        ETH_HLEN, Frame as _, IPV4_CHECK_OFF, IPV4_DST_OFF, IPV4_SRC_OFF, IPV4_TTL_OFF, IcmpError,
+        Ipv4, L4, Quoted, icmp_error,
+    },
     stats::Stat,
 };
 
-use crate::{frame::XdpFrame, maps::CONNTRACK};
+use crate::{
+    fib,
+    frame::{TcFrame, XdpFrame},
+    maps::{CONNTRACK, NAT_FLOWS},
+    nat, rewrite,
+};
 
-const ICMP_DEST_UNREACHABLE: u8 = 3;
-const ICMP_TIME_EXCEEDED: u8 = 11;
+/// The headers an ICMP error needs in the linear part of the skb: Ethernet, IPv4 and ICMP,
+/// then the quoted IPv4 header (options included) and 8 bytes of its payload.
+const ERROR_HEADERS: usize = ETH_HLEN + 60 + 8 + 60 + 8;
 
-/// On the uplink: an ICMP error (unreachable, time exceeded) about a packet we masqueraded
-/// goes back to its container, with the quoted packet translated too, so the container's
-/// socket sees e.g. "connection refused".
+/// The container end of a flow that a quote belongs to: its address and port (the echo
+/// identifier for pings) and how to hand it a frame.
+struct Origin {
+    ip_be: u32,
+    port_be: u16,
+    ifindex: u32,
+    container_mac: [u8; 6],
+    host_veth_mac: [u8; 6],
+}
+
+/// A masqueraded flow whose packet (node address and port → remote) is quoted.
 #[inline(always)]
-pub fn icmp_error_reply(frame: &XdpFrame, ip: &Ipv4) -> Option<(u32, Stat)> {
-    if ip.protocol != IPPROTO_ICMP {
-        return None;
-    }
-    let icmp = ip.l4_offset();
-    let head: [u8; 4] = frame.load(icmp)?;
-    if head[0] != ICMP_DEST_UNREACHABLE && head[0] != ICMP_TIME_EXCEEDED {
-        return None;
-    }
-    let inner = icmp + 8;
-    let inner_ip: [u8; 20] = frame.load(inner)?;
-    // The quoted packet is one we sent, without IP options.
-    let proto = inner_ip[9];
-    if inner_ip[0] != 0x45 || (proto != IPPROTO_TCP && proto != IPPROTO_UDP) {
-        return None;
-    }
-    let inner_src = u32::from_ne_bytes([inner_ip[12], inner_ip[13], inner_ip[14], inner_ip[15]]);
-    let inner_dst = u32::from_ne_bytes([inner_ip[16], inner_ip[17], inner_ip[18], inner_ip[19]]);
-    let ports: [u8; 4] = frame.load(inner + 20)?;
-    let inner_sport = u16::from_ne_bytes([ports[0], ports[1]]);
-    let inner_dport = u16::from_ne_bytes([ports[2], ports[3]]);
+fn masqueraded(q: &Quoted) -> Option<Origin> {
+    // The key of the flow's replies, which come from the quoted destination.
     let key = CtKey {
-        src_ip_be: inner_dst,
-        dst_ip_be: inner_src,
-        sport_be: inner_dport,
-        dport_be: inner_sport,
-        proto,
+        src_ip_be: q.dst_be,
+        dst_ip_be: q.src_be,
+        sport_be: q.dport_be,
+        dport_be: q.sport_be,
+        proto: q.protocol,
         _pad: [0; 3],
     };
     // SAFETY: plain data copied out at once.
     let entry = unsafe { CONNTRACK.get(&key) }.copied()?;
-    if entry.direction != CT_REPLY || entry.nat_ip_be == inner_dst {
+    // A link's entries translate nothing: their address is the quoted destination's own.
+    if entry.direction != CT_REPLY || entry.nat_ip_be == q.dst_be {
         return None;
     }
+    Some(Origin {
+        ip_be: entry.nat_ip_be,
+        port_be: entry.nat_port_be,
+        ifindex: entry.host_veth_ifindex,
+        container_mac: entry.container_mac,
+        host_veth_mac: entry.host_veth_mac,
+    })
+}
+
+/// A published-port flow whose reply (published address and port → client) is quoted.
+#[inline(always)]
+fn published(q: &Quoted) -> Option<Origin> {
+    if q.protocol != IPPROTO_TCP && q.protocol != IPPROTO_UDP {
+        return None;
+    }
+    let target = nat::published_target(q.src_be, q.sport_be, q.protocol, false)?;
+    let flow = FlowKey {
+        container_ip_be: target.container_ip_be,
+        remote_ip_be: q.dst_be,
+        container_port_be: target.container_port_be,
+        remote_port_be: q.dport_be,
+        proto: q.protocol,
+        _pad: [0; 3],
+    };
+    // SAFETY: plain data copied out at once.
+    let nat = unsafe { NAT_FLOWS.get(&flow) }.copied()?;
+    // The same container port may be published twice: the flow must be this port's.
+    if nat.frontend_ip_be != q.src_be || nat.frontend_port_be != q.sport_be {
+        return None;
+    }
+    Some(Origin {
+        ip_be: target.container_ip_be,
+        port_be: target.container_port_be,
+        ifindex: target.host_veth_ifindex,
+        container_mac: target.container_mac,
+        host_veth_mac: target.host_veth_mac,
+    })
+}
+
+/// On the uplink: an ICMP error about a packet a container sent goes back to it. `None`:
+/// not an ICMP error about one of our flows.
+#[inline(always)]
+pub fn uplink_error(frame: &XdpFrame, ip: &Ipv4) -> Option<(u32, Stat)> {
+    let error = icmp_error(frame, ip)?;
+    let origin = masqueraded(&error.quoted).or_else(|| published(&error.quoted))?;
+    // We forward the error, so we act as a router: an expiring TTL ends here.
     if ip.ttl <= 1 {
         return Some((xdp_action::XDP_DROP, Stat::UplinkDropTtlExpired));
     }
-    // Checksums from what was read above: reading again at another variable offset is
-    // what the verifier cannot follow.
-    let quoted = Quoted {
-        offset: inner,
-        src_be: inner_src,
-        sport_be: inner_sport,
-        ip_check: u16::from_ne_bytes([inner_ip[10], inner_ip[11]]),
-        icmp_check: u16::from_ne_bytes([head[2], head[3]]),
-    };
-    if rewrite_icmp_error(frame, ip, &quoted, &entry).is_none() {
+    if rewrite_to_origin(frame, ip, &error, &origin).is_none() {
         return Some((xdp_action::XDP_DROP, Stat::UplinkDropMalformed));
     }
     // SAFETY: plain helper call.
-    let verdict = unsafe { bpf_redirect(entry.host_veth_ifindex, 0) } as u32;
-    Some((verdict, Stat::UplinkRedirectMasqueradeReply))
+    let verdict = unsafe { bpf_redirect(origin.ifindex, 0) } as u32;
+    Some((verdict, Stat::UplinkRedirectIcmpError))
 }
 
-/// The packet an ICMP error quotes, and the checksums that cover it.
-struct Quoted {
-    offset: usize,
-    src_be: u32,
-    sport_be: u16,
-    ip_check: u16,
-    icmp_check: u16,
-}
-
+/// The quoted transport checksum after the quoted address (`old_ip` → `new_ip`) and port
+/// changed: UDP's covers both (pseudo-header), an ICMP echo's only the identifier.
 #[inline(always)]
-fn rewrite_icmp_error(frame: &XdpFrame, ip: &Ipv4, quoted: &Quoted, entry: &CtEntry) -> Option<()> {
-    let inner = quoted.offset;
-    // Outer header: destination back to the container, TTL down.
-    let old_ttl = u16::from_ne_bytes([ip.ttl, ip.protocol]);
-    let new_ttl = u16::from_ne_bytes([ip.ttl - 1, ip.protocol]);
+fn quoted_l4_check(q: &Quoted, old: u16, ips: (u32, u32), ports: (u16, u16)) -> u16 {
+    let mut check = csum::replace2(old, ports.0, ports.1);
+    if q.protocol == IPPROTO_UDP {
+        check = csum::replace4(check, ips.0, ips.1);
+        // A computed zero is sent as 0xffff: zero means "no checksum".
+        if check == 0 {
+            check = 0xffff;
+        }
+    }
+    check
+}
+
+/// Outer destination, quoted source (address, port, checksums) back to the container;
+/// TTL down; every checksum follows, the ICMP one over the quote included.
+#[inline(always)]
+fn rewrite_to_origin(
+    frame: &XdpFrame,
+    ip: &Ipv4,
+    error: &IcmpError,
+    origin: &Origin,
+) -> Option<()> {
+    let q = &error.quoted;
+    let (old_ttl, new_ttl) = rewrite::ttl_words(ip);
     let check: u16 = frame.load(ETH_HLEN + IPV4_CHECK_OFF)?;
     let check = csum::replace2(check, old_ttl, new_ttl);
-    let check = csum::replace4(check, ip.dst_be, entry.nat_ip_be);
+    let check = csum::replace4(check, ip.dst_be, origin.ip_be);
     frame.store(ETH_HLEN + IPV4_TTL_OFF, new_ttl)?;
-    frame.store(ETH_HLEN + IPV4_DST_OFF, entry.nat_ip_be)?;
+    frame.store(ETH_HLEN + IPV4_DST_OFF, origin.ip_be)?;
     frame.store(ETH_HLEN + IPV4_CHECK_OFF, check)?;
-    // Quoted header: its source back to the container's address and port. The ICMP
-    // checksum covers the quote, so it follows every change.
-    let new_inner_check = csum::replace4(quoted.ip_check, quoted.src_be, entry.nat_ip_be);
-    let icmp_check_at = ip.l4_offset() + 2;
-    let icmp_check = csum::replace4(quoted.icmp_check, quoted.src_be, entry.nat_ip_be);
-    let icmp_check = csum::replace2(icmp_check, quoted.ip_check, new_inner_check);
-    let icmp_check = csum::replace2(icmp_check, quoted.sport_be, entry.nat_port_be);
-    frame.store(
-        inner + dataplane_common::parse::IPV4_SRC_OFF,
-        entry.nat_ip_be,
-    )?;
-    frame.store(inner + IPV4_CHECK_OFF, new_inner_check)?;
-    frame.store(inner + 20 + L4_SPORT_OFF, entry.nat_port_be)?;
-    frame.store(icmp_check_at, icmp_check)?;
-    frame.store(0, entry.container_mac)?;
-    frame.store(6, entry.host_veth_mac)?;
+
+    let ip_check = csum::replace4(q.ip_check, q.src_be, origin.ip_be);
+    let icmp_check = csum::replace4(error.check, q.src_be, origin.ip_be);
+    let icmp_check = csum::replace2(icmp_check, q.ip_check, ip_check);
+    let mut icmp_check = csum::replace2(icmp_check, q.sport_be, origin.port_be);
+    if let Some((at, old)) = q.l4_check {
+        let new = quoted_l4_check(
+            q,
+            old,
+            (q.src_be, origin.ip_be),
+            (q.sport_be, origin.port_be),
+        );
+        icmp_check = csum::replace2(icmp_check, old, new);
+        frame.store(at, new)?;
+    }
+    frame.store(q.offset + IPV4_SRC_OFF, origin.ip_be)?;
+    frame.store(q.offset + IPV4_CHECK_OFF, ip_check)?;
+    frame.store(q.port_offset(true), origin.port_be)?;
+    frame.store(error.check_offset, icmp_check)?;
+    frame.store(0, origin.container_mac)?;
+    frame.store(6, origin.host_veth_mac)?;
     Some(())
+}
+
+/// What the remote end of a flow knows the container as: the published address and port,
+/// or the masquerade address and port.
+struct Seen {
+    ip_be: u32,
+    port_be: u16,
+}
+
+/// The address a remote end used for the container whose received packet is quoted
+/// (remote → container): a published port's or masquerade's.
+#[inline(always)]
+fn seen_as(q: &Quoted) -> Option<Seen> {
+    let flow = FlowKey {
+        container_ip_be: q.dst_be,
+        remote_ip_be: q.src_be,
+        container_port_be: q.dport_be,
+        remote_port_be: q.sport_be,
+        proto: q.protocol,
+        _pad: [0; 3],
+    };
+    // SAFETY: plain data copied out at once.
+    if let Some(nat) = unsafe { NAT_FLOWS.get(&flow) }.copied() {
+        // A client that was translated too (hairpin) is another container: not this way.
+        if nat.client_ip_be != q.src_be {
+            return None;
+        }
+        return Some(Seen {
+            ip_be: nat.frontend_ip_be,
+            port_be: nat.frontend_port_be,
+        });
+    }
+    // The key of the masqueraded flow's packets out, which the quoted reply answers.
+    let key = CtKey {
+        src_ip_be: q.dst_be,
+        dst_ip_be: q.src_be,
+        sport_be: q.dport_be,
+        dport_be: q.sport_be,
+        proto: q.protocol,
+        _pad: [0; 3],
+    };
+    // SAFETY: plain data copied out at once.
+    let entry = unsafe { CONNTRACK.get(&key) }.copied()?;
+    // A link's entries translate nothing.
+    if entry.direction != CT_ORIGINAL || entry.nat_ip_be == q.dst_be {
+        return None;
+    }
+    Some(Seen {
+        ip_be: entry.nat_ip_be,
+        port_be: entry.nat_port_be,
+    })
+}
+
+/// At a container's veth: an ICMP error the container sends about a packet of a translated
+/// flow leaves as the remote end knows the container. `None`: not such an error.
+#[inline(always)]
+pub fn container_error(ctx: &TcContext, ip: &Ipv4) -> Option<(i32, Stat)> {
+    let len = ctx.len() as usize;
+    let want = if len < ERROR_HEADERS {
+        len
+    } else {
+        ERROR_HEADERS
+    };
+    if ctx.data_end() - ctx.data() < want {
+        // The quote may sit partly outside the linear area; a failed pull leaves it there
+        // and the parser finds no error.
+        let _ = ctx.pull_data(want as u32);
+    }
+    let error = icmp_error(&TcFrame(ctx), ip)?;
+    let seen = seen_as(&error.quoted)?;
+    if ip.ttl <= 1 {
+        return Some((TC_ACT_SHOT, Stat::ContainerDropTtlExpired));
+    }
+    if rewrite_to_seen(ctx, ip, &error, &seen).is_err() {
+        return Some((TC_ACT_SHOT, Stat::ContainerDropRewriteFailed));
+    }
+    // No ports to hash on: the error takes the path of the flow's remote end by address.
+    let l4 = L4 {
+        sport_be: 0,
+        dport_be: 0,
+        check_offset: error.check_offset,
+        check: 0,
+        tcp_flags: 0,
+    };
+    let stats = (
+        Stat::ContainerRedirectIcmpError,
+        Stat::ContainerRedirectIcmpErrorNeigh,
+    );
+    Some(fib::forward(ctx, ip, &l4, seen.ip_be, ip.dst_be, stats))
+}
+
+/// Outer source, quoted destination (address, port, checksums) to what the remote end
+/// knows; TTL down. The checksum helpers keep the skb's checksum state right.
+#[inline(always)]
+fn rewrite_to_seen(ctx: &TcContext, ip: &Ipv4, error: &IcmpError, seen: &Seen) -> Result<(), i64> {
+    let q = &error.quoted;
+    rewrite::decrement_ttl(ctx, ip)?;
+    ctx.l3_csum_replace(
+        ETH_HLEN + IPV4_CHECK_OFF,
+        u64::from(ip.src_be),
+        u64::from(seen.ip_be),
+        4,
+    )?;
+    ctx.store(ETH_HLEN + IPV4_SRC_OFF, &seen.ip_be, 0)?;
+
+    // Each change inside the quote is also a change of the data the ICMP checksum covers.
+    let icmp =
+        |old: u64, new: u64, size: u64| ctx.l4_csum_replace(error.check_offset, old, new, size);
+    let ip_check = csum::replace4(q.ip_check, q.dst_be, seen.ip_be);
+    icmp(u64::from(q.dst_be), u64::from(seen.ip_be), 4)?;
+    icmp(u64::from(q.ip_check), u64::from(ip_check), 2)?;
+    icmp(u64::from(q.dport_be), u64::from(seen.port_be), 2)?;
+    if let Some((at, old)) = q.l4_check {
+        let new = quoted_l4_check(q, old, (q.dst_be, seen.ip_be), (q.dport_be, seen.port_be));
+        icmp(u64::from(old), u64::from(new), 2)?;
+        ctx.store(at, &new, 0)?;
+    }
+    ctx.store(q.offset + IPV4_DST_OFF, &seen.ip_be, 0)?;
+    ctx.store(q.offset + IPV4_CHECK_OFF, &ip_check, 0)?;
+    ctx.store(q.port_offset(false), &seen.port_be, 0)
 }

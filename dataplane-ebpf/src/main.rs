@@ -4,16 +4,19 @@
 #![no_main]
 
 // Layers, lowest first; a module uses only those of lower layers:
-// 1. frame, maps, stats, events, fib, rewrite, flowtable: packet access, maps, counters,
-//    forwarding, rewrites with their checksums, the flow tables' storage;
-// 2. nat (published ports), conntrack (masquerade, links), icmp (errors about flows),
-//    policy (isolation, filters), sock (node-local sockets);
+// 1. frame, maps, stats, events, fib, rewrite, flowtable, frag: packet access, maps,
+//    counters, forwarding, rewrites with their checksums, the flow tables' storage, the
+//    translations of fragmented datagrams;
+// 2. nat (published ports), conntrack (masquerade, links), policy (isolation, filters),
+//    sock (node-local sockets); then icmp (errors about the flows of nat and conntrack),
+//    which looks published ports up as nat does;
 // 3. uplink, container: what each program does with a frame, over the modules of 2.
 mod conntrack;
 mod container;
 mod events;
 mod fib;
 mod flowtable;
+mod frag;
 mod frame;
 mod icmp;
 mod maps;

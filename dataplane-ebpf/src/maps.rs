@@ -8,10 +8,11 @@ use aya_ebpf::{
 };
 use dataplane_common::{
     BackendKey, CONNTRACK_MAX, Counter, CtEntry, CtKey, ENDPOINTS_MAX, EVENTS_BYTES, EndpointInfo,
-    EndpointKey, EventBudget, FILTER_RULES_MAX, FilterKey, FilterRule, FlowKey, LINKS_MAX, LinkKey,
-    NAT_FLOWS_MAX, NETWORKS_MAX, NODE_ADDRS_MAX, NatFlow, NetworkInfo, NetworkKey, NodeAddr,
-    NodeAddrKey, NodeConfig, PUBLISHED_PORTS_MAX, PortKey, PortTarget, SOCK_NAT_MAX, SockNatKey,
-    SockNatValue, UNREPLIED_RING_LEN, stats::STATS_LEN,
+    EndpointKey, EventBudget, FILTER_RULES_MAX, FRAGMENTS_MAX, FilterKey, FilterRule, FlowKey,
+    FragmentEntry, FragmentKey, LINKS_MAX, LinkKey, NAT_FLOWS_MAX, NETWORKS_MAX, NODE_ADDRS_MAX,
+    NatFlow, NetworkInfo, NetworkKey, NodeAddr, NodeAddrKey, NodeConfig, PUBLISHED_PORTS_MAX,
+    PortKey, PortTarget, SOCK_NAT_MAX, SockNatKey, SockNatValue, UNREPLIED_RING_LEN,
+    stats::STATS_LEN,
 };
 
 #[map]
@@ -74,3 +75,6 @@ pub static EVENTS: RingBuf = RingBuf::pinned(EVENTS_BYTES, 0);
 
 #[map]
 pub static EVENT_BUDGET: PerCpuArray<EventBudget> = PerCpuArray::pinned(1, 0);
+
+#[map]
+pub static FRAGMENTS: LruHashMap<FragmentKey, FragmentEntry> = LruHashMap::pinned(FRAGMENTS_MAX, 0);

@@ -17,6 +17,7 @@ use dataplane_common::{
 use crate::{
     fib,
     flowtable::{self, InsertError},
+    frag,
     frame::XdpFrame,
     maps::{ENDPOINTS, NAT_FLOWS, NODE_ADDRS, PUBLISHED_PORTS},
     policy,
@@ -189,6 +190,14 @@ pub fn from_outside(frame: &XdpFrame, ip: &Ipv4, l4: &L4, len: usize) -> (u32, S
     if rewrite::xdp_to(frame, ip, l4, &to).is_none() {
         return (xdp_action::XDP_DROP, Stat::UplinkDropMalformed);
     }
+    frag::remember(
+        ip,
+        ip.src_be,
+        target.container_ip_be,
+        target.host_veth_ifindex,
+        target.container_mac,
+        target.host_veth_mac,
+    );
     if l4.is_tcp_syn() {
         crate::events::new_flow(
             Stat::UplinkRedirectDnat,
@@ -289,6 +298,14 @@ pub fn hairpin(ctx: &TcContext, ip: &Ipv4, l4: &L4, target: &PortTarget) -> (i32
     if rewritten.is_err() {
         return (TC_ACT_SHOT, Stat::ContainerDropRewriteFailed);
     }
+    frag::remember(
+        ip,
+        remote_ip_be,
+        target.container_ip_be,
+        target.host_veth_ifindex,
+        target.container_mac,
+        target.host_veth_mac,
+    );
     // SAFETY: plain helper call.
     let verdict = unsafe { bpf_redirect(target.host_veth_ifindex, 0) } as i32;
     (verdict, Stat::ContainerRedirectHairpin)
@@ -345,6 +362,14 @@ pub fn reply(
         if rewrite::set_macs(ctx, &local.container_mac, &local.host_veth_mac).is_err() {
             return (TC_ACT_SHOT, Stat::ContainerDropRewriteFailed);
         }
+        frag::remember(
+            ip,
+            nat.frontend_ip_be,
+            nat.client_ip_be,
+            local.host_veth_ifindex,
+            local.container_mac,
+            local.host_veth_mac,
+        );
         // SAFETY: plain helper call.
         let verdict = unsafe { bpf_redirect(local.host_veth_ifindex, 0) } as i32;
         return (verdict, Stat::ContainerRedirectReplyLocal);

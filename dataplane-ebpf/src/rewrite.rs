@@ -10,14 +10,12 @@ use aya_ebpf::{bindings::BPF_F_PSEUDO_HDR, programs::TcContext};
 use dataplane_common::{
     IPPROTO_ICMP, IPPROTO_UDP, csum,
     parse::{
-        ETH_HLEN, Frame as _, IPV4_CHECK_OFF, IPV4_DST_OFF, IPV4_TTL_OFF, Ipv4, L4, L4_DPORT_OFF,
+        ETH_HLEN, Frame as _, ICMP_ID_OFF, IPV4_CHECK_OFF, IPV4_DST_OFF, IPV4_TTL_OFF, Ipv4, L4,
+        L4_DPORT_OFF,
     },
 };
 
 use crate::frame::XdpFrame;
-
-/// Where the ICMP echo identifier sits in its header: it plays the port of an echo flow.
-pub const ICMP_ID_OFF: usize = 4;
 
 /// The TTL/protocol word of the IPv4 header before and after the TTL is decremented, for
 /// the checksum.

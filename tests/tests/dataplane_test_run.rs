@@ -223,11 +223,7 @@ impl Fixture {
 
     /// Runs `program` on `frame`; returns the verdict, the output frame and every counter
     /// that moved, with how much.
-    fn run_counting(
-        &mut self,
-        program: &str,
-        frame: &[u8],
-    ) -> Result<(u32, Vec<u8>, Moved)> {
+    fn run_counting(&mut self, program: &str, frame: &[u8]) -> Result<(u32, Vec<u8>, Moved)> {
         let before = self.counters()?;
         let mut out = vec![0u8; frame.len() + 256];
         let opts = TestRunOptions {
