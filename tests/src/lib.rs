@@ -29,7 +29,7 @@ use nix::sched::{CloneFlags, setns};
 pub const NODE_IP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
 pub const WORLD_IP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 2);
 pub const UPLINK: &str = "up0";
-const WORLD_LINK: &str = "wl0";
+pub const WORLD_LINK: &str = "wl0";
 
 /// A name no other test (or test run) on this machine uses at the same time.
 pub fn unique(role: &str) -> String {

@@ -161,3 +161,153 @@ impl View<'_> {
         u16::from_be_bytes([self.0[at], self.0[at + 1]])
     }
 }
+
+/// Recomputes the IPv4 header checksum of the header at `at`.
+fn fix_ipv4_checksum(frame: &mut [u8], at: usize) {
+    let ihl = usize::from(frame[at] & 0x0f) * 4;
+    frame[at + 10..at + 12].copy_from_slice(&[0, 0]);
+    let check = !fold(sum_words(&frame[at..at + ihl], 0));
+    frame[at + 10..at + 12].copy_from_slice(&check.to_be_bytes());
+}
+
+/// Sets the IPv4 identification of a built frame (checksum fixed).
+pub fn with_ip_id(mut frame: Vec<u8>, id: u16) -> Vec<u8> {
+    frame[ETH_HLEN + 4..ETH_HLEN + 6].copy_from_slice(&id.to_be_bytes());
+    fix_ipv4_checksum(&mut frame, ETH_HLEN);
+    frame
+}
+
+/// Sets the TTL of a built frame (checksum fixed).
+pub fn with_ttl(mut frame: Vec<u8>, ttl: u8) -> Vec<u8> {
+    frame[ETH_HLEN + 8] = ttl;
+    fix_ipv4_checksum(&mut frame, ETH_HLEN);
+    frame
+}
+
+/// An ICMP echo request from `src` to `dst` with identifier `id` and 8 bytes of data.
+pub fn echo_request(src: Ipv4Addr, dst: Ipv4Addr, id: u16) -> Vec<u8> {
+    let mut f = Packet {
+        protocol: 17,
+        ..Packet::tcp_syn(src, 0, dst, 0)
+    }
+    .build();
+    f[ETH_HLEN + 9] = 1;
+    fix_ipv4_checksum(&mut f, ETH_HLEN);
+    let icmp = &mut f[ETH_HLEN + 20..];
+    icmp.copy_from_slice(&[8, 0, 0, 0, 0, 0, 0, 1]);
+    icmp[4..6].copy_from_slice(&id.to_be_bytes());
+    let check = !fold(sum_words(icmp, 0));
+    icmp[2..4].copy_from_slice(&check.to_be_bytes());
+    f
+}
+
+/// Splits a whole packet into IPv4 fragments of at most `chunk` payload bytes (a multiple
+/// of 8), as a sender's stack does: the header copied, DF cleared, MF and offsets set.
+pub fn fragments(frame: &[u8], chunk: usize) -> Vec<Vec<u8>> {
+    assert!(chunk % 8 == 0 && chunk > 0);
+    let ihl = usize::from(frame[ETH_HLEN] & 0x0f) * 4;
+    let header = &frame[..ETH_HLEN + ihl];
+    let payload = &frame[ETH_HLEN + ihl..];
+    let count = payload.len().div_ceil(chunk);
+    payload
+        .chunks(chunk)
+        .enumerate()
+        .map(|(i, data)| {
+            let mut f = header.to_vec();
+            f.extend_from_slice(data);
+            let total = (ihl + data.len()) as u16;
+            f[ETH_HLEN + 2..ETH_HLEN + 4].copy_from_slice(&total.to_be_bytes());
+            let more = if i + 1 < count { 0x2000 } else { 0 };
+            let word = more | (i * chunk / 8) as u16;
+            f[ETH_HLEN + 6..ETH_HLEN + 8].copy_from_slice(&word.to_be_bytes());
+            fix_ipv4_checksum(&mut f, ETH_HLEN);
+            f
+        })
+        .collect()
+}
+
+/// Puts fragments (in any order) back together, as a receiver's stack does; the header is
+/// the first fragment's. Panics when they do not make one whole datagram.
+pub fn reassemble(frames: &[Vec<u8>]) -> Vec<u8> {
+    let offset = |f: &Vec<u8>| {
+        usize::from(u16::from_be_bytes([f[ETH_HLEN + 6], f[ETH_HLEN + 7]]) & 0x1fff) * 8
+    };
+    let mut sorted: Vec<&Vec<u8>> = frames.iter().collect();
+    sorted.sort_by_key(|f| offset(f));
+    let first = sorted[0];
+    let ihl = usize::from(first[ETH_HLEN] & 0x0f) * 4;
+    let mut whole = first[..ETH_HLEN + ihl].to_vec();
+    for f in &sorted {
+        assert_eq!(
+            offset(f),
+            whole.len() - ETH_HLEN - ihl,
+            "a gap or an overlap"
+        );
+        let f_ihl = usize::from(f[ETH_HLEN] & 0x0f) * 4;
+        let total = usize::from(u16::from_be_bytes([f[ETH_HLEN + 2], f[ETH_HLEN + 3]]));
+        whole.extend_from_slice(&f[ETH_HLEN + f_ihl..ETH_HLEN + total]);
+    }
+    let last = sorted[sorted.len() - 1];
+    assert_eq!(last[ETH_HLEN + 6] & 0x20, 0, "the last fragment is missing");
+    let total = (whole.len() - ETH_HLEN) as u16;
+    whole[ETH_HLEN + 2..ETH_HLEN + 4].copy_from_slice(&total.to_be_bytes());
+    whole[ETH_HLEN + 6..ETH_HLEN + 8].copy_from_slice(&[0, 0]);
+    fix_ipv4_checksum(&mut whole, ETH_HLEN);
+    whole
+}
+
+/// An ICMP error (`icmp_type`, `code`, 4 type-specific bytes `rest`) from `src` to `dst`
+/// quoting the IPv4 header and the first `quote_l4` payload bytes of `quoted` (a frame),
+/// checksums valid.
+pub fn icmp_error(
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    (icmp_type, code, rest): (u8, u8, [u8; 4]),
+    quoted: &[u8],
+    quote_l4: usize,
+) -> Vec<u8> {
+    let inner = &quoted[ETH_HLEN..];
+    let inner_ihl = usize::from(inner[0] & 0x0f) * 4;
+    let quote = &inner[..inner_ihl + quote_l4];
+    let total = 20 + 8 + quote.len();
+    let mut f = vec![0u8; ETH_HLEN + total];
+    f[0..6].copy_from_slice(&[0x02, 0, 0, 0, 0, 0x01]);
+    f[6..12].copy_from_slice(&[0x02, 0, 0, 0, 0, 0x02]);
+    f[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
+    {
+        let ip = &mut f[ETH_HLEN..ETH_HLEN + 20];
+        ip[0] = 0x45;
+        ip[2..4].copy_from_slice(&(total as u16).to_be_bytes());
+        ip[8] = 64;
+        ip[9] = 1;
+        ip[12..16].copy_from_slice(&src.octets());
+        ip[16..20].copy_from_slice(&dst.octets());
+    }
+    fix_ipv4_checksum(&mut f, ETH_HLEN);
+    let icmp = &mut f[ETH_HLEN + 20..];
+    icmp[0] = icmp_type;
+    icmp[1] = code;
+    icmp[4..8].copy_from_slice(&rest);
+    icmp[8..].copy_from_slice(quote);
+    let check = !fold(sum_words(icmp, 0));
+    icmp[2..4].copy_from_slice(&check.to_be_bytes());
+    f
+}
+
+/// Whether the ICMP checksum (over the whole message, quote included) of `frame` is valid.
+pub fn icmp_checksum_ok(frame: &[u8]) -> bool {
+    let ip = &frame[ETH_HLEN..];
+    let ihl = usize::from(ip[0] & 0x0f) * 4;
+    let total = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
+    fold(sum_words(&ip[ihl..total], 0)) == 0xffff
+}
+
+/// The packet an ICMP error quotes, as a frame of its own (Ethernet header zeroed), for
+/// [`View`] and the checksum checks.
+pub fn quoted(frame: &[u8]) -> Vec<u8> {
+    let ihl = usize::from(frame[ETH_HLEN] & 0x0f) * 4;
+    let mut f = vec![0u8; ETH_HLEN];
+    f[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
+    f.extend_from_slice(&frame[ETH_HLEN + ihl + 8..]);
+    f
+}

@@ -15,16 +15,19 @@ use aya::{
 use bpfbridge::dataplane::ebpf::{CONTAINER_PROGRAM, UPLINK_PROGRAM, load_object_sized};
 use bpfbridge_tests::{
     NODE_IP, Netns, WORLD_IP,
-    packet::{ETH_HLEN, Packet, View, ipv4_checksum_ok, l4_checksum_ok},
+    packet::{
+        ETH_HLEN, Packet, View, echo_request, fragments, icmp_checksum_ok, icmp_error,
+        ipv4_checksum_ok, l4_checksum_ok, quoted, reassemble, with_ip_id, with_ttl,
+    },
     unique,
 };
 use dataplane_common::{
     BackendKey, CONNTRACK, CONNTRACK_MAX, CT_CLOSING, CT_ESTABLISHED, CT_NEW, Counter, CtEntry,
     CtKey, ENDPOINTS, EndpointInfo, EndpointKey, FILTER_ALLOW, FILTER_DENY, FILTER_RULES,
-    FILTER_SCOPE_BITS, FilterKey, FilterRule, FlowKey, IPPROTO_TCP, IPPROTO_UDP, NAT_FLOWS,
-    NETWORK_ICC, NETWORK_INTERNAL, NETWORK_MASQUERADE, NETWORKS, NODE_ADDRS, NODE_CONFIG, NatFlow,
-    NetworkInfo, NetworkKey, NodeAddr, NodeAddrKey, NodeConfig, PUBLISHED_BACKENDS,
-    PUBLISHED_PORTS, PortKey, PortTarget, STATS, stats::Stat,
+    FILTER_SCOPE_BITS, FRAGMENTS, FilterKey, FilterRule, FlowKey, FragmentEntry, FragmentKey,
+    IPPROTO_TCP, IPPROTO_UDP, NAT_FLOWS, NETWORK_ICC, NETWORK_INTERNAL, NETWORK_MASQUERADE,
+    NETWORKS, NODE_ADDRS, NODE_CONFIG, NatFlow, NetworkInfo, NetworkKey, NodeAddr, NodeAddrKey,
+    NodeConfig, PUBLISHED_BACKENDS, PUBLISHED_PORTS, PortKey, PortTarget, STATS, stats::Stat,
 };
 
 const XDP_DROP: u32 = 1;
@@ -263,7 +266,11 @@ fn uplink_ingress_table() -> Result<()> {
     ipv6[12..14].copy_from_slice(&0x86ddu16.to_be_bytes());
     let mut more_fragments = syn_to(NODE_IP, 8080).build();
     more_fragments[ETH_HLEN + 6] = 0x20;
-    let mut later_fragment = syn_to(NODE_IP, 8080).build();
+    // Translated, so its IPv4 checksum must be valid to begin with: setting the id again
+    // recomputes it.
+    let more_fragments = with_ip_id(more_fragments, 0x1234);
+    // Another datagram (IP id) than the first fragment's: its own first was never seen.
+    let mut later_fragment = with_ip_id(syn_to(NODE_IP, 8080).build(), 0x4321);
     later_fragment[ETH_HLEN + 6..ETH_HLEN + 8].copy_from_slice(&0x0010u16.to_be_bytes());
     let mut icmp = syn_to(NODE_IP, 8080).build();
     icmp[ETH_HLEN + 9] = 1;
@@ -331,14 +338,14 @@ fn uplink_ingress_table() -> Result<()> {
         ("arp", not_ipv4, XDP_PASS, Stat::UplinkPassNotIpv4, false),
         ("ipv6", ipv6, XDP_PASS, Stat::UplinkPassNotIpv4, false),
         (
-            "first fragment",
+            "first fragment: it has the ports",
             more_fragments,
-            XDP_PASS,
-            Stat::UplinkPassFragment,
-            false,
+            XDP_REDIRECT,
+            Stat::UplinkRedirectDnat,
+            true,
         ),
         (
-            "later fragment",
+            "later fragment whose first was not seen",
             later_fragment,
             XDP_PASS,
             Stat::UplinkPassFragment,
@@ -1218,6 +1225,485 @@ fn full_table_early_drop_table() -> Result<()> {
             let (verdict, _, _) = fx.run(UPLINK_PROGRAM, &from_world(53, port, IPPROTO_UDP, 0))?;
             assert_eq!(verdict, XDP_REDIRECT);
         }
+        Ok(())
+    })
+}
+
+const ROUTER_IP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 1);
+/// The MACs `forwarding_namespace` routes to the world with.
+const UPLINK_MAC: [u8; 6] = [0x0a, 0, 0, 0, 0, 0x01];
+const WORLD_MAC: [u8; 6] = [0x0a, 0, 0, 0, 0, 0x02];
+
+/// A UDP datagram with `len` bytes of patterned payload.
+fn udp(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16, len: usize) -> Packet {
+    Packet {
+        protocol: IPPROTO_UDP,
+        payload: (0..len).map(|i| (i % 251) as u8).collect(),
+        ..Packet::tcp_syn(src, sport, dst, dport)
+    }
+}
+
+/// `packet` as a container sends it: from its MAC to the node-side veth's.
+fn sent_by_container(packet: Packet) -> Packet {
+    Packet {
+        src_mac: CONTAINER_MAC,
+        dst_mac: HOST_VETH_MAC,
+        ..packet
+    }
+}
+
+impl Fixture {
+    fn fragment_entry(&self, key: &FragmentKey) -> Option<FragmentEntry> {
+        let map: HashMap<&MapData, FragmentKey, FragmentEntry> =
+            HashMap::try_from(self.ebpf.map(FRAGMENTS).unwrap()).ok()?;
+        map.get(key, 0).ok()
+    }
+
+    /// 172.17.0.0/16 masquerades to the node's address from the one port 61000.
+    fn masquerade_from_one_port(&mut self) -> Result<()> {
+        self.networks(&[("172.17.0.0", 16, NETWORK_ICC | NETWORK_MASQUERADE)])?;
+        let mut config: Array<&mut MapData, NodeConfig> =
+            Array::try_from(self.ebpf.map_mut(NODE_CONFIG).unwrap())?;
+        config.set(
+            0,
+            NodeConfig {
+                netns_cookie: 0,
+                masquerade_ip_be: u32::from(NODE_IP).to_be(),
+                masquerade_port_min: 61000,
+                masquerade_port_max: 61000,
+            },
+            0,
+        )?;
+        Ok(())
+    }
+
+    /// Runs `program` on each frame in turn, expecting `first` for the first one and
+    /// `rest` for the others; returns the output frames.
+    fn run_each(
+        &mut self,
+        program: &str,
+        frames: &[Vec<u8>],
+        first: (u32, Stat),
+        rest: (u32, Stat),
+    ) -> Result<Vec<Vec<u8>>> {
+        let mut outs = Vec::new();
+        for (i, frame) in frames.iter().enumerate() {
+            let (verdict, out, stat) = self.run(program, frame)?;
+            let want = if i == 0 { first } else { rest };
+            assert_eq!((verdict, stat), want, "fragment {i}");
+            outs.push(out);
+        }
+        Ok(outs)
+    }
+}
+
+/// The key of a fragmented datagram as it arrives.
+fn fragment_key(src: Ipv4Addr, dst: Ipv4Addr, id: u16) -> FragmentKey {
+    FragmentKey {
+        src_ip_be: u32::from(src).to_be(),
+        dst_ip_be: u32::from(dst).to_be(),
+        id_be: id.to_be(),
+        proto: IPPROTO_UDP,
+        _pad: 0,
+    }
+}
+
+/// Every output fragment kept its data and got a valid IPv4 checksum, and together they
+/// make the expected datagram with a valid UDP checksum; returns it.
+fn assert_reassembles(outs: &[Vec<u8>], inputs: &[Vec<u8>], name: &str) -> Vec<u8> {
+    for (i, (out, input)) in outs.iter().zip(inputs).enumerate() {
+        assert_eq!(out.len(), input.len(), "{name}: fragment {i}");
+        assert!(ipv4_checksum_ok(out), "{name}: fragment {i}: IPv4 checksum");
+        assert_eq!(
+            View(out).ttl(),
+            View(input).ttl() - 1,
+            "{name}: fragment {i}"
+        );
+        assert_eq!(
+            &out[ETH_HLEN + 4..ETH_HLEN + 8],
+            &input[ETH_HLEN + 4..ETH_HLEN + 8],
+            "{name}: fragment {i}: IP id, flags and offset"
+        );
+    }
+    let whole = reassemble(outs);
+    assert!(
+        l4_checksum_ok(&whole),
+        "{name}: UDP checksum of the whole datagram"
+    );
+    whole
+}
+
+#[test]
+fn fragments_to_a_published_port_table() -> Result<()> {
+    let mut fx = Fixture::new()?;
+    let datagram = with_ip_id(udp(WORLD_IP, 40000, NODE_IP, 5353, 3000).build(), 0x0a01);
+    let frags = fragments(&datagram, 1480);
+    assert_eq!(frags.len(), 3);
+
+    // In order: the first is translated like a whole packet, the others follow it.
+    let outs = fx.run_each(
+        UPLINK_PROGRAM,
+        &frags,
+        (XDP_REDIRECT, Stat::UplinkRedirectDnat),
+        (XDP_REDIRECT, Stat::UplinkRedirectFragment),
+    )?;
+    for (i, (out, input)) in outs.iter().zip(&frags).enumerate() {
+        let o = View(out);
+        assert_eq!((o.src(), o.dst()), (WORLD_IP, CONTAINER_IP), "fragment {i}");
+        assert_eq!((o.dst_mac(), o.src_mac()), (CONTAINER_MAC, HOST_VETH_MAC));
+        if i > 0 {
+            assert_eq!(
+                &out[ETH_HLEN + 20..],
+                &input[ETH_HLEN + 20..],
+                "data untouched"
+            );
+        }
+    }
+    let whole = assert_reassembles(&outs, &frags, "published port");
+    let w = View(&whole);
+    assert_eq!((w.sport(), w.dport()), (40000, 80));
+    assert_eq!(
+        &whole[ETH_HLEN + 28..],
+        &datagram[ETH_HLEN + 28..],
+        "payload"
+    );
+    let entry = fx
+        .fragment_entry(&fragment_key(WORLD_IP, NODE_IP, 0x0a01))
+        .expect("the first fragment's translation is remembered");
+    assert_eq!(
+        (entry.dst_ip_be, entry.ifindex, entry.dst_mac),
+        (
+            u32::from(CONTAINER_IP).to_be(),
+            HOST_VETH_IFINDEX,
+            CONTAINER_MAC
+        )
+    );
+
+    // Out of order: a fragment before its first passes to the node's stack untouched (it
+    // may be the node's own); the first and those after it are translated.
+    let datagram = with_ip_id(udp(WORLD_IP, 40001, NODE_IP, 5353, 3000).build(), 0x0a02);
+    let frags = fragments(&datagram, 1480);
+    let (verdict, out, stat) = fx.run(UPLINK_PROGRAM, &frags[2])?;
+    assert_eq!((verdict, stat), (XDP_PASS, Stat::UplinkPassFragment));
+    assert_eq!(out, frags[2]);
+    let outs = fx.run_each(
+        UPLINK_PROGRAM,
+        &frags[..2],
+        (XDP_REDIRECT, Stat::UplinkRedirectDnat),
+        (XDP_REDIRECT, Stat::UplinkRedirectFragment),
+    )?;
+    assert_eq!(View(&outs[1]).dst(), CONTAINER_IP);
+
+    // Another datagram of the same flow (another IP id) is not taken for this one; an
+    // expiring TTL ends at a following fragment too.
+    let other = with_ip_id(frags[1].clone(), 0x0a03);
+    let (verdict, out, stat) = fx.run(UPLINK_PROGRAM, &other)?;
+    assert_eq!((verdict, stat), (XDP_PASS, Stat::UplinkPassFragment));
+    assert_eq!(out, other);
+    let expiring = with_ttl(frags[1].clone(), 1);
+    let (verdict, _, stat) = fx.run(UPLINK_PROGRAM, &expiring)?;
+    assert_eq!((verdict, stat), (XDP_DROP, Stat::UplinkDropTtlExpired));
+    Ok(())
+}
+
+#[test]
+fn fragments_through_masquerade_both_ways() -> Result<()> {
+    let ns = forwarding_namespace()?;
+    ns.run(|| -> Result<()> {
+        let mut fx = Fixture::new()?;
+        fx.masquerade_from_one_port()?;
+        // The container sends a fragmented datagram out: it leaves from the node's address
+        // and port, every fragment forwarded to the next hop.
+        let datagram = with_ip_id(
+            sent_by_container(udp(CONTAINER_IP, 5000, WORLD_IP, 53, 3000)).build(),
+            0x0b01,
+        );
+        let frags = fragments(&datagram, 1480);
+        let outs = fx.run_each(
+            CONTAINER_PROGRAM,
+            &frags,
+            (TC_ACT_REDIRECT, Stat::ContainerRedirectMasquerade),
+            (TC_ACT_REDIRECT, Stat::ContainerRedirectFragment),
+        )?;
+        for out in &outs {
+            let o = View(out);
+            assert_eq!((o.src(), o.dst()), (NODE_IP, WORLD_IP));
+            assert_eq!((o.dst_mac(), o.src_mac()), (WORLD_MAC, UPLINK_MAC));
+        }
+        let whole = assert_reassembles(&outs, &frags, "masquerade out");
+        assert_eq!((View(&whole).sport(), View(&whole).dport()), (61000, 53));
+
+        // The world's fragmented answer goes back to the container, in order and not.
+        let answer = |id| {
+            let datagram = with_ip_id(udp(WORLD_IP, 53, NODE_IP, 61000, 3000).build(), id);
+            fragments(&datagram, 1480)
+        };
+        let frags = answer(0x0b02);
+        let outs = fx.run_each(
+            UPLINK_PROGRAM,
+            &frags,
+            (XDP_REDIRECT, Stat::UplinkRedirectMasqueradeReply),
+            (XDP_REDIRECT, Stat::UplinkRedirectFragment),
+        )?;
+        for out in &outs {
+            assert_eq!(View(out).dst(), CONTAINER_IP);
+            assert_eq!(
+                (View(out).dst_mac(), View(out).src_mac()),
+                (CONTAINER_MAC, HOST_VETH_MAC)
+            );
+        }
+        let whole = assert_reassembles(&outs, &frags, "masquerade reply");
+        assert_eq!((View(&whole).sport(), View(&whole).dport()), (53, 5000));
+        let frags = answer(0x0b03);
+        let (verdict, out, stat) = fx.run(UPLINK_PROGRAM, &frags[1])?;
+        assert_eq!((verdict, stat), (XDP_PASS, Stat::UplinkPassFragment));
+        assert_eq!(out, frags[1]);
+        fx.run_each(
+            UPLINK_PROGRAM,
+            &[frags[0].clone(), frags[2].clone()],
+            (XDP_REDIRECT, Stat::UplinkRedirectMasqueradeReply),
+            (XDP_REDIRECT, Stat::UplinkRedirectFragment),
+        )?;
+
+        // A container's fragment whose first was never translated would leave with the
+        // container's own address: dropped, counted.
+        let lone = with_ip_id(frags_of_container(0x0b04)[1].clone(), 0x0b04);
+        let (verdict, _, stat) = fx.run(CONTAINER_PROGRAM, &lone)?;
+        assert_eq!(
+            (verdict, stat),
+            (TC_ACT_SHOT, Stat::ContainerDropFragmentUntracked)
+        );
+        Ok(())
+    })
+}
+
+/// A container's 3,000-byte datagram to the world's port 53, fragmented.
+fn frags_of_container(id: u16) -> Vec<Vec<u8>> {
+    let datagram = with_ip_id(
+        sent_by_container(udp(CONTAINER_IP, 5001, WORLD_IP, 53, 3000)).build(),
+        id,
+    );
+    fragments(&datagram, 1480)
+}
+
+#[test]
+fn fragmented_replies_of_a_published_port_flow() -> Result<()> {
+    let ns = forwarding_namespace()?;
+    ns.run(|| -> Result<()> {
+        let mut fx = Fixture::new()?;
+        let request = udp(WORLD_IP, 40000, NODE_IP, 5353, 10).build();
+        let (verdict, _, _) = fx.run(UPLINK_PROGRAM, &request)?;
+        assert_eq!(verdict, XDP_REDIRECT);
+        let datagram = with_ip_id(
+            sent_by_container(udp(CONTAINER_IP, 80, WORLD_IP, 40000, 3000)).build(),
+            0x0c01,
+        );
+        let frags = fragments(&datagram, 1480);
+        let outs = fx.run_each(
+            CONTAINER_PROGRAM,
+            &frags,
+            (TC_ACT_REDIRECT, Stat::ContainerRedirectReply),
+            (TC_ACT_REDIRECT, Stat::ContainerRedirectFragment),
+        )?;
+        for out in &outs {
+            let o = View(out);
+            assert_eq!((o.src(), o.dst()), (NODE_IP, WORLD_IP));
+            assert_eq!((o.dst_mac(), o.src_mac()), (WORLD_MAC, UPLINK_MAC));
+        }
+        let whole = assert_reassembles(&outs, &frags, "published reply");
+        assert_eq!((View(&whole).sport(), View(&whole).dport()), (5353, 40000));
+        Ok(())
+    })
+}
+
+/// The checks every translated ICMP error passes: valid outer, quoted-header and ICMP
+/// checksums, the TTL down, the type-specific bytes (the MTU) untouched.
+fn assert_icmp_error(out: &[u8], input: &[u8], name: &str) {
+    assert_eq!(out.len(), input.len(), "{name}");
+    assert!(ipv4_checksum_ok(out), "{name}: IPv4 checksum");
+    assert!(
+        ipv4_checksum_ok(&quoted(out)),
+        "{name}: quoted IPv4 checksum"
+    );
+    assert!(icmp_checksum_ok(out), "{name}: ICMP checksum");
+    assert_eq!(View(out).ttl(), View(input).ttl() - 1, "{name}");
+    assert_eq!(
+        &out[ETH_HLEN + 20..ETH_HLEN + 22],
+        &input[ETH_HLEN + 20..ETH_HLEN + 22],
+        "{name}: type and code"
+    );
+    assert_eq!(
+        &out[ETH_HLEN + 24..ETH_HLEN + 28],
+        &input[ETH_HLEN + 24..ETH_HLEN + 28],
+        "{name}: the next-hop MTU"
+    );
+}
+
+const FRAG_NEEDED_1280: (u8, u8, [u8; 4]) = (3, 4, [0, 0, 0x05, 0x00]);
+const PORT_UNREACHABLE: (u8, u8, [u8; 4]) = (3, 3, [0; 4]);
+const TTL_EXCEEDED: (u8, u8, [u8; 4]) = (11, 0, [0; 4]);
+
+#[test]
+fn icmp_errors_about_published_port_flows() -> Result<()> {
+    let ns = forwarding_namespace()?;
+    ns.run(|| -> Result<()> {
+        let mut fx = Fixture::new()?;
+        let (verdict, _, _) = fx.run(UPLINK_PROGRAM, &syn_to(NODE_IP, 8080).build())?;
+        assert_eq!(verdict, XDP_REDIRECT);
+        // The container's reply as a router saw it: from the published address.
+        let reply = Packet {
+            tcp_flags: 0x12,
+            ttl: 63,
+            payload: vec![7; 1400],
+            ..Packet::tcp_syn(NODE_IP, 8080, WORLD_IP, 40000)
+        }
+        .build();
+        // A router's "fragmentation needed", quoting 8 bytes (RFC 792) or more (Linux).
+        for quote in [8, 20, 60] {
+            let name = format!("frag needed quoting {quote} bytes");
+            let error = icmp_error(ROUTER_IP, NODE_IP, FRAG_NEEDED_1280, &reply, quote);
+            let (verdict, out, stat) = fx.run(UPLINK_PROGRAM, &error)?;
+            assert_eq!(
+                (verdict, stat),
+                (XDP_REDIRECT, Stat::UplinkRedirectIcmpError),
+                "{name}"
+            );
+            assert_icmp_error(&out, &error, &name);
+            let (o, q) = (View(&out), quoted(&out));
+            assert_eq!((o.src(), o.dst()), (ROUTER_IP, CONTAINER_IP), "{name}");
+            assert_eq!(
+                (o.dst_mac(), o.src_mac()),
+                (CONTAINER_MAC, HOST_VETH_MAC),
+                "{name}"
+            );
+            let q = View(&q);
+            assert_eq!(
+                (q.src(), q.sport(), q.dst(), q.dport()),
+                (CONTAINER_IP, 80, WORLD_IP, 40000),
+                "{name}: the quote is the container's own packet"
+            );
+        }
+        // About a flow that does not exist: left to the node's stack.
+        let stranger = Packet {
+            tcp_flags: 0x12,
+            ..Packet::tcp_syn(NODE_IP, 8080, WORLD_IP, 40001)
+        }
+        .build();
+        let error = icmp_error(ROUTER_IP, NODE_IP, FRAG_NEEDED_1280, &stranger, 8);
+        let (verdict, out, stat) = fx.run(UPLINK_PROGRAM, &error)?;
+        assert_eq!((verdict, stat), (XDP_PASS, Stat::UplinkPassNotTcpUdp));
+        assert_eq!(out, error);
+        let error = with_ttl(
+            icmp_error(ROUTER_IP, NODE_IP, FRAG_NEEDED_1280, &reply, 8),
+            1,
+        );
+        let (verdict, _, stat) = fx.run(UPLINK_PROGRAM, &error)?;
+        assert_eq!((verdict, stat), (XDP_DROP, Stat::UplinkDropTtlExpired));
+
+        // The container answers a datagram to a published UDP port with "port
+        // unreachable": it leaves from the published address, quoting what the client sent.
+        let request = udp(WORLD_IP, 40000, NODE_IP, 5353, 10).build();
+        let (verdict, received, _) = fx.run(UPLINK_PROGRAM, &request)?;
+        assert_eq!(verdict, XDP_REDIRECT);
+        let mut error = icmp_error(CONTAINER_IP, WORLD_IP, PORT_UNREACHABLE, &received, 8);
+        error[0..6].copy_from_slice(&HOST_VETH_MAC);
+        error[6..12].copy_from_slice(&CONTAINER_MAC);
+        let (verdict, out, stat) = fx.run(CONTAINER_PROGRAM, &error)?;
+        assert_eq!(
+            (verdict, stat),
+            (TC_ACT_REDIRECT, Stat::ContainerRedirectIcmpError)
+        );
+        assert_icmp_error(&out, &error, "port unreachable from the container");
+        assert_eq!((View(&out).src(), View(&out).dst()), (NODE_IP, WORLD_IP));
+        assert_eq!(View(&out).dst_mac(), WORLD_MAC);
+        assert_eq!(
+            quoted(&out)[ETH_HLEN + 12..ETH_HLEN + 28],
+            request[ETH_HLEN + 12..ETH_HLEN + 28],
+            "the quote is what the client sent: addresses, ports, UDP checksum"
+        );
+        Ok(())
+    })
+}
+
+#[test]
+fn icmp_errors_about_masqueraded_flows() -> Result<()> {
+    let ns = forwarding_namespace()?;
+    ns.run(|| -> Result<()> {
+        let mut fx = Fixture::new()?;
+        fx.masquerade_from_one_port()?;
+        let original = sent_by_container(udp(CONTAINER_IP, 5000, WORLD_IP, 53, 5)).build();
+        let (verdict, sent, _) = fx.run(CONTAINER_PROGRAM, &original)?;
+        assert_eq!(verdict, TC_ACT_REDIRECT);
+        // The world's "port unreachable" and a router's "fragmentation needed" go back to
+        // the container, the quote showing its own packet (UDP checksum included).
+        for (name, from, kind) in [
+            ("port unreachable", WORLD_IP, PORT_UNREACHABLE),
+            ("frag needed", ROUTER_IP, FRAG_NEEDED_1280),
+        ] {
+            let error = icmp_error(from, NODE_IP, kind, &sent, 8);
+            let (verdict, out, stat) = fx.run(UPLINK_PROGRAM, &error)?;
+            assert_eq!(
+                (verdict, stat),
+                (XDP_REDIRECT, Stat::UplinkRedirectIcmpError),
+                "{name}"
+            );
+            assert_icmp_error(&out, &error, name);
+            assert_eq!(View(&out).dst(), CONTAINER_IP, "{name}");
+            assert_eq!(
+                (View(&out).dst_mac(), View(&out).src_mac()),
+                (CONTAINER_MAC, HOST_VETH_MAC)
+            );
+            let q = quoted(&out);
+            assert_eq!(
+                q[ETH_HLEN + 12..ETH_HLEN + 28],
+                original[ETH_HLEN + 12..ETH_HLEN + 28],
+                "{name}: addresses, ports and UDP checksum as the container sent them"
+            );
+        }
+
+        // A masqueraded ping's "time exceeded" (traceroute): the quoted identifier and the
+        // quoted echo checksum come back as the container sent them.
+        let mut ping = echo_request(CONTAINER_IP, WORLD_IP, 0x7777);
+        ping[0..6].copy_from_slice(&HOST_VETH_MAC);
+        ping[6..12].copy_from_slice(&CONTAINER_MAC);
+        let (verdict, sent, stat) = fx.run(CONTAINER_PROGRAM, &ping)?;
+        assert_eq!(
+            (verdict, stat),
+            (TC_ACT_REDIRECT, Stat::ContainerRedirectMasquerade)
+        );
+        let error = icmp_error(ROUTER_IP, NODE_IP, TTL_EXCEEDED, &sent, 8);
+        let (verdict, out, stat) = fx.run(UPLINK_PROGRAM, &error)?;
+        assert_eq!(
+            (verdict, stat),
+            (XDP_REDIRECT, Stat::UplinkRedirectIcmpError)
+        );
+        assert_icmp_error(&out, &error, "time exceeded");
+        let q = quoted(&out);
+        assert_eq!(
+            q[ETH_HLEN + 12..ETH_HLEN + 28],
+            ping[ETH_HLEN + 12..ETH_HLEN + 28],
+            "addresses, identifier and echo checksum as the container sent them"
+        );
+
+        // The container's own "port unreachable" about the world's reply leaves from the
+        // node's address, quoting what the world sent.
+        let world_sent = udp(WORLD_IP, 53, NODE_IP, 61000, 5).build();
+        let (verdict, received, _) = fx.run(UPLINK_PROGRAM, &world_sent)?;
+        assert_eq!(verdict, XDP_REDIRECT);
+        let mut error = icmp_error(CONTAINER_IP, WORLD_IP, PORT_UNREACHABLE, &received, 8);
+        error[0..6].copy_from_slice(&HOST_VETH_MAC);
+        error[6..12].copy_from_slice(&CONTAINER_MAC);
+        let (verdict, out, stat) = fx.run(CONTAINER_PROGRAM, &error)?;
+        assert_eq!(
+            (verdict, stat),
+            (TC_ACT_REDIRECT, Stat::ContainerRedirectIcmpError)
+        );
+        assert_icmp_error(&out, &error, "port unreachable from the container");
+        assert_eq!((View(&out).src(), View(&out).dst()), (NODE_IP, WORLD_IP));
+        assert_eq!(
+            quoted(&out)[ETH_HLEN + 12..ETH_HLEN + 28],
+            world_sent[ETH_HLEN + 12..ETH_HLEN + 28],
+        );
         Ok(())
     })
 }

@@ -132,7 +132,7 @@ fn test(lint: bool, args: &[OsString]) -> Result<()> {
 }
 
 /// The integration suites about what a Docker user sees, which hold for both dataplanes.
-const BEHAVIOUR_SUITES: [&str; 9] = [
+const BEHAVIOUR_SUITES: [&str; 10] = [
     "published_port",
     "ports",
     "isolation",
@@ -142,6 +142,7 @@ const BEHAVIOUR_SUITES: [&str; 9] = [
     "dns_resolver",
     "daemon",
     "bad_input",
+    "fragments",
 ];
 
 /// The behaviour suites again, against the iptables dataplane with the same expectations,

@@ -1,0 +1,302 @@
+//! Fragmented datagrams and ICMP errors through published ports and masquerade. The
+//! iptables dataplane gets both from the kernel (reassembly before NAT, conntrack's
+//! RELATED errors); the eBPF dataplane must deliver the same.
+
+use std::{
+    io::{Read as _, Write as _},
+    net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream, UdpSocket},
+    path::{Path, PathBuf},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail, ensure};
+use bpfbridge_tests::{
+    Agent, NODE_IP, Netns, Topology, WORLD_IP, WORLD_LINK, ebpf_checks, in_netns,
+};
+
+/// Datagrams that a 1,500-byte MTU splits into 3 and 7 fragments.
+const SIZES: [usize; 2] = [3000, 9000];
+const WORLD_PORT: u16 = 7500;
+
+fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect()
+}
+
+/// A UDP server in a namespace, until dropped (at most a minute): a datagram
+/// `size:N` is answered with N patterned bytes, any other is echoed whole.
+struct UdpServer {
+    stop: Arc<AtomicBool>,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+impl UdpServer {
+    fn start(netns: &Path, port: u16) -> Result<Self> {
+        let socket = in_netns(netns, || {
+            UdpSocket::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port))
+        })?;
+        socket.set_read_timeout(Some(Duration::from_millis(100)))?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = thread::spawn(move || {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            let mut buf = vec![0u8; 65536];
+            while !flag.load(Ordering::Relaxed) && Instant::now() < deadline {
+                let Ok((n, peer)) = socket.recv_from(&mut buf) else {
+                    continue;
+                };
+                let answer = match std::str::from_utf8(&buf[..n])
+                    .ok()
+                    .and_then(|t| t.strip_prefix("size:"))
+                    .and_then(|t| t.parse::<usize>().ok())
+                {
+                    Some(size) => pattern(size, 1),
+                    None => buf[..n].to_vec(),
+                };
+                let _ = socket.send_to(&answer, peer);
+            }
+        });
+        Ok(UdpServer {
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for UdpServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Sends `message` from `netns` to `to` and returns the answer; up to three tries of two
+/// seconds each, since UDP promises nothing about a single datagram.
+fn udp_exchange(netns: &Path, to: SocketAddrV4, message: &[u8]) -> Result<Vec<u8>> {
+    in_netns(netns, || -> Result<Vec<u8>> {
+        let socket = UdpSocket::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0))?;
+        socket.connect(to)?;
+        socket.set_read_timeout(Some(Duration::from_secs(2)))?;
+        let mut buf = vec![0u8; 65536];
+        let mut last = None;
+        for _ in 0..3 {
+            socket.send(message)?;
+            match socket.recv(&mut buf) {
+                Ok(n) => return Ok(buf[..n].to_vec()),
+                Err(e) => last = Some(e),
+            }
+        }
+        bail!("no answer from {to} after three tries: {last:?}")
+    })
+}
+
+#[test]
+fn large_udp_datagrams_through_masquerade_arrive_whole() -> Result<()> {
+    let topology = Topology::new()?;
+    let agent = Agent::start(&topology)?;
+    let (_, ns) = agent.create_container(&["c"])?;
+    let _server = UdpServer::start(&topology.world.path(), WORLD_PORT)?;
+    let world = SocketAddrV4::new(WORLD_IP, WORLD_PORT);
+    for size in SIZES {
+        // A small request, a fragmented answer to the masqueraded flow.
+        let answer = udp_exchange(&ns, world, format!("size:{size}").as_bytes())?;
+        ensure!(
+            answer.len() == size,
+            "{size}-byte answer: {} bytes",
+            answer.len()
+        );
+        ensure!(
+            answer == pattern(size, 1),
+            "{size}-byte answer: wrong bytes"
+        );
+        // A fragmented request from the container, echoed back fragmented.
+        let message = pattern(size, 2);
+        ensure!(
+            udp_exchange(&ns, world, &message)? == message,
+            "{size}-byte echo"
+        );
+    }
+    if ebpf_checks("the fragment counters") {
+        // 2 + 6 following fragments each way and size.
+        assert!(agent.counter("uplink_ingress.redirect.fragment")? >= 16);
+        assert!(
+            agent.counter("container_ingress.redirect.fragment")?
+                + agent.counter("container_ingress.redirect.fragment_resolve_neighbour")?
+                >= 8
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn large_udp_datagrams_to_a_published_port_arrive_whole() -> Result<()> {
+    let topology = Topology::new()?;
+    let agent = Agent::start(&topology)?;
+    let (_, ns) = agent.create_container(&["web", "-p", "5300:5300/udp"])?;
+    let _server = UdpServer::start(&ns, 5300)?;
+    let world = topology.world.path();
+    // The sender's checksum offload does not matter here: a stack that fragments a
+    // datagram computes its checksum first.
+    for offload in ["off", "on"] {
+        topology
+            .world
+            .exec("ethtool", &["-K", WORLD_LINK, "tx", offload])?;
+        for size in SIZES {
+            let message = pattern(size, size as u8);
+            let answer = udp_exchange(&world, SocketAddrV4::new(NODE_IP, 5300), &message)
+                .with_context(|| format!("tx offload {offload}, {size} bytes"))?;
+            ensure!(
+                answer == message,
+                "tx offload {offload}: {size} bytes sent, {} came back",
+                answer.len()
+            );
+        }
+    }
+    if ebpf_checks("the fragment counters") {
+        assert!(agent.counter("uplink_ingress.redirect.fragment")? >= 16);
+    }
+    Ok(())
+}
+
+#[test]
+fn port_unreachable_from_a_container_reaches_the_client() -> Result<()> {
+    let topology = Topology::new()?;
+    let agent = Agent::start(&topology)?;
+    // Published, but nothing listens: the container answers "port unreachable", which
+    // must reach the client from the published address it used.
+    let _ = agent.create_container(&["web", "-p", "5301:5301/udp"])?;
+    let result = in_netns(&topology.world.path(), || -> std::io::Result<usize> {
+        let socket = UdpSocket::bind("0.0.0.0:0")?;
+        socket.connect(SocketAddrV4::new(NODE_IP, 5301))?;
+        socket.set_read_timeout(Some(Duration::from_secs(3)))?;
+        socket.send(b"anyone?")?;
+        let mut buf = [0u8; 16];
+        socket.recv(&mut buf)
+    });
+    let err = result.expect_err("no answer can come");
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused, "{err}");
+    if ebpf_checks("the ICMP error counter") {
+        assert!(
+            agent.counter("container_ingress.redirect.icmp_error")?
+                + agent.counter("container_ingress.redirect.icmp_error_resolve_neighbour")?
+                >= 1
+        );
+    }
+    Ok(())
+}
+
+const CLIENT_IP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 2);
+const DOWNLOAD: usize = 200 * 1024;
+
+/// A client behind a router: the world namespace routes 203.0.113.0/24 over a link whose
+/// MTU is 1280 on the router's side and 1500 on the client's (a tunnel in the path: the
+/// client's MSS does not help). Returns the client's namespace.
+fn client_behind_a_small_mtu_hop(topology: &Topology) -> Result<Netns> {
+    let client = Netns::new("client")?;
+    let world = &topology.world;
+    world.ip(&[
+        "link",
+        "add",
+        "rt0",
+        "mtu",
+        "1280",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "cl0",
+        "netns",
+        &client.name,
+    ])?;
+    world.ip(&["addr", "add", "203.0.113.1/24", "dev", "rt0"])?;
+    world.ip(&["link", "set", "rt0", "up"])?;
+    world.exec("sysctl", &["-qw", "net.ipv4.ip_forward=1"])?;
+    client.ip(&["link", "set", "cl0", "mtu", "1500", "up"])?;
+    client.ip(&["addr", "add", &format!("{CLIENT_IP}/24"), "dev", "cl0"])?;
+    client.ip(&["route", "add", "default", "via", "203.0.113.1"])?;
+    topology.node.ip(&[
+        "route",
+        "add",
+        "203.0.113.0/24",
+        "via",
+        &WORLD_IP.to_string(),
+    ])?;
+    Ok(client)
+}
+
+/// A TCP server in a namespace that sends `DOWNLOAD` patterned bytes to its first client
+/// and closes; returns how many it wrote.
+fn serve_download(netns: PathBuf, port: u16) -> thread::JoinHandle<Result<usize>> {
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let handle = thread::spawn(move || -> Result<usize> {
+        let listener = in_netns(&netns, || {
+            TcpListener::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port))
+        })?;
+        listener.set_nonblocking(true)?;
+        let _ = ready_tx.send(());
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut stream = loop {
+            match listener.accept() {
+                Ok((stream, _)) => break stream,
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::WouldBlock && Instant::now() < deadline =>
+                {
+                    thread::sleep(Duration::from_millis(10))
+                }
+                Err(e) => return Err(e).context("accept"),
+            }
+        };
+        stream.set_nonblocking(false)?;
+        stream.set_write_timeout(Some(Duration::from_secs(20)))?;
+        stream.write_all(&pattern(DOWNLOAD, 3))?;
+        Ok(DOWNLOAD)
+    });
+    let _ = ready_rx.recv_timeout(Duration::from_secs(5));
+    handle
+}
+
+#[test]
+fn a_download_across_a_smaller_mtu_hop_completes() -> Result<()> {
+    let topology = Topology::new()?;
+    let client = client_behind_a_small_mtu_hop(&topology)?;
+    let agent = Agent::start(&topology)?;
+    let (_, ns) = agent.create_container(&["web", "-p", "8600:8600"])?;
+    let server = serve_download(ns, 8600);
+    // The container's full-size segments stop at the router, whose "fragmentation
+    // needed" must reach the container for the rest to come through.
+    let received = in_netns(&client.path(), || -> Result<Vec<u8>> {
+        let to = SocketAddrV4::new(NODE_IP, 8600);
+        let mut stream = TcpStream::connect_timeout(&to.into(), Duration::from_secs(3))?;
+        stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut received = Vec::with_capacity(DOWNLOAD);
+        let mut buf = vec![0u8; 65536];
+        while Instant::now() < deadline {
+            match stream.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => received.extend_from_slice(&buf[..n]),
+                Err(e) => bail!("after {} bytes: {e}", received.len()),
+            }
+        }
+        Ok(received)
+    })?;
+    ensure!(
+        received.len() == DOWNLOAD,
+        "{} of {DOWNLOAD} bytes arrived",
+        received.len()
+    );
+    ensure!(received == pattern(DOWNLOAD, 3), "the bytes differ");
+    server.join().expect("server")?;
+    if ebpf_checks("the ICMP error counter") {
+        assert!(agent.counter("uplink_ingress.redirect.icmp_error")? >= 1);
+    }
+    Ok(())
+}
