@@ -204,7 +204,7 @@ pub fn echo_request(src: Ipv4Addr, dst: Ipv4Addr, id: u16) -> Vec<u8> {
 /// Splits a whole packet into IPv4 fragments of at most `chunk` payload bytes (a multiple
 /// of 8), as a sender's stack does: the header copied, DF cleared, MF and offsets set.
 pub fn fragments(frame: &[u8], chunk: usize) -> Vec<Vec<u8>> {
-    assert!(chunk % 8 == 0 && chunk > 0);
+    assert!(chunk.is_multiple_of(8) && chunk > 0);
     let ihl = usize::from(frame[ETH_HLEN] & 0x0f) * 4;
     let header = &frame[..ETH_HLEN + ihl];
     let payload = &frame[ETH_HLEN + ihl..];
