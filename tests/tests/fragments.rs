@@ -137,6 +137,36 @@ fn large_udp_datagrams_through_masquerade_arrive_whole() -> Result<()> {
 }
 
 #[test]
+fn large_pings_through_masquerade_are_answered() -> Result<()> {
+    let topology = Topology::new()?;
+    let agent = Agent::start(&topology)?;
+    let (_, ns) = agent.create_container(&["c"])?;
+    for size in SIZES {
+        // The echo's identifier is in the first fragment only, both ways.
+        let out = std::process::Command::new("nsenter")
+            .arg(format!("--net={}", ns.display()))
+            .args([
+                "busybox",
+                "ping",
+                "-c",
+                "1",
+                "-W",
+                "2",
+                "-s",
+                &size.to_string(),
+            ])
+            .arg(WORLD_IP.to_string())
+            .output()?;
+        ensure!(
+            out.status.success(),
+            "a {size}-byte ping: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+    Ok(())
+}
+
+#[test]
 fn large_udp_datagrams_to_a_published_port_arrive_whole() -> Result<()> {
     let topology = Topology::new()?;
     let agent = Agent::start(&topology)?;
