@@ -1394,6 +1394,30 @@ fn fragments_to_a_published_port_table() -> Result<()> {
     )?;
     assert_eq!(View(&outs[1]).dst(), CONTAINER_IP);
 
+    // 9,000 bytes, seven fragments, the first arriving fourth: the three before it pass,
+    // the three after it follow it to the container.
+    let datagram = with_ip_id(udp(WORLD_IP, 40002, NODE_IP, 5353, 9000).build(), 0x0a04);
+    let frags = fragments(&datagram, 1480);
+    assert_eq!(frags.len(), 7);
+    for (i, at) in [5, 2, 6, 0, 3, 1, 4].into_iter().enumerate() {
+        let (verdict, out, stat) = fx.run(UPLINK_PROGRAM, &frags[at])?;
+        let want = match i {
+            0..3 => (XDP_PASS, Stat::UplinkPassFragment),
+            3 => (XDP_REDIRECT, Stat::UplinkRedirectDnat),
+            _ => (XDP_REDIRECT, Stat::UplinkRedirectFragment),
+        };
+        assert_eq!(
+            (verdict, stat),
+            want,
+            "fragment {at}, arriving in position {i}"
+        );
+        if i < 3 {
+            assert_eq!(out, frags[at]);
+        } else {
+            assert_eq!(View(&out).dst(), CONTAINER_IP);
+        }
+    }
+
     // Another datagram of the same flow (another IP id) is not taken for this one; an
     // expiring TTL ends at a following fragment too.
     let other = with_ip_id(frags[1].clone(), 0x0a03);
