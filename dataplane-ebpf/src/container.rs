@@ -24,6 +24,9 @@ use crate::{
 /// longest options, and a TCP header.
 const MAX_HEADERS: u32 = (ETH_HLEN + 60 + 60) as u32;
 
+// Inlined into the program: as a BPF subprogram its stack would add to the entry
+// point's, past the verifier's 512 bytes for the two together.
+#[inline(always)]
 pub fn ingress(ctx: &TcContext) -> (i32, Stat) {
     let len = ctx.len() as usize;
     let mut parsed = parse(&TcFrame(ctx), len);
