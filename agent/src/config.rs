@@ -126,12 +126,22 @@ pub struct Settings {
     /// Source ports masquerade hands out: `START-END`, apart from the node's ephemeral
     /// ports (net.ipv4.ip_local_port_range, 32768-60999 by default).
     pub masquerade_port_range: String,
-    /// Entries of the connection-tracking table (two per masqueraded or linked flow).
-    pub conntrack_max: u32,
-    /// Seconds a translated UDP flow may be idle before it is forgotten.
+    /// Entries of the connection-tracking table (two per masqueraded or linked flow);
+    /// `None`: sized from the node's memory ([`flow_table_size`]).
+    pub conntrack_max: Option<u32>,
+    /// Entries of the published-port flow table (one per flow); `None`: sized from the
+    /// node's memory ([`flow_table_size`]).
+    pub nat_flows_max: Option<u32>,
+    /// Seconds a UDP or ICMP flow seen one way only may be idle before it is forgotten.
     pub udp_idle_timeout: u64,
-    /// Seconds a translated TCP flow may be idle before it is forgotten.
+    /// Seconds a UDP or ICMP flow seen both ways may be idle before it is forgotten.
+    pub udp_stream_timeout: u64,
+    /// Seconds an established TCP flow may be idle before it is forgotten.
     pub tcp_idle_timeout: u64,
+    /// Seconds a TCP flow not yet answered (SYN sent) may be idle before it is forgotten.
+    pub tcp_unreplied_timeout: u64,
+    /// Seconds a closing TCP flow (FIN seen) may be idle before it is forgotten.
+    pub tcp_closing_timeout: u64,
     /// The cgroup (v2) whose sockets get node-local access to published ports (default:
     /// the cgroup2 root).
     pub cgroup: Option<PathBuf>,
@@ -163,9 +173,13 @@ impl Default for Settings {
             dns: None,
             port_range: "32768-60999".into(),
             masquerade_port_range: MASQUERADE_PORTS_AUTO.into(),
-            conntrack_max: dataplane_common::CONNTRACK_MAX,
+            conntrack_max: None,
+            nat_flows_max: None,
             udp_idle_timeout: 30,
-            tcp_idle_timeout: 7200,
+            udp_stream_timeout: 120,
+            tcp_idle_timeout: 432_000,
+            tcp_unreplied_timeout: 30,
+            tcp_closing_timeout: 10,
             cgroup: None,
             docker_plugin: None,
             docker_plugin_socket: None,
@@ -195,8 +209,12 @@ pub struct Overrides {
     pub port_range: Option<String>,
     pub masquerade_port_range: Option<String>,
     pub conntrack_max: Option<u32>,
+    pub nat_flows_max: Option<u32>,
     pub udp_idle_timeout: Option<u64>,
+    pub udp_stream_timeout: Option<u64>,
     pub tcp_idle_timeout: Option<u64>,
+    pub tcp_unreplied_timeout: Option<u64>,
+    pub tcp_closing_timeout: Option<u64>,
     pub cgroup: Option<PathBuf>,
     pub docker_plugin: Option<String>,
     pub docker_plugin_socket: Option<PathBuf>,
@@ -239,9 +257,15 @@ impl Overrides {
             masquerade_port_range: self
                 .masquerade_port_range
                 .unwrap_or(base.masquerade_port_range),
-            conntrack_max: self.conntrack_max.unwrap_or(base.conntrack_max),
+            conntrack_max: self.conntrack_max.or(base.conntrack_max),
+            nat_flows_max: self.nat_flows_max.or(base.nat_flows_max),
             udp_idle_timeout: self.udp_idle_timeout.unwrap_or(base.udp_idle_timeout),
+            udp_stream_timeout: self.udp_stream_timeout.unwrap_or(base.udp_stream_timeout),
             tcp_idle_timeout: self.tcp_idle_timeout.unwrap_or(base.tcp_idle_timeout),
+            tcp_unreplied_timeout: self
+                .tcp_unreplied_timeout
+                .unwrap_or(base.tcp_unreplied_timeout),
+            tcp_closing_timeout: self.tcp_closing_timeout.unwrap_or(base.tcp_closing_timeout),
             cgroup: self.cgroup.or(base.cgroup),
             docker_plugin: self.docker_plugin.or(base.docker_plugin),
             docker_plugin_socket: self.docker_plugin_socket.or(base.docker_plugin_socket),
@@ -251,7 +275,63 @@ impl Overrides {
     }
 }
 
+/// The largest flow table a flag may ask for: a BPF hash map allocates its buckets when
+/// it is made, 16 bytes each, so this bounds that to 256 MiB.
+pub const FLOW_TABLE_MAX: u32 = 1 << 24;
+
+/// The longest idle timeout, in seconds (about 136 years): its nanoseconds fit in the
+/// 64-bit clock the flow tables keep.
+pub const TIMEOUT_MAX: u64 = u32::MAX as u64;
+
+/// The default size of a flow table on a node with `mem_total` bytes of memory: what the
+/// kernel gives nf_conntrack_max (nf_conntrack_init_start): 262,144 above 4 GiB, 65,536
+/// above 1 GiB, else one entry per 128 KiB, and never fewer than 1,024.
+pub fn flow_table_size(mem_total: u64) -> u32 {
+    const GIB: u64 = 1 << 30;
+    match mem_total {
+        m if m > 4 * GIB => 262_144,
+        m if m > GIB => 65_536,
+        m => u32::try_from(m / (128 << 10)).unwrap_or(u32::MAX).max(1024),
+    }
+}
+
+/// `MemTotal` of a /proc/meminfo text, in bytes.
+pub fn parse_mem_total(meminfo: &str) -> Option<u64> {
+    let line = meminfo.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let mut fields = line["MemTotal:".len()..].split_whitespace();
+    let kib: u64 = fields.next()?.parse().ok()?;
+    (fields.next() == Some("kB")).then_some(kib * 1024)
+}
+
+/// The sizes of the flow tables the dataplane makes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FlowTableSizes {
+    pub conntrack: u32,
+    pub nat_flows: u32,
+}
+
 impl Settings {
+    /// The flow tables' sizes: the settings, else sized for a node with `mem_total` bytes.
+    pub fn flow_table_sizes(&self, mem_total: u64) -> FlowTableSizes {
+        let default = flow_table_size(mem_total);
+        FlowTableSizes {
+            conntrack: self.conntrack_max.unwrap_or(default),
+            nat_flows: self.nat_flows_max.unwrap_or(default),
+        }
+    }
+
+    /// The idle timeouts of translated flows.
+    pub fn flow_timeouts(&self) -> crate::dataplane::FlowTimeouts {
+        let secs = std::time::Duration::from_secs;
+        crate::dataplane::FlowTimeouts {
+            tcp_established: secs(self.tcp_idle_timeout),
+            tcp_unreplied: secs(self.tcp_unreplied_timeout),
+            tcp_closing: secs(self.tcp_closing_timeout),
+            udp_unreplied: secs(self.udp_idle_timeout),
+            udp_stream: secs(self.udp_stream_timeout),
+        }
+    }
+
     /// The dynamic host port range, inclusive.
     pub fn port_range(&self) -> Result<(u16, u16)> {
         parse_port_range("port-range", &self.port_range)
@@ -286,15 +366,30 @@ impl Settings {
         }
         self.port_range()?;
         self.masquerade_port_range()?;
-        if self.conntrack_max < 2 {
-            return Err(Error::InvalidArgument(
-                "conntrack-max must be at least 2".into(),
-            ));
+        for (name, value, min) in [
+            ("conntrack-max", self.conntrack_max, 2),
+            ("nat-flows-max", self.nat_flows_max, 1),
+        ] {
+            if let Some(value) = value
+                && !(min..=FLOW_TABLE_MAX).contains(&value)
+            {
+                return Err(Error::InvalidArgument(format!(
+                    "--{name} {value}: must be between {min} and {FLOW_TABLE_MAX}"
+                )));
+            }
         }
-        if self.udp_idle_timeout == 0 || self.tcp_idle_timeout == 0 {
-            return Err(Error::InvalidArgument(
-                "idle timeouts must be at least one second".into(),
-            ));
+        for (name, seconds) in [
+            ("udp-idle-timeout", self.udp_idle_timeout),
+            ("udp-stream-timeout", self.udp_stream_timeout),
+            ("tcp-idle-timeout", self.tcp_idle_timeout),
+            ("tcp-unreplied-timeout", self.tcp_unreplied_timeout),
+            ("tcp-closing-timeout", self.tcp_closing_timeout),
+        ] {
+            if !(1..=TIMEOUT_MAX).contains(&seconds) {
+                return Err(Error::InvalidArgument(format!(
+                    "--{name} {seconds}: must be between 1 and {TIMEOUT_MAX} seconds"
+                )));
+            }
         }
         if self.dataplane != "ebpf" && self.dataplane != "iptables" {
             return Err(Error::InvalidArgument(format!(
@@ -414,5 +509,77 @@ mod tests {
             ..Default::default()
         };
         assert!(bad_mtu.apply(Settings::default()).is_err());
+    }
+
+    #[test]
+    fn timeouts_and_table_sizes_are_checked() {
+        let refused = |overrides: Overrides| match overrides.apply(Settings::default()) {
+            Err(e) => e.to_string(),
+            Ok(_) => panic!("accepted"),
+        };
+        let zero = Overrides {
+            tcp_unreplied_timeout: Some(0),
+            ..Default::default()
+        };
+        assert_eq!(
+            refused(zero),
+            "--tcp-unreplied-timeout 0: must be between 1 and 4294967295 seconds"
+        );
+        let huge = Overrides {
+            udp_stream_timeout: Some(u64::MAX),
+            ..Default::default()
+        };
+        assert!(refused(huge).starts_with("--udp-stream-timeout 18446744073709551615:"));
+        let tiny = Overrides {
+            conntrack_max: Some(1),
+            ..Default::default()
+        };
+        assert_eq!(
+            refused(tiny),
+            "--conntrack-max 1: must be between 2 and 16777216"
+        );
+        let zero = Overrides {
+            nat_flows_max: Some(0),
+            ..Default::default()
+        };
+        assert!(refused(zero).starts_with("--nat-flows-max 0:"));
+
+        let settings = Settings::default();
+        assert_eq!(
+            settings.tcp_idle_timeout, 432_000,
+            "nf_conntrack's established TCP"
+        );
+        let t = settings.flow_timeouts();
+        assert_eq!(t.udp_stream, std::time::Duration::from_secs(120));
+        assert_eq!(t.tcp_closing, std::time::Duration::from_secs(10));
+        let given = Overrides {
+            nat_flows_max: Some(1000),
+            ..Default::default()
+        }
+        .apply(Settings::default())
+        .unwrap();
+        assert_eq!(
+            given.flow_table_sizes(2 << 30),
+            FlowTableSizes {
+                conntrack: 65_536,
+                nat_flows: 1000
+            }
+        );
+    }
+
+    #[test]
+    fn flow_tables_are_sized_like_nf_conntrack() {
+        const GIB: u64 = 1 << 30;
+        // MemTotal of a "2 GiB" and a "4 GiB" machine is a little less than that.
+        assert_eq!(flow_table_size(GIB / 2), 4096);
+        assert_eq!(flow_table_size(100 << 20), 1024, "never fewer than 1024");
+        assert_eq!(flow_table_size(GIB), 8192);
+        assert_eq!(flow_table_size(2 * GIB - (100 << 20)), 65_536);
+        assert_eq!(flow_table_size(4 * GIB), 65_536);
+        assert_eq!(flow_table_size(4 * GIB + 1), 262_144);
+        assert_eq!(flow_table_size(64 * GIB), 262_144);
+        let meminfo = "MemTotal:        2014420 kB\nMemFree:          120000 kB\n";
+        assert_eq!(parse_mem_total(meminfo), Some(2_014_420 * 1024));
+        assert_eq!(parse_mem_total("MemFree: 1 kB\n"), None);
     }
 }

@@ -47,7 +47,8 @@ pub async fn run(settings: Settings, socket: PathBuf) -> Result<()> {
         rtnetlink::new_connection().map_err(Error::io("opening a netlink socket"))?;
     tokio::spawn(connection);
     let pin_dir = settings.pin_dir.clone();
-    let conntrack_max = settings.conntrack_max;
+    let table_sizes = settings.flow_table_sizes(node_memory()?);
+    let timeouts = settings.flow_timeouts();
     let cgroup = match &settings.cgroup {
         Some(path) => path.clone(),
         None => crate::netns::cgroup2_mount()?,
@@ -68,7 +69,8 @@ pub async fn run(settings: Settings, socket: PathBuf) -> Result<()> {
             uplink,
             ifindex,
             &cgroup,
-            conntrack_max,
+            table_sizes,
+            timeouts,
         )?) as Box<dyn Dataplane>)
     })
     .await?;
@@ -93,7 +95,6 @@ pub async fn run(settings: Settings, socket: PathBuf) -> Result<()> {
         }
         None => None,
     };
-    let gc = tokio::spawn(expire_idle_flows(service));
     let mut term = tokio::signal::unix::signal(SignalKind::terminate())
         .map_err(Error::io("SIGTERM handler"))?;
     let shutdown = async move {
@@ -107,23 +108,23 @@ pub async fn run(settings: Settings, socket: PathBuf) -> Result<()> {
         .with_graceful_shutdown(shutdown)
         .await
         .map_err(Error::io("serving the API"))?;
-    gc.abort();
     let _ = std::fs::remove_file(&socket);
     if let (Some(task), Some((_, plugin_socket))) = (plugin, &docker_plugin) {
         task.abort();
         let _ = std::fs::remove_file(plugin_socket);
     }
+    // The idle-flow cleanup may be in a pass: wait for it off the runtime's threads.
+    let mut service = service.lock().await;
+    tokio::task::block_in_place(|| service.shutdown());
     Ok(())
 }
 
-/// Forgets idle translated flows now and then, so that a UDP mapping's state does not
-/// outlive its conversation.
-async fn expire_idle_flows(service: api::Shared) {
-    let mut tick = tokio::time::interval(std::time::Duration::from_secs(2));
-    loop {
-        tick.tick().await;
-        if let Err(e) = service.lock().await.expire_idle_flows() {
-            tracing::warn!("expiring idle flows: {e}");
-        }
-    }
+/// The node's memory (MemTotal), which the flow tables' default sizes follow.
+fn node_memory() -> Result<u64> {
+    let meminfo =
+        std::fs::read_to_string("/proc/meminfo").map_err(Error::io("reading /proc/meminfo"))?;
+    crate::config::parse_mem_total(&meminfo).ok_or_else(|| Error::Io {
+        context: "reading /proc/meminfo".into(),
+        source: std::io::Error::new(std::io::ErrorKind::InvalidData, "no MemTotal line in kB"),
+    })
 }

@@ -383,20 +383,26 @@ impl Agent {
         self.dir.path().join("state")
     }
 
-    /// Stops the agent with SIGTERM (the dataplane stays in place).
-    pub fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(child.id() as i32),
-                nix::sys::signal::Signal::SIGTERM,
-            );
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
-                thread::sleep(Duration::from_millis(50));
+    /// Stops the agent with SIGTERM (the dataplane stays in place). Returns its exit
+    /// status when it ended by itself within 5 s; `None` when it was killed or was not
+    /// running.
+    pub fn stop(&mut self) -> Option<std::process::ExitStatus> {
+        let mut child = self.child.take()?;
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            match child.try_wait() {
+                Ok(Some(status)) => return Some(status),
+                Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_millis(50)),
+                _ => break,
             }
-            let _ = child.kill();
-            let _ = child.wait();
         }
+        let _ = child.kill();
+        let _ = child.wait();
+        None
     }
 
     pub fn log(&self) -> String {
@@ -456,7 +462,7 @@ impl Agent {
 
 impl Drop for Agent {
     fn drop(&mut self) {
-        self.stop();
+        let _ = self.stop();
         // Pinned links and maps: removing the pins detaches the programs.
         let _ = fs::remove_dir_all(&self.pin_dir);
         if let Ok(entries) = fs::read_dir(&self.netns_dir) {

@@ -9,7 +9,7 @@ use std::{
 };
 
 use anyhow::{Result, ensure};
-use bpfbridge_tests::{Agent, Netns, Topology, bpfbridge_bin};
+use bpfbridge_tests::{Agent, Netns, Topology, bpfbridge_bin, ebpf_checks};
 use serde_json::Value;
 
 fn containers(agent: &Agent) -> Result<Vec<Value>> {
@@ -246,6 +246,83 @@ fn config_file_then_flags() -> Result<()> {
             .is_some_and(|e| e.contains("bad.toml") && e.contains("no-such-setting")),
         "{error:?}"
     );
+    Ok(())
+}
+
+#[test]
+fn flow_timeouts_and_table_sizes_show_in_info_and_bad_ones_are_refused() -> Result<()> {
+    let topology = Topology::new()?;
+    let agent = Agent::start_with(
+        &topology,
+        &[
+            "--tcp-unreplied-timeout",
+            "5",
+            "--udp-stream-timeout",
+            "60",
+            "--conntrack-max",
+            "4096",
+            "--nat-flows-max",
+            "2048",
+        ],
+    )?;
+    let info = agent.cli_json(&["info"])?;
+    let settings = &info["Settings"];
+    assert_eq!(settings["tcp-unreplied-timeout"], 5);
+    assert_eq!(settings["udp-stream-timeout"], 60);
+    assert_eq!(
+        settings["tcp-idle-timeout"], 432_000,
+        "nf_conntrack's default"
+    );
+    assert_eq!(settings["tcp-closing-timeout"], 10);
+    assert_eq!(settings["udp-idle-timeout"], 30);
+    assert_eq!(settings["conntrack-max"], 4096);
+    if ebpf_checks("the flow tables' sizes and memory in info") {
+        let tables = &info["FlowTables"]["Tables"];
+        let sizes: Vec<(&str, u64)> = tables
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|t| Some((t["Name"].as_str()?, t["MaxEntries"].as_u64()?)))
+            .collect();
+        assert_eq!(
+            sizes,
+            [("CONNTRACK", 4096), ("NAT_FLOWS", 2048)],
+            "{tables}"
+        );
+        let memory = info["FlowTables"]["MapMemoryBytes"].as_u64().unwrap_or(0);
+        assert!(memory > 0, "{info}");
+    }
+    drop(agent);
+
+    let dir = tempfile::tempdir()?;
+    let config = dir.path().join("bpfbridge.toml");
+    std::fs::write(&config, "udp-stream-timeout = 0\n")?;
+    let config = config.to_str().unwrap();
+    for (args, expected) in [
+        (
+            &["--tcp-closing-timeout", "0"][..],
+            "--tcp-closing-timeout 0: must be between 1 and 4294967295 seconds",
+        ),
+        (
+            &["--config", config],
+            "--udp-stream-timeout 0: must be between 1 and 4294967295 seconds",
+        ),
+        (
+            &["--conntrack-max", "1"],
+            "--conntrack-max 1: must be between 2 and 16777216",
+        ),
+        (
+            &["--nat-flows-max", "0"],
+            "--nat-flows-max 0: must be between 1 and 16777216",
+        ),
+        (&["--tcp-idle-timeout", "-1"], "--tcp-idle-timeout"),
+    ] {
+        let error = Agent::start_with(&topology, args)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(error.contains(expected), "{args:?}: {error}");
+    }
     Ok(())
 }
 

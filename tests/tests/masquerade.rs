@@ -14,7 +14,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Result, ensure};
+use anyhow::{Context as _, Result, ensure};
 use bpfbridge_tests::{
     Agent, Echo, NODE_IP, Topology, WORLD_IP, ebpf_checks, in_netns, request, serve_once,
     skip_unless_ebpf, udp_request, udp_serve_once,
@@ -133,7 +133,10 @@ fn idle_flows_expire_and_active_ones_survive() -> Result<()> {
         return Ok(());
     }
     let topology = Topology::new()?;
-    let agent = Agent::start_with(&topology, &["--udp-idle-timeout", "1"])?;
+    let agent = Agent::start_with(
+        &topology,
+        &["--udp-idle-timeout", "1", "--udp-stream-timeout", "1"],
+    )?;
     let (_, ns) = agent.create_container(&["c"])?;
     let _echo = Echo::start(&topology.world.path(), WORLD_PORT)?;
     // A long-lived TCP connection through the masquerade, kept busy.
@@ -221,7 +224,14 @@ fn a_full_table_refuses_new_flows_and_gc_never_evicts_a_live_one() -> Result<()>
     // Eight entries: four flows, two entries each.
     let agent = Agent::start_with(
         &topology,
-        &["--conntrack-max", "8", "--udp-idle-timeout", "1"],
+        &[
+            "--conntrack-max",
+            "8",
+            "--udp-idle-timeout",
+            "1",
+            "--udp-stream-timeout",
+            "1",
+        ],
     )?;
     let (_, ns) = agent.create_container(&["c"])?;
     let world_ns = topology.world.path();
@@ -461,5 +471,109 @@ fn a_table_full_of_unanswered_flows_still_takes_new_ones() -> Result<()> {
     client.read_exact(&mut b)?;
     assert_eq!(&b, b"y");
     assert_eq!(agent.counter("container_ingress.drop.conntrack_full")?, 0);
+
+/// Opens `count` UDP flows from the container at `ns` to the world, one datagram each to
+/// consecutive world ports from `first_port` (nothing answers them).
+fn open_udp_flows(ns: &std::path::Path, first_port: u16, count: u16) -> Result<()> {
+    in_netns(ns, || -> std::io::Result<()> {
+        let socket = UdpSocket::bind("0.0.0.0:0")?;
+        for port in first_port..first_port + count {
+            socket.send_to(b"x", world(port))?;
+        }
+        Ok(())
+    })?;
+    Ok(())
+}
+
+/// The flow GC's counters from `info`.
+fn gc_stats(agent: &Agent) -> Result<serde_json::Value> {
+    let info = agent.cli_json(&["info"])?;
+    Ok(info["FlowTables"]["Gc"].clone())
+}
+
+fn count(stats: &serde_json::Value, name: &str) -> Result<u64> {
+    stats[name]
+        .as_u64()
+        .with_context(|| format!("no {name} in {stats}"))
+}
+
+#[test]
+fn the_api_answers_while_the_gc_walks_thousands_of_flows() -> Result<()> {
+    if skip_unless_ebpf(KERNEL_CONNTRACK) {
+        return Ok(());
+    }
+    const FLOWS: u16 = 4000;
+    let topology = Topology::new()?;
+    let mut agent = Agent::start(&topology)?;
+    let (_, ns) = agent.create_container(&["c"])?;
+    open_udp_flows(&ns, 20000, FLOWS)?;
+    let listed = String::from_utf8(agent.cli(&["conntrack", "ls"])?.stdout)?
+        .lines()
+        .filter(|l| l.starts_with("masquerade udp"))
+        .count() as u64;
+    ensure!(listed >= u64::from(FLOWS), "{listed} flows of {FLOWS}");
+    // API calls keep answering while passes run over the table.
+    let passes_before = count(&gc_stats(&agent)?, "Passes")?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let stats = loop {
+        let out = agent.cli(&["network", "ls"])?;
+        ensure!(
+            out.status.success(),
+            "network ls: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let stats = gc_stats(&agent)?;
+        if count(&stats, "Passes")? >= passes_before + 2 {
+            break stats;
+        }
+        ensure!(Instant::now() < deadline, "no GC pass ran: {stats}");
+    };
+    // A whole pass ran after the flows were made.
+    ensure!(count(&stats, "LastScanned")? >= listed, "{stats}");
+    ensure!(count(&stats, "Errors")? == 0, "{stats}");
+    let info = agent.cli_json(&["info"])?;
+    let conntrack = &info["FlowTables"]["Tables"][0];
+    assert_eq!(conntrack["Name"], "CONNTRACK");
+    ensure!(
+        conntrack["Entries"].as_u64() >= Some(listed),
+        "the table's fill: {conntrack}"
+    );
+    ensure!(conntrack["MemoryBytes"].as_u64() > Some(0), "{conntrack}");
+    // The agent stops its GC and exits by itself.
+    let status = agent.stop();
+    ensure!(
+        status.is_some_and(|s| s.success()),
+        "exit {status:?}: {}",
+        agent.log()
+    );
+    Ok(())
+}
+
+#[test]
+fn flows_idle_past_their_timeout_are_removed_and_counted() -> Result<()> {
+    if skip_unless_ebpf(KERNEL_CONNTRACK) {
+        return Ok(());
+    }
+    const FLOWS: u16 = 50;
+    let topology = Topology::new()?;
+    let agent = Agent::start_with(&topology, &["--udp-idle-timeout", "1"])?;
+    let (_, ns) = agent.create_container(&["c"])?;
+    open_udp_flows(&ns, 21000, FLOWS)?;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let flows = String::from_utf8(agent.cli(&["conntrack", "ls"])?.stdout)?;
+        if !flows.contains("masquerade udp") {
+            break;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "idle flows never expired: {flows}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let stats = gc_stats(&agent)?;
+    // Two entries per flow.
+    ensure!(count(&stats, "Removed")? >= 2 * u64::from(FLOWS), "{stats}");
+    ensure!(count(&stats, "Errors")? == 0, "{stats}");
     Ok(())
 }

@@ -518,10 +518,14 @@ fn source_filters_longest_prefix_with_counters() -> Result<()> {
 #[test]
 fn disconnect_and_idle_udp_flows_leave_nothing_behind() -> Result<()> {
     let topology = Topology::new()?;
-    let agent = Agent::start_with(&topology, &["--udp-idle-timeout", "1"])?;
+    // The container answers, so the flow has been seen both ways.
+    let agent = Agent::start_with(
+        &topology,
+        &["--udp-idle-timeout", "1", "--udp-stream-timeout", "1"],
+    )?;
     let (_, ns) = agent.create_container(&["web", "-p", "5353:53/udp", "-p", "8080:80"])?;
     udp_via(&topology.world.path(), &ns, node(5353), 53)?;
-    if ebpf_checks("the agent's flow table and --udp-idle-timeout") {
+    if ebpf_checks("the agent's flow table and --udp-stream-timeout") {
         let flows = String::from_utf8(agent.cli(&["conntrack", "ls"])?.stdout)?;
         assert!(flows.contains("udp src=198.51.100.2:"), "{flows}");
         let deadline = Instant::now() + Duration::from_secs(10);

@@ -40,7 +40,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the node agent in the current network namespace.
-    Agent(AgentArgs),
+    Agent(Box<AgentArgs>),
     /// Manage containers' network attachments.
     #[command(subcommand)]
     Container(ContainerCommand),
@@ -128,15 +128,29 @@ struct AgentArgs {
     /// port when free, else pick from the kernel's range (as MASQUERADE does) [default: auto].
     #[arg(long)]
     masquerade_port_range: Option<String>,
-    /// Entries of the connection-tracking table [default: 262144].
+    /// Entries of the connection-tracking table, two per masqueraded or linked flow
+    /// [default: from the node's memory, as nf_conntrack_max: 65536 above 1 GiB, 262144
+    /// above 4 GiB].
     #[arg(long)]
     conntrack_max: Option<u32>,
-    /// Seconds before an idle translated UDP flow is forgotten [default: 30].
+    /// Entries of the published-port flow table, one per flow [default: as conntrack-max's].
+    #[arg(long)]
+    nat_flows_max: Option<u32>,
+    /// Seconds before an idle UDP or ICMP flow seen one way only is forgotten [default: 30].
     #[arg(long)]
     udp_idle_timeout: Option<u64>,
-    /// Seconds before an idle translated TCP flow is forgotten [default: 7200].
+    /// Seconds before an idle UDP or ICMP flow seen both ways is forgotten [default: 120].
+    #[arg(long)]
+    udp_stream_timeout: Option<u64>,
+    /// Seconds before an idle established TCP flow is forgotten [default: 432000].
     #[arg(long)]
     tcp_idle_timeout: Option<u64>,
+    /// Seconds before a TCP flow not yet answered is forgotten [default: 30].
+    #[arg(long)]
+    tcp_unreplied_timeout: Option<u64>,
+    /// Seconds before a closing TCP flow (FIN seen) is forgotten [default: 10].
+    #[arg(long)]
+    tcp_closing_timeout: Option<u64>,
     /// cgroup v2 whose processes reach published ports through 127.0.0.1 and the node's
     /// addresses [default: the cgroup2 root].
     #[arg(long)]
@@ -175,8 +189,12 @@ impl AgentArgs {
             port_range: self.port_range,
             masquerade_port_range: self.masquerade_port_range,
             conntrack_max: self.conntrack_max,
+            nat_flows_max: self.nat_flows_max,
             udp_idle_timeout: self.udp_idle_timeout,
+            udp_stream_timeout: self.udp_stream_timeout,
             tcp_idle_timeout: self.tcp_idle_timeout,
+            tcp_unreplied_timeout: self.tcp_unreplied_timeout,
+            tcp_closing_timeout: self.tcp_closing_timeout,
             cgroup: self.cgroup,
             docker_plugin: self.docker_plugin,
             docker_plugin_socket: self.docker_plugin_socket,

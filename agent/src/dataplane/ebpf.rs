@@ -12,7 +12,7 @@ use std::{
 use aya::{
     Ebpf, EbpfLoader,
     maps::{
-        Array, HashMap, MapData, PerCpuArray, PerCpuValues, RingBuf,
+        Array, HashMap, IterableMap as _, MapData, PerCpuArray, PerCpuValues, RingBuf,
         lpm_trie::{Key, LpmTrie},
     },
     programs::{
@@ -23,20 +23,25 @@ use aya::{
     },
 };
 use dataplane_common::{
-    BackendKey, CONNTRACK, CONNTRACK_MAX, CT_CLOSING, CT_ESTABLISHED, CT_ORIGINAL, CT_REPLY,
-    Counter, CtEntry, CtKey, ENDPOINTS, EVENT_DROP, EVENTS, EndpointInfo, EndpointKey, Event,
-    FILTER_ALLOW, FILTER_DENY, FILTER_HITS, FILTER_RULES, FILTER_SCOPE_BITS, FilterKey, FilterRule,
-    FlowKey, IPPROTO_TCP, LINKS, LinkKey, NAT_FLOWS, NETWORK_ICC, NETWORK_INTERNAL,
-    NETWORK_MASQUERADE, NETWORKS, NODE_ADDRS, NODE_CONFIG, NatFlow, NetworkInfo, NetworkKey,
-    NodeAddr, NodeAddrKey, NodeConfig, PUBLISHED_BACKENDS, PUBLISHED_PORTS, PortKey, PortTarget,
-    STATS, stats::Stat,
+    BackendKey, CONNTRACK, CONNTRACK_MAX, Counter, CtEntry, CtKey, ENDPOINTS, EVENT_DROP, EVENTS,
+    EndpointInfo, EndpointKey, Event, FILTER_ALLOW, FILTER_DENY, FILTER_HITS, FILTER_RULES,
+    FILTER_SCOPE_BITS, FilterKey, FilterRule, FlowKey, IPPROTO_TCP, LINKS, LinkKey, NAT_FLOWS,
+    NAT_FLOWS_MAX, NETWORK_ICC, NETWORK_INTERNAL, NETWORK_MASQUERADE, NETWORKS, NODE_ADDRS,
+    NODE_CONFIG, NatFlow, NetworkInfo, NetworkKey, NodeAddr, NodeAddrKey, NodeConfig,
+    PUBLISHED_BACKENDS, PUBLISHED_PORTS, PortKey, PortTarget, STATS, stats::Stat,
 };
 
-use super::{Dataplane, Endpoint, FilterHits, FlowTimeouts, LinkRule, NetworkPolicy};
+use super::{
+    Dataplane, Endpoint, FilterHits, FlowTimeouts, LinkRule, NetworkPolicy,
+    flow_gc::FlowGc,
+    flows::{self, is_missing_key},
+};
 use crate::{
     Error, Result,
+    config::FlowTableSizes,
     model::{
-        FilterAction, FilterRecord, FlowInfo, MonitorEvent, PortBinding, PublishedPort, StatCounter,
+        FilterAction, FilterRecord, FlowInfo, FlowTableInfo, FlowTablesInfo, MonitorEvent,
+        PortBinding, PublishedPort, StatCounter,
     },
 };
 
@@ -57,24 +62,32 @@ const LINKS_DIR: &str = "links";
 
 /// Loads the object with its maps pinned (or re-adopted) under `pin_dir`.
 pub fn load_object(pin_dir: &Path) -> Result<Ebpf> {
-    load_object_sized(pin_dir, CONNTRACK_MAX)
+    let sizes = FlowTableSizes {
+        conntrack: CONNTRACK_MAX,
+        nat_flows: NAT_FLOWS_MAX,
+    };
+    load_object_sized(pin_dir, sizes)
 }
 
-/// [`load_object`] with a connection-tracking table of `conntrack_max` entries (when the
-/// table is made, not when an earlier agent's pinned one is re-adopted).
-pub fn load_object_sized(pin_dir: &Path, conntrack_max: u32) -> Result<Ebpf> {
+/// [`load_object`] with flow tables of the given sizes (when the tables are made, not when
+/// an earlier agent's pinned ones are re-adopted: `info` shows the sizes in force).
+pub fn load_object_sized(pin_dir: &Path, sizes: FlowTableSizes) -> Result<Ebpf> {
     fs::create_dir_all(pin_dir)
         .map_err(Error::io(format!("creating pin dir {}", pin_dir.display())))?;
     EbpfLoader::new()
         .default_map_pin_directory(pin_dir)
-        .map_max_entries(CONNTRACK, conntrack_max)
+        .map_max_entries(CONNTRACK, sizes.conntrack)
+        .map_max_entries(NAT_FLOWS, sizes.nat_flows)
         .load(EBPF_OBJECT)
         .map_err(Error::dataplane("loading the eBPF object"))
 }
 
 pub struct EbpfDataplane {
     ebpf: Ebpf,
+    pin_dir: PathBuf,
     links_dir: PathBuf,
+    /// Idle-flow cleanup, on a thread of its own.
+    gc: FlowGc,
     /// What NODE_CONFIG holds (written whole).
     node_config: NodeConfig,
     /// Events read from the ring buffer, for `bpfbridge monitor`.
@@ -135,13 +148,6 @@ fn netns_cookie() -> Result<u64> {
         ));
     }
     Ok(cookie)
-}
-
-/// The clock `bpf_ktime_get_ns` reads.
-fn monotonic_ns() -> Result<u64> {
-    let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
-        .map_err(Error::sys("reading the monotonic clock"))?;
-    Ok(now.tv_sec() as u64 * 1_000_000_000 + now.tv_nsec() as u64)
 }
 
 /// The trie entry of a filter rule: 32 bits of scope, then the source prefix.
@@ -236,7 +242,10 @@ fn sync_trie<K: aya::Pod + PartialEq, V: aya::Pod + PartialEq>(
     wanted: &[(Key<K>, V)],
     what: &str,
 ) -> Result<Vec<usize>> {
-    let present: Vec<Key<K>> = trie.keys().filter_map(|k| k.ok()).collect();
+    let present: Vec<Key<K>> = trie
+        .keys()
+        .collect::<Result<_, _>>()
+        .map_err(Error::dataplane(format!("listing the {what}s")))?;
     let mut written = Vec::new();
     for (i, (key, value)) in wanted.iter().enumerate() {
         if trie.get(key, 0).ok().as_ref() != Some(value) {
@@ -284,11 +293,11 @@ fn sync_hash_map<K: aya::Pod + Eq + std::hash::Hash, V: aya::Pod>(
     wanted: &std::collections::HashMap<K, V>,
     what: &str,
 ) -> Result<()> {
-    let stale: Vec<K> = map
+    let present: Vec<K> = map
         .keys()
-        .filter_map(|k| k.ok())
-        .filter(|k| !wanted.contains_key(k))
-        .collect();
+        .collect::<Result<_, _>>()
+        .map_err(Error::dataplane(format!("listing the {what}s")))?;
+    let stale = present.into_iter().filter(|k| !wanted.contains_key(k));
     remove_keys(map, stale, &format!("removing a stale {what}"))?;
     for (key, value) in wanted {
         map.insert(key, value, 0)
@@ -297,35 +306,23 @@ fn sync_hash_map<K: aya::Pod + Eq + std::hash::Hash, V: aya::Pod>(
     Ok(())
 }
 
-/// A tracked flow: its original key and entry, its reply key, and the reply entry if present.
-type CtPair = (CtKey, CtEntry, CtKey, Option<CtEntry>);
-
-/// A delete of a key that is not there: fine for idempotent removal.
-fn is_missing_key(e: &aya::maps::MapError) -> bool {
-    match e {
-        aya::maps::MapError::KeyNotFound => true,
-        aya::maps::MapError::SyscallError(s) => s.io_error.kind() == std::io::ErrorKind::NotFound,
-        _ => false,
-    }
-}
-
 fn is_not_found(e: &aya::programs::links::LinkError) -> bool {
     matches!(e, aya::programs::links::LinkError::SyscallError(s) if s.io_error.kind() == std::io::ErrorKind::NotFound)
 }
 
 impl EbpfDataplane {
-    /// Loads the programs and attaches XDP to `uplink`, replacing atomically the program of
-    /// a link that an earlier agent pinned.
     /// Loads the programs, attaches XDP to `uplink` (atomically replacing the program of a
-    /// link an earlier agent pinned), and the socket programs to `cgroup`.
+    /// link an earlier agent pinned), and the socket programs to `cgroup`, and starts the
+    /// idle-flow cleanup.
     pub fn start(
         pin_dir: &Path,
         uplink: &str,
         uplink_ifindex: u32,
         cgroup: &Path,
-        conntrack_max: u32,
+        sizes: FlowTableSizes,
+        timeouts: FlowTimeouts,
     ) -> Result<Self> {
-        let mut ebpf = load_object_sized(pin_dir, conntrack_max)?;
+        let mut ebpf = load_object_sized(pin_dir, sizes)?;
         let links_dir = pin_dir.join(LINKS_DIR);
         fs::create_dir_all(&links_dir)
             .map_err(Error::io(format!("creating {}", links_dir.display())))?;
@@ -368,9 +365,12 @@ impl EbpfDataplane {
             .ok_or_else(|| Error::dataplane("map lookup")(MissingMap(EVENTS.into())))?;
         let ring = RingBuf::try_from(ring).map_err(Error::dataplane(EVENTS))?;
         tokio::spawn(read_events(ring, events.clone()));
+        let gc = FlowGc::start(pin_dir, timeouts)?;
         let mut dataplane = EbpfDataplane {
             ebpf,
+            pin_dir: pin_dir.to_path_buf(),
             links_dir,
+            gc,
             node_config: NodeConfig::default(),
             events,
         };
@@ -392,37 +392,6 @@ impl EbpfDataplane {
         config
             .set(0, value, 0)
             .map_err(Error::dataplane("writing the node's settings"))
-    }
-
-    /// The masqueraded flows (original direction) and their reply keys.
-    fn conntrack_pairs(&self) -> Result<Vec<CtPair>> {
-        let ct: HashMap<&MapData, CtKey, CtEntry> =
-            HashMap::try_from(self.map(CONNTRACK)?).map_err(Error::dataplane(CONNTRACK))?;
-        let mut pairs = Vec::new();
-        for entry in ct.iter() {
-            let (key, value) = entry.map_err(Error::dataplane("reading conntrack"))?;
-            if value.direction != CT_ORIGINAL {
-                continue;
-            }
-            let reply_key = CtKey {
-                src_ip_be: key.dst_ip_be,
-                dst_ip_be: value.nat_ip_be,
-                sport_be: key.dport_be,
-                dport_be: value.nat_port_be,
-                proto: key.proto,
-                _pad: [0; 3],
-            };
-            let reply = ct.get(&reply_key, 0).ok();
-            pairs.push((key, value, reply_key, reply));
-        }
-        // Replies whose original is gone (a GC cut short): paired with nothing.
-        for entry in ct.iter() {
-            let (key, value) = entry.map_err(Error::dataplane("reading conntrack"))?;
-            if value.direction == CT_REPLY && !pairs.iter().any(|(_, _, r, _)| *r == key) {
-                pairs.push((CtKey::default(), CtEntry::default(), key, Some(value)));
-            }
-        }
-        Ok(pairs)
     }
 
     /// Attaches the cgroup socket-address programs (node-local access to published ports).
@@ -459,6 +428,26 @@ impl EbpfDataplane {
                 .map_err(Error::dataplane(format!("pinning {}", pin.display())))?;
         }
         Ok(())
+    }
+
+    /// The kernel memory of every map pinned under the pin directory, in bytes.
+    fn map_memory(&self) -> Result<u64> {
+        let entries = fs::read_dir(&self.pin_dir)
+            .map_err(Error::io(format!("listing {}", self.pin_dir.display())))?;
+        let mut total = 0;
+        for entry in entries {
+            let entry = entry.map_err(Error::io(format!("listing {}", self.pin_dir.display())))?;
+            // The links live in a directory of their own; every file here is a map.
+            if entry.path() == self.links_dir {
+                continue;
+            }
+            let map = MapData::from_pin(entry.path()).map_err(Error::dataplane(format!(
+                "opening {}",
+                entry.path().display()
+            )))?;
+            total += flows::map_memory(&map)?;
+        }
+        Ok(total)
     }
 
     fn tc_pin(&self, host_veth: &str) -> PathBuf {
@@ -521,29 +510,49 @@ impl EbpfDataplane {
         }
     }
 
+    fn conntrack_mut(&mut self) -> Result<HashMap<&mut MapData, CtKey, CtEntry>> {
+        HashMap::try_from(self.map_mut(CONNTRACK)?).map_err(Error::dataplane(CONNTRACK))
+    }
+
+    fn nat_flows_mut(&mut self) -> Result<HashMap<&mut MapData, FlowKey, NatFlow>> {
+        HashMap::try_from(self.map_mut(NAT_FLOWS)?).map_err(Error::dataplane(NAT_FLOWS))
+    }
+
+    /// Removes the published-port flows that `nat` picks and the tracked flows (both
+    /// entries, or the one left) that `ct` picks, walking each table once; returns how
+    /// many entries went. A walk that could not read every entry is an error, after what
+    /// it read is removed.
+    fn remove_flows(
+        &mut self,
+        nat: impl Fn(&FlowKey, &NatFlow) -> bool,
+        ct: impl Fn(&flows::CtFlow) -> bool,
+    ) -> Result<usize> {
+        let mut nat_flows = self.nat_flows_mut()?;
+        let (entries, nat_walk) = flows::walk(&nat_flows).split(NAT_FLOWS);
+        let stale = entries
+            .into_iter()
+            .filter(|(k, v)| nat(k, v))
+            .map(|(k, _)| k);
+        let mut removed = remove_keys(&mut nat_flows, stale, "removing a flow")?;
+        let mut conntrack = self.conntrack_mut()?;
+        let (entries, ct_walk) = flows::walk(&conntrack).split(CONNTRACK);
+        let stale = flows::pair_flows(entries)
+            .into_iter()
+            .filter(|flow| ct(flow))
+            .flat_map(|flow| flow.keys());
+        removed += remove_keys(&mut conntrack, stale, "removing a conntrack entry")?;
+        nat_walk.and(ct_walk).map(|()| removed)
+    }
+
+    /// Forgets the flows of a container that goes away.
     fn forget_flows(&mut self, container_ip: Ipv4Addr) -> Result<()> {
         let ip_be = u32::from(container_ip).to_be();
-        let mut flows: HashMap<&mut MapData, FlowKey, NatFlow> =
-            HashMap::try_from(self.map_mut(NAT_FLOWS)?).map_err(Error::dataplane(NAT_FLOWS))?;
-        // Flows to the container, and hairpin flows it opened as a client.
-        let stale: Vec<FlowKey> = flows
-            .iter()
-            .filter_map(|e| e.ok())
-            .filter(|(k, v)| k.container_ip_be == ip_be || v.client_ip_be == ip_be)
-            .map(|(k, _)| k)
-            .collect();
-        remove_keys(&mut flows, stale, "removing a flow")?;
-        let stale: Vec<CtKey> = self
-            .conntrack_pairs()?
-            .into_iter()
-            .filter(|(key, _, _, reply)| {
-                key.src_ip_be == ip_be || reply.is_some_and(|r| r.nat_ip_be == ip_be)
-            })
-            .flat_map(|(key, _, reply_key, _)| [key, reply_key])
-            .collect();
-        let mut ct: HashMap<&mut MapData, CtKey, CtEntry> =
-            HashMap::try_from(self.map_mut(CONNTRACK)?).map_err(Error::dataplane(CONNTRACK))?;
-        remove_keys(&mut ct, stale, "removing a conntrack entry").map(drop)
+        self.remove_flows(
+            // Flows to the container, and hairpin flows it opened as a client.
+            |key, flow| key.container_ip_be == ip_be || flow.client_ip_be == ip_be,
+            |flow| flow.involves(ip_be),
+        )
+        .map(drop)
     }
 }
 
@@ -575,11 +584,11 @@ impl Dataplane for EbpfDataplane {
             .iter()
             .map(|(_, ip)| u32::from(*ip).to_be())
             .collect();
-        let stale: Vec<NodeAddrKey> = map
+        let present: Vec<NodeAddrKey> = map
             .keys()
-            .filter_map(|k| k.ok())
-            .filter(|k| !wanted.contains(&k.addr_be))
-            .collect();
+            .collect::<Result<_, _>>()
+            .map_err(Error::dataplane("listing the node addresses"))?;
+        let stale = present.into_iter().filter(|k| !wanted.contains(&k.addr_be));
         for key in stale {
             map.remove(&key)
                 .map_err(Error::dataplane("removing a node address"))?;
@@ -834,9 +843,11 @@ impl Dataplane for EbpfDataplane {
     }
 
     fn flows(&self) -> Result<Vec<FlowInfo>> {
-        let now = monotonic_ns()?;
-        let flows: HashMap<&MapData, FlowKey, NatFlow> =
+        let now = flows::monotonic_ns()?;
+        let nat_flows: HashMap<&MapData, FlowKey, NatFlow> =
             HashMap::try_from(self.map(NAT_FLOWS)?).map_err(Error::dataplane(NAT_FLOWS))?;
+        let conntrack: HashMap<&MapData, CtKey, CtEntry> =
+            HashMap::try_from(self.map(CONNTRACK)?).map_err(Error::dataplane(CONNTRACK))?;
         let endpoint = |ip_be: u32, port_be: u16| {
             format!(
                 "{}:{}",
@@ -844,9 +855,9 @@ impl Dataplane for EbpfDataplane {
                 u16::from_be(port_be)
             )
         };
+        let idle = |last_seen: u64| now.saturating_sub(last_seen) / 1_000_000_000;
         let mut out = Vec::new();
-        for entry in flows.iter() {
-            let (key, flow) = entry.map_err(Error::dataplane("reading flows"))?;
+        for (key, flow) in flows::walk(&nat_flows).into_complete(NAT_FLOWS)? {
             out.push(FlowInfo {
                 kind: "dnat".into(),
                 proto: proto_name(key.proto),
@@ -854,16 +865,15 @@ impl Dataplane for EbpfDataplane {
                 frontend: endpoint(flow.frontend_ip_be, flow.frontend_port_be),
                 backend: endpoint(key.container_ip_be, key.container_port_be),
                 seen_as: endpoint(key.remote_ip_be, key.remote_port_be),
-                idle_seconds: now.saturating_sub(flow.last_seen_ns) / 1_000_000_000,
+                idle_seconds: idle(flow.last_seen_ns),
             });
         }
-        for (key, original, _, reply) in self.conntrack_pairs()? {
-            if key == CtKey::default() {
+        let entries = flows::walk(&conntrack).into_complete(CONNTRACK)?;
+        for flow in flows::pair_flows(entries) {
+            // A reply left alone names no flow; the GC removes it.
+            let Some((key, original)) = flow.original else {
                 continue;
-            }
-            let last_seen = original
-                .last_seen_ns
-                .max(reply.map_or(0, |r| r.last_seen_ns));
+            };
             let link = original.nat_ip_be == key.src_ip_be;
             out.push(FlowInfo {
                 kind: if link { "link" } else { "masquerade" }.into(),
@@ -872,65 +882,44 @@ impl Dataplane for EbpfDataplane {
                 frontend: endpoint(key.dst_ip_be, key.dport_be),
                 backend: endpoint(key.dst_ip_be, key.dport_be),
                 seen_as: endpoint(original.nat_ip_be, original.nat_port_be),
-                idle_seconds: now.saturating_sub(last_seen) / 1_000_000_000,
+                idle_seconds: idle(flow.last_seen_ns()),
             });
         }
         out.sort_by(|a, b| (&a.backend, &a.client).cmp(&(&b.backend, &b.client)));
         Ok(out)
     }
 
-    fn expire_flows(&mut self, timeouts: Option<FlowTimeouts>) -> Result<usize> {
-        let now = monotonic_ns()?;
-        let idle = |last_seen: u64, limit: std::time::Duration| {
-            now.saturating_sub(last_seen) > limit.as_nanos() as u64
-        };
-        let mut flows: HashMap<&mut MapData, FlowKey, NatFlow> =
-            HashMap::try_from(self.map_mut(NAT_FLOWS)?).map_err(Error::dataplane(NAT_FLOWS))?;
-        let expired: Vec<FlowKey> = flows
-            .iter()
-            .filter_map(|e| e.ok())
-            .filter(|(key, flow)| match timeouts {
-                None => true,
-                Some(t) => idle(
-                    flow.last_seen_ns,
-                    if key.proto == IPPROTO_TCP {
-                        t.tcp
-                    } else {
-                        t.udp
-                    },
-                ),
+    fn flush_flows(&mut self) -> Result<usize> {
+        self.remove_flows(|_, _| true, |_| true)
+    }
+
+    fn flow_tables(&self) -> Result<Option<FlowTablesInfo>> {
+        let report = self.gc.report();
+        let table = |name: &str, data: &MapData, entries: u64| -> Result<FlowTableInfo> {
+            let info = data.info().map_err(Error::dataplane(name))?;
+            Ok(FlowTableInfo {
+                name: name.into(),
+                max_entries: info.max_entries(),
+                entries,
+                memory_bytes: flows::map_memory(data)?,
             })
-            .map(|(key, _)| key)
-            .collect();
-        let mut removed = remove_keys(&mut flows, expired, "expiring a flow")?;
-        // Masqueraded flows go as pairs, judged by the later-seen direction and the TCP
-        // state: never a live flow, whatever the table's fill.
-        let mut expired = Vec::new();
-        for (key, original, reply_key, reply) in self.conntrack_pairs()? {
-            let last_seen = original
-                .last_seen_ns
-                .max(reply.map_or(0, |r| r.last_seen_ns));
-            let state = original.state.max(reply.map_or(0, |r| r.state));
-            let expire = match timeouts {
-                None => true,
-                Some(t) if key.proto == IPPROTO_TCP => idle(
-                    last_seen,
-                    match state {
-                        CT_ESTABLISHED => t.tcp,
-                        CT_CLOSING => t.tcp_closing,
-                        _ => t.tcp_new,
-                    },
-                ),
-                Some(t) => idle(last_seen, t.udp),
-            };
-            if expire {
-                expired.extend([key, reply_key]);
-            }
-        }
-        let mut ct: HashMap<&mut MapData, CtKey, CtEntry> =
-            HashMap::try_from(self.map_mut(CONNTRACK)?).map_err(Error::dataplane(CONNTRACK))?;
-        removed += remove_keys(&mut ct, expired, "expiring a conntrack entry")?;
-        Ok(removed)
+        };
+        let conntrack: HashMap<&MapData, CtKey, CtEntry> =
+            HashMap::try_from(self.map(CONNTRACK)?).map_err(Error::dataplane(CONNTRACK))?;
+        let nat_flows: HashMap<&MapData, FlowKey, NatFlow> =
+            HashMap::try_from(self.map(NAT_FLOWS)?).map_err(Error::dataplane(NAT_FLOWS))?;
+        Ok(Some(FlowTablesInfo {
+            tables: vec![
+                table(CONNTRACK, conntrack.map(), report.conntrack_entries)?,
+                table(NAT_FLOWS, nat_flows.map(), report.nat_flows_entries)?,
+            ],
+            map_memory_bytes: self.map_memory()?,
+            gc: report.stats,
+        }))
+    }
+
+    fn shutdown(&mut self) {
+        self.gc.stop();
     }
 
     fn subscribe(&self) -> Option<tokio::sync::broadcast::Receiver<MonitorEvent>> {
@@ -950,7 +939,10 @@ impl Dataplane for EbpfDataplane {
             .collect();
         let mut map: HashMap<&mut MapData, LinkKey, u32> =
             HashMap::try_from(self.map_mut(LINKS)?).map_err(Error::dataplane(LINKS))?;
-        let present: Vec<LinkKey> = map.keys().filter_map(|k| k.ok()).collect();
+        let present: Vec<LinkKey> = map
+            .keys()
+            .collect::<Result<_, _>>()
+            .map_err(Error::dataplane("listing the links"))?;
         for key in &present {
             if !wanted.contains(key) {
                 match map.remove(key) {

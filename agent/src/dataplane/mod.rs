@@ -3,13 +3,18 @@
 //! backend that reproduces Docker's rules for comparison comes with the benchmark work.
 
 pub mod ebpf;
+pub mod flow_gc;
+pub mod flows;
 pub mod iptables;
 
 use std::net::Ipv4Addr;
 
 use crate::{
     Error, Result,
-    model::{FilterRecord, FlowInfo, MonitorEvent, PortBinding, PublishedPort, StatCounter},
+    model::{
+        FilterRecord, FlowInfo, FlowTablesInfo, MonitorEvent, PortBinding, PublishedPort,
+        StatCounter,
+    },
 };
 
 /// A container's attachment as the dataplane sees it.
@@ -54,16 +59,20 @@ pub struct LinkRule {
     pub proto: crate::model::Proto,
 }
 
-/// Idle times after which translated flows are forgotten.
+/// Idle times after which translated flows are forgotten, by protocol and state (as
+/// nf_conntrack's timeouts). ICMP flows follow the UDP ones.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FlowTimeouts {
-    /// Established TCP flows (and published-port flows).
-    pub tcp: std::time::Duration,
-    /// Masqueraded TCP flows not yet answered.
-    pub tcp_new: std::time::Duration,
-    /// Masqueraded TCP flows after FIN or RST.
+    /// TCP flows answered by the other side.
+    pub tcp_established: std::time::Duration,
+    /// TCP flows not yet answered (a SYN sent).
+    pub tcp_unreplied: std::time::Duration,
+    /// TCP flows after a FIN.
     pub tcp_closing: std::time::Duration,
-    pub udp: std::time::Duration,
+    /// UDP and ICMP flows seen one way only.
+    pub udp_unreplied: std::time::Duration,
+    /// UDP and ICMP flows seen both ways.
+    pub udp_stream: std::time::Duration,
 }
 
 fn unsupported(what: &str, dataplane: &str) -> Error {
@@ -138,9 +147,16 @@ pub trait Dataplane: Send + Sync {
     fn flows(&self) -> Result<Vec<FlowInfo>> {
         Err(unsupported("listing flows", self.name()))
     }
-    /// Forgets flows idle longer than their timeout (all flows with `None`); returns how
-    /// many were removed.
-    fn expire_flows(&mut self, _timeouts: Option<FlowTimeouts>) -> Result<usize> {
+    /// Forgets every translated flow; returns how many table entries were removed.
+    fn flush_flows(&mut self) -> Result<usize> {
         Ok(0)
     }
+    /// The flow tables' sizes, fill and memory and their cleanup's work, if the dataplane
+    /// keeps flow tables of its own.
+    fn flow_tables(&self) -> Result<Option<FlowTablesInfo>> {
+        Ok(None)
+    }
+    /// Stops the dataplane's background work (the dataplane itself stays in place for the
+    /// next agent).
+    fn shutdown(&mut self) {}
 }

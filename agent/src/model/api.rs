@@ -336,4 +336,62 @@ pub struct Info {
     pub published_ports: usize,
     #[serde(rename = "PinDir")]
     pub pin_dir: String,
+    /// The dataplane's own flow tables (the eBPF dataplane's; absent for iptables, whose
+    /// flows the kernel's conntrack keeps).
+    #[serde(
+        rename = "FlowTables",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub flow_tables: Option<FlowTablesInfo>,
+}
+
+/// The flow tables of `GET /info`: their sizes and fill, the memory of the dataplane's
+/// maps, and the idle-flow cleanup's work.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FlowTablesInfo {
+    #[serde(rename = "Tables")]
+    pub tables: Vec<FlowTableInfo>,
+    /// Kernel memory of all the dataplane's BPF maps, in bytes.
+    #[serde(rename = "MapMemoryBytes")]
+    pub map_memory_bytes: u64,
+    #[serde(rename = "Gc")]
+    pub gc: FlowGcStats,
+}
+
+/// One flow table (a BPF map).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FlowTableInfo {
+    #[serde(rename = "Name")]
+    pub name: String,
+    #[serde(rename = "MaxEntries")]
+    pub max_entries: u32,
+    /// Entries seen by the last cleanup pass.
+    #[serde(rename = "Entries")]
+    pub entries: u64,
+    /// Kernel memory of the map now, in bytes.
+    #[serde(rename = "MemoryBytes")]
+    pub memory_bytes: u64,
+}
+
+/// The work of the idle-flow cleanup (GC): its last pass and totals since the agent began.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FlowGcStats {
+    #[serde(rename = "Passes")]
+    pub passes: u64,
+    #[serde(rename = "LastPassMicros")]
+    pub last_pass_micros: u64,
+    /// Entries the last pass read, over all flow tables.
+    #[serde(rename = "LastScanned")]
+    pub last_scanned: u64,
+    /// Entries the last pass removed: idle flows and entries whose other direction is gone.
+    #[serde(rename = "LastRemoved")]
+    pub last_removed: u64,
+    /// Map reads and deletes that failed in the last pass.
+    #[serde(rename = "LastErrors")]
+    pub last_errors: u64,
+    #[serde(rename = "Removed")]
+    pub removed: u64,
+    #[serde(rename = "Errors")]
+    pub errors: u64,
 }

@@ -1,11 +1,8 @@
 //! Source filters on published ports, and the translated flows (`conntrack`).
 
-use std::time::Duration;
-
 use super::Service;
 use crate::{
     Error, Result,
-    dataplane::FlowTimeouts,
     model::{CreateFilter, FilterInfo, FilterRecord, FlowInfo},
 };
 
@@ -96,17 +93,6 @@ impl Service {
     }
 
     pub fn flush_flows(&mut self) -> Result<usize> {
-        self.dataplane.expire_flows(None)
-    }
-
-    /// Forgets flows idle longer than `--udp-idle-timeout` / `--tcp-idle-timeout`.
-    pub fn expire_idle_flows(&mut self) -> Result<usize> {
-        let timeouts = FlowTimeouts {
-            tcp: Duration::from_secs(self.settings.tcp_idle_timeout),
-            tcp_new: Duration::from_secs(120.min(self.settings.tcp_idle_timeout)),
-            tcp_closing: Duration::from_secs(10.min(self.settings.tcp_idle_timeout)),
-            udp: Duration::from_secs(self.settings.udp_idle_timeout),
-        };
-        self.dataplane.expire_flows(Some(timeouts))
+        self.dataplane.flush_flows()
     }
 }

@@ -139,7 +139,13 @@ impl Service {
             containers: self.state.containers.len(),
             published_ports: self.state.containers.values().map(|c| c.ports.len()).sum(),
             pin_dir: self.settings.pin_dir.display().to_string(),
+            flow_tables: self.dataplane.flow_tables()?,
         })
+    }
+
+    /// Stops the dataplane's background work before the agent exits.
+    pub fn shutdown(&mut self) {
+        self.dataplane.shutdown();
     }
 
     pub fn published(&self) -> Result<Vec<PublishedPort>> {

@@ -1,0 +1,268 @@
+//! Idle-flow cleanup of the eBPF dataplane's flow tables: a thread of its own, with map
+//! handles of its own (opened from the pins), so that API calls never wait for it. Each
+//! pass walks each table once; pairs are matched through a hash map ([`flows::pair_flows`]).
+
+use std::{
+    collections::HashSet,
+    path::Path,
+    sync::{Arc, Mutex, PoisonError, mpsc},
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use aya::maps::{HashMap, Map, MapData, MapError};
+use dataplane_common::{CONNTRACK, CtEntry, CtKey, FlowKey, NAT_FLOWS, NatFlow};
+
+use super::{
+    FlowTimeouts,
+    flows::{self, CtFlow, Verdict},
+};
+use crate::{Error, Result, model::FlowGcStats};
+
+/// Time between passes.
+pub const GC_INTERVAL: Duration = Duration::from_secs(2);
+/// When a pass takes longer than a quarter of [`GC_INTERVAL`], the next one waits this many
+/// times as long, so that cleanup never takes more than a fifth of a CPU.
+const WAIT_FACTOR: u32 = 4;
+
+/// What the last pass saw and did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GcReport {
+    pub stats: FlowGcStats,
+    /// Entries of CONNTRACK and NAT_FLOWS that the last pass walked over.
+    pub conntrack_entries: u64,
+    pub nat_flows_entries: u64,
+}
+
+/// The running cleanup. Dropping it lets the thread end at its next wake-up; [`stop`]
+/// also waits for it.
+///
+/// [`stop`]: FlowGc::stop
+pub struct FlowGc {
+    stop: Option<mpsc::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+    report: Arc<Mutex<GcReport>>,
+}
+
+impl FlowGc {
+    /// Opens the flow tables pinned under `pin_dir` and starts cleaning them.
+    pub fn start(pin_dir: &Path, timeouts: FlowTimeouts) -> Result<Self> {
+        let report = Arc::new(Mutex::new(GcReport::default()));
+        let mut collector = Collector {
+            conntrack: open_table(pin_dir, CONNTRACK)?,
+            nat_flows: open_table(pin_dir, NAT_FLOWS)?,
+            timeouts,
+            orphans: HashSet::new(),
+            report: report.clone(),
+        };
+        let (stop, stopped) = mpsc::channel();
+        let thread = std::thread::Builder::new()
+            .name("flow-gc".into())
+            .spawn(move || collector.run(&stopped))
+            .map_err(Error::io("starting the flow GC thread"))?;
+        Ok(FlowGc {
+            stop: Some(stop),
+            thread: Some(thread),
+            report,
+        })
+    }
+
+    pub fn report(&self) -> GcReport {
+        *self.report.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Ends the thread, after the pass it may be running.
+    pub fn stop(&mut self) {
+        drop(self.stop.take());
+        if let Some(thread) = self.thread.take()
+            && thread.join().is_err()
+        {
+            tracing::error!("the flow GC thread panicked");
+        }
+    }
+}
+
+fn open_table<K: aya::Pod, V: aya::Pod>(
+    pin_dir: &Path,
+    name: &str,
+) -> Result<HashMap<MapData, K, V>> {
+    let path = pin_dir.join(name);
+    let data = MapData::from_pin(&path)
+        .map_err(Error::dataplane(format!("opening {}", path.display())))?;
+    let map = Map::from_map_data(data).map_err(Error::dataplane(name))?;
+    HashMap::try_from(map).map_err(Error::dataplane(name))
+}
+
+/// The work of one pass.
+#[derive(Default)]
+struct Pass {
+    scanned: u64,
+    removed: u64,
+    errors: u64,
+    first_error: Option<String>,
+}
+
+impl Pass {
+    fn error(&mut self, what: &str, e: impl std::fmt::Display) {
+        self.errors += 1;
+        self.first_error
+            .get_or_insert_with(|| format!("{what}: {e}"));
+    }
+
+    fn walked<K, V>(&mut self, what: &str, walk: &flows::Walk<K, V>) {
+        self.scanned += walk.entries.len() as u64;
+        for e in &walk.errors {
+            self.error(what, e);
+        }
+        if walk.cut_short {
+            self.error(what, "cut short (entries removed under the walk)");
+        }
+    }
+}
+
+struct Collector {
+    conntrack: HashMap<MapData, CtKey, CtEntry>,
+    nat_flows: HashMap<MapData, FlowKey, NatFlow>,
+    timeouts: FlowTimeouts,
+    /// Keys found without their other direction by the last pass.
+    orphans: HashSet<CtKey>,
+    report: Arc<Mutex<GcReport>>,
+}
+
+impl Collector {
+    fn run(&mut self, stopped: &mpsc::Receiver<()>) {
+        let mut wait = GC_INTERVAL;
+        // Anything but a timeout is the handle going away: stop.
+        while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(wait) {
+            wait = GC_INTERVAL.max(self.pass() * WAIT_FACTOR);
+        }
+    }
+
+    /// One pass over both tables; returns how long it took.
+    fn pass(&mut self) -> Duration {
+        let started = Instant::now();
+        let mut pass = Pass::default();
+        let mut fill = (0, 0);
+        match flows::monotonic_ns() {
+            Ok(now) => {
+                fill.0 = self.expire_conntrack(now, &mut pass);
+                fill.1 = self.expire_nat_flows(now, &mut pass);
+            }
+            Err(e) => pass.error("reading the clock", e),
+        }
+        let took = started.elapsed();
+        if let Some(first) = &pass.first_error {
+            tracing::warn!(
+                errors = pass.errors,
+                "flow GC: map operations failed; the first: {first}"
+            );
+        }
+        let mut report = self.report.lock().unwrap_or_else(PoisonError::into_inner);
+        let stats = &mut report.stats;
+        stats.passes += 1;
+        stats.last_pass_micros = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+        stats.last_scanned = pass.scanned;
+        stats.last_removed = pass.removed;
+        stats.last_errors = pass.errors;
+        stats.removed += pass.removed;
+        stats.errors += pass.errors;
+        (report.conntrack_entries, report.nat_flows_entries) = fill;
+        took
+    }
+
+    /// Removes idle CONNTRACK flows (both entries) and entries left without their other
+    /// direction; returns the entries walked.
+    fn expire_conntrack(&mut self, now: u64, pass: &mut Pass) -> u64 {
+        let walk = flows::walk(&self.conntrack);
+        pass.walked("walking CONNTRACK", &walk);
+        let complete = walk.is_complete();
+        let fill = walk.entries.len() as u64;
+        let mut orphans = HashSet::new();
+        for flow in flows::pair_flows(walk.entries) {
+            match flows::judge(&flow, &self.timeouts, now) {
+                Verdict::Keep => {}
+                Verdict::Expire => {
+                    if self.still_expired(&flow, now, pass) {
+                        self.remove_conntrack(flow.keys(), pass);
+                    }
+                }
+                // A partial walk may have missed the other direction.
+                Verdict::Orphan if !complete => {}
+                Verdict::Orphan => {
+                    let (gone, fresh): (Vec<CtKey>, Vec<CtKey>) =
+                        flow.keys().partition(|k| self.orphans.contains(k));
+                    self.remove_conntrack(gone, pass);
+                    orphans.extend(fresh);
+                }
+            }
+        }
+        self.orphans = orphans;
+        fill
+    }
+
+    /// Reads the flow's entries again just before removing them: a packet may have come
+    /// since the walk read them.
+    fn still_expired(&self, flow: &CtFlow, now: u64, pass: &mut Pass) -> bool {
+        let mut reread = |entry: Option<(CtKey, CtEntry)>| -> Result<Option<(CtKey, CtEntry)>, ()> {
+            let Some((key, _)) = entry else {
+                return Ok(None);
+            };
+            match self.conntrack.get(&key, 0) {
+                Ok(value) => Ok(Some((key, value))),
+                Err(MapError::KeyNotFound) => Ok(None),
+                Err(e) => {
+                    pass.error("reading a CONNTRACK entry", e);
+                    Err(())
+                }
+            }
+        };
+        let (Ok(original), Ok(reply)) = (reread(flow.original), reread(flow.reply)) else {
+            return false;
+        };
+        let fresh = CtFlow { original, reply };
+        fresh.keys().next().is_some()
+            && flows::judge(&fresh, &self.timeouts, now) == Verdict::Expire
+    }
+
+    fn remove_conntrack(&mut self, keys: impl IntoIterator<Item = CtKey>, pass: &mut Pass) {
+        for key in keys {
+            match flows::remove_key(&mut self.conntrack, &key) {
+                Ok(removed) => pass.removed += u64::from(removed),
+                Err(e) => pass.error("removing a CONNTRACK entry", e),
+            }
+        }
+    }
+
+    /// Removes idle published-port flows; returns the entries walked.
+    fn expire_nat_flows(&mut self, now: u64, pass: &mut Pass) -> u64 {
+        let walk = flows::walk(&self.nat_flows);
+        pass.walked("walking NAT_FLOWS", &walk);
+        let fill = walk.entries.len() as u64;
+        let timeouts = self.timeouts;
+        let expired = |key: &FlowKey, flow: &NatFlow| {
+            flows::is_expired(&timeouts, key.proto, flow.state, flow.last_seen_ns, now)
+        };
+        let idle: Vec<FlowKey> = walk
+            .entries
+            .iter()
+            .filter(|(key, flow)| expired(key, flow))
+            .map(|(key, _)| *key)
+            .collect();
+        for key in idle {
+            // Read again, as for CONNTRACK.
+            match self.nat_flows.get(&key, 0) {
+                Ok(flow) if expired(&key, &flow) => {}
+                Ok(_) | Err(MapError::KeyNotFound) => continue,
+                Err(e) => {
+                    pass.error("reading a NAT_FLOWS entry", e);
+                    continue;
+                }
+            }
+            match flows::remove_key(&mut self.nat_flows, &key) {
+                Ok(removed) => pass.removed += u64::from(removed),
+                Err(e) => pass.error("removing a NAT_FLOWS entry", e),
+            }
+        }
+        fill
+    }
+}
