@@ -315,7 +315,10 @@ fn flow_timeouts_and_table_sizes_show_in_info_and_bad_ones_are_refused() -> Resu
             &["--nat-flows-max", "0"],
             "--nat-flows-max 0: must be between 1 and 16777216",
         ),
-        (&["--tcp-idle-timeout", "-1"], "--tcp-idle-timeout"),
+        (
+            &["--tcp-idle-timeout=-1"],
+            "invalid value '-1' for '--tcp-idle-timeout",
+        ),
     ] {
         let error = Agent::start_with(&topology, args)
             .err()
