@@ -471,6 +471,8 @@ fn a_table_full_of_unanswered_flows_still_takes_new_ones() -> Result<()> {
     client.read_exact(&mut b)?;
     assert_eq!(&b, b"y");
     assert_eq!(agent.counter("container_ingress.drop.conntrack_full")?, 0);
+    Ok(())
+}
 
 /// Opens `count` UDP flows from the container at `ns` to the world, one datagram each to
 /// consecutive world ports from `first_port` (nothing answers them).

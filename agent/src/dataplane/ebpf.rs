@@ -62,16 +62,21 @@ const LINKS_DIR: &str = "links";
 
 /// Loads the object with its maps pinned (or re-adopted) under `pin_dir`.
 pub fn load_object(pin_dir: &Path) -> Result<Ebpf> {
+    load_object_sized(pin_dir, CONNTRACK_MAX)
+}
+
+/// [`load_object`] with a connection-tracking table of `conntrack_max` entries.
+pub fn load_object_sized(pin_dir: &Path, conntrack_max: u32) -> Result<Ebpf> {
     let sizes = FlowTableSizes {
-        conntrack: CONNTRACK_MAX,
+        conntrack: conntrack_max,
         nat_flows: NAT_FLOWS_MAX,
     };
-    load_object_sized(pin_dir, sizes)
+    load_object_with(pin_dir, sizes)
 }
 
 /// [`load_object`] with flow tables of the given sizes (when the tables are made, not when
 /// an earlier agent's pinned ones are re-adopted: `info` shows the sizes in force).
-pub fn load_object_sized(pin_dir: &Path, sizes: FlowTableSizes) -> Result<Ebpf> {
+pub fn load_object_with(pin_dir: &Path, sizes: FlowTableSizes) -> Result<Ebpf> {
     fs::create_dir_all(pin_dir)
         .map_err(Error::io(format!("creating pin dir {}", pin_dir.display())))?;
     EbpfLoader::new()
@@ -322,7 +327,7 @@ impl EbpfDataplane {
         sizes: FlowTableSizes,
         timeouts: FlowTimeouts,
     ) -> Result<Self> {
-        let mut ebpf = load_object_sized(pin_dir, sizes)?;
+        let mut ebpf = load_object_with(pin_dir, sizes)?;
         let links_dir = pin_dir.join(LINKS_DIR);
         fs::create_dir_all(&links_dir)
             .map_err(Error::io(format!("creating {}", links_dir.display())))?;
