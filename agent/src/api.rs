@@ -208,7 +208,12 @@ async fn remove_filter(
 }
 
 async fn list_flows(State(s): State<Shared>) -> ApiResult<impl IntoResponse> {
-    Ok(Json(s.lock().await.list_flows()?))
+    // Reading a big flow table takes a while: not under the lock every other call takes.
+    let list = s.lock().await.flow_lister()?;
+    let flows = tokio::task::spawn_blocking(list)
+        .await
+        .map_err(Error::dataplane("listing flows"))??;
+    Ok(Json(flows))
 }
 
 async fn flush_flows(State(s): State<Shared>) -> ApiResult<impl IntoResponse> {

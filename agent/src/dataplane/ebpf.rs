@@ -32,7 +32,7 @@ use dataplane_common::{
 };
 
 use super::{
-    Dataplane, Endpoint, FilterHits, FlowTimeouts, LinkRule, NetworkPolicy,
+    Dataplane, Endpoint, FilterHits, FlowLister, FlowTimeouts, LinkRule, NetworkPolicy,
     flow_gc::FlowGc,
     flows::{self, is_missing_key},
 };
@@ -239,6 +239,53 @@ fn proto_name(proto: u8) -> String {
         dataplane_common::IPPROTO_ICMP => "icmp".into(),
         other => other.to_string(),
     }
+}
+
+/// The translated flows in both tables, each walked once.
+fn list_flows(
+    nat_flows: &HashMap<MapData, FlowKey, NatFlow>,
+    conntrack: &HashMap<MapData, CtKey, CtEntry>,
+) -> Result<Vec<FlowInfo>> {
+    let now = flows::monotonic_ns()?;
+    let endpoint = |ip_be: u32, port_be: u16| {
+        format!(
+            "{}:{}",
+            Ipv4Addr::from(u32::from_be(ip_be)),
+            u16::from_be(port_be)
+        )
+    };
+    let idle = |last_seen: u64| now.saturating_sub(last_seen) / 1_000_000_000;
+    let mut out = Vec::new();
+    for (key, flow) in flows::walk(nat_flows).into_complete(NAT_FLOWS)? {
+        out.push(FlowInfo {
+            kind: "dnat".into(),
+            proto: proto_name(key.proto),
+            client: endpoint(flow.client_ip_be, flow.client_port_be),
+            frontend: endpoint(flow.frontend_ip_be, flow.frontend_port_be),
+            backend: endpoint(key.container_ip_be, key.container_port_be),
+            seen_as: endpoint(key.remote_ip_be, key.remote_port_be),
+            idle_seconds: idle(flow.last_seen_ns),
+        });
+    }
+    let entries = flows::walk(conntrack).into_complete(CONNTRACK)?;
+    for flow in flows::pair_flows(entries) {
+        // A reply left alone names no flow; the GC removes it.
+        let Some((key, original)) = flow.original else {
+            continue;
+        };
+        let link = original.nat_ip_be == key.src_ip_be;
+        out.push(FlowInfo {
+            kind: if link { "link" } else { "masquerade" }.into(),
+            proto: proto_name(key.proto),
+            client: endpoint(key.src_ip_be, key.sport_be),
+            frontend: endpoint(key.dst_ip_be, key.dport_be),
+            backend: endpoint(key.dst_ip_be, key.dport_be),
+            seen_as: endpoint(original.nat_ip_be, original.nat_port_be),
+            idle_seconds: idle(flow.last_seen_ns()),
+        });
+    }
+    out.sort_by(|a, b| (&a.backend, &a.client).cmp(&(&b.backend, &b.client)));
+    Ok(out)
 }
 
 /// Makes `trie` hold exactly `wanted`; returns the indices of the entries it had to write.
@@ -847,51 +894,11 @@ impl Dataplane for EbpfDataplane {
         })
     }
 
-    fn flows(&self) -> Result<Vec<FlowInfo>> {
-        let now = flows::monotonic_ns()?;
-        let nat_flows: HashMap<&MapData, FlowKey, NatFlow> =
-            HashMap::try_from(self.map(NAT_FLOWS)?).map_err(Error::dataplane(NAT_FLOWS))?;
-        let conntrack: HashMap<&MapData, CtKey, CtEntry> =
-            HashMap::try_from(self.map(CONNTRACK)?).map_err(Error::dataplane(CONNTRACK))?;
-        let endpoint = |ip_be: u32, port_be: u16| {
-            format!(
-                "{}:{}",
-                Ipv4Addr::from(u32::from_be(ip_be)),
-                u16::from_be(port_be)
-            )
-        };
-        let idle = |last_seen: u64| now.saturating_sub(last_seen) / 1_000_000_000;
-        let mut out = Vec::new();
-        for (key, flow) in flows::walk(&nat_flows).into_complete(NAT_FLOWS)? {
-            out.push(FlowInfo {
-                kind: "dnat".into(),
-                proto: proto_name(key.proto),
-                client: endpoint(flow.client_ip_be, flow.client_port_be),
-                frontend: endpoint(flow.frontend_ip_be, flow.frontend_port_be),
-                backend: endpoint(key.container_ip_be, key.container_port_be),
-                seen_as: endpoint(key.remote_ip_be, key.remote_port_be),
-                idle_seconds: idle(flow.last_seen_ns),
-            });
-        }
-        let entries = flows::walk(&conntrack).into_complete(CONNTRACK)?;
-        for flow in flows::pair_flows(entries) {
-            // A reply left alone names no flow; the GC removes it.
-            let Some((key, original)) = flow.original else {
-                continue;
-            };
-            let link = original.nat_ip_be == key.src_ip_be;
-            out.push(FlowInfo {
-                kind: if link { "link" } else { "masquerade" }.into(),
-                proto: proto_name(key.proto),
-                client: endpoint(key.src_ip_be, key.sport_be),
-                frontend: endpoint(key.dst_ip_be, key.dport_be),
-                backend: endpoint(key.dst_ip_be, key.dport_be),
-                seen_as: endpoint(original.nat_ip_be, original.nat_port_be),
-                idle_seconds: idle(flow.last_seen_ns()),
-            });
-        }
-        out.sort_by(|a, b| (&a.backend, &a.client).cmp(&(&b.backend, &b.client)));
-        Ok(out)
+    fn flow_lister(&self) -> Result<FlowLister> {
+        // Handles of its own, opened now, so the job needs nothing of the dataplane's.
+        let nat_flows = flows::open_table(&self.pin_dir, NAT_FLOWS)?;
+        let conntrack = flows::open_table(&self.pin_dir, CONNTRACK)?;
+        Ok(Box::new(move || list_flows(&nat_flows, &conntrack)))
     }
 
     fn flush_flows(&mut self) -> Result<usize> {

@@ -10,7 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use aya::maps::{HashMap, Map, MapData, MapError};
+use aya::maps::{HashMap, MapData, MapError};
 use dataplane_common::{CONNTRACK, CtEntry, CtKey, FlowKey, NAT_FLOWS, NatFlow};
 
 use super::{
@@ -49,8 +49,8 @@ impl FlowGc {
     pub fn start(pin_dir: &Path, timeouts: FlowTimeouts) -> Result<Self> {
         let report = Arc::new(Mutex::new(GcReport::default()));
         let mut collector = Collector {
-            conntrack: open_table(pin_dir, CONNTRACK)?,
-            nat_flows: open_table(pin_dir, NAT_FLOWS)?,
+            conntrack: flows::open_table(pin_dir, CONNTRACK)?,
+            nat_flows: flows::open_table(pin_dir, NAT_FLOWS)?,
             timeouts,
             orphans: HashSet::new(),
             report: report.clone(),
@@ -80,17 +80,6 @@ impl FlowGc {
             tracing::error!("the flow GC thread panicked");
         }
     }
-}
-
-fn open_table<K: aya::Pod, V: aya::Pod>(
-    pin_dir: &Path,
-    name: &str,
-) -> Result<HashMap<MapData, K, V>> {
-    let path = pin_dir.join(name);
-    let data = MapData::from_pin(&path)
-        .map_err(Error::dataplane(format!("opening {}", path.display())))?;
-    let map = Map::from_map_data(data).map_err(Error::dataplane(name))?;
-    HashMap::try_from(map).map_err(Error::dataplane(name))
 }
 
 /// The work of one pass.

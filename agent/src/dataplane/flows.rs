@@ -240,6 +240,20 @@ pub fn walk<T: Borrow<MapData>, K: aya::Pod + Eq + Hash, V: aya::Pod>(
     walk
 }
 
+/// A handle of its own on the hash map pinned as `pin_dir/name`.
+pub fn open_table<K: aya::Pod, V: aya::Pod>(
+    pin_dir: &std::path::Path,
+    name: &str,
+) -> crate::Result<HashMap<MapData, K, V>> {
+    let path = pin_dir.join(name);
+    let data = MapData::from_pin(&path).map_err(crate::Error::dataplane(format!(
+        "opening {}",
+        path.display()
+    )))?;
+    let map = aya::maps::Map::from_map_data(data).map_err(crate::Error::dataplane(name))?;
+    HashMap::try_from(map).map_err(crate::Error::dataplane(name))
+}
+
 /// A delete of a key that is not there: fine for idempotent removal.
 pub fn is_missing_key(e: &MapError) -> bool {
     match e {

@@ -59,6 +59,9 @@ pub struct LinkRule {
     pub proto: crate::model::Proto,
 }
 
+/// Lists the translated flows (see [`Dataplane::flow_lister`]).
+pub type FlowLister = Box<dyn FnOnce() -> Result<Vec<FlowInfo>> + Send>;
+
 /// Idle times after which translated flows are forgotten, by protocol and state (as
 /// nf_conntrack's timeouts). ICMP flows follow the UDP ones.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -143,8 +146,9 @@ pub trait Dataplane: Send + Sync {
     fn filter_hits(&self, _rule_id: u32) -> Result<FilterHits> {
         Ok(FilterHits::default())
     }
-    /// The translated flows.
-    fn flows(&self) -> Result<Vec<FlowInfo>> {
+    /// A job that lists the translated flows, to run without the agent's lock: a table of
+    /// many flows takes a while to read.
+    fn flow_lister(&self) -> Result<FlowLister> {
         Err(unsupported("listing flows", self.name()))
     }
     /// Forgets every translated flow; returns how many table entries were removed.

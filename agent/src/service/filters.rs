@@ -3,7 +3,8 @@
 use super::Service;
 use crate::{
     Error, Result,
-    model::{CreateFilter, FilterInfo, FilterRecord, FlowInfo},
+    dataplane::FlowLister,
+    model::{CreateFilter, FilterInfo, FilterRecord},
 };
 
 impl Service {
@@ -88,8 +89,9 @@ impl Service {
         self.dataplane.subscribe()
     }
 
-    pub fn list_flows(&self) -> Result<Vec<FlowInfo>> {
-        self.dataplane.flows()
+    /// A job that lists the translated flows, to run after the service's lock is let go.
+    pub fn flow_lister(&self) -> Result<FlowLister> {
+        self.dataplane.flow_lister()
     }
 
     pub fn flush_flows(&mut self) -> Result<usize> {
