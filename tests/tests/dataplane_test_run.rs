@@ -12,7 +12,10 @@ use aya::{
     },
     programs::{SchedClassifier, TestRun, TestRunOptions, Xdp},
 };
-use bpfbridge::dataplane::ebpf::{CONTAINER_PROGRAM, UPLINK_PROGRAM, load_object_sized};
+use bpfbridge::{
+    config::FlowTableSizes,
+    dataplane::ebpf::{CONTAINER_PROGRAM, UPLINK_PROGRAM, load_object_with},
+};
 use bpfbridge_tests::{
     NODE_IP, Netns, WORLD_IP,
     packet::{
@@ -25,9 +28,10 @@ use dataplane_common::{
     BackendKey, CONNTRACK, CONNTRACK_MAX, CT_CLOSING, CT_ESTABLISHED, CT_NEW, Counter, CtEntry,
     CtKey, ENDPOINTS, EndpointInfo, EndpointKey, FILTER_ALLOW, FILTER_DENY, FILTER_RULES,
     FILTER_SCOPE_BITS, FRAGMENTS, FilterKey, FilterRule, FlowKey, FragmentEntry, FragmentKey,
-    IPPROTO_TCP, IPPROTO_UDP, NAT_FLOWS, NETWORK_ICC, NETWORK_INTERNAL, NETWORK_MASQUERADE,
-    NETWORKS, NODE_ADDRS, NODE_CONFIG, NatFlow, NetworkInfo, NetworkKey, NodeAddr, NodeAddrKey,
-    NodeConfig, PUBLISHED_BACKENDS, PUBLISHED_PORTS, PortKey, PortTarget, STATS, stats::Stat,
+    IPPROTO_TCP, IPPROTO_UDP, NAT_FLOWS, NAT_FLOWS_MAX, NETWORK_ICC, NETWORK_INTERNAL,
+    NETWORK_MASQUERADE, NETWORKS, NODE_ADDRS, NODE_CONFIG, NatFlow, NetworkInfo, NetworkKey,
+    NodeAddr, NodeAddrKey, NodeConfig, PUBLISHED_BACKENDS, PUBLISHED_PORTS, PortKey, PortTarget,
+    STATS, stats::Stat,
 };
 
 const XDP_DROP: u32 = 1;
@@ -63,13 +67,19 @@ impl Fixture {
     /// Node address 198.51.100.1; 8080/tcp published on every node address and 9090/tcp on
     /// 198.51.100.7 only, both to 172.17.0.2:80.
     fn new() -> Result<Self> {
-        Self::with_conntrack_max(CONNTRACK_MAX)
+        Self::with_sizes(CONNTRACK_MAX, NAT_FLOWS_MAX)
     }
 
-    /// [`Fixture::new`] with a connection-tracking table of `conntrack_max` entries.
-    fn with_conntrack_max(conntrack_max: u32) -> Result<Self> {
+    /// [`Fixture::new`] with flow tables of the given sizes.
+    fn with_sizes(conntrack: u32, nat_flows: u32) -> Result<Self> {
         let pin_dir = PathBuf::from("/sys/fs/bpf").join(unique("testrun"));
-        let ebpf = load_object_sized(&pin_dir, conntrack_max)?;
+        let ebpf = load_object_with(
+            &pin_dir,
+            FlowTableSizes {
+                conntrack,
+                nat_flows,
+            },
+        )?;
         let mut f = Fixture { ebpf, pin_dir };
         let xdp: &mut Xdp = f.ebpf.program_mut(UPLINK_PROGRAM).unwrap().try_into()?;
         xdp.load()?;
@@ -922,7 +932,7 @@ impl Fixture {
     /// Masquerade through the node's address, with netfilter's choice of ports (no range),
     /// for 172.17.0.0/16 where a second container sits at 172.17.0.3.
     fn masquerading(conntrack_max: u32) -> Result<Self> {
-        let mut fx = Fixture::with_conntrack_max(conntrack_max)?;
+        let mut fx = Fixture::with_sizes(conntrack_max, NAT_FLOWS_MAX)?;
         fx.networks(&[("172.17.0.0", 16, NETWORK_ICC | NETWORK_MASQUERADE)])?;
         let mut config: Array<&mut MapData, NodeConfig> =
             Array::try_from(fx.ebpf.map_mut(NODE_CONFIG).unwrap())?;
@@ -1728,6 +1738,73 @@ fn icmp_errors_about_masqueraded_flows() -> Result<()> {
             quoted(&out)[ETH_HLEN + 12..ETH_HLEN + 28],
             world_sent[ETH_HLEN + 12..ETH_HLEN + 28],
         );
+        Ok(())
+    })
+}
+
+#[test]
+fn published_port_flood_early_drop_table() -> Result<()> {
+    let ns = forwarding_namespace()?;
+    ns.run(|| -> Result<()> {
+        // Room for two published-port flows.
+        let mut fx = Fixture::with_sizes(CONNTRACK_MAX, 2)?;
+        let client = |n: u8| Ipv4Addr::new(198, 51, 100, 100 + n);
+        let syn_from = |n: u8| Packet::tcp_syn(client(n), 40000, NODE_IP, 8080).build();
+        let answer_to = |n: u8| {
+            Packet {
+                src_mac: CONTAINER_MAC,
+                dst_mac: HOST_VETH_MAC,
+                tcp_flags: SYN_ACK,
+                ..Packet::tcp_syn(CONTAINER_IP, 80, client(n), 40000)
+            }
+            .build()
+        };
+        for n in [1, 2] {
+            let (verdict, _, stat) = fx.run(UPLINK_PROGRAM, &syn_from(n))?;
+            assert_eq!((verdict, stat), (XDP_REDIRECT, Stat::UplinkRedirectDnat));
+        }
+        // A spoofed source's SYN, never answered, gives way to the next one.
+        let (verdict, _, moved) = fx.run_counting(UPLINK_PROGRAM, &syn_from(3))?;
+        assert_eq!(verdict, XDP_REDIRECT);
+        assert_eq!(
+            moved,
+            vec![(Stat::UplinkRedirectDnat, 1), (Stat::FlowEarlyDrop, 1)]
+        );
+        let flow_of = |n: u8| FlowKey {
+            container_ip_be: u32::from(CONTAINER_IP).to_be(),
+            remote_ip_be: u32::from(client(n)).to_be(),
+            container_port_be: 80u16.to_be(),
+            remote_port_be: 40000u16.to_be(),
+            proto: IPPROTO_TCP,
+            _pad: [0; 3],
+        };
+        assert!(
+            fx.flow(&flow_of(1)).is_none(),
+            "the oldest unanswered flow went"
+        );
+        // The container answers both: established, never evicted; the next SYN is refused.
+        for n in [2, 3] {
+            let (verdict, out, stat) = fx.run(CONTAINER_PROGRAM, &answer_to(n))?;
+            assert_eq!(verdict, TC_ACT_REDIRECT);
+            // The clients' MACs are not known in the test's namespace.
+            assert_eq!(stat, Stat::ContainerRedirectReplyNeigh);
+            assert_eq!(View(&out).src(), NODE_IP);
+            assert_eq!(fx.flow(&flow_of(n)).map(|f| f.state), Some(CT_ESTABLISHED));
+        }
+        let (verdict, _, stat) = fx.run(UPLINK_PROGRAM, &syn_from(4))?;
+        assert_eq!((verdict, stat), (XDP_DROP, Stat::UplinkDropFlowTableFull));
+        // The live flows carry on both ways.
+        for n in [2, 3] {
+            let ack = Packet {
+                tcp_flags: ACK,
+                ..Packet::tcp_syn(client(n), 40000, NODE_IP, 8080)
+            }
+            .build();
+            let (verdict, _, stat) = fx.run(UPLINK_PROGRAM, &ack)?;
+            assert_eq!((verdict, stat), (XDP_REDIRECT, Stat::UplinkRedirectDnat));
+            let (verdict, _, _) = fx.run(CONTAINER_PROGRAM, &answer_to(n))?;
+            assert_eq!(verdict, TC_ACT_REDIRECT);
+        }
         Ok(())
     })
 }

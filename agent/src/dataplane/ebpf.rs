@@ -23,12 +23,12 @@ use aya::{
     },
 };
 use dataplane_common::{
-    BackendKey, CONNTRACK, CONNTRACK_MAX, Counter, CtEntry, CtKey, ENDPOINTS, EVENT_DROP, EVENTS,
-    EndpointInfo, EndpointKey, Event, FILTER_ALLOW, FILTER_DENY, FILTER_HITS, FILTER_RULES,
-    FILTER_SCOPE_BITS, FilterKey, FilterRule, FlowKey, IPPROTO_TCP, LINKS, LinkKey, NAT_FLOWS,
-    NAT_FLOWS_MAX, NETWORK_ICC, NETWORK_INTERNAL, NETWORK_MASQUERADE, NETWORKS, NODE_ADDRS,
-    NODE_CONFIG, NatFlow, NetworkInfo, NetworkKey, NodeAddr, NodeAddrKey, NodeConfig,
-    PUBLISHED_BACKENDS, PUBLISHED_PORTS, PortKey, PortTarget, STATS, stats::Stat,
+    BackendKey, CONNTRACK, Counter, CtEntry, CtKey, ENDPOINTS, EVENT_DROP, EVENTS, EndpointInfo,
+    EndpointKey, Event, FILTER_ALLOW, FILTER_DENY, FILTER_HITS, FILTER_RULES, FILTER_SCOPE_BITS,
+    FilterKey, FilterRule, FlowKey, IPPROTO_TCP, LINKS, LinkKey, NAT_FLOWS, NETWORK_ICC,
+    NETWORK_INTERNAL, NETWORK_MASQUERADE, NETWORKS, NODE_ADDRS, NODE_CONFIG, NatFlow, NetworkInfo,
+    NetworkKey, NodeAddr, NodeAddrKey, NodeConfig, PUBLISHED_BACKENDS, PUBLISHED_PORTS, PortKey,
+    PortTarget, STATS, stats::Stat,
 };
 
 use super::{
@@ -60,22 +60,9 @@ pub const SOCKET_PROGRAMS: [&str; 4] = [
 ];
 const LINKS_DIR: &str = "links";
 
-/// Loads the object with its maps pinned (or re-adopted) under `pin_dir`.
-pub fn load_object(pin_dir: &Path) -> Result<Ebpf> {
-    load_object_sized(pin_dir, CONNTRACK_MAX)
-}
-
-/// [`load_object`] with a connection-tracking table of `conntrack_max` entries.
-pub fn load_object_sized(pin_dir: &Path, conntrack_max: u32) -> Result<Ebpf> {
-    let sizes = FlowTableSizes {
-        conntrack: conntrack_max,
-        nat_flows: NAT_FLOWS_MAX,
-    };
-    load_object_with(pin_dir, sizes)
-}
-
-/// [`load_object`] with flow tables of the given sizes (when the tables are made, not when
-/// an earlier agent's pinned ones are re-adopted: `info` shows the sizes in force).
+/// Loads the eBPF object with its maps pinned under `pin_dir` (re-adopting pinned ones), the
+/// flow tables of the given sizes (when the tables are made, not when an earlier agent's
+/// pinned ones are re-adopted: `info` shows the sizes in force).
 pub fn load_object_with(pin_dir: &Path, sizes: FlowTableSizes) -> Result<Ebpf> {
     fs::create_dir_all(pin_dir)
         .map_err(Error::io(format!("creating pin dir {}", pin_dir.display())))?;
