@@ -377,6 +377,9 @@ pub fn write(results: &Value, dir: &Path) -> Result<()> {
         writeln!(md)?;
     }
 
+    egress_section(results, &mut md)?;
+    scale_section(results, &mut md)?;
+
     // Targets.
     writeln!(md, "## Targets of the ebpf dataplane\n")?;
     writeln!(md, "| target | measured | |")?;
@@ -407,7 +410,7 @@ pub fn write(results: &Value, dir: &Path) -> Result<()> {
             .filter_map(|k| s["errors"][k].as_u64())
             .sum()
     });
-    let rows: Vec<(String, String, Option<bool>)> = vec![
+    let mut rows: Vec<(String, String, Option<bool>)> = vec![
         (
             format!(
                 "conn rate with {} other mappings ≥ 10× iptables",
@@ -460,6 +463,7 @@ pub fn write(results: &Value, dir: &Path) -> Result<()> {
             restart_errors.map(|e| e == 0),
         ),
     ];
+    rows.extend(flow_targets(results));
     for (target, measured, met) in rows {
         writeln!(md, "| {target} | {measured} | {} |", verdict(met))?;
     }
@@ -487,7 +491,7 @@ pub fn write(results: &Value, dir: &Path) -> Result<()> {
     )?;
     writeln!(
         md,
-        "- Both agents run with `--ip-masq=false`: with masquerade on, the ebpf dataplane masquerades the replies of connections routed straight to a container's address (the direct path), which then fail."
+        "- Both agents run with masquerade on (`--ip-masq`'s default), as users run them; the egress scenarios need it, and the published-port paths do not go through it."
     )?;
     writeln!(
         md,
@@ -512,6 +516,223 @@ pub fn write(results: &Value, dir: &Path) -> Result<()> {
     }
     fs::write(dir.join("report.md"), md)?;
     Ok(())
+}
+
+/// The egress scenarios and the paths they run on (every node; `direct` has no egress).
+const EGRESS: [&str; 2] = ["egress-one", "egress-many"];
+const EGRESS_PATHS: [&str; 3] = ["ebpf", "iptables", DOCKER];
+
+/// Failed connections of a scenario's samples on one path, by kind (refused, timeout, reset,
+/// other) and in all.
+fn failures(results: &Value, scenario: &str, dataplane: &str) -> ([u64; 4], u64) {
+    let mut kinds = [0u64; 4];
+    for s in samples(results, scenario).filter(|s| s["dataplane"] == dataplane) {
+        for (n, k) in kinds
+            .iter_mut()
+            .zip(["refused", "timeout", "reset", "other"])
+        {
+            *n += s["errors"][k].as_u64().unwrap_or(0);
+        }
+    }
+    (kinds, kinds.iter().sum())
+}
+
+/// The drop counters that grew during a scenario's samples on one path, summed, as
+/// `name +N` (ebpf: its own counters; `—` for others).
+fn drops(results: &Value, scenario: &str, dataplane: &str) -> String {
+    let mut sum: std::collections::BTreeMap<String, u64> = Default::default();
+    for s in samples(results, scenario).filter(|s| s["dataplane"] == dataplane) {
+        for (name, n) in s["drops"].as_object().into_iter().flatten() {
+            *sum.entry(name.clone()).or_default() += n.as_u64().unwrap_or(0);
+        }
+    }
+    match sum.is_empty() {
+        true => "—".into(),
+        false => sum
+            .iter()
+            .map(|(name, n)| format!("`{name}` +{n}"))
+            .collect::<Vec<_>>()
+            .join(", "),
+    }
+}
+
+fn egress_section(results: &Value, md: &mut String) -> Result<()> {
+    if !EGRESS
+        .iter()
+        .any(|sc| samples(results, sc).next().is_some())
+    {
+        return Ok(());
+    }
+    writeln!(
+        md,
+        "## Egress (new TCP connections/s from a container to outside servers, through masquerade)\n"
+    )?;
+    writeln!(
+        md,
+        "{} s per point, {} repetitions, {} client threads in the node's container `bench`: connect, 1 request, 1 response, the outside server closes first. egress-one: one server address; egress-many: 64, one after the other. Failed connections are summed over all repetitions.\n",
+        results["plan"]["egress_seconds"],
+        results["plan"]["egress_reps"],
+        results["plan"]["concurrency"]
+    )?;
+    writeln!(
+        md,
+        "| scenario | path | conn/s | vs iptables | failed | refused / timed out / reset / other | CPU µs/conn | drop counters that grew |"
+    )?;
+    writeln!(md, "|---|---|---|---|---|---|---|---|")?;
+    for sc in EGRESS {
+        let rate = |dp: &str| metric(results, sc, dp, "rate", |_| true);
+        for dp in EGRESS_PATHS {
+            if samples(results, sc).all(|s| s["dataplane"] != dp) {
+                continue;
+            }
+            let ([r, t, x, o], failed) = failures(results, sc, dp);
+            writeln!(
+                md,
+                "| {sc} | {dp} | {} | {} | {failed} | {r} / {t} / {x} / {o} | {} | {} |",
+                fmt_spread(rate(dp), 0),
+                fmt_ratio(ratio(rate(dp), rate("iptables"))),
+                fmt_spread(
+                    metric(results, sc, dp, "cpu_us_per_connection", |_| true),
+                    1
+                ),
+                drops(results, sc, dp),
+            )?;
+        }
+    }
+    writeln!(md)?;
+    Ok(())
+}
+
+/// The flow counts conntrack-scale measured, in increasing order.
+fn scale_points(results: &Value) -> BTreeSet<u64> {
+    samples(results, "conntrack-scale")
+        .filter_map(|s| s["flows"].as_u64())
+        .collect()
+}
+
+fn scale_sample<'a>(results: &'a Value, dataplane: &str, flows: u64) -> Option<&'a Value> {
+    samples(results, "conntrack-scale").find(|s| s["dataplane"] == dataplane && s["flows"] == flows)
+}
+
+/// The last cleanup pass as the agent's `info` described it, or n/a.
+fn fmt_gc(gc: &Value) -> String {
+    match gc.as_object() {
+        Some(fields) if !fields.is_empty() => fields
+            .iter()
+            .map(|(k, v)| format!("{k} = {v}"))
+            .collect::<Vec<_>>()
+            .join(", "),
+        _ => "n/a".into(),
+    }
+}
+
+fn scale_section(results: &Value, md: &mut String) -> Result<()> {
+    let points = scale_points(results);
+    if points.is_empty() {
+        return Ok(());
+    }
+    writeln!(
+        md,
+        "## conntrack-scale (a read-only API call, `GET /networks`, with N masqueraded flows in the table)\n"
+    )?;
+    writeln!(
+        md,
+        "The container `bench` opens N UDP flows to outside addresses (one datagram each); then the call is timed back to back for {} s. A call is given up after {} s (its time then counts as that, a lower bound). The ebpf agent runs on a fresh table sized for the largest point, with a UDP idle timeout longer than the scenario; the iptables node's flows are in the kernel's conntrack (its agent keeps none; unreplied UDP lives 30 s there).\n",
+        results["plan"]["scale_window_seconds"], results["plan"]["api_timeout_seconds"]
+    )?;
+    writeln!(
+        md,
+        "| dataplane | flows | reached the world | kernel conntrack count | fill (s) | calls | p50 (ms) | p99 (ms) | max (ms) | timed out | last cleanup pass (agent's `info`) |"
+    )?;
+    writeln!(md, "|---|---|---|---|---|---|---|---|---|---|---|")?;
+    for dp in ["ebpf", "iptables"] {
+        for &n in &points {
+            let Some(s) = scale_sample(results, dp, n) else {
+                continue;
+            };
+            let api = &s["api"];
+            let num = |v: &Value| v.as_u64().map_or_else(|| "—".into(), |n| n.to_string());
+            writeln!(
+                md,
+                "| {dp} | {n} | {} | {} | {:.1} | {} | {:.1} | {:.1} | {:.1} | {} | {} |",
+                num(&s["flows_reached_world"]),
+                num(&s["kernel_conntrack_count"]),
+                s["fill_seconds"].as_f64().unwrap_or(0.0),
+                num(&api["calls"]),
+                api["p50_ms"].as_f64().unwrap_or(0.0),
+                api["p99_ms"].as_f64().unwrap_or(0.0),
+                api["max_ms"].as_f64().unwrap_or(0.0),
+                num(&api["timeouts"]),
+                fmt_gc(&s["gc"]),
+            )?;
+        }
+    }
+    writeln!(md, "\n![conntrack-scale](conntrack_scale.png)\n")?;
+    Ok(())
+}
+
+/// The targets of issue 12 that the egress and conntrack-scale scenarios measure.
+fn flow_targets(results: &Value) -> Vec<(String, String, Option<bool>)> {
+    let rate = |sc: &str, dp: &str| metric(results, sc, dp, "rate", |_| true);
+    let cpu = |sc: &str, dp: &str| metric(results, sc, dp, "cpu_us_per_connection", |_| true);
+    let one = ratio(rate("egress-one", "ebpf"), rate("egress-one", "iptables"));
+    let many = ratio(rate("egress-many", "ebpf"), rate("egress-many", "iptables"));
+    let ran = samples(results, "egress-one").any(|s| s["dataplane"] == "ebpf");
+    let (_, failed) = failures(results, "egress-one", "ebpf");
+    let failed = ran.then_some(failed);
+    let cpu_cell = |sc: &str| {
+        let (e, i) = (cpu(sc, "ebpf"), cpu(sc, "iptables"));
+        let text = match (e, i) {
+            (Some(e), Some(i)) => format!("{:.1} / {:.1} µs", e.median, i.median),
+            _ => "—".into(),
+        };
+        (text, e.zip(i).map(|(e, i)| e.median <= i.median))
+    };
+    let (cpu_one, cpu_one_met) = cpu_cell("egress-one");
+    let (cpu_many, cpu_many_met) = cpu_cell("egress-many");
+    let largest = scale_points(results).last().copied();
+    let api = largest
+        .and_then(|n| scale_sample(results, "ebpf", n))
+        .map(|s| &s["api"]);
+    let api_ms = |key: &str| api.and_then(|a| a[key].as_f64());
+    let flows = largest.unwrap_or(0);
+    vec![
+        (
+            "egress-one ≥ 1.0× iptables".into(),
+            fmt_ratio(one),
+            one.map(|r| r >= 1.0),
+        ),
+        (
+            "egress-one: 0 failed connections (ebpf, every repetition)".into(),
+            failed.map_or_else(|| "—".into(), |f| f.to_string()),
+            failed.map(|f| f == 0),
+        ),
+        (
+            "egress-many ≥ 1.2× iptables".into(),
+            fmt_ratio(many),
+            many.map(|r| r >= 1.2),
+        ),
+        (
+            "egress-one CPU per connection ≤ iptables (ebpf / iptables)".into(),
+            cpu_one,
+            cpu_one_met,
+        ),
+        (
+            "egress-many CPU per connection ≤ iptables (ebpf / iptables)".into(),
+            cpu_many,
+            cpu_many_met,
+        ),
+        (
+            format!("conntrack-scale: API p99 ≤ 20 ms with {flows} flows (262,144 in the target)"),
+            api_ms("p99_ms").map_or_else(|| "—".into(), |v| format!("{v:.1} ms")),
+            api_ms("p99_ms").map(|v| v <= 20.0),
+        ),
+        (
+            format!("conntrack-scale: API max ≤ 100 ms with {flows} flows (262,144 in the target)"),
+            api_ms("max_ms").map_or_else(|| "—".into(), |v| format!("{v:.1} ms")),
+            api_ms("max_ms").map(|v| v <= 100.0),
+        ),
+    ]
 }
 
 /// Registers DejaVu Sans for the plots' text, if the machine has it.
@@ -675,6 +896,36 @@ fn plots(results: &Value, dir: &Path) -> Result<()> {
         true,
     )
     .context("programming.png")?;
+
+    let points = scale_points(results);
+    let series: Series = ["ebpf", "iptables"]
+        .iter()
+        .flat_map(|dp| {
+            [("p99_ms", "p99"), ("max_ms", "max")].map(|(key, what)| {
+                let pts = points
+                    .iter()
+                    .filter_map(|&n| {
+                        let ms = scale_sample(results, dp, n)?["api"][key].as_f64()?;
+                        Some((n as f64, ms))
+                    })
+                    .collect();
+                let mut c = color(dp);
+                if what == "max" {
+                    c = RGBColor(c.0 / 2 + 0x60, c.1 / 2 + 0x60, c.2 / 2 + 0x60);
+                }
+                (format!("{dp} {what}"), c, pts)
+            })
+        })
+        .collect();
+    line_plot(
+        &dir.join("conntrack_scale.png"),
+        "Read-only API call (GET /networks) with N flows in the table",
+        "flows in the table (N)",
+        "ms",
+        &series,
+        true,
+    )
+    .context("conntrack_scale.png")?;
 
     // Latency percentiles: x = 50, 99, 99.9 as "nines" positions 1, 2, 3.
     let series: Series = paths(results)

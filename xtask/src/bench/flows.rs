@@ -1,0 +1,436 @@
+//! The scenarios about flows that leave through masquerade: `egress-one`, `egress-many`
+//! (connections from a container to outside servers) and `conntrack-scale` (the agent's API
+//! with many flows in its table).
+
+use std::{
+    fs,
+    io::{ErrorKind, Read as _, Write as _},
+    net::{SocketAddrV4, TcpStream},
+    os::unix::net::UnixStream,
+    path::Path,
+    sync::atomic::Ordering,
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, ensure};
+use serde_json::{Map, Value, json};
+
+use super::{
+    Bins, EBPF, FLOW_PORT, FLOW_PORTS, IPTABLES, Lab, Node, OUTSIDE_MANY, OUTSIDE_MANY_COUNT,
+    OUTSIDE_ONE, OUTSIDE_PORT, Plan, STOP, check_stop, cmd, netns_path, path_args, rotation,
+    sample, udp_counters, with_cpu_per_connection,
+};
+
+/// How fast conntrack-scale opens flows: quick to fill, slow enough for the default queue
+/// lengths of the veths on the way (the sender tops up what was lost anyway).
+const FLOW_RATE: u64 = 100_000;
+/// The UDP idle timeout of the ebpf agent during conntrack-scale: longer than the scenario,
+/// so that every flow opened is still in the table when the API is timed.
+const SCALE_UDP_IDLE_SECONDS: u64 = 3600;
+
+impl Node {
+    /// Stops the agent, removes its pinned maps and links, and starts it again with `args` on
+    /// top of the bench's: the new agent makes fresh tables of the size its flags say (a
+    /// pinned table is re-adopted as it is) and reattaches its programs.
+    fn restart_fresh(&mut self, bins: &Bins, args: Vec<String>) -> Result<()> {
+        self.stop_agent();
+        if self.pin_dir.exists() {
+            fs::remove_dir_all(&self.pin_dir)
+                .with_context(|| format!("removing {}", self.pin_dir.display()))?;
+        }
+        self.agent_args = args;
+        self.start_agent(bins)
+    }
+
+    /// The agent's counters with "drop" in their name (`GET /stats`), or `None` when the
+    /// agent does not answer in time.
+    fn drop_counters(&self, timeout: Duration) -> Option<Map<String, Value>> {
+        let Ok(Api::Answer(_, stats)) = api_get(&self.socket(), "/stats", timeout) else {
+            return None;
+        };
+        Some(
+            stats
+                .as_array()?
+                .iter()
+                .filter_map(|c| Some((c["Name"].as_str()?, c["Packets"].as_u64()?)))
+                .filter(|(name, _)| name.contains("drop"))
+                .map(|(name, packets)| (name.to_string(), json!(packets)))
+                .collect(),
+        )
+    }
+}
+
+impl Lab {
+    /// Checks that node `i`'s container `bench` reaches the outside server, which sees the
+    /// node's address: egress leaves through the node's masquerade.
+    fn check_masquerade(&self, i: usize) -> Result<()> {
+        let node = &self.nodes[i];
+        let netns = node.bench_netns.as_ref().context("bench netns")?;
+        let to = SocketAddrV4::new(node.outside(OUTSIDE_ONE), OUTSIDE_PORT);
+        let seen = super::in_netns(netns, || -> std::io::Result<String> {
+            let mut s = TcpStream::connect_timeout(&to.into(), Duration::from_secs(2))?;
+            s.set_read_timeout(Some(Duration::from_secs(2)))?;
+            s.write_all(b"W")?;
+            let mut seen = String::new();
+            s.read_to_string(&mut seen)?;
+            Ok(seen)
+        })?
+        .with_context(|| format!("{}: the container cannot reach {to}", node.dataplane))?;
+        ensure!(
+            seen == node.node_ip.to_string(),
+            "{}: the outside server sees {seen:?}, not the node's address {}: no masquerade",
+            node.dataplane,
+            node.node_ip
+        );
+        Ok(())
+    }
+}
+
+/// Scenarios `egress-one` and `egress-many`: new TCP connections per second from every
+/// node's container `bench` to `targets` outside servers (one after the other, per
+/// connection), through the node's masquerade; connect, 1 request, 1 response, the server
+/// closes first. With the failed connections, the CPU per connection and, from agents, the
+/// drop counters that grew.
+pub(super) fn egress(
+    lab: &mut Lab,
+    plan: &Plan,
+    samples: &mut Vec<Value>,
+    scenario: &str,
+    targets: u8,
+) -> Result<()> {
+    for i in 0..lab.nodes.len() {
+        lab.check_masquerade(i)?;
+    }
+    let paths: Vec<&'static str> = lab.nodes.iter().map(|n| n.dataplane).collect();
+    for rep in 0..plan.egress_reps {
+        for path in rotation(rep, &paths) {
+            check_stop()?;
+            let node = &lab.nodes[lab.path_node(path)];
+            let from = node.bench_ip.context("bench address")?;
+            let netns = node.bench_netns.clone().context("bench netns")?;
+            let first = match targets {
+                1 => node.outside(OUTSIDE_ONE),
+                _ => node.outside(OUTSIDE_MANY),
+            };
+            let to = SocketAddrV4::new(first, OUTSIDE_PORT);
+            let mut args = path_args("connrate", from, to, plan.egress_seconds);
+            args.extend([
+                "--concurrency".into(),
+                plan.concurrency.to_string(),
+                "--targets".into(),
+                targets.to_string(),
+            ]);
+            let agent = node.dockerd.is_none();
+            let before = agent
+                .then(|| node.drop_counters(plan.api_timeout))
+                .flatten();
+            let mut v =
+                with_cpu_per_connection(|| lab.runner_in(&netns).run(&args, plan.egress_seconds))?;
+            let after = agent
+                .then(|| node.drop_counters(plan.api_timeout))
+                .flatten();
+            if let (Some(before), Some(after)) = (before, after) {
+                let grew: Map<String, Value> = after
+                    .iter()
+                    .filter_map(|(name, n)| {
+                        let was = before.get(name).and_then(Value::as_u64).unwrap_or(0);
+                        let delta = n.as_u64()?.saturating_sub(was);
+                        (delta > 0).then(|| (name.clone(), json!(delta)))
+                    })
+                    .collect();
+                v["drops"] = Value::Object(grew);
+            }
+            let failed: u64 = ["refused", "timeout", "reset", "other"]
+                .iter()
+                .filter_map(|k| v["errors"][k].as_u64())
+                .sum();
+            v["failed"] = json!(failed);
+            v["targets"] = json!(targets);
+            eprintln!(
+                "bench: {scenario} {path}: {:.0}/s, {failed} failed",
+                v["rate"].as_f64().unwrap_or(0.0)
+            );
+            samples.push(sample(scenario, path, rep, v));
+        }
+    }
+    Ok(())
+}
+
+/// Scenario `conntrack-scale`: the agent's API latency with many masqueraded flows in the
+/// table, and what the agent says of its last cleanup pass.
+///
+/// The ebpf agent is restarted on fresh tables big enough for the largest point (a flow
+/// takes two entries of its table today) and with a UDP idle timeout longer than the
+/// scenario, so that every flow opened is still there when the API is timed. The container
+/// `bench` opens UDP flows to the outside servers (one datagram each, from a raw socket) up
+/// to each point, then a read-only call (`GET /networks`) is timed back to back. The iptables
+/// node gets the same flows for comparison: its agent keeps no flow table, the kernel's
+/// conntrack does (unreplied UDP lives 30 s there, so its count is read, not assumed).
+pub(super) fn conntrack_scale(
+    lab: &mut Lab,
+    plan: &Plan,
+    samples: &mut Vec<Value>,
+    notes: &mut Vec<String>,
+) -> Result<()> {
+    let largest = plan.scale_flows.iter().copied().max().unwrap_or(0);
+    let conntrack_max = 2 * largest + 65_536;
+    lab.nodes[EBPF].restart_fresh(
+        &lab.bins,
+        vec![
+            "--conntrack-max".into(),
+            conntrack_max.to_string(),
+            "--udp-idle-timeout".into(),
+            SCALE_UDP_IDLE_SECONDS.to_string(),
+        ],
+    )?;
+    let measured = (|| -> Result<()> {
+        lab.check_masquerade(EBPF)?;
+        for i in [EBPF, IPTABLES] {
+            scale_node(lab, plan, samples, i, conntrack_max)?;
+        }
+        Ok(())
+    })();
+    // Back to the bench's settings on empty tables, whatever happened.
+    let restored = lab.nodes[EBPF].restart_fresh(&lab.bins, Vec::new());
+    measured?;
+    restored?;
+    let gc_known = samples
+        .iter()
+        .any(|s| s["scenario"] == "conntrack-scale" && s["gc"].is_object());
+    if !gc_known {
+        notes.push(
+            "conntrack-scale: the agent's `info` has no field about its flow-table cleanup \
+             (GC) pass; its time is reported as n/a"
+                .into(),
+        );
+    }
+    Ok(())
+}
+
+/// The points of conntrack-scale on node `i`, in increasing order of flows.
+fn scale_node(
+    lab: &Lab,
+    plan: &Plan,
+    samples: &mut Vec<Value>,
+    i: usize,
+    conntrack_max: u64,
+) -> Result<()> {
+    let node = &lab.nodes[i];
+    let world = netns_path(&lab.world);
+    let from = node.bench_ip.context("bench address")?;
+    let netns = node.bench_netns.clone().context("bench netns")?;
+    let to = SocketAddrV4::new(node.outside(OUTSIDE_MANY), FLOW_PORT);
+    // Flows are numbered; `next` is the first not sent yet, `reached` how many arrived in the
+    // world (nothing listens there: each one counts as a UDP NoPorts).
+    let (mut next, mut reached) = (0u64, 0u64);
+    for &target in &plan.scale_flows {
+        check_stop()?;
+        let t = Instant::now();
+        let mut send_errors = 0u64;
+        // A few rounds: what a full queue lost is sent again with new flows; a round that
+        // gets almost nothing through means the table refuses, and ends the fill.
+        for _ in 0..4 {
+            if reached >= target {
+                break;
+            }
+            let want = target - reached;
+            let before = udp_counters(&world, &["NoPorts"])?;
+            let seconds = (want as f64 / FLOW_RATE as f64) * 2.0 + 5.0;
+            let mut args = path_args("udpflows", from, to, seconds);
+            args.extend([
+                "--first".into(),
+                next.to_string(),
+                "--count".into(),
+                want.to_string(),
+                "--addrs".into(),
+                OUTSIDE_MANY_COUNT.to_string(),
+                "--ports".into(),
+                FLOW_PORTS.to_string(),
+                "--rate".into(),
+                FLOW_RATE.to_string(),
+            ]);
+            let sent = lab.runner_in(&netns).run(&args, seconds)?;
+            send_errors += sent["send_errors"].as_u64().unwrap_or(0);
+            next += want;
+            thread::sleep(Duration::from_millis(300));
+            let got = udp_counters(&world, &["NoPorts"])?.saturating_sub(before);
+            reached += got;
+            if got < want / 100 {
+                break;
+            }
+        }
+        let fill_seconds = t.elapsed().as_secs_f64();
+        let api = api_latency(&node.socket(), plan.scale_window, plan.api_timeout);
+        let gc = match api_get(&node.socket(), "/info", plan.api_timeout) {
+            Ok(Api::Answer(_, info)) => Some(gc_fields(&info)).filter(|m| !m.is_empty()),
+            _ => None,
+        };
+        // The kernel's own count, for the iptables node (its agent has no table).
+        let kernel_count = (node.dataplane == "iptables")
+            .then(|| nf_conntrack_count(&node.netns))
+            .flatten();
+        eprintln!(
+            "bench: conntrack-scale {} flows={target} (reached {reached}): API p50 {:.1} ms, \
+             p99 {:.1} ms, max {:.1} ms, {} timed out; gc {}",
+            node.dataplane,
+            api["p50_ms"].as_f64().unwrap_or(0.0),
+            api["p99_ms"].as_f64().unwrap_or(0.0),
+            api["max_ms"].as_f64().unwrap_or(0.0),
+            api["timeouts"],
+            gc.as_ref()
+                .map(|g| Value::Object(g.clone()).to_string())
+                .unwrap_or_else(|| "n/a".into()),
+        );
+        samples.push(sample(
+            "conntrack-scale",
+            node.dataplane,
+            0,
+            json!({
+                "flows": target,
+                "flows_reached_world": reached,
+                "flows_sent": next,
+                "send_errors": send_errors,
+                "kernel_conntrack_count": kernel_count,
+                "conntrack_max": (node.dataplane == "ebpf").then_some(conntrack_max),
+                "fill_seconds": fill_seconds,
+                "api": api,
+                "gc": gc.map(Value::Object),
+            }),
+        ));
+    }
+    Ok(())
+}
+
+/// `nf_conntrack_count` of a node namespace: the kernel's tracked connections there.
+fn nf_conntrack_count(netns: &str) -> Option<u64> {
+    cmd::output(
+        std::process::Command::new("nsenter")
+            .arg(format!("--net={}", netns_path(netns).display()))
+            .args(["cat", "/proc/sys/net/netfilter/nf_conntrack_count"]),
+    )
+    .ok()?
+    .trim()
+    .parse()
+    .ok()
+}
+
+/// An API answer, or how long the agent kept us waiting before the call was given up.
+enum Api {
+    Answer(Duration, Value),
+    TimedOut(Duration),
+}
+
+/// `GET path` on an agent's API socket, within `timeout`. HTTP/1.0, so that the answer ends
+/// when the agent closes the connection.
+fn api_get(socket: &Path, path: &str, timeout: Duration) -> Result<Api> {
+    let t = Instant::now();
+    let mut stream = UnixStream::connect(socket)
+        .with_context(|| format!("connecting to {}", socket.display()))?;
+    stream.set_read_timeout(Some(timeout))?;
+    stream.set_write_timeout(Some(timeout))?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: bpfbridge\r\n\r\n")?;
+    let mut answer = Vec::new();
+    match stream.read_to_end(&mut answer) {
+        Ok(_) => {}
+        Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+            return Ok(Api::TimedOut(t.elapsed()));
+        }
+        Err(e) => return Err(e).context(format!("GET {path}")),
+    }
+    let took = t.elapsed();
+    let text = String::from_utf8_lossy(&answer);
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .with_context(|| format!("GET {path}: no HTTP answer"))?;
+    ensure!(
+        head.split_whitespace().nth(1) == Some("200"),
+        "GET {path}: {}",
+        head.lines().next().unwrap_or("")
+    );
+    let body = serde_json::from_str(body).with_context(|| format!("GET {path}: body"))?;
+    Ok(Api::Answer(took, body))
+}
+
+/// Times `GET /networks` back to back (10 ms apart) for `window`: p50, p99 and max in ms.
+/// A call that timed out counts with the time it was given up after (a lower bound).
+fn api_latency(socket: &Path, window: Duration, timeout: Duration) -> Value {
+    let (mut ms, mut timeouts, mut errors) = (Vec::new(), 0u64, 0u64);
+    let start = Instant::now();
+    while start.elapsed() < window && !STOP.load(Ordering::SeqCst) {
+        match api_get(socket, "/networks", timeout) {
+            Ok(Api::Answer(took, _)) => ms.push(took.as_secs_f64() * 1e3),
+            Ok(Api::TimedOut(took)) => {
+                ms.push(took.as_secs_f64() * 1e3);
+                timeouts += 1;
+            }
+            Err(_) => errors += 1,
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+    ms.sort_by(f64::total_cmp);
+    let at = |p: f64| -> f64 {
+        match ms.len() {
+            0 => 0.0,
+            n => ms[((p / 100.0) * (n - 1) as f64).round() as usize],
+        }
+    };
+    json!({
+        "calls": ms.len(),
+        "p50_ms": at(50.0),
+        "p99_ms": at(99.0),
+        "max_ms": ms.last().copied().unwrap_or(0.0),
+        "timeouts": timeouts,
+        "errors": errors,
+        "timeout_ms": timeout.as_secs_f64() * 1e3,
+    })
+}
+
+/// What the agent's `info` says of its flow-table cleanup, under whatever names it uses:
+/// every number whose JSON path mentions "gc" or "expir" (in any case), by that path, e.g.
+/// `{"Conntrack.LastGc.DurationMs": 12}`. Agents from before those fields give nothing.
+fn gc_fields(info: &Value) -> Map<String, Value> {
+    fn walk(v: &Value, path: &str, out: &mut Map<String, Value>) {
+        match v {
+            Value::Object(m) => {
+                for (k, v) in m {
+                    let path = match path {
+                        "" => k.clone(),
+                        _ => format!("{path}.{k}"),
+                    };
+                    walk(v, &path, out);
+                }
+            }
+            Value::Number(_) => {
+                let lower = path.to_lowercase();
+                if lower.contains("gc") || lower.contains("expir") {
+                    out.insert(path.to_string(), v.clone());
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut out = Map::new();
+    walk(info, "", &mut out);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gc_fields_are_found_by_name_whatever_their_place() {
+        let info = json!({
+            "Version": "0.1",
+            "Settings": {"UdpIdleTimeout": 30},
+            "Conntrack": {"LastGc": {"DurationMs": 12.5, "Scanned": 1000, "Removed": 3}},
+            "FlowExpiry": {"Seconds": 0.1},
+        });
+        let found = gc_fields(&info);
+        assert_eq!(found.len(), 4, "{found:?}");
+        assert_eq!(found["Conntrack.LastGc.DurationMs"], json!(12.5));
+        assert_eq!(found["FlowExpiry.Seconds"], json!(0.1));
+        assert!(gc_fields(&json!({"Version": "0.1", "Networks": 2})).is_empty());
+    }
+}
