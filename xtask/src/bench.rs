@@ -44,7 +44,7 @@ use serde_json::{Value, json};
 use crate::{bench_docker::Dockerd, bench_report, cmd};
 
 mod flows;
-use flows::{conntrack_scale, egress};
+use flows::{conntrack_scale, egress, flood};
 
 /// Everything the bench makes is named `bpfb-bench-PID-...`.
 pub const PREFIX: &str = "bpfb-bench";
@@ -104,8 +104,9 @@ fn check_stop() -> Result<()> {
 /// `restart` comes before `connrate`, whose other mappings (in iptables mode loaded behind
 /// the agent's back) a restarted iptables agent would first remove, one rule at a time.
 /// The egress scenarios come before `connrate` too, so that they run without its mappings;
-/// `conntrack-scale` comes last: it restarts the ebpf agent on tables of its own size.
-pub const SCENARIOS: [&str; 9] = [
+/// `conntrack-scale` and `flood` come last: they restart the ebpf agent on tables of their
+/// own size.
+pub const SCENARIOS: [&str; 10] = [
     "programming",
     "latency",
     "udp",
@@ -115,6 +116,7 @@ pub const SCENARIOS: [&str; 9] = [
     "egress-many",
     "connrate",
     "conntrack-scale",
+    "flood",
 ];
 
 #[derive(Clone, Debug)]
@@ -151,6 +153,8 @@ struct Plan {
     scale_flows: Vec<u64>,
     scale_window: Duration,
     api_timeout: Duration,
+    /// SYNs of the flood scenario.
+    flood_syns: u64,
 }
 
 impl Plan {
@@ -171,6 +175,7 @@ impl Plan {
                 scale_flows: vec![1000],
                 scale_window: Duration::from_millis(500),
                 api_timeout: Duration::from_secs(5),
+                flood_syns: 8192,
             }
         } else if opts.quick {
             Plan {
@@ -188,6 +193,7 @@ impl Plan {
                 scale_flows: vec![10_000, 100_000, 262_144],
                 scale_window: Duration::from_secs(3),
                 api_timeout: Duration::from_secs(10),
+                flood_syns: flows::FLOOD_SYNS,
             }
         } else {
             Plan {
@@ -206,6 +212,7 @@ impl Plan {
                 scale_flows: vec![10_000, 100_000, 262_144],
                 scale_window: Duration::from_secs(10),
                 api_timeout: Duration::from_secs(10),
+                flood_syns: flows::FLOOD_SYNS,
             }
         }
     }
@@ -263,6 +270,7 @@ pub fn run(opts: &Options) -> Result<()> {
                 "egress-one" => egress(lab, &plan, samples, "egress-one", 1)?,
                 "egress-many" => egress(lab, &plan, samples, "egress-many", OUTSIDE_MANY_COUNT)?,
                 "conntrack-scale" => conntrack_scale(lab, &plan, samples, &mut notes)?,
+                "flood" => flood(lab, &plan, samples)?,
                 _ => unreachable!(),
             }
             eprintln!(
@@ -310,6 +318,9 @@ pub fn run(opts: &Options) -> Result<()> {
             "scale_flows": plan.scale_flows,
             "scale_window_seconds": plan.scale_window.as_secs_f64(),
             "api_timeout_seconds": plan.api_timeout.as_secs_f64(),
+            "flood_syns": plan.flood_syns,
+            "flood_conntrack_max": flows::FLOOD_CONNTRACK_MAX,
+            "flood_held_connections": flows::HELD,
         },
         "paths": {
             "ebpf": "198.51.100.2 -> 198.51.100.1:8080, XDP translation",

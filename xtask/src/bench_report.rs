@@ -379,6 +379,7 @@ pub fn write(results: &Value, dir: &Path) -> Result<()> {
 
     egress_section(results, &mut md)?;
     scale_section(results, &mut md)?;
+    flood_section(results, &mut md)?;
 
     // Targets.
     writeln!(md, "## Targets of the ebpf dataplane\n")?;
@@ -671,7 +672,55 @@ fn scale_section(results: &Value, md: &mut String) -> Result<()> {
     Ok(())
 }
 
-/// The targets of issue 12 that the egress and conntrack-scale scenarios measure.
+fn flood_section(results: &Value, md: &mut String) -> Result<()> {
+    let floods: Vec<&Value> = samples(results, "flood").collect();
+    if floods.is_empty() {
+        return Ok(());
+    }
+    writeln!(
+        md,
+        "## Flood (live connections through a SYN flood to the published port and a container filling the flow table)\n"
+    )?;
+    writeln!(
+        md,
+        "{} idle connections through the published port (from the world) and {} from the container `bench` to an outside server, then at once: {} SYNs from 128 spoofed sources to the published port, the container opening {} unreplied UDP flows (the ebpf agent runs with `--conntrack-max {}`), and 4 threads opening new connections through the published port. Then every live connection must echo data again.\n",
+        results["plan"]["flood_held_connections"],
+        results["plan"]["flood_held_connections"],
+        results["plan"]["flood_syns"],
+        results["plan"]["flood_conntrack_max"].as_u64().unwrap_or(0) * 2,
+        results["plan"]["flood_conntrack_max"],
+    )?;
+    writeln!(
+        md,
+        "| path | live connections survived (published / egress) | new conn/s during the flood | new connections failed | SYNs sent (s) | UDP flows sent | drop counters that grew |"
+    )?;
+    writeln!(md, "|---|---|---|---|---|---|---|")?;
+    for s in floods {
+        let fresh = &s["new_connections"];
+        let failed: u64 = ["refused", "timeout", "reset", "other"]
+            .iter()
+            .filter_map(|k| fresh["errors"][k].as_u64())
+            .sum();
+        writeln!(
+            md,
+            "| {} | {} of {} ({} / {}) | {:.0} | {failed} | {} ({:.1}) | {} | {} |",
+            s["dataplane"].as_str().unwrap_or("?"),
+            s["survived"],
+            s["held"],
+            s["held_published"]["survived"],
+            s["held_egress"]["survived"],
+            fresh["rate"].as_f64().unwrap_or(0.0),
+            s["syn_flood"]["sent"],
+            s["syn_flood"]["seconds"].as_f64().unwrap_or(0.0),
+            s["udp_flows"]["sent"],
+            drops(results, "flood", s["dataplane"].as_str().unwrap_or("")),
+        )?;
+    }
+    writeln!(md)?;
+    Ok(())
+}
+
+/// The targets of issue 12 that the egress, conntrack-scale and flood scenarios measure.
 fn flow_targets(results: &Value) -> Vec<(String, String, Option<bool>)> {
     let rate = |sc: &str, dp: &str| metric(results, sc, dp, "rate", |_| true);
     let cpu = |sc: &str, dp: &str| metric(results, sc, dp, "cpu_us_per_connection", |_| true);
@@ -696,6 +745,10 @@ fn flow_targets(results: &Value) -> Vec<(String, String, Option<bool>)> {
         .map(|s| &s["api"]);
     let api_ms = |key: &str| api.and_then(|a| a[key].as_f64());
     let flows = largest.unwrap_or(0);
+    let flood = samples(results, "flood").find(|s| s["dataplane"] == "ebpf");
+    let survival = flood.and_then(|s| Some((s["survived"].as_u64()?, s["held"].as_u64()?)));
+    let fresh = flood.map(|s| &s["new_connections"]);
+    let fresh_rate = fresh.and_then(|f| f["rate"].as_f64());
     vec![
         (
             "egress-one ≥ 1.0× iptables".into(),
@@ -731,6 +784,16 @@ fn flow_targets(results: &Value) -> Vec<(String, String, Option<bool>)> {
             format!("conntrack-scale: API max ≤ 100 ms with {flows} flows (262,144 in the target)"),
             api_ms("max_ms").map_or_else(|| "—".into(), |v| format!("{v:.1} ms")),
             api_ms("max_ms").map(|v| v <= 100.0),
+        ),
+        (
+            "flood: 100% of live connections survive (ebpf)".into(),
+            survival.map_or_else(|| "—".into(), |(s, h)| format!("{s} of {h}")),
+            survival.map(|(s, h)| s == h),
+        ),
+        (
+            "flood: new connections keep succeeding (ebpf, rate during the flood)".into(),
+            fresh_rate.map_or_else(|| "—".into(), |r| format!("{r:.0}/s")),
+            fresh_rate.map(|r| r > 0.0),
         ),
     ]
 }
@@ -985,6 +1048,60 @@ mod tests {
         assert!(
             !md.contains("docker"),
             "no docker column without docker samples"
+        );
+    }
+
+    #[test]
+    fn flow_scenarios_side_by_side_with_their_targets() {
+        let dir = tempfile::tempdir().unwrap();
+        let results = serde_json::json!({
+            "mode": "quick", "duration_seconds": 1.0,
+            "machine": {"kernel": "6.x", "cpus": 2},
+            "plan": {"egress_seconds": 10, "egress_reps": 1, "concurrency": 16,
+                     "scale_window_seconds": 3, "api_timeout_seconds": 10,
+                     "flood_syns": 100, "flood_conntrack_max": 16, "flood_held_connections": 32},
+            "paths": {}, "notes": [],
+            "samples": [
+                {"scenario": "egress-one", "dataplane": "ebpf", "rate": 400.0, "cpu_us_per_connection": 900.0,
+                 "errors": {"timeout": 150}, "drops": {"container_ingress.drop.nat_exhausted": 7}},
+                {"scenario": "egress-one", "dataplane": "iptables", "rate": 4000.0, "cpu_us_per_connection": 200.0,
+                 "errors": {"timeout": 0}},
+                {"scenario": "egress-many", "dataplane": "ebpf", "rate": 6000.0, "cpu_us_per_connection": 100.0},
+                {"scenario": "egress-many", "dataplane": "iptables", "rate": 4000.0, "cpu_us_per_connection": 200.0},
+                {"scenario": "conntrack-scale", "dataplane": "ebpf", "flows": 262144, "flows_reached_world": 262144,
+                 "fill_seconds": 3.0, "api": {"calls": 1, "p50_ms": 10000.0, "p99_ms": 10000.0, "max_ms": 10000.0, "timeouts": 1},
+                 "gc": {"Conntrack.LastGc.DurationMs": 12}},
+                {"scenario": "flood", "dataplane": "ebpf", "held": 64, "survived": 64,
+                 "held_published": {"survived": 32}, "held_egress": {"survived": 32},
+                 "syn_flood": {"sent": 100, "seconds": 1.0}, "udp_flows": {"sent": 32},
+                 "new_connections": {"rate": 1000.0, "errors": {"timeout": 2}}},
+            ],
+        });
+        write(&results, dir.path()).unwrap();
+        let md = fs::read_to_string(dir.path().join("report.md")).unwrap();
+        assert!(
+            md.contains("| egress-one | ebpf | 400 | 0.10× | 150 | 0 / 150 / 0 / 0 | 900.0 | `container_ingress.drop.nat_exhausted` +7 |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| egress-many ≥ 1.2× iptables | 1.50× | met |"),
+            "{md}"
+        );
+        assert!(
+            md.contains(
+                "| egress-one: 0 failed connections (ebpf, every repetition) | 150 | **missed** |"
+            ),
+            "{md}"
+        );
+        assert!(md.contains("Conntrack.LastGc.DurationMs = 12"), "{md}");
+        assert!(md.contains("API p99 ≤ 20 ms with 262144 flows (262,144 in the target) | 10000.0 ms | **missed** |"), "{md}");
+        assert!(
+            md.contains("| ebpf | 64 of 64 (32 / 32) | 1000 | 2 |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| flood: 100% of live connections survive (ebpf) | 64 of 64 | met |"),
+            "{md}"
         );
     }
 

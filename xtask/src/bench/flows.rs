@@ -1,13 +1,15 @@
-//! The scenarios about flows that leave through masquerade: `egress-one`, `egress-many`
-//! (connections from a container to outside servers) and `conntrack-scale` (the agent's API
-//! with many flows in its table).
+//! The scenarios about flows and the tables that track them: `egress-one`, `egress-many`
+//! (connections from a container to outside servers, through masquerade), `conntrack-scale`
+//! (the agent's API with many flows in its table) and `flood` (live connections through a
+//! SYN flood and a container filling the table).
 
 use std::{
     fs,
-    io::{ErrorKind, Read as _, Write as _},
-    net::{SocketAddrV4, TcpStream},
+    io::{BufRead as _, BufReader, ErrorKind, Read as _, Write as _},
+    net::{Ipv4Addr, SocketAddrV4, TcpStream},
     os::unix::net::UnixStream,
     path::Path,
+    process::{Child, ChildStdout, Command, Stdio},
     sync::atomic::Ordering,
     thread,
     time::{Duration, Instant},
@@ -17,9 +19,9 @@ use anyhow::{Context as _, Result, ensure};
 use serde_json::{Map, Value, json};
 
 use super::{
-    Bins, EBPF, FLOW_PORT, FLOW_PORTS, IPTABLES, Lab, Node, OUTSIDE_MANY, OUTSIDE_MANY_COUNT,
-    OUTSIDE_ONE, OUTSIDE_PORT, Plan, STOP, check_stop, cmd, netns_path, path_args, rotation,
-    sample, udp_counters, with_cpu_per_connection,
+    Bins, ClientRunner, EBPF, FLOW_PORT, FLOW_PORTS, IPTABLES, Lab, Node, OUTSIDE_MANY,
+    OUTSIDE_MANY_COUNT, OUTSIDE_ONE, OUTSIDE_PORT, PUBLISHED_TCP, Plan, STOP, check_stop, cmd,
+    netns_path, path_args, rotation, sample, udp_counters, with_cpu_per_connection,
 };
 
 /// How fast conntrack-scale opens flows: quick to fill, slow enough for the default queue
@@ -28,6 +30,20 @@ const FLOW_RATE: u64 = 100_000;
 /// The UDP idle timeout of the ebpf agent during conntrack-scale: longer than the scenario,
 /// so that every flow opened is still in the table when the API is timed.
 const SCALE_UDP_IDLE_SECONDS: u64 = 3600;
+/// The ebpf agent's `--conntrack-max` during `flood`: small, so that a container fills it
+/// cheaply.
+pub(super) const FLOOD_CONNTRACK_MAX: u64 = 16_384;
+/// SYNs of the full flood: twice the size of NAT_FLOWS, the table a published port's new
+/// flows go into (dataplane-common's NAT_FLOWS_MAX; no flag sizes it today).
+pub(super) const FLOOD_SYNS: u64 = 2 * 262_144;
+const FLOOD_RATE: u64 = 200_000;
+/// The longest the flood's senders may take, whatever their rate.
+const SENDERS_MAX: f64 = 20.0;
+/// Live connections held through the flood, through the published port and to the outside.
+pub(super) const HELD: usize = 32;
+/// The first flow number of the flood's UDP flows: past conntrack-scale's, so that they are
+/// new to the kernel's conntrack too.
+const FLOOD_FIRST_FLOW: u64 = 1 << 20;
 
 impl Node {
     /// Stops the agent, removes its pinned maps and links, and starts it again with `args` on
@@ -131,15 +147,7 @@ pub(super) fn egress(
                 .then(|| node.drop_counters(plan.api_timeout))
                 .flatten();
             if let (Some(before), Some(after)) = (before, after) {
-                let grew: Map<String, Value> = after
-                    .iter()
-                    .filter_map(|(name, n)| {
-                        let was = before.get(name).and_then(Value::as_u64).unwrap_or(0);
-                        let delta = n.as_u64()?.saturating_sub(was);
-                        (delta > 0).then(|| (name.clone(), json!(delta)))
-                    })
-                    .collect();
-                v["drops"] = Value::Object(grew);
+                v["drops"] = Value::Object(grown(&before, &after));
             }
             let failed: u64 = ["refused", "timeout", "reset", "other"]
                 .iter()
@@ -415,9 +423,206 @@ fn gc_fields(info: &Value) -> Map<String, Value> {
     out
 }
 
+/// Scenario `flood`: live idle connections (through the published port from the world, and
+/// from the container `bench` to an outside server) must survive a flood of spoofed SYNs to
+/// the published port and the container opening unreplied UDP flows until the table is
+/// full; new connections through the published port are counted meanwhile. The ebpf agent
+/// runs on a fresh, small flow table for it.
+pub(super) fn flood(lab: &mut Lab, plan: &Plan, samples: &mut Vec<Value>) -> Result<()> {
+    lab.nodes[EBPF].restart_fresh(
+        &lab.bins,
+        vec!["--conntrack-max".into(), FLOOD_CONNTRACK_MAX.to_string()],
+    )?;
+    let measured = (|| -> Result<()> {
+        lab.check_masquerade(EBPF)?;
+        for i in 0..lab.nodes.len() {
+            flood_node(lab, plan, samples, i)?;
+        }
+        Ok(())
+    })();
+    let restored = lab.nodes[EBPF].restart_fresh(&lab.bins, Vec::new());
+    measured?;
+    restored
+}
+
+/// Where a node's spoofed SYNs come from: addresses of another TEST-NET, off the node's
+/// uplink subnet and above every world address (.128 up). The node sends its SYN-ACKs to
+/// its default route, the world, which drops them (it forwards nothing).
+fn spoofed_sources(node_ip: Ipv4Addr) -> Ipv4Addr {
+    match node_ip.octets() {
+        [198, 51, 100, _] => Ipv4Addr::new(203, 0, 113, 128),
+        _ => Ipv4Addr::new(198, 51, 100, 128),
+    }
+}
+
+fn flood_node(lab: &Lab, plan: &Plan, samples: &mut Vec<Value>, i: usize) -> Result<()> {
+    check_stop()?;
+    let node = &lab.nodes[i];
+    let world = lab.client_runner();
+    let container = lab.runner_in(node.bench_netns.as_ref().context("bench netns")?);
+    let bench_ip = node.bench_ip.context("bench address")?;
+    let published = SocketAddrV4::new(node.node_ip, PUBLISHED_TCP);
+    let outside = SocketAddrV4::new(node.outside(OUTSIDE_ONE), OUTSIDE_PORT);
+    // The new connections are counted while the flood should last at its rate; the senders
+    // may take longer (the node's work for each packet runs on the sender's CPU).
+    let flood_seconds = plan.flood_syns as f64 / FLOOD_RATE as f64 + 1.0;
+    // The servers end an echo connection after 30 s idle: the check comes before, and
+    // after the senders' longest.
+    let hold_max = 27.0;
+    let held_in = Holder::start(&world, node.client_ip, published, hold_max)?;
+    let held_out = Holder::start(&container, bench_ip, outside, hold_max)?;
+    let agent = node.dockerd.is_none();
+    let before = agent
+        .then(|| node.drop_counters(plan.api_timeout))
+        .flatten();
+    let mut syn_args = path_args(
+        "synflood",
+        spoofed_sources(node.node_ip),
+        published,
+        SENDERS_MAX,
+    );
+    syn_args.extend([
+        "--count".into(),
+        plan.flood_syns.to_string(),
+        "--sources".into(),
+        "128".into(),
+        "--rate".into(),
+        FLOOD_RATE.to_string(),
+    ]);
+    let udp_count = 2 * FLOOD_CONNTRACK_MAX;
+    let mut udp_args = path_args(
+        "udpflows",
+        bench_ip,
+        SocketAddrV4::new(node.outside(OUTSIDE_MANY), FLOW_PORT),
+        SENDERS_MAX,
+    );
+    udp_args.extend([
+        "--first".into(),
+        FLOOD_FIRST_FLOW.to_string(),
+        "--count".into(),
+        udp_count.to_string(),
+        "--addrs".into(),
+        OUTSIDE_MANY_COUNT.to_string(),
+        "--ports".into(),
+        FLOW_PORTS.to_string(),
+        "--rate".into(),
+        FLOW_RATE.to_string(),
+    ]);
+    let mut fresh_args = path_args("connrate", node.client_ip, published, flood_seconds);
+    fresh_args.extend(["--concurrency".into(), "4".into()]);
+    // The flood, the container filling the table and new connections, all at once.
+    let (syn, udp, fresh) = thread::scope(|scope| {
+        let syn = scope.spawn(|| world.run(&syn_args, SENDERS_MAX));
+        let udp = scope.spawn(|| container.run(&udp_args, SENDERS_MAX));
+        let fresh = scope.spawn(|| world.run(&fresh_args, flood_seconds));
+        let join = |h: thread::ScopedJoinHandle<'_, Result<Value>>| {
+            h.join()
+                .map_err(|_| anyhow::anyhow!("a flood thread panicked"))?
+        };
+        (join(syn), join(udp), join(fresh))
+    });
+    let (syn, udp, fresh) = (syn?, udp?, fresh?);
+    let (held_in, held_out) = (held_in.check()?, held_out.check()?);
+    let after = agent
+        .then(|| node.drop_counters(plan.api_timeout))
+        .flatten();
+    let held = held_in.0 + held_out.0;
+    let survived = held_in.1 + held_out.1;
+    eprintln!(
+        "bench: flood {}: {survived} of {held} live connections survived; {:.0} new conn/s \
+         during the flood, {} failed",
+        node.dataplane,
+        fresh["rate"].as_f64().unwrap_or(0.0),
+        fresh["errors"]
+    );
+    let mut v = json!({
+        "held": held,
+        "survived": survived,
+        "held_published": {"opened": held_in.0, "survived": held_in.1},
+        "held_egress": {"opened": held_out.0, "survived": held_out.1},
+        "syn_flood": syn,
+        "udp_flows": udp,
+        "new_connections": fresh,
+    });
+    if let (Some(before), Some(after)) = (before, after) {
+        v["drops"] = Value::Object(grown(&before, &after));
+    }
+    samples.push(sample("flood", node.dataplane, 0, v));
+    Ok(())
+}
+
+/// A `bpfbridge-loadgen hold` under way: [`HELD`] connections opened and now idle.
+struct Holder {
+    child: Child,
+    stdout: BufReader<ChildStdout>,
+    opened: u64,
+}
+
+impl Holder {
+    fn start(runner: &ClientRunner, from: Ipv4Addr, to: SocketAddrV4, max: f64) -> Result<Self> {
+        let mut child = cmd::spawn(
+            Command::new("nsenter")
+                .arg(format!("--net={}", runner.netns.display()))
+                .args(&runner.taskset)
+                .arg(&runner.loadgen)
+                .args(path_args("hold", from, to, max))
+                .args(["--count", &HELD.to_string()])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped()),
+        )?;
+        let mut stdout = BufReader::new(child.stdout.take().context("hold stdout")?);
+        let mut line = String::new();
+        stdout.read_line(&mut line)?;
+        let opened: Value =
+            serde_json::from_str(line.trim()).with_context(|| format!("hold to {to}: {line:?}"))?;
+        let opened = opened["opened"].as_u64().unwrap_or(0);
+        ensure!(opened > 0, "hold: no connection to {to} opened");
+        Ok(Holder {
+            child,
+            stdout,
+            opened,
+        })
+    }
+
+    /// Tells the holder to check its connections: (opened, still carrying data).
+    fn check(mut self) -> Result<(u64, u64)> {
+        if let Some(mut stdin) = self.child.stdin.take() {
+            // It may have given up waiting already; it checks then anyway.
+            let _ = stdin.write_all(b"check\n");
+        }
+        let mut line = String::new();
+        self.stdout.read_line(&mut line)?;
+        let _ = self.child.wait();
+        let v: Value =
+            serde_json::from_str(line.trim()).with_context(|| format!("hold: {line:?}"))?;
+        Ok((self.opened, v["survived"].as_u64().unwrap_or(0)))
+    }
+}
+
+/// The counters of `after` that grew since `before`, by how much.
+fn grown(before: &Map<String, Value>, after: &Map<String, Value>) -> Map<String, Value> {
+    after
+        .iter()
+        .filter_map(|(name, n)| {
+            let was = before.get(name).and_then(Value::as_u64).unwrap_or(0);
+            let delta = n.as_u64()?.saturating_sub(was);
+            (delta > 0).then(|| (name.clone(), json!(delta)))
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn spoofed_sources_are_off_the_node_subnet() {
+        for node in [[198, 51, 100, 1], [203, 0, 113, 1], [192, 0, 2, 1]] {
+            let src = spoofed_sources(Ipv4Addr::from(node)).octets();
+            assert_ne!(src[..3], node[..3]);
+            assert_eq!(src[3], 128);
+        }
+    }
 
     #[test]
     fn gc_fields_are_found_by_name_whatever_their_place() {
