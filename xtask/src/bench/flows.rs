@@ -458,6 +458,9 @@ fn spoofed_sources(node_ip: Ipv4Addr) -> Ipv4Addr {
 fn flood_node(lab: &Lab, plan: &Plan, samples: &mut Vec<Value>, i: usize) -> Result<()> {
     check_stop()?;
     let node = &lab.nodes[i];
+    let kernel_before = (node.dataplane != "ebpf")
+        .then(|| quiet_conntrack(&node.netns))
+        .flatten();
     let world = lab.client_runner();
     let container = lab.runner_in(node.bench_netns.as_ref().context("bench netns")?);
     let bench_ip = node.bench_ip.context("bench address")?;
@@ -538,6 +541,7 @@ fn flood_node(lab: &Lab, plan: &Plan, samples: &mut Vec<Value>, i: usize) -> Res
     let mut v = json!({
         "held": held,
         "survived": survived,
+        "kernel_conntrack_before": kernel_before,
         "held_published": {"opened": held_in.0, "survived": held_in.1},
         "held_egress": {"opened": held_out.0, "survived": held_out.1},
         "syn_flood": syn,
@@ -549,6 +553,21 @@ fn flood_node(lab: &Lab, plan: &Plan, samples: &mut Vec<Value>, i: usize) -> Res
     }
     samples.push(sample("flood", node.dataplane, 0, v));
     Ok(())
+}
+
+/// Waits (at most 45 s) until the kernel's conntrack table of a node namespace holds fewer
+/// than 65,536 entries, and returns its count: conntrack-scale leaves it full of unreplied
+/// UDP flows (30 s timeout), and every new flow in a full table first looks for one to evict,
+/// which slowed the flood's sender from ~30,000 to ~2,000 SYNs/s here.
+fn quiet_conntrack(netns: &str) -> Option<u64> {
+    let deadline = Instant::now() + Duration::from_secs(45);
+    loop {
+        let count = nf_conntrack_count(netns)?;
+        if count < 65_536 || Instant::now() >= deadline || STOP.load(Ordering::SeqCst) {
+            return Some(count);
+        }
+        thread::sleep(Duration::from_millis(500));
+    }
 }
 
 /// A `bpfbridge-loadgen hold` under way: [`HELD`] connections opened and now idle.
