@@ -67,6 +67,9 @@ const PROGRAM_BASE: u16 = 40000;
 const OUTSIDE_PORT: u16 = 9000;
 /// The one server of `egress-one`.
 const OUTSIDE_ONE: u8 = 10;
+/// The address the masquerade check talks to: no load goes there, so egress-one's closing
+/// flows never leave it without a source port.
+const OUTSIDE_CHECK: u8 = 11;
 /// The first of the servers of `egress-many` (.64 to .127).
 const OUTSIDE_MANY: u8 = 64;
 const OUTSIDE_MANY_COUNT: u8 = 64;
@@ -765,7 +768,8 @@ impl Lab {
             // The world side plays remote hosts whose frames carry complete checksums.
             nsexec(&world, "ethtool", &["-K", world_if, "tx", "off"])?;
             // The outside servers, and the node's default route to them, as on a real node.
-            let outside: String = std::iter::once(OUTSIDE_ONE)
+            let outside: String = [OUTSIDE_ONE, OUTSIDE_CHECK]
+                .into_iter()
                 .chain(OUTSIDE_MANY..OUTSIDE_MANY + OUTSIDE_MANY_COUNT)
                 .map(|host| {
                     format!(

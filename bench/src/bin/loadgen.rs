@@ -182,6 +182,8 @@ fn handle(mut stream: TcpStream) -> std::io::Result<()> {
         }
         Some(b'E') => {
             stream.write_all(&buf[..n])?;
+            // Held connections sit idle through the bench's flood, up to a minute.
+            stream.set_read_timeout(Some(Duration::from_secs(120)))?;
             thread::spawn(move || -> std::io::Result<()> {
                 let mut buf = [0u8; 64 * 1024];
                 loop {
