@@ -323,6 +323,7 @@ pub fn run(opts: &Options) -> Result<()> {
             "api_timeout_seconds": plan.api_timeout.as_secs_f64(),
             "flood_syns": plan.flood_syns,
             "flood_conntrack_max": flows::FLOOD_CONNTRACK_MAX,
+            "flood_nat_flows_max": flows::FLOOD_NAT_FLOWS_MAX,
             "flood_held_connections": flows::HELD,
         },
         "paths": {

@@ -683,12 +683,13 @@ fn flood_section(results: &Value, md: &mut String) -> Result<()> {
     )?;
     writeln!(
         md,
-        "{} idle connections through the published port (from the world) and {} from the container `bench` to an outside server, then at once: {} SYNs from 128 spoofed sources to the published port, the container opening {} unreplied UDP flows (the ebpf agent runs with `--conntrack-max {}`), and 4 threads opening new connections through the published port. Then every live connection must echo data again. Before an iptables or docker node is flooded, the bench waits (at most 75 s) until the kernel conntrack tables of those nodes hold fewer than 65,536 entries together (conntrack-scale and an earlier flood fill them, which slows the SYN sender fifteenfold).\n",
+        "{} idle connections through the published port (from the world) and {} from the container `bench` to an outside server, then at once: {} SYNs from 128 spoofed sources to the published port, the container opening {} unreplied UDP flows (the ebpf agent runs with `--conntrack-max {} --nat-flows-max {}`), and 4 threads opening new connections through the published port. Then every live connection must echo data again. Before an iptables or docker node is flooded, the bench waits (at most 75 s) until the kernel conntrack tables of those nodes hold fewer than 65,536 entries together (conntrack-scale and an earlier flood fill them, which slows the SYN sender fifteenfold).\n",
         results["plan"]["flood_held_connections"],
         results["plan"]["flood_held_connections"],
         results["plan"]["flood_syns"],
         results["plan"]["flood_conntrack_max"].as_u64().unwrap_or(0) * 2,
         results["plan"]["flood_conntrack_max"],
+        results["plan"]["flood_nat_flows_max"],
     )?;
     writeln!(
         md,

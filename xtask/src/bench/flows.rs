@@ -34,8 +34,11 @@ const SCALE_UDP_IDLE_SECONDS: u64 = 3600;
 /// The ebpf agent's `--conntrack-max` during `flood`: small, so that a container fills it
 /// cheaply.
 pub(super) const FLOOD_CONNTRACK_MAX: u64 = 16_384;
-/// SYNs of the full flood: twice the size of NAT_FLOWS, the table a published port's new
-/// flows go into (dataplane-common's NAT_FLOWS_MAX; no flag sizes it today).
+/// Its `--nat-flows-max`, the table a published port's new flows go into (sized from the
+/// node's memory by default).
+pub(super) const FLOOD_NAT_FLOWS_MAX: u64 = 131_072;
+/// SYNs of the full flood: twice 262,144 (issue 12's flood, the default NAT_FLOWS size on
+/// small nodes), four times the flood's own NAT_FLOWS.
 pub(super) const FLOOD_SYNS: u64 = 2 * 262_144;
 const FLOOD_RATE: u64 = 200_000;
 /// The longest the flood's senders may take, whatever their rate: an iptables node slows
@@ -433,7 +436,12 @@ fn gc_fields(info: &Value) -> Map<String, Value> {
 pub(super) fn flood(lab: &mut Lab, plan: &Plan, samples: &mut Vec<Value>) -> Result<()> {
     lab.nodes[EBPF].restart_fresh(
         &lab.bins,
-        vec!["--conntrack-max".into(), FLOOD_CONNTRACK_MAX.to_string()],
+        vec![
+            "--conntrack-max".into(),
+            FLOOD_CONNTRACK_MAX.to_string(),
+            "--nat-flows-max".into(),
+            FLOOD_NAT_FLOWS_MAX.to_string(),
+        ],
     )?;
     let measured = (|| -> Result<()> {
         lab.check_masquerade(EBPF)?;
