@@ -615,16 +615,25 @@ fn scale_sample<'a>(results: &'a Value, dataplane: &str, flows: u64) -> Option<&
     samples(results, "conntrack-scale").find(|s| s["dataplane"] == dataplane && s["flows"] == flows)
 }
 
-/// The last cleanup pass as the agent's `info` described it, or n/a.
+/// The last cleanup pass as the agent's `info` described it, or n/a: the fields that say
+/// "last" when there are such (the others are totals since the agent began), else all.
 fn fmt_gc(gc: &Value) -> String {
-    match gc.as_object() {
-        Some(fields) if !fields.is_empty() => fields
-            .iter()
-            .map(|(k, v)| format!("{k} = {v}"))
-            .collect::<Vec<_>>()
-            .join(", "),
-        _ => "n/a".into(),
-    }
+    let Some(fields) = gc.as_object().filter(|f| !f.is_empty()) else {
+        return "n/a".into();
+    };
+    let last: Vec<_> = fields
+        .iter()
+        .filter(|(k, _)| k.to_lowercase().contains("last"))
+        .collect();
+    let shown = match last.is_empty() {
+        true => fields.iter().collect(),
+        false => last,
+    };
+    shown
+        .iter()
+        .map(|(k, v)| format!("{k} = {v}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn scale_section(results: &Value, md: &mut String) -> Result<()> {
