@@ -759,6 +759,12 @@ fn flow_targets(results: &Value) -> Vec<(String, String, Option<bool>)> {
     let survival = flood.and_then(|s| Some((s["survived"].as_u64()?, s["held"].as_u64()?)));
     let fresh = flood.map(|s| &s["new_connections"]);
     let fresh_rate = fresh.and_then(|f| f["rate"].as_f64());
+    let fresh_failed: u64 = fresh.map_or(0, |f| {
+        ["refused", "timeout", "reset", "other"]
+            .iter()
+            .filter_map(|k| f["errors"][k].as_u64())
+            .sum()
+    });
     vec![
         (
             "egress-one ≥ 1.0× iptables".into(),
@@ -801,9 +807,13 @@ fn flow_targets(results: &Value) -> Vec<(String, String, Option<bool>)> {
             survival.map(|(s, h)| s == h),
         ),
         (
-            "flood: new connections keep succeeding (ebpf, rate during the flood)".into(),
-            fresh_rate.map_or_else(|| "—".into(), |r| format!("{r:.0}/s")),
-            fresh_rate.map(|r| r > 0.0),
+            "flood: new connections keep succeeding (ebpf, rate during the flood, none failed)"
+                .into(),
+            fresh_rate.map_or_else(
+                || "—".into(),
+                |r| format!("{r:.0}/s, {fresh_failed} failed"),
+            ),
+            fresh_rate.map(|r| r > 0.0 && fresh_failed == 0),
         ),
     ]
 }
@@ -1113,6 +1123,7 @@ mod tests {
             md.contains("| flood: 100% of live connections survive (ebpf) | 64 of 64 | met |"),
             "{md}"
         );
+        assert!(md.contains("| 1000/s, 2 failed | **missed** |"), "{md}");
     }
 
     #[test]
