@@ -621,6 +621,13 @@ fn fmt_gc(gc: &Value) -> String {
     let Some(fields) = gc.as_object().filter(|f| !f.is_empty()) else {
         return "n/a".into();
     };
+    // Right after the agent started (smoke runs) the first pass may not have run.
+    let no_pass = fields
+        .iter()
+        .any(|(k, v)| k.to_lowercase().ends_with("passes") && v.as_u64() == Some(0));
+    if no_pass {
+        return "no pass yet".into();
+    }
     let last: Vec<_> = fields
         .iter()
         .filter(|(k, _)| k.to_lowercase().contains("last"))
