@@ -43,6 +43,9 @@ use serde_json::{Value, json};
 
 use crate::{bench_docker::Dockerd, bench_report, cmd};
 
+mod flows;
+use flows::{conntrack_scale, egress, flood};
+
 /// Everything the bench makes is named `bpfb-bench-PID-...`.
 pub const PREFIX: &str = "bpfb-bench";
 const WORLD_EBPF_IF: &str = "we0";
@@ -56,6 +59,24 @@ const PUBLISHED_UDP: u16 = 8082;
 /// Host ports of the "other" mappings (conn-rate) and of the programming scenario.
 const FILL_BASE: u16 = 20000;
 const PROGRAM_BASE: u16 = 40000;
+/// The outside servers of the egress scenarios: addresses of the world namespace inside each
+/// node's uplink subnet (the host part below), all served by one `bpfbridge-loadgen serve`
+/// on this port. Containers reach them only through their node's masquerade: the world has
+/// no route to the iptables and docker nodes' container subnets, and the server checks the
+/// source it sees ([`Lab::check_masquerade`]).
+const OUTSIDE_PORT: u16 = 9000;
+/// The one server of `egress-one`.
+const OUTSIDE_ONE: u8 = 10;
+/// The address the masquerade check talks to: no load goes there, so egress-one's closing
+/// flows never leave it without a source port.
+const OUTSIDE_CHECK: u8 = 11;
+/// The first of the servers of `egress-many` (.64 to .127).
+const OUTSIDE_MANY: u8 = 64;
+const OUTSIDE_MANY_COUNT: u8 = 64;
+/// Destination ports of conntrack-scale's UDP flows, on each of the egress-many addresses:
+/// 64 x 16 destinations, so that no one destination's masquerade ports run short.
+const FLOW_PORT: u16 = 10000;
+const FLOW_PORTS: u16 = 16;
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
 
 static STOP: AtomicBool = AtomicBool::new(false);
@@ -85,13 +106,20 @@ fn check_stop() -> Result<()> {
 /// The scenarios, in the order they run.
 /// `restart` comes before `connrate`, whose other mappings (in iptables mode loaded behind
 /// the agent's back) a restarted iptables agent would first remove, one rule at a time.
-pub const SCENARIOS: [&str; 6] = [
+/// The egress scenarios come before `connrate` too, so that they run without its mappings;
+/// `conntrack-scale` and `flood` come last: they restart the ebpf agent on tables of their
+/// own size.
+pub const SCENARIOS: [&str; 10] = [
     "programming",
     "latency",
     "udp",
     "bulk",
     "restart",
+    "egress-one",
+    "egress-many",
     "connrate",
+    "conntrack-scale",
+    "flood",
 ];
 
 #[derive(Clone, Debug)]
@@ -120,6 +148,16 @@ struct Plan {
     /// The longest the iptables dataplane may be expected to take for one programming point.
     program_budget: Duration,
     restart_seconds: f64,
+    /// Seconds and repetitions per egress point.
+    egress_seconds: f64,
+    egress_reps: usize,
+    /// conntrack-scale: the flow counts, how long the API is sampled at each, and the
+    /// longest one API call may take.
+    scale_flows: Vec<u64>,
+    scale_window: Duration,
+    api_timeout: Duration,
+    /// SYNs of the flood scenario.
+    flood_syns: u64,
 }
 
 impl Plan {
@@ -135,6 +173,12 @@ impl Plan {
                 program: vec![10],
                 program_budget: Duration::from_secs(10),
                 restart_seconds: 2.0,
+                egress_seconds: 1.0,
+                egress_reps: 1,
+                scale_flows: vec![1000],
+                scale_window: Duration::from_millis(500),
+                api_timeout: Duration::from_secs(5),
+                flood_syns: 8192,
             }
         } else if opts.quick {
             Plan {
@@ -147,6 +191,12 @@ impl Plan {
                 program: vec![100, 1000],
                 program_budget: Duration::from_secs(60),
                 restart_seconds: 4.0,
+                egress_seconds: 10.0,
+                egress_reps: 3,
+                scale_flows: vec![10_000, 100_000, 262_144],
+                scale_window: Duration::from_secs(3),
+                api_timeout: Duration::from_secs(10),
+                flood_syns: flows::FLOOD_SYNS,
             }
         } else {
             Plan {
@@ -159,6 +209,13 @@ impl Plan {
                 program: vec![100, 1000, 10000],
                 program_budget: Duration::from_secs(300),
                 restart_seconds: 6.0,
+                // 30 s points, 3 repetitions: 5 would add 7 minutes per path.
+                egress_seconds: 30.0,
+                egress_reps: 3,
+                scale_flows: vec![10_000, 100_000, 262_144],
+                scale_window: Duration::from_secs(10),
+                api_timeout: Duration::from_secs(10),
+                flood_syns: flows::FLOOD_SYNS,
             }
         }
     }
@@ -213,6 +270,10 @@ pub fn run(opts: &Options) -> Result<()> {
                 "bulk" => bulk(lab, &plan, samples)?,
                 "connrate" => connrate(lab, &plan, samples)?,
                 "restart" => restart(lab, &plan, samples)?,
+                "egress-one" => egress(lab, &plan, samples, "egress-one", 1)?,
+                "egress-many" => egress(lab, &plan, samples, "egress-many", OUTSIDE_MANY_COUNT)?,
+                "conntrack-scale" => conntrack_scale(lab, &plan, samples, &mut notes)?,
+                "flood" => flood(lab, &plan, samples)?,
                 _ => unreachable!(),
             }
             eprintln!(
@@ -255,6 +316,15 @@ pub fn run(opts: &Options) -> Result<()> {
             "other_mappings": plan.fill,
             "programming_n": plan.program,
             "restart_seconds": plan.restart_seconds,
+            "egress_seconds": plan.egress_seconds,
+            "egress_reps": plan.egress_reps,
+            "scale_flows": plan.scale_flows,
+            "scale_window_seconds": plan.scale_window.as_secs_f64(),
+            "api_timeout_seconds": plan.api_timeout.as_secs_f64(),
+            "flood_syns": plan.flood_syns,
+            "flood_conntrack_max": flows::FLOOD_CONNTRACK_MAX,
+            "flood_nat_flows_max": flows::FLOOD_NAT_FLOWS_MAX,
+            "flood_held_connections": flows::HELD,
         },
         "paths": {
             "ebpf": "198.51.100.2 -> 198.51.100.1:8080, XDP translation",
@@ -262,6 +332,13 @@ pub fn run(opts: &Options) -> Result<()> {
             "direct": "198.51.100.3 -> the ebpf container's address:80, routed, no translation",
             "docker": with_docker.then_some(
                 "192.0.2.2 -> 192.0.2.1:8080, dockerd 20.10's own rules (DNAT), --userland-proxy=false"
+            ),
+            "egress": format!(
+                "the node's container `bench` -> outside servers in the world namespace, \
+                 NODE_SUBNET.{OUTSIDE_ONE}:{OUTSIDE_PORT} (egress-one) or NODE_SUBNET.{OUTSIDE_MANY}-.{}:{OUTSIDE_PORT} \
+                 (egress-many), through the node's masquerade (ebpf: the TC program; iptables: Docker's \
+                 MASQUERADE rule; docker: dockerd's)",
+                OUTSIDE_MANY + OUTSIDE_MANY_COUNT - 1
             ),
         },
         "machine": facts,
@@ -381,6 +458,8 @@ struct Node {
     pin_dir: PathBuf,
     cgroup: PathBuf,
     agent: Option<Child>,
+    /// Agent flags of the scenario running, on top of the bench's.
+    agent_args: Vec<String>,
     dockerd: Option<Dockerd>,
     /// The measured container: its address and namespace, and its server.
     bench_ip: Option<Ipv4Addr>,
@@ -394,6 +473,12 @@ struct Node {
 impl Node {
     fn socket(&self) -> PathBuf {
         self.dir.join("bpfbridge.sock")
+    }
+
+    /// An address of the world namespace in this node's uplink subnet.
+    fn outside(&self, host: u8) -> Ipv4Addr {
+        let [a, b, c, _] = self.node_ip.octets();
+        Ipv4Addr::new(a, b, c, host)
     }
 
     fn netns_dir(&self) -> PathBuf {
@@ -422,9 +507,8 @@ impl Node {
             .arg("--socket")
             .arg(self.socket())
             .args(["agent", "--uplink", UPLINK, "--dataplane", self.dataplane])
-            // Without masquerade: with it, the ebpf dataplane masquerades the replies of
-            // connections routed straight to a container, which breaks the direct path.
-            .args(["--bip", self.bip, "--ip-masq=false", "--state-dir"])
+            // Masquerade stays on (the default), as users run it: egress needs it.
+            .args(["--bip", self.bip, "--state-dir"])
             .arg(self.dir.join("state"))
             .arg("--pin-dir")
             .arg(&self.pin_dir)
@@ -432,6 +516,7 @@ impl Node {
             .arg(self.netns_dir())
             .arg("--cgroup")
             .arg(&self.cgroup)
+            .args(&self.agent_args)
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
@@ -552,6 +637,8 @@ struct Lab {
     /// Every namespace this lab added, deleted on teardown.
     namespaces: Vec<String>,
     nodes: Vec<Node>,
+    /// The server of the egress scenarios, in the world namespace.
+    outside_server: Option<Child>,
     _dir: tempfile::TempDir,
     pin: bool,
 }
@@ -575,6 +662,7 @@ impl Lab {
                 pin_dir: PathBuf::from("/sys/fs/bpf").join(&name),
                 cgroup: cgroot.join(&name),
                 agent: None,
+                agent_args: Vec::new(),
                 dockerd: None,
                 bench_ip: None,
                 bench_netns: None,
@@ -617,6 +705,7 @@ impl Lab {
             world: format!("{prefix}-world"),
             namespaces: Vec::new(),
             nodes,
+            outside_server: None,
             _dir: dir,
             pin: thread::available_parallelism()
                 .map(|n| n.get())
@@ -679,6 +768,22 @@ impl Lab {
             ip(&world, &["link", "set", world_if, "up"])?;
             // The world side plays remote hosts whose frames carry complete checksums.
             nsexec(&world, "ethtool", &["-K", world_if, "tx", "off"])?;
+            // The outside servers, and the node's default route to them, as on a real node.
+            let outside: String = [OUTSIDE_ONE, OUTSIDE_CHECK]
+                .into_iter()
+                .chain(OUTSIDE_MANY..OUTSIDE_MANY + OUTSIDE_MANY_COUNT)
+                .map(|host| {
+                    format!(
+                        "addr add {}/32 dev {world_if}\n",
+                        self.nodes[i].outside(host)
+                    )
+                })
+                .collect();
+            ip_batch(&world, &outside)?;
+            ip(
+                &netns,
+                &["route", "add", "default", "via", &client_ip.to_string()],
+            )?;
             let n = &mut self.nodes[i];
             fs::create_dir_all(&n.dir)?;
             if n.dataplane != "docker" {
@@ -699,6 +804,7 @@ impl Lab {
             self.nodes[i].start(&self.bins)?;
             self.create_bench(i)?;
         }
+        self.outside_server = Some(self.start_server(&netns_path(&world), OUTSIDE_PORT, None)?);
         Ok(())
     }
 
@@ -743,7 +849,8 @@ impl Lab {
             .arg(format!("--net={}", netns.display()))
             .args(self.taskset(1))
             .arg(&self.bins.loadgen)
-            .args(["serve", "--tcp", &tcp.to_string(), "--seconds", "1800"]);
+            // The loadgen's longest: a full run with Docker nears half an hour.
+            .args(["serve", "--tcp", &tcp.to_string(), "--seconds", "3600"]);
         if let Some(udp) = udp {
             command.args(["--udp", &udp.to_string()]);
         }
@@ -771,8 +878,13 @@ impl Lab {
     }
 
     fn client_runner(&self) -> ClientRunner {
+        self.runner_in(&netns_path(&self.world))
+    }
+
+    /// The load generator in another namespace (a container's), pinned to CPU 0 likewise.
+    fn runner_in(&self, netns: &Path) -> ClientRunner {
         ClientRunner {
-            world: self.world.clone(),
+            netns: netns.to_path_buf(),
             loadgen: self.bins.loadgen.clone(),
             taskset: self.taskset(0),
         }
@@ -858,6 +970,9 @@ impl Lab {
 
     fn teardown(&mut self) -> Result<()> {
         let mut errors = Vec::new();
+        if let Some(server) = self.outside_server.take() {
+            stop_child(server);
+        }
         for node in &mut self.nodes {
             if let Some(server) = node.server.take() {
                 stop_child(server);
@@ -926,9 +1041,9 @@ fn fill_rules(dataplane: &str, ip: Ipv4Addr, ports: std::ops::RangeInclusive<usi
     format!("{nat}COMMIT\n{filter}COMMIT\n")
 }
 
-/// Runs the load generator in the world namespace.
+/// Runs the load generator in a namespace, the world's unless said otherwise.
 struct ClientRunner {
-    world: String,
+    netns: PathBuf,
     loadgen: PathBuf,
     taskset: Vec<String>,
 }
@@ -937,7 +1052,7 @@ impl ClientRunner {
     fn run(&self, args: &[String], seconds: f64) -> Result<Value> {
         let out = cmd::output_timeout(
             Command::new("nsenter")
-                .arg(format!("--net={}", netns_path(&self.world).display()))
+                .arg(format!("--net={}", self.netns.display()))
                 .args(&self.taskset)
                 .arg(&self.loadgen)
                 .args(args),
@@ -949,6 +1064,23 @@ impl ClientRunner {
 
 fn ip(netns: &str, args: &[&str]) -> Result<()> {
     cmd::output(Command::new("ip").arg("-n").arg(netns).args(args)).map(drop)
+}
+
+/// `ip -n NETNS -batch -`: many commands, one process.
+fn ip_batch(netns: &str, commands: &str) -> Result<()> {
+    let mut child = cmd::spawn(
+        Command::new("ip")
+            .args(["-n", netns, "-batch", "-"])
+            .stdin(Stdio::piped()),
+    )?;
+    child
+        .stdin
+        .take()
+        .context("stdin")?
+        .write_all(commands.as_bytes())?;
+    let status = child.wait()?;
+    ensure!(status.success(), "ip -n {netns} -batch failed ({status})");
+    Ok(())
 }
 
 /// A program in a namespace we made (`ip netns exec`).
@@ -999,17 +1131,7 @@ fn connrate(lab: &mut Lab, plan: &Plan, samples: &mut Vec<Value>) -> Result<()> 
                 let (from, to) = lab.path(path, true);
                 let mut args = path_args("connrate", from, to, plan.connrate_seconds);
                 args.extend(["--concurrency".into(), plan.concurrency.to_string()]);
-                let (busy0, _) = cpu_ticks();
-                let mut v = lab.client(&args, plan.connrate_seconds)?;
-                let (busy1, _) = cpu_ticks();
-                let conns = v["connections"].as_f64().unwrap_or(0.0);
-                let cpu_s = (busy1 - busy0) as f64 / ticks_per_second();
-                v["cpu_seconds"] = json!(cpu_s);
-                v["cpu_us_per_connection"] = json!(if conns > 0.0 {
-                    cpu_s * 1e6 / conns
-                } else {
-                    0.0
-                });
+                let mut v = with_cpu_per_connection(|| lab.client(&args, plan.connrate_seconds))?;
                 v["other_mappings"] = json!(n);
                 eprintln!(
                     "bench: connrate n={n} {path}: {:.0}/s",
@@ -1020,6 +1142,23 @@ fn connrate(lab: &mut Lab, plan: &Plan, samples: &mut Vec<Value>) -> Result<()> 
         }
     }
     Ok(())
+}
+
+/// Runs a conn-rate load and adds the CPU time of the whole machine per connection it made
+/// (from /proc/stat: on veth the kernel work of a packet runs on the sending CPU).
+fn with_cpu_per_connection(run: impl FnOnce() -> Result<Value>) -> Result<Value> {
+    let (busy0, _) = cpu_ticks();
+    let mut v = run()?;
+    let (busy1, _) = cpu_ticks();
+    let conns = v["connections"].as_f64().unwrap_or(0.0);
+    let cpu_s = (busy1 - busy0) as f64 / ticks_per_second();
+    v["cpu_seconds"] = json!(cpu_s);
+    v["cpu_us_per_connection"] = json!(if conns > 0.0 {
+        cpu_s * 1e6 / conns
+    } else {
+        0.0
+    });
+    Ok(v)
 }
 
 fn latency(lab: &mut Lab, plan: &Plan, samples: &mut Vec<Value>) -> Result<()> {
@@ -1055,6 +1194,11 @@ fn bulk(lab: &mut Lab, plan: &Plan, samples: &mut Vec<Value>) -> Result<()> {
 /// UDP datagrams that reached the container's UDP layer (`InDatagrams + InErrors` of its
 /// /proc/net/snmp: queued to the socket, or dropped there for want of buffer).
 fn udp_arrived(netns: &Path) -> Result<u64> {
+    udp_counters(netns, &["InDatagrams", "InErrors"])
+}
+
+/// The sum of counters `keys` of the `Udp:` lines of a namespace's /proc/net/snmp.
+fn udp_counters(netns: &Path, keys: &[&str]) -> Result<u64> {
     let text = cmd::output(
         Command::new("nsenter")
             .arg(format!("--net={}", netns.display()))
@@ -1069,7 +1213,7 @@ fn udp_arrived(netns: &Path) -> Result<u64> {
         let i = names.split_whitespace().position(|w| w == key)?;
         values.split_whitespace().nth(i)?.parse().ok()
     };
-    Ok(get("InDatagrams").unwrap_or(0) + get("InErrors").unwrap_or(0))
+    Ok(keys.iter().map(|k| get(k).unwrap_or(0)).sum())
 }
 
 fn udp(lab: &mut Lab, plan: &Plan, samples: &mut Vec<Value>) -> Result<()> {

@@ -377,6 +377,10 @@ pub fn write(results: &Value, dir: &Path) -> Result<()> {
         writeln!(md)?;
     }
 
+    egress_section(results, &mut md)?;
+    scale_section(results, &mut md)?;
+    flood_section(results, &mut md)?;
+
     // Targets.
     writeln!(md, "## Targets of the ebpf dataplane\n")?;
     writeln!(md, "| target | measured | |")?;
@@ -407,7 +411,7 @@ pub fn write(results: &Value, dir: &Path) -> Result<()> {
             .filter_map(|k| s["errors"][k].as_u64())
             .sum()
     });
-    let rows: Vec<(String, String, Option<bool>)> = vec![
+    let mut rows: Vec<(String, String, Option<bool>)> = vec![
         (
             format!(
                 "conn rate with {} other mappings ≥ 10× iptables",
@@ -460,6 +464,7 @@ pub fn write(results: &Value, dir: &Path) -> Result<()> {
             restart_errors.map(|e| e == 0),
         ),
     ];
+    rows.extend(flow_targets(results));
     for (target, measured, met) in rows {
         writeln!(md, "| {target} | {measured} | {} |", verdict(met))?;
     }
@@ -487,7 +492,7 @@ pub fn write(results: &Value, dir: &Path) -> Result<()> {
     )?;
     writeln!(
         md,
-        "- Both agents run with `--ip-masq=false`: with masquerade on, the ebpf dataplane masquerades the replies of connections routed straight to a container's address (the direct path), which then fail."
+        "- Both agents run with masquerade on (`--ip-masq`'s default), as users run them; the egress scenarios need it, and the published-port paths do not go through it."
     )?;
     writeln!(
         md,
@@ -512,6 +517,312 @@ pub fn write(results: &Value, dir: &Path) -> Result<()> {
     }
     fs::write(dir.join("report.md"), md)?;
     Ok(())
+}
+
+/// The egress scenarios and the paths they run on (every node; `direct` has no egress).
+const EGRESS: [&str; 2] = ["egress-one", "egress-many"];
+const EGRESS_PATHS: [&str; 3] = ["ebpf", "iptables", DOCKER];
+
+/// Failed connections of a scenario's samples on one path, by kind (refused, timeout, reset,
+/// other) and in all.
+fn failures(results: &Value, scenario: &str, dataplane: &str) -> ([u64; 4], u64) {
+    let mut kinds = [0u64; 4];
+    for s in samples(results, scenario).filter(|s| s["dataplane"] == dataplane) {
+        for (n, k) in kinds
+            .iter_mut()
+            .zip(["refused", "timeout", "reset", "other"])
+        {
+            *n += s["errors"][k].as_u64().unwrap_or(0);
+        }
+    }
+    (kinds, kinds.iter().sum())
+}
+
+/// The drop counters that grew during a scenario's samples on one path, summed, as
+/// `name +N` (ebpf: its own counters; `—` for others).
+fn drops(results: &Value, scenario: &str, dataplane: &str) -> String {
+    let mut sum: std::collections::BTreeMap<String, u64> = Default::default();
+    for s in samples(results, scenario).filter(|s| s["dataplane"] == dataplane) {
+        for (name, n) in s["drops"].as_object().into_iter().flatten() {
+            *sum.entry(name.clone()).or_default() += n.as_u64().unwrap_or(0);
+        }
+    }
+    match sum.is_empty() {
+        true => "—".into(),
+        false => sum
+            .iter()
+            .map(|(name, n)| format!("`{name}` +{n}"))
+            .collect::<Vec<_>>()
+            .join(", "),
+    }
+}
+
+fn egress_section(results: &Value, md: &mut String) -> Result<()> {
+    if !EGRESS
+        .iter()
+        .any(|sc| samples(results, sc).next().is_some())
+    {
+        return Ok(());
+    }
+    writeln!(
+        md,
+        "## Egress (new TCP connections/s from a container to outside servers, through masquerade)\n"
+    )?;
+    writeln!(
+        md,
+        "{} s per point, {} repetitions, {} client threads in the node's container `bench`: connect, 1 request, 1 response, the outside server closes first. egress-one: one server address; egress-many: 64, one after the other. Failed connections are summed over all repetitions.\n",
+        results["plan"]["egress_seconds"],
+        results["plan"]["egress_reps"],
+        results["plan"]["concurrency"]
+    )?;
+    writeln!(
+        md,
+        "| scenario | path | conn/s | vs iptables | failed | refused / timed out / reset / other | CPU µs/conn | drop counters that grew |"
+    )?;
+    writeln!(md, "|---|---|---|---|---|---|---|---|")?;
+    for sc in EGRESS {
+        let rate = |dp: &str| metric(results, sc, dp, "rate", |_| true);
+        for dp in EGRESS_PATHS {
+            if samples(results, sc).all(|s| s["dataplane"] != dp) {
+                continue;
+            }
+            let ([r, t, x, o], failed) = failures(results, sc, dp);
+            writeln!(
+                md,
+                "| {sc} | {dp} | {} | {} | {failed} | {r} / {t} / {x} / {o} | {} | {} |",
+                fmt_spread(rate(dp), 0),
+                fmt_ratio(ratio(rate(dp), rate("iptables"))),
+                fmt_spread(
+                    metric(results, sc, dp, "cpu_us_per_connection", |_| true),
+                    1
+                ),
+                drops(results, sc, dp),
+            )?;
+        }
+    }
+    writeln!(md)?;
+    Ok(())
+}
+
+/// The flow counts conntrack-scale measured, in increasing order.
+fn scale_points(results: &Value) -> BTreeSet<u64> {
+    samples(results, "conntrack-scale")
+        .filter_map(|s| s["flows"].as_u64())
+        .collect()
+}
+
+fn scale_sample<'a>(results: &'a Value, dataplane: &str, flows: u64) -> Option<&'a Value> {
+    samples(results, "conntrack-scale").find(|s| s["dataplane"] == dataplane && s["flows"] == flows)
+}
+
+/// The last cleanup pass as the agent's `info` described it, or n/a: the fields that say
+/// "last" when there are such (the others are totals since the agent began), else all.
+fn fmt_gc(gc: &Value) -> String {
+    let Some(fields) = gc.as_object().filter(|f| !f.is_empty()) else {
+        return "n/a".into();
+    };
+    // Right after the agent started (smoke runs) the first pass may not have run.
+    let no_pass = fields
+        .iter()
+        .any(|(k, v)| k.to_lowercase().ends_with("passes") && v.as_u64() == Some(0));
+    if no_pass {
+        return "no pass yet".into();
+    }
+    let last: Vec<_> = fields
+        .iter()
+        .filter(|(k, _)| k.to_lowercase().contains("last"))
+        .collect();
+    let shown = match last.is_empty() {
+        true => fields.iter().collect(),
+        false => last,
+    };
+    shown
+        .iter()
+        .map(|(k, v)| format!("{k} = {v}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn scale_section(results: &Value, md: &mut String) -> Result<()> {
+    let points = scale_points(results);
+    if points.is_empty() {
+        return Ok(());
+    }
+    writeln!(
+        md,
+        "## conntrack-scale (a read-only API call, `GET /networks`, with N masqueraded flows in the table)\n"
+    )?;
+    writeln!(
+        md,
+        "The container `bench` opens N UDP flows to outside addresses (one datagram each); then the call is timed back to back for {} s. A call is given up after {} s (its time then counts as that, a lower bound). The ebpf agent runs on a fresh table sized for the largest point, with a UDP idle timeout longer than the scenario; the iptables node's flows are in the kernel's conntrack (its agent keeps none; unreplied UDP lives 30 s there).\n",
+        results["plan"]["scale_window_seconds"], results["plan"]["api_timeout_seconds"]
+    )?;
+    writeln!(
+        md,
+        "| dataplane | flows | reached the world | kernel conntrack count | fill (s) | calls | p50 (ms) | p99 (ms) | max (ms) | timed out | last cleanup pass (agent's `info`) |"
+    )?;
+    writeln!(md, "|---|---|---|---|---|---|---|---|---|---|---|")?;
+    for dp in ["ebpf", "iptables"] {
+        for &n in &points {
+            let Some(s) = scale_sample(results, dp, n) else {
+                continue;
+            };
+            let api = &s["api"];
+            let num = |v: &Value| v.as_u64().map_or_else(|| "—".into(), |n| n.to_string());
+            writeln!(
+                md,
+                "| {dp} | {n} | {} | {} | {:.1} | {} | {:.1} | {:.1} | {:.1} | {} | {} |",
+                num(&s["flows_reached_world"]),
+                num(&s["kernel_conntrack_count"]),
+                s["fill_seconds"].as_f64().unwrap_or(0.0),
+                num(&api["calls"]),
+                api["p50_ms"].as_f64().unwrap_or(0.0),
+                api["p99_ms"].as_f64().unwrap_or(0.0),
+                api["max_ms"].as_f64().unwrap_or(0.0),
+                num(&api["timeouts"]),
+                fmt_gc(&s["gc"]),
+            )?;
+        }
+    }
+    writeln!(md, "\n![conntrack-scale](conntrack_scale.png)\n")?;
+    Ok(())
+}
+
+fn flood_section(results: &Value, md: &mut String) -> Result<()> {
+    let floods: Vec<&Value> = samples(results, "flood").collect();
+    if floods.is_empty() {
+        return Ok(());
+    }
+    writeln!(
+        md,
+        "## Flood (live connections through a SYN flood to the published port and a container filling the flow table)\n"
+    )?;
+    writeln!(
+        md,
+        "{} idle connections through the published port (from the world) and {} from the container `bench` to an outside server, then at once: {} SYNs from 128 spoofed sources to the published port, the container opening {} unreplied UDP flows (the ebpf agent runs with `--conntrack-max {} --nat-flows-max {}`), and 4 threads opening new connections through the published port. Then every live connection must echo data again. Before an iptables or docker node is flooded, the bench waits (at most 75 s) until the kernel conntrack tables of those nodes hold fewer than 65,536 entries together (conntrack-scale and an earlier flood fill them, which slows the SYN sender fifteenfold).\n",
+        results["plan"]["flood_held_connections"],
+        results["plan"]["flood_held_connections"],
+        results["plan"]["flood_syns"],
+        results["plan"]["flood_conntrack_max"].as_u64().unwrap_or(0) * 2,
+        results["plan"]["flood_conntrack_max"],
+        results["plan"]["flood_nat_flows_max"],
+    )?;
+    writeln!(
+        md,
+        "| path | live connections survived (published / egress) | new conn/s during the flood | new connections failed | SYNs sent (s) | UDP flows sent | drop counters that grew |"
+    )?;
+    writeln!(md, "|---|---|---|---|---|---|---|")?;
+    for s in floods {
+        let fresh = &s["new_connections"];
+        let failed: u64 = ["refused", "timeout", "reset", "other"]
+            .iter()
+            .filter_map(|k| fresh["errors"][k].as_u64())
+            .sum();
+        writeln!(
+            md,
+            "| {} | {} of {} ({} / {}) | {:.0} | {failed} | {} ({:.1}) | {} | {} |",
+            s["dataplane"].as_str().unwrap_or("?"),
+            s["survived"],
+            s["held"],
+            s["held_published"]["survived"],
+            s["held_egress"]["survived"],
+            fresh["rate"].as_f64().unwrap_or(0.0),
+            s["syn_flood"]["sent"],
+            s["syn_flood"]["seconds"].as_f64().unwrap_or(0.0),
+            s["udp_flows"]["sent"],
+            drops(results, "flood", s["dataplane"].as_str().unwrap_or("")),
+        )?;
+    }
+    writeln!(md)?;
+    Ok(())
+}
+
+/// The targets of issue 12 that the egress, conntrack-scale and flood scenarios measure.
+fn flow_targets(results: &Value) -> Vec<(String, String, Option<bool>)> {
+    let rate = |sc: &str, dp: &str| metric(results, sc, dp, "rate", |_| true);
+    let cpu = |sc: &str, dp: &str| metric(results, sc, dp, "cpu_us_per_connection", |_| true);
+    let one = ratio(rate("egress-one", "ebpf"), rate("egress-one", "iptables"));
+    let many = ratio(rate("egress-many", "ebpf"), rate("egress-many", "iptables"));
+    let ran = samples(results, "egress-one").any(|s| s["dataplane"] == "ebpf");
+    let (_, failed) = failures(results, "egress-one", "ebpf");
+    let failed = ran.then_some(failed);
+    let cpu_cell = |sc: &str| {
+        let (e, i) = (cpu(sc, "ebpf"), cpu(sc, "iptables"));
+        let text = match (e, i) {
+            (Some(e), Some(i)) => format!("{:.1} / {:.1} µs", e.median, i.median),
+            _ => "—".into(),
+        };
+        (text, e.zip(i).map(|(e, i)| e.median <= i.median))
+    };
+    let (cpu_one, cpu_one_met) = cpu_cell("egress-one");
+    let (cpu_many, cpu_many_met) = cpu_cell("egress-many");
+    let largest = scale_points(results).last().copied();
+    let api = largest
+        .and_then(|n| scale_sample(results, "ebpf", n))
+        .map(|s| &s["api"]);
+    let api_ms = |key: &str| api.and_then(|a| a[key].as_f64());
+    let flows = largest.unwrap_or(0);
+    let flood = samples(results, "flood").find(|s| s["dataplane"] == "ebpf");
+    let survival = flood.and_then(|s| Some((s["survived"].as_u64()?, s["held"].as_u64()?)));
+    let fresh = flood.map(|s| &s["new_connections"]);
+    let fresh_rate = fresh.and_then(|f| f["rate"].as_f64());
+    let fresh_failed: u64 = fresh.map_or(0, |f| {
+        ["refused", "timeout", "reset", "other"]
+            .iter()
+            .filter_map(|k| f["errors"][k].as_u64())
+            .sum()
+    });
+    vec![
+        (
+            "egress-one ≥ 1.0× iptables".into(),
+            fmt_ratio(one),
+            one.map(|r| r >= 1.0),
+        ),
+        (
+            "egress-one: 0 failed connections (ebpf, every repetition)".into(),
+            failed.map_or_else(|| "—".into(), |f| f.to_string()),
+            failed.map(|f| f == 0),
+        ),
+        (
+            "egress-many ≥ 1.2× iptables".into(),
+            fmt_ratio(many),
+            many.map(|r| r >= 1.2),
+        ),
+        (
+            "egress-one CPU per connection ≤ iptables (ebpf / iptables)".into(),
+            cpu_one,
+            cpu_one_met,
+        ),
+        (
+            "egress-many CPU per connection ≤ iptables (ebpf / iptables)".into(),
+            cpu_many,
+            cpu_many_met,
+        ),
+        (
+            format!("conntrack-scale: API p99 ≤ 20 ms with {flows} flows (262,144 in the target)"),
+            api_ms("p99_ms").map_or_else(|| "—".into(), |v| format!("{v:.1} ms")),
+            api_ms("p99_ms").map(|v| v <= 20.0),
+        ),
+        (
+            format!("conntrack-scale: API max ≤ 100 ms with {flows} flows (262,144 in the target)"),
+            api_ms("max_ms").map_or_else(|| "—".into(), |v| format!("{v:.1} ms")),
+            api_ms("max_ms").map(|v| v <= 100.0),
+        ),
+        (
+            "flood: 100% of live connections survive (ebpf)".into(),
+            survival.map_or_else(|| "—".into(), |(s, h)| format!("{s} of {h}")),
+            survival.map(|(s, h)| s == h),
+        ),
+        (
+            "flood: new connections keep succeeding (ebpf, rate during the flood, none failed)"
+                .into(),
+            fresh_rate.map_or_else(
+                || "—".into(),
+                |r| format!("{r:.0}/s, {fresh_failed} failed"),
+            ),
+            fresh_rate.map(|r| r > 0.0 && fresh_failed == 0),
+        ),
+    ]
 }
 
 /// Registers DejaVu Sans for the plots' text, if the machine has it.
@@ -676,6 +987,36 @@ fn plots(results: &Value, dir: &Path) -> Result<()> {
     )
     .context("programming.png")?;
 
+    let points = scale_points(results);
+    let series: Series = ["ebpf", "iptables"]
+        .iter()
+        .flat_map(|dp| {
+            [("p99_ms", "p99"), ("max_ms", "max")].map(|(key, what)| {
+                let pts = points
+                    .iter()
+                    .filter_map(|&n| {
+                        let ms = scale_sample(results, dp, n)?["api"][key].as_f64()?;
+                        Some((n as f64, ms))
+                    })
+                    .collect();
+                let mut c = color(dp);
+                if what == "max" {
+                    c = RGBColor(c.0 / 2 + 0x60, c.1 / 2 + 0x60, c.2 / 2 + 0x60);
+                }
+                (format!("{dp} {what}"), c, pts)
+            })
+        })
+        .collect();
+    line_plot(
+        &dir.join("conntrack_scale.png"),
+        "Read-only API call (GET /networks) with N flows in the table",
+        "flows in the table (N)",
+        "ms",
+        &series,
+        true,
+    )
+    .context("conntrack_scale.png")?;
+
     // Latency percentiles: x = 50, 99, 99.9 as "nines" positions 1, 2, 3.
     let series: Series = paths(results)
         .iter()
@@ -735,6 +1076,61 @@ mod tests {
             !md.contains("docker"),
             "no docker column without docker samples"
         );
+    }
+
+    #[test]
+    fn flow_scenarios_side_by_side_with_their_targets() {
+        let dir = tempfile::tempdir().unwrap();
+        let results = serde_json::json!({
+            "mode": "quick", "duration_seconds": 1.0,
+            "machine": {"kernel": "6.x", "cpus": 2},
+            "plan": {"egress_seconds": 10, "egress_reps": 1, "concurrency": 16,
+                     "scale_window_seconds": 3, "api_timeout_seconds": 10,
+                     "flood_syns": 100, "flood_conntrack_max": 16, "flood_held_connections": 32},
+            "paths": {}, "notes": [],
+            "samples": [
+                {"scenario": "egress-one", "dataplane": "ebpf", "rate": 400.0, "cpu_us_per_connection": 900.0,
+                 "errors": {"timeout": 150}, "drops": {"container_ingress.drop.nat_exhausted": 7}},
+                {"scenario": "egress-one", "dataplane": "iptables", "rate": 4000.0, "cpu_us_per_connection": 200.0,
+                 "errors": {"timeout": 0}},
+                {"scenario": "egress-many", "dataplane": "ebpf", "rate": 6000.0, "cpu_us_per_connection": 100.0},
+                {"scenario": "egress-many", "dataplane": "iptables", "rate": 4000.0, "cpu_us_per_connection": 200.0},
+                {"scenario": "conntrack-scale", "dataplane": "ebpf", "flows": 262144, "flows_reached_world": 262144,
+                 "fill_seconds": 3.0, "api": {"calls": 1, "p50_ms": 10000.0, "p99_ms": 10000.0, "max_ms": 10000.0, "timeouts": 1},
+                 "gc": {"Conntrack.LastGc.DurationMs": 12}},
+                {"scenario": "flood", "dataplane": "ebpf", "held": 64, "survived": 64,
+                 "held_published": {"survived": 32}, "held_egress": {"survived": 32},
+                 "syn_flood": {"sent": 100, "seconds": 1.0}, "udp_flows": {"sent": 32},
+                 "new_connections": {"rate": 1000.0, "errors": {"timeout": 2}}},
+            ],
+        });
+        write(&results, dir.path()).unwrap();
+        let md = fs::read_to_string(dir.path().join("report.md")).unwrap();
+        assert!(
+            md.contains("| egress-one | ebpf | 400 | 0.10× | 150 | 0 / 150 / 0 / 0 | 900.0 | `container_ingress.drop.nat_exhausted` +7 |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| egress-many ≥ 1.2× iptables | 1.50× | met |"),
+            "{md}"
+        );
+        assert!(
+            md.contains(
+                "| egress-one: 0 failed connections (ebpf, every repetition) | 150 | **missed** |"
+            ),
+            "{md}"
+        );
+        assert!(md.contains("Conntrack.LastGc.DurationMs = 12"), "{md}");
+        assert!(md.contains("API p99 ≤ 20 ms with 262144 flows (262,144 in the target) | 10000.0 ms | **missed** |"), "{md}");
+        assert!(
+            md.contains("| ebpf | 64 of 64 (32 / 32) | 1000 | 2 |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| flood: 100% of live connections survive (ebpf) | 64 of 64 | met |"),
+            "{md}"
+        );
+        assert!(md.contains("| 1000/s, 2 failed | **missed** |"), "{md}");
     }
 
     #[test]

@@ -54,7 +54,8 @@ enum Task {
         /// A tiny version (seconds) that only checks the harness; writes target/bench-smoke.
         #[arg(long)]
         smoke: bool,
-        /// Only these scenarios (programming, latency, udp, bulk, connrate, restart).
+        /// Only these scenarios (programming, latency, udp, bulk, restart, egress-one, egress-many,
+        /// connrate, conntrack-scale).
         #[arg(long = "scenario", value_name = "NAME")]
         scenarios: Vec<String>,
         /// Also measure real Docker: dockerd 20.10 (docker.io) in a namespace of its own

@@ -2,10 +2,15 @@
 //!
 //! ```text
 //! bpfbridge-loadgen serve    --tcp PORT [--udp PORT] --seconds MAX
-//! bpfbridge-loadgen connrate --to IP:PORT --from IP --seconds S [--concurrency C]
+//! bpfbridge-loadgen connrate --to IP:PORT --from IP --seconds S [--concurrency C] [--targets N]
 //! bpfbridge-loadgen latency  --to IP:PORT --from IP --seconds S [--size BYTES]
 //! bpfbridge-loadgen bulk     --to IP:PORT --from IP --seconds S
 //! bpfbridge-loadgen udp      --to IP:PORT --from IP --seconds S [--size BYTES] [--senders K]
+//! bpfbridge-loadgen udpflows --to IP:PORT --from IP --seconds S --first I --count N
+//!                            [--addrs A] [--ports P] [--rate PPS]
+//! bpfbridge-loadgen hold     --to IP:PORT --from IP --seconds MAX --count N
+//! bpfbridge-loadgen synflood --to IP:PORT --from IP --seconds S --count N [--sources K]
+//!                            [--rate PPS]
 //! ```
 //!
 //! Every client prints one JSON object on stdout. Every mode is bounded in time: clients
@@ -14,9 +19,12 @@
 //! The TCP protocol: the first byte of a connection says what it is.
 //! - `C`: one request, one response (`pong\n`), and the server closes (like an HTTP server
 //!   with `Connection: close`, so TIME_WAIT stays on the server side).
-//! - `E`: echo everything until the client closes (latency).
+//! - `E`: echo everything until the client closes (latency, hold), on a thread of its own:
+//!   such connections live long and must not hold up the accepting workers.
 //! - `B`: discard everything until the client shuts down its side, then answer with the
 //!   number of bytes received (bulk).
+//! - `W`: answer with the client's address as the server sees it, and close (the bench
+//!   checks with it that egress leaves through the node's masquerade).
 
 use std::{
     collections::HashMap,
@@ -81,7 +89,9 @@ impl Args {
 fn main() -> ExitCode {
     let words: Vec<String> = std::env::args().skip(1).collect();
     let Some((mode, rest)) = words.split_first() else {
-        eprintln!("usage: bpfbridge-loadgen serve|connrate|latency|bulk|udp --flags...");
+        eprintln!(
+            "usage: bpfbridge-loadgen serve|connrate|latency|bulk|udp|udpflows|hold|synflood --flags..."
+        );
         return ExitCode::FAILURE;
     };
     let result = Args::parse(rest).and_then(|args| match mode.as_str() {
@@ -90,6 +100,9 @@ fn main() -> ExitCode {
         "latency" => latency(&args),
         "bulk" => bulk(&args),
         "udp" => udp(&args),
+        "udpflows" => udpflows(&args),
+        "hold" => hold(&args),
+        "synflood" => synflood(&args),
         other => Err(format!("unknown mode {other:?}")),
     });
     match result {
@@ -163,15 +176,25 @@ fn handle(mut stream: TcpStream) -> std::io::Result<()> {
     let n = stream.read(&mut buf)?;
     match buf.first().filter(|_| n > 0) {
         Some(b'C') => stream.write_all(b"pong\n"),
+        Some(b'W') => {
+            let peer = stream.peer_addr()?.ip().to_string();
+            stream.write_all(peer.as_bytes())
+        }
         Some(b'E') => {
             stream.write_all(&buf[..n])?;
-            loop {
-                let n = stream.read(&mut buf)?;
-                if n == 0 {
-                    return Ok(());
+            // Held connections sit idle through the bench's flood, up to a minute.
+            stream.set_read_timeout(Some(Duration::from_secs(120)))?;
+            thread::spawn(move || -> std::io::Result<()> {
+                let mut buf = [0u8; 64 * 1024];
+                loop {
+                    let n = stream.read(&mut buf)?;
+                    if n == 0 {
+                        return Ok(());
+                    }
+                    stream.write_all(&buf[..n])?;
                 }
-                stream.write_all(&buf[..n])?;
-            }
+            });
+            Ok(())
         }
         Some(b'B') => {
             let mut total = (n - 1) as u64;
@@ -252,21 +275,35 @@ impl Errors {
     }
 }
 
-/// New connections per second: connect, one request, one response, close.
+/// The `i`-th of `targets` consecutive addresses from `to`'s, at `to`'s port.
+fn nth_target(to: SocketAddrV4, targets: u32, i: u64) -> SocketAddrV4 {
+    let offset = (i % u64::from(targets.max(1))) as u32;
+    SocketAddrV4::new(
+        Ipv4Addr::from(u32::from(*to.ip()).wrapping_add(offset)),
+        to.port(),
+    )
+}
+
+/// New connections per second: connect, one request, one response, close; with
+/// `--targets N`, to N consecutive server addresses from `--to`'s, one after the other.
 fn connrate(args: &Args) -> Result<()> {
     let (from, to) = endpoints(args)?;
     let seconds = args.seconds()?;
     let concurrency: usize = args.get_or("concurrency", 16)?;
+    let targets: u32 = args.get_or("targets", 1)?;
     let ok = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(Errors::default());
+    // Round-robin over all threads, so that every address gets its share.
+    let next = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
     let deadline = start + seconds;
     let threads: Vec<_> = (0..concurrency)
         .map(|_| {
-            let (ok, errors) = (ok.clone(), errors.clone());
+            let (ok, errors, next) = (ok.clone(), errors.clone(), next.clone());
             thread::spawn(move || {
                 let mut buf = [0u8; 64];
                 while Instant::now() < deadline {
+                    let to = nth_target(to, targets, next.fetch_add(1, Ordering::Relaxed));
                     let mut exchange = || -> std::io::Result<()> {
                         let mut s = connect(from, to, Duration::from_secs(1))?;
                         s.set_read_timeout(Some(Duration::from_secs(1)))?;
@@ -429,4 +466,268 @@ fn udp(args: &Args) -> Result<()> {
         failed.load(Ordering::Relaxed)
     );
     Ok(())
+}
+
+/// Flow `i` of the sequence `udpflows` walks: every `(address, port)` of the `addrs` x `ports`
+/// destinations gets source port 1024 first, then 1025, ..., so that the flows are all
+/// distinct and spread evenly over the destinations (each one's masquerade range fills
+/// alike).
+fn flow(to: SocketAddrV4, addrs: u32, ports: u16, i: u64) -> Option<(u16, SocketAddrV4)> {
+    let per_round = u64::from(addrs) * u64::from(ports);
+    let sport = u16::try_from(1024 + i / per_round).ok()?;
+    let dest = i % per_round;
+    let addr = Ipv4Addr::from(u32::from(*to.ip()).wrapping_add((dest / u64::from(ports)) as u32));
+    let port = to.port().checked_add((dest % u64::from(ports)) as u16)?;
+    Some((sport, SocketAddrV4::new(addr, port)))
+}
+
+/// An IPv4 + UDP datagram with an 8-byte payload. The kernel fills in the IP checksum and
+/// id of a raw IPPROTO_RAW socket's packets; the UDP checksum is left out (0 is allowed).
+fn udp_datagram(from: Ipv4Addr, sport: u16, to: SocketAddrV4) -> [u8; 36] {
+    let mut p = [0u8; 36];
+    p[0] = 0x45;
+    p[2..4].copy_from_slice(&36u16.to_be_bytes());
+    p[8] = 64;
+    p[9] = libc::IPPROTO_UDP as u8;
+    p[12..16].copy_from_slice(&from.octets());
+    p[16..20].copy_from_slice(&to.ip().octets());
+    p[20..22].copy_from_slice(&sport.to_be_bytes());
+    p[22..24].copy_from_slice(&to.port().to_be_bytes());
+    p[24..26].copy_from_slice(&16u16.to_be_bytes());
+    p[28..].copy_from_slice(b"bpfbflow");
+    p
+}
+
+/// One UDP datagram for each of flows `--first` .. `--first + --count` (see [`flow`]), from
+/// `--from` to `--addrs` consecutive addresses from `--to`'s and `--ports` consecutive ports
+/// from its port, at most `--rate` a second: a quick way to put many new masqueraded flows
+/// in a node's tables. A raw socket, because the source ports are arbitrary and a socket per
+/// flow would cost far more than the flow.
+fn udpflows(args: &Args) -> Result<()> {
+    let (from, to) = endpoints(args)?;
+    let seconds = args.seconds()?;
+    let first: u64 = args.get("first")?;
+    let count: u64 = args.get("count")?;
+    let addrs: u32 = args.get_or("addrs", 1)?;
+    let ports: u16 = args.get_or("ports", 1)?;
+    let rate: u64 = args.get_or("rate", 100_000)?;
+    if addrs == 0 || ports == 0 || rate == 0 {
+        return Err("--addrs, --ports and --rate must be positive".into());
+    }
+    let socket = Socket::new(
+        Domain::IPV4,
+        Type::RAW,
+        Some(Protocol::from(libc::IPPROTO_RAW)),
+    )
+    .map_err(err)?;
+    let start = Instant::now();
+    let deadline = start + seconds;
+    let (mut sent, mut failed) = (0u64, 0u64);
+    for i in first..first.saturating_add(count) {
+        let Some((sport, dest)) = flow(to, addrs, ports, i) else {
+            return Err(format!("flow {i} is past the last source port"));
+        };
+        if sent.is_multiple_of(1024) {
+            if Instant::now() >= deadline {
+                break;
+            }
+            // Paced, so that the node's queues (1,000 packets by default) do not overflow.
+            let due = start + Duration::from_secs_f64(sent as f64 / rate as f64);
+            if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                thread::sleep(wait);
+            }
+        }
+        match socket.send_to(&udp_datagram(from, sport, dest), &SockAddr::from(dest)) {
+            Ok(_) => sent += 1,
+            Err(_) => failed += 1,
+        }
+    }
+    println!(
+        "{{\"sent\":{sent},\"send_errors\":{failed},\"seconds\":{:.4}}}",
+        start.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// One echo round trip on a held connection.
+fn echo(s: &mut TcpStream, msg: &[u8]) -> std::io::Result<()> {
+    s.write_all(msg)?;
+    let mut back = vec![0u8; msg.len()];
+    s.read_exact(&mut back)?;
+    match back == msg {
+        true => Ok(()),
+        false => Err(std::io::Error::other("bad echo")),
+    }
+}
+
+/// `--count` echo connections that then sit idle: prints how many opened, waits for a line
+/// on stdin (or `--seconds`), then checks that each one still carries data, and prints how
+/// many did. The bench floods the node in between.
+fn hold(args: &Args) -> Result<()> {
+    let (from, to) = endpoints(args)?;
+    let max = args.seconds()?;
+    let count: usize = args.get("count")?;
+    let mut held: Vec<TcpStream> = (0..count)
+        .filter_map(|_| {
+            let mut s = connect(from, to, Duration::from_secs(2)).ok()?;
+            s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+            echo(&mut s, b"Ehold").ok()?;
+            Some(s)
+        })
+        .collect();
+    println!("{{\"opened\":{}}}", held.len());
+    let _ = std::io::stdout().flush();
+    let (tx, rx) = std::sync::mpsc::channel();
+    thread::spawn(move || {
+        let mut line = String::new();
+        let _ = std::io::stdin().read_line(&mut line);
+        let _ = tx.send(());
+    });
+    let _ = rx.recv_timeout(max);
+    let opened = held.len();
+    // All at once: a lost connection costs its read timeout, not the sum of them.
+    let survived = thread::scope(|scope| {
+        let checks: Vec<_> = held
+            .iter_mut()
+            .map(|s| scope.spawn(move || echo(s, b"still").is_ok()))
+            .collect();
+        checks
+            .into_iter()
+            .filter_map(|c| c.join().ok())
+            .filter(|&alive| alive)
+            .count()
+    });
+    println!("{{\"opened\":{opened},\"survived\":{survived}}}");
+    Ok(())
+}
+
+/// The Internet checksum of `parts` laid end to end (every part but the last of even length).
+fn inet_checksum(parts: &[&[u8]]) -> u16 {
+    let mut sum: u32 = 0;
+    for part in parts {
+        for pair in part.chunks(2) {
+            let word = u16::from_be_bytes([pair[0], *pair.get(1).unwrap_or(&0)]);
+            sum += u32::from(word);
+        }
+    }
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// An IPv4 + TCP SYN from `src:sport` to `to`, with a correct TCP checksum (the receiver
+/// checks it; the kernel fills in the IP header's).
+fn tcp_syn(src: Ipv4Addr, sport: u16, to: SocketAddrV4, seq: u32) -> [u8; 40] {
+    let mut p = [0u8; 40];
+    p[0] = 0x45;
+    p[2..4].copy_from_slice(&40u16.to_be_bytes());
+    p[8] = 64;
+    p[9] = libc::IPPROTO_TCP as u8;
+    p[12..16].copy_from_slice(&src.octets());
+    p[16..20].copy_from_slice(&to.ip().octets());
+    let tcp = &mut p[20..];
+    tcp[0..2].copy_from_slice(&sport.to_be_bytes());
+    tcp[2..4].copy_from_slice(&to.port().to_be_bytes());
+    tcp[4..8].copy_from_slice(&seq.to_be_bytes());
+    tcp[12] = 5 << 4;
+    tcp[13] = 0x02;
+    tcp[14..16].copy_from_slice(&64240u16.to_be_bytes());
+    let mut pseudo = [0u8; 12];
+    pseudo[0..4].copy_from_slice(&src.octets());
+    pseudo[4..8].copy_from_slice(&to.ip().octets());
+    pseudo[9] = libc::IPPROTO_TCP as u8;
+    pseudo[10..12].copy_from_slice(&20u16.to_be_bytes());
+    let check = inet_checksum(&[&pseudo, &p[20..]]);
+    p[36..38].copy_from_slice(&check.to_be_bytes());
+    p
+}
+
+/// `--count` TCP SYNs to `--to` from `--sources` spoofed addresses counted up from `--from`
+/// (source ports from 1024 up, one flow per SYN), at most `--rate` a second, for at most
+/// `--seconds`: a SYN flood that never completes a handshake.
+fn synflood(args: &Args) -> Result<()> {
+    let (from, to) = endpoints(args)?;
+    let seconds = args.seconds()?;
+    let count: u64 = args.get("count")?;
+    let sources: u32 = args.get_or("sources", 128)?;
+    let rate: u64 = args.get_or("rate", 200_000)?;
+    if sources == 0 || rate == 0 {
+        return Err("--sources and --rate must be positive".into());
+    }
+    let socket = Socket::new(
+        Domain::IPV4,
+        Type::RAW,
+        Some(Protocol::from(libc::IPPROTO_RAW)),
+    )
+    .map_err(err)?;
+    let dest = SockAddr::from(to);
+    let start = Instant::now();
+    let deadline = start + seconds;
+    let (mut sent, mut failed) = (0u64, 0u64);
+    for i in 0..count {
+        if i.is_multiple_of(1024) {
+            if Instant::now() >= deadline {
+                break;
+            }
+            let due = start + Duration::from_secs_f64(i as f64 / rate as f64);
+            if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                thread::sleep(wait);
+            }
+        }
+        let src = Ipv4Addr::from(u32::from(from).wrapping_add((i % u64::from(sources)) as u32));
+        let sport = 1024 + ((i / u64::from(sources)) % 64_512) as u16;
+        let seq = (i as u32).wrapping_mul(2_654_435_761);
+        match socket.send_to(&tcp_syn(src, sport, to, seq), &dest) {
+            Ok(_) => sent += 1,
+            Err(_) => failed += 1,
+        }
+    }
+    println!(
+        "{{\"sent\":{sent},\"send_errors\":{failed},\"seconds\":{:.4}}}",
+        start.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flows_are_distinct_and_spread_over_the_destinations() {
+        let to: SocketAddrV4 = "198.51.100.64:10000".parse().unwrap();
+        let flows: Vec<_> = (0..8).map(|i| flow(to, 2, 2, i).unwrap()).collect();
+        assert_eq!(flows[0], (1024, "198.51.100.64:10000".parse().unwrap()));
+        assert_eq!(flows[1], (1024, "198.51.100.64:10001".parse().unwrap()));
+        assert_eq!(flows[2], (1024, "198.51.100.65:10000".parse().unwrap()));
+        assert_eq!(flows[4], (1025, "198.51.100.64:10000".parse().unwrap()));
+        let mut unique = flows.clone();
+        unique.sort();
+        unique.dedup();
+        assert_eq!(unique.len(), flows.len());
+        assert_eq!(flow(to, 1, 1, 70_000), None, "no source port past 65535");
+    }
+
+    #[test]
+    fn syn_checksum_verifies() {
+        let to: SocketAddrV4 = "198.51.100.1:8080".parse().unwrap();
+        let src = Ipv4Addr::new(203, 0, 113, 130);
+        let p = tcp_syn(src, 4242, to, 7);
+        let mut pseudo = [0u8; 12];
+        pseudo[0..4].copy_from_slice(&src.octets());
+        pseudo[4..8].copy_from_slice(&to.ip().octets());
+        pseudo[9] = 6;
+        pseudo[10..12].copy_from_slice(&20u16.to_be_bytes());
+        // A correct checksum sums, with itself, to all ones (0 once complemented).
+        assert_eq!(inet_checksum(&[&pseudo, &p[20..]]), 0);
+        assert_eq!(p[33], 0x02, "SYN only");
+    }
+
+    #[test]
+    fn targets_go_round() {
+        let to: SocketAddrV4 = "192.0.2.64:9000".parse().unwrap();
+        assert_eq!(nth_target(to, 64, 65), "192.0.2.65:9000".parse().unwrap());
+        assert_eq!(nth_target(to, 1, 7), to);
+    }
 }
