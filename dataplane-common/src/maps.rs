@@ -48,8 +48,10 @@ pub const NAT_UNREPLIED: &str = "NAT_UNREPLIED";
 /// Each ring's cursors: the next slot to write and the next to examine for eviction;
 /// [`CT_UNREPLIED`]'s at 0 and 1, [`NAT_UNREPLIED`]'s at 2 and 3.
 pub const UNREPLIED_CURSORS: &str = "UNREPLIED_CURSORS";
-/// Slots of each early-drop ring (a power of two).
-pub const UNREPLIED_RING_LEN: u32 = 256;
+/// Slots of each early-drop ring (a power of two). Eviction takes the oldest flows of the
+/// ring, so a new flow has this many newer ones' time (a fraction of a second under a
+/// SYN flood) to complete its handshake before it can be a candidate.
+pub const UNREPLIED_RING_LEN: u32 = 16_384;
 /// Translations of fragmented datagrams, recorded from their first fragment (the one with
 /// the ports) for the fragments that follow. An LRU map: fragments are short-lived, and an
 /// evicted entry costs one datagram, never a flow.
@@ -316,14 +318,25 @@ pub const CT_ORIGINAL: u8 = 0;
 /// [`CtEntry::direction`]: the replies, whose destination is translated back.
 pub const CT_REPLY: u8 = 1;
 
-/// Flow states ([`CtEntry::state`], [`NatFlow::state`]), as nf_conntrack sees them; the
-/// agent's idle timeouts depend on them, and only [`CT_NEW`] flows may be evicted early.
+/// Flow states ([`CtEntry::state`], [`NatFlow::state`]), as nf_conntrack sees them, in the
+/// order a flow goes through them; the agent's idle timeouts depend on them. Only flows
+/// not yet established ([`CT_NEW`], [`CT_REPLIED`]) may be evicted for room, as the
+/// kernel's early_drop evicts only flows that are not ASSURED.
 /// No reply seen yet (TCP: the SYN; UDP and ICMP: datagrams one way).
 pub const CT_NEW: u8 = 0;
-/// Both directions seen (TCP: the SYN-ACK came back): never evicted for room.
-pub const CT_ESTABLISHED: u8 = 1;
+/// TCP only: the SYN-ACK came back, the opener has not acknowledged it yet (SYN_RECV). A
+/// SYN from a spoofed source ends here.
+pub const CT_REPLIED: u8 = 1;
+/// Both directions seen (TCP: the handshake completed): never evicted for room.
+pub const CT_ESTABLISHED: u8 = 2;
 /// TCP only: a FIN was seen; a new SYN may take the tuple over (as TIME_WAIT reuse).
-pub const CT_CLOSING: u8 = 2;
+pub const CT_CLOSING: u8 = 3;
+
+/// Whether a flow in `state` may give way to a new one when its table is full.
+#[inline(always)]
+pub const fn ct_evictable(state: u8) -> bool {
+    state == CT_NEW || state == CT_REPLIED
+}
 
 /// Value of [`CONNTRACK`].
 #[repr(C)]

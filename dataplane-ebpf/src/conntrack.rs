@@ -13,8 +13,8 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use dataplane_common::{
-    CT_CLOSING, CT_ESTABLISHED, CT_NEW, CT_ORIGINAL, CT_REPLY, CtEntry, CtKey, EndpointInfo,
-    EndpointKey, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, LinkKey, NodeConfig,
+    CT_CLOSING, CT_ESTABLISHED, CT_NEW, CT_ORIGINAL, CT_REPLIED, CT_REPLY, CtEntry, CtKey,
+    EndpointInfo, EndpointKey, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, LinkKey, NodeConfig,
     parse::{IPV4_SRC_OFF, Ipv4, L4, L4_SPORT_OFF},
     stats::Stat,
 };
@@ -66,8 +66,9 @@ enum Seen {
 }
 
 /// What a packet in `direction` does to a flow in `state` (nf_conntrack's view, without
-/// the sequence windows): a reply answers a new flow, a FIN closes, a RST ends, and a SYN
-/// from the original side takes a closing flow over as a new one (TIME_WAIT reuse).
+/// the sequence windows): a reply answers a new flow (TCP: the opener's ACK of it
+/// completes the handshake), a FIN closes, a RST ends, and a SYN from the original side
+/// takes a closing flow over as a new one (TIME_WAIT reuse).
 #[inline(always)]
 fn seen(state: u8, direction: u8, ip: &Ipv4, l4: &L4) -> Seen {
     if ip.protocol == IPPROTO_TCP {
@@ -84,10 +85,14 @@ fn seen(state: u8, direction: u8, ip: &Ipv4, l4: &L4) -> Seen {
             return Seen::State(CT_NEW);
         }
     }
-    if state == CT_NEW && direction == CT_REPLY {
-        return Seen::State(CT_ESTABLISHED);
+    match (state, direction) {
+        // TCP waits for the opener's ACK of the SYN-ACK: a SYN never acknowledged stays
+        // evictable.
+        (CT_NEW, CT_REPLY) if ip.protocol == IPPROTO_TCP => Seen::State(CT_REPLIED),
+        (CT_NEW, CT_REPLY) => Seen::State(CT_ESTABLISHED),
+        (CT_REPLIED, CT_ORIGINAL) if !l4.is_tcp_syn() => Seen::State(CT_ESTABLISHED),
+        _ => Seen::Packet,
     }
-    Seen::Packet
 }
 
 /// Refreshes the flow of `entry` (at `key`) for a packet; returns a copy of the entry and

@@ -8,7 +8,7 @@
 //! is checked to be still unanswered before it goes.
 
 use aya_ebpf::bindings::BPF_NOEXIST;
-use dataplane_common::{CT_NEW, CtEntry, CtKey, FlowKey, NatFlow, UNREPLIED_RING_LEN};
+use dataplane_common::{CtEntry, CtKey, FlowKey, NatFlow, UNREPLIED_RING_LEN, ct_evictable};
 
 use crate::maps::{CONNTRACK, CT_UNREPLIED, NAT_FLOWS, NAT_UNREPLIED, UNREPLIED_CURSORS};
 
@@ -141,7 +141,7 @@ impl Table for Conntrack {
         let Some(reply) = (unsafe { CONNTRACK.get(&reply_key) }).copied() else {
             return false;
         };
-        if reply.state != CT_NEW {
+        if !ct_evictable(reply.state) {
             return false;
         }
         ct_remove(&reply_key, &reply);
@@ -168,7 +168,7 @@ impl Table for NatFlows {
         };
         // SAFETY: as above.
         match unsafe { NAT_FLOWS.get(&key) } {
-            Some(flow) if flow.state == CT_NEW => NAT_FLOWS.remove(&key).is_ok(),
+            Some(flow) if ct_evictable(flow.state) => NAT_FLOWS.remove(&key).is_ok(),
             _ => false,
         }
     }

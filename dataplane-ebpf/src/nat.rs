@@ -8,8 +8,8 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use dataplane_common::{
-    CT_CLOSING, CT_ESTABLISHED, CT_NEW, EndpointKey, FlowKey, IPPROTO_TCP, IPPROTO_UDP, NatFlow,
-    NodeAddrKey, PortKey, PortTarget,
+    CT_CLOSING, CT_ESTABLISHED, CT_NEW, CT_REPLIED, EndpointKey, FlowKey, IPPROTO_TCP, IPPROTO_UDP,
+    NatFlow, NodeAddrKey, PortKey, PortTarget,
     parse::{IPV4_DST_OFF, IPV4_SRC_OFF, Ipv4, L4, L4_DPORT_OFF, L4_SPORT_OFF},
     stats::Stat,
 };
@@ -74,7 +74,8 @@ fn now_ns() -> u64 {
 
 /// What a packet does to a published-port flow: `None` for a TCP reset (the flow ends once
 /// the packet is through), else the flow's next state. The client's SYN takes a closing
-/// flow over as a new one; the container's first packet answers it.
+/// flow over as a new one; the container's first packet answers it, and for TCP the
+/// client's ACK of that answer establishes it.
 #[inline(always)]
 fn next_state(state: u8, from_container: bool, ip: &Ipv4, l4: &L4) -> Option<u8> {
     if ip.protocol == IPPROTO_TCP {
@@ -88,10 +89,14 @@ fn next_state(state: u8, from_container: bool, ip: &Ipv4, l4: &L4) -> Option<u8>
             return Some(CT_NEW);
         }
     }
-    if from_container && state == CT_NEW {
-        return Some(CT_ESTABLISHED);
-    }
-    Some(state)
+    Some(match (state, from_container) {
+        // TCP waits for the client's ACK of the SYN-ACK: the SYNs of a spoofed flood stay
+        // evictable.
+        (CT_NEW, true) if ip.protocol == IPPROTO_TCP => CT_REPLIED,
+        (CT_NEW, true) => CT_ESTABLISHED,
+        (CT_REPLIED, false) if !l4.is_tcp_syn() => CT_ESTABLISHED,
+        _ => state,
+    })
 }
 
 /// Records a packet of the flow at `flow`, opening it when `opens`: updates the existing

@@ -25,8 +25,8 @@ use bpfbridge_tests::{
     unique,
 };
 use dataplane_common::{
-    BackendKey, CONNTRACK, CONNTRACK_MAX, CT_CLOSING, CT_ESTABLISHED, CT_NEW, Counter, CtEntry,
-    CtKey, ENDPOINTS, EndpointInfo, EndpointKey, FILTER_ALLOW, FILTER_DENY, FILTER_RULES,
+    BackendKey, CONNTRACK, CONNTRACK_MAX, CT_CLOSING, CT_ESTABLISHED, CT_NEW, CT_REPLIED, Counter,
+    CtEntry, CtKey, ENDPOINTS, EndpointInfo, EndpointKey, FILTER_ALLOW, FILTER_DENY, FILTER_RULES,
     FILTER_SCOPE_BITS, FRAGMENTS, FilterKey, FilterRule, FlowKey, FragmentEntry, FragmentKey,
     IPPROTO_TCP, IPPROTO_UDP, NAT_FLOWS, NAT_FLOWS_MAX, NETWORK_ICC, NETWORK_INTERNAL,
     NETWORK_MASQUERADE, NETWORKS, NODE_ADDRS, NODE_CONFIG, NatFlow, NetworkInfo, NetworkKey,
@@ -1129,10 +1129,16 @@ fn masquerade_tcp_states_table() -> Result<()> {
         back(&mut fx, SYN_ACK)?;
         assert_eq!(
             fx.states_at(40000)?,
-            [CT_ESTABLISHED; 2],
-            "SYN-ACK back: established"
+            [CT_REPLIED; 2],
+            "SYN-ACK back: replied"
         );
         out(&mut fx, ACK)?;
+        assert_eq!(
+            fx.states_at(40000)?,
+            [CT_ESTABLISHED; 2],
+            "the opener's ACK: established"
+        );
+        back(&mut fx, ACK)?;
         assert_eq!(fx.states_at(40000)?, [CT_ESTABLISHED; 2], "ACK: unchanged");
         back(&mut fx, FIN_ACK)?;
         assert_eq!(fx.states_at(40000)?, [CT_CLOSING; 2], "FIN: closing");
@@ -1143,6 +1149,7 @@ fn masquerade_tcp_states_table() -> Result<()> {
             "a SYN takes the closing tuple over"
         );
         back(&mut fx, SYN_ACK)?;
+        out(&mut fx, ACK)?;
         assert_eq!(fx.states_at(40000)?, [CT_ESTABLISHED; 2]);
 
         // A reset goes through and ends the flow at once.
@@ -1759,17 +1766,13 @@ fn published_port_flood_early_drop_table() -> Result<()> {
             }
             .build()
         };
-        for n in [1, 2] {
-            let (verdict, _, stat) = fx.run(UPLINK_PROGRAM, &syn_from(n))?;
-            assert_eq!((verdict, stat), (XDP_REDIRECT, Stat::UplinkRedirectDnat));
-        }
-        // A spoofed source's SYN, never answered, gives way to the next one.
-        let (verdict, _, moved) = fx.run_counting(UPLINK_PROGRAM, &syn_from(3))?;
-        assert_eq!(verdict, XDP_REDIRECT);
-        assert_eq!(
-            moved,
-            vec![(Stat::UplinkRedirectDnat, 1), (Stat::FlowEarlyDrop, 1)]
-        );
+        let ack_from = |n: u8| {
+            Packet {
+                tcp_flags: ACK,
+                ..Packet::tcp_syn(client(n), 40000, NODE_IP, 8080)
+            }
+            .build()
+        };
         let flow_of = |n: u8| FlowKey {
             container_ip_be: u32::from(CONTAINER_IP).to_be(),
             remote_ip_be: u32::from(client(n)).to_be(),
@@ -1778,29 +1781,43 @@ fn published_port_flood_early_drop_table() -> Result<()> {
             proto: IPPROTO_TCP,
             _pad: [0; 3],
         };
-        assert!(
-            fx.flow(&flow_of(1)).is_none(),
-            "the oldest unanswered flow went"
-        );
-        // The container answers both: established, never evicted; the next SYN is refused.
-        for n in [2, 3] {
+        // The container answers a SYN; only the client's ACK of the answer establishes.
+        let handshake = |fx: &mut Fixture, n: u8, acked: bool| -> Result<()> {
             let (verdict, out, stat) = fx.run(CONTAINER_PROGRAM, &answer_to(n))?;
             assert_eq!(verdict, TC_ACT_REDIRECT);
             // The clients' MACs are not known in the test's namespace.
             assert_eq!(stat, Stat::ContainerRedirectReplyNeigh);
             assert_eq!(View(&out).src(), NODE_IP);
-            assert_eq!(fx.flow(&flow_of(n)).map(|f| f.state), Some(CT_ESTABLISHED));
+            assert_eq!(fx.flow(&flow_of(n)).map(|f| f.state), Some(CT_REPLIED));
+            if acked {
+                let (verdict, _, _) = fx.run(UPLINK_PROGRAM, &ack_from(n))?;
+                assert_eq!(verdict, XDP_REDIRECT);
+                assert_eq!(fx.flow(&flow_of(n)).map(|f| f.state), Some(CT_ESTABLISHED));
+            }
+            Ok(())
+        };
+        for n in [1, 2] {
+            let (verdict, _, stat) = fx.run(UPLINK_PROGRAM, &syn_from(n))?;
+            assert_eq!((verdict, stat), (XDP_REDIRECT, Stat::UplinkRedirectDnat));
         }
+        // A spoofed source never acknowledges the answer to its SYN; a real client does.
+        handshake(&mut fx, 1, false)?;
+        handshake(&mut fx, 2, true)?;
+        // The half-open flow gives way to the next one.
+        let (verdict, _, moved) = fx.run_counting(UPLINK_PROGRAM, &syn_from(3))?;
+        assert_eq!(verdict, XDP_REDIRECT);
+        assert_eq!(
+            moved,
+            vec![(Stat::UplinkRedirectDnat, 1), (Stat::FlowEarlyDrop, 1)]
+        );
+        assert!(fx.flow(&flow_of(1)).is_none(), "the half-open flow went");
+        handshake(&mut fx, 3, true)?;
+        // Established flows are never evicted: the next SYN is refused.
         let (verdict, _, stat) = fx.run(UPLINK_PROGRAM, &syn_from(4))?;
         assert_eq!((verdict, stat), (XDP_DROP, Stat::UplinkDropFlowTableFull));
         // The live flows carry on both ways.
         for n in [2, 3] {
-            let ack = Packet {
-                tcp_flags: ACK,
-                ..Packet::tcp_syn(client(n), 40000, NODE_IP, 8080)
-            }
-            .build();
-            let (verdict, _, stat) = fx.run(UPLINK_PROGRAM, &ack)?;
+            let (verdict, _, stat) = fx.run(UPLINK_PROGRAM, &ack_from(n))?;
             assert_eq!((verdict, stat), (XDP_REDIRECT, Stat::UplinkRedirectDnat));
             let (verdict, _, _) = fx.run(CONTAINER_PROGRAM, &answer_to(n))?;
             assert_eq!(verdict, TC_ACT_REDIRECT);

@@ -300,7 +300,7 @@ pub fn map_memory(map: &MapData) -> crate::Result<u64> {
 
 #[cfg(test)]
 mod tests {
-    use dataplane_common::{CT_NEW, CT_REPLY, IPPROTO_ICMP, IPPROTO_UDP};
+    use dataplane_common::{CT_NEW, CT_REPLIED, CT_REPLY, IPPROTO_ICMP, IPPROTO_UDP};
 
     use super::*;
 
@@ -440,6 +440,7 @@ mod tests {
         let t = timeouts();
         let cases = [
             (IPPROTO_TCP, CT_NEW, 30),
+            (IPPROTO_TCP, CT_REPLIED, 30),
             (IPPROTO_TCP, CT_ESTABLISHED, 432_000),
             (IPPROTO_TCP, CT_CLOSING, 10),
             (IPPROTO_UDP, CT_NEW, 30),
