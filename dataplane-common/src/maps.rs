@@ -320,8 +320,8 @@ pub const CT_REPLY: u8 = 1;
 
 /// Flow states ([`CtEntry::state`], [`NatFlow::state`]), as nf_conntrack sees them, in the
 /// order a flow goes through them; the agent's idle timeouts depend on them. Only flows
-/// not yet established ([`CT_NEW`], [`CT_REPLIED`]) may be evicted for room, as the
-/// kernel's early_drop evicts only flows that are not ASSURED.
+/// not established ([`CT_NEW`], [`CT_REPLIED`], [`CT_CLOSING`]) may be evicted for room, as
+/// the kernel's early_drop evicts flows that are not ASSURED and TCP flows that are closing.
 /// No reply seen yet (TCP: the SYN; UDP and ICMP: datagrams one way).
 pub const CT_NEW: u8 = 0;
 /// TCP only: the SYN-ACK came back, the opener has not acknowledged it yet (SYN_RECV). A
@@ -335,7 +335,7 @@ pub const CT_CLOSING: u8 = 3;
 /// Whether a flow in `state` may give way to a new one when its table is full.
 #[inline(always)]
 pub const fn ct_evictable(state: u8) -> bool {
-    state == CT_NEW || state == CT_REPLIED
+    state != CT_ESTABLISHED
 }
 
 /// Value of [`CONNTRACK`].

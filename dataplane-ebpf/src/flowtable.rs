@@ -1,14 +1,16 @@
 //! Storage of the two flow tables, below the modules that translate flows: NAT_FLOWS
 //! (published ports) and CONNTRACK (masquerade and links), both plain hash maps.
 //!
-//! A full table evicts a flow that has not been answered yet, the oldest first, before it
-//! refuses a new one (the kernel's early_drop): a flood of unanswered SYNs or one container
-//! opening flows without end cannot lock everyone else out, and a flow that has seen both
-//! directions is never evicted. Candidates come from a ring of recently opened flows; each
-//! is checked to be still unanswered before it goes.
+//! A full table evicts a flow that is not established, the oldest first, before it refuses
+//! a new one (the kernel's early_drop): a flood of half-open SYNs, one container opening
+//! flows without end, or a burst of closed connections cannot lock everyone else out, and
+//! an established flow is never evicted. Candidates come from a ring of flows recently
+//! opened or closing; each is checked to be still evictable before it goes.
 
 use aya_ebpf::bindings::BPF_NOEXIST;
-use dataplane_common::{CtEntry, CtKey, FlowKey, NatFlow, UNREPLIED_RING_LEN, ct_evictable};
+use dataplane_common::{
+    CT_CLOSING, CT_REPLY, CtEntry, CtKey, FlowKey, NatFlow, UNREPLIED_RING_LEN, ct_evictable,
+};
 
 use crate::maps::{CONNTRACK, CT_UNREPLIED, NAT_FLOWS, NAT_UNREPLIED, UNREPLIED_CURSORS};
 
@@ -97,13 +99,33 @@ pub fn ct_remove(key: &CtKey, entry: &CtEntry) {
 #[inline(always)]
 pub fn ct_set_state(key: &CtKey, entry: *mut CtEntry, state: u8) {
     // SAFETY: a pointer to a live map value of plain data.
-    let peer = unsafe {
+    let (peer, direction) = unsafe {
         (*entry).state = state;
-        ct_peer_key(key, &*entry)
+        (ct_peer_key(key, &*entry), (*entry).direction)
     };
     if let Some(peer) = CONNTRACK.get_ptr_mut(&peer) {
         // SAFETY: as above.
         unsafe { (*peer).state = state };
+    }
+    // A closing flow may be evicted again: it goes back on the ring (by its reply key).
+    if state == CT_CLOSING {
+        let reply_key = if direction == CT_REPLY { key } else { &peer };
+        if let Some(slot) = next_slot(Conntrack::CURSOR) {
+            let _ = CT_UNREPLIED.set(slot, reply_key, 0);
+        }
+    }
+}
+
+/// Sets the state of a NAT_FLOWS flow; one that starts closing goes back on the ring.
+#[inline(always)]
+pub fn nat_set_state(key: &FlowKey, flow: *mut NatFlow, state: u8) {
+    // SAFETY: a pointer to a live map value of plain data.
+    let old = unsafe { core::mem::replace(&mut (*flow).state, state) };
+    if state == CT_CLOSING
+        && old != CT_CLOSING
+        && let Some(slot) = next_slot(NatFlows::CURSOR)
+    {
+        let _ = NAT_UNREPLIED.set(slot, key, 0);
     }
 }
 

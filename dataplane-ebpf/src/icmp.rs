@@ -46,20 +46,26 @@ struct Origin {
     host_veth_mac: [u8; 6],
 }
 
-/// A masqueraded flow whose packet (node address and port → remote) is quoted.
+/// The tracking key of a packet that answers the quoted one: its addresses and ports
+/// swapped.
 #[inline(always)]
-fn masqueraded(q: &Quoted) -> Option<Origin> {
-    // The key of the flow's replies, which come from the quoted destination.
-    let key = CtKey {
+fn answer_key(q: &Quoted) -> CtKey {
+    CtKey {
         src_ip_be: q.dst_be,
         dst_ip_be: q.src_be,
         sport_be: q.dport_be,
         dport_be: q.sport_be,
         proto: q.protocol,
         _pad: [0; 3],
-    };
+    }
+}
+
+/// A masqueraded flow whose packet (node address and port → remote) is quoted.
+#[inline(always)]
+fn masqueraded(q: &Quoted) -> Option<Origin> {
+    // The flow's replies come from the quoted destination.
     // SAFETY: plain data copied out at once.
-    let entry = unsafe { CONNTRACK.get(&key) }.copied()?;
+    let entry = unsafe { CONNTRACK.get(answer_key(q)) }.copied()?;
     // A link's entries translate nothing: their address is the quoted destination's own.
     if entry.direction != CT_REPLY || entry.nat_ip_be == q.dst_be {
         return None;
@@ -207,17 +213,9 @@ fn seen_as(q: &Quoted) -> Option<Seen> {
             port_be: nat.frontend_port_be,
         });
     }
-    // The key of the masqueraded flow's packets out, which the quoted reply answers.
-    let key = CtKey {
-        src_ip_be: q.dst_be,
-        dst_ip_be: q.src_be,
-        sport_be: q.dport_be,
-        dport_be: q.sport_be,
-        proto: q.protocol,
-        _pad: [0; 3],
-    };
+    // The masqueraded flow's packets out, which the quoted reply answers.
     // SAFETY: plain data copied out at once.
-    let entry = unsafe { CONNTRACK.get(&key) }.copied()?;
+    let entry = unsafe { CONNTRACK.get(answer_key(q)) }.copied()?;
     // A link's entries translate nothing.
     if entry.direction != CT_ORIGINAL || entry.nat_ip_be == q.dst_be {
         return None;

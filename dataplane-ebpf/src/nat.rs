@@ -113,14 +113,15 @@ fn track(
 ) -> Result<(), Stat> {
     if let Some(entry) = NAT_FLOWS.get_ptr_mut(flow) {
         // SAFETY: a pointer to a live map value of plain data.
-        unsafe {
+        let state = unsafe {
             let state = (*entry).state;
-            *entry = nat;
-            match next_state(state, false, ip, l4) {
-                Some(state) => (*entry).state = state,
-                None => {
-                    let _ = NAT_FLOWS.remove(flow);
-                }
+            *entry = NatFlow { state, ..nat };
+            state
+        };
+        match next_state(state, false, ip, l4) {
+            Some(next) => flowtable::nat_set_state(flow, entry, next),
+            None => {
+                let _ = NAT_FLOWS.remove(flow);
             }
         }
         return Ok(());
@@ -333,8 +334,7 @@ pub fn reply(
         *entry
     };
     match next_state(nat.state, true, ip, l4) {
-        // SAFETY: as above.
-        Some(state) => unsafe { (*entry).state = state },
+        Some(state) => flowtable::nat_set_state(flow, entry, state),
         None => {
             let _ = NAT_FLOWS.remove(flow);
         }

@@ -1825,3 +1825,49 @@ fn published_port_flood_early_drop_table() -> Result<()> {
         Ok(())
     })
 }
+
+#[test]
+fn closing_flows_give_way_table() -> Result<()> {
+    let ns = forwarding_namespace()?;
+    ns.run(|| -> Result<()> {
+        // Room for one flow.
+        let mut fx = Fixture::masquerading(2)?;
+        let tcp_out = |fx: &mut Fixture, flags: u8| {
+            fx.run(
+                CONTAINER_PROGRAM,
+                &from_container(CONTAINER_IP, 40000, 80, IPPROTO_TCP, flags),
+            )
+        };
+        let udp_out = |fx: &mut Fixture| {
+            fx.run_counting(
+                CONTAINER_PROGRAM,
+                &from_container(CONTAINER_IP, 5001, 53, IPPROTO_UDP, 0),
+            )
+        };
+        tcp_out(&mut fx, SYN)?;
+        fx.run(UPLINK_PROGRAM, &from_world(80, 40000, IPPROTO_TCP, SYN_ACK))?;
+        tcp_out(&mut fx, ACK)?;
+        assert_eq!(fx.states_at(40000)?, [CT_ESTABLISHED; 2]);
+        let (verdict, _, moved) = udp_out(&mut fx)?;
+        assert_eq!(
+            (verdict, moved),
+            (TC_ACT_SHOT, vec![(Stat::ContainerDropConntrackFull, 1)]),
+            "an established flow is never evicted"
+        );
+        // Once it closes, a new flow may take its place (the kernel early-drops TCP flows
+        // in FIN_WAIT, TIME_WAIT and CLOSE too).
+        let (verdict, _, _) = tcp_out(&mut fx, FIN_ACK)?;
+        assert_eq!(verdict, TC_ACT_REDIRECT);
+        let (verdict, _, moved) = udp_out(&mut fx)?;
+        assert_eq!(verdict, TC_ACT_REDIRECT);
+        assert_eq!(
+            moved,
+            vec![
+                (Stat::ContainerRedirectMasquerade, 1),
+                (Stat::FlowEarlyDrop, 1)
+            ]
+        );
+        assert!(fx.states_at(40000)?.is_empty(), "the closing flow went");
+        Ok(())
+    })
+}
