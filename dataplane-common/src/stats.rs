@@ -72,6 +72,7 @@ stats! {
     ContainerDropFragmentUntracked = "container_ingress.drop.fragment_untracked",
     ContainerRedirectIcmpError = "container_ingress.redirect.icmp_error",
     ContainerRedirectIcmpErrorNeigh = "container_ingress.redirect.icmp_error_resolve_neighbour",
+    ContainerDropUntracked = "container_ingress.drop.untracked_segment",
 }
 
 /// Size of the per-CPU counter array.

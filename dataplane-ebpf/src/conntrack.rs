@@ -25,6 +25,7 @@ use crate::{
     frag,
     frame::XdpFrame,
     maps::{CONNTRACK, ENDPOINTS, LINKS, NODE_CONFIG},
+    policy,
     rewrite::{self, XdpTarget},
 };
 
@@ -159,10 +160,15 @@ pub fn masquerade(ctx: &TcContext, ip: &Ipv4, l4: &L4) -> (i32, Stat) {
     let key = key_of(ip, l4);
     let (entry, what) = match CONNTRACK.get_ptr_mut(&key) {
         Some(entry) => touch(&key, entry, ip, l4),
-        // Only a SYN opens a TCP flow: a segment of a connection someone opened to the
-        // container's own address is a reply, routed as it is.
+        // Only a SYN opens a TCP flow. A segment from a published container port answers
+        // a connection the outside opened to the container's own address: routed as it
+        // is. Any other belongs to a flow forgotten (evicted while closing, or expired):
+        // dropped rather than sent out with the container's private address.
         None if ip.protocol == IPPROTO_TCP && !l4.is_tcp_syn() => {
-            return (TC_ACT_OK, Stat::ContainerPassOutside);
+            if policy::is_published_backend(ip.src_be, l4.sport_be, ip.protocol) {
+                return (TC_ACT_OK, Stat::ContainerPassOutside);
+            }
+            return (TC_ACT_SHOT, Stat::ContainerDropUntracked);
         }
         None => match open_flow(ctx, ip, l4, &key, &config) {
             Ok(entry) => (entry, Seen::Packet),

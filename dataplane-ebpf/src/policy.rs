@@ -3,9 +3,12 @@
 //! published port; no matching rule allows.
 
 use aya_ebpf::maps::lpm_trie::Key;
-use dataplane_common::{FILTER_DENY, FILTER_SCOPE_BITS, FilterKey};
+use dataplane_common::{BackendKey, FILTER_DENY, FILTER_SCOPE_BITS, FilterKey};
 
-use crate::{maps::FILTER_RULES, stats::count_filter_hit};
+use crate::{
+    maps::{FILTER_RULES, PUBLISHED_BACKENDS},
+    stats::count_filter_hit,
+};
 
 /// Whether a packet from `src_be` to published `host_port_be`/`proto` may pass. Counts the
 /// hit on the rule that decided.
@@ -50,11 +53,9 @@ pub fn source_allowed(src_be: u32, host_port_be: u16, proto: u8, bytes: usize) -
 #[inline(always)]
 pub fn direct_access_allowed(dst_be: u32, ports: Option<(u16, u8)>) -> bool {
     use aya_ebpf::maps::lpm_trie::Key as LpmKey;
-    use dataplane_common::{
-        BackendKey, NETWORK_INTERNAL, NETWORK_MASQUERADE, NetworkKey, NodeAddrKey,
-    };
+    use dataplane_common::{NETWORK_INTERNAL, NETWORK_MASQUERADE, NetworkKey, NodeAddrKey};
 
-    use crate::maps::{NETWORKS, NODE_ADDRS, PUBLISHED_BACKENDS};
+    use crate::maps::{NETWORKS, NODE_ADDRS};
 
     // The network first: the node's uplink addresses are in none, so the common case costs
     // one lookup; only a gateway address is in both.
@@ -71,8 +72,14 @@ pub fn direct_access_allowed(dst_be: u32, ports: Option<(u16, u8)>) -> bool {
     let Some((container_port_be, proto)) = ports else {
         return false;
     };
+    is_published_backend(dst_be, container_port_be, proto)
+}
+
+/// Whether `ip:port` is the container end of a published port.
+#[inline(always)]
+pub fn is_published_backend(container_ip_be: u32, container_port_be: u16, proto: u8) -> bool {
     let backend = BackendKey {
-        container_ip_be: dst_be,
+        container_ip_be,
         container_port_be,
         proto,
         _pad: 0,

@@ -1868,6 +1868,21 @@ fn closing_flows_give_way_table() -> Result<()> {
             ]
         );
         assert!(fx.states_at(40000)?.is_empty(), "the closing flow went");
+        // The evicted flow's last segments are dropped, not sent out with the container's
+        // own address; a reply from a published container port (172.17.0.2:80, to a
+        // connection routed to the container's address) still goes out as it is.
+        let (verdict, out, stat) = tcp_out(&mut fx, ACK)?;
+        assert_eq!((verdict, stat), (TC_ACT_SHOT, Stat::ContainerDropUntracked));
+        assert_eq!(View(&out).src(), CONTAINER_IP, "untouched");
+        let routed_reply = Packet {
+            src_mac: CONTAINER_MAC,
+            dst_mac: HOST_VETH_MAC,
+            tcp_flags: ACK,
+            ..Packet::tcp_syn(CONTAINER_IP, 80, WORLD_IP, 40000)
+        }
+        .build();
+        let (verdict, _, stat) = fx.run(CONTAINER_PROGRAM, &routed_reply)?;
+        assert_eq!((verdict, stat), (TC_ACT_OK, Stat::ContainerPassOutside));
         Ok(())
     })
 }
