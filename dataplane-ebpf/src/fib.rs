@@ -35,7 +35,12 @@ pub fn forward(
     params.l4_protocol = ip.protocol;
     params.sport = l4.sport_be;
     params.dport = l4.dport_be;
-    params.__bindgen_anon_1.tot_len = ip.total_len;
+    // No length: the kernel then checks the packet against the egress device's MTU only,
+    // not against a path MTU the node learnt for its own traffic. Refusing a container's
+    // packet for that would be silent (no ICMP error goes back to the container, which then
+    // waits on retransmission timeouts); sent on, it meets the router that has the smaller
+    // MTU, whose "fragmentation needed" the uplink program translates back to the container.
+    params.__bindgen_anon_1.tot_len = 0;
     // SAFETY: reading a field of the context the kernel handed us.
     params.ifindex = unsafe { (*ctx.skb.skb).ifindex };
     params.__bindgen_anon_3.ipv4_src = src_be;
