@@ -946,19 +946,12 @@ impl Lab {
             _ => {
                 let (ip, _) = node.create_container(&self.bins, &name, &[], COMMAND_TIMEOUT)?;
                 let rules = fill_rules(node.dataplane, ip, first..=last);
-                let mut child = cmd::spawn(
+                cmd::run_with_input(
                     Command::new("nsenter")
                         .arg(format!("--net={}", netns_path(&node.netns).display()))
-                        .args(["iptables-restore", "-w", "--noflush"])
-                        .stdin(Stdio::piped()),
+                        .args(["iptables-restore", "-w", "--noflush"]),
+                    &rules,
                 )?;
-                child
-                    .stdin
-                    .take()
-                    .context("stdin")?
-                    .write_all(rules.as_bytes())?;
-                let status = child.wait()?;
-                ensure!(status.success(), "iptables-restore failed ({status})");
             }
         }
         let node = &mut self.nodes[i];
@@ -1068,19 +1061,10 @@ fn ip(netns: &str, args: &[&str]) -> Result<()> {
 
 /// `ip -n NETNS -batch -`: many commands, one process.
 fn ip_batch(netns: &str, commands: &str) -> Result<()> {
-    let mut child = cmd::spawn(
-        Command::new("ip")
-            .args(["-n", netns, "-batch", "-"])
-            .stdin(Stdio::piped()),
-    )?;
-    child
-        .stdin
-        .take()
-        .context("stdin")?
-        .write_all(commands.as_bytes())?;
-    let status = child.wait()?;
-    ensure!(status.success(), "ip -n {netns} -batch failed ({status})");
-    Ok(())
+    cmd::run_with_input(
+        Command::new("ip").args(["-n", netns, "-batch", "-"]),
+        commands,
+    )
 }
 
 /// A program in a namespace we made (`ip netns exec`).
