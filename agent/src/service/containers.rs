@@ -1,4 +1,6 @@
 //! Containers: create (in any network mode), inspect, remove; and what `--link` gives.
+//! A create is planned first ([`Service::plan_container`] changes nothing), then applied in
+//! small steps, each undone if a later one fails.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -7,41 +9,56 @@ use std::{
 
 use super::{
     DEFAULT_NETWORK, HOST_NETWORK, NONE_NETWORK, Service, Step, Undo, default_host_ip,
+    docker::refuse_docker_managed,
     endpoints::teardown_steps,
-    networks::{parse_requested_ip, refuse_docker_managed},
+    networks::parse_requested_ip,
     node_netns,
+    plan::{
+        PortPlan, conflict, container_port_requests, mode_warnings, network_names, parse_exposed,
+        parse_mode, plan_endpoint, plan_links, port_endpoint,
+    },
 };
 use crate::{
     Error, Result,
     model::{
         ContainerHostConfig, ContainerInspect, ContainerRecord, CreateContainer,
-        EndpointAddressing, EndpointIpamConfig, EndpointRecord, EndpointSettings, ExposedPort,
-        HostPort, LinkInfo, LinkRecord, ManagedBy, NetworkMode, NetworkRecord, NetworkSettings,
-        PortRequest, now, parse_port_proto, port_map, port_requests_from_map, random_id, short_id,
+        EndpointAddressing, EndpointIpamConfig, EndpointRecord, EndpointSettings, LinkInfo,
+        ManagedBy, NetworkMode, NetworkRecord, NetworkSettings, now, port_map, random_id, short_id,
         validate_name,
     },
     netlink, netns,
 };
 
-/// `HostConfig.NetworkMode` parsed: the mode, and for bridge mode the primary network.
-fn parse_mode(mode: Option<&str>) -> (NetworkMode, Option<String>) {
-    match mode.unwrap_or("") {
-        "" | "default" | DEFAULT_NETWORK => (NetworkMode::Bridge, Some(DEFAULT_NETWORK.into())),
-        HOST_NETWORK => (NetworkMode::Host, None),
-        NONE_NETWORK => (NetworkMode::None, None),
-        other => match other.strip_prefix("container:") {
-            Some(target) => (NetworkMode::Container(target.into()), None),
-            None => (NetworkMode::Bridge, Some(other.into())),
-        },
-    }
+/// What creating a container will do, decided before anything changes.
+struct ContainerPlan {
+    /// The record to save first, pending: its planned endpoints and ports reserve their
+    /// addresses and host ports.
+    container: ContainerRecord,
+    /// The network of each planned endpoint, in the same order.
+    networks: Vec<NetworkRecord>,
+    ports: PortPlan,
+    warnings: Vec<String>,
 }
 
-fn conflict(what: &str) -> Error {
-    Error::InvalidArgument(format!("conflicting options: {what}"))
+/// Where a container's network namespace comes from.
+struct Namespace {
+    /// The request's mode, with a `container:` target resolved to the namespace's owner.
+    mode: NetworkMode,
+    /// Empty for host mode, and for a namespace the agent is to make.
+    path: PathBuf,
+    /// Whether the agent makes the namespace (and deletes it with the container).
+    owned: bool,
 }
 
 impl Service {
     pub async fn create_container(&mut self, request: CreateContainer) -> Result<ContainerInspect> {
+        let plan = self.plan_container(&request)?;
+        self.apply_container_plan(plan).await
+    }
+
+    /// Validates a create request into a plan: mode and namespace, networks, host ports,
+    /// links and each endpoint's address.
+    fn plan_container(&self, request: &CreateContainer) -> Result<ContainerPlan> {
         validate_name("container", &request.name)?;
         if self.state.containers.contains_key(&request.name) {
             return Err(Error::Conflict(format!(
@@ -49,178 +66,168 @@ impl Service {
                 request.name
             )));
         }
-        let (mut mode, primary) = parse_mode(request.host_config.network_mode.as_deref());
-        let mut warnings = Vec::new();
-        let extra_networks: Vec<String> = request
-            .networking_config
-            .endpoints_config
-            .keys()
-            .filter(|n| Some(*n) != primary.as_ref())
-            .cloned()
-            .collect();
-        let has_ports =
-            !request.host_config.port_bindings.is_empty() || request.host_config.publish_all_ports;
-
-        // Where the container's network namespace comes from.
-        let (netns_path, create_netns) =
-            match &mode {
-                NetworkMode::Host | NetworkMode::Container(_) if request.netns.is_some() => {
-                    return Err(conflict(
-                        "a network namespace cannot be given with host or container network mode",
-                    ));
-                }
-                NetworkMode::Host => (PathBuf::new(), false),
-                NetworkMode::Container(target) => {
-                    if target == &request.name {
-                        return Err(Error::InvalidArgument(
-                            "cannot join own network namespace".into(),
-                        ));
-                    }
-                    let target = self.container(target)?;
-                    if has_ports {
-                        return Err(conflict(
-                            "port publishing and the container type network mode",
-                        ));
-                    }
-                    // Joining a joiner means joining the namespace it joined.
-                    let target_id = match &target.mode {
-                        NetworkMode::Container(id) => id.clone(),
-                        _ => target.id.clone(),
-                    };
-                    let netns = target.netns.clone();
-                    mode = NetworkMode::Container(target_id);
-                    (netns, false)
-                }
-                NetworkMode::Bridge | NetworkMode::None => match &request.netns {
-                    Some(path) => {
-                        let path = Path::new(path);
-                        if !path.exists() {
-                            return Err(Error::NotFound(format!(
-                                "network namespace {} does not exist",
-                                path.display()
-                            )));
-                        }
-                        netns::is_netns(path)?;
-                        if let Some(user) = self.state.containers.values().find(|c| {
-                            c.netns == path && !matches!(c.mode, NetworkMode::Container(_))
-                        }) {
-                            return Err(Error::Conflict(format!(
-                                "network namespace {} is already used by container {}",
-                                path.display(),
-                                user.name
-                            )));
-                        }
-                        (path.to_path_buf(), false)
-                    }
-                    None => (PathBuf::new(), true),
-                },
-            };
-        if mode != NetworkMode::Bridge && !extra_networks.is_empty() {
-            return Err(conflict(
-                "networks cannot be given with host, none or container network mode",
-            ));
-        }
-        if matches!(mode, NetworkMode::Host | NetworkMode::None) && has_ports {
-            warnings.push(
-                "Published ports are discarded when using host or none network mode".to_string(),
-            );
-        }
-
-        // Networks in order, the primary first.
-        let networks: Vec<NetworkRecord> = match (&mode, &primary) {
-            (NetworkMode::Bridge, Some(primary)) => std::iter::once(primary)
-                .chain(extra_networks.iter())
-                .map(|n| {
-                    let network = self.network(n)?;
-                    refuse_docker_managed("network", &network.name, network.managed_by)?;
-                    Ok(network.clone())
-                })
-                .collect::<Result<_>>()?,
+        let (mode, primary) = parse_mode(request.host_config.network_mode.as_deref());
+        let network_names = network_names(
+            primary.as_deref(),
+            request.networking_config.endpoints_config.keys(),
+        );
+        let host_config = &request.host_config;
+        let has_ports = !host_config.port_bindings.is_empty() || host_config.publish_all_ports;
+        let namespace = self.plan_namespace(mode, request, has_ports)?;
+        let warnings = mode_warnings(&namespace.mode, &network_names, has_ports)?;
+        let networks = match namespace.mode {
+            NetworkMode::Bridge => self.joined_networks(&network_names)?,
             _ => Vec::new(),
         };
-        let mut exposed = Vec::new();
-        for key in request.exposed_ports.keys() {
-            let (port, proto) = parse_port_proto(key)?;
-            exposed.push(ExposedPort { port, proto });
-        }
-        let ports = if mode == NetworkMode::Bridge {
-            let host_ip = default_host_ip(&self.settings, networks.first());
-            let mut requests = port_requests_from_map(&request.host_config.port_bindings, host_ip)?;
-            if request.host_config.publish_all_ports {
-                for e in &exposed {
-                    if !requests
-                        .iter()
-                        .any(|r| r.container_port == e.port && r.proto == e.proto)
-                    {
-                        requests.push(PortRequest {
-                            proto: e.proto,
-                            container_port: e.port,
-                            host_ip,
-                            host_port: HostPort::Dynamic,
-                        });
-                    }
-                }
+        let exposed = parse_exposed(request.exposed_ports.keys())?;
+        let ports = match namespace.mode {
+            NetworkMode::Bridge => {
+                let host_ip = default_host_ip(&self.settings, networks.first());
+                self.plan_ports(&container_port_requests(host_config, &exposed, host_ip)?)?
             }
-            self.resolve_ports(&requests)?
-        } else {
-            Vec::new()
+            _ => PortPlan::default(),
         };
-        let mut links = Vec::new();
-        for spec in &request.host_config.links {
-            let (target, alias) = spec.split_once(':').unwrap_or((spec, spec));
-            let target = self
-                .container(target)
-                .map_err(|_| Error::NotFound(format!("could not get container for {target}")))?;
-            validate_name("link alias", alias)?;
-            if links.iter().any(|l: &LinkRecord| l.alias == alias) {
-                return Err(Error::InvalidArgument(format!(
-                    "link alias {alias} is given twice"
-                )));
-            }
-            let shared = networks.iter().any(|n| target.endpoint(&n.id).is_some());
-            if !shared {
-                return Err(Error::InvalidArgument(format!(
-                    "cannot link to container {}: it is on no network this container joins",
-                    target.name
-                )));
-            }
-            links.push(LinkRecord {
-                container_id: target.id.clone(),
-                alias: alias.to_string(),
-            });
-        }
+        let links = plan_links(
+            &host_config.links,
+            |target| self.container(target).ok(),
+            &networks,
+        )?;
 
         let id = random_id();
+        let netns = if namespace.owned {
+            self.settings
+                .netns_dir
+                .join(format!("bpfb-{}", short_id(&id)))
+        } else {
+            namespace.path
+        };
         let mut container = ContainerRecord {
             id,
             name: request.name.clone(),
             created: now(),
-            mode: mode.clone(),
-            netns: netns_path,
-            netns_owned: create_netns,
+            mode: namespace.mode,
+            netns,
+            netns_owned: namespace.owned,
             endpoints: Vec::new(),
-            ports,
+            ports: ports.bindings.clone(),
             exposed,
             links,
             pending: true,
             managed_by: ManagedBy::Bpfbridge,
         };
-        if create_netns {
-            container.netns = self
-                .settings
-                .netns_dir
-                .join(format!("bpfb-{}", short_id(&container.id)));
+        self.plan_endpoints(&mut container, &networks, request)?;
+        Ok(ContainerPlan {
+            container,
+            networks,
+            ports,
+            warnings,
+        })
+    }
+
+    /// Where the namespace of a container in `mode` comes from: the node's (host), the
+    /// target's (`container:`), the one the request names, or a new one.
+    fn plan_namespace(
+        &self,
+        mode: NetworkMode,
+        request: &CreateContainer,
+        has_ports: bool,
+    ) -> Result<Namespace> {
+        let shared = |mode, path| Namespace {
+            mode,
+            path,
+            owned: false,
+        };
+        match mode {
+            NetworkMode::Host | NetworkMode::Container(_) if request.netns.is_some() => Err(
+                conflict("a network namespace cannot be given with host or container network mode"),
+            ),
+            NetworkMode::Host => Ok(shared(NetworkMode::Host, PathBuf::new())),
+            NetworkMode::Container(target) => {
+                if target == request.name {
+                    return Err(Error::InvalidArgument(
+                        "cannot join own network namespace".into(),
+                    ));
+                }
+                let target = self.container(&target)?;
+                if has_ports {
+                    return Err(conflict(
+                        "port publishing and the container type network mode",
+                    ));
+                }
+                // Joining a joiner means joining the namespace it joined.
+                let owner = match &target.mode {
+                    NetworkMode::Container(id) => id.clone(),
+                    _ => target.id.clone(),
+                };
+                Ok(shared(NetworkMode::Container(owner), target.netns.clone()))
+            }
+            NetworkMode::Bridge | NetworkMode::None => match &request.netns {
+                Some(path) => Ok(shared(mode, self.check_given_netns(Path::new(path))?)),
+                None => Ok(Namespace {
+                    mode,
+                    path: PathBuf::new(),
+                    owned: true,
+                }),
+            },
         }
+    }
+
+    /// A namespace a request names must exist and be no other container's.
+    fn check_given_netns(&self, path: &Path) -> Result<PathBuf> {
+        if !path.exists() {
+            return Err(Error::NotFound(format!(
+                "network namespace {} does not exist",
+                path.display()
+            )));
+        }
+        netns::is_netns(path)?;
+        if let Some(user) = self
+            .state
+            .containers
+            .values()
+            .find(|c| c.netns == path && !matches!(c.mode, NetworkMode::Container(_)))
+        {
+            return Err(Error::Conflict(format!(
+                "network namespace {} is already used by container {}",
+                path.display(),
+                user.name
+            )));
+        }
+        Ok(path.to_path_buf())
+    }
+
+    /// The records of the networks a bridge-mode container joins, in order; the API joins
+    /// none that Docker drives.
+    fn joined_networks(&self, names: &[&str]) -> Result<Vec<NetworkRecord>> {
+        names
+            .iter()
+            .map(|name| {
+                let network = self.network(name)?;
+                refuse_docker_managed("network", &network.name, network.managed_by)?;
+                Ok(network.clone())
+            })
+            .collect()
+    }
+
+    /// Plans `container`'s endpoint on each of `networks`, with the addresses the request's
+    /// networking config asks for; no two get the same address.
+    fn plan_endpoints(
+        &self,
+        container: &mut ContainerRecord,
+        networks: &[NetworkRecord],
+        request: &CreateContainer,
+    ) -> Result<()> {
         let mut planned_ips = BTreeSet::new();
-        for network in &networks {
+        for network in networks {
             let config = request
                 .networking_config
                 .endpoints_config
                 .get(&network.name)
                 .cloned()
                 .unwrap_or_default();
-            let endpoint = self.plan_endpoint(
-                &container,
+            let endpoint = plan_endpoint(
+                &self.state.containers,
+                container,
                 network,
                 parse_requested_ip(&config)?,
                 config.aliases,
@@ -229,9 +236,21 @@ impl Service {
             planned_ips.insert(endpoint.ip);
             container.endpoints.push(endpoint);
         }
+        Ok(())
+    }
 
-        // The pending record reserves the addresses; a crash from here on is rolled back
-        // on the next start.
+    /// Records the plan (pending), makes what it needs, and records it done; undoes
+    /// everything made if a step fails.
+    async fn apply_container_plan(&mut self, plan: ContainerPlan) -> Result<ContainerInspect> {
+        let ContainerPlan {
+            mut container,
+            networks,
+            ports,
+            warnings,
+        } = plan;
+        // The pending record reserves the addresses and host ports; a crash from here on is
+        // rolled back on the next start.
+        self.record_port_plan(&ports)?;
         let mut undo = Undo::default();
         self.save_container(container.clone())?;
         undo.steps
@@ -257,42 +276,61 @@ impl Service {
         undo: &mut Undo,
     ) -> Result<()> {
         if container.netns_owned {
-            let name = container
-                .netns
-                .file_name()
-                .and_then(|n| n.to_str())
-                .unwrap_or_default()
-                .to_string();
-            container.netns = netns::create_named(&self.settings.netns_dir, &name)?;
-            undo.steps.push(Step::DeleteNetns(container.netns.clone()));
+            self.make_owned_netns(container, undo)?;
         }
         if matches!(container.mode, NetworkMode::Bridge | NetworkMode::None) {
-            netns::with_netlink_in(&container.netns, |h| async move {
-                match netlink::link_by_name(&h, "lo").await? {
-                    Some(lo) => netlink::set_up(&h, lo.index).await,
-                    None => Ok(()),
-                }
-            })?;
+            set_loopback_up(&container.netns)?;
         }
-        let port_network = networks.iter().position(|n| !n.internal);
+        self.make_planned_endpoints(container, networks, undo)
+            .await?;
+        container.pending = false;
+        self.publish_ports(container, undo)?;
+        self.finish_container(container)
+    }
+
+    /// Makes the namespace the plan named for `container`.
+    fn make_owned_netns(&mut self, container: &mut ContainerRecord, undo: &mut Undo) -> Result<()> {
+        let name = container
+            .netns
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default()
+            .to_string();
+        container.netns = netns::create_named(&self.settings.netns_dir, &name)?;
+        undo.steps.push(Step::DeleteNetns(container.netns.clone()));
+        Ok(())
+    }
+
+    /// Makes each planned endpoint of `container` (on the matching one of `networks`); the
+    /// one that carries the ports gets the default route.
+    async fn make_planned_endpoints(
+        &mut self,
+        container: &mut ContainerRecord,
+        networks: &[NetworkRecord],
+        undo: &mut Undo,
+    ) -> Result<()> {
+        let carrier = port_endpoint(&container.endpoints, &self.state.networks)
+            .map(|e| e.endpoint_id.clone());
         for (i, network) in networks.iter().enumerate() {
             let mut endpoint = container.endpoints[i].clone();
+            let default_route = carrier.as_deref() == Some(endpoint.endpoint_id.as_str());
             self.make_endpoint(
                 &container.netns,
                 network,
                 &mut endpoint,
-                Some(i) == port_network,
+                default_route,
                 undo,
             )
             .await?;
             endpoint.pending = false;
             container.endpoints[i] = endpoint;
         }
-        container.pending = false;
-        for (ep, port) in self.mappings_of(container)? {
-            self.dataplane.publish(&ep, &port)?;
-            undo.steps.push(Step::Unpublish(port));
-        }
+        Ok(())
+    }
+
+    /// Records a made container as done and brings the views (allocation cursors, DNS,
+    /// links) up to date.
+    fn finish_container(&mut self, container: &ContainerRecord) -> Result<()> {
         self.save_container(container.clone())?;
         for endpoint in &container.endpoints {
             self.note_allocation(&endpoint.network_id, endpoint.ip)?;
@@ -501,4 +539,14 @@ impl Service {
         }
         info
     }
+}
+
+/// Brings up loopback in a container's namespace.
+fn set_loopback_up(netns: &Path) -> Result<()> {
+    netns::with_netlink_in(netns, |h| async move {
+        match netlink::link_by_name(&h, "lo").await? {
+            Some(lo) => netlink::set_up(&h, lo.index).await,
+            None => Ok(()),
+        }
+    })
 }

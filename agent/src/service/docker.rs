@@ -6,10 +6,14 @@
 //!
 //! Every call is safe to repeat: a create for something that exists with the same settings
 //! succeeds, a removal of something unknown succeeds.
+//!
+//! The rest of the service asks this module, and only this module, what differs for records
+//! Docker drives (`ManagedBy`): [`refuse_docker_managed`], [`api_drives`],
+//! [`agent_dns_answers_for`], [`endpoint_went_with_its_veth`], [`forgotten_when_empty`].
 
 use std::{collections::BTreeMap, net::Ipv4Addr, path::PathBuf};
 
-use super::{Service, Step, Undo, default_host_ip, endpoints::next_ifname, veth_names};
+use super::{Service, Step, Undo, default_host_ip, plan::next_ifname, veth_names};
 use crate::{
     Error, Result,
     model::{
@@ -25,6 +29,46 @@ use crate::{
         format_mac, mac_for_ip, now, parse_mac, random_id,
     },
 };
+
+/// Docker keeps its own state of what it drives through the plugin; changing it behind
+/// Docker's back would leave the two disagreeing.
+pub(super) fn refuse_docker_managed(kind: &str, name: &str, managed_by: ManagedBy) -> Result<()> {
+    if api_drives(managed_by) {
+        Ok(())
+    } else {
+        Err(Error::Forbidden(format!(
+            "{kind} {name} is managed by Docker through the bpfbridge plugin; change it with docker"
+        )))
+    }
+}
+
+/// Whether the bpfbridge API drives records `managed_by` (and so may remove them unasked,
+/// as a prune does).
+pub(super) fn api_drives(managed_by: ManagedBy) -> bool {
+    match managed_by {
+        ManagedBy::Bpfbridge => true,
+        ManagedBy::Docker => false,
+    }
+}
+
+/// Whether the agent's DNS answers for `container`: Docker's embedded DNS answers for the
+/// sandboxes it drives.
+pub(super) fn agent_dns_answers_for(container: &ContainerRecord) -> bool {
+    api_drives(container.managed_by)
+}
+
+/// Whether a missing node-side veth means `container`'s endpoint is gone: Docker made the
+/// container side and removes it with the sandbox, so for a sandbox it does (the sandbox
+/// went while the agent was down); the agent recreates its own containers' veths.
+pub(super) fn endpoint_went_with_its_veth(container: &ContainerRecord) -> bool {
+    container.managed_by == ManagedBy::Docker
+}
+
+/// Whether `container`'s record goes with its last endpoint: a sandbox's does, as it is
+/// only the sandbox's endpoints on our networks.
+pub(super) fn forgotten_when_empty(container: &ContainerRecord) -> bool {
+    container.managed_by == ManagedBy::Docker
+}
 
 /// Docker names the interface it moves into the sandbox this prefix plus a number.
 const INTERFACE_PREFIX: &str = "eth";
@@ -536,24 +580,22 @@ impl Service {
             // What revoking recorded.
             container.ports.clear();
         }
-        let ports = self.resolve_ports(&requests)?;
+        let ports = self.plan_ports(&requests)?;
         let before = container.clone();
-        container.ports = ports;
+        container.ports = ports.bindings.clone();
         for port in exposed_ports(&exposed)? {
             if !container.exposed.contains(&port) {
                 container.exposed.push(port);
             }
         }
         // Recorded first: a crash before the dataplane has them is made good on start.
+        self.record_port_plan(&ports)?;
         self.save_container(container.clone())?;
         let mut undo = Undo::default();
-        for (ep, port) in self.mappings_of(&container)? {
-            if let Err(e) = self.dataplane.publish(&ep, &port) {
-                self.rollback(undo).await;
-                self.save_container(before)?;
-                return Err(e);
-            }
-            undo.steps.push(Step::Unpublish(port));
+        if let Err(e) = self.publish_ports(&container, &mut undo) {
+            self.rollback(undo).await;
+            self.save_container(before)?;
+            return Err(e);
         }
         self.refresh_views()
     }

@@ -13,14 +13,6 @@ use crate::{
     netlink, netns,
 };
 
-/// The lowest `ethN` a container does not use yet.
-pub(super) fn next_ifname(container: &ContainerRecord) -> String {
-    (0..)
-        .map(|n| format!("eth{n}"))
-        .find(|name| !container.endpoints.iter().any(|e| &e.ifname == name))
-        .expect("an unused interface name")
-}
-
 /// The dataplane's view of an endpoint for tearing it down; an endpoint whose creation was
 /// cut short may not know its MACs yet, which teardown does not need.
 fn teardown_endpoint(e: &EndpointRecord) -> Endpoint {
@@ -143,9 +135,8 @@ impl Service {
         container.endpoints.remove(position);
         self.save_container(container.clone())?;
         if was_primary {
-            for (ep, port) in self.mappings_of(container)? {
-                self.dataplane.publish(&ep, &port)?;
-            }
+            // The ports' new carrier is made already: nothing to undo if publishing fails.
+            self.publish_ports(container, &mut Undo::default())?;
         }
         Ok(was_primary)
     }

@@ -9,6 +9,7 @@ mod docker_ipam;
 mod endpoints;
 mod filters;
 mod networks;
+mod plan;
 mod ports;
 mod reconcile;
 
@@ -24,7 +25,7 @@ use crate::{
     dataplane::{Dataplane, Endpoint, LinkRule},
     dns,
     model::{
-        ContainerRecord, EndpointRecord, Info, ManagedBy, NetworkMode, NetworkRecord, PortBinding,
+        ContainerRecord, EndpointRecord, Info, NetworkMode, NetworkRecord, PortBinding,
         PublishedPort, StatCounter, parse_mac, random_id,
     },
     netlink, netns,
@@ -239,13 +240,10 @@ impl Service {
         Ok(())
     }
 
-    /// The endpoint that carries a container's published ports and default route: the
-    /// first one on a network with a way out (not `--internal`).
+    /// The endpoint that carries `container`'s published ports and default route
+    /// ([`plan::port_endpoint`]).
     fn port_endpoint<'a>(&self, container: &'a ContainerRecord) -> Option<&'a EndpointRecord> {
-        container
-            .endpoints
-            .iter()
-            .find(|e| !e.pending && self.network_by_id(&e.network_id).is_ok_and(|n| !n.internal))
+        plan::port_endpoint(&container.endpoints, &self.state.networks)
     }
 
     /// The dataplane's view of one of our endpoints.
@@ -258,7 +256,8 @@ impl Service {
         if container.mode != NetworkMode::Bridge {
             return Ok(Vec::new());
         }
-        let Some(endpoint) = self.port_endpoint(container) else {
+        // Ports go to the dataplane once the endpoint that carries them is made.
+        let Some(endpoint) = self.port_endpoint(container).filter(|e| !e.pending) else {
             return Ok(Vec::new());
         };
         let endpoint = self.endpoint_view(endpoint)?;
@@ -267,6 +266,15 @@ impl Service {
             .iter()
             .map(|p| (endpoint.clone(), *p))
             .collect())
+    }
+
+    /// Gives the dataplane `container`'s ports, each undone by a step in `undo`.
+    fn publish_ports(&mut self, container: &ContainerRecord, undo: &mut Undo) -> Result<()> {
+        for (endpoint, port) in self.mappings_of(container)? {
+            self.dataplane.publish(&endpoint, &port)?;
+            undo.steps.push(Step::Unpublish(port));
+        }
+        Ok(())
     }
 
     /// Makes the DNS records and the dataplane's link allow-list match the state.
@@ -306,8 +314,7 @@ impl Service {
     /// user-defined network; a server in each namespace that is on a user-defined network.
     fn refresh_dns(&mut self) -> Result<()> {
         let mut records = Vec::new();
-        // Docker's embedded DNS answers for the sandboxes it drives.
-        let ours = |c: &&ContainerRecord| !c.pending && c.managed_by == ManagedBy::Bpfbridge;
+        let ours = |c: &&ContainerRecord| !c.pending && docker::agent_dns_answers_for(c);
         for c in self.state.containers.values().filter(ours) {
             for e in c.endpoints.iter().filter(|e| !e.pending) {
                 let Ok(network) = self.network_by_id(&e.network_id) else {
@@ -340,7 +347,7 @@ impl Service {
         });
         if on_user_network
             && container.mode == NetworkMode::Bridge
-            && container.managed_by == ManagedBy::Bpfbridge
+            && docker::agent_dns_answers_for(container)
         {
             self.dns.serve(&container.id, &container.netns)
         } else {

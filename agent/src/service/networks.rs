@@ -10,17 +10,18 @@ use ipnet::Ipv4Net;
 
 use super::{
     BRIDGE_PREFIX, DEFAULT_NETWORK, HOST_NETWORK, NONE_NETWORK, Service, Step, Undo,
-    endpoints::next_ifname,
+    docker::{self, refuse_docker_managed},
+    plan::plan_endpoint,
 };
 use crate::{
     Error, Result,
     dataplane::NetworkPolicy,
     ipam,
     model::{
-        ConnectRequest, ContainerRecord, CreateNetwork, DisconnectRequest, EndpointRecord, Ipam,
-        IpamConfig, KNOWN_OPTIONS, ManagedBy, NetworkContainer, NetworkCreated, NetworkInspect,
-        NetworkMode, NetworkRecord, NetworksPruned, OPT_BRIDGE_NAME, OPT_ENABLE_ICC,
-        OPT_ENABLE_IP_MASQUERADE, OPT_HOST_BINDING_IPV4, OPT_MTU, now, random_id, validate_name,
+        ConnectRequest, CreateNetwork, DisconnectRequest, Ipam, IpamConfig, KNOWN_OPTIONS,
+        ManagedBy, NetworkContainer, NetworkCreated, NetworkInspect, NetworkMode, NetworkRecord,
+        NetworksPruned, OPT_BRIDGE_NAME, OPT_ENABLE_ICC, OPT_ENABLE_IP_MASQUERADE,
+        OPT_HOST_BINDING_IPV4, OPT_MTU, now, random_id, validate_name,
     },
     netlink,
 };
@@ -405,7 +406,7 @@ impl Service {
             .state
             .networks
             .values()
-            .filter(|n| !n.is_default() && n.managed_by == ManagedBy::Bpfbridge)
+            .filter(|n| !n.is_default() && docker::api_drives(n.managed_by))
             .filter(|n| {
                 !self
                     .state
@@ -562,66 +563,6 @@ impl Service {
         Ok(self.network_inspect_record(network))
     }
 
-    /// Plans an endpoint on `network` for `container`: address (requested or allocated),
-    /// interface name and aliases. Pending until made.
-    pub(super) fn plan_endpoint(
-        &self,
-        container: &ContainerRecord,
-        network: &NetworkRecord,
-        requested_ip: Option<Ipv4Addr>,
-        aliases: Vec<String>,
-        in_use_extra: &BTreeSet<Ipv4Addr>,
-    ) -> Result<EndpointRecord> {
-        if network.is_default() && requested_ip.is_some() {
-            return Err(Error::InvalidArgument(
-                "user specified IP address is supported on user defined networks only".into(),
-            ));
-        }
-        if network.is_default() && !aliases.is_empty() {
-            return Err(Error::InvalidArgument(
-                "network-scoped aliases are supported for user defined networks only".into(),
-            ));
-        }
-        for alias in &aliases {
-            validate_name("alias", alias)?;
-        }
-        let mut in_use: BTreeSet<Ipv4Addr> = self
-            .state
-            .containers
-            .values()
-            .filter_map(|c| c.endpoint(&network.id))
-            .map(|e| e.ip)
-            .collect();
-        in_use.extend(in_use_extra);
-        let ip = match requested_ip {
-            Some(ip) => {
-                ipam::check_requested(&network.name, network.subnet, network.gateway, &in_use, ip)?;
-                ip
-            }
-            None => ipam::allocate(
-                &network.name,
-                network.subnet,
-                network.ip_range.unwrap_or(network.subnet),
-                network.gateway,
-                &in_use,
-                network.last_allocated,
-            )?,
-        };
-        Ok(EndpointRecord {
-            network_id: network.id.clone(),
-            endpoint_id: random_id(),
-            ip,
-            mac: crate::model::format_mac(crate::model::mac_for_ip(ip)),
-            ifname: next_ifname(container),
-            host_veth: String::new(),
-            host_veth_ifindex: 0,
-            host_veth_mac: String::new(),
-            aliases,
-            requested_ip,
-            pending: true,
-        })
-    }
-
     /// Remembers the last address handed out on a network (sequential allocation).
     pub(super) fn note_allocation(&mut self, network_id: &str, ip: Ipv4Addr) -> Result<()> {
         let mut network = self.network_by_id(network_id)?.clone();
@@ -652,20 +593,20 @@ impl Service {
             )));
         }
         let requested_ip = parse_requested_ip(&request.endpoint_config)?;
-        let mut endpoint = self.plan_endpoint(
+        let mut endpoint = plan_endpoint(
+            &self.state.containers,
             &container,
             &network,
             requested_ip,
             request.endpoint_config.aliases.clone(),
             &BTreeSet::new(),
         )?;
-        let had_port_endpoint = self
-            .port_endpoint(&container)
-            .map(|e| e.endpoint_id.clone());
         container.endpoints.push(endpoint.clone());
+        let becomes_primary = self
+            .port_endpoint(&container)
+            .is_some_and(|e| e.endpoint_id == endpoint.endpoint_id);
         self.save_container(container.clone())?;
         let mut undo = Undo::default();
-        let becomes_primary = had_port_endpoint.is_none() && !network.internal;
         let result = self
             .make_endpoint(
                 &container.netns,
@@ -683,9 +624,7 @@ impl Service {
                 self.save_container(container.clone())?;
                 self.note_allocation(&network.id, endpoint.ip)?;
                 if becomes_primary {
-                    for (ep, port) in self.mappings_of(&container)? {
-                        self.dataplane.publish(&ep, &port)?;
-                    }
+                    self.publish_ports(&container, &mut undo)?;
                 }
                 self.refresh_views()?;
                 self.dns_for(&container)
@@ -718,17 +657,6 @@ impl Service {
         }
         self.refresh_views()?;
         self.dns_for(&container)
-    }
-}
-
-/// Docker keeps its own state of what it drives through the plugin; changing it behind
-/// Docker's back would leave the two disagreeing.
-pub(super) fn refuse_docker_managed(kind: &str, name: &str, managed_by: ManagedBy) -> Result<()> {
-    match managed_by {
-        ManagedBy::Bpfbridge => Ok(()),
-        ManagedBy::Docker => Err(Error::Forbidden(format!(
-            "{kind} {name} is managed by Docker through the bpfbridge plugin; change it with docker"
-        ))),
     }
 }
 

@@ -3,11 +3,12 @@
 //! recreated; what no record owns, and what a crash left half-done, is removed.
 
 use super::{
-    BRIDGE_PREFIX, DEFAULT_BRIDGE, DEFAULT_NETWORK, Service, Step, Undo, endpoints::teardown_steps,
+    BRIDGE_PREFIX, DEFAULT_BRIDGE, DEFAULT_NETWORK, Service, Step, Undo, docker,
+    endpoints::teardown_steps,
 };
 use crate::{
     Error, Result,
-    model::{ContainerRecord, ManagedBy, NetworkRecord},
+    model::{ContainerRecord, NetworkRecord},
     netlink, netns,
 };
 
@@ -185,9 +186,7 @@ impl Service {
         for i in 0..container.endpoints.len() {
             let mut endpoint = container.endpoints[i].clone();
             match netlink::link_by_name(&self.handle, &endpoint.host_veth).await? {
-                // Docker made the container side and removes it with the sandbox: a missing
-                // veth is a sandbox that went while the agent was down.
-                None if container.managed_by == ManagedBy::Docker => {
+                None if docker::endpoint_went_with_its_veth(&container) => {
                     tracing::warn!(container = %container.name, endpoint = %endpoint.endpoint_id, "forgetting a Docker endpoint whose veth is gone");
                     self.run_all(teardown_steps(&endpoint)).await?;
                     gone.push(endpoint.endpoint_id.clone());
@@ -230,7 +229,7 @@ impl Service {
         container
             .endpoints
             .retain(|e| !gone.contains(&e.endpoint_id));
-        if container.managed_by == ManagedBy::Docker && container.endpoints.is_empty() {
+        if container.endpoints.is_empty() && docker::forgotten_when_empty(&container) {
             self.forget_container(&container.name)?;
         } else if changed {
             self.save_container(container)?;
