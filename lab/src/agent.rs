@@ -128,6 +128,14 @@ pub struct Agent {
 impl Agent {
     /// Starts an agent in `node` and waits until its API answers.
     pub fn start(node: &Netns, options: AgentOptions) -> Result<Self> {
+        let mut agent = Agent::new(node, options)?;
+        agent.spawn()?;
+        Ok(agent)
+    }
+
+    /// Prepares an agent in `node` (its directory and cgroup) without starting it: see
+    /// [`Agent::command`] and [`Agent::spawn`].
+    pub fn new(node: &Netns, options: AgentOptions) -> Result<Self> {
         let dir = tempfile::Builder::new()
             .prefix(&options.dir_prefix)
             .tempdir()
@@ -145,7 +153,7 @@ impl Agent {
             true => dir.path().join("netns"),
             false => PathBuf::from(NETNS_RUN_DIR),
         };
-        let mut agent = Agent {
+        Ok(Agent {
             child: None,
             socket: dir.path().join("bpfbridge.sock"),
             pin_dir,
@@ -155,17 +163,11 @@ impl Agent {
             dir,
             options,
             owns_leftovers: true,
-        };
-        agent.spawn()?;
-        Ok(agent)
+        })
     }
 
-    /// Starts the agent process (again) and waits until its API answers.
-    pub fn spawn(&mut self) -> Result<()> {
-        let log = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.log_path())?;
+    /// The command line [`Agent::spawn`] runs, without its log and namespace.
+    pub fn command(&self) -> Command {
         let mut command = Command::new(&self.options.bin);
         command
             .arg("--socket")
@@ -182,13 +184,24 @@ impl Agent {
             .arg("--cgroup")
             .arg(&self.cgroup)
             .args(&self.options.args)
-            .envs(self.options.env.iter().map(|(k, v)| (k, v)))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log);
+            .envs(self.options.env.iter().map(|(k, v)| (k, v)));
         if self.options.own_process_group {
             command.process_group(0);
         }
+        command
+    }
+
+    /// Starts the agent process (again) and waits until its API answers.
+    pub fn spawn(&mut self) -> Result<()> {
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())?;
+        let mut command = self.command();
+        command
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
         // The agent must see the host's bpffs and cgroup2.
         let child = spawn_in_netns(&mut command, &self.node_path).context("spawning the agent")?;
         fs::write(self.cgroup.join("cgroup.procs"), child.id().to_string())

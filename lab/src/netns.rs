@@ -43,6 +43,12 @@ pub fn netns_name(path: &Path) -> Option<String> {
     Some(path.file_name()?.to_str()?.to_string())
 }
 
+/// `ip netns del NAME`: for a namespace left in /run/netns by someone else (a container's
+/// whose agent is gone, say).
+pub fn delete_named(name: &str) -> Result<()> {
+    cmd::run_program("ip", &["netns", "del", name]).map(drop)
+}
+
 /// Whether a device's TX checksum offload is on or off (`ethtool -K DEV tx on|off`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TxOffload {
@@ -140,13 +146,14 @@ impl Netns {
         in_netns(&self.path(), f)
     }
 
-    /// Deletes a namespace the lab made, reporting failure (drop deletes it silently).
+    /// Deletes a namespace the lab made, reporting failure (drop deletes it silently); a
+    /// borrowed one stays.
     pub fn delete(mut self) -> Result<()> {
         let name = std::mem::take(&mut self.name);
-        if self.path.is_some() {
-            return Ok(());
+        match self.path {
+            Some(_) => Ok(()),
+            None => delete_named(&name),
         }
-        cmd::run_program("ip", &["netns", "del", &name]).map(drop)
     }
 }
 
