@@ -180,15 +180,21 @@ pub fn try_in_netns<T: Send>(path: &Path, f: impl FnOnce() -> T + Send) -> Resul
     thread::scope(|scope| {
         scope
             .spawn(|| -> Result<T> {
-                let file =
-                    fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
-                setns(&file, CloneFlags::CLONE_NEWNET)
-                    .with_context(|| format!("entering network namespace {}", path.display()))?;
+                enter_netns_on_this_thread(path)?;
                 Ok(f())
             })
             .join()
             .map_err(|_| anyhow!("the thread in {} panicked", path.display()))?
     })
+}
+
+/// Moves the calling thread (and only it) into the network namespace at `path`: for a
+/// thread of its own that serves inside a namespace for a while. [`in_netns`] is the
+/// scoped form.
+pub fn enter_netns_on_this_thread(path: &Path) -> Result<()> {
+    let file = fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    setns(&file, CloneFlags::CLONE_NEWNET)
+        .with_context(|| format!("entering network namespace {}", path.display()))
 }
 
 /// Makes `command` enter the network namespace at `netns`, and no other, before it runs, as

@@ -29,10 +29,12 @@ use std::{
 
 use anyhow::{Context as _, Result, bail, ensure};
 pub use bpfbridge_lab::{
-    NODE_IP, Netns, Topology, UPLINK, WORLD_IP, WORLD_LINK, cgroup2_mount, cmd::run_program as run,
-    in_netns, netns::enter_netns, spawn_in_netns, unique,
+    NODE_IP, Netns, Topology, UPLINK, WORLD_IP, WORLD_LINK, cgroup2_mount,
+    cmd::run_program as run,
+    in_netns,
+    netns::{enter_netns, enter_netns_on_this_thread},
+    spawn_in_netns, unique,
 };
-use nix::sched::{CloneFlags, setns};
 
 /// The dataplane this run's agents use: `BPFBRIDGE_TEST_DATAPLANE`, `ebpf` when unset.
 pub fn dataplane() -> String {
@@ -153,8 +155,7 @@ pub fn serve_once(netns: &Path, port: u16) -> thread::JoinHandle<Result<SocketAd
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let netns = netns.to_path_buf();
     let handle = thread::spawn(move || -> Result<SocketAddr> {
-        let file = fs::File::open(&netns)?;
-        setns(&file, CloneFlags::CLONE_NEWNET)?;
+        enter_netns_on_this_thread(&netns)?;
         let listener = TcpListener::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port))?;
         listener.set_nonblocking(true)?;
         let _ = ready_tx.send(());
@@ -304,8 +305,7 @@ pub fn udp_serve_once(netns: &Path, port: u16) -> thread::JoinHandle<Result<Sock
     let netns = netns.to_path_buf();
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let handle = thread::spawn(move || -> Result<SocketAddr> {
-        let file = fs::File::open(&netns)?;
-        setns(&file, CloneFlags::CLONE_NEWNET)?;
+        enter_netns_on_this_thread(&netns)?;
         let socket = std::net::UdpSocket::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port))?;
         socket.set_read_timeout(Some(Duration::from_secs(10)))?;
         let _ = ready_tx.send(());
@@ -399,20 +399,16 @@ pub fn nettool(
     args: &[&str],
 ) -> Result<std::collections::BTreeMap<String, String>> {
     let bin = bpfbridge_bin().with_file_name("nettool");
-    let netns_file = fs::File::open(netns)?;
-    let procs = cgroup.map(|c| c.join("cgroup.procs"));
     let mut command = Command::new(&bin);
     command.args(args);
-    // SAFETY: only async-signal-safe calls (open/write/close via std fs on a path, setns)
-    // between fork and exec in a single-threaded child.
-    unsafe {
-        command.pre_exec(move || {
-            if let Some(procs) = &procs {
-                fs::write(procs, b"0")?;
-            }
-            setns(&netns_file, CloneFlags::CLONE_NEWNET).map_err(std::io::Error::from)
-        });
+    if let Some(procs) = cgroup.map(|c| c.join("cgroup.procs")) {
+        // SAFETY: only open/write/close on a path between fork and exec in a
+        // single-threaded child.
+        unsafe {
+            command.pre_exec(move || fs::write(&procs, b"0"));
+        }
     }
+    enter_netns(&mut command, netns)?;
     let out = command
         .output()
         .with_context(|| format!("running {}", bin.display()))?;
