@@ -43,6 +43,18 @@ pub fn netns_name(path: &Path) -> Option<String> {
     Some(path.file_name()?.to_str()?.to_string())
 }
 
+/// The `ip netns` namespaces whose name starts with `prefix` (left over from a run that
+/// could not clean up, say).
+pub fn names_with_prefix(prefix: &str) -> Result<Vec<String>> {
+    let out = cmd::output(Command::new("ip").args(["netns", "list"]))?;
+    Ok(out
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|n| n.starts_with(prefix))
+        .map(String::from)
+        .collect())
+}
+
 /// `ip netns del NAME`: for a namespace left in /run/netns by someone else (a container's
 /// whose agent is gone, say).
 pub fn delete_named(name: &str) -> Result<()> {

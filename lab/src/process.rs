@@ -78,3 +78,34 @@ pub fn check_stop() -> Result<()> {
     ensure!(!stop_requested(), "interrupted");
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::process::Command;
+
+    #[test]
+    fn stops_children_that_exit_on_sigterm_and_kills_the_others() {
+        let sleeper = Command::new("sleep").arg("30").spawn().unwrap();
+        assert!(matches!(
+            stop_child_within(sleeper, Duration::from_secs(5)),
+            Stopped::Exited(_)
+        ));
+        let stubborn = Command::new("sh")
+            .args(["-c", "trap '' TERM; sleep 30"])
+            .spawn()
+            .unwrap();
+        // Let the shell install its trap before SIGTERM arrives.
+        thread::sleep(Duration::from_millis(200));
+        assert_eq!(
+            stop_child_within(stubborn, Duration::from_millis(200)),
+            Stopped::Killed
+        );
+        let mut done = Command::new("true").spawn().unwrap();
+        let _ = done.wait();
+        assert!(matches!(
+            stop_child_within(done, Duration::from_secs(1)),
+            Stopped::AlreadyExited(_)
+        ));
+    }
+}

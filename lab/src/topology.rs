@@ -219,3 +219,16 @@ impl TopologyBuilder {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hosts_are_in_the_uplink_subnet() {
+        let uplink = Uplink::new(Ipv4Addr::new(203, 0, 113, 1), Ipv4Addr::new(203, 0, 113, 2));
+        assert_eq!(uplink.host(10), Ipv4Addr::new(203, 0, 113, 10));
+        assert_eq!(uplink.node_link, UPLINK);
+        assert_eq!(uplink.world_tx_offload, TxOffload::Off);
+    }
+}
