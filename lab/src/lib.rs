@@ -25,8 +25,11 @@
 //!   test-only clients and servers (request, Echo, DNS) stay there;
 //! - the demo builds a [`Topology`] under fixed names, starts an [`Agent`] in its own
 //!   process group and waits on [`stop_requested`];
-//! - the bench joins one world to a node per dataplane with [`Uplink::connect`], runs an
-//!   [`Agent`] (or a [`Dockerd`]) in each and stops its servers with [`stop_child_within`].
+//! - the bench joins one world ([`Netns::named`]) to a node per dataplane with
+//!   [`Uplink::connect`] (`DefaultRoute::NodeViaWorld`, world hosts), runs an [`Agent`]
+//!   (or a [`Dockerd`] with `DockerdOptions::dir`, `empty_config` and its flags) in each,
+//!   enters namespaces with [`try_in_netns`] and [`spawn_in_netns`], stops its servers with
+//!   [`stop_child_within`] and finds leftovers with [`netns::names_with_prefix`].
 
 pub mod agent;
 pub mod cmd;
