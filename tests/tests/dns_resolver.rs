@@ -10,7 +10,6 @@
 //! both that a name was forwarded and that forwarding happened from the node namespace.
 
 use std::{
-    fs,
     io::{self, Read as _, Write as _},
     net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket},
     sync::{
@@ -24,12 +23,11 @@ use std::{
 
 use anyhow::{Context as _, Result, bail, ensure};
 use bpfbridge::dns::{Record, Resolver};
-use bpfbridge_tests::Netns;
+use bpfbridge_tests::{Netns, enter_netns_on_this_thread};
 use hickory_proto::{
     op::{Message, Query, ResponseCode},
     rr::{Name, RData, Record as DnsRecord, RecordType, rdata::A},
 };
-use nix::sched::{CloneFlags, setns};
 
 const SERVER: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(127, 0, 0, 11), 53);
 const UPSTREAM: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(192, 0, 2, 53), 53);
@@ -149,7 +147,7 @@ impl FakeUpstream {
         let thread = thread::spawn({
             let stop = stop.clone();
             move || -> Result<()> {
-                setns(fs::File::open(&path)?, CloneFlags::CLONE_NEWNET)?;
+                enter_netns_on_this_thread(&path)?;
                 let udp = UdpSocket::bind(UPSTREAM)?;
                 udp.set_nonblocking(true)?;
                 let tcp = TcpListener::bind(UPSTREAM)?;

@@ -14,28 +14,24 @@
 //! is torn down on exit, on error and on panic by [`Demo`]'s `Drop`. Nothing here touches the
 //! root network namespace.
 
-use std::ffi::c_int;
-use std::fs::{self, File};
+use std::fs;
 use std::io::IsTerminal;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
-use nix::sys::signal::{self, SaFlags, SigAction, SigHandler, SigSet, Signal};
-use nix::unistd::Pid;
+use bpfbridge_lab::{
+    Agent, AgentOptions, Stopped, Topology, catch_stop_signals, check_stop,
+    netns::{Netns, delete_named, netns_name, netns_path},
+    spawn_in_netns, stop_child_within, stop_requested,
+};
 use serde_json::Value;
 
 use crate::cmd;
 
-const NODE_IF: &str = "up0";
-const WORLD_IF: &str = "wl0";
-const NODE_ADDR: &str = "198.51.100.1";
-const WORLD_ADDR: &str = "198.51.100.2";
-const PREFIX_LEN: u8 = 24;
 const CONTAINER: &str = "web";
 const HOST_PORT: u16 = 8080;
 const CONTAINER_PORT: u16 = 80;
@@ -44,7 +40,7 @@ const PAGE: &str =
 
 /// How long the agent gets to start answering on its socket.
 const AGENT_START_TIMEOUT: Duration = Duration::from_secs(20);
-/// How long any one command the demo runs (ip, ethtool, the bpfbridge CLI, wget) may take.
+/// How long any one command the demo runs (the bpfbridge CLI, wget) may take.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a stopped process gets between SIGTERM and SIGKILL.
 const STOP_GRACE: Duration = Duration::from_secs(5);
@@ -55,38 +51,8 @@ const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
 const POLL: Duration = Duration::from_millis(200);
 /// Stop by itself after this many seconds (for unattended smoke runs).
 const SECONDS_ENV: &str = "BPFBRIDGE_DEMO_SECONDS";
-
-static STOP: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_stop_signal(_: c_int) {
-    STOP.store(true, Ordering::SeqCst);
-}
-
-/// Routes SIGINT and SIGTERM to [`STOP`] so that the demo can clean up instead of dying.
-fn catch_stop_signals() -> Result<()> {
-    let action = SigAction::new(
-        SigHandler::Handler(on_stop_signal),
-        SaFlags::SA_RESTART,
-        SigSet::empty(),
-    );
-    for sig in [Signal::SIGINT, Signal::SIGTERM] {
-        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
-        unsafe { signal::sigaction(sig, &action) }
-            .with_context(|| format!("installing a handler for {sig}"))?;
-    }
-    Ok(())
-}
-
-fn stop_requested() -> bool {
-    STOP.load(Ordering::SeqCst)
-}
-
-fn check_stop() -> Result<()> {
-    if stop_requested() {
-        bail!("interrupted");
-    }
-    Ok(())
-}
+/// How many lines of the agent's log an error shows.
+const LOG_TAIL: usize = 30;
 
 /// Runs the demo with the bpfbridge binary at `bpfbridge`.
 pub fn run(bpfbridge: &Path) -> Result<()> {
@@ -130,19 +96,14 @@ fn stop_after_seconds() -> Result<Option<u64>> {
 /// can undo it.
 struct Demo {
     bpfbridge: PathBuf,
-    world: String,
-    node: String,
-    world_created: bool,
-    node_created: bool,
+    /// The names the namespaces get: fixed per run, so that a user can type them.
+    node_name: String,
+    world_name: String,
+    topology: Option<Topology>,
+    /// The web server's page and log.
     dir: Option<tempfile::TempDir>,
     dir_path: PathBuf,
-    socket: PathBuf,
-    pin_dir: PathBuf,
-    pin_dir_ours: bool,
-    /// A cgroup of the demo's own for the agent's socket programs (never the root one).
-    cgroup: PathBuf,
-    cgroup_ours: bool,
-    agent: Option<Child>,
+    agent: Option<Agent>,
     httpd: Option<Child>,
     container_created: bool,
     sandbox_key: Option<PathBuf>,
@@ -151,43 +112,17 @@ struct Demo {
 impl Demo {
     fn new(bpfbridge: &Path) -> Result<Self> {
         let pid = std::process::id();
-        let world = format!("bpfb-demo-world-{pid}");
-        let node = format!("bpfb-demo-node-{pid}");
-        let pin_dir = PathBuf::from(format!("/sys/fs/bpf/bpfb-demo-{pid}"));
-        let cgroup = crate::setup::cgroup2_mount()?.join(format!("bpfb-demo-{pid}"));
-        for netns in [&world, &node] {
-            if netns_path(netns).exists() {
-                bail!(
-                    "network namespace {netns} already exists (left over from an earlier run?); \
-                     remove it with `ip netns del {netns}`"
-                );
-            }
-        }
-        if pin_dir.exists() {
-            bail!(
-                "{} already exists (left over from an earlier run?); remove it with `rm -rf {}`",
-                pin_dir.display(),
-                pin_dir.display()
-            );
-        }
         let dir = tempfile::Builder::new()
             .prefix("bpfbridge-demo-")
             .tempdir()
             .context("creating a temporary directory")?;
-        let dir_path = dir.path().to_path_buf();
         Ok(Demo {
             bpfbridge: bpfbridge.to_path_buf(),
-            world,
-            node,
-            world_created: false,
-            node_created: false,
-            socket: dir_path.join("bpfbridge.sock"),
+            node_name: format!("bpfb-demo-node-{pid}"),
+            world_name: format!("bpfb-demo-world-{pid}"),
+            topology: None,
+            dir_path: dir.path().to_path_buf(),
             dir: Some(dir),
-            dir_path,
-            pin_dir,
-            pin_dir_ours: false,
-            cgroup,
-            cgroup_ours: false,
             agent: None,
             httpd: None,
             container_created: false,
@@ -198,121 +133,51 @@ impl Demo {
     fn create_network(&mut self) -> Result<()> {
         println!(
             "demo: creating network namespaces {} and {}",
-            self.world, self.node
+            self.world_name, self.node_name
         );
-        run_quiet(Command::new("ip").args(["netns", "add", &self.world]))?;
-        self.world_created = true;
-        run_quiet(Command::new("ip").args(["netns", "add", &self.node]))?;
-        self.node_created = true;
-
-        let (world, node) = (self.world.as_str(), self.node.as_str());
-        ip(
-            node,
-            &[
-                "link", "add", NODE_IF, "type", "veth", "peer", "name", WORLD_IF,
-            ],
-        )?;
-        ip(node, &["link", "set", WORLD_IF, "netns", world])?;
-        ip(
-            node,
-            &[
-                "addr",
-                "add",
-                &format!("{NODE_ADDR}/{PREFIX_LEN}"),
-                "dev",
-                NODE_IF,
-            ],
-        )?;
-        ip(
-            world,
-            &[
-                "addr",
-                "add",
-                &format!("{WORLD_ADDR}/{PREFIX_LEN}"),
-                "dev",
-                WORLD_IF,
-            ],
-        )?;
-        for (netns, dev) in [
-            (node, "lo"),
-            (node, NODE_IF),
-            (world, "lo"),
-            (world, WORLD_IF),
-        ] {
-            ip(netns, &["link", "set", dev, "up"])?;
-        }
-        ip(world, &["route", "add", "default", "via", NODE_ADDR])?;
-        // veth leaves TCP checksums partial (CHECKSUM_PARTIAL) when TX offload is on; the XDP
-        // program updates checksums incrementally and needs full ones, as a real NIC delivers.
-        run_quiet(Command::new("ip").args([
-            "netns", "exec", world, "ethtool", "-K", WORLD_IF, "tx", "off",
-        ]))?;
+        // The world's TX offload is off (the default): the XDP program updates checksums
+        // incrementally and needs full ones, as a real NIC delivers.
+        self.topology = Some(
+            Topology::builder()
+                .names(&self.node_name, &self.world_name)
+                .build()?,
+        );
         Ok(())
     }
 
-    fn start_agent(&mut self) -> Result<()> {
-        let state_dir = self.dir_path.join("state");
-        fs::create_dir_all(&state_dir)
-            .with_context(|| format!("creating {}", state_dir.display()))?;
-        let log_path = self.agent_log();
-        let log =
-            File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?;
-        let mut agent = Command::new("nsenter");
-        // Only the network namespace: the agent must see the host's bpffs and cgroup2 mounts,
-        // which `ip netns exec` would replace.
-        agent
-            .arg(format!("--net={}", netns_path(&self.node).display()))
-            .arg(&self.bpfbridge)
-            .args(["agent", "--uplink", NODE_IF, "--state-dir"])
-            .arg(&state_dir)
-            .arg("--pin-dir")
-            .arg(&self.pin_dir)
-            .arg("--cgroup")
-            .arg(&self.cgroup)
-            .arg("--socket")
-            .arg(&self.socket)
-            .args(["--dataplane", "ebpf"])
-            .stdin(Stdio::null())
-            .stdout(
-                log.try_clone()
-                    .context("duplicating the agent log's handle")?,
-            )
-            .stderr(log)
-            // Its own process group: Ctrl-C reaches only xtask, which then stops things in order.
-            .process_group(0);
-        fs::create_dir(&self.cgroup)
-            .with_context(|| format!("creating cgroup {}", self.cgroup.display()))?;
-        self.cgroup_ours = true;
-        println!("demo: starting the agent: {}", cmd::display(&agent));
-        self.pin_dir_ours = true;
-        self.agent = Some(cmd::spawn(&mut agent)?);
+    fn topology(&self) -> Result<&Topology> {
+        self.topology.as_ref().context("no network yet")
+    }
 
-        let deadline = Instant::now() + AGENT_START_TIMEOUT;
-        loop {
-            check_stop()?;
-            if let Some(status) = self.agent_exited()? {
-                bail!(
-                    "the agent exited while starting ({status}); {}",
-                    self.log_tail()
-                );
-            }
-            if self.socket.exists() {
-                let mut info = self.cli();
-                info.arg("info").process_group(0);
-                if cmd::succeeds_timeout(&mut info, Duration::from_secs(5)) {
-                    println!("demo: the agent answers on {}", self.socket.display());
-                    return Ok(());
-                }
-            }
-            if Instant::now() >= deadline {
-                bail!(
-                    "the agent did not answer `bpfbridge info` within {} s; {}",
-                    AGENT_START_TIMEOUT.as_secs(),
-                    self.log_tail()
-                );
-            }
-            thread::sleep(POLL);
-        }
+    fn start_agent(&mut self) -> Result<()> {
+        let options = AgentOptions::new(&self.bpfbridge)
+            .name(&format!("bpfb-demo-{}", std::process::id()))
+            .args(["--dataplane", "ebpf"])
+            .dir_prefix("bpfbridge-demo-agent-")
+            // Container namespaces in /run/netns, where `ip netns exec` finds them.
+            .private_netns_dir(false)
+            .ready_timeout(AGENT_START_TIMEOUT)
+            .stop_grace(STOP_GRACE)
+            // Ctrl-C reaches only xtask, which then stops things in order.
+            .own_process_group(true);
+        let mut agent = Agent::new(&self.topology()?.node, options)?;
+        println!(
+            "demo: starting the agent in {}: {}",
+            self.node_name,
+            cmd::display(&agent.command())
+        );
+        let started = agent.spawn();
+        self.agent = Some(agent);
+        started?;
+        println!(
+            "demo: the agent answers on {}",
+            self.agent()?.socket.display()
+        );
+        Ok(())
+    }
+
+    fn agent(&self) -> Result<&Agent> {
+        self.agent.as_ref().context("the agent is not running")
     }
 
     fn create_container(&mut self) -> Result<Value> {
@@ -337,19 +202,11 @@ impl Demo {
         fs::create_dir_all(&www).with_context(|| format!("creating {}", www.display()))?;
         fs::write(www.join("index.html"), PAGE).context("writing index.html")?;
         let log_path = self.dir_path.join("httpd.log");
-        let log =
-            File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?;
-        let mut httpd = Command::new("nsenter");
+        let log = fs::File::create(&log_path)
+            .with_context(|| format!("creating {}", log_path.display()))?;
+        let mut httpd = Command::new("busybox");
         httpd
-            .arg(format!("--net={}", key.display()))
-            .args([
-                "busybox",
-                "httpd",
-                "-f",
-                "-p",
-                &CONTAINER_PORT.to_string(),
-                "-h",
-            ])
+            .args(["httpd", "-f", "-p", &CONTAINER_PORT.to_string(), "-h"])
             .arg(&www)
             .stdin(Stdio::null())
             .stdout(
@@ -362,22 +219,22 @@ impl Demo {
             "demo: starting a web server in the container: {}",
             cmd::display(&httpd)
         );
-        self.httpd = Some(cmd::spawn(&mut httpd)?);
+        self.httpd = Some(spawn_in_netns(&mut httpd, &key)?);
         Ok(())
     }
 
     /// Fetches the page through the published port from the world namespace, retrying while the
     /// web server starts.
     fn fetch_page(&mut self) -> Result<String> {
-        let url = format!("http://{NODE_ADDR}:{HOST_PORT}/");
-        println!("demo: fetching {url} from {}", self.world);
+        let url = format!("http://{}:{HOST_PORT}/", self.topology()?.uplink.node_ip);
+        println!("demo: fetching {url} from {}", self.world_name);
         let mut last_error = None;
         for attempt in 1..=FETCH_ATTEMPTS {
             check_stop()?;
             // No `wget -T`: Debian 12's busybox-static wget crashes (SIGSEGV) with it, so the
             // timeout is ours.
             let mut wget = Command::new("ip");
-            wget.args(["netns", "exec", &self.world])
+            wget.args(["netns", "exec", &self.world_name])
                 .args(["busybox", "wget", "-q", "-O", "-", &url])
                 .process_group(0);
             match cmd::output_timeout(&mut wget, FETCH_TIMEOUT) {
@@ -400,7 +257,7 @@ impl Demo {
         bail!(
             "could not fetch {url} from {} after {FETCH_ATTEMPTS} attempts; the last error: \
              {last_error}\n{}",
-            self.world,
+            self.world_name,
             self.log_tail()
         );
     }
@@ -412,15 +269,18 @@ impl Demo {
             .as_deref()
             .map(|k| k.display().to_string())
             .unwrap_or_default();
+        let uplink = &self.topology()?.uplink;
+        let (node_ip, world_ip) = (uplink.node_ip, uplink.world_ip);
+        let agent = self.agent()?;
         println!();
         println!("== what happened ==");
         println!(
-            "world client : {WORLD_ADDR} on {WORLD_IF} in netns {}",
-            self.world
+            "world client : {world_ip} on {} in netns {}",
+            uplink.world_link, self.world_name
         );
         println!(
-            "node         : {NODE_ADDR} on {NODE_IF} in netns {} (the agent's uplink)",
-            self.node
+            "node         : {node_ip} on {} in netns {} (the agent's uplink)",
+            uplink.node_link, self.node_name
         );
         println!(
             "container    : {CONTAINER} at {} (gateway {}, MAC {}) in {key}",
@@ -429,13 +289,13 @@ impl Demo {
             field("MacAddress")
         );
         println!(
-            "published    : {NODE_ADDR}:{HOST_PORT}/tcp -> {}:{CONTAINER_PORT}/tcp",
+            "published    : {node_ip}:{HOST_PORT}/tcp -> {}:{CONTAINER_PORT}/tcp",
             field("IPAddress")
         );
         println!();
         println!(
-            "== GET http://{NODE_ADDR}:{HOST_PORT}/ from {} ==",
-            self.world
+            "== GET http://{node_ip}:{HOST_PORT}/ from {} ==",
+            self.world_name
         );
         println!("{}", page.trim_end());
         for args in [
@@ -450,17 +310,17 @@ impl Demo {
         println!();
         println!("== try it yourself ==");
         println!(
-            "ip netns exec {} busybox wget -q -O - http://{NODE_ADDR}:{HOST_PORT}/",
-            self.world
+            "ip netns exec {} busybox wget -q -O - http://{node_ip}:{HOST_PORT}/",
+            self.world_name
         );
         println!(
             "{} --socket {} stats",
             self.bpfbridge.display(),
-            self.socket.display()
+            agent.socket.display()
         );
         println!(
             "agent log: {} (removed on exit)",
-            self.agent_log().display()
+            agent.log_path().display()
         );
         println!();
         Ok(())
@@ -487,10 +347,12 @@ impl Demo {
                 println!("demo: {SECONDS_ENV} elapsed, stopping");
                 return Ok(());
             }
-            if let Some(status) = self.agent_exited()? {
+            if let Some(agent) = self.agent.as_mut()
+                && let Some(status) = agent.exited()?
+            {
                 bail!(
                     "the agent exited unexpectedly ({status}); {}",
-                    self.log_tail()
+                    agent.log_tail(LOG_TAIL)
                 );
             }
             thread::sleep(POLL);
@@ -518,36 +380,25 @@ impl Demo {
             }
         };
         if let Some(httpd) = self.httpd.take() {
-            note(stop_child("httpd", httpd));
+            report_stop("httpd", stop_child_within(httpd, STOP_GRACE));
         }
         if std::mem::take(&mut self.container_created) {
             note(self.remove_container());
         }
-        if let Some(agent) = self.agent.take() {
-            note(stop_child("agent", agent));
+        if let Some(mut agent) = self.agent.take() {
+            if let Some(stopped) = agent.shut_down() {
+                report_stop("agent", stopped);
+            }
+            let pin_dir = agent.pin_dir.clone();
+            note(agent.clean_up());
+            if !pin_dir.exists() {
+                println!("demo cleanup: removed {}", pin_dir.display());
+            }
         }
-        for (created, netns) in [
-            (&mut self.node_created, &self.node),
-            (&mut self.world_created, &self.world),
-        ] {
-            if std::mem::take(created) {
+        if let Some(Topology { node, world, .. }) = self.topology.take() {
+            for netns in [node, world] {
                 note(delete_netns(netns));
             }
-        }
-        if std::mem::take(&mut self.pin_dir_ours) && self.pin_dir.exists() {
-            note(
-                fs::remove_dir_all(&self.pin_dir)
-                    .with_context(|| format!("removing {}", self.pin_dir.display())),
-            );
-            if !self.pin_dir.exists() {
-                println!("demo cleanup: removed {}", self.pin_dir.display());
-            }
-        }
-        if std::mem::take(&mut self.cgroup_ours) {
-            note(
-                fs::remove_dir(&self.cgroup)
-                    .with_context(|| format!("removing cgroup {}", self.cgroup.display())),
-            );
         }
         if let Some(dir) = self.dir.take() {
             note(
@@ -568,7 +419,7 @@ impl Demo {
                 // Without the agent's help the container's namespace would outlive the demo.
                 let orphan = self.sandbox_key.as_deref().and_then(netns_name);
                 match orphan.filter(|name| netns_path(name).exists()) {
-                    Some(name) => match delete_netns(&name) {
+                    Some(name) => match delete_named(&name) {
                         Ok(()) => Err(err),
                         Err(del) => Err(anyhow!("{err:#}\nthen {del:#}")),
                     },
@@ -578,45 +429,20 @@ impl Demo {
         }
     }
 
-    /// Has the agent exited? Forgets it if so.
-    fn agent_exited(&mut self) -> Result<Option<std::process::ExitStatus>> {
-        let Some(agent) = self.agent.as_mut() else {
-            return Ok(None);
-        };
-        let status = agent.try_wait().context("checking on the agent")?;
-        if status.is_some() {
-            self.agent = None;
-        }
-        Ok(status)
-    }
-
-    fn cli(&self) -> Command {
-        let mut cli = Command::new(&self.bpfbridge);
-        cli.arg("--socket").arg(&self.socket);
-        cli
-    }
-
     /// Runs `bpfbridge --socket SOCK ARGS...` and returns its stdout.
     fn bpfbridge(&self, args: &[&str]) -> Result<String> {
-        run_quiet(self.cli().args(args))
-    }
-
-    fn agent_log(&self) -> PathBuf {
-        self.dir_path.join("agent.log")
+        let agent = self.agent()?;
+        agent
+            .cli_within(args, COMMAND_TIMEOUT)
+            .with_context(|| agent.log_tail(LOG_TAIL))
     }
 
     /// The end of the agent's log, for error messages (the log itself goes with the sandbox).
     fn log_tail(&self) -> String {
-        const LINES: usize = 30;
-        match fs::read_to_string(self.agent_log()) {
-            Ok(log) if !log.trim().is_empty() => {
-                let lines: Vec<&str> = log.lines().collect();
-                let start = lines.len().saturating_sub(LINES);
-                format!("the agent's log ends:\n{}", lines[start..].join("\n"))
-            }
-            Ok(_) => "the agent's log is empty".into(),
-            Err(err) => format!("the agent's log could not be read: {err}"),
-        }
+        self.agent
+            .as_ref()
+            .map(|agent| agent.log_tail(LOG_TAIL))
+            .unwrap_or_default()
     }
 }
 
@@ -629,56 +455,25 @@ impl Drop for Demo {
     }
 }
 
-/// Runs a command of the demo's, bounded in time and outside the terminal's process group (so
-/// that Ctrl-C reaches xtask alone); returns its stdout.
-fn run_quiet(command: &mut Command) -> Result<String> {
-    cmd::output_timeout(command.process_group(0), COMMAND_TIMEOUT)
-}
-
-/// `ip -n NETNS ARGS...`
-fn ip(netns: &str, args: &[&str]) -> Result<()> {
-    run_quiet(Command::new("ip").args(["-n", netns]).args(args)).map(drop)
-}
-
-fn delete_netns(netns: &str) -> Result<()> {
-    run_quiet(Command::new("ip").args(["netns", "del", netns]))?;
-    println!("demo cleanup: deleted network namespace {netns}");
+/// Deletes a namespace the demo made and says so.
+fn delete_netns(netns: Netns) -> Result<()> {
+    let name = netns.name.clone();
+    netns.delete()?;
+    println!("demo cleanup: deleted network namespace {name}");
     Ok(())
 }
 
-fn netns_path(netns: &str) -> PathBuf {
-    Path::new("/run/netns").join(netns)
-}
-
-/// The `ip netns` name of a namespace mounted in /run/netns.
-fn netns_name(path: &Path) -> Option<String> {
-    if path.parent() != Some(Path::new("/run/netns")) {
-        return None;
+fn report_stop(name: &str, stopped: Stopped) {
+    match stopped {
+        Stopped::AlreadyExited(status) => {
+            println!("demo cleanup: {name} had already exited ({status})")
+        }
+        Stopped::Exited(status) => println!("demo cleanup: stopped {name} ({status})"),
+        Stopped::Killed => println!(
+            "demo cleanup: {name} ignored SIGTERM for {} s and was killed",
+            STOP_GRACE.as_secs()
+        ),
     }
-    Some(path.file_name()?.to_str()?.to_string())
-}
-
-/// SIGTERM, up to [`STOP_GRACE`] to exit, then SIGKILL.
-fn stop_child(name: &str, mut child: Child) -> Result<()> {
-    if let Some(status) = child.try_wait()? {
-        println!("demo cleanup: {name} had already exited ({status})");
-        return Ok(());
-    }
-    let pid = Pid::from_raw(i32::try_from(child.id()).context("pid out of range")?);
-    signal::kill(pid, Signal::SIGTERM).with_context(|| format!("sending SIGTERM to {name}"))?;
-    if let Some(status) = cmd::wait_until(&mut child, Instant::now() + STOP_GRACE)? {
-        println!("demo cleanup: stopped {name} ({status})");
-        return Ok(());
-    }
-    child.kill().with_context(|| format!("killing {name}"))?;
-    child
-        .wait()
-        .with_context(|| format!("waiting for {name}"))?;
-    println!(
-        "demo cleanup: {name} ignored SIGTERM for {} s and was killed",
-        STOP_GRACE.as_secs()
-    );
-    Ok(())
 }
 
 /// The first non-empty string under `key` anywhere in `value` (containers are printed in
@@ -724,15 +519,5 @@ mod tests {
         assert_eq!(find_string(&container, "MacAddress"), None);
         let flat = json!({"SandboxKey": "/run/netns/x", "IPAddress": "172.17.0.3"});
         assert_eq!(find_string(&flat, "IPAddress"), Some("172.17.0.3"));
-    }
-
-    #[test]
-    fn netns_names_only_for_run_netns() {
-        assert_eq!(
-            netns_name(Path::new("/run/netns/bpfb-web")).as_deref(),
-            Some("bpfb-web")
-        );
-        assert_eq!(netns_name(Path::new("/proc/123/ns/net")), None);
-        assert_eq!(netns_name(Path::new("/run/netns")), None);
     }
 }
