@@ -403,18 +403,33 @@ pub fn link_rules(link: &LinkRule) -> [Rule; 2] {
     [rule(&from, &to, "--dport"), rule(&to, &from, "--sport")]
 }
 
-/// Parses a DNAT rule of nat/DOCKER as `iptables -S` prints it.
-fn parse_dnat(line: &str) -> Option<(PortId, Mapping)> {
-    let words: Vec<&str> = line.split_whitespace().collect();
-    if words.first() != Some(&"-A") || words.get(1) != Some(&CHAIN_DOCKER) {
-        return None;
+/// A rule of a DOCKER chain as `iptables -S` prints it, split in words.
+struct DockerRule<'a> {
+    words: Vec<&'a str>,
+}
+
+impl<'a> DockerRule<'a> {
+    fn parse(line: &'a str) -> Option<Self> {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        if words.first() != Some(&"-A") || words.get(1) != Some(&CHAIN_DOCKER) {
+            return None;
+        }
+        Some(DockerRule { words })
     }
-    let value = |flag: &str| {
-        words
+
+    /// The word after the first `flag`.
+    fn value(&self, flag: &str) -> Option<&'a str> {
+        self.words
             .iter()
             .position(|w| *w == flag)
-            .and_then(|i| words.get(i + 1).copied())
-    };
+            .and_then(|i| self.words.get(i + 1).copied())
+    }
+}
+
+/// Parses a DNAT rule of nat/DOCKER as `iptables -S` prints it.
+fn parse_dnat(line: &str) -> Option<(PortId, Mapping)> {
+    let rule = DockerRule::parse(line)?;
+    let value = |flag: &str| rule.value(flag);
     if value("-j") != Some("DNAT") {
         return None;
     }
@@ -423,7 +438,8 @@ fn parse_dnat(line: &str) -> Option<(PortId, Mapping)> {
         None => Ipv4Addr::UNSPECIFIED,
     };
     // Hairpin rules name no bridge: the caller finds it in the port's ACCEPT rule.
-    let bridge = words
+    let bridge = rule
+        .words
         .windows(3)
         .find(|w| w[0] == "!" && w[1] == "-i")
         .map(|w| w[2].to_string())
@@ -449,16 +465,8 @@ fn parse_dnat(line: &str) -> Option<(PortId, Mapping)> {
 /// The container address and bridge of a published port's ACCEPT rule in filter/DOCKER, as
 /// `iptables -S` prints it (`-A DOCKER -d IP/32 ! -i BR -o BR -p P ... -j ACCEPT`).
 fn parse_accept_bridge(line: &str) -> Option<(Ipv4Addr, String)> {
-    let words: Vec<&str> = line.split_whitespace().collect();
-    if words.first() != Some(&"-A") || words.get(1) != Some(&CHAIN_DOCKER) {
-        return None;
-    }
-    let value = |flag: &str| {
-        words
-            .iter()
-            .position(|w| *w == flag)
-            .and_then(|i| words.get(i + 1).copied())
-    };
+    let rule = DockerRule::parse(line)?;
+    let value = |flag: &str| rule.value(flag);
     // Link rules carry `-s` and name the bridge on both sides.
     if value("-j") != Some("ACCEPT") || value("-s").is_some() {
         return None;
