@@ -223,7 +223,7 @@ async fn flush_flows(State(s): State<Shared>) -> ApiResult<impl IntoResponse> {
 
 /// Drop and new-flow events as newline-delimited JSON, for as long as the client reads.
 async fn monitor(State(s): State<Shared>) -> ApiResult<Response> {
-    let receiver = s.lock().await.subscribe().ok_or_else(|| {
+    let receiver = s.lock().await.subscribe()?.ok_or_else(|| {
         ApiError(Error::InvalidArgument(
             "this dataplane has no event feed".into(),
         ))

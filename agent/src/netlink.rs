@@ -5,7 +5,7 @@ use std::{net::Ipv4Addr, os::fd::AsRawFd as _};
 use futures::TryStreamExt as _;
 use ipnet::Ipv4Net;
 use rtnetlink::{
-    Handle, LinkBridge, LinkUnspec, LinkVeth, RouteMessageBuilder,
+    Handle, LinkBridge, LinkBridgePort, LinkUnspec, LinkVeth, RouteMessageBuilder,
     packet_route::{
         AddressFamily,
         address::AddressAttribute,
@@ -153,6 +153,19 @@ pub async fn set_controller(h: &Handle, index: u32, bridge: u32) -> Result<()> {
         format!("attaching link {index} to bridge {bridge}"),
     )
     .await
+}
+
+/// Turns a bridge port's hairpin mode on or off (IFLA_BRPORT_MODE): whether the bridge may
+/// send a frame back out of the port it came in by.
+pub async fn set_hairpin(h: &Handle, index: u32, on: bool) -> Result<()> {
+    // A bridge port's settings go in RTM_NEWLINK, which `set_port` sends.
+    h.link()
+        .set_port(LinkBridgePort::new(index).hairpin(on).build())
+        .execute()
+        .await
+        .map_err(Error::netlink(format!(
+            "setting hairpin mode of link {index}"
+        )))
 }
 
 /// Moves a link into the network namespace of `netns`.

@@ -32,7 +32,8 @@ use dataplane_common::{
 };
 
 use super::{
-    Dataplane, Endpoint, FilterHits, FlowLister, FlowTimeouts, LinkRule, NetworkPolicy,
+    Capabilities, Dataplane, Endpoint, FilterHits, FlowLister, FlowTimeouts, LinkRule,
+    NetworkPolicy,
     flow_gc::FlowGc,
     flows::{self, is_missing_key},
 };
@@ -616,6 +617,23 @@ impl Dataplane for EbpfDataplane {
         "ebpf"
     }
 
+    /// Everything: the programs do in the kernel what netfilter would, and handle the
+    /// hairpin path themselves.
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            endpoint_programs: true,
+            hairpin_ports: false,
+            node_addresses: true,
+            masquerade: true,
+            network_policy: true,
+            links: true,
+            source_filters: true,
+            flows: true,
+            flow_tables: true,
+            monitor_events: true,
+        }
+    }
+
     fn set_node_addresses(&mut self, addresses: &[(u32, Ipv4Addr)]) -> Result<()> {
         let mut map: HashMap<&mut MapData, NodeAddrKey, NodeAddr> =
             HashMap::try_from(self.map_mut(NODE_ADDRS)?).map_err(Error::dataplane(NODE_ADDRS))?;
@@ -892,7 +910,7 @@ impl Dataplane for EbpfDataplane {
         self.remove_flows(|_, _| true, |_| true)
     }
 
-    fn flow_tables(&self) -> Result<Option<FlowTablesInfo>> {
+    fn flow_tables(&self) -> Result<FlowTablesInfo> {
         let report = self.gc.report();
         let table = |name: &str, data: &MapData, entries: u64| -> Result<FlowTableInfo> {
             let info = data.info().map_err(Error::dataplane(name))?;
@@ -907,22 +925,22 @@ impl Dataplane for EbpfDataplane {
             HashMap::try_from(self.map(CONNTRACK)?).map_err(Error::dataplane(CONNTRACK))?;
         let nat_flows: HashMap<&MapData, FlowKey, NatFlow> =
             HashMap::try_from(self.map(NAT_FLOWS)?).map_err(Error::dataplane(NAT_FLOWS))?;
-        Ok(Some(FlowTablesInfo {
+        Ok(FlowTablesInfo {
             tables: vec![
                 table(CONNTRACK, conntrack.map(), report.conntrack_entries)?,
                 table(NAT_FLOWS, nat_flows.map(), report.nat_flows_entries)?,
             ],
             map_memory_bytes: self.map_memory()?,
             gc: report.stats,
-        }))
+        })
     }
 
     fn shutdown(&mut self) {
         self.gc.stop();
     }
 
-    fn subscribe(&self) -> Option<tokio::sync::broadcast::Receiver<MonitorEvent>> {
-        Some(self.events.subscribe())
+    fn subscribe(&self) -> Result<tokio::sync::broadcast::Receiver<MonitorEvent>> {
+        Ok(self.events.subscribe())
     }
 
     fn set_links(&mut self, links: &[LinkRule]) -> Result<()> {

@@ -1,7 +1,7 @@
 //! The `iptables` dataplane: the same behaviour as the eBPF fast path, programmed the way
-//! Docker 20.10's bridge driver does it (shared/reference/docker-20.10/iptables-save.*.txt),
-//! so that the two can be compared. It exists for the benchmark (`cargo xtask bench`) and
-//! as a reference behaviour, not as the product.
+//! Docker 20.10's bridge driver does it (each rule reads as in dockerd's `iptables-save`;
+//! the tests below hold them to that), so that the two can be compared. It exists for the
+//! benchmark (`cargo xtask bench`) and as a reference behaviour, not as the product.
 //!
 //! Like dockerd, every rule is one `iptables` process: `-C` to see whether it is there,
 //! then `-A`/`-I` (or `-D`). The rules live in the namespace the agent runs in; this module
@@ -9,8 +9,9 @@
 //!
 //! What it keeps:
 //! - the published ports it installed, keyed like the eBPF map (protocol, host address,
-//!   host port), read back from `iptables -t nat -S DOCKER` when it starts, so that a
-//!   restarted agent knows what a previous one left;
+//!   host port), read back from `iptables -t nat -S DOCKER` when it starts (and the bridge
+//!   of a hairpin-mode port, which its DNAT rule does not name, from its ACCEPT rule in
+//!   filter/DOCKER), so that a restarted agent knows what a previous one left;
 //! - the rules it installed for each network (FORWARD, isolation, masquerade), to remove
 //!   them when the network goes.
 //!
@@ -23,7 +24,14 @@
 //! address go through the userland proxy ([`proxy`], TCP only), one listener per published
 //! TCP port, as docker-proxy does. Without it (`--userland-proxy=false`) the rules are
 //! Docker's hairpin layout: DNAT from the bridges too, nat/OUTPUT also for 127.0.0.0/8,
-//! `route_localnet` on the bridges and a MASQUERADE of the node's own addresses into them.
+//! `route_localnet` on the bridges and a MASQUERADE of the node's own addresses into them;
+//! the bridge ports need hairpin mode then, which this backend declares in its
+//! capabilities and the agent sets over netlink.
+//!
+//! It looks nothing up in the kernel: the bridges of endpoints, networks and links come
+//! with them. Docker matches the node's addresses with `-m addrtype --dst-type
+//! LOCAL` and masquerades per network (`-s SUBNET ! -o BRIDGE -j MASQUERADE`), so this
+//! backend is told neither the node's addresses nor a masquerade source.
 //!
 //! Bridged traffic (container to container) only meets the filter rules with br_netfilter:
 //! like dockerd, this dataplane turns on net.bridge.bridge-nf-call-iptables, a per-namespace
@@ -44,7 +52,7 @@ use std::{
 
 use ipnet::Ipv4Net;
 
-use super::{Dataplane, Endpoint, FilterHits, LinkRule, NetworkPolicy};
+use super::{Capabilities, Dataplane, Endpoint, FilterHits, LinkRule, NetworkPolicy};
 use crate::{
     Error, Result,
     model::{FilterAction, FilterRecord, PortBinding, Proto, PublishedPort, StatCounter},
@@ -202,12 +210,9 @@ pub fn target_rules(
 }
 
 /// The rules of one bridge network, in the order they are installed, each with its position.
-fn network_rules(
-    bridge: &str,
-    policy: &NetworkPolicy,
-    access: LocalAccess,
-) -> Vec<(Rule, Position)> {
+fn network_rules(policy: &NetworkPolicy, access: LocalAccess) -> Vec<(Rule, Position)> {
     use Position::*;
+    let bridge = policy.bridge.as_str();
     let subnet = policy.subnet.to_string();
     let icc = if policy.icc { "ACCEPT" } else { "DROP" };
     let mut rules = Vec::new();
@@ -377,7 +382,8 @@ fn filter_order(rules: &[FilterRecord]) -> Vec<&FilterRecord> {
 
 /// The filter/DOCKER pair Docker writes for a `--link` through `icc=false`: the request
 /// and its answers.
-pub fn link_rules(bridge: &str, link: &LinkRule) -> [Rule; 2] {
+pub fn link_rules(link: &LinkRule) -> [Rule; 2] {
+    let bridge = link.bridge.as_str();
     let p = link.proto.as_str();
     let (from, to, port) = (
         format!("{}/32", link.from),
@@ -397,33 +403,33 @@ pub fn link_rules(bridge: &str, link: &LinkRule) -> [Rule; 2] {
     [rule(&from, &to, "--dport"), rule(&to, &from, "--sport")]
 }
 
-/// The node's IPv4 addresses with their interfaces (`ip -o -4 addr show`).
-fn interface_addresses() -> Result<Vec<(String, Ipv4Net)>> {
-    let out = run("ip", &["-o", "-4", "addr", "show"])?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    Ok(text
-        .lines()
-        .filter_map(|line| {
-            let words: Vec<&str> = line.split_whitespace().collect();
-            let name = words.get(1)?.trim_end_matches(':').to_string();
-            let i = words.iter().position(|w| *w == "inet")?;
-            Some((name, words.get(i + 1)?.parse().ok()?))
-        })
-        .collect())
+/// A rule of a DOCKER chain as `iptables -S` prints it, split in words.
+struct DockerRule<'a> {
+    words: Vec<&'a str>,
+}
+
+impl<'a> DockerRule<'a> {
+    fn parse(line: &'a str) -> Option<Self> {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        if words.first() != Some(&"-A") || words.get(1) != Some(&CHAIN_DOCKER) {
+            return None;
+        }
+        Some(DockerRule { words })
+    }
+
+    /// The word after the first `flag`.
+    fn value(&self, flag: &str) -> Option<&'a str> {
+        self.words
+            .iter()
+            .position(|w| *w == flag)
+            .and_then(|i| self.words.get(i + 1).copied())
+    }
 }
 
 /// Parses a DNAT rule of nat/DOCKER as `iptables -S` prints it.
 fn parse_dnat(line: &str) -> Option<(PortId, Mapping)> {
-    let words: Vec<&str> = line.split_whitespace().collect();
-    if words.first() != Some(&"-A") || words.get(1) != Some(&CHAIN_DOCKER) {
-        return None;
-    }
-    let value = |flag: &str| {
-        words
-            .iter()
-            .position(|w| *w == flag)
-            .and_then(|i| words.get(i + 1).copied())
-    };
+    let rule = DockerRule::parse(line)?;
+    let value = |flag: &str| rule.value(flag);
     if value("-j") != Some("DNAT") {
         return None;
     }
@@ -431,8 +437,9 @@ fn parse_dnat(line: &str) -> Option<(PortId, Mapping)> {
         Some(d) => d.parse::<Ipv4Net>().ok()?.addr(),
         None => Ipv4Addr::UNSPECIFIED,
     };
-    // Hairpin rules name no bridge: the caller finds it from the container's address.
-    let bridge = words
+    // Hairpin rules name no bridge: the caller finds it in the port's ACCEPT rule.
+    let bridge = rule
+        .words
         .windows(3)
         .find(|w| w[0] == "!" && w[1] == "-i")
         .map(|w| w[2].to_string())
@@ -455,24 +462,17 @@ fn parse_dnat(line: &str) -> Option<(PortId, Mapping)> {
     ))
 }
 
-/// The bridge a veth is enslaved to (`ip -o link show dev VETH`: `... master BR ...`).
-fn veth_master(veth: &str) -> Result<String> {
-    let out = run("ip", &["-o", "link", "show", "dev", veth])?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    let words: Vec<&str> = text.split_whitespace().collect();
-    words
-        .windows(2)
-        .find(|w| w[0] == "master")
-        .map(|w| w[1].to_string())
-        .ok_or_else(|| Error::NotFound(format!("{veth} is not attached to a bridge")))
-}
-
-/// The interface whose subnet contains `ip`.
-fn interface_holding(addresses: &[(String, Ipv4Net)], ip: Ipv4Addr) -> Option<&str> {
-    addresses
-        .iter()
-        .find(|(_, net)| net.contains(&ip))
-        .map(|(name, _)| name.as_str())
+/// The container address and bridge of a published port's ACCEPT rule in filter/DOCKER, as
+/// `iptables -S` prints it (`-A DOCKER -d IP/32 ! -i BR -o BR -p P ... -j ACCEPT`).
+fn parse_accept_bridge(line: &str) -> Option<(Ipv4Addr, String)> {
+    let rule = DockerRule::parse(line)?;
+    let value = |flag: &str| rule.value(flag);
+    // Link rules carry `-s` and name the bridge on both sides.
+    if value("-j") != Some("ACCEPT") || value("-s").is_some() {
+        return None;
+    }
+    let container_ip = value("-d")?.parse::<Ipv4Net>().ok()?.addr();
+    Some((container_ip, value("-o")?.to_string()))
 }
 
 /// Sets a sysctl of the namespace this process runs in.
@@ -495,14 +495,6 @@ fn bridge_netfilter_on() -> Result<()> {
     set_sysctl(KEY, "1").map_err(Error::io(format!(
         "setting {KEY} (is br_netfilter available?)"
     )))
-}
-
-/// The interface holding an address of `subnet` (a bridge holds its gateway address).
-fn bridge_of_subnet(subnet: &Ipv4Net) -> Result<Option<String>> {
-    Ok(interface_addresses()?
-        .into_iter()
-        .find(|(_, addr)| addr.trunc() == subnet.trunc())
-        .map(|(name, _)| name))
 }
 
 fn run(program: &str, args: &[&str]) -> Result<Output> {
@@ -616,11 +608,15 @@ impl IptablesDataplane {
             .filter_map(parse_dnat)
             .collect();
         if dp.ports.values().any(|m| m.bridge.is_empty()) {
-            let addresses = interface_addresses()?;
+            let out = dp.ipt(&["-t", "filter", "-S", CHAIN_DOCKER])?;
+            let bridges: HashMap<Ipv4Addr, String> = String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .filter_map(parse_accept_bridge)
+                .collect();
             for mapping in dp.ports.values_mut().filter(|m| m.bridge.is_empty()) {
-                mapping.bridge = interface_holding(&addresses, mapping.container_ip)
-                    .unwrap_or_default()
-                    .into();
+                if let Some(bridge) = bridges.get(&mapping.container_ip) {
+                    mapping.bridge = bridge.clone();
+                }
             }
         }
         let out = dp.ipt(&["-S", CHAIN_USER])?;
@@ -795,13 +791,13 @@ impl IptablesDataplane {
         Error::collect(errors)
     }
 
-    fn mapping(endpoint: &Endpoint, port: &PortBinding) -> Result<Mapping> {
-        Ok(Mapping {
+    fn mapping(endpoint: &Endpoint, port: &PortBinding) -> Mapping {
+        Mapping {
             container_ip: endpoint.container_ip,
             container_port: port.container_port,
-            bridge: veth_master(&endpoint.host_veth)?,
+            bridge: endpoint.bridge.clone(),
             host_veth_ifindex: endpoint.host_veth_ifindex,
-        })
+        }
     }
 
     /// How many times this backend ran iptables.
@@ -815,44 +811,16 @@ impl Dataplane for IptablesDataplane {
         "iptables"
     }
 
-    /// Docker matches the node's addresses with `-m addrtype --dst-type LOCAL`.
-    fn set_node_addresses(&mut self, _addresses: &[(u32, Ipv4Addr)]) -> Result<()> {
-        Ok(())
-    }
-
-    /// Masquerade is per network (`-s SUBNET ! -o BRIDGE -j MASQUERADE`, in set_networks).
-    fn set_masquerade(
-        &mut self,
-        _source: Option<Ipv4Addr>,
-        _ports: Option<(u16, u16)>,
-    ) -> Result<()> {
-        Ok(())
-    }
-
-    /// Without the proxy, a container reaching its own published port is DNATed back out
-    /// of the bridge port it came in by: like dockerd, turn on hairpin mode on that port.
-    fn attach_endpoint(&mut self, endpoint: &Endpoint) -> Result<()> {
-        if self.access == LocalAccess::Hairpin {
-            let veth = endpoint.host_veth.as_str();
-            run(
-                "ip",
-                &[
-                    "link",
-                    "set",
-                    "dev",
-                    veth,
-                    "type",
-                    "bridge_slave",
-                    "hairpin",
-                    "on",
-                ],
-            )?;
+    /// Hairpin ports without the userland proxy: a container reaching its own published
+    /// port is DNATed back out of the bridge port it came in by, as with dockerd.
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            hairpin_ports: self.access == LocalAccess::Hairpin,
+            network_policy: true,
+            links: true,
+            source_filters: true,
+            ..Capabilities::default()
         }
-        Ok(())
-    }
-
-    fn retain_endpoints(&mut self, _keep: &[String]) -> Result<()> {
-        Ok(())
     }
 
     /// Removes whatever ports still lead to the container, trying every one.
@@ -871,8 +839,7 @@ impl Dataplane for IptablesDataplane {
     }
 
     fn publish(&mut self, endpoint: &Endpoint, port: &PortBinding) -> Result<()> {
-        let mapping = Self::mapping(endpoint, port)?;
-        self.install(PortId::of(port), mapping)
+        self.install(PortId::of(port), Self::mapping(endpoint, port))
     }
 
     fn unpublish(&mut self, port: &PortBinding) -> Result<()> {
@@ -882,7 +849,7 @@ impl Dataplane for IptablesDataplane {
     fn sync_published(&mut self, wanted: &[(Endpoint, PortBinding)]) -> Result<()> {
         let mut want: HashMap<PortId, Mapping> = HashMap::new();
         for (endpoint, port) in wanted {
-            want.insert(PortId::of(port), Self::mapping(endpoint, port)?);
+            want.insert(PortId::of(port), Self::mapping(endpoint, port));
         }
         let mut errors = Vec::new();
         let installed: Vec<(PortId, Mapping)> =
@@ -947,18 +914,9 @@ impl Dataplane for IptablesDataplane {
     /// Docker's ACCEPT pairs in filter/DOCKER (bridged traffic meets them through
     /// br_netfilter).
     fn set_links(&mut self, links: &[LinkRule]) -> Result<()> {
-        let addresses = if links.is_empty() {
-            Vec::new()
-        } else {
-            interface_addresses()?
-        };
         let mut wanted: Vec<Rule> = Vec::new();
         for link in links {
-            let Some(bridge) = interface_holding(&addresses, link.from) else {
-                tracing::warn!(from = %link.from, "no bridge holds the link's address");
-                continue;
-            };
-            for rule in link_rules(bridge, link) {
+            for rule in link_rules(link) {
                 if !wanted.contains(&rule) {
                     wanted.push(rule);
                 }
@@ -1003,18 +961,8 @@ impl Dataplane for IptablesDataplane {
         }
         let mut added = false;
         for policy in networks {
-            let bridge = match bridge_of_subnet(&policy.subnet) {
-                Ok(Some(bridge)) => bridge,
-                Ok(None) => {
-                    tracing::warn!(subnet = %policy.subnet, "no bridge holds the subnet yet");
-                    continue;
-                }
-                Err(e) => {
-                    errors.push(e);
-                    continue;
-                }
-            };
-            let rules = network_rules(&bridge, policy, self.access);
+            let bridge = &policy.bridge;
+            let rules = network_rules(policy, self.access);
             if self.networks.get(&policy.index) == Some(&rules) {
                 continue;
             }
@@ -1145,6 +1093,7 @@ mod tests {
     fn default_bridge() -> NetworkPolicy {
         NetworkPolicy {
             index: 1,
+            bridge: "docker0".into(),
             subnet: "172.17.0.0/16".parse().unwrap(),
             icc: true,
             internal: false,
@@ -1190,7 +1139,7 @@ mod tests {
 
     #[test]
     fn network_rules_follow_the_reference() {
-        let lines: Vec<String> = network_rules("docker0", &default_bridge(), LocalAccess::Proxy)
+        let lines: Vec<String> = network_rules(&default_bridge(), LocalAccess::Proxy)
             .iter()
             .map(|(r, _)| r.save_line())
             .collect();
@@ -1219,14 +1168,16 @@ mod tests {
             "-A DOCKER -p tcp -m tcp --dport 8080 -j DNAT --to-destination 172.17.0.2:80"
         );
         let (_, mapping) = parse_dnat(&dnat.save_line()).unwrap();
+        assert_eq!(mapping.bridge, "", "found later in the ACCEPT rule");
+        let [accept, _] = target_rules(Proto::Tcp, "docker0", "172.17.0.2".parse().unwrap(), 80);
         assert_eq!(
-            mapping.bridge, "",
-            "found later from the container's address"
+            parse_accept_bridge(&accept.save_line()),
+            Some(("172.17.0.2".parse().unwrap(), "docker0".to_string()))
         );
         let masquerade_node =
             "-A POSTROUTING -o docker0 -m addrtype --src-type LOCAL -j MASQUERADE";
         let lines = |access| -> Vec<String> {
-            network_rules("docker0", &default_bridge(), access)
+            network_rules(&default_bridge(), access)
                 .iter()
                 .map(|(r, _)| r.save_line())
                 .collect()
@@ -1280,12 +1231,13 @@ mod tests {
     #[test]
     fn link_rules_follow_the_reference() {
         let link = LinkRule {
+            bridge: "docker0".into(),
             from: "172.17.0.3".parse().unwrap(),
             to: "172.17.0.2".parse().unwrap(),
             port: 5432,
             proto: Proto::Tcp,
         };
-        let [there, back] = link_rules("docker0", &link);
+        let [there, back] = link_rules(&link);
         assert_eq!(
             there.save_line(),
             "-A DOCKER -s 172.17.0.3/32 -d 172.17.0.2/32 -i docker0 -o docker0 -p tcp -m tcp --dport 5432 -j ACCEPT"

@@ -1,13 +1,22 @@
 //! The packet-processing backend behind the agent. The agent decides *what* (endpoints,
-//! published ports); a `Dataplane` decides *how*. `ebpf` is the fast path; an `iptables`
-//! backend that reproduces Docker's rules for comparison comes with the benchmark work.
+//! published ports, networks' policy); a `Dataplane` decides *how*. `ebpf` is the fast path;
+//! `iptables` reproduces Docker's rules, for comparison and as the reference behaviour.
+//!
+//! What the agent hands a backend carries everything the backend needs (an endpoint's bridge,
+//! a network's bridge and options), so that no backend asks the kernel for state the agent
+//! already knows. Beyond attaching endpoints and publishing ports, a backend declares what
+//! it does in its [`Capabilities`]; the service holds it through [`Backend`], which checks
+//! them once at start and calls only what the backend declared.
 
+mod backend;
 pub mod ebpf;
 pub mod flow_gc;
 pub mod flows;
 pub mod iptables;
 
 use std::net::Ipv4Addr;
+
+pub use backend::Backend;
 
 use crate::{
     Error, Result,
@@ -26,6 +35,8 @@ pub struct Endpoint {
     pub host_veth: String,
     pub host_veth_ifindex: u32,
     pub host_veth_mac: [u8; 6],
+    /// The bridge of the endpoint's network, which the veth is enslaved to.
+    pub bridge: String,
     /// The gateway of the endpoint's network.
     pub gateway: Ipv4Addr,
 }
@@ -38,10 +49,12 @@ pub struct FilterHits {
 }
 
 /// A bridge network as the dataplane's policy sees it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NetworkPolicy {
     /// A number naming the network, unique among the networks.
     pub index: u32,
+    /// The network's bridge, which holds its gateway address.
+    pub bridge: String,
     pub subnet: ipnet::Ipv4Net,
     /// Containers on the network may talk to each other.
     pub icc: bool,
@@ -51,8 +64,10 @@ pub struct NetworkPolicy {
 }
 
 /// What a `--link` allows through `icc=false`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LinkRule {
+    /// The bridge of the network the two containers share.
+    pub bridge: String,
     pub from: Ipv4Addr,
     pub to: Ipv4Addr,
     pub port: u16,
@@ -78,24 +93,58 @@ pub struct FlowTimeouts {
     pub udp_stream: std::time::Duration,
 }
 
-fn unsupported(what: &str, dataplane: &str) -> Error {
-    Error::InvalidArgument(format!(
-        "{what} is not supported by the {dataplane} dataplane"
-    ))
+/// What a backend does beyond attaching endpoints and publishing ports, and what it needs
+/// of the bridge ports. The service calls an optional method of [`Dataplane`] only when the
+/// backend declares the capability that goes with it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Capabilities {
+    /// Programs attached to the node-side veths ([`Dataplane::attach_endpoint`],
+    /// [`Dataplane::retain_endpoints`]).
+    pub endpoint_programs: bool,
+    /// The bridge ports need hairpin mode: a container reaching its own published port is
+    /// translated back out of the port it came in by.
+    pub hairpin_ports: bool,
+    /// Told the node's addresses ([`Dataplane::set_node_addresses`]) to recognise traffic for
+    /// ports bound to `0.0.0.0`, rather than asking the kernel on each packet.
+    pub node_addresses: bool,
+    /// Masquerades with the source address and port range the agent gives
+    /// ([`Dataplane::set_masquerade`]), rather than letting netfilter choose them.
+    pub masquerade: bool,
+    /// Isolation, icc and internal networks ([`Dataplane::set_networks`]); bridge networks
+    /// need it, so the service refuses a backend without it.
+    pub network_policy: bool,
+    /// The `--link` allow-list through `icc=false` ([`Dataplane::set_links`]).
+    pub links: bool,
+    /// Source filters on published ports ([`Dataplane::set_filters`],
+    /// [`Dataplane::filter_hits`]).
+    pub source_filters: bool,
+    /// Lists and forgets the translated flows ([`Dataplane::flow_lister`],
+    /// [`Dataplane::flush_flows`]).
+    pub flows: bool,
+    /// Flow tables of its own, with sizes and a cleanup to report ([`Dataplane::flow_tables`]).
+    pub flow_tables: bool,
+    /// A feed of drop and new-flow events ([`Dataplane::subscribe`]).
+    pub monitor_events: bool,
 }
 
-/// The dataplane backends' common interface.
+/// The answer of an optional method that its backend does not declare: the service checks
+/// the capabilities first, so this is a fault of the agent, not of the request.
+fn undeclared(what: &str, dataplane: &str) -> Error {
+    Error::Dataplane {
+        context: format!("{what} on the {dataplane} dataplane"),
+        source: Box::new(std::io::Error::other(
+            "not among the backend's capabilities",
+        )),
+    }
+}
+
+/// The dataplane backends' common interface. The methods with a default body are optional:
+/// each belongs to one of the [`Capabilities`], and a backend implements those it declares.
 pub trait Dataplane: Send + Sync {
     /// `ebpf` or `iptables`, as given to `--dataplane`.
     fn name(&self) -> &'static str;
-    /// The node's own addresses, on which ports bound to `0.0.0.0` answer.
-    fn set_node_addresses(&mut self, addresses: &[(u32, Ipv4Addr)]) -> Result<()>;
-    /// Starts handling traffic from a container's veth.
-    fn attach_endpoint(&mut self, endpoint: &Endpoint) -> Result<()>;
-    /// Drops the attachments of every node-side veth not named in `keep`: debris of a
-    /// crash between attaching and recording a container.
-    fn retain_endpoints(&mut self, keep: &[String]) -> Result<()>;
-    /// Stops handling a container's traffic and forgets its flows.
+    fn capabilities(&self) -> Capabilities;
+    /// Stops handling a container's traffic and forgets its flows and published ports.
     fn detach_endpoint(&mut self, endpoint: &Endpoint) -> Result<()>;
     fn publish(&mut self, endpoint: &Endpoint, port: &PortBinding) -> Result<()>;
     fn unpublish(&mut self, port: &PortBinding) -> Result<()>;
@@ -105,62 +154,64 @@ pub trait Dataplane: Send + Sync {
     /// The installed mappings, read back from the dataplane.
     fn published(&self) -> Result<Vec<PublishedPort>>;
     fn stats(&self) -> Result<Vec<StatCounter>>;
-    /// Installs exactly `networks` for the isolation, icc and internal-network policy.
-    fn set_networks(&mut self, networks: &[NetworkPolicy]) -> Result<()> {
-        match networks.is_empty() {
-            true => Ok(()),
-            false => Err(unsupported("network policy", self.name())),
-        }
-    }
-    /// A feed of drop and new-flow events, if the dataplane has one.
-    fn subscribe(&self) -> Option<tokio::sync::broadcast::Receiver<MonitorEvent>> {
-        None
-    }
-    /// Installs exactly `links` as the `--link` allow-list.
-    fn set_links(&mut self, links: &[LinkRule]) -> Result<()> {
-        match links.is_empty() {
-            true => Ok(()),
-            false => Err(unsupported("links", self.name())),
-        }
-    }
-    /// The source address (`None`: no masquerade) and port range (`None`: netfilter's
-    /// choice) of masqueraded traffic.
-    fn set_masquerade(
-        &mut self,
-        source: Option<Ipv4Addr>,
-        _ports: Option<(u16, u16)>,
-    ) -> Result<()> {
-        match source {
-            None => Ok(()),
-            Some(_) => Err(unsupported("masquerade", self.name())),
-        }
-    }
-    /// Installs exactly `rules` as the source filters of published ports.
-    fn set_filters(&mut self, rules: &[FilterRecord]) -> Result<()> {
-        match rules.is_empty() {
-            true => Ok(()),
-            false => Err(unsupported("source filtering", self.name())),
-        }
-    }
-    /// Hits of a filter rule.
-    fn filter_hits(&self, _rule_id: u32) -> Result<FilterHits> {
-        Ok(FilterHits::default())
-    }
-    /// A job that lists the translated flows, to run without the agent's lock: a table of
-    /// many flows takes a while to read.
-    fn flow_lister(&self) -> Result<FlowLister> {
-        Err(unsupported("listing flows", self.name()))
-    }
-    /// Forgets every translated flow; returns how many table entries were removed.
-    fn flush_flows(&mut self) -> Result<usize> {
-        Ok(0)
-    }
-    /// The flow tables' sizes, fill and memory and their cleanup's work, if the dataplane
-    /// keeps flow tables of its own.
-    fn flow_tables(&self) -> Result<Option<FlowTablesInfo>> {
-        Ok(None)
-    }
     /// Stops the dataplane's background work (the dataplane itself stays in place for the
     /// next agent).
     fn shutdown(&mut self) {}
+
+    /// Starts handling traffic from a container's veth (`endpoint_programs`).
+    fn attach_endpoint(&mut self, _endpoint: &Endpoint) -> Result<()> {
+        Err(undeclared("attaching an endpoint", self.name()))
+    }
+    /// Drops the attachments of every node-side veth not named in `keep`: debris of a
+    /// crash between attaching and recording a container (`endpoint_programs`).
+    fn retain_endpoints(&mut self, _keep: &[String]) -> Result<()> {
+        Err(undeclared("pruning endpoints", self.name()))
+    }
+    /// The node's own addresses, on which ports bound to `0.0.0.0` answer (`node_addresses`).
+    fn set_node_addresses(&mut self, _addresses: &[(u32, Ipv4Addr)]) -> Result<()> {
+        Err(undeclared("node addresses", self.name()))
+    }
+    /// The source address (`None`: no masquerade) and port range (`None`: netfilter's
+    /// choice) of masqueraded traffic (`masquerade`).
+    fn set_masquerade(
+        &mut self,
+        _source: Option<Ipv4Addr>,
+        _ports: Option<(u16, u16)>,
+    ) -> Result<()> {
+        Err(undeclared("masquerade", self.name()))
+    }
+    /// Installs exactly `networks` for the isolation, icc and internal-network policy
+    /// (`network_policy`).
+    fn set_networks(&mut self, _networks: &[NetworkPolicy]) -> Result<()> {
+        Err(undeclared("network policy", self.name()))
+    }
+    /// Installs exactly `links` as the `--link` allow-list (`links`).
+    fn set_links(&mut self, _links: &[LinkRule]) -> Result<()> {
+        Err(undeclared("links", self.name()))
+    }
+    /// Installs exactly `rules` as the source filters of published ports (`source_filters`).
+    fn set_filters(&mut self, _rules: &[FilterRecord]) -> Result<()> {
+        Err(undeclared("source filtering", self.name()))
+    }
+    /// Hits of a filter rule (`source_filters`).
+    fn filter_hits(&self, _rule_id: u32) -> Result<FilterHits> {
+        Err(undeclared("source filtering", self.name()))
+    }
+    /// A job that lists the translated flows, to run without the agent's lock: a table of
+    /// many flows takes a while to read (`flows`).
+    fn flow_lister(&self) -> Result<FlowLister> {
+        Err(undeclared("listing flows", self.name()))
+    }
+    /// Forgets every translated flow; returns how many table entries were removed (`flows`).
+    fn flush_flows(&mut self) -> Result<usize> {
+        Err(undeclared("flushing flows", self.name()))
+    }
+    /// The flow tables' sizes, fill and memory and their cleanup's work (`flow_tables`).
+    fn flow_tables(&self) -> Result<FlowTablesInfo> {
+        Err(undeclared("flow tables", self.name()))
+    }
+    /// A feed of drop and new-flow events (`monitor_events`).
+    fn subscribe(&self) -> Result<tokio::sync::broadcast::Receiver<MonitorEvent>> {
+        Err(undeclared("monitor events", self.name()))
+    }
 }

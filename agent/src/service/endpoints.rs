@@ -13,17 +13,19 @@ use crate::{
     netlink, netns,
 };
 
-/// The dataplane's view of an endpoint for tearing it down; an endpoint whose creation was
-/// cut short may not know its MACs yet, which teardown does not need.
+/// The dataplane's view of an endpoint for tearing it down: its addresses and veth. An
+/// endpoint whose creation was cut short may not know its MACs yet, and teardown needs
+/// neither them nor the network's bridge and gateway.
 fn teardown_endpoint(e: &EndpointRecord) -> Endpoint {
-    dataplane_endpoint(e, Ipv4Addr::UNSPECIFIED).unwrap_or_else(|_| Endpoint {
+    Endpoint {
         container_ip: e.ip,
         container_mac: parse_mac(&e.mac).unwrap_or_default(),
         host_veth: e.host_veth.clone(),
         host_veth_ifindex: e.host_veth_ifindex,
-        host_veth_mac: [0; 6],
+        host_veth_mac: parse_mac(&e.host_veth_mac).unwrap_or_default(),
+        bridge: String::new(),
         gateway: Ipv4Addr::UNSPECIFIED,
-    })
+    }
 }
 
 /// The steps that undo an endpoint: the dataplane's hold first, then the veth (deleting one
@@ -72,8 +74,8 @@ impl Service {
         endpoint.host_veth = host_veth;
         endpoint.host_veth_ifindex = host.index;
         endpoint.host_veth_mac = format_mac(host_mac);
-        let dp = dataplane_endpoint(endpoint, network.gateway)?;
-        self.dataplane.attach_endpoint(&dp)?;
+        let dp = dataplane_endpoint(endpoint, network)?;
+        self.dataplane.attach_endpoint(&dp).await?;
         undo.steps.push(Step::DetachEndpoint(dp));
         Ok(peer_link)
     }

@@ -85,7 +85,7 @@ impl Service {
     /// The dataplane's drop and new-flow events, if it has a feed.
     pub fn subscribe(
         &self,
-    ) -> Option<tokio::sync::broadcast::Receiver<crate::model::MonitorEvent>> {
+    ) -> Result<Option<tokio::sync::broadcast::Receiver<crate::model::MonitorEvent>>> {
         self.dataplane.subscribe()
     }
 

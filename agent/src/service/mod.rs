@@ -22,7 +22,7 @@ use rtnetlink::Handle;
 use crate::{
     Error, Result,
     config::Settings,
-    dataplane::{Dataplane, Endpoint, LinkRule},
+    dataplane::{Backend, Dataplane, Endpoint, LinkRule},
     dns,
     model::{
         ContainerRecord, EndpointRecord, Info, NetworkMode, NetworkRecord, PortBinding,
@@ -44,7 +44,7 @@ pub struct Service {
     handle: Handle,
     store: Store,
     state: State,
-    dataplane: Box<dyn Dataplane>,
+    dataplane: Backend,
     dns: dns::Resolver,
     settings: Settings,
     uplink: String,
@@ -109,7 +109,11 @@ impl Service {
         if settings.ip_forward {
             enable_ip_forward()?;
         }
-        let dataplane = make_dataplane(&uplink, uplink_link.index)?;
+        let dataplane = Backend::new(
+            make_dataplane(&uplink, uplink_link.index)?,
+            handle.clone(),
+            &settings,
+        )?;
         let dns = dns::Resolver::new(dns_upstreams(&settings));
         let mut service = Service {
             handle,
@@ -248,7 +252,7 @@ impl Service {
 
     /// The dataplane's view of one of our endpoints.
     fn endpoint_view(&self, endpoint: &EndpointRecord) -> Result<Endpoint> {
-        dataplane_endpoint(endpoint, self.network_by_id(&endpoint.network_id)?.gateway)
+        dataplane_endpoint(endpoint, self.network_by_id(&endpoint.network_id)?)
     }
 
     /// What the dataplane should hold for `container`'s ports.
@@ -296,8 +300,12 @@ impl Service {
                     let Some(theirs) = other.endpoint(&mine.network_id) else {
                         continue;
                     };
+                    let Ok(network) = self.network_by_id(&mine.network_id) else {
+                        continue;
+                    };
                     for port in other.all_exposed() {
                         rules.push(LinkRule {
+                            bridge: network.bridge.clone(),
                             from: mine.ip,
                             to: theirs.ip,
                             port: port.port,
@@ -357,8 +365,8 @@ impl Service {
     }
 }
 
-/// The dataplane's view of an endpoint on a network whose gateway is `gateway`.
-fn dataplane_endpoint(e: &EndpointRecord, gateway: Ipv4Addr) -> Result<Endpoint> {
+/// The dataplane's view of an endpoint on `network`.
+fn dataplane_endpoint(e: &EndpointRecord, network: &NetworkRecord) -> Result<Endpoint> {
     let bad_mac = |m: &str| {
         Error::InvalidArgument(format!("endpoint {}: bad MAC {m} in state", e.endpoint_id))
     };
@@ -368,7 +376,8 @@ fn dataplane_endpoint(e: &EndpointRecord, gateway: Ipv4Addr) -> Result<Endpoint>
         host_veth: e.host_veth.clone(),
         host_veth_ifindex: e.host_veth_ifindex,
         host_veth_mac: parse_mac(&e.host_veth_mac).ok_or_else(|| bad_mac(&e.host_veth_mac))?,
-        gateway,
+        bridge: network.bridge.clone(),
+        gateway: network.gateway,
     })
 }
 

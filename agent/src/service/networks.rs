@@ -72,6 +72,7 @@ impl Service {
             .filter(|n| !n.pending)
             .map(|n| NetworkPolicy {
                 index: network_index(&n.id),
+                bridge: n.bridge.clone(),
                 subnet: n.subnet,
                 icc: n.enable_icc,
                 internal: n.internal,

@@ -198,7 +198,7 @@ impl Service {
                         changed = true;
                     }
                     let view = self.endpoint_view(&endpoint)?;
-                    self.dataplane.attach_endpoint(&view)?;
+                    self.dataplane.attach_endpoint(&view).await?;
                 }
                 None if netns_alive => {
                     tracing::warn!(container = %container.name, veth = %endpoint.host_veth, "recreating a missing veth");
