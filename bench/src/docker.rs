@@ -198,7 +198,7 @@ impl Dockerd {
             Err(e) => errors.push(format!("{e:#}")),
         }
         // dockerd stops the containerd it started on SIGTERM.
-        crate::bench::stop_child_within(daemon, Duration::from_secs(30));
+        crate::lab::stop_child_within(daemon, Duration::from_secs(30));
         // vfs mounts nothing, but a crash may leave a container's namespace mounted.
         let mounts = fs::read_to_string("/proc/self/mounts").unwrap_or_default();
         for target in mounts
