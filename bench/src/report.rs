@@ -40,46 +40,27 @@ fn points<'a, T: 'a>(
         .filter_map(move |s| Some((s.dataplane, pick(&s.measurement)?)))
 }
 
-fn connrate(m: &Measurement) -> Option<&Connrate> {
-    match m {
-        Measurement::Connrate(c) => Some(c),
-        _ => None,
-    }
+/// Functions that find the measurement of one scenario in a sample's, for [`points`].
+macro_rules! pickers {
+    ($($name:ident: $variant:ident($ty:ty)),* $(,)?) => {$(
+        fn $name(m: &Measurement) -> Option<&$ty> {
+            match m {
+                Measurement::$variant(x) => Some(x),
+                _ => None,
+            }
+        }
+    )*};
 }
 
-fn programming(m: &Measurement) -> Option<&Programming> {
-    match m {
-        Measurement::Programming(p) => Some(p),
-        _ => None,
-    }
-}
-
-fn latency(m: &Measurement) -> Option<&LatencyLoad> {
-    match m {
-        Measurement::Latency(l) => Some(l),
-        _ => None,
-    }
-}
-
-fn udp(m: &Measurement) -> Option<&Udp> {
-    match m {
-        Measurement::Udp(u) => Some(u),
-        _ => None,
-    }
-}
-
-fn bulk(m: &Measurement) -> Option<&BulkLoad> {
-    match m {
-        Measurement::Bulk(b) => Some(b),
-        _ => None,
-    }
-}
-
-fn restart(m: &Measurement) -> Option<&Restart> {
-    match m {
-        Measurement::Restart(r) => Some(r),
-        _ => None,
-    }
+pickers! {
+    connrate: Connrate(Connrate),
+    programming: Programming(Programming),
+    latency: Latency(LatencyLoad),
+    udp: Udp(Udp),
+    bulk: Bulk(BulkLoad),
+    restart: Restart(Restart),
+    conntrack_scale: ConntrackScale(ConntrackScale),
+    flood: Flood(Flood),
 }
 
 /// The egress measurements of scenario `sc` (egress-one or egress-many).
@@ -87,20 +68,6 @@ fn egress(sc: Scenario) -> impl Fn(&Measurement) -> Option<&Egress> {
     move |m| match m {
         Measurement::EgressOne(e) if sc == Scenario::EgressOne => Some(e),
         Measurement::EgressMany(e) if sc == Scenario::EgressMany => Some(e),
-        _ => None,
-    }
-}
-
-fn conntrack_scale(m: &Measurement) -> Option<&ConntrackScale> {
-    match m {
-        Measurement::ConntrackScale(c) => Some(c),
-        _ => None,
-    }
-}
-
-fn flood(m: &Measurement) -> Option<&Flood> {
-    match m {
-        Measurement::Flood(f) => Some(f),
         _ => None,
     }
 }

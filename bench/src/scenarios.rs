@@ -13,13 +13,14 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail};
+use serde::de::DeserializeOwned;
 
 use crate::{
     cmd,
     lab::{EBPF, IPTABLES, Lab, check_stop, in_netns, netns_path, stop_child, stopping},
     results::{
-        BulkLoad, ConnLoad, Connrate, CpuLoad, LatencyLoad, Measurement, Path as BenchPath, Plan,
-        Programming, ProgrammingOutcome, ProgrammingTimes, Restart, Sample, Scenario, Sent, Udp,
+        ConnLoad, Connrate, CpuLoad, Measurement, Path as BenchPath, Plan, Programming,
+        ProgrammingOutcome, ProgrammingTimes, Restart, Sample, Scenario, Sent, Udp,
     },
 };
 
@@ -38,9 +39,9 @@ pub(crate) fn run(
 ) -> Result<()> {
     match scenario {
         Scenario::Programming => programming(lab, plan, samples, notes),
-        Scenario::Latency => latency(lab, plan, samples),
+        Scenario::Latency => per_path(lab, plan, samples, "latency", Measurement::Latency),
         Scenario::Udp => udp(lab, plan, samples),
-        Scenario::Bulk => bulk(lab, plan, samples),
+        Scenario::Bulk => per_path(lab, plan, samples, "bulk", Measurement::Bulk),
         Scenario::Connrate => connrate(lab, plan, samples),
         Scenario::Restart => restart(lab, plan, samples),
         Scenario::EgressOne | Scenario::EgressMany => flows::egress(lab, plan, samples, scenario),
@@ -139,36 +140,25 @@ pub(crate) fn with_cpu_per_connection(run: impl FnOnce() -> Result<ConnLoad>) ->
     })
 }
 
-fn latency(lab: &mut Lab, plan: &Plan, samples: &mut Vec<Sample>) -> Result<()> {
+/// Scenarios `latency` and `bulk`: one load generator `kind` run per path and repetition,
+/// its output the sample.
+fn per_path<T: DeserializeOwned>(
+    lab: &mut Lab,
+    plan: &Plan,
+    samples: &mut Vec<Sample>,
+    kind: &str,
+    measurement: fn(T) -> Measurement,
+) -> Result<()> {
     for rep in 0..plan.reps {
         for path in rotation(rep, &lab.paths()) {
             check_stop()?;
             let (from, to) = lab.path(path, true);
-            let load: LatencyLoad = lab.client(
-                &path_args("latency", from, to, plan.short_seconds),
+            let load: T = lab.client(
+                &path_args(kind, from, to, plan.short_seconds),
                 plan.short_seconds,
             )?;
             samples.push(Sample {
-                measurement: Measurement::Latency(load),
-                dataplane: path,
-                rep,
-            });
-        }
-    }
-    Ok(())
-}
-
-fn bulk(lab: &mut Lab, plan: &Plan, samples: &mut Vec<Sample>) -> Result<()> {
-    for rep in 0..plan.reps {
-        for path in rotation(rep, &lab.paths()) {
-            check_stop()?;
-            let (from, to) = lab.path(path, true);
-            let load: BulkLoad = lab.client(
-                &path_args("bulk", from, to, plan.short_seconds),
-                plan.short_seconds,
-            )?;
-            samples.push(Sample {
-                measurement: Measurement::Bulk(load),
+                measurement: measurement(load),
                 dataplane: path,
                 rep,
             });

@@ -45,6 +45,22 @@ pub fn run(cmd: &mut Command) -> Result<()> {
     Ok(())
 }
 
+/// Runs `cmd` with `input` on its stdin and fails unless it exits 0.
+pub fn run_with_input(cmd: &mut Command, input: &str) -> Result<()> {
+    use std::io::Write as _;
+    let mut child = spawn(cmd.stdin(Stdio::piped()))?;
+    child
+        .stdin
+        .take()
+        .context("stdin")?
+        .write_all(input.as_bytes())?;
+    let status = child.wait()?;
+    if !status.success() {
+        bail!("`{}` failed ({status})", display(cmd));
+    }
+    Ok(())
+}
+
 /// Runs `cmd` with no stdin and its output captured; returns its stdout. Fails unless it exits 0,
 /// with its stderr in the error.
 pub fn output(cmd: &mut Command) -> Result<String> {

@@ -210,26 +210,18 @@ pub(super) fn conntrack_scale(
 ) -> Result<()> {
     let largest = plan.scale_flows.iter().copied().max().unwrap_or(0);
     let conntrack_max = 2 * largest + 65_536;
-    lab.nodes[EBPF].restart_fresh(
-        &lab.bins,
-        vec![
-            "--conntrack-max".into(),
-            conntrack_max.to_string(),
-            "--udp-idle-timeout".into(),
-            SCALE_UDP_IDLE_SECONDS.to_string(),
-        ],
-    )?;
-    let measured = (|| -> Result<()> {
-        lab.check_masquerade(EBPF)?;
+    let agent_args = [
+        "--conntrack-max".into(),
+        conntrack_max.to_string(),
+        "--udp-idle-timeout".into(),
+        SCALE_UDP_IDLE_SECONDS.to_string(),
+    ];
+    with_fresh_ebpf_agent(lab, agent_args.into(), |lab| {
         for i in [EBPF, IPTABLES] {
             scale_node(lab, plan, samples, i, conntrack_max)?;
         }
         Ok(())
-    })();
-    // Back to the bench's settings on empty tables, whatever happened.
-    let restored = lab.nodes[EBPF].restart_fresh(&lab.bins, Vec::new());
-    measured?;
-    restored?;
+    })?;
     let gc_known = samples.iter().any(
         |s| matches!(&s.measurement, Measurement::ConntrackScale(point) if point.gc.is_some()),
     );
@@ -455,22 +447,30 @@ fn gc_fields(info: &Value) -> BTreeMap<String, Number> {
 /// full; new connections through the published port are counted meanwhile. The ebpf agent
 /// runs on a fresh, small flow table for it.
 pub(super) fn flood(lab: &mut Lab, plan: &Plan, samples: &mut Vec<Sample>) -> Result<()> {
-    lab.nodes[EBPF].restart_fresh(
-        &lab.bins,
-        vec![
-            "--conntrack-max".into(),
-            FLOOD_CONNTRACK_MAX.to_string(),
-            "--nat-flows-max".into(),
-            FLOOD_NAT_FLOWS_MAX.to_string(),
-        ],
-    )?;
-    let measured = (|| -> Result<()> {
-        lab.check_masquerade(EBPF)?;
+    let agent_args = [
+        "--conntrack-max".into(),
+        FLOOD_CONNTRACK_MAX.to_string(),
+        "--nat-flows-max".into(),
+        FLOOD_NAT_FLOWS_MAX.to_string(),
+    ];
+    with_fresh_ebpf_agent(lab, agent_args.into(), |lab| {
         for i in 0..lab.nodes.len() {
             flood_node(lab, plan, samples, i)?;
         }
         Ok(())
-    })();
+    })
+}
+
+/// Runs `measure` with the ebpf agent restarted on fresh tables with `agent_args` (after
+/// checking that egress still leaves through its masquerade), then restarts it on fresh
+/// tables with the bench's settings, whatever happened.
+fn with_fresh_ebpf_agent(
+    lab: &mut Lab,
+    agent_args: Vec<String>,
+    measure: impl FnOnce(&Lab) -> Result<()>,
+) -> Result<()> {
+    lab.nodes[EBPF].restart_fresh(&lab.bins, agent_args)?;
+    let measured = lab.check_masquerade(EBPF).and_then(|()| measure(lab));
     let restored = lab.nodes[EBPF].restart_fresh(&lab.bins, Vec::new());
     measured?;
     restored
