@@ -1,4 +1,5 @@
-//! The hermetic test topology that every integration test builds on:
+//! The hermetic test topology that every integration test builds on, from the lab crate
+//! (`bpfbridge-lab`), which the demo and the bench share:
 //!
 //! ```text
 //!   world netns                 node netns (agent runs here)            container netns
@@ -6,7 +7,9 @@
 //! ```
 //!
 //! Every name is unique per test, everything is removed by `Drop` (also when a test
-//! panics), and nothing touches the root network namespace.
+//! panics), and nothing touches the root network namespace. What only tests need lives
+//! here: the dataplane of the run, the agent flags it implies, and clients and servers
+//! inside namespaces.
 
 pub mod docker;
 pub mod packet;
@@ -15,161 +18,21 @@ use std::{
     fs,
     io::{Read as _, Write as _},
     net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream},
+    ops::{Deref, DerefMut},
     os::unix::process::CommandExt as _,
     path::{Path, PathBuf},
-    process::{Child, Command, Output, Stdio},
-    sync::atomic::{AtomicU32, Ordering},
+    process::Command,
+    sync::atomic::Ordering,
     thread,
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result, bail, ensure};
+pub use bpfbridge_lab::{
+    NODE_IP, Netns, Topology, UPLINK, WORLD_IP, WORLD_LINK, cgroup2_mount, cmd::run_program as run,
+    in_netns, netns::enter_netns, spawn_in_netns, unique,
+};
 use nix::sched::{CloneFlags, setns};
-
-pub const NODE_IP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
-pub const WORLD_IP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 2);
-pub const UPLINK: &str = "up0";
-pub const WORLD_LINK: &str = "wl0";
-
-/// A name no other test (or test run) on this machine uses at the same time.
-pub fn unique(role: &str) -> String {
-    static NEXT: AtomicU32 = AtomicU32::new(0);
-    format!(
-        "bpfbt-{}-{}-{role}",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    )
-}
-
-/// Runs a command; an error carries its command line and stderr.
-pub fn run(program: &str, args: &[&str]) -> Result<Output> {
-    let output = Command::new(program)
-        .args(args)
-        .output()
-        .with_context(|| format!("spawning {program}"))?;
-    ensure!(
-        output.status.success(),
-        "{program} {}: {}: {}",
-        args.join(" "),
-        output.status,
-        String::from_utf8_lossy(&output.stderr).trim()
-    );
-    Ok(output)
-}
-
-/// A network namespace: one the test made (`ip netns add`, deleted on drop), or one made by
-/// someone else and only used here.
-pub struct Netns {
-    pub name: String,
-    /// Where the namespace is pinned, for namespaces outside /run/netns.
-    path: Option<PathBuf>,
-}
-
-impl Netns {
-    pub fn new(role: &str) -> Result<Self> {
-        let name = unique(role);
-        run("ip", &["netns", "add", &name])?;
-        let ns = Netns { name, path: None };
-        ns.ip(&["link", "set", "lo", "up"])?;
-        Ok(ns)
-    }
-
-    /// A namespace pinned at `path` by someone else (e.g. the agent); not deleted on drop.
-    pub fn borrowed(path: PathBuf) -> Self {
-        Netns {
-            name: String::new(),
-            path: Some(path),
-        }
-    }
-
-    pub fn path(&self) -> PathBuf {
-        self.path
-            .clone()
-            .unwrap_or_else(|| PathBuf::from("/run/netns").join(&self.name))
-    }
-
-    /// `ip ARGS` inside the namespace.
-    pub fn ip(&self, args: &[&str]) -> Result<Output> {
-        let path = self.path();
-        let net = format!("--net={}", path.display());
-        let mut full = vec![net.as_str(), "ip"];
-        full.extend_from_slice(args);
-        run("nsenter", &full)
-    }
-
-    /// Runs a program inside the namespace (`ip netns exec`: private /sys, fine for tools
-    /// that only need the network).
-    pub fn exec(&self, program: &str, args: &[&str]) -> Result<Output> {
-        let mut full = vec!["netns", "exec", self.name.as_str(), program];
-        full.extend_from_slice(args);
-        run("ip", &full)
-    }
-
-    /// Runs `f` on a thread inside this namespace.
-    pub fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
-        in_netns(&self.path(), f)
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        if self.path.is_none() {
-            let _ = Command::new("ip")
-                .args(["netns", "del", &self.name])
-                .status();
-        }
-    }
-}
-
-/// Runs `f` on a thread that entered the network namespace at `path` (and only that).
-pub fn in_netns<T: Send>(path: &Path, f: impl FnOnce() -> T + Send) -> T {
-    thread::scope(|scope| {
-        scope
-            .spawn(|| {
-                let file =
-                    fs::File::open(path).unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
-                setns(&file, CloneFlags::CLONE_NEWNET)
-                    .unwrap_or_else(|e| panic!("setns {}: {e}", path.display()));
-                f()
-            })
-            .join()
-            .unwrap_or_else(|p| std::panic::resume_unwind(p))
-    })
-}
-
-/// The world and node namespaces joined by the uplink veth.
-pub struct Topology {
-    pub node: Netns,
-    pub world: Netns,
-}
-
-impl Topology {
-    pub fn new() -> Result<Self> {
-        let node = Netns::new("node")?;
-        let world = Netns::new("world")?;
-        node.ip(&[
-            "link",
-            "add",
-            UPLINK,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            WORLD_LINK,
-            "netns",
-            &world.name,
-        ])?;
-        node.ip(&["addr", "add", &format!("{NODE_IP}/24"), "dev", UPLINK])?;
-        world.ip(&["addr", "add", &format!("{WORLD_IP}/24"), "dev", WORLD_LINK])?;
-        node.ip(&["link", "set", UPLINK, "up"])?;
-        world.ip(&["link", "set", WORLD_LINK, "up"])?;
-        world.ip(&["route", "add", "default", "via", &NODE_IP.to_string()])?;
-        // The world side plays a remote host, whose frames arrive with complete checksums
-        // (veth would otherwise hand over CHECKSUM_PARTIAL packets).
-        world.exec("ethtool", &["-K", WORLD_LINK, "tx", "off"])?;
-        Ok(Topology { node, world })
-    }
-}
 
 /// The dataplane this run's agents use: `BPFBRIDGE_TEST_DATAPLANE`, `ebpf` when unset.
 pub fn dataplane() -> String {
@@ -235,46 +98,10 @@ pub fn bpfbridge_bin() -> PathBuf {
     bin
 }
 
-/// Spawns `command` in the network namespace `netns` and no other, as `nsenter --net` does
-/// (`ip netns exec` would also give it a private /sys without the host's bpffs and cgroups).
-pub fn spawn_in_netns(command: &mut Command, netns: &Path) -> Result<Child> {
-    let netns = fs::File::open(netns).with_context(|| format!("opening {}", netns.display()))?;
-    // SAFETY: setns is async-signal-safe; nothing else runs between fork and exec.
-    unsafe {
-        command.pre_exec(move || {
-            setns(&netns, CloneFlags::CLONE_NEWNET).map_err(std::io::Error::from)
-        });
-    }
-    Ok(command.spawn()?)
-}
-
-/// The cgroup2 mount point, found in /proc/self/mounts.
-pub fn cgroup2_mount() -> Result<PathBuf> {
-    let mounts = fs::read_to_string("/proc/self/mounts")?;
-    mounts
-        .lines()
-        .filter_map(|l| {
-            let mut f = l.split_whitespace();
-            let (_, dir, fstype) = (f.next()?, f.next()?, f.next()?);
-            (fstype == "cgroup2").then(|| PathBuf::from(dir))
-        })
-        .next()
-        .context("no cgroup2 mount")
-}
-
-/// A bpfbridge agent running in the node namespace with private socket, state, pin
-/// directory, namespace directory and cgroup; stopped and cleaned up on drop.
-pub struct Agent {
-    child: Option<Child>,
-    /// Extra `bpfbridge agent` flags, kept for restarts.
-    args: Vec<String>,
-    pub dir: tempfile::TempDir,
-    pub socket: PathBuf,
-    pub pin_dir: PathBuf,
-    pub netns_dir: PathBuf,
-    pub cgroup: PathBuf,
-    node_path: PathBuf,
-}
+/// A bpfbridge agent running in the node namespace on this run's dataplane, with private
+/// socket, state, pin directory, namespace directory and cgroup; stopped and cleaned up on
+/// drop. Everything else is the lab's [`bpfbridge_lab::Agent`].
+pub struct Agent(bpfbridge_lab::Agent);
 
 impl Agent {
     pub fn start(topology: &Topology) -> Result<Self> {
@@ -283,10 +110,6 @@ impl Agent {
 
     /// Starts an agent with extra `bpfbridge agent` flags.
     pub fn start_with(topology: &Topology, args: &[&str]) -> Result<Self> {
-        let dir = tempfile::Builder::new().prefix("bpfbt-agent-").tempdir()?;
-        let name = unique("agent");
-        let cgroup = cgroup2_mount()?.join(&name);
-        fs::create_dir(&cgroup).with_context(|| format!("creating cgroup {}", cgroup.display()))?;
         let mut args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
         // BPFBRIDGE_TEST_DATAPLANE=iptables runs the suite against the iptables dataplane,
         // without the userland proxy: the eBPF dataplane has none and does what Docker does
@@ -297,181 +120,30 @@ impl Agent {
                 args.push("--userland-proxy=false".into());
             }
         }
-        let mut agent = Agent {
-            child: None,
-            args,
-            socket: dir.path().join("bpfbridge.sock"),
-            pin_dir: PathBuf::from("/sys/fs/bpf").join(&name),
-            netns_dir: dir.path().join("netns"),
-            cgroup,
-            node_path: topology.node.path(),
-            dir,
-        };
-        agent.spawn()?;
-        Ok(agent)
+        let options = bpfbridge_lab::AgentOptions::new(&bpfbridge_bin()).args(args);
+        Ok(Agent(bpfbridge_lab::Agent::start(&topology.node, options)?))
     }
 
-    /// Starts the agent process (again) and waits until its API answers.
-    pub fn spawn(&mut self) -> Result<()> {
-        let log = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.path().join("agent.log"))?;
-        let mut command = Command::new(bpfbridge_bin());
-        command
-            .arg("--socket")
-            .arg(&self.socket)
-            .args(["agent", "--uplink", UPLINK, "--state-dir"])
-            .arg(self.dir.path().join("state"))
-            .arg("--pin-dir")
-            .arg(&self.pin_dir)
-            .arg("--netns-dir")
-            .arg(&self.netns_dir)
-            // Never the root cgroup: the socket programs go to this test's own.
-            .arg("--cgroup")
-            .arg(&self.cgroup)
-            .args(&self.args)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log);
-        // The agent must see the host's bpffs and cgroup2.
-        let child = spawn_in_netns(&mut command, &self.node_path).context("spawning the agent")?;
-        fs::write(self.cgroup.join("cgroup.procs"), child.id().to_string())?;
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if self
-                .cli(&["info"])
-                .map(|o| o.status.success())
-                .unwrap_or(false)
-            {
-                return Ok(());
-            }
-            if let Some(status) = self
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten())
-            {
-                bail!("agent exited with {status}: {}", self.log());
-            }
-            if Instant::now() > deadline {
-                bail!("agent not ready after 20 s: {}", self.log());
-            }
-            thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    /// Starts the agent process and returns at once, without waiting for it to be ready
-    /// (for tests that expect it to fail).
+    /// Starts the agent process, expecting it to fail; returns why it did.
     pub fn spawn_expecting_failure(&mut self) -> Result<String> {
         match self.spawn() {
             Ok(()) => bail!("the agent started"),
             Err(e) => Ok(e.to_string()),
         }
     }
+}
 
-    /// Kills the agent with SIGKILL, as a crash would.
-    pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
+impl Deref for Agent {
+    type Target = bpfbridge_lab::Agent;
 
-    /// The agent's state directory.
-    pub fn state_dir(&self) -> PathBuf {
-        self.dir.path().join("state")
-    }
-
-    /// Stops the agent with SIGTERM (the dataplane stays in place). Returns its exit
-    /// status when it ended by itself within 5 s; `None` when it was killed or was not
-    /// running.
-    pub fn stop(&mut self) -> Option<std::process::ExitStatus> {
-        let mut child = self.child.take()?;
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(child.id() as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        );
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            match child.try_wait() {
-                Ok(Some(status)) => return Some(status),
-                Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_millis(50)),
-                _ => break,
-            }
-        }
-        let _ = child.kill();
-        let _ = child.wait();
-        None
-    }
-
-    pub fn log(&self) -> String {
-        fs::read_to_string(self.dir.path().join("agent.log")).unwrap_or_default()
-    }
-
-    /// Runs `bpfbridge --socket SOCKET ARGS` and returns its output whatever the status.
-    pub fn cli(&self, args: &[&str]) -> Result<Output> {
-        Ok(Command::new(bpfbridge_bin())
-            .arg("--socket")
-            .arg(&self.socket)
-            .args(args)
-            .output()?)
-    }
-
-    /// Runs the CLI and parses its JSON output; a failure carries stderr.
-    pub fn cli_json(&self, args: &[&str]) -> Result<serde_json::Value> {
-        let out = self.cli(args)?;
-        ensure!(
-            out.status.success(),
-            "bpfbridge {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Ok(serde_json::from_slice(&out.stdout)?)
-    }
-
-    /// Creates a container and returns `(inspect JSON, its network namespace path)`.
-    pub fn create_container(&self, args: &[&str]) -> Result<(serde_json::Value, PathBuf)> {
-        let mut full = vec!["container", "create"];
-        full.extend_from_slice(args);
-        let json = self.cli_json(&full)?;
-        let netns = json["NetworkSettings"]["SandboxKey"]
-            .as_str()
-            .context("SandboxKey")?
-            .into();
-        Ok((json, netns))
-    }
-
-    /// The counter named `name`, summed over CPUs.
-    pub fn counter(&self, name: &str) -> Result<u64> {
-        let out = self.cli(&["stats"])?;
-        ensure!(
-            out.status.success(),
-            "stats: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let text = String::from_utf8(out.stdout)?;
-        text.lines()
-            .find_map(|l| {
-                let mut f = l.split_whitespace();
-                (f.next()? == name).then(|| f.next()?.parse().ok())?
-            })
-            .with_context(|| format!("no counter {name} in\n{text}"))
+    fn deref(&self) -> &Self::Target {
+        &self.0
     }
 }
 
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.stop();
-        // Pinned links and maps: removing the pins detaches the programs.
-        let _ = fs::remove_dir_all(&self.pin_dir);
-        if let Ok(entries) = fs::read_dir(&self.netns_dir) {
-            for entry in entries.flatten() {
-                let _ = nix::mount::umount2(&entry.path(), nix::mount::MntFlags::MNT_DETACH);
-                let _ = fs::remove_file(entry.path());
-            }
-        }
-        let _ = fs::remove_dir(&self.cgroup);
+impl DerefMut for Agent {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
     }
 }
 

@@ -3,11 +3,14 @@
 //! Every step checks first and does nothing when its work is already done, so running setup again
 //! takes seconds. Each step prints one line: `ok (already)` or what it did.
 
-use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{Context, Result, bail};
+
+use bpfbridge_lab::mounts::{BPFFS, bpffs_mounted, mounts};
+// The bench still finds the cgroup2 mount here until it moves onto the lab crate.
+pub use bpfbridge_lab::mounts::cgroup2_mount;
 
 use crate::cmd;
 
@@ -42,8 +45,6 @@ const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 /// crate with (Debian ships rust-src for it, which -Z build-std needs).
 const BPF_TOOLCHAIN: &str = "debian-bpf";
 const BPF_TOOLCHAIN_ROOT: &str = "/usr";
-
-const BPFFS: &str = "/sys/fs/bpf";
 
 const ALREADY: &str = "ok (already)";
 
@@ -218,21 +219,6 @@ fn bpffs() -> Result<String> {
     Ok(format!("mounted bpffs at {BPFFS}"))
 }
 
-fn bpffs_mounted() -> Result<bool> {
-    Ok(mounts()?
-        .iter()
-        .any(|m| m.fstype == "bpf" && m.target == Path::new(BPFFS)))
-}
-
-/// Where the cgroup v2 hierarchy is mounted.
-pub fn cgroup2_mount() -> Result<PathBuf> {
-    mounts()?
-        .into_iter()
-        .find(|m| m.fstype == "cgroup2")
-        .map(|m| m.target)
-        .ok_or_else(|| anyhow::anyhow!("no cgroup2 filesystem is mounted"))
-}
-
 fn cgroup2() -> Result<String> {
     match mounts()?.into_iter().find(|m| m.fstype == "cgroup2") {
         Some(m) => Ok(format!("{ALREADY}: cgroup2 at {}", m.target.display())),
@@ -243,90 +229,9 @@ fn cgroup2() -> Result<String> {
     }
 }
 
-#[derive(Debug, PartialEq)]
-struct Mount {
-    target: PathBuf,
-    fstype: String,
-}
-
-fn mounts() -> Result<Vec<Mount>> {
-    let text = fs::read_to_string("/proc/self/mounts").context("reading /proc/self/mounts")?;
-    Ok(parse_mounts(&text))
-}
-
-/// Parses /proc/self/mounts: `SOURCE TARGET FSTYPE OPTIONS DUMP PASS`, with spaces and other
-/// special characters in paths written as octal escapes (`\040`).
-fn parse_mounts(text: &str) -> Vec<Mount> {
-    text.lines()
-        .filter_map(|line| {
-            let mut fields = line.split_whitespace();
-            let _source = fields.next()?;
-            let target = fields.next()?;
-            let fstype = fields.next()?;
-            Some(Mount {
-                target: PathBuf::from(unescape_octal(target)),
-                fstype: fstype.to_string(),
-            })
-        })
-        .collect()
-}
-
-fn unescape_octal(field: &str) -> String {
-    let bytes = field.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let escape = bytes
-            .get(i + 1..i + 4)
-            .filter(|digits| bytes[i] == b'\\' && digits.iter().all(|d| (b'0'..=b'7').contains(d)));
-        match escape {
-            Some(digits) => {
-                let value = digits
-                    .iter()
-                    .fold(0u32, |acc, d| acc * 8 + u32::from(d - b'0'));
-                out.push(value as u8);
-                i += 4;
-            }
-            None => {
-                out.push(bytes[i]);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn parses_mounts_and_finds_bpffs_and_cgroup2() {
-        let text = "\
-tmpfs /sys/fs/cgroup tmpfs rw,relatime,mode=755 0 0
-cgroup /sys/fs/cgroup/cpu cgroup rw,relatime,cpu 0 0
-cgroup2 /sys/fs/cgroup/unified cgroup2 rw,relatime 0 0
-bpf /sys/fs/bpf bpf rw,relatime 0 0
-tmpfs /mnt/with\\040space tmpfs rw 0 0
-";
-        let mounts = parse_mounts(text);
-        assert_eq!(mounts.len(), 5);
-        let cgroup2 = mounts.iter().find(|m| m.fstype == "cgroup2").unwrap();
-        assert_eq!(cgroup2.target, Path::new("/sys/fs/cgroup/unified"));
-        assert!(
-            mounts
-                .iter()
-                .any(|m| m.fstype == "bpf" && m.target == Path::new(BPFFS))
-        );
-        assert_eq!(mounts[4].target, Path::new("/mnt/with space"));
-    }
-
-    #[test]
-    fn unescapes_only_octal_escapes() {
-        assert_eq!(unescape_octal(r"a\040b\011c"), "a b\tc");
-        assert_eq!(unescape_octal(r"plain\x"), r"plain\x");
-        assert_eq!(unescape_octal(r"end\04"), r"end\04");
-    }
 
     #[test]
     fn finds_linked_toolchain() {
