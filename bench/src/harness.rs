@@ -1,5 +1,5 @@
-//! The run of `cargo xtask bench`: the head-to-head benchmark of the eBPF dataplane against the iptables
-//! dataplane (Docker 20.10's rules) and against plain routing (`direct`).
+//! The run of `cargo xtask bench`: the head-to-head benchmark of the eBPF dataplane against
+//! the iptables dataplane (Docker 20.10's rules) and against plain routing (`direct`).
 //!
 //! It builds its own lab out of network namespaces, and never touches the root namespace:
 //!
@@ -17,14 +17,14 @@
 //! - `direct`: 198.51.100.3 -> the ebpf container's own address, port 80, routed by the ebpf
 //!   node with no translation (the XDP program looks the packet up and passes it on).
 //!
-//! With `--with-docker` a third node runs real Docker ([`crate::docker`]): world interface
+//! With `--with-docker` a third node runs real Docker (the lab crate's `Dockerd`): world interface
 //! wd0 192.0.2.2 <-veth-> up0 192.0.2.1, dockerd with bip 172.28.0.1/16, the same container
 //! `bench` (`docker run -p 8080:80 -p 8082:82/udp`) and server, and the path
 //! - `docker`: 192.0.2.2 -> 192.0.2.1:8080 (DNAT by dockerd's own rules).
 //!
 //! Each path has its own client address (a TIME_WAIT left by one path never meets another's
 //! SYN). Points are repeated and the paths interleaved within each repetition. Everything the
-//! bench makes is removed by [`crate::lab::Lab`]'s `Drop`, also on error, panic and Ctrl-C.
+//! bench makes is removed by `Lab`'s `Drop` (module `lab`), also on error, panic and Ctrl-C.
 
 use std::{
     fs,
@@ -36,8 +36,9 @@ use std::{
 
 use anyhow::{Result, ensure};
 
+use bpfbridge_lab::{catch_stop_signals, check_stop, cmd, docker, stop_requested};
+
 use crate::{
-    cmd, docker,
     lab::{self, Lab, OUTSIDE_MANY, OUTSIDE_MANY_COUNT, OUTSIDE_ONE, OUTSIDE_PORT, PREFIX},
     report,
     results::{Machine, Mode, PathDescriptions, Plan, Results, SCHEMA, Sample, Scenario},
@@ -59,8 +60,6 @@ pub struct Options {
     pub bins: Bins,
     /// The repository measured, for the commit in the machine facts.
     pub repo_root: PathBuf,
-    /// Where the cgroup2 hierarchy is mounted: each agent runs in a cgroup of its own below.
-    pub cgroup_root: PathBuf,
 }
 
 /// The binaries a bench runs.
@@ -162,7 +161,7 @@ impl Plan {
 /// `cargo xtask bench` once the binaries are built: measure, write results.json and report.
 pub fn run(opts: &Options) -> Result<()> {
     let started = Instant::now();
-    lab::catch_stop_signals()?;
+    catch_stop_signals()?;
     let mode = opts.mode();
     let plan = Plan::new(mode);
     let wanted = |s: Scenario| opts.scenarios.is_empty() || opts.scenarios.contains(&s);
@@ -180,13 +179,13 @@ pub fn run(opts: &Options) -> Result<()> {
         notes.push(note.to_string());
     }
     {
-        let mut lab = Lab::new(&prefix, &opts.bins, &opts.cgroup_root, with_docker)?;
+        let mut lab = Lab::new(&prefix, &opts.bins, with_docker)?;
         eprintln!("bench: lab {prefix} ready ({mode} mode)");
         let mut failures = Vec::new();
         for scenario in Scenario::ALL.into_iter().filter(|&s| wanted(s)) {
             let t = Instant::now();
             let before = samples.len();
-            let ran = lab::check_stop()
+            let ran = check_stop()
                 .and_then(|()| scenarios::run(scenario, &mut lab, &plan, &mut samples, &mut notes));
             match ran {
                 Ok(()) => eprintln!(
@@ -196,7 +195,7 @@ pub fn run(opts: &Options) -> Result<()> {
                 ),
                 // A failed scenario is reported and the others still run (not in smoke
                 // runs, whose point is to fail loudly).
-                Err(e) if mode == Mode::Smoke || lab::stopping() => return Err(e),
+                Err(e) if mode == Mode::Smoke || stop_requested() => return Err(e),
                 Err(e) => {
                     eprintln!("bench: {scenario} failed: {e:#}");
                     failures.push(format!("scenario {scenario} failed: {e:#}"));

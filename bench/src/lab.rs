@@ -1,30 +1,33 @@
-//! The bench's lab: network namespaces (a world and one node per dataplane), the agents or
-//! dockerd serving the nodes, the measured containers and their servers, and the stop
-//! signals; everything it makes goes on teardown (also on error, panic and Ctrl-C).
+//! The bench's lab, on the shared lab crate (`bpfbridge-lab`): a world namespace joined to
+//! one node per dataplane, an agent (or dockerd) serving each node, the measured containers
+//! and their servers; everything it makes goes on teardown (also on error, panic and
+//! Ctrl-C, which the bench takes as a stop flag).
 
 use std::{
-    fs,
     io::{BufRead as _, BufReader},
     net::{Ipv4Addr, SocketAddrV4},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
-    sync::atomic::{AtomicBool, Ordering},
     thread,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use anyhow::{Context as _, Result, bail, ensure};
-use nix::sys::signal::{self, SaFlags, SigAction, SigHandler, SigSet, Signal};
+use bpfbridge_lab::{
+    Agent, AgentOptions, DefaultRoute, Dockerd, DockerdOptions, Netns, TxOffload, UPLINK, Uplink,
+    cmd,
+    netns::{enter_netns, spawn_in_netns},
+    stop_child_within,
+};
 use serde::{Deserialize, de::DeserializeOwned};
 
-use crate::{Bins, cmd, docker::Dockerd, results::Path as BenchPath};
+use crate::{Bins, results::Path as BenchPath};
 
 /// Everything the bench makes is named `bpfb-bench-PID-...`.
 pub const PREFIX: &str = "bpfb-bench";
 const WORLD_EBPF_IF: &str = "we0";
 const WORLD_IPT_IF: &str = "wi0";
 const WORLD_DOCKER_IF: &str = "wd0";
-const UPLINK: &str = "up0";
 pub(crate) const BENCH_TCP: u16 = 80;
 pub(crate) const BENCH_UDP: u16 = 82;
 pub(crate) const PUBLISHED_TCP: u16 = 8080;
@@ -46,37 +49,13 @@ pub(crate) const OUTSIDE_CHECK: u8 = 11;
 pub(crate) const OUTSIDE_MANY: u8 = 64;
 pub(crate) const OUTSIDE_MANY_COUNT: u8 = 64;
 pub(crate) const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
-
-static STOP: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_stop_signal(_: libc::c_int) {
-    STOP.store(true, Ordering::SeqCst);
-}
-
-/// SIGINT and SIGTERM set a flag that the bench checks between points (the lab is then
-/// torn down as on any error).
-pub(crate) fn catch_stop_signals() -> Result<()> {
-    let action = SigAction::new(
-        SigHandler::Handler(on_stop_signal),
-        SaFlags::SA_RESTART,
-        SigSet::empty(),
-    );
-    for sig in [Signal::SIGINT, Signal::SIGTERM] {
-        // SAFETY: the handler only stores to an atomic.
-        unsafe { signal::sigaction(sig, &action) }.context("installing a signal handler")?;
-    }
-    Ok(())
-}
-
-/// Whether SIGINT or SIGTERM arrived.
-pub(crate) fn stopping() -> bool {
-    STOP.load(Ordering::SeqCst)
-}
-
-pub(crate) fn check_stop() -> Result<()> {
-    ensure!(!stopping(), "interrupted");
-    Ok(())
-}
+/// How long a server gets between SIGTERM and SIGKILL.
+const SERVER_GRACE: Duration = Duration::from_secs(5);
+/// dockerd's image: busybox with `sleep`, imported from a tarball (no registry).
+const DOCKER_IMAGE: &str = "bpfb-bench-busybox:latest";
+/// What the docker containers run: nothing; the bench's server joins their network
+/// namespace.
+const DOCKER_IDLE: [&str; 2] = ["/bin/sleep", "86400"];
 
 /// Network namespaces whose name starts with `prefix`.
 pub fn leftover_namespaces(prefix: &str) -> Result<Vec<String>> {
@@ -89,38 +68,19 @@ pub fn leftover_namespaces(prefix: &str) -> Result<Vec<String>> {
         .collect())
 }
 
-/// Runs `f` on a thread that entered the network namespace at `path`.
-pub(crate) fn in_netns<T: Send>(path: &Path, f: impl FnOnce() -> T + Send) -> Result<T> {
-    thread::scope(|scope| {
-        scope
-            .spawn(|| -> Result<T> {
-                let file = fs::File::open(path)?;
-                nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)?;
-                Ok(f())
-            })
-            .join()
-            .map_err(|_| anyhow::anyhow!("thread in {} panicked", path.display()))?
-    })
+/// Stops a server (or any child of the bench's) with SIGTERM, then SIGKILL.
+pub(crate) fn stop_child(child: Child) {
+    stop_child_within(child, SERVER_GRACE);
 }
 
-pub(crate) fn netns_path(name: &str) -> PathBuf {
-    PathBuf::from("/run/netns").join(name)
-}
-
-/// One node: a namespace with an agent (or dockerd) and its private directories.
+/// One node: a namespace with an agent (or dockerd), its measured container and server.
 pub(crate) struct Node {
     /// `ebpf` or `iptables` (agents), or `docker`.
     pub(crate) dataplane: BenchPath,
-    pub(crate) netns: String,
     pub(crate) node_ip: Ipv4Addr,
     pub(crate) client_ip: Ipv4Addr,
     pub(crate) bip: &'static str,
-    pub(crate) dir: PathBuf,
-    pub(crate) pin_dir: PathBuf,
-    pub(crate) cgroup: PathBuf,
-    pub(crate) agent: Option<Child>,
-    /// Agent flags of the scenario running, on top of the bench's.
-    pub(crate) agent_args: Vec<String>,
+    pub(crate) agent: Option<Agent>,
     pub(crate) dockerd: Option<Dockerd>,
     /// The measured container: its address and namespace, and its server.
     pub(crate) bench_ip: Option<Ipv4Addr>,
@@ -129,149 +89,124 @@ pub(crate) struct Node {
     /// The "other" mappings installed so far, and the containers holding them.
     pub(crate) filled: usize,
     pub(crate) fills: Vec<String>,
+    /// Last, so that it goes after what runs in it.
+    pub(crate) netns: Netns,
 }
 
 impl Node {
-    pub(crate) fn socket(&self) -> PathBuf {
-        self.dir.join("bpfbridge.sock")
-    }
-
     /// An address of the world namespace in this node's uplink subnet.
     pub(crate) fn outside(&self, host: u8) -> Ipv4Addr {
         let [a, b, c, _] = self.node_ip.octets();
         Ipv4Addr::new(a, b, c, host)
     }
 
-    pub(crate) fn netns_dir(&self) -> PathBuf {
-        self.dir.join("netns")
+    /// The agent of an agent node.
+    pub(crate) fn agent(&self) -> Result<&Agent> {
+        self.agent
+            .as_ref()
+            .with_context(|| format!("the {} node runs no agent", self.dataplane))
     }
 
-    pub(crate) fn cli(&self, bins: &Bins, args: &[&str], timeout: Duration) -> Result<String> {
-        cmd::output_timeout(
-            Command::new(&bins.bpfbridge)
-                .arg("--socket")
-                .arg(self.socket())
-                .args(args),
-            timeout,
-        )
+    /// `bpfbridge ARGS` against this node's agent, within `timeout`.
+    pub(crate) fn cli(&self, args: &[&str], timeout: Duration) -> Result<String> {
+        self.agent()?.cli_within(args, timeout)
     }
 
-    pub(crate) fn start_agent(&mut self, bins: &Bins) -> Result<()> {
-        let log = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.join("agent.log"))?;
-        let mut command = Command::new("nsenter");
-        command
-            .arg(format!("--net={}", netns_path(&self.netns).display()))
-            .arg(&bins.bpfbridge)
-            .arg("--socket")
-            .arg(self.socket())
-            .args([
-                "agent",
-                "--uplink",
-                UPLINK,
-                "--dataplane",
-                self.dataplane.name(),
-            ])
-            // Masquerade stays on (the default), as users run it: egress needs it.
-            .args(["--bip", self.bip, "--state-dir"])
-            .arg(self.dir.join("state"))
-            .arg("--pin-dir")
-            .arg(&self.pin_dir)
-            .arg("--netns-dir")
-            .arg(self.netns_dir())
-            .arg("--cgroup")
-            .arg(&self.cgroup)
-            .args(&self.agent_args)
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log);
-        let child = cmd::spawn(&mut command)?;
-        // nsenter execs the agent: same process.
-        fs::write(self.cgroup.join("cgroup.procs"), child.id().to_string())?;
-        self.agent = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(120);
-        loop {
-            if self.cli(bins, &["info"], Duration::from_secs(5)).is_ok() {
-                return Ok(());
-            }
-            if let Some(status) = self
-                .agent
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten())
-            {
-                bail!(
-                    "{} agent exited with {status}: {}",
-                    self.dataplane,
-                    fs::read_to_string(self.dir.join("agent.log")).unwrap_or_default()
-                );
-            }
-            ensure!(
-                Instant::now() < deadline,
-                "{} agent not ready",
-                self.dataplane
-            );
-            thread::sleep(Duration::from_millis(50));
-        }
+    /// The agent flags of this node, and `extra` on top.
+    fn agent_args(&self, extra: Vec<String>) -> Vec<String> {
+        // Masquerade stays on (the default), as users run it: egress needs it.
+        let base = ["--dataplane", self.dataplane.name(), "--bip", self.bip];
+        base.into_iter().map(String::from).chain(extra).collect()
     }
 
     /// Starts what serves this node: dockerd on the docker node, else the agent.
     pub(crate) fn start(&mut self, bins: &Bins) -> Result<()> {
         match self.dataplane {
             BenchPath::Docker => {
-                self.dockerd = Some(Dockerd::start(
-                    &netns_path(&self.netns),
-                    &self.dir.join("docker"),
-                    self.bip,
-                )?);
-                Ok(())
+                let options = DockerdOptions::new(DOCKER_IMAGE)
+                    .empty_config(true)
+                    // With the userland proxy dockerd starts one docker-proxy process per
+                    // published port, and thousands do not fit the machine; vfs mounts
+                    // nothing that teardown could trip over.
+                    .flags(["--bip", self.bip, "--userland-proxy=false"])
+                    .flags(["--storage-driver", "vfs"])
+                    .applets(["sh", "sleep"]);
+                self.dockerd = Some(Dockerd::start(&self.netns.path(), options)?);
             }
-            _ => self.start_agent(bins),
+            _ => {
+                let options = AgentOptions::new(&bins.bpfbridge)
+                    .name(&self.netns.name)
+                    .uplink(UPLINK)
+                    .args(self.agent_args(Vec::new()))
+                    .env("RUST_LOG", "warn")
+                    .dir_prefix("bpfb-bench-")
+                    .ready_timeout(Duration::from_secs(120))
+                    // The restart scenario times the agent's comeback by these polls.
+                    .ready_poll(Duration::from_millis(50));
+                self.agent = Some(Agent::start(&self.netns, options)?);
+            }
+        }
+        Ok(())
+    }
+
+    /// Stops the agent (SIGTERM, then SIGKILL); its dataplane stays in place.
+    pub(crate) fn stop_agent(&mut self) {
+        if let Some(agent) = &mut self.agent {
+            agent.shut_down();
         }
     }
 
-    pub(crate) fn stop_agent(&mut self) {
-        if let Some(child) = self.agent.take() {
-            stop_child(child);
+    /// Starts the stopped agent again and waits until it answers.
+    pub(crate) fn start_agent(&mut self) -> Result<()> {
+        let dataplane = self.dataplane;
+        let agent = self
+            .agent
+            .as_mut()
+            .with_context(|| format!("the {dataplane} node runs no agent"))?;
+        agent.spawn()
+    }
+
+    /// Stops the agent, removes its pinned maps and links, and starts it again with `args` on
+    /// top of the bench's: the new agent makes fresh tables of the size its flags say (a
+    /// pinned table is re-adopted as it is) and reattaches its programs.
+    pub(crate) fn restart_fresh(&mut self, args: Vec<String>) -> Result<()> {
+        let args = self.agent_args(args);
+        self.stop_agent();
+        let agent = self.agent.as_mut().context("no agent to restart")?;
+        if agent.pin_dir.exists() {
+            std::fs::remove_dir_all(&agent.pin_dir)
+                .with_context(|| format!("removing {}", agent.pin_dir.display()))?;
         }
+        agent.set_args(args);
+        agent.spawn()
     }
 
     /// Creates a container publishing `ports` (`-p` values), through the agent's API or
     /// dockerd; returns its address and network namespace.
     pub(crate) fn create_container(
         &self,
-        bins: &Bins,
         name: &str,
         ports: &[String],
         timeout: Duration,
     ) -> Result<(Ipv4Addr, PathBuf)> {
         if let Some(dockerd) = &self.dockerd {
-            dockerd.run(name, ports, timeout)?;
-            return dockerd.inspect(name);
+            dockerd.run(name, ports, &DOCKER_IDLE, timeout)?;
+            return dockerd.address_and_netns(name);
         }
         let mut args = vec!["container", "create", name];
         for p in ports {
             args.extend(["-p", p.as_str()]);
         }
-        let out = self.cli(bins, &args, timeout)?;
+        let out = self.cli(&args, timeout)?;
         let created: Created = serde_json::from_str(&out).context("container create output")?;
         let settings = created.network_settings;
         Ok((settings.ip_address, settings.sandbox_key))
     }
 
-    pub(crate) fn remove_container(
-        &self,
-        bins: &Bins,
-        name: &str,
-        timeout: Duration,
-    ) -> Result<()> {
+    pub(crate) fn remove_container(&self, name: &str, timeout: Duration) -> Result<()> {
         match &self.dockerd {
             Some(dockerd) => dockerd.rm(name, timeout),
-            None => self
-                .cli(bins, &["container", "rm", name], timeout)
-                .map(drop),
+            None => self.cli(&["container", "rm", name], timeout).map(drop),
         }
     }
 }
@@ -291,106 +226,116 @@ struct NetworkSettings {
     sandbox_key: PathBuf,
 }
 
-/// SIGTERM, a grace period of 5 s, then SIGKILL.
-pub(crate) fn stop_child(child: Child) {
-    stop_child_within(child, Duration::from_secs(5));
-}
-
-/// SIGTERM, a grace period, then SIGKILL.
-pub(crate) fn stop_child_within(mut child: Child, grace: Duration) {
-    let _ = signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
-        Signal::SIGTERM,
-    );
-    let deadline = Instant::now() + grace;
-    while child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
-        thread::sleep(Duration::from_millis(20));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-}
-
 /// The bench's namespaces, agents, containers and servers.
 pub(crate) struct Lab {
     pub(crate) prefix: String,
     pub(crate) bins: Bins,
-    pub(crate) world: String,
-    /// Every namespace this lab added, deleted on teardown.
-    pub(crate) namespaces: Vec<String>,
     pub(crate) nodes: Vec<Node>,
     /// The server of the egress scenarios, in the world namespace.
-    pub(crate) outside_server: Option<Child>,
-    _dir: tempfile::TempDir,
-    pub(crate) pin: bool,
+    outside_server: Option<Child>,
+    /// Whether the load generator and the servers are pinned to CPUs of their own.
+    pin: bool,
+    /// Last, so that it goes after the nodes.
+    pub(crate) world: Netns,
 }
 
 pub(crate) const EBPF: usize = 0;
 pub(crate) const IPTABLES: usize = 1;
 
 impl Lab {
-    pub(crate) fn new(prefix: &str, bins: &Bins, cgroot: &Path, with_docker: bool) -> Result<Self> {
-        let dir = tempfile::Builder::new().prefix("bpfb-bench-").tempdir()?;
-        let node = |dataplane: BenchPath, short: &str, node_ip, client_ip, bip| {
-            let name = format!("{prefix}-{short}");
-            Node {
-                dataplane,
-                netns: name.clone(),
-                node_ip,
-                client_ip,
-                bip,
-                dir: dir.path().join(short),
-                pin_dir: PathBuf::from("/sys/fs/bpf").join(&name),
-                cgroup: cgroot.join(&name),
-                agent: None,
-                agent_args: Vec::new(),
-                dockerd: None,
-                bench_ip: None,
-                bench_netns: None,
-                server: None,
-                filled: 0,
-                fills: Vec::new(),
-            }
-        };
-        let mut nodes = vec![
-            node(
-                BenchPath::Ebpf,
-                "ebpf",
-                Ipv4Addr::new(198, 51, 100, 1),
-                Ipv4Addr::new(198, 51, 100, 2),
-                "172.26.0.1/16",
-            ),
-            node(
-                BenchPath::Iptables,
-                "ipt",
-                Ipv4Addr::new(203, 0, 113, 1),
-                Ipv4Addr::new(203, 0, 113, 2),
-                "172.27.0.1/16",
-            ),
-        ];
-        if with_docker {
-            nodes.push(node(
-                BenchPath::Docker,
-                "dock",
-                Ipv4Addr::new(192, 0, 2, 1),
-                Ipv4Addr::new(192, 0, 2, 2),
-                "172.28.0.1/16",
-            ));
-        }
+    pub(crate) fn new(prefix: &str, bins: &Bins, with_docker: bool) -> Result<Self> {
+        let world = Netns::named(&format!("{prefix}-world"))?;
+        // Clients use many ports; this is the world namespace's own setting.
+        world.exec(
+            "sysctl",
+            &["-qw", "net.ipv4.ip_local_port_range=1024 65000"],
+        )?;
         let mut lab = Lab {
             prefix: prefix.to_string(),
             bins: bins.clone(),
-            world: format!("{prefix}-world"),
-            namespaces: Vec::new(),
-            nodes,
+            nodes: Vec::new(),
             outside_server: None,
-            _dir: dir,
             pin: thread::available_parallelism()
                 .map(|n| n.get())
                 .unwrap_or(1)
                 >= 2,
+            world,
         };
-        lab.build()?;
+        lab.add_node(
+            BenchPath::Ebpf,
+            "ebpf",
+            [198, 51, 100],
+            "172.26.0.1/16",
+            WORLD_EBPF_IF,
+        )?;
+        lab.add_node(
+            BenchPath::Iptables,
+            "ipt",
+            [203, 0, 113],
+            "172.27.0.1/16",
+            WORLD_IPT_IF,
+        )?;
+        if with_docker {
+            lab.add_node(
+                BenchPath::Docker,
+                "dock",
+                [192, 0, 2],
+                "172.28.0.1/16",
+                WORLD_DOCKER_IF,
+            )?;
+        }
+        // The direct path's own client address, and its route to the ebpf node's containers.
+        lab.world
+            .ip(&["addr", "add", "198.51.100.3/24", "dev", WORLD_EBPF_IF])?;
+        lab.world
+            .ip(&["route", "add", "172.26.0.0/16", "via", "198.51.100.1"])?;
+        for i in 0..lab.nodes.len() {
+            lab.nodes[i].start(&lab.bins)?;
+            lab.create_bench(i)?;
+        }
+        lab.outside_server = Some(lab.start_server(&lab.world.path(), OUTSIDE_PORT, None)?);
         Ok(lab)
+    }
+
+    /// A node namespace `PREFIX-SHORT` joined to the world: the node is `SUBNET.1` on its
+    /// uplink, the world `SUBNET.2` on `world_link`, with the outside servers' addresses, and
+    /// the node's default route goes into the world, as on a real node.
+    fn add_node(
+        &mut self,
+        dataplane: BenchPath,
+        short: &str,
+        [a, b, c]: [u8; 3],
+        bip: &'static str,
+        world_link: &str,
+    ) -> Result<()> {
+        let netns = Netns::named(&format!("{}-{short}", self.prefix))?;
+        let uplink = Uplink::new(Ipv4Addr::new(a, b, c, 1), Ipv4Addr::new(a, b, c, 2))
+            .world_link(world_link)
+            .default_route(DefaultRoute::NodeViaWorld)
+            // The world side plays remote hosts whose frames carry complete checksums.
+            .world_tx_offload(TxOffload::Off);
+        let outside = [OUTSIDE_ONE, OUTSIDE_CHECK]
+            .into_iter()
+            .chain(OUTSIDE_MANY..OUTSIDE_MANY + OUTSIDE_MANY_COUNT)
+            .map(|host| uplink.host(host))
+            .collect::<Vec<_>>();
+        let uplink = uplink.world_hosts(outside);
+        uplink.connect(&netns, &self.world)?;
+        self.nodes.push(Node {
+            dataplane,
+            node_ip: uplink.node_ip,
+            client_ip: uplink.world_ip,
+            bip,
+            agent: None,
+            dockerd: None,
+            bench_ip: None,
+            bench_netns: None,
+            server: None,
+            filled: 0,
+            fills: Vec::new(),
+            netns,
+        });
+        Ok(())
     }
 
     /// The paths measured: every node's published port, and `direct`.
@@ -400,111 +345,22 @@ impl Lab {
         paths
     }
 
-    pub(crate) fn add_netns(&mut self, name: &str) -> Result<()> {
-        ensure!(
-            !netns_path(name).exists(),
-            "namespace {name} exists already"
-        );
-        cmd::output(Command::new("ip").args(["netns", "add", name]))?;
-        self.namespaces.push(name.to_string());
-        ip(name, &["link", "set", "lo", "up"])
-    }
-
-    pub(crate) fn build(&mut self) -> Result<()> {
-        let world = self.world.clone();
-        self.add_netns(&world)?;
-        // Clients use many ports; this is the world namespace's own setting.
-        nsexec(
-            &world,
-            "sysctl",
-            &["-qw", "net.ipv4.ip_local_port_range=1024 65000"],
-        )?;
-        let world_ifs = [WORLD_EBPF_IF, WORLD_IPT_IF, WORLD_DOCKER_IF];
-        for (i, world_if) in world_ifs.into_iter().enumerate().take(self.nodes.len()) {
-            let (netns, node_ip, client_ip) = {
-                let n = &self.nodes[i];
-                (n.netns.clone(), n.node_ip, n.client_ip)
-            };
-            self.add_netns(&netns)?;
-            ip(
-                &netns,
-                &[
-                    "link", "add", UPLINK, "type", "veth", "peer", "name", world_if, "netns",
-                    &world,
-                ],
-            )?;
-            ip(
-                &netns,
-                &["addr", "add", &format!("{node_ip}/24"), "dev", UPLINK],
-            )?;
-            ip(&netns, &["link", "set", UPLINK, "up"])?;
-            ip(
-                &world,
-                &["addr", "add", &format!("{client_ip}/24"), "dev", world_if],
-            )?;
-            ip(&world, &["link", "set", world_if, "up"])?;
-            // The world side plays remote hosts whose frames carry complete checksums.
-            nsexec(&world, "ethtool", &["-K", world_if, "tx", "off"])?;
-            // The outside servers, and the node's default route to them, as on a real node.
-            let outside: String = [OUTSIDE_ONE, OUTSIDE_CHECK]
-                .into_iter()
-                .chain(OUTSIDE_MANY..OUTSIDE_MANY + OUTSIDE_MANY_COUNT)
-                .map(|host| {
-                    format!(
-                        "addr add {}/32 dev {world_if}\n",
-                        self.nodes[i].outside(host)
-                    )
-                })
-                .collect();
-            ip_batch(&world, &outside)?;
-            ip(
-                &netns,
-                &["route", "add", "default", "via", &client_ip.to_string()],
-            )?;
-            let n = &mut self.nodes[i];
-            fs::create_dir_all(&n.dir)?;
-            if n.dataplane != BenchPath::Docker {
-                fs::create_dir(&n.cgroup)
-                    .with_context(|| format!("creating cgroup {}", n.cgroup.display()))?;
-            }
-        }
-        // The direct path's own client address, and its route to the ebpf node's containers.
-        ip(
-            &world,
-            &["addr", "add", "198.51.100.3/24", "dev", WORLD_EBPF_IF],
-        )?;
-        ip(
-            &world,
-            &["route", "add", "172.26.0.0/16", "via", "198.51.100.1"],
-        )?;
-        for i in 0..self.nodes.len() {
-            self.nodes[i].start(&self.bins)?;
-            self.create_bench(i)?;
-        }
-        self.outside_server = Some(self.start_server(&netns_path(&world), OUTSIDE_PORT, None)?);
-        Ok(())
-    }
-
-    pub(crate) fn taskset(&self, cpu: u32) -> Vec<String> {
-        match self.pin {
-            true => vec!["taskset".into(), "-c".into(), cpu.to_string()],
-            false => vec![],
-        }
+    /// The CPU a program of the bench is pinned to, when the machine has two or more.
+    fn cpu(&self, cpu: u32) -> Option<u32> {
+        self.pin.then_some(cpu)
     }
 
     /// (Re)creates the measured container `bench` on node `i`, last (so that its rules come
     /// after every other mapping's), and starts its server.
     pub(crate) fn create_bench(&mut self, i: usize) -> Result<()> {
-        let bins = &self.bins;
         let node = &mut self.nodes[i];
         if let Some(server) = node.server.take() {
             stop_child(server);
         }
         if node.bench_ip.take().is_some() {
-            node.remove_container(bins, "bench", COMMAND_TIMEOUT)?;
+            node.remove_container("bench", COMMAND_TIMEOUT)?;
         }
         let (ip, netns) = node.create_container(
-            bins,
             "bench",
             &[
                 format!("{PUBLISHED_TCP}:{BENCH_TCP}"),
@@ -521,22 +377,17 @@ impl Lab {
 
     /// `bpfbridge-loadgen serve` in a namespace, pinned to CPU 1; returns once it listens.
     pub(crate) fn start_server(&self, netns: &Path, tcp: u16, udp: Option<u16>) -> Result<Child> {
-        let mut command = Command::new("nsenter");
-        command
-            .arg(format!("--net={}", netns.display()))
-            .args(self.taskset(1))
-            .arg(&self.bins.loadgen)
-            // The loadgen's longest: a full run with Docker nears half an hour.
-            .args(["serve", "--tcp", &tcp.to_string(), "--seconds", "3600"]);
+        let mut command = pinned(self.cpu(1), &self.bins.loadgen);
+        // The loadgen's longest: a full run with Docker nears half an hour.
+        command.args(["serve", "--tcp", &tcp.to_string(), "--seconds", "3600"]);
         if let Some(udp) = udp {
             command.args(["--udp", &udp.to_string()]);
         }
-        let mut child = cmd::spawn(
-            command
-                .stdin(Stdio::null())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::inherit()),
-        )?;
+        command
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        let mut child = spawn_in_netns(&mut command, netns)?;
         let stdout = child.stdout.take().context("server stdout")?;
         let mut line = String::new();
         BufReader::new(stdout).read_line(&mut line)?;
@@ -555,7 +406,7 @@ impl Lab {
     }
 
     pub(crate) fn client_runner(&self) -> ClientRunner {
-        self.runner_in(&netns_path(&self.world))
+        self.runner_in(&self.world.path())
     }
 
     /// The load generator in another namespace (a container's), pinned to CPU 0 likewise.
@@ -563,7 +414,7 @@ impl Lab {
         ClientRunner {
             netns: netns.to_path_buf(),
             loadgen: self.bins.loadgen.clone(),
-            taskset: self.taskset(0),
+            cpu: self.cpu(0),
         }
     }
 
@@ -611,7 +462,6 @@ impl Lab {
             // Through the agent's API, one container holding the range.
             BenchPath::Ebpf => {
                 node.create_container(
-                    &self.bins,
                     &name,
                     &[format!("{first}-{last}:{first}-{last}")],
                     Duration::from_secs(600),
@@ -621,12 +471,10 @@ impl Lab {
             // by one iptables-restore: one rule at a time takes what the programming
             // scenario measures.
             _ => {
-                let (ip, _) = node.create_container(&self.bins, &name, &[], COMMAND_TIMEOUT)?;
+                let (ip, _) = node.create_container(&name, &[], COMMAND_TIMEOUT)?;
                 let rules = fill_rules(node.dataplane, ip, first..=last);
                 cmd::run_with_input(
-                    Command::new("nsenter")
-                        .arg(format!("--net={}", netns_path(&node.netns).display()))
-                        .args(["iptables-restore", "-w", "--noflush"]),
+                    &mut command_in(&node.netns.path(), "iptables-restore", &["-w", "--noflush"])?,
                     &rules,
                 )?;
             }
@@ -638,6 +486,8 @@ impl Lab {
         self.create_bench(i)
     }
 
+    /// Stops the servers, the agents (removing their pins, cgroups and container namespaces)
+    /// and dockerd; the namespaces themselves go when the lab is dropped.
     pub(crate) fn teardown(&mut self) -> Result<()> {
         let mut errors = Vec::new();
         if let Some(server) = self.outside_server.take() {
@@ -647,31 +497,14 @@ impl Lab {
             if let Some(server) = node.server.take() {
                 stop_child(server);
             }
-            node.stop_agent();
+            if let Some(agent) = &mut node.agent
+                && let Err(e) = agent.clean_up()
+            {
+                errors.push(format!("{} agent: {e:#}", node.dataplane));
+            }
             if let Some(mut dockerd) = node.dockerd.take()
                 && let Err(e) = dockerd.stop()
             {
-                errors.push(format!("{e:#}"));
-            }
-            if node.pin_dir.exists()
-                && let Err(e) = fs::remove_dir_all(&node.pin_dir)
-            {
-                errors.push(format!("removing {}: {e}", node.pin_dir.display()));
-            }
-            if let Ok(entries) = fs::read_dir(node.netns_dir()) {
-                for entry in entries.flatten() {
-                    let _ = nix::mount::umount2(&entry.path(), nix::mount::MntFlags::MNT_DETACH);
-                    let _ = fs::remove_file(entry.path());
-                }
-            }
-            if node.cgroup.exists()
-                && let Err(e) = fs::remove_dir(&node.cgroup)
-            {
-                errors.push(format!("removing {}: {e}", node.cgroup.display()));
-            }
-        }
-        for name in self.namespaces.drain(..).rev() {
-            if let Err(e) = cmd::output(Command::new("ip").args(["netns", "del", &name])) {
                 errors.push(format!("{e:#}"));
             }
         }
@@ -717,42 +550,47 @@ fn fill_rules(
 
 /// Runs the load generator in a namespace, the world's unless said otherwise.
 pub(crate) struct ClientRunner {
-    pub(crate) netns: PathBuf,
-    pub(crate) loadgen: PathBuf,
-    pub(crate) taskset: Vec<String>,
+    netns: PathBuf,
+    loadgen: PathBuf,
+    /// The CPU it is pinned to, on machines with two or more.
+    cpu: Option<u32>,
 }
 
 impl ClientRunner {
+    /// `bpfbridge-loadgen ARGS`, pinned to the runner's CPU, in its namespace.
+    pub(crate) fn command(&self, args: &[String]) -> Result<Command> {
+        let mut command = pinned(self.cpu, &self.loadgen);
+        command.args(args);
+        enter_netns(&mut command, &self.netns)?;
+        Ok(command)
+    }
+
+    /// Runs the load generator and parses its JSON line.
     pub(crate) fn run<T: DeserializeOwned>(&self, args: &[String], seconds: f64) -> Result<T> {
         let out = cmd::output_timeout(
-            Command::new("nsenter")
-                .arg(format!("--net={}", self.netns.display()))
-                .args(&self.taskset)
-                .arg(&self.loadgen)
-                .args(args),
+            &mut self.command(args)?,
             Duration::from_secs_f64(seconds + 30.0),
         )?;
         serde_json::from_str(out.trim()).with_context(|| format!("loadgen output {out:?}"))
     }
 }
 
-fn ip(netns: &str, args: &[&str]) -> Result<()> {
-    cmd::output(Command::new("ip").arg("-n").arg(netns).args(args)).map(drop)
+/// `program`, pinned to `cpu` with taskset when there is one.
+fn pinned(cpu: Option<u32>, program: &Path) -> Command {
+    match cpu {
+        Some(cpu) => {
+            let mut taskset = Command::new("taskset");
+            taskset.args(["-c", &cpu.to_string()]).arg(program);
+            taskset
+        }
+        None => Command::new(program),
+    }
 }
 
-/// `ip -n NETNS -batch -`: many commands, one process.
-fn ip_batch(netns: &str, commands: &str) -> Result<()> {
-    cmd::run_with_input(
-        Command::new("ip").args(["-n", netns, "-batch", "-"]),
-        commands,
-    )
-}
-
-/// A program in a namespace we made (`ip netns exec`).
-fn nsexec(netns: &str, program: &str, args: &[&str]) -> Result<String> {
-    cmd::output(
-        Command::new("ip")
-            .args(["netns", "exec", netns, program])
-            .args(args),
-    )
+/// `program ARGS` in the network namespace at `netns` (and no other).
+pub(crate) fn command_in(netns: &Path, program: &str, args: &[&str]) -> Result<Command> {
+    let mut command = Command::new(program);
+    command.args(args);
+    enter_netns(&mut command, netns)?;
+    Ok(command)
 }

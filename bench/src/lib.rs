@@ -2,13 +2,12 @@
 //! against the iptables dataplane (Docker 20.10's rules), plain routing (`direct`) and, when
 //! asked, real Docker, in a lab of network namespaces of its own.
 //!
-//! [`run`] builds the lab ([`lab`]), runs the scenarios ([`scenarios`]) with the load
-//! generator `bpfbridge-loadgen` (this crate's binary), writes the typed [`results`] to
-//! results.json and the report ([`report`]: report.md and the plots) next to it. xtask only
-//! builds the binaries, parses the flags and calls [`run`].
+//! [`run`] builds the lab (module `lab`, on the shared `bpfbridge-lab` crate), runs the
+//! scenarios (module `scenarios`) with the load generator `bpfbridge-loadgen` (this crate's
+//! binary), writes the typed [`results`] to results.json and the report ([`report`]:
+//! report.md and the plots) next to it. xtask only builds the binaries, parses the flags and
+//! calls [`run`].
 
-pub mod cmd;
-mod docker;
 mod harness;
 mod lab;
 pub mod report;

@@ -7,17 +7,16 @@ use std::{
     io::{Read as _, Write as _},
     net::{Ipv4Addr, SocketAddrV4, TcpStream},
     path::Path,
-    process::Command,
     thread,
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result, bail};
+use bpfbridge_lab::{Netns, check_stop, cmd, stop_requested, try_in_netns};
 use serde::de::DeserializeOwned;
 
 use crate::{
-    cmd,
-    lab::{EBPF, IPTABLES, Lab, check_stop, in_netns, netns_path, stop_child, stopping},
+    lab::{EBPF, IPTABLES, Lab, command_in, stop_child},
     results::{
         ConnLoad, Connrate, CpuLoad, Measurement, Path as BenchPath, Plan, Programming,
         ProgrammingOutcome, ProgrammingTimes, Restart, Sample, Scenario, Sent, Udp,
@@ -175,11 +174,7 @@ fn udp_arrived(netns: &Path) -> Result<u64> {
 
 /// The sum of counters `keys` of the `Udp:` lines of a namespace's /proc/net/snmp.
 pub(crate) fn udp_counters(netns: &Path, keys: &[&str]) -> Result<u64> {
-    let text = cmd::output(
-        Command::new("nsenter")
-            .arg(format!("--net={}", netns.display()))
-            .args(["cat", "/proc/net/snmp"]),
-    )?;
+    let text = cmd::output(&mut command_in(netns, "cat", &["/proc/net/snmp"])?)?;
     let mut lines = text.lines().filter(|l| l.starts_with("Udp:"));
     let (names, values) = (
         lines.next().context("Udp header")?,
@@ -242,13 +237,13 @@ fn wait_for(
     open: bool,
     limit: Duration,
 ) -> Result<Option<Instant>> {
-    in_netns(world, || {
+    try_in_netns(world, || {
         let deadline = Instant::now() + limit;
         while Instant::now() < deadline {
             if answers(to) == open {
                 return Some(Instant::now());
             }
-            if stopping() {
+            if stop_requested() {
                 return None;
             }
             thread::sleep(Duration::from_millis(2));
@@ -265,7 +260,7 @@ fn programming(
     samples: &mut Vec<Sample>,
     notes: &mut Vec<String>,
 ) -> Result<()> {
-    let world = netns_path(&lab.world);
+    let world = lab.world.path();
     // Per node, the last point measured: N and the longer of its two times.
     let mut seen: Vec<Option<(usize, f64)>> = vec![None; lab.nodes.len()];
     for &n in &plan.programming_n {
@@ -304,14 +299,10 @@ fn programming(
             // returned: its server starts then, a few ms inside the measured time.
             let prog_ns = match lab.nodes[i].dockerd {
                 Some(_) => None,
-                None => {
-                    let ns = format!("{}-prog", lab.prefix);
-                    lab.add_netns(&ns)?;
-                    Some(ns)
-                }
+                None => Some(Netns::named(&format!("{}-prog", lab.prefix))?),
             };
             let mut server = match &prog_ns {
-                Some(ns) => Some(lab.start_server(&netns_path(ns), last, None)?),
+                Some(ns) => Some(lab.start_server(&ns.path(), last, None)?),
                 None => None,
             };
             let node = &lab.nodes[i];
@@ -322,13 +313,12 @@ fn programming(
             let created = match &prog_ns {
                 Some(ns) => node
                     .cli(
-                        &lab.bins,
                         &[
                             "container",
                             "create",
                             "prog",
                             "--netns",
-                            &netns_path(ns).to_string_lossy(),
+                            &ns.path().to_string_lossy(),
                             "-p",
                             &range,
                         ],
@@ -336,7 +326,7 @@ fn programming(
                     )
                     .map(|_| None),
                 None => node
-                    .create_container(&lab.bins, "prog", std::slice::from_ref(&range), limit)
+                    .create_container("prog", std::slice::from_ref(&range), limit)
                     .map(|(_, netns)| Some(netns)),
             };
             let api = t0.elapsed();
@@ -354,7 +344,7 @@ fn programming(
             });
             let publish = ready.map(|t| t - t0);
             let t1 = Instant::now();
-            let removed = node.remove_container(&lab.bins, "prog", limit);
+            let removed = node.remove_container("prog", limit);
             let rm_api = t1.elapsed();
             let gone = wait_for(&world, to, false, Duration::from_secs(10))?;
             let remove = gone.map(|t| t - t1);
@@ -362,8 +352,7 @@ fn programming(
                 stop_child(server);
             }
             if let Some(ns) = prog_ns {
-                let _ = cmd::output(Command::new("ip").args(["netns", "del", &ns]));
-                lab.namespaces.retain(|x| *x != ns);
+                let _ = ns.delete();
             }
             created.context("creating the programming container")?;
             removed.context("removing the programming container")?;
@@ -412,7 +401,7 @@ fn restart(lab: &mut Lab, plan: &Plan, samples: &mut Vec<Sample>) -> Result<()> 
             let node = &mut lab.nodes[i];
             node.stop_agent();
             let down = t.elapsed();
-            node.start_agent(&lab.bins)?;
+            node.start_agent()?;
             let back = t.elapsed();
             let v = load.join().map_err(|_| anyhow::anyhow!("load thread"))??;
             Ok(((down, back), v))

@@ -217,7 +217,6 @@ fn bench_options(
             loadgen: release.join("bpfbridge-loadgen"),
         },
         repo_root: repo_root(),
-        cgroup_root: setup::cgroup2_mount()?,
     })
 }
 

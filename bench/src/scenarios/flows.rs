@@ -5,25 +5,24 @@
 
 use std::{
     collections::BTreeMap,
-    fs,
     io::{BufRead as _, BufReader, ErrorKind, Read as _, Write as _},
     net::{Ipv4Addr, SocketAddrV4, TcpStream},
     os::unix::net::UnixStream,
     path::Path,
-    process::{Child, ChildStdout, Command, Stdio},
+    process::{Child, ChildStdout, Stdio},
     thread,
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result, ensure};
+use bpfbridge_lab::{Netns, check_stop, cmd, stop_requested, try_in_netns};
 use serde_json::{Number, Value};
 
 use super::{path_args, rotation, udp_counters, with_cpu_per_connection};
 use crate::{
-    Bins, cmd,
     lab::{
         ClientRunner, EBPF, IPTABLES, Lab, Node, OUTSIDE_CHECK, OUTSIDE_MANY, OUTSIDE_MANY_COUNT,
-        OUTSIDE_ONE, OUTSIDE_PORT, PUBLISHED_TCP, check_stop, in_netns, netns_path, stopping,
+        OUTSIDE_ONE, OUTSIDE_PORT, PUBLISHED_TCP, command_in,
     },
     results::{
         ApiLatency, ConnLoad, ConntrackScale, Drops, Egress, Flood, Held, Measurement,
@@ -62,23 +61,11 @@ pub(crate) const HELD: usize = 32;
 const FLOOD_FIRST_FLOW: u64 = 1 << 20;
 
 impl Node {
-    /// Stops the agent, removes its pinned maps and links, and starts it again with `args` on
-    /// top of the bench's: the new agent makes fresh tables of the size its flags say (a
-    /// pinned table is re-adopted as it is) and reattaches its programs.
-    fn restart_fresh(&mut self, bins: &Bins, args: Vec<String>) -> Result<()> {
-        self.stop_agent();
-        if self.pin_dir.exists() {
-            fs::remove_dir_all(&self.pin_dir)
-                .with_context(|| format!("removing {}", self.pin_dir.display()))?;
-        }
-        self.agent_args = args;
-        self.start_agent(bins)
-    }
-
     /// The agent's counters with "drop" in their name (`GET /stats`), or `None` when the
     /// agent does not answer in time.
     fn drop_counters(&self, timeout: Duration) -> Option<Drops> {
-        let Ok(Api::Answer(_, stats)) = api_get(&self.socket(), "/stats", timeout) else {
+        let socket = &self.agent.as_ref()?.socket;
+        let Ok(Api::Answer(_, stats)) = api_get(socket, "/stats", timeout) else {
             return None;
         };
         Some(
@@ -100,7 +87,7 @@ impl Lab {
         let node = &self.nodes[i];
         let netns = node.bench_netns.as_ref().context("bench netns")?;
         let to = SocketAddrV4::new(node.outside(OUTSIDE_CHECK), OUTSIDE_PORT);
-        let seen = in_netns(netns, || -> std::io::Result<String> {
+        let seen = try_in_netns(netns, || -> std::io::Result<String> {
             let mut s = TcpStream::connect_timeout(&to.into(), Duration::from_secs(2))?;
             s.set_read_timeout(Some(Duration::from_secs(2)))?;
             s.write_all(b"W")?;
@@ -244,7 +231,7 @@ fn scale_node(
     conntrack_max: u64,
 ) -> Result<()> {
     let node = &lab.nodes[i];
-    let world = netns_path(&lab.world);
+    let world = lab.world.path();
     let from = node.bench_ip.context("bench address")?;
     let netns = node.bench_netns.clone().context("bench netns")?;
     let to = SocketAddrV4::new(node.outside(OUTSIDE_MANY), FLOW_PORT);
@@ -264,19 +251,7 @@ fn scale_node(
             let want = target - reached;
             let before = udp_counters(&world, &["NoPorts"])?;
             let seconds = (want as f64 / FLOW_RATE as f64) * 2.0 + 5.0;
-            let mut args = path_args("udpflows", from, to, seconds);
-            args.extend([
-                "--first".into(),
-                next.to_string(),
-                "--count".into(),
-                want.to_string(),
-                "--addrs".into(),
-                OUTSIDE_MANY_COUNT.to_string(),
-                "--ports".into(),
-                FLOW_PORTS.to_string(),
-                "--rate".into(),
-                FLOW_RATE.to_string(),
-            ]);
+            let args = udpflows_args(from, to, seconds, next, want);
             let sent: Sent = lab.runner_in(&netns).run(&args, seconds)?;
             send_errors += sent.send_errors;
             next += want;
@@ -288,8 +263,9 @@ fn scale_node(
             }
         }
         let fill_seconds = t.elapsed().as_secs_f64();
-        let api = api_latency(&node.socket(), plan.scale_window(), plan.api_timeout());
-        let gc = match api_get(&node.socket(), "/info", plan.api_timeout()) {
+        let socket = &node.agent()?.socket;
+        let api = api_latency(socket, plan.scale_window(), plan.api_timeout());
+        let gc = match api_get(socket, "/info", plan.api_timeout()) {
             Ok(Api::Answer(_, info)) => Some(gc_fields(&info)).filter(|m| !m.is_empty()),
             _ => None,
         };
@@ -328,17 +304,40 @@ fn scale_node(
     Ok(())
 }
 
+/// `bpfbridge-loadgen udpflows`: flows `first` to `first + count` from `from` to the
+/// [`OUTSIDE_MANY_COUNT`] addresses from `to`'s and [`FLOW_PORTS`] ports from its port, at
+/// [`FLOW_RATE`].
+fn udpflows_args(
+    from: Ipv4Addr,
+    to: SocketAddrV4,
+    seconds: f64,
+    first: u64,
+    count: u64,
+) -> Vec<String> {
+    let mut args = path_args("udpflows", from, to, seconds);
+    args.extend([
+        "--first".into(),
+        first.to_string(),
+        "--count".into(),
+        count.to_string(),
+        "--addrs".into(),
+        OUTSIDE_MANY_COUNT.to_string(),
+        "--ports".into(),
+        FLOW_PORTS.to_string(),
+        "--rate".into(),
+        FLOW_RATE.to_string(),
+    ]);
+    args
+}
+
 /// `nf_conntrack_count` of a node namespace: the kernel's tracked connections there.
-fn nf_conntrack_count(netns: &str) -> Option<u64> {
-    cmd::output(
-        std::process::Command::new("nsenter")
-            .arg(format!("--net={}", netns_path(netns).display()))
-            .args(["cat", "/proc/sys/net/netfilter/nf_conntrack_count"]),
-    )
-    .ok()?
-    .trim()
-    .parse()
-    .ok()
+fn nf_conntrack_count(netns: &Netns) -> Option<u64> {
+    let cat = ["/proc/sys/net/netfilter/nf_conntrack_count"];
+    cmd::output(&mut command_in(&netns.path(), "cat", &cat).ok()?)
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
 }
 
 /// An API answer, or how long the agent kept us waiting before the call was given up.
@@ -383,7 +382,7 @@ fn api_get(socket: &Path, path: &str, timeout: Duration) -> Result<Api> {
 fn api_latency(socket: &Path, window: Duration, timeout: Duration) -> ApiLatency {
     let (mut ms, mut timeouts, mut errors) = (Vec::new(), 0u64, 0u64);
     let start = Instant::now();
-    while start.elapsed() < window && !stopping() {
+    while start.elapsed() < window && !stop_requested() {
         match api_get(socket, "/networks", timeout) {
             Ok(Api::Answer(took, _)) => ms.push(took.as_secs_f64() * 1e3),
             Ok(Api::TimedOut(took)) => {
@@ -469,9 +468,9 @@ fn with_fresh_ebpf_agent(
     agent_args: Vec<String>,
     measure: impl FnOnce(&Lab) -> Result<()>,
 ) -> Result<()> {
-    lab.nodes[EBPF].restart_fresh(&lab.bins, agent_args)?;
+    lab.nodes[EBPF].restart_fresh(agent_args)?;
     let measured = lab.check_masquerade(EBPF).and_then(|()| measure(lab));
-    let restored = lab.nodes[EBPF].restart_fresh(&lab.bins, Vec::new());
+    let restored = lab.nodes[EBPF].restart_fresh(Vec::new());
     measured?;
     restored
 }
@@ -524,24 +523,13 @@ fn flood_node(lab: &Lab, plan: &Plan, samples: &mut Vec<Sample>, i: usize) -> Re
         FLOOD_RATE.to_string(),
     ]);
     let udp_count = 2 * FLOOD_CONNTRACK_MAX;
-    let mut udp_args = path_args(
-        "udpflows",
+    let udp_args = udpflows_args(
         bench_ip,
         SocketAddrV4::new(node.outside(OUTSIDE_MANY), FLOW_PORT),
         SENDERS_MAX,
+        FLOOD_FIRST_FLOW,
+        udp_count,
     );
-    udp_args.extend([
-        "--first".into(),
-        FLOOD_FIRST_FLOW.to_string(),
-        "--count".into(),
-        udp_count.to_string(),
-        "--addrs".into(),
-        OUTSIDE_MANY_COUNT.to_string(),
-        "--ports".into(),
-        FLOW_PORTS.to_string(),
-        "--rate".into(),
-        FLOW_RATE.to_string(),
-    ]);
     let mut fresh_args = path_args("connrate", node.client_ip, published, flood_seconds);
     fresh_args.extend(["--concurrency".into(), "4".into()]);
     // The flood, the container filling the table and new connections, all at once.
@@ -602,7 +590,7 @@ fn quiet_conntrack(lab: &Lab) -> Option<u64> {
             .filter(|n| n.dataplane != BenchPath::Ebpf)
             .map(|n| nf_conntrack_count(&n.netns))
             .sum::<Option<u64>>()?;
-        if count < 65_536 || Instant::now() >= deadline || stopping() {
+        if count < 65_536 || Instant::now() >= deadline || stop_requested() {
             return Some(count);
         }
         thread::sleep(Duration::from_millis(500));
@@ -618,13 +606,11 @@ struct Holder {
 
 impl Holder {
     fn start(runner: &ClientRunner, from: Ipv4Addr, to: SocketAddrV4, max: f64) -> Result<Self> {
+        let mut args = path_args("hold", from, to, max);
+        args.extend(["--count".into(), HELD.to_string()]);
         let mut child = cmd::spawn(
-            Command::new("nsenter")
-                .arg(format!("--net={}", runner.netns.display()))
-                .args(&runner.taskset)
-                .arg(&runner.loadgen)
-                .args(path_args("hold", from, to, max))
-                .args(["--count", &HELD.to_string()])
+            runner
+                .command(&args)?
                 .stdin(Stdio::piped())
                 .stdout(Stdio::piped()),
         )?;
