@@ -40,6 +40,8 @@ pub struct AgentOptions {
     pub private_netns_dir: bool,
     /// How long the agent gets to answer `bpfbridge info`.
     pub ready_timeout: Duration,
+    /// How often it is asked meanwhile (the bench times restarts by it).
+    pub ready_poll: Duration,
     /// How long a stopped agent gets between SIGTERM and SIGKILL.
     pub stop_grace: Duration,
     /// Runs the agent (and the CLI calls) in process groups of their own, so that Ctrl-C
@@ -58,6 +60,7 @@ impl AgentOptions {
             dir_prefix: "bpfbt-agent-".into(),
             private_netns_dir: true,
             ready_timeout: Duration::from_secs(20),
+            ready_poll: Duration::from_millis(100),
             stop_grace: Duration::from_secs(5),
             own_process_group: false,
         }
@@ -96,6 +99,11 @@ impl AgentOptions {
 
     pub fn ready_timeout(mut self, timeout: Duration) -> Self {
         self.ready_timeout = timeout;
+        self
+    }
+
+    pub fn ready_poll(mut self, interval: Duration) -> Self {
+        self.ready_poll = interval;
         self
     }
 
@@ -224,7 +232,7 @@ impl Agent {
                     self.log()
                 );
             }
-            thread::sleep(Duration::from_millis(100));
+            thread::sleep(self.options.ready_poll);
         }
     }
 

@@ -1,8 +1,5 @@
 //! bpfbridge's development tasks, run as `cargo xtask <task>` (an alias in .cargo/config.toml).
 
-mod bench;
-mod bench_docker;
-mod bench_report;
 mod cmd;
 mod demo;
 mod setup;
@@ -12,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
 use anyhow::{Context as _, Result};
+use bpfbridge_bench::{self as bench, Scenario};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -55,9 +53,9 @@ enum Task {
         #[arg(long)]
         smoke: bool,
         /// Only these scenarios (programming, latency, udp, bulk, restart, egress-one, egress-many,
-        /// connrate, conntrack-scale).
+        /// connrate, conntrack-scale, flood).
         #[arg(long = "scenario", value_name = "NAME")]
-        scenarios: Vec<String>,
+        scenarios: Vec<Scenario>,
         /// Also measure real Docker: dockerd 20.10 (docker.io) in a namespace of its own
         /// (skipped, and said so, when docker.io is not installed; never in smoke runs).
         #[arg(long)]
@@ -186,15 +184,39 @@ fn test_iptables_dataplane() -> Result<()> {
     Ok(())
 }
 
-fn bench_task(quick: bool, smoke: bool, scenarios: Vec<String>, with_docker: bool) -> Result<()> {
+fn bench_task(quick: bool, smoke: bool, scenarios: Vec<Scenario>, with_docker: bool) -> Result<()> {
     setup::setup()?;
     let out_dir = target_dir().join(if smoke { "bench-smoke" } else { "bench" });
-    bench::run(&bench::Options {
+    bench::run(&bench_options(
         quick,
         smoke,
         scenarios,
         with_docker,
         out_dir,
+    )?)
+}
+
+/// Builds the release binaries the bench measures and says where they are.
+fn bench_options(
+    quick: bool,
+    smoke: bool,
+    scenarios: Vec<Scenario>,
+    with_docker: bool,
+    out_dir: PathBuf,
+) -> Result<bench::Options> {
+    cargo_build(true)?;
+    let release = target_dir().join("release");
+    Ok(bench::Options {
+        quick,
+        smoke,
+        scenarios,
+        with_docker,
+        out_dir,
+        bins: bench::Bins {
+            bpfbridge: release.join("bpfbridge"),
+            loadgen: release.join("bpfbridge-loadgen"),
+        },
+        repo_root: repo_root(),
     })
 }
 
@@ -203,16 +225,10 @@ fn bench_task(quick: bool, smoke: bool, scenarios: Vec<String>, with_docker: boo
 fn bench_smoke() -> Result<()> {
     let out_dir = target_dir().join("bench-smoke");
     let _ = std::fs::remove_dir_all(&out_dir);
-    bench::run(&bench::Options {
-        quick: true,
-        smoke: true,
-        scenarios: vec![],
-        with_docker: false,
-        out_dir: out_dir.clone(),
-    })?;
+    bench::run(&bench_options(true, true, vec![], false, out_dir.clone())?)?;
     let text = std::fs::read_to_string(out_dir.join("results.json"))?;
-    let results: serde_json::Value = serde_json::from_str(&text)?;
-    let samples = results["samples"].as_array().map(Vec::len).unwrap_or(0);
+    let results: bench::Results = serde_json::from_str(&text).context("results.json")?;
+    let samples = results.samples.len();
     anyhow::ensure!(samples > 0, "the smoke bench recorded no sample");
     let report = std::fs::read_to_string(out_dir.join("report.md"))?;
     anyhow::ensure!(report.contains("## Targets"), "report.md is incomplete");

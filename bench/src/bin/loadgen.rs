@@ -27,7 +27,6 @@
 //!   checks with it that egress leaves through the node's masquerade).
 
 use std::{
-    collections::HashMap,
     io::{ErrorKind, Read, Write},
     net::{Ipv4Addr, Shutdown, SocketAddrV4, TcpListener, TcpStream, UdpSocket},
     os::fd::AsRawFd,
@@ -40,71 +39,154 @@ use std::{
     time::{Duration, Instant},
 };
 
+use clap::{Args, Parser, Subcommand};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
 type Result<T> = std::result::Result<T, String>;
 
-struct Args(HashMap<String, String>);
+#[derive(Parser)]
+#[command(
+    name = "bpfbridge-loadgen",
+    about = "The load generator and the server of `cargo xtask bench`"
+)]
+struct Cli {
+    #[command(subcommand)]
+    mode: Mode,
+}
 
-impl Args {
-    fn parse(words: &[String]) -> Result<Self> {
-        let mut map = HashMap::new();
-        let mut it = words.iter();
-        while let Some(word) = it.next() {
-            let key = word
-                .strip_prefix("--")
-                .ok_or_else(|| format!("unexpected argument {word:?}"))?;
-            let value = it.next().ok_or_else(|| format!("--{key} needs a value"))?;
-            map.insert(key.to_string(), value.clone());
-        }
-        Ok(Args(map))
-    }
+/// The flags of every client: where it connects from and to, and for how long.
+#[derive(Args)]
+struct Endpoints {
+    /// The local address to send from.
+    #[arg(long)]
+    from: Ipv4Addr,
+    /// The server (or first server) to reach.
+    #[arg(long)]
+    to: SocketAddrV4,
+    /// How long to run (at most 3600).
+    #[arg(long, value_parser = seconds)]
+    seconds: Duration,
+}
 
-    fn get<T: std::str::FromStr>(&self, key: &str) -> Result<T> {
-        let value = self
-            .0
-            .get(key)
-            .ok_or_else(|| format!("--{key} is required"))?;
-        value
-            .parse()
-            .map_err(|_| format!("--{key} {value:?} is not valid"))
-    }
+#[derive(Subcommand)]
+enum Mode {
+    /// The server: TCP on `--tcp` (and UDP on `--udp`), exits after `--seconds`.
+    Serve {
+        #[arg(long)]
+        tcp: u16,
+        #[arg(long)]
+        udp: Option<u16>,
+        #[arg(long, value_parser = seconds)]
+        seconds: Duration,
+    },
+    /// New connections per second (connect, 1 request, 1 response, close).
+    Connrate {
+        #[command(flatten)]
+        path: Endpoints,
+        #[arg(long, default_value_t = 16)]
+        concurrency: usize,
+        /// Consecutive server addresses from `--to`'s, one after the other.
+        #[arg(long, default_value_t = 1)]
+        targets: u32,
+    },
+    /// Round trips of `--size` bytes on one connection.
+    Latency {
+        #[command(flatten)]
+        path: Endpoints,
+        #[arg(long, default_value_t = 64)]
+        size: usize,
+    },
+    /// One connection writing as fast as it can.
+    Bulk {
+        #[command(flatten)]
+        path: Endpoints,
+    },
+    /// Datagrams of `--size` bytes from `--senders` sockets, as fast as they go.
+    Udp {
+        #[command(flatten)]
+        path: Endpoints,
+        #[arg(long, default_value_t = 64)]
+        size: usize,
+        #[arg(long, default_value_t = 2)]
+        senders: usize,
+    },
+    /// One UDP datagram for each of flows `--first` .. `--first + --count`, from a raw socket.
+    Udpflows {
+        #[command(flatten)]
+        path: Endpoints,
+        #[arg(long)]
+        first: u64,
+        #[arg(long)]
+        count: u64,
+        #[arg(long, default_value_t = 1)]
+        addrs: u32,
+        #[arg(long, default_value_t = 1)]
+        ports: u16,
+        #[arg(long, default_value_t = 100_000)]
+        rate: u64,
+    },
+    /// `--count` echo connections held idle until a line on stdin, then checked.
+    Hold {
+        #[command(flatten)]
+        path: Endpoints,
+        #[arg(long)]
+        count: usize,
+    },
+    /// `--count` spoofed TCP SYNs from `--sources` addresses counted up from `--from`.
+    Synflood {
+        #[command(flatten)]
+        path: Endpoints,
+        #[arg(long)]
+        count: u64,
+        #[arg(long, default_value_t = 128)]
+        sources: u32,
+        #[arg(long, default_value_t = 200_000)]
+        rate: u64,
+    },
+}
 
-    fn get_or<T: std::str::FromStr>(&self, key: &str, default: T) -> Result<T> {
-        match self.0.contains_key(key) {
-            true => self.get(key),
-            false => Ok(default),
-        }
+/// `--seconds`: between 0 and 3600.
+fn seconds(value: &str) -> Result<Duration> {
+    let s: f64 = value
+        .parse()
+        .map_err(|_| format!("{value:?} is not a number of seconds"))?;
+    if !(0.0..=3600.0).contains(&s) {
+        return Err("--seconds must be between 0 and 3600".into());
     }
-
-    fn seconds(&self) -> Result<Duration> {
-        let s: f64 = self.get("seconds")?;
-        if !(0.0..=3600.0).contains(&s) {
-            return Err("--seconds must be between 0 and 3600".into());
-        }
-        Ok(Duration::from_secs_f64(s))
-    }
+    Ok(Duration::from_secs_f64(s))
 }
 
 fn main() -> ExitCode {
-    let words: Vec<String> = std::env::args().skip(1).collect();
-    let Some((mode, rest)) = words.split_first() else {
-        eprintln!(
-            "usage: bpfbridge-loadgen serve|connrate|latency|bulk|udp|udpflows|hold|synflood --flags..."
-        );
-        return ExitCode::FAILURE;
+    let result = match Cli::parse().mode {
+        Mode::Serve { tcp, udp, seconds } => serve(tcp, udp, seconds),
+        Mode::Connrate {
+            path,
+            concurrency,
+            targets,
+        } => connrate(&path, concurrency, targets),
+        Mode::Latency { path, size } => latency(&path, size),
+        Mode::Bulk { path } => bulk(&path),
+        Mode::Udp {
+            path,
+            size,
+            senders,
+        } => udp(&path, size, senders),
+        Mode::Udpflows {
+            path,
+            first,
+            count,
+            addrs,
+            ports,
+            rate,
+        } => udpflows(&path, first, count, addrs, ports, rate),
+        Mode::Hold { path, count } => hold(&path, count),
+        Mode::Synflood {
+            path,
+            count,
+            sources,
+            rate,
+        } => synflood(&path, count, sources, rate),
     };
-    let result = Args::parse(rest).and_then(|args| match mode.as_str() {
-        "serve" => serve(&args),
-        "connrate" => connrate(&args),
-        "latency" => latency(&args),
-        "bulk" => bulk(&args),
-        "udp" => udp(&args),
-        "udpflows" => udpflows(&args),
-        "hold" => hold(&args),
-        "synflood" => synflood(&args),
-        other => Err(format!("unknown mode {other:?}")),
-    });
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -116,14 +198,7 @@ fn main() -> ExitCode {
 
 // --- the server ---------------------------------------------------------------------------
 
-fn serve(args: &Args) -> Result<()> {
-    let max = args.seconds()?;
-    let tcp_port: u16 = args.get("tcp")?;
-    let udp_port: Option<u16> = args
-        .0
-        .contains_key("udp")
-        .then(|| args.get("udp"))
-        .transpose()?;
+fn serve(tcp_port: u16, udp_port: Option<u16>, max: Duration) -> Result<()> {
     let socket = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP)).map_err(err)?;
     socket.set_reuse_address(true).map_err(err)?;
     socket
@@ -239,10 +314,6 @@ fn connect(from: Ipv4Addr, to: SocketAddrV4, timeout: Duration) -> std::io::Resu
     Ok(socket.into())
 }
 
-fn endpoints(args: &Args) -> Result<(Ipv4Addr, SocketAddrV4)> {
-    Ok((args.get("from")?, args.get("to")?))
-}
-
 #[derive(Default)]
 struct Errors {
     refused: AtomicU64,
@@ -286,11 +357,8 @@ fn nth_target(to: SocketAddrV4, targets: u32, i: u64) -> SocketAddrV4 {
 
 /// New connections per second: connect, one request, one response, close; with
 /// `--targets N`, to N consecutive server addresses from `--to`'s, one after the other.
-fn connrate(args: &Args) -> Result<()> {
-    let (from, to) = endpoints(args)?;
-    let seconds = args.seconds()?;
-    let concurrency: usize = args.get_or("concurrency", 16)?;
-    let targets: u32 = args.get_or("targets", 1)?;
+fn connrate(path: &Endpoints, concurrency: usize, targets: u32) -> Result<()> {
+    let &Endpoints { from, to, seconds } = path;
     let ok = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(Errors::default());
     // Round-robin over all threads, so that every address gets its share.
@@ -353,10 +421,8 @@ fn percentile(sorted: &[u64], p: f64) -> u64 {
 }
 
 /// Round trips of `--size` bytes on one connection, each timed.
-fn latency(args: &Args) -> Result<()> {
-    let (from, to) = endpoints(args)?;
-    let seconds = args.seconds()?;
-    let size: usize = args.get_or("size", 64)?;
+fn latency(path: &Endpoints, size: usize) -> Result<()> {
+    let &Endpoints { from, to, seconds } = path;
     let mut s = connect(from, to, Duration::from_secs(2)).map_err(err)?;
     s.set_read_timeout(Some(Duration::from_secs(2)))
         .map_err(err)?;
@@ -393,9 +459,8 @@ fn latency(args: &Args) -> Result<()> {
 }
 
 /// One connection writing as fast as it can.
-fn bulk(args: &Args) -> Result<()> {
-    let (from, to) = endpoints(args)?;
-    let seconds = args.seconds()?;
+fn bulk(path: &Endpoints) -> Result<()> {
+    let &Endpoints { from, to, seconds } = path;
     let mut s = connect(from, to, Duration::from_secs(2)).map_err(err)?;
     s.set_read_timeout(Some(Duration::from_secs(10)))
         .map_err(err)?;
@@ -423,11 +488,8 @@ fn bulk(args: &Args) -> Result<()> {
 
 /// Datagrams of `--size` bytes from `--senders` sockets, as fast as they go. The receiver
 /// side counts what arrived (the bench reads the container's /proc/net/snmp).
-fn udp(args: &Args) -> Result<()> {
-    let (from, to) = endpoints(args)?;
-    let seconds = args.seconds()?;
-    let size: usize = args.get_or("size", 64)?;
-    let senders: usize = args.get_or("senders", 2)?;
+fn udp(path: &Endpoints, size: usize, senders: usize) -> Result<()> {
+    let &Endpoints { from, to, seconds } = path;
     let sent = Arc::new(AtomicU64::new(0));
     let failed = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
@@ -503,14 +565,15 @@ fn udp_datagram(from: Ipv4Addr, sport: u16, to: SocketAddrV4) -> [u8; 36] {
 /// from its port, at most `--rate` a second: a quick way to put many new masqueraded flows
 /// in a node's tables. A raw socket, because the source ports are arbitrary and a socket per
 /// flow would cost far more than the flow.
-fn udpflows(args: &Args) -> Result<()> {
-    let (from, to) = endpoints(args)?;
-    let seconds = args.seconds()?;
-    let first: u64 = args.get("first")?;
-    let count: u64 = args.get("count")?;
-    let addrs: u32 = args.get_or("addrs", 1)?;
-    let ports: u16 = args.get_or("ports", 1)?;
-    let rate: u64 = args.get_or("rate", 100_000)?;
+fn udpflows(
+    path: &Endpoints,
+    first: u64,
+    count: u64,
+    addrs: u32,
+    ports: u16,
+    rate: u64,
+) -> Result<()> {
+    let &Endpoints { from, to, seconds } = path;
     if addrs == 0 || ports == 0 || rate == 0 {
         return Err("--addrs, --ports and --rate must be positive".into());
     }
@@ -563,10 +626,12 @@ fn echo(s: &mut TcpStream, msg: &[u8]) -> std::io::Result<()> {
 /// `--count` echo connections that then sit idle: prints how many opened, waits for a line
 /// on stdin (or `--seconds`), then checks that each one still carries data, and prints how
 /// many did. The bench floods the node in between.
-fn hold(args: &Args) -> Result<()> {
-    let (from, to) = endpoints(args)?;
-    let max = args.seconds()?;
-    let count: usize = args.get("count")?;
+fn hold(path: &Endpoints, count: usize) -> Result<()> {
+    let &Endpoints {
+        from,
+        to,
+        seconds: max,
+    } = path;
     let mut held: Vec<TcpStream> = (0..count)
         .filter_map(|_| {
             let mut s = connect(from, to, Duration::from_secs(2)).ok()?;
@@ -646,12 +711,8 @@ fn tcp_syn(src: Ipv4Addr, sport: u16, to: SocketAddrV4, seq: u32) -> [u8; 40] {
 /// `--count` TCP SYNs to `--to` from `--sources` spoofed addresses counted up from `--from`
 /// (source ports from 1024 up, one flow per SYN), at most `--rate` a second, for at most
 /// `--seconds`: a SYN flood that never completes a handshake.
-fn synflood(args: &Args) -> Result<()> {
-    let (from, to) = endpoints(args)?;
-    let seconds = args.seconds()?;
-    let count: u64 = args.get("count")?;
-    let sources: u32 = args.get_or("sources", 128)?;
-    let rate: u64 = args.get_or("rate", 200_000)?;
+fn synflood(path: &Endpoints, count: u64, sources: u32, rate: u64) -> Result<()> {
+    let &Endpoints { from, to, seconds } = path;
     if sources == 0 || rate == 0 {
         return Err("--sources and --rate must be positive".into());
     }
@@ -722,6 +783,54 @@ mod tests {
         // A correct checksum sums, with itself, to all ones (0 once complemented).
         assert_eq!(inet_checksum(&[&pseudo, &p[20..]]), 0);
         assert_eq!(p[33], 0x02, "SYN only");
+    }
+
+    #[test]
+    fn the_bench_command_lines_parse() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+        let parse = |line: &str| Cli::try_parse_from(line.split_whitespace());
+        let Mode::Connrate {
+            path,
+            concurrency,
+            targets,
+        } = parse("loadgen connrate --from 198.51.100.2 --to 198.51.100.1:8080 --seconds 0.5")
+            .unwrap()
+            .mode
+        else {
+            panic!("not connrate");
+        };
+        assert_eq!(path.seconds, Duration::from_millis(500));
+        assert_eq!((concurrency, targets), (16, 1), "the defaults");
+        let Mode::Serve { tcp, udp, seconds } =
+            parse("loadgen serve --tcp 80 --seconds 3600 --udp 82")
+                .unwrap()
+                .mode
+        else {
+            panic!("not serve");
+        };
+        assert_eq!((tcp, udp, seconds.as_secs()), (80, Some(82), 3600));
+        let Mode::Udpflows {
+            first,
+            count,
+            addrs,
+            ports,
+            rate,
+            ..
+        } = parse(
+            "loadgen udpflows --from 172.26.0.2 --to 198.51.100.64:10000 --seconds 7              --first 0 --count 1000 --addrs 64 --ports 16 --rate 100000",
+        )
+        .unwrap()
+        .mode
+        else {
+            panic!("not udpflows");
+        };
+        assert_eq!(
+            (first, count, addrs, ports, rate),
+            (0, 1000, 64, 16, 100_000)
+        );
+        assert!(parse("loadgen bulk --from 1.2.3.4 --to 1.2.3.5:80 --seconds 3601").is_err());
+        assert!(parse("loadgen hold --from 1.2.3.4 --to 1.2.3.5:80 --seconds 1").is_err());
     }
 
     #[test]

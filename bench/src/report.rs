@@ -1,27 +1,75 @@
-//! report.md and the PNG plots of `cargo xtask bench`, from its results.json.
+//! report.md and the PNG plots of `cargo xtask bench`, from its [`Results`].
 
-use std::{collections::BTreeSet, fmt::Write as _, fs, path::Path};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fmt::Write as _,
+    fs,
+    path::Path,
+};
 
 use anyhow::{Context as _, Result};
 use plotters::prelude::*;
-use serde_json::Value;
 
-const PATHS: [&str; 3] = ["ebpf", "iptables", "direct"];
-/// The path through real Docker, measured with `--with-docker`.
-const DOCKER: &str = "docker";
+use crate::results::{
+    ApiLatency, BulkLoad, ConnErrors, Connrate, ConntrackScale, Drops, Egress, Flood, LatencyLoad,
+    Measurement, Mode, Path as BenchPath, Programming, ProgrammingTimes, Restart, Results,
+    Scenario, Udp,
+};
+
+use BenchPath::{Direct, Docker as DOCKER, Ebpf, Iptables};
+
+const PATHS: [BenchPath; 3] = [Ebpf, Iptables, Direct];
 
 /// The paths with samples in `results`: the three of every run, and docker when measured.
-fn paths(results: &Value) -> Vec<&'static str> {
+fn paths(results: &Results) -> Vec<BenchPath> {
     let mut paths = PATHS.to_vec();
-    let sampled = |dp: &str| {
-        results["samples"]
-            .as_array()
-            .is_some_and(|all| all.iter().any(|s| s["dataplane"] == dp))
-    };
-    if sampled(DOCKER) {
+    if results.samples.iter().any(|s| s.dataplane == DOCKER) {
         paths.push(DOCKER);
     }
     paths
+}
+
+/// The samples of one scenario, as `pick` finds them in a measurement, with their path.
+fn points<'a, T: 'a>(
+    results: &'a Results,
+    pick: impl Fn(&'a Measurement) -> Option<&'a T> + 'a,
+) -> impl Iterator<Item = (BenchPath, &'a T)> + 'a {
+    results
+        .samples
+        .iter()
+        .filter_map(move |s| Some((s.dataplane, pick(&s.measurement)?)))
+}
+
+/// Functions that find the measurement of one scenario in a sample's, for [`points`].
+macro_rules! pickers {
+    ($($name:ident: $variant:ident($ty:ty)),* $(,)?) => {$(
+        fn $name(m: &Measurement) -> Option<&$ty> {
+            match m {
+                Measurement::$variant(x) => Some(x),
+                _ => None,
+            }
+        }
+    )*};
+}
+
+pickers! {
+    connrate: Connrate(Connrate),
+    programming: Programming(Programming),
+    latency: Latency(LatencyLoad),
+    udp: Udp(Udp),
+    bulk: Bulk(BulkLoad),
+    restart: Restart(Restart),
+    conntrack_scale: ConntrackScale(ConntrackScale),
+    flood: Flood(Flood),
+}
+
+/// The egress measurements of scenario `sc` (egress-one or egress-many).
+fn egress(sc: Scenario) -> impl Fn(&Measurement) -> Option<&Egress> {
+    move |m| match m {
+        Measurement::EgressOne(e) if sc == Scenario::EgressOne => Some(e),
+        Measurement::EgressMany(e) if sc == Scenario::EgressMany => Some(e),
+        _ => None,
+    }
 }
 
 /// Median, minimum and maximum.
@@ -53,24 +101,15 @@ pub fn spread(values: &[f64]) -> Option<Spread> {
     })
 }
 
-fn samples<'a>(results: &'a Value, scenario: &'a str) -> impl Iterator<Item = &'a Value> + 'a {
-    results["samples"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(move |s| s["scenario"] == scenario)
-}
-
-fn metric(
-    results: &Value,
-    scenario: &str,
-    dataplane: &str,
-    key: &str,
-    filter: impl Fn(&Value) -> bool,
+/// The spread of what `value` reads from the points of one path.
+fn metric<'a, T: 'a>(
+    points: impl Iterator<Item = (BenchPath, &'a T)>,
+    dataplane: BenchPath,
+    value: impl Fn(&T) -> Option<f64>,
 ) -> Option<Spread> {
-    let values: Vec<f64> = samples(results, scenario)
-        .filter(|s| s["dataplane"] == dataplane && filter(s))
-        .filter_map(|s| s[key].as_f64())
+    let values: Vec<f64> = points
+        .filter(|(dp, _)| *dp == dataplane)
+        .filter_map(|(_, t)| value(t))
         .collect();
     spread(&values)
 }
@@ -105,30 +144,26 @@ fn verdict(met: Option<bool>) -> &'static str {
 }
 
 /// Writes report.md and the plots into `dir`.
-pub fn write(results: &Value, dir: &Path) -> Result<()> {
+pub fn write(results: &Results, dir: &Path) -> Result<()> {
     let mut md = String::new();
-    let m = &results["machine"];
-    writeln!(
-        md,
-        "# bpfbridge benchmark ({} mode)\n",
-        results["mode"].as_str().unwrap_or("?")
-    )?;
+    let m = &results.machine;
+    writeln!(md, "# bpfbridge benchmark ({} mode)\n", results.mode)?;
     writeln!(
         md,
         "Kernel {}, {} CPUs ({}), {}; {}; {}; commit {}{}. Run took {:.0} s.\n",
-        m["kernel"].as_str().unwrap_or("?"),
-        m["cpus"],
-        m["cpu_model"].as_str().unwrap_or("?"),
-        m["memory"].as_str().unwrap_or("?"),
-        m["iptables"].as_str().unwrap_or("?"),
-        m["bpfbridge"].as_str().unwrap_or("?"),
-        m["git_commit"].as_str().unwrap_or("?"),
-        if m["git_dirty"] == true {
+        m.kernel,
+        m.cpus,
+        m.cpu_model.as_deref().unwrap_or("?"),
+        m.memory.as_deref().unwrap_or("?"),
+        m.iptables,
+        m.bpfbridge,
+        m.git_commit,
+        if m.git_dirty {
             " (with uncommitted changes)"
         } else {
             ""
         },
-        results["duration_seconds"].as_f64().unwrap_or(0.0),
+        results.duration_seconds,
     )?;
     writeln!(
         md,
@@ -136,34 +171,32 @@ pub fn write(results: &Value, dir: &Path) -> Result<()> {
          [min–max] over the repetitions; the paths are interleaved within each repetition. \
          Load generator pinned to CPU 0, server to CPU 1 (on veth the kernel work of a packet \
          runs on the sending CPU). Every sample is in results.json.\n",
-        results["paths"]["ebpf"].as_str().unwrap_or(""),
-        results["paths"]["iptables"].as_str().unwrap_or(""),
-        results["paths"]["direct"].as_str().unwrap_or(""),
+        results.paths.ebpf, results.paths.iptables, results.paths.direct,
     )?;
     let docker = paths(results).contains(&DOCKER);
     if docker {
         writeln!(
             md,
             "**docker** = {}, dockerd {}.\n",
-            results["paths"]["docker"].as_str().unwrap_or(""),
-            results["machine"]["dockerd"].as_str().unwrap_or("?"),
+            results.paths.docker.as_deref().unwrap_or(""),
+            m.dockerd.as_deref().unwrap_or("?"),
         )?;
     }
+    let plan = &results.plan;
 
     // Connection rate.
-    let ns: BTreeSet<u64> = samples(results, "connrate")
-        .filter_map(|s| s["other_mappings"].as_u64())
+    let ns: BTreeSet<usize> = points(results, connrate)
+        .map(|(_, c)| c.other_mappings)
         .collect();
-    let rate = |dp: &str, n: u64| {
-        metric(results, "connrate", dp, "rate", |s| {
-            s["other_mappings"] == n
-        })
+    let conn_metric = |dp: BenchPath, n: usize, value: fn(&Connrate) -> f64| {
+        metric(
+            points(results, connrate).filter(|(_, c)| c.other_mappings == n),
+            dp,
+            |c| Some(value(c)),
+        )
     };
-    let cpu = |dp: &str, n: u64| {
-        metric(results, "connrate", dp, "cpu_us_per_connection", |s| {
-            s["other_mappings"] == n
-        })
-    };
+    let rate = |dp: BenchPath, n: usize| conn_metric(dp, n, |c| c.load.load.rate);
+    let cpu = |dp: BenchPath, n: usize| conn_metric(dp, n, |c| c.load.cpu_us_per_connection);
     if !ns.is_empty() {
         writeln!(
             md,
@@ -171,8 +204,8 @@ pub fn write(results: &Value, dir: &Path) -> Result<()> {
         )?;
         writeln!(
             md,
-            "{} s per point, {} concurrent client threads.\n",
-            results["plan"]["connrate_seconds"], results["plan"]["concurrency"]
+            "{:?} s per point, {} concurrent client threads.\n",
+            plan.connrate_seconds, plan.concurrency
         )?;
         let (docker_head, docker_rule) = match docker {
             true => (
@@ -187,7 +220,7 @@ pub fn write(results: &Value, dir: &Path) -> Result<()> {
         )?;
         writeln!(md, "|---|---|---|---|---|---|---|---|---|{docker_rule}")?;
         for &n in &ns {
-            let (e, i, d) = (rate("ebpf", n), rate("iptables", n), rate("direct", n));
+            let (e, i, d) = (rate(Ebpf, n), rate(Iptables, n), rate(Direct, n));
             let docker_cells = match docker {
                 true => format!(
                     " {} | {} | {} |",
@@ -205,18 +238,13 @@ pub fn write(results: &Value, dir: &Path) -> Result<()> {
                 fmt_spread(d, 0),
                 fmt_ratio(ratio(e, i)),
                 fmt_ratio(ratio(e, d)),
-                fmt_spread(cpu("ebpf", n), 1),
-                fmt_spread(cpu("iptables", n), 1),
-                fmt_spread(cpu("direct", n), 1),
+                fmt_spread(cpu(Ebpf, n), 1),
+                fmt_spread(cpu(Iptables, n), 1),
+                fmt_spread(cpu(Direct, n), 1),
             )?;
         }
-        let errors: u64 = samples(results, "connrate")
-            .map(|s| {
-                ["refused", "timeout", "reset", "other"]
-                    .iter()
-                    .filter_map(|k| s["errors"][k].as_u64())
-                    .sum::<u64>()
-            })
+        let errors: u64 = points(results, connrate)
+            .map(|(_, c)| c.load.load.errors.total())
             .sum();
         writeln!(
             md,
@@ -226,11 +254,9 @@ pub fn write(results: &Value, dir: &Path) -> Result<()> {
     }
 
     // Programming time.
-    let pns: BTreeSet<u64> = samples(results, "programming")
-        .filter_map(|s| s["n"].as_u64())
-        .collect();
-    let prog =
-        |dp: &str, n: u64, key: &str| metric(results, "programming", dp, key, |s| s["n"] == n);
+    let pns: BTreeSet<usize> = points(results, programming).map(|(_, p)| p.n).collect();
+    let publish = |dp: BenchPath, n: usize| program_metric(results, dp, n, |t| t.publish_seconds);
+    let remove = |dp: BenchPath, n: usize| program_metric(results, dp, n, |t| t.remove_seconds);
     if !pns.is_empty() {
         writeln!(
             md,
@@ -249,20 +275,11 @@ pub fn write(results: &Value, dir: &Path) -> Result<()> {
         )?;
         writeln!(md, "|---|---|---|---|---|---|---|{docker_rule}")?;
         for &n in &pns {
-            let (pe, pi) = (
-                prog("ebpf", n, "publish_seconds"),
-                prog("iptables", n, "publish_seconds"),
-            );
-            let (re, ri) = (
-                prog("ebpf", n, "remove_seconds"),
-                prog("iptables", n, "remove_seconds"),
-            );
+            let (pe, pi) = (publish(Ebpf, n), publish(Iptables, n));
+            let (re, ri) = (remove(Ebpf, n), remove(Iptables, n));
             let docker_cells = match docker {
                 true => {
-                    let (pd, rd) = (
-                        prog(DOCKER, n, "publish_seconds"),
-                        prog(DOCKER, n, "remove_seconds"),
-                    );
+                    let (pd, rd) = (publish(DOCKER, n), remove(DOCKER, n));
                     format!(
                         " {} | {} | {} | {} |",
                         fmt_spread(pd, 3),
@@ -289,8 +306,11 @@ pub fn write(results: &Value, dir: &Path) -> Result<()> {
     }
 
     // Latency.
-    let lat = |dp: &str, key: &str| metric(results, "latency", dp, key, |_| true);
-    if samples(results, "latency").next().is_some() {
+    let lat = |dp: BenchPath, value: fn(&LatencyLoad) -> f64| {
+        metric(points(results, latency), dp, |l| Some(value(l)))
+    };
+    let p99 = |dp: BenchPath| lat(dp, |l| l.p99_us);
+    if points(results, latency).next().is_some() {
         writeln!(
             md,
             "## Latency (64-byte TCP request/response on one connection, µs)\n"
@@ -301,18 +321,18 @@ pub fn write(results: &Value, dir: &Path) -> Result<()> {
             writeln!(
                 md,
                 "| {dp} | {} | {} | {} | {} |",
-                fmt_spread(lat(dp, "p50_us"), 1),
-                fmt_spread(lat(dp, "p99_us"), 1),
-                fmt_spread(lat(dp, "p999_us"), 1),
-                fmt_ratio(ratio(lat(dp, "p99_us"), lat("direct", "p99_us"))),
+                fmt_spread(lat(dp, |l| l.p50_us), 1),
+                fmt_spread(p99(dp), 1),
+                fmt_spread(lat(dp, |l| l.p999_us), 1),
+                fmt_ratio(ratio(p99(dp), p99(Direct))),
             )?;
         }
         writeln!(md, "\n![latency](latency.png)\n")?;
     }
 
     // UDP.
-    let udp = |dp: &str| metric(results, "udp", dp, "rate", |_| true);
-    if samples(results, "udp").next().is_some() {
+    let udp_rate = |dp: BenchPath| metric(points(results, udp), dp, |u| Some(u.rate));
+    if points(results, udp).next().is_some() {
         writeln!(
             md,
             "## Small packets (UDP, 64-byte payloads, 2 sending threads; datagrams/s that reached the container)\n"
@@ -323,17 +343,17 @@ pub fn write(results: &Value, dir: &Path) -> Result<()> {
             writeln!(
                 md,
                 "| {dp} | {} | {} | {} |",
-                fmt_spread(udp(dp), 0),
-                fmt_ratio(ratio(udp(dp), udp("iptables"))),
-                fmt_ratio(ratio(udp(dp), udp("direct"))),
+                fmt_spread(udp_rate(dp), 0),
+                fmt_ratio(ratio(udp_rate(dp), udp_rate(Iptables))),
+                fmt_ratio(ratio(udp_rate(dp), udp_rate(Direct))),
             )?;
         }
         writeln!(md)?;
     }
 
     // Bulk.
-    let bulk = |dp: &str| metric(results, "bulk", dp, "gbit_per_s", |_| true);
-    if samples(results, "bulk").next().is_some() {
+    let gbits = |dp: BenchPath| metric(points(results, bulk), dp, |b| Some(b.gbit_per_s));
+    if points(results, bulk).next().is_some() {
         writeln!(md, "## Bulk TCP (one connection, Gbit/s)\n")?;
         writeln!(md, "| path | Gbit/s | vs iptables | vs direct |")?;
         writeln!(md, "|---|---|---|---|")?;
@@ -341,16 +361,16 @@ pub fn write(results: &Value, dir: &Path) -> Result<()> {
             writeln!(
                 md,
                 "| {dp} | {} | {} | {} |",
-                fmt_spread(bulk(dp), 2),
-                fmt_ratio(ratio(bulk(dp), bulk("iptables"))),
-                fmt_ratio(ratio(bulk(dp), bulk("direct"))),
+                fmt_spread(gbits(dp), 2),
+                fmt_ratio(ratio(gbits(dp), gbits(Iptables))),
+                fmt_ratio(ratio(gbits(dp), gbits(Direct))),
             )?;
         }
         writeln!(md)?;
     }
 
     // Restart.
-    let restarts: Vec<&Value> = samples(results, "restart").collect();
+    let restarts: Vec<(BenchPath, &Restart)> = points(results, restart).collect();
     if !restarts.is_empty() {
         writeln!(
             md,
@@ -361,17 +381,17 @@ pub fn write(results: &Value, dir: &Path) -> Result<()> {
             "| dataplane | connections ok | refused | timed out | reset | other | agent back after (s) |"
         )?;
         writeln!(md, "|---|---|---|---|---|---|---|")?;
-        for s in &restarts {
+        for (dp, r) in &restarts {
+            let ConnErrors {
+                refused,
+                timeout,
+                reset,
+                other,
+            } = r.load.errors;
             writeln!(
                 md,
-                "| {} | {} | {} | {} | {} | {} | {:.2} |",
-                s["dataplane"].as_str().unwrap_or("?"),
-                s["connections"],
-                s["errors"]["refused"],
-                s["errors"]["timeout"],
-                s["errors"]["reset"],
-                s["errors"]["other"],
-                s["agent_back_seconds"].as_f64().unwrap_or(0.0),
+                "| {dp} | {} | {refused} | {timeout} | {reset} | {other} | {:.2} |",
+                r.load.connections, r.agent_back_seconds,
             )?;
         }
         writeln!(md)?;
@@ -386,31 +406,24 @@ pub fn write(results: &Value, dir: &Path) -> Result<()> {
     writeln!(md, "| target | measured | |")?;
     writeln!(md, "|---|---|---|")?;
     let nmax = ns.iter().copied().max();
-    let conn_vs_ipt = nmax.and_then(|n| ratio(rate("ebpf", n), rate("iptables", n)));
-    let conn_vs_self = nmax.and_then(|n| ratio(rate("ebpf", n), rate("ebpf", 1)));
+    let conn_vs_ipt = nmax.and_then(|n| ratio(rate(Ebpf, n), rate(Iptables, n)));
+    let conn_vs_self = nmax.and_then(|n| ratio(rate(Ebpf, n), rate(Ebpf, 1)));
     let pmax = pns.iter().copied().max();
-    let prog_e = pmax.and_then(|n| prog("ebpf", n, "publish_seconds"));
+    let prog_e = pmax.and_then(|n| publish(Ebpf, n));
     // The ratio at the largest N both dataplanes were measured at.
     let pboth = pns
         .iter()
         .copied()
-        .filter(|&n| prog("iptables", n, "publish_seconds").is_some())
+        .filter(|&n| publish(Iptables, n).is_some())
         .max();
-    let prog_ratio = pboth.and_then(|n| {
-        ratio(
-            prog("iptables", n, "publish_seconds"),
-            prog("ebpf", n, "publish_seconds"),
-        )
-    });
-    let udp_ratio = ratio(udp("ebpf"), udp("iptables"));
-    let lat_ratio = ratio(lat("ebpf", "p99_us"), lat("direct", "p99_us"));
-    let bulk_ratio = ratio(bulk("ebpf"), bulk("direct"));
-    let restart_errors: Option<u64> = restarts.iter().find(|s| s["dataplane"] == "ebpf").map(|s| {
-        ["refused", "timeout", "reset", "other"]
-            .iter()
-            .filter_map(|k| s["errors"][k].as_u64())
-            .sum()
-    });
+    let prog_ratio = pboth.and_then(|n| ratio(publish(Iptables, n), publish(Ebpf, n)));
+    let udp_ratio = ratio(udp_rate(Ebpf), udp_rate(Iptables));
+    let lat_ratio = ratio(p99(Ebpf), p99(Direct));
+    let bulk_ratio = ratio(gbits(Ebpf), gbits(Direct));
+    let restart_errors: Option<u64> = restarts
+        .iter()
+        .find(|(dp, _)| *dp == Ebpf)
+        .map(|(_, r)| r.load.errors.total());
     let mut rows: Vec<(String, String, Option<bool>)> = vec![
         (
             format!(
@@ -468,18 +481,12 @@ pub fn write(results: &Value, dir: &Path) -> Result<()> {
     for (target, measured, met) in rows {
         writeln!(md, "| {target} | {measured} | {} |", verdict(met))?;
     }
-    let notes: Vec<&str> = results["notes"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(Value::as_str)
-        .collect();
-    let mode = results["mode"].as_str().unwrap_or("");
     writeln!(md, "\n## Notes\n")?;
-    if mode != "full" {
+    if results.mode != Mode::Full {
         writeln!(
             md,
-            "- A {mode} run: the targets speak of 10,000 mappings, which only the full run (`cargo xtask bench`) installs."
+            "- A {} run: the targets speak of 10,000 mappings, which only the full run (`cargo xtask bench`) installs.",
+            results.mode
         )?;
     }
     writeln!(
@@ -508,7 +515,7 @@ pub fn write(results: &Value, dir: &Path) -> Result<()> {
             "- docker: dockerd runs with `--userland-proxy=false` (with the proxy it starts a docker-proxy process per published port) and the vfs storage driver. Its other conn-rate mappings are loaded like the iptables node's, by `iptables-restore` of the rules dockerd writes for a port; the programming scenario goes through `docker run -p RANGE` and `docker rm -f`, and its time includes starting the container (the server joins the container's namespace once `docker run` returns). The restart scenario does not cover dockerd: without `--live-restore` a restart stops the containers."
         )?;
     }
-    for note in notes {
+    for note in &results.notes {
         writeln!(md, "- {note}")?;
     }
     let plots = plots(results, dir);
@@ -519,33 +526,44 @@ pub fn write(results: &Value, dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// The egress scenarios and the paths they run on (every node; `direct` has no egress).
-const EGRESS: [&str; 2] = ["egress-one", "egress-many"];
-const EGRESS_PATHS: [&str; 3] = ["ebpf", "iptables", DOCKER];
-
-/// Failed connections of a scenario's samples on one path, by kind (refused, timeout, reset,
-/// other) and in all.
-fn failures(results: &Value, scenario: &str, dataplane: &str) -> ([u64; 4], u64) {
-    let mut kinds = [0u64; 4];
-    for s in samples(results, scenario).filter(|s| s["dataplane"] == dataplane) {
-        for (n, k) in kinds
-            .iter_mut()
-            .zip(["refused", "timeout", "reset", "other"])
-        {
-            *n += s["errors"][k].as_u64().unwrap_or(0);
-        }
-    }
-    (kinds, kinds.iter().sum())
+/// The spread of one of the times of the programming points of N on one path (points
+/// skipped for the time budget have none).
+fn program_metric(
+    results: &Results,
+    dataplane: BenchPath,
+    n: usize,
+    value: fn(&ProgrammingTimes) -> f64,
+) -> Option<Spread> {
+    metric(
+        points(results, programming).filter(|(_, p)| p.n == n),
+        dataplane,
+        |p| p.times().map(value),
+    )
 }
 
-/// The drop counters that grew during a scenario's samples on one path, summed, as
-/// `name +N` (ebpf: its own counters; `—` for others).
-fn drops(results: &Value, scenario: &str, dataplane: &str) -> String {
-    let mut sum: std::collections::BTreeMap<String, u64> = Default::default();
-    for s in samples(results, scenario).filter(|s| s["dataplane"] == dataplane) {
-        for (name, n) in s["drops"].as_object().into_iter().flatten() {
-            *sum.entry(name.clone()).or_default() += n.as_u64().unwrap_or(0);
-        }
+/// The egress scenarios and the paths they run on (every node; `direct` has no egress).
+const EGRESS: [Scenario; 2] = [Scenario::EgressOne, Scenario::EgressMany];
+const EGRESS_PATHS: [BenchPath; 3] = [Ebpf, Iptables, DOCKER];
+
+/// Failed connections of a scenario's samples on one path, by kind, and in all.
+fn failures(results: &Results, scenario: Scenario, dataplane: BenchPath) -> (ConnErrors, u64) {
+    let mut sum = ConnErrors::default();
+    for (_, e) in points(results, egress(scenario)).filter(|(dp, _)| *dp == dataplane) {
+        let errors = e.load.load.errors;
+        sum.refused += errors.refused;
+        sum.timeout += errors.timeout;
+        sum.reset += errors.reset;
+        sum.other += errors.other;
+    }
+    (sum, sum.total())
+}
+
+/// The drop counters that grew during some samples, summed, as `name +N` (ebpf: its own
+/// counters; `—` for others).
+fn fmt_drops<'a>(drops: impl Iterator<Item = &'a Drops>) -> String {
+    let mut sum: BTreeMap<&str, u64> = BTreeMap::new();
+    for (name, n) in drops.flatten() {
+        *sum.entry(name).or_default() += n;
     }
     match sum.is_empty() {
         true => "—".into(),
@@ -557,10 +575,10 @@ fn drops(results: &Value, scenario: &str, dataplane: &str) -> String {
     }
 }
 
-fn egress_section(results: &Value, md: &mut String) -> Result<()> {
+fn egress_section(results: &Results, md: &mut String) -> Result<()> {
     if !EGRESS
         .iter()
-        .any(|sc| samples(results, sc).next().is_some())
+        .any(|&sc| points(results, egress(sc)).next().is_some())
     {
         return Ok(());
     }
@@ -570,10 +588,8 @@ fn egress_section(results: &Value, md: &mut String) -> Result<()> {
     )?;
     writeln!(
         md,
-        "{} s per point, {} repetitions, {} client threads in the node's container `bench`: connect, 1 request, 1 response, the outside server closes first. egress-one: one server address; egress-many: 64, one after the other. Failed connections are summed over all repetitions.\n",
-        results["plan"]["egress_seconds"],
-        results["plan"]["egress_reps"],
-        results["plan"]["concurrency"]
+        "{:?} s per point, {} repetitions, {} client threads in the node's container `bench`: connect, 1 request, 1 response, the outside server closes first. egress-one: one server address; egress-many: 64, one after the other. Failed connections are summed over all repetitions.\n",
+        results.plan.egress_seconds, results.plan.egress_reps, results.plan.concurrency
     )?;
     writeln!(
         md,
@@ -581,22 +597,31 @@ fn egress_section(results: &Value, md: &mut String) -> Result<()> {
     )?;
     writeln!(md, "|---|---|---|---|---|---|---|---|")?;
     for sc in EGRESS {
-        let rate = |dp: &str| metric(results, sc, dp, "rate", |_| true);
+        let rate = |dp| metric(points(results, egress(sc)), dp, |e| Some(e.load.load.rate));
         for dp in EGRESS_PATHS {
-            if samples(results, sc).all(|s| s["dataplane"] != dp) {
+            if points(results, egress(sc)).all(|(p, _)| p != dp) {
                 continue;
             }
-            let ([r, t, x, o], failed) = failures(results, sc, dp);
+            let (errors, failed) = failures(results, sc, dp);
+            let drops = points(results, egress(sc))
+                .filter(|(p, _)| *p == dp)
+                .filter_map(|(_, e)| e.drops.as_ref());
             writeln!(
                 md,
-                "| {sc} | {dp} | {} | {} | {failed} | {r} / {t} / {x} / {o} | {} | {} |",
+                "| {sc} | {dp} | {} | {} | {failed} | {} / {} / {} / {} | {} | {} |",
                 fmt_spread(rate(dp), 0),
-                fmt_ratio(ratio(rate(dp), rate("iptables"))),
+                fmt_ratio(ratio(rate(dp), rate(Iptables))),
+                errors.refused,
+                errors.timeout,
+                errors.reset,
+                errors.other,
                 fmt_spread(
-                    metric(results, sc, dp, "cpu_us_per_connection", |_| true),
+                    metric(points(results, egress(sc)), dp, |e| Some(
+                        e.load.cpu_us_per_connection
+                    )),
                     1
                 ),
-                drops(results, sc, dp),
+                fmt_drops(drops),
             )?;
         }
     }
@@ -605,20 +630,22 @@ fn egress_section(results: &Value, md: &mut String) -> Result<()> {
 }
 
 /// The flow counts conntrack-scale measured, in increasing order.
-fn scale_points(results: &Value) -> BTreeSet<u64> {
-    samples(results, "conntrack-scale")
-        .filter_map(|s| s["flows"].as_u64())
+fn scale_points(results: &Results) -> BTreeSet<u64> {
+    points(results, conntrack_scale)
+        .map(|(_, c)| c.flows)
         .collect()
 }
 
-fn scale_sample<'a>(results: &'a Value, dataplane: &str, flows: u64) -> Option<&'a Value> {
-    samples(results, "conntrack-scale").find(|s| s["dataplane"] == dataplane && s["flows"] == flows)
+fn scale_sample(results: &Results, dataplane: BenchPath, flows: u64) -> Option<&ConntrackScale> {
+    points(results, conntrack_scale)
+        .find(|(dp, c)| *dp == dataplane && c.flows == flows)
+        .map(|(_, c)| c)
 }
 
 /// The last cleanup pass as the agent's `info` described it, or n/a: the fields that say
 /// "last" when there are such (the others are totals since the agent began), else all.
-fn fmt_gc(gc: &Value) -> String {
-    let Some(fields) = gc.as_object().filter(|f| !f.is_empty()) else {
+fn fmt_gc(gc: Option<&BTreeMap<String, serde_json::Number>>) -> String {
+    let Some(fields) = gc.filter(|f| !f.is_empty()) else {
         return "n/a".into();
     };
     // Right after the agent started (smoke runs) the first pass may not have run.
@@ -643,9 +670,9 @@ fn fmt_gc(gc: &Value) -> String {
         .join(", ")
 }
 
-fn scale_section(results: &Value, md: &mut String) -> Result<()> {
-    let points = scale_points(results);
-    if points.is_empty() {
+fn scale_section(results: &Results, md: &mut String) -> Result<()> {
+    let flow_counts = scale_points(results);
+    if flow_counts.is_empty() {
         return Ok(());
     }
     writeln!(
@@ -654,33 +681,33 @@ fn scale_section(results: &Value, md: &mut String) -> Result<()> {
     )?;
     writeln!(
         md,
-        "The container `bench` opens N UDP flows to outside addresses (one datagram each); then the call is timed back to back for {} s. A call is given up after {} s (its time then counts as that, a lower bound). The ebpf agent runs on a fresh table sized for the largest point, with a UDP idle timeout longer than the scenario; the iptables node's flows are in the kernel's conntrack (its agent keeps none; unreplied UDP lives 30 s there).\n",
-        results["plan"]["scale_window_seconds"], results["plan"]["api_timeout_seconds"]
+        "The container `bench` opens N UDP flows to outside addresses (one datagram each); then the call is timed back to back for {:?} s. A call is given up after {:?} s (its time then counts as that, a lower bound). The ebpf agent runs on a fresh table sized for the largest point, with a UDP idle timeout longer than the scenario; the iptables node's flows are in the kernel's conntrack (its agent keeps none; unreplied UDP lives 30 s there).\n",
+        results.plan.scale_window_seconds, results.plan.api_timeout_seconds
     )?;
     writeln!(
         md,
         "| dataplane | flows | reached the world | kernel conntrack count | fill (s) | calls | p50 (ms) | p99 (ms) | max (ms) | timed out | last cleanup pass (agent's `info`) |"
     )?;
     writeln!(md, "|---|---|---|---|---|---|---|---|---|---|---|")?;
-    for dp in ["ebpf", "iptables"] {
-        for &n in &points {
+    for dp in [Ebpf, Iptables] {
+        for &n in &flow_counts {
             let Some(s) = scale_sample(results, dp, n) else {
                 continue;
             };
-            let api = &s["api"];
-            let num = |v: &Value| v.as_u64().map_or_else(|| "—".into(), |n| n.to_string());
+            let api = &s.api;
             writeln!(
                 md,
                 "| {dp} | {n} | {} | {} | {:.1} | {} | {:.1} | {:.1} | {:.1} | {} | {} |",
-                num(&s["flows_reached_world"]),
-                num(&s["kernel_conntrack_count"]),
-                s["fill_seconds"].as_f64().unwrap_or(0.0),
-                num(&api["calls"]),
-                api["p50_ms"].as_f64().unwrap_or(0.0),
-                api["p99_ms"].as_f64().unwrap_or(0.0),
-                api["max_ms"].as_f64().unwrap_or(0.0),
-                num(&api["timeouts"]),
-                fmt_gc(&s["gc"]),
+                s.flows_reached_world,
+                s.kernel_conntrack_count
+                    .map_or_else(|| "—".into(), |n| n.to_string()),
+                s.fill_seconds,
+                api.calls,
+                api.p50_ms,
+                api.p99_ms,
+                api.max_ms,
+                api.timeouts,
+                fmt_gc(s.gc.as_ref()),
             )?;
         }
     }
@@ -688,11 +715,12 @@ fn scale_section(results: &Value, md: &mut String) -> Result<()> {
     Ok(())
 }
 
-fn flood_section(results: &Value, md: &mut String) -> Result<()> {
-    let floods: Vec<&Value> = samples(results, "flood").collect();
+fn flood_section(results: &Results, md: &mut String) -> Result<()> {
+    let floods: Vec<(BenchPath, &Flood)> = points(results, flood).collect();
     if floods.is_empty() {
         return Ok(());
     }
+    let plan = &results.plan;
     writeln!(
         md,
         "## Flood (live connections through a SYN flood to the published port and a container filling the flow table)\n"
@@ -700,37 +728,37 @@ fn flood_section(results: &Value, md: &mut String) -> Result<()> {
     writeln!(
         md,
         "{} idle connections through the published port (from the world) and {} from the container `bench` to an outside server, then at once: {} SYNs from 128 spoofed sources to the published port, the container opening {} unreplied UDP flows (the ebpf agent runs with `--conntrack-max {} --nat-flows-max {}`), and 4 threads opening new connections through the published port. Then every live connection must echo data again. Before an iptables or docker node is flooded, the bench waits (at most 75 s) until the kernel conntrack tables of those nodes hold fewer than 65,536 entries together (conntrack-scale and an earlier flood fill them, which slows the SYN sender fifteenfold).\n",
-        results["plan"]["flood_held_connections"],
-        results["plan"]["flood_held_connections"],
-        results["plan"]["flood_syns"],
-        results["plan"]["flood_conntrack_max"].as_u64().unwrap_or(0) * 2,
-        results["plan"]["flood_conntrack_max"],
-        results["plan"]["flood_nat_flows_max"],
+        plan.flood_held_connections,
+        plan.flood_held_connections,
+        plan.flood_syns,
+        plan.flood_conntrack_max * 2,
+        plan.flood_conntrack_max,
+        plan.flood_nat_flows_max,
     )?;
     writeln!(
         md,
         "| path | live connections survived (published / egress) | new conn/s during the flood | new connections failed | SYNs sent (s) | UDP flows sent | drop counters that grew |"
     )?;
     writeln!(md, "|---|---|---|---|---|---|---|")?;
-    for s in floods {
-        let fresh = &s["new_connections"];
-        let failed: u64 = ["refused", "timeout", "reset", "other"]
+    for (dp, f) in &floods {
+        let fresh = &f.new_connections;
+        let drops = floods
             .iter()
-            .filter_map(|k| fresh["errors"][k].as_u64())
-            .sum();
+            .filter(|(p, _)| p == dp)
+            .filter_map(|(_, f)| f.drops.as_ref());
         writeln!(
             md,
-            "| {} | {} of {} ({} / {}) | {:.0} | {failed} | {} ({:.1}) | {} | {} |",
-            s["dataplane"].as_str().unwrap_or("?"),
-            s["survived"],
-            s["held"],
-            s["held_published"]["survived"],
-            s["held_egress"]["survived"],
-            fresh["rate"].as_f64().unwrap_or(0.0),
-            s["syn_flood"]["sent"],
-            s["syn_flood"]["seconds"].as_f64().unwrap_or(0.0),
-            s["udp_flows"]["sent"],
-            drops(results, "flood", s["dataplane"].as_str().unwrap_or("")),
+            "| {dp} | {} of {} ({} / {}) | {:.0} | {} | {} ({:.1}) | {} | {} |",
+            f.survived,
+            f.held,
+            f.held_published.survived,
+            f.held_egress.survived,
+            fresh.rate,
+            fresh.errors.total(),
+            f.syn_flood.sent,
+            f.syn_flood.seconds,
+            f.udp_flows.sent,
+            fmt_drops(drops),
         )?;
     }
     writeln!(md)?;
@@ -738,40 +766,47 @@ fn flood_section(results: &Value, md: &mut String) -> Result<()> {
 }
 
 /// The targets of issue 12 that the egress, conntrack-scale and flood scenarios measure.
-fn flow_targets(results: &Value) -> Vec<(String, String, Option<bool>)> {
-    let rate = |sc: &str, dp: &str| metric(results, sc, dp, "rate", |_| true);
-    let cpu = |sc: &str, dp: &str| metric(results, sc, dp, "cpu_us_per_connection", |_| true);
-    let one = ratio(rate("egress-one", "ebpf"), rate("egress-one", "iptables"));
-    let many = ratio(rate("egress-many", "ebpf"), rate("egress-many", "iptables"));
-    let ran = samples(results, "egress-one").any(|s| s["dataplane"] == "ebpf");
-    let (_, failed) = failures(results, "egress-one", "ebpf");
+fn flow_targets(results: &Results) -> Vec<(String, String, Option<bool>)> {
+    let rate = |sc, dp| metric(points(results, egress(sc)), dp, |e| Some(e.load.load.rate));
+    let cpu = |sc, dp| {
+        metric(points(results, egress(sc)), dp, |e| {
+            Some(e.load.cpu_us_per_connection)
+        })
+    };
+    let one = ratio(
+        rate(Scenario::EgressOne, Ebpf),
+        rate(Scenario::EgressOne, Iptables),
+    );
+    let many = ratio(
+        rate(Scenario::EgressMany, Ebpf),
+        rate(Scenario::EgressMany, Iptables),
+    );
+    let ran = points(results, egress(Scenario::EgressOne)).any(|(dp, _)| dp == Ebpf);
+    let (_, failed) = failures(results, Scenario::EgressOne, Ebpf);
     let failed = ran.then_some(failed);
-    let cpu_cell = |sc: &str| {
-        let (e, i) = (cpu(sc, "ebpf"), cpu(sc, "iptables"));
+    let cpu_cell = |sc| {
+        let (e, i) = (cpu(sc, Ebpf), cpu(sc, Iptables));
         let text = match (e, i) {
             (Some(e), Some(i)) => format!("{:.1} / {:.1} µs", e.median, i.median),
             _ => "—".into(),
         };
         (text, e.zip(i).map(|(e, i)| e.median <= i.median))
     };
-    let (cpu_one, cpu_one_met) = cpu_cell("egress-one");
-    let (cpu_many, cpu_many_met) = cpu_cell("egress-many");
+    let (cpu_one, cpu_one_met) = cpu_cell(Scenario::EgressOne);
+    let (cpu_many, cpu_many_met) = cpu_cell(Scenario::EgressMany);
     let largest = scale_points(results).last().copied();
     let api = largest
-        .and_then(|n| scale_sample(results, "ebpf", n))
-        .map(|s| &s["api"]);
-    let api_ms = |key: &str| api.and_then(|a| a[key].as_f64());
+        .and_then(|n| scale_sample(results, Ebpf, n))
+        .map(|s| &s.api);
+    let p99_ms = api.map(|a| a.p99_ms);
+    let max_ms = api.map(|a| a.max_ms);
     let flows = largest.unwrap_or(0);
-    let flood = samples(results, "flood").find(|s| s["dataplane"] == "ebpf");
-    let survival = flood.and_then(|s| Some((s["survived"].as_u64()?, s["held"].as_u64()?)));
-    let fresh = flood.map(|s| &s["new_connections"]);
-    let fresh_rate = fresh.and_then(|f| f["rate"].as_f64());
-    let fresh_failed: u64 = fresh.map_or(0, |f| {
-        ["refused", "timeout", "reset", "other"]
-            .iter()
-            .filter_map(|k| f["errors"][k].as_u64())
-            .sum()
-    });
+    let flood = points(results, flood)
+        .find(|(dp, _)| *dp == Ebpf)
+        .map(|(_, f)| f);
+    let survival = flood.map(|f| (f.survived, f.held));
+    let fresh_rate = flood.map(|f| f.new_connections.rate);
+    let fresh_failed = flood.map_or(0, |f| f.new_connections.errors.total());
     vec![
         (
             "egress-one ≥ 1.0× iptables".into(),
@@ -800,13 +835,13 @@ fn flow_targets(results: &Value) -> Vec<(String, String, Option<bool>)> {
         ),
         (
             format!("conntrack-scale: API p99 ≤ 20 ms with {flows} flows (262,144 in the target)"),
-            api_ms("p99_ms").map_or_else(|| "—".into(), |v| format!("{v:.1} ms")),
-            api_ms("p99_ms").map(|v| v <= 20.0),
+            p99_ms.map_or_else(|| "—".into(), |v| format!("{v:.1} ms")),
+            p99_ms.map(|v| v <= 20.0),
         ),
         (
             format!("conntrack-scale: API max ≤ 100 ms with {flows} flows (262,144 in the target)"),
-            api_ms("max_ms").map_or_else(|| "—".into(), |v| format!("{v:.1} ms")),
-            api_ms("max_ms").map(|v| v <= 100.0),
+            max_ms.map_or_else(|| "—".into(), |v| format!("{v:.1} ms")),
+            max_ms.map(|v| v <= 100.0),
         ),
         (
             "flood: 100% of live connections survive (ebpf)".into(),
@@ -848,16 +883,19 @@ fn font() -> Result<()> {
     Ok(())
 }
 
-fn color(dp: &str) -> RGBColor {
+fn color(dp: BenchPath) -> RGBColor {
     match dp {
-        "ebpf" => RGBColor(0x1f, 0x77, 0xb4),
-        "iptables" => RGBColor(0xd6, 0x27, 0x28),
+        Ebpf => RGBColor(0x1f, 0x77, 0xb4),
+        Iptables => RGBColor(0xd6, 0x27, 0x28),
         DOCKER => RGBColor(0x94, 0x67, 0xbd),
-        _ => RGBColor(0x2c, 0xa0, 0x2c),
+        Direct => RGBColor(0x2c, 0xa0, 0x2c),
     }
 }
 
 type Series = Vec<(String, RGBColor, Vec<(f64, f64)>)>;
+
+/// One number read from a measurement, for a plot's series.
+type Reading<T> = fn(&T) -> f64;
 
 /// A line plot with a log-scale x axis.
 fn line_plot(
@@ -923,20 +961,22 @@ fn line_plot(
     Ok(())
 }
 
-fn plots(results: &Value, dir: &Path) -> Result<()> {
+fn plots(results: &Results, dir: &Path) -> Result<()> {
     font()?;
-    let ns: BTreeSet<u64> = samples(results, "connrate")
-        .filter_map(|s| s["other_mappings"].as_u64())
+    let ns: BTreeSet<usize> = points(results, connrate)
+        .map(|(_, c)| c.other_mappings)
         .collect();
     let series: Series = paths(results)
-        .iter()
+        .into_iter()
         .map(|dp| {
             let pts = ns
                 .iter()
                 .filter_map(|&n| {
-                    metric(results, "connrate", dp, "rate", |s| {
-                        s["other_mappings"] == n
-                    })
+                    metric(
+                        points(results, connrate).filter(|(_, c)| c.other_mappings == n),
+                        dp,
+                        |c| Some(c.load.load.rate),
+                    )
                     .map(|s| (n as f64, s.median))
                 })
                 .collect();
@@ -953,26 +993,27 @@ fn plots(results: &Value, dir: &Path) -> Result<()> {
     )
     .context("connrate.png")?;
 
-    let pns: BTreeSet<u64> = samples(results, "programming")
-        .filter_map(|s| s["n"].as_u64())
-        .collect();
+    let pns: BTreeSet<usize> = points(results, programming).map(|(_, p)| p.n).collect();
     let mut series: Series = Vec::new();
-    let programmed: Vec<&str> = paths(results)
+    let programmed: Vec<BenchPath> = paths(results)
         .into_iter()
-        .filter(|dp| *dp != "direct")
+        .filter(|dp| *dp != Direct)
         .collect();
     for dp in programmed {
-        for (key, what) in [("publish_seconds", "publish"), ("remove_seconds", "remove")] {
+        let times: [(Reading<ProgrammingTimes>, &str); 2] = [
+            (|t| t.publish_seconds, "publish"),
+            (|t| t.remove_seconds, "remove"),
+        ];
+        for (value, what) in times {
             let pts = pns
                 .iter()
                 .filter_map(|&n| {
-                    metric(results, "programming", dp, key, |s| s["n"] == n)
-                        .map(|s| (n as f64, s.median))
+                    program_metric(results, dp, n, value).map(|s| (n as f64, s.median))
                 })
                 .collect();
             let mut c = color(dp);
             if what == "remove" {
-                c = RGBColor(c.0 / 2 + 0x60, c.1 / 2 + 0x60, c.2 / 2 + 0x60);
+                c = paler(c);
             }
             series.push((format!("{dp} {what}"), c, pts));
         }
@@ -987,21 +1028,20 @@ fn plots(results: &Value, dir: &Path) -> Result<()> {
     )
     .context("programming.png")?;
 
-    let points = scale_points(results);
-    let series: Series = ["ebpf", "iptables"]
+    let flow_counts = scale_points(results);
+    let series: Series = [Ebpf, Iptables]
         .iter()
-        .flat_map(|dp| {
-            [("p99_ms", "p99"), ("max_ms", "max")].map(|(key, what)| {
-                let pts = points
+        .flat_map(|&dp| {
+            let api_ms: [(Reading<ApiLatency>, &str); 2] =
+                [(|a| a.p99_ms, "p99"), (|a| a.max_ms, "max")];
+            api_ms.map(|(value, what)| {
+                let pts = flow_counts
                     .iter()
-                    .filter_map(|&n| {
-                        let ms = scale_sample(results, dp, n)?["api"][key].as_f64()?;
-                        Some((n as f64, ms))
-                    })
+                    .filter_map(|&n| Some((n as f64, value(&scale_sample(results, dp, n)?.api))))
                     .collect();
                 let mut c = color(dp);
                 if what == "max" {
-                    c = RGBColor(c.0 / 2 + 0x60, c.1 / 2 + 0x60, c.2 / 2 + 0x60);
+                    c = paler(c);
                 }
                 (format!("{dp} {what}"), c, pts)
             })
@@ -1018,13 +1058,18 @@ fn plots(results: &Value, dir: &Path) -> Result<()> {
     .context("conntrack_scale.png")?;
 
     // Latency percentiles: x = 50, 99, 99.9 as "nines" positions 1, 2, 3.
+    let percentiles: [(Reading<LatencyLoad>, f64); 3] = [
+        (|l| l.p50_us, 1.0),
+        (|l| l.p99_us, 10.0),
+        (|l| l.p999_us, 100.0),
+    ];
     let series: Series = paths(results)
-        .iter()
+        .into_iter()
         .map(|dp| {
-            let pts = [("p50_us", 1.0), ("p99_us", 10.0), ("p999_us", 100.0)]
+            let pts = percentiles
                 .iter()
-                .filter_map(|(k, x)| {
-                    metric(results, "latency", dp, k, |_| true).map(|s| (*x, s.median))
+                .filter_map(|(value, x)| {
+                    metric(points(results, latency), dp, |l| Some(value(l))).map(|s| (*x, s.median))
                 })
                 .collect();
             (dp.to_string(), color(dp), pts)
@@ -1042,9 +1087,18 @@ fn plots(results: &Value, dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The paler colour of a path's second series (remove, max).
+fn paler(c: RGBColor) -> RGBColor {
+    RGBColor(c.0 / 2 + 0x60, c.1 / 2 + 0x60, c.2 / 2 + 0x60)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::results::{
+        ApiLatency, ConnLoad, CpuLoad, Held, Machine, PathDescriptions, Plan, ProgrammingOutcome,
+        Sample, Sent,
+    };
 
     #[test]
     fn spread_is_median_min_max() {
@@ -1053,24 +1107,114 @@ mod tests {
         assert!(spread(&[]).is_none());
     }
 
+    fn results(mode: Mode, plan: Plan, samples: Vec<(BenchPath, Measurement)>) -> Results {
+        Results {
+            mode,
+            duration_seconds: 1.0,
+            plan,
+            machine: Machine {
+                kernel: "6.x".into(),
+                cpus: 2,
+                ..Machine::default()
+            },
+            samples: samples
+                .into_iter()
+                .map(|(dataplane, measurement)| Sample {
+                    measurement,
+                    dataplane,
+                    rep: 0,
+                })
+                .collect(),
+            ..Results::default()
+        }
+    }
+
+    fn load(rate: f64, errors: ConnErrors) -> ConnLoad {
+        ConnLoad {
+            rate,
+            errors,
+            ..ConnLoad::default()
+        }
+    }
+
+    fn cpu_load(rate: f64, cpu_us_per_connection: f64, errors: ConnErrors) -> CpuLoad {
+        CpuLoad {
+            load: load(rate, errors),
+            cpu_us_per_connection,
+            ..CpuLoad::default()
+        }
+    }
+
+    fn connrate_point(other_mappings: usize, rate: f64, errors: ConnErrors) -> Measurement {
+        Measurement::Connrate(Connrate {
+            load: cpu_load(rate, 0.0, errors),
+            other_mappings,
+        })
+    }
+
+    fn programming_point(n: usize, publish_seconds: f64, remove_seconds: f64) -> Measurement {
+        Measurement::Programming(Programming {
+            n,
+            outcome: ProgrammingOutcome::Measured(ProgrammingTimes {
+                publish_seconds,
+                remove_seconds,
+                ..ProgrammingTimes::default()
+            }),
+        })
+    }
+
+    fn timeouts(timeout: u64) -> ConnErrors {
+        ConnErrors {
+            timeout,
+            ..ConnErrors::default()
+        }
+    }
+
+    fn report(results: &Results) -> String {
+        let dir = tempfile::tempdir().unwrap();
+        write(results, dir.path()).unwrap();
+        fs::read_to_string(dir.path().join("report.md")).unwrap()
+    }
+
     #[test]
     fn report_from_a_small_result() {
-        let dir = tempfile::tempdir().unwrap();
-        let results = serde_json::json!({
-            "mode": "smoke", "duration_seconds": 1.0,
-            "machine": {"kernel": "6.x", "cpus": 2},
-            "plan": {"connrate_seconds": 1, "concurrency": 1},
-            "paths": {}, "notes": ["a note"],
-            "samples": [
-                {"scenario": "connrate", "dataplane": "ebpf", "other_mappings": 1, "rate": 100.0, "errors": {"reset": 0}},
-                {"scenario": "connrate", "dataplane": "iptables", "other_mappings": 1, "rate": 50.0, "errors": {"reset": 1}},
-                {"scenario": "programming", "dataplane": "ebpf", "n": 10, "publish_seconds": 0.01, "remove_seconds": 0.01},
-                {"scenario": "latency", "dataplane": "direct", "p50_us": 10.0, "p99_us": 20.0, "p999_us": 30.0},
+        let plan = Plan {
+            connrate_seconds: 1.0,
+            concurrency: 1,
+            ..Plan::default()
+        };
+        let mut results = results(
+            Mode::Smoke,
+            plan,
+            vec![
+                (Ebpf, connrate_point(1, 100.0, ConnErrors::default())),
+                (
+                    Iptables,
+                    connrate_point(
+                        1,
+                        50.0,
+                        ConnErrors {
+                            reset: 1,
+                            ..ConnErrors::default()
+                        },
+                    ),
+                ),
+                (Ebpf, programming_point(10, 0.01, 0.01)),
+                (
+                    Direct,
+                    Measurement::Latency(LatencyLoad {
+                        p50_us: 10.0,
+                        p99_us: 20.0,
+                        p999_us: 30.0,
+                        ..LatencyLoad::default()
+                    }),
+                ),
             ],
-        });
-        write(&results, dir.path()).unwrap();
-        let md = fs::read_to_string(dir.path().join("report.md")).unwrap();
+        );
+        results.notes = vec!["a note".into()];
+        let md = report(&results);
         assert!(md.contains("| 1 | 100 | 50 | — | 2.00× |"), "{md}");
+        assert!(md.contains("Failed connections over all conn-rate samples: 1."));
         assert!(md.contains("a note"));
         assert!(
             !md.contains("docker"),
@@ -1080,32 +1224,98 @@ mod tests {
 
     #[test]
     fn flow_scenarios_side_by_side_with_their_targets() {
-        let dir = tempfile::tempdir().unwrap();
-        let results = serde_json::json!({
-            "mode": "quick", "duration_seconds": 1.0,
-            "machine": {"kernel": "6.x", "cpus": 2},
-            "plan": {"egress_seconds": 10, "egress_reps": 1, "concurrency": 16,
-                     "scale_window_seconds": 3, "api_timeout_seconds": 10,
-                     "flood_syns": 100, "flood_conntrack_max": 16, "flood_held_connections": 32},
-            "paths": {}, "notes": [],
-            "samples": [
-                {"scenario": "egress-one", "dataplane": "ebpf", "rate": 400.0, "cpu_us_per_connection": 900.0,
-                 "errors": {"timeout": 150}, "drops": {"container_ingress.drop.nat_exhausted": 7}},
-                {"scenario": "egress-one", "dataplane": "iptables", "rate": 4000.0, "cpu_us_per_connection": 200.0,
-                 "errors": {"timeout": 0}},
-                {"scenario": "egress-many", "dataplane": "ebpf", "rate": 6000.0, "cpu_us_per_connection": 100.0},
-                {"scenario": "egress-many", "dataplane": "iptables", "rate": 4000.0, "cpu_us_per_connection": 200.0},
-                {"scenario": "conntrack-scale", "dataplane": "ebpf", "flows": 262144, "flows_reached_world": 262144,
-                 "fill_seconds": 3.0, "api": {"calls": 1, "p50_ms": 10000.0, "p99_ms": 10000.0, "max_ms": 10000.0, "timeouts": 1},
-                 "gc": {"Conntrack.LastGc.DurationMs": 12}},
-                {"scenario": "flood", "dataplane": "ebpf", "held": 64, "survived": 64,
-                 "held_published": {"survived": 32}, "held_egress": {"survived": 32},
-                 "syn_flood": {"sent": 100, "seconds": 1.0}, "udp_flows": {"sent": 32},
-                 "new_connections": {"rate": 1000.0, "errors": {"timeout": 2}}},
+        let plan = Plan {
+            egress_seconds: 10.0,
+            egress_reps: 1,
+            concurrency: 16,
+            scale_window_seconds: 3.0,
+            api_timeout_seconds: 10.0,
+            flood_syns: 100,
+            flood_conntrack_max: 16,
+            flood_held_connections: 32,
+            ..Plan::default()
+        };
+        let egress = |rate, cpu, errors, drops: Option<Drops>| Egress {
+            load: cpu_load(rate, cpu, errors),
+            drops,
+            ..Egress::default()
+        };
+        let nat_exhausted = Drops::from([("container_ingress.drop.nat_exhausted".into(), 7)]);
+        let results = results(
+            Mode::Quick,
+            plan,
+            vec![
+                (
+                    Ebpf,
+                    Measurement::EgressOne(egress(
+                        400.0,
+                        900.0,
+                        timeouts(150),
+                        Some(nat_exhausted),
+                    )),
+                ),
+                (
+                    Iptables,
+                    Measurement::EgressOne(egress(4000.0, 200.0, timeouts(0), None)),
+                ),
+                (
+                    Ebpf,
+                    Measurement::EgressMany(egress(6000.0, 100.0, timeouts(0), None)),
+                ),
+                (
+                    Iptables,
+                    Measurement::EgressMany(egress(4000.0, 200.0, timeouts(0), None)),
+                ),
+                (
+                    Ebpf,
+                    Measurement::ConntrackScale(ConntrackScale {
+                        flows: 262144,
+                        flows_reached_world: 262144,
+                        fill_seconds: 3.0,
+                        api: ApiLatency {
+                            calls: 1,
+                            p50_ms: 10000.0,
+                            p99_ms: 10000.0,
+                            max_ms: 10000.0,
+                            timeouts: 1,
+                            ..ApiLatency::default()
+                        },
+                        gc: Some(BTreeMap::from([(
+                            "Conntrack.LastGc.DurationMs".into(),
+                            12.into(),
+                        )])),
+                        ..ConntrackScale::default()
+                    }),
+                ),
+                (
+                    Ebpf,
+                    Measurement::Flood(Flood {
+                        held: 64,
+                        survived: 64,
+                        held_published: Held {
+                            opened: 32,
+                            survived: 32,
+                        },
+                        held_egress: Held {
+                            opened: 32,
+                            survived: 32,
+                        },
+                        syn_flood: Sent {
+                            sent: 100,
+                            seconds: 1.0,
+                            ..Sent::default()
+                        },
+                        udp_flows: Sent {
+                            sent: 32,
+                            ..Sent::default()
+                        },
+                        new_connections: load(1000.0, timeouts(2)),
+                        ..Flood::default()
+                    }),
+                ),
             ],
-        });
-        write(&results, dir.path()).unwrap();
-        let md = fs::read_to_string(dir.path().join("report.md")).unwrap();
+        );
+        let md = report(&results);
         assert!(
             md.contains("| egress-one | ebpf | 400 | 0.10× | 150 | 0 / 150 / 0 / 0 | 900.0 | `container_ingress.drop.nat_exhausted` +7 |"),
             "{md}"
@@ -1135,22 +1345,34 @@ mod tests {
 
     #[test]
     fn docker_columns_when_docker_was_measured() {
-        let dir = tempfile::tempdir().unwrap();
-        let results = serde_json::json!({
-            "mode": "quick", "duration_seconds": 1.0,
-            "machine": {"kernel": "6.x", "cpus": 2, "dockerd": "Docker version 20.10.24"},
-            "plan": {"connrate_seconds": 1, "concurrency": 1},
-            "paths": {"docker": "to dockerd"}, "notes": [],
-            "samples": [
-                {"scenario": "connrate", "dataplane": "ebpf", "other_mappings": 1, "rate": 100.0},
-                {"scenario": "connrate", "dataplane": "docker", "other_mappings": 1, "rate": 40.0},
-                {"scenario": "programming", "dataplane": "ebpf", "n": 10, "publish_seconds": 0.01, "remove_seconds": 0.01},
-                {"scenario": "programming", "dataplane": "docker", "n": 10, "publish_seconds": 1.0, "remove_seconds": 0.5},
-                {"scenario": "udp", "dataplane": "docker", "rate": 1000.0},
+        let plan = Plan {
+            connrate_seconds: 1.0,
+            concurrency: 1,
+            ..Plan::default()
+        };
+        let mut results = results(
+            Mode::Quick,
+            plan,
+            vec![
+                (Ebpf, connrate_point(1, 100.0, ConnErrors::default())),
+                (DOCKER, connrate_point(1, 40.0, ConnErrors::default())),
+                (Ebpf, programming_point(10, 0.01, 0.01)),
+                (DOCKER, programming_point(10, 1.0, 0.5)),
+                (
+                    DOCKER,
+                    Measurement::Udp(Udp {
+                        rate: 1000.0,
+                        ..Udp::default()
+                    }),
+                ),
             ],
-        });
-        write(&results, dir.path()).unwrap();
-        let md = fs::read_to_string(dir.path().join("report.md")).unwrap();
+        );
+        results.machine.dockerd = Some("Docker version 20.10.24".into());
+        results.paths = PathDescriptions {
+            docker: Some("to dockerd".into()),
+            ..PathDescriptions::default()
+        };
+        let md = report(&results);
         assert!(
             md.contains("**docker** = to dockerd, dockerd Docker version 20.10.24"),
             "{md}"

@@ -4,26 +4,36 @@
 //! SYN flood and a container filling the table).
 
 use std::{
-    fs,
+    collections::BTreeMap,
     io::{BufRead as _, BufReader, ErrorKind, Read as _, Write as _},
     net::{Ipv4Addr, SocketAddrV4, TcpStream},
     os::unix::net::UnixStream,
     path::Path,
-    process::{Child, ChildStdout, Command, Stdio},
-    sync::atomic::Ordering,
+    process::{Child, ChildStdout, Stdio},
     thread,
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result, ensure};
-use serde_json::{Map, Value, json};
+use bpfbridge_lab::{Netns, check_stop, cmd, stop_requested, try_in_netns};
+use serde_json::{Number, Value};
 
-use super::{
-    Bins, ClientRunner, EBPF, FLOW_PORT, FLOW_PORTS, IPTABLES, Lab, Node, OUTSIDE_CHECK,
-    OUTSIDE_MANY, OUTSIDE_MANY_COUNT, OUTSIDE_ONE, OUTSIDE_PORT, PUBLISHED_TCP, Plan, STOP,
-    check_stop, cmd, netns_path, path_args, rotation, sample, udp_counters,
-    with_cpu_per_connection,
+use super::{path_args, rotation, udp_counters, with_cpu_per_connection};
+use crate::{
+    lab::{
+        ClientRunner, EBPF, IPTABLES, Lab, Node, OUTSIDE_CHECK, OUTSIDE_MANY, OUTSIDE_MANY_COUNT,
+        OUTSIDE_ONE, OUTSIDE_PORT, PUBLISHED_TCP, command_in,
+    },
+    results::{
+        ApiLatency, ConnLoad, ConntrackScale, Drops, Egress, Flood, Held, Measurement,
+        Path as BenchPath, Plan, Sample, Scenario, Sent,
+    },
 };
+
+/// Destination ports of conntrack-scale's UDP flows, on each of the egress-many addresses:
+/// 64 x 16 destinations, so that no one destination's masquerade ports run short.
+const FLOW_PORT: u16 = 10000;
+const FLOW_PORTS: u16 = 16;
 
 /// How fast conntrack-scale opens flows: quick to fill, slow enough for the default queue
 /// lengths of the veths on the way (the sender tops up what was lost anyway).
@@ -33,41 +43,29 @@ const FLOW_RATE: u64 = 100_000;
 const SCALE_UDP_IDLE_SECONDS: u64 = 3600;
 /// The ebpf agent's `--conntrack-max` during `flood`: small, so that a container fills it
 /// cheaply.
-pub(super) const FLOOD_CONNTRACK_MAX: u64 = 16_384;
+pub(crate) const FLOOD_CONNTRACK_MAX: u64 = 16_384;
 /// Its `--nat-flows-max`, the table a published port's new flows go into (sized from the
 /// node's memory by default).
-pub(super) const FLOOD_NAT_FLOWS_MAX: u64 = 131_072;
+pub(crate) const FLOOD_NAT_FLOWS_MAX: u64 = 131_072;
 /// SYNs of the full flood: twice 262,144 (issue 12's flood, the default NAT_FLOWS size on
 /// small nodes), four times the flood's own NAT_FLOWS.
-pub(super) const FLOOD_SYNS: u64 = 2 * 262_144;
+pub(crate) const FLOOD_SYNS: u64 = 2 * 262_144;
 const FLOOD_RATE: u64 = 200_000;
 /// The longest the flood's senders may take, whatever their rate: an iptables node slows
 /// them (its work for each packet runs on the sender's CPU) to ~20,000 SYNs/s here.
 const SENDERS_MAX: f64 = 40.0;
 /// Live connections held through the flood, through the published port and to the outside.
-pub(super) const HELD: usize = 32;
+pub(crate) const HELD: usize = 32;
 /// The first flow number of the flood's UDP flows: past conntrack-scale's, so that they are
 /// new to the kernel's conntrack too.
 const FLOOD_FIRST_FLOW: u64 = 1 << 20;
 
 impl Node {
-    /// Stops the agent, removes its pinned maps and links, and starts it again with `args` on
-    /// top of the bench's: the new agent makes fresh tables of the size its flags say (a
-    /// pinned table is re-adopted as it is) and reattaches its programs.
-    fn restart_fresh(&mut self, bins: &Bins, args: Vec<String>) -> Result<()> {
-        self.stop_agent();
-        if self.pin_dir.exists() {
-            fs::remove_dir_all(&self.pin_dir)
-                .with_context(|| format!("removing {}", self.pin_dir.display()))?;
-        }
-        self.agent_args = args;
-        self.start_agent(bins)
-    }
-
     /// The agent's counters with "drop" in their name (`GET /stats`), or `None` when the
     /// agent does not answer in time.
-    fn drop_counters(&self, timeout: Duration) -> Option<Map<String, Value>> {
-        let Ok(Api::Answer(_, stats)) = api_get(&self.socket(), "/stats", timeout) else {
+    fn drop_counters(&self, timeout: Duration) -> Option<Drops> {
+        let socket = &self.agent.as_ref()?.socket;
+        let Ok(Api::Answer(_, stats)) = api_get(socket, "/stats", timeout) else {
             return None;
         };
         Some(
@@ -76,7 +74,7 @@ impl Node {
                 .iter()
                 .filter_map(|c| Some((c["Name"].as_str()?, c["Packets"].as_u64()?)))
                 .filter(|(name, _)| name.contains("drop"))
-                .map(|(name, packets)| (name.to_string(), json!(packets)))
+                .map(|(name, packets)| (name.to_string(), packets))
                 .collect(),
         )
     }
@@ -89,7 +87,7 @@ impl Lab {
         let node = &self.nodes[i];
         let netns = node.bench_netns.as_ref().context("bench netns")?;
         let to = SocketAddrV4::new(node.outside(OUTSIDE_CHECK), OUTSIDE_PORT);
-        let seen = super::in_netns(netns, || -> std::io::Result<String> {
+        let seen = try_in_netns(netns, || -> std::io::Result<String> {
             let mut s = TcpStream::connect_timeout(&to.into(), Duration::from_secs(2))?;
             s.set_read_timeout(Some(Duration::from_secs(2)))?;
             s.write_all(b"W")?;
@@ -116,14 +114,17 @@ impl Lab {
 pub(super) fn egress(
     lab: &mut Lab,
     plan: &Plan,
-    samples: &mut Vec<Value>,
-    scenario: &str,
-    targets: u8,
+    samples: &mut Vec<Sample>,
+    scenario: Scenario,
 ) -> Result<()> {
+    let targets = match scenario {
+        Scenario::EgressOne => 1,
+        _ => OUTSIDE_MANY_COUNT,
+    };
     for i in 0..lab.nodes.len() {
         lab.check_masquerade(i)?;
     }
-    let paths: Vec<&'static str> = lab.nodes.iter().map(|n| n.dataplane).collect();
+    let paths: Vec<BenchPath> = lab.nodes.iter().map(|n| n.dataplane).collect();
     for rep in 0..plan.egress_reps {
         for path in rotation(rep, &paths) {
             check_stop()?;
@@ -144,27 +145,35 @@ pub(super) fn egress(
             ]);
             let agent = node.dockerd.is_none();
             let before = agent
-                .then(|| node.drop_counters(plan.api_timeout))
+                .then(|| node.drop_counters(plan.api_timeout()))
                 .flatten();
-            let mut v =
+            let load =
                 with_cpu_per_connection(|| lab.runner_in(&netns).run(&args, plan.egress_seconds))?;
             let after = agent
-                .then(|| node.drop_counters(plan.api_timeout))
+                .then(|| node.drop_counters(plan.api_timeout()))
                 .flatten();
-            if let (Some(before), Some(after)) = (before, after) {
-                v["drops"] = Value::Object(grown(&before, &after));
-            }
-            let failed: u64 = ["refused", "timeout", "reset", "other"]
-                .iter()
-                .filter_map(|k| v["errors"][k].as_u64())
-                .sum();
-            v["failed"] = json!(failed);
-            v["targets"] = json!(targets);
+            let drops = before
+                .zip(after)
+                .map(|(before, after)| grown(&before, &after));
+            let failed = load.load.errors.total();
             eprintln!(
                 "bench: {scenario} {path}: {:.0}/s, {failed} failed",
-                v["rate"].as_f64().unwrap_or(0.0)
+                load.load.rate
             );
-            samples.push(sample(scenario, path, rep, v));
+            let egress = Egress {
+                load,
+                drops,
+                failed,
+                targets,
+            };
+            samples.push(Sample {
+                measurement: match scenario {
+                    Scenario::EgressOne => Measurement::EgressOne(egress),
+                    _ => Measurement::EgressMany(egress),
+                },
+                dataplane: path,
+                rep,
+            });
         }
     }
     Ok(())
@@ -183,34 +192,26 @@ pub(super) fn egress(
 pub(super) fn conntrack_scale(
     lab: &mut Lab,
     plan: &Plan,
-    samples: &mut Vec<Value>,
+    samples: &mut Vec<Sample>,
     notes: &mut Vec<String>,
 ) -> Result<()> {
     let largest = plan.scale_flows.iter().copied().max().unwrap_or(0);
     let conntrack_max = 2 * largest + 65_536;
-    lab.nodes[EBPF].restart_fresh(
-        &lab.bins,
-        vec![
-            "--conntrack-max".into(),
-            conntrack_max.to_string(),
-            "--udp-idle-timeout".into(),
-            SCALE_UDP_IDLE_SECONDS.to_string(),
-        ],
-    )?;
-    let measured = (|| -> Result<()> {
-        lab.check_masquerade(EBPF)?;
+    let agent_args = [
+        "--conntrack-max".into(),
+        conntrack_max.to_string(),
+        "--udp-idle-timeout".into(),
+        SCALE_UDP_IDLE_SECONDS.to_string(),
+    ];
+    with_fresh_ebpf_agent(lab, agent_args.into(), |lab| {
         for i in [EBPF, IPTABLES] {
             scale_node(lab, plan, samples, i, conntrack_max)?;
         }
         Ok(())
-    })();
-    // Back to the bench's settings on empty tables, whatever happened.
-    let restored = lab.nodes[EBPF].restart_fresh(&lab.bins, Vec::new());
-    measured?;
-    restored?;
-    let gc_known = samples
-        .iter()
-        .any(|s| s["scenario"] == "conntrack-scale" && s["gc"].is_object());
+    })?;
+    let gc_known = samples.iter().any(
+        |s| matches!(&s.measurement, Measurement::ConntrackScale(point) if point.gc.is_some()),
+    );
     if !gc_known {
         notes.push(
             "conntrack-scale: the agent's `info` has no field about its flow-table cleanup \
@@ -225,12 +226,12 @@ pub(super) fn conntrack_scale(
 fn scale_node(
     lab: &Lab,
     plan: &Plan,
-    samples: &mut Vec<Value>,
+    samples: &mut Vec<Sample>,
     i: usize,
     conntrack_max: u64,
 ) -> Result<()> {
     let node = &lab.nodes[i];
-    let world = netns_path(&lab.world);
+    let world = lab.world.path();
     let from = node.bench_ip.context("bench address")?;
     let netns = node.bench_netns.clone().context("bench netns")?;
     let to = SocketAddrV4::new(node.outside(OUTSIDE_MANY), FLOW_PORT);
@@ -250,21 +251,9 @@ fn scale_node(
             let want = target - reached;
             let before = udp_counters(&world, &["NoPorts"])?;
             let seconds = (want as f64 / FLOW_RATE as f64) * 2.0 + 5.0;
-            let mut args = path_args("udpflows", from, to, seconds);
-            args.extend([
-                "--first".into(),
-                next.to_string(),
-                "--count".into(),
-                want.to_string(),
-                "--addrs".into(),
-                OUTSIDE_MANY_COUNT.to_string(),
-                "--ports".into(),
-                FLOW_PORTS.to_string(),
-                "--rate".into(),
-                FLOW_RATE.to_string(),
-            ]);
-            let sent = lab.runner_in(&netns).run(&args, seconds)?;
-            send_errors += sent["send_errors"].as_u64().unwrap_or(0);
+            let args = udpflows_args(from, to, seconds, next, want);
+            let sent: Sent = lab.runner_in(&netns).run(&args, seconds)?;
+            send_errors += sent.send_errors;
             next += want;
             thread::sleep(Duration::from_millis(300));
             let got = udp_counters(&world, &["NoPorts"])?.saturating_sub(before);
@@ -274,58 +263,81 @@ fn scale_node(
             }
         }
         let fill_seconds = t.elapsed().as_secs_f64();
-        let api = api_latency(&node.socket(), plan.scale_window, plan.api_timeout);
-        let gc = match api_get(&node.socket(), "/info", plan.api_timeout) {
+        let socket = &node.agent()?.socket;
+        let api = api_latency(socket, plan.scale_window(), plan.api_timeout());
+        let gc = match api_get(socket, "/info", plan.api_timeout()) {
             Ok(Api::Answer(_, info)) => Some(gc_fields(&info)).filter(|m| !m.is_empty()),
             _ => None,
         };
         // The kernel's own count, for the iptables node (its agent has no table).
-        let kernel_count = (node.dataplane == "iptables")
+        let kernel_count = (node.dataplane == BenchPath::Iptables)
             .then(|| nf_conntrack_count(&node.netns))
             .flatten();
         eprintln!(
             "bench: conntrack-scale {} flows={target} (reached {reached}): API p50 {:.1} ms, \
              p99 {:.1} ms, max {:.1} ms, {} timed out; gc {}",
             node.dataplane,
-            api["p50_ms"].as_f64().unwrap_or(0.0),
-            api["p99_ms"].as_f64().unwrap_or(0.0),
-            api["max_ms"].as_f64().unwrap_or(0.0),
-            api["timeouts"],
+            api.p50_ms,
+            api.p99_ms,
+            api.max_ms,
+            api.timeouts,
             gc.as_ref()
-                .map(|g| Value::Object(g.clone()).to_string())
+                .and_then(|g| serde_json::to_string(g).ok())
                 .unwrap_or_else(|| "n/a".into()),
         );
-        samples.push(sample(
-            "conntrack-scale",
-            node.dataplane,
-            0,
-            json!({
-                "flows": target,
-                "flows_reached_world": reached,
-                "flows_sent": next,
-                "send_errors": send_errors,
-                "kernel_conntrack_count": kernel_count,
-                "conntrack_max": (node.dataplane == "ebpf").then_some(conntrack_max),
-                "fill_seconds": fill_seconds,
-                "api": api,
-                "gc": gc.map(Value::Object),
+        samples.push(Sample {
+            measurement: Measurement::ConntrackScale(ConntrackScale {
+                flows: target,
+                flows_reached_world: reached,
+                flows_sent: next,
+                send_errors,
+                kernel_conntrack_count: kernel_count,
+                conntrack_max: (node.dataplane == BenchPath::Ebpf).then_some(conntrack_max),
+                fill_seconds,
+                api,
+                gc,
             }),
-        ));
+            dataplane: node.dataplane,
+            rep: 0,
+        });
     }
     Ok(())
 }
 
+/// `bpfbridge-loadgen udpflows`: flows `first` to `first + count` from `from` to the
+/// [`OUTSIDE_MANY_COUNT`] addresses from `to`'s and [`FLOW_PORTS`] ports from its port, at
+/// [`FLOW_RATE`].
+fn udpflows_args(
+    from: Ipv4Addr,
+    to: SocketAddrV4,
+    seconds: f64,
+    first: u64,
+    count: u64,
+) -> Vec<String> {
+    let mut args = path_args("udpflows", from, to, seconds);
+    args.extend([
+        "--first".into(),
+        first.to_string(),
+        "--count".into(),
+        count.to_string(),
+        "--addrs".into(),
+        OUTSIDE_MANY_COUNT.to_string(),
+        "--ports".into(),
+        FLOW_PORTS.to_string(),
+        "--rate".into(),
+        FLOW_RATE.to_string(),
+    ]);
+    args
+}
+
 /// `nf_conntrack_count` of a node namespace: the kernel's tracked connections there.
-fn nf_conntrack_count(netns: &str) -> Option<u64> {
-    cmd::output(
-        std::process::Command::new("nsenter")
-            .arg(format!("--net={}", netns_path(netns).display()))
-            .args(["cat", "/proc/sys/net/netfilter/nf_conntrack_count"]),
-    )
-    .ok()?
-    .trim()
-    .parse()
-    .ok()
+fn nf_conntrack_count(netns: &Netns) -> Option<u64> {
+    let cat = ["/proc/sys/net/netfilter/nf_conntrack_count"];
+    cmd::output(&mut command_in(&netns.path(), "cat", &cat).ok()?)
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
 }
 
 /// An API answer, or how long the agent kept us waiting before the call was given up.
@@ -367,10 +379,10 @@ fn api_get(socket: &Path, path: &str, timeout: Duration) -> Result<Api> {
 
 /// Times `GET /networks` back to back (10 ms apart) for `window`: p50, p99 and max in ms.
 /// A call that timed out counts with the time it was given up after (a lower bound).
-fn api_latency(socket: &Path, window: Duration, timeout: Duration) -> Value {
+fn api_latency(socket: &Path, window: Duration, timeout: Duration) -> ApiLatency {
     let (mut ms, mut timeouts, mut errors) = (Vec::new(), 0u64, 0u64);
     let start = Instant::now();
-    while start.elapsed() < window && !STOP.load(Ordering::SeqCst) {
+    while start.elapsed() < window && !stop_requested() {
         match api_get(socket, "/networks", timeout) {
             Ok(Api::Answer(took, _)) => ms.push(took.as_secs_f64() * 1e3),
             Ok(Api::TimedOut(took)) => {
@@ -388,22 +400,22 @@ fn api_latency(socket: &Path, window: Duration, timeout: Duration) -> Value {
             n => ms[((p / 100.0) * (n - 1) as f64).round() as usize],
         }
     };
-    json!({
-        "calls": ms.len(),
-        "p50_ms": at(50.0),
-        "p99_ms": at(99.0),
-        "max_ms": ms.last().copied().unwrap_or(0.0),
-        "timeouts": timeouts,
-        "errors": errors,
-        "timeout_ms": timeout.as_secs_f64() * 1e3,
-    })
+    ApiLatency {
+        calls: ms.len() as u64,
+        p50_ms: at(50.0),
+        p99_ms: at(99.0),
+        max_ms: ms.last().copied().unwrap_or(0.0),
+        timeouts,
+        errors,
+        timeout_ms: timeout.as_secs_f64() * 1e3,
+    }
 }
 
 /// What the agent's `info` says of its flow-table cleanup, under whatever names it uses:
 /// every number whose JSON path mentions "gc" or "expir" (in any case), by that path, e.g.
 /// `{"Conntrack.LastGc.DurationMs": 12}`. Agents from before those fields give nothing.
-fn gc_fields(info: &Value) -> Map<String, Value> {
-    fn walk(v: &Value, path: &str, out: &mut Map<String, Value>) {
+fn gc_fields(info: &Value) -> BTreeMap<String, Number> {
+    fn walk(v: &Value, path: &str, out: &mut BTreeMap<String, Number>) {
         match v {
             Value::Object(m) => {
                 for (k, v) in m {
@@ -414,16 +426,16 @@ fn gc_fields(info: &Value) -> Map<String, Value> {
                     walk(v, &path, out);
                 }
             }
-            Value::Number(_) => {
+            Value::Number(n) => {
                 let lower = path.to_lowercase();
                 if lower.contains("gc") || lower.contains("expir") {
-                    out.insert(path.to_string(), v.clone());
+                    out.insert(path.to_string(), n.clone());
                 }
             }
             _ => {}
         }
     }
-    let mut out = Map::new();
+    let mut out = BTreeMap::new();
     walk(info, "", &mut out);
     out
 }
@@ -433,24 +445,32 @@ fn gc_fields(info: &Value) -> Map<String, Value> {
 /// the published port and the container opening unreplied UDP flows until the table is
 /// full; new connections through the published port are counted meanwhile. The ebpf agent
 /// runs on a fresh, small flow table for it.
-pub(super) fn flood(lab: &mut Lab, plan: &Plan, samples: &mut Vec<Value>) -> Result<()> {
-    lab.nodes[EBPF].restart_fresh(
-        &lab.bins,
-        vec![
-            "--conntrack-max".into(),
-            FLOOD_CONNTRACK_MAX.to_string(),
-            "--nat-flows-max".into(),
-            FLOOD_NAT_FLOWS_MAX.to_string(),
-        ],
-    )?;
-    let measured = (|| -> Result<()> {
-        lab.check_masquerade(EBPF)?;
+pub(super) fn flood(lab: &mut Lab, plan: &Plan, samples: &mut Vec<Sample>) -> Result<()> {
+    let agent_args = [
+        "--conntrack-max".into(),
+        FLOOD_CONNTRACK_MAX.to_string(),
+        "--nat-flows-max".into(),
+        FLOOD_NAT_FLOWS_MAX.to_string(),
+    ];
+    with_fresh_ebpf_agent(lab, agent_args.into(), |lab| {
         for i in 0..lab.nodes.len() {
             flood_node(lab, plan, samples, i)?;
         }
         Ok(())
-    })();
-    let restored = lab.nodes[EBPF].restart_fresh(&lab.bins, Vec::new());
+    })
+}
+
+/// Runs `measure` with the ebpf agent restarted on fresh tables with `agent_args` (after
+/// checking that egress still leaves through its masquerade), then restarts it on fresh
+/// tables with the bench's settings, whatever happened.
+fn with_fresh_ebpf_agent(
+    lab: &mut Lab,
+    agent_args: Vec<String>,
+    measure: impl FnOnce(&Lab) -> Result<()>,
+) -> Result<()> {
+    lab.nodes[EBPF].restart_fresh(agent_args)?;
+    let measured = lab.check_masquerade(EBPF).and_then(|()| measure(lab));
+    let restored = lab.nodes[EBPF].restart_fresh(Vec::new());
     measured?;
     restored
 }
@@ -465,10 +485,10 @@ fn spoofed_sources(node_ip: Ipv4Addr) -> Ipv4Addr {
     }
 }
 
-fn flood_node(lab: &Lab, plan: &Plan, samples: &mut Vec<Value>, i: usize) -> Result<()> {
+fn flood_node(lab: &Lab, plan: &Plan, samples: &mut Vec<Sample>, i: usize) -> Result<()> {
     check_stop()?;
     let node = &lab.nodes[i];
-    let kernel_before = (node.dataplane != "ebpf")
+    let kernel_before = (node.dataplane != BenchPath::Ebpf)
         .then(|| quiet_conntrack(lab))
         .flatten();
     let world = lab.client_runner();
@@ -486,7 +506,7 @@ fn flood_node(lab: &Lab, plan: &Plan, samples: &mut Vec<Value>, i: usize) -> Res
     let held_out = Holder::start(&container, bench_ip, outside, hold_max)?;
     let agent = node.dockerd.is_none();
     let before = agent
-        .then(|| node.drop_counters(plan.api_timeout))
+        .then(|| node.drop_counters(plan.api_timeout()))
         .flatten();
     let mut syn_args = path_args(
         "synflood",
@@ -503,65 +523,55 @@ fn flood_node(lab: &Lab, plan: &Plan, samples: &mut Vec<Value>, i: usize) -> Res
         FLOOD_RATE.to_string(),
     ]);
     let udp_count = 2 * FLOOD_CONNTRACK_MAX;
-    let mut udp_args = path_args(
-        "udpflows",
+    let udp_args = udpflows_args(
         bench_ip,
         SocketAddrV4::new(node.outside(OUTSIDE_MANY), FLOW_PORT),
         SENDERS_MAX,
+        FLOOD_FIRST_FLOW,
+        udp_count,
     );
-    udp_args.extend([
-        "--first".into(),
-        FLOOD_FIRST_FLOW.to_string(),
-        "--count".into(),
-        udp_count.to_string(),
-        "--addrs".into(),
-        OUTSIDE_MANY_COUNT.to_string(),
-        "--ports".into(),
-        FLOW_PORTS.to_string(),
-        "--rate".into(),
-        FLOW_RATE.to_string(),
-    ]);
     let mut fresh_args = path_args("connrate", node.client_ip, published, flood_seconds);
     fresh_args.extend(["--concurrency".into(), "4".into()]);
     // The flood, the container filling the table and new connections, all at once.
     let (syn, udp, fresh) = thread::scope(|scope| {
-        let syn = scope.spawn(|| world.run(&syn_args, SENDERS_MAX));
-        let udp = scope.spawn(|| container.run(&udp_args, SENDERS_MAX));
-        let fresh = scope.spawn(|| world.run(&fresh_args, flood_seconds));
-        let join = |h: thread::ScopedJoinHandle<'_, Result<Value>>| {
+        let syn = scope.spawn(|| world.run::<Sent>(&syn_args, SENDERS_MAX));
+        let udp = scope.spawn(|| container.run::<Sent>(&udp_args, SENDERS_MAX));
+        let fresh = scope.spawn(|| world.run::<ConnLoad>(&fresh_args, flood_seconds));
+        fn join<T>(h: thread::ScopedJoinHandle<'_, Result<T>>) -> Result<T> {
             h.join()
                 .map_err(|_| anyhow::anyhow!("a flood thread panicked"))?
-        };
+        }
         (join(syn), join(udp), join(fresh))
     });
     let (syn, udp, fresh) = (syn?, udp?, fresh?);
     let (held_in, held_out) = (held_in.check()?, held_out.check()?);
     let after = agent
-        .then(|| node.drop_counters(plan.api_timeout))
+        .then(|| node.drop_counters(plan.api_timeout()))
         .flatten();
-    let held = held_in.0 + held_out.0;
-    let survived = held_in.1 + held_out.1;
+    let held = held_in.opened + held_out.opened;
+    let survived = held_in.survived + held_out.survived;
     eprintln!(
         "bench: flood {}: {survived} of {held} live connections survived; {:.0} new conn/s \
          during the flood, {} failed",
-        node.dataplane,
-        fresh["rate"].as_f64().unwrap_or(0.0),
-        fresh["errors"]
+        node.dataplane, fresh.rate, fresh.errors
     );
-    let mut v = json!({
-        "held": held,
-        "survived": survived,
-        "kernel_conntrack_before": kernel_before,
-        "held_published": {"opened": held_in.0, "survived": held_in.1},
-        "held_egress": {"opened": held_out.0, "survived": held_out.1},
-        "syn_flood": syn,
-        "udp_flows": udp,
-        "new_connections": fresh,
+    samples.push(Sample {
+        measurement: Measurement::Flood(Flood {
+            held,
+            survived,
+            kernel_conntrack_before: kernel_before,
+            held_published: held_in,
+            held_egress: held_out,
+            syn_flood: syn,
+            udp_flows: udp,
+            new_connections: fresh,
+            drops: before
+                .zip(after)
+                .map(|(before, after)| grown(&before, &after)),
+        }),
+        dataplane: node.dataplane,
+        rep: 0,
     });
-    if let (Some(before), Some(after)) = (before, after) {
-        v["drops"] = Value::Object(grown(&before, &after));
-    }
-    samples.push(sample("flood", node.dataplane, 0, v));
     Ok(())
 }
 
@@ -577,10 +587,10 @@ fn quiet_conntrack(lab: &Lab) -> Option<u64> {
         let count = lab
             .nodes
             .iter()
-            .filter(|n| n.dataplane != "ebpf")
+            .filter(|n| n.dataplane != BenchPath::Ebpf)
             .map(|n| nf_conntrack_count(&n.netns))
             .sum::<Option<u64>>()?;
-        if count < 65_536 || Instant::now() >= deadline || STOP.load(Ordering::SeqCst) {
+        if count < 65_536 || Instant::now() >= deadline || stop_requested() {
             return Some(count);
         }
         thread::sleep(Duration::from_millis(500));
@@ -596,22 +606,19 @@ struct Holder {
 
 impl Holder {
     fn start(runner: &ClientRunner, from: Ipv4Addr, to: SocketAddrV4, max: f64) -> Result<Self> {
+        let mut args = path_args("hold", from, to, max);
+        args.extend(["--count".into(), HELD.to_string()]);
         let mut child = cmd::spawn(
-            Command::new("nsenter")
-                .arg(format!("--net={}", runner.netns.display()))
-                .args(&runner.taskset)
-                .arg(&runner.loadgen)
-                .args(path_args("hold", from, to, max))
-                .args(["--count", &HELD.to_string()])
+            runner
+                .command(&args)?
                 .stdin(Stdio::piped())
                 .stdout(Stdio::piped()),
         )?;
         let mut stdout = BufReader::new(child.stdout.take().context("hold stdout")?);
         let mut line = String::new();
         stdout.read_line(&mut line)?;
-        let opened: Value =
+        let Held { opened, .. } =
             serde_json::from_str(line.trim()).with_context(|| format!("hold to {to}: {line:?}"))?;
-        let opened = opened["opened"].as_u64().unwrap_or(0);
         ensure!(opened > 0, "hold: no connection to {to} opened");
         Ok(Holder {
             child,
@@ -620,8 +627,9 @@ impl Holder {
         })
     }
 
-    /// Tells the holder to check its connections: (opened, still carrying data).
-    fn check(mut self) -> Result<(u64, u64)> {
+    /// Tells the holder to check its connections: how many opened, and how many still carry
+    /// data.
+    fn check(mut self) -> Result<Held> {
         if let Some(mut stdin) = self.child.stdin.take() {
             // It may have given up waiting already; it checks then anyway.
             let _ = stdin.write_all(b"check\n");
@@ -629,20 +637,23 @@ impl Holder {
         let mut line = String::new();
         self.stdout.read_line(&mut line)?;
         let _ = self.child.wait();
-        let v: Value =
+        let checked: Held =
             serde_json::from_str(line.trim()).with_context(|| format!("hold: {line:?}"))?;
-        Ok((self.opened, v["survived"].as_u64().unwrap_or(0)))
+        Ok(Held {
+            opened: self.opened,
+            survived: checked.survived,
+        })
     }
 }
 
 /// The counters of `after` that grew since `before`, by how much.
-fn grown(before: &Map<String, Value>, after: &Map<String, Value>) -> Map<String, Value> {
+fn grown(before: &Drops, after: &Drops) -> Drops {
     after
         .iter()
-        .filter_map(|(name, n)| {
-            let was = before.get(name).and_then(Value::as_u64).unwrap_or(0);
-            let delta = n.as_u64()?.saturating_sub(was);
-            (delta > 0).then(|| (name.clone(), json!(delta)))
+        .filter_map(|(name, &n)| {
+            let was = before.get(name).copied().unwrap_or(0);
+            let delta = n.saturating_sub(was);
+            (delta > 0).then(|| (name.clone(), delta))
         })
         .collect()
 }
@@ -650,6 +661,7 @@ fn grown(before: &Map<String, Value>, after: &Map<String, Value>) -> Map<String,
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn spoofed_sources_are_off_the_node_subnet() {
@@ -670,8 +682,8 @@ mod tests {
         });
         let found = gc_fields(&info);
         assert_eq!(found.len(), 4, "{found:?}");
-        assert_eq!(found["Conntrack.LastGc.DurationMs"], json!(12.5));
-        assert_eq!(found["FlowExpiry.Seconds"], json!(0.1));
+        assert_eq!(found["Conntrack.LastGc.DurationMs"].as_f64(), Some(12.5));
+        assert_eq!(found["FlowExpiry.Seconds"].as_f64(), Some(0.1));
         assert!(gc_fields(&json!({"Version": "0.1", "Networks": 2})).is_empty());
     }
 }

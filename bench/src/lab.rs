@@ -1,0 +1,596 @@
+//! The bench's lab, on the shared lab crate (`bpfbridge-lab`): a world namespace joined to
+//! one node per dataplane, an agent (or dockerd) serving each node, the measured containers
+//! and their servers; everything it makes goes on teardown (also on error, panic and
+//! Ctrl-C, which the bench takes as a stop flag).
+
+use std::{
+    io::{BufRead as _, BufReader},
+    net::{Ipv4Addr, SocketAddrV4},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    thread,
+    time::Duration,
+};
+
+use anyhow::{Context as _, Result, bail, ensure};
+use bpfbridge_lab::{
+    Agent, AgentOptions, DefaultRoute, Dockerd, DockerdOptions, Netns, TxOffload, UPLINK, Uplink,
+    cmd,
+    netns::{enter_netns, spawn_in_netns},
+    stop_child_within,
+};
+use serde::{Deserialize, de::DeserializeOwned};
+
+use crate::{Bins, results::Path as BenchPath};
+
+/// Everything the bench makes is named `bpfb-bench-PID-...`.
+pub const PREFIX: &str = "bpfb-bench";
+const WORLD_EBPF_IF: &str = "we0";
+const WORLD_IPT_IF: &str = "wi0";
+const WORLD_DOCKER_IF: &str = "wd0";
+pub(crate) const BENCH_TCP: u16 = 80;
+pub(crate) const BENCH_UDP: u16 = 82;
+pub(crate) const PUBLISHED_TCP: u16 = 8080;
+pub(crate) const PUBLISHED_UDP: u16 = 8082;
+/// Host ports of the "other" mappings (conn-rate).
+const FILL_BASE: u16 = 20000;
+/// The outside servers of the egress scenarios: addresses of the world namespace inside each
+/// node's uplink subnet (the host part below), all served by one `bpfbridge-loadgen serve`
+/// on this port. Containers reach them only through their node's masquerade: the world has
+/// no route to the iptables and docker nodes' container subnets, and the server checks the
+/// source it sees (`Lab::check_masquerade`).
+pub(crate) const OUTSIDE_PORT: u16 = 9000;
+/// The one server of `egress-one`.
+pub(crate) const OUTSIDE_ONE: u8 = 10;
+/// The address the masquerade check talks to: no load goes there, so egress-one's closing
+/// flows never leave it without a source port.
+pub(crate) const OUTSIDE_CHECK: u8 = 11;
+/// The first of the servers of `egress-many` (.64 to .127).
+pub(crate) const OUTSIDE_MANY: u8 = 64;
+pub(crate) const OUTSIDE_MANY_COUNT: u8 = 64;
+pub(crate) const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a server gets between SIGTERM and SIGKILL.
+const SERVER_GRACE: Duration = Duration::from_secs(5);
+/// dockerd's image: busybox with `sleep`, imported from a tarball (no registry).
+const DOCKER_IMAGE: &str = "bpfb-bench-busybox:latest";
+/// What the docker containers run: nothing; the bench's server joins their network
+/// namespace.
+const DOCKER_IDLE: [&str; 2] = ["/bin/sleep", "86400"];
+
+/// Network namespaces whose name starts with `prefix`.
+pub fn leftover_namespaces(prefix: &str) -> Result<Vec<String>> {
+    let out = cmd::output(Command::new("ip").args(["netns", "list"]))?;
+    Ok(out
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|n| n.starts_with(prefix))
+        .map(String::from)
+        .collect())
+}
+
+/// Stops a server (or any child of the bench's) with SIGTERM, then SIGKILL.
+pub(crate) fn stop_child(child: Child) {
+    stop_child_within(child, SERVER_GRACE);
+}
+
+/// One node: a namespace with an agent (or dockerd), its measured container and server.
+pub(crate) struct Node {
+    /// `ebpf` or `iptables` (agents), or `docker`.
+    pub(crate) dataplane: BenchPath,
+    pub(crate) node_ip: Ipv4Addr,
+    pub(crate) client_ip: Ipv4Addr,
+    pub(crate) bip: &'static str,
+    pub(crate) agent: Option<Agent>,
+    pub(crate) dockerd: Option<Dockerd>,
+    /// The measured container: its address and namespace, and its server.
+    pub(crate) bench_ip: Option<Ipv4Addr>,
+    pub(crate) bench_netns: Option<PathBuf>,
+    pub(crate) server: Option<Child>,
+    /// The "other" mappings installed so far, and the containers holding them.
+    pub(crate) filled: usize,
+    pub(crate) fills: Vec<String>,
+    /// Last, so that it goes after what runs in it.
+    pub(crate) netns: Netns,
+}
+
+impl Node {
+    /// An address of the world namespace in this node's uplink subnet.
+    pub(crate) fn outside(&self, host: u8) -> Ipv4Addr {
+        let [a, b, c, _] = self.node_ip.octets();
+        Ipv4Addr::new(a, b, c, host)
+    }
+
+    /// The agent of an agent node.
+    pub(crate) fn agent(&self) -> Result<&Agent> {
+        self.agent
+            .as_ref()
+            .with_context(|| format!("the {} node runs no agent", self.dataplane))
+    }
+
+    /// `bpfbridge ARGS` against this node's agent, within `timeout`.
+    pub(crate) fn cli(&self, args: &[&str], timeout: Duration) -> Result<String> {
+        self.agent()?.cli_within(args, timeout)
+    }
+
+    /// The agent flags of this node, and `extra` on top.
+    fn agent_args(&self, extra: Vec<String>) -> Vec<String> {
+        // Masquerade stays on (the default), as users run it: egress needs it.
+        let base = ["--dataplane", self.dataplane.name(), "--bip", self.bip];
+        base.into_iter().map(String::from).chain(extra).collect()
+    }
+
+    /// Starts what serves this node: dockerd on the docker node, else the agent.
+    pub(crate) fn start(&mut self, bins: &Bins) -> Result<()> {
+        match self.dataplane {
+            BenchPath::Docker => {
+                let options = DockerdOptions::new(DOCKER_IMAGE)
+                    .empty_config(true)
+                    // With the userland proxy dockerd starts one docker-proxy process per
+                    // published port, and thousands do not fit the machine; vfs mounts
+                    // nothing that teardown could trip over.
+                    .flags(["--bip", self.bip, "--userland-proxy=false"])
+                    .flags(["--storage-driver", "vfs"])
+                    .applets(["sh", "sleep"]);
+                self.dockerd = Some(Dockerd::start(&self.netns.path(), options)?);
+            }
+            _ => {
+                let options = AgentOptions::new(&bins.bpfbridge)
+                    .name(&self.netns.name)
+                    .uplink(UPLINK)
+                    .args(self.agent_args(Vec::new()))
+                    .env("RUST_LOG", "warn")
+                    .dir_prefix("bpfb-bench-")
+                    .ready_timeout(Duration::from_secs(120))
+                    // The restart scenario times the agent's comeback by these polls.
+                    .ready_poll(Duration::from_millis(50));
+                self.agent = Some(Agent::start(&self.netns, options)?);
+            }
+        }
+        Ok(())
+    }
+
+    /// Stops the agent (SIGTERM, then SIGKILL); its dataplane stays in place.
+    pub(crate) fn stop_agent(&mut self) {
+        if let Some(agent) = &mut self.agent {
+            agent.shut_down();
+        }
+    }
+
+    /// Starts the stopped agent again and waits until it answers.
+    pub(crate) fn start_agent(&mut self) -> Result<()> {
+        let dataplane = self.dataplane;
+        let agent = self
+            .agent
+            .as_mut()
+            .with_context(|| format!("the {dataplane} node runs no agent"))?;
+        agent.spawn()
+    }
+
+    /// Stops the agent, removes its pinned maps and links, and starts it again with `args` on
+    /// top of the bench's: the new agent makes fresh tables of the size its flags say (a
+    /// pinned table is re-adopted as it is) and reattaches its programs.
+    pub(crate) fn restart_fresh(&mut self, args: Vec<String>) -> Result<()> {
+        let args = self.agent_args(args);
+        self.stop_agent();
+        let agent = self.agent.as_mut().context("no agent to restart")?;
+        if agent.pin_dir.exists() {
+            std::fs::remove_dir_all(&agent.pin_dir)
+                .with_context(|| format!("removing {}", agent.pin_dir.display()))?;
+        }
+        agent.set_args(args);
+        agent.spawn()
+    }
+
+    /// Creates a container publishing `ports` (`-p` values), through the agent's API or
+    /// dockerd; returns its address and network namespace.
+    pub(crate) fn create_container(
+        &self,
+        name: &str,
+        ports: &[String],
+        timeout: Duration,
+    ) -> Result<(Ipv4Addr, PathBuf)> {
+        if let Some(dockerd) = &self.dockerd {
+            dockerd.run(name, ports, &DOCKER_IDLE, timeout)?;
+            return dockerd.address_and_netns(name);
+        }
+        let mut args = vec!["container", "create", name];
+        for p in ports {
+            args.extend(["-p", p.as_str()]);
+        }
+        let out = self.cli(&args, timeout)?;
+        let created: Created = serde_json::from_str(&out).context("container create output")?;
+        let settings = created.network_settings;
+        Ok((settings.ip_address, settings.sandbox_key))
+    }
+
+    pub(crate) fn remove_container(&self, name: &str, timeout: Duration) -> Result<()> {
+        match &self.dockerd {
+            Some(dockerd) => dockerd.rm(name, timeout),
+            None => self.cli(&["container", "rm", name], timeout).map(drop),
+        }
+    }
+}
+
+/// What the agent's `container create` prints, as far as the bench needs it.
+#[derive(Deserialize)]
+struct Created {
+    #[serde(rename = "NetworkSettings")]
+    network_settings: NetworkSettings,
+}
+
+#[derive(Deserialize)]
+struct NetworkSettings {
+    #[serde(rename = "IPAddress")]
+    ip_address: Ipv4Addr,
+    #[serde(rename = "SandboxKey")]
+    sandbox_key: PathBuf,
+}
+
+/// The bench's namespaces, agents, containers and servers.
+pub(crate) struct Lab {
+    pub(crate) prefix: String,
+    pub(crate) bins: Bins,
+    pub(crate) nodes: Vec<Node>,
+    /// The server of the egress scenarios, in the world namespace.
+    outside_server: Option<Child>,
+    /// Whether the load generator and the servers are pinned to CPUs of their own.
+    pin: bool,
+    /// Last, so that it goes after the nodes.
+    pub(crate) world: Netns,
+}
+
+pub(crate) const EBPF: usize = 0;
+pub(crate) const IPTABLES: usize = 1;
+
+impl Lab {
+    pub(crate) fn new(prefix: &str, bins: &Bins, with_docker: bool) -> Result<Self> {
+        let world = Netns::named(&format!("{prefix}-world"))?;
+        // Clients use many ports; this is the world namespace's own setting.
+        world.exec(
+            "sysctl",
+            &["-qw", "net.ipv4.ip_local_port_range=1024 65000"],
+        )?;
+        let mut lab = Lab {
+            prefix: prefix.to_string(),
+            bins: bins.clone(),
+            nodes: Vec::new(),
+            outside_server: None,
+            pin: thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+                >= 2,
+            world,
+        };
+        lab.add_node(
+            BenchPath::Ebpf,
+            "ebpf",
+            [198, 51, 100],
+            "172.26.0.1/16",
+            WORLD_EBPF_IF,
+        )?;
+        lab.add_node(
+            BenchPath::Iptables,
+            "ipt",
+            [203, 0, 113],
+            "172.27.0.1/16",
+            WORLD_IPT_IF,
+        )?;
+        if with_docker {
+            lab.add_node(
+                BenchPath::Docker,
+                "dock",
+                [192, 0, 2],
+                "172.28.0.1/16",
+                WORLD_DOCKER_IF,
+            )?;
+        }
+        // The direct path's own client address, and its route to the ebpf node's containers.
+        lab.world
+            .ip(&["addr", "add", "198.51.100.3/24", "dev", WORLD_EBPF_IF])?;
+        lab.world
+            .ip(&["route", "add", "172.26.0.0/16", "via", "198.51.100.1"])?;
+        for i in 0..lab.nodes.len() {
+            lab.nodes[i].start(&lab.bins)?;
+            lab.create_bench(i)?;
+        }
+        lab.outside_server = Some(lab.start_server(&lab.world.path(), OUTSIDE_PORT, None)?);
+        Ok(lab)
+    }
+
+    /// A node namespace `PREFIX-SHORT` joined to the world: the node is `SUBNET.1` on its
+    /// uplink, the world `SUBNET.2` on `world_link`, with the outside servers' addresses, and
+    /// the node's default route goes into the world, as on a real node.
+    fn add_node(
+        &mut self,
+        dataplane: BenchPath,
+        short: &str,
+        [a, b, c]: [u8; 3],
+        bip: &'static str,
+        world_link: &str,
+    ) -> Result<()> {
+        let netns = Netns::named(&format!("{}-{short}", self.prefix))?;
+        let uplink = Uplink::new(Ipv4Addr::new(a, b, c, 1), Ipv4Addr::new(a, b, c, 2))
+            .world_link(world_link)
+            .default_route(DefaultRoute::NodeViaWorld)
+            // The world side plays remote hosts whose frames carry complete checksums.
+            .world_tx_offload(TxOffload::Off);
+        let outside = [OUTSIDE_ONE, OUTSIDE_CHECK]
+            .into_iter()
+            .chain(OUTSIDE_MANY..OUTSIDE_MANY + OUTSIDE_MANY_COUNT)
+            .map(|host| uplink.host(host))
+            .collect::<Vec<_>>();
+        let uplink = uplink.world_hosts(outside);
+        uplink.connect(&netns, &self.world)?;
+        self.nodes.push(Node {
+            dataplane,
+            node_ip: uplink.node_ip,
+            client_ip: uplink.world_ip,
+            bip,
+            agent: None,
+            dockerd: None,
+            bench_ip: None,
+            bench_netns: None,
+            server: None,
+            filled: 0,
+            fills: Vec::new(),
+            netns,
+        });
+        Ok(())
+    }
+
+    /// The paths measured: every node's published port, and `direct`.
+    pub(crate) fn paths(&self) -> Vec<BenchPath> {
+        let mut paths = vec![BenchPath::Ebpf, BenchPath::Iptables, BenchPath::Direct];
+        paths.extend(self.nodes.iter().skip(2).map(|n| n.dataplane));
+        paths
+    }
+
+    /// The CPU a program of the bench is pinned to, when the machine has two or more.
+    fn cpu(&self, cpu: u32) -> Option<u32> {
+        self.pin.then_some(cpu)
+    }
+
+    /// (Re)creates the measured container `bench` on node `i`, last (so that its rules come
+    /// after every other mapping's), and starts its server.
+    pub(crate) fn create_bench(&mut self, i: usize) -> Result<()> {
+        let node = &mut self.nodes[i];
+        if let Some(server) = node.server.take() {
+            stop_child(server);
+        }
+        if node.bench_ip.take().is_some() {
+            node.remove_container("bench", COMMAND_TIMEOUT)?;
+        }
+        let (ip, netns) = node.create_container(
+            "bench",
+            &[
+                format!("{PUBLISHED_TCP}:{BENCH_TCP}"),
+                format!("{PUBLISHED_UDP}:{BENCH_UDP}/udp"),
+            ],
+            COMMAND_TIMEOUT,
+        )?;
+        node.bench_ip = Some(ip);
+        node.bench_netns = Some(netns.clone());
+        let server = self.start_server(&netns, BENCH_TCP, Some(BENCH_UDP))?;
+        self.nodes[i].server = Some(server);
+        Ok(())
+    }
+
+    /// `bpfbridge-loadgen serve` in a namespace, pinned to CPU 1; returns once it listens.
+    pub(crate) fn start_server(&self, netns: &Path, tcp: u16, udp: Option<u16>) -> Result<Child> {
+        let mut command = pinned(self.cpu(1), &self.bins.loadgen);
+        // The loadgen's longest: a full run with Docker nears half an hour.
+        command.args(["serve", "--tcp", &tcp.to_string(), "--seconds", "3600"]);
+        if let Some(udp) = udp {
+            command.args(["--udp", &udp.to_string()]);
+        }
+        command
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        let mut child = spawn_in_netns(&mut command, netns)?;
+        let stdout = child.stdout.take().context("server stdout")?;
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line)?;
+        if !line.contains("listening") {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("the server in {} did not start", netns.display());
+        }
+        Ok(child)
+    }
+
+    /// Runs `bpfbridge-loadgen ARGS` in the world namespace, pinned to CPU 0, and parses its
+    /// JSON line.
+    pub(crate) fn client<T: DeserializeOwned>(&self, args: &[String], seconds: f64) -> Result<T> {
+        self.client_runner().run(args, seconds)
+    }
+
+    pub(crate) fn client_runner(&self) -> ClientRunner {
+        self.runner_in(&self.world.path())
+    }
+
+    /// The load generator in another namespace (a container's), pinned to CPU 0 likewise.
+    pub(crate) fn runner_in(&self, netns: &Path) -> ClientRunner {
+        ClientRunner {
+            netns: netns.to_path_buf(),
+            loadgen: self.bins.loadgen.clone(),
+            cpu: self.cpu(0),
+        }
+    }
+
+    /// The client address and target of a path.
+    pub(crate) fn path(&self, path: BenchPath, tcp: bool) -> (Ipv4Addr, SocketAddrV4) {
+        let port = |published: bool| match (published, tcp) {
+            (true, true) => PUBLISHED_TCP,
+            (true, false) => PUBLISHED_UDP,
+            (false, true) => BENCH_TCP,
+            (false, false) => BENCH_UDP,
+        };
+        match path {
+            BenchPath::Direct => (
+                Ipv4Addr::new(198, 51, 100, 3),
+                SocketAddrV4::new(
+                    self.nodes[EBPF].bench_ip.unwrap_or(Ipv4Addr::UNSPECIFIED),
+                    port(false),
+                ),
+            ),
+            _ => {
+                let n = &self.nodes[self.path_node(path)];
+                (n.client_ip, SocketAddrV4::new(n.node_ip, port(true)))
+            }
+        }
+    }
+
+    /// The node whose container a path reaches (direct goes to the ebpf node's).
+    pub(crate) fn path_node(&self, path: BenchPath) -> usize {
+        self.nodes
+            .iter()
+            .position(|n| n.dataplane == path)
+            .unwrap_or(EBPF)
+    }
+
+    /// Brings node `i` to `n` other published mappings (never fewer than it has).
+    pub(crate) fn fill(&mut self, i: usize, n: usize) -> Result<()> {
+        let have = self.nodes[i].filled;
+        if n <= have {
+            return Ok(());
+        }
+        let (first, last) = (FILL_BASE as usize + have, FILL_BASE as usize + n - 1);
+        let name = format!("fill{n}");
+        let node = &self.nodes[i];
+        match node.dataplane {
+            // Through the agent's API, one container holding the range.
+            BenchPath::Ebpf => {
+                node.create_container(
+                    &name,
+                    &[format!("{first}-{last}:{first}-{last}")],
+                    Duration::from_secs(600),
+                )?;
+            }
+            // The same rules the iptables dataplane (or dockerd) writes for each port, loaded
+            // by one iptables-restore: one rule at a time takes what the programming
+            // scenario measures.
+            _ => {
+                let (ip, _) = node.create_container(&name, &[], COMMAND_TIMEOUT)?;
+                let rules = fill_rules(node.dataplane, ip, first..=last);
+                cmd::run_with_input(
+                    &mut command_in(&node.netns.path(), "iptables-restore", &["-w", "--noflush"])?,
+                    &rules,
+                )?;
+            }
+        }
+        let node = &mut self.nodes[i];
+        node.filled = n;
+        node.fills.push(name);
+        // The measured mapping goes last again.
+        self.create_bench(i)
+    }
+
+    /// Stops the servers, the agents (removing their pins, cgroups and container namespaces)
+    /// and dockerd; the namespaces themselves go when the lab is dropped.
+    pub(crate) fn teardown(&mut self) -> Result<()> {
+        let mut errors = Vec::new();
+        if let Some(server) = self.outside_server.take() {
+            stop_child(server);
+        }
+        for node in &mut self.nodes {
+            if let Some(server) = node.server.take() {
+                stop_child(server);
+            }
+            if let Some(agent) = &mut node.agent
+                && let Err(e) = agent.clean_up()
+            {
+                errors.push(format!("{} agent: {e:#}", node.dataplane));
+            }
+            if let Some(mut dockerd) = node.dockerd.take()
+                && let Err(e) = dockerd.stop()
+            {
+                errors.push(format!("{e:#}"));
+            }
+        }
+        ensure!(errors.is_empty(), "teardown: {}", errors.join("; "));
+        Ok(())
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        if let Err(e) = self.teardown() {
+            eprintln!("bench: {} {e:#}", self.prefix);
+        }
+    }
+}
+
+/// The rules of TCP ports `ports` published to the same container port of a container at
+/// `ip`, in iptables-restore form, as the `dataplane` node writes them: the iptables
+/// dataplane with its userland proxy (DNAT `! -i BRIDGE`), dockerd with
+/// `--userland-proxy=false` (DNAT from the bridge too).
+fn fill_rules(
+    dataplane: BenchPath,
+    ip: Ipv4Addr,
+    ports: std::ops::RangeInclusive<usize>,
+) -> String {
+    let (bridge, dnat_from) = match dataplane {
+        BenchPath::Docker => ("docker0", String::new()),
+        _ => ("bpfbr0", "! -i bpfbr0 ".to_string()),
+    };
+    let mut nat = String::from("*nat\n");
+    let mut filter = String::from("*filter\n");
+    for port in ports {
+        nat.push_str(&format!(
+            "-A DOCKER {dnat_from}-p tcp -m tcp --dport {port} -j DNAT --to-destination {ip}:{port}\n\
+             -A POSTROUTING -s {ip}/32 -d {ip}/32 -p tcp -m tcp --dport {port} -j MASQUERADE\n"
+        ));
+        filter.push_str(&format!(
+            "-A DOCKER -d {ip}/32 ! -i {bridge} -o {bridge} -p tcp -m tcp --dport {port} -j ACCEPT\n"
+        ));
+    }
+    format!("{nat}COMMIT\n{filter}COMMIT\n")
+}
+
+/// Runs the load generator in a namespace, the world's unless said otherwise.
+pub(crate) struct ClientRunner {
+    netns: PathBuf,
+    loadgen: PathBuf,
+    /// The CPU it is pinned to, on machines with two or more.
+    cpu: Option<u32>,
+}
+
+impl ClientRunner {
+    /// `bpfbridge-loadgen ARGS`, pinned to the runner's CPU, in its namespace.
+    pub(crate) fn command(&self, args: &[String]) -> Result<Command> {
+        let mut command = pinned(self.cpu, &self.loadgen);
+        command.args(args);
+        enter_netns(&mut command, &self.netns)?;
+        Ok(command)
+    }
+
+    /// Runs the load generator and parses its JSON line.
+    pub(crate) fn run<T: DeserializeOwned>(&self, args: &[String], seconds: f64) -> Result<T> {
+        let out = cmd::output_timeout(
+            &mut self.command(args)?,
+            Duration::from_secs_f64(seconds + 30.0),
+        )?;
+        serde_json::from_str(out.trim()).with_context(|| format!("loadgen output {out:?}"))
+    }
+}
+
+/// `program`, pinned to `cpu` with taskset when there is one.
+fn pinned(cpu: Option<u32>, program: &Path) -> Command {
+    match cpu {
+        Some(cpu) => {
+            let mut taskset = Command::new("taskset");
+            taskset.args(["-c", &cpu.to_string()]).arg(program);
+            taskset
+        }
+        None => Command::new(program),
+    }
+}
+
+/// `program ARGS` in the network namespace at `netns` (and no other).
+pub(crate) fn command_in(netns: &Path, program: &str, args: &[&str]) -> Result<Command> {
+    let mut command = Command::new(program);
+    command.args(args);
+    enter_netns(&mut command, netns)?;
+    Ok(command)
+}
