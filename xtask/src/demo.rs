@@ -30,7 +30,7 @@ use bpfbridge_lab::{
 };
 use serde_json::Value;
 
-use crate::cmd;
+use bpfbridge_lab::cmd;
 
 const CONTAINER: &str = "web";
 const HOST_PORT: u16 = 8080;

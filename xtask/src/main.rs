@@ -1,6 +1,5 @@
 //! bpfbridge's development tasks, run as `cargo xtask <task>` (an alias in .cargo/config.toml).
 
-mod cmd;
 mod demo;
 mod setup;
 
@@ -10,6 +9,7 @@ use std::process::{Command, ExitCode};
 
 use anyhow::{Context as _, Result};
 use bpfbridge_bench::{self as bench, Scenario};
+use bpfbridge_lab::cmd;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]

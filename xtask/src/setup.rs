@@ -9,10 +9,8 @@ use std::process::Command;
 use anyhow::{Context, Result, bail};
 
 use bpfbridge_lab::mounts::{BPFFS, bpffs_mounted, mounts};
-// The bench still finds the cgroup2 mount here until it moves onto the lab crate.
-pub use bpfbridge_lab::mounts::cgroup2_mount;
 
-use crate::cmd;
+use bpfbridge_lab::cmd;
 
 /// Debian packages the build, the tests and the demo use.
 const APT_PACKAGES: &[&str] = &[
