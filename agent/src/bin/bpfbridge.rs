@@ -1,12 +1,12 @@
 //! `bpfbridge`: the node agent (`bpfbridge agent`) and a thin CLI client of its API, with
 //! Docker's command and flag names.
 
-use std::{collections::BTreeMap, net::SocketAddr, path::PathBuf, process::ExitCode};
+use std::{collections::BTreeMap, path::PathBuf, process::ExitCode};
 
 use anyhow::{Context as _, bail};
 use bpfbridge::{
     client::Client,
-    config::{AddressPool, Overrides, Settings},
+    config::{Settings, SettingsFlags},
     daemon,
     model::{
         ConnectRequest, ContainerInspect, CreateContainer, CreateFilter, CreateNetwork,
@@ -78,128 +78,18 @@ struct AgentArgs {
     /// Config file (TOML, or JSON when named *.json) with the same keys as these flags.
     #[arg(long)]
     config: Option<PathBuf>,
-    /// Interface facing the outside world (default: the default route's).
-    #[arg(long)]
-    uplink: Option<String>,
-    /// Where the state database lives [default: /var/lib/bpfbridge].
-    #[arg(long)]
-    state_dir: Option<PathBuf>,
-    /// bpffs directory for the pinned maps and links [default: /sys/fs/bpf/bpfbridge].
-    #[arg(long)]
-    pin_dir: Option<PathBuf>,
-    /// Where namespaces the agent creates for containers are pinned [default: /run/netns].
-    #[arg(long)]
-    netns_dir: Option<PathBuf>,
-    /// The dataplane [default: ebpf].
-    #[arg(long)]
-    dataplane: Option<String>,
-    /// With --dataplane iptables: proxy node-local and hairpin connections to published TCP
-    /// ports in userland, as dockerd does by default [default: true].
-    #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
-    userland_proxy: Option<bool>,
-    /// Turn on net.ipv4.ip_forward [default: true].
-    #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
-    ip_forward: Option<bool>,
-    /// The default bridge's gateway address and prefix, e.g. 172.26.0.1/16.
-    #[arg(long)]
-    bip: Option<ipnet::Ipv4Net>,
-    /// Pools for network subnets: base=CIDR,size=N (repeatable).
-    #[arg(long = "default-address-pool", value_name = "base=CIDR,size=N")]
-    default_address_pools: Vec<AddressPool>,
-    /// MTU of the default bridge and new networks [default: the uplink's].
-    #[arg(long)]
-    mtu: Option<u32>,
-    /// Inter-container communication on the default bridge [default: true].
-    #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
-    icc: Option<bool>,
-    /// Masquerade the default bridge's outgoing traffic [default: true].
-    #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
-    ip_masq: Option<bool>,
-    /// Default host address of published ports [default: 0.0.0.0].
-    #[arg(long)]
-    ip: Option<std::net::Ipv4Addr>,
-    /// Upstream resolvers for containers' DNS (IP:PORT, repeatable) [default: /etc/resolv.conf].
-    #[arg(long)]
-    dns: Vec<SocketAddr>,
-    /// Host ports for dynamic publishing, START-END [default: 32768-60999].
-    #[arg(long)]
-    port_range: Option<String>,
-    /// Source ports for masqueraded traffic, START-END, or "auto": keep the container's
-    /// port when free, else pick from the kernel's range (as MASQUERADE does) [default: auto].
-    #[arg(long)]
-    masquerade_port_range: Option<String>,
-    /// Entries of the connection-tracking table, two per masqueraded or linked flow
-    /// [default: from the node's memory, as nf_conntrack_max: 65536 above 1 GiB, 262144
-    /// above 4 GiB].
-    #[arg(long)]
-    conntrack_max: Option<u32>,
-    /// Entries of the published-port flow table, one per flow [default: as conntrack-max's].
-    #[arg(long)]
-    nat_flows_max: Option<u32>,
-    /// Seconds before an idle UDP or ICMP flow seen one way only is forgotten [default: 30].
-    #[arg(long)]
-    udp_idle_timeout: Option<u64>,
-    /// Seconds before an idle UDP or ICMP flow seen both ways is forgotten [default: 120].
-    #[arg(long)]
-    udp_stream_timeout: Option<u64>,
-    /// Seconds before an idle established TCP flow is forgotten [default: 432000].
-    #[arg(long)]
-    tcp_idle_timeout: Option<u64>,
-    /// Seconds before a TCP flow not yet answered is forgotten [default: 30].
-    #[arg(long)]
-    tcp_unreplied_timeout: Option<u64>,
-    /// Seconds before a closing TCP flow (FIN seen) is forgotten [default: 10].
-    #[arg(long)]
-    tcp_closing_timeout: Option<u64>,
-    /// cgroup v2 whose processes reach published ports through 127.0.0.1 and the node's
-    /// addresses [default: the cgroup2 root].
-    #[arg(long)]
-    cgroup: Option<PathBuf>,
-    /// Serve Docker's remote network and IPAM driver protocol as plugin NAME
-    /// (`docker network create -d NAME [--ipam-driver NAME]`).
-    #[arg(long, value_name = "NAME")]
-    docker_plugin: Option<String>,
-    /// The plugin's socket [default: /run/docker/plugins/NAME.sock].
-    #[arg(long, value_name = "PATH")]
-    docker_plugin_socket: Option<PathBuf>,
+    #[command(flatten)]
+    flags: SettingsFlags,
 }
 
 impl AgentArgs {
+    /// The defaults, then the config file, then the flags.
     fn settings(self) -> anyhow::Result<Settings> {
-        let mut settings = Settings::default();
-        if let Some(path) = &self.config {
-            settings = Overrides::from_file(path)?.apply(settings)?;
-        }
-        let flags = Overrides {
-            uplink: self.uplink,
-            state_dir: self.state_dir,
-            pin_dir: self.pin_dir,
-            netns_dir: self.netns_dir,
-            dataplane: self.dataplane,
-            userland_proxy: self.userland_proxy,
-            ip_forward: self.ip_forward,
-            bip: self.bip,
-            default_address_pools: (!self.default_address_pools.is_empty())
-                .then_some(self.default_address_pools),
-            mtu: self.mtu,
-            icc: self.icc,
-            ip_masq: self.ip_masq,
-            ip: self.ip,
-            dns: (!self.dns.is_empty()).then_some(self.dns),
-            port_range: self.port_range,
-            masquerade_port_range: self.masquerade_port_range,
-            conntrack_max: self.conntrack_max,
-            nat_flows_max: self.nat_flows_max,
-            udp_idle_timeout: self.udp_idle_timeout,
-            udp_stream_timeout: self.udp_stream_timeout,
-            tcp_idle_timeout: self.tcp_idle_timeout,
-            tcp_unreplied_timeout: self.tcp_unreplied_timeout,
-            tcp_closing_timeout: self.tcp_closing_timeout,
-            cgroup: self.cgroup,
-            docker_plugin: self.docker_plugin,
-            docker_plugin_socket: self.docker_plugin_socket,
+        let base = match &self.config {
+            Some(path) => Settings::from_file(path)?,
+            None => Settings::default(),
         };
-        Ok(flags.apply(settings)?)
+        Ok(self.flags.apply(base)?)
     }
 }
 

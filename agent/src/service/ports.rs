@@ -10,6 +10,7 @@ use std::{
 use super::Service;
 use crate::{
     Error, Result,
+    config::PortRange,
     model::{HostPort, PortBinding, PortRequest, Proto},
 };
 
@@ -58,7 +59,10 @@ impl Service {
     /// until the container record is saved.
     pub(super) fn resolve_ports(&mut self, requests: &[PortRequest]) -> Result<Vec<PortBinding>> {
         let mut chosen: Vec<PortBinding> = Vec::new();
-        let (dyn_start, dyn_end) = self.settings.port_range()?;
+        let PortRange {
+            start: dyn_start,
+            end: dyn_end,
+        } = self.settings.port_range;
         let mut last_dynamic: Option<u16> = self
             .state
             .meta
