@@ -308,6 +308,53 @@ fn key_values(pairs: &[String], what: &str) -> anyhow::Result<BTreeMap<String, S
         .collect()
 }
 
+/// A column of a listing: its title and the width its cells are padded to, on the left or
+/// the right; the last column is unpadded (width 0) unless it is right-aligned.
+struct Column {
+    title: &'static str,
+    width: usize,
+    right_aligned: bool,
+}
+
+const fn left(title: &'static str, width: usize) -> Column {
+    Column {
+        title,
+        width,
+        right_aligned: false,
+    }
+}
+
+const fn right(title: &'static str, width: usize) -> Column {
+    Column {
+        title,
+        width,
+        right_aligned: true,
+    }
+}
+
+/// Prints a listing the way `docker network ls` does: a header of the titles, then a line
+/// per row, cells padded to their column's width (never cut) and separated by a space.
+fn print_table<R: IntoIterator<Item = String>>(
+    columns: &[Column],
+    rows: impl IntoIterator<Item = R>,
+) {
+    let line = |cells: &mut dyn Iterator<Item = String>| {
+        columns
+            .iter()
+            .zip(cells)
+            .map(|(column, cell)| match column.right_aligned {
+                true => format!("{cell:>width$}", width = column.width),
+                false => format!("{cell:<width$}", width = column.width),
+            })
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    println!("{}", line(&mut columns.iter().map(|c| c.title.to_string())));
+    for row in rows {
+        println!("{}", line(&mut row.into_iter()));
+    }
+}
+
 fn print_json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string_pretty(value)?);
     Ok(())
@@ -361,16 +408,17 @@ async fn network_command(client: &Client, command: NetworkCommand) -> anyhow::Re
             } else if let Some(other) = format {
                 bail!("unknown format {other:?} (only json)");
             } else {
-                println!("{:<14} {:<20} {:<9} SCOPE", "NETWORK ID", "NAME", "DRIVER");
-                for n in networks {
-                    println!(
-                        "{:<14} {:<20} {:<9} {}",
-                        short_id(&n.id),
-                        n.name,
-                        n.driver,
-                        n.scope
-                    );
-                }
+                print_table(
+                    &[
+                        left("NETWORK ID", 14),
+                        left("NAME", 20),
+                        left("DRIVER", 9),
+                        left("SCOPE", 0),
+                    ],
+                    networks
+                        .into_iter()
+                        .map(|n| [short_id(&n.id).to_string(), n.name, n.driver, n.scope]),
+                );
             }
         }
         NetworkCommand::Inspect { names } => {
@@ -458,11 +506,7 @@ async fn container_command(client: &Client, command: ContainerCommand) -> anyhow
                 }
                 return Ok(());
             }
-            println!(
-                "{:<14} {:<20} {:<16} {:<32} PORTS",
-                "CONTAINER ID", "NAME", "NETWORK MODE", "ADDRESSES"
-            );
-            for c in containers {
+            let rows = containers.into_iter().map(|c| {
                 let addresses: Vec<String> = c
                     .network_settings
                     .networks
@@ -480,15 +524,24 @@ async fn container_command(client: &Client, command: ContainerCommand) -> anyhow
                             .map(move |h| format!("{}:{}->{}", h.host_ip, h.host_port, ctr))
                     })
                     .collect();
-                println!(
-                    "{:<14} {:<20} {:<16} {:<32} {}",
-                    short_id(&c.id),
-                    c.name.trim_start_matches('/'),
+                [
+                    short_id(&c.id).to_string(),
+                    c.name.trim_start_matches('/').to_string(),
                     c.host_config.network_mode,
                     addresses.join(","),
-                    ports.join(", ")
-                );
-            }
+                    ports.join(", "),
+                ]
+            });
+            print_table(
+                &[
+                    left("CONTAINER ID", 14),
+                    left("NAME", 20),
+                    left("NETWORK MODE", 16),
+                    left("ADDRESSES", 32),
+                    left("PORTS", 0),
+                ],
+                rows,
+            );
         }
         ContainerCommand::Inspect { names } => {
             let mut out = Vec::new();
@@ -561,20 +614,32 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Filter(FilterCommand::Ls) => {
             let rules: Vec<FilterInfo> = client.get("/filters").await?;
-            println!(
-                "{:<5} {:<20} {:<12} {:<7} {:>10} {:>12}",
-                "ID", "SOURCE", "PORT", "ACTION", "PACKETS", "BYTES"
-            );
+            let mut rows = Vec::new();
             for r in rules {
                 let action = serde_json::to_value(r.action)?
                     .as_str()
                     .unwrap_or_default()
                     .to_string();
-                println!(
-                    "{:<5} {:<20} {:<12} {:<7} {:>10} {:>12}",
-                    r.id, r.source, r.port, action, r.packets, r.bytes
-                );
+                rows.push([
+                    r.id.to_string(),
+                    r.source,
+                    r.port,
+                    action,
+                    r.packets.to_string(),
+                    r.bytes.to_string(),
+                ]);
             }
+            print_table(
+                &[
+                    left("ID", 5),
+                    left("SOURCE", 20),
+                    left("PORT", 12),
+                    left("ACTION", 7),
+                    right("PACKETS", 10),
+                    right("BYTES", 12),
+                ],
+                rows,
+            );
         }
         Command::Conntrack(ConntrackCommand::Ls) => {
             let flows: Vec<FlowInfo> = client.get("/conntrack").await?;
@@ -612,10 +677,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Stats => {
             let stats: Vec<StatCounter> = client.get("/stats").await?;
-            println!("{:<52} {:>12} {:>14}", "COUNTER", "PACKETS", "BYTES");
-            for s in stats {
-                println!("{:<52} {:>12} {:>14}", s.name, s.packets, s.bytes);
-            }
+            print_table(
+                &[
+                    left("COUNTER", 52),
+                    right("PACKETS", 12),
+                    right("BYTES", 14),
+                ],
+                stats
+                    .into_iter()
+                    .map(|s| [s.name, s.packets.to_string(), s.bytes.to_string()]),
+            );
         }
         Command::Info => {
             let info: Info = client.get("/info").await?;
