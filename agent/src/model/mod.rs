@@ -137,4 +137,35 @@ mod tests {
         }
         assert_eq!(short_id(&random_id()).len(), 12);
     }
+
+    #[test]
+    fn state_files_keep_their_mac_text() {
+        // Records as agents before the MAC type wrote them: a pending endpoint's host MAC
+        // is "".
+        for (json, host_veth_mac) in [
+            (
+                r#"{"network_id":"n","endpoint_id":"e","ip":"172.17.0.2","mac":"02:42:ac:11:00:02","ifname":"eth0","host_veth":"veth1","host_veth_ifindex":7,"host_veth_mac":"aa:bb:cc:dd:ee:0f","aliases":[],"requested_ip":null,"pending":false}"#,
+                Some(MacAddress([0xaa, 0xbb, 0xcc, 0xdd, 0xee, 0x0f])),
+            ),
+            (
+                r#"{"network_id":"n","endpoint_id":"e","ip":"172.17.0.2","mac":"02:42:ac:11:00:02","ifname":"eth0","host_veth":"","host_veth_ifindex":0,"host_veth_mac":"","aliases":[],"requested_ip":null,"pending":true}"#,
+                None,
+            ),
+        ] {
+            let record: EndpointRecord = serde_json::from_str(json).unwrap();
+            assert_eq!(record.mac, MacAddress::for_ip(Ipv4Addr::new(172, 17, 0, 2)));
+            assert_eq!(record.host_veth_mac, host_veth_mac);
+            assert_eq!(
+                serde_json::to_string(&record).unwrap(),
+                json,
+                "written back the same"
+            );
+        }
+        let bad = r#"{"endpoint_id":"e","network_id":"n","ip":"172.17.0.2","mac":"02:42","port_map":[],"exposed":[]}"#;
+        let error = serde_json::from_str::<DockerEndpointRecord>(bad).unwrap_err();
+        assert!(
+            error.to_string().contains("invalid MAC address \"02:42\""),
+            "{error}"
+        );
+    }
 }
