@@ -181,7 +181,7 @@ impl fmt::Display for MasqueradePorts {
 serde_as_string!(MasqueradePorts);
 
 /// The agent's settings, defined once: each field is a flag of `bpfbridge agent` (its doc
-/// comment is the flag's help) and a key of the config file, both in kebab-case; the
+/// comment is the flag's help, kept to one paragraph so that `-h` and `--help` agree) and a key of the config file, both in kebab-case; the
 /// defaults are [`Settings::default`]. `bpfbridge info` shows the effective settings.
 /// Flags are parsed into [`SettingsFlags`], which applies only the flags given.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, clap::Args)]
@@ -204,14 +204,12 @@ pub struct Settings {
     pub dataplane: DataplaneKind,
     /// With --dataplane iptables: proxy node-local and hairpin connections to published TCP
     /// ports in userland, as dockerd does by default [default: true].
-    ///
-    /// false writes Docker's `--userland-proxy=false` rules instead (hairpin DNAT,
-    /// route_localnet). The eBPF dataplane needs no proxy and ignores it.
+    // false writes Docker's `--userland-proxy=false` rules instead (hairpin DNAT,
+    // route_localnet). The eBPF dataplane needs no proxy and ignores it.
     #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true", action = clap::ArgAction::Set)]
     pub userland_proxy: bool,
     /// Turn on net.ipv4.ip_forward [default: true].
-    ///
-    /// false leaves it alone.
+    // false leaves it alone.
     #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true", action = clap::ArgAction::Set)]
     pub ip_forward: bool,
     /// The default bridge's gateway address and prefix, e.g. 172.26.0.1/16.
@@ -233,27 +231,23 @@ pub struct Settings {
     #[arg(long)]
     pub ip: Ipv4Addr,
     /// Upstream resolvers for containers' DNS (IP:PORT, repeatable) [default: /etc/resolv.conf].
-    ///
-    /// Where containers' DNS servers forward names that are not containers'.
+    // Where containers' DNS servers forward names that are not containers'.
     #[arg(long)]
     pub dns: Option<Vec<SocketAddr>>,
     /// Host ports for dynamic publishing, START-END [default: 32768-60999].
-    ///
-    /// Handed out for `-p CTRPORT` and `-P`.
+    // Handed out for `-p CTRPORT` and `-P`.
     #[arg(long)]
     pub port_range: PortRange,
     /// Source ports for masqueraded traffic, START-END, or "auto": keep the container's
     /// port when free, else pick from the kernel's range (as MASQUERADE does) [default: auto].
-    ///
-    /// A range should stay apart from the node's ephemeral ports
-    /// (net.ipv4.ip_local_port_range, 32768-60999 by default).
+    // A range should stay apart from the node's ephemeral ports
+    // (net.ipv4.ip_local_port_range, 32768-60999 by default).
     #[arg(long)]
     pub masquerade_port_range: MasqueradePorts,
     /// Entries of the connection-tracking table, two per masqueraded or linked flow
     /// [default: from the node's memory, as nf_conntrack_max: 65536 above 1 GiB, 262144
     /// above 4 GiB].
-    ///
-    /// Unset, [`flow_table_size`] sizes it from the node's memory.
+    // Unset, [`flow_table_size`] sizes it from the node's memory.
     #[arg(long)]
     pub conntrack_max: Option<u32>,
     /// Entries of the published-port flow table, one per flow [default: as conntrack-max's].
