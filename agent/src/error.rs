@@ -61,7 +61,7 @@ pub enum Error {
         source: Box<dyn std::error::Error + Send + Sync>,
     },
     /// Several independent steps of a teardown failed; all were attempted.
-    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+    #[error("{}", .0.iter().map(Error::report).collect::<Vec<_>>().join("; "))]
     Multiple(Vec<Error>),
 }
 
