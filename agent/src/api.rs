@@ -36,6 +36,8 @@ impl From<Error> for ApiError {
     }
 }
 
+/// The HTTP status of an error: 4xx for the request's mistakes, 500 for the agent's or
+/// the node's faults (a store, netlink or dataplane error), whose message carries the cause.
 pub fn status_of(e: &Error) -> StatusCode {
     match e {
         Error::InvalidArgument(_) => StatusCode::BAD_REQUEST,
@@ -43,23 +45,26 @@ pub fn status_of(e: &Error) -> StatusCode {
         Error::Forbidden(_) => StatusCode::FORBIDDEN,
         Error::Conflict(_) => StatusCode::CONFLICT,
         Error::PoolExhausted { .. } => StatusCode::SERVICE_UNAVAILABLE,
-        _ => StatusCode::INTERNAL_SERVER_ERROR,
+        // Listed, not `_`: a new kind of error must be placed on one side or the other.
+        Error::Internal(_)
+        | Error::Netlink { .. }
+        | Error::Io { .. }
+        | Error::Sys { .. }
+        | Error::State { .. }
+        | Error::Store { .. }
+        | Error::Dataplane { .. }
+        | Error::Multiple(_) => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = status_of(&self.0);
+        let message = self.0.report();
         if status.is_server_error() {
-            tracing::error!("{}", self.0);
+            tracing::error!("{message}");
         }
-        (
-            status,
-            Json(ErrorBody {
-                message: self.0.to_string(),
-            }),
-        )
-            .into_response()
+        (status, Json(ErrorBody { message })).into_response()
     }
 }
 
@@ -248,9 +253,44 @@ async fn monitor(State(s): State<Shared>) -> ApiResult<Response> {
     Response::builder()
         .header("content-type", "application/x-ndjson")
         .body(axum::body::Body::from_stream(lines))
-        .map_err(|e| {
-            ApiError(Error::InvalidArgument(format!(
-                "building the response: {e}"
-            )))
-        })
+        .map_err(|e| ApiError(Error::Internal(format!("building the response: {e}"))))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn faults_of_the_agent_are_500_with_their_cause() {
+        let user = Error::InvalidArgument("invalid host port \"x\"".into());
+        assert_eq!(status_of(&user), StatusCode::BAD_REQUEST);
+        assert_eq!(
+            status_of(&Error::NotFound("no such container: x".into())),
+            StatusCode::NOT_FOUND
+        );
+        assert_eq!(
+            status_of(&Error::Conflict("already in use".into())),
+            StatusCode::CONFLICT
+        );
+
+        #[derive(Debug, thiserror::Error)]
+        #[error("the `bpf_map_update_elem` syscall failed")]
+        struct Syscall(#[source] std::io::Error);
+        let fault = Error::dataplane("publishing 8080/tcp")(Syscall(
+            std::io::Error::from_raw_os_error(libc::E2BIG),
+        ));
+        assert_eq!(status_of(&fault), StatusCode::INTERNAL_SERVER_ERROR);
+        let report = fault.report();
+        assert!(
+            report.starts_with(
+                "dataplane: publishing 8080/tcp: the `bpf_map_update_elem` syscall failed: "
+            ) && report.contains("Argument list too long"),
+            "{report}"
+        );
+        assert_eq!(report.matches("syscall failed").count(), 1, "{report}");
+        assert_eq!(
+            status_of(&Error::Internal("namespace thread panicked".into())),
+            StatusCode::INTERNAL_SERVER_ERROR
+        );
+    }
 }

@@ -2,6 +2,7 @@
 //! keys like dockerd's daemon.json), overridden by command-line flags.
 
 use std::{
+    fmt,
     net::{Ipv4Addr, SocketAddr},
     path::{Path, PathBuf},
     str::FromStr,
@@ -91,63 +92,192 @@ impl FromStr for AddressPool {
     }
 }
 
-/// The effective settings, as `bpfbridge info` shows them.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
+/// Which dataplane programs the node: the eBPF programs, or Docker 20.10's iptables rules.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum DataplaneKind {
+    Ebpf,
+    Iptables,
+}
+
+/// An inclusive range of ports within 1-65535, written `START-END`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PortRange {
+    pub start: u16,
+    pub end: u16,
+}
+
+impl FromStr for PortRange {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        let bad = || {
+            Error::InvalidArgument(format!(
+                "invalid port range {s:?}: expected START-END within 1-65535"
+            ))
+        };
+        let (start, end) = s.split_once('-').ok_or_else(bad)?;
+        let (start, end): (u16, u16) = (
+            start.parse().map_err(|_| bad())?,
+            end.parse().map_err(|_| bad())?,
+        );
+        if start == 0 || end < start {
+            return Err(bad());
+        }
+        Ok(PortRange { start, end })
+    }
+}
+
+impl fmt::Display for PortRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}", self.start, self.end)
+    }
+}
+
+serde_as_string!(PortRange);
+
+/// The source ports masquerade hands out: `auto`, netfilter's choice (the container's own
+/// port when free, else one of the kernel's range for its class), or a `START-END` range.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MasqueradePorts {
+    Auto,
+    Range(PortRange),
+}
+
+impl MasqueradePorts {
+    /// The range's first and last port; `None` for `auto`.
+    pub fn bounds(self) -> Option<(u16, u16)> {
+        match self {
+            MasqueradePorts::Auto => None,
+            MasqueradePorts::Range(r) => Some((r.start, r.end)),
+        }
+    }
+}
+
+impl FromStr for MasqueradePorts {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        if s == "auto" {
+            return Ok(MasqueradePorts::Auto);
+        }
+        s.parse().map(MasqueradePorts::Range).map_err(|_| {
+            Error::InvalidArgument(format!(
+                "invalid masquerade port range {s:?}: expected auto or START-END within 1-65535"
+            ))
+        })
+    }
+}
+
+impl fmt::Display for MasqueradePorts {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            MasqueradePorts::Auto => f.write_str("auto"),
+            MasqueradePorts::Range(r) => r.fmt(f),
+        }
+    }
+}
+
+serde_as_string!(MasqueradePorts);
+
+/// The agent's settings, defined once: each field is a flag of `bpfbridge agent` (its doc
+/// comment is the flag's help, kept to one paragraph so that `-h` and `--help` agree) and a key of the config file, both in kebab-case; the
+/// defaults are [`Settings::default`]. `bpfbridge info` shows the effective settings.
+/// Flags are parsed into [`SettingsFlags`], which applies only the flags given.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, clap::Args)]
+#[serde(rename_all = "kebab-case", default, deny_unknown_fields)]
 pub struct Settings {
+    /// Interface facing the outside world (default: the default route's).
+    #[arg(long)]
     pub uplink: Option<String>,
+    /// Where the state database lives [default: /var/lib/bpfbridge].
+    #[arg(long)]
     pub state_dir: PathBuf,
+    /// bpffs directory for the pinned maps and links [default: /sys/fs/bpf/bpfbridge].
+    #[arg(long)]
     pub pin_dir: PathBuf,
+    /// Where namespaces the agent creates for containers are pinned [default: /run/netns].
+    #[arg(long)]
     pub netns_dir: PathBuf,
-    pub dataplane: String,
-    /// With `--dataplane iptables`: a userland proxy per published TCP port for node-local
-    /// and hairpin access, as dockerd's default; false writes Docker's
-    /// `--userland-proxy=false` rules instead (hairpin DNAT, route_localnet). The eBPF
-    /// dataplane needs no proxy and ignores it.
+    /// The dataplane [default: ebpf].
+    #[arg(long)]
+    pub dataplane: DataplaneKind,
+    /// With --dataplane iptables: proxy node-local and hairpin connections to published TCP
+    /// ports in userland, as dockerd does by default [default: true].
+    // false writes Docker's `--userland-proxy=false` rules instead (hairpin DNAT,
+    // route_localnet). The eBPF dataplane needs no proxy and ignores it.
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true", action = clap::ArgAction::Set)]
     pub userland_proxy: bool,
-    /// Whether the agent turns on net.ipv4.ip_forward (false leaves it alone).
+    /// Turn on net.ipv4.ip_forward [default: true].
+    // false leaves it alone.
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true", action = clap::ArgAction::Set)]
     pub ip_forward: bool,
     /// The default bridge's gateway address and prefix, e.g. 172.26.0.1/16.
+    #[arg(long)]
     pub bip: Option<Ipv4Net>,
+    /// Pools for network subnets: base=CIDR,size=N (repeatable).
+    #[arg(long = "default-address-pool", value_name = "base=CIDR,size=N")]
     pub default_address_pools: Vec<AddressPool>,
-    /// MTU of the default bridge and of new networks (default: the uplink's).
+    /// MTU of the default bridge and new networks [default: the uplink's].
+    #[arg(long)]
     pub mtu: Option<u32>,
-    /// Inter-container communication on the default bridge.
+    /// Inter-container communication on the default bridge [default: true].
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true", action = clap::ArgAction::Set)]
     pub icc: bool,
-    /// Masquerade of the default bridge's outgoing traffic.
+    /// Masquerade the default bridge's outgoing traffic [default: true].
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true", action = clap::ArgAction::Set)]
     pub ip_masq: bool,
-    /// Default host address of published ports.
+    /// Default host address of published ports [default: 0.0.0.0].
+    #[arg(long)]
     pub ip: Ipv4Addr,
-    /// Where containers' DNS servers forward names that are not containers' (default: the
-    /// node's /etc/resolv.conf).
+    /// Upstream resolvers for containers' DNS (IP:PORT, repeatable) [default: /etc/resolv.conf].
+    // Where containers' DNS servers forward names that are not containers'.
+    #[arg(long)]
     pub dns: Option<Vec<SocketAddr>>,
-    /// Host ports handed out for `-p CTRPORT` and `-P`: `START-END`.
-    pub port_range: String,
-    /// Source ports masquerade hands out: `START-END`, apart from the node's ephemeral
-    /// ports (net.ipv4.ip_local_port_range, 32768-60999 by default).
-    pub masquerade_port_range: String,
-    /// Entries of the connection-tracking table (two per masqueraded or linked flow);
-    /// `None`: sized from the node's memory ([`flow_table_size`]).
+    /// Host ports for dynamic publishing, START-END [default: 32768-60999].
+    // Handed out for `-p CTRPORT` and `-P`.
+    #[arg(long)]
+    pub port_range: PortRange,
+    /// Source ports for masqueraded traffic, START-END, or "auto": keep the container's
+    /// port when free, else pick from the kernel's range (as MASQUERADE does) [default: auto].
+    // A range should stay apart from the node's ephemeral ports
+    // (net.ipv4.ip_local_port_range, 32768-60999 by default).
+    #[arg(long)]
+    pub masquerade_port_range: MasqueradePorts,
+    /// Entries of the connection-tracking table, two per masqueraded or linked flow
+    /// [default: from the node's memory, as nf_conntrack_max: 65536 above 1 GiB, 262144
+    /// above 4 GiB].
+    // Unset, [`flow_table_size`] sizes it from the node's memory.
+    #[arg(long)]
     pub conntrack_max: Option<u32>,
-    /// Entries of the published-port flow table (one per flow); `None`: sized from the
-    /// node's memory ([`flow_table_size`]).
+    /// Entries of the published-port flow table, one per flow [default: as conntrack-max's].
+    #[arg(long)]
     pub nat_flows_max: Option<u32>,
-    /// Seconds a UDP or ICMP flow seen one way only may be idle before it is forgotten.
+    /// Seconds before an idle UDP or ICMP flow seen one way only is forgotten [default: 30].
+    #[arg(long)]
     pub udp_idle_timeout: u64,
-    /// Seconds a UDP or ICMP flow seen both ways may be idle before it is forgotten.
+    /// Seconds before an idle UDP or ICMP flow seen both ways is forgotten [default: 120].
+    #[arg(long)]
     pub udp_stream_timeout: u64,
-    /// Seconds an established TCP flow may be idle before it is forgotten.
+    /// Seconds before an idle established TCP flow is forgotten [default: 432000].
+    #[arg(long)]
     pub tcp_idle_timeout: u64,
-    /// Seconds a TCP flow not yet answered (SYN sent) may be idle before it is forgotten.
+    /// Seconds before a TCP flow not yet answered is forgotten [default: 30].
+    #[arg(long)]
     pub tcp_unreplied_timeout: u64,
-    /// Seconds a closing TCP flow (FIN seen) may be idle before it is forgotten.
+    /// Seconds before a closing TCP flow (FIN seen) is forgotten [default: 10].
+    #[arg(long)]
     pub tcp_closing_timeout: u64,
-    /// The cgroup (v2) whose sockets get node-local access to published ports (default:
-    /// the cgroup2 root).
+    /// cgroup v2 whose processes reach published ports through 127.0.0.1 and the node's
+    /// addresses [default: the cgroup2 root].
+    #[arg(long)]
     pub cgroup: Option<PathBuf>,
-    /// Serve Docker's remote network and IPAM driver protocol under this plugin name.
+    /// Serve Docker's remote network and IPAM driver protocol as plugin NAME
+    /// (`docker network create -d NAME [--ipam-driver NAME]`).
+    #[arg(long, value_name = "NAME")]
     pub docker_plugin: Option<String>,
-    /// The plugin's socket (default: /run/docker/plugins/NAME.sock, where dockerd looks).
+    /// The plugin's socket [default: /run/docker/plugins/NAME.sock].
+    #[arg(long, value_name = "PATH")]
     pub docker_plugin_socket: Option<PathBuf>,
 }
 
@@ -161,7 +291,7 @@ impl Default for Settings {
             state_dir: "/var/lib/bpfbridge".into(),
             pin_dir: "/sys/fs/bpf/bpfbridge".into(),
             netns_dir: crate::netns::NETNS_RUN_DIR.into(),
-            dataplane: "ebpf".into(),
+            dataplane: DataplaneKind::Ebpf,
             userland_proxy: true,
             ip_forward: true,
             bip: None,
@@ -171,8 +301,11 @@ impl Default for Settings {
             ip_masq: true,
             ip: Ipv4Addr::UNSPECIFIED,
             dns: None,
-            port_range: "32768-60999".into(),
-            masquerade_port_range: MASQUERADE_PORTS_AUTO.into(),
+            port_range: PortRange {
+                start: 32768,
+                end: 60999,
+            },
+            masquerade_port_range: MasqueradePorts::Auto,
             conntrack_max: None,
             nat_flows_max: None,
             udp_idle_timeout: 30,
@@ -187,91 +320,61 @@ impl Default for Settings {
     }
 }
 
-/// Settings that may be given, by a config file or by flags; unset fields keep what the
-/// layer below says.
-#[derive(Clone, Debug, Default, Deserialize)]
-#[serde(rename_all = "kebab-case", deny_unknown_fields)]
-pub struct Overrides {
-    pub uplink: Option<String>,
-    pub state_dir: Option<PathBuf>,
-    pub pin_dir: Option<PathBuf>,
-    pub netns_dir: Option<PathBuf>,
-    pub dataplane: Option<String>,
-    pub userland_proxy: Option<bool>,
-    pub ip_forward: Option<bool>,
-    pub bip: Option<Ipv4Net>,
-    pub default_address_pools: Option<Vec<AddressPool>>,
-    pub mtu: Option<u32>,
-    pub icc: Option<bool>,
-    pub ip_masq: Option<bool>,
-    pub ip: Option<Ipv4Addr>,
-    pub dns: Option<Vec<SocketAddr>>,
-    pub port_range: Option<String>,
-    pub masquerade_port_range: Option<String>,
-    pub conntrack_max: Option<u32>,
-    pub nat_flows_max: Option<u32>,
-    pub udp_idle_timeout: Option<u64>,
-    pub udp_stream_timeout: Option<u64>,
-    pub tcp_idle_timeout: Option<u64>,
-    pub tcp_unreplied_timeout: Option<u64>,
-    pub tcp_closing_timeout: Option<u64>,
-    pub cgroup: Option<PathBuf>,
-    pub docker_plugin: Option<String>,
-    pub docker_plugin_socket: Option<PathBuf>,
-}
-
-impl Overrides {
-    /// Reads a config file: `.json` as JSON, anything else as TOML.
+impl Settings {
+    /// Reads a config file, `.json` as JSON, anything else as TOML: the keys it has
+    /// override the defaults.
     pub fn from_file(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path)
             .map_err(Error::io(format!("reading config file {}", path.display())))?;
         let bad =
             |e: String| Error::InvalidArgument(format!("config file {}: {e}", path.display()));
-        if path.extension().is_some_and(|e| e == "json") {
-            serde_json::from_str(&text).map_err(|e| bad(e.to_string()))
+        let settings: Settings = if path.extension().is_some_and(|e| e == "json") {
+            serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?
         } else {
-            toml::from_str(&text).map_err(|e| bad(e.to_string()))
-        }
-    }
-
-    /// `self` on top of `base`.
-    pub fn apply(self, base: Settings) -> Result<Settings> {
-        let settings = Settings {
-            uplink: self.uplink.or(base.uplink),
-            state_dir: self.state_dir.unwrap_or(base.state_dir),
-            pin_dir: self.pin_dir.unwrap_or(base.pin_dir),
-            netns_dir: self.netns_dir.unwrap_or(base.netns_dir),
-            dataplane: self.dataplane.unwrap_or(base.dataplane),
-            userland_proxy: self.userland_proxy.unwrap_or(base.userland_proxy),
-            ip_forward: self.ip_forward.unwrap_or(base.ip_forward),
-            bip: self.bip.or(base.bip),
-            default_address_pools: self
-                .default_address_pools
-                .unwrap_or(base.default_address_pools),
-            mtu: self.mtu.or(base.mtu),
-            icc: self.icc.unwrap_or(base.icc),
-            ip_masq: self.ip_masq.unwrap_or(base.ip_masq),
-            ip: self.ip.unwrap_or(base.ip),
-            dns: self.dns.or(base.dns),
-            port_range: self.port_range.unwrap_or(base.port_range),
-            masquerade_port_range: self
-                .masquerade_port_range
-                .unwrap_or(base.masquerade_port_range),
-            conntrack_max: self.conntrack_max.or(base.conntrack_max),
-            nat_flows_max: self.nat_flows_max.or(base.nat_flows_max),
-            udp_idle_timeout: self.udp_idle_timeout.unwrap_or(base.udp_idle_timeout),
-            udp_stream_timeout: self.udp_stream_timeout.unwrap_or(base.udp_stream_timeout),
-            tcp_idle_timeout: self.tcp_idle_timeout.unwrap_or(base.tcp_idle_timeout),
-            tcp_unreplied_timeout: self
-                .tcp_unreplied_timeout
-                .unwrap_or(base.tcp_unreplied_timeout),
-            tcp_closing_timeout: self.tcp_closing_timeout.unwrap_or(base.tcp_closing_timeout),
-            cgroup: self.cgroup.or(base.cgroup),
-            docker_plugin: self.docker_plugin.or(base.docker_plugin),
-            docker_plugin_socket: self.docker_plugin_socket.or(base.docker_plugin_socket),
+            toml::from_str(&text).map_err(|e| bad(e.to_string()))?
         };
         settings.validate()?;
         Ok(settings)
+    }
+}
+
+/// The flags of `bpfbridge agent` that set [`Settings`]: the ones given on the command
+/// line, to put on top of the config file's or the default settings.
+#[derive(Clone, Debug)]
+pub struct SettingsFlags(clap::ArgMatches);
+
+impl clap::FromArgMatches for SettingsFlags {
+    fn from_arg_matches(matches: &clap::ArgMatches) -> Result<Self, clap::Error> {
+        Ok(SettingsFlags(matches.clone()))
+    }
+
+    fn update_from_arg_matches(&mut self, matches: &clap::ArgMatches) -> Result<(), clap::Error> {
+        self.0 = matches.clone();
+        Ok(())
+    }
+}
+
+impl clap::Args for SettingsFlags {
+    fn augment_args(cmd: clap::Command) -> clap::Command {
+        // Every setting has a default below the flags, so none is required; clap would
+        // require the flags of fields that are not `Option`s.
+        <Settings as clap::Args>::augment_args(cmd).mut_args(|arg| arg.required(false))
+    }
+
+    fn augment_args_for_update(cmd: clap::Command) -> clap::Command {
+        Self::augment_args(cmd)
+    }
+}
+
+impl SettingsFlags {
+    /// The flags given, on top of `base`.
+    pub fn apply(&self, mut base: Settings) -> Result<Settings> {
+        // clap's update sets only the fields whose flags were given (there are no clap
+        // defaults to mistake for given flags).
+        clap::FromArgMatches::update_from_arg_matches(&mut base, &self.0)
+            .map_err(|e| Error::InvalidArgument(e.to_string()))?;
+        base.validate()?;
+        Ok(base)
     }
 }
 
@@ -332,20 +435,6 @@ impl Settings {
         }
     }
 
-    /// The dynamic host port range, inclusive.
-    pub fn port_range(&self) -> Result<(u16, u16)> {
-        parse_port_range("port-range", &self.port_range)
-    }
-
-    /// The masquerade source port range, inclusive; `None` ("auto"): netfilter's choice,
-    /// the container's own port when free, else one of the kernel's range for its class.
-    pub fn masquerade_port_range(&self) -> Result<Option<(u16, u16)>> {
-        if self.masquerade_port_range == MASQUERADE_PORTS_AUTO {
-            return Ok(None);
-        }
-        parse_port_range("masquerade-port-range", &self.masquerade_port_range).map(Some)
-    }
-
     /// The Docker plugin's name and socket, when the agent serves one.
     pub fn docker_plugin(&self) -> Option<(&str, PathBuf)> {
         let name = self.docker_plugin.as_deref()?;
@@ -364,8 +453,6 @@ impl Settings {
                 "docker-plugin-socket needs docker-plugin NAME".into(),
             ));
         }
-        self.port_range()?;
-        self.masquerade_port_range()?;
         for (name, value, min) in [
             ("conntrack-max", self.conntrack_max, 2),
             ("nat-flows-max", self.nat_flows_max, 1),
@@ -390,12 +477,6 @@ impl Settings {
                     "--{name} {seconds}: must be between 1 and {TIMEOUT_MAX} seconds"
                 )));
             }
-        }
-        if self.dataplane != "ebpf" && self.dataplane != "iptables" {
-            return Err(Error::InvalidArgument(format!(
-                "dataplane {:?} is not available (\"ebpf\" or \"iptables\")",
-                self.dataplane
-            )));
         }
         if let Some(bip) = self.bip
             && (bip.prefix_len() > 30
@@ -424,30 +505,30 @@ impl Settings {
     }
 }
 
-/// `START-END`, inclusive, within 1-65535.
-/// `--masquerade-port-range` when no range is set.
-pub const MASQUERADE_PORTS_AUTO: &str = "auto";
-
-fn parse_port_range(name: &str, value: &str) -> Result<(u16, u16)> {
-    let bad = || {
-        Error::InvalidArgument(format!(
-            "{name} {value:?}: expected START-END within 1-65535"
-        ))
-    };
-    let (start, end) = value.split_once('-').ok_or_else(bad)?;
-    let (start, end): (u16, u16) = (
-        start.parse().map_err(|_| bad())?,
-        end.parse().map_err(|_| bad())?,
-    );
-    if start == 0 || end < start {
-        return Err(bad());
-    }
-    Ok((start, end))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Flags {
+        #[command(flatten)]
+        settings: SettingsFlags,
+    }
+
+    /// `args` as `bpfbridge agent` flags on top of `base`.
+    fn with_flags(base: Settings, args: &[&str]) -> Result<Settings> {
+        let flags = Flags::try_parse_from(std::iter::once("agent").chain(args.iter().copied()))
+            .map_err(|e| Error::InvalidArgument(e.to_string()))?;
+        flags.settings.apply(base)
+    }
+
+    fn refused(args: &[&str]) -> String {
+        match with_flags(Settings::default(), args) {
+            Err(e) => e.to_string(),
+            Ok(_) => panic!("{args:?} accepted"),
+        }
+    }
 
     #[test]
     fn layers_and_formats() {
@@ -455,42 +536,136 @@ mod tests {
         let toml_path = dir.path().join("bpfbridge.toml");
         std::fs::write(
             &toml_path,
-            "mtu = 1400\nicc = false\nbip = \"172.26.0.1/16\"\ndefault-address-pools = [{ base = \"10.10.0.0/16\", size = 24 }]\n",
+            "mtu = 1400\nicc = false\nbip = \"172.26.0.1/16\"\ndefault-address-pools = [{ base = \"10.10.0.0/16\", size = 24 }]\ndataplane = \"iptables\"\nport-range = \"41000-41010\"\n",
         )
         .unwrap();
-        let file = Overrides::from_file(&toml_path).unwrap();
-        let settings = file.apply(Settings::default()).unwrap();
+        let settings = Settings::from_file(&toml_path).unwrap();
         assert_eq!(settings.mtu, Some(1400));
         assert!(!settings.icc && settings.ip_masq);
+        assert_eq!(settings.dataplane, DataplaneKind::Iptables);
+        assert_eq!(
+            settings.port_range,
+            PortRange {
+                start: 41000,
+                end: 41010
+            }
+        );
         assert_eq!(
             settings.default_address_pools,
             vec!["base=10.10.0.0/16,size=24".parse().unwrap()]
         );
-        let flags = Overrides {
-            icc: Some(true),
-            ..Overrides::default()
-        };
-        assert!(
-            flags.apply(settings).unwrap().icc,
-            "flags override the file"
+        let flagged = with_flags(settings.clone(), &["--icc", "--dataplane", "ebpf"]).unwrap();
+        assert!(flagged.icc, "flags override the file");
+        assert_eq!(flagged.dataplane, DataplaneKind::Ebpf);
+        assert_eq!(
+            Settings {
+                icc: settings.icc,
+                dataplane: settings.dataplane,
+                ..flagged
+            },
+            settings,
+            "flags not given keep the file's settings"
+        );
+        assert_eq!(
+            with_flags(Settings::default(), &[]).unwrap(),
+            Settings::default()
         );
 
         let json_path = dir.path().join("daemon.json");
-        std::fs::write(&json_path, r#"{"ip-forward": false, "ip": "127.0.0.1"}"#).unwrap();
-        let s = Overrides::from_file(&json_path)
-            .unwrap()
-            .apply(Settings::default())
-            .unwrap();
+        std::fs::write(
+            &json_path,
+            r#"{"ip-forward": false, "ip": "127.0.0.1", "masquerade-port-range": "61000-61001"}"#,
+        )
+        .unwrap();
+        let s = Settings::from_file(&json_path).unwrap();
         assert!(!s.ip_forward);
         assert_eq!(s.ip, Ipv4Addr::LOCALHOST);
+        assert_eq!(s.masquerade_port_range.bounds(), Some((61000, 61001)));
+    }
+
+    #[test]
+    fn every_setting_is_a_flag_and_a_key() {
+        let s = with_flags(
+            Settings::default(),
+            &[
+                "--uplink=eth1",
+                "--state-dir=/s",
+                "--pin-dir=/p",
+                "--netns-dir=/n",
+                "--dataplane=iptables",
+                "--userland-proxy=false",
+                "--ip-forward=false",
+                "--bip=172.26.0.1/16",
+                "--default-address-pool=base=10.0.0.0/8,size=24",
+                "--default-address-pool=base=10.1.0.0/16,size=24",
+                "--mtu=1400",
+                "--icc=false",
+                "--ip-masq=false",
+                "--ip=127.0.0.1",
+                "--dns=192.0.2.1:53",
+                "--dns=192.0.2.2:53",
+                "--port-range=1000-2000",
+                "--masquerade-port-range=3000-4000",
+                "--conntrack-max=100",
+                "--nat-flows-max=200",
+                "--udp-idle-timeout=1",
+                "--udp-stream-timeout=2",
+                "--tcp-idle-timeout=3",
+                "--tcp-unreplied-timeout=4",
+                "--tcp-closing-timeout=5",
+                "--cgroup=/sys/fs/cgroup/x",
+                "--docker-plugin=bb",
+                "--docker-plugin-socket=/run/bb.sock",
+            ],
+        )
+        .unwrap();
+        // What `bpfbridge info` shows is what a config file takes back.
+        let shown = serde_json::to_value(&s).unwrap();
+        let object = shown.as_object().unwrap();
+        assert_eq!(object["dataplane"], "iptables");
+        assert_eq!(object["port-range"], "1000-2000");
+        assert_eq!(object["masquerade-port-range"], "3000-4000");
+        assert_eq!(
+            serde_json::from_value::<Settings>(shown.clone()).unwrap(),
+            s
+        );
+        let unchanged: Vec<&String> = object
+            .keys()
+            .filter(|k| {
+                let default = serde_json::to_value(Settings::default()).unwrap();
+                default[k.as_str()] == object[k.as_str()]
+            })
+            .collect();
+        assert!(
+            unchanged.is_empty(),
+            "flags that set nothing: {unchanged:?}"
+        );
+        assert_eq!(
+            serde_json::to_value(Settings::default()).unwrap()["masquerade-port-range"],
+            "auto"
+        );
     }
 
     #[test]
     fn bad_settings_are_refused() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("bad.toml");
-        std::fs::write(&path, "no-such-key = 1\n").unwrap();
-        assert!(Overrides::from_file(&path).is_err());
+        for (text, expected) in [
+            ("no-such-key = 1\n", "unknown field `no-such-key`"),
+            ("dataplane = \"xdp\"\n", "unknown variant `xdp`"),
+            (
+                "port-range = \"2000-1000\"\n",
+                "invalid port range \"2000-1000\"",
+            ),
+            (
+                "masquerade-port-range = \"x\"\n",
+                "expected auto or START-END",
+            ),
+        ] {
+            std::fs::write(&path, text).unwrap();
+            let error = Settings::from_file(&path).unwrap_err().to_string();
+            assert!(error.contains(expected), "{text}: {error}");
+        }
         for pool in [
             "base=10.0.0.0/16",
             "size=24",
@@ -499,50 +674,34 @@ mod tests {
         ] {
             assert!(pool.parse::<AddressPool>().is_err(), "{pool}");
         }
-        let bad_bip = Overrides {
-            bip: Some("172.26.0.0/16".parse().unwrap()),
-            ..Default::default()
-        };
-        assert!(bad_bip.apply(Settings::default()).is_err());
-        let bad_mtu = Overrides {
-            mtu: Some(10),
-            ..Default::default()
-        };
-        assert!(bad_mtu.apply(Settings::default()).is_err());
+        for range in ["0-10", "10", "10-", "5-4", "1-65536", "a-b"] {
+            assert!(range.parse::<PortRange>().is_err(), "{range}");
+        }
+        assert!(refused(&["--bip", "172.26.0.0/16"]).starts_with("--bip 172.26.0.0/16:"));
+        assert!(refused(&["--mtu", "10"]).starts_with("--mtu 10:"));
+        assert!(refused(&["--dataplane", "xdp"]).contains("[possible values: ebpf, iptables]"));
+        assert!(refused(&["--port-range", "1-0"]).contains("invalid port range \"1-0\""));
+        assert!(
+            refused(&["--docker-plugin-socket", "/x.sock"])
+                .contains("docker-plugin-socket needs docker-plugin NAME")
+        );
     }
 
     #[test]
     fn timeouts_and_table_sizes_are_checked() {
-        let refused = |overrides: Overrides| match overrides.apply(Settings::default()) {
-            Err(e) => e.to_string(),
-            Ok(_) => panic!("accepted"),
-        };
-        let zero = Overrides {
-            tcp_unreplied_timeout: Some(0),
-            ..Default::default()
-        };
         assert_eq!(
-            refused(zero),
+            refused(&["--tcp-unreplied-timeout", "0"]),
             "--tcp-unreplied-timeout 0: must be between 1 and 4294967295 seconds"
         );
-        let huge = Overrides {
-            udp_stream_timeout: Some(u64::MAX),
-            ..Default::default()
-        };
-        assert!(refused(huge).starts_with("--udp-stream-timeout 18446744073709551615:"));
-        let tiny = Overrides {
-            conntrack_max: Some(1),
-            ..Default::default()
-        };
+        assert!(
+            refused(&["--udp-stream-timeout", "18446744073709551615"])
+                .starts_with("--udp-stream-timeout 18446744073709551615:")
+        );
         assert_eq!(
-            refused(tiny),
+            refused(&["--conntrack-max", "1"]),
             "--conntrack-max 1: must be between 2 and 16777216"
         );
-        let zero = Overrides {
-            nat_flows_max: Some(0),
-            ..Default::default()
-        };
-        assert!(refused(zero).starts_with("--nat-flows-max 0:"));
+        assert!(refused(&["--nat-flows-max", "0"]).starts_with("--nat-flows-max 0:"));
 
         let settings = Settings::default();
         assert_eq!(
@@ -552,12 +711,7 @@ mod tests {
         let t = settings.flow_timeouts();
         assert_eq!(t.udp_stream, std::time::Duration::from_secs(120));
         assert_eq!(t.tcp_closing, std::time::Duration::from_secs(10));
-        let given = Overrides {
-            nat_flows_max: Some(1000),
-            ..Default::default()
-        }
-        .apply(Settings::default())
-        .unwrap();
+        let given = with_flags(Settings::default(), &["--nat-flows-max", "1000"]).unwrap();
         assert_eq!(
             given.flow_table_sizes(2 << 30),
             FlowTableSizes {

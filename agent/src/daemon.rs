@@ -11,7 +11,7 @@ use tokio::{net::UnixListener, signal::unix::SignalKind, sync::Mutex};
 
 use crate::{
     Error, Result, api,
-    config::Settings,
+    config::{DataplaneKind, Settings},
     dataplane::{Dataplane, ebpf::EbpfDataplane, iptables::IptablesDataplane},
     docker_plugin,
     service::Service,
@@ -53,25 +53,25 @@ pub async fn run(settings: Settings, socket: PathBuf) -> Result<()> {
         Some(path) => path.clone(),
         None => crate::netns::cgroup2_mount()?,
     };
-    let iptables = settings.dataplane == "iptables";
+    let dataplane = settings.dataplane;
     let docker_plugin = settings
         .docker_plugin()
         .map(|(name, socket)| (name.to_string(), socket));
     let userland_proxy = settings.userland_proxy;
     let service = Service::start(handle, settings, move |uplink, ifindex| {
-        if iptables {
-            return Ok(
+        Ok(match dataplane {
+            DataplaneKind::Iptables => {
                 Box::new(IptablesDataplane::start(uplink, userland_proxy)?) as Box<dyn Dataplane>
-            );
-        }
-        Ok(Box::new(EbpfDataplane::start(
-            &pin_dir,
-            uplink,
-            ifindex,
-            &cgroup,
-            table_sizes,
-            timeouts,
-        )?) as Box<dyn Dataplane>)
+            }
+            DataplaneKind::Ebpf => Box::new(EbpfDataplane::start(
+                &pin_dir,
+                uplink,
+                ifindex,
+                &cgroup,
+                table_sizes,
+                timeouts,
+            )?),
+        })
     })
     .await?;
     let info = service.info()?;

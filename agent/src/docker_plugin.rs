@@ -30,18 +30,13 @@ struct PluginError(Error);
 impl IntoResponse for PluginError {
     fn into_response(self) -> Response {
         let status = status_of(&self.0);
+        let err = self.0.report();
         if status.is_server_error() {
-            tracing::error!("docker plugin: {}", self.0);
+            tracing::error!("docker plugin: {err}");
         } else {
-            tracing::info!("docker plugin: refused: {}", self.0);
+            tracing::info!("docker plugin: refused: {err}");
         }
-        (
-            status,
-            Json(ErrorReply {
-                err: self.0.to_string(),
-            }),
-        )
-            .into_response()
+        (status, Json(ErrorReply { err })).into_response()
     }
 }
 

@@ -18,6 +18,10 @@ pub enum Error {
     /// The request clashes with existing state (duplicate name, port already published).
     #[error("{0}")]
     Conflict(String),
+    /// A fault of the agent's own (a broken invariant, a thread that died), not of the
+    /// request.
+    #[error("{0}")]
+    Internal(String),
     #[error("IP address pool of network {network} is exhausted")]
     PoolExhausted { network: String },
     #[error("netlink: {context}: {source}")]
@@ -57,7 +61,7 @@ pub enum Error {
         source: Box<dyn std::error::Error + Send + Sync>,
     },
     /// Several independent steps of a teardown failed; all were attempted.
-    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+    #[error("{}", .0.iter().map(Error::report).collect::<Vec<_>>().join("; "))]
     Multiple(Vec<Error>),
 }
 
@@ -86,6 +90,21 @@ impl Error {
             context,
             source: Box::new(source),
         }
+    }
+
+    /// The error and its chain of causes, each cause once: the variants' messages name
+    /// their immediate source, deeper ones (an aya map error's errno, ...) would be lost.
+    pub fn report(&self) -> String {
+        let mut text = self.to_string();
+        let mut cause = std::error::Error::source(self);
+        while let Some(e) = cause {
+            let line = e.to_string();
+            if !text.contains(&line) {
+                text = format!("{text}: {line}");
+            }
+            cause = e.source();
+        }
+        text
     }
 
     /// Folds the errors of a teardown that ran every step.

@@ -84,7 +84,7 @@ pub fn create_named(dir: &Path, name: &str) -> Result<PathBuf> {
         )))
     })
     .join()
-    .unwrap_or_else(|_| Err(Error::InvalidArgument("namespace thread panicked".into())));
+    .unwrap_or_else(|_| Err(Error::Internal("namespace thread panicked".into())));
     if let Err(e) = made {
         let _ = fs::remove_file(&path);
         return Err(e);
@@ -139,7 +139,7 @@ where
             scope
                 .spawn(run)
                 .join()
-                .unwrap_or_else(|_| Err(Error::InvalidArgument("namespace thread panicked".into())))
+                .unwrap_or_else(|_| Err(Error::Internal("namespace thread panicked".into())))
         })
     };
     // Called from the agent's async code: tell the runtime this worker blocks for a moment.

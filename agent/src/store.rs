@@ -55,7 +55,7 @@ impl Store {
         let path = dir.join(DB_FILE);
         let db = Database::create(&path).map_err(|e| store_error(&path, e))?;
         let store = Store { db, path };
-        // Make sure both tables exist, so that reads never meet a missing table.
+        // Make sure every table exists, so that reads never meet a missing one.
         store.write(|txn| {
             txn.open_table(NETWORKS)?;
             txn.open_table(CONTAINERS)?;

@@ -1,8 +1,8 @@
 //! Map names and the layouts of their keys and values.
 //!
 //! Rules for every type here: `#[repr(C)]`, plain integers and byte arrays only, padding
-//! spelled out as `_pad` fields (so that the kernel never hashes uninitialised bytes), and a
-//! compile-time size check. Fields in network byte order end in `_be`.
+//! spelled out as `_pad` fields (so that the kernel never hashes uninitialised bytes), which
+//! deriving `bytemuck::Pod` checks at compile time, and a compile-time size check. Fields in network byte order end in `_be`.
 
 use core::mem::size_of;
 
@@ -81,7 +81,7 @@ pub const IPPROTO_ICMP: u8 = 1;
 
 /// Key of [`PUBLISHED_PORTS`]. `host_ip_be == 0` means "every node address".
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct PortKey {
     pub host_ip_be: u32,
     pub host_port_be: u16,
@@ -91,7 +91,7 @@ pub struct PortKey {
 
 /// Key of [`PUBLISHED_BACKENDS`]; the value is a `u32` count of host ports.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct BackendKey {
     pub container_ip_be: u32,
     pub container_port_be: u16,
@@ -102,7 +102,7 @@ pub struct BackendKey {
 /// Value of [`PUBLISHED_PORTS`]: the container end of a published port and the L2 facts
 /// the XDP program needs to hand the frame straight to the container's veth.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct PortTarget {
     pub container_ip_be: u32,
     pub container_port_be: u16,
@@ -115,21 +115,21 @@ pub struct PortTarget {
 
 /// Key of [`NODE_ADDRS`].
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct NodeAddrKey {
     pub addr_be: u32,
 }
 
 /// Value of [`NODE_ADDRS`]: the interface that holds the address.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct NodeAddr {
     pub ifindex: u32,
 }
 
 /// Key of [`NAT_FLOWS`]: a translated flow as the container sees it.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct FlowKey {
     pub container_ip_be: u32,
     pub remote_ip_be: u32,
@@ -144,7 +144,7 @@ pub struct FlowKey {
 /// own address (a container reaching its own published port), the client was also
 /// translated, and `client` is where the reply really goes.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct NatFlow {
     pub frontend_ip_be: u32,
     pub frontend_port_be: u16,
@@ -160,14 +160,14 @@ pub struct NatFlow {
 
 /// Key of [`ENDPOINTS`].
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct EndpointKey {
     pub ip_be: u32,
 }
 
 /// Value of [`ENDPOINTS`].
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct EndpointInfo {
     /// The node-side end of the container's veth.
     pub host_veth_ifindex: u32,
@@ -182,7 +182,7 @@ pub struct EndpointInfo {
 /// 32 bits of scope (a published host port and protocol, or zeros for "every published
 /// port") and then up to 32 bits of source address.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct FilterKey {
     pub host_port_be: u16,
     pub proto: u8,
@@ -198,7 +198,7 @@ pub const FILTER_DENY: u32 = 2;
 
 /// Value of [`FILTER_RULES`].
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct FilterRule {
     pub rule_id: u32,
     /// [`FILTER_ALLOW`] or [`FILTER_DENY`].
@@ -207,7 +207,7 @@ pub struct FilterRule {
 
 /// Key of [`SOCK_NAT`]: a socket and the backend it was sent to.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct SockNatKey {
     pub socket_cookie: u64,
     pub backend_ip_be: u32,
@@ -217,7 +217,7 @@ pub struct SockNatKey {
 
 /// Value of [`SOCK_NAT`]: the published address the application asked for.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct SockNatValue {
     pub frontend_ip_be: u32,
     pub frontend_port_be: u16,
@@ -226,7 +226,7 @@ pub struct SockNatValue {
 
 /// The data of a [`NETWORKS`] key: an address, matched on the subnet's prefix length.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct NetworkKey {
     pub addr_be: u32,
 }
@@ -240,7 +240,7 @@ pub const NETWORK_MASQUERADE: u32 = 4;
 
 /// Value of [`NETWORKS`].
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct NetworkInfo {
     /// A small number naming the network (the agent's choice).
     pub index: u32,
@@ -250,7 +250,7 @@ pub struct NetworkInfo {
 
 /// The value of [`NODE_CONFIG`].
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct NodeConfig {
     /// The network namespace the agent manages: socket programs act only there.
     pub netns_cookie: u64,
@@ -265,7 +265,7 @@ pub struct NodeConfig {
 
 /// Key of [`CONNTRACK`]: a packet's 5-tuple as it appears on the wire in one direction.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct CtKey {
     pub src_ip_be: u32,
     pub dst_ip_be: u32,
@@ -281,7 +281,7 @@ pub const EVENT_NEW_FLOW: u32 = 2;
 
 /// A record of [`EVENTS`].
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct Event {
     pub kind: u32,
     /// The [`crate::stats::Stat`] that counted the packet.
@@ -296,7 +296,7 @@ pub struct Event {
 
 /// Value of [`EVENT_BUDGET`].
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct EventBudget {
     pub tokens: u64,
     pub refilled_ns: u64,
@@ -304,7 +304,7 @@ pub struct EventBudget {
 
 /// Key of [`LINKS`]; the value is unused (presence allows).
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct LinkKey {
     pub src_ip_be: u32,
     pub dst_ip_be: u32,
@@ -340,7 +340,7 @@ pub const fn ct_evictable(state: u8) -> bool {
 
 /// Value of [`CONNTRACK`].
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct CtEntry {
     /// The address and port that replace the source ([`CT_ORIGINAL`]) or the destination
     /// ([`CT_REPLY`]).
@@ -358,7 +358,7 @@ pub struct CtEntry {
 
 /// Key of [`FRAGMENTS`]: a fragmented datagram as it arrived (RFC 791's reassembly key).
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct FragmentKey {
     pub src_ip_be: u32,
     pub dst_ip_be: u32,
@@ -369,7 +369,7 @@ pub struct FragmentKey {
 
 /// Value of [`FRAGMENTS`]: what the first fragment was translated to, and where it went.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct FragmentEntry {
     pub src_ip_be: u32,
     pub dst_ip_be: u32,
@@ -384,7 +384,7 @@ pub struct FragmentEntry {
 
 /// Value of [`STATS`].
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct Counter {
     pub packets: u64,
     pub bytes: u64,
@@ -415,33 +415,44 @@ const _: () = assert!(size_of::<Counter>() == 16);
 const _: () = assert!(size_of::<FragmentKey>() == 12);
 const _: () = assert!(size_of::<FragmentEntry>() == 32);
 
+/// aya's `Pod` for types whose `bytemuck::Pod` derive proved them free of padding bytes and
+/// valid for every bit pattern.
 #[cfg(feature = "user")]
-mod pod {
-    use super::*;
-    // SAFETY: each type is repr(C), made of integers and byte arrays, with explicit padding
-    // fields, so every bit pattern is valid and no byte is uninitialised.
-    unsafe impl aya::Pod for PortKey {}
-    unsafe impl aya::Pod for PortTarget {}
-    unsafe impl aya::Pod for BackendKey {}
-    unsafe impl aya::Pod for NodeAddrKey {}
-    unsafe impl aya::Pod for NodeAddr {}
-    unsafe impl aya::Pod for FlowKey {}
-    unsafe impl aya::Pod for NatFlow {}
-    unsafe impl aya::Pod for EndpointKey {}
-    unsafe impl aya::Pod for EndpointInfo {}
-    unsafe impl aya::Pod for FilterKey {}
-    unsafe impl aya::Pod for FilterRule {}
-    unsafe impl aya::Pod for SockNatKey {}
-    unsafe impl aya::Pod for SockNatValue {}
-    unsafe impl aya::Pod for NodeConfig {}
-    unsafe impl aya::Pod for CtKey {}
-    unsafe impl aya::Pod for LinkKey {}
-    unsafe impl aya::Pod for Event {}
-    unsafe impl aya::Pod for EventBudget {}
-    unsafe impl aya::Pod for CtEntry {}
-    unsafe impl aya::Pod for NetworkKey {}
-    unsafe impl aya::Pod for NetworkInfo {}
-    unsafe impl aya::Pod for Counter {}
-    unsafe impl aya::Pod for FragmentKey {}
-    unsafe impl aya::Pod for FragmentEntry {}
+macro_rules! aya_pod {
+    ($($type:ty),* $(,)?) => {$(
+        const _: fn() = || {
+            fn is_bytemuck_pod<T: bytemuck::Pod>() {}
+            is_bytemuck_pod::<$type>();
+        };
+        // SAFETY: `bytemuck::Pod`, checked above, promises what `aya::Pod` asks for.
+        unsafe impl aya::Pod for $type {}
+    )*};
 }
+
+#[cfg(feature = "user")]
+aya_pod!(
+    PortKey,
+    PortTarget,
+    BackendKey,
+    NodeAddrKey,
+    NodeAddr,
+    FlowKey,
+    NatFlow,
+    EndpointKey,
+    EndpointInfo,
+    FilterKey,
+    FilterRule,
+    SockNatKey,
+    SockNatValue,
+    NodeConfig,
+    CtKey,
+    LinkKey,
+    Event,
+    EventBudget,
+    CtEntry,
+    NetworkKey,
+    NetworkInfo,
+    Counter,
+    FragmentKey,
+    FragmentEntry,
+);

@@ -16,8 +16,8 @@ use dataplane_common::{
 const AF_INET: u8 = 2;
 
 /// Sends the (already translated, TTL already decremented) packet from `src_be` to `dst_be`.
-#[inline(always)]
 /// `redirected` and `resolving` name the two successful outcomes for the counters.
+#[inline(always)]
 pub fn forward(
     ctx: &TcContext,
     ip: &Ipv4,

@@ -27,9 +27,11 @@ pub static PUBLISHED_BACKENDS: HashMap<BackendKey, u32> =
 pub static NODE_ADDRS: HashMap<NodeAddrKey, NodeAddr> =
     HashMap::pinned(NODE_ADDRS_MAX, BPF_F_NO_PREALLOC);
 
-// The flow tables are plain hash maps, allocated per flow: a full one evicts only
-// unanswered flows (flowtable.rs), and the agent expires idle ones. Tables the agent alone
-// writes are allocated per entry too, so that an idle node holds little memory.
+// The flow tables are plain hash maps, allocated per flow, that the agent sizes when it
+// loads the object (--conntrack-max, --nat-flows-max; the sizes here are placeholders): a
+// full one evicts a flow that is not established (flowtable.rs), and the agent expires
+// idle ones. Tables the agent alone writes are allocated per entry too, so that an idle
+// node holds little memory.
 #[map]
 pub static NAT_FLOWS: HashMap<FlowKey, NatFlow> = HashMap::pinned(NAT_FLOWS_MAX, BPF_F_NO_PREALLOC);
 

@@ -1,12 +1,12 @@
 //! `bpfbridge`: the node agent (`bpfbridge agent`) and a thin CLI client of its API, with
 //! Docker's command and flag names.
 
-use std::{collections::BTreeMap, net::SocketAddr, path::PathBuf, process::ExitCode};
+use std::{collections::BTreeMap, path::PathBuf, process::ExitCode};
 
 use anyhow::{Context as _, bail};
 use bpfbridge::{
     client::Client,
-    config::{AddressPool, Overrides, Settings},
+    config::{Settings, SettingsFlags},
     daemon,
     model::{
         ConnectRequest, ContainerInspect, CreateContainer, CreateFilter, CreateNetwork,
@@ -78,128 +78,18 @@ struct AgentArgs {
     /// Config file (TOML, or JSON when named *.json) with the same keys as these flags.
     #[arg(long)]
     config: Option<PathBuf>,
-    /// Interface facing the outside world (default: the default route's).
-    #[arg(long)]
-    uplink: Option<String>,
-    /// Where the state database lives [default: /var/lib/bpfbridge].
-    #[arg(long)]
-    state_dir: Option<PathBuf>,
-    /// bpffs directory for the pinned maps and links [default: /sys/fs/bpf/bpfbridge].
-    #[arg(long)]
-    pin_dir: Option<PathBuf>,
-    /// Where namespaces the agent creates for containers are pinned [default: /run/netns].
-    #[arg(long)]
-    netns_dir: Option<PathBuf>,
-    /// The dataplane [default: ebpf].
-    #[arg(long)]
-    dataplane: Option<String>,
-    /// With --dataplane iptables: proxy node-local and hairpin connections to published TCP
-    /// ports in userland, as dockerd does by default [default: true].
-    #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
-    userland_proxy: Option<bool>,
-    /// Turn on net.ipv4.ip_forward [default: true].
-    #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
-    ip_forward: Option<bool>,
-    /// The default bridge's gateway address and prefix, e.g. 172.26.0.1/16.
-    #[arg(long)]
-    bip: Option<ipnet::Ipv4Net>,
-    /// Pools for network subnets: base=CIDR,size=N (repeatable).
-    #[arg(long = "default-address-pool", value_name = "base=CIDR,size=N")]
-    default_address_pools: Vec<AddressPool>,
-    /// MTU of the default bridge and new networks [default: the uplink's].
-    #[arg(long)]
-    mtu: Option<u32>,
-    /// Inter-container communication on the default bridge [default: true].
-    #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
-    icc: Option<bool>,
-    /// Masquerade the default bridge's outgoing traffic [default: true].
-    #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
-    ip_masq: Option<bool>,
-    /// Default host address of published ports [default: 0.0.0.0].
-    #[arg(long)]
-    ip: Option<std::net::Ipv4Addr>,
-    /// Upstream resolvers for containers' DNS (IP:PORT, repeatable) [default: /etc/resolv.conf].
-    #[arg(long)]
-    dns: Vec<SocketAddr>,
-    /// Host ports for dynamic publishing, START-END [default: 32768-60999].
-    #[arg(long)]
-    port_range: Option<String>,
-    /// Source ports for masqueraded traffic, START-END, or "auto": keep the container's
-    /// port when free, else pick from the kernel's range (as MASQUERADE does) [default: auto].
-    #[arg(long)]
-    masquerade_port_range: Option<String>,
-    /// Entries of the connection-tracking table, two per masqueraded or linked flow
-    /// [default: from the node's memory, as nf_conntrack_max: 65536 above 1 GiB, 262144
-    /// above 4 GiB].
-    #[arg(long)]
-    conntrack_max: Option<u32>,
-    /// Entries of the published-port flow table, one per flow [default: as conntrack-max's].
-    #[arg(long)]
-    nat_flows_max: Option<u32>,
-    /// Seconds before an idle UDP or ICMP flow seen one way only is forgotten [default: 30].
-    #[arg(long)]
-    udp_idle_timeout: Option<u64>,
-    /// Seconds before an idle UDP or ICMP flow seen both ways is forgotten [default: 120].
-    #[arg(long)]
-    udp_stream_timeout: Option<u64>,
-    /// Seconds before an idle established TCP flow is forgotten [default: 432000].
-    #[arg(long)]
-    tcp_idle_timeout: Option<u64>,
-    /// Seconds before a TCP flow not yet answered is forgotten [default: 30].
-    #[arg(long)]
-    tcp_unreplied_timeout: Option<u64>,
-    /// Seconds before a closing TCP flow (FIN seen) is forgotten [default: 10].
-    #[arg(long)]
-    tcp_closing_timeout: Option<u64>,
-    /// cgroup v2 whose processes reach published ports through 127.0.0.1 and the node's
-    /// addresses [default: the cgroup2 root].
-    #[arg(long)]
-    cgroup: Option<PathBuf>,
-    /// Serve Docker's remote network and IPAM driver protocol as plugin NAME
-    /// (`docker network create -d NAME [--ipam-driver NAME]`).
-    #[arg(long, value_name = "NAME")]
-    docker_plugin: Option<String>,
-    /// The plugin's socket [default: /run/docker/plugins/NAME.sock].
-    #[arg(long, value_name = "PATH")]
-    docker_plugin_socket: Option<PathBuf>,
+    #[command(flatten)]
+    flags: SettingsFlags,
 }
 
 impl AgentArgs {
+    /// The defaults, then the config file, then the flags.
     fn settings(self) -> anyhow::Result<Settings> {
-        let mut settings = Settings::default();
-        if let Some(path) = &self.config {
-            settings = Overrides::from_file(path)?.apply(settings)?;
-        }
-        let flags = Overrides {
-            uplink: self.uplink,
-            state_dir: self.state_dir,
-            pin_dir: self.pin_dir,
-            netns_dir: self.netns_dir,
-            dataplane: self.dataplane,
-            userland_proxy: self.userland_proxy,
-            ip_forward: self.ip_forward,
-            bip: self.bip,
-            default_address_pools: (!self.default_address_pools.is_empty())
-                .then_some(self.default_address_pools),
-            mtu: self.mtu,
-            icc: self.icc,
-            ip_masq: self.ip_masq,
-            ip: self.ip,
-            dns: (!self.dns.is_empty()).then_some(self.dns),
-            port_range: self.port_range,
-            masquerade_port_range: self.masquerade_port_range,
-            conntrack_max: self.conntrack_max,
-            nat_flows_max: self.nat_flows_max,
-            udp_idle_timeout: self.udp_idle_timeout,
-            udp_stream_timeout: self.udp_stream_timeout,
-            tcp_idle_timeout: self.tcp_idle_timeout,
-            tcp_unreplied_timeout: self.tcp_unreplied_timeout,
-            tcp_closing_timeout: self.tcp_closing_timeout,
-            cgroup: self.cgroup,
-            docker_plugin: self.docker_plugin,
-            docker_plugin_socket: self.docker_plugin_socket,
+        let base = match &self.config {
+            Some(path) => Settings::from_file(path)?,
+            None => Settings::default(),
         };
-        Ok(flags.apply(settings)?)
+        Ok(self.flags.apply(base)?)
     }
 }
 
@@ -418,6 +308,53 @@ fn key_values(pairs: &[String], what: &str) -> anyhow::Result<BTreeMap<String, S
         .collect()
 }
 
+/// A column of a listing: its title and the width its cells are padded to, on the left or
+/// the right; the last column is unpadded (width 0) unless it is right-aligned.
+struct Column {
+    title: &'static str,
+    width: usize,
+    right_aligned: bool,
+}
+
+const fn left(title: &'static str, width: usize) -> Column {
+    Column {
+        title,
+        width,
+        right_aligned: false,
+    }
+}
+
+const fn right(title: &'static str, width: usize) -> Column {
+    Column {
+        title,
+        width,
+        right_aligned: true,
+    }
+}
+
+/// Prints a listing the way `docker network ls` does: a header of the titles, then a line
+/// per row, cells padded to their column's width (never cut) and separated by a space.
+fn print_table<R: IntoIterator<Item = String>>(
+    columns: &[Column],
+    rows: impl IntoIterator<Item = R>,
+) {
+    let line = |cells: &mut dyn Iterator<Item = String>| {
+        columns
+            .iter()
+            .zip(cells)
+            .map(|(column, cell)| match column.right_aligned {
+                true => format!("{cell:>width$}", width = column.width),
+                false => format!("{cell:<width$}", width = column.width),
+            })
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    println!("{}", line(&mut columns.iter().map(|c| c.title.to_string())));
+    for row in rows {
+        println!("{}", line(&mut row.into_iter()));
+    }
+}
+
 fn print_json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string_pretty(value)?);
     Ok(())
@@ -471,16 +408,17 @@ async fn network_command(client: &Client, command: NetworkCommand) -> anyhow::Re
             } else if let Some(other) = format {
                 bail!("unknown format {other:?} (only json)");
             } else {
-                println!("{:<14} {:<20} {:<9} SCOPE", "NETWORK ID", "NAME", "DRIVER");
-                for n in networks {
-                    println!(
-                        "{:<14} {:<20} {:<9} {}",
-                        short_id(&n.id),
-                        n.name,
-                        n.driver,
-                        n.scope
-                    );
-                }
+                print_table(
+                    &[
+                        left("NETWORK ID", 14),
+                        left("NAME", 20),
+                        left("DRIVER", 9),
+                        left("SCOPE", 0),
+                    ],
+                    networks
+                        .into_iter()
+                        .map(|n| [short_id(&n.id).to_string(), n.name, n.driver, n.scope]),
+                );
             }
         }
         NetworkCommand::Inspect { names } => {
@@ -568,11 +506,7 @@ async fn container_command(client: &Client, command: ContainerCommand) -> anyhow
                 }
                 return Ok(());
             }
-            println!(
-                "{:<14} {:<20} {:<16} {:<32} PORTS",
-                "CONTAINER ID", "NAME", "NETWORK MODE", "ADDRESSES"
-            );
-            for c in containers {
+            let rows = containers.into_iter().map(|c| {
                 let addresses: Vec<String> = c
                     .network_settings
                     .networks
@@ -590,15 +524,24 @@ async fn container_command(client: &Client, command: ContainerCommand) -> anyhow
                             .map(move |h| format!("{}:{}->{}", h.host_ip, h.host_port, ctr))
                     })
                     .collect();
-                println!(
-                    "{:<14} {:<20} {:<16} {:<32} {}",
-                    short_id(&c.id),
-                    c.name.trim_start_matches('/'),
+                [
+                    short_id(&c.id).to_string(),
+                    c.name.trim_start_matches('/').to_string(),
                     c.host_config.network_mode,
                     addresses.join(","),
-                    ports.join(", ")
-                );
-            }
+                    ports.join(", "),
+                ]
+            });
+            print_table(
+                &[
+                    left("CONTAINER ID", 14),
+                    left("NAME", 20),
+                    left("NETWORK MODE", 16),
+                    left("ADDRESSES", 32),
+                    left("PORTS", 0),
+                ],
+                rows,
+            );
         }
         ContainerCommand::Inspect { names } => {
             let mut out = Vec::new();
@@ -671,20 +614,32 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Filter(FilterCommand::Ls) => {
             let rules: Vec<FilterInfo> = client.get("/filters").await?;
-            println!(
-                "{:<5} {:<20} {:<12} {:<7} {:>10} {:>12}",
-                "ID", "SOURCE", "PORT", "ACTION", "PACKETS", "BYTES"
-            );
+            let mut rows = Vec::new();
             for r in rules {
                 let action = serde_json::to_value(r.action)?
                     .as_str()
                     .unwrap_or_default()
                     .to_string();
-                println!(
-                    "{:<5} {:<20} {:<12} {:<7} {:>10} {:>12}",
-                    r.id, r.source, r.port, action, r.packets, r.bytes
-                );
+                rows.push([
+                    r.id.to_string(),
+                    r.source,
+                    r.port,
+                    action,
+                    r.packets.to_string(),
+                    r.bytes.to_string(),
+                ]);
             }
+            print_table(
+                &[
+                    left("ID", 5),
+                    left("SOURCE", 20),
+                    left("PORT", 12),
+                    left("ACTION", 7),
+                    right("PACKETS", 10),
+                    right("BYTES", 12),
+                ],
+                rows,
+            );
         }
         Command::Conntrack(ConntrackCommand::Ls) => {
             let flows: Vec<FlowInfo> = client.get("/conntrack").await?;
@@ -722,10 +677,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Stats => {
             let stats: Vec<StatCounter> = client.get("/stats").await?;
-            println!("{:<52} {:>12} {:>14}", "COUNTER", "PACKETS", "BYTES");
-            for s in stats {
-                println!("{:<52} {:>12} {:>14}", s.name, s.packets, s.bytes);
-            }
+            print_table(
+                &[
+                    left("COUNTER", 52),
+                    right("PACKETS", 12),
+                    right("BYTES", 14),
+                ],
+                stats
+                    .into_iter()
+                    .map(|s| [s.name, s.packets.to_string(), s.bytes.to_string()]),
+            );
         }
         Command::Info => {
             let info: Info = client.get("/info").await?;

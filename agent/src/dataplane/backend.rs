@@ -37,7 +37,7 @@ impl Backend {
         if !capabilities.network_policy {
             return Err(unsupported("network policy", name));
         }
-        if !capabilities.masquerade && settings.masquerade_port_range()?.is_some() {
+        if !capabilities.masquerade && settings.masquerade_port_range.bounds().is_some() {
             tracing::warn!(
                 dataplane = name,
                 "--masquerade-port-range is ignored: netfilter chooses the masquerade's ports"

@@ -6,7 +6,10 @@ use std::{collections::BTreeMap, net::Ipv4Addr, path::PathBuf};
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
-use super::ports::{PortBinding, Proto};
+use super::{
+    MacAddress,
+    ports::{PortBinding, Proto},
+};
 
 /// Docker's option keys for bridge networks.
 pub const OPT_BRIDGE_NAME: &str = "com.docker.network.bridge.name";
@@ -91,13 +94,15 @@ pub struct EndpointRecord {
     pub network_id: String,
     pub endpoint_id: String,
     pub ip: Ipv4Addr,
-    pub mac: String,
+    pub mac: MacAddress,
     /// The interface inside the container (eth0, eth1, ...).
     pub ifname: String,
     /// The node-side end of the veth pair.
     pub host_veth: String,
     pub host_veth_ifindex: u32,
-    pub host_veth_mac: String,
+    /// `None` until the veth is made.
+    #[serde(with = "super::mac_or_empty")]
+    pub host_veth_mac: Option<MacAddress>,
     pub aliases: Vec<String>,
     /// The address asked for with `--ip`, if any.
     pub requested_ip: Option<Ipv4Addr>,
@@ -171,7 +176,7 @@ pub struct DockerEndpointRecord {
     pub endpoint_id: String,
     pub network_id: String,
     pub ip: Ipv4Addr,
-    pub mac: String,
+    pub mac: MacAddress,
     pub port_map: Vec<super::docker::DockerPortBinding>,
     pub exposed: Vec<ExposedPort>,
 }

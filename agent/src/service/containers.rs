@@ -418,7 +418,7 @@ impl Service {
                     gateway: network.gateway.to_string(),
                     ip_address: e.ip.to_string(),
                     ip_prefix_len: network.subnet.prefix_len(),
-                    mac_address: e.mac.clone(),
+                    mac_address: e.mac.to_string(),
                 },
             },
         ))

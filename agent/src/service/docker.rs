@@ -18,7 +18,7 @@ use crate::{
     Error, Result,
     model::{
         ContainerRecord, CreateNetwork, DockerEndpointRecord, EndpointRecord, ExposedPort,
-        HostPort, Ipam, IpamConfig, ManagedBy, NetworkMode, NetworkRecord, PortBinding,
+        HostPort, Ipam, IpamConfig, MacAddress, ManagedBy, NetworkMode, NetworkRecord, PortBinding,
         PortRequest,
         docker::{
             CreateEndpointReply, CreateEndpointRequest, CreateNetworkRequest, DockerPortBinding,
@@ -26,7 +26,7 @@ use crate::{
             JoinReply, JoinRequest, OPT_ENABLE_IPV6, OPT_GENERIC, OPT_INTERNAL, OPT_PORT_MAP,
             endpoint_ports, proto_from_number,
         },
-        format_mac, mac_for_ip, now, parse_mac, random_id,
+        now, random_id,
     },
 };
 
@@ -332,13 +332,10 @@ impl Service {
                 network.name
             )));
         }
-        let mac =
-            match interface.mac_address.as_str() {
-                "" => format_mac(mac_for_ip(ip)),
-                given => format_mac(parse_mac(given).ok_or_else(|| {
-                    Error::InvalidArgument(format!("invalid MAC address {given:?}"))
-                })?),
-            };
+        let mac = match interface.mac_address.as_str() {
+            "" => MacAddress::for_ip(ip),
+            given => given.parse()?,
+        };
         let (port_map, exposed) = endpoint_ports(&request.options)?;
         port_requests(&port_map, Ipv4Addr::UNSPECIFIED)?;
         let exposed = exposed_ports(&exposed)?;
@@ -346,15 +343,14 @@ impl Service {
             endpoint_id: request.endpoint_id.clone(),
             network_id: network.id.clone(),
             ip,
-            mac: mac.clone(),
+            mac,
             port_map,
             exposed,
         };
         let reply = CreateEndpointReply {
-            interface: interface
-                .mac_address
-                .is_empty()
-                .then_some(InterfaceReply { mac_address: mac }),
+            interface: interface.mac_address.is_empty().then_some(InterfaceReply {
+                mac_address: mac.to_string(),
+            }),
         };
         if let Some(existing) = self.state.docker_endpoints.get(&request.endpoint_id) {
             return if *existing == record {
@@ -499,11 +495,11 @@ impl Service {
             network_id: network.id.clone(),
             endpoint_id: record.endpoint_id.clone(),
             ip: record.ip,
-            mac: record.mac.clone(),
+            mac: record.mac,
             ifname: next_ifname(&container),
             host_veth: String::new(),
             host_veth_ifindex: 0,
-            host_veth_mac: String::new(),
+            host_veth_mac: None,
             aliases: Vec::new(),
             requested_ip: None,
             pending: true,

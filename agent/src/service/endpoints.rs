@@ -9,7 +9,7 @@ use super::{Service, Step, Undo, dataplane_endpoint, veth_names};
 use crate::{
     Error, Result,
     dataplane::Endpoint,
-    model::{ContainerRecord, EndpointRecord, NetworkRecord, format_mac, mac_for_ip, parse_mac},
+    model::{ContainerRecord, EndpointRecord, MacAddress, NetworkRecord},
     netlink, netns,
 };
 
@@ -19,10 +19,10 @@ use crate::{
 fn teardown_endpoint(e: &EndpointRecord) -> Endpoint {
     Endpoint {
         container_ip: e.ip,
-        container_mac: parse_mac(&e.mac).unwrap_or_default(),
+        container_mac: e.mac.octets(),
         host_veth: e.host_veth.clone(),
         host_veth_ifindex: e.host_veth_ifindex,
-        host_veth_mac: parse_mac(&e.host_veth_mac).unwrap_or_default(),
+        host_veth_mac: e.host_veth_mac.map(|m| m.octets()).unwrap_or_default(),
         bridge: String::new(),
         gateway: Ipv4Addr::UNSPECIFIED,
     }
@@ -60,8 +60,7 @@ impl Service {
         if peer_link.mtu != network.mtu {
             netlink::set_mtu(&self.handle, peer_link.index, network.mtu).await?;
         }
-        let mac = parse_mac(&endpoint.mac).unwrap_or_else(|| mac_for_ip(endpoint.ip));
-        netlink::set_mac(&self.handle, peer_link.index, mac).await?;
+        netlink::set_mac(&self.handle, peer_link.index, endpoint.mac.octets()).await?;
         netlink::enable_gro(&peer)?;
         let host = netlink::link_by_name(&self.handle, &host_veth)
             .await?
@@ -73,7 +72,7 @@ impl Service {
             .ok_or_else(|| Error::NotFound(format!("veth {host_veth} has no MAC")))?;
         endpoint.host_veth = host_veth;
         endpoint.host_veth_ifindex = host.index;
-        endpoint.host_veth_mac = format_mac(host_mac);
+        endpoint.host_veth_mac = Some(MacAddress(host_mac));
         let dp = dataplane_endpoint(endpoint, network)?;
         self.dataplane.attach_endpoint(&dp).await?;
         undo.steps.push(Step::DetachEndpoint(dp));

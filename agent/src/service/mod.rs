@@ -26,7 +26,7 @@ use crate::{
     dns,
     model::{
         ContainerRecord, EndpointRecord, Info, NetworkMode, NetworkRecord, PortBinding,
-        PublishedPort, StatCounter, parse_mac, random_id,
+        PublishedPort, StatCounter, random_id,
     },
     netlink, netns,
     store::{State, Store},
@@ -367,15 +367,18 @@ impl Service {
 
 /// The dataplane's view of an endpoint on `network`.
 fn dataplane_endpoint(e: &EndpointRecord, network: &NetworkRecord) -> Result<Endpoint> {
-    let bad_mac = |m: &str| {
-        Error::InvalidArgument(format!("endpoint {}: bad MAC {m} in state", e.endpoint_id))
-    };
+    let host_veth_mac = e.host_veth_mac.ok_or_else(|| {
+        Error::Internal(format!(
+            "endpoint {}: its host veth's MAC is not known yet",
+            e.endpoint_id
+        ))
+    })?;
     Ok(Endpoint {
         container_ip: e.ip,
-        container_mac: parse_mac(&e.mac).ok_or_else(|| bad_mac(&e.mac))?,
+        container_mac: e.mac.octets(),
         host_veth: e.host_veth.clone(),
         host_veth_ifindex: e.host_veth_ifindex,
-        host_veth_mac: parse_mac(&e.host_veth_mac).ok_or_else(|| bad_mac(&e.host_veth_mac))?,
+        host_veth_mac: host_veth_mac.octets(),
         bridge: network.bridge.clone(),
         gateway: network.gateway,
     })

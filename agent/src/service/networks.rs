@@ -437,7 +437,7 @@ impl Service {
                     NetworkContainer {
                         name: c.name.clone(),
                         endpoint_id: e.endpoint_id.clone(),
-                        mac_address: e.mac.clone(),
+                        mac_address: e.mac.to_string(),
                         ipv4_address: format!("{}/{}", e.ip, n.subnet.prefix_len()),
                         ipv6_address: String::new(),
                     },

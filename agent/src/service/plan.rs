@@ -11,11 +11,13 @@ use std::{
 
 use super::{DEFAULT_NETWORK, HOST_NETWORK, NONE_NETWORK};
 use crate::{
-    Error, Result, ipam,
+    Error, Result,
+    config::PortRange,
+    ipam,
     model::{
-        ContainerRecord, EndpointRecord, ExposedPort, HostConfig, HostPort, LinkRecord,
-        NetworkMode, NetworkRecord, PortBinding, PortRequest, Proto, format_mac, mac_for_ip,
-        parse_port_proto, port_requests_from_map, random_id, validate_name,
+        ContainerRecord, EndpointRecord, ExposedPort, HostConfig, HostPort, LinkRecord, MacAddress,
+        NetworkMode, NetworkRecord, PortBinding, PortRequest, Proto, parse_port_proto,
+        port_requests_from_map, random_id, validate_name,
     },
 };
 
@@ -214,11 +216,11 @@ pub(super) fn plan_endpoint(
         network_id: network.id.clone(),
         endpoint_id: random_id(),
         ip,
-        mac: format_mac(mac_for_ip(ip)),
+        mac: MacAddress::for_ip(ip),
         ifname: next_ifname(container),
         host_veth: String::new(),
         host_veth_ifindex: 0,
-        host_veth_mac: String::new(),
+        host_veth_mac: None,
         aliases,
         requested_ip,
         pending: true,
@@ -239,7 +241,7 @@ pub(super) struct PortPlan {
 pub(super) struct PortSpace<'a, B> {
     pub published: Vec<(&'a str, PortBinding)>,
     /// The dynamic range, inclusive.
-    pub dynamic: (u16, u16),
+    pub dynamic: PortRange,
     /// Where the last plan left the dynamic-port cursor.
     pub last_dynamic: Option<u16>,
     pub bindable: B,
@@ -281,7 +283,10 @@ impl<B: Fn(Ipv4Addr, u16, Proto) -> Result<bool>> PortSpace<'_, B> {
     /// picked. Dynamic ports go sequentially from the last one handed out, like Docker, so
     /// a port freed by a removed container is not reused at once.
     pub fn plan(&self, requests: &[PortRequest]) -> Result<PortPlan> {
-        let (dyn_start, dyn_end) = self.dynamic;
+        let PortRange {
+            start: dyn_start,
+            end: dyn_end,
+        } = self.dynamic;
         let mut cursor = self.last_dynamic;
         let mut handed_out_dynamic = false;
         let mut chosen: Vec<PortBinding> = Vec::new();
@@ -403,11 +408,11 @@ mod tests {
             network_id: network_id.into(),
             endpoint_id: format!("ep-{network_id}"),
             ip: ip.into(),
-            mac: String::new(),
+            mac: MacAddress::default(),
             ifname: ifname.into(),
             host_veth: String::new(),
             host_veth_ifindex: 0,
-            host_veth_mac: String::new(),
+            host_veth_mac: None,
             aliases: Vec::new(),
             requested_ip: None,
             pending,
@@ -615,7 +620,7 @@ mod tests {
             (e.ip, e.ifname.as_str()),
             (Ipv4Addr::new(10, 1, 0, 4), "eth1")
         );
-        assert_eq!(e.mac, "02:42:0a:01:00:04");
+        assert_eq!(e.mac.to_string(), "02:42:0a:01:00:04");
         assert!(e.pending);
 
         let asked = Some(Ipv4Addr::new(10, 1, 0, 5));
@@ -659,7 +664,10 @@ mod tests {
     ) -> PortSpace<'static, impl Fn(Ipv4Addr, u16, Proto) -> Result<bool>> {
         PortSpace {
             published: vec![("web", tcp(ANY, 101))],
-            dynamic: (100, 104),
+            dynamic: PortRange {
+                start: 100,
+                end: 104,
+            },
             last_dynamic,
             bindable: |_, port, _| Ok(port != 102),
         }

@@ -50,7 +50,7 @@ impl Service {
                 .values()
                 .flat_map(|c| c.ports.iter().map(|p| (c.name.as_str(), *p)))
                 .collect(),
-            dynamic: self.settings.port_range()?,
+            dynamic: self.settings.port_range,
             last_dynamic: self
                 .state
                 .meta

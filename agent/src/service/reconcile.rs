@@ -254,7 +254,7 @@ impl Service {
         if source.is_none() {
             tracing::warn!(uplink = %self.uplink, "the uplink has no IPv4 address: no masquerade");
         }
-        let ports = self.settings.masquerade_port_range()?;
+        let ports = self.settings.masquerade_port_range.bounds();
         self.dataplane.set_masquerade(source, ports)
     }
 }
