@@ -56,7 +56,7 @@ pub struct Options {
     pub with_docker: bool,
     /// Where results.json, report.md and the plots go.
     pub out_dir: PathBuf,
-    /// The release binaries to measure, built beforehand.
+    /// The binaries to run, built beforehand (release ones for measurements).
     pub bins: Bins,
     /// The repository measured, for the commit in the machine facts.
     pub repo_root: PathBuf,

@@ -49,7 +49,8 @@ enum Task {
         /// The short version (under 5 minutes).
         #[arg(long)]
         quick: bool,
-        /// A tiny version (seconds) that only checks the harness; writes target/bench-smoke.
+        /// A tiny version (seconds) on the debug build that only checks the harness; writes
+        /// target/bench-smoke.
         #[arg(long)]
         smoke: bool,
         /// Only these scenarios (programming, latency, udp, bulk, restart, egress-one, egress-many,
@@ -117,11 +118,28 @@ fn test(lint: bool, args: &[OsString]) -> Result<()> {
     // The integration tests spawn target/debug/bpfbridge, which `cargo test` does not build for
     // another package's tests.
     cargo_build(false)?;
-    cmd::run(cargo().arg("test").args(args))?;
-    // A run narrowed by extra arguments is someone's targeted run: no second pass.
-    if args.is_empty() {
-        test_iptables_dataplane()?;
+    // A run narrowed by extra arguments is someone's targeted run: no second pass, no bench.
+    if !args.is_empty() {
+        return cmd::run(cargo().arg("test").args(args));
     }
+    // Every test binary is built before the two passes start, so that they do not wait on each
+    // other's build lock.
+    cmd::run(cargo().args(["test", "--no-run", "--quiet"]))?;
+    // The tests mostly wait on sockets, timers and child processes, so the iptables pass runs
+    // beside the ebpf one: on CI's two cores that halves the test time. Each test's namespaces,
+    // pins and cgroups have unique names, so the passes do not meet.
+    let iptables_pass = std::thread::spawn(test_iptables_dataplane);
+    let ebpf_pass = cmd::run(&mut cargo().arg("test"));
+    let iptables_pass = iptables_pass
+        .join()
+        .unwrap_or_else(|_| Err(anyhow::anyhow!("the iptables pass panicked")))?;
+    print!("{}", iptables_pass.report);
+    ebpf_pass?;
+    anyhow::ensure!(
+        iptables_pass.failed.is_empty(),
+        "on the iptables dataplane, these suites failed: {}",
+        iptables_pass.failed.join(", ")
+    );
     // The bench harness, tiny: it runs, reports and cleans up (BPFBRIDGE_SKIP_BENCH_SMOKE=1
     // skips it).
     if std::env::var_os("BPFBRIDGE_SKIP_BENCH_SMOKE").is_none() {
@@ -144,12 +162,22 @@ const BEHAVIOUR_SUITES: [&str; 10] = [
     "fragments",
 ];
 
+/// What the iptables pass found: its report, printed once the ebpf pass (which prints as it
+/// goes) is over, and the suites that failed.
+struct IptablesPass {
+    report: String,
+    failed: Vec<&'static str>,
+}
+
 /// The behaviour suites again, against the iptables dataplane with the same expectations,
-/// one suite at a time: prints cargo test's summary line of each and what its tests left
+/// one suite at a time: reports cargo test's summary line of each and what its tests left
 /// out there (everything when a suite fails).
-fn test_iptables_dataplane() -> Result<()> {
-    println!("again on the iptables dataplane:");
-    let mut failed = Vec::new();
+fn test_iptables_dataplane() -> Result<IptablesPass> {
+    use std::fmt::Write as _;
+    let mut pass = IptablesPass {
+        report: "again on the iptables dataplane:\n".into(),
+        failed: Vec::new(),
+    };
     for suite in BEHAVIOUR_SUITES {
         let mut cargo = cargo();
         cargo
@@ -162,26 +190,21 @@ fn test_iptables_dataplane() -> Result<()> {
         let stdout = String::from_utf8_lossy(&output.stdout);
         let stderr = String::from_utf8_lossy(&output.stderr);
         if !output.status.success() {
-            print!("{stdout}{stderr}");
-            failed.push(suite);
+            let _ = write!(pass.report, "{stdout}{stderr}");
+            pass.failed.push(suite);
             continue;
         }
         for line in stdout.lines().filter(|l| l.starts_with("test result:")) {
-            println!("  {suite}: {line}");
+            let _ = writeln!(pass.report, "  {suite}: {line}");
         }
         for line in stderr
             .lines()
             .filter(|l| l.ends_with("(not on the iptables dataplane)"))
         {
-            println!("    {line}");
+            let _ = writeln!(pass.report, "    {line}");
         }
     }
-    anyhow::ensure!(
-        failed.is_empty(),
-        "on the iptables dataplane, these suites failed: {}",
-        failed.join(", ")
-    );
-    Ok(())
+    Ok(pass)
 }
 
 fn bench_task(quick: bool, smoke: bool, scenarios: Vec<Scenario>, with_docker: bool) -> Result<()> {
@@ -196,7 +219,9 @@ fn bench_task(quick: bool, smoke: bool, scenarios: Vec<Scenario>, with_docker: b
     )?)
 }
 
-/// Builds the release binaries the bench measures and says where they are.
+/// Builds the binaries the bench runs and says where they are: release for measurements, the
+/// debug build for smoke runs, which only check the harness (and so `cargo xtask test` compiles
+/// the workspace once).
 fn bench_options(
     quick: bool,
     smoke: bool,
@@ -204,8 +229,9 @@ fn bench_options(
     with_docker: bool,
     out_dir: PathBuf,
 ) -> Result<bench::Options> {
-    cargo_build(true)?;
-    let release = target_dir().join("release");
+    let release = !smoke;
+    cargo_build(release)?;
+    let bin_dir = target_dir().join(if release { "release" } else { "debug" });
     Ok(bench::Options {
         quick,
         smoke,
@@ -213,8 +239,8 @@ fn bench_options(
         with_docker,
         out_dir,
         bins: bench::Bins {
-            bpfbridge: release.join("bpfbridge"),
-            loadgen: release.join("bpfbridge-loadgen"),
+            bpfbridge: bin_dir.join("bpfbridge"),
+            loadgen: bin_dir.join("bpfbridge-loadgen"),
         },
         repo_root: repo_root(),
     })
