@@ -129,7 +129,7 @@ fn test(lint: bool, args: &[OsString]) -> Result<()> {
     // beside the ebpf one: on CI's two cores that halves the test time. Each test's namespaces,
     // pins and cgroups have unique names, so the passes do not meet.
     let iptables_pass = std::thread::spawn(test_iptables_dataplane);
-    let ebpf_pass = cmd::run(&mut cargo().arg("test"));
+    let ebpf_pass = cmd::run(cargo().arg("test"));
     let iptables_pass = iptables_pass
         .join()
         .unwrap_or_else(|_| Err(anyhow::anyhow!("the iptables pass panicked")))?;
