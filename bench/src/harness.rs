@@ -39,7 +39,7 @@ use anyhow::{Result, ensure};
 use bpfbridge_lab::{catch_stop_signals, check_stop, cmd, docker, stop_requested};
 
 use crate::{
-    lab::{self, Lab, OUTSIDE_MANY, OUTSIDE_MANY_COUNT, OUTSIDE_ONE, OUTSIDE_PORT, PREFIX},
+    lab::{Lab, OUTSIDE_MANY, OUTSIDE_MANY_COUNT, OUTSIDE_ONE, OUTSIDE_PORT, PREFIX},
     report,
     results::{Machine, Mode, PathDescriptions, Plan, Results, SCHEMA, Sample, Scenario},
     scenarios::{self, flows},
@@ -205,7 +205,7 @@ pub fn run(opts: &Options) -> Result<()> {
         notes.extend(failures);
         lab.teardown()?;
     }
-    let leftovers = lab::leftover_namespaces(&prefix)?;
+    let leftovers = bpfbridge_lab::netns::names_with_prefix(&prefix)?;
     ensure!(
         leftovers.is_empty(),
         "namespaces left behind: {leftovers:?}"

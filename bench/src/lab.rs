@@ -57,17 +57,6 @@ const DOCKER_IMAGE: &str = "bpfb-bench-busybox:latest";
 /// namespace.
 const DOCKER_IDLE: [&str; 2] = ["/bin/sleep", "86400"];
 
-/// Network namespaces whose name starts with `prefix`.
-pub fn leftover_namespaces(prefix: &str) -> Result<Vec<String>> {
-    let out = cmd::output(Command::new("ip").args(["netns", "list"]))?;
-    Ok(out
-        .lines()
-        .filter_map(|l| l.split_whitespace().next())
-        .filter(|n| n.starts_with(prefix))
-        .map(String::from)
-        .collect())
-}
-
 /// Stops a server (or any child of the bench's) with SIGTERM, then SIGKILL.
 pub(crate) fn stop_child(child: Child) {
     stop_child_within(child, SERVER_GRACE);

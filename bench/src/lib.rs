@@ -15,5 +15,5 @@ pub mod results;
 mod scenarios;
 
 pub use harness::{Bins, Options, run};
-pub use lab::{PREFIX, leftover_namespaces};
+pub use lab::PREFIX;
 pub use results::{Results, Sample, Scenario};

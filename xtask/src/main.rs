@@ -258,7 +258,7 @@ fn bench_smoke() -> Result<()> {
     anyhow::ensure!(samples > 0, "the smoke bench recorded no sample");
     let report = std::fs::read_to_string(out_dir.join("report.md"))?;
     anyhow::ensure!(report.contains("## Targets"), "report.md is incomplete");
-    let left = bench::leftover_namespaces(bench::PREFIX)?;
+    let left = bpfbridge_lab::netns::names_with_prefix(bench::PREFIX)?;
     anyhow::ensure!(left.is_empty(), "the bench left namespaces: {left:?}");
     println!("bench smoke: ok ({samples} samples, report.md written, no namespace left)");
     Ok(())
