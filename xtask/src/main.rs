@@ -2,6 +2,7 @@
 
 mod demo;
 mod setup;
+mod test_run;
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -115,31 +116,14 @@ fn test(lint: bool, args: &[OsString]) -> Result<()> {
         cmd::run(cargo().args(["fmt", "--all", "--", "--check"]))?;
         cmd::run(cargo().args(["clippy", "--all-targets", "--", "-D", "warnings"]))?;
     }
-    // The integration tests spawn target/debug/bpfbridge, which `cargo test` does not build for
-    // another package's tests.
-    cargo_build(false)?;
-    // A run narrowed by extra arguments is someone's targeted run: no second pass, no bench.
+    // A run narrowed by extra arguments is someone's targeted run: `cargo test` itself, after
+    // the binaries the integration tests spawn (target/debug/bpfbridge, which `cargo test`
+    // does not build for another package's tests); no second pass, no bench.
     if !args.is_empty() {
+        cargo_build(false)?;
         return cmd::run(cargo().arg("test").args(args));
     }
-    // Every test binary is built before the two passes start, so that they do not wait on each
-    // other's build lock.
-    cmd::run(cargo().args(["test", "--no-run", "--quiet"]))?;
-    // The tests mostly wait on sockets, timers and child processes, so the iptables pass runs
-    // beside the ebpf one: on CI's two cores that halves the test time. Each test's namespaces,
-    // pins and cgroups have unique names, so the passes do not meet.
-    let iptables_pass = std::thread::spawn(test_iptables_dataplane);
-    let ebpf_pass = cmd::run(cargo().arg("test"));
-    let iptables_pass = iptables_pass
-        .join()
-        .unwrap_or_else(|_| Err(anyhow::anyhow!("the iptables pass panicked")))?;
-    print!("{}", iptables_pass.report);
-    ebpf_pass?;
-    anyhow::ensure!(
-        iptables_pass.failed.is_empty(),
-        "on the iptables dataplane, these suites failed: {}",
-        iptables_pass.failed.join(", ")
-    );
+    test_run::run_all()?;
     // The bench harness, tiny: it runs, reports and cleans up (BPFBRIDGE_SKIP_BENCH_SMOKE=1
     // skips it).
     if std::env::var_os("BPFBRIDGE_SKIP_BENCH_SMOKE").is_none() {
@@ -148,91 +132,34 @@ fn test(lint: bool, args: &[OsString]) -> Result<()> {
     Ok(())
 }
 
-/// The integration suites about what a Docker user sees, which hold for both dataplanes.
-const BEHAVIOUR_SUITES: [&str; 10] = [
-    "published_port",
-    "ports",
-    "isolation",
-    "masquerade",
-    "networks",
-    "dns",
-    "dns_resolver",
-    "daemon",
-    "bad_input",
-    "fragments",
-];
-
-/// What the iptables pass found: its report, printed once the ebpf pass (which prints as it
-/// goes) is over, and the suites that failed.
-struct IptablesPass {
-    report: String,
-    failed: Vec<&'static str>,
-}
-
-/// The behaviour suites again, against the iptables dataplane with the same expectations,
-/// one suite at a time: reports cargo test's summary line of each and what its tests left
-/// out there (everything when a suite fails).
-fn test_iptables_dataplane() -> Result<IptablesPass> {
-    use std::fmt::Write as _;
-    let mut pass = IptablesPass {
-        report: "again on the iptables dataplane:\n".into(),
-        failed: Vec::new(),
-    };
-    for suite in BEHAVIOUR_SUITES {
-        let mut cargo = cargo();
-        cargo
-            .args(["test", "-p", "bpfbridge-tests", "--test", suite])
-            .env("BPFBRIDGE_TEST_DATAPLANE", "iptables")
-            .stdin(std::process::Stdio::null());
-        let output = cargo
-            .output()
-            .with_context(|| format!("running {}", cmd::display(&cargo)))?;
-        let stdout = String::from_utf8_lossy(&output.stdout);
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        if !output.status.success() {
-            let _ = write!(pass.report, "{stdout}{stderr}");
-            pass.failed.push(suite);
-            continue;
-        }
-        for line in stdout.lines().filter(|l| l.starts_with("test result:")) {
-            let _ = writeln!(pass.report, "  {suite}: {line}");
-        }
-        for line in stderr
-            .lines()
-            .filter(|l| l.ends_with("(not on the iptables dataplane)"))
-        {
-            let _ = writeln!(pass.report, "    {line}");
-        }
-    }
-    Ok(pass)
-}
-
 fn bench_task(quick: bool, smoke: bool, scenarios: Vec<Scenario>, with_docker: bool) -> Result<()> {
     setup::setup()?;
     let out_dir = target_dir().join(if smoke { "bench-smoke" } else { "bench" });
+    let release = !smoke;
+    cargo_build(release)?;
+    let profile_dir = if release { "release" } else { "debug" };
     bench::run(&bench_options(
         quick,
         smoke,
         scenarios,
         with_docker,
         out_dir,
-    )?)
+        profile_dir,
+    ))
 }
 
-/// Builds the binaries the bench runs and says where they are: release for measurements, the
-/// debug build for smoke runs, which only check the harness (and so `cargo xtask test` compiles
-/// the workspace once).
+/// The bench's options, with the binaries of the build in `profile_dir` (`release` for
+/// measurements; smoke runs, which only check the harness, take the debug build).
 fn bench_options(
     quick: bool,
     smoke: bool,
     scenarios: Vec<Scenario>,
     with_docker: bool,
     out_dir: PathBuf,
-) -> Result<bench::Options> {
-    let release = !smoke;
-    cargo_build(release)?;
-    let bin_dir = target_dir().join(if release { "release" } else { "debug" });
-    Ok(bench::Options {
+    profile_dir: &str,
+) -> bench::Options {
+    let bin_dir = target_dir().join(profile_dir);
+    bench::Options {
         quick,
         smoke,
         scenarios,
@@ -243,7 +170,7 @@ fn bench_options(
             loadgen: bin_dir.join("bpfbridge-loadgen"),
         },
         repo_root: repo_root(),
-    })
+    }
 }
 
 /// `cargo xtask bench --smoke`, checked: it ran, wrote valid JSON with samples and a report,
@@ -251,7 +178,16 @@ fn bench_options(
 fn bench_smoke() -> Result<()> {
     let out_dir = target_dir().join("bench-smoke");
     let _ = std::fs::remove_dir_all(&out_dir);
-    bench::run(&bench_options(true, true, vec![], false, out_dir.clone())?)?;
+    // On the debug build that the tests have just used: building anything again here would
+    // resolve features anew and rebuild the BPF object.
+    bench::run(&bench_options(
+        true,
+        true,
+        vec![],
+        false,
+        out_dir.clone(),
+        "debug",
+    ))?;
     let text = std::fs::read_to_string(out_dir.join("results.json"))?;
     let results: bench::Results = serde_json::from_str(&text).context("results.json")?;
     let samples = results.samples.len();
