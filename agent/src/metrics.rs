@@ -510,4 +510,80 @@ mod tests {
         assert!(!text.contains("flow_table"), "{text}");
         assert!(!text.contains("dataplane_packets"), "{text}");
     }
+
+    /// The `bpfbridge_*` names in `text`.
+    fn names_in(text: &str) -> std::collections::BTreeSet<String> {
+        text.match_indices("bpfbridge_")
+            .map(|(at, _)| {
+                text[at..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '_')
+                    .collect::<String>()
+            })
+            .filter(|name| name.len() > "bpfbridge_".len())
+            .collect()
+    }
+
+    #[test]
+    fn docs_and_dashboard_name_the_metrics_there_are() {
+        let metrics = Metrics::new();
+        metrics.observe_api_request(
+            &Method::GET,
+            Some("/info"),
+            StatusCode::OK,
+            Duration::from_millis(1),
+        );
+        let mut text = String::new();
+        for snapshot in [
+            Snapshot {
+                counters: vec![counter("uplink_ingress.redirect.dnat", 1, 1)],
+                info: info(Some(FlowTablesInfo {
+                    tables: vec![FlowTableInfo {
+                        name: "CONNTRACK".into(),
+                        max_entries: 2,
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                })),
+            },
+            Snapshot {
+                counters: vec![counter("dnat.udp.127.0.0.1:53", 1, 1)],
+                info: info(None),
+            },
+        ] {
+            text += &metrics.encode(&snapshot).unwrap();
+        }
+        let samples: std::collections::BTreeSet<String> = text
+            .lines()
+            .filter(|line| !line.starts_with('#'))
+            .filter_map(|line| line.split(['{', ' ']).next())
+            .map(str::to_string)
+            .collect();
+        // A histogram's family name is not a sample's: its `_count` is.
+        let exists =
+            |name: &String| samples.contains(name) || samples.contains(&format!("{name}_count"));
+        let docs = names_in(include_str!("../../docs/metrics.md"));
+        let dashboard = names_in(include_str!("../../deploy/grafana-dashboard.json"));
+        let unknown: Vec<_> = docs
+            .iter()
+            .chain(&dashboard)
+            .filter(|n| !exists(n))
+            .collect();
+        assert!(unknown.is_empty(), "named but not served: {unknown:?}");
+        let undocumented: Vec<_> = samples
+            .iter()
+            .filter(|sample| {
+                !docs.iter().any(|family| {
+                    *sample == family
+                        || sample
+                            .strip_prefix(family.as_str())
+                            .is_some_and(|suffix| ["_bucket", "_sum", "_count"].contains(&suffix))
+                })
+            })
+            .collect();
+        assert!(
+            undocumented.is_empty(),
+            "served but not in docs/metrics.md: {undocumented:?}"
+        );
+    }
 }
