@@ -589,13 +589,14 @@ mod tests {
         let json_path = dir.path().join("daemon.json");
         std::fs::write(
             &json_path,
-            r#"{"ip-forward": false, "ip": "127.0.0.1", "masquerade-port-range": "61000-61001"}"#,
+            r#"{"ip-forward": false, "ip": "127.0.0.1", "masquerade-port-range": "61000-61001", "metrics-addr": "127.0.0.1:9323"}"#,
         )
         .unwrap();
         let s = Settings::from_file(&json_path).unwrap();
         assert!(!s.ip_forward);
         assert_eq!(s.ip, Ipv4Addr::LOCALHOST);
         assert_eq!(s.masquerade_port_range.bounds(), Some((61000, 61001)));
+        assert_eq!(s.metrics_addr, Some("127.0.0.1:9323".parse().unwrap()));
     }
 
     #[test]
