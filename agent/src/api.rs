@@ -6,8 +6,9 @@ use std::sync::Arc;
 use axum::{
     Json, Router,
     body::Bytes,
-    extract::{Path, State},
+    extract::{MatchedPath, Path, Request, State},
     http::StatusCode,
+    middleware::{self, Next},
     response::{IntoResponse, Response},
     routing::{delete, get, post},
 };
@@ -16,6 +17,7 @@ use tokio::sync::Mutex;
 
 use crate::{
     Error,
+    metrics::Metrics,
     model::{ConnectRequest, CreateContainer, CreateFilter, CreateNetwork, DisconnectRequest},
     service::Service,
 };
@@ -70,7 +72,8 @@ impl IntoResponse for ApiError {
 
 type ApiResult<T> = Result<T, ApiError>;
 
-pub fn router(service: Shared) -> Router {
+/// The API's routes, each request's latency recorded in `metrics`.
+pub fn router(service: Shared, metrics: Arc<Metrics>) -> Router {
     Router::new()
         .route("/info", get(info))
         .route("/containers", get(list_containers).post(create_container))
@@ -94,6 +97,31 @@ pub fn router(service: Shared) -> Router {
         .route("/stats", get(stats))
         .fallback(|| async { ApiError(Error::NotFound("no such API endpoint".into())) })
         .with_state(service)
+        // Around each route (`Router::layer`), where the matched route is known.
+        .layer(middleware::from_fn_with_state(metrics, observe_latency))
+}
+
+/// Records how long a request took until its response's head, by method, route pattern
+/// and status.
+async fn observe_latency(
+    State(metrics): State<Arc<Metrics>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let started = std::time::Instant::now();
+    let method = request.method().clone();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|path| path.as_str().to_owned());
+    let response = next.run(request).await;
+    metrics.observe_api_request(
+        &method,
+        route.as_deref(),
+        response.status(),
+        started.elapsed(),
+    );
+    response
 }
 
 /// Parses a JSON body by hand, so that a bad body gets the same error shape as everything

@@ -279,6 +279,12 @@ pub struct Settings {
     /// The plugin's socket [default: /run/docker/plugins/NAME.sock].
     #[arg(long, value_name = "PATH")]
     pub docker_plugin_socket: Option<PathBuf>,
+    /// Serve Prometheus metrics at http://HOST:PORT/metrics, e.g. 127.0.0.1:9323 (off by
+    /// default, like dockerd's metrics-addr).
+    // A TCP listener in the network namespace the agent runs in; docs/metrics.md lists the
+    // metric families.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub metrics_addr: Option<SocketAddr>,
 }
 
 /// Where dockerd discovers plugins by their socket's name.
@@ -316,6 +322,7 @@ impl Default for Settings {
             cgroup: None,
             docker_plugin: None,
             docker_plugin_socket: None,
+            metrics_addr: None,
         }
     }
 }
@@ -487,6 +494,14 @@ impl Settings {
                 "--bip {bip}: give the gateway address and prefix, e.g. 172.26.0.1/16"
             )));
         }
+        if let Some(addr) = self.metrics_addr
+            && addr.port() == 0
+        {
+            return Err(Error::InvalidArgument(format!(
+                "--metrics-addr {addr}: give a port for Prometheus to scrape, e.g. {}:9323",
+                addr.ip()
+            )));
+        }
         if let Some(mtu) = self.mtu
             && !(68..=65535).contains(&mtu)
         {
@@ -574,13 +589,14 @@ mod tests {
         let json_path = dir.path().join("daemon.json");
         std::fs::write(
             &json_path,
-            r#"{"ip-forward": false, "ip": "127.0.0.1", "masquerade-port-range": "61000-61001"}"#,
+            r#"{"ip-forward": false, "ip": "127.0.0.1", "masquerade-port-range": "61000-61001", "metrics-addr": "127.0.0.1:9323"}"#,
         )
         .unwrap();
         let s = Settings::from_file(&json_path).unwrap();
         assert!(!s.ip_forward);
         assert_eq!(s.ip, Ipv4Addr::LOCALHOST);
         assert_eq!(s.masquerade_port_range.bounds(), Some((61000, 61001)));
+        assert_eq!(s.metrics_addr, Some("127.0.0.1:9323".parse().unwrap()));
     }
 
     #[test]
@@ -616,6 +632,7 @@ mod tests {
                 "--cgroup=/sys/fs/cgroup/x",
                 "--docker-plugin=bb",
                 "--docker-plugin-socket=/run/bb.sock",
+                "--metrics-addr=127.0.0.1:9323",
             ],
         )
         .unwrap();
@@ -679,6 +696,10 @@ mod tests {
         }
         assert!(refused(&["--bip", "172.26.0.0/16"]).starts_with("--bip 172.26.0.0/16:"));
         assert!(refused(&["--mtu", "10"]).starts_with("--mtu 10:"));
+        assert!(refused(&["--metrics-addr", "0.0.0.0:0"]).starts_with("--metrics-addr 0.0.0.0:0:"));
+        assert!(
+            refused(&["--metrics-addr", "localhost"]).contains("invalid socket address syntax")
+        );
         assert!(refused(&["--dataplane", "xdp"]).contains("[possible values: ebpf, iptables]"));
         assert!(refused(&["--port-range", "1-0"]).contains("invalid port range \"1-0\""));
         assert!(

@@ -7,13 +7,18 @@ use std::{
     sync::Arc,
 };
 
-use tokio::{net::UnixListener, signal::unix::SignalKind, sync::Mutex};
+use tokio::{
+    net::{TcpListener, UnixListener},
+    signal::unix::SignalKind,
+    sync::Mutex,
+};
 
 use crate::{
     Error, Result, api,
     config::{DataplaneKind, Settings},
     dataplane::{Dataplane, ebpf::EbpfDataplane, iptables::IptablesDataplane},
     docker_plugin,
+    metrics::{self, Metrics},
     service::Service,
 };
 
@@ -46,6 +51,13 @@ pub async fn run(settings: Settings, socket: PathBuf) -> Result<()> {
     let (connection, handle, _) =
         rtnetlink::new_connection().map_err(Error::io("opening a netlink socket"))?;
     tokio::spawn(connection);
+    // Bound before the node is touched: a bad or taken address stops the start here.
+    let metrics_listener = match settings.metrics_addr {
+        Some(addr) => Some(TcpListener::bind(addr).await.map_err(Error::io(format!(
+            "binding --metrics-addr {addr} for the metrics endpoint"
+        )))?),
+        None => None,
+    };
     let pin_dir = settings.pin_dir.clone();
     let table_sizes = settings.flow_table_sizes(node_memory()?);
     let timeouts = settings.flow_timeouts();
@@ -81,7 +93,17 @@ pub async fn run(settings: Settings, socket: PathBuf) -> Result<()> {
         socket = %socket.display(), "bpfbridge agent ready"
     );
     let service = Arc::new(Mutex::new(service));
-    let app = api::router(service.clone());
+    let metrics = Arc::new(Metrics::new());
+    let app = api::router(service.clone(), metrics.clone());
+    let metrics_task = metrics_listener.map(|listener| {
+        tracing::info!(address = ?listener.local_addr().ok(), "serving Prometheus metrics at /metrics");
+        let router = metrics::router(service.clone(), metrics);
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, router).await {
+                tracing::error!("serving metrics: {e}");
+            }
+        })
+    });
     let plugin = match &docker_plugin {
         Some((name, socket)) => {
             let listener = bind(socket).await?;
@@ -109,6 +131,9 @@ pub async fn run(settings: Settings, socket: PathBuf) -> Result<()> {
         .await
         .map_err(Error::io("serving the API"))?;
     let _ = std::fs::remove_file(&socket);
+    if let Some(task) = metrics_task {
+        task.abort();
+    }
     if let (Some(task), Some((_, plugin_socket))) = (plugin, &docker_plugin) {
         task.abort();
         let _ = std::fs::remove_file(plugin_socket);

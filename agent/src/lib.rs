@@ -30,6 +30,7 @@ pub mod dns;
 pub mod docker_plugin;
 pub mod error;
 pub mod ipam;
+pub mod metrics;
 pub mod model;
 pub mod netlink;
 pub mod netns;
