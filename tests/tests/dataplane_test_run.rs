@@ -1886,3 +1886,6 @@ fn closing_flows_give_way_table() -> Result<()> {
         Ok(())
     })
 }
+
+#[path = "dataplane_test_run/malformed.rs"]
+mod malformed;
