@@ -9,6 +9,7 @@ use std::{
 };
 
 use anyhow::{Result, ensure};
+use bpfbridge::dataplane::ebpf::{PROGRAMS, VERIFIER_INSTRUCTION_LIMIT};
 use bpfbridge_tests::{Agent, Netns, Topology, bpfbridge_bin, ebpf_checks};
 use serde_json::Value;
 
@@ -276,7 +277,7 @@ fn flow_timeouts_and_table_sizes_show_in_info_and_bad_ones_are_refused() -> Resu
     assert_eq!(settings["tcp-closing-timeout"], 10);
     assert_eq!(settings["udp-idle-timeout"], 30);
     assert_eq!(settings["conntrack-max"], 4096);
-    if ebpf_checks("the flow tables' sizes and memory in info") {
+    if ebpf_checks("the flow tables' sizes and memory and the programs' verifier figures in info") {
         let tables = &info["FlowTables"]["Tables"];
         let sizes: Vec<(&str, u64)> = tables
             .as_array()
@@ -291,6 +292,19 @@ fn flow_timeouts_and_table_sizes_show_in_info_and_bad_ones_are_refused() -> Resu
         );
         let memory = info["FlowTables"]["MapMemoryBytes"].as_u64().unwrap_or(0);
         assert!(memory > 0, "{info}");
+        let verified: Vec<(&str, u64)> = info["Programs"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|p| Some((p["Name"].as_str()?, p["VerifiedInstructions"].as_u64()?)))
+            .collect();
+        assert_eq!(verified.len(), PROGRAMS.len(), "{info}");
+        assert!(
+            verified
+                .iter()
+                .all(|(_, n)| *n > 0 && *n <= u64::from(VERIFIER_INSTRUCTION_LIMIT / 2)),
+            "{verified:?}"
+        );
     }
     drop(agent);
 

@@ -10,11 +10,14 @@ use aya::{
         Array, HashMap, MapData, PerCpuArray,
         lpm_trie::{Key, LpmTrie},
     },
-    programs::{SchedClassifier, TestRun, TestRunOptions, Xdp},
+    programs::{CgroupSockAddr, SchedClassifier, TestRun, TestRunOptions, Xdp},
 };
 use bpfbridge::{
     config::FlowTableSizes,
-    dataplane::ebpf::{CONTAINER_PROGRAM, UPLINK_PROGRAM, load_object_with},
+    dataplane::ebpf::{
+        CONTAINER_PROGRAM, PROGRAMS, SOCKET_PROGRAMS, UPLINK_PROGRAM, VERIFIER_INSTRUCTION_LIMIT,
+        load_object_with, loaded_programs,
+    },
 };
 use bpfbridge_tests::{
     NODE_IP, Netns, WORLD_IP,
@@ -1886,3 +1889,39 @@ fn closing_flows_give_way_table() -> Result<()> {
         Ok(())
     })
 }
+
+/// Every program's verifier complexity stays within half the verifier's limit, so that a
+/// change (or a kernel whose verifier explores more) has room before a load fails.
+#[test]
+fn verified_instructions_stay_under_half_the_verifier_limit() -> Result<()> {
+    let mut fx = Fixture::new()?;
+    for name in SOCKET_PROGRAMS {
+        let program: &mut CgroupSockAddr = fx.ebpf.program_mut(name).unwrap().try_into()?;
+        program.load()?;
+    }
+    let programs = loaded_programs(&fx.ebpf)?;
+    assert_eq!(
+        programs.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(),
+        PROGRAMS
+    );
+    for program in programs {
+        let verified = program
+            .verified_instructions
+            .with_context(|| format!("{}: the kernel gave no count", program.name))?;
+        // Picked up by docs/reliability.md's "verifier budget" row.
+        eprintln!(
+            "verifier budget: {}: {verified} instructions ({:.1}% of the limit)",
+            program.name,
+            f64::from(verified) * 100.0 / f64::from(VERIFIER_INSTRUCTION_LIMIT)
+        );
+        assert!(
+            verified <= VERIFIER_INSTRUCTION_LIMIT / 2,
+            "{}: {verified} verified instructions",
+            program.name
+        );
+    }
+    Ok(())
+}
+
+#[path = "dataplane_test_run/malformed.rs"]
+mod malformed;

@@ -10,7 +10,10 @@ use super::{Capabilities, Dataplane, Endpoint, FilterHits, FlowLister, LinkRule,
 use crate::{
     Error, Result,
     config::Settings,
-    model::{FilterRecord, FlowTablesInfo, MonitorEvent, PortBinding, PublishedPort, StatCounter},
+    model::{
+        FilterRecord, FlowTablesInfo, MonitorEvent, PortBinding, ProgramInfo, PublishedPort,
+        StatCounter,
+    },
     netlink,
 };
 
@@ -174,6 +177,11 @@ impl Backend {
             true => self.dataplane.flow_tables().map(Some),
             false => Ok(None),
         }
+    }
+
+    /// Empty for a backend without BPF programs.
+    pub fn programs(&self) -> Result<Vec<ProgramInfo>> {
+        self.dataplane.programs()
     }
 
     /// `None` for a backend without an event feed.

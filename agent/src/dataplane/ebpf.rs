@@ -42,7 +42,7 @@ use crate::{
     config::FlowTableSizes,
     model::{
         FilterAction, FilterRecord, FlowInfo, FlowTableInfo, FlowTablesInfo, MonitorEvent,
-        PortBinding, PublishedPort, StatCounter,
+        PortBinding, ProgramInfo, PublishedPort, StatCounter,
     },
 };
 
@@ -60,6 +60,38 @@ pub const SOCKET_PROGRAMS: [&str; 4] = [
     "sock_getpeername4",
 ];
 const LINKS_DIR: &str = "links";
+/// Every program of the object, by name.
+pub const PROGRAMS: [&str; 6] = [
+    UPLINK_PROGRAM,
+    CONTAINER_PROGRAM,
+    SOCKET_PROGRAMS[0],
+    SOCKET_PROGRAMS[1],
+    SOCKET_PROGRAMS[2],
+    SOCKET_PROGRAMS[3],
+];
+/// The verifier's complexity limit: instructions it may process for one program
+/// (`BPF_COMPLEXITY_LIMIT_INSNS`).
+pub const VERIFIER_INSTRUCTION_LIMIT: u32 = 1_000_000;
+
+/// The verifier's figures of each loaded program of `ebpf`, in [`PROGRAMS`] order; a
+/// program not loaded is an error.
+pub fn loaded_programs(ebpf: &Ebpf) -> Result<Vec<ProgramInfo>> {
+    PROGRAMS
+        .iter()
+        .map(|name| {
+            let program = ebpf
+                .program(name)
+                .ok_or_else(|| Error::dataplane("program lookup")(MissingMap(name.to_string())))?;
+            let info = program
+                .info()
+                .map_err(Error::dataplane(format!("reading {name}'s info")))?;
+            Ok(ProgramInfo {
+                name: name.to_string(),
+                verified_instructions: info.verified_instruction_count(),
+            })
+        })
+        .collect()
+}
 
 /// Loads the eBPF object with its maps pinned under `pin_dir` (re-adopting pinned ones), the
 /// flow tables of the given sizes (when the tables are made, not when an earlier agent's
@@ -941,6 +973,10 @@ impl Dataplane for EbpfDataplane {
 
     fn subscribe(&self) -> Result<tokio::sync::broadcast::Receiver<MonitorEvent>> {
         Ok(self.events.subscribe())
+    }
+
+    fn programs(&self) -> Result<Vec<ProgramInfo>> {
+        loaded_programs(&self.ebpf)
     }
 
     fn set_links(&mut self, links: &[LinkRule]) -> Result<()> {

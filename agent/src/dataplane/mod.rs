@@ -21,8 +21,8 @@ pub use backend::Backend;
 use crate::{
     Error, Result,
     model::{
-        FilterRecord, FlowInfo, FlowTablesInfo, MonitorEvent, PortBinding, PublishedPort,
-        StatCounter,
+        FilterRecord, FlowInfo, FlowTablesInfo, MonitorEvent, PortBinding, ProgramInfo,
+        PublishedPort, StatCounter,
     },
 };
 
@@ -213,5 +213,10 @@ pub trait Dataplane: Send + Sync {
     /// A feed of drop and new-flow events (`monitor_events`).
     fn subscribe(&self) -> Result<tokio::sync::broadcast::Receiver<MonitorEvent>> {
         Err(undeclared("monitor events", self.name()))
+    }
+    /// The BPF programs it loaded, with their verifier figures: none for a backend
+    /// without programs.
+    fn programs(&self) -> Result<Vec<ProgramInfo>> {
+        Ok(Vec::new())
     }
 }

@@ -344,6 +344,20 @@ pub struct Info {
         skip_serializing_if = "Option::is_none"
     )]
     pub flow_tables: Option<FlowTablesInfo>,
+    /// The dataplane's BPF programs as the kernel verified them (none for iptables).
+    #[serde(rename = "Programs", default, skip_serializing_if = "Vec::is_empty")]
+    pub programs: Vec<ProgramInfo>,
+}
+
+/// One loaded BPF program of `GET /info`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProgramInfo {
+    #[serde(rename = "Name")]
+    pub name: String,
+    /// Instructions the verifier processed to accept the program (its complexity, against
+    /// the verifier's limit of 1,000,000); `None` on kernels before 5.16, which do not say.
+    #[serde(rename = "VerifiedInstructions")]
+    pub verified_instructions: Option<u32>,
 }
 
 /// The flow tables of `GET /info`: their sizes and fill, the memory of the dataplane's

@@ -145,6 +145,7 @@ impl Service {
             published_ports: self.state.containers.values().map(|c| c.ports.len()).sum(),
             pin_dir: self.settings.pin_dir.display().to_string(),
             flow_tables: self.dataplane.flow_tables()?,
+            programs: self.dataplane.programs()?,
         })
     }
 
