@@ -427,6 +427,7 @@ mod tests {
             published_ports: 1,
             pin_dir: "/sys/fs/bpf/bpfbridge".into(),
             flow_tables,
+            programs: Vec::new(),
         }
     }
 

@@ -20,7 +20,7 @@ use bpfbridge_lab::cmd;
 use cargo_metadata::{Message, TargetKind};
 
 /// The integration suites about what a Docker user sees, which hold for both dataplanes.
-pub const BEHAVIOUR_SUITES: [&str; 10] = [
+pub const BEHAVIOUR_SUITES: [&str; 12] = [
     "published_port",
     "ports",
     "isolation",
@@ -31,6 +31,8 @@ pub const BEHAVIOUR_SUITES: [&str; 10] = [
     "daemon",
     "bad_input",
     "fragments",
+    "metrics",
+    "exposure",
 ];
 
 /// A test executable cargo built.
