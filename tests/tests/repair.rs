@@ -5,7 +5,7 @@
 
 use std::{
     net::SocketAddrV4,
-    path::Path,
+    path::{Path, PathBuf},
     process::Command,
     thread,
     time::{Duration, Instant},
@@ -77,30 +77,55 @@ fn agent_cpu(agent: &Agent) -> Result<Duration> {
     Ok(Duration::from_micros(micros))
 }
 
+/// A container `web` publishing 8080 to an echo server on 80, answering from the world.
+struct Web {
+    _echo: Echo,
+    netns: PathBuf,
+    world: PathBuf,
+    published: SocketAddrV4,
+    agent: Agent,
+    topology: Topology,
+}
+
+impl Web {
+    fn start() -> Result<Self> {
+        let topology = Topology::new()?;
+        let agent = Agent::start(&topology)?;
+        let (_, netns) = agent.create_container(&["--name", "web", "-p", "8080:80"])?;
+        let echo = Echo::start(&netns, 80)?;
+        let world = topology.world.path();
+        let published = SocketAddrV4::new(NODE_IP, 8080);
+        ensure!(
+            tcp_reaches(&world, published, Duration::from_secs(2)),
+            "the published port answers before the drift"
+        );
+        Ok(Web {
+            _echo: echo,
+            netns,
+            world,
+            published,
+            agent,
+            topology,
+        })
+    }
+}
+
 #[test]
 fn a_deleted_veth_is_made_again_with_the_same_address_mac_and_ports() -> Result<()> {
-    let topology = Topology::new()?;
-    let agent = Agent::start(&topology)?;
-    let (_, netns) = agent.create_container(&["--name", "web", "-p", "8080:80"])?;
-    let _echo = Echo::start(&netns, 80)?;
-    let world = topology.world.path();
-    let published = SocketAddrV4::new(NODE_IP, 8080);
-    ensure!(
-        tcp_reaches(&world, published, Duration::from_secs(2)),
-        "the published port answers before the drift"
-    );
-    let address = eth0(&netns, "addr")?;
-    let mac = eth0(&netns, "link")?;
-    let veths = node_veths(&topology)?;
+    let web = Web::start()?;
+    let (agent, netns, world, published) = (&web.agent, &web.netns, &web.world, web.published);
+    let address = eth0(netns, "addr")?;
+    let mac = eth0(netns, "link")?;
+    let veths = node_veths(&web.topology)?;
     ensure!(veths.len() == 1, "one node-side veth: {veths:?}");
 
-    topology.node.ip(&["link", "del", &veths[0]])?;
-    let repaired = within_repair_wait(|| Ok(repairs(&agent)?["VethRecreated"] == 1))?;
+    web.topology.node.ip(&["link", "del", &veths[0]])?;
+    let repaired = within_repair_wait(|| Ok(repairs(agent)?["VethRecreated"] == 1))?;
     let took = repaired
         .with_context(|| format!("no repair within {REPAIR_WAIT:?}\n{}", agent.log_tail(30)))?;
     eprintln!("repaired {took:?} after the veth was deleted");
     let answers =
-        within_repair_wait(|| Ok(tcp_reaches(&world, published, Duration::from_millis(500))))?;
+        within_repair_wait(|| Ok(tcp_reaches(world, published, Duration::from_millis(500))))?;
     ensure!(
         answers.is_some(),
         "the published port does not answer again\n{}",
@@ -109,49 +134,45 @@ fn a_deleted_veth_is_made_again_with_the_same_address_mac_and_ports() -> Result<
 
     // The same interface, address and MAC inside; the same veth name outside.
     let inet = |line: &str| line.split_whitespace().nth(3).map(str::to_string);
-    assert_eq!(inet(&eth0(&netns, "addr")?), inet(&address));
+    assert_eq!(inet(&eth0(netns, "addr")?), inet(&address));
     let link_mac = |line: &str| {
         line.split_whitespace()
             .skip_while(|w| *w != "link/ether")
             .nth(1)
             .map(str::to_string)
     };
-    assert_eq!(link_mac(&eth0(&netns, "link")?), link_mac(&mac));
-    assert_eq!(node_veths(&topology)?, veths);
+    assert_eq!(link_mac(&eth0(netns, "link")?), link_mac(&mac));
+    assert_eq!(node_veths(&web.topology)?, veths);
 
     // The way out came back with the default route: masquerade with the node's address.
-    let server = serve_once(&world, 7400);
+    let server = serve_once(world, 7400);
     assert_eq!(
-        request(&netns, SocketAddrV4::new(WORLD_IP, 7400), "out\n")?,
+        request(netns, SocketAddrV4::new(WORLD_IP, 7400), "out\n")?,
         "pong out\n"
     );
     assert_eq!(server.join().expect("server")?.ip(), NODE_IP);
 
-    let repairs = repairs(&agent)?;
+    let repairs = repairs(agent)?;
     assert_eq!(repairs["VethRecreated"], 1, "{repairs}");
     assert_eq!(repairs["Failed"], 0, "{repairs}");
-    assert_eq!(state_error(&agent, "web")?, "");
+    assert_eq!(state_error(agent, "web")?, "");
     Ok(())
 }
 
 #[test]
 fn a_veth_taken_off_its_bridge_and_down_is_put_back() -> Result<()> {
-    let topology = Topology::new()?;
-    let agent = Agent::start(&topology)?;
-    let (_, netns) = agent.create_container(&["--name", "web", "-p", "8080:80"])?;
-    let _echo = Echo::start(&netns, 80)?;
-    let world = topology.world.path();
-    let published = SocketAddrV4::new(NODE_IP, 8080);
-    let veths = node_veths(&topology)?;
+    let web = Web::start()?;
+    let (agent, world, published) = (&web.agent, &web.world, web.published);
+    let veths = node_veths(&web.topology)?;
     ensure!(veths.len() == 1, "one node-side veth: {veths:?}");
 
-    topology
+    web.topology
         .node
         .ip(&["link", "set", &veths[0], "nomaster", "down"])?;
     let healed =
-        within_repair_wait(|| Ok(tcp_reaches(&world, published, Duration::from_millis(500))))?;
+        within_repair_wait(|| Ok(tcp_reaches(world, published, Duration::from_millis(500))))?;
     ensure!(healed.is_some(), "not repaired\n{}", agent.log_tail(30));
-    let repairs = repairs(&agent)?;
+    let repairs = repairs(agent)?;
     assert_eq!(repairs["VethReattached"], 1, "{repairs}");
     assert_eq!(repairs["VethSetUp"], 1, "{repairs}");
     assert_eq!(repairs["VethRecreated"], 0, "{repairs}");
