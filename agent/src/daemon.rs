@@ -19,7 +19,8 @@ use crate::{
     dataplane::{Dataplane, ebpf::EbpfDataplane, iptables::IptablesDataplane},
     docker_plugin,
     metrics::{self, Metrics},
-    service::Service,
+    netlink,
+    service::{Service, repair_drift},
 };
 
 /// Binds the API socket, refusing to steal it from a live agent.
@@ -93,6 +94,7 @@ pub async fn run(settings: Settings, socket: PathBuf) -> Result<()> {
         socket = %socket.display(), "bpfbridge agent ready"
     );
     let service = Arc::new(Mutex::new(service));
+    let repairs = tokio::spawn(repair_drift(service.clone(), netlink::link_changes()?));
     let metrics = Arc::new(Metrics::new());
     let app = api::router(service.clone(), metrics.clone());
     let metrics_task = metrics_listener.map(|listener| {
@@ -140,6 +142,8 @@ pub async fn run(settings: Settings, socket: PathBuf) -> Result<()> {
     }
     // The idle-flow cleanup may be in a pass: wait for it off the runtime's threads.
     let mut service = service.lock().await;
+    // Between passes now, as the lock is ours: no repair is cut short.
+    repairs.abort();
     tokio::task::block_in_place(|| service.shutdown());
     Ok(())
 }

@@ -81,6 +81,12 @@ struct AgentLabels {
     uplink: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RepairLabels {
+    /// `veth_recreated`, `veth_reattached`, `veth_set_up` or `failed` (`info`'s `Repairs`).
+    kind: &'static str,
+}
+
 type FloatGauge = Gauge<f64, AtomicU64>;
 
 /// The agent's metrics: what it measures itself, and the scrape of the rest.
@@ -209,10 +215,29 @@ impl Snapshot {
             registry.register(name, help, gauge);
         }
         self.register_counters(&mut registry);
+        self.register_repairs(&mut registry);
         if let Some(tables) = &self.info.flow_tables {
             register_flow_tables(&mut registry, tables);
         }
         registry
+    }
+
+    fn register_repairs(&self, registry: &mut Registry) {
+        let repairs = Family::<RepairLabels, Counter>::default();
+        let counts = &self.info.repairs;
+        for (kind, count) in [
+            ("veth_recreated", counts.veth_recreated),
+            ("veth_reattached", counts.veth_reattached),
+            ("veth_set_up", counts.veth_set_up),
+            ("failed", counts.failed),
+        ] {
+            repairs.get_or_create(&RepairLabels { kind }).inc_by(count);
+        }
+        registry.register(
+            "repairs",
+            "Drift the agent repaired while running, by kind; failed counts containers whose repair started failing",
+            repairs,
+        );
     }
 
     fn register_counters(&self, registry: &mut Registry) {
@@ -428,6 +453,7 @@ mod tests {
             pin_dir: "/sys/fs/bpf/bpfbridge".into(),
             flow_tables,
             programs: Vec::new(),
+            repairs: Default::default(),
         }
     }
 

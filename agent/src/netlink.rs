@@ -9,7 +9,7 @@ use rtnetlink::{
     packet_route::{
         AddressFamily,
         address::AddressAttribute,
-        link::{LinkAttribute, LinkMessage},
+        link::{LinkAttribute, LinkFlags, LinkMessage},
         route::{RouteAddress, RouteAttribute},
     },
 };
@@ -27,6 +27,8 @@ pub struct Link {
     pub mac: Option<[u8; 6]>,
     /// The bridge (or other controller) the link is enslaved to.
     pub controller: Option<u32>,
+    /// Administratively up (`ip link set up`).
+    pub up: bool,
 }
 
 fn link_from_message(msg: LinkMessage) -> Link {
@@ -36,6 +38,7 @@ fn link_from_message(msg: LinkMessage) -> Link {
         mtu: 0,
         mac: None,
         controller: None,
+        up: msg.header.flags.contains(LinkFlags::Up),
     };
     for attr in msg.attributes {
         match attr {
@@ -82,6 +85,23 @@ pub async fn all_links(h: &Handle) -> Result<Vec<Link>> {
         out.push(link_from_message(msg));
     }
     Ok(out)
+}
+
+/// A nudge for each link change (added, removed, renamed, up or down, enslaved) in the
+/// current namespace, from a netlink socket of its own subscribed to link events. Ends when
+/// that socket fails.
+pub fn link_changes() -> Result<impl futures::Stream<Item = ()> + Unpin> {
+    let (mut connection, _, messages) =
+        rtnetlink::new_connection().map_err(Error::io("opening a netlink socket"))?;
+    use rtnetlink::sys::AsyncSocket as _;
+    let groups = rtnetlink::sys::SocketAddr::new(0, rtnetlink::constants::RTMGRP_LINK);
+    connection
+        .socket_mut()
+        .socket_mut()
+        .bind(&groups)
+        .map_err(Error::io("subscribing to link events"))?;
+    tokio::spawn(connection);
+    Ok(futures::StreamExt::map(messages, |_| ()))
 }
 
 pub async fn create_bridge(h: &Handle, name: &str, mtu: u32) -> Result<()> {

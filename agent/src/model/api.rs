@@ -280,9 +280,36 @@ pub struct ContainerInspect {
     pub network_settings: NetworkSettings,
     #[serde(rename = "LinkInfo")]
     pub link_info: LinkInfo,
+    #[serde(rename = "State", default)]
+    pub state: ContainerState,
     /// Options that were accepted but have no effect (Docker's `Warnings`).
     #[serde(rename = "Warnings", default, skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
+}
+
+/// The part of Docker's `State` that applies to the agent's containers: why its network
+/// is broken, when the agent could not repair it (empty when all is well).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerState {
+    #[serde(rename = "Error")]
+    pub error: String,
+}
+
+/// Repairs of drift the agent made while running, by kind (`GET /info`'s `Repairs`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Repairs {
+    /// A container's node-side veth was gone: a new pair made with the same address and MAC.
+    #[serde(rename = "VethRecreated")]
+    pub veth_recreated: u64,
+    /// A node-side veth had left its bridge: put back.
+    #[serde(rename = "VethReattached")]
+    pub veth_reattached: u64,
+    /// A node-side veth was down: set up.
+    #[serde(rename = "VethSetUp")]
+    pub veth_set_up: u64,
+    /// Containers whose repair failed (counted when it starts failing; retried each pass).
+    #[serde(rename = "Failed")]
+    pub failed: u64,
 }
 
 /// One entry of the published-ports BPF map, for `bpfbridge ports`.
@@ -347,6 +374,8 @@ pub struct Info {
     /// The dataplane's BPF programs as the kernel verified them (none for iptables).
     #[serde(rename = "Programs", default, skip_serializing_if = "Vec::is_empty")]
     pub programs: Vec<ProgramInfo>,
+    #[serde(rename = "Repairs", default)]
+    pub repairs: Repairs,
 }
 
 /// One loaded BPF program of `GET /info`.

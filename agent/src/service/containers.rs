@@ -21,7 +21,7 @@ use super::{
 use crate::{
     Error, Result,
     model::{
-        ContainerHostConfig, ContainerInspect, ContainerRecord, CreateContainer,
+        ContainerHostConfig, ContainerInspect, ContainerRecord, ContainerState, CreateContainer,
         EndpointAddressing, EndpointIpamConfig, EndpointRecord, EndpointSettings, LinkInfo,
         ManagedBy, NetworkMode, NetworkRecord, NetworkSettings, now, port_map, random_id, short_id,
         validate_name,
@@ -484,6 +484,9 @@ impl Service {
                 networks,
             },
             link_info: self.link_info(c),
+            state: ContainerState {
+                error: self.repair_failures.get(&c.id).cloned().unwrap_or_default(),
+            },
             warnings: Vec::new(),
         })
     }

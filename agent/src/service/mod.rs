@@ -12,10 +12,12 @@ mod networks;
 mod plan;
 mod ports;
 mod reconcile;
+mod repair;
 
 pub use docker_ipam::ADDRESS_SPACES;
+pub use repair::repair_drift;
 
-use std::{fs, net::Ipv4Addr, path::PathBuf};
+use std::{collections::BTreeMap, fs, net::Ipv4Addr, path::PathBuf};
 
 use rtnetlink::Handle;
 
@@ -26,7 +28,7 @@ use crate::{
     dns,
     model::{
         ContainerRecord, EndpointRecord, Info, NetworkMode, NetworkRecord, PortBinding,
-        PublishedPort, StatCounter, random_id,
+        PublishedPort, Repairs, StatCounter, random_id,
     },
     netlink, netns,
     store::{State, Store},
@@ -49,6 +51,11 @@ pub struct Service {
     settings: Settings,
     uplink: String,
     uplink_mtu: u32,
+    /// Drift repaired since the agent started, by kind.
+    repairs: Repairs,
+    /// Why each container (by id) whose network the last repair pass could not mend is
+    /// broken; shown as its `State.Error`.
+    repair_failures: BTreeMap<String, String>,
 }
 
 /// The interface of the default route, the usual uplink.
@@ -124,6 +131,8 @@ impl Service {
             settings,
             uplink,
             uplink_mtu: uplink_link.mtu,
+            repairs: Repairs::default(),
+            repair_failures: BTreeMap::new(),
         };
         service.reconcile().await?;
         Ok(service)
@@ -146,6 +155,7 @@ impl Service {
             pin_dir: self.settings.pin_dir.display().to_string(),
             flow_tables: self.dataplane.flow_tables()?,
             programs: self.dataplane.programs()?,
+            repairs: self.repairs,
         })
     }
 
