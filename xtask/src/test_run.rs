@@ -21,7 +21,7 @@ use bpfbridge_lab::cmd;
 use cargo_metadata::{Message, TargetKind};
 
 /// The integration suites about what a Docker user sees, which hold for both dataplanes.
-pub const BEHAVIOUR_SUITES: [&str; 12] = [
+pub const BEHAVIOUR_SUITES: [&str; 13] = [
     "published_port",
     "ports",
     "isolation",
@@ -34,6 +34,7 @@ pub const BEHAVIOUR_SUITES: [&str; 12] = [
     "fragments",
     "metrics",
     "exposure",
+    "repair",
 ];
 
 /// A test executable cargo built.
