@@ -19,7 +19,8 @@ use crate::{
     dataplane::{Dataplane, ebpf::EbpfDataplane, iptables::IptablesDataplane},
     docker_plugin,
     metrics::{self, Metrics},
-    service::Service,
+    netlink::AddressEvents,
+    service::{self, Service},
 };
 
 /// Binds the API socket, refusing to steal it from a live agent.
@@ -70,6 +71,8 @@ pub async fn run(settings: Settings, socket: PathBuf) -> Result<()> {
         .docker_plugin()
         .map(|(name, socket)| (name.to_string(), socket));
     let userland_proxy = settings.userland_proxy;
+    // Subscribed before the start reads the addresses, so that no change in between is lost.
+    let address_events = AddressEvents::subscribe()?;
     let service = Service::start(handle, settings, move |uplink, ifindex| {
         Ok(match dataplane {
             DataplaneKind::Iptables => {
@@ -93,6 +96,10 @@ pub async fn run(settings: Settings, socket: PathBuf) -> Result<()> {
         socket = %socket.display(), "bpfbridge agent ready"
     );
     let service = Arc::new(Mutex::new(service));
+    let addresses_task = tokio::spawn(service::follow_node_addresses(
+        service.clone(),
+        address_events,
+    ));
     let metrics = Arc::new(Metrics::new());
     let app = api::router(service.clone(), metrics.clone());
     let metrics_task = metrics_listener.map(|listener| {
@@ -131,6 +138,7 @@ pub async fn run(settings: Settings, socket: PathBuf) -> Result<()> {
         .await
         .map_err(Error::io("serving the API"))?;
     let _ = std::fs::remove_file(&socket);
+    addresses_task.abort();
     if let Some(task) = metrics_task {
         task.abort();
     }

@@ -3,6 +3,7 @@
 //! (`pending` while it runs), so that a crash at any point is rolled back on the next start
 //! and nothing leaks.
 
+mod addresses;
 mod containers;
 mod docker;
 mod docker_ipam;
@@ -13,6 +14,7 @@ mod plan;
 mod ports;
 mod reconcile;
 
+pub use addresses::follow_node_addresses;
 pub use docker_ipam::ADDRESS_SPACES;
 
 use std::{fs, net::Ipv4Addr, path::PathBuf};
@@ -49,6 +51,9 @@ pub struct Service {
     settings: Settings,
     uplink: String,
     uplink_mtu: u32,
+    /// What the dataplane was last told of the node's addresses; `None` before the first
+    /// time.
+    node_addresses: Option<addresses::NodeAddresses>,
 }
 
 /// The interface of the default route, the usual uplink.
@@ -124,6 +129,7 @@ impl Service {
             settings,
             uplink,
             uplink_mtu: uplink_link.mtu,
+            node_addresses: None,
         };
         service.reconcile().await?;
         Ok(service)
