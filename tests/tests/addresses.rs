@@ -10,7 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Result, ensure};
+use anyhow::{Result, bail, ensure};
 use bpfbridge_tests::{
     Agent, Echo, NODE_IP, Topology, UPLINK, WORLD_IP, request, serve_once, tcp_reaches,
 };
@@ -38,6 +38,25 @@ fn within_bound(mut condition: impl FnMut() -> bool) -> Option<Duration> {
         thread::sleep(Duration::from_millis(50));
     }
     None
+}
+
+/// Waits until the published port answers the world on `ip` (`what` says which address),
+/// for at most [`FOLLOWS_WITHIN`]; says how long that took.
+fn answers_within_bound(
+    topology: &Topology,
+    agent: &Agent,
+    ip: Ipv4Addr,
+    what: &str,
+) -> Result<()> {
+    let world = topology.world.path();
+    let Some(took) = within_bound(|| tcp_reaches(&world, published_on(ip), ATTEMPT)) else {
+        bail!(
+            "the published port does not answer on {what} {ip} within {FOLLOWS_WITHIN:?}: {}",
+            agent.log_tail(20)
+        );
+    };
+    eprintln!("the published port answered on {what} {ip} after {took:?}");
+    Ok(())
 }
 
 /// The node's address that the world sees on a new connection from the container.
@@ -88,13 +107,7 @@ fn a_replaced_uplink_address_takes_over_published_ports_and_masquerade() -> Resu
         .world
         .ip(&["route", "replace", "default", "via", &new_ip.to_string()])?;
 
-    let took = within_bound(|| tcp_reaches(&world, published_on(new_ip), ATTEMPT));
-    ensure!(
-        took.is_some(),
-        "the published port does not answer on the new address {new_ip} within {FOLLOWS_WITHIN:?}: {}",
-        agent.log_tail(20)
-    );
-    eprintln!("the published port answered on the new address after {took:?}");
+    answers_within_bound(&topology, &agent, new_ip, "the new address")?;
     ensure!(
         !tcp_reaches(&world, published_on(NODE_IP), ATTEMPT),
         "the published port still answers on the former address {NODE_IP}"
@@ -117,13 +130,7 @@ fn a_second_uplink_address_answers_until_it_is_removed() -> Result<()> {
     topology
         .node
         .ip(&["addr", "add", &format!("{second}/24"), "dev", UPLINK])?;
-    let took = within_bound(|| tcp_reaches(&world, published_on(second), ATTEMPT));
-    ensure!(
-        took.is_some(),
-        "the published port does not answer on the added address {second} within {FOLLOWS_WITHIN:?}: {}",
-        agent.log_tail(20)
-    );
-    eprintln!("the published port answered on the added address after {took:?}");
+    answers_within_bound(&topology, &agent, second, "the added address")?;
     ensure!(
         tcp_reaches(&world, published_on(NODE_IP), ATTEMPT),
         "the first address stopped answering"
@@ -150,7 +157,6 @@ fn a_second_uplink_address_answers_until_it_is_removed() -> Result<()> {
 fn an_address_added_on_another_interface_answers() -> Result<()> {
     let topology = Topology::new()?;
     let (agent, _container_ns, _echo) = publishing_agent(&topology)?;
-    let world = topology.world.path();
 
     // A service address on an interface of its own (a veth: dummy may not be built), which
     // the world routes through the uplink.
@@ -166,12 +172,6 @@ fn an_address_added_on_another_interface_answers() -> Result<()> {
         "via",
         &NODE_IP.to_string(),
     ])?;
-    let took = within_bound(|| tcp_reaches(&world, published_on(service_ip), ATTEMPT));
-    ensure!(
-        took.is_some(),
-        "the published port does not answer on {service_ip} within {FOLLOWS_WITHIN:?}: {}",
-        agent.log_tail(20)
-    );
-    eprintln!("the published port answered on the other interface's address after {took:?}");
+    answers_within_bound(&topology, &agent, service_ip, "another interface's address")?;
     Ok(())
 }
