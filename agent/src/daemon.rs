@@ -19,7 +19,7 @@ use crate::{
     dataplane::{Dataplane, ebpf::EbpfDataplane, iptables::IptablesDataplane},
     docker_plugin,
     metrics::{self, Metrics},
-    netlink::AddressEvents,
+    netlink,
     service::{self, Service},
 };
 
@@ -72,7 +72,7 @@ pub async fn run(settings: Settings, socket: PathBuf) -> Result<()> {
         .map(|(name, socket)| (name.to_string(), socket));
     let userland_proxy = settings.userland_proxy;
     // Subscribed before the start reads the addresses, so that no change in between is lost.
-    let address_events = AddressEvents::subscribe()?;
+    let address_changes = netlink::address_changes()?;
     let service = Service::start(handle, settings, move |uplink, ifindex| {
         Ok(match dataplane {
             DataplaneKind::Iptables => {
@@ -98,7 +98,7 @@ pub async fn run(settings: Settings, socket: PathBuf) -> Result<()> {
     let service = Arc::new(Mutex::new(service));
     let addresses_task = tokio::spawn(service::follow_node_addresses(
         service.clone(),
-        address_events,
+        address_changes,
     ));
     let metrics = Arc::new(Metrics::new());
     let app = api::router(service.clone(), metrics.clone());

@@ -2,18 +2,16 @@
 
 use std::{net::Ipv4Addr, os::fd::AsRawFd as _};
 
-use futures::{StreamExt as _, TryStreamExt as _, channel::mpsc::UnboundedReceiver};
+use futures::TryStreamExt as _;
 use ipnet::Ipv4Net;
 use rtnetlink::{
-    Handle, LinkBridge, LinkBridgePort, LinkUnspec, LinkVeth, MulticastGroup, RouteMessageBuilder,
-    packet_core::NetlinkMessage,
+    Handle, LinkBridge, LinkBridgePort, LinkUnspec, LinkVeth, RouteMessageBuilder,
     packet_route::{
-        AddressFamily, RouteNetlinkMessage,
+        AddressFamily,
         address::AddressAttribute,
         link::{LinkAttribute, LinkMessage},
         route::{RouteAddress, RouteAttribute},
     },
-    sys::SocketAddr,
 };
 
 use crate::{Error, Result};
@@ -284,38 +282,17 @@ pub async fn ipv4_addresses(h: &Handle) -> Result<Vec<(u32, Ipv4Net)>> {
     Ok(out)
 }
 
-/// The namespace's IPv4 address changes (RTM_NEWADDR and RTM_DELADDR of the
-/// RTNLGRP_IPV4_IFADDR group) as the kernel announces them.
-pub struct AddressEvents {
-    messages: UnboundedReceiver<(NetlinkMessage<RouteNetlinkMessage>, SocketAddr)>,
-    connection: tokio::task::JoinHandle<()>,
-}
-
-impl AddressEvents {
-    /// Subscribes in the calling thread's network namespace; the socket is read on the
-    /// current tokio runtime.
-    pub fn subscribe() -> Result<Self> {
-        let (connection, _, messages) =
-            rtnetlink::new_multicast_connection(&[MulticastGroup::Ipv4Ifaddr])
-                .map_err(Error::io("subscribing to address changes"))?;
-        Ok(AddressEvents {
-            messages,
-            connection: tokio::spawn(connection),
-        })
-    }
-
-    /// Waits for the next change; `None` once the subscription has ended. What changed is
-    /// not told: the caller reads the addresses again, which also covers changes whose
-    /// announcement was lost.
-    pub async fn next(&mut self) -> Option<()> {
-        self.messages.next().await.map(drop)
-    }
-}
-
-impl Drop for AddressEvents {
-    fn drop(&mut self) {
-        self.connection.abort();
-    }
+/// A nudge for each IPv4 address change (RTM_NEWADDR and RTM_DELADDR of the
+/// RTNLGRP_IPV4_IFADDR group) in the current namespace, from a netlink socket of its own.
+/// What changed is not told: the caller reads the addresses again, which also covers
+/// changes whose announcement was lost. Ends when that socket fails.
+pub fn address_changes() -> Result<impl futures::Stream<Item = ()> + Unpin> {
+    let (connection, _, messages) =
+        rtnetlink::new_multicast_connection(&[rtnetlink::MulticastGroup::Ipv4Ifaddr])
+            .map_err(Error::io("subscribing to address changes"))?;
+    // Ends once the stream is dropped: its handle is dropped here already.
+    tokio::spawn(connection);
+    Ok(futures::StreamExt::map(messages, |_| ()))
 }
 
 /// Turns GRO on for `ifname` (ethtool `ETHTOOL_SGRO`). A veth end that receives frames

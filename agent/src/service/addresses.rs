@@ -7,11 +7,12 @@
 
 use std::{collections::BTreeSet, net::Ipv4Addr, sync::Arc, time::Duration};
 
+use futures::{Stream, StreamExt, stream::BoxStream};
 use ipnet::Ipv4Net;
 use tokio::{sync::Mutex, time::Instant};
 
 use super::Service;
-use crate::{Result, netlink, netlink::AddressEvents};
+use crate::{Result, netlink};
 
 /// How long a burst of announcements is gathered before the addresses are read: replacing
 /// an address is a delete and an add, which one update should cover.
@@ -102,33 +103,38 @@ impl Service {
 }
 
 /// Keeps the dataplane's view of the node's addresses current for as long as the agent
-/// runs: after each burst of announcements from `events` (subscribed before the service
-/// started, so that no change since is missed), and every [`PERIODIC_PASS`]. A failed
-/// update is logged and tried again at the next announcement or pass.
-pub async fn follow_node_addresses(service: Arc<Mutex<Service>>, events: AddressEvents) {
-    let mut events = Some(events);
+/// runs: after each burst of `changes` ([`netlink::address_changes`], subscribed before
+/// the service started, so that no change since is missed), and every [`PERIODIC_PASS`].
+/// A failed update is logged and tried again at the next change or pass; a subscription
+/// that ends is made again at a pass.
+pub async fn follow_node_addresses(
+    service: Arc<Mutex<Service>>,
+    changes: impl Stream<Item = ()> + Send + 'static,
+) {
+    let mut changes = Some(changes.boxed());
     let mut pass = tokio::time::interval(PERIODIC_PASS);
     pass.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // The first tick is immediate; the start has just told the dataplane.
     pass.tick().await;
     loop {
         tokio::select! {
-            announced = next_announcement(&mut events) => {
-                if !announced {
-                    tracing::warn!("the address change subscription ended; reading the addresses every {PERIODIC_PASS:?} until it is back");
-                    events = None;
+            announced = next_change(&mut changes) => match (announced, changes.as_mut()) {
+                (true, Some(changes)) => {
+                    let until = Instant::now() + BURST;
+                    while let Ok(Some(())) = tokio::time::timeout_at(until, changes.next()).await {}
+                }
+                _ => {
+                    tracing::warn!("the address change subscription ended; subscribing again within {PERIODIC_PASS:?}");
+                    changes = None;
                     continue;
                 }
-                if let Some(events) = events.as_mut() {
-                    let until = Instant::now() + BURST;
-                    while let Ok(Some(())) = tokio::time::timeout_at(until, events.next()).await {}
-                }
-            }
+            },
             _ = pass.tick() => {
-                if events.is_none() {
-                    events = AddressEvents::subscribe()
-                        .inspect_err(|e| tracing::warn!("subscribing to address changes again: {e}"))
-                        .ok();
+                if changes.is_none() {
+                    changes = netlink::address_changes()
+                        .inspect_err(|e| tracing::warn!("{e}"))
+                        .ok()
+                        .map(StreamExt::boxed);
                 }
             }
         }
@@ -140,11 +146,11 @@ pub async fn follow_node_addresses(service: Arc<Mutex<Service>>, events: Address
     }
 }
 
-/// Whether an announcement came (false: the subscription ended); never returns without a
+/// Whether a change came (false: the subscription ended); never returns without a
 /// subscription.
-async fn next_announcement(events: &mut Option<AddressEvents>) -> bool {
-    match events {
-        Some(events) => events.next().await.is_some(),
+async fn next_change(changes: &mut Option<BoxStream<'static, ()>>) -> bool {
+    match changes {
+        Some(changes) => changes.next().await.is_some(),
         None => std::future::pending().await,
     }
 }
