@@ -20,7 +20,7 @@ use crate::{
     docker_plugin,
     metrics::{self, Metrics},
     netlink,
-    service::{Service, repair_drift},
+    service::{self, Service, repair_drift},
 };
 
 /// Binds the API socket, refusing to steal it from a live agent.
@@ -71,6 +71,8 @@ pub async fn run(settings: Settings, socket: PathBuf) -> Result<()> {
         .docker_plugin()
         .map(|(name, socket)| (name.to_string(), socket));
     let userland_proxy = settings.userland_proxy;
+    // Subscribed before the start reads the addresses, so that no change in between is lost.
+    let address_changes = netlink::address_changes()?;
     let service = Service::start(handle, settings, move |uplink, ifindex| {
         Ok(match dataplane {
             DataplaneKind::Iptables => {
@@ -95,6 +97,10 @@ pub async fn run(settings: Settings, socket: PathBuf) -> Result<()> {
     );
     let service = Arc::new(Mutex::new(service));
     let repairs = tokio::spawn(repair_drift(service.clone(), netlink::link_changes()?));
+    let addresses_task = tokio::spawn(service::follow_node_addresses(
+        service.clone(),
+        address_changes,
+    ));
     let metrics = Arc::new(Metrics::new());
     let app = api::router(service.clone(), metrics.clone());
     let metrics_task = metrics_listener.map(|listener| {
@@ -142,8 +148,9 @@ pub async fn run(settings: Settings, socket: PathBuf) -> Result<()> {
     }
     // The idle-flow cleanup may be in a pass: wait for it off the runtime's threads.
     let mut service = service.lock().await;
-    // Between passes now, as the lock is ours: no repair is cut short.
+    // Between passes now, as the lock is ours: no repair or address update is cut short.
     repairs.abort();
+    addresses_task.abort();
     tokio::task::block_in_place(|| service.shutdown());
     Ok(())
 }

@@ -302,6 +302,19 @@ pub async fn ipv4_addresses(h: &Handle) -> Result<Vec<(u32, Ipv4Net)>> {
     Ok(out)
 }
 
+/// A nudge for each IPv4 address change (RTM_NEWADDR and RTM_DELADDR of the
+/// RTNLGRP_IPV4_IFADDR group) in the current namespace, from a netlink socket of its own.
+/// What changed is not told: the caller reads the addresses again, which also covers
+/// changes whose announcement was lost. Ends when that socket fails.
+pub fn address_changes() -> Result<impl futures::Stream<Item = ()> + Unpin> {
+    let (connection, _, messages) =
+        rtnetlink::new_multicast_connection(&[rtnetlink::MulticastGroup::Ipv4Ifaddr])
+            .map_err(Error::io("subscribing to address changes"))?;
+    // Ends once the stream is dropped: its handle is dropped here already.
+    tokio::spawn(connection);
+    Ok(futures::StreamExt::map(messages, |_| ()))
+}
+
 /// Turns GRO on for `ifname` (ethtool `ETHTOOL_SGRO`). A veth end that receives frames
 /// redirected by native XDP needs NAPI, which GRO enables; without it such frames vanish
 /// without a counter (shared/reference/kernel-facts.md).

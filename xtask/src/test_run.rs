@@ -21,7 +21,7 @@ use bpfbridge_lab::cmd;
 use cargo_metadata::{Message, TargetKind};
 
 /// The integration suites about what a Docker user sees, which hold for both dataplanes.
-pub const BEHAVIOUR_SUITES: [&str; 13] = [
+pub const BEHAVIOUR_SUITES: [&str; 14] = [
     "published_port",
     "ports",
     "isolation",
@@ -35,6 +35,7 @@ pub const BEHAVIOUR_SUITES: [&str; 13] = [
     "metrics",
     "exposure",
     "repair",
+    "addresses",
 ];
 
 /// A test executable cargo built.

@@ -453,17 +453,22 @@ impl EbpfDataplane {
 
     /// Tells the socket programs which namespace is the node's: this process's.
     fn set_node_netns(&mut self) -> Result<()> {
-        self.node_config.netns_cookie = netns_cookie()?;
-        self.write_node_config()
+        let value = NodeConfig {
+            netns_cookie: netns_cookie()?,
+            ..self.node_config
+        };
+        self.write_node_config(value)
     }
 
-    fn write_node_config(&mut self) -> Result<()> {
-        let value = self.node_config;
+    /// Writes the node's settings; `node_config` holds them once they are in the map.
+    fn write_node_config(&mut self, value: NodeConfig) -> Result<()> {
         let mut config: Array<&mut MapData, NodeConfig> =
             Array::try_from(self.map_mut(NODE_CONFIG)?).map_err(Error::dataplane(NODE_CONFIG))?;
         config
             .set(0, value, 0)
-            .map_err(Error::dataplane("writing the node's settings"))
+            .map_err(Error::dataplane("writing the node's settings"))?;
+        self.node_config = value;
+        Ok(())
     }
 
     /// Attaches the cgroup socket-address programs (node-local access to published ports).
@@ -1021,9 +1026,25 @@ impl Dataplane for EbpfDataplane {
     ) -> Result<()> {
         // Zeros tell the programs to choose as netfilter does.
         let (min, max) = ports.unwrap_or((0, 0));
-        self.node_config.masquerade_ip_be = source.map_or(0, |ip| u32::from(ip).to_be());
-        self.node_config.masquerade_port_min = min;
-        self.node_config.masquerade_port_max = max;
-        self.write_node_config()
+        let previous_ip_be = self.node_config.masquerade_ip_be;
+        let value = NodeConfig {
+            masquerade_ip_be: source.map_or(0, |ip| u32::from(ip).to_be()),
+            masquerade_port_min: min,
+            masquerade_port_max: max,
+            ..self.node_config
+        };
+        self.write_node_config(value)?;
+        // The source changes when the uplink's address goes: flows translated to it have
+        // no way back, and would keep a container's repeated datagrams (same ports, same
+        // peer) on it. MASQUERADE ends them too, so that the next packet starts afresh.
+        if previous_ip_be != 0 && previous_ip_be != value.masquerade_ip_be {
+            let ended = self.remove_flows(|_, _| false, |flow| flow.involves(previous_ip_be))?;
+            tracing::info!(
+                source = %Ipv4Addr::from(u32::from_be(previous_ip_be)),
+                entries = ended,
+                "ended the flows masqueraded with a former source"
+            );
+        }
+        Ok(())
     }
 }

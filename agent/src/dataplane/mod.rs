@@ -172,7 +172,8 @@ pub trait Dataplane: Send + Sync {
         Err(undeclared("node addresses", self.name()))
     }
     /// The source address (`None`: no masquerade) and port range (`None`: netfilter's
-    /// choice) of masqueraded traffic (`masquerade`).
+    /// choice) of masqueraded traffic (`masquerade`). A new source ends the flows
+    /// masqueraded with the former one, as MASQUERADE does when an address goes.
     fn set_masquerade(
         &mut self,
         _source: Option<Ipv4Addr>,

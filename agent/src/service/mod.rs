@@ -3,6 +3,7 @@
 //! (`pending` while it runs), so that a crash at any point is rolled back on the next start
 //! and nothing leaks.
 
+mod addresses;
 mod containers;
 mod docker;
 mod docker_ipam;
@@ -14,6 +15,7 @@ mod ports;
 mod reconcile;
 mod repair;
 
+pub use addresses::follow_node_addresses;
 pub use docker_ipam::ADDRESS_SPACES;
 pub use repair::repair_drift;
 
@@ -56,6 +58,9 @@ pub struct Service {
     /// Why each container (by id) whose network the last repair pass could not mend is
     /// broken; shown as its `State.Error`.
     repair_failures: BTreeMap<String, String>,
+    /// What the dataplane was last told of the node's addresses; `None` before the first
+    /// time.
+    node_addresses: Option<addresses::NodeAddresses>,
 }
 
 /// The interface of the default route, the usual uplink.
@@ -133,6 +138,7 @@ impl Service {
             uplink_mtu: uplink_link.mtu,
             repairs: Repairs::default(),
             repair_failures: BTreeMap::new(),
+            node_addresses: None,
         };
         service.reconcile().await?;
         Ok(service)

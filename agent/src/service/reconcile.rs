@@ -236,25 +236,4 @@ impl Service {
         }
         Ok(())
     }
-
-    /// Tells the dataplane which addresses are the node's (all but loopback).
-    async fn refresh_node_addresses(&mut self) -> Result<()> {
-        let addresses: Vec<(u32, std::net::Ipv4Addr)> = netlink::ipv4_addresses(&self.handle)
-            .await?
-            .into_iter()
-            .map(|(i, a)| (i, a.addr()))
-            .filter(|(_, a)| !a.is_loopback())
-            .collect();
-        self.dataplane.set_node_addresses(&addresses)?;
-        // Masqueraded traffic leaves with the uplink's (first) address.
-        let uplink = netlink::link_by_name(&self.handle, &self.uplink).await?;
-        let source = uplink
-            .and_then(|l| addresses.iter().find(|(i, _)| *i == l.index))
-            .map(|(_, a)| *a);
-        if source.is_none() {
-            tracing::warn!(uplink = %self.uplink, "the uplink has no IPv4 address: no masquerade");
-        }
-        let ports = self.settings.masquerade_port_range.bounds();
-        self.dataplane.set_masquerade(source, ports)
-    }
 }
