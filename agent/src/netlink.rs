@@ -91,15 +91,20 @@ pub async fn all_links(h: &Handle) -> Result<Vec<Link>> {
 /// current namespace, from a netlink socket of its own subscribed to link events. Ends when
 /// that socket fails.
 pub fn link_changes() -> Result<impl futures::Stream<Item = ()> + Unpin> {
-    let (mut connection, _, messages) =
-        rtnetlink::new_connection().map_err(Error::io("opening a netlink socket"))?;
-    use rtnetlink::sys::AsyncSocket as _;
-    let groups = rtnetlink::sys::SocketAddr::new(0, rtnetlink::constants::RTMGRP_LINK);
-    connection
-        .socket_mut()
-        .socket_mut()
-        .bind(&groups)
-        .map_err(Error::io("subscribing to link events"))?;
+    changes(
+        rtnetlink::MulticastGroup::Link,
+        "subscribing to link events",
+    )
+}
+
+/// A nudge for each message of `group`, from a netlink socket of its own; the socket's
+/// task ends once the stream is dropped (its handle is dropped here already).
+fn changes(
+    group: rtnetlink::MulticastGroup,
+    what: &'static str,
+) -> Result<impl futures::Stream<Item = ()> + Unpin> {
+    let (connection, _, messages) =
+        rtnetlink::new_multicast_connection(&[group]).map_err(Error::io(what))?;
     tokio::spawn(connection);
     Ok(futures::StreamExt::map(messages, |_| ()))
 }
@@ -307,12 +312,10 @@ pub async fn ipv4_addresses(h: &Handle) -> Result<Vec<(u32, Ipv4Net)>> {
 /// What changed is not told: the caller reads the addresses again, which also covers
 /// changes whose announcement was lost. Ends when that socket fails.
 pub fn address_changes() -> Result<impl futures::Stream<Item = ()> + Unpin> {
-    let (connection, _, messages) =
-        rtnetlink::new_multicast_connection(&[rtnetlink::MulticastGroup::Ipv4Ifaddr])
-            .map_err(Error::io("subscribing to address changes"))?;
-    // Ends once the stream is dropped: its handle is dropped here already.
-    tokio::spawn(connection);
-    Ok(futures::StreamExt::map(messages, |_| ()))
+    changes(
+        rtnetlink::MulticastGroup::Ipv4Ifaddr,
+        "subscribing to address changes",
+    )
 }
 
 /// Turns GRO on for `ifname` (ethtool `ETHTOOL_SGRO`). A veth end that receives frames
