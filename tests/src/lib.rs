@@ -12,6 +12,7 @@
 //! inside namespaces.
 
 pub mod docker;
+pub mod figures;
 pub mod packet;
 
 use std::{
