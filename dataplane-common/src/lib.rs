@@ -7,7 +7,10 @@
 #![cfg_attr(not(test), no_std)]
 
 pub mod csum;
+// Before `layout`, which uses its `aya_pod!`.
+#[macro_use]
 pub mod maps;
+pub mod layout;
 pub mod parse;
 pub mod stats;
 

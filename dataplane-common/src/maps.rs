@@ -156,6 +156,11 @@ pub struct NatFlow {
     pub _pad1: u16,
     /// `bpf_ktime_get_ns()` of the last packet, for idle timeouts.
     pub last_seen_ns: u64,
+    /// Packets of the flow, both directions, since it was opened (or since the agent
+    /// migrated it from a layout without counters).
+    pub packets: u64,
+    /// Their bytes at the IP level (headers included), as conntrack's accounting counts.
+    pub bytes: u64,
 }
 
 /// Key of [`ENDPOINTS`].
@@ -396,7 +401,7 @@ const _: () = assert!(size_of::<BackendKey>() == 8);
 const _: () = assert!(size_of::<NodeAddrKey>() == 4);
 const _: () = assert!(size_of::<NodeAddr>() == 4);
 const _: () = assert!(size_of::<FlowKey>() == 16);
-const _: () = assert!(size_of::<NatFlow>() == 24);
+const _: () = assert!(size_of::<NatFlow>() == 40);
 const _: () = assert!(size_of::<EndpointKey>() == 4);
 const _: () = assert!(size_of::<EndpointInfo>() == 20);
 const _: () = assert!(size_of::<FilterKey>() == 8);

@@ -114,10 +114,16 @@ fn track(
     if let Some(entry) = NAT_FLOWS.get_ptr_mut(flow) {
         // SAFETY: a pointer to a live map value of plain data.
         let state = unsafe {
-            let state = (*entry).state;
-            *entry = NatFlow { state, ..nat };
-            state
+            let seen = *entry;
+            *entry = NatFlow {
+                state: seen.state,
+                packets: seen.packets,
+                bytes: seen.bytes,
+                ..nat
+            };
+            seen.state
         };
+        count(entry, ip);
         match next_state(state, false, ip, l4) {
             Some(next) => flowtable::nat_set_state(flow, entry, next),
             None => {
@@ -148,6 +154,20 @@ fn nat_flow_of(ip: &Ipv4, l4: &L4) -> NatFlow {
         client_port_be: l4.sport_be,
         _pad1: 0,
         last_seen_ns: now_ns(),
+        packets: 1,
+        bytes: u64::from(ip.total_len),
+    }
+}
+
+/// Counts a packet of the flow at `entry`. Plain adds (the BPF target has no atomic
+/// read-modify-write in Rust): two CPUs counting the same flow at once may lose a count,
+/// as the flow's other fields may lose a write; the counters are for people, not decisions.
+#[inline(always)]
+fn count(entry: *mut NatFlow, ip: &Ipv4) {
+    // SAFETY: a pointer to a live map value of plain data.
+    unsafe {
+        (*entry).packets += 1;
+        (*entry).bytes += u64::from(ip.total_len);
     }
 }
 
@@ -333,6 +353,7 @@ pub fn reply(
         (*entry).last_seen_ns = now_ns();
         *entry
     };
+    count(entry, ip);
     match next_state(nat.state, true, ip, l4) {
         Some(state) => flowtable::nat_set_state(flow, entry, state),
         None => {

@@ -644,8 +644,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Conntrack(ConntrackCommand::Ls) => {
             let flows: Vec<FlowInfo> = client.get("/conntrack").await?;
             for f in &flows {
+                // conntrack -L's accounting fields, where the flow's table counts.
+                let counted = match (f.packets, f.bytes) {
+                    (Some(packets), Some(bytes)) => format!(" packets={packets} bytes={bytes}"),
+                    _ => String::new(),
+                };
                 println!(
-                    "{} {} src={} dst={} backend={} seen-as={} idle={}s",
+                    "{} {} src={} dst={} backend={} seen-as={} idle={}s{counted}",
                     f.kind, f.proto, f.client, f.frontend, f.backend, f.seen_as, f.idle_seconds
                 );
             }

@@ -36,6 +36,7 @@ use super::{
     NetworkPolicy,
     flow_gc::FlowGc,
     flows::{self, is_missing_key},
+    migrate,
 };
 use crate::{
     Error, Result,
@@ -95,16 +96,32 @@ pub fn loaded_programs(ebpf: &Ebpf) -> Result<Vec<ProgramInfo>> {
 
 /// Loads the eBPF object with its maps pinned under `pin_dir` (re-adopting pinned ones), the
 /// flow tables of the given sizes (when the tables are made, not when an earlier agent's
-/// pinned ones are re-adopted: `info` shows the sizes in force).
+/// pinned ones are re-adopted: `info` shows the sizes in force). For a caller that attaches
+/// nothing: maps pinned with an earlier layout are migrated at once.
 pub fn load_object_with(pin_dir: &Path, sizes: FlowTableSizes) -> Result<Ebpf> {
+    let (mut ebpf, migration) = load_object_migrating(pin_dir, sizes)?;
+    migration.finish(&mut ebpf, CONTAINER_PROGRAM)?;
+    Ok(ebpf)
+}
+
+/// [`load_object_with`], leaving the migration of maps pinned with an earlier layout (see
+/// [`migrate`]) to finish once the new programs are attached: until then the earlier
+/// programs still run on the earlier maps.
+pub fn load_object_migrating(
+    pin_dir: &Path,
+    sizes: FlowTableSizes,
+) -> Result<(Ebpf, migrate::Migration)> {
     fs::create_dir_all(pin_dir)
         .map_err(Error::io(format!("creating pin dir {}", pin_dir.display())))?;
-    EbpfLoader::new()
+    let mut migration = migrate::prepare(pin_dir)?;
+    let ebpf = EbpfLoader::new()
         .default_map_pin_directory(pin_dir)
         .map_max_entries(CONNTRACK, sizes.conntrack)
         .map_max_entries(NAT_FLOWS, sizes.nat_flows)
         .load(EBPF_OBJECT)
-        .map_err(Error::dataplane("loading the eBPF object"))
+        .map_err(Error::dataplane("loading the eBPF object"))?;
+    migration.record_and_copy()?;
+    Ok((ebpf, migration))
 }
 
 pub struct EbpfDataplane {
@@ -285,6 +302,8 @@ fn list_flows(
             backend: endpoint(key.container_ip_be, key.container_port_be),
             seen_as: endpoint(key.remote_ip_be, key.remote_port_be),
             idle_seconds: idle(flow.last_seen_ns),
+            packets: Some(flow.packets),
+            bytes: Some(flow.bytes),
         });
     }
     let entries = flows::walk(conntrack).into_complete(CONNTRACK)?;
@@ -302,6 +321,8 @@ fn list_flows(
             backend: endpoint(key.dst_ip_be, key.dport_be),
             seen_as: endpoint(original.nat_ip_be, original.nat_port_be),
             idle_seconds: idle(flow.last_seen_ns()),
+            packets: None,
+            bytes: None,
         });
     }
     out.sort_by(|a, b| (&a.backend, &a.client).cmp(&(&b.backend, &b.client)));
@@ -394,7 +415,7 @@ impl EbpfDataplane {
         sizes: FlowTableSizes,
         timeouts: FlowTimeouts,
     ) -> Result<Self> {
-        let mut ebpf = load_object_with(pin_dir, sizes)?;
+        let (mut ebpf, migration) = load_object_migrating(pin_dir, sizes)?;
         let links_dir = pin_dir.join(LINKS_DIR);
         fs::create_dir_all(&links_dir)
             .map_err(Error::io(format!("creating {}", links_dir.display())))?;
@@ -448,6 +469,7 @@ impl EbpfDataplane {
         };
         dataplane.set_node_netns()?;
         dataplane.attach_socket_programs(cgroup)?;
+        migration.finish(&mut dataplane.ebpf, CONTAINER_PROGRAM)?;
         Ok(dataplane)
     }
 

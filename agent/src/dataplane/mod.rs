@@ -13,6 +13,7 @@ pub mod ebpf;
 pub mod flow_gc;
 pub mod flows;
 pub mod iptables;
+pub mod migrate;
 
 use std::net::Ipv4Addr;
 

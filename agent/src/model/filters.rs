@@ -147,6 +147,12 @@ pub struct FlowInfo {
     pub seen_as: String,
     #[serde(rename = "IdleSeconds")]
     pub idle_seconds: u64,
+    /// Packets and IP bytes of the flow, both directions, where its table counts them
+    /// (published-port flows on the ebpf dataplane).
+    #[serde(rename = "Packets", default, skip_serializing_if = "Option::is_none")]
+    pub packets: Option<u64>,
+    #[serde(rename = "Bytes", default, skip_serializing_if = "Option::is_none")]
+    pub bytes: Option<u64>,
 }
 
 #[cfg(test)]
