@@ -67,6 +67,9 @@ pub struct Options {
 pub struct Bins {
     pub bpfbridge: PathBuf,
     pub loadgen: PathBuf,
+    /// A `bpfbridge` of the previous map layout, for the restart scenario's upgrade variant
+    /// (none: the variant is left out, as in smoke runs).
+    pub upgrade_from: Option<PathBuf>,
 }
 
 impl Options {

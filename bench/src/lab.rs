@@ -170,6 +170,23 @@ impl Node {
         agent.spawn()
     }
 
+    /// Runs `bin` as the node's agent from the next start on.
+    pub(crate) fn set_agent_bin(&mut self, bin: &Path) -> Result<()> {
+        let dataplane = self.dataplane;
+        self.agent
+            .as_mut()
+            .with_context(|| format!("the {dataplane} node runs no agent"))?
+            .set_bin(bin);
+        Ok(())
+    }
+
+    /// [`Node::restart_fresh`] with the agent `bin` (an earlier build, whose map layout may
+    /// differ: its pins are made afresh from the node's records).
+    pub(crate) fn restart_fresh_with(&mut self, bin: &Path) -> Result<()> {
+        self.set_agent_bin(bin)?;
+        self.restart_fresh(Vec::new())
+    }
+
     /// Creates a container publishing `ports` (`-p` values), through the agent's API or
     /// dockerd; returns its address and network namespace.
     pub(crate) fn create_container(

@@ -12,8 +12,8 @@ use plotters::prelude::*;
 
 use crate::results::{
     ApiLatency, BulkLoad, ConnErrors, Connrate, ConntrackScale, Drops, Egress, Flood, LatencyLoad,
-    Measurement, Mode, Path as BenchPath, Programming, ProgrammingTimes, Restart, Results,
-    Scenario, Udp,
+    Measurement, Mode, Path as BenchPath, Programming, ProgrammingTimes, Restart, RestartVariant,
+    Results, Scenario, Udp,
 };
 
 use BenchPath::{Direct, Docker as DOCKER, Ebpf, Iptables};
@@ -378,9 +378,9 @@ pub fn write(results: &Results, dir: &Path) -> Result<()> {
         )?;
         writeln!(
             md,
-            "| dataplane | connections ok | refused | timed out | reset | other | agent back after (s) |"
+            "| dataplane | agent | connections ok | refused | timed out | reset | other | agent back after (s) |"
         )?;
-        writeln!(md, "|---|---|---|---|---|---|---|")?;
+        writeln!(md, "|---|---|---|---|---|---|---|---|")?;
         for (dp, r) in &restarts {
             let ConnErrors {
                 refused,
@@ -390,8 +390,13 @@ pub fn write(results: &Results, dir: &Path) -> Result<()> {
             } = r.load.errors;
             writeln!(
                 md,
-                "| {dp} | {} | {refused} | {timeout} | {reset} | {other} | {:.2} |",
-                r.load.connections, r.agent_back_seconds,
+                "| {dp} | {} | {} | {refused} | {timeout} | {reset} | {other} | {:.2} |",
+                match r.variant {
+                    RestartVariant::Restart => "restarted",
+                    RestartVariant::Upgrade => "upgraded (map migration)",
+                },
+                r.load.connections,
+                r.agent_back_seconds,
             )?;
         }
         writeln!(md)?;
@@ -420,10 +425,14 @@ pub fn write(results: &Results, dir: &Path) -> Result<()> {
     let udp_ratio = ratio(udp_rate(Ebpf), udp_rate(Iptables));
     let lat_ratio = ratio(p99(Ebpf), p99(Direct));
     let bulk_ratio = ratio(gbits(Ebpf), gbits(Direct));
-    let restart_errors: Option<u64> = restarts
-        .iter()
-        .find(|(dp, _)| *dp == Ebpf)
-        .map(|(_, r)| r.load.errors.total());
+    let ebpf_errors = |variant: RestartVariant| -> Option<u64> {
+        restarts
+            .iter()
+            .find(|(dp, r)| *dp == Ebpf && r.variant == variant)
+            .map(|(_, r)| r.load.errors.total())
+    };
+    let restart_errors = ebpf_errors(RestartVariant::Restart);
+    let upgrade_errors = ebpf_errors(RestartVariant::Upgrade);
     let mut rows: Vec<(String, String, Option<bool>)> = vec![
         (
             format!(
@@ -477,6 +486,14 @@ pub fn write(results: &Results, dir: &Path) -> Result<()> {
             restart_errors.map(|e| e == 0),
         ),
     ];
+    // Only runs that built an agent of the previous layout (not smoke runs) measure it.
+    if let Some(errors) = upgrade_errors {
+        rows.push((
+            "upgrade across a map layout change: 0 failed connections".into(),
+            errors.to_string(),
+            Some(errors == 0),
+        ));
+    }
     rows.extend(flow_targets(results));
     for (target, measured, met) in rows {
         writeln!(md, "| {target} | {measured} | {} |", verdict(met))?;
@@ -507,7 +524,7 @@ pub fn write(results: &Results, dir: &Path) -> Result<()> {
     )?;
     writeln!(
         md,
-        "- The restart scenario counts failed connections of the conn-rate client while the agent is stopped (SIGTERM) and started again; packets lost are not counted separately."
+        "- The restart scenario counts failed connections of the conn-rate client while the agent is stopped (SIGTERM) and started again; packets lost are not counted separately. Its upgrade variant (not in smoke runs) first runs the ebpf node on an agent of the previous map layout (built once from a fixed earlier commit into target/bench/upgrade-from), then stops it under the same load and starts this build's agent, which migrates the pinned maps."
     )?;
     if docker {
         writeln!(

@@ -368,6 +368,30 @@ pub struct Restart {
     pub load: ConnLoad,
     pub agent_stop_seconds: f64,
     pub agent_back_seconds: f64,
+    /// The same agent again, or a newer one over the pins of an older map layout.
+    #[serde(default)]
+    pub variant: RestartVariant,
+}
+
+/// What starts again in the restart scenario.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RestartVariant {
+    /// The same agent.
+    #[default]
+    Restart,
+    /// This build's agent, after one of the previous map layout (`Bins::upgrade_from`): it
+    /// migrates the pinned maps under the load.
+    Upgrade,
+}
+
+impl RestartVariant {
+    pub fn name(self) -> &'static str {
+        match self {
+            RestartVariant::Restart => "restart",
+            RestartVariant::Upgrade => "upgrade",
+        }
+    }
 }
 
 /// Scenario `programming`: one N on one node.

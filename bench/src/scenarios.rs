@@ -19,7 +19,7 @@ use crate::{
     lab::{EBPF, IPTABLES, Lab, command_in, stop_child},
     results::{
         ConnLoad, Connrate, CpuLoad, Measurement, Path as BenchPath, Plan, Programming,
-        ProgrammingOutcome, ProgrammingTimes, Restart, Sample, Scenario, Sent, Udp,
+        ProgrammingOutcome, ProgrammingTimes, Restart, RestartVariant, Sample, Scenario, Sent, Udp,
     },
 };
 
@@ -385,39 +385,68 @@ fn programming(
     Ok(())
 }
 
-/// Scenario `restart`: connections that fail while the agent restarts under load.
+/// Scenario `restart`: connections that fail while the agent restarts under load; then,
+/// given an agent of the previous map layout, while the ebpf node's agent is upgraded from
+/// it to this build (which migrates the pinned maps).
 fn restart(lab: &mut Lab, plan: &Plan, samples: &mut Vec<Sample>) -> Result<()> {
     for i in [EBPF, IPTABLES] {
+        samples.push(restart_under_load(lab, plan, i, RestartVariant::Restart)?);
+    }
+    if let Some(previous) = lab.bins.upgrade_from.clone() {
         check_stop()?;
-        let path = lab.nodes[i].dataplane;
-        let (from, to) = lab.path(path, true);
-        let mut args = path_args("connrate", from, to, plan.restart_seconds);
-        args.extend(["--concurrency".into(), "4".into()]);
-        let runner = lab.client_runner();
-        let ((down, back), load) = thread::scope(|scope| -> Result<_> {
-            let load = scope.spawn(|| runner.run::<ConnLoad>(&args, plan.restart_seconds));
-            thread::sleep(Duration::from_secs_f64(plan.restart_seconds / 4.0));
-            let t = Instant::now();
-            let node = &mut lab.nodes[i];
-            node.stop_agent();
-            let down = t.elapsed();
-            node.start_agent()?;
-            let back = t.elapsed();
-            let v = load.join().map_err(|_| anyhow::anyhow!("load thread"))??;
-            Ok(((down, back), v))
-        })?;
-        eprintln!("bench: restart {path}: {}", load.errors);
-        samples.push(Sample {
-            measurement: Measurement::Restart(Restart {
-                load,
-                agent_stop_seconds: down.as_secs_f64(),
-                agent_back_seconds: back.as_secs_f64(),
-            }),
-            dataplane: path,
-            rep: 0,
-        });
+        // The previous build's agent, on pins of its own layout made from the node's records.
+        lab.nodes[EBPF].restart_fresh_with(&previous)?;
+        samples.push(restart_under_load(
+            lab,
+            plan,
+            EBPF,
+            RestartVariant::Upgrade,
+        )?);
     }
     Ok(())
+}
+
+/// A conn-rate load on node `i`'s published port while its agent is stopped (SIGTERM) and
+/// started again: the same binary, or this build's for an upgrade.
+fn restart_under_load(
+    lab: &mut Lab,
+    plan: &Plan,
+    i: usize,
+    variant: RestartVariant,
+) -> Result<Sample> {
+    check_stop()?;
+    let path = lab.nodes[i].dataplane;
+    let (from, to) = lab.path(path, true);
+    let mut args = path_args("connrate", from, to, plan.restart_seconds);
+    args.extend(["--concurrency".into(), "4".into()]);
+    let runner = lab.client_runner();
+    let this_build = lab.bins.bpfbridge.clone();
+    let ((down, back), load) = thread::scope(|scope| -> Result<_> {
+        let load = scope.spawn(|| runner.run::<ConnLoad>(&args, plan.restart_seconds));
+        thread::sleep(Duration::from_secs_f64(plan.restart_seconds / 4.0));
+        let t = Instant::now();
+        let node = &mut lab.nodes[i];
+        node.stop_agent();
+        let down = t.elapsed();
+        if variant == RestartVariant::Upgrade {
+            node.set_agent_bin(&this_build)?;
+        }
+        node.start_agent()?;
+        let back = t.elapsed();
+        let v = load.join().map_err(|_| anyhow::anyhow!("load thread"))??;
+        Ok(((down, back), v))
+    })?;
+    eprintln!("bench: {} {path}: {}", variant.name(), load.errors);
+    Ok(Sample {
+        measurement: Measurement::Restart(Restart {
+            load,
+            agent_stop_seconds: down.as_secs_f64(),
+            agent_back_seconds: back.as_secs_f64(),
+            variant,
+        }),
+        dataplane: path,
+        rep: 0,
+    })
 }
 
 #[cfg(test)]

@@ -242,6 +242,11 @@ impl Agent {
         info
     }
 
+    /// Replaces the `bpfbridge` binary, for the next [`Agent::spawn`] (an upgrade).
+    pub fn set_bin(&mut self, bin: &Path) {
+        self.options.bin = bin.to_path_buf();
+    }
+
     /// Replaces the extra `bpfbridge agent` flags, for the next [`Agent::spawn`].
     pub fn set_args<S: AsRef<str>>(&mut self, args: impl IntoIterator<Item = S>) {
         self.options.args = args.into_iter().map(|a| a.as_ref().to_string()).collect();

@@ -3,6 +3,7 @@
 mod demo;
 mod setup;
 mod test_run;
+mod upgrade_from;
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -138,6 +139,13 @@ fn bench_task(quick: bool, smoke: bool, scenarios: Vec<Scenario>, with_docker: b
     let release = !smoke;
     cargo_build(release)?;
     let profile_dir = if release { "release" } else { "debug" };
+    // The restart scenario's upgrade variant needs an agent of the previous map layout: a
+    // build of its own, too slow for smoke runs.
+    let upgrade_from =
+        match !smoke && (scenarios.is_empty() || scenarios.contains(&Scenario::Restart)) {
+            true => Some(upgrade_from::build()?),
+            false => None,
+        };
     bench::run(&bench_options(
         quick,
         smoke,
@@ -145,6 +153,7 @@ fn bench_task(quick: bool, smoke: bool, scenarios: Vec<Scenario>, with_docker: b
         with_docker,
         out_dir,
         profile_dir,
+        upgrade_from,
     ))
 }
 
@@ -157,6 +166,7 @@ fn bench_options(
     with_docker: bool,
     out_dir: PathBuf,
     profile_dir: &str,
+    upgrade_from: Option<PathBuf>,
 ) -> bench::Options {
     let bin_dir = target_dir().join(profile_dir);
     bench::Options {
@@ -168,6 +178,7 @@ fn bench_options(
         bins: bench::Bins {
             bpfbridge: bin_dir.join("bpfbridge"),
             loadgen: bin_dir.join("bpfbridge-loadgen"),
+            upgrade_from,
         },
         repo_root: repo_root(),
     }
@@ -187,6 +198,7 @@ fn bench_smoke() -> Result<()> {
         false,
         out_dir.clone(),
         "debug",
+        None,
     ))?;
     let text = std::fs::read_to_string(out_dir.join("results.json"))?;
     let results: bench::Results = serde_json::from_str(&text).context("results.json")?;
