@@ -504,15 +504,31 @@ fn copy_hash<K: Pod, Old: Pod, New: Pod + From<Old>>(old: &Map, new: &mut Map) -
         HashMap::try_from(old).map_err(Error::dataplane("reading a retired map"))?;
     let mut new: HashMap<&mut MapData, K, New> =
         HashMap::try_from(new).map_err(Error::dataplane("opening a migrated map"))?;
-    let mut copied = 0;
+    let (mut copied, mut no_room) = (0, 0);
     for entry in old.iter() {
         // An entry removed while we walk is simply not carried over.
         let Ok((key, value)) = entry else { continue };
         match new.insert(key, New::from(value), BPF_NOEXIST) {
             Ok(()) => copied += 1,
-            Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::EEXIST) => {}
+            Err(MapError::SyscallError(e)) => match e.io_error.raw_os_error() {
+                Some(libc::EEXIST) => {}
+                // A new map made smaller than the old one holds (its size flag lowered): the
+                // rest cannot come along, which must not keep the agent from starting.
+                Some(libc::E2BIG) => no_room += 1,
+                _ => {
+                    return Err(Error::dataplane("copying an entry to its new layout")(
+                        MapError::SyscallError(e),
+                    ));
+                }
+            },
             Err(e) => return Err(Error::dataplane("copying an entry to its new layout")(e)),
         }
+    }
+    if no_room > 0 {
+        tracing::warn!(
+            entries = no_room,
+            "the migrated map is full: entries left behind"
+        );
     }
     Ok(copied)
 }
