@@ -260,3 +260,41 @@ fn a_newer_layout_is_refused_with_what_to_do_and_its_pins_kept() -> Result<()> {
     );
     Ok(())
 }
+
+/// A map added to the programs needs a layout version (`dataplane_common::layout::CURRENT`),
+/// or no upgrade could tell its layouts apart; and every versioned map is pinned.
+#[test]
+fn every_pinned_map_has_a_layout_version() -> Result<()> {
+    if skip_unless_ebpf(NO_MAPS) {
+        return Ok(());
+    }
+    let topology = Topology::new()?;
+    let agent = Agent::start(&topology)?;
+    let mut pinned: Vec<String> = std::fs::read_dir(&agent.pin_dir)?
+        .flatten()
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|name| name != LAYOUT)
+        .collect();
+    pinned.sort();
+    let mut versioned: Vec<String> = layout::CURRENT.iter().map(|l| l.name.to_string()).collect();
+    versioned.sort();
+    ensure!(
+        pinned == versioned,
+        "pinned maps {pinned:?}, versioned maps {versioned:?}: add a new map to \
+         dataplane_common::layout::CURRENT"
+    );
+    for l in layout::CURRENT {
+        let info = MapData::from_pin(agent.pin_dir.join(l.name))?.info()?;
+        ensure!(
+            (info.key_size(), info.value_size()) == (l.key_size, l.value_size),
+            "{}: the kernel has {}-byte keys and {}-byte values, the layout says {} and {}",
+            l.name,
+            info.key_size(),
+            info.value_size(),
+            l.key_size,
+            l.value_size
+        );
+    }
+    Ok(())
+}

@@ -332,6 +332,12 @@ pub fn prepare(pin_dir: &Path) -> Result<Migration> {
         }
     }
     for (name, pin) in map_pins(pin_dir)? {
+        // Not this build's, and not recorded by a newer one (which records all of its maps):
+        // nothing this agent uses, so nothing to migrate or refuse.
+        if layout::current(&name).is_none() && !record.contains_key(&name) {
+            tracing::warn!(pin = %pin.display(), "a pin that is not a map of this agent's; left alone");
+            continue;
+        }
         let version = record.get(&name).copied().unwrap_or(UNRECORDED_VERSION);
         if let PinState::Older(layout, copy) = classify(pin_dir, &pin, &name, version)? {
             retire.push(Retired { layout, pin, copy });
