@@ -120,7 +120,8 @@ fn logged_figure(log: &str, name: &str) -> Option<u64> {
         .lines()
         .rev()
         .find(|l| l.contains("migrated the pinned maps"))?;
-    let start = line.find(&format!("{name}="))? + name.len() + 1;
+    let field = format!(" {name}=");
+    let start = line.find(&field)? + field.len();
     line[start..]
         .split(|c: char| !c.is_ascii_digit())
         .next()?
@@ -193,6 +194,8 @@ fn an_upgrade_migrates_flows_of_the_previous_layout_under_live_connections() -> 
             "connections_lost": lost,
             "entries_migrated": logged_figure(&log, "entries"),
             "migration_ms": logged_figure(&log, "millis"),
+            // From the first copy to the last: the programs are swapped in between.
+            "swap_ms": logged_figure(&log, "swap_millis"),
             "agent_ready_ms": ready.as_millis() as u64,
         }),
     )?;

@@ -99,28 +99,30 @@ pub fn loaded_programs(ebpf: &Ebpf) -> Result<Vec<ProgramInfo>> {
 /// pinned ones are re-adopted: `info` shows the sizes in force). For a caller that attaches
 /// nothing: maps pinned with an earlier layout are migrated at once.
 pub fn load_object_with(pin_dir: &Path, sizes: FlowTableSizes) -> Result<Ebpf> {
-    let (mut ebpf, migration) = load_object_migrating(pin_dir, sizes)?;
+    let (mut ebpf, mut migration) = load_object_migrating(pin_dir, sizes)?;
+    migration.copy()?;
     migration.finish(&mut ebpf, CONTAINER_PROGRAM)?;
     Ok(ebpf)
 }
 
 /// [`load_object_with`], leaving the migration of maps pinned with an earlier layout (see
-/// [`migrate`]) to finish once the new programs are attached: until then the earlier
-/// programs still run on the earlier maps.
+/// [`migrate`]) to the caller: its entries are to be copied once the programs are loaded,
+/// and the migration finished once they are attached; until then the earlier programs
+/// still run on the earlier maps.
 pub fn load_object_migrating(
     pin_dir: &Path,
     sizes: FlowTableSizes,
 ) -> Result<(Ebpf, migrate::Migration)> {
     fs::create_dir_all(pin_dir)
         .map_err(Error::io(format!("creating pin dir {}", pin_dir.display())))?;
-    let mut migration = migrate::prepare(pin_dir)?;
+    let migration = migrate::prepare(pin_dir)?;
     let ebpf = EbpfLoader::new()
         .default_map_pin_directory(pin_dir)
         .map_max_entries(CONNTRACK, sizes.conntrack)
         .map_max_entries(NAT_FLOWS, sizes.nat_flows)
         .load(EBPF_OBJECT)
         .map_err(Error::dataplane("loading the eBPF object"))?;
-    migration.record_and_copy()?;
+    migration.record()?;
     Ok((ebpf, migration))
 }
 
@@ -415,7 +417,14 @@ impl EbpfDataplane {
         sizes: FlowTableSizes,
         timeouts: FlowTimeouts,
     ) -> Result<Self> {
-        let (mut ebpf, migration) = load_object_migrating(pin_dir, sizes)?;
+        let (mut ebpf, mut migration) = load_object_migrating(pin_dir, sizes)?;
+        // Verified (the longest load) before the uplink's program is swapped, not after: in
+        // an upgrade the containers' links are swapped at the end of the start, and until
+        // then flows the new uplink program opens have their replies meet the old tables.
+        let tc: &mut SchedClassifier = program(&mut ebpf, CONTAINER_PROGRAM)?;
+        tc.load()
+            .map_err(Error::dataplane("loading the TC program"))?;
+        migration.copy()?;
         let links_dir = pin_dir.join(LINKS_DIR);
         fs::create_dir_all(&links_dir)
             .map_err(Error::io(format!("creating {}", links_dir.display())))?;
@@ -449,9 +458,6 @@ impl EbpfDataplane {
             }
             Err(e) => return Err(Error::dataplane(format!("opening {}", pin.display()))(e)),
         }
-        let tc: &mut SchedClassifier = program(&mut ebpf, CONTAINER_PROGRAM)?;
-        tc.load()
-            .map_err(Error::dataplane("loading the TC program"))?;
         let (events, _) = tokio::sync::broadcast::channel(1024);
         let ring = ebpf
             .take_map(EVENTS)

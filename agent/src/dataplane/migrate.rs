@@ -8,9 +8,10 @@
 //!    moves each pin whose layout is older to `retired/vN/NAME` (bpffs allows no dots in
 //!    names). Maps whose layout did
 //!    not change are left as they are, and the loader re-adopts them as on any restart.
-//! 2. The loader makes the changed maps afresh. [`Migration::record_and_copy`] records the
-//!    layouts now pinned, then copies the retired maps' entries into the new ones, converted
-//!    (the earlier programs still run on the retired maps meanwhile).
+//! 2. The loader makes the changed maps afresh. [`Migration::record`] records the layouts
+//!    now pinned; once the new programs are loaded, [`Migration::copy`] copies the retired
+//!    maps' entries into the new ones, converted (the earlier programs still run on the
+//!    retired maps meanwhile).
 //! 3. The caller swaps the programs through the pinned links (`bpf_link_update`: XDP and TCX
 //!    links are updated in place, cgroup links replaced); [`Migration::finish`] swaps the
 //!    TC links of every container, copies again what the earlier programs added in between
@@ -128,6 +129,9 @@ pub struct Migration {
     pin_dir: PathBuf,
     retired: Vec<Retired>,
     started: Instant,
+    /// When the first copy was done: from then on the programs are swapped, and flows the
+    /// new uplink program opens are not in the tables of the old container programs.
+    copied: Option<Instant>,
     /// Entries carried over so far.
     entries: usize,
 }
@@ -393,6 +397,7 @@ pub fn prepare(pin_dir: &Path) -> Result<Migration> {
         pin_dir: pin_dir.to_path_buf(),
         retired,
         started,
+        copied: None,
         entries: 0,
     })
 }
@@ -404,10 +409,17 @@ impl Migration {
     }
 
     /// Step 2, once the object is loaded (the maps of the current layout made and pinned):
-    /// records the layouts now pinned, then carries the retired maps' entries over.
-    pub fn record_and_copy(&mut self) -> Result<()> {
-        write_record(&self.pin_dir)?;
-        self.copy_retired()
+    /// records the layouts now pinned.
+    pub fn record(&self) -> Result<()> {
+        write_record(&self.pin_dir)
+    }
+
+    /// Still step 2, as late as can be before the first program is swapped (once the
+    /// programs are loaded): carries the retired maps' entries over.
+    pub fn copy(&mut self) -> Result<()> {
+        self.copy_retired()?;
+        self.copied = Some(Instant::now());
+        Ok(())
     }
 
     fn copy_retired(&mut self) -> Result<()> {
@@ -443,6 +455,7 @@ impl Migration {
             maps = report.maps,
             entries = report.entries,
             millis = self.started.elapsed().as_millis() as u64,
+            swap_millis = self.copied.map_or(0, |t| t.elapsed().as_millis() as u64),
             "migrated the pinned maps to this agent's layout"
         );
         Ok(report)
