@@ -6,8 +6,8 @@
 //! 1. [`prepare`], before the object is loaded: reads the record of the pins' layouts (the
 //!    pinned `LAYOUT` map), refuses layouts newer than this build's (a downgrade), and
 //!    moves each pin whose layout is older to `retired/vN/NAME` (bpffs allows no dots in
-//!    names). Maps whose layout did
-//!    not change are left as they are, and the loader re-adopts them as on any restart.
+//!    names). Maps whose layout did not change are left as they are, and the loader
+//!    re-adopts them as on any restart.
 //! 2. The loader makes the changed maps afresh. [`Migration::record`] records the layouts
 //!    now pinned; once the new programs are loaded, [`Migration::copy`] copies the retired
 //!    maps' entries into the new ones, converted (the earlier programs still run on the
@@ -99,16 +99,16 @@ pub enum LayoutError {
 
 /// How a retired map's entries become entries of the current layout: copies every entry
 /// of `old` not in `new` yet, and returns how many it copied.
-type Copy = fn(&Map, &mut Map) -> Result<usize>;
+type Conversion = fn(&Map, &mut Map) -> Result<usize>;
 
 /// The conversions from each layout in `layout::PREVIOUS` to the current one.
-const CONVERSIONS: &[(&str, u32, Copy)] = &[(
+const CONVERSIONS: &[(&str, u32, Conversion)] = &[(
     NAT_FLOWS,
     1,
     copy_hash::<FlowKey, layout::v1::NatFlow, NatFlow>,
 )];
 
-fn conversion(name: &str, version: u32) -> Option<Copy> {
+fn conversion(name: &str, version: u32) -> Option<Conversion> {
     CONVERSIONS
         .iter()
         .find(|(n, v, _)| *n == name && *v == version)
@@ -120,7 +120,7 @@ fn conversion(name: &str, version: u32) -> Option<Copy> {
 struct Retired {
     layout: MapLayout,
     pin: PathBuf,
-    copy: Copy,
+    copy: Conversion,
 }
 
 /// A migration under way (none when every pin has the current layout).
@@ -246,7 +246,7 @@ enum PinState {
     /// The current layout: re-adopted as it is.
     Current,
     /// An earlier layout this build converts from.
-    Older(MapLayout, Copy),
+    Older(MapLayout, Conversion),
 }
 
 fn classify(pin_dir: &Path, pin: &Path, name: &str, version: u32) -> Result<PinState> {
@@ -516,7 +516,7 @@ fn swap_container_links(ebpf: &mut Ebpf, program: &str, links_dir: &Path) -> Res
     Ok(())
 }
 
-/// [`Copy`] for hash maps whose keys kept their layout and whose values are converted with
+/// A [`Conversion`] for hash maps whose keys kept their layout and whose values are converted with
 /// `From`. An entry already in `new` was written by the new programs, so it is newer: kept.
 fn copy_hash<K: Pod, Old: Pod, New: Pod + From<Old>>(old: &Map, new: &mut Map) -> Result<usize> {
     let old: HashMap<&MapData, K, Old> =
