@@ -122,7 +122,6 @@ pub fn load_object_migrating(
         .map_max_entries(NAT_FLOWS, sizes.nat_flows)
         .load(EBPF_OBJECT)
         .map_err(Error::dataplane("loading the eBPF object"))?;
-    migration.record()?;
     Ok((ebpf, migration))
 }
 

@@ -6,12 +6,11 @@
 //! 1. [`prepare`], before the object is loaded: reads the record of the pins' layouts (the
 //!    pinned `LAYOUT` map), refuses layouts newer than this build's (a downgrade), and
 //!    moves each pin whose layout is older to `retired/vN/NAME` (bpffs allows no dots in
-//!    names). Maps whose layout did not change are left as they are, and the loader
-//!    re-adopts them as on any restart.
-//! 2. The loader makes the changed maps afresh. [`Migration::record`] records the layouts
-//!    now pinned; once the new programs are loaded, [`Migration::copy`] copies the retired
-//!    maps' entries into the new ones, converted (the earlier programs still run on the
-//!    retired maps meanwhile).
+//!    names), then records this build's layouts. Maps whose layout did not change are left
+//!    as they are, and the loader re-adopts them as on any restart.
+//! 2. The loader makes the changed maps afresh. Once the new programs are loaded,
+//!    [`Migration::copy`] copies the retired maps' entries into the new ones, converted (the
+//!    earlier programs still run on the retired maps meanwhile).
 //! 3. The caller swaps the programs through the pinned links (`bpf_link_update`: XDP and TCX
 //!    links are updated in place, cgroup links replaced); [`Migration::finish`] swaps the
 //!    TC links of every container, copies again what the earlier programs added in between
@@ -314,8 +313,9 @@ fn map_pins(pin_dir: &Path) -> Result<Vec<(String, PathBuf)>> {
         .collect())
 }
 
-/// Step 1: checks every pin under `pin_dir` against this build's layouts and retires the
-/// ones with an older layout. Nothing is changed when a pin cannot be used.
+/// Step 1: checks every pin under `pin_dir` against this build's layouts, retires the ones
+/// with an older layout and records this build's. Nothing is changed when a pin cannot be
+/// used.
 pub fn prepare(pin_dir: &Path) -> Result<Migration> {
     let started = Instant::now();
     let record = read_record(pin_dir)?;
@@ -393,6 +393,10 @@ pub fn prepare(pin_dir: &Path) -> Result<Migration> {
             copy,
         });
     }
+    // What is left in place is of this build's layout, and what the loader makes will be:
+    // recorded before it makes anything, so that no crash leaves a map of a layout the
+    // record does not name.
+    write_record(pin_dir)?;
     Ok(Migration {
         pin_dir: pin_dir.to_path_buf(),
         retired,
@@ -406,12 +410,6 @@ impl Migration {
     /// Whether any map is being migrated.
     pub fn is_upgrade(&self) -> bool {
         !self.retired.is_empty()
-    }
-
-    /// Step 2, once the object is loaded (the maps of the current layout made and pinned):
-    /// records the layouts now pinned.
-    pub fn record(&self) -> Result<()> {
-        write_record(&self.pin_dir)
     }
 
     /// Still step 2, as late as can be before the first program is swapped (once the
