@@ -129,13 +129,9 @@ fn logged_figure(log: &str, name: &str) -> Option<u64> {
         .ok()
 }
 
-#[test]
-fn an_upgrade_migrates_flows_of_the_previous_layout_under_live_connections() -> Result<()> {
-    if skip_unless_ebpf(NO_MAPS) {
-        return Ok(());
-    }
-    let topology = Topology::new()?;
-    let mut agent = Agent::start(&topology)?;
+/// A container publishing 8080:80 and another on the default (masquerading) network, with
+/// a TCP connection through each that carries bytes.
+fn live_connections(topology: &Topology, agent: &Agent) -> Result<[Connection; 2]> {
     let (_, web) = agent.create_container(&["--name", "web", "-p", "8080:80"])?;
     let (_, app) = agent.create_container(&["--name", "app"])?;
     let world = topology.world.path();
@@ -158,7 +154,17 @@ fn an_upgrade_migrates_flows_of_the_previous_layout_under_live_connections() -> 
     for c in &mut connections {
         ensure!(c.carries(), "a connection before the upgrade");
     }
+    Ok(connections)
+}
 
+#[test]
+fn an_upgrade_migrates_flows_of_the_previous_layout_under_live_connections() -> Result<()> {
+    if skip_unless_ebpf(NO_MAPS) {
+        return Ok(());
+    }
+    let topology = Topology::new()?;
+    let mut agent = Agent::start(&topology)?;
+    let mut connections = live_connections(&topology, &agent)?;
     agent.kill();
     let pin_dir = agent.pin_dir.clone();
     let conntrack_before = map_id(&pin_dir.join(CONNTRACK))?;
@@ -230,6 +236,40 @@ fn an_upgrade_migrates_flows_of_the_previous_layout_under_live_connections() -> 
             && l.contains("packets=")
             && !l.contains("packets=0 ")),
         "{flows_out}"
+    );
+    Ok(())
+}
+
+/// An upgrade killed after it moved the old map aside, before the new one was made: the
+/// next start carries the retired map's flows over all the same.
+#[test]
+fn an_upgrade_that_stopped_half_way_resumes() -> Result<()> {
+    if skip_unless_ebpf(NO_MAPS) {
+        return Ok(());
+    }
+    let topology = Topology::new()?;
+    let mut agent = Agent::start(&topology)?;
+    let mut connections = live_connections(&topology, &agent)?;
+    agent.kill();
+    let pin_dir = agent.pin_dir.clone();
+    let flows = pin_previous_layout(&pin_dir)?;
+    let retired = pin_dir.join("retired").join("v1");
+    std::fs::create_dir_all(&retired)?;
+    MapData::from_pin(pin_dir.join(NAT_FLOWS))?.pin(retired.join(NAT_FLOWS))?;
+    std::fs::remove_file(pin_dir.join(NAT_FLOWS))?;
+
+    agent.spawn()?;
+    let lost = connections
+        .iter_mut()
+        .map(|c| !c.carries() as usize)
+        .sum::<usize>();
+    ensure!(lost == 0, "{lost} connections lost: {}", agent.log());
+    ensure!(!pin_dir.join("retired").exists(), "retired pins left");
+    let nat_flows = open_map(&pin_dir.join(NAT_FLOWS))?;
+    let nat_flows: HashMap<&MapData, FlowKey, NatFlow> = HashMap::try_from(&nat_flows)?;
+    ensure!(
+        nat_flows.iter().count() >= flows,
+        "the flows were carried over"
     );
     Ok(())
 }
