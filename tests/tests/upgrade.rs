@@ -15,7 +15,7 @@
 use std::{
     io::{Read as _, Write as _},
     net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream},
-    path::Path,
+    path::{Path, PathBuf},
     time::{Duration, Instant},
 };
 
@@ -130,8 +130,8 @@ fn logged_figure(log: &str, name: &str) -> Option<u64> {
 }
 
 /// A container publishing 8080:80 and another on the default (masquerading) network, with
-/// a TCP connection through each that carries bytes.
-fn live_connections(topology: &Topology, agent: &Agent) -> Result<[Connection; 2]> {
+/// a TCP connection through each that carries bytes; and the first one's namespace.
+fn live_connections(topology: &Topology, agent: &Agent) -> Result<([Connection; 2], PathBuf)> {
     let (_, web) = agent.create_container(&["--name", "web", "-p", "8080:80"])?;
     let (_, app) = agent.create_container(&["--name", "app"])?;
     let world = topology.world.path();
@@ -154,7 +154,7 @@ fn live_connections(topology: &Topology, agent: &Agent) -> Result<[Connection; 2
     for c in &mut connections {
         ensure!(c.carries(), "a connection before the upgrade");
     }
-    Ok(connections)
+    Ok((connections, web))
 }
 
 #[test]
@@ -164,7 +164,7 @@ fn an_upgrade_migrates_flows_of_the_previous_layout_under_live_connections() -> 
     }
     let topology = Topology::new()?;
     let mut agent = Agent::start(&topology)?;
-    let mut connections = live_connections(&topology, &agent)?;
+    let (mut connections, _) = live_connections(&topology, &agent)?;
     agent.kill();
     let pin_dir = agent.pin_dir.clone();
     let conntrack_before = map_id(&pin_dir.join(CONNTRACK))?;
@@ -240,6 +240,79 @@ fn an_upgrade_migrates_flows_of_the_previous_layout_under_live_connections() -> 
     Ok(())
 }
 
+/// The same upgrade from a real agent of the previous layout, its own pins and programs,
+/// when `BPFBRIDGE_UPGRADE_FROM` names its binary (`cargo xtask bench` builds one, in
+/// release, into target/bench/upgrade-from/; building one in CI is too slow, so CI skips
+/// this).
+#[test]
+fn an_upgrade_from_an_agent_of_the_previous_layout() -> Result<()> {
+    if skip_unless_ebpf(NO_MAPS) {
+        return Ok(());
+    }
+    let Some(previous) = std::env::var_os("BPFBRIDGE_UPGRADE_FROM") else {
+        // Past the harness's capture, like the suite's other skips.
+        writeln!(
+            std::io::stderr(),
+            "an_upgrade_from_an_agent_of_the_previous_layout: skipped: \
+             BPFBRIDGE_UPGRADE_FROM names no agent of the previous layout"
+        )?;
+        return Ok(());
+    };
+    let topology = Topology::new()?;
+    let mut agent = Agent::start(&topology)?;
+    // The previous agent from scratch: its own pins, of its own layout.
+    agent.kill();
+    std::fs::remove_dir_all(&agent.pin_dir)?;
+    agent.set_bin(Path::new(&previous));
+    agent.spawn()?;
+    let pin_dir = agent.pin_dir.clone();
+    ensure!(
+        value_size(&pin_dir.join(NAT_FLOWS))? == 24 && !pin_dir.join(LAYOUT).exists(),
+        "the previous agent pinned the previous layout"
+    );
+    let (mut connections, web) = live_connections(&topology, &agent)?;
+    let conntrack_before = map_id(&pin_dir.join(CONNTRACK))?;
+
+    agent.stop();
+    agent.set_bin(&bpfbridge_tests::bpfbridge_bin());
+    agent.spawn()?;
+    let lost = connections
+        .iter_mut()
+        .map(|c| !c.carries() as usize)
+        .sum::<usize>();
+    let log = agent.log();
+    figures::record(
+        "upgrade_from_previous_agent",
+        serde_json::json!({
+            "connections": connections.len(),
+            "connections_lost": lost,
+            "entries_migrated": logged_figure(&log, "entries"),
+            "migration_ms": logged_figure(&log, "millis"),
+            "swap_ms": logged_figure(&log, "swap_millis"),
+        }),
+    )?;
+    ensure!(
+        lost == 0,
+        "{lost} connections lost across the upgrade: {log}"
+    );
+    ensure!(!pin_dir.join("retired").exists(), "retired pins left");
+    ensure!(value_size(&pin_dir.join(NAT_FLOWS))? == 40);
+    ensure!(map_id(&pin_dir.join(CONNTRACK))? == conntrack_before);
+    ensure!(
+        logged_figure(&log, "entries").is_some_and(|n| n >= 1),
+        "the agent migrated the published-port flow: {log}"
+    );
+    // A new connection through the published port, opened by the new programs.
+    let mut after = Connection::open(
+        &topology.world.path(),
+        &web,
+        SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 80),
+        SocketAddrV4::new(NODE_IP, PUBLISHED_PORT),
+    )?;
+    ensure!(after.carries(), "a new connection after the upgrade");
+    Ok(())
+}
+
 /// An upgrade killed after it moved the old map aside, before the new one was made: the
 /// next start carries the retired map's flows over all the same.
 #[test]
@@ -249,7 +322,7 @@ fn an_upgrade_that_stopped_half_way_resumes() -> Result<()> {
     }
     let topology = Topology::new()?;
     let mut agent = Agent::start(&topology)?;
-    let mut connections = live_connections(&topology, &agent)?;
+    let (mut connections, _) = live_connections(&topology, &agent)?;
     agent.kill();
     let pin_dir = agent.pin_dir.clone();
     let flows = pin_previous_layout(&pin_dir)?;
