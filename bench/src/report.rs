@@ -524,7 +524,7 @@ pub fn write(results: &Results, dir: &Path) -> Result<()> {
     )?;
     writeln!(
         md,
-        "- The restart scenario counts failed connections of the conn-rate client while the agent is stopped (SIGTERM) and started again; packets lost are not counted separately. Its upgrade variant (not in smoke runs) first runs the ebpf node on an agent of the previous map layout (built once from a fixed earlier commit into target/bench/upgrade-from), then stops it under the same load and starts this build's agent, which migrates the pinned maps."
+        "- The restart scenario counts failed connections of the conn-rate client while the agent is stopped (SIGTERM) and started again; packets lost are not counted separately. Its upgrade variant (quick and full runs, and smoke runs given `--upgrade-from`) first runs the ebpf node on an agent of the previous map layout (built once from a fixed earlier commit into target/bench/upgrade-from), then stops it under the same load and starts this build's agent, which migrates the pinned maps."
     )?;
     if docker {
         writeln!(

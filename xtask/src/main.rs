@@ -63,6 +63,11 @@ enum Task {
         /// (skipped, and said so, when docker.io is not installed; never in smoke runs).
         #[arg(long)]
         with_docker: bool,
+        /// The `bpfbridge` of the previous map layout for the restart scenario's upgrade
+        /// variant, instead of building the one of the commit in xtask/src/upgrade_from.rs
+        /// (which quick and full runs do; smoke runs leave the variant out unless given one).
+        #[arg(long, value_name = "PATH")]
+        upgrade_from: Option<PathBuf>,
     },
     /// Run setup and build, then run `bpfbridge ARGS...`, or with no ARGS the demo: an agent,
     /// a container with a published port, and a client in network namespaces of their own.
@@ -84,7 +89,8 @@ fn main() -> ExitCode {
             smoke,
             scenarios,
             with_docker,
-        } => bench_task(quick, smoke, scenarios, with_docker),
+            upgrade_from,
+        } => bench_task(quick, smoke, scenarios, with_docker, upgrade_from),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -133,7 +139,13 @@ fn test(lint: bool, args: &[OsString]) -> Result<()> {
     Ok(())
 }
 
-fn bench_task(quick: bool, smoke: bool, scenarios: Vec<Scenario>, with_docker: bool) -> Result<()> {
+fn bench_task(
+    quick: bool,
+    smoke: bool,
+    scenarios: Vec<Scenario>,
+    with_docker: bool,
+    upgrade_from: Option<PathBuf>,
+) -> Result<()> {
     setup::setup()?;
     let out_dir = target_dir().join(if smoke { "bench-smoke" } else { "bench" });
     let release = !smoke;
@@ -141,11 +153,12 @@ fn bench_task(quick: bool, smoke: bool, scenarios: Vec<Scenario>, with_docker: b
     let profile_dir = if release { "release" } else { "debug" };
     // The restart scenario's upgrade variant needs an agent of the previous map layout: a
     // build of its own, too slow for smoke runs.
-    let upgrade_from =
-        match !smoke && (scenarios.is_empty() || scenarios.contains(&Scenario::Restart)) {
-            true => Some(upgrade_from::build()?),
-            false => None,
-        };
+    let restart = scenarios.is_empty() || scenarios.contains(&Scenario::Restart);
+    let upgrade_from = match upgrade_from {
+        Some(path) => Some(path),
+        None if restart && !smoke => Some(upgrade_from::build()?),
+        None => None,
+    };
     bench::run(&bench_options(
         quick,
         smoke,
