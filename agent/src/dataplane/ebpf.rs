@@ -1020,6 +1020,8 @@ impl Dataplane for EbpfDataplane {
                 error,
             });
         }
+        let names: Vec<&String> = wanted.iter().map(|u| &u.name).collect();
+        self.uplinks.retain(|name, _| names.contains(&name));
         // Whatever else is pinned (an interface gone, no longer wanted, or on the other
         // hook now) goes.
         let keep: Vec<(&str, Hook)> = self
@@ -1041,8 +1043,6 @@ impl Dataplane for EbpfDataplane {
             }
             Err(e) => tracing::warn!("{e}"),
         }
-        let names: Vec<&String> = wanted.iter().map(|u| &u.name).collect();
-        self.uplinks.retain(|name, _| names.contains(&name));
         infos
     }
 

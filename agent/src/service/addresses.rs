@@ -115,6 +115,16 @@ fn pick_uplinks(
         .collect()
 }
 
+/// Without `--uplink` and a default route: the first interface that would be an uplink,
+/// bridges aside, whose MTU then is the default one.
+pub(super) async fn first_uplink_candidate(handle: &rtnetlink::Handle) -> Result<Option<String>> {
+    let interfaces = netlink::all_interfaces(handle).await?;
+    Ok(pick_uplinks(&interfaces, &[], &[])
+        .into_iter()
+        .find(|u| u.kind.as_deref() != Some("bridge"))
+        .map(|u| u.name))
+}
+
 impl Service {
     /// Picks the uplinks among the node's interfaces and has the dataplane handle exactly
     /// those; what it says of each is kept for `info`.

@@ -117,7 +117,12 @@ impl Service {
     ) -> Result<Self> {
         let uplink = match settings.uplink.first() {
             Some(u) => u.clone(),
-            None => default_route_interface(&handle).await?,
+            None => match default_route_interface(&handle).await {
+                Ok(name) => name,
+                // A node without a default route (its world reaches it, not the other
+                // way round) still has interfaces.
+                Err(e) => addresses::first_uplink_candidate(&handle).await?.ok_or(e)?,
+            },
         };
         let uplink_link = netlink::link_by_name(&handle, &uplink)
             .await?
