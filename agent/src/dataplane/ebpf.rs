@@ -996,6 +996,8 @@ impl Dataplane for EbpfDataplane {
 
     fn set_uplinks(&mut self, wanted: &[UplinkLink]) -> Vec<UplinkInfo> {
         let mut infos = Vec::new();
+        // Interfaces whose attachment failed keep what an earlier agent pinned on them.
+        let mut failed = Vec::new();
         for uplink in wanted {
             let hook = Hook::choose(self.uplink_hook, uplink.kind.as_deref());
             let attached = self.uplinks.get(&uplink.name) == Some(&(uplink.index, hook));
@@ -1008,6 +1010,7 @@ impl Dataplane for EbpfDataplane {
                 Err(e) => {
                     tracing::warn!(uplink = %uplink.name, "{e}");
                     self.uplinks.remove(&uplink.name);
+                    failed.push(uplink.name.clone());
                     Some(e.to_string())
                 }
             };
@@ -1032,7 +1035,7 @@ impl Dataplane for EbpfDataplane {
         match uplinks::attached(&self.links_dir) {
             Ok(pinned) => {
                 for (name, hook) in pinned {
-                    if keep.contains(&(name.as_str(), hook)) {
+                    if keep.contains(&(name.as_str(), hook)) || failed.contains(&name) {
                         continue;
                     }
                     match uplinks::detach(&self.links_dir, &name, hook) {
