@@ -2,7 +2,8 @@
 //! port published on 0.0.0.0 answers on a second interface with its own address, on one
 //! that appears while the agent runs (hotplug, a VPN coming up), and no more on one that
 //! goes; masquerade leaves by the interface the route picks with that interface's address;
-//! an explicit `--uplink` list restricts the eBPF dataplane to those interfaces.
+//! an explicit `--uplink` list restricts the eBPF dataplane to those interfaces; an agent
+//! restarted on another hook swaps the uplink's program over.
 //!
 //! The second interface is a veth to a second world (TEST-NET-1, 192.0.2.0/24) with TX
 //! offload on, so that its frames carry partial checksums.
@@ -243,5 +244,41 @@ fn an_explicit_uplink_list_restricts_published_ports_to_those_interfaces() -> Re
     );
     assert_eq!(uplinks(&agent)?, [("up0".into(), "tc".into())]);
     assert!(uplink_pins(&agent, SECOND)?.is_empty());
+    Ok(())
+}
+
+/// An agent restarted on another hook (an earlier agent's XDP, now `auto`'s TC on a veth)
+/// attaches the new hook and drops the old one's link: one program on the uplink, and the
+/// published port answers before and after.
+#[test]
+fn a_restart_on_another_hook_swaps_the_uplinks_program() -> Result<()> {
+    if skip_unless_ebpf("the hooks are the eBPF dataplane's") {
+        return Ok(());
+    }
+    // Offload off: XDP is safe there, as it was for agents that knew no other hook.
+    let topology = Topology::builder()
+        .world_tx_offload(TxOffload::Off)
+        .build()?;
+    let mut agent = Agent::start_with(&topology, &["--uplink-hook", "xdp"])?;
+    let _container = publish(&agent)?;
+    let world = topology.world.path();
+    assert!(tcp_reaches(&world, published_on(NODE_IP), ATTEMPT));
+    assert_eq!(uplinks(&agent)?, [("up0".into(), "xdp".into())]);
+
+    agent.stop();
+    agent.set_args(["--uplink-hook", "auto"]);
+    agent.spawn()?;
+    assert!(tcp_reaches(&world, published_on(NODE_IP), ATTEMPT));
+    assert_eq!(uplinks(&agent)?, [("up0".into(), "tc".into())]);
+    let pins: Vec<String> = uplink_pins(&agent, "up0")?
+        .iter()
+        .filter_map(|pin| Some(pin.file_name()?.to_string_lossy().into_owned()))
+        .collect();
+    assert_eq!(pins, ["uplink_tc_up0"]);
+    let link = topology.node.ip(&["-d", "link", "show", "up0"])?;
+    assert!(
+        !String::from_utf8_lossy(&link.stdout).contains("prog/xdp"),
+        "the XDP program stayed on up0"
+    );
     Ok(())
 }
