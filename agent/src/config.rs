@@ -100,6 +100,34 @@ pub enum DataplaneKind {
     Iptables,
 }
 
+/// Where the uplink program runs on each uplink: `auto` picks TC for virtual devices whose
+/// frames may carry partial checksums (veth, tun/tap, macvlan, ...; XDP cannot update
+/// those) and XDP (native, else generic) elsewhere.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum UplinkHook {
+    #[default]
+    Auto,
+    Xdp,
+    Tc,
+}
+
+/// The config file's `uplink`: a list of interfaces, or one name as earlier agents wrote it.
+fn one_or_many<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> std::result::Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match OneOrMany::deserialize(deserializer)? {
+        OneOrMany::One(name) => vec![name],
+        OneOrMany::Many(names) => names,
+    })
+}
+
 /// An inclusive range of ports within 1-65535, written `START-END`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PortRange {
@@ -187,9 +215,16 @@ serde_as_string!(MasqueradePorts);
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, clap::Args)]
 #[serde(rename_all = "kebab-case", default, deny_unknown_fields)]
 pub struct Settings {
-    /// Interface facing the outside world (default: the default route's).
+    /// Interface where published ports answer and masqueraded replies come back
+    /// (repeatable) [default: every interface of the node but loopback, bridge and bond
+    /// ports and the agent's own, followed as they come and go].
+    #[arg(long, value_name = "IFACE")]
+    #[serde(deserialize_with = "one_or_many")]
+    pub uplink: Vec<String>,
+    /// Where the uplink program runs: auto (TC on virtual devices whose frames may carry
+    /// partial checksums, such as veth; XDP elsewhere), xdp or tc [default: auto].
     #[arg(long)]
-    pub uplink: Option<String>,
+    pub uplink_hook: UplinkHook,
     /// Where the state database lives [default: /var/lib/bpfbridge].
     #[arg(long)]
     pub state_dir: PathBuf,
@@ -293,7 +328,8 @@ pub const DOCKER_PLUGIN_DIR: &str = "/run/docker/plugins";
 impl Default for Settings {
     fn default() -> Self {
         Settings {
-            uplink: None,
+            uplink: Vec::new(),
+            uplink_hook: UplinkHook::Auto,
             state_dir: "/var/lib/bpfbridge".into(),
             pin_dir: "/sys/fs/bpf/bpfbridge".into(),
             netns_dir: crate::netns::NETNS_RUN_DIR.into(),
@@ -600,11 +636,24 @@ mod tests {
     }
 
     #[test]
+    fn the_uplink_key_takes_one_name_or_a_list() {
+        let one: Settings = serde_json::from_str(r#"{"uplink": "eth0"}"#).unwrap();
+        assert_eq!(one.uplink, ["eth0"]);
+        let many: Settings = toml::from_str(r#"uplink = ["eth0", "wg0"]"#).unwrap();
+        assert_eq!(many.uplink, ["eth0", "wg0"]);
+        assert_eq!(many.uplink_hook, UplinkHook::Auto);
+        let hook: Settings = toml::from_str(r#"uplink-hook = "xdp""#).unwrap();
+        assert_eq!(hook.uplink_hook, UplinkHook::Xdp);
+    }
+
+    #[test]
     fn every_setting_is_a_flag_and_a_key() {
         let s = with_flags(
             Settings::default(),
             &[
                 "--uplink=eth1",
+                "--uplink=wg0",
+                "--uplink-hook=tc",
                 "--state-dir=/s",
                 "--pin-dir=/p",
                 "--netns-dir=/n",

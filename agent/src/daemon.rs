@@ -71,17 +71,18 @@ pub async fn run(settings: Settings, socket: PathBuf) -> Result<()> {
         .docker_plugin()
         .map(|(name, socket)| (name.to_string(), socket));
     let userland_proxy = settings.userland_proxy;
-    // Subscribed before the start reads the addresses, so that no change in between is lost.
-    let address_changes = netlink::address_changes()?;
-    let service = Service::start(handle, settings, move |uplink, ifindex| {
+    // Subscribed before the start reads the interfaces and addresses, so that no change in
+    // between is lost.
+    let interface_changes = netlink::interface_changes()?;
+    let uplink_hook = settings.uplink_hook;
+    let service = Service::start(handle, settings, move |uplink| {
         Ok(match dataplane {
             DataplaneKind::Iptables => {
                 Box::new(IptablesDataplane::start(uplink, userland_proxy)?) as Box<dyn Dataplane>
             }
             DataplaneKind::Ebpf => Box::new(EbpfDataplane::start(
                 &pin_dir,
-                uplink,
-                ifindex,
+                uplink_hook,
                 &cgroup,
                 table_sizes,
                 timeouts,
@@ -99,7 +100,7 @@ pub async fn run(settings: Settings, socket: PathBuf) -> Result<()> {
     let repairs = tokio::spawn(repair_drift(service.clone(), netlink::link_changes()?));
     let addresses_task = tokio::spawn(service::follow_node_addresses(
         service.clone(),
-        address_changes,
+        interface_changes,
     ));
     let metrics = Arc::new(Metrics::new());
     let app = api::router(service.clone(), metrics.clone());

@@ -445,6 +445,7 @@ mod tests {
             kernel_version: "6.1".into(),
             dataplane: "ebpf".into(),
             uplink: "eth0".into(),
+            uplinks: Vec::new(),
             settings: Default::default(),
             ip_forward_enabled: true,
             networks: 2,

@@ -9,7 +9,7 @@ use rtnetlink::{
     packet_route::{
         AddressFamily,
         address::AddressAttribute,
-        link::{LinkAttribute, LinkFlags, LinkMessage},
+        link::{LinkAttribute, LinkFlags, LinkInfo, LinkLayerType, LinkMessage},
         route::{RouteAddress, RouteAttribute},
     },
 };
@@ -29,6 +29,18 @@ pub struct Link {
     pub controller: Option<u32>,
     /// Administratively up (`ip link set up`).
     pub up: bool,
+}
+
+/// A link with what its uplink hook depends on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Interface {
+    pub link: Link,
+    /// The kind of a virtual device (`veth`, `bridge`, `tun`, ...; `ip -d link`); `None`
+    /// for a hardware NIC.
+    pub kind: Option<String>,
+    /// Frames start with an Ethernet header (ARPHRD_ETHER): not a layer-3 device such as
+    /// WireGuard's or a tun.
+    pub ethernet: bool,
 }
 
 fn link_from_message(msg: LinkMessage) -> Link {
@@ -87,24 +99,63 @@ pub async fn all_links(h: &Handle) -> Result<Vec<Link>> {
     Ok(out)
 }
 
+/// Every link of the namespace with its kind.
+pub async fn all_interfaces(h: &Handle) -> Result<Vec<Interface>> {
+    let mut stream = h.link().get().execute();
+    let mut out = Vec::new();
+    while let Some(msg) = stream
+        .try_next()
+        .await
+        .map_err(Error::netlink("listing links"))?
+    {
+        let ethernet = msg.header.link_layer_type == LinkLayerType::Ether;
+        let kind = msg.attributes.iter().find_map(|attr| match attr {
+            LinkAttribute::LinkInfo(infos) => infos.iter().find_map(|info| match info {
+                LinkInfo::Kind(kind) => Some(kind.to_string()),
+                _ => None,
+            }),
+            _ => None,
+        });
+        out.push(Interface {
+            link: link_from_message(msg),
+            kind,
+            ethernet,
+        });
+    }
+    Ok(out)
+}
+
 /// A nudge for each link change (added, removed, renamed, up or down, enslaved) in the
 /// current namespace, from a netlink socket of its own subscribed to link events. Ends when
 /// that socket fails.
 pub fn link_changes() -> Result<impl futures::Stream<Item = ()> + Unpin> {
     changes(
-        rtnetlink::MulticastGroup::Link,
+        &[rtnetlink::MulticastGroup::Link],
         "subscribing to link events",
     )
 }
 
-/// A nudge for each message of `group`, from a netlink socket of its own; the socket's
+/// A nudge for each change of the node's interfaces: links (added, removed, renamed, up or
+/// down, enslaved) and IPv4 addresses, from one netlink socket of its own subscribed to
+/// both. Ends when that socket fails.
+pub fn interface_changes() -> Result<impl futures::Stream<Item = ()> + Unpin> {
+    changes(
+        &[
+            rtnetlink::MulticastGroup::Link,
+            rtnetlink::MulticastGroup::Ipv4Ifaddr,
+        ],
+        "subscribing to link and address events",
+    )
+}
+
+/// A nudge for each message of `groups`, from a netlink socket of its own; the socket's
 /// task ends once the stream is dropped (its handle is dropped here already).
 fn changes(
-    group: rtnetlink::MulticastGroup,
+    groups: &[rtnetlink::MulticastGroup],
     what: &'static str,
 ) -> Result<impl futures::Stream<Item = ()> + Unpin> {
     let (connection, _, messages) =
-        rtnetlink::new_multicast_connection(&[group]).map_err(Error::io(what))?;
+        rtnetlink::new_multicast_connection(groups).map_err(Error::io(what))?;
     tokio::spawn(connection);
     Ok(futures::StreamExt::map(messages, |_| ()))
 }
@@ -313,7 +364,7 @@ pub async fn ipv4_addresses(h: &Handle) -> Result<Vec<(u32, Ipv4Net)>> {
 /// changes whose announcement was lost. Ends when that socket fails.
 pub fn address_changes() -> Result<impl futures::Stream<Item = ()> + Unpin> {
     changes(
-        rtnetlink::MulticastGroup::Ipv4Ifaddr,
+        &[rtnetlink::MulticastGroup::Ipv4Ifaddr],
         "subscribing to address changes",
     )
 }

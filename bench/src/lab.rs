@@ -103,8 +103,17 @@ impl Node {
 
     /// The agent flags of this node, and `extra` on top.
     fn agent_args(&self, extra: Vec<String>) -> Vec<String> {
-        // Masquerade stays on (the default), as users run it: egress needs it.
-        let base = ["--dataplane", self.dataplane.name(), "--bip", self.bip];
+        // Masquerade stays on (the default), as users run it: egress needs it. The world's
+        // TX offload is off, so XDP is safe on the veth uplink, where `auto` would take TC:
+        // the figures stay those of the XDP path.
+        let base = [
+            "--dataplane",
+            self.dataplane.name(),
+            "--bip",
+            self.bip,
+            "--uplink-hook",
+            "xdp",
+        ];
         base.into_iter().map(String::from).chain(extra).collect()
     }
 

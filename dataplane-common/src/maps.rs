@@ -14,6 +14,10 @@ pub const PUBLISHED_PORTS: &str = "PUBLISHED_PORTS";
 pub const PUBLISHED_BACKENDS: &str = "PUBLISHED_BACKENDS";
 /// Addresses owned by the node; a mapping bound to `0.0.0.0` answers on each of them.
 pub const NODE_ADDRS: &str = "NODE_ADDRS";
+/// The source of masqueraded traffic by the interface it leaves by (interface index →
+/// address, network order): each interface's primary IPv4 address, as MASQUERADE picks
+/// the address of the interface the route picks. No entry: no masquerade out of it.
+pub const MASQUERADE_SOURCES: &str = "MASQUERADE_SOURCES";
 /// Translated flows, keyed as the container sees them, so replies can be translated back.
 pub const NAT_FLOWS: &str = "NAT_FLOWS";
 /// Per-CPU packet and byte counters, indexed by [`crate::stats::Stat`].
@@ -62,6 +66,7 @@ pub const EVENTS_PER_SECOND: u64 = 1000;
 
 pub const PUBLISHED_PORTS_MAX: u32 = 65_536;
 pub const NODE_ADDRS_MAX: u32 = 256;
+pub const MASQUERADE_SOURCES_MAX: u32 = 256;
 pub const NAT_FLOWS_MAX: u32 = 262_144;
 pub const ENDPOINTS_MAX: u32 = 65_536;
 pub const FILTER_RULES_MAX: u32 = 4096;
@@ -259,7 +264,9 @@ pub struct NetworkInfo {
 pub struct NodeConfig {
     /// The network namespace the agent manages: socket programs act only there.
     pub netns_cookie: u64,
-    /// The source address of masqueraded traffic (the uplink's), 0 for none.
+    /// Not read any more: masqueraded traffic leaves with the address of the interface the
+    /// route picks ([`MASQUERADE_SOURCES`]). Kept, zero, so that pinned maps of an earlier
+    /// agent keep their layout.
     pub masquerade_ip_be: u32,
     /// The source ports masquerade hands out, inclusive, in host order. Both zero: keep
     /// the container's port when free, else pick from the kernel's range for its class

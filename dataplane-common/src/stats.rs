@@ -73,6 +73,7 @@ stats! {
     ContainerRedirectIcmpError = "container_ingress.redirect.icmp_error",
     ContainerRedirectIcmpErrorNeigh = "container_ingress.redirect.icmp_error_resolve_neighbour",
     ContainerDropUntracked = "container_ingress.drop.untracked_segment",
+    ContainerDropNoMasqueradeSource = "container_ingress.drop.no_masquerade_source",
 }
 
 /// Size of the per-CPU counter array.

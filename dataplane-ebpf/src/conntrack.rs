@@ -1,14 +1,14 @@
 //! Masquerade with connection tracking: a container's TCP/UDP/ICMP-echo flow to the
-//! outside leaves with the node's address and a source port picked as netfilter's
+//! outside leaves with the address of the interface the route picks (MASQUERADE_SOURCES)
+//! and a source port picked as netfilter's
 //! MASQUERADE picks it; its replies are translated back on the uplink. Each flow has two
 //! entries in CONNTRACK (one per direction, see flowtable.rs). The same table tracks the
 //! flows that `--link` lets through `icc=false`.
 
 use aya_ebpf::{
-    bindings::{TC_ACT_OK, TC_ACT_SHOT, bpf_sock_tuple, xdp_action},
+    bindings::{TC_ACT_OK, TC_ACT_SHOT, bpf_sock_tuple},
     helpers::{
-        bpf_get_prandom_u32, bpf_ktime_get_ns, bpf_redirect, bpf_sk_lookup_tcp, bpf_sk_lookup_udp,
-        bpf_sk_release,
+        bpf_get_prandom_u32, bpf_ktime_get_ns, bpf_sk_lookup_tcp, bpf_sk_lookup_udp, bpf_sk_release,
     },
     programs::TcContext,
 };
@@ -23,10 +23,10 @@ use crate::{
     fib,
     flowtable::{self, InsertError},
     frag,
-    frame::XdpFrame,
-    maps::{CONNTRACK, ENDPOINTS, LINKS, NODE_CONFIG},
+    frame::{Action, Packet},
+    maps::{CONNTRACK, ENDPOINTS, LINKS, MASQUERADE_SOURCES, NODE_CONFIG},
     policy,
-    rewrite::{self, XdpTarget},
+    rewrite::{self, Target},
 };
 
 /// Ports tried for a new flow (after the container's own) before it is refused as
@@ -151,7 +151,7 @@ pub fn masquerade(ctx: &TcContext, ip: &Ipv4, l4: &L4) -> (i32, Stat) {
     let Some(config) = NODE_CONFIG.get(0).copied() else {
         return (TC_ACT_OK, Stat::ContainerPassOutside);
     };
-    if config.masquerade_ip_be == 0 || config.masquerade_port_max < config.masquerade_port_min {
+    if config.masquerade_port_max < config.masquerade_port_min {
         return (TC_ACT_OK, Stat::ContainerPassOutside);
     }
     if ip.ttl <= 1 {
@@ -242,11 +242,18 @@ fn open_flow(
     else {
         return Err(Stat::ContainerDropNoEndpoint);
     };
+    // The source is the address of the interface the route picks, as MASQUERADE's; an
+    // interface without an IPv4 address masquerades nothing (MASQUERADE drops too).
+    let egress = fib::egress_ifindex(ctx, ip, l4).ok_or(Stat::ContainerDropNoRoute)?;
+    // SAFETY: plain data copied out at once.
+    let nat_ip_be = unsafe { MASQUERADE_SOURCES.get(&egress) }
+        .copied()
+        .ok_or(Stat::ContainerDropNoMasqueradeSource)?;
     let flow = NewFlow {
         ip,
         l4,
         key,
-        nat_ip_be: config.masquerade_ip_be,
+        nat_ip_be,
         endpoint: &endpoint,
         now: now_ns(),
     };
@@ -273,7 +280,7 @@ fn open_flow(
             }
             flowtable::ct_remove(&reply_key, &taken);
         }
-        if node_socket_uses(ctx, ip, l4, config.masquerade_ip_be, port_be) {
+        if node_socket_uses(ctx, ip, l4, nat_ip_be, port_be) {
             continue;
         }
         match flow.record(port_be) {
@@ -357,7 +364,7 @@ impl NewFlow<'_> {
 /// On the uplink: a reply of a masqueraded flow goes back to the container. `None`: not
 /// one of ours.
 #[inline(always)]
-pub fn masquerade_reply(frame: &XdpFrame, ip: &Ipv4, l4: &L4) -> Option<(u32, Stat)> {
+pub fn masquerade_reply<P: Packet>(packet: &P, ip: &Ipv4, l4: &L4) -> Option<(Action, Stat)> {
     let key = key_of(ip, l4);
     let entry = CONNTRACK.get_ptr_mut(&key)?;
     // SAFETY: a pointer to a live map value of plain data.
@@ -365,20 +372,20 @@ pub fn masquerade_reply(frame: &XdpFrame, ip: &Ipv4, l4: &L4) -> Option<(u32, St
         return None;
     }
     if ip.ttl <= 1 {
-        return Some((xdp_action::XDP_DROP, Stat::UplinkDropTtlExpired));
+        return Some((Action::Drop, Stat::UplinkDropTtlExpired));
     }
     let (entry, what) = touch(&key, entry, ip, l4);
     if what == Seen::Reset {
         flowtable::ct_remove(&key, &entry);
     }
-    let to = XdpTarget {
+    let to = Target {
         ip_be: entry.nat_ip_be,
         port_be: entry.nat_port_be,
         dst_mac: entry.container_mac,
         src_mac: entry.host_veth_mac,
     };
-    if rewrite::xdp_to(frame, ip, l4, &to).is_none() {
-        return Some((xdp_action::XDP_DROP, Stat::UplinkDropMalformed));
+    if rewrite::to_target(packet, ip, l4, &to).is_none() {
+        return Some((Action::Drop, Stat::UplinkDropMalformed));
     }
     frag::remember(
         ip,
@@ -388,9 +395,10 @@ pub fn masquerade_reply(frame: &XdpFrame, ip: &Ipv4, l4: &L4) -> Option<(u32, St
         entry.container_mac,
         entry.host_veth_mac,
     );
-    // SAFETY: plain helper call.
-    let verdict = unsafe { bpf_redirect(entry.host_veth_ifindex, 0) } as u32;
-    Some((verdict, Stat::UplinkRedirectMasqueradeReply))
+    Some((
+        Action::Redirect(entry.host_veth_ifindex),
+        Stat::UplinkRedirectMasqueradeReply,
+    ))
 }
 
 /// `icc=false` with `--link`: a packet between two containers passes when it belongs to a

@@ -13,7 +13,44 @@ use dataplane_common::{
     stats::Stat,
 };
 
+use crate::maps::FIB_SCRATCH;
+
 const AF_INET: u8 = 2;
+
+/// The interface a container's packet to `ip`'s destination would leave by (where the
+/// masquerade source comes from); `None` when no route leads out. The lookup's parameter
+/// block is a per-CPU map value, not on the stack: the container program's masquerade path
+/// has no room left there.
+#[inline(always)]
+pub fn egress_ifindex(ctx: &TcContext, ip: &Ipv4, l4: &L4) -> Option<u32> {
+    let params = FIB_SCRATCH.get_ptr_mut(0)?;
+    // SAFETY: a map value of the right type, ours alone on this CPU while the program runs;
+    // all-zero is a valid request to fill in.
+    unsafe {
+        ptr::write_bytes(params, 0, 1);
+        (*params).family = AF_INET;
+        (*params).l4_protocol = ip.protocol;
+        (*params).sport = l4.sport_be;
+        (*params).dport = l4.dport_be;
+        (*params).ifindex = (*ctx.skb.skb).ifindex;
+        (*params).__bindgen_anon_3.ipv4_src = ip.src_be;
+        (*params).__bindgen_anon_4.ipv4_dst = ip.dst_be;
+    }
+    // SAFETY: helper call with a correctly sized parameter block.
+    let ret = unsafe {
+        fib_lookup(
+            ctx.skb.skb.cast(),
+            params,
+            size_of::<bpf_fib_lookup>() as i32,
+            0,
+        )
+    };
+    if ret == i64::from(BPF_FIB_LKUP_RET_SUCCESS) || ret == i64::from(BPF_FIB_LKUP_RET_NO_NEIGH) {
+        // SAFETY: as above.
+        return Some(unsafe { (*params).ifindex });
+    }
+    None
+}
 
 /// Sends the (already translated, TTL already decremented) packet from `src_be` to `dst_be`.
 /// `redirected` and `resolving` name the two successful outcomes for the counters.

@@ -13,7 +13,7 @@
 //! - On the uplink it passes to the node's stack, as every fragment did before (counted as
 //!   `uplink_ingress.pass.fragment`). Without ports it cannot be told from the node's own
 //!   traffic (a published port and a node socket share the node's address), and dropping
-//!   it would break the node's own reordered datagrams. XDP cannot hold a frame back, and
+//!   it would break the node's own reordered datagrams. XDP and TC cannot hold a frame back, and
 //!   nothing translates after the stack's reassembly, so for a translated flow that
 //!   datagram is lost, as if the fragment had been lost on the way (the stack and the
 //!   container each time out their half); the sender's next datagram, nearly always in
@@ -26,19 +26,22 @@
 //!   are never translated, the networks' policy decides as for any packet.
 
 use aya_ebpf::{
-    bindings::{TC_ACT_SHOT, xdp_action},
+    bindings::TC_ACT_SHOT,
     helpers::{bpf_ktime_get_ns, bpf_redirect},
     programs::TcContext,
 };
 use dataplane_common::{
-    FRAGMENT_TIMEOUT_NS, FragmentEntry, FragmentKey, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, csum,
-    parse::{
-        ETH_HLEN, Frame as _, IPV4_CHECK_OFF, IPV4_DST_OFF, IPV4_SRC_OFF, IPV4_TTL_OFF, Ipv4, L4,
-    },
+    FRAGMENT_TIMEOUT_NS, FragmentEntry, FragmentKey, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP,
+    parse::{ETH_HLEN, IPV4_CHECK_OFF, IPV4_DST_OFF, IPV4_SRC_OFF, IPV4_TTL_OFF, Ipv4, L4},
     stats::Stat,
 };
 
-use crate::{fib, frame::XdpFrame, maps::FRAGMENTS, rewrite};
+use crate::{
+    fib,
+    frame::{Action, Packet},
+    maps::FRAGMENTS,
+    rewrite,
+};
 
 /// The protocols whose datagrams the flow modules translate (ICMP: echo), so whose
 /// fragments must never leave untranslated.
@@ -107,39 +110,38 @@ fn lookup(ip: &Ipv4) -> Option<FragmentEntry> {
 /// On the uplink: a fragment after the first, to a container when its first fragment was
 /// translated there, else to the node's stack (see the module's notes).
 #[inline(always)]
-pub fn uplink_following(frame: &XdpFrame, ip: &Ipv4) -> (u32, Stat) {
+pub fn uplink_following<P: Packet>(packet: &P, ip: &Ipv4) -> (Action, Stat) {
     // Entries made at the containers' veths are routed ones (`ifindex` 0) and name another
     // direction; only a veth to hand the frame to will do here.
     let Some(entry) = lookup(ip).filter(|e| e.ifindex != 0) else {
-        return (xdp_action::XDP_PASS, Stat::UplinkPassFragment);
+        return (Action::Pass, Stat::UplinkPassFragment);
     };
     if ip.ttl <= 1 {
-        return (xdp_action::XDP_DROP, Stat::UplinkDropTtlExpired);
+        return (Action::Drop, Stat::UplinkDropTtlExpired);
     }
-    if rewrite_xdp(frame, ip, &entry).is_none() {
-        return (xdp_action::XDP_DROP, Stat::UplinkDropMalformed);
+    if rewrite_following(packet, ip, &entry).is_none() {
+        return (Action::Drop, Stat::UplinkDropMalformed);
     }
-    // SAFETY: plain helper call.
-    let verdict = unsafe { bpf_redirect(entry.ifindex, 0) } as u32;
-    (verdict, Stat::UplinkRedirectFragment)
+    (
+        Action::Redirect(entry.ifindex),
+        Stat::UplinkRedirectFragment,
+    )
 }
 
 /// The first fragment's addresses and MACs, the TTL down, the IPv4 checksum updated; the
 /// payload is left alone.
 #[inline(always)]
-fn rewrite_xdp(frame: &XdpFrame, ip: &Ipv4, entry: &FragmentEntry) -> Option<()> {
+fn rewrite_following<P: Packet>(packet: &P, ip: &Ipv4, entry: &FragmentEntry) -> Option<()> {
     let (old_ttl, new_ttl) = rewrite::ttl_words(ip);
-    let check: u16 = frame.load(ETH_HLEN + IPV4_CHECK_OFF)?;
-    let check = csum::replace2(check, old_ttl, new_ttl);
-    let check = csum::replace4(check, ip.src_be, entry.src_ip_be);
-    let check = csum::replace4(check, ip.dst_be, entry.dst_ip_be);
-    frame.store(ETH_HLEN + IPV4_TTL_OFF, new_ttl)?;
-    frame.store(ETH_HLEN + IPV4_SRC_OFF, entry.src_ip_be)?;
-    frame.store(ETH_HLEN + IPV4_DST_OFF, entry.dst_ip_be)?;
-    frame.store(ETH_HLEN + IPV4_CHECK_OFF, check)?;
-    frame.store(0, entry.dst_mac)?;
-    frame.store(6, entry.src_mac)?;
-    Some(())
+    let check = ETH_HLEN + IPV4_CHECK_OFF;
+    packet.replace_l3(check, u32::from(old_ttl), u32::from(new_ttl), 2)?;
+    packet.replace_l3(check, ip.src_be, entry.src_ip_be, 4)?;
+    packet.replace_l3(check, ip.dst_be, entry.dst_ip_be, 4)?;
+    packet.store(ETH_HLEN + IPV4_TTL_OFF, new_ttl)?;
+    packet.store(ETH_HLEN + IPV4_SRC_OFF, entry.src_ip_be)?;
+    packet.store(ETH_HLEN + IPV4_DST_OFF, entry.dst_ip_be)?;
+    packet.store(0, entry.dst_mac)?;
+    packet.store(6, entry.src_mac)
 }
 
 /// At a container's veth: a fragment after the first goes where its first fragment went.

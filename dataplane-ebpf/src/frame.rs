@@ -1,10 +1,15 @@
 //! Bounds-checked packet access for XDP and TC, in the shape the verifier accepts: every
-//! access compares `data + offset + size` with `data_end`.
+//! access compares `data + offset + size` with `data_end`; and [`Packet`], what the uplink's
+//! logic needs of a frame whichever hook runs it.
 
 use core::mem::size_of;
 
-use aya_ebpf::programs::{TcContext, XdpContext};
-use dataplane_common::parse::Frame;
+use aya_ebpf::{
+    bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, TC_ACT_OK, TC_ACT_SHOT, xdp_action},
+    helpers::bpf_redirect,
+    programs::{TcContext, XdpContext},
+};
+use dataplane_common::{csum, parse::Frame};
 
 #[inline(always)]
 fn checked_ptr<T>(data: usize, data_end: usize, offset: usize) -> Option<*mut T> {
@@ -14,17 +19,66 @@ fn checked_ptr<T>(data: usize, data_end: usize, offset: usize) -> Option<*mut T>
     Some((data + offset) as *mut T)
 }
 
+/// What a program does with a frame, in terms common to XDP and TC.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// On to the node's stack.
+    Pass,
+    Drop,
+    /// Out of the device with this index (a container's veth).
+    Redirect(u32),
+}
+
+/// A checksummed field's change, for [`Packet::replace_l4`].
+#[derive(Clone, Copy)]
+pub struct L4Change {
+    /// 2 or 4 bytes.
+    pub size: u8,
+    /// The field is part of the pseudo-header (an address).
+    pub pseudo: bool,
+    /// A UDP checksum: a result of zero is sent as 0xffff, zero meaning "none".
+    pub udp: bool,
+}
+
+/// A frame the uplink's logic can rewrite and hand on, whichever hook runs it. XDP updates
+/// the checksums incrementally in place; TC leaves it to the kernel's checksum helpers,
+/// which know a partial checksum (CHECKSUM_PARTIAL, a frame whose sender offloaded its
+/// transport checksum: a veth's peer) from a full one. XDP cannot tell them apart, so it
+/// must not run where partial checksums arrive.
+pub trait Packet: Frame {
+    /// Writes `value` at `offset`; `None` when it would not fit in the frame.
+    fn store<T: Copy>(&self, offset: usize, value: T) -> Option<()>;
+    /// Adjusts the IPv4 header checksum at `check_at` for a field of `size` bytes (2 or 4)
+    /// changed from `old` to `new` (as they are in memory).
+    fn replace_l3(&self, check_at: usize, old: u32, new: u32, size: u8) -> Option<()>;
+    /// Adjusts the transport checksum at `check_at` for a field changed from `old` to
+    /// `new` (as they are in memory).
+    fn replace_l4(&self, check_at: usize, old: u32, new: u32, change: L4Change) -> Option<()>;
+}
+
+/// A checksum after a field of `size` bytes changed from `old` to `new`.
+#[inline(always)]
+fn replaced(check: u16, old: u32, new: u32, size: u8) -> u16 {
+    if size == 2 {
+        csum::replace2(check, old as u16, new as u16)
+    } else {
+        csum::replace4(check, old, new)
+    }
+}
+
 /// The packet of an XDP program.
 pub struct XdpFrame<'a>(pub &'a XdpContext);
 
 impl XdpFrame<'_> {
-    /// Writes `value` at `offset`; `None` when it would not fit in the frame.
+    /// The XDP verdict for `action`.
     #[inline(always)]
-    pub fn store<T: Copy>(&self, offset: usize, value: T) -> Option<()> {
-        let ptr = checked_ptr::<T>(self.0.data(), self.0.data_end(), offset)?;
-        // SAFETY: bounds checked above; unaligned write of plain data.
-        unsafe { core::ptr::write_unaligned(ptr, value) };
-        Some(())
+    pub fn verdict(action: Action) -> u32 {
+        match action {
+            Action::Pass => xdp_action::XDP_PASS,
+            Action::Drop => xdp_action::XDP_DROP,
+            // SAFETY: a plain helper call.
+            Action::Redirect(ifindex) => unsafe { bpf_redirect(ifindex, 0) as u32 },
+        }
     }
 }
 
@@ -37,9 +91,48 @@ impl Frame for XdpFrame<'_> {
     }
 }
 
+impl Packet for XdpFrame<'_> {
+    #[inline(always)]
+    fn store<T: Copy>(&self, offset: usize, value: T) -> Option<()> {
+        let ptr = checked_ptr::<T>(self.0.data(), self.0.data_end(), offset)?;
+        // SAFETY: bounds checked above; unaligned write of plain data.
+        unsafe { core::ptr::write_unaligned(ptr, value) };
+        Some(())
+    }
+
+    #[inline(always)]
+    fn replace_l3(&self, check_at: usize, old: u32, new: u32, size: u8) -> Option<()> {
+        let check: u16 = self.load(check_at)?;
+        self.store(check_at, replaced(check, old, new, size))
+    }
+
+    #[inline(always)]
+    fn replace_l4(&self, check_at: usize, old: u32, new: u32, change: L4Change) -> Option<()> {
+        let check: u16 = self.load(check_at)?;
+        let mut check = replaced(check, old, new, change.size);
+        if change.udp && check == 0 {
+            check = 0xffff;
+        }
+        self.store(check_at, check)
+    }
+}
+
 /// The linear part of a TC program's packet (call `pull_data` first if headers may be
 /// outside it).
 pub struct TcFrame<'a>(pub &'a TcContext);
+
+impl TcFrame<'_> {
+    /// The TC verdict for `action`.
+    #[inline(always)]
+    pub fn verdict(action: Action) -> i32 {
+        match action {
+            Action::Pass => TC_ACT_OK,
+            Action::Drop => TC_ACT_SHOT,
+            // SAFETY: a plain helper call.
+            Action::Redirect(ifindex) => unsafe { bpf_redirect(ifindex, 0) as i32 },
+        }
+    }
+}
 
 impl Frame for TcFrame<'_> {
     #[inline(always)]
@@ -47,5 +140,33 @@ impl Frame for TcFrame<'_> {
         let ptr = checked_ptr::<T>(self.0.data(), self.0.data_end(), offset)?;
         // SAFETY: bounds checked above.
         Some(unsafe { core::ptr::read_unaligned(ptr) })
+    }
+}
+
+impl Packet for TcFrame<'_> {
+    #[inline(always)]
+    fn store<T: Copy>(&self, offset: usize, value: T) -> Option<()> {
+        self.0.store(offset, &value, 0).ok()
+    }
+
+    #[inline(always)]
+    fn replace_l3(&self, check_at: usize, old: u32, new: u32, size: u8) -> Option<()> {
+        self.0
+            .l3_csum_replace(check_at, u64::from(old), u64::from(new), u64::from(size))
+            .ok()
+    }
+
+    #[inline(always)]
+    fn replace_l4(&self, check_at: usize, old: u32, new: u32, change: L4Change) -> Option<()> {
+        let mut flags = u64::from(change.size);
+        if change.pseudo {
+            flags |= u64::from(BPF_F_PSEUDO_HDR);
+        }
+        if change.udp {
+            flags |= u64::from(BPF_F_MARK_MANGLED_0);
+        }
+        self.0
+            .l4_csum_replace(check_at, u64::from(old), u64::from(new), flags)
+            .ok()
     }
 }

@@ -11,23 +11,19 @@
 //!
 //! An error that matches no flow is left alone.
 
-use aya_ebpf::{
-    bindings::{TC_ACT_SHOT, xdp_action},
-    helpers::bpf_redirect,
-    programs::TcContext,
-};
+use aya_ebpf::{bindings::TC_ACT_SHOT, programs::TcContext};
 use dataplane_common::{
     CT_ORIGINAL, CT_REPLY, CtKey, FlowKey, IPPROTO_TCP, IPPROTO_UDP, csum,
     parse::{
-        ETH_HLEN, Frame as _, IPV4_CHECK_OFF, IPV4_DST_OFF, IPV4_SRC_OFF, IPV4_TTL_OFF, IcmpError,
-        Ipv4, L4, Quoted, icmp_error,
+        ETH_HLEN, IPV4_CHECK_OFF, IPV4_DST_OFF, IPV4_SRC_OFF, IPV4_TTL_OFF, IcmpError, Ipv4, L4,
+        Quoted, icmp_error,
     },
     stats::Stat,
 };
 
 use crate::{
     fib,
-    frame::{TcFrame, XdpFrame},
+    frame::{Action, L4Change, Packet, TcFrame},
     maps::{CONNTRACK, NAT_FLOWS},
     nat, rewrite,
 };
@@ -112,19 +108,20 @@ fn published(q: &Quoted) -> Option<Origin> {
 /// On the uplink: an ICMP error about a packet a container sent goes back to it. `None`:
 /// not an ICMP error about one of our flows.
 #[inline(always)]
-pub fn uplink_error(frame: &XdpFrame, ip: &Ipv4) -> Option<(u32, Stat)> {
-    let error = icmp_error(frame, ip)?;
+pub fn uplink_error<P: Packet>(packet: &P, ip: &Ipv4) -> Option<(Action, Stat)> {
+    let error = icmp_error(packet, ip)?;
     let origin = masqueraded(&error.quoted).or_else(|| published(&error.quoted))?;
     // We forward the error, so we act as a router: an expiring TTL ends here.
     if ip.ttl <= 1 {
-        return Some((xdp_action::XDP_DROP, Stat::UplinkDropTtlExpired));
+        return Some((Action::Drop, Stat::UplinkDropTtlExpired));
     }
-    if rewrite_to_origin(frame, ip, &error, &origin).is_none() {
-        return Some((xdp_action::XDP_DROP, Stat::UplinkDropMalformed));
+    if rewrite_to_origin(packet, ip, &error, &origin).is_none() {
+        return Some((Action::Drop, Stat::UplinkDropMalformed));
     }
-    // SAFETY: plain helper call.
-    let verdict = unsafe { bpf_redirect(origin.ifindex, 0) } as u32;
-    Some((verdict, Stat::UplinkRedirectIcmpError))
+    Some((
+        Action::Redirect(origin.ifindex),
+        Stat::UplinkRedirectIcmpError,
+    ))
 }
 
 /// The quoted transport checksum after the quoted address (`old_ip` → `new_ip`) and port
@@ -145,25 +142,34 @@ fn quoted_l4_check(q: &Quoted, old: u16, ips: (u32, u32), ports: (u16, u16)) -> 
 /// Outer destination, quoted source (address, port, checksums) back to the container;
 /// TTL down; every checksum follows, the ICMP one over the quote included.
 #[inline(always)]
-fn rewrite_to_origin(
-    frame: &XdpFrame,
+fn rewrite_to_origin<P: Packet>(
+    packet: &P,
     ip: &Ipv4,
     error: &IcmpError,
     origin: &Origin,
 ) -> Option<()> {
     let q = &error.quoted;
     let (old_ttl, new_ttl) = rewrite::ttl_words(ip);
-    let check: u16 = frame.load(ETH_HLEN + IPV4_CHECK_OFF)?;
-    let check = csum::replace2(check, old_ttl, new_ttl);
-    let check = csum::replace4(check, ip.dst_be, origin.ip_be);
-    frame.store(ETH_HLEN + IPV4_TTL_OFF, new_ttl)?;
-    frame.store(ETH_HLEN + IPV4_DST_OFF, origin.ip_be)?;
-    frame.store(ETH_HLEN + IPV4_CHECK_OFF, check)?;
+    let check = ETH_HLEN + IPV4_CHECK_OFF;
+    packet.replace_l3(check, u32::from(old_ttl), u32::from(new_ttl), 2)?;
+    packet.replace_l3(check, ip.dst_be, origin.ip_be, 4)?;
+    packet.store(ETH_HLEN + IPV4_TTL_OFF, new_ttl)?;
+    packet.store(ETH_HLEN + IPV4_DST_OFF, origin.ip_be)?;
 
+    // Each change inside the quote is also a change of the data the ICMP checksum covers
+    // (no pseudo-header).
+    let icmp = |old: u32, new: u32, size: u8| {
+        let change = L4Change {
+            size,
+            pseudo: false,
+            udp: false,
+        };
+        packet.replace_l4(error.check_offset, old, new, change)
+    };
     let ip_check = csum::replace4(q.ip_check, q.src_be, origin.ip_be);
-    let icmp_check = csum::replace4(error.check, q.src_be, origin.ip_be);
-    let icmp_check = csum::replace2(icmp_check, q.ip_check, ip_check);
-    let mut icmp_check = csum::replace2(icmp_check, q.sport_be, origin.port_be);
+    icmp(q.src_be, origin.ip_be, 4)?;
+    icmp(u32::from(q.ip_check), u32::from(ip_check), 2)?;
+    icmp(u32::from(q.sport_be), u32::from(origin.port_be), 2)?;
     if let Some((at, old)) = q.l4_check {
         let new = quoted_l4_check(
             q,
@@ -171,16 +177,14 @@ fn rewrite_to_origin(
             (q.src_be, origin.ip_be),
             (q.sport_be, origin.port_be),
         );
-        icmp_check = csum::replace2(icmp_check, old, new);
-        frame.store(at, new)?;
+        icmp(u32::from(old), u32::from(new), 2)?;
+        packet.store(at, new)?;
     }
-    frame.store(q.offset + IPV4_SRC_OFF, origin.ip_be)?;
-    frame.store(q.offset + IPV4_CHECK_OFF, ip_check)?;
-    frame.store(q.port_offset(true), origin.port_be)?;
-    frame.store(error.check_offset, icmp_check)?;
-    frame.store(0, origin.container_mac)?;
-    frame.store(6, origin.host_veth_mac)?;
-    Some(())
+    packet.store(q.offset + IPV4_SRC_OFF, origin.ip_be)?;
+    packet.store(q.offset + IPV4_CHECK_OFF, ip_check)?;
+    packet.store(q.port_offset(true), origin.port_be)?;
+    packet.store(0, origin.container_mac)?;
+    packet.store(6, origin.host_veth_mac)
 }
 
 /// What the remote end of a flow knows the container as: the published address and port,

@@ -28,25 +28,36 @@ mod stats;
 mod uplink;
 
 use aya_ebpf::{
-    bindings::{TC_ACT_SHOT, xdp_action},
+    bindings::TC_ACT_SHOT,
     macros::{cgroup_sock_addr, classifier, xdp},
     programs::{SockAddrContext, TcContext, XdpContext},
 };
+use frame::{Action, TcFrame, XdpFrame};
 
-/// XDP on the node's uplink: translates connections to published ports and hands them
+/// XDP on the node's uplinks: translates connections to published ports and hands them
 /// straight to the container's veth.
 #[xdp]
 pub fn uplink_ingress(ctx: XdpContext) -> u32 {
     let len = ctx.data_end() - ctx.data();
-    let (verdict, stat) = uplink::ingress(&ctx, len);
+    let frame = XdpFrame(&ctx);
+    let (action, stat) = uplink::ingress(&frame, len);
     stats::count(stat, len);
-    events::on_verdict(
-        &frame::XdpFrame(&ctx),
-        len,
-        stat,
-        verdict == xdp_action::XDP_DROP,
-    );
-    verdict
+    events::on_verdict(&frame, len, stat, action == Action::Drop);
+    XdpFrame::verdict(action)
+}
+
+/// The same on uplinks where XDP is not safe, at TC ingress (TCX): frames from a veth's
+/// peer (a node that is itself a container) carry partial checksums, which only the skb
+/// knows of. Counted as `uplink_ingress` too.
+#[classifier]
+pub fn uplink_ingress_tc(ctx: TcContext) -> i32 {
+    let len = ctx.len() as usize;
+    uplink::linearize(&ctx);
+    let frame = TcFrame(&ctx);
+    let (action, stat) = uplink::ingress(&frame, len);
+    stats::count(stat, len);
+    events::on_verdict(&frame, len, stat, action == Action::Drop);
+    TcFrame::verdict(action)
 }
 
 /// TC ingress on the node-side end of each container's veth (what the container sends):

@@ -2,17 +2,17 @@
 //! published ports keep answering while it restarts).
 
 use aya_ebpf::{
-    bindings::BPF_F_NO_PREALLOC,
+    bindings::{BPF_F_NO_PREALLOC, bpf_fib_lookup},
     macros::map,
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use dataplane_common::{
     BackendKey, CONNTRACK_MAX, Counter, CtEntry, CtKey, ENDPOINTS_MAX, EVENTS_BYTES, EndpointInfo,
     EndpointKey, EventBudget, FILTER_RULES_MAX, FRAGMENTS_MAX, FilterKey, FilterRule, FlowKey,
-    FragmentEntry, FragmentKey, LINKS_MAX, LinkKey, NAT_FLOWS_MAX, NETWORKS_MAX, NODE_ADDRS_MAX,
-    NatFlow, NetworkInfo, NetworkKey, NodeAddr, NodeAddrKey, NodeConfig, PUBLISHED_PORTS_MAX,
-    PortKey, PortTarget, SOCK_NAT_MAX, SockNatKey, SockNatValue, UNREPLIED_RING_LEN,
-    stats::STATS_LEN,
+    FragmentEntry, FragmentKey, LINKS_MAX, LinkKey, MASQUERADE_SOURCES_MAX, NAT_FLOWS_MAX,
+    NETWORKS_MAX, NODE_ADDRS_MAX, NatFlow, NetworkInfo, NetworkKey, NodeAddr, NodeAddrKey,
+    NodeConfig, PUBLISHED_PORTS_MAX, PortKey, PortTarget, SOCK_NAT_MAX, SockNatKey, SockNatValue,
+    UNREPLIED_RING_LEN, stats::STATS_LEN,
 };
 
 #[map]
@@ -26,6 +26,16 @@ pub static PUBLISHED_BACKENDS: HashMap<BackendKey, u32> =
 #[map]
 pub static NODE_ADDRS: HashMap<NodeAddrKey, NodeAddr> =
     HashMap::pinned(NODE_ADDRS_MAX, BPF_F_NO_PREALLOC);
+
+/// Interface index → masquerade source (network order).
+#[map]
+pub static MASQUERADE_SOURCES: HashMap<u32, u32> =
+    HashMap::pinned(MASQUERADE_SOURCES_MAX, BPF_F_NO_PREALLOC);
+
+/// Room for one FIB lookup's parameters, off the stack (fib.rs). Scratch space, so not
+/// pinned.
+#[map]
+pub static FIB_SCRATCH: PerCpuArray<bpf_fib_lookup> = PerCpuArray::with_max_entries(1, 0);
 
 // The flow tables are plain hash maps, allocated per flow, that the agent sizes when it
 // loads the object (--conntrack-max, --nat-flows-max; the sizes here are placeholders): a

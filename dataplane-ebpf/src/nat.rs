@@ -1,9 +1,9 @@
-//! Published ports: destination NAT of connections from outside (XDP on the uplink) and
+//! Published ports: destination NAT of connections from outside (the uplink) and
 //! from containers through the node's address (hairpin, TC), and the reverse translation
 //! of their replies (TC). Flows live in NAT_FLOWS, keyed as the container sees them.
 
 use aya_ebpf::{
-    bindings::{TC_ACT_OK, TC_ACT_SHOT, xdp_action},
+    bindings::{TC_ACT_OK, TC_ACT_SHOT},
     helpers::{bpf_ktime_get_ns, bpf_redirect},
     programs::TcContext,
 };
@@ -18,10 +18,10 @@ use crate::{
     fib,
     flowtable::{self, InsertError},
     frag,
-    frame::XdpFrame,
+    frame::{Action, Packet},
     maps::{ENDPOINTS, NAT_FLOWS, NODE_ADDRS, PUBLISHED_PORTS},
     policy,
-    rewrite::{self, XdpTarget},
+    rewrite::{self, Target},
 };
 
 const TCP_FIN: u8 = 0x01;
@@ -175,24 +175,24 @@ fn count(entry: *mut NatFlow, ip: &Ipv4) {
 /// else is the node's (or dropped, like Docker's FORWARD policy, when it tries to reach a
 /// container directly).
 #[inline(always)]
-pub fn from_outside(frame: &XdpFrame, ip: &Ipv4, l4: &L4, len: usize) -> (u32, Stat) {
+pub fn from_outside<P: Packet>(packet: &P, ip: &Ipv4, l4: &L4, len: usize) -> (Action, Stat) {
     // A frame from the wire addressed to loopback is never translated, whatever is
     // published on 127.0.0.1; the stack drops it as a martian.
     if is_loopback(ip.dst_be) {
-        return (xdp_action::XDP_PASS, Stat::UplinkPassLoopbackDestination);
+        return (Action::Pass, Stat::UplinkPassLoopbackDestination);
     }
     let Some(target) = published_target(ip.dst_be, l4.dport_be, ip.protocol, false) else {
         if !policy::direct_access_allowed(ip.dst_be, Some((l4.dport_be, ip.protocol))) {
-            return (xdp_action::XDP_DROP, Stat::UplinkDropDirectAccess);
+            return (Action::Drop, Stat::UplinkDropDirectAccess);
         }
-        return (xdp_action::XDP_PASS, Stat::UplinkPassNotPublished);
+        return (Action::Pass, Stat::UplinkPassNotPublished);
     };
     if !policy::source_allowed(ip.src_be, l4.dport_be, ip.protocol, len) {
-        return (xdp_action::XDP_DROP, Stat::UplinkDropFilter);
+        return (Action::Drop, Stat::UplinkDropFilter);
     }
     // We forward the packet, so we act as a router: an expiring TTL ends here.
     if ip.ttl <= 1 {
-        return (xdp_action::XDP_DROP, Stat::UplinkDropTtlExpired);
+        return (Action::Drop, Stat::UplinkDropTtlExpired);
     }
     let flow = FlowKey {
         container_ip_be: target.container_ip_be,
@@ -205,16 +205,16 @@ pub fn from_outside(frame: &XdpFrame, ip: &Ipv4, l4: &L4, len: usize) -> (u32, S
     // Any packet may (re)open a flow from outside: the container answers what reaches it.
     let nat = nat_flow_of(ip, l4);
     if let Err(stat) = track(&flow, nat, true, ip, l4, Stat::UplinkDropFlowTableFull) {
-        return (xdp_action::XDP_DROP, stat);
+        return (Action::Drop, stat);
     }
-    let to = XdpTarget {
+    let to = Target {
         ip_be: target.container_ip_be,
         port_be: target.container_port_be,
         dst_mac: target.container_mac,
         src_mac: target.host_veth_mac,
     };
-    if rewrite::xdp_to(frame, ip, l4, &to).is_none() {
-        return (xdp_action::XDP_DROP, Stat::UplinkDropMalformed);
+    if rewrite::to_target(packet, ip, l4, &to).is_none() {
+        return (Action::Drop, Stat::UplinkDropMalformed);
     }
     frag::remember(
         ip,
@@ -234,9 +234,10 @@ pub fn from_outside(frame: &XdpFrame, ip: &Ipv4, l4: &L4, len: usize) -> (u32, S
             l4.dport_be,
         );
     }
-    // SAFETY: a plain helper call.
-    let verdict = unsafe { bpf_redirect(target.host_veth_ifindex, 0) } as u32;
-    (verdict, Stat::UplinkRedirectDnat)
+    (
+        Action::Redirect(target.host_veth_ifindex),
+        Stat::UplinkRedirectDnat,
+    )
 }
 
 /// The published-port flow a container's packet answers, if any.

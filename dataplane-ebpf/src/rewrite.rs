@@ -2,20 +2,20 @@
 //! (masquerade, conntrack.rs): addresses, ports, TTL and MACs, each with its checksums.
 //! The lowest layer of the flow code: the flow modules use it, it uses none of them.
 //!
-//! At TC the checksum helpers are used, since packets a container sends often carry only a
-//! partial L4 checksum (offload) that the helpers know how to adjust. At XDP there is no
-//! such helper: the checksums are updated incrementally in place.
+//! At a container's veth the TC checksum helpers are used, since packets a container sends
+//! often carry only a partial L4 checksum (offload) that the helpers know how to adjust. On
+//! the uplink the rewrite goes through [`Packet`], which uses the same helpers at TC and
+//! updates the checksums incrementally in place at XDP (no helper there).
 
 use aya_ebpf::{bindings::BPF_F_PSEUDO_HDR, programs::TcContext};
 use dataplane_common::{
     IPPROTO_ICMP, IPPROTO_UDP, csum,
     parse::{
-        ETH_HLEN, Frame as _, ICMP_ID_OFF, IPV4_CHECK_OFF, IPV4_DST_OFF, IPV4_TTL_OFF, Ipv4, L4,
-        L4_DPORT_OFF,
+        ETH_HLEN, ICMP_ID_OFF, IPV4_CHECK_OFF, IPV4_DST_OFF, IPV4_TTL_OFF, Ipv4, L4, L4_DPORT_OFF,
     },
 };
 
-use crate::frame::XdpFrame;
+use crate::frame::{L4Change, Packet};
 
 /// The TTL/protocol word of the IPv4 header before and after the TTL is decremented, for
 /// the checksum.
@@ -99,45 +99,61 @@ pub fn set_macs(ctx: &TcContext, dst: &[u8; 6], src: &[u8; 6]) -> Result<(), i64
     ctx.store(6, src, 0)
 }
 
-/// Where an XDP program hands a packet: the new destination address and port, and the
+/// Where the uplink's logic hands a packet: the new destination address and port, and the
 /// Ethernet addresses of the hop (the container's, and the node-side veth's).
-pub struct XdpTarget {
+pub struct Target {
     pub ip_be: u32,
     pub port_be: u16,
     pub dst_mac: [u8; 6],
     pub src_mac: [u8; 6],
 }
 
-/// At XDP: rewrites destination address and port (the ICMP echo identifier for ICMP),
-/// decrements the TTL, fixes the checksums incrementally and readdresses the Ethernet
-/// header. The caller has checked that the TTL is above 1.
+/// On the uplink (XDP or TC): rewrites destination address and port (the ICMP echo
+/// identifier for ICMP), decrements the TTL, fixes the checksums and readdresses the
+/// Ethernet header. The caller has checked that the TTL is above 1.
 #[inline(always)]
-pub fn xdp_to(frame: &XdpFrame, ip: &Ipv4, l4: &L4, to: &XdpTarget) -> Option<()> {
+pub fn to_target<P: Packet>(packet: &P, ip: &Ipv4, l4: &L4, to: &Target) -> Option<()> {
     let (old_ttl, new_ttl) = ttl_words(ip);
-    let check: u16 = frame.load(ETH_HLEN + IPV4_CHECK_OFF)?;
-    let check = csum::replace2(check, old_ttl, new_ttl);
-    let check = csum::replace4(check, ip.dst_be, to.ip_be);
-    frame.store(ETH_HLEN + IPV4_TTL_OFF, new_ttl)?;
-    frame.store(ETH_HLEN + IPV4_DST_OFF, to.ip_be)?;
-    frame.store(ETH_HLEN + IPV4_CHECK_OFF, check)?;
+    let ip_check = ETH_HLEN + IPV4_CHECK_OFF;
+    packet.replace_l3(ip_check, u32::from(old_ttl), u32::from(new_ttl), 2)?;
+    packet.replace_l3(ip_check, ip.dst_be, to.ip_be, 4)?;
+    let udp = ip.protocol == IPPROTO_UDP;
     if ip.protocol == IPPROTO_ICMP {
         // No pseudo-header: only the identifier counts.
-        frame.store(
+        let change = L4Change {
+            size: 2,
+            pseudo: false,
+            udp: false,
+        };
+        packet.replace_l4(
             l4.check_offset,
-            csum::replace2(l4.check, l4.dport_be, to.port_be),
+            u32::from(l4.dport_be),
+            u32::from(to.port_be),
+            change,
         )?;
     } else if has_l4_checksum(ip, l4) {
-        // A UDP checksum that computes to zero is sent as 0xffff (zero means "none").
-        let check = csum::replace4(l4.check, ip.dst_be, to.ip_be);
-        let mut check = csum::replace2(check, l4.dport_be, to.port_be);
-        if ip.protocol == IPPROTO_UDP && check == 0 {
-            check = 0xffff;
-        }
-        frame.store(l4.check_offset, check)?;
+        let address = L4Change {
+            size: 4,
+            pseudo: true,
+            udp,
+        };
+        packet.replace_l4(l4.check_offset, ip.dst_be, to.ip_be, address)?;
+        let port = L4Change {
+            size: 2,
+            pseudo: false,
+            udp,
+        };
+        packet.replace_l4(
+            l4.check_offset,
+            u32::from(l4.dport_be),
+            u32::from(to.port_be),
+            port,
+        )?;
     }
+    packet.store(ETH_HLEN + IPV4_TTL_OFF, new_ttl)?;
+    packet.store(ETH_HLEN + IPV4_DST_OFF, to.ip_be)?;
     let port_at = port_field(ip, L4_DPORT_OFF);
-    frame.store(ip.l4_offset() + port_at, to.port_be)?;
-    frame.store(0, to.dst_mac)?;
-    frame.store(6, to.src_mac)?;
-    Some(())
+    packet.store(ip.l4_offset() + port_at, to.port_be)?;
+    packet.store(0, to.dst_mac)?;
+    packet.store(6, to.src_mac)
 }

@@ -27,8 +27,8 @@ pub struct AgentOptions {
     pub bin: PathBuf,
     /// Names the agent's pin directory (under bpffs) and cgroup (under cgroup2).
     pub name: String,
-    /// `--uplink`.
-    pub uplink: String,
+    /// `--uplink`s; none: every interface of the node (the agent's default).
+    pub uplinks: Vec<String>,
     /// More `bpfbridge agent` flags (`--dataplane`, `--bip`, ...), kept for restarts.
     pub args: Vec<String>,
     /// Environment variables of the agent process (`RUST_LOG`, say).
@@ -54,7 +54,7 @@ impl AgentOptions {
         AgentOptions {
             bin: bin.to_path_buf(),
             name: unique("agent"),
-            uplink: UPLINK.into(),
+            uplinks: vec![UPLINK.into()],
             args: Vec::new(),
             env: Vec::new(),
             dir_prefix: "bpfbt-agent-".into(),
@@ -72,7 +72,15 @@ impl AgentOptions {
     }
 
     pub fn uplink(mut self, uplink: &str) -> Self {
-        self.uplink = uplink.into();
+        self.uplinks = vec![uplink.into()];
+        self
+    }
+
+    pub fn uplinks<S: AsRef<str>>(mut self, uplinks: impl IntoIterator<Item = S>) -> Self {
+        self.uplinks = uplinks
+            .into_iter()
+            .map(|u| u.as_ref().to_string())
+            .collect();
         self
     }
 
@@ -177,10 +185,12 @@ impl Agent {
     /// The command line [`Agent::spawn`] runs, without its log and namespace.
     pub fn command(&self) -> Command {
         let mut command = Command::new(&self.options.bin);
+        command.arg("--socket").arg(&self.socket).arg("agent");
+        for uplink in &self.options.uplinks {
+            command.args(["--uplink", uplink]);
+        }
         command
-            .arg("--socket")
-            .arg(&self.socket)
-            .args(["agent", "--uplink", &self.options.uplink, "--state-dir"])
+            .arg("--state-dir")
             .arg(self.state_dir())
             .arg("--pin-dir")
             .arg(&self.pin_dir);

@@ -44,9 +44,11 @@ pub struct Uplink {
     pub world_ip: Ipv4Addr,
     pub prefix_len: u8,
     pub default_route: DefaultRoute,
-    /// The world side's TX checksum offload. Off by default: the world plays remote hosts,
-    /// whose frames arrive with complete checksums, and veth would otherwise hand over
-    /// CHECKSUM_PARTIAL packets that the XDP program cannot update incrementally.
+    /// The world side's TX checksum offload. On by default, as a veth comes: frames from
+    /// the world then reach the node with partial checksums (CHECKSUM_PARTIAL), as they do
+    /// where the node is itself a container, which the agent handles by putting its uplink
+    /// program at TC (`--uplink-hook auto`). Off, the world plays remote hosts whose frames
+    /// arrive with complete checksums, as a real NIC delivers them, and XDP is safe.
     pub world_tx_offload: TxOffload,
     /// More addresses of the world (/32s on its end of the link): hosts on the internet.
     pub world_hosts: Vec<Ipv4Addr>,
@@ -63,7 +65,7 @@ impl Default for Uplink {
             world_ip: WORLD_IP,
             prefix_len: 24,
             default_route: DefaultRoute::WorldViaNode,
-            world_tx_offload: TxOffload::Off,
+            world_tx_offload: TxOffload::On,
             world_hosts: Vec::new(),
         }
     }
@@ -229,6 +231,6 @@ mod tests {
         let uplink = Uplink::new(Ipv4Addr::new(203, 0, 113, 1), Ipv4Addr::new(203, 0, 113, 2));
         assert_eq!(uplink.host(10), Ipv4Addr::new(203, 0, 113, 10));
         assert_eq!(uplink.node_link, UPLINK);
-        assert_eq!(uplink.world_tx_offload, TxOffload::Off);
+        assert_eq!(uplink.world_tx_offload, TxOffload::On);
     }
 }

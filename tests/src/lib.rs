@@ -113,6 +113,12 @@ impl Agent {
 
     /// Starts an agent with extra `bpfbridge agent` flags.
     pub fn start_with(topology: &Topology, args: &[&str]) -> Result<Self> {
+        Self::start_on_uplinks(topology, &[bpfbridge_lab::UPLINK], args)
+    }
+
+    /// Starts an agent with extra flags and these `--uplink`s instead of the topology's one
+    /// (none: every interface of the node, the agent's default).
+    pub fn start_on_uplinks(topology: &Topology, uplinks: &[&str], args: &[&str]) -> Result<Self> {
         let mut args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
         // BPFBRIDGE_TEST_DATAPLANE=iptables runs the suite against the iptables dataplane,
         // without the userland proxy: the eBPF dataplane has none and does what Docker does
@@ -123,7 +129,9 @@ impl Agent {
                 args.push("--userland-proxy=false".into());
             }
         }
-        let options = bpfbridge_lab::AgentOptions::new(&bpfbridge_bin()).args(args);
+        let options = bpfbridge_lab::AgentOptions::new(&bpfbridge_bin())
+            .uplinks(uplinks)
+            .args(args);
         Ok(Agent(bpfbridge_lab::Agent::start(&topology.node, options)?))
     }
 

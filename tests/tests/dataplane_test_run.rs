@@ -15,8 +15,8 @@ use aya::{
 use bpfbridge::{
     config::FlowTableSizes,
     dataplane::ebpf::{
-        CONTAINER_PROGRAM, PROGRAMS, SOCKET_PROGRAMS, UPLINK_PROGRAM, VERIFIER_INSTRUCTION_LIMIT,
-        load_object_with, loaded_programs,
+        CONTAINER_PROGRAM, PROGRAMS, SOCKET_PROGRAMS, UPLINK_PROGRAM, UPLINK_TC_PROGRAM,
+        VERIFIER_INSTRUCTION_LIMIT, load_object_with, loaded_programs,
     },
 };
 use bpfbridge_tests::{
@@ -31,10 +31,10 @@ use dataplane_common::{
     BackendKey, CONNTRACK, CONNTRACK_MAX, CT_CLOSING, CT_ESTABLISHED, CT_NEW, CT_REPLIED, Counter,
     CtEntry, CtKey, ENDPOINTS, EndpointInfo, EndpointKey, FILTER_ALLOW, FILTER_DENY, FILTER_RULES,
     FILTER_SCOPE_BITS, FRAGMENTS, FilterKey, FilterRule, FlowKey, FragmentEntry, FragmentKey,
-    IPPROTO_TCP, IPPROTO_UDP, NAT_FLOWS, NAT_FLOWS_MAX, NETWORK_ICC, NETWORK_INTERNAL,
-    NETWORK_MASQUERADE, NETWORKS, NODE_ADDRS, NODE_CONFIG, NatFlow, NetworkInfo, NetworkKey,
-    NodeAddr, NodeAddrKey, NodeConfig, PUBLISHED_BACKENDS, PUBLISHED_PORTS, PortKey, PortTarget,
-    STATS, stats::Stat,
+    IPPROTO_TCP, IPPROTO_UDP, MASQUERADE_SOURCES, NAT_FLOWS, NAT_FLOWS_MAX, NETWORK_ICC,
+    NETWORK_INTERNAL, NETWORK_MASQUERADE, NETWORKS, NODE_ADDRS, NODE_CONFIG, NatFlow, NetworkInfo,
+    NetworkKey, NodeAddr, NodeAddrKey, NodeConfig, PUBLISHED_BACKENDS, PUBLISHED_PORTS, PortKey,
+    PortTarget, STATS, stats::Stat,
 };
 
 const XDP_DROP: u32 = 1;
@@ -86,8 +86,10 @@ impl Fixture {
         let mut f = Fixture { ebpf, pin_dir };
         let xdp: &mut Xdp = f.ebpf.program_mut(UPLINK_PROGRAM).unwrap().try_into()?;
         xdp.load()?;
-        let tc: &mut SchedClassifier = f.ebpf.program_mut(CONTAINER_PROGRAM).unwrap().try_into()?;
-        tc.load()?;
+        for name in [CONTAINER_PROGRAM, UPLINK_TC_PROGRAM] {
+            let tc: &mut SchedClassifier = f.ebpf.program_mut(name).unwrap().try_into()?;
+            tc.load()?;
+        }
         f.node_address(NODE_IP, 2)?;
         let mut ports: HashMap<&mut MapData, PortKey, PortTarget> =
             HashMap::try_from(f.ebpf.map_mut(PUBLISHED_PORTS).unwrap())?;
@@ -184,6 +186,18 @@ impl Fixture {
             NodeAddr { ifindex },
             0,
         )?;
+        Ok(())
+    }
+
+    /// Masquerade out of up0 (the forwarding namespace's, this thread's) leaves from the
+    /// node's address, as the agent writes each interface's primary address.
+    fn masquerade_via_up0(&mut self) -> Result<()> {
+        // SAFETY: a NUL-terminated name.
+        let index = unsafe { libc::if_nametoindex(c"up0".as_ptr()) };
+        anyhow::ensure!(index != 0, "no up0 here");
+        let mut sources: HashMap<&mut MapData, u32, u32> =
+            HashMap::try_from(self.ebpf.map_mut(MASQUERADE_SOURCES).unwrap())?;
+        sources.insert(index, u32::from(NODE_IP).to_be(), 0)?;
         Ok(())
     }
 
@@ -430,16 +444,34 @@ fn uplink_ingress_table() -> Result<()> {
             true,
         ),
     ];
-    for (name, frame, verdict, stat, translated) in cases {
-        let (got, out, moved) = fx.run(UPLINK_PROGRAM, &frame)?;
-        assert_eq!((got, moved), (verdict, stat), "{name}");
-        if translated {
-            assert_dnat(&out, &frame, name);
-        } else {
-            assert_eq!(out, frame, "{name}: frame must pass untouched");
+    // The same logic at XDP and at TC (where an uplink's frames may carry partial
+    // checksums), each program on a fixture of its own.
+    for program in [UPLINK_PROGRAM, UPLINK_TC_PROGRAM] {
+        if program == UPLINK_TC_PROGRAM {
+            fx = Fixture::new()?;
+        }
+        for (name, frame, verdict, stat, translated) in &cases {
+            let (got, out, moved) = fx.run(program, frame)?;
+            let name = format!("{program}: {name}");
+            assert_eq!((got, moved), (at_hook(program, *verdict), *stat), "{name}");
+            if *translated {
+                assert_dnat(&out, frame, &name);
+            } else {
+                assert_eq!(&out, frame, "{name}: frame must pass untouched");
+            }
         }
     }
     Ok(())
+}
+
+/// An XDP verdict as `program` gives it: the same at XDP, its TC counterpart at TC.
+fn at_hook(program: &str, xdp_verdict: u32) -> u32 {
+    match (program == UPLINK_PROGRAM, xdp_verdict) {
+        (true, verdict) => verdict,
+        (false, XDP_PASS) => TC_ACT_OK,
+        (false, XDP_REDIRECT) => TC_ACT_REDIRECT,
+        (false, _) => TC_ACT_SHOT,
+    }
 }
 
 /// From the outside straight to a container's own address, as Docker's FORWARD chain
@@ -661,6 +693,38 @@ fn forwarding_namespace() -> Result<Netns> {
     Ok(ns)
 }
 
+/// Masquerade leaves with the address of the interface the route picks: out of one without
+/// an address nothing is masqueraded, counted, as MASQUERADE drops it.
+#[test]
+fn masquerade_takes_the_route_interfaces_address_or_drops() -> Result<()> {
+    let ns = forwarding_namespace()?;
+    ns.run(|| -> Result<()> {
+        let mut fx = Fixture::new()?;
+        fx.networks(&[("172.17.0.0", 16, NETWORK_ICC | NETWORK_MASQUERADE)])?;
+        let query = Packet {
+            src_mac: CONTAINER_MAC,
+            dst_mac: HOST_VETH_MAC,
+            protocol: IPPROTO_UDP,
+            payload: b"query".to_vec(),
+            ..Packet::tcp_syn(CONTAINER_IP, 5000, WORLD_IP, 53)
+        }
+        .build();
+        let (verdict, _, stat) = fx.run(CONTAINER_PROGRAM, &query)?;
+        assert_eq!(
+            (verdict, stat),
+            (TC_ACT_SHOT, Stat::ContainerDropNoMasqueradeSource)
+        );
+        fx.masquerade_via_up0()?;
+        let (verdict, out, stat) = fx.run(CONTAINER_PROGRAM, &query)?;
+        assert_eq!(
+            (verdict, stat),
+            (TC_ACT_REDIRECT, Stat::ContainerRedirectMasquerade)
+        );
+        assert_eq!(out[ETH_HLEN + 12..ETH_HLEN + 16], NODE_IP.octets());
+        Ok(())
+    })
+}
+
 #[test]
 fn masquerade_table() -> Result<()> {
     let ns = forwarding_namespace()?;
@@ -673,12 +737,13 @@ fn masquerade_table() -> Result<()> {
             0,
             NodeConfig {
                 netns_cookie: 0,
-                masquerade_ip_be: u32::from(NODE_IP).to_be(),
+                masquerade_ip_be: 0,
                 masquerade_port_min: 61000,
                 masquerade_port_max: 61000,
             },
             0,
         )?;
+        fx.masquerade_via_up0()?;
         let conntrack = |fx: &Fixture| -> Result<usize> {
             let ct: HashMap<&MapData, CtKey, CtEntry> =
                 HashMap::try_from(fx.ebpf.map(CONNTRACK).unwrap())?;
@@ -943,12 +1008,13 @@ impl Fixture {
             0,
             NodeConfig {
                 netns_cookie: 0,
-                masquerade_ip_be: u32::from(NODE_IP).to_be(),
+                masquerade_ip_be: 0,
                 masquerade_port_min: 0,
                 masquerade_port_max: 0,
             },
             0,
         )?;
+        fx.masquerade_via_up0()?;
         let mut endpoints: HashMap<&mut MapData, EndpointKey, EndpointInfo> =
             HashMap::try_from(fx.ebpf.map_mut(ENDPOINTS).unwrap())?;
         endpoints.insert(
@@ -1288,12 +1354,13 @@ impl Fixture {
             0,
             NodeConfig {
                 netns_cookie: 0,
-                masquerade_ip_be: u32::from(NODE_IP).to_be(),
+                masquerade_ip_be: 0,
                 masquerade_port_min: 61000,
                 masquerade_port_max: 61000,
             },
             0,
         )?;
+        self.masquerade_via_up0()?;
         Ok(())
     }
 

@@ -8,10 +8,85 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, ensure};
+use bpfbridge_lab::TxOffload;
 use bpfbridge_tests::{
     Agent, Echo, NODE_IP, Netns, Topology, WORLD_IP, ebpf_checks, links, ping_reaches, request,
     run, serve_once, skip_unless_ebpf, tcp_reaches, udp_reaches,
 };
+
+/// One pass of the suite: the world side's TX offload, and `--uplink-hook`. With offload
+/// on (a veth's default) frames from the world carry partial checksums, which XDP cannot
+/// update: `auto` puts the uplink program at TC there. XDP runs with offload off.
+#[derive(Clone, Copy, Debug)]
+struct Case {
+    offload: TxOffload,
+    hook: &'static str,
+}
+
+const OFFLOAD_ON: Case = Case {
+    offload: TxOffload::On,
+    hook: "auto",
+};
+const OFFLOAD_OFF: Case = Case {
+    offload: TxOffload::Off,
+    hook: "auto",
+};
+const XDP_OFFLOAD_OFF: Case = Case {
+    offload: TxOffload::Off,
+    hook: "xdp",
+};
+
+impl Case {
+    fn topology(self) -> Result<Topology> {
+        Topology::builder().world_tx_offload(self.offload).build()
+    }
+
+    fn agent(self, topology: &Topology) -> Result<Agent> {
+        Agent::start_with(topology, &["--uplink-hook", self.hook])
+    }
+
+    /// The hook `auto` or the flag picks for the veth uplink.
+    fn uplink_hook(self) -> &'static str {
+        match self.hook {
+            "xdp" => "xdp",
+            _ => "tc",
+        }
+    }
+}
+
+/// Each test of the suite, once per [`Case`].
+macro_rules! cases {
+    ($($test:ident),+ $(,)?) => {$(
+        mod $test {
+            use super::*;
+
+            #[test]
+            fn offload_on() -> Result<()> {
+                super::$test(OFFLOAD_ON)
+            }
+
+            #[test]
+            fn offload_off() -> Result<()> {
+                super::$test(OFFLOAD_OFF)
+            }
+
+            #[test]
+            fn xdp_offload_off() -> Result<()> {
+                super::$test(XDP_OFFLOAD_OFF)
+            }
+        }
+    )+};
+}
+
+cases!(
+    world_client_reaches_published_port_and_server_sees_its_real_address,
+    outside_reaches_a_container_directly_only_on_published_container_ports,
+    container_rm_closes_the_port_and_removes_everything,
+    container_in_an_existing_namespace,
+    restarted_agent_readopts_the_dataplane_and_keeps_serving,
+    node_namespace_has_no_nat_rules,
+    restart_removes_a_veth_that_no_container_owns,
+);
 
 fn published(port: u16) -> SocketAddrV4 {
     SocketAddrV4::new(NODE_IP, port)
@@ -32,10 +107,9 @@ fn round_trip(
     Ok(peer)
 }
 
-#[test]
-fn world_client_reaches_published_port_and_server_sees_its_real_address() -> Result<()> {
-    let topology = Topology::new()?;
-    let agent = Agent::start(&topology)?;
+fn world_client_reaches_published_port_and_server_sees_its_real_address(case: Case) -> Result<()> {
+    let topology = case.topology()?;
+    let agent = case.agent(&topology)?;
     let (json, netns) = agent.create_container(&["--name", "web", "-p", "8080:80"])?;
     assert_eq!(
         json["NetworkSettings"]["Ports"]["80/tcp"][0]["HostPort"],
@@ -65,10 +139,11 @@ fn world_client_reaches_published_port_and_server_sees_its_real_address() -> Res
 
 /// Like Docker's FORWARD chain: the outside reaches a container at its own address only on
 /// its published container ports.
-#[test]
-fn outside_reaches_a_container_directly_only_on_published_container_ports() -> Result<()> {
-    let topology = Topology::new()?;
-    let agent = Agent::start(&topology)?;
+fn outside_reaches_a_container_directly_only_on_published_container_ports(
+    case: Case,
+) -> Result<()> {
+    let topology = case.topology()?;
+    let agent = case.agent(&topology)?;
     let (json, netns) = agent.create_container(&["--name", "web", "-p", "8080:80"])?;
     let ip: Ipv4Addr = json["NetworkSettings"]["IPAddress"]
         .as_str()
@@ -97,10 +172,9 @@ fn outside_reaches_a_container_directly_only_on_published_container_ports() -> R
     Ok(())
 }
 
-#[test]
-fn container_rm_closes_the_port_and_removes_everything() -> Result<()> {
-    let topology = Topology::new()?;
-    let agent = Agent::start(&topology)?;
+fn container_rm_closes_the_port_and_removes_everything(case: Case) -> Result<()> {
+    let topology = case.topology()?;
+    let agent = case.agent(&topology)?;
     let links_before = links(&topology.node)?;
     let (_, netns) = agent.create_container(&["--name", "web", "-p", "8080:80"])?;
     let veths: Vec<String> = links(&topology.node)?
@@ -137,10 +211,9 @@ fn container_rm_closes_the_port_and_removes_everything() -> Result<()> {
     Ok(())
 }
 
-#[test]
-fn container_in_an_existing_namespace() -> Result<()> {
-    let topology = Topology::new()?;
-    let agent = Agent::start(&topology)?;
+fn container_in_an_existing_namespace(case: Case) -> Result<()> {
+    let topology = case.topology()?;
+    let agent = case.agent(&topology)?;
     let ns = Netns::new("ctr")?;
     let path = ns.path();
     let (json, netns) = agent.create_container(&[
@@ -168,10 +241,9 @@ fn container_in_an_existing_namespace() -> Result<()> {
     Ok(())
 }
 
-#[test]
-fn restarted_agent_readopts_the_dataplane_and_keeps_serving() -> Result<()> {
-    let topology = Topology::new()?;
-    let mut agent = Agent::start(&topology)?;
+fn restarted_agent_readopts_the_dataplane_and_keeps_serving(case: Case) -> Result<()> {
+    let topology = case.topology()?;
+    let mut agent = case.agent(&topology)?;
     let (_, netns) = agent.create_container(&["--name", "web", "-p", "8080:80"])?;
     round_trip(&topology, &netns, 8080, 80)?;
 
@@ -182,15 +254,18 @@ fn restarted_agent_readopts_the_dataplane_and_keeps_serving() -> Result<()> {
     round_trip(&topology, &netns, 8080, 80)?;
     let ls = agent.cli(&["container", "ls"])?;
     assert!(String::from_utf8_lossy(&ls.stdout).contains("web"));
-    // The restarted agent attached no second XDP program.
-    if ebpf_checks("the XDP program on the uplink") {
-        let link = topology.node.ip(&["-d", "link", "show", "up0"])?;
+    // The restarted agent attached no second uplink program, on the hook the case picks.
+    if ebpf_checks("the program on the uplink") {
+        let info = agent.cli_json(&["info"])?;
         assert_eq!(
-            String::from_utf8_lossy(&link.stdout)
-                .matches("prog/xdp")
-                .count(),
-            1
+            info["Uplinks"],
+            serde_json::json!([{"Name": "up0", "Hook": case.uplink_hook()}])
         );
+        let link = topology.node.ip(&["-d", "link", "show", "up0"])?;
+        let xdp = String::from_utf8_lossy(&link.stdout)
+            .matches("prog/xdp")
+            .count();
+        assert_eq!(xdp, usize::from(case.uplink_hook() == "xdp"));
     }
     // A new container after the restart gets the next address, not a reused one.
     let (json, _) = agent.create_container(&["--name", "second"])?;
@@ -198,13 +273,12 @@ fn restarted_agent_readopts_the_dataplane_and_keeps_serving() -> Result<()> {
     Ok(())
 }
 
-#[test]
-fn node_namespace_has_no_nat_rules() -> Result<()> {
+fn node_namespace_has_no_nat_rules(case: Case) -> Result<()> {
     if skip_unless_ebpf("the iptables dataplane is made of NAT rules") {
         return Ok(());
     }
-    let topology = Topology::new()?;
-    let agent = Agent::start(&topology)?;
+    let topology = case.topology()?;
+    let agent = case.agent(&topology)?;
     let (_, netns) = agent.create_container(&["--name", "web", "-p", "8080:80"])?;
     round_trip(&topology, &netns, 8080, 80)?;
     let ruleset = topology.node.exec("nft", &["list", "ruleset"])?;
@@ -235,10 +309,9 @@ fn node_namespace_has_no_nat_rules() -> Result<()> {
     Ok(())
 }
 
-#[test]
-fn restart_removes_a_veth_that_no_container_owns() -> Result<()> {
-    let topology = Topology::new()?;
-    let mut agent = Agent::start(&topology)?;
+fn restart_removes_a_veth_that_no_container_owns(case: Case) -> Result<()> {
+    let topology = case.topology()?;
+    let mut agent = case.agent(&topology)?;
     agent.create_container(&["--name", "kept"])?;
     agent.stop();
     // What a crash between creating a veth and recording the container leaves behind.

@@ -135,8 +135,8 @@ impl Demo {
             "demo: creating network namespaces {} and {}",
             self.world_name, self.node_name
         );
-        // The world's TX offload is off (the default): the XDP program updates checksums
-        // incrementally and needs full ones, as a real NIC delivers.
+        // The world's TX offload is on (the default), as on a veth anywhere: its frames carry
+        // partial checksums, so the agent's `auto` hook puts the uplink program at TC.
         self.topology = Some(
             Topology::builder()
                 .names(&self.node_name, &self.world_name)

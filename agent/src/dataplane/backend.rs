@@ -119,11 +119,11 @@ impl Backend {
     /// A backend without the capability masquerades per network, as part of its policy.
     pub fn set_masquerade(
         &mut self,
-        source: Option<Ipv4Addr>,
+        sources: &[(u32, Ipv4Addr)],
         ports: Option<(u16, u16)>,
     ) -> Result<()> {
         match self.capabilities.masquerade {
-            true => self.dataplane.set_masquerade(source, ports),
+            true => self.dataplane.set_masquerade(sources, ports),
             false => Ok(()),
         }
     }
@@ -177,6 +177,13 @@ impl Backend {
             true => self.dataplane.flow_tables().map(Some),
             false => Ok(None),
         }
+    }
+
+    pub fn set_uplinks(
+        &mut self,
+        uplinks: &[super::uplinks::UplinkLink],
+    ) -> Vec<crate::model::UplinkInfo> {
+        self.dataplane.set_uplinks(uplinks)
     }
 
     /// Empty for a backend without BPF programs.

@@ -1,9 +1,9 @@
-//! The eBPF dataplane: XDP on the uplink, TC (TCX) on each container's node-side veth, maps
+//! The eBPF dataplane: XDP or TC on the uplinks, TC (TCX) on each container's node-side veth, maps
 //! and links pinned under the pin directory so that a restarted agent re-adopts them with
 //! no gap in service.
 
 use std::{
-    collections::HashSet,
+    collections::{BTreeMap, HashSet},
     fs,
     net::Ipv4Addr,
     path::{Path, PathBuf},
@@ -16,19 +16,18 @@ use aya::{
         lpm_trie::{Key, LpmTrie},
     },
     programs::{
-        CgroupAttachMode, CgroupSockAddr, SchedClassifier, TcAttachType, Xdp, XdpMode,
+        CgroupAttachMode, CgroupSockAddr, SchedClassifier, TcAttachType, Xdp,
         links::{FdLink, PinnedLink},
         tc::SchedClassifierLink,
-        xdp::XdpLink,
     },
 };
 use dataplane_common::{
     BackendKey, CONNTRACK, Counter, CtEntry, CtKey, ENDPOINTS, EVENT_DROP, EVENTS, EndpointInfo,
     EndpointKey, Event, FILTER_ALLOW, FILTER_DENY, FILTER_HITS, FILTER_RULES, FILTER_SCOPE_BITS,
-    FilterKey, FilterRule, FlowKey, IPPROTO_TCP, LINKS, LinkKey, NAT_FLOWS, NETWORK_ICC,
-    NETWORK_INTERNAL, NETWORK_MASQUERADE, NETWORKS, NODE_ADDRS, NODE_CONFIG, NatFlow, NetworkInfo,
-    NetworkKey, NodeAddr, NodeAddrKey, NodeConfig, PUBLISHED_BACKENDS, PUBLISHED_PORTS, PortKey,
-    PortTarget, STATS, stats::Stat,
+    FilterKey, FilterRule, FlowKey, IPPROTO_TCP, LINKS, LinkKey, MASQUERADE_SOURCES, NAT_FLOWS,
+    NETWORK_ICC, NETWORK_INTERNAL, NETWORK_MASQUERADE, NETWORKS, NODE_ADDRS, NODE_CONFIG, NatFlow,
+    NetworkInfo, NetworkKey, NodeAddr, NodeAddrKey, NodeConfig, PUBLISHED_BACKENDS,
+    PUBLISHED_PORTS, PortKey, PortTarget, STATS, stats::Stat,
 };
 
 use super::{
@@ -37,13 +36,14 @@ use super::{
     flow_gc::FlowGc,
     flows::{self, is_missing_key},
     migrate,
+    uplinks::{self, Hook, UplinkLink},
 };
 use crate::{
     Error, Result,
-    config::FlowTableSizes,
+    config::{FlowTableSizes, UplinkHook},
     model::{
         FilterAction, FilterRecord, FlowInfo, FlowTableInfo, FlowTablesInfo, MonitorEvent,
-        PortBinding, ProgramInfo, PublishedPort, StatCounter,
+        PortBinding, ProgramInfo, PublishedPort, StatCounter, UplinkInfo,
     },
 };
 
@@ -52,6 +52,8 @@ pub static EBPF_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/bpfbridge-dataplane"));
 
 pub const UPLINK_PROGRAM: &str = "uplink_ingress";
+/// The uplink program at TC, for uplinks where XDP is not safe (see [`uplinks`]).
+pub const UPLINK_TC_PROGRAM: &str = "uplink_ingress_tc";
 pub const CONTAINER_PROGRAM: &str = "container_ingress";
 /// The cgroup socket-address programs, by name.
 pub const SOCKET_PROGRAMS: [&str; 4] = [
@@ -62,8 +64,9 @@ pub const SOCKET_PROGRAMS: [&str; 4] = [
 ];
 const LINKS_DIR: &str = "links";
 /// Every program of the object, by name.
-pub const PROGRAMS: [&str; 6] = [
+pub const PROGRAMS: [&str; 7] = [
     UPLINK_PROGRAM,
+    UPLINK_TC_PROGRAM,
     CONTAINER_PROGRAM,
     SOCKET_PROGRAMS[0],
     SOCKET_PROGRAMS[1],
@@ -135,6 +138,12 @@ pub struct EbpfDataplane {
     node_config: NodeConfig,
     /// Events read from the ring buffer, for `bpfbridge monitor`.
     events: tokio::sync::broadcast::Sender<MonitorEvent>,
+    /// `--uplink-hook`.
+    uplink_hook: UplinkHook,
+    /// The uplinks this agent attached (or adopted): name → (index, hook).
+    uplinks: BTreeMap<String, (u32, Hook)>,
+    /// What MASQUERADE_SOURCES holds: interface index → address.
+    masquerade_sources: BTreeMap<u32, Ipv4Addr>,
 }
 
 fn port_key(port: &PortBinding) -> PortKey {
@@ -405,13 +414,12 @@ fn is_not_found(e: &aya::programs::links::LinkError) -> bool {
 }
 
 impl EbpfDataplane {
-    /// Loads the programs, attaches XDP to `uplink` (atomically replacing the program of a
-    /// link an earlier agent pinned), and the socket programs to `cgroup`, and starts the
-    /// idle-flow cleanup.
+    /// Loads the programs, attaches the socket programs to `cgroup`, and starts the
+    /// idle-flow cleanup. The uplinks come with [`Dataplane::set_uplinks`], on the hook
+    /// `uplink_hook` says; until then the links an earlier agent pinned keep its programs.
     pub fn start(
         pin_dir: &Path,
-        uplink: &str,
-        uplink_ifindex: u32,
+        uplink_hook: UplinkHook,
         cgroup: &Path,
         sizes: FlowTableSizes,
         timeouts: FlowTimeouts,
@@ -430,33 +438,14 @@ impl EbpfDataplane {
         let xdp: &mut Xdp = program(&mut ebpf, UPLINK_PROGRAM)?;
         xdp.load()
             .map_err(Error::dataplane("loading the XDP program"))?;
-        let pin = links_dir.join(format!("xdp_{uplink}"));
-        match PinnedLink::from_pin(&pin) {
-            Ok(old) => {
-                let link = XdpLink::try_from(FdLink::from(old))
-                    .map_err(Error::dataplane("adopting the pinned XDP link"))?;
-                let id = xdp
-                    .attach_to_link(link)
-                    .map_err(Error::dataplane("replacing the XDP program"))?;
-                // The link stays pinned; dropping our handle only closes a descriptor.
-                drop(xdp.take_link(id));
-            }
-            Err(e) if is_not_found(&e) => {
-                let id = xdp
-                    .attach_to_if_index(uplink_ifindex, XdpMode::Default)
-                    .or_else(|_| xdp.attach_to_if_index(uplink_ifindex, XdpMode::Skb))
-                    .map_err(Error::dataplane(format!("attaching XDP to {uplink}")))?;
-                let link = xdp
-                    .take_link(id)
-                    .map_err(Error::dataplane("taking the XDP link"))?;
-                let fd_link = FdLink::try_from(link)
-                    .map_err(Error::dataplane("XDP link is not a bpf_link"))?;
-                fd_link
-                    .pin(&pin)
-                    .map_err(Error::dataplane(format!("pinning {}", pin.display())))?;
-            }
-            Err(e) => return Err(Error::dataplane(format!("opening {}", pin.display()))(e)),
-        }
+        let uplink_tc: &mut SchedClassifier = program(&mut ebpf, UPLINK_TC_PROGRAM)?;
+        uplink_tc
+            .load()
+            .map_err(Error::dataplane("loading the uplink's TC program"))?;
+        // The links an earlier agent pinned get the new programs now, right after the
+        // tables were copied: from here on no uplink program writes the old tables.
+        uplinks::swap_pinned_xdp(program(&mut ebpf, UPLINK_PROGRAM)?, &links_dir)?;
+        uplinks::swap_pinned_tc(program(&mut ebpf, UPLINK_TC_PROGRAM)?, &links_dir)?;
         let (events, _) = tokio::sync::broadcast::channel(1024);
         let ring = ebpf
             .take_map(EVENTS)
@@ -471,11 +460,36 @@ impl EbpfDataplane {
             gc,
             node_config: NodeConfig::default(),
             events,
+            uplink_hook,
+            uplinks: BTreeMap::new(),
+            masquerade_sources: BTreeMap::new(),
         };
         dataplane.set_node_netns()?;
         dataplane.attach_socket_programs(cgroup)?;
         migration.finish(&mut dataplane.ebpf, CONTAINER_PROGRAM)?;
         Ok(dataplane)
+    }
+
+    /// Attaches the uplink program to `uplink` on `hook`. A link on the other hook, if any,
+    /// goes afterwards ([`Dataplane::set_uplinks`]), so that the interface is never without
+    /// the program.
+    fn attach_uplink(&mut self, uplink: &UplinkLink, hook: Hook) -> Result<()> {
+        match hook {
+            Hook::Xdp => uplinks::attach_xdp(
+                program(&mut self.ebpf, UPLINK_PROGRAM)?,
+                &self.links_dir,
+                uplink,
+            )?,
+            Hook::Tc => uplinks::attach_tc(
+                program(&mut self.ebpf, UPLINK_TC_PROGRAM)?,
+                &self.links_dir,
+                uplink,
+            )?,
+        }
+        tracing::info!(uplink = %uplink.name, hook = hook.name(), "attached");
+        self.uplinks
+            .insert(uplink.name.clone(), (uplink.index, hook));
+        Ok(())
     }
 
     /// Tells the socket programs which namespace is the node's: this process's.
@@ -1011,6 +1025,61 @@ impl Dataplane for EbpfDataplane {
         loaded_programs(&self.ebpf)
     }
 
+    fn set_uplinks(&mut self, wanted: &[UplinkLink]) -> Vec<UplinkInfo> {
+        let mut infos = Vec::new();
+        // Interfaces whose attachment failed keep what an earlier agent pinned on them.
+        let mut failed = Vec::new();
+        for uplink in wanted {
+            let hook = Hook::choose(self.uplink_hook, uplink.kind.as_deref());
+            let attached = self.uplinks.get(&uplink.name) == Some(&(uplink.index, hook));
+            let result = match attached {
+                true => Ok(()),
+                false => self.attach_uplink(uplink, hook),
+            };
+            let error = match result {
+                Ok(()) => None,
+                Err(e) => {
+                    tracing::warn!(uplink = %uplink.name, "{e}");
+                    self.uplinks.remove(&uplink.name);
+                    failed.push(uplink.name.clone());
+                    Some(e.to_string())
+                }
+            };
+            infos.push(UplinkInfo {
+                name: uplink.name.clone(),
+                hook: match error {
+                    None => hook.name().into(),
+                    Some(_) => "none".into(),
+                },
+                error,
+            });
+        }
+        let names: Vec<&String> = wanted.iter().map(|u| &u.name).collect();
+        self.uplinks.retain(|name, _| names.contains(&name));
+        // Whatever else is pinned (an interface gone, no longer wanted, or on the other
+        // hook now) goes.
+        let keep: Vec<(&str, Hook)> = self
+            .uplinks
+            .iter()
+            .map(|(name, (_, hook))| (name.as_str(), *hook))
+            .collect();
+        match uplinks::attached(&self.links_dir) {
+            Ok(pinned) => {
+                for (name, hook) in pinned {
+                    if keep.contains(&(name.as_str(), hook)) || failed.contains(&name) {
+                        continue;
+                    }
+                    match uplinks::detach(&self.links_dir, &name, hook) {
+                        Ok(()) => tracing::info!(uplink = %name, hook = hook.name(), "detached"),
+                        Err(e) => tracing::warn!(uplink = %name, "{e}"),
+                    }
+                }
+            }
+            Err(e) => tracing::warn!("{e}"),
+        }
+        infos
+    }
+
     fn set_links(&mut self, links: &[LinkRule]) -> Result<()> {
         let wanted: HashSet<LinkKey> = links
             .iter()
@@ -1048,23 +1117,41 @@ impl Dataplane for EbpfDataplane {
 
     fn set_masquerade(
         &mut self,
-        source: Option<Ipv4Addr>,
+        sources: &[(u32, Ipv4Addr)],
         ports: Option<(u16, u16)>,
     ) -> Result<()> {
         // Zeros tell the programs to choose as netfilter does.
         let (min, max) = ports.unwrap_or((0, 0));
-        let previous_ip_be = self.node_config.masquerade_ip_be;
         let value = NodeConfig {
-            masquerade_ip_be: source.map_or(0, |ip| u32::from(ip).to_be()),
+            masquerade_ip_be: 0,
             masquerade_port_min: min,
             masquerade_port_max: max,
             ..self.node_config
         };
         self.write_node_config(value)?;
-        // The source changes when the uplink's address goes: flows translated to it have
-        // no way back, and would keep a container's repeated datagrams (same ports, same
-        // peer) on it. MASQUERADE ends them too, so that the next packet starts afresh.
-        if previous_ip_be != 0 && previous_ip_be != value.masquerade_ip_be {
+        let wanted: BTreeMap<u32, Ipv4Addr> = sources.iter().copied().collect();
+        if wanted == self.masquerade_sources {
+            return Ok(());
+        }
+        let mut map: HashMap<&mut MapData, u32, u32> =
+            HashMap::try_from(self.map_mut(MASQUERADE_SOURCES)?)
+                .map_err(Error::dataplane(MASQUERADE_SOURCES))?;
+        let wanted_be: std::collections::HashMap<u32, u32> = wanted
+            .iter()
+            .map(|(index, ip)| (*index, u32::from(*ip).to_be()))
+            .collect();
+        sync_hash_map(&mut map, &wanted_be, "masquerade source")?;
+        // A source that went (an interface's address removed or changed) has no way back:
+        // flows translated to it would keep a container's repeated datagrams (same ports,
+        // same peer) on it. MASQUERADE ends them too, so that the next packet starts afresh.
+        let gone: Vec<u32> = self
+            .masquerade_sources
+            .values()
+            .filter(|ip| !wanted.values().any(|w| w == *ip))
+            .map(|ip| u32::from(*ip).to_be())
+            .collect();
+        self.masquerade_sources = wanted;
+        for previous_ip_be in gone {
             let ended = self.remove_flows(|_, _| false, |flow| flow.involves(previous_ip_be))?;
             tracing::info!(
                 source = %Ipv4Addr::from(u32::from_be(previous_ip_be)),

@@ -14,6 +14,7 @@ pub mod flow_gc;
 pub mod flows;
 pub mod iptables;
 pub mod migrate;
+pub mod uplinks;
 
 use std::net::Ipv4Addr;
 
@@ -23,7 +24,7 @@ use crate::{
     Error, Result,
     model::{
         FilterRecord, FlowInfo, FlowTablesInfo, MonitorEvent, PortBinding, ProgramInfo,
-        PublishedPort, StatCounter,
+        PublishedPort, StatCounter, UplinkInfo,
     },
 };
 
@@ -172,15 +173,29 @@ pub trait Dataplane: Send + Sync {
     fn set_node_addresses(&mut self, _addresses: &[(u32, Ipv4Addr)]) -> Result<()> {
         Err(undeclared("node addresses", self.name()))
     }
-    /// The source address (`None`: no masquerade) and port range (`None`: netfilter's
-    /// choice) of masqueraded traffic (`masquerade`). A new source ends the flows
-    /// masqueraded with the former one, as MASQUERADE does when an address goes.
+    /// The source address of masqueraded traffic by the interface (index) it leaves by
+    /// (none for an interface: no masquerade out of it) and the port range (`None`:
+    /// netfilter's choice) (`masquerade`). A source that goes ends the flows masqueraded
+    /// with it, as MASQUERADE does when an address goes.
     fn set_masquerade(
         &mut self,
-        _source: Option<Ipv4Addr>,
+        _sources: &[(u32, Ipv4Addr)],
         _ports: Option<(u16, u16)>,
     ) -> Result<()> {
         Err(undeclared("masquerade", self.name()))
+    }
+    /// Handles the traffic that arrives on exactly `uplinks` (published ports, masqueraded
+    /// replies) and says how each is hooked. A backend whose rules match every interface
+    /// (iptables) has nothing to do.
+    fn set_uplinks(&mut self, uplinks: &[uplinks::UplinkLink]) -> Vec<UplinkInfo> {
+        uplinks
+            .iter()
+            .map(|uplink| UplinkInfo {
+                name: uplink.name.clone(),
+                hook: self.name().into(),
+                error: None,
+            })
+            .collect()
     }
     /// Installs exactly `networks` for the isolation, icc and internal-network policy
     /// (`network_policy`).

@@ -351,6 +351,10 @@ pub struct Info {
     pub dataplane: String,
     #[serde(rename = "Uplink")]
     pub uplink: String,
+    /// The interfaces where published ports answer, and how the dataplane sees their
+    /// traffic.
+    #[serde(rename = "Uplinks", default)]
+    pub uplinks: Vec<UplinkInfo>,
     #[serde(rename = "Settings")]
     pub settings: crate::config::Settings,
     #[serde(rename = "IPForwardEnabled")]
@@ -376,6 +380,19 @@ pub struct Info {
     pub programs: Vec<ProgramInfo>,
     #[serde(rename = "Repairs", default)]
     pub repairs: Repairs,
+}
+
+/// One uplink of `GET /info`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UplinkInfo {
+    #[serde(rename = "Name")]
+    pub name: String,
+    /// `xdp` or `tc` (the eBPF dataplane's program and where it runs), `iptables` (Docker's
+    /// rules match every interface), or `none` when attaching failed (see `Error`).
+    #[serde(rename = "Hook")]
+    pub hook: String,
+    #[serde(rename = "Error", default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// One loaded BPF program of `GET /info`.

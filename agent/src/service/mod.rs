@@ -30,7 +30,7 @@ use crate::{
     dns,
     model::{
         ContainerRecord, EndpointRecord, Info, NetworkMode, NetworkRecord, PortBinding,
-        PublishedPort, Repairs, StatCounter, random_id,
+        PublishedPort, Repairs, StatCounter, UplinkInfo, random_id,
     },
     netlink, netns,
     store::{State, Store},
@@ -43,6 +43,9 @@ pub const NONE_NETWORK: &str = "none";
 /// Bridges the agent names itself start with this, so that on start it can tell its own
 /// leftovers from other bridges on the node.
 pub const BRIDGE_PREFIX: &str = "bpfbr";
+/// The container end of a new veth is named with this prefix while it is still in the
+/// node's namespace.
+const VETH_PEER_PREFIX: &str = "bpfc";
 
 pub struct Service {
     handle: Handle,
@@ -61,6 +64,8 @@ pub struct Service {
     /// What the dataplane was last told of the node's addresses; `None` before the first
     /// time.
     node_addresses: Option<addresses::NodeAddresses>,
+    /// The uplinks, as the dataplane last hooked them.
+    uplinks: Vec<UplinkInfo>,
 }
 
 /// The interface of the default route, the usual uplink.
@@ -102,16 +107,22 @@ fn dns_upstreams(settings: &Settings) -> Vec<std::net::SocketAddr> {
 }
 
 impl Service {
-    /// Brings the node to the saved state (see [`reconcile`]). `make_dataplane` gets the
-    /// uplink's name and index.
+    /// Brings the node to the saved state (see [`reconcile`]) and hooks the uplinks.
+    /// `make_dataplane` gets the first uplink's name (the first `--uplink`, else
+    /// the default route's interface), whose MTU is the default one.
     pub async fn start(
         handle: Handle,
         settings: Settings,
-        make_dataplane: impl FnOnce(&str, u32) -> Result<Box<dyn Dataplane>>,
+        make_dataplane: impl FnOnce(&str) -> Result<Box<dyn Dataplane>>,
     ) -> Result<Self> {
-        let uplink = match &settings.uplink {
+        let uplink = match settings.uplink.first() {
             Some(u) => u.clone(),
-            None => default_route_interface(&handle).await?,
+            None => match default_route_interface(&handle).await {
+                Ok(name) => name,
+                // A node without a default route (its world reaches it, not the other
+                // way round) still has interfaces.
+                Err(e) => addresses::first_uplink_candidate(&handle).await?.ok_or(e)?,
+            },
         };
         let uplink_link = netlink::link_by_name(&handle, &uplink)
             .await?
@@ -121,11 +132,7 @@ impl Service {
         if settings.ip_forward {
             enable_ip_forward()?;
         }
-        let dataplane = Backend::new(
-            make_dataplane(&uplink, uplink_link.index)?,
-            handle.clone(),
-            &settings,
-        )?;
+        let dataplane = Backend::new(make_dataplane(&uplink)?, handle.clone(), &settings)?;
         let dns = dns::Resolver::new(dns_upstreams(&settings));
         let mut service = Service {
             handle,
@@ -139,8 +146,10 @@ impl Service {
             repairs: Repairs::default(),
             repair_failures: BTreeMap::new(),
             node_addresses: None,
+            uplinks: Vec::new(),
         };
         service.reconcile().await?;
+        service.refresh_uplinks().await?;
         Ok(service)
     }
 
@@ -153,6 +162,7 @@ impl Service {
             kernel_version: kernel,
             dataplane: self.dataplane.name().into(),
             uplink: self.uplink.clone(),
+            uplinks: self.uplinks.clone(),
             settings: self.settings.clone(),
             ip_forward_enabled: ip_forward_enabled(),
             networks: self.state.networks.len(),
@@ -459,7 +469,7 @@ impl Service {
 fn veth_names(endpoint_id: &str) -> (String, String) {
     (
         format!("veth{}", &endpoint_id[..7]),
-        format!("bpfc{}", &endpoint_id[..7]),
+        format!("{VETH_PEER_PREFIX}{}", &endpoint_id[..7]),
     )
 }
 

@@ -220,7 +220,12 @@ impl Fixture {
     /// invariants frame by frame.
     fn run_corpus(&mut self, program: &str, seeds: &[Seed], rng: &mut Rng) -> Result<Tally> {
         let mut tally = Tally::default();
-        let prefix = format!("{program}.");
+        // Both uplink programs count as `uplink_ingress`.
+        let counted_as = match program {
+            UPLINK_TC_PROGRAM => UPLINK_PROGRAM,
+            other => other,
+        };
+        let prefix = format!("{counted_as}.");
         for seed in seeds {
             for (what, frame) in mutants(&seed.frame, rng) {
                 let case = format!("{program}: {} {what}", seed.name);
@@ -434,8 +439,13 @@ fn malformed_frame_corpus_is_counted_and_creates_no_flows() -> Result<()> {
         let mut fx = Fixture::masquerading(CONNTRACK_MAX)?;
         let mut rng = Rng(0x5eed_cafe_f00d_0017);
         let uplink = fx.run_corpus(UPLINK_PROGRAM, &uplink_seeds(), &mut rng)?;
+        let uplink_tc = fx.run_corpus(UPLINK_TC_PROGRAM, &uplink_seeds(), &mut rng)?;
         let container = fx.run_corpus(CONTAINER_PROGRAM, &container_seeds(), &mut rng)?;
-        for (program, tally) in [(UPLINK_PROGRAM, &uplink), (CONTAINER_PROGRAM, &container)] {
+        for (program, tally) in [
+            (UPLINK_PROGRAM, &uplink),
+            (UPLINK_TC_PROGRAM, &uplink_tc),
+            (CONTAINER_PROGRAM, &container),
+        ] {
             assert_eq!(tally.counted_drops, tally.drops as u64, "{program}");
             // Picked up by docs/reliability.md's "malformed frames" row.
             eprintln!(
