@@ -97,12 +97,53 @@ fn parser_properties() {
             break;
         }
     }
+    let frames = rounds * u64::from(FRAMES_PER_ROUND);
+    let seconds = started.elapsed().as_secs_f64();
+    let tally = tally.into_inner();
     eprintln!(
-        "parser fuzz: {} frames in {:.1} s, seed {seed}, no property broken; {}",
-        rounds * u64::from(FRAMES_PER_ROUND),
-        started.elapsed().as_secs_f64(),
-        tally.borrow()
+        "parser fuzz: {frames} frames in {seconds:.1} s, seed {seed}, no property broken; {tally}"
     );
+    record_figures(serde_json::json!({
+        "frames": frames, "seconds": (seconds * 10.0).round() / 10.0, "seed": seed.to_string(),
+        "properties_broken": 0, "tcp_udp": tally.transport,
+        "later_fragments": tally.fragments, "other_protocols": tally.other_protocols,
+        "icmp_echoes": tally.icmp_echoes,
+        "icmp_errors_with_a_usable_quote": tally.icmp_errors, "not_ipv4": tally.not_ipv4,
+        "rejected": tally.rejected,
+    }));
+}
+
+/// Writes the run's figures where the integration tests put theirs
+/// (`bpfbridge_tests::figures`, which this crate cannot depend on: it is below the agent),
+/// in the same format, for docs/reliability.md. The parser is the eBPF dataplane's.
+fn record_figures(figures: serde_json::Value) {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
+    let dir = target.join("reliability");
+    let commit = std::process::Command::new("git")
+        .args(["-C", env!("CARGO_MANIFEST_DIR")])
+        .args(["describe", "--always", "--dirty", "--abbrev=12"])
+        .output()
+        .ok()
+        .filter(|out| out.status.success())
+        .map(|out| String::from_utf8_lossy(&out.stdout).trim().to_string());
+    let body = serde_json::json!({
+        "name": "parser_fuzz",
+        "dataplane": "ebpf",
+        "figures": figures,
+        "recorded_unix": SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()),
+        "kernel": std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim(),
+        "commit": commit,
+    });
+    let written = std::fs::create_dir_all(&dir)
+        .and_then(|()| std::fs::write(dir.join("parser_fuzz.ebpf.json"), body.to_string()));
+    if let Err(err) = written {
+        eprintln!(
+            "parser fuzz: the figures were not recorded in {}: {err}",
+            dir.display()
+        );
+    }
 }
 
 /// What the generated frames were, so that a run shows it reached every kind (shrinking's
