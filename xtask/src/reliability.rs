@@ -162,8 +162,7 @@ const SECTIONS: &[Section] = &[
                 checks: "A container publishing 8080:80; its node-side veth deleted with `ip link \
                     del` in the node namespace. Within 5 s `info` shows `Repairs.VethRecreated` \
                     1, the port answers from the world again, the container keeps its address, \
-                    MAC and interface name and reaches the world through masquerade. The repair \
-                    follows a link event and a 100 ms pause for the burst.",
+                    MAC and interface name and reaches the world through masquerade.",
                 command: "`cargo test -p bpfbridge-tests --test repair deleted -- --nocapture`, \
                     and with `BPFBRIDGE_TEST_DATAPLANE=iptables`",
                 not_on_iptables: None,
@@ -476,7 +475,15 @@ fn scalar(value: &Value) -> String {
             _ => n.to_string(),
         },
         Value::Array(items) if items.is_empty() => "none".into(),
-        Value::Array(items) => items.iter().map(scalar).collect::<Vec<_>>().join(", "),
+        // Lists are of ports and the like: no thousands separators.
+        Value::Array(items) => items
+            .iter()
+            .map(|item| match item {
+                Value::Number(n) => n.to_string(),
+                other => scalar(other),
+            })
+            .collect::<Vec<_>>()
+            .join(", "),
         Value::Bool(b) => if *b { "yes" } else { "no" }.into(),
         Value::Object(_) => value.to_string(),
     }
@@ -543,14 +550,14 @@ mod tests {
         let doc = render(&[record(
             "dns_restarts",
             "iptables",
-            json!({"lost": 0, "queries": 1000, "per_restart": {"max_ms": 12.5}, "ports": [53]}),
+            json!({"lost": 0, "queries": 1000, "per_restart": {"max_ms": 12.5}, "ports": [5353, 9001]}),
         )]);
         let row = doc
             .lines()
             .find(|l| l.starts_with("| `dns_restarts`"))
             .unwrap();
         assert!(
-            row.contains("| not recorded in this run | lost: 0<br>per_restart.max_ms: 12.5<br>ports: 53<br>queries: 1,000 |"),
+            row.contains("| not recorded in this run | lost: 0<br>per_restart.max_ms: 12.5<br>ports: 5353, 9001<br>queries: 1,000 |"),
             "{row}"
         );
         assert!(doc.contains("| — (the eBPF programs' own test) |"));
