@@ -303,9 +303,9 @@ fn render(records: &[Record]) -> String {
          What the tests show about bpfbridge under failure and hostile input, with the figures \
          they recorded. Each test writes its figures with `bpfbridge_tests::figures::record`; \
          `cargo xtask test` renders them into `target/reliability/reliability.md` at its end, \
-         and `cargo xtask reliability` renders this page from the last runs' figures. Counts \
-         and sets are the same on every run; latencies and scan times vary from run to run and \
-         with the machine's load.\n\n",
+         and `cargo xtask reliability` renders this page from the last runs' figures. The \
+         checks hold on every run; latencies, scan times and how far a killed batch got vary \
+         from run to run and with the machine's load.\n\n",
     );
     let _ = writeln!(doc, "{}\n", provenance(records));
 
