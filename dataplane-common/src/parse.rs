@@ -93,7 +93,8 @@ pub enum Malformed {
     BadHeaderLength,
     /// Total length shorter than the header, or longer than the frame.
     BadTotalLength,
-    /// TCP data offset below 5 words or past the packet.
+    /// A packet too short for its TCP or UDP header, or a TCP data offset below 5 words or
+    /// past the packet.
     BadTransportHeader,
 }
 
@@ -208,6 +209,13 @@ pub fn parse<F: Frame + ?Sized>(frame: &F, frame_len: usize) -> Result<Parsed, M
     let mut tcp_flags = 0;
     let check_offset = match ip.protocol {
         IPPROTO_TCP => {
+            // A packet too short for any TCP header is bad whether or not Ethernet padding
+            // follows it (NICs pad frames to 60 bytes): without this check, the data offset
+            // below would be read from the padding, or be missing, and the same packet
+            // would be rejected for one reason or the other depending on the padding.
+            if payload_len < TCP_MIN_HLEN {
+                return Err(Malformed::BadTransportHeader);
+            }
             let data_offset: u8 = frame.load(l4 + 12).ok_or(Malformed::Truncated)?;
             let tcp_len = usize::from(data_offset >> 4) * 4;
             if tcp_len < TCP_MIN_HLEN || tcp_len > payload_len {
@@ -517,6 +525,18 @@ mod tests {
             parse(&f[..], f.len()),
             Ok(Parsed::OtherProtocol(_))
         ));
+    }
+
+    #[test]
+    fn a_packet_too_short_for_tcp_is_rejected_the_same_with_or_without_padding() {
+        // Found by the parser fuzz: 4 bytes of TCP, the frame ending there (Truncated) or
+        // padded to 60 bytes (BadTransportHeader, the data offset read from the padding).
+        let mut f = tcp_syn(0);
+        f.truncate(ETH_HLEN + 24);
+        f[ETH_HLEN + 2..ETH_HLEN + 4].copy_from_slice(&24u16.to_be_bytes());
+        assert_eq!(parse(&f[..], f.len()), Err(Malformed::BadTransportHeader));
+        f.resize(60, 0x50);
+        assert_eq!(parse(&f[..], f.len()), Err(Malformed::BadTransportHeader));
     }
 
     #[test]

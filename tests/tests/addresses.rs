@@ -41,13 +41,13 @@ fn within_bound(mut condition: impl FnMut() -> bool) -> Option<Duration> {
 }
 
 /// Waits until the published port answers the world on `ip` (`what` says which address),
-/// for at most [`FOLLOWS_WITHIN`]; says how long that took.
+/// for at most [`FOLLOWS_WITHIN`]; says and returns how long that took.
 fn answers_within_bound(
     topology: &Topology,
     agent: &Agent,
     ip: Ipv4Addr,
     what: &str,
-) -> Result<()> {
+) -> Result<Duration> {
     let world = topology.world.path();
     let Some(took) = within_bound(|| tcp_reaches(&world, published_on(ip), ATTEMPT)) else {
         bail!(
@@ -56,7 +56,16 @@ fn answers_within_bound(
         );
     };
     eprintln!("the published port answered on {what} {ip} after {took:?}");
-    Ok(())
+    Ok(took)
+}
+
+/// Records how long the agent took to follow a change, for docs/reliability.md.
+fn record_ms(name: &str, durations: &[(&str, Duration)]) -> Result<()> {
+    let figures: serde_json::Map<_, _> = durations
+        .iter()
+        .map(|(what, took)| (format!("{what}_ms"), serde_json::json!(took.as_millis())))
+        .collect();
+    bpfbridge_tests::figures::record(name, figures.into())
 }
 
 /// The node's address that the world sees on a new connection from the container.
@@ -107,7 +116,7 @@ fn a_replaced_uplink_address_takes_over_published_ports_and_masquerade() -> Resu
         .world
         .ip(&["route", "replace", "default", "via", &new_ip.to_string()])?;
 
-    answers_within_bound(&topology, &agent, new_ip, "the new address")?;
+    let took = answers_within_bound(&topology, &agent, new_ip, "the new address")?;
     ensure!(
         !tcp_reaches(&world, published_on(NODE_IP), ATTEMPT),
         "the published port still answers on the former address {NODE_IP}"
@@ -117,7 +126,10 @@ fn a_replaced_uplink_address_takes_over_published_ports_and_masquerade() -> Resu
         new_ip,
         "a new connection leaves with the new address"
     );
-    Ok(())
+    record_ms(
+        "addresses_replaced",
+        &[("answered_on_the_new_address_after", took)],
+    )
 }
 
 #[test]
@@ -130,7 +142,7 @@ fn a_second_uplink_address_answers_until_it_is_removed() -> Result<()> {
     topology
         .node
         .ip(&["addr", "add", &format!("{second}/24"), "dev", UPLINK])?;
-    answers_within_bound(&topology, &agent, second, "the added address")?;
+    let took = answers_within_bound(&topology, &agent, second, "the added address")?;
     ensure!(
         tcp_reaches(&world, published_on(NODE_IP), ATTEMPT),
         "the first address stopped answering"
@@ -150,7 +162,10 @@ fn a_second_uplink_address_answers_until_it_is_removed() -> Result<()> {
         tcp_reaches(&world, published_on(NODE_IP), ATTEMPT),
         "the first address stopped answering"
     );
-    Ok(())
+    record_ms(
+        "addresses_second",
+        &[("answered_on_the_added_address_after", took)],
+    )
 }
 
 #[test]
@@ -172,6 +187,6 @@ fn an_address_added_on_another_interface_answers() -> Result<()> {
         "via",
         &NODE_IP.to_string(),
     ])?;
-    answers_within_bound(&topology, &agent, service_ip, "another interface's address")?;
-    Ok(())
+    let took = answers_within_bound(&topology, &agent, service_ip, "another interface's address")?;
+    record_ms("addresses_another_interface", &[("answered_after", took)])
 }

@@ -1971,6 +1971,7 @@ fn verified_instructions_stay_under_half_the_verifier_limit() -> Result<()> {
         programs.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(),
         PROGRAMS
     );
+    let mut budget = serde_json::Map::new();
     for program in programs {
         let verified = program
             .verified_instructions
@@ -1986,8 +1987,10 @@ fn verified_instructions_stay_under_half_the_verifier_limit() -> Result<()> {
             "{}: {verified} verified instructions",
             program.name
         );
+        budget.insert(program.name.clone(), verified.into());
     }
-    Ok(())
+    budget.insert("limit".into(), VERIFIER_INSTRUCTION_LIMIT.into());
+    bpfbridge_tests::figures::record("verifier_budget", budget.into())
 }
 
 #[path = "dataplane_test_run/malformed.rs"]

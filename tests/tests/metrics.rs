@@ -136,7 +136,16 @@ fn metrics_show_traffic_flow_tables_and_api_latency() -> Result<()> {
         ),
         Some(1.0)
     );
-    Ok(())
+    bpfbridge_tests::figures::record(
+        "metrics",
+        serde_json::json!({
+            "series": metrics.lines().filter(|l| !l.starts_with('#')).count(),
+            "container_create_seconds": value(
+                &metrics,
+                "bpfbridge_api_request_duration_seconds_sum{method=\"POST\",route=\"/containers\",status=\"201\"}",
+            ),
+        }),
+    )
 }
 
 #[test]

@@ -156,7 +156,14 @@ fn a_deleted_veth_is_made_again_with_the_same_address_mac_and_ports() -> Result<
     assert_eq!(repairs["VethRecreated"], 1, "{repairs}");
     assert_eq!(repairs["Failed"], 0, "{repairs}");
     assert_eq!(state_error(agent, "web")?, "");
-    Ok(())
+    bpfbridge_tests::figures::record(
+        "repair_veth_deleted",
+        serde_json::json!({
+            "repaired_after_ms": took.as_millis(),
+            "port_answered_again_after_ms": answers.map(|a| (took + a).as_millis()),
+            "veth_recreated": repairs["VethRecreated"], "failed": repairs["Failed"],
+        }),
+    )
 }
 
 #[test]
@@ -176,7 +183,13 @@ fn a_veth_taken_off_its_bridge_and_down_is_put_back() -> Result<()> {
     assert_eq!(repairs["VethReattached"], 1, "{repairs}");
     assert_eq!(repairs["VethSetUp"], 1, "{repairs}");
     assert_eq!(repairs["VethRecreated"], 0, "{repairs}");
-    Ok(())
+    bpfbridge_tests::figures::record(
+        "repair_veth_off_its_bridge",
+        serde_json::json!({
+            "port_answered_again_after_ms": healed.map(|h| h.as_millis()),
+            "veth_reattached": repairs["VethReattached"], "veth_set_up": repairs["VethSetUp"],
+        }),
+    )
 }
 
 #[test]
@@ -227,5 +240,12 @@ fn a_container_whose_namespace_is_gone_shows_the_error_and_the_agent_stays_calm(
         String::from_utf8_lossy(&removed.stderr)
     );
     ensure!(agent.cli_json(&["container", "inspect", "lost"]).is_err());
-    Ok(())
+    bpfbridge_tests::figures::record(
+        "repair_namespace_gone",
+        serde_json::json!({
+            "error_shown_after_ms": shown.map(|s| s.as_millis()),
+            "agent_cpu_ms_over_the_next_5_s": cpu_used.as_millis(),
+            "failed": repairs["Failed"],
+        }),
+    )
 }

@@ -1,6 +1,8 @@
 //! bpfbridge's development tasks, run as `cargo xtask <task>` (an alias in .cargo/config.toml).
 
 mod demo;
+mod fuzz;
+mod reliability;
 mod setup;
 mod test_run;
 mod upgrade_from;
@@ -69,6 +71,23 @@ enum Task {
         #[arg(long, value_name = "PATH")]
         upgrade_from: Option<PathBuf>,
     },
+    /// Fuzz the shared packet parser (a property test against a reference decoder) for a
+    /// while; `test` runs it for a few seconds from a fixed seed.
+    Fuzz {
+        /// How long to run.
+        #[arg(long, default_value_t = 600)]
+        seconds: u64,
+        /// Start from this seed (a failure prints the one that replays it); random otherwise.
+        #[arg(long)]
+        seed: Option<u64>,
+    },
+    /// Render docs/reliability.md from the figures the last test runs recorded in
+    /// target/reliability (run `test`, or the tests it describes, first).
+    Reliability {
+        /// Where to write the report.
+        #[arg(long, default_value = "docs/reliability.md")]
+        out: PathBuf,
+    },
     /// Run setup and build, then run `bpfbridge ARGS...`, or with no ARGS the demo: an agent,
     /// a container with a published port, and a client in network namespaces of their own.
     Run {
@@ -84,6 +103,8 @@ fn main() -> ExitCode {
         Task::Build { release } => build(release),
         Task::Test { lint, args } => test(lint, &args),
         Task::Run { args } => run(&args),
+        Task::Fuzz { seconds, seed } => fuzz::run(seconds, seed),
+        Task::Reliability { out } => reliability::render_to(&repo_root().join(out)),
         Task::Bench {
             quick,
             smoke,

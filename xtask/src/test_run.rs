@@ -18,6 +18,8 @@ use std::{
 
 use anyhow::{Context as _, Result, bail, ensure};
 use bpfbridge_lab::cmd;
+
+use crate::reliability;
 use cargo_metadata::{Message, TargetKind};
 
 /// The integration suites about what a Docker user sees, which hold for both dataplanes.
@@ -60,10 +62,12 @@ impl TestBinary {
     }
 }
 
-/// Builds, then runs every test; fails if any failed, after all have run.
+/// Builds, then runs every test; fails if any failed, after all have run. Renders the
+/// reliability report from the figures this run's tests recorded, pass or fail.
 pub fn run_all() -> Result<()> {
     let started = Instant::now();
     let binaries = build()?;
+    reliability::clear_figures()?;
     let built = started.elapsed();
     let suites = binaries.iter().filter(|b| b.behaviour_suite).count();
     ensure!(
@@ -84,6 +88,7 @@ pub fn run_all() -> Result<()> {
     });
     let (report, iptables_failed) = iptables?;
     print!("{report}");
+    reliability::render_to(&reliability::figures_dir().join("reliability.md"))?;
     // Where a CI run's time goes, for whoever has to make it shorter.
     println!(
         "test times: build {:.0} s, both passes {:.0} s",

@@ -441,6 +441,7 @@ fn malformed_frame_corpus_is_counted_and_creates_no_flows() -> Result<()> {
         let uplink = fx.run_corpus(UPLINK_PROGRAM, &uplink_seeds(), &mut rng)?;
         let uplink_tc = fx.run_corpus(UPLINK_TC_PROGRAM, &uplink_seeds(), &mut rng)?;
         let container = fx.run_corpus(CONTAINER_PROGRAM, &container_seeds(), &mut rng)?;
+        let mut figures = serde_json::Map::new();
         for (program, tally) in [
             (UPLINK_PROGRAM, &uplink),
             (UPLINK_TC_PROGRAM, &uplink_tc),
@@ -453,7 +454,15 @@ fn malformed_frame_corpus_is_counted_and_creates_no_flows() -> Result<()> {
                  {} flow entries (all from well-formed first packets)",
                 tally.runs, tally.refused, tally.drops, tally.counted_drops, tally.flows_created
             );
+            figures.insert(
+                program.to_string(),
+                serde_json::json!({
+                    "runs": tally.runs, "refused_by_the_kernel": tally.refused,
+                    "drops": tally.drops, "counted": tally.counted_drops, "aborted": 0,
+                    "flow_entries_from_well_formed_first_packets": tally.flows_created,
+                }),
+            );
         }
-        Ok(())
+        bpfbridge_tests::figures::record("malformed_frames", figures.into())
     })
 }
