@@ -16,6 +16,7 @@ use super::{
 use crate::{
     Error, Result,
     dataplane::NetworkPolicy,
+    faults::{self, CrashPoint},
     ipam,
     model::{
         ConnectRequest, CreateNetwork, DisconnectRequest, Ipam, IpamConfig, KNOWN_OPTIONS,
@@ -317,9 +318,12 @@ impl Service {
             undo.steps
                 .push(Step::DeleteNetworkRecord(network.name.clone()));
             undo.steps.push(Step::DeleteLink(network.bridge.clone()));
+            faults::reach(CrashPoint::NetworkCreateRecorded);
             self.ensure_bridge(&network).await?;
+            faults::reach(CrashPoint::NetworkCreateBridgeMade);
             network.pending = false;
             self.save_network(network.clone())?;
+            faults::reach(CrashPoint::NetworkCreateSaved);
             self.sync_networks()
         }
         .await;
@@ -394,6 +398,7 @@ impl Service {
             pending: true,
             ..network.clone()
         })?;
+        faults::reach(CrashPoint::NetworkRemoveMarked);
         self.run_all(vec![
             Step::DeleteLink(network.bridge.clone()),
             Step::DeleteNetworkRecord(network.name),
@@ -607,6 +612,7 @@ impl Service {
             .port_endpoint(&container)
             .is_some_and(|e| e.endpoint_id == endpoint.endpoint_id);
         self.save_container(container.clone())?;
+        faults::reach(CrashPoint::ConnectRecorded);
         let mut undo = Undo::default();
         let result = self
             .make_endpoint(
@@ -623,6 +629,7 @@ impl Service {
                 endpoint.pending = false;
                 container.endpoints[position] = endpoint.clone();
                 self.save_container(container.clone())?;
+                faults::reach(CrashPoint::ConnectSaved);
                 self.note_allocation(&network.id, endpoint.ip)?;
                 if becomes_primary {
                     self.publish_ports(&container, &mut undo)?;

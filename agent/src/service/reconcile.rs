@@ -8,7 +8,7 @@ use super::{
 };
 use crate::{
     Error, Result,
-    model::{ContainerRecord, NetworkRecord},
+    model::{ContainerRecord, NetworkMode, NetworkRecord},
     netlink, netns,
 };
 
@@ -173,6 +173,7 @@ impl Service {
         let mut changed = false;
         let (half_made, live): (Vec<_>, Vec<_>) =
             container.endpoints.drain(..).partition(|e| e.pending);
+        let rolled_back = !half_made.is_empty();
         for endpoint in half_made {
             self.run_all(teardown_steps(&endpoint)).await?;
             changed = true;
@@ -229,6 +230,12 @@ impl Service {
         container
             .endpoints
             .retain(|e| !gone.contains(&e.endpoint_id));
+        // A half-made or half-removed endpoint may have carried the default route (a
+        // connect gives it to a new way out; a disconnect moves it): it goes to the way out
+        // that is left.
+        if rolled_back && netns_alive && container.mode == NetworkMode::Bridge {
+            self.fix_default_route(&container).await?;
+        }
         if container.endpoints.is_empty() && docker::forgotten_when_empty(&container) {
             self.forget_container(&container.name)?;
         } else if changed {
