@@ -53,6 +53,8 @@ crash_points! {
     NetworkCreateSaved = "network-create:saved",
     /// `network rm`: the record is marked pending; nothing removed yet.
     NetworkRemoveMarked = "network-remove:marked",
+    /// `network rm`: the dataplane has let the network go; its bridge and record remain.
+    NetworkRemovePolicyGone = "network-remove:policy-gone",
     /// `container create`: the pending record is saved; nothing made yet.
     ContainerCreateRecorded = "container-create:recorded",
     /// `container create`: the container's own namespace is made.

@@ -84,7 +84,11 @@ impl Operation {
                 ("network-create:saved", 1),
             ],
             // The bridge, then the record.
-            NetworkRemove => vec![("network-remove:marked", 1), ("teardown:step-done", 2)],
+            NetworkRemove => vec![
+                ("network-remove:marked", 1),
+                ("network-remove:policy-gone", 1),
+                ("teardown:step-done", 2),
+            ],
             ContainerCreate => [
                 ("container-create:recorded", 1),
                 ("container-create:netns-made", 1),
@@ -672,7 +676,7 @@ impl World {
             .collect::<Result<_, _>>()?;
         for line in rules.lines() {
             for word in line.split_whitespace() {
-                if word.starts_with("bpfbr") {
+                if word == "bpfbr0" || word.starts_with("bpfbr-") {
                     ensure!(
                         bridges.contains(word),
                         "a rule for bridge {word}, which no network owns: {line}"

@@ -66,11 +66,16 @@ fn check_bridge_name(name: &str) -> Result<()> {
 impl Service {
     /// Tells the dataplane the networks' policy (isolation, icc, internal, masquerade).
     pub(super) fn sync_networks(&mut self) -> Result<()> {
-        let policies: Vec<NetworkPolicy> = self
-            .state
+        let policies = self.network_policies(false);
+        self.dataplane.set_networks(&policies)
+    }
+
+    /// The networks' policies, those half made or half removed too when `with_pending`.
+    pub(super) fn network_policies(&self, with_pending: bool) -> Vec<NetworkPolicy> {
+        self.state
             .networks
             .values()
-            .filter(|n| !n.pending)
+            .filter(|n| with_pending || !n.pending)
             .map(|n| NetworkPolicy {
                 index: network_index(&n.id),
                 bridge: n.bridge.clone(),
@@ -79,8 +84,7 @@ impl Service {
                 internal: n.internal,
                 masquerade: n.enable_ip_masquerade && !n.internal,
             })
-            .collect();
-        self.dataplane.set_networks(&policies)
+            .collect()
     }
 
     /// Subnets in use: by networks, by pools the Docker IPAM driver handed out (but
@@ -399,12 +403,15 @@ impl Service {
             ..network.clone()
         })?;
         faults::reach(CrashPoint::NetworkRemoveMarked);
+        // The dataplane lets the network go while its record is there: a crash later
+        // leaves no rule that nothing knows of.
+        self.sync_networks()?;
+        faults::reach(CrashPoint::NetworkRemovePolicyGone);
         self.run_all(vec![
             Step::DeleteLink(network.bridge.clone()),
             Step::DeleteNetworkRecord(network.name),
         ])
-        .await?;
-        self.sync_networks()
+        .await
     }
 
     pub async fn prune_networks(&mut self) -> Result<NetworksPruned> {
