@@ -710,9 +710,15 @@ impl World {
     }
 }
 
-/// Tries every crash point of `op` in a world of its own; the points tried and the
-/// restart times.
-fn try_operation(op: Operation) -> Result<(usize, Vec<Duration>)> {
+/// What trying an operation's crash points took.
+struct Tried {
+    points: usize,
+    /// Each restart after a crash, until the API answered.
+    restarts: Vec<Duration>,
+}
+
+/// Tries every crash point of `op` in a world of its own.
+fn try_operation(op: Operation) -> Result<Tried> {
     let mut world = World::start()?;
     let mut tried = 0;
     for (point, times) in op.points() {
@@ -723,7 +729,10 @@ fn try_operation(op: Operation) -> Result<(usize, Vec<Duration>)> {
             tried += 1;
         }
     }
-    Ok((tried, world.restarts))
+    Ok(Tried {
+        points: tried,
+        restarts: world.restarts,
+    })
 }
 
 #[test]
@@ -746,7 +755,7 @@ fn a_crash_at_any_step_leaves_nothing_half_made() -> Result<()> {
     }
 
     // The operations run side by side, each on a topology of its own.
-    let results: Vec<(Operation, Result<(usize, Vec<Duration>)>)> = thread::scope(|scope| {
+    let results: Vec<(Operation, Result<Tried>)> = thread::scope(|scope| {
         let runs: Vec<_> = OPERATIONS
             .iter()
             .map(|op| (*op, scope.spawn(move || try_operation(*op))))
@@ -765,9 +774,9 @@ fn a_crash_at_any_step_leaves_nothing_half_made() -> Result<()> {
     let mut failures = Vec::new();
     for (op, result) in results {
         match result {
-            Ok((points, times)) => {
-                tried += points;
-                restarts.extend(times);
+            Ok(done) => {
+                tried += done.points;
+                restarts.extend(done.restarts);
             }
             Err(e) => failures.push(format!("{op:?}: {e:#}")),
         }
