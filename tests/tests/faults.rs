@@ -11,6 +11,7 @@ use std::{
     fs,
     net::{Ipv4Addr, SocketAddrV4},
     path::PathBuf,
+    sync::Mutex,
     thread,
     time::{Duration, Instant},
 };
@@ -710,29 +711,48 @@ impl World {
     }
 }
 
-/// What trying an operation's crash points took.
-struct Tried {
-    points: usize,
-    /// Each restart after a crash, until the API answered.
-    restarts: Vec<Duration>,
-}
-
-/// Tries every crash point of `op` in a world of its own.
-fn try_operation(op: Operation) -> Result<Tried> {
-    let mut world = World::start()?;
+/// Tries every crash point of `op`; how many.
+fn try_operation(world: &mut World, op: Operation) -> Result<usize> {
     let mut tried = 0;
     for (point, times) in op.points() {
         for nth in 1..=times {
             world
                 .try_point(op, point, nth)
-                .with_context(|| format!("{op:?} crashed at {point}:{nth}"))?;
+                .with_context(|| format!("crashed at {point}:{nth}"))?;
             tried += 1;
         }
     }
-    Ok(Tried {
-        points: tried,
-        restarts: world.restarts,
-    })
+    Ok(tried)
+}
+
+/// How many worlds try operations side by side: each agent start loads and verifies the
+/// programs, which is most of the test's time, and CI has two cores.
+const WORKERS: usize = 2;
+
+/// One worker's share: the operations it took from `queue`, each with how many points it
+/// tried or why it failed, and the restart times of its agents.
+fn work(queue: &Mutex<Vec<Operation>>) -> (Vec<(Operation, Result<usize>)>, Vec<Duration>) {
+    let mut results = Vec::new();
+    let mut restarts = Vec::new();
+    let mut world: Option<World> = None;
+    while let Some(op) = queue.lock().expect("queue").pop() {
+        let result = match world.as_mut() {
+            Some(w) => Ok(w),
+            None => World::start().map(|w| world.insert(w)),
+        }
+        .and_then(|w| try_operation(w, op));
+        if result.is_err() {
+            // What a failed operation left must not fail the next one: a new world.
+            if let Some(w) = world.take() {
+                restarts.extend(w.restarts);
+            }
+        }
+        results.push((op, result));
+    }
+    if let Some(w) = world {
+        restarts.extend(w.restarts);
+    }
+    (results, restarts)
 }
 
 #[test]
@@ -754,31 +774,27 @@ fn a_crash_at_any_step_leaves_nothing_half_made() -> Result<()> {
         );
     }
 
-    // The operations run side by side, each on a topology of its own.
-    let results: Vec<(Operation, Result<Tried>)> = thread::scope(|scope| {
-        let runs: Vec<_> = OPERATIONS
-            .iter()
-            .map(|op| (*op, scope.spawn(move || try_operation(*op))))
-            .collect();
-        runs.into_iter()
-            .map(|(op, run)| {
-                let result = run
-                    .join()
-                    .unwrap_or_else(|_| Err(anyhow::anyhow!("{op:?} panicked")));
-                (op, result)
-            })
+    // The longest operations first (popped from the end), so the workers finish together.
+    let mut queue = OPERATIONS.to_vec();
+    queue.sort_by_key(|op| op.points().iter().map(|(_, n)| n).sum::<u32>());
+    let queue = Mutex::new(queue);
+    let shares: Vec<_> = thread::scope(|scope| {
+        let workers: Vec<_> = (0..WORKERS).map(|_| scope.spawn(|| work(&queue))).collect();
+        workers
+            .into_iter()
+            .map(|w| w.join().expect("a worker panicked"))
             .collect()
     });
     let mut tried = 0;
     let mut restarts = Vec::new();
     let mut failures = Vec::new();
-    for (op, result) in results {
-        match result {
-            Ok(done) => {
-                tried += done.points;
-                restarts.extend(done.restarts);
+    for (results, times) in shares {
+        restarts.extend(times);
+        for (op, result) in results {
+            match result {
+                Ok(points) => tried += points,
+                Err(e) => failures.push(format!("{op:?}: {e:#}")),
             }
-            Err(e) => failures.push(format!("{op:?}: {e:#}")),
         }
     }
     if !failures.is_empty() {
