@@ -29,6 +29,7 @@ pub mod dataplane;
 pub mod dns;
 pub mod docker_plugin;
 pub mod error;
+pub mod faults;
 pub mod ipam;
 pub mod metrics;
 pub mod model;

@@ -8,6 +8,7 @@ use bpfbridge::{
     client::Client,
     config::{Settings, SettingsFlags},
     daemon,
+    faults::{CrashAt, CrashPoint},
     model::{
         ConnectRequest, ContainerInspect, CreateContainer, CreateFilter, CreateNetwork,
         DisconnectRequest, EndpointConfig, EndpointIpamConfig, FilterInfo, FlowInfo, HostConfig,
@@ -71,6 +72,15 @@ enum Command {
     Stats,
     /// Show the agent's effective settings, versions and counts.
     Info,
+    /// Developers' tools (fault injection); not a stable interface.
+    #[command(subcommand, hide = true)]
+    Debug(DebugCommand),
+}
+
+#[derive(Subcommand)]
+enum DebugCommand {
+    /// List the crash points `agent --crash-at` takes, one a line.
+    CrashPoints,
 }
 
 #[derive(Args)]
@@ -80,6 +90,10 @@ struct AgentArgs {
     config: Option<PathBuf>,
     #[command(flatten)]
     flags: SettingsFlags,
+    /// Tests only: kill the agent with SIGKILL the Nth time (default 1) it reaches this
+    /// crash point (`bpfbridge debug crash-points` lists them).
+    #[arg(long, hide = true, env = bpfbridge::faults::CRASH_AT_ENV, value_name = "POINT[:N]")]
+    crash_at: Option<CrashAt>,
 }
 
 impl AgentArgs {
@@ -570,6 +584,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .with_writer(std::io::stderr)
                 .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
                 .init();
+            if let Some(at) = args.crash_at {
+                bpfbridge::faults::arm(at)?;
+            }
             daemon::run(args.settings()?, cli.socket).await?;
         }
         Command::Container(command) => container_command(&client, command).await?,
@@ -696,6 +713,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Info => {
             let info: Info = client.get("/info").await?;
             print_json(&info)?;
+        }
+        Command::Debug(DebugCommand::CrashPoints) => {
+            for point in CrashPoint::ALL {
+                println!("{point}");
+            }
         }
     }
     Ok(())

@@ -20,6 +20,7 @@ use super::{
 };
 use crate::{
     Error, Result,
+    faults::{self, CrashPoint},
     model::{
         ContainerHostConfig, ContainerInspect, ContainerRecord, ContainerState, CreateContainer,
         EndpointAddressing, EndpointIpamConfig, EndpointRecord, EndpointSettings, LinkInfo,
@@ -255,6 +256,7 @@ impl Service {
         self.save_container(container.clone())?;
         undo.steps
             .push(Step::DeleteContainerRecord(container.name.clone()));
+        faults::reach(CrashPoint::ContainerCreateRecorded);
         match self.attach(&mut container, &networks, &mut undo).await {
             Ok(()) => {
                 let mut inspect = self.inspect_container(&container.name)?;
@@ -277,12 +279,14 @@ impl Service {
     ) -> Result<()> {
         if container.netns_owned {
             self.make_owned_netns(container, undo)?;
+            faults::reach(CrashPoint::ContainerCreateNetnsMade);
         }
         if matches!(container.mode, NetworkMode::Bridge | NetworkMode::None) {
             set_loopback_up(&container.netns)?;
         }
         self.make_planned_endpoints(container, networks, undo)
             .await?;
+        faults::reach(CrashPoint::ContainerCreateEndpointsMade);
         container.pending = false;
         self.publish_ports(container, undo)?;
         self.finish_container(container)
@@ -332,6 +336,7 @@ impl Service {
     /// links) up to date.
     fn finish_container(&mut self, container: &ContainerRecord) -> Result<()> {
         self.save_container(container.clone())?;
+        faults::reach(CrashPoint::ContainerCreateSaved);
         for endpoint in &container.endpoints {
             self.note_allocation(&endpoint.network_id, endpoint.ip)?;
         }
@@ -374,6 +379,7 @@ impl Service {
             pending: true,
             ..container.clone()
         })?;
+        faults::reach(CrashPoint::ContainerRemoveMarked);
         self.dns.stop(&container.id);
         let steps = self.container_teardown_steps(&container);
         let result = self.run_all(steps).await;

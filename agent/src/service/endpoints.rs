@@ -9,9 +9,19 @@ use super::{Service, Step, Undo, dataplane_endpoint, veth_names};
 use crate::{
     Error, Result,
     dataplane::Endpoint,
+    faults::{self, CrashPoint},
     model::{ContainerRecord, EndpointRecord, MacAddress, NetworkRecord},
     netlink, netns,
 };
+
+/// The node-side veth of an endpoint: the recorded one, or, for an endpoint whose creation
+/// was cut short before its veth was recorded, the name it was being made with.
+fn host_veth_of(e: &EndpointRecord) -> String {
+    match e.host_veth.is_empty() {
+        true => veth_names(&e.endpoint_id).0,
+        false => e.host_veth.clone(),
+    }
+}
 
 /// The dataplane's view of an endpoint for tearing it down: its addresses and veth. An
 /// endpoint whose creation was cut short may not know its MACs yet, and teardown needs
@@ -20,7 +30,7 @@ fn teardown_endpoint(e: &EndpointRecord) -> Endpoint {
     Endpoint {
         container_ip: e.ip,
         container_mac: e.mac.octets(),
-        host_veth: e.host_veth.clone(),
+        host_veth: host_veth_of(e),
         host_veth_ifindex: e.host_veth_ifindex,
         host_veth_mac: e.host_veth_mac.map(|m| m.octets()).unwrap_or_default(),
         bridge: String::new(),
@@ -33,7 +43,7 @@ fn teardown_endpoint(e: &EndpointRecord) -> Endpoint {
 pub(super) fn teardown_steps(e: &EndpointRecord) -> Vec<Step> {
     vec![
         Step::DetachEndpoint(teardown_endpoint(e)),
-        Step::DeleteLink(e.host_veth.clone()),
+        Step::DeleteLink(host_veth_of(e)),
     ]
 }
 
@@ -53,6 +63,7 @@ impl Service {
         let (host_veth, peer) = veth_names(&endpoint.endpoint_id);
         netlink::create_veth(&self.handle, &host_veth, &peer, network.mtu).await?;
         undo.steps.push(Step::DeleteLink(host_veth.clone()));
+        faults::reach(CrashPoint::EndpointVethMade);
         let peer_link = netlink::link_by_name(&self.handle, &peer)
             .await?
             .ok_or_else(|| Error::NotFound(format!("veth peer {peer} vanished")))?;
@@ -67,6 +78,7 @@ impl Service {
             .ok_or_else(|| Error::NotFound(format!("veth {host_veth} vanished")))?;
         netlink::set_controller(&self.handle, host.index, bridge.index).await?;
         netlink::set_up(&self.handle, host.index).await?;
+        faults::reach(CrashPoint::EndpointVethOnBridge);
         let host_mac = host
             .mac
             .ok_or_else(|| Error::NotFound(format!("veth {host_veth} has no MAC")))?;
@@ -76,6 +88,7 @@ impl Service {
         let dp = dataplane_endpoint(endpoint, network)?;
         self.dataplane.attach_endpoint(&dp).await?;
         undo.steps.push(Step::DetachEndpoint(dp));
+        faults::reach(CrashPoint::EndpointAttached);
         Ok(peer_link)
     }
 
@@ -94,12 +107,13 @@ impl Service {
         let netns_file = std::fs::File::open(netns)
             .map_err(Error::io(format!("opening {}", netns.display())))?;
         netlink::move_to_netns(&self.handle, peer_link.index, &netns_file).await?;
+        faults::reach(CrashPoint::EndpointMoved);
 
         let address =
             Ipv4Net::new(endpoint.ip, network.subnet.prefix_len()).expect("prefix of a valid net");
         let gateway = default_route.then_some(network.gateway);
         let ifname = endpoint.ifname.clone();
-        netns::with_netlink_in(netns, |h| async move {
+        let configured = netns::with_netlink_in(netns, |h| async move {
             let link = netlink::link_by_name(&h, &peer).await?.ok_or_else(|| {
                 Error::NotFound(format!("{peer} did not arrive in the namespace"))
             })?;
@@ -113,7 +127,9 @@ impl Service {
                 Some(gateway) => netlink::set_default_route(&h, gateway).await,
                 None => Ok(()),
             }
-        })
+        });
+        faults::reach(CrashPoint::EndpointConfigured);
+        configured
     }
 
     /// Takes `container`'s endpoint at `position` off the node and out of its record (saved).
@@ -127,6 +143,10 @@ impl Service {
         let was_primary = self
             .port_endpoint(container)
             .is_some_and(|e| e.endpoint_id == container.endpoints[position].endpoint_id);
+        // Pending while it goes: a crash in the middle finishes the removal on start.
+        container.endpoints[position].pending = true;
+        self.save_container(container.clone())?;
+        faults::reach(CrashPoint::DisconnectMarked);
         let mut steps = Vec::new();
         if was_primary {
             steps.extend(container.ports.iter().map(|p| Step::Unpublish(*p)));
@@ -135,6 +155,7 @@ impl Service {
         self.run_all(steps).await?;
         container.endpoints.remove(position);
         self.save_container(container.clone())?;
+        faults::reach(CrashPoint::DisconnectSaved);
         if was_primary {
             // The ports' new carrier is made already: nothing to undo if publishing fails.
             self.publish_ports(container, &mut Undo::default())?;

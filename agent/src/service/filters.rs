@@ -4,6 +4,7 @@ use super::Service;
 use crate::{
     Error, Result,
     dataplane::FlowLister,
+    faults::{self, CrashPoint},
     model::{CreateFilter, FilterInfo, FilterRecord},
 };
 
@@ -57,6 +58,7 @@ impl Service {
         wanted.push(rule.clone());
         // The dataplane first: if it refuses, nothing was recorded.
         self.dataplane.set_filters(&wanted)?;
+        faults::reach(CrashPoint::FilterAddApplied);
         if let Err(e) = self.store.put_filter(&rule) {
             wanted.pop();
             self.dataplane.set_filters(&wanted)?;
@@ -72,6 +74,7 @@ impl Service {
         }
         self.store.delete_filter(id)?;
         self.state.filters.remove(&id);
+        faults::reach(CrashPoint::FilterRemoveRecorded);
         let wanted: Vec<FilterRecord> = self.state.filters.values().cloned().collect();
         self.dataplane.set_filters(&wanted)
     }

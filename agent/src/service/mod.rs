@@ -28,6 +28,7 @@ use crate::{
     config::Settings,
     dataplane::{Backend, Dataplane, Endpoint, LinkRule},
     dns,
+    faults::{self, CrashPoint},
     model::{
         ContainerRecord, EndpointRecord, Info, NetworkMode, NetworkRecord, PortBinding,
         PublishedPort, Repairs, StatCounter, UplinkInfo, random_id,
@@ -304,6 +305,7 @@ impl Service {
         for (endpoint, port) in self.mappings_of(container)? {
             self.dataplane.publish(&endpoint, &port)?;
             undo.steps.push(Step::Unpublish(port));
+            faults::reach(CrashPoint::PortPublished);
         }
         Ok(())
     }
@@ -460,6 +462,7 @@ impl Service {
             if let Err(e) = self.run_step(step).await {
                 errors.push(e);
             }
+            faults::reach(CrashPoint::TeardownStep);
         }
         Error::collect(errors)
     }

@@ -16,6 +16,7 @@ use super::{
 use crate::{
     Error, Result,
     dataplane::NetworkPolicy,
+    faults::{self, CrashPoint},
     ipam,
     model::{
         ConnectRequest, CreateNetwork, DisconnectRequest, Ipam, IpamConfig, KNOWN_OPTIONS,
@@ -65,11 +66,16 @@ fn check_bridge_name(name: &str) -> Result<()> {
 impl Service {
     /// Tells the dataplane the networks' policy (isolation, icc, internal, masquerade).
     pub(super) fn sync_networks(&mut self) -> Result<()> {
-        let policies: Vec<NetworkPolicy> = self
-            .state
+        let policies = self.network_policies(false);
+        self.dataplane.set_networks(&policies)
+    }
+
+    /// The networks' policies, those half made or half removed too when `with_pending`.
+    pub(super) fn network_policies(&self, with_pending: bool) -> Vec<NetworkPolicy> {
+        self.state
             .networks
             .values()
-            .filter(|n| !n.pending)
+            .filter(|n| with_pending || !n.pending)
             .map(|n| NetworkPolicy {
                 index: network_index(&n.id),
                 bridge: n.bridge.clone(),
@@ -78,8 +84,7 @@ impl Service {
                 internal: n.internal,
                 masquerade: n.enable_ip_masquerade && !n.internal,
             })
-            .collect();
-        self.dataplane.set_networks(&policies)
+            .collect()
     }
 
     /// Subnets in use: by networks, by pools the Docker IPAM driver handed out (but
@@ -317,9 +322,12 @@ impl Service {
             undo.steps
                 .push(Step::DeleteNetworkRecord(network.name.clone()));
             undo.steps.push(Step::DeleteLink(network.bridge.clone()));
+            faults::reach(CrashPoint::NetworkCreateRecorded);
             self.ensure_bridge(&network).await?;
+            faults::reach(CrashPoint::NetworkCreateBridgeMade);
             network.pending = false;
             self.save_network(network.clone())?;
+            faults::reach(CrashPoint::NetworkCreateSaved);
             self.sync_networks()
         }
         .await;
@@ -394,12 +402,16 @@ impl Service {
             pending: true,
             ..network.clone()
         })?;
+        faults::reach(CrashPoint::NetworkRemoveMarked);
+        // The dataplane lets the network go while its record is there: a crash later
+        // leaves no rule that nothing knows of.
+        self.sync_networks()?;
+        faults::reach(CrashPoint::NetworkRemovePolicyGone);
         self.run_all(vec![
             Step::DeleteLink(network.bridge.clone()),
             Step::DeleteNetworkRecord(network.name),
         ])
-        .await?;
-        self.sync_networks()
+        .await
     }
 
     pub async fn prune_networks(&mut self) -> Result<NetworksPruned> {
@@ -607,6 +619,7 @@ impl Service {
             .port_endpoint(&container)
             .is_some_and(|e| e.endpoint_id == endpoint.endpoint_id);
         self.save_container(container.clone())?;
+        faults::reach(CrashPoint::ConnectRecorded);
         let mut undo = Undo::default();
         let result = self
             .make_endpoint(
@@ -623,6 +636,7 @@ impl Service {
                 endpoint.pending = false;
                 container.endpoints[position] = endpoint.clone();
                 self.save_container(container.clone())?;
+                faults::reach(CrashPoint::ConnectSaved);
                 self.note_allocation(&network.id, endpoint.ip)?;
                 if becomes_primary {
                     self.publish_ports(&container, &mut undo)?;

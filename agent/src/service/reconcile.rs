@@ -8,17 +8,20 @@ use super::{
 };
 use crate::{
     Error, Result,
-    model::{ContainerRecord, NetworkRecord},
+    model::{ContainerRecord, NetworkMode, NetworkRecord},
     netlink, netns,
 };
 
 impl Service {
     pub(super) async fn reconcile(&mut self) -> Result<()> {
-        self.remove_half_made_networks().await?;
+        // A half-made or half-removed network's bridge is kept until its rollback below.
         self.remove_orphan_bridges().await?;
         for network in self.state.networks.values().cloned().collect::<Vec<_>>() {
-            self.ensure_bridge(&network).await?;
+            if !network.pending {
+                self.ensure_bridge(&network).await?;
+            }
         }
+        self.remove_half_made_networks().await?;
         self.ensure_default_network().await?;
         let containers: Vec<ContainerRecord> = self.state.containers.values().cloned().collect();
         for container in containers {
@@ -71,6 +74,16 @@ impl Service {
             .filter(|n| n.pending)
             .cloned()
             .collect();
+        if pending.is_empty() {
+            return Ok(());
+        }
+        // A dataplane that does not read its network rules back (iptables) learns the
+        // half-made and half-removed networks here, so that the sync at the end of the
+        // start removes whatever of their rules a crash left.
+        let known = self.network_policies(true);
+        if let Err(e) = self.dataplane.set_networks(&known) {
+            tracing::warn!("re-adopting the networks a crash interrupted: {e}");
+        }
         for network in pending {
             tracing::warn!(network = %network.name, "rolling back a network create or removal that a crash interrupted");
             self.run_all(vec![
@@ -173,6 +186,7 @@ impl Service {
         let mut changed = false;
         let (half_made, live): (Vec<_>, Vec<_>) =
             container.endpoints.drain(..).partition(|e| e.pending);
+        let rolled_back = !half_made.is_empty();
         for endpoint in half_made {
             self.run_all(teardown_steps(&endpoint)).await?;
             changed = true;
@@ -229,6 +243,12 @@ impl Service {
         container
             .endpoints
             .retain(|e| !gone.contains(&e.endpoint_id));
+        // A half-made or half-removed endpoint may have carried the default route (a
+        // connect gives it to a new way out; a disconnect moves it): it goes to the way out
+        // that is left.
+        if rolled_back && netns_alive && container.mode == NetworkMode::Bridge {
+            self.fix_default_route(&container).await?;
+        }
         if container.endpoints.is_empty() && docker::forgotten_when_empty(&container) {
             self.forget_container(&container.name)?;
         } else if changed {
