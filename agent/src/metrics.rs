@@ -83,7 +83,7 @@ struct AgentLabels {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RepairLabels {
-    /// `veth_recreated`, `veth_reattached`, `veth_set_up` or `failed` (`info`'s `Repairs`).
+    /// A [`crate::model::RepairKind`]'s name, or `failed` (`info`'s `Repairs`).
     kind: &'static str,
 }
 
@@ -224,18 +224,12 @@ impl Snapshot {
 
     fn register_repairs(&self, registry: &mut Registry) {
         let repairs = Family::<RepairLabels, Counter>::default();
-        let counts = &self.info.repairs;
-        for (kind, count) in [
-            ("veth_recreated", counts.veth_recreated),
-            ("veth_reattached", counts.veth_reattached),
-            ("veth_set_up", counts.veth_set_up),
-            ("failed", counts.failed),
-        ] {
+        for (kind, count) in self.info.repairs.by_kind() {
             repairs.get_or_create(&RepairLabels { kind }).inc_by(count);
         }
         registry.register(
             "repairs",
-            "Drift the agent repaired while running, by kind; failed counts containers whose repair started failing",
+            "Drift the agent repaired while running, by kind; failed counts what (a container, a bridge, the dataplane) started failing to be repaired",
             repairs,
         );
     }
@@ -454,6 +448,7 @@ mod tests {
             flow_tables,
             programs: Vec::new(),
             repairs: Default::default(),
+            unrepaired: Vec::new(),
         }
     }
 

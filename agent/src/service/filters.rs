@@ -82,11 +82,11 @@ impl Service {
         self.dataplane.set_filters(&wanted)
     }
 
-    /// The dataplane's drop and new-flow events, if it has a feed.
+    /// The dataplane's drop and new-flow events, if it has a feed, and the repairs.
     pub fn subscribe(
         &self,
     ) -> Result<Option<tokio::sync::broadcast::Receiver<crate::model::MonitorEvent>>> {
-        self.dataplane.subscribe()
+        Ok(Some(self.events.subscribe()))
     }
 
     /// A job that lists the translated flows, to run after the service's lock is let go.

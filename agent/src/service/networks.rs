@@ -65,8 +65,13 @@ fn check_bridge_name(name: &str) -> Result<()> {
 impl Service {
     /// Tells the dataplane the networks' policy (isolation, icc, internal, masquerade).
     pub(super) fn sync_networks(&mut self) -> Result<()> {
-        let policies: Vec<NetworkPolicy> = self
-            .state
+        let policies = self.network_policies();
+        self.dataplane.set_networks(&policies)
+    }
+
+    /// The policy of every made network, as the dataplane holds it.
+    pub(super) fn network_policies(&self) -> Vec<NetworkPolicy> {
+        self.state
             .networks
             .values()
             .filter(|n| !n.pending)
@@ -78,8 +83,7 @@ impl Service {
                 internal: n.internal,
                 masquerade: n.enable_ip_masquerade && !n.internal,
             })
-            .collect();
-        self.dataplane.set_networks(&policies)
+            .collect()
     }
 
     /// Subnets in use: by networks, by pools the Docker IPAM driver handed out (but
