@@ -17,7 +17,7 @@ mod repair;
 
 pub use addresses::follow_node_addresses;
 pub use docker_ipam::ADDRESS_SPACES;
-pub use repair::repair_drift;
+pub use repair::{REPAIR_INTERVAL, repair_drift};
 
 use std::{collections::BTreeMap, fs, net::Ipv4Addr, path::PathBuf};
 
