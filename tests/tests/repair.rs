@@ -573,3 +573,47 @@ fn a_flushed_docker_chain_is_filled_again() -> Result<()> {
     assert_eq!(iptables_rules(node)?, before);
     Ok(())
 }
+
+#[test]
+fn a_deleted_uplink_link_pin_is_attached_again() -> Result<()> {
+    if skip_unless_ebpf("the uplink's XDP link is the eBPF dataplane's") {
+        return Ok(());
+    }
+    let web = Web::start()?;
+    let uplink = web.agent.cli_json(&["info"])?["Uplink"]
+        .as_str()
+        .context("Uplink")?
+        .to_string();
+    let pin = web
+        .agent
+        .pin_dir
+        .join("links")
+        .join(format!("xdp_{uplink}"));
+    ensure!(pin.exists(), "{} is pinned", pin.display());
+    web.repaired_after(
+        "repair_xdp_link_pin_deleted",
+        "ProgramReattached",
+        "program_reattached",
+        || Ok(std::fs::remove_file(&pin)?),
+    )?;
+    ensure!(pin.exists(), "pinned again");
+    Ok(())
+}
+
+#[test]
+fn a_deleted_socket_program_link_pin_is_attached_again() -> Result<()> {
+    if skip_unless_ebpf("the cgroup socket programs are the eBPF dataplane's") {
+        return Ok(());
+    }
+    let web = Web::start()?;
+    let pin = web.agent.pin_dir.join("links").join("cgroup_sock_connect4");
+    ensure!(pin.exists(), "{} is pinned", pin.display());
+    web.repaired_after(
+        "repair_cgroup_link_pin_deleted",
+        "ProgramReattached",
+        "program_reattached",
+        || Ok(std::fs::remove_file(&pin)?),
+    )?;
+    ensure!(pin.exists(), "pinned again");
+    Ok(())
+}

@@ -1,6 +1,7 @@
 //! Live repair of drift: while the agent runs, what it owns and someone else changed is
-//! put back within a pass, found by the node's link events and, as a safety net, by a pass
-//! every [`REPAIR_INTERVAL`]. A pass mends, in order, the node's sysctls and the networks'
+//! put back within a pass, found by the node's link and address events and, as a safety
+//! net (sysctls, programs, maps and rules send no event), by a pass every
+//! [`REPAIR_INTERVAL`]. A pass mends, in order, the node's sysctls and the networks'
 //! bridges ([`node`]), the containers' node-side veths (deleted, which takes the container
 //! side with it; taken off their bridge; set down), then the dataplane's programs, pinned
 //! maps and rules ([`backend`]). Each repair is logged, counted in `info`'s `Repairs` and
@@ -27,23 +28,23 @@ use crate::{
 /// How often a pass runs when no link event calls for one.
 pub const REPAIR_INTERVAL: Duration = Duration::from_secs(2);
 
-/// How long a link event waits for the rest of its burst (a container's teardown removes
-/// several links) before the pass looks.
+/// How long a link or address event waits for the rest of its burst (a container's
+/// teardown removes several links) before the pass looks.
 const SETTLE: Duration = Duration::from_millis(100);
 
-/// Runs a repair pass on each burst of link changes and every [`REPAIR_INTERVAL`], for as
-/// long as the agent runs. Each pass holds the service's lock, so it never sees an API
-/// operation half-done.
-pub async fn repair_drift(service: Arc<Mutex<Service>>, link_changes: impl Stream<Item = ()>) {
-    let mut link_changes = std::pin::pin!(link_changes.fuse());
+/// Runs a repair pass on each burst of the node's link and address changes and every
+/// [`REPAIR_INTERVAL`], for as long as the agent runs. Each pass holds the service's lock,
+/// so it never sees an API operation half-done.
+pub async fn repair_drift(service: Arc<Mutex<Service>>, node_changes: impl Stream<Item = ()>) {
+    let mut node_changes = std::pin::pin!(node_changes.fuse());
     let mut tick = tokio::time::interval(REPAIR_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = tick.tick() => {}
-            Some(()) = link_changes.next() => {
+            Some(()) = node_changes.next() => {
                 tokio::time::sleep(SETTLE).await;
-                while link_changes.next().now_or_never().flatten().is_some() {}
+                while node_changes.next().now_or_never().flatten().is_some() {}
             }
         }
         service.lock().await.repair_pass().await;
