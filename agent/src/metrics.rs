@@ -232,6 +232,13 @@ impl Snapshot {
             "Drift the agent repaired while running, by kind; failed counts what (a container, a bridge, the dataplane) started failing to be repaired",
             repairs,
         );
+        let unrepaired = Gauge::<i64>::default();
+        unrepaired.set(i64::try_from(self.info.unrepaired.len()).unwrap_or(i64::MAX));
+        registry.register(
+            "unrepaired",
+            "Drift the agent's last repair pass could not repair (info's Unrepaired)",
+            unrepaired,
+        );
     }
 
     fn register_counters(&self, registry: &mut Registry) {
@@ -506,6 +513,9 @@ mod tests {
             "bpfbridge_flow_gc_removed_total 9",
             "bpfbridge_flow_gc_last_pass_duration_seconds 0.0015",
             "bpfbridge_containers 3",
+            "bpfbridge_repairs_total{kind=\"iptables_rule_restored\"} 0",
+            "bpfbridge_repairs_total{kind=\"failed\"} 0",
+            "bpfbridge_unrepaired 0",
             "bpfbridge_api_request_duration_seconds_count{method=\"GET\",route=\"/containers/{name}\",status=\"404\"} 1",
             "bpfbridge_api_request_duration_seconds_count{method=\"other\",route=\"unmatched\",status=\"404\"} 1",
             "bpfbridge_agent_info{version=\"0.1.0\",dataplane=\"ebpf\",uplink=\"eth0\"} 1",
