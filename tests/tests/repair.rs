@@ -272,6 +272,9 @@ fn a_container_whose_namespace_is_gone_shows_the_error_and_the_agent_stays_calm(
     );
     let error = state_error(&agent, "lost")?;
     assert!(error.contains("network namespace"), "{error}");
+    // `info` shows it too, with everything else that could not be repaired.
+    let unrepaired = agent.cli_json(&["info"])?["Unrepaired"].clone();
+    assert_eq!(unrepaired, json!([format!("container lost: {error}")]));
 
     // Passes go on (every 2 s), retrying without spinning or logging each time.
     let cpu_before = agent_cpu(&agent)?;
