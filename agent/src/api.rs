@@ -254,13 +254,10 @@ async fn flush_flows(State(s): State<Shared>) -> ApiResult<impl IntoResponse> {
     Ok(Json(serde_json::json!({ "Flushed": removed })))
 }
 
-/// Drop and new-flow events as newline-delimited JSON, for as long as the client reads.
+/// Drop, new-flow and repair events as newline-delimited JSON, for as long as the client
+/// reads.
 async fn monitor(State(s): State<Shared>) -> ApiResult<Response> {
-    let receiver = s.lock().await.subscribe()?.ok_or_else(|| {
-        ApiError(Error::InvalidArgument(
-            "this dataplane has no event feed".into(),
-        ))
-    })?;
+    let receiver = s.lock().await.subscribe();
     let lines = futures::stream::unfold(receiver, |mut receiver| async move {
         loop {
             match receiver.recv().await {

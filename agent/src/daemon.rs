@@ -97,7 +97,10 @@ pub async fn run(settings: Settings, socket: PathBuf) -> Result<()> {
         socket = %socket.display(), "bpfbridge agent ready"
     );
     let service = Arc::new(Mutex::new(service));
-    let repairs = tokio::spawn(repair_drift(service.clone(), netlink::link_changes()?));
+    // Address changes too: a bridge's gateway address removed is repaired at once.
+    let node_changes =
+        futures::stream::select(netlink::link_changes()?, netlink::address_changes()?);
+    let repairs = tokio::spawn(repair_drift(service.clone(), node_changes));
     let addresses_task = tokio::spawn(service::follow_node_addresses(
         service.clone(),
         interface_changes,

@@ -83,7 +83,7 @@ struct AgentLabels {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RepairLabels {
-    /// `veth_recreated`, `veth_reattached`, `veth_set_up` or `failed` (`info`'s `Repairs`).
+    /// A [`crate::model::RepairKind`]'s name, or `failed` (`info`'s `Repairs`).
     kind: &'static str,
 }
 
@@ -224,19 +224,20 @@ impl Snapshot {
 
     fn register_repairs(&self, registry: &mut Registry) {
         let repairs = Family::<RepairLabels, Counter>::default();
-        let counts = &self.info.repairs;
-        for (kind, count) in [
-            ("veth_recreated", counts.veth_recreated),
-            ("veth_reattached", counts.veth_reattached),
-            ("veth_set_up", counts.veth_set_up),
-            ("failed", counts.failed),
-        ] {
+        for (kind, count) in self.info.repairs.by_kind() {
             repairs.get_or_create(&RepairLabels { kind }).inc_by(count);
         }
         registry.register(
             "repairs",
-            "Drift the agent repaired while running, by kind; failed counts containers whose repair started failing",
+            "Drift the agent repaired while running, by kind; failed counts what (a container, a bridge, the dataplane) started failing to be repaired",
             repairs,
+        );
+        let unrepaired = Gauge::<i64>::default();
+        unrepaired.set(i64::try_from(self.info.unrepaired.len()).unwrap_or(i64::MAX));
+        registry.register(
+            "unrepaired",
+            "Drift the agent's last repair pass could not repair (info's Unrepaired)",
+            unrepaired,
         );
     }
 
@@ -455,6 +456,7 @@ mod tests {
             flow_tables,
             programs: Vec::new(),
             repairs: Default::default(),
+            unrepaired: Vec::new(),
         }
     }
 
@@ -512,6 +514,9 @@ mod tests {
             "bpfbridge_flow_gc_removed_total 9",
             "bpfbridge_flow_gc_last_pass_duration_seconds 0.0015",
             "bpfbridge_containers 3",
+            "bpfbridge_repairs_total{kind=\"iptables_rule_restored\"} 0",
+            "bpfbridge_repairs_total{kind=\"failed\"} 0",
+            "bpfbridge_unrepaired 0",
             "bpfbridge_api_request_duration_seconds_count{method=\"GET\",route=\"/containers/{name}\",status=\"404\"} 1",
             "bpfbridge_api_request_duration_seconds_count{method=\"other\",route=\"unmatched\",status=\"404\"} 1",
             "bpfbridge_agent_info{version=\"0.1.0\",dataplane=\"ebpf\",uplink=\"eth0\"} 1",

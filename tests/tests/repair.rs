@@ -1,20 +1,27 @@
 //! Live repair: a container whose node-side veth is deleted under a running agent gets a
 //! new one, with its address, MAC, published ports and way out, within a repair pass; one
 //! that cannot be repaired (its namespace is gone) says so in `State.Error`, and the agent
-//! keeps serving without spinning.
+//! keeps serving without spinning. The rest of what the agent owns is put back the same
+//! way: the bridge (deleted, down, its gateway address removed), ip_forward, the eBPF
+//! dataplane's programs and pinned maps' entries, the iptables dataplane's rules; each
+//! repair counted by kind and sent to `monitor`, its latency recorded as a figure.
 
 use std::{
+    io::{BufRead as _, BufReader},
     net::SocketAddrV4,
     path::{Path, PathBuf},
-    process::Command,
+    process::{Child, Command, Stdio},
+    sync::mpsc,
     thread,
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result, ensure};
 use bpfbridge_tests::{
-    Agent, Echo, NODE_IP, Netns, Topology, WORLD_IP, links, request, serve_once, tcp_reaches,
+    Agent, Echo, NODE_IP, Netns, Topology, WORLD_IP, bpfbridge_bin, figures, links, request,
+    serve_once, skip_unless_ebpf, tcp_reaches,
 };
+use serde_json::{Value, json};
 
 /// The agent repairs within 2 s; the tests allow for a loaded machine.
 const REPAIR_WAIT: Duration = Duration::from_secs(5);
@@ -76,6 +83,72 @@ fn agent_cpu(agent: &Agent) -> Result<Duration> {
         .parse()?;
     Ok(Duration::from_micros(micros))
 }
+
+/// `bpfbridge monitor`'s events, read on a thread as they come.
+struct Monitor {
+    child: Child,
+    events: mpsc::Receiver<Value>,
+}
+
+impl Monitor {
+    fn start(agent: &Agent) -> Result<Self> {
+        let mut child = Command::new(bpfbridge_bin())
+            .arg("--socket")
+            .arg(&agent.socket)
+            .arg("monitor")
+            .stdout(Stdio::piped())
+            .spawn()?;
+        let stdout = child.stdout.take().context("monitor's stdout")?;
+        let (sender, events) = mpsc::channel();
+        thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Ok(event) = serde_json::from_str(&line)
+                    && sender.send(event).is_err()
+                {
+                    return;
+                }
+            }
+        });
+        // Let it subscribe before the drift is made.
+        thread::sleep(Duration::from_millis(300));
+        Ok(Monitor { child, events })
+    }
+
+    /// The first repair event of `reason` within the repair wait.
+    fn repair_event(&self, reason: &str) -> Option<Value> {
+        let deadline = Instant::now() + REPAIR_WAIT;
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            let event = self.events.recv_timeout(left).ok()?;
+            if event["Kind"] == "repair" && event["Reason"] == reason {
+                return Some(event);
+            }
+        }
+        None
+    }
+
+    /// The repair events that came so far.
+    fn repairs_so_far(&self) -> Vec<Value> {
+        self.events
+            .try_iter()
+            .filter(|e| e["Kind"] == "repair")
+            .collect()
+    }
+}
+
+impl Drop for Monitor {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A count of `info`'s `Repairs`.
+fn repair_count(agent: &Agent, kind: &str) -> Result<u64> {
+    Ok(repairs(agent)?[kind].as_u64().unwrap_or(0))
+}
+
+/// The default network's bridge, as the agent names it.
+const BRIDGE: &str = bpfbridge::service::DEFAULT_BRIDGE;
 
 /// A container `web` publishing 8080 to an echo server on 80, answering from the world.
 struct Web {
@@ -212,6 +285,9 @@ fn a_container_whose_namespace_is_gone_shows_the_error_and_the_agent_stays_calm(
     );
     let error = state_error(&agent, "lost")?;
     assert!(error.contains("network namespace"), "{error}");
+    // `info` shows it too, with everything else that could not be repaired.
+    let unrepaired = agent.cli_json(&["info"])?["Unrepaired"].clone();
+    assert_eq!(unrepaired, json!([format!("container lost: {error}")]));
 
     // Passes go on (every 2 s), retrying without spinning or logging each time.
     let cpu_before = agent_cpu(&agent)?;
@@ -248,4 +324,319 @@ fn a_container_whose_namespace_is_gone_shows_the_error_and_the_agent_stays_calm(
             "failed": repairs["Failed"],
         }),
     )
+}
+
+impl Web {
+    /// Makes a drift under the running agent, then waits for `kind`'s counter to move, a
+    /// `monitor` event of `reason` and the published port to answer; records how long each
+    /// took as the figures of `figure`. Nothing may be left unrepaired.
+    fn repaired_after(
+        &self,
+        figure: &str,
+        kind: &str,
+        reason: &str,
+        drift: impl FnOnce() -> Result<()>,
+    ) -> Result<()> {
+        let agent = &self.agent;
+        let monitor = Monitor::start(agent)?;
+        let before = repair_count(agent, kind)?;
+        let start = Instant::now();
+        drift()?;
+        within_repair_wait(|| Ok(repair_count(agent, kind)? > before))?.with_context(|| {
+            format!(
+                "{kind} did not move within {REPAIR_WAIT:?}: {}\n{}",
+                repairs(agent).unwrap_or_default(),
+                agent.log_tail(30)
+            )
+        })?;
+        let repaired = start.elapsed();
+        let event = monitor
+            .repair_event(reason)
+            .with_context(|| format!("no {reason} event from monitor"))?;
+        ensure!(
+            event["Destination"].as_str().is_some_and(|d| !d.is_empty()),
+            "the event names what was repaired: {event}"
+        );
+        let answered = within_repair_wait(|| {
+            Ok(tcp_reaches(
+                &self.world,
+                self.published,
+                Duration::from_millis(500),
+            ))
+        })?;
+        ensure!(
+            answered.is_some(),
+            "the published port does not answer again\n{}",
+            agent.log_tail(30)
+        );
+        let answered = start.elapsed();
+        eprintln!(
+            "{figure}: {kind} counted after {repaired:?}, the port answered after {answered:?}"
+        );
+        figures::record(
+            figure,
+            json!({
+                "kind": kind,
+                "repaired_ms": repaired.as_millis() as u64,
+                "answered_ms": answered.as_millis() as u64,
+            }),
+        )?;
+        let info = agent.cli_json(&["info"])?;
+        ensure!(info.get("Unrepaired").is_none(), "{}", info["Unrepaired"]);
+        ensure!(info["Repairs"]["Failed"] == 0, "{}", info["Repairs"]);
+        Ok(())
+    }
+}
+
+#[test]
+fn an_agent_left_alone_repairs_nothing() -> Result<()> {
+    let web = Web::start()?;
+    let monitor = Monitor::start(&web.agent)?;
+    // Two passes at least, on a node where nothing drifts.
+    thread::sleep(bpfbridge::service::REPAIR_INTERVAL * 2 + Duration::from_millis(500));
+    let info = web.agent.cli_json(&["info"])?;
+    let counts = info["Repairs"].as_object().context("Repairs")?;
+    for (kind, count) in counts {
+        ensure!(count == 0, "{kind} is {count}: {}", web.agent.log_tail(30));
+    }
+    ensure!(info.get("Unrepaired").is_none(), "{}", info["Unrepaired"]);
+    let events = monitor.repairs_so_far();
+    ensure!(events.is_empty(), "{events:?}");
+    Ok(())
+}
+
+#[test]
+fn a_deleted_bridge_is_made_again_and_its_veth_put_back() -> Result<()> {
+    let web = Web::start()?;
+    let node = &web.topology.node;
+    web.repaired_after(
+        "repair_bridge_deleted",
+        "BridgeRecreated",
+        "bridge_recreated",
+        || node.ip(&["link", "del", BRIDGE]).map(drop),
+    )?;
+    assert_eq!(repair_count(&web.agent, "VethReattached")?, 1);
+    let veths = node_veths(&web.topology)?;
+    let shown = node.ip(&["-o", "link", "show", "master", BRIDGE])?;
+    let shown = String::from_utf8_lossy(&shown.stdout);
+    assert!(shown.contains(&veths[0]), "{shown}");
+    Ok(())
+}
+
+#[test]
+fn a_bridge_set_down_is_set_up() -> Result<()> {
+    let web = Web::start()?;
+    let node = &web.topology.node;
+    web.repaired_after("repair_bridge_down", "BridgeSetUp", "bridge_set_up", || {
+        node.ip(&["link", "set", BRIDGE, "down"]).map(drop)
+    })
+}
+
+#[test]
+fn a_removed_gateway_address_is_given_back() -> Result<()> {
+    let web = Web::start()?;
+    let node = &web.topology.node;
+    let shown = node.ip(&["-o", "-4", "addr", "show", "dev", BRIDGE])?;
+    let gateway = String::from_utf8_lossy(&shown.stdout)
+        .split_whitespace()
+        .skip_while(|w| *w != "inet")
+        .nth(1)
+        .context("the bridge's address")?
+        .to_string();
+    web.repaired_after(
+        "repair_gateway_address",
+        "BridgeAddressRestored",
+        "bridge_address_restored",
+        || node.ip(&["addr", "del", &gateway, "dev", BRIDGE]).map(drop),
+    )?;
+    let shown = node.ip(&["-o", "-4", "addr", "show", "dev", BRIDGE])?;
+    assert!(String::from_utf8_lossy(&shown.stdout).contains(&gateway));
+    Ok(())
+}
+
+#[test]
+fn ip_forward_turned_off_is_turned_on() -> Result<()> {
+    let web = Web::start()?;
+    let node = &web.topology.node;
+    web.repaired_after(
+        "repair_ip_forward",
+        "SysctlRestored",
+        "sysctl_restored",
+        || {
+            node.exec("sysctl", &["-qw", "net.ipv4.ip_forward=0"])
+                .map(drop)
+        },
+    )?;
+    let value = node.exec("sysctl", &["-n", "net.ipv4.ip_forward"])?;
+    assert_eq!(String::from_utf8_lossy(&value.stdout).trim(), "1");
+    Ok(())
+}
+
+/// The pin of the TC link on the container's node-side veth.
+fn tc_link_pin(web: &Web) -> Result<PathBuf> {
+    let veths = node_veths(&web.topology)?;
+    ensure!(veths.len() == 1, "one node-side veth: {veths:?}");
+    let pin = web
+        .agent
+        .pin_dir
+        .join("links")
+        .join(format!("tc_{}", veths[0]));
+    ensure!(pin.exists(), "{} is pinned", pin.display());
+    Ok(pin)
+}
+
+#[test]
+fn a_deleted_tc_link_pin_is_attached_again() -> Result<()> {
+    if skip_unless_ebpf("the TC link pins are the eBPF dataplane's") {
+        return Ok(());
+    }
+    let web = Web::start()?;
+    let pin = tc_link_pin(&web)?;
+    // The pin is the link's last holder: removing it detaches the program.
+    web.repaired_after(
+        "repair_tc_link_pin_deleted",
+        "ProgramReattached",
+        "program_reattached",
+        || Ok(std::fs::remove_file(&pin)?),
+    )?;
+    ensure!(pin.exists(), "pinned again");
+    Ok(())
+}
+
+#[test]
+fn a_detached_container_program_is_attached_again() -> Result<()> {
+    if skip_unless_ebpf("the TC links are the eBPF dataplane's") {
+        return Ok(());
+    }
+    let web = Web::start()?;
+    let pin = tc_link_pin(&web)?;
+    let pin_arg = pin.display().to_string();
+    web.repaired_after(
+        "repair_tc_link_detached",
+        "ProgramReattached",
+        "program_reattached",
+        || {
+            let out = Command::new("bpftool")
+                .args(["link", "detach", "pinned", &pin_arg])
+                .output()
+                .context("running bpftool")?;
+            ensure!(
+                out.status.success(),
+                "bpftool link detach: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            Ok(())
+        },
+    )
+}
+
+#[test]
+fn a_deleted_published_port_entry_is_written_back() -> Result<()> {
+    use aya::maps::{HashMap, MapData};
+    use dataplane_common::{PUBLISHED_PORTS, PortKey, PortTarget};
+    if skip_unless_ebpf("PUBLISHED_PORTS is the eBPF dataplane's map") {
+        return Ok(());
+    }
+    let web = Web::start()?;
+    let key = PortKey {
+        host_ip_be: 0,
+        host_port_be: web.published.port().to_be(),
+        proto: 6,
+        _pad: 0,
+    };
+    let open = || -> Result<HashMap<MapData, PortKey, PortTarget>> {
+        let map = MapData::from_pin(web.agent.pin_dir.join(PUBLISHED_PORTS))?;
+        Ok(HashMap::try_from(aya::maps::Map::HashMap(map))?)
+    };
+    let recorded = open()?.get(&key, 0)?;
+    web.repaired_after(
+        "repair_published_port_entry",
+        "MapEntryRestored",
+        "map_entry_restored",
+        || Ok(open()?.remove(&key)?),
+    )?;
+    assert_eq!(open()?.get(&key, 0)?, recorded);
+    Ok(())
+}
+
+/// `iptables -S` of both tables in the node's namespace.
+fn iptables_rules(node: &Netns) -> Result<Vec<String>> {
+    let mut rules = Vec::new();
+    for table in ["filter", "nat"] {
+        let out = node.exec("iptables", &["-w", "-t", table, "-S"])?;
+        rules.extend(
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .map(|l| format!("{table} {l}")),
+        );
+    }
+    Ok(rules)
+}
+
+#[test]
+fn a_flushed_docker_chain_is_filled_again() -> Result<()> {
+    if bpfbridge_tests::dataplane() != "iptables" {
+        eprintln!("skipped: Docker's chains are the iptables dataplane's");
+        return Ok(());
+    }
+    let web = Web::start()?;
+    let node = &web.topology.node;
+    let before = iptables_rules(node)?;
+    web.repaired_after(
+        "repair_docker_chain_flushed",
+        "IptablesRuleRestored",
+        "iptables_rule_restored",
+        || {
+            node.exec("iptables", &["-w", "-F", "DOCKER"])?;
+            node.exec("iptables", &["-w", "-t", "nat", "-F", "DOCKER"])
+                .map(drop)
+        },
+    )?;
+    // The same rules, in the same order, as Docker's.
+    assert_eq!(iptables_rules(node)?, before);
+    Ok(())
+}
+
+#[test]
+fn a_deleted_uplink_link_pin_is_attached_again() -> Result<()> {
+    if skip_unless_ebpf("the uplink's XDP link is the eBPF dataplane's") {
+        return Ok(());
+    }
+    let web = Web::start()?;
+    let uplink = web.agent.cli_json(&["info"])?["Uplink"]
+        .as_str()
+        .context("Uplink")?
+        .to_string();
+    let pin = web
+        .agent
+        .pin_dir
+        .join("links")
+        .join(format!("xdp_{uplink}"));
+    ensure!(pin.exists(), "{} is pinned", pin.display());
+    web.repaired_after(
+        "repair_xdp_link_pin_deleted",
+        "ProgramReattached",
+        "program_reattached",
+        || Ok(std::fs::remove_file(&pin)?),
+    )?;
+    ensure!(pin.exists(), "pinned again");
+    Ok(())
+}
+
+#[test]
+fn a_deleted_socket_program_link_pin_is_attached_again() -> Result<()> {
+    if skip_unless_ebpf("the cgroup socket programs are the eBPF dataplane's") {
+        return Ok(());
+    }
+    let web = Web::start()?;
+    let pin = web.agent.pin_dir.join("links").join("cgroup_sock_connect4");
+    ensure!(pin.exists(), "{} is pinned", pin.display());
+    web.repaired_after(
+        "repair_cgroup_link_pin_deleted",
+        "ProgramReattached",
+        "program_reattached",
+        || Ok(std::fs::remove_file(&pin)?),
+    )?;
+    ensure!(pin.exists(), "pinned again");
+    Ok(())
 }

@@ -6,7 +6,10 @@ use std::net::Ipv4Addr;
 
 use rtnetlink::Handle;
 
-use super::{Capabilities, Dataplane, Endpoint, FilterHits, FlowLister, LinkRule, NetworkPolicy};
+use super::{
+    Capabilities, Dataplane, Endpoint, FilterHits, FlowLister, Intended, LinkRule, NetworkPolicy,
+    Repaired,
+};
 use crate::{
     Error, Result,
     config::Settings,
@@ -197,6 +200,10 @@ impl Backend {
             true => self.dataplane.subscribe().map(Some),
             false => Ok(None),
         }
+    }
+
+    pub fn repair(&mut self, intended: &Intended, repaired: &mut Vec<Repaired>) -> Result<()> {
+        self.dataplane.repair(intended, repaired)
     }
 
     pub fn shutdown(&mut self) {

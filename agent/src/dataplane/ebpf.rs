@@ -31,8 +31,8 @@ use dataplane_common::{
 };
 
 use super::{
-    Capabilities, Dataplane, Endpoint, FilterHits, FlowLister, FlowTimeouts, LinkRule,
-    NetworkPolicy,
+    Capabilities, Dataplane, Endpoint, FilterHits, FlowLister, FlowTimeouts, Intended, LinkRule,
+    NetworkPolicy, Repaired,
     flow_gc::FlowGc,
     flows::{self, is_missing_key},
     migrate,
@@ -43,7 +43,7 @@ use crate::{
     config::{FlowTableSizes, UplinkHook},
     model::{
         FilterAction, FilterRecord, FlowInfo, FlowTableInfo, FlowTablesInfo, MonitorEvent,
-        PortBinding, ProgramInfo, PublishedPort, StatCounter, UplinkInfo,
+        PortBinding, ProgramInfo, PublishedPort, RepairKind, StatCounter, UplinkInfo,
     },
 };
 
@@ -173,6 +173,37 @@ fn port_target(endpoint: &Endpoint, port: &PortBinding) -> PortTarget {
         host_veth_ifindex: endpoint.host_veth_ifindex,
         container_mac: endpoint.container_mac,
         host_veth_mac: endpoint.host_veth_mac,
+    }
+}
+
+/// The trie entry of a network's policy.
+fn network_entry(n: &NetworkPolicy) -> (Key<NetworkKey>, NetworkInfo) {
+    let flags = if n.icc { NETWORK_ICC } else { 0 }
+        | if n.internal { NETWORK_INTERNAL } else { 0 }
+        | if n.masquerade { NETWORK_MASQUERADE } else { 0 };
+    let key = Key::new(
+        u32::from(n.subnet.prefix_len()),
+        NetworkKey {
+            addr_be: u32::from(n.subnet.network()).to_be(),
+        },
+    );
+    (
+        key,
+        NetworkInfo {
+            index: n.index,
+            flags,
+        },
+    )
+}
+
+/// The allow-list key of a `--link` rule.
+fn link_key(l: &LinkRule) -> LinkKey {
+    LinkKey {
+        src_ip_be: u32::from(l.from).to_be(),
+        dst_ip_be: u32::from(l.to).to_be(),
+        dport_be: l.port.to_be(),
+        proto: l.proto.ip_proto(),
+        _pad: 0,
     }
 }
 
@@ -916,27 +947,8 @@ impl Dataplane for EbpfDataplane {
     }
 
     fn set_networks(&mut self, networks: &[NetworkPolicy]) -> Result<()> {
-        let wanted: Vec<(Key<NetworkKey>, NetworkInfo)> = networks
-            .iter()
-            .map(|n| {
-                let flags = if n.icc { NETWORK_ICC } else { 0 }
-                    | if n.internal { NETWORK_INTERNAL } else { 0 }
-                    | if n.masquerade { NETWORK_MASQUERADE } else { 0 };
-                let key = Key::new(
-                    u32::from(n.subnet.prefix_len()),
-                    NetworkKey {
-                        addr_be: u32::from(n.subnet.network()).to_be(),
-                    },
-                );
-                (
-                    key,
-                    NetworkInfo {
-                        index: n.index,
-                        flags,
-                    },
-                )
-            })
-            .collect();
+        let wanted: Vec<(Key<NetworkKey>, NetworkInfo)> =
+            networks.iter().map(network_entry).collect();
         let mut trie: LpmTrie<&mut MapData, NetworkKey, NetworkInfo> =
             LpmTrie::try_from(self.map_mut(NETWORKS)?).map_err(Error::dataplane(NETWORKS))?;
         sync_trie(&mut trie, &wanted, "network").map(drop)
@@ -1081,16 +1093,7 @@ impl Dataplane for EbpfDataplane {
     }
 
     fn set_links(&mut self, links: &[LinkRule]) -> Result<()> {
-        let wanted: HashSet<LinkKey> = links
-            .iter()
-            .map(|l| LinkKey {
-                src_ip_be: u32::from(l.from).to_be(),
-                dst_ip_be: u32::from(l.to).to_be(),
-                dport_be: l.port.to_be(),
-                proto: l.proto.ip_proto(),
-                _pad: 0,
-            })
-            .collect();
+        let wanted: HashSet<LinkKey> = links.iter().map(link_key).collect();
         let mut map: HashMap<&mut MapData, LinkKey, u32> =
             HashMap::try_from(self.map_mut(LINKS)?).map_err(Error::dataplane(LINKS))?;
         let present: Vec<LinkKey> = map
@@ -1160,5 +1163,338 @@ impl Dataplane for EbpfDataplane {
             );
         }
         Ok(())
+    }
+
+    fn repair(&mut self, intended: &Intended, repaired: &mut Vec<Repaired>) -> Result<()> {
+        let errors: Vec<Error> = [
+            self.repair_uplink_programs(repaired),
+            self.repair_socket_programs(intended.cgroup, repaired),
+            self.repair_endpoints(intended.endpoints, repaired),
+            self.repair_published(intended.published, repaired),
+            self.repair_policy(intended, repaired),
+        ]
+        .into_iter()
+        .filter_map(Result::err)
+        .collect();
+        Error::collect(errors)
+    }
+}
+
+/// What a pinned link is attached to, read from its descriptor's fdinfo: the interface
+/// index (XDP, TCX) or the cgroup id (cgroup links); 0 once the link was detached (e.g.
+/// `bpftool link detach`). `None` when the pin is gone, which detached it too.
+fn pinned_link_target(pin: &Path) -> Result<Option<u64>> {
+    use std::os::{fd::FromRawFd as _, unix::ffi::OsStrExt as _};
+    /// `union bpf_attr` for `BPF_OBJ_GET`.
+    #[repr(C)]
+    struct ObjGet {
+        pathname: u64,
+        bpf_fd: u32,
+        file_flags: u32,
+    }
+    const BPF_OBJ_GET: libc::c_long = 7;
+    let context = || format!("opening {}", pin.display());
+    let path = std::ffi::CString::new(pin.as_os_str().as_bytes())
+        .map_err(|e| Error::io(context())(std::io::Error::other(e)))?;
+    let attr = ObjGet {
+        pathname: path.as_ptr() as u64,
+        bpf_fd: 0,
+        file_flags: 0,
+    };
+    // SAFETY: `attr` and the path it points to live through the call; the kernel reads
+    // `size_of::<ObjGet>()` bytes of it.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_OBJ_GET,
+            &attr as *const ObjGet,
+            size_of::<ObjGet>(),
+        )
+    };
+    if fd < 0 {
+        let e = std::io::Error::last_os_error();
+        return match e.kind() {
+            std::io::ErrorKind::NotFound => Ok(None),
+            _ => Err(Error::io(context())(e)),
+        };
+    }
+    // SAFETY: the kernel just gave us this descriptor; nothing else owns it.
+    let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) };
+    let fdinfo = fs::read_to_string(format!(
+        "/proc/self/fdinfo/{}",
+        std::os::fd::AsRawFd::as_raw_fd(&fd)
+    ))
+    .map_err(Error::io(context()))?;
+    Ok(Some(link_target_of_fdinfo(&fdinfo).unwrap_or(0)))
+}
+
+/// The `ifindex` or `cgroup_id` line of a link's fdinfo.
+fn link_target_of_fdinfo(fdinfo: &str) -> Option<u64> {
+    fdinfo.lines().find_map(|line| {
+        let (key, value) = line.split_once(':')?;
+        matches!(key, "ifindex" | "cgroup_id")
+            .then(|| value.trim().parse().ok())
+            .flatten()
+    })
+}
+
+/// The entry of an endpoint in ENDPOINTS.
+fn endpoint_entry(endpoint: &Endpoint) -> (EndpointKey, EndpointInfo) {
+    (
+        EndpointKey {
+            ip_be: u32::from(endpoint.container_ip).to_be(),
+        },
+        EndpointInfo {
+            host_veth_ifindex: endpoint.host_veth_ifindex,
+            gateway_ip_be: u32::from(endpoint.gateway).to_be(),
+            container_mac: endpoint.container_mac,
+            host_veth_mac: endpoint.host_veth_mac,
+        },
+    )
+}
+
+/// Writes each of `wanted` that `map` lacks or holds otherwise; returns the ones written.
+/// Entries `map` has beyond them are left: repair puts back, it does not prune.
+fn restore_entries<'w, K: aya::Pod, V: aya::Pod + PartialEq>(
+    map: &mut HashMap<&mut MapData, K, V>,
+    wanted: impl IntoIterator<Item = (&'w K, &'w V)>,
+    what: &str,
+) -> Result<Vec<&'w K>> {
+    let mut restored = Vec::new();
+    for (key, value) in wanted {
+        if map.get(key, 0).ok().as_ref() != Some(value) {
+            map.insert(key, value, 0)
+                .map_err(Error::dataplane(format!("restoring a {what}")))?;
+            restored.push(key);
+        }
+    }
+    Ok(restored)
+}
+
+fn removed_pin(pin: &Path) -> Result<()> {
+    match fs::remove_file(pin) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::io(format!("removing {}", pin.display()))(e)),
+    }
+}
+
+/// Drift repair ([`Dataplane::repair`]).
+impl EbpfDataplane {
+    /// Each uplink's link: pinned and attached to its interface, else attached anew on
+    /// the same hook.
+    fn repair_uplink_programs(&mut self, repaired: &mut Vec<Repaired>) -> Result<()> {
+        let attached: Vec<(String, u32, Hook)> = self
+            .uplinks
+            .iter()
+            .map(|(name, (index, hook))| (name.clone(), *index, *hook))
+            .collect();
+        let mut errors = Vec::new();
+        for (name, index, hook) in attached {
+            let pin = hook.pin(&self.links_dir, &name);
+            match pinned_link_target(&pin) {
+                Ok(Some(target)) if target == u64::from(index) => continue,
+                Ok(_) => {}
+                Err(e) => {
+                    errors.push(e);
+                    continue;
+                }
+            }
+            let uplink = UplinkLink {
+                name: name.clone(),
+                index,
+                kind: None,
+            };
+            match removed_pin(&pin).and_then(|()| self.attach_uplink(&uplink, hook)) {
+                Ok(()) => repaired.push(Repaired {
+                    kind: RepairKind::ProgramReattached,
+                    what: format!("{} program on {name}", hook.name()),
+                }),
+                Err(e) => errors.push(e),
+            }
+        }
+        Error::collect(errors)
+    }
+
+    /// Each socket program's cgroup link: pinned and attached to `cgroup`, else attached
+    /// anew.
+    fn repair_socket_programs(
+        &mut self,
+        cgroup: &Path,
+        repaired: &mut Vec<Repaired>,
+    ) -> Result<()> {
+        use std::os::unix::fs::MetadataExt as _;
+        let cgroup_dir = fs::File::open(cgroup)
+            .map_err(Error::io(format!("opening cgroup {}", cgroup.display())))?;
+        // On cgroup v2 a cgroup's id is its directory's inode number.
+        let cgroup_id = cgroup_dir
+            .metadata()
+            .map_err(Error::io(format!("reading cgroup {}", cgroup.display())))?
+            .ino();
+        for name in SOCKET_PROGRAMS {
+            let pin = self.links_dir.join(format!("cgroup_{name}"));
+            if pinned_link_target(&pin)? == Some(cgroup_id) {
+                continue;
+            }
+            removed_pin(&pin)?;
+            let program: &mut CgroupSockAddr = program(&mut self.ebpf, name)?;
+            let id = program
+                .attach(&cgroup_dir, CgroupAttachMode::Single)
+                .map_err(Error::dataplane(format!(
+                    "attaching {name} to {}",
+                    cgroup.display()
+                )))?;
+            let link = program
+                .take_link(id)
+                .map_err(Error::dataplane("taking a cgroup link"))?;
+            FdLink::try_from(link)
+                .map_err(Error::dataplane("cgroup link is not a bpf_link"))?
+                .pin(&pin)
+                .map_err(Error::dataplane(format!("pinning {}", pin.display())))?;
+            repaired.push(Repaired {
+                kind: RepairKind::ProgramReattached,
+                what: format!("{name} program on cgroup {}", cgroup.display()),
+            });
+        }
+        Ok(())
+    }
+
+    /// Each endpoint's TC link attached to its veth, and its ENDPOINTS entry as recorded.
+    fn repair_endpoints(
+        &mut self,
+        endpoints: &[Endpoint],
+        repaired: &mut Vec<Repaired>,
+    ) -> Result<()> {
+        for endpoint in endpoints {
+            let pin = self.tc_pin(&endpoint.host_veth);
+            if pinned_link_target(&pin)? != Some(u64::from(endpoint.host_veth_ifindex)) {
+                removed_pin(&pin)?;
+                self.attach_endpoint(endpoint)?;
+                repaired.push(Repaired {
+                    kind: RepairKind::ProgramReattached,
+                    what: format!("TC program on {}", endpoint.host_veth),
+                });
+            }
+        }
+        let wanted: Vec<(EndpointKey, EndpointInfo)> =
+            endpoints.iter().map(endpoint_entry).collect();
+        let mut map: HashMap<&mut MapData, EndpointKey, EndpointInfo> =
+            HashMap::try_from(self.map_mut(ENDPOINTS)?).map_err(Error::dataplane(ENDPOINTS))?;
+        for key in restore_entries(&mut map, wanted.iter().map(|(k, v)| (k, v)), "endpoint")? {
+            repaired.push(Repaired {
+                kind: RepairKind::MapEntryRestored,
+                what: format!("{ENDPOINTS} {}", Ipv4Addr::from(u32::from_be(key.ip_be))),
+            });
+        }
+        Ok(())
+    }
+
+    /// PUBLISHED_PORTS and their PUBLISHED_BACKENDS counts as recorded.
+    fn repair_published(
+        &mut self,
+        published: &[(Endpoint, PortBinding)],
+        repaired: &mut Vec<Repaired>,
+    ) -> Result<()> {
+        let ports: std::collections::HashMap<PortKey, PortTarget> = published
+            .iter()
+            .map(|(endpoint, port)| (port_key(port), port_target(endpoint, port)))
+            .collect();
+        let mut backends: std::collections::HashMap<BackendKey, u32> = Default::default();
+        for (key, target) in &ports {
+            *backends.entry(backend_of(key, target)).or_default() += 1;
+        }
+        for key in restore_entries(&mut self.ports_mut()?, &ports, "published port")? {
+            repaired.push(Repaired {
+                kind: RepairKind::MapEntryRestored,
+                what: format!(
+                    "{PUBLISHED_PORTS} {}:{}/{}",
+                    Ipv4Addr::from(u32::from_be(key.host_ip_be)),
+                    u16::from_be(key.host_port_be),
+                    proto_name(key.proto)
+                ),
+            });
+        }
+        for key in restore_entries(&mut self.backends_mut()?, &backends, "published backend")? {
+            repaired.push(Repaired {
+                kind: RepairKind::MapEntryRestored,
+                what: format!(
+                    "{PUBLISHED_BACKENDS} {}:{}/{}",
+                    Ipv4Addr::from(u32::from_be(key.container_ip_be)),
+                    u16::from_be(key.container_port_be),
+                    proto_name(key.proto)
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// The networks' policy, the source filters, the `--link` allow-list and the node's
+    /// settings as recorded.
+    fn repair_policy(&mut self, intended: &Intended, repaired: &mut Vec<Repaired>) -> Result<()> {
+        let networks: Vec<(Key<NetworkKey>, NetworkInfo)> =
+            intended.networks.iter().map(network_entry).collect();
+        let mut trie: LpmTrie<&mut MapData, NetworkKey, NetworkInfo> =
+            LpmTrie::try_from(self.map_mut(NETWORKS)?).map_err(Error::dataplane(NETWORKS))?;
+        for i in sync_trie(&mut trie, &networks, "network")? {
+            repaired.push(Repaired {
+                kind: RepairKind::MapEntryRestored,
+                what: format!("{NETWORKS} {}", intended.networks[i].subnet),
+            });
+        }
+        let filters: Vec<(Key<FilterKey>, FilterRule)> =
+            intended.filters.iter().map(filter_entry).collect();
+        let mut trie: LpmTrie<&mut MapData, FilterKey, FilterRule> =
+            LpmTrie::try_from(self.map_mut(FILTER_RULES)?)
+                .map_err(Error::dataplane(FILTER_RULES))?;
+        for i in sync_trie(&mut trie, &filters, "filter rule")? {
+            repaired.push(Repaired {
+                kind: RepairKind::MapEntryRestored,
+                what: format!("{FILTER_RULES} rule {}", intended.filters[i].id),
+            });
+        }
+        let links: std::collections::HashMap<LinkKey, u32> =
+            intended.links.iter().map(|l| (link_key(l), 1)).collect();
+        let mut map: HashMap<&mut MapData, LinkKey, u32> =
+            HashMap::try_from(self.map_mut(LINKS)?).map_err(Error::dataplane(LINKS))?;
+        for key in restore_entries(&mut map, &links, "link")? {
+            repaired.push(Repaired {
+                kind: RepairKind::MapEntryRestored,
+                what: format!(
+                    "{LINKS} {} -> {}:{}",
+                    Ipv4Addr::from(u32::from_be(key.src_ip_be)),
+                    Ipv4Addr::from(u32::from_be(key.dst_ip_be)),
+                    u16::from_be(key.dport_be)
+                ),
+            });
+        }
+        let config: Array<&MapData, NodeConfig> =
+            Array::try_from(self.map(NODE_CONFIG)?).map_err(Error::dataplane(NODE_CONFIG))?;
+        if config.get(&0, 0).ok() != Some(self.node_config) {
+            self.write_node_config(self.node_config)?;
+            repaired.push(Repaired {
+                kind: RepairKind::MapEntryRestored,
+                what: NODE_CONFIG.into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_links_target_is_its_ifindex_or_cgroup_id() {
+        let tcx = "pos:\t0\nflags:\t02000000\nmnt_id:\t15\nino:\t1045\nlink_type:\ttcx\nlink_id:\t7\nprog_tag:\t0123456789abcdef\nprog_id:\t42\nifindex:\t9\nattach_type:\t46 (tcx_ingress)\n";
+        assert_eq!(link_target_of_fdinfo(tcx), Some(9));
+        let cgroup =
+            "link_type:\tcgroup\nlink_id:\t3\nprog_id:\t40\ncgroup_id:\t1234\nattach_type:\t32\n";
+        assert_eq!(link_target_of_fdinfo(cgroup), Some(1234));
+        // prog_id is not a target, even though it ends like one.
+        assert_eq!(
+            link_target_of_fdinfo("link_type:\txdp\nprog_id:\t5\n"),
+            None
+        );
     }
 }

@@ -52,10 +52,14 @@ use std::{
 
 use ipnet::Ipv4Net;
 
-use super::{Capabilities, Dataplane, Endpoint, FilterHits, LinkRule, NetworkPolicy};
+use super::{
+    Capabilities, Dataplane, Endpoint, FilterHits, Intended, LinkRule, NetworkPolicy, Repaired,
+};
 use crate::{
     Error, Result,
-    model::{FilterAction, FilterRecord, PortBinding, Proto, PublishedPort, StatCounter},
+    model::{
+        FilterAction, FilterRecord, PortBinding, Proto, PublishedPort, RepairKind, StatCounter,
+    },
 };
 
 pub const CHAIN_DOCKER: &str = "DOCKER";
@@ -475,6 +479,43 @@ fn parse_accept_bridge(line: &str) -> Option<(Ipv4Addr, String)> {
     Some((container_ip, value("-o")?.to_string()))
 }
 
+/// Docker's base rules, which every other rule hangs off.
+fn base_rules(access: LocalAccess) -> [Rule; 5] {
+    [
+        Rule::new(
+            "nat",
+            "PREROUTING",
+            &["-m", "addrtype", "--dst-type", "LOCAL", "-j", CHAIN_DOCKER],
+        ),
+        // Without the proxy, 127.0.0.1 is translated too.
+        match access {
+            LocalAccess::Proxy => Rule::new(
+                "nat",
+                "OUTPUT",
+                &[
+                    "!",
+                    "-d",
+                    "127.0.0.0/8",
+                    "-m",
+                    "addrtype",
+                    "--dst-type",
+                    "LOCAL",
+                    "-j",
+                    CHAIN_DOCKER,
+                ],
+            ),
+            LocalAccess::Hairpin => Rule::new(
+                "nat",
+                "OUTPUT",
+                &["-m", "addrtype", "--dst-type", "LOCAL", "-j", CHAIN_DOCKER],
+            ),
+        },
+        Rule::new("filter", CHAIN_ISOLATION_1, &["-j", "RETURN"]),
+        Rule::new("filter", CHAIN_ISOLATION_2, &["-j", "RETURN"]),
+        Rule::new("filter", CHAIN_USER, &["-j", "RETURN"]),
+    ]
+}
+
 /// Sets a sysctl of the namespace this process runs in.
 fn set_sysctl(key: &str, value: &str) -> std::io::Result<()> {
     std::fs::write(
@@ -564,39 +605,7 @@ impl IptablesDataplane {
         ] {
             dp.ensure_chain("filter", chain)?;
         }
-        let base = [
-            Rule::new(
-                "nat",
-                "PREROUTING",
-                &["-m", "addrtype", "--dst-type", "LOCAL", "-j", CHAIN_DOCKER],
-            ),
-            // Without the proxy, 127.0.0.1 is translated too.
-            match dp.access {
-                LocalAccess::Proxy => Rule::new(
-                    "nat",
-                    "OUTPUT",
-                    &[
-                        "!",
-                        "-d",
-                        "127.0.0.0/8",
-                        "-m",
-                        "addrtype",
-                        "--dst-type",
-                        "LOCAL",
-                        "-j",
-                        CHAIN_DOCKER,
-                    ],
-                ),
-                LocalAccess::Hairpin => Rule::new(
-                    "nat",
-                    "OUTPUT",
-                    &["-m", "addrtype", "--dst-type", "LOCAL", "-j", CHAIN_DOCKER],
-                ),
-            },
-            Rule::new("filter", CHAIN_ISOLATION_1, &["-j", "RETURN"]),
-            Rule::new("filter", CHAIN_ISOLATION_2, &["-j", "RETURN"]),
-            Rule::new("filter", CHAIN_USER, &["-j", "RETURN"]),
-        ];
+        let base = base_rules(dp.access);
         for rule in &base {
             dp.add(rule, Position::Append)?;
         }
@@ -1045,6 +1054,152 @@ impl Dataplane for IptablesDataplane {
             .map(|(packets, bytes)| FilterHits { packets, bytes })
             .unwrap_or_default())
     }
+
+    fn repair(&mut self, intended: &Intended, repaired: &mut Vec<Repaired>) -> Result<()> {
+        let sysctls = self.repair_sysctls(intended.networks, repaired);
+        let rules = self.repair_rules(repaired);
+        sysctls.and(rules)
+    }
+}
+
+/// Drift repair ([`Dataplane::repair`]): Docker's rules and settings, as this backend
+/// installed them, put back when someone removed them (`iptables -F DOCKER`). dockerd does
+/// not do this; it rewrites its rules only when it restarts.
+impl IptablesDataplane {
+    /// The rules this backend installed, in the order it installs them, each with its
+    /// position; the source filters and the FORWARD jumps, which keep an order of their
+    /// own, apart.
+    fn installed_rules(&self) -> Vec<(Rule, Position)> {
+        let mut rules: Vec<(Rule, Position)> = base_rules(self.access)
+            .into_iter()
+            .map(|r| (r, Position::Append))
+            .collect();
+        rules.extend(self.networks.values().flatten().cloned());
+        for (id, mapping) in &self.ports {
+            rules.push((self.dnat(*id, mapping), Position::Append));
+            for rule in target_rules(
+                id.proto,
+                &mapping.bridge,
+                mapping.container_ip,
+                mapping.container_port,
+            ) {
+                if !rules.iter().any(|(r, _)| *r == rule) {
+                    rules.push((rule, Position::Append));
+                }
+            }
+        }
+        rules.extend(self.links.iter().map(|r| (r.clone(), Position::Append)));
+        rules
+    }
+
+    /// `iptables -t TABLE -S`, one line a rule or chain.
+    fn listing(&mut self, table: &str) -> Result<Vec<String>> {
+        let out = self.ipt(&["-t", table, "-S"])?;
+        Ok(String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_string)
+            .collect())
+    }
+
+    /// Whether `rule` is gone: not in its table's listing, and (should the listing spell
+    /// it otherwise) not found by `iptables -C` either.
+    fn is_gone(&mut self, rule: &Rule, nat: &[String], filter: &[String]) -> bool {
+        let listing = if rule.table == "nat" { nat } else { filter };
+        !listing.contains(&rule.save_line()) && !self.exists(rule)
+    }
+
+    fn repair_rules(&mut self, repaired: &mut Vec<Repaired>) -> Result<()> {
+        let nat = self.listing("nat")?;
+        let filter = self.listing("filter")?;
+        let mut restored = Vec::new();
+        let chains = [("nat", CHAIN_DOCKER)].into_iter().chain(
+            [
+                CHAIN_DOCKER,
+                CHAIN_ISOLATION_1,
+                CHAIN_ISOLATION_2,
+                CHAIN_USER,
+            ]
+            .map(|chain| ("filter", chain)),
+        );
+        for (table, chain) in chains {
+            let listing = if table == "nat" { &nat } else { &filter };
+            if !listing.contains(&format!("-N {chain}")) {
+                self.ensure_chain(table, chain)?;
+            }
+        }
+        for (rule, position) in self.installed_rules() {
+            if self.is_gone(&rule, &nat, &filter) {
+                self.add(&rule, position)?;
+                restored.push(rule);
+            }
+        }
+        // Filters go back at their place in DOCKER-USER: the ones before them are there.
+        for place in 0..self.filters.len() {
+            let rule = self.filters[place].1.clone();
+            if self.is_gone(&rule, &nat, &filter) {
+                let position = (place + 1).to_string();
+                let mut args = vec!["-I", CHAIN_USER, position.as_str()];
+                args.extend(rule.args.iter().map(String::as_str));
+                self.ipt(&args)?;
+                restored.push(rule);
+            }
+        }
+        // The jumps to DOCKER-USER and the isolation come first in FORWARD, before any
+        // rule put back there.
+        let jumps =
+            [CHAIN_ISOLATION_1, CHAIN_USER].map(|c| Rule::new("filter", "FORWARD", &["-j", c]));
+        let jumps_gone: Vec<Rule> = jumps
+            .into_iter()
+            .filter(|jump| self.is_gone(jump, &nat, &filter))
+            .collect();
+        if !jumps_gone.is_empty() || restored.iter().any(|r| r.chain == "FORWARD") {
+            self.ensure_forward_jumps()?;
+            restored.extend(jumps_gone);
+        }
+        repaired.extend(restored.into_iter().map(|rule| Repaired {
+            kind: RepairKind::IptablesRuleRestored,
+            what: format!("{} {}", rule.table, rule.save_line()),
+        }));
+        Ok(())
+    }
+
+    /// bridge-nf-call-iptables, and each bridge's route_localnet in hairpin mode.
+    fn repair_sysctls(
+        &mut self,
+        networks: &[NetworkPolicy],
+        repaired: &mut Vec<Repaired>,
+    ) -> Result<()> {
+        const BRIDGE_NETFILTER: &str = "net.bridge.bridge-nf-call-iptables";
+        if sysctl(BRIDGE_NETFILTER).as_deref() != Some("1") {
+            bridge_netfilter_on()?;
+            repaired.push(Repaired {
+                kind: RepairKind::SysctlRestored,
+                what: BRIDGE_NETFILTER.into(),
+            });
+        }
+        if self.access != LocalAccess::Hairpin {
+            return Ok(());
+        }
+        for network in networks {
+            let key = format!("net.ipv4.conf.{}.route_localnet", network.bridge);
+            // A bridge that is gone is the service's to make again.
+            if sysctl(&key).is_some_and(|v| v != "1") {
+                set_sysctl(&key, "1").map_err(Error::io(format!("setting {key}")))?;
+                repaired.push(Repaired {
+                    kind: RepairKind::SysctlRestored,
+                    what: key,
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A sysctl of this process's namespace; `None` when it does not exist.
+fn sysctl(key: &str) -> Option<String> {
+    std::fs::read_to_string(std::path::Path::new("/proc/sys").join(key.replace('.', "/")))
+        .ok()
+        .map(|v| v.trim().to_string())
 }
 
 /// One line of `iptables -t nat -L DOCKER -v -x -n` for a DNAT rule:

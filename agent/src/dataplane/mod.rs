@@ -16,7 +16,7 @@ pub mod iptables;
 pub mod migrate;
 pub mod uplinks;
 
-use std::net::Ipv4Addr;
+use std::{net::Ipv4Addr, path::Path};
 
 pub use backend::Backend;
 
@@ -24,7 +24,7 @@ use crate::{
     Error, Result,
     model::{
         FilterRecord, FlowInfo, FlowTablesInfo, MonitorEvent, PortBinding, ProgramInfo,
-        PublishedPort, StatCounter, UplinkInfo,
+        PublishedPort, RepairKind, StatCounter, UplinkInfo,
     },
 };
 
@@ -74,6 +74,27 @@ pub struct LinkRule {
     pub to: Ipv4Addr,
     pub port: u16,
     pub proto: crate::model::Proto,
+}
+
+/// What the agent's records say a backend holds, for [`Dataplane::repair`] to hold the node
+/// against.
+pub struct Intended<'a> {
+    /// The cgroup of the socket programs.
+    pub cgroup: &'a Path,
+    /// The made endpoints whose node-side veth exists.
+    pub endpoints: &'a [Endpoint],
+    pub published: &'a [(Endpoint, PortBinding)],
+    pub networks: &'a [NetworkPolicy],
+    pub filters: &'a [FilterRecord],
+    pub links: &'a [LinkRule],
+}
+
+/// One piece of drift a backend put back.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Repaired {
+    pub kind: RepairKind,
+    /// What was repaired, e.g. `TC program on veth1234567`.
+    pub what: String,
 }
 
 /// Lists the translated flows (see [`Dataplane::flow_lister`]).
@@ -159,6 +180,11 @@ pub trait Dataplane: Send + Sync {
     /// Stops the dataplane's background work (the dataplane itself stays in place for the
     /// next agent).
     fn shutdown(&mut self) {}
+    /// Puts back what was changed under the agent since it set it up: detached programs,
+    /// map entries or rules deleted or altered from outside. Each repair is pushed to
+    /// `repaired` as it is made, so that a failure later in the pass loses none. Flow
+    /// tables are state, not configuration: they are left as they are.
+    fn repair(&mut self, intended: &Intended, repaired: &mut Vec<Repaired>) -> Result<()>;
 
     /// Starts handling traffic from a container's veth (`endpoint_programs`).
     fn attach_endpoint(&mut self, _endpoint: &Endpoint) -> Result<()> {

@@ -73,7 +73,7 @@ impl Hook {
 
     /// The pin of an interface's link of this hook. XDP's keeps the name earlier agents
     /// gave it, so that an upgraded agent adopts their link.
-    fn pin(self, links_dir: &Path, interface: &str) -> PathBuf {
+    pub fn pin(self, links_dir: &Path, interface: &str) -> PathBuf {
         match self {
             Hook::Xdp => links_dir.join(format!("xdp_{interface}")),
             Hook::Tc => links_dir.join(format!("uplink_tc_{interface}")),

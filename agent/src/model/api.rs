@@ -296,6 +296,8 @@ pub struct ContainerState {
 }
 
 /// Repairs of drift the agent made while running, by kind (`GET /info`'s `Repairs`).
+/// Kinds added after the first release default to zero, so that a newer client reads an
+/// older agent's answer.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Repairs {
     /// A container's node-side veth was gone: a new pair made with the same address and MAC.
@@ -307,9 +309,108 @@ pub struct Repairs {
     /// A node-side veth was down: set up.
     #[serde(rename = "VethSetUp")]
     pub veth_set_up: u64,
-    /// Containers whose repair failed (counted when it starts failing; retried each pass).
+    /// A network's bridge was gone: made again with its address and MTU (its veths are
+    /// put back on it as `VethReattached`).
+    #[serde(rename = "BridgeRecreated", default)]
+    pub bridge_recreated: u64,
+    /// A bridge was down: set up.
+    #[serde(rename = "BridgeSetUp", default)]
+    pub bridge_set_up: u64,
+    /// A bridge had lost its gateway address: given back.
+    #[serde(rename = "BridgeAddressRestored", default)]
+    pub bridge_address_restored: u64,
+    /// A node sysctl the agent set (`net.ipv4.ip_forward`) had been changed: set again.
+    #[serde(rename = "SysctlRestored", default)]
+    pub sysctl_restored: u64,
+    /// A program of the dataplane had been detached (a container's TC program, the
+    /// uplink's XDP program, a cgroup socket program): attached again.
+    #[serde(rename = "ProgramReattached", default)]
+    pub program_reattached: u64,
+    /// Entries of the dataplane's pinned maps deleted or altered from outside: written
+    /// back from the records.
+    #[serde(rename = "MapEntryRestored", default)]
+    pub map_entry_restored: u64,
+    /// iptables rules of the agent's (Docker's) deleted from outside: added again.
+    #[serde(rename = "IptablesRuleRestored", default)]
+    pub iptables_rule_restored: u64,
+    /// Things whose repair failed (containers, bridges, the dataplane): counted when it
+    /// starts failing; retried each pass.
     #[serde(rename = "Failed")]
     pub failed: u64,
+}
+
+/// A kind of repair, one of the counters of [`Repairs`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RepairKind {
+    VethRecreated,
+    VethReattached,
+    VethSetUp,
+    BridgeRecreated,
+    BridgeSetUp,
+    BridgeAddressRestored,
+    SysctlRestored,
+    ProgramReattached,
+    MapEntryRestored,
+    IptablesRuleRestored,
+}
+
+impl RepairKind {
+    pub const ALL: [RepairKind; 10] = [
+        RepairKind::VethRecreated,
+        RepairKind::VethReattached,
+        RepairKind::VethSetUp,
+        RepairKind::BridgeRecreated,
+        RepairKind::BridgeSetUp,
+        RepairKind::BridgeAddressRestored,
+        RepairKind::SysctlRestored,
+        RepairKind::ProgramReattached,
+        RepairKind::MapEntryRestored,
+        RepairKind::IptablesRuleRestored,
+    ];
+
+    /// The name in the metric's `kind` label and in `monitor`'s repair events.
+    pub fn name(self) -> &'static str {
+        match self {
+            RepairKind::VethRecreated => "veth_recreated",
+            RepairKind::VethReattached => "veth_reattached",
+            RepairKind::VethSetUp => "veth_set_up",
+            RepairKind::BridgeRecreated => "bridge_recreated",
+            RepairKind::BridgeSetUp => "bridge_set_up",
+            RepairKind::BridgeAddressRestored => "bridge_address_restored",
+            RepairKind::SysctlRestored => "sysctl_restored",
+            RepairKind::ProgramReattached => "program_reattached",
+            RepairKind::MapEntryRestored => "map_entry_restored",
+            RepairKind::IptablesRuleRestored => "iptables_rule_restored",
+        }
+    }
+}
+
+impl Repairs {
+    pub fn count_mut(&mut self, kind: RepairKind) -> &mut u64 {
+        match kind {
+            RepairKind::VethRecreated => &mut self.veth_recreated,
+            RepairKind::VethReattached => &mut self.veth_reattached,
+            RepairKind::VethSetUp => &mut self.veth_set_up,
+            RepairKind::BridgeRecreated => &mut self.bridge_recreated,
+            RepairKind::BridgeSetUp => &mut self.bridge_set_up,
+            RepairKind::BridgeAddressRestored => &mut self.bridge_address_restored,
+            RepairKind::SysctlRestored => &mut self.sysctl_restored,
+            RepairKind::ProgramReattached => &mut self.program_reattached,
+            RepairKind::MapEntryRestored => &mut self.map_entry_restored,
+            RepairKind::IptablesRuleRestored => &mut self.iptables_rule_restored,
+        }
+    }
+
+    /// Every counter with its metric label, `failed` last.
+    pub fn by_kind(&self) -> Vec<(&'static str, u64)> {
+        let mut copy = *self;
+        let mut counts: Vec<(&'static str, u64)> = RepairKind::ALL
+            .iter()
+            .map(|kind| (kind.name(), *copy.count_mut(*kind)))
+            .collect();
+        counts.push(("failed", self.failed));
+        counts
+    }
 }
 
 /// One entry of the published-ports BPF map, for `bpfbridge ports`.
@@ -380,6 +481,10 @@ pub struct Info {
     pub programs: Vec<ProgramInfo>,
     #[serde(rename = "Repairs", default)]
     pub repairs: Repairs,
+    /// Drift the agent found and could not repair, one line each (what, and why); empty
+    /// when all is well. Retried at every repair pass.
+    #[serde(rename = "Unrepaired", default, skip_serializing_if = "Vec::is_empty")]
+    pub unrepaired: Vec<String>,
 }
 
 /// One uplink of `GET /info`.

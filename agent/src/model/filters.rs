@@ -108,21 +108,40 @@ pub struct FilterInfo {
     pub bytes: u64,
 }
 
-/// One line of `GET /monitor` (newline-delimited JSON): a drop or a new flow.
+/// One line of `GET /monitor` (newline-delimited JSON): a drop, a new flow, or a repair
+/// of drift by the agent.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MonitorEvent {
-    /// `drop` or `new-flow`.
+    /// `drop`, `new-flow` or `repair`.
     #[serde(rename = "Kind")]
     pub kind: String,
-    /// The counter that counted the packet, e.g. `container_ingress.drop.isolation`.
+    /// The counter that counted the packet, e.g. `container_ingress.drop.isolation`; for a
+    /// repair, its kind, e.g. `bridge_recreated` (the `kind` label of
+    /// `bpfbridge_repairs_total`).
     #[serde(rename = "Reason")]
     pub reason: String,
     #[serde(rename = "Proto")]
     pub proto: u8,
     #[serde(rename = "Source")]
     pub source: String,
+    /// For a repair, what was repaired (e.g. `bridge bpfbr0`); the source is empty.
     #[serde(rename = "Destination")]
     pub destination: String,
+}
+
+impl MonitorEvent {
+    pub const REPAIR: &str = "repair";
+
+    /// The event of a repair of `kind` to `what`.
+    pub fn repair(kind: super::RepairKind, what: &str) -> Self {
+        MonitorEvent {
+            kind: Self::REPAIR.into(),
+            reason: kind.name().into(),
+            proto: 0,
+            source: String::new(),
+            destination: what.into(),
+        }
+    }
 }
 
 /// `GET /conntrack`: one translated flow.

@@ -85,11 +85,10 @@ impl Service {
         self.dataplane.set_filters(&wanted)
     }
 
-    /// The dataplane's drop and new-flow events, if it has a feed.
-    pub fn subscribe(
-        &self,
-    ) -> Result<Option<tokio::sync::broadcast::Receiver<crate::model::MonitorEvent>>> {
-        self.dataplane.subscribe()
+    /// `monitor`'s events: the dataplane's drops and new flows, if it has a feed, and the
+    /// repairs.
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<crate::model::MonitorEvent> {
+        self.events.subscribe()
     }
 
     /// A job that lists the translated flows, to run after the service's lock is let go.

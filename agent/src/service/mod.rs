@@ -17,7 +17,7 @@ mod repair;
 
 pub use addresses::follow_node_addresses;
 pub use docker_ipam::ADDRESS_SPACES;
-pub use repair::repair_drift;
+pub use repair::{REPAIR_INTERVAL, repair_drift};
 
 use std::{collections::BTreeMap, fs, net::Ipv4Addr, path::PathBuf};
 
@@ -62,6 +62,11 @@ pub struct Service {
     /// Why each container (by id) whose network the last repair pass could not mend is
     /// broken; shown as its `State.Error`.
     repair_failures: BTreeMap<String, String>,
+    /// Why each other thing (a bridge, a sysctl, the dataplane) the last repair pass could
+    /// not mend is broken, by what it is; shown in `info`'s `Unrepaired`.
+    unrepaired: BTreeMap<String, String>,
+    /// `monitor`'s feed: the dataplane's events and the repairs.
+    events: tokio::sync::broadcast::Sender<crate::model::MonitorEvent>,
     /// What the dataplane was last told of the node's addresses; `None` before the first
     /// time.
     node_addresses: Option<addresses::NodeAddresses>,
@@ -134,6 +139,7 @@ impl Service {
             enable_ip_forward()?;
         }
         let dataplane = Backend::new(make_dataplane(&uplink)?, handle.clone(), &settings)?;
+        let events = repair::event_feed(&dataplane)?;
         let dns = dns::Resolver::new(dns_upstreams(&settings));
         let mut service = Service {
             handle,
@@ -146,6 +152,8 @@ impl Service {
             uplink_mtu: uplink_link.mtu,
             repairs: Repairs::default(),
             repair_failures: BTreeMap::new(),
+            unrepaired: BTreeMap::new(),
+            events,
             node_addresses: None,
             uplinks: Vec::new(),
         };
@@ -173,6 +181,7 @@ impl Service {
             flow_tables: self.dataplane.flow_tables()?,
             programs: self.dataplane.programs()?,
             repairs: self.repairs,
+            unrepaired: self.unrepaired_report(),
         })
     }
 
@@ -319,6 +328,12 @@ impl Service {
     /// `--link` allow-lists: from each linking container's address to each exposed port of
     /// the linked container, on every network they share.
     fn sync_links(&mut self) -> Result<()> {
+        let rules = self.link_rules();
+        self.dataplane.set_links(&rules)
+    }
+
+    /// The `--link` allow-list the state asks for.
+    fn link_rules(&self) -> Vec<LinkRule> {
         let mut rules = Vec::new();
         for c in self.state.containers.values().filter(|c| !c.pending) {
             for link in &c.links {
@@ -344,7 +359,7 @@ impl Service {
                 }
             }
         }
-        self.dataplane.set_links(&rules)
+        rules
     }
 
     /// Makes the DNS servers' view match the state: one record per container per

@@ -1,18 +1,26 @@
-//! Live repair of containers' endpoints: while the agent runs, a node-side veth that is
-//! deleted (which takes the container side with it), taken off its bridge or set down is
-//! put back within a pass, found by the node's link events and, as a safety net, by a pass
-//! every [`REPAIR_INTERVAL`]. A container whose repair fails shows why in its
-//! `State.Error` and is tried again at the next pass.
+//! Live repair of drift: while the agent runs, what it owns and someone else changed is
+//! put back within a pass, found by the node's link and address events and, as a safety
+//! net (sysctls, programs, maps and rules send no event), by a pass every
+//! [`REPAIR_INTERVAL`]. A pass mends, in order, the node's sysctls and the networks'
+//! bridges ([`node`]), the containers' node-side veths (deleted, which takes the container
+//! side with it; taken off their bridge; set down), then the dataplane's programs, pinned
+//! maps and rules ([`backend`]). Each repair is logged, counted in `info`'s `Repairs` and
+//! sent to `monitor`. A container whose repair fails shows why in its `State.Error`,
+//! anything else in `info`'s `Unrepaired`; both are tried again at the next pass.
+
+mod backend;
+mod node;
 
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use futures::{FutureExt as _, Stream, StreamExt as _};
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, broadcast};
 
 use super::{Service, Step, Undo, endpoints::teardown_steps};
 use crate::{
     Error, Result,
-    model::{ContainerRecord, ManagedBy, NetworkMode},
+    dataplane::Backend,
+    model::{ContainerRecord, ManagedBy, MonitorEvent, NetworkMode, RepairKind},
     netlink::{self, Link},
     netns,
 };
@@ -20,26 +28,99 @@ use crate::{
 /// How often a pass runs when no link event calls for one.
 pub const REPAIR_INTERVAL: Duration = Duration::from_secs(2);
 
-/// How long a link event waits for the rest of its burst (a container's teardown removes
-/// several links) before the pass looks.
+/// How long a link or address event waits for the rest of its burst (a container's
+/// teardown removes several links) before the pass looks.
 const SETTLE: Duration = Duration::from_millis(100);
 
-/// Runs a repair pass on each burst of link changes and every [`REPAIR_INTERVAL`], for as
-/// long as the agent runs. Each pass holds the service's lock, so it never sees an API
-/// operation half-done.
-pub async fn repair_drift(service: Arc<Mutex<Service>>, link_changes: impl Stream<Item = ()>) {
-    let mut link_changes = std::pin::pin!(link_changes.fuse());
+/// Runs a repair pass on each burst of the node's link and address changes and every
+/// [`REPAIR_INTERVAL`], for as long as the agent runs. Each pass holds the service's lock,
+/// so it never sees an API operation half-done.
+pub async fn repair_drift(service: Arc<Mutex<Service>>, node_changes: impl Stream<Item = ()>) {
+    let mut node_changes = std::pin::pin!(node_changes.fuse());
     let mut tick = tokio::time::interval(REPAIR_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = tick.tick() => {}
-            Some(()) = link_changes.next() => {
+            Some(()) = node_changes.next() => {
                 tokio::time::sleep(SETTLE).await;
-                while link_changes.next().now_or_never().flatten().is_some() {}
+                while node_changes.next().now_or_never().flatten().is_some() {}
             }
         }
-        service.lock().await.repair_endpoints().await;
+        service.lock().await.repair_pass().await;
+    }
+}
+
+/// `monitor`'s feed: a channel of its own, into which the dataplane's events (if it has
+/// any) are forwarded, and the repairs sent; so that `monitor` shows repairs on every
+/// dataplane.
+pub(super) fn event_feed(dataplane: &Backend) -> Result<broadcast::Sender<MonitorEvent>> {
+    let (events, _) = broadcast::channel(1024);
+    if let Some(mut feed) = dataplane.subscribe()? {
+        let forward = events.clone();
+        tokio::spawn(async move {
+            loop {
+                match feed.recv().await {
+                    // No subscriber is not a failure: the event is for no one.
+                    Ok(event) => drop(forward.send(event)),
+                    Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                    Err(broadcast::error::RecvError::Closed) => return,
+                }
+            }
+        });
+    }
+    Ok(events)
+}
+
+impl Service {
+    /// One pass over everything the agent owns. Never fails: what it cannot mend is
+    /// recorded (and shown) and the pass goes on.
+    pub async fn repair_pass(&mut self) {
+        let mut failures = BTreeMap::new();
+        self.repair_node(&mut failures).await;
+        self.repair_endpoints().await;
+        self.repair_dataplane(&mut failures).await;
+        self.settle_failures(failures);
+    }
+
+    /// Counts, logs and sends to `monitor` one repair of `kind` to `what`.
+    fn repaired(&mut self, kind: RepairKind, what: &str, how: &str) {
+        *self.repairs.count_mut(kind) += 1;
+        tracing::warn!(kind = kind.name(), "repaired {what}: {how}");
+        // No subscriber is not a failure: the event is for no one.
+        drop(self.events.send(MonitorEvent::repair(kind, what)));
+    }
+
+    /// Keeps this pass's failures (by what failed) for `info`; one that starts failing, or
+    /// fails otherwise, is logged and counted once, not at every pass.
+    fn settle_failures(&mut self, failures: BTreeMap<String, String>) {
+        for (what, error) in &failures {
+            if self.unrepaired.get(what) != Some(error) {
+                tracing::error!("could not repair {what}, retried every pass: {error}");
+                self.repairs.failed += 1;
+            }
+        }
+        for what in self.unrepaired.keys() {
+            if !failures.contains_key(what) {
+                tracing::info!("{what} repaired");
+            }
+        }
+        self.unrepaired = failures;
+    }
+
+    /// `info`'s `Unrepaired`: the containers whose repair fails, then everything else.
+    pub(super) fn unrepaired_report(&self) -> Vec<String> {
+        let containers = self.repair_failures.iter().map(|(id, error)| {
+            let name = self.container_by_id(id).map_or(id.as_str(), |c| &c.name);
+            format!("container {name}: {error}")
+        });
+        containers
+            .chain(
+                self.unrepaired
+                    .iter()
+                    .map(|(what, error)| format!("{what}: {error}")),
+            )
+            .collect()
     }
 }
 
@@ -159,25 +240,34 @@ impl Service {
         carries_ports: bool,
     ) -> Result<()> {
         let endpoint = container.endpoints[position].clone();
+        let what = format!(
+            "veth {} of container {}",
+            endpoint.host_veth, container.name
+        );
         match drift {
             Drift::Missing => {
                 self.remake_endpoint(container, position, carries_ports)
                     .await?;
-                self.repairs.veth_recreated += 1;
-                tracing::warn!(container = %container.name, veth = %endpoint.host_veth, "repaired: the node-side veth was gone; made a new pair with the same address and MAC");
+                self.repaired(
+                    RepairKind::VethRecreated,
+                    &what,
+                    "was gone; made a new pair with the same address and MAC",
+                );
             }
             Drift::OffBridge { veth, bridge } => {
                 netlink::set_controller(&self.handle, veth, bridge).await?;
                 // The bridge port is new: its settings (hairpin) went with the old one.
                 let view = self.endpoint_view(&endpoint)?;
                 self.dataplane.attach_endpoint(&view).await?;
-                self.repairs.veth_reattached += 1;
-                tracing::warn!(container = %container.name, veth = %endpoint.host_veth, "repaired: the node-side veth had left its bridge; put back");
+                self.repaired(
+                    RepairKind::VethReattached,
+                    &what,
+                    "had left its bridge; put back",
+                );
             }
             Drift::Down { veth } => {
                 netlink::set_up(&self.handle, veth).await?;
-                self.repairs.veth_set_up += 1;
-                tracing::warn!(container = %container.name, veth = %endpoint.host_veth, "repaired: the node-side veth was down; set up");
+                self.repaired(RepairKind::VethSetUp, &what, "was down; set up");
             }
         }
         Ok(())
