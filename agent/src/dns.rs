@@ -7,13 +7,22 @@
 //! Only those listening sockets live in the container's namespace: the sockets that forward
 //! to the upstreams are created by the tasks, in the agent's namespace, from where the node's
 //! resolvers are reachable.
+//!
+//! The listening sockets outlive the agent: the [`keeper`] process holds a duplicate of each,
+//! and the next agent takes them back ([`Resolver::keep_sockets_in`]), so that queries sent
+//! while no agent runs wait in the sockets' buffers instead of failing.
+
+pub mod keeper;
 
 use std::{
     collections::{HashMap, HashSet},
     fs, io,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6},
-    os::unix::fs::MetadataExt as _,
-    path::Path,
+    os::{
+        fd::{AsFd as _, AsRawFd as _, BorrowedFd, FromRawFd as _, OwnedFd},
+        unix::fs::MetadataExt as _,
+    },
+    path::{Path, PathBuf},
     sync::{Arc, Mutex, PoisonError, RwLock},
     time::Duration,
 };
@@ -25,14 +34,19 @@ use hickory_proto::{
     rr::{DNSClass, RData, Record as DnsRecord, RecordType, rdata::A},
     serialize::binary::BinDecodable as _,
 };
-use nix::sched::{CloneFlags, setns};
+use nix::{
+    sched::{CloneFlags, setns},
+    sys::socket::{SockType, SockaddrIn, getsockname, getsockopt, setsockopt, sockopt},
+};
 use tokio::{
     io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _},
     net::{TcpListener, TcpStream, UdpSocket},
     task::{AbortHandle, JoinSet},
     time::timeout,
 };
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
+
+use self::keeper::{HeldSockets, Keeper};
 
 use crate::{Error, Result};
 
@@ -51,6 +65,9 @@ const MAX_TCP_CONNECTIONS: usize = 64;
 /// The largest DNS message (the TCP length prefix is 16 bits); also the receive buffer, so
 /// that no datagram is silently cut.
 const MAX_MESSAGE: usize = u16::MAX as usize;
+/// The UDP socket's receive buffer (the kernel doubles it for its bookkeeping): room for the
+/// queries that arrive while no agent reads, some ten seconds of 100 queries/s.
+const UDP_RECEIVE_BUFFER: usize = 1 << 20;
 
 /// One name record: a container's address on one network, under all its names.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -70,6 +87,18 @@ pub struct Record {
 pub struct Resolver {
     shared: Arc<Shared>,
     servers: Arc<Mutex<HashMap<String, Server>>>,
+    /// Locked after `servers` when both are.
+    handover: Arc<Mutex<Handover>>,
+}
+
+/// The sockets' life beyond this agent.
+#[derive(Default)]
+struct Handover {
+    /// `None` when sockets are not kept (no keeper asked for, or it could not be reached).
+    keeper: Option<Keeper>,
+    /// What the keeper held when this agent started and no server has taken back yet, by
+    /// container id.
+    unclaimed: HashMap<String, HeldSockets>,
 }
 
 /// What the serving tasks read.
@@ -115,6 +144,79 @@ impl Resolver {
                 records: RwLock::new(Arc::new([])),
             }),
             servers: Arc::default(),
+            handover: Arc::default(),
+        }
+    }
+
+    /// Keeps the servers' sockets beyond this process: connects to the keeper of
+    /// `state_dir` (starting one, this program's `dns-keeper` subcommand, if none answers)
+    /// and takes what it holds, for [`Resolver::serve`] to adopt. Call before the first
+    /// `serve`, then [`Resolver::release_unclaimed`] once every container's server is
+    /// started. Without a keeper the servers work as well, but close with the agent.
+    pub fn keep_sockets_in(&self, state_dir: &Path) {
+        let path = state_dir.join(keeper::SOCKET_NAME);
+        let program = PathBuf::from("/proc/self/exe");
+        match Keeper::connect_or_start(&path, &program, keeper::DEFAULT_GRACE) {
+            Ok((keeper, held)) => {
+                info!(
+                    keeper = %path.display(),
+                    containers = held.len(),
+                    "DNS keeper ready; its sockets are adopted as containers' servers start"
+                );
+                let mut handover = self.handover();
+                handover.keeper = Some(keeper);
+                handover.unclaimed = held
+                    .into_iter()
+                    .map(|h| (h.container_id.clone(), h))
+                    .collect();
+            }
+            Err(e) => warn!(
+                keeper = %path.display(),
+                "no DNS keeper ({e}): containers' DNS servers will stop while the agent restarts"
+            ),
+        }
+    }
+
+    /// Closes the sockets the keeper held for containers that no server took back: removed
+    /// while no agent ran, or whose namespace is gone.
+    pub fn release_unclaimed(&self) {
+        let mut handover = self.handover();
+        for (container_id, _) in std::mem::take(&mut handover.unclaimed) {
+            info!(
+                container_id,
+                "closing the DNS sockets the keeper held for a container this agent does not serve (removed, or its namespace is gone)"
+            );
+            handover.tell_keeper(|keeper| keeper.release(&container_id));
+        }
+    }
+
+    fn handover(&self) -> std::sync::MutexGuard<'_, Handover> {
+        self.handover.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The sockets the keeper held for `container_id`, if they are still good for its
+    /// server in the namespace `identity`; otherwise the keeper is told to close them.
+    fn adopt(
+        &self,
+        container_id: &str,
+        identity: (u64, u64),
+    ) -> Option<(std::net::UdpSocket, std::net::TcpListener)> {
+        let mut handover = self.handover();
+        let held = handover.unclaimed.remove(container_id)?;
+        match check_held(&held, identity) {
+            Ok(()) => {
+                debug!(container_id, "adopted the DNS sockets the keeper held");
+                Some((held.udp.into(), held.tcp.into()))
+            }
+            Err(why) => {
+                warn!(
+                    container_id,
+                    "not adopting the DNS sockets the keeper held: {why}; binding new ones"
+                );
+                // Closed everywhere before new ones are bound: they might hold the address.
+                handover.tell_keeper(|keeper| keeper.release(container_id));
+                None
+            }
         }
     }
 
@@ -146,8 +248,19 @@ impl Resolver {
             // binding again would fail, so the new server takes them over.
             Some(old) if old.netns == identity => (old.udp.clone(), old.tcp.clone()),
             _ => {
-                let (udp, tcp) = bind_in(netns)?;
+                let (udp, tcp) = match self.adopt(container_id, identity) {
+                    Some(adopted) => adopted,
+                    None => {
+                        let (udp, tcp) = bind_in(netns)?;
+                        self.handover().tell_keeper(|keeper| {
+                            keeper.keep(container_id, udp.as_fd(), tcp.as_fd())
+                        });
+                        (udp, tcp)
+                    }
+                };
                 let context = || format!("registering the DNS sockets of {container_id}");
+                udp.set_nonblocking(true).map_err(Error::io(context()))?;
+                tcp.set_nonblocking(true).map_err(Error::io(context()))?;
                 (
                     Arc::new(UdpSocket::from_std(udp).map_err(Error::io(context()))?),
                     Arc::new(TcpListener::from_std(tcp).map_err(Error::io(context()))?),
@@ -185,6 +298,8 @@ impl Resolver {
             .unwrap_or_else(PoisonError::into_inner)
             .remove(container_id);
         if removed.is_some() {
+            self.handover()
+                .tell_keeper(|keeper| keeper.release(container_id));
             debug!(container_id, "DNS server stopped");
         }
     }
@@ -209,6 +324,68 @@ impl Resolver {
         }
         upstreams
     }
+}
+
+impl Handover {
+    /// Sends the keeper a message; a keeper that cannot be reached is let go (and said so
+    /// once): the servers go on, but no longer outlive the agent.
+    fn tell_keeper(&mut self, message: impl FnOnce(&Keeper) -> Result<()>) {
+        let Some(keeper) = &self.keeper else {
+            return;
+        };
+        if let Err(e) = message(keeper) {
+            warn!(
+                "{e}; without the DNS keeper, containers' DNS servers will stop while the agent restarts (the next agent starts a new keeper)"
+            );
+            self.keeper = None;
+        }
+    }
+}
+
+/// Whether sockets handed over by the keeper are a DNS server's, bound in the namespace
+/// `identity`; why not otherwise.
+fn check_held(held: &HeldSockets, identity: (u64, u64)) -> std::result::Result<(), String> {
+    for (socket, expected, what) in [
+        (held.udp.as_fd(), SockType::Datagram, "UDP socket"),
+        (held.tcp.as_fd(), SockType::Stream, "TCP listener"),
+    ] {
+        if getsockopt(&socket, sockopt::SockType).map_err(|e| format!("its {what}: {e}"))?
+            != expected
+        {
+            return Err(format!("its {what} is of another type"));
+        }
+        let local = getsockname::<SockaddrIn>(socket.as_raw_fd())
+            .map_err(|e| format!("its {what}: {e}"))?;
+        if SocketAddrV4::from(local) != LISTEN {
+            return Err(format!("its {what} is bound to {local}, not {LISTEN}"));
+        }
+        let namespace = socket_netns(socket).map_err(|e| format!("its {what}: {e}"))?;
+        if namespace != identity {
+            return Err(format!(
+                "its {what} is bound in another network namespace (inode {}) than the container's (inode {}): the container's namespace was replaced",
+                namespace.1, identity.1
+            ));
+        }
+    }
+    if !getsockopt(&held.tcp, sockopt::AcceptConn).map_err(|e| format!("its TCP listener: {e}"))? {
+        return Err("its TCP socket does not listen".into());
+    }
+    Ok(())
+}
+
+/// (device, inode) of the network namespace a socket lives in.
+fn socket_netns(socket: BorrowedFd) -> io::Result<(u64, u64)> {
+    /// SIOCGSKNS (linux/sockios.h): a descriptor of the socket's network namespace.
+    const SIOCGSKNS: libc::c_ulong = 0x894C;
+    // SAFETY: SIOCGSKNS takes no argument and returns a new descriptor (or -1).
+    let fd = unsafe { libc::ioctl(socket.as_raw_fd(), SIOCGSKNS as _) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just installed `fd` for us; nothing else owns it.
+    let namespace = fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+    let metadata = namespace.metadata()?;
+    Ok((metadata.dev(), metadata.ino()))
 }
 
 fn parse_nameserver(text: &str) -> Option<SocketAddr> {
@@ -240,9 +417,12 @@ fn bind_in(netns: &Path) -> Result<(std::net::UdpSocket, std::net::TcpListener)>
                 .map_err(Error::sys(format!("entering {}", netns.display())))?;
             let bound = |what| format!("binding {what} {LISTEN} in {}", netns.display());
             let udp = std::net::UdpSocket::bind(LISTEN).map_err(Error::io(bound("UDP")))?;
-            udp.set_nonblocking(true).map_err(Error::io(bound("UDP")))?;
+            // Beyond net.core.rmem_max if need be (the agent has CAP_NET_ADMIN); else the
+            // namespace's maximum.
+            if setsockopt(&udp, sockopt::RcvBufForce, &UDP_RECEIVE_BUFFER).is_err() {
+                let _ = setsockopt(&udp, sockopt::RcvBuf, &UDP_RECEIVE_BUFFER);
+            }
             let tcp = std::net::TcpListener::bind(LISTEN).map_err(Error::io(bound("TCP")))?;
-            tcp.set_nonblocking(true).map_err(Error::io(bound("TCP")))?;
             Ok((udp, tcp))
         })
         .map_err(Error::io(format!("spawning a thread to enter {name}")))?;

@@ -127,6 +127,7 @@ impl Service {
             &settings,
         )?;
         let dns = dns::Resolver::new(dns_upstreams(&settings));
+        dns.keep_sockets_in(&settings.state_dir);
         let mut service = Service {
             handle,
             store,
@@ -141,6 +142,7 @@ impl Service {
             node_addresses: None,
         };
         service.reconcile().await?;
+        service.dns.release_unclaimed();
         Ok(service)
     }
 
