@@ -38,6 +38,7 @@ use nix::{
     sched::{CloneFlags, setns},
     sys::socket::{SockType, SockaddrIn, getsockname, getsockopt, setsockopt, sockopt},
 };
+use serde::{Deserialize, Serialize};
 use tokio::{
     io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _},
     net::{TcpListener, TcpStream, UdpSocket},
@@ -68,9 +69,11 @@ const MAX_MESSAGE: usize = u16::MAX as usize;
 /// The UDP socket's receive buffer (the kernel doubles it for its bookkeeping): room for the
 /// queries that arrive while no agent reads, some ten seconds of 100 queries/s.
 const UDP_RECEIVE_BUFFER: usize = 1 << 20;
+/// Where the records are saved for the next agent, in the state directory.
+const RECORDS_FILE: &str = "dns-records.json";
 
 /// One name record: a container's address on one network, under all its names.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Record {
     /// Full id of the container owning the address.
     pub container_id: String,
@@ -91,13 +94,19 @@ pub struct Resolver {
     handover: Arc<Mutex<Handover>>,
 }
 
-/// The sockets' life beyond this agent.
+/// The servers' life beyond this agent.
 #[derive(Default)]
 struct Handover {
     /// `None` when sockets are not kept (no keeper asked for, or it could not be reached).
     keeper: Option<Keeper>,
-    /// What the keeper held when this agent started and no server has taken back yet, by
-    /// container id.
+    /// Where the records are saved for the next agent, which answers with them from its
+    /// first moment, before it knows its containers again.
+    records_file: Option<PathBuf>,
+    /// Servers started at once on the keeper's sockets and the saved records, which no
+    /// [`Resolver::serve`] has confirmed yet.
+    unconfirmed: HashSet<String>,
+    /// What the keeper held that is not served yet (there were no saved records to answer
+    /// with), by container id.
     unclaimed: HashMap<String, HeldSockets>,
 }
 
@@ -148,44 +157,113 @@ impl Resolver {
         }
     }
 
-    /// Keeps the servers' sockets beyond this process: connects to the keeper of
-    /// `state_dir` (starting one, this program's `dns-keeper` subcommand, if none answers)
-    /// and takes what it holds, for [`Resolver::serve`] to adopt. Call before the first
-    /// `serve`, then [`Resolver::release_unclaimed`] once every container's server is
-    /// started. Without a keeper the servers work as well, but close with the agent.
+    /// Keeps the servers beyond this process: connects to the keeper of `state_dir`
+    /// (starting one, this program's `dns-keeper` subcommand, if none answers), takes the
+    /// sockets it holds and serves them at once with the records the previous agent saved
+    /// in `state_dir`. Call first (the sooner, the shorter the wait of the queries sent
+    /// while no agent ran), then [`Resolver::serve`] for every container the agent has, then
+    /// [`Resolver::release_unclaimed`]. Without a keeper the servers work as well, but
+    /// close with the agent. Must be called within a tokio runtime, as `serve`.
     pub fn keep_sockets_in(&self, state_dir: &Path) {
         let path = state_dir.join(keeper::SOCKET_NAME);
         let program = PathBuf::from("/proc/self/exe");
-        match Keeper::connect_or_start(&path, &program, keeper::DEFAULT_GRACE) {
-            Ok((keeper, held)) => {
-                info!(
+        let (keeper, held) = match Keeper::connect_or_start(&path, &program, keeper::DEFAULT_GRACE)
+        {
+            Ok(connected) => connected,
+            Err(e) => {
+                warn!(
                     keeper = %path.display(),
-                    containers = held.len(),
-                    "DNS keeper ready; its sockets are adopted as containers' servers start"
+                    "no DNS keeper ({e}): containers' DNS servers will stop while the agent restarts"
                 );
-                let mut handover = self.handover();
-                handover.keeper = Some(keeper);
-                handover.unclaimed = held
-                    .into_iter()
-                    .map(|h| (h.container_id.clone(), h))
-                    .collect();
+                return;
             }
-            Err(e) => warn!(
+        };
+        let records_file = state_dir.join(RECORDS_FILE);
+        let saved = match fs::read(&records_file) {
+            Ok(bytes) => serde_json::from_slice::<Vec<Record>>(&bytes)
+                .inspect_err(|e| {
+                    warn!(
+                        file = %records_file.display(),
+                        "the saved DNS records are unreadable ({e}); serving the kept sockets once the containers are restored"
+                    )
+                })
+                .ok(),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+            Err(e) => {
+                warn!(file = %records_file.display(), "reading the saved DNS records: {e}");
+                None
+            }
+        };
+        let mut servers = self.servers.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut handover = self.handover();
+        handover.keeper = Some(keeper);
+        handover.records_file = Some(records_file);
+        let Some(records) = saved else {
+            info!(
                 keeper = %path.display(),
-                "no DNS keeper ({e}): containers' DNS servers will stop while the agent restarts"
-            ),
+                containers = held.len(),
+                "DNS keeper ready; its sockets are adopted as containers' servers start"
+            );
+            handover.unclaimed = held
+                .into_iter()
+                .map(|h| (h.container_id.clone(), h))
+                .collect();
+            return;
+        };
+        self.set_shared_records(records);
+        let held_count = held.len();
+        for held in held {
+            let id = held.container_id.clone();
+            match self.serve_held(&mut servers, held) {
+                Ok(()) => {
+                    handover.unconfirmed.insert(id);
+                }
+                Err(why) => {
+                    warn!(
+                        container_id = id,
+                        "closing the DNS sockets the keeper held: {why}"
+                    );
+                    handover.tell_keeper(|keeper| keeper.release(&id));
+                }
+            }
         }
+        info!(
+            keeper = %path.display(),
+            containers = held_count,
+            serving = handover.unconfirmed.len(),
+            "DNS keeper ready; its sockets are served with the saved records until the containers are restored"
+        );
     }
 
-    /// Closes the sockets the keeper held for containers that no server took back: removed
-    /// while no agent ran, or whose namespace is gone.
+    /// Serves sockets handed back by the keeper, in whatever namespace they are.
+    fn serve_held(
+        &self,
+        servers: &mut HashMap<String, Server>,
+        held: HeldSockets,
+    ) -> std::result::Result<(), String> {
+        let identity =
+            socket_netns(held.udp.as_fd()).map_err(|e| format!("its UDP socket: {e}"))?;
+        check_held(&held, identity)?;
+        let (udp, tcp) = register(held.udp.into(), held.tcp.into()).map_err(|e| e.to_string())?;
+        let runtime = tokio::runtime::Handle::try_current().map_err(|e| e.to_string())?;
+        self.start_server(servers, &runtime, &held.container_id, identity, udp, tcp);
+        Ok(())
+    }
+
+    /// Stops the servers started from the keeper's sockets that no [`Resolver::serve`]
+    /// confirmed, and closes the sockets the keeper held that no server took: containers
+    /// removed while no agent ran, or whose namespace is gone.
     pub fn release_unclaimed(&self) {
+        let mut servers = self.servers.lock().unwrap_or_else(PoisonError::into_inner);
         let mut handover = self.handover();
-        for (container_id, _) in std::mem::take(&mut handover.unclaimed) {
+        let unconfirmed = std::mem::take(&mut handover.unconfirmed);
+        let unclaimed = std::mem::take(&mut handover.unclaimed);
+        for container_id in unconfirmed.into_iter().chain(unclaimed.into_keys()) {
             info!(
                 container_id,
                 "closing the DNS sockets the keeper held for a container this agent does not serve (removed, or its namespace is gone)"
             );
+            servers.remove(&container_id);
             handover.tell_keeper(|keeper| keeper.release(&container_id));
         }
     }
@@ -220,8 +298,18 @@ impl Resolver {
         }
     }
 
-    /// Replaces the whole record set (called after every change).
+    /// Replaces the whole record set (called after every change), and saves it for the
+    /// next agent if the sockets are kept.
     pub fn set_records(&self, records: Vec<Record>) {
+        if let Some(file) = &self.handover().records_file
+            && let Err(e) = save_records(file, &records)
+        {
+            warn!(file = %file.display(), "saving the DNS records for the next agent: {e}");
+        }
+        self.set_shared_records(records);
+    }
+
+    fn set_shared_records(&self, records: Vec<Record>) {
         *self
             .shared
             .records
@@ -242,12 +330,21 @@ impl Resolver {
             fs::metadata(netns).map_err(Error::io(format!("stat {}", netns.display())))?;
         let identity = (metadata.dev(), metadata.ino());
         let mut servers = self.servers.lock().unwrap_or_else(PoisonError::into_inner);
+        let confirmed = self.handover().unconfirmed.remove(container_id);
         let (udp, tcp) = match servers.get(container_id) {
             // The old server's sockets stay bound until its aborted tasks are dropped, which
             // may be later (or, on a current-thread runtime, only after this call returns):
             // binding again would fail, so the new server takes them over.
             Some(old) if old.netns == identity => (old.udp.clone(), old.tcp.clone()),
-            _ => {
+            old => {
+                if confirmed && let Some(old) = old {
+                    warn!(
+                        container_id,
+                        "the DNS sockets the keeper held are in another network namespace (inode {}) than the container's (inode {}): its namespace was replaced; binding new ones",
+                        old.netns.1,
+                        identity.1
+                    );
+                }
                 let (udp, tcp) = match self.adopt(container_id, identity) {
                     Some(adopted) => adopted,
                     None => {
@@ -258,15 +355,25 @@ impl Resolver {
                         (udp, tcp)
                     }
                 };
-                let context = || format!("registering the DNS sockets of {container_id}");
-                udp.set_nonblocking(true).map_err(Error::io(context()))?;
-                tcp.set_nonblocking(true).map_err(Error::io(context()))?;
-                (
-                    Arc::new(UdpSocket::from_std(udp).map_err(Error::io(context()))?),
-                    Arc::new(TcpListener::from_std(tcp).map_err(Error::io(context()))?),
-                )
+                register(udp, tcp)?
             }
         };
+        self.start_server(&mut servers, &runtime, container_id, identity, udp, tcp);
+        debug!(container_id, netns = %netns.display(), "DNS server started");
+        Ok(())
+    }
+
+    /// Starts serving `udp` and `tcp` (bound in the namespace `identity`) for container
+    /// `container_id`, replacing its server if any.
+    fn start_server(
+        &self,
+        servers: &mut HashMap<String, Server>,
+        runtime: &tokio::runtime::Handle,
+        container_id: &str,
+        identity: (u64, u64),
+        udp: Arc<UdpSocket>,
+        tcp: Arc<TcpListener>,
+    ) {
         let client: Arc<str> = container_id.into();
         let tasks = [
             runtime
@@ -286,8 +393,6 @@ impl Resolver {
                 tasks,
             },
         );
-        debug!(container_id, netns = %netns.display(), "DNS server started");
-        Ok(())
     }
 
     /// Stops that container's server (no-op if none).
@@ -340,6 +445,29 @@ impl Handover {
             self.keeper = None;
         }
     }
+}
+
+/// Hands bound sockets to the runtime.
+fn register(
+    udp: std::net::UdpSocket,
+    tcp: std::net::TcpListener,
+) -> Result<(Arc<UdpSocket>, Arc<TcpListener>)> {
+    let context = "registering DNS sockets with the runtime";
+    udp.set_nonblocking(true).map_err(Error::io(context))?;
+    tcp.set_nonblocking(true).map_err(Error::io(context))?;
+    Ok((
+        Arc::new(UdpSocket::from_std(udp).map_err(Error::io(context))?),
+        Arc::new(TcpListener::from_std(tcp).map_err(Error::io(context))?),
+    ))
+}
+
+/// Writes `records` to `file` whole (a new file renamed over the old one), so that the next
+/// agent never reads half of it.
+fn save_records(file: &Path, records: &[Record]) -> io::Result<()> {
+    let mut temporary = file.as_os_str().to_owned();
+    temporary.push(".new");
+    fs::write(&temporary, serde_json::to_vec(records)?)?;
+    fs::rename(&temporary, file)
 }
 
 /// Whether sockets handed over by the keeper are a DNS server's, bound in the namespace

@@ -3,7 +3,10 @@
 
 use std::{
     fs,
-    os::{fd::AsRawFd as _, unix::process::CommandExt as _},
+    os::{
+        fd::AsRawFd as _,
+        unix::{ffi::OsStrExt as _, process::CommandExt as _},
+    },
     path::{Path, PathBuf},
     process::{Child, Command, ExitStatus, Output, Stdio},
     thread,
@@ -313,8 +316,11 @@ impl Agent {
             return Ok(());
         }
         let mut errors = Vec::new();
-        // What the agent started and left running (its DNS keeper, which would keep the
-        // containers' namespaces alive through their sockets).
+        // What the agent started and left running: its DNS keeper, which would keep the
+        // containers' namespaces alive through their sockets.
+        if let Err(e) = kill_all(&self.dns_keepers()) {
+            errors.push(format!("{e:#}"));
+        }
         if let Err(e) = kill_cgroup(&self.cgroup) {
             errors.push(format!("{e:#}"));
         }
@@ -338,6 +344,29 @@ impl Agent {
         }
         ensure!(errors.is_empty(), "{}", errors.join("; "));
         Ok(())
+    }
+
+    /// The DNS keepers this agent started and that still run: `bpfbridge dns-keeper`
+    /// processes listening in its state directory (detached from the agent, they are
+    /// found by their command line).
+    pub fn dns_keepers(&self) -> Vec<i32> {
+        let state_dir = self.state_dir();
+        let Ok(entries) = fs::read_dir("/proc") else {
+            return Vec::new();
+        };
+        entries
+            .flatten()
+            .filter_map(|entry| {
+                let pid: i32 = entry.file_name().to_str()?.parse().ok()?;
+                let cmdline = fs::read(entry.path().join("cmdline")).ok()?;
+                let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+                let keeper = args.iter().any(|a| *a == b"dns-keeper");
+                let ours = args
+                    .iter()
+                    .any(|a| Path::new(std::ffi::OsStr::from_bytes(a)).starts_with(&state_dir));
+                (keeper && ours).then_some(pid)
+            })
+            .collect()
     }
 
     /// The agent's state directory.
@@ -426,6 +455,32 @@ impl Agent {
             })
             .with_context(|| format!("no counter {name} in\n{text}"))
     }
+}
+
+/// Kills `pids` and waits until they are gone.
+fn kill_all(pids: &[i32]) -> Result<()> {
+    for &pid in pids {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    for &pid in pids {
+        // Detached, they are reaped by init: gone once /proc no longer shows them running.
+        while fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+            !stat
+                .rsplit(')')
+                .next()
+                .unwrap_or("")
+                .trim_start()
+                .starts_with('Z')
+        }) {
+            ensure!(Instant::now() < deadline, "process {pid} survived SIGKILL");
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+    Ok(())
 }
 
 /// Kills every process in `cgroup` and waits until it is empty.

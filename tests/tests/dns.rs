@@ -233,19 +233,14 @@ fn query_steadily(
     })
 }
 
-/// The agent's DNS keeper (a process of the agent's cgroup running `dns-keeper`), if one
-/// runs, and how many containers' sockets it holds: its sockets that are not unix sockets
-/// of the node namespace (its listener and its connection to the agent) are the UDP sockets
-/// and TCP listeners in containers' namespaces, two per container.
+/// The agent's DNS keeper, if one runs, and how many containers' sockets it holds: its
+/// sockets that are not unix sockets of the node namespace (its listener and its connection
+/// to the agent) are the UDP sockets and TCP listeners in containers' namespaces, two per
+/// container.
 fn keeper(agent: &Agent) -> Result<Option<(i32, usize)>> {
-    let procs = fs::read_to_string(agent.cgroup.join("cgroup.procs"))?;
-    for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
-        let Ok(cmdline) = fs::read(format!("/proc/{pid}/cmdline")) else {
-            continue;
-        };
-        if !cmdline.split(|b| *b == 0).any(|arg| arg == b"dns-keeper") {
-            continue;
-        }
+    let keepers = agent.dns_keepers();
+    ensure!(keepers.len() <= 1, "several DNS keepers: {keepers:?}");
+    if let Some(&pid) = keepers.first() {
         // Columns of /proc/net/unix: Num RefCount Protocol Flags Type St Inode [Path].
         let unix: HashSet<String> = fs::read_to_string(format!("/proc/{pid}/net/unix"))?
             .lines()

@@ -109,6 +109,9 @@ impl Service {
         settings: Settings,
         make_dataplane: impl FnOnce(&str, u32) -> Result<Box<dyn Dataplane>>,
     ) -> Result<Self> {
+        // First: the containers' DNS servers answer again from here on.
+        let dns = dns::Resolver::new(dns_upstreams(&settings));
+        dns.keep_sockets_in(&settings.state_dir);
         let uplink = match &settings.uplink {
             Some(u) => u.clone(),
             None => default_route_interface(&handle).await?,
@@ -126,8 +129,6 @@ impl Service {
             handle.clone(),
             &settings,
         )?;
-        let dns = dns::Resolver::new(dns_upstreams(&settings));
-        dns.keep_sockets_in(&settings.state_dir);
         let mut service = Service {
             handle,
             store,
