@@ -565,8 +565,11 @@ async fn serve_udp(shared: Arc<Shared>, client: Arc<str>, socket: Arc<UdpSocket>
     let mut in_flight = JoinSet::new();
     let mut buf = vec![0; MAX_MESSAGE];
     loop {
-        let (len, peer) = match socket.recv_from(&mut buf).await {
-            Ok(received) => received,
+        // Peeked, and taken from the socket only once answered (or handed to a task that
+        // forwards it): a query read by an agent that is killed before it answers stays for
+        // the next agent (the client may then get two answers; it takes the first).
+        let (len, peer) = match socket.peek_from(&mut buf).await {
+            Ok(peeked) => peeked,
             Err(e) => {
                 // Errors here concern one datagram, but a pause keeps a persistent one from
                 // spinning the loop.
@@ -575,15 +578,29 @@ async fn serve_udp(shared: Arc<Shared>, client: Arc<str>, socket: Arc<UdpSocket>
                 continue;
             }
         };
+        let query = buf[..len].to_vec();
+        let action = decide(&shared.records(), &client, &query, Transport::Udp);
+        if let Action::Reply(answer) = &action
+            && let Err(e) = socket.send_to(answer, peer).await
+        {
+            debug!(client = &*client, %peer, "DNS UDP answer: {e}");
+        }
+        // The peeked datagram: this task is its socket's only reader.
+        if let Err(e) = socket.recv_from(&mut buf).await {
+            debug!(client = &*client, "DNS UDP receive: {e}");
+        }
+        let Action::Forward(request) = action else {
+            continue;
+        };
         while in_flight.try_join_next().is_some() {}
         if in_flight.len() >= MAX_UDP_IN_FLIGHT {
             debug!(client = &*client, "DNS query dropped: too many in flight");
             continue;
         }
-        let query = buf[..len].to_vec();
         let (shared, client, socket) = (shared.clone(), client.clone(), socket.clone());
         in_flight.spawn(async move {
-            let Some(answer) = handle(&shared, &client, &query, Transport::Udp).await else {
+            let Some(answer) = forward_or_fail(&shared, &query, &request, Transport::Udp).await
+            else {
                 return;
             };
             if let Err(e) = socket.send_to(&answer, peer).await {
@@ -667,15 +684,24 @@ async fn handle(
     query: &[u8],
     transport: Transport,
 ) -> Option<Vec<u8>> {
-    let request = match decide(&shared.records(), client, query, transport) {
-        Action::Ignore => return None,
-        Action::Reply(answer) => return Some(answer),
-        Action::Forward(request) => request,
-    };
+    match decide(&shared.records(), client, query, transport) {
+        Action::Ignore => None,
+        Action::Reply(answer) => Some(answer),
+        Action::Forward(request) => forward_or_fail(shared, query, &request, transport).await,
+    }
+}
+
+/// The upstreams' answer to `query` (decoded as `request`), or SERVFAIL.
+async fn forward_or_fail(
+    shared: &Shared,
+    query: &[u8],
+    request: &Message,
+    transport: Transport,
+) -> Option<Vec<u8>> {
     if let Some(answer) = forward(&shared.upstreams, query, request.metadata.id, transport).await {
         return Some(answer);
     }
-    encode(&response_to(&request, ResponseCode::ServFail), None)
+    encode(&response_to(request, ResponseCode::ServFail), None)
 }
 
 #[derive(Debug)]
