@@ -438,39 +438,24 @@ impl Drop for Listener {
     }
 }
 
-/// What wakes the keeper up.
-struct Readiness {
-    new_agent: bool,
-    agent: bool,
-}
-
-fn wait(listener: BorrowedFd, agent: Option<BorrowedFd>, timeout: Option<Duration>) -> Readiness {
-    let mut fds = vec![libc::pollfd {
-        fd: listener.as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
-    }];
-    if let Some(agent) = agent {
-        fds.push(libc::pollfd {
-            fd: agent.as_raw_fd(),
+/// Waits until one of `fds` is readable (or closed), or `timeout` passes; which are.
+fn wait(fds: &[BorrowedFd], timeout: Option<Duration>) -> Vec<bool> {
+    let mut polled: Vec<libc::pollfd> = fds
+        .iter()
+        .map(|fd| libc::pollfd {
+            fd: fd.as_raw_fd(),
             events: libc::POLLIN,
             revents: 0,
-        });
-    }
+        })
+        .collect();
     let timeout = timeout.map_or(-1, |t| i32::try_from(t.as_millis()).unwrap_or(i32::MAX));
-    // SAFETY: `fds` is a valid array of `fds.len()` pollfd structures for the whole call.
-    let ready = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout) };
-    if ready <= 0 {
-        // A timeout, or EINTR: the caller looks at the clock and waits again.
-        return Readiness {
-            new_agent: false,
-            agent: false,
-        };
-    }
-    Readiness {
-        new_agent: fds[0].revents != 0,
-        agent: fds.get(1).is_some_and(|fd| fd.revents != 0),
-    }
+    // SAFETY: `polled` is a valid array of `polled.len()` pollfd structures for the call.
+    let ready = unsafe { libc::poll(polled.as_mut_ptr(), polled.len() as libc::nfds_t, timeout) };
+    // On a timeout or EINTR, none: the caller looks at the clock and waits again.
+    polled
+        .iter()
+        .map(|fd| ready > 0 && fd.revents != 0)
+        .collect()
 }
 
 /// The keeper process (`bpfbridge dns-keeper`): serves agents at `path` until it has
@@ -482,7 +467,11 @@ pub fn run(path: &Path, grace: Duration) -> Result<()> {
     };
     info!(keeper = %path.display(), pid = std::process::id(), "DNS keeper listening");
     let mut held: BTreeMap<String, [OwnedFd; 2]> = BTreeMap::new();
+    // The agent: the last connection that said hello.
     let mut agent: Option<OwnedFd> = None;
+    // Connections that have not said hello yet (a keeper starting beside this one checks
+    // whether this one answers, say): they count as agents only once they do.
+    let mut newcomers: Vec<OwnedFd> = Vec::new();
     let mut alone_since = Instant::now();
     loop {
         if agent.is_none() && alone_since.elapsed() >= grace {
@@ -498,13 +487,17 @@ pub fn run(path: &Path, grace: Duration) -> Result<()> {
         let timeout = agent
             .is_none()
             .then(|| grace.saturating_sub(alone_since.elapsed()));
-        let ready = wait(
-            listener.socket.as_fd(),
-            agent.as_ref().map(|a| a.as_fd()),
-            timeout,
-        );
-        let after = match (&agent, ready.agent) {
-            (Some(connection), true) => serve_message(connection.as_fd(), &mut held),
+        let mut fds = vec![listener.socket.as_fd()];
+        fds.extend(agent.as_ref().map(|a| a.as_fd()));
+        fds.extend(newcomers.iter().map(|n| n.as_fd()));
+        let ready = wait(&fds, timeout);
+        let (new_connection, rest) = ready.split_first().unwrap_or((&false, &[]));
+        let (agent_ready, newcomers_ready) = match agent {
+            Some(_) => rest.split_first().map_or((false, rest), |(a, n)| (*a, n)),
+            None => (false, rest),
+        };
+        let after = match (&agent, agent_ready) {
+            (Some(connection), true) => serve_message(connection.as_fd(), &mut held, false),
             _ => After::Continue,
         };
         if after == After::Quit {
@@ -523,14 +516,25 @@ pub fn run(path: &Path, grace: Duration) -> Result<()> {
                 grace.as_secs()
             );
         }
-        if ready.new_agent {
-            match accept4(listener.socket.as_raw_fd(), SockFlag::SOCK_CLOEXEC) {
-                // SAFETY: accept4 returned a new descriptor that nothing else owns.
-                Ok(fd) => {
-                    if agent.replace(unsafe { OwnedFd::from_raw_fd(fd) }).is_some() {
+        let spoke: Vec<usize> = (0..newcomers_ready.len())
+            .filter(|&i| newcomers_ready[i])
+            .collect();
+        for index in spoke.into_iter().rev() {
+            let connection = newcomers.swap_remove(index);
+            match serve_message(connection.as_fd(), &mut held, true) {
+                After::Quit => return Ok(()),
+                After::Closed => {}
+                After::Continue => {
+                    if agent.replace(connection).is_some() {
                         info!("a new agent connected; closing the previous agent's connection");
                     }
                 }
+            }
+        }
+        if *new_connection {
+            match accept4(listener.socket.as_raw_fd(), SockFlag::SOCK_CLOEXEC) {
+                // SAFETY: accept4 returned a new descriptor that nothing else owns.
+                Ok(fd) => newcomers.push(unsafe { OwnedFd::from_raw_fd(fd) }),
                 Err(e) => warn!("accepting an agent's connection: {e}"),
             }
         }
@@ -547,9 +551,21 @@ enum After {
     Quit,
 }
 
-/// Handles one message from the agent.
-fn serve_message(connection: BorrowedFd, held: &mut BTreeMap<String, [OwnedFd; 2]>) -> After {
+/// Handles one message from the agent, or (`newcomer`) from a connection that has not said
+/// hello yet, which must.
+fn serve_message(
+    connection: BorrowedFd,
+    held: &mut BTreeMap<String, [OwnedFd; 2]>,
+    newcomer: bool,
+) -> After {
     let (message, fds) = match receive(connection) {
+        Ok(Received::Message(message, _)) if newcomer && !matches!(message, Message::Hello(_)) => {
+            warn!(
+                "a connection began with {:?} instead of hello; closing it",
+                message.encode()
+            );
+            return After::Closed;
+        }
         Ok(Received::Message(message, fds)) => (message, fds),
         Ok(Received::Closed) => return After::Closed,
         Ok(Received::Garbled(what)) => {
@@ -621,7 +637,101 @@ fn serve_message(connection: BorrowedFd, held: &mut BTreeMap<String, [OwnedFd; 2
 
 #[cfg(test)]
 mod tests {
+    use std::net::{Ipv4Addr, TcpListener, UdpSocket};
+
     use super::*;
+
+    /// A keeper in a thread, at a fresh path; `connect_or_start` finds it there and never
+    /// starts a process (the program it would start does not exist).
+    fn keeper_thread(dir: &Path, grace: Duration) -> (PathBuf, thread::JoinHandle<Result<()>>) {
+        let path = dir.join(SOCKET_NAME);
+        let listening = path.clone();
+        let thread = thread::spawn(move || run(&listening, grace));
+        let deadline = Instant::now() + START_TIMEOUT;
+        while connect_to(&path).is_err() {
+            assert!(Instant::now() < deadline, "the keeper does not listen");
+            thread::sleep(Duration::from_millis(5));
+        }
+        (path, thread)
+    }
+
+    fn connect(path: &Path) -> (Keeper, Vec<HeldSockets>) {
+        Keeper::connect_or_start(path, Path::new("/nonexistent"), DEFAULT_GRACE).unwrap()
+    }
+
+    fn local_port(fd: &OwnedFd) -> u16 {
+        let address: nix::sys::socket::SockaddrIn =
+            nix::sys::socket::getsockname(fd.as_raw_fd()).unwrap();
+        address.port()
+    }
+
+    #[test]
+    fn sockets_are_held_across_agents_and_released() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, keeper) = keeper_thread(dir.path(), DEFAULT_GRACE);
+        let udp = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+        let tcp = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+        let ports = (
+            udp.local_addr().unwrap().port(),
+            tcp.local_addr().unwrap().port(),
+        );
+        {
+            let (agent, held) = connect(&path);
+            assert!(held.is_empty());
+            agent.keep("c1", udp.as_fd(), tcp.as_fd()).unwrap();
+            agent.keep("c2", udp.as_fd(), tcp.as_fd()).unwrap();
+            agent.release("c2").unwrap();
+        }
+        // The agent is gone, and so are its sockets: the keeper's duplicates remain.
+        drop((udp, tcp));
+        let (agent, held) = connect(&path);
+        let [held] = <[HeldSockets; 1]>::try_from(held).ok().unwrap();
+        assert_eq!(held.container_id, "c1");
+        assert_eq!((local_port(&held.udp), local_port(&held.tcp)), ports);
+        // Still held after the handover: a new agent killed at once loses nothing.
+        drop(agent);
+        let (agent, held) = connect(&path);
+        assert_eq!(held.len(), 1);
+        // Released, then left: nothing to keep, so the keeper exits.
+        agent.release("c1").unwrap();
+        drop(agent);
+        keeper.join().unwrap().unwrap();
+        assert!(!path.exists());
+    }
+
+    #[test]
+    fn a_keeper_without_agent_gives_up_after_its_grace() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, keeper) = keeper_thread(dir.path(), Duration::from_millis(300));
+        let udp = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+        let tcp = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+        let (agent, _) = connect(&path);
+        agent.keep("c1", udp.as_fd(), tcp.as_fd()).unwrap();
+        drop(agent);
+        let started = Instant::now();
+        keeper.join().unwrap().unwrap();
+        assert!(started.elapsed() >= Duration::from_millis(250));
+    }
+
+    #[test]
+    fn an_agent_of_another_version_makes_the_keeper_quit() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, keeper) = keeper_thread(dir.path(), DEFAULT_GRACE);
+        let udp = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+        let tcp = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+        let (agent, _) = connect(&path);
+        agent.keep("c1", udp.as_fd(), tcp.as_fd()).unwrap();
+        drop(agent);
+        // What a newer agent does on meeting this keeper.
+        let connection = connect_to(&path).unwrap();
+        send(connection.as_fd(), &Message::Hello(PROTOCOL + 1), &[]).unwrap();
+        assert!(matches!(
+            receive(connection.as_fd()).unwrap(),
+            Received::Message(Message::Hello(PROTOCOL), _)
+        ));
+        send(connection.as_fd(), &Message::Quit, &[]).unwrap();
+        keeper.join().unwrap().unwrap();
+    }
 
     #[test]
     fn messages_round_trip_and_garbage_is_refused() {
