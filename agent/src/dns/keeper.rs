@@ -473,7 +473,12 @@ pub fn run(path: &Path, grace: Duration) -> Result<()> {
     // whether this one answers, say): they count as agents only once they do.
     let mut newcomers: Vec<OwnedFd> = Vec::new();
     let mut alone_since = Instant::now();
+    let mut served_an_agent = false;
     loop {
+        if agent.is_none() && newcomers.is_empty() && held.is_empty() && served_an_agent {
+            info!("the agent left and no DNS socket is held; exiting");
+            return Ok(());
+        }
         if agent.is_none() && alone_since.elapsed() >= grace {
             if !held.is_empty() {
                 info!(
@@ -506,10 +511,6 @@ pub fn run(path: &Path, grace: Duration) -> Result<()> {
         if after == After::Closed {
             agent = None;
             alone_since = Instant::now();
-            if held.is_empty() {
-                info!("the agent left and no DNS socket is held; exiting");
-                return Ok(());
-            }
             info!(
                 containers = held.len(),
                 "the agent left; holding its DNS sockets for the next one (up to {} s)",
@@ -521,10 +522,16 @@ pub fn run(path: &Path, grace: Duration) -> Result<()> {
             .collect();
         for index in spoke.into_iter().rev() {
             let connection = newcomers.swap_remove(index);
+            // What the current agent sent before it died (or before this one came) counts:
+            // handled before this one is answered.
+            if drain(&mut agent, &mut held) == After::Quit {
+                return Ok(());
+            }
             match serve_message(connection.as_fd(), &mut held, true) {
                 After::Quit => return Ok(()),
                 After::Closed => {}
                 After::Continue => {
+                    served_an_agent = true;
                     if agent.replace(connection).is_some() {
                         info!("a new agent connected; closing the previous agent's connection");
                     }
@@ -539,6 +546,21 @@ pub fn run(path: &Path, grace: Duration) -> Result<()> {
             }
         }
     }
+}
+
+/// Handles the messages waiting on the agent's connection; forgets it once closed.
+fn drain(agent: &mut Option<OwnedFd>, held: &mut BTreeMap<String, [OwnedFd; 2]>) -> After {
+    while let Some(connection) = agent {
+        if !wait(&[connection.as_fd()], Some(Duration::ZERO))[0] {
+            break;
+        }
+        match serve_message(connection.as_fd(), held, false) {
+            After::Continue => {}
+            After::Closed => *agent = None,
+            After::Quit => return After::Quit,
+        }
+    }
+    After::Continue
 }
 
 /// What the keeper does after a message.
