@@ -319,8 +319,9 @@ impl Resolver {
 
     /// Starts a DNS server (UDP and TCP, 127.0.0.11:53) inside the network namespace at
     /// `netns`, answering for container `container_id`. Idempotent: a second call for the
-    /// same id replaces the first server. Must be called within a tokio runtime, whose
-    /// threads are in the namespace the upstreams are reached from.
+    /// same id and namespace keeps the server; for another namespace it replaces it. Must
+    /// be called within a tokio runtime, whose threads are in the namespace the upstreams
+    /// are reached from.
     pub fn serve(&self, container_id: &str, netns: &Path) -> Result<()> {
         let runtime = tokio::runtime::Handle::try_current().map_err(|e| Error::Io {
             context: format!("starting the DNS server of container {container_id}"),
@@ -332,9 +333,14 @@ impl Resolver {
         let mut servers = self.servers.lock().unwrap_or_else(PoisonError::into_inner);
         let confirmed = self.handover().unconfirmed.remove(container_id);
         let (udp, tcp) = match servers.get(container_id) {
-            // The old server's sockets stay bound until its aborted tasks are dropped, which
-            // may be later (or, on a current-thread runtime, only after this call returns):
-            // binding again would fail, so the new server takes them over.
+            // Already served there. Its tasks go on: new ones beside them would read the same
+            // sockets until the old ones end, and a query peeked by one and taken by the
+            // other would be lost.
+            Some(old) if old.netns == identity && old.tasks.iter().all(|t| !t.is_finished()) => {
+                return Ok(());
+            }
+            // Tasks that ended (a panic) are replaced on the same sockets: binding again would
+            // fail while the old server holds them.
             Some(old) if old.netns == identity => (old.udp.clone(), old.tcp.clone()),
             old => {
                 if confirmed && let Some(old) = old {
