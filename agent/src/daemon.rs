@@ -49,6 +49,14 @@ async fn bind(socket: &Path) -> Result<UnixListener> {
 }
 
 pub async fn run(settings: Settings, socket: PathBuf) -> Result<()> {
+    // Checked again when the socket is bound; refused here already, before the start takes
+    // over what the live agent serves (its containers' DNS sockets among them).
+    if tokio::net::UnixStream::connect(&socket).await.is_ok() {
+        return Err(Error::Conflict(format!(
+            "another agent is serving {}",
+            socket.display()
+        )));
+    }
     let (connection, handle, _) =
         rtnetlink::new_connection().map_err(Error::io("opening a netlink socket"))?;
     tokio::spawn(connection);

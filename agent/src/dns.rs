@@ -7,13 +7,22 @@
 //! Only those listening sockets live in the container's namespace: the sockets that forward
 //! to the upstreams are created by the tasks, in the agent's namespace, from where the node's
 //! resolvers are reachable.
+//!
+//! The listening sockets outlive the agent: the [`keeper`] process holds a duplicate of each,
+//! and the next agent takes them back ([`Resolver::keep_sockets_in`]), so that queries sent
+//! while no agent runs wait in the sockets' buffers instead of failing.
+
+pub mod keeper;
 
 use std::{
     collections::{HashMap, HashSet},
     fs, io,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6},
-    os::unix::fs::MetadataExt as _,
-    path::Path,
+    os::{
+        fd::{AsFd as _, AsRawFd as _, BorrowedFd, FromRawFd as _, OwnedFd},
+        unix::fs::MetadataExt as _,
+    },
+    path::{Path, PathBuf},
     sync::{Arc, Mutex, PoisonError, RwLock},
     time::Duration,
 };
@@ -25,14 +34,20 @@ use hickory_proto::{
     rr::{DNSClass, RData, Record as DnsRecord, RecordType, rdata::A},
     serialize::binary::BinDecodable as _,
 };
-use nix::sched::{CloneFlags, setns};
+use nix::{
+    sched::{CloneFlags, setns},
+    sys::socket::{SockType, SockaddrIn, getsockname, getsockopt, setsockopt, sockopt},
+};
+use serde::{Deserialize, Serialize};
 use tokio::{
     io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _},
     net::{TcpListener, TcpStream, UdpSocket},
     task::{AbortHandle, JoinSet},
     time::timeout,
 };
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
+
+use self::keeper::{HeldSockets, Keeper};
 
 use crate::{Error, Result};
 
@@ -51,9 +66,14 @@ const MAX_TCP_CONNECTIONS: usize = 64;
 /// The largest DNS message (the TCP length prefix is 16 bits); also the receive buffer, so
 /// that no datagram is silently cut.
 const MAX_MESSAGE: usize = u16::MAX as usize;
+/// The UDP socket's receive buffer (the kernel doubles it for its bookkeeping): room for the
+/// queries that arrive while no agent reads, some ten seconds of 100 queries/s.
+const UDP_RECEIVE_BUFFER: usize = 1 << 20;
+/// Where the records are saved for the next agent, in the state directory.
+const RECORDS_FILE: &str = "dns-records.json";
 
 /// One name record: a container's address on one network, under all its names.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Record {
     /// Full id of the container owning the address.
     pub container_id: String,
@@ -70,6 +90,24 @@ pub struct Record {
 pub struct Resolver {
     shared: Arc<Shared>,
     servers: Arc<Mutex<HashMap<String, Server>>>,
+    /// Locked after `servers` when both are.
+    handover: Arc<Mutex<Handover>>,
+}
+
+/// The servers' life beyond this agent.
+#[derive(Default)]
+struct Handover {
+    /// `None` when sockets are not kept (no keeper asked for, or it could not be reached).
+    keeper: Option<Keeper>,
+    /// Where the records are saved for the next agent, which answers with them from its
+    /// first moment, before it knows its containers again.
+    records_file: Option<PathBuf>,
+    /// Servers started at once on the keeper's sockets and the saved records, which no
+    /// [`Resolver::serve`] has confirmed yet.
+    unconfirmed: HashSet<String>,
+    /// What the keeper held that is not served yet (there were no saved records to answer
+    /// with), by container id.
+    unclaimed: HashMap<String, HeldSockets>,
 }
 
 /// What the serving tasks read.
@@ -115,11 +153,163 @@ impl Resolver {
                 records: RwLock::new(Arc::new([])),
             }),
             servers: Arc::default(),
+            handover: Arc::default(),
         }
     }
 
-    /// Replaces the whole record set (called after every change).
+    /// Keeps the servers beyond this process: connects to the keeper of `state_dir`
+    /// (starting one, this program's `dns-keeper` subcommand, if none answers), takes the
+    /// sockets it holds and serves them at once with the records the previous agent saved
+    /// in `state_dir`. Call first (the sooner, the shorter the wait of the queries sent
+    /// while no agent ran), then [`Resolver::serve`] for every container the agent has, then
+    /// [`Resolver::release_unclaimed`]. Without a keeper the servers work as well, but
+    /// close with the agent. Must be called within a tokio runtime, as `serve`.
+    pub fn keep_sockets_in(&self, state_dir: &Path) {
+        let path = state_dir.join(keeper::SOCKET_NAME);
+        let program = PathBuf::from("/proc/self/exe");
+        let (keeper, held) = match Keeper::connect_or_start(&path, &program, keeper::DEFAULT_GRACE)
+        {
+            Ok(connected) => connected,
+            Err(e) => {
+                warn!(
+                    keeper = %path.display(),
+                    "no DNS keeper ({e}): containers' DNS servers will stop while the agent restarts"
+                );
+                return;
+            }
+        };
+        let records_file = state_dir.join(RECORDS_FILE);
+        let saved = match fs::read(&records_file) {
+            Ok(bytes) => serde_json::from_slice::<Vec<Record>>(&bytes)
+                .inspect_err(|e| {
+                    warn!(
+                        file = %records_file.display(),
+                        "the saved DNS records are unreadable ({e}); serving the kept sockets once the containers are restored"
+                    )
+                })
+                .ok(),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+            Err(e) => {
+                warn!(file = %records_file.display(), "reading the saved DNS records: {e}");
+                None
+            }
+        };
+        let mut servers = self.servers.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut handover = self.handover();
+        handover.keeper = Some(keeper);
+        handover.records_file = Some(records_file);
+        let Some(records) = saved else {
+            info!(
+                keeper = %path.display(),
+                containers = held.len(),
+                "DNS keeper ready; its sockets are adopted as containers' servers start"
+            );
+            handover.unclaimed = held
+                .into_iter()
+                .map(|h| (h.container_id.clone(), h))
+                .collect();
+            return;
+        };
+        self.set_shared_records(records);
+        let held_count = held.len();
+        for held in held {
+            let id = held.container_id.clone();
+            match self.serve_held(&mut servers, held) {
+                Ok(()) => {
+                    handover.unconfirmed.insert(id);
+                }
+                Err(why) => {
+                    warn!(
+                        container_id = id,
+                        "closing the DNS sockets the keeper held: {why}"
+                    );
+                    handover.tell_keeper(|keeper| keeper.release(&id));
+                }
+            }
+        }
+        info!(
+            keeper = %path.display(),
+            containers = held_count,
+            serving = handover.unconfirmed.len(),
+            "DNS keeper ready; its sockets are served with the saved records until the containers are restored"
+        );
+    }
+
+    /// Serves sockets handed back by the keeper, in whatever namespace they are.
+    fn serve_held(
+        &self,
+        servers: &mut HashMap<String, Server>,
+        held: HeldSockets,
+    ) -> std::result::Result<(), String> {
+        let identity =
+            socket_netns(held.udp.as_fd()).map_err(|e| format!("its UDP socket: {e}"))?;
+        check_held(&held, identity)?;
+        let (udp, tcp) = register(held.udp.into(), held.tcp.into()).map_err(|e| e.to_string())?;
+        let runtime = tokio::runtime::Handle::try_current().map_err(|e| e.to_string())?;
+        self.start_server(servers, &runtime, &held.container_id, identity, udp, tcp);
+        Ok(())
+    }
+
+    /// Stops the servers started from the keeper's sockets that no [`Resolver::serve`]
+    /// confirmed, and closes the sockets the keeper held that no server took: containers
+    /// removed while no agent ran, or whose namespace is gone.
+    pub fn release_unclaimed(&self) {
+        let mut servers = self.servers.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut handover = self.handover();
+        let unconfirmed = std::mem::take(&mut handover.unconfirmed);
+        let unclaimed = std::mem::take(&mut handover.unclaimed);
+        for container_id in unconfirmed.into_iter().chain(unclaimed.into_keys()) {
+            info!(
+                container_id,
+                "closing the DNS sockets the keeper held for a container this agent does not serve (removed, or its namespace is gone)"
+            );
+            servers.remove(&container_id);
+            handover.tell_keeper(|keeper| keeper.release(&container_id));
+        }
+    }
+
+    fn handover(&self) -> std::sync::MutexGuard<'_, Handover> {
+        self.handover.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The sockets the keeper held for `container_id`, if they are still good for its
+    /// server in the namespace `identity`; otherwise the keeper is told to close them.
+    fn adopt(
+        &self,
+        container_id: &str,
+        identity: (u64, u64),
+    ) -> Option<(std::net::UdpSocket, std::net::TcpListener)> {
+        let mut handover = self.handover();
+        let held = handover.unclaimed.remove(container_id)?;
+        match check_held(&held, identity) {
+            Ok(()) => {
+                debug!(container_id, "adopted the DNS sockets the keeper held");
+                Some((held.udp.into(), held.tcp.into()))
+            }
+            Err(why) => {
+                warn!(
+                    container_id,
+                    "not adopting the DNS sockets the keeper held: {why}; binding new ones"
+                );
+                // Closed everywhere before new ones are bound: they might hold the address.
+                handover.tell_keeper(|keeper| keeper.release(container_id));
+                None
+            }
+        }
+    }
+
+    /// Replaces the whole record set (called after every change), and saves it for the
+    /// next agent if the sockets are kept.
     pub fn set_records(&self, records: Vec<Record>) {
+        if let Some(file) = &self.handover().records_file
+            && let Err(e) = save_records(file, &records)
+        {
+            warn!(file = %file.display(), "saving the DNS records for the next agent: {e}");
+        }
+        self.set_shared_records(records);
+    }
+
+    fn set_shared_records(&self, records: Vec<Record>) {
         *self
             .shared
             .records
@@ -129,8 +319,9 @@ impl Resolver {
 
     /// Starts a DNS server (UDP and TCP, 127.0.0.11:53) inside the network namespace at
     /// `netns`, answering for container `container_id`. Idempotent: a second call for the
-    /// same id replaces the first server. Must be called within a tokio runtime, whose
-    /// threads are in the namespace the upstreams are reached from.
+    /// same id and namespace keeps the server; for another namespace it replaces it. Must
+    /// be called within a tokio runtime, whose threads are in the namespace the upstreams
+    /// are reached from.
     pub fn serve(&self, container_id: &str, netns: &Path) -> Result<()> {
         let runtime = tokio::runtime::Handle::try_current().map_err(|e| Error::Io {
             context: format!("starting the DNS server of container {container_id}"),
@@ -140,20 +331,55 @@ impl Resolver {
             fs::metadata(netns).map_err(Error::io(format!("stat {}", netns.display())))?;
         let identity = (metadata.dev(), metadata.ino());
         let mut servers = self.servers.lock().unwrap_or_else(PoisonError::into_inner);
+        let confirmed = self.handover().unconfirmed.remove(container_id);
         let (udp, tcp) = match servers.get(container_id) {
-            // The old server's sockets stay bound until its aborted tasks are dropped, which
-            // may be later (or, on a current-thread runtime, only after this call returns):
-            // binding again would fail, so the new server takes them over.
+            // Already served there. Its tasks go on: new ones beside them would read the same
+            // sockets until the old ones end, and a query peeked by one and taken by the
+            // other would be lost.
+            Some(old) if old.netns == identity && old.tasks.iter().all(|t| !t.is_finished()) => {
+                return Ok(());
+            }
+            // Tasks that ended (a panic) are replaced on the same sockets: binding again would
+            // fail while the old server holds them.
             Some(old) if old.netns == identity => (old.udp.clone(), old.tcp.clone()),
-            _ => {
-                let (udp, tcp) = bind_in(netns)?;
-                let context = || format!("registering the DNS sockets of {container_id}");
-                (
-                    Arc::new(UdpSocket::from_std(udp).map_err(Error::io(context()))?),
-                    Arc::new(TcpListener::from_std(tcp).map_err(Error::io(context()))?),
-                )
+            old => {
+                if confirmed && let Some(old) = old {
+                    warn!(
+                        container_id,
+                        "the DNS sockets the keeper held are in another network namespace (inode {}) than the container's (inode {}): its namespace was replaced; binding new ones",
+                        old.netns.1,
+                        identity.1
+                    );
+                }
+                let (udp, tcp) = match self.adopt(container_id, identity) {
+                    Some(adopted) => adopted,
+                    None => {
+                        let (udp, tcp) = bind_in(netns)?;
+                        self.handover().tell_keeper(|keeper| {
+                            keeper.keep(container_id, udp.as_fd(), tcp.as_fd())
+                        });
+                        (udp, tcp)
+                    }
+                };
+                register(udp, tcp)?
             }
         };
+        self.start_server(&mut servers, &runtime, container_id, identity, udp, tcp);
+        debug!(container_id, netns = %netns.display(), "DNS server started");
+        Ok(())
+    }
+
+    /// Starts serving `udp` and `tcp` (bound in the namespace `identity`) for container
+    /// `container_id`, replacing its server if any.
+    fn start_server(
+        &self,
+        servers: &mut HashMap<String, Server>,
+        runtime: &tokio::runtime::Handle,
+        container_id: &str,
+        identity: (u64, u64),
+        udp: Arc<UdpSocket>,
+        tcp: Arc<TcpListener>,
+    ) {
         let client: Arc<str> = container_id.into();
         let tasks = [
             runtime
@@ -173,8 +399,6 @@ impl Resolver {
                 tasks,
             },
         );
-        debug!(container_id, netns = %netns.display(), "DNS server started");
-        Ok(())
     }
 
     /// Stops that container's server (no-op if none).
@@ -185,6 +409,8 @@ impl Resolver {
             .unwrap_or_else(PoisonError::into_inner)
             .remove(container_id);
         if removed.is_some() {
+            self.handover()
+                .tell_keeper(|keeper| keeper.release(container_id));
             debug!(container_id, "DNS server stopped");
         }
     }
@@ -209,6 +435,91 @@ impl Resolver {
         }
         upstreams
     }
+}
+
+impl Handover {
+    /// Sends the keeper a message; a keeper that cannot be reached is let go (and said so
+    /// once): the servers go on, but no longer outlive the agent.
+    fn tell_keeper(&mut self, message: impl FnOnce(&Keeper) -> Result<()>) {
+        let Some(keeper) = &self.keeper else {
+            return;
+        };
+        if let Err(e) = message(keeper) {
+            warn!(
+                "{e}; without the DNS keeper, containers' DNS servers will stop while the agent restarts (the next agent starts a new keeper)"
+            );
+            self.keeper = None;
+        }
+    }
+}
+
+/// Hands bound sockets to the runtime.
+fn register(
+    udp: std::net::UdpSocket,
+    tcp: std::net::TcpListener,
+) -> Result<(Arc<UdpSocket>, Arc<TcpListener>)> {
+    let context = "registering DNS sockets with the runtime";
+    udp.set_nonblocking(true).map_err(Error::io(context))?;
+    tcp.set_nonblocking(true).map_err(Error::io(context))?;
+    Ok((
+        Arc::new(UdpSocket::from_std(udp).map_err(Error::io(context))?),
+        Arc::new(TcpListener::from_std(tcp).map_err(Error::io(context))?),
+    ))
+}
+
+/// Writes `records` to `file` whole (a new file renamed over the old one), so that the next
+/// agent never reads half of it.
+fn save_records(file: &Path, records: &[Record]) -> io::Result<()> {
+    let mut temporary = file.as_os_str().to_owned();
+    temporary.push(".new");
+    fs::write(&temporary, serde_json::to_vec(records)?)?;
+    fs::rename(&temporary, file)
+}
+
+/// Whether sockets handed over by the keeper are a DNS server's, bound in the namespace
+/// `identity`; why not otherwise.
+fn check_held(held: &HeldSockets, identity: (u64, u64)) -> std::result::Result<(), String> {
+    for (socket, expected, what) in [
+        (held.udp.as_fd(), SockType::Datagram, "UDP socket"),
+        (held.tcp.as_fd(), SockType::Stream, "TCP listener"),
+    ] {
+        if getsockopt(&socket, sockopt::SockType).map_err(|e| format!("its {what}: {e}"))?
+            != expected
+        {
+            return Err(format!("its {what} is of another type"));
+        }
+        let local = getsockname::<SockaddrIn>(socket.as_raw_fd())
+            .map_err(|e| format!("its {what}: {e}"))?;
+        if SocketAddrV4::from(local) != LISTEN {
+            return Err(format!("its {what} is bound to {local}, not {LISTEN}"));
+        }
+        let namespace = socket_netns(socket).map_err(|e| format!("its {what}: {e}"))?;
+        if namespace != identity {
+            return Err(format!(
+                "its {what} is bound in another network namespace (inode {}) than the container's (inode {}): the container's namespace was replaced",
+                namespace.1, identity.1
+            ));
+        }
+    }
+    if !getsockopt(&held.tcp, sockopt::AcceptConn).map_err(|e| format!("its TCP listener: {e}"))? {
+        return Err("its TCP socket does not listen".into());
+    }
+    Ok(())
+}
+
+/// (device, inode) of the network namespace a socket lives in.
+fn socket_netns(socket: BorrowedFd) -> io::Result<(u64, u64)> {
+    /// SIOCGSKNS (linux/sockios.h): a descriptor of the socket's network namespace.
+    const SIOCGSKNS: libc::c_ulong = 0x894C;
+    // SAFETY: SIOCGSKNS takes no argument and returns a new descriptor (or -1).
+    let fd = unsafe { libc::ioctl(socket.as_raw_fd(), SIOCGSKNS as _) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just installed `fd` for us; nothing else owns it.
+    let namespace = fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+    let metadata = namespace.metadata()?;
+    Ok((metadata.dev(), metadata.ino()))
 }
 
 fn parse_nameserver(text: &str) -> Option<SocketAddr> {
@@ -240,9 +551,12 @@ fn bind_in(netns: &Path) -> Result<(std::net::UdpSocket, std::net::TcpListener)>
                 .map_err(Error::sys(format!("entering {}", netns.display())))?;
             let bound = |what| format!("binding {what} {LISTEN} in {}", netns.display());
             let udp = std::net::UdpSocket::bind(LISTEN).map_err(Error::io(bound("UDP")))?;
-            udp.set_nonblocking(true).map_err(Error::io(bound("UDP")))?;
+            // Beyond net.core.rmem_max if need be (the agent has CAP_NET_ADMIN); else the
+            // namespace's maximum.
+            if setsockopt(&udp, sockopt::RcvBufForce, &UDP_RECEIVE_BUFFER).is_err() {
+                let _ = setsockopt(&udp, sockopt::RcvBuf, &UDP_RECEIVE_BUFFER);
+            }
             let tcp = std::net::TcpListener::bind(LISTEN).map_err(Error::io(bound("TCP")))?;
-            tcp.set_nonblocking(true).map_err(Error::io(bound("TCP")))?;
             Ok((udp, tcp))
         })
         .map_err(Error::io(format!("spawning a thread to enter {name}")))?;
@@ -257,8 +571,11 @@ async fn serve_udp(shared: Arc<Shared>, client: Arc<str>, socket: Arc<UdpSocket>
     let mut in_flight = JoinSet::new();
     let mut buf = vec![0; MAX_MESSAGE];
     loop {
-        let (len, peer) = match socket.recv_from(&mut buf).await {
-            Ok(received) => received,
+        // Peeked, and taken from the socket only once answered (or handed to a task that
+        // forwards it): a query read by an agent that is killed before it answers stays for
+        // the next agent (the client may then get two answers; it takes the first).
+        let (len, peer) = match socket.peek_from(&mut buf).await {
+            Ok(peeked) => peeked,
             Err(e) => {
                 // Errors here concern one datagram, but a pause keeps a persistent one from
                 // spinning the loop.
@@ -267,15 +584,29 @@ async fn serve_udp(shared: Arc<Shared>, client: Arc<str>, socket: Arc<UdpSocket>
                 continue;
             }
         };
+        let query = buf[..len].to_vec();
+        let action = decide(&shared.records(), &client, &query, Transport::Udp);
+        if let Action::Reply(answer) = &action
+            && let Err(e) = socket.send_to(answer, peer).await
+        {
+            debug!(client = &*client, %peer, "DNS UDP answer: {e}");
+        }
+        // The peeked datagram: this task is its socket's only reader.
+        if let Err(e) = socket.recv_from(&mut buf).await {
+            debug!(client = &*client, "DNS UDP receive: {e}");
+        }
+        let Action::Forward(request) = action else {
+            continue;
+        };
         while in_flight.try_join_next().is_some() {}
         if in_flight.len() >= MAX_UDP_IN_FLIGHT {
             debug!(client = &*client, "DNS query dropped: too many in flight");
             continue;
         }
-        let query = buf[..len].to_vec();
         let (shared, client, socket) = (shared.clone(), client.clone(), socket.clone());
         in_flight.spawn(async move {
-            let Some(answer) = handle(&shared, &client, &query, Transport::Udp).await else {
+            let Some(answer) = forward_or_fail(&shared, &query, &request, Transport::Udp).await
+            else {
                 return;
             };
             if let Err(e) = socket.send_to(&answer, peer).await {
@@ -359,15 +690,24 @@ async fn handle(
     query: &[u8],
     transport: Transport,
 ) -> Option<Vec<u8>> {
-    let request = match decide(&shared.records(), client, query, transport) {
-        Action::Ignore => return None,
-        Action::Reply(answer) => return Some(answer),
-        Action::Forward(request) => request,
-    };
+    match decide(&shared.records(), client, query, transport) {
+        Action::Ignore => None,
+        Action::Reply(answer) => Some(answer),
+        Action::Forward(request) => forward_or_fail(shared, query, &request, transport).await,
+    }
+}
+
+/// The upstreams' answer to `query` (decoded as `request`), or SERVFAIL.
+async fn forward_or_fail(
+    shared: &Shared,
+    query: &[u8],
+    request: &Message,
+    transport: Transport,
+) -> Option<Vec<u8>> {
     if let Some(answer) = forward(&shared.upstreams, query, request.metadata.id, transport).await {
         return Some(answer);
     }
-    encode(&response_to(&request, ResponseCode::ServFail), None)
+    encode(&response_to(request, ResponseCode::ServFail), None)
 }
 
 #[derive(Debug)]

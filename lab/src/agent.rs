@@ -3,7 +3,10 @@
 
 use std::{
     fs,
-    os::unix::process::CommandExt as _,
+    os::{
+        fd::AsRawFd as _,
+        unix::{ffi::OsStrExt as _, process::CommandExt as _},
+    },
     path::{Path, PathBuf},
     process::{Child, Command, ExitStatus, Output, Stdio},
     thread,
@@ -220,10 +223,26 @@ impl Agent {
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
+        // The agent joins its cgroup before it runs, so that every process it starts (its
+        // DNS keeper, which outlives it by design) is there too, for `clean_up` to kill.
+        let procs_path = self.cgroup.join("cgroup.procs");
+        let procs = fs::OpenOptions::new()
+            .write(true)
+            .open(&procs_path)
+            .with_context(|| format!("opening {}", procs_path.display()))?;
+        // SAFETY: write(2) is async-signal-safe; nothing else runs between fork and exec.
+        unsafe {
+            command.pre_exec(move || {
+                // "0" moves the writing process.
+                if nix::libc::write(procs.as_raw_fd(), b"0".as_ptr().cast(), 1) == 1 {
+                    Ok(())
+                } else {
+                    Err(std::io::Error::last_os_error())
+                }
+            });
+        }
         // The agent must see the host's bpffs and cgroup2.
         let child = spawn_in_netns(&mut command, &self.node_path).context("spawning the agent")?;
-        fs::write(self.cgroup.join("cgroup.procs"), child.id().to_string())
-            .with_context(|| format!("moving the agent into {}", self.cgroup.display()))?;
         self.child = Some(child);
         let timeout = self.options.ready_timeout;
         let deadline = Instant::now() + timeout;
@@ -312,6 +331,14 @@ impl Agent {
             return Ok(());
         }
         let mut errors = Vec::new();
+        // What the agent started and left running: its DNS keeper, which would keep the
+        // containers' namespaces alive through their sockets.
+        if let Err(e) = kill_all(&self.dns_keepers()) {
+            errors.push(format!("{e:#}"));
+        }
+        if let Err(e) = kill_cgroup(&self.cgroup) {
+            errors.push(format!("{e:#}"));
+        }
         if self.pin_dir.exists()
             && let Err(e) = fs::remove_dir_all(&self.pin_dir)
         {
@@ -332,6 +359,29 @@ impl Agent {
         }
         ensure!(errors.is_empty(), "{}", errors.join("; "));
         Ok(())
+    }
+
+    /// The DNS keepers this agent started and that still run: `bpfbridge dns-keeper`
+    /// processes listening in its state directory (detached from the agent, they are
+    /// found by their command line).
+    pub fn dns_keepers(&self) -> Vec<i32> {
+        let state_dir = self.state_dir();
+        let Ok(entries) = fs::read_dir("/proc") else {
+            return Vec::new();
+        };
+        entries
+            .flatten()
+            .filter_map(|entry| {
+                let pid: i32 = entry.file_name().to_str()?.parse().ok()?;
+                let cmdline = fs::read(entry.path().join("cmdline")).ok()?;
+                let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+                let keeper = args.iter().any(|a| *a == b"dns-keeper");
+                let ours = args
+                    .iter()
+                    .any(|a| Path::new(std::ffi::OsStr::from_bytes(a)).starts_with(&state_dir));
+                (keeper && ours).then_some(pid)
+            })
+            .collect()
     }
 
     /// The agent's state directory.
@@ -419,6 +469,67 @@ impl Agent {
                 (f.next()? == name).then(|| f.next()?.parse().ok())?
             })
             .with_context(|| format!("no counter {name} in\n{text}"))
+    }
+}
+
+/// Kills `pids` and waits until they are gone.
+fn kill_all(pids: &[i32]) -> Result<()> {
+    for &pid in pids {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    for &pid in pids {
+        // Detached, they are reaped by init: gone once /proc no longer shows them running.
+        while fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+            !stat
+                .rsplit(')')
+                .next()
+                .unwrap_or("")
+                .trim_start()
+                .starts_with('Z')
+        }) {
+            ensure!(Instant::now() < deadline, "process {pid} survived SIGKILL");
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+    Ok(())
+}
+
+/// Kills every process in `cgroup` and waits until it is empty.
+fn kill_cgroup(cgroup: &Path) -> Result<()> {
+    let procs = || -> Result<Vec<i32>> {
+        let path = cgroup.join("cgroup.procs");
+        let text = match fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+        };
+        Ok(text.lines().filter_map(|l| l.trim().parse().ok()).collect())
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let left = procs()?;
+        if left.is_empty() {
+            return Ok(());
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "processes {left:?} in {} survived SIGKILL",
+            cgroup.display()
+        );
+        // cgroup.kill (Linux 5.14) also catches processes forking meanwhile.
+        if fs::write(cgroup.join("cgroup.kill"), "1").is_err() {
+            for pid in left {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+        thread::sleep(Duration::from_millis(10));
     }
 }
 

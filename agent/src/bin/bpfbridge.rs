@@ -72,6 +72,17 @@ enum Command {
     Stats,
     /// Show the agent's effective settings, versions and counts.
     Info,
+    /// Hold containers' DNS sockets while no agent runs; the agent starts it
+    /// (`bpfbridge::dns::keeper`).
+    #[command(hide = true)]
+    DnsKeeper {
+        /// Where agents reach it.
+        #[arg(long)]
+        listen: PathBuf,
+        /// How long to wait for an agent to come back before closing everything.
+        #[arg(long, default_value_t = bpfbridge::dns::keeper::DEFAULT_GRACE.as_secs())]
+        grace_seconds: u64,
+    },
     /// Developers' tools (fault injection); not a stable interface.
     #[command(subcommand, hide = true)]
     Debug(DebugCommand),
@@ -576,19 +587,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let client = Client::new(&cli.socket);
     match cli.command {
         Command::Agent(args) => {
-            tracing_subscriber::fmt()
-                .with_env_filter(
-                    tracing_subscriber::EnvFilter::try_from_default_env()
-                        .unwrap_or_else(|_| "info".into()),
-                )
-                .with_writer(std::io::stderr)
-                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-                .init();
+            init_logging();
             if let Some(at) = args.crash_at {
                 bpfbridge::faults::arm(at)?;
             }
             daemon::run(args.settings()?, cli.socket).await?;
         }
+        // Run by `main` without a runtime.
+        Command::DnsKeeper { .. } => {}
         Command::Container(command) => container_command(&client, command).await?,
         Command::Network(command) => network_command(&client, command).await?,
         Command::Port { container, port } => {
@@ -723,13 +729,35 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The agent's and the DNS keeper's log: stderr, `RUST_LOG` or info.
+fn init_logging() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let result = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the runtime")
-        .and_then(|rt| rt.block_on(run(cli)));
+    let result = if let Command::DnsKeeper {
+        listen,
+        grace_seconds,
+    } = &cli.command
+    {
+        // A small single-threaded process: no runtime.
+        init_logging();
+        let grace = std::time::Duration::from_secs(*grace_seconds);
+        bpfbridge::dns::keeper::run(listen, grace).context("DNS keeper")
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .context("starting the runtime")
+            .and_then(|rt| rt.block_on(run(cli)))
+    };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -121,6 +121,9 @@ impl Service {
         settings: Settings,
         make_dataplane: impl FnOnce(&str) -> Result<Box<dyn Dataplane>>,
     ) -> Result<Self> {
+        // First: the containers' DNS servers answer again from here on.
+        let dns = dns::Resolver::new(dns_upstreams(&settings));
+        dns.keep_sockets_in(&settings.state_dir);
         let uplink = match settings.uplink.first() {
             Some(u) => u.clone(),
             None => match default_route_interface(&handle).await {
@@ -140,7 +143,6 @@ impl Service {
         }
         let dataplane = Backend::new(make_dataplane(&uplink)?, handle.clone(), &settings)?;
         let events = repair::event_feed(&dataplane)?;
-        let dns = dns::Resolver::new(dns_upstreams(&settings));
         let mut service = Service {
             handle,
             store,
@@ -159,6 +161,7 @@ impl Service {
         };
         service.reconcile().await?;
         service.refresh_uplinks().await?;
+        service.dns.release_unclaimed();
         Ok(service)
     }
 
