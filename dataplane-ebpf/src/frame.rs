@@ -18,6 +18,13 @@ fn checked_ptr<T>(data: usize, data_end: usize, offset: usize) -> Option<*mut T>
 pub struct XdpFrame<'a>(pub &'a XdpContext);
 
 impl XdpFrame<'_> {
+    /// The interface the frame arrived on.
+    #[inline(always)]
+    pub fn ingress_ifindex(&self) -> u32 {
+        // SAFETY: the context the kernel passed to the program.
+        unsafe { (*self.0.ctx).ingress_ifindex }
+    }
+
     /// Writes `value` at `offset`; `None` when it would not fit in the frame.
     #[inline(always)]
     pub fn store<T: Copy>(&self, offset: usize, value: T) -> Option<()> {

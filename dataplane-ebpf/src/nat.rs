@@ -162,7 +162,7 @@ pub fn from_outside(frame: &XdpFrame, ip: &Ipv4, l4: &L4, len: usize) -> (u32, S
         return (xdp_action::XDP_PASS, Stat::UplinkPassLoopbackDestination);
     }
     let Some(target) = published_target(ip.dst_be, l4.dport_be, ip.protocol, false) else {
-        if !policy::direct_access_allowed(ip.dst_be, Some((l4.dport_be, ip.protocol))) {
+        if !policy::direct_access_allowed(ip, Some(l4), frame.ingress_ifindex()) {
             return (xdp_action::XDP_DROP, Stat::UplinkDropDirectAccess);
         }
         return (xdp_action::XDP_PASS, Stat::UplinkPassNotPublished);

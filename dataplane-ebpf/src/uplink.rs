@@ -28,7 +28,7 @@ pub fn ingress(ctx: &XdpContext, len: usize) -> (u32, Stat) {
             if let Some(verdict) = icmp::uplink_error(&frame, &ip) {
                 return verdict;
             }
-            if !policy::direct_access_allowed(ip.dst_be, None) {
+            if !policy::direct_access_allowed(&ip, None, frame.ingress_ifindex()) {
                 return (xdp_action::XDP_DROP, Stat::UplinkDropDirectAccess);
             }
             return (xdp_action::XDP_PASS, Stat::UplinkPassNotTcpUdp);

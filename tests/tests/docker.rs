@@ -452,11 +452,12 @@ fn docker_ipam_driver_refused_options_and_bad_calls() -> Result<()> {
     ])?;
     ensure!(taken.contains("in use"), "{taken}");
 
-    // Options bpfbridge does not support are refused with a message Docker shows.
+    // A typo in an option of bpfbridge's own is refused with a message Docker shows (others
+    // are ignored, as Docker's bridge driver ignores them).
     let unknown =
-        node.network_create_fails(&["-o", "foo=bar", "--subnet", "10.41.0.0/24", "bad"])?;
+        node.network_create_fails(&["-o", "bpfbridge.foo=bar", "--subnet", "10.41.0.0/24", "bad"])?;
     ensure!(
-        unknown.contains("unknown network option \"foo\""),
+        unknown.contains("unknown network option \"bpfbridge.foo\""),
         "{unknown}"
     );
     let v6 = node.network_create_fails(&[

@@ -244,7 +244,7 @@ fn bad_network_requests_change_nothing() -> Result<()> {
             "need --subnet",
         ),
         (
-            &["network", "create", "b", "-o", "com.example.nope=1"],
+            &["network", "create", "b", "-o", "bpfbridge.nope=1"],
             "unknown network option",
         ),
         (

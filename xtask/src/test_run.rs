@@ -21,7 +21,7 @@ use bpfbridge_lab::cmd;
 use cargo_metadata::{Message, TargetKind};
 
 /// The integration suites about what a Docker user sees, which hold for both dataplanes.
-pub const BEHAVIOUR_SUITES: [&str; 14] = [
+pub const BEHAVIOUR_SUITES: [&str; 15] = [
     "published_port",
     "ports",
     "isolation",
@@ -36,6 +36,7 @@ pub const BEHAVIOUR_SUITES: [&str; 14] = [
     "exposure",
     "repair",
     "addresses",
+    "gateway_modes",
 ];
 
 /// A test executable cargo built.
