@@ -96,7 +96,7 @@ impl AgentArgs {
 #[derive(Subcommand)]
 enum ContainerCommand {
     /// Attach a container's network namespace (a new one unless --netns is given).
-    Create(CreateArgs),
+    Create(Box<CreateArgs>),
     /// Detach containers and remove everything made for them.
     Rm { names: Vec<String> },
     /// List containers.

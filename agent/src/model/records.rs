@@ -249,8 +249,9 @@ pub struct ContainerRecord {
     pub netns: PathBuf,
     /// Whether the agent created the namespace (and so deletes it on removal).
     pub netns_owned: bool,
-    /// Attachments in order. The first on a network with a way out (not `--internal`) holds
-    /// the default route and the published ports (`service::plan::port_endpoint`).
+    /// Attachments in order. The one with the highest `--gw-priority` on a network with a
+    /// way out holds the default route and the published ports
+    /// (`service::plan::port_endpoint`).
     pub endpoints: Vec<EndpointRecord>,
     pub ports: Vec<PortBinding>,
     pub exposed: Vec<ExposedPort>,

@@ -822,49 +822,40 @@ mod tests {
 
     #[test]
     fn docker_28_options_and_their_policy() {
-        let cases: &[(&[(&str, &str)], bool, bool, DirectAccess, bool)] = &[
-            // options, internal, --allow-direct-routing: direct access, masquerade
-            (&[], false, false, DirectAccess::None, true),
-            (&[], false, true, DirectAccess::Published, true),
-            (
-                &[(OPT_GATEWAY_MODE_IPV4, "nat-unprotected")],
+        /// A network's gateway mode, whether it masquerades and is internal, and the agent's
+        /// --allow-direct-routing; the direct access and masquerade the dataplane gets.
+        struct Case(&'static str, bool, bool, bool, DirectAccess, bool);
+        let cases = [
+            Case("nat", true, false, false, DirectAccess::None, true),
+            Case("nat", true, false, true, DirectAccess::Published, true),
+            Case("nat", false, false, false, DirectAccess::None, false),
+            Case(
+                "nat-unprotected",
+                true,
                 false,
                 false,
                 DirectAccess::Any,
                 true,
             ),
-            (
-                &[(OPT_GATEWAY_MODE_IPV4, "routed")],
+            Case(
+                "routed",
+                true,
                 false,
                 false,
                 DirectAccess::PublishedAndIcmp,
                 false,
             ),
-            (
-                &[(OPT_GATEWAY_MODE_IPV4, "isolated")],
-                true,
-                true,
-                DirectAccess::None,
-                false,
-            ),
-            (
-                &[(OPT_ENABLE_IP_MASQUERADE, "false")],
-                false,
-                false,
-                DirectAccess::None,
-                false,
-            ),
+            Case("isolated", true, true, true, DirectAccess::None, false),
         ];
-        for (options, internal, allow_direct_routing, access, masquerade) in cases {
-            let mut network = network(options, *internal).unwrap();
-            if let Some((_, v)) = options.iter().find(|(k, _)| *k == OPT_ENABLE_IP_MASQUERADE) {
-                network.enable_ip_masquerade = v.parse().unwrap();
-            }
-            let policy = network_policy(&network, *allow_direct_routing);
+        for Case(mode, masquerade, internal, allow_direct_routing, access, masquerades) in cases {
+            let mut network = network(&[(OPT_GATEWAY_MODE_IPV4, mode)], internal).unwrap();
+            network.enable_ip_masquerade = masquerade;
+            let policy = network_policy(&network, allow_direct_routing);
             assert_eq!(
                 (policy.direct_access, policy.masquerade),
-                (*access, *masquerade),
-                "{options:?}"
+                (access, masquerades),
+                "{mode} masquerade={masquerade} internal={internal} \
+                 allow-direct-routing={allow_direct_routing}"
             );
         }
         let trusted = network(&[(OPT_TRUSTED_HOST_INTERFACES, "eth3:vxlan.1")], false).unwrap();

@@ -761,7 +761,8 @@ mod tests {
                 })
                 .collect()
         };
-        let cases: &[(&[(&str, i64)], Option<&str>)] = &[
+        type Endpoints = &'static [(&'static str, i64)];
+        let cases: &[(Endpoints, Option<&str>)] = &[
             (&[("n-b", 0), ("n-a", 0)], Some("n-a")),
             (&[("n-a", 0), ("n-b", 1)], Some("n-b")),
             (&[("n-a", -1), ("n-b", -2)], Some("n-a")),
