@@ -29,7 +29,7 @@ use dataplane_common::{
     NETWORK_DIRECT_ICMP, NETWORK_DIRECT_PUBLISHED, NETWORK_ICC, NETWORK_INTERNAL,
     NETWORK_MASQUERADE, NETWORKS, NODE_ADDRS, NODE_CONFIG, NatFlow, NetworkInfo, NetworkKey,
     NodeAddr, NodeAddrKey, NodeConfig, PUBLISHED_BACKENDS, PUBLISHED_PORTS, PortKey, PortTarget,
-    STATS, TRUSTED_IFACES, TrustedIfaceKey, stats::Stat,
+    ROUTED_FLOWS, STATS, TRUSTED_IFACES, TrustedIfaceKey, stats::Stat,
 };
 
 use super::{
@@ -639,8 +639,18 @@ impl EbpfDataplane {
             // Flows to the container, and hairpin flows it opened as a client.
             |key, flow| key.container_ip_be == ip_be || flow.client_ip_be == ip_be,
             |flow| flow.involves(ip_be),
-        )
-        .map(drop)
+        )?;
+        // Its untranslated flows too: a container given the address later must not inherit
+        // them.
+        let mut routed: HashMap<&mut MapData, FlowKey, u32> =
+            HashMap::try_from(self.map_mut(ROUTED_FLOWS)?)
+                .map_err(Error::dataplane(ROUTED_FLOWS))?;
+        let stale: Vec<FlowKey> = routed
+            .keys()
+            .filter_map(|key| key.ok())
+            .filter(|key| key.container_ip_be == ip_be)
+            .collect();
+        remove_keys(&mut routed, stale, "forgetting an untranslated flow").map(drop)
     }
 }
 
