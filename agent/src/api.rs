@@ -318,4 +318,55 @@ mod tests {
             StatusCode::INTERNAL_SERVER_ERROR
         );
     }
+
+    /// The routes `router` serves, as `METHOD /path`, read from this file's source.
+    fn served_routes() -> Vec<String> {
+        let source = include_str!("api.rs");
+        let table = &source[source.find("Router::new()").expect("the router")..];
+        let table = &table[..table.find(".fallback(").expect("the fallback")];
+        let mut routes = Vec::new();
+        for call in table.split(".route(").skip(1) {
+            let path = call.split('"').nth(1).expect("a path literal");
+            for method in ["get", "post", "put", "patch", "delete"] {
+                let called = call.match_indices(&format!("{method}(")).any(|(at, _)| {
+                    !call[..at].ends_with(|c: char| c.is_alphanumeric() || c == '_')
+                });
+                if called {
+                    routes.push(format!("{} {path}", method.to_uppercase()));
+                }
+            }
+        }
+        routes
+    }
+
+    #[test]
+    fn every_route_is_documented() {
+        let docs = include_str!("../../docs/api.md");
+        let routes = served_routes();
+        assert!(routes.len() >= 20, "the router was read: {routes:?}");
+        let undocumented: Vec<&String> = routes
+            .iter()
+            .filter(|r| !docs.contains(&format!("| `{r}` |")))
+            .collect();
+        assert!(
+            undocumented.is_empty(),
+            "routes missing from the table of docs/api.md: {undocumented:?}"
+        );
+        // And nothing in the table that the router does not serve.
+        let documented = docs
+            .lines()
+            .filter_map(|l| l.strip_prefix("| `"))
+            .filter_map(|l| l.split_once("` |").map(|(route, _)| route))
+            .filter(|r| {
+                ["GET ", "POST ", "PUT ", "PATCH ", "DELETE "]
+                    .iter()
+                    .any(|m| r.starts_with(m))
+            });
+        for route in documented {
+            assert!(
+                routes.iter().any(|r| r == route),
+                "docs/api.md documents {route}, which the router does not serve"
+            );
+        }
+    }
 }

@@ -262,6 +262,11 @@ pub struct Settings {
     /// Masquerade the default bridge's outgoing traffic [default: true].
     #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true", action = clap::ArgAction::Set)]
     pub ip_masq: bool,
+    /// Let the outside reach published container ports at the containers' own addresses on
+    /// every nat-mode network, as dockerd's allow-direct-routing [default: false].
+    // Skips the drop of direct access (Docker 28's raw-table rule) on every network.
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true", action = clap::ArgAction::Set)]
+    pub allow_direct_routing: bool,
     /// Default host address of published ports [default: 0.0.0.0].
     #[arg(long)]
     pub ip: Ipv4Addr,
@@ -341,6 +346,7 @@ impl Default for Settings {
             mtu: None,
             icc: true,
             ip_masq: true,
+            allow_direct_routing: false,
             ip: Ipv4Addr::UNSPECIFIED,
             dns: None,
             port_range: PortRange {
@@ -666,6 +672,7 @@ mod tests {
                 "--mtu=1400",
                 "--icc=false",
                 "--ip-masq=false",
+                "--allow-direct-routing",
                 "--ip=127.0.0.1",
                 "--dns=192.0.2.1:53",
                 "--dns=192.0.2.2:53",

@@ -240,6 +240,11 @@ mod tests {
             last_allocated: None,
             pending: false,
             managed_by: ManagedBy::Bpfbridge,
+            gateway_mode_ipv4: Default::default(),
+            gateway_mode_ipv6: Default::default(),
+            trusted_host_interfaces: Vec::new(),
+            inhibit_ipv4: false,
+            container_iface_prefix: None,
         }
     }
 

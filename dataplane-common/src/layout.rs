@@ -64,6 +64,10 @@ pub struct MapLayout {
     pub version: u32,
     pub key_size: u32,
     pub value_size: u32,
+    /// The number of entries when the layout fixes it (an array indexed by an enum, as
+    /// [`STATS`] by [`Stat`](crate::stats::Stat)), else 0 (sized at load time, as the flow
+    /// tables). A pin with another count is migrated into a map of this one.
+    pub entries: u32,
 }
 
 impl MapLayout {
@@ -98,7 +102,13 @@ impl MapLayout {
             version,
             key_size: key_size as u32,
             value_size: value_size as u32,
+            entries: 0,
         }
+    }
+
+    /// This layout with its entry count fixed at `entries`.
+    pub const fn with_entries(self, entries: u32) -> Self {
+        MapLayout { entries, ..self }
     }
 }
 
@@ -112,7 +122,9 @@ pub const CURRENT: &[MapLayout] = &[
     MapLayout::hash::<EndpointKey, EndpointInfo>(ENDPOINTS, 1),
     MapLayout::lpm_trie::<FilterKey, FilterRule>(FILTER_RULES, 1),
     MapLayout::array::<Counter>(FILTER_HITS, 1),
-    MapLayout::array::<Counter>(STATS, 1),
+    // Its slots are the `Stat`s, which are only ever appended: a pin with fewer is carried
+    // over slot by slot.
+    MapLayout::array::<Counter>(STATS, 1).with_entries(crate::stats::STATS_LEN),
     MapLayout::hash::<SockNatKey, SockNatValue>(SOCK_NAT, 1),
     MapLayout::array::<NodeConfig>(NODE_CONFIG, 1),
     MapLayout::lpm_trie::<NetworkKey, NetworkInfo>(NETWORKS, 1),
@@ -124,6 +136,9 @@ pub const CURRENT: &[MapLayout] = &[
     MapLayout::ring_buf(EVENTS, 1),
     MapLayout::array::<EventBudget>(EVENT_BUDGET, 1),
     MapLayout::hash::<FragmentKey, FragmentEntry>(FRAGMENTS, 1),
+    MapLayout::hash::<u32, u32>(MASQUERADE_SOURCES, 1),
+    MapLayout::hash::<TrustedIfaceKey, u32>(TRUSTED_IFACES, 1),
+    MapLayout::hash::<FlowKey, u32>(ROUTED_FLOWS, 1),
 ];
 
 /// The earlier layouts this build migrates from, with their types frozen in a module of

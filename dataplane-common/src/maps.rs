@@ -41,6 +41,17 @@ pub const NETWORKS: &str = "NETWORKS";
 pub const CONNTRACK: &str = "CONNTRACK";
 /// What `--link` allows through `icc=false`: a container to another's exposed port.
 pub const LINKS: &str = "LINKS";
+/// The interfaces from which a network's containers may be reached at their own address
+/// on their published container ports (`com.docker.network.bridge.trusted_host_interfaces`),
+/// by network and interface index; the value is unused (presence allows).
+pub const TRUSTED_IFACES: &str = "TRUSTED_IFACES";
+/// Untranslated flows between the outside and a container's own address, keyed as
+/// [`FlowKey`] from the container's side: those the outside opened where direct access is
+/// allowed (their replies leave untranslated, not masqueraded) and those containers opened
+/// on networks without masquerade (their replies may come back where direct access is
+/// otherwise closed, as Docker's `RELATED,ESTABLISHED` rule lets them). An LRU map: a
+/// flow evicted while idle costs that flow only. The value is unused.
+pub const ROUTED_FLOWS: &str = "ROUTED_FLOWS";
 /// Drop and new-flow [`Event`]s for `bpfbridge monitor` (a ring buffer).
 pub const EVENTS: &str = "EVENTS";
 /// Per-CPU token bucket that limits [`EVENTS`], so a flood cannot swamp the agent.
@@ -74,6 +85,8 @@ pub const SOCK_NAT_MAX: u32 = 65_536;
 pub const NETWORKS_MAX: u32 = 1024;
 pub const CONNTRACK_MAX: u32 = 262_144;
 pub const LINKS_MAX: u32 = 65_536;
+pub const TRUSTED_IFACES_MAX: u32 = 1024;
+pub const ROUTED_FLOWS_MAX: u32 = 16_384;
 /// Datagrams in reassembly at once (Cilium's default for its fragment map).
 pub const FRAGMENTS_MAX: u32 = 8192;
 /// How long a [`FRAGMENTS`] entry is used: the kernel's reassembly timeout (`ipfrag_time`),
@@ -248,6 +261,17 @@ pub const NETWORK_INTERNAL: u32 = 2;
 /// [`NetworkInfo::flags`]: outgoing traffic is masqueraded.
 pub const NETWORK_MASQUERADE: u32 = 4;
 
+/// [`NetworkInfo::flags`]: the outside may reach every port of the network's containers
+/// at their own address (`gateway_mode_ipv4=nat-unprotected`).
+pub const NETWORK_DIRECT_ANY: u32 = 8;
+/// [`NetworkInfo::flags`]: the outside may reach the network's published container ports
+/// at the containers' own addresses, from every interface (`gateway_mode_ipv4=routed`, or
+/// the agent's `--allow-direct-routing`), and the replies of flows they opened.
+pub const NETWORK_DIRECT_PUBLISHED: u32 = 16;
+/// [`NetworkInfo::flags`]: ICMP from the outside reaches the containers
+/// (`gateway_mode_ipv4=routed`, as Docker's `-o BRIDGE -p icmp -j ACCEPT`).
+pub const NETWORK_DIRECT_ICMP: u32 = 32;
+
 /// Value of [`NETWORKS`].
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
@@ -323,6 +347,16 @@ pub struct LinkKey {
     pub dport_be: u16,
     pub proto: u8,
     pub _pad: u8,
+}
+
+/// Key of [`TRUSTED_IFACES`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct TrustedIfaceKey {
+    /// [`NetworkInfo::index`] of the network.
+    pub network_index: u32,
+    /// The interface frames arrive on.
+    pub ifindex: u32,
 }
 
 /// [`CtEntry::direction`]: the container's packets, whose source is translated.
@@ -418,6 +452,7 @@ const _: () = assert!(size_of::<SockNatValue>() == 8);
 const _: () = assert!(size_of::<NodeConfig>() == 16);
 const _: () = assert!(size_of::<CtKey>() == 16);
 const _: () = assert!(size_of::<LinkKey>() == 12);
+const _: () = assert!(size_of::<TrustedIfaceKey>() == 8);
 const _: () = assert!(size_of::<Event>() == 24);
 const _: () = assert!(size_of::<EventBudget>() == 16);
 const _: () = assert!(size_of::<CtEntry>() == 32);
@@ -459,6 +494,7 @@ aya_pod!(
     NodeConfig,
     CtKey,
     LinkKey,
+    TrustedIfaceKey,
     Event,
     EventBudget,
     CtEntry,

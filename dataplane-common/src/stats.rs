@@ -76,7 +76,8 @@ stats! {
     ContainerDropNoMasqueradeSource = "container_ingress.drop.no_masquerade_source",
 }
 
-/// Size of the per-CPU counter array.
+/// Size of the per-CPU counter array. New counters go at the end of the list above: an
+/// upgraded agent carries the pinned counters over slot by slot.
 pub const STATS_LEN: u32 = Stat::ALL.len() as u32;
 
 #[cfg(test)]

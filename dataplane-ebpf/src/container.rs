@@ -93,11 +93,19 @@ fn policy_verdict(ctx: &TcContext, ip: &Ipv4, l4: Option<&L4>, unknown: Stat) ->
         Some(Destination::Outside {
             internal: false,
             masquerade: false,
-        }) => (TC_ACT_OK, Stat::ContainerPassOutside),
+        }) => {
+            if let Some(l4) = l4 {
+                policy::note_routed_flow(ip, l4);
+            }
+            (TC_ACT_OK, Stat::ContainerPassOutside)
+        }
         Some(Destination::Outside {
             internal: false,
             masquerade: true,
         }) => match l4 {
+            // A flow the outside opened to the container's own address (gateway modes,
+            // trusted interfaces) is answered from that address.
+            Some(l4) if policy::is_direct_reply(ip, l4) => (TC_ACT_OK, Stat::ContainerPassOutside),
             Some(l4) => conntrack::masquerade(ctx, ip, l4),
             // ICMP echo requests are masqueraded by identifier; other protocols leave as
             // they are. A later fragment of a datagram we would have translated, but whose

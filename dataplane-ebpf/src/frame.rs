@@ -54,6 +54,8 @@ pub trait Packet: Frame {
     /// Adjusts the transport checksum at `check_at` for a field changed from `old` to
     /// `new` (as they are in memory).
     fn replace_l4(&self, check_at: usize, old: u32, new: u32, change: L4Change) -> Option<()>;
+    /// The interface the frame arrived on.
+    fn ingress_ifindex(&self) -> u32;
 }
 
 /// A checksum after a field of `size` bytes changed from `old` to `new`.
@@ -92,6 +94,12 @@ impl Frame for XdpFrame<'_> {
 }
 
 impl Packet for XdpFrame<'_> {
+    #[inline(always)]
+    fn ingress_ifindex(&self) -> u32 {
+        // SAFETY: the context the kernel passed to the program.
+        unsafe { (*self.0.ctx).ingress_ifindex }
+    }
+
     #[inline(always)]
     fn store<T: Copy>(&self, offset: usize, value: T) -> Option<()> {
         let ptr = checked_ptr::<T>(self.0.data(), self.0.data_end(), offset)?;
@@ -144,6 +152,12 @@ impl Frame for TcFrame<'_> {
 }
 
 impl Packet for TcFrame<'_> {
+    #[inline(always)]
+    fn ingress_ifindex(&self) -> u32 {
+        // SAFETY: the context the kernel passed to the program.
+        unsafe { (*self.0.skb.skb).ingress_ifindex }
+    }
+
     #[inline(always)]
     fn store<T: Copy>(&self, offset: usize, value: T) -> Option<()> {
         self.0.store(offset, &value, 0).ok()

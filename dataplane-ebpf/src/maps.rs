@@ -11,8 +11,9 @@ use dataplane_common::{
     EndpointKey, EventBudget, FILTER_RULES_MAX, FRAGMENTS_MAX, FilterKey, FilterRule, FlowKey,
     FragmentEntry, FragmentKey, LINKS_MAX, LinkKey, MASQUERADE_SOURCES_MAX, NAT_FLOWS_MAX,
     NETWORKS_MAX, NODE_ADDRS_MAX, NatFlow, NetworkInfo, NetworkKey, NodeAddr, NodeAddrKey,
-    NodeConfig, PUBLISHED_PORTS_MAX, PortKey, PortTarget, SOCK_NAT_MAX, SockNatKey, SockNatValue,
-    UNREPLIED_RING_LEN, stats::STATS_LEN,
+    NodeConfig, PUBLISHED_PORTS_MAX, PortKey, PortTarget, ROUTED_FLOWS_MAX, SOCK_NAT_MAX,
+    SockNatKey, SockNatValue, TRUSTED_IFACES_MAX, TrustedIfaceKey, UNREPLIED_RING_LEN,
+    stats::STATS_LEN,
 };
 
 #[map]
@@ -81,6 +82,13 @@ pub static UNREPLIED_CURSORS: Array<u32> = Array::pinned(4, 0);
 
 #[map]
 pub static LINKS: HashMap<LinkKey, u32> = HashMap::pinned(LINKS_MAX, BPF_F_NO_PREALLOC);
+
+#[map]
+pub static TRUSTED_IFACES: HashMap<TrustedIfaceKey, u32> =
+    HashMap::pinned(TRUSTED_IFACES_MAX, BPF_F_NO_PREALLOC);
+
+#[map]
+pub static ROUTED_FLOWS: LruHashMap<FlowKey, u32> = LruHashMap::pinned(ROUTED_FLOWS_MAX, 0);
 
 #[map]
 pub static EVENTS: RingBuf = RingBuf::pinned(EVENTS_BYTES, 0);

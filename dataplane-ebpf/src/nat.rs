@@ -182,7 +182,7 @@ pub fn from_outside<P: Packet>(packet: &P, ip: &Ipv4, l4: &L4, len: usize) -> (A
         return (Action::Pass, Stat::UplinkPassLoopbackDestination);
     }
     let Some(target) = published_target(ip.dst_be, l4.dport_be, ip.protocol, false) else {
-        if !policy::direct_access_allowed(ip.dst_be, Some((l4.dport_be, ip.protocol))) {
+        if !policy::direct_access_allowed(ip, Some(l4), packet.ingress_ifindex()) {
             return (Action::Drop, Stat::UplinkDropDirectAccess);
         }
         return (Action::Pass, Stat::UplinkPassNotPublished);

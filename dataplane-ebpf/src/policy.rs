@@ -1,12 +1,19 @@
-//! Source filters on published ports (what Docker users put in DOCKER-USER): the longest
-//! matching prefix decides, rules scoped to the published port first, then rules for every
-//! published port; no matching rule allows.
+//! The networks' policy: source filters on published ports (what Docker users put in
+//! DOCKER-USER: the longest matching prefix decides, rules scoped to the published port
+//! first, then rules for every published port; no matching rule allows), direct access to
+//! containers' own addresses from the outside (Docker 28's gateway modes), and where a
+//! container's packet is going (isolation, icc, internal networks).
 
 use aya_ebpf::maps::lpm_trie::Key;
-use dataplane_common::{BackendKey, FILTER_DENY, FILTER_SCOPE_BITS, FilterKey};
+use dataplane_common::{
+    BackendKey, FILTER_DENY, FILTER_SCOPE_BITS, FilterKey, FlowKey, IPPROTO_ICMP,
+    NETWORK_DIRECT_ANY, NETWORK_DIRECT_ICMP, NETWORK_DIRECT_PUBLISHED, NETWORK_INTERNAL,
+    NetworkKey, NodeAddrKey, TrustedIfaceKey,
+    parse::{Ipv4, L4},
+};
 
 use crate::{
-    maps::{FILTER_RULES, PUBLISHED_BACKENDS},
+    maps::{FILTER_RULES, NETWORKS, NODE_ADDRS, PUBLISHED_BACKENDS, ROUTED_FLOWS, TRUSTED_IFACES},
     stats::count_filter_hit,
 };
 
@@ -45,34 +52,130 @@ pub fn source_allowed(src_be: u32, host_port_be: u16, proto: u8, bytes: usize) -
     }
 }
 
-/// Whether the outside may reach `dst_be` (with `dport_be`/`proto`, where the protocol has
-/// ports) directly, not through a published host port. Like Docker's FORWARD chain with its
-/// DROP policy: containers on a masquerading or internal network only at their published
-/// container ports. The node's own addresses (gateways included) and other addresses (not
-/// ours, or on a network routed without masquerade) are not ours to judge.
+/// Whether a frame from the outside that arrived on `ingress_ifindex` may reach `ip`'s
+/// destination directly (not through a published host port), as Docker 28 decides: its
+/// raw-table drop of every frame to a container's address from outside its bridge
+/// (moby#49325), which `nat-unprotected` and `routed` networks, `--allow-direct-routing`
+/// and the network's trusted interfaces skip, then its FORWARD rules (published container
+/// ports, replies of flows the container opened, and ICMP in `routed` mode). `l4` is the
+/// frame's ports where its protocol has them. The node's own addresses (gateways
+/// included) and addresses on no bridge network are not ours to judge.
 #[inline(always)]
-pub fn direct_access_allowed(dst_be: u32, ports: Option<(u16, u8)>) -> bool {
-    use aya_ebpf::maps::lpm_trie::Key as LpmKey;
-    use dataplane_common::{NETWORK_INTERNAL, NETWORK_MASQUERADE, NetworkKey, NodeAddrKey};
-
-    use crate::maps::{NETWORKS, NODE_ADDRS};
-
+pub fn direct_access_allowed(ip: &Ipv4, l4: Option<&L4>, ingress_ifindex: u32) -> bool {
     // The network first: the node's uplink addresses are in none, so the common case costs
     // one lookup; only a gateway address is in both.
-    let Some(network) = NETWORKS.get(&LpmKey::new(32, NetworkKey { addr_be: dst_be })) else {
+    let Some(network) = NETWORKS.get(&Key::new(32, NetworkKey { addr_be: ip.dst_be })) else {
         return true;
     };
-    if network.flags & (NETWORK_MASQUERADE | NETWORK_INTERNAL) == 0 {
-        return true;
-    }
     // SAFETY: the value is only tested for presence.
-    if unsafe { NODE_ADDRS.get(&NodeAddrKey { addr_be: dst_be }) }.is_some() {
+    if unsafe { NODE_ADDRS.get(&NodeAddrKey { addr_be: ip.dst_be }) }.is_some() {
         return true;
     }
-    let Some((container_port_be, proto)) = ports else {
+    let flags = network.flags;
+    if flags & NETWORK_INTERNAL != 0 {
         return false;
+    }
+    let allowed = flags & NETWORK_DIRECT_ANY != 0 || {
+        let trusted = TrustedIfaceKey {
+            network_index: network.index,
+            ifindex: ingress_ifindex,
+        };
+        // SAFETY: the value is only tested for presence.
+        let routable = flags & NETWORK_DIRECT_PUBLISHED != 0
+            || unsafe { TRUSTED_IFACES.get(&trusted) }.is_some();
+        routable
+            && match l4 {
+                Some(l4) => {
+                    is_published_backend(ip.dst_be, l4.dport_be, ip.protocol)
+                        || is_direct_flow(
+                            ip.dst_be,
+                            ip.src_be,
+                            l4.dport_be,
+                            l4.sport_be,
+                            ip.protocol,
+                        )
+                }
+                None => ip.protocol == IPPROTO_ICMP && flags & NETWORK_DIRECT_ICMP != 0,
+            }
     };
-    is_published_backend(dst_be, container_port_be, proto)
+    if allowed && let Some(l4) = l4 {
+        note_direct_flow(ip.dst_be, ip.src_be, l4.dport_be, l4.sport_be, ip.protocol);
+    }
+    allowed
+}
+
+/// Whether a container's packet to the outside belongs to a flow with its own address
+/// (one the outside opened directly, or one it opened on a network without masquerade):
+/// it leaves untranslated.
+#[inline(always)]
+pub fn is_direct_reply(ip: &Ipv4, l4: &L4) -> bool {
+    is_direct_flow(ip.src_be, ip.dst_be, l4.sport_be, l4.dport_be, ip.protocol)
+}
+
+/// Remembers a flow a container opens to the outside with its own address (a network
+/// without masquerade), so that its replies pass [`direct_access_allowed`].
+#[inline(always)]
+pub fn note_routed_flow(ip: &Ipv4, l4: &L4) {
+    note_direct_flow(ip.src_be, ip.dst_be, l4.sport_be, l4.dport_be, ip.protocol);
+}
+
+#[inline(always)]
+fn direct_flow(
+    container_ip_be: u32,
+    remote_ip_be: u32,
+    container_port_be: u16,
+    remote_port_be: u16,
+    proto: u8,
+) -> FlowKey {
+    FlowKey {
+        container_ip_be,
+        remote_ip_be,
+        container_port_be,
+        remote_port_be,
+        proto,
+        _pad: [0; 3],
+    }
+}
+
+#[inline(always)]
+fn note_direct_flow(
+    container_ip_be: u32,
+    remote_ip_be: u32,
+    container_port_be: u16,
+    remote_port_be: u16,
+    proto: u8,
+) {
+    let flow = direct_flow(
+        container_ip_be,
+        remote_ip_be,
+        container_port_be,
+        remote_port_be,
+        proto,
+    );
+    // SAFETY: only checking presence; a lookup also refreshes the entry's LRU age.
+    if unsafe { ROUTED_FLOWS.get(&flow) }.is_none() {
+        // A full map evicts its least recently used flow; nothing to do on failure.
+        let _ = ROUTED_FLOWS.insert(&flow, &0, 0);
+    }
+}
+
+#[inline(always)]
+fn is_direct_flow(
+    container_ip_be: u32,
+    remote_ip_be: u32,
+    container_port_be: u16,
+    remote_port_be: u16,
+    proto: u8,
+) -> bool {
+    let flow = direct_flow(
+        container_ip_be,
+        remote_ip_be,
+        container_port_be,
+        remote_port_be,
+        proto,
+    );
+    // SAFETY: the value is only tested for presence.
+    unsafe { ROUTED_FLOWS.get(&flow) }.is_some()
 }
 
 /// Whether `ip:port` is the container end of a published port.
@@ -105,14 +208,9 @@ pub enum Destination {
 /// not on any network the agent knows (not ours to judge).
 #[inline(always)]
 pub fn classify(src_be: u32, dst_be: u32) -> Option<Destination> {
-    use aya_ebpf::maps::lpm_trie::Key as LpmKey;
-    use dataplane_common::{
-        NETWORK_ICC, NETWORK_INTERNAL, NETWORK_MASQUERADE, NetworkKey, NodeAddrKey,
-    };
+    use dataplane_common::{NETWORK_ICC, NETWORK_MASQUERADE};
 
-    use crate::maps::{NETWORKS, NODE_ADDRS};
-
-    let source = NETWORKS.get(&LpmKey::new(32, NetworkKey { addr_be: src_be }))?;
+    let source = NETWORKS.get(&Key::new(32, NetworkKey { addr_be: src_be }))?;
     // SAFETY: only checking presence.
     if unsafe { NODE_ADDRS.get(&NodeAddrKey { addr_be: dst_be }) }.is_some() {
         return Some(Destination::Node);
@@ -122,7 +220,7 @@ pub fn classify(src_be: u32, dst_be: u32) -> Option<Destination> {
     if dst_be == u32::MAX || (224..240).contains(&first_octet) {
         return Some(Destination::Node);
     }
-    match NETWORKS.get(&LpmKey::new(32, NetworkKey { addr_be: dst_be })) {
+    match NETWORKS.get(&Key::new(32, NetworkKey { addr_be: dst_be })) {
         Some(dest) if dest.index == source.index => Some(Destination::SameNetwork {
             icc: source.flags & NETWORK_ICC != 0,
         }),

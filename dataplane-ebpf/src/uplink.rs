@@ -38,7 +38,7 @@ pub fn ingress<P: Packet>(packet: &P, len: usize) -> (Action, Stat) {
             if let Some(verdict) = icmp::uplink_error(packet, &ip) {
                 return verdict;
             }
-            if !policy::direct_access_allowed(ip.dst_be, None) {
+            if !policy::direct_access_allowed(&ip, None, packet.ingress_ifindex()) {
                 return (Action::Drop, Stat::UplinkDropDirectAccess);
             }
             return (Action::Pass, Stat::UplinkPassNotTcpUdp);

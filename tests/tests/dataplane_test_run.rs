@@ -31,10 +31,11 @@ use dataplane_common::{
     BackendKey, CONNTRACK, CONNTRACK_MAX, CT_CLOSING, CT_ESTABLISHED, CT_NEW, CT_REPLIED, Counter,
     CtEntry, CtKey, ENDPOINTS, EndpointInfo, EndpointKey, FILTER_ALLOW, FILTER_DENY, FILTER_RULES,
     FILTER_SCOPE_BITS, FRAGMENTS, FilterKey, FilterRule, FlowKey, FragmentEntry, FragmentKey,
-    IPPROTO_TCP, IPPROTO_UDP, MASQUERADE_SOURCES, NAT_FLOWS, NAT_FLOWS_MAX, NETWORK_ICC,
-    NETWORK_INTERNAL, NETWORK_MASQUERADE, NETWORKS, NODE_ADDRS, NODE_CONFIG, NatFlow, NetworkInfo,
-    NetworkKey, NodeAddr, NodeAddrKey, NodeConfig, PUBLISHED_BACKENDS, PUBLISHED_PORTS, PortKey,
-    PortTarget, STATS, stats::Stat,
+    IPPROTO_TCP, IPPROTO_UDP, MASQUERADE_SOURCES, NAT_FLOWS, NAT_FLOWS_MAX, NETWORK_DIRECT_ANY,
+    NETWORK_DIRECT_ICMP, NETWORK_DIRECT_PUBLISHED, NETWORK_ICC, NETWORK_INTERNAL,
+    NETWORK_MASQUERADE, NETWORKS, NODE_ADDRS, NODE_CONFIG, NatFlow, NetworkInfo, NetworkKey,
+    NodeAddr, NodeAddrKey, NodeConfig, PUBLISHED_BACKENDS, PUBLISHED_PORTS, PortKey, PortTarget,
+    STATS, TRUSTED_IFACES, TrustedIfaceKey, stats::Stat,
 };
 
 const XDP_DROP: u32 = 1;
@@ -474,8 +475,10 @@ fn at_hook(program: &str, xdp_verdict: u32) -> u32 {
     }
 }
 
-/// From the outside straight to a container's own address, as Docker's FORWARD chain
-/// decides: on a masquerading or internal network only published container ports pass.
+/// From the outside straight to a container's own address, as Docker 28 decides: nothing
+/// on a `nat` network (its raw-table drop), published container ports, replies and ICMP on
+/// a `routed` one, everything on a `nat-unprotected` one, published container ports from a
+/// trusted interface.
 #[test]
 fn direct_access_table() -> Result<()> {
     let mut fx = Fixture::new()?;
@@ -483,63 +486,142 @@ fn direct_access_table() -> Result<()> {
         ("172.17.0.0", 16, NETWORK_ICC | NETWORK_MASQUERADE),
         ("172.18.0.0", 16, NETWORK_ICC),
         ("172.19.0.0", 16, NETWORK_INTERNAL),
+        (
+            "172.20.0.0",
+            16,
+            NETWORK_ICC | NETWORK_DIRECT_PUBLISHED | NETWORK_DIRECT_ICMP,
+        ),
+        (
+            "172.21.0.0",
+            16,
+            NETWORK_ICC | NETWORK_MASQUERADE | NETWORK_DIRECT_ANY,
+        ),
+        ("172.22.0.0", 16, NETWORK_ICC | NETWORK_MASQUERADE),
     ])?;
     fx.node_address(GATEWAY, 3)?;
-    let mut ping = syn_to(CONTAINER_IP, 80).build();
-    ping[ETH_HLEN + 9] = 1;
+    let routed = Ipv4Addr::new(172, 20, 0, 2);
+    let trusted = Ipv4Addr::new(172, 22, 0, 2);
+    {
+        let mut backends: HashMap<&mut MapData, BackendKey, u32> =
+            HashMap::try_from(fx.ebpf.map_mut(PUBLISHED_BACKENDS).unwrap())?;
+        for ip in [routed, trusted] {
+            let key = BackendKey {
+                container_ip_be: u32::from(ip).to_be(),
+                container_port_be: 80u16.to_be(),
+                proto: IPPROTO_TCP,
+                _pad: 0,
+            };
+            backends.insert(key, 1, 0)?;
+        }
+        // BPF_PROG_TEST_RUN hands an XDP program its frame from loopback (ifindex 1):
+        // trusted for the sixth network.
+        let mut trusted_ifaces: HashMap<&mut MapData, TrustedIfaceKey, u32> =
+            HashMap::try_from(fx.ebpf.map_mut(TRUSTED_IFACES).unwrap())?;
+        let key = TrustedIfaceKey {
+            network_index: 6,
+            ifindex: 1,
+        };
+        trusted_ifaces.insert(key, 1, 0)?;
+    }
+    // A routed container opens a flow to the world: its replies may come back.
+    let out = Packet::tcp_syn(routed, 5555, WORLD_IP, 40000).build();
+    let (verdict, _, stat) = fx.run(CONTAINER_PROGRAM, &out)?;
+    assert_eq!((verdict, stat), (TC_ACT_OK, Stat::ContainerPassOutside));
+    let ping_to = |dst: Ipv4Addr| {
+        let mut ping = syn_to(dst, 80).build();
+        ping[ETH_HLEN + 9] = 1;
+        ping
+    };
     let udp_to_tcp_backend = Packet {
         protocol: 17,
         ..syn_to(CONTAINER_IP, 80)
     }
     .build();
-    let cases: Vec<(&str, Vec<u8>, u32, Stat)> = vec![
+    let pass = (XDP_PASS, Stat::UplinkPassNotPublished);
+    let pass_other = (XDP_PASS, Stat::UplinkPassNotTcpUdp);
+    let drop = (XDP_DROP, Stat::UplinkDropDirectAccess);
+    let cases: Vec<(&str, Vec<u8>, (u32, Stat))> = vec![
         (
-            "published container port",
+            "nat: a published container port",
             syn_to(CONTAINER_IP, 80).build(),
-            XDP_PASS,
-            Stat::UplinkPassNotPublished,
+            drop,
         ),
         (
-            "unpublished container port",
+            "nat: an unpublished container port",
             syn_to(CONTAINER_IP, 22).build(),
-            XDP_DROP,
-            Stat::UplinkDropDirectAccess,
+            drop,
         ),
-        (
-            "udp to a tcp-only container port",
-            udp_to_tcp_backend,
-            XDP_DROP,
-            Stat::UplinkDropDirectAccess,
-        ),
-        ("ping", ping, XDP_DROP, Stat::UplinkDropDirectAccess),
+        ("nat: udp", udp_to_tcp_backend, drop),
+        ("nat: ping", ping_to(CONTAINER_IP), drop),
         (
             "the gateway, a node address",
             syn_to(GATEWAY, 22).build(),
-            XDP_PASS,
-            Stat::UplinkPassNotPublished,
+            pass,
         ),
         (
-            "a network routed without masquerade",
+            "nat without masquerade",
             syn_to(Ipv4Addr::new(172, 18, 0, 5), 22).build(),
-            XDP_PASS,
-            Stat::UplinkPassNotPublished,
+            drop,
         ),
         (
             "an internal network",
             syn_to(Ipv4Addr::new(172, 19, 0, 5), 80).build(),
-            XDP_DROP,
-            Stat::UplinkDropDirectAccess,
+            drop,
+        ),
+        (
+            "routed: a published container port",
+            syn_to(routed, 80).build(),
+            pass,
+        ),
+        (
+            "routed: an unpublished port",
+            syn_to(routed, 22).build(),
+            drop,
+        ),
+        ("routed: ping", ping_to(routed), pass_other),
+        (
+            "routed: the reply of a flow the container opened",
+            Packet {
+                tcp_flags: 0x12,
+                ..Packet::tcp_syn(WORLD_IP, 40000, routed, 5555)
+            }
+            .build(),
+            pass,
+        ),
+        (
+            "routed: the same port from another remote port",
+            Packet::tcp_syn(WORLD_IP, 40001, routed, 5555).build(),
+            drop,
+        ),
+        (
+            "nat-unprotected: any port",
+            syn_to(Ipv4Addr::new(172, 21, 0, 5), 22).build(),
+            pass,
+        ),
+        (
+            "nat-unprotected: ping",
+            ping_to(Ipv4Addr::new(172, 21, 0, 5)),
+            pass_other,
+        ),
+        (
+            "trusted interface: a published container port",
+            syn_to(trusted, 80).build(),
+            pass,
+        ),
+        (
+            "trusted interface: an unpublished port",
+            syn_to(trusted, 22).build(),
+            drop,
         ),
         (
             "not a bridge network",
             syn_to(Ipv4Addr::new(203, 0, 113, 9), 22).build(),
-            XDP_PASS,
-            Stat::UplinkPassNotPublished,
+            pass,
         ),
     ];
-    for (name, frame, verdict, stat) in cases {
+    for (name, frame, expected) in cases {
         let (got, out, moved) = fx.run(UPLINK_PROGRAM, &frame)?;
-        assert_eq!((got, moved), (verdict, stat), "{name}");
+        assert_eq!((got, moved), expected, "{name}");
         assert_eq!(out, frame, "{name}: frame must pass untouched");
     }
     Ok(())

@@ -452,11 +452,12 @@ fn docker_ipam_driver_refused_options_and_bad_calls() -> Result<()> {
     ])?;
     ensure!(taken.contains("in use"), "{taken}");
 
-    // Options bpfbridge does not support are refused with a message Docker shows.
+    // A typo in an option of bpfbridge's own is refused with a message Docker shows (others
+    // are ignored, as Docker's bridge driver ignores them).
     let unknown =
-        node.network_create_fails(&["-o", "foo=bar", "--subnet", "10.41.0.0/24", "bad"])?;
+        node.network_create_fails(&["-o", "bpfbridge.foo=bar", "--subnet", "10.41.0.0/24", "bad"])?;
     ensure!(
-        unknown.contains("unknown network option \"foo\""),
+        unknown.contains("unknown network option \"bpfbridge.foo\""),
         "{unknown}"
     );
     let v6 = node.network_create_fails(&[
@@ -539,6 +540,49 @@ fn docker_ipam_driver_refused_options_and_bad_calls() -> Result<()> {
     ])?;
     ensure!(again == subnet.to_string(), "{again} vs {subnet}");
     Ok(())
+}
+
+/// Docker 28's options through `docker network create -d PLUGIN -o ...`: a routed network
+/// opens its published container ports at the container's own address and nothing else;
+/// an option the bridge driver does not know is accepted.
+#[test]
+fn docker_passes_gateway_modes_and_unknown_options() -> Result<()> {
+    let Some(node) = Node::start()? else {
+        return Ok(());
+    };
+    let docker = node.docker();
+    node.network_create(&[
+        "--subnet",
+        "10.45.0.0/24",
+        "-o",
+        "com.docker.network.bridge.gateway_mode_ipv4=routed",
+        "-o",
+        "com.docker.network.windowsshim.hnsid=1",
+        "routed-net",
+    ])?;
+    let network_id = docker.ok(&["network", "inspect", "-f", "{{.Id}}", "routed-net"])?;
+    let ours = node.agent.cli_json(&["network", "inspect", &network_id])?[0].clone();
+    ensure!(
+        ours["Options"]["com.docker.network.bridge.gateway_mode_ipv4"] == "routed",
+        "{ours}"
+    );
+    node.run(&["--network", "routed-net", "--name", "web", "-p", "8090:80"])?;
+    let web_ip = node.ip_on("web", "routed-net")?;
+    let web_ns = docker.sandbox("web")?;
+    let _http = Echo::start(&web_ns, 80)?;
+    let _ssh = Echo::start(&web_ns, 22)?;
+    let world = node.world();
+    ensure!(
+        tcp_reaches(&world, SocketAddrV4::new(web_ip, 80), WAIT),
+        "routed: the published container port at the container's address"
+    );
+    ensure!(
+        !tcp_reaches(&world, SocketAddrV4::new(web_ip, 22), WAIT),
+        "routed: an unpublished port"
+    );
+    docker.ok(&["rm", "-f", "web"])?;
+    docker.ok(&["network", "rm", "routed-net"])?;
+    node.ensure_clean()
 }
 
 #[test]

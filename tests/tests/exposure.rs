@@ -15,7 +15,7 @@ use std::{
 use anyhow::{Context as _, Result, ensure};
 use bpfbridge_tests::{
     Agent, Echo, NODE_IP, Netns, Topology, UPLINK, WORLD_IP, WORLD_LINK, ebpf_checks, in_netns,
-    packet::Packet, skip_unless_ebpf,
+    packet::Packet,
 };
 
 const PUBLISHED_TCP: [u16; 3] = [8080, 8443, 9000];
@@ -271,16 +271,6 @@ fn transport_in(netns: &Path) -> Result<u64> {
 
 #[test]
 fn frames_from_the_wire_to_127_0_0_1_never_reach_a_loopback_published_port() -> Result<()> {
-    if skip_unless_ebpf(
-        "Docker 20.10's rules, which the iptables dataplane reproduces, DNAT frames from the \
-         wire to 127.0.0.1 before routing can drop them (moby#45610; Docker 28 drops them in \
-         raw/PREROUTING)",
-    ) {
-        return bpfbridge_tests::figures::record(
-            "exposure_loopback_frames",
-            serde_json::json!({ "skipped": true }),
-        );
-    }
     let topology = Topology::new()?;
     let agent = Agent::start(&topology)?;
     let (_servers, a) = publish(&agent)?;

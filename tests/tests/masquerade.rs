@@ -41,7 +41,7 @@ fn containers_reach_the_world_with_the_node_address() -> Result<()> {
         "create",
         "plain",
         "-o",
-        "com.docker.network.bridge.enable_ip_masquerade=false",
+        "com.docker.network.bridge.gateway_mode_ipv4=routed",
     ])?;
     ensure!(
         out.status.success(),
@@ -76,7 +76,8 @@ fn containers_reach_the_world_with_the_node_address() -> Result<()> {
         assert!(agent.counter("uplink_ingress.redirect.masquerade_reply")? >= 2);
     }
 
-    // enable_ip_masquerade=false: routed, the world sees the container's own address.
+    // A routed network: the world sees the container's own address, and its replies come
+    // back to it.
     let plain_ip: Ipv4Addr = plain["NetworkSettings"]["Networks"]["plain"]["IPAddress"]
         .as_str()
         .unwrap()
@@ -278,9 +279,9 @@ fn a_full_table_refuses_new_flows_and_gc_never_evicts_a_live_one() -> Result<()>
 #[test]
 fn replies_of_connections_routed_to_a_container_are_not_masqueraded() -> Result<()> {
     let topology = Topology::new()?;
-    let agent = Agent::start(&topology)?;
-    // Like Docker, the outside reaches a container's own address on a published container
-    // port only.
+    // Like Docker 28 with --allow-direct-routing, the outside reaches a container's own
+    // address on a published container port only.
+    let agent = Agent::start_with(&topology, &["--allow-direct-routing"])?;
     let (c, ns) = agent.create_container(&["c", "-p", "8400:7400"])?;
     let ip: Ipv4Addr = c["NetworkSettings"]["IPAddress"]
         .as_str()

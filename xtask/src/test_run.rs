@@ -42,6 +42,7 @@ pub const BEHAVIOUR_SUITES: &[&str] = &[
     "upgrade",
     "interfaces",
     "faults",
+    "gateway_modes",
 ];
 
 /// A test executable cargo built.

@@ -121,7 +121,7 @@ impl AgentArgs {
 #[derive(Subcommand)]
 enum ContainerCommand {
     /// Attach a container's network namespace (a new one unless --netns is given).
-    Create(CreateArgs),
+    Create(Box<CreateArgs>),
     /// Detach containers and remove everything made for them.
     Rm { names: Vec<String> },
     /// List containers.
@@ -144,9 +144,14 @@ struct CreateArgs {
     /// An existing network namespace (default: the agent creates one).
     #[arg(long)]
     netns: Option<PathBuf>,
-    /// Networks to attach to, the first one primary (or host, none, container:NAME).
+    /// Networks to attach to, the first one primary (or host, none, container:NAME); as in
+    /// Docker, NAME or name=NAME[,gw-priority=N][,driver-opt=KEY=VALUE]...
     #[arg(long = "network", visible_alias = "net")]
     networks: Vec<String>,
+    /// The gateway priority of the first network: the endpoint with the highest carries
+    /// the default route and the published ports.
+    #[arg(long, allow_negative_numbers = true)]
+    gw_priority: Option<i64>,
     /// bridge (default), host, none or container:NAME.
     #[arg(long)]
     network_mode: Option<String>,
@@ -188,30 +193,43 @@ impl CreateArgs {
         }
         let is_mode = |n: &str| ["host", "none"].contains(&n) || n.starts_with("container:");
         let mut network_mode = self.network_mode;
-        let mut networks = self.networks;
+        let mut networks = Vec::new();
+        let mut network_configs = Vec::new();
+        for spec in &self.networks {
+            let (name, config) = parse_network_flag(spec)?;
+            networks.push(name);
+            network_configs.push(config);
+        }
         if network_mode.is_none() && networks.first().is_some_and(|n| is_mode(n)) {
             network_mode = Some(networks.remove(0));
+            network_configs.remove(0);
         }
         if network_mode.is_none() {
             network_mode = networks.first().cloned();
         }
         let mut endpoints_config = BTreeMap::new();
-        for (i, network) in networks.iter().enumerate() {
-            let mut config = EndpointConfig::default();
+        for (i, (network, mut config)) in networks.iter().zip(network_configs).enumerate() {
             if i == 0 {
                 config.aliases = self.aliases.clone();
                 config.ipam_config = self.ip.map(|ip| EndpointIpamConfig {
                     ipv4_address: ip.to_string(),
                 });
+                if let Some(priority) = self.gw_priority {
+                    config.gw_priority = priority;
+                }
             }
             endpoints_config.insert(network.clone(), config);
         }
-        if networks.is_empty() && (self.ip.is_some() || !self.aliases.is_empty()) {
+        if networks.is_empty()
+            && (self.ip.is_some() || !self.aliases.is_empty() || self.gw_priority.is_some())
+        {
             let config = EndpointConfig {
                 aliases: self.aliases,
                 ipam_config: self.ip.map(|ip| EndpointIpamConfig {
                     ipv4_address: ip.to_string(),
                 }),
+                gw_priority: self.gw_priority.unwrap_or(0),
+                driver_opts: BTreeMap::new(),
             };
             endpoints_config.insert(
                 network_mode.clone().unwrap_or_else(|| "bridge".into()),
@@ -266,6 +284,36 @@ enum ConntrackCommand {
     Flush,
 }
 
+/// `--network NAME`, or Docker's `name=NAME[,gw-priority=N][,driver-opt=KEY=VALUE]...`.
+fn parse_network_flag(spec: &str) -> anyhow::Result<(String, EndpointConfig)> {
+    let mut config = EndpointConfig::default();
+    if !spec.starts_with("name=") {
+        return Ok((spec.to_string(), config));
+    }
+    let mut name = None;
+    for field in spec.split(',') {
+        let (key, value) = field
+            .split_once('=')
+            .with_context(|| format!("--network {spec}: {field:?} is not KEY=VALUE"))?;
+        match key {
+            "name" => name = Some(value.to_string()),
+            "gw-priority" => {
+                config.gw_priority = value
+                    .parse()
+                    .with_context(|| format!("--network {spec}: gw-priority {value:?}"))?
+            }
+            "driver-opt" => {
+                let (k, v) = value
+                    .split_once('=')
+                    .with_context(|| format!("--network {spec}: driver-opt {value:?}"))?;
+                config.driver_opts.insert(k.to_string(), v.to_string());
+            }
+            other => anyhow::bail!("--network {spec}: unknown field {other:?}"),
+        }
+    }
+    Ok((name.context("--network needs name=NAME")?, config))
+}
+
 #[derive(Subcommand)]
 enum NetworkCommand {
     /// Create a bridge network.
@@ -313,6 +361,13 @@ enum NetworkCommand {
         ip: Option<std::net::Ipv4Addr>,
         #[arg(long = "alias")]
         aliases: Vec<String>,
+        /// The endpoint with the highest carries the default route and the published ports.
+        #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
+        gw_priority: i64,
+        /// Endpoint options, KEY=VALUE (repeatable), e.g.
+        /// com.docker.network.endpoint.ifname=app0.
+        #[arg(long = "driver-opt")]
+        driver_opts: Vec<String>,
     },
     /// Disconnect a container from a network.
     Disconnect {
@@ -416,6 +471,9 @@ async fn network_command(client: &Client, command: NetworkCommand) -> anyhow::Re
                 labels: key_values(&labels, "label")?,
             };
             let created: NetworkCreated = client.post("/networks", &request).await?;
+            if !created.warning.is_empty() {
+                eprintln!("WARNING: {}", created.warning);
+            }
             println!("{}", created.id);
         }
         NetworkCommand::Ls { format } => {
@@ -479,6 +537,8 @@ async fn network_command(client: &Client, command: NetworkCommand) -> anyhow::Re
             container,
             ip,
             aliases,
+            gw_priority,
+            driver_opts,
         } => {
             let request = ConnectRequest {
                 container,
@@ -487,6 +547,8 @@ async fn network_command(client: &Client, command: NetworkCommand) -> anyhow::Re
                         ipv4_address: ip.to_string(),
                     }),
                     aliases,
+                    gw_priority,
+                    driver_opts: key_values(&driver_opts, "driver option")?,
                 },
             };
             client

@@ -25,14 +25,15 @@ use dataplane_common::{
     BackendKey, CONNTRACK, Counter, CtEntry, CtKey, ENDPOINTS, EVENT_DROP, EVENTS, EndpointInfo,
     EndpointKey, Event, FILTER_ALLOW, FILTER_DENY, FILTER_HITS, FILTER_RULES, FILTER_SCOPE_BITS,
     FilterKey, FilterRule, FlowKey, IPPROTO_TCP, LINKS, LinkKey, MASQUERADE_SOURCES, NAT_FLOWS,
-    NETWORK_ICC, NETWORK_INTERNAL, NETWORK_MASQUERADE, NETWORKS, NODE_ADDRS, NODE_CONFIG, NatFlow,
-    NetworkInfo, NetworkKey, NodeAddr, NodeAddrKey, NodeConfig, PUBLISHED_BACKENDS,
-    PUBLISHED_PORTS, PortKey, PortTarget, STATS, stats::Stat,
+    NETWORK_DIRECT_ANY, NETWORK_DIRECT_ICMP, NETWORK_DIRECT_PUBLISHED, NETWORK_ICC,
+    NETWORK_INTERNAL, NETWORK_MASQUERADE, NETWORKS, NODE_ADDRS, NODE_CONFIG, NatFlow, NetworkInfo,
+    NetworkKey, NodeAddr, NodeAddrKey, NodeConfig, PUBLISHED_BACKENDS, PUBLISHED_PORTS, PortKey,
+    PortTarget, ROUTED_FLOWS, STATS, TRUSTED_IFACES, TrustedIfaceKey, stats::Stat,
 };
 
 use super::{
-    Capabilities, Dataplane, Endpoint, FilterHits, FlowLister, FlowTimeouts, Intended, LinkRule,
-    NetworkPolicy, Repaired,
+    Capabilities, Dataplane, DirectAccess, Endpoint, FilterHits, FlowLister, FlowTimeouts,
+    Intended, LinkRule, NetworkPolicy, Repaired,
     flow_gc::FlowGc,
     flows::{self, is_missing_key},
     migrate,
@@ -180,7 +181,8 @@ fn port_target(endpoint: &Endpoint, port: &PortBinding) -> PortTarget {
 fn network_entry(n: &NetworkPolicy) -> (Key<NetworkKey>, NetworkInfo) {
     let flags = if n.icc { NETWORK_ICC } else { 0 }
         | if n.internal { NETWORK_INTERNAL } else { 0 }
-        | if n.masquerade { NETWORK_MASQUERADE } else { 0 };
+        | if n.masquerade { NETWORK_MASQUERADE } else { 0 }
+        | direct_access_flags(n.direct_access);
     let key = Key::new(
         u32::from(n.subnet.prefix_len()),
         NetworkKey {
@@ -438,6 +440,16 @@ fn sync_hash_map<K: aya::Pod + Eq + std::hash::Hash, V: aya::Pod>(
             .map_err(Error::dataplane(format!("restoring a {what}")))?;
     }
     Ok(())
+}
+
+/// The `NETWORK_DIRECT_*` bits of a network's direct access.
+fn direct_access_flags(access: DirectAccess) -> u32 {
+    match access {
+        DirectAccess::None => 0,
+        DirectAccess::Published => NETWORK_DIRECT_PUBLISHED,
+        DirectAccess::PublishedAndIcmp => NETWORK_DIRECT_PUBLISHED | NETWORK_DIRECT_ICMP,
+        DirectAccess::Any => NETWORK_DIRECT_ANY,
+    }
 }
 
 fn is_not_found(e: &aya::programs::links::LinkError) -> bool {
@@ -700,8 +712,18 @@ impl EbpfDataplane {
             // Flows to the container, and hairpin flows it opened as a client.
             |key, flow| key.container_ip_be == ip_be || flow.client_ip_be == ip_be,
             |flow| flow.involves(ip_be),
-        )
-        .map(drop)
+        )?;
+        // Its untranslated flows too: a container given the address later must not inherit
+        // them.
+        let mut routed: HashMap<&mut MapData, FlowKey, u32> =
+            HashMap::try_from(self.map_mut(ROUTED_FLOWS)?)
+                .map_err(Error::dataplane(ROUTED_FLOWS))?;
+        let stale: Vec<FlowKey> = routed
+            .keys()
+            .filter_map(|key| key.ok())
+            .filter(|key| key.container_ip_be == ip_be)
+            .collect();
+        remove_keys(&mut routed, stale, "forgetting an untranslated flow").map(drop)
     }
 }
 
@@ -951,7 +973,28 @@ impl Dataplane for EbpfDataplane {
             networks.iter().map(network_entry).collect();
         let mut trie: LpmTrie<&mut MapData, NetworkKey, NetworkInfo> =
             LpmTrie::try_from(self.map_mut(NETWORKS)?).map_err(Error::dataplane(NETWORKS))?;
-        sync_trie(&mut trie, &wanted, "network").map(drop)
+        sync_trie(&mut trie, &wanted, "network")?;
+        // Trusted interfaces by index: one that does not exist now is left out until the
+        // networks are synced again (an agent restart, a network created or removed).
+        let trusted: std::collections::HashMap<TrustedIfaceKey, u32> = networks
+            .iter()
+            .flat_map(|n| {
+                n.trusted_interfaces.iter().filter_map(|name| {
+                    let ifindex = nix::net::if_::if_nametoindex(name.as_str()).ok()?;
+                    Some((
+                        TrustedIfaceKey {
+                            network_index: n.index,
+                            ifindex,
+                        },
+                        1,
+                    ))
+                })
+            })
+            .collect();
+        let mut map: HashMap<&mut MapData, TrustedIfaceKey, u32> =
+            HashMap::try_from(self.map_mut(TRUSTED_IFACES)?)
+                .map_err(Error::dataplane(TRUSTED_IFACES))?;
+        sync_hash_map(&mut map, &trusted, "trusted interface")
     }
 
     fn set_filters(&mut self, rules: &[FilterRecord]) -> Result<()> {

@@ -53,7 +53,8 @@ use std::{
 use ipnet::Ipv4Net;
 
 use super::{
-    Capabilities, Dataplane, Endpoint, FilterHits, Intended, LinkRule, NetworkPolicy, Repaired,
+    Capabilities, Dataplane, DirectAccess, Endpoint, FilterHits, Intended, LinkRule, NetworkPolicy,
+    Repaired,
 };
 use crate::{
     Error, Result,
@@ -213,13 +214,72 @@ pub fn target_rules(
     ]
 }
 
+/// Docker 28's raw-table drop of frames to 127.0.0.1 published ports from outside the
+/// loopback interface (moby#45610), which its DNAT would otherwise route to the container.
+pub fn loopback_filter_rule(proto: Proto, host_port: u16) -> Rule {
+    let p = proto.as_str();
+    Rule::new(
+        "raw",
+        "PREROUTING",
+        &[
+            "-d",
+            "127.0.0.1/32",
+            "!",
+            "-i",
+            "lo",
+            "-p",
+            p,
+            "-m",
+            p,
+            "--dport",
+            &host_port.to_string(),
+            "-j",
+            "DROP",
+        ],
+    )
+}
+
+/// The raw-table rules that drop direct access to a `nat` network's containers from
+/// outside its bridge (Docker 28, moby#49325), in the order they are inserted (each at the
+/// top, so they read: the gateway, the trusted interfaces, the drop). Docker writes them
+/// per container address (`-d CONTAINER ! -i BRIDGE -j DROP`); per subnet, with the
+/// gateway (a node address) let through, they drop the same frames and change only when
+/// the network does.
+fn direct_access_rules(policy: &NetworkPolicy) -> Vec<Rule> {
+    if policy.internal || policy.direct_access != DirectAccess::None {
+        return Vec::new();
+    }
+    let subnet = policy.subnet.to_string();
+    let mut rules = vec![Rule::new(
+        "raw",
+        "PREROUTING",
+        &["-d", &subnet, "!", "-i", &policy.bridge, "-j", "DROP"],
+    )];
+    for interface in policy.trusted_interfaces.iter().rev() {
+        rules.push(Rule::new(
+            "raw",
+            "PREROUTING",
+            &["-d", &subnet, "-i", interface, "-j", "ACCEPT"],
+        ));
+    }
+    rules.push(Rule::new(
+        "raw",
+        "PREROUTING",
+        &["-d", &format!("{}/32", policy.gateway), "-j", "ACCEPT"],
+    ));
+    rules
+}
+
 /// The rules of one bridge network, in the order they are installed, each with its position.
 fn network_rules(policy: &NetworkPolicy, access: LocalAccess) -> Vec<(Rule, Position)> {
     use Position::*;
     let bridge = policy.bridge.as_str();
     let subnet = policy.subnet.to_string();
     let icc = if policy.icc { "ACCEPT" } else { "DROP" };
-    let mut rules = Vec::new();
+    let mut rules: Vec<(Rule, Position)> = direct_access_rules(policy)
+        .into_iter()
+        .map(|rule| (rule, Insert))
+        .collect();
     if policy.internal {
         rules.push((
             Rule::new(
@@ -276,6 +336,27 @@ fn network_rules(policy: &NetworkPolicy, access: LocalAccess) -> Vec<(Rule, Posi
             Rule::new("filter", CHAIN_ISOLATION_2, &["-o", bridge, "-j", "DROP"]),
             Insert,
         ));
+        // Docker 28's FORWARD rules of the gateway modes that open more than the published
+        // container ports.
+        match policy.direct_access {
+            DirectAccess::PublishedAndIcmp => rules.push((
+                Rule::new(
+                    "filter",
+                    CHAIN_DOCKER,
+                    &["-o", bridge, "-p", "icmp", "-j", "ACCEPT"],
+                ),
+                Append,
+            )),
+            DirectAccess::Any => rules.push((
+                Rule::new(
+                    "filter",
+                    CHAIN_DOCKER,
+                    &["!", "-i", bridge, "-o", bridge, "-j", "ACCEPT"],
+                ),
+                Append,
+            )),
+            DirectAccess::None | DirectAccess::Published => {}
+        }
         // Without the proxy, containers reach published ports through DNAT too.
         if policy.masquerade && access == LocalAccess::Proxy {
             rules.push((
@@ -754,6 +835,12 @@ impl IptablesDataplane {
         // The proxy first: like dockerd, a port the node already uses is refused before any
         // rule is written.
         self.ensure_proxy(id, &mapping)?;
+        if id.host_ip.is_loopback() {
+            self.add(
+                &loopback_filter_rule(id.proto, id.host_port),
+                Position::Insert,
+            )?;
+        }
         self.add(&self.dnat(id, &mapping), Position::Append)?;
         for rule in target_rules(
             id.proto,
@@ -778,6 +865,11 @@ impl IptablesDataplane {
         };
         let mut errors = Vec::new();
         if let Err(e) = self.remove(&self.dnat(id, &mapping)) {
+            errors.push(e);
+        }
+        if id.host_ip.is_loopback()
+            && let Err(e) = self.remove(&loopback_filter_rule(id.proto, id.host_port))
+        {
             errors.push(e);
         }
         let shared = self.ports.iter().any(|(other, m)| {
@@ -1253,7 +1345,68 @@ mod tests {
             icc: true,
             internal: false,
             masquerade: true,
+            gateway: "172.17.0.1".parse().unwrap(),
+            direct_access: DirectAccess::None,
+            trusted_interfaces: Vec::new(),
         }
+    }
+
+    /// Docker 28's raw-table rules, and the FORWARD rules of the gateway modes.
+    #[test]
+    fn direct_access_follows_docker_28() {
+        let lines = |policy: &NetworkPolicy| -> Vec<String> {
+            network_rules(policy, LocalAccess::Proxy)
+                .iter()
+                .filter(|(r, _)| r.table == "raw" || r.args.contains(&"icmp".to_string()))
+                .map(|(r, position)| {
+                    assert_eq!(
+                        *position,
+                        if r.table == "raw" {
+                            Position::Insert
+                        } else {
+                            Position::Append
+                        }
+                    );
+                    r.save_line()
+                })
+                .collect()
+        };
+        let nat = NetworkPolicy {
+            trusted_interfaces: vec!["eth3".into(), "vxlan.1".into()],
+            ..default_bridge()
+        };
+        // Inserted each at the top: they read in the reverse order.
+        assert_eq!(
+            lines(&nat),
+            [
+                "-A PREROUTING -d 172.17.0.0/16 ! -i docker0 -j DROP",
+                "-A PREROUTING -d 172.17.0.0/16 -i vxlan.1 -j ACCEPT",
+                "-A PREROUTING -d 172.17.0.0/16 -i eth3 -j ACCEPT",
+                "-A PREROUTING -d 172.17.0.1/32 -j ACCEPT",
+            ]
+        );
+        for open in [DirectAccess::Published, DirectAccess::Any] {
+            let policy = NetworkPolicy {
+                direct_access: open,
+                ..default_bridge()
+            };
+            assert!(lines(&policy).is_empty(), "{open:?}");
+        }
+        let routed = NetworkPolicy {
+            direct_access: DirectAccess::PublishedAndIcmp,
+            masquerade: false,
+            ..default_bridge()
+        };
+        assert_eq!(lines(&routed), ["-A DOCKER -o docker0 -p icmp -j ACCEPT"]);
+        let internal = NetworkPolicy {
+            internal: true,
+            ..default_bridge()
+        };
+        assert!(lines(&internal).is_empty());
+        assert_eq!(
+            loopback_filter_rule(Proto::Tcp, 8080).save_line(),
+            "-A PREROUTING -d 127.0.0.1/32 ! -i lo -p tcp -m tcp --dport 8080 -j DROP"
+        );
     }
 
     #[test]

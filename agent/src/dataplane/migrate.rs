@@ -29,7 +29,7 @@ use std::{
 
 use aya::{
     Ebpf, Pod,
-    maps::{HashMap, Map, MapData, MapError},
+    maps::{HashMap, Map, MapData, MapError, PerCpuArray, PerCpuValues},
     programs::{
         SchedClassifier,
         links::{FdLink, PinnedLink},
@@ -37,7 +37,7 @@ use aya::{
     },
 };
 use dataplane_common::{
-    FlowKey, NAT_FLOWS, NatFlow,
+    Counter, FlowKey, NAT_FLOWS, NatFlow, STATS,
     layout::{self, LAYOUT, LAYOUT_MAX, LayoutKey, MapLayout, UNRECORDED_VERSION},
 };
 
@@ -106,6 +106,17 @@ const CONVERSIONS: &[(&str, u32, Conversion)] = &[(
     1,
     copy_hash::<FlowKey, layout::v1::NatFlow, NatFlow>,
 )];
+
+/// The conversions of the maps whose layout fixes their entry count (`MapLayout::entries`)
+/// to a map of the current count.
+const RESIZES: &[(&str, Conversion)] = &[(STATS, merge_counters)];
+
+fn resize(name: &str) -> Option<Conversion> {
+    RESIZES
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, copy)| *copy)
+}
 
 fn conversion(name: &str, version: u32) -> Option<Conversion> {
     CONVERSIONS
@@ -230,14 +241,14 @@ fn open_hash<K: Pod, V: Pod>(path: &Path) -> Result<HashMap<MapData, K, V>> {
         .map_err(Error::dataplane(format!("opening {}", path.display())))
 }
 
-/// The kernel's key and value sizes of the map pinned at `path`.
-fn pinned_sizes(path: &Path) -> Result<(u32, u32)> {
+/// The kernel's key size, value size and entry count of the map pinned at `path`.
+fn pinned_sizes(path: &Path) -> Result<(u32, u32, u32)> {
     let data =
         MapData::from_pin(path).map_err(Error::dataplane(format!("opening {}", path.display())))?;
     let info = data
         .info()
         .map_err(Error::dataplane(format!("reading {}", path.display())))?;
-    Ok((info.key_size(), info.value_size()))
+    Ok((info.key_size(), info.value_size(), info.max_entries()))
 }
 
 /// What one pin is, checked against what this build knows.
@@ -265,7 +276,7 @@ fn classify(pin_dir: &Path, pin: &Path, name: &str, version: u32) -> Result<PinS
             known: current.version,
         }));
     }
-    let (key_size, value_size) = pinned_sizes(pin)?;
+    let (key_size, value_size, entries) = pinned_sizes(pin)?;
     let expected = layout::known(name, version);
     if expected.is_none_or(|l| (l.key_size, l.value_size) != (key_size, value_size)) {
         // An earlier layout this build has no record of has no conversion either.
@@ -288,7 +299,19 @@ fn classify(pin_dir: &Path, pin: &Path, name: &str, version: u32) -> Result<PinS
         }));
     }
     if version == current.version {
-        return Ok(PinState::Current);
+        if current.entries == 0 || current.entries == entries {
+            return Ok(PinState::Current);
+        }
+        let Some(copy) = resize(name) else {
+            return Err(layout_error(LayoutError::NoConversion {
+                pin: pin.to_path_buf(),
+                pin_dir: pin_dir.to_path_buf(),
+                map: name.to_string(),
+                version,
+                current: current.version,
+            }));
+        };
+        return Ok(PinState::Older(current, copy));
     }
     let Some(copy) = conversion(name, version) else {
         return Err(layout_error(LayoutError::NoConversion {
@@ -550,6 +573,38 @@ fn copy_hash<K: Pod, Old: Pod, New: Pod + From<Old>>(old: &Map, new: &mut Map) -
     Ok(copied)
 }
 
+/// A [`Conversion`] for the per-CPU counters: each slot the old map has keeps, per CPU, the
+/// larger of the two counts. The entries are copied twice (before the uplinks' swap and
+/// after the containers'), so adding would count twice; what both the old and the new
+/// programs counted in the few milliseconds between is lost instead, never doubled.
+fn merge_counters(old: &Map, new: &mut Map) -> Result<usize> {
+    let old: PerCpuArray<&MapData, Counter> =
+        PerCpuArray::try_from(old).map_err(Error::dataplane("reading a retired counter map"))?;
+    let mut new: PerCpuArray<&mut MapData, Counter> =
+        PerCpuArray::try_from(new).map_err(Error::dataplane("opening a migrated counter map"))?;
+    let slots = old.len().min(new.len());
+    for index in 0..slots {
+        let before = old
+            .get(&index, 0)
+            .map_err(Error::dataplane("reading a retired counter"))?;
+        let now = new
+            .get(&index, 0)
+            .map_err(Error::dataplane("reading a migrated counter"))?;
+        let merged: Vec<Counter> = before
+            .iter()
+            .zip(now.iter())
+            .map(|(before, now)| Counter {
+                packets: before.packets.max(now.packets),
+                bytes: before.bytes.max(now.bytes),
+            })
+            .collect();
+        let merged = PerCpuValues::try_from(merged).map_err(Error::io("per-CPU counters"))?;
+        new.set(index, merged, 0)
+            .map_err(Error::dataplane("copying counters to their new map"))?;
+    }
+    Ok(slots as usize)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -565,6 +620,18 @@ mod tests {
             );
         }
         assert_eq!(CONVERSIONS.len(), layout::PREVIOUS.len());
+    }
+
+    #[test]
+    fn every_map_of_a_fixed_entry_count_has_a_resize() {
+        for layout in layout::CURRENT.iter().filter(|l| l.entries != 0) {
+            assert!(resize(layout.name).is_some(), "{}", layout.name);
+        }
+        assert!(
+            RESIZES
+                .iter()
+                .all(|(name, _)| layout::current(name).is_some_and(|l| l.entries != 0))
+        );
     }
 
     #[test]

@@ -63,6 +63,28 @@ pub struct NetworkPolicy {
     /// No way out.
     pub internal: bool,
     pub masquerade: bool,
+    /// The network's gateway address (on its bridge unless `inhibit_ipv4` or `isolated`).
+    pub gateway: Ipv4Addr,
+    /// What the outside may reach at the containers' own addresses.
+    pub direct_access: DirectAccess,
+    /// Interfaces from which the published container ports may be reached at the
+    /// containers' own addresses even when `direct_access` is [`DirectAccess::None`].
+    pub trusted_interfaces: Vec<String>,
+}
+
+/// What frames from outside a network's bridge may reach at its containers' own addresses
+/// (not through published host ports), from Docker 28's gateway modes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DirectAccess {
+    /// Nothing (`nat`, Docker's raw-table drop; internal networks).
+    None,
+    /// Published container ports and the replies of flows the containers opened
+    /// (`nat` with `--allow-direct-routing`).
+    Published,
+    /// Published container ports, replies, and ICMP (`routed`).
+    PublishedAndIcmp,
+    /// Every port (`nat-unprotected`).
+    Any,
 }
 
 /// What a `--link` allows through `icc=false`.

@@ -132,6 +132,12 @@ pub struct EndpointConfig {
     pub ipam_config: Option<EndpointIpamConfig>,
     #[serde(rename = "Aliases", default)]
     pub aliases: Vec<String>,
+    /// `--gw-priority`: the endpoint with the highest carries the default route.
+    #[serde(rename = "GwPriority", default)]
+    pub gw_priority: i64,
+    /// Endpoint options, e.g. `com.docker.network.endpoint.ifname`.
+    #[serde(rename = "DriverOpts", default)]
+    pub driver_opts: BTreeMap<String, String>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -244,6 +250,8 @@ pub struct EndpointSettings {
     pub aliases: Option<Vec<String>>,
     #[serde(rename = "NetworkID")]
     pub network_id: String,
+    #[serde(rename = "GwPriority", default)]
+    pub gw_priority: i64,
     #[serde(flatten)]
     pub addressing: EndpointAddressing,
 }

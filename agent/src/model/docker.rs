@@ -148,7 +148,7 @@ pub struct InterfaceName {
     pub src_name: String,
     /// Docker names it this prefix plus a number (eth0, eth1, ...).
     #[serde(rename = "DstPrefix")]
-    pub dst_prefix: &'static str,
+    pub dst_prefix: String,
 }
 
 #[derive(Debug, Serialize)]

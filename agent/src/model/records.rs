@@ -17,13 +17,84 @@ pub const OPT_ENABLE_ICC: &str = "com.docker.network.bridge.enable_icc";
 pub const OPT_ENABLE_IP_MASQUERADE: &str = "com.docker.network.bridge.enable_ip_masquerade";
 pub const OPT_HOST_BINDING_IPV4: &str = "com.docker.network.bridge.host_binding_ipv4";
 pub const OPT_MTU: &str = "com.docker.network.driver.mtu";
+pub const OPT_GATEWAY_MODE_IPV4: &str = "com.docker.network.bridge.gateway_mode_ipv4";
+pub const OPT_GATEWAY_MODE_IPV6: &str = "com.docker.network.bridge.gateway_mode_ipv6";
+pub const OPT_TRUSTED_HOST_INTERFACES: &str = "com.docker.network.bridge.trusted_host_interfaces";
+pub const OPT_INHIBIT_IPV4: &str = "com.docker.network.bridge.inhibit_ipv4";
+pub const OPT_CONTAINER_IFACE_PREFIX: &str = "com.docker.network.container_iface_prefix";
 pub const KNOWN_OPTIONS: &[&str] = &[
     OPT_BRIDGE_NAME,
     OPT_ENABLE_ICC,
     OPT_ENABLE_IP_MASQUERADE,
     OPT_HOST_BINDING_IPV4,
     OPT_MTU,
+    OPT_GATEWAY_MODE_IPV4,
+    OPT_GATEWAY_MODE_IPV6,
+    OPT_TRUSTED_HOST_INTERFACES,
+    OPT_INHIBIT_IPV4,
+    OPT_CONTAINER_IFACE_PREFIX,
 ];
+/// The endpoint option (`DriverOpts` of a connect or create request) naming the interface
+/// inside the container.
+pub const OPT_ENDPOINT_IFNAME: &str = "com.docker.network.endpoint.ifname";
+/// Options of bpfbridge's own: none is known yet, so every key under this prefix is a typo
+/// and refused. Docker ignores the options it does not know; so does the agent, with a
+/// warning, for every other key.
+pub const OWN_OPTION_PREFIX: &str = "bpfbridge.";
+
+/// How a network's containers meet the outside (Docker 28's `gateway_mode_ipv4`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum GatewayMode {
+    /// Published ports through the node's addresses, outgoing traffic masqueraded, no
+    /// direct access to the containers' own addresses from outside the bridge.
+    #[default]
+    Nat,
+    /// As `Nat`, but every port of the containers may be reached at their own addresses.
+    NatUnprotected,
+    /// No masquerade; published container ports (and ICMP) reachable at the containers'
+    /// own addresses.
+    Routed,
+    /// No gateway address on the bridge and no default route (internal networks only).
+    Isolated,
+}
+
+impl GatewayMode {
+    pub const ALL: [GatewayMode; 4] = [
+        GatewayMode::Nat,
+        GatewayMode::NatUnprotected,
+        GatewayMode::Routed,
+        GatewayMode::Isolated,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GatewayMode::Nat => "nat",
+            GatewayMode::NatUnprotected => "nat-unprotected",
+            GatewayMode::Routed => "routed",
+            GatewayMode::Isolated => "isolated",
+        }
+    }
+}
+
+impl std::str::FromStr for GatewayMode {
+    type Err = crate::Error;
+
+    fn from_str(s: &str) -> crate::Result<Self> {
+        GatewayMode::ALL
+            .into_iter()
+            .find(|m| m.as_str() == s)
+            .ok_or_else(|| {
+                crate::Error::InvalidArgument(format!(
+                    "unknown gateway mode {s:?}: expected nat, nat-unprotected, routed or isolated"
+                ))
+            })
+    }
+}
+
+fn is_default<T: Default + PartialEq>(value: &T) -> bool {
+    *value == T::default()
+}
 
 /// A bridge network (the default `bridge` or a user-defined one).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -55,6 +126,21 @@ pub struct NetworkRecord {
     pub pending: bool,
     #[serde(default)]
     pub managed_by: ManagedBy,
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub gateway_mode_ipv4: GatewayMode,
+    /// Stored and shown; IPv6 is not supported yet.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub gateway_mode_ipv6: GatewayMode,
+    /// Interfaces from which the containers' published ports may be reached at their own
+    /// addresses in `nat` mode.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub trusted_host_interfaces: Vec<String>,
+    /// No gateway address on the bridge (someone else configures it).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub inhibit_ipv4: bool,
+    /// The prefix of the containers' interface names on this network (default `eth`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container_iface_prefix: Option<String>,
 }
 
 /// Who drives a network or container: the bpfbridge API, or Docker through the plugin. Docker
@@ -71,6 +157,28 @@ impl NetworkRecord {
     /// The default `bridge` network: no name resolution, legacy links.
     pub fn is_default(&self) -> bool {
         self.name == crate::service::DEFAULT_NETWORK
+    }
+
+    /// Whether the network has a gateway for its containers' default route: every
+    /// network but an `isolated` one (with `inhibit_ipv4` someone else puts the address
+    /// on the bridge).
+    pub fn has_gateway(&self) -> bool {
+        self.gateway_mode_ipv4 != GatewayMode::Isolated
+    }
+
+    /// Whether the agent puts the gateway address on the bridge.
+    pub fn bridge_has_address(&self) -> bool {
+        self.has_gateway() && !self.inhibit_ipv4
+    }
+
+    /// Whether the network's outgoing traffic leaves with the node's address.
+    pub fn masquerades(&self) -> bool {
+        self.enable_ip_masquerade
+            && !self.internal
+            && matches!(
+                self.gateway_mode_ipv4,
+                GatewayMode::Nat | GatewayMode::NatUnprotected
+            )
     }
 }
 
@@ -109,6 +217,10 @@ pub struct EndpointRecord {
     /// Set while the endpoint is being made; see [`NetworkRecord::pending`].
     #[serde(default)]
     pub pending: bool,
+    /// `--gw-priority`: the endpoint with the highest holds the default route and the
+    /// published ports ([`crate::service::plan`]'s `port_endpoint`).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub gw_priority: i64,
 }
 
 /// A port a container exposes (`--expose`, and every published container port).
@@ -137,8 +249,9 @@ pub struct ContainerRecord {
     pub netns: PathBuf,
     /// Whether the agent created the namespace (and so deletes it on removal).
     pub netns_owned: bool,
-    /// Attachments in order. The first on a network with a way out (not `--internal`) holds
-    /// the default route and the published ports (`service::plan::port_endpoint`).
+    /// Attachments in order. The one with the highest `--gw-priority` on a network with a
+    /// way out holds the default route and the published ports
+    /// (`service::plan::port_endpoint`).
     pub endpoints: Vec<EndpointRecord>,
     pub ports: Vec<PortBinding>,
     pub exposed: Vec<ExposedPort>,

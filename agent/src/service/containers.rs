@@ -11,11 +11,10 @@ use super::{
     DEFAULT_NETWORK, HOST_NETWORK, NONE_NETWORK, Service, Step, Undo, default_host_ip,
     docker::refuse_docker_managed,
     endpoints::teardown_steps,
-    networks::parse_requested_ip,
     node_netns,
     plan::{
-        PortPlan, conflict, container_port_requests, mode_warnings, network_names, parse_exposed,
-        parse_mode, plan_endpoint, plan_links, port_endpoint,
+        EndpointWish, PortPlan, conflict, container_port_requests, mode_warnings, network_names,
+        parse_exposed, parse_mode, plan_endpoint, plan_links, port_endpoint,
     },
 };
 use crate::{
@@ -230,8 +229,7 @@ impl Service {
                 &self.state.containers,
                 container,
                 network,
-                parse_requested_ip(&config)?,
-                config.aliases,
+                EndpointWish::of(&config)?,
                 &planned_ips,
             )?;
             planned_ips.insert(endpoint.ip);
@@ -419,9 +417,14 @@ impl Service {
                 }),
                 aliases: (!aliases.is_empty()).then_some(aliases),
                 network_id: network.id.clone(),
+                gw_priority: e.gw_priority,
                 addressing: EndpointAddressing {
                     endpoint_id: e.endpoint_id.clone(),
-                    gateway: network.gateway.to_string(),
+                    gateway: if network.has_gateway() {
+                        network.gateway.to_string()
+                    } else {
+                        String::new()
+                    },
                     ip_address: e.ip.to_string(),
                     ip_prefix_len: network.subnet.prefix_len(),
                     mac_address: e.mac.to_string(),

@@ -281,6 +281,9 @@ impl Service {
             labels: BTreeMap::new(),
         };
         let mut network = self.plan_network(&create, false, Some(pool)).await?;
+        for warning in super::networks::ignored_options(&create.options) {
+            tracing::warn!(network = %request.network_id, "{warning}");
+        }
         network.id = request.network_id;
         network.managed_by = ManagedBy::Docker;
         self.add_network(network).await.map(drop)
@@ -454,9 +457,12 @@ impl Service {
         let reply = JoinReply {
             interface_name: InterfaceName {
                 src_name: veth_names(&record.endpoint_id).1,
-                dst_prefix: INTERFACE_PREFIX,
+                dst_prefix: network
+                    .container_iface_prefix
+                    .clone()
+                    .unwrap_or_else(|| INTERFACE_PREFIX.into()),
             },
-            gateway: (!network.internal).then_some(network.gateway),
+            gateway: (!network.internal && network.has_gateway()).then_some(network.gateway),
             disable_gateway_service: false,
         };
         if let Some(holder) = self.holder_of(&record.endpoint_id) {
@@ -496,13 +502,20 @@ impl Service {
             endpoint_id: record.endpoint_id.clone(),
             ip: record.ip,
             mac: record.mac,
-            ifname: next_ifname(&container),
+            ifname: next_ifname(
+                &container,
+                network
+                    .container_iface_prefix
+                    .as_deref()
+                    .unwrap_or(INTERFACE_PREFIX),
+            ),
             host_veth: String::new(),
             host_veth_ifindex: 0,
             host_veth_mac: None,
             aliases: Vec::new(),
             requested_ip: None,
             pending: true,
+            gw_priority: 0,
         };
         // The pending endpoint in the record: a crash from here on is rolled back on start.
         container.endpoints.push(endpoint.clone());

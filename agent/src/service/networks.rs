@@ -11,18 +11,20 @@ use ipnet::Ipv4Net;
 use super::{
     BRIDGE_PREFIX, DEFAULT_NETWORK, HOST_NETWORK, NONE_NETWORK, Service, Step, Undo,
     docker::{self, refuse_docker_managed},
-    plan::plan_endpoint,
+    plan::{EndpointWish, plan_endpoint},
 };
 use crate::{
     Error, Result,
-    dataplane::NetworkPolicy,
+    dataplane::{DirectAccess, NetworkPolicy},
     faults::{self, CrashPoint},
     ipam,
     model::{
-        ConnectRequest, CreateNetwork, DisconnectRequest, Ipam, IpamConfig, KNOWN_OPTIONS,
-        ManagedBy, NetworkContainer, NetworkCreated, NetworkInspect, NetworkMode, NetworkRecord,
-        NetworksPruned, OPT_BRIDGE_NAME, OPT_ENABLE_ICC, OPT_ENABLE_IP_MASQUERADE,
-        OPT_HOST_BINDING_IPV4, OPT_MTU, now, random_id, validate_name,
+        ConnectRequest, CreateNetwork, DisconnectRequest, GatewayMode, Ipam, IpamConfig,
+        KNOWN_OPTIONS, ManagedBy, NetworkContainer, NetworkCreated, NetworkInspect, NetworkMode,
+        NetworkRecord, NetworksPruned, OPT_BRIDGE_NAME, OPT_CONTAINER_IFACE_PREFIX, OPT_ENABLE_ICC,
+        OPT_ENABLE_IP_MASQUERADE, OPT_GATEWAY_MODE_IPV4, OPT_GATEWAY_MODE_IPV6,
+        OPT_HOST_BINDING_IPV4, OPT_INHIBIT_IPV4, OPT_MTU, OPT_TRUSTED_HOST_INTERFACES,
+        OWN_OPTION_PREFIX, now, random_id, validate_name,
     },
     netlink,
 };
@@ -64,7 +66,8 @@ fn check_bridge_name(name: &str) -> Result<()> {
 }
 
 impl Service {
-    /// Tells the dataplane the networks' policy (isolation, icc, internal, masquerade).
+    /// Tells the dataplane the networks' policy (isolation, icc, internal, masquerade,
+    /// direct access).
     pub(super) fn sync_networks(&mut self) -> Result<()> {
         let policies = self.network_policies(false);
         self.dataplane.set_networks(&policies)
@@ -72,18 +75,12 @@ impl Service {
 
     /// The networks' policies, those half made or half removed too when `with_pending`.
     pub(super) fn network_policies(&self, with_pending: bool) -> Vec<NetworkPolicy> {
+        let allow_direct_routing = self.settings.allow_direct_routing;
         self.state
             .networks
             .values()
             .filter(|n| with_pending || !n.pending)
-            .map(|n| NetworkPolicy {
-                index: network_index(&n.id),
-                bridge: n.bridge.clone(),
-                subnet: n.subnet,
-                icc: n.enable_icc,
-                internal: n.internal,
-                masquerade: n.enable_ip_masquerade && !n.internal,
-            })
+            .map(|n| network_policy(n, allow_direct_routing))
             .collect()
     }
 
@@ -134,9 +131,10 @@ impl Service {
         let gateway = Ipv4Net::new(network.gateway, network.subnet.prefix_len())
             .expect("prefix of a valid net");
         let addresses = netlink::ipv4_addresses(&self.handle).await?;
-        if !addresses
-            .iter()
-            .any(|(i, a)| *i == bridge.index && *a == gateway)
+        if network.bridge_has_address()
+            && !addresses
+                .iter()
+                .any(|(i, a)| *i == bridge.index && *a == gateway)
         {
             netlink::add_address(&self.handle, bridge.index, gateway).await?;
         }
@@ -255,6 +253,11 @@ impl Service {
             last_allocated: None,
             pending: true,
             managed_by: ManagedBy::Bpfbridge,
+            gateway_mode_ipv4: GatewayMode::Nat,
+            gateway_mode_ipv6: GatewayMode::Nat,
+            trusted_host_interfaces: Vec::new(),
+            inhibit_ipv4: false,
+            container_iface_prefix: None,
         };
         for (key, value) in &request.options {
             match key.as_str() {
@@ -291,22 +294,22 @@ impl Service {
                             ))
                         })?
                 }
-                other => {
-                    return Err(Error::InvalidArgument(format!(
-                        "unknown network option {other:?} (known: {})",
-                        KNOWN_OPTIONS.join(", ")
-                    )));
-                }
+                _ => apply_option(&mut network, key, value)?,
             }
         }
+        check_options(&network, is_default)?;
         Ok(network)
     }
 
     pub async fn create_network(&mut self, request: CreateNetwork) -> Result<NetworkCreated> {
         let network = self.plan_network(&request, false, None).await?;
+        let warnings = ignored_options(&request.options);
+        for warning in &warnings {
+            tracing::warn!(network = %request.name, "{warning}");
+        }
         self.add_network(network).await.map(|n| NetworkCreated {
             id: n.id,
-            warning: String::new(),
+            warning: warnings.join("; "),
         })
     }
 
@@ -605,15 +608,14 @@ impl Service {
                 container.name, network.name
             )));
         }
-        let requested_ip = parse_requested_ip(&request.endpoint_config)?;
         let mut endpoint = plan_endpoint(
             &self.state.containers,
             &container,
             &network,
-            requested_ip,
-            request.endpoint_config.aliases.clone(),
+            EndpointWish::of(&request.endpoint_config)?,
             &BTreeSet::new(),
         )?;
+        let had_primary = self.port_endpoint(&container).is_some();
         container.endpoints.push(endpoint.clone());
         let becomes_primary = self
             .port_endpoint(&container)
@@ -638,7 +640,14 @@ impl Service {
                 self.save_container(container.clone())?;
                 faults::reach(CrashPoint::ConnectSaved);
                 self.note_allocation(&network.id, endpoint.ip)?;
+                // A new carrier (a higher --gw-priority, or a network whose name sorts
+                // first) took the default route as it was made; the ports move to it.
                 if becomes_primary {
+                    if had_primary {
+                        for port in &container.ports {
+                            self.dataplane.unpublish(port)?;
+                        }
+                    }
                     self.publish_ports(&container, &mut undo)?;
                 }
                 self.refresh_views()?;
@@ -675,25 +684,254 @@ impl Service {
     }
 }
 
+/// What the dataplane enforces for `network`.
+pub(super) fn network_policy(network: &NetworkRecord, allow_direct_routing: bool) -> NetworkPolicy {
+    let direct_access = match network.gateway_mode_ipv4 {
+        _ if network.internal => DirectAccess::None,
+        GatewayMode::NatUnprotected => DirectAccess::Any,
+        GatewayMode::Routed => DirectAccess::PublishedAndIcmp,
+        GatewayMode::Nat if allow_direct_routing => DirectAccess::Published,
+        GatewayMode::Nat | GatewayMode::Isolated => DirectAccess::None,
+    };
+    NetworkPolicy {
+        index: network_index(&network.id),
+        bridge: network.bridge.clone(),
+        subnet: network.subnet,
+        icc: network.enable_icc,
+        internal: network.internal,
+        masquerade: network.masquerades(),
+        gateway: network.gateway,
+        direct_access,
+        trusted_interfaces: network.trusted_host_interfaces.clone(),
+    }
+}
+
+/// Applies one of Docker 28's options that need no lookup on the node; other keys are
+/// ignored (as Docker's bridge driver ignores them, [`ignored_options`] warns), but those
+/// under bpfbridge's own prefix, which are refused.
+fn apply_option(network: &mut NetworkRecord, key: &str, value: &str) -> Result<()> {
+    match key {
+        OPT_GATEWAY_MODE_IPV4 => network.gateway_mode_ipv4 = value.parse()?,
+        OPT_GATEWAY_MODE_IPV6 => network.gateway_mode_ipv6 = value.parse()?,
+        OPT_INHIBIT_IPV4 => network.inhibit_ipv4 = parse_bool_option(key, value)?,
+        OPT_TRUSTED_HOST_INTERFACES => {
+            network.trusted_host_interfaces = parse_interface_list(key, value)?
+        }
+        OPT_CONTAINER_IFACE_PREFIX => {
+            check_interface_prefix(key, value)?;
+            network.container_iface_prefix = Some(value.to_string());
+        }
+        own if own.starts_with(OWN_OPTION_PREFIX) => {
+            return Err(Error::InvalidArgument(format!(
+                "unknown network option {own:?} (known: {})",
+                KNOWN_OPTIONS.join(", ")
+            )));
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// The options Docker 28 refuses in combination.
+fn check_options(network: &NetworkRecord, is_default: bool) -> Result<()> {
+    for (key, mode) in [
+        (OPT_GATEWAY_MODE_IPV4, network.gateway_mode_ipv4),
+        (OPT_GATEWAY_MODE_IPV6, network.gateway_mode_ipv6),
+    ] {
+        if mode == GatewayMode::Isolated && !network.internal {
+            return Err(Error::InvalidArgument(format!(
+                "option {key}=isolated is only for internal networks (--internal)"
+            )));
+        }
+    }
+    if network.inhibit_ipv4 && is_default {
+        return Err(Error::InvalidArgument(format!(
+            "option {OPT_INHIBIT_IPV4} is only for user-defined networks"
+        )));
+    }
+    Ok(())
+}
+
+/// A warning for each option the agent accepts without acting on it, as Docker ignores
+/// the labels its bridge driver does not know.
+pub(super) fn ignored_options(options: &BTreeMap<String, String>) -> Vec<String> {
+    options
+        .keys()
+        .filter(|k| !KNOWN_OPTIONS.contains(&k.as_str()))
+        .map(|k| format!("network option {k:?} is not known to bpfbridge and is ignored"))
+        .collect()
+}
+
+/// `if1:if2:...` (`trusted_host_interfaces`): valid interface names.
+fn parse_interface_list(key: &str, value: &str) -> Result<Vec<String>> {
+    value
+        .split(':')
+        .filter(|name| !name.is_empty())
+        .map(|name| {
+            if name.len() > 15 || name.contains(['/', ' ']) {
+                return Err(Error::InvalidArgument(format!(
+                    "option {key}={value:?}: {name:?} is not an interface name"
+                )));
+            }
+            Ok(name.to_string())
+        })
+        .collect()
+}
+
+/// A container interface prefix leaves room for a number within Linux's 15 characters.
+fn check_interface_prefix(key: &str, value: &str) -> Result<()> {
+    if value.is_empty() || value.len() > 12 || value.contains(['/', ' ', ':']) {
+        return Err(Error::InvalidArgument(format!(
+            "option {key}={value:?}: expected 1 to 12 characters, no '/', ':' or space"
+        )));
+    }
+    Ok(())
+}
+
 /// A number naming a network for the dataplane, from its (random) id.
 fn network_index(id: &str) -> u32 {
     u32::from_str_radix(&id[..8.min(id.len())], 16).unwrap_or(0)
 }
 
-/// `--ip` from an endpoint config.
-pub(super) fn parse_requested_ip(
-    config: &crate::model::EndpointConfig,
-) -> Result<Option<Ipv4Addr>> {
-    match config
-        .ipam_config
-        .as_ref()
-        .map(|c| c.ipv4_address.as_str())
-        .filter(|s| !s.is_empty())
-    {
-        Some(s) => s
-            .parse()
-            .map(Some)
-            .map_err(|_| Error::InvalidArgument(format!("invalid IP address {s:?}"))),
-        None => Ok(None),
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(name: &str) -> NetworkRecord {
+        NetworkRecord {
+            name: name.into(),
+            id: "0123456789abcdef".into(),
+            created: String::new(),
+            bridge: "br-n".into(),
+            subnet: "10.1.0.0/24".parse().unwrap(),
+            gateway: Ipv4Addr::new(10, 1, 0, 1),
+            ip_range: None,
+            internal: false,
+            enable_icc: true,
+            enable_ip_masquerade: true,
+            host_binding_ipv4: None,
+            mtu: 1500,
+            options: BTreeMap::new(),
+            labels: BTreeMap::new(),
+            last_allocated: None,
+            pending: false,
+            managed_by: ManagedBy::Bpfbridge,
+            gateway_mode_ipv4: GatewayMode::Nat,
+            gateway_mode_ipv6: GatewayMode::Nat,
+            trusted_host_interfaces: Vec::new(),
+            inhibit_ipv4: false,
+            container_iface_prefix: None,
+        }
+    }
+
+    fn network(options: &[(&str, &str)], internal: bool) -> Result<NetworkRecord> {
+        let mut network = record("n");
+        network.internal = internal;
+        for (key, value) in options {
+            apply_option(&mut network, key, value)?;
+        }
+        check_options(&network, false)?;
+        Ok(network)
+    }
+
+    #[test]
+    fn docker_28_options_and_their_policy() {
+        /// A network's gateway mode, whether it masquerades and is internal, and the agent's
+        /// --allow-direct-routing; the direct access and masquerade the dataplane gets.
+        struct Case(&'static str, bool, bool, bool, DirectAccess, bool);
+        let cases = [
+            Case("nat", true, false, false, DirectAccess::None, true),
+            Case("nat", true, false, true, DirectAccess::Published, true),
+            Case("nat", false, false, false, DirectAccess::None, false),
+            Case(
+                "nat-unprotected",
+                true,
+                false,
+                false,
+                DirectAccess::Any,
+                true,
+            ),
+            Case(
+                "routed",
+                true,
+                false,
+                false,
+                DirectAccess::PublishedAndIcmp,
+                false,
+            ),
+            Case("isolated", true, true, true, DirectAccess::None, false),
+        ];
+        for Case(mode, masquerade, internal, allow_direct_routing, access, masquerades) in cases {
+            let mut network = network(&[(OPT_GATEWAY_MODE_IPV4, mode)], internal).unwrap();
+            network.enable_ip_masquerade = masquerade;
+            let policy = network_policy(&network, allow_direct_routing);
+            assert_eq!(
+                (policy.direct_access, policy.masquerade),
+                (access, masquerades),
+                "{mode} masquerade={masquerade} internal={internal} \
+                 allow-direct-routing={allow_direct_routing}"
+            );
+        }
+        let trusted = network(&[(OPT_TRUSTED_HOST_INTERFACES, "eth3:vxlan.1")], false).unwrap();
+        assert_eq!(trusted.trusted_host_interfaces, ["eth3", "vxlan.1"]);
+        let isolated = network(&[(OPT_GATEWAY_MODE_IPV4, "isolated")], true).unwrap();
+        assert!(!isolated.has_gateway() && !isolated.bridge_has_address());
+        let inhibited = network(&[(OPT_INHIBIT_IPV4, "true")], false).unwrap();
+        assert!(inhibited.has_gateway() && !inhibited.bridge_has_address());
+        let v6 = network(&[(OPT_GATEWAY_MODE_IPV6, "routed")], false).unwrap();
+        assert_eq!(v6.gateway_mode_ipv6, GatewayMode::Routed);
+    }
+
+    #[test]
+    fn refused_options() {
+        for (options, internal, message) in [
+            (
+                &[(OPT_GATEWAY_MODE_IPV4, "bridged")][..],
+                false,
+                "unknown gateway mode",
+            ),
+            (&[(OPT_GATEWAY_MODE_IPV4, "isolated")], false, "internal"),
+            (&[(OPT_GATEWAY_MODE_IPV6, "isolated")], false, "internal"),
+            (&[(OPT_INHIBIT_IPV4, "yes")], false, "true or false"),
+            (
+                &[(OPT_TRUSTED_HOST_INTERFACES, "eth0:a very long name")],
+                false,
+                "not an interface name",
+            ),
+            (&[(OPT_CONTAINER_IFACE_PREFIX, "")], false, "1 to 12"),
+            (
+                &[("bpfbridge.enable_icc", "false")],
+                false,
+                "unknown network option",
+            ),
+        ] {
+            let error = network(options, internal).unwrap_err().to_string();
+            assert!(error.contains(message), "{options:?}: {error}");
+        }
+        let mut default = record("bridge");
+        default.inhibit_ipv4 = true;
+        assert!(check_options(&default, true).is_err());
+    }
+
+    #[test]
+    fn unknown_docker_options_are_accepted_with_a_warning() {
+        let options = BTreeMap::from([
+            (
+                "com.docker.network.bridge.enable_icc".to_string(),
+                "true".to_string(),
+            ),
+            (
+                "com.docker.network.windowsshim.hnsid".to_string(),
+                "x".to_string(),
+            ),
+            ("com.example.label".to_string(), "y".to_string()),
+        ]);
+        let mut record = network(&[], false).unwrap();
+        for (k, v) in &options {
+            apply_option(&mut record, k, v).unwrap();
+        }
+        let warnings = ignored_options(&options);
+        assert_eq!(warnings.len(), 2, "{warnings:?}");
+        assert!(warnings[0].contains("com.docker.network.windowsshim.hnsid"));
     }
 }

@@ -15,25 +15,34 @@ use crate::{
     config::PortRange,
     ipam,
     model::{
-        ContainerRecord, EndpointRecord, ExposedPort, HostConfig, HostPort, LinkRecord, MacAddress,
-        NetworkMode, NetworkRecord, PortBinding, PortRequest, Proto, parse_port_proto,
-        port_requests_from_map, random_id, validate_name,
+        ContainerRecord, EndpointConfig, EndpointRecord, ExposedPort, HostConfig, HostPort,
+        LinkRecord, MacAddress, NetworkMode, NetworkRecord, OPT_ENDPOINT_IFNAME, PortBinding,
+        PortRequest, Proto, parse_port_proto, port_requests_from_map, random_id, validate_name,
     },
 };
 
-/// The endpoint that carries a container's published ports and its default route: the
-/// first one on a network with a way out (a known network that is not `--internal`).
-/// Planned (pending) endpoints count, so a plan and the finished container agree; the
-/// dataplane is given ports only once that endpoint is made.
+/// The endpoint that carries a container's published ports and its default route, as
+/// Docker 28 picks its gateway endpoint: the highest `--gw-priority` among the endpoints on
+/// a known network with a way out (not `--internal`) and a gateway on its bridge; ties go
+/// to the network whose name sorts first. Planned (pending) endpoints count, so a plan and
+/// the finished container agree; the dataplane is given ports only once that endpoint is
+/// made.
 pub(super) fn port_endpoint<'a>(
     endpoints: &'a [EndpointRecord],
     networks: &BTreeMap<String, NetworkRecord>,
 ) -> Option<&'a EndpointRecord> {
-    endpoints.iter().find(|e| {
-        networks
-            .values()
-            .any(|n| n.id == e.network_id && !n.internal)
-    })
+    endpoints
+        .iter()
+        .filter_map(|e| {
+            let network = networks.values().find(|n| n.id == e.network_id)?;
+            (!network.internal && network.has_gateway()).then_some((e, network.name.as_str()))
+        })
+        .min_by(|(a, a_name), (b, b_name)| {
+            b.gw_priority
+                .cmp(&a.gw_priority)
+                .then_with(|| a_name.cmp(b_name))
+        })
+        .map(|(e, _)| e)
 }
 
 /// `HostConfig.NetworkMode` parsed: the mode, and for bridge mode the primary network.
@@ -160,25 +169,67 @@ pub(super) fn plan_links<'a>(
     Ok(links)
 }
 
-/// The lowest `ethN` a container does not use yet.
-pub(super) fn next_ifname(container: &ContainerRecord) -> String {
+/// The lowest `PREFIXN` (`eth0`, `eth1`, ...) a container does not use yet.
+pub(super) fn next_ifname(container: &ContainerRecord, prefix: &str) -> String {
     (0..)
-        .map(|n| format!("eth{n}"))
+        .map(|n| format!("{prefix}{n}"))
         .find(|name| !container.endpoints.iter().any(|e| &e.ifname == name))
         .expect("an unused interface name")
 }
 
+/// What a create or connect request asks of one endpoint.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(super) struct EndpointWish {
+    /// `--ip`.
+    pub requested_ip: Option<Ipv4Addr>,
+    pub aliases: Vec<String>,
+    /// `--gw-priority`.
+    pub gw_priority: i64,
+    /// The interface name inside the container (`com.docker.network.endpoint.ifname`).
+    pub ifname: Option<String>,
+}
+
+impl EndpointWish {
+    /// The wish an endpoint config of the API expresses. Endpoint driver options Docker's
+    /// bridge driver does not know are ignored, as Docker ignores them.
+    pub fn of(config: &EndpointConfig) -> Result<Self> {
+        let requested_ip = match config
+            .ipam_config
+            .as_ref()
+            .map(|c| c.ipv4_address.as_str())
+            .filter(|s| !s.is_empty())
+        {
+            Some(s) => Some(
+                s.parse()
+                    .map_err(|_| Error::InvalidArgument(format!("invalid IP address {s:?}")))?,
+            ),
+            None => None,
+        };
+        Ok(EndpointWish {
+            requested_ip,
+            aliases: config.aliases.clone(),
+            gw_priority: config.gw_priority,
+            ifname: config.driver_opts.get(OPT_ENDPOINT_IFNAME).cloned(),
+        })
+    }
+}
+
 /// Plans an endpoint on `network` for `container`: address (requested or allocated, apart
-/// from every address `containers` hold on it and `planned`), interface name and aliases.
-/// Pending until made.
+/// from every address `containers` hold on it and `planned`), interface name, aliases and
+/// gateway priority. Pending until made.
 pub(super) fn plan_endpoint(
     containers: &BTreeMap<String, ContainerRecord>,
     container: &ContainerRecord,
     network: &NetworkRecord,
-    requested_ip: Option<Ipv4Addr>,
-    aliases: Vec<String>,
+    wish: EndpointWish,
     planned: &BTreeSet<Ipv4Addr>,
 ) -> Result<EndpointRecord> {
+    let EndpointWish {
+        requested_ip,
+        aliases,
+        gw_priority,
+        ifname,
+    } = wish;
     if network.is_default() && requested_ip.is_some() {
         return Err(Error::InvalidArgument(
             "user specified IP address is supported on user defined networks only".into(),
@@ -212,18 +263,39 @@ pub(super) fn plan_endpoint(
             network.last_allocated,
         )?,
     };
+    let ifname = match ifname {
+        Some(name) => {
+            if name.is_empty() || name.len() > 15 || name.contains(['/', ' ', ':']) {
+                return Err(Error::InvalidArgument(format!(
+                    "endpoint option {OPT_ENDPOINT_IFNAME}={name:?}: not an interface name"
+                )));
+            }
+            if container.endpoints.iter().any(|e| e.ifname == name) {
+                return Err(Error::Conflict(format!(
+                    "container {} already has an interface {name}",
+                    container.name
+                )));
+            }
+            name
+        }
+        None => next_ifname(
+            container,
+            network.container_iface_prefix.as_deref().unwrap_or("eth"),
+        ),
+    };
     Ok(EndpointRecord {
         network_id: network.id.clone(),
         endpoint_id: random_id(),
         ip,
         mac: MacAddress::for_ip(ip),
-        ifname: next_ifname(container),
+        ifname,
         host_veth: String::new(),
         host_veth_ifindex: 0,
         host_veth_mac: None,
         aliases,
         requested_ip,
         pending: true,
+        gw_priority,
     })
 }
 
@@ -396,6 +468,11 @@ mod tests {
             last_allocated: None,
             pending: false,
             managed_by: ManagedBy::Bpfbridge,
+            gateway_mode_ipv4: Default::default(),
+            gateway_mode_ipv6: Default::default(),
+            trusted_host_interfaces: Vec::new(),
+            inhibit_ipv4: false,
+            container_iface_prefix: None,
         }
     }
 
@@ -416,6 +493,7 @@ mod tests {
             aliases: Vec::new(),
             requested_ip: None,
             pending,
+            gw_priority: 0,
         }
     }
 
@@ -437,7 +515,7 @@ mod tests {
     }
 
     #[test]
-    fn the_ports_go_through_the_first_way_out() {
+    fn the_ports_go_through_a_way_out() {
         let nets = networks(&[
             network("inside", "n-int", true),
             network("outside", "n-out", false),
@@ -448,7 +526,7 @@ mod tests {
             (&["n-out"], Some("n-out")),
             (&["n-int"], None),
             (&["n-int", "n-out"], Some("n-out")),
-            (&["n-2nd", "n-out"], Some("n-2nd")),
+            (&["n-2nd", "n-out"], Some("n-out")),
             (&["n-gone", "n-2nd"], Some("n-2nd")),
             (&["n-int", "n-gone"], None),
         ];
@@ -615,7 +693,14 @@ mod tests {
         let new = container("b", vec![endpoint("n-x", [10, 9, 0, 2], "eth0", false)]);
         let planned = BTreeSet::from([Ipv4Addr::new(10, 1, 0, 3)]);
 
-        let e = plan_endpoint(&containers, &new, &net, None, Vec::new(), &planned).unwrap();
+        let plan = |net: &NetworkRecord, wish: EndpointWish| {
+            plan_endpoint(&containers, &new, net, wish, &planned)
+        };
+        let asking = |ip: [u8; 4]| EndpointWish {
+            requested_ip: Some(ip.into()),
+            ..EndpointWish::default()
+        };
+        let e = plan(&net, EndpointWish::default()).unwrap();
         assert_eq!(
             (e.ip, e.ifname.as_str()),
             (Ipv4Addr::new(10, 1, 0, 4), "eth1")
@@ -623,18 +708,72 @@ mod tests {
         assert_eq!(e.mac.to_string(), "02:42:0a:01:00:04");
         assert!(e.pending);
 
-        let asked = Some(Ipv4Addr::new(10, 1, 0, 5));
-        let e = plan_endpoint(&containers, &new, &net, asked, Vec::new(), &planned).unwrap();
+        let e = plan(&net, asking([10, 1, 0, 5])).unwrap();
         assert_eq!(e.ip, Ipv4Addr::new(10, 1, 0, 5));
         for taken in [[10, 1, 0, 2], [10, 1, 0, 3], [10, 1, 0, 1], [10, 2, 0, 2]] {
-            let asked = Some(taken.into());
-            assert!(plan_endpoint(&containers, &new, &net, asked, Vec::new(), &planned).is_err());
+            assert!(plan(&net, asking(taken)).is_err());
         }
 
         let default = network(DEFAULT_NETWORK, "n-d", false);
-        assert!(plan_endpoint(&containers, &new, &default, asked, Vec::new(), &planned).is_err());
-        let alias = vec!["web".to_string()];
-        assert!(plan_endpoint(&containers, &new, &default, None, alias, &planned).is_err());
+        assert!(plan(&default, asking([10, 1, 0, 5])).is_err());
+        let alias = EndpointWish {
+            aliases: vec!["web".to_string()],
+            ..EndpointWish::default()
+        };
+        assert!(plan(&default, alias).is_err());
+
+        // The network's interface prefix, or the name the endpoint option gives.
+        let prefixed = NetworkRecord {
+            container_iface_prefix: Some("app".into()),
+            ..net.clone()
+        };
+        assert_eq!(
+            plan(&prefixed, EndpointWish::default()).unwrap().ifname,
+            "app0"
+        );
+        let named = |name: &str| EndpointWish {
+            ifname: Some(name.into()),
+            gw_priority: 7,
+            ..EndpointWish::default()
+        };
+        let e = plan(&net, named("front")).unwrap();
+        assert_eq!((e.ifname.as_str(), e.gw_priority), ("front", 7));
+        assert!(matches!(plan(&net, named("eth0")), Err(Error::Conflict(_))));
+        assert!(plan(&net, named("a/b")).is_err());
+    }
+
+    #[test]
+    fn the_highest_gateway_priority_carries_the_ports_then_the_first_name() {
+        let nets = networks(&[
+            network("alpha", "n-a", false),
+            network("beta", "n-b", false),
+            network("inside", "n-int", true),
+            NetworkRecord {
+                gateway_mode_ipv4: crate::model::GatewayMode::Isolated,
+                ..network("isolated", "n-iso", true)
+            },
+        ]);
+        let on = |list: &[(&str, i64)]| -> Vec<EndpointRecord> {
+            list.iter()
+                .map(|(id, priority)| EndpointRecord {
+                    gw_priority: *priority,
+                    ..endpoint(id, [10, 1, 0, 2], "eth0", false)
+                })
+                .collect()
+        };
+        type Endpoints = &'static [(&'static str, i64)];
+        let cases: &[(Endpoints, Option<&str>)] = &[
+            (&[("n-b", 0), ("n-a", 0)], Some("n-a")),
+            (&[("n-a", 0), ("n-b", 1)], Some("n-b")),
+            (&[("n-a", -1), ("n-b", -2)], Some("n-a")),
+            (&[("n-int", 10), ("n-b", 0)], Some("n-b")),
+            (&[("n-iso", 10), ("n-int", 5)], None),
+        ];
+        for (list, expected) in cases {
+            let endpoints = on(list);
+            let carrier = port_endpoint(&endpoints, &nets).map(|e| e.network_id.as_str());
+            assert_eq!(carrier, *expected, "endpoints {list:?}");
+        }
     }
 
     const ANY: Ipv4Addr = Ipv4Addr::UNSPECIFIED;

@@ -1,0 +1,364 @@
+//! Docker 28's bridge semantics: what a world host with a route to the container subnets
+//! via the node reaches at the containers' own addresses in each gateway mode (moby#49325:
+//! nothing in `nat` mode), isolated networks, the choice of the default gateway among
+//! several networks by `--gw-priority`, and options Docker's bridge driver ignores.
+
+use std::{
+    net::{Ipv4Addr, SocketAddrV4},
+    time::Duration,
+};
+
+use anyhow::{Context as _, Result, ensure};
+use bpfbridge_tests::{
+    Agent, Echo, NODE_IP, Topology, UPLINK, ebpf_checks, in_netns, ping_reaches, run, tcp_reaches,
+    udp_reaches,
+};
+use serde_json::Value;
+
+const WAIT: Duration = Duration::from_millis(800);
+
+/// Runs the CLI and expects success; returns stdout and stderr.
+fn ok(agent: &Agent, args: &[&str]) -> Result<(String, String)> {
+    let out = agent.cli(args)?;
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    ensure!(
+        out.status.success(),
+        "bpfbridge {}: {stderr}",
+        args.join(" ")
+    );
+    Ok((String::from_utf8(out.stdout)?, stderr))
+}
+
+fn ip_on(container: &Value, network: &str) -> Result<Ipv4Addr> {
+    container["NetworkSettings"]["Networks"][network]["IPAddress"]
+        .as_str()
+        .with_context(|| format!("no address on {network}: {container}"))?
+        .parse()
+        .context("address")
+}
+
+/// What the world reaches at a container's own address: its published container port
+/// (TCP and UDP), an unpublished one, and ping.
+#[derive(Debug, PartialEq, Eq)]
+struct Reach {
+    published: bool,
+    published_udp: bool,
+    unpublished: bool,
+    ping: bool,
+}
+
+impl Reach {
+    const NOTHING: Reach = Reach {
+        published: false,
+        published_udp: false,
+        unpublished: false,
+        ping: false,
+    };
+    const EVERYTHING: Reach = Reach {
+        published: true,
+        published_udp: true,
+        unpublished: true,
+        ping: true,
+    };
+    const PUBLISHED: Reach = Reach {
+        published: true,
+        published_udp: true,
+        unpublished: false,
+        ping: false,
+    };
+}
+
+/// A container on `network` publishing its port 80 (TCP and UDP) on `host_port`, with echo
+/// servers on 80 and 22: what the world reaches at its address, and whether the published
+/// host port answers through the node.
+fn probe(agent: &Agent, topology: &Topology, network: &str, host_port: u16) -> Result<Reach> {
+    let name = format!("c-{network}");
+    let publish_tcp = format!("{host_port}:80");
+    let publish_udp = format!("{host_port}:80/udp");
+    let (json, netns) = agent.create_container(&[
+        &name,
+        "--network",
+        network,
+        "-p",
+        &publish_tcp,
+        "-p",
+        &publish_udp,
+    ])?;
+    let ip = ip_on(&json, network)?;
+    let _servers = (Echo::start(&netns, 80)?, Echo::start(&netns, 22)?);
+    let world = topology.world.path();
+    ensure!(
+        tcp_reaches(&world, SocketAddrV4::new(NODE_IP, host_port), WAIT),
+        "{network}: the published host port answers through the node"
+    );
+    Ok(Reach {
+        published: tcp_reaches(&world, SocketAddrV4::new(ip, 80), WAIT),
+        published_udp: udp_reaches(&world, SocketAddrV4::new(ip, 80), WAIT),
+        unpublished: tcp_reaches(&world, SocketAddrV4::new(ip, 22), WAIT),
+        ping: ping_reaches(&world, ip),
+    })
+}
+
+/// Gives the world a route to every bridge network (Docker's pools and the subnets the
+/// tests choose) through the node, as a LAN host that routes the container subnets via
+/// the node has.
+fn route_pools_via_node(topology: &Topology) -> Result<()> {
+    for pool in ["172.16.0.0/12", "192.168.0.0/16", "10.0.0.0/8"] {
+        // The topology may already route some of them through the node: replace.
+        topology
+            .world
+            .ip(&["route", "replace", pool, "via", &NODE_IP.to_string()])?;
+    }
+    Ok(())
+}
+
+#[test]
+fn direct_access_by_gateway_mode() -> Result<()> {
+    let topology = Topology::new()?;
+    route_pools_via_node(&topology)?;
+    let agent = Agent::start(&topology)?;
+    let cases = [
+        ("natnet", vec![], Reach::NOTHING),
+        (
+            "routednet",
+            vec!["com.docker.network.bridge.gateway_mode_ipv4=routed"],
+            Reach {
+                ping: true,
+                ..Reach::PUBLISHED
+            },
+        ),
+        (
+            "opennet",
+            vec!["com.docker.network.bridge.gateway_mode_ipv4=nat-unprotected"],
+            Reach::EVERYTHING,
+        ),
+        (
+            "nomasq",
+            vec!["com.docker.network.bridge.enable_ip_masquerade=false"],
+            Reach::NOTHING,
+        ),
+    ];
+    let trusted = format!("com.docker.network.bridge.trusted_host_interfaces=lo:{UPLINK}");
+    let cases = cases
+        .into_iter()
+        .chain([("trustednet", vec![trusted.as_str()], Reach::PUBLISHED)]);
+    for (i, (network, options, expected)) in cases.enumerate() {
+        let mut args = vec!["network", "create", network];
+        for option in &options {
+            args.extend(["-o", option]);
+        }
+        ok(&agent, &args)?;
+        let reach = probe(&agent, &topology, network, 8100 + i as u16)?;
+        assert_eq!(reach, expected, "{network} {options:?}");
+    }
+    if ebpf_checks("the direct-access drop counter") {
+        ensure!(agent.counter("uplink_ingress.drop.direct_access")? >= 4);
+    }
+    Ok(())
+}
+
+/// `--allow-direct-routing` opens the published container ports of every nat network.
+#[test]
+fn allow_direct_routing_opens_published_ports() -> Result<()> {
+    let topology = Topology::new()?;
+    route_pools_via_node(&topology)?;
+    let agent = Agent::start_with(&topology, &["--allow-direct-routing"])?;
+    ok(&agent, &["network", "create", "natnet"])?;
+    assert_eq!(probe(&agent, &topology, "natnet", 8200)?, Reach::PUBLISHED);
+    Ok(())
+}
+
+/// The routes inside a container's namespace, as `ip route` prints them.
+fn routes(netns: &std::path::Path) -> Result<String> {
+    let out = run(
+        "nsenter",
+        &[&format!("--net={}", netns.display()), "ip", "route"],
+    )?;
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn default_via(netns: &std::path::Path) -> Result<Option<String>> {
+    Ok(routes(netns)?
+        .lines()
+        .find_map(|l| l.strip_prefix("default via "))
+        .and_then(|rest| rest.split_whitespace().next())
+        .map(String::from))
+}
+
+#[test]
+fn isolated_networks_have_no_gateway_and_no_route_out() -> Result<()> {
+    let topology = Topology::new()?;
+    let agent = Agent::start(&topology)?;
+    let refused = agent.cli(&[
+        "network",
+        "create",
+        "notinternal",
+        "-o",
+        "com.docker.network.bridge.gateway_mode_ipv4=isolated",
+    ])?;
+    ensure!(!refused.status.success(), "isolated needs --internal");
+    ok(
+        &agent,
+        &[
+            "network",
+            "create",
+            "iso",
+            "--internal",
+            "--subnet",
+            "10.77.0.0/24",
+            "-o",
+            "com.docker.network.bridge.gateway_mode_ipv4=isolated",
+        ],
+    )?;
+    let (json, netns) = agent.create_container(&["lonely", "--network", "iso"])?;
+    ensure!(
+        json["NetworkSettings"]["Networks"]["iso"]["Gateway"] == "",
+        "no gateway: {json}"
+    );
+    ensure!(default_via(&netns)?.is_none(), "{}", routes(&netns)?);
+    // No address of the node's on the bridge: the node is not reachable from it either.
+    let addresses = run(
+        "nsenter",
+        &[
+            &format!("--net={}", topology.node.path().display()),
+            "ip",
+            "-4",
+            "-o",
+            "addr",
+        ],
+    )?;
+    let addresses = String::from_utf8_lossy(&addresses.stdout);
+    ensure!(!addresses.contains("10.77.0."), "{addresses}");
+    let reaches_out = in_netns(&netns, || {
+        std::net::TcpStream::connect_timeout(&SocketAddrV4::new(NODE_IP, 22).into(), WAIT)
+    });
+    ensure!(
+        matches!(&reaches_out, Err(e) if e.kind() != std::io::ErrorKind::ConnectionRefused),
+        "no way out: {reaches_out:?}"
+    );
+    Ok(())
+}
+
+#[test]
+fn gw_priority_chooses_the_default_route_and_reconnecting_changes_it() -> Result<()> {
+    let topology = Topology::new()?;
+    let agent = Agent::start(&topology)?;
+    ok(
+        &agent,
+        &["network", "create", "alpha", "--subnet", "10.81.0.0/24"],
+    )?;
+    ok(
+        &agent,
+        &["network", "create", "beta", "--subnet", "10.82.0.0/24"],
+    )?;
+    // Equal priorities: the network whose name sorts first, whatever the order given.
+    let (_, plain) =
+        agent.create_container(&["plain", "--network", "beta", "--network", "alpha"])?;
+    assert_eq!(default_via(&plain)?.as_deref(), Some("10.81.0.1"));
+    // The highest priority wins.
+    let (json, web) = agent.create_container(&[
+        "web",
+        "--network",
+        "name=alpha",
+        "--network",
+        "name=beta,gw-priority=10",
+        "-p",
+        "8300:80",
+    ])?;
+    assert_eq!(default_via(&web)?.as_deref(), Some("10.82.0.1"));
+    assert_eq!(
+        json["NetworkSettings"]["Networks"]["beta"]["GwPriority"],
+        10
+    );
+    assert_eq!(
+        json["NetworkSettings"]["Networks"]["alpha"]["GwPriority"],
+        0
+    );
+    let _server = Echo::start(&web, 80)?;
+    let world = topology.world.path();
+    ensure!(tcp_reaches(&world, SocketAddrV4::new(NODE_IP, 8300), WAIT));
+    // Reconnected with a higher priority, alpha takes the default route and the ports.
+    ok(&agent, &["network", "disconnect", "alpha", "web"])?;
+    ok(
+        &agent,
+        &["network", "connect", "alpha", "web", "--gw-priority", "20"],
+    )?;
+    assert_eq!(default_via(&web)?.as_deref(), Some("10.81.0.1"));
+    let json = agent.cli_json(&["container", "inspect", "web"])?[0].clone();
+    assert_eq!(
+        json["NetworkSettings"]["Networks"]["alpha"]["GwPriority"],
+        20
+    );
+    ensure!(tcp_reaches(&world, SocketAddrV4::new(NODE_IP, 8300), WAIT));
+    // A negative priority on the only way out still carries it.
+    let (_, low) = agent.create_container(&["low", "--network", "alpha", "--gw-priority", "-5"])?;
+    assert_eq!(default_via(&low)?.as_deref(), Some("10.81.0.1"));
+    Ok(())
+}
+
+#[test]
+fn unknown_options_are_accepted_and_reported_but_not_our_own() -> Result<()> {
+    let topology = Topology::new()?;
+    let agent = Agent::start(&topology)?;
+    let (_, stderr) = ok(
+        &agent,
+        &[
+            "network",
+            "create",
+            "compose",
+            "-o",
+            "com.docker.network.bridge.gateway_mode_ipv6=routed",
+            "-o",
+            "com.docker.network.windowsshim.hnsid=1",
+            "-o",
+            "com.docker.network.container_iface_prefix=app",
+        ],
+    )?;
+    ensure!(
+        stderr.contains("com.docker.network.windowsshim.hnsid") && stderr.contains("ignored"),
+        "{stderr}"
+    );
+    ensure!(!stderr.contains("gateway_mode_ipv6"), "{stderr}");
+    let network = agent.cli_json(&["network", "inspect", "compose"])?[0].clone();
+    assert_eq!(
+        network["Options"]["com.docker.network.windowsshim.hnsid"],
+        "1"
+    );
+    let (json, netns) = agent.create_container(&["app", "--network", "compose"])?;
+    ensure!(json["NetworkSettings"]["Networks"]["compose"].is_object());
+    let links = run(
+        "nsenter",
+        &[&format!("--net={}", netns.display()), "ip", "-o", "link"],
+    )?;
+    let links = String::from_utf8_lossy(&links.stdout);
+    ensure!(links.contains(" app0"), "{links}");
+    ok(&agent, &["network", "create", "second"])?;
+    ok(
+        &agent,
+        &[
+            "network",
+            "connect",
+            "second",
+            "app",
+            "--driver-opt",
+            "com.docker.network.endpoint.ifname=back",
+        ],
+    )?;
+    let links = run(
+        "nsenter",
+        &[&format!("--net={}", netns.display()), "ip", "-o", "link"],
+    )?;
+    ensure!(
+        String::from_utf8_lossy(&links.stdout).contains(" back"),
+        "{}",
+        String::from_utf8_lossy(&links.stdout)
+    );
+    let refused = agent.cli(&["network", "create", "typo", "-o", "bpfbridge.icc=false"])?;
+    ensure!(!refused.status.success());
+    ensure!(
+        String::from_utf8_lossy(&refused.stderr).contains("unknown network option"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    Ok(())
+}
