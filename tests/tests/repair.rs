@@ -599,22 +599,22 @@ fn a_flushed_docker_chain_is_filled_again() -> Result<()> {
 
 #[test]
 fn a_deleted_uplink_link_pin_is_attached_again() -> Result<()> {
-    if skip_unless_ebpf("the uplink's XDP link is the eBPF dataplane's") {
+    if skip_unless_ebpf("the uplink's link is the eBPF dataplane's") {
         return Ok(());
     }
     let web = Web::start()?;
-    let uplink = web.agent.cli_json(&["info"])?["Uplink"]
-        .as_str()
-        .context("Uplink")?
-        .to_string();
-    let pin = web
-        .agent
-        .pin_dir
-        .join("links")
-        .join(format!("xdp_{uplink}"));
+    let info = web.agent.cli_json(&["info"])?;
+    let uplink = &info["Uplinks"][0];
+    let name = uplink["Name"].as_str().context("Uplinks[0].Name")?;
+    // The hook `--uplink-hook auto` chose: TC on the lab's veth uplink.
+    let pin_name = match uplink["Hook"].as_str().context("Uplinks[0].Hook")? {
+        "xdp" => format!("xdp_{name}"),
+        _ => format!("uplink_tc_{name}"),
+    };
+    let pin = web.agent.pin_dir.join("links").join(pin_name);
     ensure!(pin.exists(), "{} is pinned", pin.display());
     web.repaired_after(
-        "repair_xdp_link_pin_deleted",
+        "repair_uplink_link_pin_deleted",
         "ProgramReattached",
         "program_reattached",
         || Ok(std::fs::remove_file(&pin)?),

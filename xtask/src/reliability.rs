@@ -107,11 +107,11 @@ const SECTIONS: &[Section] = &[
                     of each: the container behind those ports receives no segment or datagram \
                     (its `Tcp: InSegs`, `Udp: InDatagrams` and `Udp: NoPorts` do not move), and \
                     the uplink program counts each as `uplink_ingress.pass.loopback_destination` \
-                    (the kernel then drops it as a martian). Skipped on the iptables dataplane: \
-                    Docker 20.10's rules, which it keeps, DNAT such frames before routing can \
-                    drop them (moby#45610; Docker 28 drops them in raw/PREROUTING, moby#49325; \
-                    issue 16 is where that dataplane gains the drop).",
-                command: "`cargo test -p bpfbridge-tests --test exposure frames -- --nocapture`",
+                    (the kernel then drops it as a martian). The iptables dataplane drops them \
+                    in raw/PREROUTING, as Docker 28 does (moby#49325; Docker 20.10 translated \
+                    them, moby#45610).",
+                command: "`cargo test -p bpfbridge-tests --test exposure frames -- --nocapture`, \
+                    and with `BPFBRIDGE_TEST_DATAPLANE=iptables`",
                 not_on_iptables: None,
             },
         ],
@@ -185,6 +185,135 @@ const SECTIONS: &[Section] = &[
                 command: "`cargo test -p bpfbridge-tests --test repair namespace -- --nocapture`",
                 not_on_iptables: None,
             },
+            Test {
+                name: "repair_bridge_deleted",
+                title: "Deleted bridge",
+                checks: "A network's bridge deleted with `ip link del`: recreated with its gateway address, the containers' veths put back on it (`BridgeRecreated`), a `repair` event in `monitor`, the published port answers again. Figures: time to the repair and to the port answering.",
+                command: "`cargo test -p bpfbridge-tests --test repair -- --nocapture`, and with \
+                    `BPFBRIDGE_TEST_DATAPLANE=iptables`",
+                not_on_iptables: None,
+            },
+            Test {
+                name: "repair_bridge_down",
+                title: "Bridge set down",
+                checks: "`ip link set BRIDGE down`: set up again (`BridgeSetUp`), a `repair` event, the port answers again.",
+                command: "`cargo test -p bpfbridge-tests --test repair -- --nocapture`, and with \
+                    `BPFBRIDGE_TEST_DATAPLANE=iptables`",
+                not_on_iptables: None,
+            },
+            Test {
+                name: "repair_gateway_address",
+                title: "Gateway address removed",
+                checks: "The bridge's gateway address deleted: put back (`BridgeAddressRestored`) at the address event, a `repair` event, the container reaches the world again.",
+                command: "`cargo test -p bpfbridge-tests --test repair -- --nocapture`, and with \
+                    `BPFBRIDGE_TEST_DATAPLANE=iptables`",
+                not_on_iptables: None,
+            },
+            Test {
+                name: "repair_ip_forward",
+                title: "Forwarding turned off",
+                checks: "`net.ipv4.ip_forward=0` in the node namespace: set again (`SysctlRestored`), a `repair` event, the port answers again.",
+                command: "`cargo test -p bpfbridge-tests --test repair -- --nocapture`, and with \
+                    `BPFBRIDGE_TEST_DATAPLANE=iptables`",
+                not_on_iptables: None,
+            },
+            Test {
+                name: "repair_tc_link_pin_deleted",
+                title: "Container program's link pin deleted",
+                checks: "The pin of a container veth's TC link removed (which detaches it): attached anew (`ProgramReattached`), the port answers again.",
+                command: "`cargo test -p bpfbridge-tests --test repair -- --nocapture`, and with \
+                    `BPFBRIDGE_TEST_DATAPLANE=iptables`",
+                not_on_iptables: Some("no BPF links"),
+            },
+            Test {
+                name: "repair_tc_link_detached",
+                title: "Container program detached",
+                checks: "The TC link detached with `bpftool link detach`, its pin left: found by the link's interface (0 once detached), attached anew.",
+                command: "`cargo test -p bpfbridge-tests --test repair -- --nocapture`, and with \
+                    `BPFBRIDGE_TEST_DATAPLANE=iptables`",
+                not_on_iptables: Some("no BPF links"),
+            },
+            Test {
+                name: "repair_published_port_entry",
+                title: "Published-port entry deleted",
+                checks: "The `PUBLISHED_PORTS` entry of 8080 deleted from the pinned map: written back from the records (`MapEntryRestored`), the port answers again.",
+                command: "`cargo test -p bpfbridge-tests --test repair -- --nocapture`, and with \
+                    `BPFBRIDGE_TEST_DATAPLANE=iptables`",
+                not_on_iptables: Some("no BPF maps"),
+            },
+            Test {
+                name: "repair_docker_chain_flushed",
+                title: "DOCKER chains flushed",
+                checks: "`iptables -F DOCKER` and `iptables -t nat -F DOCKER` in the node namespace: every rule put back in Docker's order (`IptablesRuleRestored`); `iptables -S` afterwards equals the listing from before. dockerd itself does not do this.",
+                command: "`cargo test -p bpfbridge-tests --test repair -- --nocapture`, and with \
+                    `BPFBRIDGE_TEST_DATAPLANE=iptables`",
+                not_on_iptables: Some("no iptables rules"),
+            },
+            Test {
+                name: "repair_uplink_link_pin_deleted",
+                title: "Uplink program's link pin deleted",
+                checks: "The pin of the uplink's link (XDP or TC, as the hook in `info` says) removed: attached anew on the same hook, published ports answer again.",
+                command: "`cargo test -p bpfbridge-tests --test repair -- --nocapture`, and with \
+                    `BPFBRIDGE_TEST_DATAPLANE=iptables`",
+                not_on_iptables: Some("no BPF links"),
+            },
+            Test {
+                name: "repair_cgroup_link_pin_deleted",
+                title: "Socket programs' link pin deleted",
+                checks: "The pin of a cgroup socket program's link removed: attached anew, node-local access to a published port works again.",
+                command: "`cargo test -p bpfbridge-tests --test repair -- --nocapture`, and with \
+                    `BPFBRIDGE_TEST_DATAPLANE=iptables`",
+                not_on_iptables: Some("no BPF links"),
+            },
+        ],
+    },
+    Section {
+        title: "Every interface",
+        tests: &[Test {
+            name: "interfaces",
+            title: "Second interface, hotplug and unplug",
+            checks: "A second node interface (a veth to a second world, 192.0.2.0/24, TX \
+                offload on) answers a port published on 0.0.0.0, and a container's connection out \
+                of it is masqueraded with that interface's address; an interface created after \
+                the agent started answers (figure: time until it does), and one removed leaves \
+                no attachment (figure: time until its pin is gone). The published-port suite \
+                itself runs three ways: the world's TX offload on (TC hook, partial checksums), \
+                off (TC), and off on the XDP hook.",
+            command: "`cargo test -p bpfbridge-tests --test interfaces -- --nocapture`, and with \
+                `BPFBRIDGE_TEST_DATAPLANE=iptables`",
+            not_on_iptables: None,
+        }],
+    },
+    Section {
+        title: "Upgrades across map layout changes",
+        tests: &[
+            Test {
+                name: "upgrade",
+                title: "Previous layout's pins under live connections",
+                checks: "An agent is killed with a TCP connection open through a published port \
+                    (its state in `NAT_FLOWS`) and one from a container through masquerade \
+                    (`CONNTRACK`); its `NAT_FLOWS` pin is replaced by a map of the previous \
+                    layout (v1, no counters) holding the same flows, as a build from before \
+                    versioned layouts leaves it. The new agent starts over them: both connections \
+                    still carry bytes, `NAT_FLOWS` is v2 with the flows migrated, nothing is left \
+                    under `retired/`. The tests beside it: an upgrade stopped half-way is \
+                    finished by the next start; a newer layout (a downgrade) is refused with the \
+                    pins untouched; every pinned map has a layout version the kernel confirms.",
+                command: "`cargo test -p bpfbridge-tests --test upgrade -- --nocapture`",
+                not_on_iptables: Some("no pinned maps"),
+            },
+            Test {
+                name: "upgrade_from_previous_agent",
+                title: "From a real agent of the previous layout",
+                checks: "With `BPFBRIDGE_UPGRADE_FROM` naming a `bpfbridge` built from the commit \
+                    in `xtask/src/upgrade_from.rs` (the bench builds one; CI does not, and the \
+                    test skips): that agent runs with the two connections open, is stopped, and \
+                    this build's agent starts over its pins; both connections carry bytes and a \
+                    new one works.",
+                command: "`BPFBRIDGE_UPGRADE_FROM=PATH cargo test -p bpfbridge-tests --test \
+                    upgrade from_an -- --nocapture`",
+                not_on_iptables: Some("no pinned maps"),
+            },
         ],
     },
     Section {
@@ -208,6 +337,31 @@ const SECTIONS: &[Section] = &[
                     (OpenMetrics text) has the API latency histogram, containers, published \
                     ports and, on eBPF, every program's counters and the flow tables' fill.",
                 command: "`cargo test -p bpfbridge-tests --test metrics -- --nocapture`",
+                not_on_iptables: None,
+            },
+            Test {
+                name: "faults",
+                title: "Killed at every step",
+                checks: "The agent kills itself (SIGKILL) at each crash point of network \
+                    create/rm, container create/rm, connect, disconnect, publish and filters \
+                    (`bpfbridge debug crash-points` lists them; a point the test does not try \
+                    fails it), is restarted, and nothing is left over: no veth, bridge, address, \
+                    namespace, map entry, link pin, iptables rule or record without an owner; \
+                    the operation can be redone, and every delete done twice answers not found \
+                    the second time.",
+                command: "`cargo test -p bpfbridge-tests --test faults -- --nocapture`, and with \
+                    `BPFBRIDGE_TEST_DATAPLANE=iptables`",
+                not_on_iptables: None,
+            },
+            Test {
+                name: "dns_restart",
+                title: "DNS through restarts",
+                checks: "A container resolves another's name every 10 ms (retried after 1 s, \
+                    failed after 5 s, as a stub resolver) across 10 SIGTERM restarts and 10 kill \
+                    -9 restarts of the agent: the keeper holds the DNS sockets meanwhile, queries \
+                    wait in them, the next agent answers from the records the last one saved.",
+                command: "`cargo test -p bpfbridge-tests --test dns through -- --nocapture`, and \
+                    with `BPFBRIDGE_TEST_DATAPLANE=iptables`",
                 not_on_iptables: None,
             },
         ],

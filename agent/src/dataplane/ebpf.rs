@@ -1409,6 +1409,13 @@ impl EbpfDataplane {
         repaired: &mut Vec<Repaired>,
     ) -> Result<()> {
         for endpoint in endpoints {
+            // A veth deleted since the pass began is the veth repair's, at the next pass (its
+            // deletion's link event starts one): not a failure of this one.
+            let veth_is_there = nix::net::if_::if_nametoindex(endpoint.host_veth.as_str())
+                .is_ok_and(|index| index == endpoint.host_veth_ifindex);
+            if !veth_is_there {
+                continue;
+            }
             let pin = self.tc_pin(&endpoint.host_veth);
             if pinned_link_target(&pin)? != Some(u64::from(endpoint.host_veth_ifindex)) {
                 removed_pin(&pin)?;

@@ -461,6 +461,11 @@ fn wait(fds: &[BorrowedFd], timeout: Option<Duration>) -> Vec<bool> {
 /// The keeper process (`bpfbridge dns-keeper`): serves agents at `path` until it has
 /// nothing left to keep, or no agent came back within `grace`.
 pub fn run(path: &Path, grace: Duration) -> Result<()> {
+    // Named in `ps` and `top` for what it is, not after the `/proc/self/exe` it was started
+    // as.
+    if let Err(e) = nix::sys::prctl::set_name(c"bpfbridge-dns") {
+        warn!("naming the DNS keeper's process: {e}");
+    }
     let Some(listener) = Listener::bind(path)? else {
         info!(keeper = %path.display(), "another DNS keeper is listening there; exiting");
         return Ok(());
