@@ -562,32 +562,37 @@ impl EbpfDataplane {
         let cgroup_dir = fs::File::open(cgroup)
             .map_err(Error::io(format!("opening cgroup {}", cgroup.display())))?;
         for name in SOCKET_PROGRAMS {
-            let pin = self.links_dir.join(format!("cgroup_{name}"));
             let program: &mut CgroupSockAddr = program(&mut self.ebpf, name)?;
             program
                 .load()
                 .map_err(Error::dataplane(format!("loading {name}")))?;
-            let id = program
-                // Link-based attachments always coexist with others; flags must be zero.
-                .attach(&cgroup_dir, CgroupAttachMode::Single)
-                .map_err(Error::dataplane(format!(
-                    "attaching {name} to {}",
-                    cgroup.display()
-                )))?;
-            let link = program
-                .take_link(id)
-                .map_err(Error::dataplane("taking a cgroup link"))?;
-            let fd_link = FdLink::try_from(link)
-                .map_err(Error::dataplane("cgroup link is not a bpf_link"))?;
-            match fs::remove_file(&pin) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(Error::io(format!("removing {}", pin.display()))(e)),
-            }
-            fd_link
-                .pin(&pin)
-                .map_err(Error::dataplane(format!("pinning {}", pin.display())))?;
+            self.pin_cgroup_link(name, &cgroup_dir, cgroup)?;
         }
+        Ok(())
+    }
+
+    /// Attaches the (loaded) socket program `name` to `cgroup_dir` in a new link, pinned in
+    /// place of the link pinned before (which goes with its pin): until then the old link
+    /// still translates, so node-local connections are translated throughout.
+    fn pin_cgroup_link(&mut self, name: &str, cgroup_dir: &fs::File, cgroup: &Path) -> Result<()> {
+        let pin = self.links_dir.join(format!("cgroup_{name}"));
+        let program: &mut CgroupSockAddr = program(&mut self.ebpf, name)?;
+        let id = program
+            // Link-based attachments always coexist with others; flags must be zero.
+            .attach(cgroup_dir, CgroupAttachMode::Single)
+            .map_err(Error::dataplane(format!(
+                "attaching {name} to {}",
+                cgroup.display()
+            )))?;
+        let link = program
+            .take_link(id)
+            .map_err(Error::dataplane("taking a cgroup link"))?;
+        let fd_link =
+            FdLink::try_from(link).map_err(Error::dataplane("cgroup link is not a bpf_link"))?;
+        uplinks::remove_pin(&pin)?;
+        fd_link
+            .pin(&pin)
+            .map_err(Error::dataplane(format!("pinning {}", pin.display())))?;
         Ok(())
     }
 
@@ -1314,14 +1319,6 @@ fn restore_entries<'w, K: aya::Pod, V: aya::Pod + PartialEq>(
     Ok(restored)
 }
 
-fn removed_pin(pin: &Path) -> Result<()> {
-    match fs::remove_file(pin) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(Error::io(format!("removing {}", pin.display()))(e)),
-    }
-}
-
 /// Drift repair ([`Dataplane::repair`]).
 impl EbpfDataplane {
     /// Each uplink's link: pinned and attached to its interface, else attached anew on
@@ -1348,7 +1345,7 @@ impl EbpfDataplane {
                 index,
                 kind: None,
             };
-            match removed_pin(&pin).and_then(|()| self.attach_uplink(&uplink, hook)) {
+            match uplinks::remove_pin(&pin).and_then(|()| self.attach_uplink(&uplink, hook)) {
                 Ok(()) => repaired.push(Repaired {
                     kind: RepairKind::ProgramReattached,
                     what: format!("{} program on {name}", hook.name()),
@@ -1379,21 +1376,7 @@ impl EbpfDataplane {
             if pinned_link_target(&pin)? == Some(cgroup_id) {
                 continue;
             }
-            removed_pin(&pin)?;
-            let program: &mut CgroupSockAddr = program(&mut self.ebpf, name)?;
-            let id = program
-                .attach(&cgroup_dir, CgroupAttachMode::Single)
-                .map_err(Error::dataplane(format!(
-                    "attaching {name} to {}",
-                    cgroup.display()
-                )))?;
-            let link = program
-                .take_link(id)
-                .map_err(Error::dataplane("taking a cgroup link"))?;
-            FdLink::try_from(link)
-                .map_err(Error::dataplane("cgroup link is not a bpf_link"))?
-                .pin(&pin)
-                .map_err(Error::dataplane(format!("pinning {}", pin.display())))?;
+            self.pin_cgroup_link(name, &cgroup_dir, cgroup)?;
             repaired.push(Repaired {
                 kind: RepairKind::ProgramReattached,
                 what: format!("{name} program on cgroup {}", cgroup.display()),
@@ -1418,7 +1401,7 @@ impl EbpfDataplane {
             }
             let pin = self.tc_pin(&endpoint.host_veth);
             if pinned_link_target(&pin)? != Some(u64::from(endpoint.host_veth_ifindex)) {
-                removed_pin(&pin)?;
+                uplinks::remove_pin(&pin)?;
                 self.attach_endpoint(endpoint)?;
                 repaired.push(Repaired {
                     kind: RepairKind::ProgramReattached,

@@ -104,7 +104,8 @@ fn pinned(pin: &Path) -> Result<Option<FdLink>> {
     }
 }
 
-fn remove_pin(pin: &Path) -> Result<()> {
+/// Removes the pin at `pin`, if there is one (a link goes with its last pin).
+pub(super) fn remove_pin(pin: &Path) -> Result<()> {
     match fs::remove_file(pin) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
