@@ -105,7 +105,10 @@ impl Node {
     fn agent_args(&self, extra: Vec<String>) -> Vec<String> {
         // Masquerade stays on (the default), as users run it: egress needs it. The world's
         // TX offload is off, so XDP is safe on the veth uplink, where `auto` would take TC:
-        // the figures stay those of the XDP path.
+        // the figures stay those of the XDP path. The `direct` path reaches a container at
+        // its own address on its published container port, which Docker 28's `nat` mode
+        // drops unless direct routing is allowed (both agents alike, though only the ebpf
+        // node's container is reached that way).
         let base = [
             "--dataplane",
             self.dataplane.name(),
@@ -113,6 +116,7 @@ impl Node {
             self.bip,
             "--uplink-hook",
             "xdp",
+            "--allow-direct-routing",
         ];
         base.into_iter().map(String::from).chain(extra).collect()
     }
