@@ -530,33 +530,62 @@ fn a_detached_container_program_is_attached_again() -> Result<()> {
     )
 }
 
+/// Deletes `key` from the pinned map `map_name` under a published port, and checks that the
+/// repair writes back the entry it held (figures under `figure`).
+fn deleted_entry_is_written_back<K: aya::Pod, V: aya::Pod + PartialEq + std::fmt::Debug>(
+    map_name: &str,
+    key: K,
+    figure: &str,
+) -> Result<()> {
+    use aya::maps::{HashMap, Map, MapData};
+    let web = Web::start()?;
+    let open = || -> Result<HashMap<MapData, K, V>> {
+        let map = MapData::from_pin(web.agent.pin_dir.join(map_name))?;
+        Ok(HashMap::try_from(Map::HashMap(map))?)
+    };
+    let recorded = open()?.get(&key, 0)?;
+    web.repaired_after(figure, "MapEntryRestored", "map_entry_restored", || {
+        Ok(open()?.remove(&key)?)
+    })?;
+    assert_eq!(open()?.get(&key, 0)?, recorded);
+    Ok(())
+}
+
 #[test]
 fn a_deleted_published_port_entry_is_written_back() -> Result<()> {
-    use aya::maps::{HashMap, MapData};
     use dataplane_common::{PUBLISHED_PORTS, PortKey, PortTarget};
     if skip_unless_ebpf("PUBLISHED_PORTS is the eBPF dataplane's map") {
         return Ok(());
     }
-    let web = Web::start()?;
     let key = PortKey {
         host_ip_be: 0,
-        host_port_be: web.published.port().to_be(),
+        host_port_be: 8080u16.to_be(),
         proto: 6,
         _pad: 0,
     };
-    let open = || -> Result<HashMap<MapData, PortKey, PortTarget>> {
-        let map = MapData::from_pin(web.agent.pin_dir.join(PUBLISHED_PORTS))?;
-        Ok(HashMap::try_from(aya::maps::Map::HashMap(map))?)
-    };
-    let recorded = open()?.get(&key, 0)?;
-    web.repaired_after(
+    deleted_entry_is_written_back::<PortKey, PortTarget>(
+        PUBLISHED_PORTS,
+        key,
         "repair_published_port_entry",
-        "MapEntryRestored",
-        "map_entry_restored",
-        || Ok(open()?.remove(&key)?),
-    )?;
-    assert_eq!(open()?.get(&key, 0)?, recorded);
-    Ok(())
+    )
+}
+
+/// Without its NODE_ADDRS entry the node's address is no published address: the port on
+/// 0.0.0.0 stops answering there until the entry is back.
+#[test]
+fn a_deleted_node_address_entry_is_written_back() -> Result<()> {
+    use dataplane_common::{NODE_ADDRS, NodeAddr, NodeAddrKey};
+    if skip_unless_ebpf("NODE_ADDRS is the eBPF dataplane's map") {
+        return Ok(());
+    }
+    let key = NodeAddrKey {
+        addr_be: u32::from(NODE_IP).to_be(),
+    };
+    deleted_entry_is_written_back::<NodeAddrKey, NodeAddr>(
+        NODE_ADDRS,
+        key,
+        "repair_node_address_entry",
+    )
 }
 
 /// `iptables -S` of both tables in the node's namespace.

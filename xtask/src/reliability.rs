@@ -242,6 +242,15 @@ const SECTIONS: &[Section] = &[
                 not_on_iptables: Some("no BPF maps"),
             },
             Test {
+                name: "repair_node_address_entry",
+                title: "Node-address entry deleted",
+                checks: "The node address's `NODE_ADDRS` entry deleted from the pinned map \
+                    (which closes ports published on 0.0.0.0 there): written back \
+                    (`MapEntryRestored`), the port answers again.",
+                command: "`cargo test -p bpfbridge-tests --test repair -- --nocapture`",
+                not_on_iptables: Some("no BPF maps"),
+            },
+            Test {
                 name: "repair_docker_chain_flushed",
                 title: "DOCKER chains flushed",
                 checks: "`iptables -F DOCKER` and `iptables -t nat -F DOCKER` in the node namespace: every rule put back in Docker's order (`IptablesRuleRestored`); `iptables -S` afterwards equals the listing from before. dockerd itself does not do this.",

@@ -1220,6 +1220,7 @@ impl Dataplane for EbpfDataplane {
             self.repair_endpoints(intended.endpoints, repaired),
             self.repair_published(intended.published, repaired),
             self.repair_policy(intended, repaired),
+            self.repair_node_addresses(intended.node_addresses, repaired),
         ]
         .into_iter()
         .filter_map(Result::err)
@@ -1456,6 +1457,33 @@ impl EbpfDataplane {
                     u16::from_be(key.container_port_be),
                     proto_name(key.proto)
                 ),
+            });
+        }
+        Ok(())
+    }
+
+    /// NODE_ADDRS as the agent last wrote it (entries of addresses the node no longer has
+    /// go when the addresses change).
+    fn repair_node_addresses(
+        &mut self,
+        addresses: &[(u32, Ipv4Addr)],
+        repaired: &mut Vec<Repaired>,
+    ) -> Result<()> {
+        let wanted: Vec<(NodeAddrKey, NodeAddr)> = addresses
+            .iter()
+            .map(|(ifindex, ip)| {
+                let key = NodeAddrKey {
+                    addr_be: u32::from(*ip).to_be(),
+                };
+                (key, NodeAddr { ifindex: *ifindex })
+            })
+            .collect();
+        let mut map: HashMap<&mut MapData, NodeAddrKey, NodeAddr> =
+            HashMap::try_from(self.map_mut(NODE_ADDRS)?).map_err(Error::dataplane(NODE_ADDRS))?;
+        for key in restore_entries(&mut map, wanted.iter().map(|(k, v)| (k, v)), "node address")? {
+            repaired.push(Repaired {
+                kind: RepairKind::MapEntryRestored,
+                what: format!("{NODE_ADDRS} {}", Ipv4Addr::from(u32::from_be(key.addr_be))),
             });
         }
         Ok(())

@@ -101,6 +101,9 @@ pub struct LinkRule {
 /// What the agent's records say a backend holds, for [`Dataplane::repair`] to hold the node
 /// against.
 pub struct Intended<'a> {
+    /// The node's addresses, with the interface of each (what `set_node_addresses` got
+    /// last).
+    pub node_addresses: &'a [(u32, Ipv4Addr)],
     /// The cgroup of the socket programs.
     pub cgroup: &'a Path,
     /// The made endpoints whose node-side veth exists.

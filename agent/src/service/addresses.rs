@@ -74,7 +74,7 @@ impl NodeAddresses {
         )
     }
 
-    fn addresses(&self) -> Vec<(u32, Ipv4Addr)> {
+    pub(super) fn addresses(&self) -> Vec<(u32, Ipv4Addr)> {
         self.addresses.iter().copied().collect()
     }
 }

@@ -44,7 +44,13 @@ impl Service {
         };
         let networks = self.network_policies(false);
         let links = self.link_rules();
+        let node_addresses = self
+            .node_addresses
+            .as_ref()
+            .map(|a| a.addresses())
+            .unwrap_or_default();
         let intended = Intended {
+            node_addresses: &node_addresses,
             cgroup: &records.cgroup,
             endpoints: &records.endpoints,
             published: &records.published,
