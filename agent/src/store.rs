@@ -219,32 +219,13 @@ fn store_error(path: &Path, source: impl Into<redb::Error>) -> Error {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::ManagedBy;
 
     fn network(name: &str) -> NetworkRecord {
         NetworkRecord {
-            name: name.into(),
             id: "abc".into(),
             created: "now".into(),
             bridge: "bpfbr0".into(),
-            subnet: "172.17.0.0/16".parse().unwrap(),
-            gateway: "172.17.0.1".parse().unwrap(),
-            ip_range: None,
-            internal: false,
-            enable_icc: true,
-            enable_ip_masquerade: true,
-            host_binding_ipv4: None,
-            mtu: 1500,
-            options: BTreeMap::new(),
-            labels: BTreeMap::new(),
-            last_allocated: None,
-            pending: false,
-            managed_by: ManagedBy::Bpfbridge,
-            gateway_mode_ipv4: Default::default(),
-            gateway_mode_ipv6: Default::default(),
-            trusted_host_interfaces: Vec::new(),
-            inhibit_ipv4: false,
-            container_iface_prefix: None,
+            ..NetworkRecord::for_tests(name, "172.17.0.0/16")
         }
     }
 

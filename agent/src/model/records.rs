@@ -143,6 +143,40 @@ pub struct NetworkRecord {
     pub container_iface_prefix: Option<String>,
 }
 
+#[cfg(test)]
+impl NetworkRecord {
+    /// A made bridge network of bpfbridge's own on `subnet`, its gateway the subnet's first
+    /// address, its bridge `br-NAME`, every option at Docker's default: what the unit tests
+    /// start from, changing what they are about.
+    pub(crate) fn for_tests(name: &str, subnet: &str) -> Self {
+        let subnet: Ipv4Net = subnet.parse().expect("a test subnet");
+        NetworkRecord {
+            name: name.into(),
+            id: format!("{name}-id"),
+            created: String::new(),
+            bridge: format!("br-{name}"),
+            subnet,
+            gateway: subnet.hosts().next().expect("a subnet with hosts"),
+            ip_range: None,
+            internal: false,
+            enable_icc: true,
+            enable_ip_masquerade: true,
+            host_binding_ipv4: None,
+            mtu: 1500,
+            options: BTreeMap::new(),
+            labels: BTreeMap::new(),
+            last_allocated: None,
+            pending: false,
+            managed_by: ManagedBy::Bpfbridge,
+            gateway_mode_ipv4: GatewayMode::default(),
+            gateway_mode_ipv6: GatewayMode::default(),
+            trusted_host_interfaces: Vec::new(),
+            inhibit_ipv4: false,
+            container_iface_prefix: None,
+        }
+    }
+}
+
 /// Who drives a network or container: the bpfbridge API, or Docker through the plugin. Docker
 /// keeps its own view of what it drives, so the bpfbridge API only reads it.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

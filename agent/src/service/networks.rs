@@ -799,28 +799,11 @@ mod tests {
 
     fn record(name: &str) -> NetworkRecord {
         NetworkRecord {
-            name: name.into(),
             id: "0123456789abcdef".into(),
-            created: String::new(),
             bridge: "br-n".into(),
-            subnet: "10.1.0.0/24".parse().unwrap(),
-            gateway: Ipv4Addr::new(10, 1, 0, 1),
-            ip_range: None,
-            internal: false,
-            enable_icc: true,
-            enable_ip_masquerade: true,
-            host_binding_ipv4: None,
-            mtu: 1500,
-            options: BTreeMap::new(),
-            labels: BTreeMap::new(),
-            last_allocated: None,
-            pending: false,
-            managed_by: ManagedBy::Bpfbridge,
             gateway_mode_ipv4: GatewayMode::Nat,
             gateway_mode_ipv6: GatewayMode::Nat,
-            trusted_host_interfaces: Vec::new(),
-            inhibit_ipv4: false,
-            container_iface_prefix: None,
+            ..NetworkRecord::for_tests(name, "10.1.0.0/24")
         }
     }
 

@@ -451,28 +451,9 @@ mod tests {
 
     fn network(name: &str, id: &str, internal: bool) -> NetworkRecord {
         NetworkRecord {
-            name: name.into(),
             id: id.into(),
-            created: String::new(),
-            bridge: format!("br-{name}"),
-            subnet: "10.1.0.0/29".parse().unwrap(),
-            gateway: Ipv4Addr::new(10, 1, 0, 1),
-            ip_range: None,
             internal,
-            enable_icc: true,
-            enable_ip_masquerade: true,
-            host_binding_ipv4: None,
-            mtu: 1500,
-            options: BTreeMap::new(),
-            labels: BTreeMap::new(),
-            last_allocated: None,
-            pending: false,
-            managed_by: ManagedBy::Bpfbridge,
-            gateway_mode_ipv4: Default::default(),
-            gateway_mode_ipv6: Default::default(),
-            trusted_host_interfaces: Vec::new(),
-            inhibit_ipv4: false,
-            container_iface_prefix: None,
+            ..NetworkRecord::for_tests(name, "10.1.0.0/29")
         }
     }
 
