@@ -492,15 +492,7 @@ fn a_deleted_tc_link_pin_is_attached_again() -> Result<()> {
     }
     let web = Web::start()?;
     let pin = tc_link_pin(&web)?;
-    // The pin is the link's last holder: removing it detaches the program.
-    web.repaired_after(
-        "repair_tc_link_pin_deleted",
-        "ProgramReattached",
-        "program_reattached",
-        || Ok(std::fs::remove_file(&pin)?),
-    )?;
-    ensure!(pin.exists(), "pinned again");
-    Ok(())
+    deleted_link_pin_is_pinned_again(&web, &pin, "repair_tc_link_pin_deleted")
 }
 
 #[test]
@@ -528,6 +520,18 @@ fn a_detached_container_program_is_attached_again() -> Result<()> {
             Ok(())
         },
     )
+}
+
+/// Removes the link pin `pin` (its link's last holder: the program is detached) and checks
+/// that the repair attaches the program again, in a link pinned there (figures under
+/// `figure`).
+fn deleted_link_pin_is_pinned_again(web: &Web, pin: &Path, figure: &str) -> Result<()> {
+    ensure!(pin.exists(), "{} is pinned", pin.display());
+    web.repaired_after(figure, "ProgramReattached", "program_reattached", || {
+        Ok(std::fs::remove_file(pin)?)
+    })?;
+    ensure!(pin.exists(), "pinned again");
+    Ok(())
 }
 
 /// Deletes `key` from the pinned map `map_name` under a published port, and checks that the
@@ -641,15 +645,7 @@ fn a_deleted_uplink_link_pin_is_attached_again() -> Result<()> {
         _ => format!("uplink_tc_{name}"),
     };
     let pin = web.agent.pin_dir.join("links").join(pin_name);
-    ensure!(pin.exists(), "{} is pinned", pin.display());
-    web.repaired_after(
-        "repair_uplink_link_pin_deleted",
-        "ProgramReattached",
-        "program_reattached",
-        || Ok(std::fs::remove_file(&pin)?),
-    )?;
-    ensure!(pin.exists(), "pinned again");
-    Ok(())
+    deleted_link_pin_is_pinned_again(&web, &pin, "repair_uplink_link_pin_deleted")
 }
 
 #[test]
@@ -659,13 +655,5 @@ fn a_deleted_socket_program_link_pin_is_attached_again() -> Result<()> {
     }
     let web = Web::start()?;
     let pin = web.agent.pin_dir.join("links").join("cgroup_sock_connect4");
-    ensure!(pin.exists(), "{} is pinned", pin.display());
-    web.repaired_after(
-        "repair_cgroup_link_pin_deleted",
-        "ProgramReattached",
-        "program_reattached",
-        || Ok(std::fs::remove_file(&pin)?),
-    )?;
-    ensure!(pin.exists(), "pinned again");
-    Ok(())
+    deleted_link_pin_is_pinned_again(&web, &pin, "repair_cgroup_link_pin_deleted")
 }
