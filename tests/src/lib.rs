@@ -49,6 +49,19 @@ fn is_ebpf() -> bool {
     dataplane() == "ebpf"
 }
 
+/// Tries `condition` every 50 ms until it holds, for at most `bound`; returns how long that
+/// took, or `None`.
+pub fn time_until(bound: Duration, mut condition: impl FnMut() -> bool) -> Option<Duration> {
+    let start = Instant::now();
+    while start.elapsed() < bound {
+        if condition() {
+            return Some(start.elapsed());
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    None
+}
+
 /// Says on stderr, past the test harness's capture so that it shows in every run, that
 /// the current test leaves something out on this run's dataplane.
 fn say_left_out(what: &str) {

@@ -6,8 +6,7 @@
 use std::{
     net::{IpAddr, Ipv4Addr, SocketAddrV4},
     path::Path,
-    thread,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use anyhow::{Result, bail, ensure};
@@ -29,15 +28,8 @@ fn published_on(ip: Ipv4Addr) -> SocketAddrV4 {
 
 /// Tries `condition` until it holds, for at most [`FOLLOWS_WITHIN`]; returns how long that
 /// took, or `None`.
-fn within_bound(mut condition: impl FnMut() -> bool) -> Option<Duration> {
-    let start = Instant::now();
-    while start.elapsed() < FOLLOWS_WITHIN {
-        if condition() {
-            return Some(start.elapsed());
-        }
-        thread::sleep(Duration::from_millis(50));
-    }
-    None
+fn within_bound(condition: impl FnMut() -> bool) -> Option<Duration> {
+    bpfbridge_tests::time_until(FOLLOWS_WITHIN, condition)
 }
 
 /// Waits until the published port answers the world on `ip` (`what` says which address),
