@@ -230,13 +230,25 @@ pub fn links(netns: &Netns) -> Result<Vec<String>> {
         .collect())
 }
 
+/// The IPv4 addresses of the A records in a DNS answer.
+pub fn a_records(answer: &hickory_proto::op::Message) -> Vec<Ipv4Addr> {
+    answer
+        .answers
+        .iter()
+        .filter_map(|r| match &r.data {
+            hickory_proto::rr::RData::A(a) => Some(a.0),
+            _ => None,
+        })
+        .collect()
+}
+
 /// Asks the container DNS server at 127.0.0.11:53, from inside `netns`, for `name`'s A
 /// records. `Ok(None)`: the server answered without an address (NXDOMAIN, SERVFAIL, none);
 /// `Err`: nothing answered within `wait`.
 pub fn dns_lookup(netns: &Path, name: &str, wait: Duration) -> Result<Option<Vec<Ipv4Addr>>> {
     use hickory_proto::{
         op::{Message, Query, ResponseCode},
-        rr::{Name, RData, RecordType},
+        rr::{Name, RecordType},
     };
     let mut query = Message::query();
     query.metadata.recursion_desired = true;
@@ -259,14 +271,7 @@ pub fn dns_lookup(netns: &Path, name: &str, wait: Duration) -> Result<Option<Vec
         response.metadata.id == query.metadata.id,
         "answer to another query"
     );
-    let ips: Vec<Ipv4Addr> = response
-        .answers
-        .iter()
-        .filter_map(|r| match &r.data {
-            RData::A(a) => Some(a.0),
-            _ => None,
-        })
-        .collect();
+    let ips = a_records(&response);
     Ok(
         (response.metadata.response_code == ResponseCode::NoError && !ips.is_empty())
             .then_some(ips),

@@ -22,7 +22,7 @@ use bpfbridge_tests::{
 };
 use hickory_proto::{
     op::{Message, Query, ResponseCode},
-    rr::{Name, RData, RecordType},
+    rr::{Name, RecordType},
 };
 use serde_json::{Value, json};
 
@@ -214,14 +214,7 @@ fn query_steadily(
             let Some(query) = pending.remove(&answer.metadata.id) else {
                 continue;
             };
-            let addresses: Vec<Ipv4Addr> = answer
-                .answers
-                .iter()
-                .filter_map(|r| match &r.data {
-                    RData::A(a) => Some(a.0),
-                    _ => None,
-                })
-                .collect();
+            let addresses = bpfbridge_tests::a_records(&answer);
             if answer.metadata.response_code == ResponseCode::NoError && addresses == [expected] {
                 queries.answered += 1;
                 queries.longest_answer = queries.longest_answer.max(query.first_sent.elapsed());

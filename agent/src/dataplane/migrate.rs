@@ -276,18 +276,21 @@ fn classify(pin_dir: &Path, pin: &Path, name: &str, version: u32) -> Result<PinS
             known: current.version,
         }));
     }
+    let no_conversion = || {
+        Error::dataplane("checking the pinned maps' layouts")(LayoutError::NoConversion {
+            pin: pin.to_path_buf(),
+            pin_dir: pin_dir.to_path_buf(),
+            map: name.to_string(),
+            version,
+            current: current.version,
+        })
+    };
     let (key_size, value_size, entries) = pinned_sizes(pin)?;
     let expected = layout::known(name, version);
     if expected.is_none_or(|l| (l.key_size, l.value_size) != (key_size, value_size)) {
         // An earlier layout this build has no record of has no conversion either.
         if version < current.version && expected.is_none() {
-            return Err(layout_error(LayoutError::NoConversion {
-                pin: pin.to_path_buf(),
-                pin_dir: pin_dir.to_path_buf(),
-                map: name.to_string(),
-                version,
-                current: current.version,
-            }));
+            return Err(no_conversion());
         }
         return Err(layout_error(LayoutError::Mismatch {
             pin: pin.to_path_buf(),
@@ -302,26 +305,10 @@ fn classify(pin_dir: &Path, pin: &Path, name: &str, version: u32) -> Result<PinS
         if current.entries == 0 || current.entries == entries {
             return Ok(PinState::Current);
         }
-        let Some(copy) = resize(name) else {
-            return Err(layout_error(LayoutError::NoConversion {
-                pin: pin.to_path_buf(),
-                pin_dir: pin_dir.to_path_buf(),
-                map: name.to_string(),
-                version,
-                current: current.version,
-            }));
-        };
+        let copy = resize(name).ok_or_else(no_conversion)?;
         return Ok(PinState::Older(current, copy));
     }
-    let Some(copy) = conversion(name, version) else {
-        return Err(layout_error(LayoutError::NoConversion {
-            pin: pin.to_path_buf(),
-            pin_dir: pin_dir.to_path_buf(),
-            map: name.to_string(),
-            version,
-            current: current.version,
-        }));
-    };
+    let copy = conversion(name, version).ok_or_else(no_conversion)?;
     Ok(PinState::Older(
         expected.expect("checked to be known above"),
         copy,
