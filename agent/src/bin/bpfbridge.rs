@@ -316,9 +316,10 @@ fn parse_network_flag(spec: &str) -> anyhow::Result<(String, EndpointConfig)> {
 
 #[derive(Subcommand)]
 enum NetworkCommand {
-    /// Create a bridge network.
+    /// Create a network: a bridge, or macvlan/ipvlan on a parent interface (-o parent=IFACE).
     Create {
         name: String,
+        /// bridge, macvlan or ipvlan.
         #[arg(long, short = 'd', default_value = "bridge")]
         driver: String,
         #[arg(long)]
@@ -327,10 +328,14 @@ enum NetworkCommand {
         gateway: Option<String>,
         #[arg(long)]
         ip_range: Option<String>,
+        /// NAME=IP (repeatable): an address of the subnet that is never handed out.
+        #[arg(long = "aux-address")]
+        aux_addresses: Vec<String>,
         /// No way out: no masquerade, no published ports.
         #[arg(long)]
         internal: bool,
-        /// Driver options, KEY=VALUE (repeatable), e.g. com.docker.network.bridge.enable_icc=false.
+        /// Driver options, KEY=VALUE (repeatable), e.g. com.docker.network.bridge.enable_icc=false,
+        /// parent=eth0.10, macvlan_mode=private, ipvlan_mode=l3.
         #[arg(short = 'o', long = "opt")]
         options: Vec<String>,
         /// KEY=VALUE (repeatable).
@@ -448,20 +453,26 @@ async fn network_command(client: &Client, command: NetworkCommand) -> anyhow::Re
             subnet,
             gateway,
             ip_range,
+            aux_addresses,
             internal,
             options,
             labels,
         } => {
-            let ipam =
-                (subnet.is_some() || gateway.is_some() || ip_range.is_some()).then(|| Ipam {
-                    driver: "default".into(),
-                    options: BTreeMap::new(),
-                    config: vec![IpamConfig {
-                        subnet,
-                        ip_range,
-                        gateway,
-                    }],
-                });
+            let aux_addresses = key_values(&aux_addresses, "aux-address")?;
+            let ipam = (subnet.is_some()
+                || gateway.is_some()
+                || ip_range.is_some()
+                || !aux_addresses.is_empty())
+            .then(|| Ipam {
+                driver: "default".into(),
+                options: BTreeMap::new(),
+                config: vec![IpamConfig {
+                    subnet,
+                    ip_range,
+                    gateway,
+                    aux_addresses,
+                }],
+            });
             let request = CreateNetwork {
                 name,
                 driver: Some(driver),

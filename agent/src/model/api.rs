@@ -56,6 +56,13 @@ pub struct IpamConfig {
     pub ip_range: Option<String>,
     #[serde(rename = "Gateway", default, skip_serializing_if = "Option::is_none")]
     pub gateway: Option<String>,
+    /// `--aux-address NAME=IP`: addresses the IPAM keeps out of its hands.
+    #[serde(
+        rename = "AuxiliaryAddresses",
+        default,
+        skip_serializing_if = "BTreeMap::is_empty"
+    )]
+    pub aux_addresses: BTreeMap<String, String>,
 }
 
 /// The answer to `POST /networks`.

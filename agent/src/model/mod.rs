@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod docker;
+pub mod drivers;
 pub mod filters;
 pub mod ports;
 pub mod records;
@@ -10,6 +11,7 @@ pub mod records;
 use std::{fmt, net::Ipv4Addr, str::FromStr};
 
 pub use api::*;
+pub use drivers::NetworkDriver;
 pub use filters::*;
 pub use ports::*;
 pub use records::*;

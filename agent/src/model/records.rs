@@ -141,6 +141,13 @@ pub struct NetworkRecord {
     /// The prefix of the containers' interface names on this network (default `eth`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub container_iface_prefix: Option<String>,
+    /// `bridge` (records written before there were other drivers), or macvlan/ipvlan with
+    /// its parent: then `bridge` is empty and none of the bridge options apply.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub driver: super::NetworkDriver,
+    /// `--aux-address NAME=IP`: addresses of the subnet the IPAM never hands out.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub aux_addresses: BTreeMap<String, Ipv4Addr>,
 }
 
 #[cfg(test)]
@@ -173,6 +180,8 @@ impl NetworkRecord {
             trusted_host_interfaces: Vec::new(),
             inhibit_ipv4: false,
             container_iface_prefix: None,
+            driver: super::NetworkDriver::Bridge,
+            aux_addresses: BTreeMap::new(),
         }
     }
 }
@@ -255,6 +264,10 @@ pub struct EndpointRecord {
     /// published ports ([`crate::service::plan`]'s `port_endpoint`).
     #[serde(default, skip_serializing_if = "is_default")]
     pub gw_priority: i64,
+    /// A macvlan or ipvlan interface of the network's parent, made inside the container's
+    /// namespace: no veth, nothing on the node's side (`host_veth` stays empty).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub sub_interface: bool,
 }
 
 /// A port a container exposes (`--expose`, and every published container port).

@@ -116,6 +116,22 @@ impl Service {
             managed_by: ManagedBy::Bpfbridge,
         };
         self.plan_endpoints(&mut container, &networks, request)?;
+        let mut ports = ports;
+        let mut warnings = warnings;
+        if has_ports
+            && let Some(carrier) = port_endpoint(&container.endpoints, &self.state.networks)
+                .filter(|e| e.sub_interface)
+        {
+            // As Docker: its macvlan and ipvlan drivers map no port.
+            let network = self.network_by_id(&carrier.network_id)?;
+            warnings.push(format!(
+                "Published ports are discarded on {} network {}: its containers are reached at their own addresses",
+                network.driver.name(),
+                network.name
+            ));
+            container.ports.clear();
+            ports = PortPlan::default();
+        }
         Ok(ContainerPlan {
             container,
             networks,
@@ -346,7 +362,7 @@ impl Service {
     pub(super) fn container_teardown_steps(&self, c: &ContainerRecord) -> Vec<Step> {
         let mut steps: Vec<Step> = c.ports.iter().map(|p| Step::Unpublish(*p)).collect();
         for e in &c.endpoints {
-            steps.extend(teardown_steps(e));
+            steps.extend(teardown_steps(&c.netns, e));
         }
         if c.netns_owned {
             steps.push(Step::DeleteNetns(c.netns.clone()));

@@ -274,6 +274,7 @@ impl Service {
                     subnet: Some(pool.to_string()),
                     ip_range: None,
                     gateway,
+                    ..IpamConfig::default()
                 }],
                 ..Ipam::default()
             }),
@@ -516,6 +517,7 @@ impl Service {
             requested_ip: None,
             pending: true,
             gw_priority: 0,
+            sub_interface: false,
         };
         // The pending endpoint in the record: a crash from here on is rolled back on start.
         container.endpoints.push(endpoint.clone());

@@ -5,7 +5,11 @@ use std::{net::Ipv4Addr, path::Path};
 
 use ipnet::Ipv4Net;
 
-use super::{Service, Step, Undo, dataplane_endpoint, veth_names};
+use super::{
+    Service, Step, Undo, dataplane_endpoint,
+    drivers::{self, DefaultRoute},
+    veth_names,
+};
 use crate::{
     Error, Result,
     dataplane::Endpoint,
@@ -39,8 +43,11 @@ fn teardown_endpoint(e: &EndpointRecord) -> Endpoint {
 }
 
 /// The steps that undo an endpoint: the dataplane's hold first, then the veth (deleting one
-/// end deletes the pair).
-pub(super) fn teardown_steps(e: &EndpointRecord) -> Vec<Step> {
+/// end deletes the pair); for a macvlan or ipvlan endpoint, its interface in `netns`.
+pub(super) fn teardown_steps(netns: &Path, e: &EndpointRecord) -> Vec<Step> {
+    if e.sub_interface {
+        return vec![drivers::sub_interface_teardown(netns, e)];
+    }
     vec![
         Step::DetachEndpoint(teardown_endpoint(e)),
         Step::DeleteLink(host_veth_of(e)),
@@ -93,7 +100,8 @@ impl Service {
     }
 
     /// Makes `endpoint` with [`Self::make_veth_on_bridge`] and configures the container side
-    /// inside `netns`: name, address, and the default route when `default_route`.
+    /// inside `netns`: name, address, and the default route when `default_route`. On a
+    /// macvlan or ipvlan network, a sub-interface of its parent instead.
     pub(super) async fn make_endpoint(
         &mut self,
         netns: &Path,
@@ -102,6 +110,11 @@ impl Service {
         default_route: bool,
         undo: &mut Undo,
     ) -> Result<()> {
+        if endpoint.sub_interface {
+            return self
+                .make_sub_interface(netns, network, endpoint, default_route, undo)
+                .await;
+        }
         let peer_link = self.make_veth_on_bridge(network, endpoint, undo).await?;
         let peer = peer_link.name.clone();
         let netns_file = std::fs::File::open(netns)
@@ -151,7 +164,10 @@ impl Service {
         if was_primary {
             steps.extend(container.ports.iter().map(|p| Step::Unpublish(*p)));
         }
-        steps.extend(teardown_steps(&container.endpoints[position]));
+        steps.extend(teardown_steps(
+            &container.netns,
+            &container.endpoints[position],
+        ));
         self.run_all(steps).await?;
         container.endpoints.remove(position);
         self.save_container(container.clone())?;
@@ -166,13 +182,13 @@ impl Service {
     /// Points the container's default route at the gateway of its port endpoint (the first
     /// attachment with a way out), or removes it when there is none.
     pub(super) async fn fix_default_route(&self, container: &ContainerRecord) -> Result<()> {
-        let gateway = match self.port_endpoint(container) {
-            Some(e) => Some(self.network_by_id(&e.network_id)?.gateway),
+        let route = match self.port_endpoint(container) {
+            Some(e) => Some(DefaultRoute::of(self.network_by_id(&e.network_id)?, e)),
             None => None,
         };
         netns::with_netlink_in(&container.netns, |h| async move {
-            match gateway {
-                Some(gateway) => netlink::set_default_route(&h, gateway).await,
+            match route {
+                Some(route) => route.set(&h).await,
                 None => netlink::delete_default_route(&h).await,
             }
         })

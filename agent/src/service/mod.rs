@@ -7,6 +7,7 @@ mod addresses;
 mod containers;
 mod docker;
 mod docker_ipam;
+mod drivers;
 mod endpoints;
 mod filters;
 mod networks;
@@ -300,8 +301,12 @@ impl Service {
         if container.mode != NetworkMode::Bridge {
             return Ok(Vec::new());
         }
-        // Ports go to the dataplane once the endpoint that carries them is made.
-        let Some(endpoint) = self.port_endpoint(container).filter(|e| !e.pending) else {
+        // Ports go to the dataplane once the endpoint that carries them is made; a macvlan
+        // or ipvlan endpoint has nothing to publish through (its address is on the LAN).
+        let Some(endpoint) = self
+            .port_endpoint(container)
+            .filter(|e| !e.pending && !e.sub_interface)
+        else {
             return Ok(Vec::new());
         };
         let endpoint = self.endpoint_view(endpoint)?;
@@ -350,6 +355,10 @@ impl Service {
                     let Ok(network) = self.network_by_id(&mine.network_id) else {
                         continue;
                     };
+                    // Only a bridge has a policy to open; elsewhere a link is a name.
+                    if !network.driver.is_bridge() {
+                        continue;
+                    }
                     for port in other.all_exposed() {
                         rules.push(LinkRule {
                             bridge: network.bridge.clone(),
@@ -440,6 +449,11 @@ struct Undo {
 enum Step {
     DeleteNetns(PathBuf),
     DeleteLink(String),
+    /// A link inside a container's namespace (a macvlan or ipvlan endpoint's interface).
+    DeleteLinkIn {
+        netns: PathBuf,
+        name: String,
+    },
     DetachEndpoint(Endpoint),
     Unpublish(PortBinding),
     DeleteContainerRecord(String),
@@ -462,6 +476,7 @@ impl Service {
                 Some(link) => netlink::delete_link(&self.handle, link.index).await,
                 None => Ok(()),
             },
+            Step::DeleteLinkIn { netns, name } => drivers::delete_link_in(&netns, &name),
             Step::DetachEndpoint(endpoint) => self.dataplane.detach_endpoint(&endpoint),
             Step::Unpublish(port) => self.dataplane.unpublish(&port),
             Step::DeleteContainerRecord(name) => self.forget_container(&name),

@@ -11,6 +11,7 @@ use ipnet::Ipv4Net;
 use super::{
     BRIDGE_PREFIX, DEFAULT_NETWORK, HOST_NETWORK, NONE_NETWORK, Service, Step, Undo,
     docker::{self, refuse_docker_managed},
+    drivers,
     plan::{EndpointWish, plan_endpoint},
 };
 use crate::{
@@ -20,9 +21,9 @@ use crate::{
     ipam,
     model::{
         ConnectRequest, CreateNetwork, DisconnectRequest, GatewayMode, Ipam, IpamConfig,
-        KNOWN_OPTIONS, ManagedBy, NetworkContainer, NetworkCreated, NetworkInspect, NetworkMode,
-        NetworkRecord, NetworksPruned, OPT_BRIDGE_NAME, OPT_CONTAINER_IFACE_PREFIX, OPT_ENABLE_ICC,
-        OPT_ENABLE_IP_MASQUERADE, OPT_GATEWAY_MODE_IPV4, OPT_GATEWAY_MODE_IPV6,
+        KNOWN_OPTIONS, ManagedBy, NetworkContainer, NetworkCreated, NetworkDriver, NetworkInspect,
+        NetworkMode, NetworkRecord, NetworksPruned, OPT_BRIDGE_NAME, OPT_CONTAINER_IFACE_PREFIX,
+        OPT_ENABLE_ICC, OPT_ENABLE_IP_MASQUERADE, OPT_GATEWAY_MODE_IPV4, OPT_GATEWAY_MODE_IPV6,
         OPT_HOST_BINDING_IPV4, OPT_INHIBIT_IPV4, OPT_MTU, OPT_TRUSTED_HOST_INTERFACES,
         OWN_OPTION_PREFIX, now, random_id, validate_name,
     },
@@ -79,7 +80,7 @@ impl Service {
         self.state
             .networks
             .values()
-            .filter(|n| with_pending || !n.pending)
+            .filter(|n| (with_pending || !n.pending) && n.driver.is_bridge())
             .map(|n| network_policy(n, allow_direct_routing))
             .collect()
     }
@@ -157,11 +158,13 @@ impl Service {
                 request.name
             )));
         }
-        if let Some(driver) = request.driver.as_deref().filter(|d| *d != "bridge") {
-            return Err(Error::InvalidArgument(format!(
-                "network driver {driver:?} is not supported (only \"bridge\")"
-            )));
-        }
+        let id = random_id();
+        let mut driver = drivers::plan_driver(
+            request.driver.as_deref(),
+            &request.options,
+            request.internal,
+            &id,
+        )?;
         let ipam = request.ipam.clone().unwrap_or_default();
         if ipam.driver != "default" {
             return Err(Error::InvalidArgument(format!(
@@ -184,7 +187,12 @@ impl Service {
         let subnet = match &config.subnet {
             Some(s) => {
                 let subnet = parse_subnet("subnet", s)?;
-                if let Some((_, owner)) = taken.iter().find(|(t, _)| ipam::overlaps(t, &subnet)) {
+                // A macvlan or ipvlan subnet is the LAN's, which the node may well route.
+                let overlapping = |(t, owner): &&(Ipv4Net, String)| {
+                    ipam::overlaps(t, &subnet)
+                        && (driver.is_bridge() || owner.starts_with("network "))
+                };
+                if let Some((_, owner)) = taken.iter().find(overlapping) {
                     return Err(Error::Conflict(format!(
                         "subnet {subnet} overlaps with {owner}"
                     )));
@@ -229,8 +237,9 @@ impl Service {
             }
             None => None,
         };
+        let aux_addresses = parse_aux_addresses(&config.aux_addresses, subnet)?;
+        let mtu = self.settle_parent(&mut driver).await?;
 
-        let id = random_id();
         let mut network = NetworkRecord {
             name: request.name.clone(),
             created: now(),
@@ -247,7 +256,7 @@ impl Service {
                 true
             },
             host_binding_ipv4: None,
-            mtu: self.settings.mtu.unwrap_or(self.uplink_mtu),
+            mtu,
             options: request.options.clone(),
             labels: request.labels.clone(),
             last_allocated: None,
@@ -258,7 +267,21 @@ impl Service {
             trusted_host_interfaces: Vec::new(),
             inhibit_ipv4: false,
             container_iface_prefix: None,
+            driver: NetworkDriver::Bridge,
+            aux_addresses,
         };
+        if !driver.is_bridge() {
+            // No bridge and no NAT: the bridge options were refused with the driver.
+            network.bridge = String::new();
+            network.enable_ip_masquerade = false;
+            network.driver = driver;
+            for (key, value) in &request.options {
+                if !drivers::is_driver_option(key) {
+                    apply_option(&mut network, key, value)?;
+                }
+            }
+            return Ok(network);
+        }
         for (key, value) in &request.options {
             match key.as_str() {
                 OPT_BRIDGE_NAME => {
@@ -303,7 +326,10 @@ impl Service {
 
     pub async fn create_network(&mut self, request: CreateNetwork) -> Result<NetworkCreated> {
         let network = self.plan_network(&request, false, None).await?;
-        let warnings = ignored_options(&request.options);
+        let warnings = match network.driver.is_bridge() {
+            true => ignored_options(&request.options),
+            false => drivers::ignored_options(network.driver.name(), &request.options),
+        };
         for warning in &warnings {
             tracing::warn!(network = %request.name, "{warning}");
         }
@@ -324,9 +350,9 @@ impl Service {
             self.save_network(network.clone())?;
             undo.steps
                 .push(Step::DeleteNetworkRecord(network.name.clone()));
-            undo.steps.push(Step::DeleteLink(network.bridge.clone()));
+            undo.steps.extend(self.network_device_teardown(&network));
             faults::reach(CrashPoint::NetworkCreateRecorded);
-            self.ensure_bridge(&network).await?;
+            self.ensure_network_device(&network).await?;
             faults::reach(CrashPoint::NetworkCreateBridgeMade);
             network.pending = false;
             self.save_network(network.clone())?;
@@ -356,6 +382,7 @@ impl Service {
                     subnet: Some(bip.trunc().to_string()),
                     gateway: Some(bip.addr().to_string()),
                     ip_range: None,
+                    ..IpamConfig::default()
                 }],
                 ..Ipam::default()
             });
@@ -410,11 +437,9 @@ impl Service {
         // leaves no rule that nothing knows of.
         self.sync_networks()?;
         faults::reach(CrashPoint::NetworkRemovePolicyGone);
-        self.run_all(vec![
-            Step::DeleteLink(network.bridge.clone()),
-            Step::DeleteNetworkRecord(network.name),
-        ])
-        .await
+        let mut steps = self.network_device_teardown(&network);
+        steps.push(Step::DeleteNetworkRecord(network.name));
+        self.run_all(steps).await
     }
 
     pub async fn prune_networks(&mut self) -> Result<NetworksPruned> {
@@ -459,7 +484,7 @@ impl Service {
                 ))
             })
             .collect();
-        let mut options = n.options.clone();
+        let mut options = n.driver.inspect_options(&n.options);
         if n.is_default() {
             // What Docker shows for its default bridge: the effective settings.
             options = BTreeMap::from([
@@ -487,7 +512,7 @@ impl Service {
             id: n.id.clone(),
             created: n.created.clone(),
             scope: "local".into(),
-            driver: "bridge".into(),
+            driver: n.driver.name().into(),
             enable_ipv6: false,
             ipam: Ipam {
                 driver: "default".into(),
@@ -496,6 +521,11 @@ impl Service {
                     subnet: Some(n.subnet.to_string()),
                     ip_range: n.ip_range.map(|r| r.to_string()),
                     gateway: Some(n.gateway.to_string()),
+                    aux_addresses: n
+                        .aux_addresses
+                        .iter()
+                        .map(|(name, ip)| (name.clone(), ip.to_string()))
+                        .collect(),
                 }],
             },
             internal: n.internal,
@@ -759,6 +789,27 @@ pub(super) fn ignored_options(options: &BTreeMap<String, String>) -> Vec<String>
         .keys()
         .filter(|k| !KNOWN_OPTIONS.contains(&k.as_str()))
         .map(|k| format!("network option {k:?} is not known to bpfbridge and is ignored"))
+        .collect()
+}
+
+/// `--aux-address NAME=IP`: addresses of `subnet` the IPAM keeps out of its hands.
+fn parse_aux_addresses(
+    given: &BTreeMap<String, String>,
+    subnet: Ipv4Net,
+) -> Result<BTreeMap<String, Ipv4Addr>> {
+    given
+        .iter()
+        .map(|(name, ip)| {
+            let address: Ipv4Addr = ip.parse().map_err(|_| {
+                Error::InvalidArgument(format!("invalid aux-address {name}={ip:?}"))
+            })?;
+            if !subnet.contains(&address) {
+                return Err(Error::InvalidArgument(format!(
+                    "no matching subnet for aux-address {address}"
+                )));
+            }
+            Ok((name.clone(), address))
+        })
         .collect()
 }
 

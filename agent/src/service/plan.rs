@@ -249,6 +249,7 @@ pub(super) fn plan_endpoint(
         .map(|e| e.ip)
         .collect();
     in_use.extend(planned);
+    in_use.extend(network.aux_addresses.values());
     let ip = match requested_ip {
         Some(ip) => {
             ipam::check_requested(&network.name, network.subnet, network.gateway, &in_use, ip)?;
@@ -296,6 +297,7 @@ pub(super) fn plan_endpoint(
         requested_ip,
         pending: true,
         gw_priority,
+        sub_interface: !network.driver.is_bridge(),
     })
 }
 
@@ -475,6 +477,7 @@ mod tests {
             requested_ip: None,
             pending,
             gw_priority: 0,
+            sub_interface: false,
         }
     }
 

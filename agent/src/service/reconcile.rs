@@ -18,7 +18,7 @@ impl Service {
         self.remove_orphan_bridges().await?;
         for network in self.state.networks.values().cloned().collect::<Vec<_>>() {
             if !network.pending {
-                self.ensure_bridge(&network).await?;
+                self.ensure_network_device(&network).await?;
             }
         }
         self.remove_half_made_networks().await?;
@@ -86,11 +86,9 @@ impl Service {
         }
         for network in pending {
             tracing::warn!(network = %network.name, "rolling back a network create or removal that a crash interrupted");
-            self.run_all(vec![
-                Step::DeleteLink(network.bridge.clone()),
-                Step::DeleteNetworkRecord(network.name),
-            ])
-            .await?;
+            let mut steps = self.network_device_teardown(&network);
+            steps.push(Step::DeleteNetworkRecord(network.name));
+            self.run_all(steps).await?;
         }
         Ok(())
     }
@@ -188,7 +186,8 @@ impl Service {
             container.endpoints.drain(..).partition(|e| e.pending);
         let rolled_back = !half_made.is_empty();
         for endpoint in half_made {
-            self.run_all(teardown_steps(&endpoint)).await?;
+            self.run_all(teardown_steps(&container.netns, &endpoint))
+                .await?;
             changed = true;
         }
         container.endpoints = live;
@@ -199,10 +198,19 @@ impl Service {
         let mut gone = Vec::new();
         for i in 0..container.endpoints.len() {
             let mut endpoint = container.endpoints[i].clone();
+            if endpoint.sub_interface {
+                let primary = port_endpoint.as_deref() == Some(endpoint.endpoint_id.as_str());
+                changed |= self
+                    .restore_sub_interface(&container, &mut endpoint, primary)
+                    .await?;
+                container.endpoints[i] = endpoint;
+                continue;
+            }
             match netlink::link_by_name(&self.handle, &endpoint.host_veth).await? {
                 None if docker::endpoint_went_with_its_veth(&container) => {
                     tracing::warn!(container = %container.name, endpoint = %endpoint.endpoint_id, "forgetting a Docker endpoint whose veth is gone");
-                    self.run_all(teardown_steps(&endpoint)).await?;
+                    self.run_all(teardown_steps(&container.netns, &endpoint))
+                        .await?;
                     gone.push(endpoint.endpoint_id.clone());
                     changed = true;
                 }

@@ -84,7 +84,7 @@ impl Service {
     }
 
     /// Counts, logs and sends to `monitor` one repair of `kind` to `what`.
-    fn repaired(&mut self, kind: RepairKind, what: &str, how: &str) {
+    pub(super) fn repaired(&mut self, kind: RepairKind, what: &str, how: &str) {
         *self.repairs.count_mut(kind) += 1;
         tracing::warn!(kind = kind.name(), "repaired {what}: {how}");
         // No subscriber is not a failure: the event is for no one.
@@ -212,6 +212,12 @@ impl Service {
             if endpoint.pending {
                 continue;
             }
+            if endpoint.sub_interface {
+                let carries_ports = carrier.as_deref() == Some(endpoint.endpoint_id.as_str());
+                self.repair_sub_interface(&mut container, position, carries_ports)
+                    .await?;
+                continue;
+            }
             let network = self.network_by_id(&endpoint.network_id)?.clone();
             let bridge = links
                 .iter()
@@ -289,7 +295,7 @@ impl Service {
         if carries_ports {
             stale.extend(container.ports.iter().map(|p| Step::Unpublish(*p)));
         }
-        stale.extend(teardown_steps(&endpoint));
+        stale.extend(teardown_steps(&container.netns, &endpoint));
         self.run_all(stale).await?;
         netns::is_netns(&container.netns).map_err(|_| {
             Error::NotFound(format!(

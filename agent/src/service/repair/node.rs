@@ -93,7 +93,7 @@ impl Service {
             .state
             .networks
             .values()
-            .filter(|n| !n.pending)
+            .filter(|n| !n.pending && n.driver.is_bridge())
             .cloned()
             .collect();
         for network in networks {
