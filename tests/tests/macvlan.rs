@@ -1,0 +1,580 @@
+//! macvlan and ipvlan networks: containers straight on the node's uplink (the parent), with
+//! their own addresses on the world's L2 segment; no bridge, no NAT, no published port.
+//! The world namespace plays a LAN host with an address in the containers' subnet (and a
+//! VLAN peer), so the containers and the LAN reach each other directly. The dataplane
+//! plays no part: the same expectations hold on both.
+
+use std::{
+    net::{Ipv4Addr, SocketAddrV4},
+    path::Path,
+    time::Duration,
+};
+
+use anyhow::{Context as _, Result, ensure};
+use bpfbridge_tests::{
+    Agent, Echo, Topology, UPLINK, WORLD_LINK, links, ping_reaches, tcp_reaches,
+};
+use serde_json::Value;
+
+const WAIT: Duration = Duration::from_millis(800);
+/// The containers' subnet (TEST-NET-3), and the LAN host's address in it: the gateway.
+const LAN_SUBNET: &str = "203.0.113.0/24";
+const LAN_HOST: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 254);
+/// The VLAN's subnet (TEST-NET-1) and its host on the world's side.
+const VLAN_SUBNET: &str = "192.0.2.0/24";
+const VLAN_HOST: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 254);
+
+/// Whether the kernel makes links of `kind` (`vlan`, `ipvlan`, `dummy`): some kernels are
+/// built without them (macvlan is what the suite needs at least). Probed in the world
+/// namespace, on its uplink end; a kernel without one skips what needs it and says so.
+fn kernel_has(topology: &Topology, kind: &str) -> bool {
+    let probe = format!("probe-{kind}");
+    let args: Vec<&str> = match kind {
+        "vlan" => vec![
+            "link", "add", "link", WORLD_LINK, "name", &probe, "type", "vlan", "id", "4000",
+        ],
+        "ipvlan" => vec![
+            "link", "add", "link", WORLD_LINK, "name", &probe, "type", "ipvlan",
+        ],
+        _ => vec!["link", "add", &probe, "type", kind],
+    };
+    let made = topology.world.ip(&args).is_ok();
+    if made {
+        let _ = topology.world.ip(&["link", "del", &probe]);
+    } else {
+        println!("skipped: this kernel has no {kind} links (CONFIG_* not set)");
+    }
+    made
+}
+
+/// Runs the CLI and expects success; returns stdout and stderr.
+fn ok(agent: &Agent, args: &[&str]) -> Result<(String, String)> {
+    let out = agent.cli(args)?;
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    ensure!(
+        out.status.success(),
+        "bpfbridge {}: {stderr}",
+        args.join(" ")
+    );
+    Ok((String::from_utf8(out.stdout)?, stderr))
+}
+
+/// Runs the CLI and expects a one-line refusal; returns it.
+fn refused(agent: &Agent, args: &[&str]) -> Result<String> {
+    let out = agent.cli(args)?;
+    let stderr = String::from_utf8(out.stderr)?;
+    ensure!(!out.status.success(), "{args:?} must fail");
+    ensure!(
+        stderr.trim_end().lines().count() == 1 && stderr.starts_with("Error: "),
+        "one line: {stderr}"
+    );
+    Ok(stderr)
+}
+
+fn ip_on(container: &Value, network: &str) -> Result<Ipv4Addr> {
+    container["NetworkSettings"]["Networks"][network]["IPAddress"]
+        .as_str()
+        .with_context(|| format!("no address on {network}: {container}"))?
+        .parse()
+        .context("address")
+}
+
+/// Gives the world (the LAN host) `address` in `subnet`'s prefix on `link`.
+fn lan_address(topology: &Topology, link: &str, address: Ipv4Addr, prefix: u8) -> Result<()> {
+    topology
+        .world
+        .ip(&["addr", "add", &format!("{address}/{prefix}"), "dev", link])?;
+    Ok(())
+}
+
+/// Whether both reach each other: ping, and TCP to an echo server on each side.
+fn reach_both_ways(from: &Path, to: &Path, to_ip: Ipv4Addr, from_ip: Ipv4Addr) -> Result<bool> {
+    let _servers = (Echo::start(from, 7)?, Echo::start(to, 7)?);
+    Ok(ping_reaches(from, to_ip)
+        && ping_reaches(to, from_ip)
+        && tcp_reaches(from, SocketAddrV4::new(to_ip, 7), WAIT)
+        && tcp_reaches(to, SocketAddrV4::new(from_ip, 7), WAIT))
+}
+
+#[test]
+fn macvlan_containers_are_on_the_lan_with_their_own_addresses_and_macs() -> Result<()> {
+    let topology = Topology::new()?;
+    lan_address(&topology, WORLD_LINK, LAN_HOST, 24)?;
+    let agent = Agent::start(&topology)?;
+    let parent = format!("parent={UPLINK}");
+    let gateway = LAN_HOST.to_string();
+    let (_, warning) = ok(
+        &agent,
+        &[
+            "network",
+            "create",
+            "-d",
+            "macvlan",
+            "--subnet",
+            LAN_SUBNET,
+            "--gateway",
+            &gateway,
+            "--aux-address",
+            "printer=203.0.113.1",
+            "-o",
+            &parent,
+            "lan",
+        ],
+    )?;
+    ensure!(warning.is_empty(), "no warning: {warning}");
+    let inspect = &agent.cli_json(&["network", "inspect", "lan"])?[0];
+    ensure!(inspect["Driver"] == "macvlan", "{inspect}");
+    ensure!(inspect["Options"]["parent"] == UPLINK, "{inspect}");
+    ensure!(inspect["Options"]["macvlan_mode"] == "bridge", "{inspect}");
+    let ipam = &inspect["IPAM"]["Config"][0];
+    ensure!(
+        ipam["Subnet"] == LAN_SUBNET && ipam["Gateway"] == gateway.as_str(),
+        "{inspect}"
+    );
+    ensure!(
+        ipam["AuxiliaryAddresses"]["printer"] == "203.0.113.1",
+        "{inspect}"
+    );
+
+    // -p is discarded with a warning, as Docker maps no port on macvlan.
+    let node_links = links(&topology.node)?;
+    let (web, web_ns) = agent.create_container(&["web", "--network", "lan", "-p", "8080:80"])?;
+    let web_ip = ip_on(&web, "lan")?;
+    ensure!(
+        web_ip == Ipv4Addr::new(203, 0, 113, 2),
+        "the gateway and the aux address are never handed out: {web}"
+    );
+    ensure!(
+        web["Warnings"].to_string().contains("discarded"),
+        "a warning for -p: {web}"
+    );
+    ensure!(
+        agent
+            .cli_json(&["ports"])?
+            .as_array()
+            .is_none_or(|p| p.is_empty()),
+        "nothing published"
+    );
+    ensure!(
+        links(&topology.node)? == node_links,
+        "no bridge and no veth on the node"
+    );
+
+    // The LAN host and the container reach each other directly, and the LAN sees the
+    // container's own MAC.
+    let world = topology.world.path();
+    ensure!(
+        reach_both_ways(&web_ns, &world, LAN_HOST, web_ip)?,
+        "web <-> LAN host"
+    );
+    let neighbour = topology.world.ip(&["neigh", "show", &web_ip.to_string()])?;
+    let mac = web["NetworkSettings"]["Networks"]["lan"]["MacAddress"]
+        .as_str()
+        .context("MacAddress")?;
+    ensure!(
+        String::from_utf8_lossy(&neighbour.stdout).contains(mac),
+        "the LAN host learnt {mac}: {}",
+        String::from_utf8_lossy(&neighbour.stdout)
+    );
+
+    // Two containers of a bridge-mode network reach each other; by name too (DNS).
+    let (db, db_ns) = agent.create_container(&["db", "--network", "lan"])?;
+    let db_ip = ip_on(&db, "lan")?;
+    ensure!(
+        reach_both_ways(&web_ns, &db_ns, db_ip, web_ip)?,
+        "web <-> db"
+    );
+
+    // disconnect takes the interface out of the container, connect puts one back.
+    ok(&agent, &["network", "disconnect", "lan", "db"])?;
+    ensure!(!ping_reaches(&web_ns, db_ip), "db is off the LAN");
+    ok(
+        &agent,
+        &["network", "connect", "lan", "db", "--ip", "203.0.113.50"],
+    )?;
+    ensure!(
+        ping_reaches(&web_ns, Ipv4Addr::new(203, 0, 113, 50)),
+        "db is back at the address it asked for"
+    );
+
+    ensure!(
+        refused(&agent, &["network", "rm", "lan"])?.contains("active endpoints"),
+        "a network in use stays"
+    );
+    ok(&agent, &["container", "rm", "web", "db"])?;
+    ok(&agent, &["network", "rm", "lan"])?;
+    ensure!(
+        links(&topology.node)? == node_links,
+        "the parent is left as it was"
+    );
+    Ok(())
+}
+
+#[test]
+fn private_macvlan_containers_do_not_reach_each_other() -> Result<()> {
+    let topology = Topology::new()?;
+    lan_address(&topology, WORLD_LINK, LAN_HOST, 24)?;
+    let agent = Agent::start(&topology)?;
+    let parent = format!("parent={UPLINK}");
+    let gateway = LAN_HOST.to_string();
+    ok(
+        &agent,
+        &[
+            "network",
+            "create",
+            "-d",
+            "macvlan",
+            "--subnet",
+            LAN_SUBNET,
+            "--gateway",
+            &gateway,
+            "-o",
+            &parent,
+            "-o",
+            "macvlan_mode=private",
+            "private",
+        ],
+    )?;
+    let (a, a_ns) = agent.create_container(&["a", "--network", "private"])?;
+    let (b, b_ns) = agent.create_container(&["b", "--network", "private"])?;
+    let (a_ip, b_ip) = (ip_on(&a, "private")?, ip_on(&b, "private")?);
+    ensure!(!ping_reaches(&a_ns, b_ip), "private: a does not reach b");
+    ensure!(!ping_reaches(&b_ns, a_ip), "private: b does not reach a");
+    ensure!(ping_reaches(&a_ns, LAN_HOST), "private: a reaches the LAN");
+    ok(&agent, &["container", "rm", "a", "b"])?;
+    ok(&agent, &["network", "rm", "private"])?;
+    Ok(())
+}
+
+#[test]
+fn a_vlan_parent_is_made_and_removed_with_its_networks() -> Result<()> {
+    let topology = Topology::new()?;
+    if !kernel_has(&topology, "vlan") {
+        return Ok(());
+    }
+    let world_vlan = format!("{WORLD_LINK}.10");
+    topology.world.ip(&[
+        "link",
+        "add",
+        "link",
+        WORLD_LINK,
+        "name",
+        &world_vlan,
+        "type",
+        "vlan",
+        "id",
+        "10",
+    ])?;
+    topology.world.ip(&["link", "set", &world_vlan, "up"])?;
+    lan_address(&topology, &world_vlan, VLAN_HOST, 24)?;
+    let agent = Agent::start(&topology)?;
+    let vlan = format!("{UPLINK}.10");
+    let parent = format!("parent={vlan}");
+    let gateway = VLAN_HOST.to_string();
+    ok(
+        &agent,
+        &[
+            "network",
+            "create",
+            "-d",
+            "macvlan",
+            "--subnet",
+            VLAN_SUBNET,
+            "--gateway",
+            &gateway,
+            "-o",
+            &parent,
+            "vlan10",
+        ],
+    )?;
+    let details = topology.node.ip(&["-d", "link", "show", &vlan])?;
+    let details = String::from_utf8_lossy(&details.stdout);
+    ensure!(
+        details.contains("vlan protocol 802.1Q id 10"),
+        "{vlan}: {details}"
+    );
+    // A second network on the same VLAN shares it; a subnet overlapping the first is refused.
+    ensure!(
+        refused(
+            &agent,
+            &[
+                "network",
+                "create",
+                "-d",
+                "macvlan",
+                "--subnet",
+                "192.0.2.128/25",
+                "-o",
+                &parent,
+                "again"
+            ],
+        )?
+        .contains("overlaps with network vlan10"),
+        "overlapping subnets on one parent are refused"
+    );
+    ok(
+        &agent,
+        &[
+            "network",
+            "create",
+            "-d",
+            "macvlan",
+            "--subnet",
+            "198.18.0.0/24",
+            "-o",
+            &parent,
+            "vlan10b",
+        ],
+    )?;
+    let (c, c_ns) = agent.create_container(&["c", "--network", "vlan10"])?;
+    let c_ip = ip_on(&c, "vlan10")?;
+    ensure!(
+        reach_both_ways(&c_ns, &topology.world.path(), VLAN_HOST, c_ip)?,
+        "the container and the VLAN peer reach each other, tagged"
+    );
+    ok(&agent, &["container", "rm", "c"])?;
+    ok(&agent, &["network", "rm", "vlan10"])?;
+    ensure!(
+        links(&topology.node)?.contains(&vlan),
+        "vlan10b still uses {vlan}"
+    );
+    ok(&agent, &["network", "rm", "vlan10b"])?;
+    ensure!(
+        !links(&topology.node)?.contains(&vlan),
+        "{vlan} goes with the last network on it"
+    );
+    Ok(())
+}
+
+#[test]
+fn ipvlan_l2_and_l3_reach_the_world() -> Result<()> {
+    // l2: the containers are on the LAN with the parent's MAC.
+    let topology = Topology::new()?;
+    if !kernel_has(&topology, "ipvlan") {
+        return Ok(());
+    }
+    lan_address(&topology, WORLD_LINK, LAN_HOST, 24)?;
+    let agent = Agent::start(&topology)?;
+    let parent = format!("parent={UPLINK}");
+    let gateway = LAN_HOST.to_string();
+    ok(
+        &agent,
+        &[
+            "network",
+            "create",
+            "-d",
+            "ipvlan",
+            "--subnet",
+            LAN_SUBNET,
+            "--gateway",
+            &gateway,
+            "-o",
+            &parent,
+            "l2",
+        ],
+    )?;
+    let inspect = &agent.cli_json(&["network", "inspect", "l2"])?[0];
+    ensure!(
+        inspect["Driver"] == "ipvlan" && inspect["Options"]["ipvlan_mode"] == "l2",
+        "{inspect}"
+    );
+    // One device has macvlan or ipvlan interfaces, not both.
+    ensure!(
+        refused(
+            &agent,
+            &[
+                "network",
+                "create",
+                "-d",
+                "macvlan",
+                "--subnet",
+                "198.18.0.0/24",
+                "-o",
+                &parent,
+                "mac"
+            ],
+        )?
+        .contains("used by ipvlan network l2"),
+        "macvlan beside ipvlan is refused"
+    );
+    let (c, c_ns) = agent.create_container(&["c", "--network", "l2"])?;
+    let c_ip = ip_on(&c, "l2")?;
+    let world = topology.world.path();
+    ensure!(
+        reach_both_ways(&c_ns, &world, LAN_HOST, c_ip)?,
+        "l2: container <-> LAN host"
+    );
+    ok(&agent, &["container", "rm", "c"])?;
+    ok(&agent, &["network", "rm", "l2"])?;
+
+    // l3: no gateway; the LAN routes the containers' subnet through the node's address.
+    topology.world.ip(&[
+        "route",
+        "add",
+        LAN_SUBNET,
+        "via",
+        &bpfbridge_tests::NODE_IP.to_string(),
+    ])?;
+    topology
+        .world
+        .ip(&["addr", "del", &format!("{LAN_HOST}/24"), "dev", WORLD_LINK])?;
+    ok(
+        &agent,
+        &[
+            "network",
+            "create",
+            "-d",
+            "ipvlan",
+            "--subnet",
+            LAN_SUBNET,
+            "-o",
+            &parent,
+            "-o",
+            "ipvlan_mode=l3",
+            "l3",
+        ],
+    )?;
+    let (c, c_ns) = agent.create_container(&["c3", "--network", "l3"])?;
+    let c_ip = ip_on(&c, "l3")?;
+    let routes = bpfbridge_tests::run(
+        "nsenter",
+        &[&format!("--net={}", c_ns.display()), "ip", "route"],
+    )?;
+    let routes = String::from_utf8_lossy(&routes.stdout);
+    ensure!(
+        routes.contains("default dev eth0"),
+        "l3: default route out of eth0: {routes}"
+    );
+    let world_ip = bpfbridge_tests::WORLD_IP;
+    ensure!(
+        reach_both_ways(&c_ns, &world, world_ip, c_ip)?,
+        "l3: container <-> world, routed"
+    );
+    ok(&agent, &["container", "rm", "c3"])?;
+    ok(&agent, &["network", "rm", "l3"])?;
+    Ok(())
+}
+
+#[test]
+fn bad_driver_options_are_refused() -> Result<()> {
+    let topology = Topology::new()?;
+    let agent = Agent::start(&topology)?;
+    let node_links = links(&topology.node)?;
+    let parent = format!("parent={UPLINK}");
+    let create = |extra: &[&str]| -> Vec<String> {
+        let mut args: Vec<String> = ["network", "create", "--subnet", LAN_SUBNET]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        args.extend(extra.iter().map(|s| s.to_string()));
+        args.push("bad".into());
+        args
+    };
+    let cases: &[(&[&str], &str)] = &[
+        (&["-d", "overlay"], "not supported"),
+        (
+            &["-d", "macvlan", "-o", "parent=nope0"],
+            "parent interface nope0 was not found",
+        ),
+        (
+            &["-d", "macvlan", "-o", "parent=nope0.10"],
+            "not found on the node: nope0",
+        ),
+        (
+            &["-d", "macvlan", "-o", "parent=up0.5000"],
+            "vlan id must be between 1-4094",
+        ),
+        (&["-d", "macvlan", "-o", "parent=lo"], "loopback"),
+        (
+            &["-d", "macvlan", "-o", &parent, "-o", "macvlan_mode=l2"],
+            "macvlan mode 'l2' is not valid",
+        ),
+        (
+            &["-d", "ipvlan", "-o", &parent, "-o", "ipvlan_mode=l4"],
+            "ipvlan mode 'l4' is not valid",
+        ),
+        (
+            &["-d", "ipvlan", "-o", &parent, "-o", "ipvlan_flag=loud"],
+            "ipvlan flag 'loud' is not valid",
+        ),
+        (
+            &[
+                "-d",
+                "macvlan",
+                "-o",
+                &parent,
+                "-o",
+                "com.docker.network.bridge.enable_icc=false",
+            ],
+            "not valid on a macvlan network",
+        ),
+        (
+            &["-d", "ipvlan", "-o", &parent, "-o", "macvlan_mode=bridge"],
+            "not valid on a ipvlan network",
+        ),
+        (
+            &[
+                "-d",
+                "macvlan",
+                "-o",
+                &parent,
+                "--aux-address",
+                "x=10.0.0.1",
+            ],
+            "no matching subnet",
+        ),
+    ];
+    for (extra, message) in cases {
+        let args = create(extra);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let error = refused(&agent, &args)?;
+        ensure!(error.contains(message), "{extra:?}: {error}");
+    }
+    ensure!(
+        links(&topology.node)? == node_links,
+        "nothing made on the node"
+    );
+    ensure!(
+        agent.cli_json(&["network", "inspect", "bad"]).is_err(),
+        "no network recorded"
+    );
+
+    // --internal, or no parent: a dummy of the network's own, gone with it.
+    if !kernel_has(&topology, "dummy") {
+        return Ok(());
+    }
+    let (id, _) = ok(
+        &agent,
+        &[
+            "network",
+            "create",
+            "-d",
+            "macvlan",
+            "--internal",
+            "--subnet",
+            LAN_SUBNET,
+            "-o",
+            &parent,
+            "inner",
+        ],
+    )?;
+    let dummy = format!("dm-{}", &id.trim()[..12]);
+    ensure!(
+        links(&topology.node)?.contains(&dummy),
+        "dummy parent {dummy}"
+    );
+    let (a, a_ns) = agent.create_container(&["a", "--network", "inner"])?;
+    let (b, _) = agent.create_container(&["b", "--network", "inner"])?;
+    let _ = a;
+    ensure!(
+        ping_reaches(&a_ns, ip_on(&b, "inner")?),
+        "internal: a reaches b"
+    );
+    ok(&agent, &["container", "rm", "a", "b"])?;
+    ok(&agent, &["network", "rm", "inner"])?;
+    ensure!(
+        !links(&topology.node)?.contains(&dummy),
+        "the dummy parent goes with it"
+    );
+    Ok(())
+}
