@@ -578,3 +578,59 @@ fn bad_driver_options_are_refused() -> Result<()> {
     );
     Ok(())
 }
+
+#[test]
+fn a_macvlan_container_survives_kill_9_and_a_deleted_interface() -> Result<()> {
+    let topology = Topology::new()?;
+    lan_address(&topology, WORLD_LINK, LAN_HOST, 24)?;
+    let mut agent = Agent::start(&topology)?;
+    let parent = format!("parent={UPLINK}");
+    let gateway = LAN_HOST.to_string();
+    ok(
+        &agent,
+        &[
+            "network",
+            "create",
+            "-d",
+            "macvlan",
+            "--subnet",
+            LAN_SUBNET,
+            "--gateway",
+            &gateway,
+            "-o",
+            &parent,
+            "lan",
+        ],
+    )?;
+    let (c, c_ns) = agent.create_container(&["c", "--network", "lan"])?;
+    let c_ip = ip_on(&c, "lan")?;
+    let world = topology.world.path();
+
+    // The records and the interface outlive the agent; the restarted one re-adopts both.
+    agent.kill();
+    agent.spawn()?;
+    let inspect = &agent.cli_json(&["network", "inspect", "lan"])?[0];
+    ensure!(inspect["Driver"] == "macvlan", "{inspect}");
+    ensure!(
+        ping_reaches(&world, c_ip),
+        "reachable after kill -9 and a restart"
+    );
+
+    // An interface deleted inside the container is made again by the drift repair.
+    bpfbridge_tests::run(
+        "nsenter",
+        &[
+            &format!("--net={}", c_ns.display()),
+            "ip",
+            "link",
+            "del",
+            "eth0",
+        ],
+    )?;
+    let repaired =
+        bpfbridge_tests::time_until(Duration::from_secs(5), || ping_reaches(&world, c_ip));
+    ensure!(repaired.is_some(), "the interface came back within 5 s");
+    ok(&agent, &["container", "rm", "c"])?;
+    ok(&agent, &["network", "rm", "lan"])?;
+    Ok(())
+}
