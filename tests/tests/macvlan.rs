@@ -634,3 +634,192 @@ fn a_macvlan_container_survives_kill_9_and_a_deleted_interface() -> Result<()> {
     ok(&agent, &["network", "rm", "lan"])?;
     Ok(())
 }
+
+/// One operation on macvlan networks and endpoints, the state it starts from, and the crash
+/// points it reaches (with how many times), as `tests/tests/faults.rs` has them for bridges:
+/// the sub-interface is made at `endpoint:veth-made` and configured at `endpoint:configured`,
+/// a parent at `network-create:bridge-made`.
+struct CrashCase {
+    prepare: &'static [&'static [&'static str]],
+    operation: &'static [&'static str],
+    points: &'static [(&'static str, u32)],
+}
+
+const CRASH_CASES: &[CrashCase] = &[
+    CrashCase {
+        prepare: &[],
+        operation: &["container", "create", "c", "--network", "lan"],
+        points: &[
+            ("container-create:recorded", 1),
+            ("container-create:netns-made", 1),
+            ("endpoint:veth-made", 1),
+            ("endpoint:configured", 1),
+            ("container-create:endpoints-made", 1),
+            ("container-create:saved", 1),
+        ],
+    },
+    CrashCase {
+        prepare: &[&["container", "create", "c", "--network", "lan"]],
+        // The interface, the namespace, the record.
+        operation: &["container", "rm", "c"],
+        points: &[("container-remove:marked", 1), ("teardown:step-done", 3)],
+    },
+    CrashCase {
+        prepare: &[&["container", "create", "c"]],
+        operation: &["network", "connect", "lan", "c"],
+        points: &[
+            ("connect:recorded", 1),
+            ("endpoint:veth-made", 1),
+            ("endpoint:configured", 1),
+            ("connect:saved", 1),
+        ],
+    },
+    CrashCase {
+        prepare: &[
+            &["container", "create", "c"],
+            &["network", "connect", "lan", "c"],
+        ],
+        operation: &["network", "disconnect", "lan", "c"],
+        points: &[
+            ("disconnect:marked", 1),
+            ("teardown:step-done", 1),
+            ("disconnect:saved", 1),
+        ],
+    },
+    CrashCase {
+        prepare: &[],
+        operation: &[
+            "network",
+            "create",
+            "-d",
+            "macvlan",
+            "--subnet",
+            "198.18.0.0/24",
+            "-o",
+            "parent=up0",
+            "lan2",
+        ],
+        points: &[
+            ("network-create:recorded", 1),
+            ("network-create:bridge-made", 1),
+            ("network-create:saved", 1),
+        ],
+    },
+    CrashCase {
+        prepare: &[&[
+            "network",
+            "create",
+            "-d",
+            "macvlan",
+            "--subnet",
+            "198.18.0.0/24",
+            "-o",
+            "parent=up0",
+            "lan2",
+        ]],
+        // An existing parent stays: the record is the only step.
+        operation: &["network", "rm", "lan2"],
+        points: &[
+            ("network-remove:marked", 1),
+            ("network-remove:policy-gone", 1),
+            ("teardown:step-done", 1),
+        ],
+    },
+];
+
+/// After a restart: every container's macvlan endpoint is in its namespace with its address
+/// and reachable from the LAN, no namespace is left that no container owns, and nothing was
+/// left on the node.
+fn consistent(agent: &Agent, topology: &Topology, node_links: &[String]) -> Result<()> {
+    // The connect cases' container is on the default bridge too: its veth is expected.
+    let mut now = links(&topology.node)?;
+    now.retain(|l| !l.starts_with("veth"));
+    ensure!(now == node_links, "nothing left on the node: {now:?}");
+    let containers = agent.cli_json(&["container", "inspect", "c"]).ok();
+    // The directory is made with the first namespace.
+    let namespaces = std::fs::read_dir(&agent.netns_dir).map_or(0, |d| d.count());
+    ensure!(
+        namespaces == usize::from(containers.is_some()),
+        "{namespaces} namespaces for {containers:?}"
+    );
+    let Some(container) = containers.as_ref().map(|c| &c[0]) else {
+        return Ok(());
+    };
+    if container["NetworkSettings"]["Networks"]["lan"].is_null() {
+        return Ok(());
+    }
+    let ip = ip_on(container, "lan")?;
+    ensure!(
+        ping_reaches(&topology.world.path(), ip),
+        "the LAN reaches {ip}: {container}"
+    );
+    Ok(())
+}
+
+#[test]
+fn a_crash_at_any_step_of_a_macvlan_operation_is_rolled_back_or_finished() -> Result<()> {
+    let topology = Topology::new()?;
+    lan_address(&topology, WORLD_LINK, LAN_HOST, 24)?;
+    let mut agent = Agent::start(&topology)?;
+    let flags = agent.args().to_vec();
+    let parent = format!("parent={UPLINK}");
+    let gateway = LAN_HOST.to_string();
+    ok(
+        &agent,
+        &[
+            "network",
+            "create",
+            "-d",
+            "macvlan",
+            "--subnet",
+            LAN_SUBNET,
+            "--gateway",
+            &gateway,
+            "-o",
+            &parent,
+            "lan",
+        ],
+    )?;
+    let node_links = links(&topology.node)?;
+    for case in CRASH_CASES {
+        for &(point, times) in case.points {
+            for nth in 1..=times {
+                let what = format!("{} at {point}:{nth}", case.operation.join(" "));
+                for step in case.prepare {
+                    ok(&agent, step)?;
+                }
+                let mut armed = flags.clone();
+                armed.extend(["--crash-at".to_string(), format!("{point}:{nth}")]);
+                agent.kill();
+                agent.set_args(&armed);
+                agent.spawn()?;
+                let _ = agent.cli(case.operation)?;
+                let died = bpfbridge_tests::time_until(Duration::from_secs(10), || {
+                    agent.exited().is_ok_and(|e| e.is_some())
+                });
+                ensure!(died.is_some(), "{what}: the agent did not crash");
+                ensure!(
+                    agent
+                        .log()
+                        .contains(&format!("crash point {point} reached ({nth})")),
+                    "{what}: died elsewhere\n{}",
+                    agent.log_tail(20)
+                );
+                agent.set_args(&flags);
+                agent.spawn()?;
+                consistent(&agent, &topology, &node_links).with_context(|| what.clone())?;
+                // The operation can be finished, then everything goes.
+                let _ = agent.cli(case.operation)?;
+                consistent(&agent, &topology, &node_links).with_context(|| what.clone())?;
+                let _ = agent.cli(&["container", "rm", "c"])?;
+                let _ = agent.cli(&["network", "rm", "lan2"])?;
+                ensure!(
+                    agent.cli_json(&["container", "inspect", "c"]).is_err(),
+                    "{what}: removed"
+                );
+            }
+        }
+    }
+    ok(&agent, &["network", "rm", "lan"])?;
+    Ok(())
+}

@@ -436,7 +436,8 @@ impl Service {
                 gw_priority: e.gw_priority,
                 addressing: EndpointAddressing {
                     endpoint_id: e.endpoint_id.clone(),
-                    gateway: if network.has_gateway() {
+                    // ipvlan l3: the container routes out of its interface.
+                    gateway: if network.has_gateway() && !network.driver.routes_through_parent() {
                         network.gateway.to_string()
                     } else {
                         String::new()
