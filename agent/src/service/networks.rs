@@ -30,6 +30,9 @@ use crate::{
     netlink,
 };
 
+/// The owner [`Service::taken_subnets`] names for a route on the node.
+const NODE_ROUTE: &str = "a route on the node";
+
 fn parse_bool_option(key: &str, value: &str) -> Result<bool> {
     value.parse().map_err(|_| {
         Error::InvalidArgument(format!("option {key}={value:?}: expected true or false"))
@@ -108,7 +111,7 @@ impl Service {
         let ours: BTreeSet<Ipv4Net> = self.state.networks.values().map(|n| n.subnet).collect();
         for route in netlink::ipv4_routes(&self.handle).await? {
             if route.destination.prefix_len() > 0 && !ours.contains(&route.destination) {
-                taken.push((route.destination, "a route on the node".into()));
+                taken.push((route.destination, NODE_ROUTE.into()));
             }
         }
         Ok(taken)
@@ -189,8 +192,7 @@ impl Service {
                 let subnet = parse_subnet("subnet", s)?;
                 // A macvlan or ipvlan subnet is the LAN's, which the node may well route.
                 let overlapping = |(t, owner): &&(Ipv4Net, String)| {
-                    ipam::overlaps(t, &subnet)
-                        && (driver.is_bridge() || owner.starts_with("network "))
+                    ipam::overlaps(t, &subnet) && (driver.is_bridge() || owner != NODE_ROUTE)
                 };
                 if let Some((_, owner)) = taken.iter().find(overlapping) {
                     return Err(Error::Conflict(format!(
