@@ -497,6 +497,14 @@ mod tests {
         }
         let old: Old = serde_json::from_str("{}").unwrap();
         assert_eq!(old.driver, NetworkDriver::Bridge);
+        // A bridge network's record is written as before there were drivers.
+        let bridge = super::super::NetworkRecord::for_tests("n", "10.1.0.0/24");
+        let json = serde_json::to_value(&bridge).unwrap();
+        assert!(json.get("driver").is_none() && json.get("aux_addresses").is_none());
+        assert_eq!(
+            serde_json::from_value::<super::super::NetworkRecord>(json).unwrap(),
+            bridge
+        );
         let macvlan = plan("macvlan", &[("parent", "eth0.7")], false).unwrap();
         let json = serde_json::to_string(&macvlan).unwrap();
         assert_eq!(
