@@ -823,3 +823,82 @@ fn a_crash_at_any_step_of_a_macvlan_operation_is_rolled_back_or_finished() -> Re
     ok(&agent, &["network", "rm", "lan"])?;
     Ok(())
 }
+
+/// Makes a second link between the node and the world, `up1`/`wl1`, the world's end with
+/// the LAN host's address: a parent that can be unplugged without touching the uplink.
+fn plug_second_parent(topology: &Topology) -> Result<()> {
+    topology.node.ip(&[
+        "link",
+        "add",
+        "up1",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "wl1",
+        "netns",
+        &topology.world.name,
+    ])?;
+    topology.node.ip(&["link", "set", "up1", "up"])?;
+    topology.world.ip(&["link", "set", "wl1", "up"])?;
+    lan_address(topology, "wl1", LAN_HOST, 24)
+}
+
+#[test]
+fn an_unplugged_parent_neither_stops_the_agent_nor_is_forgotten() -> Result<()> {
+    let topology = Topology::new()?;
+    plug_second_parent(&topology)?;
+    let mut agent = Agent::start(&topology)?;
+    let gateway = LAN_HOST.to_string();
+    ok(
+        &agent,
+        &[
+            "network",
+            "create",
+            "-d",
+            "macvlan",
+            "--subnet",
+            LAN_SUBNET,
+            "--gateway",
+            &gateway,
+            "-o",
+            "parent=up1",
+            "lan",
+        ],
+    )?;
+    let (c, _) = agent.create_container(&["c", "--network", "lan"])?;
+    let c_ip = ip_on(&c, "lan")?;
+    let world = topology.world.path();
+    ensure!(ping_reaches(&world, c_ip), "reachable on up1");
+
+    // The parent goes while the agent is down (its macvlan interfaces go with it): the
+    // agent starts, and the container's state says what is missing.
+    agent.kill();
+    topology.node.ip(&["link", "del", "up1"])?;
+    agent.spawn()?;
+    let error = || {
+        agent
+            .cli_json(&["container", "inspect", "c"])
+            .map_or(String::new(), |c| {
+                c[0]["State"]["Error"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string()
+            })
+    };
+    let shown = bpfbridge_tests::time_until(Duration::from_secs(5), || error().contains("up1"));
+    ensure!(
+        shown.is_some(),
+        "State.Error names the parent: {:?}",
+        error()
+    );
+
+    // Plugged back, the container's interface is made again.
+    plug_second_parent(&topology)?;
+    let back = bpfbridge_tests::time_until(Duration::from_secs(5), || ping_reaches(&world, c_ip));
+    ensure!(back.is_some(), "reachable again once up1 is back");
+    ensure!(error().is_empty(), "State.Error cleared: {:?}", error());
+    ok(&agent, &["container", "rm", "c"])?;
+    ok(&agent, &["network", "rm", "lan"])?;
+    Ok(())
+}

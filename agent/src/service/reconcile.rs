@@ -17,8 +17,17 @@ impl Service {
         // A half-made or half-removed network's bridge is kept until its rollback below.
         self.remove_orphan_bridges().await?;
         for network in self.state.networks.values().cloned().collect::<Vec<_>>() {
-            if !network.pending {
-                self.ensure_network_device(&network).await?;
+            if network.pending {
+                continue;
+            }
+            match self.ensure_network_device(&network).await {
+                Ok(()) => {}
+                // A parent of the node's own may be gone (a NIC unplugged): the agent starts
+                // all the same, and its containers' repair says what is missing.
+                Err(e) if !network.driver.is_bridge() => {
+                    tracing::warn!(network = %network.name, "the parent is not there: {e}")
+                }
+                Err(e) => return Err(e),
             }
         }
         self.remove_half_made_networks().await?;
@@ -200,9 +209,16 @@ impl Service {
             let mut endpoint = container.endpoints[i].clone();
             if endpoint.sub_interface {
                 let primary = port_endpoint.as_deref() == Some(endpoint.endpoint_id.as_str());
-                changed |= self
+                match self
                     .restore_sub_interface(&container, &mut endpoint, primary)
-                    .await?;
+                    .await
+                {
+                    Ok(remade) => changed |= remade,
+                    // Its parent is gone, say: the repair passes try again and show why.
+                    Err(e) => {
+                        tracing::warn!(container = %container.name, interface = %endpoint.ifname, "not restored: {e}")
+                    }
+                }
                 container.endpoints[i] = endpoint;
                 continue;
             }
