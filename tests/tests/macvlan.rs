@@ -902,3 +902,55 @@ fn an_unplugged_parent_neither_stops_the_agent_nor_is_forgotten() -> Result<()> 
     ok(&agent, &["network", "rm", "lan"])?;
     Ok(())
 }
+
+#[test]
+fn a_macvlan_container_shares_the_uplinks_subnet_but_not_the_node() -> Result<()> {
+    use bpfbridge_tests::{NODE_IP, WORLD_IP};
+    let topology = Topology::new()?;
+    let agent = Agent::start(&topology)?;
+    // The parent's own subnet, which the node routes: the LAN's, so it is allowed.
+    let subnet = format!("{}/24", Ipv4Addr::from(u32::from(NODE_IP) & !0xff));
+    let gateway = WORLD_IP.to_string();
+    let parent = format!("parent={UPLINK}");
+    ok(
+        &agent,
+        &[
+            "network",
+            "create",
+            "-d",
+            "macvlan",
+            "--subnet",
+            &subnet,
+            "--gateway",
+            &gateway,
+            "--ip-range",
+            "198.51.100.64/26",
+            "-o",
+            &parent,
+            "lan",
+        ],
+    )?;
+    let (c, c_ns) = agent.create_container(&["c", "--network", "lan"])?;
+    let c_ip = ip_on(&c, "lan")?;
+    ensure!(
+        c_ip == Ipv4Addr::new(198, 51, 100, 64),
+        "from the ip-range: {c_ip}"
+    );
+    ensure!(
+        reach_both_ways(&c_ns, &topology.world.path(), WORLD_IP, c_ip)?,
+        "the container and the LAN host reach each other"
+    );
+    // The kernel's macvlan rule, documented as Docker documents it: the parent's own
+    // addresses and the container do not reach each other.
+    ensure!(
+        !ping_reaches(&c_ns, NODE_IP),
+        "the container does not reach the node"
+    );
+    ensure!(
+        !ping_reaches(&topology.node.path(), c_ip),
+        "the node does not reach the container"
+    );
+    ok(&agent, &["container", "rm", "c"])?;
+    ok(&agent, &["network", "rm", "lan"])?;
+    Ok(())
+}
