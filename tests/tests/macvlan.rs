@@ -59,6 +59,35 @@ fn ok(agent: &Agent, args: &[&str]) -> Result<(String, String)> {
     Ok((String::from_utf8(out.stdout)?, stderr))
 }
 
+/// `network create -d DRIVER --subnet LAN_SUBNET --gateway LAN_HOST -o parent=PARENT
+/// EXTRA... NAME`: a network on the LAN whose host is the world; returns the CLI's stdout
+/// (the id) and stderr (warnings).
+fn lan_network(
+    agent: &Agent,
+    driver: &str,
+    parent: &str,
+    extra: &[&str],
+    name: &str,
+) -> Result<(String, String)> {
+    let gateway = LAN_HOST.to_string();
+    let parent = format!("parent={parent}");
+    let mut args = vec![
+        "network",
+        "create",
+        "-d",
+        driver,
+        "--subnet",
+        LAN_SUBNET,
+        "--gateway",
+        &gateway,
+        "-o",
+        &parent,
+    ];
+    args.extend_from_slice(extra);
+    args.push(name);
+    ok(agent, &args)
+}
+
 /// Runs the CLI and expects a one-line refusal; returns it.
 fn refused(agent: &Agent, args: &[&str]) -> Result<String> {
     let out = agent.cli(args)?;
@@ -87,6 +116,14 @@ fn lan_address(topology: &Topology, link: &str, address: Ipv4Addr, prefix: u8) -
     Ok(())
 }
 
+/// The lab's topology, its world a LAN host (`LAN_HOST` on its uplink end), and an agent.
+fn lan_and_agent() -> Result<(Topology, Agent)> {
+    let topology = Topology::new()?;
+    lan_address(&topology, WORLD_LINK, LAN_HOST, 24)?;
+    let agent = Agent::start(&topology)?;
+    Ok((topology, agent))
+}
+
 /// Whether both reach each other: ping, and TCP to an echo server on each side.
 fn reach_both_ways(from: &Path, to: &Path, to_ip: Ipv4Addr, from_ip: Ipv4Addr) -> Result<bool> {
     let _servers = (Echo::start(from, 7)?, Echo::start(to, 7)?);
@@ -98,28 +135,14 @@ fn reach_both_ways(from: &Path, to: &Path, to_ip: Ipv4Addr, from_ip: Ipv4Addr) -
 
 #[test]
 fn macvlan_containers_are_on_the_lan_with_their_own_addresses_and_macs() -> Result<()> {
-    let topology = Topology::new()?;
-    lan_address(&topology, WORLD_LINK, LAN_HOST, 24)?;
-    let agent = Agent::start(&topology)?;
-    let parent = format!("parent={UPLINK}");
+    let (topology, agent) = lan_and_agent()?;
     let gateway = LAN_HOST.to_string();
-    let (_, warning) = ok(
+    let (_, warning) = lan_network(
         &agent,
-        &[
-            "network",
-            "create",
-            "-d",
-            "macvlan",
-            "--subnet",
-            LAN_SUBNET,
-            "--gateway",
-            &gateway,
-            "--aux-address",
-            "printer=203.0.113.1",
-            "-o",
-            &parent,
-            "lan",
-        ],
+        "macvlan",
+        UPLINK,
+        &["--aux-address", "printer=203.0.113.1"],
+        "lan",
     )?;
     ensure!(warning.is_empty(), "no warning: {warning}");
     let inspect = &agent.cli_json(&["network", "inspect", "lan"])?[0];
@@ -212,28 +235,13 @@ fn macvlan_containers_are_on_the_lan_with_their_own_addresses_and_macs() -> Resu
 
 #[test]
 fn private_macvlan_containers_do_not_reach_each_other() -> Result<()> {
-    let topology = Topology::new()?;
-    lan_address(&topology, WORLD_LINK, LAN_HOST, 24)?;
-    let agent = Agent::start(&topology)?;
-    let parent = format!("parent={UPLINK}");
-    let gateway = LAN_HOST.to_string();
-    ok(
+    let (_topology, agent) = lan_and_agent()?;
+    lan_network(
         &agent,
-        &[
-            "network",
-            "create",
-            "-d",
-            "macvlan",
-            "--subnet",
-            LAN_SUBNET,
-            "--gateway",
-            &gateway,
-            "-o",
-            &parent,
-            "-o",
-            "macvlan_mode=private",
-            "private",
-        ],
+        "macvlan",
+        UPLINK,
+        &["-o", "macvlan_mode=private"],
+        "private",
     )?;
     let (a, a_ns) = agent.create_container(&["a", "--network", "private"])?;
     let (b, b_ns) = agent.create_container(&["b", "--network", "private"])?;
@@ -356,23 +364,7 @@ fn ipvlan_l2_and_l3_reach_the_world() -> Result<()> {
     lan_address(&topology, WORLD_LINK, LAN_HOST, 24)?;
     let agent = Agent::start(&topology)?;
     let parent = format!("parent={UPLINK}");
-    let gateway = LAN_HOST.to_string();
-    ok(
-        &agent,
-        &[
-            "network",
-            "create",
-            "-d",
-            "ipvlan",
-            "--subnet",
-            LAN_SUBNET,
-            "--gateway",
-            &gateway,
-            "-o",
-            &parent,
-            "l2",
-        ],
-    )?;
+    lan_network(&agent, "ipvlan", UPLINK, &[], "l2")?;
     let inspect = &agent.cli_json(&["network", "inspect", "l2"])?[0];
     ensure!(
         inspect["Driver"] == "ipvlan" && inspect["Options"]["ipvlan_mode"] == "l2",
@@ -581,27 +573,8 @@ fn bad_driver_options_are_refused() -> Result<()> {
 
 #[test]
 fn a_macvlan_container_survives_kill_9_and_a_deleted_interface() -> Result<()> {
-    let topology = Topology::new()?;
-    lan_address(&topology, WORLD_LINK, LAN_HOST, 24)?;
-    let mut agent = Agent::start(&topology)?;
-    let parent = format!("parent={UPLINK}");
-    let gateway = LAN_HOST.to_string();
-    ok(
-        &agent,
-        &[
-            "network",
-            "create",
-            "-d",
-            "macvlan",
-            "--subnet",
-            LAN_SUBNET,
-            "--gateway",
-            &gateway,
-            "-o",
-            &parent,
-            "lan",
-        ],
-    )?;
+    let (topology, mut agent) = lan_and_agent()?;
+    lan_network(&agent, "macvlan", UPLINK, &[], "lan")?;
     let (c, c_ns) = agent.create_container(&["c", "--network", "lan"])?;
     let c_ip = ip_on(&c, "lan")?;
     let world = topology.world.path();
@@ -758,28 +731,9 @@ fn consistent(agent: &Agent, topology: &Topology, node_links: &[String]) -> Resu
 
 #[test]
 fn a_crash_at_any_step_of_a_macvlan_operation_is_rolled_back_or_finished() -> Result<()> {
-    let topology = Topology::new()?;
-    lan_address(&topology, WORLD_LINK, LAN_HOST, 24)?;
-    let mut agent = Agent::start(&topology)?;
+    let (topology, mut agent) = lan_and_agent()?;
     let flags = agent.args().to_vec();
-    let parent = format!("parent={UPLINK}");
-    let gateway = LAN_HOST.to_string();
-    ok(
-        &agent,
-        &[
-            "network",
-            "create",
-            "-d",
-            "macvlan",
-            "--subnet",
-            LAN_SUBNET,
-            "--gateway",
-            &gateway,
-            "-o",
-            &parent,
-            "lan",
-        ],
-    )?;
+    lan_network(&agent, "macvlan", UPLINK, &[], "lan")?;
     let node_links = links(&topology.node)?;
     for case in CRASH_CASES {
         for &(point, times) in case.points {
@@ -849,23 +803,7 @@ fn an_unplugged_parent_neither_stops_the_agent_nor_is_forgotten() -> Result<()> 
     let topology = Topology::new()?;
     plug_second_parent(&topology)?;
     let mut agent = Agent::start(&topology)?;
-    let gateway = LAN_HOST.to_string();
-    ok(
-        &agent,
-        &[
-            "network",
-            "create",
-            "-d",
-            "macvlan",
-            "--subnet",
-            LAN_SUBNET,
-            "--gateway",
-            &gateway,
-            "-o",
-            "parent=up1",
-            "lan",
-        ],
-    )?;
+    lan_network(&agent, "macvlan", "up1", &[], "lan")?;
     let (c, _) = agent.create_container(&["c", "--network", "lan"])?;
     let c_ip = ip_on(&c, "lan")?;
     let world = topology.world.path();

@@ -54,6 +54,40 @@ pub(super) fn teardown_steps(netns: &Path, e: &EndpointRecord) -> Vec<Step> {
     ]
 }
 
+/// Configures an endpoint's interface inside `netns`, where it arrived as `arrived_as`: its
+/// name, address, up (loopback too), and the default route when `default_route`.
+pub(super) fn configure_container_side(
+    netns: &Path,
+    arrived_as: &str,
+    network: &NetworkRecord,
+    endpoint: &EndpointRecord,
+    default_route: bool,
+) -> Result<()> {
+    let address =
+        Ipv4Net::new(endpoint.ip, network.subnet.prefix_len()).expect("prefix of a valid net");
+    let route = default_route.then(|| DefaultRoute::of(network, endpoint));
+    let (arrived_as, ifname) = (arrived_as.to_string(), endpoint.ifname.clone());
+    netns::with_netlink_in(netns, |h| async move {
+        let link = netlink::link_by_name(&h, &arrived_as)
+            .await?
+            .ok_or_else(|| {
+                Error::NotFound(format!("{arrived_as} did not arrive in the namespace"))
+            })?;
+        if arrived_as != ifname {
+            netlink::set_name(&h, link.index, &ifname).await?;
+        }
+        netlink::add_address(&h, link.index, address).await?;
+        netlink::set_up(&h, link.index).await?;
+        if let Some(lo) = netlink::link_by_name(&h, "lo").await? {
+            netlink::set_up(&h, lo.index).await?;
+        }
+        match route {
+            Some(route) => route.set(&h).await,
+            None => Ok(()),
+        }
+    })
+}
+
 impl Service {
     /// Creates `endpoint`'s veth pair on `network`'s bridge, with the container side (its
     /// MAC set) still in the node's namespace, and attaches the dataplane. Records the
@@ -122,25 +156,7 @@ impl Service {
         netlink::move_to_netns(&self.handle, peer_link.index, &netns_file).await?;
         faults::reach(CrashPoint::EndpointMoved);
 
-        let address =
-            Ipv4Net::new(endpoint.ip, network.subnet.prefix_len()).expect("prefix of a valid net");
-        let gateway = default_route.then_some(network.gateway);
-        let ifname = endpoint.ifname.clone();
-        let configured = netns::with_netlink_in(netns, |h| async move {
-            let link = netlink::link_by_name(&h, &peer).await?.ok_or_else(|| {
-                Error::NotFound(format!("{peer} did not arrive in the namespace"))
-            })?;
-            netlink::set_name(&h, link.index, &ifname).await?;
-            netlink::add_address(&h, link.index, address).await?;
-            netlink::set_up(&h, link.index).await?;
-            if let Some(lo) = netlink::link_by_name(&h, "lo").await? {
-                netlink::set_up(&h, lo.index).await?;
-            }
-            match gateway {
-                Some(gateway) => netlink::set_default_route(&h, gateway).await,
-                None => Ok(()),
-            }
-        });
+        let configured = configure_container_side(netns, &peer, network, endpoint, default_route);
         faults::reach(CrashPoint::EndpointConfigured);
         configured
     }

@@ -10,9 +10,7 @@ pub(super) use crate::model::drivers::{ignored_options, is_driver_option, plan_d
 
 use std::{net::Ipv4Addr, path::Path};
 
-use ipnet::Ipv4Net;
-
-use super::{Service, Step, Undo};
+use super::{Service, Step, Undo, endpoints::configure_container_side};
 use crate::{
     Error, Result,
     faults::{self, CrashPoint},
@@ -246,24 +244,8 @@ impl Service {
         .await?;
         faults::reach(CrashPoint::EndpointVethMade);
 
-        let address =
-            Ipv4Net::new(endpoint.ip, network.subnet.prefix_len()).expect("prefix of a valid net");
-        let route = default_route.then(|| DefaultRoute::of(network, endpoint));
-        let ifname = endpoint.ifname.clone();
-        let configured = netns::with_netlink_in(netns, |h| async move {
-            let link = netlink::link_by_name(&h, &ifname).await?.ok_or_else(|| {
-                Error::NotFound(format!("{ifname} did not arrive in the namespace"))
-            })?;
-            netlink::add_address(&h, link.index, address).await?;
-            netlink::set_up(&h, link.index).await?;
-            if let Some(lo) = netlink::link_by_name(&h, "lo").await? {
-                netlink::set_up(&h, lo.index).await?;
-            }
-            match route {
-                Some(route) => route.set(&h).await,
-                None => Ok(()),
-            }
-        });
+        let configured =
+            configure_container_side(netns, &endpoint.ifname, network, endpoint, default_route);
         faults::reach(CrashPoint::EndpointConfigured);
         configured
     }
