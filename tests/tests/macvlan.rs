@@ -207,6 +207,11 @@ fn macvlan_containers_are_on_the_lan_with_their_own_addresses_and_macs() -> Resu
         reach_both_ways(&web_ns, &db_ns, db_ip, web_ip)?,
         "web <-> db"
     );
+    let answer = bpfbridge_tests::dns_lookup(&web_ns, "db", Duration::from_secs(2))?;
+    ensure!(
+        answer == Some(vec![db_ip]),
+        "the embedded DNS answers db on a macvlan network: {answer:?}"
+    );
 
     // disconnect takes the interface out of the container, connect puts one back.
     ok(&agent, &["network", "disconnect", "lan", "db"])?;
