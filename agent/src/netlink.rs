@@ -9,12 +9,12 @@ use rtnetlink::{
     packet_route::{
         AddressFamily,
         address::AddressAttribute,
-        link::{LinkAttribute, LinkFlags, LinkInfo, LinkLayerType, LinkMessage},
+        link::{LinkAttribute, LinkFlags, LinkInfo, LinkMessage},
         route::{RouteAddress, RouteAttribute},
     },
 };
 
-use crate::{Error, Result};
+use crate::{Error, Result, dataplane::uplinks::Framing};
 
 const RT_TABLE_MAIN: u32 = 254;
 
@@ -38,9 +38,10 @@ pub struct Interface {
     /// The kind of a virtual device (`veth`, `bridge`, `tun`, ...; `ip -d link`); `None`
     /// for a hardware NIC.
     pub kind: Option<String>,
-    /// Frames start with an Ethernet header (ARPHRD_ETHER): not a layer-3 device such as
-    /// WireGuard's or a tun.
-    pub ethernet: bool,
+    /// What its frames start with: an Ethernet header, or the IP header (a layer-3 device
+    /// such as ipip, GRE, WireGuard's or a tun); `None` for devices of neither kind
+    /// (loopback, ...).
+    pub framing: Option<Framing>,
 }
 
 fn link_from_message(msg: LinkMessage) -> Link {
@@ -108,7 +109,7 @@ pub async fn all_interfaces(h: &Handle) -> Result<Vec<Interface>> {
         .await
         .map_err(Error::netlink("listing links"))?
     {
-        let ethernet = msg.header.link_layer_type == LinkLayerType::Ether;
+        let framing = Framing::of(msg.header.link_layer_type);
         let kind = msg.attributes.iter().find_map(|attr| match attr {
             LinkAttribute::LinkInfo(infos) => infos.iter().find_map(|info| match info {
                 LinkInfo::Kind(kind) => Some(kind.to_string()),
@@ -119,7 +120,7 @@ pub async fn all_interfaces(h: &Handle) -> Result<Vec<Interface>> {
         out.push(Interface {
             link: link_from_message(msg),
             kind,
-            ethernet,
+            framing,
         });
     }
     Ok(out)
