@@ -14,7 +14,7 @@ use dataplane_common::CT_REPLY;
 use super::*;
 
 /// A client behind the tunnel (see the module's note on 8.0.0.0/16).
-const TUNNEL_CLIENT: Ipv4Addr = Ipv4Addr::new(8, 0, 0, 1);
+pub(super) const TUNNEL_CLIENT: Ipv4Addr = Ipv4Addr::new(8, 0, 0, 1);
 
 /// `frame` (an Ethernet frame as the tests build them) as a layer-3 device receives it.
 fn bare_ip(frame: &[u8]) -> Vec<u8> {
