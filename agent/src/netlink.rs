@@ -10,7 +10,7 @@ use rtnetlink::{
         AddressFamily,
         address::AddressAttribute,
         link::{LinkAttribute, LinkFlags, LinkInfo, LinkMessage},
-        route::{RouteAddress, RouteAttribute},
+        route::{RouteAddress, RouteAttribute, RouteProtocol, RouteScope},
     },
 };
 
@@ -279,6 +279,31 @@ pub async fn set_default_route(h: &Handle, gateway: Ipv4Addr) -> Result<()> {
         .await
         .map_err(Error::netlink(format!(
             "setting the default route via {gateway}"
+        )))
+}
+
+/// Adds the route the kernel makes for an address's prefix (`subnet` on link `index`, from
+/// `source`: `proto kernel scope link src SOURCE`), as it made it, so that the kernel also
+/// takes it away with the address.
+pub async fn add_prefix_route(
+    h: &Handle,
+    subnet: Ipv4Net,
+    index: u32,
+    source: Ipv4Addr,
+) -> Result<()> {
+    let route = RouteMessageBuilder::<Ipv4Addr>::new()
+        .destination_prefix(subnet.network(), subnet.prefix_len())
+        .output_interface(index)
+        .pref_source(source)
+        .protocol(RouteProtocol::Kernel)
+        .scope(RouteScope::Link)
+        .build();
+    h.route()
+        .add(route)
+        .execute()
+        .await
+        .map_err(Error::netlink(format!(
+            "adding the route to {subnet} on link {index}"
         )))
 }
 

@@ -210,6 +210,14 @@ const SECTIONS: &[Section] = &[
                 not_on_iptables: None,
             },
             Test {
+                name: "repair_subnet_route",
+                title: "Subnet route deleted",
+                checks: "The route to the network's subnet on its bridge deleted (`ip route del`), the address left: added again as the kernel makes it (`SubnetRouteRestored`) at the next pass, a `repair` event, the port answers and the node reaches the container again.",
+                command: "`cargo test -p bpfbridge-tests --test repair -- --nocapture`, and with \
+                    `BPFBRIDGE_TEST_DATAPLANE=iptables`",
+                not_on_iptables: None,
+            },
+            Test {
                 name: "repair_ip_forward",
                 title: "Forwarding turned off",
                 checks: "`net.ipv4.ip_forward=0` in the node namespace: set again (`SysctlRestored`), a `repair` event, the port answers again.",
