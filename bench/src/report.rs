@@ -607,7 +607,10 @@ fn hook_section(results: &Results, md: &mut String) -> Result<()> {
     )?;
     writeln!(
         md,
-        "{:?} s per point, {} repetitions, {} client threads, {} other mappings, masquerade on;          the ebpf agent restarted on fresh pins with `--uplink-hook xdp` or `tc` before each          point, the hooks alternating which goes first. The world's TX offload is off, so XDP          is safe on the veth uplink. Failed connections are summed over all repetitions.\n",
+        "{:?} s per point, {} repetitions, {} client threads, {} other mappings, masquerade on; \
+         the ebpf agent restarted on fresh pins with `--uplink-hook xdp` or `tc` before each \
+         point, the hooks alternating which goes first. The world's TX offload is off, so XDP \
+         is safe on the veth uplink. Failed connections are summed over all repetitions.\n",
         results.plan.connrate_seconds,
         results.plan.reps,
         results.plan.concurrency,
