@@ -69,7 +69,9 @@ const SECTIONS: &[Section] = &[
                     Every verdict is counted once under a reason of its kind, none is aborted; no \
                     frame that is not a well-formed first packet creates a `CONNTRACK` or \
                     `NAT_FLOWS` entry. Frames refused by the kernel are those its test run will \
-                    not make an skb of (network header not whole); such frames never reach TC.",
+                    not make an skb of (network header not whole); such frames never reach TC. \
+                    The layer-3 uplink program gets the same mutants of seeds from a client \
+                    behind a tunnel, without their Ethernet header.",
                 command: "`cargo test -p bpfbridge-tests --test dataplane_test_run malformed -- \
                     --nocapture`",
                 not_on_iptables: EBPF_PROGRAMS_ONLY,
