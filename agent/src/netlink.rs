@@ -9,12 +9,12 @@ use rtnetlink::{
     packet_route::{
         AddressFamily,
         address::AddressAttribute,
-        link::{LinkAttribute, LinkFlags, LinkInfo, LinkLayerType, LinkMessage},
-        route::{RouteAddress, RouteAttribute},
+        link::{LinkAttribute, LinkFlags, LinkInfo, LinkMessage},
+        route::{RouteAddress, RouteAttribute, RouteProtocol, RouteScope},
     },
 };
 
-use crate::{Error, Result};
+use crate::{Error, Result, dataplane::uplinks::Framing};
 
 const RT_TABLE_MAIN: u32 = 254;
 
@@ -38,9 +38,10 @@ pub struct Interface {
     /// The kind of a virtual device (`veth`, `bridge`, `tun`, ...; `ip -d link`); `None`
     /// for a hardware NIC.
     pub kind: Option<String>,
-    /// Frames start with an Ethernet header (ARPHRD_ETHER): not a layer-3 device such as
-    /// WireGuard's or a tun.
-    pub ethernet: bool,
+    /// What its frames start with: an Ethernet header, or the IP header (a layer-3 device
+    /// such as ipip, GRE, WireGuard's or a tun); `None` for devices of neither kind
+    /// (loopback, ...).
+    pub framing: Option<Framing>,
 }
 
 fn link_from_message(msg: LinkMessage) -> Link {
@@ -108,7 +109,7 @@ pub async fn all_interfaces(h: &Handle) -> Result<Vec<Interface>> {
         .await
         .map_err(Error::netlink("listing links"))?
     {
-        let ethernet = msg.header.link_layer_type == LinkLayerType::Ether;
+        let framing = Framing::of(msg.header.link_layer_type);
         let kind = msg.attributes.iter().find_map(|attr| match attr {
             LinkAttribute::LinkInfo(infos) => infos.iter().find_map(|info| match info {
                 LinkInfo::Kind(kind) => Some(kind.to_string()),
@@ -119,7 +120,7 @@ pub async fn all_interfaces(h: &Handle) -> Result<Vec<Interface>> {
         out.push(Interface {
             link: link_from_message(msg),
             kind,
-            ethernet,
+            framing,
         });
     }
     Ok(out)
@@ -278,6 +279,31 @@ pub async fn set_default_route(h: &Handle, gateway: Ipv4Addr) -> Result<()> {
         .await
         .map_err(Error::netlink(format!(
             "setting the default route via {gateway}"
+        )))
+}
+
+/// Adds the route the kernel makes for an address's prefix (`subnet` on link `index`, from
+/// `source`: `proto kernel scope link src SOURCE`), as it made it, so that the kernel also
+/// takes it away with the address.
+pub async fn add_prefix_route(
+    h: &Handle,
+    subnet: Ipv4Net,
+    index: u32,
+    source: Ipv4Addr,
+) -> Result<()> {
+    let route = RouteMessageBuilder::<Ipv4Addr>::new()
+        .destination_prefix(subnet.network(), subnet.prefix_len())
+        .output_interface(index)
+        .pref_source(source)
+        .protocol(RouteProtocol::Kernel)
+        .scope(RouteScope::Link)
+        .build();
+    h.route()
+        .add(route)
+        .execute()
+        .await
+        .map_err(Error::netlink(format!(
+            "adding the route to {subnet} on link {index}"
         )))
 }
 

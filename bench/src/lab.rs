@@ -57,6 +57,9 @@ const DOCKER_IMAGE: &str = "bpfb-bench-busybox:latest";
 /// namespace.
 const DOCKER_IDLE: [&str; 2] = ["/bin/sleep", "86400"];
 
+/// The agent flag that picks the uplink program's hook.
+pub(crate) const UPLINK_HOOK_FLAG: &str = "--uplink-hook";
+
 /// Stops a server (or any child of the bench's) with SIGTERM, then SIGKILL.
 pub(crate) fn stop_child(child: Child) {
     stop_child_within(child, SERVER_GRACE);
@@ -101,7 +104,8 @@ impl Node {
         self.agent()?.cli_within(args, timeout)
     }
 
-    /// The agent flags of this node, and `extra` on top.
+    /// The agent flags of this node, and `extra` on top (an `--uplink-hook` there replaces
+    /// the bench's).
     fn agent_args(&self, extra: Vec<String>) -> Vec<String> {
         // Masquerade stays on (the default), as users run it: egress needs it. The world's
         // TX offload is off, so XDP is safe on the veth uplink, where `auto` would take TC:
@@ -114,11 +118,17 @@ impl Node {
             self.dataplane.name(),
             "--bip",
             self.bip,
-            "--uplink-hook",
-            "xdp",
             "--allow-direct-routing",
         ];
-        base.into_iter().map(String::from).chain(extra).collect()
+        let hook = match extra.iter().any(|a| a == UPLINK_HOOK_FLAG) {
+            true => None,
+            false => Some([UPLINK_HOOK_FLAG, "xdp"]),
+        };
+        base.into_iter()
+            .chain(hook.into_iter().flatten())
+            .map(String::from)
+            .chain(extra)
+            .collect()
     }
 
     /// Starts what serves this node: dockerd on the docker node, else the agent.

@@ -11,9 +11,9 @@ use anyhow::{Context as _, Result};
 use plotters::prelude::*;
 
 use crate::results::{
-    ApiLatency, BulkLoad, ConnErrors, Connrate, ConntrackScale, Drops, Egress, Flood, LatencyLoad,
-    Measurement, Mode, Path as BenchPath, Programming, ProgrammingTimes, Restart, RestartVariant,
-    Results, Scenario, Udp,
+    ApiLatency, BulkLoad, ConnErrors, Connrate, ConntrackScale, Drops, Egress, Flood, HookConnrate,
+    LatencyLoad, Measurement, Mode, Path as BenchPath, Programming, ProgrammingTimes, Restart,
+    RestartVariant, Results, Scenario, Udp,
 };
 
 use BenchPath::{Direct, Docker as DOCKER, Ebpf, Iptables};
@@ -54,6 +54,7 @@ macro_rules! pickers {
 
 pickers! {
     connrate: Connrate(Connrate),
+    uplink_hook: UplinkHook(HookConnrate),
     programming: Programming(Programming),
     latency: Latency(LatencyLoad),
     udp: Udp(Udp),
@@ -402,6 +403,7 @@ pub fn write(results: &Results, dir: &Path) -> Result<()> {
         writeln!(md)?;
     }
 
+    hook_section(results, &mut md)?;
     egress_section(results, &mut md)?;
     scale_section(results, &mut md)?;
     flood_section(results, &mut md)?;
@@ -590,6 +592,58 @@ fn fmt_drops<'a>(drops: impl Iterator<Item = &'a Drops>) -> String {
             .collect::<Vec<_>>()
             .join(", "),
     }
+}
+
+/// XDP against TC on the ebpf node's uplink: conn-rate, CPU per connection, failures.
+fn hook_section(results: &Results, md: &mut String) -> Result<()> {
+    let hooks: Vec<&HookConnrate> = points(results, uplink_hook).map(|(_, h)| h).collect();
+    let Some(first) = hooks.first() else {
+        return Ok(());
+    };
+    writeln!(
+        md,
+        "## Uplink hook (new TCP connections/s through the ebpf node's published port, XDP against TC)
+"
+    )?;
+    writeln!(
+        md,
+        "{:?} s per point, {} repetitions, {} client threads, {} other mappings, masquerade on; \
+         the ebpf agent restarted on fresh pins with `--uplink-hook xdp` or `tc` before each \
+         point, the hooks alternating which goes first. The world's TX offload is off, so XDP \
+         is safe on the veth uplink. Failed connections are summed over all repetitions.\n",
+        results.plan.connrate_seconds,
+        results.plan.reps,
+        results.plan.concurrency,
+        first.other_mappings,
+    )?;
+    writeln!(md, "| hook | conn/s | vs XDP | CPU µs/conn | failed |")?;
+    writeln!(md, "|---|---|---|---|---|")?;
+    let spread_of = |hook: &str, value: fn(&HookConnrate) -> f64| {
+        let values: Vec<f64> = hooks
+            .iter()
+            .filter(|h| h.hook == hook)
+            .map(|h| value(h))
+            .collect();
+        spread(&values)
+    };
+    let xdp_rate = spread_of("xdp", |h| h.load.load.rate);
+    for hook in ["xdp", "tc"] {
+        let rate = spread_of(hook, |h| h.load.load.rate);
+        let failed: u64 = hooks
+            .iter()
+            .filter(|h| h.hook == hook)
+            .map(|h| h.load.load.errors.total())
+            .sum();
+        writeln!(
+            md,
+            "| {hook} | {} | {} | {} | {failed} |",
+            fmt_spread(rate, 0),
+            fmt_ratio(ratio(rate, xdp_rate)),
+            fmt_spread(spread_of(hook, |h| h.load.cpu_us_per_connection), 1),
+        )?;
+    }
+    writeln!(md)?;
+    Ok(())
 }
 
 fn egress_section(results: &Results, md: &mut String) -> Result<()> {
@@ -1191,6 +1245,36 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         write(results, dir.path()).unwrap();
         fs::read_to_string(dir.path().join("report.md")).unwrap()
+    }
+
+    #[test]
+    fn the_uplink_hooks_side_by_side() {
+        let hook = |hook: &str, rate: f64, cpu: f64, errors: ConnErrors| {
+            (
+                Ebpf,
+                Measurement::UplinkHook(HookConnrate {
+                    load: cpu_load(rate, cpu, errors),
+                    hook: hook.into(),
+                    other_mappings: 1000,
+                }),
+            )
+        };
+        let results = results(
+            Mode::Quick,
+            Plan::default(),
+            vec![
+                hook("xdp", 4000.0, 50.0, ConnErrors::default()),
+                hook("tc", 3000.0, 60.0, timeouts(2)),
+                hook("xdp", 5000.0, 40.0, ConnErrors::default()),
+            ],
+        );
+        let md = report(&results);
+        assert!(md.contains("## Uplink hook"), "{md}");
+        assert!(
+            md.contains("| xdp | 4500 [4000–5000] | 1.00× | 45.0 [40.0–50.0] | 0 |"),
+            "{md}"
+        );
+        assert!(md.contains("| tc | 3000 | 0.67× | 60.0 | 2 |"), "{md}");
     }
 
     #[test]

@@ -141,8 +141,8 @@ impl fmt::Display for Path {
 /// `restart` comes before `connrate`, whose other mappings (in iptables mode loaded behind
 /// the agent's back) a restarted iptables agent would first remove, one rule at a time.
 /// The egress scenarios come before `connrate` too, so that they run without its mappings;
-/// `conntrack-scale` and `flood` come last: they restart the ebpf agent on tables of their
-/// own size.
+/// `uplink-hook`, `conntrack-scale` and `flood` come last: they restart the ebpf agent (on
+/// another uplink hook, on tables of their own size).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Scenario {
@@ -154,12 +154,13 @@ pub enum Scenario {
     EgressOne,
     EgressMany,
     Connrate,
+    UplinkHook,
     ConntrackScale,
     Flood,
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 10] = [
+    pub const ALL: [Scenario; 11] = [
         Scenario::Programming,
         Scenario::Latency,
         Scenario::Udp,
@@ -168,6 +169,7 @@ impl Scenario {
         Scenario::EgressOne,
         Scenario::EgressMany,
         Scenario::Connrate,
+        Scenario::UplinkHook,
         Scenario::ConntrackScale,
         Scenario::Flood,
     ];
@@ -183,6 +185,7 @@ impl Scenario {
             Scenario::EgressOne => "egress-one",
             Scenario::EgressMany => "egress-many",
             Scenario::Connrate => "connrate",
+            Scenario::UplinkHook => "uplink-hook",
             Scenario::ConntrackScale => "conntrack-scale",
             Scenario::Flood => "flood",
         }
@@ -240,6 +243,7 @@ pub enum Measurement {
     EgressOne(Egress),
     EgressMany(Egress),
     Connrate(Connrate),
+    UplinkHook(HookConnrate),
     ConntrackScale(ConntrackScale),
     Flood(Flood),
 }
@@ -255,6 +259,7 @@ impl Measurement {
             Measurement::EgressOne(_) => Scenario::EgressOne,
             Measurement::EgressMany(_) => Scenario::EgressMany,
             Measurement::Connrate(_) => Scenario::Connrate,
+            Measurement::UplinkHook(_) => Scenario::UplinkHook,
             Measurement::ConntrackScale(_) => Scenario::ConntrackScale,
             Measurement::Flood(_) => Scenario::Flood,
         }
@@ -348,6 +353,17 @@ pub struct CpuLoad {
 pub struct Connrate {
     #[serde(flatten)]
     pub load: CpuLoad,
+    pub other_mappings: usize,
+}
+
+/// Scenario `uplink-hook`: conn-rate through the ebpf node's published port with its uplink
+/// program on one hook.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct HookConnrate {
+    #[serde(flatten)]
+    pub load: CpuLoad,
+    /// `xdp` or `tc`, as `--uplink-hook` names it.
+    pub hook: String,
     pub other_mappings: usize,
 }
 

@@ -1,6 +1,6 @@
 //! The scenarios of the bench, each a function that measures on the lab and pushes typed
 //! samples: the published-port paths here (`programming`, `latency`, `udp`, `bulk`,
-//! `restart`, `connrate`), the flow scenarios in [`flows`].
+//! `restart`, `connrate`, `uplink-hook`), the flow scenarios in [`flows`].
 
 use std::{
     fs,
@@ -16,10 +16,11 @@ use bpfbridge_lab::{Netns, check_stop, cmd, stop_requested, try_in_netns};
 use serde::de::DeserializeOwned;
 
 use crate::{
-    lab::{EBPF, IPTABLES, Lab, command_in, stop_child},
+    lab::{EBPF, IPTABLES, Lab, UPLINK_HOOK_FLAG, command_in, stop_child},
     results::{
-        ConnLoad, Connrate, CpuLoad, Measurement, Path as BenchPath, Plan, Programming,
-        ProgrammingOutcome, ProgrammingTimes, Restart, RestartVariant, Sample, Scenario, Sent, Udp,
+        ConnLoad, Connrate, CpuLoad, HookConnrate, Measurement, Path as BenchPath, Plan,
+        Programming, ProgrammingOutcome, ProgrammingTimes, Restart, RestartVariant, Sample,
+        Scenario, Sent, Udp,
     },
 };
 
@@ -42,6 +43,7 @@ pub(crate) fn run(
         Scenario::Udp => udp(lab, plan, samples),
         Scenario::Bulk => per_path(lab, plan, samples, "bulk", Measurement::Bulk),
         Scenario::Connrate => connrate(lab, plan, samples),
+        Scenario::UplinkHook => uplink_hook(lab, plan, samples),
         Scenario::Restart => restart(lab, plan, samples),
         Scenario::EgressOne | Scenario::EgressMany => flows::egress(lab, plan, samples, scenario),
         Scenario::ConntrackScale => flows::conntrack_scale(lab, plan, samples, notes),
@@ -118,6 +120,52 @@ fn connrate(lab: &mut Lab, plan: &Plan, samples: &mut Vec<Sample>) -> Result<()>
         }
     }
     Ok(())
+}
+
+/// The uplink hooks `uplink-hook` compares.
+const HOOKS: [&str; 2] = ["xdp", "tc"];
+
+/// How long a restarted agent may take before its published port answers.
+const ANSWER_WITHIN: Duration = Duration::from_secs(10);
+
+/// Scenario `uplink-hook`: the uplink program's cost at XDP against TC, as conn-rate
+/// through the ebpf node's published port, masquerade on as always. Each point restarts the
+/// ebpf agent on fresh pins with `--uplink-hook` set; the hooks alternate, one first in one
+/// repetition and the other in the next, so that drift hits both alike. The node ends on
+/// the bench's settings again (XDP).
+fn uplink_hook(lab: &mut Lab, plan: &Plan, samples: &mut Vec<Sample>) -> Result<()> {
+    let other_mappings = lab.nodes[EBPF].filled;
+    let mut measure = |lab: &mut Lab, rep: usize, hook: &str| -> Result<()> {
+        check_stop()?;
+        let hook_args = vec![UPLINK_HOOK_FLAG.to_string(), hook.to_string()];
+        lab.nodes[EBPF].restart_fresh(hook_args)?;
+        let (from, to) = lab.path(BenchPath::Ebpf, true);
+        if wait_for(&lab.world.path(), to, true, ANSWER_WITHIN)?.is_none() {
+            bail!("the published port did not answer on {hook} within {ANSWER_WITHIN:?}");
+        }
+        let mut args = path_args("connrate", from, to, plan.connrate_seconds);
+        args.extend(["--concurrency".into(), plan.concurrency.to_string()]);
+        let load = with_cpu_per_connection(|| lab.client(&args, plan.connrate_seconds))?;
+        eprintln!("bench: uplink-hook {hook}: {:.0}/s", load.load.rate);
+        samples.push(Sample {
+            measurement: Measurement::UplinkHook(HookConnrate {
+                load,
+                hook: hook.to_string(),
+                other_mappings,
+            }),
+            dataplane: BenchPath::Ebpf,
+            rep,
+        });
+        Ok(())
+    };
+    let measured = (0..plan.reps).try_for_each(|rep| {
+        let mut hooks = HOOKS;
+        hooks.rotate_left(rep % HOOKS.len());
+        hooks.iter().try_for_each(|hook| measure(lab, rep, hook))
+    });
+    let restored = lab.nodes[EBPF].restart_fresh(Vec::new());
+    measured?;
+    restored
 }
 
 /// Runs a conn-rate load and adds the CPU time of the whole machine per connection it made

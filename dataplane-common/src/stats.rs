@@ -74,6 +74,7 @@ stats! {
     ContainerRedirectIcmpErrorNeigh = "container_ingress.redirect.icmp_error_resolve_neighbour",
     ContainerDropUntracked = "container_ingress.drop.untracked_segment",
     ContainerDropNoMasqueradeSource = "container_ingress.drop.no_masquerade_source",
+    UplinkDropEthernetHeaderNotPushed = "uplink_ingress.drop.ethernet_header_not_pushed",
 }
 
 /// Size of the per-CPU counter array. New counters go at the end of the list above: an

@@ -1,15 +1,18 @@
 //! Bounds-checked packet access for XDP and TC, in the shape the verifier accepts: every
 //! access compares `data + offset + size` with `data_end`; and [`Packet`], what the uplink's
-//! logic needs of a frame whichever hook runs it.
+//! logic needs of a frame whichever hook runs it, on an Ethernet device or a layer-3 one.
 
-use core::mem::size_of;
+use core::{cell::Cell, mem::size_of};
 
 use aya_ebpf::{
     bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, TC_ACT_OK, TC_ACT_SHOT, xdp_action},
-    helpers::bpf_redirect,
+    helpers::{bpf_redirect, bpf_skb_change_head},
     programs::{TcContext, XdpContext},
 };
-use dataplane_common::{csum, parse::Frame};
+use dataplane_common::{
+    csum,
+    parse::{ETH_HLEN, Frame},
+};
 
 #[inline(always)]
 fn checked_ptr<T>(data: usize, data_end: usize, offset: usize) -> Option<*mut T> {
@@ -182,5 +185,105 @@ impl Packet for TcFrame<'_> {
         self.0
             .l4_csum_replace(check_at, u64::from(old), u64::from(new), flags)
             .ok()
+    }
+}
+
+/// A frame received on a layer-3 device (ipip, GRE, WireGuard, a tun without Ethernet
+/// framing: ARPHRD_NONE, ARPHRD_TUNNEL, ...), at TC: its data starts at the IP header.
+/// The uplink's logic reads and writes it as if an Ethernet header came first, so that one
+/// set of offsets serves every device: the first [`ETH_HLEN`] bytes are a header held
+/// aside, whose type is the skb's protocol, and every other offset is shifted onto the IP
+/// packet. A frame the logic sends to a container's veth (an Ethernet device) gets that
+/// header for real ([`TcL3Frame::push_ethernet`]), with the MACs the logic wrote into it.
+pub struct TcL3Frame<'a> {
+    ip: TcFrame<'a>,
+    ethernet: Cell<[u8; ETH_HLEN]>,
+}
+
+impl<'a> TcL3Frame<'a> {
+    #[inline(always)]
+    pub fn new(ctx: &'a TcContext) -> Self {
+        let mut ethernet = [0u8; ETH_HLEN];
+        // The protocol field holds the skb's __be16 protocol: in memory, network order.
+        // SAFETY: the context the kernel passed to the program.
+        let protocol = unsafe { (*ctx.skb.skb).protocol } as u16;
+        let [high, low] = protocol.to_ne_bytes();
+        ethernet[12] = high;
+        ethernet[13] = low;
+        TcL3Frame {
+            ip: TcFrame(ctx),
+            ethernet: Cell::new(ethernet),
+        }
+    }
+
+    /// Puts the Ethernet header held aside in front of the packet, for a redirect to an
+    /// Ethernet device (`bpf_skb_change_head` is meant for this: an L3 skb that goes out of
+    /// an L2 device). `None` when the skb could not grow.
+    #[inline(always)]
+    pub fn push_ethernet(&self) -> Option<()> {
+        let ctx = self.ip.0;
+        // SAFETY: plain helper call on the program's own skb; flags must be 0.
+        if unsafe { bpf_skb_change_head(ctx.skb.skb, ETH_HLEN as u32, 0) } != 0 {
+            return None;
+        }
+        ctx.store(0, &self.ethernet.get(), 0).ok()
+    }
+}
+
+/// Where `offset` (past the Ethernet header held aside) lies in the IP packet. The
+/// subtraction is kept from being folded into the packet pointer: the verifier tracks
+/// no range for a packet pointer with a negative fixed offset (`data + x - 14`), and would
+/// refuse the access however the bounds were checked.
+#[inline(always)]
+fn in_ip_packet(offset: usize) -> usize {
+    core::hint::black_box(offset - ETH_HLEN)
+}
+
+impl Frame for TcL3Frame<'_> {
+    #[inline(always)]
+    fn load<T: Copy>(&self, offset: usize) -> Option<T> {
+        if offset >= ETH_HLEN {
+            return self.ip.load(in_ip_packet(offset));
+        }
+        if offset + size_of::<T>() > ETH_HLEN {
+            return None;
+        }
+        let ethernet = self.ethernet.get();
+        // SAFETY: `offset..offset + size_of::<T>()` is inside the array, checked above.
+        Some(unsafe { core::ptr::read_unaligned(ethernet.as_ptr().add(offset).cast::<T>()) })
+    }
+}
+
+impl Packet for TcL3Frame<'_> {
+    #[inline(always)]
+    fn ingress_ifindex(&self) -> u32 {
+        self.ip.ingress_ifindex()
+    }
+
+    #[inline(always)]
+    fn store<T: Copy>(&self, offset: usize, value: T) -> Option<()> {
+        if offset >= ETH_HLEN {
+            return self.ip.store(in_ip_packet(offset), value);
+        }
+        if offset + size_of::<T>() > ETH_HLEN {
+            return None;
+        }
+        let mut ethernet = self.ethernet.get();
+        // SAFETY: `offset..offset + size_of::<T>()` is inside the array, checked above.
+        unsafe { core::ptr::write_unaligned(ethernet.as_mut_ptr().add(offset).cast::<T>(), value) };
+        self.ethernet.set(ethernet);
+        Some(())
+    }
+
+    #[inline(always)]
+    fn replace_l3(&self, check_at: usize, old: u32, new: u32, size: u8) -> Option<()> {
+        self.ip
+            .replace_l3(check_at.checked_sub(ETH_HLEN)?, old, new, size)
+    }
+
+    #[inline(always)]
+    fn replace_l4(&self, check_at: usize, old: u32, new: u32, change: L4Change) -> Option<()> {
+        self.ip
+            .replace_l4(check_at.checked_sub(ETH_HLEN)?, old, new, change)
     }
 }

@@ -32,7 +32,8 @@ use aya_ebpf::{
     macros::{cgroup_sock_addr, classifier, xdp},
     programs::{SockAddrContext, TcContext, XdpContext},
 };
-use frame::{Action, TcFrame, XdpFrame};
+use dataplane_common::{parse::ETH_HLEN, stats::Stat};
+use frame::{Action, TcFrame, TcL3Frame, XdpFrame};
 
 /// XDP on the node's uplinks: translates connections to published ports and hands them
 /// straight to the container's veth.
@@ -57,6 +58,25 @@ pub fn uplink_ingress_tc(ctx: TcContext) -> i32 {
     let (action, stat) = uplink::ingress(&frame, len);
     stats::count(stat, len);
     events::on_verdict(&frame, len, stat, action == Action::Drop);
+    TcFrame::verdict(action)
+}
+
+/// The same on layer-3 uplinks (ipip, GRE, WireGuard, tun), at TC ingress: their frames
+/// start at the IP header, which XDP programs of Ethernet frames cannot read. A packet for a
+/// container gets an Ethernet header on its way to the container's veth. Counted as
+/// `uplink_ingress` too.
+#[classifier]
+pub fn uplink_ingress_l3(ctx: TcContext) -> i32 {
+    let len = ctx.len() as usize;
+    uplink::linearize(&ctx);
+    let frame = TcL3Frame::new(&ctx);
+    // The logic sees the frame as Ethernet, header included.
+    let (mut action, mut stat) = uplink::ingress(&frame, len + ETH_HLEN);
+    if matches!(action, Action::Redirect(_)) && frame.push_ethernet().is_none() {
+        (action, stat) = (Action::Drop, Stat::UplinkDropEthernetHeaderNotPushed);
+    }
+    stats::count(stat, len);
+    events::on_verdict(&frame, len + ETH_HLEN, stat, action == Action::Drop);
     TcFrame::verdict(action)
 }
 

@@ -15,8 +15,8 @@ use aya::{
 use bpfbridge::{
     config::FlowTableSizes,
     dataplane::ebpf::{
-        CONTAINER_PROGRAM, PROGRAMS, SOCKET_PROGRAMS, UPLINK_PROGRAM, UPLINK_TC_PROGRAM,
-        VERIFIER_INSTRUCTION_LIMIT, load_object_with, loaded_programs,
+        CONTAINER_PROGRAM, PROGRAMS, SOCKET_PROGRAMS, UPLINK_L3_PROGRAM, UPLINK_PROGRAM,
+        UPLINK_TC_PROGRAM, VERIFIER_INSTRUCTION_LIMIT, load_object_with, loaded_programs,
     },
 };
 use bpfbridge_tests::{
@@ -87,7 +87,7 @@ impl Fixture {
         let mut f = Fixture { ebpf, pin_dir };
         let xdp: &mut Xdp = f.ebpf.program_mut(UPLINK_PROGRAM).unwrap().try_into()?;
         xdp.load()?;
-        for name in [CONTAINER_PROGRAM, UPLINK_TC_PROGRAM] {
+        for name in [CONTAINER_PROGRAM, UPLINK_TC_PROGRAM, UPLINK_L3_PROGRAM] {
             let tc: &mut SchedClassifier = f.ebpf.program_mut(name).unwrap().try_into()?;
             tc.load()?;
         }
@@ -2077,3 +2077,6 @@ fn verified_instructions_stay_under_half_the_verifier_limit() -> Result<()> {
 
 #[path = "dataplane_test_run/malformed.rs"]
 mod malformed;
+
+#[path = "dataplane_test_run/layer3.rs"]
+mod layer3;

@@ -7,18 +7,30 @@
 //!
 //! The second interface is a veth to a second world (TEST-NET-1, 192.0.2.0/24) with TX
 //! offload on, so that its frames carry partial checksums.
+//!
+//! A layer-3 interface (no Ethernet header: WireGuard, a VPN's tun, ipip, GRE) answers and
+//! masquerades too: a tun device on each side (TEST-NET-3, 203.0.113.0/30), joined by a
+//! relay in the test as a user-space VPN (wireguard-go, OpenVPN) joins its ends; the
+//! kernel under test may lack ipip, GRE and WireGuard, never tun.
 
 use std::{
+    fs,
     net::{IpAddr, Ipv4Addr, SocketAddrV4},
+    os::fd::{AsRawFd as _, OwnedFd},
     path::{Path, PathBuf},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread,
     time::{Duration, Instant},
 };
 
-use anyhow::{Result, bail, ensure};
+use anyhow::{Context as _, Result, bail, ensure};
 use bpfbridge_lab::{TxOffload, Uplink};
 use bpfbridge_tests::{
-    Agent, Echo, NODE_IP, Netns, Topology, WORLD_IP, ebpf_checks, figures, request, serve_once,
-    skip_unless_ebpf, tcp_reaches,
+    Agent, Echo, NODE_IP, Netns, Topology, WORLD_IP, ebpf_checks, figures, in_netns, request,
+    serve_once, skip_unless_ebpf, tcp_reaches,
 };
 
 const HOST_PORT: u16 = 8080;
@@ -55,6 +67,110 @@ impl SecondWorld {
 
     fn path(&self) -> PathBuf {
         self.world.path()
+    }
+}
+
+/// The layer-3 interface: a tun device of that name on the node's side and the world's.
+const TUNNEL: &str = "vpn0";
+const TUNNEL_NODE_IP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 1);
+const TUNNEL_WORLD_IP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 2);
+
+/// A layer-3 tunnel between the node and the world: a tun device without packet
+/// information (`IFF_TUN | IFF_NO_PI`: ARPHRD_NONE, frames start at the IP header) in each
+/// namespace, and a thread each way that copies packets from one to the other. The devices
+/// go with their descriptors, on drop.
+struct Tunnel {
+    stop: Arc<AtomicBool>,
+    relays: Vec<thread::JoinHandle<()>>,
+}
+
+/// `ifreq` as TUNSETIFF reads it: the name, the flags, and the rest of the union.
+#[repr(C)]
+struct TunRequest {
+    name: [u8; libc::IFNAMSIZ],
+    flags: libc::c_short,
+    _union_rest: [u8; 22],
+}
+
+impl Tunnel {
+    fn connect(topology: &Topology) -> Result<Self> {
+        let node = open_tun(&topology.node, TUNNEL_NODE_IP, TUNNEL_WORLD_IP)?;
+        let world = open_tun(&topology.world, TUNNEL_WORLD_IP, TUNNEL_NODE_IP)?;
+        let (node, world) = (Arc::new(node), Arc::new(world));
+        let stop = Arc::new(AtomicBool::new(false));
+        let relays = [(node.clone(), world.clone()), (world, node)]
+            .into_iter()
+            .map(|(from, to)| {
+                let stop = stop.clone();
+                thread::spawn(move || relay(&from, &to, &stop))
+            })
+            .collect();
+        Ok(Tunnel { stop, relays })
+    }
+}
+
+impl Drop for Tunnel {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for relay in self.relays.drain(..) {
+            let _ = relay.join();
+        }
+    }
+}
+
+/// Creates [`TUNNEL`] in `netns` with `local` and the peer `remote` on it, up.
+fn open_tun(netns: &Netns, local: Ipv4Addr, remote: Ipv4Addr) -> Result<OwnedFd> {
+    let tun = in_netns(&netns.path(), || -> Result<OwnedFd> {
+        // The device belongs to the namespace of the thread that creates it.
+        let file = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/net/tun")
+            .context("opening /dev/net/tun")?;
+        let mut request = TunRequest {
+            name: [0; libc::IFNAMSIZ],
+            flags: (libc::IFF_TUN | libc::IFF_NO_PI) as libc::c_short,
+            _union_rest: [0; 22],
+        };
+        request.name[..TUNNEL.len()].copy_from_slice(TUNNEL.as_bytes());
+        // SAFETY: TUNSETIFF reads and writes an ifreq, which `request` is laid out as.
+        let ret = unsafe { libc::ioctl(file.as_raw_fd(), libc::TUNSETIFF, &mut request) };
+        ensure!(ret == 0, "TUNSETIFF: {}", std::io::Error::last_os_error());
+        Ok(file.into())
+    })?;
+    netns.ip(&[
+        "addr",
+        "add",
+        &format!("{local}/32"),
+        "peer",
+        &format!("{remote}/32"),
+        "dev",
+        TUNNEL,
+    ])?;
+    netns.ip(&["link", "set", TUNNEL, "up"])?;
+    Ok(tun)
+}
+
+/// Copies packets from `from` to `to` until `stop`.
+fn relay(from: &OwnedFd, to: &OwnedFd, stop: &AtomicBool) {
+    let mut packet = [0u8; 65536];
+    while !stop.load(Ordering::Relaxed) {
+        let mut ready = libc::pollfd {
+            fd: from.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one pollfd, as counted; read and write within `packet`'s bounds on
+        // descriptors this relay holds open.
+        unsafe {
+            if libc::poll(&mut ready, 1, 50) <= 0 {
+                continue;
+            }
+            let n = libc::read(from.as_raw_fd(), packet.as_mut_ptr().cast(), packet.len());
+            if n > 0 {
+                libc::write(to.as_raw_fd(), packet.as_ptr().cast(), n as usize);
+            }
+        }
     }
 }
 
@@ -111,13 +227,83 @@ fn uplinks(agent: &Agent) -> Result<Vec<(String, String)>> {
 fn uplink_pins(agent: &Agent, interface: &str) -> Result<Vec<PathBuf>> {
     let info = agent.cli_json(&["info"])?;
     let links = Path::new(info["PinDir"].as_str().unwrap_or_default()).join("links");
-    Ok(
-        [format!("xdp_{interface}"), format!("uplink_tc_{interface}")]
+    Ok(["xdp_", "uplink_tc_", "uplink_l3_"]
+        .into_iter()
+        .map(|prefix| links.join(format!("{prefix}{interface}")))
+        .filter(|pin| pin.exists())
+        .collect())
+}
+
+#[test]
+fn a_layer3_tunnel_answers_published_ports_and_masquerades_through_it() -> Result<()> {
+    let topology = Topology::new()?;
+    let _tunnel = Tunnel::connect(&topology)?;
+    let agent = Agent::start_on_uplinks(&topology, &[], &[])?;
+    let (_, container_ns) = agent.create_container(&[
+        "--name",
+        "web",
+        "-p",
+        &format!("{HOST_PORT}:{CONTAINER_PORT}"),
+    ])?;
+    let world = topology.world.path();
+
+    // From the far end of the tunnel to the port published on 0.0.0.0, at the tunnel's
+    // address; the container sees the client's own address.
+    let server = serve_once(&container_ns, CONTAINER_PORT);
+    let answer = request(&world, published_on(TUNNEL_NODE_IP), "hi\n")
+        .with_context(|| format!("through {TUNNEL}: {}", agent.log_tail(20)))?;
+    ensure!(answer == "pong hi\n", "unexpected answer {answer:?}");
+    let client = server.join().expect("server thread")?.ip();
+    assert_eq!(client, TUNNEL_WORLD_IP, "the client's address is preserved");
+
+    // Out through the tunnel, with the tunnel's address.
+    assert_eq!(
+        masqueraded_as(&world, TUNNEL_WORLD_IP, &container_ns)?,
+        TUNNEL_NODE_IP
+    );
+    if ebpf_checks("the layer-3 uplink's program and counters") {
+        assert!(uplinks(&agent)?.contains(&(TUNNEL.into(), "tc".into())));
+        let pins: Vec<String> = uplink_pins(&agent, TUNNEL)?
+            .iter()
+            .filter_map(|pin| Some(pin.file_name()?.to_string_lossy().into_owned()))
+            .collect();
+        assert_eq!(pins, [format!("uplink_l3_{TUNNEL}")]);
+        // The programs did it, not the node's stack.
+        assert!(agent.counter("uplink_ingress.redirect.dnat")? >= 1);
+        assert!(agent.counter("uplink_ingress.redirect.masquerade_reply")? >= 1);
+        assert!(agent.counter("container_ingress.redirect.masquerade")? >= 1);
+    }
+    Ok(())
+}
+
+#[test]
+fn xdp_on_a_layer3_uplink_is_refused_in_its_own_error() -> Result<()> {
+    if skip_unless_ebpf("the hooks are the eBPF dataplane's") {
+        return Ok(());
+    }
+    let topology = Topology::builder()
+        .world_tx_offload(TxOffload::Off)
+        .build()?;
+    let _tunnel = Tunnel::connect(&topology)?;
+    let agent = Agent::start_on_uplinks(&topology, &[], &["--uplink-hook", "xdp"])?;
+    let info = agent.cli_json(&["info"])?;
+    let uplink = |name: &str| {
+        info["Uplinks"]
+            .as_array()
             .into_iter()
-            .map(|name| links.join(name))
-            .filter(|pin| pin.exists())
-            .collect(),
-    )
+            .flatten()
+            .find(|u| u["Name"] == name)
+            .cloned()
+            .unwrap_or_default()
+    };
+    // The Ethernet uplink has its XDP; the tunnel says why it has none.
+    assert_eq!(uplink("up0")["Hook"], "xdp");
+    let tunnel = uplink(TUNNEL);
+    assert_eq!(tunnel["Hook"], "none", "{tunnel}");
+    let error = tunnel["Error"].as_str().unwrap_or_default();
+    assert!(error.contains("layer-3"), "{tunnel}");
+    assert!(uplink_pins(&agent, TUNNEL)?.is_empty());
+    Ok(())
 }
 
 #[test]

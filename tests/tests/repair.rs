@@ -454,6 +454,49 @@ fn a_removed_gateway_address_is_given_back() -> Result<()> {
     Ok(())
 }
 
+/// The route to the default network's subnet on its bridge, as `ip -o route` shows it.
+fn subnet_route(node: &Netns) -> Result<Option<String>> {
+    let shown = node.ip(&["-o", "-4", "route", "show", "dev", BRIDGE])?;
+    Ok(String::from_utf8_lossy(&shown.stdout)
+        .lines()
+        .find(|line| line.contains("proto kernel"))
+        .map(|line| line.trim().to_string()))
+}
+
+#[test]
+fn a_deleted_subnet_route_is_added_again() -> Result<()> {
+    let web = Web::start()?;
+    let node = &web.topology.node;
+    let before = subnet_route(node)?.context("the bridge's subnet route")?;
+    let subnet = before
+        .split_whitespace()
+        .next()
+        .context("the route's destination")?
+        .to_string();
+    web.repaired_after(
+        "repair_subnet_route",
+        "SubnetRouteRestored",
+        "subnet_route_restored",
+        || node.ip(&["route", "del", &subnet, "dev", BRIDGE]).map(drop),
+    )?;
+    // As the kernel made it: same destination, scope, source.
+    assert_eq!(subnet_route(node)?, Some(before));
+    // And the node reaches the container again.
+    let inspected = web.agent.cli_json(&["container", "inspect", "web"])?;
+    // One container's inspection, or a list of them as Docker prints it.
+    let container = inspected.get(0).unwrap_or(&inspected);
+    let container_ip = container["NetworkSettings"]["IPAddress"]
+        .as_str()
+        .with_context(|| format!("the container's address in {inspected}"))?
+        .parse()?;
+    ensure!(tcp_reaches(
+        &node.path(),
+        SocketAddrV4::new(container_ip, 80),
+        Duration::from_secs(2)
+    ));
+    Ok(())
+}
+
 #[test]
 fn ip_forward_turned_off_is_turned_on() -> Result<()> {
     let web = Web::start()?;

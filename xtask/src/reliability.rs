@@ -69,7 +69,9 @@ const SECTIONS: &[Section] = &[
                     Every verdict is counted once under a reason of its kind, none is aborted; no \
                     frame that is not a well-formed first packet creates a `CONNTRACK` or \
                     `NAT_FLOWS` entry. Frames refused by the kernel are those its test run will \
-                    not make an skb of (network header not whole); such frames never reach TC.",
+                    not make an skb of (network header not whole); such frames never reach TC. \
+                    The layer-3 uplink program gets the same mutants of seeds from a client \
+                    behind a tunnel, without their Ethernet header.",
                 command: "`cargo test -p bpfbridge-tests --test dataplane_test_run malformed -- \
                     --nocapture`",
                 not_on_iptables: EBPF_PROGRAMS_ONLY,
@@ -205,6 +207,14 @@ const SECTIONS: &[Section] = &[
                 name: "repair_gateway_address",
                 title: "Gateway address removed",
                 checks: "The bridge's gateway address deleted: put back (`BridgeAddressRestored`) at the address event, a `repair` event, the container reaches the world again.",
+                command: "`cargo test -p bpfbridge-tests --test repair -- --nocapture`, and with \
+                    `BPFBRIDGE_TEST_DATAPLANE=iptables`",
+                not_on_iptables: None,
+            },
+            Test {
+                name: "repair_subnet_route",
+                title: "Subnet route deleted",
+                checks: "The route to the network's subnet on its bridge deleted (`ip route del`), the address left: added again as the kernel makes it (`SubnetRouteRestored`) at the next pass, a `repair` event, the port answers and the node reaches the container again.",
                 command: "`cargo test -p bpfbridge-tests --test repair -- --nocapture`, and with \
                     `BPFBRIDGE_TEST_DATAPLANE=iptables`",
                 not_on_iptables: None,

@@ -37,7 +37,7 @@ use super::{
     flow_gc::FlowGc,
     flows::{self, is_missing_key},
     migrate,
-    uplinks::{self, Hook, UplinkLink},
+    uplinks::{self, Framing, Hook, UplinkLink},
 };
 use crate::{
     Error, Result,
@@ -55,6 +55,8 @@ pub static EBPF_OBJECT: &[u8] =
 pub const UPLINK_PROGRAM: &str = "uplink_ingress";
 /// The uplink program at TC, for uplinks where XDP is not safe (see [`uplinks`]).
 pub const UPLINK_TC_PROGRAM: &str = "uplink_ingress_tc";
+/// The uplink program for layer-3 devices, whose frames start at the IP header.
+pub const UPLINK_L3_PROGRAM: &str = "uplink_ingress_l3";
 pub const CONTAINER_PROGRAM: &str = "container_ingress";
 /// The cgroup socket-address programs, by name.
 pub const SOCKET_PROGRAMS: [&str; 4] = [
@@ -65,9 +67,10 @@ pub const SOCKET_PROGRAMS: [&str; 4] = [
 ];
 const LINKS_DIR: &str = "links";
 /// Every program of the object, by name.
-pub const PROGRAMS: [&str; 7] = [
+pub const PROGRAMS: [&str; 8] = [
     UPLINK_PROGRAM,
     UPLINK_TC_PROGRAM,
+    UPLINK_L3_PROGRAM,
     CONTAINER_PROGRAM,
     SOCKET_PROGRAMS[0],
     SOCKET_PROGRAMS[1],
@@ -485,10 +488,19 @@ impl EbpfDataplane {
         uplink_tc
             .load()
             .map_err(Error::dataplane("loading the uplink's TC program"))?;
+        let uplink_l3: &mut SchedClassifier = program(&mut ebpf, UPLINK_L3_PROGRAM)?;
+        uplink_l3
+            .load()
+            .map_err(Error::dataplane("loading the layer-3 uplinks' TC program"))?;
         // The links an earlier agent pinned get the new programs now, right after the
         // tables were copied: from here on no uplink program writes the old tables.
         uplinks::swap_pinned_xdp(program(&mut ebpf, UPLINK_PROGRAM)?, &links_dir)?;
-        uplinks::swap_pinned_tc(program(&mut ebpf, UPLINK_TC_PROGRAM)?, &links_dir)?;
+        for (name, hook) in [
+            (UPLINK_TC_PROGRAM, Hook::Tc),
+            (UPLINK_L3_PROGRAM, Hook::TcL3),
+        ] {
+            uplinks::swap_pinned_tc(program(&mut ebpf, name)?, &links_dir, hook)?;
+        }
         let (events, _) = tokio::sync::broadcast::channel(1024);
         let ring = ebpf
             .take_map(EVENTS)
@@ -527,6 +539,13 @@ impl EbpfDataplane {
                 program(&mut self.ebpf, UPLINK_TC_PROGRAM)?,
                 &self.links_dir,
                 uplink,
+                hook,
+            )?,
+            Hook::TcL3 => uplinks::attach_tc(
+                program(&mut self.ebpf, UPLINK_L3_PROGRAM)?,
+                &self.links_dir,
+                uplink,
+                hook,
             )?,
         }
         tracing::info!(uplink = %uplink.name, hook = hook.name(), "attached");
@@ -1090,27 +1109,25 @@ impl Dataplane for EbpfDataplane {
         // Interfaces whose attachment failed keep what an earlier agent pinned on them.
         let mut failed = Vec::new();
         for uplink in wanted {
-            let hook = Hook::choose(self.uplink_hook, uplink.kind.as_deref());
-            let attached = self.uplinks.get(&uplink.name) == Some(&(uplink.index, hook));
-            let result = match attached {
-                true => Ok(()),
-                false => self.attach_uplink(uplink, hook),
+            let result = match Hook::choose(self.uplink_hook, uplink) {
+                Ok(hook) if self.uplinks.get(&uplink.name) == Some(&(uplink.index, hook)) => {
+                    Ok(hook)
+                }
+                Ok(hook) => self.attach_uplink(uplink, hook).map(|()| hook),
+                Err(e) => Err(Error::InvalidArgument(e.to_string())),
             };
-            let error = match result {
-                Ok(()) => None,
+            let (hook, error) = match result {
+                Ok(hook) => (hook.name(), None),
                 Err(e) => {
                     tracing::warn!(uplink = %uplink.name, "{e}");
                     self.uplinks.remove(&uplink.name);
                     failed.push(uplink.name.clone());
-                    Some(e.to_string())
+                    ("none", Some(e.to_string()))
                 }
             };
             infos.push(UplinkInfo {
                 name: uplink.name.clone(),
-                hook: match error {
-                    None => hook.name().into(),
-                    Some(_) => "none".into(),
-                },
+                hook: hook.into(),
                 error,
             });
         }
@@ -1345,6 +1362,10 @@ impl EbpfDataplane {
                 name: name.clone(),
                 index,
                 kind: None,
+                framing: match hook {
+                    Hook::TcL3 => Framing::Ip,
+                    Hook::Xdp | Hook::Tc => Framing::Ethernet,
+                },
             };
             match uplinks::remove_pin(&pin).and_then(|()| self.attach_uplink(&uplink, hook)) {
                 Ok(()) => repaired.push(Repaired {

@@ -1,7 +1,7 @@
 //! The uplink program's attachments: on each interface where published ports answer, XDP
 //! or TC ingress (TCX), each a BPF link pinned under the links directory (`xdp_NAME`,
-//! `uplink_tc_NAME`). A restarted agent swaps its program into a pinned link in place, so
-//! that the interface is never without one; removing the pin detaches it.
+//! `uplink_tc_NAME`, `uplink_l3_NAME`). A restarted agent swaps its program into a pinned
+//! link in place, so that the interface is never without one; removing the pin detaches it.
 //!
 //! Which hook: XDP runs before the kernel makes an skb, so it is the fast one, but it sees
 //! only the bytes: a frame whose sender left its transport checksum to offload
@@ -9,6 +9,11 @@
 //! partial checksum there, which XDP's incremental update corrupts. TC keeps the skb, and
 //! its checksum helpers handle a partial checksum. `auto` takes TC on the virtual devices
 //! whose received frames may carry one, XDP elsewhere.
+//!
+//! A layer-3 device (ipip, GRE, WireGuard, a tun without Ethernet framing) has no Ethernet
+//! header: its frames start at the IP header. It always gets TC, with the program that
+//! reads them so (`uplink_ingress_l3`); `--uplink-hook xdp` cannot be honoured there and
+//! says so in that uplink's error.
 
 use std::{
     fs,
@@ -21,8 +26,39 @@ use aya::programs::{
     tc::SchedClassifierLink,
     xdp::XdpLink,
 };
+use rtnetlink::packet_route::link::LinkLayerType;
 
 use crate::{Error, Result, config::UplinkHook};
+
+/// What a frame received on an interface starts with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Framing {
+    /// An Ethernet header (ARPHRD_ETHER).
+    Ethernet,
+    /// The IP header: a layer-3 device.
+    Ip,
+}
+
+impl Framing {
+    /// The framing of a device of `link_layer` type (`ifi_type`); `None` for devices that
+    /// carry no IP traffic of the world's to serve: loopback, CAN, InfiniBand, ... The
+    /// layer-3 types are those the kernel sends without a MAC header
+    /// (`dev_is_mac_header_xmit`), PIM's register device and "void" aside.
+    pub fn of(link_layer: LinkLayerType) -> Option<Framing> {
+        match link_layer {
+            LinkLayerType::Ether => Some(Framing::Ethernet),
+            LinkLayerType::None
+            | LinkLayerType::Tunnel
+            | LinkLayerType::Tunnel6
+            | LinkLayerType::Sit
+            | LinkLayerType::Ipgre
+            | LinkLayerType::Ip6gre
+            | LinkLayerType::Rawip
+            | LinkLayerType::Ppp => Some(Framing::Ip),
+            _ => None,
+        }
+    }
+}
 
 /// An interface picked to be an uplink.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -31,6 +67,7 @@ pub struct UplinkLink {
     pub index: u32,
     /// Its kind (`veth`, `bond`, ...), `None` for a hardware NIC.
     pub kind: Option<String>,
+    pub framing: Framing,
 }
 
 /// Where the uplink program runs on an interface.
@@ -40,6 +77,9 @@ pub enum Hook {
     Xdp,
     /// TC ingress (TCX).
     Tc,
+    /// TC ingress (TCX) of a layer-3 device, with the program for frames that start at
+    /// the IP header.
+    TcL3,
 }
 
 /// Kinds of virtual device whose received frames may carry a partial checksum: they come
@@ -50,44 +90,64 @@ const PARTIAL_CHECKSUM_KINDS: [&str; 8] = [
     "veth", "netkit", "tun", "macvlan", "macvtap", "ipvlan", "ipvtap", "bridge",
 ];
 
+/// `--uplink-hook xdp` on a layer-3 device.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "XDP cannot serve a layer-3 device (its frames have no Ethernet header); \
+     --uplink-hook auto or tc attaches TC there"
+)]
+pub struct NoXdpOnLayer3;
+
 impl Hook {
-    /// The hook for an interface of `kind` under `--uplink-hook`.
-    pub fn choose(setting: UplinkHook, kind: Option<&str>) -> Hook {
-        match setting {
+    /// The hook for `uplink` under `--uplink-hook`.
+    pub fn choose(
+        setting: UplinkHook,
+        uplink: &UplinkLink,
+    ) -> std::result::Result<Hook, NoXdpOnLayer3> {
+        if uplink.framing == Framing::Ip {
+            return match setting {
+                UplinkHook::Xdp => Err(NoXdpOnLayer3),
+                UplinkHook::Auto | UplinkHook::Tc => Ok(Hook::TcL3),
+            };
+        }
+        let kind = uplink.kind.as_deref();
+        Ok(match setting {
             UplinkHook::Xdp => Hook::Xdp,
             UplinkHook::Tc => Hook::Tc,
             UplinkHook::Auto if kind.is_some_and(|k| PARTIAL_CHECKSUM_KINDS.contains(&k)) => {
                 Hook::Tc
             }
             UplinkHook::Auto => Hook::Xdp,
-        }
+        })
     }
 
-    /// As `bpfbridge info` shows it.
+    /// As `bpfbridge info` shows it: TC whichever program runs there.
     pub fn name(self) -> &'static str {
         match self {
             Hook::Xdp => "xdp",
-            Hook::Tc => "tc",
+            Hook::Tc | Hook::TcL3 => "tc",
         }
     }
 
     /// The pin of an interface's link of this hook. XDP's keeps the name earlier agents
     /// gave it, so that an upgraded agent adopts their link.
     pub fn pin(self, links_dir: &Path, interface: &str) -> PathBuf {
+        links_dir.join(format!("{}{interface}", self.pin_prefix()))
+    }
+
+    fn pin_prefix(self) -> &'static str {
         match self {
-            Hook::Xdp => links_dir.join(format!("xdp_{interface}")),
-            Hook::Tc => links_dir.join(format!("uplink_tc_{interface}")),
+            Hook::Xdp => "xdp_",
+            Hook::Tc => "uplink_tc_",
+            Hook::TcL3 => "uplink_l3_",
         }
     }
 
     /// The interface a pin file name stands for, and its hook.
     fn of_pin(file_name: &str) -> Option<(&str, Hook)> {
-        if let Some(interface) = file_name.strip_prefix("xdp_") {
-            return Some((interface, Hook::Xdp));
-        }
-        file_name
-            .strip_prefix("uplink_tc_")
-            .map(|interface| (interface, Hook::Tc))
+        [Hook::Xdp, Hook::Tc, Hook::TcL3]
+            .into_iter()
+            .find_map(|hook| Some((file_name.strip_prefix(hook.pin_prefix())?, hook)))
     }
 }
 
@@ -151,9 +211,15 @@ pub fn attach_xdp(xdp: &mut Xdp, links_dir: &Path, uplink: &UplinkLink) -> Resul
     Ok(())
 }
 
-/// Puts the (loaded) TC uplink program on `uplink`'s ingress, as [`attach_xdp`] does.
-pub fn attach_tc(tc: &mut SchedClassifier, links_dir: &Path, uplink: &UplinkLink) -> Result<()> {
-    let pin = Hook::Tc.pin(links_dir, &uplink.name);
+/// Puts the (loaded) TC uplink program on `uplink`'s ingress, as [`attach_xdp`] does;
+/// `hook` ([`Hook::Tc`] or [`Hook::TcL3`]) names the pin.
+pub fn attach_tc(
+    tc: &mut SchedClassifier,
+    links_dir: &Path,
+    uplink: &UplinkLink,
+    hook: Hook,
+) -> Result<()> {
+    let pin = hook.pin(links_dir, &uplink.name);
     if let Some(old) = pinned(&pin)? {
         let link = SchedClassifierLink::try_from(old)
             .map_err(Error::dataplane("adopting a pinned TC link"))?;
@@ -222,9 +288,10 @@ pub fn swap_pinned_xdp(xdp: &mut Xdp, links_dir: &Path) -> Result<()> {
     })
 }
 
-/// [`swap_pinned_xdp`] for the TC uplink links.
-pub fn swap_pinned_tc(tc: &mut SchedClassifier, links_dir: &Path) -> Result<()> {
-    swap_pinned(links_dir, Hook::Tc, |link| {
+/// [`swap_pinned_xdp`] for the TC uplink links of `hook` ([`Hook::Tc`] or
+/// [`Hook::TcL3`], each with its own program).
+pub fn swap_pinned_tc(tc: &mut SchedClassifier, links_dir: &Path, hook: Hook) -> Result<()> {
+    swap_pinned(links_dir, hook, |link| {
         let link = SchedClassifierLink::try_from(link)
             .map_err(Error::dataplane("adopting a pinned TC link"))?;
         let id = tc
@@ -260,20 +327,55 @@ pub fn attached(links_dir: &Path) -> Result<Vec<(String, Hook)>> {
 mod tests {
     use super::*;
 
+    fn uplink(kind: Option<&str>, framing: Framing) -> UplinkLink {
+        UplinkLink {
+            name: "up0".into(),
+            index: 2,
+            kind: kind.map(Into::into),
+            framing,
+        }
+    }
+
     #[test]
     fn auto_takes_tc_where_partial_checksums_may_arrive() {
-        assert_eq!(Hook::choose(UplinkHook::Auto, Some("veth")), Hook::Tc);
-        assert_eq!(Hook::choose(UplinkHook::Auto, Some("tun")), Hook::Tc);
-        assert_eq!(Hook::choose(UplinkHook::Auto, None), Hook::Xdp);
-        assert_eq!(Hook::choose(UplinkHook::Auto, Some("bond")), Hook::Xdp);
-        assert_eq!(Hook::choose(UplinkHook::Xdp, Some("veth")), Hook::Xdp);
-        assert_eq!(Hook::choose(UplinkHook::Tc, None), Hook::Tc);
+        let choose = |setting, kind| Hook::choose(setting, &uplink(kind, Framing::Ethernet));
+        assert_eq!(choose(UplinkHook::Auto, Some("veth")), Ok(Hook::Tc));
+        assert_eq!(choose(UplinkHook::Auto, Some("tun")), Ok(Hook::Tc));
+        assert_eq!(choose(UplinkHook::Auto, None), Ok(Hook::Xdp));
+        assert_eq!(choose(UplinkHook::Auto, Some("bond")), Ok(Hook::Xdp));
+        assert_eq!(choose(UplinkHook::Xdp, Some("veth")), Ok(Hook::Xdp));
+        assert_eq!(choose(UplinkHook::Tc, None), Ok(Hook::Tc));
+    }
+
+    #[test]
+    fn layer3_devices_get_their_tc_program_and_refuse_xdp() {
+        for kind in [
+            Some("ipip"),
+            Some("gre"),
+            Some("wireguard"),
+            Some("tun"),
+            None,
+        ] {
+            let l3 = uplink(kind, Framing::Ip);
+            assert_eq!(Hook::choose(UplinkHook::Auto, &l3), Ok(Hook::TcL3));
+            assert_eq!(Hook::choose(UplinkHook::Tc, &l3), Ok(Hook::TcL3));
+            assert_eq!(Hook::choose(UplinkHook::Xdp, &l3), Err(NoXdpOnLayer3));
+        }
+        assert_eq!(Framing::of(LinkLayerType::Ether), Some(Framing::Ethernet));
+        for l3 in [
+            LinkLayerType::None,
+            LinkLayerType::Tunnel,
+            LinkLayerType::Ipgre,
+        ] {
+            assert_eq!(Framing::of(l3), Some(Framing::Ip));
+        }
+        assert_eq!(Framing::of(LinkLayerType::Loopback), None);
     }
 
     #[test]
     fn pins_name_their_interface_and_hook() {
         let dir = Path::new("/links");
-        for hook in [Hook::Xdp, Hook::Tc] {
+        for hook in [Hook::Xdp, Hook::Tc, Hook::TcL3] {
             let pin = hook.pin(dir, "eth0");
             let file = pin.file_name().unwrap().to_str().unwrap();
             assert_eq!(Hook::of_pin(file), Some(("eth0", hook)));

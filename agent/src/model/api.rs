@@ -348,6 +348,10 @@ pub struct Repairs {
     /// iptables rules of the agent's (Docker's) deleted from outside: added again.
     #[serde(rename = "IptablesRuleRestored", default)]
     pub iptables_rule_restored: u64,
+    /// Routes to a network's subnet on its bridge (the kernel's, made with the gateway
+    /// address) deleted while the address stayed: added again.
+    #[serde(rename = "SubnetRouteRestored", default)]
+    pub subnet_route_restored: u64,
     /// Things whose repair failed (containers, bridges, the dataplane): counted when it
     /// starts failing; retried each pass.
     #[serde(rename = "Failed")]
@@ -367,10 +371,11 @@ pub enum RepairKind {
     ProgramReattached,
     MapEntryRestored,
     IptablesRuleRestored,
+    SubnetRouteRestored,
 }
 
 impl RepairKind {
-    pub const ALL: [RepairKind; 10] = [
+    pub const ALL: [RepairKind; 11] = [
         RepairKind::VethRecreated,
         RepairKind::VethReattached,
         RepairKind::VethSetUp,
@@ -381,6 +386,7 @@ impl RepairKind {
         RepairKind::ProgramReattached,
         RepairKind::MapEntryRestored,
         RepairKind::IptablesRuleRestored,
+        RepairKind::SubnetRouteRestored,
     ];
 
     /// The name in the metric's `kind` label and in `monitor`'s repair events.
@@ -396,6 +402,7 @@ impl RepairKind {
             RepairKind::ProgramReattached => "program_reattached",
             RepairKind::MapEntryRestored => "map_entry_restored",
             RepairKind::IptablesRuleRestored => "iptables_rule_restored",
+            RepairKind::SubnetRouteRestored => "subnet_route_restored",
         }
     }
 }
@@ -413,6 +420,7 @@ impl Repairs {
             RepairKind::ProgramReattached => &mut self.program_reattached,
             RepairKind::MapEntryRestored => &mut self.map_entry_restored,
             RepairKind::IptablesRuleRestored => &mut self.iptables_rule_restored,
+            RepairKind::SubnetRouteRestored => &mut self.subnet_route_restored,
         }
     }
 

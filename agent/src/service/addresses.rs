@@ -19,7 +19,11 @@ use ipnet::Ipv4Net;
 use tokio::{sync::Mutex, time::Instant};
 
 use super::{BRIDGE_PREFIX, Service};
-use crate::{Result, dataplane::uplinks::UplinkLink, netlink};
+use crate::{
+    Result,
+    dataplane::uplinks::{Framing, UplinkLink},
+    netlink,
+};
 
 /// How long a burst of announcements is gathered before the addresses are read: replacing
 /// an address is a delete and an add, which one update should cover.
@@ -80,9 +84,8 @@ impl NodeAddresses {
 }
 
 /// The uplinks among the node's interfaces: those named by `--uplink` (`explicit`) that
-/// exist, or else every interface but loopback, layer-3 devices (no Ethernet header for
-/// the programs to parse), ports of a bridge or bond (the bridge or bond is the
-/// interface), the agent's own bridges (`bridges`) and container veths on their way into
+/// exist, or else every Ethernet or layer-3 interface (not loopback and the like) but
+/// ports of a bridge or bond (the bridge or bond is the interface), the agent's own bridges (`bridges`) and container veths on their way into
 /// a container.
 fn pick_uplinks(
     interfaces: &[netlink::Interface],
@@ -93,6 +96,9 @@ fn pick_uplinks(
         name: i.link.name.clone(),
         index: i.link.index,
         kind: i.kind.clone(),
+        // One named though it carries no IP of its own framing is taken as Ethernet, as
+        // before layer-3 devices were told apart.
+        framing: i.framing.unwrap_or(Framing::Ethernet),
     };
     if !explicit.is_empty() {
         return explicit
@@ -105,7 +111,7 @@ fn pick_uplinks(
         .iter()
         .filter(|i| {
             let name = i.link.name.as_str();
-            i.ethernet
+            i.framing.is_some()
                 && i.link.controller.is_none()
                 && !bridges.contains(&name)
                 && !name.starts_with(BRIDGE_PREFIX)
@@ -121,7 +127,7 @@ pub(super) async fn first_uplink_candidate(handle: &rtnetlink::Handle) -> Result
     let interfaces = netlink::all_interfaces(handle).await?;
     Ok(pick_uplinks(&interfaces, &[], &[])
         .into_iter()
-        .find(|u| u.kind.as_deref() != Some("bridge"))
+        .find(|u| u.kind.as_deref() != Some("bridge") && u.framing == Framing::Ethernet)
         .map(|u| u.name))
 }
 
@@ -284,18 +290,18 @@ mod tests {
                 up: true,
             },
             kind: kind.map(Into::into),
-            ethernet: true,
+            framing: Some(Framing::Ethernet),
         }
     }
 
     #[test]
     fn every_interface_but_ours_is_an_uplink_unless_some_are_named() {
         let lo = netlink::Interface {
-            ethernet: false,
+            framing: None,
             ..interface(1, "lo", None)
         };
         let wg = netlink::Interface {
-            ethernet: false,
+            framing: Some(Framing::Ip),
             ..interface(6, "wg0", Some("wireguard"))
         };
         let mut port = interface(7, "vethabc1234", Some("veth"));
@@ -315,7 +321,7 @@ mod tests {
         };
         assert_eq!(
             names(pick_uplinks(&interfaces, &[], &["mynet"])),
-            ["eth0", "up1"]
+            ["eth0", "up1", "wg0"]
         );
         let named = ["up1".to_string(), "absent".to_string()];
         assert_eq!(names(pick_uplinks(&interfaces, &named, &[])), ["up1"]);

@@ -6,7 +6,8 @@
 //! The corpus is generated from a few valid frames per program: truncations at every
 //! length the kernel accepts, every IHL, total lengths around the real one, every TCP data
 //! offset, fragment offsets at and past the end, and random byte flips from a fixed seed,
-//! so that every run sees the same frames.
+//! so that every run sees the same frames. The layer-3 uplink program gets the same
+//! mutants of its own seeds (from a client behind a tunnel) without their Ethernet header.
 
 use super::*;
 
@@ -220,17 +221,25 @@ impl Fixture {
     /// invariants frame by frame.
     fn run_corpus(&mut self, program: &str, seeds: &[Seed], rng: &mut Rng) -> Result<Tally> {
         let mut tally = Tally::default();
-        // Both uplink programs count as `uplink_ingress`.
+        // Every uplink program counts as `uplink_ingress`.
         let counted_as = match program {
-            UPLINK_TC_PROGRAM => UPLINK_PROGRAM,
+            UPLINK_TC_PROGRAM | UPLINK_L3_PROGRAM => UPLINK_PROGRAM,
             other => other,
+        };
+        // What a layer-3 device receives of a frame: no Ethernet header.
+        let received_from = |frame: &[u8]| match program {
+            UPLINK_L3_PROGRAM => frame[ETH_HLEN..].to_vec(),
+            _ => frame.to_vec(),
         };
         let prefix = format!("{counted_as}.");
         for seed in seeds {
-            for (what, frame) in mutants(&seed.frame, rng) {
+            for (what, mut frame) in mutants(&seed.frame, rng) {
+                if program == UPLINK_L3_PROGRAM {
+                    as_the_tunnel_program_sees_it(&mut frame);
+                }
                 let case = format!("{program}: {} {what}", seed.name);
                 let flows_before = self.flow_entries()?;
-                let (verdict, _, moved) = match self.run_counting(program, &frame) {
+                let (verdict, _, moved) = match self.run_counting(program, &received_from(&frame)) {
                     Ok(ran) => ran,
                     Err(e) if refused_by_test_run(&e) => {
                         // The kernel builds an skb from the frame before the run and wants
@@ -363,6 +372,48 @@ fn uplink_seeds() -> Vec<Seed> {
     ]
 }
 
+/// The test run takes the skb's protocol of a bare packet from its bytes 12-13 (see the
+/// layer3 module): the mutant's Ethernet type becomes those bytes, so that the frame judged
+/// well-formed or not is the one the program saw.
+fn as_the_tunnel_program_sees_it(frame: &mut [u8]) {
+    if frame.len() >= 2 * ETH_HLEN {
+        frame.copy_within(ETH_HLEN + 12..2 * ETH_HLEN, 12);
+    }
+}
+
+/// Seeds from a client behind a layer-3 tunnel, built as Ethernet frames for the mutants
+/// (the corpus strips the header): their source address makes the test run take them for
+/// IPv4 (see the layer3 module).
+fn layer3_uplink_seeds() -> Vec<Seed> {
+    let client = super::layer3::TUNNEL_CLIENT;
+    vec![
+        Seed {
+            name: "syn to a published port through a tunnel",
+            frame: Packet::tcp_syn(client, 40000, NODE_IP, 8080).build(),
+        },
+        Seed {
+            name: "udp to a published port through a tunnel",
+            frame: udp(client, 40000, NODE_IP, 5353, 16).build(),
+        },
+        Seed {
+            name: "echo request through a tunnel",
+            frame: echo_request(client, NODE_IP, 7),
+        },
+        Seed {
+            name: "first fragment through a tunnel",
+            frame: first_fragment(udp(client, 40001, NODE_IP, 5353, 100)),
+        },
+        Seed {
+            name: "syn with ip options through a tunnel",
+            frame: Packet {
+                ip_options: 8,
+                ..Packet::tcp_syn(client, 40000, NODE_IP, 8080)
+            }
+            .build(),
+        },
+    ]
+}
+
 fn container_seeds() -> Vec<Seed> {
     let mut fragment_tail = fragments(
         &sent_by_container(udp(CONTAINER_IP, 5001, WORLD_IP, 53, 100)).build(),
@@ -440,11 +491,13 @@ fn malformed_frame_corpus_is_counted_and_creates_no_flows() -> Result<()> {
         let mut rng = Rng(0x5eed_cafe_f00d_0017);
         let uplink = fx.run_corpus(UPLINK_PROGRAM, &uplink_seeds(), &mut rng)?;
         let uplink_tc = fx.run_corpus(UPLINK_TC_PROGRAM, &uplink_seeds(), &mut rng)?;
+        let uplink_l3 = fx.run_corpus(UPLINK_L3_PROGRAM, &layer3_uplink_seeds(), &mut rng)?;
         let container = fx.run_corpus(CONTAINER_PROGRAM, &container_seeds(), &mut rng)?;
         let mut figures = serde_json::Map::new();
         for (program, tally) in [
             (UPLINK_PROGRAM, &uplink),
             (UPLINK_TC_PROGRAM, &uplink_tc),
+            (UPLINK_L3_PROGRAM, &uplink_l3),
             (CONTAINER_PROGRAM, &container),
         ] {
             assert_eq!(tally.counted_drops, tally.drops as u64, "{program}");

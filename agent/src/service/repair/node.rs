@@ -1,7 +1,7 @@
 //! Repair of the node's side of the networks: the sysctls the agent set in the node's
-//! namespace, and each network's bridge (deleted, set down, its gateway address removed).
-//! The bridge's veths, released when it is deleted, are put back on it by the endpoints'
-//! repair that follows in the same pass.
+//! namespace, and each network's bridge (deleted, set down, its gateway address removed,
+//! the route to its subnet deleted). The bridge's veths, released when it is deleted, are
+//! put back on it by the endpoints' repair that follows in the same pass.
 
 use std::collections::BTreeMap;
 
@@ -10,7 +10,7 @@ use ipnet::Ipv4Net;
 use super::super::{Service, enable_ip_forward, ip_forward_enabled};
 use crate::{
     model::{NetworkRecord, RepairKind},
-    netlink::{self, Link},
+    netlink::{self, Link, Route},
 };
 
 /// What is wrong with a network's bridge.
@@ -61,6 +61,17 @@ fn bridge_drift(
     drift
 }
 
+/// Whether the route to `subnet` on `bridge` is gone. The kernel makes it with the gateway
+/// address and takes it away with the address or when the bridge goes down, so only a
+/// bridge without other drift is asked; someone's `ip route del` is what leaves it missing
+/// then, and the node (containers' replies, node-local clients) no longer reaches the
+/// network.
+fn subnet_route_missing(bridge: &Link, routes: &[Route], subnet: Ipv4Net) -> bool {
+    !routes
+        .iter()
+        .any(|r| r.destination == subnet.trunc() && r.oif == Some(bridge.index))
+}
+
 fn gateway_address(network: &NetworkRecord) -> Ipv4Net {
     Ipv4Net::new(network.gateway, network.subnet.prefix_len()).expect("prefix of a valid net")
 }
@@ -82,10 +93,14 @@ impl Service {
         }
         let links = netlink::all_links(&self.handle).await;
         let addresses = netlink::ipv4_addresses(&self.handle).await;
-        let (links, addresses) = match (links, addresses) {
-            (Ok(links), Ok(addresses)) => (links, addresses),
-            (Err(e), _) | (_, Err(e)) => {
-                failures.insert("bridges".into(), format!("listing the node's links: {e}"));
+        let routes = netlink::ipv4_routes(&self.handle).await;
+        let (links, addresses, routes) = match (links, addresses, routes) {
+            (Ok(links), Ok(addresses), Ok(routes)) => (links, addresses, routes),
+            (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => {
+                failures.insert(
+                    "bridges".into(),
+                    format!("listing the node's links, addresses and routes: {e}"),
+                );
                 return;
             }
         };
@@ -100,6 +115,13 @@ impl Service {
             let bridge = links.iter().find(|l| l.name == network.bridge);
             let drift = bridge_drift(bridge, &addresses, gateway_address(&network));
             if drift.is_empty() {
+                if let Some(bridge) = bridge
+                    && network.bridge_has_address()
+                    && subnet_route_missing(bridge, &routes, network.subnet)
+                {
+                    self.repair_subnet_route(&network, bridge.index, failures)
+                        .await;
+                }
                 continue;
             }
             let what = format!("bridge {} of network {}", network.bridge, network.name);
@@ -111,6 +133,30 @@ impl Service {
                 }
                 Err(e) => drop(failures.insert(what, e.to_string())),
             }
+        }
+    }
+}
+
+impl Service {
+    /// Gives the route to `network`'s subnet back to its bridge (link `bridge`).
+    async fn repair_subnet_route(
+        &mut self,
+        network: &NetworkRecord,
+        bridge: u32,
+        failures: &mut BTreeMap<String, String>,
+    ) {
+        let what = format!(
+            "route to {} on bridge {} of network {}",
+            network.subnet, network.bridge, network.name
+        );
+        let subnet = network.subnet.trunc();
+        match netlink::add_prefix_route(&self.handle, subnet, bridge, network.gateway).await {
+            Ok(()) => self.repaired(
+                RepairKind::SubnetRouteRestored,
+                &what,
+                "was deleted; added again",
+            ),
+            Err(e) => drop(failures.insert(what, e.to_string())),
         }
     }
 }
@@ -146,5 +192,25 @@ mod tests {
             bridge_drift(Some(&bridge(false)), &elsewhere, gateway),
             [BridgeDrift::Down, BridgeDrift::AddressGone]
         );
+    }
+
+    #[test]
+    fn the_subnet_route_is_the_subnets_on_the_bridge() {
+        let subnet: Ipv4Net = "172.17.0.0/16".parse().unwrap();
+        let route = |destination: &str, oif| Route {
+            destination: destination.parse().unwrap(),
+            oif: Some(oif),
+        };
+        assert!(!subnet_route_missing(
+            &bridge(true),
+            &[route("172.17.0.0/16", 3)],
+            subnet
+        ));
+        // Another link's, or a narrower one, is not it.
+        assert!(subnet_route_missing(
+            &bridge(true),
+            &[route("172.17.0.0/16", 4), route("172.17.0.0/24", 3)],
+            subnet
+        ));
     }
 }
