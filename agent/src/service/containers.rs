@@ -548,6 +548,11 @@ impl Service {
             }
             info.hosts_entries
                 .push(format!("{ip}\t{}", names.join(" ")));
+            // The same names for the IPv6 address, on a network with IPv6.
+            if let Some(ipv6) = endpoint.ipv6 {
+                info.hosts_entries
+                    .push(format!("{ipv6}\t{}", names.join(" ")));
+            }
             let prefix = link.alias.to_uppercase().replace(['-', '.'], "_");
             info.env
                 .push(format!("{prefix}_NAME=/{}/{}", c.name, link.alias));

@@ -421,6 +421,7 @@ impl Service {
                     network: network.name.clone(),
                     names,
                     ip: e.ip,
+                    ipv6: e.ipv6.filter(|_| network.ipv6.is_some()),
                 });
             }
         }
