@@ -497,6 +497,11 @@ pub struct Info {
     pub kernel_version: String,
     #[serde(rename = "Dataplane")]
     pub dataplane: String,
+    /// Whether the dataplane handles IPv6 traffic: published ports on IPv6 addresses, IPv6
+    /// masquerade and policy. Without it IPv6 networks still get addresses and routes, and
+    /// IPv6 host addresses are refused.
+    #[serde(rename = "DataplaneIPv6", default)]
+    pub dataplane_ipv6: bool,
     #[serde(rename = "Uplink")]
     pub uplink: String,
     /// The interfaces where published ports answer, and how the dataplane sees their

@@ -199,6 +199,7 @@ impl Service {
             version: env!("CARGO_PKG_VERSION").into(),
             kernel_version: kernel,
             dataplane: self.dataplane.name().into(),
+            dataplane_ipv6: self.dataplane.handles_ipv6(),
             uplink: self.uplink.clone(),
             uplinks: self.uplinks.clone(),
             settings: self.settings.clone(),
