@@ -378,3 +378,45 @@ fn aaaa_answers_name_containers_and_aliases() -> Result<()> {
     }
     Ok(())
 }
+
+#[test]
+fn the_ipv6_gateway_is_repaired_and_kept_across_restarts() -> Result<()> {
+    let (topology, mut agent) = dual_stack(true)?;
+    let bridge = agent.cli_json(&["network", "inspect", "v6"])?[0]["Id"]
+        .as_str()
+        .map(|id| format!("bpfbr-{}", &id[..9]))
+        .context("the network's id")?;
+    let (b, b_ns) = agent.create_container(&["b", "--network", "v6"])?;
+    let b_ip = ipv6_on(&b, "v6")?;
+    let node = &topology.node;
+    node.ip(&["-6", "addr", "del", "fd00:66::1/64", "dev", &bridge])?;
+    let start = Instant::now();
+    let given_back = || -> Result<bool> {
+        let shown = node.ip(&["-6", "-o", "addr", "show", "dev", &bridge])?;
+        Ok(String::from_utf8_lossy(&shown.stdout).contains("fd00:66::1/64"))
+    };
+    while !given_back()? {
+        ensure!(
+            start.elapsed() < Duration::from_secs(15),
+            "the IPv6 gateway was not given back\n{}",
+            agent.log_tail(20)
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+
+    // A restarted agent loads the IPv6 side from its state and keeps the addresses.
+    agent.stop();
+    agent.spawn()?;
+    let again = agent.cli_json(&["container", "inspect", "b"])?;
+    assert_eq!(ipv6_on(&again[0], "v6")?, b_ip);
+    let shown = in_netns(&b_ns, || {
+        std::process::Command::new("ip")
+            .args(["-6", "-o", "addr", "show", "dev", "eth0"])
+            .output()
+    })?;
+    assert!(
+        String::from_utf8_lossy(&shown.stdout).contains(&b_ip.to_string()),
+        "the container keeps its IPv6 address"
+    );
+    Ok(())
+}
