@@ -314,6 +314,47 @@ fn published_ports_answer_on_ipv6() -> Result<()> {
         "a port on ::1 is not reachable from the wire"
     );
 
+    // A source filter with an IPv6 source (DOCKER-USER of ip6tables on that dataplane).
+    let added = ok(
+        &agent,
+        &[
+            "filter",
+            "add",
+            "--source",
+            &format!("{WORLD_IPV6}/128"),
+            "--port",
+            "8600",
+            "--action",
+            "deny",
+        ],
+    )?;
+    assert_eq!(
+        exchange(&world_ns, SocketAddr::new(NODE_IPV6.into(), 8600)),
+        None,
+        "the world's IPv6 address is filtered: {added}"
+    );
+
+    // host_binding_ipv4 set to an IPv6 address: the default host address of the network.
+    ok(
+        &agent,
+        &[
+            "network",
+            "create",
+            "hb",
+            "--ipv6",
+            "-o",
+            &format!("com.docker.network.bridge.host_binding_ipv4={NODE_IPV6}"),
+        ],
+    )?;
+    let (bound, _) = agent.create_container(&["bound", "--network", "hb", "-p", "8610:80"])?;
+    let hosts: Vec<&str> = bound["NetworkSettings"]["Ports"]["80/tcp"]
+        .as_array()
+        .context("Ports")?
+        .iter()
+        .filter_map(|b| b["HostIp"].as_str())
+        .collect();
+    assert_eq!(hosts, [NODE_IPV6.to_string().as_str()]);
+
     // An IPv6 port for a container without IPv6 is refused, not proxied.
     let error = refused(
         &agent,
@@ -324,18 +365,22 @@ fn published_ports_answer_on_ipv6() -> Result<()> {
 }
 
 #[test]
-fn icc_false_refuses_ipv6_between_containers() -> Result<()> {
+fn icc_false_refuses_ipv6_between_containers_but_links() -> Result<()> {
     let (_topology, agent) = dual_stack(false)?;
-    if skip_without_dataplane_ipv6(&agent, "icc=false for IPv6")? {
+    if skip_without_dataplane_ipv6(&agent, "icc=false and --link for IPv6")? {
         return Ok(());
     }
+    let (b, b_ns): (Value, PathBuf) =
+        agent.create_container(&["b", "--network", "v6", "--expose", "7602"])?;
     let (_, a_ns) = agent.create_container(&["a", "--network", "v6"])?;
-    let (b, b_ns): (Value, PathBuf) = agent.create_container(&["b", "--network", "v6"])?;
+    let (_, linked_ns) = agent.create_container(&["c", "--network", "v6", "--link", "b"])?;
     let _server = Server::start(&b_ns, 7602)?;
+    let b_port = SocketAddr::new(ipv6_on(&b, "v6")?.into(), 7602);
+    assert_eq!(exchange(&a_ns, b_port), None, "icc=false refuses IPv6 too");
     assert_eq!(
-        exchange(&a_ns, SocketAddr::new(ipv6_on(&b, "v6")?.into(), 7602)),
-        None,
-        "icc=false refuses IPv6 too"
+        exchange(&linked_ns, b_port).as_deref(),
+        Some("pong hi"),
+        "a --link opens the exposed port over IPv6 too"
     );
     Ok(())
 }
