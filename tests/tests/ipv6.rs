@@ -465,3 +465,23 @@ fn the_ipv6_gateway_is_repaired_and_kept_across_restarts() -> Result<()> {
     );
     Ok(())
 }
+
+#[test]
+fn the_default_bridge_takes_ipv6_from_the_daemon_flags() -> Result<()> {
+    let topology = Topology::new()?.with_ipv6()?;
+    let agent = Agent::start_with(&topology, &["--ipv6", "--fixed-cidr-v6", "fd00:77::/64"])?;
+    let bridge = &agent.cli_json(&["network", "inspect", "bridge"])?[0];
+    assert_eq!(bridge["EnableIPv6"], true);
+    assert_eq!(bridge["IPAM"]["Config"][1]["Subnet"], "fd00:77::/64");
+    let (web, _) = agent.create_container(&["web"])?;
+    // Like IPv4, the default bridge's addressing shows at the top too.
+    let top = &web["NetworkSettings"];
+    assert_eq!(top["GlobalIPv6Address"], "fd00:77::2");
+    assert_eq!(top["GlobalIPv6PrefixLen"], 64);
+    assert_eq!(top["IPv6Gateway"], "fd00:77::1");
+    let forwarding = topology
+        .node
+        .exec("sysctl", &["-n", "net.ipv6.conf.all.forwarding"])?;
+    assert_eq!(String::from_utf8_lossy(&forwarding.stdout).trim(), "1");
+    Ok(())
+}
