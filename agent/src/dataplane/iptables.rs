@@ -723,25 +723,23 @@ fn set_sysctl(key: &str, value: &str) -> std::io::Result<()> {
     )
 }
 
-/// net.bridge.bridge-nf-call-iptables=1 (and with `ipv6` bridge-nf-call-ip6tables) in
-/// this namespace, so that bridged traffic meets the FORWARD rules (icc, links,
-/// isolation); loads br_netfilter when the setting is absent.
+/// net.bridge.bridge-nf-call-iptables=1 (with `ipv6` bridge-nf-call-ip6tables) in this
+/// namespace, so that bridged traffic meets the FORWARD rules (icc, links, isolation);
+/// loads br_netfilter when the setting is absent.
 fn bridge_netfilter_on(ipv6: bool) -> Result<()> {
-    let mut keys = vec![BRIDGE_NETFILTER];
-    if ipv6 {
-        keys.push(BRIDGE_NETFILTER6);
+    let key = if ipv6 {
+        BRIDGE_NETFILTER6
+    } else {
+        BRIDGE_NETFILTER
+    };
+    if set_sysctl(key, "1").is_ok() {
+        return Ok(());
     }
-    for key in keys {
-        if set_sysctl(key, "1").is_ok() {
-            continue;
-        }
-        // Built into some kernels; a module on others.
-        let _ = run("modprobe", &["br_netfilter"]);
-        set_sysctl(key, "1").map_err(Error::io(format!(
-            "setting {key} (is br_netfilter available?)"
-        )))?;
-    }
-    Ok(())
+    // Built into some kernels; a module on others.
+    let _ = run("modprobe", &["br_netfilter"]);
+    set_sysctl(key, "1").map_err(Error::io(format!(
+        "setting {key} (is br_netfilter available?)"
+    )))
 }
 
 const BRIDGE_NETFILTER: &str = "net.bridge.bridge-nf-call-iptables";
@@ -792,9 +790,11 @@ pub struct IptablesDataplane {
 impl IptablesDataplane {
     /// Creates Docker's chains and base rules in this namespace (idempotent), with or
     /// without the userland proxy, for iptables and (with `ip6tables`) ip6tables, and reads
-    /// back the published ports and source filters a previous agent left.
+    /// back the published ports and source filters a previous agent left. A node where
+    /// ip6tables cannot be set up (no IPv6 in the kernel, no ip6tables binary) gets a
+    /// warning and an IPv4-only dataplane, as dockerd goes on without ip6tables.
     pub fn start(uplink: &str, userland_proxy: bool, ip6tables: bool) -> Result<Self> {
-        bridge_netfilter_on(ip6tables)?;
+        bridge_netfilter_on(false)?;
         let mut dp = IptablesDataplane {
             binary: "iptables".into(),
             binary6: ip6tables.then(|| "ip6tables".into()),
@@ -810,30 +810,41 @@ impl IptablesDataplane {
             proxies: HashMap::new(),
             invocations: 0,
         };
-        for ipv6 in dp.families() {
-            dp.ensure_chain(ipv6, "nat", CHAIN_DOCKER)?;
-            for chain in [
-                CHAIN_DOCKER,
-                CHAIN_ISOLATION_1,
-                CHAIN_ISOLATION_2,
-                CHAIN_USER,
-            ] {
-                dp.ensure_chain(ipv6, "filter", chain)?;
-            }
-            for rule in &base_rules(dp.access, ipv6) {
-                dp.add(rule, Position::Append)?;
-            }
-            dp.ensure_forward_jumps(ipv6)?;
-            dp.ipt(ipv6, &["-P", "FORWARD", "DROP"])?;
-            dp.read_back(ipv6)?;
+        dp.set_up_family(false)?;
+        if ip6tables && let Err(e) = bridge_netfilter_on(true).and_then(|()| dp.set_up_family(true))
+        {
+            tracing::warn!(
+                "ip6tables cannot be set up ({e}): IPv6 networks get no ip6tables rules and no IPv6 ports"
+            );
+            dp.binary6 = None;
         }
         tracing::info!(
             ports = dp.ports.len(),
-            ip6tables,
+            ip6tables = dp.binary6.is_some(),
             invocations = dp.invocations,
             "iptables dataplane ready"
         );
         Ok(dp)
+    }
+
+    /// Docker's chains, base rules, FORWARD jumps and policy of one family, and what a
+    /// previous agent left in it.
+    fn set_up_family(&mut self, ipv6: bool) -> Result<()> {
+        self.ensure_chain(ipv6, "nat", CHAIN_DOCKER)?;
+        for chain in [
+            CHAIN_DOCKER,
+            CHAIN_ISOLATION_1,
+            CHAIN_ISOLATION_2,
+            CHAIN_USER,
+        ] {
+            self.ensure_chain(ipv6, "filter", chain)?;
+        }
+        for rule in &base_rules(self.access, ipv6) {
+            self.add(rule, Position::Append)?;
+        }
+        self.ensure_forward_jumps(ipv6)?;
+        self.ipt(ipv6, &["-P", "FORWARD", "DROP"])?;
+        self.read_back(ipv6)
     }
 
     /// The families this backend programs: IPv4 (false), and IPv6 (true) with ip6tables.
@@ -1498,19 +1509,21 @@ impl IptablesDataplane {
         Ok(())
     }
 
-    /// bridge-nf-call-iptables, and each bridge's route_localnet in hairpin mode.
+    /// bridge-nf-call-iptables (and -ip6tables with ip6tables), and each bridge's
+    /// route_localnet in hairpin mode.
     fn repair_sysctls(
         &mut self,
         networks: &[NetworkPolicy],
         repaired: &mut Vec<Repaired>,
     ) -> Result<()> {
-        let ip6tables = self.binary6.is_some();
-        for key in [BRIDGE_NETFILTER, BRIDGE_NETFILTER6]
-            .into_iter()
-            .take(1 + usize::from(ip6tables))
-        {
+        for ipv6 in self.families() {
+            let key = if ipv6 {
+                BRIDGE_NETFILTER6
+            } else {
+                BRIDGE_NETFILTER
+            };
             if sysctl(key).as_deref() != Some("1") {
-                bridge_netfilter_on(ip6tables)?;
+                bridge_netfilter_on(ipv6)?;
                 repaired.push(Repaired {
                     kind: RepairKind::SysctlRestored,
                     what: key.into(),
