@@ -183,6 +183,19 @@ fn ipv6_networks_give_addresses_and_inspect_shows_them() -> Result<()> {
         .collect();
     assert!(shown.contains(&"fd00:66::99/64"), "{shown:?}");
 
+    // network connect --ip6.
+    agent.create_container(&["late"])?;
+    ok(
+        &agent,
+        &["network", "connect", "v6", "late", "--ip6", "fd00:66::77"],
+    )?;
+    let late = &agent.cli_json(&["container", "inspect", "late"])?[0];
+    assert_eq!(ipv6_on(late, "v6")?, "fd00:66::77".parse::<Ipv6Addr>()?);
+    assert_eq!(
+        late["NetworkSettings"]["Networks"]["v6"]["IPAMConfig"]["IPv6Address"],
+        "fd00:66::77"
+    );
+
     // Without a subnet, a /64 of the agent's unique local /48 (Docker 27's pool).
     ok(&agent, &["network", "create", "auto6", "--ipv6"])?;
     let auto = &agent.cli_json(&["network", "inspect", "auto6"])?[0];
