@@ -44,6 +44,7 @@ pub const BEHAVIOUR_SUITES: &[&str] = &[
     "faults",
     "gateway_modes",
     "macvlan",
+    "ipv6",
 ];
 
 /// A test executable cargo built.

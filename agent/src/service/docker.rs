@@ -11,9 +11,13 @@
 //! Docker drives (`ManagedBy`): [`refuse_docker_managed`], [`api_drives`],
 //! [`agent_dns_answers_for`], [`endpoint_went_with_its_veth`], [`forgotten_when_empty`].
 
-use std::{collections::BTreeMap, net::Ipv4Addr, path::PathBuf};
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, Ipv4Addr},
+    path::PathBuf,
+};
 
-use super::{Service, Step, Undo, default_host_ip, plan::next_ifname, veth_names};
+use super::{Service, Step, Undo, default_host_ips, plan::next_ifname, veth_names};
 use crate::{
     Error, Result,
     model::{
@@ -134,8 +138,8 @@ fn generic_options(options: &crate::model::docker::Options) -> Result<BTreeMap<S
         .collect()
 }
 
-/// `ADDRESS/PREFIX` or `ADDRESS`, as Docker writes addresses.
-pub(super) fn parse_cidr_address(what: &str, s: &str) -> Result<Ipv4Addr> {
+/// `ADDRESS/PREFIX` or `ADDRESS`, as Docker writes addresses (IPv4 or IPv6 as `T` is).
+pub(super) fn parse_cidr_address<T: std::str::FromStr>(what: &str, s: &str) -> Result<T> {
     s.split('/')
         .next()
         .and_then(|a| a.parse().ok())
@@ -144,35 +148,40 @@ pub(super) fn parse_cidr_address(what: &str, s: &str) -> Result<Ipv4Addr> {
 
 /// The port map as bpfbridge's requests: an empty host address means the network's default,
 /// host port 0 a dynamic port, an end above the start a range.
-fn port_requests(map: &[DockerPortBinding], default_ip: Ipv4Addr) -> Result<Vec<PortRequest>> {
-    map.iter()
-        .map(|b| {
-            let host_ip = match b.host_ip.as_str() {
-                "" => default_ip,
-                ip => ip.parse().map_err(|_| {
-                    Error::InvalidArgument(format!(
-                        "host IP {ip:?}: bpfbridge publishes on IPv4 addresses only"
-                    ))
-                })?,
-            };
-            if b.port == 0 {
-                return Err(Error::InvalidArgument(
-                    "container port 0 in port map".into(),
-                ));
-            }
-            let host_port = match (b.host_port, b.host_port_end) {
-                (0, _) => HostPort::Dynamic,
-                (start, end) if end > start => HostPort::Range(start, end),
-                (port, _) => HostPort::Fixed(port),
-            };
-            Ok(PortRequest {
-                proto: proto_from_number(b.proto)?,
-                container_port: b.port,
-                host_ip,
-                host_port,
-            })
-        })
-        .collect()
+fn port_requests(map: &[DockerPortBinding], default_ips: &[IpAddr]) -> Result<Vec<PortRequest>> {
+    let mut requests = Vec::new();
+    for b in map {
+        let host_ips = match b.host_ip.as_str() {
+            "" => default_ips.to_vec(),
+            ip => vec![ip.parse().map_err(|_| {
+                Error::InvalidArgument(format!("invalid host IP {ip:?} in port map"))
+            })?],
+        };
+        for host_ip in host_ips {
+            requests.push(port_request(b, host_ip)?);
+        }
+    }
+    Ok(requests)
+}
+
+/// One binding of the port map on `host_ip`.
+fn port_request(b: &DockerPortBinding, host_ip: IpAddr) -> Result<PortRequest> {
+    if b.port == 0 {
+        return Err(Error::InvalidArgument(
+            "container port 0 in port map".into(),
+        ));
+    }
+    let host_port = match (b.host_port, b.host_port_end) {
+        (0, _) => HostPort::Dynamic,
+        (start, end) if end > start => HostPort::Range(start, end),
+        (port, _) => HostPort::Fixed(port),
+    };
+    Ok(PortRequest {
+        proto: proto_from_number(b.proto)?,
+        container_port: b.port,
+        host_ip,
+        host_port,
+    })
 }
 
 /// `com.docker.network.endpoint.exposedports` as bpfbridge's exposed ports.
@@ -221,11 +230,31 @@ impl Service {
 
     pub async fn docker_create_network(&mut self, request: CreateNetworkRequest) -> Result<()> {
         check_docker_id("network", &request.network_id)?;
-        if !request.ipv6_data.is_empty() || bool_option(&request.options, OPT_ENABLE_IPV6)? {
-            return Err(Error::InvalidArgument(
-                "bpfbridge supports IPv4 only: create the network without --ipv6".into(),
-            ));
-        }
+        // `--ipv6`: the IPv6 pool comes from Docker's IPAM (bpfbridge's IPAM driver hands
+        // out IPv4 pools only).
+        let ipv6 = match request.ipv6_data.as_slice() {
+            [] if bool_option(&request.options, OPT_ENABLE_IPV6)? => {
+                return Err(Error::InvalidArgument(
+                    "--ipv6 needs an IPv6 pool from Docker's IPAM driver (bpfbridge's IPAM driver hands out IPv4 pools only)".into(),
+                ));
+            }
+            [] => None,
+            [ipv6] => Some(IpamConfig {
+                subnet: Some(crate::ipam::parse_subnet_v6("subnet", &ipv6.pool)?.to_string()),
+                ip_range: None,
+                gateway: match ipv6.gateway.as_str() {
+                    "" => None,
+                    g => Some(parse_cidr_address::<std::net::Ipv6Addr>("gateway", g)?.to_string()),
+                },
+                ..IpamConfig::default()
+            }),
+            more => {
+                return Err(Error::InvalidArgument(format!(
+                    "bpfbridge needs at most one IPv6 subnet per network, got {}",
+                    more.len()
+                )));
+            }
+        };
         let [ipv4] = request.ipv4_data.as_slice() else {
             return Err(Error::InvalidArgument(format!(
                 "bpfbridge needs exactly one IPv4 subnet per network, got {}",
@@ -240,7 +269,7 @@ impl Service {
         let pool = super::networks::parse_subnet("subnet", &ipv4.pool)?;
         let gateway = match ipv4.gateway.as_str() {
             "" => None,
-            g => Some(parse_cidr_address("gateway", g)?.to_string()),
+            g => Some(parse_cidr_address::<Ipv4Addr>("gateway", g)?.to_string()),
         };
         let internal = bool_option(&request.options, OPT_INTERNAL)?;
         let options = generic_options(&request.options)?;
@@ -251,6 +280,8 @@ impl Service {
             .find(|n| n.id == request.network_id)
         {
             let same = existing.subnet == pool
+                && existing.ipv6.as_ref().map(|side| side.subnet.to_string())
+                    == ipv6.as_ref().and_then(|c| c.subnet.clone())
                 && gateway
                     .as_ref()
                     .is_none_or(|g| *g == existing.gateway.to_string())
@@ -269,13 +300,17 @@ impl Service {
             name: network_name(&request.network_id),
             driver: None,
             internal,
+            enable_ipv6: Some(ipv6.is_some()),
+            enable_ipv4: None,
             ipam: Some(Ipam {
-                config: vec![IpamConfig {
+                config: std::iter::once(IpamConfig {
                     subnet: Some(pool.to_string()),
                     ip_range: None,
                     gateway,
                     ..IpamConfig::default()
-                }],
+                })
+                .chain(ipv6)
+                .collect(),
                 ..Ipam::default()
             }),
             options,
@@ -315,11 +350,26 @@ impl Service {
         check_docker_id("endpoint", &request.endpoint_id)?;
         let network = self.docker_network(&request.network_id)?.clone();
         let interface = &request.interface;
-        if !interface.address_ipv6.is_empty() {
-            return Err(Error::InvalidArgument(
-                "bpfbridge supports IPv4 only: no IPv6 address can be given".into(),
-            ));
-        }
+        let ipv6 = match (interface.address_ipv6.as_str(), &network.ipv6) {
+            ("", _) => None,
+            (address, Some(side)) => {
+                let ip: std::net::Ipv6Addr = parse_cidr_address("IPv6 address", address)?;
+                if !side.subnet.contains(&ip) || [side.subnet.network(), side.gateway].contains(&ip)
+                {
+                    return Err(Error::InvalidArgument(format!(
+                        "IPv6 address {ip} is not a usable container address of network {} ({})",
+                        network.name, side.subnet
+                    )));
+                }
+                Some(ip)
+            }
+            (address, None) => {
+                return Err(Error::InvalidArgument(format!(
+                    "IPv6 address {address} on network {}, which has no IPv6",
+                    network.name
+                )));
+            }
+        };
         if interface.address.is_empty() {
             return Err(Error::InvalidArgument(
                 "the endpoint has no IPv4 address: Docker's IPAM (or --ipam-driver) must give one"
@@ -341,12 +391,13 @@ impl Service {
             given => given.parse()?,
         };
         let (port_map, exposed) = endpoint_ports(&request.options)?;
-        port_requests(&port_map, Ipv4Addr::UNSPECIFIED)?;
+        port_requests(&port_map, &[Ipv4Addr::UNSPECIFIED.into()])?;
         let exposed = exposed_ports(&exposed)?;
         let record = DockerEndpointRecord {
             endpoint_id: request.endpoint_id.clone(),
             network_id: network.id.clone(),
             ip,
+            ipv6,
             mac,
             port_map,
             exposed,
@@ -464,6 +515,11 @@ impl Service {
                     .unwrap_or_else(|| INTERFACE_PREFIX.into()),
             },
             gateway: (!network.internal && network.has_gateway()).then_some(network.gateway),
+            gateway_ipv6: network
+                .ipv6
+                .as_ref()
+                .filter(|_| !network.internal && record.ipv6.is_some())
+                .map(|side| side.gateway),
             disable_gateway_service: false,
         };
         if let Some(holder) = self.holder_of(&record.endpoint_id) {
@@ -515,6 +571,8 @@ impl Service {
             host_veth_mac: None,
             aliases: Vec::new(),
             requested_ip: None,
+            ipv6: record.ipv6,
+            requested_ipv6: None,
             pending: true,
             gw_priority: 0,
             sub_interface: false,
@@ -582,7 +640,10 @@ impl Service {
             })?;
         let network = self.docker_network(&request.network_id)?.clone();
         let (port_map, exposed) = endpoint_ports(&request.options)?;
-        let requests = port_requests(&port_map, default_host_ip(&self.settings, Some(&network)))?;
+        let ipv6 = self.publishes_ipv6(&container);
+        let host_ips = default_host_ips(&self.settings, Some(&network), ipv6);
+        let requests = port_requests(&port_map, &host_ips)?;
+        self.check_port_families(&requests, ipv6)?;
         if !container.ports.is_empty() {
             if satisfies(&container.ports, &requests) {
                 return Ok(());
@@ -643,7 +704,7 @@ mod tests {
 
     #[test]
     fn port_map_entries_become_requests() {
-        let default_ip: Ipv4Addr = "192.0.2.1".parse().unwrap();
+        let default_ip: IpAddr = "192.0.2.1".parse().unwrap();
         let map = [
             binding(8080, 8080),
             binding(0, 0),
@@ -654,7 +715,7 @@ mod tests {
                 ..binding(53, 0)
             },
         ];
-        let requests = port_requests(&map, default_ip).unwrap();
+        let requests = port_requests(&map, &[default_ip]).unwrap();
         let host_ports: Vec<HostPort> = requests.iter().map(|r| r.host_port).collect();
         assert_eq!(
             host_ports,
@@ -668,19 +729,27 @@ mod tests {
         assert_eq!(requests[0].host_ip, default_ip);
         assert_eq!(
             (requests[3].proto, requests[3].host_ip),
-            (Proto::Udp, Ipv4Addr::LOCALHOST)
+            (Proto::Udp, IpAddr::from(Ipv4Addr::LOCALHOST))
         );
         let v6 = DockerPortBinding {
             host_ip: "::".into(),
             ..binding(80, 80)
         };
-        assert!(port_requests(&[v6], default_ip).is_err());
+        assert_eq!(
+            port_requests(&[v6], &[default_ip]).unwrap()[0].host_ip,
+            IpAddr::from(std::net::Ipv6Addr::UNSPECIFIED)
+        );
+        let bad = DockerPortBinding {
+            host_ip: "nope".into(),
+            ..binding(80, 80)
+        };
+        assert!(port_requests(&[bad], &[default_ip]).is_err());
     }
 
     #[test]
     fn a_repeated_program_call_is_recognised() {
-        let ip = Ipv4Addr::UNSPECIFIED;
-        let requests = port_requests(&[binding(0, 0), binding(8000, 8010)], ip).unwrap();
+        let ip = IpAddr::from(Ipv4Addr::UNSPECIFIED);
+        let requests = port_requests(&[binding(0, 0), binding(8000, 8010)], &[ip]).unwrap();
         let bound = |first: u16, second: u16| {
             [first, second].map(|host_port| PortBinding {
                 proto: Proto::Tcp,
@@ -704,9 +773,9 @@ mod tests {
             "docker-88d6dedf4868"
         );
         assert_eq!(
-            parse_cidr_address("a", "10.0.0.2/24").unwrap(),
+            parse_cidr_address::<Ipv4Addr>("a", "10.0.0.2/24").unwrap(),
             Ipv4Addr::new(10, 0, 0, 2)
         );
-        assert!(parse_cidr_address("a", "fe80::1/64").is_err());
+        assert!(parse_cidr_address::<Ipv4Addr>("a", "fe80::1/64").is_err());
     }
 }
