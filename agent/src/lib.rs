@@ -23,6 +23,7 @@ macro_rules! serde_as_string {
 
 pub mod api;
 pub mod client;
+pub mod cni;
 pub mod config;
 pub mod daemon;
 pub mod dataplane;

@@ -11,6 +11,7 @@
 //! here: the dataplane of the run, the agent flags it implies, and clients and servers
 //! inside namespaces.
 
+pub mod cni;
 pub mod docker;
 pub mod figures;
 pub mod packet;
