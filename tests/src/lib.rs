@@ -12,6 +12,7 @@
 //! inside namespaces.
 
 pub mod cni;
+pub mod cri;
 pub mod docker;
 pub mod figures;
 pub mod packet;

@@ -44,6 +44,7 @@ pub const BEHAVIOUR_SUITES: &[&str] = &[
     "faults",
     "gateway_modes",
     "cni",
+    "cni_containerd",
 ];
 
 /// A test executable cargo built.

@@ -108,15 +108,18 @@ impl Invocation {
     }
 }
 
-/// A `portMappings` entry as runtimes write it.
+/// A `portMappings` entry as runtimes write it: CONVENTIONS.md's keys, or the Go field
+/// names containerd's go-cni sends (Go's JSON decoding, which the reference portmap plugin
+/// uses, ignores case).
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "camelCase")]
 pub struct PortMapping {
+    #[serde(rename = "hostPort", alias = "HostPort")]
     pub host_port: u16,
+    #[serde(rename = "containerPort", alias = "ContainerPort")]
     pub container_port: u16,
-    #[serde(default)]
+    #[serde(default, alias = "Protocol")]
     pub protocol: Option<String>,
-    #[serde(rename = "hostIP", default)]
+    #[serde(rename = "hostIP", default, alias = "HostIP", alias = "hostIp")]
     pub host_ip: Option<String>,
 }
 
@@ -291,8 +294,13 @@ impl NetConf {
         if raw.plugin_type.is_none_or(|t| t.is_empty()) {
             return Err(invalid_config("type is missing".into()));
         }
+        // DEL is best effort (SPEC.md): it needs the attachment's key, not what ADD took
+        // from the configuration, so a part it cannot read does not stop it.
+        let lenient = command == Command::Del;
         let (ipam_subnet, ipam_gateway) = match &raw.ipam {
-            Some(ipam) => ipam_subnet(ipam)?,
+            Some(ipam) => {
+                ipam_subnet(ipam).or_else(|e| if lenient { Ok((None, None)) } else { Err(e) })?
+            }
             None => (None, None),
         };
         let network = CniNetwork {
@@ -323,7 +331,13 @@ impl NetConf {
                 .unwrap_or_else(|| DEFAULT_AGENT_SOCKET.into()),
             state_dir: raw.state_dir.unwrap_or_else(|| DEFAULT_STATE_DIR.into()),
             dns: raw.dns,
-            runtime_config: runtime_config(raw.runtime_config)?,
+            runtime_config: runtime_config(raw.runtime_config).or_else(|e| {
+                if lenient {
+                    Ok(RuntimeConfig::default())
+                } else {
+                    Err(e)
+                }
+            })?,
             prev_result: raw.prev_result,
             valid_attachments: raw.valid_attachments,
         })
@@ -465,7 +479,8 @@ mod tests {
                  "runtimeConfig": {
                     "portMappings": [{"hostPort": 8080, "containerPort": 80, "protocol": "tcp"},
                                      {"hostPort": 5353, "containerPort": 53, "protocol": "UDP", "hostIP": "10.0.0.1"},
-                                     {"hostPort": 8080, "containerPort": 80, "protocol": "tcp", "hostIP": "::"}],
+                                     {"hostPort": 8080, "containerPort": 80, "protocol": "tcp", "hostIP": "::"},
+                                     {"HostPort": 9090, "ContainerPort": 90, "Protocol": "tcp", "HostIP": ""}],
                     "ips": ["fd00::5/64", "10.244.1.7/24"],
                     "mac": "c2:11:22:33:44:55",
                     "io.kubernetes.cri.pod-annotations": {"a": "b"}
@@ -487,7 +502,8 @@ mod tests {
         );
         assert_eq!(conf.dns.nameservers, ["10.96.0.10"]);
         let mappings = conf.port_mappings().unwrap();
-        assert_eq!(mappings.len(), 2, "the IPv6 one is left out: {mappings:?}");
+        assert_eq!(mappings.len(), 3, "the IPv6 one is left out: {mappings:?}");
+        assert_eq!(mappings[2].host_port, 9090, "go-cni's keys");
         assert_eq!(mappings[1].protocol, Proto::Udp);
         assert_eq!(mappings[1].host_ip, Some(Ipv4Addr::new(10, 0, 0, 1)));
         assert_eq!(
@@ -572,6 +588,14 @@ mod tests {
             )
             .code,
             ErrorCode::Decoding
+        );
+        // DEL reads past what it does not need.
+        assert!(
+            NetConf::parse(
+                br#"{"cniVersion": "1.1.0", "name": "n", "type": "t", "ipam": {"type": "dhcp"}, "runtimeConfig": {"bandwidth": {}}}"#,
+                Command::Del
+            )
+            .is_ok()
         );
         assert_eq!(version_of(b"{\"cniVersion\": \"0.4.0\"}"), "0.4.0");
         assert_eq!(version_of(b"garbage"), CURRENT_VERSION);
