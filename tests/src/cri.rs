@@ -334,8 +334,9 @@ impl CriClient {
 }
 
 /// Writes an OCI image layout tarball of one layer, a static busybox, whose entrypoint
-/// sleeps: the pause process of the sandboxes. `ctr images import` takes it as
-/// `SANDBOX_IMAGE` (the `io.containerd.image.name` annotation).
+/// sleeps: the pause process of the sandboxes, and podman's container. `ctr images import`
+/// and `podman load` take it as `SANDBOX_IMAGE` (the `io.containerd.image.name` and
+/// `org.opencontainers.image.ref.name` annotations).
 pub fn write_sandbox_image(dir: &Path) -> Result<PathBuf> {
     let layout = dir.join("image");
     let blobs = layout.join("blobs/sha256");
@@ -382,7 +383,8 @@ pub fn write_sandbox_image(dir: &Path) -> Result<PathBuf> {
         "schemaVersion": 2,
         "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json",
                        "digest": manifest_digest, "size": manifest_size,
-                       "annotations": {"io.containerd.image.name": SANDBOX_IMAGE}}],
+                       "annotations": {"io.containerd.image.name": SANDBOX_IMAGE,
+                                       "org.opencontainers.image.ref.name": SANDBOX_IMAGE}}],
     });
     fs::write(layout.join("index.json"), serde_json::to_vec(&index)?)?;
     fs::write(

@@ -16,6 +16,7 @@ pub mod cri;
 pub mod docker;
 pub mod figures;
 pub mod packet;
+pub mod podman;
 
 use std::{
     fs,

@@ -45,6 +45,7 @@ pub const BEHAVIOUR_SUITES: &[&str] = &[
     "gateway_modes",
     "cni",
     "cni_containerd",
+    "cni_podman",
 ];
 
 /// A test executable cargo built.
