@@ -36,6 +36,7 @@ pub mod metrics;
 pub mod model;
 pub mod netlink;
 pub mod netns;
+pub mod peers;
 pub mod service;
 pub mod store;
 

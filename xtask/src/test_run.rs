@@ -46,6 +46,7 @@ pub const BEHAVIOUR_SUITES: &[&str] = &[
     "cni",
     "cni_containerd",
     "cni_podman",
+    "cni_multinode",
 ];
 
 /// A test executable cargo built.

@@ -173,6 +173,7 @@ struct RawConf {
     icc: Option<bool>,
     ip_masq: Option<bool>,
     bridge: Option<String>,
+    gateway_mode: Option<String>,
     agent_socket: Option<PathBuf>,
     state_dir: Option<PathBuf>,
     #[serde(default)]
@@ -311,6 +312,7 @@ impl NetConf {
             icc: raw.icc,
             ip_masq: raw.ip_masq,
             bridge: raw.bridge,
+            gateway_mode: raw.gateway_mode,
         };
         if let Some(subnet) = &network.subnet {
             subnet
@@ -498,6 +500,7 @@ mod tests {
                 icc: Some(false),
                 ip_masq: Some(true),
                 bridge: Some("cni0".into()),
+                gateway_mode: None,
             }
         );
         assert_eq!(conf.dns.nameservers, ["10.96.0.10"]);

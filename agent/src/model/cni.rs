@@ -34,6 +34,14 @@ pub struct CniNetwork {
     /// The Linux bridge's name.
     #[serde(rename = "Bridge", default, skip_serializing_if = "Option::is_none")]
     pub bridge: Option<String>,
+    /// `nat`, `nat-unprotected`, `routed` or `isolated`, as `gateway_mode_ipv4`: pods that
+    /// other nodes reach at their own addresses need `nat-unprotected` or `routed`.
+    #[serde(
+        rename = "GatewayMode",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub gateway_mode: Option<String>,
 }
 
 /// A CNI `portMappings` entry: `hostIP` empty or absent for every node address.

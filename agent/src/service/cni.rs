@@ -15,7 +15,8 @@ use crate::{
         CNI_CONTAINER_PREFIX, CniAttachRequest, CniAttachment, CniNetwork, CniPortMapping,
         ContainerRecord, CreateContainer, CreateNetwork, EndpointConfig, EndpointIpamConfig,
         HostBinding, HostConfig, Ipam, IpamConfig, ManagedBy, NetworkRecord, NetworkingConfig,
-        OPT_BRIDGE_NAME, OPT_ENABLE_ICC, OPT_ENABLE_IP_MASQUERADE, OPT_ENDPOINT_IFNAME, OPT_MTU,
+        OPT_BRIDGE_NAME, OPT_ENABLE_ICC, OPT_ENABLE_IP_MASQUERADE, OPT_ENDPOINT_IFNAME,
+        OPT_GATEWAY_MODE_IPV4, OPT_MTU,
     },
     netlink, netns,
 };
@@ -65,6 +66,14 @@ fn check_network_matches(network: &NetworkRecord, wanted: &CniNetwork) -> Result
     {
         differences.push(format!("bridge {} (configured: {bridge})", network.bridge));
     }
+    if let Some(mode) = &wanted.gateway_mode
+        && mode != network.gateway_mode_ipv4.as_str()
+    {
+        differences.push(format!(
+            "gatewayMode {} (configured: {mode})",
+            network.gateway_mode_ipv4.as_str()
+        ));
+    }
     if differences.is_empty() {
         Ok(())
     } else {
@@ -91,6 +100,7 @@ fn network_request(wanted: &CniNetwork) -> CreateNetwork {
         wanted.ip_masq.map(|b| b.to_string()),
     );
     set(OPT_MTU, wanted.mtu.map(|m| m.to_string()));
+    set(OPT_GATEWAY_MODE_IPV4, wanted.gateway_mode.clone());
     let ipam = wanted.subnet.as_ref().map(|subnet| Ipam {
         config: vec![IpamConfig {
             subnet: Some(subnet.clone()),
