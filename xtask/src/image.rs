@@ -104,6 +104,16 @@ pub fn write_image(spec: &ImageSpec) -> Result<PathBuf> {
     for applet in APPLETS {
         std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet))?;
     }
+    // Runtimes name pod namespaces by /var/run/netns/... paths (containerd does), which the
+    // agent opens in its own mount namespace: /var/run is /run there too.
+    fs::create_dir_all(rootfs.join("var"))?;
+    fs::create_dir_all(rootfs.join("run"))?;
+    std::os::unix::fs::symlink("../run", rootfs.join("var/run"))?;
+    fs::create_dir_all(rootfs.join("tmp"))?;
+    fs::set_permissions(
+        rootfs.join("tmp"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o1777),
+    )?;
     let layer_path = work.path().join("layer.tar");
     cmd::run(
         Command::new("tar")
@@ -266,6 +276,7 @@ mod tests {
             "usr/local/bin/bpfbridge-cni",
             "bin/busybox",
             "bin/sh",
+            "var/run",
         ] {
             assert!(listing.lines().any(|l| l == path), "{path} in {listing}");
         }
