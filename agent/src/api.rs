@@ -18,7 +18,10 @@ use tokio::sync::Mutex;
 use crate::{
     Error,
     metrics::Metrics,
-    model::{ConnectRequest, CreateContainer, CreateFilter, CreateNetwork, DisconnectRequest},
+    model::{
+        CniAttachRequest, ConnectRequest, CreateContainer, CreateFilter, CreateNetwork,
+        DisconnectRequest,
+    },
     service::Service,
 };
 
@@ -95,6 +98,14 @@ pub fn router(service: Shared, metrics: Arc<Metrics>) -> Router {
         .route("/monitor", get(monitor))
         .route("/ports", get(ports))
         .route("/stats", get(stats))
+        .route(
+            "/cni/attachments",
+            get(list_cni_attachments).post(cni_attach),
+        )
+        .route(
+            "/cni/attachments/{container_id}/{ifname}",
+            get(check_cni_attachment).delete(cni_detach),
+        )
         .fallback(|| async { ApiError(Error::NotFound("no such API endpoint".into())) })
         .with_state(service)
         // Around each route (`Router::layer`), where the matched route is known.
@@ -215,6 +226,33 @@ async fn ports(State(s): State<Shared>) -> ApiResult<impl IntoResponse> {
 
 async fn stats(State(s): State<Shared>) -> ApiResult<impl IntoResponse> {
     Ok(Json(s.lock().await.stats()?))
+}
+
+async fn list_cni_attachments(State(s): State<Shared>) -> ApiResult<impl IntoResponse> {
+    Ok(Json(s.lock().await.cni_attachments()?))
+}
+
+async fn cni_attach(State(s): State<Shared>, bytes: Bytes) -> ApiResult<impl IntoResponse> {
+    let request: CniAttachRequest = body(&bytes)?;
+    let attached = s.lock().await.cni_attach(request).await?;
+    Ok((StatusCode::CREATED, Json(attached)))
+}
+
+async fn check_cni_attachment(
+    State(s): State<Shared>,
+    Path((container_id, ifname)): Path<(String, String)>,
+) -> ApiResult<impl IntoResponse> {
+    Ok(Json(
+        s.lock().await.cni_check(&container_id, &ifname).await?,
+    ))
+}
+
+async fn cni_detach(
+    State(s): State<Shared>,
+    Path((container_id, ifname)): Path<(String, String)>,
+) -> ApiResult<impl IntoResponse> {
+    s.lock().await.cni_detach(&container_id, &ifname).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 async fn list_filters(State(s): State<Shared>) -> ApiResult<impl IntoResponse> {

@@ -356,6 +356,10 @@ pub struct Settings {
     // metric families.
     #[arg(long, value_name = "HOST:PORT")]
     pub metrics_addr: Option<SocketAddr>,
+    /// Route another node's pod CIDR through its address, as CIDR=VIA (repeatable): the
+    /// host-gw routing of a cluster whose nodes share the uplink network (docs/kubernetes.md).
+    #[arg(long = "peer-node", value_name = "CIDR=VIA")]
+    pub peer_node: Vec<crate::peers::PeerNode>,
 }
 
 /// Where dockerd discovers plugins by their socket's name.
@@ -399,6 +403,7 @@ impl Default for Settings {
             docker_plugin: None,
             docker_plugin_socket: None,
             metrics_addr: None,
+            peer_node: Vec::new(),
         }
     }
 }
@@ -727,6 +732,7 @@ mod tests {
                 "--docker-plugin=bb",
                 "--docker-plugin-socket=/run/bb.sock",
                 "--metrics-addr=127.0.0.1:9323",
+                "--peer-node=10.244.2.0/24=192.0.2.12",
             ],
         )
         .unwrap();

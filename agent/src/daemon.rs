@@ -84,6 +84,7 @@ pub async fn run(settings: Settings, socket: PathBuf) -> Result<()> {
     // between is lost.
     let interface_changes = netlink::interface_changes()?;
     let uplink_hook = settings.uplink_hook;
+    crate::peers::route_peers(&handle, &settings.peer_node).await?;
     let service = Service::start(handle, settings, move |uplink| {
         Ok(match dataplane {
             DataplaneKind::Iptables => {

@@ -23,6 +23,7 @@ macro_rules! serde_as_string {
 
 pub mod api;
 pub mod client;
+pub mod cni;
 pub mod config;
 pub mod daemon;
 pub mod dataplane;
@@ -35,6 +36,7 @@ pub mod metrics;
 pub mod model;
 pub mod netlink;
 pub mod netns;
+pub mod peers;
 pub mod service;
 pub mod sockets;
 pub mod store;

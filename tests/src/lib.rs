@@ -11,9 +11,12 @@
 //! here: the dataplane of the run, the agent flags it implies, and clients and servers
 //! inside namespaces.
 
+pub mod cni;
+pub mod cri;
 pub mod docker;
 pub mod figures;
 pub mod packet;
+pub mod podman;
 
 use std::{
     fs,
@@ -147,6 +150,11 @@ impl Agent {
     /// Starts an agent with extra flags and these `--uplink`s instead of the topology's one
     /// (none: every interface of the node, the agent's default).
     pub fn start_on_uplinks(topology: &Topology, uplinks: &[&str], args: &[&str]) -> Result<Self> {
+        Self::start_in(&topology.node, uplinks, args)
+    }
+
+    /// Starts an agent in `node`, a namespace of a topology the test built itself.
+    pub fn start_in(node: &Netns, uplinks: &[&str], args: &[&str]) -> Result<Self> {
         let mut args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
         // BPFBRIDGE_TEST_DATAPLANE=iptables runs the suite against the iptables dataplane,
         // without the userland proxy: the eBPF dataplane has none and does what Docker does
@@ -160,7 +168,7 @@ impl Agent {
         let options = bpfbridge_lab::AgentOptions::new(&bpfbridge_bin())
             .uplinks(uplinks)
             .args(args);
-        Ok(Agent(bpfbridge_lab::Agent::start(&topology.node, options)?))
+        Ok(Agent(bpfbridge_lab::Agent::start(node, options)?))
     }
 
     /// Starts the agent process, expecting it to fail; returns why it did.

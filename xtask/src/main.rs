@@ -2,6 +2,7 @@
 
 mod demo;
 mod fuzz;
+mod image;
 mod reliability;
 mod setup;
 mod test_run;
@@ -88,6 +89,23 @@ enum Task {
         #[arg(long, default_value = "docs/reliability.md")]
         out: PathBuf,
     },
+    /// Write the agent's container image (bpfbridge, bpfbridge-cni and a static busybox) as
+    /// an OCI tarball for `ctr images import`, `podman load` or `docker load`; builds the
+    /// release binaries first unless --debug or --no-build.
+    Image {
+        /// Use the debug binaries of target/debug (to try the image without a release build).
+        #[arg(long)]
+        debug: bool,
+        /// Use the binaries as they are built.
+        #[arg(long)]
+        no_build: bool,
+        /// The image's NAME:TAG.
+        #[arg(long, default_value = concat!("localhost/bpfbridge:", env!("CARGO_PKG_VERSION")))]
+        tag: String,
+        /// Where to write it [default: target/image/bpfbridge.tar].
+        #[arg(long)]
+        output: Option<PathBuf>,
+    },
     /// Run setup and build, then run `bpfbridge ARGS...`, or with no ARGS the demo: an agent,
     /// a container with a published port, and a client in network namespaces of their own.
     Run {
@@ -103,6 +121,12 @@ fn main() -> ExitCode {
         Task::Build { release } => build(release),
         Task::Test { lint, args } => test(lint, &args),
         Task::Run { args } => run(&args),
+        Task::Image {
+            debug,
+            no_build,
+            tag,
+            output,
+        } => image_task(debug, no_build, tag, output),
         Task::Fuzz { seconds, seed } => fuzz::run(seconds, seed),
         Task::Reliability { out } => reliability::render_to(&repo_root().join(out)),
         Task::Bench {
@@ -120,6 +144,26 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn image_task(debug: bool, no_build: bool, tag: String, output: Option<PathBuf>) -> Result<()> {
+    if !debug && !no_build {
+        cargo_build(true)?;
+    }
+    let profile = if debug { "debug" } else { "release" };
+    let spec = image::ImageSpec {
+        bin_dir: target_dir().join(profile),
+        busybox: image::busybox()?,
+        reference: tag,
+        output: output.unwrap_or_else(|| target_dir().join("image/bpfbridge.tar")),
+    };
+    let written = image::write_image(&spec)?;
+    println!(
+        "{} ({}, {profile} binaries)",
+        written.display(),
+        spec.reference
+    );
+    Ok(())
 }
 
 fn build(release: bool) -> Result<()> {

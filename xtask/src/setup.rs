@@ -29,6 +29,9 @@ const APT_PACKAGES: &[&str] = &[
     // dockerd 20.10 and its client, for the Docker plugin tests and `bench --with-docker`; they
     // only ever run it inside a test's own network namespace.
     "docker.io",
+    // podman 4.3 (and containernetworking-plugins), for the CNI plugin's podman test, run in
+    // the test's own namespace with its own storage.
+    "podman",
 ];
 
 /// While this file exists and exits 101, Debian's maintainer scripts start no service: installing

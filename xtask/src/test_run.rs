@@ -45,6 +45,10 @@ pub const BEHAVIOUR_SUITES: &[&str] = &[
     "gateway_modes",
     "macvlan",
     "ipv6",
+    "cni",
+    "cni_containerd",
+    "cni_podman",
+    "cni_multinode",
 ];
 
 /// A test executable cargo built.

@@ -2,6 +2,7 @@
 //! (Docker-shaped JSON, [`api`]).
 
 pub mod api;
+pub mod cni;
 pub mod docker;
 pub mod drivers;
 pub mod filters;
@@ -11,6 +12,7 @@ pub mod records;
 use std::{fmt, net::Ipv4Addr, str::FromStr};
 
 pub use api::*;
+pub use cni::*;
 pub use drivers::NetworkDriver;
 pub use filters::*;
 pub use ports::*;

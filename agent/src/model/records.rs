@@ -216,14 +216,17 @@ impl NetworkRecord {
     }
 }
 
-/// Who drives a network or container: the bpfbridge API, or Docker through the plugin. Docker
-/// keeps its own view of what it drives, so the bpfbridge API only reads it.
+/// Who drives a network or container: the bpfbridge API, Docker through the plugin, or a
+/// container runtime through the CNI plugin. Docker and the runtimes keep their own view of
+/// what they drive, so the bpfbridge API only reads it.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ManagedBy {
     #[default]
     Bpfbridge,
     Docker,
+    /// A CNI attachment (`bpfbridge-cni`): the runtime made the namespace and removes it.
+    Cni,
 }
 
 impl NetworkRecord {

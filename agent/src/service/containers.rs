@@ -30,10 +30,10 @@ use crate::{
 };
 
 /// What creating a container will do, decided before anything changes.
-struct ContainerPlan {
+pub(super) struct ContainerPlan {
     /// The record to save first, pending: its planned endpoints and ports reserve their
     /// addresses and host ports.
-    container: ContainerRecord,
+    pub(super) container: ContainerRecord,
     /// The network of each planned endpoint, in the same order.
     networks: Vec<NetworkRecord>,
     ports: PortPlan,
@@ -58,7 +58,7 @@ impl Service {
 
     /// Validates a create request into a plan: mode and namespace, networks, host ports,
     /// links and each endpoint's address.
-    fn plan_container(&self, request: &CreateContainer) -> Result<ContainerPlan> {
+    pub(super) fn plan_container(&self, request: &CreateContainer) -> Result<ContainerPlan> {
         validate_name("container", &request.name)?;
         if self.state.containers.contains_key(&request.name) {
             return Err(Error::Conflict(format!(
@@ -265,7 +265,10 @@ impl Service {
 
     /// Records the plan (pending), makes what it needs, and records it done; undoes
     /// everything made if a step fails.
-    async fn apply_container_plan(&mut self, plan: ContainerPlan) -> Result<ContainerInspect> {
+    pub(super) async fn apply_container_plan(
+        &mut self,
+        plan: ContainerPlan,
+    ) -> Result<ContainerInspect> {
         let ContainerPlan {
             mut container,
             networks,

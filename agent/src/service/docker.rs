@@ -37,12 +37,14 @@ use crate::{
 /// Docker keeps its own state of what it drives through the plugin; changing it behind
 /// Docker's back would leave the two disagreeing.
 pub(super) fn refuse_docker_managed(kind: &str, name: &str, managed_by: ManagedBy) -> Result<()> {
-    if api_drives(managed_by) {
-        Ok(())
-    } else {
-        Err(Error::Forbidden(format!(
+    match managed_by {
+        ManagedBy::Bpfbridge => Ok(()),
+        ManagedBy::Docker => Err(Error::Forbidden(format!(
             "{kind} {name} is managed by Docker through the bpfbridge plugin; change it with docker"
-        )))
+        ))),
+        ManagedBy::Cni => Err(Error::Forbidden(format!(
+            "{kind} {name} is managed by a container runtime through bpfbridge-cni; remove it with that runtime"
+        ))),
     }
 }
 
@@ -51,7 +53,7 @@ pub(super) fn refuse_docker_managed(kind: &str, name: &str, managed_by: ManagedB
 pub(super) fn api_drives(managed_by: ManagedBy) -> bool {
     match managed_by {
         ManagedBy::Bpfbridge => true,
-        ManagedBy::Docker => false,
+        ManagedBy::Docker | ManagedBy::Cni => false,
     }
 }
 
@@ -63,15 +65,16 @@ pub(super) fn agent_dns_answers_for(container: &ContainerRecord) -> bool {
 
 /// Whether a missing node-side veth means `container`'s endpoint is gone: Docker made the
 /// container side and removes it with the sandbox, so for a sandbox it does (the sandbox
-/// went while the agent was down); the agent recreates its own containers' veths.
+/// went while the agent was down); so does a CNI runtime's namespace, which takes the veth
+/// pair with it; the agent recreates its own containers' veths.
 pub(super) fn endpoint_went_with_its_veth(container: &ContainerRecord) -> bool {
-    container.managed_by == ManagedBy::Docker
+    matches!(container.managed_by, ManagedBy::Docker | ManagedBy::Cni)
 }
 
 /// Whether `container`'s record goes with its last endpoint: a sandbox's does, as it is
-/// only the sandbox's endpoints on our networks.
+/// only the sandbox's endpoints on our networks, and so does a CNI attachment's.
 pub(super) fn forgotten_when_empty(container: &ContainerRecord) -> bool {
-    container.managed_by == ManagedBy::Docker
+    matches!(container.managed_by, ManagedBy::Docker | ManagedBy::Cni)
 }
 
 /// Docker names the interface it moves into the sandbox this prefix plus a number.

@@ -4,6 +4,7 @@
 //! and nothing leaks.
 
 mod addresses;
+mod cni;
 mod containers;
 mod docker;
 mod docker_ipam;

@@ -1,0 +1,236 @@
+//! The ADD result (SPEC.md, "ADD Success") in the shape of each supported version: 0.4.0's
+//! addresses carry `"version": "4"`, 1.0.0 dropped it, 1.1.0 added interfaces' `mtu`.
+
+use serde::{Deserialize, Serialize};
+
+use super::version_at_least;
+use crate::model::CniAttachment;
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Interface {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtu: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sandbox: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IpConfig {
+    /// 0.4.0 only: "4" or "6".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    pub address: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<String>,
+    /// The index into `interfaces` of the interface the address is on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interface: Option<usize>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Route {
+    pub dst: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gw: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Dns {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nameservers: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub domain: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub search: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub options: Vec<String>,
+}
+
+impl Dns {
+    fn is_empty(&self) -> bool {
+        *self == Dns::default()
+    }
+}
+
+/// An ADD result (or a `prevResult`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CniResult {
+    #[serde(rename = "cniVersion")]
+    pub cni_version: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub interfaces: Vec<Interface>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ips: Vec<IpConfig>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<Route>,
+    #[serde(default, skip_serializing_if = "Dns::is_empty")]
+    pub dns: Dns,
+}
+
+impl CniResult {
+    /// What an attachment adds: the node-side veth, the container interface (its index is
+    /// the addresses' `interface`), the address with the gateway, the default route, and
+    /// the configuration's DNS.
+    pub fn of_attachment(attachment: &CniAttachment, dns: &super::Dns) -> Self {
+        let gateway = attachment.gateway.map(|g| g.to_string());
+        CniResult {
+            cni_version: String::new(),
+            interfaces: vec![
+                Interface {
+                    name: attachment.host_veth.clone(),
+                    mtu: Some(attachment.mtu),
+                    ..Interface::default()
+                },
+                Interface {
+                    name: attachment.ifname.clone(),
+                    mac: Some(attachment.mac.to_string()),
+                    mtu: Some(attachment.mtu),
+                    sandbox: Some(attachment.netns.clone()),
+                },
+            ],
+            ips: vec![IpConfig {
+                version: None,
+                address: format!("{}/{}", attachment.ip, attachment.prefix_len),
+                gateway: gateway.clone(),
+                interface: Some(1),
+            }],
+            routes: gateway
+                .map(|gw| Route {
+                    dst: "0.0.0.0/0".into(),
+                    gw: Some(gw),
+                })
+                .into_iter()
+                .collect(),
+            dns: dns.clone(),
+        }
+    }
+
+    /// `self` added to a previous plugin's result: its interfaces first, ours after them
+    /// (our addresses' indices moved along), DNS ours only where it has none.
+    pub fn after(mut self, previous: CniResult) -> Self {
+        let offset = previous.interfaces.len();
+        for ip in &mut self.ips {
+            ip.interface = ip.interface.map(|i| i + offset);
+        }
+        let mut merged = previous;
+        merged.interfaces.append(&mut self.interfaces);
+        merged.ips.append(&mut self.ips);
+        merged.routes.append(&mut self.routes);
+        if merged.dns.is_empty() {
+            merged.dns = self.dns;
+        }
+        merged
+    }
+
+    /// The result in `version`'s shape.
+    pub fn in_version(mut self, version: &str) -> Self {
+        self.cni_version = version.to_string();
+        let before_1_0 = !version_at_least(version, "1.0.0");
+        for ip in &mut self.ips {
+            ip.version =
+                before_1_0.then(|| if ip.address.contains(':') { "6" } else { "4" }.to_string());
+        }
+        if !version_at_least(version, "1.1.0") {
+            for interface in &mut self.interfaces {
+                interface.mtu = None;
+            }
+        }
+        self
+    }
+
+    /// The address (`ADDRESS/PREFIX`) the result gives interface `ifname` in `sandbox`.
+    pub fn address_of(&self, ifname: &str, sandbox: &str) -> Option<&str> {
+        let index = self
+            .interfaces
+            .iter()
+            .position(|i| i.name == ifname && i.sandbox.as_deref() == Some(sandbox))?;
+        self.ips
+            .iter()
+            .find(|ip| ip.interface == Some(index))
+            .map(|ip| ip.address.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{MacAddress, Proto};
+
+    fn attachment() -> CniAttachment {
+        CniAttachment {
+            container_id: "abc".into(),
+            ifname: "eth0".into(),
+            netns: "/run/netns/x".into(),
+            network: "pods".into(),
+            bridge: "cni0".into(),
+            ip: "10.22.0.2".parse().unwrap(),
+            prefix_len: 24,
+            gateway: Some("10.22.0.1".parse().unwrap()),
+            mac: MacAddress([2, 0x42, 10, 22, 0, 2]),
+            mtu: 1500,
+            host_veth: "veth1234567".into(),
+            port_mappings: vec![crate::model::CniPortMapping {
+                host_port: 8080,
+                container_port: 80,
+                protocol: Proto::Tcp,
+                host_ip: None,
+            }],
+            problems: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn results_take_the_requested_versions_shape() {
+        let dns = Dns {
+            nameservers: vec!["10.96.0.10".into()],
+            ..Dns::default()
+        };
+        let result = CniResult::of_attachment(&attachment(), &dns);
+        let v1_1 = serde_json::to_value(result.clone().in_version("1.1.0")).unwrap();
+        assert_eq!(
+            v1_1,
+            serde_json::json!({
+                "cniVersion": "1.1.0",
+                "interfaces": [
+                    {"name": "veth1234567", "mtu": 1500},
+                    {"name": "eth0", "mac": "02:42:0a:16:00:02", "mtu": 1500, "sandbox": "/run/netns/x"}
+                ],
+                "ips": [{"address": "10.22.0.2/24", "gateway": "10.22.0.1", "interface": 1}],
+                "routes": [{"dst": "0.0.0.0/0", "gw": "10.22.0.1"}],
+                "dns": {"nameservers": ["10.96.0.10"]}
+            })
+        );
+        let v1_0 = serde_json::to_value(result.clone().in_version("1.0.0")).unwrap();
+        assert!(v1_0["interfaces"][1].get("mtu").is_none(), "{v1_0}");
+        assert!(v1_0["ips"][0].get("version").is_none(), "{v1_0}");
+        let v0_4 = serde_json::to_value(result.in_version("0.4.0")).unwrap();
+        assert_eq!(v0_4["cniVersion"], "0.4.0");
+        assert_eq!(v0_4["ips"][0]["version"], "4");
+    }
+
+    #[test]
+    fn a_previous_result_is_kept_and_extended() {
+        let previous: CniResult = serde_json::from_str(
+            r#"{"cniVersion": "0.4.0",
+                "interfaces": [{"name": "lo0", "sandbox": "/run/netns/x"}],
+                "ips": [{"version": "4", "address": "192.0.2.5/32", "interface": 0}],
+                "dns": {"nameservers": ["192.0.2.53"]}}"#,
+        )
+        .unwrap();
+        let ours = CniResult::of_attachment(&attachment(), &Dns::default());
+        let merged = ours.after(previous).in_version("1.1.0");
+        assert_eq!(merged.interfaces.len(), 3);
+        assert_eq!(merged.ips[0].address, "192.0.2.5/32");
+        assert_eq!(merged.ips[0].version, None, "in 1.1.0's shape");
+        assert_eq!(merged.ips[1].interface, Some(2));
+        assert_eq!(merged.dns.nameservers, ["192.0.2.53"]);
+        assert_eq!(
+            merged.address_of("eth0", "/run/netns/x"),
+            Some("10.22.0.2/24")
+        );
+        assert_eq!(merged.address_of("eth0", "/run/netns/other"), None);
+    }
+}
