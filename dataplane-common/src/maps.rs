@@ -96,6 +96,7 @@ pub const FRAGMENT_TIMEOUT_NS: u64 = 30_000_000_000;
 pub const IPPROTO_TCP: u8 = 6;
 pub const IPPROTO_UDP: u8 = 17;
 pub const IPPROTO_ICMP: u8 = 1;
+pub const IPPROTO_ICMPV6: u8 = 58;
 
 /// Key of [`PUBLISHED_PORTS`]. `host_ip_be == 0` means "every node address".
 #[repr(C)]
