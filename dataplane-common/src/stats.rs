@@ -74,6 +74,9 @@ stats! {
     ContainerRedirectIcmpErrorNeigh = "container_ingress.redirect.icmp_error_resolve_neighbour",
     ContainerDropUntracked = "container_ingress.drop.untracked_segment",
     ContainerDropNoMasqueradeSource = "container_ingress.drop.no_masquerade_source",
+    UplinkPassUnparsedHeaders = "uplink_ingress.pass.unparsed_headers",
+    ContainerPassUnparsedHeaders = "container_ingress.pass.unparsed_headers",
+    ContainerPassIpv6 = "container_ingress.pass.ipv6",
 }
 
 /// Size of the per-CPU counter array. New counters go at the end of the list above: an

@@ -10,7 +10,8 @@
 // 2. nat (published ports), conntrack (masquerade, links), policy (isolation, filters),
 //    sock (node-local sockets); then icmp (errors about the flows of nat and conntrack),
 //    which looks published ports up as nat does;
-// 3. uplink, container: what each program does with a frame, over the modules of 2.
+// 3. uplink, container: what each program does with a frame, over the modules of 2; ipv6:
+//    what both do with an IPv6 frame.
 mod conntrack;
 mod container;
 mod events;
@@ -19,6 +20,7 @@ mod flowtable;
 mod frag;
 mod frame;
 mod icmp;
+mod ipv6;
 mod maps;
 mod nat;
 mod policy;

@@ -1,0 +1,334 @@
+//! IPv6 through the packet programs: crafted frames (extension header chains, fragments,
+//! ICMPv6, neighbour discovery, malformed headers) in, verdict, output frame and counter
+//! out. What the programs do not translate passes untouched, never dropped; a malformed
+//! frame is a counted drop.
+
+use std::net::Ipv6Addr;
+
+use super::*;
+
+pub(crate) const WORLD_IP6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 2);
+pub(crate) const NODE_IP6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1);
+pub(crate) const CONTAINER_IP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 2);
+
+const ETH_P_IPV6: u16 = 0x86dd;
+pub(crate) const IPPROTO_ICMPV6: u8 = 58;
+pub(crate) const NEXTHDR_HOP: u8 = 0;
+const NEXTHDR_ROUTING: u8 = 43;
+pub(crate) const NEXTHDR_FRAGMENT: u8 = 44;
+const NEXTHDR_ESP: u8 = 50;
+const NEXTHDR_AUTH: u8 = 51;
+pub(crate) const NEXTHDR_DEST: u8 = 60;
+
+/// An IPv6 packet to build: addresses, extension headers (kind, bytes; each one's next
+/// header is filled in), the upper-layer protocol and its bytes (whose checksum, for TCP,
+/// UDP and ICMPv6, is computed over the pseudo-header unless `keep_checksum`).
+#[derive(Clone)]
+pub(crate) struct Packet6 {
+    pub src: Ipv6Addr,
+    pub dst: Ipv6Addr,
+    pub hop_limit: u8,
+    pub extensions: Vec<(u8, Vec<u8>)>,
+    pub protocol: u8,
+    pub upper: Vec<u8>,
+    pub keep_checksum: bool,
+    pub src_mac: [u8; 6],
+    pub dst_mac: [u8; 6],
+}
+
+impl Packet6 {
+    /// A TCP segment with `flags` from `src`:`sport` to `dst`:`dport`, world to node MACs.
+    pub fn tcp(src: Ipv6Addr, sport: u16, dst: Ipv6Addr, dport: u16, flags: u8) -> Self {
+        let mut tcp = vec![0u8; 20];
+        tcp[0..2].copy_from_slice(&sport.to_be_bytes());
+        tcp[2..4].copy_from_slice(&dport.to_be_bytes());
+        tcp[4..8].copy_from_slice(&0x0102_0304u32.to_be_bytes());
+        tcp[12] = 5 << 4;
+        tcp[13] = flags;
+        tcp[14..16].copy_from_slice(&64240u16.to_be_bytes());
+        Self::upper(src, dst, IPPROTO_TCP, tcp)
+    }
+
+    /// A UDP datagram with `payload` bytes of data.
+    pub fn udp(src: Ipv6Addr, sport: u16, dst: Ipv6Addr, dport: u16, payload: usize) -> Self {
+        let mut udp = vec![0u8; 8];
+        udp[0..2].copy_from_slice(&sport.to_be_bytes());
+        udp[2..4].copy_from_slice(&dport.to_be_bytes());
+        udp[4..6].copy_from_slice(&((8 + payload) as u16).to_be_bytes());
+        udp.extend((0..payload).map(|i| i as u8));
+        Self::upper(src, dst, IPPROTO_UDP, udp)
+    }
+
+    /// An ICMPv6 message of `icmp_type` whose body (after the checksum) is `body`.
+    pub fn icmp6(src: Ipv6Addr, dst: Ipv6Addr, icmp_type: u8, body: &[u8]) -> Self {
+        let mut message = vec![icmp_type, 0, 0, 0];
+        message.extend_from_slice(body);
+        Self::upper(src, dst, IPPROTO_ICMPV6, message)
+    }
+
+    fn upper(src: Ipv6Addr, dst: Ipv6Addr, protocol: u8, upper: Vec<u8>) -> Self {
+        Packet6 {
+            src,
+            dst,
+            hop_limit: 64,
+            extensions: Vec::new(),
+            protocol,
+            upper,
+            keep_checksum: false,
+            src_mac: [0x0a, 0, 0, 0, 0, 0x02],
+            dst_mac: [0x0a, 0, 0, 0, 0, 0x01],
+        }
+    }
+
+    pub fn with_extensions(mut self, extensions: &[(u8, Vec<u8>)]) -> Self {
+        self.extensions = extensions.to_vec();
+        self
+    }
+
+    pub fn build(&self) -> Vec<u8> {
+        let mut f = self.dst_mac.to_vec();
+        f.extend_from_slice(&self.src_mac);
+        f.extend_from_slice(&ETH_P_IPV6.to_be_bytes());
+        f.extend_from_slice(&[0x60, 0, 0, 0, 0, 0, 0, self.hop_limit]);
+        f.extend_from_slice(&self.src.octets());
+        f.extend_from_slice(&self.dst.octets());
+        let mut next_at = ETH_HLEN + 6;
+        for (kind, header) in &self.extensions {
+            f[next_at] = *kind;
+            next_at = f.len();
+            f.extend_from_slice(header);
+        }
+        f[next_at] = self.protocol;
+        let l4 = f.len();
+        f.extend_from_slice(&self.upper);
+        let payload_len = (f.len() - ETH_HLEN - 40) as u16;
+        f[ETH_HLEN + 4..ETH_HLEN + 6].copy_from_slice(&payload_len.to_be_bytes());
+        if let Some(at) = checksum_offset(self.protocol).filter(|_| !self.keep_checksum) {
+            f[l4 + at..l4 + at + 2].fill(0);
+            let check = pseudo_checksum(&self.src, &self.dst, self.protocol, &f[l4..]);
+            f[l4 + at..l4 + at + 2].copy_from_slice(&check.to_be_bytes());
+        }
+        f
+    }
+}
+
+/// An extension header of `kind` and `len` bytes (a multiple of 8; a fragment header is
+/// 8 and takes `frag` as its offset word).
+pub(crate) fn extension(kind: u8, len: usize, frag: u16) -> (u8, Vec<u8>) {
+    let mut header = vec![0u8; len];
+    if kind == NEXTHDR_FRAGMENT {
+        header[2..4].copy_from_slice(&frag.to_be_bytes());
+        header[4..8].copy_from_slice(&0x0bad_cafeu32.to_be_bytes());
+    } else {
+        header[1] = (len / 8 - 1) as u8;
+        // PadN filling the options, so the kernel would accept them.
+        if kind != NEXTHDR_ROUTING && len > 2 {
+            header[2] = 1;
+            header[3] = (len - 4) as u8;
+        }
+    }
+    (kind, header)
+}
+
+fn checksum_offset(protocol: u8) -> Option<usize> {
+    match protocol {
+        IPPROTO_TCP => Some(16),
+        IPPROTO_UDP => Some(6),
+        IPPROTO_ICMPV6 => Some(2),
+        _ => None,
+    }
+}
+
+/// The transport checksum over IPv6's pseudo-header and `upper` (big-endian).
+pub(crate) fn pseudo_checksum(src: &Ipv6Addr, dst: &Ipv6Addr, protocol: u8, upper: &[u8]) -> u16 {
+    let mut sum: u64 = 0;
+    let mut add = |bytes: &[u8]| {
+        for chunk in bytes.chunks(2) {
+            sum += u64::from(u16::from_be_bytes([chunk[0], *chunk.get(1).unwrap_or(&0)]));
+        }
+    };
+    add(&src.octets());
+    add(&dst.octets());
+    add(&(upper.len() as u32).to_be_bytes());
+    add(&[0, 0, 0, protocol]);
+    add(upper);
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    let check = !(sum as u16);
+    // UDP sends a computed zero as all ones.
+    if protocol == IPPROTO_UDP && check == 0 {
+        0xffff
+    } else {
+        check
+    }
+}
+
+/// A neighbour solicitation for `target` from the world, to its solicited-node group.
+pub(crate) fn neighbour_solicitation(target: Ipv6Addr) -> Packet6 {
+    let mut body = vec![0u8; 4];
+    body.extend_from_slice(&target.octets());
+    body.extend_from_slice(&[1, 1, 0x0a, 0, 0, 0, 0, 0x02]);
+    let t = target.octets();
+    let group = Ipv6Addr::new(
+        0xff02,
+        0,
+        0,
+        0,
+        0,
+        1,
+        0xff00 | u16::from(t[13]),
+        u16::from_be_bytes([t[14], t[15]]),
+    );
+    Packet6 {
+        hop_limit: 255,
+        dst_mac: [0x33, 0x33, 0xff, t[13], t[14], t[15]],
+        ..Packet6::icmp6(
+            Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 2),
+            group,
+            135,
+            &body,
+        )
+    }
+}
+
+/// Frames every program passes untouched, with the counter each program gives them.
+fn passed_untouched() -> Vec<(&'static str, Vec<u8>, Stat, Stat)> {
+    let syn = Packet6::tcp(WORLD_IP6, 40000, NODE_IP6, 8081, SYN);
+    let echo = Packet6::icmp6(WORLD_IP6, NODE_IP6, 128, &[0x12, 0x34, 0, 1, 1, 2, 3, 4]);
+    let long_chain: Vec<_> = (0..6).map(|_| extension(NEXTHDR_DEST, 8, 0)).collect();
+    let passed = |name, frame, uplink, container| (name, frame, uplink, container);
+    vec![
+        passed(
+            "neighbour solicitation",
+            neighbour_solicitation(NODE_IP6).build(),
+            Stat::UplinkPassNotTcpUdp,
+            Stat::ContainerPassIpv6,
+        ),
+        passed(
+            "neighbour advertisement",
+            Packet6 {
+                hop_limit: 255,
+                ..Packet6::icmp6(WORLD_IP6, NODE_IP6, 136, &[0x60, 0, 0, 0])
+            }
+            .build(),
+            Stat::UplinkPassNotTcpUdp,
+            Stat::ContainerPassIpv6,
+        ),
+        passed(
+            "router solicitation",
+            Packet6::icmp6(WORLD_IP6, "ff02::2".parse().unwrap(), 133, &[0; 4]).build(),
+            Stat::UplinkPassNotTcpUdp,
+            Stat::ContainerPassIpv6,
+        ),
+        passed(
+            "echo request",
+            echo.build(),
+            Stat::UplinkPassNotTcpUdp,
+            Stat::ContainerPassIpv6,
+        ),
+        passed(
+            "tcp to an unpublished port",
+            syn.build(),
+            Stat::UplinkPassNotPublished,
+            Stat::ContainerPassIpv6,
+        ),
+        passed(
+            "tcp behind hop-by-hop, routing and destination options",
+            syn.clone()
+                .with_extensions(&[
+                    extension(NEXTHDR_HOP, 8, 0),
+                    extension(NEXTHDR_ROUTING, 24, 0),
+                    extension(NEXTHDR_DEST, 16, 0),
+                ])
+                .build(),
+            Stat::UplinkPassNotPublished,
+            Stat::ContainerPassIpv6,
+        ),
+        passed(
+            "a chain longer than the parser walks",
+            syn.clone().with_extensions(&long_chain).build(),
+            Stat::UplinkPassNotTcpUdp,
+            Stat::ContainerPassIpv6,
+        ),
+        passed(
+            "ah",
+            Packet6 {
+                protocol: NEXTHDR_AUTH,
+                ..syn.clone()
+            }
+            .build(),
+            Stat::UplinkPassNotTcpUdp,
+            Stat::ContainerPassIpv6,
+        ),
+        passed(
+            "esp",
+            Packet6 {
+                protocol: NEXTHDR_ESP,
+                ..syn.clone()
+            }
+            .build(),
+            Stat::UplinkPassNotTcpUdp,
+            Stat::ContainerPassIpv6,
+        ),
+        passed(
+            "later fragment",
+            Packet6 {
+                keep_checksum: true,
+                ..Packet6::udp(WORLD_IP6, 40000, NODE_IP6, 5353, 16)
+            }
+            .with_extensions(&[extension(NEXTHDR_FRAGMENT, 8, 185 << 3)])
+            .build(),
+            Stat::UplinkPassFragment,
+            Stat::ContainerPassIpv6,
+        ),
+    ]
+}
+
+/// The same frames with their headers broken.
+fn malformed() -> Vec<(&'static str, Vec<u8>)> {
+    let syn = Packet6::tcp(WORLD_IP6, 40000, NODE_IP6, 8081, SYN)
+        .with_extensions(&[extension(NEXTHDR_HOP, 8, 0)])
+        .build();
+    let mut payload_too_long = syn.clone();
+    payload_too_long[ETH_HLEN + 4..ETH_HLEN + 6].copy_from_slice(&1400u16.to_be_bytes());
+    let mut extension_past_the_end = syn.clone();
+    extension_past_the_end[ETH_HLEN + 41] = 100;
+    let mut short_tcp = syn.clone();
+    short_tcp[ETH_HLEN + 4..ETH_HLEN + 6].copy_from_slice(&(8u16 + 12).to_be_bytes());
+    let mut version = syn.clone();
+    version[ETH_HLEN] = 0x45;
+    vec![
+        ("payload length past the frame", payload_too_long),
+        ("extension header past the payload", extension_past_the_end),
+        ("payload too short for tcp", short_tcp),
+        ("ip version 4 in an ipv6 frame", version),
+    ]
+}
+
+#[test]
+fn ipv6_not_ours_passes_untouched_and_malformed_is_a_counted_drop() -> Result<()> {
+    for program in [UPLINK_PROGRAM, UPLINK_TC_PROGRAM, CONTAINER_PROGRAM] {
+        let mut fx = Fixture::new()?;
+        for (name, frame, uplink, container) in passed_untouched() {
+            let name = format!("{program}: {name}");
+            let (verdict, out, stat) = fx.run(program, &frame).context(name.clone())?;
+            let expected = match program {
+                CONTAINER_PROGRAM => (TC_ACT_OK, container),
+                _ => (at_hook(program, XDP_PASS), uplink),
+            };
+            assert_eq!((verdict, stat), expected, "{name}");
+            assert_eq!(out, frame, "{name}: untouched");
+        }
+        for (name, frame) in malformed() {
+            let name = format!("{program}: {name}");
+            let (verdict, _, stat) = fx.run(program, &frame).context(name.clone())?;
+            let expected = match program {
+                CONTAINER_PROGRAM => (TC_ACT_SHOT, Stat::ContainerDropMalformed),
+                _ => (at_hook(program, XDP_DROP), Stat::UplinkDropMalformed),
+            };
+            assert_eq!((verdict, stat), expected, "{name}");
+        }
+    }
+    Ok(())
+}
