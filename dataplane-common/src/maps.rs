@@ -71,6 +71,12 @@ pub const UNREPLIED_RING_LEN: u32 = 16_384;
 /// the ports) for the fragments that follow. An LRU map: fragments are short-lived, and an
 /// evicted entry costs one datagram, never a flow.
 pub const FRAGMENTS: &str = "FRAGMENTS";
+/// IPv6's published ports, node addresses and translated flows: [`PUBLISHED_PORTS`],
+/// [`NODE_ADDRS`] and [`NAT_FLOWS`] with 16-byte addresses (an all-zero host address
+/// meaning every IPv6 address of the node).
+pub const PUBLISHED_PORTS6: &str = "PUBLISHED_PORTS6";
+pub const NODE_ADDRS6: &str = "NODE_ADDRS6";
+pub const NAT_FLOWS6: &str = "NAT_FLOWS6";
 pub const EVENTS_BYTES: u32 = 256 * 1024;
 /// Events per second and CPU that the ring buffer takes; the rest are only counted.
 pub const EVENTS_PER_SECOND: u64 = 1000;
@@ -179,6 +185,64 @@ pub struct NatFlow {
     /// migrated it from a layout without counters).
     pub packets: u64,
     /// Their bytes at the IP level (headers included), as conntrack's accounting counts.
+    pub bytes: u64,
+}
+
+/// Key of [`PUBLISHED_PORTS6`]: [`PortKey`] with an IPv6 host address (all zeros: every
+/// IPv6 address of the node). Addresses are in network order, as on the wire.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct PortKey6 {
+    pub host_ip: [u8; 16],
+    pub host_port_be: u16,
+    pub proto: u8,
+    pub _pad: u8,
+}
+
+/// Value of [`PUBLISHED_PORTS6`]: [`PortTarget`] with the container's IPv6 address.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct PortTarget6 {
+    pub container_ip: [u8; 16],
+    pub container_port_be: u16,
+    pub _pad0: u16,
+    pub host_veth_ifindex: u32,
+    pub container_mac: [u8; 6],
+    pub host_veth_mac: [u8; 6],
+}
+
+/// Key of [`NODE_ADDRS6`]; the value is a [`NodeAddr`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct NodeAddrKey6 {
+    pub addr: [u8; 16],
+}
+
+/// Key of [`NAT_FLOWS6`]: [`FlowKey`] with IPv6 addresses.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct FlowKey6 {
+    pub container_ip: [u8; 16],
+    pub remote_ip: [u8; 16],
+    pub container_port_be: u16,
+    pub remote_port_be: u16,
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+
+/// Value of [`NAT_FLOWS6`]: [`NatFlow`] with IPv6 addresses, the same states and counters.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct NatFlow6 {
+    pub frontend_ip: [u8; 16],
+    pub client_ip: [u8; 16],
+    pub frontend_port_be: u16,
+    pub client_port_be: u16,
+    /// A `CT_*` state: [`CT_NEW`] until the container answers.
+    pub state: u8,
+    pub _pad: [u8; 3],
+    pub last_seen_ns: u64,
+    pub packets: u64,
     pub bytes: u64,
 }
 
@@ -460,6 +524,11 @@ const _: () = assert!(size_of::<CtEntry>() == 32);
 const _: () = assert!(size_of::<NetworkKey>() == 4);
 const _: () = assert!(size_of::<NetworkInfo>() == 8);
 const _: () = assert!(size_of::<Counter>() == 16);
+const _: () = assert!(size_of::<PortKey6>() == 20);
+const _: () = assert!(size_of::<PortTarget6>() == 36);
+const _: () = assert!(size_of::<NodeAddrKey6>() == 16);
+const _: () = assert!(size_of::<FlowKey6>() == 40);
+const _: () = assert!(size_of::<NatFlow6>() == 64);
 const _: () = assert!(size_of::<FragmentKey>() == 12);
 const _: () = assert!(size_of::<FragmentEntry>() == 32);
 
@@ -504,4 +573,9 @@ aya_pod!(
     Counter,
     FragmentKey,
     FragmentEntry,
+    PortKey6,
+    PortTarget6,
+    NodeAddrKey6,
+    FlowKey6,
+    NatFlow6,
 );

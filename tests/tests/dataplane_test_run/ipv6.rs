@@ -5,6 +5,12 @@
 
 use std::net::Ipv6Addr;
 
+use dataplane_common::{
+    FlowKey6, NAT_FLOWS6, NODE_ADDRS6, NatFlow6, NodeAddrKey6, PUBLISHED_PORTS6, PortKey6,
+    PortTarget6,
+    parse::ipv6::{Parsed6, parse_ipv6},
+};
+
 use super::*;
 
 pub(crate) const WORLD_IP6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 2);
@@ -331,4 +337,370 @@ fn ipv6_not_ours_passes_untouched_and_malformed_is_a_counted_drop() -> Result<()
         }
     }
     Ok(())
+}
+
+const EXACT_BOUND_IP6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 7);
+
+impl Fixture {
+    /// [`Fixture::new`] with [`Fixture::publish_ipv6_ports`].
+    fn with_ipv6_ports() -> Result<Self> {
+        let mut fx = Fixture::new()?;
+        fx.publish_ipv6_ports()?;
+        Ok(fx)
+    }
+
+    /// IPv6 published ports: 8080/tcp and 5353/udp on every node address (2001:db8::1),
+    /// 9090/tcp on 2001:db8::7 only, 8081/tcp on [::1], all to [fd00::2]:80 (UDP: 53).
+    pub(crate) fn publish_ipv6_ports(&mut self) -> Result<()> {
+        let fx = self;
+        let mut addrs: HashMap<&mut MapData, NodeAddrKey6, NodeAddr> =
+            HashMap::try_from(fx.ebpf.map_mut(NODE_ADDRS6).unwrap())?;
+        addrs.insert(
+            NodeAddrKey6 {
+                addr: NODE_IP6.octets(),
+            },
+            NodeAddr { ifindex: 2 },
+            0,
+        )?;
+        let mut ports: HashMap<&mut MapData, PortKey6, PortTarget6> =
+            HashMap::try_from(fx.ebpf.map_mut(PUBLISHED_PORTS6).unwrap())?;
+        for (host_ip, host_port, proto, container_port) in [
+            (Ipv6Addr::UNSPECIFIED, 8080u16, IPPROTO_TCP, 80u16),
+            (Ipv6Addr::UNSPECIFIED, 5353, IPPROTO_UDP, 53),
+            (EXACT_BOUND_IP6, 9090, IPPROTO_TCP, 80),
+            (Ipv6Addr::LOCALHOST, 8081, IPPROTO_TCP, 80),
+        ] {
+            ports.insert(
+                PortKey6 {
+                    host_ip: host_ip.octets(),
+                    host_port_be: host_port.to_be(),
+                    proto,
+                    _pad: 0,
+                },
+                PortTarget6 {
+                    container_ip: CONTAINER_IP6.octets(),
+                    container_port_be: container_port.to_be(),
+                    _pad0: 0,
+                    host_veth_ifindex: HOST_VETH_IFINDEX,
+                    container_mac: CONTAINER_MAC,
+                    host_veth_mac: HOST_VETH_MAC,
+                },
+                0,
+            )?;
+        }
+        Ok(())
+    }
+
+    pub(crate) fn flows6(&self) -> Result<Vec<(FlowKey6, NatFlow6)>> {
+        let flows: HashMap<&MapData, FlowKey6, NatFlow6> =
+            HashMap::try_from(self.ebpf.map(NAT_FLOWS6).unwrap())?;
+        Ok(flows.iter().collect::<Result<_, _>>()?)
+    }
+}
+
+/// A parsed view of an IPv6 frame for the assertions: addresses, ports, hop limit, MACs,
+/// and whether its transport checksum is right.
+struct View6<'a>(&'a [u8]);
+
+impl View6<'_> {
+    fn addr(&self, at: usize) -> Ipv6Addr {
+        let bytes: [u8; 16] = self.0[ETH_HLEN + at..ETH_HLEN + at + 16]
+            .try_into()
+            .unwrap();
+        bytes.into()
+    }
+    fn src(&self) -> Ipv6Addr {
+        self.addr(8)
+    }
+    fn dst(&self) -> Ipv6Addr {
+        self.addr(24)
+    }
+    fn hop_limit(&self) -> u8 {
+        self.0[ETH_HLEN + 7]
+    }
+    /// Where the transport header starts, past the extension headers (as the parser
+    /// walks them).
+    fn l4(&self) -> (u8, usize) {
+        match parse_ipv6(self.0, self.0.len()) {
+            Ok(Parsed6::Transport(ip, _) | Parsed6::OtherProtocol(ip)) => {
+                (ip.protocol, ip.l4_offset())
+            }
+            other => panic!("not an IPv6 packet: {other:?}"),
+        }
+    }
+    fn port(&self, at: usize) -> u16 {
+        let l4 = self.l4().1;
+        u16::from_be_bytes([self.0[l4 + at], self.0[l4 + at + 1]])
+    }
+    fn checksum_ok(&self) -> bool {
+        let (protocol, l4) = self.l4();
+        let upper = &self.0[l4..];
+        let mut zeroed = upper.to_vec();
+        let at = checksum_offset(protocol).expect("a checksummed protocol");
+        zeroed[at..at + 2].fill(0);
+        let expected = pseudo_checksum(&self.src(), &self.dst(), protocol, &zeroed);
+        upper[at..at + 2] == expected.to_be_bytes()
+    }
+}
+
+/// The frame was rewritten to [fd00::2]:`port` for the container's veth, and nothing else.
+fn assert_dnat6(out: &[u8], input: &[u8], port: u16, name: &str) {
+    let (o, i) = (View6(out), View6(input));
+    assert_eq!(out.len(), input.len(), "{name}");
+    assert_eq!((o.dst(), o.port(2)), (CONTAINER_IP6, port), "{name}");
+    assert_eq!(
+        (o.src(), o.port(0)),
+        (i.src(), i.port(0)),
+        "{name}: the container sees the client's real address"
+    );
+    assert_eq!(o.hop_limit(), i.hop_limit() - 1, "{name}");
+    assert_eq!(
+        (&out[0..6], &out[6..12]),
+        (&CONTAINER_MAC[..], &HOST_VETH_MAC[..]),
+        "{name}"
+    );
+    assert!(o.checksum_ok(), "{name}: transport checksum");
+    // Everything between the addresses and the ports is as it was (extension headers).
+    let (_, l4) = i.l4();
+    assert_eq!(out[ETH_HLEN + 40..l4], input[ETH_HLEN + 40..l4], "{name}");
+}
+
+/// A table row: name, frame, XDP verdict, counter, and the container port it is translated
+/// to (`None`: untouched).
+type Case6 = (&'static str, Vec<u8>, u32, Stat, Option<u16>);
+
+#[test]
+fn ipv6_published_ports_table() -> Result<()> {
+    let syn = |dst, dport| Packet6::tcp(WORLD_IP6, 40000, dst, dport, SYN);
+    let mut zero_checksum = Packet6::udp(WORLD_IP6, 40001, NODE_IP6, 5353, 12).build();
+    let udp_l4 = ETH_HLEN + 40;
+    zero_checksum[udp_l4 + 6..udp_l4 + 8].fill(0);
+    let cases: Vec<Case6> = vec![
+        (
+            "tcp to a port published on every node address",
+            syn(NODE_IP6, 8080).build(),
+            XDP_REDIRECT,
+            Stat::UplinkRedirectDnat,
+            Some(80),
+        ),
+        (
+            "behind hop-by-hop and destination options",
+            syn(NODE_IP6, 8080)
+                .with_extensions(&[extension(NEXTHDR_HOP, 8, 0), extension(NEXTHDR_DEST, 24, 0)])
+                .build(),
+            XDP_REDIRECT,
+            Stat::UplinkRedirectDnat,
+            Some(80),
+        ),
+        (
+            "udp",
+            Packet6::udp(WORLD_IP6, 40001, NODE_IP6, 5353, 12).build(),
+            XDP_REDIRECT,
+            Stat::UplinkRedirectDnat,
+            Some(53),
+        ),
+        (
+            "bound to its exact address",
+            syn(EXACT_BOUND_IP6, 9090).build(),
+            XDP_REDIRECT,
+            Stat::UplinkRedirectDnat,
+            Some(80),
+        ),
+        (
+            "exact-bound port at another node address",
+            syn(NODE_IP6, 9090).build(),
+            XDP_PASS,
+            Stat::UplinkPassNotPublished,
+            None,
+        ),
+        (
+            "a foreign address",
+            syn("2001:db8::99".parse()?, 8080).build(),
+            XDP_PASS,
+            Stat::UplinkPassNotPublished,
+            None,
+        ),
+        (
+            "udp to a tcp-only port",
+            Packet6::udp(WORLD_IP6, 40001, NODE_IP6, 8080, 12).build(),
+            XDP_PASS,
+            Stat::UplinkPassNotPublished,
+            None,
+        ),
+        (
+            "[::1] from the wire",
+            syn(Ipv6Addr::LOCALHOST, 8081).build(),
+            XDP_PASS,
+            Stat::UplinkPassLoopbackDestination,
+            None,
+        ),
+        (
+            "udp without a checksum",
+            zero_checksum,
+            XDP_DROP,
+            Stat::UplinkDropUdpZeroChecksum,
+            None,
+        ),
+        (
+            "hop limit 1",
+            Packet6 {
+                hop_limit: 1,
+                ..syn(NODE_IP6, 8080)
+            }
+            .build(),
+            XDP_DROP,
+            Stat::UplinkDropTtlExpired,
+            None,
+        ),
+    ];
+    for program in [UPLINK_PROGRAM, UPLINK_TC_PROGRAM] {
+        let mut fx = Fixture::with_ipv6_ports()?;
+        for (name, frame, verdict, stat, translated) in &cases {
+            let name = format!("{program}: {name}");
+            let (got, out, moved) = fx.run(program, frame).context(name.clone())?;
+            assert_eq!((got, moved), (at_hook(program, *verdict), *stat), "{name}");
+            match translated {
+                Some(port) => assert_dnat6(&out, frame, *port, &name),
+                None => assert_eq!(&out, frame, "{name}: untouched"),
+            }
+        }
+        // One flow per client port and protocol, keyed as the container sees it, the
+        // client's address kept, not yet answered.
+        let mut flows = fx.flows6()?;
+        flows.sort_by_key(|(key, _)| (key.proto, key.container_port_be));
+        let seen: Vec<_> = flows
+            .iter()
+            .map(|(k, f)| {
+                (
+                    Ipv6Addr::from(k.container_ip),
+                    u16::from_be(k.container_port_be),
+                    Ipv6Addr::from(k.remote_ip),
+                    u16::from_be(k.remote_port_be),
+                    k.proto,
+                    Ipv6Addr::from(f.frontend_ip),
+                    f.state,
+                )
+            })
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                (
+                    CONTAINER_IP6,
+                    80,
+                    WORLD_IP6,
+                    40000,
+                    IPPROTO_TCP,
+                    EXACT_BOUND_IP6,
+                    CT_NEW
+                ),
+                (
+                    CONTAINER_IP6,
+                    53,
+                    WORLD_IP6,
+                    40001,
+                    IPPROTO_UDP,
+                    NODE_IP6,
+                    CT_NEW
+                ),
+            ],
+            "{program}: the last SYN's frontend is the exact-bound address"
+        );
+        assert_eq!(
+            flows[0].1.packets, 3,
+            "{program}: three SYNs of the same flow"
+        );
+    }
+    Ok(())
+}
+
+/// [`forwarding_namespace`] with IPv6: 2001:db8::1/64 on `up0`, the world 2001:db8::2 a
+/// known neighbour, forwarding on.
+fn forwarding_namespace6() -> Result<Netns> {
+    let ns = forwarding_namespace()?;
+    ns.exec("sysctl", &["-qw", "net.ipv6.conf.all.forwarding=1"])?;
+    ns.ip(&["addr", "add", "2001:db8::1/64", "dev", "up0", "nodad"])?;
+    ns.ip(&[
+        "neigh",
+        "add",
+        "2001:db8::2",
+        "lladdr",
+        "0a:00:00:00:00:02",
+        "dev",
+        "up0",
+        "nud",
+        "permanent",
+    ])?;
+    Ok(ns)
+}
+
+#[test]
+fn ipv6_replies_leave_from_the_published_address() -> Result<()> {
+    let ns = forwarding_namespace6()?;
+    ns.run(|| -> Result<()> {
+        let mut fx = Fixture::with_ipv6_ports()?;
+        for (protocol, published, container_port) in
+            [(IPPROTO_TCP, 8080u16, 80u16), (IPPROTO_UDP, 5353, 53)]
+        {
+            let opening = match protocol {
+                IPPROTO_TCP => Packet6::tcp(WORLD_IP6, 40000, NODE_IP6, published, SYN),
+                _ => Packet6::udp(WORLD_IP6, 40000, NODE_IP6, published, 12),
+            };
+            let (verdict, _, stat) = fx.run(UPLINK_PROGRAM, &opening.build())?;
+            assert_eq!((verdict, stat), (XDP_REDIRECT, Stat::UplinkRedirectDnat));
+            let answer = match protocol {
+                IPPROTO_TCP => {
+                    Packet6::tcp(CONTAINER_IP6, container_port, WORLD_IP6, 40000, SYN_ACK)
+                }
+                _ => Packet6::udp(CONTAINER_IP6, container_port, WORLD_IP6, 40000, 30),
+            };
+            let reply = Packet6 {
+                src_mac: CONTAINER_MAC,
+                dst_mac: HOST_VETH_MAC,
+                ..answer
+            }
+            .build();
+            let (verdict, out, stat) = fx.run(CONTAINER_PROGRAM, &reply)?;
+            let name = format!("protocol {protocol}");
+            assert_eq!(
+                (verdict, stat),
+                (TC_ACT_REDIRECT, Stat::ContainerRedirectReply),
+                "{name}"
+            );
+            let o = View6(&out);
+            assert_eq!((o.src(), o.port(0)), (NODE_IP6, published), "{name}");
+            assert_eq!((o.dst(), o.port(2)), (WORLD_IP6, 40000), "{name}");
+            assert_eq!(o.hop_limit(), 63, "{name}");
+            assert_eq!(
+                &out[0..6],
+                &[0x0a, 0, 0, 0, 0, 0x02],
+                "{name}: the neighbour's MAC"
+            );
+            assert_eq!(&out[6..12], &[0x0a, 0, 0, 0, 0, 0x01], "{name}");
+            assert!(o.checksum_ok(), "{name}: transport checksum");
+        }
+        let states: Vec<_> = fx
+            .flows6()?
+            .iter()
+            .map(|(k, f)| (k.proto, f.state))
+            .collect();
+        assert!(
+            states.contains(&(IPPROTO_TCP, CT_REPLIED))
+                && states.contains(&(IPPROTO_UDP, CT_ESTABLISHED)),
+            "answered: {states:?}"
+        );
+        // A container's own traffic that is no reply passes untouched.
+        let other = Packet6 {
+            src_mac: CONTAINER_MAC,
+            dst_mac: HOST_VETH_MAC,
+            ..Packet6::tcp(CONTAINER_IP6, 5000, WORLD_IP6, 443, SYN)
+        }
+        .build();
+        let (verdict, out, stat) = fx.run(CONTAINER_PROGRAM, &other)?;
+        assert_eq!(
+            (verdict, stat, out),
+            (TC_ACT_OK, Stat::ContainerPassIpv6, other)
+        );
+        Ok(())
+    })
 }

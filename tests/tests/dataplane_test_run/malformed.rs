@@ -194,9 +194,14 @@ fn mutants(seed: &[u8], rng: &mut Rng) -> Vec<(String, Vec<u8>)> {
 }
 
 /// Whether `frame` could be the first packet of a flow: an IPv4 datagram whose header and
-/// transport header are whole and consistent, at fragment offset 0. Only such frames may
-/// create flow entries.
+/// transport header are whole and consistent, at fragment offset 0, or the same in IPv6.
+/// Only such frames may create flow entries.
 fn well_formed_first_packet(frame: &[u8]) -> bool {
+    if is_ipv6(frame) {
+        // The parser is checked against an independent decoder by its fuzz.
+        use dataplane_common::parse::ipv6::{Parsed6, parse_ipv6};
+        return matches!(parse_ipv6(frame, frame.len()), Ok(Parsed6::Transport(..)));
+    }
     if !is_ipv4(frame) || frame[ETH_HLEN] >> 4 != 4 {
         return false;
     }
@@ -257,7 +262,7 @@ impl Fixture {
             HashMap::try_from(self.ebpf.map(NAT_FLOWS).unwrap())?;
         let ct: HashMap<&MapData, CtKey, CtEntry> =
             HashMap::try_from(self.ebpf.map(CONNTRACK).unwrap())?;
-        Ok(nat.keys().count() + ct.keys().count())
+        Ok(nat.keys().count() + ct.keys().count() + self.flows6()?.len())
     }
 
     /// Runs every mutant of every seed through `program`, asserting the corpus's
@@ -516,6 +521,7 @@ fn malformed_frame_corpus_is_counted_and_creates_no_flows() -> Result<()> {
     let ns = forwarding_namespace()?;
     ns.run(|| -> Result<()> {
         let mut fx = Fixture::masquerading(CONNTRACK_MAX)?;
+        fx.publish_ipv6_ports()?;
         let mut rng = Rng(0x5eed_cafe_f00d_0017);
         let uplink = fx.run_corpus(UPLINK_PROGRAM, &uplink_seeds(), &mut rng)?;
         let uplink_tc = fx.run_corpus(UPLINK_TC_PROGRAM, &uplink_seeds(), &mut rng)?;
