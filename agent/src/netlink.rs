@@ -1,14 +1,17 @@
 //! The link, address and route operations the agent needs, over rtnetlink.
 
-use std::{net::Ipv4Addr, os::fd::AsRawFd as _};
+use std::{
+    net::{Ipv4Addr, Ipv6Addr},
+    os::fd::AsRawFd as _,
+};
 
 use futures::TryStreamExt as _;
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use rtnetlink::{
     Handle, LinkBridge, LinkBridgePort, LinkUnspec, LinkVeth, RouteMessageBuilder,
     packet_route::{
         AddressFamily,
-        address::AddressAttribute,
+        address::{AddressAttribute, AddressFlags},
         link::{LinkAttribute, LinkFlags, LinkInfo, LinkLayerType, LinkMessage},
         route::{RouteAddress, RouteAttribute},
     },
@@ -136,13 +139,14 @@ pub fn link_changes() -> Result<impl futures::Stream<Item = ()> + Unpin> {
 }
 
 /// A nudge for each change of the node's interfaces: links (added, removed, renamed, up or
-/// down, enslaved) and IPv4 addresses, from one netlink socket of its own subscribed to
-/// both. Ends when that socket fails.
+/// down, enslaved) and IPv4 and IPv6 addresses, from one netlink socket of its own
+/// subscribed to all three. Ends when that socket fails.
 pub fn interface_changes() -> Result<impl futures::Stream<Item = ()> + Unpin> {
     changes(
         &[
             rtnetlink::MulticastGroup::Link,
             rtnetlink::MulticastGroup::Ipv4Ifaddr,
+            rtnetlink::MulticastGroup::Ipv6Ifaddr,
         ],
         "subscribing to link and address events",
     )
@@ -266,6 +270,45 @@ pub async fn add_address(h: &Handle, index: u32, net: Ipv4Net) -> Result<()> {
         )))
 }
 
+/// Adds an IPv6 address without duplicate address detection (`nodad`): the agent hands
+/// out the addresses of its subnets, and a tentative address would hold traffic back for
+/// the second or so DAD takes.
+pub async fn add_address_v6(h: &Handle, index: u32, net: Ipv6Net) -> Result<()> {
+    let mut request = h.address().add(index, net.addr().into(), net.prefix_len());
+    request
+        .message_mut()
+        .attributes
+        .push(AddressAttribute::Flags(AddressFlags::Nodad));
+    request.execute().await.map_err(Error::netlink(format!(
+        "adding address {net} to link {index}"
+    )))
+}
+
+/// Adds the IPv6 default route via `gateway`, replacing one that is already there.
+pub async fn set_default_route_v6(h: &Handle, gateway: Ipv6Addr) -> Result<()> {
+    let route = RouteMessageBuilder::<Ipv6Addr>::new()
+        .gateway(gateway)
+        .build();
+    h.route()
+        .add(route)
+        .replace()
+        .execute()
+        .await
+        .map_err(Error::netlink(format!(
+            "setting the IPv6 default route via {gateway}"
+        )))
+}
+
+/// Removes the IPv6 default route, if any.
+pub async fn delete_default_route_v6(h: &Handle) -> Result<()> {
+    let route = RouteMessageBuilder::<Ipv6Addr>::new().build();
+    match h.route().del(route).execute().await {
+        Ok(()) => Ok(()),
+        Err(rtnetlink::Error::NetlinkError(m)) if m.raw_code() == -libc::ESRCH => Ok(()),
+        Err(e) => Err(Error::netlink("removing the IPv6 default route")(e)),
+    }
+}
+
 /// Adds the default route via `gateway`, replacing one that is already there.
 pub async fn set_default_route(h: &Handle, gateway: Ipv4Addr) -> Result<()> {
     let route = RouteMessageBuilder::<Ipv4Addr>::new()
@@ -350,6 +393,32 @@ pub async fn ipv4_addresses(h: &Handle) -> Result<Vec<(u32, Ipv4Net)>> {
         for attr in &msg.attributes {
             if let AddressAttribute::Local(std::net::IpAddr::V4(ip)) = attr
                 && let Ok(net) = Ipv4Net::new(*ip, msg.header.prefix_len)
+            {
+                out.push((msg.header.index, net));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The IPv6 addresses of the namespace that are neither loopback nor link-local, with
+/// their interface, in the kernel's order. IPv6 addresses carry `IFA_ADDRESS` only.
+pub async fn ipv6_addresses(h: &Handle) -> Result<Vec<(u32, Ipv6Net)>> {
+    let mut stream = h.address().get().execute();
+    let mut out = Vec::new();
+    while let Some(msg) = stream
+        .try_next()
+        .await
+        .map_err(Error::netlink("listing addresses"))?
+    {
+        if msg.header.family != AddressFamily::Inet6 {
+            continue;
+        }
+        for attr in &msg.attributes {
+            if let AddressAttribute::Address(std::net::IpAddr::V6(ip)) = attr
+                && !ip.is_loopback()
+                && !ip.is_unicast_link_local()
+                && let Ok(net) = Ipv6Net::new(*ip, msg.header.prefix_len)
             {
                 out.push((msg.header.index, net));
             }

@@ -9,7 +9,7 @@
 use std::{
     collections::BTreeSet,
     fs,
-    net::{Ipv4Addr, SocketAddrV4},
+    net::{IpAddr, Ipv4Addr, SocketAddrV4},
     path::PathBuf,
     sync::Mutex,
     thread,
@@ -571,7 +571,7 @@ impl World {
         );
         for p in &records.ports {
             ensure!(
-                ips.contains(&p.container_ip),
+                matches!(p.container_ip, IpAddr::V4(ip) if ips.contains(&ip)),
                 "port {} goes to {}, no endpoint's address",
                 p.host_port,
                 p.container_ip
@@ -614,17 +614,17 @@ impl World {
 
         let backends: HashMap<MapData, BackendKey, u32> =
             HashMap::try_from(open(PUBLISHED_BACKENDS)?)?;
-        let in_map: BTreeSet<(Ipv4Addr, u16)> = backends
+        let in_map: BTreeSet<(IpAddr, u16)> = backends
             .keys()
             .map(|k| {
                 let k = k?;
                 Ok((
-                    Ipv4Addr::from(u32::from_be(k.container_ip_be)),
+                    Ipv4Addr::from(u32::from_be(k.container_ip_be)).into(),
                     u16::from_be(k.container_port_be),
                 ))
             })
             .collect::<Result<_>>()?;
-        let wanted: BTreeSet<(Ipv4Addr, u16)> = records
+        let wanted: BTreeSet<(IpAddr, u16)> = records
             .ports
             .iter()
             .map(|p| (p.container_ip, p.container_port))

@@ -2,7 +2,7 @@
 //! checked once when the agent starts, so that the service calls only what the backend does
 //! and answers requests for the rest the same way whichever backend runs.
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 use rtnetlink::Handle;
 
@@ -91,16 +91,71 @@ impl Backend {
         self.dataplane.detach_endpoint(endpoint)
     }
 
+    /// Whether the backend handles traffic of `ip`'s family: every backend does IPv4, and
+    /// one without [`Capabilities::ipv6`] is handed nothing of IPv6.
+    pub fn handles(&self, ip: IpAddr) -> bool {
+        ip.is_ipv4() || self.capabilities.ipv6
+    }
+
+    /// Whether the backend handles IPv6 traffic ([`Capabilities::ipv6`]).
+    pub fn handles_ipv6(&self) -> bool {
+        self.capabilities.ipv6
+    }
+
+    /// The service plans IPv6 bindings only for a backend that handles them; a binding of
+    /// a family the backend does not handle is left out, as a filter or link of it is.
     pub fn publish(&mut self, endpoint: &Endpoint, port: &PortBinding) -> Result<()> {
-        self.dataplane.publish(endpoint, port)
+        match self.handles(port.host_ip) {
+            true => self.dataplane.publish(endpoint, port),
+            false => Ok(()),
+        }
     }
 
     pub fn unpublish(&mut self, port: &PortBinding) -> Result<()> {
-        self.dataplane.unpublish(port)
+        match self.handles(port.host_ip) {
+            true => self.dataplane.unpublish(port),
+            false => Ok(()),
+        }
     }
 
     pub fn sync_published(&mut self, wanted: &[(Endpoint, PortBinding)]) -> Result<()> {
-        self.dataplane.sync_published(wanted)
+        let wanted = self.handled_bindings(wanted);
+        self.dataplane.sync_published(&wanted)
+    }
+
+    fn handled_bindings(
+        &self,
+        bindings: &[(Endpoint, PortBinding)],
+    ) -> Vec<(Endpoint, PortBinding)> {
+        bindings
+            .iter()
+            .filter(|(_, port)| self.handles(port.host_ip))
+            .cloned()
+            .collect()
+    }
+
+    fn handled_links(&self, links: &[LinkRule]) -> Vec<LinkRule> {
+        links
+            .iter()
+            .filter(|link| self.handles(link.from) && self.handles(link.to))
+            .cloned()
+            .collect()
+    }
+
+    fn handled_filters(&self, rules: &[FilterRecord]) -> Vec<FilterRecord> {
+        rules
+            .iter()
+            .filter(|rule| self.handles(rule.source.addr()))
+            .cloned()
+            .collect()
+    }
+
+    fn handled_addresses(&self, addresses: &[(u32, IpAddr)]) -> Vec<(u32, IpAddr)> {
+        addresses
+            .iter()
+            .filter(|(_, ip)| self.handles(*ip))
+            .copied()
+            .collect()
     }
 
     pub fn published(&self) -> Result<Vec<PublishedPort>> {
@@ -112,9 +167,11 @@ impl Backend {
     }
 
     /// A backend that recognises the node's addresses by itself is not told them.
-    pub fn set_node_addresses(&mut self, addresses: &[(u32, Ipv4Addr)]) -> Result<()> {
+    pub fn set_node_addresses(&mut self, addresses: &[(u32, IpAddr)]) -> Result<()> {
         match self.capabilities.node_addresses {
-            true => self.dataplane.set_node_addresses(addresses),
+            true => self
+                .dataplane
+                .set_node_addresses(&self.handled_addresses(addresses)),
             false => Ok(()),
         }
     }
@@ -122,11 +179,13 @@ impl Backend {
     /// A backend without the capability masquerades per network, as part of its policy.
     pub fn set_masquerade(
         &mut self,
-        sources: &[(u32, Ipv4Addr)],
+        sources: &[(u32, IpAddr)],
         ports: Option<(u16, u16)>,
     ) -> Result<()> {
         match self.capabilities.masquerade {
-            true => self.dataplane.set_masquerade(sources, ports),
+            true => self
+                .dataplane
+                .set_masquerade(&self.handled_addresses(sources), ports),
             false => Ok(()),
         }
     }
@@ -137,16 +196,18 @@ impl Backend {
     }
 
     pub fn set_links(&mut self, links: &[LinkRule]) -> Result<()> {
+        let links = self.handled_links(links);
         match (self.capabilities.links, links.is_empty()) {
-            (true, _) => self.dataplane.set_links(links),
+            (true, _) => self.dataplane.set_links(&links),
             (false, true) => Ok(()),
             (false, false) => Err(unsupported("links", self.name())),
         }
     }
 
     pub fn set_filters(&mut self, rules: &[FilterRecord]) -> Result<()> {
+        let rules = self.handled_filters(rules);
         match (self.capabilities.source_filters, rules.is_empty()) {
-            (true, _) => self.dataplane.set_filters(rules),
+            (true, _) => self.dataplane.set_filters(&rules),
             (false, true) => Ok(()),
             (false, false) => Err(unsupported("source filtering", self.name())),
         }
@@ -203,7 +264,18 @@ impl Backend {
     }
 
     pub fn repair(&mut self, intended: &Intended, repaired: &mut Vec<Repaired>) -> Result<()> {
-        self.dataplane.repair(intended, repaired)
+        let node_addresses = self.handled_addresses(intended.node_addresses);
+        let published = self.handled_bindings(intended.published);
+        let filters = self.handled_filters(intended.filters);
+        let links = self.handled_links(intended.links);
+        let handled = Intended {
+            node_addresses: &node_addresses,
+            published: &published,
+            filters: &filters,
+            links: &links,
+            ..*intended
+        };
+        self.dataplane.repair(&handled, repaired)
     }
 
     pub fn shutdown(&mut self) {

@@ -5,7 +5,7 @@
 use std::{
     collections::{BTreeMap, HashSet},
     fs,
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr},
     path::{Path, PathBuf},
 };
 
@@ -147,13 +147,36 @@ pub struct EbpfDataplane {
     masquerade_sources: BTreeMap<u32, Ipv4Addr>,
 }
 
-fn port_key(port: &PortBinding) -> PortKey {
-    PortKey {
-        host_ip_be: u32::from(port.host_ip).to_be(),
+/// An IPv4 address in network order. This backend does not declare
+/// [`Capabilities::ipv6`], so the service hands it IPv4 addresses only: an IPv6 one is a
+/// fault of the agent, refused rather than written as a wrong key.
+fn ipv4_be(ip: IpAddr) -> Result<u32> {
+    match ip {
+        IpAddr::V4(ip) => Ok(u32::from(ip).to_be()),
+        IpAddr::V6(ip) => Err(Error::Internal(format!(
+            "IPv6 address {ip} handed to the ebpf dataplane, which handles IPv4 only yet"
+        ))),
+    }
+}
+
+/// The IPv4 addresses among `addresses` (see [`ipv4_be`]).
+fn ipv4_only(addresses: &[(u32, IpAddr)]) -> Vec<(u32, Ipv4Addr)> {
+    addresses
+        .iter()
+        .filter_map(|(index, ip)| match ip {
+            IpAddr::V4(ip) => Some((*index, *ip)),
+            IpAddr::V6(_) => None,
+        })
+        .collect()
+}
+
+fn port_key(port: &PortBinding) -> Result<PortKey> {
+    Ok(PortKey {
+        host_ip_be: ipv4_be(port.host_ip)?,
         host_port_be: port.host_port.to_be(),
         proto: port.proto.ip_proto(),
         _pad: 0,
-    }
+    })
 }
 
 /// The container end that published port `key` leads to.
@@ -199,14 +222,14 @@ fn network_entry(n: &NetworkPolicy) -> (Key<NetworkKey>, NetworkInfo) {
 }
 
 /// The allow-list key of a `--link` rule.
-fn link_key(l: &LinkRule) -> LinkKey {
-    LinkKey {
-        src_ip_be: u32::from(l.from).to_be(),
-        dst_ip_be: u32::from(l.to).to_be(),
+fn link_key(l: &LinkRule) -> Result<LinkKey> {
+    Ok(LinkKey {
+        src_ip_be: ipv4_be(l.from)?,
+        dst_ip_be: ipv4_be(l.to)?,
         dport_be: l.port.to_be(),
         proto: l.proto.ip_proto(),
         _pad: 0,
-    }
+    })
 }
 
 /// The cookie of this process's network namespace (`SO_NETNS_COOKIE`), what
@@ -236,7 +259,7 @@ fn netns_cookie() -> Result<u64> {
 }
 
 /// The trie entry of a filter rule: 32 bits of scope, then the source prefix.
-fn filter_entry(rule: &FilterRecord) -> (Key<FilterKey>, FilterRule) {
+fn filter_entry(rule: &FilterRecord) -> Result<(Key<FilterKey>, FilterRule)> {
     let (host_port_be, proto) = match rule.scope {
         Some(scope) => (scope.host_port.to_be(), scope.proto.ip_proto()),
         None => (0, 0),
@@ -245,13 +268,13 @@ fn filter_entry(rule: &FilterRecord) -> (Key<FilterKey>, FilterRule) {
         host_port_be,
         proto,
         _pad: 0,
-        src_ip_be: u32::from(rule.source.network()).to_be(),
+        src_ip_be: ipv4_be(rule.source.network())?,
     };
     let action = match rule.action {
         FilterAction::Allow => FILTER_ALLOW,
         FilterAction::Deny => FILTER_DENY,
     };
-    (
+    Ok((
         Key::new(
             FILTER_SCOPE_BITS + u32::from(rule.source.prefix_len()),
             data,
@@ -260,7 +283,7 @@ fn filter_entry(rule: &FilterRecord) -> (Key<FilterKey>, FilterRule) {
             rule_id: rule.id,
             action,
         },
-    )
+    ))
 }
 
 /// Forwards the ring buffer's events to the monitor's subscribers until the agent stops.
@@ -767,10 +790,12 @@ impl Dataplane for EbpfDataplane {
             flows: true,
             flow_tables: true,
             monitor_events: true,
+            ipv6: false,
         }
     }
 
-    fn set_node_addresses(&mut self, addresses: &[(u32, Ipv4Addr)]) -> Result<()> {
+    fn set_node_addresses(&mut self, addresses: &[(u32, IpAddr)]) -> Result<()> {
+        let addresses = ipv4_only(addresses);
         let mut map: HashMap<&mut MapData, NodeAddrKey, NodeAddr> =
             HashMap::try_from(self.map_mut(NODE_ADDRS)?).map_err(Error::dataplane(NODE_ADDRS))?;
         let wanted: HashSet<u32> = addresses
@@ -786,7 +811,7 @@ impl Dataplane for EbpfDataplane {
             map.remove(&key)
                 .map_err(Error::dataplane("removing a node address"))?;
         }
-        for (ifindex, ip) in addresses {
+        for (ifindex, ip) in &addresses {
             map.insert(
                 NodeAddrKey {
                     addr_be: u32::from(*ip).to_be(),
@@ -896,7 +921,7 @@ impl Dataplane for EbpfDataplane {
     }
 
     fn publish(&mut self, endpoint: &Endpoint, port: &PortBinding) -> Result<()> {
-        let key = port_key(port);
+        let key = port_key(port)?;
         let target = port_target(endpoint, port);
         let mut ports = self.ports_mut()?;
         let previous = ports.get(&key, 0).ok();
@@ -910,7 +935,7 @@ impl Dataplane for EbpfDataplane {
     }
 
     fn unpublish(&mut self, port: &PortBinding) -> Result<()> {
-        let key = port_key(port);
+        let key = port_key(port)?;
         let Ok(previous) = self.ports_mut()?.get(&key, 0) else {
             return Ok(());
         };
@@ -921,8 +946,8 @@ impl Dataplane for EbpfDataplane {
     fn sync_published(&mut self, wanted: &[(Endpoint, PortBinding)]) -> Result<()> {
         let ports: std::collections::HashMap<PortKey, PortTarget> = wanted
             .iter()
-            .map(|(endpoint, port)| (port_key(port), port_target(endpoint, port)))
-            .collect();
+            .map(|(endpoint, port)| Ok((port_key(port)?, port_target(endpoint, port))))
+            .collect::<Result<_>>()?;
         let mut backends: std::collections::HashMap<BackendKey, u32> = Default::default();
         for (key, target) in &ports {
             *backends.entry(backend_of(key, target)).or_default() += 1;
@@ -939,14 +964,14 @@ impl Dataplane for EbpfDataplane {
         for entry in map.iter() {
             let (key, target) = entry.map_err(Error::dataplane("reading published ports"))?;
             out.push(PublishedPort {
-                host_ip: Ipv4Addr::from(u32::from_be(key.host_ip_be)),
+                host_ip: Ipv4Addr::from(u32::from_be(key.host_ip_be)).into(),
                 host_port: u16::from_be(key.host_port_be),
                 proto: match key.proto {
                     dataplane_common::IPPROTO_TCP => "tcp".into(),
                     dataplane_common::IPPROTO_UDP => "udp".into(),
                     other => other.to_string(),
                 },
-                container_ip: Ipv4Addr::from(u32::from_be(target.container_ip_be)),
+                container_ip: Ipv4Addr::from(u32::from_be(target.container_ip_be)).into(),
                 container_port: u16::from_be(target.container_port_be),
                 host_veth_ifindex: target.host_veth_ifindex,
             });
@@ -1003,7 +1028,8 @@ impl Dataplane for EbpfDataplane {
     }
 
     fn set_filters(&mut self, rules: &[FilterRecord]) -> Result<()> {
-        let wanted: Vec<(Key<FilterKey>, FilterRule)> = rules.iter().map(filter_entry).collect();
+        let wanted: Vec<(Key<FilterKey>, FilterRule)> =
+            rules.iter().map(filter_entry).collect::<Result<_>>()?;
         let mut trie: LpmTrie<&mut MapData, FilterKey, FilterRule> =
             LpmTrie::try_from(self.map_mut(FILTER_RULES)?)
                 .map_err(Error::dataplane(FILTER_RULES))?;
@@ -1141,7 +1167,7 @@ impl Dataplane for EbpfDataplane {
     }
 
     fn set_links(&mut self, links: &[LinkRule]) -> Result<()> {
-        let wanted: HashSet<LinkKey> = links.iter().map(link_key).collect();
+        let wanted: HashSet<LinkKey> = links.iter().map(link_key).collect::<Result<_>>()?;
         let mut map: HashMap<&mut MapData, LinkKey, u32> =
             HashMap::try_from(self.map_mut(LINKS)?).map_err(Error::dataplane(LINKS))?;
         let present: Vec<LinkKey> = map
@@ -1168,7 +1194,7 @@ impl Dataplane for EbpfDataplane {
 
     fn set_masquerade(
         &mut self,
-        sources: &[(u32, Ipv4Addr)],
+        sources: &[(u32, IpAddr)],
         ports: Option<(u16, u16)>,
     ) -> Result<()> {
         // Zeros tell the programs to choose as netfilter does.
@@ -1180,7 +1206,7 @@ impl Dataplane for EbpfDataplane {
             ..self.node_config
         };
         self.write_node_config(value)?;
-        let wanted: BTreeMap<u32, Ipv4Addr> = sources.iter().copied().collect();
+        let wanted: BTreeMap<u32, Ipv4Addr> = ipv4_only(sources).into_iter().collect();
         if wanted == self.masquerade_sources {
             return Ok(());
         }
@@ -1431,8 +1457,8 @@ impl EbpfDataplane {
     ) -> Result<()> {
         let ports: std::collections::HashMap<PortKey, PortTarget> = published
             .iter()
-            .map(|(endpoint, port)| (port_key(port), port_target(endpoint, port)))
-            .collect();
+            .map(|(endpoint, port)| Ok((port_key(port)?, port_target(endpoint, port))))
+            .collect::<Result<_>>()?;
         let mut backends: std::collections::HashMap<BackendKey, u32> = Default::default();
         for (key, target) in &ports {
             *backends.entry(backend_of(key, target)).or_default() += 1;
@@ -1466,10 +1492,10 @@ impl EbpfDataplane {
     /// go when the addresses change).
     fn repair_node_addresses(
         &mut self,
-        addresses: &[(u32, Ipv4Addr)],
+        addresses: &[(u32, IpAddr)],
         repaired: &mut Vec<Repaired>,
     ) -> Result<()> {
-        let wanted: Vec<(NodeAddrKey, NodeAddr)> = addresses
+        let wanted: Vec<(NodeAddrKey, NodeAddr)> = ipv4_only(addresses)
             .iter()
             .map(|(ifindex, ip)| {
                 let key = NodeAddrKey {
@@ -1502,8 +1528,11 @@ impl EbpfDataplane {
                 what: format!("{NETWORKS} {}", intended.networks[i].subnet),
             });
         }
-        let filters: Vec<(Key<FilterKey>, FilterRule)> =
-            intended.filters.iter().map(filter_entry).collect();
+        let filters: Vec<(Key<FilterKey>, FilterRule)> = intended
+            .filters
+            .iter()
+            .map(filter_entry)
+            .collect::<Result<_>>()?;
         let mut trie: LpmTrie<&mut MapData, FilterKey, FilterRule> =
             LpmTrie::try_from(self.map_mut(FILTER_RULES)?)
                 .map_err(Error::dataplane(FILTER_RULES))?;
@@ -1513,8 +1542,11 @@ impl EbpfDataplane {
                 what: format!("{FILTER_RULES} rule {}", intended.filters[i].id),
             });
         }
-        let links: std::collections::HashMap<LinkKey, u32> =
-            intended.links.iter().map(|l| (link_key(l), 1)).collect();
+        let links: std::collections::HashMap<LinkKey, u32> = intended
+            .links
+            .iter()
+            .map(|l| Ok((link_key(l)?, 1)))
+            .collect::<Result<_>>()?;
         let mut map: HashMap<&mut MapData, LinkKey, u32> =
             HashMap::try_from(self.map_mut(LINKS)?).map_err(Error::dataplane(LINKS))?;
         for key in restore_entries(&mut map, &links, "link")? {

@@ -46,11 +46,11 @@ mod proxy;
 
 use std::{
     collections::{BTreeMap, HashMap},
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr},
     process::{Command, Output, Stdio},
 };
 
-use ipnet::Ipv4Net;
+use ipnet::{IpNet, Ipv4Net};
 
 use super::{
     Capabilities, Dataplane, DirectAccess, Endpoint, FilterHits, Intended, LinkRule, NetworkPolicy,
@@ -102,7 +102,7 @@ enum Position {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 struct PortId {
     proto: Proto,
-    host_ip: Ipv4Addr,
+    host_ip: IpAddr,
     host_port: u16,
 }
 
@@ -136,7 +136,7 @@ pub enum LocalAccess {
 /// The DNAT rule of a published port (nat/DOCKER).
 pub fn dnat_rule(
     proto: Proto,
-    host_ip: Ipv4Addr,
+    host_ip: IpAddr,
     host_port: u16,
     bridge: &str,
     container_ip: Ipv4Addr,
@@ -146,7 +146,7 @@ pub fn dnat_rule(
     let p = proto.as_str();
     let mut args: Vec<String> = Vec::new();
     if !host_ip.is_unspecified() {
-        args.extend(["-d".into(), format!("{host_ip}/32")]);
+        args.extend(["-d".into(), IpNet::from(host_ip).to_string()]);
     }
     if access == LocalAccess::Proxy {
         args.extend(["!".into(), "-i".into(), bridge.into()]);
@@ -519,8 +519,8 @@ fn parse_dnat(line: &str) -> Option<(PortId, Mapping)> {
         return None;
     }
     let host_ip = match value("-d") {
-        Some(d) => d.parse::<Ipv4Net>().ok()?.addr(),
-        None => Ipv4Addr::UNSPECIFIED,
+        Some(d) => d.parse::<IpNet>().ok()?.addr(),
+        None => Ipv4Addr::UNSPECIFIED.into(),
     };
     // Hairpin rules name no bridge: the caller finds it in the port's ACCEPT rule.
     let bridge = rule
@@ -803,8 +803,8 @@ impl IptablesDataplane {
         if id.proto != Proto::Tcp || proxies.contains_key(&id) {
             return Ok(());
         }
-        let listen = std::net::SocketAddrV4::new(id.host_ip, id.host_port);
-        let target = std::net::SocketAddrV4::new(mapping.container_ip, mapping.container_port);
+        let listen = std::net::SocketAddr::new(id.host_ip, id.host_port);
+        let target = std::net::SocketAddr::new(mapping.container_ip.into(), mapping.container_port);
         let proxy = proxy::Proxy::start(listen, target).map_err(|e| {
             Error::Conflict(format!("userland proxy: cannot listen on {listen}: {e}"))
         })?;
@@ -993,7 +993,7 @@ impl Dataplane for IptablesDataplane {
                 host_ip: id.host_ip,
                 host_port: id.host_port,
                 proto: id.proto.as_str().into(),
-                container_ip: m.container_ip,
+                container_ip: m.container_ip.into(),
                 container_port: m.container_port,
                 host_veth_ifindex: m.host_veth_ifindex,
             })
@@ -1327,7 +1327,7 @@ mod tests {
     fn web_dnat(access: LocalAccess) -> Rule {
         dnat_rule(
             Proto::Tcp,
-            Ipv4Addr::UNSPECIFIED,
+            Ipv4Addr::UNSPECIFIED.into(),
             8080,
             "docker0",
             "172.17.0.2".parse().unwrap(),
@@ -1348,6 +1348,9 @@ mod tests {
             gateway: "172.17.0.1".parse().unwrap(),
             direct_access: DirectAccess::None,
             trusted_interfaces: Vec::new(),
+            subnet_ipv6: None,
+            gateway_ipv6: None,
+            masquerade_ipv6: false,
         }
     }
 
@@ -1418,7 +1421,7 @@ mod tests {
         );
         let local = dnat_rule(
             Proto::Tcp,
-            Ipv4Addr::LOCALHOST,
+            Ipv4Addr::LOCALHOST.into(),
             8081,
             "docker0",
             "172.17.0.2".parse().unwrap(),
@@ -1441,7 +1444,7 @@ mod tests {
         );
         assert_eq!(parse_dnat(&local.save_line()).unwrap().0.host_port, 8081);
         let (id, m) = parse_dnat(&dnat.save_line()).unwrap();
-        assert_eq!(id.host_ip, Ipv4Addr::UNSPECIFIED);
+        assert_eq!(id.host_ip, IpAddr::from(Ipv4Addr::UNSPECIFIED));
         assert_eq!((m.bridge.as_str(), m.container_port), ("docker0", 80));
     }
 

@@ -16,7 +16,10 @@ pub mod iptables;
 pub mod migrate;
 pub mod uplinks;
 
-use std::{net::Ipv4Addr, path::Path};
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    path::Path,
+};
 
 pub use backend::Backend;
 
@@ -41,6 +44,10 @@ pub struct Endpoint {
     pub bridge: String,
     /// The gateway of the endpoint's network.
     pub gateway: Ipv4Addr,
+    /// The container's IPv6 address, on a network with IPv6 enabled.
+    pub container_ipv6: Option<Ipv6Addr>,
+    /// The IPv6 gateway of the endpoint's network (on its bridge), if it has IPv6.
+    pub gateway_ipv6: Option<Ipv6Addr>,
 }
 
 /// Hits of one filter rule.
@@ -70,6 +77,13 @@ pub struct NetworkPolicy {
     /// Interfaces from which the published container ports may be reached at the
     /// containers' own addresses even when `direct_access` is [`DirectAccess::None`].
     pub trusted_interfaces: Vec<String>,
+    /// The network's IPv6 subnet, when IPv6 is enabled on it.
+    pub subnet_ipv6: Option<ipnet::Ipv6Net>,
+    /// The network's IPv6 gateway address (on its bridge).
+    pub gateway_ipv6: Option<Ipv6Addr>,
+    /// Outgoing IPv6 traffic leaves with the node's IPv6 address (Docker 27's ip6tables
+    /// MASQUERADE); off, the IPv6 subnet is routed as it is.
+    pub masquerade_ipv6: bool,
 }
 
 /// What frames from outside a network's bridge may reach at its containers' own addresses
@@ -92,8 +106,8 @@ pub enum DirectAccess {
 pub struct LinkRule {
     /// The bridge of the network the two containers share.
     pub bridge: String,
-    pub from: Ipv4Addr,
-    pub to: Ipv4Addr,
+    pub from: IpAddr,
+    pub to: IpAddr,
     pub port: u16,
     pub proto: crate::model::Proto,
 }
@@ -103,7 +117,7 @@ pub struct LinkRule {
 pub struct Intended<'a> {
     /// The node's addresses, with the interface of each (what `set_node_addresses` got
     /// last).
-    pub node_addresses: &'a [(u32, Ipv4Addr)],
+    pub node_addresses: &'a [(u32, IpAddr)],
     /// The cgroup of the socket programs.
     pub cgroup: &'a Path,
     /// The made endpoints whose node-side veth exists.
@@ -173,6 +187,10 @@ pub struct Capabilities {
     pub flow_tables: bool,
     /// A feed of drop and new-flow events ([`Dataplane::subscribe`]).
     pub monitor_events: bool,
+    /// IPv6 traffic: published ports on IPv6 node addresses, IPv6 masquerade, isolation,
+    /// links and filters. Without it the service publishes and filters IPv4 only, and
+    /// refuses an explicit IPv6 host address.
+    pub ipv6: bool,
 }
 
 /// The answer of an optional method that its backend does not declare: the service checks
@@ -220,17 +238,19 @@ pub trait Dataplane: Send + Sync {
     fn retain_endpoints(&mut self, _keep: &[String]) -> Result<()> {
         Err(undeclared("pruning endpoints", self.name()))
     }
-    /// The node's own addresses, on which ports bound to `0.0.0.0` answer (`node_addresses`).
-    fn set_node_addresses(&mut self, _addresses: &[(u32, Ipv4Addr)]) -> Result<()> {
+    /// The node's own addresses, on which ports bound to `0.0.0.0` (IPv4 ones) and `::`
+    /// (IPv6 ones) answer (`node_addresses`).
+    fn set_node_addresses(&mut self, _addresses: &[(u32, IpAddr)]) -> Result<()> {
         Err(undeclared("node addresses", self.name()))
     }
-    /// The source address of masqueraded traffic by the interface (index) it leaves by
-    /// (none for an interface: no masquerade out of it) and the port range (`None`:
-    /// netfilter's choice) (`masquerade`). A source that goes ends the flows masqueraded
+    /// The source address of masqueraded traffic by the interface (index) it leaves by, an
+    /// IPv4 and (with IPv6 addresses on it) an IPv6 one per interface (none for an interface
+    /// and family: no masquerade out of it) and the port range (`None`: netfilter's choice)
+    /// (`masquerade`). A source that goes ends the flows masqueraded
     /// with it, as MASQUERADE does when an address goes.
     fn set_masquerade(
         &mut self,
-        _sources: &[(u32, Ipv4Addr)],
+        _sources: &[(u32, IpAddr)],
         _ports: Option<(u16, u16)>,
     ) -> Result<()> {
         Err(undeclared("masquerade", self.name()))

@@ -425,13 +425,13 @@ impl Repairs {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PublishedPort {
     #[serde(rename = "HostIp")]
-    pub host_ip: std::net::Ipv4Addr,
+    pub host_ip: std::net::IpAddr,
     #[serde(rename = "HostPort")]
     pub host_port: u16,
     #[serde(rename = "Proto")]
     pub proto: String,
     #[serde(rename = "ContainerIp")]
-    pub container_ip: std::net::Ipv4Addr,
+    pub container_ip: std::net::IpAddr,
     #[serde(rename = "ContainerPort")]
     pub container_port: u16,
     #[serde(rename = "HostVethIfindex")]

@@ -1,9 +1,9 @@
 //! Source filters on published ports (Docker's DOCKER-USER use case) and the translated
 //! flows the dataplane tracks.
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 use super::ports::{Proto, parse_port_proto_of};
@@ -27,7 +27,8 @@ pub struct FilterScope {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FilterRecord {
     pub id: u32,
-    pub source: Ipv4Net,
+    /// An IPv4 or IPv6 prefix (records before IPv6 hold IPv4 text, which reads the same).
+    pub source: IpNet,
     /// `None`: every published port.
     pub scope: Option<FilterScope>,
     pub action: FilterAction,
@@ -37,7 +38,8 @@ pub struct FilterRecord {
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CreateFilter {
-    /// A source prefix such as 192.0.2.0/24 (a bare address means /32).
+    /// A source prefix such as 192.0.2.0/24 or 2001:db8::/32 (a bare address means /32 or
+    /// /128).
     #[serde(rename = "Source")]
     pub source: String,
     /// `HOSTPORT[/tcp|udp]`; absent for every published port.
@@ -50,13 +52,13 @@ pub struct CreateFilter {
 
 impl CreateFilter {
     /// Validates the request into the rule's parts.
-    pub fn parse(&self) -> Result<(Ipv4Net, Option<FilterScope>, FilterAction)> {
-        let source: Ipv4Net = match self.source.parse::<Ipv4Net>() {
+    pub fn parse(&self) -> Result<(IpNet, Option<FilterScope>, FilterAction)> {
+        let source: IpNet = match self.source.parse::<IpNet>() {
             Ok(net) => net,
             Err(_) => self
                 .source
-                .parse::<Ipv4Addr>()
-                .map(Ipv4Net::from)
+                .parse::<IpAddr>()
+                .map(IpNet::from)
                 .map_err(|_| {
                     Error::InvalidArgument(format!(
                         "invalid source {:?}: expected CIDR or address",
@@ -201,11 +203,17 @@ mod tests {
             action: "allow".into(),
         };
         assert_eq!(bare.parse().unwrap().0.prefix_len(), 32);
+        let v6 = CreateFilter {
+            source: "2001:db8::9".into(),
+            ..bare
+        };
+        assert_eq!(v6.parse().unwrap().0.to_string(), "2001:db8::9/128");
         for (source, port, action) in [
             ("x", None, "allow"),
             ("192.0.2.1/24", None, "allow"),
             ("10.0.0.0/8", Some("0"), "allow"),
             ("10.0.0.0/8", None, "maybe"),
+            ("2001:db8::1/32", None, "allow"),
         ] {
             let bad = CreateFilter {
                 source: source.into(),
@@ -214,5 +222,13 @@ mod tests {
             };
             assert!(bad.parse().is_err(), "{source} {port:?} {action}");
         }
+    }
+
+    #[test]
+    fn filter_records_before_ipv6_still_load() {
+        let old = r#"{"id":3,"source":"192.0.2.0/24","scope":null,"action":"deny"}"#;
+        let record: FilterRecord = serde_json::from_str(old).unwrap();
+        assert_eq!(record.source, "192.0.2.0/24".parse::<IpNet>().unwrap());
+        assert_eq!(serde_json::to_string(&record).unwrap(), old);
     }
 }

@@ -1,7 +1,7 @@
 //! Published ports: Docker's `-p` syntax and `PortBindings` JSON, and the flat bindings the
 //! dataplane installs.
 
-use std::{collections::BTreeMap, net::Ipv4Addr};
+use std::{collections::BTreeMap, net::IpAddr};
 
 use serde::{Deserialize, Serialize};
 
@@ -46,17 +46,19 @@ impl Proto {
 pub struct PortBinding {
     pub proto: Proto,
     pub container_port: u16,
-    /// `0.0.0.0` means every node address.
-    pub host_ip: Ipv4Addr,
+    /// `0.0.0.0` means every IPv4 address of the node, `::` every IPv6 one. Records and
+    /// JSON of agents before IPv6 hold IPv4 text, which reads as the same address.
+    pub host_ip: IpAddr,
     pub host_port: u16,
 }
 
 impl PortBinding {
-    /// Two bindings compete for the same packets when port and protocol match and either
-    /// binds every address or both bind the same one.
+    /// Two bindings compete for the same packets when port, protocol and address family
+    /// match and either binds every address of the family or both bind the same one.
     pub fn overlaps(&self, other: &PortBinding) -> bool {
         self.proto == other.proto
             && self.host_port == other.host_port
+            && self.host_ip.is_ipv4() == other.host_ip.is_ipv4()
             && (self.host_ip.is_unspecified()
                 || other.host_ip.is_unspecified()
                 || self.host_ip == other.host_ip)
@@ -78,7 +80,7 @@ pub enum HostPort {
 pub struct PortRequest {
     pub proto: Proto,
     pub container_port: u16,
-    pub host_ip: Ipv4Addr,
+    pub host_ip: IpAddr,
     pub host_port: HostPort,
 }
 
@@ -128,16 +130,26 @@ pub fn parse_publish_flag(spec: &str) -> Result<Vec<(String, HostBinding)>> {
     let (ports, proto) = spec.rsplit_once('/').unwrap_or((spec, "tcp"));
     let proto = Proto::parse(proto)
         .map_err(|_| bad(&format!("unknown protocol {proto:?} (tcp or udp)")))?;
+    // As Docker splits it: the last part is the container port, the one before the host
+    // port, and the rest the host address, in brackets or not (`[::1]:8080:80`,
+    // `::1:8080:80`).
     let parts: Vec<&str> = ports.split(':').collect();
     let (host_ip, host, container) = match parts.as_slice() {
-        [container] => ("", "", *container),
-        [host, container] => ("", *host, *container),
-        [ip, host, container] => (*ip, *host, *container),
-        _ => return Err(bad("expected [IP:][HOSTPORT:]CONTAINERPORT[/PROTO]")),
+        [container] => (String::new(), "", *container),
+        [host, container] => (String::new(), *host, *container),
+        [ip @ .., host, container] => (ip.join(":"), *host, *container),
+        [] => return Err(bad("expected [IP:][HOSTPORT:]CONTAINERPORT[/PROTO]")),
+    };
+    let host_ip = match host_ip.strip_prefix('[') {
+        Some(bracketed) => bracketed
+            .strip_suffix(']')
+            .ok_or_else(|| bad(&format!("invalid host IP {host_ip:?}")))?
+            .to_string(),
+        None => host_ip,
     };
     if !host_ip.is_empty() {
         host_ip
-            .parse::<Ipv4Addr>()
+            .parse::<IpAddr>()
             .map_err(|_| bad(&format!("invalid host IP {host_ip:?}")))?;
     }
     if container.is_empty() {
@@ -148,7 +160,7 @@ pub fn parse_publish_flag(spec: &str) -> Result<Vec<(String, HostBinding)>> {
         (
             format!("{c}/{}", proto.as_str()),
             HostBinding {
-                host_ip: host_ip.to_string(),
+                host_ip: host_ip.clone(),
                 host_port,
             },
         )
@@ -189,10 +201,7 @@ pub type PortMap = BTreeMap<String, Vec<HostBinding>>;
 /// Validates a Docker-shaped port map. An empty `HostIp` binds `default_host_ip` (the
 /// network's `host_binding_ipv4`, else the daemon's `--ip`); an empty `HostPort` asks for a
 /// dynamic one.
-pub fn port_requests_from_map(
-    map: &PortMap,
-    default_host_ip: Ipv4Addr,
-) -> Result<Vec<PortRequest>> {
+pub fn port_requests_from_map(map: &PortMap, default_host_ip: IpAddr) -> Result<Vec<PortRequest>> {
     let mut out = Vec::new();
     for (key, hosts) in map {
         let (container_port, proto) = parse_port_proto(key)?;
@@ -274,15 +283,13 @@ pub fn port_lines(bindings: &[PortBinding], only: Option<(u16, Proto)>) -> Vec<S
     });
     sorted
         .into_iter()
-        .map(|b| match only {
-            Some(_) => format!("{}:{}", b.host_ip, b.host_port),
-            None => format!(
-                "{}/{} -> {}:{}",
-                b.container_port,
-                b.proto.as_str(),
-                b.host_ip,
-                b.host_port
-            ),
+        .map(|b| {
+            // `[::]:8080` for IPv6, as Go's JoinHostPort writes it.
+            let host = std::net::SocketAddr::new(b.host_ip, b.host_port);
+            match only {
+                Some(_) => host.to_string(),
+                None => format!("{}/{} -> {host}", b.container_port, b.proto.as_str()),
+            }
         })
         .collect()
 }
@@ -323,6 +330,29 @@ mod tests {
         );
         assert_eq!(flag("8000-8010:80/udp"), [t("80/udp", "", "8000-8010")]);
         assert_eq!(flag("80-81"), [t("80/tcp", "", ""), t("81/tcp", "", "")]);
+        assert_eq!(flag("[::1]:8080:80"), [t("80/tcp", "::1", "8080")]);
+        assert_eq!(flag("::1:8080:80"), [t("80/tcp", "::1", "8080")]);
+        assert_eq!(
+            flag("[2001:db8::1]::53/udp"),
+            [t("53/udp", "2001:db8::1", "")]
+        );
+    }
+
+    #[test]
+    fn bindings_of_agents_before_ipv6_still_load() {
+        let old = r#"{"proto":"tcp","container_port":80,"host_ip":"0.0.0.0","host_port":8080}"#;
+        let binding: PortBinding = serde_json::from_str(old).unwrap();
+        assert_eq!(binding.host_ip, IpAddr::from([0, 0, 0, 0]));
+        assert_eq!(serde_json::to_string(&binding).unwrap(), old);
+        let v6 = PortBinding {
+            host_ip: "::".parse().unwrap(),
+            ..binding
+        };
+        assert!(!v6.overlaps(&binding), "one port on each family");
+        assert!(v6.overlaps(&PortBinding {
+            host_ip: "::1".parse().unwrap(),
+            ..binding
+        }));
     }
 
     #[test]
@@ -340,6 +370,8 @@ mod tests {
             "1.2.3:80:80",
             "1:2:3:4",
             "80-",
+            "[::1:8080:80",
+            "[::1]]:8080:80",
         ] {
             assert!(
                 parse_publish_flag(bad).is_err(),
@@ -367,11 +399,12 @@ mod tests {
                 },
             ],
         )]);
-        let r = port_requests_from_map(&map, Ipv4Addr::UNSPECIFIED).unwrap();
+        let any = IpAddr::from(std::net::Ipv4Addr::UNSPECIFIED);
+        let r = port_requests_from_map(&map, any).unwrap();
         assert_eq!(r[0].host_port, HostPort::Fixed(8080));
         assert_eq!(
             (r[1].host_ip, r[1].host_port),
-            (Ipv4Addr::LOCALHOST, HostPort::Dynamic)
+            (IpAddr::from([127, 0, 0, 1]), HostPort::Dynamic)
         );
         assert_eq!(r[2].host_port, HostPort::Range(9000, 9009));
         let bad_ip = PortMap::from([(
@@ -381,7 +414,7 @@ mod tests {
                 host_port: "1".into(),
             }],
         )]);
-        assert!(port_requests_from_map(&bad_ip, Ipv4Addr::UNSPECIFIED).is_err());
+        assert!(port_requests_from_map(&bad_ip, any).is_err());
     }
 
     #[test]
@@ -396,18 +429,23 @@ mod tests {
             b(80, Proto::Tcp, [127, 0, 0, 1], 8081),
             b(80, Proto::Tcp, [0, 0, 0, 0], 8080),
             b(53, Proto::Udp, [0, 0, 0, 0], 32768),
+            PortBinding {
+                host_ip: "::".parse().unwrap(),
+                ..b(80, Proto::Tcp, [0, 0, 0, 0], 8080)
+            },
         ];
         assert_eq!(
             port_lines(&bindings, None),
             [
                 "53/udp -> 0.0.0.0:32768",
                 "80/tcp -> 0.0.0.0:8080",
-                "80/tcp -> 127.0.0.1:8081"
+                "80/tcp -> 127.0.0.1:8081",
+                "80/tcp -> [::]:8080"
             ]
         );
         assert_eq!(
             port_lines(&bindings, Some((80, Proto::Tcp))),
-            ["0.0.0.0:8080", "127.0.0.1:8081"]
+            ["0.0.0.0:8080", "127.0.0.1:8081", "[::]:8080"]
         );
         assert!(port_lines(&bindings, Some((81, Proto::Tcp))).is_empty());
     }

@@ -9,13 +9,13 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::Ipv4Addr,
+    net::IpAddr,
     sync::Arc,
     time::Duration,
 };
 
 use futures::{Stream, StreamExt, stream::BoxStream};
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 use tokio::{sync::Mutex, time::Instant};
 
 use super::{BRIDGE_PREFIX, Service};
@@ -30,25 +30,28 @@ const PERIODIC_PASS: Duration = Duration::from_secs(10);
 /// What the dataplane is told of the node's addresses.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(super) struct NodeAddresses {
-    /// Every IPv4 address of the node but loopback, with its interface's index, in order.
-    addresses: BTreeSet<(u32, Ipv4Addr)>,
-    /// Each interface's primary (first) address, by index: what masqueraded traffic
-    /// leaving by it is sent from, as MASQUERADE picks it.
-    masquerade_sources: BTreeMap<u32, Ipv4Addr>,
+    /// Every IPv4 address of the node but loopback and every IPv6 one but loopback and
+    /// link-local, with its interface's index, in order.
+    addresses: BTreeSet<(u32, IpAddr)>,
+    /// Each interface's primary (first) address of each family, by index and family (IPv4
+    /// first): what masqueraded traffic leaving by it is sent from, as MASQUERADE picks it.
+    masquerade_sources: BTreeMap<(u32, bool), IpAddr>,
 }
 
 impl NodeAddresses {
     /// From the namespace's addresses in the kernel's order (an interface's primary
     /// address first).
-    fn plan(dump: &[(u32, Ipv4Net)]) -> Self {
-        let addresses: Vec<(u32, Ipv4Addr)> = dump
+    fn plan(dump: &[(u32, IpNet)]) -> Self {
+        let addresses: Vec<(u32, IpAddr)> = dump
             .iter()
             .map(|(index, net)| (*index, net.addr()))
             .filter(|(_, ip)| !ip.is_loopback())
             .collect();
         let mut masquerade_sources = BTreeMap::new();
         for (index, ip) in &addresses {
-            masquerade_sources.entry(*index).or_insert(*ip);
+            masquerade_sources
+                .entry((*index, ip.is_ipv6()))
+                .or_insert(*ip);
         }
         NodeAddresses {
             addresses: addresses.into_iter().collect(),
@@ -56,16 +59,16 @@ impl NodeAddresses {
         }
     }
 
-    fn masquerade_sources(&self) -> Vec<(u32, Ipv4Addr)> {
+    fn masquerade_sources(&self) -> Vec<(u32, IpAddr)> {
         self.masquerade_sources
             .iter()
-            .map(|(index, ip)| (*index, *ip))
+            .map(|((index, _), ip)| (*index, *ip))
             .collect()
     }
 
     /// What `self` has that `before` had not, and the other way round.
-    fn difference(&self, before: &NodeAddresses) -> (Vec<Ipv4Addr>, Vec<Ipv4Addr>) {
-        let ips = |a: &BTreeSet<(u32, Ipv4Addr)>, b: &BTreeSet<(u32, Ipv4Addr)>| {
+    fn difference(&self, before: &NodeAddresses) -> (Vec<IpAddr>, Vec<IpAddr>) {
+        let ips = |a: &BTreeSet<(u32, IpAddr)>, b: &BTreeSet<(u32, IpAddr)>| {
             a.difference(b).map(|(_, ip)| *ip).collect()
         };
         (
@@ -74,7 +77,7 @@ impl NodeAddresses {
         )
     }
 
-    pub(super) fn addresses(&self) -> Vec<(u32, Ipv4Addr)> {
+    pub(super) fn addresses(&self) -> Vec<(u32, IpAddr)> {
         self.addresses.iter().copied().collect()
     }
 }
@@ -149,7 +152,17 @@ impl Service {
     /// told, tells it: which addresses are the node's, and the masquerade sources. Flows
     /// masqueraded with an address that is gone end, as netfilter's MASQUERADE ends them.
     pub(super) async fn refresh_node_addresses(&mut self) -> Result<()> {
-        let dump = netlink::ipv4_addresses(&self.handle).await?;
+        let mut dump: Vec<(u32, IpNet)> = netlink::ipv4_addresses(&self.handle)
+            .await?
+            .into_iter()
+            .map(|(index, net)| (index, net.into()))
+            .collect();
+        dump.extend(
+            netlink::ipv6_addresses(&self.handle)
+                .await?
+                .into_iter()
+                .map(|(index, net)| (index, net.into())),
+        );
         let planned = NodeAddresses::plan(&dump);
         let before = self.node_addresses.as_ref();
         if before == Some(&planned) {
@@ -243,7 +256,7 @@ async fn next_change(changes: &mut Option<BoxStream<'static, ()>>) -> bool {
 mod tests {
     use super::*;
 
-    fn net(text: &str) -> Ipv4Net {
+    fn net(text: &str) -> IpNet {
         text.parse().unwrap()
     }
 
@@ -254,6 +267,8 @@ mod tests {
             (2, net("198.51.100.7/24")),
             (2, net("198.51.100.9/24")),
             (3, net("172.17.0.1/16")),
+            (2, net("2001:db8::7/64")),
+            (2, net("2001:db8::9/64")),
         ];
         let planned = NodeAddresses::plan(&dump);
         assert_eq!(
@@ -261,6 +276,8 @@ mod tests {
             vec![
                 (2, "198.51.100.7".parse().unwrap()),
                 (2, "198.51.100.9".parse().unwrap()),
+                (2, "2001:db8::7".parse().unwrap()),
+                (2, "2001:db8::9".parse().unwrap()),
                 (3, "172.17.0.1".parse().unwrap()),
             ]
         );
@@ -268,6 +285,7 @@ mod tests {
             planned.masquerade_sources(),
             vec![
                 (2, "198.51.100.7".parse().unwrap()),
+                (2, "2001:db8::7".parse().unwrap()),
                 (3, "172.17.0.1".parse().unwrap()),
             ]
         );

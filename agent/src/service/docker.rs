@@ -11,7 +11,11 @@
 //! Docker drives (`ManagedBy`): [`refuse_docker_managed`], [`api_drives`],
 //! [`agent_dns_answers_for`], [`endpoint_went_with_its_veth`], [`forgotten_when_empty`].
 
-use std::{collections::BTreeMap, net::Ipv4Addr, path::PathBuf};
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, Ipv4Addr},
+    path::PathBuf,
+};
 
 use super::{Service, Step, Undo, default_host_ip, plan::next_ifname, veth_names};
 use crate::{
@@ -144,15 +148,13 @@ pub(super) fn parse_cidr_address(what: &str, s: &str) -> Result<Ipv4Addr> {
 
 /// The port map as bpfbridge's requests: an empty host address means the network's default,
 /// host port 0 a dynamic port, an end above the start a range.
-fn port_requests(map: &[DockerPortBinding], default_ip: Ipv4Addr) -> Result<Vec<PortRequest>> {
+fn port_requests(map: &[DockerPortBinding], default_ip: IpAddr) -> Result<Vec<PortRequest>> {
     map.iter()
         .map(|b| {
             let host_ip = match b.host_ip.as_str() {
                 "" => default_ip,
                 ip => ip.parse().map_err(|_| {
-                    Error::InvalidArgument(format!(
-                        "host IP {ip:?}: bpfbridge publishes on IPv4 addresses only"
-                    ))
+                    Error::InvalidArgument(format!("invalid host IP {ip:?} in port map"))
                 })?,
             };
             if b.port == 0 {
@@ -340,7 +342,7 @@ impl Service {
             given => given.parse()?,
         };
         let (port_map, exposed) = endpoint_ports(&request.options)?;
-        port_requests(&port_map, Ipv4Addr::UNSPECIFIED)?;
+        port_requests(&port_map, Ipv4Addr::UNSPECIFIED.into())?;
         let exposed = exposed_ports(&exposed)?;
         let record = DockerEndpointRecord {
             endpoint_id: request.endpoint_id.clone(),
@@ -641,7 +643,7 @@ mod tests {
 
     #[test]
     fn port_map_entries_become_requests() {
-        let default_ip: Ipv4Addr = "192.0.2.1".parse().unwrap();
+        let default_ip: IpAddr = "192.0.2.1".parse().unwrap();
         let map = [
             binding(8080, 8080),
             binding(0, 0),
@@ -666,18 +668,26 @@ mod tests {
         assert_eq!(requests[0].host_ip, default_ip);
         assert_eq!(
             (requests[3].proto, requests[3].host_ip),
-            (Proto::Udp, Ipv4Addr::LOCALHOST)
+            (Proto::Udp, IpAddr::from(Ipv4Addr::LOCALHOST))
         );
         let v6 = DockerPortBinding {
             host_ip: "::".into(),
             ..binding(80, 80)
         };
-        assert!(port_requests(&[v6], default_ip).is_err());
+        assert_eq!(
+            port_requests(&[v6], default_ip).unwrap()[0].host_ip,
+            IpAddr::from(std::net::Ipv6Addr::UNSPECIFIED)
+        );
+        let bad = DockerPortBinding {
+            host_ip: "nope".into(),
+            ..binding(80, 80)
+        };
+        assert!(port_requests(&[bad], default_ip).is_err());
     }
 
     #[test]
     fn a_repeated_program_call_is_recognised() {
-        let ip = Ipv4Addr::UNSPECIFIED;
+        let ip = IpAddr::from(Ipv4Addr::UNSPECIFIED);
         let requests = port_requests(&[binding(0, 0), binding(8000, 8010)], ip).unwrap();
         let bound = |first: u16, second: u16| {
             [first, second].map(|host_port| PortBinding {

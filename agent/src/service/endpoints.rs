@@ -35,6 +35,8 @@ fn teardown_endpoint(e: &EndpointRecord) -> Endpoint {
         host_veth_mac: e.host_veth_mac.map(|m| m.octets()).unwrap_or_default(),
         bridge: String::new(),
         gateway: Ipv4Addr::UNSPECIFIED,
+        container_ipv6: None,
+        gateway_ipv6: None,
     }
 }
 

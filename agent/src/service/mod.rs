@@ -19,7 +19,7 @@ pub use addresses::follow_node_addresses;
 pub use docker_ipam::ADDRESS_SPACES;
 pub use repair::{REPAIR_INTERVAL, repair_drift};
 
-use std::{collections::BTreeMap, fs, net::Ipv4Addr, path::PathBuf};
+use std::{collections::BTreeMap, fs, net::IpAddr, path::PathBuf};
 
 use rtnetlink::Handle;
 
@@ -353,8 +353,8 @@ impl Service {
                     for port in other.all_exposed() {
                         rules.push(LinkRule {
                             bridge: network.bridge.clone(),
-                            from: mine.ip,
-                            to: theirs.ip,
+                            from: mine.ip.into(),
+                            to: theirs.ip.into(),
                             port: port.port,
                             proto: port.proto,
                         });
@@ -428,6 +428,8 @@ fn dataplane_endpoint(e: &EndpointRecord, network: &NetworkRecord) -> Result<End
         host_veth_mac: host_veth_mac.octets(),
         bridge: network.bridge.clone(),
         gateway: network.gateway,
+        container_ipv6: None,
+        gateway_ipv6: None,
     })
 }
 
@@ -495,8 +497,9 @@ fn veth_names(endpoint_id: &str) -> (String, String) {
 }
 
 /// The address a port binding uses when none is given.
-fn default_host_ip(settings: &Settings, network: Option<&NetworkRecord>) -> Ipv4Addr {
+fn default_host_ip(settings: &Settings, network: Option<&NetworkRecord>) -> IpAddr {
     network
         .and_then(|n| n.host_binding_ipv4)
         .unwrap_or(settings.ip)
+        .into()
 }

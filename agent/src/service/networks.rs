@@ -703,6 +703,9 @@ pub(super) fn network_policy(network: &NetworkRecord, allow_direct_routing: bool
         gateway: network.gateway,
         direct_access,
         trusted_interfaces: network.trusted_host_interfaces.clone(),
+        subnet_ipv6: None,
+        gateway_ipv6: None,
+        masquerade_ipv6: false,
     }
 }
 

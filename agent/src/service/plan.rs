@@ -6,7 +6,7 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr},
 };
 
 use super::{DEFAULT_NETWORK, HOST_NETWORK, NONE_NETWORK};
@@ -116,7 +116,7 @@ pub(super) fn parse_exposed<'a>(
 pub(super) fn container_port_requests(
     host_config: &HostConfig,
     exposed: &[ExposedPort],
-    host_ip: Ipv4Addr,
+    host_ip: IpAddr,
 ) -> Result<Vec<PortRequest>> {
     let mut requests = port_requests_from_map(&host_config.port_bindings, host_ip)?;
     if host_config.publish_all_ports {
@@ -319,7 +319,7 @@ pub(super) struct PortSpace<'a, B> {
     pub bindable: B,
 }
 
-impl<B: Fn(Ipv4Addr, u16, Proto) -> Result<bool>> PortSpace<'_, B> {
+impl<B: Fn(IpAddr, u16, Proto) -> Result<bool>> PortSpace<'_, B> {
     /// The owner of a mapping `binding` would clash with: another container, or an earlier
     /// binding of the same plan.
     fn clash(&self, binding: &PortBinding, chosen: &[PortBinding]) -> Option<String> {
@@ -601,7 +601,7 @@ mod tests {
 
     #[test]
     fn publish_all_adds_the_exposed_ports_not_bound() {
-        let any = Ipv4Addr::UNSPECIFIED;
+        let any = IpAddr::from(Ipv4Addr::UNSPECIFIED);
         let mut host_config = HostConfig::default();
         host_config.port_bindings.insert(
             "80/tcp".into(),
@@ -757,7 +757,7 @@ mod tests {
         }
     }
 
-    const ANY: Ipv4Addr = Ipv4Addr::UNSPECIFIED;
+    const ANY: IpAddr = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
 
     fn request(host_port: HostPort) -> PortRequest {
         PortRequest {
@@ -768,7 +768,7 @@ mod tests {
         }
     }
 
-    fn tcp(host_ip: Ipv4Addr, host_port: u16) -> PortBinding {
+    fn tcp(host_ip: IpAddr, host_port: u16) -> PortBinding {
         PortBinding {
             proto: Proto::Tcp,
             container_port: 80,
@@ -781,7 +781,7 @@ mod tests {
     /// has a socket on 102.
     fn space(
         last_dynamic: Option<u16>,
-    ) -> PortSpace<'static, impl Fn(Ipv4Addr, u16, Proto) -> Result<bool>> {
+    ) -> PortSpace<'static, impl Fn(IpAddr, u16, Proto) -> Result<bool>> {
         PortSpace {
             published: vec![("web", tcp(ANY, 101))],
             dynamic: PortRange {
@@ -844,13 +844,13 @@ mod tests {
             assert!(error.to_string().contains(message), "{asked:?}: {error}");
         }
         // Another address is another port; every address clashes with each.
-        let own_address = Ipv4Addr::new(192, 0, 2, 1);
+        let own_address = IpAddr::from([192, 0, 2, 1]);
         let web_on_one = PortSpace {
             published: vec![("web", tcp(own_address, 101))],
             ..space(None)
         };
         let elsewhere = PortRequest {
-            host_ip: Ipv4Addr::new(192, 0, 2, 2),
+            host_ip: IpAddr::from([192, 0, 2, 2]),
             ..request(Fixed(101))
         };
         assert!(web_on_one.plan(&[elsewhere]).is_ok());

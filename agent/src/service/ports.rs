@@ -3,7 +3,7 @@
 
 use std::{
     io::ErrorKind,
-    net::{Ipv4Addr, SocketAddrV4, TcpListener, UdpSocket},
+    net::{IpAddr, SocketAddr, TcpListener, UdpSocket},
 };
 
 use super::{
@@ -19,8 +19,8 @@ const LAST_DYNAMIC_PORT: &str = "last-dynamic-port";
 
 /// Whether `ip:port` can be bound on the node for `proto`: the kernel's own answer, so a
 /// listening socket, or an address that is not the node's, are both caught.
-fn bindable(ip: Ipv4Addr, port: u16, proto: Proto) -> Result<bool> {
-    let addr = SocketAddrV4::new(ip, port);
+fn bindable(ip: IpAddr, port: u16, proto: Proto) -> Result<bool> {
+    let addr = SocketAddr::new(ip, port);
     let result = match proto {
         Proto::Tcp => TcpListener::bind(addr).map(drop),
         Proto::Udp => UdpSocket::bind(addr).map(drop),

@@ -10,7 +10,7 @@
 
 use std::{
     io,
-    net::{Shutdown, SocketAddrV4, TcpListener, TcpStream},
+    net::{Shutdown, SocketAddr, TcpListener, TcpStream},
     os::fd::AsRawFd as _,
     sync::{
         Arc,
@@ -29,7 +29,7 @@ pub struct Proxy {
 
 impl Proxy {
     /// Listens on `listen` (in the agent's namespace) and forwards to `target`.
-    pub fn start(listen: SocketAddrV4, target: SocketAddrV4) -> io::Result<Self> {
+    pub fn start(listen: SocketAddr, target: SocketAddr) -> io::Result<Self> {
         let listener = Arc::new(TcpListener::bind(listen)?);
         let stop = Arc::new(AtomicBool::new(false));
         let (l, s) = (listener.clone(), stop.clone());
@@ -69,8 +69,8 @@ impl Drop for Proxy {
 }
 
 /// Connects to the container and copies both ways on two threads.
-fn forward(client: TcpStream, target: SocketAddrV4) -> io::Result<()> {
-    let server = TcpStream::connect_timeout(&target.into(), Duration::from_secs(5))?;
+fn forward(client: TcpStream, target: SocketAddr) -> io::Result<()> {
+    let server = TcpStream::connect_timeout(&target, Duration::from_secs(5))?;
     let _ = client.set_nodelay(true);
     let _ = server.set_nodelay(true);
     let (c2, s2) = (client.try_clone()?, server.try_clone()?);
