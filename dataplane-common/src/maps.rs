@@ -77,6 +77,9 @@ pub const FRAGMENTS: &str = "FRAGMENTS";
 pub const PUBLISHED_PORTS6: &str = "PUBLISHED_PORTS6";
 pub const NODE_ADDRS6: &str = "NODE_ADDRS6";
 pub const NAT_FLOWS6: &str = "NAT_FLOWS6";
+/// IPv6's source filters: [`FILTER_RULES`] with IPv6 source prefixes (same scopes, rule ids
+/// and [`FILTER_HITS`]).
+pub const FILTER_RULES6: &str = "FILTER_RULES6";
 pub const EVENTS_BYTES: u32 = 256 * 1024;
 /// Events per second and CPU that the ring buffer takes; the rest are only counted.
 pub const EVENTS_PER_SECOND: u64 = 1000;
@@ -276,6 +279,16 @@ pub struct FilterKey {
     pub proto: u8,
     pub _pad: u8,
     pub src_ip_be: u32,
+}
+
+/// The data of a [`FILTER_RULES6`] key: [`FilterKey`] with up to 128 bits of source.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct FilterKey6 {
+    pub host_port_be: u16,
+    pub proto: u8,
+    pub _pad: u8,
+    pub src_ip: [u8; 16],
 }
 
 /// Bits of a [`FilterKey`] that are scope, before the source prefix.
@@ -529,6 +542,7 @@ const _: () = assert!(size_of::<PortTarget6>() == 36);
 const _: () = assert!(size_of::<NodeAddrKey6>() == 16);
 const _: () = assert!(size_of::<FlowKey6>() == 40);
 const _: () = assert!(size_of::<NatFlow6>() == 64);
+const _: () = assert!(size_of::<FilterKey6>() == 20);
 const _: () = assert!(size_of::<FragmentKey>() == 12);
 const _: () = assert!(size_of::<FragmentEntry>() == 32);
 
@@ -578,4 +592,5 @@ aya_pod!(
     NodeAddrKey6,
     FlowKey6,
     NatFlow6,
+    FilterKey6,
 );

@@ -18,10 +18,12 @@ use aya_ebpf::{
         BPF_FIB_LKUP_RET_SUCCESS, BPF_NOEXIST, TC_ACT_OK, TC_ACT_SHOT, bpf_fib_lookup,
     },
     helpers::{bpf_fib_lookup as fib_lookup, bpf_redirect, bpf_redirect_neigh},
+    maps::lpm_trie::Key,
     programs::TcContext,
 };
 use dataplane_common::{
-    CT_NEW, FlowKey6, IPPROTO_UDP, NatFlow6, NodeAddrKey6, PortKey6, PortTarget6,
+    CT_NEW, FILTER_DENY, FILTER_SCOPE_BITS, FilterKey6, FlowKey6, IPPROTO_UDP, NatFlow6,
+    NodeAddrKey6, PortKey6, PortTarget6,
     parse::{
         ETH_HLEN, Frame, L4, L4_DPORT_OFF, L4_SPORT_OFF, Malformed,
         ipv6::{
@@ -35,8 +37,9 @@ use dataplane_common::{
 use crate::{
     flowtable::EEXIST,
     frame::{Action, L4Change, Packet, TcFrame},
-    maps::{FIB_SCRATCH, NAT_FLOWS6, NODE_ADDRS6, PUBLISHED_PORTS6},
+    maps::{FIB_SCRATCH, FILTER_RULES6, NAT_FLOWS6, NODE_ADDRS6, PUBLISHED_PORTS6},
     nat::{next_state, now_ns},
+    stats::count_filter_hit,
 };
 
 const AF_INET6: u8 = 10;
@@ -66,7 +69,7 @@ pub fn uplink_ingress<P: Packet>(packet: &P, len: usize) -> (Action, Stat) {
         Ok(Parsed6::NotIpv6) => (Action::Pass, Stat::UplinkPassNotIpv4),
         Ok(Parsed6::Fragment(_)) => (Action::Pass, Stat::UplinkPassFragment),
         Ok(Parsed6::OtherProtocol(_)) => (Action::Pass, Stat::UplinkPassNotTcpUdp),
-        Ok(Parsed6::Transport(ip, l4)) => from_outside(packet, &ip, &l4),
+        Ok(Parsed6::Transport(ip, l4)) => from_outside(packet, &ip, &l4, len),
     }
 }
 
@@ -92,6 +95,42 @@ fn published_target(dst: &[u8; 16], port_be: u16, proto: u8) -> Option<PortTarge
     };
     // SAFETY: as above.
     unsafe { PUBLISHED_PORTS6.get(&any) }.copied()
+}
+
+/// Whether a packet from `src` to published `host_port_be`/`proto` may pass, as
+/// policy.rs's `source_allowed` decides for IPv4: the longest IPv6 prefix of a rule scoped
+/// to the port, else of a rule for every port. Counts the hit on the rule that decided.
+#[inline(always)]
+fn source_allowed(src: &[u8; 16], host_port_be: u16, proto: u8, bytes: usize) -> bool {
+    let full = FILTER_SCOPE_BITS + 128;
+    let scoped = Key::new(
+        full,
+        FilterKey6 {
+            host_port_be,
+            proto,
+            _pad: 0,
+            src_ip: *src,
+        },
+    );
+    let global = Key::new(
+        full,
+        FilterKey6 {
+            host_port_be: 0,
+            proto: 0,
+            _pad: 0,
+            src_ip: *src,
+        },
+    );
+    match FILTER_RULES6
+        .get(&scoped)
+        .or_else(|| FILTER_RULES6.get(&global))
+    {
+        Some(rule) => {
+            count_filter_hit(rule.rule_id, bytes);
+            rule.action != FILTER_DENY
+        }
+        None => true,
+    }
 }
 
 /// The translation record of a packet of a published-port flow from the client.
@@ -145,13 +184,16 @@ fn track(flow: &FlowKey6, fresh: &NatFlow6, protocol: u8, l4: &L4) -> Result<(),
 /// On the uplink: a TCP or UDP packet to an IPv6 published port goes straight to its
 /// container, its destination address and port rewritten, the client's address kept.
 #[inline(always)]
-fn from_outside<P: Packet>(packet: &P, ip: &Ipv6, l4: &L4) -> (Action, Stat) {
+fn from_outside<P: Packet>(packet: &P, ip: &Ipv6, l4: &L4, len: usize) -> (Action, Stat) {
     if ip.dst == LOOPBACK {
         return (Action::Pass, Stat::UplinkPassLoopbackDestination);
     }
     let Some(target) = published_target(&ip.dst, l4.dport_be, ip.protocol) else {
         return (Action::Pass, Stat::UplinkPassNotPublished);
     };
+    if !source_allowed(&ip.src, l4.dport_be, ip.protocol, len) {
+        return (Action::Drop, Stat::UplinkDropFilter);
+    }
     if ip.protocol == IPPROTO_UDP && l4.check == 0 {
         return (Action::Drop, Stat::UplinkDropUdpZeroChecksum);
     }

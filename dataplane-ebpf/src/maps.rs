@@ -8,8 +8,8 @@ use aya_ebpf::{
 };
 use dataplane_common::{
     BackendKey, CONNTRACK_MAX, Counter, CtEntry, CtKey, ENDPOINTS_MAX, EVENTS_BYTES, EndpointInfo,
-    EndpointKey, EventBudget, FILTER_RULES_MAX, FRAGMENTS_MAX, FilterKey, FilterRule, FlowKey,
-    FlowKey6, FragmentEntry, FragmentKey, LINKS_MAX, LinkKey, MASQUERADE_SOURCES_MAX,
+    EndpointKey, EventBudget, FILTER_RULES_MAX, FRAGMENTS_MAX, FilterKey, FilterKey6, FilterRule,
+    FlowKey, FlowKey6, FragmentEntry, FragmentKey, LINKS_MAX, LinkKey, MASQUERADE_SOURCES_MAX,
     NAT_FLOWS_MAX, NETWORKS_MAX, NODE_ADDRS_MAX, NatFlow, NatFlow6, NetworkInfo, NetworkKey,
     NodeAddr, NodeAddrKey, NodeAddrKey6, NodeConfig, PUBLISHED_PORTS_MAX, PortKey, PortKey6,
     PortTarget, PortTarget6, ROUTED_FLOWS_MAX, SOCK_NAT_MAX, SockNatKey, SockNatValue,
@@ -111,3 +111,6 @@ pub static NODE_ADDRS6: HashMap<NodeAddrKey6, NodeAddr> =
 #[map]
 pub static NAT_FLOWS6: HashMap<FlowKey6, NatFlow6> =
     HashMap::pinned(NAT_FLOWS_MAX, BPF_F_NO_PREALLOC);
+
+#[map]
+pub static FILTER_RULES6: LpmTrie<FilterKey6, FilterRule> = LpmTrie::pinned(FILTER_RULES_MAX, 0);
