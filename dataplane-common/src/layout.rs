@@ -143,6 +143,7 @@ pub const CURRENT: &[MapLayout] = &[
     MapLayout::hash::<NodeAddrKey6, NodeAddr>(NODE_ADDRS6, 1),
     MapLayout::hash::<FlowKey6, NatFlow6>(NAT_FLOWS6, 1),
     MapLayout::lpm_trie::<FilterKey6, FilterRule>(FILTER_RULES6, 1),
+    MapLayout::lpm_trie::<NetworkKey6, NetworkInfo>(NETWORKS6, 1),
 ];
 
 /// The earlier layouts this build migrates from, with their types frozen in a module of

@@ -80,6 +80,9 @@ pub const NAT_FLOWS6: &str = "NAT_FLOWS6";
 /// IPv6's source filters: [`FILTER_RULES`] with IPv6 source prefixes (same scopes, rule ids
 /// and [`FILTER_HITS`]).
 pub const FILTER_RULES6: &str = "FILTER_RULES6";
+/// The bridge networks' IPv6 subnets: [`NETWORKS`] for IPv6 (the same [`NetworkInfo`], its
+/// masquerade flag the network's IPv6 one).
+pub const NETWORKS6: &str = "NETWORKS6";
 pub const EVENTS_BYTES: u32 = 256 * 1024;
 /// Events per second and CPU that the ring buffer takes; the rest are only counted.
 pub const EVENTS_PER_SECOND: u64 = 1000;
@@ -332,6 +335,13 @@ pub struct NetworkKey {
     pub addr_be: u32,
 }
 
+/// The data of a [`NETWORKS6`] key: an IPv6 address, matched on the subnet's prefix length.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct NetworkKey6 {
+    pub addr: [u8; 16],
+}
+
 /// [`NetworkInfo::flags`]: containers on the network may talk to each other.
 pub const NETWORK_ICC: u32 = 1;
 /// [`NetworkInfo::flags`]: the network has no way out (`--internal`).
@@ -543,6 +553,7 @@ const _: () = assert!(size_of::<NodeAddrKey6>() == 16);
 const _: () = assert!(size_of::<FlowKey6>() == 40);
 const _: () = assert!(size_of::<NatFlow6>() == 64);
 const _: () = assert!(size_of::<FilterKey6>() == 20);
+const _: () = assert!(size_of::<NetworkKey6>() == 16);
 const _: () = assert!(size_of::<FragmentKey>() == 12);
 const _: () = assert!(size_of::<FragmentEntry>() == 32);
 
@@ -593,4 +604,5 @@ aya_pod!(
     FlowKey6,
     NatFlow6,
     FilterKey6,
+    NetworkKey6,
 );

@@ -2,9 +2,10 @@
 //! (extension headers walked), a malformed one dropped and counted as IPv4's are.
 //! Connections to IPv6 published ports are translated to their container (TCP and UDP,
 //! the client's address kept) and the container's replies back, with the flow states and
-//! counters of IPv4's (nat.rs); flows live in NAT_FLOWS6. The rest passes untouched:
-//! neighbour discovery, ICMPv6, fragments, and what the parser does not walk into. No
-//! IPv6 policy, masquerade, hairpin or ICMPv6 error translation yet.
+//! counters of IPv4's (nat.rs); flows live in NAT_FLOWS6. What containers send otherwise
+//! is judged by the networks' IPv6 policy (isolation, icc, internal). The rest passes
+//! untouched: neighbour discovery, ICMPv6, fragments, and what the parser does not walk
+//! into. No IPv6 masquerade, links, hairpin or ICMPv6 error translation yet.
 //!
 //! IPv6 has no header checksum: a rewrite updates the transport checksum only, whose
 //! pseudo-header covers both addresses. A UDP datagram without a checksum (0) is invalid
@@ -22,8 +23,8 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use dataplane_common::{
-    CT_NEW, FILTER_DENY, FILTER_SCOPE_BITS, FilterKey6, FlowKey6, IPPROTO_UDP, NatFlow6,
-    NodeAddrKey6, PortKey6, PortTarget6,
+    CT_NEW, FILTER_DENY, FILTER_SCOPE_BITS, FilterKey6, FlowKey6, IPPROTO_ICMPV6, IPPROTO_UDP,
+    NETWORK_ICC, NETWORK_INTERNAL, NatFlow6, NetworkKey6, NodeAddrKey6, PortKey6, PortTarget6,
     parse::{
         ETH_HLEN, Frame, L4, L4_DPORT_OFF, L4_SPORT_OFF, Malformed,
         ipv6::{
@@ -37,7 +38,7 @@ use dataplane_common::{
 use crate::{
     flowtable::EEXIST,
     frame::{Action, L4Change, Packet, TcFrame},
-    maps::{FIB_SCRATCH, FILTER_RULES6, NAT_FLOWS6, NODE_ADDRS6, PUBLISHED_PORTS6},
+    maps::{FIB_SCRATCH, FILTER_RULES6, NAT_FLOWS6, NETWORKS6, NODE_ADDRS6, PUBLISHED_PORTS6},
     nat::{next_state, now_ns},
     stats::count_filter_hit,
 };
@@ -395,9 +396,46 @@ pub fn container_ingress(ctx: &TcContext, len: usize) -> (i32, Stat) {
         }
         Err(_) => (TC_ACT_SHOT, Stat::ContainerDropMalformed),
         Ok(Parsed6::NotIpv6) => (TC_ACT_OK, Stat::ContainerPassNotIpv4),
-        Ok(Parsed6::Transport(ip, l4)) => {
-            reply(ctx, &ip, &l4).unwrap_or((TC_ACT_OK, Stat::ContainerPassIpv6))
+        Ok(Parsed6::Transport(ip, l4)) => match reply(ctx, &ip, &l4) {
+            Some(verdict) => verdict,
+            None => policy(&ip),
+        },
+        Ok(Parsed6::Fragment(ip) | Parsed6::OtherProtocol(ip)) => policy(&ip),
+    }
+}
+
+/// What the networks' policy says of a container's IPv6 packet that is not part of a
+/// translated flow, as policy.rs's `classify` does for IPv4: the node (its addresses,
+/// multicast, neighbour discovery on the link) is reachable, the sender's own network as
+/// `icc` says, other networks never, the outside unless the network is internal. There is
+/// no `--link` allow-list and no masquerade for IPv6 yet: with `icc=false` nothing passes
+/// between containers, and IPv6 leaves routed, with the container's own address.
+#[inline(always)]
+fn policy(ip: &Ipv6) -> (i32, Stat) {
+    let Some(source) = NETWORKS6.get(&Key::new(128, NetworkKey6 { addr: ip.src })) else {
+        return (TC_ACT_OK, Stat::ContainerPassIpv6);
+    };
+    let multicast = ip.dst[0] == 0xff;
+    let link_local = ip.dst[0] == 0xfe && ip.dst[1] & 0xc0 == 0x80;
+    // SAFETY: only checking presence.
+    let node = unsafe { NODE_ADDRS6.get(&NodeAddrKey6 { addr: ip.dst }) }.is_some();
+    if multicast || node || (link_local && ip.protocol == IPPROTO_ICMPV6) {
+        return (TC_ACT_OK, Stat::ContainerPassToNode);
+    }
+    // Another link-local address is on the same bridge, whatever the subnets say.
+    let same_network = match link_local {
+        true => Some(true),
+        false => NETWORKS6
+            .get(&Key::new(128, NetworkKey6 { addr: ip.dst }))
+            .map(|dest| dest.index == source.index),
+    };
+    match same_network {
+        Some(true) if source.flags & NETWORK_ICC != 0 => {
+            (TC_ACT_OK, Stat::ContainerPassSameNetwork)
         }
-        Ok(_) => (TC_ACT_OK, Stat::ContainerPassIpv6),
+        Some(true) => (TC_ACT_SHOT, Stat::ContainerDropPolicyIcc),
+        Some(false) => (TC_ACT_SHOT, Stat::ContainerDropIsolation),
+        None if source.flags & NETWORK_INTERNAL != 0 => (TC_ACT_SHOT, Stat::ContainerDropInternal),
+        None => (TC_ACT_OK, Stat::ContainerPassOutside),
     }
 }

@@ -11,8 +11,8 @@ use dataplane_common::{
     EndpointKey, EventBudget, FILTER_RULES_MAX, FRAGMENTS_MAX, FilterKey, FilterKey6, FilterRule,
     FlowKey, FlowKey6, FragmentEntry, FragmentKey, LINKS_MAX, LinkKey, MASQUERADE_SOURCES_MAX,
     NAT_FLOWS_MAX, NETWORKS_MAX, NODE_ADDRS_MAX, NatFlow, NatFlow6, NetworkInfo, NetworkKey,
-    NodeAddr, NodeAddrKey, NodeAddrKey6, NodeConfig, PUBLISHED_PORTS_MAX, PortKey, PortKey6,
-    PortTarget, PortTarget6, ROUTED_FLOWS_MAX, SOCK_NAT_MAX, SockNatKey, SockNatValue,
+    NetworkKey6, NodeAddr, NodeAddrKey, NodeAddrKey6, NodeConfig, PUBLISHED_PORTS_MAX, PortKey,
+    PortKey6, PortTarget, PortTarget6, ROUTED_FLOWS_MAX, SOCK_NAT_MAX, SockNatKey, SockNatValue,
     TRUSTED_IFACES_MAX, TrustedIfaceKey, UNREPLIED_RING_LEN, stats::STATS_LEN,
 };
 
@@ -114,3 +114,6 @@ pub static NAT_FLOWS6: HashMap<FlowKey6, NatFlow6> =
 
 #[map]
 pub static FILTER_RULES6: LpmTrie<FilterKey6, FilterRule> = LpmTrie::pinned(FILTER_RULES_MAX, 0);
+
+#[map]
+pub static NETWORKS6: LpmTrie<NetworkKey6, NetworkInfo> = LpmTrie::pinned(NETWORKS_MAX, 0);

@@ -31,8 +31,8 @@ use dataplane_common::{
     PortTarget, ROUTED_FLOWS, STATS, TRUSTED_IFACES, TrustedIfaceKey, stats::Stat,
 };
 use dataplane_common::{
-    FILTER_RULES6, FilterKey6, FlowKey6, NAT_FLOWS6, NODE_ADDRS6, NatFlow6, NodeAddrKey6,
-    PUBLISHED_PORTS6, PortKey6, PortTarget6,
+    FILTER_RULES6, FilterKey6, FlowKey6, NAT_FLOWS6, NETWORKS6, NODE_ADDRS6, NatFlow6, NetworkKey6,
+    NodeAddrKey6, PUBLISHED_PORTS6, PortKey6, PortTarget6,
 };
 
 use super::{
@@ -283,7 +283,6 @@ fn network_entry(n: &NetworkPolicy) -> (Key<NetworkKey>, NetworkInfo) {
     )
 }
 
-/// The allow-list key of a `--link` rule.
 /// The IPv4 links: IPv6 has no `icc=false` policy in this dataplane yet, so no allow-list
 /// through it either.
 fn ipv4_links(links: &[LinkRule]) -> impl Iterator<Item = &LinkRule> {
@@ -292,6 +291,33 @@ fn ipv4_links(links: &[LinkRule]) -> impl Iterator<Item = &LinkRule> {
         .filter(|link| link.from.is_ipv4() && link.to.is_ipv4())
 }
 
+/// The NETWORKS6 entry of a network with an IPv6 subnet: its IPv6 masquerade setting in
+/// place of the IPv4 one, no direct-access flags (the uplink does not judge IPv6 yet).
+fn network_entry6(n: &NetworkPolicy) -> Option<(Key<NetworkKey6>, NetworkInfo)> {
+    let subnet = n.subnet_ipv6?;
+    let flags = if n.icc { NETWORK_ICC } else { 0 }
+        | if n.internal { NETWORK_INTERNAL } else { 0 }
+        | if n.masquerade_ipv6 {
+            NETWORK_MASQUERADE
+        } else {
+            0
+        };
+    let key = Key::new(
+        u32::from(subnet.prefix_len()),
+        NetworkKey6 {
+            addr: subnet.network().octets(),
+        },
+    );
+    Some((
+        key,
+        NetworkInfo {
+            index: n.index,
+            flags,
+        },
+    ))
+}
+
+/// The allow-list key of a `--link` rule.
 fn link_key(l: &LinkRule) -> Result<LinkKey> {
     Ok(LinkKey {
         src_ip_be: ipv4_be(l.from)?,
@@ -1174,6 +1200,11 @@ impl Dataplane for EbpfDataplane {
         let mut trie: LpmTrie<&mut MapData, NetworkKey, NetworkInfo> =
             LpmTrie::try_from(self.map_mut(NETWORKS)?).map_err(Error::dataplane(NETWORKS))?;
         sync_trie(&mut trie, &wanted, "network")?;
+        let wanted6: Vec<(Key<NetworkKey6>, NetworkInfo)> =
+            networks.iter().filter_map(network_entry6).collect();
+        let mut trie6: LpmTrie<&mut MapData, NetworkKey6, NetworkInfo> =
+            LpmTrie::try_from(self.map_mut(NETWORKS6)?).map_err(Error::dataplane(NETWORKS6))?;
+        sync_trie(&mut trie6, &wanted6, "IPv6 network")?;
         // Trusted interfaces by index: one that does not exist now is left out until the
         // networks are synced again (an agent restart, a network created or removed).
         let trusted: std::collections::HashMap<TrustedIfaceKey, u32> = networks
@@ -1712,6 +1743,24 @@ impl EbpfDataplane {
             repaired.push(Repaired {
                 kind: RepairKind::MapEntryRestored,
                 what: format!("{NETWORKS} {}", intended.networks[i].subnet),
+            });
+        }
+        let networks6: Vec<(Key<NetworkKey6>, NetworkInfo)> = intended
+            .networks
+            .iter()
+            .filter_map(network_entry6)
+            .collect();
+        let mut trie6: LpmTrie<&mut MapData, NetworkKey6, NetworkInfo> =
+            LpmTrie::try_from(self.map_mut(NETWORKS6)?).map_err(Error::dataplane(NETWORKS6))?;
+        for i in sync_trie(&mut trie6, &networks6, "IPv6 network")? {
+            let subnet = networks6[i].0.data();
+            repaired.push(Repaired {
+                kind: RepairKind::MapEntryRestored,
+                what: format!(
+                    "{NETWORKS6} {}/{}",
+                    Ipv6Addr::from(subnet.addr),
+                    networks6[i].0.prefix_len()
+                ),
             });
         }
         let (filters, filters6) = filter_entries(intended.filters);

@@ -6,8 +6,8 @@
 use std::net::Ipv6Addr;
 
 use dataplane_common::{
-    FlowKey6, NAT_FLOWS6, NODE_ADDRS6, NatFlow6, NodeAddrKey6, PUBLISHED_PORTS6, PortKey6,
-    PortTarget6,
+    FILTER_RULES6, FilterKey6, FlowKey6, NAT_FLOWS6, NETWORKS6, NODE_ADDRS6, NatFlow6, NetworkKey6,
+    NodeAddrKey6, PUBLISHED_PORTS6, PortKey6, PortTarget6,
     parse::ipv6::{Parsed6, parse_ipv6},
 };
 
@@ -350,7 +350,8 @@ impl Fixture {
     }
 
     /// IPv6 published ports: 8080/tcp and 5353/udp on every node address (2001:db8::1),
-    /// 9090/tcp on 2001:db8::7 only, 8081/tcp on [::1], all to [fd00::2]:80 (UDP: 53).
+    /// 9090/tcp on 2001:db8::7 only, 8081/tcp on [::1], all to [fd00::2]:80 (UDP: 53);
+    /// source filters on 8080/tcp.
     pub(crate) fn publish_ipv6_ports(&mut self) -> Result<()> {
         let fx = self;
         let mut addrs: HashMap<&mut MapData, NodeAddrKey6, NodeAddr> =
@@ -387,6 +388,30 @@ impl Fixture {
                 },
                 0,
             )?;
+        }
+        // On 8080/tcp only: 2001:db8::/32 allowed but not 2001:db8::66, the rest denied.
+        let mut filters: LpmTrie<&mut MapData, FilterKey6, FilterRule> =
+            LpmTrie::try_from(fx.ebpf.map_mut(FILTER_RULES6).unwrap())?;
+        for (id, (src, len, action)) in [
+            ("2001:db8::", 32, FILTER_ALLOW),
+            ("2001:db8::66", 128, FILTER_DENY),
+            ("::", 0, FILTER_DENY),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let src: Ipv6Addr = src.parse()?;
+            let key = FilterKey6 {
+                host_port_be: 8080u16.to_be(),
+                proto: IPPROTO_TCP,
+                _pad: 0,
+                src_ip: src.octets(),
+            };
+            let rule = FilterRule {
+                rule_id: 10 + id as u32,
+                action,
+            };
+            filters.insert(&Key::new(FILTER_SCOPE_BITS + len, key), rule, 0)?;
         }
         Ok(())
     }
@@ -535,6 +560,27 @@ fn ipv6_published_ports_table() -> Result<()> {
             None,
         ),
         (
+            "filter: the denied /128",
+            Packet6::tcp("2001:db8::66".parse()?, 40000, NODE_IP6, 8080, SYN).build(),
+            XDP_DROP,
+            Stat::UplinkDropFilter,
+            None,
+        ),
+        (
+            "filter: the ::/0 default",
+            Packet6::tcp("2001:db9::5".parse()?, 40000, NODE_IP6, 8080, SYN).build(),
+            XDP_DROP,
+            Stat::UplinkDropFilter,
+            None,
+        ),
+        (
+            "filter: other ports unfiltered",
+            Packet6::udp("2001:db9::5".parse()?, 40001, NODE_IP6, 5353, 12).build(),
+            XDP_REDIRECT,
+            Stat::UplinkRedirectDnat,
+            Some(53),
+        ),
+        (
             "udp without a checksum",
             zero_checksum,
             XDP_DROP,
@@ -567,7 +613,7 @@ fn ipv6_published_ports_table() -> Result<()> {
         // One flow per client port and protocol, keyed as the container sees it, the
         // client's address kept, not yet answered.
         let mut flows = fx.flows6()?;
-        flows.sort_by_key(|(key, _)| (key.proto, key.container_port_be));
+        flows.sort_by_key(|(key, _)| (key.proto, key.container_port_be, key.remote_ip));
         let seen: Vec<_> = flows
             .iter()
             .map(|(k, f)| {
@@ -598,6 +644,15 @@ fn ipv6_published_ports_table() -> Result<()> {
                     CONTAINER_IP6,
                     53,
                     WORLD_IP6,
+                    40001,
+                    IPPROTO_UDP,
+                    NODE_IP6,
+                    CT_NEW
+                ),
+                (
+                    CONTAINER_IP6,
+                    53,
+                    "2001:db9::5".parse()?,
                     40001,
                     IPPROTO_UDP,
                     NODE_IP6,
@@ -703,4 +758,111 @@ fn ipv6_replies_leave_from_the_published_address() -> Result<()> {
         );
         Ok(())
     })
+}
+
+#[test]
+fn ipv6_policy_table() -> Result<()> {
+    let mut fx = Fixture::with_ipv6_ports()?;
+    let mut trie: LpmTrie<&mut MapData, NetworkKey6, NetworkInfo> =
+        LpmTrie::try_from(fx.ebpf.map_mut(NETWORKS6).unwrap())?;
+    for (index, (subnet, flags)) in [
+        ("fd00::", NETWORK_ICC | NETWORK_MASQUERADE),
+        ("fd01::", NETWORK_MASQUERADE),
+        ("fd02::", NETWORK_ICC | NETWORK_INTERNAL),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let addr: Ipv6Addr = subnet.parse()?;
+        let info = NetworkInfo {
+            index: index as u32 + 1,
+            flags,
+        };
+        trie.insert(
+            &Key::new(
+                64,
+                NetworkKey6 {
+                    addr: addr.octets(),
+                },
+            ),
+            info,
+            0,
+        )?;
+    }
+    let from = |src: &str, dst: &str| -> Result<Vec<u8>> {
+        Ok(Packet6 {
+            src_mac: CONTAINER_MAC,
+            dst_mac: HOST_VETH_MAC,
+            ..Packet6::tcp(src.parse()?, 5000, dst.parse()?, 80, SYN)
+        }
+        .build())
+    };
+    let solicitation = Packet6 {
+        src: "fd01::2".parse()?,
+        src_mac: CONTAINER_MAC,
+        ..neighbour_solicitation("fd01::3".parse()?)
+    }
+    .build();
+    let cases = [
+        (
+            "same network, icc",
+            from("fd00::2", "fd00::3")?,
+            TC_ACT_OK,
+            Stat::ContainerPassSameNetwork,
+        ),
+        (
+            "another network",
+            from("fd00::2", "fd01::3")?,
+            TC_ACT_SHOT,
+            Stat::ContainerDropIsolation,
+        ),
+        (
+            "same network, icc=false",
+            from("fd01::2", "fd01::3")?,
+            TC_ACT_SHOT,
+            Stat::ContainerDropPolicyIcc,
+        ),
+        (
+            "link-local, icc=false",
+            from("fd01::2", "fe80::3")?,
+            TC_ACT_SHOT,
+            Stat::ContainerDropPolicyIcc,
+        ),
+        (
+            "neighbour solicitation, icc=false",
+            solicitation,
+            TC_ACT_OK,
+            Stat::ContainerPassToNode,
+        ),
+        (
+            "a node address",
+            from("fd01::2", "2001:db8::1")?,
+            TC_ACT_OK,
+            Stat::ContainerPassToNode,
+        ),
+        (
+            "internal network to the outside",
+            from("fd02::2", "2001:db8::2")?,
+            TC_ACT_SHOT,
+            Stat::ContainerDropInternal,
+        ),
+        (
+            "to the outside, routed",
+            from("fd00::2", "2001:db8::2")?,
+            TC_ACT_OK,
+            Stat::ContainerPassOutside,
+        ),
+        (
+            "a sender on no network",
+            from("2001:db8::99", "fd00::3")?,
+            TC_ACT_OK,
+            Stat::ContainerPassIpv6,
+        ),
+    ];
+    for (name, frame, verdict, stat) in cases {
+        let (got, out, moved) = fx.run(CONTAINER_PROGRAM, &frame).context(name)?;
+        assert_eq!((got, moved), (verdict, stat), "{name}");
+        assert_eq!(out, frame, "{name}: untouched");
+    }
+    Ok(())
 }
