@@ -144,6 +144,7 @@ pub const CURRENT: &[MapLayout] = &[
     MapLayout::hash::<FlowKey6, NatFlow6>(NAT_FLOWS6, 1),
     MapLayout::lpm_trie::<FilterKey6, FilterRule>(FILTER_RULES6, 1),
     MapLayout::lpm_trie::<NetworkKey6, NetworkInfo>(NETWORKS6, 1),
+    MapLayout::hash::<SockNatKey6, SockNatValue6>(SOCK_NAT6, 1),
 ];
 
 /// The earlier layouts this build migrates from, with their types frozen in a module of

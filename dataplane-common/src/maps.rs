@@ -83,6 +83,8 @@ pub const FILTER_RULES6: &str = "FILTER_RULES6";
 /// The bridge networks' IPv6 subnets: [`NETWORKS`] for IPv6 (the same [`NetworkInfo`], its
 /// masquerade flag the network's IPv6 one).
 pub const NETWORKS6: &str = "NETWORKS6";
+/// [`SOCK_NAT`] for IPv6 sockets (an IPv4-mapped address for a dual-stack socket's IPv4).
+pub const SOCK_NAT6: &str = "SOCK_NAT6";
 pub const EVENTS_BYTES: u32 = 256 * 1024;
 /// Events per second and CPU that the ring buffer takes; the rest are only counted.
 pub const EVENTS_PER_SECOND: u64 = 1000;
@@ -328,6 +330,25 @@ pub struct SockNatValue {
     pub _pad: u16,
 }
 
+/// Key of [`SOCK_NAT6`]: [`SockNatKey`] with an IPv6 backend address.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct SockNatKey6 {
+    pub socket_cookie: u64,
+    pub backend_ip: [u8; 16],
+    pub backend_port_be: u16,
+    pub _pad: [u8; 6],
+}
+
+/// Value of [`SOCK_NAT6`]: the published address the application asked for.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct SockNatValue6 {
+    pub frontend_ip: [u8; 16],
+    pub frontend_port_be: u16,
+    pub _pad: u16,
+}
+
 /// The data of a [`NETWORKS`] key: an address, matched on the subnet's prefix length.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, bytemuck::Pod, bytemuck::Zeroable)]
@@ -554,6 +575,8 @@ const _: () = assert!(size_of::<FlowKey6>() == 40);
 const _: () = assert!(size_of::<NatFlow6>() == 64);
 const _: () = assert!(size_of::<FilterKey6>() == 20);
 const _: () = assert!(size_of::<NetworkKey6>() == 16);
+const _: () = assert!(size_of::<SockNatKey6>() == 32);
+const _: () = assert!(size_of::<SockNatValue6>() == 20);
 const _: () = assert!(size_of::<FragmentKey>() == 12);
 const _: () = assert!(size_of::<FragmentEntry>() == 32);
 
@@ -605,4 +628,6 @@ aya_pod!(
     NatFlow6,
     FilterKey6,
     NetworkKey6,
+    SockNatKey6,
+    SockNatValue6,
 );

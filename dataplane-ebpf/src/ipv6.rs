@@ -75,9 +75,15 @@ pub fn uplink_ingress<P: Packet>(packet: &P, len: usize) -> (Action, Stat) {
 }
 
 /// The port mapping a packet to `dst`:`port_be` hits: one bound to that exact address
-/// first, then one bound to every node address when `dst` is one of them.
+/// first, then one bound to every node address when `dst` is one of them, `[::1]`
+/// counting as one when `loopback_is_node` (sockets on the node itself).
 #[inline(always)]
-fn published_target(dst: &[u8; 16], port_be: u16, proto: u8) -> Option<PortTarget6> {
+pub(crate) fn published_target(
+    dst: &[u8; 16],
+    port_be: u16,
+    proto: u8,
+    loopback_is_node: bool,
+) -> Option<PortTarget6> {
     let exact = PortKey6 {
         host_ip: *dst,
         host_port_be: port_be,
@@ -89,7 +95,10 @@ fn published_target(dst: &[u8; 16], port_be: u16, proto: u8) -> Option<PortTarge
         return Some(*target);
     }
     // SAFETY: as above.
-    unsafe { NODE_ADDRS6.get(&NodeAddrKey6 { addr: *dst }) }?;
+    let node_address = unsafe { NODE_ADDRS6.get(&NodeAddrKey6 { addr: *dst }) }.is_some();
+    if !node_address && !(loopback_is_node && *dst == LOOPBACK) {
+        return None;
+    }
     let any = PortKey6 {
         host_ip: [0; 16],
         ..exact
@@ -189,7 +198,7 @@ fn from_outside<P: Packet>(packet: &P, ip: &Ipv6, l4: &L4, len: usize) -> (Actio
     if ip.dst == LOOPBACK {
         return (Action::Pass, Stat::UplinkPassLoopbackDestination);
     }
-    let Some(target) = published_target(&ip.dst, l4.dport_be, ip.protocol) else {
+    let Some(target) = published_target(&ip.dst, l4.dport_be, ip.protocol, false) else {
         return (Action::Pass, Stat::UplinkPassNotPublished);
     };
     if !source_allowed(&ip.src, l4.dport_be, ip.protocol, len) {

@@ -97,6 +97,28 @@ pub fn sock_getpeername4(ctx: SockAddrContext) -> i32 {
     sock::to_frontend(&ctx)
 }
 
+/// The same for IPv6 sockets: `[::1]` and the node's IPv6 addresses, and a dual-stack
+/// socket's IPv4-mapped addresses as IPv4's.
+#[cgroup_sock_addr(connect6)]
+pub fn sock_connect6(ctx: SockAddrContext) -> i32 {
+    sock::to_backend6(&ctx)
+}
+
+#[cgroup_sock_addr(sendmsg6)]
+pub fn sock_sendmsg6(ctx: SockAddrContext) -> i32 {
+    sock::to_backend6(&ctx)
+}
+
+#[cgroup_sock_addr(recvmsg6)]
+pub fn sock_recvmsg6(ctx: SockAddrContext) -> i32 {
+    sock::to_frontend6(&ctx)
+}
+
+#[cgroup_sock_addr(getpeername6)]
+pub fn sock_getpeername6(ctx: SockAddrContext) -> i32 {
+    sock::to_frontend6(&ctx)
+}
+
 #[cfg(not(test))]
 #[panic_handler]
 fn panic(_info: &core::panic::PanicInfo) -> ! {

@@ -12,8 +12,9 @@ use dataplane_common::{
     FlowKey, FlowKey6, FragmentEntry, FragmentKey, LINKS_MAX, LinkKey, MASQUERADE_SOURCES_MAX,
     NAT_FLOWS_MAX, NETWORKS_MAX, NODE_ADDRS_MAX, NatFlow, NatFlow6, NetworkInfo, NetworkKey,
     NetworkKey6, NodeAddr, NodeAddrKey, NodeAddrKey6, NodeConfig, PUBLISHED_PORTS_MAX, PortKey,
-    PortKey6, PortTarget, PortTarget6, ROUTED_FLOWS_MAX, SOCK_NAT_MAX, SockNatKey, SockNatValue,
-    TRUSTED_IFACES_MAX, TrustedIfaceKey, UNREPLIED_RING_LEN, stats::STATS_LEN,
+    PortKey6, PortTarget, PortTarget6, ROUTED_FLOWS_MAX, SOCK_NAT_MAX, SockNatKey, SockNatKey6,
+    SockNatValue, SockNatValue6, TRUSTED_IFACES_MAX, TrustedIfaceKey, UNREPLIED_RING_LEN,
+    stats::STATS_LEN,
 };
 
 #[map]
@@ -117,3 +118,6 @@ pub static FILTER_RULES6: LpmTrie<FilterKey6, FilterRule> = LpmTrie::pinned(FILT
 
 #[map]
 pub static NETWORKS6: LpmTrie<NetworkKey6, NetworkInfo> = LpmTrie::pinned(NETWORKS_MAX, 0);
+
+#[map]
+pub static SOCK_NAT6: LruHashMap<SockNatKey6, SockNatValue6> = LruHashMap::pinned(SOCK_NAT_MAX, 0);

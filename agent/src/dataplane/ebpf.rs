@@ -61,15 +61,19 @@ pub const UPLINK_PROGRAM: &str = "uplink_ingress";
 pub const UPLINK_TC_PROGRAM: &str = "uplink_ingress_tc";
 pub const CONTAINER_PROGRAM: &str = "container_ingress";
 /// The cgroup socket-address programs, by name.
-pub const SOCKET_PROGRAMS: [&str; 4] = [
+pub const SOCKET_PROGRAMS: [&str; 8] = [
     "sock_connect4",
     "sock_sendmsg4",
     "sock_recvmsg4",
     "sock_getpeername4",
+    "sock_connect6",
+    "sock_sendmsg6",
+    "sock_recvmsg6",
+    "sock_getpeername6",
 ];
 const LINKS_DIR: &str = "links";
 /// Every program of the object, by name.
-pub const PROGRAMS: [&str; 7] = [
+pub const PROGRAMS: [&str; 11] = [
     UPLINK_PROGRAM,
     UPLINK_TC_PROGRAM,
     CONTAINER_PROGRAM,
@@ -77,6 +81,10 @@ pub const PROGRAMS: [&str; 7] = [
     SOCKET_PROGRAMS[1],
     SOCKET_PROGRAMS[2],
     SOCKET_PROGRAMS[3],
+    SOCKET_PROGRAMS[4],
+    SOCKET_PROGRAMS[5],
+    SOCKET_PROGRAMS[6],
+    SOCKET_PROGRAMS[7],
 ];
 /// The verifier's complexity limit: instructions it may process for one program
 /// (`BPF_COMPLEXITY_LIMIT_INSNS`).
