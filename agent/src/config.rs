@@ -3,21 +3,22 @@
 
 use std::{
     fmt,
-    net::{Ipv4Addr, SocketAddr},
+    net::{IpAddr, Ipv4Addr, SocketAddr},
     path::{Path, PathBuf},
     str::FromStr,
 };
 
-use ipnet::Ipv4Net;
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serde::{Deserialize, Serialize};
 
 use crate::{Error, Result};
 
-/// A pool that network subnets are carved from: `base` split into blocks of `/size`.
+/// A pool that network subnets are carved from: `base` (IPv4 or IPv6) split into blocks
+/// of `/size`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AddressPool {
-    pub base: Ipv4Net,
+    pub base: IpNet,
     pub size: u8,
 }
 
@@ -52,10 +53,26 @@ impl AddressPool {
         ]
     }
 
+    /// The automatic IPv6 pool of networks made with `--ipv6` and no subnet, as Docker 27
+    /// adds it: a unique local /48 (RFC 4193) from a 40-bit global id, split into /64s.
+    pub fn ula(global_id: u64) -> AddressPool {
+        let id = global_id & 0xff_ffff_ffff;
+        let prefix = (0xfdu128 << 120) | (u128::from(id) << 80);
+        AddressPool {
+            base: Ipv6Net::new(prefix.into(), 48).expect("a /48").into(),
+            size: 64,
+        }
+    }
+
     fn validate(&self) -> Result<()> {
-        if self.size < self.base.prefix_len() || self.size > 30 {
+        // IPv4 subnets keep room for a gateway and a container; IPv6 ones down to a /124.
+        let longest = match self.base {
+            IpNet::V4(_) => 30,
+            IpNet::V6(_) => 124,
+        };
+        if self.size < self.base.prefix_len() || self.size > longest {
             return Err(Error::InvalidArgument(format!(
-                "address pool {}: size /{} must be between /{} and /30",
+                "address pool {}: size /{} must be between /{} and /{longest}",
                 self.base,
                 self.size,
                 self.base.prefix_len()
@@ -78,7 +95,7 @@ impl FromStr for AddressPool {
         let (mut base, mut size) = (None, None);
         for part in s.split(',') {
             match part.split_once('=') {
-                Some(("base", v)) => base = Some(v.parse::<Ipv4Net>().map_err(|_| bad())?.trunc()),
+                Some(("base", v)) => base = Some(v.parse::<IpNet>().map_err(|_| bad())?.trunc()),
                 Some(("size", v)) => size = Some(v.parse::<u8>().map_err(|_| bad())?),
                 _ => return Err(bad()),
             }
@@ -250,7 +267,9 @@ pub struct Settings {
     /// The default bridge's gateway address and prefix, e.g. 172.26.0.1/16.
     #[arg(long)]
     pub bip: Option<Ipv4Net>,
-    /// Pools for network subnets: base=CIDR,size=N (repeatable).
+    /// Pools for network subnets: base=CIDR,size=N, IPv4 or IPv6 (repeatable) [default:
+    /// Docker's IPv4 pools; IPv6 subnets then come from a unique local /48 of the agent's].
+    // An IPv6 pool given replaces the automatic ULA /48, as in Docker 27.
     #[arg(long = "default-address-pool", value_name = "base=CIDR,size=N")]
     pub default_address_pools: Vec<AddressPool>,
     /// MTU of the default bridge and new networks [default: the uplink's].
@@ -267,9 +286,21 @@ pub struct Settings {
     // Skips the drop of direct access (Docker 28's raw-table rule) on every network.
     #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true", action = clap::ArgAction::Set)]
     pub allow_direct_routing: bool,
-    /// Default host address of published ports [default: 0.0.0.0].
+    /// Default host address of published ports, IPv4 or IPv6 [default: 0.0.0.0, and :: for
+    /// containers with an IPv6 address].
     #[arg(long)]
-    pub ip: Ipv4Addr,
+    pub ip: IpAddr,
+    /// IPv6 on the default bridge network, as dockerd's --ipv6 [default: false].
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true", action = clap::ArgAction::Set)]
+    pub ipv6: bool,
+    /// The default bridge's IPv6 subnet, with --ipv6 [default: a /64 of the IPv6 pools].
+    #[arg(long)]
+    pub fixed_cidr_v6: Option<Ipv6Net>,
+    /// With --dataplane iptables: program Docker's ip6tables rules for IPv6 networks, as
+    /// dockerd 27's ip6tables [default: true].
+    // Without them IPv6 networks are routed as they are: no DNAT, masquerade or isolation.
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true", action = clap::ArgAction::Set)]
+    pub ip6tables: bool,
     /// Upstream resolvers for containers' DNS (IP:PORT, repeatable) [default: /etc/resolv.conf].
     // Where containers' DNS servers forward names that are not containers'.
     #[arg(long)]
@@ -347,7 +378,10 @@ impl Default for Settings {
             icc: true,
             ip_masq: true,
             allow_direct_routing: false,
-            ip: Ipv4Addr::UNSPECIFIED,
+            ip: Ipv4Addr::UNSPECIFIED.into(),
+            ipv6: false,
+            fixed_cidr_v6: None,
+            ip6tables: true,
             dns: None,
             port_range: PortRange {
                 start: 32768,
@@ -636,7 +670,7 @@ mod tests {
         .unwrap();
         let s = Settings::from_file(&json_path).unwrap();
         assert!(!s.ip_forward);
-        assert_eq!(s.ip, Ipv4Addr::LOCALHOST);
+        assert_eq!(s.ip, IpAddr::from(Ipv4Addr::LOCALHOST));
         assert_eq!(s.masquerade_port_range.bounds(), Some((61000, 61001)));
         assert_eq!(s.metrics_addr, Some("127.0.0.1:9323".parse().unwrap()));
     }
@@ -669,11 +703,15 @@ mod tests {
                 "--bip=172.26.0.1/16",
                 "--default-address-pool=base=10.0.0.0/8,size=24",
                 "--default-address-pool=base=10.1.0.0/16,size=24",
+                "--default-address-pool=base=2001:db8::/56,size=64",
                 "--mtu=1400",
                 "--icc=false",
                 "--ip-masq=false",
                 "--allow-direct-routing",
                 "--ip=127.0.0.1",
+                "--ipv6",
+                "--fixed-cidr-v6=2001:db8:1::/64",
+                "--ip6tables=false",
                 "--dns=192.0.2.1:53",
                 "--dns=192.0.2.2:53",
                 "--port-range=1000-2000",

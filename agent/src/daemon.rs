@@ -79,6 +79,7 @@ pub async fn run(settings: Settings, socket: PathBuf) -> Result<()> {
         .docker_plugin()
         .map(|(name, socket)| (name.to_string(), socket));
     let userland_proxy = settings.userland_proxy;
+    let ip6tables = settings.ip6tables;
     // Subscribed before the start reads the interfaces and addresses, so that no change in
     // between is lost.
     let interface_changes = netlink::interface_changes()?;
@@ -86,7 +87,8 @@ pub async fn run(settings: Settings, socket: PathBuf) -> Result<()> {
     let service = Service::start(handle, settings, move |uplink| {
         Ok(match dataplane {
             DataplaneKind::Iptables => {
-                Box::new(IptablesDataplane::start(uplink, userland_proxy)?) as Box<dyn Dataplane>
+                Box::new(IptablesDataplane::start(uplink, userland_proxy, ip6tables)?)
+                    as Box<dyn Dataplane>
             }
             DataplaneKind::Ebpf => Box::new(EbpfDataplane::start(
                 &pin_dir,

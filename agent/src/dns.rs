@@ -31,7 +31,10 @@ use hickory_proto::{
     op::{
         DEFAULT_MAX_PAYLOAD_LEN, Edns, Header, Message, MessageType, Metadata, OpCode, ResponseCode,
     },
-    rr::{DNSClass, RData, Record as DnsRecord, RecordType, rdata::A},
+    rr::{
+        DNSClass, RData, Record as DnsRecord, RecordType,
+        rdata::{A, AAAA},
+    },
     serialize::binary::BinDecodable as _,
 };
 use nix::{
@@ -82,6 +85,10 @@ pub struct Record {
     /// Container name, network aliases, short id (12 hex).
     pub names: Vec<String>,
     pub ip: Ipv4Addr,
+    /// The IPv6 address on a network with IPv6 (AAAA answers); records saved before IPv6
+    /// have none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv6: Option<Ipv6Addr>,
 }
 
 /// The resolver shared by all containers' DNS servers. Cheap to clone (Arc inside); when the
@@ -754,16 +761,16 @@ fn decide(records: &[Record], client: &str, query: &[u8], transport: Transport) 
         return Action::Forward(request);
     }
     let mut response = response_to(&request, ResponseCode::NoError);
-    // Containers have only IPv4 addresses: any other type is an empty answer for a name
-    // that exists (NOERROR, not NXDOMAIN, so that clients go on to the A answer).
-    if question.query_type() == RecordType::A {
-        for ip in ips {
-            response.add_answer(DnsRecord::from_rdata(
-                question.name().clone(),
-                TTL,
-                RData::A(A(ip)),
-            ));
-        }
+    // A and AAAA get the addresses of their family; any other type (and AAAA for a
+    // container without IPv6) is an empty answer for a name that exists (NOERROR, not
+    // NXDOMAIN, so that clients go on to the other family's answer).
+    for ip in ips {
+        let data = match (question.query_type(), ip) {
+            (RecordType::A, IpAddr::V4(ip)) => RData::A(A(ip)),
+            (RecordType::AAAA, IpAddr::V6(ip)) => RData::AAAA(AAAA(ip)),
+            _ => continue,
+        };
+        response.add_answer(DnsRecord::from_rdata(question.name().clone(), TTL, data));
     }
     let limit = (transport == Transport::Udp).then(|| usize::from(request.max_payload()));
     reply(&response, limit)
@@ -811,8 +818,8 @@ fn response_metadata(request: &Metadata, code: ResponseCode) -> Metadata {
 }
 
 /// The addresses `name` has for container `client`: those of the records with that name on
-/// the networks `client` is on, without duplicates.
-fn lookup(records: &[Record], client: &str, name: &str) -> Vec<Ipv4Addr> {
+/// the networks `client` is on (IPv4 and IPv6), without duplicates.
+fn lookup(records: &[Record], client: &str, name: &str) -> Vec<IpAddr> {
     let networks: HashSet<&str> = records
         .iter()
         .filter(|r| r.container_id == client)
@@ -822,9 +829,15 @@ fn lookup(records: &[Record], client: &str, name: &str) -> Vec<Ipv4Addr> {
     for record in records {
         if networks.contains(record.network.as_str())
             && record.names.iter().any(|n| same_name(n, name))
-            && !ips.contains(&record.ip)
         {
-            ips.push(record.ip);
+            let addresses = std::iter::once(IpAddr::V4(record.ip))
+                .chain(record.ipv6.map(IpAddr::V6))
+                .collect::<Vec<_>>();
+            for ip in addresses {
+                if !ips.contains(&ip) {
+                    ips.push(ip);
+                }
+            }
         }
     }
     ips
@@ -929,6 +942,7 @@ mod tests {
             network: network.into(),
             names: names.iter().map(|n| n.to_string()).collect(),
             ip: ip.into(),
+            ipv6: None,
         }
     }
 
@@ -963,7 +977,7 @@ mod tests {
     #[test]
     fn lookup_is_limited_to_shared_networks() {
         let records = records();
-        let ip = |a, b, c, d| vec![Ipv4Addr::new(a, b, c, d)];
+        let ip = |a, b, c, d| vec![IpAddr::V4(Ipv4Addr::new(a, b, c, d))];
         for (client, name, expected) in [
             ("id1", "c2", ip(10, 0, 1, 2)),
             ("id1", "DB.", ip(10, 0, 1, 2)),
@@ -976,7 +990,7 @@ mod tests {
             (
                 "id4",
                 "c4",
-                vec![[10, 0, 1, 4].into(), [10, 0, 2, 4].into()],
+                vec![IpAddr::from([10, 0, 1, 4]), IpAddr::from([10, 0, 2, 4])],
             ),
             ("unknown", "c2", vec![]),
         ] {
@@ -1021,6 +1035,15 @@ mod tests {
         let response = decided(&records(), &aaaa, Transport::Udp).unwrap();
         assert_eq!(response.metadata.response_code, ResponseCode::NoError);
         assert!(response.answers.is_empty());
+
+        let mut dual = records();
+        dual[1].ipv6 = Some("fd00:1::2".parse().unwrap());
+        let response = decided(&dual, &aaaa, Transport::Udp).unwrap();
+        let answers: Vec<_> = response.answers.iter().map(|r| r.data.clone()).collect();
+        assert_eq!(answers, [RData::AAAA(AAAA("fd00:1::2".parse().unwrap()))]);
+        let a = query("c2", RecordType::A).to_vec().unwrap();
+        let response = decided(&dual, &a, Transport::Udp).unwrap();
+        assert_eq!(response.answers.len(), 1, "A answers stay IPv4");
     }
 
     #[test]

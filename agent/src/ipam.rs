@@ -1,18 +1,144 @@
-//! IPv4 address management for one network: the gateway, network and broadcast addresses
-//! are never handed out, nor is an address in use; allocation continues after the last one
-//! handed out (like Docker), so a just-released address is not reused at once.
+//! Address management for one network: the gateway, network and broadcast addresses (for
+//! IPv6, the subnet-router anycast and the last address) are never handed out, nor is an
+//! address in use; allocation continues after the last one handed out (like Docker), so a
+//! just-released address is not reused at once.
 
-use std::{collections::BTreeSet, net::Ipv4Addr};
+use std::{
+    collections::BTreeSet,
+    net::{Ipv4Addr, Ipv6Addr},
+};
 
-use ipnet::Ipv4Net;
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
 use crate::{Error, Result, config::AddressPool};
 
-/// Every subnet the pools offer, in order: each pool's base split into `/size` blocks.
+/// Every IPv4 subnet the pools offer, in order: each IPv4 pool's base split into `/size`
+/// blocks.
 pub fn pool_candidates(pools: &[AddressPool]) -> impl Iterator<Item = Ipv4Net> + '_ {
-    pools
+    pools.iter().flat_map(|pool| match pool.base {
+        IpNet::V4(base) => base.subnets(pool.size).into_iter().flatten().collect(),
+        IpNet::V6(_) => Vec::new(),
+    })
+}
+
+/// The IPv6 pools among `pools`, or else the automatic unique local one of `ula_global_id`
+/// (Docker 27's: a /48 split into /64s).
+pub fn ipv6_pools(pools: &[AddressPool], ula_global_id: u64) -> Vec<(Ipv6Net, u8)> {
+    let given: Vec<(Ipv6Net, u8)> = pools
         .iter()
-        .flat_map(|pool| pool.base.subnets(pool.size).into_iter().flatten())
+        .filter_map(|pool| match pool.base {
+            IpNet::V6(base) => Some((base, pool.size)),
+            IpNet::V4(_) => None,
+        })
+        .collect();
+    match given.is_empty() {
+        true => match AddressPool::ula(ula_global_id).base {
+            IpNet::V6(base) => vec![(base, 64)],
+            IpNet::V4(_) => unreachable!("a ULA pool is IPv6"),
+        },
+        false => given,
+    }
+}
+
+/// Whether two IPv6 subnets share any address.
+pub fn overlaps_v6(a: &Ipv6Net, b: &Ipv6Net) -> bool {
+    a.contains(&b.network()) || b.contains(&a.network())
+}
+
+/// The first subnet of `pools` (see [`ipv6_pools`]) that overlaps none of `taken`.
+pub fn first_free_subnet_v6(pools: &[(Ipv6Net, u8)], taken: &[Ipv6Net]) -> Option<Ipv6Net> {
+    pools.iter().find_map(|(base, size)| {
+        base.subnets(*size).ok()?.find(|candidate| {
+            !taken
+                .iter()
+                .any(|t| t.prefix_len() > 0 && overlaps_v6(t, candidate))
+        })
+    })
+}
+
+/// The IPv6 gateway Docker picks: the subnet's first address after the subnet-router
+/// anycast one (`::1`).
+pub fn default_gateway_v6(subnet: Ipv6Net) -> Ipv6Addr {
+    Ipv6Addr::from(u128::from(subnet.network()) + 1)
+}
+
+/// Parses an IPv6 subnet that must be a network address with room for containers.
+pub fn parse_subnet_v6(what: &str, s: &str) -> Result<Ipv6Net> {
+    let net: Ipv6Net = s
+        .parse()
+        .map_err(|_| Error::InvalidArgument(format!("invalid {what} {s:?}")))?;
+    if net.trunc() != net {
+        return Err(Error::InvalidArgument(format!(
+            "invalid {what} {s}: host bits set; did you mean {}?",
+            net.trunc()
+        )));
+    }
+    if net.prefix_len() > 124 {
+        return Err(Error::InvalidArgument(format!(
+            "invalid {what} {s}: a /{} has no room for containers",
+            net.prefix_len()
+        )));
+    }
+    Ok(net)
+}
+
+/// [`allocate`] for IPv6: an address of `range` inside `subnet`, neither its first nor its
+/// last address, nor `gateway` nor one `in_use`, starting after `last`.
+pub fn allocate_v6(
+    network: &str,
+    subnet: Ipv6Net,
+    range: Ipv6Net,
+    gateway: Ipv6Addr,
+    in_use: &BTreeSet<Ipv6Addr>,
+    last: Option<Ipv6Addr>,
+) -> Result<Ipv6Addr> {
+    let first = u128::from(range.network()).max(u128::from(subnet.network()) + 1);
+    // Exclusive; the subnet's last address is left out, as an IPv4 broadcast.
+    let end = u128::from(range.broadcast())
+        .saturating_add(1)
+        .min(u128::from(subnet.broadcast()));
+    if first >= end {
+        return Err(Error::PoolExhausted {
+            network: network.to_string(),
+        });
+    }
+    let span = end - first;
+    let start = match last.map(u128::from) {
+        Some(l) if l >= first && l < end => l + 1 - first,
+        _ => 0,
+    };
+    // Every address taken is skipped once at most: at most in_use.len() + 2 candidates.
+    let tries = span.min(in_use.len() as u128 + 2);
+    for step in 0..tries {
+        let candidate = Ipv6Addr::from(first + (start + step) % span);
+        if candidate != gateway && !in_use.contains(&candidate) {
+            return Ok(candidate);
+        }
+    }
+    Err(Error::PoolExhausted {
+        network: network.to_string(),
+    })
+}
+
+/// [`check_requested`] for an `--ip6`.
+pub fn check_requested_v6(
+    network: &str,
+    subnet: Ipv6Net,
+    gateway: Ipv6Addr,
+    in_use: &BTreeSet<Ipv6Addr>,
+    ip: Ipv6Addr,
+) -> Result<()> {
+    if !subnet.contains(&ip) || ip == subnet.network() {
+        return Err(Error::InvalidArgument(format!(
+            "IPv6 address {ip} is not a usable address of network {network} ({subnet})"
+        )));
+    }
+    if ip == gateway || in_use.contains(&ip) {
+        return Err(Error::Conflict(format!(
+            "IPv6 address {ip} is already in use on network {network}"
+        )));
+    }
+    Ok(())
 }
 
 /// Whether two subnets share any address.
@@ -199,5 +325,35 @@ mod tests {
         )
         .unwrap();
         assert_eq!(wrapped, Ipv4Addr::new(10, 0, 0, 2));
+    }
+
+    #[test]
+    fn ipv6_subnets_and_addresses() {
+        let v6 = |s: &str| s.parse::<Ipv6Net>().unwrap();
+        let ula = ipv6_pools(&AddressPool::docker_defaults(), 0x12_3456_789a);
+        assert_eq!(ula, vec![(v6("fd12:3456:789a::/48"), 64)]);
+        assert_eq!(
+            first_free_subnet_v6(&ula, &[v6("fd12:3456:789a::/64"), v6("::/0")]),
+            Some(v6("fd12:3456:789a:1::/64"))
+        );
+        let given: Vec<AddressPool> = vec!["base=2001:db8::/56,size=64".parse().unwrap()];
+        assert_eq!(ipv6_pools(&given, 1), vec![(v6("2001:db8::/56"), 64)]);
+        let subnet = v6("2001:db8::/64");
+        let gateway = default_gateway_v6(subnet);
+        assert_eq!(gateway, "2001:db8::1".parse::<Ipv6Addr>().unwrap());
+        let mut used = BTreeSet::new();
+        let first = allocate_v6("n", subnet, subnet, gateway, &used, None).unwrap();
+        assert_eq!(first, "2001:db8::2".parse::<Ipv6Addr>().unwrap());
+        used.insert(first);
+        let second = allocate_v6("n", subnet, subnet, gateway, &used, Some(first)).unwrap();
+        assert_eq!(second, "2001:db8::3".parse::<Ipv6Addr>().unwrap());
+        let small = v6("2001:db8::/126"); // ::1 gateway, ::2 the only one left
+        used.insert("2001:db8::2".parse().unwrap());
+        assert!(allocate_v6("n", small, small, gateway, &used, None).is_err());
+        assert!(check_requested_v6("n", subnet, gateway, &used, gateway).is_err());
+        assert!(
+            check_requested_v6("n", subnet, gateway, &used, "2001:db8::9".parse().unwrap()).is_ok()
+        );
+        assert!(parse_subnet_v6("subnet", "2001:db8::1/64").is_err());
     }
 }

@@ -36,6 +36,7 @@ pub mod model;
 pub mod netlink;
 pub mod netns;
 pub mod service;
+pub mod sockets;
 pub mod store;
 
 pub use error::{Error, Result};

@@ -445,6 +445,7 @@ mod tests {
             version: "0.1.0".into(),
             kernel_version: "6.1".into(),
             dataplane: "ebpf".into(),
+            dataplane_ipv6: false,
             uplink: "eth0".into(),
             uplinks: Vec::new(),
             settings: Default::default(),

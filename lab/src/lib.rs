@@ -44,4 +44,6 @@ pub use docker::{Dockerd, DockerdOptions};
 pub use mounts::cgroup2_mount;
 pub use netns::{Netns, TxOffload, in_netns, spawn_in_netns, try_in_netns, unique};
 pub use process::{Stopped, catch_stop_signals, check_stop, stop_child_within, stop_requested};
-pub use topology::{DefaultRoute, NODE_IP, Topology, UPLINK, Uplink, WORLD_IP, WORLD_LINK};
+pub use topology::{
+    DefaultRoute, NODE_IP, NODE_IPV6, Topology, UPLINK, Uplink, WORLD_IP, WORLD_IPV6, WORLD_LINK,
+};

@@ -9,7 +9,7 @@
 //! A world may serve several nodes (the bench joins one world to a node per dataplane): build
 //! the namespaces yourself and [`Uplink::connect`] each node to the world.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use anyhow::Result;
 
@@ -19,6 +19,11 @@ use crate::netns::{Netns, TxOffload};
 pub const NODE_IP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
 /// The world's address on the default uplink.
 pub const WORLD_IP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 2);
+/// The node's IPv6 uplink address of a dual-stack topology ([`Topology::with_ipv6`]), from
+/// the documentation prefix 2001:db8::/32.
+pub const NODE_IPV6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 1);
+/// The world's IPv6 address on the uplink of a dual-stack topology.
+pub const WORLD_IPV6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 2);
 /// The uplink's name on the node side: the agent's `--uplink`.
 pub const UPLINK: &str = "up0";
 /// The uplink's name on the world side.
@@ -171,6 +176,42 @@ impl Topology {
     /// The default topology under [`unique`](crate::netns::unique) names.
     pub fn new() -> Result<Self> {
         Topology::builder().build()
+    }
+
+    /// Makes the uplink dual-stack: [`NODE_IPV6`] and [`WORLD_IPV6`] (/64, without
+    /// duplicate address detection, so that they are usable at once) and, when the world
+    /// routes through the node, its IPv6 default route too.
+    pub fn with_ipv6(self) -> Result<Self> {
+        let (node_link, world_link) = (&self.uplink.node_link, &self.uplink.world_link);
+        self.node.ip(&[
+            "-6",
+            "addr",
+            "add",
+            &format!("{NODE_IPV6}/64"),
+            "dev",
+            node_link,
+            "nodad",
+        ])?;
+        self.world.ip(&[
+            "-6",
+            "addr",
+            "add",
+            &format!("{WORLD_IPV6}/64"),
+            "dev",
+            world_link,
+            "nodad",
+        ])?;
+        if self.uplink.default_route == DefaultRoute::WorldViaNode {
+            self.world.ip(&[
+                "-6",
+                "route",
+                "add",
+                "default",
+                "via",
+                &NODE_IPV6.to_string(),
+            ])?;
+        }
+        Ok(self)
     }
 
     pub fn builder() -> TopologyBuilder {

@@ -30,7 +30,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail, ensure};
 pub use bpfbridge_lab::{
-    NODE_IP, Netns, Topology, UPLINK, WORLD_IP, WORLD_LINK, cgroup2_mount,
+    NODE_IP, NODE_IPV6, Netns, Topology, UPLINK, WORLD_IP, WORLD_IPV6, WORLD_LINK, cgroup2_mount,
     cmd::run_program as run,
     in_netns,
     netns::{enter_netns, enter_netns_on_this_thread},
@@ -81,6 +81,21 @@ pub fn skip_unless_ebpf(reason: &str) -> bool {
     }
     say_left_out(&format!("skipped: {reason}"));
     true
+}
+
+/// For a test (or the rest of one) that needs the dataplane to handle IPv6 traffic
+/// (translation, masquerade, policy): when `agent`'s `info` says `DataplaneIPv6: false`,
+/// says that `what` is skipped and why, and returns true.
+pub fn skip_without_dataplane_ipv6(agent: &Agent, what: &str) -> Result<bool> {
+    let info = agent.cli_json(&["info"])?;
+    if info["DataplaneIPv6"].as_bool() == Some(true) {
+        return Ok(false);
+    }
+    say_left_out(&format!(
+        "skipped: {what}: the dataplane does not handle IPv6 traffic yet \
+         (Capabilities::ipv6 off, info DataplaneIPv6 false)"
+    ));
+    Ok(true)
 }
 
 /// Guards the checks of a test that concern only the eBPF dataplane (`what`: its counters,

@@ -51,6 +51,7 @@ fn record(id: &str, network: &str, names: &[&str], ip: [u8; 4]) -> Record {
         network: network.into(),
         names,
         ip: ip.into(),
+        ipv6: None,
     }
 }
 

@@ -43,6 +43,7 @@ pub const BEHAVIOUR_SUITES: &[&str] = &[
     "interfaces",
     "faults",
     "gateway_modes",
+    "ipv6",
 ];
 
 /// A test executable cargo built.

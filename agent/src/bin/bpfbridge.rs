@@ -158,6 +158,9 @@ struct CreateArgs {
     /// A fixed address on the first network.
     #[arg(long)]
     ip: Option<std::net::Ipv4Addr>,
+    /// A fixed IPv6 address on the first network (one with IPv6).
+    #[arg(long)]
+    ip6: Option<std::net::Ipv6Addr>,
     /// A network-scoped alias on the first network (repeatable).
     #[arg(long = "alias")]
     aliases: Vec<String>,
@@ -211,9 +214,7 @@ impl CreateArgs {
         for (i, (network, mut config)) in networks.iter().zip(network_configs).enumerate() {
             if i == 0 {
                 config.aliases = self.aliases.clone();
-                config.ipam_config = self.ip.map(|ip| EndpointIpamConfig {
-                    ipv4_address: ip.to_string(),
-                });
+                config.ipam_config = ipam_config(self.ip, self.ip6);
                 if let Some(priority) = self.gw_priority {
                     config.gw_priority = priority;
                 }
@@ -221,13 +222,14 @@ impl CreateArgs {
             endpoints_config.insert(network.clone(), config);
         }
         if networks.is_empty()
-            && (self.ip.is_some() || !self.aliases.is_empty() || self.gw_priority.is_some())
+            && (self.ip.is_some()
+                || self.ip6.is_some()
+                || !self.aliases.is_empty()
+                || self.gw_priority.is_some())
         {
             let config = EndpointConfig {
                 aliases: self.aliases,
-                ipam_config: self.ip.map(|ip| EndpointIpamConfig {
-                    ipv4_address: ip.to_string(),
-                }),
+                ipam_config: ipam_config(self.ip, self.ip6),
                 gw_priority: self.gw_priority.unwrap_or(0),
                 driver_opts: BTreeMap::new(),
             };
@@ -321,12 +323,21 @@ enum NetworkCommand {
         name: String,
         #[arg(long, short = 'd', default_value = "bridge")]
         driver: String,
+        /// A subnet in CIDR form; one IPv4 and one IPv6 (with --ipv6) at most.
         #[arg(long)]
-        subnet: Option<String>,
+        subnet: Vec<String>,
+        /// The gateway of the subnet of its family.
         #[arg(long)]
-        gateway: Option<String>,
+        gateway: Vec<String>,
+        /// Where dynamic addresses of the subnet of its family come from.
         #[arg(long)]
-        ip_range: Option<String>,
+        ip_range: Vec<String>,
+        /// Enable IPv6 (a subnet from --subnet, else a /64 of the IPv6 pools).
+        #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true", action = clap::ArgAction::Set)]
+        ipv6: Option<bool>,
+        /// false for an IPv6-only network (not supported yet: refused by the agent).
+        #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true", action = clap::ArgAction::Set)]
+        ipv4: Option<bool>,
         /// No way out: no masquerade, no published ports.
         #[arg(long)]
         internal: bool,
@@ -359,6 +370,9 @@ enum NetworkCommand {
         container: String,
         #[arg(long)]
         ip: Option<std::net::Ipv4Addr>,
+        /// A fixed IPv6 address on a network with IPv6.
+        #[arg(long)]
+        ip6: Option<std::net::Ipv6Addr>,
         #[arg(long = "alias")]
         aliases: Vec<String>,
         /// The endpoint with the highest carries the default route and the published ports.
@@ -435,6 +449,46 @@ fn print_table<R: IntoIterator<Item = String>>(
     }
 }
 
+/// `--ip` and `--ip6` as an endpoint's IPAM config (none when neither is given).
+fn ipam_config(
+    ip: Option<std::net::Ipv4Addr>,
+    ip6: Option<std::net::Ipv6Addr>,
+) -> Option<EndpointIpamConfig> {
+    (ip.is_some() || ip6.is_some()).then(|| EndpointIpamConfig {
+        ipv4_address: ip.map(|ip| ip.to_string()).unwrap_or_default(),
+        ipv6_address: ip6.map(|ip| ip.to_string()).unwrap_or_default(),
+    })
+}
+
+/// `--subnet`, `--gateway` and `--ip-range` as IPAM entries, one per address family (an
+/// address with a colon is IPv6), as Docker pairs them.
+fn ipam_configs(
+    subnets: &[String],
+    gateways: &[String],
+    ranges: &[String],
+) -> anyhow::Result<Vec<IpamConfig>> {
+    let mut configs = Vec::new();
+    for ipv6 in [false, true] {
+        let of_family = |values: &[String], what: &str| -> anyhow::Result<Option<String>> {
+            let mut found = values.iter().filter(|v| v.contains(':') == ipv6);
+            let first = found.next().cloned();
+            if found.next().is_some() {
+                bail!("more than one {what} of a family: one IPv4 and one IPv6 at most");
+            }
+            Ok(first)
+        };
+        let config = IpamConfig {
+            subnet: of_family(subnets, "--subnet")?,
+            gateway: of_family(gateways, "--gateway")?,
+            ip_range: of_family(ranges, "--ip-range")?,
+        };
+        if config != IpamConfig::default() {
+            configs.push(config);
+        }
+    }
+    Ok(configs)
+}
+
 fn print_json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string_pretty(value)?);
     Ok(())
@@ -448,24 +502,24 @@ async fn network_command(client: &Client, command: NetworkCommand) -> anyhow::Re
             subnet,
             gateway,
             ip_range,
+            ipv6,
+            ipv4,
             internal,
             options,
             labels,
         } => {
-            let ipam =
-                (subnet.is_some() || gateway.is_some() || ip_range.is_some()).then(|| Ipam {
-                    driver: "default".into(),
-                    options: BTreeMap::new(),
-                    config: vec![IpamConfig {
-                        subnet,
-                        ip_range,
-                        gateway,
-                    }],
-                });
+            let config = ipam_configs(&subnet, &gateway, &ip_range)?;
+            let ipam = (!config.is_empty()).then(|| Ipam {
+                driver: "default".into(),
+                options: BTreeMap::new(),
+                config,
+            });
             let request = CreateNetwork {
                 name,
                 driver: Some(driver),
                 internal,
+                enable_ipv6: ipv6,
+                enable_ipv4: ipv4,
                 ipam,
                 options: key_values(&options, "option")?,
                 labels: key_values(&labels, "label")?,
@@ -536,6 +590,7 @@ async fn network_command(client: &Client, command: NetworkCommand) -> anyhow::Re
             network,
             container,
             ip,
+            ip6,
             aliases,
             gw_priority,
             driver_opts,
@@ -543,9 +598,7 @@ async fn network_command(client: &Client, command: NetworkCommand) -> anyhow::Re
             let request = ConnectRequest {
                 container,
                 endpoint_config: EndpointConfig {
-                    ipam_config: ip.map(|ip| EndpointIpamConfig {
-                        ipv4_address: ip.to_string(),
-                    }),
+                    ipam_config: ipam_config(ip, ip6),
                     aliases,
                     gw_priority,
                     driver_opts: key_values(&driver_opts, "driver option")?,

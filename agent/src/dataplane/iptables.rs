@@ -50,7 +50,7 @@ use std::{
     process::{Command, Output, Stdio},
 };
 
-use ipnet::{IpNet, Ipv4Net};
+use ipnet::IpNet;
 
 use super::{
     Capabilities, Dataplane, DirectAccess, Endpoint, FilterHits, Intended, LinkRule, NetworkPolicy,
@@ -68,12 +68,14 @@ pub const CHAIN_ISOLATION_1: &str = "DOCKER-ISOLATION-STAGE-1";
 pub const CHAIN_ISOLATION_2: &str = "DOCKER-ISOLATION-STAGE-2";
 pub const CHAIN_USER: &str = "DOCKER-USER";
 
-/// One rule: table, chain and match/target arguments (without `-A CHAIN`).
+/// One rule: table, chain and match/target arguments (without `-A CHAIN`), and whether it
+/// is an ip6tables rule.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Rule {
     pub table: &'static str,
     pub chain: &'static str,
     pub args: Vec<String>,
+    pub ipv6: bool,
 }
 
 impl Rule {
@@ -82,7 +84,14 @@ impl Rule {
             table,
             chain,
             args: args.iter().map(|a| a.to_string()).collect(),
+            ipv6: false,
         }
+    }
+
+    /// The same rule for ip6tables when `ipv6`.
+    fn in_family(mut self, ipv6: bool) -> Self {
+        self.ipv6 = ipv6;
+        self
     }
 
     /// The rule as `iptables-save` prints it.
@@ -119,7 +128,7 @@ impl PortId {
 /// Where a published port leads.
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct Mapping {
-    container_ip: Ipv4Addr,
+    container_ip: IpAddr,
     container_port: u16,
     bridge: String,
     host_veth_ifindex: u32,
@@ -139,7 +148,7 @@ pub fn dnat_rule(
     host_ip: IpAddr,
     host_port: u16,
     bridge: &str,
-    container_ip: Ipv4Addr,
+    container_ip: IpAddr,
     container_port: u16,
     access: LocalAccess,
 ) -> Rule {
@@ -162,7 +171,8 @@ pub fn dnat_rule(
             "-j",
             "DNAT",
             "--to-destination",
-            &format!("{container_ip}:{container_port}"),
+            // `[2001:db8::2]:80` for ip6tables.
+            &std::net::SocketAddr::new(container_ip, container_port).to_string(),
         ]
         .map(String::from),
     );
@@ -170,6 +180,7 @@ pub fn dnat_rule(
         table: "nat",
         chain: CHAIN_DOCKER,
         args,
+        ipv6: host_ip.is_ipv6(),
     }
 }
 
@@ -178,11 +189,12 @@ pub fn dnat_rule(
 pub fn target_rules(
     proto: Proto,
     bridge: &str,
-    container_ip: Ipv4Addr,
+    container_ip: IpAddr,
     container_port: u16,
 ) -> [Rule; 2] {
     let p = proto.as_str();
-    let ip = format!("{container_ip}/32");
+    let ip = IpNet::from(container_ip).to_string();
+    let ipv6 = container_ip.is_ipv6();
     let port = container_port.to_string();
     [
         Rule::new(
@@ -212,18 +224,20 @@ pub fn target_rules(
             ],
         ),
     ]
+    .map(|rule| rule.in_family(ipv6))
 }
 
-/// Docker 28's raw-table drop of frames to 127.0.0.1 published ports from outside the
-/// loopback interface (moby#45610), which its DNAT would otherwise route to the container.
-pub fn loopback_filter_rule(proto: Proto, host_port: u16) -> Rule {
+/// Docker 28's raw-table drop of frames to 127.0.0.1 (and ::1) published ports from
+/// outside the loopback interface (moby#45610), which its DNAT would otherwise route to the
+/// container.
+pub fn loopback_filter_rule(proto: Proto, host_ip: IpAddr, host_port: u16) -> Rule {
     let p = proto.as_str();
     Rule::new(
         "raw",
         "PREROUTING",
         &[
             "-d",
-            "127.0.0.1/32",
+            &IpNet::from(host_ip).to_string(),
             "!",
             "-i",
             "lo",
@@ -237,6 +251,7 @@ pub fn loopback_filter_rule(proto: Proto, host_port: u16) -> Rule {
             "DROP",
         ],
     )
+    .in_family(host_ip.is_ipv6())
 }
 
 /// The raw-table rules that drop direct access to a `nat` network's containers from
@@ -245,11 +260,11 @@ pub fn loopback_filter_rule(proto: Proto, host_port: u16) -> Rule {
 /// per container address (`-d CONTAINER ! -i BRIDGE -j DROP`); per subnet, with the
 /// gateway (a node address) let through, they drop the same frames and change only when
 /// the network does.
-fn direct_access_rules(policy: &NetworkPolicy) -> Vec<Rule> {
+fn direct_access_rules(policy: &NetworkPolicy, family: &Family) -> Vec<Rule> {
     if policy.internal || policy.direct_access != DirectAccess::None {
         return Vec::new();
     }
-    let subnet = policy.subnet.to_string();
+    let subnet = family.subnet.to_string();
     let mut rules = vec![Rule::new(
         "raw",
         "PREROUTING",
@@ -265,18 +280,64 @@ fn direct_access_rules(policy: &NetworkPolicy) -> Vec<Rule> {
     rules.push(Rule::new(
         "raw",
         "PREROUTING",
-        &["-d", &format!("{}/32", policy.gateway), "-j", "ACCEPT"],
+        &[
+            "-d",
+            &IpNet::from(family.gateway).to_string(),
+            "-j",
+            "ACCEPT",
+        ],
     ));
     rules
 }
 
-/// The rules of one bridge network, in the order they are installed, each with its position.
-fn network_rules(policy: &NetworkPolicy, access: LocalAccess) -> Vec<(Rule, Position)> {
+/// One address family of a network: what its rules of that family name.
+struct Family {
+    subnet: IpNet,
+    gateway: IpAddr,
+    masquerade: bool,
+    ipv6: bool,
+}
+
+/// The rules of one bridge network, in the order they are installed, each with its
+/// position: its iptables rules, then (with `ip6tables` and an IPv6 subnet) the same for
+/// ip6tables, as Docker 27 writes them.
+fn network_rules(
+    policy: &NetworkPolicy,
+    access: LocalAccess,
+    ip6tables: bool,
+) -> Vec<(Rule, Position)> {
+    let ipv4 = Family {
+        subnet: policy.subnet.into(),
+        gateway: policy.gateway.into(),
+        masquerade: policy.masquerade,
+        ipv6: false,
+    };
+    let ipv6 = match (policy.subnet_ipv6, policy.gateway_ipv6) {
+        (Some(subnet), Some(gateway)) if ip6tables => Some(Family {
+            subnet: subnet.into(),
+            gateway: gateway.into(),
+            masquerade: policy.masquerade_ipv6,
+            ipv6: true,
+        }),
+        _ => None,
+    };
+    std::iter::once(ipv4)
+        .chain(ipv6)
+        .flat_map(|family| family_rules(policy, &family, access))
+        .collect()
+}
+
+/// The rules of one family of a network (see [`network_rules`]).
+fn family_rules(
+    policy: &NetworkPolicy,
+    family: &Family,
+    access: LocalAccess,
+) -> Vec<(Rule, Position)> {
     use Position::*;
     let bridge = policy.bridge.as_str();
-    let subnet = policy.subnet.to_string();
+    let subnet = family.subnet.to_string();
     let icc = if policy.icc { "ACCEPT" } else { "DROP" };
-    let mut rules: Vec<(Rule, Position)> = direct_access_rules(policy)
+    let mut rules: Vec<(Rule, Position)> = direct_access_rules(policy, family)
         .into_iter()
         .map(|rule| (rule, Insert))
         .collect();
@@ -358,13 +419,13 @@ fn network_rules(policy: &NetworkPolicy, access: LocalAccess) -> Vec<(Rule, Posi
             DirectAccess::None | DirectAccess::Published => {}
         }
         // Without the proxy, containers reach published ports through DNAT too.
-        if policy.masquerade && access == LocalAccess::Proxy {
+        if family.masquerade && access == LocalAccess::Proxy {
             rules.push((
                 Rule::new("nat", CHAIN_DOCKER, &["-i", bridge, "-j", "RETURN"]),
                 Insert,
             ));
         }
-        if policy.masquerade {
+        if family.masquerade {
             rules.push((
                 Rule::new(
                     "nat",
@@ -397,6 +458,9 @@ fn network_rules(policy: &NetworkPolicy, access: LocalAccess) -> Vec<(Rule, Posi
         }
     }
     rules
+        .into_iter()
+        .map(|(rule, position)| (rule.in_family(family.ipv6), position))
+        .collect()
 }
 
 /// The DOCKER-USER rule of a source filter. `-s` first and the rest in the order in which
@@ -435,6 +499,7 @@ fn filter_rule(uplink: &str, record: &FilterRecord) -> Rule {
         table: "filter",
         chain: CHAIN_USER,
         args,
+        ipv6: record.source.addr().is_ipv6(),
     }
 }
 
@@ -471,10 +536,11 @@ pub fn link_rules(link: &LinkRule) -> [Rule; 2] {
     let bridge = link.bridge.as_str();
     let p = link.proto.as_str();
     let (from, to, port) = (
-        format!("{}/32", link.from),
-        format!("{}/32", link.to),
+        IpNet::from(link.from).to_string(),
+        IpNet::from(link.to).to_string(),
         link.port.to_string(),
     );
+    let ipv6 = link.from.is_ipv6();
     let rule = |src: &str, dst: &str, dir: &str| {
         Rule::new(
             "filter",
@@ -485,7 +551,7 @@ pub fn link_rules(link: &LinkRule) -> [Rule; 2] {
             ],
         )
     };
-    [rule(&from, &to, "--dport"), rule(&to, &from, "--sport")]
+    [rule(&from, &to, "--dport"), rule(&to, &from, "--sport")].map(|r| r.in_family(ipv6))
 }
 
 /// A rule of a DOCKER chain as `iptables -S` prints it, split in words.
@@ -518,8 +584,10 @@ fn parse_dnat(line: &str) -> Option<(PortId, Mapping)> {
     if value("-j") != Some("DNAT") {
         return None;
     }
+    let to: std::net::SocketAddr = value("--to-destination")?.parse().ok()?;
     let host_ip = match value("-d") {
         Some(d) => d.parse::<IpNet>().ok()?.addr(),
+        None if to.is_ipv6() => std::net::Ipv6Addr::UNSPECIFIED.into(),
         None => Ipv4Addr::UNSPECIFIED.into(),
     };
     // Hairpin rules name no bridge: the caller finds it in the port's ACCEPT rule.
@@ -531,7 +599,6 @@ fn parse_dnat(line: &str) -> Option<(PortId, Mapping)> {
         .unwrap_or_default();
     let proto = Proto::parse(value("-p")?).ok()?;
     let host_port = value("--dport")?.parse().ok()?;
-    let (ip, port) = value("--to-destination")?.split_once(':')?;
     Some((
         PortId {
             proto,
@@ -539,8 +606,8 @@ fn parse_dnat(line: &str) -> Option<(PortId, Mapping)> {
             host_port,
         },
         Mapping {
-            container_ip: ip.parse().ok()?,
-            container_port: port.parse().ok()?,
+            container_ip: to.ip(),
+            container_port: to.port(),
             bridge,
             host_veth_ifindex: 0,
         },
@@ -549,19 +616,23 @@ fn parse_dnat(line: &str) -> Option<(PortId, Mapping)> {
 
 /// The container address and bridge of a published port's ACCEPT rule in filter/DOCKER, as
 /// `iptables -S` prints it (`-A DOCKER -d IP/32 ! -i BR -o BR -p P ... -j ACCEPT`).
-fn parse_accept_bridge(line: &str) -> Option<(Ipv4Addr, String)> {
+fn parse_accept_bridge(line: &str) -> Option<(IpAddr, String)> {
     let rule = DockerRule::parse(line)?;
     let value = |flag: &str| rule.value(flag);
     // Link rules carry `-s` and name the bridge on both sides.
     if value("-j") != Some("ACCEPT") || value("-s").is_some() {
         return None;
     }
-    let container_ip = value("-d")?.parse::<Ipv4Net>().ok()?.addr();
+    let container_ip = value("-d")?.parse::<IpNet>().ok()?.addr();
     Some((container_ip, value("-o")?.to_string()))
 }
 
-/// Docker's base rules, which every other rule hangs off.
-fn base_rules(access: LocalAccess) -> [Rule; 5] {
+/// Docker's base rules, which every other rule hangs off, for iptables or (`ipv6`)
+/// ip6tables. IPv6 has no route_localnet: ::1 is never translated, the userland proxy
+/// serves it (see [`proxy_listen`]).
+fn base_rules(access: LocalAccess, ipv6: bool) -> [Rule; 5] {
+    let loopback = if ipv6 { "::1/128" } else { "127.0.0.0/8" };
+    let access = if ipv6 { LocalAccess::Proxy } else { access };
     [
         Rule::new(
             "nat",
@@ -576,7 +647,7 @@ fn base_rules(access: LocalAccess) -> [Rule; 5] {
                 &[
                     "!",
                     "-d",
-                    "127.0.0.0/8",
+                    loopback,
                     "-m",
                     "addrtype",
                     "--dst-type",
@@ -595,6 +666,24 @@ fn base_rules(access: LocalAccess) -> [Rule; 5] {
         Rule::new("filter", CHAIN_ISOLATION_2, &["-j", "RETURN"]),
         Rule::new("filter", CHAIN_USER, &["-j", "RETURN"]),
     ]
+    .map(|rule| rule.in_family(ipv6))
+}
+
+/// Where the userland proxy of a published TCP port listens, if anywhere: with the proxy
+/// (dockerd's default), on the port's address, as docker-proxy; without it, IPv6 ports on
+/// `::` or `::1` still get one on `[::1]`, which no DNAT can reach (IPv6 has no
+/// route_localnet).
+fn proxy_listen(access: LocalAccess, id: &PortId) -> Option<std::net::SocketAddr> {
+    if id.proto != Proto::Tcp {
+        return None;
+    }
+    match (access, id.host_ip) {
+        (LocalAccess::Proxy, ip) => Some(std::net::SocketAddr::new(ip, id.host_port)),
+        (LocalAccess::Hairpin, IpAddr::V6(ip)) if ip.is_unspecified() || ip.is_loopback() => Some(
+            std::net::SocketAddr::new(std::net::Ipv6Addr::LOCALHOST.into(), id.host_port),
+        ),
+        (LocalAccess::Hairpin, _) => None,
+    }
 }
 
 /// Sets a sysctl of the namespace this process runs in.
@@ -605,19 +694,29 @@ fn set_sysctl(key: &str, value: &str) -> std::io::Result<()> {
     )
 }
 
-/// net.bridge.bridge-nf-call-iptables=1 in this namespace, so that bridged traffic meets
-/// the FORWARD rules (icc, links, isolation); loads br_netfilter when the setting is absent.
-fn bridge_netfilter_on() -> Result<()> {
-    const KEY: &str = "net.bridge.bridge-nf-call-iptables";
-    if set_sysctl(KEY, "1").is_ok() {
-        return Ok(());
+/// net.bridge.bridge-nf-call-iptables=1 (and with `ipv6` bridge-nf-call-ip6tables) in
+/// this namespace, so that bridged traffic meets the FORWARD rules (icc, links,
+/// isolation); loads br_netfilter when the setting is absent.
+fn bridge_netfilter_on(ipv6: bool) -> Result<()> {
+    let mut keys = vec![BRIDGE_NETFILTER];
+    if ipv6 {
+        keys.push(BRIDGE_NETFILTER6);
     }
-    // Built into some kernels; a module on others.
-    let _ = run("modprobe", &["br_netfilter"]);
-    set_sysctl(KEY, "1").map_err(Error::io(format!(
-        "setting {KEY} (is br_netfilter available?)"
-    )))
+    for key in keys {
+        if set_sysctl(key, "1").is_ok() {
+            continue;
+        }
+        // Built into some kernels; a module on others.
+        let _ = run("modprobe", &["br_netfilter"]);
+        set_sysctl(key, "1").map_err(Error::io(format!(
+            "setting {key} (is br_netfilter available?)"
+        )))?;
+    }
+    Ok(())
 }
+
+const BRIDGE_NETFILTER: &str = "net.bridge.bridge-nf-call-iptables";
+const BRIDGE_NETFILTER6: &str = "net.bridge.bridge-nf-call-ip6tables";
 
 fn run(program: &str, args: &[&str]) -> Result<Output> {
     let out = Command::new(program)
@@ -641,6 +740,9 @@ fn run(program: &str, args: &[&str]) -> Result<Output> {
 pub struct IptablesDataplane {
     /// The iptables binary (`iptables`, i.e. iptables-nft on Debian 12).
     binary: String,
+    /// The ip6tables binary, with `--ip6tables` (Docker 27's default); `None`: IPv6 is
+    /// left alone, as dockerd with `ip6tables: false`.
+    binary6: Option<String>,
     /// The interface the world is behind; source filters match it.
     uplink: String,
     access: LocalAccess,
@@ -649,22 +751,24 @@ pub struct IptablesDataplane {
     networks: BTreeMap<u32, Vec<(Rule, Position)>>,
     /// The `--link` rules installed.
     links: Vec<Rule>,
-    /// The source filter rules installed, by rule id, in their order in DOCKER-USER.
+    /// The source filter rules installed, by rule id, in their order in DOCKER-USER (the
+    /// IPv4 ones, then the IPv6 ones, each family in its own chain).
     filters: Vec<(u32, Rule)>,
-    /// The userland proxies of published TCP ports (`None`: no proxy).
-    proxies: Option<HashMap<PortId, proxy::Proxy>>,
+    /// The userland proxies of published TCP ports ([`proxy_listen`]).
+    proxies: HashMap<PortId, proxy::Proxy>,
     /// How many invocations of iptables this backend made, for the benchmark.
     invocations: u64,
 }
 
 impl IptablesDataplane {
     /// Creates Docker's chains and base rules in this namespace (idempotent), with or
-    /// without the userland proxy, and reads back the published ports and source filters a
-    /// previous agent left.
-    pub fn start(uplink: &str, userland_proxy: bool) -> Result<Self> {
-        bridge_netfilter_on()?;
+    /// without the userland proxy, for iptables and (with `ip6tables`) ip6tables, and reads
+    /// back the published ports and source filters a previous agent left.
+    pub fn start(uplink: &str, userland_proxy: bool, ip6tables: bool) -> Result<Self> {
+        bridge_netfilter_on(ip6tables)?;
         let mut dp = IptablesDataplane {
             binary: "iptables".into(),
+            binary6: ip6tables.then(|| "ip6tables".into()),
             uplink: uplink.into(),
             access: match userland_proxy {
                 true => LocalAccess::Proxy,
@@ -674,43 +778,66 @@ impl IptablesDataplane {
             networks: BTreeMap::new(),
             links: Vec::new(),
             filters: Vec::new(),
-            proxies: userland_proxy.then(HashMap::new),
+            proxies: HashMap::new(),
             invocations: 0,
         };
-        dp.ensure_chain("nat", CHAIN_DOCKER)?;
-        for chain in [
-            CHAIN_DOCKER,
-            CHAIN_ISOLATION_1,
-            CHAIN_ISOLATION_2,
-            CHAIN_USER,
-        ] {
-            dp.ensure_chain("filter", chain)?;
+        for ipv6 in dp.families() {
+            dp.ensure_chain(ipv6, "nat", CHAIN_DOCKER)?;
+            for chain in [
+                CHAIN_DOCKER,
+                CHAIN_ISOLATION_1,
+                CHAIN_ISOLATION_2,
+                CHAIN_USER,
+            ] {
+                dp.ensure_chain(ipv6, "filter", chain)?;
+            }
+            for rule in &base_rules(dp.access, ipv6) {
+                dp.add(rule, Position::Append)?;
+            }
+            dp.ensure_forward_jumps(ipv6)?;
+            dp.ipt(ipv6, &["-P", "FORWARD", "DROP"])?;
+            dp.read_back(ipv6)?;
         }
-        let base = base_rules(dp.access);
-        for rule in &base {
-            dp.add(rule, Position::Append)?;
+        tracing::info!(
+            ports = dp.ports.len(),
+            ip6tables,
+            invocations = dp.invocations,
+            "iptables dataplane ready"
+        );
+        Ok(dp)
+    }
+
+    /// The families this backend programs: IPv4 (false), and IPv6 (true) with ip6tables.
+    fn families(&self) -> Vec<bool> {
+        let mut families = vec![false];
+        if self.binary6.is_some() {
+            families.push(true);
         }
-        dp.ensure_forward_jumps()?;
-        dp.ipt(&["-P", "FORWARD", "DROP"])?;
-        let out = dp.ipt(&["-t", "nat", "-S", CHAIN_DOCKER])?;
-        dp.ports = String::from_utf8_lossy(&out.stdout)
+        families
+    }
+
+    /// The published ports and source filters of one family a previous agent left.
+    fn read_back(&mut self, ipv6: bool) -> Result<()> {
+        let out = self.ipt(ipv6, &["-t", "nat", "-S", CHAIN_DOCKER])?;
+        let mut ports: BTreeMap<PortId, Mapping> = String::from_utf8_lossy(&out.stdout)
             .lines()
             .filter_map(parse_dnat)
             .collect();
-        if dp.ports.values().any(|m| m.bridge.is_empty()) {
-            let out = dp.ipt(&["-t", "filter", "-S", CHAIN_DOCKER])?;
-            let bridges: HashMap<Ipv4Addr, String> = String::from_utf8_lossy(&out.stdout)
+        if ports.values().any(|m| m.bridge.is_empty()) {
+            let out = self.ipt(ipv6, &["-t", "filter", "-S", CHAIN_DOCKER])?;
+            let bridges: HashMap<IpAddr, String> = String::from_utf8_lossy(&out.stdout)
                 .lines()
                 .filter_map(parse_accept_bridge)
                 .collect();
-            for mapping in dp.ports.values_mut().filter(|m| m.bridge.is_empty()) {
+            for mapping in ports.values_mut().filter(|m| m.bridge.is_empty()) {
                 if let Some(bridge) = bridges.get(&mapping.container_ip) {
                     mapping.bridge = bridge.clone();
                 }
             }
         }
-        let out = dp.ipt(&["-S", CHAIN_USER])?;
-        dp.filters = String::from_utf8_lossy(&out.stdout)
+        self.ports.extend(ports);
+        let out = self.ipt(ipv6, &["-S", CHAIN_USER])?;
+        let filters: Vec<(u32, Rule)> = String::from_utf8_lossy(&out.stdout)
             .lines()
             .filter_map(|line| {
                 let args = line.strip_prefix(&format!("-A {CHAIN_USER} "))?;
@@ -720,29 +847,34 @@ impl IptablesDataplane {
                         table: "filter",
                         chain: CHAIN_USER,
                         args: args.split_whitespace().map(String::from).collect(),
+                        ipv6,
                     },
                 ))
             })
             .collect();
-        tracing::info!(
-            ports = dp.ports.len(),
-            invocations = dp.invocations,
-            "iptables dataplane ready"
-        );
-        Ok(dp)
+        self.filters.extend(filters);
+        Ok(())
     }
 
-    fn ipt(&mut self, args: &[&str]) -> Result<Output> {
+    /// The binary of a family.
+    fn binary_of(&self, ipv6: bool) -> &str {
+        match (ipv6, &self.binary6) {
+            (true, Some(binary6)) => binary6,
+            _ => &self.binary,
+        }
+    }
+
+    fn ipt(&mut self, ipv6: bool, args: &[&str]) -> Result<Output> {
         self.invocations += 1;
         let mut full = vec!["-w"];
         full.extend_from_slice(args);
-        run(&self.binary, &full)
+        run(self.binary_of(ipv6), &full)
     }
 
     /// `iptables -t TABLE -C CHAIN ARGS` succeeds.
     fn exists(&mut self, rule: &Rule) -> bool {
         self.invocations += 1;
-        Command::new(&self.binary)
+        Command::new(self.binary_of(rule.ipv6))
             .args(["-w", "-t", rule.table, "-C", rule.chain])
             .args(&rule.args)
             .stdin(Stdio::null())
@@ -755,7 +887,7 @@ impl IptablesDataplane {
     fn with_rule(&mut self, op: &str, rule: &Rule) -> Result<()> {
         let mut args = vec!["-t", rule.table, op, rule.chain];
         args.extend(rule.args.iter().map(String::as_str));
-        self.ipt(&args).map(drop)
+        self.ipt(rule.ipv6, &args).map(drop)
     }
 
     /// Adds `rule` unless it is there, as dockerd does (`-C`, then `-A` or `-I`).
@@ -777,38 +909,38 @@ impl IptablesDataplane {
         self.with_rule("-D", rule)
     }
 
-    fn ensure_chain(&mut self, table: &str, chain: &str) -> Result<()> {
-        if self.ipt(&["-t", table, "-S", chain]).is_ok() {
+    fn ensure_chain(&mut self, ipv6: bool, table: &str, chain: &str) -> Result<()> {
+        if self.ipt(ipv6, &["-t", table, "-S", chain]).is_ok() {
             return Ok(());
         }
-        self.ipt(&["-t", table, "-N", chain]).map(drop)
+        self.ipt(ipv6, &["-t", table, "-N", chain]).map(drop)
     }
 
     /// FORWARD starts with `-j DOCKER-USER`, then `-j DOCKER-ISOLATION-STAGE-1`: dockerd
     /// deletes and re-inserts both whenever it adds a network.
-    fn ensure_forward_jumps(&mut self) -> Result<()> {
+    fn ensure_forward_jumps(&mut self, ipv6: bool) -> Result<()> {
         for chain in [CHAIN_ISOLATION_1, CHAIN_USER] {
-            let jump = Rule::new("filter", "FORWARD", &["-j", chain]);
+            let jump = Rule::new("filter", "FORWARD", &["-j", chain]).in_family(ipv6);
             self.remove(&jump)?;
             self.with_rule("-I", &jump)?;
         }
         Ok(())
     }
 
-    /// Starts the userland proxy of a TCP port unless it runs (or there is no proxy).
+    /// Starts the userland proxy of a TCP port, if it has one ([`proxy_listen`]), unless
+    /// it runs.
     fn ensure_proxy(&mut self, id: PortId, mapping: &Mapping) -> Result<()> {
-        let Some(proxies) = self.proxies.as_mut() else {
+        let Some(listen) = proxy_listen(self.access, &id) else {
             return Ok(());
         };
-        if id.proto != Proto::Tcp || proxies.contains_key(&id) {
+        if self.proxies.contains_key(&id) {
             return Ok(());
         }
-        let listen = std::net::SocketAddr::new(id.host_ip, id.host_port);
-        let target = std::net::SocketAddr::new(mapping.container_ip.into(), mapping.container_port);
+        let target = std::net::SocketAddr::new(mapping.container_ip, mapping.container_port);
         let proxy = proxy::Proxy::start(listen, target).map_err(|e| {
             Error::Conflict(format!("userland proxy: cannot listen on {listen}: {e}"))
         })?;
-        proxies.insert(id, proxy);
+        self.proxies.insert(id, proxy);
         Ok(())
     }
 
@@ -837,7 +969,7 @@ impl IptablesDataplane {
         self.ensure_proxy(id, &mapping)?;
         if id.host_ip.is_loopback() {
             self.add(
-                &loopback_filter_rule(id.proto, id.host_port),
+                &loopback_filter_rule(id.proto, id.host_ip, id.host_port),
                 Position::Insert,
             )?;
         }
@@ -857,9 +989,7 @@ impl IptablesDataplane {
     /// Removes a port's rules, trying every one; the ACCEPT and hairpin rules stay while
     /// another host port leads to the same container port.
     fn uninstall(&mut self, id: PortId) -> Result<()> {
-        if let Some(proxies) = self.proxies.as_mut() {
-            proxies.remove(&id);
-        }
+        self.proxies.remove(&id);
         let Some(mapping) = self.ports.remove(&id) else {
             return Ok(());
         };
@@ -868,7 +998,7 @@ impl IptablesDataplane {
             errors.push(e);
         }
         if id.host_ip.is_loopback()
-            && let Err(e) = self.remove(&loopback_filter_rule(id.proto, id.host_port))
+            && let Err(e) = self.remove(&loopback_filter_rule(id.proto, id.host_ip, id.host_port))
         {
             errors.push(e);
         }
@@ -892,13 +1022,23 @@ impl IptablesDataplane {
         Error::collect(errors)
     }
 
-    fn mapping(endpoint: &Endpoint, port: &PortBinding) -> Mapping {
-        Mapping {
-            container_ip: endpoint.container_ip,
+    /// Where `port` leads: the container's address of the port's family.
+    fn mapping(endpoint: &Endpoint, port: &PortBinding) -> Result<Mapping> {
+        let container_ip = match port.host_ip {
+            IpAddr::V4(_) => endpoint.container_ip.into(),
+            IpAddr::V6(_) => endpoint.container_ipv6.map(IpAddr::V6).ok_or_else(|| {
+                Error::InvalidArgument(format!(
+                    "port {}: the container has no IPv6 address",
+                    std::net::SocketAddr::new(port.host_ip, port.host_port)
+                ))
+            })?,
+        };
+        Ok(Mapping {
+            container_ip,
             container_port: port.container_port,
             bridge: endpoint.bridge.clone(),
             host_veth_ifindex: endpoint.host_veth_ifindex,
-        }
+        })
     }
 
     /// How many times this backend ran iptables.
@@ -920,6 +1060,7 @@ impl Dataplane for IptablesDataplane {
             network_policy: true,
             links: true,
             source_filters: true,
+            ipv6: self.binary6.is_some(),
             ..Capabilities::default()
         }
     }
@@ -929,7 +1070,10 @@ impl Dataplane for IptablesDataplane {
         let ids: Vec<PortId> = self
             .ports
             .iter()
-            .filter(|(_, m)| m.container_ip == endpoint.container_ip)
+            .filter(|(_, m)| {
+                m.container_ip == IpAddr::V4(endpoint.container_ip)
+                    || endpoint.container_ipv6.map(IpAddr::V6) == Some(m.container_ip)
+            })
             .map(|(id, _)| *id)
             .collect();
         let errors = ids
@@ -940,7 +1084,7 @@ impl Dataplane for IptablesDataplane {
     }
 
     fn publish(&mut self, endpoint: &Endpoint, port: &PortBinding) -> Result<()> {
-        self.install(PortId::of(port), Self::mapping(endpoint, port))
+        self.install(PortId::of(port), Self::mapping(endpoint, port)?)
     }
 
     fn unpublish(&mut self, port: &PortBinding) -> Result<()> {
@@ -950,7 +1094,7 @@ impl Dataplane for IptablesDataplane {
     fn sync_published(&mut self, wanted: &[(Endpoint, PortBinding)]) -> Result<()> {
         let mut want: HashMap<PortId, Mapping> = HashMap::new();
         for (endpoint, port) in wanted {
-            want.insert(PortId::of(port), Self::mapping(endpoint, port));
+            want.insert(PortId::of(port), Self::mapping(endpoint, port)?);
         }
         let mut errors = Vec::new();
         let installed: Vec<(PortId, Mapping)> =
@@ -993,7 +1137,7 @@ impl Dataplane for IptablesDataplane {
                 host_ip: id.host_ip,
                 host_port: id.host_port,
                 proto: id.proto.as_str().into(),
-                container_ip: m.container_ip.into(),
+                container_ip: m.container_ip,
                 container_port: m.container_port,
                 host_veth_ifindex: m.host_veth_ifindex,
             })
@@ -1002,14 +1146,18 @@ impl Dataplane for IptablesDataplane {
         Ok(out)
     }
 
-    /// The counters of the DNAT rules, `dnat.PROTO.HOSTIP:HOSTPORT`.
+    /// The counters of the DNAT rules, `dnat.PROTO.HOSTIP:HOSTPORT` (`[HOSTIP]` for IPv6).
     fn stats(&self) -> Result<Vec<StatCounter>> {
-        let out = run(
-            &self.binary,
-            &["-w", "-t", "nat", "-L", CHAIN_DOCKER, "-v", "-x", "-n"],
-        )?;
-        let text = String::from_utf8_lossy(&out.stdout);
-        Ok(text.lines().filter_map(parse_counter).collect())
+        let mut counters = Vec::new();
+        for ipv6 in self.families() {
+            let out = run(
+                self.binary_of(ipv6),
+                &["-w", "-t", "nat", "-L", CHAIN_DOCKER, "-v", "-x", "-n"],
+            )?;
+            let text = String::from_utf8_lossy(&out.stdout);
+            counters.extend(text.lines().filter_map(parse_counter));
+        }
+        Ok(counters)
     }
 
     /// Docker's ACCEPT pairs in filter/DOCKER (bridged traffic meets them through
@@ -1063,7 +1211,7 @@ impl Dataplane for IptablesDataplane {
         let mut added = false;
         for policy in networks {
             let bridge = &policy.bridge;
-            let rules = network_rules(policy, self.access);
+            let rules = network_rules(policy, self.access, self.binary6.is_some());
             if self.networks.get(&policy.index) == Some(&rules) {
                 continue;
             }
@@ -1094,57 +1242,59 @@ impl Dataplane for IptablesDataplane {
             }
             added = true;
         }
-        if added && let Err(e) = self.ensure_forward_jumps() {
-            errors.push(e);
+        if added {
+            for ipv6 in self.families() {
+                if let Err(e) = self.ensure_forward_jumps(ipv6) {
+                    errors.push(e);
+                }
+            }
         }
         Error::collect(errors)
     }
 
     /// Removes the rules no longer wanted, then inserts the new ones at their place in the
     /// order, so that kept rules keep their counters.
+    /// Each family's rules go to its own DOCKER-USER chain.
     fn set_filters(&mut self, rules: &[FilterRecord]) -> Result<()> {
-        let wanted: Vec<(u32, Rule)> = filter_order(rules)
-            .into_iter()
-            .map(|r| (r.id, filter_rule(&self.uplink, r)))
-            .collect();
         let mut errors = Vec::new();
-        for installed in std::mem::take(&mut self.filters) {
-            if wanted.contains(&installed) {
-                self.filters.push(installed);
-            } else if let Err(e) = self.remove(&installed.1) {
-                errors.push(e);
-                self.filters.push(installed);
-            }
-        }
-        for (place, entry) in wanted.into_iter().enumerate() {
-            if self.filters.contains(&entry) {
-                continue;
-            }
-            let position = (place + 1).to_string();
-            let mut args = vec!["-I", CHAIN_USER, position.as_str()];
-            args.extend(entry.1.args.iter().map(String::as_str));
-            match self.ipt(&args) {
-                Ok(_) => self.filters.insert(place.min(self.filters.len()), entry),
-                Err(e) => errors.push(e),
-            }
+        let previous = std::mem::take(&mut self.filters);
+        for ipv6 in self.families() {
+            let wanted: Vec<(u32, Rule)> = filter_order(rules)
+                .into_iter()
+                .filter(|r| r.source.addr().is_ipv6() == ipv6)
+                .map(|r| (r.id, filter_rule(&self.uplink, r)))
+                .collect();
+            let installed: Vec<(u32, Rule)> = previous
+                .iter()
+                .filter(|(_, rule)| rule.ipv6 == ipv6)
+                .cloned()
+                .collect();
+            let kept = self.sync_filters_of(ipv6, installed, wanted, &mut errors);
+            self.filters.extend(kept);
         }
         Error::collect(errors)
     }
 
     /// The counters of the rule's DOCKER-USER entry.
     fn filter_hits(&self, rule_id: u32) -> Result<FilterHits> {
-        let out = run(&self.binary, &["-w", "-L", CHAIN_USER, "-v", "-x", "-n"])?;
-        let text = String::from_utf8_lossy(&out.stdout);
-        let counters = text
-            .lines()
-            .find(|line| filter_id(line) == Some(rule_id))
-            .and_then(|line| {
-                let mut words = line.split_whitespace();
-                Some((words.next()?.parse().ok()?, words.next()?.parse().ok()?))
-            });
-        Ok(counters
-            .map(|(packets, bytes)| FilterHits { packets, bytes })
-            .unwrap_or_default())
+        for ipv6 in self.families() {
+            let out = run(
+                self.binary_of(ipv6),
+                &["-w", "-L", CHAIN_USER, "-v", "-x", "-n"],
+            )?;
+            let text = String::from_utf8_lossy(&out.stdout);
+            let counters = text
+                .lines()
+                .find(|line| filter_id(line) == Some(rule_id))
+                .and_then(|line| {
+                    let mut words = line.split_whitespace();
+                    Some((words.next()?.parse().ok()?, words.next()?.parse().ok()?))
+                });
+            if let Some((packets, bytes)) = counters {
+                return Ok(FilterHits { packets, bytes });
+            }
+        }
+        Ok(FilterHits::default())
     }
 
     fn repair(&mut self, intended: &Intended, repaired: &mut Vec<Repaired>) -> Result<()> {
@@ -1158,12 +1308,48 @@ impl Dataplane for IptablesDataplane {
 /// installed them, put back when someone removed them (`iptables -F DOCKER`). dockerd does
 /// not do this; it rewrites its rules only when it restarts.
 impl IptablesDataplane {
+    /// Makes one family's DOCKER-USER hold `wanted` in order: removes the rules of
+    /// `installed` no longer wanted, then inserts the new ones at their place, so that kept
+    /// rules keep their counters. Returns what is installed.
+    fn sync_filters_of(
+        &mut self,
+        ipv6: bool,
+        installed: Vec<(u32, Rule)>,
+        wanted: Vec<(u32, Rule)>,
+        errors: &mut Vec<Error>,
+    ) -> Vec<(u32, Rule)> {
+        let mut kept = Vec::new();
+        for entry in installed {
+            if wanted.contains(&entry) {
+                kept.push(entry);
+            } else if let Err(e) = self.remove(&entry.1) {
+                errors.push(e);
+                kept.push(entry);
+            }
+        }
+        for (place, entry) in wanted.into_iter().enumerate() {
+            if kept.contains(&entry) {
+                continue;
+            }
+            let position = (place + 1).to_string();
+            let mut args = vec!["-I", CHAIN_USER, position.as_str()];
+            args.extend(entry.1.args.iter().map(String::as_str));
+            match self.ipt(ipv6, &args) {
+                Ok(_) => kept.insert(place.min(kept.len()), entry),
+                Err(e) => errors.push(e),
+            }
+        }
+        kept
+    }
+
     /// The rules this backend installed, in the order it installs them, each with its
     /// position; the source filters and the FORWARD jumps, which keep an order of their
     /// own, apart.
     fn installed_rules(&self) -> Vec<(Rule, Position)> {
-        let mut rules: Vec<(Rule, Position)> = base_rules(self.access)
+        let mut rules: Vec<(Rule, Position)> = self
+            .families()
             .into_iter()
+            .flat_map(|ipv6| base_rules(self.access, ipv6))
             .map(|r| (r, Position::Append))
             .collect();
         rules.extend(self.networks.values().flatten().cloned());
@@ -1184,73 +1370,101 @@ impl IptablesDataplane {
         rules
     }
 
-    /// `iptables -t TABLE -S`, one line a rule or chain.
-    fn listing(&mut self, table: &str) -> Result<Vec<String>> {
-        let out = self.ipt(&["-t", table, "-S"])?;
+    /// `iptables -t TABLE -S` (ip6tables with `ipv6`), one line a rule or chain.
+    fn listing(&mut self, ipv6: bool, table: &str) -> Result<Vec<String>> {
+        let out = self.ipt(ipv6, &["-t", table, "-S"])?;
         Ok(String::from_utf8_lossy(&out.stdout)
             .lines()
             .map(str::to_string)
             .collect())
     }
 
-    /// Whether `rule` is gone: not in its table's listing, and (should the listing spell
-    /// it otherwise) not found by `iptables -C` either.
-    fn is_gone(&mut self, rule: &Rule, nat: &[String], filter: &[String]) -> bool {
-        let listing = if rule.table == "nat" { nat } else { filter };
-        !listing.contains(&rule.save_line()) && !self.exists(rule)
+    /// Whether `rule` is gone: not in its table's listing of its family, and (should the
+    /// listing spell it otherwise) not found by `iptables -C` either.
+    fn is_gone(&mut self, rule: &Rule, listings: &Listings) -> bool {
+        !listings.of(rule).contains(&rule.save_line()) && !self.exists(rule)
     }
 
     fn repair_rules(&mut self, repaired: &mut Vec<Repaired>) -> Result<()> {
-        let nat = self.listing("nat")?;
-        let filter = self.listing("filter")?;
+        let mut listings = Listings::default();
+        for ipv6 in self.families() {
+            for table in ["nat", "filter", "raw"] {
+                let listing = self.listing(ipv6, table)?;
+                listings.tables.insert((ipv6, table), listing);
+            }
+        }
         let mut restored = Vec::new();
-        let chains = [("nat", CHAIN_DOCKER)].into_iter().chain(
-            [
-                CHAIN_DOCKER,
-                CHAIN_ISOLATION_1,
-                CHAIN_ISOLATION_2,
-                CHAIN_USER,
-            ]
-            .map(|chain| ("filter", chain)),
-        );
-        for (table, chain) in chains {
-            let listing = if table == "nat" { &nat } else { &filter };
-            if !listing.contains(&format!("-N {chain}")) {
-                self.ensure_chain(table, chain)?;
+        for ipv6 in self.families() {
+            let chains = [("nat", CHAIN_DOCKER)].into_iter().chain(
+                [
+                    CHAIN_DOCKER,
+                    CHAIN_ISOLATION_1,
+                    CHAIN_ISOLATION_2,
+                    CHAIN_USER,
+                ]
+                .map(|chain| ("filter", chain)),
+            );
+            for (table, chain) in chains {
+                let there = listings
+                    .tables
+                    .get(&(ipv6, table))
+                    .is_some_and(|l| l.contains(&format!("-N {chain}")));
+                if !there {
+                    self.ensure_chain(ipv6, table, chain)?;
+                }
             }
         }
         for (rule, position) in self.installed_rules() {
-            if self.is_gone(&rule, &nat, &filter) {
+            if self.is_gone(&rule, &listings) {
                 self.add(&rule, position)?;
                 restored.push(rule);
             }
         }
-        // Filters go back at their place in DOCKER-USER: the ones before them are there.
-        for place in 0..self.filters.len() {
-            let rule = self.filters[place].1.clone();
-            if self.is_gone(&rule, &nat, &filter) {
-                let position = (place + 1).to_string();
-                let mut args = vec!["-I", CHAIN_USER, position.as_str()];
-                args.extend(rule.args.iter().map(String::as_str));
-                self.ipt(&args)?;
-                restored.push(rule);
+        // Filters go back at their place in their family's DOCKER-USER: the ones before
+        // them are there.
+        for ipv6 in self.families() {
+            let family: Vec<Rule> = self
+                .filters
+                .iter()
+                .filter(|(_, rule)| rule.ipv6 == ipv6)
+                .map(|(_, rule)| rule.clone())
+                .collect();
+            for (place, rule) in family.into_iter().enumerate() {
+                if self.is_gone(&rule, &listings) {
+                    let position = (place + 1).to_string();
+                    let mut args = vec!["-I", CHAIN_USER, position.as_str()];
+                    args.extend(rule.args.iter().map(String::as_str));
+                    self.ipt(ipv6, &args)?;
+                    restored.push(rule);
+                }
             }
         }
         // The jumps to DOCKER-USER and the isolation come first in FORWARD, before any
         // rule put back there.
-        let jumps =
-            [CHAIN_ISOLATION_1, CHAIN_USER].map(|c| Rule::new("filter", "FORWARD", &["-j", c]));
-        let jumps_gone: Vec<Rule> = jumps
-            .into_iter()
-            .filter(|jump| self.is_gone(jump, &nat, &filter))
-            .collect();
-        if !jumps_gone.is_empty() || restored.iter().any(|r| r.chain == "FORWARD") {
-            self.ensure_forward_jumps()?;
-            restored.extend(jumps_gone);
+        for ipv6 in self.families() {
+            let jumps = [CHAIN_ISOLATION_1, CHAIN_USER]
+                .map(|c| Rule::new("filter", "FORWARD", &["-j", c]).in_family(ipv6));
+            let jumps_gone: Vec<Rule> = jumps
+                .into_iter()
+                .filter(|jump| self.is_gone(jump, &listings))
+                .collect();
+            if !jumps_gone.is_empty()
+                || restored
+                    .iter()
+                    .any(|r| r.chain == "FORWARD" && r.ipv6 == ipv6)
+            {
+                self.ensure_forward_jumps(ipv6)?;
+                restored.extend(jumps_gone);
+            }
         }
         repaired.extend(restored.into_iter().map(|rule| Repaired {
             kind: RepairKind::IptablesRuleRestored,
-            what: format!("{} {}", rule.table, rule.save_line()),
+            what: format!(
+                "{}{} {}",
+                if rule.ipv6 { "ip6tables " } else { "" },
+                rule.table,
+                rule.save_line()
+            ),
         }));
         Ok(())
     }
@@ -1261,13 +1475,18 @@ impl IptablesDataplane {
         networks: &[NetworkPolicy],
         repaired: &mut Vec<Repaired>,
     ) -> Result<()> {
-        const BRIDGE_NETFILTER: &str = "net.bridge.bridge-nf-call-iptables";
-        if sysctl(BRIDGE_NETFILTER).as_deref() != Some("1") {
-            bridge_netfilter_on()?;
-            repaired.push(Repaired {
-                kind: RepairKind::SysctlRestored,
-                what: BRIDGE_NETFILTER.into(),
-            });
+        let ip6tables = self.binary6.is_some();
+        for key in [BRIDGE_NETFILTER, BRIDGE_NETFILTER6]
+            .into_iter()
+            .take(1 + usize::from(ip6tables))
+        {
+            if sysctl(key).as_deref() != Some("1") {
+                bridge_netfilter_on(ip6tables)?;
+                repaired.push(Repaired {
+                    kind: RepairKind::SysctlRestored,
+                    what: key.into(),
+                });
+            }
         }
         if self.access != LocalAccess::Hairpin {
             return Ok(());
@@ -1284,6 +1503,22 @@ impl IptablesDataplane {
             }
         }
         Ok(())
+    }
+}
+
+/// `iptables -S` of each family and table, read once for a repair pass.
+#[derive(Default)]
+struct Listings {
+    tables: BTreeMap<(bool, &'static str), Vec<String>>,
+}
+
+impl Listings {
+    /// The listing of `rule`'s family and table.
+    fn of(&self, rule: &Rule) -> &[String] {
+        self.tables
+            .get(&(rule.ipv6, rule.table))
+            .map(Vec::as_slice)
+            .unwrap_or_default()
     }
 }
 
@@ -1309,11 +1544,13 @@ fn parse_counter(line: &str) -> Option<StatCounter> {
         "17" => "udp",
         other => other,
     };
-    let dst = words.get(8)?.trim_end_matches("/0").trim_end_matches("/32");
-    let dst = if dst == "0.0.0.0" { "0.0.0.0" } else { dst };
-    let port = words.iter().find_map(|w| w.strip_prefix("dpt:"))?;
+    // The destination is the word before the protocol match (`tcp dpt:8080`): ip6tables
+    // prints no `opt` column.
+    let at = words.iter().position(|w| w.starts_with("dpt:"))?;
+    let port: u16 = words[at].strip_prefix("dpt:")?.parse().ok()?;
+    let dst: IpAddr = words.get(at.checked_sub(2)?)?.parse::<IpNet>().ok()?.addr();
     Some(StatCounter {
-        name: format!("dnat.{proto}.{dst}:{port}"),
+        name: format!("dnat.{proto}.{}", std::net::SocketAddr::new(dst, port)),
         packets,
         bytes,
     })
@@ -1358,7 +1595,7 @@ mod tests {
     #[test]
     fn direct_access_follows_docker_28() {
         let lines = |policy: &NetworkPolicy| -> Vec<String> {
-            network_rules(policy, LocalAccess::Proxy)
+            network_rules(policy, LocalAccess::Proxy, true)
                 .iter()
                 .filter(|(r, _)| r.table == "raw" || r.args.contains(&"icmp".to_string()))
                 .map(|(r, position)| {
@@ -1407,7 +1644,7 @@ mod tests {
         };
         assert!(lines(&internal).is_empty());
         assert_eq!(
-            loopback_filter_rule(Proto::Tcp, 8080).save_line(),
+            loopback_filter_rule(Proto::Tcp, Ipv4Addr::LOCALHOST.into(), 8080).save_line(),
             "-A PREROUTING -d 127.0.0.1/32 ! -i lo -p tcp -m tcp --dport 8080 -j DROP"
         );
     }
@@ -1450,7 +1687,7 @@ mod tests {
 
     #[test]
     fn network_rules_follow_the_reference() {
-        let lines: Vec<String> = network_rules(&default_bridge(), LocalAccess::Proxy)
+        let lines: Vec<String> = network_rules(&default_bridge(), LocalAccess::Proxy, true)
             .iter()
             .map(|(r, _)| r.save_line())
             .collect();
@@ -1488,7 +1725,7 @@ mod tests {
         let masquerade_node =
             "-A POSTROUTING -o docker0 -m addrtype --src-type LOCAL -j MASQUERADE";
         let lines = |access| -> Vec<String> {
-            network_rules(&default_bridge(), access)
+            network_rules(&default_bridge(), access, true)
                 .iter()
                 .map(|(r, _)| r.save_line())
                 .collect()
@@ -1568,5 +1805,85 @@ mod tests {
             ("dnat.tcp.0.0.0.0:8080", 12, 720)
         );
         assert!(parse_counter("   0 0 RETURN all -- bpfbr0 * 0.0.0.0/0 0.0.0.0/0").is_none());
+    }
+
+    /// Docker 27's ip6tables rules of a dual-stack network and an IPv6 published port.
+    #[test]
+    fn ipv6_rules_read_like_docker_27s() {
+        let dual = NetworkPolicy {
+            subnet_ipv6: Some("fd00:1::/64".parse().unwrap()),
+            gateway_ipv6: Some("fd00:1::1".parse().unwrap()),
+            masquerade_ipv6: true,
+            ..default_bridge()
+        };
+        let v6: Vec<String> = network_rules(&dual, LocalAccess::Hairpin, true)
+            .iter()
+            .filter(|(r, _)| r.ipv6)
+            .map(|(r, _)| format!("{} {}", r.table, r.save_line()))
+            .collect();
+        for expected in [
+            "raw -A PREROUTING -d fd00:1::/64 ! -i docker0 -j DROP",
+            "raw -A PREROUTING -d fd00:1::1/128 -j ACCEPT",
+            "filter -A FORWARD -i docker0 -o docker0 -j ACCEPT",
+            "filter -A DOCKER-ISOLATION-STAGE-2 -o docker0 -j DROP",
+            "nat -A POSTROUTING -s fd00:1::/64 ! -o docker0 -j MASQUERADE",
+        ] {
+            assert!(v6.contains(&expected.to_string()), "{expected} in {v6:#?}");
+        }
+        assert!(
+            network_rules(&dual, LocalAccess::Hairpin, false)
+                .iter()
+                .all(|(r, _)| !r.ipv6),
+            "no ip6tables rules without --ip6tables"
+        );
+        let dnat = dnat_rule(
+            Proto::Tcp,
+            "2001:db8::1".parse().unwrap(),
+            8080,
+            "docker0",
+            "fd00:1::2".parse().unwrap(),
+            80,
+            LocalAccess::Hairpin,
+        );
+        assert!(dnat.ipv6);
+        assert_eq!(
+            dnat.save_line(),
+            "-A DOCKER -d 2001:db8::1/128 -p tcp -m tcp --dport 8080 -j DNAT --to-destination [fd00:1::2]:80"
+        );
+        let (id, m) = parse_dnat(&dnat.save_line()).unwrap();
+        assert_eq!(
+            (id.host_ip, m.container_ip),
+            ("2001:db8::1".parse().unwrap(), "fd00:1::2".parse().unwrap())
+        );
+        let any = dnat_rule(
+            Proto::Udp,
+            std::net::Ipv6Addr::UNSPECIFIED.into(),
+            53,
+            "docker0",
+            "fd00:1::2".parse().unwrap(),
+            53,
+            LocalAccess::Hairpin,
+        );
+        assert_eq!(
+            parse_dnat(&any.save_line()).unwrap().0.host_ip,
+            IpAddr::from(std::net::Ipv6Addr::UNSPECIFIED)
+        );
+        let [accept, _] = target_rules(Proto::Tcp, "docker0", "fd00:1::2".parse().unwrap(), 80);
+        assert_eq!(
+            accept.save_line(),
+            "-A DOCKER -d fd00:1::2/128 ! -i docker0 -o docker0 -p tcp -m tcp --dport 80 -j ACCEPT"
+        );
+        let line = "  3  180 DNAT  6  !docker0 *  ::/0  ::/0  tcp dpt:8080 to:[fd00:1::2]:80";
+        assert_eq!(parse_counter(line).unwrap().name, "dnat.tcp.[::]:8080");
+        let id = PortId {
+            proto: Proto::Tcp,
+            host_ip: std::net::Ipv6Addr::UNSPECIFIED.into(),
+            host_port: 8080,
+        };
+        assert_eq!(
+            proxy_listen(LocalAccess::Hairpin, &id),
+            Some("[::1]:8080".parse().unwrap()),
+            "::1 has no DNAT without route_localnet"
+        );
     }
 }

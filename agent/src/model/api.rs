@@ -16,6 +16,20 @@ pub struct CreateNetwork {
     pub driver: Option<String>,
     #[serde(rename = "Internal", default)]
     pub internal: bool,
+    /// `--ipv6` (also `-o com.docker.network.enable_ipv6=true`).
+    #[serde(
+        rename = "EnableIPv6",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub enable_ipv6: Option<bool>,
+    /// `false` for an IPv6-only network (also `-o com.docker.network.enable_ipv4=false`).
+    #[serde(
+        rename = "EnableIPv4",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub enable_ipv4: Option<bool>,
     #[serde(rename = "IPAM", default, skip_serializing_if = "Option::is_none")]
     pub ipam: Option<Ipam>,
     #[serde(rename = "Options", default)]
@@ -32,6 +46,10 @@ pub struct Ipam {
     pub options: BTreeMap<String, String>,
     #[serde(rename = "Config", default)]
     pub config: Vec<IpamConfig>,
+}
+
+fn enabled() -> bool {
+    true
 }
 
 fn default_driver() -> String {
@@ -80,6 +98,8 @@ pub struct NetworkInspect {
     pub scope: String,
     #[serde(rename = "Driver")]
     pub driver: String,
+    #[serde(rename = "EnableIPv4", default = "enabled")]
+    pub enable_ipv4: bool,
     #[serde(rename = "EnableIPv6")]
     pub enable_ipv6: bool,
     #[serde(rename = "IPAM")]
@@ -144,6 +164,13 @@ pub struct EndpointConfig {
 pub struct EndpointIpamConfig {
     #[serde(rename = "IPv4Address", default)]
     pub ipv4_address: String,
+    /// `--ip6`.
+    #[serde(
+        rename = "IPv6Address",
+        default,
+        skip_serializing_if = "String::is_empty"
+    )]
+    pub ipv6_address: String,
 }
 
 /// `POST /networks/{id}/connect`.
@@ -222,6 +249,12 @@ pub struct NetworkSettings {
     pub ports: PortMap,
     #[serde(flatten)]
     pub primary: EndpointAddressing,
+    /// Docker leaves it empty unless `--link-local-ip` gives one; so does the agent (the
+    /// kernel's fe80:: address of the interface is not reported).
+    #[serde(rename = "LinkLocalIPv6Address", default)]
+    pub link_local_ipv6_address: String,
+    #[serde(rename = "LinkLocalIPv6PrefixLen", default)]
+    pub link_local_ipv6_prefix_len: u8,
     #[serde(rename = "Networks")]
     pub networks: BTreeMap<String, EndpointSettings>,
 }
@@ -238,6 +271,12 @@ pub struct EndpointAddressing {
     pub ip_address: String,
     #[serde(rename = "IPPrefixLen")]
     pub ip_prefix_len: u8,
+    #[serde(rename = "IPv6Gateway", default)]
+    pub ipv6_gateway: String,
+    #[serde(rename = "GlobalIPv6Address", default)]
+    pub global_ipv6_address: String,
+    #[serde(rename = "GlobalIPv6PrefixLen", default)]
+    pub global_ipv6_prefix_len: u8,
     #[serde(rename = "MacAddress")]
     pub mac_address: String,
 }
@@ -458,6 +497,11 @@ pub struct Info {
     pub kernel_version: String,
     #[serde(rename = "Dataplane")]
     pub dataplane: String,
+    /// Whether the dataplane handles IPv6 traffic: published ports on IPv6 addresses, IPv6
+    /// masquerade and policy. Without it IPv6 networks still get addresses and routes, and
+    /// IPv6 host addresses are refused.
+    #[serde(rename = "DataplaneIPv6", default)]
+    pub dataplane_ipv6: bool,
     #[serde(rename = "Uplink")]
     pub uplink: String,
     /// The interfaces where published ports answer, and how the dataplane sees their

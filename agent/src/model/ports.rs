@@ -198,20 +198,24 @@ pub struct HostBinding {
 /// Docker's `PortBindings`/`Ports` map: `"80/tcp"` → host bindings.
 pub type PortMap = BTreeMap<String, Vec<HostBinding>>;
 
-/// Validates a Docker-shaped port map. An empty `HostIp` binds `default_host_ip` (the
-/// network's `host_binding_ipv4`, else the daemon's `--ip`); an empty `HostPort` asks for a
-/// dynamic one.
-pub fn port_requests_from_map(map: &PortMap, default_host_ip: IpAddr) -> Result<Vec<PortRequest>> {
+/// Validates a Docker-shaped port map. An empty `HostIp` binds each of
+/// `default_host_ips` (the network's `host_binding_ipv4`, else the daemon's `--ip`, and
+/// `::` beside `0.0.0.0` for a container with IPv6); an empty `HostPort` asks for a dynamic
+/// one.
+pub fn port_requests_from_map(
+    map: &PortMap,
+    default_host_ips: &[IpAddr],
+) -> Result<Vec<PortRequest>> {
     let mut out = Vec::new();
     for (key, hosts) in map {
         let (container_port, proto) = parse_port_proto(key)?;
         for host in hosts {
-            let host_ip = if host.host_ip.is_empty() {
-                default_host_ip
+            let host_ips = if host.host_ip.is_empty() {
+                default_host_ips.to_vec()
             } else {
-                host.host_ip.parse().map_err(|_| {
+                vec![host.host_ip.parse().map_err(|_| {
                     Error::InvalidArgument(format!("invalid host IP {:?}", host.host_ip))
-                })?
+                })?]
             };
             let host_port = match host.host_port.as_str() {
                 "" => HostPort::Dynamic,
@@ -220,12 +224,12 @@ pub fn port_requests_from_map(map: &PortMap, default_host_ip: IpAddr) -> Result<
                     (start, end) => HostPort::Range(start, end),
                 },
             };
-            out.push(PortRequest {
+            out.extend(host_ips.into_iter().map(|host_ip| PortRequest {
                 proto,
                 container_port,
                 host_ip,
                 host_port,
-            });
+            }));
         }
     }
     Ok(out)
@@ -399,8 +403,8 @@ mod tests {
                 },
             ],
         )]);
-        let any = IpAddr::from(std::net::Ipv4Addr::UNSPECIFIED);
-        let r = port_requests_from_map(&map, any).unwrap();
+        let any = [IpAddr::from(std::net::Ipv4Addr::UNSPECIFIED)];
+        let r = port_requests_from_map(&map, &any).unwrap();
         assert_eq!(r[0].host_port, HostPort::Fixed(8080));
         assert_eq!(
             (r[1].host_ip, r[1].host_port),
@@ -414,7 +418,11 @@ mod tests {
                 host_port: "1".into(),
             }],
         )]);
-        assert!(port_requests_from_map(&bad_ip, any).is_err());
+        assert!(port_requests_from_map(&bad_ip, &any).is_err());
+        let both = [any[0], IpAddr::from(std::net::Ipv6Addr::UNSPECIFIED)];
+        let r = port_requests_from_map(&map, &both).unwrap();
+        assert_eq!(r.len(), 5, "the empty addresses twice, the given one once");
+        assert_eq!((r[0].host_ip, r[1].host_ip), (both[0], both[1]));
     }
 
     #[test]

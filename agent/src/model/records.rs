@@ -1,9 +1,13 @@
 //! The records the agent persists: networks, containers and their endpoints. Everything on
 //! the node (bridges, veths, map entries) is derived from these and reconciled on start.
 
-use std::{collections::BTreeMap, net::Ipv4Addr, path::PathBuf};
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    path::PathBuf,
+};
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use serde::{Deserialize, Serialize};
 
 use super::{
@@ -22,6 +26,10 @@ pub const OPT_GATEWAY_MODE_IPV6: &str = "com.docker.network.bridge.gateway_mode_
 pub const OPT_TRUSTED_HOST_INTERFACES: &str = "com.docker.network.bridge.trusted_host_interfaces";
 pub const OPT_INHIBIT_IPV4: &str = "com.docker.network.bridge.inhibit_ipv4";
 pub const OPT_CONTAINER_IFACE_PREFIX: &str = "com.docker.network.container_iface_prefix";
+/// `--ipv6` as a driver option (what Docker's API accepts besides `EnableIPv6`).
+pub const OPT_ENABLE_IPV6: &str = "com.docker.network.enable_ipv6";
+/// `false` asks for an IPv6-only network (Docker 28).
+pub const OPT_ENABLE_IPV4: &str = "com.docker.network.enable_ipv4";
 pub const KNOWN_OPTIONS: &[&str] = &[
     OPT_BRIDGE_NAME,
     OPT_ENABLE_ICC,
@@ -33,6 +41,8 @@ pub const KNOWN_OPTIONS: &[&str] = &[
     OPT_TRUSTED_HOST_INTERFACES,
     OPT_INHIBIT_IPV4,
     OPT_CONTAINER_IFACE_PREFIX,
+    OPT_ENABLE_IPV6,
+    OPT_ENABLE_IPV4,
 ];
 /// The endpoint option (`DriverOpts` of a connect or create request) naming the interface
 /// inside the container.
@@ -111,8 +121,9 @@ pub struct NetworkRecord {
     pub internal: bool,
     pub enable_icc: bool,
     pub enable_ip_masquerade: bool,
-    /// Default host address of ports published by containers on this network.
-    pub host_binding_ipv4: Option<Ipv4Addr>,
+    /// Default host address of ports published by containers on this network: an IPv4 or
+    /// (as Docker allows despite the name) an IPv6 address.
+    pub host_binding_ipv4: Option<IpAddr>,
     pub mtu: u32,
     /// The `-o` options as given, for `network inspect`.
     pub options: BTreeMap<String, String>,
@@ -141,6 +152,24 @@ pub struct NetworkRecord {
     /// The prefix of the containers' interface names on this network (default `eth`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub container_iface_prefix: Option<String>,
+    /// The IPv6 side of a network made with `--ipv6` (`EnableIPv6`); records written before
+    /// IPv6 have none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv6: Option<Ipv6Side>,
+}
+
+/// A network's IPv6 subnet and addresses.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ipv6Side {
+    pub subnet: Ipv6Net,
+    /// On the bridge (without duplicate address detection), the containers' default route.
+    pub gateway: Ipv6Addr,
+    /// Where dynamic addresses come from (default: the whole subnet).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip_range: Option<Ipv6Net>,
+    /// Where the next sequential allocation starts, as for IPv4.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_allocated: Option<Ipv6Addr>,
 }
 
 #[cfg(test)]
@@ -173,6 +202,7 @@ impl NetworkRecord {
             trusted_host_interfaces: Vec::new(),
             inhibit_ipv4: false,
             container_iface_prefix: None,
+            ipv6: None,
         }
     }
 }
@@ -203,6 +233,19 @@ impl NetworkRecord {
     /// Whether the agent puts the gateway address on the bridge.
     pub fn bridge_has_address(&self) -> bool {
         self.has_gateway() && !self.inhibit_ipv4
+    }
+
+    /// Whether the network's outgoing IPv6 traffic leaves with the node's IPv6 address:
+    /// Docker 27's ip6tables MASQUERADE, unless masquerade is off or the IPv6 gateway mode
+    /// is not a NAT one.
+    pub fn masquerades_ipv6(&self) -> bool {
+        self.ipv6.is_some()
+            && self.enable_ip_masquerade
+            && !self.internal
+            && matches!(
+                self.gateway_mode_ipv6,
+                GatewayMode::Nat | GatewayMode::NatUnprotected
+            )
     }
 
     /// Whether the network's outgoing traffic leaves with the node's address.
@@ -248,6 +291,12 @@ pub struct EndpointRecord {
     pub aliases: Vec<String>,
     /// The address asked for with `--ip`, if any.
     pub requested_ip: Option<Ipv4Addr>,
+    /// The IPv6 address, on a network with IPv6.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv6: Option<Ipv6Addr>,
+    /// The IPv6 address asked for with `--ip6`, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requested_ipv6: Option<Ipv6Addr>,
     /// Set while the endpoint is being made; see [`NetworkRecord::pending`].
     #[serde(default)]
     pub pending: bool,
@@ -323,6 +372,9 @@ pub struct DockerEndpointRecord {
     pub endpoint_id: String,
     pub network_id: String,
     pub ip: Ipv4Addr,
+    /// The IPv6 address Docker's IPAM gave it, on an `--ipv6` network.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv6: Option<Ipv6Addr>,
     pub mac: MacAddress,
     pub port_map: Vec<super::docker::DockerPortBinding>,
     pub exposed: Vec<ExposedPort>,

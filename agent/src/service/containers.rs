@@ -8,7 +8,7 @@ use std::{
 };
 
 use super::{
-    DEFAULT_NETWORK, HOST_NETWORK, NONE_NETWORK, Service, Step, Undo, default_host_ip,
+    DEFAULT_NETWORK, HOST_NETWORK, NONE_NETWORK, Service, Step, Undo, default_host_ips,
     docker::refuse_docker_managed,
     endpoints::teardown_steps,
     node_netns,
@@ -80,13 +80,6 @@ impl Service {
             _ => Vec::new(),
         };
         let exposed = parse_exposed(request.exposed_ports.keys())?;
-        let ports = match namespace.mode {
-            NetworkMode::Bridge => {
-                let host_ip = default_host_ip(&self.settings, networks.first());
-                self.plan_ports(&container_port_requests(host_config, &exposed, host_ip)?)?
-            }
-            _ => PortPlan::default(),
-        };
         let links = plan_links(
             &host_config.links,
             |target| self.container(target).ok(),
@@ -109,13 +102,26 @@ impl Service {
             netns,
             netns_owned: namespace.owned,
             endpoints: Vec::new(),
-            ports: ports.bindings.clone(),
+            ports: Vec::new(),
             exposed,
             links,
             pending: true,
             managed_by: ManagedBy::Bpfbridge,
         };
         self.plan_endpoints(&mut container, &networks, request)?;
+        // After the endpoints: whether the ports are published on IPv6 too depends on the
+        // address of the endpoint that carries them.
+        let ports = match container.mode {
+            NetworkMode::Bridge => {
+                let ipv6 = self.publishes_ipv6(&container);
+                let host_ips = default_host_ips(&self.settings, networks.first(), ipv6);
+                let requests = container_port_requests(host_config, &container.exposed, &host_ips)?;
+                self.check_port_families(&requests, ipv6)?;
+                self.plan_ports(&requests)?
+            }
+            _ => PortPlan::default(),
+        };
+        container.ports = ports.bindings.clone();
         Ok(ContainerPlan {
             container,
             networks,
@@ -336,7 +342,7 @@ impl Service {
         self.save_container(container.clone())?;
         faults::reach(CrashPoint::ContainerCreateSaved);
         for endpoint in &container.endpoints {
-            self.note_allocation(&endpoint.network_id, endpoint.ip)?;
+            self.note_allocation(endpoint)?;
         }
         self.refresh_views()?;
         self.dns_for(container)
@@ -412,8 +418,14 @@ impl Service {
         Ok((
             network.name.clone(),
             EndpointSettings {
-                ipam_config: e.requested_ip.map(|ip| EndpointIpamConfig {
-                    ipv4_address: ip.to_string(),
+                ipam_config: (e.requested_ip.is_some() || e.requested_ipv6.is_some()).then(|| {
+                    EndpointIpamConfig {
+                        ipv4_address: e.requested_ip.map(|ip| ip.to_string()).unwrap_or_default(),
+                        ipv6_address: e
+                            .requested_ipv6
+                            .map(|ip| ip.to_string())
+                            .unwrap_or_default(),
+                    }
                 }),
                 aliases: (!aliases.is_empty()).then_some(aliases),
                 network_id: network.id.clone(),
@@ -427,6 +439,15 @@ impl Service {
                     },
                     ip_address: e.ip.to_string(),
                     ip_prefix_len: network.subnet.prefix_len(),
+                    ipv6_gateway: match (&network.ipv6, e.ipv6) {
+                        (Some(side), Some(_)) => side.gateway.to_string(),
+                        _ => String::new(),
+                    },
+                    global_ipv6_address: e.ipv6.map(|ip| ip.to_string()).unwrap_or_default(),
+                    global_ipv6_prefix_len: match (&network.ipv6, e.ipv6) {
+                        (Some(side), Some(_)) => side.subnet.prefix_len(),
+                        _ => 0,
+                    },
                     mac_address: e.mac.to_string(),
                 },
             },
@@ -490,6 +511,8 @@ impl Service {
                     Default::default()
                 },
                 primary,
+                link_local_ipv6_address: String::new(),
+                link_local_ipv6_prefix_len: 0,
                 networks,
             },
             link_info: self.link_info(c),
@@ -525,6 +548,11 @@ impl Service {
             }
             info.hosts_entries
                 .push(format!("{ip}\t{}", names.join(" ")));
+            // The same names for the IPv6 address, on a network with IPv6.
+            if let Some(ipv6) = endpoint.ipv6 {
+                info.hosts_entries
+                    .push(format!("{ipv6}\t{}", names.join(" ")));
+            }
             let prefix = link.alias.to_uppercase().replace(['-', '.'], "_");
             info.env
                 .push(format!("{prefix}_NAME=/{}/{}", c.name, link.alias));

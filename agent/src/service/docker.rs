@@ -17,7 +17,7 @@ use std::{
     path::PathBuf,
 };
 
-use super::{Service, Step, Undo, default_host_ip, plan::next_ifname, veth_names};
+use super::{Service, Step, Undo, default_host_ips, plan::next_ifname, veth_names};
 use crate::{
     Error, Result,
     model::{
@@ -148,33 +148,40 @@ pub(super) fn parse_cidr_address(what: &str, s: &str) -> Result<Ipv4Addr> {
 
 /// The port map as bpfbridge's requests: an empty host address means the network's default,
 /// host port 0 a dynamic port, an end above the start a range.
-fn port_requests(map: &[DockerPortBinding], default_ip: IpAddr) -> Result<Vec<PortRequest>> {
-    map.iter()
-        .map(|b| {
-            let host_ip = match b.host_ip.as_str() {
-                "" => default_ip,
-                ip => ip.parse().map_err(|_| {
-                    Error::InvalidArgument(format!("invalid host IP {ip:?} in port map"))
-                })?,
-            };
-            if b.port == 0 {
-                return Err(Error::InvalidArgument(
-                    "container port 0 in port map".into(),
-                ));
-            }
-            let host_port = match (b.host_port, b.host_port_end) {
-                (0, _) => HostPort::Dynamic,
-                (start, end) if end > start => HostPort::Range(start, end),
-                (port, _) => HostPort::Fixed(port),
-            };
-            Ok(PortRequest {
-                proto: proto_from_number(b.proto)?,
-                container_port: b.port,
-                host_ip,
-                host_port,
-            })
-        })
-        .collect()
+fn port_requests(map: &[DockerPortBinding], default_ips: &[IpAddr]) -> Result<Vec<PortRequest>> {
+    let mut requests = Vec::new();
+    for b in map {
+        let host_ips = match b.host_ip.as_str() {
+            "" => default_ips.to_vec(),
+            ip => vec![ip.parse().map_err(|_| {
+                Error::InvalidArgument(format!("invalid host IP {ip:?} in port map"))
+            })?],
+        };
+        for host_ip in host_ips {
+            requests.push(port_request(b, host_ip)?);
+        }
+    }
+    Ok(requests)
+}
+
+/// One binding of the port map on `host_ip`.
+fn port_request(b: &DockerPortBinding, host_ip: IpAddr) -> Result<PortRequest> {
+    if b.port == 0 {
+        return Err(Error::InvalidArgument(
+            "container port 0 in port map".into(),
+        ));
+    }
+    let host_port = match (b.host_port, b.host_port_end) {
+        (0, _) => HostPort::Dynamic,
+        (start, end) if end > start => HostPort::Range(start, end),
+        (port, _) => HostPort::Fixed(port),
+    };
+    Ok(PortRequest {
+        proto: proto_from_number(b.proto)?,
+        container_port: b.port,
+        host_ip,
+        host_port,
+    })
 }
 
 /// `com.docker.network.endpoint.exposedports` as bpfbridge's exposed ports.
@@ -271,6 +278,8 @@ impl Service {
             name: network_name(&request.network_id),
             driver: None,
             internal,
+            enable_ipv6: None,
+            enable_ipv4: None,
             ipam: Some(Ipam {
                 config: vec![IpamConfig {
                     subnet: Some(pool.to_string()),
@@ -342,12 +351,13 @@ impl Service {
             given => given.parse()?,
         };
         let (port_map, exposed) = endpoint_ports(&request.options)?;
-        port_requests(&port_map, Ipv4Addr::UNSPECIFIED.into())?;
+        port_requests(&port_map, &[Ipv4Addr::UNSPECIFIED.into()])?;
         let exposed = exposed_ports(&exposed)?;
         let record = DockerEndpointRecord {
             endpoint_id: request.endpoint_id.clone(),
             network_id: network.id.clone(),
             ip,
+            ipv6: None,
             mac,
             port_map,
             exposed,
@@ -516,6 +526,8 @@ impl Service {
             host_veth_mac: None,
             aliases: Vec::new(),
             requested_ip: None,
+            ipv6: record.ipv6,
+            requested_ipv6: None,
             pending: true,
             gw_priority: 0,
         };
@@ -582,7 +594,10 @@ impl Service {
             })?;
         let network = self.docker_network(&request.network_id)?.clone();
         let (port_map, exposed) = endpoint_ports(&request.options)?;
-        let requests = port_requests(&port_map, default_host_ip(&self.settings, Some(&network)))?;
+        let ipv6 = self.publishes_ipv6(&container);
+        let host_ips = default_host_ips(&self.settings, Some(&network), ipv6);
+        let requests = port_requests(&port_map, &host_ips)?;
+        self.check_port_families(&requests, ipv6)?;
         if !container.ports.is_empty() {
             if satisfies(&container.ports, &requests) {
                 return Ok(());
@@ -654,7 +669,7 @@ mod tests {
                 ..binding(53, 0)
             },
         ];
-        let requests = port_requests(&map, default_ip).unwrap();
+        let requests = port_requests(&map, &[default_ip]).unwrap();
         let host_ports: Vec<HostPort> = requests.iter().map(|r| r.host_port).collect();
         assert_eq!(
             host_ports,
@@ -675,20 +690,20 @@ mod tests {
             ..binding(80, 80)
         };
         assert_eq!(
-            port_requests(&[v6], default_ip).unwrap()[0].host_ip,
+            port_requests(&[v6], &[default_ip]).unwrap()[0].host_ip,
             IpAddr::from(std::net::Ipv6Addr::UNSPECIFIED)
         );
         let bad = DockerPortBinding {
             host_ip: "nope".into(),
             ..binding(80, 80)
         };
-        assert!(port_requests(&[bad], default_ip).is_err());
+        assert!(port_requests(&[bad], &[default_ip]).is_err());
     }
 
     #[test]
     fn a_repeated_program_call_is_recognised() {
         let ip = IpAddr::from(Ipv4Addr::UNSPECIFIED);
-        let requests = port_requests(&[binding(0, 0), binding(8000, 8010)], ip).unwrap();
+        let requests = port_requests(&[binding(0, 0), binding(8000, 8010)], &[ip]).unwrap();
         let bound = |first: u16, second: u16| {
             [first, second].map(|host_port| PortBinding {
                 proto: Proto::Tcp,

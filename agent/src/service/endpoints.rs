@@ -3,7 +3,7 @@
 
 use std::{net::Ipv4Addr, path::Path};
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 
 use super::{Service, Step, Undo, dataplane_endpoint, veth_names};
 use crate::{
@@ -35,7 +35,7 @@ fn teardown_endpoint(e: &EndpointRecord) -> Endpoint {
         host_veth_mac: e.host_veth_mac.map(|m| m.octets()).unwrap_or_default(),
         bridge: String::new(),
         gateway: Ipv4Addr::UNSPECIFIED,
-        container_ipv6: None,
+        container_ipv6: e.ipv6,
         gateway_ipv6: None,
     }
 }
@@ -114,6 +114,15 @@ impl Service {
         let address =
             Ipv4Net::new(endpoint.ip, network.subnet.prefix_len()).expect("prefix of a valid net");
         let gateway = default_route.then_some(network.gateway);
+        // The IPv6 address without duplicate address detection (the agent hands out each
+        // address once), so that it is usable at once.
+        let ipv6 = match (endpoint.ipv6, &network.ipv6) {
+            (Some(ip), Some(side)) => Some((
+                Ipv6Net::new(ip, side.subnet.prefix_len()).expect("prefix of a valid net"),
+                default_route.then_some(side.gateway),
+            )),
+            _ => None,
+        };
         let ifname = endpoint.ifname.clone();
         let configured = netns::with_netlink_in(netns, |h| async move {
             let link = netlink::link_by_name(&h, &peer).await?.ok_or_else(|| {
@@ -121,9 +130,15 @@ impl Service {
             })?;
             netlink::set_name(&h, link.index, &ifname).await?;
             netlink::add_address(&h, link.index, address).await?;
+            if let Some((address, _)) = ipv6 {
+                netlink::add_address_v6(&h, link.index, address).await?;
+            }
             netlink::set_up(&h, link.index).await?;
             if let Some(lo) = netlink::link_by_name(&h, "lo").await? {
                 netlink::set_up(&h, lo.index).await?;
+            }
+            if let Some((_, Some(gateway))) = ipv6 {
+                netlink::set_default_route_v6(&h, gateway).await?;
             }
             match gateway {
                 Some(gateway) => netlink::set_default_route(&h, gateway).await,
@@ -168,11 +183,19 @@ impl Service {
     /// Points the container's default route at the gateway of its port endpoint (the first
     /// attachment with a way out), or removes it when there is none.
     pub(super) async fn fix_default_route(&self, container: &ContainerRecord) -> Result<()> {
-        let gateway = match self.port_endpoint(container) {
-            Some(e) => Some(self.network_by_id(&e.network_id)?.gateway),
-            None => None,
+        let (gateway, gateway_ipv6) = match self.port_endpoint(container) {
+            Some(e) => {
+                let network = self.network_by_id(&e.network_id)?;
+                let ipv6 = network.ipv6.as_ref().filter(|_| e.ipv6.is_some());
+                (Some(network.gateway), ipv6.map(|side| side.gateway))
+            }
+            None => (None, None),
         };
         netns::with_netlink_in(&container.netns, |h| async move {
+            match gateway_ipv6 {
+                Some(gateway) => netlink::set_default_route_v6(&h, gateway).await?,
+                None => netlink::delete_default_route_v6(&h).await?,
+            }
             match gateway {
                 Some(gateway) => netlink::set_default_route(&h, gateway).await,
                 None => netlink::delete_default_route(&h).await,

@@ -72,6 +72,22 @@ pub struct Service {
     node_addresses: Option<addresses::NodeAddresses>,
     /// The uplinks, as the dataplane last hooked them.
     uplinks: Vec<UplinkInfo>,
+    /// The 40-bit global id of the agent's unique local IPv6 /48 (RFC 4193), from which
+    /// IPv6 subnets come when no IPv6 pool is configured: random once, then kept.
+    ula_global_id: u64,
+}
+
+const ULA_GLOBAL_ID: &str = "ula-global-id";
+
+/// The ULA global id the store keeps, made (random) and stored the first time.
+fn ula_global_id(store: &Store, state: &mut crate::store::State) -> Result<u64> {
+    if let Some(id) = state.meta.get(ULA_GLOBAL_ID).and_then(|v| v.parse().ok()) {
+        return Ok(id);
+    }
+    let id = rand::random::<u64>() & 0xff_ffff_ffff;
+    store.put_meta(ULA_GLOBAL_ID, &id.to_string())?;
+    state.meta.insert(ULA_GLOBAL_ID.into(), id.to_string());
+    Ok(id)
 }
 
 /// The interface of the default route, the usual uplink.
@@ -91,6 +107,14 @@ pub async fn default_route_interface(handle: &Handle) -> Result<String> {
 fn enable_ip_forward() -> Result<()> {
     fs::write("/proc/sys/net/ipv4/ip_forward", b"1")
         .map_err(Error::io("enabling net.ipv4.ip_forward"))
+}
+
+/// IPv6 forwarding (net.ipv6.conf.all.forwarding) in the agent's own namespace, turned on
+/// as dockerd turns it on: when a network with IPv6 is made or found (not at start, since
+/// forwarding makes the node's interfaces ignore router advertisements).
+fn enable_ipv6_forwarding() -> Result<()> {
+    fs::write("/proc/sys/net/ipv6/conf/all/forwarding", b"1")
+        .map_err(Error::io("enabling net.ipv6.conf.all.forwarding"))
 }
 
 fn ip_forward_enabled() -> bool {
@@ -137,7 +161,8 @@ impl Service {
             .await?
             .ok_or_else(|| Error::NotFound(format!("uplink interface {uplink} does not exist")))?;
         let store = Store::open(&settings.state_dir)?;
-        let state = store.load()?;
+        let mut state = store.load()?;
+        let ula_global_id = ula_global_id(&store, &mut state)?;
         if settings.ip_forward {
             enable_ip_forward()?;
         }
@@ -158,6 +183,7 @@ impl Service {
             events,
             node_addresses: None,
             uplinks: Vec::new(),
+            ula_global_id,
         };
         service.reconcile().await?;
         service.refresh_uplinks().await?;
@@ -173,6 +199,7 @@ impl Service {
             version: env!("CARGO_PKG_VERSION").into(),
             kernel_version: kernel,
             dataplane: self.dataplane.name().into(),
+            dataplane_ipv6: self.dataplane.handles_ipv6(),
             uplink: self.uplink.clone(),
             uplinks: self.uplinks.clone(),
             settings: self.settings.clone(),
@@ -305,9 +332,12 @@ impl Service {
             return Ok(Vec::new());
         };
         let endpoint = self.endpoint_view(endpoint)?;
+        // IPv6 bindings lead nowhere through an endpoint without IPv6 (the ports moved to
+        // such a carrier on a disconnect).
         Ok(container
             .ports
             .iter()
+            .filter(|p| p.host_ip.is_ipv4() || endpoint.container_ipv6.is_some())
             .map(|p| (endpoint.clone(), *p))
             .collect())
     }
@@ -350,14 +380,21 @@ impl Service {
                     let Ok(network) = self.network_by_id(&mine.network_id) else {
                         continue;
                     };
+                    // IPv4, and IPv6 where both have an IPv6 address.
+                    let mut pairs = vec![(IpAddr::V4(mine.ip), IpAddr::V4(theirs.ip))];
+                    if let (Some(from), Some(to)) = (mine.ipv6, theirs.ipv6) {
+                        pairs.push((from.into(), to.into()));
+                    }
                     for port in other.all_exposed() {
-                        rules.push(LinkRule {
-                            bridge: network.bridge.clone(),
-                            from: mine.ip.into(),
-                            to: theirs.ip.into(),
-                            port: port.port,
-                            proto: port.proto,
-                        });
+                        for (from, to) in &pairs {
+                            rules.push(LinkRule {
+                                bridge: network.bridge.clone(),
+                                from: *from,
+                                to: *to,
+                                port: port.port,
+                                proto: port.proto,
+                            });
+                        }
                     }
                 }
             }
@@ -385,6 +422,7 @@ impl Service {
                     network: network.name.clone(),
                     names,
                     ip: e.ip,
+                    ipv6: e.ipv6.filter(|_| network.ipv6.is_some()),
                 });
             }
         }
@@ -428,8 +466,12 @@ fn dataplane_endpoint(e: &EndpointRecord, network: &NetworkRecord) -> Result<End
         host_veth_mac: host_veth_mac.octets(),
         bridge: network.bridge.clone(),
         gateway: network.gateway,
-        container_ipv6: None,
-        gateway_ipv6: None,
+        container_ipv6: e.ipv6.filter(|_| network.ipv6.is_some()),
+        gateway_ipv6: network
+            .ipv6
+            .as_ref()
+            .filter(|_| e.ipv6.is_some())
+            .map(|side| side.gateway),
     })
 }
 
@@ -496,10 +538,60 @@ fn veth_names(endpoint_id: &str) -> (String, String) {
     )
 }
 
-/// The address a port binding uses when none is given.
-fn default_host_ip(settings: &Settings, network: Option<&NetworkRecord>) -> IpAddr {
-    network
+/// The addresses a port binding uses when none is given: the network's
+/// `host_binding_ipv4`, else `--ip`; `::` beside `0.0.0.0` when the container's ports are
+/// published on IPv6 too (`ipv6`, [`Service::publishes_ipv6`]), as Docker 27 publishes
+/// `-p 8080:80` on both families.
+fn default_host_ips(
+    settings: &Settings,
+    network: Option<&NetworkRecord>,
+    ipv6: bool,
+) -> Vec<IpAddr> {
+    let ip = network
         .and_then(|n| n.host_binding_ipv4)
-        .unwrap_or(settings.ip)
-        .into()
+        .unwrap_or(settings.ip);
+    match ip {
+        IpAddr::V4(v4) if v4.is_unspecified() && ipv6 => {
+            vec![ip, IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED)]
+        }
+        _ => vec![ip],
+    }
+}
+
+impl Service {
+    /// Whether `container`'s ports may be published on IPv6: the endpoint that carries
+    /// them has an IPv6 address and the dataplane handles IPv6.
+    fn publishes_ipv6(&self, container: &ContainerRecord) -> bool {
+        self.dataplane.handles_ipv6()
+            && self
+                .port_endpoint(container)
+                .is_some_and(|e| e.ipv6.is_some())
+    }
+
+    /// Refuses a binding on an IPv6 host address that cannot be published (`ipv6`, see
+    /// [`Self::publishes_ipv6`]): Docker would proxy it to the container's IPv4 address in
+    /// userland; bpfbridge translates within one family only.
+    fn check_port_families(
+        &self,
+        requests: &[crate::model::PortRequest],
+        ipv6: bool,
+    ) -> Result<()> {
+        let Some(request) = requests.iter().find(|r| r.host_ip.is_ipv6()) else {
+            return Ok(());
+        };
+        let why = match self.dataplane.handles_ipv6() {
+            false => format!(
+                "the {} dataplane does not publish on IPv6 addresses yet",
+                self.dataplane.name()
+            ),
+            true if !ipv6 => "the container has no IPv6 address (its network needs --ipv6); \
+                 an IPv6 port is not translated to an IPv4 container"
+                .to_string(),
+            true => return Ok(()),
+        };
+        Err(Error::InvalidArgument(format!(
+            "port mapping on {}: {why}",
+            request.host_ip
+        )))
+    }
 }

@@ -3,10 +3,10 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr},
 };
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 
 use super::{
     BRIDGE_PREFIX, DEFAULT_NETWORK, HOST_NETWORK, NONE_NETWORK, Service, Step, Undo,
@@ -19,12 +19,13 @@ use crate::{
     faults::{self, CrashPoint},
     ipam,
     model::{
-        ConnectRequest, CreateNetwork, DisconnectRequest, GatewayMode, Ipam, IpamConfig,
-        KNOWN_OPTIONS, ManagedBy, NetworkContainer, NetworkCreated, NetworkInspect, NetworkMode,
-        NetworkRecord, NetworksPruned, OPT_BRIDGE_NAME, OPT_CONTAINER_IFACE_PREFIX, OPT_ENABLE_ICC,
-        OPT_ENABLE_IP_MASQUERADE, OPT_GATEWAY_MODE_IPV4, OPT_GATEWAY_MODE_IPV6,
-        OPT_HOST_BINDING_IPV4, OPT_INHIBIT_IPV4, OPT_MTU, OPT_TRUSTED_HOST_INTERFACES,
-        OWN_OPTION_PREFIX, now, random_id, validate_name,
+        ConnectRequest, CreateNetwork, DisconnectRequest, EndpointRecord, GatewayMode, Ipam,
+        IpamConfig, Ipv6Side, KNOWN_OPTIONS, ManagedBy, NetworkContainer, NetworkCreated,
+        NetworkInspect, NetworkMode, NetworkRecord, NetworksPruned, OPT_BRIDGE_NAME,
+        OPT_CONTAINER_IFACE_PREFIX, OPT_ENABLE_ICC, OPT_ENABLE_IP_MASQUERADE, OPT_ENABLE_IPV4,
+        OPT_ENABLE_IPV6, OPT_GATEWAY_MODE_IPV4, OPT_GATEWAY_MODE_IPV6, OPT_HOST_BINDING_IPV4,
+        OPT_INHIBIT_IPV4, OPT_MTU, OPT_TRUSTED_HOST_INTERFACES, OWN_OPTION_PREFIX, now, random_id,
+        validate_name,
     },
     netlink,
 };
@@ -138,7 +139,106 @@ impl Service {
         {
             netlink::add_address(&self.handle, bridge.index, gateway).await?;
         }
+        if let Some(side) = &network.ipv6 {
+            if self.settings.ip_forward {
+                super::enable_ipv6_forwarding()?;
+            }
+            let gateway = Ipv6Net::new(side.gateway, side.subnet.prefix_len())
+                .expect("prefix of a valid net");
+            let addresses = netlink::ipv6_addresses(&self.handle).await?;
+            if !addresses
+                .iter()
+                .any(|(i, a)| *i == bridge.index && *a == gateway)
+            {
+                netlink::add_address_v6(&self.handle, bridge.index, gateway).await?;
+            }
+        }
         netlink::set_up(&self.handle, bridge.index).await
+    }
+
+    /// The IPv6 side of a network being planned: with IPv6 asked for (`--ipv6`, its driver
+    /// option, or `--ipv6` of the daemon for the default bridge), the subnet of `config` (an
+    /// IPAM entry with an IPv6 subnet), else a free /64 of the IPv6 pools; its gateway is
+    /// the subnet's `::1` unless given.
+    async fn plan_ipv6(
+        &self,
+        name: &str,
+        enabled: bool,
+        config: Option<&IpamConfig>,
+    ) -> Result<Option<Ipv6Side>> {
+        if !enabled {
+            return match config {
+                Some(_) => Err(Error::InvalidArgument(
+                    "an IPv6 subnet needs IPv6 enabled on the network (--ipv6)".into(),
+                )),
+                None => Ok(None),
+            };
+        }
+        let mut taken: Vec<(Ipv6Net, String)> = self
+            .state
+            .networks
+            .values()
+            .filter_map(|n| Some((n.ipv6.as_ref()?.subnet, format!("network {}", n.name))))
+            .collect();
+        taken.extend(
+            netlink::ipv6_addresses(&self.handle)
+                .await?
+                .into_iter()
+                .map(|(_, net)| (net.trunc(), "an address of the node".to_string())),
+        );
+        let config = config.cloned().unwrap_or_default();
+        let subnet = match &config.subnet {
+            Some(s) => {
+                let subnet = ipam::parse_subnet_v6("subnet", s)?;
+                if let Some((_, owner)) = taken.iter().find(|(t, _)| ipam::overlaps_v6(t, &subnet))
+                {
+                    return Err(Error::Conflict(format!(
+                        "subnet {subnet} overlaps with {owner}"
+                    )));
+                }
+                subnet
+            }
+            None => {
+                let taken: Vec<Ipv6Net> = taken.iter().map(|(t, _)| *t).collect();
+                let pools =
+                    ipam::ipv6_pools(&self.settings.default_address_pools, self.ula_global_id);
+                ipam::first_free_subnet_v6(&pools, &taken).ok_or_else(|| Error::PoolExhausted {
+                    network: name.to_string(),
+                })?
+            }
+        };
+        let gateway = match &config.gateway {
+            Some(g) => {
+                let gateway = g
+                    .parse()
+                    .map_err(|_| Error::InvalidArgument(format!("invalid IPv6 gateway {g:?}")))?;
+                if !subnet.contains(&gateway) || gateway == subnet.network() {
+                    return Err(Error::InvalidArgument(format!(
+                        "gateway {gateway} is not a usable address of subnet {subnet}"
+                    )));
+                }
+                gateway
+            }
+            None => ipam::default_gateway_v6(subnet),
+        };
+        let ip_range = match &config.ip_range {
+            Some(r) => {
+                let range = ipam::parse_subnet_v6("ip-range", r)?;
+                if !subnet.contains(&range) {
+                    return Err(Error::InvalidArgument(format!(
+                        "ip-range {range} is not inside subnet {subnet}"
+                    )));
+                }
+                Some(range)
+            }
+            None => None,
+        };
+        Ok(Some(Ipv6Side {
+            subnet,
+            gateway,
+            ip_range,
+            last_allocated: None,
+        }))
     }
 
     /// Validates a create request into a (pending) record, without changing anything.
@@ -169,12 +269,55 @@ impl Service {
                 ipam.driver
             )));
         }
-        if ipam.config.len() > 1 {
+        // An entry whose subnet is IPv6 is the IPv6 side's; the other (with a subnet or not)
+        // the IPv4 side's.
+        let (ipv6_configs, ipv4_configs): (Vec<&IpamConfig>, Vec<&IpamConfig>) = ipam
+            .config
+            .iter()
+            .partition(|c| c.subnet.as_deref().is_some_and(|s| s.contains(':')));
+        if ipv4_configs.len() > 1 || ipv6_configs.len() > 1 {
             return Err(Error::InvalidArgument(
-                "only one IPAM config (one IPv4 subnet) per network is supported".into(),
+                "only one IPAM config per address family (one IPv4 and one IPv6 subnet) per network is supported".into(),
             ));
         }
-        let config = ipam.config.first().cloned().unwrap_or_default();
+        let option_enabled = |key: &str| -> Result<Option<bool>> {
+            request
+                .options
+                .get(key)
+                .map(|value| parse_bool_option(key, value))
+                .transpose()
+        };
+        let enable_ipv6 = request
+            .enable_ipv6
+            .or(option_enabled(OPT_ENABLE_IPV6)?)
+            .unwrap_or(is_default && self.settings.ipv6);
+        let enable_ipv4 = request
+            .enable_ipv4
+            .or(option_enabled(OPT_ENABLE_IPV4)?)
+            .unwrap_or(true);
+        if !enable_ipv4 {
+            return Err(Error::InvalidArgument(
+                "IPv6-only networks (enable_ipv4=false) are not supported yet: every network has an IPv4 subnet".into(),
+            ));
+        }
+        let ipv6_config = ipv6_configs.first().copied();
+        let ipv6 = match (is_default, self.settings.fixed_cidr_v6) {
+            (true, Some(cidr)) if enable_ipv6 => {
+                let config = IpamConfig {
+                    subnet: Some(cidr.trunc().to_string()),
+                    ..IpamConfig::default()
+                };
+                self.plan_ipv6(&request.name, true, Some(&config)).await?
+            }
+            _ => {
+                self.plan_ipv6(&request.name, enable_ipv6, ipv6_config)
+                    .await?
+            }
+        };
+        let config = ipv4_configs
+            .first()
+            .map(|c| (*c).clone())
+            .unwrap_or_default();
         if config.subnet.is_none() && (config.gateway.is_some() || config.ip_range.is_some()) {
             return Err(Error::InvalidArgument(
                 "--gateway and --ip-range need --subnet".into(),
@@ -258,6 +401,7 @@ impl Service {
             trusted_host_interfaces: Vec::new(),
             inhibit_ipv4: false,
             container_iface_prefix: None,
+            ipv6,
         };
         for (key, value) in &request.options {
             match key.as_str() {
@@ -279,10 +423,11 @@ impl Service {
                 OPT_HOST_BINDING_IPV4 => {
                     network.host_binding_ipv4 = Some(value.parse().map_err(|_| {
                         Error::InvalidArgument(format!(
-                            "option {key}={value:?}: expected an IPv4 address"
+                            "option {key}={value:?}: expected an IP address"
                         ))
                     })?)
                 }
+                OPT_ENABLE_IPV6 | OPT_ENABLE_IPV4 => {}
                 OPT_MTU => {
                     network.mtu = value
                         .parse()
@@ -454,7 +599,10 @@ impl Service {
                         endpoint_id: e.endpoint_id.clone(),
                         mac_address: e.mac.to_string(),
                         ipv4_address: format!("{}/{}", e.ip, n.subnet.prefix_len()),
-                        ipv6_address: String::new(),
+                        ipv6_address: match (e.ipv6, &n.ipv6) {
+                            (Some(ip), Some(side)) => format!("{ip}/{}", side.subnet.prefix_len()),
+                            _ => String::new(),
+                        },
                     },
                 ))
             })
@@ -475,7 +623,7 @@ impl Service {
                 (
                     OPT_HOST_BINDING_IPV4.into(),
                     n.host_binding_ipv4
-                        .unwrap_or(Ipv4Addr::UNSPECIFIED)
+                        .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED))
                         .to_string(),
                 ),
                 (OPT_BRIDGE_NAME.into(), n.bridge.clone()),
@@ -488,15 +636,22 @@ impl Service {
             created: n.created.clone(),
             scope: "local".into(),
             driver: "bridge".into(),
-            enable_ipv6: false,
+            enable_ipv4: true,
+            enable_ipv6: n.ipv6.is_some(),
             ipam: Ipam {
                 driver: "default".into(),
                 options: BTreeMap::new(),
-                config: vec![IpamConfig {
+                config: std::iter::once(IpamConfig {
                     subnet: Some(n.subnet.to_string()),
                     ip_range: n.ip_range.map(|r| r.to_string()),
                     gateway: Some(n.gateway.to_string()),
-                }],
+                })
+                .chain(n.ipv6.as_ref().map(|side| IpamConfig {
+                    subnet: Some(side.subnet.to_string()),
+                    ip_range: side.ip_range.map(|r| r.to_string()),
+                    gateway: Some(side.gateway.to_string()),
+                }))
+                .collect(),
             },
             internal: n.internal,
             attachable: false,
@@ -537,6 +692,7 @@ impl Service {
             created: String::new(),
             scope: "local".into(),
             driver: if name == HOST_NETWORK { "host" } else { "null" }.into(),
+            enable_ipv4: true,
             enable_ipv6: false,
             ipam: Ipam {
                 driver: "default".into(),
@@ -579,10 +735,13 @@ impl Service {
         Ok(self.network_inspect_record(network))
     }
 
-    /// Remembers the last address handed out on a network (sequential allocation).
-    pub(super) fn note_allocation(&mut self, network_id: &str, ip: Ipv4Addr) -> Result<()> {
-        let mut network = self.network_by_id(network_id)?.clone();
-        network.last_allocated = Some(ip);
+    /// Remembers the last addresses handed out on a network (sequential allocation).
+    pub(super) fn note_allocation(&mut self, endpoint: &EndpointRecord) -> Result<()> {
+        let mut network = self.network_by_id(&endpoint.network_id)?.clone();
+        network.last_allocated = Some(endpoint.ip);
+        if let (Some(side), Some(ip)) = (network.ipv6.as_mut(), endpoint.ipv6) {
+            side.last_allocated = Some(ip);
+        }
         self.save_network(network)
     }
 
@@ -639,7 +798,7 @@ impl Service {
                 container.endpoints[position] = endpoint.clone();
                 self.save_container(container.clone())?;
                 faults::reach(CrashPoint::ConnectSaved);
-                self.note_allocation(&network.id, endpoint.ip)?;
+                self.note_allocation(&endpoint)?;
                 // A new carrier (a higher --gw-priority, or a network whose name sorts
                 // first) took the default route as it was made; the ports move to it.
                 if becomes_primary {
@@ -703,9 +862,9 @@ pub(super) fn network_policy(network: &NetworkRecord, allow_direct_routing: bool
         gateway: network.gateway,
         direct_access,
         trusted_interfaces: network.trusted_host_interfaces.clone(),
-        subnet_ipv6: None,
-        gateway_ipv6: None,
-        masquerade_ipv6: false,
+        subnet_ipv6: network.ipv6.as_ref().map(|side| side.subnet),
+        gateway_ipv6: network.ipv6.as_ref().map(|side| side.gateway),
+        masquerade_ipv6: network.masquerades_ipv6(),
     }
 }
 

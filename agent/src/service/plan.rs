@@ -6,7 +6,7 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::{IpAddr, Ipv4Addr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
 
 use super::{DEFAULT_NETWORK, HOST_NETWORK, NONE_NETWORK};
@@ -116,21 +116,21 @@ pub(super) fn parse_exposed<'a>(
 pub(super) fn container_port_requests(
     host_config: &HostConfig,
     exposed: &[ExposedPort],
-    host_ip: IpAddr,
+    host_ips: &[IpAddr],
 ) -> Result<Vec<PortRequest>> {
-    let mut requests = port_requests_from_map(&host_config.port_bindings, host_ip)?;
+    let mut requests = port_requests_from_map(&host_config.port_bindings, host_ips)?;
     if host_config.publish_all_ports {
         for e in exposed {
             if !requests
                 .iter()
                 .any(|r| r.container_port == e.port && r.proto == e.proto)
             {
-                requests.push(PortRequest {
+                requests.extend(host_ips.iter().map(|host_ip| PortRequest {
                     proto: e.proto,
                     container_port: e.port,
-                    host_ip,
+                    host_ip: *host_ip,
                     host_port: HostPort::Dynamic,
-                });
+                }));
             }
         }
     }
@@ -182,6 +182,8 @@ pub(super) fn next_ifname(container: &ContainerRecord, prefix: &str) -> String {
 pub(super) struct EndpointWish {
     /// `--ip`.
     pub requested_ip: Option<Ipv4Addr>,
+    /// `--ip6`.
+    pub requested_ipv6: Option<Ipv6Addr>,
     pub aliases: Vec<String>,
     /// `--gw-priority`.
     pub gw_priority: i64,
@@ -205,8 +207,21 @@ impl EndpointWish {
             ),
             None => None,
         };
+        let requested_ipv6 = match config
+            .ipam_config
+            .as_ref()
+            .map(|c| c.ipv6_address.as_str())
+            .filter(|s| !s.is_empty())
+        {
+            Some(s) => Some(
+                s.parse()
+                    .map_err(|_| Error::InvalidArgument(format!("invalid IPv6 address {s:?}")))?,
+            ),
+            None => None,
+        };
         Ok(EndpointWish {
             requested_ip,
+            requested_ipv6,
             aliases: config.aliases.clone(),
             gw_priority: config.gw_priority,
             ifname: config.driver_opts.get(OPT_ENDPOINT_IFNAME).cloned(),
@@ -226,11 +241,12 @@ pub(super) fn plan_endpoint(
 ) -> Result<EndpointRecord> {
     let EndpointWish {
         requested_ip,
+        requested_ipv6,
         aliases,
         gw_priority,
         ifname,
     } = wish;
-    if network.is_default() && requested_ip.is_some() {
+    if network.is_default() && (requested_ip.is_some() || requested_ipv6.is_some()) {
         return Err(Error::InvalidArgument(
             "user specified IP address is supported on user defined networks only".into(),
         ));
@@ -263,6 +279,7 @@ pub(super) fn plan_endpoint(
             network.last_allocated,
         )?,
     };
+    let ipv6 = plan_endpoint_ipv6(containers, network, requested_ipv6)?;
     let ifname = match ifname {
         Some(name) => {
             if name.is_empty() || name.len() > 15 || name.contains(['/', ' ', ':']) {
@@ -294,9 +311,48 @@ pub(super) fn plan_endpoint(
         host_veth_mac: None,
         aliases,
         requested_ip,
+        ipv6,
+        requested_ipv6,
         pending: true,
         gw_priority,
     })
+}
+
+/// The IPv6 address of a new endpoint on `network`: the one asked for with `--ip6`, else
+/// the next free one; none on a network without IPv6 (where `--ip6` is refused).
+fn plan_endpoint_ipv6(
+    containers: &BTreeMap<String, ContainerRecord>,
+    network: &NetworkRecord,
+    requested: Option<Ipv6Addr>,
+) -> Result<Option<Ipv6Addr>> {
+    let Some(side) = &network.ipv6 else {
+        return match requested {
+            Some(ip) => Err(Error::InvalidArgument(format!(
+                "IPv6 address {ip} requested on network {}, which has no IPv6 (--ipv6)",
+                network.name
+            ))),
+            None => Ok(None),
+        };
+    };
+    let in_use: BTreeSet<Ipv6Addr> = containers
+        .values()
+        .filter_map(|c| c.endpoint(&network.id)?.ipv6)
+        .collect();
+    match requested {
+        Some(ip) => {
+            ipam::check_requested_v6(&network.name, side.subnet, side.gateway, &in_use, ip)?;
+            Ok(Some(ip))
+        }
+        None => ipam::allocate_v6(
+            &network.name,
+            side.subnet,
+            side.ip_range.unwrap_or(side.subnet),
+            side.gateway,
+            &in_use,
+            side.last_allocated,
+        )
+        .map(Some),
+    }
 }
 
 /// Host ports chosen for a request, and the dynamic-port cursor to record with them.
@@ -390,7 +446,14 @@ impl<B: Fn(IpAddr, u16, Proto) -> Result<bool>> PortSpace<'_, B> {
                     b
                 }
                 HostPort::Range(start, end) => self
-                    .first_free((start..=end).map(binding), &chosen)?
+                    .first_free(
+                        twin_port(&chosen, request)
+                            .filter(|p| (start..=end).contains(p))
+                            .into_iter()
+                            .chain(start..=end)
+                            .map(binding),
+                        &chosen,
+                    )?
                     .ok_or_else(|| {
                         Error::Conflict(format!(
                             "port mapping {}: no free host port in {start}-{end}",
@@ -405,8 +468,13 @@ impl<B: Fn(IpAddr, u16, Proto) -> Result<bool>> PortSpace<'_, B> {
                         }
                         _ => 0,
                     };
-                    let candidates =
-                        (0..span).map(|step| binding(dyn_start + ((first + step) % span) as u16));
+                    // The port of the other family's binding of the same mapping first: `-p
+                    // 80` takes one port on 0.0.0.0 and :: alike, as Docker does.
+                    let candidates = twin_port(&chosen, request)
+                        .filter(|p| (dyn_start..=dyn_end).contains(p))
+                        .into_iter()
+                        .chain((0..span).map(|step| dyn_start + ((first + step) % span) as u16))
+                        .map(binding);
                     let b = self.first_free(candidates, &chosen)?.ok_or_else(|| {
                         Error::Conflict(format!(
                             "port mapping {}: no free host port in {dyn_start}-{dyn_end}",
@@ -425,6 +493,23 @@ impl<B: Fn(IpAddr, u16, Proto) -> Result<bool>> PortSpace<'_, B> {
             last_dynamic: cursor.filter(|_| handed_out_dynamic),
         })
     }
+}
+
+/// The host port chosen already for the same container port and protocol on every address
+/// of the other family, when `request` binds every address of its own.
+fn twin_port(chosen: &[PortBinding], request: &PortRequest) -> Option<u16> {
+    if !request.host_ip.is_unspecified() {
+        return None;
+    }
+    chosen
+        .iter()
+        .find(|b| {
+            b.proto == request.proto
+                && b.container_port == request.container_port
+                && b.host_ip.is_unspecified()
+                && b.host_ip.is_ipv4() != request.host_ip.is_ipv4()
+        })
+        .map(|b| b.host_port)
 }
 
 /// A request as `docker run -p` spells it, for error messages.
@@ -473,6 +558,8 @@ mod tests {
             host_veth_mac: None,
             aliases: Vec::new(),
             requested_ip: None,
+            ipv6: None,
+            requested_ipv6: None,
             pending,
             gw_priority: 0,
         }
@@ -620,10 +707,10 @@ mod tests {
                 proto: Proto::Udp,
             },
         ];
-        let fixed_only = container_port_requests(&host_config, &exposed, any).unwrap();
+        let fixed_only = container_port_requests(&host_config, &exposed, &[any]).unwrap();
         assert_eq!(fixed_only.len(), 1);
         host_config.publish_all_ports = true;
-        let all = container_port_requests(&host_config, &exposed, any).unwrap();
+        let all = container_port_requests(&host_config, &exposed, &[any]).unwrap();
         let summary: Vec<(u16, Proto, HostPort)> = all
             .iter()
             .map(|r| (r.container_port, r.proto, r.host_port))

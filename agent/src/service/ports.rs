@@ -3,7 +3,7 @@
 
 use std::{
     io::ErrorKind,
-    net::{IpAddr, SocketAddr, TcpListener, UdpSocket},
+    net::{IpAddr, SocketAddr},
 };
 
 use super::{
@@ -22,8 +22,8 @@ const LAST_DYNAMIC_PORT: &str = "last-dynamic-port";
 fn bindable(ip: IpAddr, port: u16, proto: Proto) -> Result<bool> {
     let addr = SocketAddr::new(ip, port);
     let result = match proto {
-        Proto::Tcp => TcpListener::bind(addr).map(drop),
-        Proto::Udp => UdpSocket::bind(addr).map(drop),
+        Proto::Tcp => crate::sockets::tcp_listener(addr).map(drop),
+        Proto::Udp => crate::sockets::udp_socket(addr).map(drop),
     };
     match result {
         Ok(()) => Ok(true),

@@ -30,7 +30,7 @@ pub struct Proxy {
 impl Proxy {
     /// Listens on `listen` (in the agent's namespace) and forwards to `target`.
     pub fn start(listen: SocketAddr, target: SocketAddr) -> io::Result<Self> {
-        let listener = Arc::new(TcpListener::bind(listen)?);
+        let listener = Arc::new(crate::sockets::tcp_listener(listen)?);
         let stop = Arc::new(AtomicBool::new(false));
         let (l, s) = (listener.clone(), stop.clone());
         let thread = thread::Builder::new()

@@ -1,0 +1,380 @@
+//! IPv6 dual stack (`--ipv6` networks), on a topology whose uplink carries 2001:db8:1::/64
+//! beside its IPv4 subnet: addresses and inspect fields, container to container, the
+//! world through the node's IPv6 address (masquerade), published ports on `[::]` with the
+//! client's address preserved, `[::1]` from the node, `icc=false`, AAAA answers, and the
+//! refusals (an IPv6 port for a container without IPv6, an IPv6-only network).
+//!
+//! What needs the dataplane to handle IPv6 traffic (translation, masquerade, policy) is
+//! skipped, with the reason, on a dataplane whose `info` says `DataplaneIPv6: false`.
+
+use std::{
+    io::{Read as _, Write as _},
+    net::{IpAddr, Ipv6Addr, SocketAddr, TcpListener, TcpStream},
+    path::{Path, PathBuf},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, ensure};
+use bpfbridge_tests::{
+    Agent, NODE_IPV6, Topology, WORLD_IPV6, enter_netns_on_this_thread, in_netns,
+    skip_without_dataplane_ipv6,
+};
+use serde_json::Value;
+
+const WAIT: Duration = Duration::from_secs(3);
+
+fn ok(agent: &Agent, args: &[&str]) -> Result<String> {
+    let out = agent.cli(args)?;
+    ensure!(
+        out.status.success(),
+        "bpfbridge {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8(out.stdout)?)
+}
+
+fn refused(agent: &Agent, args: &[&str]) -> Result<String> {
+    let out = agent.cli(args)?;
+    ensure!(
+        !out.status.success(),
+        "bpfbridge {} was accepted",
+        args.join(" ")
+    );
+    Ok(String::from_utf8(out.stderr)?)
+}
+
+/// The container's IPv6 address on `network`, from its inspect JSON.
+fn ipv6_on(json: &Value, network: &str) -> Result<Ipv6Addr> {
+    json["NetworkSettings"]["Networks"][network]["GlobalIPv6Address"]
+        .as_str()
+        .context("GlobalIPv6Address")?
+        .parse()
+        .context("an IPv6 address")
+}
+
+/// A TCP server on `[::]:port` (both families) in a namespace: answers `pong LINE` to each
+/// connection and reports the peers it saw, until dropped.
+struct Server {
+    stop: Arc<AtomicBool>,
+    peers: Arc<std::sync::Mutex<Vec<SocketAddr>>>,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+impl Server {
+    fn start(netns: &Path, port: u16) -> Result<Self> {
+        let listener = in_netns(netns, || TcpListener::bind(("::", port)))?;
+        listener.set_nonblocking(true)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let peers = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (flag, seen) = (stop.clone(), peers.clone());
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let thread = thread::spawn(move || {
+            while !flag.load(Ordering::Relaxed) && Instant::now() < deadline {
+                match listener.accept() {
+                    Ok((mut stream, peer)) => {
+                        seen.lock().expect("peers").push(peer);
+                        let _ = stream.set_nonblocking(false);
+                        let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+                        let mut buf = [0u8; 256];
+                        if let Ok(n) = stream.read(&mut buf) {
+                            let _ = stream.write_all(b"pong ");
+                            let _ = stream.write_all(&buf[..n]);
+                        }
+                    }
+                    Err(_) => thread::sleep(Duration::from_millis(10)),
+                }
+            }
+        });
+        Ok(Server {
+            stop,
+            peers,
+            thread: Some(thread),
+        })
+    }
+
+    fn last_peer(&self) -> Option<SocketAddr> {
+        self.peers.lock().expect("peers").last().copied()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// One exchange with `to` from `netns`: `Some(answer)`, or `None` when it fails in `WAIT`.
+fn exchange(netns: &Path, to: SocketAddr) -> Option<String> {
+    let netns = netns.to_path_buf();
+    thread::spawn(move || -> Option<String> {
+        enter_netns_on_this_thread(&netns).ok()?;
+        let mut stream = TcpStream::connect_timeout(&to, WAIT).ok()?;
+        stream.set_read_timeout(Some(WAIT)).ok()?;
+        stream.write_all(b"hi").ok()?;
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).ok()?;
+        Some(answer)
+    })
+    .join()
+    .ok()
+    .flatten()
+}
+
+/// A dual-stack topology, an agent, and a network `v6` on `10.66.0.0/24` and
+/// `fd00:66::/64` (icc per `icc`).
+fn dual_stack(icc: bool) -> Result<(Topology, Agent)> {
+    let topology = Topology::new()?.with_ipv6()?;
+    let agent = Agent::start(&topology)?;
+    let icc_option = format!("com.docker.network.bridge.enable_icc={icc}");
+    ok(
+        &agent,
+        &[
+            "network",
+            "create",
+            "v6",
+            "--ipv6",
+            "--subnet",
+            "10.66.0.0/24",
+            "--subnet",
+            "fd00:66::/64",
+            "-o",
+            &icc_option,
+        ],
+    )?;
+    Ok((topology, agent))
+}
+
+#[test]
+fn ipv6_networks_give_addresses_and_inspect_shows_them() -> Result<()> {
+    let (_topology, agent) = dual_stack(true)?;
+    let network = &agent.cli_json(&["network", "inspect", "v6"])?[0];
+    assert_eq!(network["EnableIPv6"], true);
+    let configs = network["IPAM"]["Config"].as_array().context("Config")?;
+    let subnets: Vec<&str> = configs
+        .iter()
+        .filter_map(|c| c["Subnet"].as_str())
+        .collect();
+    assert_eq!(subnets, ["10.66.0.0/24", "fd00:66::/64"]);
+    assert_eq!(configs[1]["Gateway"], "fd00:66::1");
+
+    let (a, _) = agent.create_container(&["a", "--network", "v6"])?;
+    let (b, _) = agent.create_container(&["b", "--network", "v6", "--ip6", "fd00:66::99"])?;
+    let settings = &a["NetworkSettings"]["Networks"]["v6"];
+    assert_eq!(settings["GlobalIPv6Address"], "fd00:66::2");
+    assert_eq!(settings["GlobalIPv6PrefixLen"], 64);
+    assert_eq!(settings["IPv6Gateway"], "fd00:66::1");
+    assert_eq!(a["NetworkSettings"]["LinkLocalIPv6Address"], "");
+    assert_eq!(ipv6_on(&b, "v6")?, "fd00:66::99".parse::<Ipv6Addr>()?);
+    let network = &agent.cli_json(&["network", "inspect", "v6"])?[0];
+    let shown: Vec<&str> = network["Containers"]
+        .as_object()
+        .context("Containers")?
+        .values()
+        .filter_map(|c| c["IPv6Address"].as_str())
+        .collect();
+    assert!(shown.contains(&"fd00:66::99/64"), "{shown:?}");
+
+    // Without a subnet, a /64 of the agent's unique local /48 (Docker 27's pool).
+    ok(&agent, &["network", "create", "auto6", "--ipv6"])?;
+    let auto = &agent.cli_json(&["network", "inspect", "auto6"])?[0];
+    let subnet = auto["IPAM"]["Config"][1]["Subnet"]
+        .as_str()
+        .context("an IPv6 subnet")?;
+    assert!(
+        subnet.starts_with("fd") && subnet.ends_with("::/64"),
+        "{subnet}"
+    );
+
+    // What cannot be: --ip6 without IPv6, an IPv6-only network (not supported yet).
+    let error = refused(
+        &agent,
+        &[
+            "container",
+            "create",
+            "c",
+            "--network",
+            "auto6",
+            "--ip6",
+            "fd00:66::5",
+        ],
+    )?;
+    assert!(error.contains("not a usable address"), "{error}");
+    let error = refused(
+        &agent,
+        &["network", "create", "only6", "--ipv6", "--ipv4=false"],
+    )?;
+    assert!(error.contains("IPv6-only networks"), "{error}");
+    Ok(())
+}
+
+#[test]
+fn containers_reach_each_other_and_the_world_over_ipv6() -> Result<()> {
+    let (topology, agent) = dual_stack(true)?;
+    let (_, a_ns) = agent.create_container(&["a", "--network", "v6"])?;
+    let (b, b_ns) = agent.create_container(&["b", "--network", "v6"])?;
+    let b_ip = ipv6_on(&b, "v6")?;
+    let _server = Server::start(&b_ns, 7600)?;
+    assert_eq!(
+        exchange(&a_ns, SocketAddr::new(b_ip.into(), 7600)).as_deref(),
+        Some("pong hi"),
+        "a container reaches another over IPv6 on their bridge"
+    );
+
+    if skip_without_dataplane_ipv6(&agent, "IPv6 masquerade to the world")? {
+        return Ok(());
+    }
+    let world = Server::start(&topology.world.path(), 7601)?;
+    assert_eq!(
+        exchange(&a_ns, SocketAddr::new(WORLD_IPV6.into(), 7601)).as_deref(),
+        Some("pong hi")
+    );
+    assert_eq!(
+        world.last_peer().map(|p| p.ip()),
+        Some(IpAddr::V6(NODE_IPV6)),
+        "the world sees the node's IPv6 address"
+    );
+    Ok(())
+}
+
+#[test]
+fn published_ports_answer_on_ipv6() -> Result<()> {
+    let (topology, agent) = dual_stack(true)?;
+    let world_ns = topology.world.path();
+    if skip_without_dataplane_ipv6(&agent, "published ports on IPv6 addresses")? {
+        // The refusal is the answer until then.
+        let error = refused(
+            &agent,
+            &[
+                "container",
+                "create",
+                "w",
+                "--network",
+                "v6",
+                "-p",
+                "[::1]:8601:80",
+            ],
+        )?;
+        assert!(error.contains("IPv6"), "{error}");
+        return Ok(());
+    }
+    let (web, web_ns) = agent.create_container(&[
+        "web",
+        "--network",
+        "v6",
+        "-p",
+        "8600:80",
+        "-p",
+        "[::1]:8601:80",
+    ])?;
+    let ports = &web["NetworkSettings"]["Ports"]["80/tcp"];
+    let bound: Vec<String> = ports
+        .as_array()
+        .context("Ports")?
+        .iter()
+        .map(|b| format!("{}:{}", b["HostIp"].as_str().unwrap_or(""), b["HostPort"]))
+        .collect();
+    for expected in ["0.0.0.0:\"8600\"", ":::\"8600\"", "::1:\"8601\""] {
+        assert!(
+            bound.contains(&expected.to_string()),
+            "{expected} in {bound:?}"
+        );
+    }
+    let lines = ok(&agent, &["port", "web"])?;
+    assert!(lines.contains("80/tcp -> [::]:8600"), "{lines}");
+    assert!(lines.contains("80/tcp -> 0.0.0.0:8600"), "{lines}");
+
+    let server = Server::start(&web_ns, 80)?;
+    assert_eq!(
+        exchange(&world_ns, SocketAddr::new(NODE_IPV6.into(), 8600)).as_deref(),
+        Some("pong hi"),
+        "the world reaches [node]:8600"
+    );
+    assert_eq!(
+        server.last_peer().map(|p| p.ip()),
+        Some(IpAddr::V6(WORLD_IPV6)),
+        "the container sees the client's own address"
+    );
+    assert_eq!(
+        exchange(&topology.node.path(), "[::1]:8601".parse()?).as_deref(),
+        Some("pong hi"),
+        "[::1]:8601 answers on the node"
+    );
+    assert_eq!(
+        exchange(&world_ns, SocketAddr::new(NODE_IPV6.into(), 8601)),
+        None,
+        "a port on ::1 is not reachable from the wire"
+    );
+
+    // An IPv6 port for a container without IPv6 is refused, not proxied.
+    let error = refused(
+        &agent,
+        &["container", "create", "v4only", "-p", "[::]:8602:80"],
+    )?;
+    assert!(error.contains("no IPv6 address"), "{error}");
+    Ok(())
+}
+
+#[test]
+fn icc_false_refuses_ipv6_between_containers() -> Result<()> {
+    let (_topology, agent) = dual_stack(false)?;
+    if skip_without_dataplane_ipv6(&agent, "icc=false for IPv6")? {
+        return Ok(());
+    }
+    let (_, a_ns) = agent.create_container(&["a", "--network", "v6"])?;
+    let (b, b_ns): (Value, PathBuf) = agent.create_container(&["b", "--network", "v6"])?;
+    let _server = Server::start(&b_ns, 7602)?;
+    assert_eq!(
+        exchange(&a_ns, SocketAddr::new(ipv6_on(&b, "v6")?.into(), 7602)),
+        None,
+        "icc=false refuses IPv6 too"
+    );
+    Ok(())
+}
+
+#[test]
+fn aaaa_answers_name_containers_and_aliases() -> Result<()> {
+    use hickory_proto::{
+        op::{Message, Query},
+        rr::{Name, RData, RecordType},
+    };
+    let (_topology, agent) = dual_stack(true)?;
+    let (_, a_ns) = agent.create_container(&["a", "--network", "v6"])?;
+    let (b, _) = agent.create_container(&["b", "--network", "v6", "--alias", "db"])?;
+    let b_ip = ipv6_on(&b, "v6")?;
+    for name in ["b", "db"] {
+        let mut query = Message::query();
+        query.metadata.recursion_desired = true;
+        query.add_query(Query::query(Name::from_ascii(name)?, RecordType::AAAA));
+        let bytes = query.to_vec()?;
+        let answer = in_netns(&a_ns, || -> std::io::Result<Vec<u8>> {
+            let socket = std::net::UdpSocket::bind(("127.0.0.1", 0))?;
+            socket.connect(("127.0.0.11", 53))?;
+            socket.set_read_timeout(Some(WAIT))?;
+            socket.send(&bytes)?;
+            let mut buf = vec![0; 4096];
+            let len = socket.recv(&mut buf)?;
+            buf.truncate(len);
+            Ok(buf)
+        })?;
+        let response = Message::from_vec(&answer)?;
+        let addresses: Vec<Ipv6Addr> = response
+            .answers
+            .iter()
+            .filter_map(|r| match &r.data {
+                RData::AAAA(aaaa) => Some(aaaa.0),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(addresses, [b_ip], "AAAA {name}");
+    }
+    Ok(())
+}
