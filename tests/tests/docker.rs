@@ -460,7 +460,8 @@ fn docker_ipam_driver_refused_options_and_bad_calls() -> Result<()> {
         unknown.contains("unknown network option \"bpfbridge.foo\""),
         "{unknown}"
     );
-    let v6 = node.network_create_fails(&[
+    // --ipv6: the IPv6 pool from Docker's IPAM, never from bpfbridge's.
+    node.network_create(&[
         "--ipv6",
         "--subnet",
         "10.42.0.0/24",
@@ -468,7 +469,22 @@ fn docker_ipam_driver_refused_options_and_bad_calls() -> Result<()> {
         "fd00:42::/64",
         "v6",
     ])?;
-    ensure!(v6.contains("IPv4 only"), "{v6}");
+    let v6_id = docker.ok(&["network", "inspect", "-f", "{{.Id}}", "v6"])?;
+    let ours = node.agent.cli_json(&["network", "inspect", &v6_id])?[0].clone();
+    ensure!(
+        ours["EnableIPv6"] == true && ours["IPAM"]["Config"][1]["Subnet"] == "fd00:42::/64",
+        "{ours}"
+    );
+    docker.ok(&["network", "rm", "v6"])?;
+    let v6 = node.network_create_fails(&[
+        "--ipam-driver",
+        plugin,
+        "--ipv6",
+        "--subnet",
+        "fd00:43::/64",
+        "v6pool",
+    ])?;
+    ensure!(v6.contains("IPv4 pools only"), "{v6}");
     let out = node
         .agent
         .cli(&["network", "create", "--subnet", "10.99.0.0/24", "mine"])?;

@@ -314,6 +314,47 @@ fn published_ports_answer_on_ipv6() -> Result<()> {
         "a port on ::1 is not reachable from the wire"
     );
 
+    // A source filter with an IPv6 source (DOCKER-USER of ip6tables on that dataplane).
+    let added = ok(
+        &agent,
+        &[
+            "filter",
+            "add",
+            "--source",
+            &format!("{WORLD_IPV6}/128"),
+            "--port",
+            "8600",
+            "--action",
+            "deny",
+        ],
+    )?;
+    assert_eq!(
+        exchange(&world_ns, SocketAddr::new(NODE_IPV6.into(), 8600)),
+        None,
+        "the world's IPv6 address is filtered: {added}"
+    );
+
+    // host_binding_ipv4 set to an IPv6 address: the default host address of the network.
+    ok(
+        &agent,
+        &[
+            "network",
+            "create",
+            "hb",
+            "--ipv6",
+            "-o",
+            &format!("com.docker.network.bridge.host_binding_ipv4={NODE_IPV6}"),
+        ],
+    )?;
+    let (bound, _) = agent.create_container(&["bound", "--network", "hb", "-p", "8610:80"])?;
+    let hosts: Vec<&str> = bound["NetworkSettings"]["Ports"]["80/tcp"]
+        .as_array()
+        .context("Ports")?
+        .iter()
+        .filter_map(|b| b["HostIp"].as_str())
+        .collect();
+    assert_eq!(hosts, [NODE_IPV6.to_string().as_str()]);
+
     // An IPv6 port for a container without IPv6 is refused, not proxied.
     let error = refused(
         &agent,
@@ -324,18 +365,22 @@ fn published_ports_answer_on_ipv6() -> Result<()> {
 }
 
 #[test]
-fn icc_false_refuses_ipv6_between_containers() -> Result<()> {
+fn icc_false_refuses_ipv6_between_containers_but_links() -> Result<()> {
     let (_topology, agent) = dual_stack(false)?;
-    if skip_without_dataplane_ipv6(&agent, "icc=false for IPv6")? {
+    if skip_without_dataplane_ipv6(&agent, "icc=false and --link for IPv6")? {
         return Ok(());
     }
+    let (b, b_ns): (Value, PathBuf) =
+        agent.create_container(&["b", "--network", "v6", "--expose", "7602"])?;
     let (_, a_ns) = agent.create_container(&["a", "--network", "v6"])?;
-    let (b, b_ns): (Value, PathBuf) = agent.create_container(&["b", "--network", "v6"])?;
+    let (_, linked_ns) = agent.create_container(&["c", "--network", "v6", "--link", "b"])?;
     let _server = Server::start(&b_ns, 7602)?;
+    let b_port = SocketAddr::new(ipv6_on(&b, "v6")?.into(), 7602);
+    assert_eq!(exchange(&a_ns, b_port), None, "icc=false refuses IPv6 too");
     assert_eq!(
-        exchange(&a_ns, SocketAddr::new(ipv6_on(&b, "v6")?.into(), 7602)),
-        None,
-        "icc=false refuses IPv6 too"
+        exchange(&linked_ns, b_port).as_deref(),
+        Some("pong hi"),
+        "a --link opens the exposed port over IPv6 too"
     );
     Ok(())
 }
@@ -376,5 +421,67 @@ fn aaaa_answers_name_containers_and_aliases() -> Result<()> {
             .collect();
         assert_eq!(addresses, [b_ip], "AAAA {name}");
     }
+    Ok(())
+}
+
+#[test]
+fn the_ipv6_gateway_is_repaired_and_kept_across_restarts() -> Result<()> {
+    let (topology, mut agent) = dual_stack(true)?;
+    let bridge = agent.cli_json(&["network", "inspect", "v6"])?[0]["Id"]
+        .as_str()
+        .map(|id| format!("bpfbr-{}", &id[..9]))
+        .context("the network's id")?;
+    let (b, b_ns) = agent.create_container(&["b", "--network", "v6"])?;
+    let b_ip = ipv6_on(&b, "v6")?;
+    let node = &topology.node;
+    node.ip(&["-6", "addr", "del", "fd00:66::1/64", "dev", &bridge])?;
+    let start = Instant::now();
+    let given_back = || -> Result<bool> {
+        let shown = node.ip(&["-6", "-o", "addr", "show", "dev", &bridge])?;
+        Ok(String::from_utf8_lossy(&shown.stdout).contains("fd00:66::1/64"))
+    };
+    while !given_back()? {
+        ensure!(
+            start.elapsed() < Duration::from_secs(15),
+            "the IPv6 gateway was not given back\n{}",
+            agent.log_tail(20)
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+
+    // A restarted agent loads the IPv6 side from its state and keeps the addresses.
+    agent.stop();
+    agent.spawn()?;
+    let again = agent.cli_json(&["container", "inspect", "b"])?;
+    assert_eq!(ipv6_on(&again[0], "v6")?, b_ip);
+    let shown = in_netns(&b_ns, || {
+        std::process::Command::new("ip")
+            .args(["-6", "-o", "addr", "show", "dev", "eth0"])
+            .output()
+    })?;
+    assert!(
+        String::from_utf8_lossy(&shown.stdout).contains(&b_ip.to_string()),
+        "the container keeps its IPv6 address"
+    );
+    Ok(())
+}
+
+#[test]
+fn the_default_bridge_takes_ipv6_from_the_daemon_flags() -> Result<()> {
+    let topology = Topology::new()?.with_ipv6()?;
+    let agent = Agent::start_with(&topology, &["--ipv6", "--fixed-cidr-v6", "fd00:77::/64"])?;
+    let bridge = &agent.cli_json(&["network", "inspect", "bridge"])?[0];
+    assert_eq!(bridge["EnableIPv6"], true);
+    assert_eq!(bridge["IPAM"]["Config"][1]["Subnet"], "fd00:77::/64");
+    let (web, _) = agent.create_container(&["web"])?;
+    // Like IPv4, the default bridge's addressing shows at the top too.
+    let top = &web["NetworkSettings"];
+    assert_eq!(top["GlobalIPv6Address"], "fd00:77::2");
+    assert_eq!(top["GlobalIPv6PrefixLen"], 64);
+    assert_eq!(top["IPv6Gateway"], "fd00:77::1");
+    let forwarding = topology
+        .node
+        .exec("sysctl", &["-n", "net.ipv6.conf.all.forwarding"])?;
+    assert_eq!(String::from_utf8_lossy(&forwarding.stdout).trim(), "1");
     Ok(())
 }

@@ -457,6 +457,35 @@ fn family_rules(
             ));
         }
     }
+    // Neighbour discovery is ICMPv6, which bridged traffic takes through FORWARD
+    // (bridge-nf-call-ip6tables): without these, icc=false would keep the containers from
+    // resolving each other's addresses, and --link would open nothing. Inserted last, so
+    // that they come before the icc rule.
+    if family.ipv6 && !policy.icc {
+        for kind in ["neighbour-solicitation", "neighbour-advertisement"] {
+            rules.push((
+                Rule::new(
+                    "filter",
+                    "FORWARD",
+                    &[
+                        "-i",
+                        bridge,
+                        "-o",
+                        bridge,
+                        "-p",
+                        "ipv6-icmp",
+                        "-m",
+                        "icmp6",
+                        "--icmpv6-type",
+                        kind,
+                        "-j",
+                        "ACCEPT",
+                    ],
+                ),
+                Insert,
+            ));
+        }
+    }
     rules
         .into_iter()
         .map(|(rule, position)| (rule.in_family(family.ipv6), position))

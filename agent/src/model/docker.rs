@@ -158,6 +158,9 @@ pub struct JoinReply {
     /// Absent on an internal network: no way out, no default route.
     #[serde(rename = "Gateway", skip_serializing_if = "Option::is_none")]
     pub gateway: Option<Ipv4Addr>,
+    /// The IPv6 default route's gateway, on a network with IPv6 and a way out.
+    #[serde(rename = "GatewayIPv6", skip_serializing_if = "Option::is_none")]
+    pub gateway_ipv6: Option<std::net::Ipv6Addr>,
     #[serde(rename = "DisableGatewayService")]
     pub disable_gateway_service: bool,
 }

@@ -138,8 +138,8 @@ fn generic_options(options: &crate::model::docker::Options) -> Result<BTreeMap<S
         .collect()
 }
 
-/// `ADDRESS/PREFIX` or `ADDRESS`, as Docker writes addresses.
-pub(super) fn parse_cidr_address(what: &str, s: &str) -> Result<Ipv4Addr> {
+/// `ADDRESS/PREFIX` or `ADDRESS`, as Docker writes addresses (IPv4 or IPv6 as `T` is).
+pub(super) fn parse_cidr_address<T: std::str::FromStr>(what: &str, s: &str) -> Result<T> {
     s.split('/')
         .next()
         .and_then(|a| a.parse().ok())
@@ -230,11 +230,30 @@ impl Service {
 
     pub async fn docker_create_network(&mut self, request: CreateNetworkRequest) -> Result<()> {
         check_docker_id("network", &request.network_id)?;
-        if !request.ipv6_data.is_empty() || bool_option(&request.options, OPT_ENABLE_IPV6)? {
-            return Err(Error::InvalidArgument(
-                "bpfbridge supports IPv4 only: create the network without --ipv6".into(),
-            ));
-        }
+        // `--ipv6`: the IPv6 pool comes from Docker's IPAM (bpfbridge's IPAM driver hands
+        // out IPv4 pools only).
+        let ipv6 = match request.ipv6_data.as_slice() {
+            [] if bool_option(&request.options, OPT_ENABLE_IPV6)? => {
+                return Err(Error::InvalidArgument(
+                    "--ipv6 needs an IPv6 pool from Docker's IPAM driver (bpfbridge's IPAM driver hands out IPv4 pools only)".into(),
+                ));
+            }
+            [] => None,
+            [ipv6] => Some(IpamConfig {
+                subnet: Some(crate::ipam::parse_subnet_v6("subnet", &ipv6.pool)?.to_string()),
+                ip_range: None,
+                gateway: match ipv6.gateway.as_str() {
+                    "" => None,
+                    g => Some(parse_cidr_address::<std::net::Ipv6Addr>("gateway", g)?.to_string()),
+                },
+            }),
+            more => {
+                return Err(Error::InvalidArgument(format!(
+                    "bpfbridge needs at most one IPv6 subnet per network, got {}",
+                    more.len()
+                )));
+            }
+        };
         let [ipv4] = request.ipv4_data.as_slice() else {
             return Err(Error::InvalidArgument(format!(
                 "bpfbridge needs exactly one IPv4 subnet per network, got {}",
@@ -249,7 +268,7 @@ impl Service {
         let pool = super::networks::parse_subnet("subnet", &ipv4.pool)?;
         let gateway = match ipv4.gateway.as_str() {
             "" => None,
-            g => Some(parse_cidr_address("gateway", g)?.to_string()),
+            g => Some(parse_cidr_address::<Ipv4Addr>("gateway", g)?.to_string()),
         };
         let internal = bool_option(&request.options, OPT_INTERNAL)?;
         let options = generic_options(&request.options)?;
@@ -260,6 +279,8 @@ impl Service {
             .find(|n| n.id == request.network_id)
         {
             let same = existing.subnet == pool
+                && existing.ipv6.as_ref().map(|side| side.subnet.to_string())
+                    == ipv6.as_ref().and_then(|c| c.subnet.clone())
                 && gateway
                     .as_ref()
                     .is_none_or(|g| *g == existing.gateway.to_string())
@@ -278,14 +299,16 @@ impl Service {
             name: network_name(&request.network_id),
             driver: None,
             internal,
-            enable_ipv6: None,
+            enable_ipv6: Some(ipv6.is_some()),
             enable_ipv4: None,
             ipam: Some(Ipam {
-                config: vec![IpamConfig {
+                config: std::iter::once(IpamConfig {
                     subnet: Some(pool.to_string()),
                     ip_range: None,
                     gateway,
-                }],
+                })
+                .chain(ipv6)
+                .collect(),
                 ..Ipam::default()
             }),
             options,
@@ -325,11 +348,26 @@ impl Service {
         check_docker_id("endpoint", &request.endpoint_id)?;
         let network = self.docker_network(&request.network_id)?.clone();
         let interface = &request.interface;
-        if !interface.address_ipv6.is_empty() {
-            return Err(Error::InvalidArgument(
-                "bpfbridge supports IPv4 only: no IPv6 address can be given".into(),
-            ));
-        }
+        let ipv6 = match (interface.address_ipv6.as_str(), &network.ipv6) {
+            ("", _) => None,
+            (address, Some(side)) => {
+                let ip: std::net::Ipv6Addr = parse_cidr_address("IPv6 address", address)?;
+                if !side.subnet.contains(&ip) || [side.subnet.network(), side.gateway].contains(&ip)
+                {
+                    return Err(Error::InvalidArgument(format!(
+                        "IPv6 address {ip} is not a usable container address of network {} ({})",
+                        network.name, side.subnet
+                    )));
+                }
+                Some(ip)
+            }
+            (address, None) => {
+                return Err(Error::InvalidArgument(format!(
+                    "IPv6 address {address} on network {}, which has no IPv6",
+                    network.name
+                )));
+            }
+        };
         if interface.address.is_empty() {
             return Err(Error::InvalidArgument(
                 "the endpoint has no IPv4 address: Docker's IPAM (or --ipam-driver) must give one"
@@ -357,7 +395,7 @@ impl Service {
             endpoint_id: request.endpoint_id.clone(),
             network_id: network.id.clone(),
             ip,
-            ipv6: None,
+            ipv6,
             mac,
             port_map,
             exposed,
@@ -475,6 +513,11 @@ impl Service {
                     .unwrap_or_else(|| INTERFACE_PREFIX.into()),
             },
             gateway: (!network.internal && network.has_gateway()).then_some(network.gateway),
+            gateway_ipv6: network
+                .ipv6
+                .as_ref()
+                .filter(|_| !network.internal && record.ipv6.is_some())
+                .map(|side| side.gateway),
             disable_gateway_service: false,
         };
         if let Some(holder) = self.holder_of(&record.endpoint_id) {
@@ -727,9 +770,9 @@ mod tests {
             "docker-88d6dedf4868"
         );
         assert_eq!(
-            parse_cidr_address("a", "10.0.0.2/24").unwrap(),
+            parse_cidr_address::<Ipv4Addr>("a", "10.0.0.2/24").unwrap(),
             Ipv4Addr::new(10, 0, 0, 2)
         );
-        assert!(parse_cidr_address("a", "fe80::1/64").is_err());
+        assert!(parse_cidr_address::<Ipv4Addr>("a", "fe80::1/64").is_err());
     }
 }

@@ -54,7 +54,7 @@ impl Service {
     ) -> Result<RequestPoolReply> {
         if request.v6 {
             return Err(Error::InvalidArgument(
-                "bpfbridge supports IPv4 only: create the network without --ipv6".into(),
+                "bpfbridge's IPAM driver hands out IPv4 pools only: for --ipv6, leave the IPv6 pool to Docker's default IPAM driver".into(),
             ));
         }
         if let Some(option) = request.options.keys().next() {

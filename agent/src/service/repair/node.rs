@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 
 use super::super::{Service, enable_ip_forward, ip_forward_enabled};
 use crate::{
@@ -96,9 +96,30 @@ impl Service {
             .filter(|n| !n.pending)
             .cloned()
             .collect();
+        let ipv6_addresses = match networks.iter().any(|n| n.ipv6.is_some()) {
+            true => match netlink::ipv6_addresses(&self.handle).await {
+                Ok(addresses) => addresses,
+                Err(e) => {
+                    failures.insert("bridges".into(), format!("listing the node's links: {e}"));
+                    return;
+                }
+            },
+            false => Vec::new(),
+        };
         for network in networks {
             let bridge = links.iter().find(|l| l.name == network.bridge);
-            let drift = bridge_drift(bridge, &addresses, gateway_address(&network));
+            let mut drift = bridge_drift(bridge, &addresses, gateway_address(&network));
+            // The IPv6 gateway, on a network with IPv6, is the bridge's address too.
+            if let (Some(bridge), Some(side)) = (bridge, &network.ipv6) {
+                let gateway = Ipv6Net::new(side.gateway, side.subnet.prefix_len())
+                    .expect("prefix of a valid net");
+                let held = ipv6_addresses
+                    .iter()
+                    .any(|(index, address)| *index == bridge.index && *address == gateway);
+                if !held && !drift.contains(&BridgeDrift::AddressGone) {
+                    drift.push(BridgeDrift::AddressGone);
+                }
+            }
             if drift.is_empty() {
                 continue;
             }
