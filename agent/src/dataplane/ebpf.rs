@@ -1287,7 +1287,12 @@ impl Dataplane for EbpfDataplane {
     }
 
     fn flush_flows(&mut self) -> Result<usize> {
-        self.remove_flows(|_, _| true, |_| true)
+        let mut flows6: HashMap<&mut MapData, FlowKey6, NatFlow6> =
+            HashMap::try_from(self.map_mut(NAT_FLOWS6)?).map_err(Error::dataplane(NAT_FLOWS6))?;
+        let (entries, walked) = flows::walk(&flows6).split(NAT_FLOWS6);
+        let removed6 = remove_keys(&mut flows6, entries.into_keys(), "removing an IPv6 flow")?;
+        walked?;
+        Ok(self.remove_flows(|_, _| true, |_| true)? + removed6)
     }
 
     fn flow_tables(&self) -> Result<FlowTablesInfo> {
