@@ -139,6 +139,12 @@ pub const CURRENT: &[MapLayout] = &[
     MapLayout::hash::<u32, u32>(MASQUERADE_SOURCES, 1),
     MapLayout::hash::<TrustedIfaceKey, u32>(TRUSTED_IFACES, 1),
     MapLayout::hash::<FlowKey, u32>(ROUTED_FLOWS, 1),
+    MapLayout::hash::<PortKey6, PortTarget6>(PUBLISHED_PORTS6, 1),
+    MapLayout::hash::<NodeAddrKey6, NodeAddr>(NODE_ADDRS6, 1),
+    MapLayout::hash::<FlowKey6, NatFlow6>(NAT_FLOWS6, 1),
+    MapLayout::lpm_trie::<FilterKey6, FilterRule>(FILTER_RULES6, 1),
+    MapLayout::lpm_trie::<NetworkKey6, NetworkInfo>(NETWORKS6, 1),
+    MapLayout::hash::<SockNatKey6, SockNatValue6>(SOCK_NAT6, 1),
 ];
 
 /// The earlier layouts this build migrates from, with their types frozen in a module of

@@ -71,6 +71,20 @@ pub const UNREPLIED_RING_LEN: u32 = 16_384;
 /// the ports) for the fragments that follow. An LRU map: fragments are short-lived, and an
 /// evicted entry costs one datagram, never a flow.
 pub const FRAGMENTS: &str = "FRAGMENTS";
+/// IPv6's published ports, node addresses and translated flows: [`PUBLISHED_PORTS`],
+/// [`NODE_ADDRS`] and [`NAT_FLOWS`] with 16-byte addresses (an all-zero host address
+/// meaning every IPv6 address of the node).
+pub const PUBLISHED_PORTS6: &str = "PUBLISHED_PORTS6";
+pub const NODE_ADDRS6: &str = "NODE_ADDRS6";
+pub const NAT_FLOWS6: &str = "NAT_FLOWS6";
+/// IPv6's source filters: [`FILTER_RULES`] with IPv6 source prefixes (same scopes, rule ids
+/// and [`FILTER_HITS`]).
+pub const FILTER_RULES6: &str = "FILTER_RULES6";
+/// The bridge networks' IPv6 subnets: [`NETWORKS`] for IPv6 (the same [`NetworkInfo`], its
+/// masquerade flag the network's IPv6 one).
+pub const NETWORKS6: &str = "NETWORKS6";
+/// [`SOCK_NAT`] for IPv6 sockets (an IPv4-mapped address for a dual-stack socket's IPv4).
+pub const SOCK_NAT6: &str = "SOCK_NAT6";
 pub const EVENTS_BYTES: u32 = 256 * 1024;
 /// Events per second and CPU that the ring buffer takes; the rest are only counted.
 pub const EVENTS_PER_SECOND: u64 = 1000;
@@ -96,6 +110,7 @@ pub const FRAGMENT_TIMEOUT_NS: u64 = 30_000_000_000;
 pub const IPPROTO_TCP: u8 = 6;
 pub const IPPROTO_UDP: u8 = 17;
 pub const IPPROTO_ICMP: u8 = 1;
+pub const IPPROTO_ICMPV6: u8 = 58;
 
 /// Key of [`PUBLISHED_PORTS`]. `host_ip_be == 0` means "every node address".
 #[repr(C)]
@@ -181,6 +196,64 @@ pub struct NatFlow {
     pub bytes: u64,
 }
 
+/// Key of [`PUBLISHED_PORTS6`]: [`PortKey`] with an IPv6 host address (all zeros: every
+/// IPv6 address of the node). Addresses are in network order, as on the wire.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct PortKey6 {
+    pub host_ip: [u8; 16],
+    pub host_port_be: u16,
+    pub proto: u8,
+    pub _pad: u8,
+}
+
+/// Value of [`PUBLISHED_PORTS6`]: [`PortTarget`] with the container's IPv6 address.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct PortTarget6 {
+    pub container_ip: [u8; 16],
+    pub container_port_be: u16,
+    pub _pad0: u16,
+    pub host_veth_ifindex: u32,
+    pub container_mac: [u8; 6],
+    pub host_veth_mac: [u8; 6],
+}
+
+/// Key of [`NODE_ADDRS6`]; the value is a [`NodeAddr`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct NodeAddrKey6 {
+    pub addr: [u8; 16],
+}
+
+/// Key of [`NAT_FLOWS6`]: [`FlowKey`] with IPv6 addresses.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct FlowKey6 {
+    pub container_ip: [u8; 16],
+    pub remote_ip: [u8; 16],
+    pub container_port_be: u16,
+    pub remote_port_be: u16,
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+
+/// Value of [`NAT_FLOWS6`]: [`NatFlow`] with IPv6 addresses, the same states and counters.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct NatFlow6 {
+    pub frontend_ip: [u8; 16],
+    pub client_ip: [u8; 16],
+    pub frontend_port_be: u16,
+    pub client_port_be: u16,
+    /// A `CT_*` state: [`CT_NEW`] until the container answers.
+    pub state: u8,
+    pub _pad: [u8; 3],
+    pub last_seen_ns: u64,
+    pub packets: u64,
+    pub bytes: u64,
+}
+
 /// Key of [`ENDPOINTS`].
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, bytemuck::Pod, bytemuck::Zeroable)]
@@ -211,6 +284,16 @@ pub struct FilterKey {
     pub proto: u8,
     pub _pad: u8,
     pub src_ip_be: u32,
+}
+
+/// The data of a [`FILTER_RULES6`] key: [`FilterKey`] with up to 128 bits of source.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct FilterKey6 {
+    pub host_port_be: u16,
+    pub proto: u8,
+    pub _pad: u8,
+    pub src_ip: [u8; 16],
 }
 
 /// Bits of a [`FilterKey`] that are scope, before the source prefix.
@@ -247,11 +330,37 @@ pub struct SockNatValue {
     pub _pad: u16,
 }
 
+/// Key of [`SOCK_NAT6`]: [`SockNatKey`] with an IPv6 backend address.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct SockNatKey6 {
+    pub socket_cookie: u64,
+    pub backend_ip: [u8; 16],
+    pub backend_port_be: u16,
+    pub _pad: [u8; 6],
+}
+
+/// Value of [`SOCK_NAT6`]: the published address the application asked for.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct SockNatValue6 {
+    pub frontend_ip: [u8; 16],
+    pub frontend_port_be: u16,
+    pub _pad: u16,
+}
+
 /// The data of a [`NETWORKS`] key: an address, matched on the subnet's prefix length.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct NetworkKey {
     pub addr_be: u32,
+}
+
+/// The data of a [`NETWORKS6`] key: an IPv6 address, matched on the subnet's prefix length.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct NetworkKey6 {
+    pub addr: [u8; 16],
 }
 
 /// [`NetworkInfo::flags`]: containers on the network may talk to each other.
@@ -459,6 +568,15 @@ const _: () = assert!(size_of::<CtEntry>() == 32);
 const _: () = assert!(size_of::<NetworkKey>() == 4);
 const _: () = assert!(size_of::<NetworkInfo>() == 8);
 const _: () = assert!(size_of::<Counter>() == 16);
+const _: () = assert!(size_of::<PortKey6>() == 20);
+const _: () = assert!(size_of::<PortTarget6>() == 36);
+const _: () = assert!(size_of::<NodeAddrKey6>() == 16);
+const _: () = assert!(size_of::<FlowKey6>() == 40);
+const _: () = assert!(size_of::<NatFlow6>() == 64);
+const _: () = assert!(size_of::<FilterKey6>() == 20);
+const _: () = assert!(size_of::<NetworkKey6>() == 16);
+const _: () = assert!(size_of::<SockNatKey6>() == 32);
+const _: () = assert!(size_of::<SockNatValue6>() == 20);
 const _: () = assert!(size_of::<FragmentKey>() == 12);
 const _: () = assert!(size_of::<FragmentEntry>() == 32);
 
@@ -503,4 +621,13 @@ aya_pod!(
     Counter,
     FragmentKey,
     FragmentEntry,
+    PortKey6,
+    PortTarget6,
+    NodeAddrKey6,
+    FlowKey6,
+    NatFlow6,
+    FilterKey6,
+    NetworkKey6,
+    SockNatKey6,
+    SockNatValue6,
 );

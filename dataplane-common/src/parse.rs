@@ -1,5 +1,6 @@
 //! A bounds-checked, IHL-aware parser for Ethernet + IPv4 + TCP/UDP headers, IPv4
-//! fragments, ICMP echo and ICMP errors with the packet they quote.
+//! fragments, ICMP echo and ICMP errors with the packet they quote; [`ipv6`] does the same
+//! for IPv6 (extension headers, fragments, ICMPv6), sharing the transport and quote code.
 //!
 //! The parser only reads through [`Frame::load`], which checks every access against the end
 //! of the frame. In the eBPF programs `Frame` is backed by the packet pointers (so the
@@ -7,7 +8,9 @@
 
 use core::mem::size_of;
 
-use crate::maps::{IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP};
+pub mod ipv6;
+
+use crate::maps::{IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP};
 
 pub const ETH_HLEN: usize = 14;
 pub const ETH_P_IPV4: u16 = 0x0800;
@@ -85,17 +88,20 @@ pub enum Parsed {
 /// Why a frame cannot be parsed; such a frame is dropped and counted as malformed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Malformed {
-    /// The frame ends inside the Ethernet, IPv4 or transport header.
+    /// The frame ends inside the Ethernet, IP (IPv6: extension) or transport header.
     Truncated,
-    /// The IPv4 version nibble is not 4.
+    /// The version nibble is not 4 (IPv6: 6).
     BadVersion,
     /// IHL below 5 words.
     BadHeaderLength,
-    /// Total length shorter than the header, or longer than the frame.
+    /// Total length shorter than the header, or longer than the frame (IPv6: the payload
+    /// length longer than the frame).
     BadTotalLength,
     /// A packet too short for its TCP or UDP header, or a TCP data offset below 5 words or
     /// past the packet.
     BadTransportHeader,
+    /// IPv6: an extension header that reaches past the packet's payload length.
+    BadExtensionHeader,
 }
 
 /// The IPv4 facts the programs need.
@@ -204,10 +210,26 @@ pub fn parse<F: Frame + ?Sized>(frame: &F, frame_len: usize) -> Result<Parsed, M
     if ip.fragment_offset() != 0 {
         return Ok(Parsed::Fragment(ip));
     }
-    let l4 = ip.l4_offset();
     let payload_len = usize::from(total_len) - header_len;
+    Ok(
+        match transport(frame, ip.l4_offset(), payload_len, ip.protocol)? {
+            Some(l4) => Parsed::Transport(ip, l4),
+            None => Parsed::OtherProtocol(ip),
+        },
+    )
+}
+
+/// The TCP or UDP header at `l4` (`None` for another `protocol`), whose packet has
+/// `payload_len` bytes from there on. Shared by both families.
+#[inline(always)]
+pub(crate) fn transport<F: Frame + ?Sized>(
+    frame: &F,
+    l4: usize,
+    payload_len: usize,
+    protocol: u8,
+) -> Result<Option<L4>, Malformed> {
     let mut tcp_flags = 0;
-    let check_offset = match ip.protocol {
+    let check_offset = match protocol {
         IPPROTO_TCP => {
             // A packet too short for any TCP header is bad whether or not Ethernet padding
             // follows it (NICs pad frames to 60 bytes): without this check, the data offset
@@ -231,20 +253,17 @@ pub fn parse<F: Frame + ?Sized>(frame: &F, frame_len: usize) -> Result<Parsed, M
             }
             l4 + UDP_CHECK_OFF
         }
-        _ => return Ok(Parsed::OtherProtocol(ip)),
+        _ => return Ok(None),
     };
     let ports: [u8; 4] = frame.load(l4).ok_or(Malformed::Truncated)?;
     let check: [u8; 2] = frame.load(check_offset).ok_or(Malformed::Truncated)?;
-    Ok(Parsed::Transport(
-        ip,
-        L4 {
-            sport_be: u16::from_ne_bytes([ports[0], ports[1]]),
-            dport_be: u16::from_ne_bytes([ports[2], ports[3]]),
-            check_offset,
-            check: u16::from_ne_bytes(check),
-            tcp_flags,
-        },
-    ))
+    Ok(Some(L4 {
+        sport_be: u16::from_ne_bytes([ports[0], ports[1]]),
+        dport_be: u16::from_ne_bytes([ports[2], ports[3]]),
+        check_offset,
+        check: u16::from_ne_bytes(check),
+        tcp_flags,
+    }))
 }
 
 /// The facts of a fixed IPv4 header.
@@ -293,29 +312,33 @@ pub fn icmp_echo<F: Frame + ?Sized>(frame: &F, ip: &Ipv4, request: bool) -> Opti
     })
 }
 
-/// An ICMP error (destination unreachable, time exceeded, parameter problem) and what it
-/// quotes of the packet that caused it.
+/// An ICMP error (destination unreachable, time exceeded, parameter problem; for ICMPv6
+/// packet too big too) and what it quotes of the packet that caused it. `Addr` is the
+/// quoted packet's address: `u32` for IPv4, `[u8; 16]` for IPv6.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct IcmpError {
+pub struct IcmpError<Addr = u32> {
     pub icmp_type: u8,
     pub code: u8,
     /// The ICMP checksum; it covers the quote, so every change to the quote updates it.
     pub check: u16,
     pub check_offset: usize,
-    pub quoted: Quoted,
+    pub quoted: Quoted<Addr>,
 }
 
-/// The start of the packet an ICMP error quotes: its IPv4 header and the first 8 bytes of
-/// its payload (all RFC 792 promises), so ports and echo identifiers, no more.
+/// The start of the packet an ICMP error quotes: its IP header (for IPv6 with the
+/// extension headers) and the first 8 bytes of its payload (all RFC 792 promises), so
+/// ports and echo identifiers, no more.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Quoted {
-    /// Offset of the quoted IPv4 header in the frame.
+pub struct Quoted<Addr = u32> {
+    /// Offset of the quoted IP header in the frame.
     pub offset: usize,
+    /// From the quoted IP header to its transport header (IPv6: extension headers included).
     pub header_len: usize,
     pub protocol: u8,
-    pub src_be: u32,
-    pub dst_be: u32,
-    /// The quoted IPv4 header's checksum.
+    /// The addresses in memory order.
+    pub src_be: Addr,
+    pub dst_be: Addr,
+    /// The quoted IPv4 header's checksum (IPv6 has none: 0).
     pub ip_check: u16,
     /// TCP/UDP ports; for an ICMP echo, its identifier in the place [`icmp_echo`] gives it.
     pub sport_be: u16,
@@ -326,7 +349,7 @@ pub struct Quoted {
     pub l4_check: Option<(usize, u16)>,
 }
 
-impl Quoted {
+impl<Addr> Quoted<Addr> {
     /// Offset of the quoted transport header in the frame.
     #[inline(always)]
     pub fn l4_offset(&self) -> usize {
@@ -338,7 +361,7 @@ impl Quoted {
     #[inline(always)]
     pub fn port_offset(&self, source: bool) -> usize {
         let field = match (self.protocol, source) {
-            (IPPROTO_ICMP, _) => ICMP_ID_OFF,
+            (IPPROTO_ICMP | IPPROTO_ICMPV6, _) => ICMP_ID_OFF,
             (_, true) => L4_SPORT_OFF,
             (_, false) => L4_DPORT_OFF,
         };
@@ -377,26 +400,14 @@ pub fn icmp_error<F: Frame + ?Sized>(frame: &F, ip: &Ipv4) -> Option<IcmpError> 
     if usize::from(ip.total_len) < ip.header_len + ICMP_HLEN + header_len + ICMP_QUOTED_L4 {
         return None;
     }
-    let l4: [u8; ICMP_QUOTED_L4] = frame.load(offset + header_len)?;
-    let word = |at: usize| u16::from_ne_bytes([l4[at], l4[at + 1]]);
     let l4_offset = offset + header_len;
-    let (sport_be, dport_be, l4_check) = match inner.protocol {
-        IPPROTO_TCP => (word(L4_SPORT_OFF), word(L4_DPORT_OFF), None),
-        IPPROTO_UDP => {
-            let check = word(UDP_CHECK_OFF);
-            let l4_check = (check != 0).then_some((l4_offset + UDP_CHECK_OFF, check));
-            (word(L4_SPORT_OFF), word(L4_DPORT_OFF), l4_check)
-        }
-        IPPROTO_ICMP if l4[1] == 0 && (l4[0] == ICMP_ECHO_REQUEST || l4[0] == ICMP_ECHO_REPLY) => {
-            let id = word(ICMP_ID_OFF);
-            let l4_check = Some((l4_offset + ICMP_CHECK_OFF, word(ICMP_CHECK_OFF)));
-            match l4[0] {
-                ICMP_ECHO_REQUEST => (id, 0, l4_check),
-                _ => (0, id, l4_check),
-            }
-        }
-        _ => return None,
-    };
+    let (sport_be, dport_be, l4_check) = quoted_ports(
+        frame,
+        l4_offset,
+        inner.protocol,
+        IPPROTO_ICMP,
+        ICMP_ECHO_REQUEST,
+    )?;
     Some(IcmpError {
         icmp_type,
         code: header[1],
@@ -414,6 +425,55 @@ pub fn icmp_error<F: Frame + ?Sized>(frame: &F, ip: &Ipv4) -> Option<IcmpError> 
             l4_check,
         },
     })
+}
+
+/// What [`quoted_ports`] finds: source and destination port (or echo identifier) and the
+/// quoted checksum's offset and value when it is in use.
+pub(crate) type QuotedPorts = (u16, u16, Option<(usize, u16)>);
+
+/// The ports of a quoted packet whose transport header is at `l4_offset`, or the echo
+/// identifier in their place as [`icmp_echo`] puts it, and its checksum when it lies within
+/// the 8 quoted bytes and is in use. `icmp`/`echo_request` are the family's ICMP protocol
+/// and echo request type (the reply is the type [`echo_reply_of`] gives).
+#[inline(always)]
+pub(crate) fn quoted_ports<F: Frame + ?Sized>(
+    frame: &F,
+    l4_offset: usize,
+    protocol: u8,
+    icmp: u8,
+    echo_request: u8,
+) -> Option<QuotedPorts> {
+    let l4: [u8; ICMP_QUOTED_L4] = frame.load(l4_offset)?;
+    let word = |at: usize| u16::from_ne_bytes([l4[at], l4[at + 1]]);
+    match protocol {
+        IPPROTO_TCP => Some((word(L4_SPORT_OFF), word(L4_DPORT_OFF), None)),
+        IPPROTO_UDP => {
+            let check = word(UDP_CHECK_OFF);
+            let l4_check = (check != 0).then_some((l4_offset + UDP_CHECK_OFF, check));
+            Some((word(L4_SPORT_OFF), word(L4_DPORT_OFF), l4_check))
+        }
+        _ if protocol == icmp
+            && l4[1] == 0
+            && (l4[0] == echo_request || l4[0] == echo_reply_of(echo_request)) =>
+        {
+            let id = word(ICMP_ID_OFF);
+            let l4_check = Some((l4_offset + ICMP_CHECK_OFF, word(ICMP_CHECK_OFF)));
+            match l4[0] == echo_request {
+                true => Some((id, 0, l4_check)),
+                false => Some((0, id, l4_check)),
+            }
+        }
+        _ => None,
+    }
+}
+
+/// The echo reply type that answers `echo_request`: ICMP's 8 → 0, ICMPv6's 128 → 129.
+#[inline(always)]
+pub(crate) fn echo_reply_of(echo_request: u8) -> u8 {
+    match echo_request {
+        ICMP_ECHO_REQUEST => ICMP_ECHO_REPLY,
+        _ => echo_request + 1,
+    }
 }
 
 #[cfg(test)]

@@ -75,6 +75,11 @@ stats! {
     ContainerDropUntracked = "container_ingress.drop.untracked_segment",
     ContainerDropNoMasqueradeSource = "container_ingress.drop.no_masquerade_source",
     UplinkDropEthernetHeaderNotPushed = "uplink_ingress.drop.ethernet_header_not_pushed",
+    UplinkPassUnparsedHeaders = "uplink_ingress.pass.unparsed_headers",
+    ContainerPassUnparsedHeaders = "container_ingress.pass.unparsed_headers",
+    ContainerPassIpv6 = "container_ingress.pass.ipv6",
+    UplinkDropUdpZeroChecksum = "uplink_ingress.drop.udp_zero_checksum",
+    ContainerDropUdpZeroChecksum = "container_ingress.drop.udp_zero_checksum",
 }
 
 /// Size of the per-CPU counter array. New counters go at the end of the list above: an

@@ -3,12 +3,15 @@
 //!
 //! Frames are generated from a structure (Ethernet, IPv4 with options and every kind of
 //! fragment word, TCP/UDP/ICMP headers, ICMP errors quoting a packet, payload, Ethernet
-//! padding), their total length set right, nearly right or anywhere, then a few bytes flipped.
+//! padding; or IPv6 with chains of extension headers, fragment headers of every kind,
+//! TCP/UDP/ICMPv6, ICMPv6 errors quoting a packet with its own chain), their total (IPv6:
+//! payload) length set right, nearly right or anywhere, then a few bytes flipped.
 //! Each frame is checked for properties, not only for the absence of a panic:
 //!
-//! - the parser agrees with [`reference`], a small decoder written independently here from
-//!   the parser's documented rules, on every outcome: the rejection reason, every header
-//!   field, every offset, and what `icmp_echo` and `icmp_error` find;
+//! - the parser agrees with [`reference`] and [`reference6`], small decoders written
+//!   independently here from the parser's documented rules, on every outcome: the rejection
+//!   reason, every header field, every offset, and what `icmp_echo`, `icmp_error` and their
+//!   ICMPv6 counterparts find;
 //! - every offset it returns, with the bytes read or written there, lies inside the frame
 //!   and inside the IPv4 packet (never in the Ethernet padding);
 //! - a frame re-parses identically without its padding and with other padding: the
@@ -31,10 +34,17 @@ use std::{
 };
 
 use dataplane_common::{
-    IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP,
+    IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP,
     parse::{
         ETH_HLEN, ICMP_DEST_UNREACH, ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, ICMP_PARAMETER_PROBLEM,
-        ICMP_TIME_EXCEEDED, IcmpError, Ipv4, L4, Malformed, Parsed, icmp_echo, icmp_error, parse,
+        ICMP_TIME_EXCEEDED, IcmpError, Ipv4, L4, Malformed, Parsed, Quoted, icmp_echo, icmp_error,
+        ipv6::{
+            ICMPV6_DEST_UNREACH, ICMPV6_ECHO_REPLY, ICMPV6_ECHO_REQUEST, ICMPV6_PACKET_TOO_BIG,
+            ICMPV6_PARAMETER_PROBLEM, ICMPV6_TIME_EXCEEDED, Ipv6, MAX_EXTENSION_HEADERS,
+            NEXTHDR_AUTH, NEXTHDR_DEST, NEXTHDR_ESP, NEXTHDR_FRAGMENT, NEXTHDR_HOP, NEXTHDR_NONE,
+            NEXTHDR_ROUTING, Parsed6, icmp6_echo, icmp6_error, parse_ipv6,
+        },
+        parse,
     },
 };
 use proptest::{
@@ -109,7 +119,12 @@ fn parser_properties() {
         "later_fragments": tally.fragments, "other_protocols": tally.other_protocols,
         "icmp_echoes": tally.icmp_echoes,
         "icmp_errors_with_a_usable_quote": tally.icmp_errors, "not_ipv4": tally.not_ipv4,
-        "rejected": tally.rejected,
+        "rejected": tally.rejected, "ipv6_tcp_udp": tally.ipv6_transport,
+        "ipv6_later_fragments": tally.ipv6_fragments,
+        "ipv6_other_protocols": tally.ipv6_other_protocols,
+        "ipv6_icmp_echoes": tally.ipv6_icmp_echoes,
+        "ipv6_icmp_errors_with_a_usable_quote": tally.ipv6_icmp_errors,
+        "ipv6_rejected": tally.ipv6_rejected,
     }));
 }
 
@@ -157,6 +172,12 @@ struct Tally {
     icmp_errors: u64,
     not_ipv4: u64,
     rejected: u64,
+    ipv6_transport: u64,
+    ipv6_fragments: u64,
+    ipv6_other_protocols: u64,
+    ipv6_icmp_echoes: u64,
+    ipv6_icmp_errors: u64,
+    ipv6_rejected: u64,
 }
 
 impl Tally {
@@ -175,6 +196,20 @@ impl Tally {
         if outcome.error.is_some() {
             self.icmp_errors += 1;
         }
+        let kind = match outcome.parsed6 {
+            Ok(Parsed6::Transport(..)) => &mut self.ipv6_transport,
+            Ok(Parsed6::Fragment(_)) => &mut self.ipv6_fragments,
+            Ok(Parsed6::OtherProtocol(_)) => &mut self.ipv6_other_protocols,
+            Ok(Parsed6::NotIpv6) => return,
+            Err(_) => &mut self.ipv6_rejected,
+        };
+        *kind += 1;
+        if outcome.echo6_request.is_some() || outcome.echo6_reply.is_some() {
+            self.ipv6_icmp_echoes += 1;
+        }
+        if outcome.error6.is_some() {
+            self.ipv6_icmp_errors += 1;
+        }
     }
 }
 
@@ -183,14 +218,22 @@ impl std::fmt::Display for Tally {
         write!(
             f,
             "{} TCP/UDP, {} later fragments, {} other protocols ({} ICMP echoes, {} ICMP \
-             errors with a usable quote), {} not IPv4, {} rejected",
+             errors with a usable quote), {} not IPv4, {} rejected; IPv6: {} TCP/UDP, {} later \
+             fragments, {} other protocols ({} ICMPv6 echoes, {} ICMPv6 errors with a usable \
+             quote), {} rejected",
             self.transport,
             self.fragments,
             self.other_protocols,
             self.icmp_echoes,
             self.icmp_errors,
             self.not_ipv4,
-            self.rejected
+            self.rejected,
+            self.ipv6_transport,
+            self.ipv6_fragments,
+            self.ipv6_other_protocols,
+            self.ipv6_icmp_echoes,
+            self.ipv6_icmp_errors,
+            self.ipv6_rejected,
         )
     }
 }
@@ -214,11 +257,17 @@ fn check(frame: &[u8], linear: usize, padding: &[u8]) -> Result<(), TestCaseErro
     prop_assert_eq!(&whole, &reference(frame), "parser and reference disagree");
     check_offsets(frame, frame.len())?;
 
-    let packet_end = match whole.parsed {
-        Ok(Parsed::Fragment(ip) | Parsed::OtherProtocol(ip) | Parsed::Transport(ip, _)) => {
+    let packet_end = match (whole.parsed, whole.parsed6) {
+        (Ok(Parsed::Fragment(ip) | Parsed::OtherProtocol(ip) | Parsed::Transport(ip, _)), _) => {
             Some(ETH_HLEN + usize::from(ip.total_len))
         }
-        Err(Malformed::BadTransportHeader) => reference_packet_end(frame),
+        (_, Ok(Parsed6::Fragment(ip) | Parsed6::OtherProtocol(ip) | Parsed6::Transport(ip, _))) => {
+            Some(ip.end())
+        }
+        (Err(Malformed::BadTransportHeader), _) => reference_packet_end(frame),
+        (_, Err(Malformed::BadTransportHeader | Malformed::BadExtensionHeader)) => {
+            reference_packet_end6(frame)
+        }
         _ => None,
     };
     if let Some(end) = packet_end {
@@ -239,7 +288,12 @@ fn check(frame: &[u8], linear: usize, padding: &[u8]) -> Result<(), TestCaseErro
         check_offsets(short, cut)?;
         match packet_end {
             Some(end) if cut >= end => prop_assert_eq!(&seen, &whole, "cut at {} keeps it", cut),
-            Some(_) => prop_assert!(seen.parsed.is_err(), "cut at {}: {:?}", cut, seen),
+            Some(_) => prop_assert!(
+                seen.parsed.is_err() || seen.parsed6.is_err(),
+                "cut at {}: {:?}",
+                cut,
+                seen
+            ),
             None => {}
         }
     }
@@ -258,7 +312,29 @@ fn check(frame: &[u8], linear: usize, padding: &[u8]) -> Result<(), TestCaseErro
         }
         prop_assert!(seen.error.is_none() || seen.error == whole.error);
     }
+    if seen.parsed6 != Err(Malformed::Truncated) {
+        prop_assert_eq!(
+            seen.parsed6,
+            whole.parsed6,
+            "IPv6, linear area of {} bytes",
+            linear
+        );
+        for (partial, full) in [
+            (seen.echo6_request, whole.echo6_request),
+            (seen.echo6_reply, whole.echo6_reply),
+        ] {
+            prop_assert!(partial.is_none() || partial == full);
+        }
+        prop_assert!(seen.error6.is_none() || seen.error6 == whole.error6);
+    }
     Ok(())
+}
+
+/// Where the reference says the IPv6 packet ends, when its payload length fits the frame.
+fn reference_packet_end6(frame: &[u8]) -> Option<usize> {
+    let ip = frame.get(ETH_HLEN..)?;
+    let total = 40 + usize::from(u16::from_be_bytes([*ip.get(4)?, *ip.get(5)?]));
+    (total <= ip.len()).then_some(ETH_HLEN + total)
 }
 
 /// Where the reference says the IPv4 packet ends, when its lengths are consistent.
@@ -274,7 +350,7 @@ fn check_offsets(frame: &[u8], len: usize) -> Result<(), TestCaseError> {
     let Ok(Parsed::Fragment(ip) | Parsed::OtherProtocol(ip) | Parsed::Transport(ip, _)) =
         parse(frame, len)
     else {
-        return Ok(());
+        return check_offsets6(frame, len);
     };
     let end = ETH_HLEN + usize::from(ip.total_len);
     prop_assert!(
@@ -305,7 +381,52 @@ fn check_offsets(frame: &[u8], len: usize) -> Result<(), TestCaseError> {
             used.push(("quoted checksum", at, 2));
         }
     }
-    for (what, at, size) in used {
+    within(&used, end)
+}
+
+/// [`check_offsets`] for an IPv6 packet.
+fn check_offsets6(frame: &[u8], len: usize) -> Result<(), TestCaseError> {
+    let parsed = parse_ipv6(frame, len);
+    let Ok(Parsed6::Fragment(ip) | Parsed6::OtherProtocol(ip) | Parsed6::Transport(ip, _)) = parsed
+    else {
+        return Ok(());
+    };
+    let end = ip.end();
+    prop_assert!(
+        end <= len && end <= frame.len(),
+        "packet end {} past the frame",
+        end
+    );
+    prop_assert!(ip.l4_offset() <= end && ip.header_len >= 40);
+    let mut used: Vec<(&str, usize, usize)> = Vec::new();
+    if let Ok(Parsed6::Transport(_, l4)) = parsed {
+        used.push(("ports", ip.l4_offset(), 4));
+        used.push(("transport checksum", l4.check_offset, 2));
+    }
+    for request in [true, false] {
+        if let Some(echo) = icmp6_echo(frame, &ip, request) {
+            used.push(("echo header", ip.l4_offset(), 8));
+            used.push(("echo checksum", echo.check_offset, 2));
+        }
+    }
+    if let Some(error) = icmp6_error(frame, &ip) {
+        let q = error.quoted;
+        prop_assert!(q.header_len >= 40);
+        used.push(("icmp checksum", error.check_offset, 2));
+        used.push(("quoted header", q.offset, q.header_len));
+        used.push(("quoted transport", q.l4_offset(), 8));
+        used.push(("quoted source port", q.port_offset(true), 2));
+        used.push(("quoted destination port", q.port_offset(false), 2));
+        if let Some((at, _)) = q.l4_check {
+            used.push(("quoted checksum", at, 2));
+        }
+    }
+    within(&used, end)
+}
+
+/// Every `(what, offset, size)` in `used` ends by `end`.
+fn within(used: &[(&str, usize, usize)], end: usize) -> Result<(), TestCaseError> {
+    for &(what, at, size) in used {
         prop_assert!(
             at + size <= end,
             "{} at {}+{} past the packet end {}",
@@ -328,14 +449,25 @@ struct Outcome {
     echo_request: Option<L4>,
     echo_reply: Option<L4>,
     error: Option<IcmpError>,
+    parsed6: Result<Parsed6, Malformed>,
+    echo6_request: Option<L4>,
+    echo6_reply: Option<L4>,
+    error6: Option<IcmpError<[u8; 16]>>,
 }
 
 /// What the parser module says of the first `len` bytes of `frame`... as the programs ask:
-/// `parse`, then the ICMP helpers on the IPv4 header it found.
+/// `parse` and `parse_ipv6`, then the ICMP helpers on the IP header they found.
 fn outcome(frame: &[u8], len: usize) -> Outcome {
     let parsed = parse(frame, len);
     let ip = match parsed {
         Ok(Parsed::Fragment(ip) | Parsed::OtherProtocol(ip) | Parsed::Transport(ip, _)) => Some(ip),
+        _ => None,
+    };
+    let parsed6 = parse_ipv6(frame, len);
+    let ip6 = match parsed6 {
+        Ok(Parsed6::Fragment(ip) | Parsed6::OtherProtocol(ip) | Parsed6::Transport(ip, _)) => {
+            Some(ip)
+        }
         _ => None,
     };
     Outcome {
@@ -343,6 +475,10 @@ fn outcome(frame: &[u8], len: usize) -> Outcome {
         echo_request: ip.and_then(|ip| icmp_echo(frame, &ip, true)),
         echo_reply: ip.and_then(|ip| icmp_echo(frame, &ip, false)),
         error: ip.and_then(|ip| icmp_error(frame, &ip)),
+        parsed6,
+        echo6_request: ip6.and_then(|ip| icmp6_echo(frame, &ip, true)),
+        echo6_reply: ip6.and_then(|ip| icmp6_echo(frame, &ip, false)),
+        error6: ip6.and_then(|ip| icmp6_error(frame, &ip)),
     }
 }
 
@@ -363,17 +499,35 @@ fn raw32(bytes: &[u8], at: usize) -> u32 {
     u32::from_ne_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]])
 }
 
+/// The outcome of a frame both parsers reject for `reason` (too short for Ethernet).
 fn rejected(reason: Malformed) -> Outcome {
     Outcome {
         parsed: Err(reason),
         echo_request: None,
         echo_reply: None,
         error: None,
+        parsed6: Err(reason),
+        echo6_request: None,
+        echo6_reply: None,
+        error6: None,
     }
 }
 
-/// The reference decoding of a whole frame (its length is the slice's).
+/// The reference decoding of a whole frame (its length is the slice's), by both families.
 fn reference(frame: &[u8]) -> Outcome {
+    let v6 = reference6(frame);
+    let v4 = reference4(frame);
+    Outcome {
+        parsed6: v6.parsed6,
+        echo6_request: v6.echo6_request,
+        echo6_reply: v6.echo6_reply,
+        error6: v6.error6,
+        ..v4
+    }
+}
+
+/// The IPv4 reference decoding; its IPv6 fields are left as [`rejected`] fills them.
+fn reference4(frame: &[u8]) -> Outcome {
     if frame.len() < 14 {
         return rejected(Malformed::Truncated);
     }
@@ -458,6 +612,10 @@ fn reference(frame: &[u8]) -> Outcome {
     let icmp = header.protocol == 1;
     Outcome {
         parsed,
+        parsed6: Ok(Parsed6::NotIpv6),
+        echo6_request: None,
+        echo6_reply: None,
+        error6: None,
         echo_request: reference_echo(icmp && !later_fragment, segment, l4_offset, true),
         echo_reply: reference_echo(icmp && !later_fragment, segment, l4_offset, false),
         // An ICMP error that is a fragment, even the first, is not looked into.
@@ -465,6 +623,150 @@ fn reference(frame: &[u8]) -> Outcome {
             .then(|| reference_error(segment, l4_offset))
             .flatten(),
     }
+}
+
+/// The IPv6 reference decoding: the fixed header, the extension headers as RFC 8200
+/// lays them out (at most `MAX_EXTENSION_HEADERS` of them), then TCP/UDP or ICMPv6.
+fn reference6(frame: &[u8]) -> Outcome {
+    let v6 = |parsed6| Outcome {
+        parsed6,
+        ..rejected(Malformed::Truncated)
+    };
+    if frame.len() < 14 {
+        return v6(Err(Malformed::Truncated));
+    }
+    if be16(frame, 12) != 0x86dd {
+        return v6(Ok(Parsed6::NotIpv6));
+    }
+    let ip = &frame[14..];
+    if ip.len() < 40 {
+        return v6(Err(Malformed::Truncated));
+    }
+    if ip[0] >> 4 != 6 {
+        return v6(Err(Malformed::BadVersion));
+    }
+    let total = 40 + usize::from(be16(ip, 4));
+    if total > ip.len() {
+        return v6(Err(Malformed::BadTotalLength));
+    }
+    let mut header = Ipv6 {
+        header_len: 40,
+        payload_len: be16(ip, 4),
+        hop_limit: ip[7],
+        protocol: ip[6],
+        src: ip[8..24].try_into().unwrap(),
+        dst: ip[24..40].try_into().unwrap(),
+        id_be: 0,
+        frag: 0,
+    };
+    if total == 40 {
+        return v6(Ok(Parsed6::OtherProtocol(header)));
+    }
+    let packet = &ip[..total];
+    let Some(chain) = reference_chain(packet, 40, ip[6]) else {
+        return v6(Err(Malformed::BadExtensionHeader));
+    };
+    header.header_len = chain.end;
+    header.protocol = chain.next;
+    header.id_be = chain.id_be;
+    header.frag = chain.frag;
+    if chain.frag & 0xfff8 != 0 {
+        return v6(Ok(Parsed6::Fragment(header)));
+    }
+    let segment = &packet[chain.end..];
+    let l4_offset = 14 + chain.end;
+    let parsed6 = match header.protocol {
+        6 => {
+            let data_offset = segment.get(12).map_or(0, |b| usize::from(b >> 4) * 4);
+            if segment.len() < 20 || data_offset < 20 || data_offset > segment.len() {
+                return v6(Err(Malformed::BadTransportHeader));
+            }
+            Parsed6::Transport(
+                header,
+                L4 {
+                    sport_be: raw16(segment, 0),
+                    dport_be: raw16(segment, 2),
+                    check_offset: l4_offset + 16,
+                    check: raw16(segment, 16),
+                    tcp_flags: segment[13],
+                },
+            )
+        }
+        17 if segment.len() < 8 => return v6(Err(Malformed::BadTransportHeader)),
+        17 => Parsed6::Transport(
+            header,
+            L4 {
+                sport_be: raw16(segment, 0),
+                dport_be: raw16(segment, 2),
+                check_offset: l4_offset + 6,
+                check: raw16(segment, 6),
+                tcp_flags: 0,
+            },
+        ),
+        _ => Parsed6::OtherProtocol(header),
+    };
+    let icmp = header.protocol == 58;
+    let echo = |request: bool| {
+        let wanted = if request { 128 } else { 129 };
+        if !icmp || segment.len() < 8 || segment[0] != wanted || segment[1] != 0 {
+            return None;
+        }
+        let id = raw16(segment, 4);
+        Some(L4 {
+            sport_be: if request { id } else { 0 },
+            dport_be: if request { 0 } else { id },
+            check_offset: l4_offset + 2,
+            check: raw16(segment, 2),
+            tcp_flags: 0,
+        })
+    };
+    Outcome {
+        parsed6: Ok(parsed6),
+        echo6_request: echo(true),
+        echo6_reply: echo(false),
+        // An ICMPv6 error that is a fragment, even the first, is not looked into.
+        error6: (icmp && chain.frag & 0xfff9 == 0)
+            .then(|| reference_error6(segment, l4_offset))
+            .flatten(),
+        ..rejected(Malformed::Truncated)
+    }
+}
+
+/// Where a chain of extension headers starting at `at` in `packet`, named by `next`, ends.
+struct Chain {
+    end: usize,
+    next: u8,
+    id_be: u32,
+    frag: u16,
+}
+
+/// Follows the extension headers from `at`; `None` when one reaches past the packet.
+fn reference_chain(packet: &[u8], mut at: usize, mut next: u8) -> Option<Chain> {
+    let (mut id_be, mut frag) = (0, 0);
+    for _ in 0..MAX_EXTENSION_HEADERS {
+        let kind = next;
+        let len = match kind {
+            0 | 43 | 60 => (usize::from(*packet.get(at + 1)?) + 1) * 8,
+            44 => 8,
+            _ => break,
+        };
+        let header = packet.get(at..at + len)?;
+        next = header[0];
+        if kind == 44 {
+            frag = be16(header, 2);
+            id_be = raw32(header, 4);
+        }
+        at += len;
+        if frag & 0xfff8 != 0 {
+            break;
+        }
+    }
+    Some(Chain {
+        end: at,
+        next,
+        id_be,
+        frag,
+    })
 }
 
 /// An ICMP echo request or reply in `segment` (the ICMP message, at `l4_offset`).
@@ -527,13 +829,70 @@ fn reference_error(segment: &[u8], l4_offset: usize) -> Option<IcmpError> {
         code: segment[1],
         check: raw16(segment, 2),
         check_offset: l4_offset + 2,
-        quoted: dataplane_common::parse::Quoted {
+        quoted: Quoted {
             offset: quote_offset,
             header_len,
             protocol: quote[9],
             src_be: raw32(quote, 12),
             dst_be: raw32(quote, 16),
             ip_check: raw16(quote, 10),
+            sport_be,
+            dport_be,
+            l4_check,
+        },
+    })
+}
+
+/// An ICMPv6 error in `segment` and the packet it quotes: its header, its extension headers
+/// and 8 bytes, all inside the ICMPv6 message.
+fn reference_error6(segment: &[u8], l4_offset: usize) -> Option<IcmpError<[u8; 16]>> {
+    if segment.len() < 8 || !(1..=4).contains(&segment[0]) {
+        return None;
+    }
+    let quote = &segment[8..];
+    if quote.len() < 40 || quote[0] >> 4 != 6 {
+        return None;
+    }
+    let chain = reference_chain(quote, 40, quote[6])?;
+    if chain.frag & 0xfff8 != 0 {
+        return None;
+    }
+    let transport = quote.get(chain.end..chain.end + 8)?;
+    let transport_offset = l4_offset + 8 + chain.end;
+    let (sport_be, dport_be, l4_check) = match chain.next {
+        6 => (raw16(transport, 0), raw16(transport, 2), None),
+        17 => {
+            let check = raw16(transport, 6);
+            let used = check != 0;
+            (
+                raw16(transport, 0),
+                raw16(transport, 2),
+                used.then_some((transport_offset + 6, check)),
+            )
+        }
+        58 if transport[1] == 0 && (transport[0] == 128 || transport[0] == 129) => {
+            let id = raw16(transport, 4);
+            let check = Some((transport_offset + 2, raw16(transport, 2)));
+            if transport[0] == 128 {
+                (id, 0, check)
+            } else {
+                (0, id, check)
+            }
+        }
+        _ => return None,
+    };
+    Some(IcmpError {
+        icmp_type: segment[0],
+        code: segment[1],
+        check: raw16(segment, 2),
+        check_offset: l4_offset + 2,
+        quoted: Quoted {
+            offset: l4_offset + 8,
+            header_len: chain.end,
+            protocol: chain.next,
+            src_be: quote[8..24].try_into().unwrap(),
+            dst_be: quote[24..40].try_into().unwrap(),
+            ip_check: 0,
             sport_be,
             dport_be,
             l4_check,
@@ -582,7 +941,13 @@ enum TotalLength {
     Any(u16),
 }
 
+/// A frame of either family (the other family's parser must say it is not its own). Boxed:
+/// the nested strategy types of both would overflow the test thread's stack.
 fn frame() -> impl Strategy<Value = Vec<u8>> {
+    prop_oneof![3 => ipv4_frame().boxed(), 2 => ipv6_frame().boxed()]
+}
+
+fn ipv4_frame() -> impl Strategy<Value = Vec<u8>> {
     let ethertype = prop_oneof![
         24 => Just(0x0800u16),
         1 => Just(0x86dd),
@@ -633,6 +998,186 @@ fn frame() -> impl Strategy<Value = Vec<u8>> {
                 frame
             },
         )
+}
+
+/// An IPv6 frame: the fixed header, a chain of extension headers, the transport header (or
+/// an ICMPv6 message quoting a packet with its own chain), payload, padding.
+fn ipv6_frame() -> impl Strategy<Value = Vec<u8>> {
+    let ethertype = prop_oneof![
+        12 => Just(0x86ddu16),
+        1 => Just(0x0800),
+        1 => any::<u16>(),
+    ];
+    let version = prop_oneof![10 => Just(0x60u8), 1 => any::<u8>()];
+    let payload_length = prop_oneof![
+        6 => Just(TotalLength::Exact),
+        2 => (-24i32..24).prop_map(TotalLength::Off),
+        1 => any::<u16>().prop_map(TotalLength::Any),
+    ];
+    let flips = prop_oneof![
+        3 => Just(Vec::new()),
+        2 => prop::collection::vec((0usize..200, any::<u8>()), 1..4),
+    ];
+    let header = (ethertype, version, any::<[u8; 40]>());
+    let body = (
+        extension_chain(0..=MAX_EXTENSION_HEADERS + 1).boxed(),
+        upper_protocol(),
+        transport().boxed(),
+        icmp6_message().boxed(),
+        prop::collection::vec(any::<u8>(), 0..40),
+    );
+    (header, body, payload_length, padding(), flips).prop_map(
+        |(
+            (ethertype, version, mut fixed),
+            (chain, protocol, transport, icmp6, payload),
+            payload_length,
+            padding,
+            flips,
+        )| {
+            let mut frame = vec![2, 0, 0, 0, 0, 1, 2, 0, 0, 0, 0, 2];
+            frame.extend_from_slice(&ethertype.to_be_bytes());
+            fixed[0] = version;
+            let mut packet = fixed.to_vec();
+            chained(&mut packet, 6, &chain, protocol);
+            match protocol {
+                IPPROTO_ICMPV6 => packet.extend_from_slice(&icmp6),
+                _ => packet.extend_from_slice(&transport.bytes(protocol)),
+            }
+            packet.extend_from_slice(&payload);
+            let exact = packet.len() - 40;
+            let length = match payload_length {
+                TotalLength::Exact => exact as u16,
+                TotalLength::Off(by) => (exact as i32 + by).clamp(0, 0xffff) as u16,
+                TotalLength::Any(length) => length,
+            };
+            packet[4..6].copy_from_slice(&length.to_be_bytes());
+            frame.extend_from_slice(&packet);
+            frame.extend_from_slice(&padding);
+            for (at, value) in flips {
+                if let Some(byte) = frame.get_mut(at) {
+                    *byte = value;
+                }
+            }
+            frame
+        },
+    )
+}
+
+/// Appends `chain` to `packet`, whose next-header byte is at `next_at`, each header naming
+/// the one after it and the last naming `protocol`.
+fn chained(packet: &mut Vec<u8>, mut next_at: usize, chain: &[(u8, Vec<u8>)], protocol: u8) {
+    for (kind, header) in chain {
+        packet[next_at] = *kind;
+        next_at = packet.len();
+        packet.extend_from_slice(header);
+    }
+    packet[next_at] = protocol;
+}
+
+/// Up to `count` extension headers: options and routing headers of 8 to 24 bytes (their
+/// length byte now and then anything), fragment headers with every kind of offset word.
+fn extension_chain(
+    count: std::ops::RangeInclusive<usize>,
+) -> impl Strategy<Value = Vec<(u8, Vec<u8>)>> {
+    let options = (
+        prop_oneof![Just(NEXTHDR_HOP), Just(NEXTHDR_ROUTING), Just(NEXTHDR_DEST)],
+        prop_oneof![8 => 0u8..3, 1 => any::<u8>()],
+        any::<[u8; 24]>(),
+    )
+        .prop_map(|(kind, units, bytes)| {
+            let len = (usize::from(units.min(2)) + 1) * 8;
+            let mut header = bytes[..len].to_vec();
+            header[1] = units;
+            (kind, header)
+        });
+    let frag = prop_oneof![
+        2 => Just(0u16),      // an atomic fragment
+        3 => Just(1),         // the first fragment
+        3 => (1u16..0x2000, any::<bool>()).prop_map(|(o, more)| o << 3 | u16::from(more)),
+        1 => any::<u16>(),
+    ];
+    let fragment = (frag, any::<[u8; 8]>()).prop_map(|(frag, mut header)| {
+        header[2..4].copy_from_slice(&frag.to_be_bytes());
+        (NEXTHDR_FRAGMENT, header.to_vec())
+    });
+    prop::collection::vec(prop_oneof![3 => options, 1 => fragment], count)
+}
+
+/// What follows the extension headers.
+fn upper_protocol() -> impl Strategy<Value = u8> {
+    prop_oneof![
+        3 => Just(IPPROTO_TCP),
+        3 => Just(IPPROTO_UDP),
+        4 => Just(IPPROTO_ICMPV6),
+        1 => prop_oneof![Just(NEXTHDR_AUTH), Just(NEXTHDR_ESP), Just(NEXTHDR_NONE)],
+        1 => any::<u8>(),
+    ]
+}
+
+/// An ICMPv6 message: echoes, neighbour discovery, other types, and errors quoting an IPv6
+/// packet (its header, its chain, 8 transport bytes) cut at any length.
+fn icmp6_message() -> impl Strategy<Value = Vec<u8>> {
+    let icmp_type = prop_oneof![
+        2 => Just(ICMPV6_ECHO_REQUEST),
+        2 => Just(ICMPV6_ECHO_REPLY),
+        2 => Just(ICMPV6_DEST_UNREACH),
+        2 => Just(ICMPV6_PACKET_TOO_BIG),
+        1 => Just(ICMPV6_TIME_EXCEEDED),
+        1 => Just(ICMPV6_PARAMETER_PROBLEM),
+        1 => 133u8..=137,
+        1 => any::<u8>(),
+    ];
+    let quoted_protocol = prop_oneof![
+        2 => Just(IPPROTO_TCP),
+        2 => Just(IPPROTO_UDP),
+        2 => Just(IPPROTO_ICMPV6),
+        1 => any::<u8>(),
+    ];
+    let quoted_transport = (
+        prop_oneof![
+            1 => Just(ICMPV6_ECHO_REQUEST),
+            1 => Just(ICMPV6_ECHO_REPLY),
+            1 => any::<u8>(),
+        ],
+        prop_oneof![3 => Just(0u8), 1 => any::<u8>()],
+        any::<[u8; 6]>(),
+    );
+    let quote = (
+        prop_oneof![10 => Just(0x60u8), 1 => any::<u8>()],
+        any::<[u8; 40]>(),
+        extension_chain(0..=3).boxed(),
+        quoted_protocol,
+        quoted_transport,
+        any::<Index>(),
+    )
+        .prop_map(
+            |(version, mut fixed, chain, protocol, (first, second, rest), keep)| {
+                fixed[0] = version;
+                let mut quote = fixed.to_vec();
+                chained(&mut quote, 6, &chain, protocol);
+                quote.extend_from_slice(&[first, second]);
+                quote.extend_from_slice(&rest);
+                // Mostly whole, else cut anywhere.
+                let whole = quote.len();
+                let cut = keep.index(whole * 2 + 1).min(whole);
+                quote.truncate(cut);
+                quote
+            },
+        );
+    (
+        icmp_type,
+        prop_oneof![4 => Just(0u8), 1 => any::<u8>()],
+        any::<[u8; 6]>(),
+        quote,
+    )
+        .prop_map(|(icmp_type, code, rest, quote)| {
+            let mut message = vec![icmp_type, code];
+            message.extend_from_slice(&rest);
+            if (ICMPV6_DEST_UNREACH..=ICMPV6_PARAMETER_PROBLEM).contains(&icmp_type) {
+                message.extend_from_slice(&quote);
+            }
+            message
+        })
 }
 
 /// An IPv4 header with options as its IHL says (a bad IHL gets none), total length 0.

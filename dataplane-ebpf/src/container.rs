@@ -16,7 +16,7 @@ use dataplane_common::{
 use crate::{
     conntrack, frag,
     frame::TcFrame,
-    icmp, nat,
+    icmp, ipv6, nat,
     policy::{self, Destination},
 };
 
@@ -43,7 +43,7 @@ pub fn ingress(ctx: &TcContext) -> (i32, Stat) {
     }
     let (ip, l4) = match parsed {
         Err(_) => return (TC_ACT_SHOT, Stat::ContainerDropMalformed),
-        Ok(Parsed::NotIpv4) => return (TC_ACT_OK, Stat::ContainerPassNotIpv4),
+        Ok(Parsed::NotIpv4) => return ipv6::container_ingress(ctx, len),
         // A fragment after the first follows its first fragment; without one, it and other
         // protocols (ICMP, ...) are judged by addresses alone.
         Ok(Parsed::Fragment(ip)) => {

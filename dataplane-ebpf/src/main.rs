@@ -10,7 +10,8 @@
 // 2. nat (published ports), conntrack (masquerade, links), policy (isolation, filters),
 //    sock (node-local sockets); then icmp (errors about the flows of nat and conntrack),
 //    which looks published ports up as nat does;
-// 3. uplink, container: what each program does with a frame, over the modules of 2.
+// 3. uplink, container: what each program does with a frame, over the modules of 2; ipv6:
+//    what both do with an IPv6 frame.
 mod conntrack;
 mod container;
 mod events;
@@ -19,6 +20,7 @@ mod flowtable;
 mod frag;
 mod frame;
 mod icmp;
+mod ipv6;
 mod maps;
 mod nat;
 mod policy;
@@ -113,6 +115,28 @@ pub fn sock_recvmsg4(ctx: SockAddrContext) -> i32 {
 #[cgroup_sock_addr(getpeername4)]
 pub fn sock_getpeername4(ctx: SockAddrContext) -> i32 {
     sock::to_frontend(&ctx)
+}
+
+/// The same for IPv6 sockets: `[::1]` and the node's IPv6 addresses, and a dual-stack
+/// socket's IPv4-mapped addresses as IPv4's.
+#[cgroup_sock_addr(connect6)]
+pub fn sock_connect6(ctx: SockAddrContext) -> i32 {
+    sock::to_backend6(&ctx)
+}
+
+#[cgroup_sock_addr(sendmsg6)]
+pub fn sock_sendmsg6(ctx: SockAddrContext) -> i32 {
+    sock::to_backend6(&ctx)
+}
+
+#[cgroup_sock_addr(recvmsg6)]
+pub fn sock_recvmsg6(ctx: SockAddrContext) -> i32 {
+    sock::to_frontend6(&ctx)
+}
+
+#[cgroup_sock_addr(getpeername6)]
+pub fn sock_getpeername6(ctx: SockAddrContext) -> i32 {
+    sock::to_frontend6(&ctx)
 }
 
 #[cfg(not(test))]

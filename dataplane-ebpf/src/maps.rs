@@ -8,11 +8,12 @@ use aya_ebpf::{
 };
 use dataplane_common::{
     BackendKey, CONNTRACK_MAX, Counter, CtEntry, CtKey, ENDPOINTS_MAX, EVENTS_BYTES, EndpointInfo,
-    EndpointKey, EventBudget, FILTER_RULES_MAX, FRAGMENTS_MAX, FilterKey, FilterRule, FlowKey,
-    FragmentEntry, FragmentKey, LINKS_MAX, LinkKey, MASQUERADE_SOURCES_MAX, NAT_FLOWS_MAX,
-    NETWORKS_MAX, NODE_ADDRS_MAX, NatFlow, NetworkInfo, NetworkKey, NodeAddr, NodeAddrKey,
-    NodeConfig, PUBLISHED_PORTS_MAX, PortKey, PortTarget, ROUTED_FLOWS_MAX, SOCK_NAT_MAX,
-    SockNatKey, SockNatValue, TRUSTED_IFACES_MAX, TrustedIfaceKey, UNREPLIED_RING_LEN,
+    EndpointKey, EventBudget, FILTER_RULES_MAX, FRAGMENTS_MAX, FilterKey, FilterKey6, FilterRule,
+    FlowKey, FlowKey6, FragmentEntry, FragmentKey, LINKS_MAX, LinkKey, MASQUERADE_SOURCES_MAX,
+    NAT_FLOWS_MAX, NETWORKS_MAX, NODE_ADDRS_MAX, NatFlow, NatFlow6, NetworkInfo, NetworkKey,
+    NetworkKey6, NodeAddr, NodeAddrKey, NodeAddrKey6, NodeConfig, PUBLISHED_PORTS_MAX, PortKey,
+    PortKey6, PortTarget, PortTarget6, ROUTED_FLOWS_MAX, SOCK_NAT_MAX, SockNatKey, SockNatKey6,
+    SockNatValue, SockNatValue6, TRUSTED_IFACES_MAX, TrustedIfaceKey, UNREPLIED_RING_LEN,
     stats::STATS_LEN,
 };
 
@@ -98,3 +99,25 @@ pub static EVENT_BUDGET: PerCpuArray<EventBudget> = PerCpuArray::pinned(1, 0);
 
 #[map]
 pub static FRAGMENTS: LruHashMap<FragmentKey, FragmentEntry> = LruHashMap::pinned(FRAGMENTS_MAX, 0);
+
+#[map]
+pub static PUBLISHED_PORTS6: HashMap<PortKey6, PortTarget6> =
+    HashMap::pinned(PUBLISHED_PORTS_MAX, BPF_F_NO_PREALLOC);
+
+#[map]
+pub static NODE_ADDRS6: HashMap<NodeAddrKey6, NodeAddr> =
+    HashMap::pinned(NODE_ADDRS_MAX, BPF_F_NO_PREALLOC);
+
+/// Sized by the agent as NAT_FLOWS is. No early drop yet: a full table refuses new flows.
+#[map]
+pub static NAT_FLOWS6: HashMap<FlowKey6, NatFlow6> =
+    HashMap::pinned(NAT_FLOWS_MAX, BPF_F_NO_PREALLOC);
+
+#[map]
+pub static FILTER_RULES6: LpmTrie<FilterKey6, FilterRule> = LpmTrie::pinned(FILTER_RULES_MAX, 0);
+
+#[map]
+pub static NETWORKS6: LpmTrie<NetworkKey6, NetworkInfo> = LpmTrie::pinned(NETWORKS_MAX, 0);
+
+#[map]
+pub static SOCK_NAT6: LruHashMap<SockNatKey6, SockNatValue6> = LruHashMap::pinned(SOCK_NAT_MAX, 0);

@@ -67,7 +67,7 @@ pub(crate) fn published_target(
 }
 
 #[inline(always)]
-fn now_ns() -> u64 {
+pub(crate) fn now_ns() -> u64 {
     // SAFETY: plain helper call.
     unsafe { bpf_ktime_get_ns() }
 }
@@ -75,10 +75,10 @@ fn now_ns() -> u64 {
 /// What a packet does to a published-port flow: `None` for a TCP reset (the flow ends once
 /// the packet is through), else the flow's next state. The client's SYN takes a closing
 /// flow over as a new one; the container's first packet answers it, and for TCP the
-/// client's ACK of that answer establishes it.
+/// client's ACK of that answer establishes it. IPv6's flows (ipv6.rs) go through it too.
 #[inline(always)]
-fn next_state(state: u8, from_container: bool, ip: &Ipv4, l4: &L4) -> Option<u8> {
-    if ip.protocol == IPPROTO_TCP {
+pub(crate) fn next_state(state: u8, from_container: bool, protocol: u8, l4: &L4) -> Option<u8> {
+    if protocol == IPPROTO_TCP {
         if l4.tcp_flags & TCP_RST != 0 {
             return None;
         }
@@ -92,7 +92,7 @@ fn next_state(state: u8, from_container: bool, ip: &Ipv4, l4: &L4) -> Option<u8>
     Some(match (state, from_container) {
         // TCP waits for the client's ACK of the SYN-ACK: the SYNs of a spoofed flood stay
         // evictable.
-        (CT_NEW, true) if ip.protocol == IPPROTO_TCP => CT_REPLIED,
+        (CT_NEW, true) if protocol == IPPROTO_TCP => CT_REPLIED,
         (CT_NEW, true) => CT_ESTABLISHED,
         (CT_REPLIED, false) if !l4.is_tcp_syn() => CT_ESTABLISHED,
         _ => state,
@@ -124,7 +124,7 @@ fn track(
             seen.state
         };
         count(entry, ip);
-        match next_state(state, false, ip, l4) {
+        match next_state(state, false, ip.protocol, l4) {
             Some(next) => flowtable::nat_set_state(flow, entry, next),
             None => {
                 let _ = NAT_FLOWS.remove(flow);
@@ -355,7 +355,7 @@ pub fn reply(
         *entry
     };
     count(entry, ip);
-    match next_state(nat.state, true, ip, l4) {
+    match next_state(nat.state, true, ip.protocol, l4) {
         Some(state) => flowtable::nat_set_state(flow, entry, state),
         None => {
             let _ = NAT_FLOWS.remove(flow);

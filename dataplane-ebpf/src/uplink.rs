@@ -12,7 +12,7 @@ use dataplane_common::{
 use crate::{
     conntrack, frag,
     frame::{Action, Packet},
-    icmp, nat, policy,
+    icmp, ipv6, nat, policy,
 };
 
 /// Headers the uplink's logic may read or rewrite: Ethernet, IPv4 with the longest
@@ -25,7 +25,7 @@ const MAX_HEADERS: usize = ETH_HLEN + 60 + 8 + 60 + 8;
 pub fn ingress<P: Packet>(packet: &P, len: usize) -> (Action, Stat) {
     let (ip, l4) = match parse(packet, len) {
         Err(_) => return (Action::Drop, Stat::UplinkDropMalformed),
-        Ok(Parsed::NotIpv4) => return (Action::Pass, Stat::UplinkPassNotIpv4),
+        Ok(Parsed::NotIpv4) => return ipv6::uplink_ingress(packet, len),
         // A fragment after the first follows its first fragment, or goes to the node.
         Ok(Parsed::Fragment(ip)) => return frag::uplink_following(packet, &ip),
         Ok(Parsed::OtherProtocol(ip)) => {

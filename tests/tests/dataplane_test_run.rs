@@ -290,8 +290,8 @@ fn uplink_ingress_table() -> Result<()> {
     let mut fx = Fixture::new()?;
     let mut not_ipv4 = syn_to(NODE_IP, 8080).build();
     not_ipv4[12..14].copy_from_slice(&0x0806u16.to_be_bytes()); // ARP
-    let mut ipv6 = syn_to(NODE_IP, 8080).build();
-    ipv6[12..14].copy_from_slice(&0x86ddu16.to_be_bytes());
+    let mut ipv4_as_ipv6 = syn_to(NODE_IP, 8080).build();
+    ipv4_as_ipv6[12..14].copy_from_slice(&0x86ddu16.to_be_bytes());
     let mut more_fragments = syn_to(NODE_IP, 8080).build();
     more_fragments[ETH_HLEN + 6] = 0x20;
     // Translated, so its IPv4 checksum must be valid to begin with: setting the id again
@@ -364,7 +364,13 @@ fn uplink_ingress_table() -> Result<()> {
             false,
         ),
         ("arp", not_ipv4, XDP_PASS, Stat::UplinkPassNotIpv4, false),
-        ("ipv6", ipv6, XDP_PASS, Stat::UplinkPassNotIpv4, false),
+        (
+            "an ipv4 header in an ipv6 frame",
+            ipv4_as_ipv6,
+            XDP_DROP,
+            Stat::UplinkDropMalformed,
+            false,
+        ),
         (
             "first fragment: it has the ports",
             more_fragments,
@@ -2080,3 +2086,5 @@ mod malformed;
 
 #[path = "dataplane_test_run/layer3.rs"]
 mod layer3;
+#[path = "dataplane_test_run/ipv6.rs"]
+mod ipv6;

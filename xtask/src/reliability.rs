@@ -45,10 +45,13 @@ const SECTIONS: &[Section] = &[
                 title: "Parser fuzz",
                 checks: "Frames generated from a structure (Ethernet, IPv4 with options and every \
                     kind of fragment word, TCP/UDP/ICMP headers, ICMP errors quoting a packet, \
-                    payload, padding), their total length right, nearly right or anything, a few \
-                    bytes flipped, go through the shared parser (`dataplane-common`'s `parse`, \
-                    `icmp_echo`, `icmp_error`). It must agree with an independent reference \
-                    decoder on every outcome and field; every offset it returns lies inside the \
+                    payload, padding; IPv6 with extension header chains, fragment headers, \
+                    TCP/UDP/ICMPv6, ICMPv6 errors quoting a packet with its own chain), their \
+                    total or payload length right, nearly right or anything, a few bytes \
+                    flipped, go through the shared parser (`dataplane-common`'s `parse`, \
+                    `icmp_echo`, `icmp_error` and their `parse::ipv6` counterparts). It must \
+                    agree with an independent reference decoder per family on every outcome and \
+                    field; every offset it returns lies inside the \
                     packet; a frame parses the same without its padding and with other padding; \
                     cut at every length it is rejected until the cut keeps the whole packet, then \
                     parsed the same; seen through a shorter linear area (TC) it is `Truncated` or \
@@ -61,17 +64,20 @@ const SECTIONS: &[Section] = &[
                 name: "malformed_frames",
                 title: "Malformed frames",
                 checks: "A corpus generated from valid frames (a SYN, UDP, ICMP echo, first and \
-                    last fragments, IPv4 options, a frame to a loopback-published port, ARP, \
-                    IPv6): truncations at every length, every IHL, IP versions, total lengths \
-                    around the real one, padding, fragment offsets at and past the end, every TCP \
-                    data offset, UDP lengths, and 150 random flips of 1–3 header bytes per frame \
-                    (fixed seed). Each frame goes through the program by `BPF_PROG_TEST_RUN`. \
-                    Every verdict is counted once under a reason of its kind, none is aborted; no \
-                    frame that is not a well-formed first packet creates a `CONNTRACK` or \
-                    `NAT_FLOWS` entry. Frames refused by the kernel are those its test run will \
-                    not make an skb of (network header not whole); such frames never reach TC. \
-                    The layer-3 uplink program gets the same mutants of seeds from a client \
-                    behind a tunnel, without their Ethernet header.",
+                    last fragments, IPv4 options, a frame to a loopback-published port, ARP; an \
+                    IPv6 SYN behind extension headers, an IPv6 first fragment, an ICMPv6 echo, a \
+                    neighbour solicitation, with IPv6 ports published): truncations at every \
+                    length, every IHL, IP versions, total and payload lengths around the real \
+                    one, padding, next headers, extension header lengths, fragment offsets at and \
+                    past the end, every TCP data offset, UDP lengths, and 150 random flips of 1–3 \
+                    header bytes per frame (fixed seed). Each frame goes through the program by \
+                    `BPF_PROG_TEST_RUN`. Every verdict is counted once under a reason of its \
+                    kind, none is aborted; no frame that is not a well-formed first packet \
+                    creates a `CONNTRACK`, `NAT_FLOWS` or `NAT_FLOWS6` entry. Frames refused by \
+                    the kernel are those its test run will not make an skb of (network header \
+                    not whole); such frames never reach TC. The layer-3 uplink program gets the \
+                    same mutants of seeds from a client behind a tunnel, without their Ethernet \
+                    header.",
                 command: "`cargo test -p bpfbridge-tests --test dataplane_test_run malformed -- \
                     --nocapture`",
                 not_on_iptables: EBPF_PROGRAMS_ONLY,

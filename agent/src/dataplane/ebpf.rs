@@ -5,7 +5,7 @@
 use std::{
     collections::{BTreeMap, HashSet},
     fs,
-    net::{IpAddr, Ipv4Addr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     path::{Path, PathBuf},
 };
 
@@ -29,6 +29,10 @@ use dataplane_common::{
     NETWORK_INTERNAL, NETWORK_MASQUERADE, NETWORKS, NODE_ADDRS, NODE_CONFIG, NatFlow, NetworkInfo,
     NetworkKey, NodeAddr, NodeAddrKey, NodeConfig, PUBLISHED_BACKENDS, PUBLISHED_PORTS, PortKey,
     PortTarget, ROUTED_FLOWS, STATS, TRUSTED_IFACES, TrustedIfaceKey, stats::Stat,
+};
+use dataplane_common::{
+    FILTER_RULES6, FilterKey6, FlowKey6, NAT_FLOWS6, NETWORKS6, NODE_ADDRS6, NatFlow6, NetworkKey6,
+    NodeAddrKey6, PUBLISHED_PORTS6, PortKey6, PortTarget6,
 };
 
 use super::{
@@ -59,15 +63,19 @@ pub const UPLINK_TC_PROGRAM: &str = "uplink_ingress_tc";
 pub const UPLINK_L3_PROGRAM: &str = "uplink_ingress_l3";
 pub const CONTAINER_PROGRAM: &str = "container_ingress";
 /// The cgroup socket-address programs, by name.
-pub const SOCKET_PROGRAMS: [&str; 4] = [
+pub const SOCKET_PROGRAMS: [&str; 8] = [
     "sock_connect4",
     "sock_sendmsg4",
     "sock_recvmsg4",
     "sock_getpeername4",
+    "sock_connect6",
+    "sock_sendmsg6",
+    "sock_recvmsg6",
+    "sock_getpeername6",
 ];
 const LINKS_DIR: &str = "links";
 /// Every program of the object, by name.
-pub const PROGRAMS: [&str; 8] = [
+pub const PROGRAMS: [&str; 12] = [
     UPLINK_PROGRAM,
     UPLINK_TC_PROGRAM,
     UPLINK_L3_PROGRAM,
@@ -76,6 +84,10 @@ pub const PROGRAMS: [&str; 8] = [
     SOCKET_PROGRAMS[1],
     SOCKET_PROGRAMS[2],
     SOCKET_PROGRAMS[3],
+    SOCKET_PROGRAMS[4],
+    SOCKET_PROGRAMS[5],
+    SOCKET_PROGRAMS[6],
+    SOCKET_PROGRAMS[7],
 ];
 /// The verifier's complexity limit: instructions it may process for one program
 /// (`BPF_COMPLEXITY_LIMIT_INSNS`).
@@ -127,6 +139,7 @@ pub fn load_object_migrating(
         .default_map_pin_directory(pin_dir)
         .map_max_entries(CONNTRACK, sizes.conntrack)
         .map_max_entries(NAT_FLOWS, sizes.nat_flows)
+        .map_max_entries(NAT_FLOWS6, sizes.nat_flows)
         .load(EBPF_OBJECT)
         .map_err(Error::dataplane("loading the eBPF object"))?;
     Ok((ebpf, migration))
@@ -150,16 +163,73 @@ pub struct EbpfDataplane {
     masquerade_sources: BTreeMap<u32, Ipv4Addr>,
 }
 
-/// An IPv4 address in network order. This backend does not declare
-/// [`Capabilities::ipv6`], so the service hands it IPv4 addresses only: an IPv6 one is a
-/// fault of the agent, refused rather than written as a wrong key.
+/// An IPv4 address in network order, for the maps that hold IPv4 only (links): the
+/// callers pass IPv6 elsewhere, so an IPv6 one is a fault of the agent, refused rather
+/// than written as a wrong key.
 fn ipv4_be(ip: IpAddr) -> Result<u32> {
     match ip {
         IpAddr::V4(ip) => Ok(u32::from(ip).to_be()),
         IpAddr::V6(ip) => Err(Error::Internal(format!(
-            "IPv6 address {ip} handed to the ebpf dataplane, which handles IPv4 only yet"
+            "IPv6 address {ip} handed to an IPv4 map of the ebpf dataplane"
         ))),
     }
+}
+
+/// The IPv6 addresses among `addresses`.
+fn ipv6_only(addresses: &[(u32, IpAddr)]) -> Vec<(u32, Ipv6Addr)> {
+    addresses
+        .iter()
+        .filter_map(|(index, ip)| match ip {
+            IpAddr::V6(ip) => Some((*index, *ip)),
+            IpAddr::V4(_) => None,
+        })
+        .collect()
+}
+
+/// The key of an IPv6 binding on `host_ip` (`::`: every IPv6 node address).
+fn port_key6(host_ip: Ipv6Addr, port: &PortBinding) -> PortKey6 {
+    PortKey6 {
+        host_ip: host_ip.octets(),
+        host_port_be: port.host_port.to_be(),
+        proto: port.proto.ip_proto(),
+        _pad: 0,
+    }
+}
+
+/// Where an IPv6 binding leads: the endpoint's IPv6 address; `None` for an endpoint
+/// without one (an IPv6 client reaching an IPv4-only container would need Docker's
+/// userland proxy: not published on IPv6, as Docker does without it).
+fn port_target6(endpoint: &Endpoint, port: &PortBinding) -> Option<PortTarget6> {
+    Some(PortTarget6 {
+        container_ip: endpoint.container_ipv6?.octets(),
+        container_port_be: port.container_port.to_be(),
+        _pad0: 0,
+        host_veth_ifindex: endpoint.host_veth_ifindex,
+        container_mac: endpoint.container_mac,
+        host_veth_mac: endpoint.host_veth_mac,
+    })
+}
+
+/// The IPv6 bindings of `wanted` that have an endpoint address to lead to.
+fn ports6(wanted: &[(Endpoint, PortBinding)]) -> std::collections::HashMap<PortKey6, PortTarget6> {
+    wanted
+        .iter()
+        .filter_map(|(endpoint, port)| match port.host_ip {
+            IpAddr::V6(host_ip) => Some((port_key6(host_ip, port), port_target6(endpoint, port)?)),
+            IpAddr::V4(_) => None,
+        })
+        .collect()
+}
+
+/// The IPv4 bindings of `wanted`, keyed for PUBLISHED_PORTS.
+fn ports4(
+    wanted: &[(Endpoint, PortBinding)],
+) -> Result<std::collections::HashMap<PortKey, PortTarget>> {
+    wanted
+        .iter()
+        .filter(|(_, port)| port.host_ip.is_ipv4())
+        .map(|(endpoint, port)| Ok((port_key(port)?, port_target(endpoint, port))))
+        .collect()
 }
 
 /// The IPv4 addresses among `addresses` (see [`ipv4_be`]).
@@ -224,6 +294,40 @@ fn network_entry(n: &NetworkPolicy) -> (Key<NetworkKey>, NetworkInfo) {
     )
 }
 
+/// The IPv4 links: IPv6 has no `icc=false` policy in this dataplane yet, so no allow-list
+/// through it either.
+fn ipv4_links(links: &[LinkRule]) -> impl Iterator<Item = &LinkRule> {
+    links
+        .iter()
+        .filter(|link| link.from.is_ipv4() && link.to.is_ipv4())
+}
+
+/// The NETWORKS6 entry of a network with an IPv6 subnet: its IPv6 masquerade setting in
+/// place of the IPv4 one, no direct-access flags (the uplink does not judge IPv6 yet).
+fn network_entry6(n: &NetworkPolicy) -> Option<(Key<NetworkKey6>, NetworkInfo)> {
+    let subnet = n.subnet_ipv6?;
+    let flags = if n.icc { NETWORK_ICC } else { 0 }
+        | if n.internal { NETWORK_INTERNAL } else { 0 }
+        | if n.masquerade_ipv6 {
+            NETWORK_MASQUERADE
+        } else {
+            0
+        };
+    let key = Key::new(
+        u32::from(subnet.prefix_len()),
+        NetworkKey6 {
+            addr: subnet.network().octets(),
+        },
+    );
+    Some((
+        key,
+        NetworkInfo {
+            index: n.index,
+            flags,
+        },
+    ))
+}
+
 /// The allow-list key of a `--link` rule.
 fn link_key(l: &LinkRule) -> Result<LinkKey> {
     Ok(LinkKey {
@@ -262,31 +366,69 @@ fn netns_cookie() -> Result<u64> {
 }
 
 /// The trie entry of a filter rule: 32 bits of scope, then the source prefix.
-fn filter_entry(rule: &FilterRecord) -> Result<(Key<FilterKey>, FilterRule)> {
+/// A filter rule's entry: in FILTER_RULES for an IPv4 source, FILTER_RULES6 for an IPv6
+/// one (same scopes, ids and hit counters).
+enum FilterEntry {
+    V4(Key<FilterKey>, FilterRule),
+    V6(Key<FilterKey6>, FilterRule),
+}
+
+fn filter_entry(rule: &FilterRecord) -> FilterEntry {
     let (host_port_be, proto) = match rule.scope {
         Some(scope) => (scope.host_port.to_be(), scope.proto.ip_proto()),
         None => (0, 0),
-    };
-    let data = FilterKey {
-        host_port_be,
-        proto,
-        _pad: 0,
-        src_ip_be: ipv4_be(rule.source.network())?,
     };
     let action = match rule.action {
         FilterAction::Allow => FILTER_ALLOW,
         FilterAction::Deny => FILTER_DENY,
     };
-    Ok((
-        Key::new(
-            FILTER_SCOPE_BITS + u32::from(rule.source.prefix_len()),
-            data,
+    let value = FilterRule {
+        rule_id: rule.id,
+        action,
+    };
+    let prefix_len = FILTER_SCOPE_BITS + u32::from(rule.source.prefix_len());
+    match rule.source.network() {
+        IpAddr::V4(source) => FilterEntry::V4(
+            Key::new(
+                prefix_len,
+                FilterKey {
+                    host_port_be,
+                    proto,
+                    _pad: 0,
+                    src_ip_be: u32::from(source).to_be(),
+                },
+            ),
+            value,
         ),
-        FilterRule {
-            rule_id: rule.id,
-            action,
-        },
-    ))
+        IpAddr::V6(source) => FilterEntry::V6(
+            Key::new(
+                prefix_len,
+                FilterKey6 {
+                    host_port_be,
+                    proto,
+                    _pad: 0,
+                    src_ip: source.octets(),
+                },
+            ),
+            value,
+        ),
+    }
+}
+
+/// Entries of FILTER_RULES, and of FILTER_RULES6.
+type FilterEntries4 = Vec<(Key<FilterKey>, FilterRule)>;
+type FilterEntries6 = Vec<(Key<FilterKey6>, FilterRule)>;
+
+/// The rules' entries, by family.
+fn filter_entries(rules: &[FilterRecord]) -> (FilterEntries4, FilterEntries6) {
+    let (mut v4, mut v6) = (Vec::new(), Vec::new());
+    for rule in rules {
+        match filter_entry(rule) {
+            FilterEntry::V4(key, value) => v4.push((key, value)),
+            FilterEntry::V6(key, value) => v6.push((key, value)),
+        }
+    }
+    (v4, v6)
 }
 
 /// Forwards the ring buffer's events to the monitor's subscribers until the agent stops.
@@ -674,6 +816,11 @@ impl EbpfDataplane {
             .ok_or_else(|| Error::dataplane("map lookup")(MissingMap(name.to_string())))
     }
 
+    fn ports6_mut(&mut self) -> Result<HashMap<&mut MapData, PortKey6, PortTarget6>> {
+        HashMap::try_from(self.map_mut(PUBLISHED_PORTS6)?)
+            .map_err(Error::dataplane(PUBLISHED_PORTS6))
+    }
+
     fn ports_mut(&mut self) -> Result<HashMap<&mut MapData, PortKey, PortTarget>> {
         HashMap::try_from(self.map_mut(PUBLISHED_PORTS)?).map_err(Error::dataplane(PUBLISHED_PORTS))
     }
@@ -752,6 +899,17 @@ impl EbpfDataplane {
         nat_walk.and(ct_walk).map(|()| removed)
     }
 
+    /// Forgets the IPv6 published-port flows of a container that goes away.
+    fn forget_flows6(&mut self, container_ip: Ipv6Addr) -> Result<()> {
+        let ip = container_ip.octets();
+        let mut flows: HashMap<&mut MapData, FlowKey6, NatFlow6> =
+            HashMap::try_from(self.map_mut(NAT_FLOWS6)?).map_err(Error::dataplane(NAT_FLOWS6))?;
+        let (entries, walked) = flows::walk(&flows).split(NAT_FLOWS6);
+        let stale = entries.into_keys().filter(|key| key.container_ip == ip);
+        remove_keys(&mut flows, stale, "removing an IPv6 flow")?;
+        walked
+    }
+
     /// Forgets the flows of a container that goes away.
     fn forget_flows(&mut self, container_ip: Ipv4Addr) -> Result<()> {
         let ip_be = u32::from(container_ip).to_be();
@@ -809,11 +967,18 @@ impl Dataplane for EbpfDataplane {
             flows: true,
             flow_tables: true,
             monitor_events: true,
-            ipv6: false,
+            ipv6: true,
         }
     }
 
     fn set_node_addresses(&mut self, addresses: &[(u32, IpAddr)]) -> Result<()> {
+        let wanted6: std::collections::HashMap<NodeAddrKey6, NodeAddr> = ipv6_only(addresses)
+            .into_iter()
+            .map(|(ifindex, ip)| (NodeAddrKey6 { addr: ip.octets() }, NodeAddr { ifindex }))
+            .collect();
+        let mut map6: HashMap<&mut MapData, NodeAddrKey6, NodeAddr> =
+            HashMap::try_from(self.map_mut(NODE_ADDRS6)?).map_err(Error::dataplane(NODE_ADDRS6))?;
+        sync_hash_map(&mut map6, &wanted6, "IPv6 node address")?;
         let addresses = ipv4_only(addresses);
         let mut map: HashMap<&mut MapData, NodeAddrKey, NodeAddr> =
             HashMap::try_from(self.map_mut(NODE_ADDRS)?).map_err(Error::dataplane(NODE_ADDRS))?;
@@ -930,6 +1095,11 @@ impl Dataplane for EbpfDataplane {
         {
             errors.push(Error::io(format!("removing {}", pin.display()))(e));
         }
+        if let Some(ip) = endpoint.container_ipv6
+            && let Err(e) = self.forget_flows6(ip)
+        {
+            errors.push(e);
+        }
         if let Err(e) = self.forget_flows(endpoint.container_ip) {
             errors.push(e);
         }
@@ -940,6 +1110,15 @@ impl Dataplane for EbpfDataplane {
     }
 
     fn publish(&mut self, endpoint: &Endpoint, port: &PortBinding) -> Result<()> {
+        if let IpAddr::V6(host_ip) = port.host_ip {
+            let Some(target) = port_target6(endpoint, port) else {
+                return Ok(());
+            };
+            return self
+                .ports6_mut()?
+                .insert(port_key6(host_ip, port), target, 0)
+                .map_err(Error::dataplane("adding an IPv6 published port"));
+        }
         let key = port_key(port)?;
         let target = port_target(endpoint, port);
         let mut ports = self.ports_mut()?;
@@ -954,6 +1133,15 @@ impl Dataplane for EbpfDataplane {
     }
 
     fn unpublish(&mut self, port: &PortBinding) -> Result<()> {
+        if let IpAddr::V6(host_ip) = port.host_ip {
+            let key = port_key6(host_ip, port);
+            return remove_keys(
+                &mut self.ports6_mut()?,
+                [key],
+                "removing an IPv6 published port",
+            )
+            .map(drop);
+        }
         let key = port_key(port)?;
         let Ok(previous) = self.ports_mut()?.get(&key, 0) else {
             return Ok(());
@@ -963,10 +1151,12 @@ impl Dataplane for EbpfDataplane {
     }
 
     fn sync_published(&mut self, wanted: &[(Endpoint, PortBinding)]) -> Result<()> {
-        let ports: std::collections::HashMap<PortKey, PortTarget> = wanted
-            .iter()
-            .map(|(endpoint, port)| Ok((port_key(port)?, port_target(endpoint, port))))
-            .collect::<Result<_>>()?;
+        sync_hash_map(
+            &mut self.ports6_mut()?,
+            &ports6(wanted),
+            "IPv6 published port",
+        )?;
+        let ports = ports4(wanted)?;
         let mut backends: std::collections::HashMap<BackendKey, u32> = Default::default();
         for (key, target) in &ports {
             *backends.entry(backend_of(key, target)).or_default() += 1;
@@ -991,6 +1181,20 @@ impl Dataplane for EbpfDataplane {
                     other => other.to_string(),
                 },
                 container_ip: Ipv4Addr::from(u32::from_be(target.container_ip_be)).into(),
+                container_port: u16::from_be(target.container_port_be),
+                host_veth_ifindex: target.host_veth_ifindex,
+            });
+        }
+        let map6: HashMap<&MapData, PortKey6, PortTarget6> =
+            HashMap::try_from(self.map(PUBLISHED_PORTS6)?)
+                .map_err(Error::dataplane(PUBLISHED_PORTS6))?;
+        for entry in map6.iter() {
+            let (key, target) = entry.map_err(Error::dataplane("reading published ports"))?;
+            out.push(PublishedPort {
+                host_ip: Ipv6Addr::from(key.host_ip).into(),
+                host_port: u16::from_be(key.host_port_be),
+                proto: proto_name(key.proto),
+                container_ip: Ipv6Addr::from(target.container_ip).into(),
                 container_port: u16::from_be(target.container_port_be),
                 host_veth_ifindex: target.host_veth_ifindex,
             });
@@ -1023,6 +1227,11 @@ impl Dataplane for EbpfDataplane {
         let mut trie: LpmTrie<&mut MapData, NetworkKey, NetworkInfo> =
             LpmTrie::try_from(self.map_mut(NETWORKS)?).map_err(Error::dataplane(NETWORKS))?;
         sync_trie(&mut trie, &wanted, "network")?;
+        let wanted6: Vec<(Key<NetworkKey6>, NetworkInfo)> =
+            networks.iter().filter_map(network_entry6).collect();
+        let mut trie6: LpmTrie<&mut MapData, NetworkKey6, NetworkInfo> =
+            LpmTrie::try_from(self.map_mut(NETWORKS6)?).map_err(Error::dataplane(NETWORKS6))?;
+        sync_trie(&mut trie6, &wanted6, "IPv6 network")?;
         // Trusted interfaces by index: one that does not exist now is left out until the
         // networks are synced again (an agent restart, a network created or removed).
         let trusted: std::collections::HashMap<TrustedIfaceKey, u32> = networks
@@ -1047,15 +1256,22 @@ impl Dataplane for EbpfDataplane {
     }
 
     fn set_filters(&mut self, rules: &[FilterRecord]) -> Result<()> {
-        let wanted: Vec<(Key<FilterKey>, FilterRule)> =
-            rules.iter().map(filter_entry).collect::<Result<_>>()?;
+        let (wanted, wanted6) = filter_entries(rules);
         let mut trie: LpmTrie<&mut MapData, FilterKey, FilterRule> =
             LpmTrie::try_from(self.map_mut(FILTER_RULES)?)
                 .map_err(Error::dataplane(FILTER_RULES))?;
-        let added: Vec<u32> = sync_trie(&mut trie, &wanted, "filter rule")?
+        let mut added: Vec<u32> = sync_trie(&mut trie, &wanted, "filter rule")?
             .into_iter()
             .map(|i| wanted[i].1.rule_id)
             .collect();
+        let mut trie6: LpmTrie<&mut MapData, FilterKey6, FilterRule> =
+            LpmTrie::try_from(self.map_mut(FILTER_RULES6)?)
+                .map_err(Error::dataplane(FILTER_RULES6))?;
+        added.extend(
+            sync_trie(&mut trie6, &wanted6, "IPv6 filter rule")?
+                .into_iter()
+                .map(|i| wanted6[i].1.rule_id),
+        );
         // A rule id may be a reused one: its counters start from zero.
         let cpus = aya::util::nr_cpus().map_err(|(_, e)| Error::io("counting CPUs")(e))?;
         let mut hits: PerCpuArray<&mut MapData, Counter> =
@@ -1090,7 +1306,12 @@ impl Dataplane for EbpfDataplane {
     }
 
     fn flush_flows(&mut self) -> Result<usize> {
-        self.remove_flows(|_, _| true, |_| true)
+        let mut flows6: HashMap<&mut MapData, FlowKey6, NatFlow6> =
+            HashMap::try_from(self.map_mut(NAT_FLOWS6)?).map_err(Error::dataplane(NAT_FLOWS6))?;
+        let (entries, walked) = flows::walk(&flows6).split(NAT_FLOWS6);
+        let removed6 = remove_keys(&mut flows6, entries.into_keys(), "removing an IPv6 flow")?;
+        walked?;
+        Ok(self.remove_flows(|_, _| true, |_| true)? + removed6)
     }
 
     fn flow_tables(&self) -> Result<FlowTablesInfo> {
@@ -1184,7 +1405,7 @@ impl Dataplane for EbpfDataplane {
     }
 
     fn set_links(&mut self, links: &[LinkRule]) -> Result<()> {
-        let wanted: HashSet<LinkKey> = links.iter().map(link_key).collect::<Result<_>>()?;
+        let wanted: HashSet<LinkKey> = ipv4_links(links).map(link_key).collect::<Result<_>>()?;
         let mut map: HashMap<&mut MapData, LinkKey, u32> =
             HashMap::try_from(self.map_mut(LINKS)?).map_err(Error::dataplane(LINKS))?;
         let present: Vec<LinkKey> = map
@@ -1476,10 +1697,19 @@ impl EbpfDataplane {
         published: &[(Endpoint, PortBinding)],
         repaired: &mut Vec<Repaired>,
     ) -> Result<()> {
-        let ports: std::collections::HashMap<PortKey, PortTarget> = published
-            .iter()
-            .map(|(endpoint, port)| Ok((port_key(port)?, port_target(endpoint, port))))
-            .collect::<Result<_>>()?;
+        let ports6 = ports6(published);
+        for key in restore_entries(&mut self.ports6_mut()?, &ports6, "IPv6 published port")? {
+            repaired.push(Repaired {
+                kind: RepairKind::MapEntryRestored,
+                what: format!(
+                    "{PUBLISHED_PORTS6} [{}]:{}/{}",
+                    Ipv6Addr::from(key.host_ip),
+                    u16::from_be(key.host_port_be),
+                    proto_name(key.proto)
+                ),
+            });
+        }
+        let ports = ports4(published)?;
         let mut backends: std::collections::HashMap<BackendKey, u32> = Default::default();
         for (key, target) in &ports {
             *backends.entry(backend_of(key, target)).or_default() += 1;
@@ -1549,23 +1779,44 @@ impl EbpfDataplane {
                 what: format!("{NETWORKS} {}", intended.networks[i].subnet),
             });
         }
-        let filters: Vec<(Key<FilterKey>, FilterRule)> = intended
-            .filters
+        let networks6: Vec<(Key<NetworkKey6>, NetworkInfo)> = intended
+            .networks
             .iter()
-            .map(filter_entry)
-            .collect::<Result<_>>()?;
+            .filter_map(network_entry6)
+            .collect();
+        let mut trie6: LpmTrie<&mut MapData, NetworkKey6, NetworkInfo> =
+            LpmTrie::try_from(self.map_mut(NETWORKS6)?).map_err(Error::dataplane(NETWORKS6))?;
+        for i in sync_trie(&mut trie6, &networks6, "IPv6 network")? {
+            let subnet = networks6[i].0.data();
+            repaired.push(Repaired {
+                kind: RepairKind::MapEntryRestored,
+                what: format!(
+                    "{NETWORKS6} {}/{}",
+                    Ipv6Addr::from(subnet.addr),
+                    networks6[i].0.prefix_len()
+                ),
+            });
+        }
+        let (filters, filters6) = filter_entries(intended.filters);
         let mut trie: LpmTrie<&mut MapData, FilterKey, FilterRule> =
             LpmTrie::try_from(self.map_mut(FILTER_RULES)?)
                 .map_err(Error::dataplane(FILTER_RULES))?;
         for i in sync_trie(&mut trie, &filters, "filter rule")? {
             repaired.push(Repaired {
                 kind: RepairKind::MapEntryRestored,
-                what: format!("{FILTER_RULES} rule {}", intended.filters[i].id),
+                what: format!("{FILTER_RULES} rule {}", filters[i].1.rule_id),
             });
         }
-        let links: std::collections::HashMap<LinkKey, u32> = intended
-            .links
-            .iter()
+        let mut trie6: LpmTrie<&mut MapData, FilterKey6, FilterRule> =
+            LpmTrie::try_from(self.map_mut(FILTER_RULES6)?)
+                .map_err(Error::dataplane(FILTER_RULES6))?;
+        for i in sync_trie(&mut trie6, &filters6, "IPv6 filter rule")? {
+            repaired.push(Repaired {
+                kind: RepairKind::MapEntryRestored,
+                what: format!("{FILTER_RULES6} rule {}", filters6[i].1.rule_id),
+            });
+        }
+        let links: std::collections::HashMap<LinkKey, u32> = ipv4_links(intended.links)
             .map(|l| Ok((link_key(l)?, 1)))
             .collect::<Result<_>>()?;
         let mut map: HashMap<&mut MapData, LinkKey, u32> =

@@ -11,7 +11,9 @@ use std::{
 };
 
 use aya::maps::{HashMap, MapData, MapError};
-use dataplane_common::{CONNTRACK, CtEntry, CtKey, FlowKey, NAT_FLOWS, NatFlow};
+use dataplane_common::{
+    CONNTRACK, CtEntry, CtKey, FlowKey, FlowKey6, NAT_FLOWS, NAT_FLOWS6, NatFlow, NatFlow6,
+};
 
 use super::{
     FlowTimeouts,
@@ -29,7 +31,7 @@ const WAIT_FACTOR: u32 = 4;
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct GcReport {
     pub stats: FlowGcStats,
-    /// Entries of CONNTRACK and NAT_FLOWS that the last pass walked over.
+    /// Entries of CONNTRACK and of NAT_FLOWS with NAT_FLOWS6 that the last pass walked over.
     pub conntrack_entries: u64,
     pub nat_flows_entries: u64,
 }
@@ -51,6 +53,7 @@ impl FlowGc {
         let mut collector = Collector {
             conntrack: flows::open_table(pin_dir, CONNTRACK)?,
             nat_flows: flows::open_table(pin_dir, NAT_FLOWS)?,
+            nat_flows6: flows::open_table(pin_dir, NAT_FLOWS6)?,
             timeouts,
             orphans: HashSet::new(),
             report: report.clone(),
@@ -112,6 +115,7 @@ impl Pass {
 struct Collector {
     conntrack: HashMap<MapData, CtKey, CtEntry>,
     nat_flows: HashMap<MapData, FlowKey, NatFlow>,
+    nat_flows6: HashMap<MapData, FlowKey6, NatFlow6>,
     timeouts: FlowTimeouts,
     /// Keys found without their other direction by the last pass.
     orphans: HashSet<CtKey>,
@@ -222,36 +226,50 @@ impl Collector {
         }
     }
 
-    /// Removes idle published-port flows; returns the entries walked.
+    /// Removes idle published-port flows of both families; returns the entries walked.
     fn expire_nat_flows(&mut self, now: u64, pass: &mut Pass) -> u64 {
-        let walk = flows::walk(&self.nat_flows);
-        pass.walked("walking NAT_FLOWS", &walk);
-        let fill = walk.entries.len() as u64;
         let timeouts = self.timeouts;
-        let expired = |key: &FlowKey, flow: &NatFlow| {
+        let v4 = expire_idle(&mut self.nat_flows, NAT_FLOWS, pass, |key, flow| {
             flows::is_expired(&timeouts, key.proto, flow.state, flow.last_seen_ns, now)
-        };
-        let idle: Vec<FlowKey> = walk
-            .entries
-            .iter()
-            .filter(|(key, flow)| expired(key, flow))
-            .map(|(key, _)| *key)
-            .collect();
-        for key in idle {
-            // Read again, as for CONNTRACK.
-            match self.nat_flows.get(&key, 0) {
-                Ok(flow) if expired(&key, &flow) => {}
-                Ok(_) | Err(MapError::KeyNotFound) => continue,
-                Err(e) => {
-                    pass.error("reading a NAT_FLOWS entry", e);
-                    continue;
-                }
-            }
-            match flows::remove_key(&mut self.nat_flows, &key) {
-                Ok(removed) => pass.removed += u64::from(removed),
-                Err(e) => pass.error("removing a NAT_FLOWS entry", e),
+        });
+        let v6 = expire_idle(&mut self.nat_flows6, NAT_FLOWS6, pass, |key, flow| {
+            flows::is_expired(&timeouts, key.proto, flow.state, flow.last_seen_ns, now)
+        });
+        v4 + v6
+    }
+}
+
+/// Removes the entries of `table` (named `what`) that `expired` says are idle, each read
+/// again before it goes (a packet may have renewed it since the walk); returns the entries
+/// walked.
+fn expire_idle<K: aya::Pod + Eq + std::hash::Hash, V: aya::Pod>(
+    table: &mut HashMap<MapData, K, V>,
+    what: &str,
+    pass: &mut Pass,
+    expired: impl Fn(&K, &V) -> bool,
+) -> u64 {
+    let walk = flows::walk(&*table);
+    pass.walked(&format!("walking {what}"), &walk);
+    let fill = walk.entries.len() as u64;
+    let idle: Vec<K> = walk
+        .entries
+        .iter()
+        .filter(|(key, flow)| expired(key, flow))
+        .map(|(key, _)| *key)
+        .collect();
+    for key in idle {
+        match table.get(&key, 0) {
+            Ok(flow) if expired(&key, &flow) => {}
+            Ok(_) | Err(MapError::KeyNotFound) => continue,
+            Err(e) => {
+                pass.error(&format!("reading a {what} entry"), e);
+                continue;
             }
         }
-        fill
+        match flows::remove_key(table, &key) {
+            Ok(removed) => pass.removed += u64::from(removed),
+            Err(e) => pass.error(&format!("removing a {what} entry"), e),
+        }
     }
+    fill
 }

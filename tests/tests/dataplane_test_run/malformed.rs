@@ -15,6 +15,7 @@ use super::*;
 const XDP_ABORTED: u32 = 0;
 const IPPROTO_ICMP: u8 = 1;
 const ETH_P_IP: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86dd;
 /// Random mutants per seed frame.
 const FLIPS_PER_SEED: usize = 150;
 
@@ -64,12 +65,55 @@ fn is_ipv4(frame: &[u8]) -> bool {
     frame.len() >= ETH_HLEN + 20 && u16::from_be_bytes([frame[12], frame[13]]) == ETH_P_IP
 }
 
+fn is_ipv6(frame: &[u8]) -> bool {
+    frame.len() >= ETH_HLEN + 40 && u16::from_be_bytes([frame[12], frame[13]]) == ETH_P_IPV6
+}
+
+/// IPv6 mutants: versions, payload lengths around the real one, padding, every next
+/// header value at the head of the chain, every length byte of the first extension header.
+fn ipv6_mutants(seed: &[u8], out: &mut Vec<(String, Vec<u8>)>) {
+    let payload = seed.len() - ETH_HLEN - 40;
+    for version in [0u8, 4, 5, 7, 15] {
+        let mut f = seed.to_vec();
+        f[ETH_HLEN] = (version << 4) | (f[ETH_HLEN] & 0x0f);
+        out.push((format!("ip version {version}"), f));
+    }
+    for claimed in [0, 1, 7, 8, 9, 19, 20, 27, 28, payload - 1]
+        .into_iter()
+        .chain([payload + 1, payload + 64, 0xffff])
+    {
+        let mut f = seed.to_vec();
+        f[ETH_HLEN + 4..ETH_HLEN + 6].copy_from_slice(&(claimed as u16).to_be_bytes());
+        out.push((format!("payload length {claimed} of {payload}"), f));
+    }
+    for pad in [1, 6, 46] {
+        let mut f = seed.to_vec();
+        f.extend((0..pad).map(|i| i as u8 ^ 0xa5));
+        out.push((format!("{pad} bytes past the packet"), f));
+    }
+    for next in [0u8, 6, 17, 43, 44, 50, 51, 58, 59, 60, 135, 255] {
+        let mut f = seed.to_vec();
+        f[ETH_HLEN + 6] = next;
+        out.push((format!("next header {next}"), f));
+    }
+    if matches!(seed[ETH_HLEN + 6], 0 | 43 | 60) {
+        for units in [0u8, 1, 2, 3, 7, 64, 255] {
+            let mut f = seed.to_vec();
+            f[ETH_HLEN + 41] = units;
+            out.push((format!("extension header length {units}"), f));
+        }
+    }
+}
+
 /// Every mutant of `seed` the corpus holds.
 fn mutants(seed: &[u8], rng: &mut Rng) -> Vec<(String, Vec<u8>)> {
     let mut out = Vec::new();
     // The kernel refuses test runs on less than an Ethernet header; the wire has none.
     for len in ETH_HLEN..seed.len() {
         out.push((format!("truncated to {len}"), seed[..len].to_vec()));
+    }
+    if is_ipv6(seed) {
+        ipv6_mutants(seed, &mut out);
     }
     if is_ipv4(seed) {
         let ihl = ihl_of(seed);
@@ -136,7 +180,7 @@ fn mutants(seed: &[u8], rng: &mut Rng) -> Vec<(String, Vec<u8>)> {
         }
     }
     // Flips in the headers, where the parser looks: 1 to 3 random bytes each.
-    let span = seed.len().min(ETH_HLEN + 60);
+    let span = seed.len().min(ETH_HLEN + 80);
     for i in 0..FLIPS_PER_SEED {
         let mut f = seed.to_vec();
         let mut flipped = Vec::new();
@@ -151,9 +195,14 @@ fn mutants(seed: &[u8], rng: &mut Rng) -> Vec<(String, Vec<u8>)> {
 }
 
 /// Whether `frame` could be the first packet of a flow: an IPv4 datagram whose header and
-/// transport header are whole and consistent, at fragment offset 0. Only such frames may
-/// create flow entries.
+/// transport header are whole and consistent, at fragment offset 0, or the same in IPv6.
+/// Only such frames may create flow entries.
 fn well_formed_first_packet(frame: &[u8]) -> bool {
+    if is_ipv6(frame) {
+        // The parser is checked against an independent decoder by its fuzz.
+        use dataplane_common::parse::ipv6::{Parsed6, parse_ipv6};
+        return matches!(parse_ipv6(frame, frame.len()), Ok(Parsed6::Transport(..)));
+    }
     if !is_ipv4(frame) || frame[ETH_HLEN] >> 4 != 4 {
         return false;
     }
@@ -214,7 +263,7 @@ impl Fixture {
             HashMap::try_from(self.ebpf.map(NAT_FLOWS).unwrap())?;
         let ct: HashMap<&MapData, CtKey, CtEntry> =
             HashMap::try_from(self.ebpf.map(CONNTRACK).unwrap())?;
-        Ok(nat.keys().count() + ct.keys().count())
+        Ok(nat.keys().count() + ct.keys().count() + self.flows6()?.len())
     }
 
     /// Runs every mutant of every seed through `program`, asserting the corpus's
@@ -305,20 +354,47 @@ fn arp_request() -> Vec<u8> {
     f
 }
 
-/// An IPv6 TCP SYN (the programs pass IPv6 untouched).
-fn ipv6_syn(src_mac: [u8; 6], dst_mac: [u8; 6]) -> Vec<u8> {
-    let mut f = dst_mac.to_vec();
-    f.extend_from_slice(&src_mac);
-    f.extend_from_slice(&0x86ddu16.to_be_bytes());
-    f.extend_from_slice(&[0x60, 0, 0, 0, 0, 20, IPPROTO_TCP, 64]);
-    f.extend_from_slice(&[0x20, 0x01, 0x0d, 0xb8].repeat(8));
-    let mut tcp = [0u8; 20];
-    tcp[0..2].copy_from_slice(&40000u16.to_be_bytes());
-    tcp[2..4].copy_from_slice(&8080u16.to_be_bytes());
-    tcp[12] = 5 << 4;
-    tcp[13] = SYN;
-    f.extend_from_slice(&tcp);
-    f
+/// IPv6 seeds from `src` to `dst` (MACs `src_mac` → `dst_mac`): a SYN to `dport` behind
+/// hop-by-hop and destination options, a UDP first fragment, an echo request, and a
+/// neighbour solicitation.
+fn ipv6_seeds(
+    src: std::net::Ipv6Addr,
+    dst: std::net::Ipv6Addr,
+    dport: u16,
+    (src_mac, dst_mac): ([u8; 6], [u8; 6]),
+) -> Vec<Seed> {
+    use ipv6::{NEXTHDR_DEST, NEXTHDR_FRAGMENT, NEXTHDR_HOP, Packet6, extension};
+    let macs = |p: Packet6| Packet6 {
+        src_mac,
+        dst_mac,
+        ..p
+    };
+    vec![
+        Seed {
+            name: "ipv6 syn behind extension headers",
+            frame: macs(Packet6::tcp(src, 40000, dst, dport, SYN))
+                .with_extensions(&[extension(NEXTHDR_HOP, 8, 0), extension(NEXTHDR_DEST, 16, 0)])
+                .build(),
+        },
+        Seed {
+            name: "ipv6 udp first fragment",
+            frame: macs(Packet6::udp(src, 40001, dst, 5353, 24))
+                .with_extensions(&[extension(NEXTHDR_FRAGMENT, 8, 1)])
+                .build(),
+        },
+        Seed {
+            name: "ipv6 echo request",
+            frame: macs(Packet6::icmp6(src, dst, 128, &[0, 7, 0, 1, 9, 9, 9, 9])).build(),
+        },
+        Seed {
+            name: "neighbour solicitation",
+            frame: Packet6 {
+                src_mac,
+                ..ipv6::neighbour_solicitation(dst)
+            }
+            .build(),
+        },
+    ]
 }
 
 /// The first fragment of a UDP datagram to `dst`:`dport` too long for one frame.
@@ -365,11 +441,15 @@ fn uplink_seeds() -> Vec<Seed> {
             name: "arp",
             frame: arp_request(),
         },
-        Seed {
-            name: "ipv6",
-            frame: ipv6_syn([0x02, 0, 0, 0, 0, 0x02], [0x02, 0, 0, 0, 0, 0x01]),
-        },
     ]
+    .into_iter()
+    .chain(ipv6_seeds(
+        ipv6::WORLD_IP6,
+        ipv6::NODE_IP6,
+        8080,
+        ([0x02, 0, 0, 0, 0, 0x02], [0x02, 0, 0, 0, 0, 0x01]),
+    ))
+    .collect()
 }
 
 /// The test run takes the skb's protocol of a bare packet from its bytes 12-13 (see the
@@ -476,11 +556,15 @@ fn container_seeds() -> Vec<Seed> {
             name: "arp",
             frame: arp_request(),
         },
-        Seed {
-            name: "ipv6",
-            frame: ipv6_syn(CONTAINER_MAC, HOST_VETH_MAC),
-        },
     ]
+    .into_iter()
+    .chain(ipv6_seeds(
+        ipv6::CONTAINER_IP6,
+        ipv6::WORLD_IP6,
+        80,
+        (CONTAINER_MAC, HOST_VETH_MAC),
+    ))
+    .collect()
 }
 
 #[test]
@@ -488,6 +572,7 @@ fn malformed_frame_corpus_is_counted_and_creates_no_flows() -> Result<()> {
     let ns = forwarding_namespace()?;
     ns.run(|| -> Result<()> {
         let mut fx = Fixture::masquerading(CONNTRACK_MAX)?;
+        fx.publish_ipv6_ports()?;
         let mut rng = Rng(0x5eed_cafe_f00d_0017);
         let uplink = fx.run_corpus(UPLINK_PROGRAM, &uplink_seeds(), &mut rng)?;
         let uplink_tc = fx.run_corpus(UPLINK_TC_PROGRAM, &uplink_seeds(), &mut rng)?;

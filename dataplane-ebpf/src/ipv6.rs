@@ -1,0 +1,450 @@
+//! IPv6 frames, on the uplinks and at the containers' veths: parsed by the shared parser
+//! (extension headers walked), a malformed one dropped and counted as IPv4's are.
+//! Connections to IPv6 published ports are translated to their container (TCP and UDP,
+//! the client's address kept) and the container's replies back, with the flow states and
+//! counters of IPv4's (nat.rs); flows live in NAT_FLOWS6. What containers send otherwise
+//! is judged by the networks' IPv6 policy (isolation, icc, internal). The rest passes
+//! untouched: neighbour discovery, ICMPv6, fragments, and what the parser does not walk
+//! into. No IPv6 masquerade, links, hairpin or ICMPv6 error translation yet.
+//!
+//! IPv6 has no header checksum: a rewrite updates the transport checksum only, whose
+//! pseudo-header covers both addresses. A UDP datagram without a checksum (0) is invalid
+//! on IPv6 (RFC 8200) and is dropped, counted, rather than translated.
+
+use core::{mem::size_of, ptr};
+
+use aya_ebpf::{
+    bindings::{
+        BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, BPF_FIB_LKUP_RET_NO_NEIGH,
+        BPF_FIB_LKUP_RET_SUCCESS, BPF_NOEXIST, TC_ACT_OK, TC_ACT_SHOT, bpf_fib_lookup,
+    },
+    helpers::{bpf_fib_lookup as fib_lookup, bpf_redirect, bpf_redirect_neigh},
+    maps::lpm_trie::Key,
+    programs::TcContext,
+};
+use dataplane_common::{
+    CT_NEW, FILTER_DENY, FILTER_SCOPE_BITS, FilterKey6, FlowKey6, IPPROTO_ICMPV6, IPPROTO_UDP,
+    NETWORK_ICC, NETWORK_INTERNAL, NatFlow6, NetworkKey6, NodeAddrKey6, PortKey6, PortTarget6,
+    parse::{
+        ETH_HLEN, Frame, L4, L4_DPORT_OFF, L4_SPORT_OFF, Malformed,
+        ipv6::{
+            FRAGMENT_HLEN, IPV6_DST_OFF, IPV6_HLEN, IPV6_HOP_LIMIT_OFF, IPV6_SRC_OFF, Ipv6,
+            Parsed6, parse_ipv6,
+        },
+    },
+    stats::Stat,
+};
+
+use crate::{
+    flowtable::EEXIST,
+    frame::{Action, L4Change, Packet, TcFrame},
+    maps::{FIB_SCRATCH, FILTER_RULES6, NAT_FLOWS6, NETWORKS6, NODE_ADDRS6, PUBLISHED_PORTS6},
+    nat::{next_state, now_ns},
+    stats::count_filter_hit,
+};
+
+const AF_INET6: u8 = 10;
+/// `::1`: never a published address from the wire.
+const LOOPBACK: [u8; 16] = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+
+/// What a container's IPv6 packet may need in the linear area: Ethernet, IPv6, a few
+/// extension headers and a TCP header with options.
+const MAX_HEADERS: usize = ETH_HLEN + IPV6_HLEN + 3 * 8 + FRAGMENT_HLEN + 60;
+
+/// Whether a frame that parsed as truncated is longer than the bytes the program sees:
+/// its headers lie past TC's linear area, not past its end. Such a frame is not ours to
+/// judge and passes.
+#[inline(always)]
+fn headers_beyond_linear<F: Frame + ?Sized>(frame: &F, len: usize) -> bool {
+    len > 0 && frame.load::<u8>(len - 1).is_none()
+}
+
+/// On an uplink (XDP or TC).
+#[inline(always)]
+pub fn uplink_ingress<P: Packet>(packet: &P, len: usize) -> (Action, Stat) {
+    match parse_ipv6(packet, len) {
+        Err(Malformed::Truncated) if headers_beyond_linear(packet, len) => {
+            (Action::Pass, Stat::UplinkPassUnparsedHeaders)
+        }
+        Err(_) => (Action::Drop, Stat::UplinkDropMalformed),
+        Ok(Parsed6::NotIpv6) => (Action::Pass, Stat::UplinkPassNotIpv4),
+        Ok(Parsed6::Fragment(_)) => (Action::Pass, Stat::UplinkPassFragment),
+        Ok(Parsed6::OtherProtocol(_)) => (Action::Pass, Stat::UplinkPassNotTcpUdp),
+        Ok(Parsed6::Transport(ip, l4)) => from_outside(packet, &ip, &l4, len),
+    }
+}
+
+/// The port mapping a packet to `dst`:`port_be` hits: one bound to that exact address
+/// first, then one bound to every node address when `dst` is one of them, `[::1]`
+/// counting as one when `loopback_is_node` (sockets on the node itself).
+#[inline(always)]
+pub(crate) fn published_target(
+    dst: &[u8; 16],
+    port_be: u16,
+    proto: u8,
+    loopback_is_node: bool,
+) -> Option<PortTarget6> {
+    let exact = PortKey6 {
+        host_ip: *dst,
+        host_port_be: port_be,
+        proto,
+        _pad: 0,
+    };
+    // SAFETY: values are plain data copied out at once.
+    if let Some(target) = unsafe { PUBLISHED_PORTS6.get(&exact) } {
+        return Some(*target);
+    }
+    // SAFETY: as above.
+    let node_address = unsafe { NODE_ADDRS6.get(&NodeAddrKey6 { addr: *dst }) }.is_some();
+    if !node_address && !(loopback_is_node && *dst == LOOPBACK) {
+        return None;
+    }
+    let any = PortKey6 {
+        host_ip: [0; 16],
+        ..exact
+    };
+    // SAFETY: as above.
+    unsafe { PUBLISHED_PORTS6.get(&any) }.copied()
+}
+
+/// Whether a packet from `src` to published `host_port_be`/`proto` may pass, as
+/// policy.rs's `source_allowed` decides for IPv4: the longest IPv6 prefix of a rule scoped
+/// to the port, else of a rule for every port. Counts the hit on the rule that decided.
+#[inline(always)]
+fn source_allowed(src: &[u8; 16], host_port_be: u16, proto: u8, bytes: usize) -> bool {
+    let full = FILTER_SCOPE_BITS + 128;
+    let scoped = Key::new(
+        full,
+        FilterKey6 {
+            host_port_be,
+            proto,
+            _pad: 0,
+            src_ip: *src,
+        },
+    );
+    let global = Key::new(
+        full,
+        FilterKey6 {
+            host_port_be: 0,
+            proto: 0,
+            _pad: 0,
+            src_ip: *src,
+        },
+    );
+    match FILTER_RULES6
+        .get(&scoped)
+        .or_else(|| FILTER_RULES6.get(&global))
+    {
+        Some(rule) => {
+            count_filter_hit(rule.rule_id, bytes);
+            rule.action != FILTER_DENY
+        }
+        None => true,
+    }
+}
+
+/// The translation record of a packet of a published-port flow from the client.
+#[inline(always)]
+fn nat_flow_of(ip: &Ipv6, l4: &L4) -> NatFlow6 {
+    NatFlow6 {
+        frontend_ip: ip.dst,
+        client_ip: ip.src,
+        frontend_port_be: l4.dport_be,
+        client_port_be: l4.sport_be,
+        state: CT_NEW,
+        _pad: [0; 3],
+        last_seen_ns: now_ns(),
+        packets: 1,
+        bytes: (IPV6_HLEN + usize::from(ip.payload_len)) as u64,
+    }
+}
+
+/// Records a packet of a published-port flow, as nat.rs's `track` does for IPv4: the
+/// entry is updated in place (its state and counters kept) or inserted. `Err`: the table
+/// is full.
+#[inline(always)]
+fn track(flow: &FlowKey6, fresh: &NatFlow6, protocol: u8, l4: &L4) -> Result<(), ()> {
+    if let Some(entry) = NAT_FLOWS6.get_ptr_mut(flow) {
+        // SAFETY: a pointer to a live map value of plain data.
+        let seen = unsafe { *entry };
+        match next_state(seen.state, false, protocol, l4) {
+            Some(state) => {
+                // SAFETY: as above.
+                unsafe {
+                    *entry = NatFlow6 {
+                        state,
+                        packets: seen.packets + 1,
+                        bytes: seen.bytes + fresh.bytes,
+                        ..*fresh
+                    };
+                }
+            }
+            None => {
+                let _ = NAT_FLOWS6.remove(flow);
+            }
+        }
+        return Ok(());
+    }
+    match NAT_FLOWS6.insert(flow, fresh, u64::from(BPF_NOEXIST)) {
+        Err(e) if e != EEXIST => Err(()),
+        _ => Ok(()),
+    }
+}
+
+/// On the uplink: a TCP or UDP packet to an IPv6 published port goes straight to its
+/// container, its destination address and port rewritten, the client's address kept.
+#[inline(always)]
+fn from_outside<P: Packet>(packet: &P, ip: &Ipv6, l4: &L4, len: usize) -> (Action, Stat) {
+    if ip.dst == LOOPBACK {
+        return (Action::Pass, Stat::UplinkPassLoopbackDestination);
+    }
+    let Some(target) = published_target(&ip.dst, l4.dport_be, ip.protocol, false) else {
+        return (Action::Pass, Stat::UplinkPassNotPublished);
+    };
+    if !source_allowed(&ip.src, l4.dport_be, ip.protocol, len) {
+        return (Action::Drop, Stat::UplinkDropFilter);
+    }
+    if ip.protocol == IPPROTO_UDP && l4.check == 0 {
+        return (Action::Drop, Stat::UplinkDropUdpZeroChecksum);
+    }
+    // We forward the packet, so we act as a router: an expiring hop limit ends here.
+    if ip.hop_limit <= 1 {
+        return (Action::Drop, Stat::UplinkDropTtlExpired);
+    }
+    let flow = FlowKey6 {
+        container_ip: target.container_ip,
+        remote_ip: ip.src,
+        container_port_be: target.container_port_be,
+        remote_port_be: l4.sport_be,
+        proto: ip.protocol,
+        _pad: [0; 3],
+    };
+    if track(&flow, &nat_flow_of(ip, l4), ip.protocol, l4).is_err() {
+        return (Action::Drop, Stat::UplinkDropFlowTableFull);
+    }
+    if to_target(packet, ip, l4, &target).is_none() {
+        return (Action::Drop, Stat::UplinkDropMalformed);
+    }
+    (
+        Action::Redirect(target.host_veth_ifindex),
+        Stat::UplinkRedirectDnat,
+    )
+}
+
+/// The 32-bit words of an IPv6 address as they sit in memory, for checksum updates.
+#[inline(always)]
+fn words(addr: &[u8; 16]) -> [u32; 4] {
+    let mut out = [0u32; 4];
+    for (i, word) in out.iter_mut().enumerate() {
+        *word = u32::from_ne_bytes([
+            addr[4 * i],
+            addr[4 * i + 1],
+            addr[4 * i + 2],
+            addr[4 * i + 3],
+        ]);
+    }
+    out
+}
+
+/// Rewrites destination address and port, decrements the hop limit and readdresses the
+/// Ethernet header, through [`Packet`] (incremental checksums at XDP, the kernel's helpers
+/// at TC).
+#[inline(always)]
+fn to_target<P: Packet>(packet: &P, ip: &Ipv6, l4: &L4, to: &PortTarget6) -> Option<()> {
+    let udp = ip.protocol == IPPROTO_UDP;
+    let address = L4Change {
+        size: 4,
+        pseudo: true,
+        udp,
+    };
+    let (old, new) = (words(&ip.dst), words(&to.container_ip));
+    for i in 0..4 {
+        packet.replace_l4(l4.check_offset, old[i], new[i], address)?;
+    }
+    let port = L4Change {
+        size: 2,
+        pseudo: false,
+        udp,
+    };
+    packet.replace_l4(
+        l4.check_offset,
+        u32::from(l4.dport_be),
+        u32::from(to.container_port_be),
+        port,
+    )?;
+    packet.store(ETH_HLEN + IPV6_HOP_LIMIT_OFF, ip.hop_limit - 1)?;
+    packet.store(ETH_HLEN + IPV6_DST_OFF, to.container_ip)?;
+    packet.store(ip.l4_offset() + L4_DPORT_OFF, to.container_port_be)?;
+    packet.store(0, to.container_mac)?;
+    packet.store(6, to.host_veth_mac)
+}
+
+/// At a container's veth: a reply of an IPv6 published-port flow leaves from the published
+/// address and port again, routed by the FIB. `None`: no such flow.
+#[inline(always)]
+fn reply(ctx: &TcContext, ip: &Ipv6, l4: &L4) -> Option<(i32, Stat)> {
+    let flow = FlowKey6 {
+        container_ip: ip.src,
+        remote_ip: ip.dst,
+        container_port_be: l4.sport_be,
+        remote_port_be: l4.dport_be,
+        proto: ip.protocol,
+        _pad: [0; 3],
+    };
+    let entry = NAT_FLOWS6.get_ptr_mut(&flow)?;
+    // SAFETY: a pointer to a live map value of plain data.
+    let nat = unsafe { *entry };
+    match next_state(nat.state, true, ip.protocol, l4) {
+        // SAFETY: as above.
+        Some(state) => unsafe {
+            (*entry).state = state;
+            (*entry).last_seen_ns = now_ns();
+            (*entry).packets += 1;
+            (*entry).bytes += (IPV6_HLEN + usize::from(ip.payload_len)) as u64;
+        },
+        None => {
+            let _ = NAT_FLOWS6.remove(&flow);
+        }
+    }
+    if ip.protocol == IPPROTO_UDP && l4.check == 0 {
+        return Some((TC_ACT_SHOT, Stat::ContainerDropUdpZeroChecksum));
+    }
+    if ip.hop_limit <= 1 {
+        return Some((TC_ACT_SHOT, Stat::ContainerDropTtlExpired));
+    }
+    if from_frontend(ctx, ip, l4, &nat).is_err() {
+        return Some((TC_ACT_SHOT, Stat::ContainerDropRewriteFailed));
+    }
+    Some(forward(ctx, &nat.frontend_ip, &nat.client_ip, ip.protocol))
+}
+
+/// Rewrites a reply's source to the published address and port, and decrements the hop
+/// limit, with the kernel's checksum helpers (a container's packets often carry a partial
+/// checksum).
+#[inline(always)]
+fn from_frontend(ctx: &TcContext, ip: &Ipv6, l4: &L4, nat: &NatFlow6) -> Result<(), i64> {
+    let mut flags = u64::from(BPF_F_PSEUDO_HDR) | 4;
+    if ip.protocol == IPPROTO_UDP {
+        flags |= u64::from(BPF_F_MARK_MANGLED_0);
+    }
+    let (old, new) = (words(&ip.src), words(&nat.frontend_ip));
+    for i in 0..4 {
+        ctx.l4_csum_replace(l4.check_offset, u64::from(old[i]), u64::from(new[i]), flags)?;
+    }
+    let port_flags = (flags & !(u64::from(BPF_F_PSEUDO_HDR) | 4)) | 2;
+    ctx.l4_csum_replace(
+        l4.check_offset,
+        u64::from(l4.sport_be),
+        u64::from(nat.frontend_port_be),
+        port_flags,
+    )?;
+    ctx.store(ETH_HLEN + IPV6_HOP_LIMIT_OFF, &(ip.hop_limit - 1), 0)?;
+    ctx.store(ETH_HLEN + IPV6_SRC_OFF, &nat.frontend_ip, 0)?;
+    ctx.store(ip.l4_offset() + L4_SPORT_OFF, &nat.frontend_port_be, 0)
+}
+
+/// Sends a translated reply from `src` to `dst` out of the interface the FIB picks, as
+/// fib.rs does for IPv4 (the lookup's parameters in the per-CPU scratch map: the container
+/// program has little stack left).
+#[inline(always)]
+fn forward(ctx: &TcContext, src: &[u8; 16], dst: &[u8; 16], protocol: u8) -> (i32, Stat) {
+    let Some(params) = FIB_SCRATCH.get_ptr_mut(0) else {
+        return (TC_ACT_SHOT, Stat::ContainerDropNoRoute);
+    };
+    // SAFETY: a map value of the right type, ours alone on this CPU while the program runs;
+    // all-zero is a valid request to fill in.
+    unsafe {
+        ptr::write_bytes(params, 0, 1);
+        (*params).family = AF_INET6;
+        (*params).l4_protocol = protocol;
+        (*params).ifindex = (*ctx.skb.skb).ifindex;
+        (*params).__bindgen_anon_3.ipv6_src = words(src);
+        (*params).__bindgen_anon_4.ipv6_dst = words(dst);
+    }
+    // SAFETY: helper call with a correctly sized parameter block.
+    let ret = unsafe {
+        fib_lookup(
+            ctx.skb.skb.cast(),
+            params,
+            size_of::<bpf_fib_lookup>() as i32,
+            0,
+        )
+    };
+    // SAFETY: as above.
+    let (ifindex, dmac, smac) = unsafe { ((*params).ifindex, (*params).dmac, (*params).smac) };
+    if ret == i64::from(BPF_FIB_LKUP_RET_SUCCESS) {
+        if ctx.store(0, &dmac, 0).is_err() || ctx.store(6, &smac, 0).is_err() {
+            return (TC_ACT_SHOT, Stat::ContainerDropRewriteFailed);
+        }
+        // SAFETY: plain helper call.
+        let verdict = unsafe { bpf_redirect(ifindex, 0) } as i32;
+        return (verdict, Stat::ContainerRedirectReply);
+    }
+    if ret == i64::from(BPF_FIB_LKUP_RET_NO_NEIGH) {
+        // SAFETY: plain helper call; a null nexthop makes the kernel route the packet itself.
+        let verdict = unsafe { bpf_redirect_neigh(ifindex, ptr::null_mut(), 0, 0) } as i32;
+        return (verdict, Stat::ContainerRedirectReplyNeigh);
+    }
+    (TC_ACT_SHOT, Stat::ContainerDropNoRoute)
+}
+
+/// At a container's veth (TC), for a frame the IPv4 parser found not to be IPv4.
+#[inline(always)]
+pub fn container_ingress(ctx: &TcContext, len: usize) -> (i32, Stat) {
+    let mut parsed = parse_ipv6(&TcFrame(ctx), len);
+    if parsed == Err(Malformed::Truncated) && ctx.data_end() - ctx.data() < len {
+        // The headers may sit partly outside the linear area: pull them in and retry.
+        let want = if len < MAX_HEADERS { len } else { MAX_HEADERS };
+        if ctx.pull_data(want as u32).is_ok() {
+            parsed = parse_ipv6(&TcFrame(ctx), len);
+        }
+    }
+    match parsed {
+        Err(Malformed::Truncated) if headers_beyond_linear(&TcFrame(ctx), len) => {
+            (TC_ACT_OK, Stat::ContainerPassUnparsedHeaders)
+        }
+        Err(_) => (TC_ACT_SHOT, Stat::ContainerDropMalformed),
+        Ok(Parsed6::NotIpv6) => (TC_ACT_OK, Stat::ContainerPassNotIpv4),
+        Ok(Parsed6::Transport(ip, l4)) => match reply(ctx, &ip, &l4) {
+            Some(verdict) => verdict,
+            None => policy(&ip),
+        },
+        Ok(Parsed6::Fragment(ip) | Parsed6::OtherProtocol(ip)) => policy(&ip),
+    }
+}
+
+/// What the networks' policy says of a container's IPv6 packet that is not part of a
+/// translated flow, as policy.rs's `classify` does for IPv4: the node (its addresses,
+/// multicast, neighbour discovery on the link) is reachable, the sender's own network as
+/// `icc` says, other networks never, the outside unless the network is internal. There is
+/// no `--link` allow-list and no masquerade for IPv6 yet: with `icc=false` nothing passes
+/// between containers, and IPv6 leaves routed, with the container's own address.
+#[inline(always)]
+fn policy(ip: &Ipv6) -> (i32, Stat) {
+    let Some(source) = NETWORKS6.get(&Key::new(128, NetworkKey6 { addr: ip.src })) else {
+        return (TC_ACT_OK, Stat::ContainerPassIpv6);
+    };
+    let multicast = ip.dst[0] == 0xff;
+    let link_local = ip.dst[0] == 0xfe && ip.dst[1] & 0xc0 == 0x80;
+    // SAFETY: only checking presence.
+    let node = unsafe { NODE_ADDRS6.get(&NodeAddrKey6 { addr: ip.dst }) }.is_some();
+    if multicast || node || (link_local && ip.protocol == IPPROTO_ICMPV6) {
+        return (TC_ACT_OK, Stat::ContainerPassToNode);
+    }
+    // Another link-local address is on the same bridge, whatever the subnets say.
+    let same_network = match link_local {
+        true => Some(true),
+        false => NETWORKS6
+            .get(&Key::new(128, NetworkKey6 { addr: ip.dst }))
+            .map(|dest| dest.index == source.index),
+    };
+    match same_network {
+        Some(true) if source.flags & NETWORK_ICC != 0 => {
+            (TC_ACT_OK, Stat::ContainerPassSameNetwork)
+        }
+        Some(true) => (TC_ACT_SHOT, Stat::ContainerDropPolicyIcc),
+        Some(false) => (TC_ACT_SHOT, Stat::ContainerDropIsolation),
+        None if source.flags & NETWORK_INTERNAL != 0 => (TC_ACT_SHOT, Stat::ContainerDropInternal),
+        None => (TC_ACT_OK, Stat::ContainerPassOutside),
+    }
+}
