@@ -2084,7 +2084,7 @@ fn verified_instructions_stay_under_half_the_verifier_limit() -> Result<()> {
 #[path = "dataplane_test_run/malformed.rs"]
 mod malformed;
 
-#[path = "dataplane_test_run/layer3.rs"]
-mod layer3;
 #[path = "dataplane_test_run/ipv6.rs"]
 mod ipv6;
+#[path = "dataplane_test_run/layer3.rs"]
+mod layer3;
