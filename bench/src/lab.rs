@@ -58,8 +58,10 @@ const DOCKER_IMAGE: &str = "bpfb-bench-busybox:latest";
 const DOCKER_IDLE: [&str; 2] = ["/bin/sleep", "86400"];
 
 /// Flags of the bench's that the agent of the previous map layout (`Bins::upgrade_from`)
-/// does not know: they came after it.
-const NOT_IN_PREVIOUS_BUILD: [&str; 1] = ["--allow-direct-routing"];
+/// does not know, as they came after it, and whether each takes a value. Without
+/// `--uplink-hook` it runs XDP, as the bench's flags ask.
+const NOT_IN_PREVIOUS_BUILD: [(&str, bool); 2] =
+    [("--allow-direct-routing", false), (UPLINK_HOOK_FLAG, true)];
 
 /// The agent flag that picks the uplink program's hook.
 pub(crate) const UPLINK_HOOK_FLAG: &str = "--uplink-hook";
@@ -217,11 +219,15 @@ impl Node {
     /// [`Node::restart_on_bench_args`].
     pub(crate) fn restart_fresh_with(&mut self, bin: &Path) -> Result<()> {
         self.set_agent_bin(bin)?;
-        let args = self
-            .agent_args(Vec::new())
-            .into_iter()
-            .filter(|a| !NOT_IN_PREVIOUS_BUILD.contains(&a.as_str()))
-            .collect();
+        let mut args = Vec::new();
+        let mut bench_args = self.agent_args(Vec::new()).into_iter();
+        while let Some(arg) = bench_args.next() {
+            match NOT_IN_PREVIOUS_BUILD.iter().find(|(flag, _)| *flag == arg) {
+                Some((_, takes_value)) if *takes_value => drop(bench_args.next()),
+                Some(_) => {}
+                None => args.push(arg),
+            }
+        }
         self.restart_fresh_on(args)
     }
 
