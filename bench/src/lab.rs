@@ -57,6 +57,12 @@ const DOCKER_IMAGE: &str = "bpfb-bench-busybox:latest";
 /// namespace.
 const DOCKER_IDLE: [&str; 2] = ["/bin/sleep", "86400"];
 
+/// Flags of the bench's that the agent of the previous map layout (`Bins::upgrade_from`)
+/// does not know, as they came after it, and whether each takes a value. Without
+/// `--uplink-hook` it runs XDP, as the bench's flags ask.
+const NOT_IN_PREVIOUS_BUILD: [(&str, bool); 2] =
+    [("--allow-direct-routing", false), (UPLINK_HOOK_FLAG, true)];
+
 /// The agent flag that picks the uplink program's hook.
 pub(crate) const UPLINK_HOOK_FLAG: &str = "--uplink-hook";
 
@@ -183,6 +189,10 @@ impl Node {
     /// pinned table is re-adopted as it is) and reattaches its programs.
     pub(crate) fn restart_fresh(&mut self, args: Vec<String>) -> Result<()> {
         let args = self.agent_args(args);
+        self.restart_fresh_on(args)
+    }
+
+    fn restart_fresh_on(&mut self, args: Vec<String>) -> Result<()> {
         self.stop_agent();
         let agent = self.agent.as_mut().context("no agent to restart")?;
         if agent.pin_dir.exists() {
@@ -204,10 +214,30 @@ impl Node {
     }
 
     /// [`Node::restart_fresh`] with the agent `bin` (an earlier build, whose map layout may
-    /// differ: its pins are made afresh from the node's records).
+    /// differ: its pins are made afresh from the node's records), without the bench's flags
+    /// that build does not know. The agent that replaces it keeps those arguments until
+    /// [`Node::restart_on_bench_args`].
     pub(crate) fn restart_fresh_with(&mut self, bin: &Path) -> Result<()> {
         self.set_agent_bin(bin)?;
-        self.restart_fresh(Vec::new())
+        let mut args = Vec::new();
+        let mut bench_args = self.agent_args(Vec::new()).into_iter();
+        while let Some(arg) = bench_args.next() {
+            match NOT_IN_PREVIOUS_BUILD.iter().find(|(flag, _)| *flag == arg) {
+                Some((_, takes_value)) if *takes_value => drop(bench_args.next()),
+                Some(_) => {}
+                None => args.push(arg),
+            }
+        }
+        self.restart_fresh_on(args)
+    }
+
+    /// Restarts the agent (its pins kept) with the bench's flags again.
+    pub(crate) fn restart_on_bench_args(&mut self) -> Result<()> {
+        let args = self.agent_args(Vec::new());
+        self.stop_agent();
+        let agent = self.agent.as_mut().context("no agent to restart")?;
+        agent.set_args(args);
+        agent.spawn()
     }
 
     /// Creates a container publishing `ports` (`-p` values), through the agent's API or

@@ -450,6 +450,9 @@ fn restart(lab: &mut Lab, plan: &Plan, samples: &mut Vec<Sample>) -> Result<()> 
             EBPF,
             RestartVariant::Upgrade,
         )?);
+        // The upgraded agent runs on the previous build's flags: the bench's again (direct
+        // routing, which the `direct` path of the scenarios after this one needs).
+        lab.nodes[EBPF].restart_on_bench_args()?;
     }
     Ok(())
 }
