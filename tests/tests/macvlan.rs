@@ -71,21 +71,21 @@ fn lan_network(
 ) -> Result<(String, String)> {
     let gateway = LAN_HOST.to_string();
     let parent = format!("parent={parent}");
-    let mut args = vec![
-        "network",
-        "create",
-        "-d",
-        driver,
-        "--subnet",
-        LAN_SUBNET,
-        "--gateway",
-        &gateway,
-        "-o",
-        &parent,
-    ];
-    args.extend_from_slice(extra);
+    let options = [&["--gateway", gateway.as_str(), "-o", &parent], extra].concat();
+    ok(agent, &network_create(driver, LAN_SUBNET, &options, name))
+}
+
+/// The CLI's arguments for `network create -d DRIVER --subnet SUBNET OPTIONS... NAME`.
+fn network_create<'a>(
+    driver: &'a str,
+    subnet: &'a str,
+    options: &[&'a str],
+    name: &'a str,
+) -> Vec<&'a str> {
+    let mut args = vec!["network", "create", "-d", driver, "--subnet", subnet];
+    args.extend_from_slice(options);
     args.push(name);
-    ok(agent, &args)
+    args
 }
 
 /// Runs the CLI and expects a one-line refusal; returns it.
@@ -286,19 +286,12 @@ fn a_vlan_parent_is_made_and_removed_with_its_networks() -> Result<()> {
     let gateway = VLAN_HOST.to_string();
     ok(
         &agent,
-        &[
-            "network",
-            "create",
-            "-d",
+        &network_create(
             "macvlan",
-            "--subnet",
             VLAN_SUBNET,
-            "--gateway",
-            &gateway,
-            "-o",
-            &parent,
+            &["--gateway", &gateway, "-o", &parent],
             "vlan10",
-        ],
+        ),
     )?;
     let details = topology.node.ip(&["-d", "link", "show", &vlan])?;
     let details = String::from_utf8_lossy(&details.stdout);
@@ -310,34 +303,14 @@ fn a_vlan_parent_is_made_and_removed_with_its_networks() -> Result<()> {
     ensure!(
         refused(
             &agent,
-            &[
-                "network",
-                "create",
-                "-d",
-                "macvlan",
-                "--subnet",
-                "192.0.2.128/25",
-                "-o",
-                &parent,
-                "again"
-            ],
+            &network_create("macvlan", "192.0.2.128/25", &["-o", &parent], "again"),
         )?
         .contains("overlaps with network vlan10"),
         "overlapping subnets on one parent are refused"
     );
     ok(
         &agent,
-        &[
-            "network",
-            "create",
-            "-d",
-            "macvlan",
-            "--subnet",
-            "198.18.0.0/24",
-            "-o",
-            &parent,
-            "vlan10b",
-        ],
+        &network_create("macvlan", "198.18.0.0/24", &["-o", &parent], "vlan10b"),
     )?;
     let (c, c_ns) = agent.create_container(&["c", "--network", "vlan10"])?;
     let c_ip = ip_on(&c, "vlan10")?;
@@ -379,17 +352,7 @@ fn ipvlan_l2_and_l3_reach_the_world() -> Result<()> {
     ensure!(
         refused(
             &agent,
-            &[
-                "network",
-                "create",
-                "-d",
-                "macvlan",
-                "--subnet",
-                "198.18.0.0/24",
-                "-o",
-                &parent,
-                "mac"
-            ],
+            &network_create("macvlan", "198.18.0.0/24", &["-o", &parent], "mac"),
         )?
         .contains("used by ipvlan network l2"),
         "macvlan beside ipvlan is refused"
@@ -417,19 +380,12 @@ fn ipvlan_l2_and_l3_reach_the_world() -> Result<()> {
         .ip(&["addr", "del", &format!("{LAN_HOST}/24"), "dev", WORLD_LINK])?;
     ok(
         &agent,
-        &[
-            "network",
-            "create",
-            "-d",
+        &network_create(
             "ipvlan",
-            "--subnet",
             LAN_SUBNET,
-            "-o",
-            &parent,
-            "-o",
-            "ipvlan_mode=l3",
+            &["-o", &parent, "-o", "ipvlan_mode=l3"],
             "l3",
-        ],
+        ),
     )?;
     let (c, c_ns) = agent.create_container(&["c3", "--network", "l3"])?;
     let c_ip = ip_on(&c, "l3")?;
@@ -542,18 +498,12 @@ fn bad_driver_options_are_refused() -> Result<()> {
     }
     let (id, _) = ok(
         &agent,
-        &[
-            "network",
-            "create",
-            "-d",
+        &network_create(
             "macvlan",
-            "--internal",
-            "--subnet",
             LAN_SUBNET,
-            "-o",
-            &parent,
+            &["--internal", "-o", &parent],
             "inner",
-        ],
+        ),
     )?;
     let dummy = format!("dm-{}", &id.trim()[..12]);
     ensure!(
@@ -857,21 +807,19 @@ fn a_macvlan_container_shares_the_uplinks_subnet_but_not_the_node() -> Result<()
     let parent = format!("parent={UPLINK}");
     ok(
         &agent,
-        &[
-            "network",
-            "create",
-            "-d",
+        &network_create(
             "macvlan",
-            "--subnet",
             &subnet,
-            "--gateway",
-            &gateway,
-            "--ip-range",
-            "198.51.100.64/26",
-            "-o",
-            &parent,
+            &[
+                "--gateway",
+                &gateway,
+                "--ip-range",
+                "198.51.100.64/26",
+                "-o",
+                &parent,
+            ],
             "lan",
-        ],
+        ),
     )?;
     let (c, c_ns) = agent.create_container(&["c", "--network", "lan"])?;
     let c_ip = ip_on(&c, "lan")?;
