@@ -13,7 +13,7 @@ use rtnetlink::{
         AddressFamily,
         address::{AddressAttribute, AddressFlags},
         link::{LinkAttribute, LinkFlags, LinkInfo, LinkMessage},
-        route::{RouteAddress, RouteAttribute, RouteProtocol, RouteScope},
+        route::{RouteAddress, RouteAttribute, RouteMessage, RouteProtocol, RouteScope},
     },
 };
 
@@ -290,24 +290,18 @@ pub async fn set_default_route_v6(h: &Handle, gateway: Ipv6Addr) -> Result<()> {
     let route = RouteMessageBuilder::<Ipv6Addr>::new()
         .gateway(gateway)
         .build();
-    h.route()
-        .add(route)
-        .replace()
-        .execute()
-        .await
-        .map_err(Error::netlink(format!(
-            "setting the IPv6 default route via {gateway}"
-        )))
+    replace_route(
+        h,
+        route,
+        format!("setting the IPv6 default route via {gateway}"),
+    )
+    .await
 }
 
 /// Removes the IPv6 default route, if any.
 pub async fn delete_default_route_v6(h: &Handle) -> Result<()> {
     let route = RouteMessageBuilder::<Ipv6Addr>::new().build();
-    match h.route().del(route).execute().await {
-        Ok(()) => Ok(()),
-        Err(rtnetlink::Error::NetlinkError(m)) if m.raw_code() == -libc::ESRCH => Ok(()),
-        Err(e) => Err(Error::netlink("removing the IPv6 default route")(e)),
-    }
+    delete_route_if_present(h, route, "removing the IPv6 default route").await
 }
 
 /// Adds the default route via `gateway`, replacing one that is already there.
@@ -315,14 +309,7 @@ pub async fn set_default_route(h: &Handle, gateway: Ipv4Addr) -> Result<()> {
     let route = RouteMessageBuilder::<Ipv4Addr>::new()
         .gateway(gateway)
         .build();
-    h.route()
-        .add(route)
-        .replace()
-        .execute()
-        .await
-        .map_err(Error::netlink(format!(
-            "setting the default route via {gateway}"
-        )))
+    replace_route(h, route, format!("setting the default route via {gateway}")).await
 }
 
 /// Adds the route the kernel makes for an address's prefix (`subnet` on link `index`, from
@@ -353,10 +340,25 @@ pub async fn add_prefix_route(
 /// Removes the default route, if any.
 pub async fn delete_default_route(h: &Handle) -> Result<()> {
     let route = RouteMessageBuilder::<Ipv4Addr>::new().build();
+    delete_route_if_present(h, route, "removing the default route").await
+}
+
+/// Adds `route`, replacing one with the same key (`ip route replace`).
+async fn replace_route(h: &Handle, route: RouteMessage, what: String) -> Result<()> {
+    h.route()
+        .add(route)
+        .replace()
+        .execute()
+        .await
+        .map_err(Error::netlink(what))
+}
+
+/// Removes `route`; one that is not there (ESRCH) counts as removed.
+async fn delete_route_if_present(h: &Handle, route: RouteMessage, what: &str) -> Result<()> {
     match h.route().del(route).execute().await {
         Ok(()) => Ok(()),
         Err(rtnetlink::Error::NetlinkError(m)) if m.raw_code() == -libc::ESRCH => Ok(()),
-        Err(e) => Err(Error::netlink("removing the default route")(e)),
+        Err(e) => Err(Error::netlink(what)(e)),
     }
 }
 
