@@ -61,6 +61,22 @@ pub fn run_with_input(cmd: &mut Command, input: &str) -> Result<()> {
     Ok(())
 }
 
+/// The SHA-256 of `bytes` in hex, by `sha256sum` (coreutils): the tests' and xtask's OCI
+/// images name their blobs by it.
+pub fn sha256_hex(bytes: &[u8]) -> Result<String> {
+    use std::io::Write as _;
+    let mut cmd = Command::new("sha256sum");
+    let mut child = spawn(cmd.stdin(Stdio::piped()).stdout(Stdio::piped()))?;
+    child.stdin.take().context("stdin")?.write_all(bytes)?;
+    let out = child.wait_with_output()?;
+    let stdout = check(&cmd, out.status, &out.stdout, &out.stderr)?;
+    Ok(stdout
+        .split_whitespace()
+        .next()
+        .context("sha256sum printed nothing")?
+        .to_string())
+}
+
 /// Runs `cmd` with no stdin and its output captured; returns its stdout. Fails unless it exits 0,
 /// with its stderr in the error.
 pub fn output(cmd: &mut Command) -> Result<String> {

@@ -358,7 +358,7 @@ pub fn write_sandbox_image(dir: &Path) -> Result<PathBuf> {
             .arg("bin"),
     )?;
     let add_blob = |bytes: &[u8]| -> Result<(String, usize)> {
-        let digest = sha256_hex(bytes)?;
+        let digest = cmd::sha256_hex(bytes)?;
         fs::write(blobs.join(&digest), bytes)?;
         Ok((format!("sha256:{digest}"), bytes.len()))
     };
@@ -401,24 +401,6 @@ pub fn write_sandbox_image(dir: &Path) -> Result<PathBuf> {
             .args(["oci-layout", "index.json", "blobs"]),
     )?;
     Ok(tarball)
-}
-
-/// The SHA-256 of `bytes` in hex, by `sha256sum` (coreutils).
-fn sha256_hex(bytes: &[u8]) -> Result<String> {
-    use std::io::Write as _;
-    let mut child = Command::new("sha256sum")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .context("sha256sum")?;
-    child.stdin.take().context("stdin")?.write_all(bytes)?;
-    let out = child.wait_with_output()?;
-    ensure!(out.status.success(), "sha256sum failed");
-    Ok(String::from_utf8(out.stdout)?
-        .split_whitespace()
-        .next()
-        .context("sha256sum output")?
-        .to_string())
 }
 
 /// A CNI `loopback` plugin for containerd, which sets up `lo` through it in every sandbox:

@@ -6,9 +6,8 @@
 
 use std::{
     fs,
-    io::Write as _,
     path::{Path, PathBuf},
-    process::{Command, Stdio},
+    process::Command,
 };
 
 use anyhow::{Context as _, Result, ensure};
@@ -28,23 +27,6 @@ pub struct ImageSpec {
     /// `NAME:TAG` as the runtimes will list it.
     pub reference: String,
     pub output: PathBuf,
-}
-
-/// The SHA-256 of `bytes` in hex, by `sha256sum` (coreutils).
-fn sha256_hex(bytes: &[u8]) -> Result<String> {
-    let mut child = Command::new("sha256sum")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .context("running sha256sum")?;
-    child.stdin.take().context("stdin")?.write_all(bytes)?;
-    let out = child.wait_with_output()?;
-    ensure!(out.status.success(), "sha256sum failed");
-    Ok(String::from_utf8(out.stdout)?
-        .split_whitespace()
-        .next()
-        .context("sha256sum printed nothing")?
-        .to_string())
 }
 
 /// The shared libraries `binaries` load (as `ldd` lists them: the C library and the
@@ -129,7 +111,7 @@ pub fn write_image(spec: &ImageSpec) -> Result<PathBuf> {
     let blobs = layout.join("blobs/sha256");
     fs::create_dir_all(&blobs)?;
     let add_blob = |bytes: &[u8]| -> Result<(String, usize)> {
-        let digest = sha256_hex(bytes)?;
+        let digest = cmd::sha256_hex(bytes)?;
         fs::write(blobs.join(&digest), bytes)?;
         Ok((digest, bytes.len()))
     };
@@ -250,7 +232,7 @@ mod tests {
             let hex = digest.as_str().unwrap().strip_prefix("sha256:").unwrap();
             let bytes = fs::read(unpacked.join("blobs/sha256").join(hex)).unwrap();
             assert_eq!(
-                sha256_hex(&bytes).unwrap(),
+                cmd::sha256_hex(&bytes).unwrap(),
                 hex,
                 "the blob's name is its digest"
             );
