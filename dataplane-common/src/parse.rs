@@ -293,12 +293,25 @@ pub fn icmp_echo<F: Frame + ?Sized>(frame: &F, ip: &Ipv4, request: bool) -> Opti
     {
         return None;
     }
-    let header: [u8; ICMP_HLEN] = frame.load(ip.l4_offset())?;
     let wanted = if request {
         ICMP_ECHO_REQUEST
     } else {
         ICMP_ECHO_REPLY
     };
+    echo_flow(frame, ip.l4_offset(), wanted, request)
+}
+
+/// The flow of an ICMP or ICMPv6 echo (the two share the header's layout) at `l4_offset`,
+/// if its type is `wanted` and its code 0: the identifier is the source port of a request
+/// and the destination port of a reply.
+#[inline(always)]
+fn echo_flow<F: Frame + ?Sized>(
+    frame: &F,
+    l4_offset: usize,
+    wanted: u8,
+    request: bool,
+) -> Option<L4> {
+    let header: [u8; ICMP_HLEN] = frame.load(l4_offset)?;
     if header[0] != wanted || header[1] != 0 {
         return None;
     }
@@ -306,7 +319,7 @@ pub fn icmp_echo<F: Frame + ?Sized>(frame: &F, ip: &Ipv4, request: bool) -> Opti
     Some(L4 {
         sport_be: if request { id_be } else { 0 },
         dport_be: if request { 0 } else { id_be },
-        check_offset: ip.l4_offset() + ICMP_CHECK_OFF,
+        check_offset: l4_offset + ICMP_CHECK_OFF,
         check: u16::from_ne_bytes([header[ICMP_CHECK_OFF], header[ICMP_CHECK_OFF + 1]]),
         tcp_flags: 0,
     })

@@ -9,8 +9,8 @@
 //! lengths contradict each other is [`Malformed`].
 
 use super::{
-    ETH_HLEN, Frame, ICMP_CHECK_OFF, ICMP_HLEN, ICMP_ID_OFF, ICMP_QUOTED_L4, IcmpError, L4,
-    Malformed, Quoted, quoted_ports, transport,
+    ETH_HLEN, Frame, ICMP_CHECK_OFF, ICMP_HLEN, ICMP_QUOTED_L4, IcmpError, L4, Malformed, Quoted,
+    echo_flow, quoted_ports, transport,
 };
 use crate::maps::IPPROTO_ICMPV6;
 
@@ -267,23 +267,12 @@ pub fn icmp6_echo<F: Frame + ?Sized>(frame: &F, ip: &Ipv6, request: bool) -> Opt
     {
         return None;
     }
-    let header: [u8; ICMP_HLEN] = frame.load(ip.l4_offset())?;
     let wanted = if request {
         ICMPV6_ECHO_REQUEST
     } else {
         ICMPV6_ECHO_REPLY
     };
-    if header[0] != wanted || header[1] != 0 {
-        return None;
-    }
-    let id_be = u16::from_ne_bytes([header[ICMP_ID_OFF], header[ICMP_ID_OFF + 1]]);
-    Some(L4 {
-        sport_be: if request { id_be } else { 0 },
-        dport_be: if request { 0 } else { id_be },
-        check_offset: ip.l4_offset() + ICMP_CHECK_OFF,
-        check: u16::from_ne_bytes([header[ICMP_CHECK_OFF], header[ICMP_CHECK_OFF + 1]]),
-        tcp_flags: 0,
-    })
+    echo_flow(frame, ip.l4_offset(), wanted, request)
 }
 
 /// Parses an ICMPv6 error (destination unreachable, packet too big, time exceeded,
