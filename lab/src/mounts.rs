@@ -20,6 +20,22 @@ pub fn cgroup2_mount() -> Result<PathBuf> {
         .ok_or_else(|| anyhow::anyhow!("no cgroup2 filesystem is mounted"))
 }
 
+/// Removes the cgroup `cgroup_parent` (a path below the cgroup2 mount, as a container
+/// runtime's `cgroup_parent` option names it) and the cgroups directly under it, which the
+/// runtime leaves empty behind. Best effort: a cgroup still in use stays.
+pub fn remove_cgroup_parent(cgroup_parent: &str) {
+    let Ok(mount) = cgroup2_mount() else {
+        return;
+    };
+    let parent = mount.join(cgroup_parent.trim_start_matches('/'));
+    if let Ok(children) = fs::read_dir(&parent) {
+        for child in children.flatten().filter(|c| c.path().is_dir()) {
+            let _ = fs::remove_dir(child.path());
+        }
+    }
+    let _ = fs::remove_dir(&parent);
+}
+
 /// Whether bpffs is mounted at [`BPFFS`].
 pub fn bpffs_mounted() -> Result<bool> {
     Ok(mounts()?

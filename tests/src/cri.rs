@@ -16,7 +16,11 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail, ensure};
-use bpfbridge_lab::{cmd, mounts::unmount_below, process::stop_child_within};
+use bpfbridge_lab::{
+    cmd,
+    mounts::{remove_cgroup_parent, unmount_below},
+    process::stop_child_within,
+};
 use http_body_util::{BodyExt as _, Full};
 use hyper::body::Bytes;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -590,15 +594,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
             );
         }
         unmount_below(self.dir.path());
-        if let Ok(mount) = crate::cgroup2_mount() {
-            let parent = mount.join(self.cgroup_parent.trim_start_matches('/'));
-            if let Ok(children) = fs::read_dir(&parent) {
-                for child in children.flatten().filter(|c| c.path().is_dir()) {
-                    let _ = fs::remove_dir(child.path());
-                }
-            }
-            let _ = fs::remove_dir(&parent);
-        }
+        remove_cgroup_parent(&self.cgroup_parent);
     }
 }
 

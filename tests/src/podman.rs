@@ -9,7 +9,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, ensure};
-use bpfbridge_lab::mounts::unmount_below;
+use bpfbridge_lab::mounts::{remove_cgroup_parent, unmount_below};
 
 use crate::cri::{SANDBOX_IMAGE, write_sandbox_image};
 
@@ -137,15 +137,7 @@ volume_path = "{root}/storage/volumes"
         let _ = self.run(&["rm", "-a", "-f", "-t", "0"]);
         let _ = self.run(&["system", "reset", "-f"]);
         unmount_below(self.dir.path());
-        if let Ok(mount) = crate::cgroup2_mount() {
-            let parent = mount.join(self.cgroup_parent.trim_start_matches('/'));
-            if let Ok(children) = fs::read_dir(&parent) {
-                for child in children.flatten().filter(|c| c.path().is_dir()) {
-                    let _ = fs::remove_dir(child.path());
-                }
-            }
-            let _ = fs::remove_dir(&parent);
-        }
+        remove_cgroup_parent(&self.cgroup_parent);
     }
 }
 
