@@ -1,22 +1,24 @@
 //! bpfbridge as Docker's network and IPAM driver, driven by a real dockerd 20.10 and the real
 //! docker client in the node namespace: networks, containers, published ports reached from
 //! the world namespace, icc, isolation, masquerade, connect and disconnect, removal, the IPAM
-//! driver, refused options and an agent crash. Skipped (and says so) without docker.io.
+//! driver, `--ipv6` networks with ports reached over IPv6, refused options and an agent
+//! crash. Skipped (and says so) without docker.io.
 
 use std::{
     io::{Read as _, Write as _},
-    net::{Ipv4Addr, SocketAddrV4},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream},
     os::unix::net::UnixStream,
     path::Path,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result, ensure};
 use bpfbridge_tests::{
-    Agent, Echo, NODE_IP, Topology, WORLD_IP,
+    Agent, Echo, NODE_IP, NODE_IPV6, Topology, WORLD_IP, WORLD_IPV6,
     docker::{self, Dockerd, IMAGE},
-    links, request, serve_once, tcp_reaches, udp_reaches,
+    in_netns, links, request, serve_once, skip_without_dataplane_ipv6, tcp_reaches, udp_reaches,
 };
+use ipnet::Ipv6Net;
 
 const WAIT: Duration = Duration::from_secs(2);
 
@@ -32,11 +34,21 @@ struct Node {
 impl Node {
     /// The node, or `None` (said on stderr) without docker.io.
     fn start() -> Result<Option<Self>> {
+        Self::start_on(Ok)
+    }
+
+    /// The node on a dual-stack uplink ([`NODE_IPV6`], [`WORLD_IPV6`]), or `None`.
+    fn start_dual_stack() -> Result<Option<Self>> {
+        Self::start_on(Topology::with_ipv6)
+    }
+
+    /// The node on the default topology as `shape` makes it, or `None`.
+    fn start_on(shape: impl FnOnce(Topology) -> Result<Topology>) -> Result<Option<Self>> {
         if !docker::available() {
             eprintln!("skipped: docker.io is not installed (`cargo xtask setup` installs it)");
             return Ok(None);
         }
-        let topology = Topology::new()?;
+        let topology = shape(Topology::new()?)?;
         let (plugin, plugin_socket) = docker::plugin("dk");
         let agent = Agent::start_with(&topology, &["--docker-plugin", &plugin])?;
         let dockerd = Dockerd::start(&topology.node)?;
@@ -105,6 +117,32 @@ impl Node {
             .with_context(|| format!("{container}'s address on {network}: {ip:?}"))
     }
 
+    fn ipv6_on(&self, container: &str, network: &str) -> Result<Ipv6Addr> {
+        let ip = self.docker().inspect(
+            container,
+            &format!("{{{{(index .NetworkSettings.Networks \"{network}\").GlobalIPv6Address}}}}"),
+        )?;
+        ip.parse()
+            .with_context(|| format!("{container}'s IPv6 address on {network}: {ip:?}"))
+    }
+
+    /// The IPv6 subnet Docker shows for `network` (the IPv6 one of its `IPAM.Config`).
+    fn ipv6_subnet(&self, network: &str) -> Result<Ipv6Net> {
+        let subnets = self.docker().ok(&[
+            "network",
+            "inspect",
+            "-f",
+            "{{range .IPAM.Config}}{{.Subnet}}\n{{end}}",
+            network,
+        ])?;
+        subnets
+            .lines()
+            .find(|l| l.contains(':'))
+            .with_context(|| format!("no IPv6 subnet on {network}:\n{subnets}"))?
+            .parse()
+            .context("an IPv6 subnet")
+    }
+
     /// `bpfbridge port` for a Docker container.
     fn ports(&self, container: &str) -> Result<String> {
         let name = self.docker().bpfbridge_name(container)?;
@@ -162,6 +200,48 @@ fn no_docker_proxy() -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// One TCP exchange from `from` with `to`, answered by a server for one connection on
+/// `[::]:port` in `server`: the answer and the peer the server saw.
+fn exchange_v6(
+    server: &Path,
+    port: u16,
+    from: &Path,
+    to: SocketAddr,
+) -> Result<(String, SocketAddr)> {
+    let listener = in_netns(server, || TcpListener::bind((Ipv6Addr::UNSPECIFIED, port)))?;
+    listener.set_nonblocking(true)?;
+    let accepting = std::thread::spawn(move || -> Result<SocketAddr> {
+        let deadline = Instant::now() + WAIT * 3;
+        let (mut stream, peer) = loop {
+            match listener.accept() {
+                Ok(connection) => break connection,
+                Err(_) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(10))
+                }
+                Err(e) => return Err(e).context("no connection came"),
+            }
+        };
+        stream.set_nonblocking(false)?;
+        stream.set_read_timeout(Some(WAIT))?;
+        let mut buf = [0u8; 64];
+        let n = stream.read(&mut buf)?;
+        stream.write_all(b"pong ")?;
+        stream.write_all(&buf[..n])?;
+        Ok(peer)
+    });
+    let answer = in_netns(from, || -> std::io::Result<String> {
+        let mut stream = TcpStream::connect_timeout(&to, WAIT)?;
+        stream.set_read_timeout(Some(WAIT))?;
+        stream.write_all(b"hi")?;
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer)?;
+        Ok(answer)
+    })
+    .with_context(|| format!("exchange with {to}"));
+    let peer = accepting.join().expect("server thread");
+    Ok((answer?, peer?))
 }
 
 /// A POST of `body` to the plugin socket; returns the status line and the JSON answer.
@@ -476,7 +556,8 @@ fn docker_ipam_driver_refused_options_and_bad_calls() -> Result<()> {
         "{ours}"
     );
     docker.ok(&["network", "rm", "v6"])?;
-    let v6 = node.network_create_fails(&[
+    // ... or from bpfbridge's, a given IPv6 subnet too; one taken is refused.
+    node.network_create(&[
         "--ipam-driver",
         plugin,
         "--ipv6",
@@ -484,7 +565,18 @@ fn docker_ipam_driver_refused_options_and_bad_calls() -> Result<()> {
         "fd00:43::/64",
         "v6pool",
     ])?;
-    ensure!(v6.contains("IPv4 pools only"), "{v6}");
+    let given = node.ipv6_subnet("v6pool")?;
+    ensure!(given == "fd00:43::/64".parse()?, "{given}");
+    let taken = node.network_create_fails(&[
+        "--ipam-driver",
+        plugin,
+        "--ipv6",
+        "--subnet",
+        "fd00:43::/56",
+        "v6clash",
+    ])?;
+    ensure!(taken.contains("overlaps with"), "{taken}");
+    docker.ok(&["network", "rm", "v6pool"])?;
     let out = node
         .agent
         .cli(&["network", "create", "--subnet", "10.99.0.0/24", "mine"])?;
@@ -598,6 +690,190 @@ fn docker_passes_gateway_modes_and_unknown_options() -> Result<()> {
     );
     docker.ok(&["rm", "-f", "web"])?;
     docker.ok(&["network", "rm", "routed-net"])?;
+    node.ensure_clean()
+}
+
+/// `--ipv6` networks on a dual-stack uplink: the IPv6 pool from Docker's IPAM, from
+/// bpfbridge's (chosen or given, kept across an agent restart), or chosen by the driver
+/// (`-o com.docker.network.enable_ipv6=true`, its addresses in CreateEndpoint's answer);
+/// `docker inspect` shows each container's IPv6 address, and its published port answers
+/// the world on the node's IPv6 address with the client's address kept.
+#[test]
+fn docker_ipv6_networks_publish_on_both_families() -> Result<()> {
+    let Some(mut node) = Node::start_dual_stack()? else {
+        return Ok(());
+    };
+    if skip_without_dataplane_ipv6(&node.agent, "IPv6 published ports of Docker containers")? {
+        return Ok(());
+    }
+    let world = node.world();
+    let plugin = node.plugin.clone();
+    // A container on `network` publishing `host_port`: its IPv6 address agrees between
+    // Docker and bpfbridge and lies in `subnet`, whose ::1 is its gateway, and the world
+    // reaches it on both families, over IPv6 with its own address kept.
+    let check = |node: &Node,
+                 container: &str,
+                 network: &str,
+                 subnet: Ipv6Net,
+                 host_port: u16|
+     -> Result<Ipv6Addr> {
+        let docker = node.docker();
+        let ip = node.ipv6_on(container, network)?;
+        ensure!(
+            subnet.contains(&ip),
+            "{container} at {ip}, outside {subnet}"
+        );
+        let gateway = Ipv6Addr::from(u128::from(subnet.network()) + 1);
+        let shown_gateway = docker.inspect(
+            container,
+            &format!("{{{{(index .NetworkSettings.Networks \"{network}\").IPv6Gateway}}}}"),
+        )?;
+        ensure!(
+            shown_gateway == gateway.to_string(),
+            "{shown_gateway} vs {gateway}"
+        );
+        let id = docker.ok(&["network", "inspect", "-f", "{{.Id}}", network])?;
+        let ours =
+            node.agent
+                .cli_json(&["container", "inspect", &docker.bpfbridge_name(container)?])?[0]
+                .clone();
+        let settings = &ours["NetworkSettings"]["Networks"][format!("docker-{}", &id[..12])];
+        ensure!(
+            settings["GlobalIPv6Address"] == ip.to_string().as_str()
+                && settings["IPv6Gateway"] == gateway.to_string().as_str(),
+            "bpfbridge's view of {container}: {settings}"
+        );
+        let ports = node.ports(container)?;
+        for line in [
+            format!("80/tcp -> 0.0.0.0:{host_port}"),
+            format!("80/tcp -> [::]:{host_port}"),
+        ] {
+            ensure!(
+                ports.contains(&line),
+                "bpfbridge port lacks {line}:\n{ports}"
+            );
+        }
+        let sandbox = docker.sandbox(container)?;
+        let published = SocketAddr::new(NODE_IPV6.into(), host_port);
+        let (answer, peer) = exchange_v6(&sandbox, 80, &world, published)?;
+        ensure!(answer == "pong hi", "{published}: {answer:?}");
+        ensure!(
+            peer.ip() == IpAddr::V6(WORLD_IPV6),
+            "{container} saw {peer}, not the world's address"
+        );
+        let _http = Echo::start(&sandbox, 80)?;
+        ensure!(
+            tcp_reaches(&world, SocketAddrV4::new(NODE_IP, host_port), WAIT),
+            "world → node:{host_port} over IPv4 → {container}"
+        );
+        Ok(ip)
+    };
+
+    // Docker's IPAM, with the IPv6 subnet given (Docker 20.10 has no default IPv6 pool).
+    node.network_create(&[
+        "--ipv6",
+        "--subnet",
+        "10.46.0.0/24",
+        "--subnet",
+        "2001:db8:46::/64",
+        "given6",
+    ])?;
+    node.run(&["--network", "given6", "--name", "web", "-p", "8086:80"])?;
+    check(&node, "web", "given6", "2001:db8:46::/64".parse()?, 8086)?;
+
+    // bpfbridge's IPAM chooses the IPv6 pool: a /64 of the agent's unique local /48, its
+    // gateway ::1 and addresses from ::2.
+    node.network_create(&["--ipam-driver", &plugin, "--ipv6", "pooled6"])?;
+    let pool = node.ipv6_subnet("pooled6")?;
+    ensure!(
+        pool.prefix_len() == 64 && pool.network().segments()[0] >> 8 == 0xfd,
+        "pool {pool}"
+    );
+    node.run(&["--network", "pooled6", "--name", "api", "-p", "8087:80"])?;
+    let api = check(&node, "api", "pooled6", pool, 8087)?;
+    ensure!(
+        api == Ipv6Addr::from(u128::from(pool.network()) + 2),
+        "api at {api}"
+    );
+    // The pool and its addresses are kept across a restart of the agent.
+    node.agent.kill();
+    node.agent.spawn()?;
+    node.run(&["--network", "pooled6", "--name", "api2"])?;
+    let api2 = node.ipv6_on("api2", "pooled6")?;
+    ensure!(
+        api2 == Ipv6Addr::from(u128::from(pool.network()) + 3),
+        "api2 at {api2}"
+    );
+    node.network_create(&["--ipam-driver", &plugin, "--ipv6", "next6"])?;
+    let next = node.ipv6_subnet("next6")?;
+    ensure!(next != pool, "a second pool {next} is the first one");
+    // A given IPv6 subnet and --ip6 through bpfbridge's IPAM.
+    node.network_create(&[
+        "--ipam-driver",
+        &plugin,
+        "--ipv6",
+        "--subnet",
+        "10.47.0.0/24",
+        "--subnet",
+        "2001:db8:47::/64",
+        "fixed6",
+    ])?;
+    node.run(&[
+        "--network",
+        "fixed6",
+        "--ip6",
+        "2001:db8:47::50",
+        "--name",
+        "pinned",
+        "-p",
+        "8088:80",
+    ])?;
+    let pinned = check(&node, "pinned", "fixed6", "2001:db8:47::/64".parse()?, 8088)?;
+    ensure!(
+        pinned == "2001:db8:47::50".parse::<Ipv6Addr>()?,
+        "pinned at {pinned}"
+    );
+
+    // The driver chooses: Docker's IPAM gives IPv4 only, bpfbridge the IPv6 subnet and the
+    // addresses, which Docker takes from CreateEndpoint's answer.
+    node.network_create(&[
+        "--subnet",
+        "10.48.0.0/24",
+        "-o",
+        "com.docker.network.enable_ipv6=true",
+        "chosen6",
+    ])?;
+    let id = node
+        .docker()
+        .ok(&["network", "inspect", "-f", "{{.Id}}", "chosen6"])?;
+    let ours = node.agent.cli_json(&["network", "inspect", &id])?[0].clone();
+    ensure!(ours["EnableIPv6"] == true, "{ours}");
+    let chosen: Ipv6Net = ours["IPAM"]["Config"][1]["Subnet"]
+        .as_str()
+        .context("bpfbridge's IPv6 subnet")?
+        .parse()?;
+    ensure!(
+        chosen != pool && chosen != next,
+        "{chosen} is a pool of the IPAM driver's"
+    );
+    node.run(&["--network", "chosen6", "--name", "own", "-p", "8089:80"])?;
+    check(&node, "own", "chosen6", chosen, 8089)?;
+
+    let docker = node.docker();
+    docker.ok(&["rm", "-f", "web", "api", "api2", "pinned", "own"])?;
+    let closed = SocketAddr::new(NODE_IPV6.into(), 8087);
+    ensure!(
+        in_netns(&world, || TcpStream::connect_timeout(&closed, WAIT)).is_err(),
+        "{closed} must close with api"
+    );
+    docker.ok(&[
+        "network", "rm", "given6", "pooled6", "next6", "fixed6", "chosen6",
+    ])?;
+    // The pool went back: the next IPv6 network of bpfbridge's IPAM gets it again.
+    node.network_create(&["--ipam-driver", &plugin, "--ipv6", "again6"])?;
+    let again = node.ipv6_subnet("again6")?;
+    ensure!(again == pool, "{again} vs {pool}");
+    docker.ok(&["network", "rm", "again6"])?;
     node.ensure_clean()
 }
 

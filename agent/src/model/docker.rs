@@ -101,17 +101,22 @@ pub struct CreateEndpointRequest {
     pub options: Options,
 }
 
-/// Only what Docker left empty may be filled in: here the MAC address.
+/// Only what Docker left empty may be filled in (libnetwork refuses a change of what it
+/// gave): the MAC address, and the IPv6 address on a network whose IPv6 side bpfbridge
+/// chose.
 #[derive(Debug, Default, Serialize)]
 pub struct CreateEndpointReply {
     #[serde(rename = "Interface", skip_serializing_if = "Option::is_none")]
     pub interface: Option<InterfaceReply>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Default, PartialEq, Eq, Serialize)]
 pub struct InterfaceReply {
-    #[serde(rename = "MacAddress")]
-    pub mac_address: String,
+    #[serde(rename = "MacAddress", skip_serializing_if = "Option::is_none")]
+    pub mac_address: Option<String>,
+    /// CIDR form, as Docker parses it.
+    #[serde(rename = "AddressIPv6", skip_serializing_if = "Option::is_none")]
+    pub address_ipv6: Option<String>,
 }
 
 /// Leave, DeleteEndpoint, EndpointOperInfo and RevokeExternalConnectivity.

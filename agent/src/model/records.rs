@@ -397,12 +397,15 @@ pub struct DockerEndpointRecord {
 }
 
 /// An address pool the plugin's IPAM driver handed to Docker, and the addresses it gave out.
+/// An IPv4 or an IPv6 pool (`RequestPool` with `V6`); its addresses are of its family. The
+/// addresses are written as text either way, so records from before IPv6 pools load as they
+/// are.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IpamPoolRecord {
     pub pool_id: String,
-    pub pool: Ipv4Net,
+    pub pool: ipnet::IpNet,
     /// `--ip-range`: where dynamic addresses come from (default: the whole pool).
-    pub sub_pool: Option<Ipv4Net>,
-    pub allocated: std::collections::BTreeSet<Ipv4Addr>,
-    pub last_allocated: Option<Ipv4Addr>,
+    pub sub_pool: Option<ipnet::IpNet>,
+    pub allocated: std::collections::BTreeSet<IpAddr>,
+    pub last_allocated: Option<IpAddr>,
 }

@@ -12,10 +12,12 @@
 //! [`agent_dns_answers_for`], [`endpoint_went_with_its_veth`], [`forgotten_when_empty`].
 
 use std::{
-    collections::BTreeMap,
-    net::{IpAddr, Ipv4Addr},
+    collections::{BTreeMap, BTreeSet},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     path::PathBuf,
 };
+
+use ipnet::IpNet;
 
 use super::{Service, Step, Undo, default_host_ips, plan::next_ifname, veth_names};
 use crate::{
@@ -233,24 +235,29 @@ impl Service {
 
     pub async fn docker_create_network(&mut self, request: CreateNetworkRequest) -> Result<()> {
         check_docker_id("network", &request.network_id)?;
-        // `--ipv6`: the IPv6 pool comes from Docker's IPAM (bpfbridge's IPAM driver hands
-        // out IPv4 pools only).
+        // `--ipv6`: the IPv6 pool comes from the network's IPAM driver, Docker's (which
+        // needs an IPv6 `--subnet`) or bpfbridge's. Without `--ipv6`, the `-o` option
+        // com.docker.network.enable_ipv6=true has bpfbridge choose the subnet and the
+        // endpoints' addresses, which Docker takes from CreateEndpoint's answer.
         let ipv6 = match request.ipv6_data.as_slice() {
             [] if bool_option(&request.options, OPT_ENABLE_IPV6)? => {
                 return Err(Error::InvalidArgument(
-                    "--ipv6 needs an IPv6 pool from Docker's IPAM driver (bpfbridge's IPAM driver hands out IPv4 pools only)".into(),
+                    "--ipv6 without an IPv6 pool from the IPAM driver".into(),
                 ));
             }
             [] => None,
-            [ipv6] => Some(IpamConfig {
-                subnet: Some(crate::ipam::parse_subnet_v6("subnet", &ipv6.pool)?.to_string()),
-                ip_range: None,
-                gateway: match ipv6.gateway.as_str() {
+            [ipv6] if !ipv6.aux_addresses.is_empty() => {
+                return Err(Error::InvalidArgument(
+                    "--aux-address is not supported by bpfbridge".into(),
+                ));
+            }
+            [ipv6] => Some((
+                crate::ipam::parse_subnet_v6("subnet", &ipv6.pool)?,
+                match ipv6.gateway.as_str() {
                     "" => None,
-                    g => Some(parse_cidr_address::<std::net::Ipv6Addr>("gateway", g)?.to_string()),
+                    g => Some(parse_cidr_address::<Ipv6Addr>("gateway", g)?),
                 },
-                ..IpamConfig::default()
-            }),
+            )),
             more => {
                 return Err(Error::InvalidArgument(format!(
                     "bpfbridge needs at most one IPv6 subnet per network, got {}",
@@ -258,6 +265,7 @@ impl Service {
                 )));
             }
         };
+        let ipv6_pool = ipv6.map(|(subnet, _)| subnet);
         let [ipv4] = request.ipv4_data.as_slice() else {
             return Err(Error::InvalidArgument(format!(
                 "bpfbridge needs exactly one IPv4 subnet per network, got {}",
@@ -282,9 +290,10 @@ impl Service {
             .values()
             .find(|n| n.id == request.network_id)
         {
+            // An IPv6 subnet bpfbridge chose (Docker gave none) is told by the options.
             let same = existing.subnet == pool
-                && existing.ipv6.as_ref().map(|side| side.subnet.to_string())
-                    == ipv6.as_ref().and_then(|c| c.subnet.clone())
+                && ipv6_pool
+                    .is_none_or(|p| existing.ipv6.as_ref().map(|side| side.subnet) == Some(p))
                 && gateway
                     .as_ref()
                     .is_none_or(|g| *g == existing.gateway.to_string())
@@ -303,7 +312,8 @@ impl Service {
             name: network_name(&request.network_id),
             driver: None,
             internal,
-            enable_ipv6: Some(ipv6.is_some()),
+            // Unset without Docker's IPv6 pool: the `-o` option decides.
+            enable_ipv6: ipv6_pool.is_some().then_some(true),
             enable_ipv4: None,
             ipam: Some(Ipam {
                 config: std::iter::once(IpamConfig {
@@ -312,14 +322,21 @@ impl Service {
                     gateway,
                     ..IpamConfig::default()
                 })
-                .chain(ipv6)
+                .chain(ipv6.map(|(subnet, gateway)| IpamConfig {
+                    subnet: Some(subnet.to_string()),
+                    gateway: gateway.map(|g| g.to_string()),
+                    ..IpamConfig::default()
+                }))
                 .collect(),
                 ..Ipam::default()
             }),
             options,
             labels: BTreeMap::new(),
         };
-        let mut network = self.plan_network(&create, false, Some(pool)).await?;
+        let own_pools: Vec<IpNet> = std::iter::once(IpNet::V4(pool))
+            .chain(ipv6_pool.map(IpNet::V6))
+            .collect();
+        let mut network = self.plan_network(&create, false, &own_pools).await?;
         for warning in super::networks::ignored_options(&create.options) {
             tracing::warn!(network = %request.network_id, "{warning}");
         }
@@ -354,9 +371,12 @@ impl Service {
         let network = self.docker_network(&request.network_id)?.clone();
         let interface = &request.interface;
         let ipv6 = match (interface.address_ipv6.as_str(), &network.ipv6) {
-            ("", _) => None,
+            ("", None) => None,
+            // Docker gave none on a network whose IPv6 side bpfbridge chose: bpfbridge
+            // chooses, and Docker takes it from the answer.
+            ("", Some(_)) => Some(self.chosen_ipv6(&request.endpoint_id, &network)?),
             (address, Some(side)) => {
-                let ip: std::net::Ipv6Addr = parse_cidr_address("IPv6 address", address)?;
+                let ip: Ipv6Addr = parse_cidr_address("IPv6 address", address)?;
                 if !side.subnet.contains(&ip) || [side.subnet.network(), side.gateway].contains(&ip)
                 {
                     return Err(Error::InvalidArgument(format!(
@@ -406,9 +426,14 @@ impl Service {
             exposed,
         };
         let reply = CreateEndpointReply {
-            interface: interface.mac_address.is_empty().then_some(InterfaceReply {
-                mac_address: mac.to_string(),
-            }),
+            interface: Some(InterfaceReply {
+                mac_address: interface.mac_address.is_empty().then(|| mac.to_string()),
+                address_ipv6: ipv6
+                    .filter(|_| interface.address_ipv6.is_empty())
+                    .zip(network.ipv6.as_ref())
+                    .map(|(ip, side)| format!("{ip}/{}", side.subnet.prefix_len())),
+            })
+            .filter(|filled| *filled != InterfaceReply::default()),
         };
         if let Some(existing) = self.state.docker_endpoints.get(&request.endpoint_id) {
             return if *existing == record {
@@ -440,11 +465,59 @@ impl Service {
                 network.name
             )));
         }
+        if interface.address_ipv6.is_empty()
+            && let (Some(mut side), Some(ip)) = (network.ipv6.clone(), record.ipv6)
+        {
+            side.last_allocated = Some(ip);
+            self.save_network(NetworkRecord {
+                ipv6: Some(side),
+                ..network
+            })?;
+        }
         self.store.put_docker_endpoint(&record)?;
         self.state
             .docker_endpoints
             .insert(record.endpoint_id.clone(), record);
         Ok(reply)
+    }
+
+    /// The IPv6 address bpfbridge gives a Docker endpoint on `network`: the one it gave
+    /// already when Docker repeats the call, else the next free one of the network's IPv6
+    /// side, as for bpfbridge's own containers.
+    fn chosen_ipv6(&self, endpoint_id: &str, network: &NetworkRecord) -> Result<Ipv6Addr> {
+        if let Some(ip) = self
+            .state
+            .docker_endpoints
+            .get(endpoint_id)
+            .and_then(|e| e.ipv6)
+        {
+            return Ok(ip);
+        }
+        let side = network
+            .ipv6
+            .as_ref()
+            .ok_or_else(|| Error::Internal(format!("network {} has no IPv6 side", network.name)))?;
+        let in_use: BTreeSet<Ipv6Addr> = self
+            .state
+            .containers
+            .values()
+            .filter_map(|c| c.endpoint(&network.id)?.ipv6)
+            .chain(
+                self.state
+                    .docker_endpoints
+                    .values()
+                    .filter(|e| e.network_id == network.id)
+                    .filter_map(|e| e.ipv6),
+            )
+            .collect();
+        crate::ipam::allocate_v6(
+            &network.name,
+            side.subnet,
+            side.ip_range.unwrap_or(side.subnet),
+            side.gateway,
+            &in_use,
+            side.last_allocated,
+        )
     }
 
     pub async fn docker_delete_endpoint(&mut self, endpoint_id: &str) -> Result<()> {

@@ -1,13 +1,18 @@
 //! Docker's remote IPAM driver (`--ipam-driver NAME`): bpfbridge's address pools and
-//! sequential allocation hand out Docker's subnets and addresses. Pools are recorded, so that
-//! a subnet given to Docker is never given to a bpfbridge network, and the reverse.
+//! sequential allocation hand out Docker's subnets and addresses, IPv4 and, for `--ipv6`
+//! (`RequestPool` with `V6`), IPv6: a /64 of the same IPv6 pools `network create --ipv6`
+//! takes one from. Pools are recorded, so that a subnet given to Docker is never given to a
+//! bpfbridge network, and the reverse.
 //!
 //! dockerd replays `RequestPool` and the gateway's `RequestAddress` for its networks when it
 //! starts, so both succeed again for what is already reserved.
 
-use std::{collections::BTreeMap, net::Ipv4Addr};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+};
 
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 
 use super::{Service, docker::parse_cidr_address, networks::parse_subnet};
 use crate::{
@@ -34,6 +39,81 @@ fn pool_reply(pool: &IpamPoolRecord) -> RequestPoolReply {
     }
 }
 
+/// A subnet (`--subnet`, `--ip-range`) of the family the pool request is for.
+fn parse_pool_subnet(what: &str, s: &str, v6: bool) -> Result<IpNet> {
+    if v6 {
+        ipam::parse_subnet_v6(what, s).map(IpNet::V6)
+    } else {
+        parse_subnet(what, s).map(IpNet::V4)
+    }
+}
+
+/// The gateway Docker gets when it asks for one without naming it: the subnet's first
+/// address after the network address, as for bpfbridge's own networks.
+fn default_gateway(pool: IpNet) -> IpAddr {
+    match pool {
+        IpNet::V4(pool) => ipam::default_gateway(pool).into(),
+        IpNet::V6(pool) => ipam::default_gateway_v6(pool).into(),
+    }
+}
+
+/// Whether `ip` may be given out of `pool`: inside it, not its network address and, for
+/// IPv4, not its broadcast address (IPv6 has none).
+fn usable(pool: IpNet, ip: IpAddr) -> bool {
+    pool.contains(&ip)
+        && ip != pool.network()
+        && (matches!(pool, IpNet::V6(_)) || ip != pool.broadcast())
+}
+
+/// The addresses of one family out of a pool's record.
+fn of_family<T: Ord>(ips: &BTreeSet<IpAddr>, pick: impl Fn(IpAddr) -> Option<T>) -> BTreeSet<T> {
+    ips.iter().copied().filter_map(pick).collect()
+}
+
+fn v4(ip: IpAddr) -> Option<Ipv4Addr> {
+    match ip {
+        IpAddr::V4(ip) => Some(ip),
+        IpAddr::V6(_) => None,
+    }
+}
+
+fn v6(ip: IpAddr) -> Option<Ipv6Addr> {
+    match ip {
+        IpAddr::V6(ip) => Some(ip),
+        IpAddr::V4(_) => None,
+    }
+}
+
+/// The next free address of `pool`'s range, after the last one handed out. The gateway is
+/// among the allocated addresses (Docker asks for it first), so none is passed as such.
+fn allocate(pool: &IpamPoolRecord) -> Result<IpAddr> {
+    let range = pool.sub_pool.unwrap_or(pool.pool);
+    match (pool.pool, range) {
+        (IpNet::V4(subnet), IpNet::V4(range)) => ipam::allocate(
+            &pool.pool_id,
+            subnet,
+            range,
+            subnet.network(),
+            &of_family(&pool.allocated, v4),
+            pool.last_allocated.and_then(v4),
+        )
+        .map(IpAddr::V4),
+        (IpNet::V6(subnet), IpNet::V6(range)) => ipam::allocate_v6(
+            &pool.pool_id,
+            subnet,
+            range,
+            subnet.network(),
+            &of_family(&pool.allocated, v6),
+            pool.last_allocated.and_then(v6),
+        )
+        .map(IpAddr::V6),
+        _ => Err(Error::Internal(format!(
+            "address pool {} has an ip-range of the other family",
+            pool.pool_id
+        ))),
+    }
+}
+
 impl Service {
     fn ipam_pool(&self, pool_id: &str) -> Result<&IpamPoolRecord> {
         self.state
@@ -52,11 +132,6 @@ impl Service {
         &mut self,
         request: RequestPoolRequest,
     ) -> Result<RequestPoolReply> {
-        if request.v6 {
-            return Err(Error::InvalidArgument(
-                "bpfbridge's IPAM driver hands out IPv4 pools only: for --ipv6, leave the IPv6 pool to Docker's default IPAM driver".into(),
-            ));
-        }
         if let Some(option) = request.options.keys().next() {
             return Err(Error::InvalidArgument(format!(
                 "IPAM option {option:?} is not supported by bpfbridge (--ipam-opt takes none)"
@@ -64,22 +139,14 @@ impl Service {
         }
         let sub_pool = match request.sub_pool.as_str() {
             "" => None,
-            s => Some(parse_subnet("ip-range", s)?),
+            s => Some(parse_pool_subnet("ip-range", s, request.v6)?),
         };
-        let taken = self.taken_subnets(None).await?;
         let pool = match request.pool.as_str() {
             "" if sub_pool.is_some() => {
                 return Err(Error::InvalidArgument("--ip-range needs --subnet".into()));
             }
-            "" => {
-                let taken: Vec<Ipv4Net> = taken.iter().map(|(t, _)| *t).collect();
-                ipam::first_free_subnet(&self.settings.default_address_pools, &taken).ok_or_else(
-                    || Error::PoolExhausted {
-                        network: "(Docker IPAM)".into(),
-                    },
-                )?
-            }
-            s => parse_subnet("subnet", s)?,
+            "" => self.free_pool(request.v6).await?,
+            s => parse_pool_subnet("subnet", s, request.v6)?,
         };
         if let Some(range) = sub_pool
             && !pool.contains(&range)
@@ -99,10 +166,7 @@ impl Service {
                 )))
             };
         }
-        if let Some((_, owner)) = taken
-            .iter()
-            .find(|(t, _)| t.prefix_len() > 0 && ipam::overlaps(t, &pool))
-        {
+        if let Some(owner) = self.owner_of_overlap(pool).await? {
             return Err(Error::Conflict(format!(
                 "subnet {pool} overlaps with {owner}"
             )));
@@ -117,6 +181,46 @@ impl Service {
         let reply = pool_reply(&record);
         self.save_ipam_pool(record)?;
         Ok(reply)
+    }
+
+    /// A pool for a request without a subnet: the first free subnet of the default address
+    /// pools, or for IPv6 a free /64 of the IPv6 pools, chosen as `network create` chooses.
+    async fn free_pool(&self, v6: bool) -> Result<IpNet> {
+        const OWNER: &str = "(Docker IPAM)";
+        if v6 {
+            let taken = self.taken_subnets_v6(&[]).await?;
+            return self.free_subnet_v6(OWNER, &taken).map(IpNet::V6);
+        }
+        let taken: Vec<_> = self
+            .taken_subnets(&[])
+            .await?
+            .into_iter()
+            .map(|(t, _)| t)
+            .collect();
+        ipam::first_free_subnet(&self.settings.default_address_pools, &taken)
+            .map(IpNet::V4)
+            .ok_or_else(|| Error::PoolExhausted {
+                network: OWNER.into(),
+            })
+    }
+
+    /// What a requested pool overlaps (a network, another pool, a route or an address of
+    /// the node), if anything.
+    async fn owner_of_overlap(&self, pool: IpNet) -> Result<Option<String>> {
+        Ok(match pool {
+            IpNet::V4(pool) => self
+                .taken_subnets(&[])
+                .await?
+                .into_iter()
+                .find(|(t, _)| t.prefix_len() > 0 && ipam::overlaps(t, &pool))
+                .map(|(_, owner)| owner),
+            IpNet::V6(pool) => self
+                .taken_subnets_v6(&[])
+                .await?
+                .into_iter()
+                .find(|(t, _)| t.prefix_len() > 0 && ipam::overlaps_v6(t, &pool))
+                .map(|(_, owner)| owner),
+        })
     }
 
     pub fn ipam_release_pool(&mut self, pool_id: &str) -> Result<()> {
@@ -137,14 +241,14 @@ impl Service {
             .get(OPT_REQUEST_ADDRESS_TYPE)
             .map(String::as_str)
             == Some(ADDRESS_TYPE_GATEWAY);
-        let wanted = match request.address.as_str() {
+        let wanted: Option<IpAddr> = match request.address.as_str() {
             "" => None,
             s => Some(parse_cidr_address("address", s)?),
         };
         let ip = match (wanted, is_gateway) {
             (Some(_), _) | (None, true) => {
-                let ip = wanted.unwrap_or_else(|| ipam::default_gateway(subnet));
-                if !subnet.contains(&ip) || ip == subnet.network() || ip == subnet.broadcast() {
+                let ip = wanted.unwrap_or_else(|| default_gateway(subnet));
+                if !usable(subnet, ip) {
                     return Err(Error::InvalidArgument(format!(
                         "IP address {ip} is not a usable address of subnet {subnet}"
                     )));
@@ -159,14 +263,7 @@ impl Service {
                 ip
             }
             (None, false) => {
-                let ip = ipam::allocate(
-                    &pool.pool_id,
-                    subnet,
-                    pool.sub_pool.unwrap_or(subnet),
-                    subnet.network(),
-                    &pool.allocated,
-                    pool.last_allocated,
-                )?;
+                let ip = allocate(&pool)?;
                 pool.last_allocated = Some(ip);
                 ip
             }
@@ -180,7 +277,7 @@ impl Service {
     }
 
     pub fn ipam_release_address(&mut self, pool_id: &str, address: &str) -> Result<()> {
-        let ip: Ipv4Addr = parse_cidr_address("address", address)?;
+        let ip: IpAddr = parse_cidr_address("address", address)?;
         let Some(mut pool) = self.state.ipam_pools.get(pool_id).cloned() else {
             return Ok(());
         };
@@ -188,5 +285,63 @@ impl Service {
             self.save_ipam_pool(pool)?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pool(subnet: &str, sub_pool: Option<&str>, allocated: &[&str]) -> IpamPoolRecord {
+        IpamPoolRecord {
+            pool_id: subnet.into(),
+            pool: subnet.parse().unwrap(),
+            sub_pool: sub_pool.map(|s| s.parse().unwrap()),
+            allocated: allocated.iter().map(|a| a.parse().unwrap()).collect(),
+            last_allocated: None,
+        }
+    }
+
+    #[test]
+    fn pools_of_either_family_hand_out_addresses_after_the_gateway() {
+        let v6 = pool("fd00:42::/64", None, &["fd00:42::1"]);
+        assert_eq!(
+            default_gateway(v6.pool),
+            "fd00:42::1".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(
+            allocate(&v6).unwrap(),
+            "fd00:42::2".parse::<IpAddr>().unwrap()
+        );
+        let ranged = pool("10.43.0.0/24", Some("10.43.0.128/25"), &["10.43.0.1"]);
+        assert_eq!(
+            allocate(&ranged).unwrap(),
+            "10.43.0.128".parse::<IpAddr>().unwrap()
+        );
+        let mixed = pool("10.43.0.0/24", Some("fd00:42::/64"), &[]);
+        assert!(allocate(&mixed).is_err());
+
+        let (v4_pool, v6_pool) = (ranged.pool, v6.pool);
+        assert!(usable(
+            v6_pool,
+            "fd00:42::ffff:ffff:ffff:ffff".parse().unwrap()
+        ));
+        assert!(!usable(v6_pool, "fd00:42::".parse().unwrap()));
+        assert!(!usable(v4_pool, "10.43.0.255".parse().unwrap()));
+        assert!(!usable(v4_pool, "fd00:42::5".parse().unwrap()));
+        assert!(parse_pool_subnet("subnet", "fd00:42::/64", false).is_err());
+        assert!(parse_pool_subnet("subnet", "10.43.0.0/24", true).is_err());
+    }
+
+    #[test]
+    fn pool_records_from_before_ipv6_pools_load() {
+        let old = r#"{"pool_id":"10.43.0.0/24","pool":"10.43.0.0/24","sub_pool":null,
+                      "allocated":["10.43.0.1","10.43.0.2"],"last_allocated":"10.43.0.2"}"#;
+        let record: IpamPoolRecord = serde_json::from_str(old).unwrap();
+        assert_eq!(record, {
+            let mut expected = pool("10.43.0.0/24", None, &["10.43.0.1", "10.43.0.2"]);
+            expected.last_allocated = Some("10.43.0.2".parse().unwrap());
+            expected
+        });
     }
 }

@@ -6,7 +6,7 @@ use std::{
     net::{IpAddr, Ipv4Addr},
 };
 
-use ipnet::{Ipv4Net, Ipv6Net};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
 use super::{
     BRIDGE_PREFIX, DEFAULT_NETWORK, HOST_NETWORK, NONE_NETWORK, Service, Step, Undo,
@@ -90,11 +90,11 @@ impl Service {
     }
 
     /// Subnets in use: by networks, by pools the Docker IPAM driver handed out (but
-    /// `own_pool`, the one a network is being made for) and by routes on the node that are not
+    /// `own_pools`, those a network is being made for) and by routes on the node that are not
     /// our bridges'.
     pub(super) async fn taken_subnets(
         &self,
-        own_pool: Option<Ipv4Net>,
+        own_pools: &[IpNet],
     ) -> Result<Vec<(Ipv4Net, String)>> {
         let mut taken: Vec<(Ipv4Net, String)> = self
             .state
@@ -103,11 +103,11 @@ impl Service {
             .map(|n| (n.subnet, format!("network {}", n.name)))
             .collect();
         taken.extend(
-            self.state
-                .ipam_pools
-                .values()
-                .filter(|p| Some(p.pool) != own_pool)
-                .map(|p| (p.pool, format!("Docker IPAM pool {}", p.pool_id))),
+            self.ipam_pools_but(own_pools)
+                .filter_map(|(pool, owner)| match pool {
+                    IpNet::V4(pool) => Some((pool, owner)),
+                    IpNet::V6(_) => None,
+                }),
         );
         let ours: BTreeSet<Ipv4Net> = self.state.networks.values().map(|n| n.subnet).collect();
         for route in netlink::ipv4_routes(&self.handle).await? {
@@ -116,6 +116,62 @@ impl Service {
             }
         }
         Ok(taken)
+    }
+
+    /// The pools the Docker IPAM driver handed out but `own_pools`, each with its owner's
+    /// name for a message.
+    fn ipam_pools_but<'a>(
+        &'a self,
+        own_pools: &'a [IpNet],
+    ) -> impl Iterator<Item = (IpNet, String)> + 'a {
+        self.state
+            .ipam_pools
+            .values()
+            .filter(|p| !own_pools.contains(&p.pool))
+            .map(|p| (p.pool, format!("Docker IPAM pool {}", p.pool_id)))
+    }
+
+    /// IPv6 subnets in use: by networks, by IPv6 pools the Docker IPAM driver handed out
+    /// (but `own_pools`) and by the node's addresses.
+    pub(super) async fn taken_subnets_v6(
+        &self,
+        own_pools: &[IpNet],
+    ) -> Result<Vec<(Ipv6Net, String)>> {
+        let mut taken: Vec<(Ipv6Net, String)> = self
+            .state
+            .networks
+            .values()
+            .filter_map(|n| Some((n.ipv6.as_ref()?.subnet, format!("network {}", n.name))))
+            .collect();
+        taken.extend(
+            self.ipam_pools_but(own_pools)
+                .filter_map(|(pool, owner)| match pool {
+                    IpNet::V6(pool) => Some((pool, owner)),
+                    IpNet::V4(_) => None,
+                }),
+        );
+        taken.extend(
+            netlink::ipv6_addresses(&self.handle)
+                .await?
+                .into_iter()
+                .map(|(_, net)| (net.trunc(), "an address of the node".to_string())),
+        );
+        Ok(taken)
+    }
+
+    /// The first subnet of the IPv6 pools (those of `--default-address-pool` with an IPv6
+    /// base, else the agent's unique local /48) that overlaps none of `taken`, for `owner`
+    /// (named when the pools are exhausted).
+    pub(super) fn free_subnet_v6(
+        &self,
+        owner: &str,
+        taken: &[(Ipv6Net, String)],
+    ) -> Result<Ipv6Net> {
+        let taken: Vec<Ipv6Net> = taken.iter().map(|(t, _)| *t).collect();
+        let pools = ipam::ipv6_pools(&self.settings.default_address_pools, self.ula_global_id);
+        ipam::first_free_subnet_v6(&pools, &taken).ok_or_else(|| Error::PoolExhausted {
+            network: owner.to_string(),
+        })
     }
 
     /// Creates the network's bridge if it is missing, and gives it its address, MTU and
@@ -163,12 +219,13 @@ impl Service {
     /// The IPv6 side of a network being planned: with IPv6 asked for (`--ipv6`, its driver
     /// option, or `--ipv6` of the daemon for the default bridge), the subnet of `config` (an
     /// IPAM entry with an IPv6 subnet), else a free /64 of the IPv6 pools; its gateway is
-    /// the subnet's `::1` unless given.
+    /// the subnet's `::1` unless given. `own_pools` as for [`Service::taken_subnets`].
     async fn plan_ipv6(
         &self,
         name: &str,
         enabled: bool,
         config: Option<&IpamConfig>,
+        own_pools: &[IpNet],
     ) -> Result<Option<Ipv6Side>> {
         if !enabled {
             return match config {
@@ -178,18 +235,7 @@ impl Service {
                 None => Ok(None),
             };
         }
-        let mut taken: Vec<(Ipv6Net, String)> = self
-            .state
-            .networks
-            .values()
-            .filter_map(|n| Some((n.ipv6.as_ref()?.subnet, format!("network {}", n.name))))
-            .collect();
-        taken.extend(
-            netlink::ipv6_addresses(&self.handle)
-                .await?
-                .into_iter()
-                .map(|(_, net)| (net.trunc(), "an address of the node".to_string())),
-        );
+        let taken = self.taken_subnets_v6(own_pools).await?;
         let config = config.cloned().unwrap_or_default();
         let subnet = match &config.subnet {
             Some(s) => {
@@ -202,14 +248,7 @@ impl Service {
                 }
                 subnet
             }
-            None => {
-                let taken: Vec<Ipv6Net> = taken.iter().map(|(t, _)| *t).collect();
-                let pools =
-                    ipam::ipv6_pools(&self.settings.default_address_pools, self.ula_global_id);
-                ipam::first_free_subnet_v6(&pools, &taken).ok_or_else(|| Error::PoolExhausted {
-                    network: name.to_string(),
-                })?
-            }
+            None => self.free_subnet_v6(name, &taken)?,
         };
         let gateway = match &config.gateway {
             Some(g) => {
@@ -250,7 +289,7 @@ impl Service {
         &self,
         request: &CreateNetwork,
         is_default: bool,
-        own_pool: Option<Ipv4Net>,
+        own_pools: &[IpNet],
     ) -> Result<NetworkRecord> {
         validate_name("network", &request.name)?;
         if self.state.networks.contains_key(&request.name)
@@ -319,10 +358,11 @@ impl Service {
                     subnet: Some(cidr.trunc().to_string()),
                     ..IpamConfig::default()
                 };
-                self.plan_ipv6(&request.name, true, Some(&config)).await?
+                self.plan_ipv6(&request.name, true, Some(&config), own_pools)
+                    .await?
             }
             _ => {
-                self.plan_ipv6(&request.name, enable_ipv6, ipv6_config)
+                self.plan_ipv6(&request.name, enable_ipv6, ipv6_config, own_pools)
                     .await?
             }
         };
@@ -335,7 +375,7 @@ impl Service {
                 "--gateway and --ip-range need --subnet".into(),
             ));
         }
-        let taken = self.taken_subnets(own_pool).await?;
+        let taken = self.taken_subnets(own_pools).await?;
         let subnet = match &config.subnet {
             Some(s) => {
                 let subnet = parse_subnet("subnet", s)?;
@@ -478,7 +518,7 @@ impl Service {
     }
 
     pub async fn create_network(&mut self, request: CreateNetwork) -> Result<NetworkCreated> {
-        let network = self.plan_network(&request, false, None).await?;
+        let network = self.plan_network(&request, false, &[]).await?;
         let warnings = match network.driver.is_bridge() {
             true => ignored_options(&request.options),
             false => drivers::ignored_options(network.driver.name(), &request.options),
@@ -540,7 +580,7 @@ impl Service {
                 ..Ipam::default()
             });
         }
-        let mut network = self.plan_network(&request, true, None).await?;
+        let mut network = self.plan_network(&request, true, &[]).await?;
         network.bridge = super::DEFAULT_BRIDGE.into();
         network.host_binding_ipv4 = Some(self.settings.ip);
         Ok(network)
