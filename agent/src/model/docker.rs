@@ -328,6 +328,21 @@ mod tests {
     }
 
     #[test]
+    fn create_endpoint_answers_only_what_docker_left_empty() {
+        let answer = |interface| serde_json::to_value(CreateEndpointReply { interface }).unwrap();
+        assert_eq!(answer(None), serde_json::json!({}));
+        // libnetwork parses the address as CIDR and refuses a field it had filled.
+        let ipv6_only = InterfaceReply {
+            address_ipv6: Some("fd00:42::2/64".into()),
+            ..InterfaceReply::default()
+        };
+        assert_eq!(
+            answer(Some(ipv6_only)),
+            serde_json::json!({"Interface": {"AddressIPv6": "fd00:42::2/64"}})
+        );
+    }
+
+    #[test]
     fn port_options_as_dockerd_sends_them() {
         // From a capture of dockerd 20.10 (shared/reference/docker-20.10/remote-driver).
         let options: Options = serde_json::from_str(
