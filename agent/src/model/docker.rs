@@ -262,6 +262,9 @@ pub struct RequestPoolRequest {
     pub sub_pool: String,
     #[serde(rename = "Options", default, deserialize_with = "nullable")]
     pub options: BTreeMap<String, String>,
+    /// For the IPv6 pool of an `--ipv6` network: libnetwork (20.10) asks for it after the
+    /// IPv4 pool, only on such networks, then for its gateway with `RequestAddress` and
+    /// [`OPT_REQUEST_ADDRESS_TYPE`] as for IPv4, and for each endpoint's address.
     #[serde(rename = "V6", default)]
     pub v6: bool,
 }
