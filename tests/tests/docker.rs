@@ -773,7 +773,9 @@ fn docker_ipv6_networks_publish_on_both_families() -> Result<()> {
         Ok(ip)
     };
 
-    // Docker's IPAM, with the IPv6 subnet given (Docker 20.10 has no default IPv6 pool).
+    // Docker's IPAM, with the IPv6 subnet given: Docker 20.10's has no default IPv6 pool.
+    let no_pool = node.network_create_fails(&["--ipv6", "nopool6"])?;
+    ensure!(no_pool.contains("IPv6 address pool"), "{no_pool}");
     node.network_create(&[
         "--ipv6",
         "--subnet",
