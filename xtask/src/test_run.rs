@@ -49,6 +49,7 @@ pub const BEHAVIOUR_SUITES: &[&str] = &[
     "cni_containerd",
     "cni_podman",
     "cni_multinode",
+    "docker",
 ];
 
 /// A test executable cargo built.
