@@ -114,8 +114,14 @@ pub struct NetworkRecord {
     pub created: String,
     /// The Linux bridge device.
     pub bridge: String,
-    pub subnet: Ipv4Net,
-    pub gateway: Ipv4Addr,
+    /// The IPv4 subnet; `None` on an IPv6-only network (Docker 28's `EnableIPv4: false`),
+    /// which then has an [`Ipv6Side`]. Records written before IPv6-only networks always
+    /// have one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subnet: Option<Ipv4Net>,
+    /// The IPv4 gateway: set exactly when `subnet` is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<Ipv4Addr>,
     /// Where dynamic addresses come from (default: the whole subnet).
     pub ip_range: Option<Ipv4Net>,
     pub internal: bool,
@@ -191,8 +197,8 @@ impl NetworkRecord {
             id: format!("{name}-id"),
             created: String::new(),
             bridge: format!("br-{name}"),
-            subnet,
-            gateway: subnet.hosts().next().expect("a subnet with hosts"),
+            subnet: Some(subnet),
+            gateway: subnet.hosts().next(),
             ip_range: None,
             internal: false,
             enable_icc: true,
@@ -230,6 +236,22 @@ pub enum ManagedBy {
 }
 
 impl NetworkRecord {
+    /// The network's IPv4 subnet and gateway; `None` on an IPv6-only network.
+    pub fn ipv4(&self) -> Option<(Ipv4Net, Ipv4Addr)> {
+        Some((self.subnet?, self.gateway?))
+    }
+
+    /// The IPv4 gateway with the subnet's prefix length, as it goes on the bridge.
+    pub fn gateway_net(&self) -> Option<Ipv4Net> {
+        let (subnet, gateway) = self.ipv4()?;
+        Some(Ipv4Net::new(gateway, subnet.prefix_len()).expect("prefix of a valid net"))
+    }
+
+    /// Whether the network has IPv4 (Docker 28's `EnableIPv4`).
+    pub fn enable_ipv4(&self) -> bool {
+        self.subnet.is_some()
+    }
+
     /// The default `bridge` network: no name resolution, legacy links.
     pub fn is_default(&self) -> bool {
         self.name == crate::service::DEFAULT_NETWORK
@@ -237,14 +259,22 @@ impl NetworkRecord {
 
     /// Whether the network has a gateway for its containers' default route: every
     /// network but an `isolated` one (with `inhibit_ipv4` someone else puts the address
-    /// on the bridge).
+    /// on the bridge). An IPv6-only network goes by its `gateway_mode_ipv6`.
     pub fn has_gateway(&self) -> bool {
-        self.gateway_mode_ipv4 != GatewayMode::Isolated
+        match self.subnet {
+            Some(_) => self.gateway_mode_ipv4 != GatewayMode::Isolated,
+            None => self.gateway_mode_ipv6 != GatewayMode::Isolated,
+        }
     }
 
-    /// Whether the agent puts the gateway address on the bridge.
+    /// The IPv4 gateway of the containers' default route, if the network has one.
+    pub fn gateway_ipv4(&self) -> Option<Ipv4Addr> {
+        self.gateway.filter(|_| self.has_gateway())
+    }
+
+    /// Whether the agent puts the IPv4 gateway address on the bridge.
     pub fn bridge_has_address(&self) -> bool {
-        self.has_gateway() && !self.inhibit_ipv4
+        self.enable_ipv4() && self.has_gateway() && !self.inhibit_ipv4
     }
 
     /// Whether the network's outgoing IPv6 traffic leaves with the node's IPv6 address:
@@ -260,9 +290,10 @@ impl NetworkRecord {
             )
     }
 
-    /// Whether the network's outgoing traffic leaves with the node's address.
+    /// Whether the network's outgoing IPv4 traffic leaves with the node's address.
     pub fn masquerades(&self) -> bool {
-        self.enable_ip_masquerade
+        self.enable_ipv4()
+            && self.enable_ip_masquerade
             && !self.internal
             && matches!(
                 self.gateway_mode_ipv4,
@@ -290,7 +321,9 @@ pub enum NetworkMode {
 pub struct EndpointRecord {
     pub network_id: String,
     pub endpoint_id: String,
-    pub ip: Ipv4Addr,
+    /// The IPv4 address; `None` on an IPv6-only network.
+    #[serde(default)]
+    pub ip: Option<Ipv4Addr>,
     pub mac: MacAddress,
     /// The interface inside the container (eth0, eth1, ...).
     pub ifname: String,
