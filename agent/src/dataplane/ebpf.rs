@@ -1019,8 +1019,7 @@ impl Dataplane for EbpfDataplane {
         // entry, and its program handles its IPv6 traffic by the IPv6 maps.
         if let Some((key, info)) = endpoint_entry(endpoint) {
             let mut endpoints: HashMap<&mut MapData, EndpointKey, EndpointInfo> =
-                HashMap::try_from(self.map_mut(ENDPOINTS)?)
-                    .map_err(Error::dataplane(ENDPOINTS))?;
+                HashMap::try_from(self.map_mut(ENDPOINTS)?).map_err(Error::dataplane(ENDPOINTS))?;
             endpoints
                 .insert(key, info, 0)
                 .map_err(Error::dataplane("adding an endpoint"))?;

@@ -1859,6 +1859,27 @@ mod tests {
         assert!(parse_counter("   0 0 RETURN all -- bpfbr0 * 0.0.0.0/0 0.0.0.0/0").is_none());
     }
 
+    /// An IPv6-only network (Docker 28's `--ipv4=false`) has its ip6tables rules and no
+    /// iptables rule at all: nothing names an IPv4 subnet it does not have.
+    #[test]
+    fn an_ipv6_only_network_has_ip6tables_rules_only() {
+        let only6 = NetworkPolicy {
+            subnet: None,
+            gateway: None,
+            masquerade: false,
+            subnet_ipv6: Some("fd00:6::/64".parse().unwrap()),
+            gateway_ipv6: Some("fd00:6::1".parse().unwrap()),
+            masquerade_ipv6: true,
+            ..default_bridge()
+        };
+        let rules = network_rules(&only6, LocalAccess::Hairpin, true);
+        assert!(!rules.is_empty());
+        assert!(rules.iter().all(|(r, _)| r.ipv6), "{rules:#?}");
+        let masquerade = "-A POSTROUTING -s fd00:6::/64 ! -o docker0 -j MASQUERADE";
+        assert!(rules.iter().any(|(r, _)| r.save_line() == masquerade));
+        assert!(network_rules(&only6, LocalAccess::Hairpin, false).is_empty());
+    }
+
     /// Docker 27's ip6tables rules of a dual-stack network and an IPv6 published port.
     #[test]
     fn ipv6_rules_read_like_docker_27s() {

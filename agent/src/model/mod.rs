@@ -150,6 +150,11 @@ mod tests {
             assert!(bad.parse::<MacAddress>().is_err(), "{bad:?}");
         }
         assert_eq!(short_id(&random_id()).len(), 12);
+        // A random MAC is unicast and locally administered.
+        for _ in 0..16 {
+            let first = MacAddress::random().octets()[0];
+            assert_eq!(first & 0x03, 0x02, "{first:#04x}");
+        }
     }
 
     #[test]

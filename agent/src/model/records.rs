@@ -220,6 +220,23 @@ impl NetworkRecord {
             ipv6: None,
         }
     }
+
+    /// As [`Self::for_tests`], but IPv6-only (Docker 28's `--ipv4=false --ipv6`) on
+    /// `subnet`, its gateway the subnet's `::1`.
+    pub(crate) fn ipv6_only_for_tests(name: &str, subnet: &str) -> Self {
+        let subnet: Ipv6Net = subnet.parse().expect("a test subnet");
+        NetworkRecord {
+            subnet: None,
+            gateway: None,
+            ipv6: Some(Ipv6Side {
+                subnet,
+                gateway: crate::ipam::default_gateway_v6(subnet),
+                ip_range: None,
+                last_allocated: None,
+            }),
+            ..Self::for_tests(name, "10.255.255.0/24")
+        }
+    }
 }
 
 /// Who drives a network or container: the bpfbridge API, Docker through the plugin, or a
@@ -438,4 +455,73 @@ pub struct IpamPoolRecord {
     pub sub_pool: Option<Ipv4Net>,
     pub allocated: std::collections::BTreeSet<Ipv4Addr>,
     pub last_allocated: Option<Ipv4Addr>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_ipv6_only_network_has_no_ipv4_side() {
+        let network = NetworkRecord::ipv6_only_for_tests("v6", "fd00:6::/64");
+        assert!(!network.enable_ipv4());
+        assert_eq!(network.ipv4(), None);
+        assert_eq!(network.gateway_net(), None);
+        assert_eq!(network.gateway_ipv4(), None);
+        assert!(network.has_gateway(), "its IPv6 gateway");
+        assert!(
+            !network.bridge_has_address(),
+            "no IPv4 address on the bridge"
+        );
+        assert!(!network.masquerades() && network.masquerades_ipv6());
+        let isolated = NetworkRecord {
+            gateway_mode_ipv6: GatewayMode::Isolated,
+            internal: true,
+            ..network.clone()
+        };
+        assert!(!isolated.has_gateway(), "its IPv6 gateway mode decides");
+
+        let dual = NetworkRecord::for_tests("n", "10.1.0.0/24");
+        assert_eq!(
+            dual.gateway_net(),
+            Some("10.1.0.1/24".parse().unwrap()),
+            "the gateway with the subnet's prefix"
+        );
+    }
+
+    #[test]
+    fn network_records_load_with_and_without_ipv4() {
+        // What agents before IPv6-only networks wrote: the IPv4 side is always there.
+        let dual = NetworkRecord::for_tests("n", "10.1.0.0/24");
+        let json = serde_json::to_value(&dual).unwrap();
+        assert_eq!(json["subnet"], "10.1.0.0/24");
+        assert_eq!(json["gateway"], "10.1.0.1");
+        assert_eq!(serde_json::from_value::<NetworkRecord>(json).unwrap(), dual);
+
+        let only6 = NetworkRecord::ipv6_only_for_tests("v6", "fd00:6::/64");
+        let json = serde_json::to_value(&only6).unwrap();
+        assert!(json.get("subnet").is_none() && json.get("gateway").is_none());
+        assert_eq!(
+            serde_json::from_value::<NetworkRecord>(json).unwrap(),
+            only6
+        );
+    }
+
+    #[test]
+    fn endpoint_records_load_with_and_without_ipv4() {
+        let old = r#"{"network_id":"n","endpoint_id":"e","ip":"172.17.0.2","mac":"02:42:ac:11:00:02","ifname":"eth0","host_veth":"veth1","host_veth_ifindex":7,"host_veth_mac":"aa:bb:cc:dd:ee:0f","aliases":[],"requested_ip":null,"pending":false}"#;
+        let record: EndpointRecord = serde_json::from_str(old).unwrap();
+        assert_eq!(record.ip, Some(Ipv4Addr::new(172, 17, 0, 2)));
+        let only6 = r#"{"network_id":"n","endpoint_id":"e","ip":null,"mac":"06:42:ac:11:00:02","ifname":"eth0","host_veth":"veth1","host_veth_ifindex":7,"host_veth_mac":"aa:bb:cc:dd:ee:0f","aliases":[],"requested_ip":null,"ipv6":"fd00:6::2","pending":false}"#;
+        let record: EndpointRecord = serde_json::from_str(only6).unwrap();
+        assert_eq!(record.ip, None);
+        assert_eq!(
+            serde_json::to_string(&record).unwrap(),
+            only6,
+            "written back the same"
+        );
+        let without_key = only6.replace(r#""ip":null,"#, "");
+        let record: EndpointRecord = serde_json::from_str(&without_key).unwrap();
+        assert_eq!(record.ip, None);
+    }
 }

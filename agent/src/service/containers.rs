@@ -131,8 +131,7 @@ impl Service {
                     }
                     _ => {
                         let families = self.port_families(&container);
-                        let host_ips =
-                            default_host_ips(&self.settings, networks.first(), families);
+                        let host_ips = default_host_ips(&self.settings, networks.first(), families);
                         let requests =
                             container_port_requests(host_config, &container.exposed, &host_ips)?;
                         self.check_port_families(&requests, families)?;

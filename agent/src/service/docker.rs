@@ -387,8 +387,7 @@ impl Service {
                 network.name
             )));
         };
-        if !subnet.contains(&ip) || [subnet.network(), subnet.broadcast(), gateway].contains(&ip)
-        {
+        if !subnet.contains(&ip) || [subnet.network(), subnet.broadcast(), gateway].contains(&ip) {
             return Err(Error::InvalidArgument(format!(
                 "IP address {ip} is not a usable container address of network {} ({subnet})",
                 network.name

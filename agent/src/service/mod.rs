@@ -627,14 +627,53 @@ impl Service {
                 "the {} dataplane does not publish on IPv6 addresses yet",
                 self.dataplane.name()
             ),
-            true if !families.ipv6 => "the container has no IPv6 address (its network needs --ipv6); \
+            true if !families.ipv6 => {
+                "the container has no IPv6 address (its network needs --ipv6); \
                  an IPv6 port is not translated to an IPv4 container"
-                .to_string(),
+                    .to_string()
+            }
             true => return Ok(()),
         };
         Err(Error::InvalidArgument(format!(
             "port mapping on {}: {why}",
             request.host_ip
         )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ports_default_to_the_families_of_the_carrier() {
+        let settings = Settings::default();
+        let (any4, any6) = (
+            IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+            IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
+        );
+        let families = |ipv4, ipv6| PortFamilies { ipv4, ipv6 };
+        assert_eq!(
+            default_host_ips(&settings, None, families(true, false)),
+            [any4]
+        );
+        assert_eq!(
+            default_host_ips(&settings, None, families(true, true)),
+            [any4, any6]
+        );
+        // A container on an IPv6-only network: `::` alone, as Docker 28.
+        assert_eq!(
+            default_host_ips(&settings, None, families(false, true)),
+            [any6]
+        );
+        // A given host address stays (and is refused for a family the carrier lacks).
+        let network = NetworkRecord {
+            host_binding_ipv4: Some("192.0.2.1".parse().unwrap()),
+            ..NetworkRecord::ipv6_only_for_tests("v6", "fd00:6::/64")
+        };
+        assert_eq!(
+            default_host_ips(&settings, Some(&network), families(false, true)),
+            ["192.0.2.1".parse::<IpAddr>().unwrap()]
+        );
     }
 }

@@ -1152,6 +1152,45 @@ mod tests {
     }
 
     #[test]
+    fn a_network_needs_a_family_and_the_default_bridge_keeps_ipv4() {
+        for (ipv4, ipv6, default, refused) in [
+            (true, false, false, None),
+            (true, true, true, None),
+            (false, true, false, None),
+            (false, false, false, Some("IPv4 or IPv6 must be enabled")),
+            (false, false, true, Some("IPv4 or IPv6 must be enabled")),
+            (false, true, true, Some("cannot be IPv6-only")),
+        ] {
+            let result = check_families(ipv4, ipv6, default);
+            match refused {
+                None => assert!(result.is_ok(), "{ipv4} {ipv6} {default}"),
+                Some(message) => {
+                    let error = result.unwrap_err().to_string();
+                    assert!(error.contains(message), "{error}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn an_ipv6_only_network_has_an_ipv6_policy_only() {
+        let mut network = NetworkRecord::ipv6_only_for_tests("v6", "fd00:6::/64");
+        network.gateway_mode_ipv6 = GatewayMode::Routed;
+        let policy = network_policy(&network, false);
+        assert_eq!((policy.subnet, policy.gateway), (None, None));
+        assert!(!policy.masquerade && !policy.masquerade_ipv6);
+        assert_eq!(policy.subnet_ipv6, Some("fd00:6::/64".parse().unwrap()));
+        assert_eq!(policy.gateway_ipv6, Some("fd00:6::1".parse().unwrap()));
+        assert_eq!(
+            policy.direct_access,
+            DirectAccess::PublishedAndIcmp,
+            "its IPv6 gateway mode's"
+        );
+        network.gateway_mode_ipv6 = GatewayMode::Nat;
+        assert!(network_policy(&network, false).masquerade_ipv6);
+    }
+
+    #[test]
     fn refused_options() {
         for (options, internal, message) in [
             (

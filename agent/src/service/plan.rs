@@ -778,6 +778,36 @@ mod tests {
     }
 
     #[test]
+    fn an_endpoint_on_an_ipv6_only_network_has_no_ipv4_address() {
+        let net = NetworkRecord {
+            id: "n-6".into(),
+            ..NetworkRecord::ipv6_only_for_tests("v6", "fd00:6::/64")
+        };
+        let new = container("b", Vec::new());
+        let plan = |wish: EndpointWish| {
+            plan_endpoint(&BTreeMap::new(), &new, &net, wish, &BTreeSet::new())
+        };
+        let e = plan(EndpointWish::default()).unwrap();
+        assert_eq!(e.ip, None);
+        assert_eq!(e.ipv6, Some("fd00:6::2".parse().unwrap()));
+        assert_eq!(e.mac.octets()[0] & 0x03, 0x02, "a random local MAC");
+        let asking = EndpointWish {
+            requested_ip: Some(Ipv4Addr::new(10, 255, 255, 5)),
+            ..EndpointWish::default()
+        };
+        let error = plan(asking).unwrap_err().to_string();
+        assert!(error.contains("is IPv6-only"), "{error}");
+        let asking6 = EndpointWish {
+            requested_ipv6: Some("fd00:6::9".parse().unwrap()),
+            ..EndpointWish::default()
+        };
+        assert_eq!(
+            plan(asking6).unwrap().ipv6,
+            Some("fd00:6::9".parse().unwrap())
+        );
+    }
+
+    #[test]
     fn endpoints_get_free_addresses_and_the_next_interface() {
         let net = network("mynet", "n-1", false);
         let holder = container("a", vec![endpoint("n-1", [10, 1, 0, 2], "eth0", false)]);

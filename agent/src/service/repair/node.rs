@@ -200,7 +200,10 @@ mod tests {
     fn bridge_drift_is_what_differs_from_up_with_its_gateway() {
         let gateway: Ipv4Net = "172.17.0.1/16".parse().unwrap();
         let held = [(3, gateway)];
-        assert_eq!(bridge_drift(None, &held, Some(gateway)), [BridgeDrift::Missing]);
+        assert_eq!(
+            bridge_drift(None, &held, Some(gateway)),
+            [BridgeDrift::Missing]
+        );
         assert!(bridge_drift(Some(&bridge(true)), &held, Some(gateway)).is_empty());
         assert_eq!(
             bridge_drift(Some(&bridge(false)), &held, Some(gateway)),
