@@ -679,6 +679,7 @@ fn ipv6_only_network() -> Result<()> {
         Some("pong hi"),
         "a container reaches another over IPv6 on an IPv6-only network"
     );
+    no_ipv4_state_for(&topology, &agent, "only6")?;
 
     if skip_without_dataplane_ipv6(&agent, "published ports of an IPv6-only network")? {
         // Without IPv6 publishing there is no family left to publish on.
@@ -748,6 +749,70 @@ fn ipv6_only_network() -> Result<()> {
         world.last_peer().map(|p| p.ip()),
         Some(IpAddr::V6(NODE_IPV6)),
         "the world sees the node's IPv6 address"
+    );
+    Ok(())
+}
+
+/// Checks that the dataplane holds nothing IPv4 for the IPv6-only network `network` (the
+/// agent's only network with containers): on eBPF, no ENDPOINTS entry and no NETWORKS
+/// entry but the default bridge's; on iptables, no iptables rule naming its bridge, where
+/// ip6tables rules do.
+fn no_ipv4_state_for(topology: &Topology, agent: &Agent, network: &str) -> Result<()> {
+    let id = agent.cli_json(&["network", "inspect", network])?[0]["Id"]
+        .as_str()
+        .context("the network's id")?
+        .to_string();
+    let bridge = format!("bpfbr-{}", &id[..9]);
+    if bpfbridge_tests::dataplane() == "iptables" {
+        let save = |binary: &str| -> Result<String> {
+            let out = topology.node.exec(binary, &[])?;
+            ensure!(out.status.success(), "{binary} failed");
+            Ok(String::from_utf8(out.stdout)?)
+        };
+        ensure!(
+            !save("iptables-save")?.contains(&bridge),
+            "no iptables rule names {bridge}"
+        );
+        ensure!(
+            save("ip6tables-save")?.contains(&bridge),
+            "ip6tables rules name {bridge}"
+        );
+        return Ok(());
+    }
+    if !bpfbridge_tests::ebpf_checks("ENDPOINTS and NETWORKS entries") {
+        return Ok(());
+    }
+    use aya::maps::{HashMap, Map, MapData, lpm_trie::LpmTrie};
+    use dataplane_common::{
+        EndpointInfo, EndpointKey, NetworkInfo, NetworkKey,
+        maps::{ENDPOINTS, NETWORKS},
+    };
+    let open = |name: &str| -> Result<Map> {
+        let data = MapData::from_pin(agent.pin_dir.join(name))
+            .with_context(|| format!("opening pinned map {name}"))?;
+        Ok(Map::from_map_data(data)?)
+    };
+    let endpoints: HashMap<MapData, EndpointKey, EndpointInfo> =
+        HashMap::try_from(open(ENDPOINTS)?)?;
+    let keys: Vec<EndpointKey> = endpoints.keys().collect::<Result<_, _>>()?;
+    ensure!(keys.is_empty(), "ENDPOINTS holds {} entries", keys.len());
+    let networks: LpmTrie<MapData, NetworkKey, NetworkInfo> = LpmTrie::try_from(open(NETWORKS)?)?;
+    let subnets: Vec<(u32, std::net::Ipv4Addr)> = networks
+        .keys()
+        .map(|k| k.map(|k| (k.prefix_len(), u32::from_be(k.data().addr_be).into())))
+        .collect::<Result<_, _>>()?;
+    let default_bridge: ipnet::Ipv4Net =
+        agent.cli_json(&["network", "inspect", "bridge"])?[0]["IPAM"]["Config"][0]["Subnet"]
+            .as_str()
+            .context("the default bridge's subnet")?
+            .parse()?;
+    ensure!(
+        subnets
+            == [(
+                u32::from(default_bridge.prefix_len()),
+                default_bridge.network()
+            )],
+        "NETWORKS holds the default bridge's subnet ({default_bridge}) only: {subnets:?}"
     );
     Ok(())
 }
