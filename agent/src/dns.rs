@@ -84,7 +84,9 @@ pub struct Record {
     pub network: String,
     /// Container name, network aliases, short id (12 hex).
     pub names: Vec<String>,
-    pub ip: Ipv4Addr,
+    /// The IPv4 address (A answers); none on an IPv6-only network.
+    #[serde(default)]
+    pub ip: Option<Ipv4Addr>,
     /// The IPv6 address on a network with IPv6 (AAAA answers); records saved before IPv6
     /// have none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -830,7 +832,7 @@ fn lookup(records: &[Record], client: &str, name: &str) -> Vec<IpAddr> {
         if networks.contains(record.network.as_str())
             && record.names.iter().any(|n| same_name(n, name))
         {
-            let addresses = std::iter::once(IpAddr::V4(record.ip))
+            let addresses = (record.ip.map(IpAddr::V4).into_iter())
                 .chain(record.ipv6.map(IpAddr::V6))
                 .collect::<Vec<_>>();
             for ip in addresses {
@@ -941,7 +943,7 @@ mod tests {
             container_id: container_id.into(),
             network: network.into(),
             names: names.iter().map(|n| n.to_string()).collect(),
-            ip: ip.into(),
+            ip: Some(ip.into()),
             ipv6: None,
         }
     }
@@ -1044,6 +1046,28 @@ mod tests {
         let a = query("c2", RecordType::A).to_vec().unwrap();
         let response = decided(&dual, &a, Transport::Udp).unwrap();
         assert_eq!(response.answers.len(), 1, "A answers stay IPv4");
+    }
+
+    #[test]
+    fn an_ipv6_only_container_answers_aaaa_and_an_empty_a() {
+        let mut only6 = records();
+        only6[1].ip = None;
+        only6[1].ipv6 = Some("fd00:1::2".parse().unwrap());
+        let aaaa = query("c2", RecordType::AAAA).to_vec().unwrap();
+        let response = decided(&only6, &aaaa, Transport::Udp).unwrap();
+        let answers: Vec<_> = response.answers.iter().map(|r| r.data.clone()).collect();
+        assert_eq!(answers, [RData::AAAA(AAAA("fd00:1::2".parse().unwrap()))]);
+        let a = query("c2", RecordType::A).to_vec().unwrap();
+        let response = decided(&only6, &a, Transport::Udp).expect("answered, not forwarded");
+        assert_eq!(response.metadata.response_code, ResponseCode::NoError);
+        assert!(response.answers.is_empty());
+    }
+
+    #[test]
+    fn records_saved_before_ipv6_only_networks_load() {
+        let saved = r#"[{"container_id":"id1","network":"a","names":["c1"],"ip":"10.0.1.1"}]"#;
+        let loaded: Vec<Record> = serde_json::from_str(saved).unwrap();
+        assert_eq!(loaded, [record("id1", "a", &["c1"], [10, 0, 1, 1])]);
     }
 
     #[test]

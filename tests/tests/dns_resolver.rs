@@ -50,7 +50,7 @@ fn record(id: &str, network: &str, names: &[&str], ip: [u8; 4]) -> Record {
         container_id: id.into(),
         network: network.into(),
         names,
-        ip: ip.into(),
+        ip: Some(ip.into()),
         ipv6: None,
     }
 }

@@ -1,8 +1,9 @@
 //! IPv6 dual stack (`--ipv6` networks), on a topology whose uplink carries 2001:db8:1::/64
 //! beside its IPv4 subnet: addresses and inspect fields, container to container, the
 //! world through the node's IPv6 address (masquerade), published ports on `[::]` with the
-//! client's address preserved, `[::1]` from the node, `icc=false`, AAAA answers, and the
-//! refusals (an IPv6 port for a container without IPv6, an IPv6-only network).
+//! client's address preserved, `[::1]` from the node, `icc=false`, AAAA answers, IPv6-only
+//! networks (Docker 28's `--ipv4=false`), and the refusals (an IPv6 port for a container
+//! without IPv6, an IPv4 one for a container without IPv4, a network without a family).
 //!
 //! What needs the dataplane to handle IPv6 traffic (translation, masquerade, policy) is
 //! skipped, with the reason, on a dataplane whose `info` says `DataplaneIPv6: false`.
@@ -21,7 +22,7 @@ use std::{
 
 use anyhow::{Context as _, Result, ensure};
 use bpfbridge_tests::{
-    Agent, NODE_IPV6, Topology, WORLD_IPV6, enter_netns_on_this_thread, in_netns, nettool,
+    Agent, NODE_IP, NODE_IPV6, Topology, WORLD_IPV6, enter_netns_on_this_thread, in_netns, nettool,
     not_yet_on_ebpf, skip_without_dataplane_ipv6,
 };
 use serde_json::Value;
@@ -129,6 +130,15 @@ fn exchange(netns: &Path, to: SocketAddr) -> Option<String> {
     .flatten()
 }
 
+/// Runs `ip ARGS` in the namespace at `netns`; its stdout.
+fn ip_in(netns: &Path, args: &[&str]) -> Result<String> {
+    let out = in_netns(netns, || {
+        std::process::Command::new("ip").args(args).output()
+    })?;
+    ensure!(out.status.success(), "ip {}: {:?}", args.join(" "), out);
+    Ok(String::from_utf8(out.stdout)?)
+}
+
 /// A dual-stack topology, an agent, and a network `v6` on `10.66.0.0/24` and
 /// `fd00:66::/64` (icc per `icc`).
 fn dual_stack(icc: bool) -> Result<(Topology, Agent)> {
@@ -207,7 +217,7 @@ fn ipv6_networks_give_addresses_and_inspect_shows_them() -> Result<()> {
         "{subnet}"
     );
 
-    // What cannot be: --ip6 without IPv6, an IPv6-only network (not supported yet).
+    // What cannot be: --ip6 outside the IPv6 subnet, a network without any family.
     let error = refused(
         &agent,
         &[
@@ -221,11 +231,8 @@ fn ipv6_networks_give_addresses_and_inspect_shows_them() -> Result<()> {
         ],
     )?;
     assert!(error.contains("not a usable address"), "{error}");
-    let error = refused(
-        &agent,
-        &["network", "create", "only6", "--ipv6", "--ipv4=false"],
-    )?;
-    assert!(error.contains("IPv6-only networks"), "{error}");
+    let error = refused(&agent, &["network", "create", "nofamily", "--ipv4=false"])?;
+    assert!(error.contains("IPv4 or IPv6 must be enabled"), "{error}");
     Ok(())
 }
 
@@ -406,32 +413,43 @@ fn icc_false_refuses_ipv6_between_containers_but_links() -> Result<()> {
     Ok(())
 }
 
-#[test]
-fn aaaa_answers_name_containers_and_aliases() -> Result<()> {
+/// The answer of the container DNS server of the namespace at `netns` to a query for
+/// `name`'s `kind` records.
+fn ask_dns(
+    netns: &Path,
+    name: &str,
+    kind: hickory_proto::rr::RecordType,
+) -> Result<hickory_proto::op::Message> {
     use hickory_proto::{
         op::{Message, Query},
-        rr::{Name, RData, RecordType},
+        rr::Name,
     };
+    let mut query = Message::query();
+    query.metadata.recursion_desired = true;
+    query.add_query(Query::query(Name::from_ascii(name)?, kind));
+    let bytes = query.to_vec()?;
+    let answer = in_netns(netns, || -> std::io::Result<Vec<u8>> {
+        let socket = std::net::UdpSocket::bind(("127.0.0.1", 0))?;
+        socket.connect(("127.0.0.11", 53))?;
+        socket.set_read_timeout(Some(WAIT))?;
+        socket.send(&bytes)?;
+        let mut buf = vec![0; 4096];
+        let len = socket.recv(&mut buf)?;
+        buf.truncate(len);
+        Ok(buf)
+    })?;
+    Ok(Message::from_vec(&answer)?)
+}
+
+#[test]
+fn aaaa_answers_name_containers_and_aliases() -> Result<()> {
+    use hickory_proto::rr::{RData, RecordType};
     let (_topology, agent) = dual_stack(true)?;
     let (_, a_ns) = agent.create_container(&["a", "--network", "v6"])?;
     let (b, _) = agent.create_container(&["b", "--network", "v6", "--alias", "db"])?;
     let b_ip = ipv6_on(&b, "v6")?;
     for name in ["b", "db"] {
-        let mut query = Message::query();
-        query.metadata.recursion_desired = true;
-        query.add_query(Query::query(Name::from_ascii(name)?, RecordType::AAAA));
-        let bytes = query.to_vec()?;
-        let answer = in_netns(&a_ns, || -> std::io::Result<Vec<u8>> {
-            let socket = std::net::UdpSocket::bind(("127.0.0.1", 0))?;
-            socket.connect(("127.0.0.11", 53))?;
-            socket.set_read_timeout(Some(WAIT))?;
-            socket.send(&bytes)?;
-            let mut buf = vec![0; 4096];
-            let len = socket.recv(&mut buf)?;
-            buf.truncate(len);
-            Ok(buf)
-        })?;
-        let response = Message::from_vec(&answer)?;
+        let response = ask_dns(&a_ns, name, RecordType::AAAA)?;
         let addresses: Vec<Ipv6Addr> = response
             .answers
             .iter()
@@ -504,5 +522,297 @@ fn the_default_bridge_takes_ipv6_from_the_daemon_flags() -> Result<()> {
         .node
         .exec("sysctl", &["-n", "net.ipv6.conf.all.forwarding"])?;
     assert_eq!(String::from_utf8_lossy(&forwarding.stdout).trim(), "1");
+    Ok(())
+}
+
+/// Docker 28's IPv6-only networks: `--ipv4=false --ipv6` (or the driver option), inspect
+/// fields without an IPv4 side, containers with an IPv6 address and default route only,
+/// reaching each other and the world over IPv6, ports published on `::` only, and what is
+/// refused.
+#[test]
+fn ipv6_only_network() -> Result<()> {
+    let topology = Topology::new()?.with_ipv6()?;
+    let agent = Agent::start(&topology)?;
+    let world_ns = topology.world.path();
+
+    // What Docker 28 refuses: no family at all, an IPv6-only default bridge (the agent's
+    // own, not made by a request), IPv4 settings on a network without IPv4.
+    let error = refused(&agent, &["network", "create", "nofamily", "--ipv4=false"])?;
+    assert!(error.contains("IPv4 or IPv6 must be enabled"), "{error}");
+    let error = refused(
+        &agent,
+        &[
+            "network",
+            "create",
+            "mixed",
+            "--ipv4=false",
+            "--ipv6",
+            "--subnet",
+            "10.67.0.0/24",
+        ],
+    )?;
+    assert!(error.contains("needs IPv4 enabled"), "{error}");
+
+    ok(
+        &agent,
+        &[
+            "network",
+            "create",
+            "only6",
+            "--ipv4=false",
+            "--ipv6",
+            "--subnet",
+            "fd00:67::/64",
+        ],
+    )?;
+    let network = &agent.cli_json(&["network", "inspect", "only6"])?[0];
+    assert_eq!(network["EnableIPv4"], false);
+    assert_eq!(network["EnableIPv6"], true);
+    assert_eq!(
+        network["IPAM"]["Config"],
+        serde_json::json!([{"Subnet": "fd00:67::/64", "Gateway": "fd00:67::1"}]),
+        "the IPv6 entry only"
+    );
+    // The driver option asks the same, with a subnet from the IPv6 pools.
+    ok(
+        &agent,
+        &[
+            "network",
+            "create",
+            "opt6",
+            "--ipv6",
+            "-o",
+            "com.docker.network.enable_ipv4=false",
+        ],
+    )?;
+    let network = &agent.cli_json(&["network", "inspect", "opt6"])?[0];
+    assert_eq!(network["EnableIPv4"], false);
+    let configs = network["IPAM"]["Config"].as_array().context("Config")?;
+    assert!(
+        configs.len() == 1
+            && configs[0]["Subnet"]
+                .as_str()
+                .is_some_and(|s| s.contains(':')),
+        "{configs:?}"
+    );
+
+    let error = refused(
+        &agent,
+        &[
+            "container",
+            "create",
+            "x",
+            "--network",
+            "only6",
+            "--ip",
+            "10.67.0.5",
+        ],
+    )?;
+    assert!(error.contains("IPv6-only"), "{error}");
+    let error = refused(
+        &agent,
+        &[
+            "container",
+            "create",
+            "y",
+            "--network",
+            "only6",
+            "-p",
+            "127.0.0.1:8621:80",
+        ],
+    )?;
+    assert!(error.contains("no IPv4 address"), "{error}");
+
+    let (a, a_ns) = agent.create_container(&["a", "--network", "only6"])?;
+    let (b, b_ns) = agent.create_container(&["b", "--network", "only6", "--alias", "db"])?;
+    let settings = &a["NetworkSettings"]["Networks"]["only6"];
+    assert_eq!(settings["IPAddress"], "");
+    assert_eq!(settings["Gateway"], "");
+    assert_eq!(settings["IPPrefixLen"], 0);
+    assert_eq!(settings["GlobalIPv6Address"], "fd00:67::2");
+    assert_eq!(settings["IPv6Gateway"], "fd00:67::1");
+    let b_ip = ipv6_on(&b, "only6")?;
+    let network = &agent.cli_json(&["network", "inspect", "only6"])?[0];
+    let shown: Vec<(&str, &str)> = network["Containers"]
+        .as_object()
+        .context("Containers")?
+        .values()
+        .filter_map(|c| Some((c["IPv4Address"].as_str()?, c["IPv6Address"].as_str()?)))
+        .collect();
+    assert!(shown.contains(&("", "fd00:67::2/64")), "{shown:?}");
+
+    // Inside: no IPv4 address on eth0 and no IPv4 default route; the IPv6 default route
+    // through the gateway.
+    assert_eq!(
+        ip_in(&a_ns, &["-4", "-o", "addr", "show", "dev", "eth0"])?,
+        ""
+    );
+    assert_eq!(ip_in(&a_ns, &["-4", "route", "show", "default"])?, "");
+    let route6 = ip_in(&a_ns, &["-6", "route", "show", "default"])?;
+    assert!(route6.contains("via fd00:67::1"), "{route6}");
+
+    // Names answer AAAA, and A with an empty answer (the name exists, without IPv4).
+    for name in ["b", "db"] {
+        let aaaa = ask_dns(&a_ns, name, hickory_proto::rr::RecordType::AAAA)?;
+        let addresses: Vec<IpAddr> = aaaa
+            .answers
+            .iter()
+            .filter_map(|r| r.data.ip_addr())
+            .collect();
+        assert_eq!(addresses, [IpAddr::V6(b_ip)], "AAAA {name}");
+        let a_answer = ask_dns(&a_ns, name, hickory_proto::rr::RecordType::A)?;
+        assert_eq!(
+            a_answer.metadata.response_code,
+            hickory_proto::op::ResponseCode::NoError,
+            "A {name}"
+        );
+        assert!(
+            a_answer.answers.is_empty(),
+            "A {name}: {:?}",
+            a_answer.answers
+        );
+    }
+
+    let _peer = Server::start(&b_ns, 7600)?;
+    assert_eq!(
+        exchange(&a_ns, SocketAddr::new(b_ip.into(), 7600)).as_deref(),
+        Some("pong hi"),
+        "a container reaches another over IPv6 on an IPv6-only network"
+    );
+    no_ipv4_state_for(&topology, &agent, "only6")?;
+
+    if skip_without_dataplane_ipv6(&agent, "published ports of an IPv6-only network")? {
+        // Without IPv6 publishing there is no family left to publish on.
+        let error = refused(
+            &agent,
+            &[
+                "container",
+                "create",
+                "w",
+                "--network",
+                "only6",
+                "-p",
+                "8620:80",
+            ],
+        )?;
+        assert!(error.contains("IPv6"), "{error}");
+        return Ok(());
+    }
+    // Published on `::` only: Docker 28 maps a container without IPv4 on IPv6 alone.
+    let (web, web_ns) = agent.create_container(&["web", "--network", "only6", "-p", "8620:80"])?;
+    let hosts: Vec<&str> = web["NetworkSettings"]["Ports"]["80/tcp"]
+        .as_array()
+        .context("Ports")?
+        .iter()
+        .filter_map(|p| p["HostIp"].as_str())
+        .collect();
+    assert_eq!(hosts, ["::"]);
+    let lines = ok(&agent, &["port", "web"])?;
+    assert_eq!(lines.trim(), "80/tcp -> [::]:8620");
+    // The dataplane holds no IPv4 mapping for it: nothing names an address it lacks.
+    let web_ip = ipv6_on(&web, "only6")?.to_string();
+    let installed = agent.cli_json(&["ports"])?;
+    let installed = installed.as_array().context("ports")?;
+    assert!(
+        !installed.is_empty()
+            && installed
+                .iter()
+                .all(|p| p["HostIp"] == "::" && p["ContainerIp"] == web_ip.as_str()),
+        "{installed:?}"
+    );
+    let server = Server::start(&web_ns, 80)?;
+    assert_eq!(
+        exchange(&world_ns, SocketAddr::new(NODE_IPV6.into(), 8620)).as_deref(),
+        Some("pong hi"),
+        "the world reaches [node]:8620"
+    );
+    assert_eq!(
+        server.last_peer().map(|p| p.ip()),
+        Some(IpAddr::V6(WORLD_IPV6)),
+        "the container sees the client's own address"
+    );
+    assert_eq!(
+        exchange(&world_ns, SocketAddr::new(NODE_IP.into(), 8620)),
+        None,
+        "nothing is published on the node's IPv4 address"
+    );
+
+    if not_yet_on_ebpf("IPv6 masquerade to the world") {
+        return Ok(());
+    }
+    let world = Server::start(&world_ns, 7601)?;
+    assert_eq!(
+        exchange(&a_ns, SocketAddr::new(WORLD_IPV6.into(), 7601)).as_deref(),
+        Some("pong hi")
+    );
+    assert_eq!(
+        world.last_peer().map(|p| p.ip()),
+        Some(IpAddr::V6(NODE_IPV6)),
+        "the world sees the node's IPv6 address"
+    );
+    Ok(())
+}
+
+/// Checks that the dataplane holds nothing IPv4 for the IPv6-only network `network` (the
+/// agent's only network with containers): on eBPF, no ENDPOINTS entry and no NETWORKS
+/// entry but the default bridge's; on iptables, no iptables rule naming its bridge, where
+/// ip6tables rules do.
+fn no_ipv4_state_for(topology: &Topology, agent: &Agent, network: &str) -> Result<()> {
+    let id = agent.cli_json(&["network", "inspect", network])?[0]["Id"]
+        .as_str()
+        .context("the network's id")?
+        .to_string();
+    let bridge = format!("bpfbr-{}", &id[..9]);
+    if bpfbridge_tests::dataplane() == "iptables" {
+        let save = |binary: &str| -> Result<String> {
+            let out = topology.node.exec(binary, &[])?;
+            ensure!(out.status.success(), "{binary} failed");
+            Ok(String::from_utf8(out.stdout)?)
+        };
+        ensure!(
+            !save("iptables-save")?.contains(&bridge),
+            "no iptables rule names {bridge}"
+        );
+        ensure!(
+            save("ip6tables-save")?.contains(&bridge),
+            "ip6tables rules name {bridge}"
+        );
+        return Ok(());
+    }
+    if !bpfbridge_tests::ebpf_checks("ENDPOINTS and NETWORKS entries") {
+        return Ok(());
+    }
+    use aya::maps::{HashMap, Map, MapData, lpm_trie::LpmTrie};
+    use dataplane_common::{
+        EndpointInfo, EndpointKey, NetworkInfo, NetworkKey,
+        maps::{ENDPOINTS, NETWORKS},
+    };
+    let open = |name: &str| -> Result<Map> {
+        let data = MapData::from_pin(agent.pin_dir.join(name))
+            .with_context(|| format!("opening pinned map {name}"))?;
+        Ok(Map::from_map_data(data)?)
+    };
+    let endpoints: HashMap<MapData, EndpointKey, EndpointInfo> =
+        HashMap::try_from(open(ENDPOINTS)?)?;
+    let keys: Vec<EndpointKey> = endpoints.keys().collect::<Result<_, _>>()?;
+    ensure!(keys.is_empty(), "ENDPOINTS holds {} entries", keys.len());
+    let networks: LpmTrie<MapData, NetworkKey, NetworkInfo> = LpmTrie::try_from(open(NETWORKS)?)?;
+    let subnets: Vec<(u32, std::net::Ipv4Addr)> = networks
+        .keys()
+        .map(|k| k.map(|k| (k.prefix_len(), u32::from_be(k.data().addr_be).into())))
+        .collect::<Result<_, _>>()?;
+    let default_bridge: ipnet::Ipv4Net =
+        agent.cli_json(&["network", "inspect", "bridge"])?[0]["IPAM"]["Config"][0]["Subnet"]
+            .as_str()
+            .context("the default bridge's subnet")?
+            .parse()?;
+    ensure!(
+        subnets
+            == [(
+                u32::from(default_bridge.prefix_len()),
+                default_bridge.network()
+            )],
+        "NETWORKS holds the default bridge's subnet ({default_bridge}) only: {subnets:?}"
+    );
     Ok(())
 }

@@ -339,7 +339,7 @@ enum NetworkCommand {
         /// Enable IPv6 (a subnet from --subnet, else a /64 of the IPv6 pools).
         #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true", action = clap::ArgAction::Set)]
         ipv6: Option<bool>,
-        /// false for an IPv6-only network (not supported yet: refused by the agent).
+        /// false for an IPv6-only network (with --ipv6; Docker 28).
         #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true", action = clap::ArgAction::Set)]
         ipv4: Option<bool>,
         /// No way out: no masquerade, no published ports.
@@ -666,8 +666,13 @@ async fn container_command(client: &Client, command: ContainerCommand) -> anyhow
                     .network_settings
                     .networks
                     .iter()
-                    .filter(|(_, e)| !e.addressing.ip_address.is_empty())
-                    .map(|(n, e)| format!("{n}={}", e.addressing.ip_address))
+                    .filter_map(|(n, e)| {
+                        // The IPv6 address where there is no IPv4 one (an IPv6-only network).
+                        [&e.addressing.ip_address, &e.addressing.global_ipv6_address]
+                            .into_iter()
+                            .find(|ip| !ip.is_empty())
+                            .map(|ip| format!("{n}={ip}"))
+                    })
                     .collect();
                 let ports: Vec<String> = c
                     .network_settings

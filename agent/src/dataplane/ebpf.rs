@@ -228,7 +228,10 @@ fn ports4(
     wanted
         .iter()
         .filter(|(_, port)| port.host_ip.is_ipv4())
-        .map(|(endpoint, port)| Ok((port_key(port)?, port_target(endpoint, port))))
+        .filter_map(|(endpoint, port)| {
+            let target = port_target(endpoint, port)?;
+            Some(port_key(port).map(|key| (key, target)))
+        })
         .collect()
 }
 
@@ -262,36 +265,39 @@ fn backend_of(key: &PortKey, target: &PortTarget) -> BackendKey {
     }
 }
 
-fn port_target(endpoint: &Endpoint, port: &PortBinding) -> PortTarget {
-    PortTarget {
-        container_ip_be: u32::from(endpoint.container_ip).to_be(),
+/// Where an IPv4 binding leads: the endpoint's IPv4 address; `None` for an endpoint on an
+/// IPv6-only network (the service publishes only IPv6 ports for it).
+fn port_target(endpoint: &Endpoint, port: &PortBinding) -> Option<PortTarget> {
+    Some(PortTarget {
+        container_ip_be: u32::from(endpoint.container_ip?).to_be(),
         container_port_be: port.container_port.to_be(),
         _pad0: 0,
         host_veth_ifindex: endpoint.host_veth_ifindex,
         container_mac: endpoint.container_mac,
         host_veth_mac: endpoint.host_veth_mac,
-    }
+    })
 }
 
-/// The trie entry of a network's policy.
-fn network_entry(n: &NetworkPolicy) -> (Key<NetworkKey>, NetworkInfo) {
+/// The trie entry of a network's IPv4 policy; none for an IPv6-only network.
+fn network_entry(n: &NetworkPolicy) -> Option<(Key<NetworkKey>, NetworkInfo)> {
+    let subnet = n.subnet?;
     let flags = if n.icc { NETWORK_ICC } else { 0 }
         | if n.internal { NETWORK_INTERNAL } else { 0 }
         | if n.masquerade { NETWORK_MASQUERADE } else { 0 }
         | direct_access_flags(n.direct_access);
     let key = Key::new(
-        u32::from(n.subnet.prefix_len()),
+        u32::from(subnet.prefix_len()),
         NetworkKey {
-            addr_be: u32::from(n.subnet.network()).to_be(),
+            addr_be: u32::from(subnet.network()).to_be(),
         },
     );
-    (
+    Some((
         key,
         NetworkInfo {
             index: n.index,
             flags,
         },
-    )
+    ))
 }
 
 /// The IPv4 links: IPv6 has no `icc=false` policy in this dataplane yet, so no allow-list
@@ -1009,23 +1015,15 @@ impl Dataplane for EbpfDataplane {
     }
 
     fn attach_endpoint(&mut self, endpoint: &Endpoint) -> Result<()> {
-        let info = EndpointInfo {
-            host_veth_ifindex: endpoint.host_veth_ifindex,
-            gateway_ip_be: u32::from(endpoint.gateway).to_be(),
-            container_mac: endpoint.container_mac,
-            host_veth_mac: endpoint.host_veth_mac,
-        };
-        let mut endpoints: HashMap<&mut MapData, EndpointKey, EndpointInfo> =
-            HashMap::try_from(self.map_mut(ENDPOINTS)?).map_err(Error::dataplane(ENDPOINTS))?;
-        endpoints
-            .insert(
-                EndpointKey {
-                    ip_be: u32::from(endpoint.container_ip).to_be(),
-                },
-                info,
-                0,
-            )
-            .map_err(Error::dataplane("adding an endpoint"))?;
+        // ENDPOINTS is keyed by IPv4 address: an endpoint on an IPv6-only network has no
+        // entry, and its program handles its IPv6 traffic by the IPv6 maps.
+        if let Some((key, info)) = endpoint_entry(endpoint) {
+            let mut endpoints: HashMap<&mut MapData, EndpointKey, EndpointInfo> =
+                HashMap::try_from(self.map_mut(ENDPOINTS)?).map_err(Error::dataplane(ENDPOINTS))?;
+            endpoints
+                .insert(key, info, 0)
+                .map_err(Error::dataplane("adding an endpoint"))?;
+        }
         let pin = self.tc_pin(&endpoint.host_veth);
         let tc: &mut SchedClassifier = program(&mut self.ebpf, CONTAINER_PROGRAM)?;
         match PinnedLink::from_pin(&pin) {
@@ -1100,11 +1098,13 @@ impl Dataplane for EbpfDataplane {
         {
             errors.push(e);
         }
-        if let Err(e) = self.forget_flows(endpoint.container_ip) {
-            errors.push(e);
-        }
-        if let Err(e) = self.forget_endpoint(endpoint.container_ip) {
-            errors.push(e);
+        if let Some(ip) = endpoint.container_ip {
+            if let Err(e) = self.forget_flows(ip) {
+                errors.push(e);
+            }
+            if let Err(e) = self.forget_endpoint(ip) {
+                errors.push(e);
+            }
         }
         Error::collect(errors)
     }
@@ -1119,8 +1119,10 @@ impl Dataplane for EbpfDataplane {
                 .insert(port_key6(host_ip, port), target, 0)
                 .map_err(Error::dataplane("adding an IPv6 published port"));
         }
+        let Some(target) = port_target(endpoint, port) else {
+            return Ok(());
+        };
         let key = port_key(port)?;
-        let target = port_target(endpoint, port);
         let mut ports = self.ports_mut()?;
         let previous = ports.get(&key, 0).ok();
         ports
@@ -1223,7 +1225,7 @@ impl Dataplane for EbpfDataplane {
 
     fn set_networks(&mut self, networks: &[NetworkPolicy]) -> Result<()> {
         let wanted: Vec<(Key<NetworkKey>, NetworkInfo)> =
-            networks.iter().map(network_entry).collect();
+            networks.iter().filter_map(network_entry).collect();
         let mut trie: LpmTrie<&mut MapData, NetworkKey, NetworkInfo> =
             LpmTrie::try_from(self.map_mut(NETWORKS)?).map_err(Error::dataplane(NETWORKS))?;
         sync_trie(&mut trie, &wanted, "network")?;
@@ -1551,19 +1553,19 @@ fn link_target_of_fdinfo(fdinfo: &str) -> Option<u64> {
     })
 }
 
-/// The entry of an endpoint in ENDPOINTS.
-fn endpoint_entry(endpoint: &Endpoint) -> (EndpointKey, EndpointInfo) {
-    (
+/// The entry of an endpoint in ENDPOINTS; none for an endpoint without IPv4.
+fn endpoint_entry(endpoint: &Endpoint) -> Option<(EndpointKey, EndpointInfo)> {
+    Some((
         EndpointKey {
-            ip_be: u32::from(endpoint.container_ip).to_be(),
+            ip_be: u32::from(endpoint.container_ip?).to_be(),
         },
         EndpointInfo {
             host_veth_ifindex: endpoint.host_veth_ifindex,
-            gateway_ip_be: u32::from(endpoint.gateway).to_be(),
+            gateway_ip_be: u32::from(endpoint.gateway?).to_be(),
             container_mac: endpoint.container_mac,
             host_veth_mac: endpoint.host_veth_mac,
         },
-    )
+    ))
 }
 
 /// Writes each of `wanted` that `map` lacks or holds otherwise; returns the ones written.
@@ -1679,7 +1681,7 @@ impl EbpfDataplane {
             }
         }
         let wanted: Vec<(EndpointKey, EndpointInfo)> =
-            endpoints.iter().map(endpoint_entry).collect();
+            endpoints.iter().filter_map(endpoint_entry).collect();
         let mut map: HashMap<&mut MapData, EndpointKey, EndpointInfo> =
             HashMap::try_from(self.map_mut(ENDPOINTS)?).map_err(Error::dataplane(ENDPOINTS))?;
         for key in restore_entries(&mut map, wanted.iter().map(|(k, v)| (k, v)), "endpoint")? {
@@ -1770,13 +1772,18 @@ impl EbpfDataplane {
     /// settings as recorded.
     fn repair_policy(&mut self, intended: &Intended, repaired: &mut Vec<Repaired>) -> Result<()> {
         let networks: Vec<(Key<NetworkKey>, NetworkInfo)> =
-            intended.networks.iter().map(network_entry).collect();
+            intended.networks.iter().filter_map(network_entry).collect();
         let mut trie: LpmTrie<&mut MapData, NetworkKey, NetworkInfo> =
             LpmTrie::try_from(self.map_mut(NETWORKS)?).map_err(Error::dataplane(NETWORKS))?;
         for i in sync_trie(&mut trie, &networks, "network")? {
+            let subnet = networks[i].0.data();
             repaired.push(Repaired {
                 kind: RepairKind::MapEntryRestored,
-                what: format!("{NETWORKS} {}", intended.networks[i].subnet),
+                what: format!(
+                    "{NETWORKS} {}/{}",
+                    Ipv4Addr::from(u32::from_be(subnet.addr_be)),
+                    networks[i].0.prefix_len()
+                ),
             });
         }
         let networks6: Vec<(Key<NetworkKey6>, NetworkInfo)> = intended

@@ -299,18 +299,21 @@ struct Family {
 }
 
 /// The rules of one bridge network, in the order they are installed, each with its
-/// position: its iptables rules, then (with `ip6tables` and an IPv6 subnet) the same for
-/// ip6tables, as Docker 27 writes them.
+/// position: its iptables rules (none for an IPv6-only network), then (with `ip6tables`
+/// and an IPv6 subnet) the same for ip6tables, as Docker 27 writes them.
 fn network_rules(
     policy: &NetworkPolicy,
     access: LocalAccess,
     ip6tables: bool,
 ) -> Vec<(Rule, Position)> {
-    let ipv4 = Family {
-        subnet: policy.subnet.into(),
-        gateway: policy.gateway.into(),
-        masquerade: policy.masquerade,
-        ipv6: false,
+    let ipv4 = match (policy.subnet, policy.gateway) {
+        (Some(subnet), Some(gateway)) => Some(Family {
+            subnet: subnet.into(),
+            gateway: gateway.into(),
+            masquerade: policy.masquerade,
+            ipv6: false,
+        }),
+        _ => None,
     };
     let ipv6 = match (policy.subnet_ipv6, policy.gateway_ipv6) {
         (Some(subnet), Some(gateway)) if ip6tables => Some(Family {
@@ -321,7 +324,7 @@ fn network_rules(
         }),
         _ => None,
     };
-    std::iter::once(ipv4)
+    ipv4.into_iter()
         .chain(ipv6)
         .flat_map(|family| family_rules(policy, &family, access))
         .collect()
@@ -1064,14 +1067,21 @@ impl IptablesDataplane {
 
     /// Where `port` leads: the container's address of the port's family.
     fn mapping(endpoint: &Endpoint, port: &PortBinding) -> Result<Mapping> {
+        let missing = |family: &str| {
+            Error::InvalidArgument(format!(
+                "port {}: the container has no {family} address",
+                std::net::SocketAddr::new(port.host_ip, port.host_port)
+            ))
+        };
         let container_ip = match port.host_ip {
-            IpAddr::V4(_) => endpoint.container_ip.into(),
-            IpAddr::V6(_) => endpoint.container_ipv6.map(IpAddr::V6).ok_or_else(|| {
-                Error::InvalidArgument(format!(
-                    "port {}: the container has no IPv6 address",
-                    std::net::SocketAddr::new(port.host_ip, port.host_port)
-                ))
-            })?,
+            IpAddr::V4(_) => endpoint
+                .container_ip
+                .map(IpAddr::V4)
+                .ok_or_else(|| missing("IPv4"))?,
+            IpAddr::V6(_) => endpoint
+                .container_ipv6
+                .map(IpAddr::V6)
+                .ok_or_else(|| missing("IPv6"))?,
         };
         Ok(Mapping {
             container_ip,
@@ -1111,7 +1121,7 @@ impl Dataplane for IptablesDataplane {
             .ports
             .iter()
             .filter(|(_, m)| {
-                m.container_ip == IpAddr::V4(endpoint.container_ip)
+                endpoint.container_ip.map(IpAddr::V4) == Some(m.container_ip)
                     || endpoint.container_ipv6.map(IpAddr::V6) == Some(m.container_ip)
             })
             .map(|(id, _)| *id)
@@ -1620,11 +1630,11 @@ mod tests {
         NetworkPolicy {
             index: 1,
             bridge: "docker0".into(),
-            subnet: "172.17.0.0/16".parse().unwrap(),
+            subnet: Some("172.17.0.0/16".parse().unwrap()),
             icc: true,
             internal: false,
             masquerade: true,
-            gateway: "172.17.0.1".parse().unwrap(),
+            gateway: Some("172.17.0.1".parse().unwrap()),
             direct_access: DirectAccess::None,
             trusted_interfaces: Vec::new(),
             subnet_ipv6: None,
@@ -1847,6 +1857,27 @@ mod tests {
             ("dnat.tcp.0.0.0.0:8080", 12, 720)
         );
         assert!(parse_counter("   0 0 RETURN all -- bpfbr0 * 0.0.0.0/0 0.0.0.0/0").is_none());
+    }
+
+    /// An IPv6-only network (Docker 28's `--ipv4=false`) has its ip6tables rules and no
+    /// iptables rule at all: nothing names an IPv4 subnet it does not have.
+    #[test]
+    fn an_ipv6_only_network_has_ip6tables_rules_only() {
+        let only6 = NetworkPolicy {
+            subnet: None,
+            gateway: None,
+            masquerade: false,
+            subnet_ipv6: Some("fd00:6::/64".parse().unwrap()),
+            gateway_ipv6: Some("fd00:6::1".parse().unwrap()),
+            masquerade_ipv6: true,
+            ..default_bridge()
+        };
+        let rules = network_rules(&only6, LocalAccess::Hairpin, true);
+        assert!(!rules.is_empty());
+        assert!(rules.iter().all(|(r, _)| r.ipv6), "{rules:#?}");
+        let masquerade = "-A POSTROUTING -s fd00:6::/64 ! -o docker0 -j MASQUERADE";
+        assert!(rules.iter().any(|(r, _)| r.save_line() == masquerade));
+        assert!(network_rules(&only6, LocalAccess::Hairpin, false).is_empty());
     }
 
     /// Docker 27's ip6tables rules of a dual-stack network and an IPv6 published port.

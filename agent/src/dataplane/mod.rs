@@ -34,7 +34,9 @@ use crate::{
 /// A container's attachment as the dataplane sees it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Endpoint {
-    pub container_ip: Ipv4Addr,
+    /// The container's IPv4 address; `None` on an IPv6-only network, where a backend
+    /// programs nothing IPv4 for the endpoint.
+    pub container_ip: Option<Ipv4Addr>,
     pub container_mac: [u8; 6],
     /// The node-side end of the veth pair.
     pub host_veth: String,
@@ -42,8 +44,8 @@ pub struct Endpoint {
     pub host_veth_mac: [u8; 6],
     /// The bridge of the endpoint's network, which the veth is enslaved to.
     pub bridge: String,
-    /// The gateway of the endpoint's network.
-    pub gateway: Ipv4Addr,
+    /// The IPv4 gateway of the endpoint's network (`None` on an IPv6-only network).
+    pub gateway: Option<Ipv4Addr>,
     /// The container's IPv6 address, on a network with IPv6 enabled.
     pub container_ipv6: Option<Ipv6Addr>,
     /// The IPv6 gateway of the endpoint's network (on its bridge), if it has IPv6.
@@ -64,14 +66,16 @@ pub struct NetworkPolicy {
     pub index: u32,
     /// The network's bridge, which holds its gateway address.
     pub bridge: String,
-    pub subnet: ipnet::Ipv4Net,
+    /// The network's IPv4 subnet; `None` on an IPv6-only network.
+    pub subnet: Option<ipnet::Ipv4Net>,
     /// Containers on the network may talk to each other.
     pub icc: bool,
     /// No way out.
     pub internal: bool,
     pub masquerade: bool,
-    /// The network's gateway address (on its bridge unless `inhibit_ipv4` or `isolated`).
-    pub gateway: Ipv4Addr,
+    /// The network's IPv4 gateway address (on its bridge unless `inhibit_ipv4` or
+    /// `isolated`); `None` on an IPv6-only network.
+    pub gateway: Option<Ipv4Addr>,
     /// What the outside may reach at the containers' own addresses.
     pub direct_access: DirectAccess,
     /// Interfaces from which the published container ports may be reached at the

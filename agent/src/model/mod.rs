@@ -31,6 +31,16 @@ impl MacAddress {
         MacAddress([0x02, 0x42, o[0], o[1], o[2], o[3]])
     }
 
+    /// A random locally administered unicast MAC, for an endpoint without an IPv4 address
+    /// to derive one from (as Docker 28 gives every endpoint).
+    pub fn random() -> Self {
+        use rand::RngCore as _;
+        let mut octets = [0u8; 6];
+        rand::rng().fill_bytes(&mut octets);
+        octets[0] = (octets[0] & 0xfe) | 0x02;
+        MacAddress(octets)
+    }
+
     pub fn octets(self) -> [u8; 6] {
         self.0
     }
@@ -140,6 +150,11 @@ mod tests {
             assert!(bad.parse::<MacAddress>().is_err(), "{bad:?}");
         }
         assert_eq!(short_id(&random_id()).len(), 12);
+        // A random MAC is unicast and locally administered.
+        for _ in 0..16 {
+            let first = MacAddress::random().octets()[0];
+            assert_eq!(first & 0x03, 0x02, "{first:#04x}");
+        }
     }
 
     #[test]

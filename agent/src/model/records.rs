@@ -114,8 +114,14 @@ pub struct NetworkRecord {
     pub created: String,
     /// The Linux bridge device.
     pub bridge: String,
-    pub subnet: Ipv4Net,
-    pub gateway: Ipv4Addr,
+    /// The IPv4 subnet; `None` on an IPv6-only network (Docker 28's `EnableIPv4: false`),
+    /// which then has an [`Ipv6Side`]. Records written before IPv6-only networks always
+    /// have one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subnet: Option<Ipv4Net>,
+    /// The IPv4 gateway: set exactly when `subnet` is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<Ipv4Addr>,
     /// Where dynamic addresses come from (default: the whole subnet).
     pub ip_range: Option<Ipv4Net>,
     pub internal: bool,
@@ -191,8 +197,8 @@ impl NetworkRecord {
             id: format!("{name}-id"),
             created: String::new(),
             bridge: format!("br-{name}"),
-            subnet,
-            gateway: subnet.hosts().next().expect("a subnet with hosts"),
+            subnet: Some(subnet),
+            gateway: subnet.hosts().next(),
             ip_range: None,
             internal: false,
             enable_icc: true,
@@ -214,6 +220,23 @@ impl NetworkRecord {
             ipv6: None,
         }
     }
+
+    /// As [`Self::for_tests`], but IPv6-only (Docker 28's `--ipv4=false --ipv6`) on
+    /// `subnet`, its gateway the subnet's `::1`.
+    pub(crate) fn ipv6_only_for_tests(name: &str, subnet: &str) -> Self {
+        let subnet: Ipv6Net = subnet.parse().expect("a test subnet");
+        NetworkRecord {
+            subnet: None,
+            gateway: None,
+            ipv6: Some(Ipv6Side {
+                subnet,
+                gateway: crate::ipam::default_gateway_v6(subnet),
+                ip_range: None,
+                last_allocated: None,
+            }),
+            ..Self::for_tests(name, "10.255.255.0/24")
+        }
+    }
 }
 
 /// Who drives a network or container: the bpfbridge API, Docker through the plugin, or a
@@ -230,6 +253,22 @@ pub enum ManagedBy {
 }
 
 impl NetworkRecord {
+    /// The network's IPv4 subnet and gateway; `None` on an IPv6-only network.
+    pub fn ipv4(&self) -> Option<(Ipv4Net, Ipv4Addr)> {
+        Some((self.subnet?, self.gateway?))
+    }
+
+    /// The IPv4 gateway with the subnet's prefix length, as it goes on the bridge.
+    pub fn gateway_net(&self) -> Option<Ipv4Net> {
+        let (subnet, gateway) = self.ipv4()?;
+        Some(Ipv4Net::new(gateway, subnet.prefix_len()).expect("prefix of a valid net"))
+    }
+
+    /// Whether the network has IPv4 (Docker 28's `EnableIPv4`).
+    pub fn enable_ipv4(&self) -> bool {
+        self.subnet.is_some()
+    }
+
     /// The default `bridge` network: no name resolution, legacy links.
     pub fn is_default(&self) -> bool {
         self.name == crate::service::DEFAULT_NETWORK
@@ -237,14 +276,22 @@ impl NetworkRecord {
 
     /// Whether the network has a gateway for its containers' default route: every
     /// network but an `isolated` one (with `inhibit_ipv4` someone else puts the address
-    /// on the bridge).
+    /// on the bridge). An IPv6-only network goes by its `gateway_mode_ipv6`.
     pub fn has_gateway(&self) -> bool {
-        self.gateway_mode_ipv4 != GatewayMode::Isolated
+        match self.subnet {
+            Some(_) => self.gateway_mode_ipv4 != GatewayMode::Isolated,
+            None => self.gateway_mode_ipv6 != GatewayMode::Isolated,
+        }
     }
 
-    /// Whether the agent puts the gateway address on the bridge.
+    /// The IPv4 gateway of the containers' default route, if the network has one.
+    pub fn gateway_ipv4(&self) -> Option<Ipv4Addr> {
+        self.gateway.filter(|_| self.has_gateway())
+    }
+
+    /// Whether the agent puts the IPv4 gateway address on the bridge.
     pub fn bridge_has_address(&self) -> bool {
-        self.has_gateway() && !self.inhibit_ipv4
+        self.enable_ipv4() && self.has_gateway() && !self.inhibit_ipv4
     }
 
     /// Whether the network's outgoing IPv6 traffic leaves with the node's IPv6 address:
@@ -260,9 +307,10 @@ impl NetworkRecord {
             )
     }
 
-    /// Whether the network's outgoing traffic leaves with the node's address.
+    /// Whether the network's outgoing IPv4 traffic leaves with the node's address.
     pub fn masquerades(&self) -> bool {
-        self.enable_ip_masquerade
+        self.enable_ipv4()
+            && self.enable_ip_masquerade
             && !self.internal
             && matches!(
                 self.gateway_mode_ipv4,
@@ -290,7 +338,9 @@ pub enum NetworkMode {
 pub struct EndpointRecord {
     pub network_id: String,
     pub endpoint_id: String,
-    pub ip: Ipv4Addr,
+    /// The IPv4 address; `None` on an IPv6-only network.
+    #[serde(default)]
+    pub ip: Option<Ipv4Addr>,
     pub mac: MacAddress,
     /// The interface inside the container (eth0, eth1, ...).
     pub ifname: String,
@@ -408,4 +458,73 @@ pub struct IpamPoolRecord {
     pub sub_pool: Option<ipnet::IpNet>,
     pub allocated: std::collections::BTreeSet<IpAddr>,
     pub last_allocated: Option<IpAddr>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_ipv6_only_network_has_no_ipv4_side() {
+        let network = NetworkRecord::ipv6_only_for_tests("v6", "fd00:6::/64");
+        assert!(!network.enable_ipv4());
+        assert_eq!(network.ipv4(), None);
+        assert_eq!(network.gateway_net(), None);
+        assert_eq!(network.gateway_ipv4(), None);
+        assert!(network.has_gateway(), "its IPv6 gateway");
+        assert!(
+            !network.bridge_has_address(),
+            "no IPv4 address on the bridge"
+        );
+        assert!(!network.masquerades() && network.masquerades_ipv6());
+        let isolated = NetworkRecord {
+            gateway_mode_ipv6: GatewayMode::Isolated,
+            internal: true,
+            ..network.clone()
+        };
+        assert!(!isolated.has_gateway(), "its IPv6 gateway mode decides");
+
+        let dual = NetworkRecord::for_tests("n", "10.1.0.0/24");
+        assert_eq!(
+            dual.gateway_net(),
+            Some("10.1.0.1/24".parse().unwrap()),
+            "the gateway with the subnet's prefix"
+        );
+    }
+
+    #[test]
+    fn network_records_load_with_and_without_ipv4() {
+        // What agents before IPv6-only networks wrote: the IPv4 side is always there.
+        let dual = NetworkRecord::for_tests("n", "10.1.0.0/24");
+        let json = serde_json::to_value(&dual).unwrap();
+        assert_eq!(json["subnet"], "10.1.0.0/24");
+        assert_eq!(json["gateway"], "10.1.0.1");
+        assert_eq!(serde_json::from_value::<NetworkRecord>(json).unwrap(), dual);
+
+        let only6 = NetworkRecord::ipv6_only_for_tests("v6", "fd00:6::/64");
+        let json = serde_json::to_value(&only6).unwrap();
+        assert!(json.get("subnet").is_none() && json.get("gateway").is_none());
+        assert_eq!(
+            serde_json::from_value::<NetworkRecord>(json).unwrap(),
+            only6
+        );
+    }
+
+    #[test]
+    fn endpoint_records_load_with_and_without_ipv4() {
+        let old = r#"{"network_id":"n","endpoint_id":"e","ip":"172.17.0.2","mac":"02:42:ac:11:00:02","ifname":"eth0","host_veth":"veth1","host_veth_ifindex":7,"host_veth_mac":"aa:bb:cc:dd:ee:0f","aliases":[],"requested_ip":null,"pending":false}"#;
+        let record: EndpointRecord = serde_json::from_str(old).unwrap();
+        assert_eq!(record.ip, Some(Ipv4Addr::new(172, 17, 0, 2)));
+        let only6 = r#"{"network_id":"n","endpoint_id":"e","ip":null,"mac":"06:42:ac:11:00:02","ifname":"eth0","host_veth":"veth1","host_veth_ifindex":7,"host_veth_mac":"aa:bb:cc:dd:ee:0f","aliases":[],"requested_ip":null,"ipv6":"fd00:6::2","pending":false}"#;
+        let record: EndpointRecord = serde_json::from_str(only6).unwrap();
+        assert_eq!(record.ip, None);
+        assert_eq!(
+            serde_json::to_string(&record).unwrap(),
+            only6,
+            "written back the same"
+        );
+        let without_key = only6.replace(r#""ip":null,"#, "");
+        let record: EndpointRecord = serde_json::from_str(&without_key).unwrap();
+        assert_eq!(record.ip, None);
+    }
 }

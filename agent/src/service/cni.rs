@@ -30,18 +30,21 @@ fn record_name(container_id: &str) -> String {
 /// gives must match (those it leaves out take whatever the network has).
 fn check_network_matches(network: &NetworkRecord, wanted: &CniNetwork) -> Result<()> {
     let mut differences = Vec::new();
-    if let Some(subnet) = &wanted.subnet
-        && subnet.parse().ok() != Some(network.subnet)
+    let Some((subnet, gateway)) = network.ipv4() else {
+        return Err(Error::Conflict(format!(
+            "network {} is IPv6-only: a CNI attachment needs an IPv4 subnet",
+            network.name
+        )));
+    };
+    if let Some(wanted) = &wanted.subnet
+        && wanted.parse().ok() != Some(subnet)
     {
-        differences.push(format!("subnet {} (configured: {subnet})", network.subnet));
+        differences.push(format!("subnet {subnet} (configured: {wanted})"));
     }
-    if let Some(gateway) = &wanted.gateway
-        && gateway.parse().ok() != Some(network.gateway)
+    if let Some(wanted) = &wanted.gateway
+        && wanted.parse().ok() != Some(gateway)
     {
-        differences.push(format!(
-            "gateway {} (configured: {gateway})",
-            network.gateway
-        ));
+        differences.push(format!("gateway {gateway} (configured: {wanted})"));
     }
     if let Some(mtu) = wanted.mtu
         && mtu != network.mtu
@@ -280,6 +283,12 @@ impl Service {
             Error::Internal(format!("CNI container {} has no endpoint", container.name))
         })?;
         let network = self.network_by_id(&endpoint.network_id)?;
+        let (Some(ip), Some((subnet, _))) = (endpoint.ip, network.ipv4()) else {
+            return Err(Error::Internal(format!(
+                "CNI container {} has no IPv4 address",
+                container.name
+            )));
+        };
         Ok(CniAttachment {
             container_id: container
                 .name
@@ -290,9 +299,9 @@ impl Service {
             netns: container.netns.display().to_string(),
             network: network.name.clone(),
             bridge: network.bridge.clone(),
-            ip: endpoint.ip,
-            prefix_len: network.subnet.prefix_len(),
-            gateway: network.has_gateway().then_some(network.gateway),
+            ip,
+            prefix_len: subnet.prefix_len(),
+            gateway: network.gateway_ipv4(),
             mac: endpoint.mac,
             mtu: network.mtu,
             host_veth: endpoint.host_veth.clone(),

@@ -4,6 +4,7 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
+    net::{IpAddr, SocketAddr},
     path::{Path, PathBuf},
 };
 
@@ -129,11 +130,11 @@ impl Service {
                         PortPlan::default()
                     }
                     _ => {
-                        let ipv6 = self.publishes_ipv6(&container);
-                        let host_ips = default_host_ips(&self.settings, networks.first(), ipv6);
+                        let families = self.port_families(&container);
+                        let host_ips = default_host_ips(&self.settings, networks.first(), families);
                         let requests =
                             container_port_requests(host_config, &container.exposed, &host_ips)?;
-                        self.check_port_families(&requests, ipv6)?;
+                        self.check_port_families(&requests, families)?;
                         self.plan_ports(&requests)?
                     }
                 }
@@ -257,7 +258,7 @@ impl Service {
                 EndpointWish::of(&config)?,
                 &planned_ips,
             )?;
-            planned_ips.insert(endpoint.ip);
+            planned_ips.extend(endpoint.ip);
             container.endpoints.push(endpoint);
         }
         Ok(())
@@ -455,13 +456,18 @@ impl Service {
                 addressing: EndpointAddressing {
                     endpoint_id: e.endpoint_id.clone(),
                     // ipvlan l3: the container routes out of its interface.
-                    gateway: if network.has_gateway() && !network.driver.routes_through_parent() {
-                        network.gateway.to_string()
-                    } else {
-                        String::new()
+                    gateway: match network.gateway_ipv4() {
+                        Some(gateway) if !network.driver.routes_through_parent() => {
+                            gateway.to_string()
+                        }
+                        _ => String::new(),
                     },
-                    ip_address: e.ip.to_string(),
-                    ip_prefix_len: network.subnet.prefix_len(),
+                    // Empty on an IPv6-only network, as Docker 28 shows it.
+                    ip_address: e.ip.map(|ip| ip.to_string()).unwrap_or_default(),
+                    ip_prefix_len: network
+                        .subnet
+                        .filter(|_| e.ip.is_some())
+                        .map_or(0, |subnet| subnet.prefix_len()),
                     ipv6_gateway: match (&network.ipv6, e.ipv6) {
                         (Some(side), Some(_)) => side.gateway.to_string(),
                         _ => String::new(),
@@ -564,17 +570,27 @@ impl Service {
             else {
                 continue;
             };
-            let ip = endpoint.ip;
+            // The environment names the IPv4 address, the IPv6 one on an IPv6-only network.
+            let Some(ip) = endpoint
+                .ip
+                .map(IpAddr::V4)
+                .or(endpoint.ipv6.map(IpAddr::V6))
+            else {
+                continue;
+            };
             let mut names = vec![link.alias.clone(), short_id(&other.id).to_string()];
             if other.name != link.alias {
                 names.push(other.name.clone());
             }
-            info.hosts_entries
-                .push(format!("{ip}\t{}", names.join(" ")));
-            // The same names for the IPv6 address, on a network with IPv6.
-            if let Some(ipv6) = endpoint.ipv6 {
+            // A hosts line per address.
+            for address in endpoint
+                .ip
+                .map(IpAddr::V4)
+                .into_iter()
+                .chain(endpoint.ipv6.map(IpAddr::V6))
+            {
                 info.hosts_entries
-                    .push(format!("{ipv6}\t{}", names.join(" ")));
+                    .push(format!("{address}\t{}", names.join(" ")));
             }
             let prefix = link.alias.to_uppercase().replace(['-', '.'], "_");
             info.env
@@ -582,23 +598,26 @@ impl Service {
             let exposed = other.all_exposed();
             if let Some(first) = exposed.first() {
                 info.env.push(format!(
-                    "{prefix}_PORT={}://{ip}:{}",
+                    "{prefix}_PORT={}://{}",
                     first.proto.as_str(),
-                    first.port
+                    SocketAddr::new(ip, first.port)
                 ));
             }
             for port in exposed {
                 let (number, proto) = (port.port, port.proto.as_str());
                 let var = format!("{prefix}_PORT_{number}_{}", proto.to_uppercase());
-                info.env.push(format!("{var}={proto}://{ip}:{number}"));
+                info.env
+                    .push(format!("{var}={proto}://{}", SocketAddr::new(ip, number)));
                 info.env.push(format!("{var}_ADDR={ip}"));
                 info.env.push(format!("{var}_PORT={number}"));
                 info.env.push(format!("{var}_PROTO={proto}"));
             }
         }
-        if let Some(own) = c.endpoints.first() {
+        if let Some(own) = c.endpoints.first()
+            && let Some(ip) = own.ip.map(IpAddr::V4).or(own.ipv6.map(IpAddr::V6))
+        {
             info.hosts_entries
-                .push(format!("{}\t{}", own.ip, short_id(&c.id)));
+                .push(format!("{ip}\t{}", short_id(&c.id)));
         }
         info
     }

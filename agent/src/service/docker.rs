@@ -291,12 +291,12 @@ impl Service {
             .find(|n| n.id == request.network_id)
         {
             // An IPv6 subnet bpfbridge chose (Docker gave none) is told by the options.
-            let same = existing.subnet == pool
+            let same = existing.subnet == Some(pool)
                 && ipv6_pool
                     .is_none_or(|p| existing.ipv6.as_ref().map(|side| side.subnet) == Some(p))
                 && gateway
                     .as_ref()
-                    .is_none_or(|g| *g == existing.gateway.to_string())
+                    .is_none_or(|g| existing.gateway.map(|e| e.to_string()).as_ref() == Some(g))
                 && existing.internal == internal
                 && existing.options == options;
             return if same {
@@ -400,10 +400,14 @@ impl Service {
             ));
         }
         let ip = parse_cidr_address("address", &interface.address)?;
-        let subnet = network.subnet;
-        if !subnet.contains(&ip)
-            || [subnet.network(), subnet.broadcast(), network.gateway].contains(&ip)
-        {
+        // The plugin makes its networks with Docker's IPv4 pool: none is IPv6-only.
+        let Some((subnet, gateway)) = network.ipv4() else {
+            return Err(Error::InvalidArgument(format!(
+                "network {} has no IPv4 subnet",
+                network.name
+            )));
+        };
+        if !subnet.contains(&ip) || [subnet.network(), subnet.broadcast(), gateway].contains(&ip) {
             return Err(Error::InvalidArgument(format!(
                 "IP address {ip} is not a usable container address of network {} ({subnet})",
                 network.name
@@ -449,8 +453,7 @@ impl Service {
             .state
             .containers
             .values()
-            .filter_map(|c| c.endpoint(&network.id))
-            .map(|e| e.ip)
+            .filter_map(|c| c.endpoint(&network.id)?.ip)
             .chain(
                 self.state
                     .docker_endpoints
@@ -590,7 +593,7 @@ impl Service {
                     .clone()
                     .unwrap_or_else(|| INTERFACE_PREFIX.into()),
             },
-            gateway: (!network.internal && network.has_gateway()).then_some(network.gateway),
+            gateway: network.gateway_ipv4().filter(|_| !network.internal),
             gateway_ipv6: network
                 .ipv6
                 .as_ref()
@@ -633,7 +636,7 @@ impl Service {
         let mut endpoint = EndpointRecord {
             network_id: network.id.clone(),
             endpoint_id: record.endpoint_id.clone(),
-            ip: record.ip,
+            ip: Some(record.ip),
             mac: record.mac,
             ifname: next_ifname(
                 &container,
@@ -716,10 +719,10 @@ impl Service {
             })?;
         let network = self.docker_network(&request.network_id)?.clone();
         let (port_map, exposed) = endpoint_ports(&request.options)?;
-        let ipv6 = self.publishes_ipv6(&container);
-        let host_ips = default_host_ips(&self.settings, Some(&network), ipv6);
+        let families = self.port_families(&container);
+        let host_ips = default_host_ips(&self.settings, Some(&network), families);
         let requests = port_requests(&port_map, &host_ips)?;
-        self.check_port_families(&requests, ipv6)?;
+        self.check_port_families(&requests, families)?;
         if !container.ports.is_empty() {
             if satisfies(&container.ports, &requests) {
                 return Ok(());

@@ -1,7 +1,7 @@
 //! A container's attachment to one network: the veth pair, the addressing inside the
 //! container's namespace, and the dataplane's hold on the node-side end.
 
-use std::{net::Ipv4Addr, path::Path};
+use std::path::Path;
 
 use ipnet::{Ipv4Net, Ipv6Net};
 
@@ -38,7 +38,7 @@ fn teardown_endpoint(e: &EndpointRecord) -> Endpoint {
         host_veth_ifindex: e.host_veth_ifindex,
         host_veth_mac: e.host_veth_mac.map(|m| m.octets()).unwrap_or_default(),
         bridge: String::new(),
-        gateway: Ipv4Addr::UNSPECIFIED,
+        gateway: None,
         container_ipv6: e.ipv6,
         gateway_ipv6: None,
     }
@@ -65,9 +65,15 @@ pub(super) fn configure_container_side(
     endpoint: &EndpointRecord,
     default_route: bool,
 ) -> Result<()> {
-    let address =
-        Ipv4Net::new(endpoint.ip, network.subnet.prefix_len()).expect("prefix of a valid net");
-    let route = default_route.then(|| DefaultRoute::of(network, endpoint));
+    let address = match (endpoint.ip, network.subnet) {
+        (Some(ip), Some(subnet)) => {
+            Some(Ipv4Net::new(ip, subnet.prefix_len()).expect("prefix of a valid net"))
+        }
+        _ => None,
+    };
+    let route = default_route
+        .then(|| DefaultRoute::of(network, endpoint))
+        .flatten();
     // The IPv6 address without duplicate address detection (the agent hands out each
     // address once), so that it is usable at once.
     let ipv6 = match (endpoint.ipv6, &network.ipv6) {
@@ -87,7 +93,9 @@ pub(super) fn configure_container_side(
         if arrived_as != ifname {
             netlink::set_name(&h, link.index, &ifname).await?;
         }
-        netlink::add_address(&h, link.index, address).await?;
+        if let Some(address) = address {
+            netlink::add_address(&h, link.index, address).await?;
+        }
         if let Some((address, _)) = ipv6 {
             netlink::add_address_v6(&h, link.index, address).await?;
         }
@@ -219,10 +227,7 @@ impl Service {
             Some(e) => {
                 let network = self.network_by_id(&e.network_id)?;
                 let ipv6 = network.ipv6.as_ref().filter(|_| e.ipv6.is_some());
-                (
-                    Some(DefaultRoute::of(network, e)),
-                    ipv6.map(|side| side.gateway),
-                )
+                (DefaultRoute::of(network, e), ipv6.map(|side| side.gateway))
             }
             None => (None, None),
         };

@@ -338,12 +338,15 @@ impl Service {
             return Ok(Vec::new());
         };
         let endpoint = self.endpoint_view(endpoint)?;
-        // IPv6 bindings lead nowhere through an endpoint without IPv6 (the ports moved to
-        // such a carrier on a disconnect).
+        // A binding leads nowhere through an endpoint without an address of its family
+        // (the ports moved to such a carrier on a disconnect).
         Ok(container
             .ports
             .iter()
-            .filter(|p| p.host_ip.is_ipv4() || endpoint.container_ipv6.is_some())
+            .filter(|p| match p.host_ip {
+                IpAddr::V4(_) => endpoint.container_ip.is_some(),
+                IpAddr::V6(_) => endpoint.container_ipv6.is_some(),
+            })
             .map(|p| (endpoint.clone(), *p))
             .collect())
     }
@@ -390,8 +393,11 @@ impl Service {
                     if !network.driver.is_bridge() {
                         continue;
                     }
-                    // IPv4, and IPv6 where both have an IPv6 address.
-                    let mut pairs = vec![(IpAddr::V4(mine.ip), IpAddr::V4(theirs.ip))];
+                    // Each family where both have an address of it.
+                    let mut pairs = Vec::new();
+                    if let (Some(from), Some(to)) = (mine.ip, theirs.ip) {
+                        pairs.push((IpAddr::V4(from), IpAddr::V4(to)));
+                    }
                     if let (Some(from), Some(to)) = (mine.ipv6, theirs.ipv6) {
                         pairs.push((from.into(), to.into()));
                     }
@@ -554,44 +560,65 @@ fn veth_names(endpoint_id: &str) -> (String, String) {
     )
 }
 
+/// The address families a container's ports are published on (see
+/// [`Service::port_families`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct PortFamilies {
+    /// The endpoint that carries the ports has an IPv4 address (or there is none yet).
+    pub ipv4: bool,
+    /// That endpoint has an IPv6 address and the dataplane handles IPv6.
+    pub ipv6: bool,
+}
+
 /// The addresses a port binding uses when none is given: the network's
 /// `host_binding_ipv4`, else `--ip`; `::` beside `0.0.0.0` when the container's ports are
-/// published on IPv6 too (`ipv6`, [`Service::publishes_ipv6`]), as Docker 27 publishes
-/// `-p 8080:80` on both families.
+/// published on IPv6 too, as Docker 27 publishes `-p 8080:80` on both families, and `::`
+/// alone for a container on an IPv6-only network (Docker 28).
 fn default_host_ips(
     settings: &Settings,
     network: Option<&NetworkRecord>,
-    ipv6: bool,
+    families: PortFamilies,
 ) -> Vec<IpAddr> {
     let ip = network
         .and_then(|n| n.host_binding_ipv4)
         .unwrap_or(settings.ip);
+    let any_ipv6 = IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED);
     match ip {
-        IpAddr::V4(v4) if v4.is_unspecified() && ipv6 => {
-            vec![ip, IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED)]
-        }
+        IpAddr::V4(v4) if v4.is_unspecified() && !families.ipv4 => vec![any_ipv6],
+        IpAddr::V4(v4) if v4.is_unspecified() && families.ipv6 => vec![ip, any_ipv6],
         _ => vec![ip],
     }
 }
 
 impl Service {
-    /// Whether `container`'s ports may be published on IPv6: the endpoint that carries
-    /// them has an IPv6 address and the dataplane handles IPv6.
-    fn publishes_ipv6(&self, container: &ContainerRecord) -> bool {
-        self.dataplane.handles_ipv6()
-            && self
-                .port_endpoint(container)
-                .is_some_and(|e| e.ipv6.is_some())
+    /// The families `container`'s ports may be published on: those of the addresses of
+    /// the endpoint that carries them, IPv6 only where the dataplane handles it.
+    fn port_families(&self, container: &ContainerRecord) -> PortFamilies {
+        let carrier = self.port_endpoint(container);
+        PortFamilies {
+            ipv4: carrier.is_none_or(|e| e.ip.is_some()),
+            ipv6: self.dataplane.handles_ipv6() && carrier.is_some_and(|e| e.ipv6.is_some()),
+        }
     }
 
-    /// Refuses a binding on an IPv6 host address that cannot be published (`ipv6`, see
-    /// [`Self::publishes_ipv6`]): Docker would proxy it to the container's IPv4 address in
-    /// userland; bpfbridge translates within one family only.
+    /// Refuses a binding on a host address of a family that cannot be published (see
+    /// [`Self::port_families`]): Docker would proxy it to the container's address of the
+    /// other family in userland; bpfbridge translates within one family only.
     fn check_port_families(
         &self,
         requests: &[crate::model::PortRequest],
-        ipv6: bool,
+        families: PortFamilies,
     ) -> Result<()> {
+        if let Some(request) = requests
+            .iter()
+            .find(|r| r.host_ip.is_ipv4() && !families.ipv4)
+        {
+            return Err(Error::InvalidArgument(format!(
+                "port mapping on {}: the container has no IPv4 address (its network is IPv6-only); \
+                 an IPv4 port is not translated to an IPv6 container",
+                request.host_ip
+            )));
+        }
         let Some(request) = requests.iter().find(|r| r.host_ip.is_ipv6()) else {
             return Ok(());
         };
@@ -600,14 +627,53 @@ impl Service {
                 "the {} dataplane does not publish on IPv6 addresses yet",
                 self.dataplane.name()
             ),
-            true if !ipv6 => "the container has no IPv6 address (its network needs --ipv6); \
+            true if !families.ipv6 => {
+                "the container has no IPv6 address (its network needs --ipv6); \
                  an IPv6 port is not translated to an IPv4 container"
-                .to_string(),
+                    .to_string()
+            }
             true => return Ok(()),
         };
         Err(Error::InvalidArgument(format!(
             "port mapping on {}: {why}",
             request.host_ip
         )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ports_default_to_the_families_of_the_carrier() {
+        let settings = Settings::default();
+        let (any4, any6) = (
+            IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+            IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
+        );
+        let families = |ipv4, ipv6| PortFamilies { ipv4, ipv6 };
+        assert_eq!(
+            default_host_ips(&settings, None, families(true, false)),
+            [any4]
+        );
+        assert_eq!(
+            default_host_ips(&settings, None, families(true, true)),
+            [any4, any6]
+        );
+        // A container on an IPv6-only network: `::` alone, as Docker 28.
+        assert_eq!(
+            default_host_ips(&settings, None, families(false, true)),
+            [any6]
+        );
+        // A given host address stays (and is refused for a family the carrier lacks).
+        let network = NetworkRecord {
+            host_binding_ipv4: Some("192.0.2.1".parse().unwrap()),
+            ..NetworkRecord::ipv6_only_for_tests("v6", "fd00:6::/64")
+        };
+        assert_eq!(
+            default_host_ips(&settings, Some(&network), families(false, true)),
+            ["192.0.2.1".parse::<IpAddr>().unwrap()]
+        );
     }
 }

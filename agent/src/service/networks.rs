@@ -100,7 +100,7 @@ impl Service {
             .state
             .networks
             .values()
-            .map(|n| (n.subnet, format!("network {}", n.name)))
+            .filter_map(|n| Some((n.subnet?, format!("network {}", n.name))))
             .collect();
         taken.extend(
             self.ipam_pools_but(own_pools)
@@ -109,7 +109,12 @@ impl Service {
                     IpNet::V6(_) => None,
                 }),
         );
-        let ours: BTreeSet<Ipv4Net> = self.state.networks.values().map(|n| n.subnet).collect();
+        let ours: BTreeSet<Ipv4Net> = self
+            .state
+            .networks
+            .values()
+            .filter_map(|n| n.subnet)
+            .collect();
         for route in netlink::ipv4_routes(&self.handle).await? {
             if route.destination.prefix_len() > 0 && !ours.contains(&route.destination) {
                 taken.push((route.destination, NODE_ROUTE.into()));
@@ -189,10 +194,9 @@ impl Service {
         if bridge.mtu != network.mtu {
             netlink::set_mtu(&self.handle, bridge.index, network.mtu).await?;
         }
-        let gateway = Ipv4Net::new(network.gateway, network.subnet.prefix_len())
-            .expect("prefix of a valid net");
         let addresses = netlink::ipv4_addresses(&self.handle).await?;
-        if network.bridge_has_address()
+        if let Some(gateway) = network.gateway_net()
+            && network.bridge_has_address()
             && !addresses
                 .iter()
                 .any(|(i, a)| *i == bridge.index && *a == gateway)
@@ -214,6 +218,82 @@ impl Service {
             }
         }
         netlink::set_up(&self.handle, bridge.index).await
+    }
+
+    /// The IPv4 side of a network being planned: the subnet of `config` (the IPAM entry
+    /// without an IPv6 subnet), else the first free subnet of the address pools; its
+    /// gateway the subnet's first address unless given.
+    async fn plan_ipv4(
+        &self,
+        name: &str,
+        config: &IpamConfig,
+        driver: &NetworkDriver,
+        own_pools: &[IpNet],
+    ) -> Result<Ipv4Plan> {
+        if config.subnet.is_none() && (config.gateway.is_some() || config.ip_range.is_some()) {
+            return Err(Error::InvalidArgument(
+                "--gateway and --ip-range need --subnet".into(),
+            ));
+        }
+        let taken = self.taken_subnets(own_pools).await?;
+        let subnet = match &config.subnet {
+            Some(s) => {
+                let subnet = parse_subnet("subnet", s)?;
+                // A macvlan or ipvlan subnet is the LAN's, which the node may well route.
+                let overlapping = |(t, owner): &&(Ipv4Net, String)| {
+                    ipam::overlaps(t, &subnet) && (driver.is_bridge() || owner != NODE_ROUTE)
+                };
+                if let Some((_, owner)) = taken.iter().find(overlapping) {
+                    return Err(Error::Conflict(format!(
+                        "subnet {subnet} overlaps with {owner}"
+                    )));
+                }
+                subnet
+            }
+            None => {
+                let taken: Vec<Ipv4Net> = taken.iter().map(|(t, _)| *t).collect();
+                ipam::first_free_subnet(&self.settings.default_address_pools, &taken).ok_or_else(
+                    || Error::PoolExhausted {
+                        network: name.to_string(),
+                    },
+                )?
+            }
+        };
+        let gateway = match &config.gateway {
+            Some(g) => {
+                let gateway: Ipv4Addr = g
+                    .parse()
+                    .map_err(|_| Error::InvalidArgument(format!("invalid gateway {g:?}")))?;
+                if !subnet.contains(&gateway)
+                    || gateway == subnet.network()
+                    || gateway == subnet.broadcast()
+                {
+                    return Err(Error::InvalidArgument(format!(
+                        "gateway {gateway} is not a usable address of subnet {subnet}"
+                    )));
+                }
+                gateway
+            }
+            None => ipam::default_gateway(subnet),
+        };
+        let ip_range = match &config.ip_range {
+            Some(r) => {
+                let range = parse_subnet("ip-range", r)?;
+                if !subnet.contains(&range) {
+                    return Err(Error::InvalidArgument(format!(
+                        "ip-range {range} is not inside subnet {subnet}"
+                    )));
+                }
+                Some(range)
+            }
+            None => None,
+        };
+        Ok(Ipv4Plan {
+            subnet,
+            gateway,
+            ip_range,
+            aux_addresses: parse_aux_addresses(&config.aux_addresses, subnet)?,
+        })
     }
 
     /// The IPv6 side of a network being planned: with IPv6 asked for (`--ipv6`, its driver
@@ -340,11 +420,7 @@ impl Service {
             .enable_ipv4
             .or(option_enabled(OPT_ENABLE_IPV4)?)
             .unwrap_or(true);
-        if !enable_ipv4 {
-            return Err(Error::InvalidArgument(
-                "IPv6-only networks (enable_ipv4=false) are not supported yet: every network has an IPv4 subnet".into(),
-            ));
-        }
+        check_families(enable_ipv4, enable_ipv6, is_default)?;
         if !driver.is_bridge() && (enable_ipv6 || !ipv6_configs.is_empty()) {
             return Err(Error::InvalidArgument(format!(
                 "IPv6 on {} networks is not supported yet",
@@ -370,65 +446,18 @@ impl Service {
             .first()
             .map(|c| (*c).clone())
             .unwrap_or_default();
-        if config.subnet.is_none() && (config.gateway.is_some() || config.ip_range.is_some()) {
-            return Err(Error::InvalidArgument(
-                "--gateway and --ip-range need --subnet".into(),
-            ));
-        }
-        let taken = self.taken_subnets(own_pools).await?;
-        let subnet = match &config.subnet {
-            Some(s) => {
-                let subnet = parse_subnet("subnet", s)?;
-                // A macvlan or ipvlan subnet is the LAN's, which the node may well route.
-                let overlapping = |(t, owner): &&(Ipv4Net, String)| {
-                    ipam::overlaps(t, &subnet) && (driver.is_bridge() || owner != NODE_ROUTE)
-                };
-                if let Some((_, owner)) = taken.iter().find(overlapping) {
-                    return Err(Error::Conflict(format!(
-                        "subnet {subnet} overlaps with {owner}"
-                    )));
-                }
-                subnet
+        let ipv4 = match enable_ipv4 {
+            true => Some(
+                self.plan_ipv4(&request.name, &config, &driver, own_pools)
+                    .await?,
+            ),
+            false if config != IpamConfig::default() => {
+                return Err(Error::InvalidArgument(
+                    "an IPv4 subnet, gateway, ip-range or aux-address needs IPv4 enabled on the network (it was asked IPv6-only with --ipv4=false)".into(),
+                ));
             }
-            None => {
-                let taken: Vec<Ipv4Net> = taken.iter().map(|(t, _)| *t).collect();
-                ipam::first_free_subnet(&self.settings.default_address_pools, &taken).ok_or_else(
-                    || Error::PoolExhausted {
-                        network: request.name.clone(),
-                    },
-                )?
-            }
+            false => None,
         };
-        let gateway = match &config.gateway {
-            Some(g) => {
-                let gateway: Ipv4Addr = g
-                    .parse()
-                    .map_err(|_| Error::InvalidArgument(format!("invalid gateway {g:?}")))?;
-                if !subnet.contains(&gateway)
-                    || gateway == subnet.network()
-                    || gateway == subnet.broadcast()
-                {
-                    return Err(Error::InvalidArgument(format!(
-                        "gateway {gateway} is not a usable address of subnet {subnet}"
-                    )));
-                }
-                gateway
-            }
-            None => ipam::default_gateway(subnet),
-        };
-        let ip_range = match &config.ip_range {
-            Some(r) => {
-                let range = parse_subnet("ip-range", r)?;
-                if !subnet.contains(&range) {
-                    return Err(Error::InvalidArgument(format!(
-                        "ip-range {range} is not inside subnet {subnet}"
-                    )));
-                }
-                Some(range)
-            }
-            None => None,
-        };
-        let aux_addresses = parse_aux_addresses(&config.aux_addresses, subnet)?;
         let mtu = self.settle_parent(&mut driver).await?;
 
         let mut network = NetworkRecord {
@@ -436,9 +465,9 @@ impl Service {
             created: now(),
             bridge: format!("{BRIDGE_PREFIX}-{}", &id[..9]),
             id,
-            subnet,
-            gateway,
-            ip_range,
+            subnet: ipv4.as_ref().map(|v4| v4.subnet),
+            gateway: ipv4.as_ref().map(|v4| v4.gateway),
+            ip_range: ipv4.as_ref().and_then(|v4| v4.ip_range),
             internal: request.internal,
             enable_icc: if is_default { self.settings.icc } else { true },
             enable_ip_masquerade: if is_default {
@@ -459,7 +488,7 @@ impl Service {
             inhibit_ipv4: false,
             container_iface_prefix: None,
             driver: NetworkDriver::Bridge,
-            aux_addresses,
+            aux_addresses: ipv4.map(|v4| v4.aux_addresses).unwrap_or_default(),
             ipv6,
         };
         if !driver.is_bridge() {
@@ -671,7 +700,10 @@ impl Service {
                         name: c.name.clone(),
                         endpoint_id: e.endpoint_id.clone(),
                         mac_address: e.mac.to_string(),
-                        ipv4_address: format!("{}/{}", e.ip, n.subnet.prefix_len()),
+                        ipv4_address: match (e.ip, n.subnet) {
+                            (Some(ip), Some(subnet)) => format!("{ip}/{}", subnet.prefix_len()),
+                            _ => String::new(),
+                        },
                         ipv6_address: match (e.ipv6, &n.ipv6) {
                             (Some(ip), Some(side)) => format!("{ip}/{}", side.subnet.prefix_len()),
                             _ => String::new(),
@@ -709,28 +741,31 @@ impl Service {
             created: n.created.clone(),
             scope: "local".into(),
             driver: n.driver.name().into(),
-            enable_ipv4: true,
+            enable_ipv4: n.enable_ipv4(),
             enable_ipv6: n.ipv6.is_some(),
             ipam: Ipam {
                 driver: "default".into(),
                 options: BTreeMap::new(),
-                config: std::iter::once(IpamConfig {
-                    subnet: Some(n.subnet.to_string()),
-                    ip_range: n.ip_range.map(|r| r.to_string()),
-                    gateway: Some(n.gateway.to_string()),
-                    aux_addresses: n
-                        .aux_addresses
-                        .iter()
-                        .map(|(name, ip)| (name.clone(), ip.to_string()))
-                        .collect(),
-                })
-                .chain(n.ipv6.as_ref().map(|side| IpamConfig {
-                    subnet: Some(side.subnet.to_string()),
-                    ip_range: side.ip_range.map(|r| r.to_string()),
-                    gateway: Some(side.gateway.to_string()),
-                    aux_addresses: BTreeMap::new(),
-                }))
-                .collect(),
+                config: n
+                    .ipv4()
+                    .map(|(subnet, gateway)| IpamConfig {
+                        subnet: Some(subnet.to_string()),
+                        ip_range: n.ip_range.map(|r| r.to_string()),
+                        gateway: Some(gateway.to_string()),
+                        aux_addresses: n
+                            .aux_addresses
+                            .iter()
+                            .map(|(name, ip)| (name.clone(), ip.to_string()))
+                            .collect(),
+                    })
+                    .into_iter()
+                    .chain(n.ipv6.as_ref().map(|side| IpamConfig {
+                        subnet: Some(side.subnet.to_string()),
+                        ip_range: side.ip_range.map(|r| r.to_string()),
+                        gateway: Some(side.gateway.to_string()),
+                        aux_addresses: BTreeMap::new(),
+                    }))
+                    .collect(),
             },
             internal: n.internal,
             attachable: false,
@@ -817,7 +852,9 @@ impl Service {
     /// Remembers the last addresses handed out on a network (sequential allocation).
     pub(super) fn note_allocation(&mut self, endpoint: &EndpointRecord) -> Result<()> {
         let mut network = self.network_by_id(&endpoint.network_id)?.clone();
-        network.last_allocated = Some(endpoint.ip);
+        if let Some(ip) = endpoint.ip {
+            network.last_allocated = Some(ip);
+        }
         if let (Some(side), Some(ip)) = (network.ipv6.as_mut(), endpoint.ipv6) {
             side.last_allocated = Some(ip);
         }
@@ -924,7 +961,12 @@ impl Service {
 
 /// What the dataplane enforces for `network`.
 pub(super) fn network_policy(network: &NetworkRecord, allow_direct_routing: bool) -> NetworkPolicy {
-    let direct_access = match network.gateway_mode_ipv4 {
+    // An IPv6-only network's direct access is its IPv6 gateway mode's.
+    let gateway_mode = match network.enable_ipv4() {
+        true => network.gateway_mode_ipv4,
+        false => network.gateway_mode_ipv6,
+    };
+    let direct_access = match gateway_mode {
         _ if network.internal => DirectAccess::None,
         GatewayMode::NatUnprotected => DirectAccess::Any,
         GatewayMode::Routed => DirectAccess::PublishedAndIcmp,
@@ -1004,6 +1046,28 @@ pub(super) fn ignored_options(options: &BTreeMap<String, String>) -> Vec<String>
 }
 
 /// `--aux-address NAME=IP`: addresses of `subnet` the IPAM keeps out of its hands.
+/// The IPv4 side of a network being planned (see [`Service::plan_ipv4`]).
+struct Ipv4Plan {
+    subnet: Ipv4Net,
+    gateway: Ipv4Addr,
+    ip_range: Option<Ipv4Net>,
+    aux_addresses: BTreeMap<String, Ipv4Addr>,
+}
+
+/// Refuses the address families Docker 28 refuses: a network needs one at least, and the
+/// default bridge keeps IPv4 (an IPv6-only network is a user-defined one).
+fn check_families(enable_ipv4: bool, enable_ipv6: bool, is_default: bool) -> Result<()> {
+    match (enable_ipv4, enable_ipv6) {
+        (false, false) => Err(Error::InvalidArgument(
+            "IPv4 or IPv6 must be enabled: --ipv4=false (enable_ipv4=false) needs --ipv6".into(),
+        )),
+        (false, true) if is_default => Err(Error::InvalidArgument(
+            "the default bridge network cannot be IPv6-only: it keeps IPv4".into(),
+        )),
+        _ => Ok(()),
+    }
+}
+
 fn parse_aux_addresses(
     given: &BTreeMap<String, String>,
     subnet: Ipv4Net,
@@ -1125,6 +1189,45 @@ mod tests {
         assert!(inhibited.has_gateway() && !inhibited.bridge_has_address());
         let v6 = network(&[(OPT_GATEWAY_MODE_IPV6, "routed")], false).unwrap();
         assert_eq!(v6.gateway_mode_ipv6, GatewayMode::Routed);
+    }
+
+    #[test]
+    fn a_network_needs_a_family_and_the_default_bridge_keeps_ipv4() {
+        for (ipv4, ipv6, default, refused) in [
+            (true, false, false, None),
+            (true, true, true, None),
+            (false, true, false, None),
+            (false, false, false, Some("IPv4 or IPv6 must be enabled")),
+            (false, false, true, Some("IPv4 or IPv6 must be enabled")),
+            (false, true, true, Some("cannot be IPv6-only")),
+        ] {
+            let result = check_families(ipv4, ipv6, default);
+            match refused {
+                None => assert!(result.is_ok(), "{ipv4} {ipv6} {default}"),
+                Some(message) => {
+                    let error = result.unwrap_err().to_string();
+                    assert!(error.contains(message), "{error}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn an_ipv6_only_network_has_an_ipv6_policy_only() {
+        let mut network = NetworkRecord::ipv6_only_for_tests("v6", "fd00:6::/64");
+        network.gateway_mode_ipv6 = GatewayMode::Routed;
+        let policy = network_policy(&network, false);
+        assert_eq!((policy.subnet, policy.gateway), (None, None));
+        assert!(!policy.masquerade && !policy.masquerade_ipv6);
+        assert_eq!(policy.subnet_ipv6, Some("fd00:6::/64".parse().unwrap()));
+        assert_eq!(policy.gateway_ipv6, Some("fd00:6::1".parse().unwrap()));
+        assert_eq!(
+            policy.direct_access,
+            DirectAccess::PublishedAndIcmp,
+            "its IPv6 gateway mode's"
+        );
+        network.gateway_mode_ipv6 = GatewayMode::Nat;
+        assert!(network_policy(&network, false).masquerade_ipv6);
     }
 
     #[test]

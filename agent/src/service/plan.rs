@@ -259,27 +259,7 @@ pub(super) fn plan_endpoint(
     for alias in &aliases {
         validate_name("alias", alias)?;
     }
-    let mut in_use: BTreeSet<Ipv4Addr> = containers
-        .values()
-        .filter_map(|c| c.endpoint(&network.id))
-        .map(|e| e.ip)
-        .collect();
-    in_use.extend(planned);
-    in_use.extend(network.aux_addresses.values());
-    let ip = match requested_ip {
-        Some(ip) => {
-            ipam::check_requested(&network.name, network.subnet, network.gateway, &in_use, ip)?;
-            ip
-        }
-        None => ipam::allocate(
-            &network.name,
-            network.subnet,
-            network.ip_range.unwrap_or(network.subnet),
-            network.gateway,
-            &in_use,
-            network.last_allocated,
-        )?,
-    };
+    let ip = plan_endpoint_ipv4(containers, network, requested_ip, planned)?;
     let ipv6 = plan_endpoint_ipv6(containers, network, requested_ipv6)?;
     let ifname = match ifname {
         Some(name) => {
@@ -305,7 +285,7 @@ pub(super) fn plan_endpoint(
         network_id: network.id.clone(),
         endpoint_id: random_id(),
         ip,
-        mac: MacAddress::for_ip(ip),
+        mac: ip.map_or_else(MacAddress::random, MacAddress::for_ip),
         ifname,
         host_veth: String::new(),
         host_veth_ifindex: 0,
@@ -318,6 +298,47 @@ pub(super) fn plan_endpoint(
         gw_priority,
         sub_interface: !network.driver.is_bridge(),
     })
+}
+
+/// The IPv4 address of a new endpoint on `network`: the one asked for with `--ip`, else
+/// the next free one apart from `planned`; none on an IPv6-only network (where `--ip` is
+/// refused).
+fn plan_endpoint_ipv4(
+    containers: &BTreeMap<String, ContainerRecord>,
+    network: &NetworkRecord,
+    requested: Option<Ipv4Addr>,
+    planned: &BTreeSet<Ipv4Addr>,
+) -> Result<Option<Ipv4Addr>> {
+    let Some((subnet, gateway)) = network.ipv4() else {
+        return match requested {
+            Some(ip) => Err(Error::InvalidArgument(format!(
+                "invalid address {ip}: network {} is IPv6-only (no IPv4 subnet)",
+                network.name
+            ))),
+            None => Ok(None),
+        };
+    };
+    let mut in_use: BTreeSet<Ipv4Addr> = containers
+        .values()
+        .filter_map(|c| c.endpoint(&network.id)?.ip)
+        .collect();
+    in_use.extend(planned);
+    in_use.extend(network.aux_addresses.values());
+    let ip = match requested {
+        Some(ip) => {
+            ipam::check_requested(&network.name, subnet, gateway, &in_use, ip)?;
+            ip
+        }
+        None => ipam::allocate(
+            &network.name,
+            subnet,
+            network.ip_range.unwrap_or(subnet),
+            gateway,
+            &in_use,
+            network.last_allocated,
+        )?,
+    };
+    Ok(Some(ip))
 }
 
 /// The IPv6 address of a new endpoint on `network`: the one asked for with `--ip6`, else
@@ -552,7 +573,7 @@ mod tests {
         EndpointRecord {
             network_id: network_id.into(),
             endpoint_id: format!("ep-{network_id}"),
-            ip: ip.into(),
+            ip: Some(ip.into()),
             mac: MacAddress::default(),
             ifname: ifname.into(),
             host_veth: String::new(),
@@ -757,6 +778,36 @@ mod tests {
     }
 
     #[test]
+    fn an_endpoint_on_an_ipv6_only_network_has_no_ipv4_address() {
+        let net = NetworkRecord {
+            id: "n-6".into(),
+            ..NetworkRecord::ipv6_only_for_tests("v6", "fd00:6::/64")
+        };
+        let new = container("b", Vec::new());
+        let plan = |wish: EndpointWish| {
+            plan_endpoint(&BTreeMap::new(), &new, &net, wish, &BTreeSet::new())
+        };
+        let e = plan(EndpointWish::default()).unwrap();
+        assert_eq!(e.ip, None);
+        assert_eq!(e.ipv6, Some("fd00:6::2".parse().unwrap()));
+        assert_eq!(e.mac.octets()[0] & 0x03, 0x02, "a random local MAC");
+        let asking = EndpointWish {
+            requested_ip: Some(Ipv4Addr::new(10, 255, 255, 5)),
+            ..EndpointWish::default()
+        };
+        let error = plan(asking).unwrap_err().to_string();
+        assert!(error.contains("is IPv6-only"), "{error}");
+        let asking6 = EndpointWish {
+            requested_ipv6: Some("fd00:6::9".parse().unwrap()),
+            ..EndpointWish::default()
+        };
+        assert_eq!(
+            plan(asking6).unwrap().ipv6,
+            Some("fd00:6::9".parse().unwrap())
+        );
+    }
+
+    #[test]
     fn endpoints_get_free_addresses_and_the_next_interface() {
         let net = network("mynet", "n-1", false);
         let holder = container("a", vec![endpoint("n-1", [10, 1, 0, 2], "eth0", false)]);
@@ -774,13 +825,13 @@ mod tests {
         let e = plan(&net, EndpointWish::default()).unwrap();
         assert_eq!(
             (e.ip, e.ifname.as_str()),
-            (Ipv4Addr::new(10, 1, 0, 4), "eth1")
+            (Some(Ipv4Addr::new(10, 1, 0, 4)), "eth1")
         );
         assert_eq!(e.mac.to_string(), "02:42:0a:01:00:04");
         assert!(e.pending);
 
         let e = plan(&net, asking([10, 1, 0, 5])).unwrap();
-        assert_eq!(e.ip, Ipv4Addr::new(10, 1, 0, 5));
+        assert_eq!(e.ip, Some(Ipv4Addr::new(10, 1, 0, 5)));
         for taken in [[10, 1, 0, 2], [10, 1, 0, 3], [10, 1, 0, 1], [10, 2, 0, 2]] {
             assert!(plan(&net, asking(taken)).is_err());
         }

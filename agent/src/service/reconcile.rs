@@ -148,7 +148,7 @@ impl Service {
             return Ok(());
         };
         if let Some(bip) = self.settings.bip
-            && (network.subnet != bip.trunc() || network.gateway != bip.addr())
+            && network.ipv4() != Some((bip.trunc(), bip.addr()))
         {
             let in_use = self
                 .state
@@ -157,9 +157,10 @@ impl Service {
                 .any(|c| c.endpoint(&network.id).is_some());
             if in_use {
                 return Err(Error::Conflict(format!(
-                    "--bip {bip} differs from the default network's {}/{} and containers are attached to it; remove them first",
-                    network.gateway,
-                    network.subnet.prefix_len()
+                    "--bip {bip} differs from the default network's {} and containers are attached to it; remove them first",
+                    network
+                        .gateway_net()
+                        .map_or_else(|| "subnet".to_string(), |g| g.to_string())
                 )));
             }
             self.run_all(vec![

@@ -31,11 +31,12 @@ pub(super) enum DefaultRoute {
 }
 
 impl DefaultRoute {
-    /// The default route an endpoint on `network` gives its container.
-    pub fn of(network: &NetworkRecord, endpoint: &EndpointRecord) -> Self {
+    /// The IPv4 default route an endpoint on `network` gives its container: none on an
+    /// IPv6-only network.
+    pub fn of(network: &NetworkRecord, endpoint: &EndpointRecord) -> Option<Self> {
         match network.driver.routes_through_parent() {
-            true => DefaultRoute::OutOf(endpoint.ifname.clone()),
-            false => DefaultRoute::Via(network.gateway),
+            true => Some(DefaultRoute::OutOf(endpoint.ifname.clone())),
+            false => network.gateway.map(DefaultRoute::Via),
         }
     }
 

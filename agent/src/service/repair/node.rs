@@ -43,7 +43,7 @@ impl BridgeDrift {
 fn bridge_drift(
     bridge: Option<&Link>,
     addresses: &[(u32, Ipv4Net)],
-    gateway: Ipv4Net,
+    gateway: Option<Ipv4Net>,
 ) -> Vec<BridgeDrift> {
     let Some(bridge) = bridge else {
         return vec![BridgeDrift::Missing];
@@ -52,9 +52,11 @@ fn bridge_drift(
     if !bridge.up {
         drift.push(BridgeDrift::Down);
     }
-    if !addresses
-        .iter()
-        .any(|(index, address)| *index == bridge.index && *address == gateway)
+    // An IPv6-only network's bridge has no IPv4 gateway to lose.
+    if let Some(gateway) = gateway
+        && !addresses
+            .iter()
+            .any(|(index, address)| *index == bridge.index && *address == gateway)
     {
         drift.push(BridgeDrift::AddressGone);
     }
@@ -70,10 +72,6 @@ fn subnet_route_missing(bridge: &Link, routes: &[Route], subnet: Ipv4Net) -> boo
     !routes
         .iter()
         .any(|r| r.destination == subnet.trunc() && r.oif == Some(bridge.index))
-}
-
-fn gateway_address(network: &NetworkRecord) -> Ipv4Net {
-    Ipv4Net::new(network.gateway, network.subnet.prefix_len()).expect("prefix of a valid net")
 }
 
 impl Service {
@@ -123,7 +121,7 @@ impl Service {
         };
         for network in networks {
             let bridge = links.iter().find(|l| l.name == network.bridge);
-            let mut drift = bridge_drift(bridge, &addresses, gateway_address(&network));
+            let mut drift = bridge_drift(bridge, &addresses, network.gateway_net());
             // The IPv6 gateway, on a network with IPv6, is the bridge's address too.
             if let (Some(bridge), Some(side)) = (bridge, &network.ipv6) {
                 let gateway = Ipv6Net::new(side.gateway, side.subnet.prefix_len())
@@ -137,10 +135,11 @@ impl Service {
             }
             if drift.is_empty() {
                 if let Some(bridge) = bridge
+                    && let Some((subnet, gateway)) = network.ipv4()
                     && network.bridge_has_address()
-                    && subnet_route_missing(bridge, &routes, network.subnet)
+                    && subnet_route_missing(bridge, &routes, subnet)
                 {
-                    self.repair_subnet_route(&network, bridge.index, failures)
+                    self.repair_subnet_route(&network, (subnet, gateway), bridge.index, failures)
                         .await;
                 }
                 continue;
@@ -159,19 +158,19 @@ impl Service {
 }
 
 impl Service {
-    /// Gives the route to `network`'s subnet back to its bridge (link `bridge`).
+    /// Gives the route to `network`'s IPv4 subnet back to its bridge (link `bridge`).
     async fn repair_subnet_route(
         &mut self,
         network: &NetworkRecord,
+        (subnet, gateway): (Ipv4Net, std::net::Ipv4Addr),
         bridge: u32,
         failures: &mut BTreeMap<String, String>,
     ) {
         let what = format!(
-            "route to {} on bridge {} of network {}",
-            network.subnet, network.bridge, network.name
+            "route to {subnet} on bridge {} of network {}",
+            network.bridge, network.name
         );
-        let subnet = network.subnet.trunc();
-        match netlink::add_prefix_route(&self.handle, subnet, bridge, network.gateway).await {
+        match netlink::add_prefix_route(&self.handle, subnet.trunc(), bridge, gateway).await {
             Ok(()) => self.repaired(
                 RepairKind::SubnetRouteRestored,
                 &what,
@@ -201,18 +200,23 @@ mod tests {
     fn bridge_drift_is_what_differs_from_up_with_its_gateway() {
         let gateway: Ipv4Net = "172.17.0.1/16".parse().unwrap();
         let held = [(3, gateway)];
-        assert_eq!(bridge_drift(None, &held, gateway), [BridgeDrift::Missing]);
-        assert!(bridge_drift(Some(&bridge(true)), &held, gateway).is_empty());
         assert_eq!(
-            bridge_drift(Some(&bridge(false)), &held, gateway),
+            bridge_drift(None, &held, Some(gateway)),
+            [BridgeDrift::Missing]
+        );
+        assert!(bridge_drift(Some(&bridge(true)), &held, Some(gateway)).is_empty());
+        assert_eq!(
+            bridge_drift(Some(&bridge(false)), &held, Some(gateway)),
             [BridgeDrift::Down]
         );
         // The gateway on another link, or another prefix on the bridge, is not its own.
         let elsewhere = [(4, gateway), (3, "172.17.0.1/24".parse().unwrap())];
         assert_eq!(
-            bridge_drift(Some(&bridge(false)), &elsewhere, gateway),
+            bridge_drift(Some(&bridge(false)), &elsewhere, Some(gateway)),
             [BridgeDrift::Down, BridgeDrift::AddressGone]
         );
+        // An IPv6-only network's bridge holds no IPv4 gateway.
+        assert!(bridge_drift(Some(&bridge(true)), &[], None).is_empty());
     }
 
     #[test]
