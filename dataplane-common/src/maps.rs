@@ -85,6 +85,14 @@ pub const FILTER_RULES6: &str = "FILTER_RULES6";
 pub const NETWORKS6: &str = "NETWORKS6";
 /// [`SOCK_NAT`] for IPv6 sockets (an IPv4-mapped address for a dual-stack socket's IPv4).
 pub const SOCK_NAT6: &str = "SOCK_NAT6";
+/// The programs `container_ingress` hands frames to by tail call (a program array): each
+/// runs with a stack and a verifier budget of its own. Pinned, so that the programs an
+/// agent put there keep serving while it restarts.
+pub const CONTAINER_PROGRAMS: &str = "CONTAINER_PROGRAMS";
+/// [`CONTAINER_PROGRAMS`]' slot of `container_ingress6`, which takes the IPv6 frames.
+pub const CONTAINER_IPV6_SLOT: u32 = 0;
+/// Slots of [`CONTAINER_PROGRAMS`].
+pub const CONTAINER_PROGRAMS_MAX: u32 = 1;
 pub const EVENTS_BYTES: u32 = 256 * 1024;
 /// Events per second and CPU that the ring buffer takes; the rest are only counted.
 pub const EVENTS_PER_SECOND: u64 = 1000;

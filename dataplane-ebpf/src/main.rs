@@ -11,9 +11,11 @@
 //    sock (node-local sockets); then icmp (errors about the flows of nat and conntrack),
 //    which looks published ports up as nat does;
 // 3. uplink, container: what each program does with a frame, over the modules of 2; ipv6:
-//    what both do with an IPv6 frame.
+//    what both do with an IPv6 frame; container6: the container side's IPv6 program, which
+//    `container_ingress` tail-calls.
 mod conntrack;
 mod container;
+mod container6;
 mod events;
 mod fib;
 mod flowtable;
@@ -88,6 +90,17 @@ pub fn uplink_ingress_l3(ctx: TcContext) -> i32 {
 pub fn container_ingress(ctx: TcContext) -> i32 {
     let len = ctx.len() as usize;
     let (verdict, stat) = container::ingress(&ctx);
+    stats::count(stat, len);
+    events::on_verdict(&frame::TcFrame(&ctx), len, stat, verdict == TC_ACT_SHOT);
+    verdict
+}
+
+/// The IPv6 frames of `container_ingress`, reached from it by tail call (container6.rs):
+/// the same logic for IPv6, with a stack of its own. Counted as `container_ingress`.
+#[classifier]
+pub fn container_ingress6(ctx: TcContext) -> i32 {
+    let len = ctx.len() as usize;
+    let (verdict, stat) = container6::ingress(&ctx);
     stats::count(stat, len);
     events::on_verdict(&frame::TcFrame(&ctx), len, stat, verdict == TC_ACT_SHOT);
     verdict

@@ -16,7 +16,8 @@ use bpfbridge::{
     config::FlowTableSizes,
     dataplane::ebpf::{
         CONTAINER_PROGRAM, PROGRAMS, SOCKET_PROGRAMS, UPLINK_L3_PROGRAM, UPLINK_PROGRAM,
-        UPLINK_TC_PROGRAM, VERIFIER_INSTRUCTION_LIMIT, load_object_with, loaded_programs,
+        UPLINK_TC_PROGRAM, VERIFIER_INSTRUCTION_LIMIT, load_container_programs, load_object_with,
+        loaded_programs,
     },
 };
 use bpfbridge_tests::{
@@ -87,7 +88,8 @@ impl Fixture {
         let mut f = Fixture { ebpf, pin_dir };
         let xdp: &mut Xdp = f.ebpf.program_mut(UPLINK_PROGRAM).unwrap().try_into()?;
         xdp.load()?;
-        for name in [CONTAINER_PROGRAM, UPLINK_TC_PROGRAM, UPLINK_L3_PROGRAM] {
+        load_container_programs(&mut f.ebpf)?;
+        for name in [UPLINK_TC_PROGRAM, UPLINK_L3_PROGRAM] {
             let tc: &mut SchedClassifier = f.ebpf.program_mut(name).unwrap().try_into()?;
             tc.load()?;
         }

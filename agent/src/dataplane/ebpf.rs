@@ -12,7 +12,8 @@ use std::{
 use aya::{
     Ebpf, EbpfLoader,
     maps::{
-        Array, HashMap, IterableMap as _, MapData, PerCpuArray, PerCpuValues, RingBuf,
+        Array, HashMap, IterableMap as _, MapData, PerCpuArray, PerCpuValues, ProgramArray,
+        RingBuf,
         lpm_trie::{Key, LpmTrie},
     },
     programs::{
@@ -22,13 +23,14 @@ use aya::{
     },
 };
 use dataplane_common::{
-    BackendKey, CONNTRACK, Counter, CtEntry, CtKey, ENDPOINTS, EVENT_DROP, EVENTS, EndpointInfo,
-    EndpointKey, Event, FILTER_ALLOW, FILTER_DENY, FILTER_HITS, FILTER_RULES, FILTER_SCOPE_BITS,
-    FilterKey, FilterRule, FlowKey, IPPROTO_TCP, LINKS, LinkKey, MASQUERADE_SOURCES, NAT_FLOWS,
-    NETWORK_DIRECT_ANY, NETWORK_DIRECT_ICMP, NETWORK_DIRECT_PUBLISHED, NETWORK_ICC,
-    NETWORK_INTERNAL, NETWORK_MASQUERADE, NETWORKS, NODE_ADDRS, NODE_CONFIG, NatFlow, NetworkInfo,
-    NetworkKey, NodeAddr, NodeAddrKey, NodeConfig, PUBLISHED_BACKENDS, PUBLISHED_PORTS, PortKey,
-    PortTarget, ROUTED_FLOWS, STATS, TRUSTED_IFACES, TrustedIfaceKey, stats::Stat,
+    BackendKey, CONNTRACK, CONTAINER_IPV6_SLOT, CONTAINER_PROGRAMS, Counter, CtEntry, CtKey,
+    ENDPOINTS, EVENT_DROP, EVENTS, EndpointInfo, EndpointKey, Event, FILTER_ALLOW, FILTER_DENY,
+    FILTER_HITS, FILTER_RULES, FILTER_SCOPE_BITS, FilterKey, FilterRule, FlowKey, IPPROTO_TCP,
+    LINKS, LinkKey, MASQUERADE_SOURCES, NAT_FLOWS, NETWORK_DIRECT_ANY, NETWORK_DIRECT_ICMP,
+    NETWORK_DIRECT_PUBLISHED, NETWORK_ICC, NETWORK_INTERNAL, NETWORK_MASQUERADE, NETWORKS,
+    NODE_ADDRS, NODE_CONFIG, NatFlow, NetworkInfo, NetworkKey, NodeAddr, NodeAddrKey, NodeConfig,
+    PUBLISHED_BACKENDS, PUBLISHED_PORTS, PortKey, PortTarget, ROUTED_FLOWS, STATS, TRUSTED_IFACES,
+    TrustedIfaceKey, stats::Stat,
 };
 use dataplane_common::{
     FILTER_RULES6, FilterKey6, FlowKey6, NAT_FLOWS6, NETWORKS6, NODE_ADDRS6, NatFlow6, NetworkKey6,
@@ -62,6 +64,9 @@ pub const UPLINK_TC_PROGRAM: &str = "uplink_ingress_tc";
 /// The uplink program for layer-3 devices, whose frames start at the IP header.
 pub const UPLINK_L3_PROGRAM: &str = "uplink_ingress_l3";
 pub const CONTAINER_PROGRAM: &str = "container_ingress";
+/// The container side's IPv6 program, which [`CONTAINER_PROGRAM`] tail-calls (through the
+/// `CONTAINER_PROGRAMS` program array) and which is never attached itself.
+pub const CONTAINER6_PROGRAM: &str = "container_ingress6";
 /// The cgroup socket-address programs, by name.
 pub const SOCKET_PROGRAMS: [&str; 8] = [
     "sock_connect4",
@@ -75,11 +80,12 @@ pub const SOCKET_PROGRAMS: [&str; 8] = [
 ];
 const LINKS_DIR: &str = "links";
 /// Every program of the object, by name.
-pub const PROGRAMS: [&str; 12] = [
+pub const PROGRAMS: [&str; 13] = [
     UPLINK_PROGRAM,
     UPLINK_TC_PROGRAM,
     UPLINK_L3_PROGRAM,
     CONTAINER_PROGRAM,
+    CONTAINER6_PROGRAM,
     SOCKET_PROGRAMS[0],
     SOCKET_PROGRAMS[1],
     SOCKET_PROGRAMS[2],
@@ -111,6 +117,32 @@ pub fn loaded_programs(ebpf: &Ebpf) -> Result<Vec<ProgramInfo>> {
             })
         })
         .collect()
+}
+
+/// Loads the container programs, `container_ingress6` first, and puts it in the slot
+/// `container_ingress` tail-calls before either can run. The program array is pinned: it
+/// keeps the earlier agent's program until this call replaces it, so that the IPv6 frames
+/// of containers meet a program through a restart or an upgrade.
+pub fn load_container_programs(ebpf: &mut Ebpf) -> Result<()> {
+    let ipv6: &mut SchedClassifier = program(ebpf, CONTAINER6_PROGRAM)?;
+    ipv6.load()
+        .map_err(Error::dataplane("loading the container's IPv6 TC program"))?;
+    let fd = ipv6
+        .fd()
+        .map_err(Error::dataplane("the container's IPv6 TC program"))?
+        .try_clone()
+        .map_err(Error::io("duplicating a program descriptor"))?;
+    let map = ebpf
+        .map_mut(CONTAINER_PROGRAMS)
+        .ok_or_else(|| Error::dataplane("map lookup")(MissingMap(CONTAINER_PROGRAMS.into())))?;
+    let mut slots: ProgramArray<&mut MapData> =
+        ProgramArray::try_from(map).map_err(Error::dataplane(CONTAINER_PROGRAMS))?;
+    slots
+        .set(CONTAINER_IPV6_SLOT, &fd, 0)
+        .map_err(Error::dataplane("filling the container program array"))?;
+    let tc: &mut SchedClassifier = program(ebpf, CONTAINER_PROGRAM)?;
+    tc.load()
+        .map_err(Error::dataplane("loading the TC program"))
 }
 
 /// Loads the eBPF object with its maps pinned under `pin_dir` (re-adopting pinned ones), the
@@ -639,9 +671,7 @@ impl EbpfDataplane {
         // Verified (the longest load) before the uplink's program is swapped, not after: in
         // an upgrade the containers' links are swapped at the end of the start, and until
         // then flows the new uplink program opens have their replies meet the old tables.
-        let tc: &mut SchedClassifier = program(&mut ebpf, CONTAINER_PROGRAM)?;
-        tc.load()
-            .map_err(Error::dataplane("loading the TC program"))?;
+        load_container_programs(&mut ebpf)?;
         migration.copy()?;
         let links_dir = pin_dir.join(LINKS_DIR);
         fs::create_dir_all(&links_dir)
