@@ -30,7 +30,8 @@ use dataplane_common::{
     NETWORK_DIRECT_PUBLISHED, NETWORK_ICC, NETWORK_INTERNAL, NETWORK_MASQUERADE, NETWORKS,
     NODE_ADDRS, NODE_CONFIG, NatFlow, NetworkInfo, NetworkKey, NodeAddr, NodeAddrKey, NodeConfig,
     PUBLISHED_BACKENDS, PUBLISHED_PORTS, PortKey, PortTarget, ROUTED_FLOWS, STATS, TRUSTED_IFACES,
-    TrustedIfaceKey, stats::Stat,
+    TrustedIfaceKey, UPLINK_IPV6_SLOT, UPLINK_L3_IPV6_SLOT, UPLINK_TC_PROGRAMS,
+    UPLINK_XDP_PROGRAMS, stats::Stat,
 };
 use dataplane_common::{
     FILTER_RULES6, FilterKey6, FlowKey6, NAT_FLOWS6, NETWORKS6, NODE_ADDRS6, NatFlow6, NetworkKey6,
@@ -67,6 +68,12 @@ pub const CONTAINER_PROGRAM: &str = "container_ingress";
 /// The container side's IPv6 program, which [`CONTAINER_PROGRAM`] tail-calls (through the
 /// `CONTAINER_PROGRAMS` program array) and which is never attached itself.
 pub const CONTAINER6_PROGRAM: &str = "container_ingress6";
+/// The uplink programs' IPv6 programs, which [`UPLINK_PROGRAM`], [`UPLINK_TC_PROGRAM`] and
+/// [`UPLINK_L3_PROGRAM`] tail-call (through `UPLINK_XDP_PROGRAMS` and `UPLINK_TC_PROGRAMS`)
+/// and which are never attached themselves.
+pub const UPLINK6_PROGRAM: &str = "uplink_ingress6";
+pub const UPLINK6_TC_PROGRAM: &str = "uplink_ingress6_tc";
+pub const UPLINK6_L3_PROGRAM: &str = "uplink_ingress6_l3";
 /// The cgroup socket-address programs, by name.
 pub const SOCKET_PROGRAMS: [&str; 8] = [
     "sock_connect4",
@@ -80,10 +87,13 @@ pub const SOCKET_PROGRAMS: [&str; 8] = [
 ];
 const LINKS_DIR: &str = "links";
 /// Every program of the object, by name.
-pub const PROGRAMS: [&str; 13] = [
+pub const PROGRAMS: [&str; 16] = [
     UPLINK_PROGRAM,
     UPLINK_TC_PROGRAM,
     UPLINK_L3_PROGRAM,
+    UPLINK6_PROGRAM,
+    UPLINK6_TC_PROGRAM,
+    UPLINK6_L3_PROGRAM,
     CONTAINER_PROGRAM,
     CONTAINER6_PROGRAM,
     SOCKET_PROGRAMS[0],
@@ -143,6 +153,58 @@ pub fn load_container_programs(ebpf: &mut Ebpf) -> Result<()> {
     let tc: &mut SchedClassifier = program(ebpf, CONTAINER_PROGRAM)?;
     tc.load()
         .map_err(Error::dataplane("loading the TC program"))
+}
+
+/// Loads the uplink programs, their IPv6 programs first, each put in the slot its uplink
+/// program tail-calls before that can run (program arrays pinned as `CONTAINER_PROGRAMS`
+/// is: see [`load_container_programs`]).
+pub fn load_uplink_programs(ebpf: &mut Ebpf) -> Result<()> {
+    let xdp6: &mut Xdp = program(ebpf, UPLINK6_PROGRAM)?;
+    xdp6.load()
+        .map_err(Error::dataplane("loading the uplink's IPv6 XDP program"))?;
+    let xdp6 = program_fd(xdp6.fd())?;
+    let mut tc6 = Vec::new();
+    for name in [UPLINK6_TC_PROGRAM, UPLINK6_L3_PROGRAM] {
+        let tc: &mut SchedClassifier = program(ebpf, name)?;
+        tc.load()
+            .map_err(Error::dataplane("loading an uplink's IPv6 TC program"))?;
+        tc6.push(program_fd(tc.fd())?);
+    }
+    for (array, slot, fd) in [
+        (UPLINK_XDP_PROGRAMS, UPLINK_IPV6_SLOT, &xdp6),
+        (UPLINK_TC_PROGRAMS, UPLINK_IPV6_SLOT, &tc6[0]),
+        (UPLINK_TC_PROGRAMS, UPLINK_L3_IPV6_SLOT, &tc6[1]),
+    ] {
+        let map = ebpf
+            .map_mut(array)
+            .ok_or_else(|| Error::dataplane("map lookup")(MissingMap(array.into())))?;
+        let mut slots: ProgramArray<&mut MapData> =
+            ProgramArray::try_from(map).map_err(Error::dataplane(array))?;
+        slots
+            .set(slot, fd, 0)
+            .map_err(Error::dataplane("filling an uplink program array"))?;
+    }
+    let xdp: &mut Xdp = program(ebpf, UPLINK_PROGRAM)?;
+    xdp.load()
+        .map_err(Error::dataplane("loading the XDP program"))?;
+    let uplink_tc: &mut SchedClassifier = program(ebpf, UPLINK_TC_PROGRAM)?;
+    uplink_tc
+        .load()
+        .map_err(Error::dataplane("loading the uplink's TC program"))?;
+    let uplink_l3: &mut SchedClassifier = program(ebpf, UPLINK_L3_PROGRAM)?;
+    uplink_l3
+        .load()
+        .map_err(Error::dataplane("loading the layer-3 uplinks' TC program"))
+}
+
+/// A loaded program's descriptor, owned (to put in a program array while the program is
+/// borrowed no more).
+fn program_fd(
+    fd: std::result::Result<&aya::programs::ProgramFd, aya::programs::ProgramError>,
+) -> Result<aya::programs::ProgramFd> {
+    fd.map_err(Error::dataplane("a loaded program"))?
+        .try_clone()
+        .map_err(Error::io("duplicating a program descriptor"))
 }
 
 /// Loads the eBPF object with its maps pinned under `pin_dir` (re-adopting pinned ones), the
@@ -676,17 +738,7 @@ impl EbpfDataplane {
         let links_dir = pin_dir.join(LINKS_DIR);
         fs::create_dir_all(&links_dir)
             .map_err(Error::io(format!("creating {}", links_dir.display())))?;
-        let xdp: &mut Xdp = program(&mut ebpf, UPLINK_PROGRAM)?;
-        xdp.load()
-            .map_err(Error::dataplane("loading the XDP program"))?;
-        let uplink_tc: &mut SchedClassifier = program(&mut ebpf, UPLINK_TC_PROGRAM)?;
-        uplink_tc
-            .load()
-            .map_err(Error::dataplane("loading the uplink's TC program"))?;
-        let uplink_l3: &mut SchedClassifier = program(&mut ebpf, UPLINK_L3_PROGRAM)?;
-        uplink_l3
-            .load()
-            .map_err(Error::dataplane("loading the layer-3 uplinks' TC program"))?;
+        load_uplink_programs(&mut ebpf)?;
         // The links an earlier agent pinned get the new programs now, right after the
         // tables were copied: from here on no uplink program writes the old tables.
         uplinks::swap_pinned_xdp(program(&mut ebpf, UPLINK_PROGRAM)?, &links_dir)?;
