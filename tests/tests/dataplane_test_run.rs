@@ -2083,5 +2083,7 @@ mod malformed;
 
 #[path = "dataplane_test_run/ipv6.rs"]
 mod ipv6;
+#[path = "dataplane_test_run/ipv6_icmp.rs"]
+mod ipv6_icmp;
 #[path = "dataplane_test_run/layer3.rs"]
 mod layer3;
