@@ -8,8 +8,9 @@ use std::net::Ipv6Addr;
 use aya::maps::ProgramArray;
 use bpfbridge::dataplane::ebpf::CONTAINER6_PROGRAM;
 use dataplane_common::{
-    CONTAINER_IPV6_SLOT, CONTAINER_PROGRAMS, FILTER_RULES6, FilterKey6, FlowKey6, NAT_FLOWS6, NETWORKS6, NODE_ADDRS6, NatFlow6, NetworkKey6,
-    NodeAddrKey6, PUBLISHED_PORTS6, PortKey6, PortTarget6,
+    CONTAINER_IPV6_SLOT, CONTAINER_PROGRAMS, FILTER_RULES6, FilterKey6, FlowKey6, NAT_FLOWS6,
+    NETWORKS6, NODE_ADDRS6, NatFlow6, NetworkKey6, NodeAddrKey6, PUBLISHED_PORTS6, PortKey6,
+    PortTarget6,
     parse::ipv6::{Parsed6, parse_ipv6},
 };
 
