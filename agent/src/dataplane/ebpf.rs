@@ -1563,6 +1563,7 @@ impl Dataplane for EbpfDataplane {
         let errors: Vec<Error> = [
             self.repair_uplink_programs(repaired),
             self.repair_socket_programs(intended.cgroup, repaired),
+            self.repair_container_programs(repaired),
             self.repair_endpoints(intended.endpoints, repaired),
             self.repair_published(intended.published, repaired),
             self.repair_policy(intended, repaired),
@@ -1621,6 +1622,49 @@ fn pinned_link_target(pin: &Path) -> Result<Option<u64>> {
     ))
     .map_err(Error::io(context()))?;
     Ok(Some(link_target_of_fdinfo(&fdinfo).unwrap_or(0)))
+}
+
+/// The id of the program in slot `index` of the program array `slots`; `None` when the
+/// slot is empty. aya writes program arrays but does not read them.
+fn program_array_slot(slots: &MapData, index: u32) -> Result<Option<u32>> {
+    use std::os::fd::{AsFd as _, AsRawFd as _};
+    /// `union bpf_attr` for `BPF_MAP_LOOKUP_ELEM`.
+    #[repr(C)]
+    struct MapElem {
+        map_fd: u32,
+        _pad: u32,
+        key: u64,
+        value: u64,
+        flags: u64,
+    }
+    const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
+    let mut id: u32 = 0;
+    let attr = MapElem {
+        map_fd: slots.fd().as_fd().as_raw_fd() as u32,
+        _pad: 0,
+        key: &index as *const u32 as u64,
+        value: &mut id as *mut u32 as u64,
+        flags: 0,
+    };
+    // SAFETY: `attr` and the key and value it points to live through the call; the kernel
+    // reads `size_of::<MapElem>()` bytes of it and writes 4 bytes (a program array's value,
+    // read from userspace, is the program's id) to `value`.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_MAP_LOOKUP_ELEM,
+            &attr as *const MapElem,
+            size_of::<MapElem>(),
+        )
+    };
+    if ret < 0 {
+        let e = std::io::Error::last_os_error();
+        return match e.raw_os_error() {
+            Some(libc::ENOENT) => Ok(None),
+            _ => Err(Error::io(format!("reading {CONTAINER_PROGRAMS}"))(e)),
+        };
+    }
+    Ok(Some(id))
 }
 
 /// The `ifindex` or `cgroup_id` line of a link's fdinfo.
@@ -1705,6 +1749,40 @@ impl EbpfDataplane {
             }
         }
         Error::collect(errors)
+    }
+
+    /// The slot `container_ingress` tail-calls for IPv6: this agent's `container_ingress6`,
+    /// put back if the slot was emptied or given another program (`bpftool map`), which
+    /// would leave every container's IPv6 a counted drop.
+    fn repair_container_programs(&mut self, repaired: &mut Vec<Repaired>) -> Result<()> {
+        let ours = program::<SchedClassifier>(&mut self.ebpf, CONTAINER6_PROGRAM)?
+            .info()
+            .map_err(Error::dataplane("reading container_ingress6's info"))?
+            .id();
+        let aya::maps::Map::ProgramArray(slots) = self.map(CONTAINER_PROGRAMS)? else {
+            return Err(Error::dataplane("map lookup")(MissingMap(
+                CONTAINER_PROGRAMS.into(),
+            )));
+        };
+        if program_array_slot(slots, CONTAINER_IPV6_SLOT)? == Some(ours) {
+            return Ok(());
+        }
+        let fd = program::<SchedClassifier>(&mut self.ebpf, CONTAINER6_PROGRAM)?
+            .fd()
+            .map_err(Error::dataplane("the container's IPv6 TC program"))?
+            .try_clone()
+            .map_err(Error::io("duplicating a program descriptor"))?;
+        let mut slots: ProgramArray<&mut MapData> =
+            ProgramArray::try_from(self.map_mut(CONTAINER_PROGRAMS)?)
+                .map_err(Error::dataplane(CONTAINER_PROGRAMS))?;
+        slots
+            .set(CONTAINER_IPV6_SLOT, &fd, 0)
+            .map_err(Error::dataplane("filling the container program array"))?;
+        repaired.push(Repaired {
+            kind: RepairKind::ProgramReattached,
+            what: format!("{CONTAINER6_PROGRAM} in {CONTAINER_PROGRAMS}"),
+        });
+        Ok(())
     }
 
     /// Each socket program's cgroup link: pinned and attached to `cgroup`, else attached
