@@ -1564,6 +1564,7 @@ impl Dataplane for EbpfDataplane {
             self.repair_uplink_programs(repaired),
             self.repair_socket_programs(intended.cgroup, repaired),
             self.repair_container_programs(repaired),
+            self.repair_uplink_program_arrays(repaired),
             self.repair_endpoints(intended.endpoints, repaired),
             self.repair_published(intended.published, repaired),
             self.repair_policy(intended, repaired),
@@ -1782,6 +1783,43 @@ impl EbpfDataplane {
             kind: RepairKind::ProgramReattached,
             what: format!("{CONTAINER6_PROGRAM} in {CONTAINER_PROGRAMS}"),
         });
+        Ok(())
+    }
+
+    /// The slots the uplink programs tail-call for IPv6, as
+    /// [`EbpfDataplane::repair_container_programs`] keeps `container_ingress`'s: an emptied
+    /// slot would send every IPv6 frame of those uplinks to the node's stack untranslated.
+    fn repair_uplink_program_arrays(&mut self, repaired: &mut Vec<Repaired>) -> Result<()> {
+        for (array, slot, name) in [
+            (UPLINK_XDP_PROGRAMS, UPLINK_IPV6_SLOT, UPLINK6_PROGRAM),
+            (UPLINK_TC_PROGRAMS, UPLINK_IPV6_SLOT, UPLINK6_TC_PROGRAM),
+            (UPLINK_TC_PROGRAMS, UPLINK_L3_IPV6_SLOT, UPLINK6_L3_PROGRAM),
+        ] {
+            let program = self
+                .ebpf
+                .program(name)
+                .ok_or_else(|| Error::dataplane("program lookup")(MissingMap(name.into())))?;
+            let ours = program
+                .info()
+                .map_err(Error::dataplane(format!("reading {name}'s info")))?
+                .id();
+            let fd = program_fd(program.fd())?;
+            let aya::maps::Map::ProgramArray(slots) = self.map(array)? else {
+                return Err(Error::dataplane("map lookup")(MissingMap(array.into())));
+            };
+            if program_array_slot(slots, slot)? == Some(ours) {
+                continue;
+            }
+            let mut slots: ProgramArray<&mut MapData> =
+                ProgramArray::try_from(self.map_mut(array)?).map_err(Error::dataplane(array))?;
+            slots
+                .set(slot, &fd, 0)
+                .map_err(Error::dataplane("filling an uplink program array"))?;
+            repaired.push(Repaired {
+                kind: RepairKind::ProgramReattached,
+                what: format!("{name} in {array}"),
+            });
+        }
         Ok(())
     }
 
