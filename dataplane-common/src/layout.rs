@@ -145,6 +145,11 @@ pub const CURRENT: &[MapLayout] = &[
     MapLayout::lpm_trie::<FilterKey6, FilterRule>(FILTER_RULES6, 1),
     MapLayout::lpm_trie::<NetworkKey6, NetworkInfo>(NETWORKS6, 1),
     MapLayout::hash::<SockNatKey6, SockNatValue6>(SOCK_NAT6, 1),
+    // Program descriptors in, program ids out: 4-byte values either way.
+    MapLayout::array::<u32>(CONTAINER_PROGRAMS, 1),
+    MapLayout::hash::<FragmentKey6, FragmentEntry6>(FRAGMENTS6, 1),
+    MapLayout::array::<u32>(UPLINK_XDP_PROGRAMS, 1),
+    MapLayout::array::<u32>(UPLINK_TC_PROGRAMS, 1),
 ];
 
 /// The earlier layouts this build migrates from, with their types frozen in a module of

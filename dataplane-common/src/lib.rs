@@ -7,6 +7,7 @@
 #![cfg_attr(not(test), no_std)]
 
 pub mod csum;
+pub mod ct;
 // Before `layout`, which uses its `aya_pod!`.
 #[macro_use]
 pub mod maps;

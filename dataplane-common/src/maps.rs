@@ -85,6 +85,27 @@ pub const FILTER_RULES6: &str = "FILTER_RULES6";
 pub const NETWORKS6: &str = "NETWORKS6";
 /// [`SOCK_NAT`] for IPv6 sockets (an IPv4-mapped address for a dual-stack socket's IPv4).
 pub const SOCK_NAT6: &str = "SOCK_NAT6";
+/// The programs `container_ingress` hands frames to by tail call (a program array): each
+/// runs with a stack and a verifier budget of its own. Pinned, so that the programs an
+/// agent put there keep serving while it restarts.
+pub const CONTAINER_PROGRAMS: &str = "CONTAINER_PROGRAMS";
+/// [`CONTAINER_PROGRAMS`]' slot of `container_ingress6`, which takes the IPv6 frames.
+pub const CONTAINER_IPV6_SLOT: u32 = 0;
+/// Slots of [`CONTAINER_PROGRAMS`].
+pub const CONTAINER_PROGRAMS_MAX: u32 = 1;
+/// The programs the uplink programs hand IPv6 frames to by tail call, as
+/// [`CONTAINER_PROGRAMS`]: one program array per program type, XDP's
+/// (`uplink_ingress6` at [`UPLINK_IPV6_SLOT`]) and TC's (`uplink_ingress6_tc` there,
+/// `uplink_ingress6_l3` at [`UPLINK_L3_IPV6_SLOT`]).
+pub const UPLINK_XDP_PROGRAMS: &str = "UPLINK_XDP_PROGRAMS";
+pub const UPLINK_TC_PROGRAMS: &str = "UPLINK_TC_PROGRAMS";
+pub const UPLINK_IPV6_SLOT: u32 = 0;
+pub const UPLINK_L3_IPV6_SLOT: u32 = 1;
+/// Slots of [`UPLINK_XDP_PROGRAMS`] and [`UPLINK_TC_PROGRAMS`].
+pub const UPLINK_PROGRAMS_MAX: u32 = 2;
+/// [`FRAGMENTS`] for IPv6 datagrams (RFC 8200's reassembly key: addresses and the fragment
+/// header's identification), with the same size and timeout.
+pub const FRAGMENTS6: &str = "FRAGMENTS6";
 pub const EVENTS_BYTES: u32 = 256 * 1024;
 /// Events per second and CPU that the ring buffer takes; the rest are only counted.
 pub const EVENTS_PER_SECOND: u64 = 1000;
@@ -537,6 +558,30 @@ pub struct FragmentEntry {
     pub first_seen_ns: u64,
 }
 
+/// Key of [`FRAGMENTS6`]: a fragmented IPv6 datagram as it arrived (RFC 8200's reassembly
+/// key: source, destination, identification).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct FragmentKey6 {
+    pub src_ip: [u8; 16],
+    pub dst_ip: [u8; 16],
+    pub id_be: u32,
+}
+
+/// Value of [`FRAGMENTS6`]: [`FragmentEntry`] with IPv6 addresses.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct FragmentEntry6 {
+    pub src_ip: [u8; 16],
+    pub dst_ip: [u8; 16],
+    /// As [`FragmentEntry::ifindex`]: the veth, or 0 for a FIB lookup per fragment.
+    pub ifindex: u32,
+    pub dst_mac: [u8; 6],
+    pub src_mac: [u8; 6],
+    /// `bpf_ktime_get_ns()` of the first fragment, for [`FRAGMENT_TIMEOUT_NS`].
+    pub first_seen_ns: u64,
+}
+
 /// Value of [`STATS`].
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
@@ -579,6 +624,8 @@ const _: () = assert!(size_of::<SockNatKey6>() == 32);
 const _: () = assert!(size_of::<SockNatValue6>() == 20);
 const _: () = assert!(size_of::<FragmentKey>() == 12);
 const _: () = assert!(size_of::<FragmentEntry>() == 32);
+const _: () = assert!(size_of::<FragmentKey6>() == 36);
+const _: () = assert!(size_of::<FragmentEntry6>() == 56);
 
 /// aya's `Pod` for types whose `bytemuck::Pod` derive proved them free of padding bytes and
 /// valid for every bit pattern.
@@ -630,4 +677,6 @@ aya_pod!(
     NetworkKey6,
     SockNatKey6,
     SockNatValue6,
+    FragmentKey6,
+    FragmentEntry6,
 );

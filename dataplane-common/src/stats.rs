@@ -80,6 +80,8 @@ stats! {
     ContainerPassIpv6 = "container_ingress.pass.ipv6",
     UplinkDropUdpZeroChecksum = "uplink_ingress.drop.udp_zero_checksum",
     ContainerDropUdpZeroChecksum = "container_ingress.drop.udp_zero_checksum",
+    ContainerDropIpv6ProgramMissing = "container_ingress.drop.ipv6_program_missing",
+    UplinkPassIpv6ProgramMissing = "uplink_ingress.pass.ipv6_program_missing",
 }
 
 /// Size of the per-CPU counter array. New counters go at the end of the list above: an

@@ -21,7 +21,7 @@ use dataplane_common::{
 
 use crate::{
     fib,
-    flowtable::{self, InsertError},
+    flowtable::{self, Conntrack, InsertError},
     frag,
     frame::{Action, Packet},
     maps::{CONNTRACK, ENDPOINTS, LINKS, MASQUERADE_SOURCES, NODE_CONFIG},
@@ -107,7 +107,7 @@ fn touch(key: &CtKey, entry: *mut CtEntry, ip: &Ipv4, l4: &L4) -> (CtEntry, Seen
     };
     let what = seen(state, direction, ip, l4);
     if let Seen::State(next) = what {
-        flowtable::ct_set_state(key, entry, next);
+        flowtable::ct_set_state::<Conntrack>(key, entry, next);
     }
     // SAFETY: as above.
     (unsafe { *entry }, what)
@@ -190,7 +190,7 @@ pub fn masquerade(ctx: &TcContext, ip: &Ipv4, l4: &L4) -> (i32, Stat) {
             )
         });
     if what == Seen::Reset {
-        flowtable::ct_remove(&key, &entry);
+        flowtable::ct_remove::<Conntrack>(&key, &entry);
     }
     if rewritten.is_err() {
         return (TC_ACT_SHOT, Stat::ContainerDropRewriteFailed);
@@ -278,7 +278,7 @@ fn open_flow(
             if !(l4.is_tcp_syn() && taken.state == CT_CLOSING) {
                 continue;
             }
-            flowtable::ct_remove(&reply_key, &taken);
+            flowtable::ct_remove::<Conntrack>(&reply_key, &taken);
         }
         if node_socket_uses(ctx, ip, l4, nat_ip_be, port_be) {
             continue;
@@ -296,7 +296,7 @@ fn open_flow(
     let Some(port_be) = full_at else {
         return Err(Stat::ContainerDropNatExhausted);
     };
-    if !flowtable::ct_make_room() {
+    if !flowtable::ct_make_room::<Conntrack>() {
         return Err(Stat::ContainerDropConntrackFull);
     }
     flow.record(port_be)
@@ -348,7 +348,7 @@ impl NewFlow<'_> {
             last_seen_ns: self.now,
             ..CtEntry::default()
         };
-        flowtable::ct_insert(self.key, &original, &self.reply_key(port_be), &reply)?;
+        flowtable::ct_insert::<Conntrack>(self.key, &original, &self.reply_key(port_be), &reply)?;
         crate::events::new_flow(
             Stat::ContainerRedirectMasquerade,
             self.ip.protocol,
@@ -376,7 +376,7 @@ pub fn masquerade_reply<P: Packet>(packet: &P, ip: &Ipv4, l4: &L4) -> Option<(Ac
     }
     let (entry, what) = touch(&key, entry, ip, l4);
     if what == Seen::Reset {
-        flowtable::ct_remove(&key, &entry);
+        flowtable::ct_remove::<Conntrack>(&key, &entry);
     }
     let to = Target {
         ip_be: entry.nat_ip_be,
@@ -410,7 +410,7 @@ pub fn linked(ip: &Ipv4, l4: &L4) -> (i32, Stat) {
     if let Some(entry) = CONNTRACK.get_ptr_mut(&key) {
         let (entry, what) = touch(&key, entry, ip, l4);
         if what == Seen::Reset {
-            flowtable::ct_remove(&key, &entry);
+            flowtable::ct_remove::<Conntrack>(&key, &entry);
         }
         return (TC_ACT_OK, Stat::ContainerPassTracked);
     }
@@ -451,9 +451,9 @@ pub fn linked(ip: &Ipv4, l4: &L4) -> (i32, Stat) {
         direction: CT_REPLY,
         ..original
     };
-    let mut recorded = flowtable::ct_insert(&key, &original, &reply_key, &reply);
-    if matches!(recorded, Err(InsertError::Full)) && flowtable::ct_make_room() {
-        recorded = flowtable::ct_insert(&key, &original, &reply_key, &reply);
+    let mut recorded = flowtable::ct_insert::<Conntrack>(&key, &original, &reply_key, &reply);
+    if matches!(recorded, Err(InsertError::Full)) && flowtable::ct_make_room::<Conntrack>() {
+        recorded = flowtable::ct_insert::<Conntrack>(&key, &original, &reply_key, &reply);
     }
     match recorded {
         Ok(()) => {}

@@ -14,9 +14,9 @@ use dataplane_common::{
 };
 
 use crate::{
-    conntrack, frag,
+    conntrack, container6, frag,
     frame::TcFrame,
-    icmp, ipv6, nat,
+    icmp, nat,
     policy::{self, Destination},
 };
 
@@ -43,7 +43,7 @@ pub fn ingress(ctx: &TcContext) -> (i32, Stat) {
     }
     let (ip, l4) = match parsed {
         Err(_) => return (TC_ACT_SHOT, Stat::ContainerDropMalformed),
-        Ok(Parsed::NotIpv4) => return ipv6::container_ingress(ctx, len),
+        Ok(Parsed::NotIpv4) => return container6::hand_over(ctx),
         // A fragment after the first follows its first fragment; without one, it and other
         // protocols (ICMP, ...) are judged by addresses alone.
         Ok(Parsed::Fragment(ip)) => {

@@ -1,5 +1,6 @@
-//! Storage of the two flow tables, below the modules that translate flows: NAT_FLOWS
-//! (published ports) and CONNTRACK (masquerade and links), both plain hash maps.
+//! Storage of the flow tables, below the modules that translate flows: NAT_FLOWS
+//! (published ports) and CONNTRACK (masquerade and links, through [`CtTable`], which a
+//! table of another address family is to implement too), both plain hash maps.
 //!
 //! A full table evicts a flow that is not established, the oldest first, before it refuses
 //! a new one (the kernel's early_drop): a flood of half-open SYNs, one container opening
@@ -7,9 +8,14 @@
 //! an established flow is never evicted. Candidates come from a ring of flows recently
 //! opened or closing; each is checked to be still evictable before it goes.
 
-use aya_ebpf::bindings::BPF_NOEXIST;
+use aya_ebpf::{
+    bindings::BPF_NOEXIST,
+    maps::{Array, HashMap},
+};
 use dataplane_common::{
-    CT_CLOSING, CT_REPLY, CtEntry, CtKey, FlowKey, NatFlow, UNREPLIED_RING_LEN, ct_evictable,
+    CT_CLOSING, CT_REPLY, CtEntry, CtKey, FlowKey, NatFlow, UNREPLIED_RING_LEN,
+    ct::{TrackedEntry, TrackedKey},
+    ct_evictable,
 };
 
 use crate::maps::{CONNTRACK, CT_UNREPLIED, NAT_FLOWS, NAT_UNREPLIED, UNREPLIED_CURSORS};
@@ -27,11 +33,12 @@ pub enum InsertError {
     Full,
 }
 
-/// The next ring slot to write, advancing the table's write cursor. Two CPUs may get the
-/// same slot; one candidate is then lost, which costs nothing but a later eviction.
+/// The next ring slot to write, advancing the write cursor at `write_cursor` of
+/// `cursors`. Two CPUs may get the same slot; one candidate is then lost, which costs
+/// nothing but a later eviction.
 #[inline(always)]
-fn next_slot(write_cursor: u32) -> Option<u32> {
-    let at = UNREPLIED_CURSORS.get_ptr_mut(write_cursor)?;
+fn next_slot(cursors: &Array<u32>, write_cursor: u32) -> Option<u32> {
+    let at = cursors.get_ptr_mut(write_cursor)?;
     // SAFETY: a pointer to a live array value of plain data.
     unsafe {
         let slot = *at;
@@ -44,9 +51,9 @@ fn next_slot(write_cursor: u32) -> Option<u32> {
 /// evict cursor past it: a slot looked at once holds a flow that is gone or answered, or
 /// is evicted now, so none is looked at twice. `None`: every slot written has been.
 #[inline(always)]
-fn next_candidate(write_cursor: u32) -> Option<u32> {
-    let written = UNREPLIED_CURSORS.get(write_cursor).copied()?;
-    let at = UNREPLIED_CURSORS.get_ptr_mut(write_cursor + 1)?;
+fn next_candidate(cursors: &Array<u32>, write_cursor: u32) -> Option<u32> {
+    let written = cursors.get(write_cursor).copied()?;
+    let at = cursors.get_ptr_mut(write_cursor + 1)?;
     // SAFETY: a pointer to a live array value of plain data.
     unsafe {
         let mut next = *at;
@@ -63,55 +70,65 @@ fn next_candidate(write_cursor: u32) -> Option<u32> {
     }
 }
 
-/// The key of the other direction's entry of a CONNTRACK flow. An original entry's `nat`
-/// is the source the flow leaves with, a reply entry's is the original source, so either
-/// entry alone names its peer.
-#[inline(always)]
-pub fn ct_peer_key(key: &CtKey, entry: &CtEntry) -> CtKey {
-    match entry.direction {
-        dataplane_common::CT_ORIGINAL => CtKey {
-            src_ip_be: key.dst_ip_be,
-            dst_ip_be: entry.nat_ip_be,
-            sport_be: key.dport_be,
-            dport_be: entry.nat_port_be,
-            proto: key.proto,
-            _pad: [0; 3],
-        },
-        _ => CtKey {
-            src_ip_be: entry.nat_ip_be,
-            dst_ip_be: key.src_ip_be,
-            sport_be: entry.nat_port_be,
-            dport_be: key.sport_be,
-            proto: key.proto,
-            _pad: [0; 3],
-        },
+/// A connection-tracking table of one address family (CONNTRACK), with its ring of
+/// flows recently opened or closing (by their reply keys) and the ring's cursors.
+pub trait CtTable {
+    type Key: TrackedKey;
+    fn table() -> &'static HashMap<Self::Key, CtEntryOf<Self>>;
+    fn ring() -> &'static Array<Self::Key>;
+    fn cursors() -> &'static Array<u32>;
+    /// The ring's write cursor in [`CtTable::cursors`]; its evict cursor follows it.
+    const CURSOR: u32;
+}
+
+/// The entry type of table `T`.
+pub type CtEntryOf<T> = <<T as CtTable>::Key as TrackedKey>::Entry;
+
+/// IPv4's table.
+pub struct Conntrack;
+
+impl CtTable for Conntrack {
+    type Key = CtKey;
+    const CURSOR: u32 = 0;
+
+    #[inline(always)]
+    fn table() -> &'static HashMap<CtKey, CtEntry> {
+        &CONNTRACK
+    }
+    #[inline(always)]
+    fn ring() -> &'static Array<CtKey> {
+        &CT_UNREPLIED
+    }
+    #[inline(always)]
+    fn cursors() -> &'static Array<u32> {
+        &UNREPLIED_CURSORS
     }
 }
 
-/// Removes both entries of a CONNTRACK flow.
+/// Removes both entries of a tracked flow.
 #[inline(always)]
-pub fn ct_remove(key: &CtKey, entry: &CtEntry) {
-    let _ = CONNTRACK.remove(&ct_peer_key(key, entry));
-    let _ = CONNTRACK.remove(key);
+pub fn ct_remove<T: CtTable>(key: &T::Key, entry: &CtEntryOf<T>) {
+    let _ = T::table().remove(&key.peer(entry));
+    let _ = T::table().remove(key);
 }
 
-/// Sets the state of both entries of a CONNTRACK flow.
+/// Sets the state of both entries of a tracked flow.
 #[inline(always)]
-pub fn ct_set_state(key: &CtKey, entry: *mut CtEntry, state: u8) {
+pub fn ct_set_state<T: CtTable>(key: &T::Key, entry: *mut CtEntryOf<T>, state: u8) {
     // SAFETY: a pointer to a live map value of plain data.
     let (peer, direction) = unsafe {
-        (*entry).state = state;
-        (ct_peer_key(key, &*entry), (*entry).direction)
+        (*entry).set_state(state);
+        (key.peer(&*entry), (*entry).direction())
     };
-    if let Some(peer) = CONNTRACK.get_ptr_mut(&peer) {
+    if let Some(peer) = T::table().get_ptr_mut(&peer) {
         // SAFETY: as above.
-        unsafe { (*peer).state = state };
+        unsafe { (*peer).set_state(state) };
     }
     // A closing flow may be evicted again: it goes back on the ring (by its reply key).
     if state == CT_CLOSING {
         let reply_key = if direction == CT_REPLY { key } else { &peer };
-        if let Some(slot) = next_slot(Conntrack::CURSOR) {
-            let _ = CT_UNREPLIED.set(slot, reply_key, 0);
+        if let Some(slot) = next_slot(T::cursors(), T::CURSOR) {
+            let _ = T::ring().set(slot, reply_key, 0);
         }
     }
 }
@@ -123,60 +140,73 @@ pub fn nat_set_state(key: &FlowKey, flow: *mut NatFlow, state: u8) {
     let old = unsafe { core::mem::replace(&mut (*flow).state, state) };
     if state == CT_CLOSING
         && old != CT_CLOSING
-        && let Some(slot) = next_slot(NatFlows::CURSOR)
+        && let Some(slot) = next_slot(&UNREPLIED_CURSORS, NatFlows::CURSOR)
     {
         let _ = NAT_UNREPLIED.set(slot, key, 0);
     }
 }
 
-/// One of the two tables, as early drop sees it. A trait rather than function pointers:
+/// One of the flow tables, as early drop sees it. A trait rather than function pointers:
 /// BPF has no indirect calls, generics leave none.
 trait Table {
     type Key;
     type Value;
-    /// The table's write cursor in [`UNREPLIED_CURSORS`]; its evict cursor follows it.
-    const CURSOR: u32;
+    /// The ring's cursors, and its write cursor there; its evict cursor follows it.
+    fn ring_cursors() -> &'static Array<u32>;
+    const WRITE_CURSOR: u32;
     fn insert(key: &Self::Key, value: &Self::Value) -> Result<(), i32>;
     /// Evicts the flow behind ring slot `slot` if it is still unanswered.
     fn evict(slot: u32) -> bool;
 }
 
-struct Conntrack;
-
-impl Table for Conntrack {
-    type Key = CtKey;
-    type Value = CtEntry;
-    const CURSOR: u32 = 0;
+impl<T: CtTable> Table for T {
+    type Key = T::Key;
+    type Value = CtEntryOf<T>;
+    const WRITE_CURSOR: u32 = T::CURSOR;
 
     #[inline(always)]
-    fn insert(key: &CtKey, entry: &CtEntry) -> Result<(), i32> {
-        CONNTRACK.insert(key, entry, u64::from(BPF_NOEXIST))
+    fn ring_cursors() -> &'static Array<u32> {
+        T::cursors()
+    }
+
+    #[inline(always)]
+    fn insert(key: &T::Key, entry: &CtEntryOf<T>) -> Result<(), i32> {
+        T::table().insert(key, entry, u64::from(BPF_NOEXIST))
     }
 
     #[inline(always)]
     fn evict(slot: u32) -> bool {
         // The ring holds reply keys.
-        let Some(reply_key) = CT_UNREPLIED.get(slot).copied() else {
+        let Some(reply_key) = T::ring().get(slot).copied() else {
             return false;
         };
-        // SAFETY: as above.
-        let Some(reply) = (unsafe { CONNTRACK.get(&reply_key) }).copied() else {
+        // SAFETY: plain data copied out at once.
+        let Some(reply) = (unsafe { T::table().get(&reply_key) }).copied() else {
             return false;
         };
-        if !ct_evictable(reply.state) {
+        if !ct_evictable(reply.state()) {
             return false;
         }
-        ct_remove(&reply_key, &reply);
+        ct_remove::<T>(&reply_key, &reply);
         true
     }
 }
 
 struct NatFlows;
 
+impl NatFlows {
+    const CURSOR: u32 = 2;
+}
+
 impl Table for NatFlows {
     type Key = FlowKey;
     type Value = NatFlow;
-    const CURSOR: u32 = 2;
+    const WRITE_CURSOR: u32 = NatFlows::CURSOR;
+
+    #[inline(always)]
+    fn ring_cursors() -> &'static Array<u32> {
+        &UNREPLIED_CURSORS
+    }
 
     #[inline(always)]
     fn insert(key: &FlowKey, flow: &NatFlow) -> Result<(), i32> {
@@ -188,7 +218,7 @@ impl Table for NatFlows {
         let Some(key) = NAT_UNREPLIED.get(slot).copied() else {
             return false;
         };
-        // SAFETY: as above.
+        // SAFETY: plain data copied out at once.
         match unsafe { NAT_FLOWS.get(&key) } {
             Some(flow) if ct_evictable(flow.state) => NAT_FLOWS.remove(&key).is_ok(),
             _ => false,
@@ -196,39 +226,39 @@ impl Table for NatFlows {
     }
 }
 
-/// Records a new CONNTRACK flow: its reply entry, which claims the translated tuple, then
+/// Records a new tracked flow: its reply entry, which claims the translated tuple, then
 /// its original entry. No eviction here: a caller that meets a full table calls
 /// [`ct_make_room`] and tries again (once, outside any loop, which keeps the verifier's
 /// walk short).
 #[inline(always)]
-pub fn ct_insert(
-    key: &CtKey,
-    entry: &CtEntry,
-    reply_key: &CtKey,
-    reply: &CtEntry,
+pub fn ct_insert<T: CtTable>(
+    key: &T::Key,
+    entry: &CtEntryOf<T>,
+    reply_key: &T::Key,
+    reply: &CtEntryOf<T>,
 ) -> Result<(), InsertError> {
-    insert_one::<Conntrack>(reply_key, reply)?;
-    if let Err(e) = insert_one::<Conntrack>(key, entry) {
-        let _ = CONNTRACK.remove(reply_key);
+    insert_one::<T>(reply_key, reply)?;
+    if let Err(e) = insert_one::<T>(key, entry) {
+        let _ = T::table().remove(reply_key);
         return Err(e);
     }
-    if let Some(slot) = next_slot(Conntrack::CURSOR) {
-        let _ = CT_UNREPLIED.set(slot, reply_key, 0);
+    if let Some(slot) = next_slot(T::cursors(), T::CURSOR) {
+        let _ = T::ring().set(slot, reply_key, 0);
     }
     Ok(())
 }
 
-/// Evicts one unanswered CONNTRACK flow, the oldest found; `false` when there is none.
+/// Evicts one unanswered flow of table `T`, the oldest found; `false` when there is none.
 #[inline(always)]
-pub fn ct_make_room() -> bool {
-    make_room::<Conntrack>()
+pub fn ct_make_room<T: CtTable>() -> bool {
+    make_room::<T>()
 }
 
 /// Records a new published-port flow; a full table evicts an unanswered one first.
 #[inline(always)]
 pub fn nat_insert(key: &FlowKey, flow: &NatFlow) -> Result<(), InsertError> {
     insert_with_early_drop::<NatFlows>(key, flow)?;
-    if let Some(slot) = next_slot(NatFlows::CURSOR) {
+    if let Some(slot) = next_slot(&UNREPLIED_CURSORS, NatFlows::CURSOR) {
         let _ = NAT_UNREPLIED.set(slot, key, 0);
     }
     Ok(())
@@ -248,7 +278,7 @@ fn insert_one<T: Table>(key: &T::Key, value: &T::Value) -> Result<(), InsertErro
 #[inline(always)]
 fn make_room<T: Table>() -> bool {
     for _ in 0..EARLY_DROP_TRIES {
-        let Some(slot) = next_candidate(T::CURSOR) else {
+        let Some(slot) = next_candidate(T::ring_cursors(), T::WRITE_CURSOR) else {
             return false;
         };
         if T::evict(slot) {

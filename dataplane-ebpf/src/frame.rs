@@ -35,7 +35,9 @@ pub enum Action {
 /// A checksummed field's change, for [`Packet::replace_l4`].
 #[derive(Clone, Copy)]
 pub struct L4Change {
-    /// 2 or 4 bytes.
+    /// 2 or 4 bytes; 0: the change is a sum of many (`csum::diff2`/`diff4`), passed as
+    /// `new` with an `old` of 0, as the kernel's helper takes it (one step where an IPv6
+    /// address has eight words).
     pub size: u8,
     /// The field is part of the pseudo-header (an address).
     pub pseudo: bool,
@@ -64,10 +66,10 @@ pub trait Packet: Frame {
 /// A checksum after a field of `size` bytes changed from `old` to `new`.
 #[inline(always)]
 fn replaced(check: u16, old: u32, new: u32, size: u8) -> u16 {
-    if size == 2 {
-        csum::replace2(check, old as u16, new as u16)
-    } else {
-        csum::replace4(check, old, new)
+    match size {
+        0 => csum::apply(check, new),
+        2 => csum::replace2(check, old as u16, new as u16),
+        _ => csum::replace4(check, old, new),
     }
 }
 

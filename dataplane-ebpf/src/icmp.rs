@@ -13,7 +13,7 @@
 
 use aya_ebpf::{bindings::TC_ACT_SHOT, programs::TcContext};
 use dataplane_common::{
-    CT_ORIGINAL, CT_REPLY, CtKey, FlowKey, IPPROTO_TCP, IPPROTO_UDP, csum,
+    CT_ORIGINAL, CT_REPLY, CtKey, FlowKey, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, csum,
     parse::{
         ETH_HLEN, IPV4_CHECK_OFF, IPV4_DST_OFF, IPV4_SRC_OFF, IPV4_TTL_OFF, IcmpError, Ipv4, L4,
         Quoted, icmp_error,
@@ -33,13 +33,14 @@ use crate::{
 const ERROR_HEADERS: usize = ETH_HLEN + 60 + 8 + 60 + 8;
 
 /// The container end of a flow that a quote belongs to: its address and port (the echo
-/// identifier for pings) and how to hand it a frame.
-struct Origin {
-    ip_be: u32,
-    port_be: u16,
-    ifindex: u32,
-    container_mac: [u8; 6],
-    host_veth_mac: [u8; 6],
+/// identifier for pings) and how to hand it a frame. IPv6's (icmp6.rs) has 16-byte
+/// addresses.
+pub(crate) struct Origin<Addr = u32> {
+    pub ip_be: Addr,
+    pub port_be: u16,
+    pub ifindex: u32,
+    pub container_mac: [u8; 6],
+    pub host_veth_mac: [u8; 6],
 }
 
 /// The tracking key of a packet that answers the quoted one: its addresses and ports
@@ -124,17 +125,17 @@ pub fn uplink_error<P: Packet>(packet: &P, ip: &Ipv4) -> Option<(Action, Stat)> 
     ))
 }
 
-/// The quoted transport checksum after the quoted address (`old_ip` → `new_ip`) and port
-/// changed: UDP's covers both (pseudo-header), an ICMP echo's only the identifier.
+/// The quoted transport checksum of `protocol` after the quoted address and port changed,
+/// their changes given as `csum::diff4`/`diff2` sums (`address`: one word for IPv4, four
+/// for IPv6): UDP's and ICMPv6's cover both (pseudo-header), an ICMP echo's only the
+/// identifier. IPv6's errors (icmp6.rs) go through it too.
 #[inline(always)]
-fn quoted_l4_check(q: &Quoted, old: u16, ips: (u32, u32), ports: (u16, u16)) -> u16 {
-    let mut check = csum::replace2(old, ports.0, ports.1);
-    if q.protocol == IPPROTO_UDP {
-        check = csum::replace4(check, ips.0, ips.1);
-        // A computed zero is sent as 0xffff: zero means "no checksum".
-        if check == 0 {
-            check = 0xffff;
-        }
+pub(crate) fn quoted_l4_check(protocol: u8, old: u16, address: u32, port: u32) -> u16 {
+    let covers_address = protocol == IPPROTO_UDP || protocol == IPPROTO_ICMPV6;
+    let check = csum::apply(old, if covers_address { address + port } else { port });
+    // UDP sends a computed zero as 0xffff: zero means "no checksum".
+    if protocol == IPPROTO_UDP && check == 0 {
+        return 0xffff;
     }
     check
 }
@@ -171,12 +172,9 @@ fn rewrite_to_origin<P: Packet>(
     icmp(u32::from(q.ip_check), u32::from(ip_check), 2)?;
     icmp(u32::from(q.sport_be), u32::from(origin.port_be), 2)?;
     if let Some((at, old)) = q.l4_check {
-        let new = quoted_l4_check(
-            q,
-            old,
-            (q.src_be, origin.ip_be),
-            (q.sport_be, origin.port_be),
-        );
+        let address = csum::diff4(q.src_be, origin.ip_be);
+        let port = csum::diff2(q.sport_be, origin.port_be);
+        let new = quoted_l4_check(q.protocol, old, address, port);
         icmp(u32::from(old), u32::from(new), 2)?;
         packet.store(at, new)?;
     }
@@ -188,10 +186,10 @@ fn rewrite_to_origin<P: Packet>(
 }
 
 /// What the remote end of a flow knows the container as: the published address and port,
-/// or the masquerade address and port.
-struct Seen {
-    ip_be: u32,
-    port_be: u16,
+/// or the masquerade address and port. IPv6's (icmp6.rs) has a 16-byte address.
+pub(crate) struct Seen<Addr = u32> {
+    pub ip_be: Addr,
+    pub port_be: u16,
 }
 
 /// The address a remote end used for the container whose received packet is quoted
@@ -290,7 +288,9 @@ fn rewrite_to_seen(ctx: &TcContext, ip: &Ipv4, error: &IcmpError, seen: &Seen) -
     icmp(u64::from(q.ip_check), u64::from(ip_check), 2)?;
     icmp(u64::from(q.dport_be), u64::from(seen.port_be), 2)?;
     if let Some((at, old)) = q.l4_check {
-        let new = quoted_l4_check(q, old, (q.dst_be, seen.ip_be), (q.dport_be, seen.port_be));
+        let address = csum::diff4(q.dst_be, seen.ip_be);
+        let port = csum::diff2(q.dport_be, seen.port_be);
+        let new = quoted_l4_check(q.protocol, old, address, port);
         icmp(u64::from(old), u64::from(new), 2)?;
         ctx.store(at, &new, 0)?;
     }

@@ -3,9 +3,11 @@
 //! Connections to IPv6 published ports are translated to their container (TCP and UDP,
 //! the client's address kept) and the container's replies back, with the flow states and
 //! counters of IPv4's (nat.rs); flows live in NAT_FLOWS6. What containers send otherwise
-//! is judged by the networks' IPv6 policy (isolation, icc, internal). The rest passes
-//! untouched: neighbour discovery, ICMPv6, fragments, and what the parser does not walk
-//! into. No IPv6 masquerade, links, hairpin or ICMPv6 error translation yet.
+//! is judged by the networks' IPv6 policy (isolation, icc, internal). On the uplink,
+//! fragments after the first follow their first fragment (frag6.rs) and ICMPv6 errors
+//! about published-port flows go to their container (icmp6.rs). The rest passes
+//! untouched: neighbour discovery, other ICMPv6, and what the parser does not walk into.
+//! No IPv6 masquerade, links or hairpin yet.
 //!
 //! IPv6 has no header checksum: a rewrite updates the transport checksum only, whose
 //! pseudo-header covers both addresses. A UDP datagram without a checksum (0) is invalid
@@ -25,6 +27,7 @@ use aya_ebpf::{
 use dataplane_common::{
     CT_NEW, FILTER_DENY, FILTER_SCOPE_BITS, FilterKey6, FlowKey6, IPPROTO_ICMPV6, IPPROTO_UDP,
     NETWORK_ICC, NETWORK_INTERNAL, NatFlow6, NetworkKey6, NodeAddrKey6, PortKey6, PortTarget6,
+    csum,
     parse::{
         ETH_HLEN, Frame, L4, L4_DPORT_OFF, L4_SPORT_OFF, Malformed,
         ipv6::{
@@ -37,7 +40,9 @@ use dataplane_common::{
 
 use crate::{
     flowtable::EEXIST,
+    frag6,
     frame::{Action, L4Change, Packet, TcFrame},
+    icmp6,
     maps::{FIB_SCRATCH, FILTER_RULES6, NAT_FLOWS6, NETWORKS6, NODE_ADDRS6, PUBLISHED_PORTS6},
     nat::{next_state, now_ns},
     stats::count_filter_hit,
@@ -68,8 +73,12 @@ pub fn uplink_ingress<P: Packet>(packet: &P, len: usize) -> (Action, Stat) {
         }
         Err(_) => (Action::Drop, Stat::UplinkDropMalformed),
         Ok(Parsed6::NotIpv6) => (Action::Pass, Stat::UplinkPassNotIpv4),
-        Ok(Parsed6::Fragment(_)) => (Action::Pass, Stat::UplinkPassFragment),
-        Ok(Parsed6::OtherProtocol(_)) => (Action::Pass, Stat::UplinkPassNotTcpUdp),
+        // A fragment after the first follows its first fragment, or goes to the node.
+        Ok(Parsed6::Fragment(ip)) => frag6::uplink_following(packet, &ip),
+        Ok(Parsed6::OtherProtocol(ip)) => match icmp6::uplink_error(packet, &ip) {
+            Some(verdict) => verdict,
+            None => (Action::Pass, Stat::UplinkPassNotTcpUdp),
+        },
         Ok(Parsed6::Transport(ip, l4)) => from_outside(packet, &ip, &l4, len),
     }
 }
@@ -84,14 +93,16 @@ pub(crate) fn published_target(
     proto: u8,
     loopback_is_node: bool,
 ) -> Option<PortTarget6> {
-    let exact = PortKey6 {
+    // One key, its address cleared for the second lookup: the uplink program is short of
+    // stack.
+    let mut key = PortKey6 {
         host_ip: *dst,
         host_port_be: port_be,
         proto,
         _pad: 0,
     };
     // SAFETY: values are plain data copied out at once.
-    if let Some(target) = unsafe { PUBLISHED_PORTS6.get(&exact) } {
+    if let Some(target) = unsafe { PUBLISHED_PORTS6.get(&key) } {
         return Some(*target);
     }
     // SAFETY: as above.
@@ -99,12 +110,9 @@ pub(crate) fn published_target(
     if !node_address && !(loopback_is_node && *dst == LOOPBACK) {
         return None;
     }
-    let any = PortKey6 {
-        host_ip: [0; 16],
-        ..exact
-    };
+    key.host_ip = [0; 16];
     // SAFETY: as above.
-    unsafe { PUBLISHED_PORTS6.get(&any) }.copied()
+    unsafe { PUBLISHED_PORTS6.get(&key) }.copied()
 }
 
 /// Whether a packet from `src` to published `host_port_be`/`proto` may pass, as
@@ -112,9 +120,9 @@ pub(crate) fn published_target(
 /// to the port, else of a rule for every port. Counts the hit on the rule that decided.
 #[inline(always)]
 fn source_allowed(src: &[u8; 16], host_port_be: u16, proto: u8, bytes: usize) -> bool {
-    let full = FILTER_SCOPE_BITS + 128;
-    let scoped = Key::new(
-        full,
+    // One key, its scope cleared for the second lookup, as in `published_target`.
+    let mut key = Key::new(
+        FILTER_SCOPE_BITS + 128,
         FilterKey6 {
             host_port_be,
             proto,
@@ -122,19 +130,13 @@ fn source_allowed(src: &[u8; 16], host_port_be: u16, proto: u8, bytes: usize) ->
             src_ip: *src,
         },
     );
-    let global = Key::new(
-        full,
-        FilterKey6 {
-            host_port_be: 0,
-            proto: 0,
-            _pad: 0,
-            src_ip: *src,
-        },
-    );
-    match FILTER_RULES6
-        .get(&scoped)
-        .or_else(|| FILTER_RULES6.get(&global))
-    {
+    let mut rule = FILTER_RULES6.get(&key);
+    if rule.is_none() {
+        key.data.host_port_be = 0;
+        key.data.proto = 0;
+        rule = FILTER_RULES6.get(&key);
+    }
+    match rule {
         Some(rule) => {
             count_filter_hit(rule.rule_id, bytes);
             rule.action != FILTER_DENY
@@ -155,29 +157,34 @@ fn nat_flow_of(ip: &Ipv6, l4: &L4) -> NatFlow6 {
         _pad: [0; 3],
         last_seen_ns: now_ns(),
         packets: 1,
-        bytes: (IPV6_HLEN + usize::from(ip.payload_len)) as u64,
+        bytes: packet_bytes(ip),
     }
 }
 
-/// Records a packet of a published-port flow, as nat.rs's `track` does for IPv4: the
-/// entry is updated in place (its state and counters kept) or inserted. `Err`: the table
-/// is full.
+/// A packet's bytes at the IP level, as the flows count them.
 #[inline(always)]
-fn track(flow: &FlowKey6, fresh: &NatFlow6, protocol: u8, l4: &L4) -> Result<(), ()> {
+fn packet_bytes(ip: &Ipv6) -> u64 {
+    (IPV6_HLEN + usize::from(ip.payload_len)) as u64
+}
+
+/// Records a packet of a published-port flow, as nat.rs's `track` does for IPv4: the
+/// entry is updated in place (its state and counters kept), field by field (a copy would
+/// take stack the uplink program has not got), or inserted. `Err`: the table is full.
+#[inline(always)]
+fn track(flow: &FlowKey6, ip: &Ipv6, l4: &L4) -> Result<(), ()> {
     if let Some(entry) = NAT_FLOWS6.get_ptr_mut(flow) {
         // SAFETY: a pointer to a live map value of plain data.
-        let seen = unsafe { *entry };
-        match next_state(seen.state, false, protocol, l4) {
+        let entry = unsafe { &mut *entry };
+        match next_state(entry.state, false, ip.protocol, l4) {
             Some(state) => {
-                // SAFETY: as above.
-                unsafe {
-                    *entry = NatFlow6 {
-                        state,
-                        packets: seen.packets + 1,
-                        bytes: seen.bytes + fresh.bytes,
-                        ..*fresh
-                    };
-                }
+                entry.frontend_ip = ip.dst;
+                entry.client_ip = ip.src;
+                entry.frontend_port_be = l4.dport_be;
+                entry.client_port_be = l4.sport_be;
+                entry.state = state;
+                entry.last_seen_ns = now_ns();
+                entry.packets += 1;
+                entry.bytes += packet_bytes(ip);
             }
             None => {
                 let _ = NAT_FLOWS6.remove(flow);
@@ -185,7 +192,7 @@ fn track(flow: &FlowKey6, fresh: &NatFlow6, protocol: u8, l4: &L4) -> Result<(),
         }
         return Ok(());
     }
-    match NAT_FLOWS6.insert(flow, fresh, u64::from(BPF_NOEXIST)) {
+    match NAT_FLOWS6.insert(flow, &nat_flow_of(ip, l4), u64::from(BPF_NOEXIST)) {
         Err(e) if e != EEXIST => Err(()),
         _ => Ok(()),
     }
@@ -219,12 +226,20 @@ fn from_outside<P: Packet>(packet: &P, ip: &Ipv6, l4: &L4, len: usize) -> (Actio
         proto: ip.protocol,
         _pad: [0; 3],
     };
-    if track(&flow, &nat_flow_of(ip, l4), ip.protocol, l4).is_err() {
+    if track(&flow, ip, l4).is_err() {
         return (Action::Drop, Stat::UplinkDropFlowTableFull);
     }
     if to_target(packet, ip, l4, &target).is_none() {
         return (Action::Drop, Stat::UplinkDropMalformed);
     }
+    let macs = [&target.container_mac, &target.host_veth_mac];
+    frag6::remember(
+        ip,
+        &ip.src,
+        &target.container_ip,
+        target.host_veth_ifindex,
+        macs,
+    );
     (
         Action::Redirect(target.host_veth_ifindex),
         Stat::UplinkRedirectDnat,
@@ -235,15 +250,33 @@ fn from_outside<P: Packet>(packet: &P, ip: &Ipv6, l4: &L4, len: usize) -> (Actio
 #[inline(always)]
 fn words(addr: &[u8; 16]) -> [u32; 4] {
     let mut out = [0u32; 4];
-    for (i, word) in out.iter_mut().enumerate() {
-        *word = u32::from_ne_bytes([
-            addr[4 * i],
-            addr[4 * i + 1],
-            addr[4 * i + 2],
-            addr[4 * i + 3],
-        ]);
+    for (i, w) in out.iter_mut().enumerate() {
+        *w = word(addr, i);
     }
     out
+}
+
+/// What an IPv6 address's change from `old` to `new` adds to a checksum (`csum::diff4` of
+/// its four words). A function of its own, called rather than inlined: its sixteen byte
+/// loads then need no room in the caller's stack.
+#[inline(never)]
+pub(crate) fn address_diff(old: &[u8; 16], new: &[u8; 16]) -> u32 {
+    let mut diff = 0;
+    for i in 0..4 {
+        diff += csum::diff4(word(old, i), word(new, i));
+    }
+    diff
+}
+
+/// Word `i` (0 to 3) of [`words`], without the array.
+#[inline(always)]
+fn word(addr: &[u8; 16], i: usize) -> u32 {
+    u32::from_ne_bytes([
+        addr[4 * i],
+        addr[4 * i + 1],
+        addr[4 * i + 2],
+        addr[4 * i + 3],
+    ])
 }
 
 /// Rewrites destination address and port, decrements the hop limit and readdresses the
@@ -253,14 +286,12 @@ fn words(addr: &[u8; 16]) -> [u32; 4] {
 fn to_target<P: Packet>(packet: &P, ip: &Ipv6, l4: &L4, to: &PortTarget6) -> Option<()> {
     let udp = ip.protocol == IPPROTO_UDP;
     let address = L4Change {
-        size: 4,
+        size: 0,
         pseudo: true,
         udp,
     };
-    let (old, new) = (words(&ip.dst), words(&to.container_ip));
-    for i in 0..4 {
-        packet.replace_l4(l4.check_offset, old[i], new[i], address)?;
-    }
+    let diff = address_diff(&ip.dst, &to.container_ip);
+    packet.replace_l4(l4.check_offset, 0, diff, address)?;
     let port = L4Change {
         size: 2,
         pseudo: false,

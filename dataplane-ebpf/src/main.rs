@@ -11,15 +11,21 @@
 //    sock (node-local sockets); then icmp (errors about the flows of nat and conntrack),
 //    which looks published ports up as nat does;
 // 3. uplink, container: what each program does with a frame, over the modules of 2; ipv6:
-//    what both do with an IPv6 frame.
+//    what both do with an IPv6 frame, with frag6 (its fragments) and icmp6 (its ICMPv6
+//    errors), which look its published ports and flows up; container6 and uplink6: the
+//    IPv6 programs of each side, which `container_ingress` and the uplink programs
+//    tail-call.
 mod conntrack;
 mod container;
+mod container6;
 mod events;
 mod fib;
 mod flowtable;
 mod frag;
+mod frag6;
 mod frame;
 mod icmp;
+mod icmp6;
 mod ipv6;
 mod maps;
 mod nat;
@@ -28,52 +34,103 @@ mod rewrite;
 mod sock;
 mod stats;
 mod uplink;
+mod uplink6;
 
 use aya_ebpf::{
     bindings::TC_ACT_SHOT,
     macros::{cgroup_sock_addr, classifier, xdp},
     programs::{SockAddrContext, TcContext, XdpContext},
 };
-use dataplane_common::{parse::ETH_HLEN, stats::Stat};
+use dataplane_common::{UPLINK_IPV6_SLOT, UPLINK_L3_IPV6_SLOT, parse::ETH_HLEN, stats::Stat};
 use frame::{Action, TcFrame, TcL3Frame, XdpFrame};
+use maps::{UPLINK_TC_PROGRAMS, UPLINK_XDP_PROGRAMS};
 
 /// XDP on the node's uplinks: translates connections to published ports and hands them
-/// straight to the container's veth.
+/// straight to the container's veth. IPv6 frames go to `uplink_ingress6`.
 #[xdp]
 pub fn uplink_ingress(ctx: XdpContext) -> u32 {
-    let len = ctx.data_end() - ctx.data();
-    let frame = XdpFrame(&ctx);
-    let (action, stat) = uplink::ingress(&frame, len);
-    stats::count(stat, len);
-    events::on_verdict(&frame, len, stat, action == Action::Drop);
-    XdpFrame::verdict(action)
+    on_xdp(&ctx, |frame, len| {
+        uplink::ingress(frame, len, || {
+            uplink6::hand_over(&ctx, &UPLINK_XDP_PROGRAMS, UPLINK_IPV6_SLOT)
+        })
+    })
 }
 
 /// The same on uplinks where XDP is not safe, at TC ingress (TCX): frames from a veth's
 /// peer (a node that is itself a container) carry partial checksums, which only the skb
-/// knows of. Counted as `uplink_ingress` too.
+/// knows of. Counted as `uplink_ingress` too. IPv6 frames go to `uplink_ingress6_tc`.
 #[classifier]
 pub fn uplink_ingress_tc(ctx: TcContext) -> i32 {
-    let len = ctx.len() as usize;
     uplink::linearize(&ctx);
-    let frame = TcFrame(&ctx);
-    let (action, stat) = uplink::ingress(&frame, len);
-    stats::count(stat, len);
-    events::on_verdict(&frame, len, stat, action == Action::Drop);
-    TcFrame::verdict(action)
+    on_tc(&ctx, |frame, len| {
+        uplink::ingress(frame, len, || {
+            uplink6::hand_over(&ctx, &UPLINK_TC_PROGRAMS, UPLINK_IPV6_SLOT)
+        })
+    })
 }
 
 /// The same on layer-3 uplinks (ipip, GRE, WireGuard, tun), at TC ingress: their frames
 /// start at the IP header, which XDP programs of Ethernet frames cannot read. A packet for a
 /// container gets an Ethernet header on its way to the container's veth. Counted as
-/// `uplink_ingress` too.
+/// `uplink_ingress` too. IPv6 frames go to `uplink_ingress6_l3`.
 #[classifier]
 pub fn uplink_ingress_l3(ctx: TcContext) -> i32 {
-    let len = ctx.len() as usize;
     uplink::linearize(&ctx);
-    let frame = TcL3Frame::new(&ctx);
-    // The logic sees the frame as Ethernet, header included.
-    let (mut action, mut stat) = uplink::ingress(&frame, len + ETH_HLEN);
+    on_tc_l3(&ctx, |frame, len| {
+        uplink::ingress(frame, len, || {
+            uplink6::hand_over(&ctx, &UPLINK_TC_PROGRAMS, UPLINK_L3_IPV6_SLOT)
+        })
+    })
+}
+
+/// The IPv6 frames of `uplink_ingress`, reached from it by tail call (uplink6.rs): the
+/// same logic for IPv6 (ipv6.rs), with a stack of its own. Counted as `uplink_ingress`.
+#[xdp]
+pub fn uplink_ingress6(ctx: XdpContext) -> u32 {
+    on_xdp(&ctx, |frame, len| ipv6::uplink_ingress(frame, len))
+}
+
+/// The IPv6 frames of `uplink_ingress_tc` (already pulled into the linear area there).
+#[classifier]
+pub fn uplink_ingress6_tc(ctx: TcContext) -> i32 {
+    on_tc(&ctx, |frame, len| ipv6::uplink_ingress(frame, len))
+}
+
+/// The IPv6 frames of `uplink_ingress_l3`.
+#[classifier]
+pub fn uplink_ingress6_l3(ctx: TcContext) -> i32 {
+    on_tc_l3(&ctx, |frame, len| ipv6::uplink_ingress(frame, len))
+}
+
+/// What an XDP uplink program does around its logic: counts the verdict, reports it.
+#[inline(always)]
+fn on_xdp(ctx: &XdpContext, logic: impl FnOnce(&XdpFrame, usize) -> (Action, Stat)) -> u32 {
+    let len = ctx.data_end() - ctx.data();
+    let frame = XdpFrame(ctx);
+    let (action, stat) = logic(&frame, len);
+    stats::count(stat, len);
+    events::on_verdict(&frame, len, stat, action == Action::Drop);
+    XdpFrame::verdict(action)
+}
+
+/// The same for a TC uplink program.
+#[inline(always)]
+fn on_tc(ctx: &TcContext, logic: impl FnOnce(&TcFrame, usize) -> (Action, Stat)) -> i32 {
+    let len = ctx.len() as usize;
+    let frame = TcFrame(ctx);
+    let (action, stat) = logic(&frame, len);
+    stats::count(stat, len);
+    events::on_verdict(&frame, len, stat, action == Action::Drop);
+    TcFrame::verdict(action)
+}
+
+/// The same for a layer-3 uplink program: the logic sees the frame as Ethernet, header
+/// included, and a frame it redirects gets that header for real.
+#[inline(always)]
+fn on_tc_l3(ctx: &TcContext, logic: impl FnOnce(&TcL3Frame, usize) -> (Action, Stat)) -> i32 {
+    let len = ctx.len() as usize;
+    let frame = TcL3Frame::new(ctx);
+    let (mut action, mut stat) = logic(&frame, len + ETH_HLEN);
     if matches!(action, Action::Redirect(_)) && frame.push_ethernet().is_none() {
         (action, stat) = (Action::Drop, Stat::UplinkDropEthernetHeaderNotPushed);
     }
@@ -88,6 +145,17 @@ pub fn uplink_ingress_l3(ctx: TcContext) -> i32 {
 pub fn container_ingress(ctx: TcContext) -> i32 {
     let len = ctx.len() as usize;
     let (verdict, stat) = container::ingress(&ctx);
+    stats::count(stat, len);
+    events::on_verdict(&frame::TcFrame(&ctx), len, stat, verdict == TC_ACT_SHOT);
+    verdict
+}
+
+/// The IPv6 frames of `container_ingress`, reached from it by tail call (container6.rs):
+/// the same logic for IPv6, with a stack of its own. Counted as `container_ingress`.
+#[classifier]
+pub fn container_ingress6(ctx: TcContext) -> i32 {
+    let len = ctx.len() as usize;
+    let (verdict, stat) = container6::ingress(&ctx);
     stats::count(stat, len);
     events::on_verdict(&frame::TcFrame(&ctx), len, stat, verdict == TC_ACT_SHOT);
     verdict

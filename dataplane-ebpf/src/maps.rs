@@ -4,16 +4,17 @@
 use aya_ebpf::{
     bindings::{BPF_F_NO_PREALLOC, bpf_fib_lookup},
     macros::map,
-    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, ProgramArray, RingBuf},
 };
 use dataplane_common::{
-    BackendKey, CONNTRACK_MAX, Counter, CtEntry, CtKey, ENDPOINTS_MAX, EVENTS_BYTES, EndpointInfo,
-    EndpointKey, EventBudget, FILTER_RULES_MAX, FRAGMENTS_MAX, FilterKey, FilterKey6, FilterRule,
-    FlowKey, FlowKey6, FragmentEntry, FragmentKey, LINKS_MAX, LinkKey, MASQUERADE_SOURCES_MAX,
-    NAT_FLOWS_MAX, NETWORKS_MAX, NODE_ADDRS_MAX, NatFlow, NatFlow6, NetworkInfo, NetworkKey,
-    NetworkKey6, NodeAddr, NodeAddrKey, NodeAddrKey6, NodeConfig, PUBLISHED_PORTS_MAX, PortKey,
-    PortKey6, PortTarget, PortTarget6, ROUTED_FLOWS_MAX, SOCK_NAT_MAX, SockNatKey, SockNatKey6,
-    SockNatValue, SockNatValue6, TRUSTED_IFACES_MAX, TrustedIfaceKey, UNREPLIED_RING_LEN,
+    BackendKey, CONNTRACK_MAX, CONTAINER_PROGRAMS_MAX, Counter, CtEntry, CtKey, ENDPOINTS_MAX,
+    EVENTS_BYTES, EndpointInfo, EndpointKey, EventBudget, FILTER_RULES_MAX, FRAGMENTS_MAX,
+    FilterKey, FilterKey6, FilterRule, FlowKey, FlowKey6, FragmentEntry, FragmentEntry6,
+    FragmentKey, FragmentKey6, LINKS_MAX, LinkKey, MASQUERADE_SOURCES_MAX, NAT_FLOWS_MAX,
+    NETWORKS_MAX, NODE_ADDRS_MAX, NatFlow, NatFlow6, NetworkInfo, NetworkKey, NetworkKey6,
+    NodeAddr, NodeAddrKey, NodeAddrKey6, NodeConfig, PUBLISHED_PORTS_MAX, PortKey, PortKey6,
+    PortTarget, PortTarget6, ROUTED_FLOWS_MAX, SOCK_NAT_MAX, SockNatKey, SockNatKey6, SockNatValue,
+    SockNatValue6, TRUSTED_IFACES_MAX, TrustedIfaceKey, UNREPLIED_RING_LEN, UPLINK_PROGRAMS_MAX,
     stats::STATS_LEN,
 };
 
@@ -121,3 +122,31 @@ pub static NETWORKS6: LpmTrie<NetworkKey6, NetworkInfo> = LpmTrie::pinned(NETWOR
 
 #[map]
 pub static SOCK_NAT6: LruHashMap<SockNatKey6, SockNatValue6> = LruHashMap::pinned(SOCK_NAT_MAX, 0);
+
+/// The programs `container_ingress` tail-calls (container6.rs); the agent fills it.
+#[map]
+pub static CONTAINER_PROGRAMS: ProgramArray = ProgramArray::pinned(CONTAINER_PROGRAMS_MAX, 0);
+
+/// The programs the uplink programs tail-call for IPv6 frames (uplink6.rs), one array per
+/// program type; the agent fills them.
+#[map]
+pub static UPLINK_XDP_PROGRAMS: ProgramArray = ProgramArray::pinned(UPLINK_PROGRAMS_MAX, 0);
+
+#[map]
+pub static UPLINK_TC_PROGRAMS: ProgramArray = ProgramArray::pinned(UPLINK_PROGRAMS_MAX, 0);
+
+#[map]
+pub static FRAGMENTS6: LruHashMap<FragmentKey6, FragmentEntry6> =
+    LruHashMap::pinned(FRAGMENTS_MAX, 0);
+
+/// A [`FRAGMENTS6`] key and entry, built here rather than on the stack, which the uplink
+/// program has little of (frag6.rs).
+#[repr(C)]
+pub struct FragmentRecord6 {
+    pub key: FragmentKey6,
+    pub entry: FragmentEntry6,
+}
+
+/// Room for one [`FragmentRecord6`]. Scratch space, so not pinned.
+#[map]
+pub static FRAGMENT6_SCRATCH: PerCpuArray<FragmentRecord6> = PerCpuArray::with_max_entries(1, 0);

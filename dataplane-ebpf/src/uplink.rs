@@ -1,7 +1,8 @@
 //! What the program on an uplink does with a frame, whichever hook runs it (XDP, or TC
 //! where frames may carry partial checksums): replies of masqueraded flows and ICMP errors
 //! about translated flows go back to their containers, connections to published ports go
-//! to theirs, fragments follow their first fragment, the rest is the node's.
+//! to theirs, fragments follow their first fragment, the rest is the node's. IPv6 frames go
+//! to the IPv6 programs (uplink6.rs), which do the same for IPv6 (ipv6.rs).
 
 use aya_ebpf::programs::TcContext;
 use dataplane_common::{
@@ -12,7 +13,7 @@ use dataplane_common::{
 use crate::{
     conntrack, frag,
     frame::{Action, Packet},
-    icmp, ipv6, nat, policy,
+    icmp, nat, policy, uplink6,
 };
 
 /// Headers the uplink's logic may read or rewrite: Ethernet, IPv4 with the longest
@@ -20,12 +21,17 @@ use crate::{
 const MAX_HEADERS: usize = ETH_HLEN + 60 + 8 + 60 + 8;
 
 // Inlined into each entry point: as a BPF subprogram its stack would add to the entry
-// point's.
+// point's. `ipv6` hands an IPv6 frame to the entry point's IPv6 program (uplink6.rs).
 #[inline(always)]
-pub fn ingress<P: Packet>(packet: &P, len: usize) -> (Action, Stat) {
+pub fn ingress<P: Packet>(
+    packet: &P,
+    len: usize,
+    ipv6: impl FnOnce() -> (Action, Stat),
+) -> (Action, Stat) {
     let (ip, l4) = match parse(packet, len) {
         Err(_) => return (Action::Drop, Stat::UplinkDropMalformed),
-        Ok(Parsed::NotIpv4) => return ipv6::uplink_ingress(packet, len),
+        Ok(Parsed::NotIpv4) if uplink6::is_ipv6(packet) => return ipv6(),
+        Ok(Parsed::NotIpv4) => return (Action::Pass, Stat::UplinkPassNotIpv4),
         // A fragment after the first follows its first fragment, or goes to the node.
         Ok(Parsed::Fragment(ip)) => return frag::uplink_following(packet, &ip),
         Ok(Parsed::OtherProtocol(ip)) => {

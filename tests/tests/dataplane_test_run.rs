@@ -16,7 +16,8 @@ use bpfbridge::{
     config::FlowTableSizes,
     dataplane::ebpf::{
         CONTAINER_PROGRAM, PROGRAMS, SOCKET_PROGRAMS, UPLINK_L3_PROGRAM, UPLINK_PROGRAM,
-        UPLINK_TC_PROGRAM, VERIFIER_INSTRUCTION_LIMIT, load_object_with, loaded_programs,
+        UPLINK_TC_PROGRAM, VERIFIER_INSTRUCTION_LIMIT, load_container_programs, load_object_with,
+        load_uplink_programs, loaded_programs,
     },
 };
 use bpfbridge_tests::{
@@ -85,12 +86,8 @@ impl Fixture {
             },
         )?;
         let mut f = Fixture { ebpf, pin_dir };
-        let xdp: &mut Xdp = f.ebpf.program_mut(UPLINK_PROGRAM).unwrap().try_into()?;
-        xdp.load()?;
-        for name in [CONTAINER_PROGRAM, UPLINK_TC_PROGRAM, UPLINK_L3_PROGRAM] {
-            let tc: &mut SchedClassifier = f.ebpf.program_mut(name).unwrap().try_into()?;
-            tc.load()?;
-        }
+        load_uplink_programs(&mut f.ebpf)?;
+        load_container_programs(&mut f.ebpf)?;
         f.node_address(NODE_IP, 2)?;
         let mut ports: HashMap<&mut MapData, PortKey, PortTarget> =
             HashMap::try_from(f.ebpf.map_mut(PUBLISHED_PORTS).unwrap())?;
@@ -2086,5 +2083,7 @@ mod malformed;
 
 #[path = "dataplane_test_run/ipv6.rs"]
 mod ipv6;
+#[path = "dataplane_test_run/ipv6_icmp.rs"]
+mod ipv6_icmp;
 #[path = "dataplane_test_run/layer3.rs"]
 mod layer3;

@@ -1,10 +1,13 @@
-//! Fragmented datagrams and ICMP errors through published ports and masquerade. The
-//! iptables dataplane gets both from the kernel (reassembly before NAT, conntrack's
-//! RELATED errors); the eBPF dataplane must deliver the same.
+//! Fragmented datagrams and ICMP errors through published ports and masquerade, over IPv4
+//! and (to published ports) IPv6. The iptables dataplane gets both from the kernel
+//! (reassembly before NAT, conntrack's RELATED errors); the eBPF dataplane must deliver
+//! the same.
 
 use std::{
     io::{Read as _, Write as _},
-    net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream, UdpSocket},
+    net::{
+        IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket,
+    },
     path::{Path, PathBuf},
     sync::{
         Arc,
@@ -16,7 +19,8 @@ use std::{
 
 use anyhow::{Context as _, Result, bail, ensure};
 use bpfbridge_tests::{
-    Agent, NODE_IP, Netns, Topology, WORLD_IP, WORLD_LINK, ebpf_checks, in_netns,
+    Agent, NODE_IP, NODE_IPV6, Netns, Topology, WORLD_IP, WORLD_IPV6, WORLD_LINK, ebpf_checks,
+    in_netns, skip_without_dataplane_ipv6,
 };
 
 /// Datagrams that a 1,500-byte MTU splits into 3 and 7 fragments.
@@ -30,7 +34,8 @@ fn pattern(len: usize, seed: u8) -> Vec<u8> {
 }
 
 /// A UDP server in a namespace, until dropped (at most a minute): a datagram
-/// `size:N` is answered with N patterned bytes, any other is echoed whole.
+/// `size:N` is answered with N patterned bytes, one that starts with `length?` with its
+/// length (as text), any other is echoed whole.
 struct UdpServer {
     stop: Arc<AtomicBool>,
     thread: Option<thread::JoinHandle<()>>,
@@ -38,9 +43,11 @@ struct UdpServer {
 
 impl UdpServer {
     fn start(netns: &Path, port: u16) -> Result<Self> {
-        let socket = in_netns(netns, || {
-            UdpSocket::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port))
-        })?;
+        Self::start_on(netns, SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), port))
+    }
+
+    fn start_on(netns: &Path, address: SocketAddr) -> Result<Self> {
+        let socket = in_netns(netns, || UdpSocket::bind(address))?;
         socket.set_read_timeout(Some(Duration::from_millis(100)))?;
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
@@ -51,6 +58,10 @@ impl UdpServer {
                 let Ok((n, peer)) = socket.recv_from(&mut buf) else {
                     continue;
                 };
+                if buf[..n].starts_with(b"length?") {
+                    let _ = socket.send_to(n.to_string().as_bytes(), peer);
+                    continue;
+                }
                 let answer = match std::str::from_utf8(&buf[..n])
                     .ok()
                     .and_then(|t| t.strip_prefix("size:"))
@@ -80,9 +91,14 @@ impl Drop for UdpServer {
 
 /// Sends `message` from `netns` to `to` and returns the answer; up to three tries of two
 /// seconds each, since UDP promises nothing about a single datagram.
-fn udp_exchange(netns: &Path, to: SocketAddrV4, message: &[u8]) -> Result<Vec<u8>> {
+fn udp_exchange(netns: &Path, to: impl Into<SocketAddr>, message: &[u8]) -> Result<Vec<u8>> {
+    let to = to.into();
     in_netns(netns, || -> Result<Vec<u8>> {
-        let socket = UdpSocket::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0))?;
+        let any: IpAddr = match to {
+            SocketAddr::V4(_) => Ipv4Addr::UNSPECIFIED.into(),
+            SocketAddr::V6(_) => Ipv6Addr::UNSPECIFIED.into(),
+        };
+        let socket = UdpSocket::bind(SocketAddr::new(any, 0))?;
         socket.connect(to)?;
         socket.set_read_timeout(Some(Duration::from_secs(2)))?;
         let mut buf = vec![0u8; 65536];
@@ -267,12 +283,10 @@ fn client_behind_a_small_mtu_hop(topology: &Topology) -> Result<Netns> {
 
 /// A TCP server in a namespace that sends `DOWNLOAD` patterned bytes to its first client
 /// and closes; returns how many it wrote.
-fn serve_download(netns: PathBuf, port: u16) -> thread::JoinHandle<Result<usize>> {
+fn serve_download(netns: PathBuf, address: SocketAddr) -> thread::JoinHandle<Result<usize>> {
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let handle = thread::spawn(move || -> Result<usize> {
-        let listener = in_netns(&netns, || {
-            TcpListener::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port))
-        })?;
+        let listener = in_netns(&netns, || TcpListener::bind(address))?;
         listener.set_nonblocking(true)?;
         let _ = ready_tx.send(());
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -302,12 +316,21 @@ fn a_download_across_a_smaller_mtu_hop_completes() -> Result<()> {
     let client = client_behind_a_small_mtu_hop(&topology)?;
     let agent = Agent::start(&topology)?;
     let (_, ns) = agent.create_container(&["web", "-p", "8600:8600"])?;
-    let server = serve_download(ns, 8600);
+    let server = serve_download(ns, SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), 8600));
     // The container's full-size segments stop at the router, whose "fragmentation
     // needed" must reach the container for the rest to come through.
+    download(&client, SocketAddr::new(NODE_IP.into(), 8600))?;
+    server.join().expect("server")?;
+    if ebpf_checks("the ICMP error counter") {
+        assert!(agent.counter("uplink_ingress.redirect.icmp_error")? >= 1);
+    }
+    Ok(())
+}
+
+/// Downloads [`DOWNLOAD`] bytes from `from` in the client's namespace and checks them.
+fn download(client: &Netns, from: SocketAddr) -> Result<()> {
     let received = in_netns(&client.path(), || -> Result<Vec<u8>> {
-        let to = SocketAddrV4::new(NODE_IP, 8600);
-        let mut stream = TcpStream::connect_timeout(&to.into(), Duration::from_secs(3))?;
+        let mut stream = TcpStream::connect_timeout(&from, Duration::from_secs(3))?;
         stream.set_read_timeout(Some(Duration::from_secs(10)))?;
         let deadline = Instant::now() + Duration::from_secs(30);
         let mut received = Vec::with_capacity(DOWNLOAD);
@@ -327,6 +350,118 @@ fn a_download_across_a_smaller_mtu_hop_completes() -> Result<()> {
         received.len()
     );
     ensure!(received == pattern(DOWNLOAD, 3), "the bytes differ");
+    Ok(())
+}
+
+/// A dual-stack topology, an agent, and a network `v6` on `10.66.0.0/24` and
+/// `fd00:66::/64`; `None` on a dataplane without IPv6 (after saying why).
+fn dual_stack(what: &str) -> Result<Option<(Topology, Agent)>> {
+    let topology = Topology::new()?.with_ipv6()?;
+    let agent = Agent::start(&topology)?;
+    if skip_without_dataplane_ipv6(&agent, what)? {
+        return Ok(None);
+    }
+    let out = agent.cli(&[
+        "network",
+        "create",
+        "v6",
+        "--ipv6",
+        "--subnet",
+        "10.66.0.0/24",
+        "--subnet",
+        "fd00:66::/64",
+    ])?;
+    ensure!(
+        out.status.success(),
+        "network create: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(Some((topology, agent)))
+}
+
+#[test]
+fn large_udp_datagrams_to_an_ipv6_published_port_arrive_whole() -> Result<()> {
+    let Some((topology, agent)) = dual_stack("IPv6 fragments to a published port")? else {
+        return Ok(());
+    };
+    let (_, ns) = agent.create_container(&["web", "--network", "v6", "-p", "5300:5300/udp"])?;
+    let _server = UdpServer::start_on(&ns, SocketAddr::new(Ipv6Addr::UNSPECIFIED.into(), 5300))?;
+    let world = topology.world.path();
+    let published = SocketAddr::new(NODE_IPV6.into(), 5300);
+    for offload in ["off", "on"] {
+        topology
+            .world
+            .exec("ethtool", &["-K", WORLD_LINK, "tx", offload])?;
+        for size in SIZES {
+            // The world's stack fragments the datagram (IPv6 routers never do); the
+            // container answers with the length it received.
+            let mut message = b"length?".to_vec();
+            message.extend(pattern(size - message.len(), size as u8));
+            let answer = udp_exchange(&world, published, &message)
+                .with_context(|| format!("tx offload {offload}, {size} bytes"))?;
+            ensure!(
+                answer == size.to_string().as_bytes(),
+                "tx offload {offload}: {size} bytes sent, the container got {}",
+                String::from_utf8_lossy(&answer)
+            );
+        }
+    }
+    if ebpf_checks("the fragment counters") {
+        // 2 + 6 following fragments for each size and offload setting.
+        assert!(agent.counter("uplink_ingress.redirect.fragment")? >= 16);
+    }
+    Ok(())
+}
+
+/// The client behind a small-MTU hop of [`client_behind_a_small_mtu_hop`], over IPv6 too:
+/// 2001:db8:2::/64 on the router's link, routed by the node through the world.
+fn ipv6_client_behind_a_small_mtu_hop(topology: &Topology) -> Result<Netns> {
+    let client = client_behind_a_small_mtu_hop(topology)?;
+    let world = &topology.world;
+    world.exec("sysctl", &["-qw", "net.ipv6.conf.all.forwarding=1"])?;
+    world.ip(&[
+        "-6",
+        "addr",
+        "add",
+        "2001:db8:2::1/64",
+        "dev",
+        "rt0",
+        "nodad",
+    ])?;
+    client.ip(&[
+        "-6",
+        "addr",
+        "add",
+        "2001:db8:2::2/64",
+        "dev",
+        "cl0",
+        "nodad",
+    ])?;
+    client.ip(&["-6", "route", "add", "default", "via", "2001:db8:2::1"])?;
+    topology.node.ip(&[
+        "-6",
+        "route",
+        "add",
+        "2001:db8:2::/64",
+        "via",
+        &WORLD_IPV6.to_string(),
+    ])?;
+    Ok(client)
+}
+
+#[test]
+fn an_ipv6_download_across_a_smaller_mtu_hop_completes() -> Result<()> {
+    let Some((topology, agent)) = dual_stack("ICMPv6 packet too big through a published port")?
+    else {
+        return Ok(());
+    };
+    let client = ipv6_client_behind_a_small_mtu_hop(&topology)?;
+    let (_, ns) = agent.create_container(&["web", "--network", "v6", "-p", "8600:8600"])?;
+    let server = serve_download(ns, SocketAddr::new(Ipv6Addr::UNSPECIFIED.into(), 8600));
+    // The container's full-size segments stop at the router (IPv6 routers never
+    // fragment), whose "packet too big" must reach the container for the rest to come
+    // through.
+    download(&client, SocketAddr::new(NODE_IPV6.into(), 8600))?;
     server.join().expect("server")?;
     if ebpf_checks("the ICMP error counter") {
         assert!(agent.counter("uplink_ingress.redirect.icmp_error")? >= 1);

@@ -565,6 +565,51 @@ fn a_detached_container_program_is_attached_again() -> Result<()> {
     )
 }
 
+/// An emptied IPv6 slot of the container program array (as `bpftool map delete` leaves
+/// it) would make every container's IPv6 a counted drop: the slot gets
+/// `container_ingress6` back.
+#[test]
+fn an_emptied_ipv6_program_slot_is_filled_again() -> Result<()> {
+    use aya::maps::{Map, MapData, ProgramArray};
+    use dataplane_common::{CONTAINER_IPV6_SLOT, CONTAINER_PROGRAMS};
+    if skip_unless_ebpf("the container program array is the eBPF dataplane's") {
+        return Ok(());
+    }
+    let web = Web::start()?;
+    web.repaired_after(
+        "repair_ipv6_program_slot_emptied",
+        "ProgramReattached",
+        "program_reattached",
+        || {
+            let map = MapData::from_pin(web.agent.pin_dir.join(CONTAINER_PROGRAMS))?;
+            let mut slots = ProgramArray::try_from(Map::ProgramArray(map))?;
+            Ok(slots.clear_index(&CONTAINER_IPV6_SLOT)?)
+        },
+    )
+}
+
+/// An emptied IPv6 slot of the uplink's program array would send the uplink's IPv6 to the
+/// node's stack untranslated: the slot gets `uplink_ingress6` back.
+#[test]
+fn an_emptied_uplink_ipv6_program_slot_is_filled_again() -> Result<()> {
+    use aya::maps::{Map, MapData, ProgramArray};
+    use dataplane_common::{UPLINK_IPV6_SLOT, UPLINK_XDP_PROGRAMS};
+    if skip_unless_ebpf("the uplink program arrays are the eBPF dataplane's") {
+        return Ok(());
+    }
+    let web = Web::start()?;
+    web.repaired_after(
+        "repair_uplink_ipv6_program_slot_emptied",
+        "ProgramReattached",
+        "program_reattached",
+        || {
+            let map = MapData::from_pin(web.agent.pin_dir.join(UPLINK_XDP_PROGRAMS))?;
+            let mut slots = ProgramArray::try_from(Map::ProgramArray(map))?;
+            Ok(slots.clear_index(&UPLINK_IPV6_SLOT)?)
+        },
+    )
+}
+
 /// Removes the link pin `pin` (its link's last holder: the program is detached) and checks
 /// that the repair attaches the program again, in a link pinned there (figures under
 /// `figure`).

@@ -250,6 +250,22 @@ const SECTIONS: &[Section] = &[
                 not_on_iptables: Some("no BPF links"),
             },
             Test {
+                name: "repair_ipv6_program_slot_emptied",
+                title: "Container IPv6 program slot emptied",
+                checks: "The `CONTAINER_PROGRAMS` slot that `container_ingress` tail-calls for IPv6 cleared in the pinned program array: `container_ingress6` put back (`ProgramReattached`), the port answers again.",
+                command: "`cargo test -p bpfbridge-tests --test repair -- --nocapture`, and with \
+                    `BPFBRIDGE_TEST_DATAPLANE=iptables`",
+                not_on_iptables: Some("no BPF maps"),
+            },
+            Test {
+                name: "repair_uplink_ipv6_program_slot_emptied",
+                title: "Uplink IPv6 program slot emptied",
+                checks: "The `UPLINK_XDP_PROGRAMS` slot that `uplink_ingress` tail-calls for IPv6 cleared in the pinned program array: `uplink_ingress6` put back (`ProgramReattached`), the port answers again.",
+                command: "`cargo test -p bpfbridge-tests --test repair -- --nocapture`, and with \
+                    `BPFBRIDGE_TEST_DATAPLANE=iptables`",
+                not_on_iptables: Some("no BPF maps"),
+            },
+            Test {
                 name: "repair_published_port_entry",
                 title: "Published-port entry deleted",
                 checks: "The `PUBLISHED_PORTS` entry of 8080 deleted from the pinned map: written back from the records (`MapEntryRestored`), the port answers again.",

@@ -12,7 +12,8 @@ use std::{
 use aya::{
     Ebpf, EbpfLoader,
     maps::{
-        Array, HashMap, IterableMap as _, MapData, PerCpuArray, PerCpuValues, RingBuf,
+        Array, HashMap, IterableMap as _, MapData, PerCpuArray, PerCpuValues, ProgramArray,
+        RingBuf,
         lpm_trie::{Key, LpmTrie},
     },
     programs::{
@@ -22,13 +23,15 @@ use aya::{
     },
 };
 use dataplane_common::{
-    BackendKey, CONNTRACK, Counter, CtEntry, CtKey, ENDPOINTS, EVENT_DROP, EVENTS, EndpointInfo,
-    EndpointKey, Event, FILTER_ALLOW, FILTER_DENY, FILTER_HITS, FILTER_RULES, FILTER_SCOPE_BITS,
-    FilterKey, FilterRule, FlowKey, IPPROTO_TCP, LINKS, LinkKey, MASQUERADE_SOURCES, NAT_FLOWS,
-    NETWORK_DIRECT_ANY, NETWORK_DIRECT_ICMP, NETWORK_DIRECT_PUBLISHED, NETWORK_ICC,
-    NETWORK_INTERNAL, NETWORK_MASQUERADE, NETWORKS, NODE_ADDRS, NODE_CONFIG, NatFlow, NetworkInfo,
-    NetworkKey, NodeAddr, NodeAddrKey, NodeConfig, PUBLISHED_BACKENDS, PUBLISHED_PORTS, PortKey,
-    PortTarget, ROUTED_FLOWS, STATS, TRUSTED_IFACES, TrustedIfaceKey, stats::Stat,
+    BackendKey, CONNTRACK, CONTAINER_IPV6_SLOT, CONTAINER_PROGRAMS, Counter, CtEntry, CtKey,
+    ENDPOINTS, EVENT_DROP, EVENTS, EndpointInfo, EndpointKey, Event, FILTER_ALLOW, FILTER_DENY,
+    FILTER_HITS, FILTER_RULES, FILTER_SCOPE_BITS, FilterKey, FilterRule, FlowKey, IPPROTO_TCP,
+    LINKS, LinkKey, MASQUERADE_SOURCES, NAT_FLOWS, NETWORK_DIRECT_ANY, NETWORK_DIRECT_ICMP,
+    NETWORK_DIRECT_PUBLISHED, NETWORK_ICC, NETWORK_INTERNAL, NETWORK_MASQUERADE, NETWORKS,
+    NODE_ADDRS, NODE_CONFIG, NatFlow, NetworkInfo, NetworkKey, NodeAddr, NodeAddrKey, NodeConfig,
+    PUBLISHED_BACKENDS, PUBLISHED_PORTS, PortKey, PortTarget, ROUTED_FLOWS, STATS, TRUSTED_IFACES,
+    TrustedIfaceKey, UPLINK_IPV6_SLOT, UPLINK_L3_IPV6_SLOT, UPLINK_TC_PROGRAMS,
+    UPLINK_XDP_PROGRAMS, stats::Stat,
 };
 use dataplane_common::{
     FILTER_RULES6, FilterKey6, FlowKey6, NAT_FLOWS6, NETWORKS6, NODE_ADDRS6, NatFlow6, NetworkKey6,
@@ -62,6 +65,15 @@ pub const UPLINK_TC_PROGRAM: &str = "uplink_ingress_tc";
 /// The uplink program for layer-3 devices, whose frames start at the IP header.
 pub const UPLINK_L3_PROGRAM: &str = "uplink_ingress_l3";
 pub const CONTAINER_PROGRAM: &str = "container_ingress";
+/// The container side's IPv6 program, which [`CONTAINER_PROGRAM`] tail-calls (through the
+/// `CONTAINER_PROGRAMS` program array) and which is never attached itself.
+pub const CONTAINER6_PROGRAM: &str = "container_ingress6";
+/// The uplink programs' IPv6 programs, which [`UPLINK_PROGRAM`], [`UPLINK_TC_PROGRAM`] and
+/// [`UPLINK_L3_PROGRAM`] tail-call (through `UPLINK_XDP_PROGRAMS` and `UPLINK_TC_PROGRAMS`)
+/// and which are never attached themselves.
+pub const UPLINK6_PROGRAM: &str = "uplink_ingress6";
+pub const UPLINK6_TC_PROGRAM: &str = "uplink_ingress6_tc";
+pub const UPLINK6_L3_PROGRAM: &str = "uplink_ingress6_l3";
 /// The cgroup socket-address programs, by name.
 pub const SOCKET_PROGRAMS: [&str; 8] = [
     "sock_connect4",
@@ -75,11 +87,15 @@ pub const SOCKET_PROGRAMS: [&str; 8] = [
 ];
 const LINKS_DIR: &str = "links";
 /// Every program of the object, by name.
-pub const PROGRAMS: [&str; 12] = [
+pub const PROGRAMS: [&str; 16] = [
     UPLINK_PROGRAM,
     UPLINK_TC_PROGRAM,
     UPLINK_L3_PROGRAM,
+    UPLINK6_PROGRAM,
+    UPLINK6_TC_PROGRAM,
+    UPLINK6_L3_PROGRAM,
     CONTAINER_PROGRAM,
+    CONTAINER6_PROGRAM,
     SOCKET_PROGRAMS[0],
     SOCKET_PROGRAMS[1],
     SOCKET_PROGRAMS[2],
@@ -111,6 +127,84 @@ pub fn loaded_programs(ebpf: &Ebpf) -> Result<Vec<ProgramInfo>> {
             })
         })
         .collect()
+}
+
+/// Loads the container programs, `container_ingress6` first, and puts it in the slot
+/// `container_ingress` tail-calls before either can run. The program array is pinned: it
+/// keeps the earlier agent's program until this call replaces it, so that the IPv6 frames
+/// of containers meet a program through a restart or an upgrade.
+pub fn load_container_programs(ebpf: &mut Ebpf) -> Result<()> {
+    let ipv6: &mut SchedClassifier = program(ebpf, CONTAINER6_PROGRAM)?;
+    ipv6.load()
+        .map_err(Error::dataplane("loading the container's IPv6 TC program"))?;
+    let fd = ipv6
+        .fd()
+        .map_err(Error::dataplane("the container's IPv6 TC program"))?
+        .try_clone()
+        .map_err(Error::io("duplicating a program descriptor"))?;
+    let map = ebpf
+        .map_mut(CONTAINER_PROGRAMS)
+        .ok_or_else(|| Error::dataplane("map lookup")(MissingMap(CONTAINER_PROGRAMS.into())))?;
+    let mut slots: ProgramArray<&mut MapData> =
+        ProgramArray::try_from(map).map_err(Error::dataplane(CONTAINER_PROGRAMS))?;
+    slots
+        .set(CONTAINER_IPV6_SLOT, &fd, 0)
+        .map_err(Error::dataplane("filling the container program array"))?;
+    let tc: &mut SchedClassifier = program(ebpf, CONTAINER_PROGRAM)?;
+    tc.load()
+        .map_err(Error::dataplane("loading the TC program"))
+}
+
+/// Loads the uplink programs, their IPv6 programs first, each put in the slot its uplink
+/// program tail-calls before that can run (program arrays pinned as `CONTAINER_PROGRAMS`
+/// is: see [`load_container_programs`]).
+pub fn load_uplink_programs(ebpf: &mut Ebpf) -> Result<()> {
+    let xdp6: &mut Xdp = program(ebpf, UPLINK6_PROGRAM)?;
+    xdp6.load()
+        .map_err(Error::dataplane("loading the uplink's IPv6 XDP program"))?;
+    let xdp6 = program_fd(xdp6.fd())?;
+    let mut tc6 = Vec::new();
+    for name in [UPLINK6_TC_PROGRAM, UPLINK6_L3_PROGRAM] {
+        let tc: &mut SchedClassifier = program(ebpf, name)?;
+        tc.load()
+            .map_err(Error::dataplane("loading an uplink's IPv6 TC program"))?;
+        tc6.push(program_fd(tc.fd())?);
+    }
+    for (array, slot, fd) in [
+        (UPLINK_XDP_PROGRAMS, UPLINK_IPV6_SLOT, &xdp6),
+        (UPLINK_TC_PROGRAMS, UPLINK_IPV6_SLOT, &tc6[0]),
+        (UPLINK_TC_PROGRAMS, UPLINK_L3_IPV6_SLOT, &tc6[1]),
+    ] {
+        let map = ebpf
+            .map_mut(array)
+            .ok_or_else(|| Error::dataplane("map lookup")(MissingMap(array.into())))?;
+        let mut slots: ProgramArray<&mut MapData> =
+            ProgramArray::try_from(map).map_err(Error::dataplane(array))?;
+        slots
+            .set(slot, fd, 0)
+            .map_err(Error::dataplane("filling an uplink program array"))?;
+    }
+    let xdp: &mut Xdp = program(ebpf, UPLINK_PROGRAM)?;
+    xdp.load()
+        .map_err(Error::dataplane("loading the XDP program"))?;
+    let uplink_tc: &mut SchedClassifier = program(ebpf, UPLINK_TC_PROGRAM)?;
+    uplink_tc
+        .load()
+        .map_err(Error::dataplane("loading the uplink's TC program"))?;
+    let uplink_l3: &mut SchedClassifier = program(ebpf, UPLINK_L3_PROGRAM)?;
+    uplink_l3
+        .load()
+        .map_err(Error::dataplane("loading the layer-3 uplinks' TC program"))
+}
+
+/// A loaded program's descriptor, owned (to put in a program array while the program is
+/// borrowed no more).
+fn program_fd(
+    fd: std::result::Result<&aya::programs::ProgramFd, aya::programs::ProgramError>,
+) -> Result<aya::programs::ProgramFd> {
+    fd.map_err(Error::dataplane("a loaded program"))?
+        .try_clone()
+        .map_err(Error::io("duplicating a program descriptor"))
 }
 
 /// Loads the eBPF object with its maps pinned under `pin_dir` (re-adopting pinned ones), the
@@ -645,24 +739,12 @@ impl EbpfDataplane {
         // Verified (the longest load) before the uplink's program is swapped, not after: in
         // an upgrade the containers' links are swapped at the end of the start, and until
         // then flows the new uplink program opens have their replies meet the old tables.
-        let tc: &mut SchedClassifier = program(&mut ebpf, CONTAINER_PROGRAM)?;
-        tc.load()
-            .map_err(Error::dataplane("loading the TC program"))?;
+        load_container_programs(&mut ebpf)?;
         migration.copy()?;
         let links_dir = pin_dir.join(LINKS_DIR);
         fs::create_dir_all(&links_dir)
             .map_err(Error::io(format!("creating {}", links_dir.display())))?;
-        let xdp: &mut Xdp = program(&mut ebpf, UPLINK_PROGRAM)?;
-        xdp.load()
-            .map_err(Error::dataplane("loading the XDP program"))?;
-        let uplink_tc: &mut SchedClassifier = program(&mut ebpf, UPLINK_TC_PROGRAM)?;
-        uplink_tc
-            .load()
-            .map_err(Error::dataplane("loading the uplink's TC program"))?;
-        let uplink_l3: &mut SchedClassifier = program(&mut ebpf, UPLINK_L3_PROGRAM)?;
-        uplink_l3
-            .load()
-            .map_err(Error::dataplane("loading the layer-3 uplinks' TC program"))?;
+        load_uplink_programs(&mut ebpf)?;
         // The links an earlier agent pinned get the new programs now, right after the
         // tables were copied: from here on no uplink program writes the old tables.
         uplinks::swap_pinned_xdp(program(&mut ebpf, UPLINK_PROGRAM)?, &links_dir)?;
@@ -1483,6 +1565,8 @@ impl Dataplane for EbpfDataplane {
         let errors: Vec<Error> = [
             self.repair_uplink_programs(repaired),
             self.repair_socket_programs(intended.cgroup, repaired),
+            self.repair_container_programs(repaired),
+            self.repair_uplink_program_arrays(repaired),
             self.repair_endpoints(intended.endpoints, repaired),
             self.repair_published(intended.published, repaired),
             self.repair_policy(intended, repaired),
@@ -1541,6 +1625,49 @@ fn pinned_link_target(pin: &Path) -> Result<Option<u64>> {
     ))
     .map_err(Error::io(context()))?;
     Ok(Some(link_target_of_fdinfo(&fdinfo).unwrap_or(0)))
+}
+
+/// The id of the program in slot `index` of the program array `slots`; `None` when the
+/// slot is empty. aya writes program arrays but does not read them.
+fn program_array_slot(slots: &MapData, index: u32) -> Result<Option<u32>> {
+    use std::os::fd::{AsFd as _, AsRawFd as _};
+    /// `union bpf_attr` for `BPF_MAP_LOOKUP_ELEM`.
+    #[repr(C)]
+    struct MapElem {
+        map_fd: u32,
+        _pad: u32,
+        key: u64,
+        value: u64,
+        flags: u64,
+    }
+    const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
+    let mut id: u32 = 0;
+    let attr = MapElem {
+        map_fd: slots.fd().as_fd().as_raw_fd() as u32,
+        _pad: 0,
+        key: &index as *const u32 as u64,
+        value: &mut id as *mut u32 as u64,
+        flags: 0,
+    };
+    // SAFETY: `attr` and the key and value it points to live through the call; the kernel
+    // reads `size_of::<MapElem>()` bytes of it and writes 4 bytes (a program array's value,
+    // read from userspace, is the program's id) to `value`.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_MAP_LOOKUP_ELEM,
+            &attr as *const MapElem,
+            size_of::<MapElem>(),
+        )
+    };
+    if ret < 0 {
+        let e = std::io::Error::last_os_error();
+        return match e.raw_os_error() {
+            Some(libc::ENOENT) => Ok(None),
+            _ => Err(Error::io(format!("reading {CONTAINER_PROGRAMS}"))(e)),
+        };
+    }
+    Ok(Some(id))
 }
 
 /// The `ifindex` or `cgroup_id` line of a link's fdinfo.
@@ -1625,6 +1752,77 @@ impl EbpfDataplane {
             }
         }
         Error::collect(errors)
+    }
+
+    /// The slot `container_ingress` tail-calls for IPv6: this agent's `container_ingress6`,
+    /// put back if the slot was emptied or given another program (`bpftool map`), which
+    /// would leave every container's IPv6 a counted drop.
+    fn repair_container_programs(&mut self, repaired: &mut Vec<Repaired>) -> Result<()> {
+        let ours = program::<SchedClassifier>(&mut self.ebpf, CONTAINER6_PROGRAM)?
+            .info()
+            .map_err(Error::dataplane("reading container_ingress6's info"))?
+            .id();
+        let aya::maps::Map::ProgramArray(slots) = self.map(CONTAINER_PROGRAMS)? else {
+            return Err(Error::dataplane("map lookup")(MissingMap(
+                CONTAINER_PROGRAMS.into(),
+            )));
+        };
+        if program_array_slot(slots, CONTAINER_IPV6_SLOT)? == Some(ours) {
+            return Ok(());
+        }
+        let fd = program::<SchedClassifier>(&mut self.ebpf, CONTAINER6_PROGRAM)?
+            .fd()
+            .map_err(Error::dataplane("the container's IPv6 TC program"))?
+            .try_clone()
+            .map_err(Error::io("duplicating a program descriptor"))?;
+        let mut slots: ProgramArray<&mut MapData> =
+            ProgramArray::try_from(self.map_mut(CONTAINER_PROGRAMS)?)
+                .map_err(Error::dataplane(CONTAINER_PROGRAMS))?;
+        slots
+            .set(CONTAINER_IPV6_SLOT, &fd, 0)
+            .map_err(Error::dataplane("filling the container program array"))?;
+        repaired.push(Repaired {
+            kind: RepairKind::ProgramReattached,
+            what: format!("{CONTAINER6_PROGRAM} in {CONTAINER_PROGRAMS}"),
+        });
+        Ok(())
+    }
+
+    /// The slots the uplink programs tail-call for IPv6, as
+    /// [`EbpfDataplane::repair_container_programs`] keeps `container_ingress`'s: an emptied
+    /// slot would send every IPv6 frame of those uplinks to the node's stack untranslated.
+    fn repair_uplink_program_arrays(&mut self, repaired: &mut Vec<Repaired>) -> Result<()> {
+        for (array, slot, name) in [
+            (UPLINK_XDP_PROGRAMS, UPLINK_IPV6_SLOT, UPLINK6_PROGRAM),
+            (UPLINK_TC_PROGRAMS, UPLINK_IPV6_SLOT, UPLINK6_TC_PROGRAM),
+            (UPLINK_TC_PROGRAMS, UPLINK_L3_IPV6_SLOT, UPLINK6_L3_PROGRAM),
+        ] {
+            let program = self
+                .ebpf
+                .program(name)
+                .ok_or_else(|| Error::dataplane("program lookup")(MissingMap(name.into())))?;
+            let ours = program
+                .info()
+                .map_err(Error::dataplane(format!("reading {name}'s info")))?
+                .id();
+            let fd = program_fd(program.fd())?;
+            let aya::maps::Map::ProgramArray(slots) = self.map(array)? else {
+                return Err(Error::dataplane("map lookup")(MissingMap(array.into())));
+            };
+            if program_array_slot(slots, slot)? == Some(ours) {
+                continue;
+            }
+            let mut slots: ProgramArray<&mut MapData> =
+                ProgramArray::try_from(self.map_mut(array)?).map_err(Error::dataplane(array))?;
+            slots
+                .set(slot, &fd, 0)
+                .map_err(Error::dataplane("filling an uplink program array"))?;
+            repaired.push(Repaired {
+                kind: RepairKind::ProgramReattached,
+                what: format!("{name} in {array}"),
+            });
+        }
+        Ok(())
     }
 
     /// Each socket program's cgroup link: pinned and attached to `cgroup`, else attached

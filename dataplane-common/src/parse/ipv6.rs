@@ -234,13 +234,19 @@ pub fn parse_ipv6<F: Frame + ?Sized>(frame: &F, frame_len: usize) -> Result<Pars
     )
 }
 
+/// The address at `at` (source or destination offset) of a fixed IPv6 header.
+#[inline(always)]
+fn address_at(fixed: &[u8; IPV6_HLEN], at: usize) -> [u8; 16] {
+    let mut address = [0u8; 16];
+    address.copy_from_slice(&fixed[at..at + 16]);
+    address
+}
+
 /// The facts of a fixed IPv6 header, before its extension headers are walked.
 #[inline(always)]
 fn ipv6_of(fixed: &[u8; IPV6_HLEN]) -> Ipv6 {
-    let mut src = [0u8; 16];
-    let mut dst = [0u8; 16];
-    src.copy_from_slice(&fixed[IPV6_SRC_OFF..IPV6_SRC_OFF + 16]);
-    dst.copy_from_slice(&fixed[IPV6_DST_OFF..IPV6_DST_OFF + 16]);
+    let src = address_at(fixed, IPV6_SRC_OFF);
+    let dst = address_at(fixed, IPV6_DST_OFF);
     Ipv6 {
         header_len: IPV6_HLEN,
         payload_len: u16::from_be_bytes([
@@ -299,8 +305,13 @@ pub fn icmp6_error<F: Frame + ?Sized>(frame: &F, ip: &Ipv6) -> Option<IcmpError<
     if fixed[0] >> 4 != 6 {
         return None;
     }
-    let inner = ipv6_of(&fixed);
-    let walked = walk(frame, offset + IPV6_HLEN, inner.protocol, ip.end()).ok()?;
+    let walked = walk(
+        frame,
+        offset + IPV6_HLEN,
+        fixed[IPV6_NEXT_HEADER_OFF],
+        ip.end(),
+    )
+    .ok()?;
     if walked.frag & FRAGMENT_OFFSET_MASK != 0 || walked.offset + ICMP_QUOTED_L4 > ip.end() {
         return None;
     }
@@ -320,8 +331,8 @@ pub fn icmp6_error<F: Frame + ?Sized>(frame: &F, ip: &Ipv6) -> Option<IcmpError<
             offset,
             header_len: walked.offset - offset,
             protocol: walked.next,
-            src_be: inner.src,
-            dst_be: inner.dst,
+            src_be: address_at(&fixed, IPV6_SRC_OFF),
+            dst_be: address_at(&fixed, IPV6_DST_OFF),
             ip_check: 0,
             sport_be,
             dport_be,

@@ -5,9 +5,12 @@
 
 use std::net::Ipv6Addr;
 
+use aya::maps::ProgramArray;
+use bpfbridge::dataplane::ebpf::CONTAINER6_PROGRAM;
 use dataplane_common::{
-    FILTER_RULES6, FilterKey6, FlowKey6, NAT_FLOWS6, NETWORKS6, NODE_ADDRS6, NatFlow6, NetworkKey6,
-    NodeAddrKey6, PUBLISHED_PORTS6, PortKey6, PortTarget6,
+    CONTAINER_IPV6_SLOT, CONTAINER_PROGRAMS, FILTER_RULES6, FilterKey6, FlowKey6, NAT_FLOWS6,
+    NETWORKS6, NODE_ADDRS6, NatFlow6, NetworkKey6, NodeAddrKey6, PUBLISHED_PORTS6, PortKey6,
+    PortTarget6,
     parse::ipv6::{Parsed6, parse_ipv6},
 };
 
@@ -864,5 +867,39 @@ fn ipv6_policy_table() -> Result<()> {
         assert_eq!((got, moved), (verdict, stat), "{name}");
         assert_eq!(out, frame, "{name}: untouched");
     }
+    Ok(())
+}
+
+/// `container_ingress` hands IPv6 to `container_ingress6` by tail call; a frame of
+/// another type stays with it; with the program array's slot empty, IPv6 is a counted
+/// drop, never passed without the IPv6 policy.
+#[test]
+fn ipv6_reaches_its_program_by_tail_call_or_is_a_counted_drop() -> Result<()> {
+    let mut fx = Fixture::new()?;
+    let solicitation = neighbour_solicitation(CONTAINER_IP6).build();
+    let (verdict, out, stat) = fx.run(CONTAINER_PROGRAM, &solicitation)?;
+    assert_eq!(
+        (verdict, stat),
+        (TC_ACT_OK, Stat::ContainerPassIpv6),
+        "counted by container_ingress6's parser"
+    );
+    assert_eq!(out, solicitation);
+    let (verdict, _, stat) = fx.run(CONTAINER6_PROGRAM, &solicitation)?;
+    assert_eq!((verdict, stat), (TC_ACT_OK, Stat::ContainerPassIpv6));
+    let mut arp = solicitation.clone();
+    arp[12..14].copy_from_slice(&0x0806u16.to_be_bytes());
+    let (verdict, _, stat) = fx.run(CONTAINER_PROGRAM, &arp)?;
+    assert_eq!((verdict, stat), (TC_ACT_OK, Stat::ContainerPassNotIpv4));
+
+    let mut slots: ProgramArray<&mut MapData> =
+        ProgramArray::try_from(fx.ebpf.map_mut(CONTAINER_PROGRAMS).unwrap())?;
+    slots.clear_index(&CONTAINER_IPV6_SLOT)?;
+    let (verdict, _, stat) = fx.run(CONTAINER_PROGRAM, &solicitation)?;
+    assert_eq!(
+        (verdict, stat),
+        (TC_ACT_SHOT, Stat::ContainerDropIpv6ProgramMissing)
+    );
+    let (verdict, _, stat) = fx.run(CONTAINER_PROGRAM, &arp)?;
+    assert_eq!((verdict, stat), (TC_ACT_OK, Stat::ContainerPassNotIpv4));
     Ok(())
 }

@@ -1,0 +1,112 @@
+//! Fragmented IPv6 datagrams, as frag.rs does for IPv4: the first fragment carries the
+//! transport header and is translated like a whole packet; its translation is kept in
+//! `FRAGMENTS6` under RFC 8200's reassembly key (source, destination, identification),
+//! and the fragments that follow get the same addresses, hop limit and next hop. Their
+//! data needs no change (the transport checksum, in the first fragment, covers the whole
+//! datagram) and IPv6 has no header checksum, so a following fragment's rewrite is plain
+//! stores.
+//!
+//! A fragment that arrives on the uplink before its first fragment passes to the node's
+//! stack, for IPv4's reasons (frag.rs).
+
+use aya_ebpf::helpers::bpf_ktime_get_ns;
+use dataplane_common::{
+    FRAGMENT_TIMEOUT_NS, FragmentEntry6, FragmentKey6,
+    parse::{
+        ETH_HLEN,
+        ipv6::{IPV6_DST_OFF, IPV6_HOP_LIMIT_OFF, IPV6_SRC_OFF, Ipv6},
+    },
+    stats::Stat,
+};
+
+use crate::{
+    frame::{Action, Packet},
+    maps::{FRAGMENT6_SCRATCH, FRAGMENTS6},
+};
+
+#[inline(always)]
+fn now_ns() -> u64 {
+    // SAFETY: plain helper call.
+    unsafe { bpf_ktime_get_ns() }
+}
+
+#[inline(always)]
+fn key_of(ip: &Ipv6) -> FragmentKey6 {
+    FragmentKey6 {
+        src_ip: ip.src,
+        dst_ip: ip.dst,
+        id_be: ip.id_be,
+    }
+}
+
+/// After a packet was translated to `src` → `dst`: when it is a first fragment, remembers
+/// that for the fragments that follow, with the veth (`ifindex`) and MACs (`macs`:
+/// destination, source) it was handed to, or `ifindex` 0 when it was routed by a FIB
+/// lookup. Key and entry are built in a scratch map: the uplink program's stack has no
+/// room for them.
+#[inline(always)]
+pub fn remember(ip: &Ipv6, src: &[u8; 16], dst: &[u8; 16], ifindex: u32, macs: [&[u8; 6]; 2]) {
+    if !ip.is_first_fragment() {
+        return;
+    }
+    let Some(record) = FRAGMENT6_SCRATCH.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: a map value of the right type, ours alone on this CPU while the program runs.
+    let record = unsafe { &mut *record };
+    record.key.src_ip = ip.src;
+    record.key.dst_ip = ip.dst;
+    record.key.id_be = ip.id_be;
+    record.entry.src_ip = *src;
+    record.entry.dst_ip = *dst;
+    record.entry.ifindex = ifindex;
+    record.entry.dst_mac = *macs[0];
+    record.entry.src_mac = *macs[1];
+    record.entry.first_seen_ns = now_ns();
+    // An LRU map makes room by itself; an entry that still cannot be stored costs this
+    // datagram's other fragments, which then go as unmatched ones.
+    let _ = FRAGMENTS6.insert(&record.key, &record.entry, 0);
+}
+
+/// The translation of a fragment's datagram, while its receiver may still be reassembling
+/// it: past that, the identification may have come round to a new datagram.
+#[inline(always)]
+fn lookup(ip: &Ipv6) -> Option<&'static FragmentEntry6> {
+    // SAFETY: a live map value of plain data, read in place.
+    let entry = unsafe { FRAGMENTS6.get(&key_of(ip)) }?;
+    if now_ns().wrapping_sub(entry.first_seen_ns) > FRAGMENT_TIMEOUT_NS {
+        return None;
+    }
+    Some(entry)
+}
+
+/// On the uplink: a fragment after the first, to a container when its first fragment was
+/// translated there, else to the node's stack.
+#[inline(always)]
+pub fn uplink_following<P: Packet>(packet: &P, ip: &Ipv6) -> (Action, Stat) {
+    // Entries made at the containers' veths are routed ones (`ifindex` 0) and name another
+    // direction; only a veth to hand the frame to will do here.
+    let Some(entry) = lookup(ip).filter(|e| e.ifindex != 0) else {
+        return (Action::Pass, Stat::UplinkPassFragment);
+    };
+    if ip.hop_limit <= 1 {
+        return (Action::Drop, Stat::UplinkDropTtlExpired);
+    }
+    if rewrite_following(packet, ip, &entry).is_none() {
+        return (Action::Drop, Stat::UplinkDropMalformed);
+    }
+    (
+        Action::Redirect(entry.ifindex),
+        Stat::UplinkRedirectFragment,
+    )
+}
+
+/// The first fragment's addresses and MACs, the hop limit down; the payload is left alone.
+#[inline(always)]
+fn rewrite_following<P: Packet>(packet: &P, ip: &Ipv6, entry: &FragmentEntry6) -> Option<()> {
+    packet.store(ETH_HLEN + IPV6_HOP_LIMIT_OFF, ip.hop_limit - 1)?;
+    packet.store(ETH_HLEN + IPV6_SRC_OFF, entry.src_ip)?;
+    packet.store(ETH_HLEN + IPV6_DST_OFF, entry.dst_ip)?;
+    packet.store(0, entry.dst_mac)?;
+    packet.store(6, entry.src_mac)
+}
