@@ -22,6 +22,10 @@
 //! `bench` (`docker run -p 8080:80 -p 8082:82/udp`) and server, and the path
 //! - `docker`: 192.0.2.2 -> 192.0.2.1:8080 (DNAT by dockerd's own rules).
 //!
+//! Both agent nodes' uplinks also carry a /64 of 2001:db8::/32; `connrate-ipv6` measures the
+//! same three paths over IPv6, to a container `bench6` on a dual-stack network of each agent
+//! node (published port 8086; `direct` to its IPv6 address), made when it first runs.
+//!
 //! Each path has its own client address (a TIME_WAIT left by one path never meets another's
 //! SYN). Points are repeated and the paths interleaved within each repetition. Everything the
 //! bench makes is removed by `Lab`'s `Drop` (module `lab`), also on error, panic and Ctrl-C.
