@@ -245,8 +245,7 @@ impl Node {
 
     /// [`Node::restart_fresh`] with the agent `bin` (an earlier build, whose map layout may
     /// differ: its pins are made afresh from the node's records), without the bench's flags
-    /// that build does not know. The agent that replaces it keeps those arguments until
-    /// [`Node::restart_on_bench_args`].
+    /// that build does not know, until [`Node::set_bench_args`].
     pub(crate) fn restart_fresh_with(&mut self, bin: &Path) -> Result<()> {
         self.set_agent_bin(bin)?;
         let mut args = Vec::new();
@@ -261,13 +260,15 @@ impl Node {
         self.restart_fresh_on(args)
     }
 
-    /// Restarts the agent (its pins kept) with the bench's flags again.
-    pub(crate) fn restart_on_bench_args(&mut self) -> Result<()> {
+    /// Runs the agent with the bench's flags from the next start on (after
+    /// [`Node::restart_fresh_with`]'s earlier build, whose flags were fewer).
+    pub(crate) fn set_bench_args(&mut self) -> Result<()> {
         let args = self.agent_args(Vec::new());
-        self.stop_agent();
-        let agent = self.agent.as_mut().context("no agent to restart")?;
-        agent.set_args(args);
-        agent.spawn()
+        self.agent
+            .as_mut()
+            .context("no agent to restart")?
+            .set_args(args);
+        Ok(())
     }
 
     /// Creates a container on the agent's `network` publishing `ports` (`-p` values);

@@ -491,9 +491,6 @@ fn restart(lab: &mut Lab, plan: &Plan, samples: &mut Vec<Sample>) -> Result<()> 
             EBPF,
             RestartVariant::Upgrade,
         )?);
-        // The upgraded agent runs on the previous build's flags: the bench's again (direct
-        // routing, which the `direct` path of the scenarios after this one needs).
-        lab.nodes[EBPF].restart_on_bench_args()?;
     }
     Ok(())
 }
@@ -520,8 +517,12 @@ fn restart_under_load(
         let node = &mut lab.nodes[i];
         node.stop_agent();
         let down = t.elapsed();
+        // This build's agent on the bench's flags: on XDP as the restarted agents, not on
+        // the `auto` hook (TC on this veth) it would take without `--uplink-hook`, whose
+        // move off XDP under load is no part of an upgrade.
         if variant == RestartVariant::Upgrade {
             node.set_agent_bin(&this_build)?;
+            node.set_bench_args()?;
         }
         node.start_agent()?;
         let back = t.elapsed();
