@@ -22,6 +22,10 @@
 //! `bench` (`docker run -p 8080:80 -p 8082:82/udp`) and server, and the path
 //! - `docker`: 192.0.2.2 -> 192.0.2.1:8080 (DNAT by dockerd's own rules).
 //!
+//! Both agent nodes' uplinks also carry a /64 of 2001:db8::/32; `connrate-ipv6` measures the
+//! same three paths over IPv6, to a container `bench6` on a dual-stack network of each agent
+//! node (published port 8086; `direct` to its IPv6 address), made when it first runs.
+//!
 //! Each path has its own client address (a TIME_WAIT left by one path never meets another's
 //! SYN). Points are repeated and the paths interleaved within each repetition. Everything the
 //! bench makes is removed by `Lab`'s `Drop` (module `lab`), also on error, panic and Ctrl-C.
@@ -39,7 +43,9 @@ use anyhow::{Result, ensure};
 use bpfbridge_lab::{catch_stop_signals, check_stop, cmd, docker, stop_requested};
 
 use crate::{
-    lab::{Lab, OUTSIDE_MANY, OUTSIDE_MANY_COUNT, OUTSIDE_ONE, OUTSIDE_PORT, PREFIX},
+    lab::{
+        Lab, OUTSIDE_MANY, OUTSIDE_MANY_COUNT, OUTSIDE_ONE, OUTSIDE_PORT, PREFIX, PUBLISHED6_TCP,
+    },
     report,
     results::{Machine, Mode, PathDescriptions, Plan, Results, SCHEMA, Sample, Scenario},
     scenarios::{self, flows},
@@ -222,7 +228,12 @@ pub fn run(opts: &Options) -> Result<()> {
             .unwrap_or(0),
         duration_seconds: started.elapsed().as_secs_f64(),
         plan,
-        paths: path_descriptions(with_docker),
+        paths: path_descriptions(
+            with_docker,
+            samples
+                .iter()
+                .any(|s| s.scenario() == Scenario::ConnrateIpv6),
+        ),
         machine,
         notes,
         samples,
@@ -240,7 +251,7 @@ pub fn run(opts: &Options) -> Result<()> {
     Ok(())
 }
 
-fn path_descriptions(with_docker: bool) -> PathDescriptions {
+fn path_descriptions(with_docker: bool, ipv6: bool) -> PathDescriptions {
     PathDescriptions {
         ebpf: "198.51.100.2 -> 198.51.100.1:8080, XDP translation".into(),
         iptables: "203.0.113.2 -> 203.0.113.1:8080, Docker 20.10 rules (DNAT)".into(),
@@ -256,6 +267,16 @@ fn path_descriptions(with_docker: bool) -> PathDescriptions {
              MASQUERADE rule; docker: dockerd's)",
             OUTSIDE_MANY + OUTSIDE_MANY_COUNT - 1
         ),
+        ipv6: ipv6.then(|| {
+            format!(
+                "connrate-ipv6: ebpf [2001:db8:1::2] -> [2001:db8:1::1]:{PUBLISHED6_TCP} (XDP \
+                 translation); iptables [2001:db8:2::2] -> [2001:db8:2::1]:{PUBLISHED6_TCP} \
+                 (ip6tables DNAT, Docker 27's rules); direct [2001:db8:1::3] -> the ebpf \
+                 node's container `bench6` at its IPv6 address, port 80, routed; each node's \
+                 container on a dual-stack network (2001:db8:26::/64 and 2001:db8:27::/64), \
+                 its other mappings published on [::]"
+            )
+        }),
     }
 }
 

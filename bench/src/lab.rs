@@ -5,7 +5,7 @@
 
 use std::{
     io::{BufRead as _, BufReader},
-    net::{Ipv4Addr, SocketAddrV4},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     thread,
@@ -20,6 +20,7 @@ use bpfbridge_lab::{
     stop_child_within,
 };
 use serde::{Deserialize, de::DeserializeOwned};
+use serde_json::Value;
 
 use crate::{Bins, results::Path as BenchPath};
 
@@ -34,6 +35,16 @@ pub(crate) const PUBLISHED_TCP: u16 = 8080;
 pub(crate) const PUBLISHED_UDP: u16 = 8082;
 /// Host ports of the "other" mappings (conn-rate).
 const FILL_BASE: u16 = 20000;
+/// `connrate-ipv6`: the dual-stack network each agent node makes for it (bridge
+/// [`IPV6_BRIDGE`]), the port its measured container `bench6` publishes (both families, as
+/// `-p 8086:80` does on a network with IPv6), and the host ports of its other mappings
+/// (published on `[::]` only, so that they lengthen the IPv6 tables and chains alone).
+const IPV6_NETWORK: &str = "bench6";
+const IPV6_BRIDGE: &str = "bpfb6";
+pub(crate) const PUBLISHED6_TCP: u16 = 8086;
+const FILL6_BASE: u16 = 30000;
+/// The direct path's IPv6 client address, on the ebpf node's uplink /64.
+const DIRECT6_CLIENT: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 3);
 /// The outside servers of the egress scenarios: addresses of the world namespace inside each
 /// node's uplink subnet (the host part below), all served by one `bpfbridge-loadgen serve`
 /// on this port. Containers reach them only through their node's masquerade: the world has
@@ -87,8 +98,27 @@ pub(crate) struct Node {
     /// The "other" mappings installed so far, and the containers holding them.
     pub(crate) filled: usize,
     pub(crate) fills: Vec<String>,
+    /// The IPv6 side of an agent node (`connrate-ipv6`).
+    pub(crate) ipv6: Option<Ipv6Side>,
     /// Last, so that it goes after what runs in it.
     pub(crate) netns: Netns,
+}
+
+/// A node's IPv6 side: its uplink /64 (`2001:db8:N::/64`, the node `::1`, the world `::2`),
+/// and, from the first `connrate-ipv6` on, the dual-stack network [`IPV6_NETWORK`] with its
+/// measured container `bench6` and other mappings.
+pub(crate) struct Ipv6Side {
+    pub(crate) node_ip: Ipv6Addr,
+    pub(crate) client_ip: Ipv6Addr,
+    /// The network's subnets: IPv4 (every network has one) and the IPv6 /64.
+    subnet_v4: &'static str,
+    pub(crate) subnet: &'static str,
+    network_made: bool,
+    /// The measured container's IPv6 address, and its server.
+    pub(crate) bench_ip: Option<Ipv6Addr>,
+    server: Option<Child>,
+    /// The other IPv6 mappings installed so far.
+    filled: usize,
 }
 
 impl Node {
@@ -215,8 +245,7 @@ impl Node {
 
     /// [`Node::restart_fresh`] with the agent `bin` (an earlier build, whose map layout may
     /// differ: its pins are made afresh from the node's records), without the bench's flags
-    /// that build does not know. The agent that replaces it keeps those arguments until
-    /// [`Node::restart_on_bench_args`].
+    /// that build does not know, until [`Node::set_bench_args`].
     pub(crate) fn restart_fresh_with(&mut self, bin: &Path) -> Result<()> {
         self.set_agent_bin(bin)?;
         let mut args = Vec::new();
@@ -231,13 +260,42 @@ impl Node {
         self.restart_fresh_on(args)
     }
 
-    /// Restarts the agent (its pins kept) with the bench's flags again.
-    pub(crate) fn restart_on_bench_args(&mut self) -> Result<()> {
+    /// Runs the agent with the bench's flags from the next start on (after
+    /// [`Node::restart_fresh_with`]'s earlier build, whose flags were fewer).
+    pub(crate) fn set_bench_args(&mut self) -> Result<()> {
         let args = self.agent_args(Vec::new());
-        self.stop_agent();
-        let agent = self.agent.as_mut().context("no agent to restart")?;
-        agent.set_args(args);
-        agent.spawn()
+        self.agent
+            .as_mut()
+            .context("no agent to restart")?
+            .set_args(args);
+        Ok(())
+    }
+
+    /// Creates a container on the agent's `network` publishing `ports` (`-p` values);
+    /// returns its IPv6 address there and its network namespace.
+    fn create_container_on(
+        &self,
+        name: &str,
+        network: &str,
+        ports: &[String],
+        timeout: Duration,
+    ) -> Result<(Ipv6Addr, PathBuf)> {
+        let mut args = vec!["container", "create", name, "--network", network];
+        for p in ports {
+            args.extend(["-p", p.as_str()]);
+        }
+        let out = self.cli(&args, timeout)?;
+        let created: Value = serde_json::from_str(&out).context("container create output")?;
+        let settings = &created["NetworkSettings"];
+        let ip = settings["Networks"][network]["GlobalIPv6Address"]
+            .as_str()
+            .and_then(|ip| ip.parse().ok())
+            .with_context(|| format!("{name} has no IPv6 address on {network}: {out}"))?;
+        let netns = settings["SandboxKey"]
+            .as_str()
+            .context("SandboxKey")?
+            .into();
+        Ok((ip, netns))
     }
 
     /// Creates a container publishing `ports` (`-p` values), through the agent's API or
@@ -327,6 +385,7 @@ impl Lab {
             "172.26.0.1/16",
             WORLD_EBPF_IF,
         )?;
+        lab.add_ipv6(EBPF, 1, ("172.36.0.0/24", "2001:db8:26::/64"))?;
         lab.add_node(
             BenchPath::Iptables,
             "ipt",
@@ -334,6 +393,7 @@ impl Lab {
             "172.27.0.1/16",
             WORLD_IPT_IF,
         )?;
+        lab.add_ipv6(IPTABLES, 2, ("172.37.0.0/24", "2001:db8:27::/64"))?;
         if with_docker {
             lab.add_node(
                 BenchPath::Docker,
@@ -348,6 +408,23 @@ impl Lab {
             .ip(&["addr", "add", "198.51.100.3/24", "dev", WORLD_EBPF_IF])?;
         lab.world
             .ip(&["route", "add", "172.26.0.0/16", "via", "198.51.100.1"])?;
+        // And over IPv6, to the ebpf node's dual-stack network.
+        let ebpf6 = lab.nodes[EBPF]
+            .ipv6
+            .as_ref()
+            .context("the ebpf node's IPv6")?;
+        let (direct_route, via) = (ebpf6.subnet, ebpf6.node_ip.to_string());
+        lab.world.ip(&[
+            "-6",
+            "addr",
+            "add",
+            &format!("{DIRECT6_CLIENT}/64"),
+            "dev",
+            WORLD_EBPF_IF,
+            "nodad",
+        ])?;
+        lab.world
+            .ip(&["-6", "route", "add", direct_route, "via", &via])?;
         for i in 0..lab.nodes.len() {
             lab.nodes[i].start(&lab.bins)?;
             lab.create_bench(i)?;
@@ -392,7 +469,46 @@ impl Lab {
             server: None,
             filled: 0,
             fills: Vec::new(),
+            ipv6: None,
             netns,
+        });
+        Ok(())
+    }
+
+    /// Gives node `i`'s uplink the /64 `2001:db8:N::/64` (node `::1`, world `::2`, without
+    /// duplicate address detection, so that they are usable at once), and the subnets
+    /// `(IPv4, IPv6)` its dual-stack network will have. The node routes to the world's
+    /// addresses on the link; the world reaches the node's containers only through published
+    /// ports (and the direct path's route).
+    fn add_ipv6(
+        &mut self,
+        i: usize,
+        n: u16,
+        (subnet_v4, subnet): (&'static str, &'static str),
+    ) -> Result<()> {
+        let node_ip = Ipv6Addr::new(0x2001, 0xdb8, n, 0, 0, 0, 0, 1);
+        let client_ip = Ipv6Addr::new(0x2001, 0xdb8, n, 0, 0, 0, 0, 2);
+        let world_link = match self.nodes[i].dataplane {
+            BenchPath::Ebpf => WORLD_EBPF_IF,
+            _ => WORLD_IPT_IF,
+        };
+        let node = &mut self.nodes[i];
+        for (netns, ip, link) in [
+            (&node.netns, node_ip, UPLINK),
+            (&self.world, client_ip, world_link),
+        ] {
+            let address = format!("{ip}/64");
+            netns.ip(&["-6", "addr", "add", &address, "dev", link, "nodad"])?;
+        }
+        node.ipv6 = Some(Ipv6Side {
+            node_ip,
+            client_ip,
+            subnet_v4,
+            subnet,
+            network_made: false,
+            bench_ip: None,
+            server: None,
+            filled: 0,
         });
         Ok(())
     }
@@ -531,7 +647,11 @@ impl Lab {
             // scenario measures.
             _ => {
                 let (ip, _) = node.create_container(&name, &[], COMMAND_TIMEOUT)?;
-                let rules = fill_rules(node.dataplane, ip, first..=last);
+                let bridge = match node.dataplane {
+                    BenchPath::Docker => "docker0",
+                    _ => "bpfbr0",
+                };
+                let rules = fill_rules(node.dataplane, bridge, ip.into(), first..=last);
                 cmd::run_with_input(
                     &mut command_in(&node.netns.path(), "iptables-restore", &["-w", "--noflush"])?,
                     &rules,
@@ -545,6 +665,130 @@ impl Lab {
         self.create_bench(i)
     }
 
+    /// Makes node `i`'s dual-stack network and its measured container `bench6`, once.
+    pub(crate) fn ipv6_ready(&mut self, i: usize) -> Result<()> {
+        let node = &self.nodes[i];
+        let side = node
+            .ipv6
+            .as_ref()
+            .with_context(|| format!("the {} node has no IPv6 side", node.dataplane))?;
+        if side.network_made {
+            return Ok(());
+        }
+        node.cli(
+            &[
+                "network",
+                "create",
+                IPV6_NETWORK,
+                "--ipv6",
+                "--subnet",
+                side.subnet_v4,
+                "--subnet",
+                side.subnet,
+                "-o",
+                &format!("com.docker.network.bridge.name={IPV6_BRIDGE}"),
+            ],
+            COMMAND_TIMEOUT,
+        )?;
+        if let Some(side) = self.nodes[i].ipv6.as_mut() {
+            side.network_made = true;
+        }
+        self.create_bench6(i)
+    }
+
+    /// (Re)creates node `i`'s measured container `bench6` on the dual-stack network, last,
+    /// and starts its server (IPv4 and IPv6 listeners).
+    fn create_bench6(&mut self, i: usize) -> Result<()> {
+        let node = &mut self.nodes[i];
+        let side = node.ipv6.as_mut().context("no IPv6 side")?;
+        if let Some(server) = side.server.take() {
+            stop_child(server);
+        }
+        if side.bench_ip.take().is_some() {
+            node.remove_container("bench6", COMMAND_TIMEOUT)?;
+        }
+        let (ip, netns) = node.create_container_on(
+            "bench6",
+            IPV6_NETWORK,
+            &[format!("{PUBLISHED6_TCP}:{BENCH_TCP}")],
+            COMMAND_TIMEOUT,
+        )?;
+        let server = self.start_server(&netns, BENCH_TCP, None)?;
+        let side = self.nodes[i].ipv6.as_mut().context("no IPv6 side")?;
+        side.bench_ip = Some(ip);
+        side.server = Some(server);
+        Ok(())
+    }
+
+    /// Brings node `i` to `n` other IPv6 published mappings (`[::]:PORT`) on its
+    /// dual-stack network, as [`Lab::fill`] does for IPv4: through the API on the ebpf node,
+    /// by one `ip6tables-restore` of the iptables dataplane's rules on the iptables node.
+    pub(crate) fn fill6(&mut self, i: usize, n: usize) -> Result<()> {
+        self.ipv6_ready(i)?;
+        let node = &self.nodes[i];
+        let have = node.ipv6.as_ref().map_or(0, |side| side.filled);
+        if n <= have {
+            return Ok(());
+        }
+        let (first, last) = (FILL6_BASE as usize + have, FILL6_BASE as usize + n - 1);
+        let name = format!("fill6-{n}");
+        match node.dataplane {
+            BenchPath::Ebpf => {
+                node.create_container_on(
+                    &name,
+                    IPV6_NETWORK,
+                    &[format!("[::]:{first}-{last}:{first}-{last}")],
+                    Duration::from_secs(600),
+                )?;
+            }
+            _ => {
+                let (ip, _) =
+                    node.create_container_on(&name, IPV6_NETWORK, &[], COMMAND_TIMEOUT)?;
+                let rules = fill_rules(node.dataplane, IPV6_BRIDGE, ip.into(), first..=last);
+                cmd::run_with_input(
+                    &mut command_in(
+                        &node.netns.path(),
+                        "ip6tables-restore",
+                        &["-w", "--noflush"],
+                    )?,
+                    &rules,
+                )?;
+            }
+        }
+        if let Some(side) = self.nodes[i].ipv6.as_mut() {
+            side.filled = n;
+        }
+        self.create_bench6(i)
+    }
+
+    /// The client address and target of a path over IPv6 (TCP): the node's published port
+    /// [`PUBLISHED6_TCP`] from the world's address on that uplink, or (`direct`) the ebpf
+    /// node's `bench6` at its own IPv6 address, port 80, from [`DIRECT6_CLIENT`].
+    pub(crate) fn path6(&self, path: BenchPath) -> Result<(IpAddr, SocketAddr)> {
+        let side = |i: usize| {
+            self.nodes[i]
+                .ipv6
+                .as_ref()
+                .with_context(|| format!("the {} node has no IPv6 side", self.nodes[i].dataplane))
+        };
+        Ok(match path {
+            BenchPath::Direct => {
+                let bench = side(EBPF)?.bench_ip.context("no bench6 container")?;
+                (
+                    DIRECT6_CLIENT.into(),
+                    SocketAddr::new(bench.into(), BENCH_TCP),
+                )
+            }
+            _ => {
+                let side = side(self.path_node(path))?;
+                (
+                    side.client_ip.into(),
+                    SocketAddr::new(side.node_ip.into(), PUBLISHED6_TCP),
+                )
+            }
+        })
+    }
+
     /// Stops the servers, the agents (removing their pins, cgroups and container namespaces)
     /// and dockerd; the namespaces themselves go when the lab is dropped.
     pub(crate) fn teardown(&mut self) -> Result<()> {
@@ -554,6 +798,9 @@ impl Lab {
         }
         for node in &mut self.nodes {
             if let Some(server) = node.server.take() {
+                stop_child(server);
+            }
+            if let Some(server) = node.ipv6.as_mut().and_then(|side| side.server.take()) {
                 stop_child(server);
             }
             if let Some(agent) = &mut node.agent
@@ -581,27 +828,33 @@ impl Drop for Lab {
 }
 
 /// The rules of TCP ports `ports` published to the same container port of a container at
-/// `ip`, in iptables-restore form, as the `dataplane` node writes them: the iptables
-/// dataplane with its userland proxy (DNAT `! -i BRIDGE`), dockerd with
-/// `--userland-proxy=false` (DNAT from the bridge too).
+/// `ip` on `bridge`, in iptables-restore (or, for an IPv6 `ip`, ip6tables-restore) form, as
+/// the `dataplane` node writes them: the iptables dataplane with its userland proxy (DNAT
+/// `! -i BRIDGE`), dockerd with `--userland-proxy=false` (DNAT from the bridge too).
 fn fill_rules(
     dataplane: BenchPath,
-    ip: Ipv4Addr,
+    bridge: &str,
+    ip: IpAddr,
     ports: std::ops::RangeInclusive<usize>,
 ) -> String {
-    let (bridge, dnat_from) = match dataplane {
-        BenchPath::Docker => ("docker0", String::new()),
-        _ => ("bpfbr0", "! -i bpfbr0 ".to_string()),
+    let dnat_from = match dataplane {
+        BenchPath::Docker => String::new(),
+        _ => format!("! -i {bridge} "),
+    };
+    let host = match ip {
+        IpAddr::V4(_) => format!("{ip}/32"),
+        IpAddr::V6(_) => format!("{ip}/128"),
     };
     let mut nat = String::from("*nat\n");
     let mut filter = String::from("*filter\n");
     for port in ports {
+        let to = SocketAddr::new(ip, port as u16);
         nat.push_str(&format!(
-            "-A DOCKER {dnat_from}-p tcp -m tcp --dport {port} -j DNAT --to-destination {ip}:{port}\n\
-             -A POSTROUTING -s {ip}/32 -d {ip}/32 -p tcp -m tcp --dport {port} -j MASQUERADE\n"
+            "-A DOCKER {dnat_from}-p tcp -m tcp --dport {port} -j DNAT --to-destination {to}\n\
+             -A POSTROUTING -s {host} -d {host} -p tcp -m tcp --dport {port} -j MASQUERADE\n"
         ));
         filter.push_str(&format!(
-            "-A DOCKER -d {ip}/32 ! -i {bridge} -o {bridge} -p tcp -m tcp --dport {port} -j ACCEPT\n"
+            "-A DOCKER -d {host} ! -i {bridge} -o {bridge} -p tcp -m tcp --dport {port} -j ACCEPT\n"
         ));
     }
     format!("{nat}COMMIT\n{filter}COMMIT\n")

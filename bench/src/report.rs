@@ -54,6 +54,7 @@ macro_rules! pickers {
 
 pickers! {
     connrate: Connrate(Connrate),
+    connrate_ipv6: ConnrateIpv6(Connrate),
     uplink_hook: UplinkHook(HookConnrate),
     programming: Programming(Programming),
     latency: Latency(LatencyLoad),
@@ -183,76 +184,12 @@ pub fn write(results: &Results, dir: &Path) -> Result<()> {
             m.dockerd.as_deref().unwrap_or("?"),
         )?;
     }
-    let plan = &results.plan;
 
-    // Connection rate.
-    let ns: BTreeSet<usize> = points(results, connrate)
-        .map(|(_, c)| c.other_mappings)
-        .collect();
-    let conn_metric = |dp: BenchPath, n: usize, value: fn(&Connrate) -> f64| {
-        metric(
-            points(results, connrate).filter(|(_, c)| c.other_mappings == n),
-            dp,
-            |c| Some(value(c)),
-        )
-    };
-    let rate = |dp: BenchPath, n: usize| conn_metric(dp, n, |c| c.load.load.rate);
-    let cpu = |dp: BenchPath, n: usize| conn_metric(dp, n, |c| c.load.cpu_us_per_connection);
-    if !ns.is_empty() {
-        writeln!(
-            md,
-            "## Connection rate (new TCP connections/s: connect, 1 request, 1 response, close)\n"
-        )?;
-        writeln!(
-            md,
-            "{:?} s per point, {} concurrent client threads.\n",
-            plan.connrate_seconds, plan.concurrency
-        )?;
-        let (docker_head, docker_rule) = match docker {
-            true => (
-                " docker | ebpf/docker | CPU µs/conn docker |",
-                "---|---|---|",
-            ),
-            false => ("", ""),
-        };
-        writeln!(
-            md,
-            "| other mappings | ebpf | iptables | direct | ebpf/iptables | ebpf/direct | CPU µs/conn ebpf | iptables | direct |{docker_head}"
-        )?;
-        writeln!(md, "|---|---|---|---|---|---|---|---|---|{docker_rule}")?;
-        for &n in &ns {
-            let (e, i, d) = (rate(Ebpf, n), rate(Iptables, n), rate(Direct, n));
-            let docker_cells = match docker {
-                true => format!(
-                    " {} | {} | {} |",
-                    fmt_spread(rate(DOCKER, n), 0),
-                    fmt_ratio(ratio(e, rate(DOCKER, n))),
-                    fmt_spread(cpu(DOCKER, n), 1),
-                ),
-                false => String::new(),
-            };
-            writeln!(
-                md,
-                "| {n} | {} | {} | {} | {} | {} | {} | {} | {} |{docker_cells}",
-                fmt_spread(e, 0),
-                fmt_spread(i, 0),
-                fmt_spread(d, 0),
-                fmt_ratio(ratio(e, i)),
-                fmt_ratio(ratio(e, d)),
-                fmt_spread(cpu(Ebpf, n), 1),
-                fmt_spread(cpu(Iptables, n), 1),
-                fmt_spread(cpu(Direct, n), 1),
-            )?;
-        }
-        let errors: u64 = points(results, connrate)
-            .map(|(_, c)| c.load.load.errors.total())
-            .sum();
-        writeln!(
-            md,
-            "\nFailed connections over all conn-rate samples: {errors}.\n"
-        )?;
-        writeln!(md, "![connection rate](connrate.png)\n")?;
-    }
+    // Connection rate, over IPv4 and over IPv6.
+    let ns = connrate_ns(results, false);
+    let rate = |dp: BenchPath, n: usize| conn_rate(results, false, dp, n);
+    connrate_section(results, &mut md, false, docker)?;
+    connrate_section(results, &mut md, true, false)?;
 
     // Programming time.
     let pns: BTreeSet<usize> = points(results, programming).map(|(_, p)| p.n).collect();
@@ -496,6 +433,7 @@ pub fn write(results: &Results, dir: &Path) -> Result<()> {
             Some(errors == 0),
         ));
     }
+    rows.extend(ipv6_targets(results));
     rows.extend(flow_targets(results));
     for (target, measured, met) in rows {
         writeln!(md, "| {target} | {measured} | {} |", verdict(met))?;
@@ -543,6 +481,159 @@ pub fn write(results: &Results, dir: &Path) -> Result<()> {
     }
     fs::write(dir.join("report.md"), md)?;
     Ok(())
+}
+
+/// The measurement of `connrate`, or (`ipv6`) of `connrate-ipv6`.
+fn connrate_pick(ipv6: bool) -> fn(&Measurement) -> Option<&Connrate> {
+    match ipv6 {
+        false => connrate,
+        true => connrate_ipv6,
+    }
+}
+
+/// The numbers of other mappings a conn-rate scenario was measured with.
+fn connrate_ns(results: &Results, ipv6: bool) -> BTreeSet<usize> {
+    points(results, connrate_pick(ipv6))
+        .map(|(_, c)| c.other_mappings)
+        .collect()
+}
+
+/// One figure of a conn-rate scenario's points with `n` other mappings on one path.
+fn conn_metric(
+    results: &Results,
+    ipv6: bool,
+    dp: BenchPath,
+    n: usize,
+    value: fn(&Connrate) -> f64,
+) -> Option<Spread> {
+    metric(
+        points(results, connrate_pick(ipv6)).filter(|(_, c)| c.other_mappings == n),
+        dp,
+        |c| Some(value(c)),
+    )
+}
+
+/// The connection rate of a conn-rate scenario's points with `n` other mappings on one path.
+fn conn_rate(results: &Results, ipv6: bool, dp: BenchPath, n: usize) -> Option<Spread> {
+    conn_metric(results, ipv6, dp, n, |c| c.load.load.rate)
+}
+
+/// The table of a conn-rate scenario (`connrate`, or `connrate-ipv6`: no docker column, the
+/// docker node being IPv4 only), and its plot.
+fn connrate_section(results: &Results, md: &mut String, ipv6: bool, docker: bool) -> Result<()> {
+    let ns = connrate_ns(results, ipv6);
+    if ns.is_empty() {
+        return Ok(());
+    }
+    let rate = |dp: BenchPath, n: usize| conn_rate(results, ipv6, dp, n);
+    let cpu = |dp: BenchPath, n: usize| {
+        conn_metric(results, ipv6, dp, n, |c| c.load.cpu_us_per_connection)
+    };
+    let plan = &results.plan;
+    match ipv6 {
+        false => writeln!(
+            md,
+            "## Connection rate (new TCP connections/s: connect, 1 request, 1 response, close)\n"
+        )?,
+        true => writeln!(
+            md,
+            "## Connection rate over IPv6 (the same load, from the world's IPv6 addresses)\n\n{}\n",
+            results.paths.ipv6.as_deref().unwrap_or("")
+        )?,
+    }
+    writeln!(
+        md,
+        "{:?} s per point, {} concurrent client threads.\n",
+        plan.connrate_seconds, plan.concurrency
+    )?;
+    let (docker_head, docker_rule) = match docker {
+        true => (
+            " docker | ebpf/docker | CPU µs/conn docker |",
+            "---|---|---|",
+        ),
+        false => ("", ""),
+    };
+    writeln!(
+        md,
+        "| other mappings | ebpf | iptables | direct | ebpf/iptables | ebpf/direct | CPU µs/conn ebpf | iptables | direct |{docker_head}"
+    )?;
+    writeln!(md, "|---|---|---|---|---|---|---|---|---|{docker_rule}")?;
+    for &n in &ns {
+        let (e, i, d) = (rate(Ebpf, n), rate(Iptables, n), rate(Direct, n));
+        let docker_cells = match docker {
+            true => format!(
+                " {} | {} | {} |",
+                fmt_spread(rate(DOCKER, n), 0),
+                fmt_ratio(ratio(e, rate(DOCKER, n))),
+                fmt_spread(cpu(DOCKER, n), 1),
+            ),
+            false => String::new(),
+        };
+        writeln!(
+            md,
+            "| {n} | {} | {} | {} | {} | {} | {} | {} | {} |{docker_cells}",
+            fmt_spread(e, 0),
+            fmt_spread(i, 0),
+            fmt_spread(d, 0),
+            fmt_ratio(ratio(e, i)),
+            fmt_ratio(ratio(e, d)),
+            fmt_spread(cpu(Ebpf, n), 1),
+            fmt_spread(cpu(Iptables, n), 1),
+            fmt_spread(cpu(Direct, n), 1),
+        )?;
+    }
+    let errors: u64 = points(results, connrate_pick(ipv6))
+        .map(|(_, c)| c.load.load.errors.total())
+        .sum();
+    let (what, plot) = match ipv6 {
+        false => ("conn-rate", "connrate.png"),
+        true => ("IPv6 conn-rate", "connrate_ipv6.png"),
+    };
+    writeln!(
+        md,
+        "\nFailed connections over all {what} samples: {errors}.\n"
+    )?;
+    writeln!(md, "![connection rate]({plot})\n")?;
+    Ok(())
+}
+
+/// Issue 13's target for `connrate-ipv6`: the same ratios as IPv4, at the largest N both
+/// scenarios ran, against iptables and against direct. "The same" is taken as not more
+/// than 10% below the IPv4 ratio: a larger one keeps the advantage all the more.
+fn ipv6_targets(results: &Results) -> Vec<(String, String, Option<bool>)> {
+    let ns6 = connrate_ns(results, true);
+    let Some(n) = connrate_ns(results, false)
+        .intersection(&ns6)
+        .copied()
+        .max()
+    else {
+        return Vec::new();
+    };
+    [(Iptables, "iptables"), (Direct, "direct")]
+        .into_iter()
+        .map(|(other, name)| {
+            let of = |ipv6: bool| {
+                ratio(
+                    conn_rate(results, ipv6, Ebpf, n),
+                    conn_rate(results, ipv6, other, n),
+                )
+            };
+            let (v4, v6) = (of(false), of(true));
+            let relative = v4.zip(v6).map(|(v4, v6)| v6 / v4);
+            (
+                format!(
+                    "IPv6 conn rate with {n} other mappings: ebpf/{name} ≥ 0.9× the IPv4 ratio"
+                ),
+                format!(
+                    "{} (IPv4 {}; IPv6/IPv4 {})",
+                    fmt_ratio(v6),
+                    fmt_ratio(v4),
+                    relative.map_or("—".into(), |r| format!("{r:.2}")),
+                ),
+                relative.map(|r| r >= 0.9),
+            )
+        })
+        .collect()
 }
 
 /// The spread of one of the times of the programming points of N on one path (points
@@ -1034,35 +1125,43 @@ fn line_plot(
 
 fn plots(results: &Results, dir: &Path) -> Result<()> {
     font()?;
-    let ns: BTreeSet<usize> = points(results, connrate)
-        .map(|(_, c)| c.other_mappings)
-        .collect();
-    let series: Series = paths(results)
-        .into_iter()
-        .map(|dp| {
-            let pts = ns
-                .iter()
-                .filter_map(|&n| {
-                    metric(
-                        points(results, connrate).filter(|(_, c)| c.other_mappings == n),
-                        dp,
-                        |c| Some(c.load.load.rate),
-                    )
-                    .map(|s| (n as f64, s.median))
-                })
-                .collect();
-            (dp.to_string(), color(dp), pts)
-        })
-        .collect();
-    line_plot(
-        &dir.join("connrate.png"),
-        "New TCP connections/s through the published port",
-        "other published mappings installed",
-        "connections/s (median)",
-        &series,
-        false,
-    )
-    .context("connrate.png")?;
+    for (ipv6, file, title) in [
+        (
+            false,
+            "connrate.png",
+            "New TCP connections/s through the published port",
+        ),
+        (
+            true,
+            "connrate_ipv6.png",
+            "New TCP connections/s through the published port, over IPv6",
+        ),
+    ] {
+        let ns = connrate_ns(results, ipv6);
+        if ns.is_empty() {
+            continue;
+        }
+        let series: Series = paths(results)
+            .into_iter()
+            .map(|dp| {
+                let pts = ns
+                    .iter()
+                    .filter_map(|&n| conn_rate(results, ipv6, dp, n).map(|s| (n as f64, s.median)))
+                    .collect();
+                (dp.to_string(), color(dp), pts)
+            })
+            .filter(|(_, _, pts): &(String, RGBColor, Vec<(f64, f64)>)| !pts.is_empty())
+            .collect();
+        line_plot(
+            &dir.join(file),
+            title,
+            "other published mappings installed",
+            "connections/s (median)",
+            &series,
+            false,
+        )
+        .context(file)?;
+    }
 
     let pns: BTreeSet<usize> = points(results, programming).map(|(_, p)| p.n).collect();
     let mut series: Series = Vec::new();
@@ -1275,6 +1374,47 @@ mod tests {
             "{md}"
         );
         assert!(md.contains("| tc | 3000 | 0.67× | 60.0 | 2 |"), "{md}");
+    }
+
+    #[test]
+    fn ipv6_connrate_beside_ipv4_with_its_target() {
+        let v6 = |rate: f64| {
+            Measurement::ConnrateIpv6(Connrate {
+                load: cpu_load(rate, 0.0, ConnErrors::default()),
+                other_mappings: 100,
+            })
+        };
+        let none = ConnErrors::default;
+        let mut results = results(
+            Mode::Quick,
+            Plan::default(),
+            vec![
+                (Ebpf, connrate_point(100, 300.0, none())),
+                (Iptables, connrate_point(100, 100.0, none())),
+                (Direct, connrate_point(100, 300.0, none())),
+                (Ebpf, v6(280.0)),
+                (Iptables, v6(100.0)),
+                (Direct, v6(400.0)),
+            ],
+        );
+        results.paths.ipv6 = Some("the IPv6 paths".into());
+        let md = report(&results);
+        assert!(md.contains("## Connection rate over IPv6"), "{md}");
+        assert!(md.contains("the IPv6 paths"), "{md}");
+        assert!(
+            md.contains("| 100 | 280 | 100 | 400 | 2.80× | 0.70× |"),
+            "{md}"
+        );
+        assert!(
+            md.contains(
+                "| IPv6 conn rate with 100 other mappings: ebpf/iptables ≥ 0.9× the IPv4 ratio | 2.80× (IPv4 3.00×; IPv6/IPv4 0.93) | met |"
+            ),
+            "{md}"
+        );
+        assert!(
+            md.contains("ebpf/direct ≥ 0.9× the IPv4 ratio | 0.70× (IPv4 1.00×; IPv6/IPv4 0.70) | **missed** |"),
+            "{md}"
+        );
     }
 
     #[test]

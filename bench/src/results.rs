@@ -91,6 +91,9 @@ pub struct PathDescriptions {
     /// Only when dockerd was measured.
     pub docker: Option<String>,
     pub egress: String,
+    /// The paths of `connrate-ipv6`, when it ran.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv6: Option<String>,
 }
 
 /// The machine and the versions a run measured.
@@ -141,6 +144,8 @@ impl fmt::Display for Path {
 /// `restart` comes before `connrate`, whose other mappings (in iptables mode loaded behind
 /// the agent's back) a restarted iptables agent would first remove, one rule at a time.
 /// The egress scenarios come before `connrate` too, so that they run without its mappings;
+/// `connrate-ipv6` follows `connrate`, on a dual-stack network and other mappings of its
+/// own (made when it first runs: the restart scenario's earlier agent never sees them).
 /// `uplink-hook`, `conntrack-scale` and `flood` come last: they restart the ebpf agent (on
 /// another uplink hook, on tables of their own size).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -154,13 +159,14 @@ pub enum Scenario {
     EgressOne,
     EgressMany,
     Connrate,
+    ConnrateIpv6,
     UplinkHook,
     ConntrackScale,
     Flood,
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 11] = [
+    pub const ALL: [Scenario; 12] = [
         Scenario::Programming,
         Scenario::Latency,
         Scenario::Udp,
@@ -169,6 +175,7 @@ impl Scenario {
         Scenario::EgressOne,
         Scenario::EgressMany,
         Scenario::Connrate,
+        Scenario::ConnrateIpv6,
         Scenario::UplinkHook,
         Scenario::ConntrackScale,
         Scenario::Flood,
@@ -185,6 +192,7 @@ impl Scenario {
             Scenario::EgressOne => "egress-one",
             Scenario::EgressMany => "egress-many",
             Scenario::Connrate => "connrate",
+            Scenario::ConnrateIpv6 => "connrate-ipv6",
             Scenario::UplinkHook => "uplink-hook",
             Scenario::ConntrackScale => "conntrack-scale",
             Scenario::Flood => "flood",
@@ -243,6 +251,8 @@ pub enum Measurement {
     EgressOne(Egress),
     EgressMany(Egress),
     Connrate(Connrate),
+    /// `connrate` over IPv6: the same fields.
+    ConnrateIpv6(Connrate),
     UplinkHook(HookConnrate),
     ConntrackScale(ConntrackScale),
     Flood(Flood),
@@ -259,6 +269,7 @@ impl Measurement {
             Measurement::EgressOne(_) => Scenario::EgressOne,
             Measurement::EgressMany(_) => Scenario::EgressMany,
             Measurement::Connrate(_) => Scenario::Connrate,
+            Measurement::ConnrateIpv6(_) => Scenario::ConnrateIpv6,
             Measurement::UplinkHook(_) => Scenario::UplinkHook,
             Measurement::ConntrackScale(_) => Scenario::ConntrackScale,
             Measurement::Flood(_) => Scenario::Flood,

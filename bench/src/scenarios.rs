@@ -5,7 +5,7 @@
 use std::{
     fs,
     io::{Read as _, Write as _},
-    net::{Ipv4Addr, SocketAddrV4, TcpStream},
+    net::{IpAddr, SocketAddr, SocketAddrV4, TcpStream},
     path::Path,
     thread,
     time::{Duration, Instant},
@@ -43,6 +43,7 @@ pub(crate) fn run(
         Scenario::Udp => udp(lab, plan, samples),
         Scenario::Bulk => per_path(lab, plan, samples, "bulk", Measurement::Bulk),
         Scenario::Connrate => connrate(lab, plan, samples),
+        Scenario::ConnrateIpv6 => connrate_ipv6(lab, plan, samples),
         Scenario::UplinkHook => uplink_hook(lab, plan, samples),
         Scenario::Restart => restart(lab, plan, samples),
         Scenario::EgressOne | Scenario::EgressMany => flows::egress(lab, plan, samples, scenario),
@@ -74,7 +75,13 @@ fn ticks_per_second() -> f64 {
     if hz > 0 { hz as f64 } else { 100.0 }
 }
 
-pub(crate) fn path_args(kind: &str, from: Ipv4Addr, to: SocketAddrV4, seconds: f64) -> Vec<String> {
+pub(crate) fn path_args(
+    kind: &str,
+    from: impl Into<IpAddr>,
+    to: impl Into<SocketAddr>,
+    seconds: f64,
+) -> Vec<String> {
+    let (from, to) = (from.into(), to.into());
     vec![
         kind.into(),
         "--from".into(),
@@ -110,6 +117,40 @@ fn connrate(lab: &mut Lab, plan: &Plan, samples: &mut Vec<Sample>) -> Result<()>
                 eprintln!("bench: connrate n={n} {path}: {:.0}/s", load.load.rate);
                 samples.push(Sample {
                     measurement: Measurement::Connrate(Connrate {
+                        load,
+                        other_mappings: n,
+                    }),
+                    dataplane: path,
+                    rep,
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The paths `connrate-ipv6` measures: the agent nodes' published ports and `direct` (the
+/// docker node is IPv4 only).
+const IPV6_PATHS: [BenchPath; 3] = [BenchPath::Ebpf, BenchPath::Iptables, BenchPath::Direct];
+
+/// Scenario `connrate-ipv6`: `connrate` over IPv6, from the world's IPv6 addresses to the
+/// published port of a container on each agent node's dual-stack network, with N other
+/// IPv6 mappings installed (the IPv4 ones of `connrate` are in other tables and chains).
+fn connrate_ipv6(lab: &mut Lab, plan: &Plan, samples: &mut Vec<Sample>) -> Result<()> {
+    for &n in &plan.other_mappings {
+        for i in [EBPF, IPTABLES] {
+            lab.fill6(i, n)?;
+        }
+        for rep in 0..plan.reps {
+            for path in rotation(rep, &IPV6_PATHS) {
+                check_stop()?;
+                let (from, to) = lab.path6(path)?;
+                let mut args = path_args("connrate", from, to, plan.connrate_seconds);
+                args.extend(["--concurrency".into(), plan.concurrency.to_string()]);
+                let load = with_cpu_per_connection(|| lab.client(&args, plan.connrate_seconds))?;
+                eprintln!("bench: connrate-ipv6 n={n} {path}: {:.0}/s", load.load.rate);
+                samples.push(Sample {
+                    measurement: Measurement::ConnrateIpv6(Connrate {
                         load,
                         other_mappings: n,
                     }),
@@ -450,9 +491,6 @@ fn restart(lab: &mut Lab, plan: &Plan, samples: &mut Vec<Sample>) -> Result<()> 
             EBPF,
             RestartVariant::Upgrade,
         )?);
-        // The upgraded agent runs on the previous build's flags: the bench's again (direct
-        // routing, which the `direct` path of the scenarios after this one needs).
-        lab.nodes[EBPF].restart_on_bench_args()?;
     }
     Ok(())
 }
@@ -479,8 +517,12 @@ fn restart_under_load(
         let node = &mut lab.nodes[i];
         node.stop_agent();
         let down = t.elapsed();
+        // This build's agent on the bench's flags: on XDP as the restarted agents, not on
+        // the `auto` hook (TC on this veth) it would take without `--uplink-hook`, whose
+        // move off XDP under load is no part of an upgrade.
         if variant == RestartVariant::Upgrade {
             node.set_agent_bin(&this_build)?;
+            node.set_bench_args()?;
         }
         node.start_agent()?;
         let back = t.elapsed();

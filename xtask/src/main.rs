@@ -59,7 +59,7 @@ enum Task {
         #[arg(long)]
         smoke: bool,
         /// Only these scenarios (programming, latency, udp, bulk, restart, egress-one, egress-many,
-        /// connrate, uplink-hook, conntrack-scale, flood).
+        /// connrate, connrate-ipv6, uplink-hook, conntrack-scale, flood).
         #[arg(long = "scenario", value_name = "NAME")]
         scenarios: Vec<Scenario>,
         /// Also measure real Docker: dockerd 20.10 (docker.io) in a namespace of its own

@@ -736,15 +736,17 @@ impl EbpfDataplane {
         timeouts: FlowTimeouts,
     ) -> Result<Self> {
         let (mut ebpf, mut migration) = load_object_migrating(pin_dir, sizes)?;
-        // Verified (the longest load) before the uplink's program is swapped, not after: in
-        // an upgrade the containers' links are swapped at the end of the start, and until
-        // then flows the new uplink program opens have their replies meet the old tables.
+        // Every program is loaded (verified: the longest step) before the tables are copied,
+        // so that in an upgrade the copy, the uplinks' swap and the containers' swap follow
+        // each other within microseconds: the earlier uplink program opens flows in the old
+        // tables until its swap, and the containers' replies meet the old tables until
+        // theirs.
         load_container_programs(&mut ebpf)?;
-        migration.copy()?;
+        load_uplink_programs(&mut ebpf)?;
         let links_dir = pin_dir.join(LINKS_DIR);
         fs::create_dir_all(&links_dir)
             .map_err(Error::io(format!("creating {}", links_dir.display())))?;
-        load_uplink_programs(&mut ebpf)?;
+        migration.copy()?;
         // The links an earlier agent pinned get the new programs now, right after the
         // tables were copied: from here on no uplink program writes the old tables.
         uplinks::swap_pinned_xdp(program(&mut ebpf, UPLINK_PROGRAM)?, &links_dir)?;
@@ -754,6 +756,9 @@ impl EbpfDataplane {
         ] {
             uplinks::swap_pinned_tc(program(&mut ebpf, name)?, &links_dir, hook)?;
         }
+        // And the containers' at once: the replies of flows the new uplink program opens
+        // are translated from the new tables only.
+        migration.swap_containers(&mut ebpf, CONTAINER_PROGRAM)?;
         let (events, _) = tokio::sync::broadcast::channel(1024);
         let ring = ebpf
             .take_map(EVENTS)

@@ -12,9 +12,13 @@
 //!    [`Migration::copy`] copies the retired maps' entries into the new ones, converted (the
 //!    earlier programs still run on the retired maps meanwhile).
 //! 3. The caller swaps the programs through the pinned links (`bpf_link_update`: XDP and TCX
-//!    links are updated in place, cgroup links replaced); [`Migration::finish`] swaps the
-//!    TC links of every container, copies again what the earlier programs added in between
-//!    (never over an entry the new programs wrote), and removes the retired pins.
+//!    links are updated in place, cgroup links replaced): the uplinks' right after the copy
+//!    (every program is loaded before it), then at once [`Migration::swap_containers`] the
+//!    TC links of every container, and copies again what the earlier programs added in
+//!    between (never over an entry the new programs wrote). A flow the new uplink program
+//!    opens has its replies meet the earlier tables only in the microseconds between the
+//!    two swaps. [`Migration::finish`], once the socket programs are swapped too, copies a
+//!    last time and removes the retired pins.
 //!
 //! Why a pinned map for the record and not a manifest file: the pin directory is on bpffs,
 //! which holds pins and directories only (no regular files), and a pinned map lives and dies
@@ -24,7 +28,7 @@ use std::{
     collections::BTreeMap,
     fs,
     path::{Path, PathBuf},
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use aya::{
@@ -142,6 +146,9 @@ pub struct Migration {
     /// When the first copy was done: from then on the programs are swapped, and flows the
     /// new uplink program opens are not in the tables of the old container programs.
     copied: Option<Instant>,
+    /// From the first copy to the containers' links running the new program: the window in
+    /// which a reply may meet tables its flow is not in.
+    containers_swapped_after: Option<Duration>,
     /// Entries carried over so far.
     entries: usize,
 }
@@ -412,6 +419,7 @@ pub fn prepare(pin_dir: &Path) -> Result<Migration> {
         retired,
         started,
         copied: None,
+        containers_swapped_after: None,
         entries: 0,
     })
 }
@@ -439,9 +447,22 @@ impl Migration {
         Ok(())
     }
 
-    /// Step 3, once the uplink and socket programs run the new object: points every
-    /// container's TC link at the new program, copies what the earlier programs added
-    /// since step 2, and removes the retired pins (the earlier maps go with the last
+    /// Step 3, right after the uplinks' swap: points every container's TC link at the new
+    /// program and copies what the earlier programs added since step 2 (flows the earlier
+    /// uplink program opened in between, whose replies the new container program now
+    /// translates).
+    pub fn swap_containers(&mut self, ebpf: &mut Ebpf, container_program: &str) -> Result<()> {
+        if !self.is_upgrade() || self.containers_swapped_after.is_some() {
+            return Ok(());
+        }
+        swap_container_links(ebpf, container_program, &self.pin_dir.join(LINKS_DIR))?;
+        self.containers_swapped_after = Some(self.copied.map_or(Duration::ZERO, |t| t.elapsed()));
+        self.copy_retired()
+    }
+
+    /// The end of step 3, once the socket programs run the new object too: the containers'
+    /// swap if [`Migration::swap_containers`] was not called, a last copy of what the earlier
+    /// programs added, and the retired pins removed (the earlier maps go with the last
     /// program that used them).
     pub fn finish(mut self, ebpf: &mut Ebpf, container_program: &str) -> Result<MigrationReport> {
         if !self.is_upgrade() {
@@ -450,7 +471,7 @@ impl Migration {
                 entries: 0,
             });
         }
-        swap_container_links(ebpf, container_program, &self.pin_dir.join(LINKS_DIR))?;
+        self.swap_containers(ebpf, container_program)?;
         self.copy_retired()?;
         let retired_dir = self.pin_dir.join(RETIRED_DIR);
         fs::remove_dir_all(&retired_dir)
@@ -464,6 +485,9 @@ impl Migration {
             entries = report.entries,
             millis = self.started.elapsed().as_millis() as u64,
             swap_millis = self.copied.map_or(0, |t| t.elapsed().as_millis() as u64),
+            containers_swapped_micros = self
+                .containers_swapped_after
+                .map_or(0, |d| d.as_micros() as u64),
             "migrated the pinned maps to this agent's layout"
         );
         Ok(report)

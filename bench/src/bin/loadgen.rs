@@ -28,7 +28,10 @@
 
 use std::{
     io::{ErrorKind, Read, Write},
-    net::{Ipv4Addr, Shutdown, SocketAddrV4, TcpListener, TcpStream, UdpSocket},
+    net::{
+        IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, SocketAddrV4, SocketAddrV6, TcpListener,
+        TcpStream, UdpSocket,
+    },
     os::fd::AsRawFd,
     process::ExitCode,
     sync::{
@@ -54,18 +57,29 @@ struct Cli {
     mode: Mode,
 }
 
-/// The flags of every client: where it connects from and to, and for how long.
+/// The flags of every client: where it connects from and to, and for how long. IPv4 or
+/// IPv6 (`[2001:db8::1]:8080`), both of one family; the raw-socket senders are IPv4 only.
 #[derive(Args)]
 struct Endpoints {
     /// The local address to send from.
     #[arg(long)]
-    from: Ipv4Addr,
+    from: IpAddr,
     /// The server (or first server) to reach.
     #[arg(long)]
-    to: SocketAddrV4,
+    to: SocketAddr,
     /// How long to run (at most 3600).
     #[arg(long, value_parser = seconds)]
     seconds: Duration,
+}
+
+impl Endpoints {
+    /// The IPv4 addresses of a sender that builds IPv4 packets itself.
+    fn ipv4(&self) -> Result<(Ipv4Addr, SocketAddrV4)> {
+        match (self.from, self.to) {
+            (IpAddr::V4(from), SocketAddr::V4(to)) => Ok((from, to)),
+            _ => Err("this sender builds IPv4 packets: --from and --to must be IPv4".into()),
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -198,14 +212,23 @@ fn main() -> ExitCode {
 
 // --- the server ---------------------------------------------------------------------------
 
+/// A TCP listener on `addr`; IPv6 ones take IPv6 only, as the IPv4 one has the IPv4 side.
+fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.bind(&addr.into())?;
+    socket.listen(4096)?;
+    Ok(socket.into())
+}
+
 fn serve(tcp_port: u16, udp_port: Option<u16>, max: Duration) -> Result<()> {
-    let socket = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP)).map_err(err)?;
-    socket.set_reuse_address(true).map_err(err)?;
-    socket
-        .bind(&SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, tcp_port).into())
-        .map_err(err)?;
-    socket.listen(4096).map_err(err)?;
-    let listener: TcpListener = socket.into();
+    let ipv4 = listen(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, tcp_port).into()).map_err(err)?;
+    // On [::] as well where the namespace has IPv6 (a dual-stack container's); each family
+    // has its own listener, so that IPv4 clients meet an IPv4 socket as they always did.
+    let ipv6 = listen(SocketAddrV6::new(Ipv6Addr::UNSPECIFIED, tcp_port, 0, 0).into()).ok();
     // The watchdog: whatever happens, the server does not outlive its time.
     thread::spawn(move || {
         thread::sleep(max);
@@ -224,9 +247,10 @@ fn serve(tcp_port: u16, udp_port: Option<u16>, max: Duration) -> Result<()> {
             }
         });
     }
-    let workers: Vec<_> = (0..4)
-        .map(|_| {
-            let listener = listener.try_clone().expect("clone listener");
+    let workers: Vec<_> = std::iter::once(ipv4)
+        .chain(ipv6)
+        .flat_map(|listener| (0..4).map(move |_| listener.try_clone().expect("clone listener")))
+        .map(|listener| {
             thread::spawn(move || {
                 loop {
                     if let Ok((stream, _)) = listener.accept() {
@@ -252,7 +276,7 @@ fn handle(mut stream: TcpStream) -> std::io::Result<()> {
     match buf.first().filter(|_| n > 0) {
         Some(b'C') => stream.write_all(b"pong\n"),
         Some(b'W') => {
-            let peer = stream.peer_addr()?.ip().to_string();
+            let peer = stream.peer_addr()?.ip().to_canonical().to_string();
             stream.write_all(peer.as_bytes())
         }
         Some(b'E') => {
@@ -293,12 +317,13 @@ fn err(e: std::io::Error) -> String {
 }
 
 /// A TCP connection from `from` (any port) to `to`, within `timeout`.
-fn connect(from: Ipv4Addr, to: SocketAddrV4, timeout: Duration) -> std::io::Result<TcpStream> {
-    let socket = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))?;
+fn connect(from: IpAddr, to: SocketAddr, timeout: Duration) -> std::io::Result<TcpStream> {
+    let socket = Socket::new(Domain::for_address(to), Type::STREAM, Some(Protocol::TCP))?;
     // The port is chosen at connect, per destination: bind(port 0) alone would reserve one
     // port per socket and run out quickly.
     let one: libc::c_int = 1;
-    // SAFETY: a valid socket, option and int.
+    // SAFETY: a valid socket, option and int. IPv6 TCP sockets take this IPv4-level option
+    // too (the kernel hands SOL_IP options of non-raw IPv6 sockets to the IPv4 code).
     unsafe {
         libc::setsockopt(
             socket.as_raw_fd(),
@@ -308,7 +333,7 @@ fn connect(from: Ipv4Addr, to: SocketAddrV4, timeout: Duration) -> std::io::Resu
             size_of::<libc::c_int>() as libc::socklen_t,
         );
     }
-    socket.bind(&SockAddr::from(SocketAddrV4::new(from, 0)))?;
+    socket.bind(&SockAddr::from(SocketAddr::new(from, 0)))?;
     socket.connect_timeout(&SockAddr::from(to), timeout)?;
     socket.set_tcp_nodelay(true)?;
     Ok(socket.into())
@@ -347,12 +372,15 @@ impl Errors {
 }
 
 /// The `i`-th of `targets` consecutive addresses from `to`'s, at `to`'s port.
-fn nth_target(to: SocketAddrV4, targets: u32, i: u64) -> SocketAddrV4 {
+fn nth_target(to: SocketAddr, targets: u32, i: u64) -> SocketAddr {
     let offset = (i % u64::from(targets.max(1))) as u32;
-    SocketAddrV4::new(
-        Ipv4Addr::from(u32::from(*to.ip()).wrapping_add(offset)),
-        to.port(),
-    )
+    let ip = match to.ip() {
+        IpAddr::V4(ip) => IpAddr::V4(Ipv4Addr::from(u32::from(ip).wrapping_add(offset))),
+        IpAddr::V6(ip) => IpAddr::V6(Ipv6Addr::from(
+            u128::from(ip).wrapping_add(u128::from(offset)),
+        )),
+    };
+    SocketAddr::new(ip, to.port())
 }
 
 /// New connections per second: connect, one request, one response, close; with
@@ -496,7 +524,7 @@ fn udp(path: &Endpoints, size: usize, senders: usize) -> Result<()> {
     let deadline = start + seconds;
     let threads: Vec<_> = (0..senders)
         .map(|_| -> Result<_> {
-            let socket = UdpSocket::bind(SocketAddrV4::new(from, 0)).map_err(err)?;
+            let socket = UdpSocket::bind(SocketAddr::new(from, 0)).map_err(err)?;
             socket.connect(to).map_err(err)?;
             let (sent, failed) = (sent.clone(), failed.clone());
             Ok(thread::spawn(move || {
@@ -573,7 +601,8 @@ fn udpflows(
     ports: u16,
     rate: u64,
 ) -> Result<()> {
-    let &Endpoints { from, to, seconds } = path;
+    let seconds = path.seconds;
+    let (from, to) = path.ipv4()?;
     if addrs == 0 || ports == 0 || rate == 0 {
         return Err("--addrs, --ports and --rate must be positive".into());
     }
@@ -712,7 +741,8 @@ fn tcp_syn(src: Ipv4Addr, sport: u16, to: SocketAddrV4, seq: u32) -> [u8; 40] {
 /// (source ports from 1024 up, one flow per SYN), at most `--rate` a second, for at most
 /// `--seconds`: a SYN flood that never completes a handshake.
 fn synflood(path: &Endpoints, count: u64, sources: u32, rate: u64) -> Result<()> {
-    let &Endpoints { from, to, seconds } = path;
+    let seconds = path.seconds;
+    let (from, to) = path.ipv4()?;
     if sources == 0 || rate == 0 {
         return Err("--sources and --rate must be positive".into());
     }
@@ -835,8 +865,13 @@ mod tests {
 
     #[test]
     fn targets_go_round() {
-        let to: SocketAddrV4 = "192.0.2.64:9000".parse().unwrap();
+        let to: SocketAddr = "192.0.2.64:9000".parse().unwrap();
         assert_eq!(nth_target(to, 64, 65), "192.0.2.65:9000".parse().unwrap());
         assert_eq!(nth_target(to, 1, 7), to);
+        let to: SocketAddr = "[2001:db8:1::ff]:9000".parse().unwrap();
+        assert_eq!(
+            nth_target(to, 4, 2),
+            "[2001:db8:1::101]:9000".parse().unwrap()
+        );
     }
 }
