@@ -403,11 +403,19 @@ fn family_rules(
         // Docker 28's FORWARD rules of the gateway modes that open more than the published
         // container ports.
         match policy.direct_access {
+            // ip6tables' `-p icmp` would match protocol 1, which IPv6 never carries.
             DirectAccess::PublishedAndIcmp => rules.push((
                 Rule::new(
                     "filter",
                     CHAIN_DOCKER,
-                    &["-o", bridge, "-p", "icmp", "-j", "ACCEPT"],
+                    &[
+                        "-o",
+                        bridge,
+                        "-p",
+                        if family.ipv6 { "ipv6-icmp" } else { "icmp" },
+                        "-j",
+                        "ACCEPT",
+                    ],
                 ),
                 Append,
             )),
@@ -1690,6 +1698,29 @@ mod tests {
             ..default_bridge()
         };
         assert_eq!(lines(&routed), ["-A DOCKER -o docker0 -p icmp -j ACCEPT"]);
+        let routed_dual_stack = NetworkPolicy {
+            subnet_ipv6: Some("fd00:1::/64".parse().unwrap()),
+            gateway_ipv6: Some("fd00:1::1".parse().unwrap()),
+            ..routed
+        };
+        let icmp: Vec<String> = network_rules(&routed_dual_stack, LocalAccess::Proxy, true)
+            .iter()
+            .filter(|(r, _)| r.args.iter().any(|a| a.contains("icmp")))
+            .map(|(r, _)| {
+                format!(
+                    "{} {}",
+                    if r.ipv6 { "ip6tables" } else { "iptables" },
+                    r.save_line()
+                )
+            })
+            .collect();
+        assert_eq!(
+            icmp,
+            [
+                "iptables -A DOCKER -o docker0 -p icmp -j ACCEPT",
+                "ip6tables -A DOCKER -o docker0 -p ipv6-icmp -j ACCEPT"
+            ]
+        );
         let internal = NetworkPolicy {
             internal: true,
             ..default_bridge()
