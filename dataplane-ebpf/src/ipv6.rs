@@ -356,7 +356,7 @@ fn reply(ctx: &TcContext, ip: &Ipv6, l4: &L4) -> Option<(i32, Stat)> {
     if ip.hop_limit <= 1 {
         return Some((TC_ACT_SHOT, Stat::ContainerDropTtlExpired));
     }
-    if rewrite_source(ctx, ip, l4, &nat.frontend_ip, nat.frontend_port_be).is_err() {
+    if rewrite_source(ctx, ip, l4, &ip.src, &nat.frontend_ip, nat.frontend_port_be).is_err() {
         return Some((TC_ACT_SHOT, Stat::ContainerDropRewriteFailed));
     }
     let stats = (
@@ -372,14 +372,16 @@ fn reply(ctx: &TcContext, ip: &Ipv6, l4: &L4) -> Option<(i32, Stat)> {
     ))
 }
 
-/// Rewrites a container's packet's source address and port (a reply's to the published
-/// ones, a masqueraded packet's to the node's) and decrements the hop limit, with the
-/// kernel's checksum helpers (a container's packets often carry a partial checksum).
+/// Rewrites a container's packet's source address (`old_ip`, as `ip` has it) and port (a
+/// reply's to the published ones, a masqueraded packet's to the node's) and decrements the
+/// hop limit, with the kernel's checksum helpers (a container's packets often carry a
+/// partial checksum).
 #[inline(always)]
 pub(crate) fn rewrite_source(
     ctx: &TcContext,
     ip: &Ipv6,
     l4: &L4,
+    old_ip: &[u8; 16],
     new_ip: &[u8; 16],
     new_port_be: u16,
 ) -> Result<(), i64> {
@@ -388,7 +390,7 @@ pub(crate) fn rewrite_source(
         flags |= u64::from(BPF_F_MARK_MANGLED_0);
     }
     for i in 0..4 {
-        let (old, new) = (word(&ip.src, i), word(new_ip, i));
+        let (old, new) = (word(old_ip, i), word(new_ip, i));
         ctx.l4_csum_replace(l4.check_offset, u64::from(old), u64::from(new), flags)?;
     }
     let port_flags = (flags & !(u64::from(BPF_F_PSEUDO_HDR) | 4)) | 2;
@@ -540,9 +542,7 @@ fn policy(ctx: &TcContext, ip: &Ipv6, l4: Option<&L4>) -> (i32, Stat) {
         Some(false) => (TC_ACT_SHOT, Stat::ContainerDropIsolation),
         None if source.flags & NETWORK_INTERNAL != 0 => (TC_ACT_SHOT, Stat::ContainerDropInternal),
         None => match l4 {
-            Some(l4) if source.flags & NETWORK_MASQUERADE != 0 => {
-                masquerade6::hand_over(ctx, ip, l4)
-            }
+            Some(_) if source.flags & NETWORK_MASQUERADE != 0 => masquerade6::hand_over(ctx),
             _ => (TC_ACT_OK, Stat::ContainerPassOutside),
         },
     }

@@ -15,7 +15,6 @@ use dataplane_common::{
     NodeAddr, NodeAddrKey, NodeAddrKey6, NodeConfig, PUBLISHED_PORTS_MAX, PortKey, PortKey6,
     PortTarget, PortTarget6, ROUTED_FLOWS_MAX, SOCK_NAT_MAX, SockNatKey, SockNatKey6, SockNatValue,
     SockNatValue6, TRUSTED_IFACES_MAX, TrustedIfaceKey, UNREPLIED_RING_LEN, UPLINK_PROGRAMS_MAX,
-    parse::{L4, ipv6::Ipv6},
     stats::STATS_LEN,
 };
 
@@ -200,18 +199,6 @@ pub static UPLINK6_XDP_PROGRAMS: ProgramArray = ProgramArray::pinned(UPLINK6_PRO
 
 #[map]
 pub static UPLINK6_TC_PROGRAMS: ProgramArray = ProgramArray::pinned(UPLINK6_PROGRAMS_MAX, 0);
-
-/// The parsed packet an IPv6 program hands to its masquerade program (a tail call keeps no
-/// stack): slot 0 at the containers' veths, slot 1 on the uplinks.
-#[repr(C)]
-pub struct Parsed6Handover {
-    pub ip: Ipv6,
-    pub l4: L4,
-}
-
-/// Room for one [`Parsed6Handover`] per side. Scratch space, so not pinned.
-#[map]
-pub static PARSED6_HANDOVER: PerCpuArray<Parsed6Handover> = PerCpuArray::with_max_entries(2, 0);
 
 /// Room for one [`Conntrack6Record`] per side: slot 0 for the containers' veths, slot 1
 /// for the uplinks. Scratch space, so not pinned.

@@ -7,12 +7,15 @@
 //! states, early drop and idle expiry.
 //!
 //! At a container's veth masquerade runs in a program of its own, `container_masquerade6`,
-//! which `container_ingress6` reaches by tail call (through `CONTAINER6_PROGRAMS`) with
-//! the parsed packet in the per-CPU [`CONNTRACK6_SCRATCH`]: `container_ingress6` uses 424
+//! which `container_ingress6` reaches by tail call (through `CONTAINER6_PROGRAMS`), and
+//! which parses the packet again: `container_ingress6` uses 416
 //! of its 512 bytes of stack for parsing, published-port replies and policy, and the port
 //! search with its socket lookups, FIB lookups and early drop needs more than the rest.
-//! Keys and entries are built in that scratch record too, never on the stack: with 16-byte
-//! addresses a flow's two keys and two entries come to 176 bytes.
+//! On the uplinks the replies are translated in programs of their own as well
+//! (`uplink_masquerade6`, `uplink_masquerade6_tc`, `uplink_masquerade6_l3`), reached from
+//! the uplinks' IPv6 programs, which have no stack left for it. Keys and entries are built
+//! in the per-CPU [`CONNTRACK6_SCRATCH`], never on the stack: with 16-byte addresses a
+//! flow's two keys and two entries come to 176 bytes.
 
 use aya_ebpf::{
     EbpfContext,
@@ -24,8 +27,10 @@ use aya_ebpf::{
 use dataplane_common::{
     CONTAINER6_MASQUERADE_SLOT, CT_CLOSING, CT_NEW, CT_ORIGINAL, CT_REPLY, CtEntry6, CtKey6,
     IPPROTO_TCP, IPPROTO_UDP, NodeConfig,
-    ct::TrackedKey,
-    parse::{Frame, L4, ipv6::Ipv6},
+    parse::{
+        Frame, L4,
+        ipv6::{Ipv6, Parsed6, parse_ipv6},
+    },
     stats::Stat,
 };
 
@@ -36,7 +41,7 @@ use crate::{
     ipv6,
     maps::{
         CONNTRACK6, CONNTRACK6_SCRATCH, CONTAINER6_PROGRAMS, Conntrack6Record,
-        MASQUERADE_SOURCES6, NODE_CONFIG, PARSED6_HANDOVER,
+        MASQUERADE_SOURCES6, NODE_CONFIG,
     },
     nat::now_ns,
 };
@@ -51,7 +56,14 @@ fn record_for(slot: u32, ip: &Ipv6, l4: &L4) -> Option<&'static mut Conntrack6Re
     let record = CONNTRACK6_SCRATCH.get_ptr_mut(slot)?;
     // SAFETY: a map value of plain data, ours alone on this CPU while the program runs.
     let record = unsafe { &mut *record };
-    record.key = TrackedKey::new(ip.src, ip.dst, l4.sport_be, l4.dport_be, ip.protocol);
+    // Field by field: a whole key built first would be built on the stack.
+    let key = &mut record.key;
+    key.src_ip = ip.src;
+    key.dst_ip = ip.dst;
+    key.sport_be = l4.sport_be;
+    key.dport_be = l4.dport_be;
+    key.proto = ip.protocol;
+    key._pad = [0; 3];
     Some(record)
 }
 
@@ -71,36 +83,32 @@ fn touch(key: &CtKey6, entry: *mut CtEntry6, l4: &L4) -> Seen {
     what
 }
 
-/// At a container's veth, in `container_ingress6`: hands a TCP or UDP packet to the outside
-/// of a masquerading network to `container_masquerade6`, which counts its own verdict. If
+/// At a container's veth, in `container_ingress6`: hands a TCP or UDP packet to the
+/// outside of a masquerading network to `container_masquerade6`, which counts its
+/// own verdict. If
 /// the tail call fails (no program in the slot: an agent that has not filled it yet), the
 /// packet is dropped, counted: passed, it would leave with the container's own address.
 #[inline(always)]
-pub fn hand_over(ctx: &TcContext, ip: &Ipv6, l4: &L4) -> (i32, Stat) {
-    let Some(handover) = PARSED6_HANDOVER.get_ptr_mut(CONTAINER_SLOT) else {
-        return (TC_ACT_SHOT, Stat::ContainerDropIpv6ProgramMissing);
-    };
-    // SAFETY: a map value of plain data, ours alone on this CPU while the programs run.
-    unsafe {
-        (*handover).ip = *ip;
-        (*handover).l4 = *l4;
-    }
+pub fn hand_over(ctx: &TcContext) -> (i32, Stat) {
     // SAFETY: a tail call returns only when it failed; the context is the program's own.
     let _ = unsafe { CONTAINER6_PROGRAMS.tail_call(ctx, CONTAINER6_MASQUERADE_SLOT) };
     (TC_ACT_SHOT, Stat::ContainerDropIpv6ProgramMissing)
 }
 
-/// `container_masquerade6`: masquerades the packet `container_ingress6` handed over.
+/// `container_masquerade6`: masquerades the packet `container_ingress6` handed over,
+/// parsed again (the verifier trusts offsets into the packet only from its own bounds
+/// checks; `container_ingress6` has pulled the headers into the linear area).
 #[inline(always)]
 pub fn container_masquerade(ctx: &TcContext) -> (i32, Stat) {
-    // Read in place: copied, the addresses would sit on the stack byte by byte.
-    match PARSED6_HANDOVER.get(CONTAINER_SLOT) {
-        Some(handover) => masquerade(ctx, &handover.ip, &handover.l4),
-        None => (TC_ACT_SHOT, Stat::ContainerDropIpv6ProgramMissing),
+    match parse_ipv6(&TcFrame(ctx), ctx.len() as usize) {
+        Ok(Parsed6::Transport(ip, l4)) => masquerade(ctx, &ip, &l4),
+        _ => (TC_ACT_SHOT, Stat::ContainerDropMalformed),
     }
 }
 
 /// Masquerades a container's TCP or UDP packet to the outside and forwards it by the FIB.
+/// Its addresses are read from `record.key` once it is made, never from `ip`: kept in
+/// registers across the helper calls, their 32 bytes would be spilled one by one.
 #[inline(always)]
 fn masquerade(ctx: &TcContext, ip: &Ipv6, l4: &L4) -> (i32, Stat) {
     let Some(config) = NODE_CONFIG.get(0) else {
@@ -142,6 +150,7 @@ fn masquerade(ctx: &TcContext, ip: &Ipv6, l4: &L4) -> (i32, Stat) {
         ctx,
         ip,
         l4,
+        &record.key.src_ip,
         &record.original.nat_ip,
         record.original.nat_port_be,
     );
@@ -155,7 +164,7 @@ fn masquerade(ctx: &TcContext, ip: &Ipv6, l4: &L4) -> (i32, Stat) {
         Stat::ContainerRedirectMasquerade,
         Stat::ContainerRedirectMasqueradeNeigh,
     );
-    ipv6::forward(ctx, &record.original.nat_ip, &ip.dst, ip.protocol, stats)
+    ipv6::forward(ctx, &record.original.nat_ip, &record.key.dst_ip, ip.protocol, stats)
 }
 
 /// Picks a source port for a new flow and records both directions in `record` and
@@ -170,7 +179,7 @@ fn open_flow(
     record: &mut Conntrack6Record,
     config: &NodeConfig,
 ) -> Result<(), Stat> {
-    let egress = ipv6::egress_ifindex(ctx, &ip.src, &ip.dst, ip.protocol)
+    let egress = ipv6::egress_ifindex(ctx, &record.key.src_ip, &record.key.dst_ip, ip.protocol)
         .ok_or(Stat::ContainerDropNoRoute)?;
     // SAFETY: plain data copied out at once.
     let Some(nat_ip) = (unsafe { MASQUERADE_SOURCES6.get(&egress) }) else {
@@ -188,7 +197,7 @@ fn open_flow(
     record.original.host_veth_ifindex = 0;
     record.original.container_mac = [0; 6];
     record.original.host_veth_mac = [0; 6];
-    record.reply.nat_ip = ip.src;
+    record.reply.nat_ip = record.key.src_ip;
     record.reply.nat_port_be = l4.sport_be;
     record.reply.direction = CT_REPLY;
     record.reply.state = CT_NEW;
@@ -197,7 +206,7 @@ fn open_flow(
     record.reply.host_veth_ifindex = unsafe { (*ctx.skb.skb).ifindex };
     record.reply.container_mac = container_mac;
     record.reply.host_veth_mac = gateway_mac;
-    record.reply_key.src_ip = ip.dst;
+    record.reply_key.src_ip = record.key.dst_ip;
     record.reply_key.dst_ip = *nat_ip;
     record.reply_key.sport_be = l4.dport_be;
     record.reply_key.proto = ip.protocol;
@@ -332,33 +341,38 @@ pub fn hand_over_reply<C: EbpfContext>(
     ip: &Ipv6,
     l4: &L4,
 ) -> Option<(Action, Stat)> {
-    let record = record_for(UPLINK_SLOT, ip, l4)?;
-    // SAFETY: only reading the direction of a live map value.
-    if unsafe { CONNTRACK6.get(&record.key) }?.direction != CT_REPLY {
+    if !is_reply(ip, l4) {
         return None;
-    }
-    let handover = PARSED6_HANDOVER.get_ptr_mut(UPLINK_SLOT)?;
-    // SAFETY: a map value of plain data, ours alone on this CPU while the programs run.
-    unsafe {
-        (*handover).ip = *ip;
-        (*handover).l4 = *l4;
     }
     // SAFETY: a tail call returns only when it failed; the context is the program's own.
     let _ = unsafe { programs.tail_call(ctx, slot) };
     Some((Action::Pass, Stat::UplinkPassIpv6ProgramMissing))
 }
 
+/// Whether a packet on the uplink is a reply of a masqueraded flow. A BPF subprogram:
+/// inlined, its reads of the parsed headers change how the uplinks' IPv6 programs are
+/// compiled enough for the verifier to refuse them (a pointer spilled in part).
+#[inline(never)]
+fn is_reply(ip: &Ipv6, l4: &L4) -> bool {
+    let Some(record) = record_for(UPLINK_SLOT, ip, l4) else {
+        return false;
+    };
+    // SAFETY: only reading the direction of a live map value.
+    unsafe { CONNTRACK6.get(&record.key) }.is_some_and(|entry| entry.direction == CT_REPLY)
+}
+
 /// `uplink_masquerade6` and its TC twins: translates the reply an uplink's IPv6 program
 /// handed over.
 #[inline(always)]
-pub fn uplink_masquerade<P: Packet>(packet: &P) -> (Action, Stat) {
-    let Some(handover) = PARSED6_HANDOVER.get(UPLINK_SLOT) else {
-        return (Action::Pass, Stat::UplinkPassIpv6ProgramMissing);
-    };
-    // Read in place, as `container_masquerade` does. A flow gone since the hand-over (on
+pub fn uplink_masquerade<P: Packet>(packet: &P, len: usize) -> (Action, Stat) {
+    // Parsed again, as in `container_masquerade`. A flow gone since the hand-over (on
     // another CPU) passes to the node's stack as any unknown packet.
-    reply(packet, &handover.ip, &handover.l4)
-        .unwrap_or((Action::Pass, Stat::UplinkPassNotPublished))
+    match parse_ipv6(packet, len) {
+        Ok(Parsed6::Transport(ip, l4)) => {
+            reply(packet, &ip, &l4).unwrap_or((Action::Pass, Stat::UplinkPassNotPublished))
+        }
+        _ => (Action::Drop, Stat::UplinkDropMalformed),
+    }
 }
 
 /// A reply of a masqueraded IPv6 flow goes straight back to its container, its

@@ -2087,3 +2087,5 @@ mod ipv6;
 mod ipv6_icmp;
 #[path = "dataplane_test_run/layer3.rs"]
 mod layer3;
+#[path = "dataplane_test_run/ipv6_masquerade.rs"]
+mod ipv6_masquerade;
