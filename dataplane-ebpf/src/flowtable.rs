@@ -142,11 +142,7 @@ impl CtTable for Conntrack6 {
 
     /// In [`PEER6_SCRATCH`]: 40 bytes the IPv6 programs' stack has not got to spare.
     #[inline(always)]
-    fn with_peer<R>(
-        key: &CtKey6,
-        entry: &CtEntry6,
-        f: impl FnOnce(&CtKey6) -> R,
-    ) -> Option<R> {
+    fn with_peer<R>(key: &CtKey6, entry: &CtEntry6, f: impl FnOnce(&CtKey6) -> R) -> Option<R> {
         let peer = PEER6_SCRATCH.get_ptr_mut(0)?;
         // SAFETY: a map value of plain data, ours alone on this CPU while the program
         // runs; no caller of `with_peer` calls it again inside `f`.

@@ -26,8 +26,8 @@ use aya_ebpf::{
 };
 use dataplane_common::{
     CT_NEW, FILTER_DENY, FILTER_SCOPE_BITS, FilterKey6, FlowKey6, IPPROTO_ICMPV6, IPPROTO_UDP,
-    NETWORK_ICC, NETWORK_INTERNAL, NETWORK_MASQUERADE, NatFlow6, NetworkKey6, NodeAddrKey6, PortKey6, PortTarget6,
-    csum,
+    NETWORK_ICC, NETWORK_INTERNAL, NETWORK_MASQUERADE, NatFlow6, NetworkKey6, NodeAddrKey6,
+    PortKey6, PortTarget6, csum,
     parse::{
         ETH_HLEN, Frame, L4, L4_DPORT_OFF, L4_SPORT_OFF, Malformed,
         ipv6::{
@@ -42,8 +42,9 @@ use crate::{
     flowtable::EEXIST,
     frag6,
     frame::{Action, L4Change, Packet, TcFrame},
-    icmp6, masquerade6,
+    icmp6,
     maps::{FIB_SCRATCH, FILTER_RULES6, NAT_FLOWS6, NETWORKS6, NODE_ADDRS6, PUBLISHED_PORTS6},
+    masquerade6,
     nat::{next_state, now_ns},
     stats::count_filter_hit,
 };
@@ -291,12 +292,7 @@ fn word(addr: &[u8; 16], i: usize) -> u32 {
 /// Ethernet header, through [`Packet`] (incremental checksums at XDP, the kernel's helpers
 /// at TC).
 #[inline(always)]
-pub(crate) fn to_target<P: Packet>(
-    packet: &P,
-    ip: &Ipv6,
-    l4: &L4,
-    to: &PortTarget6,
-) -> Option<()> {
+pub(crate) fn to_target<P: Packet>(packet: &P, ip: &Ipv6, l4: &L4, to: &PortTarget6) -> Option<()> {
     let udp = ip.protocol == IPPROTO_UDP;
     let address = L4Change {
         size: 0,
@@ -449,8 +445,8 @@ pub(crate) fn egress_ifindex(
     protocol: u8,
 ) -> Option<u32> {
     let (ret, ifindex, _, _) = fib_lookup6(ctx, src, dst, protocol)?;
-    let routed = ret == i64::from(BPF_FIB_LKUP_RET_SUCCESS)
-        || ret == i64::from(BPF_FIB_LKUP_RET_NO_NEIGH);
+    let routed =
+        ret == i64::from(BPF_FIB_LKUP_RET_SUCCESS) || ret == i64::from(BPF_FIB_LKUP_RET_NO_NEIGH);
     routed.then_some(ifindex)
 }
 

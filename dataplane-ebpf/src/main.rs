@@ -126,19 +126,25 @@ pub fn uplink_ingress6_l3(ctx: TcContext) -> i32 {
 /// (masquerade6.rs), with a stack of their own. Counted as `uplink_ingress`.
 #[xdp]
 pub fn uplink_masquerade6(ctx: XdpContext) -> u32 {
-    on_xdp(&ctx, |frame, len| masquerade6::uplink_masquerade(frame, len))
+    on_xdp(&ctx, |frame, len| {
+        masquerade6::uplink_masquerade(frame, len)
+    })
 }
 
 /// The same from `uplink_ingress6_tc`.
 #[classifier]
 pub fn uplink_masquerade6_tc(ctx: TcContext) -> i32 {
-    on_tc(&ctx, |frame, len| masquerade6::uplink_masquerade(frame, len))
+    on_tc(&ctx, |frame, len| {
+        masquerade6::uplink_masquerade(frame, len)
+    })
 }
 
 /// The same from `uplink_ingress6_l3`.
 #[classifier]
 pub fn uplink_masquerade6_l3(ctx: TcContext) -> i32 {
-    on_tc_l3(&ctx, |frame, len| masquerade6::uplink_masquerade(frame, len))
+    on_tc_l3(&ctx, |frame, len| {
+        masquerade6::uplink_masquerade(frame, len)
+    })
 }
 
 /// What an XDP uplink program does around its logic: counts the verdict, reports it.

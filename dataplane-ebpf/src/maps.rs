@@ -7,14 +7,15 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, ProgramArray, RingBuf},
 };
 use dataplane_common::{
-    BackendKey, CONNTRACK_MAX, CONTAINER_PROGRAMS_MAX, CONTAINER6_PROGRAMS_MAX, UPLINK6_PROGRAMS_MAX, Counter, CtEntry, CtEntry6, CtKey, CtKey6, ENDPOINTS_MAX,
-    EVENTS_BYTES, EndpointInfo, EndpointKey, EventBudget, FILTER_RULES_MAX, FRAGMENTS_MAX,
-    FilterKey, FilterKey6, FilterRule, FlowKey, FlowKey6, FragmentEntry, FragmentEntry6,
-    FragmentKey, FragmentKey6, LINKS_MAX, LinkKey, MASQUERADE_SOURCES_MAX, NAT_FLOWS_MAX,
-    NETWORKS_MAX, NODE_ADDRS_MAX, NatFlow, NatFlow6, NetworkInfo, NetworkKey, NetworkKey6,
-    NodeAddr, NodeAddrKey, NodeAddrKey6, NodeConfig, PUBLISHED_PORTS_MAX, PortKey, PortKey6,
-    PortTarget, PortTarget6, ROUTED_FLOWS_MAX, SOCK_NAT_MAX, SockNatKey, SockNatKey6, SockNatValue,
-    SockNatValue6, TRUSTED_IFACES_MAX, TrustedIfaceKey, UNREPLIED_RING_LEN, UPLINK_PROGRAMS_MAX,
+    BackendKey, CONNTRACK_MAX, CONTAINER_PROGRAMS_MAX, CONTAINER6_PROGRAMS_MAX, Counter, CtEntry,
+    CtEntry6, CtKey, CtKey6, ENDPOINTS_MAX, EVENTS_BYTES, EndpointInfo, EndpointKey, EventBudget,
+    FILTER_RULES_MAX, FRAGMENTS_MAX, FilterKey, FilterKey6, FilterRule, FlowKey, FlowKey6,
+    FragmentEntry, FragmentEntry6, FragmentKey, FragmentKey6, LINKS_MAX, LinkKey,
+    MASQUERADE_SOURCES_MAX, NAT_FLOWS_MAX, NETWORKS_MAX, NODE_ADDRS_MAX, NatFlow, NatFlow6,
+    NetworkInfo, NetworkKey, NetworkKey6, NodeAddr, NodeAddrKey, NodeAddrKey6, NodeConfig,
+    PUBLISHED_PORTS_MAX, PortKey, PortKey6, PortTarget, PortTarget6, ROUTED_FLOWS_MAX,
+    SOCK_NAT_MAX, SockNatKey, SockNatKey6, SockNatValue, SockNatValue6, TRUSTED_IFACES_MAX,
+    TrustedIfaceKey, UNREPLIED_RING_LEN, UPLINK_PROGRAMS_MAX, UPLINK6_PROGRAMS_MAX,
     stats::STATS_LEN,
 };
 

@@ -20,9 +20,9 @@
 use aya_ebpf::{
     EbpfContext,
     bindings::{TC_ACT_OK, TC_ACT_SHOT},
+    helpers::{bpf_get_prandom_u32, bpf_sk_lookup_tcp, bpf_sk_lookup_udp, bpf_sk_release},
     maps::ProgramArray,
     programs::TcContext,
-    helpers::{bpf_get_prandom_u32, bpf_sk_lookup_tcp, bpf_sk_lookup_udp, bpf_sk_release},
 };
 use dataplane_common::{
     CONTAINER6_MASQUERADE_SLOT, CT_CLOSING, CT_NEW, CT_ORIGINAL, CT_REPLY, CtEntry6, CtKey6,
@@ -40,8 +40,8 @@ use crate::{
     frame::{Action, Packet, TcFrame},
     ipv6,
     maps::{
-        CONNTRACK6, CONNTRACK6_SCRATCH, CONTAINER6_PROGRAMS, Conntrack6Record,
-        MASQUERADE_SOURCES6, NODE_CONFIG,
+        CONNTRACK6, CONNTRACK6_SCRATCH, CONTAINER6_PROGRAMS, Conntrack6Record, MASQUERADE_SOURCES6,
+        NODE_CONFIG,
     },
     nat::now_ns,
 };
@@ -164,7 +164,13 @@ fn masquerade(ctx: &TcContext, ip: &Ipv6, l4: &L4) -> (i32, Stat) {
         Stat::ContainerRedirectMasquerade,
         Stat::ContainerRedirectMasqueradeNeigh,
     );
-    ipv6::forward(ctx, &record.original.nat_ip, &record.key.dst_ip, ip.protocol, stats)
+    ipv6::forward(
+        ctx,
+        &record.original.nat_ip,
+        &record.key.dst_ip,
+        ip.protocol,
+        stats,
+    )
 }
 
 /// Picks a source port for a new flow and records both directions in `record` and
@@ -226,7 +232,13 @@ fn open_flow(
             // SAFETY: plain helper call.
             first + unsafe { bpf_get_prandom_u32() } % count
         };
-        match try_port(ctx, record, (port as u16).to_be(), l4.is_tcp_syn(), ip.protocol) {
+        match try_port(
+            ctx,
+            record,
+            (port as u16).to_be(),
+            l4.is_tcp_syn(),
+            ip.protocol,
+        ) {
             PortTried::Taken => continue,
             PortTried::Recorded => return Ok(()),
             PortTried::TableFull => {

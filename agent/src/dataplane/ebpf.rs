@@ -24,16 +24,16 @@ use aya::{
 };
 use dataplane_common::{
     BackendKey, CONNTRACK, CONNTRACK6, CONTAINER_IPV6_SLOT, CONTAINER_PROGRAMS,
-    CONTAINER6_MASQUERADE_SLOT, CONTAINER6_PROGRAMS, MASQUERADE_SOURCES6, UPLINK6_L3_MASQUERADE_SLOT,
-    UPLINK6_MASQUERADE_SLOT, UPLINK6_TC_PROGRAMS, UPLINK6_XDP_PROGRAMS, Counter, CtEntry, CtKey,
-    ENDPOINTS, EVENT_DROP, EVENTS, EndpointInfo, EndpointKey, Event, FILTER_ALLOW, FILTER_DENY,
-    FILTER_HITS, FILTER_RULES, FILTER_SCOPE_BITS, FilterKey, FilterRule, FlowKey, IPPROTO_TCP,
-    LINKS, LinkKey, MASQUERADE_SOURCES, NAT_FLOWS, NETWORK_DIRECT_ANY, NETWORK_DIRECT_ICMP,
+    CONTAINER6_MASQUERADE_SLOT, CONTAINER6_PROGRAMS, Counter, CtEntry, CtKey, ENDPOINTS,
+    EVENT_DROP, EVENTS, EndpointInfo, EndpointKey, Event, FILTER_ALLOW, FILTER_DENY, FILTER_HITS,
+    FILTER_RULES, FILTER_SCOPE_BITS, FilterKey, FilterRule, FlowKey, IPPROTO_TCP, LINKS, LinkKey,
+    MASQUERADE_SOURCES, MASQUERADE_SOURCES6, NAT_FLOWS, NETWORK_DIRECT_ANY, NETWORK_DIRECT_ICMP,
     NETWORK_DIRECT_PUBLISHED, NETWORK_ICC, NETWORK_INTERNAL, NETWORK_MASQUERADE, NETWORKS,
     NODE_ADDRS, NODE_CONFIG, NatFlow, NetworkInfo, NetworkKey, NodeAddr, NodeAddrKey, NodeConfig,
     PUBLISHED_BACKENDS, PUBLISHED_PORTS, PortKey, PortTarget, ROUTED_FLOWS, STATS, TRUSTED_IFACES,
     TrustedIfaceKey, UPLINK_IPV6_SLOT, UPLINK_L3_IPV6_SLOT, UPLINK_TC_PROGRAMS,
-    UPLINK_XDP_PROGRAMS, stats::Stat,
+    UPLINK_XDP_PROGRAMS, UPLINK6_L3_MASQUERADE_SLOT, UPLINK6_MASQUERADE_SLOT, UPLINK6_TC_PROGRAMS,
+    UPLINK6_XDP_PROGRAMS, stats::Stat,
 };
 use dataplane_common::{
     FILTER_RULES6, FilterKey6, FlowKey6, NAT_FLOWS6, NETWORKS6, NODE_ADDRS6, NatFlow6, NetworkKey6,
@@ -151,9 +151,9 @@ pub fn loaded_programs(ebpf: &Ebpf) -> Result<Vec<ProgramInfo>> {
 /// program through a restart or an upgrade.
 pub fn load_container_programs(ebpf: &mut Ebpf) -> Result<()> {
     let masquerade6: &mut SchedClassifier = program(ebpf, CONTAINER_MASQUERADE6_PROGRAM)?;
-    masquerade6
-        .load()
-        .map_err(Error::dataplane("loading the container's IPv6 masquerade program"))?;
+    masquerade6.load().map_err(Error::dataplane(
+        "loading the container's IPv6 masquerade program",
+    ))?;
     let fd = program_fd(masquerade6.fd())?;
     let map = ebpf
         .map_mut(CONTAINER6_PROGRAMS)
@@ -162,7 +162,9 @@ pub fn load_container_programs(ebpf: &mut Ebpf) -> Result<()> {
         ProgramArray::try_from(map).map_err(Error::dataplane(CONTAINER6_PROGRAMS))?;
     slots
         .set(CONTAINER6_MASQUERADE_SLOT, &fd, 0)
-        .map_err(Error::dataplane("filling the container's IPv6 program array"))?;
+        .map_err(Error::dataplane(
+            "filling the container's IPv6 program array",
+        ))?;
     let ipv6: &mut SchedClassifier = program(ebpf, CONTAINER6_PROGRAM)?;
     ipv6.load()
         .map_err(Error::dataplane("loading the container's IPv6 TC program"))?;
@@ -189,21 +191,34 @@ pub fn load_container_programs(ebpf: &mut Ebpf) -> Result<()> {
 /// is: see [`load_container_programs`]).
 pub fn load_uplink_programs(ebpf: &mut Ebpf) -> Result<()> {
     let xdp_masquerade6: &mut Xdp = program(ebpf, UPLINK_MASQUERADE6_PROGRAM)?;
-    xdp_masquerade6
-        .load()
-        .map_err(Error::dataplane("loading the uplink's IPv6 masquerade XDP program"))?;
+    xdp_masquerade6.load().map_err(Error::dataplane(
+        "loading the uplink's IPv6 masquerade XDP program",
+    ))?;
     let xdp_masquerade6 = program_fd(xdp_masquerade6.fd())?;
     let mut tc_masquerade6 = Vec::new();
     for name in [UPLINK_MASQUERADE6_TC_PROGRAM, UPLINK_MASQUERADE6_L3_PROGRAM] {
         let tc: &mut SchedClassifier = program(ebpf, name)?;
-        tc.load()
-            .map_err(Error::dataplane("loading an uplink's IPv6 masquerade TC program"))?;
+        tc.load().map_err(Error::dataplane(
+            "loading an uplink's IPv6 masquerade TC program",
+        ))?;
         tc_masquerade6.push(program_fd(tc.fd())?);
     }
     for (array, slot, fd) in [
-        (UPLINK6_XDP_PROGRAMS, UPLINK6_MASQUERADE_SLOT, &xdp_masquerade6),
-        (UPLINK6_TC_PROGRAMS, UPLINK6_MASQUERADE_SLOT, &tc_masquerade6[0]),
-        (UPLINK6_TC_PROGRAMS, UPLINK6_L3_MASQUERADE_SLOT, &tc_masquerade6[1]),
+        (
+            UPLINK6_XDP_PROGRAMS,
+            UPLINK6_MASQUERADE_SLOT,
+            &xdp_masquerade6,
+        ),
+        (
+            UPLINK6_TC_PROGRAMS,
+            UPLINK6_MASQUERADE_SLOT,
+            &tc_masquerade6[0],
+        ),
+        (
+            UPLINK6_TC_PROGRAMS,
+            UPLINK6_L3_MASQUERADE_SLOT,
+            &tc_masquerade6[1],
+        ),
     ] {
         fill_program_array(ebpf, array, slot, fd)?;
     }

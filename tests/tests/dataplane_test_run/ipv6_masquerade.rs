@@ -86,7 +86,8 @@ fn ipv6_masquerade_out_and_replies_in() -> Result<()> {
         fx.masquerade6_via_up0()?;
         for (protocol, sport) in [(IPPROTO_TCP, 5000u16), (IPPROTO_UDP, 5001)] {
             let name = format!("protocol {protocol}");
-            let (verdict, out, stat) = fx.run(CONTAINER_PROGRAM, &sent6(opening(protocol, sport)))?;
+            let (verdict, out, stat) =
+                fx.run(CONTAINER_PROGRAM, &sent6(opening(protocol, sport)))?;
             assert_eq!(
                 (verdict, stat),
                 (TC_ACT_REDIRECT, Stat::ContainerRedirectMasquerade),
