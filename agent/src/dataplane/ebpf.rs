@@ -1835,37 +1835,36 @@ impl EbpfDataplane {
         Error::collect(errors)
     }
 
-    /// The slot `container_ingress` tail-calls for IPv6: this agent's `container_ingress6`,
-    /// put back if the slot was emptied or given another program (`bpftool map`), which
-    /// would leave every container's IPv6 a counted drop.
+    /// The slots the container programs tail-call: `container_ingress6` in
+    /// `CONTAINER_PROGRAMS` and `container_masquerade6` in `CONTAINER6_PROGRAMS`, this
+    /// agent's, put back if a slot was emptied or given another program (`bpftool map`),
+    /// which would leave every container's IPv6 (or its masquerade) a counted drop.
     fn repair_container_programs(&mut self, repaired: &mut Vec<Repaired>) -> Result<()> {
-        let ours = program::<SchedClassifier>(&mut self.ebpf, CONTAINER6_PROGRAM)?
-            .info()
-            .map_err(Error::dataplane("reading container_ingress6's info"))?
-            .id();
-        let aya::maps::Map::ProgramArray(slots) = self.map(CONTAINER_PROGRAMS)? else {
-            return Err(Error::dataplane("map lookup")(MissingMap(
-                CONTAINER_PROGRAMS.into(),
-            )));
-        };
-        if program_array_slot(slots, CONTAINER_IPV6_SLOT)? == Some(ours) {
-            return Ok(());
+        for (name, array, slot) in [
+            (CONTAINER6_PROGRAM, CONTAINER_PROGRAMS, CONTAINER_IPV6_SLOT),
+            (
+                CONTAINER_MASQUERADE6_PROGRAM,
+                CONTAINER6_PROGRAMS,
+                CONTAINER6_MASQUERADE_SLOT,
+            ),
+        ] {
+            let ours = program::<SchedClassifier>(&mut self.ebpf, name)?
+                .info()
+                .map_err(Error::dataplane(format!("reading {name}'s info")))?
+                .id();
+            let aya::maps::Map::ProgramArray(slots) = self.map(array)? else {
+                return Err(Error::dataplane("map lookup")(MissingMap(array.into())));
+            };
+            if program_array_slot(slots, slot)? == Some(ours) {
+                continue;
+            }
+            let fd = program_fd(program::<SchedClassifier>(&mut self.ebpf, name)?.fd())?;
+            fill_program_array(&mut self.ebpf, array, slot, &fd)?;
+            repaired.push(Repaired {
+                kind: RepairKind::ProgramReattached,
+                what: format!("{name} in {array}"),
+            });
         }
-        let fd = program::<SchedClassifier>(&mut self.ebpf, CONTAINER6_PROGRAM)?
-            .fd()
-            .map_err(Error::dataplane("the container's IPv6 TC program"))?
-            .try_clone()
-            .map_err(Error::io("duplicating a program descriptor"))?;
-        let mut slots: ProgramArray<&mut MapData> =
-            ProgramArray::try_from(self.map_mut(CONTAINER_PROGRAMS)?)
-                .map_err(Error::dataplane(CONTAINER_PROGRAMS))?;
-        slots
-            .set(CONTAINER_IPV6_SLOT, &fd, 0)
-            .map_err(Error::dataplane("filling the container program array"))?;
-        repaired.push(Repaired {
-            kind: RepairKind::ProgramReattached,
-            what: format!("{CONTAINER6_PROGRAM} in {CONTAINER_PROGRAMS}"),
-        });
         Ok(())
     }
 

@@ -13,8 +13,7 @@ use std::{
 use aya::maps::{HashMap, MapData, MapError};
 use dataplane_common::{
     CONNTRACK, CONNTRACK6, CtEntry, CtEntry6, CtKey, CtKey6, FlowKey, FlowKey6, NAT_FLOWS,
-    NAT_FLOWS6, NatFlow, NatFlow6,
-    ct::TrackedKey,
+    NAT_FLOWS6, NatFlow, NatFlow6, ct::TrackedKey,
 };
 
 use super::{
