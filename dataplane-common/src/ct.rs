@@ -1,9 +1,9 @@
 //! Connection tracking's key and entry types seen through one pair of traits, so that the
 //! flow tables' storage and early drop (dataplane-ebpf's flowtable.rs) are written once
-//! for every address family: IPv4's [`CtKey`]/[`CtEntry`] implement them here, and IPv6's
-//! tracking is to implement them for its own key and entry types.
+//! for every address family: IPv4's [`CtKey`]/[`CtEntry`] and IPv6's [`CtKey6`]/[`CtEntry6`]
+//! implement them here.
 
-use crate::{CT_ORIGINAL, CtEntry, CtKey};
+use crate::{CT_ORIGINAL, CtEntry, CtEntry6, CtKey, CtKey6};
 
 /// A tracked packet's key: its 5-tuple as it is on the wire in one direction.
 pub trait TrackedKey: Copy + Eq + 'static {
@@ -119,6 +119,68 @@ impl TrackedEntry for CtEntry {
     }
 }
 
+impl TrackedKey for CtKey6 {
+    type Addr = [u8; 16];
+    type Entry = CtEntry6;
+
+    #[inline(always)]
+    fn new(src: [u8; 16], dst: [u8; 16], sport_be: u16, dport_be: u16, proto: u8) -> Self {
+        CtKey6 {
+            src_ip: src,
+            dst_ip: dst,
+            sport_be,
+            dport_be,
+            proto,
+            _pad: [0; 3],
+        }
+    }
+    #[inline(always)]
+    fn src(&self) -> [u8; 16] {
+        self.src_ip
+    }
+    #[inline(always)]
+    fn dst(&self) -> [u8; 16] {
+        self.dst_ip
+    }
+    #[inline(always)]
+    fn sport_be(&self) -> u16 {
+        self.sport_be
+    }
+    #[inline(always)]
+    fn dport_be(&self) -> u16 {
+        self.dport_be
+    }
+    #[inline(always)]
+    fn proto(&self) -> u8 {
+        self.proto
+    }
+}
+
+impl TrackedEntry for CtEntry6 {
+    type Addr = [u8; 16];
+
+    #[inline(always)]
+    fn nat_ip(&self) -> [u8; 16] {
+        self.nat_ip
+    }
+    #[inline(always)]
+    fn nat_port_be(&self) -> u16 {
+        self.nat_port_be
+    }
+    #[inline(always)]
+    fn direction(&self) -> u8 {
+        self.direction
+    }
+    #[inline(always)]
+    fn state(&self) -> u8 {
+        self.state
+    }
+    #[inline(always)]
+    fn set_state(&mut self, state: u8) {
+        self.state = state;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -150,6 +212,36 @@ mod tests {
             nat_port_be: 5000u16.to_be(),
             direction: CT_REPLY,
             ..CtEntry::default()
+        };
+        assert_eq!(reply_key.peer(&reply), original_key);
+    }
+
+    #[test]
+    fn either_entry_of_an_ipv6_flow_names_the_other() {
+        let (container, world, node) = ([0xfd; 16], [0x20; 16], [0x21; 16]);
+        let original_key = CtKey6::new(
+            container,
+            world,
+            5000u16.to_be(),
+            443u16.to_be(),
+            IPPROTO_TCP,
+        );
+        let original = CtEntry6 {
+            nat_ip: node,
+            nat_port_be: 6000u16.to_be(),
+            direction: CT_ORIGINAL,
+            ..CtEntry6::default()
+        };
+        let reply_key = original_key.peer(&original);
+        assert_eq!(
+            reply_key,
+            CtKey6::new(world, node, 443u16.to_be(), 6000u16.to_be(), IPPROTO_TCP)
+        );
+        let reply = CtEntry6 {
+            nat_ip: container,
+            nat_port_be: 5000u16.to_be(),
+            direction: CT_REPLY,
+            ..CtEntry6::default()
         };
         assert_eq!(reply_key.peer(&reply), original_key);
     }

@@ -150,6 +150,13 @@ pub const CURRENT: &[MapLayout] = &[
     MapLayout::hash::<FragmentKey6, FragmentEntry6>(FRAGMENTS6, 1),
     MapLayout::array::<u32>(UPLINK_XDP_PROGRAMS, 1),
     MapLayout::array::<u32>(UPLINK_TC_PROGRAMS, 1),
+    MapLayout::hash::<u32, [u8; 16]>(MASQUERADE_SOURCES6, 1),
+    MapLayout::hash::<CtKey6, CtEntry6>(CONNTRACK6, 1),
+    MapLayout::array::<CtKey6>(CT_UNREPLIED6, 1),
+    MapLayout::array::<u32>(UNREPLIED_CURSORS6, 1),
+    MapLayout::array::<u32>(CONTAINER6_PROGRAMS, 1),
+    MapLayout::array::<u32>(UPLINK6_XDP_PROGRAMS, 1),
+    MapLayout::array::<u32>(UPLINK6_TC_PROGRAMS, 1),
 ];
 
 /// The earlier layouts this build migrates from, with their types frozen in a module of

@@ -106,6 +106,32 @@ pub const UPLINK_PROGRAMS_MAX: u32 = 2;
 /// [`FRAGMENTS`] for IPv6 datagrams (RFC 8200's reassembly key: addresses and the fragment
 /// header's identification), with the same size and timeout.
 pub const FRAGMENTS6: &str = "FRAGMENTS6";
+/// [`MASQUERADE_SOURCES`] for IPv6: interface index → the IPv6 source of masqueraded
+/// traffic leaving by it (its first global address), in memory order.
+pub const MASQUERADE_SOURCES6: &str = "MASQUERADE_SOURCES6";
+/// [`CONNTRACK`] for IPv6 (masqueraded flows, one entry per direction), sized as it, with
+/// its own ring of flows recently opened or closing ([`CT_UNREPLIED6`]) and that ring's
+/// write and evict cursors ([`UNREPLIED_CURSORS6`] 0 and 1).
+pub const CONNTRACK6: &str = "CONNTRACK6";
+pub const CT_UNREPLIED6: &str = "CT_UNREPLIED6";
+pub const UNREPLIED_CURSORS6: &str = "UNREPLIED_CURSORS6";
+/// The programs `container_ingress6` hands a packet to by tail call, as
+/// [`CONTAINER_PROGRAMS`]: `container_masquerade6` at [`CONTAINER6_MASQUERADE_SLOT`], where
+/// an IPv6 packet to be masqueraded gets a stack of its own.
+pub const CONTAINER6_PROGRAMS: &str = "CONTAINER6_PROGRAMS";
+pub const CONTAINER6_MASQUERADE_SLOT: u32 = 0;
+/// Slots of [`CONTAINER6_PROGRAMS`].
+pub const CONTAINER6_PROGRAMS_MAX: u32 = 1;
+/// The programs the uplinks' IPv6 programs hand a reply of a masqueraded IPv6 flow to by
+/// tail call, one array per program type as [`UPLINK_XDP_PROGRAMS`]:
+/// `uplink_masquerade6` at [`UPLINK6_MASQUERADE_SLOT`] of XDP's, `uplink_masquerade6_tc`
+/// there and `uplink_masquerade6_l3` at [`UPLINK6_L3_MASQUERADE_SLOT`] of TC's.
+pub const UPLINK6_XDP_PROGRAMS: &str = "UPLINK6_XDP_PROGRAMS";
+pub const UPLINK6_TC_PROGRAMS: &str = "UPLINK6_TC_PROGRAMS";
+pub const UPLINK6_MASQUERADE_SLOT: u32 = 0;
+pub const UPLINK6_L3_MASQUERADE_SLOT: u32 = 1;
+/// Slots of [`UPLINK6_XDP_PROGRAMS`] and [`UPLINK6_TC_PROGRAMS`].
+pub const UPLINK6_PROGRAMS_MAX: u32 = 2;
 pub const EVENTS_BYTES: u32 = 256 * 1024;
 /// Events per second and CPU that the ring buffer takes; the rest are only counted.
 pub const EVENTS_PER_SECOND: u64 = 1000;
@@ -441,6 +467,18 @@ pub struct CtKey {
     pub _pad: [u8; 3],
 }
 
+/// Key of [`CONNTRACK6`]: [`CtKey`] with IPv6 addresses (in memory order).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct CtKey6 {
+    pub src_ip: [u8; 16],
+    pub dst_ip: [u8; 16],
+    pub sport_be: u16,
+    pub dport_be: u16,
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+
 /// [`Event::kind`].
 pub const EVENT_DROP: u32 = 1;
 pub const EVENT_NEW_FLOW: u32 = 2;
@@ -527,6 +565,21 @@ pub struct CtEntry {
     pub state: u8,
     pub last_seen_ns: u64,
     /// For replies: the container's veth and MACs, to hand the frame straight over.
+    pub host_veth_ifindex: u32,
+    pub container_mac: [u8; 6],
+    pub host_veth_mac: [u8; 6],
+}
+
+/// Value of [`CONNTRACK6`]: [`CtEntry`] with an IPv6 address.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct CtEntry6 {
+    pub nat_ip: [u8; 16],
+    pub nat_port_be: u16,
+    pub direction: u8,
+    pub state: u8,
+    pub _pad: u32,
+    pub last_seen_ns: u64,
     pub host_veth_ifindex: u32,
     pub container_mac: [u8; 6],
     pub host_veth_mac: [u8; 6],
@@ -626,6 +679,8 @@ const _: () = assert!(size_of::<FragmentKey>() == 12);
 const _: () = assert!(size_of::<FragmentEntry>() == 32);
 const _: () = assert!(size_of::<FragmentKey6>() == 36);
 const _: () = assert!(size_of::<FragmentEntry6>() == 56);
+const _: () = assert!(size_of::<CtKey6>() == 40);
+const _: () = assert!(size_of::<CtEntry6>() == 48);
 
 /// aya's `Pod` for types whose `bytemuck::Pod` derive proved them free of padding bytes and
 /// valid for every bit pattern.
@@ -679,4 +734,6 @@ aya_pod!(
     SockNatValue6,
     FragmentKey6,
     FragmentEntry6,
+    CtKey6,
+    CtEntry6,
 );

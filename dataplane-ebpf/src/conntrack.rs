@@ -32,7 +32,7 @@ use crate::{
 /// Ports tried for a new flow (after the container's own) before it is refused as
 /// exhausted. Random probes, as the kernel makes: with a range half full, 32 tries all
 /// failing has odds of 2^-32.
-const PORT_TRIES: u32 = 32;
+pub(crate) const PORT_TRIES: u32 = 32;
 const TCP_FIN: u8 = 0x01;
 const TCP_RST: u8 = 0x04;
 
@@ -57,7 +57,7 @@ fn key_of(ip: &Ipv4, l4: &L4) -> CtKey {
 
 /// What a packet does to its flow.
 #[derive(PartialEq, Eq)]
-enum Seen {
+pub(crate) enum Seen {
     /// Nothing but the flow's last-seen time.
     Packet,
     /// Moves the flow to this state (both entries).
@@ -69,10 +69,10 @@ enum Seen {
 /// What a packet in `direction` does to a flow in `state` (nf_conntrack's view, without
 /// the sequence windows): a reply answers a new flow (TCP: the opener's ACK of it
 /// completes the handshake), a FIN closes, a RST ends, and a SYN from the original side
-/// takes a closing flow over as a new one (TIME_WAIT reuse).
+/// takes a closing flow over as a new one (TIME_WAIT reuse). Both families' (`protocol`).
 #[inline(always)]
-fn seen(state: u8, direction: u8, ip: &Ipv4, l4: &L4) -> Seen {
-    if ip.protocol == IPPROTO_TCP {
+pub(crate) fn seen(state: u8, direction: u8, protocol: u8, l4: &L4) -> Seen {
+    if protocol == IPPROTO_TCP {
         if l4.tcp_flags & TCP_RST != 0 {
             return Seen::Reset;
         }
@@ -89,7 +89,7 @@ fn seen(state: u8, direction: u8, ip: &Ipv4, l4: &L4) -> Seen {
     match (state, direction) {
         // TCP waits for the opener's ACK of the SYN-ACK: a SYN never acknowledged stays
         // evictable.
-        (CT_NEW, CT_REPLY) if ip.protocol == IPPROTO_TCP => Seen::State(CT_REPLIED),
+        (CT_NEW, CT_REPLY) if protocol == IPPROTO_TCP => Seen::State(CT_REPLIED),
         (CT_NEW, CT_REPLY) => Seen::State(CT_ESTABLISHED),
         (CT_REPLIED, CT_ORIGINAL) if !l4.is_tcp_syn() => Seen::State(CT_ESTABLISHED),
         _ => Seen::Packet,
@@ -105,7 +105,7 @@ fn touch(key: &CtKey, entry: *mut CtEntry, ip: &Ipv4, l4: &L4) -> (CtEntry, Seen
         (*entry).last_seen_ns = now_ns();
         ((*entry).state, (*entry).direction)
     };
-    let what = seen(state, direction, ip, l4);
+    let what = seen(state, direction, ip.protocol, l4);
     if let Seen::State(next) = what {
         flowtable::ct_set_state::<Conntrack>(key, entry, next);
     }
@@ -203,9 +203,10 @@ pub fn masquerade(ctx: &TcContext, ip: &Ipv4, l4: &L4) -> (i32, Stat) {
 }
 
 /// The source ports a new flow may leave with: `(first, count)`. The configured range,
-/// else the kernel's range for the class of the container's own port.
+/// else the kernel's range for the class of the container's own port (an echo
+/// identifier's: any; `icmp`, ICMP's or ICMPv6's echo).
 #[inline(always)]
-fn port_range(config: &NodeConfig, ip: &Ipv4, sport: u16) -> (u32, u32) {
+pub(crate) fn port_range(config: &NodeConfig, icmp: bool, sport: u16) -> (u32, u32) {
     if config.masquerade_port_max != 0 {
         // At least one port: the verifier must see that the modulo cannot divide by zero
         // (the caller has checked that max >= min).
@@ -214,7 +215,7 @@ fn port_range(config: &NodeConfig, ip: &Ipv4, sport: u16) -> (u32, u32) {
             .wrapping_sub(config.masquerade_port_min);
         return (u32::from(config.masquerade_port_min), u32::from(span) + 1);
     }
-    if ip.protocol == IPPROTO_ICMP {
+    if icmp {
         return (0, 65536);
     }
     match sport {
@@ -258,7 +259,7 @@ fn open_flow(
         now: now_ns(),
     };
     let sport = u16::from_be(l4.sport_be);
-    let (first, count) = port_range(config, ip, sport);
+    let (first, count) = port_range(config, ip.protocol == IPPROTO_ICMP, sport);
     let own = u32::from(sport);
     let mut full_at = None;
     for i in 0..=PORT_TRIES {

@@ -1,6 +1,6 @@
 //! Storage of the flow tables, below the modules that translate flows: NAT_FLOWS
-//! (published ports) and CONNTRACK (masquerade and links, through [`CtTable`], which a
-//! table of another address family is to implement too), both plain hash maps.
+//! (published ports), CONNTRACK (masquerade and links) and CONNTRACK6 (IPv6 masquerade),
+//! the last two through [`CtTable`], all plain hash maps.
 //!
 //! A full table evicts a flow that is not established, the oldest first, before it refuses
 //! a new one (the kernel's early_drop): a flood of half-open SYNs, one container opening
@@ -13,12 +13,15 @@ use aya_ebpf::{
     maps::{Array, HashMap},
 };
 use dataplane_common::{
-    CT_CLOSING, CT_REPLY, CtEntry, CtKey, FlowKey, NatFlow, UNREPLIED_RING_LEN,
+    CT_CLOSING, CT_REPLY, CtEntry, CtEntry6, CtKey, CtKey6, FlowKey, NatFlow, UNREPLIED_RING_LEN,
     ct::{TrackedEntry, TrackedKey},
     ct_evictable,
 };
 
-use crate::maps::{CONNTRACK, CT_UNREPLIED, NAT_FLOWS, NAT_UNREPLIED, UNREPLIED_CURSORS};
+use crate::maps::{
+    CONNTRACK, CONNTRACK6, CT_UNREPLIED, CT_UNREPLIED6, NAT_FLOWS, NAT_UNREPLIED, PEER6_SCRATCH,
+    UNREPLIED_CURSORS, UNREPLIED_CURSORS6,
+};
 
 /// Ring slots looked at for an unanswered flow when a table is full.
 const EARLY_DROP_TRIES: u32 = 16;
@@ -79,6 +82,18 @@ pub trait CtTable {
     fn cursors() -> &'static Array<u32>;
     /// The ring's write cursor in [`CtTable::cursors`]; its evict cursor follows it.
     const CURSOR: u32;
+
+    /// Builds the key of the other direction's entry of the flow `entry` (at `key`)
+    /// belongs to ([`TrackedKey::peer`]) and hands it to `f`: on the stack, unless the
+    /// table's keys are too big for the programs' stack. `None`: there was no room.
+    #[inline(always)]
+    fn with_peer<R>(
+        key: &Self::Key,
+        entry: &CtEntryOf<Self>,
+        f: impl FnOnce(&Self::Key) -> R,
+    ) -> Option<R> {
+        Some(f(&key.peer(entry)))
+    }
 }
 
 /// The entry type of table `T`.
@@ -105,10 +120,43 @@ impl CtTable for Conntrack {
     }
 }
 
+/// IPv6's table.
+pub struct Conntrack6;
+
+impl CtTable for Conntrack6 {
+    type Key = CtKey6;
+    const CURSOR: u32 = 0;
+
+    #[inline(always)]
+    fn table() -> &'static HashMap<CtKey6, CtEntry6> {
+        &CONNTRACK6
+    }
+    #[inline(always)]
+    fn ring() -> &'static Array<CtKey6> {
+        &CT_UNREPLIED6
+    }
+    #[inline(always)]
+    fn cursors() -> &'static Array<u32> {
+        &UNREPLIED_CURSORS6
+    }
+
+    /// In [`PEER6_SCRATCH`]: 40 bytes the IPv6 programs' stack has not got to spare.
+    #[inline(always)]
+    fn with_peer<R>(key: &CtKey6, entry: &CtEntry6, f: impl FnOnce(&CtKey6) -> R) -> Option<R> {
+        let peer = PEER6_SCRATCH.get_ptr_mut(0)?;
+        // SAFETY: a map value of plain data, ours alone on this CPU while the program
+        // runs; no caller of `with_peer` calls it again inside `f`.
+        unsafe {
+            *peer = key.peer(entry);
+            Some(f(&*peer))
+        }
+    }
+}
+
 /// Removes both entries of a tracked flow.
 #[inline(always)]
 pub fn ct_remove<T: CtTable>(key: &T::Key, entry: &CtEntryOf<T>) {
-    let _ = T::table().remove(&key.peer(entry));
+    let _ = T::with_peer(key, entry, |peer| T::table().remove(peer));
     let _ = T::table().remove(key);
 }
 
@@ -116,21 +164,24 @@ pub fn ct_remove<T: CtTable>(key: &T::Key, entry: &CtEntryOf<T>) {
 #[inline(always)]
 pub fn ct_set_state<T: CtTable>(key: &T::Key, entry: *mut CtEntryOf<T>, state: u8) {
     // SAFETY: a pointer to a live map value of plain data.
-    let (peer, direction) = unsafe {
+    let direction = unsafe {
         (*entry).set_state(state);
-        (key.peer(&*entry), (*entry).direction())
+        (*entry).direction()
     };
-    if let Some(peer) = T::table().get_ptr_mut(&peer) {
-        // SAFETY: as above.
-        unsafe { (*peer).set_state(state) };
-    }
-    // A closing flow may be evicted again: it goes back on the ring (by its reply key).
-    if state == CT_CLOSING {
-        let reply_key = if direction == CT_REPLY { key } else { &peer };
-        if let Some(slot) = next_slot(T::cursors(), T::CURSOR) {
-            let _ = T::ring().set(slot, reply_key, 0);
+    // SAFETY: as above.
+    let _ = T::with_peer(key, unsafe { &*entry }, |peer| {
+        if let Some(peer_entry) = T::table().get_ptr_mut(peer) {
+            // SAFETY: as above.
+            unsafe { (*peer_entry).set_state(state) };
         }
-    }
+        // A closing flow may be evicted again: it goes back on the ring (by its reply key).
+        if state == CT_CLOSING {
+            let reply_key = if direction == CT_REPLY { key } else { peer };
+            if let Some(slot) = next_slot(T::cursors(), T::CURSOR) {
+                let _ = T::ring().set(slot, reply_key, 0);
+            }
+        }
+    });
 }
 
 /// Sets the state of a NAT_FLOWS flow; one that starts closing goes back on the ring.

@@ -26,8 +26,8 @@ use aya_ebpf::{
 };
 use dataplane_common::{
     CT_NEW, FILTER_DENY, FILTER_SCOPE_BITS, FilterKey6, FlowKey6, IPPROTO_ICMPV6, IPPROTO_UDP,
-    NETWORK_ICC, NETWORK_INTERNAL, NatFlow6, NetworkKey6, NodeAddrKey6, PortKey6, PortTarget6,
-    csum,
+    NETWORK_ICC, NETWORK_INTERNAL, NETWORK_MASQUERADE, NatFlow6, NetworkKey6, NodeAddrKey6,
+    PortKey6, PortTarget6, csum,
     parse::{
         ETH_HLEN, Frame, L4, L4_DPORT_OFF, L4_SPORT_OFF, Malformed,
         ipv6::{
@@ -44,6 +44,7 @@ use crate::{
     frame::{Action, L4Change, Packet, TcFrame},
     icmp6,
     maps::{FIB_SCRATCH, FILTER_RULES6, NAT_FLOWS6, NETWORKS6, NODE_ADDRS6, PUBLISHED_PORTS6},
+    masquerade6,
     nat::{next_state, now_ns},
     stats::count_filter_hit,
 };
@@ -64,9 +65,14 @@ fn headers_beyond_linear<F: Frame + ?Sized>(frame: &F, len: usize) -> bool {
     len > 0 && frame.load::<u8>(len - 1).is_none()
 }
 
-/// On an uplink (XDP or TC).
+/// On an uplink (XDP or TC). `masquerade_reply` hands a reply of a masqueraded flow to
+/// the program that translates it (masquerade6.rs); `None`: not one.
 #[inline(always)]
-pub fn uplink_ingress<P: Packet>(packet: &P, len: usize) -> (Action, Stat) {
+pub fn uplink_ingress<P: Packet>(
+    packet: &P,
+    len: usize,
+    masquerade_reply: impl FnOnce(&Ipv6, &L4) -> Option<(Action, Stat)>,
+) -> (Action, Stat) {
     match parse_ipv6(packet, len) {
         Err(Malformed::Truncated) if headers_beyond_linear(packet, len) => {
             (Action::Pass, Stat::UplinkPassUnparsedHeaders)
@@ -79,7 +85,10 @@ pub fn uplink_ingress<P: Packet>(packet: &P, len: usize) -> (Action, Stat) {
             Some(verdict) => verdict,
             None => (Action::Pass, Stat::UplinkPassNotTcpUdp),
         },
-        Ok(Parsed6::Transport(ip, l4)) => from_outside(packet, &ip, &l4, len),
+        Ok(Parsed6::Transport(ip, l4)) => match masquerade_reply(&ip, &l4) {
+            Some(verdict) => verdict,
+            None => from_outside(packet, &ip, &l4, len),
+        },
     }
 }
 
@@ -248,7 +257,7 @@ fn from_outside<P: Packet>(packet: &P, ip: &Ipv6, l4: &L4, len: usize) -> (Actio
 
 /// The 32-bit words of an IPv6 address as they sit in memory, for checksum updates.
 #[inline(always)]
-fn words(addr: &[u8; 16]) -> [u32; 4] {
+pub(crate) fn words(addr: &[u8; 16]) -> [u32; 4] {
     let mut out = [0u32; 4];
     for (i, w) in out.iter_mut().enumerate() {
         *w = word(addr, i);
@@ -283,7 +292,7 @@ fn word(addr: &[u8; 16], i: usize) -> u32 {
 /// Ethernet header, through [`Packet`] (incremental checksums at XDP, the kernel's helpers
 /// at TC).
 #[inline(always)]
-fn to_target<P: Packet>(packet: &P, ip: &Ipv6, l4: &L4, to: &PortTarget6) -> Option<()> {
+pub(crate) fn to_target<P: Packet>(packet: &P, ip: &Ipv6, l4: &L4, to: &PortTarget6) -> Option<()> {
     let udp = ip.protocol == IPPROTO_UDP;
     let address = L4Change {
         size: 0,
@@ -343,45 +352,66 @@ fn reply(ctx: &TcContext, ip: &Ipv6, l4: &L4) -> Option<(i32, Stat)> {
     if ip.hop_limit <= 1 {
         return Some((TC_ACT_SHOT, Stat::ContainerDropTtlExpired));
     }
-    if from_frontend(ctx, ip, l4, &nat).is_err() {
+    if rewrite_source(ctx, ip, l4, &ip.src, &nat.frontend_ip, nat.frontend_port_be).is_err() {
         return Some((TC_ACT_SHOT, Stat::ContainerDropRewriteFailed));
     }
-    Some(forward(ctx, &nat.frontend_ip, &nat.client_ip, ip.protocol))
+    let stats = (
+        Stat::ContainerRedirectReply,
+        Stat::ContainerRedirectReplyNeigh,
+    );
+    Some(forward(
+        ctx,
+        &nat.frontend_ip,
+        &nat.client_ip,
+        ip.protocol,
+        stats,
+    ))
 }
 
-/// Rewrites a reply's source to the published address and port, and decrements the hop
-/// limit, with the kernel's checksum helpers (a container's packets often carry a partial
-/// checksum).
+/// Rewrites a container's packet's source address (`old_ip`, as `ip` has it) and port (a
+/// reply's to the published ones, a masqueraded packet's to the node's) and decrements the
+/// hop limit, with the kernel's checksum helpers (a container's packets often carry a
+/// partial checksum).
 #[inline(always)]
-fn from_frontend(ctx: &TcContext, ip: &Ipv6, l4: &L4, nat: &NatFlow6) -> Result<(), i64> {
+pub(crate) fn rewrite_source(
+    ctx: &TcContext,
+    ip: &Ipv6,
+    l4: &L4,
+    old_ip: &[u8; 16],
+    new_ip: &[u8; 16],
+    new_port_be: u16,
+) -> Result<(), i64> {
     let mut flags = u64::from(BPF_F_PSEUDO_HDR) | 4;
     if ip.protocol == IPPROTO_UDP {
         flags |= u64::from(BPF_F_MARK_MANGLED_0);
     }
-    let (old, new) = (words(&ip.src), words(&nat.frontend_ip));
     for i in 0..4 {
-        ctx.l4_csum_replace(l4.check_offset, u64::from(old[i]), u64::from(new[i]), flags)?;
+        let (old, new) = (word(old_ip, i), word(new_ip, i));
+        ctx.l4_csum_replace(l4.check_offset, u64::from(old), u64::from(new), flags)?;
     }
     let port_flags = (flags & !(u64::from(BPF_F_PSEUDO_HDR) | 4)) | 2;
     ctx.l4_csum_replace(
         l4.check_offset,
         u64::from(l4.sport_be),
-        u64::from(nat.frontend_port_be),
+        u64::from(new_port_be),
         port_flags,
     )?;
     ctx.store(ETH_HLEN + IPV6_HOP_LIMIT_OFF, &(ip.hop_limit - 1), 0)?;
-    ctx.store(ETH_HLEN + IPV6_SRC_OFF, &nat.frontend_ip, 0)?;
-    ctx.store(ip.l4_offset() + L4_SPORT_OFF, &nat.frontend_port_be, 0)
+    ctx.store(ETH_HLEN + IPV6_SRC_OFF, new_ip, 0)?;
+    ctx.store(ip.l4_offset() + L4_SPORT_OFF, &new_port_be, 0)
 }
 
-/// Sends a translated reply from `src` to `dst` out of the interface the FIB picks, as
-/// fib.rs does for IPv4 (the lookup's parameters in the per-CPU scratch map: the container
-/// program has little stack left).
+/// A FIB lookup from `src` to `dst` for a container's packet: the helper's answer, the
+/// egress interface and the next hop's MACs. The parameters sit in the per-CPU scratch
+/// map, as fib.rs's do: the container program has little stack left.
 #[inline(always)]
-fn forward(ctx: &TcContext, src: &[u8; 16], dst: &[u8; 16], protocol: u8) -> (i32, Stat) {
-    let Some(params) = FIB_SCRATCH.get_ptr_mut(0) else {
-        return (TC_ACT_SHOT, Stat::ContainerDropNoRoute);
-    };
+fn fib_lookup6(
+    ctx: &TcContext,
+    src: &[u8; 16],
+    dst: &[u8; 16],
+    protocol: u8,
+) -> Option<(i64, u32, [u8; 6], [u8; 6])> {
+    let params = FIB_SCRATCH.get_ptr_mut(0)?;
     // SAFETY: a map value of the right type, ours alone on this CPU while the program runs;
     // all-zero is a valid request to fill in.
     unsafe {
@@ -402,19 +432,49 @@ fn forward(ctx: &TcContext, src: &[u8; 16], dst: &[u8; 16], protocol: u8) -> (i3
         )
     };
     // SAFETY: as above.
-    let (ifindex, dmac, smac) = unsafe { ((*params).ifindex, (*params).dmac, (*params).smac) };
+    Some(unsafe { (ret, (*params).ifindex, (*params).dmac, (*params).smac) })
+}
+
+/// The interface a container's packet from `src` to `dst` leaves by (whose address it is
+/// masqueraded to); `None` when no route leads out.
+#[inline(always)]
+pub(crate) fn egress_ifindex(
+    ctx: &TcContext,
+    src: &[u8; 16],
+    dst: &[u8; 16],
+    protocol: u8,
+) -> Option<u32> {
+    let (ret, ifindex, _, _) = fib_lookup6(ctx, src, dst, protocol)?;
+    let routed =
+        ret == i64::from(BPF_FIB_LKUP_RET_SUCCESS) || ret == i64::from(BPF_FIB_LKUP_RET_NO_NEIGH);
+    routed.then_some(ifindex)
+}
+
+/// Sends a translated packet from `src` to `dst` out of the interface the FIB picks, as
+/// fib.rs does for IPv4; `(redirected, resolving)` count the two ways it leaves.
+#[inline(always)]
+pub(crate) fn forward(
+    ctx: &TcContext,
+    src: &[u8; 16],
+    dst: &[u8; 16],
+    protocol: u8,
+    (redirected, resolving): (Stat, Stat),
+) -> (i32, Stat) {
+    let Some((ret, ifindex, dmac, smac)) = fib_lookup6(ctx, src, dst, protocol) else {
+        return (TC_ACT_SHOT, Stat::ContainerDropNoRoute);
+    };
     if ret == i64::from(BPF_FIB_LKUP_RET_SUCCESS) {
         if ctx.store(0, &dmac, 0).is_err() || ctx.store(6, &smac, 0).is_err() {
             return (TC_ACT_SHOT, Stat::ContainerDropRewriteFailed);
         }
         // SAFETY: plain helper call.
         let verdict = unsafe { bpf_redirect(ifindex, 0) } as i32;
-        return (verdict, Stat::ContainerRedirectReply);
+        return (verdict, redirected);
     }
     if ret == i64::from(BPF_FIB_LKUP_RET_NO_NEIGH) {
         // SAFETY: plain helper call; a null nexthop makes the kernel route the packet itself.
         let verdict = unsafe { bpf_redirect_neigh(ifindex, ptr::null_mut(), 0, 0) } as i32;
-        return (verdict, Stat::ContainerRedirectReplyNeigh);
+        return (verdict, resolving);
     }
     (TC_ACT_SHOT, Stat::ContainerDropNoRoute)
 }
@@ -438,20 +498,21 @@ pub fn container_ingress(ctx: &TcContext, len: usize) -> (i32, Stat) {
         Ok(Parsed6::NotIpv6) => (TC_ACT_OK, Stat::ContainerPassNotIpv4),
         Ok(Parsed6::Transport(ip, l4)) => match reply(ctx, &ip, &l4) {
             Some(verdict) => verdict,
-            None => policy(&ip),
+            None => policy(ctx, &ip, Some(&l4)),
         },
-        Ok(Parsed6::Fragment(ip) | Parsed6::OtherProtocol(ip)) => policy(&ip),
+        Ok(Parsed6::Fragment(ip) | Parsed6::OtherProtocol(ip)) => policy(ctx, &ip, None),
     }
 }
 
 /// What the networks' policy says of a container's IPv6 packet that is not part of a
 /// translated flow, as policy.rs's `classify` does for IPv4: the node (its addresses,
 /// multicast, neighbour discovery on the link) is reachable, the sender's own network as
-/// `icc` says, other networks never, the outside unless the network is internal. There is
-/// no `--link` allow-list and no masquerade for IPv6 yet: with `icc=false` nothing passes
-/// between containers, and IPv6 leaves routed, with the container's own address.
+/// `icc` says, other networks never, the outside unless the network is internal: TCP and
+/// UDP (`l4`) masqueraded when the network's IPv6 masquerades (masquerade6.rs), the rest
+/// routed with the container's own address. There is no `--link` allow-list for IPv6
+/// yet: with `icc=false` nothing passes between containers.
 #[inline(always)]
-fn policy(ip: &Ipv6) -> (i32, Stat) {
+fn policy(ctx: &TcContext, ip: &Ipv6, l4: Option<&L4>) -> (i32, Stat) {
     let Some(source) = NETWORKS6.get(&Key::new(128, NetworkKey6 { addr: ip.src })) else {
         return (TC_ACT_OK, Stat::ContainerPassIpv6);
     };
@@ -476,6 +537,9 @@ fn policy(ip: &Ipv6) -> (i32, Stat) {
         Some(true) => (TC_ACT_SHOT, Stat::ContainerDropPolicyIcc),
         Some(false) => (TC_ACT_SHOT, Stat::ContainerDropIsolation),
         None if source.flags & NETWORK_INTERNAL != 0 => (TC_ACT_SHOT, Stat::ContainerDropInternal),
-        None => (TC_ACT_OK, Stat::ContainerPassOutside),
+        None => match l4 {
+            Some(_) if source.flags & NETWORK_MASQUERADE != 0 => masquerade6::hand_over(ctx),
+            _ => (TC_ACT_OK, Stat::ContainerPassOutside),
+        },
     }
 }

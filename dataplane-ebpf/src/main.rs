@@ -12,7 +12,8 @@
 //    which looks published ports up as nat does;
 // 3. uplink, container: what each program does with a frame, over the modules of 2; ipv6:
 //    what both do with an IPv6 frame, with frag6 (its fragments) and icmp6 (its ICMPv6
-//    errors), which look its published ports and flows up; container6 and uplink6: the
+//    errors), which look its published ports and flows up, and masquerade6 (its
+//    masquerade, over flowtable's CONNTRACK6); container6 and uplink6: the
 //    IPv6 programs of each side, which `container_ingress` and the uplink programs
 //    tail-call.
 mod conntrack;
@@ -28,6 +29,7 @@ mod icmp;
 mod icmp6;
 mod ipv6;
 mod maps;
+mod masquerade6;
 mod nat;
 mod policy;
 mod rewrite;
@@ -41,9 +43,12 @@ use aya_ebpf::{
     macros::{cgroup_sock_addr, classifier, xdp},
     programs::{SockAddrContext, TcContext, XdpContext},
 };
-use dataplane_common::{UPLINK_IPV6_SLOT, UPLINK_L3_IPV6_SLOT, parse::ETH_HLEN, stats::Stat};
+use dataplane_common::{
+    UPLINK_IPV6_SLOT, UPLINK_L3_IPV6_SLOT, UPLINK6_L3_MASQUERADE_SLOT, UPLINK6_MASQUERADE_SLOT,
+    parse::ETH_HLEN, stats::Stat,
+};
 use frame::{Action, TcFrame, TcL3Frame, XdpFrame};
-use maps::{UPLINK_TC_PROGRAMS, UPLINK_XDP_PROGRAMS};
+use maps::{UPLINK_TC_PROGRAMS, UPLINK_XDP_PROGRAMS, UPLINK6_TC_PROGRAMS, UPLINK6_XDP_PROGRAMS};
 
 /// XDP on the node's uplinks: translates connections to published ports and hands them
 /// straight to the container's veth. IPv6 frames go to `uplink_ingress6`.
@@ -87,19 +92,59 @@ pub fn uplink_ingress_l3(ctx: TcContext) -> i32 {
 /// same logic for IPv6 (ipv6.rs), with a stack of its own. Counted as `uplink_ingress`.
 #[xdp]
 pub fn uplink_ingress6(ctx: XdpContext) -> u32 {
-    on_xdp(&ctx, |frame, len| ipv6::uplink_ingress(frame, len))
+    on_xdp(&ctx, |frame, len| {
+        ipv6::uplink_ingress(frame, len, |ip, l4| {
+            let slot = UPLINK6_MASQUERADE_SLOT;
+            masquerade6::hand_over_reply(&ctx, &UPLINK6_XDP_PROGRAMS, slot, ip, l4)
+        })
+    })
 }
 
 /// The IPv6 frames of `uplink_ingress_tc` (already pulled into the linear area there).
 #[classifier]
 pub fn uplink_ingress6_tc(ctx: TcContext) -> i32 {
-    on_tc(&ctx, |frame, len| ipv6::uplink_ingress(frame, len))
+    on_tc(&ctx, |frame, len| {
+        ipv6::uplink_ingress(frame, len, |ip, l4| {
+            let slot = UPLINK6_MASQUERADE_SLOT;
+            masquerade6::hand_over_reply(&ctx, &UPLINK6_TC_PROGRAMS, slot, ip, l4)
+        })
+    })
 }
 
 /// The IPv6 frames of `uplink_ingress_l3`.
 #[classifier]
 pub fn uplink_ingress6_l3(ctx: TcContext) -> i32 {
-    on_tc_l3(&ctx, |frame, len| ipv6::uplink_ingress(frame, len))
+    on_tc_l3(&ctx, |frame, len| {
+        ipv6::uplink_ingress(frame, len, |ip, l4| {
+            let slot = UPLINK6_L3_MASQUERADE_SLOT;
+            masquerade6::hand_over_reply(&ctx, &UPLINK6_TC_PROGRAMS, slot, ip, l4)
+        })
+    })
+}
+
+/// The replies of masqueraded IPv6 flows, reached by tail call from `uplink_ingress6`
+/// (masquerade6.rs), with a stack of their own. Counted as `uplink_ingress`.
+#[xdp]
+pub fn uplink_masquerade6(ctx: XdpContext) -> u32 {
+    on_xdp(&ctx, |frame, len| {
+        masquerade6::uplink_masquerade(frame, len)
+    })
+}
+
+/// The same from `uplink_ingress6_tc`.
+#[classifier]
+pub fn uplink_masquerade6_tc(ctx: TcContext) -> i32 {
+    on_tc(&ctx, |frame, len| {
+        masquerade6::uplink_masquerade(frame, len)
+    })
+}
+
+/// The same from `uplink_ingress6_l3`.
+#[classifier]
+pub fn uplink_masquerade6_l3(ctx: TcContext) -> i32 {
+    on_tc_l3(&ctx, |frame, len| {
+        masquerade6::uplink_masquerade(frame, len)
+    })
 }
 
 /// What an XDP uplink program does around its logic: counts the verdict, reports it.
@@ -156,6 +201,17 @@ pub fn container_ingress(ctx: TcContext) -> i32 {
 pub fn container_ingress6(ctx: TcContext) -> i32 {
     let len = ctx.len() as usize;
     let (verdict, stat) = container6::ingress(&ctx);
+    stats::count(stat, len);
+    events::on_verdict(&frame::TcFrame(&ctx), len, stat, verdict == TC_ACT_SHOT);
+    verdict
+}
+
+/// The IPv6 packets `container_ingress6` masquerades, reached from it by tail call
+/// (masquerade6.rs), with a stack of its own. Counted as `container_ingress`.
+#[classifier]
+pub fn container_masquerade6(ctx: TcContext) -> i32 {
+    let len = ctx.len() as usize;
+    let (verdict, stat) = masquerade6::container_masquerade(&ctx);
     stats::count(stat, len);
     events::on_verdict(&frame::TcFrame(&ctx), len, stat, verdict == TC_ACT_SHOT);
     verdict

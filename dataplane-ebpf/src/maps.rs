@@ -2,19 +2,20 @@
 //! published ports keep answering while it restarts).
 
 use aya_ebpf::{
-    bindings::{BPF_F_NO_PREALLOC, bpf_fib_lookup},
+    bindings::{BPF_F_NO_PREALLOC, bpf_fib_lookup, bpf_sock_tuple},
     macros::map,
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, ProgramArray, RingBuf},
 };
 use dataplane_common::{
-    BackendKey, CONNTRACK_MAX, CONTAINER_PROGRAMS_MAX, Counter, CtEntry, CtKey, ENDPOINTS_MAX,
-    EVENTS_BYTES, EndpointInfo, EndpointKey, EventBudget, FILTER_RULES_MAX, FRAGMENTS_MAX,
-    FilterKey, FilterKey6, FilterRule, FlowKey, FlowKey6, FragmentEntry, FragmentEntry6,
-    FragmentKey, FragmentKey6, LINKS_MAX, LinkKey, MASQUERADE_SOURCES_MAX, NAT_FLOWS_MAX,
-    NETWORKS_MAX, NODE_ADDRS_MAX, NatFlow, NatFlow6, NetworkInfo, NetworkKey, NetworkKey6,
-    NodeAddr, NodeAddrKey, NodeAddrKey6, NodeConfig, PUBLISHED_PORTS_MAX, PortKey, PortKey6,
-    PortTarget, PortTarget6, ROUTED_FLOWS_MAX, SOCK_NAT_MAX, SockNatKey, SockNatKey6, SockNatValue,
-    SockNatValue6, TRUSTED_IFACES_MAX, TrustedIfaceKey, UNREPLIED_RING_LEN, UPLINK_PROGRAMS_MAX,
+    BackendKey, CONNTRACK_MAX, CONTAINER_PROGRAMS_MAX, CONTAINER6_PROGRAMS_MAX, Counter, CtEntry,
+    CtEntry6, CtKey, CtKey6, ENDPOINTS_MAX, EVENTS_BYTES, EndpointInfo, EndpointKey, EventBudget,
+    FILTER_RULES_MAX, FRAGMENTS_MAX, FilterKey, FilterKey6, FilterRule, FlowKey, FlowKey6,
+    FragmentEntry, FragmentEntry6, FragmentKey, FragmentKey6, LINKS_MAX, LinkKey,
+    MASQUERADE_SOURCES_MAX, NAT_FLOWS_MAX, NETWORKS_MAX, NODE_ADDRS_MAX, NatFlow, NatFlow6,
+    NetworkInfo, NetworkKey, NetworkKey6, NodeAddr, NodeAddrKey, NodeAddrKey6, NodeConfig,
+    PUBLISHED_PORTS_MAX, PortKey, PortKey6, PortTarget, PortTarget6, ROUTED_FLOWS_MAX,
+    SOCK_NAT_MAX, SockNatKey, SockNatKey6, SockNatValue, SockNatValue6, TRUSTED_IFACES_MAX,
+    TrustedIfaceKey, UNREPLIED_RING_LEN, UPLINK_PROGRAMS_MAX, UPLINK6_PROGRAMS_MAX,
     stats::STATS_LEN,
 };
 
@@ -150,3 +151,57 @@ pub struct FragmentRecord6 {
 /// Room for one [`FragmentRecord6`]. Scratch space, so not pinned.
 #[map]
 pub static FRAGMENT6_SCRATCH: PerCpuArray<FragmentRecord6> = PerCpuArray::with_max_entries(1, 0);
+
+/// Interface index → IPv6 masquerade source (MASQUERADE_SOURCES' IPv6 twin).
+#[map]
+pub static MASQUERADE_SOURCES6: HashMap<u32, [u8; 16]> =
+    HashMap::pinned(MASQUERADE_SOURCES_MAX, BPF_F_NO_PREALLOC);
+
+/// Masqueraded IPv6 flows: sized by the agent as CONNTRACK, with the same early drop
+/// (flowtable.rs) and idle expiry.
+#[map]
+pub static CONNTRACK6: HashMap<CtKey6, CtEntry6> =
+    HashMap::pinned(CONNTRACK_MAX, BPF_F_NO_PREALLOC);
+
+#[map]
+pub static CT_UNREPLIED6: Array<CtKey6> = Array::pinned(UNREPLIED_RING_LEN, 0);
+
+#[map]
+pub static UNREPLIED_CURSORS6: Array<u32> = Array::pinned(2, 0);
+
+/// The programs `container_ingress6` tail-calls (masquerade6.rs); the agent fills it.
+#[map]
+pub static CONTAINER6_PROGRAMS: ProgramArray = ProgramArray::pinned(CONTAINER6_PROGRAMS_MAX, 0);
+
+/// A [`CONNTRACK6`] flow being looked up or recorded: the packet's key, the reply key of a
+/// port being tried, and both entries, built here rather than on the stack (with IPv6's
+/// 16-byte addresses they would take the IPv6 programs past 512 bytes; masquerade6.rs).
+#[repr(C)]
+pub struct Conntrack6Record {
+    pub key: CtKey6,
+    pub reply_key: CtKey6,
+    pub original: CtEntry6,
+    pub reply: CtEntry6,
+    /// A socket lookup's tuple, for the ports a new flow may take.
+    pub socket: bpf_sock_tuple,
+    /// Where a reply goes, on the uplink.
+    pub target: PortTarget6,
+}
+
+/// Room for one [`CtKey6`], where flowtable.rs builds a flow's other key. Scratch space, so
+/// not pinned.
+#[map]
+pub static PEER6_SCRATCH: PerCpuArray<CtKey6> = PerCpuArray::with_max_entries(1, 0);
+
+/// The programs the uplinks' IPv6 programs tail-call for replies of masqueraded flows
+/// (masquerade6.rs), one array per program type; the agent fills them.
+#[map]
+pub static UPLINK6_XDP_PROGRAMS: ProgramArray = ProgramArray::pinned(UPLINK6_PROGRAMS_MAX, 0);
+
+#[map]
+pub static UPLINK6_TC_PROGRAMS: ProgramArray = ProgramArray::pinned(UPLINK6_PROGRAMS_MAX, 0);
+
+/// Room for one [`Conntrack6Record`] per side: slot 0 for the containers' veths, slot 1
+/// for the uplinks. Scratch space, so not pinned.
+#[map]
+pub static CONNTRACK6_SCRATCH: PerCpuArray<Conntrack6Record> = PerCpuArray::with_max_entries(2, 0);

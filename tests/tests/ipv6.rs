@@ -249,9 +249,7 @@ fn containers_reach_each_other_and_the_world_over_ipv6() -> Result<()> {
         "a container reaches another over IPv6 on their bridge"
     );
 
-    if skip_without_dataplane_ipv6(&agent, "IPv6 masquerade to the world")?
-        || not_yet_on_ebpf("IPv6 masquerade to the world")
-    {
+    if skip_without_dataplane_ipv6(&agent, "IPv6 masquerade to the world")? {
         return Ok(());
     }
     let world = Server::start(&topology.world.path(), 7601)?;
@@ -737,9 +735,6 @@ fn ipv6_only_network() -> Result<()> {
         "nothing is published on the node's IPv4 address"
     );
 
-    if not_yet_on_ebpf("IPv6 masquerade to the world") {
-        return Ok(());
-    }
     let world = Server::start(&world_ns, 7601)?;
     assert_eq!(
         exchange(&a_ns, SocketAddr::new(WORLD_IPV6.into(), 7601)).as_deref(),

@@ -571,21 +571,76 @@ fn a_detached_container_program_is_attached_again() -> Result<()> {
 #[test]
 fn an_emptied_ipv6_program_slot_is_filled_again() -> Result<()> {
     use aya::maps::{Map, MapData, ProgramArray};
-    use dataplane_common::{CONTAINER_IPV6_SLOT, CONTAINER_PROGRAMS};
+    use dataplane_common::{
+        CONTAINER_IPV6_SLOT, CONTAINER_PROGRAMS, CONTAINER6_MASQUERADE_SLOT, CONTAINER6_PROGRAMS,
+    };
     if skip_unless_ebpf("the container program array is the eBPF dataplane's") {
         return Ok(());
     }
     let web = Web::start()?;
+    let slots = [
+        (CONTAINER_PROGRAMS, CONTAINER_IPV6_SLOT),
+        (CONTAINER6_PROGRAMS, CONTAINER6_MASQUERADE_SLOT),
+    ];
     web.repaired_after(
         "repair_ipv6_program_slot_emptied",
         "ProgramReattached",
         "program_reattached",
         || {
-            let map = MapData::from_pin(web.agent.pin_dir.join(CONTAINER_PROGRAMS))?;
-            let mut slots = ProgramArray::try_from(Map::ProgramArray(map))?;
-            Ok(slots.clear_index(&CONTAINER_IPV6_SLOT)?)
+            for (array, slot) in slots {
+                let map = MapData::from_pin(web.agent.pin_dir.join(array))?;
+                let mut programs = ProgramArray::try_from(Map::ProgramArray(map))?;
+                programs.clear_index(&slot)?;
+            }
+            Ok(())
         },
-    )
+    )?;
+    for (array, slot) in slots {
+        let map = MapData::from_pin(web.agent.pin_dir.join(array))?;
+        ensure!(
+            program_in_slot(&map, slot)?.is_some(),
+            "{array}'s slot {slot} is filled again"
+        );
+    }
+    Ok(())
+}
+
+/// The id of the program in `slot` of a pinned program array (what the kernel returns for
+/// a lookup from user space), `None` for an empty slot.
+fn program_in_slot(map: &aya::maps::MapData, slot: u32) -> Result<Option<u32>> {
+    use std::os::fd::{AsFd as _, AsRawFd as _};
+    /// `union bpf_attr` as BPF_MAP_LOOKUP_ELEM reads it.
+    #[repr(C)]
+    struct LookupAttr {
+        map_fd: u32,
+        _pad: u32,
+        key: u64,
+        value: u64,
+        flags: u64,
+    }
+    const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
+    let mut id = 0u32;
+    let attr = LookupAttr {
+        map_fd: map.fd().as_fd().as_raw_fd() as u32,
+        _pad: 0,
+        key: &slot as *const u32 as u64,
+        value: &mut id as *mut u32 as u64,
+        flags: 0,
+    };
+    // SAFETY: the attribute points at live key and value buffers of the map's sizes.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_MAP_LOOKUP_ELEM,
+            &attr as *const LookupAttr,
+            std::mem::size_of::<LookupAttr>(),
+        )
+    };
+    match ret {
+        0 => Ok(Some(id)),
+        _ if std::io::Error::last_os_error().raw_os_error() == Some(libc::ENOENT) => Ok(None),
+        _ => Err(std::io::Error::last_os_error().into()),
+    }
 }
 
 /// An emptied IPv6 slot of the uplink's program array would send the uplink's IPv6 to the

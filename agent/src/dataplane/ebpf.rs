@@ -23,15 +23,17 @@ use aya::{
     },
 };
 use dataplane_common::{
-    BackendKey, CONNTRACK, CONTAINER_IPV6_SLOT, CONTAINER_PROGRAMS, Counter, CtEntry, CtKey,
-    ENDPOINTS, EVENT_DROP, EVENTS, EndpointInfo, EndpointKey, Event, FILTER_ALLOW, FILTER_DENY,
-    FILTER_HITS, FILTER_RULES, FILTER_SCOPE_BITS, FilterKey, FilterRule, FlowKey, IPPROTO_TCP,
-    LINKS, LinkKey, MASQUERADE_SOURCES, NAT_FLOWS, NETWORK_DIRECT_ANY, NETWORK_DIRECT_ICMP,
+    BackendKey, CONNTRACK, CONNTRACK6, CONTAINER_IPV6_SLOT, CONTAINER_PROGRAMS,
+    CONTAINER6_MASQUERADE_SLOT, CONTAINER6_PROGRAMS, Counter, CtEntry, CtKey, ENDPOINTS,
+    EVENT_DROP, EVENTS, EndpointInfo, EndpointKey, Event, FILTER_ALLOW, FILTER_DENY, FILTER_HITS,
+    FILTER_RULES, FILTER_SCOPE_BITS, FilterKey, FilterRule, FlowKey, IPPROTO_TCP, LINKS, LinkKey,
+    MASQUERADE_SOURCES, MASQUERADE_SOURCES6, NAT_FLOWS, NETWORK_DIRECT_ANY, NETWORK_DIRECT_ICMP,
     NETWORK_DIRECT_PUBLISHED, NETWORK_ICC, NETWORK_INTERNAL, NETWORK_MASQUERADE, NETWORKS,
     NODE_ADDRS, NODE_CONFIG, NatFlow, NetworkInfo, NetworkKey, NodeAddr, NodeAddrKey, NodeConfig,
     PUBLISHED_BACKENDS, PUBLISHED_PORTS, PortKey, PortTarget, ROUTED_FLOWS, STATS, TRUSTED_IFACES,
     TrustedIfaceKey, UPLINK_IPV6_SLOT, UPLINK_L3_IPV6_SLOT, UPLINK_TC_PROGRAMS,
-    UPLINK_XDP_PROGRAMS, stats::Stat,
+    UPLINK_XDP_PROGRAMS, UPLINK6_L3_MASQUERADE_SLOT, UPLINK6_MASQUERADE_SLOT, UPLINK6_TC_PROGRAMS,
+    UPLINK6_XDP_PROGRAMS, stats::Stat,
 };
 use dataplane_common::{
     FILTER_RULES6, FilterKey6, FlowKey6, NAT_FLOWS6, NETWORKS6, NODE_ADDRS6, NatFlow6, NetworkKey6,
@@ -68,12 +70,20 @@ pub const CONTAINER_PROGRAM: &str = "container_ingress";
 /// The container side's IPv6 program, which [`CONTAINER_PROGRAM`] tail-calls (through the
 /// `CONTAINER_PROGRAMS` program array) and which is never attached itself.
 pub const CONTAINER6_PROGRAM: &str = "container_ingress6";
+/// The program [`CONTAINER6_PROGRAM`] tail-calls (through `CONTAINER6_PROGRAMS`) for the
+/// IPv6 packets it masquerades; never attached itself.
+pub const CONTAINER_MASQUERADE6_PROGRAM: &str = "container_masquerade6";
 /// The uplink programs' IPv6 programs, which [`UPLINK_PROGRAM`], [`UPLINK_TC_PROGRAM`] and
 /// [`UPLINK_L3_PROGRAM`] tail-call (through `UPLINK_XDP_PROGRAMS` and `UPLINK_TC_PROGRAMS`)
 /// and which are never attached themselves.
 pub const UPLINK6_PROGRAM: &str = "uplink_ingress6";
 pub const UPLINK6_TC_PROGRAM: &str = "uplink_ingress6_tc";
 pub const UPLINK6_L3_PROGRAM: &str = "uplink_ingress6_l3";
+/// The programs the uplinks' IPv6 programs tail-call (through `UPLINK6_XDP_PROGRAMS` and
+/// `UPLINK6_TC_PROGRAMS`) for replies of masqueraded IPv6 flows; never attached themselves.
+pub const UPLINK_MASQUERADE6_PROGRAM: &str = "uplink_masquerade6";
+pub const UPLINK_MASQUERADE6_TC_PROGRAM: &str = "uplink_masquerade6_tc";
+pub const UPLINK_MASQUERADE6_L3_PROGRAM: &str = "uplink_masquerade6_l3";
 /// The cgroup socket-address programs, by name.
 pub const SOCKET_PROGRAMS: [&str; 8] = [
     "sock_connect4",
@@ -87,15 +97,19 @@ pub const SOCKET_PROGRAMS: [&str; 8] = [
 ];
 const LINKS_DIR: &str = "links";
 /// Every program of the object, by name.
-pub const PROGRAMS: [&str; 16] = [
+pub const PROGRAMS: [&str; 20] = [
     UPLINK_PROGRAM,
     UPLINK_TC_PROGRAM,
     UPLINK_L3_PROGRAM,
     UPLINK6_PROGRAM,
     UPLINK6_TC_PROGRAM,
     UPLINK6_L3_PROGRAM,
+    UPLINK_MASQUERADE6_PROGRAM,
+    UPLINK_MASQUERADE6_TC_PROGRAM,
+    UPLINK_MASQUERADE6_L3_PROGRAM,
     CONTAINER_PROGRAM,
     CONTAINER6_PROGRAM,
+    CONTAINER_MASQUERADE6_PROGRAM,
     SOCKET_PROGRAMS[0],
     SOCKET_PROGRAMS[1],
     SOCKET_PROGRAMS[2],
@@ -129,11 +143,28 @@ pub fn loaded_programs(ebpf: &Ebpf) -> Result<Vec<ProgramInfo>> {
         .collect()
 }
 
-/// Loads the container programs, `container_ingress6` first, and puts it in the slot
-/// `container_ingress` tail-calls before either can run. The program array is pinned: it
-/// keeps the earlier agent's program until this call replaces it, so that the IPv6 frames
-/// of containers meet a program through a restart or an upgrade.
+/// Loads the container programs, each tail-called one first and put in its slot before
+/// the program that tail-calls it can run: `container_masquerade6` in
+/// `CONTAINER6_PROGRAMS`, then `container_ingress6` in `CONTAINER_PROGRAMS`, then
+/// `container_ingress`. The program arrays are pinned: they keep the earlier agent's
+/// programs until this call replaces them, so that the IPv6 frames of containers meet a
+/// program through a restart or an upgrade.
 pub fn load_container_programs(ebpf: &mut Ebpf) -> Result<()> {
+    let masquerade6: &mut SchedClassifier = program(ebpf, CONTAINER_MASQUERADE6_PROGRAM)?;
+    masquerade6.load().map_err(Error::dataplane(
+        "loading the container's IPv6 masquerade program",
+    ))?;
+    let fd = program_fd(masquerade6.fd())?;
+    let map = ebpf
+        .map_mut(CONTAINER6_PROGRAMS)
+        .ok_or_else(|| Error::dataplane("map lookup")(MissingMap(CONTAINER6_PROGRAMS.into())))?;
+    let mut slots: ProgramArray<&mut MapData> =
+        ProgramArray::try_from(map).map_err(Error::dataplane(CONTAINER6_PROGRAMS))?;
+    slots
+        .set(CONTAINER6_MASQUERADE_SLOT, &fd, 0)
+        .map_err(Error::dataplane(
+            "filling the container's IPv6 program array",
+        ))?;
     let ipv6: &mut SchedClassifier = program(ebpf, CONTAINER6_PROGRAM)?;
     ipv6.load()
         .map_err(Error::dataplane("loading the container's IPv6 TC program"))?;
@@ -159,6 +190,38 @@ pub fn load_container_programs(ebpf: &mut Ebpf) -> Result<()> {
 /// program tail-calls before that can run (program arrays pinned as `CONTAINER_PROGRAMS`
 /// is: see [`load_container_programs`]).
 pub fn load_uplink_programs(ebpf: &mut Ebpf) -> Result<()> {
+    let xdp_masquerade6: &mut Xdp = program(ebpf, UPLINK_MASQUERADE6_PROGRAM)?;
+    xdp_masquerade6.load().map_err(Error::dataplane(
+        "loading the uplink's IPv6 masquerade XDP program",
+    ))?;
+    let xdp_masquerade6 = program_fd(xdp_masquerade6.fd())?;
+    let mut tc_masquerade6 = Vec::new();
+    for name in [UPLINK_MASQUERADE6_TC_PROGRAM, UPLINK_MASQUERADE6_L3_PROGRAM] {
+        let tc: &mut SchedClassifier = program(ebpf, name)?;
+        tc.load().map_err(Error::dataplane(
+            "loading an uplink's IPv6 masquerade TC program",
+        ))?;
+        tc_masquerade6.push(program_fd(tc.fd())?);
+    }
+    for (array, slot, fd) in [
+        (
+            UPLINK6_XDP_PROGRAMS,
+            UPLINK6_MASQUERADE_SLOT,
+            &xdp_masquerade6,
+        ),
+        (
+            UPLINK6_TC_PROGRAMS,
+            UPLINK6_MASQUERADE_SLOT,
+            &tc_masquerade6[0],
+        ),
+        (
+            UPLINK6_TC_PROGRAMS,
+            UPLINK6_L3_MASQUERADE_SLOT,
+            &tc_masquerade6[1],
+        ),
+    ] {
+        fill_program_array(ebpf, array, slot, fd)?;
+    }
     let xdp6: &mut Xdp = program(ebpf, UPLINK6_PROGRAM)?;
     xdp6.load()
         .map_err(Error::dataplane("loading the uplink's IPv6 XDP program"))?;
@@ -175,14 +238,7 @@ pub fn load_uplink_programs(ebpf: &mut Ebpf) -> Result<()> {
         (UPLINK_TC_PROGRAMS, UPLINK_IPV6_SLOT, &tc6[0]),
         (UPLINK_TC_PROGRAMS, UPLINK_L3_IPV6_SLOT, &tc6[1]),
     ] {
-        let map = ebpf
-            .map_mut(array)
-            .ok_or_else(|| Error::dataplane("map lookup")(MissingMap(array.into())))?;
-        let mut slots: ProgramArray<&mut MapData> =
-            ProgramArray::try_from(map).map_err(Error::dataplane(array))?;
-        slots
-            .set(slot, fd, 0)
-            .map_err(Error::dataplane("filling an uplink program array"))?;
+        fill_program_array(ebpf, array, slot, fd)?;
     }
     let xdp: &mut Xdp = program(ebpf, UPLINK_PROGRAM)?;
     xdp.load()
@@ -195,6 +251,23 @@ pub fn load_uplink_programs(ebpf: &mut Ebpf) -> Result<()> {
     uplink_l3
         .load()
         .map_err(Error::dataplane("loading the layer-3 uplinks' TC program"))
+}
+
+/// Puts the program `fd` in `slot` of program array `array`.
+fn fill_program_array(
+    ebpf: &mut Ebpf,
+    array: &str,
+    slot: u32,
+    fd: &aya::programs::ProgramFd,
+) -> Result<()> {
+    let map = ebpf
+        .map_mut(array)
+        .ok_or_else(|| Error::dataplane("map lookup")(MissingMap(array.into())))?;
+    let mut slots: ProgramArray<&mut MapData> =
+        ProgramArray::try_from(map).map_err(Error::dataplane(array))?;
+    slots
+        .set(slot, fd, 0)
+        .map_err(Error::dataplane(format!("filling program array {array}")))
 }
 
 /// A loaded program's descriptor, owned (to put in a program array while the program is
@@ -232,6 +305,7 @@ pub fn load_object_migrating(
     let ebpf = EbpfLoader::new()
         .default_map_pin_directory(pin_dir)
         .map_max_entries(CONNTRACK, sizes.conntrack)
+        .map_max_entries(CONNTRACK6, sizes.conntrack)
         .map_max_entries(NAT_FLOWS, sizes.nat_flows)
         .map_max_entries(NAT_FLOWS6, sizes.nat_flows)
         .load(EBPF_OBJECT)
@@ -1533,6 +1607,16 @@ impl Dataplane for EbpfDataplane {
             ..self.node_config
         };
         self.write_node_config(value)?;
+        // IPv6's sources are synced as they are: its flows are ended by idle expiry when a
+        // source goes, not at once as IPv4's below.
+        let wanted6: std::collections::HashMap<u32, [u8; 16]> = ipv6_only(sources)
+            .into_iter()
+            .map(|(index, ip)| (index, ip.octets()))
+            .collect();
+        let mut map6: HashMap<&mut MapData, u32, [u8; 16]> =
+            HashMap::try_from(self.map_mut(MASQUERADE_SOURCES6)?)
+                .map_err(Error::dataplane(MASQUERADE_SOURCES6))?;
+        sync_hash_map(&mut map6, &wanted6, "IPv6 masquerade source")?;
         let wanted: BTreeMap<u32, Ipv4Addr> = ipv4_only(sources).into_iter().collect();
         if wanted == self.masquerade_sources {
             return Ok(());
@@ -1759,37 +1843,36 @@ impl EbpfDataplane {
         Error::collect(errors)
     }
 
-    /// The slot `container_ingress` tail-calls for IPv6: this agent's `container_ingress6`,
-    /// put back if the slot was emptied or given another program (`bpftool map`), which
-    /// would leave every container's IPv6 a counted drop.
+    /// The slots the container programs tail-call: `container_ingress6` in
+    /// `CONTAINER_PROGRAMS` and `container_masquerade6` in `CONTAINER6_PROGRAMS`, this
+    /// agent's, put back if a slot was emptied or given another program (`bpftool map`),
+    /// which would leave every container's IPv6 (or its masquerade) a counted drop.
     fn repair_container_programs(&mut self, repaired: &mut Vec<Repaired>) -> Result<()> {
-        let ours = program::<SchedClassifier>(&mut self.ebpf, CONTAINER6_PROGRAM)?
-            .info()
-            .map_err(Error::dataplane("reading container_ingress6's info"))?
-            .id();
-        let aya::maps::Map::ProgramArray(slots) = self.map(CONTAINER_PROGRAMS)? else {
-            return Err(Error::dataplane("map lookup")(MissingMap(
-                CONTAINER_PROGRAMS.into(),
-            )));
-        };
-        if program_array_slot(slots, CONTAINER_IPV6_SLOT)? == Some(ours) {
-            return Ok(());
+        for (name, array, slot) in [
+            (CONTAINER6_PROGRAM, CONTAINER_PROGRAMS, CONTAINER_IPV6_SLOT),
+            (
+                CONTAINER_MASQUERADE6_PROGRAM,
+                CONTAINER6_PROGRAMS,
+                CONTAINER6_MASQUERADE_SLOT,
+            ),
+        ] {
+            let ours = program::<SchedClassifier>(&mut self.ebpf, name)?
+                .info()
+                .map_err(Error::dataplane(format!("reading {name}'s info")))?
+                .id();
+            let aya::maps::Map::ProgramArray(slots) = self.map(array)? else {
+                return Err(Error::dataplane("map lookup")(MissingMap(array.into())));
+            };
+            if program_array_slot(slots, slot)? == Some(ours) {
+                continue;
+            }
+            let fd = program_fd(program::<SchedClassifier>(&mut self.ebpf, name)?.fd())?;
+            fill_program_array(&mut self.ebpf, array, slot, &fd)?;
+            repaired.push(Repaired {
+                kind: RepairKind::ProgramReattached,
+                what: format!("{name} in {array}"),
+            });
         }
-        let fd = program::<SchedClassifier>(&mut self.ebpf, CONTAINER6_PROGRAM)?
-            .fd()
-            .map_err(Error::dataplane("the container's IPv6 TC program"))?
-            .try_clone()
-            .map_err(Error::io("duplicating a program descriptor"))?;
-        let mut slots: ProgramArray<&mut MapData> =
-            ProgramArray::try_from(self.map_mut(CONTAINER_PROGRAMS)?)
-                .map_err(Error::dataplane(CONTAINER_PROGRAMS))?;
-        slots
-            .set(CONTAINER_IPV6_SLOT, &fd, 0)
-            .map_err(Error::dataplane("filling the container program array"))?;
-        repaired.push(Repaired {
-            kind: RepairKind::ProgramReattached,
-            what: format!("{CONTAINER6_PROGRAM} in {CONTAINER_PROGRAMS}"),
-        });
         Ok(())
     }
 

@@ -12,7 +12,8 @@ use std::{
 
 use aya::maps::{HashMap, MapData, MapError};
 use dataplane_common::{
-    CONNTRACK, CtEntry, CtKey, FlowKey, FlowKey6, NAT_FLOWS, NAT_FLOWS6, NatFlow, NatFlow6,
+    CONNTRACK, CONNTRACK6, CtEntry, CtEntry6, CtKey, CtKey6, FlowKey, FlowKey6, NAT_FLOWS,
+    NAT_FLOWS6, NatFlow, NatFlow6, ct::TrackedKey,
 };
 
 use super::{
@@ -54,6 +55,7 @@ impl FlowGc {
             conntrack: flows::open_table(pin_dir, CONNTRACK)?,
             nat_flows: flows::open_table(pin_dir, NAT_FLOWS)?,
             nat_flows6: flows::open_table(pin_dir, NAT_FLOWS6)?,
+            conntrack6: flows::open_table(pin_dir, CONNTRACK6)?,
             timeouts,
             orphans: HashSet::new(),
             report: report.clone(),
@@ -116,6 +118,7 @@ struct Collector {
     conntrack: HashMap<MapData, CtKey, CtEntry>,
     nat_flows: HashMap<MapData, FlowKey, NatFlow>,
     nat_flows6: HashMap<MapData, FlowKey6, NatFlow6>,
+    conntrack6: HashMap<MapData, CtKey6, CtEntry6>,
     timeouts: FlowTimeouts,
     /// Keys found without their other direction by the last pass.
     orphans: HashSet<CtKey>,
@@ -139,6 +142,7 @@ impl Collector {
         match flows::monotonic_ns() {
             Ok(now) => {
                 fill.0 = self.expire_conntrack(now, &mut pass);
+                self.expire_conntrack6(now, &mut pass);
                 fill.1 = self.expire_nat_flows(now, &mut pass);
             }
             Err(e) => pass.error("reading the clock", e),
@@ -222,6 +226,39 @@ impl Collector {
             match flows::remove_key(&mut self.conntrack, &key) {
                 Ok(removed) => pass.removed += u64::from(removed),
                 Err(e) => pass.error("removing a CONNTRACK entry", e),
+            }
+        }
+    }
+
+    /// Removes the idle flows of CONNTRACK6 (IPv6 masquerade): an entry goes, with its
+    /// other direction, when both are idle (each is refreshed by its own direction's
+    /// packets) or the other is gone.
+    fn expire_conntrack6(&mut self, now: u64, pass: &mut Pass) {
+        let timeouts = self.timeouts;
+        let idle = |key: &CtKey6, entry: &CtEntry6| {
+            flows::is_expired(&timeouts, key.proto, entry.state, entry.last_seen_ns, now)
+        };
+        let walk = flows::walk(&self.conntrack6);
+        pass.walked("walking CONNTRACK6", &walk);
+        for (key, entry) in &walk.entries {
+            if !idle(key, entry) {
+                continue;
+            }
+            let peer = key.peer(entry);
+            // Read again: a packet may have renewed either entry since the walk.
+            let still_idle = |k: &CtKey6| match self.conntrack6.get(k, 0) {
+                Ok(e) => idle(k, &e),
+                Err(MapError::KeyNotFound) => true,
+                Err(_) => false,
+            };
+            if !(still_idle(key) && still_idle(&peer)) {
+                continue;
+            }
+            for k in [key, &peer] {
+                match flows::remove_key(&mut self.conntrack6, k) {
+                    Ok(removed) => pass.removed += u64::from(removed),
+                    Err(e) => pass.error("removing a CONNTRACK6 entry", e),
+                }
             }
         }
     }

@@ -52,7 +52,9 @@ impl NodeAddresses {
             .filter(|(_, ip)| !ip.is_loopback())
             .collect();
         let mut masquerade_sources = BTreeMap::new();
-        for (index, ip) in &addresses {
+        // An IPv6 link-local address is no source for traffic that leaves the link.
+        let link_local = |ip: &IpAddr| matches!(ip, IpAddr::V6(ip) if ip.is_unicast_link_local());
+        for (index, ip) in addresses.iter().filter(|(_, ip)| !link_local(ip)) {
             masquerade_sources
                 .entry((*index, ip.is_ipv6()))
                 .or_insert(*ip);

@@ -428,7 +428,7 @@ impl Fixture {
 
 /// A parsed view of an IPv6 frame for the assertions: addresses, ports, hop limit, MACs,
 /// and whether its transport checksum is right.
-struct View6<'a>(&'a [u8]);
+pub(crate) struct View6<'a>(pub &'a [u8]);
 
 impl View6<'_> {
     fn addr(&self, at: usize) -> Ipv6Addr {
@@ -437,13 +437,13 @@ impl View6<'_> {
             .unwrap();
         bytes.into()
     }
-    fn src(&self) -> Ipv6Addr {
+    pub(crate) fn src(&self) -> Ipv6Addr {
         self.addr(8)
     }
-    fn dst(&self) -> Ipv6Addr {
+    pub(crate) fn dst(&self) -> Ipv6Addr {
         self.addr(24)
     }
-    fn hop_limit(&self) -> u8 {
+    pub(crate) fn hop_limit(&self) -> u8 {
         self.0[ETH_HLEN + 7]
     }
     /// Where the transport header starts, past the extension headers (as the parser
@@ -456,11 +456,11 @@ impl View6<'_> {
             other => panic!("not an IPv6 packet: {other:?}"),
         }
     }
-    fn port(&self, at: usize) -> u16 {
+    pub(crate) fn port(&self, at: usize) -> u16 {
         let l4 = self.l4().1;
         u16::from_be_bytes([self.0[l4 + at], self.0[l4 + at + 1]])
     }
-    fn checksum_ok(&self) -> bool {
+    pub(crate) fn checksum_ok(&self) -> bool {
         let (protocol, l4) = self.l4();
         let upper = &self.0[l4..];
         let mut zeroed = upper.to_vec();
@@ -674,7 +674,7 @@ fn ipv6_published_ports_table() -> Result<()> {
 
 /// [`forwarding_namespace`] with IPv6: 2001:db8::1/64 on `up0`, the world 2001:db8::2 a
 /// known neighbour, forwarding on.
-fn forwarding_namespace6() -> Result<Netns> {
+pub(crate) fn forwarding_namespace6() -> Result<Netns> {
     let ns = forwarding_namespace()?;
     ns.exec("sysctl", &["-qw", "net.ipv6.conf.all.forwarding=1"])?;
     ns.ip(&["addr", "add", "2001:db8::1/64", "dev", "up0", "nodad"])?;
@@ -772,6 +772,7 @@ fn ipv6_policy_table() -> Result<()> {
         ("fd00::", NETWORK_ICC | NETWORK_MASQUERADE),
         ("fd01::", NETWORK_MASQUERADE),
         ("fd02::", NETWORK_ICC | NETWORK_INTERNAL),
+        ("fd03::", NETWORK_ICC),
     ]
     .into_iter()
     .enumerate()
@@ -851,7 +852,7 @@ fn ipv6_policy_table() -> Result<()> {
         ),
         (
             "to the outside, routed",
-            from("fd00::2", "2001:db8::2")?,
+            from("fd03::2", "2001:db8::2")?,
             TC_ACT_OK,
             Stat::ContainerPassOutside,
         ),
