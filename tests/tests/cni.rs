@@ -1,22 +1,31 @@
 //! `bpfbridge-cni` driven exactly as a container runtime drives it (the `CNI_*`
 //! environment, the configuration on stdin), against namespaces the test makes as a runtime
 //! would: ADD gives an address and publishes the hostPort through the agent's fast path,
-//! DEL removes it, and the spec's rules for repeated, missing and bad input hold.
+//! DEL removes it, and the spec's rules for repeated, missing and bad input hold. A
+//! dual-stack configuration (host-local's IPv6 range set) gives both families: addresses,
+//! default routes, masquerade to the world and the hostPort on IPv6 too.
 
 use std::{
-    net::{SocketAddr, SocketAddrV4},
+    io::{Read as _, Write as _},
+    net::{IpAddr, Ipv6Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream},
     path::Path,
+    thread,
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result, ensure};
 use bpfbridge_tests::{
-    Agent, NODE_IP, Netns, Topology, WORLD_IP,
+    Agent, NODE_IP, NODE_IPV6, Netns, Topology, WORLD_IP, WORLD_IPV6,
     cni::{Plugin, with_prev_result},
-    links, request, run, serve_once, skip_unless_ebpf,
+    enter_netns_on_this_thread, links, request, run, serve_once, skip_unless_ebpf,
+    skip_without_dataplane_ipv6,
 };
 use serde_json::{Value, json};
 
 const SUBNET: &str = "10.88.0.0/24";
+
+/// The IPv6 range of the dual-stack tests.
+const SUBNET6: &str = "fd00:88::/64";
 
 /// A node with an agent and the plugin as the node's runtime calls it.
 struct Node {
@@ -27,7 +36,15 @@ struct Node {
 
 impl Node {
     fn start() -> Result<Self> {
-        let topology = Topology::new()?;
+        Self::on(Topology::new()?)
+    }
+
+    /// A node whose uplink carries IPv6 too ([`NODE_IPV6`], the world at [`WORLD_IPV6`]).
+    fn start_dual_stack() -> Result<Self> {
+        Self::on(Topology::new()?.with_ipv6()?)
+    }
+
+    fn on(topology: Topology) -> Result<Self> {
         let agent = Agent::start(&topology)?;
         let plugin = Plugin {
             agent_socket: agent.socket.clone(),
@@ -91,11 +108,46 @@ impl Node {
         .is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionRefused)
     }
 
+    /// A host-local style dual-stack configuration of network `name` at `version`: an
+    /// IPv4 and an IPv6 range set, no bpfbridge keys, `extra` merged in.
+    fn dual_stack_config(
+        &self,
+        version: &str,
+        name: &str,
+        ipv4: &str,
+        ipv6: &str,
+        extra: Value,
+    ) -> Value {
+        let mut config = self.plugin.config(version, name, ipv4, extra);
+        let object = config.as_object_mut().expect("an object");
+        object.remove("subnet");
+        object.insert(
+            "ipam".into(),
+            json!({"type": "host-local",
+                   "ranges": [[{"subnet": ipv4}], [{"subnet": ipv6}]],
+                   "routes": [{"dst": "0.0.0.0/0"}, {"dst": "::/0"}]}),
+        );
+        config
+    }
+
     fn veths(&self) -> Result<Vec<String>> {
         Ok(links(&self.topology.node)?
             .into_iter()
             .filter(|l| l.starts_with("veth"))
             .collect())
+    }
+
+    /// The networks the agent lists.
+    fn networks(&self) -> Result<Vec<String>> {
+        let ls = self.agent.cli(&["network", "ls", "--format", "json"])?;
+        ensure!(ls.status.success(), "network ls: {ls:?}");
+        String::from_utf8(ls.stdout)?
+            .lines()
+            .map(|line| {
+                let network: Value = serde_json::from_str(line)?;
+                Ok(network["Name"].as_str().context("Name")?.to_string())
+            })
+            .collect()
     }
 
     /// The containers the agent lists (`container ls --format json`: one per line).
@@ -405,5 +457,241 @@ fn del_works_across_an_agent_crash_and_while_the_agent_is_down() -> Result<()> {
     node.agent.spawn()?;
     assert_eq!(node.attachments()?, Vec::<String>::new());
     assert!(node.port_is_closed(8083));
+    Ok(())
+}
+
+/// A TCP server on `[::]:port` in a namespace that answers one connection with
+/// `pong LINE`; the handle returns the peer it saw.
+fn serve_once_v6(netns: &Path, port: u16) -> thread::JoinHandle<Result<SocketAddr>> {
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let netns = netns.to_path_buf();
+    let handle = thread::spawn(move || -> Result<SocketAddr> {
+        enter_netns_on_this_thread(&netns)?;
+        let listener = TcpListener::bind((Ipv6Addr::UNSPECIFIED, port))?;
+        listener.set_nonblocking(true)?;
+        let _ = ready_tx.send(());
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let (mut stream, peer) = loop {
+            match listener.accept() {
+                Ok(conn) => break conn,
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::WouldBlock && Instant::now() < deadline =>
+                {
+                    thread::sleep(Duration::from_millis(10))
+                }
+                Err(e) => return Err(e).context("accept"),
+            }
+        };
+        stream.set_nonblocking(false)?;
+        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+        let mut buf = [0u8; 256];
+        let n = stream.read(&mut buf)?;
+        stream.write_all(b"pong ")?;
+        stream.write_all(&buf[..n])?;
+        Ok(peer)
+    });
+    let _ = ready_rx.recv_timeout(Duration::from_secs(5));
+    handle
+}
+
+/// Connects to `to` from a namespace, sends `message`, returns the whole answer.
+fn request_v6(netns: &Path, to: SocketAddr, message: &str) -> std::io::Result<String> {
+    bpfbridge_tests::in_netns(netns, || {
+        let mut stream = TcpStream::connect_timeout(&to, Duration::from_secs(3))?;
+        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+        stream.write_all(message.as_bytes())?;
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer)?;
+        Ok(answer)
+    })
+}
+
+/// One exchange over IPv6 from `client` to `to`, served on `server_port` in `server`: the
+/// peer the server saw.
+fn round_trip_v6(
+    (server, server_port): (&Path, u16),
+    client: &Path,
+    to: SocketAddr,
+) -> Result<SocketAddr> {
+    let listening = serve_once_v6(server, server_port);
+    let answer = request_v6(client, to, "ping\n").with_context(|| format!("client to {to}"))?;
+    let peer = listening.join().expect("server thread")?;
+    ensure!(answer == "pong ping\n", "unexpected answer {answer:?}");
+    Ok(peer)
+}
+
+#[test]
+fn a_dual_stack_add_gives_both_families_and_del_removes_them() -> Result<()> {
+    let node = Node::start_dual_stack()?;
+    let pod = Netns::new("pod")?;
+    let config = node.dual_stack_config(
+        "1.0.0",
+        "pods",
+        SUBNET,
+        SUBNET6,
+        json!({"runtimeConfig": {"portMappings": [
+            {"hostPort": 8080, "containerPort": 80, "protocol": "tcp"},
+            {"hostPort": 8081, "containerPort": 80, "protocol": "tcp", "hostIP": "::"}
+        ]}}),
+    );
+    let result = node.add("pod1", &pod.path(), &config)?;
+    assert_eq!(
+        result["ips"],
+        json!([
+            {"address": "10.88.0.2/24", "gateway": "10.88.0.1", "interface": 1},
+            {"address": "fd00:88::2/64", "gateway": "fd00:88::1", "interface": 1}
+        ])
+    );
+    assert_eq!(
+        result["routes"],
+        json!([{"dst": "0.0.0.0/0", "gw": "10.88.0.1"}, {"dst": "::/0", "gw": "fd00:88::1"}])
+    );
+    let inside = String::from_utf8(pod.ip(&["-6", "-o", "addr", "show", "eth0"])?.stdout)?;
+    assert!(inside.contains("fd00:88::2/64"), "{inside}");
+    let routes = String::from_utf8(pod.ip(&["-6", "route"])?.stdout)?;
+    assert!(routes.contains("default via fd00:88::1"), "{routes}");
+    let network = &node.agent.cli_json(&["network", "inspect", "pods"])?[0];
+    assert_eq!(network["EnableIPv6"], true);
+
+    // CHECK knows both addresses.
+    let check = with_prev_result(&config, &result);
+    node.plugin
+        .call("CHECK", "pod1", &pod.path(), "eth0", &check)?
+        .ok()?;
+    let mut wrong = result.clone();
+    wrong["ips"][1]["address"] = json!("fd00:88::99/64");
+    let mismatch = node.plugin.call(
+        "CHECK",
+        "pod1",
+        &pod.path(),
+        "eth0",
+        &with_prev_result(&config, &wrong),
+    )?;
+    assert_eq!(mismatch.error_code(), Some(999), "{mismatch:?}");
+
+    // The hostPort answers on IPv4 as before.
+    assert_eq!(node.round_trip(&pod.path(), 8080)?.ip(), WORLD_IP);
+    if !skip_without_dataplane_ipv6(&node.agent, "CNI pods' IPv6 traffic")? {
+        let world = node.topology.world.path();
+        // The pod reaches the world over IPv6 with the node's address (ipMasq's default).
+        assert_eq!(
+            round_trip_v6(
+                (&world, 7601),
+                &pod.path(),
+                SocketAddr::new(WORLD_IPV6.into(), 7601)
+            )?
+            .ip(),
+            IpAddr::V6(NODE_IPV6),
+            "the world sees the node's IPv6 address"
+        );
+        // The world reaches the pod's hostPort on the node's IPv6 address, its own
+        // address preserved; `hostIP: "::"` is IPv6 only.
+        for port in [8080, 8081] {
+            assert_eq!(
+                round_trip_v6(
+                    (&pod.path(), 80),
+                    &world,
+                    SocketAddr::new(NODE_IPV6.into(), port)
+                )?
+                .ip(),
+                IpAddr::V6(WORLD_IPV6),
+                "[{NODE_IPV6}]:{port}"
+            );
+        }
+        assert!(
+            node.port_is_closed(8081),
+            "hostIP :: publishes no IPv4 port"
+        );
+    }
+
+    // DEL removes both families' addresses and ports.
+    node.del("pod1", &pod.path(), &check)?;
+    assert!(node.port_is_closed(8080));
+    let world = node.topology.world.path();
+    for port in [8080, 8081] {
+        assert!(
+            request_v6(&world, SocketAddr::new(NODE_IPV6.into(), port), "ping\n").is_err(),
+            "[{NODE_IPV6}]:{port} answers after DEL"
+        );
+    }
+    assert_eq!(node.veths()?, Vec::<String>::new());
+    assert_eq!(node.attachments()?, Vec::<String>::new());
+    Ok(())
+}
+
+#[test]
+fn bad_dual_stack_input_is_refused_and_leaves_nothing() -> Result<()> {
+    let node = Node::start_dual_stack()?;
+    let pod = Netns::new("pod")?;
+    node.add(
+        "pod1",
+        &pod.path(),
+        &node.dual_stack_config("1.1.0", "pods", SUBNET, SUBNET6, json!({})),
+    )?;
+    let other = Netns::new("pod")?;
+    let refused = |config: &Value| -> Result<(Option<u64>, String)> {
+        let outcome = node
+            .plugin
+            .call("ADD", "pod2", &other.path(), "eth0", config)?;
+        Ok((
+            outcome.error_code(),
+            outcome.output["details"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+        ))
+    };
+    // An IPv6 range overlapping the first network's: the agent refuses the new network.
+    let (code, details) = refused(&node.dual_stack_config(
+        "1.1.0",
+        "other",
+        "10.89.0.0/24",
+        "fd00:88::/48",
+        json!({}),
+    ))?;
+    assert_eq!(code, Some(999), "{details}");
+    assert!(details.contains("overlaps"), "{details}");
+    // An invalid CIDR, a gateway outside its range: the configuration is invalid.
+    let (code, details) = refused(&node.dual_stack_config(
+        "1.1.0",
+        "other",
+        "10.89.0.0/24",
+        "fd00:89::/200",
+        json!({}),
+    ))?;
+    assert_eq!(code, Some(7), "{details}");
+    let mut outside =
+        node.dual_stack_config("1.1.0", "other", "10.89.0.0/24", "fd00:89::/64", json!({}));
+    outside["ipam"]["ranges"][1][0]["gateway"] = json!("fd00:90::1");
+    let (code, details) = refused(&outside)?;
+    assert_eq!(code, Some(7), "{details}");
+    assert!(details.contains("not a usable address"), "{details}");
+    // The existing network with another IPv6 range: the configuration does not match it.
+    let (code, details) =
+        refused(&node.dual_stack_config("1.1.0", "pods", SUBNET, "fd00:87::/64", json!({})))?;
+    assert_eq!(code, Some(999), "{details}");
+    assert!(details.contains("IPv6 subnet"), "{details}");
+    // Nothing of the refused ADDs is left.
+    assert_eq!(node.networks()?.iter().filter(|n| *n == "other").count(), 0);
+    assert_eq!(node.attachments()?, ["cni-pod1"]);
+    assert_eq!(node.veths()?.len(), 1);
+
+    // On an IPv4-only network an IPv6 hostIP is left out, as the portmap plugin does.
+    let third = Netns::new("pod")?;
+    let v4 = node.plugin.config(
+        "1.1.0",
+        "v4pods",
+        "10.90.0.0/24",
+        json!({"runtimeConfig": {"portMappings": [
+            {"hostPort": 8090, "containerPort": 80, "hostIP": "::"}
+        ]}}),
+    );
+    let result = node.add("pod3", &third.path(), &v4)?;
+    assert_eq!(result["ips"].as_array().map(Vec::len), Some(1), "{result}");
+    assert_eq!(
+        result["routes"].as_array().map(Vec::len),
+        Some(1),
+        "{result}"
+    );
     Ok(())
 }

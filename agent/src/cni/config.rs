@@ -1,6 +1,10 @@
 //! What the runtime passes: the `CNI_*` environment and the plugin configuration on stdin.
 
-use std::{collections::BTreeMap, net::Ipv4Addr, path::PathBuf};
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    path::PathBuf,
+};
 
 use serde::Deserialize;
 
@@ -169,6 +173,8 @@ struct RawConf {
     network: Option<String>,
     subnet: Option<String>,
     gateway: Option<String>,
+    ipv6_subnet: Option<String>,
+    ipv6_gateway: Option<String>,
     mtu: Option<u32>,
     icc: Option<bool>,
     ip_masq: Option<bool>,
@@ -233,22 +239,159 @@ fn check_version(cni_version: &str, command: Command) -> Result<(), CniError> {
     Ok(())
 }
 
-/// The subnet and gateway of a host-local style `ipam` section: the agent does the address
-/// management, so only these are read, and only from host-local's keys.
-fn ipam_subnet(ipam: &serde_json::Value) -> Result<(Option<String>, Option<String>), CniError> {
+/// One address family's subnet and gateway as a configuration gives them, unchecked.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct FamilyConf {
+    subnet: Option<String>,
+    gateway: Option<String>,
+}
+
+/// What a host-local style `ipam` section gives, per family.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct IpamConf {
+    ipv4: FamilyConf,
+    ipv6: FamilyConf,
+}
+
+/// The subnets and gateways of a host-local style `ipam` section: the agent does the
+/// address management, so only these are read, and only from host-local's keys. As
+/// host-local, `ranges` is a list of range sets, one address each, and the older `subnet`
+/// and `gateway` keys are one more set before them; the agent gives a container one address
+/// per family, so there is at most one set per family, and the first range of a set is its
+/// subnet (the others are checked, not used). Ranges that overlap are refused as host-local
+/// refuses them.
+fn ipam_conf(ipam: &serde_json::Value) -> Result<IpamConf, CniError> {
     let plugin = ipam.get("type").and_then(|t| t.as_str()).unwrap_or("");
     if !matches!(plugin, "" | "host-local" | "bpfbridge") {
         return Err(unsupported("ipam.type", &ipam["type"]));
     }
     let text = |v: Option<&serde_json::Value>| v.and_then(|v| v.as_str()).map(str::to_string);
-    // host-local's `ranges` is a list of range sets; the first range of the first set.
-    let range = ipam
-        .get("ranges")
-        .and_then(|r| r.get(0))
-        .and_then(|set| set.get(0));
-    let subnet = text(ipam.get("subnet")).or_else(|| text(range.and_then(|r| r.get("subnet"))));
-    let gateway = text(ipam.get("gateway")).or_else(|| text(range.and_then(|r| r.get("gateway"))));
-    Ok((subnet, gateway))
+    let mut sets: Vec<(String, Vec<&serde_json::Value>)> = Vec::new();
+    if ipam.get("subnet").is_some() || ipam.get("gateway").is_some() {
+        sets.push(("ipam".into(), vec![ipam]));
+    }
+    match ipam.get("ranges") {
+        None => {}
+        Some(serde_json::Value::Array(ranges)) => {
+            for (i, set) in ranges.iter().enumerate() {
+                let set = set
+                    .as_array()
+                    .filter(|set| !set.is_empty())
+                    .ok_or_else(|| {
+                        invalid_config(format!("ipam.ranges[{i}]: expected a list of ranges"))
+                    })?;
+                sets.push((format!("ipam.ranges[{i}]"), set.iter().collect()));
+            }
+        }
+        Some(other) => {
+            return Err(invalid_config(format!(
+                "ipam.ranges: expected a list of range sets, got {other}"
+            )));
+        }
+    }
+    let mut conf = IpamConf::default();
+    let mut seen: Vec<(String, ipnet::IpNet)> = Vec::new();
+    for (name, ranges) in sets {
+        let mut family = None;
+        for (j, range) in ranges.iter().enumerate() {
+            let key = if name == "ipam" {
+                name.clone()
+            } else {
+                format!("{name}[{j}]")
+            };
+            let Some(subnet) = text(range.get("subnet")) else {
+                return Err(invalid_config(format!("{key}.subnet is missing")));
+            };
+            let net: ipnet::IpNet = subnet
+                .parse()
+                .map_err(|_| invalid_config(format!("{key}.subnet {subnet:?}: not a CIDR")))?;
+            let is_ipv6 = matches!(net, ipnet::IpNet::V6(_));
+            if *family.get_or_insert(is_ipv6) != is_ipv6 {
+                return Err(invalid_config(format!(
+                    "{key}.subnet {subnet}: a range set has one address family"
+                )));
+            }
+            if let Some((other, _)) = seen
+                .iter()
+                .find(|(_, s)| s.contains(&net.network()) || net.contains(&s.network()))
+            {
+                return Err(invalid_config(format!(
+                    "{key}.subnet {subnet} overlaps {other}"
+                )));
+            }
+            seen.push((format!("{key}.subnet"), net));
+        }
+        let first = ranges[0];
+        let slot = if family == Some(true) {
+            &mut conf.ipv6
+        } else {
+            &mut conf.ipv4
+        };
+        if slot.subnet.is_some() {
+            return Err(CniError::new(
+                ErrorCode::UnsupportedField,
+                "unsupported field in network config",
+                format!(
+                    "{name}: a second range set of the same address family (the agent gives \
+                     a container one address per family)"
+                ),
+            ));
+        }
+        *slot = FamilyConf {
+            subnet: text(first.get("subnet")),
+            gateway: text(first.get("gateway")),
+        };
+    }
+    Ok(conf)
+}
+
+/// Checks one family's subnet and gateway (`ipv6` or not): the subnet a CIDR of the family,
+/// the gateway an address of the family inside it. `keys` name them in errors.
+fn check_family(
+    family: &FamilyConf,
+    ipv6: bool,
+    (subnet_key, gateway_key): (&str, &str),
+) -> Result<(), CniError> {
+    let name = if ipv6 { "IPv6" } else { "IPv4" };
+    let subnet = match &family.subnet {
+        Some(text) => {
+            let net: ipnet::IpNet = text.parse().map_err(|_| {
+                invalid_config(format!("{subnet_key} {text:?}: expected an {name} CIDR"))
+            })?;
+            if matches!(net, ipnet::IpNet::V6(_)) != ipv6 {
+                return Err(invalid_config(format!(
+                    "{subnet_key} {text:?}: expected an {name} CIDR"
+                )));
+            }
+            Some(net)
+        }
+        None => None,
+    };
+    if let Some(text) = &family.gateway {
+        let gateway: std::net::IpAddr = text
+            .parse()
+            .ok()
+            .filter(|g: &std::net::IpAddr| g.is_ipv6() == ipv6)
+            .ok_or_else(|| {
+                invalid_config(format!(
+                    "{gateway_key} {text:?}: expected an {name} address"
+                ))
+            })?;
+        match subnet {
+            None => {
+                return Err(invalid_config(format!(
+                    "{gateway_key} {text}: a gateway needs its subnet"
+                )));
+            }
+            Some(subnet) if !subnet.contains(&gateway) || gateway == subnet.network() => {
+                return Err(invalid_config(format!(
+                    "{gateway_key} {gateway} is not a usable address of {subnet}"
+                )));
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(())
 }
 
 fn runtime_config(raw: BTreeMap<String, serde_json::Value>) -> Result<RuntimeConfig, CniError> {
@@ -274,6 +417,48 @@ fn runtime_config(raw: BTreeMap<String, serde_json::Value>) -> Result<RuntimeCon
     Ok(config)
 }
 
+/// The agent network the configuration describes: bpfbridge's own keys (`subnet`,
+/// `gateway`, `ipv6Subnet`, `ipv6Gateway`, ...) first, else host-local's `ipam` ones, each
+/// family checked.
+fn network_of(raw: &RawConf, name: &str) -> Result<CniNetwork, CniError> {
+    let ipam = raw
+        .ipam
+        .as_ref()
+        .map(ipam_conf)
+        .transpose()?
+        .unwrap_or_default();
+    if ipam.ipv6.subnet.is_some() && ipam.ipv4.subnet.is_none() && raw.subnet.is_none() {
+        return Err(CniError::new(
+            ErrorCode::UnsupportedField,
+            "unsupported field in network config",
+            "ipam: an IPv6 range without an IPv4 one (IPv6-only pods) is not supported; \
+             add an IPv4 range set",
+        ));
+    }
+    let ipv4 = FamilyConf {
+        subnet: raw.subnet.clone().or(ipam.ipv4.subnet),
+        gateway: raw.gateway.clone().or(ipam.ipv4.gateway),
+    };
+    let ipv6 = FamilyConf {
+        subnet: raw.ipv6_subnet.clone().or(ipam.ipv6.subnet),
+        gateway: raw.ipv6_gateway.clone().or(ipam.ipv6.gateway),
+    };
+    check_family(&ipv4, false, ("subnet", "gateway"))?;
+    check_family(&ipv6, true, ("ipv6Subnet", "ipv6Gateway"))?;
+    Ok(CniNetwork {
+        name: raw.network.clone().unwrap_or_else(|| name.to_string()),
+        subnet: ipv4.subnet,
+        gateway: ipv4.gateway,
+        ipv6_subnet: ipv6.subnet,
+        ipv6_gateway: ipv6.gateway,
+        mtu: raw.mtu,
+        icc: raw.icc,
+        ip_masq: raw.ip_masq,
+        bridge: raw.bridge.clone(),
+        gateway_mode: raw.gateway_mode.clone(),
+    })
+}
+
 impl NetConf {
     /// Parses and checks the configuration of a command other than `VERSION`.
     pub fn parse(stdin: &[u8], command: Command) -> Result<Self, CniError> {
@@ -286,44 +471,30 @@ impl NetConf {
         })?;
         let cni_version = raw
             .cni_version
+            .clone()
             .ok_or_else(|| invalid_config("cniVersion is missing".into()))?;
         check_version(&cni_version, command)?;
         let name = raw
             .name
+            .clone()
             .filter(|n| !n.is_empty())
             .ok_or_else(|| invalid_config("name is missing".into()))?;
-        if raw.plugin_type.is_none_or(|t| t.is_empty()) {
+        if raw.plugin_type.as_deref().is_none_or(str::is_empty) {
             return Err(invalid_config("type is missing".into()));
         }
         // DEL is best effort (SPEC.md): it needs the attachment's key, not what ADD took
         // from the configuration, so a part it cannot read does not stop it.
         let lenient = command == Command::Del;
-        let (ipam_subnet, ipam_gateway) = match &raw.ipam {
-            Some(ipam) => {
-                ipam_subnet(ipam).or_else(|e| if lenient { Ok((None, None)) } else { Err(e) })?
+        let network = network_of(&raw, &name).or_else(|e| {
+            if lenient {
+                Ok(CniNetwork {
+                    name: raw.network.clone().unwrap_or_else(|| name.clone()),
+                    ..CniNetwork::default()
+                })
+            } else {
+                Err(e)
             }
-            None => (None, None),
-        };
-        let network = CniNetwork {
-            name: raw.network.unwrap_or_else(|| name.clone()),
-            subnet: raw.subnet.or(ipam_subnet),
-            gateway: raw.gateway.or(ipam_gateway),
-            mtu: raw.mtu,
-            icc: raw.icc,
-            ip_masq: raw.ip_masq,
-            bridge: raw.bridge,
-            gateway_mode: raw.gateway_mode,
-        };
-        if let Some(subnet) = &network.subnet {
-            subnet
-                .parse::<ipnet::Ipv4Net>()
-                .map_err(|_| invalid_config(format!("subnet {subnet:?}: expected an IPv4 CIDR")))?;
-        }
-        if let Some(gateway) = &network.gateway {
-            gateway.parse::<Ipv4Addr>().map_err(|_| {
-                invalid_config(format!("gateway {gateway:?}: expected an IPv4 address"))
-            })?;
-        }
+        })?;
         Ok(NetConf {
             cni_version,
             name,
@@ -345,8 +516,10 @@ impl NetConf {
         })
     }
 
-    /// The `portMappings` as the agent takes them: IPv6 host addresses are left out (the
-    /// agent publishes IPv4 only), an empty or `0.0.0.0` one means every node address.
+    /// The `portMappings` as the agent takes them. As the reference portmap plugin: an
+    /// empty `hostIP` publishes on every node address of both families, `0.0.0.0` on every
+    /// IPv4 one, `::` on every IPv6 one, another address on that one alone (a mapping of a
+    /// family the network does not have is left out by the agent).
     pub fn port_mappings(&self) -> Result<Vec<CniPortMapping>, CniError> {
         let mut mappings = Vec::new();
         for mapping in &self.runtime_config.port_mappings {
@@ -362,16 +535,10 @@ impl NetConf {
                 }
             };
             let host_ip = match mapping.host_ip.as_deref().unwrap_or("") {
-                "" | "0.0.0.0" => None,
-                text => match text.parse::<std::net::IpAddr>() {
-                    Ok(std::net::IpAddr::V4(ip)) => Some(ip),
-                    Ok(std::net::IpAddr::V6(_)) => continue,
-                    Err(_) => {
-                        return Err(invalid_config(format!(
-                            "portMappings hostIP {text:?}: not an address"
-                        )));
-                    }
-                },
+                "" => None,
+                text => Some(text.parse::<IpAddr>().map_err(|_| {
+                    invalid_config(format!("portMappings hostIP {text:?}: not an address"))
+                })?),
             };
             if mapping.host_port == 0 || mapping.container_port == 0 {
                 return Err(invalid_config(format!(
@@ -389,19 +556,25 @@ impl NetConf {
         Ok(mappings)
     }
 
-    /// The address the `ips` capability asks for: its first IPv4 one, prefix dropped.
-    pub fn requested_ip(&self) -> Result<Option<Ipv4Addr>, CniError> {
+    /// The addresses the `ips` capability asks for: its first IPv4 and its first IPv6 one,
+    /// prefixes dropped.
+    pub fn requested_ips(&self) -> Result<(Option<Ipv4Addr>, Option<Ipv6Addr>), CniError> {
+        let (mut ipv4, mut ipv6) = (None, None);
         for entry in &self.runtime_config.ips {
             let address = entry.split('/').next().unwrap_or("");
-            match address.parse::<std::net::IpAddr>() {
-                Ok(std::net::IpAddr::V4(ip)) => return Ok(Some(ip)),
-                Ok(std::net::IpAddr::V6(_)) => continue,
+            match address.parse::<IpAddr>() {
+                Ok(IpAddr::V4(ip)) => {
+                    ipv4.get_or_insert(ip);
+                }
+                Ok(IpAddr::V6(ip)) => {
+                    ipv6.get_or_insert(ip);
+                }
                 Err(_) => {
                     return Err(invalid_config(format!("ips {entry:?}: not an address")));
                 }
             }
         }
-        Ok(None)
+        Ok((ipv4, ipv6))
     }
 
     /// The MAC the `mac` capability asks for.
@@ -481,7 +654,7 @@ mod tests {
                  "runtimeConfig": {
                     "portMappings": [{"hostPort": 8080, "containerPort": 80, "protocol": "tcp"},
                                      {"hostPort": 5353, "containerPort": 53, "protocol": "UDP", "hostIP": "10.0.0.1"},
-                                     {"hostPort": 8080, "containerPort": 80, "protocol": "tcp", "hostIP": "::"},
+                                     {"hostPort": 8443, "containerPort": 443, "protocol": "tcp", "hostIP": "::"},
                                      {"HostPort": 9090, "ContainerPort": 90, "Protocol": "tcp", "HostIP": ""}],
                     "ips": ["fd00::5/64", "10.244.1.7/24"],
                     "mac": "c2:11:22:33:44:55",
@@ -501,17 +674,28 @@ mod tests {
                 ip_masq: Some(true),
                 bridge: Some("cni0".into()),
                 gateway_mode: None,
+                ..CniNetwork::default()
             }
         );
         assert_eq!(conf.dns.nameservers, ["10.96.0.10"]);
         let mappings = conf.port_mappings().unwrap();
-        assert_eq!(mappings.len(), 3, "the IPv6 one is left out: {mappings:?}");
-        assert_eq!(mappings[2].host_port, 9090, "go-cni's keys");
+        assert_eq!(mappings.len(), 4, "{mappings:?}");
+        assert_eq!(mappings[0].host_ip, None, "both families");
         assert_eq!(mappings[1].protocol, Proto::Udp);
-        assert_eq!(mappings[1].host_ip, Some(Ipv4Addr::new(10, 0, 0, 1)));
+        assert_eq!(mappings[1].host_ip, Some("10.0.0.1".parse().unwrap()));
         assert_eq!(
-            conf.requested_ip().unwrap(),
-            Some(Ipv4Addr::new(10, 244, 1, 7))
+            mappings[2].host_ip,
+            Some("::".parse().unwrap()),
+            "IPv6 only"
+        );
+        assert_eq!(mappings[3].host_port, 9090, "go-cni's keys");
+        assert_eq!(mappings[3].host_ip, None);
+        assert_eq!(
+            conf.requested_ips().unwrap(),
+            (
+                Some(Ipv4Addr::new(10, 244, 1, 7)),
+                Some("fd00::5".parse().unwrap())
+            )
         );
         assert_eq!(
             conf.requested_mac().unwrap().unwrap().to_string(),
@@ -526,6 +710,126 @@ mod tests {
         .unwrap();
         assert_eq!(named.network.name, "bridge");
         assert_eq!(named.network.subnet.as_deref(), Some("10.1.0.0/16"));
+    }
+
+    #[test]
+    fn dual_stack_ranges_and_keys() {
+        let parse = |json: &str| NetConf::parse(json.as_bytes(), Command::Add);
+        // host-local's dual stack: one range set per family.
+        let conf = parse(
+            r#"{"cniVersion": "1.0.0", "name": "pods", "type": "bpfbridge-cni",
+                "ipam": {"type": "host-local", "ranges": [
+                    [{"subnet": "10.244.1.0/24"}],
+                    [{"subnet": "fd00:244:1::/64", "gateway": "fd00:244:1::fe"}]],
+                    "routes": [{"dst": "0.0.0.0/0"}, {"dst": "::/0"}]}}"#,
+        )
+        .unwrap();
+        assert_eq!(conf.network.subnet.as_deref(), Some("10.244.1.0/24"));
+        assert_eq!(conf.network.ipv6_subnet.as_deref(), Some("fd00:244:1::/64"));
+        assert_eq!(conf.network.ipv6_gateway.as_deref(), Some("fd00:244:1::fe"));
+        // The IPv6 set first, and the older `ipam.subnet` as one more set.
+        let conf = parse(
+            r#"{"cniVersion": "1.0.0", "name": "pods", "type": "t",
+                "ipam": {"subnet": "10.1.0.0/16", "ranges": [[{"subnet": "2001:db8::/64"}]]}}"#,
+        )
+        .unwrap();
+        assert_eq!(conf.network.subnet.as_deref(), Some("10.1.0.0/16"));
+        assert_eq!(conf.network.ipv6_subnet.as_deref(), Some("2001:db8::/64"));
+        // bpfbridge's own keys; the IPv4 subnet may come from the agent's pools.
+        let conf = parse(
+            r#"{"cniVersion": "1.1.0", "name": "pods", "type": "t",
+                "ipv6Subnet": "fd00:9::/64", "ipv6Gateway": "fd00:9::1"}"#,
+        )
+        .unwrap();
+        assert_eq!(conf.network.subnet, None);
+        assert_eq!(conf.network.ipv6_subnet.as_deref(), Some("fd00:9::/64"));
+
+        let refused = |json: &str| parse(json).unwrap_err();
+        for (bad, code, says) in [
+            (
+                r#""ipv6Subnet": "fd00:9::/129""#,
+                ErrorCode::InvalidConfig,
+                "expected an IPv6 CIDR",
+            ),
+            (
+                r#""ipv6Subnet": "10.9.0.0/16""#,
+                ErrorCode::InvalidConfig,
+                "expected an IPv6 CIDR",
+            ),
+            (
+                r#""subnet": "fd00:9::/64""#,
+                ErrorCode::InvalidConfig,
+                "expected an IPv4 CIDR",
+            ),
+            (
+                r#""ipv6Subnet": "fd00:9::/64", "ipv6Gateway": "fd00:8::1""#,
+                ErrorCode::InvalidConfig,
+                "not a usable address",
+            ),
+            (
+                r#""ipv6Gateway": "fd00:8::1""#,
+                ErrorCode::InvalidConfig,
+                "needs its subnet",
+            ),
+            (
+                r#""subnet": "10.9.0.0/24", "gateway": "10.8.0.1""#,
+                ErrorCode::InvalidConfig,
+                "not a usable address",
+            ),
+            (
+                r#""ipam": {"ranges": [[{"subnet": "10.9.0.0/24"}], [{"subnet": "fd00:9::/64", "gateway": "fd00:8::1"}]]}"#,
+                ErrorCode::InvalidConfig,
+                "not a usable address",
+            ),
+            (
+                r#""ipam": {"ranges": [[{"subnet": "10.9.0.0/24"}], [{"subnet": "fd00:9::/64"}, {"subnet": "fd00:9::/48"}]]}"#,
+                ErrorCode::InvalidConfig,
+                "overlaps",
+            ),
+            (
+                r#""ipam": {"ranges": [[{"subnet": "10.9.0.0/24"}], [{"subnet": "fd00:9::/64"}, {"subnet": "10.8.0.0/24"}]]}"#,
+                ErrorCode::InvalidConfig,
+                "one address family",
+            ),
+            (
+                r#""ipam": {"ranges": [[{"subnet": "10.9.0.0/24"}], [{"subnet": "fd00::/ff"}]]}"#,
+                ErrorCode::InvalidConfig,
+                "not a CIDR",
+            ),
+            (
+                r#""ipam": {"ranges": [[{"subnet": "10.9.0.0/24"}], [{"gateway": "fd00::1"}]]}"#,
+                ErrorCode::InvalidConfig,
+                "subnet is missing",
+            ),
+            (
+                r#""ipam": {"ranges": [[{"subnet": "10.9.0.0/24"}], []]}"#,
+                ErrorCode::InvalidConfig,
+                "a list of ranges",
+            ),
+            (
+                r#""ipam": {"ranges": [[{"subnet": "10.9.0.0/24"}], [{"subnet": "fd00:9::/64"}], [{"subnet": "fd00:8::/64"}]]}"#,
+                ErrorCode::UnsupportedField,
+                "second range set",
+            ),
+            (
+                r#""ipam": {"ranges": [[{"subnet": "fd00:9::/64"}]]}"#,
+                ErrorCode::UnsupportedField,
+                "IPv6-only",
+            ),
+        ] {
+            let json = format!(r#"{{"cniVersion": "1.1.0", "name": "n", "type": "t", {bad}}}"#);
+            let error = refused(&json);
+            assert_eq!(error.code, code, "{bad}: {error:?}");
+            assert!(error.details.contains(says), "{bad}: {error:?}");
+        }
+        // DEL reads past a range it cannot use.
+        assert!(
+            NetConf::parse(
+                br#"{"cniVersion": "1.1.0", "name": "n", "type": "t", "ipv6Subnet": "nope"}"#,
+                Command::Del
+            )
+            .is_ok()
+        );
     }
 
     #[test]

@@ -192,13 +192,15 @@ async fn add(
                 e.to_string(),
             )
         })?;
+    let (ip, ipv6) = conf.requested_ips()?;
     let request = CniAttachRequest {
         container_id: invocation.container_id.clone(),
         ifname: invocation.ifname.clone(),
         netns: invocation.netns.clone(),
         network: conf.network.clone(),
         port_mappings: conf.port_mappings()?,
-        ip: conf.requested_ip()?,
+        ip,
+        ipv6,
         mac: conf.requested_mac()?,
     };
     pending
@@ -276,17 +278,23 @@ async fn check(
         .await
         .map_err(|e| agent_error("no such attachment", e))?;
     let mut problems = attachment.problems.clone();
-    let expected = format!("{}/{}", attachment.ip, attachment.prefix_len);
-    match previous.address_of(&invocation.ifname, &invocation.netns) {
-        Some(address) if address == expected => {}
-        Some(address) => problems.push(format!(
-            "prevResult gives {} the address {address}, the agent {expected}",
-            invocation.ifname
-        )),
-        None => problems.push(format!(
+    let expected: Vec<String> =
+        std::iter::once(format!("{}/{}", attachment.ip, attachment.prefix_len))
+            .chain(attachment.ipv6_address.map(|a| a.to_string()))
+            .collect();
+    let given = previous.addresses_of(&invocation.ifname, &invocation.netns);
+    if given.is_empty() {
+        problems.push(format!(
             "prevResult has no address for interface {} in {}",
             invocation.ifname, invocation.netns
-        )),
+        ));
+    } else if given != expected {
+        problems.push(format!(
+            "prevResult gives {} the addresses {}, the agent {}",
+            invocation.ifname,
+            given.join(", "),
+            expected.join(", ")
+        ));
     }
     if problems.is_empty() {
         Ok(())

@@ -72,10 +72,23 @@ pub struct CniResult {
 
 impl CniResult {
     /// What an attachment adds: the node-side veth, the container interface (its index is
-    /// the addresses' `interface`), the address with the gateway, the default route, and
-    /// the configuration's DNS.
+    /// the addresses' `interface`), the address of each family with its gateway, a default
+    /// route per family with a gateway (`0.0.0.0/0`, `::/0`: the reference bridge plugin's
+    /// `isDefaultGateway`), and the configuration's DNS.
     pub fn of_attachment(attachment: &CniAttachment, dns: &super::Dns) -> Self {
-        let gateway = attachment.gateway.map(|g| g.to_string());
+        let ipv4 = (
+            format!("{}/{}", attachment.ip, attachment.prefix_len),
+            attachment.gateway.map(|g| g.to_string()),
+            "0.0.0.0/0",
+        );
+        let ipv6 = attachment.ipv6_address.map(|address| {
+            (
+                address.to_string(),
+                attachment.ipv6_gateway.map(|g| g.to_string()),
+                "::/0",
+            )
+        });
+        let families: Vec<_> = std::iter::once(ipv4).chain(ipv6).collect();
         CniResult {
             cni_version: String::new(),
             interfaces: vec![
@@ -91,18 +104,23 @@ impl CniResult {
                     sandbox: Some(attachment.netns.clone()),
                 },
             ],
-            ips: vec![IpConfig {
-                version: None,
-                address: format!("{}/{}", attachment.ip, attachment.prefix_len),
-                gateway: gateway.clone(),
-                interface: Some(1),
-            }],
-            routes: gateway
-                .map(|gw| Route {
-                    dst: "0.0.0.0/0".into(),
-                    gw: Some(gw),
+            ips: families
+                .iter()
+                .map(|(address, gateway, _)| IpConfig {
+                    version: None,
+                    address: address.clone(),
+                    gateway: gateway.clone(),
+                    interface: Some(1),
                 })
-                .into_iter()
+                .collect(),
+            routes: families
+                .iter()
+                .filter_map(|(_, gateway, default)| {
+                    gateway.clone().map(|gw| Route {
+                        dst: default.to_string(),
+                        gw: Some(gw),
+                    })
+                })
                 .collect(),
             dns: dns.clone(),
         }
@@ -141,16 +159,21 @@ impl CniResult {
         self
     }
 
-    /// The address (`ADDRESS/PREFIX`) the result gives interface `ifname` in `sandbox`.
-    pub fn address_of(&self, ifname: &str, sandbox: &str) -> Option<&str> {
-        let index = self
+    /// The addresses (`ADDRESS/PREFIX`) the result gives interface `ifname` in `sandbox`,
+    /// in the result's order.
+    pub fn addresses_of(&self, ifname: &str, sandbox: &str) -> Vec<&str> {
+        let Some(index) = self
             .interfaces
             .iter()
-            .position(|i| i.name == ifname && i.sandbox.as_deref() == Some(sandbox))?;
+            .position(|i| i.name == ifname && i.sandbox.as_deref() == Some(sandbox))
+        else {
+            return Vec::new();
+        };
         self.ips
             .iter()
-            .find(|ip| ip.interface == Some(index))
+            .filter(|ip| ip.interface == Some(index))
             .map(|ip| ip.address.as_str())
+            .collect()
     }
 }
 
@@ -169,6 +192,8 @@ mod tests {
             ip: "10.22.0.2".parse().unwrap(),
             prefix_len: 24,
             gateway: Some("10.22.0.1".parse().unwrap()),
+            ipv6_address: None,
+            ipv6_gateway: None,
             mac: MacAddress([2, 0x42, 10, 22, 0, 2]),
             mtu: 1500,
             host_veth: "veth1234567".into(),
@@ -228,9 +253,49 @@ mod tests {
         assert_eq!(merged.ips[1].interface, Some(2));
         assert_eq!(merged.dns.nameservers, ["192.0.2.53"]);
         assert_eq!(
-            merged.address_of("eth0", "/run/netns/x"),
-            Some("10.22.0.2/24")
+            merged.addresses_of("eth0", "/run/netns/x"),
+            ["10.22.0.2/24"]
         );
-        assert_eq!(merged.address_of("eth0", "/run/netns/other"), None);
+        assert!(merged.addresses_of("eth0", "/run/netns/other").is_empty());
+    }
+
+    #[test]
+    fn a_dual_stack_attachment_gives_both_families() {
+        let dual = CniAttachment {
+            ipv6_address: Some("fd00:22::2/64".parse().unwrap()),
+            ipv6_gateway: Some("fd00:22::1".parse().unwrap()),
+            ..attachment()
+        };
+        let result = CniResult::of_attachment(&dual, &Dns::default());
+        let v1_0 = serde_json::to_value(result.clone().in_version("1.0.0")).unwrap();
+        assert_eq!(
+            v1_0["ips"],
+            serde_json::json!([
+                {"address": "10.22.0.2/24", "gateway": "10.22.0.1", "interface": 1},
+                {"address": "fd00:22::2/64", "gateway": "fd00:22::1", "interface": 1}
+            ])
+        );
+        assert_eq!(
+            v1_0["routes"],
+            serde_json::json!([
+                {"dst": "0.0.0.0/0", "gw": "10.22.0.1"},
+                {"dst": "::/0", "gw": "fd00:22::1"}
+            ])
+        );
+        let v0_4 = serde_json::to_value(result.clone().in_version("0.4.0")).unwrap();
+        assert_eq!(v0_4["ips"][1]["version"], "6");
+        assert_eq!(
+            result.addresses_of("eth0", "/run/netns/x"),
+            ["10.22.0.2/24", "fd00:22::2/64"]
+        );
+        // Without a way out (an isolated network): the addresses, no route.
+        let isolated = CniAttachment {
+            gateway: None,
+            ipv6_gateway: None,
+            ..dual
+        };
+        let result = CniResult::of_attachment(&isolated, &Dns::default());
+        assert_eq!(result.ips.len(), 2);
+        assert!(result.routes.is_empty(), "{result:?}");
     }
 }

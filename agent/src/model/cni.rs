@@ -1,8 +1,9 @@
 //! The API's bodies for CNI attachments: a namespace the container runtime made, attached
 //! to a network as `(container ID, interface name)`, the key of a CNI attachment.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
+use ipnet::Ipv6Net;
 use serde::{Deserialize, Serialize};
 
 use super::{MacAddress, Proto};
@@ -23,6 +24,21 @@ pub struct CniNetwork {
     pub subnet: Option<String>,
     #[serde(rename = "Gateway", default, skip_serializing_if = "Option::is_none")]
     pub gateway: Option<String>,
+    /// The IPv6 subnet of a dual-stack network (host-local's IPv6 range set): the network is
+    /// made with `--ipv6` on it. Absent: IPv4 only, unless the network exists with IPv6.
+    #[serde(
+        rename = "IPv6Subnet",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub ipv6_subnet: Option<String>,
+    /// The IPv6 gateway (default: the IPv6 subnet's `::1`).
+    #[serde(
+        rename = "IPv6Gateway",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub ipv6_gateway: Option<String>,
     #[serde(rename = "Mtu", default, skip_serializing_if = "Option::is_none")]
     pub mtu: Option<u32>,
     /// Whether containers of the network reach each other (default: yes).
@@ -44,7 +60,9 @@ pub struct CniNetwork {
     pub gateway_mode: Option<String>,
 }
 
-/// A CNI `portMappings` entry: `hostIP` empty or absent for every node address.
+/// A CNI `portMappings` entry, with the reference portmap plugin's families: `HostIP` absent
+/// publishes on every node address of each family the container has, `0.0.0.0` on every
+/// IPv4 one, `::` on every IPv6 one, any other address on that address only.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CniPortMapping {
@@ -55,7 +73,7 @@ pub struct CniPortMapping {
     #[serde(rename = "Protocol")]
     pub protocol: Proto,
     #[serde(rename = "HostIP", default, skip_serializing_if = "Option::is_none")]
-    pub host_ip: Option<Ipv4Addr>,
+    pub host_ip: Option<IpAddr>,
 }
 
 /// `POST /cni/attachments`: attach the namespace at `netns` as `(container_id, ifname)`.
@@ -75,6 +93,9 @@ pub struct CniAttachRequest {
     /// The address asked for (the `ips` capability).
     #[serde(rename = "IP", default, skip_serializing_if = "Option::is_none")]
     pub ip: Option<Ipv4Addr>,
+    /// The IPv6 address asked for (the `ips` capability), on a network with IPv6.
+    #[serde(rename = "IPv6", default, skip_serializing_if = "Option::is_none")]
+    pub ipv6: Option<Ipv6Addr>,
     /// The container interface's MAC asked for (the `mac` capability).
     #[serde(rename = "MAC", default, skip_serializing_if = "Option::is_none")]
     pub mac: Option<MacAddress>,
@@ -100,12 +121,28 @@ pub struct CniAttachment {
     /// Absent on a network without a way out.
     #[serde(rename = "Gateway", default, skip_serializing_if = "Option::is_none")]
     pub gateway: Option<Ipv4Addr>,
+    /// The IPv6 address with the subnet's prefix length, on a network with IPv6.
+    #[serde(
+        rename = "IPv6Address",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub ipv6_address: Option<Ipv6Net>,
+    /// The IPv6 gateway of the container's IPv6 default route, when it has one.
+    #[serde(
+        rename = "IPv6Gateway",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub ipv6_gateway: Option<Ipv6Addr>,
     #[serde(rename = "MAC")]
     pub mac: MacAddress,
     #[serde(rename = "Mtu")]
     pub mtu: u32,
     #[serde(rename = "HostVeth")]
     pub host_veth: String,
+    /// The published bindings, one per host address: a mapping without `HostIP` on a
+    /// dual-stack attachment shows as two, `0.0.0.0` and `::`.
     #[serde(rename = "PortMappings")]
     pub port_mappings: Vec<CniPortMapping>,
     /// Filled by `GET /cni/attachments/{id}/{ifname}` only: what is not as the records say

@@ -5,7 +5,9 @@
 //! containers' own, and a restart keeps the attachments. The network is made on the first
 //! attachment from the CNI network configuration.
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, net::IpAddr};
+
+use ipnet::Ipv6Net;
 
 use super::{Service, docker::refuse_docker_managed};
 use crate::{
@@ -45,6 +47,21 @@ fn check_network_matches(network: &NetworkRecord, wanted: &CniNetwork) -> Result
         && wanted.parse().ok() != Some(gateway)
     {
         differences.push(format!("gateway {gateway} (configured: {wanted})"));
+    }
+    match (&network.ipv6, &wanted.ipv6_subnet) {
+        (None, Some(wanted)) => differences.push(format!("no IPv6 (configured: {wanted})")),
+        (Some(side), Some(wanted)) if wanted.parse().ok() != Some(side.subnet) => differences.push(
+            format!("IPv6 subnet {} (configured: {wanted})", side.subnet),
+        ),
+        _ => {}
+    }
+    if let (Some(side), Some(wanted)) = (&network.ipv6, &wanted.ipv6_gateway)
+        && wanted.parse().ok() != Some(side.gateway)
+    {
+        differences.push(format!(
+            "IPv6 gateway {} (configured: {wanted})",
+            side.gateway
+        ));
     }
     if let Some(mtu) = wanted.mtu
         && mtu != network.mtu
@@ -104,27 +121,43 @@ fn network_request(wanted: &CniNetwork) -> CreateNetwork {
     );
     set(OPT_MTU, wanted.mtu.map(|m| m.to_string()));
     set(OPT_GATEWAY_MODE_IPV4, wanted.gateway_mode.clone());
-    let ipam = wanted.subnet.as_ref().map(|subnet| Ipam {
-        config: vec![IpamConfig {
+    // One IPAM entry per family given, as `--subnet` once per family.
+    let entry = |subnet: &Option<String>, gateway: &Option<String>| {
+        subnet.as_ref().map(|subnet| IpamConfig {
             subnet: Some(subnet.clone()),
-            ip_range: None,
-            gateway: wanted.gateway.clone(),
+            gateway: gateway.clone(),
             ..IpamConfig::default()
-        }],
-        ..Ipam::default()
-    });
+        })
+    };
+    let config: Vec<IpamConfig> = [
+        entry(&wanted.subnet, &wanted.gateway),
+        entry(&wanted.ipv6_subnet, &wanted.ipv6_gateway),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
     CreateNetwork {
         name: wanted.name.clone(),
-        ipam,
+        enable_ipv6: wanted.ipv6_subnet.is_some().then_some(true),
+        ipam: (!config.is_empty()).then(|| Ipam {
+            config,
+            ..Ipam::default()
+        }),
         options,
         ..CreateNetwork::default()
     }
 }
 
-/// The container create request behind an attachment.
-fn container_request(request: &CniAttachRequest) -> CreateContainer {
+/// The container create request behind an attachment on a network with IPv6 or not
+/// (`network_has_ipv6`). As the reference portmap plugin, a mapping whose `HostIP` is of a
+/// family the container does not have is left out.
+fn container_request(request: &CniAttachRequest, network_has_ipv6: bool) -> CreateContainer {
     let mut port_bindings: BTreeMap<String, Vec<HostBinding>> = BTreeMap::new();
-    for mapping in &request.port_mappings {
+    let mappings = request
+        .port_mappings
+        .iter()
+        .filter(|m| network_has_ipv6 || !m.host_ip.is_some_and(|ip| ip.is_ipv6()));
+    for mapping in mappings {
         port_bindings
             .entry(format!(
                 "{}/{}",
@@ -138,9 +171,9 @@ fn container_request(request: &CniAttachRequest) -> CreateContainer {
             });
     }
     let endpoint = EndpointConfig {
-        ipam_config: request.ip.map(|ip| EndpointIpamConfig {
-            ipv4_address: ip.to_string(),
-            ..EndpointIpamConfig::default()
+        ipam_config: (request.ip.is_some() || request.ipv6.is_some()).then(|| EndpointIpamConfig {
+            ipv4_address: request.ip.map(|ip| ip.to_string()).unwrap_or_default(),
+            ipv6_address: request.ipv6.map(|ip| ip.to_string()).unwrap_or_default(),
         }),
         driver_opts: BTreeMap::from([(OPT_ENDPOINT_IFNAME.to_string(), request.ifname.clone())]),
         ..EndpointConfig::default()
@@ -204,7 +237,12 @@ impl Service {
             ));
         }
         self.ensure_cni_network(&request.network).await?;
-        let mut plan = self.plan_container(&container_request(&request))?;
+        let network_has_ipv6 = self
+            .state
+            .networks
+            .get(&request.network.name)
+            .is_some_and(|n| n.ipv6.is_some());
+        let mut plan = self.plan_container(&container_request(&request, network_has_ipv6))?;
         plan.container.managed_by = ManagedBy::Cni;
         if let Some(mac) = request.mac {
             for endpoint in &mut plan.container.endpoints {
@@ -289,6 +327,7 @@ impl Service {
                 container.name
             )));
         };
+        let ipv6 = endpoint.ipv6.zip(network.ipv6.as_ref());
         Ok(CniAttachment {
             container_id: container
                 .name
@@ -302,21 +341,23 @@ impl Service {
             ip,
             prefix_len: subnet.prefix_len(),
             gateway: network.gateway_ipv4(),
+            ipv6_address: ipv6.map(|(address, side)| {
+                Ipv6Net::new(address, side.subnet.prefix_len()).expect("prefix of a valid net")
+            }),
+            ipv6_gateway: ipv6
+                .filter(|_| network.has_gateway())
+                .map(|(_, side)| side.gateway),
             mac: endpoint.mac,
             mtu: network.mtu,
             host_veth: endpoint.host_veth.clone(),
             port_mappings: container
                 .ports
                 .iter()
-                // CNI attachments are IPv4 only: their bindings are IPv4 ones.
-                .filter_map(|p| match p.host_ip {
-                    std::net::IpAddr::V4(host_ip) => Some(CniPortMapping {
-                        host_port: p.host_port,
-                        container_port: p.container_port,
-                        protocol: p.proto,
-                        host_ip: (!host_ip.is_unspecified()).then_some(host_ip),
-                    }),
-                    std::net::IpAddr::V6(_) => None,
+                .map(|p| CniPortMapping {
+                    host_port: p.host_port,
+                    container_port: p.container_port,
+                    protocol: p.proto,
+                    host_ip: Some(p.host_ip),
                 })
                 .collect(),
             problems: Vec::new(),
@@ -346,21 +387,31 @@ impl Service {
             let Some(link) = netlink::link_by_name(&h, &ifname).await? else {
                 return Ok(None);
             };
-            let addresses = netlink::ipv4_addresses(&h).await?;
-            Ok(Some(
-                addresses
-                    .into_iter()
-                    .filter(|(index, _)| *index == link.index)
-                    .map(|(_, net)| net.addr())
-                    .collect::<Vec<_>>(),
-            ))
+            let ipv4 = netlink::ipv4_addresses(&h).await?;
+            let ipv6 = netlink::ipv6_addresses(&h).await?;
+            let on_link = ipv4
+                .into_iter()
+                .map(|(index, net)| (index, IpAddr::V4(net.addr())))
+                .chain(
+                    ipv6.into_iter()
+                        .map(|(index, net)| (index, IpAddr::V6(net.addr()))),
+                )
+                .filter(|(index, _)| *index == link.index)
+                .map(|(_, address)| address)
+                .collect::<Vec<_>>();
+            Ok(Some(on_link))
         });
+        let expected = std::iter::once(IpAddr::V4(attachment.ip))
+            .chain(attachment.ipv6_address.map(|net| IpAddr::V6(net.addr())));
         match inside {
-            Ok(Some(addresses)) if addresses.contains(&attachment.ip) => {}
-            Ok(Some(_)) => problems.push(format!(
-                "interface {} has lost its address {}",
-                attachment.ifname, attachment.ip
-            )),
+            Ok(Some(addresses)) => {
+                for lost in expected.filter(|a| !addresses.contains(a)) {
+                    problems.push(format!(
+                        "interface {} has lost its address {lost}",
+                        attachment.ifname
+                    ));
+                }
+            }
             Ok(None) => problems.push(format!(
                 "interface {} is gone from {}",
                 attachment.ifname, attachment.netns
@@ -399,11 +450,18 @@ mod tests {
                     protocol: Proto::Udp,
                     host_ip: Some("10.0.0.1".parse().unwrap()),
                 },
+                CniPortMapping {
+                    host_port: 8443,
+                    container_port: 443,
+                    protocol: Proto::Tcp,
+                    host_ip: Some("::".parse().unwrap()),
+                },
             ],
             ip: Some("10.22.0.9".parse().unwrap()),
+            ipv6: None,
             mac: None,
         };
-        let create = container_request(&request);
+        let create = container_request(&request, false);
         assert_eq!(create.name, "cni-abc123");
         assert_eq!(create.netns.as_deref(), Some("/run/netns/cni-1"));
         assert_eq!(create.host_config.network_mode.as_deref(), Some("pods"));
@@ -416,6 +474,27 @@ mod tests {
         assert_eq!(
             endpoint.ipam_config.as_ref().unwrap().ipv4_address,
             "10.22.0.9"
+        );
+        assert!(
+            !ports.contains_key("443/tcp"),
+            "an IPv6 hostIP is left out without IPv6, as portmap does: {ports:?}"
+        );
+
+        // On a dual-stack network: the IPv6 mapping and the IPv6 address asked for.
+        let dual = CniAttachRequest {
+            ipv6: Some("fd00:22::9".parse().unwrap()),
+            ..request
+        };
+        let create = container_request(&dual, true);
+        let ports = &create.host_config.port_bindings;
+        assert_eq!(ports["443/tcp"][0].host_ip, "::");
+        let ipam = create.networking_config.endpoints_config["pods"]
+            .ipam_config
+            .clone()
+            .unwrap();
+        assert_eq!(
+            (ipam.ipv4_address.as_str(), ipam.ipv6_address.as_str()),
+            ("10.22.0.9", "fd00:22::9")
         );
     }
 
@@ -452,6 +531,58 @@ mod tests {
             request.ipam.unwrap().config[0].subnet.as_deref(),
             Some("10.22.0.0/24")
         );
+        assert_eq!(request.enable_ipv6, None);
+    }
+
+    #[test]
+    fn a_dual_stack_configuration_makes_and_matches_the_ipv6_side() {
+        let wanted = CniNetwork {
+            name: "pods".into(),
+            subnet: Some("10.22.0.0/24".into()),
+            ipv6_subnet: Some("fd00:22::/64".into()),
+            ipv6_gateway: Some("fd00:22::fe".into()),
+            ..CniNetwork::default()
+        };
+        let request = network_request(&wanted);
+        assert_eq!(request.enable_ipv6, Some(true));
+        let config = request.ipam.unwrap().config;
+        assert_eq!(config.len(), 2, "{config:?}");
+        assert_eq!(config[1].subnet.as_deref(), Some("fd00:22::/64"));
+        assert_eq!(config[1].gateway.as_deref(), Some("fd00:22::fe"));
+
+        // A network made IPv4 only does not match an IPv6 range.
+        let ipv4_only = NetworkRecord::for_tests("pods", "10.22.0.0/24");
+        let refused = check_network_matches(&ipv4_only, &wanted)
+            .unwrap_err()
+            .to_string();
+        assert!(refused.contains("no IPv6"), "{refused}");
+        // A dual-stack one matches when its IPv6 side is the configured one.
+        let mut dual = ipv4_only.clone();
+        dual.ipv6 = NetworkRecord::ipv6_only_for_tests("pods", "fd00:22::/64").ipv6;
+        let refused = check_network_matches(&dual, &wanted)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            refused.contains("IPv6 gateway fd00:22::1 (configured: fd00:22::fe)"),
+            "{refused}"
+        );
+        let without_gateway = CniNetwork {
+            ipv6_gateway: None,
+            ..wanted.clone()
+        };
+        assert!(check_network_matches(&dual, &without_gateway).is_ok());
+        let other_subnet = CniNetwork {
+            ipv6_subnet: Some("fd00:23::/64".into()),
+            ..without_gateway
+        };
+        assert!(check_network_matches(&dual, &other_subnet).is_err());
+        // The IPv4-only configuration takes whatever IPv6 side the network has.
+        let ipv4_config = CniNetwork {
+            ipv6_subnet: None,
+            ipv6_gateway: None,
+            ..wanted
+        };
+        assert!(check_network_matches(&dual, &ipv4_config).is_ok());
     }
 
     #[test]
