@@ -5,14 +5,18 @@
 //! plays no part: the same expectations hold on both.
 
 use std::{
-    net::{Ipv4Addr, SocketAddrV4},
+    io::{Read as _, Write as _},
+    net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream},
     path::Path,
-    time::Duration,
+    process::Command,
+    thread,
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result, ensure};
 use bpfbridge_tests::{
-    Agent, Echo, Topology, UPLINK, WORLD_LINK, links, ping_reaches, tcp_reaches,
+    Agent, Echo, Topology, UPLINK, WORLD_LINK, enter_netns_on_this_thread, in_netns, links,
+    ping_reaches, tcp_reaches,
 };
 use serde_json::Value;
 
@@ -843,5 +847,243 @@ fn a_macvlan_container_shares_the_uplinks_subnet_but_not_the_node() -> Result<()
     );
     ok(&agent, &["container", "rm", "c"])?;
     ok(&agent, &["network", "rm", "lan"])?;
+    Ok(())
+}
+
+/// Whether an ICMPv6 echo from `netns` to `to` is answered.
+fn ping6_reaches(netns: &Path, to: Ipv6Addr) -> bool {
+    Command::new("nsenter")
+        .arg(format!("--net={}", netns.display()))
+        .args([
+            "busybox",
+            "ping",
+            "-6",
+            "-c",
+            "1",
+            "-W",
+            "1",
+            &to.to_string(),
+        ])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// One TCP connection from `client` to `to`, accepted on `[::]:PORT` in `server`: the peer
+/// the server saw.
+fn tcp6_peer(server: &Path, client: &Path, to: SocketAddr) -> Result<SocketAddr> {
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let (server, port) = (server.to_path_buf(), to.port());
+    let accepting = thread::spawn(move || -> Result<SocketAddr> {
+        enter_netns_on_this_thread(&server)?;
+        let listener = TcpListener::bind((Ipv6Addr::UNSPECIFIED, port))?;
+        listener.set_nonblocking(true)?;
+        let _ = ready_tx.send(());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match listener.accept() {
+                Ok((mut stream, peer)) => {
+                    stream.set_nonblocking(false)?;
+                    stream.write_all(b"pong")?;
+                    return Ok(peer);
+                }
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::WouldBlock && Instant::now() < deadline =>
+                {
+                    thread::sleep(Duration::from_millis(10))
+                }
+                Err(e) => return Err(e).context("accept"),
+            }
+        }
+    });
+    let _ = ready_rx.recv_timeout(Duration::from_secs(5));
+    let answer = in_netns(client, || -> std::io::Result<String> {
+        let mut stream = TcpStream::connect_timeout(&to, Duration::from_secs(3))?;
+        stream.set_read_timeout(Some(Duration::from_secs(3)))?;
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer)?;
+        Ok(answer)
+    })
+    .with_context(|| format!("connecting to {to}"))?;
+    let peer = accepting.join().expect("server thread")?;
+    ensure!(answer == "pong", "unexpected answer {answer:?}");
+    Ok(peer)
+}
+
+#[test]
+fn a_dual_stack_macvlan_container_is_on_the_lan_over_ipv6() -> Result<()> {
+    use bpfbridge_tests::WORLD_IPV6;
+    let topology = Topology::new()?.with_ipv6()?;
+    lan_address(&topology, WORLD_LINK, LAN_HOST, 24)?;
+    let agent = Agent::start(&topology)?;
+    // The uplink's own IPv6 subnet, where the node has an address: the LAN's, so it is
+    // allowed, as for IPv4; the LAN host (the world) is the IPv6 gateway.
+    let ipv6_subnet = "2001:db8:1::/64";
+    let (ipv4_gateway, ipv6_gateway) = (LAN_HOST.to_string(), WORLD_IPV6.to_string());
+    let parent = format!("parent={UPLINK}");
+    ok(
+        &agent,
+        &network_create(
+            "macvlan",
+            LAN_SUBNET,
+            &[
+                "--gateway",
+                &ipv4_gateway,
+                "--ipv6",
+                "--subnet",
+                ipv6_subnet,
+                "--gateway",
+                &ipv6_gateway,
+                "--ip-range",
+                "2001:db8:1::100/120",
+                "-o",
+                &parent,
+            ],
+            "lan6",
+        ),
+    )?;
+    let inspect = &agent.cli_json(&["network", "inspect", "lan6"])?[0];
+    ensure!(inspect["EnableIPv6"] == true, "{inspect}");
+    ensure!(
+        inspect["IPAM"]["Config"][1]["Subnet"] == ipv6_subnet
+            && inspect["IPAM"]["Config"][1]["Gateway"] == ipv6_gateway.as_str(),
+        "{inspect}"
+    );
+
+    let node_links = links(&topology.node)?;
+    let (c, c_ns) = agent.create_container(&["c", "--network", "lan6"])?;
+    let settings = &c["NetworkSettings"]["Networks"]["lan6"];
+    let c_ipv6: Ipv6Addr = settings["GlobalIPv6Address"]
+        .as_str()
+        .context("GlobalIPv6Address")?
+        .parse()?;
+    ensure!(
+        c_ipv6 == "2001:db8:1::100".parse::<Ipv6Addr>()?,
+        "from the ip-range, as the node's own address is not the IPAM's to know: {c_ipv6}"
+    );
+    ensure!(settings["IPv6Gateway"] == ipv6_gateway.as_str(), "{c}");
+    let inside = |args: &[&str]| -> Result<String> {
+        let out = in_netns(&c_ns, || Command::new("ip").args(args).output())?;
+        Ok(String::from_utf8(out.stdout)?)
+    };
+    let addresses = inside(&["-6", "-o", "addr", "show", "eth0"])?;
+    ensure!(
+        addresses.contains(&format!("{c_ipv6}/64")),
+        "the address is on the macvlan interface: {addresses}"
+    );
+    let routes = inside(&["-6", "route"])?;
+    ensure!(
+        routes.contains(&format!("default via {WORLD_IPV6} dev eth0")),
+        "the IPv6 default route goes via the gateway: {routes}"
+    );
+    ensure!(
+        links(&topology.node)? == node_links,
+        "no bridge and no veth on the node"
+    );
+
+    // The LAN host and the container reach each other over IPv6 at their own addresses:
+    // no NAT either way.
+    let world = topology.world.path();
+    ensure!(ping6_reaches(&c_ns, WORLD_IPV6), "c -> LAN host (ICMPv6)");
+    ensure!(ping6_reaches(&world, c_ipv6), "LAN host -> c (ICMPv6)");
+    let seen = tcp6_peer(&world, &c_ns, SocketAddr::new(WORLD_IPV6.into(), 7700))?;
+    ensure!(
+        seen.ip() == c_ipv6,
+        "the LAN host sees the container's own address: {seen}"
+    );
+    let seen = tcp6_peer(&c_ns, &world, SocketAddr::new(c_ipv6.into(), 7701))?;
+    ensure!(
+        seen.ip() == WORLD_IPV6,
+        "the container sees the LAN host's address: {seen}"
+    );
+    // IPv4 works beside it.
+    let c_ip = ip_on(&c, "lan6")?;
+    ensure!(ping_reaches(&c_ns, LAN_HOST), "c -> LAN host (IPv4)");
+    ensure!(ping_reaches(&world, c_ip), "LAN host -> c (IPv4)");
+
+    // A restarted agent keeps the IPv6 side; an interface deleted inside the container
+    // comes back from the drift repair with its IPv6 address and route.
+    let mut agent = agent;
+    agent.kill();
+    agent.spawn()?;
+    ensure!(ping6_reaches(&world, c_ipv6), "reachable after kill -9");
+    bpfbridge_tests::run(
+        "nsenter",
+        &[
+            &format!("--net={}", c_ns.display()),
+            "ip",
+            "link",
+            "del",
+            "eth0",
+        ],
+    )?;
+    let repaired =
+        bpfbridge_tests::time_until(Duration::from_secs(5), || ping6_reaches(&world, c_ipv6));
+    ensure!(repaired.is_some(), "the interface came back within 5 s");
+    let routes = inside(&["-6", "route"])?;
+    ensure!(
+        routes.contains(&format!("default via {WORLD_IPV6} dev eth0")),
+        "the IPv6 default route is back: {routes}"
+    );
+
+    // ipvlan l3 has no IPv6 yet: refused, and nothing made.
+    ensure!(
+        refused(
+            &agent,
+            &network_create(
+                "ipvlan",
+                "10.30.0.0/24",
+                &["--ipv6", "-o", &parent, "-o", "ipvlan_mode=l3"],
+                "l3v6",
+            ),
+        )?
+        .contains("not supported yet"),
+        "ipvlan l3 with IPv6"
+    );
+
+    // An IPv6-only macvlan network (Docker 28's --ipv4=false) beside it on the same parent:
+    // the container has its IPv6 address and route only.
+    topology.world.ip(&[
+        "addr",
+        "add",
+        "2001:db8:2::fe/64",
+        "dev",
+        WORLD_LINK,
+        "nodad",
+    ])?;
+    ok(
+        &agent,
+        &[
+            "network",
+            "create",
+            "-d",
+            "macvlan",
+            "--ipv4=false",
+            "--ipv6",
+            "--subnet",
+            "2001:db8:2::/64",
+            "--gateway",
+            "2001:db8:2::fe",
+            "-o",
+            &parent,
+            "only6",
+        ],
+    )?;
+    let (d, d_ns) = agent.create_container(&["d", "--network", "only6"])?;
+    let settings = &d["NetworkSettings"]["Networks"]["only6"];
+    ensure!(settings["IPAddress"] == "", "no IPv4 address: {d}");
+    let d_ipv6: Ipv6Addr = settings["GlobalIPv6Address"]
+        .as_str()
+        .context("GlobalIPv6Address")?
+        .parse()?;
+    let lan_host_6: Ipv6Addr = "2001:db8:2::fe".parse()?;
+    ensure!(ping6_reaches(&d_ns, lan_host_6), "d -> LAN host");
+    ensure!(ping6_reaches(&world, d_ipv6), "LAN host -> d");
+
+    ok(&agent, &["container", "rm", "c", "d"])?;
+    ok(&agent, &["network", "rm", "lan6", "only6"])?;
+    ensure!(
+        links(&topology.node)? == node_links,
+        "the parent is left as it was"
+    );
     Ok(())
 }

@@ -34,6 +34,9 @@ use crate::{
 /// The owner [`Service::taken_subnets`] names for a route on the node.
 const NODE_ROUTE: &str = "a route on the node";
 
+/// The owner [`Service::taken_subnets_v6`] names for the subnet of an address of the node.
+const NODE_ADDRESS: &str = "an address of the node";
+
 fn parse_bool_option(key: &str, value: &str) -> Result<bool> {
     value.parse().map_err(|_| {
         Error::InvalidArgument(format!("option {key}={value:?}: expected true or false"))
@@ -159,7 +162,7 @@ impl Service {
             netlink::ipv6_addresses(&self.handle)
                 .await?
                 .into_iter()
-                .map(|(_, net)| (net.trunc(), "an address of the node".to_string())),
+                .map(|(_, net)| (net.trunc(), NODE_ADDRESS.to_string())),
         );
         Ok(taken)
     }
@@ -299,12 +302,15 @@ impl Service {
     /// The IPv6 side of a network being planned: with IPv6 asked for (`--ipv6`, its driver
     /// option, or `--ipv6` of the daemon for the default bridge), the subnet of `config` (an
     /// IPAM entry with an IPv6 subnet), else a free /64 of the IPv6 pools; its gateway is
-    /// the subnet's `::1` unless given. `own_pools` as for [`Service::taken_subnets`].
+    /// the subnet's `::1` unless given. `own_pools` as for [`Service::taken_subnets`]. A
+    /// macvlan or ipvlan subnet is the LAN's: it may be the subnet of the node's own address
+    /// on the parent, as for IPv4.
     async fn plan_ipv6(
         &self,
         name: &str,
         enabled: bool,
         config: Option<&IpamConfig>,
+        driver: &NetworkDriver,
         own_pools: &[IpNet],
     ) -> Result<Option<Ipv6Side>> {
         if !enabled {
@@ -320,8 +326,10 @@ impl Service {
         let subnet = match &config.subnet {
             Some(s) => {
                 let subnet = ipam::parse_subnet_v6("subnet", s)?;
-                if let Some((_, owner)) = taken.iter().find(|(t, _)| ipam::overlaps_v6(t, &subnet))
-                {
+                let overlapping = |(t, owner): &&(Ipv6Net, String)| {
+                    ipam::overlaps_v6(t, &subnet) && (driver.is_bridge() || owner != NODE_ADDRESS)
+                };
+                if let Some((_, owner)) = taken.iter().find(overlapping) {
                     return Err(Error::Conflict(format!(
                         "subnet {subnet} overlaps with {owner}"
                     )));
@@ -421,9 +429,11 @@ impl Service {
             .or(option_enabled(OPT_ENABLE_IPV4)?)
             .unwrap_or(true);
         check_families(enable_ipv4, enable_ipv6, is_default)?;
-        if !driver.is_bridge() && (enable_ipv6 || !ipv6_configs.is_empty()) {
+        // ipvlan l3's IPv6 default route would go out of the interface, not through a
+        // gateway: not done.
+        if driver.routes_through_parent() && (enable_ipv6 || !ipv6_configs.is_empty()) {
             return Err(Error::InvalidArgument(format!(
-                "IPv6 on {} networks is not supported yet",
+                "IPv6 on {} networks in l3 or l3s mode is not supported yet",
                 driver.name()
             )));
         }
@@ -434,11 +444,11 @@ impl Service {
                     subnet: Some(cidr.trunc().to_string()),
                     ..IpamConfig::default()
                 };
-                self.plan_ipv6(&request.name, true, Some(&config), own_pools)
+                self.plan_ipv6(&request.name, true, Some(&config), &driver, own_pools)
                     .await?
             }
             _ => {
-                self.plan_ipv6(&request.name, enable_ipv6, ipv6_config, own_pools)
+                self.plan_ipv6(&request.name, enable_ipv6, ipv6_config, &driver, own_pools)
                     .await?
             }
         };
