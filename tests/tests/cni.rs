@@ -695,3 +695,72 @@ fn bad_dual_stack_input_is_refused_and_leaves_nothing() -> Result<()> {
     );
     Ok(())
 }
+
+#[test]
+fn an_ipv6_only_range_gives_ipv6_only_pods() -> Result<()> {
+    let node = Node::start_dual_stack()?;
+    let pod = Netns::new("pod")?;
+    let mut config = node.plugin.config(
+        "1.1.0",
+        "pods6",
+        SUBNET,
+        json!({
+            "ipam": {"type": "host-local", "ranges": [[{"subnet": "fd00:86::/64"}]]},
+            "runtimeConfig": {"portMappings": [
+                {"hostPort": 8086, "containerPort": 80, "protocol": "tcp"},
+                {"hostPort": 8087, "containerPort": 80, "protocol": "tcp", "hostIP": "0.0.0.0"}
+            ]}
+        }),
+    );
+    config
+        .as_object_mut()
+        .context("an object")?
+        .remove("subnet");
+    let result = node.add("pod6", &pod.path(), &config)?;
+    assert_eq!(
+        result["ips"],
+        json!([{"address": "fd00:86::2/64", "gateway": "fd00:86::1", "interface": 1}])
+    );
+    assert_eq!(
+        result["routes"],
+        json!([{"dst": "::/0", "gw": "fd00:86::1"}])
+    );
+    let network = &node.agent.cli_json(&["network", "inspect", "pods6"])?[0];
+    assert_eq!(network["EnableIPv4"], false, "{network}");
+    let inside = String::from_utf8(pod.ip(&["-4", "-o", "addr", "show", "eth0"])?.stdout)?;
+    assert!(inside.trim().is_empty(), "no IPv4 address: {inside}");
+    let check = with_prev_result(&config, &result);
+    node.plugin
+        .call("CHECK", "pod6", &pod.path(), "eth0", &check)?
+        .ok()?;
+
+    if !skip_without_dataplane_ipv6(&node.agent, "IPv6-only CNI pods' traffic")? {
+        let world = node.topology.world.path();
+        assert_eq!(
+            round_trip_v6(
+                (&world, 7602),
+                &pod.path(),
+                SocketAddr::new(WORLD_IPV6.into(), 7602)
+            )?
+            .ip(),
+            IpAddr::V6(NODE_IPV6),
+            "masqueraded to the world"
+        );
+        assert_eq!(
+            round_trip_v6(
+                (&pod.path(), 80),
+                &world,
+                SocketAddr::new(NODE_IPV6.into(), 8086)
+            )?
+            .ip(),
+            IpAddr::V6(WORLD_IPV6),
+            "the hostPort on the node's IPv6 address"
+        );
+    }
+    // The hostPort is IPv6 only, and the 0.0.0.0 mapping was left out, as portmap does.
+    assert!(node.port_is_closed(8086) && node.port_is_closed(8087));
+    node.del("pod6", &pod.path(), &check)?;
+    assert_eq!(node.attachments()?, Vec::<String>::new());
+    assert_eq!(node.veths()?, Vec::<String>::new());
+    Ok(())
+}

@@ -419,7 +419,9 @@ fn runtime_config(raw: BTreeMap<String, serde_json::Value>) -> Result<RuntimeCon
 
 /// The agent network the configuration describes: bpfbridge's own keys (`subnet`,
 /// `gateway`, `ipv6Subnet`, `ipv6Gateway`, ...) first, else host-local's `ipam` ones, each
-/// family checked.
+/// family checked. host-local ranges of IPv6 alone make an IPv6-only network, as they give
+/// host-local's pods IPv6 alone; the plugin's own keys without `subnet` leave the IPv4
+/// subnet to the agent's pools.
 fn network_of(raw: &RawConf, name: &str) -> Result<CniNetwork, CniError> {
     let ipam = raw
         .ipam
@@ -427,14 +429,10 @@ fn network_of(raw: &RawConf, name: &str) -> Result<CniNetwork, CniError> {
         .map(ipam_conf)
         .transpose()?
         .unwrap_or_default();
-    if ipam.ipv6.subnet.is_some() && ipam.ipv4.subnet.is_none() && raw.subnet.is_none() {
-        return Err(CniError::new(
-            ErrorCode::UnsupportedField,
-            "unsupported field in network config",
-            "ipam: an IPv6 range without an IPv4 one (IPv6-only pods) is not supported; \
-             add an IPv4 range set",
-        ));
-    }
+    let ipv6_only = ipam.ipv6.subnet.is_some()
+        && ipam.ipv4.subnet.is_none()
+        && raw.subnet.is_none()
+        && raw.gateway.is_none();
     let ipv4 = FamilyConf {
         subnet: raw.subnet.clone().or(ipam.ipv4.subnet),
         gateway: raw.gateway.clone().or(ipam.ipv4.gateway),
@@ -451,6 +449,7 @@ fn network_of(raw: &RawConf, name: &str) -> Result<CniNetwork, CniError> {
         gateway: ipv4.gateway,
         ipv6_subnet: ipv6.subnet,
         ipv6_gateway: ipv6.gateway,
+        enable_ipv4: ipv6_only.then_some(false),
         mtu: raw.mtu,
         icc: raw.icc,
         ip_masq: raw.ip_masq,
@@ -743,6 +742,15 @@ mod tests {
         .unwrap();
         assert_eq!(conf.network.subnet, None);
         assert_eq!(conf.network.ipv6_subnet.as_deref(), Some("fd00:9::/64"));
+        assert_eq!(conf.network.enable_ipv4, None, "IPv4 from the pools");
+        // host-local's IPv6 range set alone: IPv6-only pods.
+        let conf = parse(
+            r#"{"cniVersion": "1.1.0", "name": "pods", "type": "t",
+                "ipam": {"type": "host-local", "ranges": [[{"subnet": "fd00:9::/64"}]]}}"#,
+        )
+        .unwrap();
+        assert_eq!(conf.network.enable_ipv4, Some(false));
+        assert_eq!(conf.network.subnet, None);
 
         let refused = |json: &str| parse(json).unwrap_err();
         for (bad, code, says) in [
@@ -810,11 +818,6 @@ mod tests {
                 r#""ipam": {"ranges": [[{"subnet": "10.9.0.0/24"}], [{"subnet": "fd00:9::/64"}], [{"subnet": "fd00:8::/64"}]]}"#,
                 ErrorCode::UnsupportedField,
                 "second range set",
-            ),
-            (
-                r#""ipam": {"ranges": [[{"subnet": "fd00:9::/64"}]]}"#,
-                ErrorCode::UnsupportedField,
-                "IPv6-only",
             ),
         ] {
             let json = format!(r#"{{"cniVersion": "1.1.0", "name": "n", "type": "t", {bad}}}"#);

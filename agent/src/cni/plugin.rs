@@ -278,10 +278,11 @@ async fn check(
         .await
         .map_err(|e| agent_error("no such attachment", e))?;
     let mut problems = attachment.problems.clone();
-    let expected: Vec<String> =
-        std::iter::once(format!("{}/{}", attachment.ip, attachment.prefix_len))
-            .chain(attachment.ipv6_address.map(|a| a.to_string()))
-            .collect();
+    let expected: Vec<String> = attachment
+        .addresses()
+        .iter()
+        .map(ToString::to_string)
+        .collect();
     let given = previous.addresses_of(&invocation.ifname, &invocation.netns);
     if given.is_empty() {
         problems.push(format!(

@@ -76,19 +76,22 @@ impl CniResult {
     /// route per family with a gateway (`0.0.0.0/0`, `::/0`: the reference bridge plugin's
     /// `isDefaultGateway`), and the configuration's DNS.
     pub fn of_attachment(attachment: &CniAttachment, dns: &super::Dns) -> Self {
-        let ipv4 = (
-            format!("{}/{}", attachment.ip, attachment.prefix_len),
-            attachment.gateway.map(|g| g.to_string()),
-            "0.0.0.0/0",
-        );
-        let ipv6 = attachment.ipv6_address.map(|address| {
-            (
-                address.to_string(),
-                attachment.ipv6_gateway.map(|g| g.to_string()),
-                "::/0",
-            )
-        });
-        let families: Vec<_> = std::iter::once(ipv4).chain(ipv6).collect();
+        let families: Vec<(String, Option<String>, &str)> = attachment
+            .addresses()
+            .into_iter()
+            .map(|address| match address {
+                ipnet::IpNet::V4(_) => (
+                    address.to_string(),
+                    attachment.gateway.map(|g| g.to_string()),
+                    "0.0.0.0/0",
+                ),
+                ipnet::IpNet::V6(_) => (
+                    address.to_string(),
+                    attachment.ipv6_gateway.map(|g| g.to_string()),
+                    "::/0",
+                ),
+            })
+            .collect();
         CniResult {
             cni_version: String::new(),
             interfaces: vec![
@@ -189,8 +192,8 @@ mod tests {
             netns: "/run/netns/x".into(),
             network: "pods".into(),
             bridge: "cni0".into(),
-            ip: "10.22.0.2".parse().unwrap(),
-            prefix_len: 24,
+            ip: Some("10.22.0.2".parse().unwrap()),
+            prefix_len: Some(24),
             gateway: Some("10.22.0.1".parse().unwrap()),
             ipv6_address: None,
             ipv6_gateway: None,
@@ -292,10 +295,26 @@ mod tests {
         let isolated = CniAttachment {
             gateway: None,
             ipv6_gateway: None,
-            ..dual
+            ..dual.clone()
         };
         let result = CniResult::of_attachment(&isolated, &Dns::default());
         assert_eq!(result.ips.len(), 2);
         assert!(result.routes.is_empty(), "{result:?}");
+        // IPv6-only: the IPv6 address and route alone.
+        let ipv6_only = CniAttachment {
+            ip: None,
+            prefix_len: None,
+            gateway: None,
+            ..dual
+        };
+        let result = CniResult::of_attachment(&ipv6_only, &Dns::default());
+        assert_eq!(
+            serde_json::to_value(&result.routes).unwrap(),
+            serde_json::json!([{"dst": "::/0", "gw": "fd00:22::1"}])
+        );
+        assert_eq!(
+            result.addresses_of("eth0", "/run/netns/x"),
+            ["fd00:22::2/64"]
+        );
     }
 }

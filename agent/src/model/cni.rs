@@ -3,7 +3,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use ipnet::Ipv6Net;
+use ipnet::{IpNet, Ipv6Net};
 use serde::{Deserialize, Serialize};
 
 use super::{MacAddress, Proto};
@@ -39,6 +39,14 @@ pub struct CniNetwork {
         skip_serializing_if = "Option::is_none"
     )]
     pub ipv6_gateway: Option<String>,
+    /// `false` for an IPv6-only network (host-local's IPv6 range set without an IPv4
+    /// one); absent: IPv4, unless the network exists IPv6-only.
+    #[serde(
+        rename = "EnableIPv4",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub enable_ipv4: Option<bool>,
     #[serde(rename = "Mtu", default, skip_serializing_if = "Option::is_none")]
     pub mtu: Option<u32>,
     /// Whether containers of the network reach each other (default: yes).
@@ -114,10 +122,12 @@ pub struct CniAttachment {
     pub network: String,
     #[serde(rename = "Bridge")]
     pub bridge: String,
-    #[serde(rename = "IP")]
-    pub ip: Ipv4Addr,
-    #[serde(rename = "PrefixLen")]
-    pub prefix_len: u8,
+    /// The IPv4 address; absent on an IPv6-only network.
+    #[serde(rename = "IP", default, skip_serializing_if = "Option::is_none")]
+    pub ip: Option<Ipv4Addr>,
+    /// The IPv4 subnet's prefix length, with `IP`.
+    #[serde(rename = "PrefixLen", default, skip_serializing_if = "Option::is_none")]
+    pub prefix_len: Option<u8>,
     /// Absent on a network without a way out.
     #[serde(rename = "Gateway", default, skip_serializing_if = "Option::is_none")]
     pub gateway: Option<Ipv4Addr>,
@@ -149,4 +159,18 @@ pub struct CniAttachment {
     /// (a veth or address gone, the namespace gone); empty when all is well.
     #[serde(rename = "Problems", default, skip_serializing_if = "Vec::is_empty")]
     pub problems: Vec<String>,
+}
+
+impl CniAttachment {
+    /// The container's addresses with their prefixes: IPv4 first, then IPv6.
+    pub fn addresses(&self) -> Vec<IpNet> {
+        let ipv4 = self
+            .ip
+            .zip(self.prefix_len)
+            .and_then(|(ip, len)| ipnet::Ipv4Net::new(ip, len).ok())
+            .map(IpNet::V4);
+        ipv4.into_iter()
+            .chain(self.ipv6_address.map(IpNet::V6))
+            .collect()
+    }
 }

@@ -32,21 +32,20 @@ fn record_name(container_id: &str) -> String {
 /// gives must match (those it leaves out take whatever the network has).
 fn check_network_matches(network: &NetworkRecord, wanted: &CniNetwork) -> Result<()> {
     let mut differences = Vec::new();
-    let Some((subnet, gateway)) = network.ipv4() else {
-        return Err(Error::Conflict(format!(
-            "network {} is IPv6-only: a CNI attachment needs an IPv4 subnet",
-            network.name
-        )));
-    };
-    if let Some(wanted) = &wanted.subnet
-        && wanted.parse().ok() != Some(subnet)
-    {
-        differences.push(format!("subnet {subnet} (configured: {wanted})"));
+    match (network.ipv4(), &wanted.subnet) {
+        (None, Some(wanted)) => differences.push(format!("no IPv4 (configured: {wanted})")),
+        (Some((subnet, _)), Some(wanted)) if wanted.parse().ok() != Some(subnet) => {
+            differences.push(format!("subnet {subnet} (configured: {wanted})"))
+        }
+        _ => {}
     }
-    if let Some(wanted) = &wanted.gateway
+    if let (Some((_, gateway)), Some(wanted)) = (network.ipv4(), &wanted.gateway)
         && wanted.parse().ok() != Some(gateway)
     {
         differences.push(format!("gateway {gateway} (configured: {wanted})"));
+    }
+    if wanted.enable_ipv4 == Some(false) && network.enable_ipv4() {
+        differences.push("IPv4 (configured: IPv6 only)".to_string());
     }
     match (&network.ipv6, &wanted.ipv6_subnet) {
         (None, Some(wanted)) => differences.push(format!("no IPv6 (configured: {wanted})")),
@@ -139,6 +138,7 @@ fn network_request(wanted: &CniNetwork) -> CreateNetwork {
     CreateNetwork {
         name: wanted.name.clone(),
         enable_ipv6: wanted.ipv6_subnet.is_some().then_some(true),
+        enable_ipv4: wanted.enable_ipv4,
         ipam: (!config.is_empty()).then(|| Ipam {
             config,
             ..Ipam::default()
@@ -148,15 +148,38 @@ fn network_request(wanted: &CniNetwork) -> CreateNetwork {
     }
 }
 
-/// The container create request behind an attachment on a network with IPv6 or not
-/// (`network_has_ipv6`). As the reference portmap plugin, a mapping whose `HostIP` is of a
-/// family the container does not have is left out.
-fn container_request(request: &CniAttachRequest, network_has_ipv6: bool) -> CreateContainer {
+/// The address families of a network.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Families {
+    ipv4: bool,
+    ipv6: bool,
+}
+
+impl Families {
+    fn of(network: &NetworkRecord) -> Self {
+        Families {
+            ipv4: network.enable_ipv4(),
+            ipv6: network.ipv6.is_some(),
+        }
+    }
+
+    fn has(self, ip: IpAddr) -> bool {
+        match ip {
+            IpAddr::V4(_) => self.ipv4,
+            IpAddr::V6(_) => self.ipv6,
+        }
+    }
+}
+
+/// The container create request behind an attachment on a network of `families`. As the
+/// reference plugins, a `HostIP` or an address asked for of a family the network does not
+/// have is left out.
+fn container_request(request: &CniAttachRequest, families: Families) -> CreateContainer {
     let mut port_bindings: BTreeMap<String, Vec<HostBinding>> = BTreeMap::new();
     let mappings = request
         .port_mappings
         .iter()
-        .filter(|m| network_has_ipv6 || !m.host_ip.is_some_and(|ip| ip.is_ipv6()));
+        .filter(|m| m.host_ip.is_none_or(|ip| families.has(ip)));
     for mapping in mappings {
         port_bindings
             .entry(format!(
@@ -170,10 +193,12 @@ fn container_request(request: &CniAttachRequest, network_has_ipv6: bool) -> Crea
                 host_port: mapping.host_port.to_string(),
             });
     }
+    let ipv4 = request.ip.filter(|_| families.ipv4);
+    let ipv6 = request.ipv6.filter(|_| families.ipv6);
     let endpoint = EndpointConfig {
-        ipam_config: (request.ip.is_some() || request.ipv6.is_some()).then(|| EndpointIpamConfig {
-            ipv4_address: request.ip.map(|ip| ip.to_string()).unwrap_or_default(),
-            ipv6_address: request.ipv6.map(|ip| ip.to_string()).unwrap_or_default(),
+        ipam_config: (ipv4.is_some() || ipv6.is_some()).then(|| EndpointIpamConfig {
+            ipv4_address: ipv4.map(|ip| ip.to_string()).unwrap_or_default(),
+            ipv6_address: ipv6.map(|ip| ip.to_string()).unwrap_or_default(),
         }),
         driver_opts: BTreeMap::from([(OPT_ENDPOINT_IFNAME.to_string(), request.ifname.clone())]),
         ..EndpointConfig::default()
@@ -237,12 +262,15 @@ impl Service {
             ));
         }
         self.ensure_cni_network(&request.network).await?;
-        let network_has_ipv6 = self
+        let families = self
             .state
             .networks
             .get(&request.network.name)
-            .is_some_and(|n| n.ipv6.is_some());
-        let mut plan = self.plan_container(&container_request(&request, network_has_ipv6))?;
+            .map(Families::of)
+            .ok_or_else(|| {
+                Error::Internal(format!("network {} was not made", request.network.name))
+            })?;
+        let mut plan = self.plan_container(&container_request(&request, families))?;
         plan.container.managed_by = ManagedBy::Cni;
         if let Some(mac) = request.mac {
             for endpoint in &mut plan.container.endpoints {
@@ -321,13 +349,14 @@ impl Service {
             Error::Internal(format!("CNI container {} has no endpoint", container.name))
         })?;
         let network = self.network_by_id(&endpoint.network_id)?;
-        let (Some(ip), Some((subnet, _))) = (endpoint.ip, network.ipv4()) else {
+        let ipv4 = endpoint.ip.zip(network.ipv4());
+        let ipv6 = endpoint.ipv6.zip(network.ipv6.as_ref());
+        if ipv4.is_none() && ipv6.is_none() {
             return Err(Error::Internal(format!(
-                "CNI container {} has no IPv4 address",
+                "CNI container {} has no address",
                 container.name
             )));
-        };
-        let ipv6 = endpoint.ipv6.zip(network.ipv6.as_ref());
+        }
         Ok(CniAttachment {
             container_id: container
                 .name
@@ -338,8 +367,8 @@ impl Service {
             netns: container.netns.display().to_string(),
             network: network.name.clone(),
             bridge: network.bridge.clone(),
-            ip,
-            prefix_len: subnet.prefix_len(),
+            ip: ipv4.map(|(ip, _)| ip),
+            prefix_len: ipv4.map(|(_, (subnet, _))| subnet.prefix_len()),
             gateway: network.gateway_ipv4(),
             ipv6_address: ipv6.map(|(address, side)| {
                 Ipv6Net::new(address, side.subnet.prefix_len()).expect("prefix of a valid net")
@@ -401,14 +430,14 @@ impl Service {
                 .collect::<Vec<_>>();
             Ok(Some(on_link))
         });
-        let expected = std::iter::once(IpAddr::V4(attachment.ip))
-            .chain(attachment.ipv6_address.map(|net| IpAddr::V6(net.addr())));
         match inside {
             Ok(Some(addresses)) => {
-                for lost in expected.filter(|a| !addresses.contains(a)) {
+                let expected = attachment.addresses();
+                for lost in expected.iter().filter(|a| !addresses.contains(&a.addr())) {
                     problems.push(format!(
-                        "interface {} has lost its address {lost}",
-                        attachment.ifname
+                        "interface {} has lost its address {}",
+                        attachment.ifname,
+                        lost.addr()
                     ));
                 }
             }
@@ -461,7 +490,13 @@ mod tests {
             ipv6: None,
             mac: None,
         };
-        let create = container_request(&request, false);
+        let create = container_request(
+            &request,
+            Families {
+                ipv4: true,
+                ipv6: false,
+            },
+        );
         assert_eq!(create.name, "cni-abc123");
         assert_eq!(create.netns.as_deref(), Some("/run/netns/cni-1"));
         assert_eq!(create.host_config.network_mode.as_deref(), Some("pods"));
@@ -485,7 +520,13 @@ mod tests {
             ipv6: Some("fd00:22::9".parse().unwrap()),
             ..request
         };
-        let create = container_request(&dual, true);
+        let create = container_request(
+            &dual,
+            Families {
+                ipv4: true,
+                ipv6: true,
+            },
+        );
         let ports = &create.host_config.port_bindings;
         assert_eq!(ports["443/tcp"][0].host_ip, "::");
         let ipam = create.networking_config.endpoints_config["pods"]
@@ -496,6 +537,23 @@ mod tests {
             (ipam.ipv4_address.as_str(), ipam.ipv6_address.as_str()),
             ("10.22.0.9", "fd00:22::9")
         );
+
+        // On an IPv6-only network: the IPv4 mapping and address are left out.
+        let create = container_request(
+            &dual,
+            Families {
+                ipv4: false,
+                ipv6: true,
+            },
+        );
+        let ports = &create.host_config.port_bindings;
+        assert!(!ports.contains_key("53/udp"), "{ports:?}");
+        assert_eq!(ports["80/tcp"][0].host_ip, "", "both families: :: only");
+        let ipam = create.networking_config.endpoints_config["pods"]
+            .ipam_config
+            .clone()
+            .unwrap();
+        assert_eq!(ipam.ipv4_address, "");
     }
 
     #[test]
@@ -576,6 +634,21 @@ mod tests {
             ..without_gateway
         };
         assert!(check_network_matches(&dual, &other_subnet).is_err());
+        // An IPv6-only network matches an IPv6-only configuration, not an IPv4 subnet.
+        let ipv6_only = NetworkRecord::ipv6_only_for_tests("pods", "fd00:22::/64");
+        let only6 = CniNetwork {
+            subnet: None,
+            ipv6_gateway: None,
+            enable_ipv4: Some(false),
+            ..wanted.clone()
+        };
+        assert!(check_network_matches(&ipv6_only, &only6).is_ok());
+        assert!(check_network_matches(&dual, &only6).is_err());
+        let refused = check_network_matches(&ipv6_only, &wanted)
+            .unwrap_err()
+            .to_string();
+        assert!(refused.contains("no IPv4"), "{refused}");
+        assert_eq!(network_request(&only6).enable_ipv4, Some(false));
         // The IPv4-only configuration takes whatever IPv6 side the network has.
         let ipv4_config = CniNetwork {
             ipv6_subnet: None,
