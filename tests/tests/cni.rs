@@ -6,19 +6,15 @@
 //! default routes, masquerade to the world and the hostPort on IPv6 too.
 
 use std::{
-    io::{Read as _, Write as _},
-    net::{IpAddr, Ipv6Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream},
+    net::{IpAddr, SocketAddr, SocketAddrV4},
     path::Path,
-    thread,
-    time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result, ensure};
 use bpfbridge_tests::{
     Agent, NODE_IP, NODE_IPV6, Netns, Topology, WORLD_IP, WORLD_IPV6,
-    cni::{Plugin, with_prev_result},
-    enter_netns_on_this_thread, links, request, run, serve_once, skip_unless_ebpf,
-    skip_without_dataplane_ipv6,
+    cni::{Plugin, request_v6, serve_once_v6, with_prev_result},
+    links, request, run, serve_once, skip_unless_ebpf, skip_without_dataplane_ipv6,
 };
 use serde_json::{Value, json};
 
@@ -458,52 +454,6 @@ fn del_works_across_an_agent_crash_and_while_the_agent_is_down() -> Result<()> {
     assert_eq!(node.attachments()?, Vec::<String>::new());
     assert!(node.port_is_closed(8083));
     Ok(())
-}
-
-/// A TCP server on `[::]:port` in a namespace that answers one connection with
-/// `pong LINE`; the handle returns the peer it saw.
-fn serve_once_v6(netns: &Path, port: u16) -> thread::JoinHandle<Result<SocketAddr>> {
-    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-    let netns = netns.to_path_buf();
-    let handle = thread::spawn(move || -> Result<SocketAddr> {
-        enter_netns_on_this_thread(&netns)?;
-        let listener = TcpListener::bind((Ipv6Addr::UNSPECIFIED, port))?;
-        listener.set_nonblocking(true)?;
-        let _ = ready_tx.send(());
-        let deadline = Instant::now() + Duration::from_secs(15);
-        let (mut stream, peer) = loop {
-            match listener.accept() {
-                Ok(conn) => break conn,
-                Err(e)
-                    if e.kind() == std::io::ErrorKind::WouldBlock && Instant::now() < deadline =>
-                {
-                    thread::sleep(Duration::from_millis(10))
-                }
-                Err(e) => return Err(e).context("accept"),
-            }
-        };
-        stream.set_nonblocking(false)?;
-        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-        let mut buf = [0u8; 256];
-        let n = stream.read(&mut buf)?;
-        stream.write_all(b"pong ")?;
-        stream.write_all(&buf[..n])?;
-        Ok(peer)
-    });
-    let _ = ready_rx.recv_timeout(Duration::from_secs(5));
-    handle
-}
-
-/// Connects to `to` from a namespace, sends `message`, returns the whole answer.
-fn request_v6(netns: &Path, to: SocketAddr, message: &str) -> std::io::Result<String> {
-    bpfbridge_tests::in_netns(netns, || {
-        let mut stream = TcpStream::connect_timeout(&to, Duration::from_secs(3))?;
-        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-        stream.write_all(message.as_bytes())?;
-        let mut answer = String::new();
-        stream.read_to_string(&mut answer)?;
-        Ok(answer)
-    })
 }
 
 /// One exchange over IPv6 from `client` to `to`, served on `server_port` in `server`: the

@@ -1,15 +1,17 @@
 //! The CNI plugin under podman 4.3's CNI backend: `podman run --network NAME -p 8080:80`
 //! gets an address from the agent and its published port answers the world namespace
-//! through the agent's fast path; `podman rm` takes it away.
+//! through the agent's fast path; `podman rm` takes it away. A dual-stack conflist
+//! (host-local's IPv6 range set) gives the container an IPv6 address too, which podman
+//! shows, and the port answers on the node's IPv6 address.
 
-use std::net::SocketAddrV4;
+use std::net::{IpAddr, SocketAddr, SocketAddrV4};
 
 use anyhow::{Context as _, Result, ensure};
 use bpfbridge_tests::{
-    Agent, NODE_IP, Topology, WORLD_IP,
-    cni::plugin_bin,
+    Agent, NODE_IP, NODE_IPV6, Topology, WORLD_IP, WORLD_IPV6,
+    cni::{plugin_bin, request_v6, serve_once_v6},
     podman::{self, Podman},
-    request, serve_once,
+    request, serve_once, skip_without_dataplane_ipv6,
 };
 use serde_json::{Value, json};
 
@@ -98,5 +100,71 @@ fn podman_run_publishes_the_port_and_podman_rm_removes_it() -> Result<()> {
     )
     .is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionRefused);
     assert!(closed, "the port answers after podman rm");
+    Ok(())
+}
+
+#[test]
+fn a_dual_stack_conflist_gives_podman_an_ipv6_address_and_port() -> Result<()> {
+    if !podman::available() {
+        eprintln!(
+            "skipped: podman is not installed ({}; `cargo xtask setup` installs it)",
+            podman::PODMAN
+        );
+        return Ok(());
+    }
+    let topology = Topology::new()?.with_ipv6()?;
+    let agent = Agent::start(&topology)?;
+    let mut conflist = conflist(&agent);
+    let plugin = &mut conflist["plugins"][0];
+    plugin.as_object_mut().context("a plugin")?.remove("subnet");
+    plugin["ipam"] = json!({"type": "host-local", "ranges": [
+        [{"subnet": "10.89.7.0/24"}], [{"subnet": "fd00:89:7::/64"}]
+    ]});
+    let podman = Podman::new(&topology.node.path(), &plugin_bin(), &conflist)?;
+    podman.run_container("web", "bpfnet", "8080:80")?;
+    let (ip, netns) = attachment(&agent)?.context("no attachment after podman run")?;
+    assert_eq!(ip, "10.89.7.2");
+    let inspect = podman.run_ok(&[
+        "inspect",
+        "web",
+        "--format",
+        "{{.NetworkSettings.Networks.bpfnet.GlobalIPv6Address}}",
+    ])?;
+    assert_eq!(
+        inspect.trim(),
+        "fd00:89:7::2",
+        "podman shows the plugin's IPv6 address"
+    );
+
+    if !skip_without_dataplane_ipv6(&agent, "the port on IPv6")? {
+        let server = serve_once_v6(&netns, 80);
+        let answer = request_v6(
+            &topology.world.path(),
+            SocketAddr::new(NODE_IPV6.into(), 8080),
+            "ping\n",
+        )
+        .context("world client")?;
+        let peer = server.join().expect("server thread")?;
+        ensure!(answer == "pong ping\n", "unexpected answer {answer:?}");
+        assert_eq!(
+            peer.ip(),
+            IpAddr::V6(WORLD_IPV6),
+            "the client's address is kept"
+        );
+    }
+    podman.run_ok(&["rm", "-f", "-t", "0", "web"])?;
+    assert!(
+        attachment(&agent)?.is_none(),
+        "podman rm left the attachment"
+    );
+    assert!(
+        request_v6(
+            &topology.world.path(),
+            SocketAddr::new(NODE_IPV6.into(), 8080),
+            "ping\n"
+        )
+        .is_err(),
+        "the IPv6 port answers after podman rm"
+    );
     Ok(())
 }
