@@ -152,6 +152,15 @@ pub mod v1 {
     pub struct PodSandboxNetworkStatus {
         #[prost(string, tag = "1")]
         pub ip: String,
+        /// The pod's other addresses (a dual-stack pod's IPv6 one).
+        #[prost(message, repeated, tag = "2")]
+        pub additional_ips: Vec<PodIp>,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct PodIp {
+        #[prost(string, tag = "1")]
+        pub ip: String,
     }
 
     #[derive(Clone, PartialEq, prost::Message)]

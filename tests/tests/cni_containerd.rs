@@ -4,14 +4,14 @@
 //! publishes its hostPort; StopPodSandbox and RemovePodSandbox take it away; an agent killed
 //! between the two leaves nothing behind after its restart.
 
-use std::net::SocketAddrV4;
+use std::net::{IpAddr, SocketAddr, SocketAddrV4};
 
 use anyhow::{Context as _, Result, ensure};
 use bpfbridge_tests::{
-    Agent, NODE_IP, Topology, WORLD_IP,
-    cni::plugin_bin,
+    Agent, NODE_IP, NODE_IPV6, Topology, WORLD_IP, WORLD_IPV6,
+    cni::{plugin_bin, request_v6, serve_once_v6},
     cri::{self, Containerd},
-    request, serve_once,
+    request, serve_once, skip_without_dataplane_ipv6,
 };
 use serde_json::{Value, json};
 
@@ -133,6 +133,62 @@ fn run_pod_sandbox_publishes_the_host_port_and_remove_takes_it_away() -> Result<
     cri.stop_pod_sandbox(&second)?;
     cri.remove_pod_sandbox(&second)?;
     assert!(port_is_closed(&topology, 8081));
+    assert_eq!(attachments(&agent)?, 0);
+    Ok(())
+}
+
+#[test]
+fn a_dual_stack_pod_gets_both_addresses_and_its_host_port_on_ipv6() -> Result<()> {
+    if skip() {
+        return Ok(());
+    }
+    let topology = Topology::new()?.with_ipv6()?;
+    let agent = Agent::start(&topology)?;
+    // What a dual-stack node's conflist for the reference bridge plugin has: host-local
+    // with an IPv4 and an IPv6 range set.
+    let mut conflist = conflist(&agent);
+    let plugin = &mut conflist["plugins"][0];
+    plugin.as_object_mut().context("a plugin")?.remove("subnet");
+    plugin["ipam"] = json!({"type": "host-local", "ranges": [
+        [{"subnet": "10.244.1.0/24"}], [{"subnet": "fd00:10:244:1::/64"}]
+    ]});
+    let containerd = Containerd::start(&topology.node.path(), &plugin_bin(), &conflist)?;
+    let cri = containerd.client();
+    let pod = containerd.run_pod("web", &[(8080, 80)])?;
+    let network = cri
+        .pod_sandbox_status(&pod)?
+        .status
+        .and_then(|s| s.network)
+        .context("the sandbox's network status")?;
+    assert_eq!(network.ip, "10.244.1.2");
+    let additional: Vec<&str> = network
+        .additional_ips
+        .iter()
+        .map(|p| p.ip.as_str())
+        .collect();
+    assert_eq!(additional, ["fd00:10:244:1::2"], "the pod's IPv6 address");
+    let netns = pod_netns(&agent, &network.ip)?;
+    round_trip(&topology, &netns, 8080)?;
+    let world_to_node = SocketAddr::new(NODE_IPV6.into(), 8080);
+    if !skip_without_dataplane_ipv6(&agent, "the hostPort on IPv6")? {
+        let server = serve_once_v6(&netns, 80);
+        let answer =
+            request_v6(&topology.world.path(), world_to_node, "ping\n").context("world client")?;
+        let peer = server.join().expect("server thread")?;
+        ensure!(answer == "pong ping\n", "unexpected answer {answer:?}");
+        assert_eq!(
+            peer.ip(),
+            IpAddr::V6(WORLD_IPV6),
+            "the client's address is kept"
+        );
+    }
+    cri.stop_pod_sandbox(&pod)?;
+    assert!(port_is_closed(&topology, 8080));
+    assert!(
+        request_v6(&topology.world.path(), world_to_node, "ping\n").is_err(),
+        "the IPv6 hostPort answers after StopPodSandbox"
+    );
+    cri.remove_pod_sandbox(&pod)?;
     assert_eq!(attachments(&agent)?, 0);
     Ok(())
 }
