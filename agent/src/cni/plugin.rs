@@ -278,12 +278,22 @@ async fn check(
         .await
         .map_err(|e| agent_error("no such attachment", e))?;
     let mut problems = attachment.problems.clone();
-    let expected: Vec<String> = attachment
+    // Compared as sets of networks: in any order, however the runtime wrote them.
+    let mut expected: Vec<String> = attachment
         .addresses()
         .iter()
         .map(ToString::to_string)
         .collect();
-    let given = previous.addresses_of(&invocation.ifname, &invocation.netns);
+    expected.sort();
+    let mut given: Vec<String> = previous
+        .addresses_of(&invocation.ifname, &invocation.netns)
+        .into_iter()
+        .map(|a| {
+            a.parse::<ipnet::IpNet>()
+                .map_or_else(|_| a.to_string(), |n| n.to_string())
+        })
+        .collect();
+    given.sort();
     if given.is_empty() {
         problems.push(format!(
             "prevResult has no address for interface {} in {}",
