@@ -1,9 +1,10 @@
 //! IPv6 dual stack (`--ipv6` networks), on a topology whose uplink carries 2001:db8:1::/64
 //! beside its IPv4 subnet: addresses and inspect fields, container to container, the
 //! world through the node's IPv6 address (masquerade), published ports on `[::]` with the
-//! client's address preserved, `[::1]` from the node, `icc=false`, AAAA answers, IPv6-only
-//! networks (Docker 28's `--ipv4=false`), and the refusals (an IPv6 port for a container
-//! without IPv6, an IPv4 one for a container without IPv4, a network without a family).
+//! client's address preserved, both kinds of IPv6 flow in `conntrack ls`, `[::1]` from the
+//! node, `icc=false`, AAAA answers, IPv6-only networks (Docker 28's `--ipv4=false`), and
+//! the refusals (an IPv6 port for a container without IPv6, an IPv4 one for a container
+//! without IPv4, a network without a family).
 //!
 //! What needs the dataplane to handle IPv6 traffic (translation, masquerade, policy) is
 //! skipped, with the reason, on a dataplane whose `info` says `DataplaneIPv6: false`.
@@ -22,8 +23,8 @@ use std::{
 
 use anyhow::{Context as _, Result, ensure};
 use bpfbridge_tests::{
-    Agent, NODE_IP, NODE_IPV6, Topology, WORLD_IPV6, enter_netns_on_this_thread, in_netns, nettool,
-    not_yet_on_ebpf, skip_without_dataplane_ipv6,
+    Agent, NODE_IP, NODE_IPV6, Topology, WORLD_IPV6, ebpf_checks, enter_netns_on_this_thread,
+    in_netns, nettool, not_yet_on_ebpf, skip_without_dataplane_ipv6,
 };
 use serde_json::Value;
 
@@ -384,6 +385,88 @@ fn published_ports_answer_on_ipv6() -> Result<()> {
         &["container", "create", "v4only", "-p", "[::]:8602:80"],
     )?;
     assert!(error.contains("no IPv6 address"), "{error}");
+    Ok(())
+}
+
+/// A TCP connection from `client_ns` to `to`, accepted by `listener` and held open by both
+/// ends while they live: (the client's end, the server's end).
+fn held_connection(
+    client_ns: &Path,
+    listener: &TcpListener,
+    to: SocketAddr,
+) -> Result<(TcpStream, TcpStream)> {
+    let client = in_netns(client_ns, || TcpStream::connect_timeout(&to, WAIT))
+        .with_context(|| format!("connecting to {to}"))?;
+    let (server, _) = listener.accept().context("accepting")?;
+    Ok((client, server))
+}
+
+/// The lines of `bpfbridge conntrack ls` that begin with `prefix`.
+fn conntrack_lines(agent: &Agent, prefix: &str) -> Result<Vec<String>> {
+    Ok(ok(agent, &["conntrack", "ls"])?
+        .lines()
+        .filter(|line| line.starts_with(prefix))
+        .map(str::to_string)
+        .collect())
+}
+
+#[test]
+fn conntrack_ls_shows_ipv6_flows_with_their_addresses() -> Result<()> {
+    let (topology, agent) = dual_stack(true)?;
+    if !ebpf_checks("IPv6 flows in `conntrack ls`: the iptables dataplane lists no flows") {
+        // As for IPv4: the kernel's conntrack holds them, and `conntrack ls` says so.
+        let error = refused(&agent, &["conntrack", "ls"])?;
+        assert!(error.contains("not supported"), "{error}");
+        return Ok(());
+    }
+    let world_ns = topology.world.path();
+    let (a, a_ns) = agent.create_container(&["a", "--network", "v6"])?;
+    let (web, web_ns) = agent.create_container(&["web", "--network", "v6", "-p", "8620:80"])?;
+    let (a_ip, web_ip) = (ipv6_on(&a, "v6")?, ipv6_on(&web, "v6")?);
+
+    // Masqueraded: the container to the world, through the node's IPv6 address.
+    let world = in_netns(&world_ns, || TcpListener::bind((WORLD_IPV6, 7620)))?;
+    let to_world = SocketAddr::new(WORLD_IPV6.into(), 7620);
+    let (out_client, out_server) = held_connection(&a_ns, &world, to_world)?;
+    let container_end = out_client.local_addr()?;
+    let seen_by_world = out_server.peer_addr()?;
+    assert_eq!(container_end.ip(), IpAddr::V6(a_ip));
+    assert_eq!(seen_by_world.ip(), IpAddr::V6(NODE_IPV6));
+
+    // Published: the world to [node]:8620, to the container's port 80.
+    let backend = in_netns(&web_ns, || TcpListener::bind(("::", 80)))?;
+    let published = SocketAddr::new(NODE_IPV6.into(), 8620);
+    let (in_client, in_server) = held_connection(&world_ns, &backend, published)?;
+    let world_end = in_client.local_addr()?;
+    assert_eq!(
+        in_server.peer_addr()?,
+        world_end,
+        "the client's own address"
+    );
+
+    let masquerade = conntrack_lines(&agent, "masquerade tcp src=[")?;
+    let expected = format!(
+        "masquerade tcp src={container_end} dst={to_world} backend={to_world} \
+         seen-as={seen_by_world} idle="
+    );
+    assert!(
+        masquerade.len() == 1 && masquerade[0].starts_with(&expected),
+        "the masqueraded IPv6 flow: {masquerade:?}, expected {expected}..."
+    );
+    let dnat = conntrack_lines(&agent, "dnat tcp src=[")?;
+    let expected = format!(
+        "dnat tcp src={world_end} dst={published} backend=[{web_ip}]:80 seen-as={world_end} \
+         idle="
+    );
+    assert!(
+        dnat.len() == 1 && dnat[0].starts_with(&expected) && dnat[0].contains(" packets="),
+        "the published-port IPv6 flow: {dnat:?}, expected {expected}..."
+    );
+
+    // `conntrack flush` forgets them with IPv4's.
+    ok(&agent, &["conntrack", "flush"])?;
+    assert_eq!(conntrack_lines(&agent, "")?, Vec::<String>::new());
+    drop((out_client, out_server, in_client, in_server));
     Ok(())
 }
 
