@@ -1980,14 +1980,31 @@ impl EbpfDataplane {
         Ok(())
     }
 
-    /// The slots the uplink programs tail-call for IPv6, as
+    /// The slots the uplink programs tail-call for IPv6, and those the uplinks' IPv6
+    /// programs tail-call for the replies of masqueraded IPv6 flows, as
     /// [`EbpfDataplane::repair_container_programs`] keeps `container_ingress`'s: an emptied
-    /// slot would send every IPv6 frame of those uplinks to the node's stack untranslated.
+    /// slot would send every IPv6 frame of those uplinks (or every such reply) to the
+    /// node's stack untranslated.
     fn repair_uplink_program_arrays(&mut self, repaired: &mut Vec<Repaired>) -> Result<()> {
         for (array, slot, name) in [
             (UPLINK_XDP_PROGRAMS, UPLINK_IPV6_SLOT, UPLINK6_PROGRAM),
             (UPLINK_TC_PROGRAMS, UPLINK_IPV6_SLOT, UPLINK6_TC_PROGRAM),
             (UPLINK_TC_PROGRAMS, UPLINK_L3_IPV6_SLOT, UPLINK6_L3_PROGRAM),
+            (
+                UPLINK6_XDP_PROGRAMS,
+                UPLINK6_MASQUERADE_SLOT,
+                UPLINK_MASQUERADE6_PROGRAM,
+            ),
+            (
+                UPLINK6_TC_PROGRAMS,
+                UPLINK6_MASQUERADE_SLOT,
+                UPLINK_MASQUERADE6_TC_PROGRAM,
+            ),
+            (
+                UPLINK6_TC_PROGRAMS,
+                UPLINK6_L3_MASQUERADE_SLOT,
+                UPLINK_MASQUERADE6_L3_PROGRAM,
+            ),
         ] {
             let program = self
                 .ebpf
