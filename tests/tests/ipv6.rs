@@ -1,8 +1,8 @@
 //! IPv6 dual stack (`--ipv6` networks), on a topology whose uplink carries 2001:db8:1::/64
 //! beside its IPv4 subnet: addresses and inspect fields, container to container, the
-//! world through the node's IPv6 address (masquerade), published ports on `[::]` with the
-//! client's address preserved, both kinds of IPv6 flow in `conntrack ls`, `[::1]` from the
-//! node, `icc=false`, AAAA answers, IPv6-only networks (Docker 28's `--ipv4=false`), and
+//! world through the node's IPv6 address (masquerade, and its flows ended when that
+//! address goes), published ports on `[::]` with the client's address preserved, both
+//! kinds of IPv6 flow in `conntrack ls`, `[::1]` from the node, `icc=false`, AAAA answers, IPv6-only networks (Docker 28's `--ipv4=false`), and
 //! the refusals (an IPv6 port for a container without IPv6, an IPv4 one for a container
 //! without IPv4, a network without a family).
 //!
@@ -11,7 +11,7 @@
 
 use std::{
     io::{Read as _, Write as _},
-    net::{IpAddr, Ipv6Addr, SocketAddr, TcpListener, TcpStream},
+    net::{IpAddr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket},
     path::{Path, PathBuf},
     sync::{
         Arc,
@@ -23,8 +23,8 @@ use std::{
 
 use anyhow::{Context as _, Result, ensure};
 use bpfbridge_tests::{
-    Agent, NODE_IP, NODE_IPV6, Topology, WORLD_IPV6, ebpf_checks, enter_netns_on_this_thread,
-    in_netns, nettool, not_yet_on_ebpf, skip_without_dataplane_ipv6,
+    Agent, NODE_IP, NODE_IPV6, Topology, UPLINK, WORLD_IPV6, ebpf_checks,
+    enter_netns_on_this_thread, in_netns, nettool, not_yet_on_ebpf, skip_without_dataplane_ipv6,
 };
 use serde_json::Value;
 
@@ -467,6 +467,75 @@ fn conntrack_ls_shows_ipv6_flows_with_their_addresses() -> Result<()> {
     ok(&agent, &["conntrack", "flush"])?;
     assert_eq!(conntrack_lines(&agent, "")?, Vec::<String>::new());
     drop((out_client, out_server, in_client, in_server));
+    Ok(())
+}
+
+/// When the node's IPv6 address that masquerades a flow goes, the flow ends with it (as
+/// MASQUERADE ends it, and as IPv4's end): the container's next datagram on the same
+/// socket leaves with the address that took over, not the former one.
+#[test]
+fn a_removed_ipv6_masquerade_source_ends_its_flows() -> Result<()> {
+    let (topology, agent) = dual_stack(true)?;
+    if skip_without_dataplane_ipv6(&agent, "IPv6 masquerade")? {
+        return Ok(());
+    }
+    let (_, a_ns) = agent.create_container(&["a", "--network", "v6"])?;
+    let world = in_netns(&topology.world.path(), || {
+        UdpSocket::bind((WORLD_IPV6, 7630))
+    })?;
+    world.set_read_timeout(Some(Duration::from_millis(500)))?;
+    let container = in_netns(&a_ns, || UdpSocket::bind(("::", 0)))?;
+    let to_world = SocketAddr::new(WORLD_IPV6.into(), 7630);
+    // The source the world sees on the container's next datagram, if it arrives.
+    let seen_by_world = || -> Result<Option<IpAddr>> {
+        container.send_to(b"hi", to_world)?;
+        let mut buf = [0u8; 16];
+        Ok(world.recv_from(&mut buf).ok().map(|(_, from)| from.ip()))
+    };
+    assert_eq!(seen_by_world()?, Some(IpAddr::V6(NODE_IPV6)));
+    let tracked = |address: Ipv6Addr| -> Result<bool> {
+        Ok(conntrack_lines(&agent, "masquerade udp src=[")?
+            .iter()
+            .any(|line| line.contains(&format!("seen-as=[{address}]"))))
+    };
+    if ebpf_checks("the masqueraded IPv6 flow in `conntrack ls`") {
+        assert!(tracked(NODE_IPV6)?, "the flow is tracked with {NODE_IPV6}");
+    }
+
+    // The node's address is replaced by another of the same prefix.
+    let replacement = Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 7);
+    topology.node.ip(&[
+        "-6",
+        "addr",
+        "add",
+        &format!("{replacement}/64"),
+        "dev",
+        UPLINK,
+        "nodad",
+    ])?;
+    topology.node.ip(&[
+        "-6",
+        "addr",
+        "del",
+        &format!("{NODE_IPV6}/64"),
+        "dev",
+        UPLINK,
+    ])?;
+    let started = Instant::now();
+    let mut after = seen_by_world()?;
+    while after != Some(IpAddr::V6(replacement)) && started.elapsed() < Duration::from_secs(5) {
+        thread::sleep(Duration::from_millis(100));
+        after = seen_by_world()?;
+    }
+    assert_eq!(
+        after,
+        Some(IpAddr::V6(replacement)),
+        "the same socket's datagrams leave with the address that took over"
+    );
+    if ebpf_checks("the former source's flow gone from `conntrack ls`") {
+        assert!(!tracked(NODE_IPV6)?, "no flow is left on {NODE_IPV6}");
+        assert!(tracked(replacement)?, "the new flow is on {replacement}");
+    }
     Ok(())
 }
 

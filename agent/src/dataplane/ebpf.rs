@@ -329,6 +329,8 @@ pub struct EbpfDataplane {
     uplinks: BTreeMap<String, (u32, Hook)>,
     /// What MASQUERADE_SOURCES holds: interface index → address.
     masquerade_sources: BTreeMap<u32, Ipv4Addr>,
+    /// What MASQUERADE_SOURCES6 holds.
+    masquerade_sources6: BTreeMap<u32, Ipv6Addr>,
 }
 
 /// An IPv4 address in network order, for the maps that hold IPv4 only (links): the
@@ -932,6 +934,7 @@ impl EbpfDataplane {
             uplink_hook,
             uplinks: BTreeMap::new(),
             masquerade_sources: BTreeMap::new(),
+            masquerade_sources6: BTreeMap::new(),
         };
         dataplane.set_node_netns()?;
         dataplane.attach_socket_programs(cgroup)?;
@@ -1159,6 +1162,37 @@ impl EbpfDataplane {
             .flat_map(|flow| flow.keys());
         let removed = remove_keys(&mut table, stale, &format!("removing a {name} entry"))?;
         walked.map(|()| removed)
+    }
+
+    /// [`Dataplane::set_masquerade`]'s IPv6 side: MASQUERADE_SOURCES6 made to hold
+    /// `wanted`, and the CONNTRACK6 flows masqueraded with a source that went ended, as
+    /// IPv4's are (see there).
+    fn set_masquerade_sources6(&mut self, wanted: BTreeMap<u32, Ipv6Addr>) -> Result<()> {
+        let mut map: HashMap<&mut MapData, u32, [u8; 16]> =
+            HashMap::try_from(self.map_mut(MASQUERADE_SOURCES6)?)
+                .map_err(Error::dataplane(MASQUERADE_SOURCES6))?;
+        let octets: std::collections::HashMap<u32, [u8; 16]> = wanted
+            .iter()
+            .map(|(index, ip)| (*index, ip.octets()))
+            .collect();
+        sync_hash_map(&mut map, &octets, "IPv6 masquerade source")?;
+        let gone: Vec<Ipv6Addr> = self
+            .masquerade_sources6
+            .values()
+            .filter(|ip| !wanted.values().any(|w| w == *ip))
+            .copied()
+            .collect();
+        self.masquerade_sources6 = wanted;
+        for previous in gone {
+            let ended =
+                self.remove_tracked::<CtKey6>(CONNTRACK6, |flow| flow.involves(previous.octets()))?;
+            tracing::info!(
+                source = %previous,
+                entries = ended,
+                "ended the flows masqueraded with a former source"
+            );
+        }
+        Ok(())
     }
 
     /// Forgets the IPv6 published-port flows of a container that goes away.
@@ -1711,16 +1745,7 @@ impl Dataplane for EbpfDataplane {
             ..self.node_config
         };
         self.write_node_config(value)?;
-        // IPv6's sources are synced as they are: its flows are ended by idle expiry when a
-        // source goes, not at once as IPv4's below.
-        let wanted6: std::collections::HashMap<u32, [u8; 16]> = ipv6_only(sources)
-            .into_iter()
-            .map(|(index, ip)| (index, ip.octets()))
-            .collect();
-        let mut map6: HashMap<&mut MapData, u32, [u8; 16]> =
-            HashMap::try_from(self.map_mut(MASQUERADE_SOURCES6)?)
-                .map_err(Error::dataplane(MASQUERADE_SOURCES6))?;
-        sync_hash_map(&mut map6, &wanted6, "IPv6 masquerade source")?;
+        self.set_masquerade_sources6(ipv6_only(sources).into_iter().collect())?;
         let wanted: BTreeMap<u32, Ipv4Addr> = ipv4_only(sources).into_iter().collect();
         if wanted == self.masquerade_sources {
             return Ok(());
