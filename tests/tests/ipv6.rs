@@ -2,8 +2,9 @@
 //! beside its IPv4 subnet: addresses and inspect fields, container to container, the
 //! world through the node's IPv6 address (masquerade, and its flows ended when that
 //! address goes), published ports on `[::]` with the client's address preserved, both
-//! kinds of IPv6 flow in `conntrack ls`, `[::1]` from the node, `icc=false`, AAAA answers, IPv6-only networks (Docker 28's `--ipv4=false`), and
-//! the refusals (an IPv6 port for a container without IPv6, an IPv4 one for a container
+//! kinds of IPv6 flow in `conntrack ls` and `monitor`, `[::1]` from the node,
+//! `icc=false`, AAAA answers, IPv6-only networks (Docker 28's `--ipv4=false`), and the
+//! refusals (an IPv6 port for a container without IPv6, an IPv4 one for a container
 //! without IPv4, a network without a family).
 //!
 //! What needs the dataplane to handle IPv6 traffic (translation, masquerade, policy) is
@@ -401,6 +402,61 @@ fn held_connection(
     Ok((client, server))
 }
 
+/// `bpfbridge monitor`'s `new-flow` events, read on a thread as they come, until dropped.
+struct NewFlows {
+    child: std::process::Child,
+    events: std::sync::mpsc::Receiver<Value>,
+}
+
+impl NewFlows {
+    fn start(agent: &Agent) -> Result<Self> {
+        use std::io::BufRead as _;
+        let mut child = std::process::Command::new(bpfbridge_tests::bpfbridge_bin())
+            .arg("--socket")
+            .arg(&agent.socket)
+            .arg("monitor")
+            .stdout(std::process::Stdio::piped())
+            .spawn()?;
+        let stdout = child.stdout.take().context("monitor's stdout")?;
+        let (sender, events) = std::sync::mpsc::channel();
+        thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if let Ok(event) = serde_json::from_str::<Value>(&line)
+                    && event["Kind"] == "new-flow"
+                    && sender.send(event).is_err()
+                {
+                    return;
+                }
+            }
+        });
+        // Let it subscribe before the flows are opened.
+        thread::sleep(Duration::from_millis(300));
+        Ok(NewFlows { child, events })
+    }
+
+    /// The event of reason `reason`, within `WAIT`.
+    fn of(&self, reason: &str) -> Option<Value> {
+        let deadline = Instant::now() + WAIT;
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            let event = self.events.recv_timeout(left).ok()?;
+            if event["Reason"] == reason {
+                return Some(event);
+            }
+        }
+        None
+    }
+}
+
+impl Drop for NewFlows {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// The lines of `bpfbridge conntrack ls` that begin with `prefix`.
 fn conntrack_lines(agent: &Agent, prefix: &str) -> Result<Vec<String>> {
     Ok(ok(agent, &["conntrack", "ls"])?
@@ -411,7 +467,7 @@ fn conntrack_lines(agent: &Agent, prefix: &str) -> Result<Vec<String>> {
 }
 
 #[test]
-fn conntrack_ls_shows_ipv6_flows_with_their_addresses() -> Result<()> {
+fn conntrack_ls_and_monitor_show_ipv6_flows_with_their_addresses() -> Result<()> {
     let (topology, agent) = dual_stack(true)?;
     if !ebpf_checks("IPv6 flows in `conntrack ls`: the iptables dataplane lists no flows") {
         // As for IPv4: the kernel's conntrack holds them, and `conntrack ls` says so.
@@ -423,6 +479,7 @@ fn conntrack_ls_shows_ipv6_flows_with_their_addresses() -> Result<()> {
     let (a, a_ns) = agent.create_container(&["a", "--network", "v6"])?;
     let (web, web_ns) = agent.create_container(&["web", "--network", "v6", "-p", "8620:80"])?;
     let (a_ip, web_ip) = (ipv6_on(&a, "v6")?, ipv6_on(&web, "v6")?);
+    let new_flows = NewFlows::start(&agent)?;
 
     // Masqueraded: the container to the world, through the node's IPv6 address.
     let world = in_netns(&world_ns, || TcpListener::bind((WORLD_IPV6, 7620)))?;
@@ -461,6 +518,32 @@ fn conntrack_ls_shows_ipv6_flows_with_their_addresses() -> Result<()> {
     assert!(
         dnat.len() == 1 && dnat[0].starts_with(&expected) && dnat[0].contains(" packets="),
         "the published-port IPv6 flow: {dnat:?}, expected {expected}..."
+    );
+
+    // Each flow's first packet is a `monitor` event, with its IPv6 addresses.
+    let event = new_flows
+        .of("container_ingress.redirect.masquerade")
+        .context("the masqueraded flow's event")?;
+    assert_eq!(
+        (&event["Proto"], &event["Source"], &event["Destination"]),
+        (
+            &Value::from(6),
+            &Value::from(container_end.to_string()),
+            &Value::from(to_world.to_string())
+        ),
+        "{event}"
+    );
+    let event = new_flows
+        .of("uplink_ingress.redirect.dnat")
+        .context("the published-port flow's event")?;
+    assert_eq!(
+        (&event["Proto"], &event["Source"], &event["Destination"]),
+        (
+            &Value::from(6),
+            &Value::from(world_end.to_string()),
+            &Value::from(published.to_string())
+        ),
+        "{event}"
     );
 
     // `conntrack flush` forgets them with IPv4's.

@@ -25,15 +25,16 @@ use aya::{
 use dataplane_common::{
     BackendKey, CONNTRACK, CONNTRACK6, CONTAINER_IPV6_SLOT, CONTAINER_PROGRAMS,
     CONTAINER6_MASQUERADE_SLOT, CONTAINER6_PROGRAMS, Counter, CtEntry, CtEntry6, CtKey, CtKey6,
-    ENDPOINTS, EVENT_DROP, EVENTS, EndpointInfo, EndpointKey, Event, FILTER_ALLOW, FILTER_DENY,
-    FILTER_HITS, FILTER_RULES, FILTER_SCOPE_BITS, FilterKey, FilterRule, FlowKey, IPPROTO_TCP,
-    LINKS, LinkKey, MASQUERADE_SOURCES, MASQUERADE_SOURCES6, NAT_FLOWS, NETWORK_DIRECT_ANY,
-    NETWORK_DIRECT_ICMP, NETWORK_DIRECT_PUBLISHED, NETWORK_ICC, NETWORK_INTERNAL,
-    NETWORK_MASQUERADE, NETWORKS, NODE_ADDRS, NODE_CONFIG, NatFlow, NetworkInfo, NetworkKey,
-    NodeAddr, NodeAddrKey, NodeConfig, PUBLISHED_BACKENDS, PUBLISHED_PORTS, PortKey, PortTarget,
-    ROUTED_FLOWS, STATS, TRUSTED_IFACES, TrustedIfaceKey, UPLINK_IPV6_SLOT, UPLINK_L3_IPV6_SLOT,
-    UPLINK_TC_PROGRAMS, UPLINK_XDP_PROGRAMS, UPLINK6_L3_MASQUERADE_SLOT, UPLINK6_MASQUERADE_SLOT,
-    UPLINK6_TC_PROGRAMS, UPLINK6_XDP_PROGRAMS, ct::TrackedEntry as _, stats::Stat,
+    ENDPOINTS, EVENT_DROP, EVENT_NEW_FLOW6, EVENTS, EndpointInfo, EndpointKey, Event, Event6,
+    FILTER_ALLOW, FILTER_DENY, FILTER_HITS, FILTER_RULES, FILTER_SCOPE_BITS, FilterKey, FilterRule,
+    FlowKey, IPPROTO_TCP, LINKS, LinkKey, MASQUERADE_SOURCES, MASQUERADE_SOURCES6, NAT_FLOWS,
+    NETWORK_DIRECT_ANY, NETWORK_DIRECT_ICMP, NETWORK_DIRECT_PUBLISHED, NETWORK_ICC,
+    NETWORK_INTERNAL, NETWORK_MASQUERADE, NETWORKS, NODE_ADDRS, NODE_CONFIG, NatFlow, NetworkInfo,
+    NetworkKey, NodeAddr, NodeAddrKey, NodeConfig, PUBLISHED_BACKENDS, PUBLISHED_PORTS, PortKey,
+    PortTarget, ROUTED_FLOWS, STATS, TRUSTED_IFACES, TrustedIfaceKey, UPLINK_IPV6_SLOT,
+    UPLINK_L3_IPV6_SLOT, UPLINK_TC_PROGRAMS, UPLINK_XDP_PROGRAMS, UPLINK6_L3_MASQUERADE_SLOT,
+    UPLINK6_MASQUERADE_SLOT, UPLINK6_TC_PROGRAMS, UPLINK6_XDP_PROGRAMS, ct::TrackedEntry as _,
+    stats::Stat,
 };
 use dataplane_common::{
     FILTER_RULES6, FilterKey6, FlowKey6, NAT_FLOWS6, NETWORKS6, NODE_ADDRS6, NatFlow6, NetworkKey6,
@@ -618,42 +619,61 @@ async fn read_events(ring: RingBuf<MapData>, events: tokio::sync::broadcast::Sen
             return;
         }
     };
-    let endpoint = |ip_be: u32, port_be: u16| match port_be {
-        0 => Ipv4Addr::from(u32::from_be(ip_be)).to_string(),
-        port => format!(
-            "{}:{}",
-            Ipv4Addr::from(u32::from_be(ip_be)),
-            u16::from_be(port)
-        ),
-    };
     loop {
         let Ok(mut guard) = ring.readable_mut().await else {
             return;
         };
         while let Some(item) = guard.get_inner_mut().next() {
-            if item.len() < size_of::<Event>() {
-                continue;
+            if let Some(event) = monitor_event(&item) {
+                let _ = events.send(event);
             }
-            // SAFETY: the programs write whole `Event`s; read without alignment.
-            let event: Event = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
-            let reason = Stat::ALL
-                .get(event.stat as usize)
-                .map_or("unknown", |s| s.name());
-            let _ = events.send(MonitorEvent {
-                kind: if event.kind == EVENT_DROP {
-                    "drop"
-                } else {
-                    "new-flow"
-                }
-                .into(),
-                reason: reason.into(),
-                proto: event.proto,
-                source: endpoint(event.src_ip_be, event.sport_be),
-                destination: endpoint(event.dst_ip_be, event.dport_be),
-            });
         }
         guard.clear_ready();
     }
+}
+
+/// A ring buffer record as `monitor` shows it: an [`Event`] or an [`Event6`], told apart
+/// by their `kind`, which both begin with. `None` for a record of neither shape.
+fn monitor_event(record: &[u8]) -> Option<MonitorEvent> {
+    // An address, with its port when it has one.
+    let endpoint = |ip: IpAddr, port_be: u16| match port_be {
+        0 => ip.to_string(),
+        port => std::net::SocketAddr::new(ip, u16::from_be(port)).to_string(),
+    };
+    let reason = |stat: u32| {
+        Stat::ALL
+            .get(stat as usize)
+            .map_or("unknown", |s| s.name())
+            .to_string()
+    };
+    let kind = u32::from_ne_bytes(record.get(..4)?.try_into().ok()?);
+    if kind == EVENT_NEW_FLOW6 {
+        let bytes = record.get(..size_of::<Event6>())?;
+        // SAFETY: `bytes` holds a whole `Event6`, plain data; read without alignment.
+        let event: Event6 = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
+        return Some(MonitorEvent {
+            kind: "new-flow".into(),
+            reason: reason(event.stat),
+            proto: event.proto,
+            source: endpoint(Ipv6Addr::from(event.src_ip).into(), event.sport_be),
+            destination: endpoint(Ipv6Addr::from(event.dst_ip).into(), event.dport_be),
+        });
+    }
+    let bytes = record.get(..size_of::<Event>())?;
+    // SAFETY: `bytes` holds a whole `Event`, plain data; read without alignment.
+    let event: Event = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
+    Some(MonitorEvent {
+        kind: if event.kind == EVENT_DROP {
+            "drop"
+        } else {
+            "new-flow"
+        }
+        .into(),
+        reason: reason(event.stat),
+        proto: event.proto,
+        source: endpoint(ipv4_of(event.src_ip_be).into(), event.sport_be),
+        destination: endpoint(ipv4_of(event.dst_ip_be).into(), event.dport_be),
+    })
 }
 
 fn proto_name(proto: u8) -> String {
@@ -2300,5 +2320,58 @@ mod tests {
             link_target_of_fdinfo("link_type:\txdp\nprog_id:\t5\n"),
             None
         );
+    }
+
+    #[test]
+    fn ring_buffer_records_of_either_family_become_monitor_events() {
+        let drop4 = Event {
+            kind: EVENT_DROP,
+            stat: Stat::UplinkDropFilter as u32,
+            src_ip_be: u32::from(Ipv4Addr::new(198, 51, 100, 2)).to_be(),
+            dst_ip_be: u32::from(Ipv4Addr::new(198, 51, 100, 1)).to_be(),
+            sport_be: 40000u16.to_be(),
+            dport_be: 8080u16.to_be(),
+            proto: IPPROTO_TCP,
+            _pad: [0; 3],
+        };
+        let event = monitor_event(record_bytes(&drop4)).unwrap();
+        assert_eq!(
+            (event.kind.as_str(), event.reason.as_str()),
+            ("drop", "uplink_ingress.drop.filter")
+        );
+        assert_eq!(
+            (event.source.as_str(), event.destination.as_str()),
+            ("198.51.100.2:40000", "198.51.100.1:8080")
+        );
+        let flow6 = Event6 {
+            kind: EVENT_NEW_FLOW6,
+            stat: Stat::ContainerRedirectMasquerade as u32,
+            src_ip: "fd00::2".parse::<Ipv6Addr>().unwrap().octets(),
+            dst_ip: "2001:db8::2".parse::<Ipv6Addr>().unwrap().octets(),
+            sport_be: 41000u16.to_be(),
+            dport_be: 443u16.to_be(),
+            proto: IPPROTO_TCP,
+            _pad: [0; 3],
+        };
+        let event = monitor_event(record_bytes(&flow6)).unwrap();
+        assert_eq!(
+            (event.kind.as_str(), event.reason.as_str()),
+            ("new-flow", "container_ingress.redirect.masquerade")
+        );
+        assert_eq!(
+            (event.source.as_str(), event.destination.as_str()),
+            ("[fd00::2]:41000", "[2001:db8::2]:443")
+        );
+        assert!(monitor_event(&[0; 3]).is_none(), "a record too short");
+        assert!(
+            monitor_event(&record_bytes(&flow6)[..24]).is_none(),
+            "an IPv6 record cut short"
+        );
+    }
+
+    /// The bytes of a plain-data record, as the ring buffer holds it.
+    fn record_bytes<T: Copy>(record: &T) -> &[u8] {
+        // SAFETY: `Event` and `Event6` are plain data without padding: every byte is set.
+        unsafe { std::slice::from_raw_parts((record as *const T).cast::<u8>(), size_of::<T>()) }
     }
 }
