@@ -482,6 +482,8 @@ pub struct CtKey6 {
 /// [`Event::kind`].
 pub const EVENT_DROP: u32 = 1;
 pub const EVENT_NEW_FLOW: u32 = 2;
+/// [`Event6::kind`]: a new IPv6 flow.
+pub const EVENT_NEW_FLOW6: u32 = 3;
 
 /// A record of [`EVENTS`].
 #[repr(C)]
@@ -492,6 +494,21 @@ pub struct Event {
     pub stat: u32,
     pub src_ip_be: u32,
     pub dst_ip_be: u32,
+    pub sport_be: u16,
+    pub dport_be: u16,
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+
+/// A record of [`EVENTS`] about an IPv6 flow: [`Event`] with IPv6 addresses. Its `kind`
+/// comes first, as [`Event`]'s, so that a reader tells the two apart by it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct Event6 {
+    pub kind: u32,
+    pub stat: u32,
+    pub src_ip: [u8; 16],
+    pub dst_ip: [u8; 16],
     pub sport_be: u16,
     pub dport_be: u16,
     pub proto: u8,
@@ -661,6 +678,7 @@ const _: () = assert!(size_of::<CtKey>() == 16);
 const _: () = assert!(size_of::<LinkKey>() == 12);
 const _: () = assert!(size_of::<TrustedIfaceKey>() == 8);
 const _: () = assert!(size_of::<Event>() == 24);
+const _: () = assert!(size_of::<Event6>() == 48);
 const _: () = assert!(size_of::<EventBudget>() == 16);
 const _: () = assert!(size_of::<CtEntry>() == 32);
 const _: () = assert!(size_of::<NetworkKey>() == 4);

@@ -249,6 +249,15 @@ fn from_outside<P: Packet>(packet: &P, ip: &Ipv6, l4: &L4, len: usize) -> (Actio
         target.host_veth_ifindex,
         macs,
     );
+    if l4.is_tcp_syn() {
+        crate::events::new_flow6(
+            Stat::UplinkRedirectDnat,
+            ip.protocol,
+            &ip.src,
+            &ip.dst,
+            crate::events::ports(l4.sport_be, l4.dport_be),
+        );
+    }
     (
         Action::Redirect(target.host_veth_ifindex),
         Stat::UplinkRedirectDnat,

@@ -142,7 +142,16 @@ fn masquerade(ctx: &TcContext, ip: &Ipv6, l4: &L4) -> (i32, Stat) {
             return (TC_ACT_SHOT, Stat::ContainerDropUntracked);
         }
         None => match open_flow(ctx, ip, l4, record, config) {
-            Ok(()) => Seen::Packet,
+            Ok(()) => {
+                crate::events::new_flow6(
+                    Stat::ContainerRedirectMasquerade,
+                    record.key.proto,
+                    &record.key.src_ip,
+                    &record.key.dst_ip,
+                    crate::events::ports(record.key.sport_be, record.key.dport_be),
+                );
+                Seen::Packet
+            }
             Err(stat) => return (TC_ACT_SHOT, stat),
         },
     };

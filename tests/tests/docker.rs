@@ -883,6 +883,151 @@ fn docker_ipv6_networks_publish_on_both_families() -> Result<()> {
     node.ensure_clean()
 }
 
+/// Docker 28's `docker network create --ipv4=false --ipv6 -d PLUGIN` sends CreateNetwork
+/// with no IPv4 pool, and CreateEndpoint with no IPv4 address. dockerd 20.10 here cannot
+/// (it has no `--ipv4`), so the test makes Docker 28's calls itself, on the plugin socket:
+/// the plugin makes an IPv6-only network as `bpfbridge network create --ipv4=false --ipv6`
+/// does, its endpoint gets the IPv6 address alone and a random MAC, `Join` answers an IPv6
+/// gateway only, and ports publish on `::` only.
+#[test]
+fn the_plugin_makes_an_ipv6_only_network_from_docker_28s_calls() -> Result<()> {
+    use serde_json::json;
+    let topology = Topology::new()?.with_ipv6()?;
+    let (plugin, socket) = docker::plugin("v6only");
+    let agent = Agent::start_with(&topology, &["--docker-plugin", &plugin])?;
+    let call = |method: &str, body: &serde_json::Value| -> Result<serde_json::Value> {
+        let (status, answer) = plugin_call(&socket, method, &body.to_string())?;
+        ensure!(status.contains("200"), "{method}: {status} {answer}");
+        Ok(answer)
+    };
+    let network_id = "6a".repeat(32);
+    let create = json!({
+        "NetworkID": network_id,
+        "Options": {
+            "com.docker.network.enable_ipv4": false,
+            "com.docker.network.enable_ipv6": true,
+            "com.docker.network.generic": {},
+        },
+        "IPv4Data": null,
+        "IPv6Data": [{
+            "AddressSpace": "LocalDefault",
+            "Pool": "fd00:77::/64",
+            "Gateway": "fd00:77::1/64",
+            "AuxAddresses": null,
+        }],
+    });
+    assert_eq!(call("NetworkDriver.CreateNetwork", &create)?, json!({}));
+    // Docker repeats its calls after a restart: the same network is fine.
+    assert_eq!(call("NetworkDriver.CreateNetwork", &create)?, json!({}));
+    let name = format!("docker-{}", &network_id[..12]);
+    let network = &agent.cli_json(&["network", "inspect", &name])?[0];
+    assert_eq!(network["EnableIPv4"], false, "{network}");
+    assert_eq!(network["EnableIPv6"], true, "{network}");
+    assert_eq!(
+        network["IPAM"]["Config"],
+        json!([{"Subnet": "fd00:77::/64", "Gateway": "fd00:77::1"}]),
+        "the IPv6 entry alone"
+    );
+
+    let endpoint_id = "e6".repeat(32);
+    let endpoint = |address: &str| {
+        json!({
+            "NetworkID": network_id,
+            "EndpointID": endpoint_id,
+            "Interface": {"Address": address, "AddressIPv6": "fd00:77::2/64", "MacAddress": ""},
+            "Options": {},
+        })
+    };
+    let (_, refused) = plugin_call(
+        &socket,
+        "NetworkDriver.CreateEndpoint",
+        &endpoint("10.77.0.2/24").to_string(),
+    )?;
+    assert!(
+        refused["Err"]
+            .as_str()
+            .is_some_and(|e| e.contains("IPv6-only")),
+        "an IPv4 address on an IPv6-only network: {refused}"
+    );
+    let created = call("NetworkDriver.CreateEndpoint", &endpoint(""))?;
+    let mac = created["Interface"]["MacAddress"]
+        .as_str()
+        .context("a MAC in CreateEndpoint's answer")?
+        .to_string();
+    let first_octet = u8::from_str_radix(&mac[..2], 16)?;
+    assert_eq!(
+        first_octet & 0b11,
+        0b10,
+        "{mac}: unicast, locally administered"
+    );
+    assert_eq!(
+        created["Interface"].get("AddressIPv6"),
+        None,
+        "Docker's address is kept"
+    );
+    assert_eq!(
+        call("NetworkDriver.CreateEndpoint", &endpoint(""))?,
+        created,
+        "a repeated call gets the same MAC"
+    );
+
+    let sandbox = format!("/run/docker/netns/{}", bpfbridge_tests::unique("sb"));
+    let join = json!({
+        "NetworkID": network_id,
+        "EndpointID": endpoint_id,
+        "SandboxKey": sandbox,
+        "Options": {},
+    });
+    let joined = call("NetworkDriver.Join", &join)?;
+    assert_eq!(joined.get("Gateway"), None, "no IPv4 gateway: {joined}");
+    assert_eq!(joined["GatewayIPv6"], "fd00:77::1", "{joined}");
+    let network = &agent.cli_json(&["network", "inspect", &name])?[0];
+    let (sandbox_name, member) = network["Containers"]
+        .as_object()
+        .and_then(|members| members.values().next())
+        .map(|m| {
+            (
+                m["Name"].as_str().unwrap_or_default().to_string(),
+                m.clone(),
+            )
+        })
+        .context("the sandbox on the network")?;
+    assert_eq!(member["IPv4Address"], "", "{member}");
+    assert_eq!(member["IPv6Address"], "fd00:77::2/64", "{member}");
+    assert_eq!(member["MacAddress"], mac.as_str(), "{member}");
+
+    let external = json!({
+        "NetworkID": network_id,
+        "EndpointID": endpoint_id,
+        "Options": {"com.docker.network.portmap": [
+            {"Proto": 6, "IP": "", "Port": 80, "HostIP": "", "HostPort": 8680, "HostPortEnd": 8680},
+        ]},
+    });
+    call("NetworkDriver.ProgramExternalConnectivity", &external)?;
+    let out = agent.cli(&["port", &sandbox_name])?;
+    assert_eq!(
+        String::from_utf8(out.stdout)?.trim(),
+        "80/tcp -> [::]:8680",
+        "published on :: only"
+    );
+
+    let leave = json!({"NetworkID": network_id, "EndpointID": endpoint_id});
+    for method in [
+        "NetworkDriver.RevokeExternalConnectivity",
+        "NetworkDriver.Leave",
+        "NetworkDriver.DeleteEndpoint",
+    ] {
+        call(method, &leave)?;
+    }
+    call(
+        "NetworkDriver.DeleteNetwork",
+        &json!({"NetworkID": network_id}),
+    )?;
+    let out = agent.cli(&["network", "inspect", &name])?;
+    ensure!(!out.status.success(), "the network is gone");
+    Ok(())
+}
+
 #[test]
 fn docker_calls_keep_working_after_an_agent_crash() -> Result<()> {
     let Some(mut node) = Node::start()? else {

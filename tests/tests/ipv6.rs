@@ -1,16 +1,18 @@
 //! IPv6 dual stack (`--ipv6` networks), on a topology whose uplink carries 2001:db8:1::/64
 //! beside its IPv4 subnet: addresses and inspect fields, container to container, the
-//! world through the node's IPv6 address (masquerade), published ports on `[::]` with the
-//! client's address preserved, `[::1]` from the node, `icc=false`, AAAA answers, IPv6-only
-//! networks (Docker 28's `--ipv4=false`), and the refusals (an IPv6 port for a container
-//! without IPv6, an IPv4 one for a container without IPv4, a network without a family).
+//! world through the node's IPv6 address (masquerade, and its flows ended when that
+//! address goes), published ports on `[::]` with the client's address preserved, both
+//! kinds of IPv6 flow in `conntrack ls` and `monitor`, `[::1]` from the node,
+//! `icc=false`, AAAA answers, IPv6-only networks (Docker 28's `--ipv4=false`), and the
+//! refusals (an IPv6 port for a container without IPv6, an IPv4 one for a container
+//! without IPv4, a network without a family).
 //!
 //! What needs the dataplane to handle IPv6 traffic (translation, masquerade, policy) is
 //! skipped, with the reason, on a dataplane whose `info` says `DataplaneIPv6: false`.
 
 use std::{
     io::{Read as _, Write as _},
-    net::{IpAddr, Ipv6Addr, SocketAddr, TcpListener, TcpStream},
+    net::{IpAddr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket},
     path::{Path, PathBuf},
     sync::{
         Arc,
@@ -22,8 +24,8 @@ use std::{
 
 use anyhow::{Context as _, Result, ensure};
 use bpfbridge_tests::{
-    Agent, NODE_IP, NODE_IPV6, Topology, WORLD_IPV6, enter_netns_on_this_thread, in_netns, nettool,
-    not_yet_on_ebpf, skip_without_dataplane_ipv6,
+    Agent, NODE_IP, NODE_IPV6, Topology, UPLINK, WORLD_IPV6, ebpf_checks,
+    enter_netns_on_this_thread, in_netns, nettool, not_yet_on_ebpf, skip_without_dataplane_ipv6,
 };
 use serde_json::Value;
 
@@ -384,6 +386,239 @@ fn published_ports_answer_on_ipv6() -> Result<()> {
         &["container", "create", "v4only", "-p", "[::]:8602:80"],
     )?;
     assert!(error.contains("no IPv6 address"), "{error}");
+    Ok(())
+}
+
+/// A TCP connection from `client_ns` to `to`, accepted by `listener` and held open by both
+/// ends while they live: (the client's end, the server's end).
+fn held_connection(
+    client_ns: &Path,
+    listener: &TcpListener,
+    to: SocketAddr,
+) -> Result<(TcpStream, TcpStream)> {
+    let client = in_netns(client_ns, || TcpStream::connect_timeout(&to, WAIT))
+        .with_context(|| format!("connecting to {to}"))?;
+    let (server, _) = listener.accept().context("accepting")?;
+    Ok((client, server))
+}
+
+/// `bpfbridge monitor`'s `new-flow` events, read on a thread as they come, until dropped.
+struct NewFlows {
+    child: std::process::Child,
+    events: std::sync::mpsc::Receiver<Value>,
+}
+
+impl NewFlows {
+    fn start(agent: &Agent) -> Result<Self> {
+        use std::io::BufRead as _;
+        let mut child = std::process::Command::new(bpfbridge_tests::bpfbridge_bin())
+            .arg("--socket")
+            .arg(&agent.socket)
+            .arg("monitor")
+            .stdout(std::process::Stdio::piped())
+            .spawn()?;
+        let stdout = child.stdout.take().context("monitor's stdout")?;
+        let (sender, events) = std::sync::mpsc::channel();
+        thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if let Ok(event) = serde_json::from_str::<Value>(&line)
+                    && event["Kind"] == "new-flow"
+                    && sender.send(event).is_err()
+                {
+                    return;
+                }
+            }
+        });
+        // Let it subscribe before the flows are opened.
+        thread::sleep(Duration::from_millis(300));
+        Ok(NewFlows { child, events })
+    }
+
+    /// The event of reason `reason`, within `WAIT`.
+    fn of(&self, reason: &str) -> Option<Value> {
+        let deadline = Instant::now() + WAIT;
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            let event = self.events.recv_timeout(left).ok()?;
+            if event["Reason"] == reason {
+                return Some(event);
+            }
+        }
+        None
+    }
+}
+
+impl Drop for NewFlows {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The lines of `bpfbridge conntrack ls` that begin with `prefix`.
+fn conntrack_lines(agent: &Agent, prefix: &str) -> Result<Vec<String>> {
+    Ok(ok(agent, &["conntrack", "ls"])?
+        .lines()
+        .filter(|line| line.starts_with(prefix))
+        .map(str::to_string)
+        .collect())
+}
+
+#[test]
+fn conntrack_ls_and_monitor_show_ipv6_flows_with_their_addresses() -> Result<()> {
+    let (topology, agent) = dual_stack(true)?;
+    if !ebpf_checks("IPv6 flows in `conntrack ls`: the iptables dataplane lists no flows") {
+        // As for IPv4: the kernel's conntrack holds them, and `conntrack ls` says so.
+        let error = refused(&agent, &["conntrack", "ls"])?;
+        assert!(error.contains("not supported"), "{error}");
+        return Ok(());
+    }
+    let world_ns = topology.world.path();
+    let (a, a_ns) = agent.create_container(&["a", "--network", "v6"])?;
+    let (web, web_ns) = agent.create_container(&["web", "--network", "v6", "-p", "8620:80"])?;
+    let (a_ip, web_ip) = (ipv6_on(&a, "v6")?, ipv6_on(&web, "v6")?);
+    let new_flows = NewFlows::start(&agent)?;
+
+    // Masqueraded: the container to the world, through the node's IPv6 address.
+    let world = in_netns(&world_ns, || TcpListener::bind((WORLD_IPV6, 7620)))?;
+    let to_world = SocketAddr::new(WORLD_IPV6.into(), 7620);
+    let (out_client, out_server) = held_connection(&a_ns, &world, to_world)?;
+    let container_end = out_client.local_addr()?;
+    let seen_by_world = out_server.peer_addr()?;
+    assert_eq!(container_end.ip(), IpAddr::V6(a_ip));
+    assert_eq!(seen_by_world.ip(), IpAddr::V6(NODE_IPV6));
+
+    // Published: the world to [node]:8620, to the container's port 80.
+    let backend = in_netns(&web_ns, || TcpListener::bind(("::", 80)))?;
+    let published = SocketAddr::new(NODE_IPV6.into(), 8620);
+    let (in_client, in_server) = held_connection(&world_ns, &backend, published)?;
+    let world_end = in_client.local_addr()?;
+    assert_eq!(
+        in_server.peer_addr()?,
+        world_end,
+        "the client's own address"
+    );
+
+    let masquerade = conntrack_lines(&agent, "masquerade tcp src=[")?;
+    let expected = format!(
+        "masquerade tcp src={container_end} dst={to_world} backend={to_world} \
+         seen-as={seen_by_world} idle="
+    );
+    assert!(
+        masquerade.len() == 1 && masquerade[0].starts_with(&expected),
+        "the masqueraded IPv6 flow: {masquerade:?}, expected {expected}..."
+    );
+    let dnat = conntrack_lines(&agent, "dnat tcp src=[")?;
+    let expected = format!(
+        "dnat tcp src={world_end} dst={published} backend=[{web_ip}]:80 seen-as={world_end} \
+         idle="
+    );
+    assert!(
+        dnat.len() == 1 && dnat[0].starts_with(&expected) && dnat[0].contains(" packets="),
+        "the published-port IPv6 flow: {dnat:?}, expected {expected}..."
+    );
+
+    // Each flow's first packet is a `monitor` event, with its IPv6 addresses.
+    let event = new_flows
+        .of("container_ingress.redirect.masquerade")
+        .context("the masqueraded flow's event")?;
+    assert_eq!(
+        (&event["Proto"], &event["Source"], &event["Destination"]),
+        (
+            &Value::from(6),
+            &Value::from(container_end.to_string()),
+            &Value::from(to_world.to_string())
+        ),
+        "{event}"
+    );
+    let event = new_flows
+        .of("uplink_ingress.redirect.dnat")
+        .context("the published-port flow's event")?;
+    assert_eq!(
+        (&event["Proto"], &event["Source"], &event["Destination"]),
+        (
+            &Value::from(6),
+            &Value::from(world_end.to_string()),
+            &Value::from(published.to_string())
+        ),
+        "{event}"
+    );
+
+    // `conntrack flush` forgets them with IPv4's.
+    ok(&agent, &["conntrack", "flush"])?;
+    assert_eq!(conntrack_lines(&agent, "")?, Vec::<String>::new());
+    drop((out_client, out_server, in_client, in_server));
+    Ok(())
+}
+
+/// When the node's IPv6 address that masquerades a flow goes, the flow ends with it (as
+/// MASQUERADE ends it, and as IPv4's end): the container's next datagram on the same
+/// socket leaves with the address that took over, not the former one.
+#[test]
+fn a_removed_ipv6_masquerade_source_ends_its_flows() -> Result<()> {
+    let (topology, agent) = dual_stack(true)?;
+    if skip_without_dataplane_ipv6(&agent, "IPv6 masquerade")? {
+        return Ok(());
+    }
+    let (_, a_ns) = agent.create_container(&["a", "--network", "v6"])?;
+    let world = in_netns(&topology.world.path(), || {
+        UdpSocket::bind((WORLD_IPV6, 7630))
+    })?;
+    world.set_read_timeout(Some(Duration::from_millis(500)))?;
+    let container = in_netns(&a_ns, || UdpSocket::bind(("::", 0)))?;
+    let to_world = SocketAddr::new(WORLD_IPV6.into(), 7630);
+    // The source the world sees on the container's next datagram, if it arrives.
+    let seen_by_world = || -> Result<Option<IpAddr>> {
+        container.send_to(b"hi", to_world)?;
+        let mut buf = [0u8; 16];
+        Ok(world.recv_from(&mut buf).ok().map(|(_, from)| from.ip()))
+    };
+    assert_eq!(seen_by_world()?, Some(IpAddr::V6(NODE_IPV6)));
+    let tracked = |address: Ipv6Addr| -> Result<bool> {
+        Ok(conntrack_lines(&agent, "masquerade udp src=[")?
+            .iter()
+            .any(|line| line.contains(&format!("seen-as=[{address}]"))))
+    };
+    if ebpf_checks("the masqueraded IPv6 flow in `conntrack ls`") {
+        assert!(tracked(NODE_IPV6)?, "the flow is tracked with {NODE_IPV6}");
+    }
+
+    // The node's address is replaced by another of the same prefix.
+    let replacement = Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 7);
+    topology.node.ip(&[
+        "-6",
+        "addr",
+        "add",
+        &format!("{replacement}/64"),
+        "dev",
+        UPLINK,
+        "nodad",
+    ])?;
+    topology.node.ip(&[
+        "-6",
+        "addr",
+        "del",
+        &format!("{NODE_IPV6}/64"),
+        "dev",
+        UPLINK,
+    ])?;
+    let started = Instant::now();
+    let mut after = seen_by_world()?;
+    while after != Some(IpAddr::V6(replacement)) && started.elapsed() < Duration::from_secs(5) {
+        thread::sleep(Duration::from_millis(100));
+        after = seen_by_world()?;
+    }
+    assert_eq!(
+        after,
+        Some(IpAddr::V6(replacement)),
+        "the same socket's datagrams leave with the address that took over"
+    );
+    if ebpf_checks("the former source's flow gone from `conntrack ls`") {
+        assert!(!tracked(NODE_IPV6)?, "no flow is left on {NODE_IPV6}");
+        assert!(tracked(replacement)?, "the new flow is on {replacement}");
+    }
     Ok(())
 }
 

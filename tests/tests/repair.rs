@@ -644,25 +644,54 @@ fn program_in_slot(map: &aya::maps::MapData, slot: u32) -> Result<Option<u32>> {
 }
 
 /// An emptied IPv6 slot of the uplink's program array would send the uplink's IPv6 to the
-/// node's stack untranslated: the slot gets `uplink_ingress6` back.
+/// node's stack untranslated, and an emptied slot of the arrays the uplinks' IPv6 programs
+/// tail-call (`UPLINK6_XDP_PROGRAMS`, `UPLINK6_TC_PROGRAMS`) the replies of masqueraded
+/// IPv6 flows: each slot gets its program back.
 #[test]
 fn an_emptied_uplink_ipv6_program_slot_is_filled_again() -> Result<()> {
     use aya::maps::{Map, MapData, ProgramArray};
-    use dataplane_common::{UPLINK_IPV6_SLOT, UPLINK_XDP_PROGRAMS};
+    use dataplane_common::{
+        UPLINK_IPV6_SLOT, UPLINK_L3_IPV6_SLOT, UPLINK_TC_PROGRAMS, UPLINK_XDP_PROGRAMS,
+        UPLINK6_L3_MASQUERADE_SLOT, UPLINK6_MASQUERADE_SLOT, UPLINK6_TC_PROGRAMS,
+        UPLINK6_XDP_PROGRAMS,
+    };
     if skip_unless_ebpf("the uplink program arrays are the eBPF dataplane's") {
         return Ok(());
     }
     let web = Web::start()?;
+    let slots = [
+        (UPLINK_XDP_PROGRAMS, UPLINK_IPV6_SLOT),
+        (UPLINK_TC_PROGRAMS, UPLINK_IPV6_SLOT),
+        (UPLINK_TC_PROGRAMS, UPLINK_L3_IPV6_SLOT),
+        (UPLINK6_XDP_PROGRAMS, UPLINK6_MASQUERADE_SLOT),
+        (UPLINK6_TC_PROGRAMS, UPLINK6_MASQUERADE_SLOT),
+        (UPLINK6_TC_PROGRAMS, UPLINK6_L3_MASQUERADE_SLOT),
+    ];
     web.repaired_after(
         "repair_uplink_ipv6_program_slot_emptied",
         "ProgramReattached",
         "program_reattached",
         || {
-            let map = MapData::from_pin(web.agent.pin_dir.join(UPLINK_XDP_PROGRAMS))?;
-            let mut slots = ProgramArray::try_from(Map::ProgramArray(map))?;
-            Ok(slots.clear_index(&UPLINK_IPV6_SLOT)?)
+            for (array, slot) in slots {
+                let map = MapData::from_pin(web.agent.pin_dir.join(array))?;
+                let mut programs = ProgramArray::try_from(Map::ProgramArray(map))?;
+                programs.clear_index(&slot)?;
+            }
+            Ok(())
         },
-    )
+    )?;
+    // The clears may straddle two repair passes: wait for the second too.
+    let filled = |(array, slot): (&str, u32)| -> Result<bool> {
+        let map = MapData::from_pin(web.agent.pin_dir.join(array))?;
+        Ok(program_in_slot(&map, slot)?.is_some())
+    };
+    for (array, slot) in slots {
+        ensure!(
+            within_repair_wait(|| filled((array, slot)))?.is_some(),
+            "{array}'s slot {slot} is filled again"
+        );
+    }
+    Ok(())
 }
 
 /// Removes the link pin `pin` (its link's last holder: the program is detached) and checks

@@ -260,7 +260,7 @@ const SECTIONS: &[Section] = &[
             Test {
                 name: "repair_uplink_ipv6_program_slot_emptied",
                 title: "Uplink IPv6 program slot emptied",
-                checks: "The `UPLINK_XDP_PROGRAMS` slot that `uplink_ingress` tail-calls for IPv6 cleared in the pinned program array: `uplink_ingress6` put back (`ProgramReattached`), the port answers again.",
+                checks: "The slots that the uplink programs tail-call for IPv6 (`UPLINK_XDP_PROGRAMS`, `UPLINK_TC_PROGRAMS`) and that their IPv6 programs tail-call for the replies of masqueraded IPv6 flows (`UPLINK6_XDP_PROGRAMS`, `UPLINK6_TC_PROGRAMS`) cleared in the pinned program arrays: each program put back (`ProgramReattached`), the port answers again.",
                 command: "`cargo test -p bpfbridge-tests --test repair -- --nocapture`, and with \
                     `BPFBRIDGE_TEST_DATAPLANE=iptables`",
                 not_on_iptables: Some("no BPF maps"),

@@ -24,16 +24,17 @@ use aya::{
 };
 use dataplane_common::{
     BackendKey, CONNTRACK, CONNTRACK6, CONTAINER_IPV6_SLOT, CONTAINER_PROGRAMS,
-    CONTAINER6_MASQUERADE_SLOT, CONTAINER6_PROGRAMS, Counter, CtEntry, CtKey, ENDPOINTS,
-    EVENT_DROP, EVENTS, EndpointInfo, EndpointKey, Event, FILTER_ALLOW, FILTER_DENY, FILTER_HITS,
-    FILTER_RULES, FILTER_SCOPE_BITS, FilterKey, FilterRule, FlowKey, IPPROTO_TCP, LINKS, LinkKey,
-    MASQUERADE_SOURCES, MASQUERADE_SOURCES6, NAT_FLOWS, NETWORK_DIRECT_ANY, NETWORK_DIRECT_ICMP,
-    NETWORK_DIRECT_PUBLISHED, NETWORK_ICC, NETWORK_INTERNAL, NETWORK_MASQUERADE, NETWORKS,
-    NODE_ADDRS, NODE_CONFIG, NatFlow, NetworkInfo, NetworkKey, NodeAddr, NodeAddrKey, NodeConfig,
-    PUBLISHED_BACKENDS, PUBLISHED_PORTS, PortKey, PortTarget, ROUTED_FLOWS, STATS, TRUSTED_IFACES,
-    TrustedIfaceKey, UPLINK_IPV6_SLOT, UPLINK_L3_IPV6_SLOT, UPLINK_TC_PROGRAMS,
-    UPLINK_XDP_PROGRAMS, UPLINK6_L3_MASQUERADE_SLOT, UPLINK6_MASQUERADE_SLOT, UPLINK6_TC_PROGRAMS,
-    UPLINK6_XDP_PROGRAMS, stats::Stat,
+    CONTAINER6_MASQUERADE_SLOT, CONTAINER6_PROGRAMS, Counter, CtEntry, CtEntry6, CtKey, CtKey6,
+    ENDPOINTS, EVENT_DROP, EVENT_NEW_FLOW6, EVENTS, EndpointInfo, EndpointKey, Event, Event6,
+    FILTER_ALLOW, FILTER_DENY, FILTER_HITS, FILTER_RULES, FILTER_SCOPE_BITS, FilterKey, FilterRule,
+    FlowKey, IPPROTO_TCP, LINKS, LinkKey, MASQUERADE_SOURCES, MASQUERADE_SOURCES6, NAT_FLOWS,
+    NETWORK_DIRECT_ANY, NETWORK_DIRECT_ICMP, NETWORK_DIRECT_PUBLISHED, NETWORK_ICC,
+    NETWORK_INTERNAL, NETWORK_MASQUERADE, NETWORKS, NODE_ADDRS, NODE_CONFIG, NatFlow, NetworkInfo,
+    NetworkKey, NodeAddr, NodeAddrKey, NodeConfig, PUBLISHED_BACKENDS, PUBLISHED_PORTS, PortKey,
+    PortTarget, ROUTED_FLOWS, STATS, TRUSTED_IFACES, TrustedIfaceKey, UPLINK_IPV6_SLOT,
+    UPLINK_L3_IPV6_SLOT, UPLINK_TC_PROGRAMS, UPLINK_XDP_PROGRAMS, UPLINK6_L3_MASQUERADE_SLOT,
+    UPLINK6_MASQUERADE_SLOT, UPLINK6_TC_PROGRAMS, UPLINK6_XDP_PROGRAMS, ct::TrackedEntry as _,
+    stats::Stat,
 };
 use dataplane_common::{
     FILTER_RULES6, FilterKey6, FlowKey6, NAT_FLOWS6, NETWORKS6, NODE_ADDRS6, NatFlow6, NetworkKey6,
@@ -329,6 +330,8 @@ pub struct EbpfDataplane {
     uplinks: BTreeMap<String, (u32, Hook)>,
     /// What MASQUERADE_SOURCES holds: interface index → address.
     masquerade_sources: BTreeMap<u32, Ipv4Addr>,
+    /// What MASQUERADE_SOURCES6 holds.
+    masquerade_sources6: BTreeMap<u32, Ipv6Addr>,
 }
 
 /// An IPv4 address in network order, for the maps that hold IPv4 only (links): the
@@ -616,42 +619,61 @@ async fn read_events(ring: RingBuf<MapData>, events: tokio::sync::broadcast::Sen
             return;
         }
     };
-    let endpoint = |ip_be: u32, port_be: u16| match port_be {
-        0 => Ipv4Addr::from(u32::from_be(ip_be)).to_string(),
-        port => format!(
-            "{}:{}",
-            Ipv4Addr::from(u32::from_be(ip_be)),
-            u16::from_be(port)
-        ),
-    };
     loop {
         let Ok(mut guard) = ring.readable_mut().await else {
             return;
         };
         while let Some(item) = guard.get_inner_mut().next() {
-            if item.len() < size_of::<Event>() {
-                continue;
+            if let Some(event) = monitor_event(&item) {
+                let _ = events.send(event);
             }
-            // SAFETY: the programs write whole `Event`s; read without alignment.
-            let event: Event = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
-            let reason = Stat::ALL
-                .get(event.stat as usize)
-                .map_or("unknown", |s| s.name());
-            let _ = events.send(MonitorEvent {
-                kind: if event.kind == EVENT_DROP {
-                    "drop"
-                } else {
-                    "new-flow"
-                }
-                .into(),
-                reason: reason.into(),
-                proto: event.proto,
-                source: endpoint(event.src_ip_be, event.sport_be),
-                destination: endpoint(event.dst_ip_be, event.dport_be),
-            });
         }
         guard.clear_ready();
     }
+}
+
+/// A ring buffer record as `monitor` shows it: an [`Event`] or an [`Event6`], told apart
+/// by their `kind`, which both begin with. `None` for a record of neither shape.
+fn monitor_event(record: &[u8]) -> Option<MonitorEvent> {
+    // An address, with its port when it has one.
+    let endpoint = |ip: IpAddr, port_be: u16| match port_be {
+        0 => ip.to_string(),
+        port => std::net::SocketAddr::new(ip, u16::from_be(port)).to_string(),
+    };
+    let reason = |stat: u32| {
+        Stat::ALL
+            .get(stat as usize)
+            .map_or("unknown", |s| s.name())
+            .to_string()
+    };
+    let kind = u32::from_ne_bytes(record.get(..4)?.try_into().ok()?);
+    if kind == EVENT_NEW_FLOW6 {
+        let bytes = record.get(..size_of::<Event6>())?;
+        // SAFETY: `bytes` holds a whole `Event6`, plain data; read without alignment.
+        let event: Event6 = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
+        return Some(MonitorEvent {
+            kind: "new-flow".into(),
+            reason: reason(event.stat),
+            proto: event.proto,
+            source: endpoint(Ipv6Addr::from(event.src_ip).into(), event.sport_be),
+            destination: endpoint(Ipv6Addr::from(event.dst_ip).into(), event.dport_be),
+        });
+    }
+    let bytes = record.get(..size_of::<Event>())?;
+    // SAFETY: `bytes` holds a whole `Event`, plain data; read without alignment.
+    let event: Event = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
+    Some(MonitorEvent {
+        kind: if event.kind == EVENT_DROP {
+            "drop"
+        } else {
+            "new-flow"
+        }
+        .into(),
+        reason: reason(event.stat),
+        proto: event.proto,
+        source: endpoint(ipv4_of(event.src_ip_be).into(), event.sport_be),
+        destination: endpoint(ipv4_of(event.dst_ip_be).into(), event.dport_be),
+    })
 }
 
 fn proto_name(proto: u8) -> String {
@@ -663,53 +685,135 @@ fn proto_name(proto: u8) -> String {
     }
 }
 
-/// The translated flows in both tables, each walked once.
-fn list_flows(
-    nat_flows: &HashMap<MapData, FlowKey, NatFlow>,
-    conntrack: &HashMap<MapData, CtKey, CtEntry>,
-) -> Result<Vec<FlowInfo>> {
+/// The flow tables [`list_flows`] reads: published-port flows and tracked flows, of both
+/// families.
+struct FlowTables {
+    nat_flows: HashMap<MapData, FlowKey, NatFlow>,
+    nat_flows6: HashMap<MapData, FlowKey6, NatFlow6>,
+    conntrack: HashMap<MapData, CtKey, CtEntry>,
+    conntrack6: HashMap<MapData, CtKey6, CtEntry6>,
+}
+
+/// An address and port as `conntrack ls` prints them: `192.0.2.1:80`, `[2001:db8::1]:80`.
+fn socket_text(ip: impl Into<IpAddr>, port_be: u16) -> String {
+    std::net::SocketAddr::new(ip.into(), u16::from_be(port_be)).to_string()
+}
+
+fn ipv4_of(ip_be: u32) -> Ipv4Addr {
+    Ipv4Addr::from(u32::from_be(ip_be))
+}
+
+/// A published-port flow, of either family, in the listing's shape: the table's key and
+/// value with their addresses made `IpAddr`s.
+struct PublishedFlow {
+    proto: u8,
+    container: (IpAddr, u16),
+    remote: (IpAddr, u16),
+    frontend: (IpAddr, u16),
+    client: (IpAddr, u16),
+    last_seen_ns: u64,
+    packets: u64,
+    bytes: u64,
+}
+
+impl From<(FlowKey, NatFlow)> for PublishedFlow {
+    fn from((key, flow): (FlowKey, NatFlow)) -> Self {
+        PublishedFlow {
+            proto: key.proto,
+            container: (ipv4_of(key.container_ip_be).into(), key.container_port_be),
+            remote: (ipv4_of(key.remote_ip_be).into(), key.remote_port_be),
+            frontend: (ipv4_of(flow.frontend_ip_be).into(), flow.frontend_port_be),
+            client: (ipv4_of(flow.client_ip_be).into(), flow.client_port_be),
+            last_seen_ns: flow.last_seen_ns,
+            packets: flow.packets,
+            bytes: flow.bytes,
+        }
+    }
+}
+
+impl From<(FlowKey6, NatFlow6)> for PublishedFlow {
+    fn from((key, flow): (FlowKey6, NatFlow6)) -> Self {
+        let ip = |octets: [u8; 16]| IpAddr::from(Ipv6Addr::from(octets));
+        PublishedFlow {
+            proto: key.proto,
+            container: (ip(key.container_ip), key.container_port_be),
+            remote: (ip(key.remote_ip), key.remote_port_be),
+            frontend: (ip(flow.frontend_ip), flow.frontend_port_be),
+            client: (ip(flow.client_ip), flow.client_port_be),
+            last_seen_ns: flow.last_seen_ns,
+            packets: flow.packets,
+            bytes: flow.bytes,
+        }
+    }
+}
+
+/// The tracked flows of one family's table in the listing's shape; `ip` makes the table's
+/// addresses `IpAddr`s.
+fn tracked_flows<K: flows::Tracked>(
+    entries: std::collections::HashMap<K, K::Entry>,
+    ip: impl Fn(K::Addr) -> IpAddr,
+    idle: impl Fn(u64) -> u64,
+) -> impl Iterator<Item = FlowInfo> {
+    flows::pair_flows(entries)
+        .into_iter()
+        .filter_map(move |flow| {
+            // A reply left alone names no flow; the GC removes it.
+            let (key, original) = flow.original?;
+            let link = original.nat_ip() == key.src();
+            let destination = socket_text(ip(key.dst()), key.dport_be());
+            Some(FlowInfo {
+                kind: if link { "link" } else { "masquerade" }.into(),
+                proto: proto_name(key.proto()),
+                client: socket_text(ip(key.src()), key.sport_be()),
+                frontend: destination.clone(),
+                backend: destination,
+                seen_as: socket_text(ip(original.nat_ip()), original.nat_port_be()),
+                idle_seconds: idle(flow.last_seen_ns()),
+                packets: None,
+                bytes: None,
+            })
+        })
+}
+
+/// The translated flows in the four tables, each walked once.
+fn list_flows(tables: &FlowTables) -> Result<Vec<FlowInfo>> {
     let now = flows::monotonic_ns()?;
-    let endpoint = |ip_be: u32, port_be: u16| {
-        format!(
-            "{}:{}",
-            Ipv4Addr::from(u32::from_be(ip_be)),
-            u16::from_be(port_be)
-        )
-    };
     let idle = |last_seen: u64| now.saturating_sub(last_seen) / 1_000_000_000;
-    let mut out = Vec::new();
-    for (key, flow) in flows::walk(nat_flows).into_complete(NAT_FLOWS)? {
-        out.push(FlowInfo {
+    let published = flows::walk(&tables.nat_flows)
+        .into_complete(NAT_FLOWS)?
+        .into_iter()
+        .map(PublishedFlow::from)
+        .chain(
+            flows::walk(&tables.nat_flows6)
+                .into_complete(NAT_FLOWS6)?
+                .into_iter()
+                .map(PublishedFlow::from),
+        );
+    let mut out: Vec<FlowInfo> = published
+        .map(|flow| FlowInfo {
             kind: "dnat".into(),
-            proto: proto_name(key.proto),
-            client: endpoint(flow.client_ip_be, flow.client_port_be),
-            frontend: endpoint(flow.frontend_ip_be, flow.frontend_port_be),
-            backend: endpoint(key.container_ip_be, key.container_port_be),
-            seen_as: endpoint(key.remote_ip_be, key.remote_port_be),
+            proto: proto_name(flow.proto),
+            client: socket_text(flow.client.0, flow.client.1),
+            frontend: socket_text(flow.frontend.0, flow.frontend.1),
+            backend: socket_text(flow.container.0, flow.container.1),
+            seen_as: socket_text(flow.remote.0, flow.remote.1),
             idle_seconds: idle(flow.last_seen_ns),
             packets: Some(flow.packets),
             bytes: Some(flow.bytes),
-        });
-    }
-    let entries = flows::walk(conntrack).into_complete(CONNTRACK)?;
-    for flow in flows::pair_flows(entries) {
-        // A reply left alone names no flow; the GC removes it.
-        let Some((key, original)) = flow.original else {
-            continue;
-        };
-        let link = original.nat_ip_be == key.src_ip_be;
-        out.push(FlowInfo {
-            kind: if link { "link" } else { "masquerade" }.into(),
-            proto: proto_name(key.proto),
-            client: endpoint(key.src_ip_be, key.sport_be),
-            frontend: endpoint(key.dst_ip_be, key.dport_be),
-            backend: endpoint(key.dst_ip_be, key.dport_be),
-            seen_as: endpoint(original.nat_ip_be, original.nat_port_be),
-            idle_seconds: idle(flow.last_seen_ns()),
-            packets: None,
-            bytes: None,
-        });
-    }
+        })
+        .collect();
+    let conntrack = flows::walk(&tables.conntrack).into_complete(CONNTRACK)?;
+    out.extend(tracked_flows(
+        conntrack,
+        |ip_be| ipv4_of(ip_be).into(),
+        idle,
+    ));
+    let conntrack6 = flows::walk(&tables.conntrack6).into_complete(CONNTRACK6)?;
+    out.extend(tracked_flows(
+        conntrack6,
+        |octets| Ipv6Addr::from(octets).into(),
+        idle,
+    ));
     out.sort_by(|a, b| (&a.backend, &a.client).cmp(&(&b.backend, &b.client)));
     Ok(out)
 }
@@ -850,6 +954,7 @@ impl EbpfDataplane {
             uplink_hook,
             uplinks: BTreeMap::new(),
             masquerade_sources: BTreeMap::new(),
+            masquerade_sources6: BTreeMap::new(),
         };
         dataplane.set_node_netns()?;
         dataplane.attach_socket_programs(cgroup)?;
@@ -1032,10 +1137,6 @@ impl EbpfDataplane {
         }
     }
 
-    fn conntrack_mut(&mut self) -> Result<HashMap<&mut MapData, CtKey, CtEntry>> {
-        HashMap::try_from(self.map_mut(CONNTRACK)?).map_err(Error::dataplane(CONNTRACK))
-    }
-
     fn nat_flows_mut(&mut self) -> Result<HashMap<&mut MapData, FlowKey, NatFlow>> {
         HashMap::try_from(self.map_mut(NAT_FLOWS)?).map_err(Error::dataplane(NAT_FLOWS))
     }
@@ -1056,14 +1157,62 @@ impl EbpfDataplane {
             .filter(|(k, v)| nat(k, v))
             .map(|(k, _)| k);
         let mut removed = remove_keys(&mut nat_flows, stale, "removing a flow")?;
-        let mut conntrack = self.conntrack_mut()?;
-        let (entries, ct_walk) = flows::walk(&conntrack).split(CONNTRACK);
+        removed += self.remove_tracked::<CtKey>(CONNTRACK, ct)?;
+        nat_walk.map(|()| removed)
+    }
+
+    /// Removes the flows of the tracking table `name` (CONNTRACK or CONNTRACK6) that
+    /// `pick` picks, both entries or the one left, walking it once; returns how many
+    /// entries went. A walk that could not read every entry is an error, after what it
+    /// read is removed.
+    fn remove_tracked<K: flows::Tracked + aya::Pod>(
+        &mut self,
+        name: &str,
+        pick: impl Fn(&flows::CtFlow<K>) -> bool,
+    ) -> Result<usize>
+    where
+        K::Entry: aya::Pod,
+    {
+        let mut table: HashMap<&mut MapData, K, K::Entry> =
+            HashMap::try_from(self.map_mut(name)?).map_err(Error::dataplane(name.to_string()))?;
+        let (entries, walked) = flows::walk(&table).split(name);
         let stale = flows::pair_flows(entries)
             .into_iter()
-            .filter(|flow| ct(flow))
+            .filter(|flow| pick(flow))
             .flat_map(|flow| flow.keys());
-        removed += remove_keys(&mut conntrack, stale, "removing a conntrack entry")?;
-        nat_walk.and(ct_walk).map(|()| removed)
+        let removed = remove_keys(&mut table, stale, &format!("removing a {name} entry"))?;
+        walked.map(|()| removed)
+    }
+
+    /// [`Dataplane::set_masquerade`]'s IPv6 side: MASQUERADE_SOURCES6 made to hold
+    /// `wanted`, and the CONNTRACK6 flows masqueraded with a source that went ended, as
+    /// IPv4's are (see there).
+    fn set_masquerade_sources6(&mut self, wanted: BTreeMap<u32, Ipv6Addr>) -> Result<()> {
+        let mut map: HashMap<&mut MapData, u32, [u8; 16]> =
+            HashMap::try_from(self.map_mut(MASQUERADE_SOURCES6)?)
+                .map_err(Error::dataplane(MASQUERADE_SOURCES6))?;
+        let octets: std::collections::HashMap<u32, [u8; 16]> = wanted
+            .iter()
+            .map(|(index, ip)| (*index, ip.octets()))
+            .collect();
+        sync_hash_map(&mut map, &octets, "IPv6 masquerade source")?;
+        let gone: Vec<Ipv6Addr> = self
+            .masquerade_sources6
+            .values()
+            .filter(|ip| !wanted.values().any(|w| w == *ip))
+            .copied()
+            .collect();
+        self.masquerade_sources6 = wanted;
+        for previous in gone {
+            let ended =
+                self.remove_tracked::<CtKey6>(CONNTRACK6, |flow| flow.involves(previous.octets()))?;
+            tracing::info!(
+                source = %previous,
+                entries = ended,
+                "ended the flows masqueraded with a former source"
+            );
+        }
+        Ok(())
     }
 
     /// Forgets the IPv6 published-port flows of a container that goes away.
@@ -1074,7 +1223,11 @@ impl EbpfDataplane {
         let (entries, walked) = flows::walk(&flows).split(NAT_FLOWS6);
         let stale = entries.into_keys().filter(|key| key.container_ip == ip);
         remove_keys(&mut flows, stale, "removing an IPv6 flow")?;
-        walked
+        walked?;
+        // Its masqueraded flows too, as IPv4's: a container given the address later must
+        // not inherit them.
+        self.remove_tracked::<CtKey6>(CONNTRACK6, |flow| flow.involves(ip))
+            .map(drop)
     }
 
     /// Forgets the flows of a container that goes away.
@@ -1463,9 +1616,13 @@ impl Dataplane for EbpfDataplane {
 
     fn flow_lister(&self) -> Result<FlowLister> {
         // Handles of its own, opened now, so the job needs nothing of the dataplane's.
-        let nat_flows = flows::open_table(&self.pin_dir, NAT_FLOWS)?;
-        let conntrack = flows::open_table(&self.pin_dir, CONNTRACK)?;
-        Ok(Box::new(move || list_flows(&nat_flows, &conntrack)))
+        let tables = FlowTables {
+            nat_flows: flows::open_table(&self.pin_dir, NAT_FLOWS)?,
+            nat_flows6: flows::open_table(&self.pin_dir, NAT_FLOWS6)?,
+            conntrack: flows::open_table(&self.pin_dir, CONNTRACK)?,
+            conntrack6: flows::open_table(&self.pin_dir, CONNTRACK6)?,
+        };
+        Ok(Box::new(move || list_flows(&tables)))
     }
 
     fn flush_flows(&mut self) -> Result<usize> {
@@ -1474,7 +1631,8 @@ impl Dataplane for EbpfDataplane {
         let (entries, walked) = flows::walk(&flows6).split(NAT_FLOWS6);
         let removed6 = remove_keys(&mut flows6, entries.into_keys(), "removing an IPv6 flow")?;
         walked?;
-        Ok(self.remove_flows(|_, _| true, |_| true)? + removed6)
+        let tracked6 = self.remove_tracked::<CtKey6>(CONNTRACK6, |_| true)?;
+        Ok(self.remove_flows(|_, _| true, |_| true)? + removed6 + tracked6)
     }
 
     fn flow_tables(&self) -> Result<FlowTablesInfo> {
@@ -1607,16 +1765,7 @@ impl Dataplane for EbpfDataplane {
             ..self.node_config
         };
         self.write_node_config(value)?;
-        // IPv6's sources are synced as they are: its flows are ended by idle expiry when a
-        // source goes, not at once as IPv4's below.
-        let wanted6: std::collections::HashMap<u32, [u8; 16]> = ipv6_only(sources)
-            .into_iter()
-            .map(|(index, ip)| (index, ip.octets()))
-            .collect();
-        let mut map6: HashMap<&mut MapData, u32, [u8; 16]> =
-            HashMap::try_from(self.map_mut(MASQUERADE_SOURCES6)?)
-                .map_err(Error::dataplane(MASQUERADE_SOURCES6))?;
-        sync_hash_map(&mut map6, &wanted6, "IPv6 masquerade source")?;
+        self.set_masquerade_sources6(ipv6_only(sources).into_iter().collect())?;
         let wanted: BTreeMap<u32, Ipv4Addr> = ipv4_only(sources).into_iter().collect();
         if wanted == self.masquerade_sources {
             return Ok(());
@@ -1876,14 +2025,31 @@ impl EbpfDataplane {
         Ok(())
     }
 
-    /// The slots the uplink programs tail-call for IPv6, as
+    /// The slots the uplink programs tail-call for IPv6, and those the uplinks' IPv6
+    /// programs tail-call for the replies of masqueraded IPv6 flows, as
     /// [`EbpfDataplane::repair_container_programs`] keeps `container_ingress`'s: an emptied
-    /// slot would send every IPv6 frame of those uplinks to the node's stack untranslated.
+    /// slot would send every IPv6 frame of those uplinks (or every such reply) to the
+    /// node's stack untranslated.
     fn repair_uplink_program_arrays(&mut self, repaired: &mut Vec<Repaired>) -> Result<()> {
         for (array, slot, name) in [
             (UPLINK_XDP_PROGRAMS, UPLINK_IPV6_SLOT, UPLINK6_PROGRAM),
             (UPLINK_TC_PROGRAMS, UPLINK_IPV6_SLOT, UPLINK6_TC_PROGRAM),
             (UPLINK_TC_PROGRAMS, UPLINK_L3_IPV6_SLOT, UPLINK6_L3_PROGRAM),
+            (
+                UPLINK6_XDP_PROGRAMS,
+                UPLINK6_MASQUERADE_SLOT,
+                UPLINK_MASQUERADE6_PROGRAM,
+            ),
+            (
+                UPLINK6_TC_PROGRAMS,
+                UPLINK6_MASQUERADE_SLOT,
+                UPLINK_MASQUERADE6_TC_PROGRAM,
+            ),
+            (
+                UPLINK6_TC_PROGRAMS,
+                UPLINK6_L3_MASQUERADE_SLOT,
+                UPLINK_MASQUERADE6_L3_PROGRAM,
+            ),
         ] {
             let program = self
                 .ebpf
@@ -2154,5 +2320,58 @@ mod tests {
             link_target_of_fdinfo("link_type:\txdp\nprog_id:\t5\n"),
             None
         );
+    }
+
+    #[test]
+    fn ring_buffer_records_of_either_family_become_monitor_events() {
+        let drop4 = Event {
+            kind: EVENT_DROP,
+            stat: Stat::UplinkDropFilter as u32,
+            src_ip_be: u32::from(Ipv4Addr::new(198, 51, 100, 2)).to_be(),
+            dst_ip_be: u32::from(Ipv4Addr::new(198, 51, 100, 1)).to_be(),
+            sport_be: 40000u16.to_be(),
+            dport_be: 8080u16.to_be(),
+            proto: IPPROTO_TCP,
+            _pad: [0; 3],
+        };
+        let event = monitor_event(record_bytes(&drop4)).unwrap();
+        assert_eq!(
+            (event.kind.as_str(), event.reason.as_str()),
+            ("drop", "uplink_ingress.drop.filter")
+        );
+        assert_eq!(
+            (event.source.as_str(), event.destination.as_str()),
+            ("198.51.100.2:40000", "198.51.100.1:8080")
+        );
+        let flow6 = Event6 {
+            kind: EVENT_NEW_FLOW6,
+            stat: Stat::ContainerRedirectMasquerade as u32,
+            src_ip: "fd00::2".parse::<Ipv6Addr>().unwrap().octets(),
+            dst_ip: "2001:db8::2".parse::<Ipv6Addr>().unwrap().octets(),
+            sport_be: 41000u16.to_be(),
+            dport_be: 443u16.to_be(),
+            proto: IPPROTO_TCP,
+            _pad: [0; 3],
+        };
+        let event = monitor_event(record_bytes(&flow6)).unwrap();
+        assert_eq!(
+            (event.kind.as_str(), event.reason.as_str()),
+            ("new-flow", "container_ingress.redirect.masquerade")
+        );
+        assert_eq!(
+            (event.source.as_str(), event.destination.as_str()),
+            ("[fd00::2]:41000", "[2001:db8::2]:443")
+        );
+        assert!(monitor_event(&[0; 3]).is_none(), "a record too short");
+        assert!(
+            monitor_event(&record_bytes(&flow6)[..24]).is_none(),
+            "an IPv6 record cut short"
+        );
+    }
+
+    /// The bytes of a plain-data record, as the ring buffer holds it.
+    fn record_bytes<T: Copy>(record: &T) -> &[u8] {
+        // SAFETY: `Event` and `Event6` are plain data without padding: every byte is set.
+        unsafe { std::slice::from_raw_parts((record as *const T).cast::<u8>(), size_of::<T>()) }
     }
 }

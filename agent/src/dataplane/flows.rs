@@ -1,17 +1,21 @@
-//! The eBPF dataplane's flow tables as the agent reads them: which CONNTRACK entries belong
-//! together, when a flow has been idle long enough to go, and one bounded walk of a map
-//! that counts its errors instead of dropping them. The deciding parts are pure, so they
-//! are tested without a kernel.
+//! The eBPF dataplane's flow tables as the agent reads them: which CONNTRACK (or
+//! CONNTRACK6) entries belong together, when a flow has been idle long enough to go, and
+//! one bounded walk of a map that counts its errors instead of dropping them. The deciding
+//! parts are pure, so they are tested without a kernel.
 
 use std::{
     borrow::{Borrow, BorrowMut},
     collections::HashMap as StdHashMap,
+    fmt::Debug,
     hash::Hash,
     time::Duration,
 };
 
 use aya::maps::{HashMap, IterableMap as _, MapData, MapError};
-use dataplane_common::{CT_CLOSING, CT_ESTABLISHED, CT_ORIGINAL, CtEntry, CtKey, IPPROTO_TCP};
+use dataplane_common::{
+    CT_CLOSING, CT_ESTABLISHED, CT_ORIGINAL, CtEntry, CtEntry6, CtKey, CtKey6, IPPROTO_TCP,
+    ct::{TrackedEntry as _, TrackedKey},
+};
 
 use super::FlowTimeouts;
 
@@ -47,36 +51,48 @@ pub fn monotonic_ns() -> crate::Result<u64> {
     Ok(now.tv_sec() as u64 * 1_000_000_000 + now.tv_nsec() as u64)
 }
 
-/// The key of the reply entry that belongs to an original-direction entry: the reply comes
-/// from the original's destination to the address and port the original was translated to.
-pub fn reply_key(original: &CtKey, entry: &CtEntry) -> CtKey {
-    CtKey {
-        src_ip_be: original.dst_ip_be,
-        dst_ip_be: entry.nat_ip_be,
-        sport_be: original.dport_be,
-        dport_be: entry.nat_port_be,
-        proto: original.proto,
-        _pad: [0; 3],
+/// A connection tracking table's key as the agent reads it: either family's
+/// ([`CtKey`] for CONNTRACK, [`CtKey6`] for CONNTRACK6), hashable, with entries that say
+/// when their direction last saw a packet.
+pub trait Tracked: TrackedKey<Entry: LastSeen + Debug + Eq> + Hash + Debug {}
+
+impl Tracked for CtKey {}
+impl Tracked for CtKey6 {}
+
+/// When an entry's direction last saw a packet (`bpf_ktime_get_ns`).
+pub trait LastSeen {
+    fn last_seen_ns(&self) -> u64;
+}
+
+impl LastSeen for CtEntry {
+    fn last_seen_ns(&self) -> u64 {
+        self.last_seen_ns
     }
 }
 
-/// One tracked flow: its two CONNTRACK entries, either of which may be missing (an orphan:
-/// a flow half made or half removed).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct CtFlow {
-    pub original: Option<(CtKey, CtEntry)>,
-    pub reply: Option<(CtKey, CtEntry)>,
+impl LastSeen for CtEntry6 {
+    fn last_seen_ns(&self) -> u64 {
+        self.last_seen_ns
+    }
 }
 
-impl CtFlow {
-    pub fn keys(&self) -> impl Iterator<Item = CtKey> + use<> {
+/// One tracked flow: its two entries, either of which may be missing (an orphan: a flow
+/// half made or half removed).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CtFlow<K: Tracked = CtKey> {
+    pub original: Option<(K, K::Entry)>,
+    pub reply: Option<(K, K::Entry)>,
+}
+
+impl<K: Tracked> CtFlow<K> {
+    pub fn keys(&self) -> impl Iterator<Item = K> + use<K> {
         [self.original, self.reply]
             .into_iter()
             .flatten()
             .map(|(key, _)| key)
     }
 
-    fn entries(&self) -> impl Iterator<Item = &(CtKey, CtEntry)> {
+    fn entries(&self) -> impl Iterator<Item = &(K, K::Entry)> {
         self.original.iter().chain(self.reply.iter())
     }
 
@@ -85,13 +101,13 @@ impl CtFlow {
     }
 
     pub fn proto(&self) -> u8 {
-        self.entries().next().map_or(0, |(key, _)| key.proto)
+        self.entries().next().map_or(0, |(key, _)| key.proto())
     }
 
     /// The later packet of either direction.
     pub fn last_seen_ns(&self) -> u64 {
         self.entries()
-            .map(|(_, e)| e.last_seen_ns)
+            .map(|(_, e)| e.last_seen_ns())
             .max()
             .unwrap_or(0)
     }
@@ -99,29 +115,29 @@ impl CtFlow {
     /// The further state of the two entries: the programs keep them equal, but a packet
     /// may fall between the two updates.
     pub fn state(&self) -> u8 {
-        self.entries().map(|(_, e)| e.state).max().unwrap_or(0)
+        self.entries().map(|(_, e)| e.state()).max().unwrap_or(0)
     }
 
-    /// Whether the flow has the address `ip_be` (network order) at either end, as seen on
-    /// either side of the translation.
-    pub fn involves(&self, ip_be: u32) -> bool {
-        self.entries().any(|(key, entry)| {
-            key.src_ip_be == ip_be || key.dst_ip_be == ip_be || entry.nat_ip_be == ip_be
-        })
+    /// Whether the flow has the address `ip` (as the table holds it) at either end, as
+    /// seen on either side of the translation.
+    pub fn involves(&self, ip: K::Addr) -> bool {
+        self.entries()
+            .any(|(key, entry)| key.src() == ip || key.dst() == ip || entry.nat_ip() == ip)
     }
 }
 
-/// Groups CONNTRACK entries into flows, in one pass and a hash map: each original entry
-/// names its reply's key ([`reply_key`]); replies that no original names are orphans.
-pub fn pair_flows(entries: StdHashMap<CtKey, CtEntry>) -> Vec<CtFlow> {
+/// Groups a tracking table's entries into flows, in one pass and a hash map: each
+/// original entry names its reply's key ([`TrackedKey::peer`]); replies that no original
+/// names are orphans.
+pub fn pair_flows<K: Tracked>(entries: StdHashMap<K, K::Entry>) -> Vec<CtFlow<K>> {
     let (originals, mut replies): (StdHashMap<_, _>, StdHashMap<_, _>) = entries
         .into_iter()
-        .partition(|(_, entry)| entry.direction == CT_ORIGINAL);
+        .partition(|(_, entry)| entry.direction() == CT_ORIGINAL);
     let mut flows = Vec::with_capacity(originals.len() + replies.len() / 8);
     for (key, entry) in originals {
         flows.push(CtFlow {
             original: Some((key, entry)),
-            reply: replies.remove_entry(&reply_key(&key, &entry)),
+            reply: replies.remove_entry(&key.peer(&entry)),
         });
     }
     flows.extend(replies.into_iter().map(|reply| CtFlow {
@@ -143,7 +159,7 @@ pub enum Verdict {
     Orphan,
 }
 
-pub fn judge(flow: &CtFlow, timeouts: &FlowTimeouts, now_ns: u64) -> Verdict {
+pub fn judge<K: Tracked>(flow: &CtFlow<K>, timeouts: &FlowTimeouts, now_ns: u64) -> Verdict {
     if is_expired(
         timeouts,
         flow.proto(),
@@ -432,6 +448,54 @@ mod tests {
         assert!(
             flows[3].involves(ip(2)),
             "an orphan reply names its container"
+        );
+    }
+
+    #[test]
+    fn ipv6_entries_pair_up_as_ipv4_ones() {
+        let octets = |last: u16| std::net::Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, last).octets();
+        let (container, world, node) = (octets(2), octets(99), octets(1));
+        let original = CtKey6 {
+            src_ip: container,
+            dst_ip: world,
+            sport_be: 40000u16.to_be(),
+            dport_be: 443u16.to_be(),
+            proto: IPPROTO_TCP,
+            _pad: [0; 3],
+        };
+        let reply = CtKey6 {
+            src_ip: world,
+            dst_ip: node,
+            sport_be: 443u16.to_be(),
+            dport_be: 61000u16.to_be(),
+            proto: IPPROTO_TCP,
+            _pad: [0; 3],
+        };
+        let entry = |nat_ip, nat_port: u16, direction| CtEntry6 {
+            nat_ip,
+            nat_port_be: nat_port.to_be(),
+            direction,
+            state: CT_ESTABLISHED,
+            last_seen_ns: 7,
+            ..CtEntry6::default()
+        };
+        let (o, r) = (
+            (original, entry(node, 61000, CT_ORIGINAL)),
+            (reply, entry(container, 40000, CT_REPLY)),
+        );
+        let flows = pair_flows(StdHashMap::from([o, r]));
+        assert_eq!(
+            flows,
+            vec![CtFlow {
+                original: Some(o),
+                reply: Some(r)
+            }]
+        );
+        assert!(flows[0].involves(node) && flows[0].involves(container));
+        assert!(!flows[0].involves(octets(3)));
+        assert_eq!(
+            (flows[0].last_seen_ns(), flows[0].proto()),
+            (7, IPPROTO_TCP)
         );
     }
 

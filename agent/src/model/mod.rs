@@ -180,6 +180,23 @@ mod tests {
                 "written back the same"
             );
         }
+        // A Docker endpoint recorded before IPv6-only networks loads, and is written back,
+        // as it was; one without IPv4 is written without `ip`.
+        let old = r#"{"endpoint_id":"e","network_id":"n","ip":"172.17.0.2","mac":"02:42:ac:11:00:02","port_map":[],"exposed":[]}"#;
+        let record: DockerEndpointRecord = serde_json::from_str(old).unwrap();
+        assert_eq!(record.ip, Some(Ipv4Addr::new(172, 17, 0, 2)));
+        assert_eq!(serde_json::to_string(&record).unwrap(), old);
+        let ipv6_only = DockerEndpointRecord {
+            ip: None,
+            ipv6: Some("fd00::2".parse().unwrap()),
+            ..record
+        };
+        let written = serde_json::to_string(&ipv6_only).unwrap();
+        assert!(!written.contains("\"ip\""), "{written}");
+        assert_eq!(
+            serde_json::from_str::<DockerEndpointRecord>(&written).unwrap(),
+            ipv6_only
+        );
         let bad = r#"{"endpoint_id":"e","network_id":"n","ip":"172.17.0.2","mac":"02:42","port_map":[],"exposed":[]}"#;
         let error = serde_json::from_str::<DockerEndpointRecord>(bad).unwrap_err();
         assert!(

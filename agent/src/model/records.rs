@@ -437,7 +437,9 @@ impl ContainerRecord {
 pub struct DockerEndpointRecord {
     pub endpoint_id: String,
     pub network_id: String,
-    pub ip: Ipv4Addr,
+    /// None on an IPv6-only network (records from before those load as they are).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip: Option<Ipv4Addr>,
     /// The IPv6 address Docker's IPAM gave it, on an `--ipv6` network.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ipv6: Option<Ipv6Addr>,

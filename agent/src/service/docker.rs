@@ -266,22 +266,37 @@ impl Service {
             }
         };
         let ipv6_pool = ipv6.map(|(subnet, _)| subnet);
-        let [ipv4] = request.ipv4_data.as_slice() else {
-            return Err(Error::InvalidArgument(format!(
-                "bpfbridge needs exactly one IPv4 subnet per network, got {}",
-                request.ipv4_data.len()
-            )));
+        // No IPv4 pool: an IPv6-only network (Docker 28's `--ipv4=false --ipv6`), as
+        // `bpfbridge network create --ipv4=false --ipv6` makes it.
+        let ipv4 = match request.ipv4_data.as_slice() {
+            [] if ipv6_pool.is_none() => {
+                return Err(Error::InvalidArgument(
+                    "bpfbridge needs an IPv4 or an IPv6 subnet from the IPAM driver, got none"
+                        .into(),
+                ));
+            }
+            [] => None,
+            [ipv4] if !ipv4.aux_addresses.is_empty() => {
+                return Err(Error::InvalidArgument(
+                    "--aux-address is not supported by bpfbridge".into(),
+                ));
+            }
+            [ipv4] => Some((
+                super::networks::parse_subnet("subnet", &ipv4.pool)?,
+                match ipv4.gateway.as_str() {
+                    "" => None,
+                    g => Some(parse_cidr_address::<Ipv4Addr>("gateway", g)?.to_string()),
+                },
+            )),
+            more => {
+                return Err(Error::InvalidArgument(format!(
+                    "bpfbridge needs at most one IPv4 subnet per network, got {}",
+                    more.len()
+                )));
+            }
         };
-        if !ipv4.aux_addresses.is_empty() {
-            return Err(Error::InvalidArgument(
-                "--aux-address is not supported by bpfbridge".into(),
-            ));
-        }
-        let pool = super::networks::parse_subnet("subnet", &ipv4.pool)?;
-        let gateway = match ipv4.gateway.as_str() {
-            "" => None,
-            g => Some(parse_cidr_address::<Ipv4Addr>("gateway", g)?.to_string()),
-        };
+        let pool = ipv4.as_ref().map(|(subnet, _)| *subnet);
+        let gateway = ipv4.and_then(|(_, gateway)| gateway);
         let internal = bool_option(&request.options, OPT_INTERNAL)?;
         let options = generic_options(&request.options)?;
         if let Some(existing) = self
@@ -291,7 +306,7 @@ impl Service {
             .find(|n| n.id == request.network_id)
         {
             // An IPv6 subnet bpfbridge chose (Docker gave none) is told by the options.
-            let same = existing.subnet == Some(pool)
+            let same = existing.subnet == pool
                 && ipv6_pool
                     .is_none_or(|p| existing.ipv6.as_ref().map(|side| side.subnet) == Some(p))
                 && gateway
@@ -314,26 +329,30 @@ impl Service {
             internal,
             // Unset without Docker's IPv6 pool: the `-o` option decides.
             enable_ipv6: ipv6_pool.is_some().then_some(true),
-            enable_ipv4: None,
+            enable_ipv4: pool.is_none().then_some(false),
             ipam: Some(Ipam {
-                config: std::iter::once(IpamConfig {
-                    subnet: Some(pool.to_string()),
-                    ip_range: None,
-                    gateway,
-                    ..IpamConfig::default()
-                })
-                .chain(ipv6.map(|(subnet, gateway)| IpamConfig {
-                    subnet: Some(subnet.to_string()),
-                    gateway: gateway.map(|g| g.to_string()),
-                    ..IpamConfig::default()
-                }))
-                .collect(),
+                config: pool
+                    .map(|pool| IpamConfig {
+                        subnet: Some(pool.to_string()),
+                        ip_range: None,
+                        gateway,
+                        ..IpamConfig::default()
+                    })
+                    .into_iter()
+                    .chain(ipv6.map(|(subnet, gateway)| IpamConfig {
+                        subnet: Some(subnet.to_string()),
+                        gateway: gateway.map(|g| g.to_string()),
+                        ..IpamConfig::default()
+                    }))
+                    .collect(),
                 ..Ipam::default()
             }),
             options,
             labels: BTreeMap::new(),
         };
-        let own_pools: Vec<IpNet> = std::iter::once(IpNet::V4(pool))
+        let own_pools: Vec<IpNet> = pool
+            .map(IpNet::V4)
+            .into_iter()
             .chain(ipv6_pool.map(IpNet::V6))
             .collect();
         let mut network = self.plan_network(&create, false, &own_pools).await?;
@@ -393,29 +412,46 @@ impl Service {
                 )));
             }
         };
-        if interface.address.is_empty() {
-            return Err(Error::InvalidArgument(
-                "the endpoint has no IPv4 address: Docker's IPAM (or --ipam-driver) must give one"
-                    .into(),
-            ));
-        }
-        let ip = parse_cidr_address("address", &interface.address)?;
-        // The plugin makes its networks with Docker's IPv4 pool: none is IPv6-only.
-        let Some((subnet, gateway)) = network.ipv4() else {
-            return Err(Error::InvalidArgument(format!(
-                "network {} has no IPv4 subnet",
-                network.name
-            )));
+        let ip = match (interface.address.as_str(), network.ipv4()) {
+            ("", Some(_)) => {
+                return Err(Error::InvalidArgument(
+                    "the endpoint has no IPv4 address: Docker's IPAM (or --ipam-driver) must \
+                     give one"
+                        .into(),
+                ));
+            }
+            // An IPv6-only network: its endpoints have no IPv4 address.
+            ("", None) => None,
+            (address, Some((subnet, gateway))) => {
+                let ip = parse_cidr_address("address", address)?;
+                if !subnet.contains(&ip)
+                    || [subnet.network(), subnet.broadcast(), gateway].contains(&ip)
+                {
+                    return Err(Error::InvalidArgument(format!(
+                        "IP address {ip} is not a usable container address of network {} \
+                         ({subnet})",
+                        network.name
+                    )));
+                }
+                Some(ip)
+            }
+            (address, None) => {
+                return Err(Error::InvalidArgument(format!(
+                    "IPv4 address {address} on network {}, which is IPv6-only",
+                    network.name
+                )));
+            }
         };
-        if !subnet.contains(&ip) || [subnet.network(), subnet.broadcast(), gateway].contains(&ip) {
-            return Err(Error::InvalidArgument(format!(
-                "IP address {ip} is not a usable container address of network {} ({subnet})",
-                network.name
-            )));
-        }
-        let mac = match interface.mac_address.as_str() {
-            "" => MacAddress::for_ip(ip),
-            given => given.parse()?,
+        let mac = match (interface.mac_address.as_str(), ip) {
+            ("", Some(ip)) => MacAddress::for_ip(ip),
+            // Without an IPv4 address to derive it from, a random one, as for bpfbridge's
+            // own containers; the one given already when Docker repeats the call.
+            ("", None) => self
+                .state
+                .docker_endpoints
+                .get(&request.endpoint_id)
+                .map_or_else(MacAddress::random, |existing| existing.mac),
+            (given, _) => given.parse()?,
         };
         let (port_map, exposed) = endpoint_ports(&request.options)?;
         port_requests(&port_map, &[Ipv4Addr::UNSPECIFIED.into()])?;
@@ -449,24 +485,26 @@ impl Service {
                 )))
             };
         }
-        let in_use = self
-            .state
-            .containers
-            .values()
-            .filter_map(|c| c.endpoint(&network.id)?.ip)
-            .chain(
-                self.state
-                    .docker_endpoints
-                    .values()
-                    .filter(|e| e.network_id == network.id)
-                    .map(|e| e.ip),
-            )
-            .any(|used| used == ip);
-        if in_use {
-            return Err(Error::Conflict(format!(
-                "IP address {ip} is already in use on network {}",
-                network.name
-            )));
+        if let Some(ip) = ip {
+            let in_use = self
+                .state
+                .containers
+                .values()
+                .filter_map(|c| c.endpoint(&network.id)?.ip)
+                .chain(
+                    self.state
+                        .docker_endpoints
+                        .values()
+                        .filter(|e| e.network_id == network.id)
+                        .filter_map(|e| e.ip),
+                )
+                .any(|used| used == ip);
+            if in_use {
+                return Err(Error::Conflict(format!(
+                    "IP address {ip} is already in use on network {}",
+                    network.name
+                )));
+            }
         }
         if interface.address_ipv6.is_empty()
             && let (Some(mut side), Some(ip)) = (network.ipv6.clone(), record.ipv6)
@@ -538,7 +576,14 @@ impl Service {
     pub fn docker_endpoint_info(&self, endpoint_id: &str) -> BTreeMap<String, serde_json::Value> {
         let mut info = BTreeMap::new();
         if let Some(record) = self.state.docker_endpoints.get(endpoint_id) {
-            info.insert("IPAddress".into(), record.ip.to_string().into());
+            info.insert(
+                "IPAddress".into(),
+                record
+                    .ip
+                    .map(|ip| ip.to_string())
+                    .unwrap_or_default()
+                    .into(),
+            );
         }
         if let Some(container) = self.holder_of(endpoint_id) {
             let published: Vec<DockerPortBinding> = container
@@ -636,7 +681,7 @@ impl Service {
         let mut endpoint = EndpointRecord {
             network_id: network.id.clone(),
             endpoint_id: record.endpoint_id.clone(),
-            ip: Some(record.ip),
+            ip: record.ip,
             mac: record.mac,
             ifname: next_ifname(
                 &container,
