@@ -24,16 +24,16 @@ use aya::{
 };
 use dataplane_common::{
     BackendKey, CONNTRACK, CONNTRACK6, CONTAINER_IPV6_SLOT, CONTAINER_PROGRAMS,
-    CONTAINER6_MASQUERADE_SLOT, CONTAINER6_PROGRAMS, Counter, CtEntry, CtKey, ENDPOINTS,
-    EVENT_DROP, EVENTS, EndpointInfo, EndpointKey, Event, FILTER_ALLOW, FILTER_DENY, FILTER_HITS,
-    FILTER_RULES, FILTER_SCOPE_BITS, FilterKey, FilterRule, FlowKey, IPPROTO_TCP, LINKS, LinkKey,
-    MASQUERADE_SOURCES, MASQUERADE_SOURCES6, NAT_FLOWS, NETWORK_DIRECT_ANY, NETWORK_DIRECT_ICMP,
-    NETWORK_DIRECT_PUBLISHED, NETWORK_ICC, NETWORK_INTERNAL, NETWORK_MASQUERADE, NETWORKS,
-    NODE_ADDRS, NODE_CONFIG, NatFlow, NetworkInfo, NetworkKey, NodeAddr, NodeAddrKey, NodeConfig,
-    PUBLISHED_BACKENDS, PUBLISHED_PORTS, PortKey, PortTarget, ROUTED_FLOWS, STATS, TRUSTED_IFACES,
-    TrustedIfaceKey, UPLINK_IPV6_SLOT, UPLINK_L3_IPV6_SLOT, UPLINK_TC_PROGRAMS,
-    UPLINK_XDP_PROGRAMS, UPLINK6_L3_MASQUERADE_SLOT, UPLINK6_MASQUERADE_SLOT, UPLINK6_TC_PROGRAMS,
-    UPLINK6_XDP_PROGRAMS, stats::Stat,
+    CONTAINER6_MASQUERADE_SLOT, CONTAINER6_PROGRAMS, CONTAINER6_REPLY_SLOT, Counter, CtEntry,
+    CtKey, ENDPOINTS, EVENT_DROP, EVENTS, EndpointInfo, EndpointKey, Event, FILTER_ALLOW,
+    FILTER_DENY, FILTER_HITS, FILTER_RULES, FILTER_SCOPE_BITS, FilterKey, FilterRule, FlowKey,
+    IPPROTO_TCP, LINKS, LinkKey, MASQUERADE_SOURCES, MASQUERADE_SOURCES6, NAT_FLOWS,
+    NETWORK_DIRECT_ANY, NETWORK_DIRECT_ICMP, NETWORK_DIRECT_PUBLISHED, NETWORK_ICC,
+    NETWORK_INTERNAL, NETWORK_MASQUERADE, NETWORKS, NODE_ADDRS, NODE_CONFIG, NatFlow, NetworkInfo,
+    NetworkKey, NodeAddr, NodeAddrKey, NodeConfig, PUBLISHED_BACKENDS, PUBLISHED_PORTS, PortKey,
+    PortTarget, ROUTED_FLOWS, STATS, TRUSTED_IFACES, TrustedIfaceKey, UPLINK_IPV6_SLOT,
+    UPLINK_L3_IPV6_SLOT, UPLINK_TC_PROGRAMS, UPLINK_XDP_PROGRAMS, UPLINK6_L3_MASQUERADE_SLOT,
+    UPLINK6_MASQUERADE_SLOT, UPLINK6_TC_PROGRAMS, UPLINK6_XDP_PROGRAMS, stats::Stat,
 };
 use dataplane_common::{
     FILTER_RULES6, FilterKey6, FlowKey6, NAT_FLOWS6, NETWORKS6, NODE_ADDRS6, NatFlow6, NetworkKey6,
@@ -73,6 +73,9 @@ pub const CONTAINER6_PROGRAM: &str = "container_ingress6";
 /// The program [`CONTAINER6_PROGRAM`] tail-calls (through `CONTAINER6_PROGRAMS`) for the
 /// IPv6 packets it masquerades; never attached itself.
 pub const CONTAINER_MASQUERADE6_PROGRAM: &str = "container_masquerade6";
+/// The program [`CONTAINER6_PROGRAM`] tail-calls (through `CONTAINER6_PROGRAMS`) for a
+/// container's ICMPv6 errors and the fragments of its IPv6 replies; never attached itself.
+pub const CONTAINER_REPLY6_PROGRAM: &str = "container_reply6";
 /// The uplink programs' IPv6 programs, which [`UPLINK_PROGRAM`], [`UPLINK_TC_PROGRAM`] and
 /// [`UPLINK_L3_PROGRAM`] tail-call (through `UPLINK_XDP_PROGRAMS` and `UPLINK_TC_PROGRAMS`)
 /// and which are never attached themselves.
@@ -97,7 +100,7 @@ pub const SOCKET_PROGRAMS: [&str; 8] = [
 ];
 const LINKS_DIR: &str = "links";
 /// Every program of the object, by name.
-pub const PROGRAMS: [&str; 20] = [
+pub const PROGRAMS: [&str; 21] = [
     UPLINK_PROGRAM,
     UPLINK_TC_PROGRAM,
     UPLINK_L3_PROGRAM,
@@ -110,6 +113,7 @@ pub const PROGRAMS: [&str; 20] = [
     CONTAINER_PROGRAM,
     CONTAINER6_PROGRAM,
     CONTAINER_MASQUERADE6_PROGRAM,
+    CONTAINER_REPLY6_PROGRAM,
     SOCKET_PROGRAMS[0],
     SOCKET_PROGRAMS[1],
     SOCKET_PROGRAMS[2],
@@ -144,27 +148,29 @@ pub fn loaded_programs(ebpf: &Ebpf) -> Result<Vec<ProgramInfo>> {
 }
 
 /// Loads the container programs, each tail-called one first and put in its slot before
-/// the program that tail-calls it can run: `container_masquerade6` in
-/// `CONTAINER6_PROGRAMS`, then `container_ingress6` in `CONTAINER_PROGRAMS`, then
+/// the program that tail-calls it can run: `container_masquerade6` and `container_reply6`
+/// in `CONTAINER6_PROGRAMS`, then `container_ingress6` in `CONTAINER_PROGRAMS`, then
 /// `container_ingress`. The program arrays are pinned: they keep the earlier agent's
 /// programs until this call replaces them, so that the IPv6 frames of containers meet a
 /// program through a restart or an upgrade.
 pub fn load_container_programs(ebpf: &mut Ebpf) -> Result<()> {
-    let masquerade6: &mut SchedClassifier = program(ebpf, CONTAINER_MASQUERADE6_PROGRAM)?;
-    masquerade6.load().map_err(Error::dataplane(
-        "loading the container's IPv6 masquerade program",
-    ))?;
-    let fd = program_fd(masquerade6.fd())?;
-    let map = ebpf
-        .map_mut(CONTAINER6_PROGRAMS)
-        .ok_or_else(|| Error::dataplane("map lookup")(MissingMap(CONTAINER6_PROGRAMS.into())))?;
-    let mut slots: ProgramArray<&mut MapData> =
-        ProgramArray::try_from(map).map_err(Error::dataplane(CONTAINER6_PROGRAMS))?;
-    slots
-        .set(CONTAINER6_MASQUERADE_SLOT, &fd, 0)
-        .map_err(Error::dataplane(
-            "filling the container's IPv6 program array",
-        ))?;
+    for (name, slot, what) in [
+        (
+            CONTAINER_MASQUERADE6_PROGRAM,
+            CONTAINER6_MASQUERADE_SLOT,
+            "loading the container's IPv6 masquerade program",
+        ),
+        (
+            CONTAINER_REPLY6_PROGRAM,
+            CONTAINER6_REPLY_SLOT,
+            "loading the container's IPv6 error and fragment program",
+        ),
+    ] {
+        let tail: &mut SchedClassifier = program(ebpf, name)?;
+        tail.load().map_err(Error::dataplane(what))?;
+        let fd = program_fd(tail.fd())?;
+        fill_program_array(ebpf, CONTAINER6_PROGRAMS, slot, &fd)?;
+    }
     let ipv6: &mut SchedClassifier = program(ebpf, CONTAINER6_PROGRAM)?;
     ipv6.load()
         .map_err(Error::dataplane("loading the container's IPv6 TC program"))?;
@@ -1844,9 +1850,10 @@ impl EbpfDataplane {
     }
 
     /// The slots the container programs tail-call: `container_ingress6` in
-    /// `CONTAINER_PROGRAMS` and `container_masquerade6` in `CONTAINER6_PROGRAMS`, this
-    /// agent's, put back if a slot was emptied or given another program (`bpftool map`),
-    /// which would leave every container's IPv6 (or its masquerade) a counted drop.
+    /// `CONTAINER_PROGRAMS`, `container_masquerade6` and `container_reply6` in
+    /// `CONTAINER6_PROGRAMS`, this agent's, put back if a slot was emptied or given another
+    /// program (`bpftool map`), which would leave every container's IPv6 (or its
+    /// masquerade, or its errors and fragmented replies) a counted drop.
     fn repair_container_programs(&mut self, repaired: &mut Vec<Repaired>) -> Result<()> {
         for (name, array, slot) in [
             (CONTAINER6_PROGRAM, CONTAINER_PROGRAMS, CONTAINER_IPV6_SLOT),
@@ -1854,6 +1861,11 @@ impl EbpfDataplane {
                 CONTAINER_MASQUERADE6_PROGRAM,
                 CONTAINER6_PROGRAMS,
                 CONTAINER6_MASQUERADE_SLOT,
+            ),
+            (
+                CONTAINER_REPLY6_PROGRAM,
+                CONTAINER6_PROGRAMS,
+                CONTAINER6_REPLY_SLOT,
             ),
         ] {
             let ours = program::<SchedClassifier>(&mut self.ebpf, name)?
