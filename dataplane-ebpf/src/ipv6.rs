@@ -524,8 +524,9 @@ pub fn container_ingress(ctx: &TcContext, len: usize) -> (i32, Stat) {
     }
 }
 
-/// At a container's veth, in `container_ingress6`: hands a fragment or an ICMPv6 error to
-/// `container_reply6`, which counts its own verdict. If the tail call fails (no program in
+/// At a container's veth, in `container_ingress6`: hands a fragment (a TCP or UDP
+/// datagram's first included) or what may be an ICMPv6 error to `container_reply6`, which
+/// counts its own verdict. If the tail call fails (no program in
 /// the slot: an agent that has not filled it yet), the packet is dropped, counted: passed,
 /// it could leave with the container's own address where the client expects the published
 /// one.
