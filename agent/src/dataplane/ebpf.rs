@@ -24,16 +24,16 @@ use aya::{
 };
 use dataplane_common::{
     BackendKey, CONNTRACK, CONNTRACK6, CONTAINER_IPV6_SLOT, CONTAINER_PROGRAMS,
-    CONTAINER6_MASQUERADE_SLOT, CONTAINER6_PROGRAMS, CONTAINER6_REPLY_SLOT, Counter, CtEntry,
-    CtKey, ENDPOINTS, EVENT_DROP, EVENTS, EndpointInfo, EndpointKey, Event, FILTER_ALLOW,
-    FILTER_DENY, FILTER_HITS, FILTER_RULES, FILTER_SCOPE_BITS, FilterKey, FilterRule, FlowKey,
-    IPPROTO_TCP, LINKS, LinkKey, MASQUERADE_SOURCES, MASQUERADE_SOURCES6, NAT_FLOWS,
-    NETWORK_DIRECT_ANY, NETWORK_DIRECT_ICMP, NETWORK_DIRECT_PUBLISHED, NETWORK_ICC,
-    NETWORK_INTERNAL, NETWORK_MASQUERADE, NETWORKS, NODE_ADDRS, NODE_CONFIG, NatFlow, NetworkInfo,
-    NetworkKey, NodeAddr, NodeAddrKey, NodeConfig, PUBLISHED_BACKENDS, PUBLISHED_PORTS, PortKey,
-    PortTarget, ROUTED_FLOWS, STATS, TRUSTED_IFACES, TrustedIfaceKey, UPLINK_IPV6_SLOT,
-    UPLINK_L3_IPV6_SLOT, UPLINK_TC_PROGRAMS, UPLINK_XDP_PROGRAMS, UPLINK6_L3_MASQUERADE_SLOT,
-    UPLINK6_MASQUERADE_SLOT, UPLINK6_TC_PROGRAMS, UPLINK6_XDP_PROGRAMS, stats::Stat,
+    CONTAINER6_MASQUERADE_SLOT, CONTAINER6_PROGRAMS, Counter, CtEntry, CtKey, ENDPOINTS,
+    EVENT_DROP, EVENTS, EndpointInfo, EndpointKey, Event, FILTER_ALLOW, FILTER_DENY, FILTER_HITS,
+    FILTER_RULES, FILTER_SCOPE_BITS, FilterKey, FilterRule, FlowKey, IPPROTO_TCP, LINKS, LinkKey,
+    MASQUERADE_SOURCES, MASQUERADE_SOURCES6, NAT_FLOWS, NETWORK_DIRECT_ANY, NETWORK_DIRECT_ICMP,
+    NETWORK_DIRECT_PUBLISHED, NETWORK_ICC, NETWORK_INTERNAL, NETWORK_MASQUERADE, NETWORKS,
+    NODE_ADDRS, NODE_CONFIG, NatFlow, NetworkInfo, NetworkKey, NodeAddr, NodeAddrKey, NodeConfig,
+    PUBLISHED_BACKENDS, PUBLISHED_PORTS, PortKey, PortTarget, ROUTED_FLOWS, STATS, TRUSTED_IFACES,
+    TrustedIfaceKey, UPLINK_IPV6_SLOT, UPLINK_L3_IPV6_SLOT, UPLINK_TC_PROGRAMS,
+    UPLINK_XDP_PROGRAMS, UPLINK6_L3_MASQUERADE_SLOT, UPLINK6_MASQUERADE_SLOT, UPLINK6_TC_PROGRAMS,
+    UPLINK6_XDP_PROGRAMS, stats::Stat,
 };
 use dataplane_common::{
     FILTER_RULES6, FilterKey6, FlowKey6, NAT_FLOWS6, NETWORKS6, NODE_ADDRS6, NatFlow6, NetworkKey6,
@@ -147,6 +147,15 @@ pub fn loaded_programs(ebpf: &Ebpf) -> Result<Vec<ProgramInfo>> {
         .collect()
 }
 
+/// The programs `container_ingress6` tail-calls, with their slots of `CONTAINER6_PROGRAMS`.
+const CONTAINER6_TAIL_CALLS: [(&str, u32); 2] = [
+    (CONTAINER_MASQUERADE6_PROGRAM, CONTAINER6_MASQUERADE_SLOT),
+    (
+        CONTAINER_REPLY6_PROGRAM,
+        dataplane_common::CONTAINER6_REPLY_SLOT,
+    ),
+];
+
 /// Loads the container programs, each tail-called one first and put in its slot before
 /// the program that tail-calls it can run: `container_masquerade6` and `container_reply6`
 /// in `CONTAINER6_PROGRAMS`, then `container_ingress6` in `CONTAINER_PROGRAMS`, then
@@ -154,21 +163,12 @@ pub fn loaded_programs(ebpf: &Ebpf) -> Result<Vec<ProgramInfo>> {
 /// programs until this call replaces them, so that the IPv6 frames of containers meet a
 /// program through a restart or an upgrade.
 pub fn load_container_programs(ebpf: &mut Ebpf) -> Result<()> {
-    for (name, slot, what) in [
-        (
-            CONTAINER_MASQUERADE6_PROGRAM,
-            CONTAINER6_MASQUERADE_SLOT,
-            "loading the container's IPv6 masquerade program",
-        ),
-        (
-            CONTAINER_REPLY6_PROGRAM,
-            CONTAINER6_REPLY_SLOT,
-            "loading the container's IPv6 error and fragment program",
-        ),
-    ] {
-        let tail: &mut SchedClassifier = program(ebpf, name)?;
-        tail.load().map_err(Error::dataplane(what))?;
-        let fd = program_fd(tail.fd())?;
+    for (name, slot) in CONTAINER6_TAIL_CALLS {
+        let tail_called: &mut SchedClassifier = program(ebpf, name)?;
+        tail_called
+            .load()
+            .map_err(Error::dataplane(format!("loading {name}")))?;
+        let fd = program_fd(tail_called.fd())?;
         fill_program_array(ebpf, CONTAINER6_PROGRAMS, slot, &fd)?;
     }
     let ipv6: &mut SchedClassifier = program(ebpf, CONTAINER6_PROGRAM)?;
@@ -1855,19 +1855,11 @@ impl EbpfDataplane {
     /// program (`bpftool map`), which would leave every container's IPv6 (or its
     /// masquerade, or its errors and fragmented replies) a counted drop.
     fn repair_container_programs(&mut self, repaired: &mut Vec<Repaired>) -> Result<()> {
-        for (name, array, slot) in [
-            (CONTAINER6_PROGRAM, CONTAINER_PROGRAMS, CONTAINER_IPV6_SLOT),
-            (
-                CONTAINER_MASQUERADE6_PROGRAM,
-                CONTAINER6_PROGRAMS,
-                CONTAINER6_MASQUERADE_SLOT,
-            ),
-            (
-                CONTAINER_REPLY6_PROGRAM,
-                CONTAINER6_PROGRAMS,
-                CONTAINER6_REPLY_SLOT,
-            ),
-        ] {
+        let tail_called = CONTAINER6_TAIL_CALLS
+            .iter()
+            .map(|(name, slot)| (*name, CONTAINER6_PROGRAMS, *slot));
+        let slots = [(CONTAINER6_PROGRAM, CONTAINER_PROGRAMS, CONTAINER_IPV6_SLOT)];
+        for (name, array, slot) in slots.into_iter().chain(tail_called) {
             let ours = program::<SchedClassifier>(&mut self.ebpf, name)?
                 .info()
                 .map_err(Error::dataplane(format!("reading {name}'s info")))?

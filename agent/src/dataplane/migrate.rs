@@ -115,7 +115,7 @@ const CONVERSIONS: &[(&str, u32, Conversion)] = &[(
 /// to a map of the current count.
 const RESIZES: &[(&str, Conversion)] = &[
     (STATS, merge_counters),
-    (CONTAINER6_PROGRAMS, refilled_by_the_agent),
+    (CONTAINER6_PROGRAMS, refilled_by_the_loader),
 ];
 
 fn resize(name: &str) -> Option<Conversion> {
@@ -619,9 +619,11 @@ fn merge_counters(old: &Map, new: &mut Map) -> Result<usize> {
     Ok(slots as usize)
 }
 
-/// A [`Conversion`] for a program array: nothing to copy, since the agent puts its own
-/// programs in every slot once they are loaded (the earlier ones are of the earlier build).
-fn refilled_by_the_agent(_old: &Map, _new: &mut Map) -> Result<usize> {
+/// A [`Conversion`] for a program array that gained slots (`CONTAINER6_PROGRAMS`): nothing
+/// to copy, the earlier programs are of no use to this build's. The loader fills the new
+/// array before the program that tail-calls through it can run; the earlier one, until it
+/// is replaced, tail-calls through the retired array.
+fn refilled_by_the_loader(_old: &Map, _new: &mut Map) -> Result<usize> {
     Ok(0)
 }
 
