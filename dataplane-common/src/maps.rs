@@ -117,11 +117,14 @@ pub const CT_UNREPLIED6: &str = "CT_UNREPLIED6";
 pub const UNREPLIED_CURSORS6: &str = "UNREPLIED_CURSORS6";
 /// The programs `container_ingress6` hands a packet to by tail call, as
 /// [`CONTAINER_PROGRAMS`]: `container_masquerade6` at [`CONTAINER6_MASQUERADE_SLOT`], where
-/// an IPv6 packet to be masqueraded gets a stack of its own.
+/// an IPv6 packet to be masqueraded gets a stack of its own, and `container_reply6` at
+/// [`CONTAINER6_REPLY_SLOT`], which translates a container's ICMPv6 errors about
+/// published-port flows and the fragments of its replies.
 pub const CONTAINER6_PROGRAMS: &str = "CONTAINER6_PROGRAMS";
 pub const CONTAINER6_MASQUERADE_SLOT: u32 = 0;
+pub const CONTAINER6_REPLY_SLOT: u32 = 2;
 /// Slots of [`CONTAINER6_PROGRAMS`].
-pub const CONTAINER6_PROGRAMS_MAX: u32 = 1;
+pub const CONTAINER6_PROGRAMS_MAX: u32 = 3;
 /// The programs the uplinks' IPv6 programs hand a reply of a masqueraded IPv6 flow to by
 /// tail call, one array per program type as [`UPLINK_XDP_PROGRAMS`]:
 /// `uplink_masquerade6` at [`UPLINK6_MASQUERADE_SLOT`] of XDP's, `uplink_masquerade6_tc`

@@ -7,9 +7,12 @@
 //! stores.
 //!
 //! A fragment that arrives on the uplink before its first fragment passes to the node's
-//! stack, for IPv4's reasons (frag.rs).
+//! stack, for IPv4's reasons (frag.rs). At a container's veth (in `container_reply6`) the
+//! first fragment of a reply to a published-port flow is remembered as routed (no veth to
+//! hand to: the FIB picks the way out), and the fragments that follow leave the same way;
+//! one without a translation meets the networks' policy.
 
-use aya_ebpf::helpers::bpf_ktime_get_ns;
+use aya_ebpf::{bindings::TC_ACT_SHOT, helpers::bpf_ktime_get_ns, programs::TcContext};
 use dataplane_common::{
     FRAGMENT_TIMEOUT_NS, FragmentEntry6, FragmentKey6,
     parse::{
@@ -20,7 +23,8 @@ use dataplane_common::{
 };
 
 use crate::{
-    frame::{Action, Packet},
+    frame::{Action, Packet, TcFrame},
+    ipv6::forward,
     maps::{FRAGMENT6_SCRATCH, FRAGMENTS6},
 };
 
@@ -104,9 +108,40 @@ pub fn uplink_following<P: Packet>(packet: &P, ip: &Ipv6) -> (Action, Stat) {
 /// The first fragment's addresses and MACs, the hop limit down; the payload is left alone.
 #[inline(always)]
 fn rewrite_following<P: Packet>(packet: &P, ip: &Ipv6, entry: &FragmentEntry6) -> Option<()> {
-    packet.store(ETH_HLEN + IPV6_HOP_LIMIT_OFF, ip.hop_limit - 1)?;
-    packet.store(ETH_HLEN + IPV6_SRC_OFF, entry.src_ip)?;
-    packet.store(ETH_HLEN + IPV6_DST_OFF, entry.dst_ip)?;
+    readdress(packet, ip, entry)?;
     packet.store(0, entry.dst_mac)?;
     packet.store(6, entry.src_mac)
+}
+
+/// The first fragment's addresses, the hop limit down.
+#[inline(always)]
+fn readdress<P: Packet>(packet: &P, ip: &Ipv6, entry: &FragmentEntry6) -> Option<()> {
+    packet.store(ETH_HLEN + IPV6_HOP_LIMIT_OFF, ip.hop_limit - 1)?;
+    packet.store(ETH_HLEN + IPV6_SRC_OFF, entry.src_ip)?;
+    packet.store(ETH_HLEN + IPV6_DST_OFF, entry.dst_ip)
+}
+
+/// At a container's veth: a fragment after the first leaves the way its first fragment
+/// did, readdressed as it was, routed by the FIB. `None`: no translation.
+#[inline(always)]
+pub fn container_following(ctx: &TcContext, ip: &Ipv6) -> Option<(i32, Stat)> {
+    // Entries made on the uplink hand frames to a veth and name the other direction.
+    let entry = lookup(ip).filter(|e| e.ifindex == 0)?;
+    if ip.hop_limit <= 1 {
+        return Some((TC_ACT_SHOT, Stat::ContainerDropTtlExpired));
+    }
+    if readdress(&TcFrame(ctx), ip, entry).is_none() {
+        return Some((TC_ACT_SHOT, Stat::ContainerDropRewriteFailed));
+    }
+    let stats = (
+        Stat::ContainerRedirectFragment,
+        Stat::ContainerRedirectFragmentNeigh,
+    );
+    Some(forward(
+        ctx,
+        &entry.src_ip,
+        &entry.dst_ip,
+        ip.protocol,
+        stats,
+    ))
 }

@@ -5,7 +5,11 @@
 //!   published port goes back to that container, its quote translated back too, so that
 //!   its socket sees "connection refused" and its TCP learns the path MTU from a router's
 //!   "packet too big" (IPv6 routers never fragment: without this, a container's full-size
-//!   segments to a client behind a smaller MTU are lost for good).
+//!   segments to a client behind a smaller MTU are lost for good);
+//! - at the container's veth (in `container_reply6`), an error that a container sends about
+//!   a packet it received through a published port (its UDP port closed, its own smaller
+//!   MTU) leaves from the published address, the quote showing the published address and
+//!   port the client sent to, so that the client's socket recognises it.
 //!
 //! An error that matches no flow is left alone. The quote is walked as a packet is
 //! (`parse::ipv6::icmp6_error`: extension headers included). ICMPv6's checksum covers a
@@ -15,19 +19,22 @@
 //! The uplink program has little stack left: addresses are used where they lie (the
 //! packet, the map values), not copied into structures of their own.
 
+use aya_ebpf::{bindings::TC_ACT_SHOT, programs::TcContext};
 use dataplane_common::{
-    FlowKey6, IPPROTO_TCP, IPPROTO_UDP, PortTarget6, csum,
+    FlowKey6, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, NatFlow6, PortTarget6, csum,
     parse::{
-        ETH_HLEN, IcmpError, Quoted,
-        ipv6::{IPV6_DST_OFF, IPV6_HOP_LIMIT_OFF, IPV6_SRC_OFF, Ipv6, icmp6_error},
+        ETH_HLEN, Frame, IcmpError, Quoted,
+        ipv6::{
+            ICMPV6_ECHO_REQUEST, IPV6_DST_OFF, IPV6_HOP_LIMIT_OFF, IPV6_SRC_OFF, Ipv6, icmp6_error,
+        },
     },
     stats::Stat,
 };
 
 use crate::{
-    frame::{Action, L4Change, Packet},
+    frame::{Action, L4Change, Packet, TcFrame},
     icmp::quoted_l4_check,
-    ipv6::{address_diff, published_target},
+    ipv6::{address_diff, forward, published_target},
     maps::NAT_FLOWS6,
 };
 
@@ -114,4 +121,99 @@ fn rewrite_to_origin<P: Packet>(
     packet.store(q.port_offset(true), new_port)?;
     packet.store(0, origin.container_mac)?;
     packet.store(6, origin.host_veth_mac)
+}
+
+/// Whether a container's packet (`container_ingress6` parsed it as neither TCP nor UDP) may
+/// be an ICMPv6 error, for `container_reply6` to look at: an ICMPv6 message that is no
+/// fragment, of an error type (below 128: RFC 4443), or whose type lies beyond the linear
+/// area, which `container_reply6` pulls in.
+#[inline(always)]
+pub fn may_be_error<F: Frame + ?Sized>(frame: &F, ip: &Ipv6) -> bool {
+    if ip.protocol != IPPROTO_ICMPV6 || ip.is_fragment() {
+        return false;
+    }
+    frame
+        .load::<u8>(ip.l4_offset())
+        .is_none_or(|icmp_type| icmp_type < ICMPV6_ECHO_REQUEST)
+}
+
+/// The published-port flow whose packet (client → container) a container's error quotes.
+#[inline(always)]
+fn received(q: &Quoted<Address>) -> Option<&'static NatFlow6> {
+    if q.protocol != IPPROTO_TCP && q.protocol != IPPROTO_UDP {
+        return None;
+    }
+    let flow = FlowKey6 {
+        container_ip: q.dst_be,
+        remote_ip: q.src_be,
+        container_port_be: q.dport_be,
+        remote_port_be: q.sport_be,
+        proto: q.protocol,
+        _pad: [0; 3],
+    };
+    // SAFETY: a live map value of plain data, read in place.
+    unsafe { NAT_FLOWS6.get(&flow) }
+}
+
+/// At a container's veth: an ICMPv6 error the container sends about a packet of a
+/// published-port flow leaves from the published address, routed by the FIB. `None`: not
+/// such an error.
+#[inline(always)]
+pub fn container_error(ctx: &TcContext, ip: &Ipv6) -> Option<(i32, Stat)> {
+    let frame = TcFrame(ctx);
+    let parsed = icmp6_error(&frame, ip);
+    let error = parsed.as_ref()?;
+    let nat = received(&error.quoted)?;
+    if ip.hop_limit <= 1 {
+        return Some((TC_ACT_SHOT, Stat::ContainerDropTtlExpired));
+    }
+    if rewrite_to_published(&frame, ip, error, nat).is_none() {
+        return Some((TC_ACT_SHOT, Stat::ContainerDropRewriteFailed));
+    }
+    let stats = (
+        Stat::ContainerRedirectIcmpError,
+        Stat::ContainerRedirectIcmpErrorNeigh,
+    );
+    Some(forward(
+        ctx,
+        &nat.frontend_ip,
+        &ip.dst,
+        IPPROTO_ICMPV6,
+        stats,
+    ))
+}
+
+/// Outer source, quoted destination (address, port, quoted checksum) to the published
+/// ones the client used; hop limit down; the ICMPv6 checksum follows, as in
+/// [`rewrite_to_origin`] (the kernel's checksum helpers keep the skb's checksum state
+/// right).
+#[inline(always)]
+fn rewrite_to_published<P: Packet>(
+    packet: &P,
+    ip: &Ipv6,
+    error: &IcmpError<Address>,
+    nat: &NatFlow6,
+) -> Option<()> {
+    let q = &error.quoted;
+    let outer = address_diff(&ip.src, &nat.frontend_ip);
+    let address = address_diff(&q.dst_be, &nat.frontend_ip);
+    let new_port = nat.frontend_port_be;
+    let port = csum::diff2(q.dport_be, new_port);
+    let mut quote = address + port;
+    if let Some((at, old)) = q.l4_check {
+        let new = quoted_l4_check(q.protocol, old, address, port);
+        quote += csum::diff2(old, new);
+        packet.store(at, new)?;
+    }
+    let sum = |pseudo| L4Change {
+        size: 0,
+        pseudo,
+        udp: false,
+    };
+    packet.replace_l4(error.check_offset, 0, outer, sum(true))?;
+    packet.replace_l4(error.check_offset, 0, quote, sum(false))?;
+    packet.store(ETH_HLEN + IPV6_HOP_LIMIT_OFF, ip.hop_limit - 1)?;
+    packet.store(ETH_HLEN + IPV6_SRC_OFF, nat.frontend_ip)?;
+    packet.store(q.offset + IPV6_DST_OFF, nat.frontend_ip)?;
+    packet.store(q.port_offset(false), new_port)
 }

@@ -7,7 +7,11 @@
 //! fragments after the first follow their first fragment (frag6.rs) and ICMPv6 errors
 //! about published-port flows go to their container (icmp6.rs). The rest passes
 //! untouched: neighbour discovery, other ICMPv6, and what the parser does not walk into.
-//! No IPv6 masquerade, links or hairpin yet.
+//! At a container's veth the same two go the other way, in a program of their own
+//! (`container_reply6`, reached by tail call: `container_ingress6` has no stack left for
+//! them): a container's ICMPv6 errors about published-port flows leave as the client knows
+//! the flow (icmp6.rs), and the fragments of a fragmented reply follow its first fragment
+//! (frag6.rs). No IPv6 links or hairpin yet.
 //!
 //! IPv6 has no header checksum: a rewrite updates the transport checksum only, whose
 //! pseudo-header covers both addresses. A UDP datagram without a checksum (0) is invalid
@@ -25,9 +29,9 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use dataplane_common::{
-    CT_NEW, FILTER_DENY, FILTER_SCOPE_BITS, FilterKey6, FlowKey6, IPPROTO_ICMPV6, IPPROTO_UDP,
-    NETWORK_ICC, NETWORK_INTERNAL, NETWORK_MASQUERADE, NatFlow6, NetworkKey6, NodeAddrKey6,
-    PortKey6, PortTarget6, csum,
+    CONTAINER6_REPLY_SLOT, CT_NEW, FILTER_DENY, FILTER_SCOPE_BITS, FilterKey6, FlowKey6,
+    IPPROTO_ICMPV6, IPPROTO_UDP, NETWORK_ICC, NETWORK_INTERNAL, NETWORK_MASQUERADE, NatFlow6,
+    NetworkKey6, NodeAddrKey6, PortKey6, PortTarget6, csum,
     parse::{
         ETH_HLEN, Frame, L4, L4_DPORT_OFF, L4_SPORT_OFF, Malformed,
         ipv6::{
@@ -43,7 +47,10 @@ use crate::{
     frag6,
     frame::{Action, L4Change, Packet, TcFrame},
     icmp6,
-    maps::{FIB_SCRATCH, FILTER_RULES6, NAT_FLOWS6, NETWORKS6, NODE_ADDRS6, PUBLISHED_PORTS6},
+    maps::{
+        CONTAINER6_PROGRAMS, FIB_SCRATCH, FILTER_RULES6, NAT_FLOWS6, NETWORKS6, NODE_ADDRS6,
+        PUBLISHED_PORTS6,
+    },
     masquerade6,
     nat::{next_state, now_ns},
     stats::count_filter_hit,
@@ -329,9 +336,15 @@ pub(crate) fn to_target<P: Packet>(packet: &P, ip: &Ipv6, l4: &L4, to: &PortTarg
 }
 
 /// At a container's veth: a reply of an IPv6 published-port flow leaves from the published
-/// address and port again, routed by the FIB. `None`: no such flow.
+/// address and port again, routed by the FIB; `translated` is told the flow once the
+/// packet is rewritten. `None`: no such flow.
 #[inline(always)]
-fn reply(ctx: &TcContext, ip: &Ipv6, l4: &L4) -> Option<(i32, Stat)> {
+fn reply(
+    ctx: &TcContext,
+    ip: &Ipv6,
+    l4: &L4,
+    translated: impl FnOnce(&NatFlow6),
+) -> Option<(i32, Stat)> {
     let flow = FlowKey6 {
         container_ip: ip.src,
         remote_ip: ip.dst,
@@ -364,6 +377,7 @@ fn reply(ctx: &TcContext, ip: &Ipv6, l4: &L4) -> Option<(i32, Stat)> {
     if rewrite_source(ctx, ip, l4, &ip.src, &nat.frontend_ip, nat.frontend_port_be).is_err() {
         return Some((TC_ACT_SHOT, Stat::ContainerDropRewriteFailed));
     }
+    translated(&nat);
     let stats = (
         Stat::ContainerRedirectReply,
         Stat::ContainerRedirectReplyNeigh,
@@ -505,11 +519,80 @@ pub fn container_ingress(ctx: &TcContext, len: usize) -> (i32, Stat) {
         }
         Err(_) => (TC_ACT_SHOT, Stat::ContainerDropMalformed),
         Ok(Parsed6::NotIpv6) => (TC_ACT_OK, Stat::ContainerPassNotIpv4),
-        Ok(Parsed6::Transport(ip, l4)) => match reply(ctx, &ip, &l4) {
+        // A first fragment's translation is remembered for the fragments that follow.
+        Ok(Parsed6::Transport(ip, _)) if ip.is_first_fragment() => hand_over_reply(ctx),
+        Ok(Parsed6::Transport(ip, l4)) => match reply(ctx, &ip, &l4, |_| {}) {
             Some(verdict) => verdict,
             None => policy(ctx, &ip, Some(&l4)),
         },
-        Ok(Parsed6::Fragment(ip) | Parsed6::OtherProtocol(ip)) => policy(ctx, &ip, None),
+        Ok(Parsed6::Fragment(_)) => hand_over_reply(ctx),
+        Ok(Parsed6::OtherProtocol(ip)) if icmp6::may_be_error(&TcFrame(ctx), &ip) => {
+            hand_over_reply(ctx)
+        }
+        Ok(Parsed6::OtherProtocol(ip)) => policy(ctx, &ip, None),
+    }
+}
+
+/// At a container's veth, in `container_ingress6`: hands a fragment (a TCP or UDP
+/// datagram's first included) or what may be an ICMPv6 error to `container_reply6`, which
+/// counts its own verdict. If the tail call fails (no program in
+/// the slot: an agent that has not filled it yet), the packet is dropped, counted: passed,
+/// it could leave with the container's own address where the client expects the published
+/// one.
+#[inline(always)]
+fn hand_over_reply(ctx: &TcContext) -> (i32, Stat) {
+    // SAFETY: a tail call returns only when it failed; the context is the program's own.
+    let _ = unsafe { CONTAINER6_PROGRAMS.tail_call(ctx, CONTAINER6_REPLY_SLOT) };
+    (TC_ACT_SHOT, Stat::ContainerDropIpv6ProgramMissing)
+}
+
+/// The headers a container's ICMPv6 error needs in the linear area: Ethernet, IPv6 with a
+/// few extension headers and ICMPv6, then the quoted IPv6 header with as many and 8 bytes
+/// of its transport header.
+const ERROR_HEADERS: usize = 2 * (IPV6_HLEN + 3 * 8 + FRAGMENT_HLEN) + ETH_HLEN + 8 + 8;
+
+/// No MACs to remember: the fragments of a reply are routed by the FIB, as it was.
+const ROUTED: [u8; 6] = [0; 6];
+
+/// `container_reply6`: what `container_ingress6` handed over, parsed again (the verifier
+/// trusts offsets into the packet only from its own bounds checks), after pulling an
+/// error's quote into the linear area. A container's ICMPv6 error about a published-port
+/// flow leaves as the client knows the flow (icmp6.rs); a fragment after the first follows
+/// its first fragment (frag6.rs); a first fragment of a reply is translated as a whole
+/// reply is and remembered. Anything else meets the networks' policy, as in
+/// `container_ingress6`.
+#[inline(always)]
+pub fn container_reply(ctx: &TcContext) -> (i32, Stat) {
+    let len = ctx.len() as usize;
+    let want = if len < ERROR_HEADERS {
+        len
+    } else {
+        ERROR_HEADERS
+    };
+    if ctx.data_end() - ctx.data() < want {
+        // A failed pull leaves the quote where it is, and the parser finds no error.
+        let _ = ctx.pull_data(want as u32);
+    }
+    match parse_ipv6(&TcFrame(ctx), len) {
+        Ok(Parsed6::Fragment(ip)) => match frag6::container_following(ctx, &ip) {
+            Some(verdict) => verdict,
+            None => policy(ctx, &ip, None),
+        },
+        Ok(Parsed6::OtherProtocol(ip)) => match icmp6::container_error(ctx, &ip) {
+            Some(verdict) => verdict,
+            None => policy(ctx, &ip, None),
+        },
+        Ok(Parsed6::Transport(ip, l4)) => {
+            let remember = |nat: &NatFlow6| {
+                frag6::remember(&ip, &nat.frontend_ip, &nat.client_ip, 0, [&ROUTED; 2])
+            };
+            match reply(ctx, &ip, &l4, remember) {
+                Some(verdict) => verdict,
+                None => policy(ctx, &ip, Some(&l4)),
+            }
+        }
+        // `container_ingress6` parsed it: only a pull gone wrong gets here.
+        _ => (TC_ACT_SHOT, Stat::ContainerDropMalformed),
     }
 }
 

@@ -217,6 +217,18 @@ pub fn container_masquerade6(ctx: TcContext) -> i32 {
     verdict
 }
 
+/// A container's ICMPv6 errors about published-port flows and the fragments of its IPv6
+/// replies, reached from `container_ingress6` by tail call (ipv6.rs), with a stack of its
+/// own. Counted as `container_ingress`.
+#[classifier]
+pub fn container_reply6(ctx: TcContext) -> i32 {
+    let len = ctx.len() as usize;
+    let (verdict, stat) = ipv6::container_reply(&ctx);
+    stats::count(stat, len);
+    events::on_verdict(&frame::TcFrame(&ctx), len, stat, verdict == TC_ACT_SHOT);
+    verdict
+}
+
 /// Node-local TCP connects and connected UDP sockets to a published address.
 #[cgroup_sock_addr(connect4)]
 pub fn sock_connect4(ctx: SockAddrContext) -> i32 {

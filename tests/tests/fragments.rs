@@ -1,5 +1,5 @@
 //! Fragmented datagrams and ICMP errors through published ports and masquerade, over IPv4
-//! and (to published ports) IPv6. The iptables dataplane gets both from the kernel
+//! and (through published ports, both ways) IPv6. The iptables dataplane gets both from the kernel
 //! (reassembly before NAT, conntrack's RELATED errors); the eBPF dataplane must deliver
 //! the same.
 
@@ -409,6 +409,80 @@ fn large_udp_datagrams_to_an_ipv6_published_port_arrive_whole() -> Result<()> {
     if ebpf_checks("the fragment counters") {
         // 2 + 6 following fragments for each size and offload setting.
         assert!(agent.counter("uplink_ingress.redirect.fragment")? >= 16);
+    }
+    Ok(())
+}
+
+#[test]
+fn large_udp_replies_from_an_ipv6_published_port_arrive_whole() -> Result<()> {
+    let Some((topology, agent)) = dual_stack("IPv6 fragmented replies from a published port")?
+    else {
+        return Ok(());
+    };
+    let (_, ns) = agent.create_container(&["web", "--network", "v6", "-p", "5300:5300/udp"])?;
+    let _server = UdpServer::start_on(&ns, SocketAddr::new(Ipv6Addr::UNSPECIFIED.into(), 5300))?;
+    let world = topology.world.path();
+    let published = SocketAddr::new(NODE_IPV6.into(), 5300);
+    for offload in ["off", "on"] {
+        topology
+            .world
+            .exec("ethtool", &["-K", WORLD_LINK, "tx", offload])?;
+        for size in SIZES {
+            // A small request; the container's stack fragments the answer, whose later
+            // fragments must leave from the published address as the first does.
+            let answer = udp_exchange(&world, published, format!("size:{size}").as_bytes())
+                .with_context(|| format!("tx offload {offload}, {size} bytes"))?;
+            ensure!(
+                answer == pattern(size, 1),
+                "tx offload {offload}: a {size}-byte answer, {} bytes came",
+                answer.len()
+            );
+        }
+    }
+    if ebpf_checks("the fragment counters") {
+        // 2 + 6 following fragments for each size and offload setting.
+        assert!(
+            agent.counter("container_ingress.redirect.fragment")?
+                + agent.counter("container_ingress.redirect.fragment_resolve_neighbour")?
+                >= 16
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn ipv6_port_unreachable_from_a_container_reaches_the_client() -> Result<()> {
+    let Some((topology, agent)) = dual_stack("a container's ICMPv6 errors")? else {
+        return Ok(());
+    };
+    // Published, but nothing listens: the container answers "port unreachable", which
+    // must reach the client from the published address and port it used.
+    let _ = agent.create_container(&["web", "--network", "v6", "-p", "5301:5301/udp"])?;
+    for offload in ["off", "on"] {
+        topology
+            .world
+            .exec("ethtool", &["-K", WORLD_LINK, "tx", offload])?;
+        let result = in_netns(&topology.world.path(), || -> std::io::Result<usize> {
+            let socket = UdpSocket::bind("[::]:0")?;
+            socket.connect(SocketAddr::new(NODE_IPV6.into(), 5301))?;
+            socket.set_read_timeout(Some(Duration::from_secs(3)))?;
+            socket.send(b"anyone?")?;
+            let mut buf = [0u8; 16];
+            socket.recv(&mut buf)
+        });
+        let err = result.expect_err("no answer can come");
+        assert_eq!(
+            err.kind(),
+            std::io::ErrorKind::ConnectionRefused,
+            "tx offload {offload}: {err}"
+        );
+    }
+    if ebpf_checks("the ICMP error counter") {
+        assert!(
+            agent.counter("container_ingress.redirect.icmp_error")?
+                + agent.counter("container_ingress.redirect.icmp_error_resolve_neighbour")?
+                >= 2
+        );
     }
     Ok(())
 }

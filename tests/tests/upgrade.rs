@@ -23,7 +23,8 @@ use anyhow::{Context as _, Result, ensure};
 use aya::maps::{HashMap, Map, MapData};
 use bpfbridge_tests::{Agent, NODE_IP, Topology, WORLD_IP, figures, in_netns, skip_unless_ebpf};
 use dataplane_common::{
-    CONNTRACK, FlowKey, NAT_FLOWS, NatFlow,
+    CONNTRACK, CONTAINER6_MASQUERADE_SLOT, CONTAINER6_PROGRAMS, CONTAINER6_PROGRAMS_MAX,
+    CONTAINER6_REPLY_SLOT, FlowKey, NAT_FLOWS, NatFlow,
     layout::{self, LAYOUT, LayoutKey, v1},
 };
 
@@ -344,6 +345,74 @@ fn an_upgrade_that_stopped_half_way_resumes() -> Result<()> {
         nat_flows.iter().count() >= flows,
         "the flows were carried over"
     );
+    Ok(())
+}
+
+/// A program array pinned with fewer slots than this build tail-calls (an agent from before
+/// `container_reply6`'s slot of `CONTAINER6_PROGRAMS`) is made anew with this build's
+/// slots and filled, under live connections.
+#[test]
+fn a_program_array_with_fewer_slots_is_made_anew() -> Result<()> {
+    if skip_unless_ebpf(NO_MAPS) {
+        return Ok(());
+    }
+    let topology = Topology::new()?;
+    let mut agent = Agent::start(&topology)?;
+    let (mut connections, _) = live_connections(&topology, &agent)?;
+    agent.kill();
+    let pin = agent.pin_dir.join(CONTAINER6_PROGRAMS);
+    std::fs::remove_file(&pin)?;
+    let out = std::process::Command::new("bpftool")
+        .args(["map", "create"])
+        .arg(&pin)
+        .args([
+            "type",
+            "prog_array",
+            "key",
+            "4",
+            "value",
+            "4",
+            "entries",
+            "1",
+            "name",
+            "CONTAINER6_PROG",
+        ])
+        .output()
+        .context("running bpftool")?;
+    ensure!(
+        out.status.success(),
+        "bpftool map create: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    agent.spawn()?;
+    let lost = connections
+        .iter_mut()
+        .map(|c| !c.carries() as usize)
+        .sum::<usize>();
+    ensure!(lost == 0, "{lost} connections lost: {}", agent.log());
+    ensure!(!agent.pin_dir.join("retired").exists(), "retired pins left");
+    let programs = MapData::from_pin(&pin)?;
+    ensure!(
+        programs.info()?.max_entries() == CONTAINER6_PROGRAMS_MAX,
+        "{CONTAINER6_PROGRAMS} has this build's slots"
+    );
+    for slot in [CONTAINER6_MASQUERADE_SLOT, CONTAINER6_REPLY_SLOT] {
+        // A lookup finds a program in a filled slot only.
+        let key = slot.to_le_bytes().map(|b| b.to_string());
+        let out = std::process::Command::new("bpftool")
+            .args(["map", "lookup", "pinned"])
+            .arg(&pin)
+            .arg("key")
+            .args(key)
+            .output()
+            .context("running bpftool")?;
+        ensure!(
+            out.status.success(),
+            "{CONTAINER6_PROGRAMS}'s slot {slot} is filled: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
     Ok(())
 }
 

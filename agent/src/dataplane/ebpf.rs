@@ -74,6 +74,9 @@ pub const CONTAINER6_PROGRAM: &str = "container_ingress6";
 /// The program [`CONTAINER6_PROGRAM`] tail-calls (through `CONTAINER6_PROGRAMS`) for the
 /// IPv6 packets it masquerades; never attached itself.
 pub const CONTAINER_MASQUERADE6_PROGRAM: &str = "container_masquerade6";
+/// The program [`CONTAINER6_PROGRAM`] tail-calls (through `CONTAINER6_PROGRAMS`) for a
+/// container's ICMPv6 errors and the fragments of its IPv6 replies; never attached itself.
+pub const CONTAINER_REPLY6_PROGRAM: &str = "container_reply6";
 /// The uplink programs' IPv6 programs, which [`UPLINK_PROGRAM`], [`UPLINK_TC_PROGRAM`] and
 /// [`UPLINK_L3_PROGRAM`] tail-call (through `UPLINK_XDP_PROGRAMS` and `UPLINK_TC_PROGRAMS`)
 /// and which are never attached themselves.
@@ -98,7 +101,7 @@ pub const SOCKET_PROGRAMS: [&str; 8] = [
 ];
 const LINKS_DIR: &str = "links";
 /// Every program of the object, by name.
-pub const PROGRAMS: [&str; 20] = [
+pub const PROGRAMS: [&str; 21] = [
     UPLINK_PROGRAM,
     UPLINK_TC_PROGRAM,
     UPLINK_L3_PROGRAM,
@@ -111,6 +114,7 @@ pub const PROGRAMS: [&str; 20] = [
     CONTAINER_PROGRAM,
     CONTAINER6_PROGRAM,
     CONTAINER_MASQUERADE6_PROGRAM,
+    CONTAINER_REPLY6_PROGRAM,
     SOCKET_PROGRAMS[0],
     SOCKET_PROGRAMS[1],
     SOCKET_PROGRAMS[2],
@@ -144,28 +148,30 @@ pub fn loaded_programs(ebpf: &Ebpf) -> Result<Vec<ProgramInfo>> {
         .collect()
 }
 
+/// The programs `container_ingress6` tail-calls, with their slots of `CONTAINER6_PROGRAMS`.
+const CONTAINER6_TAIL_CALLS: [(&str, u32); 2] = [
+    (CONTAINER_MASQUERADE6_PROGRAM, CONTAINER6_MASQUERADE_SLOT),
+    (
+        CONTAINER_REPLY6_PROGRAM,
+        dataplane_common::CONTAINER6_REPLY_SLOT,
+    ),
+];
+
 /// Loads the container programs, each tail-called one first and put in its slot before
-/// the program that tail-calls it can run: `container_masquerade6` in
-/// `CONTAINER6_PROGRAMS`, then `container_ingress6` in `CONTAINER_PROGRAMS`, then
+/// the program that tail-calls it can run: `container_masquerade6` and `container_reply6`
+/// in `CONTAINER6_PROGRAMS`, then `container_ingress6` in `CONTAINER_PROGRAMS`, then
 /// `container_ingress`. The program arrays are pinned: they keep the earlier agent's
 /// programs until this call replaces them, so that the IPv6 frames of containers meet a
 /// program through a restart or an upgrade.
 pub fn load_container_programs(ebpf: &mut Ebpf) -> Result<()> {
-    let masquerade6: &mut SchedClassifier = program(ebpf, CONTAINER_MASQUERADE6_PROGRAM)?;
-    masquerade6.load().map_err(Error::dataplane(
-        "loading the container's IPv6 masquerade program",
-    ))?;
-    let fd = program_fd(masquerade6.fd())?;
-    let map = ebpf
-        .map_mut(CONTAINER6_PROGRAMS)
-        .ok_or_else(|| Error::dataplane("map lookup")(MissingMap(CONTAINER6_PROGRAMS.into())))?;
-    let mut slots: ProgramArray<&mut MapData> =
-        ProgramArray::try_from(map).map_err(Error::dataplane(CONTAINER6_PROGRAMS))?;
-    slots
-        .set(CONTAINER6_MASQUERADE_SLOT, &fd, 0)
-        .map_err(Error::dataplane(
-            "filling the container's IPv6 program array",
-        ))?;
+    for (name, slot) in CONTAINER6_TAIL_CALLS {
+        let tail_called: &mut SchedClassifier = program(ebpf, name)?;
+        tail_called
+            .load()
+            .map_err(Error::dataplane(format!("loading {name}")))?;
+        let fd = program_fd(tail_called.fd())?;
+        fill_program_array(ebpf, CONTAINER6_PROGRAMS, slot, &fd)?;
+    }
     let ipv6: &mut SchedClassifier = program(ebpf, CONTAINER6_PROGRAM)?;
     ipv6.load()
         .map_err(Error::dataplane("loading the container's IPv6 TC program"))?;
@@ -1993,18 +1999,16 @@ impl EbpfDataplane {
     }
 
     /// The slots the container programs tail-call: `container_ingress6` in
-    /// `CONTAINER_PROGRAMS` and `container_masquerade6` in `CONTAINER6_PROGRAMS`, this
-    /// agent's, put back if a slot was emptied or given another program (`bpftool map`),
-    /// which would leave every container's IPv6 (or its masquerade) a counted drop.
+    /// `CONTAINER_PROGRAMS`, `container_masquerade6` and `container_reply6` in
+    /// `CONTAINER6_PROGRAMS`, this agent's, put back if a slot was emptied or given another
+    /// program (`bpftool map`), which would leave every container's IPv6 (or its
+    /// masquerade, or its errors and fragmented replies) a counted drop.
     fn repair_container_programs(&mut self, repaired: &mut Vec<Repaired>) -> Result<()> {
-        for (name, array, slot) in [
-            (CONTAINER6_PROGRAM, CONTAINER_PROGRAMS, CONTAINER_IPV6_SLOT),
-            (
-                CONTAINER_MASQUERADE6_PROGRAM,
-                CONTAINER6_PROGRAMS,
-                CONTAINER6_MASQUERADE_SLOT,
-            ),
-        ] {
+        let tail_called = CONTAINER6_TAIL_CALLS
+            .iter()
+            .map(|(name, slot)| (*name, CONTAINER6_PROGRAMS, *slot));
+        let slots = [(CONTAINER6_PROGRAM, CONTAINER_PROGRAMS, CONTAINER_IPV6_SLOT)];
+        for (name, array, slot) in slots.into_iter().chain(tail_called) {
             let ours = program::<SchedClassifier>(&mut self.ebpf, name)?
                 .info()
                 .map_err(Error::dataplane(format!("reading {name}'s info")))?
