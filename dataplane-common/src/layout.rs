@@ -154,9 +154,12 @@ pub const CURRENT: &[MapLayout] = &[
     MapLayout::hash::<CtKey6, CtEntry6>(CONNTRACK6, 1),
     MapLayout::array::<CtKey6>(CT_UNREPLIED6, 1),
     MapLayout::array::<u32>(UNREPLIED_CURSORS6, 1),
-    MapLayout::array::<u32>(CONTAINER6_PROGRAMS, 1),
+    // Its slots are the programs `container_ingress6` tail-calls, added to as they come: a
+    // pin with fewer is replaced by an array of today's, which the loader fills.
+    MapLayout::array::<u32>(CONTAINER6_PROGRAMS, 1).with_entries(CONTAINER6_PROGRAMS_MAX),
     MapLayout::array::<u32>(UPLINK6_XDP_PROGRAMS, 1),
     MapLayout::array::<u32>(UPLINK6_TC_PROGRAMS, 1),
+    MapLayout::hash::<LinkKey6, u32>(LINKS6, 1),
 ];
 
 /// The earlier layouts this build migrates from, with their types frozen in a module of

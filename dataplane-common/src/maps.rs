@@ -117,11 +117,17 @@ pub const CT_UNREPLIED6: &str = "CT_UNREPLIED6";
 pub const UNREPLIED_CURSORS6: &str = "UNREPLIED_CURSORS6";
 /// The programs `container_ingress6` hands a packet to by tail call, as
 /// [`CONTAINER_PROGRAMS`]: `container_masquerade6` at [`CONTAINER6_MASQUERADE_SLOT`], where
-/// an IPv6 packet to be masqueraded gets a stack of its own.
+/// an IPv6 packet to be masqueraded gets a stack of its own, and `container_link6` at
+/// [`CONTAINER6_LINK_SLOT`], where one between two containers of an `icc=false` network
+/// meets the `--link` allow-list ([`LINKS6`]).
 pub const CONTAINER6_PROGRAMS: &str = "CONTAINER6_PROGRAMS";
 pub const CONTAINER6_MASQUERADE_SLOT: u32 = 0;
+pub const CONTAINER6_LINK_SLOT: u32 = 1;
 /// Slots of [`CONTAINER6_PROGRAMS`].
-pub const CONTAINER6_PROGRAMS_MAX: u32 = 1;
+pub const CONTAINER6_PROGRAMS_MAX: u32 = 2;
+/// [`LINKS`] for IPv6: a container's IPv6 address to another's exposed port, its flows
+/// tracked in [`CONNTRACK6`].
+pub const LINKS6: &str = "LINKS6";
 /// The programs the uplinks' IPv6 programs hand a reply of a masqueraded IPv6 flow to by
 /// tail call, one array per program type as [`UPLINK_XDP_PROGRAMS`]:
 /// `uplink_masquerade6` at [`UPLINK6_MASQUERADE_SLOT`] of XDP's, `uplink_masquerade6_tc`
@@ -517,6 +523,18 @@ pub struct LinkKey {
     pub _pad: u8,
 }
 
+/// Key of [`LINKS6`]: [`LinkKey`] with IPv6 addresses (in memory order); the value is
+/// unused (presence allows).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct LinkKey6 {
+    pub src_ip: [u8; 16],
+    pub dst_ip: [u8; 16],
+    pub dport_be: u16,
+    pub proto: u8,
+    pub _pad: u8,
+}
+
 /// Key of [`TRUSTED_IFACES`].
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, bytemuck::Pod, bytemuck::Zeroable)]
@@ -681,6 +699,7 @@ const _: () = assert!(size_of::<FragmentKey6>() == 36);
 const _: () = assert!(size_of::<FragmentEntry6>() == 56);
 const _: () = assert!(size_of::<CtKey6>() == 40);
 const _: () = assert!(size_of::<CtEntry6>() == 48);
+const _: () = assert!(size_of::<LinkKey6>() == 36);
 
 /// aya's `Pod` for types whose `bytemuck::Pod` derive proved them free of padding bytes and
 /// valid for every bit pattern.
@@ -736,4 +755,5 @@ aya_pod!(
     FragmentEntry6,
     CtKey6,
     CtEntry6,
+    LinkKey6,
 );

@@ -3,11 +3,11 @@
 //! Connections to IPv6 published ports are translated to their container (TCP and UDP,
 //! the client's address kept) and the container's replies back, with the flow states and
 //! counters of IPv4's (nat.rs); flows live in NAT_FLOWS6. What containers send otherwise
-//! is judged by the networks' IPv6 policy (isolation, icc, internal). On the uplink,
+//! is judged by the networks' IPv6 policy (isolation, icc and links, internal). On the uplink,
 //! fragments after the first follow their first fragment (frag6.rs) and ICMPv6 errors
 //! about published-port flows go to their container (icmp6.rs). The rest passes
 //! untouched: neighbour discovery, other ICMPv6, and what the parser does not walk into.
-//! No IPv6 masquerade, links or hairpin yet.
+//! No IPv6 hairpin yet.
 //!
 //! IPv6 has no header checksum: a rewrite updates the transport checksum only, whose
 //! pseudo-header covers both addresses. A UDP datagram without a checksum (0) is invalid
@@ -42,7 +42,7 @@ use crate::{
     flowtable::EEXIST,
     frag6,
     frame::{Action, L4Change, Packet, TcFrame},
-    icmp6,
+    icmp6, link6,
     maps::{FIB_SCRATCH, FILTER_RULES6, NAT_FLOWS6, NETWORKS6, NODE_ADDRS6, PUBLISHED_PORTS6},
     masquerade6,
     nat::{next_state, now_ns},
@@ -509,8 +509,9 @@ pub fn container_ingress(ctx: &TcContext, len: usize) -> (i32, Stat) {
 /// multicast, neighbour discovery on the link) is reachable, the sender's own network as
 /// `icc` says, other networks never, the outside unless the network is internal: TCP and
 /// UDP (`l4`) masqueraded when the network's IPv6 masquerades (masquerade6.rs), the rest
-/// routed with the container's own address. There is no `--link` allow-list for IPv6
-/// yet: with `icc=false` nothing passes between containers.
+/// routed with the container's own address. With `icc=false` TCP and UDP between
+/// containers meet the `--link` allow-list and its tracked flows (link6.rs); the rest is
+/// refused.
 #[inline(always)]
 fn policy(ctx: &TcContext, ip: &Ipv6, l4: Option<&L4>) -> (i32, Stat) {
     let Some(source) = NETWORKS6.get(&Key::new(128, NetworkKey6 { addr: ip.src })) else {
@@ -534,7 +535,10 @@ fn policy(ctx: &TcContext, ip: &Ipv6, l4: Option<&L4>) -> (i32, Stat) {
         Some(true) if source.flags & NETWORK_ICC != 0 => {
             (TC_ACT_OK, Stat::ContainerPassSameNetwork)
         }
-        Some(true) => (TC_ACT_SHOT, Stat::ContainerDropPolicyIcc),
+        Some(true) => match l4 {
+            Some(_) => link6::hand_over(ctx),
+            None => (TC_ACT_SHOT, Stat::ContainerDropPolicyIcc),
+        },
         Some(false) => (TC_ACT_SHOT, Stat::ContainerDropIsolation),
         None if source.flags & NETWORK_INTERNAL != 0 => (TC_ACT_SHOT, Stat::ContainerDropInternal),
         None => match l4 {

@@ -565,14 +565,15 @@ fn a_detached_container_program_is_attached_again() -> Result<()> {
     )
 }
 
-/// An emptied IPv6 slot of the container program array (as `bpftool map delete` leaves
-/// it) would make every container's IPv6 a counted drop: the slot gets
-/// `container_ingress6` back.
+/// An emptied IPv6 slot of the container program arrays (as `bpftool map delete` leaves
+/// it) would make every container's IPv6 (or its masquerade, or its links through
+/// `icc=false`) a counted drop: each slot gets its program back.
 #[test]
 fn an_emptied_ipv6_program_slot_is_filled_again() -> Result<()> {
     use aya::maps::{Map, MapData, ProgramArray};
     use dataplane_common::{
-        CONTAINER_IPV6_SLOT, CONTAINER_PROGRAMS, CONTAINER6_MASQUERADE_SLOT, CONTAINER6_PROGRAMS,
+        CONTAINER_IPV6_SLOT, CONTAINER_PROGRAMS, CONTAINER6_LINK_SLOT, CONTAINER6_MASQUERADE_SLOT,
+        CONTAINER6_PROGRAMS,
     };
     if skip_unless_ebpf("the container program array is the eBPF dataplane's") {
         return Ok(());
@@ -581,6 +582,7 @@ fn an_emptied_ipv6_program_slot_is_filled_again() -> Result<()> {
     let slots = [
         (CONTAINER_PROGRAMS, CONTAINER_IPV6_SLOT),
         (CONTAINER6_PROGRAMS, CONTAINER6_MASQUERADE_SLOT),
+        (CONTAINER6_PROGRAMS, CONTAINER6_LINK_SLOT),
     ];
     web.repaired_after(
         "repair_ipv6_program_slot_emptied",

@@ -36,8 +36,9 @@ use dataplane_common::{
     UPLINK6_XDP_PROGRAMS, stats::Stat,
 };
 use dataplane_common::{
-    FILTER_RULES6, FilterKey6, FlowKey6, NAT_FLOWS6, NETWORKS6, NODE_ADDRS6, NatFlow6, NetworkKey6,
-    NodeAddrKey6, PUBLISHED_PORTS6, PortKey6, PortTarget6,
+    CONTAINER6_LINK_SLOT, CtEntry6, CtKey6, FILTER_RULES6, FilterKey6, FlowKey6, LINKS6, LinkKey6,
+    NAT_FLOWS6, NETWORKS6, NODE_ADDRS6, NatFlow6, NetworkKey6, NodeAddrKey6, PUBLISHED_PORTS6,
+    PortKey6, PortTarget6,
 };
 
 use super::{
@@ -73,6 +74,10 @@ pub const CONTAINER6_PROGRAM: &str = "container_ingress6";
 /// The program [`CONTAINER6_PROGRAM`] tail-calls (through `CONTAINER6_PROGRAMS`) for the
 /// IPv6 packets it masquerades; never attached itself.
 pub const CONTAINER_MASQUERADE6_PROGRAM: &str = "container_masquerade6";
+/// The program [`CONTAINER6_PROGRAM`] tail-calls (through `CONTAINER6_PROGRAMS`) for the
+/// IPv6 packets between two containers of an `icc=false` network (`--link`); never
+/// attached itself.
+pub const CONTAINER_LINK6_PROGRAM: &str = "container_link6";
 /// The uplink programs' IPv6 programs, which [`UPLINK_PROGRAM`], [`UPLINK_TC_PROGRAM`] and
 /// [`UPLINK_L3_PROGRAM`] tail-call (through `UPLINK_XDP_PROGRAMS` and `UPLINK_TC_PROGRAMS`)
 /// and which are never attached themselves.
@@ -97,7 +102,7 @@ pub const SOCKET_PROGRAMS: [&str; 8] = [
 ];
 const LINKS_DIR: &str = "links";
 /// Every program of the object, by name.
-pub const PROGRAMS: [&str; 20] = [
+pub const PROGRAMS: [&str; 21] = [
     UPLINK_PROGRAM,
     UPLINK_TC_PROGRAM,
     UPLINK_L3_PROGRAM,
@@ -110,6 +115,7 @@ pub const PROGRAMS: [&str; 20] = [
     CONTAINER_PROGRAM,
     CONTAINER6_PROGRAM,
     CONTAINER_MASQUERADE6_PROGRAM,
+    CONTAINER_LINK6_PROGRAM,
     SOCKET_PROGRAMS[0],
     SOCKET_PROGRAMS[1],
     SOCKET_PROGRAMS[2],
@@ -143,28 +149,27 @@ pub fn loaded_programs(ebpf: &Ebpf) -> Result<Vec<ProgramInfo>> {
         .collect()
 }
 
+/// The programs `container_ingress6` tail-calls, with their slots of `CONTAINER6_PROGRAMS`.
+const CONTAINER6_TAIL_CALLS: [(&str, u32); 2] = [
+    (CONTAINER_MASQUERADE6_PROGRAM, CONTAINER6_MASQUERADE_SLOT),
+    (CONTAINER_LINK6_PROGRAM, CONTAINER6_LINK_SLOT),
+];
+
 /// Loads the container programs, each tail-called one first and put in its slot before
-/// the program that tail-calls it can run: `container_masquerade6` in
-/// `CONTAINER6_PROGRAMS`, then `container_ingress6` in `CONTAINER_PROGRAMS`, then
+/// the program that tail-calls it can run: `container_masquerade6` and `container_link6`
+/// in `CONTAINER6_PROGRAMS`, then `container_ingress6` in `CONTAINER_PROGRAMS`, then
 /// `container_ingress`. The program arrays are pinned: they keep the earlier agent's
 /// programs until this call replaces them, so that the IPv6 frames of containers meet a
 /// program through a restart or an upgrade.
 pub fn load_container_programs(ebpf: &mut Ebpf) -> Result<()> {
-    let masquerade6: &mut SchedClassifier = program(ebpf, CONTAINER_MASQUERADE6_PROGRAM)?;
-    masquerade6.load().map_err(Error::dataplane(
-        "loading the container's IPv6 masquerade program",
-    ))?;
-    let fd = program_fd(masquerade6.fd())?;
-    let map = ebpf
-        .map_mut(CONTAINER6_PROGRAMS)
-        .ok_or_else(|| Error::dataplane("map lookup")(MissingMap(CONTAINER6_PROGRAMS.into())))?;
-    let mut slots: ProgramArray<&mut MapData> =
-        ProgramArray::try_from(map).map_err(Error::dataplane(CONTAINER6_PROGRAMS))?;
-    slots
-        .set(CONTAINER6_MASQUERADE_SLOT, &fd, 0)
-        .map_err(Error::dataplane(
-            "filling the container's IPv6 program array",
-        ))?;
+    for (name, slot) in CONTAINER6_TAIL_CALLS {
+        let tail_called: &mut SchedClassifier = program(ebpf, name)?;
+        tail_called
+            .load()
+            .map_err(Error::dataplane(format!("loading {name}")))?;
+        let fd = program_fd(tail_called.fd())?;
+        fill_program_array(ebpf, CONTAINER6_PROGRAMS, slot, &fd)?;
+    }
     let ipv6: &mut SchedClassifier = program(ebpf, CONTAINER6_PROGRAM)?;
     ipv6.load()
         .map_err(Error::dataplane("loading the container's IPv6 TC program"))?;
@@ -331,7 +336,7 @@ pub struct EbpfDataplane {
     masquerade_sources: BTreeMap<u32, Ipv4Addr>,
 }
 
-/// An IPv4 address in network order, for the maps that hold IPv4 only (links): the
+/// An IPv4 address in network order, for the maps that hold IPv4 only (published ports): the
 /// callers pass IPv6 elsewhere, so an IPv6 one is a fault of the agent, refused rather
 /// than written as a wrong key.
 fn ipv4_be(ip: IpAddr) -> Result<u32> {
@@ -468,12 +473,30 @@ fn network_entry(n: &NetworkPolicy) -> Option<(Key<NetworkKey>, NetworkInfo)> {
     ))
 }
 
-/// The IPv4 links: IPv6 has no `icc=false` policy in this dataplane yet, so no allow-list
-/// through it either.
-fn ipv4_links(links: &[LinkRule]) -> impl Iterator<Item = &LinkRule> {
-    links
-        .iter()
-        .filter(|link| link.from.is_ipv4() && link.to.is_ipv4())
+/// The links of each family, in `LINKS` and `LINKS6` by their keys.
+fn link_keys(
+    links: &[LinkRule],
+) -> (
+    std::collections::HashMap<LinkKey, u32>,
+    std::collections::HashMap<LinkKey6, u32>,
+) {
+    let (mut v4, mut v6) = (
+        std::collections::HashMap::new(),
+        std::collections::HashMap::new(),
+    );
+    for l in links {
+        match (l.from, l.to) {
+            (IpAddr::V4(from), IpAddr::V4(to)) => {
+                v4.insert(link_key(from, to, l), 1);
+            }
+            (IpAddr::V6(from), IpAddr::V6(to)) => {
+                v6.insert(link_key6(from, to, l), 1);
+            }
+            // The service pairs addresses of one family; a mixed pair opens nothing.
+            _ => {}
+        }
+    }
+    (v4, v6)
 }
 
 /// The NETWORKS6 entry of a network with an IPv6 subnet: its IPv6 masquerade setting in
@@ -502,15 +525,26 @@ fn network_entry6(n: &NetworkPolicy) -> Option<(Key<NetworkKey6>, NetworkInfo)> 
     ))
 }
 
-/// The allow-list key of a `--link` rule.
-fn link_key(l: &LinkRule) -> Result<LinkKey> {
-    Ok(LinkKey {
-        src_ip_be: ipv4_be(l.from)?,
-        dst_ip_be: ipv4_be(l.to)?,
+/// The allow-list key of an IPv4 `--link` rule.
+fn link_key(from: Ipv4Addr, to: Ipv4Addr, l: &LinkRule) -> LinkKey {
+    LinkKey {
+        src_ip_be: u32::from(from).to_be(),
+        dst_ip_be: u32::from(to).to_be(),
         dport_be: l.port.to_be(),
         proto: l.proto.ip_proto(),
         _pad: 0,
-    })
+    }
+}
+
+/// The allow-list key of an IPv6 `--link` rule.
+fn link_key6(from: Ipv6Addr, to: Ipv6Addr, l: &LinkRule) -> LinkKey6 {
+    LinkKey6 {
+        src_ip: from.octets(),
+        dst_ip: to.octets(),
+        dport_be: l.port.to_be(),
+        proto: l.proto.ip_proto(),
+        _pad: 0,
+    }
 }
 
 /// The cookie of this process's network namespace (`SO_NETNS_COOKIE`), what
@@ -1066,7 +1100,9 @@ impl EbpfDataplane {
         nat_walk.and(ct_walk).map(|()| removed)
     }
 
-    /// Forgets the IPv6 published-port flows of a container that goes away.
+    /// Forgets the IPv6 flows of a container that goes away: its published-port flows and
+    /// its tracked ones (masqueraded, or through a `--link`), so that a container given the
+    /// address later inherits none.
     fn forget_flows6(&mut self, container_ip: Ipv6Addr) -> Result<()> {
         let ip = container_ip.octets();
         let mut flows: HashMap<&mut MapData, FlowKey6, NatFlow6> =
@@ -1074,7 +1110,17 @@ impl EbpfDataplane {
         let (entries, walked) = flows::walk(&flows).split(NAT_FLOWS6);
         let stale = entries.into_keys().filter(|key| key.container_ip == ip);
         remove_keys(&mut flows, stale, "removing an IPv6 flow")?;
-        walked
+        let mut conntrack: HashMap<&mut MapData, CtKey6, CtEntry6> =
+            HashMap::try_from(self.map_mut(CONNTRACK6)?).map_err(Error::dataplane(CONNTRACK6))?;
+        let (entries, ct_walked) = flows::walk(&conntrack).split(CONNTRACK6);
+        // Each entry of such a flow names the container: as an end of its key, or (a
+        // masqueraded flow's reply entry) as the address it translates back to.
+        let stale = entries
+            .into_iter()
+            .filter(|(key, entry)| key.src_ip == ip || key.dst_ip == ip || entry.nat_ip == ip)
+            .map(|(key, _)| key);
+        remove_keys(&mut conntrack, stale, "removing an IPv6 conntrack entry")?;
+        walked.and(ct_walked)
     }
 
     /// Forgets the flows of a container that goes away.
@@ -1568,29 +1614,13 @@ impl Dataplane for EbpfDataplane {
     }
 
     fn set_links(&mut self, links: &[LinkRule]) -> Result<()> {
-        let wanted: HashSet<LinkKey> = ipv4_links(links).map(link_key).collect::<Result<_>>()?;
+        let (wanted, wanted6) = link_keys(links);
         let mut map: HashMap<&mut MapData, LinkKey, u32> =
             HashMap::try_from(self.map_mut(LINKS)?).map_err(Error::dataplane(LINKS))?;
-        let present: Vec<LinkKey> = map
-            .keys()
-            .collect::<Result<_, _>>()
-            .map_err(Error::dataplane("listing the links"))?;
-        for key in &present {
-            if !wanted.contains(key) {
-                match map.remove(key) {
-                    Ok(()) => {}
-                    Err(e) if is_missing_key(&e) => {}
-                    Err(e) => return Err(Error::dataplane("removing a link")(e)),
-                }
-            }
-        }
-        for key in wanted {
-            if !present.contains(&key) {
-                map.insert(key, 1, 0)
-                    .map_err(Error::dataplane("adding a link"))?;
-            }
-        }
-        Ok(())
+        sync_hash_map(&mut map, &wanted, "link")?;
+        let mut map6: HashMap<&mut MapData, LinkKey6, u32> =
+            HashMap::try_from(self.map_mut(LINKS6)?).map_err(Error::dataplane(LINKS6))?;
+        sync_hash_map(&mut map6, &wanted6, "IPv6 link")
     }
 
     fn set_masquerade(
@@ -1844,18 +1874,16 @@ impl EbpfDataplane {
     }
 
     /// The slots the container programs tail-call: `container_ingress6` in
-    /// `CONTAINER_PROGRAMS` and `container_masquerade6` in `CONTAINER6_PROGRAMS`, this
-    /// agent's, put back if a slot was emptied or given another program (`bpftool map`),
-    /// which would leave every container's IPv6 (or its masquerade) a counted drop.
+    /// `CONTAINER_PROGRAMS`, `container_masquerade6` and `container_link6` in
+    /// `CONTAINER6_PROGRAMS`, this agent's, put back if a slot was emptied or given another
+    /// program (`bpftool map`), which would leave every container's IPv6 (or its
+    /// masquerade, or its links through `icc=false`) a counted drop.
     fn repair_container_programs(&mut self, repaired: &mut Vec<Repaired>) -> Result<()> {
-        for (name, array, slot) in [
-            (CONTAINER6_PROGRAM, CONTAINER_PROGRAMS, CONTAINER_IPV6_SLOT),
-            (
-                CONTAINER_MASQUERADE6_PROGRAM,
-                CONTAINER6_PROGRAMS,
-                CONTAINER6_MASQUERADE_SLOT,
-            ),
-        ] {
+        let tail_called = CONTAINER6_TAIL_CALLS
+            .iter()
+            .map(|(name, slot)| (*name, CONTAINER6_PROGRAMS, *slot));
+        let slots = [(CONTAINER6_PROGRAM, CONTAINER_PROGRAMS, CONTAINER_IPV6_SLOT)];
+        for (name, array, slot) in slots.into_iter().chain(tail_called) {
             let ours = program::<SchedClassifier>(&mut self.ebpf, name)?
                 .info()
                 .map_err(Error::dataplane(format!("reading {name}'s info")))?
@@ -2109,9 +2137,7 @@ impl EbpfDataplane {
                 what: format!("{FILTER_RULES6} rule {}", filters6[i].1.rule_id),
             });
         }
-        let links: std::collections::HashMap<LinkKey, u32> = ipv4_links(intended.links)
-            .map(|l| Ok((link_key(l)?, 1)))
-            .collect::<Result<_>>()?;
+        let (links, links6) = link_keys(intended.links);
         let mut map: HashMap<&mut MapData, LinkKey, u32> =
             HashMap::try_from(self.map_mut(LINKS)?).map_err(Error::dataplane(LINKS))?;
         for key in restore_entries(&mut map, &links, "link")? {
@@ -2121,6 +2147,19 @@ impl EbpfDataplane {
                     "{LINKS} {} -> {}:{}",
                     Ipv4Addr::from(u32::from_be(key.src_ip_be)),
                     Ipv4Addr::from(u32::from_be(key.dst_ip_be)),
+                    u16::from_be(key.dport_be)
+                ),
+            });
+        }
+        let mut map6: HashMap<&mut MapData, LinkKey6, u32> =
+            HashMap::try_from(self.map_mut(LINKS6)?).map_err(Error::dataplane(LINKS6))?;
+        for key in restore_entries(&mut map6, &links6, "IPv6 link")? {
+            repaired.push(Repaired {
+                kind: RepairKind::MapEntryRestored,
+                what: format!(
+                    "{LINKS6} {} -> [{}]:{}",
+                    Ipv6Addr::from(key.src_ip),
+                    Ipv6Addr::from(key.dst_ip),
                     u16::from_be(key.dport_be)
                 ),
             });

@@ -41,7 +41,7 @@ use aya::{
     },
 };
 use dataplane_common::{
-    Counter, FlowKey, NAT_FLOWS, NatFlow, STATS,
+    CONTAINER6_PROGRAMS, Counter, FlowKey, NAT_FLOWS, NatFlow, STATS,
     layout::{self, LAYOUT, LAYOUT_MAX, LayoutKey, MapLayout, UNRECORDED_VERSION},
 };
 
@@ -113,7 +113,10 @@ const CONVERSIONS: &[(&str, u32, Conversion)] = &[(
 
 /// The conversions of the maps whose layout fixes their entry count (`MapLayout::entries`)
 /// to a map of the current count.
-const RESIZES: &[(&str, Conversion)] = &[(STATS, merge_counters)];
+const RESIZES: &[(&str, Conversion)] = &[
+    (STATS, merge_counters),
+    (CONTAINER6_PROGRAMS, refilled_by_the_loader),
+];
 
 fn resize(name: &str) -> Option<Conversion> {
     RESIZES
@@ -614,6 +617,14 @@ fn merge_counters(old: &Map, new: &mut Map) -> Result<usize> {
             .map_err(Error::dataplane("copying counters to their new map"))?;
     }
     Ok(slots as usize)
+}
+
+/// A [`Conversion`] for a program array that gained slots (`CONTAINER6_PROGRAMS`): nothing
+/// to copy, the earlier programs are of no use to this build's. The loader fills the new
+/// array before the program that tail-calls through it can run; the earlier one, until it
+/// is replaced, tail-calls through the retired array.
+fn refilled_by_the_loader(_old: &Map, _new: &mut Map) -> Result<usize> {
+    Ok(0)
 }
 
 #[cfg(test)]
