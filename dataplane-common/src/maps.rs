@@ -109,7 +109,8 @@ pub const FRAGMENTS6: &str = "FRAGMENTS6";
 /// [`MASQUERADE_SOURCES`] for IPv6: interface index → the IPv6 source of masqueraded
 /// traffic leaving by it (its first global address), in memory order.
 pub const MASQUERADE_SOURCES6: &str = "MASQUERADE_SOURCES6";
-/// [`CONNTRACK`] for IPv6 (masqueraded flows, one entry per direction), sized as it, with
+/// [`CONNTRACK`] for IPv6 (masqueraded flows and those of `--link`s, one entry per
+/// direction), sized as it, with
 /// its own ring of flows recently opened or closing ([`CT_UNREPLIED6`]) and that ring's
 /// write and evict cursors ([`UNREPLIED_CURSORS6`] 0 and 1).
 pub const CONNTRACK6: &str = "CONNTRACK6";

@@ -504,14 +504,31 @@ pub fn container_ingress(ctx: &TcContext, len: usize) -> (i32, Stat) {
     }
 }
 
+/// Whether an ICMPv6 packet is a neighbour solicitation or advertisement (RFC 4861: hop
+/// limit 255, never fragmented). They go to a neighbour's own address too (an
+/// advertisement answers a solicitation at its source, a reachability probe is unicast),
+/// and are never refused by the networks' policy: without them two containers of an
+/// `icc=false` network could not reach each other where a `--link` allows it. The
+/// iptables dataplane lets them through `icc=false` as well.
+#[inline(always)]
+fn neighbour_discovery(ctx: &TcContext, ip: &Ipv6) -> bool {
+    const NEIGHBOUR_SOLICITATION: u8 = 135;
+    const NEIGHBOUR_ADVERTISEMENT: u8 = 136;
+    if ip.hop_limit != 255 || ip.frag != 0 {
+        return false;
+    }
+    let kind: Option<u8> = TcFrame(ctx).load(ip.l4_offset());
+    matches!(kind, Some(NEIGHBOUR_SOLICITATION | NEIGHBOUR_ADVERTISEMENT))
+}
+
 /// What the networks' policy says of a container's IPv6 packet that is not part of a
 /// translated flow, as policy.rs's `classify` does for IPv4: the node (its addresses,
-/// multicast, neighbour discovery on the link) is reachable, the sender's own network as
-/// `icc` says, other networks never, the outside unless the network is internal: TCP and
-/// UDP (`l4`) masqueraded when the network's IPv6 masquerades (masquerade6.rs), the rest
-/// routed with the container's own address. With `icc=false` TCP and UDP between
-/// containers meet the `--link` allow-list and its tracked flows (link6.rs); the rest is
-/// refused.
+/// multicast) and neighbour discovery (link-local ICMPv6, and solicitations and
+/// advertisements to any address) pass, the sender's own network as `icc` says, other
+/// networks never, the outside unless the network is internal: TCP and UDP (`l4`)
+/// masqueraded when the network's IPv6 masquerades (masquerade6.rs), the rest routed
+/// with the container's own address. With `icc=false` TCP and UDP between containers
+/// meet the `--link` allow-list and its tracked flows (link6.rs); the rest is refused.
 #[inline(always)]
 fn policy(ctx: &TcContext, ip: &Ipv6, l4: Option<&L4>) -> (i32, Stat) {
     let Some(source) = NETWORKS6.get(&Key::new(128, NetworkKey6 { addr: ip.src })) else {
@@ -521,7 +538,8 @@ fn policy(ctx: &TcContext, ip: &Ipv6, l4: Option<&L4>) -> (i32, Stat) {
     let link_local = ip.dst[0] == 0xfe && ip.dst[1] & 0xc0 == 0x80;
     // SAFETY: only checking presence.
     let node = unsafe { NODE_ADDRS6.get(&NodeAddrKey6 { addr: ip.dst }) }.is_some();
-    if multicast || node || (link_local && ip.protocol == IPPROTO_ICMPV6) {
+    let on_link = ip.protocol == IPPROTO_ICMPV6 && (link_local || neighbour_discovery(ctx, ip));
+    if multicast || node || on_link {
         return (TC_ACT_OK, Stat::ContainerPassToNode);
     }
     // Another link-local address is on the same bridge, whatever the subnets say.

@@ -157,8 +157,8 @@ pub static FRAGMENT6_SCRATCH: PerCpuArray<FragmentRecord6> = PerCpuArray::with_m
 pub static MASQUERADE_SOURCES6: HashMap<u32, [u8; 16]> =
     HashMap::pinned(MASQUERADE_SOURCES_MAX, BPF_F_NO_PREALLOC);
 
-/// Masqueraded IPv6 flows: sized by the agent as CONNTRACK, with the same early drop
-/// (flowtable.rs) and idle expiry.
+/// Masqueraded IPv6 flows and those of `--link`s: sized by the agent as CONNTRACK, with
+/// the same early drop (flowtable.rs) and idle expiry.
 #[map]
 pub static CONNTRACK6: HashMap<CtKey6, CtEntry6> =
     HashMap::pinned(CONNTRACK_MAX, BPF_F_NO_PREALLOC);

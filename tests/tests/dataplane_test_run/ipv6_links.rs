@@ -2,7 +2,8 @@
 //! new connection to the other's exposed port passes and is tracked in CONNTRACK6
 //! (`container_link6`, by tail call from `container_ingress6`), its replies pass as part of
 //! the flow, and what no link or tracked flow explains (an unlinked sender, the other
-//! direction, a reply of no flow) is refused as `icc=false` refuses it.
+//! direction, a reply of no flow) is refused as `icc=false` refuses it. Neighbour
+//! discovery between them passes, to their own addresses too: without it nothing would.
 
 use std::net::Ipv6Addr;
 
@@ -185,6 +186,56 @@ fn ipv6_unlinked_traffic_is_refused_by_icc() -> Result<()> {
         );
     }
     assert!(fx.conntrack6_entries()?.is_empty(), "nothing tracked");
+    Ok(())
+}
+
+/// Neighbour solicitations and advertisements between containers of an `icc=false`
+/// network pass, to a container's own address too (an advertisement answers a solicitation
+/// at its source), as on the iptables dataplane; other ICMPv6 between them does not.
+#[test]
+fn ipv6_neighbour_discovery_passes_icc_false() -> Result<()> {
+    let mut fx = Fixture::linked6()?;
+    let icmp6 = |kind: u8, hop_limit: u8| {
+        let mut body = vec![0u8; 4];
+        body.extend_from_slice(&CLIENT.octets());
+        sent(Packet6 {
+            hop_limit,
+            ..Packet6::icmp6(SERVER, CLIENT, kind, &body)
+        })
+    };
+    let cases = [
+        (
+            "advertisement",
+            icmp6(136, 255),
+            TC_ACT_OK,
+            Stat::ContainerPassToNode,
+        ),
+        (
+            "unicast solicitation",
+            icmp6(135, 255),
+            TC_ACT_OK,
+            Stat::ContainerPassToNode,
+        ),
+        (
+            "advertisement that crossed a router",
+            icmp6(136, 64),
+            TC_ACT_SHOT,
+            Stat::ContainerDropPolicyIcc,
+        ),
+        (
+            "echo request",
+            icmp6(128, 255),
+            TC_ACT_SHOT,
+            Stat::ContainerDropPolicyIcc,
+        ),
+    ];
+    for (name, frame, verdict, stat) in cases {
+        let (got, out, moved) = fx.run(CONTAINER_PROGRAM, &frame).context(name)?;
+        assert_eq!((got, moved), (verdict, stat), "{name}");
+        if verdict == TC_ACT_OK {
+            assert_eq!(out, frame, "{name}: untouched");
+        }
+    }
     Ok(())
 }
 
