@@ -55,6 +55,8 @@ pub trait TrackedEntry: Copy + 'static {
     /// A `CT_*` state, the same in both entries of a flow.
     fn state(&self) -> u8;
     fn set_state(&mut self, state: u8);
+    /// Records that a packet of this direction was seen at `ns` (`bpf_ktime_get_ns`).
+    fn set_last_seen(&mut self, ns: u64);
 }
 
 impl TrackedKey for CtKey {
@@ -117,6 +119,10 @@ impl TrackedEntry for CtEntry {
     fn set_state(&mut self, state: u8) {
         self.state = state;
     }
+    #[inline(always)]
+    fn set_last_seen(&mut self, ns: u64) {
+        self.last_seen_ns = ns;
+    }
 }
 
 impl TrackedKey for CtKey6 {
@@ -178,6 +184,10 @@ impl TrackedEntry for CtEntry6 {
     #[inline(always)]
     fn set_state(&mut self, state: u8) {
         self.state = state;
+    }
+    #[inline(always)]
+    fn set_last_seen(&mut self, ns: u64) {
+        self.last_seen_ns = ns;
     }
 }
 

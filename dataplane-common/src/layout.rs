@@ -159,6 +159,7 @@ pub const CURRENT: &[MapLayout] = &[
     MapLayout::array::<u32>(CONTAINER6_PROGRAMS, 1).with_entries(CONTAINER6_PROGRAMS_MAX),
     MapLayout::array::<u32>(UPLINK6_XDP_PROGRAMS, 1),
     MapLayout::array::<u32>(UPLINK6_TC_PROGRAMS, 1),
+    MapLayout::hash::<LinkKey6, u32>(LINKS6, 1),
 ];
 
 /// The earlier layouts this build migrates from, with their types frozen in a module of

@@ -109,7 +109,8 @@ pub const FRAGMENTS6: &str = "FRAGMENTS6";
 /// [`MASQUERADE_SOURCES`] for IPv6: interface index → the IPv6 source of masqueraded
 /// traffic leaving by it (its first global address), in memory order.
 pub const MASQUERADE_SOURCES6: &str = "MASQUERADE_SOURCES6";
-/// [`CONNTRACK`] for IPv6 (masqueraded flows, one entry per direction), sized as it, with
+/// [`CONNTRACK`] for IPv6 (masqueraded flows and those of `--link`s, one entry per
+/// direction), sized as it, with
 /// its own ring of flows recently opened or closing ([`CT_UNREPLIED6`]) and that ring's
 /// write and evict cursors ([`UNREPLIED_CURSORS6`] 0 and 1).
 pub const CONNTRACK6: &str = "CONNTRACK6";
@@ -117,14 +118,20 @@ pub const CT_UNREPLIED6: &str = "CT_UNREPLIED6";
 pub const UNREPLIED_CURSORS6: &str = "UNREPLIED_CURSORS6";
 /// The programs `container_ingress6` hands a packet to by tail call, as
 /// [`CONTAINER_PROGRAMS`]: `container_masquerade6` at [`CONTAINER6_MASQUERADE_SLOT`], where
-/// an IPv6 packet to be masqueraded gets a stack of its own, and `container_reply6` at
+/// an IPv6 packet to be masqueraded gets a stack of its own, `container_link6` at
+/// [`CONTAINER6_LINK_SLOT`], where one between two containers of an `icc=false` network
+/// meets the `--link` allow-list ([`LINKS6`]), and `container_reply6` at
 /// [`CONTAINER6_REPLY_SLOT`], which translates a container's ICMPv6 errors about
 /// published-port flows and the fragments of its replies.
 pub const CONTAINER6_PROGRAMS: &str = "CONTAINER6_PROGRAMS";
 pub const CONTAINER6_MASQUERADE_SLOT: u32 = 0;
+pub const CONTAINER6_LINK_SLOT: u32 = 1;
 pub const CONTAINER6_REPLY_SLOT: u32 = 2;
 /// Slots of [`CONTAINER6_PROGRAMS`].
 pub const CONTAINER6_PROGRAMS_MAX: u32 = 3;
+/// [`LINKS`] for IPv6: a container's IPv6 address to another's exposed port, its flows
+/// tracked in [`CONNTRACK6`].
+pub const LINKS6: &str = "LINKS6";
 /// The programs the uplinks' IPv6 programs hand a reply of a masqueraded IPv6 flow to by
 /// tail call, one array per program type as [`UPLINK_XDP_PROGRAMS`]:
 /// `uplink_masquerade6` at [`UPLINK6_MASQUERADE_SLOT`] of XDP's, `uplink_masquerade6_tc`
@@ -537,6 +544,18 @@ pub struct LinkKey {
     pub _pad: u8,
 }
 
+/// Key of [`LINKS6`]: [`LinkKey`] with IPv6 addresses (in memory order); the value is
+/// unused (presence allows).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct LinkKey6 {
+    pub src_ip: [u8; 16],
+    pub dst_ip: [u8; 16],
+    pub dport_be: u16,
+    pub proto: u8,
+    pub _pad: u8,
+}
+
 /// Key of [`TRUSTED_IFACES`].
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, bytemuck::Pod, bytemuck::Zeroable)]
@@ -702,6 +721,7 @@ const _: () = assert!(size_of::<FragmentKey6>() == 36);
 const _: () = assert!(size_of::<FragmentEntry6>() == 56);
 const _: () = assert!(size_of::<CtKey6>() == 40);
 const _: () = assert!(size_of::<CtEntry6>() == 48);
+const _: () = assert!(size_of::<LinkKey6>() == 36);
 
 /// aya's `Pod` for types whose `bytemuck::Pod` derive proved them free of padding bytes and
 /// valid for every bit pattern.
@@ -757,4 +777,5 @@ aya_pod!(
     FragmentEntry6,
     CtKey6,
     CtEntry6,
+    LinkKey6,
 );

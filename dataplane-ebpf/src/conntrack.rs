@@ -3,7 +3,8 @@
 //! and a source port picked as netfilter's
 //! MASQUERADE picks it; its replies are translated back on the uplink. Each flow has two
 //! entries in CONNTRACK (one per direction, see flowtable.rs). The same table tracks the
-//! flows that `--link` lets through `icc=false`.
+//! flows that `--link` lets through `icc=false`, with logic that IPv6's links share
+//! (`linked_flow`, over CONNTRACK6 in link6.rs).
 
 use aya_ebpf::{
     bindings::{TC_ACT_OK, TC_ACT_SHOT, bpf_sock_tuple},
@@ -15,13 +16,14 @@ use aya_ebpf::{
 use dataplane_common::{
     CT_CLOSING, CT_ESTABLISHED, CT_NEW, CT_ORIGINAL, CT_REPLIED, CT_REPLY, CtEntry, CtKey,
     EndpointInfo, EndpointKey, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, LinkKey, NodeConfig,
+    ct::{TrackedEntry as _, TrackedKey as _},
     parse::{IPV4_SRC_OFF, Ipv4, L4, L4_SPORT_OFF},
     stats::Stat,
 };
 
 use crate::{
     fib,
-    flowtable::{self, Conntrack, InsertError},
+    flowtable::{self, Conntrack, CtEntryOf, CtTable, InsertError},
     frag,
     frame::{Action, Packet},
     maps::{CONNTRACK, ENDPOINTS, LINKS, MASQUERADE_SOURCES, NODE_CONFIG},
@@ -100,17 +102,26 @@ pub(crate) fn seen(state: u8, direction: u8, protocol: u8, l4: &L4) -> Seen {
 /// what the packet did.
 #[inline(always)]
 fn touch(key: &CtKey, entry: *mut CtEntry, ip: &Ipv4, l4: &L4) -> (CtEntry, Seen) {
+    let what = touch_flow::<Conntrack>(key, entry, ip.protocol, l4);
+    // SAFETY: a pointer to a live map value of plain data.
+    (unsafe { *entry }, what)
+}
+
+/// Refreshes the flow of table `T` whose entry `key` found (at `entry`) for a packet of
+/// `protocol` (the parsed header's, which the verifier knows more of than `key`'s copy),
+/// and returns what the packet did to the flow.
+#[inline(always)]
+fn touch_flow<T: CtTable>(key: &T::Key, entry: *mut CtEntryOf<T>, protocol: u8, l4: &L4) -> Seen {
     // SAFETY: a pointer to a live map value; fields are plain data.
     let (state, direction) = unsafe {
-        (*entry).last_seen_ns = now_ns();
-        ((*entry).state, (*entry).direction)
+        (*entry).set_last_seen(now_ns());
+        ((*entry).state(), (*entry).direction())
     };
-    let what = seen(state, direction, ip.protocol, l4);
+    let what = seen(state, direction, protocol, l4);
     if let Seen::State(next) = what {
-        flowtable::ct_set_state::<Conntrack>(key, entry, next);
+        flowtable::ct_set_state::<T>(key, entry, next);
     }
-    // SAFETY: as above.
-    (unsafe { *entry }, what)
+    what
 }
 
 /// Whether a socket of the node would take packets to `ip:port` from this flow's remote
@@ -408,53 +419,78 @@ pub fn masquerade_reply<P: Packet>(packet: &P, ip: &Ipv4, l4: &L4) -> Option<(Ac
 #[inline(always)]
 pub fn linked(ip: &Ipv4, l4: &L4) -> (i32, Stat) {
     let key = key_of(ip, l4);
-    if let Some(entry) = CONNTRACK.get_ptr_mut(&key) {
-        let (entry, what) = touch(&key, entry, ip, l4);
-        if what == Seen::Reset {
-            flowtable::ct_remove::<Conntrack>(&key, &entry);
+    let allowed = || {
+        let link = LinkKey {
+            src_ip_be: ip.src_be,
+            dst_ip_be: ip.dst_be,
+            dport_be: l4.dport_be,
+            proto: ip.protocol,
+            _pad: 0,
+        };
+        // SAFETY: only checking presence.
+        unsafe { LINKS.get(&link) }.is_some()
+    };
+    let open = || {
+        // No translation: both entries' "nat" address is the client's own, which keeps the
+        // pair findable from either entry like a masqueraded one.
+        let original = CtEntry {
+            nat_ip_be: ip.src_be,
+            nat_port_be: l4.sport_be,
+            direction: CT_ORIGINAL,
+            last_seen_ns: now_ns(),
+            ..CtEntry::default()
+        };
+        let reply = CtEntry {
+            direction: CT_REPLY,
+            ..original
+        };
+        let reply_key = key.peer(&original);
+        flowtable::ct_insert::<Conntrack>(&key, &original, &reply_key, &reply)
+    };
+    let opened = || {
+        crate::events::new_flow(
+            Stat::ContainerPassLink,
+            ip.protocol,
+            ip.src_be,
+            ip.dst_be,
+            l4.sport_be,
+            l4.dport_be,
+        )
+    };
+    linked_flow::<Conntrack>(&key, ip.protocol, l4, allowed, open, opened)
+}
+
+/// [`linked`] for the flows of table `T` (either family): a packet of `protocol` whose
+/// `key` the table holds refreshes its flow and passes; else one that `allowed` (the
+/// family's link allow-list) lets through and that may open a flow (a TCP SYN, any UDP
+/// datagram) passes once `open` has recorded both entries of its flow, untranslated, and
+/// `opened` has told of it; anything else is refused as `icc=false` refuses it.
+#[inline(always)]
+pub(crate) fn linked_flow<T: CtTable>(
+    key: &T::Key,
+    protocol: u8,
+    l4: &L4,
+    allowed: impl FnOnce() -> bool,
+    open: impl Fn() -> Result<(), InsertError>,
+    opened: impl FnOnce(),
+) -> (i32, Stat) {
+    if let Some(entry) = T::table().get_ptr_mut(key) {
+        if touch_flow::<T>(key, entry, protocol, l4) == Seen::Reset {
+            // SAFETY: a pointer to a live map value of plain data, read before it goes.
+            flowtable::ct_remove::<T>(key, unsafe { &*entry });
         }
         return (TC_ACT_OK, Stat::ContainerPassTracked);
     }
-    let link = LinkKey {
-        src_ip_be: ip.src_be,
-        dst_ip_be: ip.dst_be,
-        dport_be: l4.dport_be,
-        proto: ip.protocol,
-        _pad: 0,
-    };
-    // SAFETY: only checking presence.
-    if unsafe { LINKS.get(&link) }.is_none() {
+    if !allowed() {
         return (TC_ACT_SHOT, Stat::ContainerDropPolicyIcc);
     }
     // Only a TCP SYN (or any UDP datagram) opens a flow.
-    if ip.protocol == IPPROTO_TCP && !l4.is_tcp_syn() {
+    if protocol == IPPROTO_TCP && !l4.is_tcp_syn() {
         return (TC_ACT_SHOT, Stat::ContainerDropPolicyIcc);
     }
-    let now = now_ns();
-    // No translation: both entries' "nat" address is the client's own, which keeps the
-    // pair findable from either entry like a masqueraded one.
-    let original = CtEntry {
-        nat_ip_be: ip.src_be,
-        nat_port_be: l4.sport_be,
-        direction: CT_ORIGINAL,
-        last_seen_ns: now,
-        ..CtEntry::default()
-    };
-    let reply_key = CtKey {
-        src_ip_be: ip.dst_be,
-        dst_ip_be: ip.src_be,
-        sport_be: l4.dport_be,
-        dport_be: l4.sport_be,
-        proto: ip.protocol,
-        _pad: [0; 3],
-    };
-    let reply = CtEntry {
-        direction: CT_REPLY,
-        ..original
-    };
-    let mut recorded = flowtable::ct_insert::<Conntrack>(&key, &original, &reply_key, &reply);
-    if matches!(recorded, Err(InsertError::Full)) && flowtable::ct_make_room::<Conntrack>() {
-        recorded = flowtable::ct_insert::<Conntrack>(&key, &original, &reply_key, &reply);
+    let mut recorded = open();
+    if matches!(recorded, Err(InsertError::Full)) && flowtable::ct_make_room::<T>() {
+        recorded = open();
     }
     match recorded {
         Ok(()) => {}
@@ -462,13 +498,6 @@ pub fn linked(ip: &Ipv4, l4: &L4) -> (i32, Stat) {
         Err(InsertError::Exists) => return (TC_ACT_OK, Stat::ContainerPassTracked),
         Err(InsertError::Full) => return (TC_ACT_SHOT, Stat::ContainerDropConntrackFull),
     }
-    crate::events::new_flow(
-        Stat::ContainerPassLink,
-        ip.protocol,
-        ip.src_be,
-        ip.dst_be,
-        l4.sport_be,
-        l4.dport_be,
-    );
+    opened();
     (TC_ACT_OK, Stat::ContainerPassLink)
 }

@@ -1,5 +1,5 @@
 //! Storage of the flow tables, below the modules that translate flows: NAT_FLOWS
-//! (published ports), CONNTRACK (masquerade and links) and CONNTRACK6 (IPv6 masquerade),
+//! (published ports), CONNTRACK (masquerade and links) and CONNTRACK6 (their IPv6 twins),
 //! the last two through [`CtTable`], all plain hash maps.
 //!
 //! A full table evicts a flow that is not established, the oldest first, before it refuses

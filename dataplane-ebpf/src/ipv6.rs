@@ -3,7 +3,7 @@
 //! Connections to IPv6 published ports are translated to their container (TCP and UDP,
 //! the client's address kept) and the container's replies back, with the flow states and
 //! counters of IPv4's (nat.rs); flows live in NAT_FLOWS6. What containers send otherwise
-//! is judged by the networks' IPv6 policy (isolation, icc, internal). On the uplink,
+//! is judged by the networks' IPv6 policy (isolation, icc and links, internal). On the uplink,
 //! fragments after the first follow their first fragment (frag6.rs) and ICMPv6 errors
 //! about published-port flows go to their container (icmp6.rs). The rest passes
 //! untouched: neighbour discovery, other ICMPv6, and what the parser does not walk into.
@@ -11,7 +11,7 @@
 //! (`container_reply6`, reached by tail call: `container_ingress6` has no stack left for
 //! them): a container's ICMPv6 errors about published-port flows leave as the client knows
 //! the flow (icmp6.rs), and the fragments of a fragmented reply follow its first fragment
-//! (frag6.rs). No IPv6 links or hairpin yet.
+//! (frag6.rs). No IPv6 hairpin yet.
 //!
 //! IPv6 has no header checksum: a rewrite updates the transport checksum only, whose
 //! pseudo-header covers both addresses. A UDP datagram without a checksum (0) is invalid
@@ -46,7 +46,7 @@ use crate::{
     flowtable::EEXIST,
     frag6,
     frame::{Action, L4Change, Packet, TcFrame},
-    icmp6,
+    icmp6, link6,
     maps::{
         CONTAINER6_PROGRAMS, FIB_SCRATCH, FILTER_RULES6, NAT_FLOWS6, NETWORKS6, NODE_ADDRS6,
         PUBLISHED_PORTS6,
@@ -523,13 +523,13 @@ pub fn container_ingress(ctx: &TcContext, len: usize) -> (i32, Stat) {
         Ok(Parsed6::Transport(ip, _)) if ip.is_first_fragment() => hand_over_reply(ctx),
         Ok(Parsed6::Transport(ip, l4)) => match reply(ctx, &ip, &l4, |_| {}) {
             Some(verdict) => verdict,
-            None => policy(ctx, &ip, Some(&l4)),
+            None => policy(ctx, &ip, Some(&l4), false),
         },
         Ok(Parsed6::Fragment(_)) => hand_over_reply(ctx),
         Ok(Parsed6::OtherProtocol(ip)) if icmp6::may_be_error(&TcFrame(ctx), &ip) => {
             hand_over_reply(ctx)
         }
-        Ok(Parsed6::OtherProtocol(ip)) => policy(ctx, &ip, None),
+        Ok(Parsed6::OtherProtocol(ip)) => policy(ctx, &ip, None, neighbour_discovery(ctx, &ip)),
     }
 }
 
@@ -573,38 +573,64 @@ pub fn container_reply(ctx: &TcContext) -> (i32, Stat) {
         // A failed pull leaves the quote where it is, and the parser finds no error.
         let _ = ctx.pull_data(want as u32);
     }
-    match parse_ipv6(&TcFrame(ctx), len) {
+    // One inlined copy of the policy for every kind of packet: the stack is nearly full.
+    let (ip, l4) = match parse_ipv6(&TcFrame(ctx), len) {
         Ok(Parsed6::Fragment(ip)) => match frag6::container_following(ctx, &ip) {
-            Some(verdict) => verdict,
-            None => policy(ctx, &ip, None),
+            Some(verdict) => return verdict,
+            None => (ip, None),
         },
         Ok(Parsed6::OtherProtocol(ip)) => match icmp6::container_error(ctx, &ip) {
-            Some(verdict) => verdict,
-            None => policy(ctx, &ip, None),
+            Some(verdict) => return verdict,
+            None => (ip, None),
         },
         Ok(Parsed6::Transport(ip, l4)) => {
             let remember = |nat: &NatFlow6| {
                 frag6::remember(&ip, &nat.frontend_ip, &nat.client_ip, 0, [&ROUTED; 2])
             };
             match reply(ctx, &ip, &l4, remember) {
-                Some(verdict) => verdict,
-                None => policy(ctx, &ip, Some(&l4)),
+                Some(verdict) => return verdict,
+                None => (ip, Some(l4)),
             }
         }
         // `container_ingress6` parsed it: only a pull gone wrong gets here.
-        _ => (TC_ACT_SHOT, Stat::ContainerDropMalformed),
+        _ => return (TC_ACT_SHOT, Stat::ContainerDropMalformed),
+    };
+    // No neighbour discovery here: `container_ingress` keeps it (and it is never fragmented).
+    policy(ctx, &ip, l4.as_ref(), false)
+}
+
+/// Whether an ICMPv6 packet is a neighbour solicitation or advertisement (RFC 4861: hop
+/// limit 255, never fragmented). They go to a neighbour's own address too (an
+/// advertisement answers a solicitation at its source, a reachability probe is unicast),
+/// and are never refused by the networks' policy: without them two containers of an
+/// `icc=false` network could not reach each other where a `--link` allows it. The
+/// iptables dataplane lets them through `icc=false` as well.
+#[inline(always)]
+fn neighbour_discovery(ctx: &TcContext, ip: &Ipv6) -> bool {
+    const NEIGHBOUR_SOLICITATION: u8 = 135;
+    const NEIGHBOUR_ADVERTISEMENT: u8 = 136;
+    if ip.protocol != IPPROTO_ICMPV6 || ip.hop_limit != 255 || ip.frag != 0 {
+        return false;
     }
+    // Type and code together: a one-byte load's bounds check is compiled into a form
+    // the verifier does not learn the packet's range from.
+    let header: Option<[u8; 2]> = TcFrame(ctx).load(ip.l4_offset());
+    matches!(
+        header,
+        Some([NEIGHBOUR_SOLICITATION | NEIGHBOUR_ADVERTISEMENT, _])
+    )
 }
 
 /// What the networks' policy says of a container's IPv6 packet that is not part of a
 /// translated flow, as policy.rs's `classify` does for IPv4: the node (its addresses,
-/// multicast, neighbour discovery on the link) is reachable, the sender's own network as
-/// `icc` says, other networks never, the outside unless the network is internal: TCP and
-/// UDP (`l4`) masqueraded when the network's IPv6 masquerades (masquerade6.rs), the rest
-/// routed with the container's own address. There is no `--link` allow-list for IPv6
-/// yet: with `icc=false` nothing passes between containers.
+/// multicast) and neighbour discovery (link-local ICMPv6, and the solicitations and
+/// advertisements to any address that `container_ingress` found) pass, the sender's own network as `icc` says, other
+/// networks never, the outside unless the network is internal: TCP and UDP (`l4`)
+/// masqueraded when the network's IPv6 masquerades (masquerade6.rs), the rest routed
+/// with the container's own address. With `icc=false` TCP and UDP between containers
+/// meet the `--link` allow-list and its tracked flows (link6.rs); the rest is refused.
 #[inline(always)]
-fn policy(ctx: &TcContext, ip: &Ipv6, l4: Option<&L4>) -> (i32, Stat) {
+fn policy(ctx: &TcContext, ip: &Ipv6, l4: Option<&L4>, neighbour_discovery: bool) -> (i32, Stat) {
     let Some(source) = NETWORKS6.get(&Key::new(128, NetworkKey6 { addr: ip.src })) else {
         return (TC_ACT_OK, Stat::ContainerPassIpv6);
     };
@@ -612,7 +638,8 @@ fn policy(ctx: &TcContext, ip: &Ipv6, l4: Option<&L4>) -> (i32, Stat) {
     let link_local = ip.dst[0] == 0xfe && ip.dst[1] & 0xc0 == 0x80;
     // SAFETY: only checking presence.
     let node = unsafe { NODE_ADDRS6.get(&NodeAddrKey6 { addr: ip.dst }) }.is_some();
-    if multicast || node || (link_local && ip.protocol == IPPROTO_ICMPV6) {
+    let on_link = neighbour_discovery || (link_local && ip.protocol == IPPROTO_ICMPV6);
+    if multicast || node || on_link {
         return (TC_ACT_OK, Stat::ContainerPassToNode);
     }
     // Another link-local address is on the same bridge, whatever the subnets say.
@@ -626,7 +653,10 @@ fn policy(ctx: &TcContext, ip: &Ipv6, l4: Option<&L4>) -> (i32, Stat) {
         Some(true) if source.flags & NETWORK_ICC != 0 => {
             (TC_ACT_OK, Stat::ContainerPassSameNetwork)
         }
-        Some(true) => (TC_ACT_SHOT, Stat::ContainerDropPolicyIcc),
+        Some(true) => match l4 {
+            Some(_) => link6::hand_over(ctx),
+            None => (TC_ACT_SHOT, Stat::ContainerDropPolicyIcc),
+        },
         Some(false) => (TC_ACT_SHOT, Stat::ContainerDropIsolation),
         None if source.flags & NETWORK_INTERNAL != 0 => (TC_ACT_SHOT, Stat::ContainerDropInternal),
         None => match l4 {

@@ -13,7 +13,8 @@
 // 3. uplink, container: what each program does with a frame, over the modules of 2; ipv6:
 //    what both do with an IPv6 frame, with frag6 (its fragments) and icmp6 (its ICMPv6
 //    errors), which look its published ports and flows up, and masquerade6 (its
-//    masquerade, over flowtable's CONNTRACK6); container6 and uplink6: the
+//    masquerade, over flowtable's CONNTRACK6), and link6 (its `--link` allow-list, with
+//    conntrack's logic over CONNTRACK6); container6 and uplink6: the
 //    IPv6 programs of each side, which `container_ingress` and the uplink programs
 //    tail-call.
 mod conntrack;
@@ -28,6 +29,7 @@ mod frame;
 mod icmp;
 mod icmp6;
 mod ipv6;
+mod link6;
 mod maps;
 mod masquerade6;
 mod nat;
@@ -224,6 +226,18 @@ pub fn container_masquerade6(ctx: TcContext) -> i32 {
 pub fn container_reply6(ctx: TcContext) -> i32 {
     let len = ctx.len() as usize;
     let (verdict, stat) = ipv6::container_reply(&ctx);
+    stats::count(stat, len);
+    events::on_verdict(&frame::TcFrame(&ctx), len, stat, verdict == TC_ACT_SHOT);
+    verdict
+}
+
+/// The IPv6 packets between two containers of an `icc=false` network, reached from
+/// `container_ingress6` by tail call (link6.rs), with a stack of its own: the `--link`
+/// allow-list and its tracked flows. Counted as `container_ingress`.
+#[classifier]
+pub fn container_link6(ctx: TcContext) -> i32 {
+    let len = ctx.len() as usize;
+    let (verdict, stat) = link6::container_link(&ctx);
     stats::count(stat, len);
     events::on_verdict(&frame::TcFrame(&ctx), len, stat, verdict == TC_ACT_SHOT);
     verdict

@@ -10,7 +10,7 @@ use dataplane_common::{
     BackendKey, CONNTRACK_MAX, CONTAINER_PROGRAMS_MAX, CONTAINER6_PROGRAMS_MAX, Counter, CtEntry,
     CtEntry6, CtKey, CtKey6, ENDPOINTS_MAX, EVENTS_BYTES, EndpointInfo, EndpointKey, EventBudget,
     FILTER_RULES_MAX, FRAGMENTS_MAX, FilterKey, FilterKey6, FilterRule, FlowKey, FlowKey6,
-    FragmentEntry, FragmentEntry6, FragmentKey, FragmentKey6, LINKS_MAX, LinkKey,
+    FragmentEntry, FragmentEntry6, FragmentKey, FragmentKey6, LINKS_MAX, LinkKey, LinkKey6,
     MASQUERADE_SOURCES_MAX, NAT_FLOWS_MAX, NETWORKS_MAX, NODE_ADDRS_MAX, NatFlow, NatFlow6,
     NetworkInfo, NetworkKey, NetworkKey6, NodeAddr, NodeAddrKey, NodeAddrKey6, NodeConfig,
     PUBLISHED_PORTS_MAX, PortKey, PortKey6, PortTarget, PortTarget6, ROUTED_FLOWS_MAX,
@@ -157,8 +157,8 @@ pub static FRAGMENT6_SCRATCH: PerCpuArray<FragmentRecord6> = PerCpuArray::with_m
 pub static MASQUERADE_SOURCES6: HashMap<u32, [u8; 16]> =
     HashMap::pinned(MASQUERADE_SOURCES_MAX, BPF_F_NO_PREALLOC);
 
-/// Masqueraded IPv6 flows: sized by the agent as CONNTRACK, with the same early drop
-/// (flowtable.rs) and idle expiry.
+/// Masqueraded IPv6 flows and those of `--link`s: sized by the agent as CONNTRACK, with
+/// the same early drop (flowtable.rs) and idle expiry.
 #[map]
 pub static CONNTRACK6: HashMap<CtKey6, CtEntry6> =
     HashMap::pinned(CONNTRACK_MAX, BPF_F_NO_PREALLOC);
@@ -169,7 +169,8 @@ pub static CT_UNREPLIED6: Array<CtKey6> = Array::pinned(UNREPLIED_RING_LEN, 0);
 #[map]
 pub static UNREPLIED_CURSORS6: Array<u32> = Array::pinned(2, 0);
 
-/// The programs `container_ingress6` tail-calls (masquerade6.rs); the agent fills it.
+/// The programs `container_ingress6` tail-calls (masquerade6.rs, link6.rs); the agent
+/// fills it.
 #[map]
 pub static CONTAINER6_PROGRAMS: ProgramArray = ProgramArray::pinned(CONTAINER6_PROGRAMS_MAX, 0);
 
@@ -205,3 +206,7 @@ pub static UPLINK6_TC_PROGRAMS: ProgramArray = ProgramArray::pinned(UPLINK6_PROG
 /// for the uplinks. Scratch space, so not pinned.
 #[map]
 pub static CONNTRACK6_SCRATCH: PerCpuArray<Conntrack6Record> = PerCpuArray::with_max_entries(2, 0);
+
+/// LINKS for IPv6 (link6.rs).
+#[map]
+pub static LINKS6: HashMap<LinkKey6, u32> = HashMap::pinned(LINKS_MAX, BPF_F_NO_PREALLOC);

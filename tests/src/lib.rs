@@ -101,18 +101,6 @@ pub fn skip_without_dataplane_ipv6(agent: &Agent, what: &str) -> Result<bool> {
     Ok(true)
 }
 
-/// Guards the part of a test that the eBPF dataplane does not do yet for IPv6 (README, "Not
-/// done yet"): true, saying so, on the eBPF dataplane.
-pub fn not_yet_on_ebpf(what: &str) -> bool {
-    if !is_ebpf() {
-        return false;
-    }
-    say_left_out(&format!(
-        "skipped on the eBPF dataplane: {what} is not done there yet (README, Not done yet)"
-    ));
-    true
-}
-
 /// Guards the checks of a test that concern only the eBPF dataplane (`what`: its counters,
 /// its flow table, ...): true on the eBPF dataplane; on another one, says what is not
 /// checked and returns false. The test's checks of behaviour run on every dataplane.

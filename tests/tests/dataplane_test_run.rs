@@ -2085,6 +2085,8 @@ mod malformed;
 mod ipv6;
 #[path = "dataplane_test_run/ipv6_icmp.rs"]
 mod ipv6_icmp;
+#[path = "dataplane_test_run/ipv6_links.rs"]
+mod ipv6_links;
 #[path = "dataplane_test_run/ipv6_masquerade.rs"]
 mod ipv6_masquerade;
 #[path = "dataplane_test_run/layer3.rs"]

@@ -25,7 +25,7 @@ use std::{
 use anyhow::{Context as _, Result, ensure};
 use bpfbridge_tests::{
     Agent, NODE_IP, NODE_IPV6, Topology, UPLINK, WORLD_IPV6, ebpf_checks,
-    enter_netns_on_this_thread, in_netns, nettool, not_yet_on_ebpf, skip_without_dataplane_ipv6,
+    enter_netns_on_this_thread, in_netns, nettool, skip_without_dataplane_ipv6,
 };
 use serde_json::Value;
 
@@ -631,18 +631,33 @@ fn icc_false_refuses_ipv6_between_containers_but_links() -> Result<()> {
     let (b, b_ns): (Value, PathBuf) =
         agent.create_container(&["b", "--network", "v6", "--expose", "7602"])?;
     let (_, a_ns) = agent.create_container(&["a", "--network", "v6"])?;
-    let (_, linked_ns) = agent.create_container(&["c", "--network", "v6", "--link", "b"])?;
+    let (c, linked_ns) = agent.create_container(&["c", "--network", "v6", "--link", "b"])?;
     let _server = Server::start(&b_ns, 7602)?;
-    let b_port = SocketAddr::new(ipv6_on(&b, "v6")?.into(), 7602);
+    let _not_exposed = Server::start(&b_ns, 7603)?;
+    let _linked_server = Server::start(&linked_ns, 7602)?;
+    let b_ip: IpAddr = ipv6_on(&b, "v6")?.into();
+    let b_port = SocketAddr::new(b_ip, 7602);
     assert_eq!(exchange(&a_ns, b_port), None, "icc=false refuses IPv6 too");
-    if not_yet_on_ebpf("a --link through icc=false over IPv6") {
-        return Ok(());
-    }
     assert_eq!(
         exchange(&linked_ns, b_port).as_deref(),
         Some("pong hi"),
         "a --link opens the exposed port over IPv6 too"
     );
+    assert_eq!(
+        exchange(&linked_ns, SocketAddr::new(b_ip, 7603)),
+        None,
+        "a port b does not expose"
+    );
+    let c_port = SocketAddr::new(ipv6_on(&c, "v6")?.into(), 7602);
+    assert_eq!(
+        exchange(&b_ns, c_port),
+        None,
+        "the reverse direction stays closed"
+    );
+    if ebpf_checks("the IPv6 link flow's counters") {
+        assert!(agent.counter("container_ingress.pass.link")? >= 1);
+        assert!(agent.counter("container_ingress.pass.tracked_reply")? >= 1);
+    }
     Ok(())
 }
 

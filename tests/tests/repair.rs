@@ -566,15 +566,15 @@ fn a_detached_container_program_is_attached_again() -> Result<()> {
 }
 
 /// An emptied IPv6 slot of the container program arrays (as `bpftool map delete` leaves
-/// it) would make every container's IPv6 (its masquerade, its errors and fragmented
-/// replies) a counted drop: the slots get `container_ingress6`, `container_masquerade6`
-/// and `container_reply6` back.
+/// it) would make every container's IPv6 (or its masquerade, its links through
+/// `icc=false`, its errors and fragmented replies) a counted drop: each slot gets its
+/// program back.
 #[test]
 fn an_emptied_ipv6_program_slot_is_filled_again() -> Result<()> {
     use aya::maps::{Map, MapData, ProgramArray};
     use dataplane_common::{
-        CONTAINER_IPV6_SLOT, CONTAINER_PROGRAMS, CONTAINER6_MASQUERADE_SLOT, CONTAINER6_PROGRAMS,
-        CONTAINER6_REPLY_SLOT,
+        CONTAINER_IPV6_SLOT, CONTAINER_PROGRAMS, CONTAINER6_LINK_SLOT, CONTAINER6_MASQUERADE_SLOT,
+        CONTAINER6_PROGRAMS, CONTAINER6_REPLY_SLOT,
     };
     if skip_unless_ebpf("the container program array is the eBPF dataplane's") {
         return Ok(());
@@ -584,6 +584,7 @@ fn an_emptied_ipv6_program_slot_is_filled_again() -> Result<()> {
         (CONTAINER_PROGRAMS, CONTAINER_IPV6_SLOT),
         (CONTAINER6_PROGRAMS, CONTAINER6_MASQUERADE_SLOT),
         (CONTAINER6_PROGRAMS, CONTAINER6_REPLY_SLOT),
+        (CONTAINER6_PROGRAMS, CONTAINER6_LINK_SLOT),
     ];
     web.repaired_after(
         "repair_ipv6_program_slot_emptied",

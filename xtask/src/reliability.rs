@@ -252,7 +252,7 @@ const SECTIONS: &[Section] = &[
             Test {
                 name: "repair_ipv6_program_slot_emptied",
                 title: "Container IPv6 program slot emptied",
-                checks: "The `CONTAINER_PROGRAMS` slot that `container_ingress` tail-calls for IPv6 and the `CONTAINER6_PROGRAMS` slots of IPv6 masquerade and of a container's ICMPv6 errors and fragmented replies cleared in the pinned program arrays: `container_ingress6`, `container_masquerade6` and `container_reply6` put back (`ProgramReattached`), the port answers again.",
+                checks: "The `CONTAINER_PROGRAMS` slot that `container_ingress` tail-calls for IPv6 and the `CONTAINER6_PROGRAMS` slots of IPv6 masquerade, of IPv6 links and of a container's ICMPv6 errors and fragmented replies cleared in the pinned program arrays: `container_ingress6`, `container_masquerade6`, `container_link6` and `container_reply6` put back (`ProgramReattached`), the port answers again.",
                 command: "`cargo test -p bpfbridge-tests --test repair -- --nocapture`, and with \
                     `BPFBRIDGE_TEST_DATAPLANE=iptables`",
                 not_on_iptables: Some("no BPF maps"),

@@ -37,8 +37,9 @@ use dataplane_common::{
     stats::Stat,
 };
 use dataplane_common::{
-    FILTER_RULES6, FilterKey6, FlowKey6, NAT_FLOWS6, NETWORKS6, NODE_ADDRS6, NatFlow6, NetworkKey6,
-    NodeAddrKey6, PUBLISHED_PORTS6, PortKey6, PortTarget6,
+    CONTAINER6_LINK_SLOT, CONTAINER6_REPLY_SLOT, FILTER_RULES6, FilterKey6, FlowKey6, LINKS6,
+    LinkKey6, NAT_FLOWS6, NETWORKS6, NODE_ADDRS6, NatFlow6, NetworkKey6, NodeAddrKey6,
+    PUBLISHED_PORTS6, PortKey6, PortTarget6,
 };
 
 use super::{
@@ -77,6 +78,10 @@ pub const CONTAINER_MASQUERADE6_PROGRAM: &str = "container_masquerade6";
 /// The program [`CONTAINER6_PROGRAM`] tail-calls (through `CONTAINER6_PROGRAMS`) for a
 /// container's ICMPv6 errors and the fragments of its IPv6 replies; never attached itself.
 pub const CONTAINER_REPLY6_PROGRAM: &str = "container_reply6";
+/// The program [`CONTAINER6_PROGRAM`] tail-calls (through `CONTAINER6_PROGRAMS`) for the
+/// IPv6 packets between two containers of an `icc=false` network (`--link`); never
+/// attached itself.
+pub const CONTAINER_LINK6_PROGRAM: &str = "container_link6";
 /// The uplink programs' IPv6 programs, which [`UPLINK_PROGRAM`], [`UPLINK_TC_PROGRAM`] and
 /// [`UPLINK_L3_PROGRAM`] tail-call (through `UPLINK_XDP_PROGRAMS` and `UPLINK_TC_PROGRAMS`)
 /// and which are never attached themselves.
@@ -101,7 +106,7 @@ pub const SOCKET_PROGRAMS: [&str; 8] = [
 ];
 const LINKS_DIR: &str = "links";
 /// Every program of the object, by name.
-pub const PROGRAMS: [&str; 21] = [
+pub const PROGRAMS: [&str; 22] = [
     UPLINK_PROGRAM,
     UPLINK_TC_PROGRAM,
     UPLINK_L3_PROGRAM,
@@ -115,6 +120,7 @@ pub const PROGRAMS: [&str; 21] = [
     CONTAINER6_PROGRAM,
     CONTAINER_MASQUERADE6_PROGRAM,
     CONTAINER_REPLY6_PROGRAM,
+    CONTAINER_LINK6_PROGRAM,
     SOCKET_PROGRAMS[0],
     SOCKET_PROGRAMS[1],
     SOCKET_PROGRAMS[2],
@@ -149,16 +155,14 @@ pub fn loaded_programs(ebpf: &Ebpf) -> Result<Vec<ProgramInfo>> {
 }
 
 /// The programs `container_ingress6` tail-calls, with their slots of `CONTAINER6_PROGRAMS`.
-const CONTAINER6_TAIL_CALLS: [(&str, u32); 2] = [
+const CONTAINER6_TAIL_CALLS: [(&str, u32); 3] = [
     (CONTAINER_MASQUERADE6_PROGRAM, CONTAINER6_MASQUERADE_SLOT),
-    (
-        CONTAINER_REPLY6_PROGRAM,
-        dataplane_common::CONTAINER6_REPLY_SLOT,
-    ),
+    (CONTAINER_LINK6_PROGRAM, CONTAINER6_LINK_SLOT),
+    (CONTAINER_REPLY6_PROGRAM, CONTAINER6_REPLY_SLOT),
 ];
 
 /// Loads the container programs, each tail-called one first and put in its slot before
-/// the program that tail-calls it can run: `container_masquerade6` and `container_reply6`
+/// the program that tail-calls it can run: `container_masquerade6`, `container_link6` and `container_reply6`
 /// in `CONTAINER6_PROGRAMS`, then `container_ingress6` in `CONTAINER_PROGRAMS`, then
 /// `container_ingress`. The program arrays are pinned: they keep the earlier agent's
 /// programs until this call replaces them, so that the IPv6 frames of containers meet a
@@ -340,7 +344,7 @@ pub struct EbpfDataplane {
     masquerade_sources6: BTreeMap<u32, Ipv6Addr>,
 }
 
-/// An IPv4 address in network order, for the maps that hold IPv4 only (links): the
+/// An IPv4 address in network order, for the maps that hold IPv4 only (published ports): the
 /// callers pass IPv6 elsewhere, so an IPv6 one is a fault of the agent, refused rather
 /// than written as a wrong key.
 fn ipv4_be(ip: IpAddr) -> Result<u32> {
@@ -477,12 +481,30 @@ fn network_entry(n: &NetworkPolicy) -> Option<(Key<NetworkKey>, NetworkInfo)> {
     ))
 }
 
-/// The IPv4 links: IPv6 has no `icc=false` policy in this dataplane yet, so no allow-list
-/// through it either.
-fn ipv4_links(links: &[LinkRule]) -> impl Iterator<Item = &LinkRule> {
-    links
-        .iter()
-        .filter(|link| link.from.is_ipv4() && link.to.is_ipv4())
+/// The links of each family, in `LINKS` and `LINKS6` by their keys.
+fn link_keys(
+    links: &[LinkRule],
+) -> (
+    std::collections::HashMap<LinkKey, u32>,
+    std::collections::HashMap<LinkKey6, u32>,
+) {
+    let (mut v4, mut v6) = (
+        std::collections::HashMap::new(),
+        std::collections::HashMap::new(),
+    );
+    for l in links {
+        match (l.from, l.to) {
+            (IpAddr::V4(from), IpAddr::V4(to)) => {
+                v4.insert(link_key(from, to, l), 1);
+            }
+            (IpAddr::V6(from), IpAddr::V6(to)) => {
+                v6.insert(link_key6(from, to, l), 1);
+            }
+            // The service pairs addresses of one family; a mixed pair opens nothing.
+            _ => {}
+        }
+    }
+    (v4, v6)
 }
 
 /// The NETWORKS6 entry of a network with an IPv6 subnet: its IPv6 masquerade setting in
@@ -511,15 +533,26 @@ fn network_entry6(n: &NetworkPolicy) -> Option<(Key<NetworkKey6>, NetworkInfo)> 
     ))
 }
 
-/// The allow-list key of a `--link` rule.
-fn link_key(l: &LinkRule) -> Result<LinkKey> {
-    Ok(LinkKey {
-        src_ip_be: ipv4_be(l.from)?,
-        dst_ip_be: ipv4_be(l.to)?,
+/// The allow-list key of an IPv4 `--link` rule.
+fn link_key(from: Ipv4Addr, to: Ipv4Addr, l: &LinkRule) -> LinkKey {
+    LinkKey {
+        src_ip_be: u32::from(from).to_be(),
+        dst_ip_be: u32::from(to).to_be(),
         dport_be: l.port.to_be(),
         proto: l.proto.ip_proto(),
         _pad: 0,
-    })
+    }
+}
+
+/// The allow-list key of an IPv6 `--link` rule.
+fn link_key6(from: Ipv6Addr, to: Ipv6Addr, l: &LinkRule) -> LinkKey6 {
+    LinkKey6 {
+        src_ip: from.octets(),
+        dst_ip: to.octets(),
+        dport_be: l.port.to_be(),
+        proto: l.proto.ip_proto(),
+        _pad: 0,
+    }
 }
 
 /// The cookie of this process's network namespace (`SO_NETNS_COOKIE`), what
@@ -1221,7 +1254,9 @@ impl EbpfDataplane {
         Ok(())
     }
 
-    /// Forgets the IPv6 published-port flows of a container that goes away.
+    /// Forgets the IPv6 flows of a container that goes away: its published-port flows and
+    /// its tracked ones (masqueraded, or through a `--link`), so that a container given the
+    /// address later inherits none.
     fn forget_flows6(&mut self, container_ip: Ipv6Addr) -> Result<()> {
         let ip = container_ip.octets();
         let mut flows: HashMap<&mut MapData, FlowKey6, NatFlow6> =
@@ -1732,29 +1767,13 @@ impl Dataplane for EbpfDataplane {
     }
 
     fn set_links(&mut self, links: &[LinkRule]) -> Result<()> {
-        let wanted: HashSet<LinkKey> = ipv4_links(links).map(link_key).collect::<Result<_>>()?;
+        let (wanted, wanted6) = link_keys(links);
         let mut map: HashMap<&mut MapData, LinkKey, u32> =
             HashMap::try_from(self.map_mut(LINKS)?).map_err(Error::dataplane(LINKS))?;
-        let present: Vec<LinkKey> = map
-            .keys()
-            .collect::<Result<_, _>>()
-            .map_err(Error::dataplane("listing the links"))?;
-        for key in &present {
-            if !wanted.contains(key) {
-                match map.remove(key) {
-                    Ok(()) => {}
-                    Err(e) if is_missing_key(&e) => {}
-                    Err(e) => return Err(Error::dataplane("removing a link")(e)),
-                }
-            }
-        }
-        for key in wanted {
-            if !present.contains(&key) {
-                map.insert(key, 1, 0)
-                    .map_err(Error::dataplane("adding a link"))?;
-            }
-        }
-        Ok(())
+        sync_hash_map(&mut map, &wanted, "link")?;
+        let mut map6: HashMap<&mut MapData, LinkKey6, u32> =
+            HashMap::try_from(self.map_mut(LINKS6)?).map_err(Error::dataplane(LINKS6))?;
+        sync_hash_map(&mut map6, &wanted6, "IPv6 link")
     }
 
     fn set_masquerade(
@@ -1999,10 +2018,11 @@ impl EbpfDataplane {
     }
 
     /// The slots the container programs tail-call: `container_ingress6` in
-    /// `CONTAINER_PROGRAMS`, `container_masquerade6` and `container_reply6` in
-    /// `CONTAINER6_PROGRAMS`, this agent's, put back if a slot was emptied or given another
-    /// program (`bpftool map`), which would leave every container's IPv6 (or its
-    /// masquerade, or its errors and fragmented replies) a counted drop.
+    /// `CONTAINER_PROGRAMS`, `container_masquerade6`, `container_link6` and
+    /// `container_reply6` in `CONTAINER6_PROGRAMS`, this agent's, put back if a slot was
+    /// emptied or given another program (`bpftool map`), which would leave every
+    /// container's IPv6 (or its masquerade, its links through `icc=false`, or its errors
+    /// and fragmented replies) a counted drop.
     fn repair_container_programs(&mut self, repaired: &mut Vec<Repaired>) -> Result<()> {
         let tail_called = CONTAINER6_TAIL_CALLS
             .iter()
@@ -2279,9 +2299,7 @@ impl EbpfDataplane {
                 what: format!("{FILTER_RULES6} rule {}", filters6[i].1.rule_id),
             });
         }
-        let links: std::collections::HashMap<LinkKey, u32> = ipv4_links(intended.links)
-            .map(|l| Ok((link_key(l)?, 1)))
-            .collect::<Result<_>>()?;
+        let (links, links6) = link_keys(intended.links);
         let mut map: HashMap<&mut MapData, LinkKey, u32> =
             HashMap::try_from(self.map_mut(LINKS)?).map_err(Error::dataplane(LINKS))?;
         for key in restore_entries(&mut map, &links, "link")? {
@@ -2291,6 +2309,19 @@ impl EbpfDataplane {
                     "{LINKS} {} -> {}:{}",
                     Ipv4Addr::from(u32::from_be(key.src_ip_be)),
                     Ipv4Addr::from(u32::from_be(key.dst_ip_be)),
+                    u16::from_be(key.dport_be)
+                ),
+            });
+        }
+        let mut map6: HashMap<&mut MapData, LinkKey6, u32> =
+            HashMap::try_from(self.map_mut(LINKS6)?).map_err(Error::dataplane(LINKS6))?;
+        for key in restore_entries(&mut map6, &links6, "IPv6 link")? {
+            repaired.push(Repaired {
+                kind: RepairKind::MapEntryRestored,
+                what: format!(
+                    "{LINKS6} {} -> [{}]:{}",
+                    Ipv6Addr::from(key.src_ip),
+                    Ipv6Addr::from(key.dst_ip),
                     u16::from_be(key.dport_be)
                 ),
             });

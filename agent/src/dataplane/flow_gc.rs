@@ -230,7 +230,7 @@ impl Collector {
         }
     }
 
-    /// Removes the idle flows of CONNTRACK6 (IPv6 masquerade): an entry goes, with its
+    /// Removes the idle flows of CONNTRACK6 (IPv6 masquerade and links): an entry goes, with its
     /// other direction, when both are idle (each is refreshed by its own direction's
     /// packets) or the other is gone.
     fn expire_conntrack6(&mut self, now: u64, pass: &mut Pass) {
