@@ -5,9 +5,12 @@
 //! counters of IPv4's (nat.rs); flows live in NAT_FLOWS6. What containers send otherwise
 //! is judged by the networks' IPv6 policy (isolation, icc, internal). On the uplink,
 //! fragments after the first follow their first fragment (frag6.rs) and ICMPv6 errors
-//! about published-port flows go to their container (icmp6.rs). The rest passes
+//! about published-port flows go to their container (icmp6.rs). A masquerading network's
+//! TCP, UDP and ICMPv6 echoes to the outside are masqueraded, and their replies and the
+//! ICMPv6 errors about them translated back on the uplink, in programs of their own
+//! (masquerade6.rs). The rest passes
 //! untouched: neighbour discovery, other ICMPv6, and what the parser does not walk into.
-//! No IPv6 masquerade, links or hairpin yet.
+//! No links or hairpin yet.
 //!
 //! IPv6 has no header checksum: a rewrite updates the transport checksum only, whose
 //! pseudo-header covers both addresses. A UDP datagram without a checksum (0) is invalid
@@ -29,10 +32,10 @@ use dataplane_common::{
     NETWORK_ICC, NETWORK_INTERNAL, NETWORK_MASQUERADE, NatFlow6, NetworkKey6, NodeAddrKey6,
     PortKey6, PortTarget6, csum,
     parse::{
-        ETH_HLEN, Frame, L4, L4_DPORT_OFF, L4_SPORT_OFF, Malformed,
+        ETH_HLEN, Frame, ICMP_ID_OFF, L4, L4_DPORT_OFF, L4_SPORT_OFF, Malformed,
         ipv6::{
             FRAGMENT_HLEN, IPV6_DST_OFF, IPV6_HLEN, IPV6_HOP_LIMIT_OFF, IPV6_SRC_OFF, Ipv6,
-            Parsed6, parse_ipv6,
+            Parsed6, icmp6_echo, parse_ipv6,
         },
     },
     stats::Stat,
@@ -65,13 +68,14 @@ fn headers_beyond_linear<F: Frame + ?Sized>(frame: &F, len: usize) -> bool {
     len > 0 && frame.load::<u8>(len - 1).is_none()
 }
 
-/// On an uplink (XDP or TC). `masquerade_reply` hands a reply of a masqueraded flow to
-/// the program that translates it (masquerade6.rs); `None`: not one.
+/// On an uplink (XDP or TC). `masquerade_reply` hands a reply of a masqueraded flow, an
+/// ICMPv6 echo reply, and an ICMPv6 error about no published-port flow, to the program
+/// that translates them (masquerade6.rs).
 #[inline(always)]
 pub fn uplink_ingress<P: Packet>(
     packet: &P,
     len: usize,
-    masquerade_reply: impl FnOnce(&Ipv6, &L4) -> Option<(Action, Stat)>,
+    masquerade_reply: impl FnOnce() -> (Action, Stat),
 ) -> (Action, Stat) {
     match parse_ipv6(packet, len) {
         Err(Malformed::Truncated) if headers_beyond_linear(packet, len) => {
@@ -81,27 +85,35 @@ pub fn uplink_ingress<P: Packet>(
         Ok(Parsed6::NotIpv6) => (Action::Pass, Stat::UplinkPassNotIpv4),
         // A fragment after the first follows its first fragment, or goes to the node.
         Ok(Parsed6::Fragment(ip)) => frag6::uplink_following(packet, &ip),
-        Ok(Parsed6::OtherProtocol(ip)) => match icmp6::uplink_error(packet, &ip) {
-            Some(verdict) => verdict,
-            None => (Action::Pass, Stat::UplinkPassNotTcpUdp),
-        },
-        Ok(Parsed6::Transport(ip, l4)) => match masquerade_reply(&ip, &l4) {
-            Some(verdict) => verdict,
-            None => from_outside(packet, &ip, &l4, len),
+        Ok(Parsed6::OtherProtocol(ip)) => {
+            match icmp6::uplink_error(packet, &ip, icmp6::published) {
+                Some(verdict) => verdict,
+                // Echo replies and the other errors are looked up there: this program has no
+                // stack left for them.
+                None if masquerade6::may_answer(packet, &ip) => masquerade_reply(),
+                None => (Action::Pass, Stat::UplinkPassNotTcpUdp),
+            }
+        }
+        // Not a guard: bound by reference there, the headers would be copied to the stack
+        // and lose the bounds the verifier knows of their offsets.
+        Ok(Parsed6::Transport(ip, l4)) => match masquerade6::is_reply(&ip, &l4) {
+            true => masquerade_reply(),
+            false => from_outside(packet, &ip, &l4, len),
         },
     }
 }
 
 /// The port mapping a packet to `dst`:`port_be` hits: one bound to that exact address
 /// first, then one bound to every node address when `dst` is one of them, `[::1]`
-/// counting as one when `loopback_is_node` (sockets on the node itself).
+/// counting as one when `loopback_is_node` (sockets on the node itself). The target where
+/// it lies in the map: the ICMPv6 errors' path has no stack for a copy beside its others.
 #[inline(always)]
 pub(crate) fn published_target(
     dst: &[u8; 16],
     port_be: u16,
     proto: u8,
     loopback_is_node: bool,
-) -> Option<PortTarget6> {
+) -> Option<&'static PortTarget6> {
     // One key, its address cleared for the second lookup: the uplink program is short of
     // stack.
     let mut key = PortKey6 {
@@ -110,9 +122,10 @@ pub(crate) fn published_target(
         proto,
         _pad: 0,
     };
-    // SAFETY: values are plain data copied out at once.
+    // SAFETY: map values of plain data, read in place (the agent replaces a target
+    // whole, never field by field).
     if let Some(target) = unsafe { PUBLISHED_PORTS6.get(&key) } {
-        return Some(*target);
+        return Some(target);
     }
     // SAFETY: as above.
     let node_address = unsafe { NODE_ADDRS6.get(&NodeAddrKey6 { addr: *dst }) }.is_some();
@@ -121,7 +134,7 @@ pub(crate) fn published_target(
     }
     key.host_ip = [0; 16];
     // SAFETY: as above.
-    unsafe { PUBLISHED_PORTS6.get(&key) }.copied()
+    unsafe { PUBLISHED_PORTS6.get(&key) }
 }
 
 /// Whether a packet from `src` to published `host_port_be`/`proto` may pass, as
@@ -214,7 +227,9 @@ fn from_outside<P: Packet>(packet: &P, ip: &Ipv6, l4: &L4, len: usize) -> (Actio
     if ip.dst == LOOPBACK {
         return (Action::Pass, Stat::UplinkPassLoopbackDestination);
     }
-    let Some(target) = published_target(&ip.dst, l4.dport_be, ip.protocol, false) else {
+    // A copy: read in place, its fields would leave the verifier no bounds on the offsets
+    // this path keeps (the registers are spent differently).
+    let Some(&target) = published_target(&ip.dst, l4.dport_be, ip.protocol, false) else {
         return (Action::Pass, Stat::UplinkPassNotPublished);
     };
     if !source_allowed(&ip.src, l4.dport_be, ip.protocol, len) {
@@ -314,7 +329,7 @@ pub(crate) fn to_target<P: Packet>(packet: &P, ip: &Ipv6, l4: &L4, to: &PortTarg
     )?;
     packet.store(ETH_HLEN + IPV6_HOP_LIMIT_OFF, ip.hop_limit - 1)?;
     packet.store(ETH_HLEN + IPV6_DST_OFF, to.container_ip)?;
-    packet.store(ip.l4_offset() + L4_DPORT_OFF, to.container_port_be)?;
+    packet.store(port_offset(ip, L4_DPORT_OFF), to.container_port_be)?;
     packet.store(0, to.container_mac)?;
     packet.store(6, to.host_veth_mac)
 }
@@ -398,7 +413,18 @@ pub(crate) fn rewrite_source(
     )?;
     ctx.store(ETH_HLEN + IPV6_HOP_LIMIT_OFF, &(ip.hop_limit - 1), 0)?;
     ctx.store(ETH_HLEN + IPV6_SRC_OFF, new_ip, 0)?;
-    ctx.store(ip.l4_offset() + L4_SPORT_OFF, &new_port_be, 0)
+    ctx.store(port_offset(ip, L4_SPORT_OFF), &new_port_be, 0)
+}
+
+/// Offset in the frame of the transport port at `field` (source or destination) of a
+/// tracked packet; an ICMPv6 echo's identifier, which stands for either.
+#[inline(always)]
+fn port_offset(ip: &Ipv6, field: usize) -> usize {
+    let field = match ip.protocol {
+        IPPROTO_ICMPV6 => ICMP_ID_OFF,
+        _ => field,
+    };
+    ip.l4_offset() + field
 }
 
 /// A FIB lookup from `src` to `dst` for a container's packet: the helper's answer, the
@@ -508,8 +534,8 @@ pub fn container_ingress(ctx: &TcContext, len: usize) -> (i32, Stat) {
 /// translated flow, as policy.rs's `classify` does for IPv4: the node (its addresses,
 /// multicast, neighbour discovery on the link) is reachable, the sender's own network as
 /// `icc` says, other networks never, the outside unless the network is internal: TCP and
-/// UDP (`l4`) masqueraded when the network's IPv6 masquerades (masquerade6.rs), the rest
-/// routed with the container's own address. There is no `--link` allow-list for IPv6
+/// UDP (`l4`) and ICMPv6 echo requests masqueraded when the network's IPv6 masquerades
+/// (masquerade6.rs), the rest routed with the container's own address, as IPv4's. There is no `--link` allow-list for IPv6
 /// yet: with `icc=false` nothing passes between containers.
 #[inline(always)]
 fn policy(ctx: &TcContext, ip: &Ipv6, l4: Option<&L4>) -> (i32, Stat) {
@@ -537,9 +563,10 @@ fn policy(ctx: &TcContext, ip: &Ipv6, l4: Option<&L4>) -> (i32, Stat) {
         Some(true) => (TC_ACT_SHOT, Stat::ContainerDropPolicyIcc),
         Some(false) => (TC_ACT_SHOT, Stat::ContainerDropIsolation),
         None if source.flags & NETWORK_INTERNAL != 0 => (TC_ACT_SHOT, Stat::ContainerDropInternal),
-        None => match l4 {
-            Some(_) if source.flags & NETWORK_MASQUERADE != 0 => masquerade6::hand_over(ctx),
-            _ => (TC_ACT_OK, Stat::ContainerPassOutside),
-        },
+        None if source.flags & NETWORK_MASQUERADE == 0 => (TC_ACT_OK, Stat::ContainerPassOutside),
+        None if l4.is_some() || icmp6_echo(&TcFrame(ctx), ip, true).is_some() => {
+            masquerade6::hand_over(ctx)
+        }
+        None => (TC_ACT_OK, Stat::ContainerPassOutside),
     }
 }
