@@ -3,10 +3,9 @@
 //!
 //! - on the uplink, an error about a packet that a container sent through an IPv6
 //!   published port or masquerade goes back to that container, its quote translated back
-//!   too, so that
-//!   its socket sees "connection refused" and its TCP learns the path MTU from a router's
-//!   "packet too big" (IPv6 routers never fragment: without this, a container's full-size
-//!   segments to a client behind a smaller MTU are lost for good).
+//!   too, so that its socket sees "connection refused" and its TCP learns the path MTU
+//!   from a router's "packet too big" (IPv6 routers never fragment: without this, a
+//!   container's full-size segments to a client behind a smaller MTU are lost for good).
 //!
 //! An error that matches no flow is left alone. The quote is walked as a packet is
 //! (`parse::ipv6::icmp6_error`: extension headers included). ICMPv6's checksum covers a

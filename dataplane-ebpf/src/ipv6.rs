@@ -8,9 +8,8 @@
 //! about published-port flows go to their container (icmp6.rs). A masquerading network's
 //! TCP, UDP and ICMPv6 echoes to the outside are masqueraded, and their replies and the
 //! ICMPv6 errors about them translated back on the uplink, in programs of their own
-//! (masquerade6.rs). The rest passes
-//! untouched: neighbour discovery, other ICMPv6, and what the parser does not walk into.
-//! No links or hairpin yet.
+//! (masquerade6.rs). The rest passes untouched: neighbour discovery, other ICMPv6, and
+//! what the parser does not walk into. No links or hairpin yet.
 //!
 //! IPv6 has no header checksum: a rewrite updates the transport checksum only, whose
 //! pseudo-header covers both addresses. A UDP datagram without a checksum (0) is invalid
@@ -105,8 +104,8 @@ pub fn uplink_ingress<P: Packet>(
 
 /// The port mapping a packet to `dst`:`port_be` hits: one bound to that exact address
 /// first, then one bound to every node address when `dst` is one of them, `[::1]`
-/// counting as one when `loopback_is_node` (sockets on the node itself). The target where
-/// it lies in the map: the ICMPv6 errors' path has no stack for a copy beside its others.
+/// counting as one when `loopback_is_node` (sockets on the node itself). The target is
+/// returned in place in the map: the ICMPv6 errors' path has no stack left for a copy.
 #[inline(always)]
 pub(crate) fn published_target(
     dst: &[u8; 16],
@@ -535,8 +534,9 @@ pub fn container_ingress(ctx: &TcContext, len: usize) -> (i32, Stat) {
 /// multicast, neighbour discovery on the link) is reachable, the sender's own network as
 /// `icc` says, other networks never, the outside unless the network is internal: TCP and
 /// UDP (`l4`) and ICMPv6 echo requests masqueraded when the network's IPv6 masquerades
-/// (masquerade6.rs), the rest routed with the container's own address, as IPv4's. There is no `--link` allow-list for IPv6
-/// yet: with `icc=false` nothing passes between containers.
+/// (masquerade6.rs), the rest routed with the container's own address, as IPv4's. There
+/// is no `--link` allow-list for IPv6 yet: with `icc=false` nothing passes between
+/// containers.
 #[inline(always)]
 fn policy(ctx: &TcContext, ip: &Ipv6, l4: Option<&L4>) -> (i32, Stat) {
     let Some(source) = NETWORKS6.get(&Key::new(128, NetworkKey6 { addr: ip.src })) else {

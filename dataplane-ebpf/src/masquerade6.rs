@@ -1,8 +1,9 @@
-//! IPv6 masquerade, as Docker 27 does it with ip6tables: a container's TCP or UDP flow to
-//! the outside of a masquerading network leaves with the IPv6 address of the interface the
-//! route picks (MASQUERADE_SOURCES6) and a source port picked as conntrack.rs picks IPv4's
-//! (the container's own when free, else random probes of the same range, never one a node
-//! socket holds); its replies go straight back to the container's veth from the uplink.
+//! IPv6 masquerade, as Docker 27 does it with ip6tables: a container's TCP or UDP flow or
+//! ICMPv6 echo (by identifier, as IPv4's pings) to the outside of a masquerading network
+//! leaves with the IPv6 address of the interface the route picks (MASQUERADE_SOURCES6) and
+//! a source port picked as conntrack.rs picks IPv4's (the container's own when free, else
+//! random probes of the same range, never one a node socket holds); its replies, and the
+//! ICMPv6 errors about it, go straight back to the container's veth from the uplink.
 //! Flows live in CONNTRACK6, a second [`CtTable`](crate::flowtable::CtTable) with IPv4's
 //! states, early drop and idle expiry.
 //!
@@ -11,7 +12,7 @@
 //! which parses the packet again: `container_ingress6` uses 416
 //! of its 512 bytes of stack for parsing, published-port replies and policy, and the port
 //! search with its socket lookups, FIB lookups and early drop needs more than the rest.
-//! On the uplinks the replies are translated in programs of their own as well
+//! On the uplinks the replies and errors are translated in programs of their own as well
 //! (`uplink_masquerade6`, `uplink_masquerade6_tc`, `uplink_masquerade6_l3`), reached from
 //! the uplinks' IPv6 programs, which have no stack left for it. Keys and entries are built
 //! in the per-CPU [`CONNTRACK6_SCRATCH`], never on the stack: with 16-byte addresses a
@@ -281,9 +282,8 @@ enum PortTried {
 /// Tries source port `port_be` for the new flow in `record`: free when no flow's replies
 /// come to it (a closing one gives way to a TCP SYN, as TIME_WAIT reuse) and no node
 /// socket takes them (an echo identifier is no socket's port, as for IPv4's pings). A BPF
-/// subprogram rather than inlined: the port search's loop is
-/// unrolled, and each copy of this body would keep its values in stack slots of its own,
-/// past 512 bytes.
+/// subprogram rather than inlined: the port search's loop is unrolled, and each copy of
+/// this body would keep its values in stack slots of its own, past 512 bytes.
 #[inline(never)]
 fn try_port(
     ctx: &TcContext,
