@@ -357,9 +357,45 @@ pub struct Quoted<Addr = u32> {
     pub sport_be: u16,
     pub dport_be: u16,
     /// The quoted transport checksum when it lies within the 8 quoted bytes and is in use
-    /// (UDP with a checksum, ICMP echo): its offset in the frame and value. TCP's lies
-    /// past them and is left alone, as netfilter does with a short quote.
-    pub l4_check: Option<(usize, u16)>,
+    /// (UDP with a checksum, ICMP echo). TCP's lies past them and is left alone, as
+    /// netfilter does with a short quote.
+    pub l4_check: QuotedCheck,
+}
+
+/// Where a quoted transport checksum is and its value, if [`QuotedCheck::get`] finds one.
+/// Not an `Option`: a `None` kept in a struct leaves its payload undefined, which the BPF
+/// compiler may fill from any register, a packet pointer too, and the verifier refuses a
+/// pointer stored in part.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct QuotedCheck {
+    /// Offset in the frame; 0 (inside the Ethernet header, never a checksum's) for none.
+    offset: usize,
+    value: u16,
+}
+
+impl QuotedCheck {
+    pub const NONE: Self = Self {
+        offset: 0,
+        value: 0,
+    };
+
+    #[inline(always)]
+    fn at(offset: usize, value: u16) -> Self {
+        Self { offset, value }
+    }
+
+    /// The checksum's offset in the frame and its value, when it is in use.
+    #[inline(always)]
+    pub fn get(&self) -> Option<(usize, u16)> {
+        (self.offset != 0).then_some((self.offset, self.value))
+    }
+}
+
+/// For userspace models of the parser (its fuzz tests), which think in `Option`s.
+impl From<Option<(usize, u16)>> for QuotedCheck {
+    fn from(check: Option<(usize, u16)>) -> Self {
+        check.map_or(Self::NONE, |(offset, value)| Self::at(offset, value))
+    }
 }
 
 impl<Addr> Quoted<Addr> {
@@ -442,7 +478,7 @@ pub fn icmp_error<F: Frame + ?Sized>(frame: &F, ip: &Ipv4) -> Option<IcmpError> 
 
 /// What [`quoted_ports`] finds: source and destination port (or echo identifier) and the
 /// quoted checksum's offset and value when it is in use.
-pub(crate) type QuotedPorts = (u16, u16, Option<(usize, u16)>);
+pub(crate) type QuotedPorts = (u16, u16, QuotedCheck);
 
 /// The ports of a quoted packet whose transport header is at `l4_offset`, or the echo
 /// identifier in their place as [`icmp_echo`] puts it, and its checksum when it lies within
@@ -459,10 +495,13 @@ pub(crate) fn quoted_ports<F: Frame + ?Sized>(
     let l4: [u8; ICMP_QUOTED_L4] = frame.load(l4_offset)?;
     let word = |at: usize| u16::from_ne_bytes([l4[at], l4[at + 1]]);
     match protocol {
-        IPPROTO_TCP => Some((word(L4_SPORT_OFF), word(L4_DPORT_OFF), None)),
+        IPPROTO_TCP => Some((word(L4_SPORT_OFF), word(L4_DPORT_OFF), QuotedCheck::NONE)),
         IPPROTO_UDP => {
             let check = word(UDP_CHECK_OFF);
-            let l4_check = (check != 0).then_some((l4_offset + UDP_CHECK_OFF, check));
+            let l4_check = match check {
+                0 => QuotedCheck::NONE,
+                _ => QuotedCheck::at(l4_offset + UDP_CHECK_OFF, check),
+            };
             Some((word(L4_SPORT_OFF), word(L4_DPORT_OFF), l4_check))
         }
         _ if protocol == icmp
@@ -470,7 +509,7 @@ pub(crate) fn quoted_ports<F: Frame + ?Sized>(
             && (l4[0] == echo_request || l4[0] == echo_reply_of(echo_request)) =>
         {
             let id = word(ICMP_ID_OFF);
-            let l4_check = Some((l4_offset + ICMP_CHECK_OFF, word(ICMP_CHECK_OFF)));
+            let l4_check = QuotedCheck::at(l4_offset + ICMP_CHECK_OFF, word(ICMP_CHECK_OFF));
             match l4[0] == echo_request {
                 true => Some((id, 0, l4_check)),
                 false => Some((0, id, l4_check)),
@@ -713,7 +752,7 @@ mod tests {
                 assert_eq!((e.icmp_type, e.code), (icmp_type, code));
                 assert_eq!(e.check_offset, ETH_HLEN + 20 + ICMP_CHECK_OFF);
                 assert_eq!((q.offset, q.header_len), (ETH_HLEN + 28, 20 + options));
-                assert_eq!((q.protocol, q.l4_check), (IPPROTO_TCP, None));
+                assert_eq!((q.protocol, q.l4_check.get()), (IPPROTO_TCP, None));
                 assert_eq!(q.src_be, u32::from_ne_bytes([198, 51, 100, 2]));
                 assert_eq!(q.dst_be, u32::from_ne_bytes([198, 51, 100, 1]));
                 assert_eq!(
@@ -730,18 +769,18 @@ mod tests {
         let f = icmp_error_frame(ICMP_DEST_UNREACH, 3, &quotable(0, IPPROTO_UDP, 0x5555), 8);
         let q = parse_icmp_error(&f).expect("udp").quoted;
         assert_eq!(
-            q.l4_check,
+            q.l4_check.get(),
             Some((ETH_HLEN + 28 + 20 + UDP_CHECK_OFF, 0x5555))
         );
         let f = icmp_error_frame(ICMP_DEST_UNREACH, 3, &quotable(0, IPPROTO_UDP, 0), 8);
-        assert_eq!(parse_icmp_error(&f).expect("udp").quoted.l4_check, None);
+        assert_eq!(parse_icmp_error(&f).expect("udp").quoted.l4_check.get(), None);
         // An echo request: the identifier is the source "port".
         let f = icmp_error_frame(ICMP_TIME_EXCEEDED, 0, &quotable(0, IPPROTO_ICMP, 0), 8);
         let q = parse_icmp_error(&f).expect("echo").quoted;
         assert_eq!((q.sport_be, q.dport_be), (0xabcdu16.to_be(), 0));
         assert_eq!(q.port_offset(true), ETH_HLEN + 28 + 20 + ICMP_ID_OFF);
         assert_eq!(
-            q.l4_check,
+            q.l4_check.get(),
             Some((ETH_HLEN + 28 + 20 + ICMP_CHECK_OFF, 0x3412))
         );
     }
@@ -839,7 +878,7 @@ mod tests {
                     assert!(q.header_len >= IPV4_MIN_HLEN);
                     assert!(q.l4_offset() + ICMP_QUOTED_L4 <= end);
                     assert!(q.port_offset(true) + 2 <= end && q.port_offset(false) + 2 <= end);
-                    if let Some((at, _)) = q.l4_check {
+                    if let Some((at, _)) = q.l4_check.get() {
                         assert!(at + 2 <= end);
                     }
                 }

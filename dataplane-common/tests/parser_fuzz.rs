@@ -377,7 +377,7 @@ fn check_offsets(frame: &[u8], len: usize) -> Result<(), TestCaseError> {
         used.push(("quoted transport", q.l4_offset(), 8));
         used.push(("quoted source port", q.port_offset(true), 2));
         used.push(("quoted destination port", q.port_offset(false), 2));
-        if let Some((at, _)) = q.l4_check {
+        if let Some((at, _)) = q.l4_check.get() {
             used.push(("quoted checksum", at, 2));
         }
     }
@@ -417,7 +417,7 @@ fn check_offsets6(frame: &[u8], len: usize) -> Result<(), TestCaseError> {
         used.push(("quoted transport", q.l4_offset(), 8));
         used.push(("quoted source port", q.port_offset(true), 2));
         used.push(("quoted destination port", q.port_offset(false), 2));
-        if let Some((at, _)) = q.l4_check {
+        if let Some((at, _)) = q.l4_check.get() {
             used.push(("quoted checksum", at, 2));
         }
     }
@@ -838,7 +838,7 @@ fn reference_error(segment: &[u8], l4_offset: usize) -> Option<IcmpError> {
             ip_check: raw16(quote, 10),
             sport_be,
             dport_be,
-            l4_check,
+            l4_check: l4_check.into(),
         },
     })
 }
@@ -895,7 +895,7 @@ fn reference_error6(segment: &[u8], l4_offset: usize) -> Option<IcmpError<[u8; 1
             ip_check: 0,
             sport_be,
             dport_be,
-            l4_check,
+            l4_check: l4_check.into(),
         },
     })
 }

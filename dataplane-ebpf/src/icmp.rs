@@ -171,7 +171,7 @@ fn rewrite_to_origin<P: Packet>(
     icmp(q.src_be, origin.ip_be, 4)?;
     icmp(u32::from(q.ip_check), u32::from(ip_check), 2)?;
     icmp(u32::from(q.sport_be), u32::from(origin.port_be), 2)?;
-    if let Some((at, old)) = q.l4_check {
+    if let Some((at, old)) = q.l4_check.get() {
         let address = csum::diff4(q.src_be, origin.ip_be);
         let port = csum::diff2(q.sport_be, origin.port_be);
         let new = quoted_l4_check(q.protocol, old, address, port);
@@ -287,7 +287,7 @@ fn rewrite_to_seen(ctx: &TcContext, ip: &Ipv4, error: &IcmpError, seen: &Seen) -
     icmp(u64::from(q.dst_be), u64::from(seen.ip_be), 4)?;
     icmp(u64::from(q.ip_check), u64::from(ip_check), 2)?;
     icmp(u64::from(q.dport_be), u64::from(seen.port_be), 2)?;
-    if let Some((at, old)) = q.l4_check {
+    if let Some((at, old)) = q.l4_check.get() {
         let address = csum::diff4(q.dst_be, seen.ip_be);
         let port = csum::diff2(q.dport_be, seen.port_be);
         let new = quoted_l4_check(q.protocol, old, address, port);

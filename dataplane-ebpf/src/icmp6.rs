@@ -2,10 +2,10 @@
 //! exceeded, parameter problem), as icmp.rs does for IPv4 and as ip6tables' NAT does:
 //!
 //! - on the uplink, an error about a packet that a container sent through an IPv6
-//!   published port goes back to that container, its quote translated back too, so that
-//!   its socket sees "connection refused" and its TCP learns the path MTU from a router's
-//!   "packet too big" (IPv6 routers never fragment: without this, a container's full-size
-//!   segments to a client behind a smaller MTU are lost for good);
+//!   published port or masquerade goes back to that container, its quote translated back
+//!   too, so that its socket sees "connection refused" and its TCP learns the path MTU
+//!   from a router's "packet too big" (IPv6 routers never fragment: without this, a
+//!   container's full-size segments to a client behind a smaller MTU are lost for good);
 //! - at the container's veth (in `container_reply6`), an error that a container sends about
 //!   a packet it received through a published port (its UDP port closed, its own smaller
 //!   MTU) leaves from the published address, the quote showing the published address and
@@ -16,7 +16,7 @@
 //! pseudo-header, so a change of the outer address updates it as well as every change in
 //! the quote does; IPv6 has no header checksum to update.
 //!
-//! The uplink program has little stack left: addresses are used where they lie (the
+//! The uplink programs have little stack left: addresses are used where they lie (the
 //! packet, the map values), not copied into structures of their own.
 
 use aya_ebpf::{bindings::TC_ACT_SHOT, programs::TcContext};
@@ -43,7 +43,7 @@ type Address = [u8; 16];
 /// The published port whose flow's reply (published address and port → client) is
 /// quoted: its container is the flow's.
 #[inline(always)]
-fn published(q: &Quoted<Address>) -> Option<PortTarget6> {
+pub(crate) fn published(q: &Quoted<Address>) -> Option<&'static PortTarget6> {
     if q.protocol != IPPROTO_TCP && q.protocol != IPPROTO_UDP {
         return None;
     }
@@ -65,19 +65,25 @@ fn published(q: &Quoted<Address>) -> Option<PortTarget6> {
     Some(target)
 }
 
-/// On the uplink: an ICMPv6 error about a packet a container sent goes back to it.
-/// `None`: not an ICMPv6 error about one of our flows.
+/// On the uplink: an ICMPv6 error about a packet a container sent goes back to it, to the
+/// container end `origin_of` finds for the quote: [`published`] (in the uplinks' IPv6
+/// programs) or a masqueraded flow's (masquerade6.rs, in the masquerade programs they
+/// hand the other errors to). `None`: not an ICMPv6 error about such a flow.
 #[inline(always)]
-pub fn uplink_error<P: Packet>(packet: &P, ip: &Ipv6) -> Option<(Action, Stat)> {
+pub fn uplink_error<P: Packet>(
+    packet: &P,
+    ip: &Ipv6,
+    origin_of: impl FnOnce(&Quoted<Address>) -> Option<&'static PortTarget6>,
+) -> Option<(Action, Stat)> {
     // Borrowed where the parser left it: moved out, it would take its size again.
     let parsed = icmp6_error(packet, ip);
     let error = parsed.as_ref()?;
-    let origin = published(&error.quoted)?;
+    let origin = origin_of(&error.quoted)?;
     // We forward the error, so we act as a router: an expiring hop limit ends here.
     if ip.hop_limit <= 1 {
         return Some((Action::Drop, Stat::UplinkDropTtlExpired));
     }
-    if rewrite_to_origin(packet, ip, error, &origin).is_none() {
+    if rewrite_to_origin(packet, ip, error, origin).is_none() {
         return Some((Action::Drop, Stat::UplinkDropMalformed));
     }
     Some((
@@ -103,7 +109,7 @@ fn rewrite_to_origin<P: Packet>(
     let new_port = origin.container_port_be;
     let port = csum::diff2(q.sport_be, new_port);
     let mut quote = address + port;
-    if let Some((at, old)) = q.l4_check {
+    if let Some((at, old)) = q.l4_check.get() {
         let new = quoted_l4_check(q.protocol, old, address, port);
         quote += csum::diff2(old, new);
         packet.store(at, new)?;
@@ -200,7 +206,7 @@ fn rewrite_to_published<P: Packet>(
     let new_port = nat.frontend_port_be;
     let port = csum::diff2(q.dport_be, new_port);
     let mut quote = address + port;
-    if let Some((at, old)) = q.l4_check {
+    if let Some((at, old)) = q.l4_check.get() {
         let new = quoted_l4_check(q.protocol, old, address, port);
         quote += csum::diff2(old, new);
         packet.store(at, new)?;

@@ -5,12 +5,15 @@
 //! counters of IPv4's (nat.rs); flows live in NAT_FLOWS6. What containers send otherwise
 //! is judged by the networks' IPv6 policy (isolation, icc and links, internal). On the uplink,
 //! fragments after the first follow their first fragment (frag6.rs) and ICMPv6 errors
-//! about published-port flows go to their container (icmp6.rs). The rest passes
-//! untouched: neighbour discovery, other ICMPv6, and what the parser does not walk into.
-//! At a container's veth the same two go the other way, in a program of their own
-//! (`container_reply6`, reached by tail call: `container_ingress6` has no stack left for
-//! them): a container's ICMPv6 errors about published-port flows leave as the client knows
-//! the flow (icmp6.rs), and the fragments of a fragmented reply follow its first fragment
+//! about published-port flows go to their container (icmp6.rs). A masquerading network's
+//! TCP, UDP and ICMPv6 echoes to the outside are masqueraded, and their replies and the
+//! ICMPv6 errors about them translated back on the uplink, in programs of their own
+//! (masquerade6.rs). The rest passes untouched: neighbour discovery, other ICMPv6, and
+//! what the parser does not walk into. At a container's veth the published-port errors
+//! and fragments go the other way, in a program of their own (`container_reply6`,
+//! reached by tail call: `container_ingress6` has no stack left for them): a container's
+//! ICMPv6 errors about published-port flows leave as the client knows the flow
+//! (icmp6.rs), and the fragments of a fragmented reply follow its first fragment
 //! (frag6.rs). No IPv6 hairpin yet.
 //!
 //! IPv6 has no header checksum: a rewrite updates the transport checksum only, whose
@@ -33,10 +36,10 @@ use dataplane_common::{
     IPPROTO_ICMPV6, IPPROTO_UDP, NETWORK_ICC, NETWORK_INTERNAL, NETWORK_MASQUERADE, NatFlow6,
     NetworkKey6, NodeAddrKey6, PortKey6, PortTarget6, csum,
     parse::{
-        ETH_HLEN, Frame, L4, L4_DPORT_OFF, L4_SPORT_OFF, Malformed,
+        ETH_HLEN, Frame, ICMP_ID_OFF, L4, L4_DPORT_OFF, L4_SPORT_OFF, Malformed,
         ipv6::{
             FRAGMENT_HLEN, IPV6_DST_OFF, IPV6_HLEN, IPV6_HOP_LIMIT_OFF, IPV6_SRC_OFF, Ipv6,
-            Parsed6, parse_ipv6,
+            Parsed6, icmp6_echo, parse_ipv6,
         },
     },
     stats::Stat,
@@ -72,13 +75,14 @@ fn headers_beyond_linear<F: Frame + ?Sized>(frame: &F, len: usize) -> bool {
     len > 0 && frame.load::<u8>(len - 1).is_none()
 }
 
-/// On an uplink (XDP or TC). `masquerade_reply` hands a reply of a masqueraded flow to
-/// the program that translates it (masquerade6.rs); `None`: not one.
+/// On an uplink (XDP or TC). `masquerade_reply` hands a reply of a masqueraded flow, an
+/// ICMPv6 echo reply, and an ICMPv6 error about no published-port flow, to the program
+/// that translates them (masquerade6.rs).
 #[inline(always)]
 pub fn uplink_ingress<P: Packet>(
     packet: &P,
     len: usize,
-    masquerade_reply: impl FnOnce(&Ipv6, &L4) -> Option<(Action, Stat)>,
+    masquerade_reply: impl FnOnce() -> (Action, Stat),
 ) -> (Action, Stat) {
     match parse_ipv6(packet, len) {
         Err(Malformed::Truncated) if headers_beyond_linear(packet, len) => {
@@ -88,27 +92,35 @@ pub fn uplink_ingress<P: Packet>(
         Ok(Parsed6::NotIpv6) => (Action::Pass, Stat::UplinkPassNotIpv4),
         // A fragment after the first follows its first fragment, or goes to the node.
         Ok(Parsed6::Fragment(ip)) => frag6::uplink_following(packet, &ip),
-        Ok(Parsed6::OtherProtocol(ip)) => match icmp6::uplink_error(packet, &ip) {
-            Some(verdict) => verdict,
-            None => (Action::Pass, Stat::UplinkPassNotTcpUdp),
-        },
-        Ok(Parsed6::Transport(ip, l4)) => match masquerade_reply(&ip, &l4) {
-            Some(verdict) => verdict,
-            None => from_outside(packet, &ip, &l4, len),
+        Ok(Parsed6::OtherProtocol(ip)) => {
+            match icmp6::uplink_error(packet, &ip, icmp6::published) {
+                Some(verdict) => verdict,
+                // Echo replies and the other errors are looked up there: this program has no
+                // stack left for them.
+                None if masquerade6::may_answer(packet, &ip) => masquerade_reply(),
+                None => (Action::Pass, Stat::UplinkPassNotTcpUdp),
+            }
+        }
+        // Not a guard: bound by reference there, the headers would be copied to the stack
+        // and lose the bounds the verifier knows of their offsets.
+        Ok(Parsed6::Transport(ip, l4)) => match masquerade6::is_reply(&ip, &l4) {
+            true => masquerade_reply(),
+            false => from_outside(packet, &ip, &l4, len),
         },
     }
 }
 
 /// The port mapping a packet to `dst`:`port_be` hits: one bound to that exact address
 /// first, then one bound to every node address when `dst` is one of them, `[::1]`
-/// counting as one when `loopback_is_node` (sockets on the node itself).
+/// counting as one when `loopback_is_node` (sockets on the node itself). The target is
+/// returned in place in the map: the ICMPv6 errors' path has no stack left for a copy.
 #[inline(always)]
 pub(crate) fn published_target(
     dst: &[u8; 16],
     port_be: u16,
     proto: u8,
     loopback_is_node: bool,
-) -> Option<PortTarget6> {
+) -> Option<&'static PortTarget6> {
     // One key, its address cleared for the second lookup: the uplink program is short of
     // stack.
     let mut key = PortKey6 {
@@ -117,9 +129,10 @@ pub(crate) fn published_target(
         proto,
         _pad: 0,
     };
-    // SAFETY: values are plain data copied out at once.
+    // SAFETY: map values of plain data, read in place (the agent replaces a target
+    // whole, never field by field).
     if let Some(target) = unsafe { PUBLISHED_PORTS6.get(&key) } {
-        return Some(*target);
+        return Some(target);
     }
     // SAFETY: as above.
     let node_address = unsafe { NODE_ADDRS6.get(&NodeAddrKey6 { addr: *dst }) }.is_some();
@@ -128,7 +141,7 @@ pub(crate) fn published_target(
     }
     key.host_ip = [0; 16];
     // SAFETY: as above.
-    unsafe { PUBLISHED_PORTS6.get(&key) }.copied()
+    unsafe { PUBLISHED_PORTS6.get(&key) }
 }
 
 /// Whether a packet from `src` to published `host_port_be`/`proto` may pass, as
@@ -221,7 +234,9 @@ fn from_outside<P: Packet>(packet: &P, ip: &Ipv6, l4: &L4, len: usize) -> (Actio
     if ip.dst == LOOPBACK {
         return (Action::Pass, Stat::UplinkPassLoopbackDestination);
     }
-    let Some(target) = published_target(&ip.dst, l4.dport_be, ip.protocol, false) else {
+    // A copy: read in place, its fields would leave the verifier no bounds on the offsets
+    // this path keeps (the registers are spent differently).
+    let Some(&target) = published_target(&ip.dst, l4.dport_be, ip.protocol, false) else {
         return (Action::Pass, Stat::UplinkPassNotPublished);
     };
     if !source_allowed(&ip.src, l4.dport_be, ip.protocol, len) {
@@ -330,7 +345,7 @@ pub(crate) fn to_target<P: Packet>(packet: &P, ip: &Ipv6, l4: &L4, to: &PortTarg
     )?;
     packet.store(ETH_HLEN + IPV6_HOP_LIMIT_OFF, ip.hop_limit - 1)?;
     packet.store(ETH_HLEN + IPV6_DST_OFF, to.container_ip)?;
-    packet.store(ip.l4_offset() + L4_DPORT_OFF, to.container_port_be)?;
+    packet.store(port_offset(ip, L4_DPORT_OFF), to.container_port_be)?;
     packet.store(0, to.container_mac)?;
     packet.store(6, to.host_veth_mac)
 }
@@ -421,7 +436,18 @@ pub(crate) fn rewrite_source(
     )?;
     ctx.store(ETH_HLEN + IPV6_HOP_LIMIT_OFF, &(ip.hop_limit - 1), 0)?;
     ctx.store(ETH_HLEN + IPV6_SRC_OFF, new_ip, 0)?;
-    ctx.store(ip.l4_offset() + L4_SPORT_OFF, &new_port_be, 0)
+    ctx.store(port_offset(ip, L4_SPORT_OFF), &new_port_be, 0)
+}
+
+/// Offset in the frame of the transport port at `field` (source or destination) of a
+/// tracked packet; an ICMPv6 echo's identifier, which stands for either.
+#[inline(always)]
+fn port_offset(ip: &Ipv6, field: usize) -> usize {
+    let field = match ip.protocol {
+        IPPROTO_ICMPV6 => ICMP_ID_OFF,
+        _ => field,
+    };
+    ip.l4_offset() + field
 }
 
 /// A FIB lookup from `src` to `dst` for a container's packet: the helper's answer, the
@@ -523,13 +549,22 @@ pub fn container_ingress(ctx: &TcContext, len: usize) -> (i32, Stat) {
         Ok(Parsed6::Transport(ip, _)) if ip.is_first_fragment() => hand_over_reply(ctx),
         Ok(Parsed6::Transport(ip, l4)) => match reply(ctx, &ip, &l4, |_| {}) {
             Some(verdict) => verdict,
-            None => policy(ctx, &ip, Some(&l4), false),
+            None => policy(ctx, &ip, Some(&l4), Icmp6Kind::Other),
         },
         Ok(Parsed6::Fragment(_)) => hand_over_reply(ctx),
         Ok(Parsed6::OtherProtocol(ip)) if icmp6::may_be_error(&TcFrame(ctx), &ip) => {
             hand_over_reply(ctx)
         }
-        Ok(Parsed6::OtherProtocol(ip)) => policy(ctx, &ip, None, neighbour_discovery(ctx, &ip)),
+        Ok(Parsed6::OtherProtocol(ip)) => {
+            let kind = if neighbour_discovery(ctx, &ip) {
+                Icmp6Kind::NeighbourDiscovery
+            } else if icmp6_echo(&TcFrame(ctx), &ip, true).is_some() {
+                Icmp6Kind::EchoRequest
+            } else {
+                Icmp6Kind::Other
+            };
+            policy(ctx, &ip, None, kind)
+        }
     }
 }
 
@@ -595,8 +630,21 @@ pub fn container_reply(ctx: &TcContext) -> (i32, Stat) {
         // `container_ingress6` parsed it: only a pull gone wrong gets here.
         _ => return (TC_ACT_SHOT, Stat::ContainerDropMalformed),
     };
-    // No neighbour discovery here: `container_ingress` keeps it (and it is never fragmented).
-    policy(ctx, &ip, l4.as_ref(), false)
+    // Neither neighbour discovery nor echo requests come here: `container_ingress` judges
+    // them, which keeps their checks out of this program's nearly full stack.
+    policy(ctx, &ip, l4.as_ref(), Icmp6Kind::Other)
+}
+
+/// What `container_ingress` found a packet that is neither TCP nor UDP to be, for the
+/// policy.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Icmp6Kind {
+    /// A neighbour solicitation or advertisement ([`neighbour_discovery`]).
+    NeighbourDiscovery,
+    /// An ICMPv6 echo request, masqueraded as TCP and UDP are.
+    EchoRequest,
+    /// Anything else (TCP and UDP too).
+    Other,
 }
 
 /// Whether an ICMPv6 packet is a neighbour solicitation or advertisement (RFC 4861: hop
@@ -624,13 +672,14 @@ fn neighbour_discovery(ctx: &TcContext, ip: &Ipv6) -> bool {
 /// What the networks' policy says of a container's IPv6 packet that is not part of a
 /// translated flow, as policy.rs's `classify` does for IPv4: the node (its addresses,
 /// multicast) and neighbour discovery (link-local ICMPv6, and the solicitations and
-/// advertisements to any address that `container_ingress` found) pass, the sender's own network as `icc` says, other
-/// networks never, the outside unless the network is internal: TCP and UDP (`l4`)
-/// masqueraded when the network's IPv6 masquerades (masquerade6.rs), the rest routed
-/// with the container's own address. With `icc=false` TCP and UDP between containers
-/// meet the `--link` allow-list and its tracked flows (link6.rs); the rest is refused.
+/// advertisements to any address that `container_ingress` found) pass, the sender's own
+/// network as `icc` says, other networks never, the outside unless the network is
+/// internal: TCP and UDP (`l4`) and ICMPv6 echo requests (`icmp`) masqueraded when the network's
+/// IPv6 masquerades (masquerade6.rs), the rest routed with the container's own address,
+/// as IPv4's. With `icc=false` TCP and UDP between containers meet the `--link`
+/// allow-list and its tracked flows (link6.rs); the rest is refused.
 #[inline(always)]
-fn policy(ctx: &TcContext, ip: &Ipv6, l4: Option<&L4>, neighbour_discovery: bool) -> (i32, Stat) {
+fn policy(ctx: &TcContext, ip: &Ipv6, l4: Option<&L4>, icmp: Icmp6Kind) -> (i32, Stat) {
     let Some(source) = NETWORKS6.get(&Key::new(128, NetworkKey6 { addr: ip.src })) else {
         return (TC_ACT_OK, Stat::ContainerPassIpv6);
     };
@@ -638,7 +687,8 @@ fn policy(ctx: &TcContext, ip: &Ipv6, l4: Option<&L4>, neighbour_discovery: bool
     let link_local = ip.dst[0] == 0xfe && ip.dst[1] & 0xc0 == 0x80;
     // SAFETY: only checking presence.
     let node = unsafe { NODE_ADDRS6.get(&NodeAddrKey6 { addr: ip.dst }) }.is_some();
-    let on_link = neighbour_discovery || (link_local && ip.protocol == IPPROTO_ICMPV6);
+    let on_link =
+        icmp == Icmp6Kind::NeighbourDiscovery || (link_local && ip.protocol == IPPROTO_ICMPV6);
     if multicast || node || on_link {
         return (TC_ACT_OK, Stat::ContainerPassToNode);
     }
@@ -659,9 +709,8 @@ fn policy(ctx: &TcContext, ip: &Ipv6, l4: Option<&L4>, neighbour_discovery: bool
         },
         Some(false) => (TC_ACT_SHOT, Stat::ContainerDropIsolation),
         None if source.flags & NETWORK_INTERNAL != 0 => (TC_ACT_SHOT, Stat::ContainerDropInternal),
-        None => match l4 {
-            Some(_) if source.flags & NETWORK_MASQUERADE != 0 => masquerade6::hand_over(ctx),
-            _ => (TC_ACT_OK, Stat::ContainerPassOutside),
-        },
+        None if source.flags & NETWORK_MASQUERADE == 0 => (TC_ACT_OK, Stat::ContainerPassOutside),
+        None if l4.is_some() || icmp == Icmp6Kind::EchoRequest => masquerade6::hand_over(ctx),
+        None => (TC_ACT_OK, Stat::ContainerPassOutside),
     }
 }

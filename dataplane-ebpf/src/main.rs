@@ -95,9 +95,8 @@ pub fn uplink_ingress_l3(ctx: TcContext) -> i32 {
 #[xdp]
 pub fn uplink_ingress6(ctx: XdpContext) -> u32 {
     on_xdp(&ctx, |frame, len| {
-        ipv6::uplink_ingress(frame, len, |ip, l4| {
-            let slot = UPLINK6_MASQUERADE_SLOT;
-            masquerade6::hand_over_reply(&ctx, &UPLINK6_XDP_PROGRAMS, slot, ip, l4)
+        ipv6::uplink_ingress(frame, len, || {
+            masquerade6::hand_over_reply(&ctx, &UPLINK6_XDP_PROGRAMS, UPLINK6_MASQUERADE_SLOT)
         })
     })
 }
@@ -106,9 +105,8 @@ pub fn uplink_ingress6(ctx: XdpContext) -> u32 {
 #[classifier]
 pub fn uplink_ingress6_tc(ctx: TcContext) -> i32 {
     on_tc(&ctx, |frame, len| {
-        ipv6::uplink_ingress(frame, len, |ip, l4| {
-            let slot = UPLINK6_MASQUERADE_SLOT;
-            masquerade6::hand_over_reply(&ctx, &UPLINK6_TC_PROGRAMS, slot, ip, l4)
+        ipv6::uplink_ingress(frame, len, || {
+            masquerade6::hand_over_reply(&ctx, &UPLINK6_TC_PROGRAMS, UPLINK6_MASQUERADE_SLOT)
         })
     })
 }
@@ -117,15 +115,15 @@ pub fn uplink_ingress6_tc(ctx: TcContext) -> i32 {
 #[classifier]
 pub fn uplink_ingress6_l3(ctx: TcContext) -> i32 {
     on_tc_l3(&ctx, |frame, len| {
-        ipv6::uplink_ingress(frame, len, |ip, l4| {
-            let slot = UPLINK6_L3_MASQUERADE_SLOT;
-            masquerade6::hand_over_reply(&ctx, &UPLINK6_TC_PROGRAMS, slot, ip, l4)
+        ipv6::uplink_ingress(frame, len, || {
+            masquerade6::hand_over_reply(&ctx, &UPLINK6_TC_PROGRAMS, UPLINK6_L3_MASQUERADE_SLOT)
         })
     })
 }
 
-/// The replies of masqueraded IPv6 flows, reached by tail call from `uplink_ingress6`
-/// (masquerade6.rs), with a stack of their own. Counted as `uplink_ingress`.
+/// The replies of masqueraded IPv6 flows (TCP, UDP, ICMPv6 echoes) and the ICMPv6 errors
+/// about them, reached by tail call from `uplink_ingress6` (masquerade6.rs), with a stack
+/// of their own. Counted as `uplink_ingress`.
 #[xdp]
 pub fn uplink_masquerade6(ctx: XdpContext) -> u32 {
     on_xdp(&ctx, |frame, len| {

@@ -1,8 +1,9 @@
-//! IPv6 masquerade, as Docker 27 does it with ip6tables: a container's TCP or UDP flow to
-//! the outside of a masquerading network leaves with the IPv6 address of the interface the
-//! route picks (MASQUERADE_SOURCES6) and a source port picked as conntrack.rs picks IPv4's
-//! (the container's own when free, else random probes of the same range, never one a node
-//! socket holds); its replies go straight back to the container's veth from the uplink.
+//! IPv6 masquerade, as Docker 27 does it with ip6tables: a container's TCP or UDP flow or
+//! ICMPv6 echo (by identifier, as IPv4's pings) to the outside of a masquerading network
+//! leaves with the IPv6 address of the interface the route picks (MASQUERADE_SOURCES6) and
+//! a source port picked as conntrack.rs picks IPv4's (the container's own when free, else
+//! random probes of the same range, never one a node socket holds); its replies, and the
+//! ICMPv6 errors about it, go straight back to the container's veth from the uplink.
 //! Flows live in CONNTRACK6, a second [`CtTable`](crate::flowtable::CtTable) with IPv4's
 //! states, early drop and idle expiry.
 //!
@@ -11,7 +12,7 @@
 //! which parses the packet again: `container_ingress6` uses 416
 //! of its 512 bytes of stack for parsing, published-port replies and policy, and the port
 //! search with its socket lookups, FIB lookups and early drop needs more than the rest.
-//! On the uplinks the replies are translated in programs of their own as well
+//! On the uplinks the replies and errors are translated in programs of their own as well
 //! (`uplink_masquerade6`, `uplink_masquerade6_tc`, `uplink_masquerade6_l3`), reached from
 //! the uplinks' IPv6 programs, which have no stack left for it. Keys and entries are built
 //! in the per-CPU [`CONNTRACK6_SCRATCH`], never on the stack: with 16-byte addresses a
@@ -26,10 +27,13 @@ use aya_ebpf::{
 };
 use dataplane_common::{
     CONTAINER6_MASQUERADE_SLOT, CT_CLOSING, CT_NEW, CT_ORIGINAL, CT_REPLY, CtEntry6, CtKey6,
-    IPPROTO_TCP, IPPROTO_UDP, NodeConfig,
+    IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, NodeConfig, PortTarget6,
     parse::{
-        Frame, L4,
-        ipv6::{Ipv6, Parsed6, parse_ipv6},
+        Frame, L4, Quoted,
+        ipv6::{
+            ICMPV6_DEST_UNREACH, ICMPV6_ECHO_REPLY, ICMPV6_PARAMETER_PROBLEM, Ipv6, Parsed6,
+            icmp6_echo, parse_ipv6,
+        },
     },
     stats::Stat,
 };
@@ -38,7 +42,7 @@ use crate::{
     conntrack::{PORT_TRIES, Seen, port_range, seen},
     flowtable::{self, Conntrack6, InsertError},
     frame::{Action, Packet, TcFrame},
-    ipv6,
+    icmp6, ipv6,
     maps::{
         CONNTRACK6, CONNTRACK6_SCRATCH, CONTAINER6_PROGRAMS, Conntrack6Record, MASQUERADE_SOURCES6,
         NODE_CONFIG,
@@ -95,18 +99,27 @@ pub fn hand_over(ctx: &TcContext) -> (i32, Stat) {
     (TC_ACT_SHOT, Stat::ContainerDropIpv6ProgramMissing)
 }
 
-/// `container_masquerade6`: masquerades the packet `container_ingress6` handed over,
-/// parsed again (the verifier trusts offsets into the packet only from its own bounds
-/// checks; `container_ingress6` has pulled the headers into the linear area).
+/// `container_masquerade6`: masquerades the packet `container_ingress6` handed over (TCP,
+/// UDP or an ICMPv6 echo request), parsed again (the verifier trusts offsets into the
+/// packet only from its own bounds checks; `container_ingress6` has pulled the headers
+/// into the linear area).
 #[inline(always)]
 pub fn container_masquerade(ctx: &TcContext) -> (i32, Stat) {
-    match parse_ipv6(&TcFrame(ctx), ctx.len() as usize) {
-        Ok(Parsed6::Transport(ip, l4)) => masquerade(ctx, &ip, &l4),
-        _ => (TC_ACT_SHOT, Stat::ContainerDropMalformed),
-    }
+    let frame = TcFrame(ctx);
+    let (ip, l4) = match parse_ipv6(&frame, ctx.len() as usize) {
+        Ok(Parsed6::Transport(ip, l4)) => (ip, l4),
+        Ok(Parsed6::OtherProtocol(ip)) => match icmp6_echo(&frame, &ip, true) {
+            Some(echo) => (ip, echo),
+            None => return (TC_ACT_SHOT, Stat::ContainerDropMalformed),
+        },
+        _ => return (TC_ACT_SHOT, Stat::ContainerDropMalformed),
+    };
+    masquerade(ctx, &ip, &l4)
 }
 
-/// Masquerades a container's TCP or UDP packet to the outside and forwards it by the FIB.
+/// Masquerades a container's TCP or UDP packet or ICMPv6 echo request (its identifier
+/// taking the source port's place, as IPv4's pings) to the outside and forwards it by the
+/// FIB.
 /// Its addresses are read from `record.key` once it is made, never from `ip`: kept in
 /// registers across the helper calls, their 32 bytes would be spilled one by one.
 #[inline(always)]
@@ -228,7 +241,7 @@ fn open_flow(
     record.reply_key._pad = [0; 3];
 
     let sport = u16::from_be(l4.sport_be);
-    let (first, count) = port_range(config, false, sport);
+    let (first, count) = port_range(config, ip.protocol == IPPROTO_ICMPV6, sport);
     let own = u32::from(sport);
     let mut full = false;
     for i in 0..=PORT_TRIES {
@@ -277,9 +290,9 @@ enum PortTried {
 
 /// Tries source port `port_be` for the new flow in `record`: free when no flow's replies
 /// come to it (a closing one gives way to a TCP SYN, as TIME_WAIT reuse) and no node
-/// socket takes them. A BPF subprogram rather than inlined: the port search's loop is
-/// unrolled, and each copy of this body would keep its values in stack slots of its own,
-/// past 512 bytes.
+/// socket takes them (an echo identifier is no socket's port, as for IPv4's pings). A BPF
+/// subprogram rather than inlined: the port search's loop is unrolled, and each copy of
+/// this body would keep its values in stack slots of its own, past 512 bytes.
 #[inline(never)]
 fn try_port(
     ctx: &TcContext,
@@ -296,7 +309,7 @@ fn try_port(
         }
         flowtable::ct_remove::<Conntrack6>(&record.reply_key, taken);
     }
-    if node_socket_uses(ctx, protocol, record) {
+    if protocol != IPPROTO_ICMPV6 && node_socket_uses(ctx, protocol, record) {
         return PortTried::Taken;
     }
     record.original.nat_port_be = port_be;
@@ -348,33 +361,29 @@ fn node_socket_uses(ctx: &TcContext, protocol: u8, record: &mut Conntrack6Record
     }
 }
 
-/// On an uplink, in its IPv6 program: hands a reply of a masqueraded IPv6 flow to the
-/// masquerade program in `slot` of `programs`, which counts its own verdict; `None`: not
-/// one of ours. The uplinks' IPv6 programs have no stack left for the translation (their
-/// published ports, ICMPv6 errors and fragments take it). If the tail call fails (an
-/// empty slot), the reply passes to the node's stack, counted, as IPv6 frames do when
+/// On an uplink, in its IPv6 program: hands what may answer a masqueraded IPv6 flow
+/// ([`is_reply`], [`may_answer`]) to the masquerade program in `slot` of `programs`,
+/// which counts its own verdict. The uplinks' IPv6 programs have no stack left for the
+/// translation (their published ports and fragments take it). If the tail call fails (an
+/// empty slot), the packet passes to the node's stack, counted, as IPv6 frames do when
 /// `uplink6::hand_over` fails.
 #[inline(always)]
 pub fn hand_over_reply<C: EbpfContext>(
     ctx: &C,
     programs: &ProgramArray,
     slot: u32,
-    ip: &Ipv6,
-    l4: &L4,
-) -> Option<(Action, Stat)> {
-    if !is_reply(ip, l4) {
-        return None;
-    }
+) -> (Action, Stat) {
     // SAFETY: a tail call returns only when it failed; the context is the program's own.
     let _ = unsafe { programs.tail_call(ctx, slot) };
-    Some((Action::Pass, Stat::UplinkPassIpv6ProgramMissing))
+    (Action::Pass, Stat::UplinkPassIpv6ProgramMissing)
 }
 
-/// Whether a packet on the uplink is a reply of a masqueraded flow. A BPF subprogram:
-/// inlined, its reads of the parsed headers change how the uplinks' IPv6 programs are
-/// compiled enough for the verifier to refuse them (a pointer spilled in part).
+/// Whether a packet on the uplink (TCP, UDP, an ICMPv6 echo reply) is a reply of a
+/// masqueraded flow. A BPF subprogram: inlined, its reads of the parsed headers change how
+/// the uplinks' IPv6 programs are compiled enough for the verifier to refuse them (a
+/// pointer spilled in part).
 #[inline(never)]
-fn is_reply(ip: &Ipv6, l4: &L4) -> bool {
+pub(crate) fn is_reply(ip: &Ipv6, l4: &L4) -> bool {
     let Some(record) = record_for(UPLINK_SLOT, ip, l4) else {
         return false;
     };
@@ -382,18 +391,48 @@ fn is_reply(ip: &Ipv6, l4: &L4) -> bool {
     unsafe { CONNTRACK6.get(&record.key) }.is_some_and(|entry| entry.direction == CT_REPLY)
 }
 
-/// `uplink_masquerade6` and its TC twins: translates the reply an uplink's IPv6 program
-/// handed over.
+/// Whether an ICMPv6 message on the uplink may answer a masqueraded flow: an echo reply, or
+/// an error (which may quote one of its packets). The masquerade program looks them up.
+#[inline(always)]
+pub(crate) fn may_answer<F: Frame>(frame: &F, ip: &Ipv6) -> bool {
+    if ip.protocol != IPPROTO_ICMPV6 || ip.is_fragment() {
+        return false;
+    }
+    // Type and code: a one-byte load's bounds check compiles to a form the verifier does
+    // not follow (`data + offset >= data_end`).
+    matches!(
+        frame.load::<[u8; 2]>(ip.l4_offset()),
+        Some([
+            ICMPV6_DEST_UNREACH..=ICMPV6_PARAMETER_PROBLEM | ICMPV6_ECHO_REPLY,
+            _
+        ])
+    )
+}
+
+/// `uplink_masquerade6` and its TC twins: translates the reply or echo reply of a
+/// masqueraded flow, or the ICMPv6 error about one (icmp6.rs), that an uplink's IPv6
+/// program handed over.
 #[inline(always)]
 pub fn uplink_masquerade<P: Packet>(packet: &P, len: usize) -> (Action, Stat) {
     // Parsed again, as in `container_masquerade`. A flow gone since the hand-over (on
-    // another CPU) passes to the node's stack as any unknown packet.
-    match parse_ipv6(packet, len) {
-        Ok(Parsed6::Transport(ip, l4)) => {
-            reply(packet, &ip, &l4).unwrap_or((Action::Pass, Stat::UplinkPassNotPublished))
-        }
-        _ => (Action::Drop, Stat::UplinkDropMalformed),
-    }
+    // another CPU), or an echo reply to the node's own ping, passes to the node's stack as
+    // any unknown packet.
+    let (ip, l4) = match parse_ipv6(packet, len) {
+        Ok(Parsed6::Transport(ip, l4)) => (ip, l4),
+        Ok(Parsed6::OtherProtocol(ip)) => match icmp6_echo(packet, &ip, false) {
+            Some(echo) => (ip, echo),
+            None => {
+                return icmp6::uplink_error(packet, &ip, masqueraded_origin)
+                    .unwrap_or((Action::Pass, Stat::UplinkPassNotTcpUdp));
+            }
+        },
+        _ => return (Action::Drop, Stat::UplinkDropMalformed),
+    };
+    let not_ours = match ip.protocol {
+        IPPROTO_ICMPV6 => (Action::Pass, Stat::UplinkPassNotTcpUdp),
+        _ => (Action::Pass, Stat::UplinkPassNotPublished),
+    };
+    reply(packet, &ip, &l4).unwrap_or(not_ours)
 }
 
 /// A reply of a masqueraded IPv6 flow goes straight back to its container, its
@@ -431,4 +470,37 @@ fn reply<P: Packet>(packet: &P, ip: &Ipv6, l4: &L4) -> Option<(Action, Stat)> {
         Action::Redirect(record.target.host_veth_ifindex),
         Stat::UplinkRedirectMasqueradeReply,
     ))
+}
+
+/// The container end of the masqueraded flow whose packet an ICMPv6 error on the uplink
+/// quotes (the reply entry of what answers it: the quote's addresses and ports swapped),
+/// for icmp6.rs to send the error back to, translated as ip6tables' NAT translates the
+/// errors RELATED to a flow: a container's TCP learns the path MTU from a router's
+/// "packet too big", its sockets see "connection refused". Built in this CPU's uplink
+/// record.
+#[inline(always)]
+fn masqueraded_origin(q: &Quoted<[u8; 16]>) -> Option<&'static PortTarget6> {
+    let record = CONNTRACK6_SCRATCH.get_ptr_mut(UPLINK_SLOT)?;
+    // SAFETY: a map value of plain data, ours alone on this CPU while the program runs.
+    let record = unsafe { &mut *record };
+    let key = &mut record.key;
+    key.src_ip = q.dst_be;
+    key.dst_ip = q.src_be;
+    key.sport_be = q.dport_be;
+    key.dport_be = q.sport_be;
+    key.proto = q.protocol;
+    key._pad = [0; 3];
+    // SAFETY: a live map value of plain data, read in place.
+    let entry = unsafe { CONNTRACK6.get(&record.key) }?;
+    // A flow that translates nothing (its container's own address) is no masquerade's.
+    if entry.direction != CT_REPLY || entry.nat_ip == q.dst_be {
+        return None;
+    }
+    let origin = &mut record.target;
+    origin.container_ip = entry.nat_ip;
+    origin.container_port_be = entry.nat_port_be;
+    origin.host_veth_ifindex = entry.host_veth_ifindex;
+    origin.container_mac = entry.container_mac;
+    origin.host_veth_mac = entry.host_veth_mac;
+    Some(origin)
 }

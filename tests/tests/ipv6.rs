@@ -267,6 +267,80 @@ fn containers_reach_each_other_and_the_world_over_ipv6() -> Result<()> {
     Ok(())
 }
 
+/// A masquerading network's pings to the world leave with the node's IPv6 address (the
+/// world counts them by source) and their replies come back, and the world's "port
+/// unreachable" about a masqueraded UDP flow reaches the container's socket as a refusal
+/// (ip6tables' MASQUERADE and its RELATED errors, on both dataplanes).
+#[test]
+fn pings_and_icmpv6_errors_are_masqueraded_over_ipv6() -> Result<()> {
+    let (topology, agent) = dual_stack(true)?;
+    if skip_without_dataplane_ipv6(&agent, "ICMPv6 through IPv6 masquerade")? {
+        return Ok(());
+    }
+    let (_, ns) = agent.create_container(&["a", "--network", "v6"])?;
+    let world = &topology.world;
+    let from_node = NODE_IPV6.to_string();
+    let counted = [
+        "INPUT",
+        "-p",
+        "icmpv6",
+        "--icmpv6-type",
+        "echo-request",
+        "-s",
+        &from_node,
+        "-j",
+        "ACCEPT",
+    ];
+    let mut rule = vec!["-w", "-A"];
+    rule.extend(counted);
+    ensure!(
+        world.exec("ip6tables", &rule)?.status.success(),
+        "ip6tables in the world"
+    );
+    let pings = 3;
+    let out = std::process::Command::new("nsenter")
+        .arg(format!("--net={}", ns.display()))
+        .args(["busybox", "ping", "-c", &pings.to_string(), "-W", "2"])
+        .arg(WORLD_IPV6.to_string())
+        .output()?;
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        report.contains(&format!(
+            "{pings} packets transmitted, {pings} packets received"
+        )),
+        "every echo reply comes back: {report}"
+    );
+    let listed = world.exec("ip6tables", &["-w", "-L", "INPUT", "-v", "-n", "-x"])?;
+    let listed = String::from_utf8(listed.stdout)?;
+    let seen: u64 = listed
+        .lines()
+        .find(|line| line.contains(&from_node))
+        .and_then(|line| line.split_whitespace().next()?.parse().ok())
+        .context("the world's counting rule")?;
+    assert_eq!(
+        seen, pings,
+        "the world sees the pings from the node's address: {listed}"
+    );
+
+    // Nothing listens on this world port: its "port unreachable" goes to the node's
+    // address and must reach the container's socket.
+    let refused = in_netns(&ns, || -> std::io::Result<()> {
+        let socket = std::net::UdpSocket::bind("[::]:0")?;
+        socket.connect(SocketAddr::new(WORLD_IPV6.into(), 7399))?;
+        socket.set_read_timeout(Some(WAIT))?;
+        socket.send(b"anyone?")?;
+        let mut buf = [0u8; 16];
+        socket.recv(&mut buf).map(drop)
+    });
+    let err = refused.expect_err("no answer can come");
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused, "{err}");
+    if bpfbridge_tests::ebpf_checks("the masquerade and ICMPv6 error counters") {
+        assert!(agent.counter("uplink_ingress.redirect.masquerade_reply")? >= pings);
+        assert!(agent.counter("uplink_ingress.redirect.icmp_error")? >= 1);
+    }
+    Ok(())
+}
+
 #[test]
 fn published_ports_answer_on_ipv6() -> Result<()> {
     let (topology, agent) = dual_stack(true)?;

@@ -621,7 +621,7 @@ pub(crate) mod tests {
                 (40000, 8080)
             );
             assert_eq!(q.port_offset(false), q.l4_offset() + L4_DPORT_OFF);
-            assert_eq!(q.l4_check, None);
+            assert_eq!(q.l4_check.get(), None);
         }
         // A quote that stops inside its transport header, or inside its extension header.
         for short in [IPV6_HLEN + 8 + 7, IPV6_HLEN + 4, IPV6_HLEN - 1] {
@@ -642,7 +642,7 @@ pub(crate) mod tests {
         .expect("echo")
         .quoted;
         assert_eq!((q.sport_be, q.dport_be), (0xabcdu16.to_be(), 0));
-        assert_eq!(q.l4_check, Some((q.l4_offset() + ICMP_CHECK_OFF, 0x3412)));
+        assert_eq!(q.l4_check.get(), Some((q.l4_offset() + ICMP_CHECK_OFF, 0x3412)));
         // A quoted later fragment has no ports; other ICMPv6 types are no errors.
         let later = packet(
             &[extension(NEXTHDR_FRAGMENT, 8, 8 << 3)],

@@ -21,17 +21,17 @@ use super::{
 };
 
 /// A router on the way to the world, which sends the errors.
-const ROUTER_IP6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0xfe);
-const ICMPV6_DEST_UNREACH: u8 = 1;
-const ICMPV6_PACKET_TOO_BIG: u8 = 2;
-const ICMPV6_TIME_EXCEEDED: u8 = 3;
+pub(crate) const ROUTER_IP6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0xfe);
+pub(crate) const ICMPV6_DEST_UNREACH: u8 = 1;
+pub(crate) const ICMPV6_PACKET_TOO_BIG: u8 = 2;
+pub(crate) const ICMPV6_TIME_EXCEEDED: u8 = 3;
 /// Bytes of the offending packet an error quotes here (RFC 4443: as much as fits in the
 /// minimum MTU; a router may send fewer).
-const QUOTE: usize = 48;
+pub(crate) const QUOTE: usize = 48;
 
 /// An ICMPv6 error of `icmp_type` from the router to the node quoting the first `len`
 /// bytes of the IPv6 packet in `quoted` (a frame).
-fn error_about(icmp_type: u8, quoted: &[u8], len: usize) -> Packet6 {
+pub(crate) fn error_about(icmp_type: u8, quoted: &[u8], len: usize) -> Packet6 {
     let mut body = 1280u32.to_be_bytes().to_vec();
     body.extend_from_slice(&quoted[ETH_HLEN..ETH_HLEN + len]);
     Packet6::icmp6(ROUTER_IP6, NODE_IP6, icmp_type, &body)
@@ -53,7 +53,7 @@ fn reply_both_ways(published: Packet6, container_port: u16) -> (Vec<u8>, Vec<u8>
 }
 
 /// Whether the ICMPv6 checksum of `frame` (no extension headers) is right.
-fn icmp6_checksum_ok(frame: &[u8]) -> bool {
+pub(crate) fn icmp6_checksum_ok(frame: &[u8]) -> bool {
     let src: [u8; 16] = frame[ETH_HLEN + 8..ETH_HLEN + 24].try_into().unwrap();
     let dst: [u8; 16] = frame[ETH_HLEN + 24..ETH_HLEN + 40].try_into().unwrap();
     let mut upper = frame[ETH_HLEN + 40..].to_vec();
@@ -70,7 +70,7 @@ fn address(frame: &[u8], at: usize) -> Ipv6Addr {
 
 /// The error was readdressed to the container, its quote is the packet the container sent
 /// (address, port, quoted checksum), and its checksum is right.
-fn assert_error_to_container(out: &[u8], input: &[u8], original: &[u8], name: &str) {
+pub(crate) fn assert_error_to_container(out: &[u8], input: &[u8], original: &[u8], name: &str) {
     assert_eq!(out.len(), input.len(), "{name}");
     assert_eq!(address(out, 24), CONTAINER_IP6, "{name}: outer destination");
     assert_eq!(

@@ -3,6 +3,8 @@
 //! by tail call from `container_ingress6`), their replies come back to the container's
 //! veth on the uplink (`uplink_masquerade6` and its TC twins, by tail call from the
 //! uplinks' IPv6 programs), and what is no flow of theirs is refused or passes as before.
+//! ICMPv6 echo requests are masqueraded by identifier, their replies translated back, and
+//! the ICMPv6 errors about masqueraded flows go to the container, their quotes translated.
 
 use std::net::Ipv6Addr;
 
@@ -13,14 +15,20 @@ use dataplane_common::{
 };
 
 use super::{
-    ipv6::{CONTAINER_IP6, NODE_IP6, Packet6, View6, WORLD_IP6, forwarding_namespace6},
+    ipv6::{
+        CONTAINER_IP6, IPPROTO_ICMPV6, NODE_IP6, Packet6, View6, WORLD_IP6, forwarding_namespace6,
+    },
+    ipv6_icmp::{
+        ICMPV6_DEST_UNREACH, ICMPV6_PACKET_TOO_BIG, ICMPV6_TIME_EXCEEDED, QUOTE,
+        assert_error_to_container, error_about,
+    },
     *,
 };
 
 impl Fixture {
     /// fd00::/64, masquerading, and up0's IPv6 source (in the forwarding namespace, this
     /// thread's) as the agent writes it.
-    fn masquerading6(&mut self) -> Result<()> {
+    pub(crate) fn masquerading6(&mut self) -> Result<()> {
         let mut trie: LpmTrie<&mut MapData, NetworkKey6, NetworkInfo> =
             LpmTrie::try_from(self.ebpf.map_mut(NETWORKS6).unwrap())?;
         let subnet: Ipv6Addr = "fd00::".parse()?;
@@ -33,7 +41,7 @@ impl Fixture {
         Ok(())
     }
 
-    fn masquerade6_via_up0(&mut self) -> Result<()> {
+    pub(crate) fn masquerade6_via_up0(&mut self) -> Result<()> {
         // SAFETY: a NUL-terminated name.
         let index = unsafe { libc::if_nametoindex(c"up0".as_ptr()) };
         anyhow::ensure!(index != 0, "no up0 here");
@@ -187,6 +195,177 @@ fn ipv6_masquerade_refusals_and_strangers() -> Result<()> {
             (verdict, stat),
             (TC_ACT_SHOT, Stat::ContainerDropIpv6ProgramMissing)
         );
+        Ok(())
+    })
+}
+
+const ICMPV6_ECHO_REQUEST: u8 = 128;
+const ICMPV6_ECHO_REPLY: u8 = 129;
+
+/// An echo request (`reply`: an echo reply) with identifier `id`, sequence 1, 16 bytes of
+/// data.
+fn echo(src: Ipv6Addr, dst: Ipv6Addr, reply: bool, id: u16) -> Packet6 {
+    let mut body = id.to_be_bytes().to_vec();
+    body.extend_from_slice(&1u16.to_be_bytes());
+    body.extend((0..16).map(|i| i as u8));
+    let icmp_type = match reply {
+        true => ICMPV6_ECHO_REPLY,
+        false => ICMPV6_ECHO_REQUEST,
+    };
+    Packet6::icmp6(src, dst, icmp_type, &body)
+}
+
+/// A container's ping leaves from the node's address with its identifier, or another one
+/// when a ping of another container holds it (as IPv4's echo masquerade picks it), the
+/// ICMPv6 checksum right; the echo replies come back to each container's veth, their
+/// identifiers translated back, on each uplink hook; both flows answered in CONNTRACK6.
+#[test]
+fn ipv6_echo_masquerade_out_and_replies_in() -> Result<()> {
+    let ns = forwarding_namespace6()?;
+    ns.run(|| -> Result<()> {
+        let mut fx = Fixture::new()?;
+        fx.masquerading6()?;
+        fx.masquerade6_via_up0()?;
+        let other: Ipv6Addr = "fd00::3".parse()?;
+        let mut ids = Vec::new();
+        for container in [CONTAINER_IP6, other] {
+            let name = format!("ping from {container}");
+            let request = sent6(echo(container, WORLD_IP6, false, 0x4242));
+            let (verdict, out, stat) = fx.run(CONTAINER_PROGRAM, &request)?;
+            assert_eq!(
+                (verdict, stat),
+                (TC_ACT_REDIRECT, Stat::ContainerRedirectMasquerade),
+                "{name}"
+            );
+            let o = View6(&out);
+            assert_eq!((o.src(), o.dst()), (NODE_IP6, WORLD_IP6), "{name}");
+            assert_eq!(o.hop_limit(), 63, "{name}");
+            assert!(o.checksum_ok(), "{name}: ICMPv6 checksum");
+            assert_eq!(out[ETH_HLEN + 40], ICMPV6_ECHO_REQUEST, "{name}");
+            let sequence_and_data = |frame: &[u8]| frame[frame.len() - 18..].to_vec();
+            assert_eq!(
+                sequence_and_data(&out),
+                sequence_and_data(&request),
+                "{name}: the rest as sent"
+            );
+            ids.push(o.port(4));
+        }
+        assert_eq!(ids[0], 0x4242, "the first ping keeps its identifier");
+        assert_ne!(ids[1], 0x4242, "the second gets another");
+
+        for (program, redirected) in [
+            (UPLINK_PROGRAM, XDP_REDIRECT),
+            (UPLINK_TC_PROGRAM, TC_ACT_REDIRECT),
+        ] {
+            for (container, id) in [(CONTAINER_IP6, ids[0]), (other, ids[1])] {
+                let name = format!("{program}: echo reply to {container}");
+                let reply = echo(WORLD_IP6, NODE_IP6, true, id).build();
+                let (verdict, out, stat) = fx.run(program, &reply)?;
+                assert_eq!(
+                    (verdict, stat),
+                    (redirected, Stat::UplinkRedirectMasqueradeReply),
+                    "{name}"
+                );
+                let o = View6(&out);
+                assert_eq!((o.src(), o.dst()), (WORLD_IP6, container), "{name}");
+                assert_eq!(o.port(4), 0x4242, "{name}: the identifier it sent");
+                assert_eq!(o.hop_limit(), 63, "{name}");
+                assert_eq!(&out[0..6], &CONTAINER_MAC, "{name}: to the container");
+                assert!(o.checksum_ok(), "{name}: ICMPv6 checksum");
+            }
+        }
+        // An echo reply to the node's own ping (an identifier no container used) and an
+        // echo request from the world are the node's.
+        for (name, frame) in [
+            (
+                "a reply to the node",
+                echo(WORLD_IP6, NODE_IP6, true, 0x7777),
+            ),
+            (
+                "a request to the node",
+                echo(WORLD_IP6, NODE_IP6, false, ids[0]),
+            ),
+        ] {
+            let frame = frame.build();
+            let (verdict, out, stat) = fx.run(UPLINK_PROGRAM, &frame)?;
+            assert_eq!(
+                (verdict, stat),
+                (XDP_PASS, Stat::UplinkPassNotTcpUdp),
+                "{name}"
+            );
+            assert_eq!(out, frame, "{name}: untouched");
+        }
+        let echoes: Vec<_> = fx
+            .conntrack6()?
+            .into_iter()
+            .filter(|(k, _)| k.proto == IPPROTO_ICMPV6)
+            .map(|(_, e)| e.state)
+            .collect();
+        assert_eq!(echoes, [CT_ESTABLISHED; 4], "two answered flows");
+        Ok(())
+    })
+}
+
+/// ICMPv6 errors about masqueraded flows (a TCP segment, a UDP datagram, a ping, as they
+/// left the node) go to the container that sent them, outer destination and quote
+/// translated back, on each uplink hook; one about no flow passes untouched.
+#[test]
+fn icmpv6_errors_about_masqueraded_flows() -> Result<()> {
+    let ns = forwarding_namespace6()?;
+    ns.run(|| -> Result<()> {
+        let mut fx = Fixture::new()?;
+        fx.masquerading6()?;
+        fx.masquerade6_via_up0()?;
+        let sent = [
+            (
+                "packet too big about tcp",
+                ICMPV6_PACKET_TOO_BIG,
+                opening(IPPROTO_TCP, 5000),
+            ),
+            (
+                "port unreachable about udp (quoted checksum)",
+                ICMPV6_DEST_UNREACH,
+                opening(IPPROTO_UDP, 5001),
+            ),
+            (
+                "time exceeded about a ping",
+                ICMPV6_TIME_EXCEEDED,
+                echo(CONTAINER_IP6, WORLD_IP6, false, 0x4243),
+            ),
+        ];
+        let mut cases = Vec::new();
+        for (name, icmp_type, packet) in sent {
+            let (verdict, left, _) = fx.run(CONTAINER_PROGRAM, &sent6(packet.clone()))?;
+            assert_eq!(verdict, TC_ACT_REDIRECT, "{name}: masqueraded");
+            // The quote is the packet as it left; translated back, as the container sent
+            // it one hop earlier.
+            let original = Packet6 {
+                hop_limit: 63,
+                ..packet
+            }
+            .build();
+            cases.push((name, error_about(icmp_type, &left, QUOTE).build(), original));
+        }
+        for program in [UPLINK_PROGRAM, UPLINK_TC_PROGRAM] {
+            for (name, frame, original) in &cases {
+                let name = format!("{program}: {name}");
+                let (verdict, out, stat) = fx.run(program, frame).context(name.clone())?;
+                assert_eq!(
+                    (verdict, stat),
+                    (
+                        at_hook(program, XDP_REDIRECT),
+                        Stat::UplinkRedirectIcmpError
+                    ),
+                    "{name}"
+                );
+                assert_error_to_container(&out, frame, original, &name);
+            }
+        }
+        let no_flow = Packet6::tcp(NODE_IP6, 5999, WORLD_IP6, 443, SYN).build();
+        let stranger = error_about(ICMPV6_DEST_UNREACH, &no_flow, QUOTE).build();
+        let (verdict, out, stat) = fx.run(UPLINK_PROGRAM, &stranger)?;
+        assert_eq!((verdict, stat), (XDP_PASS, Stat::UplinkPassNotTcpUdp));
+        assert_eq!(out, stranger, "about no flow: untouched");
         Ok(())
     })
 }
