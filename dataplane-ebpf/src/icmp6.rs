@@ -93,9 +93,7 @@ pub fn uplink_error<P: Packet>(
 }
 
 /// Outer destination, quoted source (address, port, quoted checksum) back to the
-/// container; hop limit down; the ICMPv6 checksum follows every change, the outer address
-/// through its pseudo-header. The changes are summed up and applied in two steps (one for
-/// the pseudo-header, one for the quote), not one per word.
+/// container ([`rewrite_end`]), and the container's MACs.
 #[inline(always)]
 fn rewrite_to_origin<P: Packet>(
     packet: &P,
@@ -103,11 +101,44 @@ fn rewrite_to_origin<P: Packet>(
     error: &IcmpError<Address>,
     origin: &PortTarget6,
 ) -> Option<()> {
+    let to = (&origin.container_ip, origin.container_port_be);
+    rewrite_end(packet, ip, error, to, ErrorGoes::ToContainer)?;
+    packet.store(0, origin.container_mac)?;
+    packet.store(6, origin.host_veth_mac)
+}
+
+/// Which way a translated ICMPv6 error goes, and so which end of the flow it rewrites.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum ErrorGoes {
+    /// From the outside to a container: the outer destination and the quote's source.
+    ToContainer,
+    /// From a container to a client: the outer source and the quote's destination.
+    ToClient,
+}
+
+/// Rewrites one end of an error and of its quote to `to` (address, port): the outer
+/// address and the quoted address, port and quoted checksum; hop limit down. The ICMPv6
+/// checksum follows every change, the outer address through its pseudo-header; the
+/// changes are summed up and applied in two steps (one for the pseudo-header, one for the
+/// quote), not one per word (the kernel's checksum helpers keep the skb's checksum state
+/// right).
+#[inline(always)]
+fn rewrite_end<P: Packet>(
+    packet: &P,
+    ip: &Ipv6,
+    error: &IcmpError<Address>,
+    (to_ip, to_port_be): (&[u8; 16], u16),
+    goes: ErrorGoes,
+) -> Option<()> {
     let q = &error.quoted;
-    let outer = address_diff(&ip.dst, &origin.container_ip);
-    let address = address_diff(&q.src_be, &origin.container_ip);
-    let new_port = origin.container_port_be;
-    let port = csum::diff2(q.sport_be, new_port);
+    let inbound = goes == ErrorGoes::ToContainer;
+    let (outer_ip, outer_off, quoted_ip, quoted_off, quoted_port) = match inbound {
+        true => (&ip.dst, IPV6_DST_OFF, &q.src_be, IPV6_SRC_OFF, q.sport_be),
+        false => (&ip.src, IPV6_SRC_OFF, &q.dst_be, IPV6_DST_OFF, q.dport_be),
+    };
+    let outer = address_diff(outer_ip, to_ip);
+    let address = address_diff(quoted_ip, to_ip);
+    let port = csum::diff2(quoted_port, to_port_be);
     let mut quote = address + port;
     if let Some((at, old)) = q.l4_check.get() {
         let new = quoted_l4_check(q.protocol, old, address, port);
@@ -122,11 +153,9 @@ fn rewrite_to_origin<P: Packet>(
     packet.replace_l4(error.check_offset, 0, outer, sum(true))?;
     packet.replace_l4(error.check_offset, 0, quote, sum(false))?;
     packet.store(ETH_HLEN + IPV6_HOP_LIMIT_OFF, ip.hop_limit - 1)?;
-    packet.store(ETH_HLEN + IPV6_DST_OFF, origin.container_ip)?;
-    packet.store(q.offset + IPV6_SRC_OFF, origin.container_ip)?;
-    packet.store(q.port_offset(true), new_port)?;
-    packet.store(0, origin.container_mac)?;
-    packet.store(6, origin.host_veth_mac)
+    packet.store(ETH_HLEN + outer_off, *to_ip)?;
+    packet.store(q.offset + quoted_off, *to_ip)?;
+    packet.store(q.port_offset(inbound), to_port_be)
 }
 
 /// Whether a container's packet (`container_ingress6` parsed it as neither TCP nor UDP) may
@@ -190,9 +219,7 @@ pub fn container_error(ctx: &TcContext, ip: &Ipv6) -> Option<(i32, Stat)> {
 }
 
 /// Outer source, quoted destination (address, port, quoted checksum) to the published
-/// ones the client used; hop limit down; the ICMPv6 checksum follows, as in
-/// [`rewrite_to_origin`] (the kernel's checksum helpers keep the skb's checksum state
-/// right).
+/// ones the client used ([`rewrite_end`]).
 #[inline(always)]
 fn rewrite_to_published<P: Packet>(
     packet: &P,
@@ -200,26 +227,6 @@ fn rewrite_to_published<P: Packet>(
     error: &IcmpError<Address>,
     nat: &NatFlow6,
 ) -> Option<()> {
-    let q = &error.quoted;
-    let outer = address_diff(&ip.src, &nat.frontend_ip);
-    let address = address_diff(&q.dst_be, &nat.frontend_ip);
-    let new_port = nat.frontend_port_be;
-    let port = csum::diff2(q.dport_be, new_port);
-    let mut quote = address + port;
-    if let Some((at, old)) = q.l4_check.get() {
-        let new = quoted_l4_check(q.protocol, old, address, port);
-        quote += csum::diff2(old, new);
-        packet.store(at, new)?;
-    }
-    let sum = |pseudo| L4Change {
-        size: 0,
-        pseudo,
-        udp: false,
-    };
-    packet.replace_l4(error.check_offset, 0, outer, sum(true))?;
-    packet.replace_l4(error.check_offset, 0, quote, sum(false))?;
-    packet.store(ETH_HLEN + IPV6_HOP_LIMIT_OFF, ip.hop_limit - 1)?;
-    packet.store(ETH_HLEN + IPV6_SRC_OFF, nat.frontend_ip)?;
-    packet.store(q.offset + IPV6_DST_OFF, nat.frontend_ip)?;
-    packet.store(q.port_offset(false), new_port)
+    let to = (&nat.frontend_ip, nat.frontend_port_be);
+    rewrite_end(packet, ip, error, to, ErrorGoes::ToClient)
 }
