@@ -2,18 +2,15 @@
 //! plugin configuration on stdin, the result or the CNI error on stdout.
 
 use std::{
-    io::{Read as _, Write as _},
-    net::{Ipv6Addr, SocketAddr, TcpListener, TcpStream},
+    io::Write as _,
     path::{Path, PathBuf},
     process::{Command, Stdio},
-    thread,
-    time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result, ensure};
 use serde_json::{Value, json};
 
-use crate::{bpfbridge_bin, enter_netns_on_this_thread};
+use crate::bpfbridge_bin;
 
 /// The plugin binary next to `bpfbridge`.
 pub fn plugin_bin() -> PathBuf {
@@ -145,50 +142,4 @@ pub fn with_prev_result(config: &Value, result: &Value) -> Value {
     let mut config = config.clone();
     config["prevResult"] = result.clone();
     config
-}
-
-/// A TCP server on `[::]:port` in a namespace that answers one connection with
-/// `pong LINE`; the handle returns the peer it saw.
-pub fn serve_once_v6(netns: &Path, port: u16) -> thread::JoinHandle<Result<SocketAddr>> {
-    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-    let netns = netns.to_path_buf();
-    let handle = thread::spawn(move || -> Result<SocketAddr> {
-        enter_netns_on_this_thread(&netns)?;
-        let listener = TcpListener::bind((Ipv6Addr::UNSPECIFIED, port))?;
-        listener.set_nonblocking(true)?;
-        let _ = ready_tx.send(());
-        let deadline = Instant::now() + Duration::from_secs(15);
-        let (mut stream, peer) = loop {
-            match listener.accept() {
-                Ok(conn) => break conn,
-                Err(e)
-                    if e.kind() == std::io::ErrorKind::WouldBlock && Instant::now() < deadline =>
-                {
-                    thread::sleep(Duration::from_millis(10))
-                }
-                Err(e) => return Err(e).context("accept"),
-            }
-        };
-        stream.set_nonblocking(false)?;
-        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-        let mut buf = [0u8; 256];
-        let n = stream.read(&mut buf)?;
-        stream.write_all(b"pong ")?;
-        stream.write_all(&buf[..n])?;
-        Ok(peer)
-    });
-    let _ = ready_rx.recv_timeout(Duration::from_secs(5));
-    handle
-}
-
-/// Connects to `to` from a namespace, sends `message`, returns the whole answer.
-pub fn request_v6(netns: &Path, to: SocketAddr, message: &str) -> std::io::Result<String> {
-    crate::in_netns(netns, || {
-        let mut stream = TcpStream::connect_timeout(&to, Duration::from_secs(3))?;
-        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-        stream.write_all(message.as_bytes())?;
-        let mut answer = String::new();
-        stream.read_to_string(&mut answer)?;
-        Ok(answer)
-    })
 }

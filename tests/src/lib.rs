@@ -21,7 +21,7 @@ pub mod podman;
 use std::{
     fs,
     io::{Read as _, Write as _},
-    net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream},
     ops::{Deref, DerefMut},
     os::unix::process::CommandExt as _,
     path::{Path, PathBuf},
@@ -194,14 +194,28 @@ impl DerefMut for Agent {
     }
 }
 
-/// A TCP server in a namespace that answers one connection: it reads one line and replies
-/// `pong <line>`; the handle returns the peer address it saw.
+/// A TCP server on `0.0.0.0:port` in a namespace that answers one connection: it reads
+/// one line and replies `pong <line>`; the handle returns the peer address it saw.
 pub fn serve_once(netns: &Path, port: u16) -> thread::JoinHandle<Result<SocketAddr>> {
+    serve_once_on(netns, Ipv4Addr::UNSPECIFIED.into(), port)
+}
+
+/// [`serve_once`] on `[::]:port`.
+pub fn serve_once_v6(netns: &Path, port: u16) -> thread::JoinHandle<Result<SocketAddr>> {
+    serve_once_on(netns, Ipv6Addr::UNSPECIFIED.into(), port)
+}
+
+/// [`serve_once`] on `address:port`.
+fn serve_once_on(
+    netns: &Path,
+    address: IpAddr,
+    port: u16,
+) -> thread::JoinHandle<Result<SocketAddr>> {
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let netns = netns.to_path_buf();
     let handle = thread::spawn(move || -> Result<SocketAddr> {
         enter_netns_on_this_thread(&netns)?;
-        let listener = TcpListener::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port))?;
+        let listener = TcpListener::bind((address, port))?;
         listener.set_nonblocking(true)?;
         let _ = ready_tx.send(());
         let deadline = Instant::now() + Duration::from_secs(15);
@@ -229,9 +243,10 @@ pub fn serve_once(netns: &Path, port: u16) -> thread::JoinHandle<Result<SocketAd
 }
 
 /// Connects from a namespace, sends `message` and returns the whole answer.
-pub fn request(netns: &Path, to: SocketAddrV4, message: &str) -> std::io::Result<String> {
+pub fn request(netns: &Path, to: impl Into<SocketAddr>, message: &str) -> std::io::Result<String> {
+    let to = to.into();
     in_netns(netns, || {
-        let mut stream = TcpStream::connect_timeout(&to.into(), Duration::from_secs(3))?;
+        let mut stream = TcpStream::connect_timeout(&to, Duration::from_secs(3))?;
         stream.set_read_timeout(Some(Duration::from_secs(5)))?;
         stream.write_all(message.as_bytes())?;
         let mut answer = String::new();

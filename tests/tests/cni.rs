@@ -13,8 +13,8 @@ use std::{
 use anyhow::{Context as _, Result, ensure};
 use bpfbridge_tests::{
     Agent, NODE_IP, NODE_IPV6, Netns, Topology, WORLD_IP, WORLD_IPV6,
-    cni::{Plugin, request_v6, serve_once_v6, with_prev_result},
-    links, request, run, serve_once, skip_unless_ebpf, skip_without_dataplane_ipv6,
+    cni::{Plugin, with_prev_result},
+    links, request, run, serve_once, serve_once_v6, skip_unless_ebpf, skip_without_dataplane_ipv6,
 };
 use serde_json::{Value, json};
 
@@ -464,7 +464,7 @@ fn round_trip_v6(
     to: SocketAddr,
 ) -> Result<SocketAddr> {
     let listening = serve_once_v6(server, server_port);
-    let answer = request_v6(client, to, "ping\n").with_context(|| format!("client to {to}"))?;
+    let answer = request(client, to, "ping\n").with_context(|| format!("client to {to}"))?;
     let peer = listening.join().expect("server thread")?;
     ensure!(answer == "pong ping\n", "unexpected answer {answer:?}");
     Ok(peer)
@@ -560,7 +560,7 @@ fn a_dual_stack_add_gives_both_families_and_del_removes_them() -> Result<()> {
     let world = node.topology.world.path();
     for port in [8080, 8081] {
         assert!(
-            request_v6(&world, SocketAddr::new(NODE_IPV6.into(), port), "ping\n").is_err(),
+            request(&world, SocketAddr::new(NODE_IPV6.into(), port), "ping\n").is_err(),
             "[{NODE_IPV6}]:{port} answers after DEL"
         );
     }

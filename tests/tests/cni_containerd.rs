@@ -9,9 +9,9 @@ use std::net::{IpAddr, SocketAddr, SocketAddrV4};
 use anyhow::{Context as _, Result, ensure};
 use bpfbridge_tests::{
     Agent, NODE_IP, NODE_IPV6, Topology, WORLD_IP, WORLD_IPV6,
-    cni::{plugin_bin, request_v6, serve_once_v6},
+    cni::plugin_bin,
     cri::{self, Containerd},
-    request, serve_once, skip_without_dataplane_ipv6,
+    request, serve_once, serve_once_v6, skip_without_dataplane_ipv6,
 };
 use serde_json::{Value, json};
 
@@ -173,7 +173,7 @@ fn a_dual_stack_pod_gets_both_addresses_and_its_host_port_on_ipv6() -> Result<()
     if !skip_without_dataplane_ipv6(&agent, "the hostPort on IPv6")? {
         let server = serve_once_v6(&netns, 80);
         let answer =
-            request_v6(&topology.world.path(), world_to_node, "ping\n").context("world client")?;
+            request(&topology.world.path(), world_to_node, "ping\n").context("world client")?;
         let peer = server.join().expect("server thread")?;
         ensure!(answer == "pong ping\n", "unexpected answer {answer:?}");
         assert_eq!(
@@ -185,7 +185,7 @@ fn a_dual_stack_pod_gets_both_addresses_and_its_host_port_on_ipv6() -> Result<()
     cri.stop_pod_sandbox(&pod)?;
     assert!(port_is_closed(&topology, 8080));
     assert!(
-        request_v6(&topology.world.path(), world_to_node, "ping\n").is_err(),
+        request(&topology.world.path(), world_to_node, "ping\n").is_err(),
         "the IPv6 hostPort answers after StopPodSandbox"
     );
     cri.remove_pod_sandbox(&pod)?;

@@ -9,9 +9,9 @@ use std::net::{IpAddr, SocketAddr, SocketAddrV4};
 use anyhow::{Context as _, Result, ensure};
 use bpfbridge_tests::{
     Agent, NODE_IP, NODE_IPV6, Topology, WORLD_IP, WORLD_IPV6,
-    cni::{plugin_bin, request_v6, serve_once_v6},
+    cni::plugin_bin,
     podman::{self, Podman},
-    request, serve_once, skip_without_dataplane_ipv6,
+    request, serve_once, serve_once_v6, skip_without_dataplane_ipv6,
 };
 use serde_json::{Value, json};
 
@@ -138,7 +138,7 @@ fn a_dual_stack_conflist_gives_podman_an_ipv6_address_and_port() -> Result<()> {
 
     if !skip_without_dataplane_ipv6(&agent, "the port on IPv6")? {
         let server = serve_once_v6(&netns, 80);
-        let answer = request_v6(
+        let answer = request(
             &topology.world.path(),
             SocketAddr::new(NODE_IPV6.into(), 8080),
             "ping\n",
@@ -158,7 +158,7 @@ fn a_dual_stack_conflist_gives_podman_an_ipv6_address_and_port() -> Result<()> {
         "podman rm left the attachment"
     );
     assert!(
-        request_v6(
+        request(
             &topology.world.path(),
             SocketAddr::new(NODE_IPV6.into(), 8080),
             "ping\n"
