@@ -32,9 +32,10 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use dataplane_common::{
-    CONTAINER6_REPLY_SLOT, CT_NEW, FILTER_DENY, FILTER_SCOPE_BITS, FilterKey6, FlowKey6,
-    IPPROTO_ICMPV6, IPPROTO_UDP, NETWORK_ICC, NETWORK_INTERNAL, NETWORK_MASQUERADE, NatFlow6,
-    NetworkKey6, NodeAddrKey6, PortKey6, PortTarget6, csum,
+    CONTAINER6_LINK_SLOT, CONTAINER6_MASQUERADE_SLOT, CONTAINER6_REPLY_SLOT, CT_NEW, FILTER_DENY,
+    FILTER_SCOPE_BITS, FilterKey6, FlowKey6, IPPROTO_ICMPV6, IPPROTO_UDP, NETWORK_ICC,
+    NETWORK_INTERNAL, NETWORK_MASQUERADE, NatFlow6, NetworkKey6, NodeAddrKey6, PortKey6,
+    PortTarget6, csum,
     parse::{
         ETH_HLEN, Frame, ICMP_ID_OFF, L4, L4_DPORT_OFF, L4_SPORT_OFF, Malformed,
         ipv6::{
@@ -49,10 +50,10 @@ use crate::{
     flowtable::EEXIST,
     frag6,
     frame::{Action, L4Change, Packet, TcFrame},
-    icmp6, link6,
+    icmp6,
     maps::{
-        CONTAINER6_PROGRAMS, FIB_SCRATCH, FILTER_RULES6, NAT_FLOWS6, NETWORKS6, NODE_ADDRS6,
-        PUBLISHED_PORTS6,
+        FIB_SCRATCH, FILTER_RULES6, NAT_FLOWS6, NETWORKS6, NODE_ADDRS6, PUBLISHED_PORTS6,
+        hand_over_container6,
     },
     masquerade6,
     nat::{next_state, now_ns},
@@ -546,14 +547,16 @@ pub fn container_ingress(ctx: &TcContext, len: usize) -> (i32, Stat) {
         Err(_) => (TC_ACT_SHOT, Stat::ContainerDropMalformed),
         Ok(Parsed6::NotIpv6) => (TC_ACT_OK, Stat::ContainerPassNotIpv4),
         // A first fragment's translation is remembered for the fragments that follow.
-        Ok(Parsed6::Transport(ip, _)) if ip.is_first_fragment() => hand_over_reply(ctx),
+        Ok(Parsed6::Transport(ip, _)) if ip.is_first_fragment() => {
+            hand_over_container6(ctx, CONTAINER6_REPLY_SLOT)
+        }
         Ok(Parsed6::Transport(ip, l4)) => match reply(ctx, &ip, &l4, |_| {}) {
             Some(verdict) => verdict,
             None => policy(ctx, &ip, Some(&l4), Icmp6Kind::Other),
         },
-        Ok(Parsed6::Fragment(_)) => hand_over_reply(ctx),
+        Ok(Parsed6::Fragment(_)) => hand_over_container6(ctx, CONTAINER6_REPLY_SLOT),
         Ok(Parsed6::OtherProtocol(ip)) if icmp6::may_be_error(&TcFrame(ctx), &ip) => {
-            hand_over_reply(ctx)
+            hand_over_container6(ctx, CONTAINER6_REPLY_SLOT)
         }
         Ok(Parsed6::OtherProtocol(ip)) => {
             let kind = if neighbour_discovery(ctx, &ip) {
@@ -566,19 +569,6 @@ pub fn container_ingress(ctx: &TcContext, len: usize) -> (i32, Stat) {
             policy(ctx, &ip, None, kind)
         }
     }
-}
-
-/// At a container's veth, in `container_ingress6`: hands a fragment (a TCP or UDP
-/// datagram's first included) or what may be an ICMPv6 error to `container_reply6`, which
-/// counts its own verdict. If the tail call fails (no program in
-/// the slot: an agent that has not filled it yet), the packet is dropped, counted: passed,
-/// it could leave with the container's own address where the client expects the published
-/// one.
-#[inline(always)]
-fn hand_over_reply(ctx: &TcContext) -> (i32, Stat) {
-    // SAFETY: a tail call returns only when it failed; the context is the program's own.
-    let _ = unsafe { CONTAINER6_PROGRAMS.tail_call(ctx, CONTAINER6_REPLY_SLOT) };
-    (TC_ACT_SHOT, Stat::ContainerDropIpv6ProgramMissing)
 }
 
 /// The headers a container's ICMPv6 error needs in the linear area: Ethernet, IPv6 with a
@@ -704,13 +694,15 @@ fn policy(ctx: &TcContext, ip: &Ipv6, l4: Option<&L4>, icmp: Icmp6Kind) -> (i32,
             (TC_ACT_OK, Stat::ContainerPassSameNetwork)
         }
         Some(true) => match l4 {
-            Some(_) => link6::hand_over(ctx),
+            Some(_) => hand_over_container6(ctx, CONTAINER6_LINK_SLOT),
             None => (TC_ACT_SHOT, Stat::ContainerDropPolicyIcc),
         },
         Some(false) => (TC_ACT_SHOT, Stat::ContainerDropIsolation),
         None if source.flags & NETWORK_INTERNAL != 0 => (TC_ACT_SHOT, Stat::ContainerDropInternal),
         None if source.flags & NETWORK_MASQUERADE == 0 => (TC_ACT_OK, Stat::ContainerPassOutside),
-        None if l4.is_some() || icmp == Icmp6Kind::EchoRequest => masquerade6::hand_over(ctx),
+        None if l4.is_some() || icmp == Icmp6Kind::EchoRequest => {
+            hand_over_container6(ctx, CONTAINER6_MASQUERADE_SLOT)
+        }
         None => (TC_ACT_OK, Stat::ContainerPassOutside),
     }
 }

@@ -13,7 +13,7 @@
 
 use aya_ebpf::{bindings::TC_ACT_SHOT, programs::TcContext};
 use dataplane_common::{
-    CONTAINER6_LINK_SLOT, CT_NEW, CT_ORIGINAL, CT_REPLY, CtEntry6, LinkKey6,
+    CT_NEW, CT_ORIGINAL, CT_REPLY, CtEntry6, LinkKey6,
     parse::{
         L4,
         ipv6::{Ipv6, Parsed6, parse_ipv6},
@@ -25,24 +25,13 @@ use crate::{
     conntrack,
     flowtable::{self, Conntrack6},
     frame::TcFrame,
-    maps::{CONNTRACK6_SCRATCH, CONTAINER6_PROGRAMS, LINKS6},
+    maps::{CONNTRACK6_SCRATCH, LINKS6},
     nat::now_ns,
 };
 
 /// [`CONNTRACK6_SCRATCH`]'s slot for the containers' veths, which `container_masquerade6`
 /// uses too: a packet reaches one of the two programs, never both.
 const SCRATCH_SLOT: u32 = 0;
-
-/// At a container's veth, in `container_ingress6`: hands a TCP or UDP packet between two
-/// containers of an `icc=false` network to `container_link6`, which counts its own
-/// verdict. If the tail call fails (no program in the slot: an agent that has not filled
-/// it yet), the packet is dropped, counted, as `icc=false` alone would drop it.
-#[inline(always)]
-pub fn hand_over(ctx: &TcContext) -> (i32, Stat) {
-    // SAFETY: a tail call returns only when it failed; the context is the program's own.
-    let _ = unsafe { CONTAINER6_PROGRAMS.tail_call(ctx, CONTAINER6_LINK_SLOT) };
-    (TC_ACT_SHOT, Stat::ContainerDropIpv6ProgramMissing)
-}
 
 /// `container_link6`: judges the packet `container_ingress6` handed over, parsed again (the
 /// verifier trusts offsets into the packet only from its own bounds checks;

@@ -96,7 +96,7 @@ pub fn uplink_ingress_l3(ctx: TcContext) -> i32 {
 pub fn uplink_ingress6(ctx: XdpContext) -> u32 {
     on_xdp(&ctx, |frame, len| {
         ipv6::uplink_ingress(frame, len, || {
-            masquerade6::hand_over_reply(&ctx, &UPLINK6_XDP_PROGRAMS, UPLINK6_MASQUERADE_SLOT)
+            uplink6::hand_over(&ctx, &UPLINK6_XDP_PROGRAMS, UPLINK6_MASQUERADE_SLOT)
         })
     })
 }
@@ -106,7 +106,7 @@ pub fn uplink_ingress6(ctx: XdpContext) -> u32 {
 pub fn uplink_ingress6_tc(ctx: TcContext) -> i32 {
     on_tc(&ctx, |frame, len| {
         ipv6::uplink_ingress(frame, len, || {
-            masquerade6::hand_over_reply(&ctx, &UPLINK6_TC_PROGRAMS, UPLINK6_MASQUERADE_SLOT)
+            uplink6::hand_over(&ctx, &UPLINK6_TC_PROGRAMS, UPLINK6_MASQUERADE_SLOT)
         })
     })
 }
@@ -116,7 +116,7 @@ pub fn uplink_ingress6_tc(ctx: TcContext) -> i32 {
 pub fn uplink_ingress6_l3(ctx: TcContext) -> i32 {
     on_tc_l3(&ctx, |frame, len| {
         ipv6::uplink_ingress(frame, len, || {
-            masquerade6::hand_over_reply(&ctx, &UPLINK6_TC_PROGRAMS, UPLINK6_L3_MASQUERADE_SLOT)
+            uplink6::hand_over(&ctx, &UPLINK6_TC_PROGRAMS, UPLINK6_L3_MASQUERADE_SLOT)
         })
     })
 }

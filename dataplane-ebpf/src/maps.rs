@@ -2,9 +2,10 @@
 //! published ports keep answering while it restarts).
 
 use aya_ebpf::{
-    bindings::{BPF_F_NO_PREALLOC, bpf_fib_lookup, bpf_sock_tuple},
+    bindings::{BPF_F_NO_PREALLOC, TC_ACT_SHOT, bpf_fib_lookup, bpf_sock_tuple},
     macros::map,
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, ProgramArray, RingBuf},
+    programs::TcContext,
 };
 use dataplane_common::{
     BackendKey, CONNTRACK_MAX, CONTAINER_PROGRAMS_MAX, CONTAINER6_PROGRAMS_MAX, Counter, CtEntry,
@@ -16,7 +17,7 @@ use dataplane_common::{
     PUBLISHED_PORTS_MAX, PortKey, PortKey6, PortTarget, PortTarget6, ROUTED_FLOWS_MAX,
     SOCK_NAT_MAX, SockNatKey, SockNatKey6, SockNatValue, SockNatValue6, TRUSTED_IFACES_MAX,
     TrustedIfaceKey, UNREPLIED_RING_LEN, UPLINK_PROGRAMS_MAX, UPLINK6_PROGRAMS_MAX,
-    stats::STATS_LEN,
+    stats::STATS_LEN, stats::Stat,
 };
 
 #[map]
@@ -169,10 +170,22 @@ pub static CT_UNREPLIED6: Array<CtKey6> = Array::pinned(UNREPLIED_RING_LEN, 0);
 #[map]
 pub static UNREPLIED_CURSORS6: Array<u32> = Array::pinned(2, 0);
 
-/// The programs `container_ingress6` tail-calls (masquerade6.rs, link6.rs); the agent
-/// fills it.
+/// The programs `container_ingress6` tail-calls (masquerade6.rs, link6.rs, ipv6.rs's
+/// `container_reply6`); the agent fills it.
 #[map]
 pub static CONTAINER6_PROGRAMS: ProgramArray = ProgramArray::pinned(CONTAINER6_PROGRAMS_MAX, 0);
+
+/// Hands a container's IPv6 packet to the program in `slot` of [`CONTAINER6_PROGRAMS`],
+/// which counts its own verdict. If the tail call fails (no program in the slot: an agent
+/// that has not filled it yet), the packet is dropped, counted: passed, it could leave
+/// untranslated (with the container's own address, or from it where the client expects
+/// the published one) or pass where `icc=false` alone would refuse it.
+#[inline(always)]
+pub fn hand_over_container6(ctx: &TcContext, slot: u32) -> (i32, Stat) {
+    // SAFETY: a tail call returns only when it failed; the context is the program's own.
+    let _ = unsafe { CONTAINER6_PROGRAMS.tail_call(ctx, slot) };
+    (TC_ACT_SHOT, Stat::ContainerDropIpv6ProgramMissing)
+}
 
 /// A [`CONNTRACK6`] flow being looked up or recorded: the packet's key, the reply key of a
 /// port being tried, and both entries, built here rather than on the stack (with IPv6's

@@ -19,15 +19,13 @@
 //! flow's two keys and two entries come to 176 bytes.
 
 use aya_ebpf::{
-    EbpfContext,
     bindings::{TC_ACT_OK, TC_ACT_SHOT},
     helpers::{bpf_get_prandom_u32, bpf_sk_lookup_tcp, bpf_sk_lookup_udp, bpf_sk_release},
-    maps::ProgramArray,
     programs::TcContext,
 };
 use dataplane_common::{
-    CONTAINER6_MASQUERADE_SLOT, CT_CLOSING, CT_NEW, CT_ORIGINAL, CT_REPLY, CtEntry6, CtKey6,
-    IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, NodeConfig, PortTarget6,
+    CT_CLOSING, CT_NEW, CT_ORIGINAL, CT_REPLY, CtEntry6, CtKey6, IPPROTO_ICMPV6, IPPROTO_TCP,
+    IPPROTO_UDP, NodeConfig, PortTarget6,
     parse::{
         Frame, L4, Quoted,
         ipv6::{
@@ -43,10 +41,7 @@ use crate::{
     flowtable::{self, Conntrack6, InsertError},
     frame::{Action, Packet, TcFrame},
     icmp6, ipv6,
-    maps::{
-        CONNTRACK6, CONNTRACK6_SCRATCH, CONTAINER6_PROGRAMS, Conntrack6Record, MASQUERADE_SOURCES6,
-        NODE_CONFIG,
-    },
+    maps::{CONNTRACK6, CONNTRACK6_SCRATCH, Conntrack6Record, MASQUERADE_SOURCES6, NODE_CONFIG},
     nat::now_ns,
 };
 
@@ -85,18 +80,6 @@ fn touch(key: &CtKey6, entry: *mut CtEntry6, l4: &L4) -> Seen {
         flowtable::ct_set_state::<Conntrack6>(key, entry, next);
     }
     what
-}
-
-/// At a container's veth, in `container_ingress6`: hands a TCP or UDP packet to the
-/// outside of a masquerading network to `container_masquerade6`, which counts its
-/// own verdict. If
-/// the tail call fails (no program in the slot: an agent that has not filled it yet), the
-/// packet is dropped, counted: passed, it would leave with the container's own address.
-#[inline(always)]
-pub fn hand_over(ctx: &TcContext) -> (i32, Stat) {
-    // SAFETY: a tail call returns only when it failed; the context is the program's own.
-    let _ = unsafe { CONTAINER6_PROGRAMS.tail_call(ctx, CONTAINER6_MASQUERADE_SLOT) };
-    (TC_ACT_SHOT, Stat::ContainerDropIpv6ProgramMissing)
 }
 
 /// `container_masquerade6`: masquerades the packet `container_ingress6` handed over (TCP,
@@ -359,23 +342,6 @@ fn node_socket_uses(ctx: &TcContext, protocol: u8, record: &mut Conntrack6Record
         bpf_sk_release(sk.cast());
         true
     }
-}
-
-/// On an uplink, in its IPv6 program: hands what may answer a masqueraded IPv6 flow
-/// ([`is_reply`], [`may_answer`]) to the masquerade program in `slot` of `programs`,
-/// which counts its own verdict. The uplinks' IPv6 programs have no stack left for the
-/// translation (their published ports and fragments take it). If the tail call fails (an
-/// empty slot), the packet passes to the node's stack, counted, as IPv6 frames do when
-/// `uplink6::hand_over` fails.
-#[inline(always)]
-pub fn hand_over_reply<C: EbpfContext>(
-    ctx: &C,
-    programs: &ProgramArray,
-    slot: u32,
-) -> (Action, Stat) {
-    // SAFETY: a tail call returns only when it failed; the context is the program's own.
-    let _ = unsafe { programs.tail_call(ctx, slot) };
-    (Action::Pass, Stat::UplinkPassIpv6ProgramMissing)
 }
 
 /// Whether a packet on the uplink (TCP, UDP, an ICMPv6 echo reply) is a reply of a

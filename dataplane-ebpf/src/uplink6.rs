@@ -22,10 +22,13 @@ pub fn is_ipv6<F: Frame>(frame: &F) -> bool {
 }
 
 /// Hands an IPv6 frame to the program in `slot` of `programs`, which counts its own
-/// verdict. Returns only if the tail call failed (no program there: an agent that has not
-/// filled the slot yet): the frame then passes to the node's stack, counted, as every IPv6
-/// frame did before the uplinks translated IPv6 (dropped, it would cut the node's own IPv6
-/// off, neighbour discovery included).
+/// verdict: the uplink programs' IPv6 frames to the IPv6 programs, and those programs'
+/// candidate replies of masqueraded flows to the masquerade programs (masquerade6.rs; the
+/// IPv6 programs have no stack left for the translation). Returns only if the tail call
+/// failed (no program there: an agent that has not filled the slot yet): the frame then
+/// passes to the node's stack, counted, as every IPv6 frame did before the uplinks
+/// translated IPv6 (dropped, it would cut the node's own IPv6 off, neighbour discovery
+/// included).
 #[inline(always)]
 pub fn hand_over<C: EbpfContext>(ctx: &C, programs: &ProgramArray, slot: u32) -> (Action, Stat) {
     // SAFETY: a tail call returns only when it failed; the context is the program's own.
