@@ -773,7 +773,10 @@ mod tests {
             Some((ETH_HLEN + 28 + 20 + UDP_CHECK_OFF, 0x5555))
         );
         let f = icmp_error_frame(ICMP_DEST_UNREACH, 3, &quotable(0, IPPROTO_UDP, 0), 8);
-        assert_eq!(parse_icmp_error(&f).expect("udp").quoted.l4_check.get(), None);
+        assert_eq!(
+            parse_icmp_error(&f).expect("udp").quoted.l4_check.get(),
+            None
+        );
         // An echo request: the identifier is the source "port".
         let f = icmp_error_frame(ICMP_TIME_EXCEEDED, 0, &quotable(0, IPPROTO_ICMP, 0), 8);
         let q = parse_icmp_error(&f).expect("echo").quoted;

@@ -642,7 +642,10 @@ pub(crate) mod tests {
         .expect("echo")
         .quoted;
         assert_eq!((q.sport_be, q.dport_be), (0xabcdu16.to_be(), 0));
-        assert_eq!(q.l4_check.get(), Some((q.l4_offset() + ICMP_CHECK_OFF, 0x3412)));
+        assert_eq!(
+            q.l4_check.get(),
+            Some((q.l4_offset() + ICMP_CHECK_OFF, 0x3412))
+        );
         // A quoted later fragment has no ports; other ICMPv6 types are no errors.
         let later = packet(
             &[extension(NEXTHDR_FRAGMENT, 8, 8 << 3)],
