@@ -99,10 +99,7 @@ pub fn uplink_ingress<P: Packet>(
                 // Echo replies and the other errors are looked up there: this program has no
                 // stack left for them.
                 None if masquerade6::may_answer(packet, &ip) => masquerade_reply(),
-                None if !direct_access_allowed(&ip, packet.ingress_ifindex()) => {
-                    (Action::Drop, Stat::UplinkDropDirectAccess)
-                }
-                None => (Action::Pass, Stat::UplinkPassNotTcpUdp),
+                None => unless_direct_access_refused(packet, &ip, Stat::UplinkPassNotTcpUdp),
             }
         }
         // Not a guard: bound by reference there, the headers would be copied to the stack
@@ -241,10 +238,7 @@ fn from_outside<P: Packet>(packet: &P, ip: &Ipv6, l4: &L4, len: usize) -> (Actio
     // A copy: read in place, its fields would leave the verifier no bounds on the offsets
     // this path keeps (the registers are spent differently).
     let Some(&target) = published_target(&ip.dst, l4.dport_be, ip.protocol, false) else {
-        if !direct_access_allowed(ip, packet.ingress_ifindex()) {
-            return (Action::Drop, Stat::UplinkDropDirectAccess);
-        }
-        return (Action::Pass, Stat::UplinkPassNotPublished);
+        return unless_direct_access_refused(packet, ip, Stat::UplinkPassNotPublished);
     };
     if !source_allowed(&ip.src, l4.dport_be, ip.protocol, len) {
         return (Action::Drop, Stat::UplinkDropFilter);
@@ -323,6 +317,21 @@ fn direct_access_allowed(ip: &Ipv6, ingress_ifindex: u32) -> bool {
     // SAFETY: the value is only tested for presence.
     flags & (NETWORK_DIRECT_ANY | NETWORK_DIRECT_PUBLISHED) != 0
         || unsafe { TRUSTED_IFACES.get(&trusted) }.is_some()
+}
+
+/// What becomes of a frame from the outside that no translation claimed: it passes to the
+/// node, counted as `passed`, unless it reaches a container directly where
+/// [`direct_access_allowed`] refuses it.
+#[inline(always)]
+pub(crate) fn unless_direct_access_refused<P: Packet>(
+    packet: &P,
+    ip: &Ipv6,
+    passed: Stat,
+) -> (Action, Stat) {
+    match direct_access_allowed(ip, packet.ingress_ifindex()) {
+        true => (Action::Pass, passed),
+        false => (Action::Drop, Stat::UplinkDropDirectAccess),
+    }
 }
 
 /// The 32-bit words of an IPv6 address as they sit in memory, for checksum updates.
