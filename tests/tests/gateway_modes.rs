@@ -23,6 +23,8 @@ use bpfbridge_tests::{
 use serde_json::Value;
 
 const WAIT: Duration = Duration::from_millis(800);
+/// IPv6's first exchange may wait for neighbour discovery on the bridge.
+const WAIT6: Duration = Duration::from_secs(3);
 
 /// Runs the CLI and expects success; returns stdout and stderr.
 fn ok(agent: &Agent, args: &[&str]) -> Result<(String, String)> {
@@ -209,13 +211,13 @@ impl Drop for Echo6 {
     }
 }
 
-/// Whether a TCP exchange from `netns` to the IPv6 `to` succeeds within [`WAIT`].
+/// Whether a TCP exchange from `netns` to the IPv6 `to` succeeds within [`WAIT6`].
 fn tcp6_reaches(netns: &Path, to: SocketAddr) -> bool {
     in_netns(netns, || {
-        let Ok(mut stream) = TcpStream::connect_timeout(&to, WAIT) else {
+        let Ok(mut stream) = TcpStream::connect_timeout(&to, WAIT6) else {
             return false;
         };
-        let _ = stream.set_read_timeout(Some(WAIT));
+        let _ = stream.set_read_timeout(Some(WAIT6));
         let mut answer = String::new();
         stream.write_all(b"hi").is_ok()
             && stream.read_to_string(&mut answer).is_ok()
