@@ -33,9 +33,9 @@ use aya_ebpf::{
 };
 use dataplane_common::{
     CONTAINER6_LINK_SLOT, CONTAINER6_MASQUERADE_SLOT, CONTAINER6_REPLY_SLOT, CT_NEW, FILTER_DENY,
-    FILTER_SCOPE_BITS, FilterKey6, FlowKey6, IPPROTO_ICMPV6, IPPROTO_UDP, NETWORK_ICC,
-    NETWORK_INTERNAL, NETWORK_MASQUERADE, NatFlow6, NetworkKey6, NodeAddrKey6, PortKey6,
-    PortTarget6, csum,
+    FILTER_SCOPE_BITS, FilterKey6, FlowKey6, IPPROTO_ICMPV6, IPPROTO_UDP, NETWORK_DIRECT_ANY,
+    NETWORK_DIRECT_PUBLISHED, NETWORK_ICC, NETWORK_INTERNAL, NETWORK_MASQUERADE, NatFlow6,
+    NetworkKey6, NodeAddrKey6, PortKey6, PortTarget6, TrustedIfaceKey, csum,
     parse::{
         ETH_HLEN, Frame, ICMP_ID_OFF, L4, L4_DPORT_OFF, L4_SPORT_OFF, Malformed,
         ipv6::{
@@ -53,7 +53,7 @@ use crate::{
     icmp6,
     maps::{
         FIB_SCRATCH, FILTER_RULES6, NAT_FLOWS6, NETWORKS6, NODE_ADDRS6, PUBLISHED_PORTS6,
-        hand_over_container6,
+        TRUSTED_IFACES, hand_over_container6,
     },
     masquerade6,
     nat::{next_state, now_ns},
@@ -99,7 +99,7 @@ pub fn uplink_ingress<P: Packet>(
                 // Echo replies and the other errors are looked up there: this program has no
                 // stack left for them.
                 None if masquerade6::may_answer(packet, &ip) => masquerade_reply(),
-                None => (Action::Pass, Stat::UplinkPassNotTcpUdp),
+                None => unless_direct_access_refused(packet, &ip, Stat::UplinkPassNotTcpUdp),
             }
         }
         // Not a guard: bound by reference there, the headers would be copied to the stack
@@ -238,7 +238,7 @@ fn from_outside<P: Packet>(packet: &P, ip: &Ipv6, l4: &L4, len: usize) -> (Actio
     // A copy: read in place, its fields would leave the verifier no bounds on the offsets
     // this path keeps (the registers are spent differently).
     let Some(&target) = published_target(&ip.dst, l4.dport_be, ip.protocol, false) else {
-        return (Action::Pass, Stat::UplinkPassNotPublished);
+        return unless_direct_access_refused(packet, ip, Stat::UplinkPassNotPublished);
     };
     if !source_allowed(&ip.src, l4.dport_be, ip.protocol, len) {
         return (Action::Drop, Stat::UplinkDropFilter);
@@ -285,6 +285,53 @@ fn from_outside<P: Packet>(packet: &P, ip: &Ipv6, l4: &L4, len: usize) -> (Actio
         Action::Redirect(target.host_veth_ifindex),
         Stat::UplinkRedirectDnat,
     )
+}
+
+/// Whether a frame from the outside that arrived on `ingress_ifindex` may reach `ip`'s
+/// destination directly (not through a published host port), as Docker 28's raw-table
+/// drop decides for IPv6 (moby#49325, `-d SUBNET ! -i BRIDGE -j DROP`): not on a `nat`
+/// network's containers, unless the frame came in on one of the network's trusted
+/// interfaces; the gateway (a node address) excepted. `nat-unprotected`, `routed` and
+/// `--allow-direct-routing` (the network's `NETWORK_DIRECT_*` flags) skip that drop, and
+/// what they let through is the node's to judge: unlike IPv4's (policy.rs), no flow or
+/// published container port is looked up, because in `nat` mode Docker's drop spares
+/// neither (the containers' own flows are masqueraded: their replies come to the node's
+/// address). Internal networks are never reached from the outside.
+#[inline(always)]
+fn direct_access_allowed(ip: &Ipv6, ingress_ifindex: u32) -> bool {
+    let Some(network) = NETWORKS6.get(&Key::new(128, NetworkKey6 { addr: ip.dst })) else {
+        return true;
+    };
+    // SAFETY: the value is only tested for presence.
+    if unsafe { NODE_ADDRS6.get(&NodeAddrKey6 { addr: ip.dst }) }.is_some() {
+        return true;
+    }
+    let flags = network.flags;
+    if flags & NETWORK_INTERNAL != 0 {
+        return false;
+    }
+    let trusted = TrustedIfaceKey {
+        network_index: network.index,
+        ifindex: ingress_ifindex,
+    };
+    // SAFETY: the value is only tested for presence.
+    flags & (NETWORK_DIRECT_ANY | NETWORK_DIRECT_PUBLISHED) != 0
+        || unsafe { TRUSTED_IFACES.get(&trusted) }.is_some()
+}
+
+/// What becomes of a frame from the outside that no translation claimed: it passes to the
+/// node, counted as `passed`, unless it reaches a container directly where
+/// [`direct_access_allowed`] refuses it.
+#[inline(always)]
+pub(crate) fn unless_direct_access_refused<P: Packet>(
+    packet: &P,
+    ip: &Ipv6,
+    passed: Stat,
+) -> (Action, Stat) {
+    match direct_access_allowed(ip, packet.ingress_ifindex()) {
+        true => (Action::Pass, passed),
+        false => (Action::Drop, Stat::UplinkDropDirectAccess),
+    }
 }
 
 /// The 32-bit words of an IPv6 address as they sit in memory, for checksum updates.

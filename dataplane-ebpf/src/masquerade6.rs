@@ -382,23 +382,26 @@ pub(crate) fn may_answer<F: Frame>(frame: &F, ip: &Ipv6) -> bool {
 pub fn uplink_masquerade<P: Packet>(packet: &P, len: usize) -> (Action, Stat) {
     // Parsed again, as in `container_masquerade`. A flow gone since the hand-over (on
     // another CPU), or an echo reply to the node's own ping, passes to the node's stack as
-    // any unknown packet.
+    // any unknown packet, unless it is addressed to a container Docker 28's direct-access
+    // drop protects.
     let (ip, l4) = match parse_ipv6(packet, len) {
         Ok(Parsed6::Transport(ip, l4)) => (ip, l4),
         Ok(Parsed6::OtherProtocol(ip)) => match icmp6_echo(packet, &ip, false) {
             Some(echo) => (ip, echo),
             None => {
-                return icmp6::uplink_error(packet, &ip, masqueraded_origin)
-                    .unwrap_or((Action::Pass, Stat::UplinkPassNotTcpUdp));
+                return icmp6::uplink_error(packet, &ip, masqueraded_origin).unwrap_or_else(|| {
+                    ipv6::unless_direct_access_refused(packet, &ip, Stat::UplinkPassNotTcpUdp)
+                });
             }
         },
         _ => return (Action::Drop, Stat::UplinkDropMalformed),
     };
     let not_ours = match ip.protocol {
-        IPPROTO_ICMPV6 => (Action::Pass, Stat::UplinkPassNotTcpUdp),
-        _ => (Action::Pass, Stat::UplinkPassNotPublished),
+        IPPROTO_ICMPV6 => Stat::UplinkPassNotTcpUdp,
+        _ => Stat::UplinkPassNotPublished,
     };
-    reply(packet, &ip, &l4).unwrap_or(not_ours)
+    reply(packet, &ip, &l4)
+        .unwrap_or_else(|| ipv6::unless_direct_access_refused(packet, &ip, not_ours))
 }
 
 /// A reply of a masqueraded IPv6 flow goes straight back to its container, its

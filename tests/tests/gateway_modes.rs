@@ -4,18 +4,27 @@
 //! several networks by `--gw-priority`, and options Docker's bridge driver ignores.
 
 use std::{
-    net::{Ipv4Addr, SocketAddrV4},
-    time::Duration,
+    io::{Read as _, Write as _},
+    net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream},
+    path::Path,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread,
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result, ensure};
 use bpfbridge_tests::{
-    Agent, Echo, NODE_IP, Topology, UPLINK, ebpf_checks, in_netns, ping_reaches, run, tcp_reaches,
-    udp_reaches,
+    Agent, Echo, NODE_IP, NODE_IPV6, Topology, UPLINK, ebpf_checks, in_netns, ping_reaches, run,
+    skip_without_dataplane_ipv6, tcp_reaches, udp_reaches,
 };
 use serde_json::Value;
 
 const WAIT: Duration = Duration::from_millis(800);
+/// IPv6's first exchange may wait for neighbour discovery on the bridge.
+const WAIT6: Duration = Duration::from_secs(3);
 
 /// Runs the CLI and expects success; returns stdout and stderr.
 fn ok(agent: &Agent, args: &[&str]) -> Result<(String, String)> {
@@ -153,6 +162,127 @@ fn direct_access_by_gateway_mode() -> Result<()> {
     }
     if ebpf_checks("the direct-access drop counter") {
         ensure!(agent.counter("uplink_ingress.drop.direct_access")? >= 4);
+    }
+    Ok(())
+}
+
+/// A TCP server on `[::]:port` in a namespace that answers `pong LINE`, until dropped
+/// (the shared `Echo` listens on IPv4 only).
+struct Echo6 {
+    stop: Arc<AtomicBool>,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+impl Echo6 {
+    fn start(netns: &Path, port: u16) -> Result<Self> {
+        let listener = in_netns(netns, || TcpListener::bind(("::", port)))?;
+        listener.set_nonblocking(true)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let thread = thread::spawn(move || {
+            while !flag.load(Ordering::Relaxed) && Instant::now() < deadline {
+                let Ok((mut stream, _)) = listener.accept() else {
+                    thread::sleep(Duration::from_millis(10));
+                    continue;
+                };
+                let _ = stream.set_nonblocking(false);
+                let _ = stream.set_read_timeout(Some(WAIT));
+                let mut buf = [0u8; 64];
+                if let Ok(n) = stream.read(&mut buf) {
+                    let _ = stream.write_all(b"pong ");
+                    let _ = stream.write_all(&buf[..n]);
+                }
+            }
+        });
+        Ok(Echo6 {
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for Echo6 {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Whether a TCP exchange from `netns` to the IPv6 `to` succeeds within [`WAIT6`].
+fn tcp6_reaches(netns: &Path, to: SocketAddr) -> bool {
+    in_netns(netns, || {
+        let Ok(mut stream) = TcpStream::connect_timeout(&to, WAIT6) else {
+            return false;
+        };
+        let _ = stream.set_read_timeout(Some(WAIT6));
+        let mut answer = String::new();
+        stream.write_all(b"hi").is_ok()
+            && stream.read_to_string(&mut answer).is_ok()
+            && answer == "pong hi"
+    })
+}
+
+/// Docker 28's direct-access drop for IPv6 (ip6tables' raw-table rule): a world host with
+/// a route to the IPv6 subnets via the node reaches nothing at a container's own IPv6
+/// address on a `nat` network, published container port included, while the published
+/// host port answers through the node; on a `routed` network the published container
+/// port answers at the container's address.
+#[test]
+fn direct_ipv6_access_by_gateway_mode() -> Result<()> {
+    let topology = Topology::new()?.with_ipv6()?;
+    topology.world.ip(&[
+        "-6",
+        "route",
+        "replace",
+        "fd00::/8",
+        "via",
+        &NODE_IPV6.to_string(),
+    ])?;
+    let agent = Agent::start(&topology)?;
+    if skip_without_dataplane_ipv6(&agent, "the IPv6 direct-access drop")? {
+        return Ok(());
+    }
+    let routed = [
+        "com.docker.network.bridge.gateway_mode_ipv4=routed",
+        "com.docker.network.bridge.gateway_mode_ipv6=routed",
+    ];
+    let cases: [(&str, &[&str], bool); 2] = [("nat6", &[], false), ("routed6", &routed, true)];
+    let world = topology.world.path();
+    for (i, (network, options, reachable)) in cases.into_iter().enumerate() {
+        let subnet4 = format!("10.{}.0.0/24", 81 + i);
+        let subnet6 = format!("fd00:{}::/64", 81 + i);
+        let mut args = vec![
+            "network", "create", network, "--ipv6", "--subnet", &subnet4, "--subnet", &subnet6,
+        ];
+        for option in options {
+            args.extend(["-o", option]);
+        }
+        ok(&agent, &args)?;
+        let host_port = 8200 + i as u16;
+        let publish = format!("{host_port}:80");
+        let name = format!("c-{network}");
+        let (json, netns) =
+            agent.create_container(&[&name, "--network", network, "-p", &publish])?;
+        let ip: Ipv6Addr = json["NetworkSettings"]["Networks"][network]["GlobalIPv6Address"]
+            .as_str()
+            .context("GlobalIPv6Address")?
+            .parse()?;
+        let _server = Echo6::start(&netns, 80)?;
+        ensure!(
+            tcp6_reaches(&world, SocketAddr::new(NODE_IPV6.into(), host_port)),
+            "{network}: the published host port answers through the node over IPv6"
+        );
+        assert_eq!(
+            tcp6_reaches(&world, SocketAddr::new(ip.into(), 80)),
+            reachable,
+            "{network}: the published container port at [{ip}]:80"
+        );
+    }
+    if ebpf_checks("the direct-access drop counter") {
+        ensure!(agent.counter("uplink_ingress.drop.direct_access")? >= 1);
     }
     Ok(())
 }

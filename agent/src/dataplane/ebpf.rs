@@ -508,7 +508,8 @@ fn link_keys(
 }
 
 /// The NETWORKS6 entry of a network with an IPv6 subnet: its IPv6 masquerade setting in
-/// place of the IPv4 one, no direct-access flags (the uplink does not judge IPv6 yet).
+/// place of the IPv4 one, and the network's direct access (as the iptables dataplane's
+/// IPv6 raw-table rules follow it).
 fn network_entry6(n: &NetworkPolicy) -> Option<(Key<NetworkKey6>, NetworkInfo)> {
     let subnet = n.subnet_ipv6?;
     let flags = if n.icc { NETWORK_ICC } else { 0 }
@@ -517,7 +518,8 @@ fn network_entry6(n: &NetworkPolicy) -> Option<(Key<NetworkKey6>, NetworkInfo)> 
             NETWORK_MASQUERADE
         } else {
             0
-        };
+        }
+        | direct_access_flags(n.direct_access);
     let key = Key::new(
         u32::from(subnet.prefix_len()),
         NetworkKey6 {

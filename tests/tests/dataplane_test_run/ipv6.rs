@@ -904,3 +904,103 @@ fn ipv6_reaches_its_program_by_tail_call_or_is_a_counted_drop() -> Result<()> {
     assert_eq!((verdict, stat), (TC_ACT_OK, Stat::ContainerPassNotIpv4));
     Ok(())
 }
+
+/// Docker 28's direct-access drop for IPv6 on the uplink (ip6tables' raw-table rule): on
+/// a `nat` network nothing from the outside reaches a container's own address (a
+/// published container port, ICMPv6 or an echo reply included: handed to the masquerade
+/// program, which finds no flow), counted; the gateway, a trusted interface, `routed`,
+/// `nat-unprotected` and addresses on no network pass; the published port through the
+/// node's address is translated as ever.
+#[test]
+fn ipv6_direct_access_table() -> Result<()> {
+    const ICMPV6_ECHO_REQUEST: u8 = 128;
+    const ICMPV6_ECHO_REPLY: u8 = 129;
+    let gateway: Ipv6Addr = "fd00::1".parse()?;
+    let address = |subnet: u16| Ipv6Addr::new(0xfd00, subnet, 0, 0, 0, 0, 0, 2);
+    let syn = |dst, dport| Packet6::tcp(WORLD_IP6, 40000, dst, dport, SYN).build();
+    let echo = |icmp_type| Packet6::icmp6(WORLD_IP6, CONTAINER_IP6, icmp_type, &[0, 7, 0, 1]);
+    let drop = (XDP_DROP, Stat::UplinkDropDirectAccess);
+    let pass = (XDP_PASS, Stat::UplinkPassNotPublished);
+    let cases: Vec<(&str, Vec<u8>, (u32, Stat))> = vec![
+        (
+            "nat: a published container port",
+            syn(CONTAINER_IP6, 80),
+            drop,
+        ),
+        ("nat: an unpublished port", syn(CONTAINER_IP6, 22), drop),
+        (
+            "nat: udp",
+            Packet6::udp(WORLD_IP6, 40001, CONTAINER_IP6, 53, 12).build(),
+            drop,
+        ),
+        (
+            "nat: an echo request",
+            echo(ICMPV6_ECHO_REQUEST).build(),
+            drop,
+        ),
+        (
+            "nat: a stray echo reply",
+            echo(ICMPV6_ECHO_REPLY).build(),
+            drop,
+        ),
+        ("nat: the gateway, a node address", syn(gateway, 22), pass),
+        ("internal", syn(address(3), 80), drop),
+        ("routed", syn(address(1), 22), pass),
+        ("nat-unprotected", syn(address(2), 22), pass),
+        ("nat, from a trusted interface", syn(address(4), 80), pass),
+        ("on no network", syn("2001:db8::99".parse()?, 22), pass),
+        (
+            "the published port through the node",
+            syn(NODE_IP6, 8080),
+            (XDP_REDIRECT, Stat::UplinkRedirectDnat),
+        ),
+    ];
+    let mut fx = Fixture::with_ipv6_ports()?;
+    {
+        let mut trie: LpmTrie<&mut MapData, NetworkKey6, NetworkInfo> =
+            LpmTrie::try_from(fx.ebpf.map_mut(NETWORKS6).unwrap())?;
+        for (subnet, flags) in [
+            (0, NETWORK_ICC | NETWORK_MASQUERADE),
+            (
+                1,
+                NETWORK_ICC | NETWORK_DIRECT_PUBLISHED | NETWORK_DIRECT_ICMP,
+            ),
+            (2, NETWORK_ICC | NETWORK_MASQUERADE | NETWORK_DIRECT_ANY),
+            (3, NETWORK_ICC | NETWORK_INTERNAL),
+            (4, NETWORK_ICC | NETWORK_MASQUERADE),
+        ] {
+            let addr = Ipv6Addr::new(0xfd00, subnet, 0, 0, 0, 0, 0, 0).octets();
+            let info = NetworkInfo {
+                index: u32::from(subnet) + 1,
+                flags,
+            };
+            trie.insert(&Key::new(64, NetworkKey6 { addr }), info, 0)?;
+        }
+        let mut addrs: HashMap<&mut MapData, NodeAddrKey6, NodeAddr> =
+            HashMap::try_from(fx.ebpf.map_mut(NODE_ADDRS6).unwrap())?;
+        let key = NodeAddrKey6 {
+            addr: gateway.octets(),
+        };
+        addrs.insert(key, NodeAddr { ifindex: 3 }, 0)?;
+        // BPF_PROG_TEST_RUN hands an XDP program its frame from loopback (ifindex 1):
+        // trusted for the fifth network.
+        let mut trusted: HashMap<&mut MapData, TrustedIfaceKey, u32> =
+            HashMap::try_from(fx.ebpf.map_mut(TRUSTED_IFACES).unwrap())?;
+        let key = TrustedIfaceKey {
+            network_index: 5,
+            ifindex: 1,
+        };
+        trusted.insert(key, 1, 0)?;
+    }
+    let before = fx.counters()?[Stat::UplinkDropDirectAccess as usize];
+    for (name, frame, expected) in &cases {
+        let (got, out, moved) = fx.run(UPLINK_PROGRAM, frame).context(*name)?;
+        assert_eq!((got, moved), *expected, "{name}");
+        if got != XDP_REDIRECT {
+            assert_eq!(&out, frame, "{name}: untouched");
+        }
+    }
+    let dropped = fx.counters()?[Stat::UplinkDropDirectAccess as usize] - before;
+    assert_eq!(dropped, 6, "every drop counted");
+    Ok(())
+}
