@@ -9,8 +9,8 @@
 //!
 //! At a container's veth masquerade runs in a program of its own, `container_masquerade6`,
 //! which `container_ingress6` reaches by tail call (through `CONTAINER6_PROGRAMS`), and
-//! which parses the packet again: `container_ingress6` uses 416
-//! of its 512 bytes of stack for parsing, published-port replies and policy, and the port
+//! which parses the packet again: `container_ingress6` uses over 400 of its 512 bytes of
+//! stack for parsing, published-port replies and policy, and the port
 //! search with its socket lookups, FIB lookups and early drop needs more than the rest.
 //! On the uplinks the replies and errors are translated in programs of their own as well
 //! (`uplink_masquerade6`, `uplink_masquerade6_tc`, `uplink_masquerade6_l3`), reached from
