@@ -205,6 +205,23 @@ pub fn serve_once_v6(netns: &Path, port: u16) -> thread::JoinHandle<Result<Socke
     serve_once_on(netns, Ipv6Addr::UNSPECIFIED.into(), port)
 }
 
+/// The first connection to a non-blocking `listener` within `within`, made blocking again:
+/// the servers of the tests wait for their client this way, bounded.
+pub fn accept_within(listener: &TcpListener, within: Duration) -> Result<(TcpStream, SocketAddr)> {
+    let deadline = Instant::now() + within;
+    let (stream, peer) = loop {
+        match listener.accept() {
+            Ok(conn) => break conn,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && Instant::now() < deadline => {
+                thread::sleep(Duration::from_millis(10))
+            }
+            Err(e) => return Err(e).context("accept"),
+        }
+    };
+    stream.set_nonblocking(false)?;
+    Ok((stream, peer))
+}
+
 /// [`serve_once`] on `address:port`.
 fn serve_once_on(
     netns: &Path,
@@ -218,19 +235,7 @@ fn serve_once_on(
         let listener = TcpListener::bind((address, port))?;
         listener.set_nonblocking(true)?;
         let _ = ready_tx.send(());
-        let deadline = Instant::now() + Duration::from_secs(15);
-        let (mut stream, peer) = loop {
-            match listener.accept() {
-                Ok(conn) => break conn,
-                Err(e)
-                    if e.kind() == std::io::ErrorKind::WouldBlock && Instant::now() < deadline =>
-                {
-                    thread::sleep(Duration::from_millis(10))
-                }
-                Err(e) => return Err(e).context("accept"),
-            }
-        };
-        stream.set_nonblocking(false)?;
+        let (mut stream, peer) = accept_within(&listener, Duration::from_secs(15))?;
         stream.set_read_timeout(Some(Duration::from_secs(5)))?;
         let mut buf = [0u8; 256];
         let n = stream.read(&mut buf)?;

@@ -19,8 +19,8 @@ use std::{
 
 use anyhow::{Context as _, Result, bail, ensure};
 use bpfbridge_tests::{
-    Agent, NODE_IP, NODE_IPV6, Netns, Topology, WORLD_IP, WORLD_IPV6, WORLD_LINK, ebpf_checks,
-    in_netns, skip_without_dataplane_ipv6,
+    Agent, NODE_IP, NODE_IPV6, Netns, Topology, WORLD_IP, WORLD_IPV6, WORLD_LINK, accept_within,
+    ebpf_checks, in_netns, skip_without_dataplane_ipv6,
 };
 
 /// Datagrams that a 1,500-byte MTU splits into 3 and 7 fragments.
@@ -289,19 +289,7 @@ fn serve_download(netns: PathBuf, address: SocketAddr) -> thread::JoinHandle<Res
         let listener = in_netns(&netns, || TcpListener::bind(address))?;
         listener.set_nonblocking(true)?;
         let _ = ready_tx.send(());
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let mut stream = loop {
-            match listener.accept() {
-                Ok((stream, _)) => break stream,
-                Err(e)
-                    if e.kind() == std::io::ErrorKind::WouldBlock && Instant::now() < deadline =>
-                {
-                    thread::sleep(Duration::from_millis(10))
-                }
-                Err(e) => return Err(e).context("accept"),
-            }
-        };
-        stream.set_nonblocking(false)?;
+        let (mut stream, _) = accept_within(&listener, Duration::from_secs(20))?;
         stream.set_write_timeout(Some(Duration::from_secs(20)))?;
         stream.write_all(&pattern(DOWNLOAD, 3))?;
         Ok(DOWNLOAD)
@@ -551,19 +539,7 @@ fn receive_upload(netns: PathBuf, address: SocketAddr) -> thread::JoinHandle<Res
         let listener = in_netns(&netns, || TcpListener::bind(address))?;
         listener.set_nonblocking(true)?;
         let _ = ready_tx.send(());
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let mut stream = loop {
-            match listener.accept() {
-                Ok((stream, _)) => break stream,
-                Err(e)
-                    if e.kind() == std::io::ErrorKind::WouldBlock && Instant::now() < deadline =>
-                {
-                    thread::sleep(Duration::from_millis(10))
-                }
-                Err(e) => return Err(e).context("accept"),
-            }
-        };
-        stream.set_nonblocking(false)?;
+        let (mut stream, _) = accept_within(&listener, Duration::from_secs(20))?;
         stream.set_read_timeout(Some(Duration::from_secs(10)))?;
         let mut received = Vec::with_capacity(DOWNLOAD);
         stream

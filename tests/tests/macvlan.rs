@@ -10,13 +10,13 @@ use std::{
     path::Path,
     process::Command,
     thread,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use anyhow::{Context as _, Result, ensure};
 use bpfbridge_tests::{
-    Agent, Echo, Topology, UPLINK, WORLD_LINK, enter_netns_on_this_thread, in_netns, links,
-    ping_reaches, tcp_reaches,
+    Agent, Echo, Topology, UPLINK, WORLD_LINK, accept_within, enter_netns_on_this_thread, in_netns,
+    links, ping_reaches, tcp_reaches,
 };
 use serde_json::Value;
 
@@ -878,22 +878,9 @@ fn tcp6_peer(server: &Path, client: &Path, to: SocketAddr) -> Result<SocketAddr>
         let listener = TcpListener::bind((Ipv6Addr::UNSPECIFIED, port))?;
         listener.set_nonblocking(true)?;
         let _ = ready_tx.send(());
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            match listener.accept() {
-                Ok((mut stream, peer)) => {
-                    stream.set_nonblocking(false)?;
-                    stream.write_all(b"pong")?;
-                    return Ok(peer);
-                }
-                Err(e)
-                    if e.kind() == std::io::ErrorKind::WouldBlock && Instant::now() < deadline =>
-                {
-                    thread::sleep(Duration::from_millis(10))
-                }
-                Err(e) => return Err(e).context("accept"),
-            }
-        }
+        let (mut stream, peer) = accept_within(&listener, Duration::from_secs(10))?;
+        stream.write_all(b"pong")?;
+        Ok(peer)
     });
     let _ = ready_rx.recv_timeout(Duration::from_secs(5));
     let answer = in_netns(client, || -> std::io::Result<String> {
