@@ -25,11 +25,12 @@ use crate::{
     conntrack,
     flowtable::{self, Conntrack6},
     frame::TcFrame,
-    maps::{CONNTRACK6_SCRATCH, LINKS6},
+    maps::LINKS6,
+    masquerade6,
     nat::now_ns,
 };
 
-/// [`CONNTRACK6_SCRATCH`]'s slot for the containers' veths, which `container_masquerade6`
+/// `CONNTRACK6_SCRATCH`'s slot for the containers' veths, which `container_masquerade6`
 /// uses too: a packet reaches one of the two programs, never both.
 const SCRATCH_SLOT: u32 = 0;
 
@@ -49,20 +50,9 @@ pub fn container_link(ctx: &TcContext) -> (i32, Stat) {
 #[inline(always)]
 fn linked(ip: &Ipv6, l4: &L4) -> (i32, Stat) {
     // Never `None`: the array has the slot. Without room the flow cannot be tracked.
-    let Some(record) = CONNTRACK6_SCRATCH.get_ptr_mut(SCRATCH_SLOT) else {
+    let Some(record) = masquerade6::record_for(SCRATCH_SLOT, ip, l4) else {
         return (TC_ACT_SHOT, Stat::ContainerDropConntrackFull);
     };
-    // SAFETY: a map value of plain data, ours alone on this CPU while the program runs.
-    let record = unsafe { &mut *record };
-    // Field by field, here as in masquerade6.rs: whole values built first would be built
-    // on the stack.
-    let key = &mut record.key;
-    key.src_ip = ip.src;
-    key.dst_ip = ip.dst;
-    key.sport_be = l4.sport_be;
-    key.dport_be = l4.dport_be;
-    key.proto = ip.protocol;
-    key._pad = [0; 3];
     // A new flow's entries, recorded only if the link allows it. No translation: both
     // entries' "nat" address and port are the opener's own (as IPv4's links), which names
     // either entry's peer; no veth or MACs, nothing is redirected.

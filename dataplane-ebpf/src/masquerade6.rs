@@ -49,9 +49,10 @@ use crate::{
 const CONTAINER_SLOT: u32 = 0;
 const UPLINK_SLOT: u32 = 1;
 
-/// This CPU's scratch record for `slot`, its key set to the packet's tuple.
+/// This CPU's scratch record for `slot` (of [`CONNTRACK6_SCRATCH`]), its key set to the
+/// packet's tuple; link6.rs's too.
 #[inline(always)]
-fn record_for(slot: u32, ip: &Ipv6, l4: &L4) -> Option<&'static mut Conntrack6Record> {
+pub(crate) fn record_for(slot: u32, ip: &Ipv6, l4: &L4) -> Option<&'static mut Conntrack6Record> {
     let record = CONNTRACK6_SCRATCH.get_ptr_mut(slot)?;
     // SAFETY: a map value of plain data, ours alone on this CPU while the program runs.
     let record = unsafe { &mut *record };
