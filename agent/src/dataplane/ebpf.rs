@@ -507,9 +507,9 @@ fn link_keys(
     (v4, v6)
 }
 
-/// The NETWORKS6 entry of a network with an IPv6 subnet: its IPv6 masquerade setting in
-/// place of the IPv4 one, and the network's direct access (as the iptables dataplane's
-/// IPv6 raw-table rules follow it).
+/// The NETWORKS6 entry of a network with an IPv6 subnet: its IPv6 masquerade setting and
+/// direct access (its IPv6 gateway mode's, as the iptables dataplane's ip6tables rules
+/// follow them) in place of the IPv4 ones.
 fn network_entry6(n: &NetworkPolicy) -> Option<(Key<NetworkKey6>, NetworkInfo)> {
     let subnet = n.subnet_ipv6?;
     let flags = if n.icc { NETWORK_ICC } else { 0 }
@@ -519,7 +519,7 @@ fn network_entry6(n: &NetworkPolicy) -> Option<(Key<NetworkKey6>, NetworkInfo)> 
         } else {
             0
         }
-        | direct_access_flags(n.direct_access);
+        | direct_access_flags(n.direct_access_ipv6);
     let key = Key::new(
         u32::from(subnet.prefix_len()),
         NetworkKey6 {
@@ -2357,6 +2357,45 @@ mod tests {
             link_target_of_fdinfo("link_type:\txdp\nprog_id:\t5\n"),
             None
         );
+    }
+
+    /// NETWORKS takes the IPv4 gateway mode's direct access and masquerade, NETWORKS6 the
+    /// IPv6 one's: `nat` IPv4 with `routed` IPv6, Docker 28's common dual-stack setup.
+    #[test]
+    fn each_network_trie_takes_its_familys_gateway_mode() {
+        let policy = NetworkPolicy {
+            index: 7,
+            bridge: "br-n".into(),
+            subnet: Some("10.1.0.0/24".parse().unwrap()),
+            icc: true,
+            internal: false,
+            masquerade: true,
+            gateway: Some("10.1.0.1".parse().unwrap()),
+            direct_access: DirectAccess::None,
+            trusted_interfaces: Vec::new(),
+            subnet_ipv6: Some("fd00:1::/64".parse().unwrap()),
+            gateway_ipv6: Some("fd00:1::1".parse().unwrap()),
+            masquerade_ipv6: false,
+            direct_access_ipv6: DirectAccess::PublishedAndIcmp,
+        };
+        let (_, ipv4) = network_entry(&policy).unwrap();
+        let (_, ipv6) = network_entry6(&policy).unwrap();
+        assert_eq!(ipv4.flags, NETWORK_ICC | NETWORK_MASQUERADE);
+        assert_eq!(
+            ipv6.flags,
+            NETWORK_ICC | NETWORK_DIRECT_PUBLISHED | NETWORK_DIRECT_ICMP
+        );
+        let reversed = NetworkPolicy {
+            masquerade: false,
+            direct_access: DirectAccess::Any,
+            masquerade_ipv6: true,
+            direct_access_ipv6: DirectAccess::None,
+            ..policy
+        };
+        let (_, ipv4) = network_entry(&reversed).unwrap();
+        let (_, ipv6) = network_entry6(&reversed).unwrap();
+        assert_eq!(ipv4.flags, NETWORK_ICC | NETWORK_DIRECT_ANY);
+        assert_eq!(ipv6.flags, NETWORK_ICC | NETWORK_MASQUERADE);
     }
 
     #[test]

@@ -255,13 +255,14 @@ pub fn loopback_filter_rule(proto: Proto, host_ip: IpAddr, host_port: u16) -> Ru
 }
 
 /// The raw-table rules that drop direct access to a `nat` network's containers from
-/// outside its bridge (Docker 28, moby#49325), in the order they are inserted (each at the
+/// outside its bridge (Docker 28, moby#49325), for the family whose gateway mode opens
+/// nothing, in the order they are inserted (each at the
 /// top, so they read: the gateway, the trusted interfaces, the drop). Docker writes them
 /// per container address (`-d CONTAINER ! -i BRIDGE -j DROP`); per subnet, with the
 /// gateway (a node address) let through, they drop the same frames and change only when
 /// the network does.
 fn direct_access_rules(policy: &NetworkPolicy, family: &Family) -> Vec<Rule> {
-    if policy.internal || policy.direct_access != DirectAccess::None {
+    if policy.internal || family.direct_access != DirectAccess::None {
         return Vec::new();
     }
     let subnet = family.subnet.to_string();
@@ -290,11 +291,13 @@ fn direct_access_rules(policy: &NetworkPolicy, family: &Family) -> Vec<Rule> {
     rules
 }
 
-/// One address family of a network: what its rules of that family name.
+/// One address family of a network: what its rules of that family name, and what its
+/// gateway mode decides for that family.
 struct Family {
     subnet: IpNet,
     gateway: IpAddr,
     masquerade: bool,
+    direct_access: DirectAccess,
     ipv6: bool,
 }
 
@@ -311,6 +314,7 @@ fn network_rules(
             subnet: subnet.into(),
             gateway: gateway.into(),
             masquerade: policy.masquerade,
+            direct_access: policy.direct_access,
             ipv6: false,
         }),
         _ => None,
@@ -320,6 +324,7 @@ fn network_rules(
             subnet: subnet.into(),
             gateway: gateway.into(),
             masquerade: policy.masquerade_ipv6,
+            direct_access: policy.direct_access_ipv6,
             ipv6: true,
         }),
         _ => None,
@@ -402,7 +407,7 @@ fn family_rules(
         ));
         // Docker 28's FORWARD rules of the gateway modes that open more than the published
         // container ports.
-        match policy.direct_access {
+        match family.direct_access {
             // ip6tables' `-p icmp` would match protocol 1, which IPv6 never carries.
             DirectAccess::PublishedAndIcmp => rules.push((
                 Rule::new(
@@ -1648,6 +1653,7 @@ mod tests {
             subnet_ipv6: None,
             gateway_ipv6: None,
             masquerade_ipv6: false,
+            direct_access_ipv6: DirectAccess::None,
         }
     }
 
@@ -1701,6 +1707,7 @@ mod tests {
         let routed_dual_stack = NetworkPolicy {
             subnet_ipv6: Some("fd00:1::/64".parse().unwrap()),
             gateway_ipv6: Some("fd00:1::1".parse().unwrap()),
+            direct_access_ipv6: DirectAccess::PublishedAndIcmp,
             ..routed
         };
         let icmp: Vec<String> = network_rules(&routed_dual_stack, LocalAccess::Proxy, true)
@@ -1729,6 +1736,60 @@ mod tests {
         assert_eq!(
             loopback_filter_rule(Proto::Tcp, Ipv4Addr::LOCALHOST.into(), 8080).save_line(),
             "-A PREROUTING -d 127.0.0.1/32 ! -i lo -p tcp -m tcp --dport 8080 -j DROP"
+        );
+    }
+
+    /// Each family's rules follow that family's gateway mode (Docker 28): `nat` IPv4 with
+    /// `routed` IPv6 drops direct IPv4 and lets ICMPv6 through, and the reverse.
+    #[test]
+    fn each_family_follows_its_own_gateway_mode() {
+        let lines = |policy: &NetworkPolicy| -> Vec<String> {
+            network_rules(policy, LocalAccess::Proxy, true)
+                .iter()
+                .filter(|(r, _)| {
+                    r.table == "raw"
+                        || r.args
+                            .iter()
+                            .any(|a| a.contains("icmp") || a == "MASQUERADE")
+                })
+                .filter(|(r, _)| !r.args.contains(&"--src-type".to_string()))
+                .map(|(r, _)| {
+                    let tool = if r.ipv6 { "ip6tables" } else { "iptables" };
+                    format!("{tool} -t {} {}", r.table, r.save_line())
+                })
+                .collect()
+        };
+        let nat4_routed6 = NetworkPolicy {
+            subnet_ipv6: Some("fd00:1::/64".parse().unwrap()),
+            gateway_ipv6: Some("fd00:1::1".parse().unwrap()),
+            masquerade_ipv6: false,
+            direct_access_ipv6: DirectAccess::PublishedAndIcmp,
+            ..default_bridge()
+        };
+        assert_eq!(
+            lines(&nat4_routed6),
+            [
+                "iptables -t raw -A PREROUTING -d 172.17.0.0/16 ! -i docker0 -j DROP",
+                "iptables -t raw -A PREROUTING -d 172.17.0.1/32 -j ACCEPT",
+                "iptables -t nat -A POSTROUTING -s 172.17.0.0/16 ! -o docker0 -j MASQUERADE",
+                "ip6tables -t filter -A DOCKER -o docker0 -p ipv6-icmp -j ACCEPT",
+            ]
+        );
+        let routed4_nat6 = NetworkPolicy {
+            masquerade: false,
+            direct_access: DirectAccess::PublishedAndIcmp,
+            masquerade_ipv6: true,
+            direct_access_ipv6: DirectAccess::None,
+            ..nat4_routed6
+        };
+        assert_eq!(
+            lines(&routed4_nat6),
+            [
+                "iptables -t filter -A DOCKER -o docker0 -p icmp -j ACCEPT",
+                "ip6tables -t raw -A PREROUTING -d fd00:1::/64 ! -i docker0 -j DROP",
+                "ip6tables -t raw -A PREROUTING -d fd00:1::1/128 -j ACCEPT",
+                "ip6tables -t nat -A POSTROUTING -s fd00:1::/64 ! -o docker0 -j MASQUERADE",
+            ]
         );
     }
 

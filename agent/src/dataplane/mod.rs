@@ -76,10 +76,12 @@ pub struct NetworkPolicy {
     /// The network's IPv4 gateway address (on its bridge unless `inhibit_ipv4` or
     /// `isolated`); `None` on an IPv6-only network.
     pub gateway: Option<Ipv4Addr>,
-    /// What the outside may reach at the containers' own addresses.
+    /// What the outside may reach at the containers' own IPv4 addresses (the IPv4
+    /// gateway mode's).
     pub direct_access: DirectAccess,
     /// Interfaces from which the published container ports may be reached at the
-    /// containers' own addresses even when `direct_access` is [`DirectAccess::None`].
+    /// containers' own addresses even when the family's direct access is
+    /// [`DirectAccess::None`].
     pub trusted_interfaces: Vec<String>,
     /// The network's IPv6 subnet, when IPv6 is enabled on it.
     pub subnet_ipv6: Option<ipnet::Ipv6Net>,
@@ -88,6 +90,9 @@ pub struct NetworkPolicy {
     /// Outgoing IPv6 traffic leaves with the node's IPv6 address (Docker 27's ip6tables
     /// MASQUERADE); off, the IPv6 subnet is routed as it is.
     pub masquerade_ipv6: bool,
+    /// What the outside may reach at the containers' own IPv6 addresses: the IPv6 gateway
+    /// mode's, as Docker 28 applies each family's mode to that family.
+    pub direct_access_ipv6: DirectAccess,
 }
 
 /// What frames from outside a network's bridge may reach at its containers' own addresses

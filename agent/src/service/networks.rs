@@ -971,18 +971,7 @@ impl Service {
 
 /// What the dataplane enforces for `network`.
 pub(super) fn network_policy(network: &NetworkRecord, allow_direct_routing: bool) -> NetworkPolicy {
-    // An IPv6-only network's direct access is its IPv6 gateway mode's.
-    let gateway_mode = match network.enable_ipv4() {
-        true => network.gateway_mode_ipv4,
-        false => network.gateway_mode_ipv6,
-    };
-    let direct_access = match gateway_mode {
-        _ if network.internal => DirectAccess::None,
-        GatewayMode::NatUnprotected => DirectAccess::Any,
-        GatewayMode::Routed => DirectAccess::PublishedAndIcmp,
-        GatewayMode::Nat if allow_direct_routing => DirectAccess::Published,
-        GatewayMode::Nat | GatewayMode::Isolated => DirectAccess::None,
-    };
+    let direct_access_of = |mode| direct_access(mode, network.internal, allow_direct_routing);
     NetworkPolicy {
         index: network_index(&network.id),
         bridge: network.bridge.clone(),
@@ -991,11 +980,26 @@ pub(super) fn network_policy(network: &NetworkRecord, allow_direct_routing: bool
         internal: network.internal,
         masquerade: network.masquerades(),
         gateway: network.gateway,
-        direct_access,
+        direct_access: direct_access_of(network.gateway_mode_ipv4),
         trusted_interfaces: network.trusted_host_interfaces.clone(),
         subnet_ipv6: network.ipv6.as_ref().map(|side| side.subnet),
         gateway_ipv6: network.ipv6.as_ref().map(|side| side.gateway),
         masquerade_ipv6: network.masquerades_ipv6(),
+        direct_access_ipv6: direct_access_of(network.gateway_mode_ipv6),
+    }
+}
+
+/// What one family's gateway mode lets the outside reach at the containers' own addresses
+/// of that family (Docker 28 applies `gateway_mode_ipv4` to IPv4 and `gateway_mode_ipv6`
+/// to IPv6): nothing on an internal network, and in `nat` mode only with
+/// `--allow-direct-routing`.
+fn direct_access(mode: GatewayMode, internal: bool, allow_direct_routing: bool) -> DirectAccess {
+    match mode {
+        _ if internal => DirectAccess::None,
+        GatewayMode::NatUnprotected => DirectAccess::Any,
+        GatewayMode::Routed => DirectAccess::PublishedAndIcmp,
+        GatewayMode::Nat if allow_direct_routing => DirectAccess::Published,
+        GatewayMode::Nat | GatewayMode::Isolated => DirectAccess::None,
     }
 }
 
@@ -1232,12 +1236,107 @@ mod tests {
         assert_eq!(policy.subnet_ipv6, Some("fd00:6::/64".parse().unwrap()));
         assert_eq!(policy.gateway_ipv6, Some("fd00:6::1".parse().unwrap()));
         assert_eq!(
-            policy.direct_access,
+            policy.direct_access_ipv6,
             DirectAccess::PublishedAndIcmp,
             "its IPv6 gateway mode's"
         );
         network.gateway_mode_ipv6 = GatewayMode::Nat;
         assert!(network_policy(&network, false).masquerade_ipv6);
+    }
+
+    /// Docker 28 applies each family's gateway mode to that family: direct access and
+    /// masquerade of IPv4 follow `gateway_mode_ipv4`, those of IPv6 `gateway_mode_ipv6`.
+    #[test]
+    fn each_family_of_a_dual_stack_network_follows_its_own_gateway_mode() {
+        use DirectAccess::*;
+        /// The two modes, internal, --allow-direct-routing; then (direct access,
+        /// masquerade) for IPv4 and for IPv6.
+        struct Case(
+            &'static str,
+            &'static str,
+            bool,
+            bool,
+            (DirectAccess, bool),
+            (DirectAccess, bool),
+        );
+        let cases = [
+            Case(
+                "nat",
+                "routed",
+                false,
+                false,
+                (None, true),
+                (PublishedAndIcmp, false),
+            ),
+            Case(
+                "routed",
+                "nat",
+                false,
+                false,
+                (PublishedAndIcmp, false),
+                (None, true),
+            ),
+            Case(
+                "nat",
+                "routed",
+                false,
+                true,
+                (Published, true),
+                (PublishedAndIcmp, false),
+            ),
+            Case(
+                "routed",
+                "nat",
+                false,
+                true,
+                (PublishedAndIcmp, false),
+                (Published, true),
+            ),
+            Case(
+                "nat",
+                "nat-unprotected",
+                false,
+                false,
+                (None, true),
+                (Any, true),
+            ),
+            Case(
+                "nat-unprotected",
+                "routed",
+                false,
+                false,
+                (Any, true),
+                (PublishedAndIcmp, false),
+            ),
+            Case("nat", "isolated", true, true, (None, false), (None, false)),
+            Case("isolated", "nat", true, false, (None, false), (None, false)),
+        ];
+        for Case(mode4, mode6, internal, allow_direct_routing, ipv4, ipv6) in cases {
+            let mut network = network(
+                &[
+                    (OPT_GATEWAY_MODE_IPV4, mode4),
+                    (OPT_GATEWAY_MODE_IPV6, mode6),
+                ],
+                internal,
+            )
+            .unwrap();
+            network.ipv6 = NetworkRecord::ipv6_only_for_tests("n", "fd00:1::/64").ipv6;
+            let policy = network_policy(&network, allow_direct_routing);
+            let context = format!(
+                "ipv4={mode4} ipv6={mode6} internal={internal} \
+                 allow-direct-routing={allow_direct_routing}"
+            );
+            assert_eq!(
+                (policy.direct_access, policy.masquerade),
+                ipv4,
+                "IPv4 of {context}"
+            );
+            assert_eq!(
+                (policy.direct_access_ipv6, policy.masquerade_ipv6),
+                ipv6,
+                "IPv6 of {context}"
+            );
+        }
     }
 
     #[test]
