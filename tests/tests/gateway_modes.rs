@@ -17,8 +17,9 @@ use std::{
 
 use anyhow::{Context as _, Result, ensure};
 use bpfbridge_tests::{
-    Agent, Echo, NODE_IP, NODE_IPV6, Topology, UPLINK, ebpf_checks, in_netns, ping_reaches, run,
-    skip_without_dataplane_ipv6, tcp_reaches, udp_reaches,
+    Agent, Echo, NODE_IP, NODE_IPV6, Topology, UPLINK, WORLD_IP, WORLD_IPV6, ebpf_checks, in_netns,
+    ping_reaches, request, run, serve_once, serve_once_v6, skip_without_dataplane_ipv6,
+    tcp_reaches, udp_reaches,
 };
 use serde_json::Value;
 
@@ -283,6 +284,97 @@ fn direct_ipv6_access_by_gateway_mode() -> Result<()> {
     }
     if ebpf_checks("the direct-access drop counter") {
         ensure!(agent.counter("uplink_ingress.drop.direct_access")? >= 1);
+    }
+    Ok(())
+}
+
+/// Docker 28 applies each family's gateway mode to that family: on a dual-stack network
+/// with `nat` IPv4 and `routed` IPv6 (the common setup), the world reaches the published
+/// container port at the container's IPv6 address and not at its IPv4 one, and sees the
+/// container's IPv4 flows from the node's address and its IPv6 flows from the container's
+/// own; the reverse with `routed` IPv4 and `nat` IPv6.
+#[test]
+fn each_family_of_a_dual_stack_network_follows_its_own_gateway_mode() -> Result<()> {
+    let topology = Topology::new()?.with_ipv6()?;
+    route_pools_via_node(&topology)?;
+    topology.world.ip(&[
+        "-6",
+        "route",
+        "replace",
+        "fd00::/8",
+        "via",
+        &NODE_IPV6.to_string(),
+    ])?;
+    let agent = Agent::start(&topology)?;
+    if skip_without_dataplane_ipv6(&agent, "the per-family gateway modes")? {
+        return Ok(());
+    }
+    let world = topology.world.path();
+    // (network, IPv4 mode, IPv6 mode)
+    let cases = [
+        ("nat4routed6", "nat", "routed"),
+        ("routed4nat6", "routed", "nat"),
+    ];
+    for (i, (network, mode4, mode6)) in cases.into_iter().enumerate() {
+        let subnet4 = format!("10.{}.0.0/24", 91 + i);
+        let subnet6 = format!("fd00:{}::/64", 91 + i);
+        let option4 = format!("com.docker.network.bridge.gateway_mode_ipv4={mode4}");
+        let option6 = format!("com.docker.network.bridge.gateway_mode_ipv6={mode6}");
+        ok(
+            &agent,
+            &[
+                "network", "create", network, "--ipv6", "--subnet", &subnet4, "--subnet", &subnet6,
+                "-o", &option4, "-o", &option6,
+            ],
+        )?;
+        let host_port = 8300 + i as u16;
+        let publish = format!("{host_port}:80");
+        let name = format!("c-{network}");
+        let (json, netns) =
+            agent.create_container(&[&name, "--network", network, "-p", &publish])?;
+        let ip4 = ip_on(&json, network)?;
+        let ip6: Ipv6Addr = json["NetworkSettings"]["Networks"][network]["GlobalIPv6Address"]
+            .as_str()
+            .context("GlobalIPv6Address")?
+            .parse()?;
+        // One server on [::]:80 answers both families (IPv4 as mapped addresses).
+        let _server = Echo6::start(&netns, 80)?;
+        ensure!(
+            tcp_reaches(&world, SocketAddrV4::new(NODE_IP, host_port), WAIT6),
+            "{network}: the published host port answers through the node over IPv4"
+        );
+        ensure!(
+            tcp6_reaches(&world, SocketAddr::new(NODE_IPV6.into(), host_port)),
+            "{network}: the published host port answers through the node over IPv6"
+        );
+        let (routed4, routed6) = (mode4 == "routed", mode6 == "routed");
+        assert_eq!(
+            tcp_reaches(&world, SocketAddrV4::new(ip4, 80), WAIT6),
+            routed4,
+            "{network}: the published container port at {ip4}:80 (IPv4 {mode4})"
+        );
+        assert_eq!(
+            tcp6_reaches(&world, SocketAddr::new(ip6.into(), 80)),
+            routed6,
+            "{network}: the published container port at [{ip6}]:80 (IPv6 {mode6})"
+        );
+        // The source the world sees for each family's outgoing flow: the node's address
+        // where the family masquerades (nat), the container's own where it is routed.
+        let server = serve_once(&world, 9300 + i as u16);
+        let answer = request(&netns, (WORLD_IP, 9300 + i as u16), "out4")?;
+        ensure!(answer == "pong out4", "{network}: IPv4 answer {answer:?}");
+        let seen4 = server.join().expect("server thread")?.ip();
+        let expected4 = if routed4 { ip4 } else { NODE_IP };
+        assert_eq!(seen4, expected4, "{network}: IPv4 source (IPv4 {mode4})");
+        let server = serve_once_v6(&world, 9310 + i as u16);
+        let answer = request(&netns, (WORLD_IPV6, 9310 + i as u16), "out6")?;
+        ensure!(answer == "pong out6", "{network}: IPv6 answer {answer:?}");
+        let seen6 = server.join().expect("server thread")?.ip();
+        let expected6 = if routed6 { ip6 } else { NODE_IPV6 };
+        assert_eq!(seen6, expected6, "{network}: IPv6 source (IPv6 {mode6})");
+    }
+    if ebpf_checks("the direct-access drop counter") {
+        ensure!(agent.counter("uplink_ingress.drop.direct_access")? >= 2);
     }
     Ok(())
 }
