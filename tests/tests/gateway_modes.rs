@@ -451,6 +451,33 @@ fn isolated_networks_have_no_gateway_and_no_route_out() -> Result<()> {
     )?;
     let addresses = String::from_utf8_lossy(&addresses.stdout);
     ensure!(!addresses.contains("10.77.0."), "{addresses}");
+    // IPv6's isolated mode leaves the IPv6 gateway address off the bridge as well.
+    ok(
+        &agent,
+        &[
+            "network",
+            "create",
+            "iso6",
+            "--internal",
+            "--ipv6",
+            "--subnet",
+            "fd00:77::/64",
+            "-o",
+            "com.docker.network.bridge.gateway_mode_ipv6=isolated",
+        ],
+    )?;
+    let addresses = run(
+        "nsenter",
+        &[
+            &format!("--net={}", topology.node.path().display()),
+            "ip",
+            "-6",
+            "-o",
+            "addr",
+        ],
+    )?;
+    let addresses = String::from_utf8_lossy(&addresses.stdout);
+    ensure!(!addresses.contains("fd00:77::"), "{addresses}");
     let reaches_out = in_netns(&netns, || {
         std::net::TcpStream::connect_timeout(&SocketAddrV4::new(NODE_IP, 22).into(), WAIT)
     });

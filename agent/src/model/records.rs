@@ -294,6 +294,17 @@ impl NetworkRecord {
         self.enable_ipv4() && self.has_gateway() && !self.inhibit_ipv4
     }
 
+    /// The IPv6 gateway address the agent puts on the bridge, with the subnet's prefix:
+    /// none without IPv6 or in `gateway_mode_ipv6=isolated`, which, like IPv4's, leaves
+    /// the bridge without that family's address.
+    pub fn bridge_ipv6_address(&self) -> Option<Ipv6Net> {
+        let side = self.ipv6.as_ref()?;
+        if self.gateway_mode_ipv6 == GatewayMode::Isolated {
+            return None;
+        }
+        Some(Ipv6Net::new(side.gateway, side.subnet.prefix_len()).expect("prefix of a valid net"))
+    }
+
     /// Whether the network's outgoing IPv6 traffic leaves with the node's IPv6 address:
     /// Docker 27's ip6tables MASQUERADE, unless masquerade is off or the IPv6 gateway mode
     /// is not a NAT one.
@@ -485,6 +496,12 @@ mod tests {
             ..network.clone()
         };
         assert!(!isolated.has_gateway(), "its IPv6 gateway mode decides");
+        assert_eq!(isolated.bridge_ipv6_address(), None);
+        assert_eq!(
+            network.bridge_ipv6_address(),
+            Some("fd00:6::1/64".parse().unwrap()),
+            "the IPv6 gateway with the subnet's prefix"
+        );
 
         let dual = NetworkRecord::for_tests("n", "10.1.0.0/24");
         assert_eq!(

@@ -206,12 +206,10 @@ impl Service {
         {
             netlink::add_address(&self.handle, bridge.index, gateway).await?;
         }
-        if let Some(side) = &network.ipv6 {
-            if self.settings.ip_forward {
-                super::enable_ipv6_forwarding()?;
-            }
-            let gateway = Ipv6Net::new(side.gateway, side.subnet.prefix_len())
-                .expect("prefix of a valid net");
+        if network.ipv6.is_some() && self.settings.ip_forward {
+            super::enable_ipv6_forwarding()?;
+        }
+        if let Some(gateway) = network.bridge_ipv6_address() {
             let addresses = netlink::ipv6_addresses(&self.handle).await?;
             if !addresses
                 .iter()

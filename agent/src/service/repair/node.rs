@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 
-use ipnet::{Ipv4Net, Ipv6Net};
+use ipnet::Ipv4Net;
 
 use super::super::{Service, enable_ip_forward, ip_forward_enabled};
 use crate::{
@@ -123,9 +123,7 @@ impl Service {
             let bridge = links.iter().find(|l| l.name == network.bridge);
             let mut drift = bridge_drift(bridge, &addresses, network.gateway_net());
             // The IPv6 gateway, on a network with IPv6, is the bridge's address too.
-            if let (Some(bridge), Some(side)) = (bridge, &network.ipv6) {
-                let gateway = Ipv6Net::new(side.gateway, side.subnet.prefix_len())
-                    .expect("prefix of a valid net");
+            if let (Some(bridge), Some(gateway)) = (bridge, network.bridge_ipv6_address()) {
                 let held = ipv6_addresses
                     .iter()
                     .any(|(index, address)| *index == bridge.index && *address == gateway);
