@@ -2,8 +2,8 @@
 //! beside its IPv4 subnet: addresses and inspect fields, container to container, the
 //! world through the node's IPv6 address (masquerade, and its flows ended when that
 //! address goes), published ports on `[::]` with the client's address preserved, both
-//! kinds of IPv6 flow in `conntrack ls` and `monitor`, `[::1]` from the node,
-//! `icc=false`, AAAA answers, IPv6-only networks (Docker 28's `--ipv4=false`), and the
+//! kinds of IPv6 flow in `conntrack ls` and `monitor`, `monitor`'s IPv6 drops, `[::1]`
+//! from the node, `icc=false`, AAAA answers, IPv6-only networks (Docker 28's `--ipv4=false`), and the
 //! refusals (an IPv6 port for a container without IPv6, an IPv4 one for a container
 //! without IPv4, a network without a family).
 //!
@@ -476,14 +476,15 @@ fn held_connection(
     Ok((client, server))
 }
 
-/// `bpfbridge monitor`'s `new-flow` events, read on a thread as they come, until dropped.
-struct NewFlows {
+/// `bpfbridge monitor`'s events of one kind (`new-flow`, `drop`), read on a thread as
+/// they come, until dropped.
+struct MonitorEvents {
     child: std::process::Child,
     events: std::sync::mpsc::Receiver<Value>,
 }
 
-impl NewFlows {
-    fn start(agent: &Agent) -> Result<Self> {
+impl MonitorEvents {
+    fn start(agent: &Agent, kind: &'static str) -> Result<Self> {
         use std::io::BufRead as _;
         let mut child = std::process::Command::new(bpfbridge_tests::bpfbridge_bin())
             .arg("--socket")
@@ -499,16 +500,16 @@ impl NewFlows {
                 .map_while(Result::ok)
             {
                 if let Ok(event) = serde_json::from_str::<Value>(&line)
-                    && event["Kind"] == "new-flow"
+                    && event["Kind"] == kind
                     && sender.send(event).is_err()
                 {
                     return;
                 }
             }
         });
-        // Let it subscribe before the flows are opened.
+        // Let it subscribe before the packets are sent.
         thread::sleep(Duration::from_millis(300));
-        Ok(NewFlows { child, events })
+        Ok(MonitorEvents { child, events })
     }
 
     /// The event of reason `reason`, within `WAIT`.
@@ -524,7 +525,7 @@ impl NewFlows {
     }
 }
 
-impl Drop for NewFlows {
+impl Drop for MonitorEvents {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -553,7 +554,7 @@ fn conntrack_ls_and_monitor_show_ipv6_flows_with_their_addresses() -> Result<()>
     let (a, a_ns) = agent.create_container(&["a", "--network", "v6"])?;
     let (web, web_ns) = agent.create_container(&["web", "--network", "v6", "-p", "8620:80"])?;
     let (a_ip, web_ip) = (ipv6_on(&a, "v6")?, ipv6_on(&web, "v6")?);
-    let new_flows = NewFlows::start(&agent)?;
+    let new_flows = MonitorEvents::start(&agent, "new-flow")?;
 
     // Masqueraded: the container to the world, through the node's IPv6 address.
     let world = in_netns(&world_ns, || TcpListener::bind((WORLD_IPV6, 7620)))?;
@@ -624,6 +625,63 @@ fn conntrack_ls_and_monitor_show_ipv6_flows_with_their_addresses() -> Result<()>
     ok(&agent, &["conntrack", "flush"])?;
     assert_eq!(conntrack_lines(&agent, "")?, Vec::<String>::new());
     drop((out_client, out_server, in_client, in_server));
+    Ok(())
+}
+
+/// `monitor`'s `drop` events from the IPv6 programs carry the packet's IPv6 addresses and
+/// ports: a datagram between two containers of an `icc=false` network (dropped at the
+/// sender's veth) and one from the world straight to a container's address on a `nat`
+/// network (dropped on the uplink: Docker 28's direct-access drop).
+#[test]
+fn monitor_shows_ipv6_drops_with_their_addresses() -> Result<()> {
+    let (topology, agent) = dual_stack(false)?;
+    if !ebpf_checks("`monitor`'s drop events: the iptables dataplane has none") {
+        return Ok(());
+    }
+    let world_ns = topology.world.path();
+    topology.world.ip(&[
+        "-6",
+        "route",
+        "replace",
+        "fd00:66::/64",
+        "via",
+        &NODE_IPV6.to_string(),
+    ])?;
+    let (a, a_ns) = agent.create_container(&["a", "--network", "v6"])?;
+    let (b, _) = agent.create_container(&["b", "--network", "v6"])?;
+    let (a_ip, b_ip) = (ipv6_on(&a, "v6")?, ipv6_on(&b, "v6")?);
+    let drops = MonitorEvents::start(&agent, "drop")?;
+    // One datagram from `netns` to `to`; the address it leaves from.
+    let send = |netns: &Path, from: Ipv6Addr, to: SocketAddr| -> Result<SocketAddr> {
+        let socket = in_netns(netns, || UdpSocket::bind((from, 0)))?;
+        socket.send_to(b"dropped", to)?;
+        Ok(socket.local_addr()?)
+    };
+    let expect = |event: &Value, from: SocketAddr, to: SocketAddr| {
+        assert_eq!(
+            (&event["Proto"], &event["Source"], &event["Destination"]),
+            (
+                &Value::from(17),
+                &Value::from(from.to_string()),
+                &Value::from(to.to_string())
+            ),
+            "{event}"
+        );
+    };
+
+    let to_b = SocketAddr::new(b_ip.into(), 7640);
+    let from_a = send(&a_ns, a_ip, to_b)?;
+    let event = drops
+        .of("container_ingress.drop.policy_icc")
+        .context("the icc drop's event")?;
+    expect(&event, from_a, to_b);
+
+    let direct = SocketAddr::new(b_ip.into(), 7641);
+    let from_world = send(&world_ns, WORLD_IPV6, direct)?;
+    let event = drops
+        .of("uplink_ingress.drop.direct_access")
+        .context("the direct-access drop's event")?;
+    expect(&event, from_world, direct);
     Ok(())
 }
 
