@@ -341,25 +341,44 @@ fn pings_and_icmpv6_errors_are_masqueraded_over_ipv6() -> Result<()> {
     Ok(())
 }
 
+/// On a dataplane whose `info` says `DataplaneIPv6: false` (said, with `what` it skips):
+/// checks that a container on `network` publishing `publish` is refused for want of IPv6,
+/// the answer until then, and returns true for the test to stop there.
+fn publishing_refused_without_dataplane_ipv6(
+    agent: &Agent,
+    what: &str,
+    network: &str,
+    publish: &str,
+) -> Result<bool> {
+    if !skip_without_dataplane_ipv6(agent, what)? {
+        return Ok(false);
+    }
+    let error = refused(
+        agent,
+        &[
+            "container",
+            "create",
+            "w",
+            "--network",
+            network,
+            "-p",
+            publish,
+        ],
+    )?;
+    assert!(error.contains("IPv6"), "{error}");
+    Ok(true)
+}
+
 #[test]
 fn published_ports_answer_on_ipv6() -> Result<()> {
     let (topology, agent) = dual_stack(true)?;
     let world_ns = topology.world.path();
-    if skip_without_dataplane_ipv6(&agent, "published ports on IPv6 addresses")? {
-        // The refusal is the answer until then.
-        let error = refused(
-            &agent,
-            &[
-                "container",
-                "create",
-                "w",
-                "--network",
-                "v6",
-                "-p",
-                "[::1]:8601:80",
-            ],
-        )?;
-        assert!(error.contains("IPv6"), "{error}");
+    if publishing_refused_without_dataplane_ipv6(
+        &agent,
+        "published ports on IPv6 addresses",
+        "v6",
+        "[::1]:8601:80",
+    )? {
         return Ok(());
     }
     let (web, web_ns) = agent.create_container(&[
@@ -1061,21 +1080,13 @@ fn ipv6_only_network() -> Result<()> {
     );
     no_ipv4_state_for(&topology, &agent, "only6")?;
 
-    if skip_without_dataplane_ipv6(&agent, "published ports of an IPv6-only network")? {
-        // Without IPv6 publishing there is no family left to publish on.
-        let error = refused(
-            &agent,
-            &[
-                "container",
-                "create",
-                "w",
-                "--network",
-                "only6",
-                "-p",
-                "8620:80",
-            ],
-        )?;
-        assert!(error.contains("IPv6"), "{error}");
+    // Without IPv6 publishing there is no family left to publish on.
+    if publishing_refused_without_dataplane_ipv6(
+        &agent,
+        "published ports of an IPv6-only network",
+        "only6",
+        "8620:80",
+    )? {
         return Ok(());
     }
     // Published on `::` only: Docker 28 maps a container without IPv4 on IPv6 alone.
