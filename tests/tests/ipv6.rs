@@ -5,7 +5,7 @@
 //! kinds of IPv6 flow in `conntrack ls` and `monitor`, `monitor`'s IPv6 drops, `[::1]`
 //! from the node, `icc=false`, AAAA answers, IPv6-only networks (Docker 28's `--ipv4=false`), and the
 //! refusals (an IPv6 port for a container without IPv6, an IPv4 one for a container
-//! without IPv4, a network without a family).
+//! without IPv4, a network without a family); and an IPv6 `--peer-node` route.
 //!
 //! What needs the dataplane to handle IPv6 traffic (translation, masquerade, policy) is
 //! skipped, with the reason, on a dataplane whose `info` says `DataplaneIPv6: false`.
@@ -24,7 +24,7 @@ use std::{
 
 use anyhow::{Context as _, Result, ensure};
 use bpfbridge_tests::{
-    Agent, NODE_IP, NODE_IPV6, Topology, UPLINK, WORLD_IPV6, ebpf_checks,
+    Agent, NODE_IP, NODE_IPV6, Topology, UPLINK, WORLD_IP, WORLD_IPV6, ebpf_checks,
     enter_netns_on_this_thread, in_netns, nettool, skip_without_dataplane_ipv6,
 };
 use serde_json::Value;
@@ -809,6 +809,42 @@ fn icc_false_refuses_ipv6_between_containers_but_links() -> Result<()> {
         assert!(agent.counter("container_ingress.pass.link")? >= 1);
         assert!(agent.counter("container_ingress.pass.tracked_reply")? >= 1);
     }
+    Ok(())
+}
+
+/// `--peer-node` with an IPv6 CIDR (a dual-stack Kubernetes node's IPv6 pod CIDR) routes
+/// it through the peer's IPv6 address, beside an IPv4 one: the node reaches an address of
+/// that CIDR on the peer (the world namespace here).
+#[test]
+fn an_ipv6_peer_node_is_routed_through_its_ipv6_address() -> Result<()> {
+    let topology = Topology::new()?.with_ipv6()?;
+    let peer_pod = Ipv6Addr::new(0xfd00, 0x10, 0x244, 2, 0, 0, 0, 1);
+    topology
+        .world
+        .ip(&["-6", "addr", "add", &format!("{peer_pod}/128"), "dev", "lo"])?;
+    let ipv6_peer = format!("fd00:10:244:2::/64={WORLD_IPV6}");
+    let ipv4_peer = format!("10.244.2.0/24={}", WORLD_IP);
+    let _agent = Agent::start_with(
+        &topology,
+        &["--peer-node", &ipv6_peer, "--peer-node", &ipv4_peer],
+    )?;
+    let node = topology.node.path();
+    let routes = ip_in(&node, &["-6", "route"])?;
+    assert!(
+        routes.contains(&format!("fd00:10:244:2::/64 via {WORLD_IPV6} dev {UPLINK}")),
+        "{routes}"
+    );
+    let routes = ip_in(&node, &["route"])?;
+    assert!(
+        routes.contains(&format!("10.244.2.0/24 via {} dev {UPLINK}", WORLD_IP)),
+        "{routes}"
+    );
+    let _server = Server::start(&topology.world.path(), 7650)?;
+    assert_eq!(
+        exchange(&node, SocketAddr::new(peer_pod.into(), 7650)).as_deref(),
+        Some("pong hi"),
+        "the node reaches the peer's pod CIDR over IPv6"
+    );
     Ok(())
 }
 
