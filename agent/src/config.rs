@@ -356,8 +356,9 @@ pub struct Settings {
     // metric families.
     #[arg(long, value_name = "HOST:PORT")]
     pub metrics_addr: Option<SocketAddr>,
-    /// Route another node's pod CIDR through its address, as CIDR=VIA (repeatable): the
-    /// host-gw routing of a cluster whose nodes share the uplink network (docs/kubernetes.md).
+    /// Route another node's pod CIDR through its address of the same family, as CIDR=VIA
+    /// (repeatable; IPv4 or IPv6): the host-gw routing of a cluster whose nodes share the
+    /// uplink network (docs/kubernetes.md).
     #[arg(long = "peer-node", value_name = "CIDR=VIA")]
     pub peer_node: Vec<crate::peers::PeerNode>,
 }

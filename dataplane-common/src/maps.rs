@@ -494,6 +494,8 @@ pub const EVENT_DROP: u32 = 1;
 pub const EVENT_NEW_FLOW: u32 = 2;
 /// [`Event6::kind`]: a new IPv6 flow.
 pub const EVENT_NEW_FLOW6: u32 = 3;
+/// [`Event6::kind`]: a dropped IPv6 packet.
+pub const EVENT_DROP6: u32 = 4;
 
 /// A record of [`EVENTS`].
 #[repr(C)]

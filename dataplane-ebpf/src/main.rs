@@ -47,7 +47,8 @@ use aya_ebpf::{
 };
 use dataplane_common::{
     UPLINK_IPV6_SLOT, UPLINK_L3_IPV6_SLOT, UPLINK6_L3_MASQUERADE_SLOT, UPLINK6_MASQUERADE_SLOT,
-    parse::ETH_HLEN, stats::Stat,
+    parse::{ETH_HLEN, Frame},
+    stats::Stat,
 };
 use frame::{Action, TcFrame, TcL3Frame, XdpFrame};
 use maps::{UPLINK_TC_PROGRAMS, UPLINK_XDP_PROGRAMS, UPLINK6_TC_PROGRAMS, UPLINK6_XDP_PROGRAMS};
@@ -56,7 +57,7 @@ use maps::{UPLINK_TC_PROGRAMS, UPLINK_XDP_PROGRAMS, UPLINK6_TC_PROGRAMS, UPLINK6
 /// straight to the container's veth. IPv6 frames go to `uplink_ingress6`.
 #[xdp]
 pub fn uplink_ingress(ctx: XdpContext) -> u32 {
-    on_xdp(&ctx, |frame, len| {
+    on_xdp(&ctx, Family::Ipv4, |frame, len| {
         uplink::ingress(frame, len, || {
             uplink6::hand_over(&ctx, &UPLINK_XDP_PROGRAMS, UPLINK_IPV6_SLOT)
         })
@@ -69,7 +70,7 @@ pub fn uplink_ingress(ctx: XdpContext) -> u32 {
 #[classifier]
 pub fn uplink_ingress_tc(ctx: TcContext) -> i32 {
     uplink::linearize(&ctx);
-    on_tc(&ctx, |frame, len| {
+    on_tc(&ctx, Family::Ipv4, |frame, len| {
         uplink::ingress(frame, len, || {
             uplink6::hand_over(&ctx, &UPLINK_TC_PROGRAMS, UPLINK_IPV6_SLOT)
         })
@@ -83,7 +84,7 @@ pub fn uplink_ingress_tc(ctx: TcContext) -> i32 {
 #[classifier]
 pub fn uplink_ingress_l3(ctx: TcContext) -> i32 {
     uplink::linearize(&ctx);
-    on_tc_l3(&ctx, |frame, len| {
+    on_tc_l3(&ctx, Family::Ipv4, |frame, len| {
         uplink::ingress(frame, len, || {
             uplink6::hand_over(&ctx, &UPLINK_TC_PROGRAMS, UPLINK_L3_IPV6_SLOT)
         })
@@ -94,7 +95,7 @@ pub fn uplink_ingress_l3(ctx: TcContext) -> i32 {
 /// same logic for IPv6 (ipv6.rs), with a stack of its own. Counted as `uplink_ingress`.
 #[xdp]
 pub fn uplink_ingress6(ctx: XdpContext) -> u32 {
-    on_xdp(&ctx, |frame, len| {
+    on_xdp(&ctx, Family::Ipv6, |frame, len| {
         ipv6::uplink_ingress(frame, len, || {
             uplink6::hand_over(&ctx, &UPLINK6_XDP_PROGRAMS, UPLINK6_MASQUERADE_SLOT)
         })
@@ -104,7 +105,7 @@ pub fn uplink_ingress6(ctx: XdpContext) -> u32 {
 /// The IPv6 frames of `uplink_ingress_tc` (already pulled into the linear area there).
 #[classifier]
 pub fn uplink_ingress6_tc(ctx: TcContext) -> i32 {
-    on_tc(&ctx, |frame, len| {
+    on_tc(&ctx, Family::Ipv6, |frame, len| {
         ipv6::uplink_ingress(frame, len, || {
             uplink6::hand_over(&ctx, &UPLINK6_TC_PROGRAMS, UPLINK6_MASQUERADE_SLOT)
         })
@@ -114,7 +115,7 @@ pub fn uplink_ingress6_tc(ctx: TcContext) -> i32 {
 /// The IPv6 frames of `uplink_ingress_l3`.
 #[classifier]
 pub fn uplink_ingress6_l3(ctx: TcContext) -> i32 {
-    on_tc_l3(&ctx, |frame, len| {
+    on_tc_l3(&ctx, Family::Ipv6, |frame, len| {
         ipv6::uplink_ingress(frame, len, || {
             uplink6::hand_over(&ctx, &UPLINK6_TC_PROGRAMS, UPLINK6_L3_MASQUERADE_SLOT)
         })
@@ -126,7 +127,7 @@ pub fn uplink_ingress6_l3(ctx: TcContext) -> i32 {
 /// of their own. Counted as `uplink_ingress`.
 #[xdp]
 pub fn uplink_masquerade6(ctx: XdpContext) -> u32 {
-    on_xdp(&ctx, |frame, len| {
+    on_xdp(&ctx, Family::Ipv6, |frame, len| {
         masquerade6::uplink_masquerade(frame, len)
     })
 }
@@ -134,7 +135,7 @@ pub fn uplink_masquerade6(ctx: XdpContext) -> u32 {
 /// The same from `uplink_ingress6_tc`.
 #[classifier]
 pub fn uplink_masquerade6_tc(ctx: TcContext) -> i32 {
-    on_tc(&ctx, |frame, len| {
+    on_tc(&ctx, Family::Ipv6, |frame, len| {
         masquerade6::uplink_masquerade(frame, len)
     })
 }
@@ -142,37 +143,67 @@ pub fn uplink_masquerade6_tc(ctx: TcContext) -> i32 {
 /// The same from `uplink_ingress6_l3`.
 #[classifier]
 pub fn uplink_masquerade6_l3(ctx: TcContext) -> i32 {
-    on_tc_l3(&ctx, |frame, len| {
+    on_tc_l3(&ctx, Family::Ipv6, |frame, len| {
         masquerade6::uplink_masquerade(frame, len)
     })
 }
 
+/// The family of a program's frames: where its drop events find their addresses.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Family {
+    /// Any frame (the IPv4 programs see every frame first); IPv4's addresses are reported.
+    Ipv4,
+    /// IPv6 frames only: the programs the IPv4 ones hand their IPv6 frames to.
+    Ipv6,
+}
+
+/// Reports a program's verdict: a drop as an event of its family.
+#[inline(always)]
+fn report<F: Frame + ?Sized>(frame: &F, len: usize, stat: Stat, dropped: bool, family: Family) {
+    match family {
+        Family::Ipv4 => events::on_verdict(frame, len, stat, dropped),
+        Family::Ipv6 => events::on_verdict6(frame, stat, dropped),
+    }
+}
+
 /// What an XDP uplink program does around its logic: counts the verdict, reports it.
 #[inline(always)]
-fn on_xdp(ctx: &XdpContext, logic: impl FnOnce(&XdpFrame, usize) -> (Action, Stat)) -> u32 {
+fn on_xdp(
+    ctx: &XdpContext,
+    family: Family,
+    logic: impl FnOnce(&XdpFrame, usize) -> (Action, Stat),
+) -> u32 {
     let len = ctx.data_end() - ctx.data();
     let frame = XdpFrame(ctx);
     let (action, stat) = logic(&frame, len);
     stats::count(stat, len);
-    events::on_verdict(&frame, len, stat, action == Action::Drop);
+    report(&frame, len, stat, action == Action::Drop, family);
     XdpFrame::verdict(action)
 }
 
 /// The same for a TC uplink program.
 #[inline(always)]
-fn on_tc(ctx: &TcContext, logic: impl FnOnce(&TcFrame, usize) -> (Action, Stat)) -> i32 {
+fn on_tc(
+    ctx: &TcContext,
+    family: Family,
+    logic: impl FnOnce(&TcFrame, usize) -> (Action, Stat),
+) -> i32 {
     let len = ctx.len() as usize;
     let frame = TcFrame(ctx);
     let (action, stat) = logic(&frame, len);
     stats::count(stat, len);
-    events::on_verdict(&frame, len, stat, action == Action::Drop);
+    report(&frame, len, stat, action == Action::Drop, family);
     TcFrame::verdict(action)
 }
 
 /// The same for a layer-3 uplink program: the logic sees the frame as Ethernet, header
 /// included, and a frame it redirects gets that header for real.
 #[inline(always)]
-fn on_tc_l3(ctx: &TcContext, logic: impl FnOnce(&TcL3Frame, usize) -> (Action, Stat)) -> i32 {
+fn on_tc_l3(
+    ctx: &TcContext,
+    family: Family,
+    logic: impl FnOnce(&TcL3Frame, usize) -> (Action, Stat),
+) -> i32 {
     let len = ctx.len() as usize;
     let frame = TcL3Frame::new(ctx);
     let (mut action, mut stat) = logic(&frame, len + ETH_HLEN);
@@ -180,7 +211,7 @@ fn on_tc_l3(ctx: &TcContext, logic: impl FnOnce(&TcL3Frame, usize) -> (Action, S
         (action, stat) = (Action::Drop, Stat::UplinkDropEthernetHeaderNotPushed);
     }
     stats::count(stat, len);
-    events::on_verdict(&frame, len + ETH_HLEN, stat, action == Action::Drop);
+    report(&frame, len + ETH_HLEN, stat, action == Action::Drop, family);
     TcFrame::verdict(action)
 }
 
@@ -202,7 +233,7 @@ pub fn container_ingress6(ctx: TcContext) -> i32 {
     let len = ctx.len() as usize;
     let (verdict, stat) = container6::ingress(&ctx);
     stats::count(stat, len);
-    events::on_verdict(&frame::TcFrame(&ctx), len, stat, verdict == TC_ACT_SHOT);
+    events::on_verdict6(&frame::TcFrame(&ctx), stat, verdict == TC_ACT_SHOT);
     verdict
 }
 
@@ -213,7 +244,7 @@ pub fn container_masquerade6(ctx: TcContext) -> i32 {
     let len = ctx.len() as usize;
     let (verdict, stat) = masquerade6::container_masquerade(&ctx);
     stats::count(stat, len);
-    events::on_verdict(&frame::TcFrame(&ctx), len, stat, verdict == TC_ACT_SHOT);
+    events::on_verdict6(&frame::TcFrame(&ctx), stat, verdict == TC_ACT_SHOT);
     verdict
 }
 
@@ -225,7 +256,7 @@ pub fn container_reply6(ctx: TcContext) -> i32 {
     let len = ctx.len() as usize;
     let (verdict, stat) = ipv6::container_reply(&ctx);
     stats::count(stat, len);
-    events::on_verdict(&frame::TcFrame(&ctx), len, stat, verdict == TC_ACT_SHOT);
+    events::on_verdict6(&frame::TcFrame(&ctx), stat, verdict == TC_ACT_SHOT);
     verdict
 }
 
@@ -237,7 +268,7 @@ pub fn container_link6(ctx: TcContext) -> i32 {
     let len = ctx.len() as usize;
     let (verdict, stat) = link6::container_link(&ctx);
     stats::count(stat, len);
-    events::on_verdict(&frame::TcFrame(&ctx), len, stat, verdict == TC_ACT_SHOT);
+    events::on_verdict6(&frame::TcFrame(&ctx), stat, verdict == TC_ACT_SHOT);
     verdict
 }
 

@@ -2,10 +2,10 @@
 //! beside its IPv4 subnet: addresses and inspect fields, container to container, the
 //! world through the node's IPv6 address (masquerade, and its flows ended when that
 //! address goes), published ports on `[::]` with the client's address preserved, both
-//! kinds of IPv6 flow in `conntrack ls` and `monitor`, `[::1]` from the node,
-//! `icc=false`, AAAA answers, IPv6-only networks (Docker 28's `--ipv4=false`), and the
+//! kinds of IPv6 flow in `conntrack ls` and `monitor`, `monitor`'s IPv6 drops, `[::1]`
+//! from the node, `icc=false`, AAAA answers, IPv6-only networks (Docker 28's `--ipv4=false`), and the
 //! refusals (an IPv6 port for a container without IPv6, an IPv4 one for a container
-//! without IPv4, a network without a family).
+//! without IPv4, a network without a family); and an IPv6 `--peer-node` route.
 //!
 //! What needs the dataplane to handle IPv6 traffic (translation, masquerade, policy) is
 //! skipped, with the reason, on a dataplane whose `info` says `DataplaneIPv6: false`.
@@ -24,7 +24,7 @@ use std::{
 
 use anyhow::{Context as _, Result, ensure};
 use bpfbridge_tests::{
-    Agent, NODE_IP, NODE_IPV6, Topology, UPLINK, WORLD_IPV6, ebpf_checks,
+    Agent, NODE_IP, NODE_IPV6, Topology, UPLINK, WORLD_IP, WORLD_IPV6, ebpf_checks,
     enter_netns_on_this_thread, in_netns, nettool, skip_without_dataplane_ipv6,
 };
 use serde_json::Value;
@@ -341,25 +341,44 @@ fn pings_and_icmpv6_errors_are_masqueraded_over_ipv6() -> Result<()> {
     Ok(())
 }
 
+/// On a dataplane whose `info` says `DataplaneIPv6: false` (said, with `what` it skips):
+/// checks that a container on `network` publishing `publish` is refused for want of IPv6,
+/// the answer until then, and returns true for the test to stop there.
+fn publishing_refused_without_dataplane_ipv6(
+    agent: &Agent,
+    what: &str,
+    network: &str,
+    publish: &str,
+) -> Result<bool> {
+    if !skip_without_dataplane_ipv6(agent, what)? {
+        return Ok(false);
+    }
+    let error = refused(
+        agent,
+        &[
+            "container",
+            "create",
+            "w",
+            "--network",
+            network,
+            "-p",
+            publish,
+        ],
+    )?;
+    assert!(error.contains("IPv6"), "{error}");
+    Ok(true)
+}
+
 #[test]
 fn published_ports_answer_on_ipv6() -> Result<()> {
     let (topology, agent) = dual_stack(true)?;
     let world_ns = topology.world.path();
-    if skip_without_dataplane_ipv6(&agent, "published ports on IPv6 addresses")? {
-        // The refusal is the answer until then.
-        let error = refused(
-            &agent,
-            &[
-                "container",
-                "create",
-                "w",
-                "--network",
-                "v6",
-                "-p",
-                "[::1]:8601:80",
-            ],
-        )?;
-        assert!(error.contains("IPv6"), "{error}");
+    if publishing_refused_without_dataplane_ipv6(
+        &agent,
+        "published ports on IPv6 addresses",
+        "v6",
+        "[::1]:8601:80",
+    )? {
         return Ok(());
     }
     let (web, web_ns) = agent.create_container(&[
@@ -476,14 +495,15 @@ fn held_connection(
     Ok((client, server))
 }
 
-/// `bpfbridge monitor`'s `new-flow` events, read on a thread as they come, until dropped.
-struct NewFlows {
+/// `bpfbridge monitor`'s events of one kind (`new-flow`, `drop`), read on a thread as
+/// they come, until dropped.
+struct MonitorEvents {
     child: std::process::Child,
     events: std::sync::mpsc::Receiver<Value>,
 }
 
-impl NewFlows {
-    fn start(agent: &Agent) -> Result<Self> {
+impl MonitorEvents {
+    fn start(agent: &Agent, kind: &'static str) -> Result<Self> {
         use std::io::BufRead as _;
         let mut child = std::process::Command::new(bpfbridge_tests::bpfbridge_bin())
             .arg("--socket")
@@ -499,16 +519,16 @@ impl NewFlows {
                 .map_while(Result::ok)
             {
                 if let Ok(event) = serde_json::from_str::<Value>(&line)
-                    && event["Kind"] == "new-flow"
+                    && event["Kind"] == kind
                     && sender.send(event).is_err()
                 {
                     return;
                 }
             }
         });
-        // Let it subscribe before the flows are opened.
+        // Let it subscribe before the packets are sent.
         thread::sleep(Duration::from_millis(300));
-        Ok(NewFlows { child, events })
+        Ok(MonitorEvents { child, events })
     }
 
     /// The event of reason `reason`, within `WAIT`.
@@ -524,7 +544,7 @@ impl NewFlows {
     }
 }
 
-impl Drop for NewFlows {
+impl Drop for MonitorEvents {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -553,7 +573,7 @@ fn conntrack_ls_and_monitor_show_ipv6_flows_with_their_addresses() -> Result<()>
     let (a, a_ns) = agent.create_container(&["a", "--network", "v6"])?;
     let (web, web_ns) = agent.create_container(&["web", "--network", "v6", "-p", "8620:80"])?;
     let (a_ip, web_ip) = (ipv6_on(&a, "v6")?, ipv6_on(&web, "v6")?);
-    let new_flows = NewFlows::start(&agent)?;
+    let new_flows = MonitorEvents::start(&agent, "new-flow")?;
 
     // Masqueraded: the container to the world, through the node's IPv6 address.
     let world = in_netns(&world_ns, || TcpListener::bind((WORLD_IPV6, 7620)))?;
@@ -624,6 +644,63 @@ fn conntrack_ls_and_monitor_show_ipv6_flows_with_their_addresses() -> Result<()>
     ok(&agent, &["conntrack", "flush"])?;
     assert_eq!(conntrack_lines(&agent, "")?, Vec::<String>::new());
     drop((out_client, out_server, in_client, in_server));
+    Ok(())
+}
+
+/// `monitor`'s `drop` events from the IPv6 programs carry the packet's IPv6 addresses and
+/// ports: a datagram between two containers of an `icc=false` network (dropped at the
+/// sender's veth) and one from the world straight to a container's address on a `nat`
+/// network (dropped on the uplink: Docker 28's direct-access drop).
+#[test]
+fn monitor_shows_ipv6_drops_with_their_addresses() -> Result<()> {
+    let (topology, agent) = dual_stack(false)?;
+    if !ebpf_checks("`monitor`'s drop events: the iptables dataplane has none") {
+        return Ok(());
+    }
+    let world_ns = topology.world.path();
+    topology.world.ip(&[
+        "-6",
+        "route",
+        "replace",
+        "fd00:66::/64",
+        "via",
+        &NODE_IPV6.to_string(),
+    ])?;
+    let (a, a_ns) = agent.create_container(&["a", "--network", "v6"])?;
+    let (b, _) = agent.create_container(&["b", "--network", "v6"])?;
+    let (a_ip, b_ip) = (ipv6_on(&a, "v6")?, ipv6_on(&b, "v6")?);
+    let drops = MonitorEvents::start(&agent, "drop")?;
+    // One datagram from `netns` to `to`; the address it leaves from.
+    let send = |netns: &Path, from: Ipv6Addr, to: SocketAddr| -> Result<SocketAddr> {
+        let socket = in_netns(netns, || UdpSocket::bind((from, 0)))?;
+        socket.send_to(b"dropped", to)?;
+        Ok(socket.local_addr()?)
+    };
+    let expect = |event: &Value, from: SocketAddr, to: SocketAddr| {
+        assert_eq!(
+            (&event["Proto"], &event["Source"], &event["Destination"]),
+            (
+                &Value::from(17),
+                &Value::from(from.to_string()),
+                &Value::from(to.to_string())
+            ),
+            "{event}"
+        );
+    };
+
+    let to_b = SocketAddr::new(b_ip.into(), 7640);
+    let from_a = send(&a_ns, a_ip, to_b)?;
+    let event = drops
+        .of("container_ingress.drop.policy_icc")
+        .context("the icc drop's event")?;
+    expect(&event, from_a, to_b);
+
+    let direct = SocketAddr::new(b_ip.into(), 7641);
+    let from_world = send(&world_ns, WORLD_IPV6, direct)?;
+    let event = drops
+        .of("uplink_ingress.drop.direct_access")
+        .context("the direct-access drop's event")?;
+    expect(&event, from_world, direct);
     Ok(())
 }
 
@@ -732,6 +809,42 @@ fn icc_false_refuses_ipv6_between_containers_but_links() -> Result<()> {
         assert!(agent.counter("container_ingress.pass.link")? >= 1);
         assert!(agent.counter("container_ingress.pass.tracked_reply")? >= 1);
     }
+    Ok(())
+}
+
+/// `--peer-node` with an IPv6 CIDR (a dual-stack Kubernetes node's IPv6 pod CIDR) routes
+/// it through the peer's IPv6 address, beside an IPv4 one: the node reaches an address of
+/// that CIDR on the peer (the world namespace here).
+#[test]
+fn an_ipv6_peer_node_is_routed_through_its_ipv6_address() -> Result<()> {
+    let topology = Topology::new()?.with_ipv6()?;
+    let peer_pod = Ipv6Addr::new(0xfd00, 0x10, 0x244, 2, 0, 0, 0, 1);
+    topology
+        .world
+        .ip(&["-6", "addr", "add", &format!("{peer_pod}/128"), "dev", "lo"])?;
+    let ipv6_peer = format!("fd00:10:244:2::/64={WORLD_IPV6}");
+    let ipv4_peer = format!("10.244.2.0/24={}", WORLD_IP);
+    let _agent = Agent::start_with(
+        &topology,
+        &["--peer-node", &ipv6_peer, "--peer-node", &ipv4_peer],
+    )?;
+    let node = topology.node.path();
+    let routes = ip_in(&node, &["-6", "route"])?;
+    assert!(
+        routes.contains(&format!("fd00:10:244:2::/64 via {WORLD_IPV6} dev {UPLINK}")),
+        "{routes}"
+    );
+    let routes = ip_in(&node, &["route"])?;
+    assert!(
+        routes.contains(&format!("10.244.2.0/24 via {} dev {UPLINK}", WORLD_IP)),
+        "{routes}"
+    );
+    let _server = Server::start(&topology.world.path(), 7650)?;
+    assert_eq!(
+        exchange(&node, SocketAddr::new(peer_pod.into(), 7650)).as_deref(),
+        Some("pong hi"),
+        "the node reaches the peer's pod CIDR over IPv6"
+    );
     Ok(())
 }
 
@@ -1003,21 +1116,13 @@ fn ipv6_only_network() -> Result<()> {
     );
     no_ipv4_state_for(&topology, &agent, "only6")?;
 
-    if skip_without_dataplane_ipv6(&agent, "published ports of an IPv6-only network")? {
-        // Without IPv6 publishing there is no family left to publish on.
-        let error = refused(
-            &agent,
-            &[
-                "container",
-                "create",
-                "w",
-                "--network",
-                "only6",
-                "-p",
-                "8620:80",
-            ],
-        )?;
-        assert!(error.contains("IPv6"), "{error}");
+    // Without IPv6 publishing there is no family left to publish on.
+    if publishing_refused_without_dataplane_ipv6(
+        &agent,
+        "published ports of an IPv6-only network",
+        "only6",
+        "8620:80",
+    )? {
         return Ok(());
     }
     // Published on `::` only: Docker 28 maps a container without IPv4 on IPv6 alone.

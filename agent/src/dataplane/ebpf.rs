@@ -25,10 +25,10 @@ use aya::{
 use dataplane_common::{
     BackendKey, CONNTRACK, CONNTRACK6, CONTAINER_IPV6_SLOT, CONTAINER_PROGRAMS,
     CONTAINER6_MASQUERADE_SLOT, CONTAINER6_PROGRAMS, Counter, CtEntry, CtEntry6, CtKey, CtKey6,
-    ENDPOINTS, EVENT_DROP, EVENT_NEW_FLOW6, EVENTS, EndpointInfo, EndpointKey, Event, Event6,
-    FILTER_ALLOW, FILTER_DENY, FILTER_HITS, FILTER_RULES, FILTER_SCOPE_BITS, FilterKey, FilterRule,
-    FlowKey, IPPROTO_TCP, LINKS, LinkKey, MASQUERADE_SOURCES, MASQUERADE_SOURCES6, NAT_FLOWS,
-    NETWORK_DIRECT_ANY, NETWORK_DIRECT_ICMP, NETWORK_DIRECT_PUBLISHED, NETWORK_ICC,
+    ENDPOINTS, EVENT_DROP, EVENT_DROP6, EVENT_NEW_FLOW6, EVENTS, EndpointInfo, EndpointKey, Event,
+    Event6, FILTER_ALLOW, FILTER_DENY, FILTER_HITS, FILTER_RULES, FILTER_SCOPE_BITS, FilterKey,
+    FilterRule, FlowKey, IPPROTO_TCP, LINKS, LinkKey, MASQUERADE_SOURCES, MASQUERADE_SOURCES6,
+    NAT_FLOWS, NETWORK_DIRECT_ANY, NETWORK_DIRECT_ICMP, NETWORK_DIRECT_PUBLISHED, NETWORK_ICC,
     NETWORK_INTERNAL, NETWORK_MASQUERADE, NETWORKS, NODE_ADDRS, NODE_CONFIG, NatFlow, NetworkInfo,
     NetworkKey, NodeAddr, NodeAddrKey, NodeConfig, PUBLISHED_BACKENDS, PUBLISHED_PORTS, PortKey,
     PortTarget, ROUTED_FLOWS, STATS, TRUSTED_IFACES, TrustedIfaceKey, UPLINK_IPV6_SLOT,
@@ -688,12 +688,17 @@ fn monitor_event(record: &[u8]) -> Option<MonitorEvent> {
             .to_string()
     };
     let kind = u32::from_ne_bytes(record.get(..4)?.try_into().ok()?);
-    if kind == EVENT_NEW_FLOW6 {
+    if kind == EVENT_NEW_FLOW6 || kind == EVENT_DROP6 {
         let bytes = record.get(..size_of::<Event6>())?;
         // SAFETY: `bytes` holds a whole `Event6`, plain data; read without alignment.
         let event: Event6 = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
         return Some(MonitorEvent {
-            kind: "new-flow".into(),
+            kind: if kind == EVENT_DROP6 {
+                "drop"
+            } else {
+                "new-flow"
+            }
+            .into(),
             reason: reason(event.stat),
             proto: event.proto,
             source: endpoint(Ipv6Addr::from(event.src_ip).into(), event.sport_be),
@@ -2437,6 +2442,30 @@ mod tests {
         assert_eq!(
             (event.source.as_str(), event.destination.as_str()),
             ("[fd00::2]:41000", "[2001:db8::2]:443")
+        );
+        let drop6 = Event6 {
+            kind: EVENT_DROP6,
+            stat: Stat::UplinkDropDirectAccess as u32,
+            src_ip: "2001:db8:1::2".parse::<Ipv6Addr>().unwrap().octets(),
+            dst_ip: "fd00::2".parse::<Ipv6Addr>().unwrap().octets(),
+            sport_be: 0,
+            dport_be: 0,
+            proto: dataplane_common::IPPROTO_ICMPV6,
+            _pad: [0; 3],
+        };
+        let event = monitor_event(record_bytes(&drop6)).unwrap();
+        assert_eq!(
+            (event.kind.as_str(), event.reason.as_str(), event.proto),
+            (
+                "drop",
+                "uplink_ingress.drop.direct_access",
+                dataplane_common::IPPROTO_ICMPV6
+            )
+        );
+        assert_eq!(
+            (event.source.as_str(), event.destination.as_str()),
+            ("2001:db8:1::2", "fd00::2"),
+            "no ports: an address alone"
         );
         assert!(monitor_event(&[0; 3]).is_none(), "a record too short");
         assert!(
