@@ -1,8 +1,9 @@
 //! The networks' policy: source filters on published ports (what Docker users put in
 //! DOCKER-USER: the longest matching prefix decides, rules scoped to the published port
 //! first, then rules for every published port; no matching rule allows), direct access to
-//! containers' own addresses from the outside (Docker 28's gateway modes), and where a
-//! container's packet is going (isolation, icc, internal networks).
+//! containers' own addresses from the outside (Docker 28's gateway modes, decided alike for
+//! both families), and where a container's packet is going (isolation, icc, internal
+//! networks).
 
 use aya_ebpf::maps::lpm_trie::Key;
 use dataplane_common::{
