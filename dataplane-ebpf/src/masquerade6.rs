@@ -110,7 +110,7 @@ pub fn container_masquerade(ctx: &TcContext) -> (i32, Stat) {
 #[inline(always)]
 fn masquerade(ctx: &TcContext, ip: &Ipv6, l4: &L4) -> (i32, Stat) {
     // A flow the outside opened to the container's own address (gateway modes, trusted
-    // interfaces) is answered from that address. Checked here rather than before the hand-over,
+    // interfaces) is answered from that address. Checked here, not before the hand-over
     // as IPv4's is: `container_ingress6` and `container_reply6` have no stack left for it.
     if ip.protocol != IPPROTO_ICMPV6 && policy::is_direct_reply6(ip, l4) {
         return (TC_ACT_OK, Stat::ContainerPassOutside);
