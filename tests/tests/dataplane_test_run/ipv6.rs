@@ -933,7 +933,8 @@ fn ipv6_direct_access_table() -> Result<()> {
     let pass_icmp = (XDP_PASS, Stat::UplinkPassNotTcpUdp);
     // (name, program, frame, expected), in order: a container's packet first where the
     // uplink's verdict depends on the flow it opens.
-    let cases: Vec<(&str, &str, Vec<u8>, (u32, Stat))> = vec![
+    type Case = (&'static str, &'static str, Vec<u8>, (u32, Stat));
+    let cases: Vec<Case> = vec![
         (
             "nat: a published container port",
             UPLINK_PROGRAM,
