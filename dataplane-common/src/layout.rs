@@ -160,6 +160,8 @@ pub const CURRENT: &[MapLayout] = &[
     MapLayout::array::<u32>(UPLINK6_XDP_PROGRAMS, 1),
     MapLayout::array::<u32>(UPLINK6_TC_PROGRAMS, 1),
     MapLayout::hash::<LinkKey6, u32>(LINKS6, 1),
+    MapLayout::hash::<BackendKey6, u32>(PUBLISHED_BACKENDS6, 1),
+    MapLayout::hash::<FlowKey6, u32>(ROUTED_FLOWS6, 1),
 ];
 
 /// The earlier layouts this build migrates from, with their types frozen in a module of

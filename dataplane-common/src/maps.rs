@@ -76,6 +76,11 @@ pub const FRAGMENTS: &str = "FRAGMENTS";
 /// meaning every IPv6 address of the node).
 pub const PUBLISHED_PORTS6: &str = "PUBLISHED_PORTS6";
 pub const NODE_ADDRS6: &str = "NODE_ADDRS6";
+/// [`PUBLISHED_BACKENDS`] for IPv6: the container ends of the IPv6 published ports, keyed
+/// as [`BackendKey6`], each with its count of host ports.
+pub const PUBLISHED_BACKENDS6: &str = "PUBLISHED_BACKENDS6";
+/// [`ROUTED_FLOWS`] for IPv6, keyed as [`FlowKey6`] from the container's side.
+pub const ROUTED_FLOWS6: &str = "ROUTED_FLOWS6";
 pub const NAT_FLOWS6: &str = "NAT_FLOWS6";
 /// IPv6's source filters: [`FILTER_RULES`] with IPv6 source prefixes (same scopes, rule ids
 /// and [`FILTER_HITS`]).
@@ -293,6 +298,16 @@ pub struct FlowKey6 {
     pub remote_port_be: u16,
     pub proto: u8,
     pub _pad: [u8; 3],
+}
+
+/// Key of [`PUBLISHED_BACKENDS6`]: [`BackendKey`] with an IPv6 address.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct BackendKey6 {
+    pub container_ip: [u8; 16],
+    pub container_port_be: u16,
+    pub proto: u8,
+    pub _pad: u8,
 }
 
 /// Value of [`NAT_FLOWS6`]: [`NatFlow`] with IPv6 addresses, the same states and counters.
@@ -724,6 +739,7 @@ const _: () = assert!(size_of::<FragmentEntry6>() == 56);
 const _: () = assert!(size_of::<CtKey6>() == 40);
 const _: () = assert!(size_of::<CtEntry6>() == 48);
 const _: () = assert!(size_of::<LinkKey6>() == 36);
+const _: () = assert!(size_of::<BackendKey6>() == 20);
 
 /// aya's `Pod` for types whose `bytemuck::Pod` derive proved them free of padding bytes and
 /// valid for every bit pattern.
@@ -780,4 +796,5 @@ aya_pod!(
     CtKey6,
     CtEntry6,
     LinkKey6,
+    BackendKey6,
 );

@@ -33,9 +33,9 @@ use aya_ebpf::{
 };
 use dataplane_common::{
     CONTAINER6_LINK_SLOT, CONTAINER6_MASQUERADE_SLOT, CONTAINER6_REPLY_SLOT, CT_NEW, FILTER_DENY,
-    FILTER_SCOPE_BITS, FilterKey6, FlowKey6, IPPROTO_ICMPV6, IPPROTO_UDP, NETWORK_DIRECT_ANY,
-    NETWORK_DIRECT_PUBLISHED, NETWORK_ICC, NETWORK_INTERNAL, NETWORK_MASQUERADE, NatFlow6,
-    NetworkKey6, NodeAddrKey6, PortKey6, PortTarget6, TrustedIfaceKey, csum,
+    FILTER_SCOPE_BITS, FilterKey6, FlowKey6, IPPROTO_ICMPV6, IPPROTO_UDP, NETWORK_ICC,
+    NETWORK_INTERNAL, NETWORK_MASQUERADE, NatFlow6, NetworkKey6, NodeAddrKey6, PortKey6,
+    PortTarget6, csum,
     parse::{
         ETH_HLEN, Frame, ICMP_ID_OFF, L4, L4_DPORT_OFF, L4_SPORT_OFF, Malformed,
         ipv6::{
@@ -53,10 +53,11 @@ use crate::{
     icmp6,
     maps::{
         FIB_SCRATCH, FILTER_RULES6, NAT_FLOWS6, NETWORKS6, NODE_ADDRS6, PUBLISHED_PORTS6,
-        TRUSTED_IFACES, hand_over_container6,
+        hand_over_container6,
     },
     masquerade6,
     nat::{next_state, now_ns},
+    policy::{self, DirectFlow6},
     stats::count_filter_hit,
 };
 
@@ -99,7 +100,7 @@ pub fn uplink_ingress<P: Packet>(
                 // Echo replies and the other errors are looked up there: this program has no
                 // stack left for them.
                 None if masquerade6::may_answer(packet, &ip) => masquerade_reply(),
-                None => unless_direct_access_refused(packet, &ip, Stat::UplinkPassNotTcpUdp),
+                None => unless_direct_access_refused(packet, &ip, None, Stat::UplinkPassNotTcpUdp),
             }
         }
         // Not a guard: bound by reference there, the headers would be copied to the stack
@@ -238,7 +239,7 @@ fn from_outside<P: Packet>(packet: &P, ip: &Ipv6, l4: &L4, len: usize) -> (Actio
     // A copy: read in place, its fields would leave the verifier no bounds on the offsets
     // this path keeps (the registers are spent differently).
     let Some(&target) = published_target(&ip.dst, l4.dport_be, ip.protocol, false) else {
-        return unless_direct_access_refused(packet, ip, Stat::UplinkPassNotPublished);
+        return unless_direct_access_refused(packet, ip, Some(l4), Stat::UplinkPassNotPublished);
     };
     if !source_allowed(&ip.src, l4.dport_be, ip.protocol, len) {
         return (Action::Drop, Stat::UplinkDropFilter);
@@ -288,17 +289,19 @@ fn from_outside<P: Packet>(packet: &P, ip: &Ipv6, l4: &L4, len: usize) -> (Actio
 }
 
 /// Whether a frame from the outside that arrived on `ingress_ifindex` may reach `ip`'s
-/// destination directly (not through a published host port), as Docker 28's raw-table
-/// drop decides for IPv6 (moby#49325, `-d SUBNET ! -i BRIDGE -j DROP`): not on a `nat`
-/// network's containers, unless the frame came in on one of the network's trusted
-/// interfaces; the gateway (a node address) excepted. `nat-unprotected`, `routed` and
-/// `--allow-direct-routing` (the network's `NETWORK_DIRECT_*` flags) skip that drop, and
-/// what they let through is the node's to judge: unlike IPv4's (policy.rs), no flow or
-/// published container port is looked up, because in `nat` mode Docker's drop spares
-/// neither (the containers' own flows are masqueraded: their replies come to the node's
-/// address). Internal networks are never reached from the outside.
+/// destination directly (not through a published host port), as policy.rs's
+/// `network_allows_direct` decides for both families: Docker 28's raw-table drop for IPv6
+/// (moby#49325, `-d SUBNET ! -i BRIDGE -j DROP`), which `nat-unprotected`, `routed`,
+/// `--allow-direct-routing` and the network's trusted interfaces skip, then its FORWARD
+/// rules: the published container ports ([`PUBLISHED_BACKENDS6`]), the flows the
+/// container opened with its own address ([`ROUTED_FLOWS6`]) and ICMPv6 in `routed` mode.
+/// `l4` is the frame's ports where it is TCP or UDP. The node's own addresses (gateways
+/// included) and addresses on no bridge network are not ours to judge.
+///
+/// [`PUBLISHED_BACKENDS6`]: crate::maps::PUBLISHED_BACKENDS6
+/// [`ROUTED_FLOWS6`]: crate::maps::ROUTED_FLOWS6
 #[inline(always)]
-fn direct_access_allowed(ip: &Ipv6, ingress_ifindex: u32) -> bool {
+fn direct_access_allowed(ip: &Ipv6, l4: Option<&L4>, ingress_ifindex: u32) -> bool {
     let Some(network) = NETWORKS6.get(&Key::new(128, NetworkKey6 { addr: ip.dst })) else {
         return true;
     };
@@ -306,29 +309,39 @@ fn direct_access_allowed(ip: &Ipv6, ingress_ifindex: u32) -> bool {
     if unsafe { NODE_ADDRS6.get(&NodeAddrKey6 { addr: ip.dst }) }.is_some() {
         return true;
     }
-    let flags = network.flags;
-    if flags & NETWORK_INTERNAL != 0 {
-        return false;
-    }
-    let trusted = TrustedIfaceKey {
-        network_index: network.index,
-        ifindex: ingress_ifindex,
+    let flow = match l4 {
+        Some(l4) => match DirectFlow6::of(
+            policy::UPLINK_SLOT6,
+            &ip.dst,
+            &ip.src,
+            l4.dport_be,
+            l4.sport_be,
+            ip.protocol,
+        ) {
+            Some(flow) => Some(flow),
+            None => return false,
+        },
+        None => None,
     };
-    // SAFETY: the value is only tested for presence.
-    flags & (NETWORK_DIRECT_ANY | NETWORK_DIRECT_PUBLISHED) != 0
-        || unsafe { TRUSTED_IFACES.get(&trusted) }.is_some()
+    policy::network_allows_direct(
+        network,
+        ingress_ifindex,
+        flow.as_ref(),
+        ip.protocol == IPPROTO_ICMPV6,
+    )
 }
 
 /// What becomes of a frame from the outside that no translation claimed: it passes to the
 /// node, counted as `passed`, unless it reaches a container directly where
-/// [`direct_access_allowed`] refuses it.
+/// [`direct_access_allowed`] refuses it. `l4`: its ports, where it is TCP or UDP.
 #[inline(always)]
 pub(crate) fn unless_direct_access_refused<P: Packet>(
     packet: &P,
     ip: &Ipv6,
+    l4: Option<&L4>,
     passed: Stat,
 ) -> (Action, Stat) {
-    match direct_access_allowed(ip, packet.ingress_ifindex()) {
+    match direct_access_allowed(ip, l4, packet.ingress_ifindex()) {
         true => (Action::Pass, passed),
         false => (Action::Drop, Stat::UplinkDropDirectAccess),
     }
@@ -599,7 +612,7 @@ pub fn container_ingress(ctx: &TcContext, len: usize) -> (i32, Stat) {
         }
         Ok(Parsed6::Transport(ip, l4)) => match reply(ctx, &ip, &l4, |_| {}) {
             Some(verdict) => verdict,
-            None => policy(ctx, &ip, Some(&l4), Icmp6Kind::Other),
+            None => policy(ctx, &ip, Some(&l4), Icmp6Kind::Other, true),
         },
         Ok(Parsed6::Fragment(_)) => hand_over_container6(ctx, CONTAINER6_REPLY_SLOT),
         Ok(Parsed6::OtherProtocol(ip)) if icmp6::may_be_error(&TcFrame(ctx), &ip) => {
@@ -613,7 +626,7 @@ pub fn container_ingress(ctx: &TcContext, len: usize) -> (i32, Stat) {
             } else {
                 Icmp6Kind::Other
             };
-            policy(ctx, &ip, None, kind)
+            policy(ctx, &ip, None, kind, true)
         }
     }
 }
@@ -668,8 +681,10 @@ pub fn container_reply(ctx: &TcContext) -> (i32, Stat) {
         _ => return (TC_ACT_SHOT, Stat::ContainerDropMalformed),
     };
     // Neither neighbour discovery nor echo requests come here: `container_ingress` judges
-    // them, which keeps their checks out of this program's nearly full stack.
-    policy(ctx, &ip, l4.as_ref(), Icmp6Kind::Other)
+    // them, which keeps their checks out of this program's nearly full stack; nor is a
+    // first fragment's routed flow remembered here, for the same reason (its datagrams
+    // that follow unfragmented remember it).
+    policy(ctx, &ip, l4.as_ref(), Icmp6Kind::Other, false)
 }
 
 /// What `container_ingress` found a packet that is neither TCP nor UDP to be, for the
@@ -713,10 +728,19 @@ fn neighbour_discovery(ctx: &TcContext, ip: &Ipv6) -> bool {
 /// network as `icc` says, other networks never, the outside unless the network is
 /// internal: TCP and UDP (`l4`) and ICMPv6 echo requests (`icmp`) masqueraded when the network's
 /// IPv6 masquerades (masquerade6.rs), the rest routed with the container's own address,
-/// as IPv4's. With `icc=false` TCP and UDP between containers meet the `--link`
-/// allow-list and its tracked flows (link6.rs); the rest is refused.
+/// as IPv4's: their flows remembered in `ROUTED_FLOWS6` when `remember_routed`, so that
+/// their replies pass the uplink's direct-access check (a masqueraded network's replies of
+/// flows the outside opened directly are told apart in masquerade6.rs). With `icc=false`
+/// TCP and UDP between containers meet the `--link` allow-list and its tracked flows
+/// (link6.rs); the rest is refused.
 #[inline(always)]
-fn policy(ctx: &TcContext, ip: &Ipv6, l4: Option<&L4>, icmp: Icmp6Kind) -> (i32, Stat) {
+fn policy(
+    ctx: &TcContext,
+    ip: &Ipv6,
+    l4: Option<&L4>,
+    icmp: Icmp6Kind,
+    remember_routed: bool,
+) -> (i32, Stat) {
     let Some(source) = NETWORKS6.get(&Key::new(128, NetworkKey6 { addr: ip.src })) else {
         return (TC_ACT_OK, Stat::ContainerPassIpv6);
     };
@@ -746,7 +770,13 @@ fn policy(ctx: &TcContext, ip: &Ipv6, l4: Option<&L4>, icmp: Icmp6Kind) -> (i32,
         },
         Some(false) => (TC_ACT_SHOT, Stat::ContainerDropIsolation),
         None if source.flags & NETWORK_INTERNAL != 0 => (TC_ACT_SHOT, Stat::ContainerDropInternal),
-        None if source.flags & NETWORK_MASQUERADE == 0 => (TC_ACT_OK, Stat::ContainerPassOutside),
+        // Its replies may come back where direct access is otherwise closed.
+        None if source.flags & NETWORK_MASQUERADE == 0 => {
+            if remember_routed && let Some(l4) = l4 {
+                policy::note_routed_flow6(ip, l4);
+            }
+            (TC_ACT_OK, Stat::ContainerPassOutside)
+        }
         None if l4.is_some() || icmp == Icmp6Kind::EchoRequest => {
             hand_over_container6(ctx, CONTAINER6_MASQUERADE_SLOT)
         }

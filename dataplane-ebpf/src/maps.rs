@@ -8,13 +8,13 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use dataplane_common::{
-    BackendKey, CONNTRACK_MAX, CONTAINER_PROGRAMS_MAX, CONTAINER6_PROGRAMS_MAX, Counter, CtEntry,
-    CtEntry6, CtKey, CtKey6, ENDPOINTS_MAX, EVENTS_BYTES, EndpointInfo, EndpointKey, EventBudget,
-    FILTER_RULES_MAX, FRAGMENTS_MAX, FilterKey, FilterKey6, FilterRule, FlowKey, FlowKey6,
-    FragmentEntry, FragmentEntry6, FragmentKey, FragmentKey6, LINKS_MAX, LinkKey, LinkKey6,
-    MASQUERADE_SOURCES_MAX, NAT_FLOWS_MAX, NETWORKS_MAX, NODE_ADDRS_MAX, NatFlow, NatFlow6,
-    NetworkInfo, NetworkKey, NetworkKey6, NodeAddr, NodeAddrKey, NodeAddrKey6, NodeConfig,
-    PUBLISHED_PORTS_MAX, PortKey, PortKey6, PortTarget, PortTarget6, ROUTED_FLOWS_MAX,
+    BackendKey, BackendKey6, CONNTRACK_MAX, CONTAINER_PROGRAMS_MAX, CONTAINER6_PROGRAMS_MAX,
+    Counter, CtEntry, CtEntry6, CtKey, CtKey6, ENDPOINTS_MAX, EVENTS_BYTES, EndpointInfo,
+    EndpointKey, EventBudget, FILTER_RULES_MAX, FRAGMENTS_MAX, FilterKey, FilterKey6, FilterRule,
+    FlowKey, FlowKey6, FragmentEntry, FragmentEntry6, FragmentKey, FragmentKey6, LINKS_MAX,
+    LinkKey, LinkKey6, MASQUERADE_SOURCES_MAX, NAT_FLOWS_MAX, NETWORKS_MAX, NODE_ADDRS_MAX,
+    NatFlow, NatFlow6, NetworkInfo, NetworkKey, NetworkKey6, NodeAddr, NodeAddrKey, NodeAddrKey6,
+    NodeConfig, PUBLISHED_PORTS_MAX, PortKey, PortKey6, PortTarget, PortTarget6, ROUTED_FLOWS_MAX,
     SOCK_NAT_MAX, SockNatKey, SockNatKey6, SockNatValue, SockNatValue6, TRUSTED_IFACES_MAX,
     TrustedIfaceKey, UNREPLIED_RING_LEN, UPLINK_PROGRAMS_MAX, UPLINK6_PROGRAMS_MAX,
     stats::STATS_LEN, stats::Stat,
@@ -223,3 +223,26 @@ pub static CONNTRACK6_SCRATCH: PerCpuArray<Conntrack6Record> = PerCpuArray::with
 /// LINKS for IPv6 (link6.rs).
 #[map]
 pub static LINKS6: HashMap<LinkKey6, u32> = HashMap::pinned(LINKS_MAX, BPF_F_NO_PREALLOC);
+
+/// PUBLISHED_BACKENDS for IPv6: the container ends of the IPv6 published ports.
+#[map]
+pub static PUBLISHED_BACKENDS6: HashMap<BackendKey6, u32> =
+    HashMap::pinned(PUBLISHED_PORTS_MAX, BPF_F_NO_PREALLOC);
+
+/// ROUTED_FLOWS for IPv6.
+#[map]
+pub static ROUTED_FLOWS6: LruHashMap<FlowKey6, u32> = LruHashMap::pinned(ROUTED_FLOWS_MAX, 0);
+
+/// A [`ROUTED_FLOWS6`] and a [`PUBLISHED_BACKENDS6`] key, built here rather than on the
+/// stack, which the IPv6 programs have little of (policy.rs).
+#[repr(C)]
+pub struct DirectAccessRecord6 {
+    pub flow: FlowKey6,
+    pub backend: BackendKey6,
+}
+
+/// Room for one [`DirectAccessRecord6`] per side: slot 0 for the containers' veths, slot
+/// 1 for the uplinks. Scratch space, so not pinned.
+#[map]
+pub static DIRECT_ACCESS6_SCRATCH: PerCpuArray<DirectAccessRecord6> =
+    PerCpuArray::with_max_entries(2, 0);

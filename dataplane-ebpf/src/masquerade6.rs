@@ -43,6 +43,7 @@ use crate::{
     icmp6, ipv6,
     maps::{CONNTRACK6, CONNTRACK6_SCRATCH, Conntrack6Record, MASQUERADE_SOURCES6, NODE_CONFIG},
     nat::now_ns,
+    policy,
 };
 
 /// [`CONNTRACK6_SCRATCH`]'s slot for the containers' veths and for the uplinks.
@@ -108,6 +109,12 @@ pub fn container_masquerade(ctx: &TcContext) -> (i32, Stat) {
 /// registers across the helper calls, their 32 bytes would be spilled one by one.
 #[inline(always)]
 fn masquerade(ctx: &TcContext, ip: &Ipv6, l4: &L4) -> (i32, Stat) {
+    // A flow the outside opened to the container's own address (gateway modes, trusted
+    // interfaces) is answered from that address. Checked here, not before the hand-over
+    // as IPv4's is: `container_ingress6` and `container_reply6` have no stack left for it.
+    if ip.protocol != IPPROTO_ICMPV6 && policy::is_direct_reply6(ip, l4) {
+        return (TC_ACT_OK, Stat::ContainerPassOutside);
+    }
     let Some(config) = NODE_CONFIG.get(0) else {
         return (TC_ACT_OK, Stat::ContainerPassOutside);
     };
@@ -130,12 +137,15 @@ fn masquerade(ctx: &TcContext, ip: &Ipv6, l4: &L4) -> (i32, Stat) {
             record.original = unsafe { *entry };
             what
         }
-        // Only a SYN opens a TCP flow; any other segment belongs to a flow forgotten
-        // (evicted while closing, or expired): dropped rather than sent out with the
-        // container's own address, as IPv4's are. (IPv6 has no published-backend
-        // exception: the outside reaches containers' IPv6 addresses through published
-        // host ports only, whose replies are translated before this.)
+        // Only a SYN opens a TCP flow. A segment from a published container port answers
+        // a connection the outside opened to the container's own address (its flow
+        // evicted from ROUTED_FLOWS6): routed as it is, as IPv4's. Any other belongs to a
+        // flow forgotten (evicted while closing, or expired): dropped rather than sent
+        // out with the container's own address, as IPv4's are.
         None if ip.protocol == IPPROTO_TCP && !l4.is_tcp_syn() => {
+            if policy::from_published_backend6(ip, l4) {
+                return (TC_ACT_OK, Stat::ContainerPassOutside);
+            }
             return (TC_ACT_SHOT, Stat::ContainerDropUntracked);
         }
         None => match open_flow(ctx, ip, l4, record, config) {
@@ -391,18 +401,19 @@ pub fn uplink_masquerade<P: Packet>(packet: &P, len: usize) -> (Action, Stat) {
             Some(echo) => (ip, echo),
             None => {
                 return icmp6::uplink_error(packet, &ip, masqueraded_origin).unwrap_or_else(|| {
-                    ipv6::unless_direct_access_refused(packet, &ip, Stat::UplinkPassNotTcpUdp)
+                    ipv6::unless_direct_access_refused(packet, &ip, None, Stat::UplinkPassNotTcpUdp)
                 });
             }
         },
         _ => return (Action::Drop, Stat::UplinkDropMalformed),
     };
-    let not_ours = match ip.protocol {
-        IPPROTO_ICMPV6 => Stat::UplinkPassNotTcpUdp,
-        _ => Stat::UplinkPassNotPublished,
+    // An echo reply's identifier stands for ports in CONNTRACK6, not in direct access.
+    let (not_ours, ports) = match ip.protocol {
+        IPPROTO_ICMPV6 => (Stat::UplinkPassNotTcpUdp, None),
+        _ => (Stat::UplinkPassNotPublished, Some(&l4)),
     };
     reply(packet, &ip, &l4)
-        .unwrap_or_else(|| ipv6::unless_direct_access_refused(packet, &ip, not_ours))
+        .unwrap_or_else(|| ipv6::unless_direct_access_refused(packet, &ip, ports, not_ours))
 }
 
 /// A reply of a masqueraded IPv6 flow goes straight back to its container, its

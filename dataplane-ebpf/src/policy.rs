@@ -1,19 +1,23 @@
 //! The networks' policy: source filters on published ports (what Docker users put in
 //! DOCKER-USER: the longest matching prefix decides, rules scoped to the published port
 //! first, then rules for every published port; no matching rule allows), direct access to
-//! containers' own addresses from the outside (Docker 28's gateway modes), and where a
-//! container's packet is going (isolation, icc, internal networks).
+//! containers' own addresses from the outside (Docker 28's gateway modes, decided alike for
+//! both families), and where a container's packet is going (isolation, icc, internal
+//! networks).
 
 use aya_ebpf::maps::lpm_trie::Key;
 use dataplane_common::{
     BackendKey, FILTER_DENY, FILTER_SCOPE_BITS, FilterKey, FlowKey, IPPROTO_ICMP,
     NETWORK_DIRECT_ANY, NETWORK_DIRECT_ICMP, NETWORK_DIRECT_PUBLISHED, NETWORK_INTERNAL,
-    NetworkKey, NodeAddrKey, TrustedIfaceKey,
-    parse::{Ipv4, L4},
+    NetworkInfo, NetworkKey, NodeAddrKey, TrustedIfaceKey,
+    parse::{Ipv4, L4, ipv6::Ipv6},
 };
 
 use crate::{
-    maps::{FILTER_RULES, NETWORKS, NODE_ADDRS, PUBLISHED_BACKENDS, ROUTED_FLOWS, TRUSTED_IFACES},
+    maps::{
+        DIRECT_ACCESS6_SCRATCH, DirectAccessRecord6, FILTER_RULES, NETWORKS, NODE_ADDRS,
+        PUBLISHED_BACKENDS, PUBLISHED_BACKENDS6, ROUTED_FLOWS, ROUTED_FLOWS6, TRUSTED_IFACES,
+    },
     stats::count_filter_hit,
 };
 
@@ -53,13 +57,9 @@ pub fn source_allowed(src_be: u32, host_port_be: u16, proto: u8, bytes: usize) -
 }
 
 /// Whether a frame from the outside that arrived on `ingress_ifindex` may reach `ip`'s
-/// destination directly (not through a published host port), as Docker 28 decides: its
-/// raw-table drop of every frame to a container's address from outside its bridge
-/// (moby#49325), which `nat-unprotected` and `routed` networks, `--allow-direct-routing`
-/// and the network's trusted interfaces skip, then its FORWARD rules (published container
-/// ports, replies of flows the container opened, and ICMP in `routed` mode). `l4` is the
-/// frame's ports where its protocol has them. The node's own addresses (gateways
-/// included) and addresses on no bridge network are not ours to judge.
+/// destination directly (not through a published host port), as [`network_allows_direct`]
+/// decides. `l4` is the frame's ports where its protocol has them. The node's own
+/// addresses (gateways included) and addresses on no bridge network are not ours to judge.
 #[inline(always)]
 pub fn direct_access_allowed(ip: &Ipv4, l4: Option<&L4>, ingress_ifindex: u32) -> bool {
     // The network first: the node's uplink addresses are in none, so the common case costs
@@ -71,6 +71,44 @@ pub fn direct_access_allowed(ip: &Ipv4, l4: Option<&L4>, ingress_ifindex: u32) -
     if unsafe { NODE_ADDRS.get(&NodeAddrKey { addr_be: ip.dst_be }) }.is_some() {
         return true;
     }
+    let flow = l4.map(|l4| DirectFlow4 {
+        key: direct_flow(ip.dst_be, ip.src_be, l4.dport_be, l4.sport_be, ip.protocol),
+    });
+    network_allows_direct(
+        network,
+        ingress_ifindex,
+        flow.as_ref(),
+        ip.protocol == IPPROTO_ICMP,
+    )
+}
+
+/// A flow between the outside and a container's own address, as one family keeps it: in
+/// its `ROUTED_FLOWS` map, with its container end possibly in its `PUBLISHED_BACKENDS`.
+pub trait DirectFlow {
+    /// Whether the container end is a published container port.
+    fn to_published_backend(&self) -> bool;
+    /// Whether the flow is remembered (opened directly, or by the container itself).
+    fn is_remembered(&self) -> bool;
+    /// Remembers the flow, so that its packets both ways pass (see [`ROUTED_FLOWS`]).
+    fn remember(&self);
+}
+
+/// Whether a frame from the outside that arrived on `ingress_ifindex` may reach a
+/// container of `network` at its own address, for either family, as Docker 28 decides:
+/// its raw-table drop of every frame to a container's address from outside its bridge
+/// (moby#49325), which `nat-unprotected` and `routed` networks, `--allow-direct-routing`
+/// and the network's trusted interfaces skip, then its FORWARD rules (published container
+/// ports, replies of flows the container opened, and ICMP in `routed` mode). `flow` is the
+/// frame's flow where its protocol has ports (remembered when allowed, so that the
+/// container's replies leave untranslated); `icmp` whether the frame is the family's ICMP.
+/// Internal networks are never reached from the outside.
+#[inline(always)]
+pub fn network_allows_direct<F: DirectFlow>(
+    network: &NetworkInfo,
+    ingress_ifindex: u32,
+    flow: Option<&F>,
+    icmp: bool,
+) -> bool {
     let flags = network.flags;
     if flags & NETWORK_INTERNAL != 0 {
         return false;
@@ -84,22 +122,13 @@ pub fn direct_access_allowed(ip: &Ipv4, l4: Option<&L4>, ingress_ifindex: u32) -
         let routable = flags & NETWORK_DIRECT_PUBLISHED != 0
             || unsafe { TRUSTED_IFACES.get(&trusted) }.is_some();
         routable
-            && match l4 {
-                Some(l4) => {
-                    is_published_backend(ip.dst_be, l4.dport_be, ip.protocol)
-                        || is_direct_flow(
-                            ip.dst_be,
-                            ip.src_be,
-                            l4.dport_be,
-                            l4.sport_be,
-                            ip.protocol,
-                        )
-                }
-                None => ip.protocol == IPPROTO_ICMP && flags & NETWORK_DIRECT_ICMP != 0,
+            && match flow {
+                Some(flow) => flow.to_published_backend() || flow.is_remembered(),
+                None => icmp && flags & NETWORK_DIRECT_ICMP != 0,
             }
     };
-    if allowed && let Some(l4) = l4 {
-        note_direct_flow(ip.dst_be, ip.src_be, l4.dport_be, l4.sport_be, ip.protocol);
+    if allowed && let Some(flow) = flow {
+        flow.remember();
     }
     allowed
 }
@@ -109,14 +138,20 @@ pub fn direct_access_allowed(ip: &Ipv4, l4: Option<&L4>, ingress_ifindex: u32) -
 /// it leaves untranslated.
 #[inline(always)]
 pub fn is_direct_reply(ip: &Ipv4, l4: &L4) -> bool {
-    is_direct_flow(ip.src_be, ip.dst_be, l4.sport_be, l4.dport_be, ip.protocol)
+    DirectFlow4 {
+        key: direct_flow(ip.src_be, ip.dst_be, l4.sport_be, l4.dport_be, ip.protocol),
+    }
+    .is_remembered()
 }
 
 /// Remembers a flow a container opens to the outside with its own address (a network
 /// without masquerade), so that its replies pass [`direct_access_allowed`].
 #[inline(always)]
 pub fn note_routed_flow(ip: &Ipv4, l4: &L4) {
-    note_direct_flow(ip.src_be, ip.dst_be, l4.sport_be, l4.dport_be, ip.protocol);
+    DirectFlow4 {
+        key: direct_flow(ip.src_be, ip.dst_be, l4.sport_be, l4.dport_be, ip.protocol),
+    }
+    .remember();
 }
 
 #[inline(always)]
@@ -137,45 +172,35 @@ fn direct_flow(
     }
 }
 
-#[inline(always)]
-fn note_direct_flow(
-    container_ip_be: u32,
-    remote_ip_be: u32,
-    container_port_be: u16,
-    remote_port_be: u16,
-    proto: u8,
-) {
-    let flow = direct_flow(
-        container_ip_be,
-        remote_ip_be,
-        container_port_be,
-        remote_port_be,
-        proto,
-    );
-    // SAFETY: only checking presence; a lookup also refreshes the entry's LRU age.
-    if unsafe { ROUTED_FLOWS.get(&flow) }.is_none() {
-        // A full map evicts its least recently used flow; nothing to do on failure.
-        let _ = ROUTED_FLOWS.insert(&flow, &0, 0);
-    }
+/// An IPv4 flow in [`ROUTED_FLOWS`], its key built on the stack.
+struct DirectFlow4 {
+    key: FlowKey,
 }
 
-#[inline(always)]
-fn is_direct_flow(
-    container_ip_be: u32,
-    remote_ip_be: u32,
-    container_port_be: u16,
-    remote_port_be: u16,
-    proto: u8,
-) -> bool {
-    let flow = direct_flow(
-        container_ip_be,
-        remote_ip_be,
-        container_port_be,
-        remote_port_be,
-        proto,
-    );
-    // SAFETY: the value is only tested for presence.
-    unsafe { ROUTED_FLOWS.get(&flow) }.is_some()
+impl DirectFlow for DirectFlow4 {
+    #[inline(always)]
+    fn to_published_backend(&self) -> bool {
+        is_published_backend(
+            self.key.container_ip_be,
+            self.key.container_port_be,
+            self.key.proto,
+        )
+    }
+
+    #[inline(always)]
+    fn is_remembered(&self) -> bool {
+        // SAFETY: the value is only tested for presence.
+        unsafe { ROUTED_FLOWS.get(&self.key) }.is_some()
+    }
+
+    #[inline(always)]
+    fn remember(&self) {
+        // SAFETY: only checking presence; a lookup also refreshes the entry's LRU age.
+        if unsafe { ROUTED_FLOWS.get(&self.key) }.is_none() {
+            // A full map evicts its least recently used flow; nothing to do on failure.
+            let _ = ROUTED_FLOWS.insert(&self.key, &0, 0);
+        }
+    }
 }
 
 /// Whether `ip:port` is the container end of a published port.
@@ -189,6 +214,107 @@ pub fn is_published_backend(container_ip_be: u32, container_port_be: u16, proto:
     };
     // SAFETY: the value is only tested for presence.
     unsafe { PUBLISHED_BACKENDS.get(&backend) }.is_some()
+}
+
+/// IPv6's [`is_direct_reply`].
+#[inline(always)]
+pub fn is_direct_reply6(ip: &Ipv6, l4: &L4) -> bool {
+    container_flow6(ip, l4).is_some_and(|flow| flow.is_remembered())
+}
+
+/// IPv6's [`note_routed_flow`].
+#[inline(always)]
+pub fn note_routed_flow6(ip: &Ipv6, l4: &L4) {
+    if let Some(flow) = container_flow6(ip, l4) {
+        flow.remember();
+    }
+}
+
+/// Whether a container's IPv6 packet `ip` leaves from the container end of a published
+/// port (`l4`'s source).
+#[inline(always)]
+pub fn from_published_backend6(ip: &Ipv6, l4: &L4) -> bool {
+    container_flow6(ip, l4).is_some_and(|flow| flow.to_published_backend())
+}
+
+/// The flow of a container's IPv6 packet `ip` with ports `l4` to the outside.
+#[inline(always)]
+fn container_flow6(ip: &Ipv6, l4: &L4) -> Option<DirectFlow6> {
+    let (sport_be, dport_be) = (l4.sport_be, l4.dport_be);
+    DirectFlow6::of(
+        CONTAINER_SLOT6,
+        &ip.src,
+        &ip.dst,
+        sport_be,
+        dport_be,
+        ip.protocol,
+    )
+}
+
+/// [`DIRECT_ACCESS6_SCRATCH`]'s slot for the containers' veths and for the uplinks.
+const CONTAINER_SLOT6: u32 = 0;
+pub const UPLINK_SLOT6: u32 = 1;
+
+/// An IPv6 flow in [`ROUTED_FLOWS6`], its keys built in this CPU's scratch record for
+/// a side: with 16-byte addresses they would take the IPv6 programs past their stack.
+pub struct DirectFlow6 {
+    record: &'static DirectAccessRecord6,
+}
+
+impl DirectFlow6 {
+    /// The flow between `container_ip`:`container_port_be` and `remote_ip`:
+    /// `remote_port_be` over `proto`. `slot` is the side's scratch record
+    /// ([`UPLINK_SLOT6`], or the containers'); `None` only when it is missing.
+    #[inline(always)]
+    pub fn of(
+        slot: u32,
+        container_ip: &[u8; 16],
+        remote_ip: &[u8; 16],
+        container_port_be: u16,
+        remote_port_be: u16,
+        proto: u8,
+    ) -> Option<Self> {
+        let record = DIRECT_ACCESS6_SCRATCH.get_ptr_mut(slot)?;
+        // SAFETY: a map value of plain data, ours alone on this CPU while the program runs.
+        let record = unsafe { &mut *record };
+        // Field by field: a whole key built first would be built on the stack.
+        let flow = &mut record.flow;
+        flow.container_ip = *container_ip;
+        flow.remote_ip = *remote_ip;
+        flow.container_port_be = container_port_be;
+        flow.remote_port_be = remote_port_be;
+        flow.proto = proto;
+        flow._pad = [0; 3];
+        let backend = &mut record.backend;
+        backend.container_ip = *container_ip;
+        backend.container_port_be = container_port_be;
+        backend.proto = proto;
+        backend._pad = 0;
+        Some(DirectFlow6 { record })
+    }
+}
+
+impl DirectFlow for DirectFlow6 {
+    #[inline(always)]
+    fn to_published_backend(&self) -> bool {
+        // SAFETY: the value is only tested for presence.
+        unsafe { PUBLISHED_BACKENDS6.get(&self.record.backend) }.is_some()
+    }
+
+    #[inline(always)]
+    fn is_remembered(&self) -> bool {
+        // SAFETY: the value is only tested for presence.
+        unsafe { ROUTED_FLOWS6.get(&self.record.flow) }.is_some()
+    }
+
+    #[inline(always)]
+    fn remember(&self) {
+        // SAFETY: only checking presence; a lookup also refreshes the entry's LRU age.
+        if unsafe { ROUTED_FLOWS6.get(&self.record.flow) }.is_none() {
+            // A full map evicts its least recently used flow; nothing to do on failure.
+            let _ = ROUTED_FLOWS6.insert(&self.record.flow, &0, 0);
+        }
+    }
 }
 
 /// Where a container's packet is going, as far as the bridge networks are concerned.

@@ -226,11 +226,32 @@ fn tcp6_reaches(netns: &Path, to: SocketAddr) -> bool {
     })
 }
 
-/// Docker 28's direct-access drop for IPv6 (ip6tables' raw-table rule): a world host with
-/// a route to the IPv6 subnets via the node reaches nothing at a container's own IPv6
-/// address on a `nat` network, published container port included, while the published
-/// host port answers through the node; on a `routed` network the published container
-/// port answers at the container's address.
+/// Whether a ping from `netns` to the IPv6 `to` is answered.
+fn ping6_reaches(netns: &Path, to: Ipv6Addr) -> bool {
+    run(
+        "nsenter",
+        &[
+            &format!("--net={}", netns.display()),
+            "busybox",
+            "ping",
+            "-c",
+            "1",
+            "-W",
+            "2",
+            &to.to_string(),
+        ],
+    )
+    .is_ok()
+}
+
+/// Docker 28's direct access for IPv6 (ip6tables' raw-table drop, then the FORWARD rules):
+/// a world host with a route to the IPv6 subnets via the node reaches nothing at a
+/// container's own IPv6 address on a `nat` network, published container port included,
+/// while the published host port answers through the node; on a `routed` network the
+/// published container port and ping6 answer at the container's address, an unpublished
+/// port does not; from a trusted interface a `nat` network's published container port
+/// answers, nothing else. A container's own IPv6 flow to the world gets its replies in
+/// every mode (masqueraded, or routed with its own address).
 #[test]
 fn direct_ipv6_access_by_gateway_mode() -> Result<()> {
     let topology = Topology::new()?.with_ipv6()?;
@@ -246,13 +267,27 @@ fn direct_ipv6_access_by_gateway_mode() -> Result<()> {
     if skip_without_dataplane_ipv6(&agent, "the IPv6 direct-access drop")? {
         return Ok(());
     }
+    // Both families in the same mode: a dual-stack network's direct access is the same
+    // whichever family's mode decides it.
     let routed = [
         "com.docker.network.bridge.gateway_mode_ipv4=routed",
         "com.docker.network.bridge.gateway_mode_ipv6=routed",
     ];
-    let cases: [(&str, &[&str], bool); 2] = [("nat6", &[], false), ("routed6", &routed, true)];
+    let trusted_option = format!("com.docker.network.bridge.trusted_host_interfaces=lo:{UPLINK}");
+    let trusted = [trusted_option.as_str()];
+    let routed_reach = Reach {
+        ping: true,
+        ..Reach::PUBLISHED
+    };
+    let cases: [(&str, &[&str], Reach); 3] = [
+        ("nat6", &[], Reach::NOTHING),
+        ("routed6", &routed, routed_reach),
+        ("trusted6", &trusted, Reach::PUBLISHED),
+    ];
     let world = topology.world.path();
-    for (i, (network, options, reachable)) in cases.into_iter().enumerate() {
+    let world_server_port = 9300;
+    let _world_server = Echo6::start(&world, world_server_port)?;
+    for (i, (network, options, expected)) in cases.into_iter().enumerate() {
         let subnet4 = format!("10.{}.0.0/24", 81 + i);
         let subnet6 = format!("fd00:{}::/64", 81 + i);
         let mut args = vec![
@@ -271,19 +306,32 @@ fn direct_ipv6_access_by_gateway_mode() -> Result<()> {
             .as_str()
             .context("GlobalIPv6Address")?
             .parse()?;
-        let _server = Echo6::start(&netns, 80)?;
+        let _servers = (Echo6::start(&netns, 80)?, Echo6::start(&netns, 22)?);
         ensure!(
             tcp6_reaches(&world, SocketAddr::new(NODE_IPV6.into(), host_port)),
             "{network}: the published host port answers through the node over IPv6"
         );
-        assert_eq!(
+        ensure!(
+            tcp6_reaches(
+                &netns,
+                SocketAddr::new(WORLD_IPV6.into(), world_server_port)
+            ),
+            "{network}: the container's own IPv6 flow to the world gets its replies"
+        );
+        // TCP and ping6 (IPv6's UDP meets the same checks as its TCP).
+        let reach = (
             tcp6_reaches(&world, SocketAddr::new(ip.into(), 80)),
-            reachable,
-            "{network}: the published container port at [{ip}]:80"
+            tcp6_reaches(&world, SocketAddr::new(ip.into(), 22)),
+            ping6_reaches(&world, ip),
+        );
+        assert_eq!(
+            reach,
+            (expected.published, expected.unpublished, expected.ping),
+            "{network}: (published, unpublished, ping6) at [{ip}]"
         );
     }
     if ebpf_checks("the direct-access drop counter") {
-        ensure!(agent.counter("uplink_ingress.drop.direct_access")? >= 1);
+        ensure!(agent.counter("uplink_ingress.drop.direct_access")? >= 4);
     }
     Ok(())
 }

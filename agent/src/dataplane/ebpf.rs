@@ -37,9 +37,9 @@ use dataplane_common::{
     stats::Stat,
 };
 use dataplane_common::{
-    CONTAINER6_LINK_SLOT, CONTAINER6_REPLY_SLOT, FILTER_RULES6, FilterKey6, FlowKey6, LINKS6,
-    LinkKey6, NAT_FLOWS6, NETWORKS6, NODE_ADDRS6, NatFlow6, NetworkKey6, NodeAddrKey6,
-    PUBLISHED_PORTS6, PortKey6, PortTarget6,
+    BackendKey6, CONTAINER6_LINK_SLOT, CONTAINER6_REPLY_SLOT, FILTER_RULES6, FilterKey6, FlowKey6,
+    LINKS6, LinkKey6, NAT_FLOWS6, NETWORKS6, NODE_ADDRS6, NatFlow6, NetworkKey6, NodeAddrKey6,
+    PUBLISHED_BACKENDS6, PUBLISHED_PORTS6, PortKey6, PortTarget6, ROUTED_FLOWS6,
 };
 
 use super::{
@@ -444,6 +444,43 @@ fn backend_of(key: &PortKey, target: &PortTarget) -> BackendKey {
         proto: key.proto,
         _pad: 0,
     }
+}
+
+/// The container end that IPv6 published port `key` leads to.
+fn backend_of6(key: &PortKey6, target: &PortTarget6) -> BackendKey6 {
+    BackendKey6 {
+        container_ip: target.container_ip,
+        container_port_be: target.container_port_be,
+        proto: key.proto,
+        _pad: 0,
+    }
+}
+
+/// A key of a family's published backends (`PUBLISHED_BACKENDS`, `PUBLISHED_BACKENDS6`):
+/// a container end of published ports, its value the count of host ports leading there.
+trait Backend: aya::Pod + Eq + std::hash::Hash {
+    /// The map that holds it.
+    const MAP: &'static str;
+}
+
+impl Backend for BackendKey {
+    const MAP: &'static str = PUBLISHED_BACKENDS;
+}
+
+impl Backend for BackendKey6 {
+    const MAP: &'static str = PUBLISHED_BACKENDS6;
+}
+
+/// How many of `ports` lead to each container end.
+fn backend_counts<K, V, B: Backend>(
+    ports: &std::collections::HashMap<K, V>,
+    backend_of: fn(&K, &V) -> B,
+) -> std::collections::HashMap<B, u32> {
+    let mut backends = std::collections::HashMap::new();
+    for (key, target) in ports {
+        *backends.entry(backend_of(key, target)).or_default() += 1;
+    }
+    backends
 }
 
 /// Where an IPv4 binding leads: the endpoint's IPv4 address; `None` for an endpoint on an
@@ -1143,13 +1180,12 @@ impl EbpfDataplane {
         HashMap::try_from(self.map_mut(PUBLISHED_PORTS)?).map_err(Error::dataplane(PUBLISHED_PORTS))
     }
 
-    fn backends_mut(&mut self) -> Result<HashMap<&mut MapData, BackendKey, u32>> {
-        HashMap::try_from(self.map_mut(PUBLISHED_BACKENDS)?)
-            .map_err(Error::dataplane(PUBLISHED_BACKENDS))
+    fn backends_mut<B: Backend>(&mut self) -> Result<HashMap<&mut MapData, B, u32>> {
+        HashMap::try_from(self.map_mut(B::MAP)?).map_err(Error::dataplane(B::MAP))
     }
 
     /// One more host port leads to `key`.
-    fn hold_backend(&mut self, key: BackendKey) -> Result<()> {
+    fn hold_backend<B: Backend>(&mut self, key: B) -> Result<()> {
         let mut map = self.backends_mut()?;
         let count = map.get(&key, 0).unwrap_or(0);
         map.insert(key, count + 1, 0)
@@ -1157,7 +1193,7 @@ impl EbpfDataplane {
     }
 
     /// One host port less leads to `key`; the last one takes it away.
-    fn release_backend(&mut self, key: BackendKey) -> Result<()> {
+    fn release_backend<B: Backend>(&mut self, key: B) -> Result<()> {
         let mut map = self.backends_mut()?;
         let result = match map.get(&key, 0) {
             Ok(count) if count > 1 => map.insert(key, count - 1, 0),
@@ -1261,9 +1297,9 @@ impl EbpfDataplane {
         Ok(())
     }
 
-    /// Forgets the IPv6 flows of a container that goes away: its published-port flows and
-    /// its tracked ones (masqueraded, or through a `--link`), so that a container given the
-    /// address later inherits none.
+    /// Forgets the IPv6 flows of a container that goes away: its published-port flows, its
+    /// tracked ones (masqueraded, or through a `--link`) and its untranslated ones, so that
+    /// a container given the address later inherits none.
     fn forget_flows6(&mut self, container_ip: Ipv6Addr) -> Result<()> {
         let ip = container_ip.octets();
         let mut flows: HashMap<&mut MapData, FlowKey6, NatFlow6> =
@@ -1272,10 +1308,27 @@ impl EbpfDataplane {
         let stale = entries.into_keys().filter(|key| key.container_ip == ip);
         remove_keys(&mut flows, stale, "removing an IPv6 flow")?;
         walked?;
-        // Its masqueraded flows too, as IPv4's: a container given the address later must
-        // not inherit them.
-        self.remove_tracked::<CtKey6>(CONNTRACK6, |flow| flow.involves(ip))
-            .map(drop)
+        // Its masqueraded and untranslated flows too, as IPv4's: a container given the
+        // address later must not inherit them.
+        self.remove_tracked::<CtKey6>(CONNTRACK6, |flow| flow.involves(ip))?;
+        self.forget_routed_flows(ROUTED_FLOWS6, |key: &FlowKey6| key.container_ip == ip)
+    }
+
+    /// Forgets the untranslated flows in `map` (ROUTED_FLOWS, ROUTED_FLOWS6) that
+    /// `of_container` picks.
+    fn forget_routed_flows<K: aya::Pod>(
+        &mut self,
+        map: &'static str,
+        of_container: impl Fn(&K) -> bool,
+    ) -> Result<()> {
+        let mut routed: HashMap<&mut MapData, K, u32> =
+            HashMap::try_from(self.map_mut(map)?).map_err(Error::dataplane(map))?;
+        let stale: Vec<K> = routed
+            .keys()
+            .filter_map(|key| key.ok())
+            .filter(|key| of_container(key))
+            .collect();
+        remove_keys(&mut routed, stale, "forgetting an untranslated flow").map(drop)
     }
 
     /// Forgets the flows of a container that goes away.
@@ -1288,15 +1341,7 @@ impl EbpfDataplane {
         )?;
         // Its untranslated flows too: a container given the address later must not inherit
         // them.
-        let mut routed: HashMap<&mut MapData, FlowKey, u32> =
-            HashMap::try_from(self.map_mut(ROUTED_FLOWS)?)
-                .map_err(Error::dataplane(ROUTED_FLOWS))?;
-        let stale: Vec<FlowKey> = routed
-            .keys()
-            .filter_map(|key| key.ok())
-            .filter(|key| key.container_ip_be == ip_be)
-            .collect();
-        remove_keys(&mut routed, stale, "forgetting an untranslated flow").map(drop)
+        self.forget_routed_flows(ROUTED_FLOWS, |key: &FlowKey| key.container_ip_be == ip_be)
     }
 }
 
@@ -1476,10 +1521,16 @@ impl Dataplane for EbpfDataplane {
             let Some(target) = port_target6(endpoint, port) else {
                 return Ok(());
             };
-            return self
-                .ports6_mut()?
-                .insert(port_key6(host_ip, port), target, 0)
-                .map_err(Error::dataplane("adding an IPv6 published port"));
+            let key = port_key6(host_ip, port);
+            let mut ports = self.ports6_mut()?;
+            let previous = ports.get(&key, 0).ok();
+            ports
+                .insert(key, target, 0)
+                .map_err(Error::dataplane("adding an IPv6 published port"))?;
+            if let Some(previous) = previous {
+                self.release_backend(backend_of6(&key, &previous))?;
+            }
+            return self.hold_backend(backend_of6(&key, &target));
         }
         let Some(target) = port_target(endpoint, port) else {
             return Ok(());
@@ -1499,12 +1550,15 @@ impl Dataplane for EbpfDataplane {
     fn unpublish(&mut self, port: &PortBinding) -> Result<()> {
         if let IpAddr::V6(host_ip) = port.host_ip {
             let key = port_key6(host_ip, port);
-            return remove_keys(
+            let Ok(previous) = self.ports6_mut()?.get(&key, 0) else {
+                return Ok(());
+            };
+            remove_keys(
                 &mut self.ports6_mut()?,
                 [key],
                 "removing an IPv6 published port",
-            )
-            .map(drop);
+            )?;
+            return self.release_backend(backend_of6(&key, &previous));
         }
         let key = port_key(port)?;
         let Ok(previous) = self.ports_mut()?.get(&key, 0) else {
@@ -1515,16 +1569,16 @@ impl Dataplane for EbpfDataplane {
     }
 
     fn sync_published(&mut self, wanted: &[(Endpoint, PortBinding)]) -> Result<()> {
+        let ports6 = ports6(wanted);
+        let backends6 = backend_counts(&ports6, backend_of6);
+        sync_hash_map(&mut self.ports6_mut()?, &ports6, "IPv6 published port")?;
         sync_hash_map(
-            &mut self.ports6_mut()?,
-            &ports6(wanted),
-            "IPv6 published port",
+            &mut self.backends_mut()?,
+            &backends6,
+            "IPv6 published backend",
         )?;
         let ports = ports4(wanted)?;
-        let mut backends: std::collections::HashMap<BackendKey, u32> = Default::default();
-        for (key, target) in &ports {
-            *backends.entry(backend_of(key, target)).or_default() += 1;
-        }
+        let backends = backend_counts(&ports, backend_of);
         sync_hash_map(&mut self.ports_mut()?, &ports, "published port")?;
         sync_hash_map(&mut self.backends_mut()?, &backends, "published backend")
     }
@@ -2176,7 +2230,7 @@ impl EbpfDataplane {
         Ok(())
     }
 
-    /// PUBLISHED_PORTS and their PUBLISHED_BACKENDS counts as recorded.
+    /// PUBLISHED_PORTS(6) and their PUBLISHED_BACKENDS(6) counts as recorded.
     fn repair_published(
         &mut self,
         published: &[(Endpoint, PortBinding)],
@@ -2194,11 +2248,24 @@ impl EbpfDataplane {
                 ),
             });
         }
-        let ports = ports4(published)?;
-        let mut backends: std::collections::HashMap<BackendKey, u32> = Default::default();
-        for (key, target) in &ports {
-            *backends.entry(backend_of(key, target)).or_default() += 1;
+        let backends6 = backend_counts(&ports6, backend_of6);
+        for key in restore_entries(
+            &mut self.backends_mut()?,
+            &backends6,
+            "IPv6 published backend",
+        )? {
+            repaired.push(Repaired {
+                kind: RepairKind::MapEntryRestored,
+                what: format!(
+                    "{PUBLISHED_BACKENDS6} [{}]:{}/{}",
+                    Ipv6Addr::from(key.container_ip),
+                    u16::from_be(key.container_port_be),
+                    proto_name(key.proto)
+                ),
+            });
         }
+        let ports = ports4(published)?;
+        let backends = backend_counts(&ports, backend_of);
         for key in restore_entries(&mut self.ports_mut()?, &ports, "published port")? {
             repaired.push(Repaired {
                 kind: RepairKind::MapEntryRestored,

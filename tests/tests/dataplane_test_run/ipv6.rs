@@ -8,9 +8,9 @@ use std::net::Ipv6Addr;
 use aya::maps::ProgramArray;
 use bpfbridge::dataplane::ebpf::CONTAINER6_PROGRAM;
 use dataplane_common::{
-    CONTAINER_IPV6_SLOT, CONTAINER_PROGRAMS, FILTER_RULES6, FilterKey6, FlowKey6, NAT_FLOWS6,
-    NETWORKS6, NODE_ADDRS6, NatFlow6, NetworkKey6, NodeAddrKey6, PUBLISHED_PORTS6, PortKey6,
-    PortTarget6,
+    BackendKey6, CONTAINER_IPV6_SLOT, CONTAINER_PROGRAMS, FILTER_RULES6, FilterKey6, FlowKey6,
+    NAT_FLOWS6, NETWORKS6, NODE_ADDRS6, NatFlow6, NetworkKey6, NodeAddrKey6, PUBLISHED_BACKENDS6,
+    PUBLISHED_PORTS6, PortKey6, PortTarget6,
     parse::ipv6::{Parsed6, parse_ipv6},
 };
 
@@ -905,52 +905,154 @@ fn ipv6_reaches_its_program_by_tail_call_or_is_a_counted_drop() -> Result<()> {
     Ok(())
 }
 
-/// Docker 28's direct-access drop for IPv6 on the uplink (ip6tables' raw-table rule): on
-/// a `nat` network nothing from the outside reaches a container's own address (a
-/// published container port, ICMPv6 or an echo reply included: handed to the masquerade
-/// program, which finds no flow), counted; the gateway, a trusted interface, `routed`,
-/// `nat-unprotected` and addresses on no network pass; the published port through the
-/// node's address is translated as ever.
+/// Docker 28's direct access for IPv6 on the uplink, as ip6tables' raw-table drop and
+/// Docker's FORWARD rules decide: on a `nat` network nothing from the outside reaches a
+/// container's own address (a published container port, ICMPv6 or an echo reply included:
+/// handed to the masquerade program, which finds no flow), counted; in `routed` mode the
+/// published container ports, ICMPv6 and the replies of the container's own flows do, an
+/// unpublished port does not; from a trusted interface the published container ports do,
+/// and the container's answers leave untranslated though its network masquerades;
+/// `nat-unprotected`, the gateway and addresses on no network pass; the published port
+/// through the node's address is translated as ever.
 #[test]
 fn ipv6_direct_access_table() -> Result<()> {
     const ICMPV6_ECHO_REQUEST: u8 = 128;
     const ICMPV6_ECHO_REPLY: u8 = 129;
     let gateway: Ipv6Addr = "fd00::1".parse()?;
     let address = |subnet: u16| Ipv6Addr::new(0xfd00, subnet, 0, 0, 0, 0, 0, 2);
+    let (routed, unprotected, trusted) = (address(1), address(2), address(4));
     let syn = |dst, dport| Packet6::tcp(WORLD_IP6, 40000, dst, dport, SYN).build();
-    let echo = |icmp_type| Packet6::icmp6(WORLD_IP6, CONTAINER_IP6, icmp_type, &[0, 7, 0, 1]);
+    let echo = |dst, icmp_type| Packet6::icmp6(WORLD_IP6, dst, icmp_type, &[0, 7, 0, 1]).build();
+    let from_container = |src, sport, flags| Packet6 {
+        src_mac: CONTAINER_MAC,
+        dst_mac: HOST_VETH_MAC,
+        ..Packet6::tcp(src, sport, WORLD_IP6, 40000, flags)
+    };
     let drop = (XDP_DROP, Stat::UplinkDropDirectAccess);
     let pass = (XDP_PASS, Stat::UplinkPassNotPublished);
-    let cases: Vec<(&str, Vec<u8>, (u32, Stat))> = vec![
+    let pass_icmp = (XDP_PASS, Stat::UplinkPassNotTcpUdp);
+    // (name, program, frame, expected), in order: a container's packet first where the
+    // uplink's verdict depends on the flow it opens.
+    type Case = (&'static str, &'static str, Vec<u8>, (u32, Stat));
+    let cases: Vec<Case> = vec![
         (
             "nat: a published container port",
+            UPLINK_PROGRAM,
             syn(CONTAINER_IP6, 80),
             drop,
         ),
-        ("nat: an unpublished port", syn(CONTAINER_IP6, 22), drop),
+        (
+            "nat: an unpublished port",
+            UPLINK_PROGRAM,
+            syn(CONTAINER_IP6, 22),
+            drop,
+        ),
         (
             "nat: udp",
+            UPLINK_PROGRAM,
             Packet6::udp(WORLD_IP6, 40001, CONTAINER_IP6, 53, 12).build(),
             drop,
         ),
         (
             "nat: an echo request",
-            echo(ICMPV6_ECHO_REQUEST).build(),
+            UPLINK_PROGRAM,
+            echo(CONTAINER_IP6, ICMPV6_ECHO_REQUEST),
             drop,
         ),
         (
             "nat: a stray echo reply",
-            echo(ICMPV6_ECHO_REPLY).build(),
+            UPLINK_PROGRAM,
+            echo(CONTAINER_IP6, ICMPV6_ECHO_REPLY),
             drop,
         ),
-        ("nat: the gateway, a node address", syn(gateway, 22), pass),
-        ("internal", syn(address(3), 80), drop),
-        ("routed", syn(address(1), 22), pass),
-        ("nat-unprotected", syn(address(2), 22), pass),
-        ("nat, from a trusted interface", syn(address(4), 80), pass),
-        ("on no network", syn("2001:db8::99".parse()?, 22), pass),
+        (
+            "nat: the gateway, a node address",
+            UPLINK_PROGRAM,
+            syn(gateway, 22),
+            pass,
+        ),
+        ("internal", UPLINK_PROGRAM, syn(address(3), 80), drop),
+        (
+            "routed: a published container port",
+            UPLINK_PROGRAM,
+            syn(routed, 80),
+            pass,
+        ),
+        (
+            "routed: an unpublished port",
+            UPLINK_PROGRAM,
+            syn(routed, 22),
+            drop,
+        ),
+        (
+            "routed: an echo request",
+            UPLINK_PROGRAM,
+            echo(routed, ICMPV6_ECHO_REQUEST),
+            pass_icmp,
+        ),
+        (
+            "routed: the echo reply of the container's ping",
+            UPLINK_PROGRAM,
+            echo(routed, ICMPV6_ECHO_REPLY),
+            pass_icmp,
+        ),
+        (
+            "routed: the container opens a flow, with its own address",
+            CONTAINER_PROGRAM,
+            from_container(routed, 5555, SYN).build(),
+            (TC_ACT_OK, Stat::ContainerPassOutside),
+        ),
+        (
+            "routed: the reply of the flow the container opened",
+            UPLINK_PROGRAM,
+            Packet6::tcp(WORLD_IP6, 40000, routed, 5555, SYN_ACK).build(),
+            pass,
+        ),
+        (
+            "routed: the same port from another remote port",
+            UPLINK_PROGRAM,
+            Packet6::tcp(WORLD_IP6, 40001, routed, 5555, SYN).build(),
+            drop,
+        ),
+        (
+            "nat-unprotected: any port",
+            UPLINK_PROGRAM,
+            syn(unprotected, 22),
+            pass,
+        ),
+        (
+            "nat-unprotected: an echo request",
+            UPLINK_PROGRAM,
+            echo(unprotected, ICMPV6_ECHO_REQUEST),
+            pass_icmp,
+        ),
+        (
+            "nat, from a trusted interface: a published container port",
+            UPLINK_PROGRAM,
+            syn(trusted, 80),
+            pass,
+        ),
+        (
+            "nat, from a trusted interface: the container's answer leaves untranslated",
+            CONTAINER_PROGRAM,
+            from_container(trusted, 80, SYN_ACK).build(),
+            (TC_ACT_OK, Stat::ContainerPassOutside),
+        ),
+        (
+            "nat, from a trusted interface: an unpublished port",
+            UPLINK_PROGRAM,
+            syn(trusted, 22),
+            drop,
+        ),
+        (
+            "on no network",
+            UPLINK_PROGRAM,
+            syn("2001:db8::99".parse()?, 22),
+            pass,
+        ),
         (
             "the published port through the node",
+            UPLINK_PROGRAM,
             syn(NODE_IP6, 8080),
             (XDP_REDIRECT, Stat::UplinkRedirectDnat),
         ),
@@ -982,6 +1084,18 @@ fn ipv6_direct_access_table() -> Result<()> {
             addr: gateway.octets(),
         };
         addrs.insert(key, NodeAddr { ifindex: 3 }, 0)?;
+        // Port 80/tcp of every container is published (the agent records it so); 22 is not.
+        let mut backends: HashMap<&mut MapData, BackendKey6, u32> =
+            HashMap::try_from(fx.ebpf.map_mut(PUBLISHED_BACKENDS6).unwrap())?;
+        for ip in [CONTAINER_IP6, routed, unprotected, trusted] {
+            let key = BackendKey6 {
+                container_ip: ip.octets(),
+                container_port_be: 80u16.to_be(),
+                proto: IPPROTO_TCP,
+                _pad: 0,
+            };
+            backends.insert(key, 1, 0)?;
+        }
         // BPF_PROG_TEST_RUN hands an XDP program its frame from loopback (ifindex 1):
         // trusted for the fifth network.
         let mut trusted: HashMap<&mut MapData, TrustedIfaceKey, u32> =
@@ -993,14 +1107,15 @@ fn ipv6_direct_access_table() -> Result<()> {
         trusted.insert(key, 1, 0)?;
     }
     let before = fx.counters()?[Stat::UplinkDropDirectAccess as usize];
-    for (name, frame, expected) in &cases {
-        let (got, out, moved) = fx.run(UPLINK_PROGRAM, frame).context(*name)?;
+    for (name, program, frame, expected) in &cases {
+        let (got, out, moved) = fx.run(program, frame).context(*name)?;
         assert_eq!((got, moved), *expected, "{name}");
         if got != XDP_REDIRECT {
             assert_eq!(&out, frame, "{name}: untouched");
         }
     }
     let dropped = fx.counters()?[Stat::UplinkDropDirectAccess as usize] - before;
-    assert_eq!(dropped, 6, "every drop counted");
+    let drops = cases.iter().filter(|case| case.3 == drop).count();
+    assert_eq!(dropped, drops as u64, "every drop counted");
     Ok(())
 }
