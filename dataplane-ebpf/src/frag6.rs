@@ -6,15 +6,22 @@
 //! datagram) and IPv6 has no header checksum, so a following fragment's rewrite is plain
 //! stores.
 //!
+//! Published-port flows and masquerade both remember their first fragments: on the
+//! uplink with the container's veth and MACs (`uplink_ingress6` for a published port,
+//! `uplink_masquerade6` for a masqueraded flow's reply), at a container's veth as routed
+//! (no veth to hand to: the FIB picks the way out; `container_reply6` for a reply of a
+//! published-port flow, `container_masquerade6` for a masqueraded packet), and the
+//! fragments that follow go the same way.
+//!
 //! A fragment that arrives on the uplink before its first fragment passes to the node's
-//! stack, for IPv4's reasons (frag.rs). At a container's veth (in `container_reply6`) the
-//! first fragment of a reply to a published-port flow is remembered as routed (no veth to
-//! hand to: the FIB picks the way out), and the fragments that follow leave the same way;
-//! one without a translation meets the networks' policy.
+//! stack, for IPv4's reasons (frag.rs). At a container's veth one without a translation
+//! meets the networks' policy, which drops it to the outside of a masquerading network
+//! when its protocol is one masquerade translates (`container_ingress.drop.fragment_untracked`)
+//! rather than let it leave with the container's own address, as frag.rs does for IPv4.
 
 use aya_ebpf::{bindings::TC_ACT_SHOT, helpers::bpf_ktime_get_ns, programs::TcContext};
 use dataplane_common::{
-    FRAGMENT_TIMEOUT_NS, FragmentEntry6, FragmentKey6,
+    FRAGMENT_TIMEOUT_NS, FragmentEntry6, FragmentKey6, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP,
     parse::{
         ETH_HLEN,
         ipv6::{IPV6_DST_OFF, IPV6_HOP_LIMIT_OFF, IPV6_SRC_OFF, Ipv6},
@@ -27,6 +34,13 @@ use crate::{
     ipv6::forward,
     maps::{FRAGMENT6_SCRATCH, FRAGMENTS6},
 };
+
+/// The protocols whose datagrams masquerade translates (ICMPv6: echo), so whose fragments
+/// must never leave untranslated, as frag.rs's for IPv4.
+#[inline(always)]
+pub fn is_translated_protocol(ip: &Ipv6) -> bool {
+    matches!(ip.protocol, IPPROTO_TCP | IPPROTO_UDP | IPPROTO_ICMPV6)
+}
 
 #[inline(always)]
 fn now_ns() -> u64 {
@@ -70,6 +84,17 @@ pub fn remember(ip: &Ipv6, src: &[u8; 16], dst: &[u8; 16], ifindex: u32, macs: [
     // An LRU map makes room by itself; an entry that still cannot be stored costs this
     // datagram's other fragments, which then go as unmatched ones.
     let _ = FRAGMENTS6.insert(&record.key, &record.entry, 0);
+}
+
+/// No MACs to remember for a routed datagram: its fragments take the FIB's way out.
+const ROUTED: [u8; 6] = [0; 6];
+
+/// [`remember`] for a packet translated at a container's veth and routed by the FIB (a
+/// reply of a published-port flow, a masqueraded packet): the fragments that follow take
+/// the FIB's way out too.
+#[inline(always)]
+pub fn remember_routed(ip: &Ipv6, src: &[u8; 16], dst: &[u8; 16]) {
+    remember(ip, src, dst, 0, [&ROUTED; 2]);
 }
 
 /// The translation of a fragment's datagram, while its receiver may still be reassembling

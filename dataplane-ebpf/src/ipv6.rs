@@ -636,9 +636,6 @@ pub fn container_ingress(ctx: &TcContext, len: usize) -> (i32, Stat) {
 /// of its transport header.
 const ERROR_HEADERS: usize = 2 * (IPV6_HLEN + 3 * 8 + FRAGMENT_HLEN) + ETH_HLEN + 8 + 8;
 
-/// No MACs to remember: the fragments of a reply are routed by the FIB, as it was.
-const ROUTED: [u8; 6] = [0; 6];
-
 /// `container_reply6`: what `container_ingress6` handed over, parsed again (the verifier
 /// trusts offsets into the packet only from its own bounds checks), after pulling an
 /// error's quote into the linear area. A container's ICMPv6 error about a published-port
@@ -669,9 +666,8 @@ pub fn container_reply(ctx: &TcContext) -> (i32, Stat) {
             None => (ip, None),
         },
         Ok(Parsed6::Transport(ip, l4)) => {
-            let remember = |nat: &NatFlow6| {
-                frag6::remember(&ip, &nat.frontend_ip, &nat.client_ip, 0, [&ROUTED; 2])
-            };
+            let remember =
+                |nat: &NatFlow6| frag6::remember_routed(&ip, &nat.frontend_ip, &nat.client_ip);
             match reply(ctx, &ip, &l4, remember) {
                 Some(verdict) => return verdict,
                 None => (ip, Some(l4)),
@@ -779,6 +775,11 @@ fn policy(
         }
         None if l4.is_some() || icmp == Icmp6Kind::EchoRequest => {
             hand_over_container6(ctx, CONTAINER6_MASQUERADE_SLOT)
+        }
+        // A later fragment of a datagram masquerade would have translated, but whose first
+        // fragment it did not (refused), would leave with the container's own address.
+        None if ip.fragment_offset() != 0 && frag6::is_translated_protocol(ip) => {
+            (TC_ACT_SHOT, Stat::ContainerDropFragmentUntracked)
         }
         None => (TC_ACT_OK, Stat::ContainerPassOutside),
     }

@@ -39,6 +39,7 @@ use dataplane_common::{
 use crate::{
     conntrack::{PORT_TRIES, Seen, port_range, seen},
     flowtable::{self, Conntrack6, InsertError},
+    frag6,
     frame::{Action, Packet, TcFrame},
     icmp6, ipv6,
     maps::{CONNTRACK6, CONNTRACK6_SCRATCH, Conntrack6Record, MASQUERADE_SOURCES6, NODE_CONFIG},
@@ -176,6 +177,8 @@ fn masquerade(ctx: &TcContext, ip: &Ipv6, l4: &L4) -> (i32, Stat) {
     if rewritten.is_err() {
         return (TC_ACT_SHOT, Stat::ContainerDropRewriteFailed);
     }
+    // The fragments that follow a first fragment leave the same way (frag6.rs): routed.
+    frag6::remember_routed(ip, &record.original.nat_ip, &record.key.dst_ip);
     let stats = (
         Stat::ContainerRedirectMasquerade,
         Stat::ContainerRedirectMasqueradeNeigh,
@@ -368,11 +371,12 @@ pub(crate) fn is_reply(ip: &Ipv6, l4: &L4) -> bool {
     unsafe { CONNTRACK6.get(&record.key) }.is_some_and(|entry| entry.direction == CT_REPLY)
 }
 
-/// Whether an ICMPv6 message on the uplink may answer a masqueraded flow: an echo reply, or
-/// an error (which may quote one of its packets). The masquerade program looks them up.
+/// Whether an ICMPv6 message on the uplink may answer a masqueraded flow: an echo reply
+/// (or the first fragment of a large one, which has its identifier), or an error (which
+/// may quote one of its packets). The masquerade program looks them up.
 #[inline(always)]
 pub(crate) fn may_answer<F: Frame>(frame: &F, ip: &Ipv6) -> bool {
-    if ip.protocol != IPPROTO_ICMPV6 || ip.is_fragment() {
+    if ip.protocol != IPPROTO_ICMPV6 {
         return false;
     }
     // Type and code: a one-byte load's bounds check compiles to a form the verifier does
@@ -447,10 +451,25 @@ fn reply<P: Packet>(packet: &P, ip: &Ipv6, l4: &L4) -> Option<(Action, Stat)> {
     if ipv6::to_target(packet, ip, l4, &record.target).is_none() {
         return Some((Action::Drop, Stat::UplinkDropMalformed));
     }
+    remember_reply(ip, &record.target);
     Some((
         Action::Redirect(record.target.host_veth_ifindex),
         Stat::UplinkRedirectMasqueradeReply,
     ))
+}
+
+/// After a reply was translated to `to`: when it is a first fragment, the fragments that
+/// follow go to the same veth (frag6.rs). A BPF subprogram: inlined, it takes the uplink
+/// masquerade programs past 512 bytes of stack.
+#[inline(never)]
+fn remember_reply(ip: &Ipv6, to: &PortTarget6) {
+    frag6::remember(
+        ip,
+        &ip.src,
+        &to.container_ip,
+        to.host_veth_ifindex,
+        [&to.container_mac, &to.host_veth_mac],
+    );
 }
 
 /// The container end of the masqueraded flow whose packet an ICMPv6 error on the uplink

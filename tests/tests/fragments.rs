@@ -1,5 +1,5 @@
 //! Fragmented datagrams and ICMP errors through published ports and masquerade, over IPv4
-//! and (through published ports, both ways) IPv6. The iptables dataplane gets both from the kernel
+//! and IPv6. The iptables dataplane gets both from the kernel
 //! (reassembly before NAT, conntrack's RELATED errors); the eBPF dataplane must deliver
 //! the same.
 
@@ -35,7 +35,8 @@ fn pattern(len: usize, seed: u8) -> Vec<u8> {
 
 /// A UDP server in a namespace, until dropped (at most a minute): a datagram
 /// `size:N` is answered with N patterned bytes, one that starts with `length?` with its
-/// length (as text), any other is echoed whole.
+/// length (as text), one that starts with `source?` with its length and the address it
+/// came from (`3000 2001:db8:1::1`), any other is echoed whole.
 struct UdpServer {
     stop: Arc<AtomicBool>,
     thread: Option<thread::JoinHandle<()>>,
@@ -60,6 +61,11 @@ impl UdpServer {
                 };
                 if buf[..n].starts_with(b"length?") {
                     let _ = socket.send_to(n.to_string().as_bytes(), peer);
+                    continue;
+                }
+                if buf[..n].starts_with(b"source?") {
+                    let answer = format!("{n} {}", peer.ip());
+                    let _ = socket.send_to(answer.as_bytes(), peer);
                     continue;
                 }
                 let answer = match std::str::from_utf8(&buf[..n])
@@ -155,6 +161,30 @@ fn large_udp_datagrams_through_masquerade_arrive_whole() -> Result<()> {
     Ok(())
 }
 
+/// One ping with `size` bytes of data from `netns` to `to`, answered within two seconds.
+fn ping(netns: &Path, to: IpAddr, size: usize) -> Result<()> {
+    let out = std::process::Command::new("nsenter")
+        .arg(format!("--net={}", netns.display()))
+        .args([
+            "busybox",
+            "ping",
+            "-c",
+            "1",
+            "-W",
+            "2",
+            "-s",
+            &size.to_string(),
+        ])
+        .arg(to.to_string())
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "a {size}-byte ping to {to}: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    Ok(())
+}
+
 #[test]
 fn large_pings_through_masquerade_are_answered() -> Result<()> {
     let topology = Topology::new()?;
@@ -162,25 +192,7 @@ fn large_pings_through_masquerade_are_answered() -> Result<()> {
     let (_, ns) = agent.create_container(&["c"])?;
     for size in SIZES {
         // The echo's identifier is in the first fragment only, both ways.
-        let out = std::process::Command::new("nsenter")
-            .arg(format!("--net={}", ns.display()))
-            .args([
-                "busybox",
-                "ping",
-                "-c",
-                "1",
-                "-W",
-                "2",
-                "-s",
-                &size.to_string(),
-            ])
-            .arg(WORLD_IP.to_string())
-            .output()?;
-        ensure!(
-            out.status.success(),
-            "a {size}-byte ping: {}",
-            String::from_utf8_lossy(&out.stdout)
-        );
+        ping(&ns, WORLD_IP.into(), size)?;
     }
     Ok(())
 }
@@ -433,6 +445,83 @@ fn large_udp_replies_from_an_ipv6_published_port_arrive_whole() -> Result<()> {
             agent.counter("container_ingress.redirect.fragment")?
                 + agent.counter("container_ingress.redirect.fragment_resolve_neighbour")?
                 >= 16
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn large_udp_datagrams_through_ipv6_masquerade_arrive_whole() -> Result<()> {
+    let Some((topology, agent)) = dual_stack("IPv6 fragments through masquerade")? else {
+        return Ok(());
+    };
+    let (_, ns) = agent.create_container(&["c", "--network", "v6"])?;
+    let world = SocketAddr::new(WORLD_IPV6.into(), WORLD_PORT);
+    let _server = UdpServer::start_on(
+        &topology.world.path(),
+        SocketAddr::new(Ipv6Addr::UNSPECIFIED.into(), WORLD_PORT),
+    )?;
+    for offload in ["off", "on"] {
+        topology
+            .world
+            .exec("ethtool", &["-K", WORLD_LINK, "tx", offload])?;
+        for size in SIZES {
+            let context = || format!("tx offload {offload}, {size} bytes");
+            // The container's stack fragments the datagram: every fragment must leave
+            // with the node's address, or the world cannot put it together.
+            let mut message = b"source?".to_vec();
+            message.extend(pattern(size - message.len(), size as u8));
+            let answer = udp_exchange(&ns, world, &message).with_context(context)?;
+            ensure!(
+                answer == format!("{size} {NODE_IPV6}").as_bytes(),
+                "tx offload {offload}: {size} bytes sent, the world got {}",
+                String::from_utf8_lossy(&answer)
+            );
+            // A small request, a fragmented answer to the masqueraded flow.
+            let answer = udp_exchange(&ns, world, format!("size:{size}").as_bytes())
+                .with_context(context)?;
+            ensure!(
+                answer == pattern(size, 1),
+                "tx offload {offload}: a {size}-byte answer, {} bytes came",
+                answer.len()
+            );
+            // Fragmented both ways.
+            let message = pattern(size, 2);
+            ensure!(
+                udp_exchange(&ns, world, &message).with_context(context)? == message,
+                "tx offload {offload}: a {size}-byte echo"
+            );
+        }
+    }
+    if ebpf_checks("the fragment counters") {
+        // 2 + 6 following fragments each way, twice each way, per offload setting.
+        assert!(agent.counter("uplink_ingress.redirect.fragment")? >= 32);
+        assert!(
+            agent.counter("container_ingress.redirect.fragment")?
+                + agent.counter("container_ingress.redirect.fragment_resolve_neighbour")?
+                >= 32
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn large_pings_through_ipv6_masquerade_are_answered() -> Result<()> {
+    let Some((_topology, agent)) = dual_stack("large pings through IPv6 masquerade")? else {
+        return Ok(());
+    };
+    let (_, ns) = agent.create_container(&["c", "--network", "v6"])?;
+    for size in SIZES {
+        // The echo's identifier is in the first fragment only, both ways.
+        ping(&ns, WORLD_IPV6.into(), size)?;
+    }
+    if ebpf_checks("the fragment counters") {
+        // 2 + 6 following fragments each way.
+        assert!(agent.counter("uplink_ingress.redirect.fragment")? >= 8);
+        assert!(
+            agent.counter("container_ingress.redirect.fragment")?
+                + agent.counter("container_ingress.redirect.fragment_resolve_neighbour")?
+                >= 8
         );
     }
     Ok(())

@@ -207,7 +207,7 @@ fn udp_fragments(len: usize, first: usize) -> Vec<Vec<u8>> {
 
 /// `datagram` in three fragments as [`udp_fragments`] splits it: after `first` bytes of
 /// its upper layer, then 96 more.
-fn fragmented(datagram: Packet6, first: usize) -> Vec<Vec<u8>> {
+pub(crate) fn fragmented(datagram: Packet6, first: usize) -> Vec<Vec<u8>> {
     let whole = datagram.build();
     let udp = &whole[ETH_HLEN + 40..];
     let fragment = |data: &[u8], offset: usize, more: bool| {

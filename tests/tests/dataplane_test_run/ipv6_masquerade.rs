@@ -5,6 +5,8 @@
 //! uplinks' IPv6 programs), and what is no flow of theirs is refused or passes as before.
 //! ICMPv6 echo requests are masqueraded by identifier, their replies translated back, and
 //! the ICMPv6 errors about masqueraded flows go to the container, their quotes translated.
+//! The fragments after the first of a masqueraded datagram follow their first fragment,
+//! both ways.
 
 use std::net::Ipv6Addr;
 
@@ -17,10 +19,11 @@ use dataplane_common::{
 use super::{
     ipv6::{
         CONTAINER_IP6, IPPROTO_ICMPV6, NODE_IP6, Packet6, View6, WORLD_IP6, forwarding_namespace6,
+        pseudo_checksum,
     },
     ipv6_icmp::{
         ICMPV6_DEST_UNREACH, ICMPV6_PACKET_TOO_BIG, ICMPV6_TIME_EXCEEDED, QUOTE,
-        assert_error_to_container, error_about,
+        assert_error_to_container, error_about, fragmented,
     },
     *,
 };
@@ -59,13 +62,17 @@ impl Fixture {
 }
 
 /// A container's packet as its veth hands it over.
-fn sent6(packet: Packet6) -> Vec<u8> {
+fn from_container(packet: Packet6) -> Packet6 {
     Packet6 {
         src_mac: CONTAINER_MAC,
         dst_mac: HOST_VETH_MAC,
         ..packet
     }
-    .build()
+}
+
+/// [`from_container`], built.
+fn sent6(packet: Packet6) -> Vec<u8> {
+    from_container(packet).build()
 }
 
 fn opening(protocol: u8, sport: u16) -> Packet6 {
@@ -366,6 +373,136 @@ fn icmpv6_errors_about_masqueraded_flows() -> Result<()> {
         let (verdict, out, stat) = fx.run(UPLINK_PROGRAM, &stranger)?;
         assert_eq!((verdict, stat), (XDP_PASS, Stat::UplinkPassNotTcpUdp));
         assert_eq!(out, stranger, "about no flow: untouched");
+        Ok(())
+    })
+}
+
+/// The upper layer of the datagram that `fragments` (frames with a fragment header alone)
+/// make up from `src` to `dst`, its checksum checked over the pseudo-header.
+fn reassembled(fragments: &[Vec<u8>], src: Ipv6Addr, dst: Ipv6Addr, protocol: u8) -> Vec<u8> {
+    let mut upper: Vec<u8> = fragments
+        .iter()
+        .flat_map(|f| f[ETH_HLEN + 48..].to_vec())
+        .collect();
+    let check_at = if protocol == IPPROTO_UDP { 6 } else { 2 };
+    let stored = [upper[check_at], upper[check_at + 1]];
+    upper[check_at..check_at + 2].fill(0);
+    let expected = pseudo_checksum(&src, &dst, protocol, &upper);
+    assert_eq!(stored, expected.to_be_bytes(), "the reassembled checksum");
+    upper
+}
+
+/// Where the field that names a masqueraded flow's container end sits in its upper layer:
+/// a UDP source or destination port (`reply`), an echo's identifier.
+fn port_at(protocol: u8, reply: bool) -> usize {
+    match (protocol, reply) {
+        (IPPROTO_ICMPV6, _) => 4,
+        (_, false) => 0,
+        (_, true) => 2,
+    }
+}
+
+/// A container's fragmented UDP datagram and ping leave from the node's address, every
+/// fragment after the first routed after it; the world's fragmented answers go back to the
+/// container's veth, every fragment, on each uplink hook. A later fragment whose first
+/// fragment was not masqueraded is dropped, never sent with the container's own address.
+#[test]
+fn ipv6_fragments_through_masquerade_both_ways() -> Result<()> {
+    let ns = forwarding_namespace6()?;
+    ns.run(|| -> Result<()> {
+        let mut fx = Fixture::new()?;
+        fx.masquerading6()?;
+        fx.masquerade6_via_up0()?;
+        let mut echo_body = 0x4244u16.to_be_bytes().to_vec();
+        echo_body.extend_from_slice(&1u16.to_be_bytes());
+        echo_body.extend((0..300).map(|i| i as u8));
+        let echo_of = |src, dst, icmp_type, id: u16| {
+            let mut body = echo_body.clone();
+            body[0..2].copy_from_slice(&id.to_be_bytes());
+            Packet6::icmp6(src, dst, icmp_type, &body)
+        };
+        let sent = [
+            Packet6::udp(CONTAINER_IP6, 5002, WORLD_IP6, 53, 300),
+            echo_of(CONTAINER_IP6, WORLD_IP6, ICMPV6_ECHO_REQUEST, 0x4244),
+        ];
+        for datagram in sent {
+            let protocol = datagram.protocol;
+            let original = datagram.build()[ETH_HLEN + 40..].to_vec();
+            let fragments = fragmented(from_container(datagram), 104);
+            let mut outs = Vec::new();
+            for (i, fragment) in fragments.iter().enumerate() {
+                let name = format!("protocol {protocol} out: fragment {i}");
+                let (verdict, out, stat) =
+                    fx.run(CONTAINER_PROGRAM, fragment).context(name.clone())?;
+                let expected = match i {
+                    0 => Stat::ContainerRedirectMasquerade,
+                    _ => Stat::ContainerRedirectFragment,
+                };
+                assert_eq!((verdict, stat), (TC_ACT_REDIRECT, expected), "{name}");
+                let o = View6(&out);
+                assert_eq!((o.src(), o.dst()), (NODE_IP6, WORLD_IP6), "{name}");
+                assert_eq!(o.hop_limit(), 63, "{name}");
+                assert_eq!(&out[0..6], &[0x0a, 0, 0, 0, 0, 0x02], "{name}: next hop");
+                outs.push(out);
+            }
+            let mut upper = reassembled(&outs, NODE_IP6, WORLD_IP6, protocol);
+            let at = port_at(protocol, false);
+            let port = u16::from_be_bytes([upper[at], upper[at + 1]]);
+            upper[at..at + 2].copy_from_slice(&original[at..at + 2]);
+            let check_at = if protocol == IPPROTO_UDP { 6 } else { 2 };
+            upper[check_at..check_at + 2].copy_from_slice(&original[check_at..check_at + 2]);
+            assert_eq!(upper, original, "protocol {protocol}: the data as sent");
+
+            // The world's answer, as large, fragmented on its way to the node.
+            let answer = match protocol {
+                IPPROTO_UDP => Packet6::udp(WORLD_IP6, 53, NODE_IP6, port, 300),
+                _ => echo_of(WORLD_IP6, NODE_IP6, ICMPV6_ECHO_REPLY, port),
+            };
+            let answer = fragmented(answer, 104);
+            for program in [UPLINK_PROGRAM, UPLINK_TC_PROGRAM] {
+                let mut outs = Vec::new();
+                for (i, fragment) in answer.iter().enumerate() {
+                    let name = format!("protocol {protocol} in on {program}: fragment {i}");
+                    let (verdict, out, stat) = fx.run(program, fragment).context(name.clone())?;
+                    let expected = match i {
+                        0 => Stat::UplinkRedirectMasqueradeReply,
+                        _ => Stat::UplinkRedirectFragment,
+                    };
+                    assert_eq!(
+                        (verdict, stat),
+                        (at_hook(program, XDP_REDIRECT), expected),
+                        "{name}"
+                    );
+                    let o = View6(&out);
+                    assert_eq!((o.src(), o.dst()), (WORLD_IP6, CONTAINER_IP6), "{name}");
+                    assert_eq!(o.hop_limit(), 63, "{name}");
+                    assert_eq!(
+                        (&out[0..6], &out[6..12]),
+                        (&CONTAINER_MAC[..], &HOST_VETH_MAC[..]),
+                        "{name}: to the container's veth"
+                    );
+                    outs.push(out);
+                }
+                let upper = reassembled(&outs, WORLD_IP6, CONTAINER_IP6, protocol);
+                let at = port_at(protocol, true);
+                assert_eq!(
+                    upper[at..at + 2],
+                    original[port_at(protocol, false)..][..2],
+                    "protocol {protocol} on {program}: the container's own port"
+                );
+            }
+
+            // A later fragment of another datagram, whose first fragment was not
+            // masqueraded (refused): it would leave with the container's own address.
+            let mut lone = fragments[1].clone();
+            lone[ETH_HLEN + 40 + 4..ETH_HLEN + 40 + 8].copy_from_slice(&[1, 2, 3, 4]);
+            let (verdict, _, stat) = fx.run(CONTAINER_PROGRAM, &lone)?;
+            assert_eq!(
+                (verdict, stat),
+                (TC_ACT_SHOT, Stat::ContainerDropFragmentUntracked),
+                "protocol {protocol}: a lone later fragment"
+            );
+        }
         Ok(())
     })
 }
