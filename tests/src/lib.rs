@@ -589,11 +589,20 @@ pub fn udp_reaches(netns: &Path, to: SocketAddrV4, wait: Duration) -> bool {
     })
 }
 
-/// Whether one ICMP echo from `netns` to `to` is answered within a second (busybox ping).
-pub fn ping_reaches(netns: &Path, to: Ipv4Addr) -> bool {
+/// Whether one ICMP or ICMPv6 echo from `netns` to `to` is answered within two seconds
+/// (busybox ping).
+pub fn ping_reaches(netns: &Path, to: impl Into<IpAddr>) -> bool {
     Command::new("nsenter")
         .arg(format!("--net={}", netns.display()))
-        .args(["busybox", "ping", "-c", "1", "-W", "1", &to.to_string()])
+        .args([
+            "busybox",
+            "ping",
+            "-c",
+            "1",
+            "-W",
+            "2",
+            &to.into().to_string(),
+        ])
         .output()
         .is_ok_and(|o| o.status.success())
 }

@@ -493,16 +493,8 @@ fn large_udp_datagrams_through_ipv6_masquerade_arrive_whole() -> Result<()> {
             );
         }
     }
-    if ebpf_checks("the fragment counters") {
-        // 2 + 6 following fragments each way, twice each way, per offload setting.
-        assert!(agent.counter("uplink_ingress.redirect.fragment")? >= 32);
-        assert!(
-            agent.counter("container_ingress.redirect.fragment")?
-                + agent.counter("container_ingress.redirect.fragment_resolve_neighbour")?
-                >= 32
-        );
-    }
-    Ok(())
+    // 2 + 6 following fragments each way, twice each way, per offload setting.
+    following_fragments_redirected_both_ways(&agent, 32)
 }
 
 #[test]
@@ -515,13 +507,21 @@ fn large_pings_through_ipv6_masquerade_are_answered() -> Result<()> {
         // The echo's identifier is in the first fragment only, both ways.
         ping(&ns, WORLD_IPV6.into(), size)?;
     }
+    // 2 + 6 following fragments each way.
+    following_fragments_redirected_both_ways(&agent, 8)
+}
+
+/// On eBPF: at least `count` following fragments were translated at the uplink (towards
+/// the containers) and at the containers' veths (out), through masquerade's records.
+fn following_fragments_redirected_both_ways(agent: &Agent, count: u64) -> Result<()> {
     if ebpf_checks("the fragment counters") {
-        // 2 + 6 following fragments each way.
-        assert!(agent.counter("uplink_ingress.redirect.fragment")? >= 8);
-        assert!(
-            agent.counter("container_ingress.redirect.fragment")?
-                + agent.counter("container_ingress.redirect.fragment_resolve_neighbour")?
-                >= 8
+        let inbound = agent.counter("uplink_ingress.redirect.fragment")?;
+        let outbound = agent.counter("container_ingress.redirect.fragment")?
+            + agent.counter("container_ingress.redirect.fragment_resolve_neighbour")?;
+        ensure!(inbound >= count, "{inbound} fragments in, expected {count}");
+        ensure!(
+            outbound >= count,
+            "{outbound} fragments out, expected {count}"
         );
     }
     Ok(())

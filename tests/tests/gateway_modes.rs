@@ -226,24 +226,6 @@ fn tcp6_reaches(netns: &Path, to: SocketAddr) -> bool {
     })
 }
 
-/// Whether a ping from `netns` to the IPv6 `to` is answered.
-fn ping6_reaches(netns: &Path, to: Ipv6Addr) -> bool {
-    run(
-        "nsenter",
-        &[
-            &format!("--net={}", netns.display()),
-            "busybox",
-            "ping",
-            "-c",
-            "1",
-            "-W",
-            "2",
-            &to.to_string(),
-        ],
-    )
-    .is_ok()
-}
-
 /// Docker 28's direct access for IPv6 (ip6tables' raw-table drop, then the FORWARD rules):
 /// a world host with a route to the IPv6 subnets via the node reaches nothing at a
 /// container's own IPv6 address on a `nat` network, published container port included,
@@ -322,7 +304,7 @@ fn direct_ipv6_access_by_gateway_mode() -> Result<()> {
         let reach = (
             tcp6_reaches(&world, SocketAddr::new(ip.into(), 80)),
             tcp6_reaches(&world, SocketAddr::new(ip.into(), 22)),
-            ping6_reaches(&world, ip),
+            ping_reaches(&world, ip),
         );
         assert_eq!(
             reach,
@@ -455,6 +437,21 @@ fn default_via(netns: &std::path::Path) -> Result<Option<String>> {
         .map(String::from))
 }
 
+/// The node's addresses of one family (`-4` or `-6`), as `ip -o addr` lists them.
+fn node_addresses(topology: &Topology, family: &str) -> Result<String> {
+    let out = run(
+        "nsenter",
+        &[
+            &format!("--net={}", topology.node.path().display()),
+            "ip",
+            family,
+            "-o",
+            "addr",
+        ],
+    )?;
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
 #[test]
 fn isolated_networks_have_no_gateway_and_no_route_out() -> Result<()> {
     let topology = Topology::new()?;
@@ -487,17 +484,7 @@ fn isolated_networks_have_no_gateway_and_no_route_out() -> Result<()> {
     );
     ensure!(default_via(&netns)?.is_none(), "{}", routes(&netns)?);
     // No address of the node's on the bridge: the node is not reachable from it either.
-    let addresses = run(
-        "nsenter",
-        &[
-            &format!("--net={}", topology.node.path().display()),
-            "ip",
-            "-4",
-            "-o",
-            "addr",
-        ],
-    )?;
-    let addresses = String::from_utf8_lossy(&addresses.stdout);
+    let addresses = node_addresses(&topology, "-4")?;
     ensure!(!addresses.contains("10.77.0."), "{addresses}");
     // IPv6's isolated mode leaves the IPv6 gateway address off the bridge as well.
     ok(
@@ -514,17 +501,7 @@ fn isolated_networks_have_no_gateway_and_no_route_out() -> Result<()> {
             "com.docker.network.bridge.gateway_mode_ipv6=isolated",
         ],
     )?;
-    let addresses = run(
-        "nsenter",
-        &[
-            &format!("--net={}", topology.node.path().display()),
-            "ip",
-            "-6",
-            "-o",
-            "addr",
-        ],
-    )?;
-    let addresses = String::from_utf8_lossy(&addresses.stdout);
+    let addresses = node_addresses(&topology, "-6")?;
     ensure!(!addresses.contains("fd00:77::"), "{addresses}");
     let reaches_out = in_netns(&netns, || {
         std::net::TcpStream::connect_timeout(&SocketAddrV4::new(NODE_IP, 22).into(), WAIT)

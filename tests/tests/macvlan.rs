@@ -850,24 +850,6 @@ fn a_macvlan_container_shares_the_uplinks_subnet_but_not_the_node() -> Result<()
     Ok(())
 }
 
-/// Whether an ICMPv6 echo from `netns` to `to` is answered.
-fn ping6_reaches(netns: &Path, to: Ipv6Addr) -> bool {
-    Command::new("nsenter")
-        .arg(format!("--net={}", netns.display()))
-        .args([
-            "busybox",
-            "ping",
-            "-6",
-            "-c",
-            "1",
-            "-W",
-            "1",
-            &to.to_string(),
-        ])
-        .output()
-        .is_ok_and(|o| o.status.success())
-}
-
 /// One TCP connection from `client` to `to`, accepted on `[::]:PORT` in `server`: the peer
 /// the server saw.
 fn tcp6_peer(server: &Path, client: &Path, to: SocketAddr) -> Result<SocketAddr> {
@@ -970,8 +952,8 @@ fn a_dual_stack_macvlan_container_is_on_the_lan_over_ipv6() -> Result<()> {
     // The LAN host and the container reach each other over IPv6 at their own addresses:
     // no NAT either way.
     let world = topology.world.path();
-    ensure!(ping6_reaches(&c_ns, WORLD_IPV6), "c -> LAN host (ICMPv6)");
-    ensure!(ping6_reaches(&world, c_ipv6), "LAN host -> c (ICMPv6)");
+    ensure!(ping_reaches(&c_ns, WORLD_IPV6), "c -> LAN host (ICMPv6)");
+    ensure!(ping_reaches(&world, c_ipv6), "LAN host -> c (ICMPv6)");
     let seen = tcp6_peer(&world, &c_ns, SocketAddr::new(WORLD_IPV6.into(), 7700))?;
     ensure!(
         seen.ip() == c_ipv6,
@@ -992,7 +974,7 @@ fn a_dual_stack_macvlan_container_is_on_the_lan_over_ipv6() -> Result<()> {
     let mut agent = agent;
     agent.kill();
     agent.spawn()?;
-    ensure!(ping6_reaches(&world, c_ipv6), "reachable after kill -9");
+    ensure!(ping_reaches(&world, c_ipv6), "reachable after kill -9");
     bpfbridge_tests::run(
         "nsenter",
         &[
@@ -1004,7 +986,7 @@ fn a_dual_stack_macvlan_container_is_on_the_lan_over_ipv6() -> Result<()> {
         ],
     )?;
     let repaired =
-        bpfbridge_tests::time_until(Duration::from_secs(5), || ping6_reaches(&world, c_ipv6));
+        bpfbridge_tests::time_until(Duration::from_secs(5), || ping_reaches(&world, c_ipv6));
     ensure!(repaired.is_some(), "the interface came back within 5 s");
     let routes = inside(&["-6", "route"])?;
     ensure!(
@@ -1063,8 +1045,8 @@ fn a_dual_stack_macvlan_container_is_on_the_lan_over_ipv6() -> Result<()> {
         .context("GlobalIPv6Address")?
         .parse()?;
     let lan_host_6: Ipv6Addr = "2001:db8:2::fe".parse()?;
-    ensure!(ping6_reaches(&d_ns, lan_host_6), "d -> LAN host");
-    ensure!(ping6_reaches(&world, d_ipv6), "LAN host -> d");
+    ensure!(ping_reaches(&d_ns, lan_host_6), "d -> LAN host");
+    ensure!(ping_reaches(&world, d_ipv6), "LAN host -> d");
 
     ok(&agent, &["container", "rm", "c", "d"])?;
     ok(&agent, &["network", "rm", "lan6", "only6"])?;
