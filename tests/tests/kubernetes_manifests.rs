@@ -10,7 +10,7 @@
 use std::{
     fs,
     path::{Path, PathBuf},
-    process::Command,
+    process::{Command, Output},
 };
 
 use anyhow::{Context as _, Result, ensure};
@@ -86,6 +86,14 @@ fn fake_kubectl(dir: &Path) -> Result<PathBuf> {
 
 /// Runs node-info.sh for `node` into a new directory under `dir`; that directory.
 fn node_info(dir: &Path, bin: &Path, node: &str) -> Result<PathBuf> {
+    let (out, run) = run_node_info(dir, bin, node)?;
+    ensure!(run.status.success(), "node-info.sh for {node}: {run:?}");
+    Ok(out)
+}
+
+/// Runs node-info.sh for `node` (the fake kubectl in `bin` first on the PATH) into a new
+/// directory under `dir`; that directory and how the script ended.
+fn run_node_info(dir: &Path, bin: &Path, node: &str) -> Result<(PathBuf, Output)> {
     let out = dir.join(node);
     fs::create_dir_all(&out)?;
     let path = format!(
@@ -99,8 +107,7 @@ fn node_info(dir: &Path, bin: &Path, node: &str) -> Result<PathBuf> {
         .env("NODE_NAME", node)
         .env("PATH", path)
         .output()?;
-    ensure!(run.status.success(), "node-info.sh for {node}: {run:?}");
-    Ok(out)
+    Ok((out, run))
 }
 
 fn lines(path: &Path) -> Result<Vec<String>> {
@@ -225,19 +232,7 @@ fn a_node_with_pod_cidr_alone_stays_ipv4() -> Result<()> {
 
     // A node the API server gives no pod CIDR fails the init container, with the reason.
     fs::write(dir.path().join("query-output"), "bare;;;192.0.2.15\n")?;
-    let out = dir.path().join("bare");
-    fs::create_dir_all(&out)?;
-    let path = format!(
-        "{}:{}",
-        bin.display(),
-        std::env::var("PATH").unwrap_or_default()
-    );
-    let run = Command::new("sh")
-        .arg(manifests().join("node-info.sh"))
-        .arg(&out)
-        .env("NODE_NAME", "bare")
-        .env("PATH", path)
-        .output()?;
+    let (_, run) = run_node_info(dir.path(), &bin, "bare")?;
     assert!(!run.status.success());
     assert!(
         String::from_utf8_lossy(&run.stdout).contains("no spec.podCIDRs"),
