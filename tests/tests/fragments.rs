@@ -120,6 +120,24 @@ fn udp_exchange(netns: &Path, to: impl Into<SocketAddr>, message: &[u8]) -> Resu
     })
 }
 
+/// Through masquerade from the container in `netns` to the world's UDP server at `world`:
+/// a small request's `size`-byte answer (fragmented on the way in), then a `size`-byte
+/// request echoed back (fragmented both ways), each whole.
+fn answer_and_echo_arrive_whole(netns: &Path, world: SocketAddr, size: usize) -> Result<()> {
+    let answer = udp_exchange(netns, world, format!("size:{size}").as_bytes())?;
+    ensure!(
+        answer == pattern(size, 1),
+        "a {size}-byte answer, {} bytes came",
+        answer.len()
+    );
+    let message = pattern(size, 2);
+    ensure!(
+        udp_exchange(netns, world, &message)? == message,
+        "a {size}-byte echo"
+    );
+    Ok(())
+}
+
 #[test]
 fn large_udp_datagrams_through_masquerade_arrive_whole() -> Result<()> {
     let topology = Topology::new()?;
@@ -134,19 +152,8 @@ fn large_udp_datagrams_through_masquerade_arrive_whole() -> Result<()> {
             .world
             .exec("ethtool", &["-K", WORLD_LINK, "tx", offload])?;
         for size in SIZES {
-            // A small request, a fragmented answer to the masqueraded flow.
-            let answer = udp_exchange(&ns, world, format!("size:{size}").as_bytes())?;
-            ensure!(
-                answer == pattern(size, 1),
-                "tx offload {offload}: a {size}-byte answer, {} bytes came",
-                answer.len()
-            );
-            // A fragmented request from the container, echoed back fragmented.
-            let message = pattern(size, 2);
-            ensure!(
-                udp_exchange(&ns, world, &message)? == message,
-                "tx offload {offload}: a {size}-byte echo"
-            );
+            answer_and_echo_arrive_whole(&ns, world.into(), size)
+                .with_context(|| format!("tx offload {offload}"))?;
         }
     }
     if ebpf_checks("the fragment counters") {
@@ -477,20 +484,7 @@ fn large_udp_datagrams_through_ipv6_masquerade_arrive_whole() -> Result<()> {
                 "tx offload {offload}: {size} bytes sent, the world got {}",
                 String::from_utf8_lossy(&answer)
             );
-            // A small request, a fragmented answer to the masqueraded flow.
-            let answer = udp_exchange(&ns, world, format!("size:{size}").as_bytes())
-                .with_context(context)?;
-            ensure!(
-                answer == pattern(size, 1),
-                "tx offload {offload}: a {size}-byte answer, {} bytes came",
-                answer.len()
-            );
-            // Fragmented both ways.
-            let message = pattern(size, 2);
-            ensure!(
-                udp_exchange(&ns, world, &message).with_context(context)? == message,
-                "tx offload {offload}: a {size}-byte echo"
-            );
+            answer_and_echo_arrive_whole(&ns, world, size).with_context(context)?;
         }
     }
     // 2 + 6 following fragments each way, twice each way, per offload setting.

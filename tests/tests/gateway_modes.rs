@@ -122,6 +122,19 @@ fn route_pools_via_node(topology: &Topology) -> Result<()> {
     Ok(())
 }
 
+/// The world's route to the IPv6 pools (ULA, fd00::/8) through the node's IPv6 address.
+fn route_ula_via_node(topology: &Topology) -> Result<()> {
+    topology.world.ip(&[
+        "-6",
+        "route",
+        "replace",
+        "fd00::/8",
+        "via",
+        &NODE_IPV6.to_string(),
+    ])?;
+    Ok(())
+}
+
 #[test]
 fn direct_access_by_gateway_mode() -> Result<()> {
     let topology = Topology::new()?;
@@ -237,14 +250,7 @@ fn tcp6_reaches(netns: &Path, to: SocketAddr) -> bool {
 #[test]
 fn direct_ipv6_access_by_gateway_mode() -> Result<()> {
     let topology = Topology::new()?.with_ipv6()?;
-    topology.world.ip(&[
-        "-6",
-        "route",
-        "replace",
-        "fd00::/8",
-        "via",
-        &NODE_IPV6.to_string(),
-    ])?;
+    route_ula_via_node(&topology)?;
     let agent = Agent::start(&topology)?;
     if skip_without_dataplane_ipv6(&agent, "the IPv6 direct-access drop")? {
         return Ok(());
@@ -327,14 +333,7 @@ fn direct_ipv6_access_by_gateway_mode() -> Result<()> {
 fn each_family_of_a_dual_stack_network_follows_its_own_gateway_mode() -> Result<()> {
     let topology = Topology::new()?.with_ipv6()?;
     route_pools_via_node(&topology)?;
-    topology.world.ip(&[
-        "-6",
-        "route",
-        "replace",
-        "fd00::/8",
-        "via",
-        &NODE_IPV6.to_string(),
-    ])?;
+    route_ula_via_node(&topology)?;
     let agent = Agent::start(&topology)?;
     if skip_without_dataplane_ipv6(&agent, "the per-family gateway modes")? {
         return Ok(());
